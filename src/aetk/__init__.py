@@ -1,0 +1,27 @@
+"""aetk: probability-typed autoencoders, Hamiltonian VAEs and latent geometry in PyTorch."""
+
+__version__ = "0.1.0"
+
+from .build import LIKELIHOODS, MODELS, build_model
+from .decoders import (
+    BernoulliDecoder,
+    CategoricalDecoder,
+    Decoder,
+    DeterministicDecoder,
+    GaussianDecoder,
+    LearnedGaussianDecoder,
+    NegativeBinomialDecoder,
+    PoissonDecoder,
+)
+from .encoders import DeterministicEncoder, GaussianEncoder
+from .io import load
+from .models import AE, VAE, InfoMaxVAE, InfoVAE, LossOutput, Model
+from .train import CyclicalBeta, TrainingDiverged, fit
+
+__all__ = [
+    "AE", "LIKELIHOODS", "MODELS", "VAE", "BernoulliDecoder", "CategoricalDecoder",
+    "CyclicalBeta", "Decoder", "DeterministicDecoder", "DeterministicEncoder",
+    "GaussianDecoder", "GaussianEncoder", "InfoMaxVAE", "InfoVAE", "LearnedGaussianDecoder",
+    "LossOutput", "Model", "NegativeBinomialDecoder", "PoissonDecoder", "TrainingDiverged",
+    "__version__", "build_model", "fit", "load",
+]

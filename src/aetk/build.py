@@ -1,0 +1,111 @@
+"""Build any model x likelihood from names, as the pipeline and `aetk.load` do."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import nn
+
+from . import decoders as dec
+from .encoders import DeterministicEncoder, GaussianEncoder
+from .models import AE, VAE, Critic, InfoMaxVAE, InfoVAE, Model
+from .nets import numel, resolve_shape
+
+LIKELIHOODS: dict[str, type[nn.Module]] = {
+    "bernoulli": dec.BernoulliDecoder,
+    "gaussian": dec.GaussianDecoder,
+    "gaussian_learned": dec.LearnedGaussianDecoder,
+    "categorical": dec.CategoricalDecoder,
+    "poisson": dec.PoissonDecoder,
+    "negative_binomial": dec.NegativeBinomialDecoder,
+}
+
+
+def _infomax(
+    encoder, decoder, *, shape, hidden, activation, alpha: float = 1.0, beta: float = 1.0
+) -> InfoMaxVAE:
+    critic = Critic(numel(shape), encoder.latent_dim, hidden, activation)
+    return InfoMaxVAE(encoder, decoder, critic, alpha=alpha, beta=beta)
+
+
+def _beta_vae(encoder, decoder, beta: float = 4.0, n_samples: int = 1) -> VAE:
+    return VAE(encoder, decoder, beta=beta, n_samples=n_samples)
+
+
+# name -> (encoder class, constructor(encoder, decoder, **hyper)); constructors that need the
+# sizes take them as keywords `shape`, `hidden`, `activation`.
+MODELS: dict[str, tuple[type[nn.Module], Callable[..., Model]]] = {
+    "ae": (DeterministicEncoder, AE),
+    "vae": (GaussianEncoder, VAE),
+    "beta_vae": (GaussianEncoder, _beta_vae),
+    "infovae": (GaussianEncoder, InfoVAE),
+    "infomaxvae": (GaussianEncoder, _infomax),
+}
+
+_SIZE_ARGS = ("shape", "hidden", "activation")
+_DECODER_SIZE_ARGS = (
+    "network", "latent_dim", "out_features", "output_shape", "hidden", "activation"
+)
+
+
+def _lookup(table: dict, name: str, what: str):
+    try:
+        return table[name]
+    except KeyError:
+        raise ValueError(f"unknown {what} {name!r}; valid: {', '.join(table)}") from None
+
+
+def _accepted(fn: Callable) -> set[str]:
+    params = inspect.signature(fn).parameters.values()
+    return {p.name for p in params if p.kind is p.KEYWORD_ONLY or p.default is not p.empty}
+
+
+def build_model(
+    model: str,
+    likelihood: str,
+    *,
+    in_features: int | None = None,
+    input_shape: Sequence[int] | None = None,
+    latent_dim: int = 2,
+    hidden: Sequence[int] = (400, 400),
+    activation: str = "relu",
+    **hyper: Any,
+) -> Model:
+    """A model of the named kind with an MLP encoder and a decoder of the named likelihood.
+
+    `hyper` holds the likelihood's options (`sigma`, `split`, `n_classes`, `dispersion`) and
+    the model's hyperparameters (`beta`, `alpha`, `lam`, `kernel`, ...). Unknown names raise
+    ValueError listing the valid ones.
+    """
+    encoder_cls, constructor = _lookup(MODELS, model, "model")
+    decoder_cls = _lookup(LIKELIHOODS, likelihood, "likelihood")
+    shape = resolve_shape(in_features, input_shape)
+    hidden = tuple(int(h) for h in hidden)
+    dec_opts = {k: hyper.pop(k) for k in list(hyper) if k in _accepted(decoder_cls.__init__)
+                and k not in _DECODER_SIZE_ARGS}
+    model_opts = _accepted(constructor) - {"encoder", "decoder", *_SIZE_ARGS}
+    unknown = set(hyper) - model_opts
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {sorted(unknown)} for model {model!r} with likelihood "
+            f"{likelihood!r}; valid: {sorted(model_opts | set(dec_opts))}"
+        )
+    sizes = {"hidden": hidden, "activation": activation}
+    encoder = encoder_cls(input_shape=shape, latent_dim=latent_dim, **sizes)
+    decoder = decoder_cls(latent_dim=latent_dim, output_shape=shape, **sizes, **dec_opts)
+    extra = {k: v for k, v in {"shape": shape, **sizes}.items()
+             if k in inspect.signature(constructor).parameters}
+    built = constructor(encoder, decoder, **extra, **hyper)
+    built.build_spec = {
+        "model": model,
+        "likelihood": likelihood,
+        "input_shape": list(shape),
+        "latent_dim": int(latent_dim),
+        "hidden": list(hidden),
+        "activation": activation,
+        **dec_opts,
+        **hyper,
+    }
+    return built

@@ -1,0 +1,314 @@
+"""Decoders: p(x|z). The class is the likelihood: `forward(z)` returns a torch
+distribution whose `log_prob(x)` has shape `(B,)`.
+
+A new likelihood is a subclass of `Decoder` whose `forward` returns any torch
+distribution; every model then trains with it, nothing else needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import distributions as D
+from torch import nn
+
+from . import validate
+from .nets import mlp, numel, resolve_shape
+
+LOG_SIGMA_RANGE = (-6.0, 4.0)
+"""Learned Gaussian log standard deviations are clamped here: below -6 the likelihood
+of near-constant pixels grows without bound, above 4 it is flat."""
+
+
+class Decoder(nn.Module):
+    """Base class of probabilistic decoders: `forward(z)` returns a torch distribution."""
+
+    latent_dim: int | None = None
+    event_shape: tuple[int, ...] | None = None
+
+    def check_data(self, x: torch.Tensor, name: str) -> None:
+        """Raise ValueError for data outside the likelihood's support (no check by default)."""
+
+
+class _BuiltinDecoder(Decoder):
+    """A network (given, or an MLP built from sizes) whose output is reshaped to
+    `(B, n_params, *event_shape)` parameter blocks."""
+
+    n_params = 1
+
+    def __init__(
+        self,
+        network: nn.Module | None,
+        latent_dim: int,
+        out_features: int | None,
+        output_shape: Sequence[int] | None,
+        hidden: Sequence[int],
+        activation: str,
+        width: int = 1,
+    ) -> None:
+        super().__init__()
+        self.latent_dim = int(latent_dim)
+        self.event_shape = resolve_shape(out_features, output_shape)
+        self.width = width  # extra trailing size of each parameter block (categorical classes)
+        if network is None:
+            n_out = self.n_params * numel(self.event_shape) * width
+            network = mlp(self.latent_dim, hidden, n_out, activation)
+        self.network = network
+
+    def params(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """The network output split into `n_params` tensors of shape `(B, *event_shape)`."""
+        trailing = (self.width,) if self.width > 1 else ()
+        out = self.network(z).reshape(z.shape[0], self.n_params, *self.event_shape, *trailing)
+        return list(out.unbind(1))
+
+    def _independent(self, base: D.Distribution) -> D.Independent:
+        return D.Independent(base, len(self.event_shape))
+
+
+class BernoulliDecoder(_BuiltinDecoder):
+    """p(x|z) = prod Bernoulli(sigmoid(logits)). Targets in [0, 1] (fractional values give
+    the binary cross-entropy)."""
+
+    def __init__(
+        self,
+        network: nn.Module | None = None,
+        *,
+        latent_dim: int,
+        out_features: int | None = None,
+        output_shape: Sequence[int] | None = None,
+        hidden: Sequence[int] = (400, 400),
+        activation: str = "relu",
+    ) -> None:
+        super().__init__(network, latent_dim, out_features, output_shape, hidden, activation)
+
+    def forward(self, z: torch.Tensor) -> D.Independent:
+        (logits,) = self.params(z)
+        return self._independent(_ContinuousBernoulliTargets(logits=logits))
+
+    def check_data(self, x: torch.Tensor, name: str) -> None:
+        validate.check_range(x, name, 0.0, 1.0, "a Bernoulli decoder needs values in [0, 1]")
+
+
+class _ContinuousBernoulliTargets(D.Bernoulli):
+    """Bernoulli whose log_prob is the stable BCE with logits, also for targets in (0, 1)."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__(logits=logits, validate_args=False)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return -F.binary_cross_entropy_with_logits(self.logits, value, reduction="none")
+
+
+class GaussianDecoder(_BuiltinDecoder):
+    """p(x|z) = N(mu(z), sigma^2 I) with a fixed `sigma` (default 1)."""
+
+    def __init__(
+        self,
+        network: nn.Module | None = None,
+        *,
+        latent_dim: int,
+        out_features: int | None = None,
+        output_shape: Sequence[int] | None = None,
+        hidden: Sequence[int] = (400, 400),
+        activation: str = "relu",
+        sigma: float = 1.0,
+    ) -> None:
+        super().__init__(network, latent_dim, out_features, output_shape, hidden, activation)
+        if sigma <= 0:
+            raise ValueError(f"sigma must be positive, got {sigma}")
+        self.sigma = float(sigma)
+
+    def forward(self, z: torch.Tensor) -> D.Independent:
+        (mu,) = self.params(z)
+        return self._independent(D.Normal(mu, self.sigma, validate_args=False))
+
+
+class LearnedGaussianDecoder(_BuiltinDecoder):
+    """p(x|z) = N(mu(z), diag sigma(z)^2). Mean and log sigma come from two heads on one
+    trunk, or from two separate networks with `split=True`. log sigma is clamped to
+    `LOG_SIGMA_RANGE`."""
+
+    n_params = 2
+
+    def __init__(
+        self,
+        network: nn.Module | None = None,
+        *,
+        latent_dim: int,
+        out_features: int | None = None,
+        output_shape: Sequence[int] | None = None,
+        hidden: Sequence[int] = (400, 400),
+        activation: str = "relu",
+        split: bool = False,
+    ) -> None:
+        if split and network is None:
+            shape = resolve_shape(out_features, output_shape)
+            network = _Split(
+                mlp(latent_dim, hidden, numel(shape), activation),
+                mlp(latent_dim, hidden, numel(shape), activation),
+            )
+        super().__init__(network, latent_dim, out_features, output_shape, hidden, activation)
+        self.split = split
+
+    def forward(self, z: torch.Tensor) -> D.Independent:
+        mu, log_sigma = self.params(z)
+        sigma = log_sigma.clamp(*LOG_SIGMA_RANGE).exp()
+        return self._independent(D.Normal(mu, sigma, validate_args=False))
+
+
+class _Split(nn.Module):
+    """Two networks from z, outputs concatenated (mean block, then log sigma block)."""
+
+    def __init__(self, mean: nn.Module, log_sigma: nn.Module) -> None:
+        super().__init__()
+        self.mean, self.log_sigma = mean, log_sigma
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.mean(z), self.log_sigma(z)], dim=-1)
+
+
+class CategoricalDecoder(_BuiltinDecoder):
+    """p(x|z) = prod Categorical(softmax(logits)) over `n_classes` per element.
+
+    Data are integer classes of shape `(B, *event_shape)`, or one-hot of shape
+    `(B, *event_shape, n_classes)`.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module | None = None,
+        *,
+        latent_dim: int,
+        n_classes: int,
+        out_features: int | None = None,
+        output_shape: Sequence[int] | None = None,
+        hidden: Sequence[int] = (400, 400),
+        activation: str = "relu",
+    ) -> None:
+        if n_classes < 2:
+            raise ValueError(f"n_classes must be at least 2, got {n_classes}")
+        super().__init__(
+            network, latent_dim, out_features, output_shape, hidden, activation, int(n_classes)
+        )
+        self.n_classes = int(n_classes)
+
+    def forward(self, z: torch.Tensor) -> D.Independent:
+        (logits,) = self.params(z)
+        return self._independent(_IndexOrOneHotCategorical(logits=logits))
+
+    def check_data(self, x: torch.Tensor, name: str) -> None:
+        if x.dim() == len(self.event_shape) + 2:  # one-hot along a trailing class axis
+            if x.shape[-1] != self.n_classes:
+                raise ValueError(
+                    f"{name} data: one-hot class axis has size {x.shape[-1]}, "
+                    f"expected {self.n_classes}"
+                )
+            validate.check_range(x, name, 0, 1, "one-hot entries must be 0 or 1")
+            bad = x.sum(-1) != 1
+            if bad.any():
+                raise ValueError(f"{name} data: one-hot rows must sum to 1; first bad at "
+                                 f"{validate._where(bad)}")
+            return
+        validate.check_counts(x, name, "categorical classes are integer indices")
+        what = f"class indices must be below n_classes={self.n_classes}"
+        validate.check_range(x, name, 0, self.n_classes - 1, what)
+
+
+class _IndexOrOneHotCategorical(D.Categorical):
+    """Categorical whose log_prob accepts float class indices or one-hot vectors."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__(logits=logits, validate_args=False)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if value.dim() == self.logits.dim():
+            value = value.argmax(-1)
+        return super().log_prob(value.long())
+
+
+class PoissonDecoder(_BuiltinDecoder):
+    """p(x|z) = prod Poisson(rate(z)), rate = softplus(network output). Counts only."""
+
+    def __init__(
+        self,
+        network: nn.Module | None = None,
+        *,
+        latent_dim: int,
+        out_features: int | None = None,
+        output_shape: Sequence[int] | None = None,
+        hidden: Sequence[int] = (400, 400),
+        activation: str = "relu",
+    ) -> None:
+        super().__init__(network, latent_dim, out_features, output_shape, hidden, activation)
+
+    def forward(self, z: torch.Tensor) -> D.Independent:
+        (out,) = self.params(z)
+        return self._independent(D.Poisson(F.softplus(out), validate_args=False))
+
+    def check_data(self, x: torch.Tensor, name: str) -> None:
+        validate.check_counts(x, name, "a Poisson decoder needs counts")
+
+
+class NegativeBinomialDecoder(_BuiltinDecoder):
+    """p(x|z) = prod NB(mean mu(z), inverse dispersion r): variance mu + mu^2 / r.
+
+    mu = softplus(network output). `dispersion="feature"` learns one r per feature;
+    `"sample"` predicts r(z) from a second output block.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module | None = None,
+        *,
+        latent_dim: int,
+        out_features: int | None = None,
+        output_shape: Sequence[int] | None = None,
+        hidden: Sequence[int] = (400, 400),
+        activation: str = "relu",
+        dispersion: str = "feature",
+    ) -> None:
+        if dispersion not in ("feature", "sample"):
+            raise ValueError(f"dispersion must be 'feature' or 'sample', got {dispersion!r}")
+        self.n_params = 2 if dispersion == "sample" else 1
+        super().__init__(network, latent_dim, out_features, output_shape, hidden, activation)
+        self.dispersion = dispersion
+        if dispersion == "feature":
+            self.log_r = nn.Parameter(torch.zeros(self.event_shape))
+
+    def forward(self, z: torch.Tensor) -> D.Independent:
+        blocks = self.params(z)
+        mu = F.softplus(blocks[0]) + 1e-8
+        log_r = blocks[1] if self.dispersion == "sample" else self.log_r.expand_as(mu)
+        # torch's NB counts failures with success odds exp(logits): mean = r exp(logits)
+        nb = D.NegativeBinomial(log_r.exp(), logits=mu.log() - log_r, validate_args=False)
+        return self._independent(nb)
+
+    def check_data(self, x: torch.Tensor, name: str) -> None:
+        validate.check_counts(x, name, "a negative-binomial decoder needs counts")
+
+
+class DeterministicDecoder(nn.Module):
+    """x_hat = f(z), a plain tensor: an AE with this decoder minimises the mean squared error."""
+
+    def __init__(
+        self,
+        network: nn.Module | None = None,
+        *,
+        latent_dim: int,
+        out_features: int | None = None,
+        output_shape: Sequence[int] | None = None,
+        hidden: Sequence[int] = (400, 400),
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        self.latent_dim = int(latent_dim)
+        self.event_shape = resolve_shape(out_features, output_shape)
+        self.network = network or mlp(self.latent_dim, hidden, numel(self.event_shape), activation)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.network(z).reshape(z.shape[0], *self.event_shape)
+
+    def check_data(self, x: torch.Tensor, name: str) -> None:
+        """Any finite data."""

@@ -1,0 +1,40 @@
+"""Helpers on torch distributions used by every model: per-sample densities, point
+predictions and the Gaussian KL to the prior."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import distributions as D
+
+
+def log_prob(dist: D.Distribution, x: torch.Tensor) -> torch.Tensor:
+    """`dist.log_prob(x)` summed over all but the batch dimension: shape `(B,)`.
+
+    Decoders should return `Independent` distributions, but a user's decoder returning, say,
+    a plain `Normal` with batch shape `(B, D)` works too.
+    """
+    lp = dist.log_prob(x)
+    return lp.reshape(lp.shape[0], -1).sum(-1) if lp.dim() > 1 else lp
+
+
+def mean(dist: D.Distribution) -> torch.Tensor:
+    """The decoder's point prediction: the mean, or the mode for a categorical."""
+    base = dist.base_dist if isinstance(dist, D.Independent) else dist
+    if isinstance(base, D.Categorical):
+        return base.logits.argmax(-1)
+    return dist.mean
+
+
+def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    """`log N(z; 0, I)` per sample, `(B,)`."""
+    d = z.shape[-1]
+    return -0.5 * (z * z).sum(-1) - 0.5 * d * math.log(2 * math.pi)
+
+
+def kl_to_standard_normal(q: D.Distribution) -> torch.Tensor:
+    """Closed-form `KL(q || N(0, I))` of a diagonal Gaussian, `(B,)`:
+    `1/2 sum(sigma^2 + mu^2 - 1 - 2 log sigma)`."""
+    mu, sigma = q.mean, q.stddev
+    return 0.5 * (sigma.square() + mu.square() - 1 - 2 * sigma.log()).sum(-1)

@@ -1,0 +1,50 @@
+"""Kernels and the maximum mean discrepancy (MMD) between two samples."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def gaussian_kernel(a: torch.Tensor, b: torch.Tensor, rho: float = 1.0) -> torch.Tensor:
+    """`k(a, b) = exp(-||a - b||^2 / (rho^2 d))` for all pairs: `(n, m)`."""
+    d = a.shape[-1]
+    return torch.exp(-torch.cdist(a, b).square() / (rho**2 * d))
+
+
+def imq_kernel(a: torch.Tensor, b: torch.Tensor, rho: float = 1.0) -> torch.Tensor:
+    """Inverse multiquadric `k(a, b) = C / (C + ||a - b||^2)`, `C = 2 d rho^2`: `(n, m)`."""
+    c = 2 * a.shape[-1] * rho**2
+    return c / (c + torch.cdist(a, b).square())
+
+
+KERNELS = {"gaussian": gaussian_kernel, "imq": imq_kernel}
+
+
+def mmd(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    kernel: str = "gaussian",
+    scales: Sequence[float] = (1.0,),
+    unbiased: bool = True,
+) -> torch.Tensor:
+    """Squared MMD between samples `x (n, d)` and `y (m, d)`, the kernel summed over `scales`.
+
+    The unbiased U-statistic drops the diagonal of the within-sample terms, so its mean is
+    zero when `x` and `y` come from the same distribution; the biased V-statistic keeps it.
+    """
+    try:
+        k = KERNELS[kernel]
+    except KeyError:
+        raise ValueError(f"unknown kernel {kernel!r}; valid: {', '.join(KERNELS)}") from None
+    kxx = sum(k(x, x, s) for s in scales)
+    kyy = sum(k(y, y, s) for s in scales)
+    kxy = sum(k(x, y, s) for s in scales)
+    n, m = x.shape[0], y.shape[0]
+    if unbiased:
+        xx = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
+        yy = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+    else:
+        xx, yy = kxx.mean(), kyy.mean()
+    return xx + yy - 2 * kxy.mean()

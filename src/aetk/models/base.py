@@ -1,0 +1,92 @@
+"""What every model shares: the loss record, encode/decode, and the hooks `aetk.fit`
+calls (so that fit never needs to know the model's class)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import validate
+from ..distributions import mean
+
+
+@dataclass
+class LossOutput:
+    """`loss` is the scalar minimised; `terms` are named scalar parts of it for logging."""
+
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Model(nn.Module):
+    """An encoder and a decoder; subclasses define `loss`."""
+
+    build_spec: dict[str, Any] | None = None  # set by build_model, lets save/load rebuild it
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.latent_dim: int = encoder.latent_dim
+        self.input_shape = getattr(encoder, "input_shape", None)
+
+    def loss(self, x: torch.Tensor) -> LossOutput:
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor) -> Any:
+        """q(z|x): a distribution (a tensor for deterministic encoders)."""
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> Any:
+        """p(x|z): a distribution (a tensor for deterministic decoders)."""
+        return self.decoder(z)
+
+    def latent_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """The point estimate of z for x."""
+        q = self.encode(x)
+        return q if isinstance(q, torch.Tensor) else q.mean
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The decoder's point prediction at the encoder's mean."""
+        return mean(self.decode(self.latent_mean(x)))
+
+    # Hooks for aetk.fit -------------------------------------------------------------
+
+    def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
+        """One Adam optimiser over all parameters."""
+        return {"model": torch.optim.Adam(self.parameters(), lr=lr)}
+
+    def training_step(
+        self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]
+    ) -> LossOutput:
+        """One gradient step on a batch."""
+        (opt,) = optimizers.values()
+        opt.zero_grad(set_to_none=True)
+        out = self.loss(x)
+        out.loss.backward()
+        opt.step()
+        return out
+
+    def on_fit_start(self, train: torch.Tensor) -> None:
+        """Called once with the training tensor before the first epoch."""
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Called after every training epoch."""
+
+    def check_data(self, x: torch.Tensor, name: str) -> None:
+        """Raise ValueError for data this model cannot take."""
+        validate.check_finite(x, name, self.input_shape)
+        check = getattr(self.decoder, "check_data", None)
+        if check is not None:
+            check(x, name)
+
+    def save(self, path: str | Path) -> None:
+        """Write `config.json` and `weights.pt` into the directory `path`."""
+        from ..io import save
+
+        save(self, path)

@@ -1,0 +1,296 @@
+"""One training routine for every model.
+
+`fit` knows nothing about model classes: it calls the hooks of `aetk.models.Model`
+(`configure_optimizers`, `training_step`, `on_fit_start`, `on_epoch_end`, `check_data`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from tqdm.auto import tqdm
+
+from .models.base import LossOutput, Model
+
+Data = torch.Tensor | np.ndarray | Dataset
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class Callback(Protocol):
+    """Optional hooks: `on_epoch_start(model, epoch)` and `on_epoch_end(model, epoch, row)`
+    (`row` is the epoch's history dict, which the callback may extend)."""
+
+
+class CyclicalBeta:
+    """Cyclical KL annealing (Fu et al. 2019): in each of `n_cycles` cycles over `epochs`,
+    beta rises linearly from `beta_min` to `beta_max` during the first `frac` of the cycle,
+    then stays at `beta_max`. Sets `model.beta` at the start of every epoch."""
+
+    def __init__(self, epochs: int, n_cycles: int = 4, frac: float = 0.5,
+                 beta_min: float = 0.0, beta_max: float = 1.0) -> None:
+        self.epochs, self.n_cycles, self.frac = epochs, n_cycles, frac
+        self.beta_min, self.beta_max = beta_min, beta_max
+
+    def beta(self, epoch: int) -> float:
+        """beta for 1-based `epoch`."""
+        period = self.epochs / self.n_cycles
+        tau = ((epoch - 1) % math.ceil(period)) / period
+        if tau <= self.frac:
+            return self.beta_min + (self.beta_max - self.beta_min) * tau / self.frac
+        return self.beta_max
+
+    def on_epoch_start(self, model: Model, epoch: int) -> None:
+        model.beta = self.beta(epoch)
+
+    def on_epoch_end(self, model: Model, epoch: int, row: dict[str, float]) -> None:
+        row["beta"] = model.beta
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """`"auto"` is CUDA when available, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def as_tensor(data: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Float32 tensor from an array or tensor (integer counts and classes stay exact)."""
+    t = torch.as_tensor(data)
+    return t.float() if t.dtype != torch.float32 else t
+
+
+def _first_item(batch: Any) -> torch.Tensor:
+    return batch[0] if isinstance(batch, list | tuple) else batch
+
+
+class _Batches:
+    """Shuffled mini-batches: index a device tensor directly (no DataLoader overhead), or
+    iterate a Dataset through a DataLoader driven by the same seeded generator."""
+
+    def __init__(self, data: Data, batch_size: int, device: torch.device,
+                 generator: torch.Generator, shuffle: bool) -> None:
+        if isinstance(data, TensorDataset):
+            data = data.tensors[0]
+        self.tensor = as_tensor(data).to(device) if not isinstance(data, Dataset) else None
+        self.dataset = data if self.tensor is None else None
+        self.batch_size, self.device = batch_size, device
+        self.generator, self.shuffle = generator, shuffle
+        n = len(self.tensor) if self.tensor is not None else len(self.dataset)
+        self.n_batches = math.ceil(n / batch_size)
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        if self.tensor is None:
+            loader = DataLoader(self.dataset, self.batch_size, shuffle=self.shuffle,
+                                generator=self.generator)
+            for batch in loader:
+                yield as_tensor(_first_item(batch)).to(self.device, non_blocking=True)
+            return
+        n = len(self.tensor)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else None
+        for start in range(0, n, self.batch_size):
+            if order is None:
+                yield self.tensor[start:start + self.batch_size]
+            else:
+                yield self.tensor[order[start:start + self.batch_size].to(self.device)]
+
+
+def _check(model: Model, data: Data, name: str) -> None:
+    """Validate whole tensors before training; a Dataset is checked batch by batch."""
+    if isinstance(data, TensorDataset):
+        data = data.tensors[0]
+    if isinstance(data, Dataset):
+        if len(data) == 0:
+            raise ValueError(f"{name} data is empty")
+        return
+    model.check_data(as_tensor(data), name)
+
+
+class _Meter:
+    """Sample-weighted running means of the loss and its terms, kept on the device so
+    that the hot loop never synchronises."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.n = 0
+
+    def add(self, out: LossOutput, n: int) -> None:
+        for k, v in {"loss": out.loss, **out.terms}.items():
+            v = v.detach() * n
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.n += n
+
+    def means(self, prefix: str) -> dict[str, float]:
+        return {f"{prefix}_{k}": float(v) / self.n for k, v in self.sums.items()}
+
+
+def _fingerprint(model: Model, n_train: int, batch_size: int, lr: float, seed: int) -> dict:
+    return {"class": type(model).__name__, "build_spec": model.build_spec,
+            "n_parameters": sum(p.numel() for p in model.parameters()),
+            "n_train": n_train, "batch_size": batch_size, "lr": lr, "seed": seed}
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    """Write atomically: an interruption mid-write leaves the previous checkpoint intact."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fit(
+    model: Model,
+    train: Data,
+    val: Data | None = None,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float = 1e-3,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    checkpoint: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    callbacks: Sequence[Any] = (),
+) -> pd.DataFrame:
+    """Train `model` and return its history: one row per epoch with the train and
+    validation loss, every loss term, and the seconds the epoch took.
+
+    `train` and `val` are tensors, numpy arrays or torch datasets (a dataset's items may be
+    `(x, label)` tuples; labels are ignored). With `checkpoint`, model, optimisers, random
+    states and history are saved after every epoch, and a later call with the same
+    arguments resumes where the last finished epoch left off (`resume=False` starts over).
+    A NaN or infinite loss stops training with `TrainingDiverged`; the checkpoint of the
+    last good epoch stays on disk.
+    """
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
+    _check(model, train, "train")
+    if val is not None:
+        _check(model, val, "validation")
+    device = resolve_device(device)
+    torch.manual_seed(seed)
+    shuffle_rng = torch.Generator().manual_seed(seed)
+    model.to(device)
+    batches = _Batches(train, batch_size, device, shuffle_rng, shuffle=True)
+    val_batches = (_Batches(val, batch_size, device, shuffle_rng, shuffle=False)
+                   if val is not None else None)
+    if batches.tensor is not None:
+        model.on_fit_start(batches.tensor)
+    else:
+        model.on_fit_start(torch.cat([b for _, b in zip(range(8), batches, strict=False)]))
+    optimizers = model.configure_optimizers(lr)
+
+    history: list[dict[str, float]] = []
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    n_train = len(batches.tensor) if batches.tensor is not None else len(batches.dataset)
+    fingerprint = _fingerprint(model, n_train, batch_size, lr, seed)
+    if ckpt is not None and resume and ckpt.exists():
+        history = _restore(ckpt, model, optimizers, shuffle_rng, fingerprint, device)
+
+    start = len(history) + 1
+    bar = tqdm(total=(epochs - start + 1) * len(batches), disable=not progress,
+               unit="batch", dynamic_ncols=True)
+    try:
+        for epoch in range(start, epochs + 1):
+            t0 = time.perf_counter()
+            for cb in callbacks:
+                getattr(cb, "on_epoch_start", lambda *a: None)(model, epoch)
+            row = {"epoch": epoch, **_train_epoch(model, batches, optimizers, epoch, bar, epochs)}
+            if val_batches is not None:
+                row.update(evaluate(model, val_batches, prefix="val"))
+            model.on_epoch_end(epoch)
+            row["seconds"] = time.perf_counter() - t0
+            for cb in callbacks:
+                getattr(cb, "on_epoch_end", lambda *a: None)(model, epoch, row)
+            history.append(row)
+            if ckpt is not None:
+                _save_checkpoint(ckpt, {
+                    "fingerprint": fingerprint,
+                    "model": model.state_dict(),
+                    "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                    "rng": _rng_state(),
+                    "shuffle_rng": shuffle_rng.get_state(),
+                    "history": history,
+                })
+    finally:
+        bar.close()
+    return pd.DataFrame(history)
+
+
+def _train_epoch(model: Model, batches: _Batches, optimizers: dict, epoch: int,
+                 bar: tqdm, epochs: int) -> dict[str, float]:
+    model.train()
+    meter = _Meter()
+    bar.set_description(f"epoch {epoch}/{epochs}")
+    for i, x in enumerate(batches, start=1):
+        if x.shape[0] == 0:
+            continue
+        if batches.tensor is None and i == 1:
+            model.check_data(x, "train")
+        out = model.training_step(x, optimizers)
+        if not torch.isfinite(out.loss):
+            bad = [k for k, v in out.terms.items() if not torch.isfinite(v)]
+            raise TrainingDiverged(
+                f"the loss became {out.loss.item()} at epoch {epoch}, batch {i} of "
+                f"{len(batches)} (non-finite terms: {', '.join(bad) or 'none'}); "
+                "try a smaller learning rate"
+            )
+        meter.add(out, x.shape[0])
+        bar.update()
+        if bar.n % 20 == 0 and not bar.disable:
+            bar.set_postfix(loss=f"{out.loss.item():.4g}", refresh=False)
+    return meter.means("train")
+
+
+def evaluate(model: Model, data: Iterable[torch.Tensor], prefix: str = "val") -> dict[str, float]:
+    """Mean loss and terms of `model` over batches of `data`, without gradients."""
+    model.eval()
+    meter = _Meter()
+    with torch.no_grad():
+        for x in data:
+            meter.add(model.loss(x), x.shape[0])
+    return meter.means(prefix)
+
+
+def _restore(path: Path, model: Model, optimizers: dict, shuffle_rng: torch.Generator,
+             fingerprint: dict, device: torch.device) -> list[dict[str, float]]:
+    state = torch.load(path, map_location=device, weights_only=True)
+    if state["fingerprint"] != fingerprint:
+        raise ValueError(
+            f"checkpoint {path} was written for different settings "
+            f"({state['fingerprint']} vs {fingerprint}); pass resume=False to start over"
+        )
+    model.load_state_dict(state["model"])
+    for k, opt in optimizers.items():
+        opt.load_state_dict(state["optimizers"][k])
+    _set_rng_state({k: (v.cpu() if isinstance(v, torch.Tensor) else [t.cpu() for t in v])
+                    for k, v in state["rng"].items()})
+    shuffle_rng.set_state(state["shuffle_rng"].cpu())
+    return state["history"]

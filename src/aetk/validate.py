@@ -1,0 +1,51 @@
+"""Checks on data before training: every problem raises a ValueError that says what is
+wrong and where, so nothing is trained on data the model cannot take."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def _where(mask: torch.Tensor) -> str:
+    """Describe the first True entry of a `(N, ...)` mask as row and flattened column."""
+    flat = mask.reshape(mask.shape[0], -1)
+    row, col = (int(i) for i in flat.nonzero()[0])
+    return f"row {row}, column {col}" if flat.shape[1] > 1 else f"row {row}"
+
+
+def check_finite(x: torch.Tensor, name: str, shape: Sequence[int] | None = None) -> None:
+    """Non-empty, one data point per row of the expected `shape`, and no NaN or infinity."""
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise ValueError(f"{name} data is empty")
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+        raise ValueError(
+            f"{name} data has feature shape {tuple(x.shape[1:])} but the model expects "
+            f"{tuple(shape)}"
+        )
+    bad = ~torch.isfinite(x) if x.is_floating_point() else None
+    if bad is not None and bad.any():
+        raise ValueError(
+            f"{name} data has {int(bad.sum())} NaN or infinite values; first at {_where(bad)}"
+        )
+
+
+def check_range(x: torch.Tensor, name: str, low: float, high: float, what: str) -> None:
+    """All values in `[low, high]`."""
+    bad = (x < low) | (x > high)
+    if bad.any():
+        raise ValueError(
+            f"{name} data has {int(bad.sum())} values outside [{low}, {high}] ({what}); "
+            f"first at {_where(bad)}: {x[bad][0].item()}"
+        )
+
+
+def check_counts(x: torch.Tensor, name: str, what: str) -> None:
+    """Non-negative integers."""
+    bad = (x < 0) | (x != x.round())
+    if bad.any():
+        raise ValueError(
+            f"{name} data has {int(bad.sum())} values that are not non-negative integers "
+            f"({what}); first at {_where(bad)}: {x[bad][0].item()}"
+        )
