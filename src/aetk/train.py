@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,11 +26,6 @@ Data = torch.Tensor | np.ndarray | Dataset
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-class Callback(Protocol):
-    """Optional hooks: `on_epoch_start(model, epoch)` and `on_epoch_end(model, epoch, row)`
-    (`row` is the epoch's history dict, which the callback may extend)."""
 
 
 class CyclicalBeta:
@@ -101,12 +96,12 @@ class _Batches:
                 yield as_tensor(_first_item(batch)).to(self.device, non_blocking=True)
             return
         n = len(self.tensor)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else None
-        for start in range(0, n, self.batch_size):
-            if order is None:
-                yield self.tensor[start:start + self.batch_size]
-            else:
-                yield self.tensor[order[start:start + self.batch_size].to(self.device)]
+        if not self.shuffle:
+            yield from self.tensor.split(self.batch_size)
+            return
+        order = torch.randperm(n, generator=self.generator).to(self.device)
+        for idx in order.split(self.batch_size):
+            yield self.tensor[idx]
 
 
 def _check(model: Model, data: Data, name: str) -> None:
@@ -187,7 +182,8 @@ def fit(
     states and history are saved after every epoch, and a later call with the same
     arguments resumes where the last finished epoch left off (`resume=False` starts over).
     A NaN or infinite loss stops training with `TrainingDiverged`; the checkpoint of the
-    last good epoch stays on disk.
+    last good epoch stays on disk. `callbacks` may define `on_epoch_start(model, epoch)`
+    and `on_epoch_end(model, epoch, row)` (`row`, the epoch's history, may be extended).
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
@@ -201,10 +197,9 @@ def fit(
     batches = _Batches(train, batch_size, device, shuffle_rng, shuffle=True)
     val_batches = (_Batches(val, batch_size, device, shuffle_rng, shuffle=False)
                    if val is not None else None)
-    if batches.tensor is not None:
-        model.on_fit_start(batches.tensor)
-    else:
-        model.on_fit_start(torch.cat([b for _, b in zip(range(8), batches, strict=False)]))
+    # A Dataset shows the model a sample of its first batches (enough to pick centroids).
+    model.on_fit_start(batches.tensor if batches.tensor is not None
+                       else torch.cat([b for _, b in zip(range(8), batches, strict=False)]))
     optimizers = model.configure_optimizers(lr)
 
     history: list[dict[str, float]] = []
@@ -250,10 +245,8 @@ def _train_epoch(model: Model, batches: _Batches, optimizers: dict, epoch: int,
     meter = _Meter()
     bar.set_description(f"epoch {epoch}/{epochs}")
     for i, x in enumerate(batches, start=1):
-        if x.shape[0] == 0:
-            continue
-        if batches.tensor is None and i == 1:
-            model.check_data(x, "train")
+        if batches.tensor is None:  # a Dataset is validated as it streams
+            model.check_data(x, f"train batch {i}")
         out = model.training_step(x, optimizers)
         if not torch.isfinite(out.loss):
             bad = [k for k, v in out.terms.items() if not torch.isfinite(v)]
