@@ -210,8 +210,7 @@ def fit(
         history = _restore(ckpt, model, optimizers, shuffle_rng, fingerprint, device)
 
     start = len(history) + 1
-    bar = tqdm(total=(epochs - start + 1) * len(batches), disable=not progress,
-               unit="batch", dynamic_ncols=True)
+    bar = tqdm(total=len(batches), disable=not progress, unit="batch", dynamic_ncols=True)
     try:
         for epoch in range(start, epochs + 1):
             t0 = time.perf_counter()
@@ -225,6 +224,8 @@ def fit(
             for cb in callbacks:
                 getattr(cb, "on_epoch_end", lambda *a: None)(model, epoch, row)
             history.append(row)
+            if not bar.disable:
+                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("_loss")})
             if ckpt is not None:
                 _save_checkpoint(ckpt, {
                     "fingerprint": fingerprint,
@@ -243,6 +244,7 @@ def _train_epoch(model: Model, batches: _Batches, optimizers: dict, epoch: int,
                  bar: tqdm, epochs: int) -> dict[str, float]:
     model.train()
     meter = _Meter()
+    bar.reset()
     bar.set_description(f"epoch {epoch}/{epochs}")
     for i, x in enumerate(batches, start=1):
         if batches.tensor is None:  # a Dataset is validated as it streams
@@ -257,7 +259,7 @@ def _train_epoch(model: Model, batches: _Batches, optimizers: dict, epoch: int,
             )
         meter.add(out, x.shape[0])
         bar.update()
-        if bar.n % 20 == 0 and not bar.disable:
+        if i % 20 == 0 and not bar.disable:
             bar.set_postfix(loss=f"{out.loss.item():.4g}", refresh=False)
     return meter.means("train")
 
