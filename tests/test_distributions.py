@@ -1,0 +1,167 @@
+"""Densities, the Gaussian KL, the kernels and the MMD estimator against independent
+references (scipy, Monte Carlo, closed forms) in float64."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torch import distributions as D
+
+from aetk import distributions as dist
+from aetk.encoders import GaussianEncoder
+from aetk.kernels import gaussian_kernel, imq_kernel, mmd
+
+
+def _diag_gaussian(b=4, d=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.randn(b, d, generator=g, dtype=torch.float64)
+    sigma = torch.rand(b, d, generator=g, dtype=torch.float64) * 1.5 + 0.2
+    return mu, sigma, D.Independent(D.Normal(mu, sigma), 1)
+
+
+def test_kl_closed_form_matches_formula_and_torch():
+    mu, sigma, q = _diag_gaussian()
+    kl = dist.kl_to_standard_normal(q)
+    m, s = mu.numpy(), sigma.numpy()
+    hand = 0.5 * (s**2 + m**2 - 1 - 2 * np.log(s)).sum(-1)
+    np.testing.assert_allclose(kl.numpy(), hand, rtol=1e-12)
+    prior = D.Independent(D.Normal(torch.zeros_like(mu), torch.ones_like(sigma)), 1)
+    np.testing.assert_allclose(kl.numpy(), D.kl_divergence(q, prior).numpy(), rtol=1e-12)
+
+
+def test_kl_closed_form_matches_monte_carlo():
+    *_, q = _diag_gaussian()
+    z = q.sample((100_000,))  # (S, B, d)
+    log_ratio = q.log_prob(z) - dist.standard_normal_log_prob(z)
+    mc, se = log_ratio.mean(0), log_ratio.std(0) / math.sqrt(z.shape[0])
+    kl = dist.kl_to_standard_normal(q)
+    assert torch.all((mc - kl).abs() < 4 * se), (mc, kl, se)
+
+
+def test_standard_normal_log_prob_vs_scipy():
+    z = torch.randn(5, 3, dtype=torch.float64)
+    ref = stats.multivariate_normal(np.zeros(3), np.eye(3)).logpdf(z.numpy())
+    np.testing.assert_allclose(dist.standard_normal_log_prob(z).numpy(), ref, rtol=1e-12)
+
+
+def test_encoder_density_is_the_models_md_formula():
+    """log q(z|x) = -1/2 sum (z-mu)^2/sigma^2 - sum log sigma - d/2 log 2 pi, sigma = exp(head)."""
+    enc = GaussianEncoder(in_features=4, latent_dim=3, hidden=(5,)).double()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    q = enc(x)
+    out = enc.network(x).detach().numpy()
+    mu, sigma = out[:, :3], np.exp(out[:, 3:])
+    np.testing.assert_allclose(q.mean.detach().numpy(), mu, rtol=1e-12)
+    np.testing.assert_allclose(q.stddev.detach().numpy(), sigma, rtol=1e-12)
+    z = q.rsample().detach()
+    ref = stats.norm(mu, sigma).logpdf(z.numpy()).sum(-1)
+    hand = (-0.5 * ((z.numpy() - mu) / sigma) ** 2 - np.log(sigma)).sum(-1) - 1.5 * np.log(
+        2 * np.pi
+    )
+    np.testing.assert_allclose(q.log_prob(z).detach().numpy(), ref, rtol=1e-12)
+    np.testing.assert_allclose(hand, ref, rtol=1e-12)
+
+
+def test_log_prob_sums_event_dims_of_plain_distributions():
+    rate = torch.rand(4, 2, 3, dtype=torch.float64) + 0.5
+    x = torch.poisson(rate)
+    ref = stats.poisson(rate.numpy()).logpmf(x.numpy()).reshape(4, -1).sum(-1)
+    np.testing.assert_allclose(dist.log_prob(D.Poisson(rate), x).numpy(), ref, rtol=1e-12)
+    np.testing.assert_allclose(
+        dist.log_prob(D.Independent(D.Poisson(rate), 2), x).numpy(), ref, rtol=1e-12
+    )
+
+
+def test_mean_is_the_point_prediction():
+    logits = torch.tensor([[[0.1, 2.0, -1.0], [3.0, 0.0, 0.5]]])
+    assert dist.mean(D.Independent(D.Categorical(logits=logits), 1)).tolist() == [[1, 0]]
+    p = D.Independent(D.Bernoulli(logits=torch.tensor([[0.0, math.log(3.0)]])), 1)
+    np.testing.assert_allclose(dist.mean(p).numpy(), [[0.5, 0.75]], rtol=1e-6)
+
+
+# Kernels and MMD -------------------------------------------------------------------
+
+A = torch.tensor([[0.0, 0.0], [1.0, 2.0]], dtype=torch.float64)
+B = torch.tensor([[1.0, 0.0], [3.0, -1.0], [0.5, 0.5]], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("rho", [1.0, 0.5, 2.0])
+def test_kernel_values_by_hand(rho):
+    sq = np.array([[1.0, 10.0, 0.5], [4.0, 13.0, 2.5]])  # ||a - b||^2 worked out by hand
+    d = 2
+    np.testing.assert_allclose(
+        gaussian_kernel(A, B, rho).numpy(), np.exp(-sq / (rho**2 * d)), rtol=1e-12
+    )
+    c = 2 * d * rho**2
+    np.testing.assert_allclose(imq_kernel(A, B, rho).numpy(), c / (c + sq), rtol=1e-12)
+
+
+def _mmd_by_loops(x, y, k, unbiased):
+    x, y = x.numpy(), y.numpy()
+    n, m = len(x), len(y)
+    kxx = sum(k(x[i], x[j]) for i in range(n) for j in range(n) if i != j or not unbiased)
+    kyy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j or not unbiased)
+    kxy = sum(k(x[i], y[j]) for i in range(n) for j in range(m))
+    dn, dm = (n * (n - 1), m * (m - 1)) if unbiased else (n * n, m * m)
+    return kxx / dn + kyy / dm - 2 * kxy / (n * m)
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "imq"])
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_mmd_estimator_by_hand(kernel, unbiased):
+    """Kernel summed over two scales; U-statistic drops i == j, the V-statistic keeps it."""
+    x, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64) + 1
+    scales = (0.5, 2.0)
+
+    def k(a, b):
+        sq, d = float(((a - b) ** 2).sum()), len(a)
+        if kernel == "gaussian":
+            return sum(math.exp(-sq / (s**2 * d)) for s in scales)
+        return sum(2 * d * s**2 / (2 * d * s**2 + sq) for s in scales)
+
+    got = mmd(x, y, kernel, scales, unbiased).item()
+    assert got == pytest.approx(_mmd_by_loops(x, y, k, unbiased), rel=1e-10)
+
+
+def test_mmd_unknown_kernel_lists_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown kernel 'rbf'.*gaussian, imq"):
+        mmd(A, B, "rbf")
+
+
+def _mmd_draws(shift, unbiased, kernel="gaussian", draws=400, n=16, d=2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    vals = [
+        mmd(
+            torch.randn(n, d, generator=g, dtype=torch.float64),
+            torch.randn(n, d, generator=g, dtype=torch.float64) + shift,
+            kernel,
+            unbiased=unbiased,
+        ).item()
+        for _ in range(draws)
+    ]
+    v = np.array(vals)
+    return v.mean(), v.std(ddof=1) / np.sqrt(len(v))
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "imq"])
+def test_mmd_unbiased_is_zero_in_expectation_biased_is_positive(kernel):
+    """Identical distributions, 400 draws of n = 16: the U-statistic's mean is within 4
+    standard errors of zero; the V-statistic's mean is more than 10 standard errors above."""
+    mean_u, se_u = _mmd_draws(0.0, True, kernel)
+    assert abs(mean_u) < 4 * se_u
+    mean_v, se_v = _mmd_draws(0.0, False, kernel)
+    assert mean_v > 10 * se_v > 0
+
+
+def test_mmd_of_shifted_gaussians_matches_population_value():
+    """For N(0, I) vs N(delta, I), k = exp(-|u|^2 / (2 s^2)) with s^2 = rho^2 d / 2:
+    MMD^2 = 2 (s^2 / (s^2 + 2))^(d/2) (1 - exp(-|delta|^2 / (2 (s^2 + 2))))."""
+    d, shift = 2, 1.0
+    s2 = d / 2
+    delta2 = d * shift**2
+    truth = 2 * (s2 / (s2 + 2)) ** (d / 2) * (1 - math.exp(-delta2 / (2 * (s2 + 2))))
+    mean_u, se_u = _mmd_draws(shift, True)
+    assert mean_u > 0
+    assert abs(mean_u - truth) < 4 * se_u, (mean_u, truth, se_u)
