@@ -62,6 +62,11 @@ def _accepted(fn: Callable) -> set[str]:
     return {p.name for p in params if p.kind is p.KEYWORD_ONLY or p.default is not p.empty}
 
 
+def _required(fn: Callable) -> set[str]:
+    params = inspect.signature(fn).parameters.values()
+    return {p.name for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty}
+
+
 def build_model(
     model: str,
     likelihood: str,
@@ -83,15 +88,18 @@ def build_model(
     decoder_cls = _lookup(LIKELIHOODS, likelihood, "likelihood")
     shape = resolve_shape(in_features, input_shape)
     hidden = tuple(int(h) for h in hidden)
-    dec_opts = {k: hyper.pop(k) for k in list(hyper) if k in _accepted(decoder_cls.__init__)
-                and k not in _DECODER_SIZE_ARGS}
+    dec_valid = _accepted(decoder_cls.__init__) - set(_DECODER_SIZE_ARGS)
+    dec_opts = {k: hyper.pop(k) for k in list(hyper) if k in dec_valid}
     model_opts = _accepted(constructor) - {"encoder", "decoder", *_SIZE_ARGS}
     unknown = set(hyper) - model_opts
     if unknown:
         raise ValueError(
             f"unknown option(s) {sorted(unknown)} for model {model!r} with likelihood "
-            f"{likelihood!r}; valid: {sorted(model_opts | set(dec_opts))}"
+            f"{likelihood!r}; valid: {sorted(model_opts | dec_valid)}"
         )
+    missing = _required(decoder_cls.__init__) - set(_DECODER_SIZE_ARGS) - set(dec_opts)
+    if missing:
+        raise ValueError(f"likelihood {likelihood!r} needs the option(s) {sorted(missing)}")
     sizes = {"hidden": hidden, "activation": activation}
     encoder = encoder_cls(input_shape=shape, latent_dim=latent_dim, **sizes)
     decoder = decoder_cls(latent_dim=latent_dim, output_shape=shape, **sizes, **dec_opts)

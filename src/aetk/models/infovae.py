@@ -42,7 +42,8 @@ class InfoVAE(VAE):
         q = self.encoder(x)
         rec, z = self.reconstruction(q, x)
         kl = kl_to_standard_normal(q).mean()
-        prior = torch.randn(self.n_prior_samples or z.shape[0], z.shape[1], device=z.device)
+        prior = torch.randn(self.n_prior_samples or z.shape[0], z.shape[1], dtype=z.dtype,
+                            device=z.device)
         d = mmd(z, prior, self.kernel, self.scales, self.unbiased)
         loss = rec + (1 - self.alpha) * kl + (self.alpha + self.lam - 1) * d
         return LossOutput(loss, {"reconstruction": rec, "kl": kl, "mmd": d})

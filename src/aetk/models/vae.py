@@ -39,6 +39,6 @@ class VAE(Model):
     def sample(self, n: int, *, mean_only: bool = True) -> torch.Tensor:
         """`n` new data points decoded from `z ~ N(0, I)`: the decoder's point prediction,
         or a draw from p(x|z) with `mean_only=False`."""
-        device = next(self.parameters()).device
-        p = self.decoder(torch.randn(n, self.latent_dim, device=device))
+        param = next(self.parameters())
+        p = self.decoder(torch.randn(n, self.latent_dim, dtype=param.dtype, device=param.device))
         return mean(p) if mean_only else p.sample()
