@@ -205,7 +205,10 @@ class CategoricalDecoder(_BuiltinDecoder):
                     f"{name} data: one-hot class axis has size {x.shape[-1]}, "
                     f"expected {self.n_classes}"
                 )
-            validate.check_range(x, name, 0, 1, "one-hot entries must be 0 or 1")
+            bad = (x != 0) & (x != 1)
+            if bad.any():
+                raise ValueError(f"{name} data: one-hot entries must be 0 or 1; first bad at "
+                                 f"{validate._where(bad)}: {x[bad][0].item()}")
             bad = x.sum(-1) != 1
             if bad.any():
                 raise ValueError(f"{name} data: one-hot rows must sum to 1; first bad at "

@@ -72,16 +72,18 @@ def _first_item(batch: Any) -> torch.Tensor:
 
 class _Batches:
     """Shuffled mini-batches: index a device tensor directly (no DataLoader overhead), or
-    iterate a Dataset through a DataLoader driven by the same seeded generator."""
+    iterate a Dataset through a DataLoader driven by the same seeded generator, validating
+    each batch with `check(x, name)` as it streams."""
 
     def __init__(self, data: Data, batch_size: int, device: torch.device,
-                 generator: torch.Generator, shuffle: bool) -> None:
+                 generator: torch.Generator, shuffle: bool, check: Any, name: str) -> None:
         if isinstance(data, TensorDataset):
             data = data.tensors[0]
         self.tensor = as_tensor(data).to(device) if not isinstance(data, Dataset) else None
         self.dataset = data if self.tensor is None else None
         self.batch_size, self.device = batch_size, device
         self.generator, self.shuffle = generator, shuffle
+        self.check, self.name = check, name
         n = len(self.tensor) if self.tensor is not None else len(self.dataset)
         self.n_batches = math.ceil(n / batch_size)
 
@@ -92,8 +94,10 @@ class _Batches:
         if self.tensor is None:
             loader = DataLoader(self.dataset, self.batch_size, shuffle=self.shuffle,
                                 generator=self.generator)
-            for batch in loader:
-                yield as_tensor(_first_item(batch)).to(self.device, non_blocking=True)
+            for i, batch in enumerate(loader, start=1):
+                x = as_tensor(_first_item(batch))
+                self.check(x, f"{self.name} batch {i}")
+                yield x.to(self.device, non_blocking=True)
             return
         n = len(self.tensor)
         if not self.shuffle:
@@ -194,9 +198,9 @@ def fit(
     torch.manual_seed(seed)
     shuffle_rng = torch.Generator().manual_seed(seed)
     model.to(device)
-    batches = _Batches(train, batch_size, device, shuffle_rng, shuffle=True)
-    val_batches = (_Batches(val, batch_size, device, shuffle_rng, shuffle=False)
-                   if val is not None else None)
+    batches = _Batches(train, batch_size, device, shuffle_rng, True, model.check_data, "train")
+    val_batches = (_Batches(val, batch_size, device, shuffle_rng, False, model.check_data,
+                            "validation") if val is not None else None)
     # A Dataset shows the model a sample of its first batches (enough to pick centroids).
     model.on_fit_start(batches.tensor if batches.tensor is not None
                        else torch.cat([b for _, b in zip(range(8), batches, strict=False)]))
@@ -247,8 +251,6 @@ def _train_epoch(model: Model, batches: _Batches, optimizers: dict, epoch: int,
     bar.reset()
     bar.set_description(f"epoch {epoch}/{epochs}")
     for i, x in enumerate(batches, start=1):
-        if batches.tensor is None:  # a Dataset is validated as it streams
-            model.check_data(x, f"train batch {i}")
         out = model.training_step(x, optimizers)
         if not torch.isfinite(out.loss):
             bad = [k for k, v in out.terms.items() if not torch.isfinite(v)]

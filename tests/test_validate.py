@@ -1,0 +1,172 @@
+"""Bad data raise ValueError saying what is wrong and where, before anything is trained."""
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+import aetk
+from aetk import validate
+from aetk.decoders import CategoricalDecoder
+from aetk.encoders import GaussianEncoder
+
+N, F = 12, 6
+
+
+def _model(likelihood="bernoulli", **kw):
+    return aetk.build_model("vae", likelihood, in_features=F, latent_dim=2, hidden=(4,), **kw)
+
+
+def _fit_fails(model, train, val=None, **kw):
+    """fit raises ValueError and leaves every weight as it was; returns the message."""
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError) as err:
+        aetk.fit(model, train, val, epochs=1, batch_size=4, progress=False, device="cpu", **kw)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} changed although fit refused the data"
+    return str(err.value)
+
+
+def _good(kind="unit"):
+    g = torch.Generator().manual_seed(0)
+    if kind == "unit":
+        return torch.rand(N, F, generator=g)
+    return torch.randint(0, 5, (N, F), generator=g).float()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_train_data_names_row_and_column(bad):
+    x = _good()
+    x[3, 5] = bad
+    msg = _fit_fails(_model(), x)
+    assert "train data has 1 NaN or infinite values; first at row 3, column 5" in msg
+
+
+def test_non_finite_validation_data_in_a_numpy_array():
+    val = _good().numpy()
+    val[[2, 7], [0, 4]] = np.nan
+    msg = _fit_fails(_model(), _good(), val)
+    assert "validation data has 2 NaN or infinite values; first at row 2, column 0" in msg
+
+
+@pytest.mark.parametrize("empty", [torch.empty(0, F), np.empty((0, F))])
+def test_empty_data(empty):
+    assert "train data is empty" in _fit_fails(_model(), empty)
+    assert "validation data is empty" in _fit_fails(_model(), _good(), empty)
+
+
+def test_feature_count_mismatch():
+    msg = _fit_fails(_model(), torch.rand(N, F + 1))
+    assert "train data has feature shape (7,) but the model expects (6,)" in msg
+
+
+@pytest.mark.parametrize("value", [1.5, -0.25])
+def test_bernoulli_needs_values_in_the_unit_interval(value):
+    x = _good()
+    x[4, 2] = value
+    msg = _fit_fails(_model("bernoulli"), x)
+    assert "outside [0.0, 1.0]" in msg and "Bernoulli" in msg
+    assert f"first at row 4, column 2: {value}" in msg
+
+
+@pytest.mark.parametrize(("likelihood", "word"), [("poisson", "Poisson"),
+                                                  ("negative_binomial", "negative-binomial")])
+@pytest.mark.parametrize("value", [-1.0, 2.5])
+def test_count_likelihoods_need_non_negative_integers(likelihood, word, value):
+    x = _good("counts")
+    x[1, 3] = value
+    msg = _fit_fails(_model(likelihood), x)
+    assert "not non-negative integers" in msg and word in msg
+    assert f"first at row 1, column 3: {value}" in msg
+
+
+@pytest.mark.parametrize(("value", "what"), [(5.0, "class indices must be below n_classes=5"),
+                                             (-1.0, "not non-negative integers"),
+                                             (1.5, "not non-negative integers")])
+def test_categorical_class_indices(value, what):
+    x = _good("counts")
+    x[6, 0] = value
+    msg = _fit_fails(_model("categorical", n_classes=5), x)
+    assert what in msg and f"first at row 6, column 0: {value}" in msg
+
+
+def _one_hot_model(k=3):
+    """Encoder reads the one-hot (F, k) array; decoder models F categorical features."""
+    enc = GaussianEncoder(input_shape=(F, k), latent_dim=2, hidden=(4,))
+    return aetk.VAE(enc, CategoricalDecoder(latent_dim=2, out_features=F, n_classes=k,
+                                            hidden=(4,)))
+
+
+def _one_hot(k=3):
+    return torch.nn.functional.one_hot(torch.randint(0, k, (N, F)), k).float()
+
+
+def test_one_hot_categorical_data_train():
+    model = _one_hot_model()
+    hist = aetk.fit(model, _one_hot(), epochs=1, batch_size=4, progress=False, device="cpu")
+    assert np.isfinite(hist["train_loss"]).all()
+
+
+@pytest.mark.parametrize(("row", "what"), [
+    ([0.5, 0.5, 0.0], "one-hot entries must be 0 or 1; first bad at row 2, column 12: 0.5"),
+    ([1.0, 1.0, 0.0], "one-hot rows must sum to 1; first bad at row 2, column 4"),
+    ([0.0, 0.0, 0.0], "one-hot rows must sum to 1; first bad at row 2, column 4"),
+])
+def test_bad_one_hot_rows(row, what):
+    """Entry (2, 4, 0) of a (N, F, 3) array is flattened column 12."""
+    x = _one_hot()
+    x[2, 4] = torch.tensor(row)
+    assert what in _fit_fails(_one_hot_model(), x)
+
+
+def test_one_hot_class_axis_size():
+    dec = CategoricalDecoder(latent_dim=2, out_features=F, n_classes=3)
+    with pytest.raises(ValueError, match=r"one-hot class axis has size 4, expected 3"):
+        dec.check_data(torch.zeros(N, F, 4), "train")
+
+
+class _Rows(Dataset):
+    """A map-style dataset of (x, label) pairs."""
+
+    def __init__(self, x):
+        self.x = x
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], 0
+
+
+def test_dataset_with_bad_rows_is_refused():
+    x = _good()
+    x[:, 1] = 2.0  # every batch has the bad value
+    with pytest.raises(ValueError, match=r"outside \[0.0, 1.0\]"):
+        aetk.fit(_model(), _Rows(x), epochs=1, batch_size=4, progress=False, device="cpu")
+
+
+def test_validation_dataset_with_nan_is_refused():
+    val = _good()
+    val[:, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"validation.*NaN or infinite"):
+        aetk.fit(_model(), _good(), _Rows(val), epochs=1, batch_size=4, progress=False,
+                 device="cpu")
+
+
+def test_empty_dataset():
+    assert "train data is empty" in _fit_fails(_model(), _Rows(torch.empty(0, F)))
+
+
+@pytest.mark.parametrize(("epochs", "batch_size"), [(0, 4), (1, 0)])
+def test_epochs_and_batch_size_must_be_positive(epochs, batch_size):
+    with pytest.raises(ValueError, match="epochs and batch_size must be positive"):
+        aetk.fit(_model(), _good(), epochs=epochs, batch_size=batch_size, progress=False)
+
+
+def test_where_flattens_multidimensional_events():
+    x = torch.zeros(3, 2, 4)
+    x[1, 1, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"first at row 1, column 6$"):
+        validate.check_finite(x, "train")
+    with pytest.raises(ValueError, match=r"first at row 2: 0.5$"):
+        validate.check_counts(torch.tensor([0.0, 3.0, 0.5]), "train", "counts")
