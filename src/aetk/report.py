@@ -1,0 +1,244 @@
+"""Figures and tables of the pipeline's report (matplotlib, PNG at 100 dpi).
+
+Figures are plain ``matplotlib.figure.Figure`` objects rendered by the Agg canvas, so no
+pyplot state or display is involved. Every function reads the xarray stores written by
+``aetk encode`` / ``aetk geodesics`` (and training histories), never a model, so figures
+can be redrawn without torch work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+import xarray as xr
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from aetk.storage import SPLIT_VALIDATION, StoredData
+
+DPI = 100
+
+
+def _subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float]) -> tuple[
+        Figure, np.ndarray]:
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+def _save(fig: Figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+
+
+def _title(ds: xr.Dataset) -> str:
+    return f"{ds.attrs.get('model', '?')} x {ds.attrs.get('likelihood', '?')}"
+
+
+def _project(z: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """2-D view of latent codes: as is for d <= 2 (1-D padded with zeros), else PCA."""
+    if z.shape[1] == 1:
+        return np.column_stack([z[:, 0], np.zeros(len(z))]), ["z1", ""]
+    if z.shape[1] == 2:
+        return z, ["z1", "z2"]
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=2).fit_transform(z), ["PC 1 of z", "PC 2 of z"]
+
+
+def _scatter_labels(ax: Axes, xy: np.ndarray, ds: xr.Dataset, *, size: float = 4,
+                    alpha: float = 0.7) -> None:
+    """Scatter coloured by the label: one colour per class, a colour bar when continuous."""
+    kind = ds.attrs.get("label_kind", "none")
+    if "label" not in ds or kind == "none":
+        ax.scatter(xy[:, 0], xy[:, 1], s=size, alpha=alpha, color="tab:blue", linewidths=0)
+        return
+    labels = ds["label"].values
+    if kind == "continuous":
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, s=size, alpha=alpha, cmap="viridis",
+                        linewidths=0)
+        ax.figure.colorbar(sc, ax=ax, label="label")
+        return
+    names = ds.attrs.get("label_names") or [str(c) for c in np.unique(labels)]
+    cmap = mpl.colormaps["tab10" if len(names) <= 10 else "tab20"]
+    for code in np.unique(labels):
+        m = labels == code
+        ax.scatter(xy[m, 0], xy[m, 1], s=size, alpha=alpha, color=cmap(int(code) % cmap.N),
+                   label=names[int(code)] if int(code) < len(names) else str(code),
+                   linewidths=0)
+    ax.legend(markerscale=3, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5),
+              frameon=False, title="label")
+
+
+def plot_latent(latent: xr.Dataset, path: Path) -> None:
+    """Latent means of every sample coloured by label (PCA for more than two dimensions)."""
+    xy, names = _project(latent["z_mean"].values)
+    fig, axes = _subplots(figsize=(5.5, 4.5))
+    ax = axes[0, 0]
+    _scatter_labels(ax, xy, latent)
+    ax.set(xlabel=names[0], ylabel=names[1], title=f"latent means: {_title(latent)}")
+    _save(fig, path)
+
+
+def _image_grid(rows: list[np.ndarray], shape: tuple[int, ...], row_names: list[str],
+                title: str) -> Figure:
+    n = max(len(r) for r in rows)
+    fig, axes = _subplots(len(rows), n, figsize=(0.9 * n + 0.6, 0.95 * len(rows) + 0.4))
+    for i, row in enumerate(rows):
+        for j in range(n):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if j < len(row):
+                ax.imshow(row[j].reshape(shape[-2:] if len(shape) >= 2 else (1, -1)),
+                          cmap="gray_r", vmin=0, vmax=max(1.0, float(np.max(row))))
+        axes[i, 0].set_ylabel(row_names[i], fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def _heatmaps(rows: list[np.ndarray], row_names: list[str], title: str) -> Figure:
+    fig, axes = _subplots(1, len(rows), figsize=(4 * len(rows), 3.2))
+    lo = min(float(np.min(r)) for r in rows)
+    hi = max(float(np.max(r)) for r in rows)
+    for ax, row, name in zip(axes[0], rows, row_names, strict=True):
+        im = ax.imshow(row, aspect="auto", interpolation="nearest", vmin=lo, vmax=hi,
+                       cmap="viridis")
+        ax.set(title=name, xlabel="feature", ylabel="sample")
+    fig.colorbar(im, ax=axes[0].tolist())
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_reconstructions(latent: xr.Dataset, path: Path) -> None:
+    """Validation samples (top) and their reconstructions (bottom)."""
+    data = latent["example_data"].values
+    recon = latent["example_reconstruction"].values
+    shape = latent.attrs.get("image_shape")
+    title = f"reconstructions: {_title(latent)}"
+    if shape:
+        fig = _image_grid([data, recon], tuple(shape), ["data", "reconstruction"], title)
+    else:
+        fig = _heatmaps([data, recon], ["data", "reconstruction"], title)
+    _save(fig, path)
+
+
+def plot_samples(latent: xr.Dataset, stored: StoredData, path: Path) -> None:
+    """Samples generated by the model: images, or over the data in its first two features."""
+    title = f"generated samples: {_title(latent)}"
+    if "generated" not in latent:
+        fig, axes = _subplots(figsize=(4, 1.5))
+        ax = axes[0, 0]
+        ax.axis("off")
+        ax.text(0.5, 0.5, "this model does not generate samples", ha="center", va="center")
+        _save(fig, path)
+        return
+    gen = latent["generated"].values
+    shape = latent.attrs.get("image_shape")
+    if shape:
+        per_row = int(np.ceil(np.sqrt(len(gen))))
+        rows = [gen[i:i + per_row] for i in range(0, len(gen), per_row)]
+        fig = _image_grid(rows, tuple(shape), [""] * len(rows), title)
+    elif gen.shape[1] >= 2:
+        fig, axes = _subplots(figsize=(5, 4.5))
+        ax = axes[0, 0]
+        ax.scatter(stored.x[:, 0], stored.x[:, 1], s=3, color="0.7", label="data", linewidths=0)
+        ax.scatter(gen[:, 0], gen[:, 1], s=12, color="tab:red", label="generated")
+        ax.set(xlabel="feature 0", ylabel="feature 1", title=title)
+        ax.legend(fontsize=8)
+    else:
+        fig = _heatmaps([gen], ["generated"], title)
+    _save(fig, path)
+
+
+def plot_geodesics(latent: xr.Dataset, geo: xr.Dataset, path: Path) -> None:
+    """Geodesics (solid) and straight lines (dashed) over the latent codes, on the metric's
+    log volume for 2-D latents."""
+    z = latent["z_mean"].values
+    points = geo["points"].values
+    fig, axs = _subplots(figsize=(6, 5))
+    ax = axs[0, 0]
+    if "log_volume" in geo and z.shape[1] == 2:
+        z1, z2 = geo["z1"].values, geo["z2"].values
+        im = ax.imshow(geo["log_volume"].values.T, origin="lower", aspect="auto",
+                       extent=(z1[0], z1[-1], z2[0], z2[-1]), cmap="magma", alpha=0.9)
+        fig.colorbar(im, ax=ax, label=r"log $\sqrt{\det G(z)}$")
+        xy, axes = z, ["z1", "z2"]
+        curves = points
+    else:
+        from sklearn.decomposition import PCA
+
+        pca = PCA(n_components=2).fit(z) if z.shape[1] > 2 else None
+        xy, axes = _project(z)
+        curves = (pca.transform(points.reshape(-1, z.shape[1])).reshape(*points.shape[:2], 2)
+                  if pca is not None else np.stack([points[..., 0], np.zeros(points.shape[:2])],
+                                                   -1) if z.shape[1] == 1 else points)
+    ax.scatter(xy[:, 0], xy[:, 1], s=2, color="white" if "log_volume" in geo else "0.6",
+               alpha=0.35, linewidths=0)
+    for curve in curves:
+        ax.plot([curve[0, 0], curve[-1, 0]], [curve[0, 1], curve[-1, 1]], "--", color="cyan",
+                lw=0.8)
+        ax.plot(curve[:, 0], curve[:, 1], "-", color="lime", lw=1.5)
+        ax.plot(curve[[0, -1], 0], curve[[0, -1], 1], "o", color="lime", ms=3)
+    ratio = float(np.mean(geo["length"].values / geo["line_length"].values))
+    conv = int(geo["converged"].values.sum())
+    ax.set(xlabel=axes[0], ylabel=axes[1],
+           title=f"geodesics ({geo.attrs.get('metric', '')}): {_title(latent)}\n"
+                 f"length / straight-line length {ratio:.3f}, {conv}/{len(curves)} converged")
+    _save(fig, path)
+
+
+def plot_training_curves(histories: dict[str, pd.DataFrame], path: Path) -> None:
+    """Training and validation loss per epoch, one panel per run."""
+    n = len(histories)
+    cols = min(3, n)
+    rows = int(np.ceil(n / cols))
+    fig, axes = _subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows))
+    for ax, (run, h) in zip(axes.flat, histories.items(), strict=False):
+        ax.plot(h["epoch"], h["train_loss"], label="train", color="tab:blue")
+        if "val_loss" in h:
+            ax.plot(h["epoch"], h["val_loss"], label="validation", color="tab:orange")
+        ax.set(title=run, xlabel="epoch", ylabel="loss")
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def comparison_table(histories: dict[str, pd.DataFrame], latents: dict[str, xr.Dataset],
+                     geodesics: dict[str, xr.Dataset]) -> pd.DataFrame:
+    """One row per run: final and best validation loss, validation reconstruction error,
+    KL and ELBO (means over validation samples), training time and the mean ratio of
+    geodesic to straight-line length where geodesics were fitted."""
+    rows = []
+    for run, h in histories.items():
+        lat = latents[run]
+        val = lat["split"].values == SPLIT_VALIDATION
+        if not val.any():
+            val = np.ones_like(val, dtype=bool)
+        row = {
+            "run": run,
+            "model": lat.attrs.get("model"),
+            "likelihood": lat.attrs.get("likelihood"),
+            "latent_dim": lat.attrs.get("latent_dim"),
+            "epochs": int(h["epoch"].max()),
+            "final_train_loss": float(h["train_loss"].iloc[-1]),
+            "final_val_loss": float(h["val_loss"].iloc[-1]) if "val_loss" in h else np.nan,
+            "best_val_loss": float(h["val_loss"].min()) if "val_loss" in h else np.nan,
+        }
+        for name in ("reconstruction_error", "kl", "elbo"):
+            values = lat[name].values[val]
+            row[f"val_{name}"] = float(np.mean(values)) if np.isfinite(values).any() else np.nan
+        row["train_seconds"] = float(h["seconds"].sum()) if "seconds" in h else np.nan
+        if run in geodesics:
+            g = geodesics[run]
+            row["geodesic_length_ratio"] = float(np.mean(g["length"] / g["line_length"]))
+        else:
+            row["geodesic_length_ratio"] = np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)

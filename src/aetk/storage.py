@@ -1,0 +1,168 @@
+"""Zarr (format 3) stores written and read through xarray.
+
+Every store is written with ``zarr_format=3`` and ``consolidated=False`` (zarr 3 warns about
+consolidated metadata, which is not part of its specification), chunked along its first
+dimension through ``encoding`` (no dask needed) and compressed with Blosc/zstd. Names go in
+attributes, never in fixed-width string arrays. The layout of each store is documented in
+``docs/zarr-layout.md``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from zarr.codecs import BloscCodec
+
+from aetk.data import Prepared, TransformPipeline
+
+CHUNK_ROWS = 2048
+SPLIT_TRAIN, SPLIT_VALIDATION = 0, 1
+
+
+def package_version() -> str:
+    """Installed version of aetk (``"unknown"`` when run from a source tree)."""
+    try:
+        return md.version("aetk")
+    except md.PackageNotFoundError:
+        return "unknown"
+
+
+def _clean_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """JSON-able attributes without ``None`` values (xarray refuses them)."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items() if x is not None}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        if isinstance(v, np.generic):
+            return v.item()
+        return v
+
+    return {k: clean(v) for k, v in attrs.items() if v is not None}
+
+
+def write_zarr(ds: xr.Dataset, path: str | Path, *, chunk_rows: int = CHUNK_ROWS) -> None:
+    """Write ``ds`` as a zarr-3 store at ``path`` (replacing it), chunked on the first dimension."""
+    compressor = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+    encoding = {}
+    for name, var in ds.variables.items():
+        if var.ndim == 0:
+            continue
+        chunks = (min(chunk_rows, max(var.shape[0], 1)), *(max(s, 1) for s in var.shape[1:]))
+        encoding[name] = {"chunks": chunks, "compressors": (compressor,)}
+    ds = ds.copy()
+    ds.attrs = _clean_attrs({**ds.attrs, "aetk_version": package_version()})
+    ds.to_zarr(str(path), mode="w", zarr_format=3, consolidated=False, encoding=encoding)
+
+
+def read_zarr(path: str | Path) -> xr.Dataset:
+    """Read a store written by :func:`write_zarr` fully into memory."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"zarr store {path} does not exist")
+    with warnings.catch_warnings():
+        # Snakemake marks directory outputs with a .snakemake_timestamp file, which zarr
+        # reports as an unknown object; it is harmless.
+        warnings.filterwarnings("ignore", message=r".*\.snakemake_timestamp",
+                                category=UserWarning)
+        with xr.open_zarr(str(path), consolidated=False, zarr_format=3) as ds:
+            return ds.load()
+
+
+# --------------------------------------------------------------------------------------
+# The preprocessed data store
+
+
+@dataclass
+class StoredData:
+    """The contents of a data store (``results/data/<name>.zarr``)."""
+
+    x: np.ndarray
+    is_validation: np.ndarray
+    labels: np.ndarray | None
+    label_kind: str
+    label_names: list[str] | None
+    image_shape: tuple[int, ...] | None
+    pipeline: TransformPipeline
+    attrs: dict[str, Any]
+
+    @property
+    def train(self) -> np.ndarray:
+        return self.x[~self.is_validation]
+
+    @property
+    def validation(self) -> np.ndarray:
+        return self.x[self.is_validation]
+
+
+def data_to_dataset(prep: Prepared, attrs: dict[str, Any]) -> xr.Dataset:
+    """The xarray form of a prepared data set (see ``docs/zarr-layout.md``)."""
+    raw, pipe = prep.raw, prep.pipeline
+    n, f = prep.x.shape
+    specs, arrays = pipe.to_spec()
+    variables: dict[str, Any] = {
+        "x": (("sample", "feature"), prep.x.astype(np.float32), {
+            "long_name": "transformed data"}),
+        "split": (("sample",), prep.is_validation.astype(np.int8), {
+            "flag_values": [SPLIT_TRAIN, SPLIT_VALIDATION],
+            "flag_meanings": "train validation"}),
+        "source_index": (("sample",), prep.sample_index.astype(np.int64), {
+            "long_name": "row of the sample in the source data"}),
+    }
+    if prep.labels is not None:
+        dtype = np.int64 if raw.label_kind == "categorical" else np.float32
+        variables["label"] = (("sample",), prep.labels.astype(dtype), {"kind": raw.label_kind})
+    for name, arr in arrays.items():
+        variables[name] = (("feature",), arr.astype(np.float64), {})
+    image_shape = raw.image_shape
+    if image_shape is not None and int(np.prod(image_shape)) != f:
+        image_shape = None  # a feature selection broke the image layout
+    names = raw.feature_names
+    all_attrs = {
+        "store": "aetk-data",
+        "source": raw.source,
+        "label_kind": raw.label_kind,
+        "label_names": raw.label_names,
+        "image_shape": None if image_shape is None else list(image_shape),
+        "feature_names": None if names is None else [names[i] for i in pipe.feature_index],
+        "n_features_source": int(raw.x.shape[1]),
+        "n_train": int((~prep.is_validation).sum()),
+        "n_validation": int(prep.is_validation.sum()),
+        "transforms": specs,
+        **attrs,
+    }
+    coords = {"sample": np.arange(n), "feature": pipe.feature_index.astype(np.int64)}
+    return xr.Dataset(variables, coords=coords, attrs=_clean_attrs(all_attrs))
+
+
+def write_data(prep: Prepared, path: str | Path, attrs: dict[str, Any]) -> None:
+    """Write a prepared data set to a zarr store."""
+    write_zarr(data_to_dataset(prep, attrs), path)
+
+
+def read_data(path: str | Path) -> StoredData:
+    """Read a data store written by :func:`write_data`."""
+    ds = read_zarr(path)
+    if ds.attrs.get("store") != "aetk-data":
+        raise ValueError(f"{path} is not an aetk data store (run `aetk preprocess`)")
+    specs = ds.attrs.get("transforms", [])
+    arrays = {name: ds[name].values for name in ds.data_vars if name.startswith("transform")}
+    pipe = TransformPipeline.from_spec(specs, arrays, ds["feature"].values)
+    shape = ds.attrs.get("image_shape")
+    return StoredData(
+        x=ds["x"].values.astype(np.float32),
+        is_validation=ds["split"].values == SPLIT_VALIDATION,
+        labels=ds["label"].values if "label" in ds else None,
+        label_kind=ds.attrs.get("label_kind", "none"),
+        label_names=ds.attrs.get("label_names"),
+        image_shape=None if shape is None else tuple(shape),
+        pipeline=pipe,
+        attrs=dict(ds.attrs),
+    )

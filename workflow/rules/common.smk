@@ -1,0 +1,174 @@
+import json
+import re
+import shlex
+from pathlib import Path
+
+import yaml
+from jsonschema import Draft202012Validator
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+BUNDLED = ("mnist5k", "mnist", "digits", "swissroll", "scurve", "scrna_counts")
+SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def check_config(cfg):
+    """Stop with every schema violation listed by its dotted key, before any job runs."""
+    schema = yaml.safe_load(SCHEMA.read_text())
+    errors = sorted(
+        Draft202012Validator(schema).iter_errors(cfg),
+        key=lambda e: [str(p) for p in e.path],
+    )
+    if errors:
+        lines = [
+            f"  {'.'.join(str(p) for p in e.path) or '(top level)'}: {e.message}"
+            for e in errors
+        ]
+        raise WorkflowError(
+            "\n".join([f"Invalid configuration ({len(errors)} error(s)):", *lines])
+        )
+
+
+check_config(config)
+validate(config, schema="../schemas/config.schema.yaml")  # fills in the defaults
+
+DATA = config["data"]
+GRID = config["grid"]
+
+
+def dataset_name():
+    if DATA["name"]:
+        return DATA["name"]
+    if DATA["source"] in BUNDLED:
+        return DATA["source"]
+    return re.sub(r"[^A-Za-z0-9_.]", "_", Path(DATA["source"]).stem)
+
+
+DATASET = dataset_name()
+DATA_STORE = f"results/data/{DATASET}.zarr"
+
+
+def make_runs():
+    """Run name -> settings; latent size and seed appear in the name only when varied."""
+    runs = {}
+    for model in GRID["models"]:
+        for lik in GRID["likelihoods"]:
+            for dim in GRID["latent_dims"]:
+                for seed in GRID["seeds"]:
+                    parts = [model, lik]
+                    if len(GRID["latent_dims"]) > 1:
+                        parts.append(f"d{dim}")
+                    if len(GRID["seeds"]) > 1:
+                        parts.append(f"s{seed}")
+                    runs["-".join(parts)] = dict(
+                        model=model, likelihood=lik, latent_dim=dim, seed=seed
+                    )
+    return runs
+
+
+RUNS = make_runs()
+GEODESIC_RUNS = [
+    r
+    for r, spec in RUNS.items()
+    if spec["model"] == "rhvae" or config["geodesics"]["pullback"]
+]
+
+
+wildcard_constraints:
+    run="|".join(re.escape(r) for r in RUNS),
+    dataset=re.escape(DATASET),
+
+
+def data_input(wildcards):
+    """The user's data file (so that editing it reruns the pipeline); none when bundled."""
+    return [] if DATA["source"] in BUNDLED else [DATA["source"]]
+
+
+def cli_args(pairs):
+    """Shell-quoted ``--flag value`` pairs, skipping unset values."""
+    out = []
+    for flag, value in pairs:
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        out.append(" ".join([flag, *(shlex.quote(str(v)) for v in values)]))
+    return " ".join(out)
+
+
+def preprocess_args(wildcards):
+    transforms = [
+        t if isinstance(t, str) else json.dumps(t) for t in DATA["transforms"]
+    ]
+    return cli_args(
+        [
+            ("--source", DATA["source"]),
+            ("--key", DATA["key"]),
+            ("--labels", DATA["labels"]),
+            ("--n-samples", DATA["n_samples"]),
+            ("--noise", DATA["noise"]),
+            ("--transforms", transforms or None),
+            ("--validation-fraction", DATA["validation_fraction"]),
+            ("--seed", DATA["seed"]),
+        ]
+    )
+
+
+def train_args(wildcards):
+    spec = RUNS[wildcards.run]
+    options = {
+        **config["likelihood_options"].get(spec["likelihood"], {}),
+        **config["model_options"].get(spec["model"], {}),
+    }
+    train = config["train"]
+    return cli_args(
+        [
+            ("--model", spec["model"]),
+            ("--likelihood", spec["likelihood"]),
+            ("--latent-dim", spec["latent_dim"]),
+            ("--hidden", config["network"]["hidden"]),
+            ("--activation", config["network"]["activation"]),
+            ("--options", json.dumps(options, sort_keys=True)),
+            ("--epochs", train["epochs"]),
+            ("--batch-size", train["batch_size"]),
+            ("--lr", train["lr"]),
+            ("--device", train["device"]),
+            ("--seed", spec["seed"]),
+            ("--resume" if train["resume"] else "--no-resume", []),
+        ]
+    )
+
+
+def encode_args(wildcards):
+    enc = config["encode"]
+    return cli_args(
+        [
+            ("--batch-size", enc["batch_size"]),
+            ("--n-examples", enc["n_examples"]),
+            ("--n-generated", enc["n_generated"]),
+            ("--seed", RUNS[wildcards.run]["seed"]),
+        ]
+    )
+
+
+def geodesic_args(wildcards):
+    geo = config["geodesics"]
+    return cli_args(
+        [
+            ("--n-pairs", geo["n_pairs"]),
+            ("--n-points", geo["n_points"]),
+            ("--max-iter", geo["max_iter"]),
+            ("--grid-size", geo["grid_size"]),
+            ("--seed", geo["seed"]),
+        ]
+    )
+
+
+def report_outputs():
+    per_run = [
+        f"results/report/{run}/{fig}.png"
+        for run in RUNS
+        for fig in ("latent", "reconstructions", "samples")
+    ]
+    geo = [f"results/report/{run}/geodesics.png" for run in GEODESIC_RUNS]
+    summary = ["results/report/training_curves.png", "results/report/comparison.tsv"]
+    return per_run + geo + summary

@@ -1,0 +1,18 @@
+rule geodesics:
+    input:
+        model="results/models/{run}/model",
+        latent="results/latent/{run}.zarr",
+    output:
+        directory("results/geodesics/{run}.zarr"),
+    log:
+        "results/logs/geodesics/{run}.log",
+    benchmark:
+        "results/benchmarks/geodesics/{run}.tsv"
+    conda:
+        "../../envs/aetk.yaml"
+    params:
+        args=geodesic_args,
+    shell:
+        "aetk geodesics --model {input.model} --latent {input.latent} {params.args} "
+        "--threads {threads} "
+        "--out {output} > {log} 2>&1"

@@ -1,0 +1,23 @@
+rule train:
+    input:
+        DATA_STORE,
+    output:
+        model=directory("results/models/{run}/model"),
+        history="results/models/{run}/history.tsv",
+    log:
+        "results/logs/train/{run}.log",
+    benchmark:
+        "results/benchmarks/train/{run}.tsv"
+    conda:
+        "../../envs/aetk.yaml"
+    threads: 1
+    resources:
+        gpu=1,
+    params:
+        args=train_args,
+        # Outside the declared outputs, so that Snakemake keeps it when a job is interrupted.
+        checkpoints="results/checkpoints",
+    shell:
+        "aetk train --data {input} {params.args} --threads {threads} "
+        "--checkpoint-dir {params.checkpoints} "
+        "--out {output.model} --history {output.history} > {log} 2>&1"
