@@ -15,13 +15,13 @@ from .decoders import (
 )
 from .encoders import DeterministicEncoder, GaussianEncoder
 from .io import load
-from .models import AE, VAE, InfoMaxVAE, InfoVAE, LossOutput, Model
+from .models import AE, HVAE, RHVAE, VAE, InfoMaxVAE, InfoVAE, LossOutput, Model
 from .train import CyclicalBeta, TrainingDiverged, fit
 
 __all__ = [
-    "AE", "LIKELIHOODS", "MODELS", "VAE", "BernoulliDecoder", "CategoricalDecoder",
-    "CyclicalBeta", "Decoder", "DeterministicDecoder", "DeterministicEncoder",
-    "GaussianDecoder", "GaussianEncoder", "InfoMaxVAE", "InfoVAE", "LearnedGaussianDecoder",
-    "LossOutput", "Model", "NegativeBinomialDecoder", "PoissonDecoder", "TrainingDiverged",
-    "__version__", "build_model", "fit", "load",
+    "AE", "HVAE", "LIKELIHOODS", "MODELS", "RHVAE", "VAE", "BernoulliDecoder",
+    "CategoricalDecoder", "CyclicalBeta", "Decoder", "DeterministicDecoder",
+    "DeterministicEncoder", "GaussianDecoder", "GaussianEncoder", "InfoMaxVAE", "InfoVAE",
+    "LearnedGaussianDecoder", "LossOutput", "Model", "NegativeBinomialDecoder", "PoissonDecoder",
+    "TrainingDiverged", "__version__", "build_model", "fit", "load",
 ]

@@ -2,8 +2,10 @@
 
 from .ae import AE
 from .base import LossOutput, Model
+from .hvae import HVAE
 from .infomaxvae import Critic, InfoMaxVAE
 from .infovae import InfoVAE
+from .rhvae import RHVAE
 from .vae import VAE
 
-__all__ = ["AE", "VAE", "Critic", "InfoMaxVAE", "InfoVAE", "LossOutput", "Model"]
+__all__ = ["AE", "HVAE", "RHVAE", "VAE", "Critic", "InfoMaxVAE", "InfoVAE", "LossOutput", "Model"]

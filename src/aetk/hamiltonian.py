@@ -1,0 +1,239 @@
+"""The Hamiltonian flow shared by HVAE and RHVAE: leapfrog and generalised leapfrog steps,
+the tempering schedule, the centroid metric of the RHVAE with its closed-form gradients,
+HMC sampling, and divergence detection.
+
+A point of the flow is a `Position`: z with the potential U(z) (the z-only part of the
+Hamiltonian), its gradient, and what the ELBO and the next step reuse there. Each new
+position is evaluated once; the momentum fixed-point iterations of the generalised
+leapfrog only add the closed-form kinetic gradient (models.md, "Speed").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .train import TrainingDiverged
+
+MAX_ENERGY_ERROR = 1e3
+"""A leapfrog step that changes H by more than this many nats has diverged: with a stable
+step size the error is O(step_size^2), far below one nat."""
+
+
+class FlowDiverged(TrainingDiverged):
+    """The Hamiltonian flow diverged (non-finite values, a failed Cholesky factorisation, or
+    an energy error above `MAX_ENERGY_ERROR`): the step size is too large."""
+
+
+class MetricAt(NamedTuple):
+    """The centroid metric evaluated at a batch of points."""
+
+    weights: Tensor  # w_i(z) = exp(-|z - c_i|^2 / T^2), (B, N)
+    G_inv: Tensor  # (B, d, d)
+    chol: Tensor  # lower Cholesky factor of G_inv, (B, d, d)
+    G: Tensor  # (B, d, d)
+    log_det_G: Tensor  # (B,)
+    info: Tensor  # Cholesky status, 0 where it succeeded, (B,)
+
+
+class Position(NamedTuple):
+    """A point z of the flow and what is reused there."""
+
+    z: Tensor  # (B, d)
+    potential: Tensor  # U(z), (B,)
+    grad: Tensor  # grad_z U(z), (B, d)
+    log_lik: Tensor | None = None  # log p(x|z), (B,)
+    metric: MetricAt | None = None
+
+
+PositionFn = Callable[[Tensor], Position]
+
+
+def mv(A: Tensor, v: Tensor) -> Tensor:
+    """Batched matrix-vector product `(B, d, d) x (B, d) -> (B, d)`."""
+    return (A @ v.unsqueeze(-1)).squeeze(-1)
+
+
+def inv_sqrt_beta(beta0: float | Tensor, k: int, n_steps: int) -> float | Tensor:
+    """`1/sqrt(beta_k)` of the quadratic schedule:
+    `(1 - 1/sqrt(beta0)) (k/K)^2 + 1/sqrt(beta0)`, so that `beta_K = 1`."""
+    s0 = beta0**-0.5
+    return (1 - s0) * (k / n_steps) ** 2 + s0
+
+
+def tempering(beta0: float | Tensor, k: int, n_steps: int) -> float | Tensor:
+    """`sqrt(beta_{k-1} / beta_k)`: the momentum's factor after leapfrog step k."""
+    return inv_sqrt_beta(beta0, k, n_steps) / inv_sqrt_beta(beta0, k - 1, n_steps)
+
+
+def value_and_grad(fn: Callable[[Tensor], Tensor], z: Tensor, create_graph: bool
+                   ) -> tuple[Tensor, Tensor]:
+    """`fn(z)` (shape `(B,)`) and its gradient in z, also under `torch.no_grad()`.
+
+    With `create_graph` the gradient is itself differentiable (training: the outer gradient
+    flows through the flow); otherwise z is detached and both results carry no graph.
+    """
+    with torch.enable_grad():
+        if not (create_graph and z.requires_grad):
+            z = z.detach().requires_grad_()
+        value = fn(z)
+        (grad,) = torch.autograd.grad(value.sum(), z, create_graph=create_graph,
+                                      allow_unused=True, materialize_grads=True)
+    return (value, grad) if create_graph else (value.detach(), grad)
+
+
+def leapfrog(pos: Position, rho: Tensor, step_size: float | Tensor, position: PositionFn
+             ) -> tuple[Position, Tensor]:
+    """One leapfrog step for `H = U(z) + |rho|^2 / 2`; the gradient at the start is reused."""
+    rho_half = rho - 0.5 * step_size * pos.grad
+    new = position(pos.z + step_size * rho_half)
+    return new, rho_half - 0.5 * step_size * new.grad
+
+
+class CentroidMetric:
+    """The RHVAE inverse metric `G^{-1}(z) = a sum_i M_i w_i(z) + lambda I`, with
+    `w_i(z) = exp(-|z - c_i|^2 / T^2)`, centroids `c (N, d)` and `M (N, d, d)`.
+
+    `scale` is `a` (`1/N` for the "mean" reduction, 1 for "sum"). With `float64` the
+    `d x d` algebra (the sum, Cholesky, inverse, log-determinant) runs in float64 and the
+    results come back in z's dtype.
+    """
+
+    def __init__(self, centroids: Tensor, M: Tensor, temperature: float, regularization: float,
+                 scale: float, float64: bool = True) -> None:
+        self.c = centroids
+        self.c_sq = (centroids * centroids).sum(-1)
+        self.d = centroids.shape[-1]
+        self.exact = torch.float64 if float64 else centroids.dtype
+        self.M_flat = M.flatten(1)  # (N, d*d)
+        self.M_exact = self.M_flat.to(self.exact)
+        self.inv_t2 = 1.0 / temperature**2
+        self.lam = regularization
+        self.scale = scale
+
+    def weights(self, z: Tensor) -> Tensor:
+        """`w_i(z)`, `(B, N)`, by one GEMM: `|z|^2 - 2 z c^T + |c|^2` (no `(B, N, d)` temporary)."""
+        sq = (z * z).sum(-1, keepdim=True) - 2.0 * z @ self.c.T + self.c_sq
+        return torch.exp(-sq.clamp_min(0.0) * self.inv_t2)
+
+    def _inverse(self, w: Tensor) -> Tensor:
+        eye = torch.eye(self.d, dtype=self.exact, device=w.device)
+        G_inv = (self.scale * w.to(self.exact)) @ self.M_exact
+        return G_inv.view(-1, self.d, self.d) + self.lam * eye
+
+    def inverse(self, z: Tensor) -> Tensor:
+        """`G^{-1}(z)`, `(B, d, d)`."""
+        return self._inverse(self.weights(z)).to(z.dtype)
+
+    def at(self, z: Tensor) -> MetricAt:
+        """Everything about the metric at z that the flow and the ELBO use."""
+        w = self.weights(z)
+        G_inv = self._inverse(w)
+        chol, info = torch.linalg.cholesky_ex(G_inv)
+        G = torch.cholesky_inverse(chol)
+        log_det_G = -2.0 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        dt = z.dtype
+        return MetricAt(w, G_inv.to(dt), chol.to(dt), G.to(dt), log_det_G.to(dt), info)
+
+    def force(self, z: Tensor, w: Tensor, S: Tensor) -> Tensor:
+        """`(a/T^2) sum_i <S, M_i> w_i (z - c_i)`, `(B, d)`, by two GEMMs.
+
+        With `S = G(z)` this is the gradient of `1/2 log det G(z)`; with `S = -rho rho^T`,
+        the gradient of the kinetic term `1/2 rho^T G^{-1}(z) rho`.
+        """
+        coef = (S.flatten(1) @ self.M_flat.T) * w  # (B, N)
+        return (self.scale * self.inv_t2) * (coef.sum(-1, keepdim=True) * z - coef @ self.c)
+
+    def kinetic_grad(self, pos: Position, rho: Tensor) -> Tensor:
+        """`d/dz 1/2 rho^T G^{-1}(z) rho = -(a/T^2) sum_i (rho^T M_i rho) w_i (z - c_i)`."""
+        return self.force(pos.z, pos.metric.weights, -rho.unsqueeze(-1) * rho.unsqueeze(-2))
+
+    def kinetic(self, pos: Position, rho: Tensor) -> Tensor:
+        """`1/2 rho^T G^{-1}(z) rho`, `(B,)`."""
+        return 0.5 * (rho * mv(pos.metric.G_inv, rho)).sum(-1)
+
+
+def generalized_leapfrog(pos: Position, rho: Tensor, step_size: float, n_fixed_point: int,
+                         metric: CentroidMetric, position: PositionFn
+                         ) -> tuple[Position, Tensor, Tensor]:
+    """One implicit generalised leapfrog step for `H = U(z) + 1/2 rho^T G^{-1}(z) rho`.
+
+    Both implicit half-steps are solved by `n_fixed_point` true fixed-point iterations
+    started from `rho` (resp. `z`), so the first iterate is the explicit step:
+    `rho~ = rho - eps/2 grad_z H(z, rho~)`, `z' = z + eps/2 [G^{-1}(z) + G^{-1}(z')] rho~`,
+    then `rho' = rho~ - eps/2 grad_z H(z', rho~)`. Returns the new position, `rho'`, `rho~`.
+    """
+    half = 0.5 * step_size
+    rho_half = rho
+    for _ in range(n_fixed_point):
+        rho_half = rho - half * (pos.grad + metric.kinetic_grad(pos, rho_half))
+    v = mv(pos.metric.G_inv, rho_half)
+    z = pos.z + step_size * v
+    for _ in range(n_fixed_point - 1):
+        z = pos.z + half * (v + mv(metric.inverse(z), rho_half))
+    new = position(z)
+    return new, rho_half - half * (new.grad + metric.kinetic_grad(new, rho_half)), rho_half
+
+
+class FlowMonitor:
+    """Collects, without synchronising, which samples went wrong where in the flow;
+    `check` raises `FlowDiverged` once at the end."""
+
+    def __init__(self, step_size: float | Tensor) -> None:
+        self.step_size = step_size
+        self.bad: list[Tensor] = []
+
+    def point(self, pos: Position, bad: Tensor | None = None) -> None:
+        """Record a point of the flow: non-finite z or a failed Cholesky factorisation."""
+        flags = ~torch.isfinite(pos.z.detach()).all(-1)
+        if pos.metric is not None:
+            flags = flags | (pos.metric.info != 0)
+        self.bad.append(flags if bad is None else flags | bad)
+
+    def step(self, old_energy: Tensor, new: Position, new_energy: Tensor) -> None:
+        """Record a leapfrog step: its energy change (before tempering) and its end point."""
+        error = (new_energy - old_energy).detach().abs()
+        self.point(new, ~(error <= MAX_ENERGY_ERROR))  # NaN counts as too large
+
+    def check(self) -> None:
+        """Raise `FlowDiverged` if any sample went wrong anywhere."""
+        bad = torch.stack(self.bad)  # (points, B)
+        if bool(bad.any()):
+            where = int(bad.any(-1).nonzero()[0, 0])
+            eps = self.step_size
+            if isinstance(eps, Tensor):
+                eps = eps.detach().cpu().numpy().round(6).tolist()
+            raise FlowDiverged(
+                f"the Hamiltonian flow diverged at leapfrog step {where} for "
+                f"{int(bad[where].sum())} sample(s) (energy error above {MAX_ENERGY_ERROR:g}, "
+                f"non-finite values or a failed Cholesky factorisation of the metric); "
+                f"use a smaller step_size (now {eps})"
+            )
+
+
+def gaussian_log_prob(quad: Tensor, log_det_cov: Tensor, d: int) -> Tensor:
+    """`log N(v; 0, S) = -1/2 (d log 2 pi + log det S + v^T S^{-1} v)` from its parts."""
+    return -0.5 * (d * math.log(2 * math.pi) + log_det_cov + quad)
+
+
+def hmc(pos: Position, position: PositionFn, n_steps: int, n_leapfrog: int,
+        step_size: float) -> Tensor:
+    """Hamiltonian Monte Carlo from the batch `pos` (one chain per row), unit mass, with a
+    Metropolis correction per chain; returns the final z."""
+    for _ in range(n_steps):
+        rho = torch.randn_like(pos.z)
+        new, rho_new = pos, rho
+        for _ in range(n_leapfrog):
+            new, rho_new = leapfrog(new, rho_new, step_size, position)
+        log_accept = (pos.potential + 0.5 * (rho * rho).sum(-1)
+                      - new.potential - 0.5 * (rho_new * rho_new).sum(-1))
+        accept = torch.rand_like(log_accept).log() < log_accept  # NaN is rejected
+        pos = Position(*(
+            torch.where(accept.view(-1, *[1] * (a.dim() - 1)), a, b)
+            for a, b in zip(new[:3], pos[:3], strict=True)
+        ))
+    return pos.z

@@ -1,0 +1,113 @@
+"""Hamiltonian VAE (Caterini, Doucet & Sejdinovic 2018)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..distributions import log_prob, standard_normal_log_prob
+from ..hamiltonian import FlowMonitor, Position, PositionFn, leapfrog, tempering, value_and_grad
+from .base import LossOutput, Model
+from .vae import VAE
+
+
+def _tensor(module: nn.Module, name: str, value: torch.Tensor, learn: bool) -> None:
+    """A parameter when learned, else a buffer: saved under the same name either way."""
+    if learn:
+        module.register_parameter(name, nn.Parameter(value))
+    else:
+        module.register_buffer(name, value)
+
+
+class HVAE(Model):
+    """`z_0 ~ q(z|x)`, `rho_0 = gamma_0 / sqrt(beta_0)` with `gamma_0 ~ N(0, I)`, then
+    `n_leapfrog` leapfrog steps on `U(z) = -log p(x|z) - log p(z)` (decoder inside U, exact
+    autograd), each followed by quadratic tempering (`beta_K = 1`).
+
+    `ELBO = log p(x|z_K) + log p(z_K) + log N(rho_K; 0, I) - log q(z_0|x) - log N(gamma_0; 0, I)`.
+    Terms (batch means): `reconstruction = -log p(x|z_K)`, `log_prior = log p(z_K)`,
+    `momentum = log N(rho_K; 0, I) - log N(gamma_0; 0, I)`, `entropy = -log q(z_0|x)`;
+    `loss = reconstruction - log_prior - momentum - entropy = -ELBO`.
+
+    `step_size` is a scalar or one value per latent dimension; `learn_step_size` and
+    `learn_beta0` make them trainable (kept positive, and beta_0 in (0, 1)).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        n_leapfrog: int = 3,
+        step_size: float | Sequence[float] = 1e-3,
+        beta0: float = 0.3,
+        learn_step_size: bool = False,
+        learn_beta0: bool = False,
+    ) -> None:
+        super().__init__(encoder, decoder)
+        eps = torch.as_tensor(step_size, dtype=torch.float32)
+        if eps.dim() > 1 or (eps.dim() == 1 and eps.numel() != self.latent_dim):
+            raise ValueError(f"step_size must be a scalar or {self.latent_dim} values")
+        if not bool((eps > 0).all()):
+            raise ValueError(f"step_size must be positive, got {step_size}")
+        if not 0 < beta0 <= 1 or (learn_beta0 and beta0 == 1):
+            raise ValueError(f"beta0 must be in (0, 1] (below 1 when learned), got {beta0}")
+        if n_leapfrog < 0 or (n_leapfrog == 0 and beta0 != 1):
+            raise ValueError("n_leapfrog must be >= 0, and n_leapfrog=0 needs beta0=1 "
+                             "(no tempering Jacobian cancels the initial rescaling)")
+        self.n_leapfrog = int(n_leapfrog)
+        _tensor(self, "log_step_size", eps.log(), learn_step_size)
+        _tensor(self, "beta0_logit", torch.logit(torch.tensor(float(beta0))), learn_beta0)
+
+    @property
+    def step_size(self) -> torch.Tensor:
+        return self.log_step_size.exp()
+
+    @property
+    def beta0(self) -> torch.Tensor:
+        return torch.sigmoid(self.beta0_logit)
+
+    def position_fn(self, x: torch.Tensor, create_graph: bool) -> PositionFn:
+        """z -> U(z), grad U(z) and log p(x|z), with the decoder evaluated at z."""
+
+        def position(z: torch.Tensor) -> Position:
+            log_lik, grad = value_and_grad(lambda z: log_prob(self.decoder(z), x), z,
+                                           create_graph)
+            return Position(z, -log_lik - standard_normal_log_prob(z), z - grad, log_lik)
+
+        return position
+
+    def flow(self, x: torch.Tensor, z0: torch.Tensor, rho0: torch.Tensor,
+             create_graph: bool) -> tuple[Position, torch.Tensor]:
+        """The tempered leapfrog flow from `(z0, rho0)`: the final position and momentum.
+        Raises `FlowDiverged` when a step's energy error explodes."""
+        position = self.position_fn(x, create_graph)
+        eps, beta0, n = self.step_size, self.beta0, self.n_leapfrog
+        pos, rho = position(z0), rho0
+        monitor = FlowMonitor(eps)
+        monitor.point(pos)
+        for k in range(1, n + 1):
+            new, rho_new = leapfrog(pos, rho, eps, position)
+            monitor.step(pos.potential + 0.5 * (rho * rho).sum(-1), new,
+                         new.potential + 0.5 * (rho_new * rho_new).sum(-1))
+            pos, rho = new, rho_new * tempering(beta0, k, n)
+        monitor.check()
+        return pos, rho
+
+    def loss(self, x: torch.Tensor) -> LossOutput:
+        # Exact outer gradients need a differentiable force whenever anyone may backpropagate.
+        create_graph = torch.is_grad_enabled()
+        q = self.encoder(x)
+        z0 = q.rsample()
+        gamma = torch.randn_like(z0)
+        pos, rho = self.flow(x, z0, gamma * self.beta0**-0.5, create_graph)
+        rec = -pos.log_lik.mean()
+        log_prior = standard_normal_log_prob(pos.z).mean()
+        momentum = -0.5 * ((rho * rho).sum(-1) - (gamma * gamma).sum(-1)).mean()
+        entropy = -q.log_prob(z0).mean()
+        return LossOutput(rec - log_prior - momentum - entropy, {
+            "reconstruction": rec, "log_prior": log_prior, "momentum": momentum,
+            "entropy": entropy})
+
+    sample = VAE.sample  # the generative model is the VAE's: z ~ N(0, I), x ~ p(x|z)

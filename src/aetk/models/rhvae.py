@@ -1,0 +1,280 @@
+"""Riemannian Hamiltonian VAE (Chadebec, Mantoux & Allassonnière 2020)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from ..centroids import select_centroids
+from ..distributions import log_prob, mean, standard_normal_log_prob
+from ..hamiltonian import (
+    CentroidMetric,
+    FlowMonitor,
+    Position,
+    PositionFn,
+    gaussian_log_prob,
+    generalized_leapfrog,
+    hmc,
+    tempering,
+    value_and_grad,
+)
+from .base import LossOutput, Model
+
+LOG_DIAG_BOUND = 6.0
+"""The log-diagonal of L, and the log-magnitude of its lower entries, are softly bounded
+(`b tanh(v / b)`) by this: M_i = L_i L_i^T stays far from float overflow and G^{-1} from
+singular, whatever the metric network outputs."""
+
+_CENTROID_BUFFERS = ("centroid_data", "centroid_latent", "centroid_M")
+
+
+def metric_net_like(encoder: nn.Module, latent_dim: int) -> nn.Module:
+    """A freshly initialised copy of the encoder's network whose last linear layer outputs
+    the `d(d+1)/2` entries of L (diagonal logs, then the strictly-lower entries row-major)."""
+    net = copy.deepcopy(encoder.network)
+    linears = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not linears or linears[-1][1].out_features != 2 * latent_dim:
+        raise ValueError("cannot derive a metric network from this encoder: give metric_net, "
+                         "a network from x to d(d+1)/2 outputs")
+    for m in net.modules():
+        if m is not net and hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    name, last = linears[-1]
+    parent, _, attr = name.rpartition(".")
+    head = nn.Linear(last.in_features, latent_dim * (latent_dim + 1) // 2)
+    setattr(net.get_submodule(parent), attr, head)
+    return net
+
+
+class RHVAE(Model):
+    """A VAE whose posterior sample is moved by `n_leapfrog` tempered generalised leapfrog
+    steps of `H(z, rho) = -log p(x|z) - log p(z) + 1/2 log det G(z) + 1/2 rho^T G^{-1}(z) rho`,
+    with the learned metric `G^{-1}(z) = a sum_i M_i exp(-|z - c_i|^2 / T^2) + lambda I`.
+
+    `M_i = L(x_i) L(x_i)^T` (`metric_net` on the centroid data points `x_i`) and
+    `c_i = mu(x_i)` are recomputed from the current networks in every loss (differentiable)
+    and frozen into buffers by `update_metric()` (called by `fit` after every epoch), so the
+    trained metric `G`, `G_inv`, `log_det_G` is a closed-form function of z.
+
+    `ELBO = log p(x|z_K) + log p(z_K) + log N(rho_K; 0, G(z_K)) - log q(z_0|x)
+    - log N(gamma_0; 0, G(z_0))`, `gamma_0 ~ N(0, G(z_0))` reparameterised,
+    `rho_0 = gamma_0 / sqrt(beta_0)`. Terms as in `HVAE` (`momentum` with these densities);
+    `loss = reconstruction - log_prior - momentum - entropy`.
+
+    `centroids`: a tensor of training points, or how many to choose from the training data
+    (`centroid_method`, see `aetk.centroids`) when `fit` starts. `centroid_reduction`:
+    `"mean"` (`a = 1/N`, AETK) or `"sum"` (`a = 1`, the paper). `float64_metric` runs the
+    `d x d` algebra in float64.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        metric_net: nn.Module | None = None,
+        centroids: torch.Tensor | int = 64,
+        temperature: float = 0.8,
+        regularization: float = 0.01,
+        n_leapfrog: int = 3,
+        step_size: float = 1e-3,
+        beta0: float = 0.3,
+        n_fixed_point: int = 3,
+        centroid_reduction: str = "mean",
+        centroid_method: str = "kmeans",
+        float64_metric: bool = True,
+    ) -> None:
+        super().__init__(encoder, decoder)
+        if centroid_reduction not in ("mean", "sum"):
+            raise ValueError(f"centroid_reduction must be 'mean' or 'sum', got "
+                             f"{centroid_reduction!r}")
+        if temperature <= 0 or regularization <= 0 or step_size <= 0:
+            raise ValueError("temperature, regularization and step_size must be positive")
+        if not 0 < beta0 <= 1 or n_leapfrog < 0 or (n_leapfrog == 0 and beta0 != 1):
+            raise ValueError("beta0 must be in (0, 1], n_leapfrog >= 0, and n_leapfrog=0 "
+                             "needs beta0=1")
+        if n_fixed_point < 1:
+            raise ValueError(f"n_fixed_point must be at least 1, got {n_fixed_point}")
+        d = self.latent_dim
+        self.metric_net = metric_net if metric_net is not None else metric_net_like(encoder, d)
+        self.temperature, self.regularization = float(temperature), float(regularization)
+        self.n_leapfrog, self.n_fixed_point = int(n_leapfrog), int(n_fixed_point)
+        self.step_size, self.beta0 = float(step_size), float(beta0)
+        self.centroid_reduction, self.centroid_method = centroid_reduction, centroid_method
+        self.float64_metric = bool(float64_metric)
+
+        given = isinstance(centroids, torch.Tensor)
+        n = len(centroids) if given else int(centroids)
+        if n < 1:
+            raise ValueError(f"need at least one centroid, got {n}")
+        data = (centroids.detach().float().clone() if given
+                else torch.zeros(n, *(self.input_shape or (0,))))
+        self.register_buffer("centroid_data", data)
+        self.register_buffer("centroid_latent", torch.zeros(n, d))
+        self.register_buffer("centroid_M", torch.zeros(n, d, d))
+        self.register_buffer("has_centroids", torch.tensor(given))
+        if given:
+            self.update_metric()
+
+    # The metric -----------------------------------------------------------------------
+
+    def lower_factor(self, x: torch.Tensor) -> torch.Tensor:
+        """L(x), `(n, d, d)` lower triangular with a positive diagonal, from `metric_net`."""
+        d = self.latent_dim
+        out = self.metric_net(x)
+        if out.shape[-1] != d * (d + 1) // 2:
+            raise ValueError(f"metric_net must output d(d+1)/2 = {d * (d + 1) // 2} values "
+                             f"per point, got {out.shape[-1]}")
+        b = LOG_DIAG_BOUND
+        diag = torch.exp(b * torch.tanh(out[:, :d] / b))
+        rows, cols = torch.tril_indices(d, d, -1, device=out.device)
+        lower = out.new_zeros(out.shape[0], d, d)
+        lower[:, rows, cols] = math.exp(b) * torch.tanh(out[:, d:] * math.exp(-b))
+        return torch.diag_embed(diag) + lower
+
+    def _metric(self, c: torch.Tensor, M: torch.Tensor) -> CentroidMetric:
+        scale = 1.0 / len(c) if self.centroid_reduction == "mean" else 1.0
+        return CentroidMetric(c, M, self.temperature, self.regularization, scale,
+                              self.float64_metric)
+
+    def _require_centroids(self) -> None:
+        if not bool(self.has_centroids):
+            raise RuntimeError("the RHVAE has no centroids yet: train it with aetk.fit "
+                               "or give centroids=<tensor of training points>")
+
+    def live_metric(self) -> CentroidMetric:
+        """The metric from the current networks, differentiable in their parameters."""
+        self._require_centroids()
+        L = self.lower_factor(self.centroid_data)
+        return self._metric(self.latent_mean(self.centroid_data), L @ L.mT)
+
+    def frozen_metric(self) -> CentroidMetric:
+        """The metric from the buffers set by `update_metric()`."""
+        self._require_centroids()
+        return self._metric(self.centroid_latent, self.centroid_M)
+
+    @torch.no_grad()
+    def update_metric(self) -> None:
+        """Freeze `c_i = mu(x_i)` and `M_i = L(x_i) L(x_i)^T` from the current networks."""
+        self._require_centroids()
+        was_training = self.training
+        self.eval()
+        L = self.lower_factor(self.centroid_data)
+        self.centroid_latent.copy_(self.latent_mean(self.centroid_data))
+        self.centroid_M.copy_(L @ L.mT)
+        self.train(was_training)
+
+    def G_inv(self, z: torch.Tensor) -> torch.Tensor:
+        """`G^{-1}(z)`, `(B, d, d)`, of the frozen metric."""
+        return self.frozen_metric().inverse(z)
+
+    def G(self, z: torch.Tensor) -> torch.Tensor:
+        """`G(z)`, `(B, d, d)`, of the frozen metric."""
+        return self.frozen_metric().at(z).G
+
+    def log_det_G(self, z: torch.Tensor) -> torch.Tensor:
+        """`log det G(z)`, `(B,)`, of the frozen metric."""
+        return self.frozen_metric().at(z).log_det_G
+
+    # The flow and the ELBO -------------------------------------------------------------
+
+    def position_fn(self, x: torch.Tensor, metric: CentroidMetric, create_graph: bool
+                    ) -> PositionFn:
+        """z -> `U(z) = -log p(x|z) - log p(z) + 1/2 log det G(z)` and its gradient: the
+        decoder by autograd, the metric in closed form."""
+
+        def position(z: torch.Tensor) -> Position:
+            log_lik, grad = value_and_grad(lambda z: log_prob(self.decoder(z), x), z,
+                                           create_graph)
+            m = metric.at(z)
+            U = -log_lik - standard_normal_log_prob(z) + 0.5 * m.log_det_G
+            return Position(z, U, z - grad + metric.force(z, m.weights, m.G), log_lik, m)
+
+        return position
+
+    def flow(self, start: Position, rho0: torch.Tensor, metric: CentroidMetric,
+             position: PositionFn) -> tuple[Position, torch.Tensor]:
+        """The tempered generalised leapfrog flow: the final position and momentum.
+        Raises `FlowDiverged` when it diverges."""
+        pos, rho, n = start, rho0, self.n_leapfrog
+        monitor = FlowMonitor(self.step_size)
+        monitor.point(pos)
+        for k in range(1, n + 1):
+            new, rho_new, _ = generalized_leapfrog(pos, rho, self.step_size, self.n_fixed_point,
+                                                   metric, position)
+            monitor.step(pos.potential + metric.kinetic(pos, rho), new,
+                         new.potential + metric.kinetic(new, rho_new))
+            pos, rho = new, rho_new * tempering(self.beta0, k, n)
+        monitor.check()
+        return pos, rho
+
+    def loss(self, x: torch.Tensor) -> LossOutput:
+        # Exact outer gradients need a differentiable force whenever anyone may backpropagate.
+        create_graph = torch.is_grad_enabled()
+        metric = self.live_metric()
+        q = self.encoder(x)
+        z0 = q.rsample()
+        position = self.position_fn(x, metric, create_graph)
+        start = position(z0)
+        # gamma_0 = L^{-T} eps ~ N(0, G(z_0)) for G^{-1} = L L^T: a solve, no inverse.
+        eps = torch.randn_like(z0)
+        gamma = torch.linalg.solve_triangular(start.metric.chol.mT, eps.unsqueeze(-1),
+                                              upper=True).squeeze(-1)
+        pos, rho = self.flow(start, gamma / math.sqrt(self.beta0), metric, position)
+        d = z0.shape[-1]
+        log_rho = gaussian_log_prob(2 * metric.kinetic(pos, rho), pos.metric.log_det_G, d)
+        log_gamma = gaussian_log_prob((eps * eps).sum(-1), start.metric.log_det_G, d)
+        rec = -pos.log_lik.mean()
+        log_prior = standard_normal_log_prob(pos.z).mean()
+        momentum = (log_rho - log_gamma).mean()
+        entropy = -q.log_prob(z0).mean()
+        return LossOutput(rec - log_prior - momentum - entropy, {
+            "reconstruction": rec, "log_prior": log_prior, "momentum": momentum,
+            "entropy": entropy})
+
+    # Training hooks ----------------------------------------------------------------------
+
+    def on_fit_start(self, train: torch.Tensor) -> None:
+        """Choose the centroids from the training data (unless given), then freeze."""
+        if not bool(self.has_centroids):
+            seed = int(torch.randint(2**31 - 1, ()))  # fit seeds torch: reproducible choice
+            idx = select_centroids(train, len(self.centroid_data), self.centroid_method, seed)
+            self.centroid_data = train[idx.to(train.device)].to(self.centroid_data.dtype)
+            self.has_centroids.fill_(True)
+        self.update_metric()
+
+    def on_epoch_end(self, epoch: int) -> None:
+        self.update_metric()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Centroid buffers take the saved shapes (e.g. data shape unknown at construction).
+        for name in _CENTROID_BUFFERS:
+            saved = state_dict.get(prefix + name)
+            if saved is not None and saved.shape != getattr(self, name).shape:
+                setattr(self, name, getattr(self, name).new_empty(saved.shape))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # Generation ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample_latent(self, n: int, *, n_steps: int = 100, n_leapfrog: int = 15,
+                      step_size: float = 0.03) -> torch.Tensor:
+        """`n` latent points by HMC on the density proportional to `sqrt(det G^{-1}(z))`
+        (Chadebec's RHVAE sampler), each chain started at a random centroid."""
+        metric = self.frozen_metric()
+        start = metric.c[torch.randint(len(metric.c), (n,), device=metric.c.device)]
+
+        def position(z: torch.Tensor) -> Position:
+            m = metric.at(z)  # U = -log sqrt(det G^{-1}) = 1/2 log det G
+            return Position(z, 0.5 * m.log_det_G, metric.force(z, m.weights, m.G))
+
+        return hmc(position(start), position, n_steps, n_leapfrog, step_size)
+
+    @torch.no_grad()
+    def sample(self, n: int, *, mean_only: bool = True, **hmc_options) -> torch.Tensor:
+        """`n` new data points decoded from `sample_latent(n, **hmc_options)`: the decoder's
+        point prediction, or a draw from p(x|z) with `mean_only=False`."""
+        p = self.decoder(self.sample_latent(n, **hmc_options))
+        return mean(p) if mean_only else p.sample()
