@@ -402,10 +402,14 @@ def cmd_report_summary(args: argparse.Namespace) -> None:
     histories = {r: pd.read_csv(h, sep="\t") for r, h in zip(args.runs, args.histories,
                                                                strict=True)}
     latents = {r: storage.read_zarr(p) for r, p in zip(args.runs, args.latents, strict=True)}
+    # A geodesic store belongs to the run whose model it was fitted with (same run hash).
+    run_of_hash = {ds.attrs.get("config_hash"): run for run, ds in latents.items()}
     geodesics = {}
     for path in args.geodesics:
         ds = storage.read_zarr(path)
-        geodesics[ds.attrs.get("run", Path(path).name.removesuffix(".zarr"))] = ds
+        if ds.attrs.get("config_hash") not in run_of_hash:
+            raise SystemExit(f"{path} was not fitted with the model of any of the runs")
+        geodesics[run_of_hash[ds.attrs["config_hash"]]] = ds
     report.plot_training_curves(histories, Path(args.curves))
     table = report.comparison_table(histories, latents, geodesics)
     Path(args.table).parent.mkdir(parents=True, exist_ok=True)

@@ -232,18 +232,26 @@ def _h5ad_matrix(node: Any) -> np.ndarray:
                 shape=shape).toarray()
 
 
-def _h5ad_column(frame: Any, name: str, path: Path) -> np.ndarray:
+def _h5ad_array(node: Any) -> np.ndarray:
+    """A 1-D obs/var element: plain, string, categorical or nullable (AnnData encodings)."""
     import h5py
 
+    if isinstance(node, h5py.Dataset):
+        return node.asstr()[...] if h5py.check_string_dtype(node.dtype) else node[...]
+    kind = node.attrs.get("encoding-type", "")
+    if kind == "categorical":
+        categories = _h5ad_array(node["categories"])
+        return np.asarray(categories)[node["codes"][...]]
+    if kind.startswith("nullable-"):
+        return _h5ad_array(node["values"])
+    raise ValueError(f"unsupported h5ad element encoding {kind!r}")
+
+
+def _h5ad_column(frame: Any, name: str, path: Path) -> np.ndarray:
     if name not in frame:
-        cols = [c for c in frame if c != "__categories"]
+        cols = [c for c in frame if c not in ("__categories", frame.attrs.get("_index"))]
         raise KeyError(f"{path}: no obs column {name!r}; columns: {', '.join(cols)}")
-    col = frame[name]
-    if isinstance(col, h5py.Group):  # categorical: codes + categories
-        cats = col["categories"].asstr()[...] if col["categories"].dtype.kind == "O" \
-            else col["categories"][...]
-        return np.asarray(cats)[col["codes"][...]]
-    return col.asstr()[...] if col.dtype.kind == "O" else col[...]
+    return _h5ad_array(frame[name])
 
 
 def _read_h5ad(path: Path, key: str | None, labels: str | None) -> tuple[RawData, Any]:
@@ -259,7 +267,7 @@ def _read_h5ad(path: Path, key: str | None, labels: str | None) -> tuple[RawData
             x = _h5ad_matrix(f["layers"][_pick_key(layers, key, "layer", str(path))])
         var = f["var"]
         index = var.attrs.get("_index", "_index")
-        names = var[index].asstr()[...] if index in var else None
+        names = _h5ad_array(var[index]) if index in var else None
         label_values = None if labels is None else _h5ad_column(f["obs"], labels, path)
     data = _flatten(x, str(path))
     data.feature_names = None if names is None else [str(n) for n in names]
@@ -351,7 +359,10 @@ class Transform:
 
 @dataclass
 class Scale01(Transform):
-    """Min-max scaling to [0, 1], over all values (default) or per feature."""
+    """Min-max scaling to [0, 1], over all values (default) or per feature.
+
+    Values outside the training range are clipped, so validation data stay in [0, 1].
+    """
 
     name: ClassVar[str] = "scale01"
     arrays: ClassVar[tuple[str, ...]] = ("low", "high")

