@@ -1,0 +1,331 @@
+"""aetk.fit: every model x likelihood learns digits; save/load; resume equals an
+uninterrupted run; divergence; the beta schedule; input types; progress output."""
+
+import functools
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch.utils.data import Dataset, TensorDataset
+
+import aetk
+from aetk.train import evaluate
+
+MODELS = ["ae", "vae", "beta_vae", "infovae", "infomaxvae"]
+LIKELIHOODS = ["bernoulli", "gaussian", "gaussian_learned", "categorical", "poisson",
+               "negative_binomial"]
+OPTIONS = {"categorical": {"n_classes": 17}}  # digit pixels are integers 0..16
+# Minimum drop of the validation loss (nats per image) after 3 epochs: about half the
+# smallest drop measured over the five models (bernoulli 13.5, gaussian 5.9,
+# gaussian_learned 60, categorical 81, poisson 459, negative_binomial 172).
+MARGIN = {"bernoulli": 7.0, "gaussian": 3.0, "gaussian_learned": 30.0, "categorical": 40.0,
+          "poisson": 200.0, "negative_binomial": 80.0}
+
+
+@functools.cache
+def _all_digits():
+    x = torch.tensor(load_digits().data, dtype=torch.float32)
+    return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))]
+
+
+def _digits(likelihood="bernoulli", n_train=1000, n_val=400):
+    """Shuffled scikit-learn digits (8 x 8, values 0..16): pixel counts for count and
+    categorical likelihoods, scaled to [0, 1] otherwise."""
+    x = _all_digits()
+    if likelihood in ("bernoulli", "gaussian", "gaussian_learned"):
+        x = x / 16
+    return x[:n_train], x[n_train:n_train + n_val]
+
+
+def _build(model="vae", likelihood="bernoulli", seed=0, **kw):
+    torch.manual_seed(seed)
+    return aetk.build_model(model, likelihood, in_features=64, latent_dim=2, hidden=(32,),
+                            **OPTIONS.get(likelihood, {}), **kw)
+
+
+def _fit(model, train, val=None, **kw):
+    kw = {"epochs": 3, "batch_size": 64, "lr": 3e-3, "progress": False, "device": "cpu", **kw}
+    return aetk.fit(model, train, val, **kw)
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_and_likelihood_learns_digits(name, likelihood):
+    train, val = _digits(likelihood)
+    model = _build(name, likelihood)
+    before = evaluate(model, val.split(200))["val_loss"]
+    hist = _fit(model, train, val)
+    assert np.isfinite(hist.drop(columns="seconds").to_numpy()).all()
+    assert hist["val_loss"].iloc[-1] < before - MARGIN[likelihood]
+
+
+def test_history_columns():
+    train, val = _digits()
+    hist = _fit(_build("infovae"), train, val, epochs=2)
+    assert list(hist["epoch"]) == [1, 2]
+    for part in ("loss", "reconstruction", "kl", "mmd"):
+        assert {f"train_{part}", f"val_{part}"} <= set(hist.columns)
+    assert (hist["seconds"] > 0).all()
+    # the loss is its terms' weighted sum: 1 * rec + (1 - 0) kl + 99 mmd
+    total = hist["val_reconstruction"] + hist["val_kl"] + 99 * hist["val_mmd"]
+    np.testing.assert_allclose(hist["val_loss"], total, rtol=1e-5)
+
+
+# save / load -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "likelihood", "kw"), [
+    ("vae", "bernoulli", {}),
+    ("ae", "poisson", {}),
+    ("beta_vae", "gaussian_learned", {"split": True, "beta": 2.0}),
+    ("infovae", "categorical", {"kernel": "imq", "scales": (0.5, 2.0), "lam": 10.0}),
+    ("infomaxvae", "negative_binomial", {"dispersion": "sample", "alpha": 0.5}),
+])
+def test_save_load_round_trip(tmp_path, name, likelihood, kw):
+    train, val = _digits(likelihood)
+    model = _build(name, likelihood, **kw)
+    _fit(model, train, epochs=1)
+    model.save(tmp_path / "m")
+    loaded = aetk.load(tmp_path / "m")
+    assert type(loaded) is type(model) and not loaded.training
+    assert loaded.build_spec == {**model.build_spec, **{k: list(v) for k, v in kw.items()
+                                                        if isinstance(v, tuple)}}
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    model.eval()
+    torch.testing.assert_close(loaded.reconstruct(val), model.reconstruct(val), rtol=0, atol=0)
+    torch.manual_seed(1)
+    expected = model.loss(val).loss
+    torch.manual_seed(1)
+    assert loaded.loss(val).loss.item() == expected.item()
+
+
+def test_load_refuses_a_model_not_built_by_build_model(tmp_path):
+    enc = aetk.GaussianEncoder(in_features=4, latent_dim=2, hidden=(3,))
+    model = aetk.VAE(enc, aetk.BernoulliDecoder(latent_dim=2, out_features=4, hidden=(3,)))
+    model.save(tmp_path)
+    with pytest.raises(ValueError, match=r"the VAE in .* was not made by aetk.build_model.*"
+                                         r"load_state_dict"):
+        aetk.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"config\.json is missing"):
+        aetk.load(tmp_path / "nothing-here")
+
+
+# resume ------------------------------------------------------------------------------
+
+
+class _Rows(Dataset):
+    """A map-style dataset of (x, label) pairs."""
+
+    def __init__(self, x):
+        self.x = x
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], i % 10
+
+
+class _StopAtEpochEnd:
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, model, epoch, row):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def _stop_mid_epoch(model, at_call):
+    """Make the model's `at_call`-th training step raise KeyboardInterrupt."""
+    step, calls = model.training_step, [0]
+
+    def interrupted(x, optimizers):
+        calls[0] += 1
+        if calls[0] == at_call:
+            raise KeyboardInterrupt
+        return step(x, optimizers)
+
+    model.training_step = interrupted
+
+
+def _same_run(a, b, hist_a, hist_b):
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    pd.testing.assert_frame_equal(hist_a.drop(columns="seconds"),
+                                  hist_b.drop(columns="seconds"))
+
+
+RESUME_CASES = [("vae", "tensor", True), ("infomaxvae", "tensor", False),
+                ("infovae", "dataset", False)]
+
+
+@pytest.mark.parametrize(("name", "data", "cyclical"), RESUME_CASES)
+@pytest.mark.parametrize("where", ["epoch_end", "mid_epoch"])
+def test_resume_equals_an_uninterrupted_run(tmp_path, name, data, cyclical, where):
+    """4 epochs of 8 batches, interrupted in epoch 3 (after it, or at its 4th batch), then
+    the same call again on a freshly built model: identical weights and history."""
+    train, val = _digits(n_train=512, n_val=128)
+    if data == "dataset":
+        train = _Rows(train)
+
+    def run(model, extra=(), **kw):
+        cbs = [aetk.CyclicalBeta(epochs=4, n_cycles=2)] if cyclical else []
+        return _fit(model, train, val, epochs=4, callbacks=[*cbs, *extra], **kw)
+
+    reference = _build(name)
+    hist_ref = run(reference)
+
+    ckpt = tmp_path / "ckpt.pt"
+    first = _build(name)
+    extra = [_StopAtEpochEnd(3)] if where == "epoch_end" else []
+    if where == "mid_epoch":
+        _stop_mid_epoch(first, at_call=2 * 8 + 4)
+    with pytest.raises(KeyboardInterrupt):
+        run(first, extra, checkpoint=ckpt)
+    assert len(torch.load(ckpt, weights_only=True)["history"]) == 2
+
+    resumed = _build(name)
+    hist = run(resumed, checkpoint=ckpt)
+    _same_run(reference, resumed, hist_ref, hist)
+
+
+def test_finished_run_extends_to_more_epochs(tmp_path):
+    train, val = _digits(n_train=256, n_val=64)
+    reference = _build()
+    hist_ref = _fit(reference, train, val, epochs=4)
+    ckpt = tmp_path / "ckpt.pt"
+    _fit(_build(), train, val, epochs=2, checkpoint=ckpt)
+    model = _build()
+    _same_run(reference, model, hist_ref, _fit(model, train, val, epochs=4, checkpoint=ckpt))
+
+
+@pytest.mark.parametrize(("change", "key"), [({"lr": 1e-2}, "lr"),
+                                             ({"batch_size": 32}, "batch_size"),
+                                             ({"seed": 1}, "seed")])
+def test_checkpoint_from_other_settings_is_refused(tmp_path, change, key):
+    train, _ = _digits(n_train=256)
+    ckpt = tmp_path / "ckpt.pt"
+    _fit(_build(), train, epochs=1, checkpoint=ckpt)
+    with pytest.raises(ValueError, match=rf"checkpoint .* different settings.*'{key}'.*"
+                                         r"resume=False"):
+        _fit(_build(), train, epochs=2, checkpoint=ckpt, **change)
+    hist = _fit(_build(), train, epochs=1, checkpoint=ckpt, resume=False, **change)
+    assert list(hist["epoch"]) == [1]
+
+
+def test_checkpoint_from_another_model_is_refused(tmp_path):
+    train, _ = _digits(n_train=256)
+    ckpt = tmp_path / "ckpt.pt"
+    _fit(_build("vae"), train, epochs=1, checkpoint=ckpt)
+    with pytest.raises(ValueError, match="different settings"):
+        _fit(_build("beta_vae"), train, epochs=2, checkpoint=ckpt)
+
+
+# divergence --------------------------------------------------------------------------
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    """The loss turns NaN at epoch 2, batch 3 (of 4): TrainingDiverged names both; the
+    checkpoint holds epoch 1, and resuming from it reproduces an uninterrupted run."""
+    train, val = _digits(n_train=256, n_val=64)
+    reference = _build()
+    hist_ref = _fit(reference, train, val, epochs=2)
+
+    model = _build()
+    loss, calls = model.loss, [0]
+
+    def poisoned(x):
+        out = loss(x)
+        if model.training:
+            calls[0] += 1
+            if calls[0] == 4 + 3:
+                out.loss = out.loss * float("nan")
+                out.terms["kl"] = out.terms["kl"] * float("inf")
+        return out
+
+    model.loss = poisoned
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(aetk.TrainingDiverged,
+                       match=r"loss became nan at epoch 2, batch 3 of 4 \(non-finite terms: kl\)"):
+        _fit(model, train, val, epochs=2, checkpoint=ckpt)
+
+    state = torch.load(ckpt, weights_only=True)
+    assert [row["epoch"] for row in state["history"]] == [1]
+    assert state["history"][0]["val_loss"] == hist_ref["val_loss"].iloc[0]
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    resumed = _build()
+    _same_run(reference, resumed, hist_ref, _fit(resumed, train, val, epochs=2, checkpoint=ckpt))
+
+
+# beta schedule -----------------------------------------------------------------------
+
+
+def test_cyclical_beta_values_by_hand():
+    """Fu et al.: tau = mod(epoch - 1, ceil(E/C)) / (E/C); beta rises linearly over tau in
+    [0, frac], then stays at beta_max."""
+    two = aetk.CyclicalBeta(epochs=10, n_cycles=2, frac=0.5)  # period 5: tau 0 .2 .4 .6 .8
+    assert [two.beta(e) for e in range(1, 11)] == pytest.approx([0, .4, .8, 1, 1] * 2)
+    # period 10/3, ceil 4: tau = 0, .3, .6, .9, 0, ...; frac .5; beta_min .1, beta_max 2
+    three = aetk.CyclicalBeta(epochs=10, n_cycles=3, frac=0.5, beta_min=0.1, beta_max=2.0)
+    expected = [0.1, 0.1 + 1.9 * 0.6, 2, 2] * 2 + [0.1, 0.1 + 1.9 * 0.6]
+    assert [three.beta(e) for e in range(1, 11)] == pytest.approx(expected)
+    one = aetk.CyclicalBeta(epochs=4, n_cycles=1, frac=1.0)
+    assert [one.beta(e) for e in range(1, 5)] == pytest.approx([0, 0.25, 0.5, 0.75])
+
+
+def test_cyclical_beta_drives_the_model_beta_through_fit():
+    train, val = _digits(n_train=256, n_val=64)
+    schedule = aetk.CyclicalBeta(epochs=6, n_cycles=2, frac=0.5, beta_max=2.0)
+    hist = _fit(_build(), train, val, epochs=6, callbacks=[schedule])
+    assert hist["beta"].tolist() == pytest.approx([0, 4 / 3, 2, 0, 4 / 3, 2])
+    total = hist["val_reconstruction"] + hist["beta"] * hist["val_kl"]
+    np.testing.assert_allclose(hist["val_loss"], total, rtol=1e-5)
+    np.testing.assert_allclose(hist["train_loss"],
+                               hist["train_reconstruction"] + hist["beta"] * hist["train_kl"],
+                               rtol=1e-5)
+
+
+# inputs, device, progress ------------------------------------------------------------
+
+
+def test_fit_accepts_tensors_arrays_and_tensor_datasets_identically():
+    train, val = _digits(n_train=256, n_val=64)
+    runs = {}
+    for kind, (t, v) in {
+        "tensor": (train, val),
+        "numpy float64": (train.double().numpy(), val.double().numpy()),
+        "tensor dataset (x, y)": (TensorDataset(train, torch.zeros(256)), TensorDataset(val)),
+    }.items():
+        model = _build()
+        runs[kind] = (model, _fit(model, t, v, epochs=2))
+    ref_model, ref_hist = runs.pop("tensor")
+    for model, hist in runs.values():
+        _same_run(ref_model, model, ref_hist, hist)
+
+
+@pytest.mark.parametrize("device", ["cpu", torch.device("cpu"), "auto"])
+def test_fit_with_a_dataset_of_pairs_learns(device):
+    train, val = _digits(n_train=512, n_val=128)
+    model = _build()
+    before = evaluate(model, val.split(128))["val_loss"]
+    hist = _fit(model, _Rows(train), _Rows(val), device=device)
+    assert hist["val_loss"].iloc[-1] < before - MARGIN["bernoulli"]
+    assert next(model.parameters()).device.type == "cpu"
+
+
+def test_fit_with_integer_count_arrays():
+    train, val = _digits("poisson", n_train=512, n_val=128)
+    model = _build("vae", "poisson")
+    hist = _fit(model, train.numpy().astype(np.int64), val.numpy().astype(np.int64))
+    assert hist["val_loss"].iloc[-1] < hist["val_loss"].iloc[0]
+
+
+def test_progress_false_prints_nothing(capsys):
+    train, val = _digits(n_train=128, n_val=64)
+    _fit(_build(), train, val, epochs=2)
+    assert capsys.readouterr() == ("", "")
+    _fit(_build(), train, val, epochs=2, progress=True)
+    assert "epoch 2/2" in capsys.readouterr().err
