@@ -1,0 +1,588 @@
+"""HVAE and RHVAE against independent float64 references: the forces (decoder inside U,
+autograd of hand-written Hamiltonians), the closed-form metric gradients (gradcheck), the
+integrators (reversibility, O(eps^2) energy error, fixed points), whole losses and their
+parameter gradients against a naive autograd-everywhere flow, the metric's properties,
+save/load, divergence errors, sampling, and training on digits."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import distributions as D
+from torch import nn
+
+import aetk
+from aetk import hamiltonian as ham
+from aetk.centroids import select_centroids
+from aetk.decoders import Decoder
+from aetk.encoders import GaussianEncoder
+from aetk.models.rhvae import LOG_DIAG_BOUND
+from aetk.train import evaluate
+
+F, LATENT, B, N_CENTROIDS = 6, 2, 5, 4
+f64 = torch.float64
+
+
+def close(actual, desired, **kw) -> None:
+    """assert_allclose on tensors that may carry a graph."""
+    as_np = [v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
+             for v in (actual, desired)]
+    np.testing.assert_allclose(*as_np, **kw)
+
+
+def _scaled(model: nn.Module, factor: float) -> nn.Module:
+    """Weights scaled up so that forces and the metric vary visibly over the latent space."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(factor)
+    return model
+
+
+def _data(n: int = B, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, F, generator=torch.Generator().manual_seed(seed), dtype=f64)
+
+
+def hvae(**kw) -> aetk.HVAE:
+    torch.manual_seed(1)
+    m = aetk.build_model("hvae", "bernoulli", in_features=F, latent_dim=LATENT, hidden=(8,),
+                         activation="tanh", **kw)
+    return _scaled(m, 2.0).double()
+
+
+def rhvae(d: int = LATENT, **kw) -> aetk.RHVAE:
+    torch.manual_seed(1)
+    m = aetk.build_model("rhvae", "bernoulli", in_features=F, latent_dim=d, hidden=(8,),
+                         activation="tanh", n_centroids=N_CENTROIDS, **kw)
+    m = _scaled(m, 2.0).double()
+    m.on_fit_start(_data(40, seed=9))
+    return m
+
+
+# Independent references --------------------------------------------------------------------
+
+
+def ref_log_lik(model, x, z):
+    """Bernoulli log-likelihood by hand from the decoder network's logits."""
+    logits = model.decoder.network(z)
+    return (x * logits - nn.functional.softplus(logits)).sum(-1)
+
+
+def ref_log_normal(z):
+    return D.MultivariateNormal(torch.zeros_like(z), torch.eye(z.shape[-1], dtype=z.dtype)
+                                ).log_prob(z)
+
+
+def ref_G_inv(z, c, M, model):
+    """The inverse metric with an explicit (B, N, d) broadcast and sum over centroids."""
+    a = 1.0 / len(c) if model.centroid_reduction == "mean" else 1.0
+    w = torch.exp(-((z[:, None, :] - c[None]) ** 2).sum(-1) / model.temperature**2)
+    eye = torch.eye(z.shape[-1], dtype=z.dtype)
+    return a * (w[:, :, None, None] * M[None]).sum(1) + model.regularization * eye
+
+
+def ref_U_hvae(model, x, z):
+    return -ref_log_lik(model, x, z) - ref_log_normal(z)
+
+
+def ref_H_rhvae(model, x, z, rho, c, M):
+    G_inv = ref_G_inv(z, c, M, model)
+    log_det_G = torch.logdet(torch.linalg.inv(G_inv))
+    kinetic = 0.5 * torch.einsum("bi,bij,bj->b", rho, G_inv, rho)
+    return -ref_log_lik(model, x, z) - ref_log_normal(z) + 0.5 * log_det_G + kinetic
+
+
+def grad(fn, z):
+    z = z.detach().requires_grad_()
+    return torch.autograd.grad(fn(z).sum(), z)[0]
+
+
+def ref_inv_sqrt_beta(beta0, k, K):
+    return (1 - 1 / math.sqrt(beta0)) * (k / K) ** 2 + 1 / math.sqrt(beta0)
+
+
+def ref_hvae_loss(model, x, seed):
+    """The HVAE ELBO with hand leapfrog steps and autograd of the hand potential."""
+    torch.manual_seed(seed)
+    q = model.encoder(x)
+    z = q.rsample()
+    z0 = z
+    gamma = torch.randn_like(z)
+    beta0, K, eps = float(model.beta0), model.n_leapfrog, model.step_size
+    rho = gamma / math.sqrt(beta0)
+
+    def dU(z):
+        return torch.autograd.grad(ref_U_hvae(model, x, z).sum(), z, create_graph=True)[0]
+
+    for k in range(1, K + 1):
+        rho = rho - eps / 2 * dU(z)
+        z = z + eps * rho
+        rho = rho - eps / 2 * dU(z)
+        rho = rho * ref_inv_sqrt_beta(beta0, k, K) / ref_inv_sqrt_beta(beta0, k - 1, K)
+    elbo = (ref_log_lik(model, x, z) + ref_log_normal(z) + ref_log_normal(rho)
+            - q.log_prob(z0) - ref_log_normal(gamma))
+    return -elbo.mean()
+
+
+def ref_rhvae_loss(model, x, seed):
+    """The RHVAE ELBO the naive way: autograd of the whole hand Hamiltonian at every
+    fixed-point iterate, densities from torch.distributions.MultivariateNormal."""
+    c = model.latent_mean(model.centroid_data)
+    L = model.lower_factor(model.centroid_data)
+    M = L @ L.mT
+    torch.manual_seed(seed)
+    q = model.encoder(x)
+    z = q.rsample()
+    z0 = z
+    eps_n = torch.randn_like(z)
+    chol = torch.linalg.cholesky(ref_G_inv(z, c, M, model))
+    gamma = torch.linalg.solve_triangular(chol.mT, eps_n[..., None], upper=True)[..., 0]
+    beta0, K, eps = model.beta0, model.n_leapfrog, model.step_size
+    rho = gamma / math.sqrt(beta0)
+
+    def dH(z, rho):
+        # rho depends on z through gamma: differentiate a fresh node, so that only H's
+        # z-argument counts (the partial derivative at fixed rho).
+        z = z.clone()
+        return torch.autograd.grad(ref_H_rhvae(model, x, z, rho, c, M).sum(), z,
+                                   create_graph=True)[0]
+
+    def Gv(z, v):
+        return torch.einsum("bij,bj->bi", ref_G_inv(z, c, M, model), v)
+
+    for k in range(1, K + 1):
+        rho_h = rho
+        for _ in range(model.n_fixed_point):
+            rho_h = rho - eps / 2 * dH(z, rho_h)
+        z_new = z
+        for _ in range(model.n_fixed_point):
+            z_new = z + eps / 2 * (Gv(z, rho_h) + Gv(z_new, rho_h))
+        z = z_new
+        rho = rho_h - eps / 2 * dH(z, rho_h)
+        rho = rho * ref_inv_sqrt_beta(beta0, k, K) / ref_inv_sqrt_beta(beta0, k - 1, K)
+
+    def log_n(v, z):
+        cov = torch.linalg.inv(ref_G_inv(z, c, M, model))
+        return D.MultivariateNormal(torch.zeros_like(v), covariance_matrix=cov).log_prob(v)
+
+    elbo = (ref_log_lik(model, x, z) + ref_log_normal(z) + log_n(rho, z)
+            - q.log_prob(z0) - log_n(gamma, z0))
+    return -elbo.mean()
+
+
+# Tempering --------------------------------------------------------------------------------
+
+
+def test_quadratic_tempering_schedule():
+    beta0, K = 0.3, 3
+    betas = [ham.inv_sqrt_beta(beta0, k, K) ** -2 for k in range(K + 1)]
+    close(betas[0], beta0, rtol=1e-14)
+    close(betas[-1], 1.0, rtol=1e-14)
+    close(betas[1], ((1 - 1 / math.sqrt(0.3)) / 9 + 1 / math.sqrt(0.3)) ** -2)
+    factors = [ham.tempering(beta0, k, K) for k in range(1, K + 1)]
+    close(np.prod(factors), math.sqrt(beta0), rtol=1e-14)
+
+
+# Forces -----------------------------------------------------------------------------------
+
+
+def test_hvae_force_is_autograd_of_the_hand_potential_and_has_the_likelihood():
+    m, x = hvae(), _data()
+    z = torch.randn(B, LATENT, dtype=f64)
+    pos = m.position_fn(x, create_graph=False)(z)
+    ref = grad(lambda z: ref_U_hvae(m, x, z), z)
+    close(pos.grad, ref, rtol=1e-12, atol=1e-12)
+    close(pos.potential, ref_U_hvae(m, x, z), rtol=1e-12)
+    # The likelihood force is there: not the Julia package's grad U = z, and it moves with x.
+    other = m.position_fn(1 - x, create_graph=False)(z)
+    assert (pos.grad - z).abs().max() > 0.1
+    assert (pos.grad - other.grad).abs().max() > 0.1
+
+
+def test_rhvae_force_is_autograd_of_the_hand_hamiltonian_and_has_the_likelihood():
+    m, x = rhvae(), _data()
+    metric = m.live_metric()
+    L = m.lower_factor(m.centroid_data)
+    c, M = metric.c, L @ L.mT
+    z = torch.randn(B, LATENT, dtype=f64) * 0.5
+    rho = torch.randn(B, LATENT, dtype=f64) * 3
+    pos = m.position_fn(x, metric, create_graph=False)(z)
+    grad_H = pos.grad + metric.kinetic_grad(pos, rho)
+    ref = grad(lambda z: ref_H_rhvae(m, x, z, rho, c, M), z)
+    close(grad_H, ref, rtol=1e-10, atol=1e-12)
+    H = pos.potential + metric.kinetic(pos, rho)
+    close(H, ref_H_rhvae(m, x, z, rho, c, M), rtol=1e-12)
+    other = m.position_fn(1 - x, metric, create_graph=False)(z)
+    assert (pos.grad - other.grad).abs().max() > 0.1
+
+
+def _metric(d=3, n=7, reduction_scale=1.0):
+    g = torch.Generator().manual_seed(4)
+    c = torch.randn(n, d, generator=g, dtype=f64)
+    A = torch.randn(n, d, d, generator=g, dtype=f64)
+    return ham.CentroidMetric(c, A @ A.mT, 0.8, 0.01, reduction_scale), c, A @ A.mT
+
+
+def test_closed_form_metric_gradients_match_autograd_and_gradcheck():
+    metric, c, M = _metric()
+    z = torch.randn(4, 3, dtype=f64) * 0.7
+    rho = torch.randn(4, 3, dtype=f64)
+
+    class Ref:
+        centroid_reduction, temperature, regularization = "sum", 0.8, 0.01
+
+    def kinetic(z):
+        return 0.5 * torch.einsum("bi,bij,bj->b", rho, ref_G_inv(z, c, M, Ref), rho)
+
+    def half_log_det_G(z):
+        return -0.5 * torch.logdet(ref_G_inv(z, c, M, Ref))
+
+    at = metric.at(z)
+    pos = ham.Position(z, None, None, metric=at)
+    close(metric.kinetic_grad(pos, rho), grad(kinetic, z), rtol=1e-11)
+    close(metric.force(z, at.weights, at.G), grad(half_log_det_G, z),
+                               rtol=1e-11)
+    zr = z.clone().requires_grad_()
+    assert torch.autograd.gradcheck(kinetic, (zr,))
+    assert torch.autograd.gradcheck(half_log_det_G, (zr,))
+
+    # The closed forms are themselves differentiable (the outer gradient flows through them).
+    def closed(z, c, M):
+        met = ham.CentroidMetric(c, M @ M.mT, 0.8, 0.01, 1.0)
+        a = met.at(z)
+        p = ham.Position(z, None, None, metric=a)
+        return met.kinetic_grad(p, rho) + met.force(z, a.weights, a.G)
+
+    args = (zr, c.clone().requires_grad_(), M.clone().requires_grad_())
+    assert torch.autograd.gradcheck(closed, args)
+
+
+def test_metric_is_spd_tends_to_identity_over_lambda_and_reductions_differ_by_n():
+    metric, c, M = _metric(n=7)
+    z = torch.randn(6, 3, dtype=f64)
+    at = metric.at(z)
+    close(at.G, at.G.mT, atol=1e-13)
+    assert torch.linalg.eigvalsh(at.G).min() > 0
+    close(at.G @ at.G_inv, torch.eye(3, dtype=f64).expand(6, 3, 3),
+                               atol=1e-9)
+    close(at.log_det_G, torch.logdet(at.G), rtol=1e-10)
+    far = metric.at(torch.full((2, 3), 50.0, dtype=f64))
+    close(far.G, torch.eye(3, dtype=f64).expand(2, 3, 3) / 0.01, rtol=1e-12)
+    mean = ham.CentroidMetric(c, M, 0.8, 0.01, 1.0 / 7)
+    lam = 0.01 * torch.eye(3, dtype=f64)
+    close(metric.inverse(z) - lam, 7 * (mean.inverse(z) - lam), rtol=1e-12)
+
+
+def test_rhvae_reductions_differ_by_the_number_of_centroids():
+    z = torch.randn(3, LATENT, dtype=f64)
+    g_mean = rhvae(centroid_reduction="mean").G_inv(z) - 0.01 * torch.eye(LATENT, dtype=f64)
+    g_sum = rhvae(centroid_reduction="sum").G_inv(z) - 0.01 * torch.eye(LATENT, dtype=f64)
+    close(g_sum, N_CENTROIDS * g_mean, rtol=1e-12)
+
+
+def test_lower_factor_layout_and_bounds():
+    out = torch.tensor([[0.5, -1.0, 100.0, 2.0, -3.0, 0.25]], dtype=f64)  # d = 3
+    m = aetk.RHVAE(GaussianEncoder(in_features=F, latent_dim=3, hidden=(4,)),
+                   aetk.BernoulliDecoder(latent_dim=3, out_features=F, hidden=(4,)),
+                   metric_net=lambda x: out.expand(len(x), -1), centroids=1).double()
+    L = m.lower_factor(torch.zeros(1, F, dtype=f64))[0]
+    b = LOG_DIAG_BOUND
+    diag = np.exp(b * np.tanh(np.array([0.5, -1.0, 100.0]) / b))
+    lower = np.exp(b) * np.tanh(np.array([2.0, -3.0, 0.25]) / np.exp(b))
+    ref = np.array([[diag[0], 0, 0], [lower[0], diag[1], 0], [lower[1], lower[2], diag[2]]])
+    close(L, ref, rtol=1e-13)
+    assert L[2, 2] < math.exp(b)
+
+
+# Integrators ------------------------------------------------------------------------------
+
+
+def _hvae_run(m, x, z, rho, eps, n):
+    position = m.position_fn(x, create_graph=False)
+    pos = position(z)
+    energies = [pos.potential + 0.5 * (rho * rho).sum(-1)]
+    for _ in range(n):
+        pos, rho = ham.leapfrog(pos, rho, eps, position)
+        energies.append(pos.potential + 0.5 * (rho * rho).sum(-1))
+    return pos.z, rho, torch.stack(energies)
+
+
+def _rhvae_run(m, x, z, rho, eps, n, n_fp):
+    metric = m.live_metric()
+    position = m.position_fn(x, metric, create_graph=False)
+    pos = position(z)
+    energies = [pos.potential + metric.kinetic(pos, rho)]
+    for _ in range(n):
+        pos, rho, _ = ham.generalized_leapfrog(pos, rho, eps, n_fp, metric, position)
+        energies.append(pos.potential + metric.kinetic(pos, rho))
+    return pos.z, rho, torch.stack(energies)
+
+
+@pytest.mark.parametrize("kind", ["hvae", "rhvae"])
+def test_leapfrog_is_reversible(kind):
+    x = _data()
+    z0, rho0 = torch.randn(B, LATENT, dtype=f64), torch.randn(B, LATENT, dtype=f64)
+    if kind == "hvae":
+        m = hvae()
+        z, rho, _ = _hvae_run(m, x, z0, rho0, 0.05, 10)
+        z_back, rho_back, _ = _hvae_run(m, x, z, -rho, 0.05, 10)
+    else:
+        m = rhvae()
+        z, rho, _ = _rhvae_run(m, x, z0, rho0, 0.05, 10, 60)
+        z_back, rho_back, _ = _rhvae_run(m, x, z, -rho, 0.05, 10, 60)
+    assert (z - z0).abs().max() > 0.1  # it moved
+    close(z_back, z0, atol=1e-9)
+    close(-rho_back, rho0, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["hvae", "rhvae"])
+def test_energy_error_is_second_order(kind):
+    """Over a fixed time, halving eps divides the energy error by about 4."""
+    x = _data()
+    z0, rho0 = torch.randn(B, LATENT, dtype=f64), torch.randn(B, LATENT, dtype=f64)
+    errors = []
+    for eps in (0.04, 0.02, 0.01):
+        n = round(0.4 / eps)
+        if kind == "hvae":
+            _, _, e = _hvae_run(hvae(), x, z0, rho0, eps, n)
+        else:
+            _, _, e = _rhvae_run(rhvae(), x, z0, rho0, eps, n, 40)
+        errors.append((e - e[0]).abs().max().item())
+    orders = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
+    close(orders, 2.0, atol=0.25)
+    assert errors[-1] < 1e-3
+
+
+def test_generalized_leapfrog_reaches_its_fixed_point():
+    m, x = rhvae(), _data()
+    metric = m.live_metric()
+    position = m.position_fn(x, metric, create_graph=False)
+    pos = position(torch.randn(B, LATENT, dtype=f64))
+    rho, eps = torch.randn(B, LATENT, dtype=f64) * 2, 0.1
+
+    def residuals(n_fp):
+        new, _, rho_h = ham.generalized_leapfrog(pos, rho, eps, n_fp, metric, position)
+        r_rho = rho_h - (rho - eps / 2 * (pos.grad + metric.kinetic_grad(pos, rho_h)))
+        z_fix = pos.z + eps / 2 * ham.mv(pos.metric.G_inv + metric.inverse(new.z), rho_h)
+        return r_rho.abs().max().item(), (new.z - z_fix).abs().max().item()
+
+    few, many = residuals(1), residuals(30)
+    assert min(few) > 1e-5
+    assert max(many) < 1e-6
+
+
+# Whole losses and their gradients -----------------------------------------------------------
+
+
+def _param_grads(model, loss):
+    model.zero_grad()
+    loss.backward()
+    return {k: p.grad.clone() for k, p in model.named_parameters()}
+
+
+def test_hvae_loss_and_gradients_match_the_reference_flow():
+    m, x = hvae(n_leapfrog=3, step_size=0.05, beta0=0.5), _data()
+    torch.manual_seed(5)
+    out = m.loss(x)
+    close(out.loss.item(), ref_hvae_loss(m, x, 5).item(), rtol=1e-12)
+    t = out.terms
+    close(out.loss.item(), (t["reconstruction"] - t["log_prior"]
+                                                 - t["momentum"] - t["entropy"]).item())
+    torch.manual_seed(5)
+    got = _param_grads(m, m.loss(x).loss)
+    want = _param_grads(m, ref_hvae_loss(m, x, 5))
+    for k in want:
+        close(got[k], want[k], rtol=1e-9, atol=1e-11, err_msg=k)
+
+
+def test_hvae_learned_step_size_and_beta0_get_exact_gradients():
+    m = hvae(n_leapfrog=2, step_size=[0.05, 0.02], beta0=0.4, learn_step_size=True,
+             learn_beta0=True)
+    x = _data()
+    torch.manual_seed(2)
+    m.loss(x).loss.backward()
+    g_eps, g_beta = m.log_step_size.grad.clone(), m.beta0_logit.grad.clone()
+
+    def loss_at(log_eps, logit):
+        with torch.no_grad():
+            m.log_step_size.copy_(log_eps)
+            m.beta0_logit.copy_(logit)
+        torch.manual_seed(2)
+        return m.loss(x).loss.item()
+
+    log_eps, logit, h = m.log_step_size.detach().clone(), m.beta0_logit.detach().clone(), 1e-6
+    num_beta = (loss_at(log_eps, logit + h) - loss_at(log_eps, logit - h)) / (2 * h)
+    e0 = torch.tensor([h, 0.0], dtype=f64)
+    num_eps0 = (loss_at(log_eps + e0, logit) - loss_at(log_eps - e0, logit)) / (2 * h)
+    close(g_beta.item(), num_beta, rtol=1e-5)
+    close(g_eps[0].item(), num_eps0, rtol=1e-5)
+
+
+def test_rhvae_split_loss_and_gradients_match_the_naive_reference():
+    m, x = rhvae(n_leapfrog=2, step_size=0.05, beta0=0.5, centroid_reduction="sum"), _data()
+    torch.manual_seed(5)
+    out = m.loss(x)
+    close(out.loss.item(), ref_rhvae_loss(m, x, 5).item(), rtol=1e-11)
+    t = out.terms
+    close(out.loss.item(), (t["reconstruction"] - t["log_prior"]
+                                                 - t["momentum"] - t["entropy"]).item())
+    torch.manual_seed(5)
+    got = _param_grads(m, m.loss(x).loss)
+    want = _param_grads(m, ref_rhvae_loss(m, x, 5))
+    assert set(got) == set(want) and any(k.startswith("metric_net") for k in got)
+    for k in want:
+        close(got[k], want[k], rtol=1e-8, atol=1e-10, err_msg=k)
+
+
+class LaplaceDecoder(Decoder):
+    """A user-made likelihood: nothing but a subclass returning a distribution."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(LATENT, 8), nn.Tanh(), nn.Linear(8, F))
+
+    def forward(self, z):
+        return D.Independent(D.Laplace(self.net(z), 0.7), 1)
+
+
+@pytest.mark.parametrize("kind", ["hvae", "rhvae"])
+def test_no_leapfrog_and_beta0_one_give_the_vae_elbo(kind):
+    torch.manual_seed(3)
+    enc = GaussianEncoder(in_features=F, latent_dim=LATENT, hidden=(8,))
+    dec = LaplaceDecoder()
+    x = _data()
+    if kind == "hvae":
+        m = aetk.HVAE(enc, dec, n_leapfrog=0, beta0=1.0)
+    else:
+        m = aetk.RHVAE(enc, dec, centroids=_data(3, seed=4).float(), n_leapfrog=0, beta0=1.0)
+    m = m.double()
+    torch.manual_seed(8)
+    out = m.loss(x)
+    torch.manual_seed(8)
+    q = enc(x)
+    z0 = q.rsample()
+    mu, sd = q.mean, q.stddev
+    log_q = (-0.5 * ((z0 - mu) / sd) ** 2 - sd.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+    log_lik = (-(x - dec.net(z0)).abs() / 0.7 - math.log(2 * 0.7)).sum(-1)
+    log_p = -0.5 * (z0**2).sum(-1) - math.log(2 * math.pi)
+    close(out.loss.item(), -(log_lik + log_p - log_q).mean().item(),
+                               rtol=1e-12)
+    close(out.terms["momentum"].item(), 0.0, atol=1e-12)
+    # The same z_0 in the VAE gives the same reconstruction term.
+    vae = aetk.VAE(enc, dec).double()
+    torch.manual_seed(8)
+    close(vae.loss(x).terms["reconstruction"].item(),
+                               out.terms["reconstruction"].item(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["hvae", "rhvae"])
+def test_validation_under_no_grad_gives_the_training_value(kind):
+    m, x = (hvae() if kind == "hvae" else rhvae()), _data()
+    torch.manual_seed(4)
+    with_grad = m.loss(x).loss.item()
+    torch.manual_seed(4)
+    with torch.no_grad():
+        without = m.eval().loss(x)
+    assert not without.loss.requires_grad
+    close(without.loss.item(), with_grad, rtol=1e-12)
+
+
+# Divergence -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["hvae", "rhvae"])
+def test_a_huge_step_size_raises_flow_diverged(kind):
+    m = hvae(step_size=50.0) if kind == "hvae" else rhvae(step_size=50.0)
+    with pytest.raises(ham.FlowDiverged, match="smaller step_size"):
+        m.loss(_data())
+    x = _data(60).float()
+    with pytest.raises(aetk.TrainingDiverged, match="Hamiltonian flow diverged"):
+        aetk.fit(m.float(), x, epochs=1, batch_size=20, progress=False, device="cpu")
+
+
+# Metric buffers, centroids, save/load, sampling -------------------------------------------
+
+
+def test_centroids_are_distinct_training_points():
+    x = torch.rand(300, 5, generator=torch.Generator().manual_seed(0))
+    for method in ("kmeans", "kmeans++"):
+        idx = select_centroids(x, 20, method, seed=1)
+        assert len(set(idx.tolist())) == 20 and idx.max() < 300
+        np.testing.assert_array_equal(idx, select_centroids(x, 20, method, seed=1))
+    with pytest.raises(ValueError, match="cannot choose"):
+        select_centroids(x, 301)
+
+
+def test_metric_needs_centroids_then_freezes_and_round_trips(tmp_path):
+    m = aetk.build_model("rhvae", "bernoulli", in_features=F, hidden=(8,), n_centroids=6)
+    z = torch.randn(7, LATENT)
+    with pytest.raises(RuntimeError, match="no centroids"):
+        m.G(z)
+    x = torch.rand(80, F)
+    aetk.fit(m, x[:60], x[60:], epochs=2, batch_size=20, progress=False, device="cpu")
+    assert any((m.centroid_data == row).all(-1).any() for row in x[:60])
+    L = m.lower_factor(m.centroid_data)
+    close(m.centroid_M, (L @ L.mT).detach(), rtol=1e-6)
+    close(m.centroid_latent, m.latent_mean(m.centroid_data).detach())
+    m.save(tmp_path / "model")
+    back = aetk.load(tmp_path / "model")
+    for fn in ("G", "G_inv", "log_det_G"):
+        assert torch.equal(getattr(m, fn)(z), getattr(back, fn)(z)), fn
+    torch.manual_seed(0)
+    a = m.eval().loss(x[60:]).loss
+    torch.manual_seed(0)
+    close(back.loss(x[60:]).loss.item(), a.item(), rtol=1e-6)
+
+
+def test_hmc_samples_a_known_density():
+    """Standard normal potential: sample moments within Monte Carlo error."""
+    torch.manual_seed(0)
+
+    def position(z):
+        return ham.Position(z, 0.5 * (z * z).sum(-1), z)
+
+    z = ham.hmc(position(torch.full((4000, 2), 3.0, dtype=f64)), position, 30, 10, 0.2)
+    close(z.mean(0), 0.0, atol=0.06)
+    close(z.var(0), 1.0, atol=0.08)
+
+
+def test_rhvae_samples_favour_high_inverse_volume():
+    m = rhvae(centroid_reduction="sum")
+    torch.manual_seed(0)
+    z = m.sample_latent(500, n_steps=20)
+    x = m.sample(3, n_steps=2)
+    assert x.shape == (3, F) and bool(((x >= 0) & (x <= 1)).all())
+    # The target favours small log det G: samples sit lower than points spread uniformly
+    # over the same box.
+    box = torch.rand(500, LATENT, dtype=f64) * (z.max(0).values - z.min(0).values) + z.min(0).values
+    assert m.log_det_G(z).mean() < m.log_det_G(box).mean() - 0.5
+
+
+# Training on digits -------------------------------------------------------------------------
+
+
+def _digits(likelihood):
+    x = torch.as_tensor(load_digits().data, dtype=torch.float32)[:600]
+    if likelihood in ("bernoulli", "gaussian", "gaussian_learned"):
+        return x / 16.0, {}
+    if likelihood == "categorical":
+        return (x / 4).floor(), {"n_classes": 5}
+    return x, {}
+
+
+@pytest.mark.parametrize("kind", ["hvae", "rhvae"])
+@pytest.mark.parametrize("likelihood", sorted(aetk.LIKELIHOODS))
+def test_training_on_digits_lowers_the_validation_loss(kind, likelihood):
+    x, opts = _digits(likelihood)
+    torch.manual_seed(0)
+    extra = {"n_centroids": 16} if kind == "rhvae" else {}
+    m = aetk.build_model(kind, likelihood, in_features=64, hidden=(32,), **opts, **extra)
+    train, val = x[:480], x[480:]
+    m.on_fit_start(train)
+    before = evaluate(m, [val])["val_loss"]
+    hist = aetk.fit(m, train, val, epochs=4, batch_size=48, lr=3e-3, progress=False,
+                    device="cpu")
+    after = hist["val_loss"].iloc[-1]
+    assert np.isfinite(hist["train_loss"]).all()
+    assert after < before - 0.1 * abs(before), (before, after)
