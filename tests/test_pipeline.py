@@ -1,0 +1,275 @@
+"""The Snakemake workflow: dry runs, lint, config validation, a real tiny run, the report,
+and resuming an interrupted training job. Each test works in a copy of the workflow."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from aetk import storage
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "envs", "profiles")
+# Snakemake's jobs call the `aetk` console script next to this interpreter.
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+TINY = {
+    "data": {"source": "mnist5k", "n_samples": 300,
+             "transforms": ["scale01", {"name": "binarise", "threshold": 0.5}]},
+    "grid": {"models": ["vae", "rhvae"], "likelihoods": ["bernoulli"]},
+    "network": {"hidden": [32]},
+    "model_options": {"rhvae": {"n_centroids": 16}},
+    "train": {"epochs": 1, "batch_size": 64},
+    "encode": {"n_examples": 5, "n_generated": 4},
+    "geodesics": {"n_pairs": 3, "n_points": 8, "max_iter": 50, "grid_size": 12},
+}
+
+
+def make_workdir(path: Path, config: dict | None = None) -> Path:
+    """A copy of the workflow, with ``config`` written as ``test.yaml``."""
+    path.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, path / name)
+    if config is not None:
+        (path / "test.yaml").write_text(yaml.safe_dump(config))
+    return path
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 600
+              ) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a (dry) run."""
+    table = output[output.index("Job stats:"):].splitlines()[3:]
+    counts = {}
+    for line in table:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def job_resources(output: str) -> list[tuple[str, str]]:
+    """(rule, resources line) of every job in a dry run's output."""
+    jobs, rule = [], None
+    for line in output.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            rule = line.split()[1].rstrip(":")
+        elif line.strip().startswith("resources:") and rule is not None:
+            jobs.append((rule, line.strip()))
+            rule = None
+    return jobs
+
+
+# ---------------------------------------------------------------------------- fast checks
+
+
+def test_dry_run_of_the_default_config(tmp_path: Path) -> None:
+    wd = make_workdir(tmp_path)
+    out = snakemake(wd, "-n", "--cores", "2").stdout
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    n_runs = len(config["grid"]["models"]) * len(config["grid"]["likelihoods"])
+    counts = job_counts(out)
+    n_geo = sum(m == "rhvae" for m in config["grid"]["models"]) * len(
+        config["grid"]["likelihoods"])
+    assert counts == {"all": 1, "preprocess": 1, "train": n_runs, "encode": n_runs,
+                      "report_run": n_runs, "geodesics": n_geo, "report_geodesics": n_geo,
+                      "report_summary": 1}
+    # the workstation profile was loaded and capped GPU jobs at the machine's GPU count
+    assert "Using workflow specific profile profiles/default" in out + snakemake(
+        wd, "-n", "--cores", "2").stderr
+    n_gpus = len(list(Path("/proc/driver/nvidia/gpus").glob("*")))
+    for rule, res in job_resources(out):
+        if rule == "train":
+            assert f"gpu={min(n_gpus, 1)}" in res
+
+
+def test_lint_and_snakefmt(tmp_path: Path) -> None:
+    wd = make_workdir(tmp_path)
+    proc = snakemake(wd, "--lint", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Congratulations" in proc.stdout + proc.stderr
+    fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "."], cwd=REPO,
+                         capture_output=True, text=True, env=ENV)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+@pytest.mark.parametrize(("config", "expected"), [
+    ({"train": {"epoch": 3}}, "train: Additional properties are not allowed ('epoch'"),
+    ({"train": {"epochs": "ten"}}, "train.epochs: 'ten' is not of type 'integer'"),
+    ({"grid": {"models": ["vae", "vea"]}}, "grid.models.1: 'vea' is not one of"),
+    ({"grid": {"likelihoods": ["bernouli"]}}, "grid.likelihoods.0: 'bernouli' is not one of"),
+    ({"data": {"transforms": ["scale"]}}, "data.transforms.0:"),
+    ({"colour": "red"}, "(top level): Additional properties are not allowed ('colour'"),
+])
+def test_config_errors_stop_before_any_job(tmp_path: Path, config: dict, expected: str
+                                           ) -> None:
+    wd = make_workdir(tmp_path, config)
+    proc = snakemake(wd, "--cores", "1", "--configfile", "test.yaml", check=False)
+    assert proc.returncode != 0
+    assert "Invalid configuration" in proc.stderr and expected in proc.stderr, proc.stderr
+    assert not (wd / "results").exists()
+
+
+def test_schema_names_match_the_registries() -> None:
+    import aetk
+
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    assert set(schema["$defs"]["model_name"]["enum"]) == set(aetk.MODELS)
+    assert set(schema["$defs"]["likelihood_name"]["enum"]) == set(aetk.LIKELIHOODS)
+
+
+def test_slurm_profile_resolves_every_job(tmp_path: Path) -> None:
+    wd = make_workdir(tmp_path)
+    out = snakemake(wd, "-n", "--workflow-profile", "profiles/slurm").stdout
+    jobs = job_resources(out)
+    assert {rule for rule, _ in jobs} >= {"preprocess", "train", "encode", "geodesics",
+                                          "report_run", "report_summary"}
+    for rule, res in jobs:
+        assert "<TBD>" not in res, (rule, res)
+        for key in ("mem_mb=", "disk_mb=", "runtime=", "slurm_partition="):
+            assert key in res, (rule, key)
+        if rule == "train":
+            assert "slurm_partition=gpu" in res and "gpu=1" in res and "cpus_per_gpu=4" in res
+            assert "slurm_extra" not in res
+
+
+def test_slurm_gpu_request_becomes_gpus_flag() -> None:
+    """The plugin turns the profile's gpu/gpu_model into sbatch's --gpus (not --gres)."""
+    plugin = pytest.importorskip("snakemake_executor_plugin_slurm.utils")
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    train = profile["set-resources"]["train"]
+
+    class Resources(dict):
+        __getattr__ = dict.__getitem__
+
+    job = type("Job", (), {"resources": Resources(train)})()
+    assert plugin.set_gres_string(job).strip() == f"--gpus={train['gpu']}"
+    job.resources["gpu_model"] = "a100"
+    assert plugin.set_gres_string(job).strip() == f"--gpus=a100:{train['gpu']}"
+
+
+# ---------------------------------------------------------------------------- real runs
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    wd = make_workdir(tmp_path_factory.mktemp("pipeline"), TINY)
+    snakemake(wd, "--cores", "2", "--configfile", "test.yaml")
+    return wd
+
+
+@pytest.mark.slow
+def test_tiny_run_outputs(tiny_run: Path) -> None:
+    import aetk
+
+    wd, runs = tiny_run, ["vae-bernoulli", "rhvae-bernoulli"]
+    data = storage.read_zarr(wd / "results/data/mnist5k.zarr")
+    assert data["x"].shape == (300, 784) and set(np.unique(data["x"])) == {0.0, 1.0}
+    assert int(data["split"].sum()) == 30 and data.attrs["image_shape"] == [28, 28]
+    for run in runs:
+        model = aetk.load(wd / f"results/models/{run}/model")
+        assert model.latent_dim == 2
+        history = pd.read_csv(wd / f"results/models/{run}/history.tsv", sep="\t")
+        assert history["epoch"].tolist() == [1]
+        assert np.isfinite(history[["train_loss", "val_loss"]]).all(axis=None)
+        lat = storage.read_zarr(wd / f"results/latent/{run}.zarr")
+        assert lat["z_mean"].shape == (300, 2) and lat["example_data"].shape == (5, 784)
+        assert lat["generated"].shape == (4, 784)
+        for name in ("z_mean", "z_std", "reconstruction_error", "elbo", "generated"):
+            assert np.isfinite(lat[name].values).all(), (run, name)
+        assert lat.attrs["data_config_hash"] == data.attrs["config_hash"]
+        for fig in ("latent", "reconstructions", "samples"):
+            assert (wd / f"results/report/{run}/{fig}.png").stat().st_size > 5000
+        for sub in ("train", "encode", "report_run"):
+            assert (wd / f"results/logs/{sub}/{run}.log").exists()
+            bench = pd.read_csv(wd / f"results/benchmarks/{sub}/{run}.tsv", sep="\t")
+            assert bench["s"].iloc[0] > 0
+    # geodesics only for the RHVAE (pullback is off)
+    assert not (wd / "results/geodesics/vae-bernoulli.zarr").exists()
+    geo = storage.read_zarr(wd / "results/geodesics/rhvae-bernoulli.zarr")
+    assert geo["points"].shape == (3, 8, 2) and geo.attrs["metric"] == "RHVAEMetric"
+    assert geo["log_volume"].shape == (12, 12) and np.isfinite(geo["log_volume"]).all()
+    assert (geo["start_label"].values != geo["end_label"].values).all()
+    assert (wd / "results/report/rhvae-bernoulli/geodesics.png").stat().st_size > 5000
+    table = pd.read_csv(wd / "results/report/comparison.tsv", sep="\t")
+    assert table["run"].tolist() == runs
+    for _, row in table.iterrows():
+        history = pd.read_csv(wd / f"results/models/{row['run']}/history.tsv", sep="\t")
+        assert row["final_val_loss"] == pytest.approx(history["val_loss"].iloc[-1], rel=1e-5)
+    assert np.isnan(table["geodesic_length_ratio"].iloc[0])
+    assert table["geodesic_length_ratio"].iloc[1] <= 1 + 1e-6
+
+
+@pytest.mark.slow
+def test_report_zip_and_no_rerun(tiny_run: Path) -> None:
+    wd = tiny_run
+    snakemake(wd, "--configfile", "test.yaml", "--report", "results/report.zip")
+    with zipfile.ZipFile(wd / "results/report.zip") as z:
+        names = z.namelist()
+        html = z.read("report/report.html").decode()
+    assert sum(n.endswith(".png") for n in names) == 2 * 3 + 1 + 1
+    assert any(n.endswith("comparison.tsv") for n in names)
+    assert "Geodesics (solid green)" in html and "rhvae-bernoulli" in html
+    # up to date, also after a checkout touches the workflow's code
+    (wd / "Snakefile").touch()
+    (wd / "workflow/rules/train.smk").touch()
+    out = snakemake(wd, "-n", "--cores", "2", "--configfile", "test.yaml").stdout
+    assert "Nothing to be done" in out
+
+
+@pytest.mark.slow
+def test_interrupted_training_resumes(tmp_path: Path) -> None:
+    import torch
+
+    epochs = 300
+    config = {**TINY, "grid": {"models": ["vae"], "likelihoods": ["bernoulli"]},
+              "train": {"epochs": epochs, "batch_size": 16}}
+    wd = make_workdir(tmp_path, config)
+    target = "results/models/vae-bernoulli/history.tsv"
+    # the target goes first: --configfile takes several values
+    args = [sys.executable, "-m", "snakemake", target, "--cores", "1", "--configfile",
+            "test.yaml"]
+    proc = subprocess.Popen(args, cwd=wd, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpt_dir = wd / "results/checkpoints"
+    deadline = time.monotonic() + 240
+    while not list(ckpt_dir.glob("*.pt")) and time.monotonic() < deadline:
+        assert proc.poll() is None, "snakemake ended before training started"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
+    proc.wait(timeout=60)
+    assert not (wd / target).exists(), "training finished before the interruption"
+    (ckpt,) = ckpt_dir.glob("vae-bernoulli-*.pt")
+    saved = torch.load(ckpt, weights_only=True)["history"]
+    done = len(saved)
+    assert 1 <= done < epochs
+
+    snakemake(wd, target, "--cores", "1", "--configfile", "test.yaml")
+    log = (wd / "results/logs/train/vae-bernoulli.log").read_text()
+    assert f"resuming from epoch {done} " in log
+    ran = sum(line.startswith("epoch ") for line in log.splitlines())
+    assert ran == epochs - done  # only the missing epochs ran
+    history = pd.read_csv(wd / target, sep="\t")
+    assert history["epoch"].tolist() == list(range(1, epochs + 1))
+    np.testing.assert_allclose(history["train_loss"].iloc[:done],
+                               [row["train_loss"] for row in saved])
