@@ -170,3 +170,14 @@ def test_where_flattens_multidimensional_events():
         validate.check_finite(x, "train")
     with pytest.raises(ValueError, match=r"first at row 2: 0.5$"):
         validate.check_counts(torch.tensor([0.0, 3.0, 0.5]), "train", "counts")
+
+
+def test_fast_paths_agree_with_the_element_wise_checks():
+    """Finite data whose sum overflows pass; integer dtypes and large chunked data work."""
+    validate.check_finite(torch.full((3, 2), 3e38), "train")
+    validate.check_counts(torch.arange(6).reshape(3, 2), "train", "counts")
+    validate.check_range(torch.arange(6).reshape(3, 2), "train", 0, 5, "classes")
+    x = torch.zeros(3, 1 << 20)
+    x[2, (1 << 20) - 1] = 0.5
+    with pytest.raises(ValueError, match=r"first at row 2, column 1048575: 0.5"):
+        validate.check_counts(x, "train", "counts")
