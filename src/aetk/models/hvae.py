@@ -78,13 +78,12 @@ class HVAE(Model):
 
         return position
 
-    def flow(self, x: torch.Tensor, z0: torch.Tensor, rho0: torch.Tensor,
-             create_graph: bool) -> tuple[Position, torch.Tensor]:
-        """The tempered leapfrog flow from `(z0, rho0)`: the final position and momentum.
-        Raises `FlowDiverged` when a step's energy error explodes."""
-        position = self.position_fn(x, create_graph)
-        eps, beta0, n = self.step_size, self.beta0, self.n_leapfrog
-        pos, rho = position(z0), rho0
+    def flow(self, start: Position, rho0: torch.Tensor, position: PositionFn
+             ) -> tuple[Position, torch.Tensor]:
+        """The tempered leapfrog flow from `(start, rho0)`: the final position and momentum.
+        Raises `FlowDiverged` when it diverges."""
+        pos, rho, n = start, rho0, self.n_leapfrog
+        eps, beta0 = self.step_size, self.beta0
         monitor = FlowMonitor(eps)
         monitor.point(pos)
         for k in range(1, n + 1):
@@ -97,11 +96,11 @@ class HVAE(Model):
 
     def loss(self, x: torch.Tensor) -> LossOutput:
         # Exact outer gradients need a differentiable force whenever anyone may backpropagate.
-        create_graph = torch.is_grad_enabled()
+        position = self.position_fn(x, create_graph=torch.is_grad_enabled())
         q = self.encoder(x)
         z0 = q.rsample()
         gamma = torch.randn_like(z0)
-        pos, rho = self.flow(x, z0, gamma * self.beta0**-0.5, create_graph)
+        pos, rho = self.flow(position(z0), gamma * self.beta0**-0.5, position)
         rec = -pos.log_lik.mean()
         log_prior = standard_normal_log_prob(pos.z).mean()
         momentum = -0.5 * ((rho * rho).sum(-1) - (gamma * gamma).sum(-1)).mean()

