@@ -168,6 +168,25 @@ def test_slurm_gpu_request_becomes_gpus_flag() -> None:
     assert plugin.set_gres_string(job).strip() == f"--gpus=a100:{train['gpu']}"
 
 
+def test_conda_env_covers_the_package_dependencies() -> None:
+    """`--sdm conda` jobs need everything aetk imports (Snakemake itself runs outside)."""
+    import re
+    import tomllib
+
+    env = yaml.safe_load((REPO / "envs/aetk.yaml").read_text())
+    names = set()
+    for dep in env["dependencies"]:
+        for item in dep["pip"] if isinstance(dep, dict) else [dep]:
+            names.add(re.split(r"[<>=! ]", item)[0])
+    conda_name = {"torch": "pytorch", "matplotlib": "matplotlib-base"}
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for dep in project["dependencies"]:
+        name = re.split(r"[<>=! \[]", dep)[0]
+        if name != "snakemake":
+            assert conda_name.get(name, name) in names, name
+    assert (REPO / "envs/aetk.post-deploy.sh").stat().st_mode & 0o111
+
+
 # ---------------------------------------------------------------------------- real runs
 
 
