@@ -280,9 +280,11 @@ def _restore(path: Path, model: Model, optimizers: dict, shuffle_rng: torch.Gene
              fingerprint: dict, device: torch.device) -> list[dict[str, float]]:
     state = torch.load(path, map_location=device, weights_only=True)
     if state["fingerprint"] != fingerprint:
+        diff = ", ".join(f"{k}: {state['fingerprint'].get(k)!r} there, {v!r} now"
+                         for k, v in fingerprint.items() if state["fingerprint"].get(k) != v)
         raise ValueError(
-            f"checkpoint {path} was written for different settings "
-            f"({state['fingerprint']} vs {fingerprint}); pass resume=False to start over"
+            f"checkpoint {path} was written for different settings ({diff}); "
+            "pass resume=False to start over"
         )
     model.load_state_dict(state["model"])
     for k, opt in optimizers.items():
