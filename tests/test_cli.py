@@ -29,6 +29,16 @@ def test_help_of_every_command(capsys: pytest.CaptureFixture) -> None:
             assert "input:" in text and "output:" in text, arg
 
 
+def test_bad_inputs_exit_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["preprocess", "--source", str(tmp_path / "x.npy"),
+                     "--out", str(tmp_path / "d.zarr")]) == 1
+    assert "aetk preprocess: error: data file" in capsys.readouterr().err
+    assert cli.main(["preprocess", "--source", "digits", "--transforms", "normalise",
+                     "--out", str(tmp_path / "d.zarr")]) == 1
+    assert "unknown transform 'normalise'" in capsys.readouterr().err
+    assert not (tmp_path / "d.zarr").exists()
+
+
 def test_parse_transform() -> None:
     assert cli.parse_transform("scale01") == "scale01"
     assert cli.parse_transform("binarise:threshold=0.3") == {"name": "binarise", "threshold": 0.3}

@@ -248,7 +248,7 @@ def test_report_zip_and_no_rerun(tiny_run: Path) -> None:
         html = z.read("report/report.html").decode()
     assert sum(n.endswith(".png") for n in names) == 2 * 3 + 1 + 1
     assert any(n.endswith("comparison.tsv") for n in names)
-    assert "Geodesics (solid green)" in html and "rhvae-bernoulli" in html
+    assert "Geodesics (solid lines, one colour per pair)" in html and "rhvae-bernoulli" in html
     # up to date, also after a checkout touches the workflow's code
     (wd / "Snakefile").touch()
     (wd / "workflow/rules/train.smk").touch()
@@ -260,7 +260,7 @@ def test_report_zip_and_no_rerun(tiny_run: Path) -> None:
 def test_interrupted_training_resumes(tmp_path: Path) -> None:
     import torch
 
-    epochs = 300
+    epochs = 150
     config = {**TINY, "grid": {"models": ["vae"], "likelihoods": ["bernoulli"]},
               "train": {"epochs": epochs, "batch_size": 16}}
     wd = make_workdir(tmp_path, config)

@@ -564,9 +564,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``aetk`` console script."""
+    """Entry point of the ``aetk`` console script; bad inputs exit with status 1 and a message."""
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"aetk {args.command}: error: {message}", file=sys.stderr)
+        return 1
     return 0
 
 

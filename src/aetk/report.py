@@ -156,8 +156,8 @@ def plot_samples(latent: xr.Dataset, stored: StoredData, path: Path) -> None:
 
 
 def plot_geodesics(latent: xr.Dataset, geo: xr.Dataset, path: Path) -> None:
-    """Geodesics (solid) and straight lines (dashed) over the latent codes, on the metric's
-    log volume for 2-D latents."""
+    """Geodesics (solid, one colour per pair) and straight lines (dashed) over the latent
+    codes, on the metric's log volume for 2-D latents."""
     z = latent["z_mean"].values
     points = geo["points"].values
     fig, axs = _subplots(figsize=(6, 5))
@@ -165,7 +165,8 @@ def plot_geodesics(latent: xr.Dataset, geo: xr.Dataset, path: Path) -> None:
     if "log_volume" in geo and z.shape[1] == 2:
         z1, z2 = geo["z1"].values, geo["z2"].values
         im = ax.imshow(geo["log_volume"].values.T, origin="lower", aspect="auto",
-                       extent=(z1[0], z1[-1], z2[0], z2[-1]), cmap="magma", alpha=0.9)
+                       extent=(z1[0], z1[-1], z2[0], z2[-1]), cmap="magma", alpha=0.9,
+                       interpolation="bilinear")
         fig.colorbar(im, ax=ax, label=r"log $\sqrt{\det G(z)}$")
         xy, axes = z, ["z1", "z2"]
         curves = points
@@ -179,11 +180,14 @@ def plot_geodesics(latent: xr.Dataset, geo: xr.Dataset, path: Path) -> None:
                                                    -1) if z.shape[1] == 1 else points)
     ax.scatter(xy[:, 0], xy[:, 1], s=2, color="white" if "log_volume" in geo else "0.6",
                alpha=0.35, linewidths=0)
-    for curve in curves:
-        ax.plot([curve[0, 0], curve[-1, 0]], [curve[0, 1], curve[-1, 1]], "--", color="cyan",
-                lw=0.8)
-        ax.plot(curve[:, 0], curve[:, 1], "-", color="lime", lw=1.5)
-        ax.plot(curve[[0, -1], 0], curve[[0, -1], 1], "o", color="lime", ms=3)
+    colours = mpl.colormaps["tab10"]
+    for i, curve in enumerate(curves):
+        colour = colours(i % colours.N)
+        ax.plot([curve[0, 0], curve[-1, 0]], [curve[0, 1], curve[-1, 1]], "--", color=colour,
+                lw=1.0, alpha=0.8)
+        ax.plot(curve[:, 0], curve[:, 1], "-", color=colour, lw=2.0)
+        ax.plot(curve[[0, -1], 0], curve[[0, -1], 1], "o", color=colour, ms=4,
+                markeredgecolor="white", markeredgewidth=0.5)
     ratio = float(np.mean(geo["length"].values / geo["line_length"].values))
     conv = int(geo["converged"].values.sum())
     ax.set(xlabel=axes[0], ylabel=axes[1],
