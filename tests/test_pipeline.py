@@ -3,6 +3,7 @@ and resuming an interrupted training job. Each test works in a copy of the workf
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import signal
@@ -119,6 +120,8 @@ def test_lint_and_snakefmt(tmp_path: Path) -> None:
     ({"grid": {"models": ["vae", "vea"]}}, "grid.models.1: 'vea' is not one of"),
     ({"grid": {"likelihoods": ["bernouli"]}}, "grid.likelihoods.0: 'bernouli' is not one of"),
     ({"data": {"transforms": ["scale"]}}, "data.transforms.0:"),
+    ({"model_options": {"rhvae": {"n_centroid": 8}}},
+     "model_options.rhvae: Additional properties are not allowed ('n_centroid'"),
     ({"colour": "red"}, "(top level): Additional properties are not allowed ('colour'"),
 ])
 def test_config_errors_stop_before_any_job(tmp_path: Path, config: dict, expected: str
@@ -131,11 +134,32 @@ def test_config_errors_stop_before_any_job(tmp_path: Path, config: dict, expecte
 
 
 def test_schema_names_match_the_registries() -> None:
-    import aetk
+    """Model, likelihood and option names in the schema are exactly what build_model takes."""
+    from aetk import build
 
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
-    assert set(schema["$defs"]["model_name"]["enum"]) == set(aetk.MODELS)
-    assert set(schema["$defs"]["likelihood_name"]["enum"]) == set(aetk.LIKELIHOODS)
+    defs = schema["$defs"]
+    assert set(defs["model_name"]["enum"]) == set(build.MODELS)
+    assert set(defs["likelihood_name"]["enum"]) == set(build.LIKELIHOODS)
+
+    def options(entry: dict) -> set[str]:
+        if "$ref" in entry:
+            entry = defs[entry["$ref"].rsplit("/", 1)[1]]
+        return set(entry.get("properties", {}))
+
+    def keywords(fn: object, sizes: set[str]) -> set[str]:
+        params = inspect.signature(fn).parameters.values()
+        return {p.name for p in params if p.kind is p.KEYWORD_ONLY or p.default is not p.empty
+                } - sizes
+
+    models = schema["properties"]["model_options"]["properties"]
+    for name, (_, constructor) in build.MODELS.items():
+        sizes = {"encoder", "decoder", "shape", "hidden", "activation"}
+        assert options(models[name]) == keywords(constructor, sizes), name
+    likelihoods = schema["properties"]["likelihood_options"]["properties"]
+    for name, decoder in build.LIKELIHOODS.items():
+        sizes = {"network", "latent_dim", "out_features", "output_shape", "hidden", "activation"}
+        assert options(likelihoods[name]) == keywords(decoder.__init__, sizes), name
 
 
 def test_slurm_profile_resolves_every_job(tmp_path: Path) -> None:
