@@ -85,12 +85,11 @@ class HVAE(Model):
         pos, rho, n = start, rho0, self.n_leapfrog
         eps, beta0 = self.step_size, self.beta0
         monitor = FlowMonitor(eps)
-        monitor.point(pos)
+        monitor.point(pos, rho)
         for k in range(1, n + 1):
-            new, rho_new = leapfrog(pos, rho, eps, position)
-            monitor.step(pos.potential + 0.5 * (rho * rho).sum(-1), new,
-                         new.potential + 0.5 * (rho_new * rho_new).sum(-1))
-            pos, rho = new, rho_new * tempering(beta0, k, n)
+            pos, rho = leapfrog(pos, rho, eps, position)
+            monitor.point(pos, rho)
+            rho = rho * tempering(beta0, k, n)
         monitor.check()
         return pos, rho
 
