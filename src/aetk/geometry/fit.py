@@ -1,0 +1,409 @@
+"""Geodesics by energy minimisation, batched over pairs of endpoints; distance matrices
+and geodesic interpolation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .curves import NeuralGeodesic, curve_energy, curve_length, segment_quads
+from .metrics import Metric, _base, metric_for
+
+# energy(x, idx) -> (energy (b,), preconditioner weights (b, T-1) or None) for the
+# parameter rows x (b, n) of the pairs idx (b,)
+EnergyFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor | None]]
+
+
+@dataclass
+class GeodesicResult:
+    """Fitted geodesics, one row per pair of endpoints.
+
+    `length` and `energy` are those of the returned curve (in the metric),
+    `line_length` that of the straight line between the same endpoints,
+    `euclidean_length` the returned curve's length in the flat metric. `converged` is
+    True only where the relative energy change over the last `window` iterations fell
+    below `tol`; `fell_back` marks pairs where the fit was longer than the straight line,
+    which is then returned instead.
+    """
+
+    points: Tensor  # (B, T, d)
+    t: Tensor  # (T,)
+    length: Tensor  # (B,)
+    energy: Tensor  # (B,)
+    euclidean_length: Tensor  # (B,)
+    line_length: Tensor  # (B,)
+    converged: Tensor  # (B,) bool
+    iterations: Tensor  # (B,) int
+    fell_back: Tensor  # (B,) bool
+
+
+def fit_geodesics(
+    metric: Metric,
+    z_start: Tensor,
+    z_end: Tensor,
+    *,
+    n_points: int = 50,
+    curve: str = "discrete",
+    optimizer: str = "lbfgs",
+    max_iter: int = 500,
+    tol: float = 1e-5,
+    window: int = 5,
+    lr: float | None = None,
+    hidden: Sequence[int] = (16, 16, 16),
+    chunk_size: int = 1000,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    seed: int = 0,
+) -> GeodesicResult:
+    """Minimise the energy of curves between `z_start (B, d)` and `z_end (B, d)` (or `(d,)`),
+    all pairs at once.
+
+    - `curve="discrete"`: the `n_points - 2` interior points are the parameters (energy
+      of the piecewise-linear curve, see `curve_energy`); `"neural"`: a `NeuralGeodesic`
+      with `hidden` layers per pair, exact velocities.
+    - `optimizer="lbfgs"`: L-BFGS per pair (memory 10, Armijo backtracking), for discrete
+      curves preconditioned by the metric-weighted second-difference matrix, which makes
+      the iteration count nearly independent of `n_points`; `lr` scales its steps
+      (default 1). `"adam"`: Adam with learning rate `lr` (default 1e-2 for discrete
+      curves, 1e-3 for neural ones).
+    - Stops a pair when `max - min` of its last `window + 1` energies is at most `tol`
+      times its energy, or after `max_iter` iterations (then `converged` is False).
+    - Pairs go through in chunks of `chunk_size`; converged pairs leave the batch.
+    - `device`: where to fit (default: `z_start`'s device); the metric must work there.
+    """
+    if curve not in ("discrete", "neural"):
+        raise ValueError(f"curve must be 'discrete' or 'neural', got {curve!r}")
+    if optimizer not in ("lbfgs", "adam"):
+        raise ValueError(f"optimizer must be 'lbfgs' or 'adam', got {optimizer!r}")
+    if n_points < 3:
+        raise ValueError(f"n_points must be at least 3, got {n_points}")
+    device = torch.device(device) if device is not None else z_start.device
+    z_start = torch.as_tensor(z_start, device=device)
+    z_end = torch.as_tensor(z_end, device=device, dtype=z_start.dtype)
+    z_start, z_end = z_start.reshape(-1, z_start.shape[-1]), z_end.reshape(-1, z_end.shape[-1])
+    if z_start.shape != z_end.shape:
+        raise ValueError(f"z_start {tuple(z_start.shape)} and z_end {tuple(z_end.shape)} differ")
+    if lr is None:
+        lr = 1.0 if optimizer == "lbfgs" else (1e-2 if curve == "discrete" else 1e-3)
+    t = torch.linspace(0, 1, n_points, dtype=z_start.dtype, device=device)
+
+    parts = []
+    with tqdm(total=z_start.shape[0], disable=not progress, desc="geodesics") as bar:
+        for z0, z1 in zip(z_start.split(chunk_size), z_end.split(chunk_size), strict=True):
+            if curve == "discrete":
+                x0, energy, finish = _discrete_problem(metric, z0, z1, t)
+            else:
+                x0, energy, finish = _neural_problem(metric, z0, z1, t, hidden, seed)
+            minimise = _lbfgs if optimizer == "lbfgs" else _adam
+            x, converged, iterations = minimise(
+                energy, x0, max_iter=max_iter, tol=tol, window=window, lr=lr,
+                precondition=curve == "discrete", bar=bar,
+            )
+            parts.append((*finish(x), converged, iterations))
+    points, length, energy_, line_points, line_length, line_energy, converged, iterations = (
+        torch.cat(p) for p in zip(*parts, strict=True)
+    )
+    fell_back = length > line_length
+    points = torch.where(fell_back[:, None, None], line_points, points)
+    return GeodesicResult(
+        points=points,
+        t=t,
+        length=torch.where(fell_back, line_length, length),
+        energy=torch.where(fell_back, line_energy, energy_),
+        euclidean_length=curve_length(_EUCLIDEAN, points),
+        line_length=line_length,
+        converged=converged,
+        iterations=iterations,
+        fell_back=fell_back,
+    )
+
+
+_EUCLIDEAN = Metric(
+    lambda z: torch.eye(z.shape[-1], dtype=z.dtype, device=z.device).expand(len(z), -1, -1)
+)
+
+
+def _line(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
+    s = t.reshape(1, -1, 1)
+    return (1 - s) * z0.unsqueeze(1) + s * z1.unsqueeze(1)
+
+
+def _discrete_problem(
+    metric: Metric, z0: Tensor, z1: Tensor, t: Tensor
+) -> tuple[Tensor, EnergyFn, Callable[[Tensor], tuple[Tensor, ...]]]:
+    b, d = z0.shape
+    dt = t.diff()
+
+    def points(x: Tensor, idx: Tensor) -> Tensor:
+        return torch.cat([z0[idx, None], x.reshape(len(idx), -1, d), z1[idx, None]], 1)
+
+    def energy(x: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        pts = points(x, idx)
+        start, end = segment_quads(metric, pts)
+        with torch.no_grad():
+            # the metric's scale along each segment, for the preconditioner
+            sq = pts.diff(dim=1).square().sum(-1)
+            tiny = torch.finfo(sq.dtype).tiny
+            weight = torch.where(sq > 0, (start + end) / (2 * sq).clamp_min(tiny), 1.0)
+        return 0.25 * ((start + end) / dt).sum(-1), weight / dt
+
+    def finish(x: Tensor) -> tuple[Tensor, ...]:
+        with torch.no_grad():
+            pts, line = points(x, torch.arange(b, device=x.device)), _line(z0, z1, t)
+            return (pts, curve_length(metric, pts, t), curve_energy(metric, pts, t), line,
+                    curve_length(metric, line, t), curve_energy(metric, line, t))
+
+    x0 = _line(z0, z1, t)[:, 1:-1].reshape(b, -1)
+    return x0, energy, finish
+
+
+def _neural_problem(
+    metric: Metric, z0: Tensor, z1: Tensor, t: Tensor, hidden: Sequence[int], seed: int
+) -> tuple[Tensor, EnergyFn, Callable[[Tensor], tuple[Tensor, ...]]]:
+    net = NeuralGeodesic(z0, z1, hidden=hidden, seed=seed)
+
+    def energy(x: Tensor, idx: Tensor) -> tuple[Tensor, None]:
+        pts, vel = net.evaluate_with_velocities(x, z0[idx], z1[idx], t)
+        return curve_energy(metric, pts, t, vel), None
+
+    # lengths are measured on a 10x finer grid: a curve that learnt to speed through
+    # high-metric regions between the grid points is caught there
+    fine = torch.linspace(0, 1, 10 * (len(t) - 1) + 1, dtype=t.dtype, device=t.device)
+
+    def finish(x: Tensor) -> tuple[Tensor, ...]:
+        with torch.no_grad():
+            pts, vel = net.evaluate_with_velocities(x, z0, z1, fine)
+            line, line_vel = _line(z0, z1, fine), (z1 - z0).unsqueeze(1).expand(-1, len(fine), -1)
+            return (pts[:, ::10], curve_length(metric, pts, fine, vel),
+                    curve_energy(metric, pts, fine, vel), line[:, ::10],
+                    curve_length(metric, line, fine, line_vel),
+                    curve_energy(metric, line, fine, line_vel))
+
+    return net.params.detach(), energy, finish
+
+
+def _evaluate(fn: EnergyFn, x: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Energy, its gradient with respect to `x`, and the preconditioner weights."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_()
+        energy, weight = fn(x, idx)
+        (grad,) = torch.autograd.grad(energy.sum(), x)
+    return energy.detach(), grad, weight
+
+
+class _Tracker:
+    """Per-pair energy history, convergence and the shrinking set of active pairs."""
+
+    def __init__(self, x: Tensor, window: int, tol: float, bar: tqdm) -> None:
+        self.x = x.clone()
+        b = x.shape[0]
+        self.converged = torch.zeros(b, dtype=torch.bool, device=x.device)
+        self.iterations = torch.zeros(b, dtype=torch.long, device=x.device)
+        self.active = torch.arange(b, device=x.device)
+        self.history: Tensor | None = None
+        self.window, self.tol, self.bar = window, tol, bar
+
+    def step(self, x: Tensor, energy: Tensor) -> Tensor:
+        """Record one iteration of the active pairs; return the mask of those that go on."""
+        self.x[self.active] = x
+        self.iterations[self.active] += 1
+        if self.history is None:
+            self.history = energy.unsqueeze(1)
+        else:
+            self.history = torch.cat([self.history, energy.unsqueeze(1)], 1)[:, -self.window - 1:]
+        done = torch.zeros_like(energy, dtype=torch.bool)
+        if self.history.shape[1] > self.window:
+            spread = self.history.max(1).values - self.history.min(1).values
+            done = spread <= self.tol * energy.abs()
+        self.converged[self.active[done]] = True
+        keep = ~done
+        self.active, self.history = self.active[keep], self.history[keep]
+        self.bar.update(int(done.sum()))
+        return keep
+
+    def result(self) -> tuple[Tensor, Tensor, Tensor]:
+        self.bar.update(len(self.active))
+        return self.x, self.converged, self.iterations
+
+
+def _adam(
+    fn: EnergyFn, x: Tensor, *, max_iter: int, tol: float, window: int, lr: float,
+    precondition: bool, bar: tqdm,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Adam on every active pair, its state kept per pair."""
+    track = _Tracker(x, window, tol, bar)
+    m, v = torch.zeros_like(x), torch.zeros_like(x)
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    for it in range(1, max_iter + 1):
+        energy, grad, _ = _evaluate(fn, x, track.active)
+        m = beta1 * m + (1 - beta1) * grad
+        v = beta2 * v + (1 - beta2) * grad.square()
+        step = lr * (m / (1 - beta1**it)) / ((v / (1 - beta2**it)).sqrt() + eps)
+        keep = track.step(x, energy)
+        if not keep.any():
+            break
+        x, m, v = (x - step)[keep], m[keep], v[keep]
+    return track.result()
+
+
+def _tridiagonal_solve(weight: Tensor, rhs: Tensor) -> Tensor:
+    """Solve `P y = rhs` for the second-difference matrix of the interior points with
+    segment weights `weight (b, T-1)`: diagonal `w_{j-1} + w_j`, off-diagonal `-w_j`.
+    `rhs (b, T-2, d)`; Thomas algorithm (P is symmetric positive definite)."""
+    diag = weight[:, :-1] + weight[:, 1:]
+    off = -weight[:, 1:-1]
+    denom = diag[:, 0]
+    c, y = [], [rhs[:, 0] / denom[:, None]]
+    for j in range(1, diag.shape[1]):
+        c.append(off[:, j - 1] / denom)
+        denom = diag[:, j] - off[:, j - 1] * c[-1]
+        y.append((rhs[:, j] - off[:, j - 1, None] * y[-1]) / denom[:, None])
+    for j in range(len(y) - 2, -1, -1):
+        y[j] = y[j] - c[j][:, None] * y[j + 1]
+    return torch.stack(y, 1)
+
+
+def _lbfgs(
+    fn: EnergyFn, x: Tensor, *, max_iter: int, tol: float, window: int, lr: float,
+    precondition: bool, bar: tqdm, memory: int = 10, max_backtracks: int = 30,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """L-BFGS for every active pair with its own history and Armijo backtracking."""
+    track = _Tracker(x, window, tol, bar)
+    b, n = x.shape
+    s_hist = x.new_zeros(b, memory, n)
+    y_hist = x.new_zeros(b, memory, n)
+    rho = x.new_zeros(b, memory)  # 0 marks an empty slot
+    energy, grad, weight = _evaluate(fn, x, track.active)
+    last_step = torch.full_like(energy, lr)
+
+    def initial(q: Tensor, weight: Tensor | None, s_hist: Tensor, y_hist: Tensor) -> Tensor:
+        """`H0 q`: the preconditioner (or identity) scaled by the newest curvature pair."""
+        if precondition:
+            shape = (q.shape[0], weight.shape[1] - 1, -1)
+            r = _tridiagonal_solve(weight, q.reshape(shape)).reshape_as(q)
+        else:
+            r = q
+        s, y = s_hist[:, -1], y_hist[:, -1]
+        if precondition:
+            hy = _tridiagonal_solve(weight, y.reshape(shape)).reshape_as(y)
+            first = torch.ones_like(q[:, 0])
+        else:
+            hy = y
+            # before any pair, a first step of length lr
+            first = 1 / q.norm(dim=-1).clamp_min(torch.finfo(q.dtype).tiny)
+        yhy = (y * hy).sum(-1)
+        gamma = torch.where(yhy > 0, (s * y).sum(-1) / yhy.clamp_min(torch.finfo(q.dtype).tiny),
+                            first)
+        return gamma[:, None] * r
+
+    for _ in range(max_iter):
+        # two-loop recursion, newest pair last
+        q = grad.clone()
+        alphas = []
+        for i in range(memory - 1, -1, -1):
+            a = rho[:, i] * (s_hist[:, i] * q).sum(-1)
+            q -= a[:, None] * y_hist[:, i]
+            alphas.append(a)
+        r = initial(q, weight, s_hist, y_hist)
+        for i in range(memory):
+            beta = rho[:, i] * (y_hist[:, i] * r).sum(-1)
+            r += s_hist[:, i] * (alphas[memory - 1 - i] - beta)[:, None]
+        direction = -r
+        slope = (grad * direction).sum(-1)
+        uphill = slope >= 0  # stale curvature pairs: restart from the preconditioned gradient
+        if uphill.any():
+            rho[uphill] = 0
+            direction[uphill] = -initial(grad[uphill], None if weight is None else weight[uphill],
+                                         s_hist[uphill], y_hist[uphill])
+            slope = (grad * direction).sum(-1)
+
+        # start from twice the last accepted step: 1 where the quadratic model holds, fewer
+        # backtracks where the energy is rough (e.g. the pull-back of a ReLU decoder)
+        step = (2 * last_step).clamp_max(lr)
+        x_new, e_new, g_new = x.clone(), energy.clone(), grad.clone()
+        w_new = None if weight is None else weight.clone()
+        todo = torch.arange(len(x), device=x.device)
+        for _ in range(max_backtracks):
+            xt = x[todo] + step[todo, None] * direction[todo]
+            et, gt, wt = _evaluate(fn, xt, track.active[todo])
+            ok = torch.isfinite(et) & (et <= energy[todo] + 1e-4 * step[todo] * slope[todo])
+            acc = todo[ok]
+            x_new[acc], e_new[acc], g_new[acc] = xt[ok], et[ok], gt[ok]
+            if w_new is not None:
+                w_new[acc] = wt[ok]
+            # backtrack to the minimum of the quadratic through E, slope and et, kept
+            # within [0.1, 0.5] of the step (Nocedal & Wright, section 3.5)
+            bad, alpha = todo[~ok], step[todo[~ok]]
+            curv = et[~ok] - energy[bad] - slope[bad] * alpha
+            quad_min = -slope[bad] * alpha.square() / (2 * curv)
+            step[bad] = torch.where(torch.isfinite(quad_min), quad_min, 0.1 * alpha).clamp(
+                0.1 * alpha, 0.5 * alpha)
+            todo = todo[~ok]
+            if len(todo) == 0:
+                break
+        # pairs whose line search failed stay put with a cleared memory
+        rho[todo] = 0
+        last_step = step.index_fill(0, todo, lr)
+
+        s, y = x_new - x, g_new - grad
+        sy = (s * y).sum(-1)
+        good = sy > 1e-10 * (y * y).sum(-1).sqrt() * (s * s).sum(-1).sqrt()
+        s_hist = torch.where(good[:, None, None], torch.cat([s_hist[:, 1:], s[:, None]], 1), s_hist)
+        y_hist = torch.where(good[:, None, None], torch.cat([y_hist[:, 1:], y[:, None]], 1), y_hist)
+        rho = torch.where(good[:, None],
+                          torch.cat([rho[:, 1:], (1 / sy.where(good, 1.0))[:, None]], 1), rho)
+        x, energy, grad, weight = x_new, e_new, g_new, w_new
+
+        keep = track.step(x, energy)
+        if not keep.any():
+            break
+        x, energy, grad = x[keep], energy[keep], grad[keep]
+        weight = None if weight is None else weight[keep]
+        s_hist, y_hist, rho, last_step = s_hist[keep], y_hist[keep], rho[keep], last_step[keep]
+    return track.result()
+
+
+def distance_matrix(metric: Metric, z: Tensor, **fit_kwargs) -> Tensor:
+    """Geodesic distances between all pairs of the points `z (N, d)`: `(N, N)`, symmetric,
+    zero diagonal. Fits the `N (N-1) / 2` pairs in one `fit_geodesics` call (keyword
+    arguments passed on)."""
+    n = z.shape[0]
+    i, j = torch.triu_indices(n, n, offset=1, device=z.device)
+    length = fit_geodesics(metric, z[i], z[j], **fit_kwargs).length
+    dist = length.new_zeros(n, n)
+    dist[i, j] = length
+    dist[j, i] = length
+    return dist
+
+
+def interpolate(
+    model: nn.Module,
+    z_start: Tensor,
+    z_end: Tensor,
+    n: int = 10,
+    *,
+    metric: Metric | None = None,
+    **fit_kwargs,
+) -> tuple[Tensor, Tensor]:
+    """Decode `n` points along the geodesics from `z_start` to `z_end` (`(B, d)` or `(d,)`).
+
+    The metric defaults to `metric_for(model)`; keyword arguments go to `fit_geodesics`.
+    The geodesic is fitted with `n` points, which are spaced evenly in the metric. Returns
+    the latent points `(B, n, d)` and the decoded means `(B, n, *event_shape)`
+    (probabilities for Bernoulli and categorical decoders).
+    """
+    metric = metric_for(model) if metric is None else metric
+    fit = fit_geodesics(metric, z_start, z_end, n_points=n, **fit_kwargs)
+    b, _, d = fit.points.shape
+    with torch.no_grad():
+        out = model.decode(fit.points.reshape(-1, d))
+        if isinstance(out, Tensor):
+            mean = out
+        else:
+            base = _base(out)
+            mean = base.probs if isinstance(base, torch.distributions.Categorical) else out.mean
+    return fit.points, mean.reshape(b, n, *mean.shape[1:])

@@ -1,0 +1,227 @@
+"""Riemannian metrics on a latent space: `metric(z) -> G (..., d, d)`, symmetric positive
+definite, with `log_volume(z) = log sqrt(det G(z))` and the quadratic form `quad(z, V)`
+that curve energies are built from."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor, nn
+from torch import distributions as D
+from torch.func import jvp
+
+
+class Metric:
+    """A metric given by a callable mapping points `(N, d)` to matrices `(N, d, d)`.
+
+    Subclasses override `_metric` (and, where they can do better than forming `G`,
+    `_quad` and `_log_volume`); every public method accepts any leading shape `(..., d)`.
+    """
+
+    def __init__(self, fn: Callable[[Tensor], Tensor] | None = None) -> None:
+        self._fn = fn
+
+    def _metric(self, z: Tensor) -> Tensor:
+        if self._fn is None:
+            raise NotImplementedError("give Metric a function or override _metric")
+        return self._fn(z)
+
+    def _quad(self, z: Tensor, v: Tensor) -> Tensor:
+        return torch.einsum("nki,nij,nkj->nk", v, self._metric(z), v)
+
+    def _log_volume(self, z: Tensor) -> Tensor:
+        chol = torch.linalg.cholesky(self._metric(z))
+        return chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+
+    def metric(self, z: Tensor) -> Tensor:
+        """`G(z)`, shape `(..., d, d)`."""
+        d = z.shape[-1]
+        return self._metric(z.reshape(-1, d)).reshape(*z.shape, d)
+
+    __call__ = metric
+
+    def quad(self, z: Tensor, v: Tensor) -> Tensor:
+        """`v_k^T G(z) v_k` for `k` vectors at each point: `z (..., d)`, `v (..., k, d)`
+        -> `(..., k)`."""
+        d = z.shape[-1]
+        k = v.shape[-2]
+        return self._quad(z.reshape(-1, d), v.reshape(-1, k, d)).reshape(v.shape[:-1])
+
+    def log_volume(self, z: Tensor) -> Tensor:
+        """`log sqrt(det G(z))`, shape `(...)`."""
+        return self._log_volume(z.reshape(-1, z.shape[-1])).reshape(z.shape[:-1])
+
+
+class RHVAEMetric(Metric):
+    """The closed-form metric of a trained RHVAE: anything with `G(z)`, `G_inv(z)` and
+    `log_det_G(z)` methods on `(N, d)` batches."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def _metric(self, z: Tensor) -> Tensor:
+        return self.model.G(z)
+
+    def _quad(self, z: Tensor, v: Tensor) -> Tensor:
+        # v^T G v = |L^{-1} v|^2 with G^{-1} = L L^T: no explicit inverse of G^{-1}
+        chol = torch.linalg.cholesky(self.model.G_inv(z))
+        u = torch.linalg.solve_triangular(chol, v.mT, upper=False)
+        return u.square().sum(-2)
+
+    def _log_volume(self, z: Tensor) -> Tensor:
+        return 0.5 * self.model.log_det_G(z)
+
+
+def _base(dist: D.Distribution) -> D.Distribution:
+    while isinstance(dist, D.Independent):
+        dist = dist.base_dist
+    return dist
+
+
+class PullbackMetric(Metric):
+    """The metric a decoder pulls back onto its latent space, for any decoder returning a
+    torch distribution (or a tensor, taken as its mean).
+
+    - `kind="mean"`: `G = J_mu^T J_mu` of the distribution's mean (Bernoulli probabilities,
+      categorical probabilities, Poisson rate, ...), plus `J_sigma^T J_sigma` for Gaussians,
+      which is zero when sigma is fixed (Arvanitidis et al. 2018).
+    - `kind="fisher"`: the Fisher-Rao pull-back `J_eta^T F(eta) J_eta` of the natural
+      parameters (Arvanitidis et al. 2022): Bernoulli `F = p(1-p)`, categorical
+      `F = diag(p) - p p^T` per element, Poisson `F = rate`, Gaussian
+      `diag(1/sigma^2, 2/sigma^2)` in (mu, sigma).
+
+    Jacobian-vector products come from `torch.func.jvp` on the whole batch at once, one
+    per tangent direction, so the decoder must treat samples independently (eval mode).
+    """
+
+    def __init__(self, decoder: Callable[[Tensor], D.Distribution | Tensor], kind: str = "mean"):
+        super().__init__()
+        if kind not in ("mean", "fisher"):
+            raise ValueError(f"kind must be 'mean' or 'fisher', got {kind!r}")
+        self.decoder = decoder
+        self.kind = kind
+
+    def _params(self, z: Tensor) -> tuple[Tensor, ...]:
+        """The decoder outputs whose Jacobians enter G, each `(N, ...)`."""
+        out = self.decoder(z)
+        if isinstance(out, Tensor):
+            if self.kind == "fisher":
+                raise ValueError("the Fisher metric needs a decoder that returns a distribution")
+            return (out,)
+        base = _base(out)
+        if isinstance(base, D.Normal):
+            return base.loc, base.scale
+        if self.kind == "mean":
+            return (base.probs if isinstance(base, D.Categorical) else out.mean,)
+        if isinstance(base, D.Bernoulli | D.Categorical):
+            return (base.logits,)
+        if isinstance(base, D.Poisson):
+            return (base.rate,)
+        raise ValueError(
+            f"no Fisher metric for {type(base).__name__}: use kind='mean' or a "
+            "Bernoulli, categorical, Poisson or Gaussian decoder"
+        )
+
+    def _family(self, z: Tensor) -> type[D.Distribution] | None:
+        out = self.decoder(z[:1])
+        return None if isinstance(out, Tensor) else type(_base(out))
+
+    def _gram(self, z: Tensor, v: Tensor) -> Tensor:
+        """`(N, k, k)` Gram matrix `v_a^T G(z) v_b` of `k` tangent vectors `v (N, k, d)`."""
+        n, k, d = v.shape
+        primals, tangents = jvp(
+            self._params, (z.repeat(k, 1),), (v.transpose(0, 1).reshape(k * n, d),)
+        )
+        family = self._family(z) if self.kind == "fisher" else None
+        gram = z.new_zeros(n, k, k)
+        for i, (p, u) in enumerate(zip(primals, tangents, strict=True)):
+            p = p[:n]
+            u = u.reshape(k, n, *u.shape[1:])
+            if family is not None and issubclass(family, D.Categorical):
+                # logits (n, ..., K): per element diag(p) - p p^T over the class axis
+                prob = torch.softmax(p, -1).reshape(n, -1, p.shape[-1])
+                u = u.reshape(k, n, -1, p.shape[-1])
+                pu = (prob * u).sum(-1)
+                gram = gram + torch.einsum("anmc,bnmc,nmc->nab", u, u, prob)
+                gram = gram - torch.einsum("anm,bnm->nab", pu, pu)
+                continue
+            u = u.reshape(k, n, -1)
+            p = p.reshape(n, -1)
+            if family is None:
+                weight = None
+            elif issubclass(family, D.Bernoulli):
+                prob = torch.sigmoid(p)
+                weight = prob * (1 - prob)
+            elif issubclass(family, D.Poisson):
+                weight = 1 / p  # d eta = d rate / rate, F = rate
+            else:  # Normal: (loc, scale)
+                scale = primals[1][:n].reshape(n, -1).expand_as(p)
+                weight = (1.0 if i == 0 else 2.0) / scale.square()
+            if weight is None:
+                gram = gram + torch.einsum("anm,bnm->nab", u, u)
+            else:
+                gram = gram + torch.einsum("anm,bnm,nm->nab", u, u, weight)
+        return gram
+
+    def _metric(self, z: Tensor) -> Tensor:
+        d = z.shape[-1]
+        eye = torch.eye(d, dtype=z.dtype, device=z.device)
+        return self._gram(z, eye.expand(z.shape[0], d, d))
+
+    def _quad(self, z: Tensor, v: Tensor) -> Tensor:
+        # k JVPs with the curve's own directions: cheaper than forming G when k < d
+        if v.shape[-2] >= z.shape[-1]:
+            return super()._quad(z, v)
+        return self._gram(z, v).diagonal(dim1=-2, dim2=-1)
+
+
+def metric_for(model: nn.Module, kind: str = "mean") -> Metric:
+    """The natural metric of a model: its own for an RHVAE (anything with `G`, `G_inv` and
+    `log_det_G`), otherwise the pull-back through `model.decoder` (`kind` as in
+    `PullbackMetric`)."""
+    if all(callable(getattr(model, name, None)) for name in ("G", "G_inv", "log_det_G")):
+        return RHVAEMetric(model)
+    return PullbackMetric(model.decoder, kind=kind)
+
+
+def volume_grid(
+    metric: Metric,
+    bounds: Sequence[Sequence[float]],
+    n: int | Sequence[int] = 100,
+    *,
+    chunk_size: int = 4096,
+) -> xr.Dataset:
+    """Log volume `log sqrt(det G)` of a 2-D metric on a regular grid.
+
+    `bounds = ((z1_min, z1_max), (z2_min, z2_max))`, `n` points per axis (or `(n1, n2)`).
+    Returns an `xarray.Dataset` with coordinates `z1`, `z2` and the variable
+    `log_volume (z1, z2)` (float64); plot it with `ds.log_volume.plot(x="z1")`.
+    """
+    (lo1, hi1), (lo2, hi2) = bounds
+    n1, n2 = (n, n) if isinstance(n, int) else n
+    z1, z2 = np.linspace(lo1, hi1, n1), np.linspace(lo2, hi2, n2)
+    grid = np.stack(np.meshgrid(z1, z2, indexing="ij"), -1).reshape(-1, 2)
+    dtype, device = _tensor_spec(metric)
+    points = torch.as_tensor(grid, dtype=dtype, device=device)
+    with torch.no_grad():
+        logv = torch.cat([metric.log_volume(c) for c in points.split(chunk_size)])
+    values = logv.double().cpu().numpy().reshape(n1, n2)
+    return xr.Dataset(
+        {"log_volume": (("z1", "z2"), values)},
+        coords={"z1": z1, "z2": z2},
+        attrs={"description": "log sqrt(det G(z)) of the latent metric"},
+    )
+
+
+def _tensor_spec(metric: Metric) -> tuple[torch.dtype, torch.device]:
+    """dtype and device of the module behind a metric (default float32, CPU for plain ones)."""
+    module = getattr(metric, "model", None) or getattr(metric, "decoder", None)
+    if isinstance(module, nn.Module):
+        for t in (*module.parameters(), *module.buffers()):
+            if t.is_floating_point():
+                return t.dtype, t.device
+    return torch.get_default_dtype(), torch.device("cpu")

@@ -1,0 +1,326 @@
+"""aetk.geometry against known answers: flat and hyperbolic metrics, a sphere embedding,
+an RHVAE far from its centroids, finite-difference Jacobians and hand-made Fisher metrics."""
+
+import math
+
+import pytest
+import torch
+from torch import distributions as D
+from torch import nn
+
+import aetk
+from aetk.decoders import Decoder
+from aetk.geometry import (
+    Metric,
+    NeuralGeodesic,
+    PullbackMetric,
+    RHVAEMetric,
+    curve_energy,
+    curve_length,
+    distance_matrix,
+    fit_geodesics,
+    interpolate,
+    metric_for,
+    volume_grid,
+)
+
+torch.set_num_threads(1)
+f64 = torch.float64
+
+
+def constant(A: torch.Tensor) -> Metric:
+    return Metric(lambda z: A.expand(len(z), -1, -1))
+
+
+def poincare() -> Metric:
+    """Upper half-plane: G(z) = I / z_2^2."""
+    return Metric(lambda z: torch.eye(2, dtype=z.dtype) / z[:, 1, None, None] ** 2)
+
+
+def hyperbolic_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.arccosh(1 + (a - b).square().sum(-1) / (2 * a[:, 1] * b[:, 1]))
+
+
+def half_plane_pairs() -> tuple[torch.Tensor, torch.Tensor]:
+    z0 = torch.tensor([[-1.0, 1.0], [0.0, 0.5], [-2.0, 1.0], [0.0, 1.0], [0.3, 0.2]], dtype=f64)
+    z1 = torch.tensor([[1.0, 1.0], [1.0, 2.0], [2.0, 0.5], [0.0, 3.0], [1.5, 0.4]], dtype=f64)
+    return z0, z1
+
+
+class SphereDecoder(Decoder):
+    """Latent angles (polar theta, azimuth phi) onto the unit sphere in R^3."""
+
+    def forward(self, z: torch.Tensor) -> D.Distribution:
+        theta, phi = z[:, 0], z[:, 1]
+        x = torch.stack([theta.sin() * phi.cos(), theta.sin() * phi.sin(), theta.cos()], -1)
+        return D.Independent(D.Normal(x, 1.0), 1)
+
+
+def sphere(z: torch.Tensor) -> torch.Tensor:
+    return SphereDecoder()(z).mean
+
+
+def tiny_decoder(cls: type, seed: int = 0, **kwargs) -> nn.Module:
+    torch.manual_seed(seed)
+    dec = cls(latent_dim=2, out_features=5, hidden=(8,), activation="tanh", **kwargs)
+    return dec.double().eval()
+
+
+def fd_jacobian(f, z: torch.Tensor, h: float = 1e-6) -> torch.Tensor:
+    """Central differences of `f: (N, d) -> (N, m)`, `(N, m, d)`."""
+    cols = []
+    for j in range(z.shape[1]):
+        e = torch.zeros_like(z)
+        e[:, j] = h
+        cols.append((f(z + e) - f(z - e)) / (2 * h))
+    return torch.stack(cols, -1)
+
+
+# --- curves ------------------------------------------------------------------------------
+
+
+def test_half_circle_length_and_energy_on_a_non_uniform_grid():
+    euclid = constant(torch.eye(2, dtype=f64))
+    t = torch.linspace(0, 1, 401, dtype=f64).square()  # dense near 0, sparse near 1
+    angle = math.pi * t
+    points = torch.stack([angle.cos(), angle.sin()], -1)[None]
+    velocity = (math.pi * torch.stack([-angle.sin(), angle.cos()], -1))[None]
+    # exact velocities: the speed is constant, so the trapezoid rule is exact
+    assert curve_length(euclid, points, t, velocity).item() == pytest.approx(math.pi, rel=1e-12)
+    assert curve_energy(euclid, points, t, velocity).item() == pytest.approx(
+        math.pi**2 / 2, rel=1e-12
+    )
+    # the discrete curve: chords, second order in the largest step
+    assert curve_length(euclid, points).item() == pytest.approx(math.pi, rel=1e-4)
+    # speed 2 pi s along gamma(s) = half circle at s^2: energy 1/2 int (2 pi s)^2 ds = 2 pi^2/3
+    s = torch.linspace(0, 1, 401, dtype=f64) ** 0.5  # a non-uniform grid for s
+    pts = torch.stack([(math.pi * s**2).cos(), (math.pi * s**2).sin()], -1)[None]
+    vel = (2 * math.pi * s)[:, None] * torch.stack(
+        [-(math.pi * s**2).sin(), (math.pi * s**2).cos()], -1
+    )
+    assert curve_length(euclid, pts, s, vel[None]).item() == pytest.approx(math.pi, rel=1e-5)
+    assert curve_energy(euclid, pts, s, vel[None]).item() == pytest.approx(
+        2 * math.pi**2 / 3, rel=1e-4
+    )
+    assert curve_energy(euclid, pts, s).item() == pytest.approx(2 * math.pi**2 / 3, rel=1e-4)
+
+
+def test_straight_line_length_in_a_constant_metric():
+    A = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=f64)
+    z0, z1 = torch.randn(3, 2, dtype=f64), torch.randn(3, 2, dtype=f64)
+    t = torch.linspace(0, 1, 7, dtype=f64) ** 3
+    pts = z0[:, None] + t[None, :, None] * (z1 - z0)[:, None]
+    dz = z1 - z0
+    exact = torch.einsum("bi,ij,bj->b", dz, A, dz)
+    torch.testing.assert_close(curve_length(constant(A), pts, t), exact.sqrt())
+    # energy of gamma(s) = z0 + s^3 dz: 1/2 int 9 s^4 ds |dz|_A^2 = 9/10 |dz|_A^2, here from
+    # 7 chords: 1/2 sum (s_{k+1}^3 - s_k^3)^2 / (s_{k+1} - s_k)
+    s = torch.linspace(0, 1, 7, dtype=f64)
+    chord = 0.5 * ((s[1:] ** 3 - s[:-1] ** 3).square() / s.diff()).sum()
+    torch.testing.assert_close(curve_energy(constant(A), pts, s), chord * exact)
+
+
+def test_neural_geodesic_keeps_endpoints_and_has_exact_velocities():
+    z0, z1 = torch.randn(4, 3, dtype=f64), torch.randn(4, 3, dtype=f64)
+    curve = NeuralGeodesic(z0, z1, hidden=(8, 8), seed=1)
+    with torch.no_grad():
+        curve.params.normal_()  # a bent curve
+    t = torch.linspace(0, 1, 11, dtype=f64)
+    pts, vel = curve.points_and_velocities(t)
+    torch.testing.assert_close(pts[:, 0], z0, rtol=0, atol=1e-14)
+    torch.testing.assert_close(pts[:, -1], z1, rtol=0, atol=1e-14)
+    h = 1e-6
+    fd = (curve(t + h) - curve(t - h)) / (2 * h)
+    torch.testing.assert_close(vel, fd, rtol=1e-6, atol=1e-8)
+    assert (pts[:, 1:-1] - (z0[:, None] + t[1:-1, None] * (z1 - z0)[:, None])).abs().max() > 0.01
+
+
+# --- metrics -----------------------------------------------------------------------------
+
+
+def test_pullback_mean_metric_matches_finite_differences_with_learned_sigma():
+    dec = tiny_decoder(aetk.LearnedGaussianDecoder)
+    z = torch.randn(6, 2, dtype=f64)
+    Jm = fd_jacobian(lambda z: dec(z).mean, z)
+    Js = fd_jacobian(lambda z: dec(z).stddev, z)
+    expected = Jm.mT @ Jm + Js.mT @ Js
+    metric = PullbackMetric(dec)
+    torch.testing.assert_close(metric(z), expected, rtol=1e-7, atol=1e-10)
+    assert (Js.mT @ Js).abs().max() > 1e-3  # the sigma term is really there
+    v = torch.randn(6, 1, 2, dtype=f64)
+    torch.testing.assert_close(
+        metric.quad(z, v)[:, 0], torch.einsum("ni,nij,nj->n", v[:, 0], expected, v[:, 0])
+    )
+    torch.testing.assert_close(metric.log_volume(z), 0.5 * torch.logdet(expected))
+
+
+def test_pullback_mean_metric_of_a_bernoulli_decoder_uses_probabilities():
+    dec = tiny_decoder(aetk.BernoulliDecoder)
+    z = torch.randn(6, 2, dtype=f64)
+    J = fd_jacobian(lambda z: dec(z).mean, z)
+    torch.testing.assert_close(PullbackMetric(dec)(z), J.mT @ J, rtol=1e-7, atol=1e-10)
+
+
+def test_fisher_metrics_match_hand_formulas():
+    z = torch.randn(5, 2, dtype=f64)
+    # Bernoulli: J_logits^T diag(p (1-p)) J_logits
+    dec = tiny_decoder(aetk.BernoulliDecoder)
+    J = fd_jacobian(lambda z: dec(z).base_dist.logits, z)
+    p = dec(z).mean
+    expected = torch.einsum("nmi,nm,nmj->nij", J, p * (1 - p), J)
+    torch.testing.assert_close(PullbackMetric(dec, "fisher")(z), expected, rtol=1e-7, atol=1e-10)
+    # Poisson: natural parameter log rate, F = rate
+    dec = tiny_decoder(aetk.PoissonDecoder, seed=1)
+    J = fd_jacobian(lambda z: dec(z).mean.log(), z)
+    expected = torch.einsum("nmi,nm,nmj->nij", J, dec(z).mean, J)
+    torch.testing.assert_close(PullbackMetric(dec, "fisher")(z), expected, rtol=1e-7, atol=1e-10)
+    # categorical: per element J^T (diag p - p p^T) J over the class axis
+    dec = tiny_decoder(aetk.CategoricalDecoder, seed=2, n_classes=3)
+    J = fd_jacobian(lambda z: dec(z).base_dist.logits.flatten(1), z).reshape(5, 5, 3, 2)
+    p = dec(z).base_dist.probs
+    F = torch.diag_embed(p) - p[..., :, None] * p[..., None, :]
+    expected = torch.einsum("nmki,nmkl,nmlj->nij", J, F, J)
+    torch.testing.assert_close(PullbackMetric(dec, "fisher")(z), expected, rtol=1e-7, atol=1e-10)
+    with pytest.raises(ValueError, match="no Fisher metric"):
+        PullbackMetric(tiny_decoder(aetk.NegativeBinomialDecoder), "fisher")(z)
+
+
+def test_log_volume_and_volume_grid_of_the_half_plane():
+    z = torch.rand(4, 2, dtype=f64) + 0.1
+    torch.testing.assert_close(poincare().log_volume(z), -2 * z[:, 1].log())
+    ds = volume_grid(poincare(), ((-1.0, 1.0), (0.5, 2.0)), (3, 4))
+    assert ds.log_volume.dims == ("z1", "z2")
+    expected = -2 * torch.log(torch.linspace(0.5, 2.0, 4, dtype=f64))
+    torch.testing.assert_close(torch.from_numpy(ds.log_volume.values[1]), expected, rtol=1e-6,
+                               atol=0)
+
+
+# --- geodesics ---------------------------------------------------------------------------
+
+
+def test_constant_metric_geodesic_is_the_straight_line():
+    A = torch.tensor([[3.0, 1.0], [1.0, 0.5]], dtype=f64)
+    torch.manual_seed(0)
+    z0, z1 = torch.randn(8, 2, dtype=f64), torch.randn(8, 2, dtype=f64)
+    res = fit_geodesics(constant(A), z0, z1, n_points=20)
+    dz = z1 - z0
+    torch.testing.assert_close(res.length, torch.einsum("bi,ij,bj->b", dz, A, dz).sqrt(),
+                               rtol=1e-10, atol=0)
+    line = z0[:, None] + res.t[None, :, None] * dz[:, None]
+    torch.testing.assert_close(res.points, line, rtol=0, atol=1e-9)
+    torch.testing.assert_close(res.euclidean_length, dz.norm(dim=-1))
+    assert res.converged.all()
+
+
+@pytest.mark.parametrize("curve", ["discrete", "neural"])
+def test_poincare_half_plane_distances(curve):
+    z0, z1 = half_plane_pairs()
+    res = fit_geodesics(poincare(), z0, z1, curve=curve)
+    torch.testing.assert_close(res.length, hyperbolic_distance(z0, z1), rtol=1e-2, atol=0)
+    assert res.converged.all()
+    assert (res.length < res.line_length).all()
+
+
+def test_discrete_geodesic_is_accurate_and_fast_to_converge():
+    z0, z1 = half_plane_pairs()
+    res = fit_geodesics(poincare(), z0, z1)
+    torch.testing.assert_close(res.length, hyperbolic_distance(z0, z1), rtol=2e-3, atol=0)
+    assert res.iterations.max() < 50
+
+
+def test_great_circles_on_a_sphere_decoder():
+    torch.manual_seed(0)
+    n = 6
+    z0 = torch.stack([torch.rand(n) * 1.6 + 0.8, torch.rand(n) * 2 - 1], -1).double()
+    z1 = torch.stack([torch.rand(n) * 1.6 + 0.8, torch.rand(n) * 2 - 1], -1).double()
+    res = fit_geodesics(PullbackMetric(SphereDecoder()), z0, z1)
+    great_circle = torch.arccos((sphere(z0) * sphere(z1)).sum(-1))
+    torch.testing.assert_close(res.length, great_circle, rtol=1e-2, atol=0)
+    assert res.converged.all()
+    # the decoded midpoint lies on the great circle: the plane through 0, x0 and x1
+    normal = torch.linalg.cross(sphere(z0), sphere(z1))
+    mid = sphere(res.points[:, res.points.shape[1] // 2])
+    assert (mid * normal).sum(-1).abs().max() < 1e-2 * normal.norm(dim=-1).min()
+
+
+def test_rhvae_metric_far_from_centroids_is_flat():
+    torch.manual_seed(0)
+    model = aetk.build_model("rhvae", "bernoulli", in_features=6, latent_dim=2, hidden=(8,),
+                             n_centroids=4)
+    model.on_fit_start(torch.rand(32, 6))
+    model.update_metric()
+    model = model.double().eval()
+    lam = model.regularization
+    metric = metric_for(model)
+    assert isinstance(metric, RHVAEMetric)
+    far = model.centroid_latent.abs().max() + 30.0  # exp(-30^2 / T^2) underflows
+    z0 = torch.tensor([[far, 0.0], [far, -2.0], [far + 5, 3.0]], dtype=f64)
+    z1 = torch.tensor([[far + 3.0, 4.0], [far + 1, 1.0], [far + 5, -3.0]], dtype=f64)
+    torch.testing.assert_close(metric(z0), torch.eye(2, dtype=f64).expand(3, 2, 2) / lam)
+    res = fit_geodesics(metric, z0, z1)
+    torch.testing.assert_close(res.length, (z1 - z0).norm(dim=-1) / math.sqrt(lam), rtol=1e-9,
+                               atol=0)
+    assert res.converged.all()
+    # near the centroids the metric is not flat, and the quadratic form matches G
+    z = model.centroid_latent + 0.1
+    v = torch.randn(len(z), 2, 2, dtype=f64)
+    torch.testing.assert_close(metric.quad(z, v), torch.einsum("nki,nij,nkj->nk", v, metric(z), v))
+    torch.testing.assert_close(metric.log_volume(z), 0.5 * torch.logdet(metric(z)))
+
+
+def test_budget_exhausted_is_not_converged():
+    z0, z1 = half_plane_pairs()
+    res = fit_geodesics(poincare(), z0, z1, max_iter=2)
+    assert not res.converged.any()
+    assert (res.iterations == 2).all()
+
+
+def test_a_fit_longer_than_the_line_falls_back_to_the_line():
+    z0, z1 = half_plane_pairs()
+    # Adam with a huge step zigzags the curve: longer than the straight line
+    res = fit_geodesics(poincare(), z0, z1, optimizer="adam", lr=10.0, max_iter=2)
+    assert res.fell_back.all()
+    assert not res.converged.any()
+    torch.testing.assert_close(res.length, res.line_length)
+    line = z0[:, None] + res.t[None, :, None] * (z1 - z0)[:, None]
+    torch.testing.assert_close(res.points, line)
+
+
+def test_returned_length_never_exceeds_the_straight_line():
+    dec = tiny_decoder(aetk.BernoulliDecoder, seed=3)
+    dec.network[1] = nn.ReLU()  # a rough, piecewise-constant metric
+    torch.manual_seed(1)
+    z0, z1 = 3 * torch.randn(20, 2, dtype=f64), 3 * torch.randn(20, 2, dtype=f64)
+    for kwargs in ({}, {"max_iter": 3}, {"curve": "neural", "max_iter": 20}):
+        res = fit_geodesics(PullbackMetric(dec), z0, z1, **kwargs)
+        assert (res.length <= res.line_length).all()
+
+
+def test_distance_matrix_of_the_half_plane():
+    z = torch.tensor([[0.0, 1.0], [1.0, 2.0], [-1.0, 0.5], [2.0, 1.0]], dtype=f64)
+    dist = distance_matrix(poincare(), z)
+    i, j = torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")
+    exact = hyperbolic_distance(z[i.flatten()], z[j.flatten()]).reshape(4, 4)
+    torch.testing.assert_close(dist, dist.T, rtol=0, atol=0)
+    assert (dist.diagonal() == 0).all()
+    torch.testing.assert_close(dist, exact, rtol=1e-2, atol=1e-12)
+
+
+def test_interpolate_decodes_the_geodesic():
+    torch.manual_seed(0)
+    model = aetk.build_model("vae", "bernoulli", in_features=5, latent_dim=2, hidden=(8,),
+                             activation="tanh").double().eval()
+    z0, z1 = torch.tensor([-2.0, 0.0], dtype=f64), torch.tensor([2.0, 1.0], dtype=f64)
+    points, decoded = interpolate(model, z0, z1, 7)
+    assert points.shape == (1, 7, 2) and decoded.shape == (1, 7, 5)
+    torch.testing.assert_close(points[0, 0], z0)
+    torch.testing.assert_close(points[0, -1], z1)
+    torch.testing.assert_close(decoded[0], model.decode(points[0]).mean)
+    fit = fit_geodesics(PullbackMetric(model.decoder), z0, z1, n_points=7)
+    torch.testing.assert_close(points, fit.points)
+
+
+def test_metric_for_picks_the_pullback_for_other_models():
+    model = aetk.build_model("vae", "gaussian", in_features=5, latent_dim=2, hidden=(8,))
+    metric = metric_for(model)
+    assert isinstance(metric, PullbackMetric) and metric.decoder is model.decoder
