@@ -154,10 +154,19 @@ def test_pullback_mean_metric_matches_finite_differences_with_learned_sigma():
     torch.testing.assert_close(metric.log_volume(z), 0.5 * torch.logdet(expected))
 
 
-def test_pullback_mean_metric_of_a_bernoulli_decoder_uses_probabilities():
-    dec = tiny_decoder(aetk.BernoulliDecoder)
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "mean"),
+    [
+        (aetk.BernoulliDecoder, {}, lambda d: d.base_dist.probs),
+        (aetk.PoissonDecoder, {}, lambda d: d.base_dist.rate),
+        (aetk.NegativeBinomialDecoder, {"dispersion": "sample"}, lambda d: d.mean),
+        (aetk.CategoricalDecoder, {"n_classes": 3}, lambda d: d.base_dist.probs.flatten(1)),
+    ],
+)
+def test_pullback_mean_metric_of_other_likelihoods_uses_their_means(cls, kwargs, mean):
+    dec = tiny_decoder(cls, **kwargs)
     z = torch.randn(6, 2, dtype=f64)
-    J = fd_jacobian(lambda z: dec(z).mean, z)
+    J = fd_jacobian(lambda z: mean(dec(z)), z)
     torch.testing.assert_close(PullbackMetric(dec)(z), J.mT @ J, rtol=1e-7, atol=1e-10)
 
 

@@ -11,7 +11,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 from torch import distributions as D
-from torch.func import jvp
+from torch.func import jvp, vmap
 
 
 class Metric:
@@ -132,15 +132,13 @@ class PullbackMetric(Metric):
 
     def _gram(self, z: Tensor, v: Tensor) -> Tensor:
         """`(N, k, k)` Gram matrix `v_a^T G(z) v_b` of `k` tangent vectors `v (N, k, d)`."""
-        n, k, d = v.shape
-        primals, tangents = jvp(
-            self._params, (z.repeat(k, 1),), (v.transpose(0, 1).reshape(k * n, d),)
-        )
+        n, k, _ = v.shape
+        # vmap over the k directions shares the decoder's primal pass
+        primals, tangents = vmap(lambda u: jvp(self._params, (z,), (u,)))(v.transpose(0, 1))
         family = self._family(z) if self.kind == "fisher" else None
         gram = z.new_zeros(n, k, k)
         for i, (p, u) in enumerate(zip(primals, tangents, strict=True)):
-            p = p[:n]
-            u = u.reshape(k, n, *u.shape[1:])
+            p = p[0]
             if family is not None and issubclass(family, D.Categorical):
                 # logits (n, ..., K): per element diag(p) - p p^T over the class axis
                 prob = torch.softmax(p, -1).reshape(n, -1, p.shape[-1])
@@ -159,7 +157,7 @@ class PullbackMetric(Metric):
             elif issubclass(family, D.Poisson):
                 weight = 1 / p  # d eta = d rate / rate, F = rate
             else:  # Normal: (loc, scale)
-                scale = primals[1][:n].reshape(n, -1).expand_as(p)
+                scale = primals[1][0].reshape(n, -1).expand_as(p)
                 weight = (1.0 if i == 0 else 2.0) / scale.square()
             if weight is None:
                 gram = gram + torch.einsum("anm,bnm->nab", u, u)
