@@ -3,8 +3,6 @@
 import re
 from pathlib import Path
 
-import pytest
-
 README = Path(__file__).parents[1] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
@@ -13,12 +11,16 @@ def test_readme_has_examples() -> None:
     assert len(BLOCKS) >= 2
 
 
-@pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
-def test_readme_example_runs(code: str, tmp_path, monkeypatch) -> None:
+def test_readme_examples_run_in_order(tmp_path, monkeypatch) -> None:
+    """One namespace for all blocks, as a reader pasting them into one session."""
     monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
-    exec(compile(code, str(README), "exec"), namespace)
-    if "history" in namespace:  # the ten-line example learns something
-        h = namespace["history"]
-        assert h.val_loss.iloc[-1] < h.val_loss.iloc[0]
-        assert (tmp_path / "vae-digits" / "config.json").exists()
+    ns: dict = {}
+    for code in BLOCKS:
+        exec(compile(code, str(README), "exec"), ns)
+    h = ns["history"]  # the ten-line example learns something
+    assert h.val_loss.iloc[-1] < h.val_loss.iloc[0]
+    assert (tmp_path / "vae-digits" / "config.json").exists()
+    fit = ns["fit"]  # the geometry example: never longer than the straight line
+    assert bool((fit.length <= fit.line_length * (1 + 1e-6)).all())
+    assert ns["grid"].log_volume.shape == (50, 50)
+    assert ns["digits"].shape == (8, 64)
