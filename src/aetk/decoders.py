@@ -8,6 +8,7 @@ distribution; every model then trains with it, nothing else needed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,29 +34,34 @@ class Decoder(nn.Module):
 
 
 class _BuiltinDecoder(Decoder):
-    """A network (given, or an MLP built from sizes) whose output is reshaped to
-    `(B, n_params, *event_shape)` parameter blocks."""
+    """A network whose output is reshaped to `(B, n_params, *event_shape)` parameter blocks.
+
+    `network` maps z to all the blocks; without it an MLP `latent_dim -> hidden -> blocks`
+    is built. The data shape is `out_features` or `output_shape`.
+    """
 
     n_params = 1
+    width = 1  # extra trailing size of each parameter block (categorical classes)
 
     def __init__(
         self,
-        network: nn.Module | None,
+        network: nn.Module | None = None,
+        *,
         latent_dim: int,
-        out_features: int | None,
-        output_shape: Sequence[int] | None,
-        hidden: Sequence[int],
-        activation: str,
-        width: int = 1,
+        out_features: int | None = None,
+        output_shape: Sequence[int] | None = None,
+        hidden: Sequence[int] = (400, 400),
+        activation: str = "relu",
     ) -> None:
         super().__init__()
         self.latent_dim = int(latent_dim)
         self.event_shape = resolve_shape(out_features, output_shape)
-        self.width = width  # extra trailing size of each parameter block (categorical classes)
-        if network is None:
-            n_out = self.n_params * numel(self.event_shape) * width
-            network = mlp(self.latent_dim, hidden, n_out, activation)
-        self.network = network
+        self.network = network or self.build_network(hidden, activation)
+
+    def build_network(self, hidden: Sequence[int], activation: str) -> nn.Module:
+        """The default MLP from z to every parameter block."""
+        n_out = self.n_params * numel(self.event_shape) * self.width
+        return mlp(self.latent_dim, hidden, n_out, activation)
 
     def params(self, z: torch.Tensor) -> list[torch.Tensor]:
         """The network output split into `n_params` tensors of shape `(B, *event_shape)`."""
@@ -70,18 +76,6 @@ class _BuiltinDecoder(Decoder):
 class BernoulliDecoder(_BuiltinDecoder):
     """p(x|z) = prod Bernoulli(sigmoid(logits)). Targets in [0, 1] (fractional values give
     the binary cross-entropy)."""
-
-    def __init__(
-        self,
-        network: nn.Module | None = None,
-        *,
-        latent_dim: int,
-        out_features: int | None = None,
-        output_shape: Sequence[int] | None = None,
-        hidden: Sequence[int] = (400, 400),
-        activation: str = "relu",
-    ) -> None:
-        super().__init__(network, latent_dim, out_features, output_shape, hidden, activation)
 
     def forward(self, z: torch.Tensor) -> D.Independent:
         (logits,) = self.params(z)
@@ -104,18 +98,9 @@ class _ContinuousBernoulliTargets(D.Bernoulli):
 class GaussianDecoder(_BuiltinDecoder):
     """p(x|z) = N(mu(z), sigma^2 I) with a fixed `sigma` (default 1)."""
 
-    def __init__(
-        self,
-        network: nn.Module | None = None,
-        *,
-        latent_dim: int,
-        out_features: int | None = None,
-        output_shape: Sequence[int] | None = None,
-        hidden: Sequence[int] = (400, 400),
-        activation: str = "relu",
-        sigma: float = 1.0,
-    ) -> None:
-        super().__init__(network, latent_dim, out_features, output_shape, hidden, activation)
+    def __init__(self, network: nn.Module | None = None, *, sigma: float = 1.0,
+                 **sizes: Any) -> None:
+        super().__init__(network, **sizes)
         if sigma <= 0:
             raise ValueError(f"sigma must be positive, got {sigma}")
         self.sigma = float(sigma)
@@ -132,25 +117,17 @@ class LearnedGaussianDecoder(_BuiltinDecoder):
 
     n_params = 2
 
-    def __init__(
-        self,
-        network: nn.Module | None = None,
-        *,
-        latent_dim: int,
-        out_features: int | None = None,
-        output_shape: Sequence[int] | None = None,
-        hidden: Sequence[int] = (400, 400),
-        activation: str = "relu",
-        split: bool = False,
-    ) -> None:
-        if split and network is None:
-            shape = resolve_shape(out_features, output_shape)
-            network = _Split(
-                mlp(latent_dim, hidden, numel(shape), activation),
-                mlp(latent_dim, hidden, numel(shape), activation),
-            )
-        super().__init__(network, latent_dim, out_features, output_shape, hidden, activation)
+    def __init__(self, network: nn.Module | None = None, *, split: bool = False,
+                 **sizes: Any) -> None:
         self.split = split
+        super().__init__(network, **sizes)
+
+    def build_network(self, hidden: Sequence[int], activation: str) -> nn.Module:
+        if not self.split:
+            return super().build_network(hidden, activation)
+        n = numel(self.event_shape)
+        return _Split(mlp(self.latent_dim, hidden, n, activation),
+                      mlp(self.latent_dim, hidden, n, activation))
 
     def forward(self, z: torch.Tensor) -> D.Independent:
         mu, log_sigma = self.params(z)
@@ -176,23 +153,12 @@ class CategoricalDecoder(_BuiltinDecoder):
     `(B, *event_shape, n_classes)`.
     """
 
-    def __init__(
-        self,
-        network: nn.Module | None = None,
-        *,
-        latent_dim: int,
-        n_classes: int,
-        out_features: int | None = None,
-        output_shape: Sequence[int] | None = None,
-        hidden: Sequence[int] = (400, 400),
-        activation: str = "relu",
-    ) -> None:
+    def __init__(self, network: nn.Module | None = None, *, n_classes: int,
+                 **sizes: Any) -> None:
         if n_classes < 2:
             raise ValueError(f"n_classes must be at least 2, got {n_classes}")
-        super().__init__(
-            network, latent_dim, out_features, output_shape, hidden, activation, int(n_classes)
-        )
-        self.n_classes = int(n_classes)
+        self.n_classes = self.width = int(n_classes)
+        super().__init__(network, **sizes)
 
     def forward(self, z: torch.Tensor) -> D.Independent:
         (logits,) = self.params(z)
@@ -234,18 +200,6 @@ class _IndexOrOneHotCategorical(D.Categorical):
 class PoissonDecoder(_BuiltinDecoder):
     """p(x|z) = prod Poisson(rate(z)), rate = softplus(network output). Counts only."""
 
-    def __init__(
-        self,
-        network: nn.Module | None = None,
-        *,
-        latent_dim: int,
-        out_features: int | None = None,
-        output_shape: Sequence[int] | None = None,
-        hidden: Sequence[int] = (400, 400),
-        activation: str = "relu",
-    ) -> None:
-        super().__init__(network, latent_dim, out_features, output_shape, hidden, activation)
-
     def forward(self, z: torch.Tensor) -> D.Independent:
         (out,) = self.params(z)
         return self._independent(D.Poisson(F.softplus(out), validate_args=False))
@@ -261,21 +215,12 @@ class NegativeBinomialDecoder(_BuiltinDecoder):
     `"sample"` predicts r(z) from a second output block.
     """
 
-    def __init__(
-        self,
-        network: nn.Module | None = None,
-        *,
-        latent_dim: int,
-        out_features: int | None = None,
-        output_shape: Sequence[int] | None = None,
-        hidden: Sequence[int] = (400, 400),
-        activation: str = "relu",
-        dispersion: str = "feature",
-    ) -> None:
+    def __init__(self, network: nn.Module | None = None, *, dispersion: str = "feature",
+                 **sizes: Any) -> None:
         if dispersion not in ("feature", "sample"):
             raise ValueError(f"dispersion must be 'feature' or 'sample', got {dispersion!r}")
         self.n_params = 2 if dispersion == "sample" else 1
-        super().__init__(network, latent_dim, out_features, output_shape, hidden, activation)
+        super().__init__(network, **sizes)
         self.dispersion = dispersion
         if dispersion == "feature":
             self.log_r = nn.Parameter(torch.zeros(self.event_shape))
@@ -292,26 +237,9 @@ class NegativeBinomialDecoder(_BuiltinDecoder):
         validate.check_counts(x, name, "a negative-binomial decoder needs counts")
 
 
-class DeterministicDecoder(nn.Module):
-    """x_hat = f(z), a plain tensor: an AE with this decoder minimises the mean squared error."""
-
-    def __init__(
-        self,
-        network: nn.Module | None = None,
-        *,
-        latent_dim: int,
-        out_features: int | None = None,
-        output_shape: Sequence[int] | None = None,
-        hidden: Sequence[int] = (400, 400),
-        activation: str = "relu",
-    ) -> None:
-        super().__init__()
-        self.latent_dim = int(latent_dim)
-        self.event_shape = resolve_shape(out_features, output_shape)
-        self.network = network or mlp(self.latent_dim, hidden, numel(self.event_shape), activation)
+class DeterministicDecoder(_BuiltinDecoder):
+    """x_hat = f(z), a plain tensor rather than a distribution: an AE with this decoder
+    minimises the mean squared error."""
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.network(z).reshape(z.shape[0], *self.event_shape)
-
-    def check_data(self, x: torch.Tensor, name: str) -> None:
-        """Any finite data."""
+        return self.params(z)[0]

@@ -13,17 +13,21 @@ from .nets import mlp, numel, resolve_shape
 
 
 class _Encoder(nn.Module):
-    """Holds the network and the sizes; a size-built MLP flattens its input."""
+    """Holds the network and the sizes. `network` maps x to `out_per_latent * latent_dim`
+    outputs; without it an MLP `in -> hidden -> out` that flattens its input is built from
+    `in_features` or `input_shape`."""
+
+    out_per_latent = 1
 
     def __init__(
         self,
-        network: nn.Module | None,
-        out_per_latent: int,
-        in_features: int | None,
-        input_shape: Sequence[int] | None,
+        network: nn.Module | None = None,
+        *,
+        in_features: int | None = None,
+        input_shape: Sequence[int] | None = None,
         latent_dim: int,
-        hidden: Sequence[int],
-        activation: str,
+        hidden: Sequence[int] = (400, 400),
+        activation: str = "relu",
     ) -> None:
         super().__init__()
         self.latent_dim = int(latent_dim)
@@ -35,9 +39,9 @@ class _Encoder(nn.Module):
         if network is None:
             if self.input_shape is None:
                 raise ValueError("give a network, or in_features / input_shape to build an MLP")
+            n_out = self.out_per_latent * self.latent_dim
             network = nn.Sequential(
-                nn.Flatten(),
-                mlp(numel(self.input_shape), hidden, out_per_latent * latent_dim, activation),
+                nn.Flatten(), mlp(numel(self.input_shape), hidden, n_out, activation)
             )
         self.network = network
 
@@ -49,17 +53,7 @@ class GaussianEncoder(_Encoder):
     `in -> hidden -> 2 d` is built from the sizes.
     """
 
-    def __init__(
-        self,
-        network: nn.Module | None = None,
-        *,
-        in_features: int | None = None,
-        input_shape: Sequence[int] | None = None,
-        latent_dim: int,
-        hidden: Sequence[int] = (400, 400),
-        activation: str = "relu",
-    ) -> None:
-        super().__init__(network, 2, in_features, input_shape, latent_dim, hidden, activation)
+    out_per_latent = 2
 
     def forward(self, x: torch.Tensor) -> D.Independent:
         mu, log_sigma = self.network(x).chunk(2, dim=-1)
@@ -68,18 +62,6 @@ class GaussianEncoder(_Encoder):
 
 class DeterministicEncoder(_Encoder):
     """z = f(x). `network` maps x to `(B, latent_dim)`; without it an MLP is built."""
-
-    def __init__(
-        self,
-        network: nn.Module | None = None,
-        *,
-        in_features: int | None = None,
-        input_shape: Sequence[int] | None = None,
-        latent_dim: int,
-        hidden: Sequence[int] = (400, 400),
-        activation: str = "relu",
-    ) -> None:
-        super().__init__(network, 1, in_features, input_shape, latent_dim, hidden, activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)
