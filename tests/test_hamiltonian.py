@@ -501,6 +501,36 @@ def test_a_huge_step_size_raises_flow_diverged(kind):
         aetk.fit(m.float(), x, epochs=1, batch_size=20, progress=False, device="cpu")
 
 
+class ZeroRateDecoder(Decoder):
+    """Poisson rates that underflow to exactly 0: log-likelihood gradients are 0/0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(LATENT, F)
+
+    def forward(self, z):
+        return D.Independent(D.Poisson(nn.functional.softplus(self.net(z) - 200.0),
+                                       validate_args=False), 1)
+
+
+@pytest.mark.parametrize("kind", ["hvae", "rhvae"])
+def test_failures_that_are_not_the_step_size_name_their_cause(kind):
+    enc = GaussianEncoder(in_features=F, latent_dim=LATENT, hidden=(8,))
+    x = torch.zeros(B, F)
+    if kind == "hvae":
+        m = aetk.HVAE(enc, ZeroRateDecoder())
+    else:
+        m = aetk.RHVAE(enc, ZeroRateDecoder(), centroids=torch.rand(3, F))
+    with pytest.raises(aetk.TrainingDiverged, match="not finite at finite latent") as err:
+        m.loss(x)
+    assert not isinstance(err.value, ham.FlowDiverged)
+    with torch.no_grad():
+        enc.network[-1][-1].bias.fill_(2000.0)  # z_0 far beyond any prior mass
+    with pytest.raises(aetk.TrainingDiverged, match="encoder's samples") as err:
+        m.loss(x)
+    assert not isinstance(err.value, ham.FlowDiverged)
+
+
 # Metric buffers, centroids, save/load, sampling -------------------------------------------
 
 

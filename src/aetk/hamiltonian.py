@@ -182,35 +182,55 @@ def generalized_leapfrog(pos: Position, rho: Tensor, step_size: float, n_fixed_p
 
 class FlowMonitor:
     """Collects, without synchronising, which samples went wrong where in the flow;
-    `check` raises `FlowDiverged` once at the end."""
+    `check` raises once at the end, naming the cause."""
 
     def __init__(self, step_size: float | Tensor) -> None:
         self.step_size = step_size
-        self.bad: list[Tensor] = []
+        self.blown: list[Tensor] = []
+        self.no_force: list[Tensor] = []
 
     def point(self, pos: Position, rho: Tensor) -> None:
         """Record a point of the flow: z beyond `MAX_LATENT_NORM` or non-finite, a
-        non-finite momentum, or a failed Cholesky factorisation."""
-        bad = ~(pos.z.detach().norm(dim=-1) <= MAX_LATENT_NORM)  # NaN counts as beyond
-        bad = bad | ~torch.isfinite(rho.detach()).all(-1)
+        non-finite momentum or a failed Cholesky factorisation (blown up), or a non-finite
+        force at a finite z (the likelihood's parameters under- or overflowed)."""
+        z = pos.z.detach()
+        blown = ~(z.norm(dim=-1) <= MAX_LATENT_NORM) | ~torch.isfinite(rho.detach()).all(-1)
         if pos.metric is not None:
-            bad = bad | (pos.metric.info != 0)
-        self.bad.append(bad)
+            blown = blown | (pos.metric.info != 0)
+        self.blown.append(blown)
+        self.no_force.append(~blown & ~torch.isfinite(pos.grad.detach()).all(-1))
 
     def check(self) -> None:
-        """Raise `FlowDiverged` if any sample went wrong anywhere."""
-        bad = torch.stack(self.bad)  # (points, B)
-        if bool(bad.any()):
-            where = int(bad.any(-1).nonzero()[0, 0])
-            eps = self.step_size
-            if isinstance(eps, Tensor):
-                eps = eps.detach().cpu().numpy().round(6).tolist()
-            raise FlowDiverged(
-                f"the Hamiltonian flow diverged at leapfrog step {where} for "
-                f"{int(bad[where].sum())} sample(s) (a position beyond |z| = "
-                f"{MAX_LATENT_NORM:g} or non-finite, or a failed Cholesky factorisation of "
-                f"the metric); use a smaller step_size (now {eps})"
+        """Raise `FlowDiverged` (or `TrainingDiverged` when the step size is not the cause)
+        if any sample went wrong anywhere."""
+        blown, no_force = torch.stack(self.blown), torch.stack(self.no_force)  # (points, B)
+        bad = blown | no_force
+        if not bool(bad.any()):
+            return
+        k = int(bad.any(-1).nonzero()[0, 0])
+        n = int(bad[k].sum())
+        if bool(no_force[k].any()):
+            raise TrainingDiverged(
+                f"the log-likelihood gradient is not finite at finite latent positions "
+                f"(leapfrog step {k}, {n} sample(s)): the decoder's distribution parameters "
+                "under- or overflowed (e.g. a Poisson rate of exactly 0); a smaller step size "
+                "will not help"
             )
+        if k == 0:  # before the first step: the networks, not the step size
+            raise TrainingDiverged(
+                f"the encoder's samples z_0 are non-finite or beyond |z| = "
+                f"{MAX_LATENT_NORM:g} (or the metric is not finite there) for {n} sample(s) "
+                "before the Hamiltonian flow started; try a smaller learning rate, or scale "
+                "the data"
+            )
+        eps = self.step_size
+        eps = eps.detach().flatten().tolist() if isinstance(eps, Tensor) else [eps]
+        raise FlowDiverged(
+            f"the Hamiltonian flow diverged at leapfrog step {k} for {n} sample(s) "
+            f"(a position beyond |z| = {MAX_LATENT_NORM:g} or non-finite, or a failed "
+            f"Cholesky factorisation of the metric); use a smaller step_size (now "
+            f"{', '.join(f'{e:.3g}' for e in eps)})"
+        )
 
 
 def gaussian_log_prob(quad: Tensor, log_det_cov: Tensor, d: int) -> Tensor:
