@@ -123,11 +123,21 @@ def test_categorical_needs_two_classes():
 def test_poisson_vs_scipy():
     d, z = _decoder(dec.PoissonDecoder), _z()
     (out,) = _raw(d, z)
-    rate = np.logaddexp(0, out)  # softplus
+    rate = np.logaddexp(0, out) + dec.RATE_FLOOR  # softplus
     x = torch.poisson(torch.from_numpy(rate))
     ref = stats.poisson(rate).logpmf(x.numpy()).sum(-1)
     np.testing.assert_allclose(d(z).log_prob(x).detach().numpy(), ref, rtol=1e-10)
     np.testing.assert_allclose(mean(d(z)).detach().numpy(), rate, rtol=1e-12)
+
+
+def test_poisson_gradient_stays_finite_when_the_rate_underflows():
+    d = dec.PoissonDecoder(latent_dim=2, out_features=3, hidden=(8,))
+    with torch.no_grad():
+        d.network[-1].bias.fill_(-200.0)  # softplus(-200) underflows to 0 in float32
+    z = torch.randn(4, 2, requires_grad=True)
+    d(z).log_prob(torch.zeros(4, 3)).sum().backward()
+    assert torch.isfinite(z.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in d.parameters())
 
 
 @pytest.mark.parametrize("dispersion", ["feature", "sample"])

@@ -23,6 +23,11 @@ LOG_SIGMA_RANGE = (-6.0, 4.0)
 of near-constant pixels grows without bound, above 4 it is flat."""
 
 
+RATE_FLOOR = 1e-8
+"""Added to Poisson rates and negative-binomial means (softplus outputs) so that an
+underflow to 0 never makes their gradient NaN."""
+
+
 class Decoder(nn.Module):
     """Base class of probabilistic decoders: `forward(z)` returns a torch distribution."""
 
@@ -198,11 +203,15 @@ class _IndexOrOneHotCategorical(D.Categorical):
 
 
 class PoissonDecoder(_BuiltinDecoder):
-    """p(x|z) = prod Poisson(rate(z)), rate = softplus(network output). Counts only."""
+    """p(x|z) = prod Poisson(rate(z)), rate = softplus(network output) + `RATE_FLOOR`.
+    Counts only."""
 
     def forward(self, z: torch.Tensor) -> D.Independent:
         (out,) = self.params(z)
-        return self._independent(D.Poisson(F.softplus(out), validate_args=False))
+        # softplus underflows to 0 for always-zero features, and d/drate of x log(rate) is
+        # then 0/0: the floor keeps the gradient finite.
+        rate = F.softplus(out) + RATE_FLOOR
+        return self._independent(D.Poisson(rate, validate_args=False))
 
     def check_data(self, x: torch.Tensor, name: str) -> None:
         validate.check_counts(x, name, "a Poisson decoder needs counts")
@@ -227,7 +236,7 @@ class NegativeBinomialDecoder(_BuiltinDecoder):
 
     def forward(self, z: torch.Tensor) -> D.Independent:
         blocks = self.params(z)
-        mu = F.softplus(blocks[0]) + 1e-8
+        mu = F.softplus(blocks[0]) + RATE_FLOOR
         log_r = blocks[1] if self.dispersion == "sample" else self.log_r.expand_as(mu)
         # torch's NB counts failures with success odds exp(logits): mean = r exp(logits)
         nb = D.NegativeBinomial(log_r.exp(), logits=mu.log() - log_r, validate_args=False)
