@@ -120,8 +120,8 @@ def _check(model: Model, data: Data, name: str) -> None:
 
 
 class _Meter:
-    """Sample-weighted running means of the loss and its terms, kept on the device so
-    that the hot loop never synchronises."""
+    """Sample-weighted running means of the loss and its terms, accumulated on the device
+    (the per-batch finite check is the loop's only synchronisation)."""
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
