@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 from sklearn.datasets import load_digits
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import StackDataset, TensorDataset
 
 import aetk
 from aetk.train import evaluate
@@ -116,17 +116,9 @@ def test_load_refuses_a_model_not_built_by_build_model(tmp_path):
 # resume ------------------------------------------------------------------------------
 
 
-class _Rows(Dataset):
+def _pairs(x: torch.Tensor) -> StackDataset:
     """A map-style dataset of (x, label) pairs."""
-
-    def __init__(self, x):
-        self.x = x
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], i % 10
+    return StackDataset(x, torch.arange(len(x)) % 10)
 
 
 class _StopAtEpochEnd:
@@ -169,7 +161,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, name, data, cyclical, wher
     the same call again on a freshly built model: identical weights and history."""
     train, val = _digits(n_train=512, n_val=128)
     if data == "dataset":
-        train = _Rows(train)
+        train = _pairs(train)
 
     def run(model, extra=(), **kw):
         cbs = [aetk.CyclicalBeta(epochs=4, n_cycles=2)] if cyclical else []
@@ -313,7 +305,7 @@ def test_fit_with_a_dataset_of_pairs_learns(device):
     train, val = _digits(n_train=512, n_val=128)
     model = _build()
     before = evaluate(model, val.split(128))["val_loss"]
-    hist = _fit(model, _Rows(train), _Rows(val), device=device)
+    hist = _fit(model, _pairs(train), _pairs(val), device=device)
     assert hist["val_loss"].iloc[-1] < before - MARGIN["bernoulli"]
     assert next(model.parameters()).device.type == "cpu"
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import StackDataset
 
 import aetk
 from aetk import validate
@@ -125,36 +125,28 @@ def test_one_hot_class_axis_size():
         dec.check_data(torch.zeros(N, F, 4), "train")
 
 
-class _Rows(Dataset):
+def _pairs(x: torch.Tensor) -> StackDataset:
     """A map-style dataset of (x, label) pairs."""
-
-    def __init__(self, x):
-        self.x = x
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], 0
+    return StackDataset(x, torch.zeros(len(x), dtype=torch.long))
 
 
 def test_dataset_with_bad_rows_is_refused():
     x = _good()
     x[:, 1] = 2.0  # every batch has the bad value
     with pytest.raises(ValueError, match=r"outside \[0.0, 1.0\]"):
-        aetk.fit(_model(), _Rows(x), epochs=1, batch_size=4, progress=False, device="cpu")
+        aetk.fit(_model(), _pairs(x), epochs=1, batch_size=4, progress=False, device="cpu")
 
 
 def test_validation_dataset_with_nan_is_refused():
     val = _good()
     val[:, 0] = float("nan")
     with pytest.raises(ValueError, match=r"validation.*NaN or infinite"):
-        aetk.fit(_model(), _good(), _Rows(val), epochs=1, batch_size=4, progress=False,
+        aetk.fit(_model(), _good(), _pairs(val), epochs=1, batch_size=4, progress=False,
                  device="cpu")
 
 
 def test_empty_dataset():
-    assert "train data is empty" in _fit_fails(_model(), _Rows(torch.empty(0, F)))
+    assert "train data is empty" in _fit_fails(_model(), _pairs(torch.empty(0, F)))
 
 
 @pytest.mark.parametrize(("epochs", "batch_size"), [(0, 4), (1, 0)])
