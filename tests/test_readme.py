@@ -7,10 +7,6 @@ README = Path(__file__).parents[1] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 
-def test_readme_has_examples() -> None:
-    assert len(BLOCKS) >= 2
-
-
 def test_readme_examples_run_in_order(tmp_path, monkeypatch) -> None:
     """One namespace for all blocks, as a reader pasting them into one session."""
     monkeypatch.chdir(tmp_path)
