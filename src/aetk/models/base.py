@@ -3,6 +3,7 @@ calls (so that fit never needs to know the model's class)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,13 @@ from torch import nn
 
 from .. import validate
 from ..distributions import mean
+
+
+def adam(params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """Adam with the fused update (one kernel for all parameters): about 4x faster than
+    the default multi-tensor update on CPU (bench/hamiltonian_step.py), same numbers to
+    rounding."""
+    return torch.optim.Adam(params, lr=lr, fused=True)
 
 
 @dataclass
@@ -59,7 +67,7 @@ class Model(nn.Module):
 
     def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
         """One Adam optimiser over all parameters."""
-        return {"model": torch.optim.Adam(self.parameters(), lr=lr)}
+        return {"model": adam(self.parameters(), lr)}
 
     def training_step(
         self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..distributions import kl_to_standard_normal
 from ..nets import mlp
-from .base import LossOutput
+from .base import LossOutput, adam
 from .vae import VAE
 
 
@@ -61,8 +61,8 @@ class InfoMaxVAE(VAE):
 
     def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
         return {
-            "vae": torch.optim.Adam(self.vae_parameters(), lr=lr),
-            "critic": torch.optim.Adam(self.critic.parameters(), lr=lr),
+            "vae": adam(self.vae_parameters(), lr),
+            "critic": adam(self.critic.parameters(), lr),
         }
 
     def training_step(self, x, optimizers) -> LossOutput:
