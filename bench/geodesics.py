@@ -100,7 +100,7 @@ def main() -> None:
     models = {
         "VAE pull-back": aetk.build_model("vae", "bernoulli", in_features=784, latent_dim=2),
         "RHVAE metric": aetk.build_model("rhvae", "bernoulli", in_features=784, latent_dim=2,
-                                         n_centroids=256),
+                                         centroids=256),
     }
     i, j = pairs(labels, args.pairs, args.seed)
     lines = ["| metric | pairs | total s | s / geodesic | converged | mean L / L_line | "

@@ -45,7 +45,7 @@ def main() -> None:
         models = {
             "VAE": aetk.build_model("vae", "bernoulli", **opts),
             "HVAE": aetk.build_model("hvae", "bernoulli", **opts),
-            "RHVAE": aetk.build_model("rhvae", "bernoulli", n_centroids=args.centroids, **opts),
+            "RHVAE": aetk.build_model("rhvae", "bernoulli", centroids=args.centroids, **opts),
         }
         models["RHVAE"].on_fit_start(data)
         optims = {k: m.configure_optimizers(1e-3) for k, m in models.items()}

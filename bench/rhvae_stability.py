@@ -52,7 +52,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for likelihood in args.likelihoods.split(","):
         x, opts = data_for(likelihood, pixels)
-        extra = {"n_centroids": 64} if args.model == "rhvae" else {}
+        extra = {"centroids": 64} if args.model == "rhvae" else {}
         torch.manual_seed(0)
         model = aetk.build_model(args.model, likelihood, in_features=784, latent_dim=2,
                                  **opts, **extra)

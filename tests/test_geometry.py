@@ -255,7 +255,7 @@ def test_great_circles_on_a_sphere_decoder():
 def test_rhvae_metric_far_from_centroids_is_flat():
     torch.manual_seed(0)
     model = aetk.build_model("rhvae", "bernoulli", in_features=6, latent_dim=2, hidden=(8,),
-                             n_centroids=4)
+                             centroids=4)
     model.on_fit_start(torch.rand(32, 6))
     model.update_metric()
     model = model.double().eval()

@@ -54,7 +54,7 @@ def hvae(**kw) -> aetk.HVAE:
 def rhvae(d: int = LATENT, **kw) -> aetk.RHVAE:
     torch.manual_seed(1)
     m = aetk.build_model("rhvae", "bernoulli", in_features=F, latent_dim=d, hidden=(8,),
-                         activation="tanh", n_centroids=N_CENTROIDS, **kw)
+                         activation="tanh", centroids=N_CENTROIDS, **kw)
     m = _scaled(m, 2.0).double()
     m.on_fit_start(_data(40, seed=9))
     return m
@@ -545,7 +545,7 @@ def test_centroids_are_distinct_training_points():
 
 
 def test_metric_needs_centroids_then_freezes_and_round_trips(tmp_path):
-    m = aetk.build_model("rhvae", "bernoulli", in_features=F, hidden=(8,), n_centroids=6)
+    m = aetk.build_model("rhvae", "bernoulli", in_features=F, hidden=(8,), centroids=6)
     z = torch.randn(7, LATENT)
     with pytest.raises(RuntimeError, match="no centroids"):
         m.G(z)
@@ -606,7 +606,7 @@ def _digits(likelihood):
 def test_training_on_digits_lowers_the_validation_loss(kind, likelihood):
     x, opts = _digits(likelihood)
     torch.manual_seed(0)
-    extra = {"n_centroids": 16} if kind == "rhvae" else {}
+    extra = {"centroids": 16} if kind == "rhvae" else {}
     m = aetk.build_model(kind, likelihood, in_features=64, hidden=(32,), **opts, **extra)
     train, val = x[:480], x[480:]
     m.on_fit_start(train)

@@ -30,7 +30,7 @@ TINY = {
              "transforms": ["scale01", {"name": "binarise", "threshold": 0.5}]},
     "grid": {"models": ["vae", "rhvae"], "likelihoods": ["bernoulli"]},
     "network": {"hidden": [32]},
-    "model_options": {"rhvae": {"n_centroids": 16}},
+    "model_options": {"rhvae": {"centroids": 16}},
     "train": {"epochs": 1, "batch_size": 64},
     "encode": {"n_examples": 5, "n_generated": 4},
     "geodesics": {"n_pairs": 3, "n_points": 8, "max_iter": 50, "grid_size": 12},
@@ -154,7 +154,7 @@ def test_schema_names_match_the_registries() -> None:
 
     models = schema["properties"]["model_options"]["properties"]
     for name, (_, constructor) in build.MODELS.items():
-        sizes = {"encoder", "decoder", "shape", "hidden", "activation"}
+        sizes = {"encoder", "decoder", "shape", "hidden", "activation", "metric_net"}
         assert options(models[name]) == keywords(constructor, sizes), name
     likelihoods = schema["properties"]["likelihood_options"]["properties"]
     for name, decoder in build.LIKELIHOODS.items():

@@ -34,21 +34,6 @@ def _beta_vae(encoder, decoder, beta: float = 4.0, n_samples: int = 1) -> VAE:
     return VAE(encoder, decoder, beta=beta, n_samples=n_samples)
 
 
-def _rhvae(
-    encoder, decoder, n_centroids: int = 64, temperature: float = 0.8,
-    regularization: float = 0.01, n_leapfrog: int = 3, step_size: float = 1e-3,
-    beta0: float = 0.3, n_fixed_point: int = 3, centroid_reduction: str = "mean",
-    centroid_method: str = "kmeans", float64_metric: bool = True,
-) -> RHVAE:
-    """An RHVAE whose metric network is an MLP like the encoder's, with `n_centroids`
-    centroids chosen from the training data when `fit` starts."""
-    return RHVAE(encoder, decoder, centroids=n_centroids, temperature=temperature,
-                 regularization=regularization, n_leapfrog=n_leapfrog, step_size=step_size,
-                 beta0=beta0, n_fixed_point=n_fixed_point,
-                 centroid_reduction=centroid_reduction, centroid_method=centroid_method,
-                 float64_metric=float64_metric)
-
-
 # name -> (encoder class, constructor(encoder, decoder, **hyper)); constructors that need the
 # sizes take them as keywords `shape`, `hidden`, `activation`.
 MODELS: dict[str, tuple[type[nn.Module], Callable[..., Model]]] = {
@@ -58,10 +43,11 @@ MODELS: dict[str, tuple[type[nn.Module], Callable[..., Model]]] = {
     "infovae": (GaussianEncoder, InfoVAE),
     "infomaxvae": (GaussianEncoder, _infomax),
     "hvae": (GaussianEncoder, HVAE),
-    "rhvae": (GaussianEncoder, _rhvae),
+    "rhvae": (GaussianEncoder, RHVAE),
 }
 
 _SIZE_ARGS = ("shape", "hidden", "activation")
+_NETWORK_ARGS = ("metric_net",)  # built from the sizes, never passed by name
 _DECODER_SIZE_ARGS = (
     "network", "latent_dim", "out_features", "output_shape", "hidden", "activation"
 )
@@ -107,7 +93,7 @@ def build_model(
     hidden = tuple(int(h) for h in hidden)
     dec_valid = _accepted(decoder_cls.__init__) - set(_DECODER_SIZE_ARGS)
     dec_opts = {k: hyper.pop(k) for k in list(hyper) if k in dec_valid}
-    model_opts = _accepted(constructor) - {"encoder", "decoder", *_SIZE_ARGS}
+    model_opts = _accepted(constructor) - {"encoder", "decoder", *_SIZE_ARGS, *_NETWORK_ARGS}
     unknown = set(hyper) - model_opts
     if unknown:
         raise ValueError(
