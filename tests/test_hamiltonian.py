@@ -477,6 +477,41 @@ def test_no_leapfrog_and_beta0_one_give_the_vae_elbo(kind):
 
 
 @pytest.mark.parametrize("kind", ["hvae", "rhvae"])
+def test_elbo_prefactors_weigh_each_term(kind):
+    """AETK's prefactors: a1..a3 on log p(x|z_K), log N(rho_K), log p(z_K); b1, b2 on
+    log q(z_0|x), log N(gamma_0); all ones is the ELBO."""
+    make = hvae if kind == "hvae" else rhvae
+    x = _data()
+
+    def loss(a, b):
+        m = make(logp_prefactor=a, logq_prefactor=b)
+        torch.manual_seed(5)
+        return m.loss(x).loss
+
+    m = make()
+    torch.manual_seed(5)
+    elbo = m.loss(x)
+    t = elbo.terms
+    close(loss((1, 0, 0), (0, 0)), t["reconstruction"], rtol=1e-12)
+    close(loss((0, 0, 1), (0, 0)), -t["log_prior"], rtol=1e-12)
+    close(loss((0, 0, 0), (1, 0)), -t["entropy"], rtol=1e-12)
+    log_rho, log_gamma = -loss((0, 1, 0), (0, 0)), loss((0, 0, 0), (0, 1))
+    close(log_rho - log_gamma, t["momentum"], rtol=1e-10)
+    close(loss((1, 1, 1), (1, 1)), elbo.loss, rtol=1e-12)
+    close(loss((2, 0.5, 3), (0.25, 4)),
+          2 * t["reconstruction"] - 0.5 * log_rho - 3 * t["log_prior"]
+          - 0.25 * t["entropy"] + 4 * log_gamma, rtol=1e-10)
+    if kind == "hvae":  # log N(gamma_0; 0, I) with gamma_0 replayed from the same seed
+        torch.manual_seed(5)
+        gamma = torch.randn_like(m.encoder(x).rsample())
+        close(log_gamma, ref_log_normal(gamma).mean(), rtol=1e-12)
+    with pytest.raises(ValueError, match="logq_prefactor must be 2 finite numbers"):
+        make(logq_prefactor=(1, 1, 1))
+    with pytest.raises(ValueError, match="logp_prefactor must be 3 finite numbers"):
+        make(logp_prefactor=(1, float("nan"), 1))
+
+
+@pytest.mark.parametrize("kind", ["hvae", "rhvae"])
 def test_validation_under_no_grad_gives_the_training_value(kind):
     m, x = (hvae() if kind == "hvae" else rhvae()), _data()
     torch.manual_seed(4)

@@ -11,7 +11,7 @@ leapfrog only add the closed-form kinetic gradient (models.md, "Speed").
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -236,6 +236,28 @@ class FlowMonitor:
 def gaussian_log_prob(quad: Tensor, log_det_cov: Tensor, d: int) -> Tensor:
     """`log N(v; 0, S) = -1/2 (d log 2 pi + log det S + v^T S^{-1} v)` from its parts."""
     return -0.5 * (d * math.log(2 * math.pi) + log_det_cov + quad)
+
+
+def prefactors(values: Sequence[float], n: int, name: str) -> tuple[float, ...]:
+    """`n` finite ELBO prefactors as floats, or a ValueError naming `name`."""
+    out = tuple(float(v) for v in values)
+    if len(out) != n or not all(math.isfinite(v) for v in out):
+        raise ValueError(f"{name} must be {n} finite numbers, got {values!r}")
+    return out
+
+
+def hamiltonian_elbo(log_lik: Tensor, log_prior: Tensor, log_rho: Tensor, log_q: Tensor,
+                     log_gamma: Tensor, a: Sequence[float], b: Sequence[float]
+                     ) -> tuple[Tensor, dict[str, Tensor]]:
+    """The loss `-<log p~ - log q~>` and the unweighted terms (batch means), for
+    `log p~ = a1 log p(x|z_K) + a2 log N(rho_K) + a3 log p(z_K)` and
+    `log q~ = b1 log q(z_0|x) + b2 log N(gamma_0)`: AETK's prefactors on the exact ELBO, in
+    AETK's order (its third q-prefactor weighs a `-(d/2) log beta_0` correction that the exact
+    ELBO does not have). All ones is the ELBO; the terms are those of `HVAE`."""
+    rec, prior, lr, lq, lg = (t.mean() for t in (-log_lik, log_prior, log_rho, log_q, log_gamma))
+    loss = a[0] * rec - a[1] * lr - a[2] * prior + b[0] * lq + b[1] * lg
+    return loss, {"reconstruction": rec, "log_prior": prior, "momentum": lr - lg,
+                  "entropy": -lq}
 
 
 def hmc(pos: Position, position: PositionFn, n_steps: int, n_leapfrog: int,

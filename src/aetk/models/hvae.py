@@ -8,7 +8,17 @@ import torch
 from torch import nn
 
 from ..distributions import log_prob, standard_normal_log_prob
-from ..hamiltonian import FlowMonitor, Position, PositionFn, leapfrog, tempering, value_and_grad
+from ..hamiltonian import (
+    FlowMonitor,
+    Position,
+    PositionFn,
+    gaussian_log_prob,
+    hamiltonian_elbo,
+    leapfrog,
+    prefactors,
+    tempering,
+    value_and_grad,
+)
 from .base import LossOutput, Model
 from .vae import VAE
 
@@ -33,6 +43,8 @@ class HVAE(Model):
 
     `step_size` is a scalar or one value per latent dimension; `learn_step_size` and
     `learn_beta0` make them trainable (kept positive, and beta_0 in (0, 1)).
+    `logp_prefactor` `(a1, a2, a3)` and `logq_prefactor` `(b1, b2)` weigh the ELBO's terms as
+    AETK does (`aetk.hamiltonian.hamiltonian_elbo`); the defaults, all ones, give the ELBO.
     """
 
     def __init__(
@@ -44,6 +56,8 @@ class HVAE(Model):
         beta0: float = 0.3,
         learn_step_size: bool = False,
         learn_beta0: bool = False,
+        logp_prefactor: Sequence[float] = (1.0, 1.0, 1.0),
+        logq_prefactor: Sequence[float] = (1.0, 1.0),
     ) -> None:
         super().__init__(encoder, decoder)
         eps = torch.as_tensor(step_size, dtype=torch.float32)
@@ -57,6 +71,8 @@ class HVAE(Model):
             raise ValueError("n_leapfrog must be >= 0, and n_leapfrog=0 needs beta0=1 "
                              "(no tempering Jacobian cancels the initial rescaling)")
         self.n_leapfrog = int(n_leapfrog)
+        self.logp_prefactor = prefactors(logp_prefactor, 3, "logp_prefactor")
+        self.logq_prefactor = prefactors(logq_prefactor, 2, "logq_prefactor")
         _tensor(self, "log_step_size", eps.log(), learn_step_size)
         _tensor(self, "beta0_logit", torch.logit(torch.tensor(float(beta0))), learn_beta0)
 
@@ -100,12 +116,11 @@ class HVAE(Model):
         z0 = q.rsample()
         gamma = torch.randn_like(z0)
         pos, rho = self.flow(position(z0), gamma * self.beta0**-0.5, position)
-        rec = -pos.log_lik.mean()
-        log_prior = standard_normal_log_prob(pos.z).mean()
-        momentum = -0.5 * ((rho * rho).sum(-1) - (gamma * gamma).sum(-1)).mean()
-        entropy = -q.log_prob(z0).mean()
-        return LossOutput(rec - log_prior - momentum - entropy, {
-            "reconstruction": rec, "log_prior": log_prior, "momentum": momentum,
-            "entropy": entropy})
+        d = z0.shape[-1]
+        log_rho = gaussian_log_prob((rho * rho).sum(-1), rho.new_zeros(()), d)
+        log_gamma = gaussian_log_prob((gamma * gamma).sum(-1), gamma.new_zeros(()), d)
+        return LossOutput(*hamiltonian_elbo(
+            pos.log_lik, standard_normal_log_prob(pos.z), log_rho, q.log_prob(z0), log_gamma,
+            self.logp_prefactor, self.logq_prefactor))
 
     sample = VAE.sample  # the generative model is the VAE's: z ~ N(0, I), x ~ p(x|z)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -17,7 +18,9 @@ from ..hamiltonian import (
     PositionFn,
     gaussian_log_prob,
     generalized_leapfrog,
+    hamiltonian_elbo,
     hmc,
+    prefactors,
     tempering,
     value_and_grad,
 )
@@ -71,7 +74,7 @@ class RHVAE(Model):
     `centroids`: a tensor of training points, or how many to choose from the training data
     (`centroid_method`, see `aetk.centroids`) when `fit` starts. `centroid_reduction`:
     `"mean"` (`a = 1/N`, AETK) or `"sum"` (`a = 1`, the paper). `float64_metric` runs the
-    `d x d` algebra in float64.
+    `d x d` algebra in float64. `logp_prefactor`, `logq_prefactor`: as in `HVAE`.
     """
 
     def __init__(
@@ -89,6 +92,8 @@ class RHVAE(Model):
         centroid_reduction: str = "mean",
         centroid_method: str = "kmeans",
         float64_metric: bool = True,
+        logp_prefactor: Sequence[float] = (1.0, 1.0, 1.0),
+        logq_prefactor: Sequence[float] = (1.0, 1.0),
     ) -> None:
         super().__init__(encoder, decoder)
         if centroid_reduction not in ("mean", "sum"):
@@ -108,6 +113,8 @@ class RHVAE(Model):
         self.step_size, self.beta0 = float(step_size), float(beta0)
         self.centroid_reduction, self.centroid_method = centroid_reduction, centroid_method
         self.float64_metric = bool(float64_metric)
+        self.logp_prefactor = prefactors(logp_prefactor, 3, "logp_prefactor")
+        self.logq_prefactor = prefactors(logq_prefactor, 2, "logq_prefactor")
 
         given = isinstance(centroids, torch.Tensor)
         n = len(centroids) if given else int(centroids)
@@ -228,13 +235,9 @@ class RHVAE(Model):
         d = z0.shape[-1]
         log_rho = gaussian_log_prob(2 * metric.kinetic(pos, rho), pos.metric.log_det_G, d)
         log_gamma = gaussian_log_prob((eps * eps).sum(-1), start.metric.log_det_G, d)
-        rec = -pos.log_lik.mean()
-        log_prior = standard_normal_log_prob(pos.z).mean()
-        momentum = (log_rho - log_gamma).mean()
-        entropy = -q.log_prob(z0).mean()
-        return LossOutput(rec - log_prior - momentum - entropy, {
-            "reconstruction": rec, "log_prior": log_prior, "momentum": momentum,
-            "entropy": entropy})
+        return LossOutput(*hamiltonian_elbo(
+            pos.log_lik, standard_normal_log_prob(pos.z), log_rho, q.log_prob(z0), log_gamma,
+            self.logp_prefactor, self.logq_prefactor))
 
     # Training hooks ----------------------------------------------------------------------
 
