@@ -571,12 +571,36 @@ def test_failures_that_are_not_the_step_size_name_their_cause(kind):
 
 def test_centroids_are_distinct_training_points():
     x = torch.rand(300, 5, generator=torch.Generator().manual_seed(0))
-    for method in ("kmeans", "kmeans++"):
+    for method in ("kmeans", "kmeans++", "kmedoids"):
         idx = select_centroids(x, 20, method, seed=1)
         assert len(set(idx.tolist())) == 20 and idx.max() < 300
         np.testing.assert_array_equal(idx, select_centroids(x, 20, method, seed=1))
     with pytest.raises(ValueError, match="cannot choose"):
         select_centroids(x, 301)
+    with pytest.raises(ValueError, match="only 3 distinct points"):
+        select_centroids(torch.eye(3).repeat(5, 1), 4, "kmedoids")
+    with pytest.raises(ValueError, match="centroid_method must be one of"):
+        aetk.build_model("rhvae", "bernoulli", in_features=F, hidden=(8,), centroid_method="pam")
+
+
+def test_kmedoids_against_brute_force_medoids():
+    """Each k-medoids centroid is the member of its Voronoi cell with the least summed
+    distance to the cell (scipy distances, exhaustive search); on four separated blobs the
+    cells are the blobs."""
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0, 0, 0], [10, 0, 0], [0, 10, 0], [0, 0, 10]], dtype=float)
+    labels = np.repeat(np.arange(4), 40)
+    blobs = centres[labels] + rng.normal(size=(160, 3))
+    for data, k in ((blobs, 4), (rng.random((300, 5)), 12)):
+        idx = select_centroids(torch.from_numpy(data), k, "kmedoids", seed=3).numpy()
+        cell = cdist(data, data[idx]).argmin(1)
+        if k == 4:
+            np.testing.assert_array_equal(np.sort(labels[idx]), np.arange(4))
+        for j, medoid in enumerate(idx):
+            members = np.flatnonzero(cell == j)
+            assert medoid == members[cdist(data[members], data[members]).sum(1).argmin()]
 
 
 def test_metric_needs_centroids_then_freezes_and_round_trips(tmp_path):

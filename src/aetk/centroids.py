@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans, kmeans_plusplus
 
-METHODS = ("kmeans", "kmeans++")
+METHODS = ("kmeans", "kmeans++", "kmedoids")
 MAX_POINTS = 10_000
 """Larger training sets are subsampled (seeded) to this many points before clustering."""
 
@@ -17,6 +17,8 @@ def select_centroids(x: torch.Tensor, n: int, method: str = "kmeans", seed: int 
 
     `"kmeans"`: k-means (k-means++ initialised) cluster centres, each snapped to its nearest
     unused data point. `"kmeans++"`: the k-means++ seeding itself (data points already).
+    `"kmedoids"`: Euclidean k-medoids (AETK's choice) by alternating updates from the
+    k-means++ seeding.
     """
     if method not in METHODS:
         raise ValueError(f"unknown centroid method {method!r}; valid: {', '.join(METHODS)}")
@@ -27,9 +29,15 @@ def select_centroids(x: torch.Tensor, n: int, method: str = "kmeans", seed: int 
     if len(x) > MAX_POINTS:
         pool = np.sort(rng.choice(len(x), MAX_POINTS, replace=False))
     data = x.detach()[torch.as_tensor(pool, device=x.device)].flatten(1).double().cpu().numpy()
+    n_distinct = len(np.unique(data, axis=0))
+    if n_distinct < n:
+        raise ValueError(f"cannot choose {n} distinct centroids: the training data has only "
+                         f"{n_distinct} distinct points")
     if method == "kmeans++":
         _, idx = kmeans_plusplus(data, n, random_state=seed)
         return torch.as_tensor(pool[idx])
+    if method == "kmedoids":
+        return torch.as_tensor(pool[kmedoids(data, n, seed)])
     centres = KMeans(n, n_init=1, random_state=seed).fit(data).cluster_centers_
     return torch.as_tensor(pool[_snap(centres, data)])
 
@@ -42,3 +50,37 @@ def _snap(centres: np.ndarray, data: np.ndarray) -> np.ndarray:
         chosen[i] = int(np.argmin(row))
         dist[:, chosen[i]] = np.inf
     return chosen
+
+
+def kmedoids(data: np.ndarray, n: int, seed: int = 0, max_iter: int = 100) -> np.ndarray:
+    """Indices of `n` medoids of the rows of `data` (Euclidean distance) by the alternating
+    algorithm (Park & Jun 2009): assign every point to its nearest medoid, move each medoid
+    to the member with the least summed distance to its cluster, until none moves. Starts
+    from the k-means++ seeding. Each medoid is kept in its own cluster, so no cluster is
+    empty and the medoids stay distinct.
+
+    O(n_points x n) memory, and the within-cluster distances in blocks of rows (PAM's swap
+    phase would need all n_points^2 distances)."""
+    _, medoids = kmeans_plusplus(data, n, random_state=seed)
+    sq = (data * data).sum(1)
+    for _ in range(max_iter):
+        labels = _distances(data, sq, medoids).argmin(1)
+        labels[medoids] = np.arange(n)
+        moved = medoids.copy()
+        for j in range(n):
+            members = np.flatnonzero(labels == j)
+            cost = np.concatenate([_distances(data, sq, members, rows=block).sum(1)
+                                   for block in np.array_split(members, -(-len(members) // 1024))])
+            moved[j] = members[np.argmin(cost)]
+        if np.array_equal(moved, medoids):
+            break
+        medoids = moved
+    return medoids
+
+
+def _distances(data: np.ndarray, sq: np.ndarray, cols: np.ndarray,
+               rows: np.ndarray | None = None) -> np.ndarray:
+    """Euclidean distances between `data[rows]` (all rows by default) and `data[cols]`."""
+    a, sa = (data, sq) if rows is None else (data[rows], sq[rows])
+    d2 = sa[:, None] - 2.0 * a @ data[cols].T + sq[cols][None]
+    return np.sqrt(np.maximum(d2, 0.0))

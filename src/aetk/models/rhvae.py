@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..centroids import select_centroids
+from ..centroids import METHODS, select_centroids
 from ..distributions import log_prob, mean, standard_normal_log_prob
 from ..hamiltonian import (
     CentroidMetric,
@@ -99,6 +99,9 @@ class RHVAE(Model):
         if centroid_reduction not in ("mean", "sum"):
             raise ValueError(f"centroid_reduction must be 'mean' or 'sum', got "
                              f"{centroid_reduction!r}")
+        if centroid_method not in METHODS:
+            raise ValueError(f"centroid_method must be one of {', '.join(METHODS)}, got "
+                             f"{centroid_method!r}")
         if temperature <= 0 or regularization <= 0 or step_size <= 0:
             raise ValueError("temperature, regularization and step_size must be positive")
         if not 0 < beta0 <= 1 or n_leapfrog < 0 or (n_leapfrog == 0 and beta0 != 1):
