@@ -16,9 +16,9 @@ from ..distributions import mean
 
 
 def adam(params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """Adam with the fused update (one kernel for all parameters): about 4x faster than
-    the default multi-tensor update on CPU (bench/hamiltonian_step.py), same numbers to
-    rounding."""
+    """Adam with the fused update (one kernel for all parameters). On one CPU thread it takes
+    0.4 ms per step for the 784-512 HVAE of bench/vs_pythae.py, against 1.9 ms for the
+    default update, with the same numbers to rounding."""
     return torch.optim.Adam(params, lr=lr, fused=True)
 
 
