@@ -301,6 +301,8 @@ def test_build_model_passes_options_to_decoder_and_model():
                                      r"\['n_classes'\]"),
         (("vae", "bernoulli"), {"activation": "swish"}, r"unknown activation 'swish'; valid:"),
         (("infovae", "bernoulli"), {"kernel": "rbf"}, r"unknown kernel 'rbf'; valid:"),
+        (("rhvae", "bernoulli"), {"centroids": torch.zeros(4, 3)},
+         r"saved as JSON.*aetk.RHVAE\(encoder, decoder, centroids=<tensor"),
     ],
 )
 def test_build_model_rejects_unknown_names(args, kwargs, pattern):

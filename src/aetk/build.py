@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -100,6 +101,14 @@ def build_model(
             f"unknown option(s) {sorted(unknown)} for model {model!r} with likelihood "
             f"{likelihood!r}; valid: {sorted(model_opts | dec_valid)}"
         )
+    try:
+        json.dumps({**dec_opts, **hyper})
+    except TypeError:
+        raise ValueError(
+            "build_model options are saved as JSON: give numbers, strings, booleans or lists "
+            "of them; pass tensors or networks to the model class itself, e.g. "
+            "aetk.RHVAE(encoder, decoder, centroids=<tensor of training points>)"
+        ) from None
     missing = _required(decoder_cls.__init__) - set(_DECODER_SIZE_ARGS) - set(dec_opts)
     if missing:
         raise ValueError(f"likelihood {likelihood!r} needs the option(s) {sorted(missing)}")
