@@ -381,19 +381,28 @@ def _param_grads(model, loss):
     return {k: p.grad.clone() for k, p in model.named_parameters()}
 
 
-def test_hvae_loss_and_gradients_match_the_reference_flow():
-    m, x = hvae(n_leapfrog=3, step_size=0.05, beta0=0.5), _data()
+@pytest.mark.parametrize("kind", ["hvae", "rhvae"])
+def test_loss_and_gradients_match_the_naive_reference_flow(kind):
+    """The split evaluation (each position once, closed-form metric forces) against autograd
+    of the whole Hamiltonian at every iterate."""
+    if kind == "hvae":
+        m, ref, rtol = hvae(n_leapfrog=3, step_size=0.05, beta0=0.5), ref_hvae_loss, 1e-12
+    else:
+        m = rhvae(n_leapfrog=2, step_size=0.05, beta0=0.5, centroid_reduction="sum")
+        ref, rtol = ref_rhvae_loss, 1e-11
+    x = _data()
     torch.manual_seed(5)
     out = m.loss(x)
-    close(out.loss.item(), ref_hvae_loss(m, x, 5).item(), rtol=1e-12)
+    close(out.loss.item(), ref(m, x, 5).item(), rtol=rtol)
     t = out.terms
-    close(out.loss.item(), (t["reconstruction"] - t["log_prior"]
-                                                 - t["momentum"] - t["entropy"]).item())
+    close(out.loss, t["reconstruction"] - t["log_prior"] - t["momentum"] - t["entropy"])
     torch.manual_seed(5)
     got = _param_grads(m, m.loss(x).loss)
-    want = _param_grads(m, ref_hvae_loss(m, x, 5))
+    want = _param_grads(m, ref(m, x, 5))
+    assert set(got) == set(want)
+    assert kind == "hvae" or any(k.startswith("metric_net") for k in got)
     for k in want:
-        close(got[k], want[k], rtol=1e-9, atol=1e-11, err_msg=k)
+        close(got[k], want[k], rtol=1e3 * rtol, atol=10 * rtol, err_msg=k)
 
 
 def test_hvae_learned_step_size_and_beta0_get_exact_gradients():
@@ -417,22 +426,6 @@ def test_hvae_learned_step_size_and_beta0_get_exact_gradients():
     num_eps0 = (loss_at(log_eps + e0, logit) - loss_at(log_eps - e0, logit)) / (2 * h)
     close(g_beta.item(), num_beta, rtol=1e-5)
     close(g_eps[0].item(), num_eps0, rtol=1e-5)
-
-
-def test_rhvae_split_loss_and_gradients_match_the_naive_reference():
-    m, x = rhvae(n_leapfrog=2, step_size=0.05, beta0=0.5, centroid_reduction="sum"), _data()
-    torch.manual_seed(5)
-    out = m.loss(x)
-    close(out.loss.item(), ref_rhvae_loss(m, x, 5).item(), rtol=1e-11)
-    t = out.terms
-    close(out.loss.item(), (t["reconstruction"] - t["log_prior"]
-                                                 - t["momentum"] - t["entropy"]).item())
-    torch.manual_seed(5)
-    got = _param_grads(m, m.loss(x).loss)
-    want = _param_grads(m, ref_rhvae_loss(m, x, 5))
-    assert set(got) == set(want) and any(k.startswith("metric_net") for k in got)
-    for k in want:
-        close(got[k], want[k], rtol=1e-8, atol=1e-10, err_msg=k)
 
 
 class LaplaceDecoder(Decoder):
