@@ -69,8 +69,8 @@ def kmedoids(data: np.ndarray, n: int, seed: int = 0, max_iter: int = 100) -> np
         moved = medoids.copy()
         for j in range(n):
             members = np.flatnonzero(labels == j)
-            cost = np.concatenate([_distances(data, sq, members, rows=block).sum(1)
-                                   for block in np.array_split(members, -(-len(members) // 1024))])
+            cost = np.concatenate([_distances(data, sq, members, rows=members[i:i + 1024]).sum(1)
+                                   for i in range(0, len(members), 1024)])
             moved[j] = members[np.argmin(cost)]
         if np.array_equal(moved, medoids):
             break

@@ -233,7 +233,7 @@ class FlowMonitor:
         )
 
 
-def gaussian_log_prob(quad: Tensor, log_det_cov: Tensor, d: int) -> Tensor:
+def gaussian_log_prob(quad: Tensor, log_det_cov: Tensor | float, d: int) -> Tensor:
     """`log N(v; 0, S) = -1/2 (d log 2 pi + log det S + v^T S^{-1} v)` from its parts."""
     return -0.5 * (d * math.log(2 * math.pi) + log_det_cov + quad)
 

@@ -117,8 +117,8 @@ class HVAE(Model):
         gamma = torch.randn_like(z0)
         pos, rho = self.flow(position(z0), gamma * self.beta0**-0.5, position)
         d = z0.shape[-1]
-        log_rho = gaussian_log_prob((rho * rho).sum(-1), rho.new_zeros(()), d)
-        log_gamma = gaussian_log_prob((gamma * gamma).sum(-1), gamma.new_zeros(()), d)
+        log_rho = gaussian_log_prob((rho * rho).sum(-1), 0.0, d)
+        log_gamma = gaussian_log_prob((gamma * gamma).sum(-1), 0.0, d)
         return LossOutput(*hamiltonian_elbo(
             pos.log_lik, standard_normal_log_prob(pos.z), log_rho, q.log_prob(z0), log_gamma,
             self.logp_prefactor, self.logq_prefactor))
