@@ -1,0 +1,143 @@
+"""CUDA against the CPU: the same losses, parameter gradients, metric values and geodesics on
+the GPU as on the CPU (float64, the same noise), and every model training there with
+`device="auto"`. Skipped without a CUDA GPU."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+import aetk
+from aetk.geometry import fit_geodesics, metric_for
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+GPU = torch.device("cuda")
+f64 = torch.float64
+torch.set_num_threads(1)
+
+
+def digits(likelihood: str = "bernoulli", n: int = 400) -> tuple[torch.Tensor, dict]:
+    x = torch.as_tensor(load_digits().data[:n], dtype=torch.float32)
+    if likelihood in ("bernoulli", "gaussian", "gaussian_learned"):
+        return x / 16.0, {}
+    if likelihood == "categorical":
+        return (x / 4).floor(), {"n_classes": 5}
+    return x, {}
+
+
+@pytest.fixture
+def same_noise(monkeypatch):
+    """`install(seed)`: Gaussian noise drawn on the CPU from one seeded generator and then
+    moved, so that a model sees the same draws on either device."""
+    randn = torch.randn
+
+    def install(seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+
+        def standard_normal(shape, dtype=None, device=None):
+            return randn(tuple(shape), generator=gen, dtype=dtype).to(device)
+
+        monkeypatch.setattr(torch.distributions.normal, "_standard_normal", standard_normal)
+        monkeypatch.setattr(torch, "randn_like",
+                            lambda t: standard_normal(t.shape, t.dtype, t.device))
+
+    return install
+
+
+def small(kind: str, **kw) -> aetk.Model:
+    """A float64 model on the CPU whose flow moves visibly (large step size)."""
+    torch.manual_seed(0)
+    if kind in ("hvae", "rhvae"):
+        kw = {"n_leapfrog": 3, "step_size": 0.05, "beta0": 0.5, **kw}
+    if kind == "rhvae":
+        kw["centroids"] = 16
+    m = aetk.build_model(kind, "bernoulli", in_features=64, latent_dim=2, hidden=(32,),
+                         activation="tanh", **kw).double()
+    if kind == "rhvae":
+        m.on_fit_start(digits()[0].double())
+    return m
+
+
+@pytest.mark.parametrize("kind", ["vae", "hvae", "rhvae"])
+def test_loss_and_gradients_on_cuda_equal_the_cpu(kind, same_noise):
+    cpu = small(kind)
+    gpu = copy.deepcopy(cpu).to(GPU)
+    x = digits(n=32)[0].double()
+    results = []
+    for m, xx in ((cpu, x), (gpu, x.to(GPU))):
+        same_noise(3)
+        out = m.loss(xx)
+        m.zero_grad()
+        out.loss.backward()
+        grads = {k: p.grad.cpu() for k, p in m.named_parameters() if p.grad is not None}
+        results.append((out.loss.item(), grads))
+    (loss_cpu, g_cpu), (loss_gpu, g_gpu) = results
+    np.testing.assert_allclose(loss_gpu, loss_cpu, rtol=1e-10)
+    assert g_gpu.keys() == g_cpu.keys() and len(g_cpu) > 4
+    for k in g_cpu:
+        torch.testing.assert_close(g_gpu[k], g_cpu[k], rtol=1e-8, atol=1e-10, msg=k)
+
+
+def test_rhvae_metric_on_cuda_equals_the_cpu():
+    cpu = small("rhvae").float()
+    gpu = copy.deepcopy(cpu).to(GPU)
+    z = 2 * torch.randn(50, 2, generator=torch.Generator().manual_seed(1))
+    for fn in ("G", "G_inv", "log_det_G"):
+        got = getattr(gpu, fn)(z.to(GPU))
+        assert got.device.type == "cuda"
+        torch.testing.assert_close(got.cpu(), getattr(cpu, fn)(z), rtol=1e-4, atol=1e-5, msg=fn)
+
+
+@pytest.mark.parametrize("kind", ["vae", "rhvae"])
+def test_geodesics_on_cuda_match_the_cpu(kind):
+    """The RHVAE metric and the VAE decoder's pull-back: same lengths and curves."""
+    cpu = small(kind).eval()
+    gpu = copy.deepcopy(cpu).to(GPU)
+    gen = torch.Generator().manual_seed(2)
+    a, b = torch.randn(8, 2, generator=gen, dtype=f64), torch.randn(8, 2, generator=gen, dtype=f64)
+    want = fit_geodesics(metric_for(cpu), a, b, n_points=20)
+    got = fit_geodesics(metric_for(gpu), a.to(GPU), b.to(GPU), n_points=20)
+    assert got.points.device.type == "cuda"
+    assert bool(want.converged.all())
+    # L-BFGS may stop an iteration apart on round-off: agreement to the stopping tolerance
+    torch.testing.assert_close(got.length.cpu(), want.length, rtol=1e-5, atol=0.0)
+    torch.testing.assert_close(got.points.cpu(), want.points, rtol=1e-3, atol=1e-4)
+
+
+CASES = [(k, "bernoulli") for k in aetk.MODELS] + [
+    (k, lik) for k in ("vae", "rhvae") for lik in sorted(aetk.LIKELIHOODS) if lik != "bernoulli"]
+
+
+@pytest.mark.parametrize(("kind", "likelihood"), CASES)
+def test_every_model_trains_on_cuda_with_device_auto(kind, likelihood):
+    x, opts = digits(likelihood)
+    if kind == "rhvae":
+        opts["centroids"] = 32
+    torch.manual_seed(0)
+    model = aetk.build_model(kind, likelihood, in_features=64, latent_dim=2, hidden=(64,),
+                             **opts)
+    hist = aetk.fit(model, x[:320], x[320:], epochs=4, batch_size=32, progress=False,
+                    device="auto", seed=0)
+    assert all(p.device.type == "cuda" for p in model.parameters())
+    assert np.isfinite(hist[["train_loss", "val_loss"]].to_numpy()).all()
+    assert hist["val_loss"].iloc[-1] < hist["val_loss"].iloc[0]
+    assert model.reconstruct(x[:3].to(GPU)).device.type == "cuda"
+
+
+def test_a_model_trained_on_cuda_reloads_on_the_cpu(tmp_path):
+    x = digits()[0]
+    torch.manual_seed(0)
+    model = aetk.build_model("rhvae", "bernoulli", in_features=64, latent_dim=2, hidden=(64,),
+                             centroids=16)
+    aetk.fit(model, x, epochs=1, batch_size=64, progress=False, device="auto")
+    model.save(tmp_path / "m")
+    back = aetk.load(tmp_path / "m")
+    assert all(p.device.type == "cpu" for p in back.parameters())
+    model.eval()
+    torch.testing.assert_close(back.latent_mean(x), model.latent_mean(x.to(GPU)).cpu(),
+                               rtol=1e-4, atol=1e-5)
+    z = torch.randn(10, 2)
+    torch.testing.assert_close(back.log_det_G(z), model.log_det_G(z.to(GPU)).cpu(),
+                               rtol=1e-4, atol=1e-4)
