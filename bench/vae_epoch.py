@@ -6,7 +6,9 @@ bare one is initialised by copying aetk's state dict), the same data and thread 
 alternate (bare, aetk, bare, aetk, ...) so that machine noise hits both alike; prints the
 best and median epoch time of each and their ratios. Target: aetk within 1.10x of bare.
 
-Usage: python bench/vae_epoch.py [--threads 2] [--rounds 3]
+With `--device cuda` both run on the GPU, the data already there.
+
+Usage: python bench/vae_epoch.py [--threads 2] [--rounds 3] [--device cpu]
 """
 
 import argparse
@@ -54,9 +56,9 @@ def bare_epoch(model: BareVAE, data: torch.Tensor, seed: int) -> float:
     # aetk's optimiser (fused Adam), so that the ratio is aetk's own overhead
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     gen = torch.Generator().manual_seed(seed)
-    total = torch.zeros(())
+    total = torch.zeros((), device=data.device)
     for idx in torch.randperm(len(data), generator=gen).split(BATCH):
-        x = data[idx]
+        x = data[idx.to(data.device)]
         mu, log_sigma = model.enc(x).chunk(2, dim=-1)
         sigma = log_sigma.exp()
         z = mu + sigma * torch.randn_like(mu)
@@ -74,18 +76,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    data = binarised_mnist_60k()
+    device = torch.device(args.device)
+    data = binarised_mnist_60k().to(device)
     torch.manual_seed(0)
     init = aetk.build_model("vae", "bernoulli", in_features=784, latent_dim=LATENT,
                             hidden=HIDDEN).state_dict()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
           f"data {tuple(data.shape)}, batch {BATCH}, loadavg {os.getloadavg()[0]:.2f}")
 
     times: dict[str, list[float]] = {"bare": [], "aetk": []}
     for r in range(args.rounds):
-        bare = BareVAE()
+        bare = BareVAE().to(device)
         with torch.no_grad():
             for p, q in zip(bare.parameters(), init.values(), strict=True):
                 p.copy_(q)
@@ -97,7 +101,7 @@ def main() -> None:
                                  hidden=HIDDEN)
         model.load_state_dict(init)
         t0 = time.perf_counter()
-        hist = aetk.fit(model, data, epochs=1, batch_size=BATCH, device="cpu", seed=r,
+        hist = aetk.fit(model, data, epochs=1, batch_size=BATCH, device=device, seed=r,
                         progress=False)
         times["aetk"].append(time.perf_counter() - t0)
         print(f"round {r + 1}: bare {times['bare'][-1]:.2f} s (loss {bare_loss:.1f}), "

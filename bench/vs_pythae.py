@@ -17,7 +17,9 @@ one forward, one input-gradient and four outer-backward GEMMs through the 512x78
 26 GEMMs of that size per step with the encoder's two. pythae runs 18: two for each of its
 2K first-order gradients, its final forward twice, one backward of two, the encoder's two.
 At about 0.55 ms per GEMM on one thread here, that is the ~1.2x gap; the rest of aetk's
-step is leaner than pythae's.
+step is leaner than pythae's. Deferring the eight weight-gradient GEMMs of the decoder's
+output layer into one (custom autograd Functions, no accumulation adds) measured no faster:
+the merged GEMM's gain is spent on the Functions' Python overhead and the concatenations.
 
 Usage: python bench/vs_pythae.py [--threads 1] [--epochs 3] [--dims 2,10]
 """
