@@ -9,7 +9,7 @@ and validation losses (and the first validation loss) of each run, whether every
 loss was finite, and (RHVAE) the largest eigenvalue of the frozen M_i, which the soft bound
 on L caps.
 
-Usage: python bench/rhvae_stability.py [--epochs 20] [--model rhvae] [--threads 2]
+Usage: python bench/rhvae_stability.py [--epochs 20] [--model rhvae] [--threads 2] [--device auto]
 """
 
 import argparse
@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--model", default="rhvae")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--likelihoods", default=",".join(sorted(aetk.LIKELIHOODS)))
+    ap.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pixels = mnist_5k()
@@ -58,7 +59,7 @@ def main() -> None:
                                  **opts, **extra)
         t0 = time.perf_counter()
         hist = aetk.fit(model, x[:4500], x[4500:], epochs=args.epochs, batch_size=128,
-                        progress=False, device="auto")
+                        progress=False, device=args.device)
         seconds = (time.perf_counter() - t0) / args.epochs
         finite = bool(np.isfinite(hist[["train_loss", "val_loss"]].to_numpy()).all())
         m_eig = (torch.linalg.eigvalsh(model.centroid_M).max().item()

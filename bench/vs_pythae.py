@@ -21,7 +21,9 @@ step is leaner than pythae's. Deferring the eight weight-gradient GEMMs of the d
 output layer into one (custom autograd Functions, no accumulation adds) measured no faster:
 the merged GEMM's gain is spent on the Functions' Python overhead and the concatenations.
 
-Usage: python bench/vs_pythae.py [--threads 1] [--epochs 3] [--dims 2,10]
+With `--device cuda` both run on the GPU, the data already there.
+
+Usage: python bench/vs_pythae.py [--threads 1] [--epochs 3] [--dims 2,10] [--device cpu]
 """
 
 import argparse
@@ -53,13 +55,13 @@ def aetk_model(kind: str, d: int, data: torch.Tensor) -> aetk.Model:
     opts = {"in_features": 784, "latent_dim": d, "hidden": (512,)}
     if kind == "HVAE":
         return aetk.build_model("hvae", "bernoulli", n_leapfrog=K, step_size=EPS, beta0=BETA0,
-                                **opts)
+                                **opts).to(data.device)
     base = aetk.build_model("vae", "bernoulli", **opts)
     metric = nn.Sequential(nn.Flatten(), nn.Linear(784, 400), nn.ReLU(),
                            nn.Linear(400, d * (d + 1) // 2))
     m = aetk.RHVAE(base.encoder, base.decoder, metric, centroids=BATCH, temperature=T,
                    regularization=LAM, n_leapfrog=K, step_size=EPS, beta0=BETA0,
-                   n_fixed_point=3, centroid_method="kmeans++")
+                   n_fixed_point=3, centroid_method="kmeans++").to(data.device)
     m.on_fit_start(data)
     return m
 
@@ -74,12 +76,20 @@ def pythae_model(kind: str, d: int):
     return RHVAE(RHVAEConfig(**common, temperature=T, regularization=LAM))
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the GPU's queued work, so that an epoch's time is its whole time."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def aetk_epoch(model, opts, batches) -> float:
     model.train()
+    sync(batches[0].device)
     t0 = time.perf_counter()
     for x in batches:
         model.training_step(x, opts)
     model.on_epoch_end(0)
+    sync(batches[0].device)
     return time.perf_counter() - t0
 
 
@@ -87,6 +97,7 @@ def pythae_epoch(model, opt, batches) -> float:
     from pythae.data.datasets import DatasetOutput
 
     model.train()
+    sync(batches[0].device)
     t0 = time.perf_counter()
     for x in batches:
         out = model(DatasetOutput(data=x))
@@ -94,6 +105,7 @@ def pythae_epoch(model, opt, batches) -> float:
         out.loss.backward()
         opt.step()
     model.update()
+    sync(batches[0].device)
     return time.perf_counter() - t0
 
 
@@ -102,6 +114,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--dims", default="2,10")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = ap.parse_args()
     try:
         import pythae  # noqa: F401
@@ -111,8 +124,9 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     logging.getLogger("pythae").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
-    data = mnist_5k()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, data "
+    device = torch.device(args.device)
+    data = mnist_5k().to(device)
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, data "
           f"{tuple(data.shape)}, batch {BATCH}, K={K}, eps={EPS}, loadavg "
           f"{os.getloadavg()[0]:.2f}")
     print("| model | latent | aetk epochs (s) | pythae epochs (s) | aetk / pythae (medians) |")
@@ -120,14 +134,16 @@ def main() -> None:
     for kind in ("HVAE", "RHVAE"):
         for d in (int(s) for s in args.dims.split(",")):
             torch.manual_seed(0)
-            ours, theirs = aetk_model(kind, d, data), pythae_model(kind, d)
+            ours = aetk_model(kind, d, data)
+            theirs = pythae_model(kind, d).to(device)
             ours_opt = ours.configure_optimizers(1e-3)
             their_opt = torch.optim.Adam(theirs.parameters(), lr=1e-3)
             times: dict[str, list[float]] = {"aetk": [], "pythae": []}
             gen = torch.Generator().manual_seed(0)
             for _ in range(args.epochs):
                 order = torch.randperm(len(data), generator=gen)
-                batches = [data[order[i:i + BATCH]] for i in range(0, len(data), BATCH)]
+                batches = [data[order[i:i + BATCH].to(device)]
+                           for i in range(0, len(data), BATCH)]
                 times["aetk"].append(aetk_epoch(ours, ours_opt, batches))
                 times["pythae"].append(pythae_epoch(theirs, their_opt, batches))
             a, p = statistics.median(times["aetk"]), statistics.median(times["pythae"])
