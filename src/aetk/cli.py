@@ -1,9 +1,9 @@
-"""The ``aetk`` command line: the steps of the Snakemake pipeline, runnable by hand.
+"""The aetk command line: the steps of the Snakemake pipeline, runnable by hand.
 
-``aetk preprocess`` -> ``aetk train`` -> ``aetk encode`` -> ``aetk geodesics`` ->
-``aetk report``. Each step reads and writes files only (Zarr stores, model directories,
-tables and figures), so any step can be rerun on its own; ``aetk <step> --help`` lists
-its inputs and outputs.
+aetk preprocess -> aetk train -> aetk encode -> aetk geodesics -> aetk report.
+Each step reads and writes files only (Zarr stores, model directories, tables and
+figures), so any step can be rerun on its own; `aetk <step> --help` lists its inputs,
+outputs and defaults.
 """
 
 from __future__ import annotations
@@ -421,21 +421,31 @@ def cmd_report_summary(args: argparse.Namespace) -> None:
 # argument parsing
 
 
-def _formatter(prog: str) -> argparse.HelpFormatter:
-    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the descriptions' line breaks and appends each option's default to its help."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.option_strings and action.default not in (None, [], argparse.SUPPRESS)
+                and "%(default)" not in text):
+            text += " (default: %(default)s)"
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``aetk`` argument parser with one subcommand per pipeline step."""
     parser = argparse.ArgumentParser(prog="aetk", description=__doc__, epilog=EPILOG,
-                                     formatter_class=_formatter)
+                                     formatter_class=_Formatter)
     parser.add_argument("--version", action="version",
                         version=f"aetk {storage.package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Any, help_: str, description: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=description, epilog=EPILOG,
-                           formatter_class=_formatter)
+                           formatter_class=_Formatter)
         p.set_defaults(func=func)
         return p
 
@@ -456,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transforms", nargs="*", default=[], metavar="T",
                    help="in order; each NAME, NAME:key=value,... or JSON; names: "
                    f"{', '.join(data_mod.TRANSFORMS)} (e.g. scale01 binarise:threshold=0.5)")
-    p.add_argument("--validation-fraction", type=float, default=0.1)
+    p.add_argument("--validation-fraction", type=float, default=0.1,
+                   help="share of the samples held out for validation")
     p.add_argument("--seed", type=int, default=0, help="seed of the subset and the split")
 
     p = add("train", cmd_train, "train one model on a data store",
@@ -472,16 +483,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history", required=True, help="history table to write (.tsv)")
     p.add_argument("--model", required=True, help="model name, e.g. vae, beta_vae, rhvae")
     p.add_argument("--likelihood", required=True, help="decoder likelihood, e.g. bernoulli")
-    p.add_argument("--latent-dim", type=int, default=2)
-    p.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
-    p.add_argument("--activation", default="relu")
+    p.add_argument("--latent-dim", type=int, default=2, help="latent dimensions")
+    p.add_argument("--hidden", type=int, nargs="+", default=[256, 256],
+                   help="hidden layer widths of the encoder and decoder MLPs")
+    p.add_argument("--activation", default="relu", help="between hidden layers, e.g. tanh")
     p.add_argument("--options", default="{}", help="JSON object of model/likelihood options, "
                    "e.g. '{\"beta\": 4}'")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=int, default=20, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=128, help="samples per gradient step")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--device", default="auto", help="auto (a free GPU, else CPU), cpu, cuda:N")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and shuffling")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--checkpoint-dir", help="where to keep resumable checkpoints")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
@@ -496,14 +508,14 @@ def build_parser() -> argparse.ArgumentParser:
             "of a few validation samples and samples generated by the model.\n\n"
             "input:  --data: the data store; --model: a model directory from `aetk train`\n"
             "output: --out: the latent store (.zarr)")
-    p.add_argument("--data", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--data", required=True, help="data store (.zarr)")
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--out", required=True, help="latent store to write (.zarr)")
+    p.add_argument("--batch-size", type=int, default=1024, help="samples per forward pass")
     p.add_argument("--n-examples", type=int, default=10, help="validation samples reconstructed")
     p.add_argument("--n-generated", type=int, default=16, help="samples generated")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="seed of the latent samples")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
 
     p = add("geodesics", cmd_geodesics, "fit latent geodesics of a trained model",
             "Fit geodesics between pairs of validation points (from different classes when "
@@ -512,15 +524,15 @@ def build_parser() -> argparse.ArgumentParser:
             "log sqrt(det G) on a grid over the latent codes.\n\n"
             "input:  --model: a model directory; --latent: its latent store\n"
             "output: --out: the geodesic store (.zarr)")
-    p.add_argument("--model", required=True)
-    p.add_argument("--latent", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--n-pairs", type=int, default=8)
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--latent", required=True, help="its latent store (.zarr)")
+    p.add_argument("--out", required=True, help="geodesic store to write (.zarr)")
+    p.add_argument("--n-pairs", type=int, default=8, help="geodesics to fit")
     p.add_argument("--n-points", type=int, default=32, help="points per curve")
-    p.add_argument("--max-iter", type=int, default=500)
+    p.add_argument("--max-iter", type=int, default=500, help="optimiser iterations at most")
     p.add_argument("--grid-size", type=int, default=64, help="volume grid points per axis")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="seed of the pairs")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
 
     p = add("report", None, "figures and tables",
             "Figures (PNG) and tables (TSV) for the report; see the subcommands.")
@@ -528,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def radd(name: str, func: Any, description: str) -> argparse.ArgumentParser:
         q = rsub.add_parser(name, help=description.split("\n")[0], description=description,
-                            formatter_class=_formatter)
+                            formatter_class=_Formatter)
         q.set_defaults(func=func)
         return q
 
@@ -537,16 +549,16 @@ def build_parser() -> argparse.ArgumentParser:
              "generated samples.\n\n"
              "input:  --data: the data store; --latent: the model's latent store\n"
              "output: --out-dir: latent.png, reconstructions.png, samples.png")
-    q.add_argument("--data", required=True)
-    q.add_argument("--latent", required=True)
-    q.add_argument("--out-dir", required=True)
+    q.add_argument("--data", required=True, help="data store (.zarr)")
+    q.add_argument("--latent", required=True, help="the model's latent store (.zarr)")
+    q.add_argument("--out-dir", required=True, help="folder for the figures")
     q = radd("geodesics", cmd_report_geodesics,
              "Geodesics over the latent codes, on the metric volume for 2-D latents.\n\n"
              "input:  --latent: the latent store; --geodesics: the geodesic store\n"
              "output: --out: the figure (.png)")
-    q.add_argument("--latent", required=True)
-    q.add_argument("--geodesics", required=True)
-    q.add_argument("--out", required=True)
+    q.add_argument("--latent", required=True, help="latent store (.zarr)")
+    q.add_argument("--geodesics", required=True, help="geodesic store (.zarr)")
+    q.add_argument("--out", required=True, help="figure to write (.png)")
     q = radd("summary", cmd_report_summary,
              "Training curves of every run and the table comparing them (final and best "
              "validation loss, validation reconstruction error, KL and ELBO, time, geodesic "
@@ -554,12 +566,12 @@ def build_parser() -> argparse.ArgumentParser:
              "input:  --runs names, with one --histories table and --latents store each, "
              "and any --geodesics stores\n"
              "output: --curves (.png), --table (.tsv)")
-    q.add_argument("--runs", nargs="+", required=True)
-    q.add_argument("--histories", nargs="+", required=True)
-    q.add_argument("--latents", nargs="+", required=True)
-    q.add_argument("--geodesics", nargs="*", default=[])
-    q.add_argument("--curves", required=True)
-    q.add_argument("--table", required=True)
+    q.add_argument("--runs", nargs="+", required=True, help="run names, e.g. vae-bernoulli")
+    q.add_argument("--histories", nargs="+", required=True, help="one history table per run")
+    q.add_argument("--latents", nargs="+", required=True, help="one latent store per run")
+    q.add_argument("--geodesics", nargs="*", default=[], help="geodesic stores, any runs")
+    q.add_argument("--curves", required=True, help="training-curves figure to write (.png)")
+    q.add_argument("--table", required=True, help="comparison table to write (.tsv)")
     return parser
 
 
