@@ -138,6 +138,23 @@ def test_train_again_resumes_from_the_checkpoint(steps: Path, capsys: pytest.Cap
     assert len(list((steps / "ckpt").glob("vae-bernoulli-*.pt"))) == 2
 
 
+def test_bad_training_settings_exit_with_a_message(steps: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    base = ["train", "--data", str(steps / "data.zarr"), "--likelihood", "bernoulli",
+            "--hidden", "16", "--epochs", "1", "--no-progress", "--out", str(tmp_path / "m"),
+            "--history", str(tmp_path / "h.tsv")]
+    assert cli.main([*base, "--model", "vae", "--options", "{beta: 4}"]) == 1
+    assert "--options is not valid JSON" in capsys.readouterr().err
+    assert cli.main([*base, "--model", "vae", "--options", "[4]"]) == 1
+    assert "--options must be a JSON object" in capsys.readouterr().err
+    # a diverging flow: the error and its advice, no traceback, nothing written
+    assert cli.main([*base, "--model", "hvae", "--options", '{"step_size": 1e4}']) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("aetk train: error: the Hamiltonian flow diverged")
+    assert "smaller step_size" in err and "Traceback" not in err
+    assert not (tmp_path / "m").exists() and not (tmp_path / "h.tsv").exists()
+
+
 def test_encode_output(steps: Path) -> None:
     import torch
 

@@ -96,12 +96,23 @@ def claim_device(device: str) -> str:
     return "cuda:0"  # every GPU is busy: share the first rather than fall back to the CPU
 
 
+def parse_options(text: str) -> dict[str, Any]:
+    """The ``--options`` JSON object."""
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--options is not valid JSON ({err}): {text}") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"--options must be a JSON object like '{{\"beta\": 4}}', got {text}")
+    return options
+
+
 def run_settings(args: argparse.Namespace, data_hash: str) -> dict[str, Any]:
     """Everything that determines a trained model; its hash keys the checkpoint."""
     return {
         "model": args.model, "likelihood": args.likelihood, "latent_dim": args.latent_dim,
         "hidden": list(args.hidden), "activation": args.activation,
-        "options": json.loads(args.options), "epochs": args.epochs,
+        "options": parse_options(args.options), "epochs": args.epochs,
         "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "data_config_hash": data_hash,
     }
@@ -578,9 +589,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``aetk`` console script; bad inputs exit with status 1 and a message."""
     args = build_parser().parse_args(argv)
+    from aetk.train import TrainingDiverged  # after parsing: --help does not import torch
+
     try:
         args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError) as err:
+    except (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError,
+            TrainingDiverged) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"aetk {args.command}: error: {message}", file=sys.stderr)
         return 1
