@@ -243,13 +243,18 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
     model.loss = poisoned
     ckpt = tmp_path / "ckpt.pt"
     with pytest.raises(aetk.TrainingDiverged,
-                       match=r"loss became nan at epoch 2, batch 3 of 4 \(non-finite terms: kl\)"):
+                       match=r"loss became nan at epoch 2, batch 3 of 4 \(non-finite terms: kl\)"
+                       r".*restored to its state after epoch 1") as err:
         _fit(model, train, val, epochs=2, checkpoint=ckpt)
 
     state = torch.load(ckpt, weights_only=True)
     assert [row["epoch"] for row in state["history"]] == [1]
     assert state["history"][0]["val_loss"] == hist_ref["val_loss"].iloc[0]
     assert all(torch.isfinite(v).all() for v in state["model"].values())
+    # in memory too: the weights of epoch 1, not the non-finite ones of the failed step
+    assert err.value.history["val_loss"].tolist() == [hist_ref["val_loss"].iloc[0]]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state["model"][k]), k
     resumed = _build()
     _same_run(reference, resumed, hist_ref, _fit(resumed, train, val, epochs=2, checkpoint=ckpt))
 

@@ -185,8 +185,10 @@ def fit(
     `(x, label)` tuples; labels are ignored). With `checkpoint`, model, optimisers, random
     states and history are saved after every epoch, and a later call with the same
     arguments resumes where the last finished epoch left off (`resume=False` starts over).
-    A NaN or infinite loss stops training with `TrainingDiverged`; the checkpoint of the
-    last good epoch stays on disk. `callbacks` may define `on_epoch_start(model, epoch)`
+    A NaN or infinite loss stops training with `TrainingDiverged`: the model is put back
+    as it was after the last finished epoch (a copy of its state is kept each epoch), the
+    error's `history` holds those epochs, and the checkpoint of that epoch stays on disk.
+    `callbacks` may define `on_epoch_start(model, epoch)`
     and `on_epoch_end(model, epoch, row)` (`row`, the epoch's history, may be extended).
     """
     if epochs < 1 or batch_size < 1:
@@ -214,6 +216,7 @@ def fit(
         history = _restore(ckpt, model, optimizers, shuffle_rng, fingerprint, device)
 
     start = len(history) + 1
+    good = _snapshot(model)
     bar = tqdm(total=len(batches), disable=not progress, unit="batch", dynamic_ncols=True)
     try:
         for epoch in range(start, epochs + 1):
@@ -228,6 +231,7 @@ def fit(
             for cb in callbacks:
                 getattr(cb, "on_epoch_end", lambda *a: None)(model, epoch, row)
             history.append(row)
+            good = _snapshot(model)
             if not bar.disable:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("_loss")})
             if ckpt is not None:
@@ -239,9 +243,20 @@ def fit(
                     "shuffle_rng": shuffle_rng.get_state(),
                     "history": history,
                 })
+    except TrainingDiverged as err:
+        # the failed step already wrote non-finite weights: nothing past the last epoch is kept
+        model.load_state_dict(good)
+        err.history = pd.DataFrame(history)
+        done = f"after epoch {len(history)}" if history else "before training"
+        err.args = (f"{err.args[0]}; the model is restored to its state {done}",)
+        raise
     finally:
         bar.close()
     return pd.DataFrame(history)
+
+
+def _snapshot(model: Model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _train_epoch(model: Model, batches: _Batches, optimizers: dict, epoch: int,
