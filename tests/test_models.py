@@ -308,3 +308,20 @@ def test_build_model_passes_options_to_decoder_and_model():
 def test_build_model_rejects_unknown_names(args, kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         aetk.build_model(*args, in_features=3, hidden=(4,), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("model", "kwargs", "pattern"),
+    [
+        ("vae", {"latent_dim": 0}, r"latent_dim must be a positive integer, got 0"),
+        ("vae", {"hidden": (8, -3)}, r"layer widths must be positive integers, got 3 -> 8 -> -3"),
+        ("beta_vae", {"beta": -1.0}, r"beta must be >= 0"),
+        ("vae", {"n_samples": 0}, r"n_samples >= 1, got 1.0 and 0"),
+        ("infovae", {"alpha": 1.5}, r"KL weight 1 - alpha and the MMD weight .* alpha=1.5"),
+        ("infovae", {"lam": 0.5}, r"MMD weight alpha \+ lam - 1 must be >= 0.*lam=0.5"),
+        ("infomaxvae", {"alpha": -1.0}, r"mutual-information weight alpha must be >= 0"),
+    ],
+)
+def test_build_model_rejects_meaningless_values(model, kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        aetk.build_model(model, "bernoulli", in_features=3, **kwargs)

@@ -113,6 +113,8 @@ def build_model(
     if missing:
         raise ValueError(f"likelihood {likelihood!r} needs the option(s) {sorted(missing)}")
     sizes = {"hidden": hidden, "activation": activation}
+    if int(latent_dim) != latent_dim or latent_dim < 1:
+        raise ValueError(f"latent_dim must be a positive integer, got {latent_dim}")
     encoder = encoder_cls(input_shape=shape, latent_dim=latent_dim, **sizes)
     decoder = decoder_cls(latent_dim=latent_dim, output_shape=shape, **sizes, **dec_opts)
     extra = {k: v for k, v in {"shape": shape, **sizes}.items()

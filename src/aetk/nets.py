@@ -39,6 +39,11 @@ def mlp(
 
     Without `out_features` the network ends with the last hidden activation (a trunk for heads).
     """
+    widths = [in_features, *hidden, *([] if out_features is None else [out_features])]
+    if any(int(w) != w or w < 1 for w in widths):
+        sizes = " -> ".join(map(str, widths))
+        raise ValueError(f"layer widths must be positive integers, got {sizes} "
+                         "(input, hidden layers, output)")
     layers: list[nn.Module] = []
     width = in_features
     for h in hidden:

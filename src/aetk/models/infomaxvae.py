@@ -39,6 +39,8 @@ class InfoMaxVAE(VAE):
         beta: float = 1.0,
     ) -> None:
         super().__init__(encoder, decoder, beta=beta)
+        if alpha < 0:
+            raise ValueError(f"the mutual-information weight alpha must be >= 0, got {alpha}")
         self.critic = critic
         self.alpha = float(alpha)
 

@@ -32,6 +32,9 @@ class InfoVAE(VAE):
         unbiased: bool = True,
     ) -> None:
         super().__init__(encoder, decoder)
+        if alpha > 1 or alpha + lam < 1:
+            raise ValueError(f"the KL weight 1 - alpha and the MMD weight alpha + lam - 1 must be "
+                             f">= 0, got alpha={alpha}, lam={lam}")
         self.alpha, self.lam = float(alpha), float(lam)
         self.kernel, self.scales = kernel, tuple(float(s) for s in scales)
         self.n_prior_samples = n_prior_samples

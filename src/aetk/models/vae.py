@@ -16,6 +16,8 @@ class VAE(Model):
 
     def __init__(self, encoder, decoder, beta: float = 1.0, n_samples: int = 1) -> None:
         super().__init__(encoder, decoder)
+        if beta < 0 or n_samples < 1:
+            raise ValueError(f"beta must be >= 0 and n_samples >= 1, got {beta} and {n_samples}")
         self.beta = float(beta)
         self.n_samples = int(n_samples)
 
