@@ -333,3 +333,13 @@ def test_metric_for_picks_the_pullback_for_other_models():
     model = aetk.build_model("vae", "gaussian", in_features=5, latent_dim=2, hidden=(8,))
     metric = metric_for(model)
     assert isinstance(metric, PullbackMetric) and metric.decoder is model.decoder
+
+
+@pytest.mark.parametrize("kind", ["vae", "rhvae"])
+def test_endpoints_outside_the_latent_space_are_refused(kind):
+    extra = {"centroids": 4} if kind == "rhvae" else {}
+    model = aetk.build_model(kind, "bernoulli", in_features=5, latent_dim=2, hidden=(8,),
+                             **extra)
+    model.on_fit_start(torch.rand(20, 5))
+    with pytest.raises(ValueError, match="have 5 coordinates but the metric's latent space has 2"):
+        fit_geodesics(metric_for(model), torch.rand(3, 5), torch.rand(3, 5))

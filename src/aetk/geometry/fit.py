@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .curves import NeuralGeodesic, curve_energy, curve_length, segment_quads
-from .metrics import Metric, _base, metric_for
+from .metrics import Metric, _base, latent_dim, metric_for
 
 # energy(x, idx) -> (energy (b,), preconditioner weights (b, T-1) or None) for the
 # parameter rows x (b, n) of the pairs idx (b,)
@@ -100,6 +100,10 @@ def fit_geodesics(
     z_start, z_end = z_start.reshape(-1, z_start.shape[-1]), z_end.reshape(-1, z_end.shape[-1])
     if z_start.shape != z_end.shape:
         raise ValueError(f"z_start {tuple(z_start.shape)} and z_end {tuple(z_end.shape)} differ")
+    d = latent_dim(metric)
+    if d is not None and z_start.shape[-1] != d:
+        raise ValueError(f"the endpoints have {z_start.shape[-1]} coordinates but the metric's "
+                         f"latent space has {d} (encode data points first)")
     if lr is None:
         lr = 1.0 if optimizer == "lbfgs" else (1e-2 if curve == "discrete" else 1e-3)
     t = torch.linspace(0, 1, n_points, dtype=z_start.dtype, device=device)
