@@ -215,16 +215,20 @@ def volume_grid(
     )
 
 
+def _module(metric: Metric) -> object:
+    """The model or decoder behind a metric (None for a plain `Metric`)."""
+    return getattr(metric, "model", None) or getattr(metric, "decoder", None)
+
+
 def latent_dim(metric: Metric) -> int | None:
     """The latent dimension of the model or decoder behind a metric, when it says."""
-    module = getattr(metric, "model", None) or getattr(metric, "decoder", None)
-    d = getattr(module, "latent_dim", None)
+    d = getattr(_module(metric), "latent_dim", None)
     return d if isinstance(d, int) else None
 
 
 def _tensor_spec(metric: Metric) -> tuple[torch.dtype, torch.device]:
     """dtype and device of the module behind a metric (default float32, CPU for plain ones)."""
-    module = getattr(metric, "model", None) or getattr(metric, "decoder", None)
+    module = _module(metric)
     if isinstance(module, nn.Module):
         for t in (*module.parameters(), *module.buffers()):
             if t.is_floating_point():
