@@ -10,6 +10,7 @@ and the encoder's gradients. The losses agree to float32 rounding: only the grad
 differ.
 
 Usage: python bench/hvae_exactness.py [--step-sizes 0.001,0.01,0.05] [--threads 2]
+       [--device cpu]
 """
 
 import argparse
@@ -77,9 +78,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--step-sizes", default="0.001,0.01,0.05")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    data = binarised_mnist_5k()
+    data = binarised_mnist_5k().to(args.device)
     x = data[:256]
     print("| step size | loss, exact | loss, first-order | decoder gradient difference "
           "| encoder gradient difference |\n|---|---|---|---|---|")
@@ -87,7 +89,7 @@ def main() -> None:
         torch.manual_seed(0)
         m = aetk.build_model("hvae", "bernoulli", in_features=784, latent_dim=2, hidden=(512,),
                              step_size=eps)
-        aetk.fit(m, data[:2000], epochs=3, batch_size=64, progress=False, device="cpu")
+        aetk.fit(m, data[:2000], epochs=3, batch_size=64, progress=False, device=args.device)
         m.train()
         l_ex, ex = gradients(m, lambda m, x: m.loss(x).loss, x)
         l_fo, fo = gradients(m, first_order_loss, x)
