@@ -294,6 +294,19 @@ def test_prepare_subsamples_with_a_seed() -> None:
     assert a.is_validation.sum() == 30
 
 
+def test_prepare_names_non_finite_values_in_the_file_and_after_transforms() -> None:
+    x = np.arange(60, dtype=np.float64).reshape(10, 6)
+    x[5, 3], x[7, 0] = np.nan, np.inf
+    with pytest.raises(ValueError, match=r"the data contain 2 NaN or infinite values, the "
+                                         r"first at row 5, column 3 \(counting from 0\)"):
+        data.prepare(data.RawData(x=x, source="test"), transforms=[], n_samples=4)
+    x = np.zeros((10, 6))
+    x[:, 4] = 1e308  # the mean overflows
+    with (pytest.raises(ValueError, match=r"the transforms made 10 NaN .* row 0, column 4"),
+          np.errstate(all="ignore")):
+        data.prepare(data.RawData(x=x, source="test"), transforms=["standardise"])
+
+
 # ------------------------------------------------------------------------------ storage
 
 

@@ -592,10 +592,19 @@ class Prepared:
         return None if self.raw.labels is None else self.raw.labels[self.sample_index]
 
 
+def _non_finite(x: np.ndarray) -> str:
+    """How many values of `x` are NaN or infinite, and where the first is (0-based)."""
+    rows, cols = np.nonzero(~np.isfinite(x.reshape(len(x), -1)))
+    return (f"{len(rows)} NaN or infinite values, the first at row {rows[0]}, "
+            f"column {cols[0]} (counting from 0)")
+
+
 def prepare(raw: RawData, *, transforms: list[str | dict[str, Any]],
             validation_fraction: float = 0.1, n_samples: int | None = None,
             seed: int = 0) -> Prepared:
     """Subsample, split (seeded) and transform ``raw``, fitting transforms on training rows."""
+    if not np.all(np.isfinite(raw.x)):
+        raise ValueError(f"the data contain {_non_finite(raw.x)}: impute or drop them first")
     keep = subsample(len(raw.x), n_samples, seed)
     labels = None if raw.labels is None else raw.labels[keep]
     is_val = split(len(keep), validation_fraction, seed,
@@ -603,7 +612,8 @@ def prepare(raw: RawData, *, transforms: list[str | dict[str, Any]],
     pipeline = TransformPipeline.from_specs(transforms)
     x = pipeline.fit_transform(raw.x[keep], ~is_val)
     if not np.all(np.isfinite(x)):
-        raise ValueError("the transformed data contain NaN or infinite values")
+        raise ValueError(f"the transforms made {_non_finite(x)} (values too large for "
+                         "them? scale the data first)")
     return Prepared(x=x.astype(np.float32), is_validation=is_val, sample_index=keep,
                     pipeline=pipeline, raw=raw)
 
