@@ -155,6 +155,17 @@ def test_bad_training_settings_exit_with_a_message(steps: Path, tmp_path: Path,
     assert not (tmp_path / "m").exists() and not (tmp_path / "h.tsv").exists()
 
 
+def test_encoding_another_data_set_exits_with_a_message(steps: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    cli.main(["preprocess", "--source", "swissroll", "--n-samples", "50",
+              "--out", str(tmp_path / "roll.zarr")])
+    assert cli.main(["encode", "--data", str(tmp_path / "roll.zarr"), "--model",
+                     str(steps / "model"), "--out", str(tmp_path / "latent.zarr")]) == 1
+    assert ("the stored data has feature shape (3,) but the model expects (64,)"
+            in capsys.readouterr().err)
+    assert not (tmp_path / "latent.zarr").exists()
+
+
 def test_encode_output(steps: Path) -> None:
     import torch
 

@@ -210,6 +210,7 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
 
     torch.manual_seed(seed)
     x_all = torch.from_numpy(stored.x)
+    model.check_data(x_all, "the stored")  # e.g. a store of another data set
     keys = ("z_mean", "z_std", "z_sample", "reconstruction_error", "log_likelihood", "kl")
     parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     model.eval()
