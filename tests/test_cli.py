@@ -155,8 +155,8 @@ def test_bad_training_settings_exit_with_a_message(steps: Path, tmp_path: Path,
     assert not (tmp_path / "m").exists() and not (tmp_path / "h.tsv").exists()
 
 
-def test_encoding_another_data_set_exits_with_a_message(steps: Path, tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture) -> None:
+def test_another_data_set_exits_with_a_message(steps: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
     cli.main(["preprocess", "--source", "swissroll", "--n-samples", "50",
               "--out", str(tmp_path / "roll.zarr")])
     assert cli.main(["encode", "--data", str(tmp_path / "roll.zarr"), "--model",
@@ -164,6 +164,11 @@ def test_encoding_another_data_set_exits_with_a_message(steps: Path, tmp_path: P
     assert ("the stored data has feature shape (3,) but the model expects (64,)"
             in capsys.readouterr().err)
     assert not (tmp_path / "latent.zarr").exists()
+    # the report of one model needs the store its latent codes came from
+    assert cli.main(["report", "run", "--data", str(tmp_path / "roll.zarr"), "--latent",
+                     str(steps / "latent.zarr"), "--out-dir", str(tmp_path / "fig")]) == 1
+    assert "was encoded from another data store" in capsys.readouterr().err
+    assert not (tmp_path / "fig").exists()
 
 
 def test_encode_output(steps: Path) -> None:

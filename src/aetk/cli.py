@@ -388,6 +388,10 @@ def cmd_report_run(args: argparse.Namespace) -> None:
 
     latent = storage.read_zarr(args.latent)
     stored = storage.read_data(args.data)
+    encoded_from, given = latent.attrs.get("data_config_hash"), stored.attrs.get("config_hash")
+    if encoded_from and given and encoded_from != given:
+        raise ValueError(f"{args.latent} was encoded from another data store (config hash "
+                         f"{encoded_from}) than {args.data} ({given})")
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report.plot_latent(latent, out / "latent.png")
