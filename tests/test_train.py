@@ -210,6 +210,17 @@ def test_checkpoint_from_other_settings_is_refused(tmp_path, change, diff):
     assert list(hist["epoch"]) == [1]
 
 
+def test_a_checkpoint_with_more_epochs_than_asked_is_refused_untouched(tmp_path):
+    train, _ = _digits(n_train=256)
+    ckpt = tmp_path / "ckpt.pt"
+    _fit(_build(), train, epochs=2, checkpoint=ckpt)
+    model = _build()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"already holds 2 epochs, more than the 1 asked for"):
+        _fit(model, train, epochs=1, checkpoint=ckpt)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
 def test_checkpoint_from_another_model_is_refused(tmp_path):
     train, _ = _digits(n_train=256)
     ckpt = tmp_path / "ckpt.pt"

@@ -213,7 +213,7 @@ def fit(
     n_train = len(batches.tensor) if batches.tensor is not None else len(batches.dataset)
     fingerprint = _fingerprint(model, n_train, batch_size, lr, seed)
     if ckpt is not None and resume and ckpt.exists():
-        history = _restore(ckpt, model, optimizers, shuffle_rng, fingerprint, device)
+        history = _restore(ckpt, model, optimizers, shuffle_rng, fingerprint, device, epochs)
 
     start = len(history) + 1
     good = _snapshot(model)
@@ -292,7 +292,7 @@ def evaluate(model: Model, data: Iterable[torch.Tensor], prefix: str = "val") ->
 
 
 def _restore(path: Path, model: Model, optimizers: dict, shuffle_rng: torch.Generator,
-             fingerprint: dict, device: torch.device) -> list[dict[str, float]]:
+             fingerprint: dict, device: torch.device, epochs: int) -> list[dict[str, float]]:
     state = torch.load(path, map_location=device, weights_only=True)
     if state["fingerprint"] != fingerprint:
         diff = ", ".join(f"{k}: {state['fingerprint'].get(k)!r} there, {v!r} now"
@@ -300,6 +300,12 @@ def _restore(path: Path, model: Model, optimizers: dict, shuffle_rng: torch.Gene
         raise ValueError(
             f"checkpoint {path} was written for different settings ({diff}); "
             "pass resume=False to start over"
+        )
+    if len(state["history"]) > epochs:
+        raise ValueError(
+            f"checkpoint {path} already holds {len(state['history'])} epochs, more than the "
+            f"{epochs} asked for; pass epochs >= {len(state['history'])}, or resume=False to "
+            "start over"
         )
     model.load_state_dict(state["model"])
     for k, opt in optimizers.items():
