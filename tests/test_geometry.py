@@ -313,6 +313,7 @@ def test_distance_matrix_of_the_half_plane():
     torch.testing.assert_close(dist, dist.T, rtol=0, atol=0)
     assert (dist.diagonal() == 0).all()
     torch.testing.assert_close(dist, exact, rtol=1e-2, atol=1e-12)
+    assert torch.equal(distance_matrix(poincare(), z[:1]), torch.zeros(1, 1, dtype=f64))
 
 
 def test_interpolate_decodes_the_geodesic():
@@ -320,7 +321,7 @@ def test_interpolate_decodes_the_geodesic():
     model = aetk.build_model("vae", "bernoulli", in_features=5, latent_dim=2, hidden=(8,),
                              activation="tanh").double().eval()
     z0, z1 = torch.tensor([-2.0, 0.0], dtype=f64), torch.tensor([2.0, 1.0], dtype=f64)
-    points, decoded = interpolate(model, z0, z1, 7)
+    points, decoded = interpolate(model, z0, z1, n_points=7)
     assert points.shape == (1, 7, 2) and decoded.shape == (1, 7, 5)
     torch.testing.assert_close(points[0, 0], z0)
     torch.testing.assert_close(points[0, -1], z1)
@@ -343,3 +344,9 @@ def test_endpoints_outside_the_latent_space_are_refused(kind):
     model.on_fit_start(torch.rand(20, 5))
     with pytest.raises(ValueError, match="have 5 coordinates but the metric's latent space has 2"):
         fit_geodesics(metric_for(model), torch.rand(3, 5), torch.rand(3, 5))
+
+
+def test_volume_grid_needs_a_two_dimensional_latent_space():
+    model = aetk.build_model("vae", "bernoulli", in_features=5, latent_dim=3, hidden=(8,))
+    with pytest.raises(ValueError, match="needs a 2-D latent space; this metric's has 3"):
+        volume_grid(metric_for(model), ((-1, 1), (-1, 1)), n=5)

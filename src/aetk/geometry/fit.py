@@ -389,6 +389,8 @@ def distance_matrix(metric: Metric, z: Tensor, **fit_kwargs) -> Tensor:
     zero diagonal. Fits the `N (N-1) / 2` pairs in one `fit_geodesics` call (keyword
     arguments passed on)."""
     n = z.shape[0]
+    if n < 2:
+        return z.new_zeros(n, n)
     i, j = torch.triu_indices(n, n, offset=1, device=z.device)
     length = fit_geodesics(metric, z[i], z[j], **fit_kwargs).length
     dist = length.new_zeros(n, n)
@@ -401,20 +403,21 @@ def interpolate(
     model: nn.Module,
     z_start: Tensor,
     z_end: Tensor,
-    n: int = 10,
+    n_points: int = 10,
     *,
     metric: Metric | None = None,
     **fit_kwargs,
 ) -> tuple[Tensor, Tensor]:
-    """Decode `n` points along the geodesics from `z_start` to `z_end` (`(B, d)` or `(d,)`).
+    """Decode `n_points` points along the geodesics from `z_start` to `z_end` (`(B, d)` or
+    `(d,)`).
 
     The metric defaults to `metric_for(model)`; keyword arguments go to `fit_geodesics`.
-    The geodesic is fitted with `n` points, which are spaced evenly in the metric. Returns
-    the latent points `(B, n, d)` and the decoded means `(B, n, *event_shape)`
-    (probabilities for Bernoulli and categorical decoders).
+    The geodesic is fitted with `n_points` points, which are spaced evenly in the metric.
+    Returns the latent points `(B, n_points, d)` and the decoded means
+    `(B, n_points, *event_shape)` (probabilities for Bernoulli and categorical decoders).
     """
     metric = metric_for(model) if metric is None else metric
-    fit = fit_geodesics(metric, z_start, z_end, n_points=n, **fit_kwargs)
+    fit = fit_geodesics(metric, z_start, z_end, n_points=n_points, **fit_kwargs)
     b, _, d = fit.points.shape
     with torch.no_grad():
         out = model.decode(fit.points.reshape(-1, d))
@@ -423,4 +426,4 @@ def interpolate(
         else:
             base = _base(out)
             mean = base.probs if isinstance(base, torch.distributions.Categorical) else out.mean
-    return fit.points, mean.reshape(b, n, *mean.shape[1:])
+    return fit.points, mean.reshape(b, n_points, *mean.shape[1:])

@@ -199,6 +199,9 @@ def volume_grid(
     Returns an `xarray.Dataset` with coordinates `z1`, `z2` and the variable
     `log_volume (z1, z2)` (float64); plot it with `ds.log_volume.plot(x="z1")`.
     """
+    d = latent_dim(metric)
+    if d is not None and d != 2:
+        raise ValueError(f"volume_grid needs a 2-D latent space; this metric's has {d}")
     (lo1, hi1), (lo2, hi2) = bounds
     n1, n2 = (n, n) if isinstance(n, int) else n
     z1, z2 = np.linspace(lo1, hi1, n1), np.linspace(lo2, hi2, n2)
