@@ -320,6 +320,9 @@ def test_build_model_rejects_unknown_names(args, kwargs, pattern):
         ("infovae", {"alpha": 1.5}, r"KL weight 1 - alpha and the MMD weight .* alpha=1.5"),
         ("infovae", {"lam": 0.5}, r"MMD weight alpha \+ lam - 1 must be >= 0.*lam=0.5"),
         ("infomaxvae", {"alpha": -1.0}, r"mutual-information weight alpha must be >= 0"),
+        ("hvae", {"n_leapfrog": 2.5}, r"n_leapfrog must be an integer >= 0"),
+        ("rhvae", {"n_leapfrog": 2.5}, r"n_leapfrog must be an integer, got 2.5"),
+        ("rhvae", {"n_fixed_point": 1.5}, r"n_fixed_point must be an integer >= 1, got 1.5"),
     ],
 )
 def test_build_model_rejects_meaningless_values(model, kwargs, pattern):

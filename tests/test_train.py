@@ -273,6 +273,13 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
 # beta schedule -----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("kwargs", [{"n_cycles": 0}, {"n_cycles": 11}, {"frac": 0.0},
+                                    {"frac": 1.5}, {"beta_min": 2.0}])
+def test_cyclical_beta_refuses_schedules_without_meaning(kwargs):
+    with pytest.raises(ValueError, match="need 1 <= n_cycles <= epochs, 0 < frac <= 1"):
+        aetk.CyclicalBeta(epochs=10, **kwargs)
+
+
 def test_cyclical_beta_values_by_hand():
     """Fu et al.: tau = mod(epoch - 1, ceil(E/C)) / (E/C); beta rises linearly over tau in
     [0, frac], then stays at beta_max."""

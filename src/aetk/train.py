@@ -35,6 +35,10 @@ class CyclicalBeta:
 
     def __init__(self, epochs: int, n_cycles: int = 4, frac: float = 0.5,
                  beta_min: float = 0.0, beta_max: float = 1.0) -> None:
+        if not 1 <= n_cycles <= epochs or not 0 < frac <= 1 or not 0 <= beta_min <= beta_max:
+            raise ValueError(f"need 1 <= n_cycles <= epochs, 0 < frac <= 1 and 0 <= beta_min <= "
+                             f"beta_max; got epochs={epochs}, n_cycles={n_cycles}, frac={frac}, "
+                             f"beta_min={beta_min}, beta_max={beta_max}")
         self.epochs, self.n_cycles, self.frac = epochs, n_cycles, frac
         self.beta_min, self.beta_max = beta_min, beta_max
 

@@ -67,8 +67,8 @@ class HVAE(Model):
             raise ValueError(f"step_size must be positive, got {step_size}")
         if not 0 < beta0 <= 1 or (learn_beta0 and beta0 == 1):
             raise ValueError(f"beta0 must be in (0, 1] (below 1 when learned), got {beta0}")
-        if n_leapfrog < 0 or (n_leapfrog == 0 and beta0 != 1):
-            raise ValueError("n_leapfrog must be >= 0, and n_leapfrog=0 needs beta0=1 "
+        if int(n_leapfrog) != n_leapfrog or n_leapfrog < 0 or (n_leapfrog == 0 and beta0 != 1):
+            raise ValueError("n_leapfrog must be an integer >= 0, and n_leapfrog=0 needs beta0=1 "
                              "(no tempering Jacobian cancels the initial rescaling)")
         self.n_leapfrog = int(n_leapfrog)
         self.logp_prefactor = prefactors(logp_prefactor, 3, "logp_prefactor")
