@@ -77,6 +77,10 @@ def plot_latent(latent: xr.Dataset, path: Path) -> None:
     xy, names = _project(latent["z_mean"].values)
     fig, axes = _subplots(figsize=(5.5, 4.5))
     ax = axes[0, 0]
+    if latent["z_mean"].shape[1] == 1:  # a strip plot: seeded vertical jitter, no meaning
+        xy[:, 1] = np.random.default_rng(0).uniform(-1, 1, len(xy))
+        names[1] = "(random jitter)"
+        ax.set_yticks([])
     _scatter_labels(ax, xy, latent)
     ax.set(xlabel=names[0], ylabel=names[1], title=f"latent means: {_title(latent)}")
     _save(fig, path)
