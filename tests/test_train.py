@@ -113,6 +113,15 @@ def test_load_refuses_a_model_not_built_by_build_model(tmp_path):
         aetk.load(tmp_path / "nothing-here")
 
 
+def test_load_refuses_unreadable_weights_without_suggesting_pickle(tmp_path):
+    aetk.build_model("vae", "bernoulli", in_features=4, hidden=(3,)).save(tmp_path)
+    (tmp_path / "weights.pt").write_bytes(b"not a state dict")
+    with pytest.raises(ValueError, match=r"weights\.pt is not a state dict that aetk can read "
+                                         r"\(.*\); write it with model.save") as err:
+        aetk.load(tmp_path)
+    assert "weights_only" not in str(err.value)
+
+
 # resume ------------------------------------------------------------------------------
 
 

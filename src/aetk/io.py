@@ -40,6 +40,12 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> Model:
         )
     spec = dict(spec)
     model = build_model(spec.pop("model"), spec.pop("likelihood"), **spec)
-    state = torch.load(path / WEIGHTS, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path / WEIGHTS, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # torch's own advice (weights_only=False) would run pickled code
+        raise ValueError(f"{path / WEIGHTS} is not a state dict that aetk can read "
+                         f"({type(err).__name__}); write it with model.save") from err
     model.load_state_dict(state)
     return model.eval()
