@@ -7,24 +7,16 @@ import copy
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 
 import aetk
 from aetk.geometry import fit_geodesics, metric_for
+
+from helpers import digits
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 GPU = torch.device("cuda")
 f64 = torch.float64
 torch.set_num_threads(1)
-
-
-def digits(likelihood: str = "bernoulli", n: int = 400) -> tuple[torch.Tensor, dict]:
-    x = torch.as_tensor(load_digits().data[:n], dtype=torch.float32)
-    if likelihood in ("bernoulli", "gaussian", "gaussian_learned"):
-        return x / 16.0, {}
-    if likelihood == "categorical":
-        return (x / 4).floor(), {"n_classes": 5}
-    return x, {}
 
 
 @pytest.fixture
@@ -56,7 +48,7 @@ def small(kind: str, **kw) -> aetk.Model:
     m = aetk.build_model(kind, "bernoulli", in_features=64, latent_dim=2, hidden=(32,),
                          activation="tanh", **kw).double()
     if kind == "rhvae":
-        m.on_fit_start(digits()[0].double())
+        m.on_fit_start(digits(n=400)[0].double())
     return m
 
 
@@ -112,7 +104,7 @@ CASES = [(k, "bernoulli") for k in aetk.MODELS] + [
 
 @pytest.mark.parametrize(("kind", "likelihood"), CASES)
 def test_every_model_trains_on_cuda_with_device_auto(kind, likelihood):
-    x, opts = digits(likelihood)
+    x, opts = digits(likelihood, n=400)
     if kind == "rhvae":
         opts["centroids"] = 32
     torch.manual_seed(0)
@@ -127,7 +119,7 @@ def test_every_model_trains_on_cuda_with_device_auto(kind, likelihood):
 
 
 def test_a_model_trained_on_cuda_reloads_on_the_cpu(tmp_path):
-    x = digits()[0]
+    x = digits(n=400)[0]
     torch.manual_seed(0)
     model = aetk.build_model("rhvae", "bernoulli", in_features=64, latent_dim=2, hidden=(64,),
                              centroids=16)

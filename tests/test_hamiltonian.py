@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 from torch import distributions as D
 from torch import nn
 
@@ -20,6 +19,8 @@ from aetk.decoders import Decoder
 from aetk.encoders import GaussianEncoder
 from aetk.models.rhvae import LOG_DIAG_BOUND
 from aetk.train import evaluate
+
+from helpers import digits
 
 F, LATENT, B, N_CENTROIDS = 6, 2, 5, 4
 f64 = torch.float64
@@ -644,19 +645,10 @@ def test_rhvae_samples_favour_high_inverse_volume():
 # Training on digits -------------------------------------------------------------------------
 
 
-def _digits(likelihood):
-    x = torch.as_tensor(load_digits().data, dtype=torch.float32)[:600]
-    if likelihood in ("bernoulli", "gaussian", "gaussian_learned"):
-        return x / 16.0, {}
-    if likelihood == "categorical":
-        return (x / 4).floor(), {"n_classes": 5}
-    return x, {}
-
-
 @pytest.mark.parametrize("kind", ["hvae", "rhvae"])
 @pytest.mark.parametrize("likelihood", sorted(aetk.LIKELIHOODS))
 def test_training_on_digits_lowers_the_validation_loss(kind, likelihood):
-    x, opts = _digits(likelihood)
+    x, opts = digits(likelihood)
     torch.manual_seed(0)
     extra = {"centroids": 16} if kind == "rhvae" else {}
     m = aetk.build_model(kind, likelihood, in_features=64, hidden=(32,), **opts, **extra)
