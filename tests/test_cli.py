@@ -183,11 +183,18 @@ def test_encode_output(steps: Path) -> None:
         assert np.isfinite(lat[name].values).all(), name
     assert (lat["z_std"].values > 0).all() and (lat["kl"].values >= 0).all()
     np.testing.assert_allclose(lat["elbo"], lat["log_likelihood"] - lat["kl"], rtol=1e-6)
+    # log p(x) with 100 importance samples: finite, above the single-sample ELBO on average,
+    # and the saved model's own estimate with many more samples is close
+    log_px = lat["log_marginal"].values
+    assert np.isfinite(log_px).all() and log_px.mean() > lat["elbo"].values.mean() + 0.1
+    assert lat.attrs["log_marginal"].startswith("log p(x) by importance sampling, 100 samples")
     # reconstruction error recomputed from the saved model
     model = aetk.load(steps / "model")
     x = torch.from_numpy(data.x)
     err = (model.reconstruct(x) - x).square().mean(1).numpy()
     np.testing.assert_allclose(lat["reconstruction_error"].values, err, rtol=1e-5, atol=1e-7)
+    many = aetk.log_marginal(model, x[:20], n_samples=5000).numpy()
+    np.testing.assert_allclose(log_px[:20].mean(), many.mean(), rtol=0, atol=0.05)
     assert lat["example_data"].shape == (6, 64) and lat["generated"].shape == (4, 64)
     np.testing.assert_array_equal(lat["split"].values, data.is_validation.astype(np.int8))
     np.testing.assert_array_equal(lat["label"].values, data.labels)

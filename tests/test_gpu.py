@@ -133,3 +133,13 @@ def test_a_model_trained_on_cuda_reloads_on_the_cpu(tmp_path):
     z = torch.randn(10, 2)
     torch.testing.assert_close(back.log_det_G(z), model.log_det_G(z.to(GPU)).cpu(),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_log_marginal_on_cuda_equals_the_cpu():
+    # independent draws on each device: 5,000 importance samples agree to Monte Carlo error
+    cpu = small("vae")
+    x = digits(n=16)[0].double()
+    on_cpu = aetk.log_marginal(cpu, x, n_samples=5000)
+    on_gpu = aetk.log_marginal(copy.deepcopy(cpu).to(GPU), x.to(GPU), n_samples=5000)
+    assert on_gpu.device.type == GPU.type
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=0, atol=0.05)

@@ -238,7 +238,8 @@ def test_tiny_run_outputs(tiny_run: Path) -> None:
         lat = storage.read_zarr(wd / f"results/latent/{run}.zarr")
         assert lat["z_mean"].shape == (300, 2) and lat["example_data"].shape == (5, 784)
         assert lat["generated"].shape == (4, 784)
-        for name in ("z_mean", "z_std", "reconstruction_error", "elbo", "generated"):
+        for name in ("z_mean", "z_std", "reconstruction_error", "elbo", "log_marginal",
+                     "generated"):
             assert np.isfinite(lat[name].values).all(), (run, name)
         assert lat.attrs["data_config_hash"] == data.attrs["config_hash"]
         for fig in ("latent", "reconstructions", "samples"):
@@ -259,6 +260,10 @@ def test_tiny_run_outputs(tiny_run: Path) -> None:
     for _, row in table.iterrows():
         history = pd.read_csv(wd / f"results/models/{row['run']}/history.tsv", sep="\t")
         assert row["final_val_loss"] == pytest.approx(history["val_loss"].iloc[-1], rel=1e-5)
+        lat = storage.read_zarr(wd / f"results/latent/{row['run']}.zarr")
+        val = lat["split"].values == storage.SPLIT_VALIDATION
+        assert row["val_log_marginal"] == pytest.approx(lat["log_marginal"].values[val].mean(),
+                                                        rel=1e-5)
     assert np.isnan(table["geodesic_length_ratio"].iloc[0])
     assert table["geodesic_length_ratio"].iloc[1] <= 1 + 1e-6
 

@@ -15,6 +15,7 @@ from .decoders import (
 )
 from .encoders import DeterministicEncoder, GaussianEncoder
 from .io import load
+from .marginal import log_marginal
 from .models import AE, HVAE, RHVAE, VAE, InfoMaxVAE, InfoVAE, LossOutput, Model
 from .train import CyclicalBeta, TrainingDiverged, fit
 
@@ -23,5 +24,5 @@ __all__ = [
     "CategoricalDecoder", "CyclicalBeta", "Decoder", "DeterministicDecoder",
     "DeterministicEncoder", "GaussianDecoder", "GaussianEncoder", "InfoMaxVAE", "InfoVAE",
     "LearnedGaussianDecoder", "LossOutput", "Model", "NegativeBinomialDecoder", "PoissonDecoder",
-    "TrainingDiverged", "__version__", "build_model", "fit", "load",
+    "TrainingDiverged", "__version__", "build_model", "fit", "load", "log_marginal",
 ]

@@ -197,21 +197,27 @@ def example_indices(is_val: np.ndarray, labels: np.ndarray | None, kind: str, n:
 
 
 def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_examples: int,
-                n_generated: int, seed: int) -> dict[str, Any]:
+                n_generated: int, seed: int, n_importance: int = 0) -> dict[str, Any]:
     """Per-sample latent statistics, reconstruction errors and ELBO terms of ``model``.
 
     The ELBO is the single-sample estimate ``log p(x|z) - KL(q(z|x) || N(0, I))`` of the
-    encoder/decoder pair (for every model, so the table compares like with like).
+    encoder/decoder pair (for every model, so the table compares like with like), and
+    ``log_marginal`` the importance-sampled ``log p(x)`` with ``n_importance`` samples
+    (NaN when 0, or for a deterministic model).
     """
     import torch
     from torch.distributions import Distribution
 
     from aetk.distributions import kl_to_standard_normal, log_prob, mean
+    from aetk.marginal import log_marginal
 
+    if n_importance < 0:
+        raise ValueError(f"--n-importance must be >= 0, got {n_importance}")
     torch.manual_seed(seed)
     x_all = torch.from_numpy(stored.x)
     model.check_data(x_all, "the stored")  # e.g. a store of another data set
-    keys = ("z_mean", "z_std", "z_sample", "reconstruction_error", "log_likelihood", "kl")
+    keys = ("z_mean", "z_std", "z_sample", "reconstruction_error", "log_likelihood", "kl",
+            "log_marginal")
     parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     model.eval()
     with torch.no_grad():
@@ -226,10 +232,13 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
             p_mu = model.decode(mu)
             x_hat = mean(p_mu) if isinstance(p_mu, Distribution) else p_mu
             p_z = model.decode(z)
-            loglik = (log_prob(p_z, x) if isinstance(p_z, Distribution)
-                      else torch.full((len(x),), float("nan")))
-            for k, v in zip(keys, (mu, std, z, (x_hat.float() - x).square().mean(1), loglik, kl),
-                            strict=True):
+            nan = torch.full((len(x),), float("nan"))
+            probabilistic = isinstance(q, Distribution) and isinstance(p_z, Distribution)
+            loglik = log_prob(p_z, x) if isinstance(p_z, Distribution) else nan
+            log_px = (log_marginal(model, x, n_importance) if probabilistic and n_importance
+                      else nan)
+            for k, v in zip(keys, (mu, std, z, (x_hat.float() - x).square().mean(1), loglik, kl,
+                                   log_px), strict=True):
                 parts[k].append(v.float().cpu().numpy())
         out = {k: np.concatenate(v) for k, v in parts.items()}
         out["elbo"] = out["log_likelihood"] - out["kl"]
@@ -255,14 +264,15 @@ def cmd_encode(args: argparse.Namespace) -> None:
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     t0 = time.perf_counter()
     enc = encode_data(model, stored, batch_size=args.batch_size, n_examples=args.n_examples,
-                      n_generated=args.n_generated, seed=args.seed)
+                      n_generated=args.n_generated, seed=args.seed,
+                      n_importance=args.n_importance)
     ds = xr.Dataset(coords={
         "sample": np.arange(len(stored.x)),
         "latent": np.arange(model.latent_dim),
         "feature": stored.pipeline.feature_index,
         "example": np.arange(len(enc["example_index"])),
     })
-    sample_vars = ("reconstruction_error", "log_likelihood", "kl", "elbo")
+    sample_vars = ("reconstruction_error", "log_likelihood", "kl", "elbo", "log_marginal")
     for k in ("z_mean", "z_std", "z_sample"):
         ds[k] = (("sample", "latent"), enc[k])
     for k in sample_vars:
@@ -287,12 +297,15 @@ def cmd_encode(args: argparse.Namespace) -> None:
         "label_names": stored.label_names,
         "image_shape": None if stored.image_shape is None else list(stored.image_shape),
         "elbo": "single-sample log p(x|z) - KL(q(z|x) || N(0, I)), z ~ q(z|x)",
+        "log_marginal": f"log p(x) by importance sampling, {args.n_importance} samples from "
+                        "q(z|x) (aetk.log_marginal)",
     }
     storage.write_zarr(ds, args.out)
     val = stored.is_validation if stored.is_validation.any() else slice(None)
     print(f"encoded {len(stored.x)} samples in {time.perf_counter() - t0:.1f} s; validation "
           f"reconstruction error {np.nanmean(enc['reconstruction_error'][val]):.4f}, "
-          f"ELBO {np.nanmean(enc['elbo'][val]):.2f}; wrote {args.out}")
+          f"ELBO {np.nanmean(enc['elbo'][val]):.2f}, log p(x) "
+          f"{np.nanmean(enc['log_marginal'][val]):.2f}; wrote {args.out}")
 
 
 # --------------------------------------------------------------------------------------
@@ -520,7 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("encode", cmd_encode, "encode every sample with a trained model",
             "Encode every sample: latent mean, standard deviation and a sample, the "
-            "reconstruction error, log-likelihood, KL and ELBO per sample, reconstructions "
+            "reconstruction error, log-likelihood, KL, ELBO and an importance-sampled "
+            "log p(x) per sample, reconstructions "
             "of a few validation samples and samples generated by the model.\n\n"
             "input:  --data: the data store; --model: a model directory from `aetk train`\n"
             "output: --out: the latent store (.zarr)")
@@ -530,6 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1024, help="samples per forward pass")
     p.add_argument("--n-examples", type=int, default=10, help="validation samples reconstructed")
     p.add_argument("--n-generated", type=int, default=16, help="samples generated")
+    p.add_argument("--n-importance", type=int, default=100,
+                   help="importance samples per data point for the log p(x) estimate (0: skip)")
     p.add_argument("--seed", type=int, default=0, help="seed of the latent samples")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
 

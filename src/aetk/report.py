@@ -234,8 +234,8 @@ def plot_training_curves(histories: dict[str, pd.DataFrame], path: Path) -> None
 def comparison_table(histories: dict[str, pd.DataFrame], latents: dict[str, xr.Dataset],
                      geodesics: dict[str, xr.Dataset]) -> pd.DataFrame:
     """One row per run: final and best validation loss, validation reconstruction error,
-    KL and ELBO (means over validation samples), training time and the mean ratio of
-    geodesic to straight-line length where geodesics were fitted."""
+    KL, ELBO and log p(x) (means over validation samples), training time and the mean
+    ratio of geodesic to straight-line length where geodesics were fitted."""
     rows = []
     for run, h in histories.items():
         lat = latents[run]
@@ -252,8 +252,8 @@ def comparison_table(histories: dict[str, pd.DataFrame], latents: dict[str, xr.D
             "final_val_loss": float(h["val_loss"].iloc[-1]) if "val_loss" in h else np.nan,
             "best_val_loss": float(h["val_loss"].min()) if "val_loss" in h else np.nan,
         }
-        for name in ("reconstruction_error", "kl", "elbo"):
-            values = lat[name].values[val]
+        for name in ("reconstruction_error", "kl", "elbo", "log_marginal"):
+            values = lat[name].values[val] if name in lat else np.array([np.nan])
             row[f"val_{name}"] = float(np.mean(values)) if np.isfinite(values).any() else np.nan
         row["train_seconds"] = float(h["seconds"].sum()) if "seconds" in h else np.nan
         if run in geodesics:

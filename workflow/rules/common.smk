@@ -145,6 +145,7 @@ def encode_args(wildcards):
             ("--batch-size", enc["batch_size"]),
             ("--n-examples", enc["n_examples"]),
             ("--n-generated", enc["n_generated"]),
+            ("--n-importance", enc["n_importance"]),
             ("--seed", RUNS[wildcards.run]["seed"]),
         ]
     )
