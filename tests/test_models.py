@@ -50,6 +50,7 @@ def fixed_eps(monkeypatch):
 
     def rsample(self, sample_shape=()):
         eps = EPS[sample_shape[0] if sample_shape else 1]
+        eps = eps.reshape(*sample_shape, *self.loc.shape)
         return self.loc + self.scale * torch.from_numpy(eps)
 
     monkeypatch.setattr(D.Normal, "rsample", rsample)
@@ -108,6 +109,26 @@ def test_vae_and_beta_vae(fixed_eps, beta, n_samples):
     assert out.terms["reconstruction"].item() == pytest.approx(rec, rel=1e-12)
     assert out.terms["kl"].item() == pytest.approx(kl.mean(), rel=1e-12)
     assert out.loss.item() == pytest.approx(rec + beta * kl.mean(), rel=1e-12)
+
+
+@pytest.mark.parametrize("n_samples", [1, 3])
+def test_iwae(fixed_eps, n_samples):
+    """L = -<logsumexp_k log w_k - log K>, log w = log p(x|z) + log N(z; 0, I) - log q(z|x)."""
+    enc, enc_net = _gaussian_encoder()
+    dec_net = NumpyMLP(Z_DIM, X_DIM, 2)
+    model = aetk.IWAE(enc, dec.BernoulliDecoder(dec_net.module, latent_dim=Z_DIM,
+                                                out_features=X_DIM), n_samples=n_samples)
+    mu, sigma, kl = _hand_posterior(enc_net, X01)
+    eps = EPS[n_samples].reshape(n_samples, B, Z_DIM)
+    z = mu + sigma * eps
+    log_lik = np.stack([_bce_log_lik(dec_net(zk), X01) for zk in z])  # (K, B)
+    log_prior = (-0.5 * z**2 - 0.5 * np.log(2 * np.pi)).sum(-1)
+    log_q = (-0.5 * eps**2 - np.log(sigma) - 0.5 * np.log(2 * np.pi)).sum(-1)
+    bound = special.logsumexp(log_lik + log_prior - log_q, axis=0) - np.log(n_samples)
+    out = model.loss(_x())
+    assert out.loss.item() == pytest.approx(-bound.mean(), rel=1e-12)
+    assert out.terms["reconstruction"].item() == pytest.approx(-log_lik.mean(), rel=1e-12)
+    assert out.terms["kl"].item() == pytest.approx(kl.mean(), rel=1e-12)
 
 
 def test_vae_with_a_learned_gaussian_decoder(fixed_eps):
@@ -320,6 +341,7 @@ def test_build_model_rejects_unknown_names(args, kwargs, pattern):
         ("infovae", {"alpha": 1.5}, r"KL weight 1 - alpha and the MMD weight .* alpha=1.5"),
         ("infovae", {"lam": 0.5}, r"MMD weight alpha \+ lam - 1 must be >= 0.*lam=0.5"),
         ("infomaxvae", {"alpha": -1.0}, r"mutual-information weight alpha must be >= 0"),
+        ("iwae", {"n_samples": 0}, r"n_samples must be an integer >= 1, got 0"),
         ("hvae", {"n_leapfrog": 2.5}, r"n_leapfrog must be an integer >= 0"),
         ("rhvae", {"n_leapfrog": 2.5}, r"n_leapfrog must be an integer, got 2.5"),
         ("rhvae", {"n_fixed_point": 1.5}, r"n_fixed_point must be an integer >= 1, got 1.5"),

@@ -16,11 +16,11 @@ from .decoders import (
 from .encoders import DeterministicEncoder, GaussianEncoder
 from .io import load
 from .marginal import log_marginal
-from .models import AE, HVAE, RHVAE, VAE, InfoMaxVAE, InfoVAE, LossOutput, Model
+from .models import AE, HVAE, IWAE, RHVAE, VAE, InfoMaxVAE, InfoVAE, LossOutput, Model
 from .train import CyclicalBeta, TrainingDiverged, fit
 
 __all__ = [
-    "AE", "HVAE", "LIKELIHOODS", "MODELS", "RHVAE", "VAE", "BernoulliDecoder",
+    "AE", "HVAE", "IWAE", "LIKELIHOODS", "MODELS", "RHVAE", "VAE", "BernoulliDecoder",
     "CategoricalDecoder", "CyclicalBeta", "Decoder", "DeterministicDecoder",
     "DeterministicEncoder", "GaussianDecoder", "GaussianEncoder", "InfoMaxVAE", "InfoVAE",
     "LearnedGaussianDecoder", "LossOutput", "Model", "NegativeBinomialDecoder", "PoissonDecoder",

@@ -1,9 +1,10 @@
 """Helpers on torch distributions used by every model: per-sample densities, point
-predictions and the Gaussian KL to the prior."""
+predictions, the Gaussian KL to the prior and importance weights."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import distributions as D
@@ -38,3 +39,15 @@ def kl_to_standard_normal(q: D.Distribution) -> torch.Tensor:
     `1/2 sum(sigma^2 + mu^2 - 1 - 2 log sigma)`."""
     mu, sigma = q.mean, q.stddev
     return 0.5 * (sigma.square() + mu.square() - 1 - 2 * sigma.log()).sum(-1)
+
+
+def log_importance_weights(q: D.Distribution, decoder: Callable[[torch.Tensor], D.Distribution],
+                           x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For `S` draws `z (S, B, d)` from `q(z|x)`: `log p(x|z_s)` and the log importance
+    weights `log p(x|z_s) + log N(z_s; 0, I) - log q(z_s|x)`, both `(S, B)`.
+
+    The decoder sees the draws as one batch of `S * B` points, sample-major.
+    """
+    s = z.shape[0]
+    log_lik = log_prob(decoder(z.flatten(0, 1)), x.repeat(s, *[1] * (x.dim() - 1))).view(s, -1)
+    return log_lik, log_lik + standard_normal_log_prob(z) - q.log_prob(z)

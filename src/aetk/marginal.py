@@ -19,7 +19,7 @@ import math
 import torch
 from torch import distributions as D
 
-from .distributions import log_prob, standard_normal_log_prob
+from .distributions import log_importance_weights
 from .models.base import Model
 
 
@@ -35,15 +35,11 @@ def log_marginal(model: Model, x: torch.Tensor, n_samples: int = 100, chunk: int
     if int(n_samples) != n_samples or n_samples < 1:
         raise ValueError(f"n_samples must be an integer >= 1, got {n_samples}")
     q = model.encode(x)
+    if not (isinstance(q, D.Distribution)
+            and isinstance(model.decode(q.sample()[:1]), D.Distribution)):
+        raise ValueError(f"log p(x) needs a probabilistic encoder and decoder; "
+                         f"{type(model).__name__} has a deterministic one")
     per_chunk = max(1, chunk // len(x))
-    log_w = []
-    for start in range(0, n_samples, per_chunk):
-        s = min(per_chunk, n_samples - start)
-        z = q.sample((s,)) if isinstance(q, D.Distribution) else None  # (s, B, d)
-        p = model.decode(z.flatten(0, 1)) if z is not None else None
-        if not isinstance(p, D.Distribution):
-            raise ValueError(f"log p(x) needs a probabilistic encoder and decoder; "
-                             f"{type(model).__name__} has a deterministic one")
-        log_lik = log_prob(p, x.repeat(s, *[1] * (x.dim() - 1))).view(s, -1)
-        log_w.append(log_lik + standard_normal_log_prob(z) - q.log_prob(z))
+    draws = (q.sample((min(per_chunk, n_samples - i),)) for i in range(0, n_samples, per_chunk))
+    log_w = [log_importance_weights(q, model.decode, x, z)[1] for z in draws]
     return torch.logsumexp(torch.cat(log_w), dim=0) - math.log(n_samples)

@@ -5,7 +5,9 @@ from .base import LossOutput, Model
 from .hvae import HVAE
 from .infomaxvae import Critic, InfoMaxVAE
 from .infovae import InfoVAE
+from .iwae import IWAE
 from .rhvae import RHVAE
 from .vae import VAE
 
-__all__ = ["AE", "HVAE", "RHVAE", "VAE", "Critic", "InfoMaxVAE", "InfoVAE", "LossOutput", "Model"]
+__all__ = ["AE", "HVAE", "IWAE", "RHVAE", "VAE", "Critic", "InfoMaxVAE", "InfoVAE", "LossOutput",
+           "Model"]
