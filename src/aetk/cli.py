@@ -207,6 +207,7 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
     """
     import torch
     from torch.distributions import Distribution
+    from tqdm.auto import tqdm
 
     from aetk.distributions import kl_to_standard_normal, log_prob, mean
     from aetk.marginal import log_marginal
@@ -220,8 +221,10 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
             "log_marginal")
     parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     model.eval()
+    batches = tqdm(x_all.split(batch_size), desc="encode", unit="batch", dynamic_ncols=True,
+                   disable=not sys.stderr.isatty())  # log p(x) makes long data sets slow
     with torch.no_grad():
-        for x in x_all.split(batch_size):
+        for x in batches:
             q = model.encode(x)
             if isinstance(q, Distribution):
                 mu, std, z = q.mean, q.stddev, q.sample()
