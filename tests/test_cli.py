@@ -95,7 +95,8 @@ def steps(tmp_path_factory: pytest.TempPathFactory) -> Path:
               str(d / "geo.zarr"), "--out", str(d / "fig" / "geodesics.png")])
     cli.main(["report", "summary", "--runs", "vae-bernoulli", "--histories", str(d / "h.tsv"),
               "--latents", str(d / "latent.zarr"), "--geodesics", str(d / "geo.zarr"),
-              "--curves", str(d / "fig" / "curves.png"), "--table", str(d / "table.tsv")])
+              "--curves", str(d / "fig" / "curves.png"), "--table", str(d / "table.tsv"),
+              "--figure", str(d / "fig" / "comparison.png")])
     return d
 
 
@@ -220,7 +221,7 @@ def test_geodesics_output(steps: Path) -> None:
 
 
 def test_report_outputs(steps: Path) -> None:
-    for name in ("latent", "reconstructions", "samples", "geodesics", "curves"):
+    for name in ("latent", "reconstructions", "samples", "geodesics", "curves", "comparison"):
         png = (steps / "fig" / f"{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, name
     table = pd.read_csv(steps / "table.tsv", sep="\t")
@@ -232,6 +233,8 @@ def test_report_outputs(steps: Path) -> None:
     assert row["run"] == "vae-bernoulli" and row["epochs"] == 3
     assert row["final_val_loss"] == pytest.approx(history["val_loss"].iloc[-1], rel=1e-5)
     assert row["val_kl"] == pytest.approx(lat["kl"].values[val].mean(), rel=1e-5)
+    assert row["val_log_marginal"] == pytest.approx(lat["log_marginal"].values[val].mean(),
+                                                    rel=1e-5)
     assert row["val_reconstruction_error"] == pytest.approx(
         lat["reconstruction_error"].values[val].mean(), rel=1e-5)
     assert row["geodesic_length_ratio"] == pytest.approx(

@@ -255,6 +255,7 @@ def test_tiny_run_outputs(tiny_run: Path) -> None:
     assert geo["log_volume"].shape == (12, 12) and np.isfinite(geo["log_volume"]).all()
     assert (geo["start_label"].values != geo["end_label"].values).all()
     assert (wd / "results/report/rhvae-bernoulli/geodesics.png").stat().st_size > 5000
+    assert (wd / "results/report/comparison.png").stat().st_size > 5000
     table = pd.read_csv(wd / "results/report/comparison.tsv", sep="\t")
     assert table["run"].tolist() == runs
     for _, row in table.iterrows():
@@ -275,7 +276,7 @@ def test_report_zip_and_no_rerun(tiny_run: Path) -> None:
     with zipfile.ZipFile(wd / "results/report.zip") as z:
         names = z.namelist()
         html = z.read("report/report.html").decode()
-    assert sum(n.endswith(".png") for n in names) == 2 * 3 + 1 + 1
+    assert sum(n.endswith(".png") for n in names) == 2 * 3 + 1 + 2
     assert any(n.endswith("comparison.tsv") for n in names)
     assert "Geodesics (solid lines, one colour per pair)" in html and "rhvae-bernoulli" in html
     # up to date, also after a checkout touches the workflow's code

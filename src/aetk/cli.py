@@ -446,6 +446,8 @@ def cmd_report_summary(args: argparse.Namespace) -> None:
     table = report.comparison_table(histories, latents, geodesics)
     Path(args.table).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.table, sep="\t", index=False, float_format="%.6g")
+    if args.figure:
+        report.plot_comparison(table, Path(args.figure))
     print(table.to_string(index=False))
 
 
@@ -596,17 +598,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="figure to write (.png)")
     q = radd("summary", cmd_report_summary,
              "Training curves of every run and the table comparing them (final and best "
-             "validation loss, validation reconstruction error, KL and ELBO, time, geodesic "
-             "length ratio).\n\n"
+             "validation loss, validation reconstruction error, KL, ELBO and log p(x), time, "
+             "geodesic length ratio), optionally drawn as a figure.\n\n"
              "input:  --runs names, with one --histories table and --latents store each, "
              "and any --geodesics stores\n"
-             "output: --curves (.png), --table (.tsv)")
+             "output: --curves (.png), --table (.tsv), --figure (.png)")
     q.add_argument("--runs", nargs="+", required=True, help="run names, e.g. vae-bernoulli")
     q.add_argument("--histories", nargs="+", required=True, help="one history table per run")
     q.add_argument("--latents", nargs="+", required=True, help="one latent store per run")
     q.add_argument("--geodesics", nargs="*", default=[], help="geodesic stores, any runs")
     q.add_argument("--curves", required=True, help="training-curves figure to write (.png)")
     q.add_argument("--table", required=True, help="comparison table to write (.tsv)")
+    q.add_argument("--figure", help="comparison figure to write (.png): log p(x), ELBO and "
+                   "reconstruction error per run")
     return parser
 
 

@@ -231,6 +231,31 @@ def plot_training_curves(histories: dict[str, pd.DataFrame], path: Path) -> None
     _save(fig, path)
 
 
+def plot_comparison(table: pd.DataFrame, path: Path) -> None:
+    """The comparison table as dots, one row of panels per likelihood (log-likelihoods of
+    different likelihoods are not comparable): validation log p(x) with the ELBO below it
+    (their gap is the encoder's posterior mismatch), and the reconstruction error."""
+    groups = list(table.groupby("likelihood", sort=False))
+    fig, axes = _subplots(len(groups), 2, figsize=(10.0, 0.6 + 0.32 * len(table)
+                                                     + 0.9 * len(groups)))
+    for (likelihood, rows), (ax_ll, ax_err) in zip(groups, axes, strict=True):
+        rows = rows.sort_values(["val_log_marginal", "val_elbo"], na_position="first")
+        y = np.arange(len(rows))
+        ax_ll.plot(rows["val_elbo"], y, "o", mfc="white", color="tab:blue")
+        ax_ll.plot(rows["val_log_marginal"], y, "o", color="tab:blue")
+        ax_ll.hlines(y, rows["val_elbo"], rows["val_log_marginal"], color="tab:blue", lw=1)
+        ax_ll.set(yticks=y, yticklabels=rows["run"], xlabel="nats per sample (higher is better)",
+                  title=f"{likelihood}: validation log p(x) (filled) and ELBO (open)")
+        ax_err.plot(rows["val_reconstruction_error"], y, "o", color="tab:orange")
+        ax_err.set(yticks=y, yticklabels=[], xlabel="mean squared error (lower is better)",
+                   title="validation reconstruction error")
+        for ax in (ax_ll, ax_err):
+            ax.grid(axis="x", alpha=0.3)
+            ax.set_ylim(-0.6, len(rows) - 0.4)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def comparison_table(histories: dict[str, pd.DataFrame], latents: dict[str, xr.Dataset],
                      geodesics: dict[str, xr.Dataset]) -> pd.DataFrame:
     """One row per run: final and best validation loss, validation reconstruction error,

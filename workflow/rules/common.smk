@@ -171,5 +171,9 @@ def report_outputs():
         for fig in ("latent", "reconstructions", "samples")
     ]
     geo = [f"results/report/{run}/geodesics.png" for run in GEODESIC_RUNS]
-    summary = ["results/report/training_curves.png", "results/report/comparison.tsv"]
+    summary = [
+        "results/report/training_curves.png",
+        "results/report/comparison.tsv",
+        "results/report/comparison.png",
+    ]
     return per_run + geo + summary

@@ -72,6 +72,11 @@ rule report_summary:
             caption="../report/comparison.rst",
             category="Summary",
         ),
+        figure=report(
+            "results/report/comparison.png",
+            caption="../report/comparison_figure.rst",
+            category="Summary",
+        ),
     log:
         "results/logs/report_summary.log",
     benchmark:
@@ -83,4 +88,5 @@ rule report_summary:
     shell:
         "aetk report summary --runs {params.runs} --histories {input.histories} "
         "--latents {input.latents} --geodesics {input.geodesics} "
-        "--curves {output.curves} --table {output.table} > {log} 2>&1"
+        "--curves {output.curves} --table {output.table} --figure {output.figure} "
+        "> {log} 2>&1"
