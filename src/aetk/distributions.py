@@ -41,13 +41,18 @@ def kl_to_standard_normal(q: D.Distribution) -> torch.Tensor:
     return 0.5 * (sigma.square() + mu.square() - 1 - 2 * sigma.log()).sum(-1)
 
 
+def log_lik_of_draws(decoder: Callable[[torch.Tensor], D.Distribution], x: torch.Tensor,
+                     z: torch.Tensor) -> torch.Tensor:
+    """`log p(x|z_s)` for `S` draws `z (S, B, d)` per row of `x`: `(S, B)`. The decoder sees
+    them as one batch of `S * B` points, sample-major."""
+    s = z.shape[0]
+    xs = x.expand(s, *x.shape).reshape(-1, *x.shape[1:])
+    return log_prob(decoder(z.flatten(0, 1)), xs).view(s, -1)
+
+
 def log_importance_weights(q: D.Distribution, decoder: Callable[[torch.Tensor], D.Distribution],
                            x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For `S` draws `z (S, B, d)` from `q(z|x)`: `log p(x|z_s)` and the log importance
-    weights `log p(x|z_s) + log N(z_s; 0, I) - log q(z_s|x)`, both `(S, B)`.
-
-    The decoder sees the draws as one batch of `S * B` points, sample-major.
-    """
-    s = z.shape[0]
-    log_lik = log_prob(decoder(z.flatten(0, 1)), x.repeat(s, *[1] * (x.dim() - 1))).view(s, -1)
+    weights `log p(x|z_s) + log N(z_s; 0, I) - log q(z_s|x)`, both `(S, B)`."""
+    log_lik = log_lik_of_draws(decoder, x, z)
     return log_lik, log_lik + standard_normal_log_prob(z) - q.log_prob(z)

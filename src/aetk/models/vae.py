@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..distributions import kl_to_standard_normal, log_prob, mean
+from ..distributions import kl_to_standard_normal, log_lik_of_draws, log_prob, mean
 from .base import LossOutput, Model
 
 
@@ -27,9 +27,7 @@ class VAE(Model):
             z = q.rsample()
             return -log_prob(self.decoder(z), x).mean(), z
         z = q.rsample((self.n_samples,))
-        flat = z.reshape(-1, z.shape[-1])
-        xs = x.expand(self.n_samples, *x.shape).reshape(-1, *x.shape[1:])
-        return -log_prob(self.decoder(flat), xs).mean(), z[0]
+        return -log_lik_of_draws(self.decoder, x, z).mean(), z[0]
 
     def loss(self, x: torch.Tensor) -> LossOutput:
         q = self.encoder(x)
