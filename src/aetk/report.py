@@ -234,7 +234,8 @@ def plot_training_curves(histories: dict[str, pd.DataFrame], path: Path) -> None
 def plot_comparison(table: pd.DataFrame, path: Path) -> None:
     """The comparison table as dots, one row of panels per likelihood (log-likelihoods of
     different likelihoods are not comparable): validation log p(x) with the ELBO below it
-    (their gap is the encoder's posterior mismatch), and the reconstruction error."""
+    (their gap is roughly how far q(z|x) is from the posterior), and the reconstruction
+    error."""
     groups = list(table.groupby("likelihood", sort=False))
     fig, axes = _subplots(len(groups), 2, figsize=(10.0, 0.6 + 0.32 * len(table)
                                                      + 0.9 * len(groups)))

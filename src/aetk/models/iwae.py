@@ -15,10 +15,10 @@ class IWAE(Model):
     """`L = -< logsumexp_k log w_k - log K >` with `K = n_samples` reparameterised draws
     `z_k ~ q(z|x)` and `log w_k = log p(x|z_k) + log N(z_k; 0, I) - log q(z_k|x)`.
 
-    The importance-weighted bound: at least the ELBO, tightening towards `log p(x)` as K
-    grows; K = 1 is the ELBO with a Monte Carlo KL. Reported terms (batch means, not
-    optimised separately): `reconstruction = -log p(x|z_k)` over all k, and the closed-form
-    `kl` of q(z|x) to N(0, I).
+    The importance-weighted bound: in expectation at least the ELBO, tightening towards
+    `log p(x)` as K grows; K = 1 is the ELBO with a Monte Carlo KL. Reported terms (batch
+    means, not optimised separately): `reconstruction = -log p(x|z_k)` over all k, and the
+    closed-form `kl` of q(z|x) to N(0, I).
     """
 
     def __init__(self, encoder, decoder, n_samples: int = 5) -> None:
