@@ -235,7 +235,16 @@ def test_report_outputs(steps: Path) -> None:
     assert row["val_kl"] == pytest.approx(lat["kl"].values[val].mean(), rel=1e-5)
     assert row["val_log_marginal"] == pytest.approx(lat["log_marginal"].values[val].mean(),
                                                     rel=1e-5)
+    assert 0 <= row["active_units"] <= 2
     assert row["val_reconstruction_error"] == pytest.approx(
         lat["reconstruction_error"].values[val].mean(), rel=1e-5)
     assert row["geodesic_length_ratio"] == pytest.approx(
         float((geo["length"] / geo["line_length"]).mean()), rel=1e-5)
+
+
+def test_active_units_count_dimensions_whose_mean_varies() -> None:
+    from aetk.report import active_units
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((500, 4)) * np.array([1.0, 0.05, 0.3, 0.0]) + 2.0
+    assert active_units(z) == 2  # variances 1, 0.0025, 0.09, 0

@@ -257,11 +257,17 @@ def plot_comparison(table: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
+def active_units(z_mean: np.ndarray, threshold: float = 0.01) -> int:
+    """Latent dimensions whose encoder mean varies over the data, `Var_x E_q[z_j] > 0.01`
+    (Burda et al. 2016): fewer than `latent_dim` means posterior collapse in the rest."""
+    return int((np.var(z_mean, axis=0) > threshold).sum())
+
+
 def comparison_table(histories: dict[str, pd.DataFrame], latents: dict[str, xr.Dataset],
                      geodesics: dict[str, xr.Dataset]) -> pd.DataFrame:
     """One row per run: final and best validation loss, validation reconstruction error,
-    KL, ELBO and log p(x) (means over validation samples), training time and the mean
-    ratio of geodesic to straight-line length where geodesics were fitted."""
+    KL, ELBO and log p(x) (means over validation samples), active units, training time and
+    the mean ratio of geodesic to straight-line length where geodesics were fitted."""
     rows = []
     for run, h in histories.items():
         lat = latents[run]
@@ -281,6 +287,7 @@ def comparison_table(histories: dict[str, pd.DataFrame], latents: dict[str, xr.D
         for name in ("reconstruction_error", "kl", "elbo", "log_marginal"):
             values = lat[name].values[val] if name in lat else np.array([np.nan])
             row[f"val_{name}"] = float(np.mean(values)) if np.isfinite(values).any() else np.nan
+        row["active_units"] = active_units(lat["z_mean"].values[val])
         row["train_seconds"] = float(h["seconds"].sum()) if "seconds" in h else np.nan
         if run in geodesics:
             g = geodesics[run]
