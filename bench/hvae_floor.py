@@ -1,0 +1,103 @@
+"""A lower bound of the exact HVAE training step, against pythae's (inexact) step.
+
+Setting of `vs_pythae.py` (decoder d-512-784, encoder 784-512-2d, batch 64, K=3, one thread).
+Exact gradients through the K+1 positions of the flow need, for each position, the
+decoder's forward, its input gradient and four outer-backward products through the
+512x784 layer (the gradient of the input gradient: one for the residual, two weight
+gradients, one input gradient), and the encoder two: 26 GEMMs of that size per step. This
+prints, per step:
+
+- the time of those 26 GEMMs alone, in the layouts autograd uses;
+- aetk's HVAE step with every layer about 50 times narrower: the same graph of operations,
+  so what PyTorch's dispatch, autograd and the optimiser cost beyond the arithmetic;
+- their sum, a lower bound of any step that issues these operations one by one;
+- aetk's full step, what it spends beyond the bound (elementwise work on 64x784 tensors,
+  gradient accumulation, the GEMMs of latent width, Adam), and pythae's step when it is
+  installed (`pip install 'aetk[bench]'`).
+
+Usage: python bench/hvae_floor.py [--threads 1] [--latent 2] [--epochs 3]
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import aetk
+
+from common import mnist_5k
+from vs_pythae import BATCH, BETA0, EPS, K, aetk_epoch, aetk_model, pythae_epoch, pythae_model
+
+B, H, D = BATCH, 512, 784
+
+
+def gemm_floor(repeats: int = 200) -> float:
+    """Seconds for the 26 GEMMs of one exact HVAE step."""
+    W, We = torch.randn(D, H), torch.randn(H, D)
+    rows_d, rows_h = torch.randn(B, D), torch.randn(B, H)
+    products = (
+        [lambda: rows_h @ W.t()] * (K + 1)  # forward, 512 -> 784
+        + [lambda: rows_d @ W] * (K + 1)  # input gradient
+        + [lambda: rows_h @ W.t()] * (K + 1)  # outer: the residual's gradient
+        + [lambda: rows_d.t() @ rows_h] * 2 * (K + 1)  # outer: two weight gradients
+        + [lambda: rows_d @ W] * (K + 1)  # outer: the input gradient
+        + [lambda: rows_d @ We.t(), lambda: rows_h.t() @ rows_d]  # encoder
+    )
+    assert len(products) == 26
+    for f in products:
+        f()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        for f in products:
+            f()
+    return (time.perf_counter() - t0) / repeats
+
+
+def step_time(model: aetk.Model, data: torch.Tensor, epochs: int) -> float:
+    """Median seconds per training step over `epochs` epochs of batches of 64."""
+    opt = model.configure_optimizers(1e-3)
+    batches = list(data.split(BATCH))
+    aetk_epoch(model, opt, batches[:5])
+    return statistics.median(aetk_epoch(model, opt, batches) for _ in range(epochs)) / len(
+        batches)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--latent", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    data = (mnist_5k()[0] > 127.5).float()
+    torch.manual_seed(0)
+    gemms = gemm_floor()
+    narrow = aetk.build_model("hvae", "bernoulli", in_features=16, latent_dim=args.latent,
+                              hidden=(8,), n_leapfrog=K, step_size=EPS, beta0=BETA0)
+    overhead = step_time(narrow, data[:, -16:].contiguous(), args.epochs)
+    full = step_time(aetk_model("HVAE", args.latent, data), data, args.epochs)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), latent "
+          f"{args.latent}, batch {BATCH}, K={K}; milliseconds per training step")
+    print("| what | ms |")
+    print("|---|---|")
+    print(f"| 26 GEMMs of the exact step (64x512x784) | {1e3 * gemms:.1f} |")
+    print(f"| aetk's HVAE step, layers 50x narrower (operation overhead) | {1e3 * overhead:.1f} |")
+    print(f"| lower bound of the exact step (sum) | {1e3 * (gemms + overhead):.1f} |")
+    print(f"| aetk's exact HVAE step | {1e3 * full:.1f} |")
+    print(f"| of which beyond the bound | {1e3 * (full - gemms - overhead):.1f} |")
+    try:
+        theirs = pythae_model("HVAE", args.latent)
+    except ImportError:
+        print("| pythae's HVAE step | not installed |")
+        return
+    opt = torch.optim.Adam(theirs.parameters(), lr=1e-3)
+    batches = list(data.split(BATCH))
+    pythae_epoch(theirs, opt, batches[:5])
+    pythae = statistics.median(pythae_epoch(theirs, opt, batches)
+                               for _ in range(args.epochs)) / len(batches)
+    print(f"| pythae's HVAE step (forces without second-order terms) | {1e3 * pythae:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
