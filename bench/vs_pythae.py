@@ -11,9 +11,8 @@ step size 1e-3, beta0=0.3, 3 fixed-point iterations, T=0.8, lambda=0.01, Adam lr
 pythae's RHVAE uses each batch as its 64 centroids; aetk re-encodes 64 fixed centroids.
 aetk computes exact gradients (decoder and metric inside the differentiated Hamiltonian,
 create_graph everywhere); pythae's HVAE differentiates U without create_graph. For the HVAE
-the table adds pythae with exact forces: its `_dU_dz` with
-create_graph=True, everything else (its momentum and tempering) unchanged, so that both
-compute second-order terms.
+the table adds pythae with exact forces: its `_dU_dz` with create_graph=True, everything
+else (its momentum and tempering) unchanged, so that both compute the second-order terms.
 
 What exactness costs the HVAE (K=3, decoder d-512-784): each of the K+1 positions takes
 one forward, one input-gradient and four outer-backward GEMMs through the 512x784 layer:
@@ -153,6 +152,7 @@ def main() -> None:
                      f"{med['aetk'] / med['exact']:.2f}") if "exact" in runs else "- | -"
             print(f"| {kind} | {d} | {cells[0]} | {cells[1]} | {med['aetk'] / med['pythae']:.2f} "
                   f"| {exact} |", flush=True)
+
 
 if __name__ == "__main__":
     main()
