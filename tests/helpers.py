@@ -1,7 +1,11 @@
-"""Data shared by several test modules."""
+"""Data and geometry fixtures shared by several test modules."""
 
 import torch
 from sklearn.datasets import load_digits
+from torch import distributions as D
+
+from aetk.decoders import Decoder
+from aetk.geometry import Metric
 
 
 def digits(likelihood: str = "bernoulli", n: int = 600) -> tuple[torch.Tensor, dict]:
@@ -14,3 +18,33 @@ def digits(likelihood: str = "bernoulli", n: int = 600) -> tuple[torch.Tensor, d
     if likelihood == "categorical":
         return (x / 4).floor(), {"n_classes": 5}
     return x, {}
+
+
+def poincare() -> Metric:
+    """Upper half-plane: G(z) = I / z_2^2."""
+    return Metric(lambda z: torch.eye(2, dtype=z.dtype) / z[:, 1, None, None] ** 2)
+
+
+def hyperbolic_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.arccosh(1 + (a - b).square().sum(-1) / (2 * a[:, 1] * b[:, 1]))
+
+
+def half_plane_pairs() -> tuple[torch.Tensor, torch.Tensor]:
+    z0 = torch.tensor([[-1.0, 1.0], [0.0, 0.5], [-2.0, 1.0], [0.0, 1.0], [0.3, 0.2]],
+                      dtype=torch.float64)
+    z1 = torch.tensor([[1.0, 1.0], [1.0, 2.0], [2.0, 0.5], [0.0, 3.0], [1.5, 0.4]],
+                      dtype=torch.float64)
+    return z0, z1
+
+
+class SphereDecoder(Decoder):
+    """Latent angles (polar theta, azimuth phi) onto the unit sphere in R^3."""
+
+    def forward(self, z: torch.Tensor) -> D.Distribution:
+        theta, phi = z[:, 0], z[:, 1]
+        x = torch.stack([theta.sin() * phi.cos(), theta.sin() * phi.sin(), theta.cos()], -1)
+        return D.Independent(D.Normal(x, 1.0), 1)
+
+
+def sphere(z: torch.Tensor) -> torch.Tensor:
+    return SphereDecoder()(z).mean

@@ -5,11 +5,9 @@ import math
 
 import pytest
 import torch
-from torch import distributions as D
 from torch import nn
 
 import aetk
-from aetk.decoders import Decoder
 from aetk.geometry import (
     Metric,
     NeuralGeodesic,
@@ -24,40 +22,14 @@ from aetk.geometry import (
     volume_grid,
 )
 
+from helpers import SphereDecoder, half_plane_pairs, hyperbolic_distance, poincare, sphere
+
 torch.set_num_threads(1)
 f64 = torch.float64
 
 
 def constant(A: torch.Tensor) -> Metric:
     return Metric(lambda z: A.expand(len(z), -1, -1))
-
-
-def poincare() -> Metric:
-    """Upper half-plane: G(z) = I / z_2^2."""
-    return Metric(lambda z: torch.eye(2, dtype=z.dtype) / z[:, 1, None, None] ** 2)
-
-
-def hyperbolic_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.arccosh(1 + (a - b).square().sum(-1) / (2 * a[:, 1] * b[:, 1]))
-
-
-def half_plane_pairs() -> tuple[torch.Tensor, torch.Tensor]:
-    z0 = torch.tensor([[-1.0, 1.0], [0.0, 0.5], [-2.0, 1.0], [0.0, 1.0], [0.3, 0.2]], dtype=f64)
-    z1 = torch.tensor([[1.0, 1.0], [1.0, 2.0], [2.0, 0.5], [0.0, 3.0], [1.5, 0.4]], dtype=f64)
-    return z0, z1
-
-
-class SphereDecoder(Decoder):
-    """Latent angles (polar theta, azimuth phi) onto the unit sphere in R^3."""
-
-    def forward(self, z: torch.Tensor) -> D.Distribution:
-        theta, phi = z[:, 0], z[:, 1]
-        x = torch.stack([theta.sin() * phi.cos(), theta.sin() * phi.sin(), theta.cos()], -1)
-        return D.Independent(D.Normal(x, 1.0), 1)
-
-
-def sphere(z: torch.Tensor) -> torch.Tensor:
-    return SphereDecoder()(z).mean
 
 
 def tiny_decoder(cls: type, seed: int = 0, **kwargs) -> nn.Module:
