@@ -1,6 +1,6 @@
-"""CUDA against the CPU: the same losses, parameter gradients, metric values and geodesics on
-the GPU as on the CPU (float64, the same noise), and every model training there with
-`device="auto"`. Skipped without a CUDA GPU."""
+"""CUDA against the CPU: the same losses, parameter gradients, metric values, geodesics and
+exponential and logarithm maps on the GPU as on the CPU (float64, the same noise), and every
+model training there with `device="auto"`. Skipped without a CUDA GPU."""
 
 import copy
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import aetk
-from aetk.geometry import fit_geodesics, metric_for
+from aetk.geometry import christoffel, exp_map, fit_geodesics, log_map, metric_for
 
 from helpers import digits
 
@@ -96,6 +96,24 @@ def test_geodesics_on_cuda_match_the_cpu(kind):
     # L-BFGS may stop an iteration apart on round-off: agreement to the stopping tolerance
     torch.testing.assert_close(got.length.cpu(), want.length, rtol=1e-5, atol=0.0)
     torch.testing.assert_close(got.points.cpu(), want.points, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["vae", "rhvae"])
+def test_connection_on_cuda_matches_the_cpu(kind):
+    """Christoffel symbols, exponential and logarithm maps of both metric kinds."""
+    cpu = small(kind).eval()
+    gpu = copy.deepcopy(cpu).to(GPU)
+    gen = torch.Generator().manual_seed(3)
+    z, v = torch.randn(6, 2, generator=gen, dtype=f64), torch.randn(6, 2, generator=gen, dtype=f64)
+    on_cpu, on_gpu = metric_for(cpu), metric_for(gpu)
+    symbols = christoffel(on_gpu, z.to(GPU))
+    assert symbols.device.type == "cuda"
+    torch.testing.assert_close(symbols.cpu(), christoffel(on_cpu, z))
+    end = exp_map(on_gpu, z.to(GPU), v.to(GPU))
+    torch.testing.assert_close(end.cpu(), exp_map(on_cpu, z, v))
+    back = log_map(on_gpu, z.to(GPU), end, n_points=20)
+    assert bool(back.converged.all())
+    torch.testing.assert_close(back.velocity.cpu(), v, rtol=1e-4, atol=1e-6)
 
 
 CASES = [(k, "bernoulli") for k in aetk.MODELS] + [

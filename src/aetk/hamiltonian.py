@@ -130,6 +130,12 @@ class CentroidMetric:
         """`G^{-1}(z)`, `(B, d, d)`."""
         return self._inverse(self.weights(z)).to(z.dtype)
 
+    def metric(self, z: Tensor) -> Tensor:
+        """`G(z)`, `(B, d, d)`, by a plain inverse: unlike `at(z).G` its forward-mode
+        derivative is right (torch 2.13's `cholesky_inverse` JVP is wrong, pytorch#196682),
+        which the Christoffel symbols need."""
+        return torch.linalg.inv(self._inverse(self.weights(z))).to(z.dtype)
+
     def at(self, z: Tensor) -> MetricAt:
         """Everything about the metric at z that the flow and the ELBO use."""
         w = self.weights(z)

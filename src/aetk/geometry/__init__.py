@@ -1,21 +1,40 @@
 """Latent geometry: metrics (RHVAE, decoder pull-back, user-defined), curve energy and
-length, batched geodesics, distance matrices, interpolation and volume maps."""
+length, batched geodesics, distance matrices, interpolation and volume maps; the
+connection: Christoffel symbols, exponential and logarithm maps, parallel transport."""
 
+from .connection import (
+    GeodesicPath,
+    LogMapResult,
+    christoffel,
+    christoffel_contract,
+    exp_map,
+    integrate_geodesic,
+    log_map,
+    parallel_transport,
+)
 from .curves import NeuralGeodesic, curve_energy, curve_length
 from .fit import GeodesicResult, distance_matrix, fit_geodesics, interpolate
 from .metrics import Metric, PullbackMetric, RHVAEMetric, metric_for, volume_grid
 
 __all__ = [
+    "GeodesicPath",
     "GeodesicResult",
+    "LogMapResult",
     "Metric",
     "NeuralGeodesic",
     "PullbackMetric",
     "RHVAEMetric",
+    "christoffel",
+    "christoffel_contract",
     "curve_energy",
     "curve_length",
     "distance_matrix",
+    "exp_map",
     "fit_geodesics",
+    "integrate_geodesic",
     "interpolate",
+    "log_map",
     "metric_for",
+    "parallel_transport",
     "volume_grid",
 ]

@@ -11,7 +11,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 from torch import distributions as D
-from torch.func import jvp, vmap
+from torch.func import jvp, vjp, vmap
 
 
 class Metric:
@@ -35,6 +35,19 @@ class Metric:
     def _log_volume(self, z: Tensor) -> Tensor:
         chol = torch.linalg.cholesky(self._metric(z))
         return chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+
+    def _contract(self, z: Tensor, u: Tensor, w: Tensor | None) -> Tensor:
+        # Gamma[u, w] = 1/2 G^{-1} (dG[u] w + dG[w] u - grad_z u^T G(z) w): forward mode for
+        # the directional derivatives, one reverse pass for the gradient
+        G, pull = vjp(self._metric, z)
+        (grad,) = pull(u.unsqueeze(-1) * (u if w is None else w).unsqueeze(-2))
+        _, dGu = jvp(self._metric, (z,), (u,))
+        if w is None:
+            rhs = 2 * (dGu @ u.unsqueeze(-1)).squeeze(-1) - grad
+        else:
+            _, dGw = jvp(self._metric, (z,), (w,))
+            rhs = (dGu @ w.unsqueeze(-1) + dGw @ u.unsqueeze(-1)).squeeze(-1) - grad
+        return 0.5 * torch.linalg.solve(G, rhs)
 
     def metric(self, z: Tensor) -> Tensor:
         """`G(z)`, shape `(..., d, d)`."""
@@ -169,6 +182,24 @@ class PullbackMetric(Metric):
         d = z.shape[-1]
         eye = torch.eye(d, dtype=z.dtype, device=z.device)
         return self._gram(z, eye.expand(z.shape[0], d, d))
+
+    def _contract(self, z: Tensor, u: Tensor, w: Tensor | None) -> Tensor:
+        if self.kind != "mean":
+            return super()._contract(z, u, w)
+        # G = sum_p J_p^T J_p (unit weights), so the connection is the embedding's (Gauss):
+        # Gamma[u, w] = G^{-1} sum_p J_p^T D^2 eta_p[u, w], second directional derivatives of
+        # the decoder instead of derivatives of G (about 4x faster for an MLP decoder)
+        n, d = z.shape
+        eye = torch.eye(d, dtype=z.dtype, device=z.device)
+        _, jac = vmap(lambda e: jvp(self._params, (z,), (e.expand_as(z),)))(eye)
+        second = jvp(lambda y: jvp(self._params, (y,), (u,))[1], (z,),
+                     (u if w is None else w,))[1]
+        G, rhs = z.new_zeros(n, d, d), z.new_zeros(n, d)
+        for J, s in zip(jac, second, strict=True):
+            J, s = J.reshape(d, n, -1), s.reshape(n, -1)
+            G = G + torch.einsum("anm,bnm->nab", J, J)
+            rhs = rhs + torch.einsum("anm,nm->na", J, s)
+        return torch.linalg.solve(G, rhs)
 
     def _quad(self, z: Tensor, v: Tensor) -> Tensor:
         # k JVPs with the curve's own directions: cheaper than forming G when k < d

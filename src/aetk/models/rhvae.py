@@ -188,7 +188,7 @@ class RHVAE(Model):
 
     def G(self, z: torch.Tensor) -> torch.Tensor:
         """`G(z)`, `(B, d, d)`, of the frozen metric."""
-        return self.frozen_metric().at(z).G
+        return self.frozen_metric().metric(z)
 
     def log_det_G(self, z: torch.Tensor) -> torch.Tensor:
         """`log det G(z)`, `(B,)`, of the frozen metric."""

@@ -1,0 +1,272 @@
+"""The Levi-Civita connection against closed forms: Christoffel symbols of polar
+coordinates, the hyperbolic half-plane and the sphere, exponential maps along known
+geodesics, logarithm maps against the hyperbolic and great-circle distances, and the
+holonomy of parallel transport around a circle of latitude."""
+
+import math
+
+import pytest
+import torch
+
+import aetk
+from aetk.geometry import (
+    Metric,
+    PullbackMetric,
+    christoffel,
+    christoffel_contract,
+    exp_map,
+    integrate_geodesic,
+    log_map,
+    metric_for,
+    parallel_transport,
+)
+
+from helpers import SphereDecoder, half_plane_pairs, hyperbolic_distance, poincare, sphere
+
+torch.set_num_threads(1)
+f64 = torch.float64
+
+
+def polar() -> Metric:
+    """The Euclidean plane in polar coordinates (r, phi): G = diag(1, r^2)."""
+    return Metric(lambda z: torch.diag_embed(torch.stack([torch.ones_like(z[:, 0]),
+                                                          z[:, 0] ** 2], -1)))
+
+
+def symbols(entries: dict[tuple[int, int, int], torch.Tensor], n: int) -> torch.Tensor:
+    """`(n, 2, 2, 2)` symbols `Gamma^k_ij` from the nonzero `(k, i, j)` entries, symmetrised."""
+    out = torch.zeros(n, 2, 2, 2, dtype=f64)
+    for (k, i, j), value in entries.items():
+        out[:, k, i, j] = out[:, k, j, i] = value
+    return out
+
+
+def trained_models() -> dict[str, Metric]:
+    """The metric of a small RHVAE (closed form) and the pull-backs of tanh VAEs' decoders
+    (a smooth metric needs smooth activations: a ReLU decoder's is piecewise constant)."""
+    torch.manual_seed(0)
+    rhvae = aetk.build_model("rhvae", "bernoulli", in_features=6, latent_dim=2, hidden=(8,),
+                             centroids=4)
+    rhvae.on_fit_start(torch.rand(32, 6))
+    rhvae.update_metric()
+    vae = {lik: aetk.build_model("vae", lik, in_features=6, latent_dim=2, hidden=(8,),
+                                 activation="tanh").double().eval()
+           for lik in ("gaussian_learned", "bernoulli")}
+    return {"rhvae": metric_for(rhvae.double().eval()), "mean": metric_for(vae["gaussian_learned"]),
+            "fisher": PullbackMetric(vae["bernoulli"].decoder, kind="fisher")}
+
+
+MODELS = trained_models()
+POINTS = torch.tensor([[0.4, 0.3], [1.2, -0.7], [2.5, 1.9]], dtype=f64)
+
+
+# --- Christoffel symbols ---------------------------------------------------------------
+
+def test_christoffel_symbols_of_polar_coordinates():
+    r = POINTS[:, 0]
+    want = symbols({(0, 1, 1): -r, (1, 0, 1): 1 / r}, len(r))
+    torch.testing.assert_close(christoffel(polar(), POINTS), want)
+
+
+def test_christoffel_symbols_of_the_half_plane():
+    y = POINTS[:, 1].abs()
+    z = torch.stack([POINTS[:, 0], y], -1)
+    want = symbols({(0, 0, 1): -1 / y, (1, 0, 0): 1 / y, (1, 1, 1): -1 / y}, len(y))
+    torch.testing.assert_close(christoffel(poincare(), z), want)
+
+
+def test_christoffel_symbols_of_the_sphere_through_a_decoder():
+    """The pull-back of the unit sphere's embedding (nested forward mode through the
+    decoder's Jacobian): Gamma^theta_phiphi = -sin cos, Gamma^phi_thetaphi = cot theta."""
+    theta = torch.tensor([0.3, 1.0, 2.2], dtype=f64)
+    z = torch.stack([theta, torch.tensor([0.0, -1.0, 2.0], dtype=f64)], -1)
+    want = symbols({(0, 1, 1): -theta.sin() * theta.cos(), (1, 0, 1): 1 / theta.tan()}, 3)
+    got = christoffel(PullbackMetric(SphereDecoder()), z)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_christoffel_symbols_keep_leading_dimensions():
+    z = POINTS.reshape(3, 1, 2).expand(3, 4, 2)
+    got = christoffel(polar(), z)
+    assert got.shape == (3, 4, 2, 2, 2)
+    torch.testing.assert_close(got[:, 2], christoffel(polar(), POINTS))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_metric_derivatives_in_both_modes_match_central_differences(name):
+    """Forward mode (the symbols) and reverse mode (the contraction) against differences;
+    the RHVAE's G avoids torch 2.13's wrong `cholesky_inverse` JVP (pytorch#196682)."""
+    metric = MODELS[name]
+    gen = torch.Generator().manual_seed(4)
+    z, u = (torch.randn(5, 2, generator=gen, dtype=f64) for _ in range(2))
+    h = 1e-5
+    diff = (metric(z + h * u) - metric(z - h * u)) / (2 * h)
+    _, forward = torch.func.jvp(metric.metric, (z,), (u,))
+    torch.testing.assert_close(forward, diff, rtol=1e-6, atol=1e-9)
+    weights = torch.randn(5, 2, 2, generator=gen, dtype=f64)
+    _, pull = torch.func.vjp(metric.metric, z)
+    torch.testing.assert_close((pull(weights)[0] * u).sum(-1), (diff * weights).sum((-2, -1)),
+                               rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_contraction_equals_the_full_symbols(name):
+    """`Gamma[u, w]` without the symbols (one reverse pass) equals contracting them, for the
+    closed-form RHVAE metric and decoder pull-backs, with `u = w` and `u != w`."""
+    metric = MODELS[name]
+    gen = torch.Generator().manual_seed(1)
+    z, u, w = (torch.randn(5, 2, generator=gen, dtype=f64) for _ in range(3))
+    gamma = christoffel(metric, z)
+    assert gamma.abs().max() > 1e-3  # curved: the check is not vacuous
+    torch.testing.assert_close(christoffel_contract(metric, z, u, w),
+                               torch.einsum("nkij,ni,nj->nk", gamma, u, w))
+    torch.testing.assert_close(christoffel_contract(metric, z, u),
+                               torch.einsum("nkij,ni,nj->nk", gamma, u, u))
+
+
+# --- exponential map -------------------------------------------------------------------
+
+def test_exp_map_of_a_constant_metric_is_the_straight_line():
+    A = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=f64)
+    metric = Metric(lambda z: A.expand(len(z), 2, 2))
+    z, v = POINTS, torch.tensor([[1.0, -2.0], [0.0, 3.0], [-0.5, 0.2]], dtype=f64)
+    torch.testing.assert_close(exp_map(metric, z, v), z + v)
+    torch.testing.assert_close(log_map(metric, z, z + v).velocity, v)
+
+
+def test_exp_map_of_the_half_plane_follows_its_closed_form_geodesics():
+    """Vertical geodesics `y = y0 exp(c t / y0)`; the others are half-circles centred on the
+    boundary, traversed at constant speed `|v| / y0`, which is the distance travelled."""
+    z = torch.tensor([[0.0, 1.0], [-1.0, 0.5], [2.0, 2.0]], dtype=f64)
+    v = torch.tensor([[0.0, 0.8], [1.0, 0.5], [-0.7, -1.5]], dtype=f64)
+    path = integrate_geodesic(poincare(), z, v, n_steps=40)
+    torch.testing.assert_close(path.points[0, -1], torch.tensor([0.0, math.exp(0.8)], dtype=f64))
+    centre = z[1:, 0] + z[1:, 1] * v[1:, 1] / v[1:, 0]
+    radius = torch.hypot(z[1:, 0] - centre, z[1:, 1])
+    on_circle = torch.hypot(path.points[1:, :, 0] - centre[:, None], path.points[1:, :, 1])
+    torch.testing.assert_close(on_circle, radius[:, None].expand_as(on_circle), rtol=1e-6,
+                               atol=0)
+    speed = path.velocities.norm(dim=-1) / path.points[..., 1]
+    torch.testing.assert_close(speed, speed[:, :1].expand_as(speed), rtol=1e-6, atol=0)
+    end = path.points[:, -1]
+    torch.testing.assert_close(hyperbolic_distance(z, end), v.norm(dim=-1) / z[:, 1], rtol=1e-6,
+                               atol=0)
+    torch.testing.assert_close(exp_map(poincare(), z, v, n_steps=40), end)
+
+
+def test_exp_map_on_the_sphere_runs_along_great_circles():
+    z = torch.tensor([[1.0, 0.3], [0.6, -1.0]], dtype=f64)
+    v = torch.tensor([[0.3, 0.8], [-0.2, 1.5]], dtype=f64)
+    metric = PullbackMetric(SphereDecoder())
+    path = integrate_geodesic(metric, z, v, n_steps=30)
+    speed = metric.quad(z, v.unsqueeze(-2))[:, 0].sqrt()  # below pi: minimising arcs
+    x0, x1 = sphere(z), sphere(path.points[:, -1])
+    torch.testing.assert_close(torch.arccos((x0 * x1).sum(-1)), speed, rtol=1e-6, atol=0)
+    normal = torch.linalg.cross(x0, torch.func.jvp(sphere, (z,), (v,))[1])
+    off_plane = torch.einsum("nd,ntd->nt", normal, sphere(path.points.reshape(-1, 2)).reshape(
+        2, -1, 3))
+    assert off_plane.abs().max() < 1e-6 * normal.norm(dim=-1).min()
+
+
+def test_exp_map_refuses_bad_input():
+    with pytest.raises(ValueError, match="n_steps"):
+        exp_map(polar(), POINTS, POINTS, n_steps=0)
+    with pytest.raises(ValueError, match="same d"):
+        exp_map(polar(), POINTS, torch.zeros(3, 3, dtype=f64))
+    with pytest.raises(ValueError, match="latent space has 2"):
+        exp_map(MODELS["mean"], torch.zeros(1, 3, dtype=f64), torch.zeros(1, 3, dtype=f64))
+
+
+# --- logarithm map ---------------------------------------------------------------------
+
+def test_log_map_of_the_half_plane_gives_the_hyperbolic_distance():
+    z0, z1 = half_plane_pairs()
+    res = log_map(poincare(), z0, z1, n_steps=40)
+    assert res.converged.all()
+    torch.testing.assert_close(exp_map(poincare(), z0, res.velocity, n_steps=40), z1, rtol=0,
+                               atol=1e-5)
+    # tighter than the 1% of the fitted curves: shooting makes the endpoint exact
+    torch.testing.assert_close(res.length, hyperbolic_distance(z0, z1), rtol=1e-5, atol=0)
+
+
+def test_log_map_on_the_sphere_gives_great_circle_distances():
+    gen = torch.Generator().manual_seed(0)
+    z0 = torch.stack([torch.rand(5, generator=gen) * 1.6 + 0.8,
+                      torch.rand(5, generator=gen) * 2 - 1], -1).double()
+    z1 = torch.stack([torch.rand(5, generator=gen) * 1.6 + 0.8,
+                      torch.rand(5, generator=gen) * 2 - 1], -1).double()
+    res = log_map(PullbackMetric(SphereDecoder()), z0, z1, n_steps=30)
+    assert res.converged.all()
+    torch.testing.assert_close(res.length, torch.arccos((sphere(z0) * sphere(z1)).sum(-1)),
+                               rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_log_map_inverts_the_exp_map_of_trained_models(name):
+    metric = MODELS[name]
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(4, 2, generator=gen, dtype=f64)
+    v = 0.5 * torch.randn(4, 2, generator=gen, dtype=f64)
+    res = log_map(metric, z, exp_map(metric, z, v))
+    assert res.converged.all()
+    assert (res.residual <= 1e-6 * v.norm(dim=-1)).all()
+    torch.testing.assert_close(res.velocity, v, rtol=1e-4, atol=1e-6)
+
+
+def test_log_map_says_when_it_did_not_converge():
+    z0, z1 = half_plane_pairs()
+    res = log_map(poincare(), z0, z1, max_iter=0)  # the fitted curve's velocity, no shooting
+    assert not res.converged.any()
+    assert (res.iterations == 0).all()
+    assert (res.residual > 0).all()
+    same = log_map(poincare(), z0, z0)
+    assert same.converged.all()
+    torch.testing.assert_close(same.velocity, torch.zeros_like(z0))
+
+
+# --- parallel transport ----------------------------------------------------------------
+
+def test_parallel_transport_around_a_circle_of_latitude():
+    """Around the circle theta = theta0 a vector comes back rotated by 2 pi cos(theta0) in the
+    orthonormal frame (e_theta, e_phi / sin theta): the holonomy of the sphere."""
+    theta0 = 1.0
+
+    def latitude(t: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.full_like(t, theta0), 2 * math.pi * t], -1).unsqueeze(0)
+
+    w0 = torch.tensor([[1.0, 0.0]], dtype=f64)
+    w = parallel_transport(PullbackMetric(SphereDecoder()), latitude, w0, n_steps=60)
+    assert w.shape == (1, 61, 2)
+    angle = 2 * math.pi * math.cos(theta0)
+    got = torch.stack([w[0, -1, 0], w[0, -1, 1] * math.sin(theta0)])
+    want = torch.tensor([math.cos(angle), -math.sin(angle)], dtype=f64)
+    torch.testing.assert_close(got, want, rtol=0, atol=5e-7)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_parallel_transport_preserves_lengths_and_angles(name):
+    metric = MODELS[name]
+
+    def curve(t: torch.Tensor) -> torch.Tensor:
+        s = t.reshape(1, -1, 1)
+        return torch.stack([s.cos() - 0.5, 2 * s.sin() * s], -1).squeeze(-2).expand(2, -1, 2)
+
+    w0 = torch.tensor([[[1.0, 0.0], [0.3, 1.0]], [[0.0, 2.0], [1.0, 1.0]]], dtype=f64)
+    w = parallel_transport(metric, curve, w0, n_steps=60)
+    points = curve(torch.linspace(0, 1, 61, dtype=f64))
+    gram = torch.einsum("ntai,ntij,ntbj->ntab", w, metric(points), w)
+    torch.testing.assert_close(gram, gram[:, :1].expand_as(gram), rtol=1e-6, atol=1e-8)
+    assert (w[:, -1] - w0).abs().max() > 1e-2  # the vectors did turn
+
+
+def test_a_geodesic_transports_its_own_velocity():
+    metric = MODELS["rhvae"]
+    z = torch.tensor([[0.2, -0.4], [1.0, 0.5]], dtype=f64)
+    v = torch.tensor([[0.6, 0.3], [-0.4, 0.9]], dtype=f64)
+    path = integrate_geodesic(metric, z, v, transport=v)
+    assert path.transported.shape == (2, 21, 2)
+    torch.testing.assert_close(path.transported, path.velocities)
+    both = integrate_geodesic(metric, z, v, transport=torch.stack([v, -2 * v], 1))
+    assert both.transported.shape == (2, 21, 2, 2)
+    torch.testing.assert_close(both.transported[:, :, 1], -2 * path.velocities)
+    assert (path.velocities[:, -1] - v).abs().max() > 1e-2
