@@ -9,6 +9,11 @@ the fraction converged, the mean ratio of geodesic length to straight-line lengt
 fell back to the line and the mean iteration count. Target: the 1,000 RHVAE geodesics in
 under 60 s.
 
+With `--log-pairs N` (default 100) it also times `aetk.geometry.log_map` (shooting from
+the fitted curve, Newton on the exponential map) on the RHVAE metric for the first N pairs,
+and compares the shot geodesics' lengths with the fitted curves' (the ReLU decoder's
+pull-back is piecewise constant, with no connection to shoot along).
+
 If stochman imports, it also times stochman's `connecting_geodesic` (its defaults, one pair
 per call as documented) on the same pull-back for the first `--stochman-pairs` pairs, and
 measures its curves with aetk's `curve_length` on the same 50-point grid.
@@ -16,7 +21,8 @@ measures its curves with aetk's `curve_length` on the same 50-point grid.
 With `--device cuda` training, encoding and the geodesics run on the GPU (stochman's
 comparison only runs on the CPU).
 
-Usage: python bench/geodesics.py [--pairs 1000] [--epochs 5] [--threads 1] [--device cpu]
+Usage: python bench/geodesics.py [--pairs 1000] [--log-pairs 100] [--epochs 5] [--threads 1]
+       [--device cpu]
 """
 
 import argparse
@@ -25,7 +31,7 @@ import time
 import torch
 
 import aetk
-from aetk.geometry import GeodesicResult, curve_length, fit_geodesics, metric_for
+from aetk.geometry import GeodesicResult, curve_length, fit_geodesics, log_map, metric_for
 
 from common import add_device, mnist_5k, sync
 
@@ -45,6 +51,20 @@ def row(name: str, seconds: float, res: GeodesicResult) -> str:
     return (f"| {name} | {n} | {seconds:.1f} | {seconds / n:.4f} | "
             f"{res.converged.float().mean().item():.3f} | {ratio:.4f} | "
             f"{int(res.fell_back.sum())} | {res.iterations.float().mean().item():.1f} |")
+
+
+def log_map_row(metric, z0: torch.Tensor, z1: torch.Tensor, fitted: GeodesicResult,
+                n_points: int) -> str:
+    """Time `log_map` on the pairs and compare its lengths with the fitted curves'."""
+    start = time.perf_counter()
+    res = log_map(metric, z0, z1, n_points=n_points)
+    seconds = time.perf_counter() - start
+    n = len(z0)
+    gap = (res.length / fitted.length[:n] - 1).abs()
+    return (f"log_map, RHVAE metric: {n} pairs in {seconds:.1f} s ({seconds / n:.3f} s each), "
+            f"{res.converged.float().mean().item():.3f} converged, mean Newton iterations "
+            f"{res.iterations.float().mean().item():.1f}, |L_shot / L_fit - 1| median "
+            f"{gap.median().item():.1e}, max {gap.max().item():.1e}")
 
 
 def stochman_row(model: aetk.Model, z0: torch.Tensor, z1: torch.Tensor,
@@ -86,6 +106,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--stochman-pairs", type=int, default=50)
+    ap.add_argument("--log-pairs", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     add_device(ap)
     args = ap.parse_args()
@@ -125,7 +146,12 @@ def main() -> None:
         lines.append(row(name, seconds, res))
         if name == "VAE pull-back":
             vae_result = (model, z[i], z[j], res, seconds / args.pairs)
+        elif args.log_pairs:
+            log_line = log_map_row(metric, z[i][:args.log_pairs], z[j][:args.log_pairs], res,
+                                   args.points)
     print("\n".join(lines))
+    if args.log_pairs:
+        print(log_line)
 
     if device.type != "cpu":
         print("stochman's comparison runs on the CPU only (--device cpu)")
@@ -137,6 +163,8 @@ def main() -> None:
         return
     model, z0, z1, res, per_pair = vae_result
     n = args.stochman_pairs
+    if n == 0:
+        return
     try:
         print(stochman_row(model, z0[:n], z1[:n], res, per_pair))
     except Exception as err:  # stochman is unmaintained: report, don't crash the bench
