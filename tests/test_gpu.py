@@ -116,18 +116,20 @@ def test_connection_on_cuda_matches_the_cpu(kind):
     torch.testing.assert_close(back.velocity.cpu(), v, rtol=1e-4, atol=1e-6)
 
 
-CASES = [(k, "bernoulli") for k in aetk.MODELS] + [
-    (k, lik) for k in ("vae", "rhvae") for lik in sorted(aetk.LIKELIHOODS) if lik != "bernoulli"]
+CONV = {"image_shape": (8, 8), "channels": (8, 16)}
+CASES = [(k, "bernoulli", {}) for k in aetk.MODELS] + [
+    (k, lik, {}) for k in ("vae", "rhvae") for lik in sorted(aetk.LIKELIHOODS)
+    if lik != "bernoulli"] + [(k, "bernoulli", CONV) for k in ("vae", "rhvae")]
 
 
-@pytest.mark.parametrize(("kind", "likelihood"), CASES)
-def test_every_model_trains_on_cuda_with_device_auto(kind, likelihood):
+@pytest.mark.parametrize(("kind", "likelihood", "network"), CASES)
+def test_every_model_trains_on_cuda_with_device_auto(kind, likelihood, network):
     x, opts = digits(likelihood, n=400)
     if kind == "rhvae":
         opts["centroids"] = 32
     torch.manual_seed(0)
     model = aetk.build_model(kind, likelihood, in_features=64, latent_dim=2, hidden=(64,),
-                             **opts)
+                             **network, **opts)
     hist = aetk.fit(model, x[:320], x[320:], epochs=4, batch_size=32, progress=False,
                     device="auto", seed=0)
     assert all(p.device.type == "cuda" for p in model.parameters())

@@ -158,7 +158,7 @@ def test_schema_names_match_the_registries() -> None:
         assert options(models[name]) == keywords(constructor, sizes), name
     likelihoods = schema["properties"]["likelihood_options"]["properties"]
     for name, decoder in build.LIKELIHOODS.items():
-        sizes = {"network", "latent_dim", "out_features", "output_shape", "hidden", "activation"}
+        sizes = set(build._DECODER_SIZE_ARGS)  # sizes come from `network`, not options
         assert options(likelihoods[name]) == keywords(decoder.__init__, sizes), name
 
 

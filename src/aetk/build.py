@@ -51,7 +51,8 @@ MODELS: dict[str, tuple[type[nn.Module], Callable[..., Model]]] = {
 _SIZE_ARGS = ("shape", "hidden", "activation")
 _NETWORK_ARGS = ("metric_net",)  # built from the sizes, never passed by name
 _DECODER_SIZE_ARGS = (
-    "network", "latent_dim", "out_features", "output_shape", "hidden", "activation"
+    "network", "latent_dim", "out_features", "output_shape", "hidden", "activation",
+    "channels", "image_shape",
 )
 
 
@@ -81,9 +82,14 @@ def build_model(
     latent_dim: int = 2,
     hidden: Sequence[int] = (400, 400),
     activation: str = "relu",
+    channels: Sequence[int] = (),
+    image_shape: Sequence[int] | None = None,
     **hyper: Any,
 ) -> Model:
-    """A model of the named kind with an MLP encoder and a decoder of the named likelihood.
+    """A model of the named kind with an MLP encoder and a decoder of the named likelihood;
+    with `channels` (e.g. `(32, 64)`) both are convolutional on images of `image_shape`
+    (`(H, W)` or `(C, H, W)`, default the data shape when it has 2 or 3 axes): 4x4 stride-2
+    convolutions, then the `hidden` MLP, mirrored in the decoder.
 
     `hyper` holds the likelihood's options (`sigma`, `split`, `n_classes`, `dispersion`) and
     the model's hyperparameters (`beta`, `alpha`, `lam`, `kernel`, ...). Unknown names raise
@@ -116,8 +122,15 @@ def build_model(
     sizes = {"hidden": hidden, "activation": activation}
     if int(latent_dim) != latent_dim or latent_dim < 1:
         raise ValueError(f"latent_dim must be a positive integer, got {latent_dim}")
-    encoder = encoder_cls(input_shape=shape, latent_dim=latent_dim, **sizes)
-    decoder = decoder_cls(latent_dim=latent_dim, output_shape=shape, **sizes, **dec_opts)
+    conv = {}
+    if channels:
+        conv = {"channels": [int(c) for c in channels],
+                "image_shape": None if image_shape is None else [int(s) for s in image_shape]}
+    elif image_shape is not None:
+        raise ValueError("image_shape is for convolutional networks: give channels too")
+    encoder = encoder_cls(input_shape=shape, latent_dim=latent_dim, **sizes, **conv)
+    decoder = decoder_cls(latent_dim=latent_dim, output_shape=shape, **sizes, **conv,
+                          **dec_opts)
     extra = {k: v for k, v in {"shape": shape, **sizes}.items()
              if k in inspect.signature(constructor).parameters}
     built = constructor(encoder, decoder, **extra, **hyper)
@@ -128,6 +141,7 @@ def build_model(
         "latent_dim": int(latent_dim),
         "hidden": list(hidden),
         "activation": activation,
+        **conv,
         **dec_opts,
         **hyper,
     }

@@ -112,6 +112,8 @@ def run_settings(args: argparse.Namespace, data_hash: str) -> dict[str, Any]:
     return {
         "model": args.model, "likelihood": args.likelihood, "latent_dim": args.latent_dim,
         "hidden": list(args.hidden), "activation": args.activation,
+        # only when set, so that MLP runs keep the hashes of their existing checkpoints
+        **({"channels": list(args.channels)} if args.channels else {}),
         "options": parse_options(args.options), "epochs": args.epochs,
         "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "data_config_hash": data_hash,
@@ -148,9 +150,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     settings = run_settings(args, stored.attrs.get("config_hash", ""))
     run_hash = data_mod.config_hash(settings)
     torch.manual_seed(args.seed)
+    conv = {}
+    if args.channels:
+        if stored.image_shape is None:
+            raise ValueError(f"--channels needs images, but {args.data} stores no image shape "
+                             "(tables, or a feature selection that broke the image layout)")
+        conv = {"channels": args.channels, "image_shape": stored.image_shape}
     model = aetk.build_model(args.model, args.likelihood, in_features=stored.x.shape[1],
                              latent_dim=args.latent_dim, hidden=args.hidden,
-                             activation=args.activation, **settings["options"])
+                             activation=args.activation, **conv, **settings["options"])
     checkpoint = None
     if args.checkpoint_dir is not None:
         checkpoint = Path(args.checkpoint_dir) / f"{args.model}-{args.likelihood}-{run_hash}.pt"
@@ -521,6 +529,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 256],
                    help="hidden layer widths of the encoder and decoder MLPs")
     p.add_argument("--activation", default="relu", help="between hidden layers, e.g. tanh")
+    p.add_argument("--channels", type=int, nargs="*", default=[],
+                   help="convolutional encoder and decoder for image data: channels of the 4x4 "
+                   "stride-2 convolutions before the MLP, e.g. 32 64 (each halves the image "
+                   "sides, which must divide by 2 per entry); default: MLPs only")
     p.add_argument("--options", default="{}", help="JSON object of model/likelihood options, "
                    "e.g. '{\"beta\": 4}'")
     p.add_argument("--epochs", type=int, default=20, help="training epochs")

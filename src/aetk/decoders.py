@@ -16,7 +16,7 @@ from torch import distributions as D
 from torch import nn
 
 from . import validate
-from .nets import mlp, numel, resolve_shape
+from .nets import conv_decoder, image_layout, mlp, numel, resolve_shape
 
 LOG_SIGMA_RANGE = (-6.0, 4.0)
 """Learned Gaussian log standard deviations are clamped here: below -6 the likelihood
@@ -42,7 +42,8 @@ class _BuiltinDecoder(Decoder):
     """A network whose output is reshaped to `(B, n_params, *event_shape)` parameter blocks.
 
     `network` maps z to all the blocks; without it an MLP `latent_dim -> hidden -> blocks`
-    is built. The data shape is `out_features` or `output_shape`.
+    is built, or with `channels` transposed convolutions to the images of `image_shape`
+    (`nets.conv_decoder`). The data shape is `out_features` or `output_shape`.
     """
 
     n_params = 1
@@ -57,16 +58,28 @@ class _BuiltinDecoder(Decoder):
         output_shape: Sequence[int] | None = None,
         hidden: Sequence[int] = (400, 400),
         activation: str = "relu",
+        channels: Sequence[int] = (),
+        image_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.latent_dim = int(latent_dim)
         self.event_shape = resolve_shape(out_features, output_shape)
+        self.image = image_layout(self.event_shape, image_shape, channels) if channels else None
+        self.channels = tuple(channels)
         self.network = network or self.build_network(hidden, activation)
 
+    def block_network(self, blocks: int, hidden: Sequence[int], activation: str) -> nn.Module:
+        """A default network from z to `blocks` parameter blocks: an MLP, or transposed
+        convolutions when the decoder has `channels`."""
+        if self.image is not None:
+            return conv_decoder(self.latent_dim, self.image, self.channels, hidden, blocks,
+                                self.width, activation)
+        return mlp(self.latent_dim, hidden, blocks * numel(self.event_shape) * self.width,
+                   activation)
+
     def build_network(self, hidden: Sequence[int], activation: str) -> nn.Module:
-        """The default MLP from z to every parameter block."""
-        n_out = self.n_params * numel(self.event_shape) * self.width
-        return mlp(self.latent_dim, hidden, n_out, activation)
+        """The default network from z to every parameter block."""
+        return self.block_network(self.n_params, hidden, activation)
 
     def params(self, z: torch.Tensor) -> list[torch.Tensor]:
         """The network output split into `n_params` tensors of shape `(B, *event_shape)`."""
@@ -130,9 +143,8 @@ class LearnedGaussianDecoder(_BuiltinDecoder):
     def build_network(self, hidden: Sequence[int], activation: str) -> nn.Module:
         if not self.split:
             return super().build_network(hidden, activation)
-        n = numel(self.event_shape)
-        return _Split(mlp(self.latent_dim, hidden, n, activation),
-                      mlp(self.latent_dim, hidden, n, activation))
+        return _Split(self.block_network(1, hidden, activation),
+                      self.block_network(1, hidden, activation))
 
     def forward(self, z: torch.Tensor) -> D.Independent:
         mu, log_sigma = self.params(z)

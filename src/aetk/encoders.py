@@ -9,13 +9,14 @@ import torch
 from torch import distributions as D
 from torch import nn
 
-from .nets import mlp, numel, resolve_shape
+from .nets import conv_encoder, image_layout, mlp, numel, resolve_shape
 
 
 class _Encoder(nn.Module):
     """Holds the network and the sizes. `network` maps x to `out_per_latent * latent_dim`
     outputs; without it an MLP `in -> hidden -> out` that flattens its input is built from
-    `in_features` or `input_shape`."""
+    `in_features` or `input_shape`, or with `channels` a convolutional network on the
+    images of `image_shape` (`nets.conv_encoder`)."""
 
     out_per_latent = 1
 
@@ -28,6 +29,8 @@ class _Encoder(nn.Module):
         latent_dim: int,
         hidden: Sequence[int] = (400, 400),
         activation: str = "relu",
+        channels: Sequence[int] = (),
+        image_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.latent_dim = int(latent_dim)
@@ -40,9 +43,13 @@ class _Encoder(nn.Module):
             if self.input_shape is None:
                 raise ValueError("give a network, or in_features / input_shape to build an MLP")
             n_out = self.out_per_latent * self.latent_dim
-            network = nn.Sequential(
-                nn.Flatten(), mlp(numel(self.input_shape), hidden, n_out, activation)
-            )
+            if channels:
+                image = image_layout(self.input_shape, image_shape, channels)
+                network = conv_encoder(image, channels, hidden, n_out, activation)
+            else:
+                network = nn.Sequential(
+                    nn.Flatten(), mlp(numel(self.input_shape), hidden, n_out, activation)
+                )
         self.network = network
 
 

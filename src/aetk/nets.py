@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -67,3 +69,81 @@ def resolve_shape(in_features: int | None, input_shape: Sequence[int] | None) ->
 def numel(shape: Sequence[int]) -> int:
     """Number of elements in one data point of this shape."""
     return math.prod(shape)
+
+
+def image_layout(shape: Sequence[int], image_shape: Sequence[int] | None,
+                 channels: Sequence[int]) -> tuple[int, int, int]:
+    """`(C, H, W)` of the images behind data points of `shape`, for convolutions that halve
+    H and W once per entry of `channels`: `image_shape` is `(H, W)` or `(C, H, W)`, or
+    defaults to `shape` when that has two or three axes."""
+    image = tuple(int(s) for s in (image_shape if image_shape is not None else shape))
+    if len(image) not in (2, 3):
+        raise ValueError(f"convolutional networks need image_shape (H, W) or (C, H, W); the data "
+                         f"points have shape {tuple(shape)}")
+    c, h, w = image if len(image) == 3 else (1, *image)
+    if c * h * w != numel(shape):
+        raise ValueError(f"image_shape {image} has {c * h * w} values but the data points "
+                         f"{tuple(shape)} have {numel(shape)}")
+    factor = 2 ** len(channels)
+    if h % factor or w % factor:
+        raise ValueError(f"{len(channels)} stride-2 convolutions need H and W divisible by "
+                         f"{factor}, got {h} x {w}: use fewer channels entries")
+    if any(int(n) != n or n < 1 for n in channels):
+        raise ValueError(f"channels must be positive integers, got {list(channels)}")
+    return c, h, w
+
+
+class _Reshape(nn.Module):
+    def __init__(self, *shape: int) -> None:
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(len(x), *self.shape)
+
+
+class _ImageBlocks(nn.Module):
+    """`(B, blocks * width * C, H, W)` -> `(B, blocks * C * H * W * width)`: each block an
+    image in the data's element order, with a trailing `width` axis (categorical classes)."""
+
+    def __init__(self, blocks: int, width: int) -> None:
+        super().__init__()
+        self.blocks, self.width = blocks, width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        x = x.reshape(b, self.blocks, self.width, -1, h, w)
+        return x.permute(0, 1, 3, 4, 5, 2).flatten(1)
+
+
+def conv_encoder(image: tuple[int, int, int], channels: Sequence[int], hidden: Sequence[int],
+                 out_features: int, act: str = "relu") -> nn.Sequential:
+    """Data points -> images `(C, H, W)` -> 4x4 stride-2 convolutions with `channels`
+    (each halves H and W) -> an MLP `hidden -> out_features` (the layout of
+    AutoEncoderToolkit.jl's MNIST examples)."""
+    c, h, w = image
+    layers: list[nn.Module] = [_Reshape(c, h, w)]
+    for n in channels:
+        layers += [nn.Conv2d(c, n, 4, stride=2, padding=1), activation(act)]
+        c, h, w = n, h // 2, w // 2
+    return nn.Sequential(*layers, nn.Flatten(), mlp(c * h * w, hidden, out_features, act))
+
+
+def conv_decoder(latent_dim: int, image: tuple[int, int, int], channels: Sequence[int],
+                 hidden: Sequence[int], blocks: int, width: int = 1, act: str = "relu"
+                 ) -> nn.Sequential:
+    """The mirror of `conv_encoder`: an MLP from z to `channels[-1]` feature maps at
+    `(H, W) / 2^len(channels)`, 4x4 stride-2 transposed convolutions back to `(H, W)`, and
+    `blocks` parameter images of `width` values per element, flat as the decoders expect."""
+    c, h, w = image
+    factor = 2 ** len(channels)
+    sizes = [*channels[::-1], blocks * width * c]
+    layers: list[nn.Module] = [
+        mlp(latent_dim, [*hidden, sizes[0] * (h // factor) * (w // factor)], None, act),
+        _Reshape(sizes[0], h // factor, w // factor),
+    ]
+    for k, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        layers.append(nn.ConvTranspose2d(n_in, n_out, 4, stride=2, padding=1))
+        if k < len(sizes) - 2:
+            layers.append(activation(act))
+    return nn.Sequential(*layers, _ImageBlocks(blocks, width))

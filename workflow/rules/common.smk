@@ -127,6 +127,7 @@ def train_args(wildcards):
             ("--latent-dim", spec["latent_dim"]),
             ("--hidden", config["network"]["hidden"]),
             ("--activation", config["network"]["activation"]),
+            ("--channels", config["network"]["channels"] or None),
             ("--options", json.dumps(options, sort_keys=True)),
             ("--epochs", train["epochs"]),
             ("--batch-size", train["batch_size"]),
