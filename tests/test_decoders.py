@@ -254,11 +254,14 @@ def _user_model(name, decoder):
         return aetk.InfoVAE(enc, decoder)
     if name == "iwae":
         return aetk.IWAE(enc, decoder)
+    if name == "vampprior":
+        return aetk.VampPrior(enc, decoder, n_components=10)
     return aetk.InfoMaxVAE(enc, decoder, Critic(64, 2, (16,), "relu"))
 
 
 @pytest.mark.parametrize("decoder_cls", [SeedPoissonDecoder, UserNormalDecoder])
-@pytest.mark.parametrize("name", ["ae", "vae", "beta_vae", "infovae", "infomaxvae", "iwae"])
+@pytest.mark.parametrize("name", ["ae", "vae", "beta_vae", "infovae", "infomaxvae", "iwae",
+                                  "vampprior"])
 def test_user_decoder_trains_in_every_model(name, decoder_cls):
     """Three epochs on digit pixel counts lower the validation reconstruction term by at
     least 20% (measured: Poisson ~678 -> ~340 nats per image, Normal ~1990 -> ~1000)."""

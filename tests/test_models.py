@@ -131,6 +131,55 @@ def test_iwae(fixed_eps, n_samples):
     assert out.terms["kl"].item() == pytest.approx(kl.mean(), rel=1e-12)
 
 
+@pytest.mark.parametrize("beta", [1.0, 0.5])
+def test_vampprior(fixed_eps, beta):
+    """L = -log p(x|z) + beta (log q(z|x) - log p(z)), p(z) = 1/K sum_k q(z|u_k)."""
+    enc_net = NumpyMLP(X_DIM, 2 * Z_DIM, 1)
+    enc = GaussianEncoder(enc_net.module, in_features=X_DIM, latent_dim=Z_DIM)
+    dec_net = NumpyMLP(Z_DIM, X_DIM, 2)
+    model = aetk.VampPrior(enc, dec.BernoulliDecoder(dec_net.module, latent_dim=Z_DIM,
+                                                     out_features=X_DIM), n_components=3,
+                           beta=beta).double()
+    u = RNG.random((3, X_DIM))
+    with torch.no_grad():
+        model.pseudo_inputs.copy_(torch.from_numpy(u))
+    mu, sigma, _ = _hand_posterior(enc_net, X01)
+    z = mu + sigma * EPS[1]
+    mu_k, sigma_k, _ = _hand_posterior(enc_net, u)
+    log_q = (-0.5 * EPS[1] ** 2 - np.log(sigma) - 0.5 * np.log(2 * np.pi)).sum(-1)
+    log_comp = (-0.5 * ((z[:, None] - mu_k) / sigma_k) ** 2 - np.log(sigma_k)
+                - 0.5 * np.log(2 * np.pi)).sum(-1)  # (B, K)
+    log_p = special.logsumexp(log_comp, axis=1) - np.log(3)
+    rec = -_bce_log_lik(dec_net(z), X01).mean()
+    out = model.loss(_x())
+    assert out.terms["reconstruction"].item() == pytest.approx(rec, rel=1e-12)
+    assert out.terms["kl"].item() == pytest.approx((log_q - log_p).mean(), rel=1e-12)
+    assert out.loss.item() == pytest.approx(rec + beta * (log_q - log_p).mean(), rel=1e-12)
+
+
+def test_vampprior_pseudo_inputs_start_at_training_points_and_are_saved(tmp_path):
+    x = torch.rand(40, 6)
+    torch.manual_seed(0)
+    model = aetk.build_model("vampprior", "gaussian", in_features=6, hidden=(8,),
+                             n_components=5)
+    hist = aetk.fit(model, x, epochs=1, batch_size=20, progress=False, lr=0.0)
+    assert len(hist) == 1
+    rows = (model.pseudo_inputs[:, None, :] == x[None]).all(-1)  # lr 0: still the data
+    assert rows.any(1).all() and len(set(rows.float().argmax(1).tolist())) == 5
+    start = model.pseudo_inputs.detach().clone()
+    aetk.fit(model, x, epochs=1, batch_size=20, progress=False, lr=1e-2)
+    moved = model.pseudo_inputs.detach()
+    assert not torch.equal(moved, start)  # learned, and not re-drawn by the second fit
+    assert (moved - start).abs().max() < 0.2
+    model.save(tmp_path / "m")
+    again = aetk.load(tmp_path / "m")
+    assert torch.equal(again.pseudo_inputs, moved) and bool(again.has_pseudo_inputs)
+    assert again.sample(7).shape == (7, 6)
+    with pytest.raises(ValueError, match="cannot start 5 pseudo-inputs from 3"):
+        aetk.build_model("vampprior", "gaussian", in_features=6, n_components=5).on_fit_start(
+            x[:3])
+
+
 def test_vae_with_a_learned_gaussian_decoder(fixed_eps):
     enc, enc_net = _gaussian_encoder()
     dec_net = NumpyMLP(Z_DIM, 2 * X_DIM, 2)
@@ -342,6 +391,8 @@ def test_build_model_rejects_unknown_names(args, kwargs, pattern):
         ("infovae", {"lam": 0.5}, r"MMD weight alpha \+ lam - 1 must be >= 0.*lam=0.5"),
         ("infomaxvae", {"alpha": -1.0}, r"mutual-information weight alpha must be >= 0"),
         ("iwae", {"n_samples": 0}, r"n_samples must be an integer >= 1, got 0"),
+        ("vampprior", {"n_components": 0}, r"n_components must be an integer >= 1, got 0"),
+        ("vampprior", {"beta": -1}, r"beta must be >= 0, got -1"),
         ("hvae", {"n_leapfrog": 2.5}, r"n_leapfrog must be an integer >= 0"),
         ("rhvae", {"n_leapfrog": 2.5}, r"n_leapfrog must be an integer, got 2.5"),
         ("rhvae", {"n_fixed_point": 1.5}, r"n_fixed_point must be an integer >= 1, got 1.5"),

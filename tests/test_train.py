@@ -13,7 +13,7 @@ from torch.utils.data import StackDataset, TensorDataset
 import aetk
 from aetk.train import evaluate
 
-MODELS = ["ae", "vae", "beta_vae", "infovae", "infomaxvae", "iwae"]
+MODELS = ["ae", "vae", "beta_vae", "infovae", "infomaxvae", "iwae", "vampprior"]
 LIKELIHOODS = ["bernoulli", "gaussian", "gaussian_learned", "categorical", "poisson",
                "negative_binomial"]
 OPTIONS = {"categorical": {"n_classes": 17}}  # digit pixels are integers 0..16

@@ -16,7 +16,18 @@ from .decoders import (
 from .encoders import DeterministicEncoder, GaussianEncoder
 from .io import load
 from .marginal import log_marginal
-from .models import AE, HVAE, IWAE, RHVAE, VAE, InfoMaxVAE, InfoVAE, LossOutput, Model
+from .models import (
+    AE,
+    HVAE,
+    IWAE,
+    RHVAE,
+    VAE,
+    InfoMaxVAE,
+    InfoVAE,
+    LossOutput,
+    Model,
+    VampPrior,
+)
 from .train import CyclicalBeta, TrainingDiverged, fit
 
 __all__ = [
@@ -24,5 +35,5 @@ __all__ = [
     "CategoricalDecoder", "CyclicalBeta", "Decoder", "DeterministicDecoder",
     "DeterministicEncoder", "GaussianDecoder", "GaussianEncoder", "InfoMaxVAE", "InfoVAE",
     "LearnedGaussianDecoder", "LossOutput", "Model", "NegativeBinomialDecoder", "PoissonDecoder",
-    "TrainingDiverged", "__version__", "build_model", "fit", "load", "log_marginal",
+    "TrainingDiverged", "VampPrior", "__version__", "build_model", "fit", "load", "log_marginal",
 ]

@@ -11,7 +11,7 @@ from torch import nn
 
 from . import decoders as dec
 from .encoders import DeterministicEncoder, GaussianEncoder
-from .models import AE, HVAE, IWAE, RHVAE, VAE, Critic, InfoMaxVAE, InfoVAE, Model
+from .models import AE, HVAE, IWAE, RHVAE, VAE, Critic, InfoMaxVAE, InfoVAE, Model, VampPrior
 from .nets import numel, resolve_shape
 
 LIKELIHOODS: dict[str, type[nn.Module]] = {
@@ -44,6 +44,7 @@ MODELS: dict[str, tuple[type[nn.Module], Callable[..., Model]]] = {
     "infovae": (GaussianEncoder, InfoVAE),
     "infomaxvae": (GaussianEncoder, _infomax),
     "iwae": (GaussianEncoder, IWAE),
+    "vampprior": (GaussianEncoder, VampPrior),
     "hvae": (GaussianEncoder, HVAE),
     "rhvae": (GaussianEncoder, RHVAE),
 }

@@ -217,7 +217,7 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
     from torch.distributions import Distribution
     from tqdm.auto import tqdm
 
-    from aetk.distributions import kl_to_standard_normal, log_prob, mean
+    from aetk.distributions import log_prob, mean
     from aetk.marginal import log_marginal
 
     if n_importance < 0:
@@ -236,7 +236,7 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
             q = model.encode(x)
             if isinstance(q, Distribution):
                 mu, std, z = q.mean, q.stddev, q.sample()
-                kl = kl_to_standard_normal(q)
+                kl = model.kl(q)  # Monte Carlo for a mixture prior
             else:  # a deterministic encoder
                 mu, std, z = q, torch.zeros_like(q), q
                 kl = torch.full((len(x),), float("nan"))

@@ -50,9 +50,13 @@ def log_lik_of_draws(decoder: Callable[[torch.Tensor], D.Distribution], x: torch
     return log_prob(decoder(z.flatten(0, 1)), xs).view(s, -1)
 
 
-def log_importance_weights(q: D.Distribution, decoder: Callable[[torch.Tensor], D.Distribution],
-                           x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def log_importance_weights(
+    q: D.Distribution, decoder: Callable[[torch.Tensor], D.Distribution], x: torch.Tensor,
+    z: torch.Tensor,
+    log_prior: Callable[[torch.Tensor], torch.Tensor] = standard_normal_log_prob,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For `S` draws `z (S, B, d)` from `q(z|x)`: `log p(x|z_s)` and the log importance
-    weights `log p(x|z_s) + log N(z_s; 0, I) - log q(z_s|x)`, both `(S, B)`."""
+    weights `log p(x|z_s) + log p(z_s) - log q(z_s|x)` (prior `N(0, I)` by default), both
+    `(S, B)`."""
     log_lik = log_lik_of_draws(decoder, x, z)
-    return log_lik, log_lik + standard_normal_log_prob(z) - q.log_prob(z)
+    return log_lik, log_lik + log_prior(z) - q.log_prob(z)

@@ -1,10 +1,11 @@
 """The marginal log-likelihood `log p(x)` by importance sampling: the number that compares
 generative models trained with different objectives (Burda, Grosse & Salakhutdinov 2016).
 
-Every probabilistic model of aetk has the generative model `p(z) = N(0, I)`, `x ~ p(x|z)`
-(the decoder); the encoder's `q(z|x)` is the proposal:
+Every probabilistic model of aetk has the generative model `z ~ p(z)` (`N(0, I)`, or the
+VampPrior's mixture: `model.prior_log_prob`), `x ~ p(x|z)` (the decoder); the encoder's
+`q(z|x)` is the proposal:
 
-    log p(x) ~= logsumexp_s [log p(x|z_s) + log N(z_s; 0, I) - log q(z_s|x)] - log S,
+    log p(x) ~= logsumexp_s [log p(x|z_s) + log p(z_s) - log q(z_s|x)] - log S,
     z_s ~ q(z|x), s = 1..S.
 
 The estimate is the importance-weighted bound: below `log p(x)` on average, tightening as S
@@ -41,5 +42,6 @@ def log_marginal(model: Model, x: torch.Tensor, n_samples: int = 100, chunk: int
                          f"{type(model).__name__} has a deterministic one")
     per_chunk = max(1, chunk // len(x))
     draws = (q.sample((min(per_chunk, n_samples - i),)) for i in range(0, n_samples, per_chunk))
-    log_w = [log_importance_weights(q, model.decode, x, z)[1] for z in draws]
+    log_w = [log_importance_weights(q, model.decode, x, z, model.prior_log_prob)[1]
+             for z in draws]
     return torch.logsumexp(torch.cat(log_w), dim=0) - math.log(n_samples)

@@ -8,6 +8,7 @@ from .infovae import InfoVAE
 from .iwae import IWAE
 from .rhvae import RHVAE
 from .vae import VAE
+from .vampprior import VampPrior
 
 __all__ = ["AE", "HVAE", "IWAE", "RHVAE", "VAE", "Critic", "InfoMaxVAE", "InfoVAE", "LossOutput",
-           "Model"]
+           "Model", "VampPrior"]

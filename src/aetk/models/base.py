@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .. import validate
-from ..distributions import mean
+from ..distributions import kl_to_standard_normal, mean, standard_normal_log_prob
 
 
 def adam(params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -52,6 +52,15 @@ class Model(nn.Module):
     def decode(self, z: torch.Tensor) -> Any:
         """p(x|z): a distribution (a tensor for deterministic decoders)."""
         return self.decoder(z)
+
+    def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """`log p(z)` over the last axis of `z (..., d)`: `N(0, I)` unless a model says
+        otherwise."""
+        return standard_normal_log_prob(z)
+
+    def kl(self, q: Any) -> torch.Tensor:
+        """`KL(q(z|x) || p(z))` per row, `(B,)`: the closed form for `N(0, I)`."""
+        return kl_to_standard_normal(q)
 
     def latent_mean(self, x: torch.Tensor) -> torch.Tensor:
         """The point estimate of z for x."""

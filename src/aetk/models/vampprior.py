@@ -1,0 +1,82 @@
+"""VAE with the VampPrior (Tomczak & Welling 2018)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import distributions as D
+from torch import nn
+
+from ..distributions import log_prob, mean
+from .base import LossOutput, Model
+
+
+class VampPrior(Model):
+    """A VAE whose prior is the variational mixture of posteriors at `K = n_components`
+    learned pseudo-inputs `u_k`: `p(z) = 1/K sum_k q(z|u_k)`.
+
+    `L = -<log p(x|z)> + beta <log q(z|x) - log p(z)>` with one reparameterised
+    `z ~ q(z|x)`: the KL to a mixture has no closed form. Terms (batch means):
+    `reconstruction = -log p(x|z)`, `kl = log q(z|x) - log p(z)` (its Monte Carlo estimate).
+
+    The pseudo-inputs start as `K` distinct training points, drawn by `aetk.fit` (seeded),
+    and are then trained with the model; they have the data's shape.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, n_components: int = 50,
+                 beta: float = 1.0) -> None:
+        super().__init__(encoder, decoder)
+        if int(n_components) != n_components or n_components < 1:
+            raise ValueError(f"n_components must be an integer >= 1, got {n_components}")
+        if beta < 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        if self.input_shape is None:
+            raise ValueError("the VampPrior needs the encoder's input shape for its "
+                             "pseudo-inputs: build the encoder with in_features or input_shape")
+        self.beta = float(beta)
+        self.pseudo_inputs = nn.Parameter(torch.zeros(int(n_components), *self.input_shape))
+        self.register_buffer("has_pseudo_inputs", torch.tensor(False))
+
+    def on_fit_start(self, train: torch.Tensor) -> None:
+        """Start the pseudo-inputs at distinct training points (unless already set)."""
+        if bool(self.has_pseudo_inputs):
+            return
+        k = len(self.pseudo_inputs)
+        if k > len(train):
+            raise ValueError(f"cannot start {k} pseudo-inputs from {len(train)} training points:"
+                             " lower n_components")
+        idx = torch.randperm(len(train))[:k].to(train.device)  # fit seeds torch
+        with torch.no_grad():
+            self.pseudo_inputs.copy_(train[idx].reshape(self.pseudo_inputs.shape))
+        self.has_pseudo_inputs.fill_(True)
+
+    def prior(self) -> D.MixtureSameFamily:
+        """`p(z)`, the uniform mixture of the posteriors at the pseudo-inputs."""
+        q = self.encoder(self.pseudo_inputs)
+        weights = D.Categorical(logits=q.mean.new_zeros(len(self.pseudo_inputs)))
+        return D.MixtureSameFamily(weights, q)
+
+    def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """`log p(z) = logsumexp_k log q(z|u_k) - log K`, over the last axis of `z (..., d)`."""
+        q = self.encoder(self.pseudo_inputs)
+        return torch.logsumexp(q.log_prob(z.unsqueeze(-2)), -1) - math.log(len(self.pseudo_inputs))
+
+    def kl(self, q: D.Distribution) -> torch.Tensor:
+        """`log q(z|x) - log p(z)` at one draw `z ~ q(z|x)`, `(B,)`."""
+        z = q.sample()
+        return q.log_prob(z) - self.prior_log_prob(z)
+
+    def loss(self, x: torch.Tensor) -> LossOutput:
+        q = self.encoder(x)
+        z = q.rsample()
+        rec = -log_prob(self.decoder(z), x).mean()
+        kl = (q.log_prob(z) - self.prior_log_prob(z)).mean()
+        return LossOutput(rec + self.beta * kl, {"reconstruction": rec, "kl": kl})
+
+    @torch.no_grad()
+    def sample(self, n: int, *, mean_only: bool = True) -> torch.Tensor:
+        """`n` new data points decoded from `z ~ p(z)` (a random component, then its
+        posterior): the decoder's point prediction, or a draw with `mean_only=False`."""
+        p = self.decoder(self.prior().sample((n,)))
+        return mean(p) if mean_only else p.sample()
