@@ -256,18 +256,21 @@ def _user_model(name, decoder):
         return aetk.IWAE(enc, decoder)
     if name == "vampprior":
         return aetk.VampPrior(enc, decoder, n_components=10)
+    if name == "beta_tcvae":
+        return aetk.BetaTCVAE(enc, decoder)
     return aetk.InfoMaxVAE(enc, decoder, Critic(64, 2, (16,), "relu"))
 
 
 @pytest.mark.parametrize("decoder_cls", [SeedPoissonDecoder, UserNormalDecoder])
-@pytest.mark.parametrize("name", ["ae", "vae", "beta_vae", "infovae", "infomaxvae", "iwae",
-                                  "vampprior"])
+@pytest.mark.parametrize("name", ["ae", "vae", "beta_vae", "beta_tcvae", "infovae",
+                                  "infomaxvae", "iwae", "vampprior"])
 def test_user_decoder_trains_in_every_model(name, decoder_cls):
     """Three epochs on digit pixel counts lower the validation reconstruction term by at
     least 20% (measured: Poisson ~678 -> ~340 nats per image, Normal ~1990 -> ~1000)."""
     train, val = _digit_counts()
     torch.manual_seed(0)
     model = _user_model(name, decoder_cls(2, 64))
+    model.on_fit_start(train)  # what fit does first: e.g. the beta-TCVAE learns N here
     before = evaluate(model, val.split(100))["val_reconstruction"]
     hist = aetk.fit(model, train, val, epochs=3, batch_size=32, lr=3e-3, progress=False,
                     device="cpu")

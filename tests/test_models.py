@@ -157,6 +157,65 @@ def test_vampprior(fixed_eps, beta):
     assert out.loss.item() == pytest.approx(rec + beta * (log_q - log_p).mean(), rel=1e-12)
 
 
+@pytest.mark.parametrize(("alpha", "beta", "gamma"), [(1.0, 6.0, 1.0), (0.5, 2.0, 3.0)])
+def test_beta_tcvae(fixed_eps, alpha, beta, gamma):
+    """MI, TC and dimension-wise KL by minibatch-weighted sampling, by hand with loops."""
+    enc, enc_net = _gaussian_encoder()
+    dec_net = NumpyMLP(Z_DIM, X_DIM, 2)
+    n = 50
+    model = aetk.BetaTCVAE(enc, dec.BernoulliDecoder(dec_net.module, latent_dim=Z_DIM,
+                                                     out_features=X_DIM),
+                           alpha=alpha, beta=beta, gamma=gamma, dataset_size=n)
+    mu, sigma, _ = _hand_posterior(enc_net, X01)
+    z = mu + sigma * EPS[1]
+
+    def log_normal(v, m, s):
+        return -0.5 * ((v - m) / s) ** 2 - np.log(s) - 0.5 * np.log(2 * np.pi)
+
+    mi = tc = dwkl = 0.0
+    for i in range(B):
+        per_dim = np.array([[log_normal(z[i, j], mu[m, j], sigma[m, j]) for j in range(Z_DIM)]
+                            for m in range(B)])  # (M, d)
+        log_qz = special.logsumexp(per_dim.sum(1)) - np.log(n * B)
+        log_qzj = special.logsumexp(per_dim, axis=0) - np.log(n * B)
+        mi += log_normal(z[i], mu[i], sigma[i]).sum() - log_qz
+        tc += log_qz - log_qzj.sum()
+        dwkl += (log_qzj - log_normal(z[i], 0.0, 1.0)).sum()
+    mi, tc, dwkl = mi / B, tc / B, dwkl / B
+    rec = -_bce_log_lik(dec_net(z), X01).mean()
+    out = model.loss(_x())
+    for name, value in [("reconstruction", rec), ("mutual_information", mi),
+                        ("total_correlation", tc), ("dimensionwise_kl", dwkl)]:
+        assert out.terms[name].item() == pytest.approx(value, rel=1e-12), name
+    want = rec + alpha * mi + beta * tc + gamma * dwkl
+    assert out.loss.item() == pytest.approx(want, rel=1e-12)
+
+
+def test_beta_tcvae_with_unit_weights_is_the_vae_with_a_monte_carlo_kl(fixed_eps):
+    enc, enc_net = _gaussian_encoder()
+    dec_net = NumpyMLP(Z_DIM, X_DIM, 2)
+    decoder = dec.BernoulliDecoder(dec_net.module, latent_dim=Z_DIM, out_features=X_DIM)
+    model = aetk.BetaTCVAE(enc, decoder, beta=1.0, dataset_size=1000)
+    mu, sigma, _ = _hand_posterior(enc_net, X01)
+    z = mu + sigma * EPS[1]
+    log_q = (-0.5 * EPS[1] ** 2 - np.log(sigma)).sum(-1)
+    log_p = (-0.5 * z**2).sum(-1)
+    elbo = _bce_log_lik(dec_net(z), X01) - log_q + log_p
+    assert model.loss(_x()).loss.item() == pytest.approx(-elbo.mean(), rel=1e-12)
+
+
+def test_beta_tcvae_takes_the_training_set_size_from_fit(tmp_path):
+    x = torch.rand(60, 6)
+    torch.manual_seed(0)
+    model = aetk.build_model("beta_tcvae", "bernoulli", in_features=6, hidden=(8,))
+    with pytest.raises(RuntimeError, match="needs the training set size"):
+        model.loss(x)
+    aetk.fit(model, x, epochs=1, batch_size=20, progress=False)
+    assert int(model.dataset_size) == 60
+    model.save(tmp_path / "m")
+    assert int(aetk.load(tmp_path / "m").dataset_size) == 60
+
+
 def test_vampprior_pseudo_inputs_start_at_training_points_and_are_saved(tmp_path):
     x = torch.rand(40, 6)
     torch.manual_seed(0)
@@ -359,7 +418,8 @@ def test_build_model_passes_options_to_decoder_and_model():
 @pytest.mark.parametrize(
     ("args", "kwargs", "pattern"),
     [
-        (("vea", "bernoulli"), {}, r"unknown model 'vea'; valid: ae, vae, beta_vae, infovae"),
+        (("vea", "bernoulli"), {}, r"unknown model 'vea'; valid: ae, vae, beta_vae, "
+                                     r"beta_tcvae, infovae"),
         (("vae", "gauss"), {}, r"unknown likelihood 'gauss'; valid: bernoulli, gaussian, "
                                r"gaussian_learned, categorical, poisson, negative_binomial"),
         (("vae", "gaussian"), {"sigmaa": 1.0},
@@ -391,6 +451,8 @@ def test_build_model_rejects_unknown_names(args, kwargs, pattern):
         ("infovae", {"lam": 0.5}, r"MMD weight alpha \+ lam - 1 must be >= 0.*lam=0.5"),
         ("infomaxvae", {"alpha": -1.0}, r"mutual-information weight alpha must be >= 0"),
         ("iwae", {"n_samples": 0}, r"n_samples must be an integer >= 1, got 0"),
+        ("beta_tcvae", {"gamma": -1}, r"alpha, beta and gamma must be >= 0"),
+        ("beta_tcvae", {"dataset_size": 0}, r"dataset_size must be a positive integer, got 0"),
         ("vampprior", {"n_components": 0}, r"n_components must be an integer >= 1, got 0"),
         ("vampprior", {"beta": -1}, r"beta must be >= 0, got -1"),
         ("hvae", {"n_leapfrog": 2.5}, r"n_leapfrog must be an integer >= 0"),

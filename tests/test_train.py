@@ -13,7 +13,7 @@ from torch.utils.data import StackDataset, TensorDataset
 import aetk
 from aetk.train import evaluate
 
-MODELS = ["ae", "vae", "beta_vae", "infovae", "infomaxvae", "iwae", "vampprior"]
+MODELS = ["ae", "vae", "beta_vae", "beta_tcvae", "infovae", "infomaxvae", "iwae", "vampprior"]
 LIKELIHOODS = ["bernoulli", "gaussian", "gaussian_learned", "categorical", "poisson",
                "negative_binomial"]
 OPTIONS = {"categorical": {"n_classes": 17}}  # digit pixels are integers 0..16
@@ -55,6 +55,7 @@ def _fit(model, train, val=None, **kw):
 def test_every_model_and_likelihood_learns_digits(name, likelihood):
     train, val = _digits(likelihood)
     model = _build(name, likelihood)
+    model.on_fit_start(train)  # what fit does first: e.g. the beta-TCVAE learns N here
     before = evaluate(model, val.split(200))["val_loss"]
     hist = _fit(model, train, val)
     assert np.isfinite(hist.drop(columns="seconds").to_numpy()).all()

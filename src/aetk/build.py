@@ -11,7 +11,19 @@ from torch import nn
 
 from . import decoders as dec
 from .encoders import DeterministicEncoder, GaussianEncoder
-from .models import AE, HVAE, IWAE, RHVAE, VAE, Critic, InfoMaxVAE, InfoVAE, Model, VampPrior
+from .models import (
+    AE,
+    HVAE,
+    IWAE,
+    RHVAE,
+    VAE,
+    BetaTCVAE,
+    Critic,
+    InfoMaxVAE,
+    InfoVAE,
+    Model,
+    VampPrior,
+)
 from .nets import numel, resolve_shape
 
 LIKELIHOODS: dict[str, type[nn.Module]] = {
@@ -41,6 +53,7 @@ MODELS: dict[str, tuple[type[nn.Module], Callable[..., Model]]] = {
     "ae": (DeterministicEncoder, AE),
     "vae": (GaussianEncoder, VAE),
     "beta_vae": (GaussianEncoder, _beta_vae),
+    "beta_tcvae": (GaussianEncoder, BetaTCVAE),
     "infovae": (GaussianEncoder, InfoVAE),
     "infomaxvae": (GaussianEncoder, _infomax),
     "iwae": (GaussianEncoder, IWAE),

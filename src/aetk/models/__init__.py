@@ -7,8 +7,21 @@ from .infomaxvae import Critic, InfoMaxVAE
 from .infovae import InfoVAE
 from .iwae import IWAE
 from .rhvae import RHVAE
+from .tcvae import BetaTCVAE
 from .vae import VAE
 from .vampprior import VampPrior
 
-__all__ = ["AE", "HVAE", "IWAE", "RHVAE", "VAE", "Critic", "InfoMaxVAE", "InfoVAE", "LossOutput",
-           "Model", "VampPrior"]
+__all__ = [
+           "AE",
+           "HVAE",
+           "IWAE",
+           "RHVAE",
+           "VAE",
+           "BetaTCVAE",
+           "Critic",
+           "InfoMaxVAE",
+           "InfoVAE",
+           "LossOutput",
+           "Model",
+           "VampPrior",
+]
