@@ -159,7 +159,8 @@ def test_vampprior(fixed_eps, beta):
 
 @pytest.mark.parametrize(("alpha", "beta", "gamma"), [(1.0, 6.0, 1.0), (0.5, 2.0, 3.0)])
 def test_beta_tcvae(fixed_eps, alpha, beta, gamma):
-    """MI, TC and dimension-wise KL by minibatch-weighted sampling, by hand with loops."""
+    """MI, TC and dimension-wise KL with the stratified estimate of q(z), by hand with
+    loops: weight 1/N for the row's own posterior, (N - 1) / (N (M - 1)) for the others."""
     enc, enc_net = _gaussian_encoder()
     dec_net = NumpyMLP(Z_DIM, X_DIM, 2)
     n = 50
@@ -176,8 +177,9 @@ def test_beta_tcvae(fixed_eps, alpha, beta, gamma):
     for i in range(B):
         per_dim = np.array([[log_normal(z[i, j], mu[m, j], sigma[m, j]) for j in range(Z_DIM)]
                             for m in range(B)])  # (M, d)
-        log_qz = special.logsumexp(per_dim.sum(1)) - np.log(n * B)
-        log_qzj = special.logsumexp(per_dim, axis=0) - np.log(n * B)
+        weight = np.array([1 / n if m == i else (n - 1) / (n * (B - 1)) for m in range(B)])
+        log_qz = np.log((weight * np.exp(per_dim.sum(1))).sum())
+        log_qzj = np.log((weight[:, None] * np.exp(per_dim)).sum(0))
         mi += log_normal(z[i], mu[i], sigma[i]).sum() - log_qz
         tc += log_qz - log_qzj.sum()
         dwkl += (log_qzj - log_normal(z[i], 0.0, 1.0)).sum()
@@ -189,6 +191,26 @@ def test_beta_tcvae(fixed_eps, alpha, beta, gamma):
         assert out.terms[name].item() == pytest.approx(value, rel=1e-12), name
     want = rec + alpha * mi + beta * tc + gamma * dwkl
     assert out.loss.item() == pytest.approx(want, rel=1e-12)
+
+
+def test_beta_tcvae_on_the_whole_data_set_uses_the_exact_aggregate_posterior():
+    """With the batch the whole training set (M = N) the estimates are exact: q(z) is the
+    mixture of all posteriors, q(z_j) that of their marginals."""
+    torch.manual_seed(0)
+    model = aetk.build_model("beta_tcvae", "bernoulli", in_features=5, latent_dim=3,
+                             hidden=(8,), dataset_size=12).double()
+    x = torch.rand(12, 5, dtype=torch.float64)
+    torch.manual_seed(1)
+    out = model.loss(x)
+    torch.manual_seed(1)
+    q = model.encode(x)
+    z = q.rsample()
+    uniform = D.Categorical(logits=torch.zeros(12, dtype=torch.float64))
+    log_qz = D.MixtureSameFamily(uniform, q).log_prob(z)
+    marginals = D.MixtureSameFamily(uniform.expand((3,)), D.Normal(q.mean.T, q.stddev.T))
+    log_qzj = marginals.log_prob(z).sum(-1)
+    torch.testing.assert_close(out.terms["mutual_information"], (q.log_prob(z) - log_qz).mean())
+    torch.testing.assert_close(out.terms["total_correlation"], (log_qz - log_qzj).mean())
 
 
 def test_beta_tcvae_with_unit_weights_is_the_vae_with_a_monte_carlo_kl(fixed_eps):

@@ -13,6 +13,15 @@ from .base import LossOutput, Model
 from .vae import VAE
 
 
+def _log_weights(m: int, n: int, like: torch.Tensor) -> torch.Tensor:
+    """`(M, M)` log weights of `q(z_i|x_m)` in the estimate of `q(z_i)`: `1/N` for the row's
+    own posterior, `(N - 1) / (N (M - 1))` for the others."""
+    if m == 1:
+        return like.new_full((1, 1), -math.log(n))
+    w = like.new_full((m, m), math.log(n - 1) - math.log(n * (m - 1)) if n > 1 else -math.inf)
+    return w.fill_diagonal_(-math.log(n))
+
+
 class BetaTCVAE(Model):
     """`L = -<log p(x|z)> + alpha MI + beta TC + gamma DWKL`, the average KL of the ELBO
     split into the mutual information between x and z, the total correlation of the
@@ -22,8 +31,12 @@ class BetaTCVAE(Model):
     - `DWKL = <sum_j log q(z_j) - log N(z_j; 0, 1)>`,
 
     with one reparameterised `z ~ q(z|x)` per row and `q(z)`, `q(z_j)` estimated on the batch
-    by minibatch-weighted sampling: `log q(z_i) ~ logsumexp_m log q(z_i|x_m) - log(N M)` for
-    `M` rows of `N` training points. With `alpha = beta = gamma = 1` the three sum to
+    by stratified sampling: for the `M` rows of a shuffled batch from `N` training points,
+    `q(z_i) ~ q(z_i|x_i) / N + (N - 1) / (N (M - 1)) sum_{m != i} q(z_i|x_m)`, the other rows
+    standing for the other `N - 1` points. (The minibatch-weighted estimate of the paper,
+    `1/(N M) sum_m q(z_i|x_m)`, is off by about `-log M` per factor once posteriors are
+    narrow, which shifts TC and DWKL by `(d - 1) log M` in opposite directions.) With
+    `alpha = beta = gamma = 1` the three sum to
     `log q(z|x) - log N(z; 0, I)`: the VAE's loss with a Monte Carlo KL. `beta > 1` presses
     the latent dimensions towards independence. Terms (batch means): `reconstruction`,
     `mutual_information`, `total_correlation`, `dimensionwise_kl`.
@@ -56,9 +69,9 @@ class BetaTCVAE(Model):
         base = q.base_dist if isinstance(q, D.Independent) else q
         # log q(z_i,j | x_m): every row's sample under every row's posterior, (M, M, d)
         log_qj = D.Normal(base.loc, base.scale).log_prob(z.unsqueeze(1))
-        log_norm = math.log(n * len(x))
-        log_qz = torch.logsumexp(log_qj.sum(-1), 1) - log_norm
-        log_prod_qzj = (torch.logsumexp(log_qj, 1) - log_norm).sum(-1)
+        w = _log_weights(len(x), n, z)
+        log_qz = torch.logsumexp(log_qj.sum(-1) + w, 1)
+        log_prod_qzj = torch.logsumexp(log_qj + w.unsqueeze(-1), 1).sum(-1)
         mi = (q.log_prob(z) - log_qz).mean()
         tc = (log_qz - log_prod_qzj).mean()
         dwkl = (log_prod_qzj - standard_normal_log_prob(z)).mean()
