@@ -1,7 +1,8 @@
 """The Levi-Civita connection against closed forms: Christoffel symbols of polar
 coordinates, the hyperbolic half-plane and the sphere, exponential maps along known
-geodesics, logarithm maps against the hyperbolic and great-circle distances, and the
-holonomy of parallel transport around a circle of latitude."""
+geodesics, logarithm maps against the hyperbolic and great-circle distances, the holonomy
+of parallel transport around a circle of latitude, and Frechet means that the closed-form
+distances say are optimal."""
 
 import math
 
@@ -15,6 +16,7 @@ from aetk.geometry import (
     christoffel,
     christoffel_contract,
     exp_map,
+    frechet_mean,
     integrate_geodesic,
     log_map,
     metric_for,
@@ -224,6 +226,15 @@ def test_log_map_says_when_it_did_not_converge():
     torch.testing.assert_close(same.velocity, torch.zeros_like(z0))
 
 
+def test_log_map_in_float32_stops_at_the_dtype_resolution():
+    """Close points in float32: `tol |z1 - z0|` is below what float32 resolves at z1, so
+    convergence is judged at that resolution, in a step or two, not after max_iter."""
+    z0, z1 = (t.float() for t in half_plane_pairs())
+    res = log_map(poincare(), z0, z0 + 0.01 * (z1 - z0))
+    assert res.converged.all() and (res.iterations <= 2).all()
+    assert (res.residual < 1e-5).all()
+
+
 # --- parallel transport ----------------------------------------------------------------
 
 def test_parallel_transport_around_a_circle_of_latitude():
@@ -270,3 +281,53 @@ def test_a_geodesic_transports_its_own_velocity():
     assert both.transported.shape == (2, 21, 2, 2)
     torch.testing.assert_close(both.transported[:, :, 1], -2 * path.velocities)
     assert (path.velocities[:, -1] - v).abs().max() > 1e-2
+
+
+# --- Frechet means ---------------------------------------------------------------------
+
+def test_frechet_mean_of_two_points_is_the_geodesic_midpoint():
+    a = torch.tensor([[-1.0, 1.0], [1.5, 0.5]], dtype=f64)
+    res = frechet_mean(poincare(), a, n_points=16, n_steps=10)
+    assert res.converged and res.iterations > 1
+    half = hyperbolic_distance(a[:1], a[1:]) / 2
+    torch.testing.assert_close(hyperbolic_distance(a, res.mean.expand(2, 2)), half.expand(2),
+                               rtol=1e-4, atol=0)
+    torch.testing.assert_close(res.variance, half[0] ** 2, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("space", ["half-plane", "sphere"])
+def test_frechet_mean_minimises_the_closed_form_variance(space):
+    """The gradient of the weighted sum of squared distances, by central differences of the
+    arccosh or great-circle formula, vanishes at the mean; the Euclidean mean is worse."""
+    gen = torch.Generator().manual_seed(0)
+    z = torch.stack([torch.rand(5, generator=gen) * 2 - 1,
+                     torch.rand(5, generator=gen) + 0.5], -1).double()
+    weights = torch.tensor([1.0, 2.0, 1.0, 0.5, 3.0], dtype=f64)
+    if space == "half-plane":
+        metric = poincare()
+
+        def distance(m):
+            return hyperbolic_distance(m.expand_as(z), z)
+    else:
+        metric = PullbackMetric(SphereDecoder())
+        z = z.flip(-1) + torch.tensor([0.3, 0.0], dtype=f64)  # polar angles in [0.8, 1.8]
+
+        def distance(m):
+            return torch.arccos((sphere(m.expand_as(z)) * sphere(z)).sum(-1).clamp(-1, 1))
+
+    def variance(m):
+        return (weights * distance(m) ** 2).sum() / weights.sum()
+
+    res = frechet_mean(metric, z, weights, tol=1e-5, n_points=16, n_steps=10)
+    assert res.converged
+    h = 1e-5
+    grad = torch.stack([(variance(res.mean + h * e) - variance(res.mean - h * e)) / (2 * h)
+                        for e in torch.eye(2, dtype=f64)])
+    assert grad.abs().max() < 1e-4
+    torch.testing.assert_close(res.variance, variance(res.mean), rtol=1e-5, atol=0)
+    assert variance((weights[:, None] * z).sum(0) / weights.sum()) > res.variance
+
+
+def test_frechet_mean_refuses_bad_weights():
+    with pytest.raises(ValueError, match="non-negative weights"):
+        frechet_mean(poincare(), POINTS, torch.tensor([1.0, -1.0, 1.0], dtype=f64))

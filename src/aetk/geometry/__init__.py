@@ -1,13 +1,16 @@
 """Latent geometry: metrics (RHVAE, decoder pull-back, user-defined), curve energy and
 length, batched geodesics, distance matrices, interpolation and volume maps; the
-connection: Christoffel symbols, exponential and logarithm maps, parallel transport."""
+connection: Christoffel symbols, exponential and logarithm maps, parallel transport,
+Frechet means."""
 
 from .connection import (
+    FrechetMean,
     GeodesicPath,
     LogMapResult,
     christoffel,
     christoffel_contract,
     exp_map,
+    frechet_mean,
     integrate_geodesic,
     log_map,
     parallel_transport,
@@ -17,6 +20,7 @@ from .fit import GeodesicResult, distance_matrix, fit_geodesics, interpolate
 from .metrics import Metric, PullbackMetric, RHVAEMetric, metric_for, volume_grid
 
 __all__ = [
+    "FrechetMean",
     "GeodesicPath",
     "GeodesicResult",
     "LogMapResult",
@@ -31,6 +35,7 @@ __all__ = [
     "distance_matrix",
     "exp_map",
     "fit_geodesics",
+    "frechet_mean",
     "integrate_geodesic",
     "interpolate",
     "log_map",

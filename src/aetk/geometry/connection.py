@@ -116,8 +116,9 @@ def _pairs(metric: Metric, z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     if d is not None and z.shape[-1] != d:
         raise ValueError(f"the points have {z.shape[-1]} coordinates but the metric's latent "
                          f"space has {d}")
+    # contiguous copies: forward mode cannot take broadcast (stride-0) views as primals
     z, v = torch.broadcast_tensors(z.reshape(-1, z.shape[-1]), v.reshape(-1, v.shape[-1]))
-    return z, v
+    return z.contiguous(), v.contiguous()
 
 
 def _check_steps(n_steps: int) -> None:
@@ -159,7 +160,8 @@ def exp_map(metric: Metric, z: Tensor, v: Tensor, *, n_steps: int = 20) -> Tenso
 class LogMapResult:
     """`exp_{z_start}(velocity) = z_end` per pair: the initial `velocity (B, d)` of the
     geodesic, its `length (B,)` `sqrt(v^T G(z_start) v)`, the Euclidean `residual (B,)`
-    `|exp(v) - z_end|`, `converged (B,)` (residual at most `tol |z_end - z_start|`) and the
+    `|exp(v) - z_end|`, `converged (B,)` (residual at most `tol |z_end - z_start|`, or what
+    the dtype resolves at `z_end`: `8 eps (1 + |z_end|)`) and the
     Newton `iterations (B,)` each pair took."""
 
     velocity: Tensor
@@ -199,11 +201,19 @@ def log_map(metric: Metric, z_start: Tensor, z_end: Tensor, *, n_steps: int = 20
     fit = fit_geodesics(metric, z0, z1, **fit_kwargs)
     p, h = fit.points, fit.t[1] - fit.t[0]
     v = (-3 * p[:, 0] + 4 * p[:, 1] - p[:, 2]) / (2 * h)
+    return _shoot(metric, z0, z1, v, n_steps, tol, max_iter)
+
+
+def _shoot(metric: Metric, z0: Tensor, z1: Tensor, v: Tensor, n_steps: int, tol: float,
+           max_iter: int) -> LogMapResult:
+    """Newton on `exp_map(z0, v) = z1` from the velocities `v (B, d)`."""
 
     def shoot(v: Tensor) -> Tensor:
         return exp_map(metric, z0, v, n_steps=n_steps)
 
-    scale = tol * (z1 - z0).norm(dim=-1)
+    # the tolerance, but never below what the dtype can resolve at z1
+    eps = torch.finfo(z1.dtype).eps
+    scale = tol * (z1 - z0).norm(dim=-1) + 8 * eps * (1 + z1.norm(dim=-1))
     with torch.no_grad():
         residual = (shoot(v) - z1).norm(dim=-1)
     iterations = torch.zeros(len(z0), dtype=torch.long, device=z0.device)
@@ -225,6 +235,8 @@ def log_map(metric: Metric, z_start: Tensor, z_end: Tensor, *, n_steps: int = 20
                 break
             step = torch.where(worse, step / 2, step)
         better = active & (new < residual)
+        if not better.any():  # no pair can improve: stop, unconverged ones say so
+            break
         v = torch.where(better.unsqueeze(-1), trial, v)
         residual = torch.where(better, new, residual)
         iterations += active.long()
@@ -251,3 +263,53 @@ def parallel_transport(metric: Metric, curve: Curve, w: Tensor, *, n_steps: int 
     states = _rk4(rate, (w.unsqueeze(1) if single else w,), n_steps)
     out = torch.stack([s[0] for s in states], 1)
     return out[:, :, 0] if single else out
+
+
+@dataclass
+class FrechetMean:
+    """The weighted Frechet (Karcher) mean `mean (d,)` of points in a latent metric, their
+    weighted mean squared geodesic distance to it, `variance`, `converged` (the mean
+    velocity to the points fell below `tol` of their spread) and the `iterations` taken."""
+
+    mean: Tensor
+    variance: Tensor
+    converged: bool
+    iterations: int
+
+
+def frechet_mean(metric: Metric, z: Tensor, weights: Tensor | None = None, *,
+                 max_iter: int = 30, tol: float = 1e-4, n_steps: int = 20,
+                 **log_kwargs) -> FrechetMean:
+    """The point minimising the weighted sum of squared geodesic distances to `z (N, d)`,
+    by the Karcher flow: from the Euclidean mean, `m <- exp_m(r sum_i w_i log_m(z_i))`
+    (weights normalised to sum 1; the rate `r` starts at 1 and halves whenever a step
+    reverses the previous one) until the step's metric length is below `tol` times the
+    points' root mean squared distance. `log_kwargs` go to the first `log_map` (and through
+    it to `fit_geodesics`); later iterations shoot from the previous velocities. Unique
+    where the points lie in a small enough convex region."""
+    z = torch.as_tensor(z)
+    w = (torch.ones(len(z), dtype=z.dtype, device=z.device) if weights is None
+         else torch.as_tensor(weights, dtype=z.dtype, device=z.device))
+    if z.dim() != 2 or w.shape != (len(z),) or bool((w < 0).any()) or float(w.sum()) <= 0:
+        raise ValueError(f"need points (N, d) and N non-negative weights, not all zero; got "
+                         f"{tuple(z.shape)} and {tuple(w.shape)}")
+    w = w / w.sum()
+    m = (w[:, None] * z).sum(0)
+    tol_shoot, max_shoot = log_kwargs.get("tol", 1e-6), log_kwargs.get("max_iter", 20)
+    iterations, rate, previous = 0, 1.0, torch.zeros_like(m)
+    logs = log_map(metric, m.expand_as(z), z, n_steps=n_steps, **log_kwargs)
+    while True:
+        step = (w[:, None] * logs.velocity).sum(0)  # minus half the gradient of the variance
+        size = metric.quad(m[None], step[None, None])[0, 0].clamp_min(0).sqrt()
+        converged = bool(size <= tol * (w * logs.length.square()).sum().sqrt())
+        if converged or iterations == max_iter:
+            return FrechetMean(m, (w * logs.length.square()).sum(), converged, iterations)
+        # negative curvature makes full steps overshoot and zigzag: halve the rate when the
+        # step turns back on the previous one
+        if float(step @ previous) < 0:
+            rate /= 2
+        m = exp_map(metric, m[None], rate * step[None], n_steps=n_steps)[0].detach()
+        iterations, previous = iterations + 1, step
+        # the mean moved a little: shoot again from the old velocities, less the move
+        logs = _shoot(metric, m.expand_as(z).contiguous(), z,
+                      logs.velocity - rate * step, n_steps, tol_shoot, max_shoot)
