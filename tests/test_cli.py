@@ -88,7 +88,7 @@ def steps(tmp_path_factory: pytest.TempPathFactory) -> Path:
               "--n-examples", "6", "--n-generated", "4", "--out", str(d / "latent.zarr")])
     cli.main(["geodesics", "--model", str(d / "model"), "--latent", str(d / "latent.zarr"),
               "--n-pairs", "3", "--n-points", "10", "--max-iter", "100", "--grid-size", "9",
-              "--out", str(d / "geo.zarr")])
+              "--spray", "6", "--spray-points", "20", "--out", str(d / "geo.zarr")])
     cli.main(["report", "run", "--data", str(d / "data.zarr"), "--latent",
               str(d / "latent.zarr"), "--out-dir", str(d / "fig")])
     cli.main(["report", "geodesics", "--latent", str(d / "latent.zarr"), "--geodesics",
@@ -218,6 +218,26 @@ def test_geodesics_output(steps: Path) -> None:
     assert geo["log_volume"].shape == (9, 9) and np.isfinite(geo["log_volume"]).all()
     assert float(geo["z1"].min()) < z[:, 0].min() and float(geo["z1"].max()) > z[:, 0].max()
     assert geo.attrs["metric"] == "PullbackMetric"
+    # the spray: 6 geodesics leaving the Frechet mean of 20 validation codes
+    centre, spray = geo["frechet_mean"].values, geo["spray"].values
+    assert spray.shape == (6, 41, 2) and np.isfinite(spray).all()
+    np.testing.assert_allclose(spray[:, 0], np.broadcast_to(centre, (6, 2)), rtol=1e-6)
+    val = z[lat["split"].values == storage.SPLIT_VALIDATION]
+    assert (centre > val.min(0)).all() and (centre < val.max(0)).all()
+    assert geo["frechet_mean"].attrs["n_codes"] == 20
+    assert geo["frechet_mean"].attrs["rms_distance"] > 0
+    ends = spray[:, -1] - centre
+    angles = np.sort(np.arctan2(ends[:, 1], ends[:, 0]))
+    assert np.diff(angles).min() > 0.1  # six distinct directions
+
+
+def test_bad_spray_settings_exit_with_a_message(steps: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["geodesics", "--model", str(steps / "model"), "--latent",
+                     str(steps / "latent.zarr"), "--spray", "-1",
+                     "--out", str(tmp_path / "geo.zarr")]) == 1
+    assert "--spray must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "geo.zarr").exists()
 
 
 def test_report_outputs(steps: Path) -> None:

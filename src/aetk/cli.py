@@ -352,8 +352,11 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
     import xarray as xr
 
     import aetk
-    from aetk.geometry import fit_geodesics, metric_for, volume_grid
+    from aetk.geometry import fit_geodesics, frechet_mean, geodesic_spray, metric_for, volume_grid
 
+    if args.spray < 0 or args.spray_points < 1:
+        raise ValueError(f"--spray must be >= 0 and --spray-points >= 1, got {args.spray} and "
+                         f"{args.spray_points}")
     torch.set_num_threads(args.threads)
     model = aetk.load(args.model)
     latent = storage.read_zarr(args.latent)
@@ -386,6 +389,19 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
         ds = ds.assign_coords(z1=vol["z1"].values, z2=vol["z2"].values)
         ds["log_volume"] = (("z1", "z2"), vol["log_volume"].values,
                             {"long_name": "log sqrt(det G(z))"})
+    if z.shape[1] == 2 and args.spray:
+        # the validation codes' intrinsic centre, and geodesics leaving it
+        val = np.flatnonzero(is_val) if is_val.any() else np.arange(len(z))
+        codes = np.random.default_rng(args.seed).permutation(val)[:args.spray_points]
+        mean = frechet_mean(metric, torch.from_numpy(z[codes]), n_points=args.n_points)
+        radius = float(mean.variance.sqrt())
+        spray = geodesic_spray(metric, mean.mean, args.spray, radius)
+        ds = ds.assign_coords(direction=np.arange(args.spray),
+                              s=np.linspace(0, 1, spray.points.shape[1]))
+        ds["frechet_mean"] = (("latent",), mean.mean.detach().cpu().numpy(), {
+            "converged": int(mean.converged), "iterations": mean.iterations,
+            "n_codes": len(codes), "rms_distance": radius})
+        ds["spray"] = (("direction", "s", "latent"), spray.points.detach().cpu().numpy())
     ds.attrs = {
         "store": "aetk-geodesics", "run": latent.attrs.get("run"),
         "model": latent.attrs.get("model"), "likelihood": latent.attrs.get("likelihood"),
@@ -394,7 +410,8 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
         "metric": type(metric).__name__, "label_kind": kind,
         "label_names": latent.attrs.get("label_names"),
         "settings": {"n_pairs": args.n_pairs, "n_points": args.n_points,
-                     "max_iter": args.max_iter, "grid_size": args.grid_size, "seed": args.seed},
+                     "max_iter": args.max_iter, "grid_size": args.grid_size, "seed": args.seed,
+                     "spray": args.spray, "spray_points": args.spray_points},
     }
     storage.write_zarr(ds, args.out)
     ratio = (res.length / res.line_length).mean().item()
@@ -570,7 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Fit geodesics between pairs of validation points (from different classes when "
             "labelled) in the model's metric: its own for an RHVAE, the decoder's pull-back "
             "otherwise (aetk.geometry.metric_for). For 2-D latents also the log volume "
-            "log sqrt(det G) on a grid over the latent codes.\n\n"
+            "log sqrt(det G) on a grid over the latent codes, the Frechet mean of the "
+            "validation codes and a spray of geodesics from it.\n\n"
             "input:  --model: a model directory; --latent: its latent store\n"
             "output: --out: the geodesic store (.zarr)")
     p.add_argument("--model", required=True, help="model directory")
@@ -580,6 +598,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-points", type=int, default=32, help="points per curve")
     p.add_argument("--max-iter", type=int, default=500, help="optimiser iterations at most")
     p.add_argument("--grid-size", type=int, default=64, help="volume grid points per axis")
+    p.add_argument("--spray", type=int, default=16,
+                   help="2-D latents: geodesics leaving the Frechet mean of the validation codes "
+                   "in this many directions, each as long as their RMS distance to it (0: none)")
+    p.add_argument("--spray-points", type=int, default=100,
+                   help="validation codes (at most) whose Frechet mean centres the spray")
     p.add_argument("--seed", type=int, default=0, help="seed of the pairs")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
 

@@ -174,7 +174,8 @@ def plot_samples(latent: xr.Dataset, stored: StoredData, path: Path) -> None:
 
 def plot_geodesics(latent: xr.Dataset, geo: xr.Dataset, path: Path) -> None:
     """Geodesics (solid, one colour per pair) and straight lines (dashed) over the latent
-    codes, on the metric's log volume for 2-D latents."""
+    codes, on the metric's log volume for 2-D latents, with the validation codes' Frechet
+    mean and the geodesic spray from it when the store has them."""
     z = latent["z_mean"].values
     points = geo["points"].values
     fig, axs = _subplots(figsize=(6, 5))
@@ -205,6 +206,13 @@ def plot_geodesics(latent: xr.Dataset, geo: xr.Dataset, path: Path) -> None:
         ax.plot(curve[:, 0], curve[:, 1], "-", color=colour, lw=2.0)
         ax.plot(curve[[0, -1], 0], curve[[0, -1], 1], "o", color=colour, ms=4,
                 markeredgecolor="white", markeredgewidth=0.5)
+    if "spray" in geo and "log_volume" in geo:
+        for spoke in geo["spray"].values:
+            ax.plot(spoke[:, 0], spoke[:, 1], "-", color="white", lw=0.8, alpha=0.7)
+        centre = geo["frechet_mean"].values
+        ax.plot(centre[0], centre[1], "*", color="white", ms=11, markeredgecolor="black",
+                markeredgewidth=0.6, label="Frechet mean, geodesic spray")
+        ax.legend(loc="upper right", fontsize=7, framealpha=0.6)
     ratio = float(np.mean(geo["length"].values / geo["line_length"].values))
     conv = int(geo["converged"].values.sum())
     ax.set(xlabel=axes[0], ylabel=axes[1],

@@ -160,6 +160,7 @@ def geodesic_args(wildcards):
             ("--n-points", geo["n_points"]),
             ("--max-iter", geo["max_iter"]),
             ("--grid-size", geo["grid_size"]),
+            ("--spray", geo["spray"]),
             ("--seed", geo["seed"]),
         ]
     )

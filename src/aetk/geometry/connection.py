@@ -13,6 +13,7 @@ metrics written in torch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -313,3 +314,24 @@ def frechet_mean(metric: Metric, z: Tensor, weights: Tensor | None = None, *,
         # the mean moved a little: shoot again from the old velocities, less the move
         logs = _shoot(metric, m.expand_as(z).contiguous(), z,
                       logs.velocity - rate * step, n_steps, tol_shoot, max_shoot)
+
+
+def geodesic_spray(metric: Metric, centre: Tensor, n_directions: int = 16, radius: float = 1.0,
+                   *, n_steps: int = 40) -> GeodesicPath:
+    """Geodesics leaving `centre (2,)` of a 2-D latent space in `n_directions` directions at
+    equal coordinate angles, each with metric speed `radius`: where geodesics minimise, they
+    end on the geodesic circle of that radius. Straight spokes of equal coordinate length
+    mean a flat metric; the bending and stretching show its curvature and scale."""
+    centre = torch.as_tensor(centre)
+    if centre.shape != (2,):
+        raise ValueError(f"a spray needs one point of a 2-D latent space, got shape "
+                         f"{tuple(centre.shape)}")
+    if int(n_directions) != n_directions or n_directions < 1 or not radius > 0:
+        raise ValueError(f"need n_directions >= 1 and radius > 0, got {n_directions}, {radius}")
+    angles = torch.arange(n_directions, dtype=centre.dtype, device=centre.device) * (
+        2 * math.pi / n_directions)
+    u = torch.stack([angles.cos(), angles.sin()], -1)
+    points = centre.expand(n_directions, 2).contiguous()
+    with torch.no_grad():
+        speed = metric.quad(points, u.unsqueeze(-2))[:, 0].clamp_min(0).sqrt()
+    return integrate_geodesic(metric, points, radius * u / speed[:, None], n_steps=n_steps)
