@@ -198,6 +198,10 @@ def plot_geodesics(latent: xr.Dataset, geo: xr.Dataset, path: Path) -> None:
                                                    -1) if z.shape[1] == 1 else points)
     ax.scatter(xy[:, 0], xy[:, 1], s=2, color="white" if "log_volume" in geo else "0.6",
                alpha=0.35, linewidths=0)
+    spray = "spray" in geo and "log_volume" in geo
+    if spray:  # under the geodesics
+        for spoke in geo["spray"].values:
+            ax.plot(spoke[:, 0], spoke[:, 1], "-", color="white", lw=0.7, alpha=0.5)
     colours = mpl.colormaps["tab10"]
     for i, curve in enumerate(curves):
         colour = colours(i % colours.N)
@@ -206,9 +210,7 @@ def plot_geodesics(latent: xr.Dataset, geo: xr.Dataset, path: Path) -> None:
         ax.plot(curve[:, 0], curve[:, 1], "-", color=colour, lw=2.0)
         ax.plot(curve[[0, -1], 0], curve[[0, -1], 1], "o", color=colour, ms=4,
                 markeredgecolor="white", markeredgewidth=0.5)
-    if "spray" in geo and "log_volume" in geo:
-        for spoke in geo["spray"].values:
-            ax.plot(spoke[:, 0], spoke[:, 1], "-", color="white", lw=0.8, alpha=0.7)
+    if spray:  # over them
         centre = geo["frechet_mean"].values
         ax.plot(centre[0], centre[1], "*", color="white", ms=11, markeredgecolor="black",
                 markeredgewidth=0.6, label="Frechet mean, geodesic spray")
