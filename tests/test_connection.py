@@ -17,6 +17,7 @@ from aetk.geometry import (
     christoffel_contract,
     exp_map,
     frechet_mean,
+    geodesic_spray,
     integrate_geodesic,
     log_map,
     metric_for,
@@ -331,3 +332,15 @@ def test_frechet_mean_minimises_the_closed_form_variance(space):
 def test_frechet_mean_refuses_bad_weights():
     with pytest.raises(ValueError, match="non-negative weights"):
         frechet_mean(poincare(), POINTS, torch.tensor([1.0, -1.0, 1.0], dtype=f64))
+
+
+def test_a_spray_of_the_half_plane_ends_on_a_hyperbolic_circle():
+    """Geodesics of H^2 minimise: every spoke of metric speed r ends at distance r."""
+    centre = torch.tensor([0.3, 0.8], dtype=f64)
+    spray = geodesic_spray(poincare(), centre, 12, radius=1.5)
+    assert spray.points.shape == (12, 41, 2)
+    ends = spray.points[:, -1]
+    torch.testing.assert_close(hyperbolic_distance(centre.expand(12, 2), ends),
+                               torch.full((12,), 1.5, dtype=f64), rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="2-D latent space"):
+        geodesic_spray(poincare(), torch.zeros(3, dtype=f64))
