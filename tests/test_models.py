@@ -10,6 +10,7 @@ import torch
 from scipy import special
 from torch import distributions as D
 from torch import nn
+from torch.utils.data import StackDataset
 
 import aetk
 from aetk import decoders as dec
@@ -236,6 +237,10 @@ def test_beta_tcvae_takes_the_training_set_size_from_fit(tmp_path):
     assert int(model.dataset_size) == 60
     model.save(tmp_path / "m")
     assert int(aetk.load(tmp_path / "m").dataset_size) == 60
+    # a Dataset shows on_fit_start only its first batches (40 rows here), but the true size
+    streamed = aetk.build_model("beta_tcvae", "bernoulli", in_features=6, hidden=(8,))
+    aetk.fit(streamed, StackDataset(x), epochs=1, batch_size=5, progress=False)
+    assert int(streamed.dataset_size) == 60
 
 
 def test_vampprior_pseudo_inputs_start_at_training_points_and_are_saved(tmp_path):

@@ -88,8 +88,8 @@ class _Batches:
         self.batch_size, self.device = batch_size, device
         self.generator, self.shuffle = generator, shuffle
         self.check, self.name = check, name
-        n = len(self.tensor) if self.tensor is not None else len(self.dataset)
-        self.n_batches = math.ceil(n / batch_size)
+        self.n = len(self.tensor) if self.tensor is not None else len(self.dataset)
+        self.n_batches = math.ceil(self.n / batch_size)
 
     def __len__(self) -> int:
         return self.n_batches
@@ -209,7 +209,8 @@ def fit(
                             "validation") if val is not None else None)
     # A Dataset shows the model a sample of its first batches (enough to pick centroids).
     model.on_fit_start(batches.tensor if batches.tensor is not None
-                       else torch.cat([b for _, b in zip(range(8), batches, strict=False)]))
+                       else torch.cat([b for _, b in zip(range(8), batches, strict=False)]),
+                       batches.n)
     optimizers = model.configure_optimizers(lr)
 
     history: list[dict[str, float]] = []

@@ -89,8 +89,9 @@ class Model(nn.Module):
         opt.step()
         return out
 
-    def on_fit_start(self, train: torch.Tensor) -> None:
-        """Called once with the training tensor before the first epoch."""
+    def on_fit_start(self, train: torch.Tensor, n_train: int | None = None) -> None:
+        """Called once before the first epoch with the training tensor (for a Dataset, a
+        sample of its first batches) and the training set's size `n_train`."""
 
     def on_epoch_end(self, epoch: int) -> None:
         """Called after every training epoch."""

@@ -246,7 +246,7 @@ class RHVAE(Model):
 
     # Training hooks ----------------------------------------------------------------------
 
-    def on_fit_start(self, train: torch.Tensor) -> None:
+    def on_fit_start(self, train: torch.Tensor, n_train: int | None = None) -> None:
         """Choose the centroids from the training data (unless given), then freeze."""
         if not bool(self.has_centroids):
             seed = int(torch.randint(2**31 - 1, ()))  # fit seeds torch: reproducible choice

@@ -54,9 +54,9 @@ class BetaTCVAE(Model):
         self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
         self.register_buffer("dataset_size", torch.tensor(int(dataset_size or 0)))
 
-    def on_fit_start(self, train: torch.Tensor) -> None:
+    def on_fit_start(self, train: torch.Tensor, n_train: int | None = None) -> None:
         if int(self.dataset_size) == 0:
-            self.dataset_size.fill_(len(train))
+            self.dataset_size.fill_(len(train) if n_train is None else n_train)
 
     def loss(self, x: torch.Tensor) -> LossOutput:
         n = int(self.dataset_size)

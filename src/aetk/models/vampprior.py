@@ -38,7 +38,7 @@ class VampPrior(Model):
         self.pseudo_inputs = nn.Parameter(torch.zeros(int(n_components), *self.input_shape))
         self.register_buffer("has_pseudo_inputs", torch.tensor(False))
 
-    def on_fit_start(self, train: torch.Tensor) -> None:
+    def on_fit_start(self, train: torch.Tensor, n_train: int | None = None) -> None:
         """Start the pseudo-inputs at distinct training points (unless already set)."""
         if bool(self.has_pseudo_inputs):
             return
