@@ -88,7 +88,15 @@ def steps(tmp_path_factory: pytest.TempPathFactory) -> Path:
               "--n-examples", "6", "--n-generated", "4", "--out", str(d / "latent.zarr")])
     cli.main(["geodesics", "--model", str(d / "model"), "--latent", str(d / "latent.zarr"),
               "--n-pairs", "3", "--n-points", "10", "--max-iter", "100", "--grid-size", "9",
-              "--spray", "6", "--spray-points", "20", "--out", str(d / "geo.zarr")])
+              "--out", str(d / "geo.zarr")])
+    # an RHVAE for the Frechet mean and the geodesic spray (its own smooth metric)
+    rhvae = [a if a != "vae" else "rhvae" for a in common] + ["--options", '{"centroids": 16}']
+    cli.main(["train", *rhvae, "--out", str(d / "rhvae"), "--history", str(d / "hr.tsv")])
+    cli.main(["encode", "--data", str(d / "data.zarr"), "--model", str(d / "rhvae"),
+              "--n-importance", "0", "--out", str(d / "latent_rhvae.zarr")])
+    cli.main(["geodesics", "--model", str(d / "rhvae"), "--latent",
+              str(d / "latent_rhvae.zarr"), "--n-pairs", "2", "--n-points", "10", "--grid-size",
+              "9", "--spray", "6", "--spray-points", "20", "--out", str(d / "geo_rhvae.zarr")])
     cli.main(["report", "run", "--data", str(d / "data.zarr"), "--latent",
               str(d / "latent.zarr"), "--out-dir", str(d / "fig")])
     cli.main(["report", "geodesics", "--latent", str(d / "latent.zarr"), "--geodesics",
@@ -218,7 +226,15 @@ def test_geodesics_output(steps: Path) -> None:
     assert geo["log_volume"].shape == (9, 9) and np.isfinite(geo["log_volume"]).all()
     assert float(geo["z1"].min()) < z[:, 0].min() and float(geo["z1"].max()) > z[:, 0].max()
     assert geo.attrs["metric"] == "PullbackMetric"
-    # the spray: 6 geodesics leaving the Frechet mean of 20 validation codes
+    assert "spray" not in geo  # a ReLU decoder's pull-back: no connection to speak of
+
+
+def test_geodesics_spray_of_an_rhvae(steps: Path) -> None:
+    """6 geodesics leaving the Frechet mean of 20 validation codes, and the figure."""
+    geo = storage.read_zarr(steps / "geo_rhvae.zarr")
+    lat = storage.read_zarr(steps / "latent_rhvae.zarr")
+    assert geo.attrs["metric"] == "RHVAEMetric"
+    z = lat["z_mean"].values
     centre, spray = geo["frechet_mean"].values, geo["spray"].values
     assert spray.shape == (6, 41, 2) and np.isfinite(spray).all()
     np.testing.assert_allclose(spray[:, 0], np.broadcast_to(centre, (6, 2)), rtol=1e-6)
@@ -229,6 +245,11 @@ def test_geodesics_output(steps: Path) -> None:
     ends = spray[:, -1] - centre
     angles = np.sort(np.arctan2(ends[:, 1], ends[:, 0]))
     assert np.diff(angles).min() > 0.1  # six distinct directions
+    assert geo["frechet_mean"].attrs["converged"] == 1
+    out = steps / "fig" / "geodesics_rhvae.png"
+    cli.main(["report", "geodesics", "--latent", str(steps / "latent_rhvae.zarr"),
+              "--geodesics", str(steps / "geo_rhvae.zarr"), "--out", str(out)])
+    assert out.stat().st_size > 10_000
 
 
 def test_bad_spray_settings_exit_with_a_message(steps: Path, tmp_path: Path,

@@ -127,6 +127,18 @@ def test_contraction_equals_the_full_symbols(name):
                                torch.einsum("nkij,ni,nj->nk", gamma, u, u))
 
 
+def test_a_singular_metric_gives_nan_where_it_is_singular_and_numbers_elsewhere():
+    """G = diag(x^2, 1): singular on x = 0, where a batch must not stop; Gamma^x_xx = 1/x."""
+    metric = Metric(lambda z: torch.diag_embed(torch.stack([z[:, 0] ** 2,
+                                                            torch.ones_like(z[:, 0])], -1)))
+    z = torch.tensor([[0.0, 1.0], [2.0, 1.0]], dtype=f64)
+    u = torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=f64)
+    got = christoffel_contract(metric, z, u)
+    assert torch.isnan(got[0]).all()
+    torch.testing.assert_close(got[1], torch.tensor([0.5, 0.0], dtype=f64))
+    assert torch.isnan(christoffel(metric, z)[0]).all()
+
+
 # --- exponential map -------------------------------------------------------------------
 
 def test_exp_map_of_a_constant_metric_is_the_straight_line():

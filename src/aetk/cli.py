@@ -208,7 +208,7 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
                 n_generated: int, seed: int, n_importance: int = 0) -> dict[str, Any]:
     """Per-sample latent statistics, reconstruction errors and ELBO terms of ``model``.
 
-    The ELBO is the single-sample estimate ``log p(x|z) - KL(q(z|x) || N(0, I))`` of the
+    The ELBO is the single-sample estimate ``log p(x|z) - KL(q(z|x) || p(z))`` of the
     encoder/decoder pair (for every model, so the table compares like with like), and
     ``log_marginal`` the importance-sampled ``log p(x)`` with ``n_importance`` samples
     (NaN when 0, or for a deterministic model).
@@ -307,16 +307,21 @@ def cmd_encode(args: argparse.Namespace) -> None:
         "data_config_hash": stored.attrs.get("config_hash"), "label_kind": stored.label_kind,
         "label_names": stored.label_names,
         "image_shape": None if stored.image_shape is None else list(stored.image_shape),
-        "elbo": "single-sample log p(x|z) - KL(q(z|x) || N(0, I)), z ~ q(z|x)",
+        "elbo": "single-sample log p(x|z) - KL(q(z|x) || p(z)), z ~ q(z|x) (the KL in closed "
+                "form for N(0, I), from one draw for the VampPrior's mixture)",
         "log_marginal": f"log p(x) by importance sampling, {args.n_importance} samples from "
                         "q(z|x) (aetk.log_marginal)",
     }
     storage.write_zarr(ds, args.out)
     val = stored.is_validation if stored.is_validation.any() else slice(None)
+
+    def mean(name: str, digits: int = 2) -> str:  # "n/a" when not computed (AE, no log p(x))
+        values = enc[name][val]
+        return "n/a" if np.isnan(values).all() else f"{np.nanmean(values):.{digits}f}"
+
     print(f"encoded {len(stored.x)} samples in {time.perf_counter() - t0:.1f} s; validation "
-          f"reconstruction error {np.nanmean(enc['reconstruction_error'][val]):.4f}, "
-          f"ELBO {np.nanmean(enc['elbo'][val]):.2f}, log p(x) "
-          f"{np.nanmean(enc['log_marginal'][val]):.2f}; wrote {args.out}")
+          f"reconstruction error {mean('reconstruction_error', 4)}, ELBO {mean('elbo')}, "
+          f"log p(x) {mean('log_marginal')}; wrote {args.out}")
 
 
 # --------------------------------------------------------------------------------------
@@ -352,7 +357,14 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
     import xarray as xr
 
     import aetk
-    from aetk.geometry import fit_geodesics, frechet_mean, geodesic_spray, metric_for, volume_grid
+    from aetk.geometry import (
+        RHVAEMetric,
+        fit_geodesics,
+        frechet_mean,
+        geodesic_spray,
+        metric_for,
+        volume_grid,
+    )
 
     if args.spray < 0 or args.spray_points < 1:
         raise ValueError(f"--spray must be >= 0 and --spray-points >= 1, got {args.spray} and "
@@ -389,8 +401,10 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
         ds = ds.assign_coords(z1=vol["z1"].values, z2=vol["z2"].values)
         ds["log_volume"] = (("z1", "z2"), vol["log_volume"].values,
                             {"long_name": "log sqrt(det G(z))"})
-    if z.shape[1] == 2 and args.spray:
-        # the validation codes' intrinsic centre, and geodesics leaving it
+    if z.shape[1] == 2 and args.spray and isinstance(metric, RHVAEMetric):
+        # the validation codes' intrinsic centre, and geodesics leaving it: for the RHVAE's
+        # smooth metric (a ReLU decoder's pull-back is piecewise constant, and its hundred
+        # log maps take minutes, not seconds)
         val = np.flatnonzero(is_val) if is_val.any() else np.arange(len(z))
         codes = np.random.default_rng(args.seed).permutation(val)[:args.spray_points]
         mean = frechet_mean(metric, torch.from_numpy(z[codes]), n_points=args.n_points)
@@ -587,8 +601,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Fit geodesics between pairs of validation points (from different classes when "
             "labelled) in the model's metric: its own for an RHVAE, the decoder's pull-back "
             "otherwise (aetk.geometry.metric_for). For 2-D latents also the log volume "
-            "log sqrt(det G) on a grid over the latent codes, the Frechet mean of the "
-            "validation codes and a spray of geodesics from it.\n\n"
+            "log sqrt(det G) on a grid over the latent codes, and for an RHVAE the Frechet "
+            "mean of the validation codes and a spray of geodesics from it.\n\n"
             "input:  --model: a model directory; --latent: its latent store\n"
             "output: --out: the geodesic store (.zarr)")
     p.add_argument("--model", required=True, help="model directory")
@@ -599,8 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iter", type=int, default=500, help="optimiser iterations at most")
     p.add_argument("--grid-size", type=int, default=64, help="volume grid points per axis")
     p.add_argument("--spray", type=int, default=16,
-                   help="2-D latents: geodesics leaving the Frechet mean of the validation codes "
-                   "in this many directions, each as long as their RMS distance to it (0: none)")
+                   help="2-D RHVAE latents: geodesics leaving the Frechet mean of the validation "
+                   "codes in this many directions, each as long as their RMS distance to it "
+                   "(0: none)")
     p.add_argument("--spray-points", type=int, default=100,
                    help="validation codes (at most) whose Frechet mean centres the spray")
     p.add_argument("--seed", type=int, default=0, help="seed of the pairs")

@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.func import jvp, vmap
 
 from .fit import fit_geodesics
-from .metrics import Metric, latent_dim
+from .metrics import Metric, latent_dim, solve_or_nan
 
 # A differentiable curve: times (T,) -> points (B, T, d), like `NeuralGeodesic`.
 Curve = Callable[[Tensor], Tensor]
@@ -38,7 +38,7 @@ def christoffel(metric: Metric, z: Tensor) -> Tensor:
     # dG[c, n, a, b] = d_c G_ab at point n: one JVP per coordinate direction
     dG = vmap(lambda e: jvp(metric.metric, (flat,), (e.expand_as(flat),))[1])(basis)
     first_kind = 0.5 * (dG.permute(1, 2, 0, 3) + dG.permute(1, 2, 3, 0) - dG.permute(1, 0, 2, 3))
-    gamma = torch.linalg.solve(G, first_kind.reshape(-1, d, d * d))
+    gamma = solve_or_nan(G, first_kind.reshape(-1, d, d * d))
     return gamma.reshape(*z.shape, d, d)
 
 
@@ -309,8 +309,10 @@ def frechet_mean(metric: Metric, z: Tensor, weights: Tensor | None = None, *,
         # step turns back on the previous one
         if float(step @ previous) < 0:
             rate /= 2
-        m = exp_map(metric, m[None], rate * step[None], n_steps=n_steps)[0].detach()
-        iterations, previous = iterations + 1, step
+        moved = exp_map(metric, m[None], rate * step[None], n_steps=n_steps)[0].detach()
+        if not bool(torch.isfinite(moved).all()):  # the step crossed a singular metric
+            return FrechetMean(m, (w * logs.length.square()).sum(), False, iterations)
+        m, iterations, previous = moved, iterations + 1, step
         # the mean moved a little: shoot again from the old velocities, less the move
         logs = _shoot(metric, m.expand_as(z).contiguous(), z,
                       logs.velocity - rate * step, n_steps, tol_shoot, max_shoot)

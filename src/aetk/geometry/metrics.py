@@ -14,6 +14,13 @@ from torch import distributions as D
 from torch.func import jvp, vjp, vmap
 
 
+def solve_or_nan(G: Tensor, rhs: Tensor) -> Tensor:
+    """`G^{-1} rhs` per point, NaN where `G` is singular (a pull-back through dead ReLUs):
+    a degenerate metric has no connection there, and one such point must not stop a batch."""
+    x, info = torch.linalg.solve_ex(G, rhs)
+    return torch.where((info == 0).reshape(-1, *[1] * (x.dim() - 1)), x, torch.nan)
+
+
 class Metric:
     """A metric given by a callable mapping points `(N, d)` to matrices `(N, d, d)`.
 
@@ -47,7 +54,7 @@ class Metric:
         else:
             _, dGw = jvp(self._metric, (z,), (w,))
             rhs = (dGu @ w.unsqueeze(-1) + dGw @ u.unsqueeze(-1)).squeeze(-1) - grad
-        return 0.5 * torch.linalg.solve(G, rhs)
+        return 0.5 * solve_or_nan(G, rhs)
 
     def metric(self, z: Tensor) -> Tensor:
         """`G(z)`, shape `(..., d, d)`."""
@@ -199,7 +206,7 @@ class PullbackMetric(Metric):
             J, s = J.reshape(d, n, -1), s.reshape(n, -1)
             G = G + torch.einsum("anm,bnm->nab", J, J)
             rhs = rhs + torch.einsum("anm,nm->na", J, s)
-        return torch.linalg.solve(G, rhs)
+        return solve_or_nan(G, rhs)
 
     def _quad(self, z: Tensor, v: Tensor) -> Tensor:
         # k JVPs with the curve's own directions: cheaper than forming G when k < d
