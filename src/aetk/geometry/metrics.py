@@ -195,7 +195,8 @@ class PullbackMetric(Metric):
             return super()._contract(z, u, w)
         # G = sum_p J_p^T J_p (unit weights), so the connection is the embedding's (Gauss):
         # Gamma[u, w] = G^{-1} sum_p J_p^T D^2 eta_p[u, w], second directional derivatives of
-        # the decoder instead of derivatives of G (about 4x faster for an MLP decoder)
+        # the decoder instead of derivatives of G (48 ms against 76 ms for 256 points and a
+        # 784-400-400 decoder, one thread)
         n, d = z.shape
         eye = torch.eye(d, dtype=z.dtype, device=z.device)
         _, jac = vmap(lambda e: jvp(self._params, (z,), (e.expand_as(z),)))(eye)

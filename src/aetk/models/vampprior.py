@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import distributions as D
 from torch import nn
@@ -59,8 +57,7 @@ class VampPrior(Model):
 
     def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """`log p(z) = logsumexp_k log q(z|u_k) - log K`, over the last axis of `z (..., d)`."""
-        q = self.encoder(self.pseudo_inputs)
-        return torch.logsumexp(q.log_prob(z.unsqueeze(-2)), -1) - math.log(len(self.pseudo_inputs))
+        return self.prior().log_prob(z)
 
     def kl(self, q: D.Distribution) -> torch.Tensor:
         """`log q(z|x) - log p(z)` at one draw `z ~ q(z|x)`, `(B,)`."""
