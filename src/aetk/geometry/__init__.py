@@ -1,7 +1,8 @@
 """Latent geometry: metrics (RHVAE, decoder pull-back, user-defined), curve energy and
 length, batched geodesics, distance matrices, interpolation and volume maps; the
 connection: Christoffel symbols, exponential and logarithm maps, parallel transport,
-Frechet means."""
+Frechet means; curvature: the Riemann, Ricci, scalar and sectional curvatures and a
+Gaussian-curvature map."""
 
 from .connection import (
     FrechetMean,
@@ -15,6 +16,13 @@ from .connection import (
     integrate_geodesic,
     log_map,
     parallel_transport,
+)
+from .curvature import (
+    curvature_grid,
+    ricci,
+    riemann,
+    scalar_curvature,
+    sectional_curvature,
 )
 from .curves import NeuralGeodesic, curve_energy, curve_length
 from .fit import GeodesicResult, distance_matrix, fit_geodesics, interpolate
@@ -31,6 +39,7 @@ __all__ = [
     "RHVAEMetric",
     "christoffel",
     "christoffel_contract",
+    "curvature_grid",
     "curve_energy",
     "curve_length",
     "distance_matrix",
@@ -43,5 +52,9 @@ __all__ = [
     "log_map",
     "metric_for",
     "parallel_transport",
+    "ricci",
+    "riemann",
+    "scalar_curvature",
+    "sectional_curvature",
     "volume_grid",
 ]

@@ -225,6 +225,22 @@ def metric_for(model: nn.Module, kind: str = "mean") -> Metric:
     return PullbackMetric(model.decoder, kind=kind)
 
 
+def grid_points(metric: Metric, bounds: Sequence[Sequence[float]], n: int | Sequence[int],
+                what: str) -> tuple[np.ndarray, np.ndarray, Tensor]:
+    """The axes `z1`, `z2` of a regular 2-D grid and its points `(n1 * n2, 2)` (z1 major) in
+    the metric's dtype and device; `what` names the caller in the error for other
+    dimensions."""
+    d = latent_dim(metric)
+    if d is not None and d != 2:
+        raise ValueError(f"{what} needs a 2-D latent space; this metric's has {d}")
+    (lo1, hi1), (lo2, hi2) = bounds
+    n1, n2 = (n, n) if isinstance(n, int) else n
+    z1, z2 = np.linspace(lo1, hi1, n1), np.linspace(lo2, hi2, n2)
+    grid = np.stack(np.meshgrid(z1, z2, indexing="ij"), -1).reshape(-1, 2)
+    dtype, device = _tensor_spec(metric)
+    return z1, z2, torch.as_tensor(grid, dtype=dtype, device=device)
+
+
 def volume_grid(
     metric: Metric,
     bounds: Sequence[Sequence[float]],
@@ -238,18 +254,10 @@ def volume_grid(
     Returns an `xarray.Dataset` with coordinates `z1`, `z2` and the variable
     `log_volume (z1, z2)` (float64); plot it with `ds.log_volume.plot(x="z1")`.
     """
-    d = latent_dim(metric)
-    if d is not None and d != 2:
-        raise ValueError(f"volume_grid needs a 2-D latent space; this metric's has {d}")
-    (lo1, hi1), (lo2, hi2) = bounds
-    n1, n2 = (n, n) if isinstance(n, int) else n
-    z1, z2 = np.linspace(lo1, hi1, n1), np.linspace(lo2, hi2, n2)
-    grid = np.stack(np.meshgrid(z1, z2, indexing="ij"), -1).reshape(-1, 2)
-    dtype, device = _tensor_spec(metric)
-    points = torch.as_tensor(grid, dtype=dtype, device=device)
+    z1, z2, points = grid_points(metric, bounds, n, "volume_grid")
     with torch.no_grad():
         logv = torch.cat([metric.log_volume(c) for c in points.split(chunk_size)])
-    values = logv.double().cpu().numpy().reshape(n1, n2)
+    values = logv.double().cpu().numpy().reshape(len(z1), len(z2))
     return xr.Dataset(
         {"log_volume": (("z1", "z2"), values)},
         coords={"z1": z1, "z2": z2},
