@@ -9,8 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+import aetk
 from aetk import cli, storage
+from aetk.geometry import metric_for, scalar_curvature
 
 STEPS = ("preprocess", "train", "encode", "geodesics", "report")
 
@@ -227,6 +230,7 @@ def test_geodesics_output(steps: Path) -> None:
     assert float(geo["z1"].min()) < z[:, 0].min() and float(geo["z1"].max()) > z[:, 0].max()
     assert geo.attrs["metric"] == "PullbackMetric"
     assert "spray" not in geo  # a ReLU decoder's pull-back: no connection to speak of
+    assert "gaussian_curvature" not in geo  # nor curvature
 
 
 def test_geodesics_spray_of_an_rhvae(steps: Path) -> None:
@@ -246,6 +250,12 @@ def test_geodesics_spray_of_an_rhvae(steps: Path) -> None:
     angles = np.sort(np.arctan2(ends[:, 1], ends[:, 0]))
     assert np.diff(angles).min() > 0.1  # six distinct directions
     assert geo["frechet_mean"].attrs["converged"] == 1
+    K = geo["gaussian_curvature"]
+    assert K.dims == ("z1", "z2") and K.shape == (9, 9) and np.isfinite(K.values).all()
+    metric = metric_for(aetk.load(steps / "rhvae"))
+    corner = torch.tensor([[geo["z1"].values[2], geo["z2"].values[7]]], dtype=torch.float32)
+    np.testing.assert_allclose(K.values[2, 7], 0.5 * scalar_curvature(metric, corner).item(),
+                               rtol=1e-5)
     out = steps / "fig" / "geodesics_rhvae.png"
     cli.main(["report", "geodesics", "--latent", str(steps / "latent_rhvae.zarr"),
               "--geodesics", str(steps / "geo_rhvae.zarr"), "--out", str(out)])

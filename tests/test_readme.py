@@ -19,4 +19,7 @@ def test_readme_examples_run_in_order(tmp_path, monkeypatch) -> None:
     fit = ns["fit"]  # the geometry example: never longer than the straight line
     assert bool((fit.length <= fit.line_length * (1 + 1e-6)).all())
     assert ns["grid"].log_volume.shape == (50, 50)
+    assert ns["K"].shape == (5,) and bool(ns["K"].isfinite().all())
+    assert ns["R"].shape == (5, 2, 2, 2, 2)
+    assert ns["kmap"].gaussian_curvature.shape == (50, 50)
     assert ns["digits"].shape == (8, 64)

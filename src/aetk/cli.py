@@ -359,6 +359,7 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
     import aetk
     from aetk.geometry import (
         RHVAEMetric,
+        curvature_grid,
         fit_geodesics,
         frechet_mean,
         geodesic_spray,
@@ -401,6 +402,10 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
         ds = ds.assign_coords(z1=vol["z1"].values, z2=vol["z2"].values)
         ds["log_volume"] = (("z1", "z2"), vol["log_volume"].values,
                             {"long_name": "log sqrt(det G(z))"})
+        if isinstance(metric, RHVAEMetric):  # smooth, and cheap: 0.3 s for 100 x 100 points
+            curv = curvature_grid(metric, bounds, args.grid_size)
+            ds["gaussian_curvature"] = (("z1", "z2"), curv["gaussian_curvature"].values,
+                                        {"long_name": "Gaussian curvature K(z)"})
     if z.shape[1] == 2 and args.spray and isinstance(metric, RHVAEMetric):
         # the validation codes' intrinsic centre, and geodesics leaving it: for the RHVAE's
         # smooth metric (a ReLU decoder's pull-back is piecewise constant, and its hundred
@@ -601,8 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Fit geodesics between pairs of validation points (from different classes when "
             "labelled) in the model's metric: its own for an RHVAE, the decoder's pull-back "
             "otherwise (aetk.geometry.metric_for). For 2-D latents also the log volume "
-            "log sqrt(det G) on a grid over the latent codes, and for an RHVAE the Frechet "
-            "mean of the validation codes and a spray of geodesics from it.\n\n"
+            "log sqrt(det G) on a grid over the latent codes, and for an RHVAE the Gaussian "
+            "curvature on that grid, the Frechet mean of the validation codes and a spray of "
+            "geodesics from it.\n\n"
             "input:  --model: a model directory; --latent: its latent store\n"
             "output: --out: the geodesic store (.zarr)")
     p.add_argument("--model", required=True, help="model directory")
@@ -611,7 +617,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-pairs", type=int, default=8, help="geodesics to fit")
     p.add_argument("--n-points", type=int, default=32, help="points per curve")
     p.add_argument("--max-iter", type=int, default=500, help="optimiser iterations at most")
-    p.add_argument("--grid-size", type=int, default=64, help="volume grid points per axis")
+    p.add_argument("--grid-size", type=int, default=64,
+                   help="volume (and curvature) grid points per axis")
     p.add_argument("--spray", type=int, default=16,
                    help="2-D RHVAE latents: geodesics leaving the Frechet mean of the validation "
                    "codes in this many directions, each as long as their RMS distance to it "

@@ -175,10 +175,12 @@ def plot_samples(latent: xr.Dataset, stored: StoredData, path: Path) -> None:
 def plot_geodesics(latent: xr.Dataset, geo: xr.Dataset, path: Path) -> None:
     """Geodesics (solid, one colour per pair) and straight lines (dashed) over the latent
     codes, on the metric's log volume for 2-D latents, with the validation codes' Frechet
-    mean and the geodesic spray from it when the store has them."""
+    mean and the geodesic spray from it when the store has them; a second panel maps the
+    Gaussian curvature when the store has it."""
     z = latent["z_mean"].values
     points = geo["points"].values
-    fig, axs = _subplots(figsize=(6, 5))
+    curved = "gaussian_curvature" in geo and z.shape[1] == 2
+    fig, axs = _subplots(1, 2 if curved else 1, figsize=(12, 5) if curved else (6, 5))
     ax = axs[0, 0]
     if "log_volume" in geo and z.shape[1] == 2:
         z1, z2 = geo["z1"].values, geo["z2"].values
@@ -220,7 +222,28 @@ def plot_geodesics(latent: xr.Dataset, geo: xr.Dataset, path: Path) -> None:
     ax.set(xlabel=axes[0], ylabel=axes[1],
            title=f"geodesics ({geo.attrs.get('metric', '')}): {_title(latent)}\n"
                  f"length / straight-line length {ratio:.3f}, {conv}/{len(curves)} converged")
+    if curved:
+        _curvature_panel(fig, axs[0, 1], geo, z, curves)
     _save(fig, path)
+
+
+def _curvature_panel(fig: Figure, ax: Axes, geo: xr.Dataset, z: np.ndarray,
+                     curves: np.ndarray) -> None:
+    """Gaussian curvature on a symmetric-log scale (it spans decades, with both signs) under
+    the codes and geodesics."""
+    K = geo["gaussian_curvature"].values
+    z1, z2 = geo["z1"].values, geo["z2"].values
+    finite = np.abs(K[np.isfinite(K)])
+    top = float(np.percentile(finite, 99)) if finite.size and finite.max() > 0 else 1.0
+    norm = mpl.colors.SymLogNorm(linthresh=top / 100, vmin=-top, vmax=top)
+    im = ax.imshow(K.T, origin="lower", aspect="auto", extent=(z1[0], z1[-1], z2[0], z2[-1]),
+                   cmap="RdBu_r", norm=norm, interpolation="bilinear")
+    fig.colorbar(im, ax=ax, label="Gaussian curvature K(z) (symmetric log scale)")
+    ax.scatter(z[:, 0], z[:, 1], s=2, color="black", alpha=0.25, linewidths=0)
+    for curve in curves:
+        ax.plot(curve[:, 0], curve[:, 1], "-", color="black", lw=0.8, alpha=0.7)
+    ax.set(xlabel="z1", ylabel="z2", title="curvature of the latent metric\n"
+           "red: positive (sphere-like), blue: negative (saddle-like)")
 
 
 def plot_training_curves(histories: dict[str, pd.DataFrame], path: Path) -> None:
