@@ -1,8 +1,10 @@
 """Data and geometry fixtures shared by several test modules."""
 
+import numpy as np
 import torch
 from sklearn.datasets import load_digits
 from torch import distributions as D
+from torch import nn
 
 from aetk.decoders import Decoder
 from aetk.geometry import Metric
@@ -18,6 +20,25 @@ def digits(likelihood: str = "bernoulli", n: int = 600) -> tuple[torch.Tensor, d
     if likelihood == "categorical":
         return (x / 4).floor(), {"n_classes": 5}
     return x, {}
+
+
+class FixedMLP:
+    """`Linear -> tanh -> Linear` with seeded float64 weights, as a torch module (`.module`)
+    and by hand in numpy (`__call__`)."""
+
+    def __init__(self, n_in: int, n_out: int, seed: int, hidden: int = 5) -> None:
+        rng = np.random.default_rng(seed)
+        self.w1, self.w2 = rng.standard_normal((hidden, n_in)), rng.standard_normal((n_out, hidden))
+        self.b1, self.b2 = 0.5 * rng.standard_normal(hidden), 0.5 * rng.standard_normal(n_out)
+        self.module = nn.Sequential(nn.Linear(n_in, hidden), nn.Tanh(),
+                                    nn.Linear(hidden, n_out)).double()
+        with torch.no_grad():
+            for p, w in zip(self.module.parameters(), (self.w1, self.b1, self.w2, self.b2),
+                            strict=True):
+                p.copy_(torch.from_numpy(w))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.tanh(x @ self.w1.T + self.b1) @ self.w2.T + self.b2
 
 
 def poincare() -> Metric:

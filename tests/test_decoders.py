@@ -13,7 +13,7 @@ import aetk
 from aetk import decoders as dec
 from aetk.distributions import log_prob, mean
 from aetk.encoders import DeterministicEncoder, GaussianEncoder
-from aetk.models import Critic
+from aetk.models import Critic, Discriminator
 from aetk.train import evaluate
 
 B, LATENT, FEATURES = 5, 2, 4
@@ -258,12 +258,16 @@ def _user_model(name, decoder):
         return aetk.VampPrior(enc, decoder, n_components=10)
     if name == "beta_tcvae":
         return aetk.BetaTCVAE(enc, decoder)
+    if name == "factorvae":
+        return aetk.FactorVAE(enc, decoder, Discriminator(2, (16,)))
+    if name == "dipvae":
+        return aetk.DIPVAE(enc, decoder)
     return aetk.InfoMaxVAE(enc, decoder, Critic(64, 2, (16,), "relu"))
 
 
 @pytest.mark.parametrize("decoder_cls", [SeedPoissonDecoder, UserNormalDecoder])
 @pytest.mark.parametrize("name", ["ae", "vae", "beta_vae", "beta_tcvae", "infovae",
-                                  "infomaxvae", "iwae", "vampprior"])
+                                  "infomaxvae", "factorvae", "dipvae", "iwae", "vampprior"])
 def test_user_decoder_trains_in_every_model(name, decoder_cls):
     """Three epochs on digit pixel counts lower the validation reconstruction term by at
     least 20% (measured: Poisson ~678 -> ~340 nats per image, Normal ~1990 -> ~1000)."""

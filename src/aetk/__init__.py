@@ -18,11 +18,13 @@ from .io import load
 from .marginal import log_marginal
 from .models import (
     AE,
+    DIPVAE,
     HVAE,
     IWAE,
     RHVAE,
     VAE,
     BetaTCVAE,
+    FactorVAE,
     InfoMaxVAE,
     InfoVAE,
     LossOutput,
@@ -33,6 +35,7 @@ from .train import CyclicalBeta, TrainingDiverged, fit
 
 __all__ = [
     "AE",
+    "DIPVAE",
     "HVAE",
     "IWAE",
     "LIKELIHOODS",
@@ -46,6 +49,7 @@ __all__ = [
     "Decoder",
     "DeterministicDecoder",
     "DeterministicEncoder",
+    "FactorVAE",
     "GaussianDecoder",
     "GaussianEncoder",
     "InfoMaxVAE",

@@ -13,12 +13,15 @@ from . import decoders as dec
 from .encoders import DeterministicEncoder, GaussianEncoder
 from .models import (
     AE,
+    DIPVAE,
     HVAE,
     IWAE,
     RHVAE,
     VAE,
     BetaTCVAE,
     Critic,
+    Discriminator,
+    FactorVAE,
     InfoMaxVAE,
     InfoVAE,
     Model,
@@ -43,6 +46,12 @@ def _infomax(
     return InfoMaxVAE(encoder, decoder, critic, alpha=alpha, beta=beta)
 
 
+def _factor(encoder, decoder, *, gamma: float = 6.0,
+            discriminator_hidden: Sequence[int] = (256, 256)) -> FactorVAE:
+    discriminator = Discriminator(encoder.latent_dim, discriminator_hidden)
+    return FactorVAE(encoder, decoder, discriminator, gamma=gamma)
+
+
 def _beta_vae(encoder, decoder, beta: float = 4.0, n_samples: int = 1) -> VAE:
     return VAE(encoder, decoder, beta=beta, n_samples=n_samples)
 
@@ -56,6 +65,8 @@ MODELS: dict[str, tuple[type[nn.Module], Callable[..., Model]]] = {
     "beta_tcvae": (GaussianEncoder, BetaTCVAE),
     "infovae": (GaussianEncoder, InfoVAE),
     "infomaxvae": (GaussianEncoder, _infomax),
+    "factorvae": (GaussianEncoder, _factor),
+    "dipvae": (GaussianEncoder, DIPVAE),
     "iwae": (GaussianEncoder, IWAE),
     "vampprior": (GaussianEncoder, VampPrior),
     "hvae": (GaussianEncoder, HVAE),

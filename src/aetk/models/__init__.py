@@ -2,6 +2,8 @@
 
 from .ae import AE
 from .base import LossOutput, Model
+from .dipvae import DIPVAE
+from .factorvae import Discriminator, FactorVAE
 from .hvae import HVAE
 from .infomaxvae import Critic, InfoMaxVAE
 from .infovae import InfoVAE
@@ -13,12 +15,15 @@ from .vampprior import VampPrior
 
 __all__ = [
            "AE",
+           "DIPVAE",
            "HVAE",
            "IWAE",
            "RHVAE",
            "VAE",
            "BetaTCVAE",
            "Critic",
+           "Discriminator",
+           "FactorVAE",
            "InfoMaxVAE",
            "InfoVAE",
            "LossOutput",
