@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from .aggregate import KLDecomposition, kl_decomposition
 from .build import LIKELIHOODS, MODELS, build_model
 from .decoders import (
     BernoulliDecoder,
@@ -54,6 +55,7 @@ __all__ = [
     "GaussianEncoder",
     "InfoMaxVAE",
     "InfoVAE",
+    "KLDecomposition",
     "LearnedGaussianDecoder",
     "LossOutput",
     "Model",
@@ -64,6 +66,7 @@ __all__ = [
     "__version__",
     "build_model",
     "fit",
+    "kl_decomposition",
     "load",
     "log_marginal",
 ]
