@@ -291,6 +291,12 @@ def test_report_outputs(steps: Path) -> None:
         lat["reconstruction_error"].values[val].mean(), rel=1e-5)
     assert row["geodesic_length_ratio"] == pytest.approx(
         float((geo["length"] / geo["line_length"]).mean()), rel=1e-5)
+    # ELBO surgery: I(x; z) between 0 (up to the noise of one code per point, for a
+    # 3-epoch model near collapse) and log N, the rest of the KL the prior mismatch
+    assert -0.1 < row["val_mutual_info"] <= np.log(val.sum()) + 1e-9
+    assert row["val_mutual_info"] + row["val_marginal_kl"] == pytest.approx(row["val_kl"],
+                                                                          rel=1e-5)
+    assert np.isfinite(row["val_total_correlation"])
 
 
 def test_active_units_count_dimensions_whose_mean_varies() -> None:

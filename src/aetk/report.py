@@ -17,6 +17,7 @@ import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from aetk.aggregate import kl_decomposition
 from aetk.storage import SPLIT_VALIDATION, StoredData
 
 DPI = 100
@@ -267,12 +268,12 @@ def plot_training_curves(histories: dict[str, pd.DataFrame], path: Path) -> None
 def plot_comparison(table: pd.DataFrame, path: Path) -> None:
     """The comparison table as dots, one row of panels per likelihood (log-likelihoods of
     different likelihoods are not comparable): validation log p(x) with the ELBO below it
-    (their gap is roughly how far q(z|x) is from the posterior), and the reconstruction
-    error."""
+    (their gap is roughly how far q(z|x) is from the posterior), the reconstruction
+    error, and the KL term split into I(x; z) and KL(q(z) || p(z))."""
     groups = list(table.groupby("likelihood", sort=False))
-    fig, axes = _subplots(len(groups), 2, figsize=(10.0, 0.6 + 0.32 * len(table)
+    fig, axes = _subplots(len(groups), 3, figsize=(15.0, 0.6 + 0.32 * len(table)
                                                      + 0.9 * len(groups)))
-    for (likelihood, rows), (ax_ll, ax_err) in zip(groups, axes, strict=True):
+    for (likelihood, rows), (ax_ll, ax_err, ax_kl) in zip(groups, axes, strict=True):
         rows = rows.sort_values(["val_log_marginal", "val_elbo"], na_position="first")
         y = np.arange(len(rows))
         ax_ll.plot(rows["val_elbo"], y, "o", mfc="white", color="tab:blue")
@@ -283,11 +284,24 @@ def plot_comparison(table: pd.DataFrame, path: Path) -> None:
         ax_err.plot(rows["val_reconstruction_error"], y, "o", color="tab:orange")
         ax_err.set(yticks=y, yticklabels=[], xlabel="mean squared error (lower is better)",
                    title="validation reconstruction error")
-        for ax in (ax_ll, ax_err):
+        _kl_bars(ax_kl, rows, y)
+        for ax in (ax_ll, ax_err, ax_kl):
             ax.grid(axis="x", alpha=0.3)
             ax.set_ylim(-0.6, len(rows) - 0.4)
     fig.tight_layout()
     _save(fig, path)
+
+
+def _kl_bars(ax: Axes, rows: pd.DataFrame, y: np.ndarray) -> None:
+    """The validation KL as two stacked bars: what the codes say about x, I(x; z), and the
+    aggregate posterior's mismatch with the prior, KL(q(z) || p(z))."""
+    mi = rows["val_mutual_info"].fillna(0).to_numpy()
+    ax.barh(y, mi, color="tab:green", height=0.6, label="I(x; z)")
+    ax.barh(y, rows["val_marginal_kl"].fillna(0).to_numpy(), left=mi, color="tab:red",
+            alpha=0.6, height=0.6, label="KL(q(z) || p(z))")
+    ax.set(yticks=y, yticklabels=[], xlabel="nats per sample",
+           title="validation KL = I(x; z) + KL(q(z) || p(z))")
+    ax.legend(fontsize=7, loc="lower right")
 
 
 def active_units(z_mean: np.ndarray, threshold: float = 0.01) -> int:
@@ -296,11 +310,26 @@ def active_units(z_mean: np.ndarray, threshold: float = 0.01) -> int:
     return int((np.var(z_mean, axis=0) > threshold).sum())
 
 
+def _kl_split(lat: xr.Dataset, rows: np.ndarray, kl: float) -> dict[str, float]:
+    """ELBO surgery on the stored posteriors of `rows`: `val_kl = I(x; z) + KL(q(z) || p(z))`
+    (the second with the model's own prior, as `val_kl`), NaN without posteriors (AE)."""
+    std = lat["z_std"].values[rows] if "z_std" in lat else np.zeros(1)
+    if rows.sum() < 2 or not (std > 0).all() or not np.isfinite(kl):
+        return dict.fromkeys(("val_mutual_info", "val_marginal_kl", "val_total_correlation"),
+                             np.nan)
+    split = kl_decomposition(lat["z_mean"].values[rows], std, lat["z_sample"].values[rows])
+    return {"val_mutual_info": split.mutual_information,
+            "val_marginal_kl": kl - split.mutual_information,
+            "val_total_correlation": split.total_correlation}
+
+
 def comparison_table(histories: dict[str, pd.DataFrame], latents: dict[str, xr.Dataset],
                      geodesics: dict[str, xr.Dataset]) -> pd.DataFrame:
     """One row per run: final and best validation loss, validation reconstruction error,
-    KL, ELBO and log p(x) (means over validation samples), active units, training time and
-    the mean ratio of geodesic to straight-line length where geodesics were fitted."""
+    KL, ELBO and log p(x) (means over validation samples), the KL split into the mutual
+    information I(x; z) and the aggregate posterior's KL to the prior (with its total
+    correlation), active units, training time and the mean ratio of geodesic to
+    straight-line length where geodesics were fitted."""
     rows = []
     for run, h in histories.items():
         lat = latents[run]
@@ -320,6 +349,7 @@ def comparison_table(histories: dict[str, pd.DataFrame], latents: dict[str, xr.D
         for name in ("reconstruction_error", "kl", "elbo", "log_marginal"):
             values = lat[name].values[val] if name in lat else np.array([np.nan])
             row[f"val_{name}"] = float(np.mean(values)) if np.isfinite(values).any() else np.nan
+        row.update(_kl_split(lat, val, row["val_kl"]))
         row["active_units"] = active_units(lat["z_mean"].values[val])
         row["train_seconds"] = float(h["seconds"].sum()) if "seconds" in h else np.nan
         if run in geodesics:
