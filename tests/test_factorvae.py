@@ -135,6 +135,18 @@ def test_each_step_moves_only_its_own_networks(lr_vae, lr_disc):
     assert 0 <= out.terms["discriminator_accuracy"].item() <= 1
 
 
+def test_a_one_row_batch_trains_only_the_vae():
+    """Half of one row is nothing to permute: the discriminator waits for the next batch."""
+    torch.manual_seed(0)
+    model = aetk.build_model("factorvae", "bernoulli", in_features=8, latent_dim=3,
+                             hidden=(16,), discriminator_hidden=(16,))
+    start = copy.deepcopy(model.state_dict())
+    out = model.training_step(torch.rand(1, 8), model.configure_optimizers(1e-2))
+    assert torch.isfinite(out.loss) and "discriminator" not in out.terms
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, start[name]) == name.startswith("discriminator."), name
+
+
 def _trained_estimate(rho):
     """TC_hat of z ~ N(0, [[1, rho], [rho, 1]]) from a discriminator trained 300 steps on
     z against permuted z (independent batches), on 16384 fresh draws."""
