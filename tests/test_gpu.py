@@ -1,5 +1,6 @@
 """CUDA against the CPU: the same losses, parameter gradients, metric values, geodesics and
-exponential and logarithm maps on the GPU as on the CPU (float64, the same noise), and every
+exponential and logarithm maps, curvature and the KL split on the GPU as on the CPU (float64,
+the same noise), and every
 model training there with `device="auto"`. Skipped without a CUDA GPU."""
 
 import copy
@@ -9,7 +10,15 @@ import pytest
 import torch
 
 import aetk
-from aetk.geometry import christoffel, exp_map, fit_geodesics, log_map, metric_for
+from aetk.geometry import (
+    christoffel,
+    curvature_grid,
+    exp_map,
+    fit_geodesics,
+    log_map,
+    metric_for,
+    riemann,
+)
 
 from helpers import digits
 
@@ -114,6 +123,29 @@ def test_connection_on_cuda_matches_the_cpu(kind):
     back = log_map(on_gpu, z.to(GPU), end, n_points=20)
     assert bool(back.converged.all())
     torch.testing.assert_close(back.velocity.cpu(), v, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["vae", "rhvae"])
+def test_curvature_on_cuda_matches_the_cpu(kind):
+    cpu = small(kind).eval()
+    gpu = copy.deepcopy(cpu).to(GPU)
+    z = torch.randn(5, 2, generator=torch.Generator().manual_seed(4), dtype=f64)
+    on_cpu, on_gpu = metric_for(cpu), metric_for(gpu)
+    R = riemann(on_gpu, z.to(GPU))
+    assert R.device.type == "cuda"
+    torch.testing.assert_close(R.cpu(), riemann(on_cpu, z))
+    bounds = ((-1.0, 1.0), (-1.0, 1.0))
+    np.testing.assert_allclose(curvature_grid(on_gpu, bounds, 6)["gaussian_curvature"],
+                               curvature_grid(on_cpu, bounds, 6)["gaussian_curvature"],
+                               rtol=1e-6)
+
+
+def test_kl_decomposition_on_cuda_equals_the_cpu():
+    gen = torch.Generator().manual_seed(5)
+    loc, z = torch.randn(300, 3, generator=gen), torch.randn(300, 3, generator=gen)
+    scale = 0.5 + torch.rand(300, 3, generator=gen)
+    on_gpu = aetk.kl_decomposition(loc.to(GPU), scale.to(GPU), z.to(GPU), chunk_size=100)
+    assert on_gpu.as_dict() == pytest.approx(aetk.kl_decomposition(loc, scale, z).as_dict())
 
 
 CONV = {"image_shape": (8, 8), "channels": (8, 16)}
