@@ -1,7 +1,7 @@
-"""CUDA against the CPU: the same losses, parameter gradients, metric values, geodesics and
-exponential and logarithm maps, curvature and the KL split on the GPU as on the CPU (float64,
-the same noise), and every
-model training there with `device="auto"`. Skipped without a CUDA GPU."""
+"""CUDA against the CPU: the same losses, parameter gradients, metric values, geodesics,
+exponential and logarithm maps, curvature and the KL split on the GPU as on the CPU
+(float64, the same noise), and every model training there with `device="auto"`. Skipped
+without a CUDA GPU."""
 
 import copy
 
