@@ -16,6 +16,13 @@ def mnist_5k() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(raw.x.astype(np.float32)), torch.from_numpy(raw.labels)
 
 
+def split_5k(x: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """4,500 training and 500 validation rows in a seeded random order: the bundled file is
+    sorted by label, so its last 500 rows are all nines."""
+    x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))]
+    return x[:4500], x[4500:]
+
+
 def add_device(ap: argparse.ArgumentParser, default: str = "cpu") -> None:
     ap.add_argument("--device", default=default, help="cpu, cuda or cuda:N (auto: a GPU if any)")
 

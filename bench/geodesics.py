@@ -18,11 +18,16 @@ If stochman imports, it also times stochman's `connecting_geodesic` (its default
 per call as documented) on the same pull-back for the first `--stochman-pairs` pairs, and
 measures its curves with aetk's `curve_length` on the same 50-point grid.
 
+With `--curvature-grid N` (default 64) it also times the Gaussian-curvature map
+`aetk.geometry.curvature_grid` on an N x N grid over the codes for both metrics (the
+Riemann tensor by forward mode over the Christoffel symbols: third derivatives of the
+decoder for the pull-back).
+
 With `--device cuda` training, encoding and the geodesics run on the GPU (stochman's
 comparison only runs on the CPU).
 
 Usage: python bench/geodesics.py [--pairs 1000] [--log-pairs 100] [--epochs 5] [--threads 1]
-       [--device cpu]
+       [--curvature-grid 64] [--device cpu]
 """
 
 import argparse
@@ -31,7 +36,14 @@ import time
 import torch
 
 import aetk
-from aetk.geometry import GeodesicResult, curve_length, fit_geodesics, log_map, metric_for
+from aetk.geometry import (
+    GeodesicResult,
+    curvature_grid,
+    curve_length,
+    fit_geodesics,
+    log_map,
+    metric_for,
+)
 
 from common import add_device, mnist_5k, sync
 
@@ -99,6 +111,18 @@ def stochman_row(model: aetk.Model, z0: torch.Tensor, z1: torch.Tensor,
             f"aetk's mean L / L_line on the same {n} pairs: {ours:.4f}")
 
 
+def curvature_row(name: str, metric, z: torch.Tensor, n: int, device: torch.device) -> str:
+    """Seconds for the Gaussian curvature on an n x n grid over the codes."""
+    lo, hi = z.min(0).values.tolist(), z.max(0).values.tolist()
+    start = time.perf_counter()
+    K = curvature_grid(metric, tuple(zip(lo, hi, strict=True)), n)["gaussian_curvature"]
+    sync(device)
+    seconds = time.perf_counter() - start
+    return (f"{name}: Gaussian curvature on a {n} x {n} grid in {seconds:.2f} s "
+            f"({1e6 * seconds / n**2:.0f} us per point), |K| median {float(abs(K).median()):.2g}"
+            f", max {float(abs(K).max()):.2g}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=1000)
@@ -108,6 +132,7 @@ def main() -> None:
     ap.add_argument("--stochman-pairs", type=int, default=50)
     ap.add_argument("--log-pairs", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--curvature-grid", type=int, default=64)
     add_device(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -127,6 +152,7 @@ def main() -> None:
     lines = ["| metric | pairs | total s | s / geodesic | converged | mean L / L_line | "
              "fell back | mean iterations |", "|---|---|---|---|---|---|---|---|"]
     vae_result = None
+    curvature_lines = []
     for name, model in models.items():
         start = time.perf_counter()
         hist = aetk.fit(model, x, epochs=args.epochs, batch_size=128, seed=args.seed,
@@ -144,12 +170,15 @@ def main() -> None:
         sync(device)
         seconds = time.perf_counter() - start
         lines.append(row(name, seconds, res))
+        if args.curvature_grid:
+            curvature_lines.append(curvature_row(name, metric, z, args.curvature_grid, device))
         if name == "VAE pull-back":
             vae_result = (model, z[i], z[j], res, seconds / args.pairs)
         elif args.log_pairs:
             log_line = log_map_row(metric, z[i][:args.log_pairs], z[j][:args.log_pairs], res,
                                    args.points)
     print("\n".join(lines))
+    print("\n".join(curvature_lines))
     if args.log_pairs:
         print(log_line)
 
