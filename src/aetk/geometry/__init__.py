@@ -2,7 +2,8 @@
 length, batched geodesics, distance matrices, interpolation and volume maps; the
 connection: Christoffel symbols, exponential and logarithm maps, parallel transport,
 Frechet means; curvature: the Riemann, Ricci, scalar and sectional curvatures and a
-Gaussian-curvature map."""
+Gaussian-curvature map; the encoder's metric of any VAE and its Riemannian uniform
+sampler."""
 
 from .connection import (
     FrechetMean,
@@ -25,10 +26,12 @@ from .curvature import (
     sectional_curvature,
 )
 from .curves import NeuralGeodesic, curve_energy, curve_length
+from .encoder_metric import EncoderMetric, riemannian_uniform
 from .fit import GeodesicResult, distance_matrix, fit_geodesics, interpolate
 from .metrics import Metric, PullbackMetric, RHVAEMetric, metric_for, volume_grid
 
 __all__ = [
+    "EncoderMetric",
     "FrechetMean",
     "GeodesicPath",
     "GeodesicResult",
@@ -54,6 +57,7 @@ __all__ = [
     "parallel_transport",
     "ricci",
     "riemann",
+    "riemannian_uniform",
     "scalar_curvature",
     "sectional_curvature",
     "volume_grid",

@@ -266,7 +266,10 @@ def volume_grid(
 
 
 def _module(metric: Metric) -> object:
-    """The model or decoder behind a metric (None for a plain `Metric`)."""
+    """The model or decoder behind a metric, or the metric itself when it is a module
+    (None for a plain `Metric`)."""
+    if isinstance(metric, nn.Module):
+        return metric
     return getattr(metric, "model", None) or getattr(metric, "decoder", None)
 
 

@@ -1,0 +1,134 @@
+"""The encoder's metric of any VAE and sampling from its Riemannian uniform distribution
+(Chadebec & Allassonnière 2022, "A Geometric Perspective on Variational Autoencoders").
+
+From the posteriors `N(mu_i, diag sigma_i^2)` of N training points,
+
+    G(z) = sum_i Sigma_i^{-1} exp(-|z - mu_i|^2_{Sigma_i^{-1}} / rho^2) + lambda exp(-tau |z|^2) I,
+
+a smooth metric that equals the posterior precision near each code and fades to
+`lambda I` away from them (`rho`: the largest distance from a code to its nearest
+neighbour). Its volume element `sqrt(det G(z))` is large where the codes are, so the
+Riemannian uniform distribution `p(z) ~ sqrt(det G(z))` generates from where the encoder
+put the data instead of from the whole prior, holes included: a post-hoc sampler for a
+trained VAE, drawn by Hamiltonian Monte Carlo. `Sigma_i^{-1} = diag(1 / sigma_i^2)`, the
+precision (AutoEncoderToolkit.jl's unreleased version uses `1 / sigma_i`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch import distributions as D
+
+from ..centroids import select_centroids
+from ..hamiltonian import Position, hmc, value_and_grad
+from .metrics import Metric
+
+FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
+
+
+def _nearest_neighbour_distances(points: Tensor, chunk_size: int = 1024) -> Tensor:
+    """Distance from each row to its nearest other row, `(N,)`, in chunks of rows."""
+    out = []
+    for start in range(0, len(points), chunk_size):
+        dist = torch.cdist(points[start:start + chunk_size], points)
+        rows = torch.arange(dist.shape[0], device=points.device)
+        dist[rows, rows + start] = float("inf")
+        out.append(dist.min(1).values)
+    return torch.cat(out)
+
+
+class EncoderMetric(Metric, nn.Module):
+    """`G(z)` above from the codes `loc (N, d)` and posterior scales `scale (N, d)`:
+    diagonal, so `G`, its volume and `v^T G v` cost two GEMMs over the N codes.
+    `rho=None` takes the largest nearest-neighbour distance between the codes; the defaults
+    `regularization=1e-4` (lambda) and `tau` (float32's epsilon) are the paper's."""
+
+    def __init__(self, loc: Tensor, scale: Tensor, *, rho: float | None = None,
+                 regularization: float = 1e-4, tau: float = FLOAT32_EPS) -> None:
+        nn.Module.__init__(self)
+        Metric.__init__(self)
+        loc, scale = torch.as_tensor(loc).detach(), torch.as_tensor(scale).detach()
+        if loc.dim() != 2 or loc.shape != scale.shape or len(loc) < 2:
+            raise ValueError(f"loc and scale must both be (N, d) with N >= 2, got "
+                             f"{tuple(loc.shape)} and {tuple(scale.shape)}")
+        if not bool((scale > 0).all()):
+            raise ValueError("every scale must be positive: the encoder metric needs a "
+                             "stochastic encoder (an AE has no posterior)")
+        if regularization <= 0 or tau < 0:
+            raise ValueError(f"regularization must be > 0 and tau >= 0, got {regularization} "
+                             f"and {tau}")
+        rho = float(_nearest_neighbour_distances(loc).max()) if rho is None else float(rho)
+        if not rho > 0:
+            raise ValueError(f"rho must be positive (distinct codes), got {rho}")
+        precision = scale.pow(-2)
+        self.latent_dim = loc.shape[1]
+        self.rho, self.regularization, self.tau = rho, float(regularization), float(tau)
+        self.register_buffer("loc", loc)
+        self.register_buffer("precision", precision)
+        # |z - mu_i|^2_P = z^2 . P_i - 2 z . (P_i mu_i) + mu_i^2 . P_i: two GEMMs
+        self.register_buffer("precision_loc", precision * loc)
+        self.register_buffer("offset", (precision * loc * loc).sum(1))
+
+    @classmethod
+    def from_model(cls, model: nn.Module, x: Tensor, *, n_centroids: int | None = None,
+                   method: str = "kmeans", seed: int = 0, batch_size: int = 4096,
+                   **kwargs: float) -> EncoderMetric:
+        """The metric of `model`'s encoder on the training data `x`: all N codes, or
+        `n_centroids` of them chosen by `method` (as the RHVAE's centroids: "kmeans" snapped
+        to codes, "kmeans++" or "kmedoids") to bound the cost of an evaluation."""
+        with torch.no_grad():
+            parts = [model.encode(b) for b in torch.as_tensor(x).split(batch_size)]
+        if not all(isinstance(q, D.Distribution) for q in parts):
+            raise ValueError(f"the encoder metric needs a distribution-valued encoder; "
+                             f"{type(model).__name__} has a deterministic one")
+        loc = torch.cat([q.mean for q in parts])
+        scale = torch.cat([q.stddev for q in parts])
+        if n_centroids is not None and n_centroids < len(loc):
+            keep = torch.as_tensor(select_centroids(loc, n_centroids, method, seed),
+                                   device=loc.device)
+            loc, scale = loc[keep], scale[keep]
+        return cls(loc, scale, **kwargs)
+
+    def diagonal(self, z: Tensor) -> Tensor:
+        """The diagonal of `G(z)`, `(B, d)` for `z (B, d)`."""
+        mahalanobis = (z * z) @ self.precision.T - 2 * z @ self.precision_loc.T + self.offset
+        weights = torch.exp(-mahalanobis.clamp_min(0.0) / self.rho**2)
+        floor = self.regularization * torch.exp(-self.tau * (z * z).sum(-1, keepdim=True))
+        return weights @ self.precision + floor
+
+    def _metric(self, z: Tensor) -> Tensor:
+        return torch.diag_embed(self.diagonal(z))
+
+    def _quad(self, z: Tensor, v: Tensor) -> Tensor:
+        return (v * v * self.diagonal(z).unsqueeze(-2)).sum(-1)
+
+    def _log_volume(self, z: Tensor) -> Tensor:
+        return 0.5 * self.diagonal(z).log().sum(-1)
+
+    def sample(self, n: int, *, n_steps: int = 50, n_leapfrog: int = 15,
+               step_size: float = 0.05) -> Tensor:
+        """`n` latent points from the Riemannian uniform distribution, each chain started at
+        a random code (seed torch)."""
+        start = self.loc[torch.randint(len(self.loc), (n,), device=self.loc.device)]
+        return riemannian_uniform(self, start, n_steps=n_steps, n_leapfrog=n_leapfrog,
+                                  step_size=step_size)
+
+
+def riemannian_uniform(metric: Metric, start: Tensor, *, n_steps: int = 50,
+                       n_leapfrog: int = 15, step_size: float = 0.05) -> Tensor:
+    """Hamiltonian Monte Carlo (unit mass, Metropolis-corrected) on the density
+    proportional to `sqrt(det G(z))`, one chain per row of `start (n, d)`: the points after
+    `n_steps` transitions of `n_leapfrog` leapfrog steps. The volume element must be
+    integrable (`EncoderMetric`'s is, through `tau`)."""
+    if n_steps < 1 or n_leapfrog < 1 or step_size <= 0:
+        raise ValueError(f"n_steps and n_leapfrog must be >= 1 and step_size > 0, got "
+                         f"{n_steps}, {n_leapfrog} and {step_size}")
+
+    def position(z: Tensor) -> Position:
+        potential, grad = value_and_grad(lambda y: -metric.log_volume(y), z, False)
+        return Position(z, potential, grad)
+
+    start = torch.as_tensor(start).detach()
+    with torch.no_grad():
+        return hmc(position(start), position, n_steps, n_leapfrog, step_size)

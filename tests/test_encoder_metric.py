@@ -1,0 +1,115 @@
+"""The encoder metric against a loop by hand and its limits, and the Riemannian uniform
+sampler against a metric whose volume element is a known Gaussian density."""
+
+import numpy as np
+import pytest
+import torch
+
+import aetk
+from aetk.geometry import EncoderMetric, Metric, riemannian_uniform, volume_grid
+
+from helpers import digits
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+
+
+def _codes(n: int = 30, d: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(n, d, dtype=F64), 0.1 + torch.rand(n, d, dtype=F64)
+
+
+def test_metric_equals_the_sum_by_hand() -> None:
+    loc, scale = _codes()
+    metric = EncoderMetric(loc, scale, regularization=1e-2, tau=0.05)
+    z = torch.randn(7, 3, dtype=F64)
+    mu, sd, pts = loc.numpy(), scale.numpy(), z.numpy()
+    dist = np.sqrt(((mu[:, None] - mu[None]) ** 2).sum(-1)) + np.diag(np.full(30, np.inf))
+    rho = dist.min(1).max()
+    assert metric.rho == pytest.approx(rho)
+    expected = np.zeros((7, 3, 3))
+    for b in range(7):
+        for i in range(30):
+            prec = 1 / sd[i] ** 2
+            w = np.exp(-(prec * (pts[b] - mu[i]) ** 2).sum() / rho**2)
+            expected[b] += np.diag(prec) * w
+        expected[b] += 1e-2 * np.exp(-0.05 * (pts[b] ** 2).sum()) * np.eye(3)
+    np.testing.assert_allclose(metric.metric(z).numpy(), expected, rtol=1e-10)
+    np.testing.assert_allclose(metric.log_volume(z).numpy(),
+                               0.5 * np.log(np.linalg.det(expected)), rtol=1e-10)
+    v = torch.randn(7, 2, 3, dtype=F64)
+    np.testing.assert_allclose(metric.quad(z, v).numpy(),
+                               np.einsum("bki,bij,bkj->bk", v.numpy(), expected, v.numpy()),
+                               rtol=1e-10)
+
+
+def test_precision_at_an_isolated_code_and_lambda_far_away() -> None:
+    loc = torch.tensor([[0.0, 0.0], [50.0, 0.0], [0.0, 50.0]], dtype=F64)
+    scale = torch.tensor([[0.5, 0.25], [1.0, 1.0], [1.0, 1.0]], dtype=F64)
+    metric = EncoderMetric(loc, scale, rho=1.0, tau=0.0)
+    expected = torch.diag(torch.tensor([4.0, 16.0], dtype=F64)) + 1e-4 * torch.eye(2, dtype=F64)
+    torch.testing.assert_close(metric.metric(loc[:1])[0], expected)
+    far = torch.tensor([[-40.0, -40.0]], dtype=F64)
+    torch.testing.assert_close(metric.metric(far)[0], 1e-4 * torch.eye(2, dtype=F64))
+
+
+def test_sampler_targets_the_volume_element() -> None:
+    """G = exp(-|z|^2) I in 2-D: sqrt(det G) = exp(-|z|^2), the density of N(0, I/2)."""
+    metric = Metric(lambda z: torch.exp(-(z * z).sum(-1))[:, None, None]
+                    * torch.eye(2, dtype=z.dtype))
+    # trajectories of length 1, well short of the half period pi / sqrt(2), so that the
+    # chains do not oscillate about the mode
+    z = riemannian_uniform(metric, torch.full((2000, 2), 1.5, dtype=F64), n_steps=40,
+                           n_leapfrog=10, step_size=0.1)
+    assert z.mean(0).abs().max() < 0.05
+    torch.testing.assert_close(z.var(0), torch.full((2,), 0.5, dtype=F64), atol=0.05, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def vae() -> tuple[aetk.Model, torch.Tensor]:
+    torch.manual_seed(0)
+    x, _ = digits("bernoulli", 500)
+    model = aetk.build_model("vae", "bernoulli", in_features=64, latent_dim=2, hidden=(32,))
+    aetk.fit(model, x, epochs=15, batch_size=50, progress=False)
+    return model.eval(), x
+
+
+def test_samples_stay_where_the_codes_are(vae) -> None:
+    """Prior draws fall into holes between the codes; the Riemannian uniform ones do not."""
+    model, x = vae
+    metric = EncoderMetric.from_model(model, x, n_centroids=200)
+    assert metric.loc.shape == (200, 2) and metric.latent_dim == 2
+    codes = model.encode(x).mean.detach()
+    # the chosen centroids are codes of the data
+    assert torch.cdist(metric.loc, codes).min(1).values.max() < 1e-6
+    torch.manual_seed(1)
+    geometric, prior = metric.sample(300), torch.randn(300, 2)
+    assert bool(geometric.isfinite().all())
+    near = torch.cdist(geometric, codes).min(1).values.median()
+    far = torch.cdist(prior, codes).min(1).values.median()
+    assert near < 0.5 * far
+    assert model.decode(geometric).mean.shape == (300, 64)
+    grid = volume_grid(metric, ((-3, 3), (-3, 3)), 5)  # dtype and dimension from the buffers
+    assert np.isfinite(grid["log_volume"].values).all()
+
+
+def test_bad_input_is_refused(vae) -> None:
+    _, x = vae
+    loc, scale = _codes()
+    with pytest.raises(ValueError, match="stochastic encoder"):
+        EncoderMetric(loc, torch.zeros_like(scale))
+    with pytest.raises(ValueError, match="must both be"):
+        EncoderMetric(loc, scale[:, :2])
+    with pytest.raises(ValueError, match="regularization"):
+        EncoderMetric(loc, scale, regularization=0.0)
+    with pytest.raises(ValueError, match="rho must be positive"):
+        EncoderMetric(torch.zeros(4, 2), torch.ones(4, 2))
+    ae = aetk.build_model("ae", "bernoulli", in_features=64, latent_dim=2, hidden=(8,))
+    with pytest.raises(ValueError, match="deterministic"):
+        EncoderMetric.from_model(ae, x)
+    with pytest.raises(ValueError, match="step_size"):
+        riemannian_uniform(EncoderMetric(loc, scale), loc[:3], step_size=0.0)
