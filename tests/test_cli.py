@@ -208,6 +208,9 @@ def test_encode_output(steps: Path) -> None:
     many = aetk.log_marginal(model, x[:20], n_samples=5000).numpy()
     np.testing.assert_allclose(log_px[:20].mean(), many.mean(), rtol=0, atol=0.05)
     assert lat["example_data"].shape == (6, 64) and lat["generated"].shape == (4, 64)
+    geometric = lat["generated_geometric"].values  # from the encoder metric's HMC
+    assert geometric.shape == (4, 64) and ((geometric >= 0) & (geometric <= 1)).all()
+    assert not np.allclose(geometric, lat["generated"].values)
     np.testing.assert_array_equal(lat["split"].values, data.is_validation.astype(np.int8))
     np.testing.assert_array_equal(lat["label"].values, data.labels)
     assert lat.attrs["model"] == "vae" and lat.attrs["image_shape"] == [8, 8]

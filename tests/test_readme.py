@@ -22,4 +22,5 @@ def test_readme_examples_run_in_order(tmp_path, monkeypatch) -> None:
     assert ns["K"].shape == (5,) and bool(ns["K"].isfinite().all())
     assert ns["R"].shape == (5, 2, 2, 2, 2)
     assert ns["kmap"].gaussian_curvature.shape == (50, 50)
+    assert ns["new_digits"].shape == (8, 64) and bool(ns["new_digits"].isfinite().all())
     assert ns["digits"].shape == (8, 64)

@@ -259,7 +259,26 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
         sample = getattr(model, "sample", None)
         if callable(sample):
             out["generated"] = sample(n_generated).float().reshape(n_generated, -1).cpu().numpy()
+        train = ~stored.is_validation if (~stored.is_validation).sum() > 1 else slice(None)
+        if n_generated and (out["z_std"][train] > 0).all():
+            z = geometric_latents(out["z_mean"][train], out["z_std"][train], n_generated, seed)
+            out["generated_geometric"] = (mean(model.decode(z)).float()
+                                          .reshape(n_generated, -1).cpu().numpy())
     return out
+
+
+def geometric_latents(loc: np.ndarray, scale: np.ndarray, n: int, seed: int,
+                      n_centroids: int = 1000) -> Any:
+    """`n` latent points from the Riemannian uniform distribution of the encoder's metric
+    on the training codes (at most `n_centroids` of them, k-means snapped to codes)."""
+    import torch
+
+    from aetk.geometry import EncoderMetric
+
+    metric = EncoderMetric.from_codes(torch.from_numpy(loc), torch.from_numpy(scale),
+                                      n_centroids=min(n_centroids, len(loc)), seed=seed)
+    torch.manual_seed(seed)
+    return metric.sample(n)
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
@@ -299,6 +318,10 @@ def cmd_encode(args: argparse.Namespace) -> None:
     if "generated" in enc:
         ds = ds.assign_coords(generated=np.arange(len(enc["generated"])))
         ds["generated"] = (("generated", "feature"), enc["generated"])
+    if "generated_geometric" in enc:
+        ds["generated_geometric"] = (("generated", "feature"), enc["generated_geometric"], {
+            "description": "decoded draws of the Riemannian uniform distribution of the "
+                           "encoder's metric (aetk.geometry.EncoderMetric)"})
     spec = model.build_spec or {}
     ds.attrs = {
         "store": "aetk-latent", "run": Path(args.out).name.removesuffix(".zarr"),

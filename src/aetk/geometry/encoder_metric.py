@@ -82,8 +82,16 @@ class EncoderMetric(Metric, nn.Module):
         if not all(isinstance(q, D.Distribution) for q in parts):
             raise ValueError(f"the encoder metric needs a distribution-valued encoder; "
                              f"{type(model).__name__} has a deterministic one")
-        loc = torch.cat([q.mean for q in parts])
-        scale = torch.cat([q.stddev for q in parts])
+        return cls.from_codes(torch.cat([q.mean for q in parts]),
+                              torch.cat([q.stddev for q in parts]), n_centroids=n_centroids,
+                              method=method, seed=seed, **kwargs)
+
+    @classmethod
+    def from_codes(cls, loc: Tensor, scale: Tensor, *, n_centroids: int | None = None,
+                   method: str = "kmeans", seed: int = 0, **kwargs: float) -> EncoderMetric:
+        """The metric of stored codes and scales `(N, d)`, keeping `n_centroids` of them
+        as `from_model` does."""
+        loc, scale = torch.as_tensor(loc), torch.as_tensor(scale)
         if n_centroids is not None and n_centroids < len(loc):
             keep = torch.as_tensor(select_centroids(loc, n_centroids, method, seed),
                                    device=loc.device)
