@@ -10,7 +10,9 @@ a smooth metric that equals the posterior precision near each code and fades to
 neighbour). Its volume element `sqrt(det G(z))` is large where the codes are, so the
 Riemannian uniform distribution `p(z) ~ sqrt(det G(z))` generates from where the encoder
 put the data instead of from the whole prior, holes included: a post-hoc sampler for a
-trained VAE, drawn by Hamiltonian Monte Carlo. `Sigma_i^{-1} = diag(1 / sigma_i^2)`, the
+trained VAE, drawn by Hamiltonian Monte Carlo. (For the same reason its geodesics cut
+through the empty space between the codes, where G is about lambda I: interpolate with
+the RHVAE's metric or a decoder's pull-back.) `Sigma_i^{-1} = diag(1 / sigma_i^2)`, the
 precision (AutoEncoderToolkit.jl's unreleased version uses `1 / sigma_i`).
 """
 
