@@ -23,6 +23,21 @@ def split_5k(x: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor
     return x[:4500], x[4500:]
 
 
+def training_args(threads: int = 2) -> tuple[argparse.Namespace, torch.device]:
+    """`--epochs` (default 30), `--threads` and `--device` of the model-quality benchmarks,
+    applied, with the header line printed."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=threads)
+    add_device(ap)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+          f"{args.epochs} epochs")
+    return args, device
+
+
 def add_device(ap: argparse.ArgumentParser, default: str = "cpu") -> None:
     ap.add_argument("--device", default=default, help="cpu, cuda or cuda:N (auto: a GPU if any)")
 

@@ -22,14 +22,13 @@ validation images:
 Usage: python bench/disentangle.py [--epochs 30] [--threads 1] [--device cpu]
 """
 
-import argparse
 import time
 
 import torch
 
 import aetk
 
-from common import add_device, mnist_5k, split_5k
+from common import mnist_5k, split_5k, training_args
 
 RUNS = [
     ("VAE", "vae", {}),
@@ -58,18 +57,9 @@ def dependence(model: aetk.Model, x: torch.Tensor) -> tuple[int, float, float, f
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--threads", type=int, default=1)
-    add_device(ap)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    x = (mnist_5k()[0] / 255.0 > 0.5).float()
-    train, val = split_5k(x)
+    args, device = training_args(1)
+    train, val = split_5k((mnist_5k()[0] / 255.0 > 0.5).float())
     val = val.to(device)
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-          f"{args.epochs} epochs")
     print("| model | train s | val log p(x) | active units | TC train / val | "
           "Gaussian TC train / val | mean abs corr train / val |")
     print("|---|---|---|---|---|---|---|")

@@ -16,7 +16,6 @@ to its nearest training image, against the validation images' own.
 Usage: python bench/geometric_sampling.py [--epochs 30] [--threads 2] [--device cpu]
 """
 
-import argparse
 import math
 import time
 import warnings
@@ -29,7 +28,7 @@ from sklearn.linear_model import LogisticRegression
 import aetk
 from aetk.geometry import EncoderMetric
 
-from common import add_device, mnist_5k, split_5k
+from common import mnist_5k, split_5k, training_args
 
 N = 500
 
@@ -46,13 +45,7 @@ def scores(clf: LogisticRegression, images: np.ndarray, train: np.ndarray
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--threads", type=int, default=2)
-    add_device(ap)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    args, device = training_args(2)
     pixels, labels = mnist_5k()
     x = (pixels / 255.0 > 0.5).float()
     train, val = split_5k(x)
@@ -61,8 +54,7 @@ def main() -> None:
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf = LogisticRegression(max_iter=200).fit(train.numpy(), y_train.numpy())
     train_np = train.numpy()
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-          f"{args.epochs} epochs, {N} samples per sampler")
+    print(f"{N} samples per sampler")
     print("| latent | samples | classifier score | mean top probability | "
           "median distance to nearest training image | seconds |")
     print("|---|---|---|---|---|---|")

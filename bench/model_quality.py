@@ -15,14 +15,13 @@ the beta-TCVAE's validation estimate. Rows:
 Usage: python bench/model_quality.py [--epochs 30] [--threads 2] [--device cpu]
 """
 
-import argparse
 import time
 
 import torch
 
 import aetk
 
-from common import add_device, mnist_5k, split_5k
+from common import mnist_5k, split_5k, training_args
 
 RUNS = [
     ("VAE, MLP 256", "vae", 2, {"hidden": (256,)}),
@@ -38,18 +37,9 @@ RUNS = [
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--threads", type=int, default=2)
-    add_device(ap)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    x = (mnist_5k()[0] / 255.0 > 0.5).float()
-    train, val = split_5k(x)
+    args, device = training_args(2)
+    train, val = split_5k((mnist_5k()[0] / 255.0 > 0.5).float())
     val = val.to(device)
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-          f"{args.epochs} epochs")
     print("| model | latent | parameters | train s | val log p(x) | active units | val TC |")
     print("|---|---|---|---|---|---|---|")
     for name, kind, latent, options in RUNS:

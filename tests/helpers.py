@@ -41,6 +41,13 @@ class FixedMLP:
         return np.tanh(x @ self.w1.T + self.b1) @ self.w2.T + self.b2
 
 
+def fix_normal_noise(monkeypatch, eps: np.ndarray) -> None:
+    """`Normal.rsample` returns `loc + scale * eps`, so that a hand computation can use the
+    same noise."""
+    monkeypatch.setattr(D.Normal, "rsample",
+                        lambda self, shape=(): self.loc + self.scale * torch.from_numpy(eps))
+
+
 def poincare() -> Metric:
     """Upper half-plane: G(z) = I / z_2^2."""
     return Metric(lambda z: torch.eye(2, dtype=z.dtype) / z[:, 1, None, None] ** 2)

@@ -5,14 +5,13 @@ save/load."""
 import numpy as np
 import pytest
 import torch
-from torch import distributions as D
 
 import aetk
 from aetk import decoders as dec
 from aetk.encoders import GaussianEncoder
 from aetk.train import evaluate
 
-from helpers import FixedMLP, digits
+from helpers import FixedMLP, digits, fix_normal_noise
 
 B, X_DIM, Z_DIM = 7, 4, 3
 RNG = np.random.default_rng(11)
@@ -22,9 +21,8 @@ EPS = RNG.standard_normal((B, Z_DIM))
 
 @pytest.fixture
 def fixed_eps(monkeypatch):
-    """z = mu + sigma * EPS, so that the hand computation uses the same noise."""
-    monkeypatch.setattr(D.Normal, "rsample",
-                        lambda self, shape=(): self.loc + self.scale * torch.from_numpy(EPS))
+    """z = mu + sigma * EPS."""
+    fix_normal_noise(monkeypatch, EPS)
 
 
 @pytest.mark.parametrize(("dip_type", "lambda_d", "want_lambda_d"),

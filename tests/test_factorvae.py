@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import distributions as D
 
 import aetk
 from aetk import decoders as dec
@@ -16,7 +15,7 @@ from aetk.encoders import GaussianEncoder
 from aetk.models import Discriminator
 from aetk.models.factorvae import permute_dims
 
-from helpers import FixedMLP, digits
+from helpers import FixedMLP, digits, fix_normal_noise
 
 B, X_DIM, Z_DIM = 6, 4, 3
 RNG = np.random.default_rng(7)
@@ -26,9 +25,8 @@ EPS = RNG.standard_normal((B, Z_DIM))
 
 @pytest.fixture
 def fixed_eps(monkeypatch):
-    """z = mu + sigma * EPS, so that the hand computation uses the same noise."""
-    monkeypatch.setattr(D.Normal, "rsample",
-                        lambda self, shape=(): self.loc + self.scale * torch.from_numpy(EPS))
+    """z = mu + sigma * EPS."""
+    fix_normal_noise(monkeypatch, EPS)
 
 
 def _model(gamma=6.0):

@@ -24,6 +24,8 @@ import torch
 from torch import Tensor
 from torch import distributions as D
 
+from .validate import check_posteriors
+
 
 @dataclass(frozen=True)
 class KLDecomposition:
@@ -53,14 +55,7 @@ def kl_decomposition(loc: Tensor | np.ndarray, scale: Tensor | np.ndarray,
     For a trained model: `q = model.encode(x); kl_decomposition(q.mean, q.stddev)`.
     Computed in float64, `chunk_size` codes at a time against all N posteriors.
     """
-    loc = torch.as_tensor(loc).detach().to(torch.float64)  # an estimate, not a loss
-    scale = torch.as_tensor(scale).detach().to(loc.device, torch.float64)
-    if loc.dim() != 2 or loc.shape != scale.shape or len(loc) < 2:
-        raise ValueError(f"loc and scale must both be (N, d) with N >= 2, got "
-                         f"{tuple(loc.shape)} and {tuple(scale.shape)}")
-    if not bool((scale > 0).all()):
-        raise ValueError("every scale must be positive: the decomposition needs a stochastic "
-                         "encoder (an AE's codes have no posterior)")
+    loc, scale = (t.double() for t in check_posteriors(loc, scale, "the decomposition"))
     posterior = D.Normal(loc, scale)
     z = (posterior.sample() if z is None
          else torch.as_tensor(z).detach().to(loc.device, torch.float64))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 
@@ -69,3 +70,18 @@ def _has_fraction(x: torch.Tensor) -> bool:
     if not x.is_floating_point():
         return False
     return any(bool(chunk.frac().any()) for chunk in x.reshape(-1).split(1 << 20))
+
+
+def check_posteriors(loc: torch.Tensor | np.ndarray, scale: torch.Tensor | np.ndarray,
+                     what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes and scales of N >= 2 diagonal Gaussian posteriors, `(N, d)` each with positive
+    scales, as detached tensors on `loc`'s device; `what` names the user in the error."""
+    loc = torch.as_tensor(loc).detach()
+    scale = torch.as_tensor(scale).detach().to(loc.device)
+    if loc.dim() != 2 or loc.shape != scale.shape or len(loc) < 2:
+        raise ValueError(f"loc and scale must both be (N, d) with N >= 2, got "
+                         f"{tuple(loc.shape)} and {tuple(scale.shape)}")
+    if not bool((scale > 0).all()):
+        raise ValueError(f"every scale must be positive: {what} needs a stochastic encoder "
+                         "(an AE's codes have no posterior)")
+    return loc, scale

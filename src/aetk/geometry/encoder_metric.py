@@ -24,6 +24,7 @@ from torch import distributions as D
 
 from ..centroids import select_centroids
 from ..hamiltonian import Position, hmc, value_and_grad
+from ..validate import check_posteriors
 from .metrics import Metric
 
 FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
@@ -50,13 +51,7 @@ class EncoderMetric(Metric, nn.Module):
                  regularization: float = 1e-4, tau: float = FLOAT32_EPS) -> None:
         nn.Module.__init__(self)
         Metric.__init__(self)
-        loc, scale = torch.as_tensor(loc).detach(), torch.as_tensor(scale).detach()
-        if loc.dim() != 2 or loc.shape != scale.shape or len(loc) < 2:
-            raise ValueError(f"loc and scale must both be (N, d) with N >= 2, got "
-                             f"{tuple(loc.shape)} and {tuple(scale.shape)}")
-        if not bool((scale > 0).all()):
-            raise ValueError("every scale must be positive: the encoder metric needs a "
-                             "stochastic encoder (an AE has no posterior)")
+        loc, scale = check_posteriors(loc, scale, "the encoder metric")
         if regularization <= 0 or tau < 0:
             raise ValueError(f"regularization must be > 0 and tau >= 0, got {regularization} "
                              f"and {tau}")
