@@ -630,6 +630,24 @@ def test_hmc_samples_a_known_density():
     close(z.var(0), 1.0, atol=0.08)
 
 
+def test_hmc_step_jitter_breaks_a_resonant_trajectory_length():
+    """Potential |z|^2 (N(0, I/2)): 10 steps of 0.2 are about half its period pi/sqrt(2),
+    so fixed steps carry the chains across the mode and back; jittered ones mix."""
+    def position(z):
+        return ham.Position(z, (z * z).sum(-1), 2 * z)
+
+    start = torch.full((2000, 2), 1.5, dtype=f64)
+    torch.manual_seed(0)
+    fixed = ham.hmc(position(start), position, 10, 10, 0.2, jitter=0.0)
+    torch.manual_seed(0)
+    jittered = ham.hmc(position(start), position, 10, 10, 0.2)
+    assert fixed.mean(0).min() > 0.5
+    close(jittered.mean(0), 0.0, atol=0.06)
+    close(jittered.var(0), 0.5, atol=0.05)
+    with pytest.raises(ValueError, match="jitter"):
+        ham.hmc(position(start), position, 1, 1, 0.2, jitter=1.0)
+
+
 def test_rhvae_samples_favour_high_inverse_volume():
     m = rhvae(centroid_reduction="sum")
     torch.manual_seed(0)
