@@ -11,6 +11,7 @@ import torch
 
 import aetk
 from aetk.geometry import (
+    EncoderMetric,
     christoffel,
     curvature_grid,
     exp_map,
@@ -138,6 +139,20 @@ def test_curvature_on_cuda_matches_the_cpu(kind):
     np.testing.assert_allclose(curvature_grid(on_gpu, bounds, 6)["gaussian_curvature"],
                                curvature_grid(on_cpu, bounds, 6)["gaussian_curvature"],
                                rtol=1e-6)
+
+
+def test_encoder_metric_of_a_cuda_model_from_cpu_data():
+    """Data on the CPU, model on the GPU: the metric lives on the GPU, samples there, and
+    equals the CPU's."""
+    cpu = small("vae").eval()
+    gpu = copy.deepcopy(cpu).to(GPU)
+    x = digits(n=200)[0].double()
+    on_gpu = EncoderMetric.from_model(gpu, x, n_centroids=50)
+    on_cpu = EncoderMetric.from_model(cpu, x, n_centroids=50)
+    assert on_gpu.loc.device.type == "cuda"
+    z = torch.randn(5, 2, generator=torch.Generator().manual_seed(6), dtype=f64)
+    torch.testing.assert_close(on_gpu.metric(z.to(GPU)).cpu(), on_cpu.metric(z))
+    assert on_gpu.sample(10).device.type == "cuda"
 
 
 def test_kl_decomposition_on_cuda_equals_the_cpu():
