@@ -13,6 +13,7 @@ from .decoders import (
     LearnedGaussianDecoder,
     NegativeBinomialDecoder,
     PoissonDecoder,
+    RBFVarianceDecoder,
 )
 from .encoders import DeterministicEncoder, GaussianEncoder
 from .io import load
@@ -61,6 +62,7 @@ __all__ = [
     "Model",
     "NegativeBinomialDecoder",
     "PoissonDecoder",
+    "RBFVarianceDecoder",
     "TrainingDiverged",
     "VampPrior",
     "__version__",

@@ -264,3 +264,51 @@ class DeterministicDecoder(_BuiltinDecoder):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.params(z)[0]
+
+
+class RBFVarianceDecoder(Decoder):
+    """`p(x|z) = N(mu(z), diag 1/beta(z))`: the mean of a trained Gaussian decoder and the
+    precision of a radial-basis network (Arvanitidis, Hansen & Hauberg 2018),
+
+        beta(z) = W^T v(z) + zeta,   v_k(z) = exp(-lambda_k |z - c_k|^2),   W >= 0,
+
+    so the variance is what the data taught near the codes and grows to `1/zeta` away from
+    them: the decoder's pull-back metric (which adds `J_sigma^T J_sigma`) then rises where
+    the model knows nothing and geodesics keep to the data. `centres (K, d)` and
+    `bandwidths (K,)` (the `lambda_k`) are fixed; `W = exp(log_weight)`, `(K, D)`, is
+    learned (`aetk.geometry.calibrate_variance`), the mean decoder frozen. Precisions span
+    decades, so W is learned on the log scale.
+    """
+
+    def __init__(self, mean_decoder: nn.Module, centres: torch.Tensor, bandwidths: torch.Tensor,
+                 n_features: int, zeta: float = 1e-2) -> None:
+        super().__init__()
+        if zeta <= 0:
+            raise ValueError(f"zeta must be positive, got {zeta}")
+        if centres.dim() != 2 or bandwidths.shape != centres.shape[:1]:
+            raise ValueError(f"centres must be (K, d) and bandwidths (K,), got "
+                             f"{tuple(centres.shape)} and {tuple(bandwidths.shape)}")
+        self.mean_decoder = mean_decoder.requires_grad_(False)
+        self.latent_dim = centres.shape[1]
+        self.event_shape = getattr(mean_decoder, "event_shape", None)
+        self.zeta = float(zeta)
+        self.register_buffer("centres", centres.detach().clone())
+        self.register_buffer("bandwidths", bandwidths.detach().clone())
+        self.log_weight = nn.Parameter(torch.zeros(len(centres), n_features,
+                                                   dtype=centres.dtype))
+
+    def precision(self, z: torch.Tensor) -> torch.Tensor:
+        """`beta(z)`, `(B, D)`."""
+        return self.basis(z) @ self.log_weight.exp() + self.zeta
+
+    def basis(self, z: torch.Tensor) -> torch.Tensor:
+        """`v(z)`, `(B, K)`."""
+        # |z - c|^2 expanded: cdist has no forward-mode derivative, which metrics need
+        sq = ((z * z).sum(-1, keepdim=True) - 2 * z @ self.centres.T
+              + (self.centres * self.centres).sum(-1)).clamp_min(0.0)
+        return torch.exp(-self.bandwidths * sq)
+
+    def forward(self, z: torch.Tensor) -> D.Independent:
+        loc = self.mean_decoder(z).mean
+        scale = self.precision(z).rsqrt().reshape(loc.shape)
+        return D.Independent(D.Normal(loc, scale, validate_args=False), loc.dim() - 1)

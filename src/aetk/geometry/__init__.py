@@ -3,8 +3,9 @@ length, batched geodesics, distance matrices, interpolation and volume maps; the
 connection: Christoffel symbols, exponential and logarithm maps, parallel transport,
 Frechet means; curvature: the Riemann, Ricci, scalar and sectional curvatures and a
 Gaussian-curvature map; the encoder's metric of any VAE and its Riemannian uniform
-sampler."""
+sampler; calibrated decoder variance (RBF precision)."""
 
+from .calibrate import calibrate_variance, rbf_centres
 from .connection import (
     FrechetMean,
     GeodesicPath,
@@ -40,6 +41,7 @@ __all__ = [
     "NeuralGeodesic",
     "PullbackMetric",
     "RHVAEMetric",
+    "calibrate_variance",
     "christoffel",
     "christoffel_contract",
     "curvature_grid",
@@ -55,6 +57,7 @@ __all__ = [
     "log_map",
     "metric_for",
     "parallel_transport",
+    "rbf_centres",
     "ricci",
     "riemann",
     "riemannian_uniform",

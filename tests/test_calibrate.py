@@ -1,0 +1,119 @@
+"""Calibrated decoder variance: the RBF precision by hand, its limits, what calibration
+keeps and fits, and geodesics that follow a ring of codes instead of crossing its hole."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import aetk
+from aetk.decoders import GaussianDecoder, RBFVarianceDecoder
+from aetk.geometry import PullbackMetric, calibrate_variance, fit_geodesics, rbf_centres
+
+from helpers import digits
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+
+
+def _linear_decoder(d: int = 2, n: int = 3) -> GaussianDecoder:
+    """Mean (z1, z2, 0): the mean part of the pull-back is the identity."""
+    net = nn.Linear(d, n, bias=False).double()
+    with torch.no_grad():
+        net.weight.copy_(torch.eye(n, d, dtype=F64))
+    return GaussianDecoder(net, latent_dim=d, out_features=n)
+
+
+def test_precision_by_hand_and_far_from_the_centres() -> None:
+    centres, bandwidths = torch.randn(5, 2, dtype=F64), torch.rand(5, dtype=F64) + 0.5
+    dec = RBFVarianceDecoder(_linear_decoder(), centres, bandwidths, 3, zeta=0.05)
+    with torch.no_grad():
+        dec.log_weight.copy_(torch.randn(5, 3, dtype=F64))
+    z = torch.randn(4, 2, dtype=F64)
+    c, lam = centres.numpy(), bandwidths.numpy()
+    w = np.exp(dec.log_weight.detach().numpy())
+    expected = np.zeros((4, 3))
+    for b in range(4):
+        for k in range(5):
+            expected[b] += w[k] * np.exp(-lam[k] * ((z[b].numpy() - c[k]) ** 2).sum())
+    np.testing.assert_allclose(dec.precision(z).detach().numpy(), expected + 0.05, rtol=1e-10)
+    p = dec(z)
+    torch.testing.assert_close(p.mean, torch.cat([z, torch.zeros(4, 1, dtype=F64)], 1))
+    far = dec(torch.full((1, 2), 1e3, dtype=F64))
+    torch.testing.assert_close(far.stddev, torch.full((1, 3), 0.05**-0.5, dtype=F64))
+
+
+def test_centres_and_bandwidths_from_the_clusters() -> None:
+    """Two tight clusters: centres at their means, lambda from their mean radius."""
+    a = torch.tensor([[0.0, 1.0], [0.0, -1.0], [1.0, 0.0], [-1.0, 0.0]], dtype=F64)
+    codes = torch.cat([a * 0.1, a * 0.3 + 10])
+    centres, lam = rbf_centres(codes, 2, bandwidth_scale=2.0)
+    order = centres[:, 0].argsort()
+    torch.testing.assert_close(centres[order], torch.tensor([[0.0, 0.0], [10.0, 10.0]],
+                                                            dtype=F64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(lam[order], 0.5 / (2.0 * torch.tensor([0.1, 0.3], dtype=F64))**2)
+
+
+def test_geodesics_go_round_a_ring_of_codes() -> None:
+    """Codes on the unit circle: the calibrated metric is high in the hole (where the
+    variance climbs to 1/zeta), so the geodesic between opposite codes bends round the
+    ring; with the mean alone (identity metric) it would be the straight line."""
+    angles = torch.linspace(0, 2 * math.pi, 33, dtype=F64)[:-1]
+    ring = torch.stack([angles.cos(), angles.sin()], 1)
+    centres, lam = rbf_centres(ring, 16)
+    dec = RBFVarianceDecoder(_linear_decoder(), centres, lam, 3, zeta=1e-2)
+    with torch.no_grad():
+        dec.log_weight.fill_(math.log(50.0))
+    z0, z1 = torch.tensor([[-1.0, 0.0]], dtype=F64), torch.tensor([[1.0, 0.0]], dtype=F64)
+    res = fit_geodesics(PullbackMetric(dec), z0, z1, n_points=40, max_iter=1000)
+    assert not bool(res.fell_back.any())
+    assert res.length.item() < 0.5 * res.line_length.item()
+    radius = res.points[0].norm(dim=-1)
+    assert radius.min() > 0.6  # never through the hole's centre, where the line goes
+
+
+@pytest.fixture(scope="module")
+def gaussian_vae() -> tuple[aetk.Model, torch.Tensor]:
+    torch.manual_seed(0)
+    x, _ = digits("gaussian_learned", 400)
+    model = aetk.build_model("vae", "gaussian_learned", in_features=64, latent_dim=2,
+                             hidden=(32,))
+    aetk.fit(model, x, epochs=10, batch_size=50, progress=False)
+    return model.eval(), x
+
+
+def test_calibration_keeps_the_mean_and_fits_the_variance(gaussian_vae) -> None:
+    model, x = gaussian_vae
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cal = calibrate_variance(model, x, n_centres=16, epochs=30, zeta=1e-2)
+    for k, v in model.state_dict().items():  # the original is untouched
+        assert torch.equal(v, before[k])
+    assert isinstance(cal.decoder, RBFVarianceDecoder)
+    z = model.encode(x).mean.detach()
+    torch.testing.assert_close(cal.decode(z).mean, model.decode(z).mean)
+    start = calibrate_variance(model, x, n_centres=16, epochs=0)
+    with torch.no_grad():
+        own = model.decode(z).log_prob(x).mean()
+        begun, fitted = start.decode(z).log_prob(x).mean(), cal.decode(z).log_prob(x).mean()
+    assert abs(begun - own) < 3  # started at the decoder's own precision, on average
+    assert fitted > begun + 10  # and the fit moved the likelihood
+    far = cal.decode(torch.full((1, 2), 100.0)).stddev
+    assert far.min().item() == pytest.approx(10.0, rel=1e-4)  # 1 / sqrt(zeta)
+
+
+def test_calibration_refuses_other_likelihoods_and_says_how_to_save(gaussian_vae, tmp_path):
+    model, x = gaussian_vae
+    bern = aetk.build_model("vae", "bernoulli", in_features=64, latent_dim=2, hidden=(8,))
+    with pytest.raises(ValueError, match="Fisher"):
+        calibrate_variance(bern, (x > 0.5).float())
+    cal = calibrate_variance(model, x, n_centres=4, epochs=1)
+    cal.save(tmp_path / "cal")
+    with pytest.raises(ValueError, match=r"not made by aetk\.build_model"):
+        aetk.load(tmp_path / "cal")
