@@ -33,7 +33,7 @@ from .models import (
     Model,
     VampPrior,
 )
-from .train import CyclicalBeta, TrainingDiverged, fit
+from .train import CyclicalBeta, EarlyStopping, TrainingDiverged, fit
 
 __all__ = [
     "AE",
@@ -51,6 +51,7 @@ __all__ = [
     "Decoder",
     "DeterministicDecoder",
     "DeterministicEncoder",
+    "EarlyStopping",
     "FactorVAE",
     "GaussianDecoder",
     "GaussianEncoder",

@@ -57,6 +57,41 @@ class CyclicalBeta:
         row["beta"] = model.beta
 
 
+class EarlyStopping:
+    """Stop training once `monitor` (a history column, default the validation loss) has
+    not fallen by more than `min_delta` for `patience` epochs, and put back the weights of
+    its best epoch at the end (`restore_best`). `best_epoch` and `best` say which.
+
+    The best weights are kept in memory: after an interrupted run resumes from a
+    checkpoint, the count starts again from the resumed epoch.
+    """
+
+    def __init__(self, patience: int = 10, monitor: str = "val_loss", min_delta: float = 0.0,
+                 restore_best: bool = True) -> None:
+        if int(patience) != patience or patience < 1 or min_delta < 0:
+            raise ValueError(f"patience must be an integer >= 1 and min_delta >= 0, got "
+                             f"{patience} and {min_delta}")
+        self.patience, self.monitor = int(patience), monitor
+        self.min_delta, self.restore_best = float(min_delta), restore_best
+        self.best, self.best_epoch = math.inf, 0
+        self.stop = False
+        self._state: dict[str, torch.Tensor] | None = None
+
+    def on_epoch_end(self, model: Model, epoch: int, row: dict[str, float]) -> None:
+        if self.monitor not in row:
+            raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which the history does "
+                             f"not have (columns: {', '.join(row)}); give fit validation data")
+        if row[self.monitor] < self.best - self.min_delta:
+            self.best, self.best_epoch = row[self.monitor], epoch
+            if self.restore_best:
+                self._state = _snapshot(model)
+        self.stop = epoch - self.best_epoch >= self.patience
+
+    def on_fit_end(self, model: Model) -> None:
+        if self.restore_best and self._state is not None:
+            model.load_state_dict(self._state)
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """`"auto"` is CUDA when available, else the CPU."""
     if device == "auto":
@@ -192,8 +227,9 @@ def fit(
     A NaN or infinite loss stops training with `TrainingDiverged`: the model is put back
     as it was after the last finished epoch (a copy of its state is kept each epoch), the
     error's `history` holds those epochs, and the checkpoint of that epoch stays on disk.
-    `callbacks` may define `on_epoch_start(model, epoch)`
-    and `on_epoch_end(model, epoch, row)` (`row`, the epoch's history, may be extended).
+    `callbacks` may define `on_epoch_start(model, epoch)`, `on_epoch_end(model, epoch,
+    row)` (`row`, the epoch's history, may be extended) and `on_fit_end(model)`; one whose
+    `stop` attribute is true after an epoch ends training there (`EarlyStopping`).
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
@@ -248,6 +284,10 @@ def fit(
                     "shuffle_rng": shuffle_rng.get_state(),
                     "history": history,
                 })
+            if any(getattr(cb, "stop", False) for cb in callbacks):
+                break
+        for cb in callbacks:
+            getattr(cb, "on_fit_end", lambda *a: None)(model)
     except TrainingDiverged as err:
         # the failed step already wrote non-finite weights: nothing past the last epoch is kept
         model.load_state_dict(good)

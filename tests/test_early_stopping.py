@@ -1,0 +1,75 @@
+"""EarlyStopping: the stopping rule on a scripted history, and inside `fit` the epoch it
+stops at and the weights it puts back."""
+
+import pytest
+import torch
+
+import aetk
+
+from helpers import digits
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+
+
+def _run(values, **kwargs) -> tuple[aetk.EarlyStopping, int]:
+    """Feed validation losses one epoch at a time; the epoch it says stop (0: never)."""
+    stopper = aetk.EarlyStopping(restore_best=False, **kwargs)
+    for epoch, value in enumerate(values, start=1):
+        stopper.on_epoch_end(None, epoch, {"val_loss": value})
+        if stopper.stop:
+            return stopper, epoch
+    return stopper, 0
+
+
+def test_stops_after_patience_epochs_without_improvement() -> None:
+    stopper, stopped = _run([5.0, 4.0, 4.5, 4.2, 4.1, 3.0], patience=3)
+    assert (stopped, stopper.best_epoch, stopper.best) == (5, 2, 4.0)
+    stopper, stopped = _run([5.0, 4.0, 4.5, 3.9, 4.1, 4.2], patience=3)
+    assert (stopped, stopper.best_epoch) == (0, 4)  # 3.9 reset the count
+
+
+def test_improvements_smaller_than_min_delta_do_not_count() -> None:
+    stopper, stopped = _run([5.0, 4.95, 4.9, 4.85], patience=2, min_delta=0.1)
+    assert (stopped, stopper.best_epoch) == (3, 1)
+
+
+class _Recorder:
+    """The weights after every epoch."""
+
+    def __init__(self) -> None:
+        self.states: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_epoch_end(self, model, epoch, row) -> None:
+        self.states[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("restore_best", [True, False])
+def test_fit_stops_early_and_restores_the_best_epoch(restore_best: bool) -> None:
+    x, _ = digits("bernoulli", 300)
+    model = aetk.build_model("vae", "bernoulli", in_features=64, latent_dim=2, hidden=(32,))
+    stopper = aetk.EarlyStopping(patience=2, restore_best=restore_best)
+    recorder = _Recorder()
+    # a learning rate this large overfits 240 images within a few epochs
+    history = aetk.fit(model, x[:240], x[240:], epochs=200, batch_size=20, lr=0.02,
+                       progress=False, callbacks=(recorder, stopper))
+    stopped = len(history)
+    assert stopped < 200 and stopper.stop
+    best = int(history["val_loss"].idxmin()) + 1
+    assert stopper.best_epoch == best and stopped == best + 2
+    expected = recorder.states[best if restore_best else stopped]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, expected[k]), k
+
+
+def test_monitoring_needs_the_column() -> None:
+    x, _ = digits("bernoulli", 100)
+    model = aetk.build_model("vae", "bernoulli", in_features=64, latent_dim=2, hidden=(8,))
+    with pytest.raises(ValueError, match="give fit validation data"):
+        aetk.fit(model, x, epochs=2, batch_size=50, progress=False,
+                 callbacks=(aetk.EarlyStopping(),))
+    with pytest.raises(ValueError, match="patience"):
+        aetk.EarlyStopping(patience=0)
