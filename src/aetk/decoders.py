@@ -303,10 +303,9 @@ class RBFVarianceDecoder(Decoder):
 
     def basis(self, z: torch.Tensor) -> torch.Tensor:
         """`v(z)`, `(B, K)`."""
-        # |z - c|^2 expanded: cdist has no forward-mode derivative, which metrics need
-        sq = ((z * z).sum(-1, keepdim=True) - 2 * z @ self.centres.T
-              + (self.centres * self.centres).sum(-1)).clamp_min(0.0)
-        return torch.exp(-self.bandwidths * sq)
+        # from the differences: cdist has no forward-mode derivative, which metrics need
+        diff = z.unsqueeze(-2) - self.centres
+        return torch.exp(-self.bandwidths * (diff * diff).sum(-1))
 
     def forward(self, z: torch.Tensor) -> D.Independent:
         loc = self.mean_decoder(z).mean
