@@ -58,6 +58,23 @@ def test_float32_keeps_narrow_posteriors_accurate() -> None:
     torch.testing.assert_close(single.double(), exact, rtol=1e-4, atol=0)
 
 
+def test_default_step_moves_every_chain_of_narrow_posteriors() -> None:
+    """The step scales with the kernels' width: every chain accepts moves, where a step ten
+    times the width leaves most where they started."""
+    loc, scale = 1.5 * torch.randn(500, 2, dtype=F64), 0.005 + 0.02 * torch.rand(500, 2,
+                                                                                 dtype=F64)
+    metric = EncoderMetric(loc, scale)
+    width = float((metric.rho * metric.precision.rsqrt()).median())
+    torch.manual_seed(1)
+    z = metric.sample(300, n_steps=20)
+    moved = torch.cdist(z, loc).min(1).values > 0  # a chain that never moved sits on a code
+    assert bool(moved.all())
+    torch.manual_seed(1)
+    stuck = ~(torch.cdist(metric.sample(300, n_steps=20, step_size=10 * width), loc)
+              .min(1).values > 0)
+    assert stuck.float().mean() > 0.5
+
+
 def test_precision_at_an_isolated_code_and_lambda_far_away() -> None:
     loc = torch.tensor([[0.0, 0.0], [50.0, 0.0], [0.0, 50.0]], dtype=F64)
     scale = torch.tensor([[0.5, 0.25], [1.0, 1.0], [1.0, 1.0]], dtype=F64)
