@@ -141,3 +141,19 @@ def test_comparison_table_splits_the_validation_kl() -> None:
 
 def _history() -> pd.DataFrame:
     return pd.DataFrame({"epoch": [1, 2], "train_loss": [2.0, 1.0], "val_loss": [2.5, 1.5]})
+
+
+def test_sample_scorer_counts_confident_distinct_classes() -> None:
+    """Three separable classes: held-out points score about 3, points of one class about
+    1, points between the classes (no class recognisable) little more than 1."""
+    from aetk.report import SampleScorer
+
+    rng = np.random.default_rng(0)
+    centres = 4.0 * np.eye(3, 5)
+    labels = np.repeat(np.arange(3), 200)
+    x = centres[labels] + 0.5 * rng.standard_normal((600, 5))
+    held = centres[np.arange(300) % 3] + 0.5 * rng.standard_normal((300, 5))
+    scorer = SampleScorer(x, labels, held)
+    assert scorer.reference == pytest.approx(scorer(held)) and scorer.reference > 2.8
+    assert scorer(centres[0] + 0.5 * rng.standard_normal((100, 5))) < 1.1
+    assert scorer(centres.mean(0) + 0.05 * rng.standard_normal((100, 5))) < 1.3

@@ -88,7 +88,8 @@ def steps(tmp_path_factory: pytest.TempPathFactory) -> Path:
               "--checkpoint-dir", str(d / "ckpt"), "--no-progress"]
     cli.main(["train", *common, "--out", str(d / "model"), "--history", str(d / "h.tsv")])
     cli.main(["encode", "--data", str(d / "data.zarr"), "--model", str(d / "model"),
-              "--n-examples", "6", "--n-generated", "4", "--out", str(d / "latent.zarr")])
+              "--n-examples", "6", "--n-generated", "4", "--n-scored", "50",
+              "--out", str(d / "latent.zarr")])
     cli.main(["geodesics", "--model", str(d / "model"), "--latent", str(d / "latent.zarr"),
               "--n-pairs", "3", "--n-points", "10", "--max-iter", "100", "--grid-size", "9",
               "--out", str(d / "geo.zarr")])
@@ -96,7 +97,7 @@ def steps(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rhvae = [a if a != "vae" else "rhvae" for a in common] + ["--options", '{"centroids": 16}']
     cli.main(["train", *rhvae, "--out", str(d / "rhvae"), "--history", str(d / "hr.tsv")])
     cli.main(["encode", "--data", str(d / "data.zarr"), "--model", str(d / "rhvae"),
-              "--n-importance", "0", "--out", str(d / "latent_rhvae.zarr")])
+              "--n-importance", "0", "--n-scored", "20", "--out", str(d / "latent_rhvae.zarr")])
     cli.main(["geodesics", "--model", str(d / "rhvae"), "--latent",
               str(d / "latent_rhvae.zarr"), "--n-pairs", "2", "--n-points", "10", "--grid-size",
               "9", "--spray", "6", "--spray-points", "20", "--out", str(d / "geo_rhvae.zarr")])
@@ -106,6 +107,7 @@ def steps(tmp_path_factory: pytest.TempPathFactory) -> Path:
               str(d / "geo.zarr"), "--out", str(d / "fig" / "geodesics.png")])
     cli.main(["report", "summary", "--runs", "vae-bernoulli", "--histories", str(d / "h.tsv"),
               "--latents", str(d / "latent.zarr"), "--geodesics", str(d / "geo.zarr"),
+              "--data", str(d / "data.zarr"),
               "--curves", str(d / "fig" / "curves.png"), "--table", str(d / "table.tsv"),
               "--figure", str(d / "fig" / "comparison.png")])
     return d
@@ -211,6 +213,9 @@ def test_encode_output(steps: Path) -> None:
     geometric = lat["generated_geometric"].values  # from the encoder metric's HMC
     assert geometric.shape == (4, 64) and ((geometric >= 0) & (geometric <= 1)).all()
     assert not np.allclose(geometric, lat["generated"].values)
+    # the first draws are shown, all are scored (digits have categorical labels)
+    assert lat["scored_model"].shape == (50, 64) and lat["scored_geometric"].shape == (50, 64)
+    np.testing.assert_array_equal(lat["scored_geometric"].values[:4], geometric)
     np.testing.assert_array_equal(lat["split"].values, data.is_validation.astype(np.int8))
     np.testing.assert_array_equal(lat["label"].values, data.labels)
     assert lat.attrs["model"] == "vae" and lat.attrs["image_shape"] == [8, 8]
@@ -300,6 +305,8 @@ def test_report_outputs(steps: Path) -> None:
     assert row["val_mutual_info"] + row["val_marginal_kl"] == pytest.approx(row["val_kl"],
                                                                           rel=1e-5)
     assert np.isfinite(row["val_total_correlation"])
+    for name in ("sample_score", "geometric_sample_score", "data_sample_score"):
+        assert 1 <= row[name] <= 10  # ten digit classes at most
 
 
 def test_active_units_count_dimensions_whose_mean_varies() -> None:

@@ -205,13 +205,15 @@ def example_indices(is_val: np.ndarray, labels: np.ndarray | None, kind: str, n:
 
 
 def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_examples: int,
-                n_generated: int, seed: int, n_importance: int = 0) -> dict[str, Any]:
+                n_generated: int, seed: int, n_importance: int = 0,
+                n_scored: int = 0) -> dict[str, Any]:
     """Per-sample latent statistics, reconstruction errors and ELBO terms of ``model``.
 
     The ELBO is the single-sample estimate ``log p(x|z) - KL(q(z|x) || p(z))`` of the
     encoder/decoder pair (for every model, so the table compares like with like), and
     ``log_marginal`` the importance-sampled ``log p(x)`` with ``n_importance`` samples
-    (NaN when 0, or for a deterministic model).
+    (NaN when 0, or for a deterministic model). With categorical labels, ``n_scored``
+    samples of each sampler are kept for the report's classifier score (``scored_*``).
     """
     import torch
     from torch.distributions import Distribution
@@ -220,8 +222,9 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
     from aetk.distributions import log_prob, mean
     from aetk.marginal import log_marginal
 
-    if n_importance < 0:
-        raise ValueError(f"--n-importance must be >= 0, got {n_importance}")
+    if n_importance < 0 or n_scored < 0:
+        raise ValueError(f"--n-importance and --n-scored must be >= 0, got {n_importance} and "
+                         f"{n_scored}")
     torch.manual_seed(seed)
     x_all = torch.from_numpy(stored.x)
     model.check_data(x_all, "the stored")  # e.g. a store of another data set
@@ -256,14 +259,23 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
         idx = example_indices(stored.is_validation, stored.labels, stored.label_kind, n_examples)
         out["example_index"] = idx
         out["example_reconstruction"] = model.reconstruct(x_all[idx]).float().cpu().numpy()
+        # one draw per sampler: the first n_generated are shown, all n are scored
+        n_scored = n_scored if stored.label_kind == "categorical" else 0
+        n = max(n_generated, n_scored)
+        draws = {}  # shown as generated[_geometric], scored as scored_{model,geometric}
         sample = getattr(model, "sample", None)
-        if callable(sample):
-            out["generated"] = sample(n_generated).float().reshape(n_generated, -1).cpu().numpy()
+        if callable(sample) and n:
+            draws["model"] = sample(n).float().reshape(n, -1).cpu().numpy()
         train = ~stored.is_validation if (~stored.is_validation).sum() > 1 else slice(None)
-        if n_generated and (out["z_std"][train] > 0).all():
-            z = geometric_latents(out["z_mean"][train], out["z_std"][train], n_generated, seed)
-            out["generated_geometric"] = (mean(model.decode(z)).float()
-                                          .reshape(n_generated, -1).cpu().numpy())
+        if n and (out["z_std"][train] > 0).all():
+            z = geometric_latents(out["z_mean"][train], out["z_std"][train], n, seed)
+            draws["geometric"] = mean(model.decode(z)).float().reshape(n, -1).cpu().numpy()
+        for name, values in draws.items():
+            if n_generated:
+                out["generated" if name == "model" else "generated_geometric"] = \
+                    values[:n_generated]
+            if n_scored:
+                out[f"scored_{name}"] = values[:n_scored]
     return out
 
 
@@ -295,7 +307,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     enc = encode_data(model, stored, batch_size=args.batch_size, n_examples=args.n_examples,
                       n_generated=args.n_generated, seed=args.seed,
-                      n_importance=args.n_importance)
+                      n_importance=args.n_importance, n_scored=args.n_scored)
     ds = xr.Dataset(coords={
         "sample": np.arange(len(stored.x)),
         "latent": np.arange(model.latent_dim),
@@ -322,6 +334,9 @@ def cmd_encode(args: argparse.Namespace) -> None:
         ds["generated_geometric"] = (("generated", "feature"), enc["generated_geometric"], {
             "description": "decoded draws of the Riemannian uniform distribution of the "
                            "encoder's metric (aetk.geometry.EncoderMetric)"})
+    for name in ("scored_model", "scored_geometric"):
+        if name in enc:
+            ds[name] = (("scored", "feature"), enc[name])
     spec = model.build_spec or {}
     ds.attrs = {
         "store": "aetk-latent", "run": Path(args.out).name.removesuffix(".zarr"),
@@ -509,8 +524,14 @@ def cmd_report_summary(args: argparse.Namespace) -> None:
         if ds.attrs.get("config_hash") not in run_of_hash:
             raise SystemExit(f"{path} was not fitted with the model of any of the runs")
         geodesics[run_of_hash[ds.attrs["config_hash"]]] = ds
+    scorer = None
+    if args.data:
+        stored = storage.read_data(args.data)
+        if stored.label_kind == "categorical":
+            labels = stored.labels[~stored.is_validation]
+            scorer = report.SampleScorer(stored.train, labels, stored.validation)
     report.plot_training_curves(histories, Path(args.curves))
-    table = report.comparison_table(histories, latents, geodesics)
+    table = report.comparison_table(histories, latents, geodesics, scorer)
     Path(args.table).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.table, sep="\t", index=False, float_format="%.6g")
     if args.figure:
@@ -623,6 +644,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-examples", type=int, default=10, help="validation samples reconstructed")
     p.add_argument("--n-generated", type=int, default=16,
                    help="samples generated (by each sampler)")
+    p.add_argument("--n-scored", type=int, default=500,
+                   help="with categorical labels, samples of each sampler kept for the "
+                   "report's classifier score (0: none)")
     p.add_argument("--n-importance", type=int, default=100,
                    help="importance samples per data point for the log p(x) estimate (0: skip)")
     p.add_argument("--seed", type=int, default=0, help="seed of the latent samples")
@@ -682,14 +706,17 @@ def build_parser() -> argparse.ArgumentParser:
     q = radd("summary", cmd_report_summary,
              "Training curves of every run and the table comparing them (final and best "
              "validation loss, validation reconstruction error, KL, ELBO and log p(x), time, "
-             "geodesic length ratio), optionally drawn as a figure.\n\n"
+             "geodesic length ratio and, given the --data store with categorical labels, a "
+             "classifier's score of the generated samples), optionally drawn as a figure.\n\n"
              "input:  --runs names, with one --histories table and --latents store each, "
-             "and any --geodesics stores\n"
+             "any --geodesics stores, and optionally the --data store\n"
              "output: --curves (.png), --table (.tsv), --figure (.png)")
     q.add_argument("--runs", nargs="+", required=True, help="run names, e.g. vae-bernoulli")
     q.add_argument("--histories", nargs="+", required=True, help="one history table per run")
     q.add_argument("--latents", nargs="+", required=True, help="one latent store per run")
     q.add_argument("--geodesics", nargs="*", default=[], help="geodesic stores, any runs")
+    q.add_argument("--data", help="the data store: with categorical labels, a classifier "
+                   "trained on it scores each run's generated samples")
     q.add_argument("--curves", required=True, help="training-curves figure to write (.png)")
     q.add_argument("--table", required=True, help="comparison table to write (.tsv)")
     q.add_argument("--figure", help="comparison figure to write (.png): log p(x), ELBO and "

@@ -280,11 +280,14 @@ def plot_comparison(table: pd.DataFrame, path: Path) -> None:
     """The comparison table as dots, one row of panels per likelihood (log-likelihoods of
     different likelihoods are not comparable): validation log p(x) with the ELBO below it
     (their gap is roughly how far q(z|x) is from the posterior), the reconstruction
-    error, and the KL term split into I(x; z) and KL(q(z) || p(z))."""
+    error, the KL term split into I(x; z) and KL(q(z) || p(z)), and the classifier score of
+    the generated samples when the table has it."""
     groups = list(table.groupby("likelihood", sort=False))
-    fig, axes = _subplots(len(groups), 3, figsize=(15.0, 0.6 + 0.32 * len(table)
-                                                     + 0.9 * len(groups)))
-    for (likelihood, rows), (ax_ll, ax_err, ax_kl) in zip(groups, axes, strict=True):
+    scored = "sample_score" in table
+    fig, axes = _subplots(len(groups), 3 + scored, figsize=(15.0 + 4.5 * scored, 0.6 + 0.32
+                                                           * len(table) + 0.9 * len(groups)))
+    for (likelihood, rows), (ax_ll, ax_err, ax_kl, *ax_score) in zip(groups, axes,
+                                                                     strict=True):
         rows = rows.sort_values(["val_log_marginal", "val_elbo"], na_position="first")
         y = np.arange(len(rows))
         ax_ll.plot(rows["val_elbo"], y, "o", mfc="white", color="tab:blue")
@@ -296,7 +299,9 @@ def plot_comparison(table: pd.DataFrame, path: Path) -> None:
         ax_err.set(yticks=y, yticklabels=[], xlabel="mean squared error (lower is better)",
                    title="validation reconstruction error")
         _kl_bars(ax_kl, rows, y)
-        for ax in (ax_ll, ax_err, ax_kl):
+        if scored:
+            _score_dots(ax_score[0], rows, y)
+        for ax in (ax_ll, ax_err, ax_kl, *ax_score):
             ax.grid(axis="x", alpha=0.3)
             ax.set_ylim(-0.6, len(rows) - 0.4)
     fig.tight_layout()
@@ -315,10 +320,55 @@ def _kl_bars(ax: Axes, rows: pd.DataFrame, y: np.ndarray) -> None:
     ax.legend(fontsize=7, loc="lower right")
 
 
+def _score_dots(ax: Axes, rows: pd.DataFrame, y: np.ndarray) -> None:
+    """The classifier score of each run's samples: the model's own sampler and the encoder
+    metric's, against the validation data's (dashed)."""
+    ax.plot(rows["sample_score"], y, "o", color="tab:purple", label="model.sample")
+    ax.plot(rows["geometric_sample_score"], y, "o", mfc="white", color="tab:purple",
+            label="Riemannian uniform")
+    ax.axvline(float(rows["data_sample_score"].iloc[0]), color="0.4", ls="--", lw=1,
+               label="validation data")
+    ax.set(yticks=y, yticklabels=[], xlabel="classifier score (higher is better)",
+           title="samples: recognisable and varied")
+    ax.legend(fontsize=7, loc="lower left")
+
+
 def active_units(z_mean: np.ndarray, threshold: float = 0.01) -> int:
     """Latent dimensions whose encoder mean varies over the data, `Var_x E_q[z_j] > 0.01`
     (Burda et al. 2016): fewer than `latent_dim` means posterior collapse in the rest."""
     return int((np.var(z_mean, axis=0) > threshold).sum())
+
+
+class SampleScorer:
+    """A classifier of the data's categorical labels (PCA to at most 50 dimensions, then
+    multinomial logistic regression, fitted on the training samples) and the score it gives
+    a set of samples: `exp(<KL(p(y|x) || p(y))>)`, the Inception score with this classifier
+    (Salimans et al. 2016). It is high, at most the number of classes, when each sample is
+    confidently one class and the classes are varied; `reference` is the validation data's
+    own score."""
+
+    def __init__(self, train: np.ndarray, labels: np.ndarray, validation: np.ndarray,
+                 seed: int = 0) -> None:
+        import warnings
+
+        from sklearn.decomposition import PCA
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+
+        n_components = min(50, train.shape[1], len(train) - 1)
+        self.classifier = make_pipeline(PCA(n_components, random_state=seed),
+                                        LogisticRegression(max_iter=300))
+        with warnings.catch_warnings():  # a score, not a model to deploy: 300 steps will do
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self.classifier.fit(train.reshape(len(train), -1), labels)
+        self.reference = self(validation) if len(validation) else np.nan
+
+    def __call__(self, samples: np.ndarray) -> float:
+        p = self.classifier.predict_proba(samples.reshape(len(samples), -1))
+        p_y = p.mean(0)
+        kl = (p * (np.log(np.clip(p, 1e-12, None)) - np.log(np.clip(p_y, 1e-12, None)))).sum(1)
+        return float(np.exp(kl.mean()))
 
 
 def _kl_split(lat: xr.Dataset, rows: np.ndarray, kl: float) -> dict[str, float]:
@@ -335,12 +385,14 @@ def _kl_split(lat: xr.Dataset, rows: np.ndarray, kl: float) -> dict[str, float]:
 
 
 def comparison_table(histories: dict[str, pd.DataFrame], latents: dict[str, xr.Dataset],
-                     geodesics: dict[str, xr.Dataset]) -> pd.DataFrame:
+                     geodesics: dict[str, xr.Dataset],
+                     scorer: SampleScorer | None = None) -> pd.DataFrame:
     """One row per run: final and best validation loss, validation reconstruction error,
     KL, ELBO and log p(x) (means over validation samples), the KL split into the mutual
     information I(x; z) and the aggregate posterior's KL to the prior (with its total
-    correlation), active units, training time and the mean ratio of geodesic to
-    straight-line length where geodesics were fitted."""
+    correlation), active units, training time, the mean ratio of geodesic to
+    straight-line length where geodesics were fitted and, with a `scorer`, the classifier
+    score of each sampler's samples and of the validation data."""
     rows = []
     for run, h in histories.items():
         lat = latents[run]
@@ -362,6 +414,11 @@ def comparison_table(histories: dict[str, pd.DataFrame], latents: dict[str, xr.D
             row[f"val_{name}"] = float(np.mean(values)) if np.isfinite(values).any() else np.nan
         row.update(_kl_split(lat, val, row["val_kl"]))
         row["active_units"] = active_units(lat["z_mean"].values[val])
+        if scorer is not None:
+            for name, var in (("sample_score", "scored_model"),
+                              ("geometric_sample_score", "scored_geometric")):
+                row[name] = scorer(lat[var].values) if var in lat else np.nan
+            row["data_sample_score"] = scorer.reference
         row["train_seconds"] = float(h["seconds"].sum()) if "seconds" in h else np.nan
         if run in geodesics:
             g = geodesics[run]

@@ -147,6 +147,7 @@ def encode_args(wildcards):
             ("--n-examples", enc["n_examples"]),
             ("--n-generated", enc["n_generated"]),
             ("--n-importance", enc["n_importance"]),
+            ("--n-scored", enc["n_scored"]),
             ("--seed", RUNS[wildcards.run]["seed"]),
         ]
     )

@@ -58,6 +58,7 @@ rule report_geodesics:
 
 rule report_summary:
     input:
+        data=DATA_STORE,
         histories=expand("results/models/{run}/history.tsv", run=RUNS),
         latents=expand("results/latent/{run}.zarr", run=RUNS),
         geodesics=expand("results/geodesics/{run}.zarr", run=GEODESIC_RUNS),
@@ -87,6 +88,6 @@ rule report_summary:
         runs=list(RUNS),
     shell:
         "aetk report summary --runs {params.runs} --histories {input.histories} "
-        "--latents {input.latents} --geodesics {input.geodesics} "
+        "--latents {input.latents} --geodesics {input.geodesics} --data {input.data} "
         "--curves {output.curves} --table {output.table} --figure {output.figure} "
         "> {log} 2>&1"
