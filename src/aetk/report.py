@@ -3,7 +3,7 @@
 Figures are plain ``matplotlib.figure.Figure`` objects rendered by the Agg canvas, so no
 pyplot state or display is involved. Every function reads the xarray stores written by
 ``aetk encode`` / ``aetk geodesics`` (and training histories), never a model, so figures
-can be redrawn without torch work.
+can be redrawn without the models.
 """
 
 from __future__ import annotations
