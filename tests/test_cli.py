@@ -152,6 +152,30 @@ def test_train_again_resumes_from_the_checkpoint(steps: Path, capsys: pytest.Cap
     assert len(list((steps / "ckpt").glob("vae-bernoulli-*.pt"))) == 2
 
 
+def test_patience_stops_training_and_keys_its_own_checkpoint(steps: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture
+                                                             ) -> None:
+    args = ["train", "--data", str(steps / "data.zarr"), "--model", "vae", "--likelihood",
+            "bernoulli", "--hidden", "32", "--epochs", "300", "--batch-size", "16", "--lr",
+            "0.02", "--patience", "2", "--checkpoint-dir", str(tmp_path / "ckpt"),
+            "--no-progress", "--out", str(tmp_path / "m"), "--history", str(tmp_path / "h.tsv")]
+    assert cli.main(args) == 0
+    history = pd.read_csv(tmp_path / "h.tsv", sep="\t")
+    best = int(history["val_loss"].idxmin()) + 1
+    assert len(history) == best + 2 < 300
+    info = json.loads((tmp_path / "m" / "aetk_run.json").read_text())
+    assert info["settings"]["patience"] == 2
+    # again: the stopped checkpoint is final, the same history comes back
+    assert cli.main([*args[:-2], "--history", str(tmp_path / "h2.tsv")]) == 0
+    assert f"resuming from epoch {len(history)}" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "h2.tsv", sep="\t"), history)
+    # without validation data there is nothing to watch
+    cli.main(["preprocess", "--source", "digits", "--n-samples", "100", "--transforms",
+              "scale01", "--validation-fraction", "0", "--out", str(tmp_path / "all.zarr")])
+    assert cli.main([*args[:2], str(tmp_path / "all.zarr"), *args[3:]]) == 1
+    assert "--patience needs validation data" in capsys.readouterr().err
+
+
 def test_bad_training_settings_exit_with_a_message(steps: Path, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture) -> None:
     base = ["train", "--data", str(steps / "data.zarr"), "--likelihood", "bernoulli",

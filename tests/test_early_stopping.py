@@ -73,3 +73,20 @@ def test_monitoring_needs_the_column() -> None:
                  callbacks=(aetk.EarlyStopping(),))
     with pytest.raises(ValueError, match="patience"):
         aetk.EarlyStopping(patience=0)
+
+
+def test_a_stopped_checkpoint_is_final(tmp_path) -> None:
+    """Resuming a run that EarlyStopping ended trains no further and returns its weights."""
+    x, _ = digits("bernoulli", 300)
+    model = aetk.build_model("vae", "bernoulli", in_features=64, latent_dim=2, hidden=(32,))
+    kwargs = {"epochs": 200, "batch_size": 20, "lr": 0.02, "progress": False,
+              "checkpoint": tmp_path / "run.pt"}
+    first = aetk.fit(model, x[:240], x[240:], callbacks=(aetk.EarlyStopping(patience=2),),
+                     **kwargs)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    again = aetk.build_model("vae", "bernoulli", in_features=64, latent_dim=2, hidden=(32,))
+    recorder = _Recorder()
+    second = aetk.fit(again, x[:240], x[240:], callbacks=(recorder,), **kwargs)
+    assert len(first) < 200 and second.equals(first) and not recorder.states
+    for k, v in again.state_dict().items():
+        assert torch.equal(v, weights[k]), k

@@ -114,6 +114,7 @@ def run_settings(args: argparse.Namespace, data_hash: str) -> dict[str, Any]:
         "hidden": list(args.hidden), "activation": args.activation,
         # only when set, so that MLP runs keep the hashes of their existing checkpoints
         **({"channels": list(args.channels)} if args.channels else {}),
+        **({"patience": args.patience} if args.patience else {}),
         "options": parse_options(args.options), "epochs": args.epochs,
         "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "data_config_hash": data_hash,
@@ -172,8 +173,14 @@ def cmd_train(args: argparse.Namespace) -> None:
           f"{len(stored.train)} samples for {args.epochs} epochs on {device} with "
           f"{args.threads} thread(s); run hash {run_hash}", flush=True)
     t0 = time.perf_counter()
-    callbacks = () if progress else (_EpochPrinter(args.epochs),)
+    if args.patience < 0:
+        raise ValueError(f"--patience must be >= 0, got {args.patience}")
     val = stored.validation if len(stored.validation) else None
+    if args.patience and val is None:
+        raise ValueError("--patience needs validation data: the data store has no validation "
+                         "split (preprocess with --validation-fraction > 0)")
+    callbacks = (() if progress else (_EpochPrinter(args.epochs),)) + (
+        (aetk.EarlyStopping(args.patience),) if args.patience else ())
     history = aetk.fit(model, stored.train, val, epochs=args.epochs, batch_size=args.batch_size,
                        lr=args.lr, device=device, seed=args.seed, checkpoint=checkpoint,
                        resume=args.resume, progress=progress, callbacks=callbacks)
@@ -618,6 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=20, help="training epochs")
     p.add_argument("--batch-size", type=int, default=128, help="samples per gradient step")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--patience", type=int, default=0,
+                   help="stop once the validation loss has not improved for this many epochs "
+                   "and keep the best epoch's weights (0: train all --epochs)")
     p.add_argument("--device", default="auto", help="auto (a free GPU, else CPU), cpu, cuda:N")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and shuffling")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")

@@ -62,8 +62,9 @@ class EarlyStopping:
     not fallen by more than `min_delta` for `patience` epochs, and put back the weights of
     its best epoch at the end (`restore_best`). `best_epoch` and `best` say which.
 
-    The best weights are kept in memory: after an interrupted run resumes from a
-    checkpoint, the count starts again from the resumed epoch.
+    With a checkpoint, a run it stopped is final (resuming returns it as it ended); the
+    best weights are kept in memory, so after an interrupted run resumes, the count starts
+    again from the resumed epoch.
     """
 
     def __init__(self, patience: int = 10, monitor: str = "val_loss", min_delta: float = 0.0,
@@ -229,7 +230,9 @@ def fit(
     error's `history` holds those epochs, and the checkpoint of that epoch stays on disk.
     `callbacks` may define `on_epoch_start(model, epoch)`, `on_epoch_end(model, epoch,
     row)` (`row`, the epoch's history, may be extended) and `on_fit_end(model)`; one whose
-    `stop` attribute is true after an epoch ends training there (`EarlyStopping`).
+    `stop` attribute is true after an epoch ends training there (`EarlyStopping`), and the
+    checkpoint then holds the weights as returned and is final: resuming it trains no
+    further.
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
@@ -253,12 +256,16 @@ def fit(
     ckpt = Path(checkpoint) if checkpoint is not None else None
     n_train = len(batches.tensor) if batches.tensor is not None else len(batches.dataset)
     fingerprint = _fingerprint(model, n_train, batch_size, lr, seed)
+    stopped = False  # a checkpoint of a run that a callback stopped is final
     if ckpt is not None and resume and ckpt.exists():
-        history = _restore(ckpt, model, optimizers, shuffle_rng, fingerprint, device, epochs)
+        history, stopped = _restore(ckpt, model, optimizers, shuffle_rng, fingerprint, device,
+                                    epochs)
 
-    start = len(history) + 1
+    start = epochs + 1 if stopped else len(history) + 1
     good = _snapshot(model)
-    bar = tqdm(total=len(batches), disable=not progress, unit="batch", dynamic_ncols=True)
+    bar = tqdm(total=len(batches), disable=not progress or stopped, unit="batch",
+               dynamic_ncols=True)
+    checkpoint_state = {}
     try:
         for epoch in range(start, epochs + 1):
             t0 = time.perf_counter()
@@ -275,19 +282,24 @@ def fit(
             good = _snapshot(model)
             if not bar.disable:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("_loss")})
+            checkpoint_state = {
+                "fingerprint": fingerprint,
+                "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                "rng": _rng_state(),
+                "shuffle_rng": shuffle_rng.get_state(),
+                "history": history,
+            }
             if ckpt is not None:
-                _save_checkpoint(ckpt, {
-                    "fingerprint": fingerprint,
-                    "model": model.state_dict(),
-                    "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                    "rng": _rng_state(),
-                    "shuffle_rng": shuffle_rng.get_state(),
-                    "history": history,
-                })
+                _save_checkpoint(ckpt, {**checkpoint_state, "model": model.state_dict()})
             if any(getattr(cb, "stop", False) for cb in callbacks):
+                stopped = True
                 break
         for cb in callbacks:
             getattr(cb, "on_fit_end", lambda *a: None)(model)
+        if ckpt is not None and stopped and checkpoint_state:
+            # final: the weights as returned (the best epoch's, after EarlyStopping)
+            _save_checkpoint(ckpt, {**checkpoint_state, "model": model.state_dict(),
+                                    "stopped": True})
     except TrainingDiverged as err:
         # the failed step already wrote non-finite weights: nothing past the last epoch is kept
         model.load_state_dict(good)
@@ -337,7 +349,10 @@ def evaluate(model: Model, data: Iterable[torch.Tensor], prefix: str = "val") ->
 
 
 def _restore(path: Path, model: Model, optimizers: dict, shuffle_rng: torch.Generator,
-             fingerprint: dict, device: torch.device, epochs: int) -> list[dict[str, float]]:
+             fingerprint: dict, device: torch.device, epochs: int
+             ) -> tuple[list[dict[str, float]], bool]:
+    """Load a checkpoint into the model and optimisers: its history, and whether a callback
+    had stopped that run."""
     state = torch.load(path, map_location=device, weights_only=True)
     if state["fingerprint"] != fingerprint:
         diff = ", ".join(f"{k}: {state['fingerprint'].get(k)!r} there, {v!r} now"
@@ -358,4 +373,4 @@ def _restore(path: Path, model: Model, optimizers: dict, shuffle_rng: torch.Gene
     _set_rng_state({k: (v.cpu() if isinstance(v, torch.Tensor) else [t.cpu() for t in v])
                     for k, v in state["rng"].items()})
     shuffle_rng.set_state(state["shuffle_rng"].cpu())
-    return state["history"]
+    return state["history"], bool(state.get("stopped", False))

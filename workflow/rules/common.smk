@@ -132,6 +132,7 @@ def train_args(wildcards):
             ("--epochs", train["epochs"]),
             ("--batch-size", train["batch_size"]),
             ("--lr", train["lr"]),
+            ("--patience", train["patience"] or None),
             ("--device", train["device"]),
             ("--seed", spec["seed"]),
             ("--resume" if train["resume"] else "--no-resume", []),
