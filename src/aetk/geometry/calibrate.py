@@ -46,19 +46,19 @@ def calibrate_variance(model: Model, x: torch.Tensor, *, n_centres: int = 64,
     of Adam on `log W`, started where the RBF precision equals the decoder's own precision
     averaged over the codes. The original is untouched. The copy is not rebuilt by
     `aetk.load` (it was not made by `build_model`): save its `state_dict` with torch."""
-    z_dist = model.encode(x[:2])
-    p = model.decode(z_dist.mean if isinstance(z_dist, D.Distribution) else z_dist)
+    param = next(model.parameters())
+    device = param.device
+    x = torch.as_tensor(x, dtype=param.dtype, device=device)
+    calibrated = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        q = calibrated.encode(x)
+        p = calibrated.decode(q.mean[:2] if isinstance(q, D.Distribution) else q[:2])
     if not isinstance(p, D.Distribution) or not isinstance(_base(p), D.Normal):
         raise ValueError("calibrate_variance refits a Gaussian decoder's variance; for "
                          "Bernoulli, categorical or Poisson decoders the Fisher pull-back "
                          "(PullbackMetric(kind='fisher')) already accounts for the noise")
     if not 0 < n_centres <= len(x):
         raise ValueError(f"n_centres must be in [1, {len(x)}], got {n_centres}")
-    device = next(model.parameters()).device
-    x = torch.as_tensor(x).to(device)
-    calibrated = copy.deepcopy(model).eval()
-    with torch.no_grad():
-        q = calibrated.encode(x)
     codes = q.mean if isinstance(q, D.Distribution) else q
     scale = q.stddev if isinstance(q, D.Distribution) else torch.zeros_like(codes)
     centres, bandwidths = rbf_centres(codes, n_centres, bandwidth_scale, seed)

@@ -77,9 +77,10 @@ class EncoderMetric(Metric, nn.Module):
         """The metric of `model`'s encoder on the training data `x`: all N codes, or
         `n_centroids` of them chosen by `method` (as the RHVAE's centroids: "kmeans" snapped
         to codes, "kmeans++" or "kmedoids") to bound the cost of an evaluation."""
-        device = next(model.parameters()).device
+        param = next(model.parameters())
+        x = torch.as_tensor(x, dtype=param.dtype)
         with torch.no_grad():
-            parts = [model.encode(b.to(device)) for b in torch.as_tensor(x).split(batch_size)]
+            parts = [model.encode(b.to(param.device)) for b in x.split(batch_size)]
         if not all(isinstance(q, D.Distribution) for q in parts):
             raise ValueError(f"the encoder metric needs a distribution-valued encoder; "
                              f"{type(model).__name__} has a deterministic one")
