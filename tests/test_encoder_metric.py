@@ -125,6 +125,12 @@ def test_samples_stay_where_the_codes_are(vae) -> None:
     assert np.isfinite(grid["log_volume"].values).all()
 
 
+def test_numpy_data_of_another_dtype(vae) -> None:
+    model, x = vae
+    from_array = EncoderMetric.from_model(model, x.numpy().astype(np.float64))
+    torch.testing.assert_close(from_array.loc, EncoderMetric.from_model(model, x).loc)
+
+
 def test_bad_input_is_refused(vae) -> None:
     _, x = vae
     loc, scale = _codes()
