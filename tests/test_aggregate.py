@@ -139,6 +139,24 @@ def test_comparison_table_splits_the_validation_kl() -> None:
     assert table.loc["ae", ["val_mutual_info", "val_marginal_kl"]].isna().all()
 
 
+def test_the_split_of_many_samples_uses_a_subset(monkeypatch) -> None:
+    """Beyond KL_SPLIT_MAX validation samples a seeded subset is split, and the split adds
+    up to that subset's mean KL."""
+    import aetk.report as report
+
+    monkeypatch.setattr(report, "KL_SPLIT_MAX", 25)
+    rng = np.random.default_rng(2)
+    z_mean, z_std = rng.standard_normal((80, 2)), np.full((80, 2), 0.4)
+    kl = rng.uniform(1, 3, 80)
+    lat = _store(z_mean, z_std, kl, np.full(80, SPLIT_VALIDATION))
+    row = report.comparison_table({"vae": _history()}, {"vae": lat}, {}).iloc[0]
+    idx = np.sort(np.random.default_rng(0).choice(80, 25, replace=False))
+    expected = kl_decomposition(z_mean[idx], z_std[idx], lat["z_sample"].values[idx])
+    assert row["val_mutual_info"] == pytest.approx(expected.mutual_information)
+    assert row["val_mutual_info"] <= math.log(25) + 1e-9
+    assert row["val_mutual_info"] + row["val_marginal_kl"] == pytest.approx(kl[idx].mean())
+
+
 def _history() -> pd.DataFrame:
     return pd.DataFrame({"epoch": [1, 2], "train_loss": [2.0, 1.0], "val_loss": [2.5, 1.5]})
 
