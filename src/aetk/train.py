@@ -282,21 +282,21 @@ def fit(
             good = _snapshot(model)
             if not bar.disable:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("_loss")})
-            checkpoint_state = {
-                "fingerprint": fingerprint,
-                "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                "rng": _rng_state(),
-                "shuffle_rng": shuffle_rng.get_state(),
-                "history": history,
-            }
             if ckpt is not None:
+                checkpoint_state = {
+                    "fingerprint": fingerprint,
+                    "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                    "rng": _rng_state(),
+                    "shuffle_rng": shuffle_rng.get_state(),
+                    "history": history,
+                }
                 _save_checkpoint(ckpt, {**checkpoint_state, "model": model.state_dict()})
             if any(getattr(cb, "stop", False) for cb in callbacks):
                 stopped = True
                 break
         for cb in callbacks:
             getattr(cb, "on_fit_end", lambda *a: None)(model)
-        if ckpt is not None and stopped and checkpoint_state:
+        if stopped and checkpoint_state:
             # final: the weights as returned (the best epoch's, after EarlyStopping)
             _save_checkpoint(ckpt, {**checkpoint_state, "model": model.state_dict(),
                                     "stopped": True})
