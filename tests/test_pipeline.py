@@ -106,17 +106,19 @@ def test_dry_run_of_the_default_config(tmp_path: Path) -> None:
 
 def test_network_channels_and_patience_reach_the_train_command(tmp_path: Path) -> None:
     """Convolutional networks only when `network.channels` is set (image shape from the
-    store), early stopping only when `train.patience` is."""
+    store), input noise and early stopping only when `network.input_noise` and
+    `train.patience` are."""
     default = snakemake(make_workdir(tmp_path / "mlp"), "-n", "-p", "--cores", "2").stdout
     assert "aetk train" in default and "--channels" not in default
-    assert "--patience" not in default
-    wd = make_workdir(tmp_path / "conv", {"network": {"channels": [4, 8]},
+    assert "--patience" not in default and "--input-noise" not in default
+    wd = make_workdir(tmp_path / "conv", {"network": {"channels": [4, 8], "input_noise": 0.2},
                                           "train": {"patience": 5}})
     conv = snakemake(wd, "-n", "-p", "--cores", "2", "--configfile", "test.yaml").stdout
     trains = [line for line in conv.splitlines() if "Shell command: aetk train" in line]
     grid = yaml.safe_load((REPO / "config.yaml").read_text())["grid"]
     assert len(trains) == len(grid["models"]) * len(grid["likelihoods"])
-    assert all("--channels 4 8" in line and "--patience 5" in line for line in trains)
+    assert all("--channels 4 8" in line and "--patience 5" in line
+               and "--input-noise 0.2" in line for line in trains)
 
 
 def test_lint_and_snakefmt(tmp_path: Path) -> None:

@@ -109,12 +109,15 @@ def build_model(
     activation: str = "relu",
     channels: Sequence[int] = (),
     image_shape: Sequence[int] | None = None,
+    input_noise: float = 0.0,
     **hyper: Any,
 ) -> Model:
     """A model of the named kind with an MLP encoder and a decoder of the named likelihood;
     with `channels` (e.g. `(32, 64)`) both are convolutional on images of `image_shape`
     (`(H, W)` or `(C, H, W)`, default the data shape when it has 2 or 3 axes): 4x4 stride-2
-    convolutions, then the `hidden` MLP, mirrored in the decoder.
+    convolutions, then the `hidden` MLP, mirrored in the decoder. `input_noise = p` makes
+    it a denoising autoencoder: the encoder sees each input value masked with probability
+    p while training.
 
     `hyper` holds the likelihood's options (`sigma`, `split`, `n_classes`, `dispersion`) and
     the model's hyperparameters (`beta`, `alpha`, `lam`, `kernel`, ...). Unknown names raise
@@ -153,7 +156,13 @@ def build_model(
                 "image_shape": None if image_shape is None else [int(s) for s in image_shape]}
     elif image_shape is not None:
         raise ValueError("image_shape is for convolutional networks: give channels too")
-    encoder = encoder_cls(input_shape=shape, latent_dim=latent_dim, **sizes, **conv)
+    if not 0 <= input_noise < 1:
+        raise ValueError(f"input_noise must be in [0, 1), got {input_noise}")
+    if input_noise and model == "vampprior":
+        raise ValueError("input_noise would mask the VampPrior's pseudo-inputs too, making its "
+                         "prior random while training")
+    noise = {"input_noise": float(input_noise)} if input_noise else {}
+    encoder = encoder_cls(input_shape=shape, latent_dim=latent_dim, **sizes, **conv, **noise)
     decoder = decoder_cls(latent_dim=latent_dim, output_shape=shape, **sizes, **conv,
                           **dec_opts)
     extra = {k: v for k, v in {"shape": shape, **sizes}.items()
@@ -167,6 +176,7 @@ def build_model(
         "hidden": list(hidden),
         "activation": activation,
         **conv,
+        **noise,
         **dec_opts,
         **hyper,
     }

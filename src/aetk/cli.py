@@ -115,6 +115,7 @@ def run_settings(args: argparse.Namespace, data_hash: str) -> dict[str, Any]:
         # only when set, so that MLP runs keep the hashes of their existing checkpoints
         **({"channels": list(args.channels)} if args.channels else {}),
         **({"patience": args.patience} if args.patience else {}),
+        **({"input_noise": args.input_noise} if args.input_noise else {}),
         "options": parse_options(args.options), "epochs": args.epochs,
         "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "data_config_hash": data_hash,
@@ -159,7 +160,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         conv = {"channels": args.channels, "image_shape": stored.image_shape}
     model = aetk.build_model(args.model, args.likelihood, in_features=stored.x.shape[1],
                              latent_dim=args.latent_dim, hidden=args.hidden,
-                             activation=args.activation, **conv, **settings["options"])
+                             activation=args.activation, input_noise=args.input_noise, **conv,
+                             **settings["options"])
     checkpoint = None
     if args.checkpoint_dir is not None:
         checkpoint = Path(args.checkpoint_dir) / f"{args.model}-{args.likelihood}-{run_hash}.pt"
@@ -620,6 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="convolutional encoder and decoder for image data: channels of the 4x4 "
                    "stride-2 convolutions before the MLP, e.g. 32 64 (each halves the image "
                    "sides, which must divide by 2 per entry); default: MLPs only")
+    p.add_argument("--input-noise", type=float, default=0.0,
+                   help="denoising: the encoder sees each input value masked with this "
+                   "probability while training (0: off)")
     p.add_argument("--options", default="{}", help="JSON object of model/likelihood options, "
                    "e.g. '{\"beta\": 4}'")
     p.add_argument("--epochs", type=int, default=20, help="training epochs")

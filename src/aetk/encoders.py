@@ -9,14 +9,16 @@ import torch
 from torch import distributions as D
 from torch import nn
 
-from .nets import conv_encoder, image_layout, mlp, numel, resolve_shape
+from .nets import MaskingNoise, conv_encoder, image_layout, mlp, numel, resolve_shape
 
 
 class _Encoder(nn.Module):
     """Holds the network and the sizes. `network` maps x to `out_per_latent * latent_dim`
     outputs; without it an MLP `in -> hidden -> out` that flattens its input is built from
     `in_features` or `input_shape`, or with `channels` a convolutional network on the
-    images of `image_shape` (`nets.conv_encoder`)."""
+    images of `image_shape` (`nets.conv_encoder`). With `input_noise = p > 0` the network
+    first masks each input value with probability p while training (`nets.MaskingNoise`):
+    a denoising autoencoder, which reconstructs the clean data from corrupted inputs."""
 
     out_per_latent = 1
 
@@ -31,6 +33,7 @@ class _Encoder(nn.Module):
         activation: str = "relu",
         channels: Sequence[int] = (),
         image_shape: Sequence[int] | None = None,
+        input_noise: float = 0.0,
     ) -> None:
         super().__init__()
         self.latent_dim = int(latent_dim)
@@ -50,6 +53,8 @@ class _Encoder(nn.Module):
                 network = nn.Sequential(
                     nn.Flatten(), mlp(numel(self.input_shape), hidden, n_out, activation)
                 )
+        if input_noise:
+            network = nn.Sequential(MaskingNoise(input_noise), network)
         self.network = network
 
 

@@ -147,3 +147,24 @@ def conv_decoder(latent_dim: int, image: tuple[int, int, int], channels: Sequenc
         if k < len(sizes) - 2:
             layers.append(activation(act))
     return nn.Sequential(*layers, _ImageBlocks(blocks, width))
+
+
+class MaskingNoise(nn.Module):
+    """Sets each input value to 0 with probability `p` while training, and passes inputs
+    through unchanged in evaluation: the masking noise of denoising autoencoders (Vincent
+    et al. 2008). Unlike `nn.Dropout` it does not rescale the values it keeps, so the
+    encoder sees data-like inputs."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"the masking probability must be in [0, 1), got {p}")
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        return x * (torch.rand_like(x, dtype=torch.float32) >= self.p).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"

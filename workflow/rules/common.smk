@@ -128,6 +128,7 @@ def train_args(wildcards):
             ("--hidden", config["network"]["hidden"]),
             ("--activation", config["network"]["activation"]),
             ("--channels", config["network"]["channels"] or None),
+            ("--input-noise", config["network"]["input_noise"] or None),
             ("--options", json.dumps(options, sort_keys=True)),
             ("--epochs", train["epochs"]),
             ("--batch-size", train["batch_size"]),

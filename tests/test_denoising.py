@@ -1,0 +1,61 @@
+"""Denoising autoencoders: the masking noise's statistics, that it acts only while
+training, and that a denoising AE reconstructs corrupted digits better than a plain one."""
+
+import pytest
+import torch
+
+import aetk
+from aetk.nets import MaskingNoise
+
+from helpers import digits
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+
+
+def test_masking_noise_masks_a_fraction_while_training_only() -> None:
+    noise = MaskingNoise(0.3)
+    x = torch.rand(200, 100) + 1.0  # no zeros of its own
+    masked = noise.train()(x)
+    zero = masked == 0
+    assert abs(zero.float().mean().item() - 0.3) < 0.01
+    torch.testing.assert_close(masked[~zero], x[~zero])  # kept values are not rescaled
+    assert torch.equal(noise.eval()(x), x)
+    with pytest.raises(ValueError, match="masking probability"):
+        MaskingNoise(1.0)
+
+
+def test_a_denoising_autoencoder_reconstructs_masked_digits_better() -> None:
+    """Two autoencoders trained alike on 1,000 digits; on 400 others with 40% of the pixels
+    masked, the denoising one's reconstructions are closer to the clean images (a plain AE
+    with room to spare copies the holes)."""
+    x, _ = digits("bernoulli", 1400)
+    train, test = x[:1000], x[1000:]
+    masked = test * (torch.rand_like(test) >= 0.4)
+    errors = {}
+    for noise in (0.0, 0.4):
+        torch.manual_seed(0)
+        model = aetk.build_model("ae", "bernoulli", in_features=64, latent_dim=16,
+                                 hidden=(128,), input_noise=noise)
+        aetk.fit(model, train, epochs=60, batch_size=50, progress=False)
+        with torch.no_grad():
+            errors[noise] = (model.eval().reconstruct(masked) - test).square().mean().item()
+    assert errors[0.4] < 0.8 * errors[0.0]
+
+
+def test_input_noise_is_saved_and_checked(tmp_path) -> None:
+    model = aetk.build_model("vae", "bernoulli", in_features=64, latent_dim=2, hidden=(8,),
+                             input_noise=0.25)
+    assert model.build_spec["input_noise"] == 0.25
+    model.save(tmp_path / "m")
+    again = aetk.load(tmp_path / "m")
+    assert isinstance(again.encoder.network[0], MaskingNoise) and again.encoder.network[0].p == 0.25
+    plain = aetk.build_model("vae", "bernoulli", in_features=64, latent_dim=2, hidden=(8,))
+    assert "input_noise" not in plain.build_spec
+    with pytest.raises(ValueError, match="pseudo-inputs"):
+        aetk.build_model("vampprior", "bernoulli", in_features=64, input_noise=0.2)
+    with pytest.raises(ValueError, match="input_noise must be"):
+        aetk.build_model("vae", "bernoulli", in_features=64, input_noise=1.5)
