@@ -12,7 +12,7 @@ under 60 s.
 With `--log-pairs N` (default 100) it also times `aetk.geometry.log_map` (shooting from
 the fitted curve, Newton on the exponential map) on the RHVAE metric for the first N pairs,
 and compares the shot geodesics' lengths with the fitted curves' (the ReLU decoder's
-pull-back is piecewise constant, with no connection to shoot along).
+pull-back jumps between the network's linear regions: no smooth connection to shoot along).
 
 If stochman imports, it also times stochman's `connecting_geodesic` (its defaults, one pair
 per call as documented) on the same pull-back for the first `--stochman-pairs` pairs, and

@@ -46,7 +46,7 @@ def symbols(entries: dict[tuple[int, int, int], torch.Tensor], n: int) -> torch.
 
 def trained_models() -> dict[str, Metric]:
     """The metric of a small RHVAE (closed form) and the pull-backs of tanh VAEs' decoders
-    (a smooth metric needs smooth activations: a ReLU decoder's is piecewise constant)."""
+    (a smooth metric needs smooth activations: a ReLU decoder's jumps between regions)."""
     torch.manual_seed(0)
     rhvae = aetk.build_model("rhvae", "bernoulli", in_features=6, latent_dim=2, hidden=(8,),
                              centroids=4)

@@ -269,7 +269,7 @@ def test_a_fit_longer_than_the_line_falls_back_to_the_line():
 
 def test_returned_length_never_exceeds_the_straight_line():
     dec = tiny_decoder(aetk.BernoulliDecoder, seed=3)
-    dec.network[1] = nn.ReLU()  # a rough, piecewise-constant metric
+    dec.network[1] = nn.ReLU()  # a rough metric: it jumps between the linear regions
     torch.manual_seed(1)
     z0, z1 = 3 * torch.randn(20, 2, dtype=f64), 3 * torch.randn(20, 2, dtype=f64)
     for kwargs in ({}, {"max_iter": 3}, {"curve": "neural", "max_iter": 20}):

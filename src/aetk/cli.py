@@ -455,8 +455,8 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
                                         {"long_name": "Gaussian curvature K(z)"})
     if z.shape[1] == 2 and args.spray and isinstance(metric, RHVAEMetric):
         # the validation codes' intrinsic centre, and geodesics leaving it: for the RHVAE's
-        # smooth metric (a ReLU decoder's pull-back is piecewise constant, and its hundred
-        # log maps take minutes, not seconds)
+        # smooth metric (a ReLU decoder's pull-back jumps between the network's linear
+        # regions, and its hundred log maps take minutes, not seconds)
         val = np.flatnonzero(is_val) if is_val.any() else np.arange(len(z))
         codes = np.random.default_rng(args.seed).permutation(val)[:args.spray_points]
         mean = frechet_mean(metric, torch.from_numpy(z[codes]), n_points=args.n_points)

@@ -6,9 +6,11 @@ derivatives `dG[u]`, `dG[w]` (forward mode) and the gradient of `u^T G(z) w` (on
 pass), a few metric evaluations whatever the dimension; a decoder's mean pull-back uses the
 decoder's second directional derivatives instead (`PullbackMetric`). The full symbols,
 `d^3` numbers per point, take `d` forward passes. Everything works on any `Metric` whose
-`G(z)` is smooth in `z`: the RHVAE's, decoder pull-backs with smooth activations (a ReLU
-decoder's pull-back is piecewise constant, its symbols zero almost everywhere), user
-metrics written in torch.
+`G(z)` is smooth in `z`: the RHVAE's, decoder pull-backs with smooth activations, user
+metrics written in torch. A ReLU decoder's pull-back is piecewise constant when its output
+is linear (a Gaussian mean: symbols zero almost everywhere) and, through a sigmoid,
+softmax or softplus output, smooth within each linear region of the network but with
+derivatives that jump between regions.
 """
 
 from __future__ import annotations

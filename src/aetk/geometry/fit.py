@@ -83,9 +83,10 @@ def fit_geodesics(
     1e-6 of a float64 reference; Adam needs hundreds of iterations, and neural curves
     several times more evaluations (their lengths are checked on a 10x finer grid, as
     an MLP can learn to speed through high-metric regions between grid points). The
-    pull-back metric of a ReLU decoder is piecewise constant, so its energy is rough and
-    fits can stop in a local minimum near the straight line: prefer smooth activations
-    (tanh, softplus) for geometry.
+    pull-back metric of a ReLU decoder changes abruptly between the network's linear
+    regions (piecewise constant for a Gaussian mean), so its energy is rough and fits can
+    stop in a local minimum near the straight line: prefer smooth activations (tanh,
+    softplus) for geometry.
     """
     if curve not in ("discrete", "neural"):
         raise ValueError(f"curve must be 'discrete' or 'neural', got {curve!r}")
