@@ -54,9 +54,10 @@ def trained_models() -> dict[str, Metric]:
     rhvae.update_metric()
     vae = {lik: aetk.build_model("vae", lik, in_features=6, latent_dim=2, hidden=(8,),
                                  activation="tanh").double().eval()
-           for lik in ("gaussian_learned", "bernoulli")}
+           for lik in ("gaussian_learned", "bernoulli", "poisson")}
     return {"rhvae": metric_for(rhvae.double().eval()), "mean": metric_for(vae["gaussian_learned"]),
-            "fisher": PullbackMetric(vae["bernoulli"].decoder, kind="fisher")}
+            "fisher": PullbackMetric(vae["bernoulli"].decoder, kind="fisher"),
+            "fisher_poisson": PullbackMetric(vae["poisson"].decoder, kind="fisher")}
 
 
 MODELS = trained_models()

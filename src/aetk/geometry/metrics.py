@@ -191,22 +191,39 @@ class PullbackMetric(Metric):
         return self._gram(z, eye.expand(z.shape[0], d, d))
 
     def _contract(self, z: Tensor, u: Tensor, w: Tensor | None) -> Tensor:
-        if self.kind != "mean":
+        family = self._family(z) if self.kind == "fisher" else None
+        if self.kind == "fisher" and not issubclass(family, D.Bernoulli | D.Poisson):
             return super()._contract(z, u, w)
-        # G = sum_p J_p^T J_p (unit weights), so the connection is the embedding's (Gauss):
-        # Gamma[u, w] = G^{-1} sum_p J_p^T D^2 eta_p[u, w], second directional derivatives of
-        # the decoder instead of derivatives of G (48 ms against 76 ms for 256 points and a
-        # 784-400-400 decoder, one thread)
+        # G = sum_m h_m J_m^T J_m with h_m a function of the m-th parameter alone (1 for the
+        # mean; the Fisher information p(1-p) of a Bernoulli logit, 1/rate of a Poisson
+        # rate), so its connection comes from the decoder's first and second directional
+        # derivatives instead of derivatives of G (Gauss's formula, and the Christoffel
+        # symbol 1/2 h'_m of each parameter's own line):
+        #   G Gamma[u, w] = sum_m J_m^T (h_m D^2 eta_m[u, w] + 1/2 h'_m (J_m u)(J_m w)).
+        # 784-400-400 Bernoulli decoder, 256 points, one thread: mean 42 ms against 63 ms
+        # from G's derivatives, Fisher 37 ms against 70 ms.
         n, d = z.shape
+        w = u if w is None else w
         eye = torch.eye(d, dtype=z.dtype, device=z.device)
-        _, jac = vmap(lambda e: jvp(self._params, (z,), (e.expand_as(z),)))(eye)
-        second = jvp(lambda y: jvp(self._params, (y,), (u,))[1], (z,),
-                     (u if w is None else w,))[1]
+        primal, jac = vmap(lambda e: jvp(self._params, (z,), (e.expand_as(z),)),
+                           out_dims=(None, 0))(eye)
+        second = jvp(lambda y: jvp(self._params, (y,), (u,))[1], (z,), (w,))[1]
         G, rhs = z.new_zeros(n, d, d), z.new_zeros(n, d)
-        for J, s in zip(jac, second, strict=True):
-            J, s = J.reshape(d, n, -1), s.reshape(n, -1)
-            G = G + torch.einsum("anm,bnm->nab", J, J)
-            rhs = rhs + torch.einsum("anm,nm->na", J, s)
+        for p, J, s in zip(primal, jac, second, strict=True):
+            J, s, p = J.reshape(d, n, -1), s.reshape(n, -1), p.reshape(n, -1)
+            if family is None:
+                G = G + torch.einsum("anm,bnm->nab", J, J)
+                rhs = rhs + torch.einsum("anm,nm->na", J, s)
+                continue
+            if issubclass(family, D.Bernoulli):
+                prob = torch.sigmoid(p)
+                h = prob * (1 - prob)
+                dh = h * (1 - 2 * prob)
+            else:  # Poisson rate
+                h, dh = 1 / p, -1 / p.square()
+            Ju, Jw = torch.einsum("anm,na->nm", J, u), torch.einsum("anm,na->nm", J, w)
+            G = G + torch.einsum("anm,bnm,nm->nab", J, J, h)
+            rhs = rhs + torch.einsum("anm,nm->na", J, h * s + 0.5 * dh * Ju * Jw)
         return solve_or_nan(G, rhs)
 
     def _quad(self, z: Tensor, v: Tensor) -> Tensor:
