@@ -102,9 +102,10 @@ class EncoderMetric(Metric, nn.Module):
 
     def diagonal(self, z: Tensor) -> Tensor:
         """The diagonal of `G(z)`, `(B, d)` for `z (B, d)`."""
-        y = z.double()
-        mahalanobis = ((y * y) @ self._precision64.T - 2 * y @ self._precision_loc64.T
-                       + self._offset64).clamp_min(0.0)
+        y = z.double()  # .double() on the buffers too: module.float() would cast them
+        mahalanobis = ((y * y) @ self._precision64.double().T
+                       - 2 * y @ self._precision_loc64.double().T
+                       + self._offset64.double()).clamp_min(0.0)
         weights = torch.exp(-mahalanobis / self.rho**2).to(z.dtype)
         floor = self.regularization * torch.exp(-self.tau * (z * z).sum(-1, keepdim=True))
         return weights @ self.precision + floor
