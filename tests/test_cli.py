@@ -152,6 +152,24 @@ def test_train_again_resumes_from_the_checkpoint(steps: Path, capsys: pytest.Cap
     assert len(list((steps / "ckpt").glob("vae-bernoulli-*.pt"))) == 2
 
 
+def test_sample_draws_from_either_sampler(steps: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    base = ["sample", "--model", str(steps / "model"), "--n", "30"]
+    assert cli.main([*base, "--out", str(tmp_path / "prior.zarr")]) == 0
+    assert cli.main([*base, "--sampler", "geometric", "--data", str(steps / "data.zarr"),
+                     "--n-centroids", "50", "--out", str(tmp_path / "geo.zarr")]) == 0
+    prior, geo = (storage.read_zarr(tmp_path / f"{n}.zarr") for n in ("prior", "geo"))
+    assert prior["x"].shape == geo["x"].shape == (30, 64)
+    assert prior.attrs["sampler"] == "model" and geo.attrs["sampler"] == "geometric"
+    for ds in (prior, geo):
+        assert ((ds["x"].values >= 0) & (ds["x"].values <= 1)).all()
+    assert not np.allclose(prior["x"].values, geo["x"].values)
+    # (that geometric draws keep to the codes is tested in test_encoder_metric.py)
+    assert cli.main([*base, "--sampler", "geometric", "--out", str(tmp_path / "x.zarr")]) == 1
+    assert "--sampler geometric needs --data" in capsys.readouterr().err
+    assert not (tmp_path / "x.zarr").exists()
+
+
 def test_patience_stops_training_and_keys_its_own_checkpoint(steps: Path, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture
                                                              ) -> None:

@@ -3,7 +3,7 @@
 aetk preprocess -> aetk train -> aetk encode -> aetk geodesics -> aetk report.
 Each step reads and writes files only (Zarr stores, model directories, tables and
 figures), so any step can be rerun on its own; `aetk <step> --help` lists its inputs,
-outputs and defaults.
+outputs and defaults. `aetk sample` draws new data from a trained model.
 """
 
 from __future__ import annotations
@@ -371,6 +371,55 @@ def cmd_encode(args: argparse.Namespace) -> None:
           f"log p(x) {mean('log_marginal')}; wrote {args.out}")
 
 
+def cmd_sample(args: argparse.Namespace) -> None:
+    import torch
+    import xarray as xr
+
+    import aetk
+    from aetk.distributions import mean
+    from aetk.geometry import EncoderMetric
+
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    if args.sampler == "geometric" and args.data is None:
+        raise ValueError("--sampler geometric needs --data: the encoder metric is built from "
+                         "the codes of the training samples")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model = aetk.load(args.model)
+    stored = storage.read_data(args.data) if args.data else None
+    if stored is not None:
+        model.check_data(torch.from_numpy(stored.x[:1]), "the stored")  # another data set?
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        if args.sampler == "geometric":
+            metric = EncoderMetric.from_model(model, stored.train,
+                                              n_centroids=min(args.n_centroids,
+                                                              len(stored.train)),
+                                              seed=args.seed)
+            x = mean(model.decode(metric.sample(args.n)))
+        else:
+            if not callable(getattr(model, "sample", None)):
+                raise ValueError(f"{type(model).__name__} has no sampler; try --sampler "
+                                 "geometric")
+            x = model.sample(args.n)
+    x = x.float().reshape(args.n, -1).cpu().numpy()
+    coords = {"sample": np.arange(args.n)}
+    if stored is not None:
+        coords["feature"] = stored.pipeline.feature_index
+    ds = xr.Dataset({"x": (("sample", "feature"), x, {
+        "long_name": "decoder point predictions of new latent points, in the data store's "
+                     "transformed units"})}, coords=coords)
+    spec = model.build_spec or {}
+    ds.attrs = {"store": "aetk-samples", "sampler": args.sampler, "model": spec.get("model"),
+                "likelihood": spec.get("likelihood"), "seed": args.seed,
+                "image_shape": (None if stored is None or stored.image_shape is None
+                                else list(stored.image_shape))}
+    storage.write_zarr(ds, args.out)
+    print(f"drew {args.n} samples ({args.sampler}) in {time.perf_counter() - t0:.1f} s; "
+          f"wrote {args.out}")
+
+
 # --------------------------------------------------------------------------------------
 # geodesics
 
@@ -665,6 +714,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-importance", type=int, default=100,
                    help="importance samples per data point for the log p(x) estimate (0: skip)")
     p.add_argument("--seed", type=int, default=0, help="seed of the latent samples")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+
+    p = add("sample", cmd_sample, "generate new data from a trained model",
+            "Draw new samples: latent points from the model's own sampler (the N(0, I) prior "
+            "for VAEs, Riemannian HMC for RHVAEs) or, with --sampler geometric, from the "
+            "Riemannian uniform distribution of the encoder's metric on the training codes "
+            "of --data (aetk.geometry.EncoderMetric), decoded to the decoder's point "
+            "prediction. Not a pipeline step: for synthetic data sets and augmentation.\n\n"
+            "input:  --model: a model directory; --data: its data store (needed for "
+            "--sampler geometric)\n"
+            "output: --out: a store with x (sample, feature)")
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--out", required=True, help="sample store to write (.zarr)")
+    p.add_argument("--n", type=int, default=1000, help="samples to draw")
+    p.add_argument("--sampler", choices=("model", "geometric"), default="model",
+                   help="the model's own sampler, or the encoder metric's Riemannian uniform")
+    p.add_argument("--data", help="the model's data store (.zarr)")
+    p.add_argument("--n-centroids", type=int, default=1000,
+                   help="training codes that make the encoder metric (k-means snapped)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
 
     p = add("geodesics", cmd_geodesics, "fit latent geodesics of a trained model",
