@@ -57,5 +57,8 @@ def test_input_noise_is_saved_and_checked(tmp_path) -> None:
     assert "input_noise" not in plain.build_spec
     with pytest.raises(ValueError, match="pseudo-inputs"):
         aetk.build_model("vampprior", "bernoulli", in_features=64, input_noise=0.2)
+    noisy = aetk.GaussianEncoder(in_features=64, latent_dim=2, hidden=(8,), input_noise=0.2)
+    with pytest.raises(ValueError, match="pseudo-inputs"):  # composed by hand, too
+        aetk.VampPrior(noisy, aetk.BernoulliDecoder(latent_dim=2, out_features=64))
     with pytest.raises(ValueError, match="input_noise must be"):
         aetk.build_model("vae", "bernoulli", in_features=64, input_noise=1.5)

@@ -158,9 +158,6 @@ def build_model(
         raise ValueError("image_shape is for convolutional networks: give channels too")
     if not 0 <= input_noise < 1:
         raise ValueError(f"input_noise must be in [0, 1), got {input_noise}")
-    if input_noise and model == "vampprior":
-        raise ValueError("input_noise would mask the VampPrior's pseudo-inputs too, making its "
-                         "prior random while training")
     noise = {"input_noise": float(input_noise)} if input_noise else {}
     encoder = encoder_cls(input_shape=shape, latent_dim=latent_dim, **sizes, **conv, **noise)
     decoder = decoder_cls(latent_dim=latent_dim, output_shape=shape, **sizes, **conv,

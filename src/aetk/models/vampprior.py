@@ -7,6 +7,7 @@ from torch import distributions as D
 from torch import nn
 
 from ..distributions import log_prob, mean
+from ..nets import MaskingNoise
 from .base import LossOutput, Model
 
 
@@ -29,6 +30,9 @@ class VampPrior(Model):
             raise ValueError(f"n_components must be an integer >= 1, got {n_components}")
         if beta < 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
+        if any(isinstance(m, MaskingNoise) for m in encoder.modules()):
+            raise ValueError("an encoder with input noise would mask the VampPrior's "
+                             "pseudo-inputs too, making its prior random while training")
         if self.input_shape is None:
             raise ValueError("the VampPrior needs the encoder's input shape for its "
                              "pseudo-inputs: build the encoder with in_features or input_shape")
