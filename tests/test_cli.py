@@ -42,14 +42,16 @@ def test_bad_inputs_exit_with_a_message(tmp_path: Path, capsys: pytest.CaptureFi
     assert not (tmp_path / "d.zarr").exists()
 
 
-def test_parse_transform() -> None:
-    assert cli.parse_transform("scale01") == "scale01"
-    assert cli.parse_transform("binarise:threshold=0.3") == {"name": "binarise", "threshold": 0.3}
-    assert cli.parse_transform("scale01:per_feature=true") == {"name": "scale01",
-                                                                "per_feature": True}
-    assert cli.parse_transform('{"name": "select_top_variance", "n_features": 5}') == {
+def test_parse_spec() -> None:
+    assert cli.parse_spec("scale01") == "scale01"
+    assert cli.parse_spec("binarise:threshold=0.3") == {"name": "binarise", "threshold": 0.3}
+    assert cli.parse_spec("scale01:per_feature=true") == {"name": "scale01",
+                                                          "per_feature": True}
+    assert cli.parse_spec('{"name": "select_top_variance", "n_features": 5}') == {
         "name": "select_top_variance", "n_features": 5}
-    assert cli.parse_transform('"log1p"') == "log1p"
+    assert cli.parse_spec('"log1p"') == "log1p"
+    assert cli.parse_spec("step:milestones=[20,30],gamma=0.5") == {
+        "name": "step", "milestones": [20, 30], "gamma": 0.5}
 
 
 def test_claim_device_without_gpu() -> None:
@@ -192,6 +194,25 @@ def test_patience_stops_training_and_keys_its_own_checkpoint(steps: Path, tmp_pa
               "scale01", "--validation-fraction", "0", "--out", str(tmp_path / "all.zarr")])
     assert cli.main([*args[:2], str(tmp_path / "all.zarr"), *args[3:]]) == 1
     assert "--patience needs validation data" in capsys.readouterr().err
+
+
+def test_lr_schedule_reaches_fit_and_keys_its_own_run(steps: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    args = ["train", "--data", str(steps / "data.zarr"), "--model", "vae", "--likelihood",
+            "bernoulli", "--hidden", "32", "--epochs", "4", "--batch-size", "32",
+            "--lr-schedule", "step:milestones=[1,3],gamma=0.5", "--no-progress",
+            "--out", str(tmp_path / "m"), "--history", str(tmp_path / "h.tsv")]
+    assert cli.main(args) == 0
+    history = pd.read_csv(tmp_path / "h.tsv", sep="\t")
+    assert history["lr"].tolist() == pytest.approx([1e-3, 5e-4, 5e-4, 2.5e-4])
+    info = json.loads((tmp_path / "m" / "aetk_run.json").read_text())
+    assert info["settings"]["lr_schedule"] == {"name": "step", "milestones": [1, 3],
+                                               "gamma": 0.5}
+    plain = json.loads((steps / "model" / "aetk_run.json").read_text())
+    assert "lr_schedule" not in plain["settings"]  # a constant rate keeps the old run hashes
+    at = args.index("--lr-schedule") + 1
+    assert cli.main([*args[:at], "cosine:warmup=4", *args[at + 1:]]) == 1
+    assert "integer 0 <= warmup < epochs (4)" in capsys.readouterr().err
 
 
 def test_bad_training_settings_exit_with_a_message(steps: Path, tmp_path: Path,

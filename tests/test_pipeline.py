@@ -106,19 +106,23 @@ def test_dry_run_of_the_default_config(tmp_path: Path) -> None:
 
 def test_network_channels_and_patience_reach_the_train_command(tmp_path: Path) -> None:
     """Convolutional networks only when `network.channels` is set (image shape from the
-    store), input noise and early stopping only when `network.input_noise` and
-    `train.patience` are."""
+    store), input noise, early stopping and a learning-rate schedule only when
+    `network.input_noise`, `train.patience` and `train.lr_schedule` are."""
     default = snakemake(make_workdir(tmp_path / "mlp"), "-n", "-p", "--cores", "2").stdout
     assert "aetk train" in default and "--channels" not in default
     assert "--patience" not in default and "--input-noise" not in default
+    assert "--lr-schedule" not in default
     wd = make_workdir(tmp_path / "conv", {"network": {"channels": [4, 8], "input_noise": 0.2},
-                                          "train": {"patience": 5}})
+                                          "train": {"patience": 5, "lr_schedule": {
+                                              "name": "step", "milestones": [2]}}})
     conv = snakemake(wd, "-n", "-p", "--cores", "2", "--configfile", "test.yaml").stdout
     trains = [line for line in conv.splitlines() if "Shell command: aetk train" in line]
     grid = yaml.safe_load((REPO / "config.yaml").read_text())["grid"]
     assert len(trains) == len(grid["models"]) * len(grid["likelihoods"])
     assert all("--channels 4 8" in line and "--patience 5" in line
-               and "--input-noise 0.2" in line for line in trains)
+               and "--input-noise 0.2" in line
+               and """--lr-schedule '{"milestones": [2], "name": "step"}'""" in line
+               for line in trains)
 
 
 def test_lint_and_snakefmt(tmp_path: Path) -> None:
@@ -134,6 +138,7 @@ def test_lint_and_snakefmt(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("config", "expected"), [
     ({"train": {"epoch": 3}}, "train: Additional properties are not allowed ('epoch'"),
     ({"train": {"epochs": "ten"}}, "train.epochs: 'ten' is not of type 'integer'"),
+    ({"train": {"lr_schedule": "step"}}, "train.lr_schedule: 'step' is not valid under any"),
     ({"grid": {"models": ["vae", "vea"]}}, "grid.models.1: 'vea' is not one of"),
     ({"grid": {"likelihoods": ["bernouli"]}}, "grid.likelihoods.0: 'bernouli' is not one of"),
     ({"data": {"transforms": ["scale"]}}, "data.transforms.0:"),

@@ -209,6 +209,7 @@ def test_finished_run_extends_to_more_epochs(tmp_path):
     ({"lr": 1e-2}, "lr: 0.003 there, 0.01 now"),
     ({"batch_size": 32}, "batch_size: 64 there, 32 now"),
     ({"seed": 1}, "seed: 0 there, 1 now"),
+    ({"lr_schedule": "cosine"}, "lr_schedule: None there, 'cosine' now"),
 ])
 def test_checkpoint_from_other_settings_is_refused(tmp_path, change, diff):
     train, _ = _digits(n_train=256)
@@ -314,6 +315,116 @@ def test_cyclical_beta_drives_the_model_beta_through_fit():
     np.testing.assert_allclose(hist["train_loss"],
                                hist["train_reconstruction"] + hist["beta"] * hist["train_kl"],
                                rtol=1e-5)
+
+
+# learning-rate schedules -------------------------------------------------------------
+
+
+def _torch_rates(scheduler_cls, epochs, **kw):
+    """The rates a torch scheduler gives epochs 1..epochs, stepped once per epoch."""
+    opt = torch.optim.SGD([torch.zeros(1)], lr=3e-3)
+    sched, rates = scheduler_cls(opt, **kw), []
+    for _ in range(epochs):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return rates
+
+
+def test_cosine_and_step_rates_equal_torch_schedulers_and_the_formula():
+    """Without warmup, cosine is torch's CosineAnnealingLR(T_max=epochs, eta_min=0.01 lr);
+    step is MultiStepLR; warmup by hand: epochs 1, 2 at lr/3, 2 lr/3, then the cosine over
+    the remaining 4 epochs, 0.01 + 0.99 (1 + cos(pi t / 4)) / 2, t = 0..3."""
+    train, val = _digits(n_train=256, n_val=64)
+    lr = 3e-3
+    cosine = _fit(_build(), train, val, epochs=6, lr_schedule="cosine")
+    assert cosine["lr"].tolist() == pytest.approx(_torch_rates(
+        torch.optim.lr_scheduler.CosineAnnealingLR, 6, T_max=6, eta_min=0.01 * lr), rel=1e-12)
+    step = _fit(_build(), train, val, epochs=6,
+                lr_schedule={"name": "step", "milestones": [2, 4], "gamma": 0.5})
+    assert step["lr"].tolist() == pytest.approx(_torch_rates(
+        torch.optim.lr_scheduler.MultiStepLR, 6, milestones=[2, 4], gamma=0.5), rel=1e-12)
+    assert step["lr"].tolist() == pytest.approx([lr, lr, lr / 2, lr / 2, lr / 4, lr / 4])
+    warm = _fit(_build(), train, val, epochs=6, lr_schedule={"name": "cosine", "warmup": 2})
+    cos = [0.01 + 0.99 * (1 + np.cos(np.pi * t / 4)) / 2 for t in range(4)]
+    assert warm["lr"].tolist() == pytest.approx([lr * f for f in [1 / 3, 2 / 3, *cos]],
+                                                rel=1e-12)
+    # the optimiser takes the rate: after a drop to 1e-12 lr, epochs 2 and 3 leave the
+    # weights of epoch 1 (to Adam's step of about 1e-14), which 3 plain epochs move on
+    one, frozen, plain = _build(), _build(), _build()
+    _fit(one, train, epochs=1)
+    _fit(frozen, train, epochs=3, lr_schedule={"name": "step", "milestones": [1],
+                                               "gamma": 1e-12})
+    _fit(plain, train, epochs=3)
+    for a, b, c in zip(one.parameters(), frozen.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-9)
+        assert not torch.allclose(c, a, rtol=0, atol=1e-4)
+
+
+def test_plateau_follows_the_validation_loss():
+    """ReduceLROnPlateau fed the run's own validation losses gives the rates the run
+    recorded; fed the training losses, other rates (so fit uses the validation loss)."""
+    train, val = _digits(n_train=256, n_val=64)
+    options = {"factor": 0.5, "patience": 0, "threshold": 0.05}
+    hist = _fit(_build(), train, val, epochs=8, lr_schedule={"name": "plateau", **options})
+
+    def replay(losses):
+        opt = torch.optim.SGD([torch.zeros(1)], lr=3e-3)
+        sched, rates = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, **options), []
+        for loss in losses:
+            rates.append(opt.param_groups[0]["lr"])
+            sched.step(loss)
+        return rates
+
+    assert hist["lr"].tolist() == replay(hist["val_loss"])
+    assert hist["lr"].nunique() > 2
+    assert hist["lr"].tolist() != replay(hist["train_loss"])
+    no_val = _fit(_build(), train, epochs=8, lr_schedule={"name": "plateau", **options})
+    assert no_val["lr"].tolist() == replay(no_val["train_loss"])
+
+
+@pytest.mark.parametrize("schedule", [{"name": "cosine", "warmup": 1},
+                                      {"name": "plateau", "patience": 0, "threshold": 0.05}])
+def test_resume_with_a_schedule_equals_an_uninterrupted_run(tmp_path, schedule):
+    """Interrupted in epoch 5 of 6: the scheduler's state comes back too (without it the
+    plateau's best loss would restart at infinity and epoch 6 would keep its rate)."""
+    train, val = _digits(n_train=256, n_val=64)
+    reference = _build()
+    hist_ref = _fit(reference, train, val, epochs=6, lr_schedule=schedule)
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(KeyboardInterrupt):
+        _fit(_build(), train, val, epochs=6, lr_schedule=schedule, checkpoint=ckpt,
+             callbacks=[_StopAtEpochEnd(5)])
+    resumed = _build()
+    hist = _fit(resumed, train, val, epochs=6, lr_schedule=schedule, checkpoint=ckpt)
+    _same_run(reference, resumed, hist_ref, hist)
+
+
+def test_every_optimiser_is_scheduled():
+    """FactorVAE's discriminator has its own optimiser: its rate is `lr_discriminator`."""
+    train, _ = _digits(n_train=256)
+    hist = _fit(_build("factorvae"), train, epochs=3,
+                lr_schedule={"name": "step", "milestones": [1]})
+    assert hist["lr"].tolist() == pytest.approx([3e-3, 3e-4, 3e-4])
+    assert hist["lr_discriminator"].tolist() == pytest.approx([3e-3, 3e-4, 3e-4])
+
+
+@pytest.mark.parametrize(("spec", "match"), [
+    ("linear", "unknown learning-rate schedule 'linear'; choose one of constant, cosine"),
+    ({"name": "cosine", "warmup": 5}, "integer 0 <= warmup < epochs \\(5\\)"),
+    ({"name": "cosine", "min_factor": 2}, "0 <= min_factor <= 1"),
+    ({"name": "cosine", "warmpu": 1}, "bad options {'warmpu': 1} for the cosine schedule"),
+    ({"name": "step"}, "bad options {} for the step schedule"),
+    ({"name": "step", "milestones": [0]}, "milestones, a list of epochs >= 1"),
+    ({"name": "plateau", "factor": 1.5}, "plateau needs 0 < factor < 1"),
+    ({"name": "constant", "gamma": 1}, "constant schedule takes no options"),
+])
+def test_bad_schedules_are_refused_before_training(spec, match):
+    model = _build()
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=match):
+        _fit(model, _digits(n_train=64)[0], epochs=5, lr_schedule=spec)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 # inputs, device, progress ------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
@@ -28,21 +29,22 @@ EPILOG = "The layout of every Zarr store is described in docs/zarr-layout.md."
 # preprocess
 
 
-def parse_transform(text: str) -> str | dict[str, Any]:
-    """``name``, ``name:key=value,...`` or a JSON string/object -> a transform spec."""
+def parse_spec(text: str) -> str | dict[str, Any]:
+    """``name``, ``name:key=value,...`` (values in JSON: ``milestones=[20,30]``) or a JSON
+    string/object -> a transform or schedule spec."""
     text = text.strip()
     if text.startswith(("{", '"')):
         return json.loads(text)
     name, _, opts = text.partition(":")
     spec: dict[str, Any] = {"name": name}
-    for item in filter(None, opts.split(",")):
+    for item in filter(None, re.split(r",(?![^\[]*\])", opts)):  # not the commas of a list
         key, _, value = item.partition("=")
         spec[key] = json.loads(value) if value not in ("", None) else True
     return spec if len(spec) > 1 else name
 
 
 def cmd_preprocess(args: argparse.Namespace) -> None:
-    transforms = [parse_transform(t) for t in args.transforms]
+    transforms = [parse_spec(t) for t in args.transforms]
     settings = {
         "source": args.source, "key": args.key, "labels": args.labels,
         "n_samples": args.n_samples, "noise": args.noise, "transforms": transforms,
@@ -116,6 +118,7 @@ def run_settings(args: argparse.Namespace, data_hash: str) -> dict[str, Any]:
         **({"channels": list(args.channels)} if args.channels else {}),
         **({"patience": args.patience} if args.patience else {}),
         **({"input_noise": args.input_noise} if args.input_noise else {}),
+        **({"lr_schedule": args.lr_schedule} if args.lr_schedule != "constant" else {}),
         "options": parse_options(args.options), "epochs": args.epochs,
         "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "data_config_hash": data_hash,
@@ -185,7 +188,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         (aetk.EarlyStopping(args.patience),) if args.patience else ())
     history = aetk.fit(model, stored.train, val, epochs=args.epochs, batch_size=args.batch_size,
                        lr=args.lr, device=device, seed=args.seed, checkpoint=checkpoint,
-                       resume=args.resume, progress=progress, callbacks=callbacks)
+                       resume=args.resume, progress=progress, callbacks=callbacks,
+                       lr_schedule=args.lr_schedule)
     model.cpu().save(args.out)
     info = {
         "run_hash": run_hash, "settings": settings, "device": device, "threads": args.threads,
@@ -679,6 +683,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=20, help="training epochs")
     p.add_argument("--batch-size", type=int, default=128, help="samples per gradient step")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--lr-schedule", type=parse_spec, default="constant", metavar="S",
+                   help="learning rate per epoch: constant; cosine (options warmup=0, "
+                   "min_factor=0.01: after warmup epochs rising linearly, half a cosine down "
+                   "to min_factor * lr); step:milestones=[20,30] (gamma=0.1: lr times gamma "
+                   "after each milestone epoch); plateau (factor=0.5, patience=5: lr times "
+                   "factor once the validation loss has not improved for patience epochs); "
+                   "options as in cosine:warmup=5,min_factor=0.1, or a JSON object")
     p.add_argument("--patience", type=int, default=0,
                    help="stop once the validation loss has not improved for this many epochs "
                    "and keep the best epoch's weights (0: train all --epochs)")

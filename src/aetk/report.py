@@ -259,7 +259,8 @@ def _curvature_panel(fig: Figure, ax: Axes, geo: xr.Dataset, z: np.ndarray,
 
 
 def plot_training_curves(histories: dict[str, pd.DataFrame], path: Path) -> None:
-    """Training and validation loss per epoch, one panel per run."""
+    """Training and validation loss per epoch, one panel per run, with the learning rate
+    on a second axis when a schedule changed it."""
     n = len(histories)
     cols = min(3, n)
     rows = int(np.ceil(n / cols))
@@ -270,6 +271,11 @@ def plot_training_curves(histories: dict[str, pd.DataFrame], path: Path) -> None
             ax.plot(h["epoch"], h["val_loss"], label="validation", color="tab:orange")
         ax.set(title=run, xlabel="epoch", ylabel="loss")
         ax.legend(fontsize=8)
+        if "lr" in h and h["lr"].nunique() > 1:
+            rate = ax.twinx()
+            rate.plot(h["epoch"], h["lr"], color="gray", lw=0.8, ls="--")
+            rate.set_ylabel("learning rate (dashed)", color="gray", fontsize=8)
+            rate.tick_params(axis="y", labelsize=7, colors="gray")
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.tight_layout()

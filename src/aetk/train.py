@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ from tqdm.auto import tqdm
 from .models.base import LossOutput, Model
 
 Data = torch.Tensor | np.ndarray | Dataset
+Scheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
+LRSchedule = str | dict[str, Any] | Callable[[torch.optim.Optimizer], Scheduler] | None
 
 
 class TrainingDiverged(RuntimeError):
@@ -91,6 +93,70 @@ class EarlyStopping:
     def on_fit_end(self, model: Model) -> None:
         if self.restore_best and self._state is not None:
             model.load_state_dict(self._state)
+
+
+def _cosine_factor(epochs: int, warmup: int = 0, min_factor: float = 0.01
+                   ) -> Callable[[int], float]:
+    if int(warmup) != warmup or not 0 <= warmup < epochs or not 0 <= min_factor <= 1:
+        raise ValueError(f"cosine needs an integer 0 <= warmup < epochs ({epochs}) and "
+                         f"0 <= min_factor <= 1, got warmup={warmup}, min_factor={min_factor}")
+    span = epochs - warmup
+
+    def factor(done: int) -> float:  # `done` epochs finished: the factor of epoch done + 1
+        if done < warmup:
+            return (done + 1) / (warmup + 1)
+        t = min(done - warmup, span) / span
+        return min_factor + (1 - min_factor) * (1 + math.cos(math.pi * t)) / 2
+
+    return factor
+
+
+def _step_factor(milestones: Sequence[int], gamma: float = 0.1) -> Callable[[int], float]:
+    if not milestones or any(int(m) != m or m < 1 for m in milestones) or gamma <= 0:
+        raise ValueError(f"step needs milestones, a list of epochs >= 1, and gamma > 0; got "
+                         f"milestones={milestones}, gamma={gamma}")
+    return lambda done: gamma ** sum(done >= m for m in milestones)
+
+
+def scheduler_factory(spec: LRSchedule, epochs: int
+                      ) -> Callable[[torch.optim.Optimizer], Scheduler] | None:
+    """A scheduler factory for `fit` from a name or `{"name": ..., **options}`; a callable
+    passes through, and "constant" or None give None. Learning rates change once per epoch:
+
+    - `cosine` (`warmup=0`, `min_factor=0.01`): a linear rise over `warmup` epochs, then
+      half a cosine from `lr` down towards `min_factor * lr` at `epochs`;
+    - `step` (`milestones`, `gamma=0.1`): `lr` times gamma after each milestone epoch
+      (the Julia package's `step_scheduler`, as factors);
+    - `plateau` (`factor=0.5`, `patience=5`, `min_lr=0`): `lr` times `factor` once the
+      validation loss (the training loss without validation) has not improved for
+      `patience` epochs (`torch.optim.lr_scheduler.ReduceLROnPlateau`).
+    """
+    if spec is None or callable(spec):
+        return spec
+    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+    name = spec.pop("name", None)
+    sched = torch.optim.lr_scheduler
+    try:
+        if name == "constant":
+            if spec:
+                raise ValueError(f"the constant schedule takes no options, got {spec}")
+            return None
+        if name == "cosine":
+            factor = _cosine_factor(epochs, **spec)
+        elif name == "step":
+            factor = _step_factor(**spec)
+        elif name == "plateau":
+            options = {"factor": 0.5, "patience": 5, **spec}
+            if not 0 < options["factor"] < 1:
+                raise ValueError(f"plateau needs 0 < factor < 1, got {options['factor']}")
+            sched.ReduceLROnPlateau(torch.optim.SGD([torch.zeros(1)]), **options)  # check now
+            return lambda opt: sched.ReduceLROnPlateau(opt, **options)
+        else:
+            raise ValueError(f"unknown learning-rate schedule {name!r}; choose one of "
+                             "constant, cosine, step, plateau")
+    except TypeError as err:
+        raise ValueError(f"bad options {spec} for the {name} schedule: {err}") from None
+    return lambda opt: sched.LambdaLR(opt, factor)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -217,6 +283,7 @@ def fit(
     resume: bool = True,
     progress: bool = True,
     callbacks: Sequence[Any] = (),
+    lr_schedule: LRSchedule = None,
 ) -> pd.DataFrame:
     """Train `model` and return its history: one row per epoch with the train and
     validation loss, every loss term, and the seconds the epoch took.
@@ -232,7 +299,10 @@ def fit(
     row)` (`row`, the epoch's history, may be extended) and `on_fit_end(model)`; one whose
     `stop` attribute is true after an epoch ends training there (`EarlyStopping`), and the
     checkpoint then holds the weights as returned and is final: resuming it trains no
-    further.
+    further. `lr_schedule` changes every optimiser's learning rate once per epoch: a name
+    or spec of `scheduler_factory` ("cosine", {"name": "step", "milestones": [30]}, ...)
+    or a callable that makes a torch scheduler from an optimiser; the history then has the
+    rate each epoch used (`lr`; `lr_<name>` for a model's further optimisers).
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
@@ -251,15 +321,22 @@ def fit(
                        else torch.cat([b for _, b in zip(range(8), batches, strict=False)]),
                        batches.n)
     optimizers = model.configure_optimizers(lr)
+    make_scheduler = scheduler_factory(lr_schedule, epochs)
+    schedulers = ({k: make_scheduler(o) for k, o in optimizers.items()}
+                  if make_scheduler is not None else {})
 
     history: list[dict[str, float]] = []
     ckpt = Path(checkpoint) if checkpoint is not None else None
     n_train = len(batches.tensor) if batches.tensor is not None else len(batches.dataset)
     fingerprint = _fingerprint(model, n_train, batch_size, lr, seed)
+    if schedulers:  # only when set, so that checkpoints without one keep their fingerprint
+        fingerprint["lr_schedule"] = (
+            lr_schedule if not callable(lr_schedule)
+            else type(next(iter(schedulers.values()))).__name__)
     stopped = False  # a checkpoint of a run that a callback stopped is final
     if ckpt is not None and resume and ckpt.exists():
-        history, stopped = _restore(ckpt, model, optimizers, shuffle_rng, fingerprint, device,
-                                    epochs)
+        history, stopped = _restore(ckpt, model, optimizers, schedulers, shuffle_rng,
+                                    fingerprint, device, epochs)
 
     start = epochs + 1 if stopped else len(history) + 1
     good = _snapshot(model)
@@ -271,10 +348,14 @@ def fit(
             t0 = time.perf_counter()
             for cb in callbacks:
                 getattr(cb, "on_epoch_start", lambda *a: None)(model, epoch)
+            rates = {("lr" if i == 0 else f"lr_{k}"): optimizers[k].param_groups[0]["lr"]
+                     for i, k in enumerate(schedulers)}
             row = {"epoch": epoch, **_train_epoch(model, batches, optimizers, epoch, bar, epochs)}
             if val_batches is not None:
                 row.update(evaluate(model, val_batches, prefix="val"))
             model.on_epoch_end(epoch)
+            row.update(rates)
+            _step_schedulers(schedulers, row)
             row["seconds"] = time.perf_counter() - t0
             for cb in callbacks:
                 getattr(cb, "on_epoch_end", lambda *a: None)(model, epoch, row)
@@ -286,6 +367,7 @@ def fit(
                 checkpoint_state = {
                     "fingerprint": fingerprint,
                     "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                    "schedulers": {k: o.state_dict() for k, o in schedulers.items()},
                     "rng": _rng_state(),
                     "shuffle_rng": shuffle_rng.get_state(),
                     "history": history,
@@ -310,6 +392,14 @@ def fit(
     finally:
         bar.close()
     return pd.DataFrame(history)
+
+
+def _step_schedulers(schedulers: dict[str, Scheduler], row: dict[str, float]) -> None:
+    for s in schedulers.values():
+        if isinstance(s, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            s.step(row.get("val_loss", row["train_loss"]))
+        else:
+            s.step()
 
 
 def _snapshot(model: Model) -> dict[str, torch.Tensor]:
@@ -348,15 +438,16 @@ def evaluate(model: Model, data: Iterable[torch.Tensor], prefix: str = "val") ->
     return meter.means(prefix)
 
 
-def _restore(path: Path, model: Model, optimizers: dict, shuffle_rng: torch.Generator,
-             fingerprint: dict, device: torch.device, epochs: int
+def _restore(path: Path, model: Model, optimizers: dict, schedulers: dict,
+             shuffle_rng: torch.Generator, fingerprint: dict, device: torch.device, epochs: int
              ) -> tuple[list[dict[str, float]], bool]:
     """Load a checkpoint into the model and optimisers: its history, and whether a callback
     had stopped that run."""
     state = torch.load(path, map_location=device, weights_only=True)
     if state["fingerprint"] != fingerprint:
-        diff = ", ".join(f"{k}: {state['fingerprint'].get(k)!r} there, {v!r} now"
-                         for k, v in fingerprint.items() if state["fingerprint"].get(k) != v)
+        old = state["fingerprint"]
+        diff = ", ".join(f"{k}: {old.get(k)!r} there, {fingerprint.get(k)!r} now"
+                         for k in {**old, **fingerprint} if old.get(k) != fingerprint.get(k))
         raise ValueError(
             f"checkpoint {path} was written for different settings ({diff}); "
             "pass resume=False to start over"
@@ -370,6 +461,8 @@ def _restore(path: Path, model: Model, optimizers: dict, shuffle_rng: torch.Gene
     model.load_state_dict(state["model"])
     for k, opt in optimizers.items():
         opt.load_state_dict(state["optimizers"][k])
+    for k, sched in schedulers.items():
+        sched.load_state_dict(state["schedulers"][k])
     _set_rng_state({k: (v.cpu() if isinstance(v, torch.Tensor) else [t.cpu() for t in v])
                     for k, v in state["rng"].items()})
     shuffle_rng.set_state(state["shuffle_rng"].cpu())

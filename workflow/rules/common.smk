@@ -113,6 +113,13 @@ def preprocess_args(wildcards):
     )
 
 
+def lr_schedule_arg(spec):
+    """None for a constant rate (no flag: the run hashes of constant-rate runs stay)."""
+    if spec == "constant":
+        return None
+    return spec if isinstance(spec, str) else json.dumps(spec, sort_keys=True)
+
+
 def train_args(wildcards):
     spec = RUNS[wildcards.run]
     options = {
@@ -134,6 +141,7 @@ def train_args(wildcards):
             ("--batch-size", train["batch_size"]),
             ("--lr", train["lr"]),
             ("--patience", train["patience"] or None),
+            ("--lr-schedule", lr_schedule_arg(train["lr_schedule"])),
             ("--device", train["device"]),
             ("--seed", spec["seed"]),
             ("--resume" if train["resume"] else "--no-resume", []),
