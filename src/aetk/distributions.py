@@ -20,8 +20,11 @@ def log_prob(dist: D.Distribution, x: torch.Tensor) -> torch.Tensor:
     return lp.reshape(lp.shape[0], -1).sum(-1) if lp.dim() > 1 else lp
 
 
-def mean(dist: D.Distribution) -> torch.Tensor:
-    """The decoder's point prediction: the mean, or the mode for a categorical."""
+def mean(dist: D.Distribution | torch.Tensor) -> torch.Tensor:
+    """The decoder's point prediction: the mean, or the mode for a categorical; a
+    deterministic decoder's output tensor is its own."""
+    if isinstance(dist, torch.Tensor):
+        return dist
     base = dist.base_dist if isinstance(dist, D.Independent) else dist
     if isinstance(base, D.Categorical):
         return base.logits.argmax(-1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -22,6 +22,14 @@ def imq_kernel(a: torch.Tensor, b: torch.Tensor, rho: float = 1.0) -> torch.Tens
 KERNELS = {"gaussian": gaussian_kernel, "imq": imq_kernel}
 
 
+def get_kernel(name: str) -> Callable[..., torch.Tensor]:
+    """The kernel called `name`; ValueError listing the valid names."""
+    try:
+        return KERNELS[name]
+    except KeyError:
+        raise ValueError(f"unknown kernel {name!r}; valid: {', '.join(KERNELS)}") from None
+
+
 def mmd(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -34,10 +42,7 @@ def mmd(
     The unbiased U-statistic drops the diagonal of the within-sample terms, so its mean is
     zero when `x` and `y` come from the same distribution; the biased V-statistic keeps it.
     """
-    try:
-        k = KERNELS[kernel]
-    except KeyError:
-        raise ValueError(f"unknown kernel {kernel!r}; valid: {', '.join(KERNELS)}") from None
+    k = get_kernel(kernel)
     kxx = sum(k(x, x, s) for s in scales)
     kyy = sum(k(y, y, s) for s in scales)
     kxy = sum(k(x, y, s) for s in scales)
@@ -48,3 +53,19 @@ def mmd(
     else:
         xx, yy = kxx.mean(), kyy.mean()
     return xx + yy - 2 * kxy.mean()
+
+
+def mmd_to_standard_normal(
+    z: torch.Tensor,
+    kernel: str = "gaussian",
+    scales: Sequence[float] = (1.0,),
+    unbiased: bool = True,
+    n_samples: int | None = None,
+) -> torch.Tensor:
+    """`mmd` between codes `z (n, d)` and a fresh draw of `n_samples` (default n) points of
+    the prior `N(0, I)`, in z's dtype and on its device.
+
+    One code has no pair for the U-statistic: a one-row batch takes the V-statistic, whose
+    within-codes term is the constant `k(z, z)` (a NaN would stop training)."""
+    prior = torch.randn(n_samples or z.shape[0], z.shape[1], dtype=z.dtype, device=z.device)
+    return mmd(z, prior, kernel, scales, unbiased and len(z) > 1)

@@ -11,10 +11,14 @@ from .base import LossOutput, Model
 class AE(Model):
     """Loss: mean squared error for a deterministic decoder, else `-<log p(x|z)>`."""
 
-    def loss(self, x: torch.Tensor) -> LossOutput:
-        out = self.decoder(self.encoder(x))
+    def reconstruction(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The reconstruction cost of `x` decoded from `z`: the mean squared error of a
+        deterministic decoder's output, else `-<log p(x|z)>`."""
+        out = self.decoder(z)
         if isinstance(out, torch.Tensor):
-            rec = (out - x).square().mean()
-        else:
-            rec = -log_prob(out, x).mean()
+            return (out - x).square().mean()
+        return -log_prob(out, x).mean()
+
+    def loss(self, x: torch.Tensor) -> LossOutput:
+        rec = self.reconstruction(self.encoder(x), x)
         return LossOutput(rec, {"reconstruction": rec})

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from ..distributions import kl_to_standard_normal
-from ..kernels import mmd
+from ..kernels import get_kernel, mmd_to_standard_normal
 from .base import LossOutput
 from .vae import VAE
 
@@ -39,14 +39,13 @@ class InfoVAE(VAE):
         self.kernel, self.scales = kernel, tuple(float(s) for s in scales)
         self.n_prior_samples = n_prior_samples
         self.unbiased = unbiased
-        mmd(torch.zeros(2, 1), torch.zeros(2, 1), kernel)  # reject an unknown kernel now
+        get_kernel(kernel)  # reject an unknown name now
 
     def loss(self, x: torch.Tensor) -> LossOutput:
         q = self.encoder(x)
         rec, z = self.reconstruction(q, x)
         kl = kl_to_standard_normal(q).mean()
-        prior = torch.randn(self.n_prior_samples or z.shape[0], z.shape[1], dtype=z.dtype,
-                            device=z.device)
-        d = mmd(z, prior, self.kernel, self.scales, self.unbiased)
+        d = mmd_to_standard_normal(z, self.kernel, self.scales, self.unbiased,
+                                   self.n_prior_samples)
         loss = rec + (1 - self.alpha) * kl + (self.alpha + self.lam - 1) * d
         return LossOutput(loss, {"reconstruction": rec, "kl": kl, "mmd": d})
