@@ -18,6 +18,7 @@ from .models import (
     IWAE,
     RHVAE,
     VAE,
+    WAE,
     BetaTCVAE,
     Critic,
     Discriminator,
@@ -71,6 +72,7 @@ MODELS: dict[str, tuple[type[nn.Module], Callable[..., Model]]] = {
     "vampprior": (GaussianEncoder, VampPrior),
     "hvae": (GaussianEncoder, HVAE),
     "rhvae": (GaussianEncoder, RHVAE),
+    "wae": (DeterministicEncoder, WAE),
 }
 
 _SIZE_ARGS = ("shape", "hidden", "activation")

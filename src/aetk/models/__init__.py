@@ -12,6 +12,7 @@ from .rhvae import RHVAE
 from .tcvae import BetaTCVAE
 from .vae import VAE
 from .vampprior import VampPrior
+from .wae import WAE
 
 __all__ = [
            "AE",
@@ -20,6 +21,7 @@ __all__ = [
            "IWAE",
            "RHVAE",
            "VAE",
+           "WAE",
            "BetaTCVAE",
            "Critic",
            "Discriminator",
