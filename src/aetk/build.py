@@ -18,6 +18,7 @@ from .models import (
     IWAE,
     RHVAE,
     VAE,
+    VQVAE,
     WAE,
     BetaTCVAE,
     Critic,
@@ -73,6 +74,7 @@ MODELS: dict[str, tuple[type[nn.Module], Callable[..., Model]]] = {
     "hvae": (GaussianEncoder, HVAE),
     "rhvae": (GaussianEncoder, RHVAE),
     "wae": (DeterministicEncoder, WAE),
+    "vqvae": (DeterministicEncoder, VQVAE),
 }
 
 _SIZE_ARGS = ("shape", "hidden", "activation")

@@ -12,6 +12,7 @@ from .rhvae import RHVAE
 from .tcvae import BetaTCVAE
 from .vae import VAE
 from .vampprior import VampPrior
+from .vqvae import VQVAE
 from .wae import WAE
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
            "IWAE",
            "RHVAE",
            "VAE",
+           "VQVAE",
            "WAE",
            "BetaTCVAE",
            "Critic",
