@@ -215,6 +215,57 @@ def test_lr_schedule_reaches_fit_and_keys_its_own_run(steps: Path, tmp_path: Pat
     assert "integer 0 <= warmup < epochs (4)" in capsys.readouterr().err
 
 
+def test_conditional_model_from_train_to_encode_and_sample(steps: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture
+                                                           ) -> None:
+    """`--conditions labels`: one-hot digit classes reach the model, the latent store says
+    so and holds the class of each generated sample, and `aetk sample --condition` draws
+    one class."""
+    import aetk
+
+    data = str(steps / "data.zarr")
+    assert cli.main(["train", "--data", data, "--model", "vae", "--likelihood", "bernoulli",
+                     "--hidden", "32", "--epochs", "2", "--conditions", "labels",
+                     "--no-progress", "--out", str(tmp_path / "m"),
+                     "--history", str(tmp_path / "h.tsv")]) == 0
+    model = aetk.load(tmp_path / "m")
+    assert model.n_conditions == 10
+    info = json.loads((tmp_path / "m" / "aetk_run.json").read_text())
+    assert info["settings"]["conditions"] == "labels"
+    assert info["condition_names"] == [str(i) for i in range(10)]
+    assert cli.main(["encode", "--data", data, "--model", str(tmp_path / "m"), "--n-generated",
+                     "12", "--n-importance", "5", "--out", str(tmp_path / "l.zarr")]) == 0
+    latent = storage.read_zarr(tmp_path / "l.zarr")
+    assert latent.attrs["conditions"] == "labels"
+    assert latent["generated_class"].values.tolist() == [*range(10), 0, 1]
+    assert np.isfinite(latent["log_marginal"].values).all()
+    # the stored codes are those of q(z|x, c) with each sample's own class
+    stored = storage.read_data(data)
+    x = torch.from_numpy(stored.x[:5])
+    with model.given(torch.eye(10)[torch.from_numpy(stored.labels[:5])]):
+        np.testing.assert_allclose(latent["z_mean"].values[:5], model.encode(x).mean.detach(),
+                                   rtol=1e-5)
+    base = ["sample", "--model", str(tmp_path / "m"), "--n", "6"]
+    assert cli.main([*base, "--condition", "3", "--out", str(tmp_path / "s.zarr")]) == 0
+    assert storage.read_zarr(tmp_path / "s.zarr")["class"].values.tolist() == [3] * 6
+    assert cli.main([*base, "--sampler", "geometric", "--data", data,
+                     "--out", str(tmp_path / "g.zarr")]) == 0
+    assert storage.read_zarr(tmp_path / "g.zarr")["class"].values.tolist() == [0, 1, 2, 3, 4, 5]
+    assert cli.main([*base, "--condition", "eleven", "--out", str(tmp_path / "x.zarr")]) == 1
+    assert "--condition 'eleven' is not a class of this model; classes: 0, 1" in \
+        capsys.readouterr().err
+    assert cli.main(["sample", "--model", str(steps / "model"), "--n", "6", "--condition", "3",
+                     "--out", str(tmp_path / "x.zarr")]) == 1
+    assert "--condition is for conditional models" in capsys.readouterr().err
+    cli.main(["preprocess", "--source", "swissroll", "--n-samples", "100",
+              "--out", str(tmp_path / "roll.zarr")])
+    assert cli.main(["train", "--data", str(tmp_path / "roll.zarr"), "--model", "vae",
+                     "--likelihood", "gaussian", "--conditions", "labels", "--epochs", "1",
+                     "--out", str(tmp_path / "r"), "--history", str(tmp_path / "r.tsv")]) == 1
+    assert "--conditions labels needs categorical labels, but" in capsys.readouterr().err
+    assert not (tmp_path / "x.zarr").exists() and not (tmp_path / "r").exists()
+
+
 def test_bad_training_settings_exit_with_a_message(steps: Path, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture) -> None:
     base = ["train", "--data", str(steps / "data.zarr"), "--likelihood", "bernoulli",

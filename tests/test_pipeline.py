@@ -125,6 +125,24 @@ def test_network_channels_and_patience_reach_the_train_command(tmp_path: Path) -
                for line in trains)
 
 
+def test_conditional_grid_names_its_runs_and_passes_the_labels(tmp_path: Path) -> None:
+    """`grid.conditional: [false, true]` adds a -cond run of each model that can be
+    conditional (not rhvae), trained with `--conditions labels`."""
+    wd = make_workdir(tmp_path, {"grid": {"models": ["vae", "rhvae"],
+                                          "conditional": [False, True]}})
+    out = snakemake(wd, "-n", "-p", "--cores", "2", "--configfile", "test.yaml").stdout
+    trains = {line.split("--out results/models/")[1].split("/")[0]: line
+              for line in out.splitlines() if "Shell command: aetk train" in line}
+    assert set(trains) == {"vae-bernoulli", "vae-bernoulli-cond", "rhvae-bernoulli"}
+    assert [r for r, line in trains.items() if "--conditions labels" in line] == [
+        "vae-bernoulli-cond"]
+    only = make_workdir(tmp_path / "only", {"grid": {"models": ["rhvae"],
+                                                     "conditional": [True]}})
+    proc = snakemake(only, "-n", "--configfile", "test.yaml", check=False)
+    assert proc.returncode != 0
+    assert "cannot be conditional (rhvae, vampprior)" in proc.stdout + proc.stderr
+
+
 def test_lint_and_snakefmt(tmp_path: Path) -> None:
     wd = make_workdir(tmp_path)
     proc = snakemake(wd, "--lint", check=False)

@@ -13,8 +13,8 @@ from torch.utils.data import StackDataset, TensorDataset
 import aetk
 from aetk.train import evaluate
 
-MODELS = ["ae", "vae", "beta_vae", "beta_tcvae", "infovae", "infomaxvae", "factorvae", "dipvae",
-          "iwae", "vampprior"]
+MODELS = ["ae", "wae", "vqvae", "vae", "beta_vae", "beta_tcvae", "infovae", "infomaxvae",
+          "factorvae", "dipvae", "iwae", "vampprior"]
 LIKELIHOODS = ["bernoulli", "gaussian", "gaussian_learned", "categorical", "poisson",
                "negative_binomial"]
 OPTIONS = {"categorical": {"n_classes": 17}}  # digit pixels are integers 0..16

@@ -77,11 +77,16 @@ MODELS: dict[str, tuple[type[nn.Module], Callable[..., Model]]] = {
     "vqvae": (DeterministicEncoder, VQVAE),
 }
 
+# models whose networks also see points outside the batch, which have no conditions
+_UNCONDITIONAL = {
+    "rhvae": "its metric network and centroids see training points outside the batch",
+    "vampprior": "its prior encodes pseudo-inputs, which have no conditions",
+}
 _SIZE_ARGS = ("shape", "hidden", "activation")
 _NETWORK_ARGS = ("metric_net",)  # built from the sizes, never passed by name
 _DECODER_SIZE_ARGS = (
     "network", "latent_dim", "out_features", "output_shape", "hidden", "activation",
-    "channels", "image_shape",
+    "channels", "image_shape", "n_conditions",
 )
 
 
@@ -114,6 +119,7 @@ def build_model(
     channels: Sequence[int] = (),
     image_shape: Sequence[int] | None = None,
     input_noise: float = 0.0,
+    n_conditions: int = 0,
     **hyper: Any,
 ) -> Model:
     """A model of the named kind with an MLP encoder and a decoder of the named likelihood;
@@ -121,7 +127,8 @@ def build_model(
     (`(H, W)` or `(C, H, W)`, default the data shape when it has 2 or 3 axes): 4x4 stride-2
     convolutions, then the `hidden` MLP, mirrored in the decoder. `input_noise = p` makes
     it a denoising autoencoder: the encoder sees each input value masked with probability
-    p while training.
+    p while training. `n_conditions = k > 0` makes it conditional, q(z|x, c) and p(x|z, c)
+    for conditions `c (B, k)` (one-hot classes or covariates; `Model.given`).
 
     `hyper` holds the likelihood's options (`sigma`, `split`, `n_classes`, `dispersion`) and
     the model's hyperparameters (`beta`, `alpha`, `lam`, `kernel`, ...). Unknown names raise
@@ -163,9 +170,15 @@ def build_model(
     if not 0 <= input_noise < 1:
         raise ValueError(f"input_noise must be in [0, 1), got {input_noise}")
     noise = {"input_noise": float(input_noise)} if input_noise else {}
-    encoder = encoder_cls(input_shape=shape, latent_dim=latent_dim, **sizes, **conv, **noise)
+    if int(n_conditions) != n_conditions or n_conditions < 0:
+        raise ValueError(f"n_conditions must be an integer >= 0, got {n_conditions}")
+    if n_conditions and model in _UNCONDITIONAL:
+        raise ValueError(f"{model} cannot be conditional: {_UNCONDITIONAL[model]}")
+    cond = {"n_conditions": int(n_conditions)} if n_conditions else {}
+    encoder = encoder_cls(input_shape=shape, latent_dim=latent_dim, **sizes, **conv, **noise,
+                          **cond)
     decoder = decoder_cls(latent_dim=latent_dim, output_shape=shape, **sizes, **conv,
-                          **dec_opts)
+                          **dec_opts, **cond)
     extra = {k: v for k, v in {"shape": shape, **sizes}.items()
              if k in inspect.signature(constructor).parameters}
     built = constructor(encoder, decoder, **extra, **hyper)
@@ -178,6 +191,7 @@ def build_model(
         "activation": activation,
         **conv,
         **noise,
+        **cond,
         **dec_opts,
         **hyper,
     }

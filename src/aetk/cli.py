@@ -119,6 +119,7 @@ def run_settings(args: argparse.Namespace, data_hash: str) -> dict[str, Any]:
         **({"patience": args.patience} if args.patience else {}),
         **({"input_noise": args.input_noise} if args.input_noise else {}),
         **({"lr_schedule": args.lr_schedule} if args.lr_schedule != "constant" else {}),
+        **({"conditions": args.conditions} if args.conditions != "none" else {}),
         "options": parse_options(args.options), "epochs": args.epochs,
         "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "data_config_hash": data_hash,
@@ -134,6 +135,28 @@ class _EpochPrinter:
     def on_epoch_end(self, model: Any, epoch: int, row: dict[str, float]) -> None:
         losses = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k.endswith("loss"))
         print(f"epoch {epoch}/{self.epochs} {losses} ({row['seconds']:.2f} s)", flush=True)
+
+
+def label_conditions(stored: storage.StoredData, path: str) -> np.ndarray:
+    """One-hot rows of the store's categorical labels, `(N, classes)`: the conditions of
+    `--conditions labels`."""
+    if stored.labels is None or stored.label_kind != "categorical":
+        raise ValueError(f"--conditions labels needs categorical labels, but {path} has "
+                         f"{'none' if stored.labels is None else stored.label_kind + ' labels'} "
+                         "(preprocess with --labels)")
+    k = len(stored.label_names) if stored.label_names else int(stored.labels.max()) + 1
+    return np.eye(k, dtype=np.float32)[stored.labels]
+
+
+def model_conditions(model: Any, stored: storage.StoredData, path: str) -> np.ndarray | None:
+    """The conditions of every stored sample for a conditional model (None otherwise)."""
+    if not model.n_conditions:
+        return None
+    c = label_conditions(stored, path)
+    if c.shape[1] != model.n_conditions:
+        raise ValueError(f"the model is conditioned on {model.n_conditions} classes, but {path} "
+                         f"has {c.shape[1]}: encode the data store it was trained on")
+    return c
 
 
 def finished_epochs(checkpoint: Path) -> int:
@@ -161,10 +184,13 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise ValueError(f"--channels needs images, but {args.data} stores no image shape "
                              "(tables, or a feature selection that broke the image layout)")
         conv = {"channels": args.channels, "image_shape": stored.image_shape}
+    conditions = (label_conditions(stored, args.data) if args.conditions == "labels"
+                  else None)
+    cond = {"n_conditions": conditions.shape[1]} if conditions is not None else {}
     model = aetk.build_model(args.model, args.likelihood, in_features=stored.x.shape[1],
                              latent_dim=args.latent_dim, hidden=args.hidden,
                              activation=args.activation, input_noise=args.input_noise, **conv,
-                             **settings["options"])
+                             **cond, **settings["options"])
     checkpoint = None
     if args.checkpoint_dir is not None:
         checkpoint = Path(args.checkpoint_dir) / f"{args.model}-{args.likelihood}-{run_hash}.pt"
@@ -180,13 +206,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     if args.patience < 0:
         raise ValueError(f"--patience must be >= 0, got {args.patience}")
-    val = stored.validation if len(stored.validation) else None
+    train, val = stored.train, stored.validation if len(stored.validation) else None
+    if conditions is not None:
+        train = (train, conditions[~stored.is_validation])
+        val = (val, conditions[stored.is_validation]) if val is not None else None
     if args.patience and val is None:
         raise ValueError("--patience needs validation data: the data store has no validation "
                          "split (preprocess with --validation-fraction > 0)")
     callbacks = (() if progress else (_EpochPrinter(args.epochs),)) + (
         (aetk.EarlyStopping(args.patience),) if args.patience else ())
-    history = aetk.fit(model, stored.train, val, epochs=args.epochs, batch_size=args.batch_size,
+    history = aetk.fit(model, train, val, epochs=args.epochs, batch_size=args.batch_size,
                        lr=args.lr, device=device, seed=args.seed, checkpoint=checkpoint,
                        resume=args.resume, progress=progress, callbacks=callbacks,
                        lr_schedule=args.lr_schedule)
@@ -195,6 +224,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         "run_hash": run_hash, "settings": settings, "device": device, "threads": args.threads,
         "aetk_version": storage.package_version(), "checkpoint": str(checkpoint),
         "seconds_this_call": time.perf_counter() - t0,
+        **({"condition_names": stored.label_names} if conditions is not None else {}),
     }
     (Path(args.out) / "aetk_run.json").write_text(json.dumps(info, indent=2))
     Path(args.history).parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +249,7 @@ def example_indices(is_val: np.ndarray, labels: np.ndarray | None, kind: str, n:
 
 def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_examples: int,
                 n_generated: int, seed: int, n_importance: int = 0,
-                n_scored: int = 0) -> dict[str, Any]:
+                n_scored: int = 0, conditions: np.ndarray | None = None) -> dict[str, Any]:
     """Per-sample latent statistics, reconstruction errors and ELBO terms of ``model``.
 
     The ELBO is the single-sample estimate ``log p(x|z) - KL(q(z|x) || p(z))`` of the
@@ -227,7 +257,11 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
     ``log_marginal`` the importance-sampled ``log p(x)`` with ``n_importance`` samples
     (NaN when 0, or for a deterministic model). With categorical labels, ``n_scored``
     samples of each sampler are kept for the report's classifier score (``scored_*``).
+    A conditional model sees each sample's ``conditions`` (the terms are then given c),
+    and generates under conditions that go through the classes in turn.
     """
+    import contextlib
+
     import torch
     from torch.distributions import Distribution
     from tqdm.auto import tqdm
@@ -241,29 +275,37 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
     torch.manual_seed(seed)
     x_all = torch.from_numpy(stored.x)
     model.check_data(x_all, "the stored")  # e.g. a store of another data set
+    c_all = torch.from_numpy(conditions) if conditions is not None else None
+
+    def given(rows: Any) -> Any:
+        return model.given(c_all[rows]) if c_all is not None else contextlib.nullcontext()
+
     keys = ("z_mean", "z_std", "z_sample", "reconstruction_error", "log_likelihood", "kl",
             "log_marginal")
     parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     model.eval()
-    batches = tqdm(x_all.split(batch_size), desc="encode", unit="batch", dynamic_ncols=True,
+    batches = tqdm(torch.arange(len(x_all)).split(batch_size), desc="encode", unit="batch",
+                   dynamic_ncols=True,
                    disable=not sys.stderr.isatty())  # log p(x) makes long data sets slow
     with torch.no_grad():
-        for x in batches:
-            q = model.encode(x)
-            if isinstance(q, Distribution):
-                mu, std, z = q.mean, q.stddev, q.sample()
-                kl = model.kl(q)  # Monte Carlo for a mixture prior
-            else:  # a deterministic encoder
-                mu, std, z = q, torch.zeros_like(q), q
-                kl = torch.full((len(x),), float("nan"))
-            p_mu = model.decode(mu)
-            x_hat = mean(p_mu) if isinstance(p_mu, Distribution) else p_mu
-            p_z = model.decode(z)
-            nan = torch.full((len(x),), float("nan"))
-            probabilistic = isinstance(q, Distribution) and isinstance(p_z, Distribution)
-            loglik = log_prob(p_z, x) if isinstance(p_z, Distribution) else nan
-            log_px = (log_marginal(model, x, n_importance) if probabilistic and n_importance
-                      else nan)
+        for rows in batches:
+            x = x_all[rows]
+            with given(rows):
+                q = model.encode(x)
+                if isinstance(q, Distribution):
+                    mu, std, z = q.mean, q.stddev, q.sample()
+                    kl = model.kl(q)  # Monte Carlo for a mixture prior
+                else:  # a deterministic encoder
+                    mu, std, z = q, torch.zeros_like(q), q
+                    kl = torch.full((len(x),), float("nan"))
+                p_mu = model.decode(mu)
+                x_hat = mean(p_mu) if isinstance(p_mu, Distribution) else p_mu
+                p_z = model.decode(z)
+                nan = torch.full((len(x),), float("nan"))
+                probabilistic = isinstance(q, Distribution) and isinstance(p_z, Distribution)
+                loglik = log_prob(p_z, x) if isinstance(p_z, Distribution) else nan
+                log_px = (log_marginal(model, x, n_importance) if probabilistic and n_importance
+                          else nan)
             for k, v in zip(keys, (mu, std, z, (x_hat.float() - x).square().mean(1), loglik, kl,
                                    log_px), strict=True):
                 parts[k].append(v.float().cpu().numpy())
@@ -271,18 +313,22 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
         out["elbo"] = out["log_likelihood"] - out["kl"]
         idx = example_indices(stored.is_validation, stored.labels, stored.label_kind, n_examples)
         out["example_index"] = idx
-        out["example_reconstruction"] = model.reconstruct(x_all[idx]).float().cpu().numpy()
+        with given(torch.as_tensor(idx)):
+            out["example_reconstruction"] = model.reconstruct(x_all[idx]).float().cpu().numpy()
         # one draw per sampler: the first n_generated are shown, all n are scored
         n_scored = n_scored if stored.label_kind == "categorical" else 0
         n = max(n_generated, n_scored)
+        generating = given_classes(model, torch.arange(n) % model.n_conditions
+                                   if c_all is not None else None)
         draws = {}  # shown as generated[_geometric], scored as scored_{model,geometric}
         sample = getattr(model, "sample", None)
-        if callable(sample) and n:
-            draws["model"] = sample(n).float().reshape(n, -1).cpu().numpy()
         train = ~stored.is_validation if (~stored.is_validation).sum() > 1 else slice(None)
-        if n and (out["z_std"][train] > 0).all():
-            z = geometric_latents(out["z_mean"][train], out["z_std"][train], n, seed)
-            draws["geometric"] = mean(model.decode(z)).float().reshape(n, -1).cpu().numpy()
+        with generating:
+            if callable(sample) and n:
+                draws["model"] = sample(n).float().reshape(n, -1).cpu().numpy()
+            if n and (out["z_std"][train] > 0).all():
+                z = geometric_latents(out["z_mean"][train], out["z_std"][train], n, seed)
+                draws["geometric"] = mean(model.decode(z)).float().reshape(n, -1).cpu().numpy()
         for name, values in draws.items():
             if n_generated:
                 out["generated" if name == "model" else "generated_geometric"] = \
@@ -318,9 +364,11 @@ def cmd_encode(args: argparse.Namespace) -> None:
     info_path = Path(args.model) / "aetk_run.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     t0 = time.perf_counter()
+    conditions = model_conditions(model, stored, args.data)
     enc = encode_data(model, stored, batch_size=args.batch_size, n_examples=args.n_examples,
                       n_generated=args.n_generated, seed=args.seed,
-                      n_importance=args.n_importance, n_scored=args.n_scored)
+                      n_importance=args.n_importance, n_scored=args.n_scored,
+                      conditions=conditions)
     ds = xr.Dataset(coords={
         "sample": np.arange(len(stored.x)),
         "latent": np.arange(model.latent_dim),
@@ -343,6 +391,10 @@ def cmd_encode(args: argparse.Namespace) -> None:
     if "generated" in enc:
         ds = ds.assign_coords(generated=np.arange(len(enc["generated"])))
         ds["generated"] = (("generated", "feature"), enc["generated"])
+        if conditions is not None:
+            ds["generated_class"] = (("generated",), np.arange(len(enc["generated"]))
+                                     % model.n_conditions, {
+                "description": "the class each generated sample was conditioned on"})
     if "generated_geometric" in enc:
         ds["generated_geometric"] = (("generated", "feature"), enc["generated_geometric"], {
             "description": "decoded draws of the Riemannian uniform distribution of the "
@@ -362,7 +414,10 @@ def cmd_encode(args: argparse.Namespace) -> None:
                 "form for N(0, I), from one draw for the VampPrior's mixture)",
         "log_marginal": f"log p(x) by importance sampling, {args.n_importance} samples from "
                         "q(z|x) (aetk.log_marginal)",
+        "conditions": "labels" if conditions is not None else "none",
     }
+    if conditions is not None:
+        ds.attrs["log_marginal"] += "; of this conditional model: log p(x|c), c the label"
     storage.write_zarr(ds, args.out)
     val = stored.is_validation if stored.is_validation.any() else slice(None)
 
@@ -373,6 +428,44 @@ def cmd_encode(args: argparse.Namespace) -> None:
     print(f"encoded {len(stored.x)} samples in {time.perf_counter() - t0:.1f} s; validation "
           f"reconstruction error {mean('reconstruction_error', 4)}, ELBO {mean('elbo')}, "
           f"log p(x) {mean('log_marginal')}; wrote {args.out}")
+
+
+def sample_classes(model: Any, args: argparse.Namespace) -> Any:
+    """For a conditional model, the class of each of the `--n` samples: `--condition` (a
+    class name or index), or the classes in turn; None for other models."""
+    import torch
+
+    if not model.n_conditions:
+        if args.condition is not None:
+            raise ValueError("--condition is for conditional models (trained with "
+                             "--conditions labels)")
+        return None
+    k = model.n_conditions
+    if args.condition is None:
+        return torch.arange(args.n) % k
+    info_path = Path(args.model) / "aetk_run.json"
+    names = json.loads(info_path.read_text()).get("condition_names") if info_path.exists() \
+        else None
+    names = [str(n) for n in names] if names else [str(i) for i in range(k)]
+    if args.condition in names:
+        index = names.index(args.condition)
+    elif args.condition.isdigit() and int(args.condition) < k:
+        index = int(args.condition)
+    else:
+        raise ValueError(f"--condition {args.condition!r} is not a class of this model; "
+                         f"classes: {', '.join(names)}")
+    return torch.full((args.n,), index)
+
+
+def given_classes(model: Any, classes: Any) -> Any:
+    """`model.given` the one-hot `classes`, or no conditions when None."""
+    import contextlib
+
+    import torch
+
+    if classes is None:
+        return contextlib.nullcontext()
+    return model.given(torch.eye(model.n_conditions)[classes])
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -394,19 +487,23 @@ def cmd_sample(args: argparse.Namespace) -> None:
     stored = storage.read_data(args.data) if args.data else None
     if stored is not None:
         model.check_data(torch.from_numpy(stored.x[:1]), "the stored")  # another data set?
+    classes = sample_classes(model, args)
     t0 = time.perf_counter()
     with torch.no_grad():
         if args.sampler == "geometric":
-            metric = EncoderMetric.from_model(model, stored.train,
-                                              n_centroids=min(args.n_centroids,
-                                                              len(stored.train)),
-                                              seed=args.seed)
-            x = mean(model.decode(metric.sample(args.n)))
+            c = model_conditions(model, stored, args.data)
+            metric = EncoderMetric.from_model(
+                model, stored.train, n_centroids=min(args.n_centroids, len(stored.train)),
+                seed=args.seed,
+                conditions=None if c is None else torch.from_numpy(c[~stored.is_validation]))
+            with given_classes(model, classes):
+                x = mean(model.decode(metric.sample(args.n)))
         else:
             if not callable(getattr(model, "sample", None)):
                 raise ValueError(f"{type(model).__name__} has no sampler; try --sampler "
                                  "geometric")
-            x = model.sample(args.n)
+            with given_classes(model, classes):
+                x = model.sample(args.n)
     x = x.float().reshape(args.n, -1).cpu().numpy()
     coords = {"sample": np.arange(args.n)}
     if stored is not None:
@@ -414,6 +511,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
     ds = xr.Dataset({"x": (("sample", "feature"), x, {
         "long_name": "decoder point predictions of new latent points, in the data store's "
                      "transformed units"})}, coords=coords)
+    if classes is not None:
+        ds["class"] = (("sample",), classes.numpy(), {
+            "description": "the class each sample was conditioned on"})
     spec = model.build_spec or {}
     ds.attrs = {"store": "aetk-samples", "sampler": args.sampler, "model": spec.get("model"),
                 "likelihood": spec.get("likelihood"), "seed": args.seed,
@@ -678,6 +778,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-noise", type=float, default=0.0,
                    help="denoising: the encoder sees each input value masked with this "
                    "probability while training (0: off)")
+    p.add_argument("--conditions", choices=("none", "labels"), default="none",
+                   help="labels: a conditional model, q(z|x, c) and p(x|z, c), given the one-hot "
+                   "class of each sample (the store's categorical labels); not for rhvae and "
+                   "vampprior")
     p.add_argument("--options", default="{}", help="JSON object of model/likelihood options, "
                    "e.g. '{\"beta\": 4}'")
     p.add_argument("--epochs", type=int, default=20, help="training epochs")
@@ -742,6 +846,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=("model", "geometric"), default="model",
                    help="the model's own sampler, or the encoder metric's Riemannian uniform")
     p.add_argument("--data", help="the model's data store (.zarr)")
+    p.add_argument("--condition", help="for a conditional model: the class (name or index) "
+                   "of every sample; default: the classes in turn")
     p.add_argument("--n-centroids", type=int, default=1000,
                    help="training codes that make the encoder metric (k-means snapped)")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws")

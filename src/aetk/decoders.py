@@ -16,7 +16,7 @@ from torch import distributions as D
 from torch import nn
 
 from . import validate
-from .nets import conv_decoder, image_layout, mlp, numel, resolve_shape
+from .nets import Conditioned, conv_decoder, image_layout, mlp, numel, resolve_shape
 
 LOG_SIGMA_RANGE = (-6.0, 4.0)
 """Learned Gaussian log standard deviations are clamped here: below -6 the likelihood
@@ -43,7 +43,9 @@ class _BuiltinDecoder(Decoder):
 
     `network` maps z to all the blocks; without it an MLP `latent_dim -> hidden -> blocks`
     is built, or with `channels` transposed convolutions to the images of `image_shape`
-    (`nets.conv_decoder`). The data shape is `out_features` or `output_shape`.
+    (`nets.conv_decoder`). The data shape is `out_features` or `output_shape`. With
+    `n_conditions = k > 0` it is p(x|z, c): the network sees z and the k conditions side by
+    side (`nets.Conditioned`), set by `Model.given`.
     """
 
     n_params = 1
@@ -60,22 +62,28 @@ class _BuiltinDecoder(Decoder):
         activation: str = "relu",
         channels: Sequence[int] = (),
         image_shape: Sequence[int] | None = None,
+        n_conditions: int = 0,
     ) -> None:
         super().__init__()
         self.latent_dim = int(latent_dim)
+        self.n_conditions = int(n_conditions)
         self.event_shape = resolve_shape(out_features, output_shape)
         self.image = image_layout(self.event_shape, image_shape, channels) if channels else None
         self.channels = tuple(channels)
+        if network is not None and self.n_conditions:
+            network = Conditioned(network, self.n_conditions)
         self.network = network or self.build_network(hidden, activation)
 
     def block_network(self, blocks: int, hidden: Sequence[int], activation: str) -> nn.Module:
         """A default network from z to `blocks` parameter blocks: an MLP, or transposed
         convolutions when the decoder has `channels`."""
+        width = self.latent_dim + self.n_conditions
         if self.image is not None:
-            return conv_decoder(self.latent_dim, self.image, self.channels, hidden, blocks,
-                                self.width, activation)
-        return mlp(self.latent_dim, hidden, blocks * numel(self.event_shape) * self.width,
-                   activation)
+            net = conv_decoder(width, self.image, self.channels, hidden, blocks, self.width,
+                               activation)
+        else:
+            net = mlp(width, hidden, blocks * numel(self.event_shape) * self.width, activation)
+        return Conditioned(net, self.n_conditions) if self.n_conditions else net
 
     def build_network(self, hidden: Sequence[int], activation: str) -> nn.Module:
         """The default network from z to every parameter block."""

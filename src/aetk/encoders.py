@@ -9,7 +9,7 @@ import torch
 from torch import distributions as D
 from torch import nn
 
-from .nets import MaskingNoise, conv_encoder, image_layout, mlp, numel, resolve_shape
+from .nets import Conditioned, MaskingNoise, conv_encoder, image_layout, mlp, numel, resolve_shape
 
 
 class _Encoder(nn.Module):
@@ -18,7 +18,12 @@ class _Encoder(nn.Module):
     `in_features` or `input_shape`, or with `channels` a convolutional network on the
     images of `image_shape` (`nets.conv_encoder`). With `input_noise = p > 0` the network
     first masks each input value with probability p while training (`nets.MaskingNoise`):
-    a denoising autoencoder, which reconstructs the clean data from corrupted inputs."""
+    a denoising autoencoder, which reconstructs the clean data from corrupted inputs.
+
+    With `n_conditions = k > 0` the encoder is q(z|x, c): the network also sees the
+    conditions (`nets.Conditioned`; a given `network` then takes the flattened x and the k
+    conditions side by side, a convolutional one gets them after its convolutions), set
+    by `Model.given`."""
 
     out_per_latent = 1
 
@@ -34,9 +39,11 @@ class _Encoder(nn.Module):
         channels: Sequence[int] = (),
         image_shape: Sequence[int] | None = None,
         input_noise: float = 0.0,
+        n_conditions: int = 0,
     ) -> None:
         super().__init__()
         self.latent_dim = int(latent_dim)
+        self.n_conditions = int(n_conditions)
         self.input_shape = (
             resolve_shape(in_features, input_shape)
             if (in_features, input_shape) != (None, None)
@@ -46,13 +53,19 @@ class _Encoder(nn.Module):
             if self.input_shape is None:
                 raise ValueError("give a network, or in_features / input_shape to build an MLP")
             n_out = self.out_per_latent * self.latent_dim
+            k = self.n_conditions
             if channels:
                 image = image_layout(self.input_shape, image_shape, channels)
-                network = conv_encoder(image, channels, hidden, n_out, activation)
+                network = conv_encoder(image, channels, hidden, n_out, activation, k)
+            elif k:
+                network = Conditioned(mlp(numel(self.input_shape) + k, hidden, n_out,
+                                          activation), k, len(self.input_shape))
             else:
                 network = nn.Sequential(
                     nn.Flatten(), mlp(numel(self.input_shape), hidden, n_out, activation)
                 )
+        elif self.n_conditions:
+            network = Conditioned(network, self.n_conditions, len(self.input_shape or (1,)))
         if input_noise:
             network = nn.Sequential(MaskingNoise(input_noise), network)
         self.network = network

@@ -31,13 +31,14 @@ def log_marginal(model: Model, x: torch.Tensor, n_samples: int = 100, chunk: int
 
     `n_samples` proposals `z_s ~ q(z|x)` per row (seed them with `torch.manual_seed`); the
     decoder sees at most `chunk` latent points at a time, so memory does not grow with
-    `n_samples`.
+    `n_samples`. For a conditional model, call it inside `with model.given(c):`: the
+    estimate is then `log p(x|c)`.
     """
     if int(n_samples) != n_samples or n_samples < 1:
         raise ValueError(f"n_samples must be an integer >= 1, got {n_samples}")
     q = model.encode(x)
     if not (isinstance(q, D.Distribution)
-            and isinstance(model.decode(q.sample()[:1]), D.Distribution)):
+            and isinstance(model.decode(q.sample()), D.Distribution)):
         raise ValueError(f"log p(x) needs a probabilistic encoder and decoder; "
                          f"{type(model).__name__} has a deterministic one")
     per_chunk = max(1, chunk // len(x))

@@ -117,16 +117,20 @@ class _ImageBlocks(nn.Module):
 
 
 def conv_encoder(image: tuple[int, int, int], channels: Sequence[int], hidden: Sequence[int],
-                 out_features: int, act: str = "relu") -> nn.Sequential:
+                 out_features: int, act: str = "relu", n_conditions: int = 0
+                 ) -> nn.Sequential:
     """Data points -> images `(C, H, W)` -> 4x4 stride-2 convolutions with `channels`
     (each halves H and W) -> an MLP `hidden -> out_features` (the layout of
-    AutoEncoderToolkit.jl's MNIST examples)."""
+    AutoEncoderToolkit.jl's MNIST examples), which also sees `n_conditions` conditions
+    (`Conditioned`) when there are any."""
     c, h, w = image
     layers: list[nn.Module] = [_Reshape(c, h, w)]
     for n in channels:
         layers += [nn.Conv2d(c, n, 4, stride=2, padding=1), activation(act)]
         c, h, w = n, h // 2, w // 2
-    return nn.Sequential(*layers, nn.Flatten(), mlp(c * h * w, hidden, out_features, act))
+    head = mlp(c * h * w + n_conditions, hidden, out_features, act)
+    return nn.Sequential(*layers, nn.Flatten(),
+                         Conditioned(head, n_conditions) if n_conditions else head)
 
 
 def conv_decoder(latent_dim: int, image: tuple[int, int, int], channels: Sequence[int],
@@ -168,3 +172,41 @@ class MaskingNoise(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class Conditioned(nn.Module):
+    """`network(cat(x, c))`: a network that also sees the conditions `c` (one-hot classes
+    or covariates, `(B, n_conditions)`) of a conditional model, set by `Model.given`.
+
+    The last `event_dims` axes of the input are flattened first. Conditions of one row
+    apply to every input; `B` rows apply to inputs of `B` rows, or of `S * B` rows stacked
+    sample-major (S draws of the batch, as `distributions.log_lik_of_draws` stacks them).
+    """
+
+    def __init__(self, network: nn.Module, n_conditions: int, event_dims: int = 1) -> None:
+        super().__init__()
+        if int(n_conditions) != n_conditions or n_conditions < 1:
+            raise ValueError(f"n_conditions must be a positive integer, got {n_conditions}")
+        self.network, self.n_conditions = network, int(n_conditions)
+        self.event_dims = int(event_dims)
+        self.conditions: torch.Tensor | None = None  # set by Model.given, never saved
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conditions
+        if c is None:
+            raise RuntimeError("this network is conditional: call the model inside "
+                               "`with model.given(c):`, with c the (B, n_conditions) conditions")
+        lead = x.shape[:x.dim() - self.event_dims]
+        rows = x.reshape(math.prod(lead), -1)
+        n, m = len(rows), len(c)
+        if m != 1 and n != m:
+            if n % m:
+                raise ValueError(f"conditions for {m} rows, but the network got {n} inputs "
+                                 "(conditions need 1 row, the batch's rows, or a divisor "
+                                 "of the inputs for sample-major stacks of the batch)")
+            c = c.repeat(n // m, 1)
+        out = self.network(torch.cat([rows, c.expand(n, -1).to(rows.dtype)], dim=-1))
+        return out.reshape(*lead, *out.shape[1:])
+
+    def extra_repr(self) -> str:
+        return f"n_conditions={self.n_conditions}"

@@ -406,7 +406,8 @@ def comparison_table(histories: dict[str, pd.DataFrame], latents: dict[str, xr.D
     """One row per run: final and best validation loss, validation reconstruction error,
     KL, ELBO and log p(x) (means over validation samples), the KL split into the mutual
     information I(x; z) and the aggregate posterior's KL to the prior (with its total
-    correlation), active units, training time, the mean ratio of geodesic to
+    correlation), active units (for conditional runs, `conditions` "labels", the terms
+    are given each sample's class: log p(x|c)), training time, the mean ratio of geodesic to
     straight-line length where geodesics were fitted and, with a `scorer`, the classifier
     score of each sampler's samples and of the validation data."""
     rows = []
@@ -420,6 +421,7 @@ def comparison_table(histories: dict[str, pd.DataFrame], latents: dict[str, xr.D
             "model": lat.attrs.get("model"),
             "likelihood": lat.attrs.get("likelihood"),
             "latent_dim": lat.attrs.get("latent_dim"),
+            "conditions": lat.attrs.get("conditions", "none"),
             "epochs": int(h["epoch"].max()),
             "final_train_loss": float(h["train_loss"].iloc[-1]),
             "final_val_loss": float(h["val_loss"].iloc[-1]) if "val_loss" in h else np.nan,

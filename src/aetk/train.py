@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -19,9 +20,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
+from . import validate
 from .models.base import LossOutput, Model
 
-Data = torch.Tensor | np.ndarray | Dataset
+Data = torch.Tensor | np.ndarray | Dataset | tuple[Any, Any]
 Scheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
 LRSchedule = str | dict[str, Any] | Callable[[torch.optim.Optimizer], Scheduler] | None
 
@@ -172,19 +174,47 @@ def as_tensor(data: torch.Tensor | np.ndarray) -> torch.Tensor:
     return t.float() if t.dtype != torch.float32 else t
 
 
+def _split(data: Data, conditional: bool) -> tuple[Any, Any]:
+    """Data and, for a conditional model, its conditions: `(x, c)` pairs, a TensorDataset
+    of x and c, or a Dataset of (x, c) items (conditions None: taken from its batches)."""
+    if isinstance(data, tuple):
+        if not conditional:
+            raise ValueError("(x, c) pairs are for conditional models (n_conditions > 0); "
+                             "give this model the data alone")
+        if len(data) != 2:
+            raise ValueError(f"give conditional data as a pair (x, c), got {len(data)} items")
+        return data
+    if isinstance(data, TensorDataset):
+        if conditional and len(data.tensors) < 2:
+            raise ValueError("a conditional model needs a TensorDataset of x and c")
+        return data.tensors[0], data.tensors[1] if conditional else None
+    if conditional and not isinstance(data, Dataset):
+        raise ValueError("this model is conditional: give (x, c) pairs, e.g. "
+                         "fit(model, (x, c), (x_val, c_val)), with c (rows, n_conditions)")
+    return data, None
+
+
 def _first_item(batch: Any) -> torch.Tensor:
     return batch[0] if isinstance(batch, list | tuple) else batch
 
 
+def _given(model: Model, c: torch.Tensor | None) -> Any:
+    return model.given(c) if c is not None else contextlib.nullcontext()
+
+
 class _Batches:
-    """Shuffled mini-batches: index a device tensor directly (no DataLoader overhead), or
-    iterate a Dataset through a DataLoader driven by the same seeded generator, validating
-    each batch with `check(x, name)` as it streams."""
+    """Shuffled mini-batches of `(x, c)`, c the conditions of a conditional model or None:
+    index device tensors directly (no DataLoader overhead), or iterate a Dataset through a
+    DataLoader driven by the same seeded generator, validating each batch with
+    `check(x, name)` (and the conditions) as it streams."""
 
     def __init__(self, data: Data, batch_size: int, device: torch.device,
-                 generator: torch.Generator, shuffle: bool, check: Any, name: str) -> None:
-        if isinstance(data, TensorDataset):
-            data = data.tensors[0]
+                 generator: torch.Generator, shuffle: bool, check: Any, name: str,
+                 n_conditions: int = 0) -> None:
+        data, conditions = _split(data, n_conditions > 0)
+        self.n_conditions = n_conditions
+        self.conditions = (as_tensor(conditions).to(device) if conditions is not None
+                           else None)
         self.tensor = as_tensor(data).to(device) if not isinstance(data, Dataset) else None
         self.dataset = data if self.tensor is None else None
         self.batch_size, self.device = batch_size, device
@@ -196,33 +226,53 @@ class _Batches:
     def __len__(self) -> int:
         return self.n_batches
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         if self.tensor is None:
             loader = DataLoader(self.dataset, self.batch_size, shuffle=self.shuffle,
                                 generator=self.generator)
             for i, batch in enumerate(loader, start=1):
-                x = as_tensor(_first_item(batch))
+                x, c = as_tensor(_first_item(batch)), None
                 self.check(x, f"{self.name} batch {i}")
-                yield x.to(self.device, non_blocking=True)
+                if self.n_conditions:
+                    if not isinstance(batch, list | tuple) or len(batch) < 2:
+                        raise ValueError("a conditional model needs a Dataset of (x, c) items")
+                    c = as_tensor(batch[1]).to(self.device, non_blocking=True)
+                    validate.check_conditions(c, self.n_conditions,
+                                              f"{self.name} batch {i} conditions", len(x))
+                yield x.to(self.device, non_blocking=True), c
             return
-        n = len(self.tensor)
+        n, c = len(self.tensor), self.conditions
         if not self.shuffle:
-            yield from self.tensor.split(self.batch_size)
+            xs = self.tensor.split(self.batch_size)
+            yield from zip(xs, c.split(self.batch_size) if c is not None else [None] * len(xs),
+                           strict=True)
             return
         order = torch.randperm(n, generator=self.generator).to(self.device)
         for idx in order.split(self.batch_size):
-            yield self.tensor[idx]
+            yield self.tensor[idx], (c[idx] if c is not None else None)
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """All the data, or for a Dataset its first 8 batches (enough to pick centroids)."""
+        if self.tensor is not None:
+            return self.tensor, self.conditions
+        first = list(zip(range(8), self, strict=False))
+        c = [b[1] for _, b in first]
+        return (torch.cat([b[0] for _, b in first]),
+                torch.cat(c) if self.n_conditions else None)
 
 
 def _check(model: Model, data: Data, name: str) -> None:
     """Validate whole tensors before training; a Dataset is checked batch by batch."""
-    if isinstance(data, TensorDataset):
-        data = data.tensors[0]
+    data, conditions = _split(data, model.n_conditions > 0)
     if isinstance(data, Dataset):
         if len(data) == 0:
             raise ValueError(f"{name} data is empty")
         return
-    model.check_data(as_tensor(data), name)
+    x = as_tensor(data)
+    model.check_data(x, name)
+    if conditions is not None:
+        validate.check_conditions(as_tensor(conditions), model.n_conditions,
+                                  f"{name} conditions", len(x))
 
 
 class _Meter:
@@ -313,13 +363,14 @@ def fit(
     torch.manual_seed(seed)
     shuffle_rng = torch.Generator().manual_seed(seed)
     model.to(device)
-    batches = _Batches(train, batch_size, device, shuffle_rng, True, model.check_data, "train")
+    k = model.n_conditions
+    batches = _Batches(train, batch_size, device, shuffle_rng, True, model.check_data, "train",
+                       k)
     val_batches = (_Batches(val, batch_size, device, shuffle_rng, False, model.check_data,
-                            "validation") if val is not None else None)
-    # A Dataset shows the model a sample of its first batches (enough to pick centroids).
-    model.on_fit_start(batches.tensor if batches.tensor is not None
-                       else torch.cat([b for _, b in zip(range(8), batches, strict=False)]),
-                       batches.n)
+                            "validation", k) if val is not None else None)
+    x_start, c_start = batches.sample()
+    with _given(model, c_start):
+        model.on_fit_start(x_start, batches.n)
     optimizers = model.configure_optimizers(lr)
     make_scheduler = scheduler_factory(lr_schedule, epochs)
     schedulers = ({k: make_scheduler(o) for k, o in optimizers.items()}
@@ -412,8 +463,9 @@ def _train_epoch(model: Model, batches: _Batches, optimizers: dict, epoch: int,
     meter = _Meter()
     bar.reset()
     bar.set_description(f"epoch {epoch}/{epochs}")
-    for i, x in enumerate(batches, start=1):
-        out = model.training_step(x, optimizers)
+    for i, (x, c) in enumerate(batches, start=1):
+        with _given(model, c):
+            out = model.training_step(x, optimizers)
         if not torch.isfinite(out.loss):
             bad = [k for k, v in out.terms.items() if not torch.isfinite(v)]
             raise TrainingDiverged(
@@ -428,13 +480,16 @@ def _train_epoch(model: Model, batches: _Batches, optimizers: dict, epoch: int,
     return meter.means("train")
 
 
-def evaluate(model: Model, data: Iterable[torch.Tensor], prefix: str = "val") -> dict[str, float]:
-    """Mean loss and terms of `model` over batches of `data`, without gradients."""
+def evaluate(model: Model, data: Iterable[Any], prefix: str = "val") -> dict[str, float]:
+    """Mean loss and terms of `model` over batches of `data`, without gradients: tensors,
+    or `(x, c)` pairs for a conditional model."""
     model.eval()
     meter = _Meter()
     with torch.no_grad():
-        for x in data:
-            meter.add(model.loss(x), x.shape[0])
+        for batch in data:
+            x, c = batch if isinstance(batch, tuple) else (batch, None)
+            with _given(model, c):
+                meter.add(model.loss(x), x.shape[0])
     return meter.means(prefix)
 
 

@@ -38,6 +38,17 @@ def check_finite(x: torch.Tensor, name: str, shape: Sequence[int] | None = None)
         )
 
 
+def check_conditions(c: torch.Tensor, k: int, name: str, n_rows: int | None = None) -> None:
+    """Conditions of a conditional model: `(rows, k)`, finite, and one row per data point
+    when `n_rows` is given."""
+    if c.dim() != 2 or c.shape[1] != k:
+        raise ValueError(f"{name} have shape {tuple(c.shape)}, but the model takes {k} "
+                         f"conditions per row: give (rows, {k})")
+    if n_rows is not None and len(c) != n_rows:
+        raise ValueError(f"{name} have {len(c)} rows for {n_rows} data points")
+    check_finite(c, name)
+
+
 def check_range(x: torch.Tensor, name: str, low: float, high: float, what: str) -> None:
     """All values in `[low, high]`."""
     if x.numel() == 0:

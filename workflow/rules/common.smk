@@ -1,3 +1,4 @@
+import itertools
 import json
 import re
 import shlex
@@ -48,21 +49,38 @@ DATASET = dataset_name()
 DATA_STORE = f"results/data/{DATASET}.zarr"
 
 
+UNCONDITIONAL = ("rhvae", "vampprior")  # see aetk.build_model
+
+
 def make_runs():
-    """Run name -> settings; latent size and seed appear in the name only when varied."""
+    """Run name -> settings; latent size and seed appear in the name only when varied,
+    "cond" for conditional models."""
     runs = {}
-    for model in GRID["models"]:
-        for lik in GRID["likelihoods"]:
-            for dim in GRID["latent_dims"]:
-                for seed in GRID["seeds"]:
-                    parts = [model, lik]
-                    if len(GRID["latent_dims"]) > 1:
-                        parts.append(f"d{dim}")
-                    if len(GRID["seeds"]) > 1:
-                        parts.append(f"s{seed}")
-                    runs["-".join(parts)] = dict(
-                        model=model, likelihood=lik, latent_dim=dim, seed=seed
-                    )
+    grid = itertools.product(
+        GRID["models"],
+        GRID["likelihoods"],
+        GRID["latent_dims"],
+        GRID["seeds"],
+        GRID["conditional"],
+    )
+    for model, lik, dim, seed, cond in grid:
+        if cond and model in UNCONDITIONAL:
+            continue
+        parts = [model, lik]
+        if len(GRID["latent_dims"]) > 1:
+            parts.append(f"d{dim}")
+        if len(GRID["seeds"]) > 1:
+            parts.append(f"s{seed}")
+        if cond:
+            parts.append("cond")
+        runs["-".join(parts)] = dict(
+            model=model, likelihood=lik, latent_dim=dim, seed=seed, conditional=cond
+        )
+    if not runs:
+        raise WorkflowError(
+            "grid.conditional is [true] only, but every model of grid.models is one "
+            f"that cannot be conditional ({', '.join(UNCONDITIONAL)})"
+        )
     return runs
 
 
@@ -142,6 +160,7 @@ def train_args(wildcards):
             ("--lr", train["lr"]),
             ("--patience", train["patience"] or None),
             ("--lr-schedule", lr_schedule_arg(train["lr_schedule"])),
+            ("--conditions", "labels" if spec["conditional"] else None),
             ("--device", train["device"]),
             ("--seed", spec["seed"]),
             ("--resume" if train["resume"] else "--no-resume", []),

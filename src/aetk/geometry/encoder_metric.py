@@ -67,14 +67,23 @@ class EncoderMetric(Metric, nn.Module):
     @classmethod
     def from_model(cls, model: nn.Module, x: Tensor, *, n_centroids: int | None = None,
                    method: str = "kmeans", seed: int = 0, batch_size: int = 4096,
-                   **kwargs: float) -> EncoderMetric:
-        """The metric of `model`'s encoder on the training data `x`: all N codes, or
-        `n_centroids` of them chosen by `method` (as the RHVAE's centroids: "kmeans" snapped
-        to codes, "kmeans++" or "kmedoids") to bound the cost of an evaluation."""
+                   conditions: Tensor | None = None, **kwargs: float) -> EncoderMetric:
+        """The metric of `model`'s encoder on the training data `x` (with their
+        `conditions` for a conditional model): all N codes, or `n_centroids` of them chosen
+        by `method` (as the RHVAE's centroids: "kmeans" snapped to codes, "kmeans++" or
+        "kmedoids") to bound the cost of an evaluation."""
         param = next(model.parameters())
         x = torch.as_tensor(x, dtype=param.dtype)
+        rows = torch.arange(len(x)).split(batch_size)
         with torch.no_grad():
-            parts = [model.encode(b.to(param.device)) for b in x.split(batch_size)]
+            if conditions is None:
+                parts = [model.encode(x[r].to(param.device)) for r in rows]
+            else:
+                c = torch.as_tensor(conditions)
+                parts = []
+                for r in rows:
+                    with model.given(c[r]):
+                        parts.append(model.encode(x[r].to(param.device)))
         if not all(isinstance(q, D.Distribution) for q in parts):
             raise ValueError(f"the encoder metric needs a distribution-valued encoder; "
                              f"{type(model).__name__} has a deterministic one")

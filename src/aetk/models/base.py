@@ -3,7 +3,8 @@ calls (so that fit never needs to know the model's class)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from torch import nn
 
 from .. import validate
 from ..distributions import kl_to_standard_normal, mean, standard_normal_log_prob
+from ..nets import Conditioned
 
 
 def adam(params: Iterable[nn.Parameter], lr: float,
@@ -32,7 +34,13 @@ class LossOutput:
 
 
 class Model(nn.Module):
-    """An encoder and a decoder; subclasses define `loss`."""
+    """An encoder and a decoder; subclasses define `loss`.
+
+    A conditional model (encoder and decoder built with `n_conditions = k > 0`: q(z|x, c),
+    p(x|z, c)) is called inside `with model.given(c):`, which gives every conditional
+    network the conditions `c (B, k)` of the batch (or `(k,)` for all rows); `aetk.fit`
+    does this for each batch of `(x, c)` pairs.
+    """
 
     build_spec: dict[str, Any] | None = None  # set by build_model, lets save/load rebuild it
 
@@ -42,6 +50,32 @@ class Model(nn.Module):
         self.decoder = decoder
         self.latent_dim: int = encoder.latent_dim
         self.input_shape = getattr(encoder, "input_shape", None)
+        self.n_conditions: int = getattr(encoder, "n_conditions", 0)
+        if getattr(decoder, "n_conditions", 0) != self.n_conditions:
+            raise ValueError(f"the encoder takes {self.n_conditions} conditions and the decoder "
+                             f"{getattr(decoder, 'n_conditions', 0)}: build both with the same "
+                             "n_conditions")
+
+    @contextmanager
+    def given(self, c: torch.Tensor) -> Iterator[Model]:
+        """Within the block, the conditional networks see the conditions `c`: `(B, k)` for
+        a batch of B rows, or `(k,)` (one row) for every input."""
+        if not self.n_conditions:
+            raise ValueError(f"this {type(self).__name__} takes no conditions (build it with "
+                             "n_conditions > 0 for a conditional model)")
+        param = next(self.parameters())
+        c = torch.as_tensor(c).to(param.device, param.dtype)
+        c = c[None] if c.dim() == 1 else c
+        validate.check_conditions(c, self.n_conditions, "conditions")
+        nets = [m for m in self.modules() if isinstance(m, Conditioned)]
+        before = [m.conditions for m in nets]
+        for m in nets:
+            m.conditions = c
+        try:
+            yield self
+        finally:
+            for m, b in zip(nets, before, strict=True):
+                m.conditions = b
 
     def loss(self, x: torch.Tensor) -> LossOutput:
         raise NotImplementedError
