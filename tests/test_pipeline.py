@@ -28,7 +28,8 @@ ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.envi
 TINY = {
     "data": {"source": "mnist5k", "n_samples": 300,
              "transforms": ["scale01", {"name": "binarise", "threshold": 0.5}]},
-    "grid": {"models": ["vae", "rhvae"], "likelihoods": ["bernoulli"]},
+    "grid": {"models": ["vae", "rhvae"], "likelihoods": ["bernoulli"],
+             "conditional": [False, True]},
     "network": {"hidden": [32]},
     "model_options": {"rhvae": {"centroids": 16}},
     "train": {"epochs": 1, "batch_size": 64},
@@ -265,7 +266,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_tiny_run_outputs(tiny_run: Path) -> None:
     import aetk
 
-    wd, runs = tiny_run, ["vae-bernoulli", "rhvae-bernoulli"]
+    wd, runs = tiny_run, ["vae-bernoulli", "vae-bernoulli-cond", "rhvae-bernoulli"]
     data = storage.read_zarr(wd / "results/data/mnist5k.zarr")
     assert data["x"].shape == (300, 784) and set(np.unique(data["x"])) == {0.0, 1.0}
     assert int(data["split"].sum()) == 30 and data.attrs["image_shape"] == [28, 28]
@@ -298,6 +299,10 @@ def test_tiny_run_outputs(tiny_run: Path) -> None:
     assert (wd / "results/report/comparison.png").stat().st_size > 5000
     table = pd.read_csv(wd / "results/report/comparison.tsv", sep="\t")
     assert table["run"].tolist() == runs
+    assert table["conditions"].tolist() == ["none", "labels", "none"]
+    assert aetk.load(wd / "results/models/vae-bernoulli-cond/model").n_conditions == 10
+    cond = storage.read_zarr(wd / "results/latent/vae-bernoulli-cond.zarr")
+    assert cond["generated_class"].values.tolist() == [0, 1, 2, 3]
     for _, row in table.iterrows():
         history = pd.read_csv(wd / f"results/models/{row['run']}/history.tsv", sep="\t")
         assert row["final_val_loss"] == pytest.approx(history["val_loss"].iloc[-1], rel=1e-5)
@@ -305,8 +310,8 @@ def test_tiny_run_outputs(tiny_run: Path) -> None:
         val = lat["split"].values == storage.SPLIT_VALIDATION
         assert row["val_log_marginal"] == pytest.approx(lat["log_marginal"].values[val].mean(),
                                                         rel=1e-5)
-    assert np.isnan(table["geodesic_length_ratio"].iloc[0])
-    assert table["geodesic_length_ratio"].iloc[1] <= 1 + 1e-6
+    assert table["geodesic_length_ratio"].iloc[:2].isna().all()
+    assert table["geodesic_length_ratio"].iloc[2] <= 1 + 1e-6
 
 
 @pytest.mark.slow
@@ -316,7 +321,7 @@ def test_report_zip_and_no_rerun(tiny_run: Path) -> None:
     with zipfile.ZipFile(wd / "results/report.zip") as z:
         names = z.namelist()
         html = z.read("report/report.html").decode()
-    assert sum(n.endswith(".png") for n in names) == 2 * 3 + 1 + 2
+    assert sum(n.endswith(".png") for n in names) == 3 * 3 + 1 + 2
     assert any(n.endswith("comparison.tsv") for n in names)
     assert "Geodesics (solid lines, one colour per pair)" in html and "rhvae-bernoulli" in html
     # up to date, also after a checkout touches the workflow's code
