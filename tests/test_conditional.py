@@ -160,14 +160,14 @@ def test_decoder_follows_the_condition_and_conditions_help():
         assert (classifier.predict(images.detach().numpy()) == k).mean() >= 0.8, k
 
 
-def test_every_model_but_two_trains_conditionally_and_round_trips(tmp_path):
+def test_every_model_but_the_vampprior_trains_conditionally_and_round_trips(tmp_path):
     x, _, c = _digits()
     for name in aetk.MODELS:
-        if name in ("rhvae", "vampprior"):
-            with pytest.raises(ValueError, match=f"{name} cannot be conditional"):
+        if name == "vampprior":
+            with pytest.raises(ValueError, match="vampprior cannot be conditional"):
                 _build(name)
             continue
-        options = {"n_codes": 16} if name == "vqvae" else {}
+        options = {"vqvae": {"n_codes": 16}, "rhvae": {"centroids": 16}}.get(name, {})
         model = _build(name, **options)
         hist = _fit(model, (x[:256], c[:256]), (x[256:320], c[256:320]), epochs=2)
         assert np.isfinite(hist["val_loss"]).all(), name
@@ -177,6 +177,28 @@ def test_every_model_but_two_trains_conditionally_and_round_trips(tmp_path):
         with model.given(c[:20]), loaded.given(c[:20]):
             np.testing.assert_allclose(loaded.reconstruct(x[:20]), model.reconstruct(x[:20]),
                                        err_msg=name)
+
+
+def test_rhvae_centroids_keep_their_conditions_and_the_metric_uses_them(tmp_path):
+    """The centroids chosen when fit starts keep their points' classes; the frozen metric's
+    centroid codes are the encoder means of those points given those classes (another
+    class moves them); a saved and reloaded model has the same metric."""
+    x, y, c = _digits()
+    model = _build("rhvae", centroids=12)
+    _fit(model, (x[:300], c[:300]), epochs=2)
+    rows = [int(torch.nonzero((x[:300] == p).all(1))[0, 0]) for p in model.centroid_data]
+    np.testing.assert_array_equal(model.centroid_conditions.argmax(1), y[:300][rows])
+    with model.given(model.centroid_conditions):
+        own = model.latent_mean(model.centroid_data)
+    with model.given(model.centroid_conditions.roll(1, dims=1)):
+        other = model.latent_mean(model.centroid_data)
+    torch.testing.assert_close(model.centroid_latent, own)
+    assert not torch.allclose(model.centroid_latent, other, atol=1e-3)
+    model.save(tmp_path / "m")
+    z = torch.randn(7, 2)
+    torch.testing.assert_close(aetk.load(tmp_path / "m").G(z), model.G(z))
+    with pytest.raises(ValueError, match="needs their centroid_conditions"):
+        aetk.RHVAE(model.encoder, model.decoder, centroids=x[:5])
 
 
 def test_log_marginal_is_conditional():

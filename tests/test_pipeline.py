@@ -128,20 +128,26 @@ def test_network_channels_and_patience_reach_the_train_command(tmp_path: Path) -
 
 def test_conditional_grid_names_its_runs_and_passes_the_labels(tmp_path: Path) -> None:
     """`grid.conditional: [false, true]` adds a -cond run of each model that can be
-    conditional (not rhvae), trained with `--conditions labels`."""
-    wd = make_workdir(tmp_path, {"grid": {"models": ["vae", "rhvae"],
-                                          "conditional": [False, True]}})
+    conditional (not the VampPrior), trained with `--conditions labels`; with pull-back
+    geodesics on, the conditional runs get geodesics only for the RHVAE."""
+    wd = make_workdir(tmp_path, {"grid": {"models": ["vae", "rhvae", "vampprior"],
+                                          "conditional": [False, True]},
+                                 "geodesics": {"pullback": True}})
     out = snakemake(wd, "-n", "-p", "--cores", "2", "--configfile", "test.yaml").stdout
     trains = {line.split("--out results/models/")[1].split("/")[0]: line
               for line in out.splitlines() if "Shell command: aetk train" in line}
-    assert set(trains) == {"vae-bernoulli", "vae-bernoulli-cond", "rhvae-bernoulli"}
-    assert [r for r, line in trains.items() if "--conditions labels" in line] == [
-        "vae-bernoulli-cond"]
-    only = make_workdir(tmp_path / "only", {"grid": {"models": ["rhvae"],
+    assert set(trains) == {"vae-bernoulli", "vae-bernoulli-cond", "rhvae-bernoulli",
+                           "rhvae-bernoulli-cond", "vampprior-bernoulli"}
+    assert {r for r, line in trains.items() if "--conditions labels" in line} == {
+        "vae-bernoulli-cond", "rhvae-bernoulli-cond"}
+    geodesics = {line.split("--out results/geodesics/")[1].split(".zarr")[0]
+                 for line in out.splitlines() if "Shell command: aetk geodesics" in line}
+    assert geodesics == set(trains) - {"vae-bernoulli-cond"}
+    only = make_workdir(tmp_path / "only", {"grid": {"models": ["vampprior"],
                                                      "conditional": [True]}})
     proc = snakemake(only, "-n", "--configfile", "test.yaml", check=False)
     assert proc.returncode != 0
-    assert "cannot be conditional (rhvae, vampprior)" in proc.stdout + proc.stderr
+    assert "cannot be conditional (vampprior)" in proc.stdout + proc.stderr
 
 
 def test_lint_and_snakefmt(tmp_path: Path) -> None:
@@ -195,7 +201,8 @@ def test_schema_names_match_the_registries() -> None:
 
     models = schema["properties"]["model_options"]["properties"]
     for name, (_, constructor) in build.MODELS.items():
-        sizes = {"encoder", "decoder", "shape", "hidden", "activation", "metric_net"}
+        sizes = {"encoder", "decoder", "shape", "hidden", "activation", "metric_net",
+                 "centroid_conditions"}
         assert options(models[name]) == keywords(constructor, sizes), name
     likelihoods = schema["properties"]["likelihood_options"]["properties"]
     for name, decoder in build.LIKELIHOODS.items():
@@ -266,7 +273,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_tiny_run_outputs(tiny_run: Path) -> None:
     import aetk
 
-    wd, runs = tiny_run, ["vae-bernoulli", "vae-bernoulli-cond", "rhvae-bernoulli"]
+    wd, runs = tiny_run, ["vae-bernoulli", "vae-bernoulli-cond", "rhvae-bernoulli",
+                          "rhvae-bernoulli-cond"]
     data = storage.read_zarr(wd / "results/data/mnist5k.zarr")
     assert data["x"].shape == (300, 784) and set(np.unique(data["x"])) == {0.0, 1.0}
     assert int(data["split"].sum()) == 30 and data.attrs["image_shape"] == [28, 28]
@@ -299,7 +307,7 @@ def test_tiny_run_outputs(tiny_run: Path) -> None:
     assert (wd / "results/report/comparison.png").stat().st_size > 5000
     table = pd.read_csv(wd / "results/report/comparison.tsv", sep="\t")
     assert table["run"].tolist() == runs
-    assert table["conditions"].tolist() == ["none", "labels", "none"]
+    assert table["conditions"].tolist() == ["none", "labels", "none", "labels"]
     assert aetk.load(wd / "results/models/vae-bernoulli-cond/model").n_conditions == 10
     cond = storage.read_zarr(wd / "results/latent/vae-bernoulli-cond.zarr")
     assert cond["generated_class"].values.tolist() == [0, 1, 2, 3]
@@ -311,7 +319,7 @@ def test_tiny_run_outputs(tiny_run: Path) -> None:
         assert row["val_log_marginal"] == pytest.approx(lat["log_marginal"].values[val].mean(),
                                                         rel=1e-5)
     assert table["geodesic_length_ratio"].iloc[:2].isna().all()
-    assert table["geodesic_length_ratio"].iloc[2] <= 1 + 1e-6
+    assert (table["geodesic_length_ratio"].iloc[2:] <= 1 + 1e-6).all()
 
 
 @pytest.mark.slow
@@ -321,7 +329,7 @@ def test_report_zip_and_no_rerun(tiny_run: Path) -> None:
     with zipfile.ZipFile(wd / "results/report.zip") as z:
         names = z.namelist()
         html = z.read("report/report.html").decode()
-    assert sum(n.endswith(".png") for n in names) == 3 * 3 + 1 + 2
+    assert sum(n.endswith(".png") for n in names) == 4 * 3 + 2 + 2
     assert any(n.endswith("comparison.tsv") for n in names)
     assert "Geodesics (solid lines, one colour per pair)" in html and "rhvae-bernoulli" in html
     # up to date, also after a checkout touches the workflow's code

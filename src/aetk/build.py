@@ -77,13 +77,13 @@ MODELS: dict[str, tuple[type[nn.Module], Callable[..., Model]]] = {
     "vqvae": (DeterministicEncoder, VQVAE),
 }
 
-# models whose networks also see points outside the batch, which have no conditions
+# models whose networks also see points that have no conditions
 _UNCONDITIONAL = {
-    "rhvae": "its metric network and centroids see training points outside the batch",
     "vampprior": "its prior encodes pseudo-inputs, which have no conditions",
 }
 _SIZE_ARGS = ("shape", "hidden", "activation")
-_NETWORK_ARGS = ("metric_net",)  # built from the sizes, never passed by name
+# built from the sizes, or taken with the centroids when fit starts: never passed by name
+_NETWORK_ARGS = ("metric_net", "centroid_conditions")
 _DECODER_SIZE_ARGS = (
     "network", "latent_dim", "out_features", "output_shape", "hidden", "activation",
     "channels", "image_shape", "n_conditions",

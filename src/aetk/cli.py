@@ -780,7 +780,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "probability while training (0: off)")
     p.add_argument("--conditions", choices=("none", "labels"), default="none",
                    help="labels: a conditional model, q(z|x, c) and p(x|z, c), given the one-hot "
-                   "class of each sample (the store's categorical labels); not for rhvae and "
+                   "class of each sample (the store's categorical labels); not for "
                    "vampprior")
     p.add_argument("--options", default="{}", help="JSON object of model/likelihood options, "
                    "e.g. '{\"beta\": 4}'")

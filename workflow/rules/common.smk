@@ -49,7 +49,7 @@ DATASET = dataset_name()
 DATA_STORE = f"results/data/{DATASET}.zarr"
 
 
-UNCONDITIONAL = ("rhvae", "vampprior")  # see aetk.build_model
+UNCONDITIONAL = ("vampprior",)  # see aetk.build_model
 
 
 def make_runs():
@@ -85,10 +85,12 @@ def make_runs():
 
 
 RUNS = make_runs()
+# a conditional decoder's pull-back depends on the class: only the RHVAE's shared metric
 GEODESIC_RUNS = [
     r
     for r, spec in RUNS.items()
-    if spec["model"] == "rhvae" or config["geodesics"]["pullback"]
+    if spec["model"] == "rhvae"
+    or (config["geodesics"]["pullback"] and not spec["conditional"])
 ]
 
 

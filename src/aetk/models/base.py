@@ -56,6 +56,11 @@ class Model(nn.Module):
                              f"{getattr(decoder, 'n_conditions', 0)}: build both with the same "
                              "n_conditions")
 
+    def conditions(self) -> torch.Tensor | None:
+        """The conditions set by the innermost `given` block (None outside one)."""
+        nets = (m for m in self.modules() if isinstance(m, Conditioned))
+        return next((m.conditions for m in nets), None)
+
     @contextmanager
     def given(self, c: torch.Tensor) -> Iterator[Model]:
         """Within the block, the conditional networks see the conditions `c`: `(B, k)` for

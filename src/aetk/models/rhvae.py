@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from .. import validate
 from ..centroids import METHODS, select_centroids
 from ..distributions import log_prob, mean, standard_normal_log_prob
 from ..hamiltonian import (
@@ -75,6 +78,11 @@ class RHVAE(Model):
     (`centroid_method`, see `aetk.centroids`) when `fit` starts. `centroid_reduction`:
     `"mean"` (`a = 1/N`, AETK) or `"sum"` (`a = 1`, the paper). `float64_metric` runs the
     `d x d` algebra in float64. `logp_prefactor`, `logq_prefactor`: as in `HVAE`.
+
+    A conditional RHVAE (networks with `n_conditions`) keeps each centroid's conditions
+    (`centroid_conditions`, given with tensor `centroids`, else taken with the points when
+    `fit` starts) and evaluates `mu` and `L` there with them, so that its metric, like the
+    latent space, is shared by all conditions.
     """
 
     def __init__(
@@ -94,6 +102,7 @@ class RHVAE(Model):
         float64_metric: bool = True,
         logp_prefactor: Sequence[float] = (1.0, 1.0, 1.0),
         logq_prefactor: Sequence[float] = (1.0, 1.0),
+        centroid_conditions: torch.Tensor | None = None,
     ) -> None:
         super().__init__(encoder, decoder)
         if centroid_reduction not in ("mean", "sum"):
@@ -131,6 +140,16 @@ class RHVAE(Model):
         self.register_buffer("centroid_latent", torch.zeros(n, d))
         self.register_buffer("centroid_M", torch.zeros(n, d, d))
         self.register_buffer("has_centroids", torch.tensor(given))
+        if self.n_conditions:
+            if given and centroid_conditions is None:
+                raise ValueError("a conditional RHVAE with centroid points needs their "
+                                 "centroid_conditions, (n, n_conditions)")
+            conditions = (torch.as_tensor(centroid_conditions).detach().float().clone()
+                          if given else torch.zeros(n, self.n_conditions))
+            validate.check_conditions(conditions, self.n_conditions, "centroid_conditions", n)
+            self.register_buffer("centroid_conditions", conditions)
+        elif centroid_conditions is not None:
+            raise ValueError("centroid_conditions are for a conditional RHVAE")
         if given:
             self.update_metric()
 
@@ -160,11 +179,18 @@ class RHVAE(Model):
             raise RuntimeError("the RHVAE has no centroids yet: train it with aetk.fit "
                                "or give centroids=<tensor of training points>")
 
+    def _at_centroids(self) -> Any:
+        """The centroids' own conditions for the block (a conditional RHVAE)."""
+        return (self.given(self.centroid_conditions) if self.n_conditions
+                else contextlib.nullcontext())
+
     def live_metric(self) -> CentroidMetric:
         """The metric from the current networks, differentiable in their parameters."""
         self._require_centroids()
-        L = self.lower_factor(self.centroid_data)
-        return self._metric(self.latent_mean(self.centroid_data), L @ L.mT)
+        with self._at_centroids():
+            L = self.lower_factor(self.centroid_data)
+            c = self.latent_mean(self.centroid_data)
+        return self._metric(c, L @ L.mT)
 
     def frozen_metric(self) -> CentroidMetric:
         """The metric from the buffers set by `update_metric()`."""
@@ -177,8 +203,9 @@ class RHVAE(Model):
         self._require_centroids()
         was_training = self.training
         self.eval()
-        L = self.lower_factor(self.centroid_data)
-        self.centroid_latent.copy_(self.latent_mean(self.centroid_data))
+        with self._at_centroids():
+            L = self.lower_factor(self.centroid_data)
+            self.centroid_latent.copy_(self.latent_mean(self.centroid_data))
         self.centroid_M.copy_(L @ L.mT)
         self.train(was_training)
 
@@ -252,6 +279,9 @@ class RHVAE(Model):
             seed = int(torch.randint(2**31 - 1, ()))  # fit seeds torch: reproducible choice
             idx = select_centroids(train, len(self.centroid_data), self.centroid_method, seed)
             self.centroid_data = train[idx.to(train.device)].to(self.centroid_data.dtype)
+            if self.n_conditions:  # fit sets the training set's conditions for this hook
+                self.centroid_conditions = self.conditions()[idx.to(train.device)].to(
+                    self.centroid_conditions.dtype)
             self.has_centroids.fill_(True)
         self.update_metric()
 
