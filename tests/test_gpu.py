@@ -210,3 +210,30 @@ def test_log_marginal_on_cuda_equals_the_cpu():
     on_gpu = aetk.log_marginal(copy.deepcopy(cpu).to(GPU), x.to(GPU), n_samples=5000)
     assert on_gpu.device.type == GPU.type
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=0, atol=0.05)
+
+
+@pytest.mark.parametrize("kind", ["vae", "rhvae"])
+def test_conditional_model_trains_on_cuda_from_cpu_conditions(kind, same_noise):
+    """Conditions given on the CPU reach the GPU networks (fit and `given`), and the loss
+    there equals the CPU's."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data[:400] / 16, dtype=torch.float32)
+    c = torch.nn.functional.one_hot(torch.tensor(d.target[:400]), 10).float()
+    torch.manual_seed(0)
+    opts = {"centroids": 16} if kind == "rhvae" else {}
+    model = aetk.build_model(kind, "bernoulli", in_features=64, latent_dim=2, hidden=(64,),
+                             n_conditions=10, **opts)
+    hist = aetk.fit(model, (x[:320], c[:320]), (x[320:], c[320:]), epochs=3, batch_size=32,
+                    progress=False, device="auto", seed=0)
+    assert all(p.device.type == "cuda" for p in model.parameters())
+    assert hist["val_loss"].iloc[-1] < hist["val_loss"].iloc[0]
+    cpu = copy.deepcopy(model).cpu().double()
+    gpu = copy.deepcopy(cpu).to(GPU)
+    losses = []
+    for m, xx in ((cpu, x[:32].double()), (gpu, x[:32].double().to(GPU))):
+        same_noise(1)
+        with m.given(c[:32]):
+            losses.append(m.loss(xx).loss.item())
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-10)
