@@ -238,6 +238,13 @@ def test_conditional_model_from_train_to_encode_and_sample(steps: Path, tmp_path
     latent = storage.read_zarr(tmp_path / "l.zarr")
     assert latent.attrs["conditions"] == "labels"
     assert latent["generated_class"].values.tolist() == [*range(10), 0, 1]
+    # counterfactuals: each example's code as every class; as its own, its reconstruction
+    moved = latent["example_transfer"].values
+    own = latent["label"].values[latent["example_index"].values]
+    assert moved.shape == (len(own), 10, 64)
+    np.testing.assert_allclose(moved[np.arange(len(own)), own],
+                               latent["example_reconstruction"].values, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(moved[:, 0], moved[:, 1], atol=1e-3)
     assert np.isfinite(latent["log_marginal"].values).all()
     # the stored codes are those of q(z|x, c) with each sample's own class
     stored = storage.read_data(data)

@@ -258,7 +258,8 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
     (NaN when 0, or for a deterministic model). With categorical labels, ``n_scored``
     samples of each sampler are kept for the report's classifier score (``scored_*``).
     A conditional model sees each sample's ``conditions`` (the terms are then given c),
-    and generates under conditions that go through the classes in turn.
+    generates under conditions that go through the classes in turn, and decodes each
+    example's code given every class (``example_transfer``).
     """
     import contextlib
 
@@ -315,6 +316,12 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
         out["example_index"] = idx
         with given(torch.as_tensor(idx)):
             out["example_reconstruction"] = model.reconstruct(x_all[idx]).float().cpu().numpy()
+            codes = model.latent_mean(x_all[idx])
+        if c_all is not None:  # each example's code decoded as every class: counterfactuals
+            k = model.n_conditions
+            with given_classes(model, torch.arange(k).repeat_interleave(len(idx))):
+                moved = mean(model.decode(codes.repeat(k, 1))).float().cpu().numpy()
+            out["example_transfer"] = moved.reshape(k, len(idx), -1).transpose(1, 0, 2)
         # one draw per sampler: the first n_generated are shown, all n are scored
         n_scored = n_scored if stored.label_kind == "categorical" else 0
         n = max(n_generated, n_scored)
@@ -388,6 +395,10 @@ def cmd_encode(args: argparse.Namespace) -> None:
     ds["example_index"] = (("example",), enc["example_index"])
     ds["example_data"] = (("example", "feature"), stored.x[enc["example_index"]])
     ds["example_reconstruction"] = (("example", "feature"), enc["example_reconstruction"])
+    if "example_transfer" in enc:
+        ds["example_transfer"] = (("example", "class", "feature"), enc["example_transfer"], {
+            "description": "each example's code (given its own class) decoded given each "
+                           "class: counterfactuals of the conditional model"})
     if "generated" in enc:
         ds = ds.assign_coords(generated=np.arange(len(enc["generated"])))
         ds["generated"] = (("generated", "feature"), enc["generated"])

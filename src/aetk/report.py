@@ -125,15 +125,19 @@ def _heatmaps(rows: list[np.ndarray], row_names: list[str], title: str) -> Figur
 
 
 def plot_reconstructions(latent: xr.Dataset, path: Path) -> None:
-    """Validation samples (top) and their reconstructions (bottom)."""
-    data = latent["example_data"].values
-    recon = latent["example_reconstruction"].values
+    """Validation samples (top) and their reconstructions (below); for a conditional model
+    also each example's code decoded as every class (counterfactuals)."""
+    rows = [latent["example_data"].values, latent["example_reconstruction"].values]
+    names = ["data", "reconstruction"]
+    if "example_transfer" in latent:
+        moved = latent["example_transfer"].values
+        classes = latent.attrs.get("label_names") or list(range(moved.shape[1]))
+        rows += list(moved.transpose(1, 0, 2))
+        names += [f"as {c}" for c in classes[:moved.shape[1]]]
     shape = latent.attrs.get("image_shape")
     title = f"reconstructions: {_title(latent)}"
-    if shape:
-        fig = _image_grid([data, recon], tuple(shape), ["data", "reconstruction"], title)
-    else:
-        fig = _heatmaps([data, recon], ["data", "reconstruction"], title)
+    fig = (_image_grid(rows, tuple(shape), names, title) if shape
+           else _heatmaps(rows, names, title))
     _save(fig, path)
 
 
