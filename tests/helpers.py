@@ -22,6 +22,19 @@ def digits(likelihood: str = "bernoulli", n: int = 600) -> tuple[torch.Tensor, d
     return x, {}
 
 
+def mmd_by_hand(x: np.ndarray, y: np.ndarray, gram, unbiased: bool) -> float:
+    """MMD^2 of samples `x`, `y` with the kernel matrix function `gram(a, b)`: the
+    U-statistic (diagonals left out) or the V-statistic."""
+    kxx, kyy, kxy = gram(x, x), gram(y, y), gram(x, y)
+    n, m = len(x), len(y)
+    if unbiased:
+        xx = (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
+        yy = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+    else:
+        xx, yy = kxx.mean(), kyy.mean()
+    return xx + yy - 2 * kxy.mean()
+
+
 class FixedMLP:
     """`Linear -> tanh -> Linear` with seeded float64 weights, as a torch module (`.module`)
     and by hand in numpy (`__call__`)."""
