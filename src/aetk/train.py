@@ -339,7 +339,9 @@ def fit(
     validation loss, every loss term, and the seconds the epoch took.
 
     `train` and `val` are tensors, numpy arrays or torch datasets (a dataset's items may be
-    `(x, label)` tuples; labels are ignored). With `checkpoint`, model, optimisers, random
+    `(x, label)` tuples; labels are ignored); for a conditional model (`n_conditions > 0`),
+    `(x, c)` pairs, a `TensorDataset(x, c)` or a dataset of `(x, c)` items, and every step
+    runs inside `model.given(c)` of its batch. With `checkpoint`, model, optimisers, random
     states and history are saved after every epoch, and a later call with the same
     arguments resumes where the last finished epoch left off (`resume=False` starts over).
     A NaN or infinite loss stops training with `TrainingDiverged`: the model is put back
