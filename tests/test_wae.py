@@ -181,3 +181,16 @@ def test_build_model_takes_every_likelihood(likelihood):
 def test_build_model_rejects_bad_options(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         aetk.build_model("wae", "bernoulli", in_features=5, latent_dim=3, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["wae", "infovae"])
+@pytest.mark.parametrize(("kwargs", "pattern"), [
+    ({"scales": [1.0, -2.0]}, r"scales must be positive kernel bandwidths"),
+    ({"n_prior_samples": 1}, r"n_prior_samples must be an integer >= 2, got 1"),
+    ({"kernel": "rbf"}, r"unknown kernel 'rbf'; valid: gaussian, imq"),
+])
+def test_both_mmd_models_refuse_options_the_mmd_cannot_use(name, kwargs, pattern):
+    """One prior draw has no pair for the U-statistic: refused at construction, not a NaN
+    loss in training."""
+    with pytest.raises(ValueError, match=pattern):
+        aetk.build_model(name, "bernoulli", in_features=5, latent_dim=3, **kwargs)

@@ -55,6 +55,16 @@ def mmd(
     return xx + yy - 2 * kxy.mean()
 
 
+def check_mmd_options(kernel: str, scales: Sequence[float], n_samples: int | None) -> None:
+    """Raise ValueError for options `mmd_to_standard_normal` cannot use: an unknown kernel,
+    a bandwidth <= 0, or fewer than 2 prior draws (the U-statistic pairs them)."""
+    get_kernel(kernel)
+    if not scales or min(scales) <= 0:
+        raise ValueError(f"scales must be positive kernel bandwidths, got {list(scales)}")
+    if n_samples is not None and (int(n_samples) != n_samples or n_samples < 2):
+        raise ValueError(f"n_prior_samples must be an integer >= 2, got {n_samples}")
+
+
 def mmd_to_standard_normal(
     z: torch.Tensor,
     kernel: str = "gaussian",

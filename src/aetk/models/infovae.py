@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from ..distributions import kl_to_standard_normal
-from ..kernels import get_kernel, mmd_to_standard_normal
+from ..kernels import check_mmd_options, mmd_to_standard_normal
 from .base import LossOutput
 from .vae import VAE
 
@@ -39,7 +39,7 @@ class InfoVAE(VAE):
         self.kernel, self.scales = kernel, tuple(float(s) for s in scales)
         self.n_prior_samples = n_prior_samples
         self.unbiased = unbiased
-        get_kernel(kernel)  # reject an unknown name now
+        check_mmd_options(kernel, scales, n_prior_samples)
 
     def loss(self, x: torch.Tensor) -> LossOutput:
         q = self.encoder(x)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..kernels import get_kernel, mmd_to_standard_normal
+from ..kernels import check_mmd_options, mmd_to_standard_normal
 from .ae import AE
 from .base import LossOutput
 from .vae import VAE
@@ -48,14 +48,9 @@ class WAE(AE):
         unbiased: bool = True,
     ) -> None:
         super().__init__(encoder, decoder)
-        get_kernel(kernel)  # reject an unknown name now
+        check_mmd_options(kernel, scales, n_prior_samples)
         if lam < 0:
             raise ValueError(f"the MMD weight lam must be >= 0, got {lam}")
-        if not scales or min(scales) <= 0:
-            raise ValueError(f"scales must be positive kernel bandwidths, got {list(scales)}")
-        if n_prior_samples is not None and (int(n_prior_samples) != n_prior_samples
-                                            or n_prior_samples < 2):
-            raise ValueError(f"n_prior_samples must be an integer >= 2, got {n_prior_samples}")
         self.lam, self.kernel = float(lam), kernel
         self.scales = tuple(float(s) for s in scales)
         self.n_prior_samples = None if n_prior_samples is None else int(n_prior_samples)
