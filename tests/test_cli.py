@@ -269,7 +269,8 @@ def test_conditional_model_from_train_to_encode_and_sample(steps: Path, tmp_path
     assert cli.main(["train", "--data", str(tmp_path / "roll.zarr"), "--model", "vae",
                      "--likelihood", "gaussian", "--conditions", "labels", "--epochs", "1",
                      "--out", str(tmp_path / "r"), "--history", str(tmp_path / "r.tsv")]) == 1
-    assert "--conditions labels needs categorical labels, but" in capsys.readouterr().err
+    assert "conditions from labels (a conditional model) need categorical labels, but" in \
+        capsys.readouterr().err
     assert not (tmp_path / "x.zarr").exists() and not (tmp_path / "r").exists()
 
 

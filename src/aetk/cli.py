@@ -141,9 +141,9 @@ def label_conditions(stored: storage.StoredData, path: str) -> np.ndarray:
     """One-hot rows of the store's categorical labels, `(N, classes)`: the conditions of
     `--conditions labels`."""
     if stored.labels is None or stored.label_kind != "categorical":
-        raise ValueError(f"--conditions labels needs categorical labels, but {path} has "
-                         f"{'none' if stored.labels is None else stored.label_kind + ' labels'} "
-                         "(preprocess with --labels)")
+        kind = "none" if stored.labels is None else stored.label_kind + " labels"
+        raise ValueError(f"conditions from labels (a conditional model) need categorical "
+                         f"labels, but {path} has {kind} (preprocess with --labels)")
     k = len(stored.label_names) if stored.label_names else int(stored.labels.max()) + 1
     return np.eye(k, dtype=np.float32)[stored.labels]
 
