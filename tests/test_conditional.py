@@ -258,3 +258,25 @@ def test_build_refusals():
     with pytest.raises(ValueError, match="encoder takes 3 conditions and the decoder 0"):
         aetk.VAE(GaussianEncoder(in_features=4, latent_dim=2, n_conditions=3),
                  dec.BernoulliDecoder(latent_dim=2, out_features=4))
+
+
+def test_pullback_metric_given_one_class_is_that_class_decoders():
+    """Inside `given(one row)`, the pull-back is J^T J of z -> sigmoid(net([z, c])), the
+    Jacobian taken here by plain autograd on the inner network; other classes, other
+    metrics."""
+    from aetk.geometry import metric_for
+
+    model, _ = _trained_cvae()
+    inner = model.decoder.network.network  # the MLP behind nets.Conditioned
+    z = torch.randn(3, 2, generator=torch.Generator().manual_seed(2))
+    metrics = []
+    for k in (3, 7):
+        c = torch.eye(10)[k]
+        with model.given(c):
+            got = metric_for(model).metric(z)
+        for i in range(3):
+            jac = torch.autograd.functional.jacobian(
+                lambda p, c=c: torch.sigmoid(inner(torch.cat([p, c]))), z[i])
+            torch.testing.assert_close(got[i], jac.T @ jac, rtol=1e-4, atol=1e-6)
+        metrics.append(got)
+    assert not torch.allclose(metrics[0], metrics[1], rtol=0.05)
