@@ -114,6 +114,33 @@ def test_vae_and_beta_vae(fixed_eps, beta, n_samples):
     assert out.loss.item() == pytest.approx(rec + beta * kl.mean(), rel=1e-12)
 
 
+def test_free_bits_charge_each_dimension_at_least_lambda(fixed_eps):
+    """L = rec + beta sum_j max(lambda, <KL_j>), <.> the batch mean of dimension j's KL;
+    lambda is put between the two dimensions' KLs, so one is charged at lambda and the
+    other at its own KL (a clamp of the total, or of each row's KL, gives other numbers)."""
+    enc, enc_net = _gaussian_encoder()
+    dec_net = NumpyMLP(Z_DIM, X_DIM, 2)
+    mu, sigma, kl = _hand_posterior(enc_net, X01)
+    per_dim = (0.5 * (sigma**2 + mu**2 - 1 - 2 * np.log(sigma))).mean(0)
+    lam = float(per_dim.mean())
+    assert per_dim.min() < lam < per_dim.max()
+    model = aetk.VAE(enc, dec.BernoulliDecoder(dec_net.module, latent_dim=Z_DIM,
+                                               out_features=X_DIM), beta=2.0, free_bits=lam)
+    rec = -_bce_log_lik(dec_net(mu + sigma * EPS[1]), X01).mean()
+    charged = np.maximum(lam, per_dim).sum()
+    out = model.loss(_x())
+    assert out.terms["kl"].item() == pytest.approx(kl.mean(), rel=1e-12)
+    assert out.terms["kl_charged"].item() == pytest.approx(charged, rel=1e-12)
+    assert out.loss.item() == pytest.approx(rec + 2.0 * charged, rel=1e-12)
+    # no gradient reaches a dimension below lambda through the KL
+    (grad,) = torch.autograd.grad(out.terms["kl_charged"], enc.network[-1].bias)
+    low, high = int(np.argmin(per_dim)), int(np.argmax(per_dim))
+    assert grad[low].item() == 0.0 and grad[Z_DIM + low].item() == 0.0  # mu_j, log sigma_j
+    assert grad[high].item() != 0.0
+    with pytest.raises(ValueError, match="beta and free_bits must be >= 0"):
+        aetk.VAE(enc, model.decoder, free_bits=-1.0)
+
+
 @pytest.mark.parametrize("n_samples", [1, 3])
 def test_iwae(fixed_eps, n_samples):
     """L = -<logsumexp_k log w_k - log K>, log w = log p(x|z) + log N(z; 0, I) - log q(z|x)."""

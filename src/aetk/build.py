@@ -54,8 +54,9 @@ def _factor(encoder, decoder, *, gamma: float = 6.0,
     return FactorVAE(encoder, decoder, discriminator, gamma=gamma)
 
 
-def _beta_vae(encoder, decoder, beta: float = 4.0, n_samples: int = 1) -> VAE:
-    return VAE(encoder, decoder, beta=beta, n_samples=n_samples)
+def _beta_vae(encoder, decoder, beta: float = 4.0, n_samples: int = 1,
+              free_bits: float = 0.0) -> VAE:
+    return VAE(encoder, decoder, beta=beta, n_samples=n_samples, free_bits=free_bits)
 
 
 # name -> (encoder class, constructor(encoder, decoder, **hyper)); constructors that need the

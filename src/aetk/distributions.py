@@ -37,11 +37,17 @@ def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (z * z).sum(-1) - 0.5 * d * math.log(2 * math.pi)
 
 
-def kl_to_standard_normal(q: D.Distribution) -> torch.Tensor:
-    """Closed-form `KL(q || N(0, I))` of a diagonal Gaussian, `(B,)`:
-    `1/2 sum(sigma^2 + mu^2 - 1 - 2 log sigma)`."""
+def kl_per_dimension(q: D.Distribution) -> torch.Tensor:
+    """Closed-form `KL(q_j || N(0, 1))` of each latent dimension of a diagonal Gaussian,
+    `(B, d)`: `1/2 (sigma^2 + mu^2 - 1 - 2 log sigma)`."""
     mu, sigma = q.mean, q.stddev
-    return 0.5 * (sigma.square() + mu.square() - 1 - 2 * sigma.log()).sum(-1)
+    return 0.5 * (sigma.square() + mu.square() - 1 - 2 * sigma.log())
+
+
+def kl_to_standard_normal(q: D.Distribution) -> torch.Tensor:
+    """Closed-form `KL(q || N(0, I))` of a diagonal Gaussian, `(B,)`: the sum of
+    `kl_per_dimension`."""
+    return kl_per_dimension(q).sum(-1)
 
 
 def log_lik_of_draws(decoder: Callable[[torch.Tensor], D.Distribution], x: torch.Tensor,

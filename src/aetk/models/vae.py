@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..distributions import kl_to_standard_normal, log_lik_of_draws, log_prob, mean
+from ..distributions import kl_per_dimension, log_lik_of_draws, log_prob, mean
 from .base import LossOutput, Model
 
 
@@ -12,13 +12,20 @@ class VAE(Model):
     """`L = -<log p(x|z)> + beta <KL(q(z|x) || N(0, I))>`, z reparameterised.
 
     `n_samples > 1` averages the reconstruction term over that many z per data point.
+    `free_bits = lambda > 0` (Kingma et al. 2016) charges each latent dimension's
+    batch-mean KL at least lambda nats, `beta sum_j max(lambda, <KL_j>)`: below that a
+    dimension's KL costs nothing, so the optimiser has no reason to switch it off
+    (posterior collapse). The `kl` term stays the true KL; `kl_charged` is what the loss
+    takes.
     """
 
-    def __init__(self, encoder, decoder, beta: float = 1.0, n_samples: int = 1) -> None:
+    def __init__(self, encoder, decoder, beta: float = 1.0, n_samples: int = 1,
+                 free_bits: float = 0.0) -> None:
         super().__init__(encoder, decoder)
-        if beta < 0 or n_samples < 1:
-            raise ValueError(f"beta must be >= 0 and n_samples >= 1, got {beta} and {n_samples}")
-        self.beta = float(beta)
+        if beta < 0 or n_samples < 1 or free_bits < 0:
+            raise ValueError(f"beta and free_bits must be >= 0 and n_samples >= 1, got {beta}, "
+                             f"{free_bits} and {n_samples}")
+        self.beta, self.free_bits = float(beta), float(free_bits)
         self.n_samples = int(n_samples)
 
     def reconstruction(self, q, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,8 +39,13 @@ class VAE(Model):
     def loss(self, x: torch.Tensor) -> LossOutput:
         q = self.encoder(x)
         rec, _ = self.reconstruction(q, x)
-        kl = kl_to_standard_normal(q).mean()
-        return LossOutput(rec + self.beta * kl, {"reconstruction": rec, "kl": kl})
+        kl_dims = kl_per_dimension(q).mean(0)
+        kl = kl_dims.sum()
+        if not self.free_bits:
+            return LossOutput(rec + self.beta * kl, {"reconstruction": rec, "kl": kl})
+        charged = kl_dims.clamp(min=self.free_bits).sum()
+        return LossOutput(rec + self.beta * charged,
+                          {"reconstruction": rec, "kl": kl, "kl_charged": charged})
 
     @torch.no_grad()
     def sample(self, n: int, *, mean_only: bool = True) -> torch.Tensor:
