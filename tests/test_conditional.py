@@ -280,3 +280,29 @@ def test_pullback_metric_given_one_class_is_that_class_decoders():
             torch.testing.assert_close(got[i], jac.T @ jac, rtol=1e-4, atol=1e-6)
         metrics.append(got)
     assert not torch.allclose(metrics[0], metrics[1], rtol=0.05)
+
+
+def test_a_user_made_decoder_becomes_conditional_with_nets_conditioned():
+    """The recipe of docs/core-api.md: wrap the network in `Conditioned(net, k)` and set
+    `n_conditions`; fit and `given` then treat it as the built-in decoders."""
+    from torch import nn
+    from torch.distributions import Bernoulli, Independent
+
+    class MyDecoder(aetk.Decoder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.n_conditions = 10
+            self.net = Conditioned(nn.Sequential(nn.Linear(2 + 10, 32), nn.Tanh(),
+                                                 nn.Linear(32, 64)), 10)
+
+        def forward(self, z):
+            return Independent(Bernoulli(logits=self.net(z)), 1)
+
+    x, _, c = _digits()
+    torch.manual_seed(0)
+    model = aetk.VAE(GaussianEncoder(in_features=64, latent_dim=2, hidden=(32,),
+                                     n_conditions=10), MyDecoder())
+    hist = _fit(model, (x[:512], c[:512]), (x[512:640], c[512:640]), epochs=4)
+    assert hist["val_loss"].iloc[-1] < hist["val_loss"].iloc[0]
+    with model.given(torch.eye(10)[4]):
+        assert model.sample(3).shape == (3, 64)
