@@ -296,7 +296,7 @@ def test_a_user_made_decoder_becomes_conditional_with_nets_conditioned():
                                                  nn.Linear(32, 64)), 10)
 
         def forward(self, z):
-            return Independent(Bernoulli(logits=self.net(z)), 1)
+            return Independent(Bernoulli(logits=self.net(z), validate_args=False), 1)
 
     x, _, c = _digits()
     torch.manual_seed(0)
