@@ -392,6 +392,31 @@ def test_geodesics_spray_of_an_rhvae(steps: Path) -> None:
     assert out.stat().st_size > 10_000
 
 
+def test_an_unconverged_frechet_mean_warns_and_keeps_the_point_reached(
+        steps: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No budget for the Frechet mean: a warning in the log, and the spray still leaves
+    the point reached, the codes' Euclidean mean."""
+    frechet_mean = aetk.geometry.frechet_mean
+    monkeypatch.setattr(aetk.geometry, "frechet_mean",
+                        lambda *a, **k: frechet_mean(*a, **k, max_iter=0))
+    out = tmp_path / "geo.zarr"
+    cli.main(["geodesics", "--model", str(steps / "rhvae"), "--latent",
+              str(steps / "latent_rhvae.zarr"), "--n-pairs", "2", "--n-points", "10",
+              "--grid-size", "9", "--spray", "6", "--spray-points", "20", "--out", str(out)])
+    assert "did not converge (max_iter after 0 steps)" in capsys.readouterr().err
+    geo, lat = storage.read_zarr(out), storage.read_zarr(steps / "latent_rhvae.zarr")
+    attrs = geo["frechet_mean"].attrs
+    assert (attrs["converged"], attrs["stopped"], attrs["iterations"]) == (0, "max_iter", 0)
+    val = np.flatnonzero(lat["split"].values == storage.SPLIT_VALIDATION)
+    codes = np.random.default_rng(0).permutation(val)[:20]
+    np.testing.assert_allclose(geo["frechet_mean"].values, lat["z_mean"].values[codes].mean(0),
+                               rtol=1e-5)
+    spray = geo["spray"].values
+    assert spray.shape == (6, 41, 2) and np.isfinite(spray).all()
+    np.testing.assert_allclose(spray[:, 0], np.broadcast_to(geo["frechet_mean"].values, (6, 2)))
+
+
 def test_bad_spray_settings_exit_with_a_message(steps: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["geodesics", "--model", str(steps / "model"), "--latent",

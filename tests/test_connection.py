@@ -6,8 +6,10 @@ distances say are optimal."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from scipy.optimize import minimize
 
 import aetk
 from aetk.geometry import (
@@ -15,6 +17,7 @@ from aetk.geometry import (
     PullbackMetric,
     christoffel,
     christoffel_contract,
+    connection,
     exp_map,
     frechet_mean,
     geodesic_spray,
@@ -240,6 +243,46 @@ def test_log_map_says_when_it_did_not_converge():
     torch.testing.assert_close(same.velocity, torch.zeros_like(z0))
 
 
+def half_plane_log(z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
+    """Closed-form log maps in H^2: along the circle centred on the x axis through both
+    points (or the vertical line), with Euclidean speed `y0 d(z0, z1)`."""
+    (x0, y0), (x1, y1) = z0.unbind(-1), z1.unbind(-1)
+    vertical = x0 == x1
+    centre = (x1 ** 2 + y1 ** 2 - x0 ** 2 - y0 ** 2) / torch.where(vertical, 1.0, 2 * (x1 - x0))
+    tangent = torch.where(vertical[:, None], torch.stack([0 * y0, torch.sign(y1 - y0)], -1),
+                          torch.stack([y0, centre - x0], -1) * torch.sign(x1 - x0)[:, None])
+    speed = hyperbolic_distance(z0, z1) * y0
+    return tangent / tangent.norm(dim=-1, keepdim=True) * speed[:, None]
+
+
+def test_shooting_halves_overshooting_steps_and_stops_pairs_it_cannot_improve(monkeypatch):
+    """From three times the closed-form log maps in H^2 a full Newton step overshoots for
+    three of five pairs (a larger residual, or NaN). Two of them still reach the
+    hyperbolic distance by halved steps; the third improves with no step down to 1/128
+    and stops after that try (the old loop retried it at every other pair's iteration, 73
+    integrations in all)."""
+    metric, (z0, z1) = poincare(), half_plane_pairs()
+    v = 3 * half_plane_log(z0, z1)
+    # full Newton steps, with Jacobians by central differences
+    h, eye = 1e-6, torch.eye(2, dtype=f64)
+    shifted = v[:, None, None] + h * torch.stack([eye, -eye])  # (pair, +-, direction, 2)
+    ends = exp_map(metric, z0.repeat_interleave(4, 0), shifted.reshape(-1, 2)).reshape(5, 2, 2, 2)
+    jac = ((ends[:, 0] - ends[:, 1]) / (2 * h)).mT
+    end = exp_map(metric, z0, v)
+    stepped = exp_map(metric, z0, v - torch.linalg.solve(jac, end - z1))
+    assert ((stepped - z1).norm(dim=-1) < (end - z1).norm(dim=-1)).tolist() == [
+        False, True, False, True, False]
+    integrations = []
+    rk4 = connection._rk4
+    monkeypatch.setattr(connection, "_rk4", lambda *a: integrations.append(1) or rk4(*a))
+    res = connection._shoot(metric, z0, z1, v, 20, 1e-6, 20)
+    assert res.converged.tolist() == [True, True, False, True, True]
+    reached = res.converged
+    torch.testing.assert_close(res.length[reached], hyperbolic_distance(z0, z1)[reached],
+                               rtol=1e-4, atol=0)
+    assert res.iterations[2] == 1 and len(integrations) <= 20
+
+
 def test_log_map_in_float32_stops_at_the_dtype_resolution():
     """Close points in float32: `tol |z1 - z0|` is below what float32 resolves at z1, so
     convergence is judged at that resolution, in a step or two, not after max_iter."""
@@ -340,6 +383,54 @@ def test_frechet_mean_minimises_the_closed_form_variance(space):
     assert grad.abs().max() < 1e-4
     torch.testing.assert_close(res.variance, variance(res.mean), rtol=1e-5, atol=0)
     assert variance((weights[:, None] * z).sum(0) / weights.sum()) > res.variance
+
+
+FAR_APART = {"tall": [[0.0, 0.05], [0.0, 20.0], [0.5, 1.0]],
+             "wide": [[-5.0, 0.1], [5.0, 0.1], [0.0, 6.0]]}
+
+
+def closed_form_mean(z: torch.Tensor) -> torch.Tensor:
+    """The minimiser of the mean squared arccosh distance in H^2, by Nelder-Mead in
+    `(x, log y)`."""
+
+    def variance(p: np.ndarray) -> float:
+        m = torch.tensor([[p[0], math.exp(p[1])]], dtype=f64)
+        return float((hyperbolic_distance(m.expand_as(z), z) ** 2).mean())
+
+    best = minimize(variance, [0.0, 0.0], method="Nelder-Mead",
+                    options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": 5000}).x
+    return torch.tensor([best[0], math.exp(best[1])], dtype=f64)
+
+
+@pytest.mark.parametrize("name", FAR_APART)
+def test_frechet_mean_of_far_apart_points_takes_a_few_steps(name, monkeypatch):
+    """Points 4 to 10 apart in H^2, where the variance curves far more than in a flat
+    metric: Karcher steps of rate 1 overshoot. The old flow, its rate halved whenever a
+    step reversed the last, ran to its 30 iterations (600 integrations) on "tall", and on
+    "wide" called y = 1e146 converged. The mean must be the closed-form minimiser, within
+    a few steps and integrations (fits of curves cost none)."""
+    integrations = []
+    rk4 = connection._rk4
+    monkeypatch.setattr(connection, "_rk4", lambda *a: integrations.append(1) or rk4(*a))
+    z = torch.tensor(FAR_APART[name], dtype=f64)
+    res = frechet_mean(poincare(), z, n_points=16)
+    assert res.converged and res.stopped == "converged"
+    assert res.iterations <= 10 and len(integrations) <= 40
+    rms = res.variance.sqrt()
+    assert hyperbolic_distance(res.mean[None], closed_form_mean(z)[None]) < 1e-4 * rms
+
+
+def test_frechet_mean_keeps_the_point_reached_when_its_budget_runs_out():
+    z = torch.tensor(FAR_APART["tall"], dtype=f64)
+    res = frechet_mean(poincare(), z, max_iter=1, n_points=16)
+    assert not res.converged and res.stopped == "max_iter" and res.iterations == 1
+    euclidean = z.mean(0, keepdim=True).expand_as(z)
+    # one step, and the variance it reports is the point's
+    assert (hyperbolic_distance(res.mean.expand_as(z), z) ** 2).mean() < (
+        hyperbolic_distance(euclidean, z) ** 2).mean()
+    torch.testing.assert_close(res.variance,
+                               (hyperbolic_distance(res.mean.expand_as(z), z) ** 2).mean(),
+                               rtol=1e-4, atol=0)
 
 
 def test_frechet_mean_refuses_bad_weights():

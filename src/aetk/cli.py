@@ -624,13 +624,17 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
         val = np.flatnonzero(is_val) if is_val.any() else np.arange(len(z))
         codes = np.random.default_rng(args.seed).permutation(val)[:args.spray_points]
         mean = frechet_mean(metric, torch.from_numpy(z[codes]), n_points=args.n_points)
+        if not mean.converged:  # the point reached is kept: the spray and figure still show it
+            print(f"warning: the Frechet mean of {len(codes)} validation codes did not converge"
+                  f" ({mean.stopped} after {mean.iterations} steps); the spray leaves the point"
+                  f" it reached", file=sys.stderr)
         radius = float(mean.variance.sqrt())
         spray = geodesic_spray(metric, mean.mean, args.spray, radius)
         ds = ds.assign_coords(direction=np.arange(args.spray),
                               s=np.linspace(0, 1, spray.points.shape[1]))
         ds["frechet_mean"] = (("latent",), mean.mean.detach().cpu().numpy(), {
             "converged": int(mean.converged), "iterations": mean.iterations,
-            "n_codes": len(codes), "rms_distance": radius})
+            "stopped": mean.stopped, "n_codes": len(codes), "rms_distance": radius})
         ds["spray"] = (("direction", "s", "latent"), spray.points.detach().cpu().numpy())
     ds.attrs = {
         "store": "aetk-geodesics", "run": latent.attrs.get("run"),
