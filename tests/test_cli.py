@@ -258,6 +258,10 @@ def test_conditional_model_from_train_to_encode_and_sample(steps: Path, tmp_path
     assert cli.main([*base, "--sampler", "geometric", "--data", data,
                      "--out", str(tmp_path / "g.zarr")]) == 0
     assert storage.read_zarr(tmp_path / "g.zarr")["class"].values.tolist() == [0, 1, 2, 3, 4, 5]
+    assert cli.main(["geodesics", "--model", str(tmp_path / "m"), "--latent",
+                     str(tmp_path / "l.zarr"), "--out", str(tmp_path / "geo.zarr")]) == 1
+    assert "a conditional decoder's pull-back metric depends on the class" in \
+        capsys.readouterr().err
     assert cli.main([*base, "--condition", "eleven", "--out", str(tmp_path / "x.zarr")]) == 1
     assert "--condition 'eleven' is not a class of this model; classes: 0, 1" in \
         capsys.readouterr().err

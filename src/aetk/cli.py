@@ -569,6 +569,7 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
 
     import aetk
     from aetk.geometry import (
+        PullbackMetric,
         RHVAEMetric,
         curvature_grid,
         fit_geodesics,
@@ -590,6 +591,10 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
     is_val = latent["split"].values == storage.SPLIT_VALIDATION
     start, end = choose_pairs(is_val, labels, kind, args.n_pairs, args.seed)
     metric = metric_for(model)
+    if model.n_conditions and isinstance(metric, PullbackMetric):
+        raise ValueError("a conditional decoder's pull-back metric depends on the class: fit "
+                         "its geodesics in Python inside `with model.given(c):` (one class), "
+                         "or train a conditional RHVAE, whose metric all classes share")
     t0 = time.perf_counter()
     res = fit_geodesics(metric, torch.from_numpy(z[start]), torch.from_numpy(z[end]),
                         n_points=args.n_points, max_iter=args.max_iter, seed=args.seed,
