@@ -137,7 +137,7 @@ def test_free_bits_charge_each_dimension_at_least_lambda(fixed_eps):
     low, high = int(np.argmin(per_dim)), int(np.argmax(per_dim))
     assert grad[low].item() == 0.0 and grad[Z_DIM + low].item() == 0.0  # mu_j, log sigma_j
     assert grad[high].item() != 0.0
-    with pytest.raises(ValueError, match="beta and free_bits must be >= 0"):
+    with pytest.raises(ValueError, match=r"free_bits must be >= 0, got -1\.0"):
         aetk.VAE(enc, model.decoder, free_bits=-1.0)
 
 
@@ -472,7 +472,7 @@ def test_build_model_passes_options_to_decoder_and_model():
         (("vae", "gauss"), {}, r"unknown likelihood 'gauss'; valid: bernoulli, gaussian, "
                                r"gaussian_learned, categorical, poisson, negative_binomial"),
         (("vae", "gaussian"), {"sigmaa": 1.0},
-         r"unknown option\(s\) \['sigmaa'\].*valid: \['beta', 'n_samples', 'sigma'\]"),
+         r"unknown option\(s\) \['sigmaa'\].*valid: \['beta', 'free_bits', 'n_samples', 'sigma'\]"),
         (("infovae", "bernoulli"), {"kernal": "imq"},
          r"\['kernal'\].*'alpha', 'kernel', 'lam', 'n_prior_samples', 'scales', 'unbiased'"),
         (("ae", "poisson"), {"beta": 2.0}, r"unknown option\(s\) \['beta'\].*valid: \[\]"),

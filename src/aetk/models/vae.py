@@ -22,9 +22,10 @@ class VAE(Model):
     def __init__(self, encoder, decoder, beta: float = 1.0, n_samples: int = 1,
                  free_bits: float = 0.0) -> None:
         super().__init__(encoder, decoder)
-        if beta < 0 or n_samples < 1 or free_bits < 0:
-            raise ValueError(f"beta and free_bits must be >= 0 and n_samples >= 1, got {beta}, "
-                             f"{free_bits} and {n_samples}")
+        if beta < 0 or n_samples < 1:
+            raise ValueError(f"beta must be >= 0 and n_samples >= 1, got {beta} and {n_samples}")
+        if free_bits < 0:
+            raise ValueError(f"free_bits must be >= 0, got {free_bits}")
         self.beta, self.free_bits = float(beta), float(free_bits)
         self.n_samples = int(n_samples)
 
