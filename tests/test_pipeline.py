@@ -343,9 +343,11 @@ def test_report_zip_and_no_rerun(tiny_run: Path) -> None:
 def test_interrupted_training_resumes(tmp_path: Path) -> None:
     import torch
 
+    # 68 steps per epoch, about 0.15 s: the whole run takes long enough (some 20 s) that
+    # the interruption lands in it even on a loaded machine (batch 16 once finished first)
     epochs = 150
     config = {**TINY, "grid": {"models": ["vae"], "likelihoods": ["bernoulli"]},
-              "train": {"epochs": epochs, "batch_size": 16}}
+              "train": {"epochs": epochs, "batch_size": 4}}
     wd = make_workdir(tmp_path, config)
     target = "results/models/vae-bernoulli/history.tsv"
     # the target goes first: --configfile takes several values
