@@ -353,8 +353,11 @@ def test_interrupted_training_resumes(tmp_path: Path) -> None:
     # the target goes first: --configfile takes several values
     args = [sys.executable, "-m", "snakemake", target, "--cores", "1", "--configfile",
             "test.yaml"]
+    # a terminal's default SIGINT disposition: one ignored in this process (SIG_IGN, which
+    # exec keeps) would make the job deaf to the Ctrl-C below
     proc = subprocess.Popen(args, cwd=wd, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+                            stderr=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ckpt_dir = wd / "results/checkpoints"
     deadline = time.monotonic() + 240
     while not list(ckpt_dir.glob("*.pt")) and time.monotonic() < deadline:
