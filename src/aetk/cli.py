@@ -261,8 +261,6 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
     generates under conditions that go through the classes in turn, and decodes each
     example's code given every class (``example_transfer``).
     """
-    import contextlib
-
     import torch
     from torch.distributions import Distribution
     from tqdm.auto import tqdm
@@ -279,7 +277,7 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
     c_all = torch.from_numpy(conditions) if conditions is not None else None
 
     def given(rows: Any) -> Any:
-        return model.given(c_all[rows]) if c_all is not None else contextlib.nullcontext()
+        return model.given(c_all[rows] if c_all is not None else None)
 
     keys = ("z_mean", "z_std", "z_sample", "reconstruction_error", "log_likelihood", "kl",
             "log_marginal")
@@ -470,13 +468,9 @@ def sample_classes(model: Any, args: argparse.Namespace) -> Any:
 
 def given_classes(model: Any, classes: Any) -> Any:
     """`model.given` the one-hot `classes`, or no conditions when None."""
-    import contextlib
-
     import torch
 
-    if classes is None:
-        return contextlib.nullcontext()
-    return model.given(torch.eye(model.n_conditions)[classes])
+    return model.given(None if classes is None else torch.eye(model.n_conditions)[classes])
 
 
 def cmd_sample(args: argparse.Namespace) -> None:

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -198,10 +197,6 @@ def _first_item(batch: Any) -> torch.Tensor:
     return batch[0] if isinstance(batch, list | tuple) else batch
 
 
-def _given(model: Model, c: torch.Tensor | None) -> Any:
-    return model.given(c) if c is not None else contextlib.nullcontext()
-
-
 class _Batches:
     """Shuffled mini-batches of `(x, c)`, c the conditions of a conditional model or None:
     index device tensors directly (no DataLoader overhead), or iterate a Dataset through a
@@ -371,7 +366,7 @@ def fit(
     val_batches = (_Batches(val, batch_size, device, shuffle_rng, False, model.check_data,
                             "validation", k) if val is not None else None)
     x_start, c_start = batches.sample()
-    with _given(model, c_start):
+    with model.given(c_start):
         model.on_fit_start(x_start, batches.n)
     optimizers = model.configure_optimizers(lr)
     make_scheduler = scheduler_factory(lr_schedule, epochs)
@@ -466,7 +461,7 @@ def _train_epoch(model: Model, batches: _Batches, optimizers: dict, epoch: int,
     bar.reset()
     bar.set_description(f"epoch {epoch}/{epochs}")
     for i, (x, c) in enumerate(batches, start=1):
-        with _given(model, c):
+        with model.given(c):
             out = model.training_step(x, optimizers)
         if not torch.isfinite(out.loss):
             bad = [k for k, v in out.terms.items() if not torch.isfinite(v)]
@@ -490,7 +485,7 @@ def evaluate(model: Model, data: Iterable[Any], prefix: str = "val") -> dict[str
     with torch.no_grad():
         for batch in data:
             x, c = batch if isinstance(batch, tuple) else (batch, None)
-            with _given(model, c):
+            with model.given(c):
                 meter.add(model.loss(x), x.shape[0])
     return meter.means(prefix)
 

@@ -62,9 +62,13 @@ class Model(nn.Module):
         return next((m.conditions for m in nets), None)
 
     @contextmanager
-    def given(self, c: torch.Tensor) -> Iterator[Model]:
+    def given(self, c: torch.Tensor | None) -> Iterator[Model]:
         """Within the block, the conditional networks see the conditions `c`: `(B, k)` for
-        a batch of B rows, or `(k,)` (one row) for every input."""
+        a batch of B rows, or `(k,)` (one row) for every input; `None` changes nothing
+        (so callers need no branch for models without conditions)."""
+        if c is None:
+            yield self
+            return
         if not self.n_conditions:
             raise ValueError(f"this {type(self).__name__} takes no conditions (build it with "
                              "n_conditions > 0 for a conditional model)")
