@@ -4,6 +4,7 @@ geodesics, logarithm maps against the hyperbolic and great-circle distances, the
 of parallel transport around a circle of latitude, and Frechet means that the closed-form
 distances say are optimal."""
 
+import copy
 import math
 
 import numpy as np
@@ -129,6 +130,32 @@ def test_contraction_equals_the_full_symbols(name):
                                torch.einsum("nkij,ni,nj->nk", gamma, u, w))
     torch.testing.assert_close(christoffel_contract(metric, z, u),
                                torch.einsum("nkij,ni,nj->nk", gamma, u, u))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_the_rhvae_closed_form_contraction_equals_differentiating_its_metric(reduction):
+    """The RHVAE's closed-form `Gamma[u, w]` (from `dG^{-1}`) against the generic route,
+    forward and reverse mode through `G(z)`, on a float32 model in 3 dimensions whose metric
+    algebra runs in float64, at points among the centroids (where the metric bends)."""
+    torch.manual_seed(3)
+    model = aetk.build_model("rhvae", "bernoulli", in_features=6, latent_dim=3, hidden=(8,),
+                             centroids=12, temperature=0.5, centroid_reduction=reduction)
+    model.on_fit_start(torch.rand(40, 6))
+    model.update_metric()
+    model.eval()
+    z = model.centroid_latent[:6] + 0.3 * torch.randn(6, 3)
+    u, w = torch.randn(6, 3), torch.randn(6, 3)
+    closed = metric_for(model)
+    generic = Metric(copy.deepcopy(model).double().G)
+    assert closed.model is model and not hasattr(generic, "model")
+    want = generic._contract(z.double(), u.double(), w.double())
+    assert want.abs().max() > 1e-2
+    got = christoffel_contract(closed, z, u, w)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(christoffel_contract(closed, z, u).double(),
+                               generic._contract(z.double(), u.double(), None),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_a_singular_metric_gives_nan_where_it_is_singular_and_numbers_elsewhere():

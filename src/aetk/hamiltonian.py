@@ -155,6 +155,32 @@ class CentroidMetric:
         coef = (S.flatten(1) @ self.M_flat.T) * w  # (B, N)
         return (self.scale * self.inv_t2) * (coef.sum(-1, keepdim=True) * z - coef @ self.c)
 
+    def christoffel_contract(self, z: Tensor, u: Tensor, w: Tensor | None = None) -> Tensor:
+        """`Gamma(z)[u, w]`, `(B, d)`, in closed form from `dG^{-1}`: with `H = G^{-1}`,
+        `u~ = G u`, `w~ = G w` and `d_k H = -k sum_i w_i (z_k - c_ik) M_i` (`k = 2a/T^2`),
+        `Gamma[u, w] = k/2 (A_u w~ + A_w u~ - H q)`, where `A_u = sum_i w_i <z - c_i, u> M_i`
+        and `q = sum_i w_i (u~^T M_i w~) (z - c_i)`. Two `(B, N) x (N, d^2)` GEMMs per
+        direction instead of forward- and reverse-mode passes through the Cholesky factor."""
+        ex, dt = self.exact, z.dtype
+        weights = self.weights(z).to(ex)
+        H = self._inverse(weights)
+        chol, info = torch.linalg.cholesky_ex(H)
+        z, u, c = z.to(ex), u.to(ex), self.c.to(ex)
+        w = u if w is None else w.to(ex)
+        uw = torch.stack([u, w]) if w is not u else u.unsqueeze(0)  # (1 or 2, B, d)
+        lowered = torch.cholesky_solve(uw.unsqueeze(-1), chol).squeeze(-1)  # G u, G w
+        u_t, w_t = lowered[0], lowered[-1]
+
+        def along(v: Tensor, covector: Tensor) -> Tensor:  # A_v covector
+            s = weights * ((z * v).sum(-1, keepdim=True) - v @ c.T)  # w_i <z - c_i, v>
+            return mv((s @ self.M_exact).view(-1, self.d, self.d), covector)
+
+        coef = ((u_t.unsqueeze(-1) * w_t.unsqueeze(-2)).flatten(1) @ self.M_exact.T) * weights
+        q = coef.sum(-1, keepdim=True) * z - coef @ c
+        sym = 2 * along(u, w_t) if w is u else along(u, w_t) + along(w, u_t)
+        out = (self.scale * self.inv_t2) * (sym - mv(H, q))
+        return torch.where((info == 0).unsqueeze(-1), out, torch.nan).to(dt)
+
     def kinetic_grad(self, pos: Position, rho: Tensor) -> Tensor:
         """`d/dz 1/2 rho^T G^{-1}(z) rho = -(a/T^2) sum_i (rho^T M_i rho) w_i (z - c_i)`."""
         return self.force(pos.z, pos.metric.weights, -rho.unsqueeze(-1) * rho.unsqueeze(-2))

@@ -95,6 +95,14 @@ class RHVAEMetric(Metric):
     def _log_volume(self, z: Tensor) -> Tensor:
         return 0.5 * self.model.log_det_G(z)
 
+    def _contract(self, z: Tensor, u: Tensor, w: Tensor | None) -> Tensor:
+        # an RHVAE's centroid metric has a closed-form derivative: 15-25x faster than the
+        # JVPs through its Cholesky factor
+        frozen = getattr(self.model, "frozen_metric", None)
+        if frozen is None:
+            return super()._contract(z, u, w)
+        return frozen().christoffel_contract(z, u, w)
+
 
 def _base(dist: D.Distribution) -> D.Distribution:
     while isinstance(dist, D.Independent):
