@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans, kmeans_plusplus
 
 METHODS = ("kmeans", "kmeans++", "kmedoids")
 MAX_POINTS = 10_000
@@ -20,6 +19,8 @@ def select_centroids(x: torch.Tensor, n: int, method: str = "kmeans", seed: int 
     `"kmedoids"`: Euclidean k-medoids (AETK's choice) by alternating updates from the
     k-means++ seeding.
     """
+    from sklearn.cluster import KMeans, kmeans_plusplus  # here: 1.2 s of `import aetk`
+
     if method not in METHODS:
         raise ValueError(f"unknown centroid method {method!r}; valid: {', '.join(METHODS)}")
     if not 0 < n <= len(x):
@@ -61,6 +62,8 @@ def kmedoids(data: np.ndarray, n: int, seed: int = 0, max_iter: int = 100) -> np
 
     O(n_points x n) memory, and the within-cluster distances in blocks of rows (PAM's swap
     phase would need all n_points^2 distances)."""
+    from sklearn.cluster import kmeans_plusplus
+
     _, medoids = kmeans_plusplus(data, n, random_state=seed)
     sq = (data * data).sum(1)
     for _ in range(max_iter):
