@@ -56,6 +56,20 @@ class Metric:
             rhs = (dGu @ w.unsqueeze(-1) + dGw @ u.unsqueeze(-1)).squeeze(-1) - grad
         return 0.5 * solve_or_nan(G, rhs)
 
+    def _log_volume_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.enable_grad():
+            z = z.detach().requires_grad_()
+            value = self._log_volume(z)
+            (grad,) = torch.autograd.grad(value.sum(), z)
+        return value.detach(), grad
+
+    def log_volume_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """`log sqrt(det G(z))`, `(...)`, and its gradient in z, `(..., d)`, without a graph
+        (what Hamiltonian Monte Carlo on the Riemannian uniform distribution needs)."""
+        flat = z.reshape(-1, z.shape[-1])
+        value, grad = self._log_volume_and_grad(flat)
+        return value.reshape(z.shape[:-1]), grad.reshape(z.shape)
+
     def metric(self, z: Tensor) -> Tensor:
         """`G(z)`, shape `(..., d, d)`."""
         d = z.shape[-1]
