@@ -238,6 +238,7 @@ def test_conditional_model_from_train_to_encode_and_sample(steps: Path, tmp_path
     latent = storage.read_zarr(tmp_path / "l.zarr")
     assert latent.attrs["conditions"] == "labels"
     assert latent["generated_class"].values.tolist() == [*range(10), 0, 1]
+    assert "given the first class" in latent["traversal"].attrs["description"]
     # counterfactuals: each example's code as every class; as its own, its reconstruction
     moved = latent["example_transfer"].values
     own = latent["label"].values[latent["example_index"].values]
@@ -349,6 +350,54 @@ def test_encode_output(steps: Path) -> None:
         (steps / "model" / "aetk_run.json").read_text())["run_hash"]
 
 
+def test_encode_stores_traversals_of_the_validation_codes(steps: Path) -> None:
+    import torch
+
+    import aetk
+
+    lat = storage.read_zarr(steps / "latent.zarr")
+    model = aetk.load(steps / "model").eval()
+    codes = torch.from_numpy(lat["z_mean"].values[lat["split"].values == 1])
+    want = aetk.latent_traversal(model, codes, n_steps=10)
+    assert lat["traversal"].dims == ("traversed", "step", "feature")
+    np.testing.assert_allclose(lat["traversal"].values, want.decoded.numpy(), rtol=1e-5,
+                               atol=1e-6)
+    assert lat["traversed"].values.tolist() == want.dims.tolist()
+    np.testing.assert_allclose(lat["traversal_value"].values, want.values.numpy(), rtol=1e-6)
+    grid, z1, z2 = aetk.latent_grid(model, codes, n_steps=10)
+    assert lat["latent_grid"].shape == (10, 10, 64)
+    np.testing.assert_allclose(lat["latent_grid"].values, grid.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(lat["grid_z1"].values, z1.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(lat["grid_z2"].values, z2.numpy(), rtol=1e-6)
+    assert (np.diff(lat["grid_z2"].values) < 0).all() and (np.diff(lat["grid_z1"]) > 0).all()
+
+
+def test_traversals_without_images_or_a_plane(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    """A 3-D latent space of 3-feature data: traversals only (no grid), drawn as heat
+    maps; --traversal-steps 0 stores none and the figure says so; 1 is refused."""
+    data = str(tmp_path / "roll.zarr")
+    cli.main(["preprocess", "--source", "swissroll", "--n-samples", "120", "--out", data])
+    cli.main(["train", "--data", data, "--model", "vae", "--likelihood", "gaussian",
+              "--latent-dim", "3", "--hidden", "16", "--epochs", "1", "--no-progress",
+              "--out", str(tmp_path / "m"), "--history", str(tmp_path / "h.tsv")])
+    base = ["encode", "--data", data, "--model", str(tmp_path / "m"), "--n-importance", "0"]
+    assert cli.main([*base, "--traversal-steps", "5", "--out", str(tmp_path / "l.zarr")]) == 0
+    lat = storage.read_zarr(tmp_path / "l.zarr")
+    assert lat["traversal"].shape == (3, 5, 3) and "latent_grid" not in lat
+    assert sorted(lat["traversed"].values.tolist()) == [0, 1, 2]
+    assert cli.main([*base, "--traversal-steps", "0", "--out", str(tmp_path / "n.zarr")]) == 0
+    assert "traversal" not in storage.read_zarr(tmp_path / "n.zarr")
+    for store, fig in (("l.zarr", "fig"), ("n.zarr", "none")):
+        assert cli.main(["report", "run", "--data", data, "--latent", str(tmp_path / store),
+                         "--out-dir", str(tmp_path / fig)]) == 0
+    sizes = [(tmp_path / d / "traversals.png").stat().st_size for d in ("fig", "none")]
+    assert sizes[0] > 3 * sizes[1]  # three heat maps against a line of text
+    assert cli.main([*base, "--traversal-steps", "1", "--out", str(tmp_path / "x.zarr")]) == 1
+    assert "--traversal-steps must be 0 (none) or at least 2" in capsys.readouterr().err
+    assert not (tmp_path / "x.zarr").exists()
+
+
 def test_geodesics_output(steps: Path) -> None:
     geo = storage.read_zarr(steps / "geo.zarr")
     lat = storage.read_zarr(steps / "latent.zarr")
@@ -431,7 +480,8 @@ def test_bad_spray_settings_exit_with_a_message(steps: Path, tmp_path: Path,
 
 
 def test_report_outputs(steps: Path) -> None:
-    for name in ("latent", "reconstructions", "samples", "geodesics", "curves", "comparison"):
+    for name in ("latent", "reconstructions", "samples", "traversals", "geodesics", "curves",
+                 "comparison"):
         png = (steps / "fig" / f"{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, name
     table = pd.read_csv(steps / "table.tsv", sep="\t")

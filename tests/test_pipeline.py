@@ -170,6 +170,8 @@ def test_lint_and_snakefmt(tmp_path: Path) -> None:
     ({"model_options": {"rhvae": {"n_centroid": 8}}},
      "model_options.rhvae: Additional properties are not allowed ('n_centroid'"),
     ({"colour": "red"}, "(top level): Additional properties are not allowed ('colour'"),
+    ({"encode": {"traversal_steps": 1}},
+     "encode.traversal_steps: 1 is not allowed: 0 (none) or at least 2 steps"),
 ])
 def test_config_errors_stop_before_any_job(tmp_path: Path, config: dict, expected: str
                                            ) -> None:
@@ -329,7 +331,7 @@ def test_report_zip_and_no_rerun(tiny_run: Path) -> None:
     with zipfile.ZipFile(wd / "results/report.zip") as z:
         names = z.namelist()
         html = z.read("report/report.html").decode()
-    assert sum(n.endswith(".png") for n in names) == 4 * 3 + 2 + 2
+    assert sum(n.endswith(".png") for n in names) == 4 * 4 + 2 + 2  # 4 per run
     assert any(n.endswith("comparison.tsv") for n in names)
     assert "Geodesics (solid lines, one colour per pair)" in html and "rhvae-bernoulli" in html
     # up to date, also after a checkout touches the workflow's code

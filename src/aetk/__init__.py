@@ -36,6 +36,7 @@ from .models import (
     VampPrior,
 )
 from .train import CyclicalBeta, EarlyStopping, TrainingDiverged, fit
+from .traversal import Traversal, latent_grid, latent_traversal
 
 __all__ = [
     "AE",
@@ -69,11 +70,14 @@ __all__ = [
     "PoissonDecoder",
     "RBFVarianceDecoder",
     "TrainingDiverged",
+    "Traversal",
     "VampPrior",
     "__version__",
     "build_model",
     "fit",
     "kl_decomposition",
+    "latent_grid",
+    "latent_traversal",
     "load",
     "log_marginal",
 ]

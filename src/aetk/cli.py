@@ -249,7 +249,8 @@ def example_indices(is_val: np.ndarray, labels: np.ndarray | None, kind: str, n:
 
 def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_examples: int,
                 n_generated: int, seed: int, n_importance: int = 0,
-                n_scored: int = 0, conditions: np.ndarray | None = None) -> dict[str, Any]:
+                n_scored: int = 0, conditions: np.ndarray | None = None,
+                traversal_steps: int = 0) -> dict[str, Any]:
     """Per-sample latent statistics, reconstruction errors and ELBO terms of ``model``.
 
     The ELBO is the single-sample estimate ``log p(x|z) - KL(q(z|x) || p(z))`` of the
@@ -259,7 +260,10 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
     samples of each sampler are kept for the report's classifier score (``scored_*``).
     A conditional model sees each sample's ``conditions`` (the terms are then given c),
     generates under conditions that go through the classes in turn, and decodes each
-    example's code given every class (``example_transfer``).
+    example's code given every class (``example_transfer``). With ``traversal_steps``, the
+    latent traversals of the validation codes (``aetk.latent_traversal``) and, for a 2-D
+    latent space, the decoded grid over them (``aetk.latent_grid``); a conditional model's
+    given its first class.
     """
     import torch
     from torch.distributions import Distribution
@@ -267,10 +271,14 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
 
     from aetk.distributions import log_prob, mean
     from aetk.marginal import log_marginal
+    from aetk.traversal import latent_grid, latent_traversal
 
     if n_importance < 0 or n_scored < 0:
         raise ValueError(f"--n-importance and --n-scored must be >= 0, got {n_importance} and "
                          f"{n_scored}")
+    if traversal_steps < 0 or traversal_steps == 1:
+        raise ValueError(f"--traversal-steps must be 0 (none) or at least 2, got "
+                         f"{traversal_steps}")
     torch.manual_seed(seed)
     x_all = torch.from_numpy(stored.x)
     model.check_data(x_all, "the stored")  # e.g. a store of another data set
@@ -320,6 +328,13 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
             with given_classes(model, torch.arange(k).repeat_interleave(len(idx))):
                 moved = mean(model.decode(codes.repeat(k, 1))).float().cpu().numpy()
             out["example_transfer"] = moved.reshape(k, len(idx), -1).transpose(1, 0, 2)
+        if traversal_steps:
+            val = stored.is_validation if stored.is_validation.sum() > 1 else slice(None)
+            codes = torch.from_numpy(out["z_mean"][val])
+            with given_classes(model, 0 if c_all is not None else None):
+                out["traversal"] = latent_traversal(model, codes, n_steps=traversal_steps)
+                if model.latent_dim == 2:
+                    out["latent_grid"] = latent_grid(model, codes, n_steps=traversal_steps)
         # one draw per sampler: the first n_generated are shown, all n are scored
         n_scored = n_scored if stored.label_kind == "categorical" else 0
         n = max(n_generated, n_scored)
@@ -341,6 +356,35 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
             if n_scored:
                 out[f"scored_{name}"] = values[:n_scored]
     return out
+
+
+def traversal_variables(enc: dict[str, Any], conditional: bool) -> Any:
+    """The latent store's traversal variables from ``encode_data``'s results."""
+    import xarray as xr
+
+    trav = enc["traversal"]
+    given = ", given the first class" if conditional else ""
+    ds = xr.Dataset(coords={"traversed": trav.dims.numpy()})
+    ds["traversal"] = (("traversed", "step", "feature"),
+                       trav.decoded.float().flatten(2).numpy(), {
+        "description": "decoder point predictions along each traversed latent dimension "
+                       "(traversed: its index, most varied first), the others at "
+                       f"traversal_reference{given} (aetk.latent_traversal)"})
+    ds["traversal_value"] = (("traversed", "step"), trav.values.float().numpy(), {
+        "description": "the traversed coordinate's value at each step: from the 2% to the "
+                       "98% quantile of the validation codes"})
+    ds["traversal_reference"] = (("latent",), trav.reference.float().numpy(), {
+        "description": "the validation codes' coordinate-wise median"})
+    if "latent_grid" in enc:
+        decoded, z1, z2 = enc["latent_grid"]
+        ds = ds.assign_coords(grid_z2=("grid_row", z2.float().numpy()),
+                              grid_z1=("grid_col", z1.float().numpy()))
+        ds["latent_grid"] = (("grid_row", "grid_col", "feature"),
+                             decoded.float().flatten(2).numpy(), {
+            "description": "decoder point predictions on a grid over the validation codes' "
+                           f"2%-98% quantile range, rows from high to low z2{given} "
+                           "(aetk.latent_grid)"})
+    return ds
 
 
 def geometric_latents(loc: np.ndarray, scale: np.ndarray, n: int, seed: int,
@@ -373,7 +417,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
     enc = encode_data(model, stored, batch_size=args.batch_size, n_examples=args.n_examples,
                       n_generated=args.n_generated, seed=args.seed,
                       n_importance=args.n_importance, n_scored=args.n_scored,
-                      conditions=conditions)
+                      conditions=conditions, traversal_steps=args.traversal_steps)
     ds = xr.Dataset(coords={
         "sample": np.arange(len(stored.x)),
         "latent": np.arange(model.latent_dim),
@@ -411,6 +455,8 @@ def cmd_encode(args: argparse.Namespace) -> None:
     for name in ("scored_model", "scored_geometric"):
         if name in enc:
             ds[name] = (("scored", "feature"), enc[name])
+    if "traversal" in enc:
+        ds = ds.merge(traversal_variables(enc, conditions is not None))
     spec = model.build_spec or {}
     ds.attrs = {
         "store": "aetk-latent", "run": Path(args.out).name.removesuffix(".zarr"),
@@ -671,7 +717,8 @@ def cmd_report_run(args: argparse.Namespace) -> None:
     report.plot_latent(latent, out / "latent.png")
     report.plot_reconstructions(latent, out / "reconstructions.png")
     report.plot_samples(latent, stored, out / "samples.png")
-    print(f"wrote latent.png, reconstructions.png and samples.png to {out}")
+    report.plot_traversals(latent, out / "traversals.png")
+    print(f"wrote latent.png, reconstructions.png, samples.png and traversals.png to {out}")
 
 
 def cmd_report_geodesics(args: argparse.Namespace) -> None:
@@ -827,7 +874,9 @@ def build_parser() -> argparse.ArgumentParser:
             "log p(x) per sample, reconstructions of a few validation samples, samples "
             "generated by the model and, for stochastic encoders, samples from the "
             "Riemannian uniform distribution of the encoder's metric on the training codes "
-            "(aetk.geometry.EncoderMetric).\n\n"
+            "(aetk.geometry.EncoderMetric), and latent traversals: each latent dimension "
+            "swept across the validation codes' range and decoded (for a 2-D latent space "
+            "also a decoded grid of the plane).\n\n"
             "input:  --data: the data store; --model: a model directory from `aetk train`\n"
             "output: --out: the latent store (.zarr)")
     p.add_argument("--data", required=True, help="data store (.zarr)")
@@ -842,6 +891,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "report's classifier score (0: none)")
     p.add_argument("--n-importance", type=int, default=100,
                    help="importance samples per data point for the log p(x) estimate (0: skip)")
+    p.add_argument("--traversal-steps", type=int, default=10,
+                   help="steps of each latent traversal and of the decoded grid of a 2-D "
+                   "latent space (0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the latent samples")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
 
@@ -904,10 +956,10 @@ def build_parser() -> argparse.ArgumentParser:
         return q
 
     q = radd("run", cmd_report_run,
-             "Figures of one model: latent scatter coloured by label, reconstructions and "
-             "generated samples.\n\n"
+             "Figures of one model: latent scatter coloured by label, reconstructions, "
+             "generated samples and latent traversals.\n\n"
              "input:  --data: the data store; --latent: the model's latent store\n"
-             "output: --out-dir: latent.png, reconstructions.png, samples.png")
+             "output: --out-dir: latent.png, reconstructions.png, samples.png, traversals.png")
     q.add_argument("--data", required=True, help="data store (.zarr)")
     q.add_argument("--latent", required=True, help="the model's latent store (.zarr)")
     q.add_argument("--out-dir", required=True, help="folder for the figures")

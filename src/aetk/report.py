@@ -107,7 +107,8 @@ def _image_grid(rows: list[np.ndarray], shape: tuple[int, ...], row_names: list[
     return fig
 
 
-def _heatmaps(rows: list[np.ndarray], row_names: list[str], title: str) -> Figure:
+def _heatmaps(rows: list[np.ndarray], row_names: list[str], title: str,
+              ylabel: str = "sample") -> Figure:
     lo = min(float(np.min(r)) for r in rows)
     hi = max(float(np.max(r)) for r in rows)
     label = "value"
@@ -118,7 +119,7 @@ def _heatmaps(rows: list[np.ndarray], row_names: list[str], title: str) -> Figur
     for ax, row, name in zip(axes[0], rows, row_names, strict=True):
         im = ax.imshow(row, aspect="auto", interpolation="nearest", vmin=lo, vmax=hi,
                        cmap="viridis")
-        ax.set(title=name, xlabel="feature", ylabel="sample")
+        ax.set(title=name, xlabel="feature", ylabel=ylabel)
     fig.colorbar(im, ax=axes[0].tolist(), label=label)
     fig.suptitle(title, fontsize=10, y=1.03)
     return fig
@@ -148,11 +149,7 @@ def plot_samples(latent: xr.Dataset, stored: StoredData, path: Path) -> None:
     (in its first two principal components beyond two), else heat maps."""
     title = f"generated samples: {_title(latent)}"
     if "generated" not in latent and "generated_geometric" not in latent:
-        fig, axes = _subplots(figsize=(4, 1.5))
-        ax = axes[0, 0]
-        ax.axis("off")
-        ax.text(0.5, 0.5, "this model does not generate samples", ha="center", va="center")
-        _save(fig, path)
+        _placeholder("this model does not generate samples", path)
         return
     sets = {name: latent[var].values for var, name in (
         ("generated", "model.sample"), ("generated_geometric", "Riemannian\nuniform"))
@@ -191,6 +188,47 @@ def plot_samples(latent: xr.Dataset, stored: StoredData, path: Path) -> None:
         ax.legend(fontsize=8)
     else:
         fig = _heatmaps(list(sets.values()), [n.replace("\n", " ") for n in sets], title)
+    _save(fig, path)
+
+
+def _placeholder(text: str, path: Path) -> None:
+    fig, axes = _subplots(figsize=(4, 1.5))
+    ax = axes[0, 0]
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    _save(fig, path)
+
+
+def plot_traversals(latent: xr.Dataset, path: Path, max_heatmaps: int = 4) -> None:
+    """What the latent dimensions do: for images, the decoded grid over a 2-D latent
+    plane, or one row per traversed dimension (most varied first) from its low to its high
+    value; for other data, one heat map per dimension (the first `max_heatmaps`), a row per
+    step."""
+    if "traversal" not in latent:
+        _placeholder("no latent traversals in this store\n(aetk encode --traversal-steps 0)",
+                     path)
+        return
+    given = ", given the first class" if latent.attrs.get("conditions", "none") != "none" else ""
+    model = f"{latent.attrs.get('model', '?')} x {latent.attrs.get('likelihood', '?')}{given}"
+    shape = latent.attrs.get("image_shape")
+    if shape and "latent_grid" in latent:
+        z1, z2 = latent["grid_z1"].values, latent["grid_z2"].values
+        fig = _image_grid(list(latent["latent_grid"].values), tuple(shape),
+                          [f"z2 = {v:.2f}" for v in z2],
+                          f"decoded latent plane: {model}\ncolumns: z1 from {z1[0]:.2f} to "
+                          f"{z1[-1]:.2f} (the validation codes' 2%-98% range)")
+        _save(fig, path)
+        return
+    values = latent["traversal_value"].values
+    names = [f"z{j + 1}: {v[0]:.2f} to {v[-1]:.2f}"
+             for j, v in zip(latent["traversed"].values, values, strict=True)]
+    rows = list(latent["traversal"].values)
+    title = (f"latent traversals: {model}\none dimension at a time across the validation "
+             "codes' 2%-98% range, the others at their median")
+    if shape:
+        fig = _image_grid(rows, tuple(shape), names, title)
+    else:
+        fig = _heatmaps(rows[:max_heatmaps], names[:max_heatmaps], title, ylabel="step")
     _save(fig, path)
 
 

@@ -13,6 +13,15 @@ BUNDLED = ("mnist5k", "mnist", "digits", "swissroll", "scurve", "scrna_counts")
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 
 
+def message(error):
+    """jsonschema's message, or for an excluded value (`not`) the key's description."""
+    if error.validator == "not":
+        return (
+            f"{error.instance!r} is not allowed: {error.schema.get('description', '')}"
+        )
+    return error.message
+
+
 def check_config(cfg):
     """Stop with every schema violation listed by its dotted key, before any job runs."""
     schema = yaml.safe_load(SCHEMA.read_text())
@@ -22,7 +31,7 @@ def check_config(cfg):
     )
     if errors:
         lines = [
-            f"  {'.'.join(str(p) for p in e.path) or '(top level)'}: {e.message}"
+            f"  {'.'.join(str(p) for p in e.path) or '(top level)'}: {message(e)}"
             for e in errors
         ]
         raise WorkflowError(
@@ -179,6 +188,7 @@ def encode_args(wildcards):
             ("--n-generated", enc["n_generated"]),
             ("--n-importance", enc["n_importance"]),
             ("--n-scored", enc["n_scored"]),
+            ("--traversal-steps", enc["traversal_steps"]),
             ("--seed", RUNS[wildcards.run]["seed"]),
         ]
     )

@@ -21,6 +21,12 @@ rule report_run:
             category="Samples",
             labels={"run": "{run}"},
         ),
+        traversals=report(
+            "results/report/{run}/traversals.png",
+            caption="../report/traversals.rst",
+            category="Latent traversals",
+            labels={"run": "{run}"},
+        ),
     log:
         "results/logs/report_run/{run}.log",
     benchmark:
