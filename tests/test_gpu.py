@@ -237,3 +237,40 @@ def test_conditional_model_trains_on_cuda_from_cpu_conditions(kind, same_noise):
         with m.given(c[:32]):
             losses.append(m.loss(xx).loss.item())
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["vae", "hvae"])
+def test_paired_model_trains_on_cuda_from_cpu_pairs(kind, same_noise):
+    """`Paired` data on the CPU reach a GPU model through fit, and the paired loss there
+    equals the CPU's."""
+    x = digits(n=400)[0]
+    x_in, x_out = x[:, :24], x[:, 24:]
+    torch.manual_seed(0)
+    model = aetk.build_model(kind, "bernoulli", in_features=24, out_features=40,
+                             latent_dim=2, hidden=(32,))
+    hist = aetk.fit(model, aetk.Paired(x_in[:320], x_out[:320]),
+                    aetk.Paired(x_in[320:], x_out[320:]), epochs=3, batch_size=32,
+                    progress=False, device="auto", seed=0)
+    assert all(p.device.type == GPU.type for p in model.parameters())
+    assert hist["val_loss"].iloc[-1] < hist["val_loss"].iloc[0]
+    cpu = copy.deepcopy(model).cpu().double()
+    gpu = copy.deepcopy(cpu).to(GPU)
+    losses = []
+    for m, dev in ((cpu, "cpu"), (gpu, GPU)):
+        same_noise(2)
+        losses.append(m.loss(x_in[:32].double().to(dev), x_out[:32].double().to(dev))
+                      .loss.item())
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-10)
+
+
+def test_traversals_of_a_cuda_model_from_cpu_codes():
+    cpu = small("vae").eval()
+    gpu = copy.deepcopy(cpu).to(GPU)
+    codes = torch.randn(50, 2, dtype=f64, generator=torch.Generator().manual_seed(4))
+    want = aetk.latent_traversal(cpu, codes, n_steps=5)
+    got = aetk.latent_traversal(gpu, codes, n_steps=5)
+    assert got.decoded.device.type == "cpu"  # on the codes' device
+    torch.testing.assert_close(got.decoded, want.decoded, rtol=1e-10, atol=1e-12)
+    grid, _, _ = aetk.latent_grid(gpu, codes, n_steps=4)
+    torch.testing.assert_close(grid, aetk.latent_grid(cpu, codes, n_steps=4)[0], rtol=1e-10,
+                               atol=1e-12)

@@ -35,7 +35,7 @@ from .models import (
     Model,
     VampPrior,
 )
-from .train import CyclicalBeta, EarlyStopping, TrainingDiverged, fit
+from .train import CyclicalBeta, EarlyStopping, Paired, TrainingDiverged, fit
 from .traversal import Traversal, latent_grid, latent_traversal
 
 __all__ = [
@@ -67,6 +67,7 @@ __all__ = [
     "LossOutput",
     "Model",
     "NegativeBinomialDecoder",
+    "Paired",
     "PoissonDecoder",
     "RBFVarianceDecoder",
     "TrainingDiverged",

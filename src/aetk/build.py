@@ -114,6 +114,8 @@ def build_model(
     *,
     in_features: int | None = None,
     input_shape: Sequence[int] | None = None,
+    out_features: int | None = None,
+    output_shape: Sequence[int] | None = None,
     latent_dim: int = 2,
     hidden: Sequence[int] = (400, 400),
     activation: str = "relu",
@@ -130,6 +132,8 @@ def build_model(
     it a denoising autoencoder: the encoder sees each input value masked with probability
     p while training. `n_conditions = k > 0` makes it conditional, q(z|x, c) and p(x|z, c)
     for conditions `c (B, k)` (one-hot classes or covariates; `Model.given`).
+    `out_features` or `output_shape` give the decoder another data shape than the encoder's,
+    for paired training (`x_in -> x_out`, `aetk.Paired`; MLP networks only).
 
     `hyper` holds the likelihood's options (`sigma`, `split`, `n_classes`, `dispersion`) and
     the model's hyperparameters (`beta`, `alpha`, `lam`, `kernel`, ...). Unknown names raise
@@ -138,6 +142,11 @@ def build_model(
     encoder_cls, constructor = _lookup(MODELS, model, "model")
     decoder_cls = _lookup(LIKELIHOODS, likelihood, "likelihood")
     shape = resolve_shape(in_features, input_shape)
+    paired = out_features is not None or output_shape is not None
+    out_shape = resolve_shape(out_features, output_shape) if paired else shape
+    if out_shape != shape and channels:
+        raise ValueError("another output shape needs MLP networks: convolutional decoders "
+                         "mirror the encoder's images (give no channels)")
     hidden = tuple(int(h) for h in hidden)
     dec_valid = _accepted(decoder_cls.__init__) - set(_DECODER_SIZE_ARGS)
     dec_opts = {k: hyper.pop(k) for k in list(hyper) if k in dec_valid}
@@ -178,7 +187,7 @@ def build_model(
     cond = {"n_conditions": int(n_conditions)} if n_conditions else {}
     encoder = encoder_cls(input_shape=shape, latent_dim=latent_dim, **sizes, **conv, **noise,
                           **cond)
-    decoder = decoder_cls(latent_dim=latent_dim, output_shape=shape, **sizes, **conv,
+    decoder = decoder_cls(latent_dim=latent_dim, output_shape=out_shape, **sizes, **conv,
                           **dec_opts, **cond)
     extra = {k: v for k, v in {"shape": shape, **sizes}.items()
              if k in inspect.signature(constructor).parameters}
@@ -187,6 +196,7 @@ def build_model(
         "model": model,
         "likelihood": likelihood,
         "input_shape": list(shape),
+        **({"output_shape": list(out_shape)} if out_shape != shape else {}),
         "latent_dim": int(latent_dim),
         "hidden": list(hidden),
         "activation": activation,

@@ -25,14 +25,15 @@ from .models.base import Model
 
 
 @torch.no_grad()
-def log_marginal(model: Model, x: torch.Tensor, n_samples: int = 100, chunk: int = 8192
-                 ) -> torch.Tensor:
+def log_marginal(model: Model, x: torch.Tensor, n_samples: int = 100, chunk: int = 8192,
+                 target: torch.Tensor | None = None) -> torch.Tensor:
     """The importance-sampled estimate of `log p(x)` per row of `x`, shape `(B,)`.
 
     `n_samples` proposals `z_s ~ q(z|x)` per row (seed them with `torch.manual_seed`); the
     decoder sees at most `chunk` latent points at a time, so memory does not grow with
     `n_samples`. For a conditional model, call it inside `with model.given(c):`: the
-    estimate is then `log p(x|c)`.
+    estimate is then `log p(x|c)`. For a model trained on paired data, `target` is the
+    x_out scored: the estimate of `log p(x_out)` with `q(z|x_in)` as the proposal.
     """
     if int(n_samples) != n_samples or n_samples < 1:
         raise ValueError(f"n_samples must be an integer >= 1, got {n_samples}")
@@ -43,6 +44,7 @@ def log_marginal(model: Model, x: torch.Tensor, n_samples: int = 100, chunk: int
                          f"{type(model).__name__} has a deterministic one")
     per_chunk = max(1, chunk // len(x))
     draws = (q.sample((min(per_chunk, n_samples - i),)) for i in range(0, n_samples, per_chunk))
-    log_w = [log_importance_weights(q, model.decode, x, z, model.prior_log_prob)[1]
+    scored = x if target is None else target
+    log_w = [log_importance_weights(q, model.decode, scored, z, model.prior_log_prob)[1]
              for z in draws]
     return torch.logsumexp(torch.cat(log_w), dim=0) - math.log(n_samples)

@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -22,7 +22,19 @@ from tqdm.auto import tqdm
 from . import validate
 from .models.base import LossOutput, Model
 
-Data = torch.Tensor | np.ndarray | Dataset | tuple[Any, Any]
+
+class Paired(NamedTuple):
+    """Paired training data (AETK's `train!(model, x_in, x_out, opt)`): the encoder sees
+    `x_in`, the likelihood scores `x_out`, row for row (denoising, or translation between
+    two views of the same samples, with `build_model(out_features=...)`). For a conditional
+    model, also its conditions `c`. Tensors or arrays."""
+
+    x_in: torch.Tensor | np.ndarray
+    x_out: torch.Tensor | np.ndarray
+    c: torch.Tensor | np.ndarray | None = None
+
+
+Data = torch.Tensor | np.ndarray | Dataset | tuple[Any, Any] | Paired
 Scheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
 LRSchedule = str | dict[str, Any] | Callable[[torch.optim.Optimizer], Scheduler] | None
 
@@ -173,9 +185,22 @@ def as_tensor(data: torch.Tensor | np.ndarray) -> torch.Tensor:
     return t.float() if t.dtype != torch.float32 else t
 
 
-def _split(data: Data, conditional: bool) -> tuple[Any, Any]:
-    """Data and, for a conditional model, its conditions: `(x, c)` pairs, a TensorDataset
-    of x and c, or a Dataset of (x, c) items (conditions None: taken from its batches)."""
+def _split(data: Data, conditional: bool) -> tuple[Any, Any, Any]:
+    """Data, for a conditional model its conditions, and for `Paired` data the targets:
+    `(x, c)` pairs, a TensorDataset of x and c, or a Dataset of (x, c) items (conditions
+    None: taken from its batches)."""
+    if isinstance(data, Paired):
+        if any(isinstance(a, Dataset) for a in data):
+            raise ValueError("Paired takes tensors or arrays, not datasets")
+        if conditional and data.c is None:
+            raise ValueError("this model is conditional: give Paired(x_in, x_out, c)")
+        if not conditional and data.c is not None:
+            raise ValueError("Paired(..., c) is for conditional models (n_conditions > 0)")
+        return data.x_in, data.c, data.x_out
+    return (*_split_conditions(data, conditional), None)
+
+
+def _split_conditions(data: Data, conditional: bool) -> tuple[Any, Any]:
     if isinstance(data, tuple):
         if not conditional:
             raise ValueError("(x, c) pairs are for conditional models (n_conditions > 0); "
@@ -198,18 +223,20 @@ def _first_item(batch: Any) -> torch.Tensor:
 
 
 class _Batches:
-    """Shuffled mini-batches of `(x, c)`, c the conditions of a conditional model or None:
-    index device tensors directly (no DataLoader overhead), or iterate a Dataset through a
-    DataLoader driven by the same seeded generator, validating each batch with
-    `check(x, name)` (and the conditions) as it streams."""
+    """Shuffled mini-batches of `(x, c, y)`, c the conditions of a conditional model and y
+    the targets of paired data, else None: index device tensors directly (no DataLoader
+    overhead), or iterate a Dataset through a DataLoader driven by the same seeded
+    generator, validating each batch with `check(x, name)` (and the conditions) as it
+    streams."""
 
     def __init__(self, data: Data, batch_size: int, device: torch.device,
                  generator: torch.Generator, shuffle: bool, check: Any, name: str,
                  n_conditions: int = 0) -> None:
-        data, conditions = _split(data, n_conditions > 0)
+        data, conditions, targets = _split(data, n_conditions > 0)
         self.n_conditions = n_conditions
         self.conditions = (as_tensor(conditions).to(device) if conditions is not None
                            else None)
+        self.targets = _as_target(targets).to(device) if targets is not None else None
         self.tensor = as_tensor(data).to(device) if not isinstance(data, Dataset) else None
         self.dataset = data if self.tensor is None else None
         self.batch_size, self.device = batch_size, device
@@ -221,7 +248,8 @@ class _Batches:
     def __len__(self) -> int:
         return self.n_batches
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None,
+                                         torch.Tensor | None]]:
         if self.tensor is None:
             loader = DataLoader(self.dataset, self.batch_size, shuffle=self.shuffle,
                                 generator=self.generator)
@@ -234,17 +262,19 @@ class _Batches:
                     c = as_tensor(batch[1]).to(self.device, non_blocking=True)
                     validate.check_conditions(c, self.n_conditions,
                                               f"{self.name} batch {i} conditions", len(x))
-                yield x.to(self.device, non_blocking=True), c
+                yield x.to(self.device, non_blocking=True), c, None
             return
-        n, c = len(self.tensor), self.conditions
+        n, c, y = len(self.tensor), self.conditions, self.targets
         if not self.shuffle:
             xs = self.tensor.split(self.batch_size)
-            yield from zip(xs, c.split(self.batch_size) if c is not None else [None] * len(xs),
-                           strict=True)
+            none = [None] * len(xs)
+            yield from zip(xs, c.split(self.batch_size) if c is not None else none,
+                           y.split(self.batch_size) if y is not None else none, strict=True)
             return
         order = torch.randperm(n, generator=self.generator).to(self.device)
         for idx in order.split(self.batch_size):
-            yield self.tensor[idx], (c[idx] if c is not None else None)
+            yield (self.tensor[idx], c[idx] if c is not None else None,
+                   y[idx] if y is not None else None)
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """All the data, or for a Dataset its first 8 batches (enough to pick centroids)."""
@@ -256,15 +286,21 @@ class _Batches:
                 torch.cat(c) if self.n_conditions else None)
 
 
+def _as_target(data: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Targets as `as_tensor`, but integer class indices stay integers (categorical)."""
+    t = torch.as_tensor(data)
+    return t if not t.is_floating_point() and t.dtype != torch.bool else as_tensor(t)
+
+
 def _check(model: Model, data: Data, name: str) -> None:
     """Validate whole tensors before training; a Dataset is checked batch by batch."""
-    data, conditions = _split(data, model.n_conditions > 0)
+    data, conditions, targets = _split(data, model.n_conditions > 0)
     if isinstance(data, Dataset):
         if len(data) == 0:
             raise ValueError(f"{name} data is empty")
         return
     x = as_tensor(data)
-    model.check_data(x, name)
+    model.check_data(x, name, _as_target(targets) if targets is not None else None)
     if conditions is not None:
         validate.check_conditions(as_tensor(conditions), model.n_conditions,
                                   f"{name} conditions", len(x))
@@ -336,9 +372,12 @@ def fit(
     `train` and `val` are tensors, numpy arrays or torch datasets (a dataset's items may be
     `(x, label)` tuples; labels are ignored); for a conditional model (`n_conditions > 0`),
     `(x, c)` pairs, a `TensorDataset(x, c)` or a dataset of `(x, c)` items, and every step
-    runs inside `model.given(c)` of its batch. With `checkpoint`, model, optimisers, random
-    states and history are saved after every epoch, and a later call with the same
-    arguments resumes where the last finished epoch left off (`resume=False` starts over).
+    runs inside `model.given(c)` of its batch; for paired training, `Paired(x_in, x_out)`
+    (`Paired(x_in, x_out, c)` for a conditional model): each step's loss is
+    `model.loss(x_in, x_out)`, the likelihood scoring x_out. With `checkpoint`, model,
+    optimisers, random states and history are saved after every epoch, and a later call
+    with the same arguments resumes where the last finished epoch left off (`resume=False`
+    starts over).
     A NaN or infinite loss stops training with `TrainingDiverged`: the model is put back
     as it was after the last finished epoch (a copy of its state is kept each epoch), the
     error's `history` holds those epochs, and the checkpoint of that epoch stays on disk.
@@ -460,9 +499,11 @@ def _train_epoch(model: Model, batches: _Batches, optimizers: dict, epoch: int,
     meter = _Meter()
     bar.reset()
     bar.set_description(f"epoch {epoch}/{epochs}")
-    for i, (x, c) in enumerate(batches, start=1):
+    for i, (x, c, y) in enumerate(batches, start=1):
         with model.given(c):
-            out = model.training_step(x, optimizers)
+            # unpaired data keeps the two-argument call of user-made training steps
+            out = (model.training_step(x, optimizers) if y is None
+                   else model.training_step(x, optimizers, y))
         if not torch.isfinite(out.loss):
             bad = [k for k, v in out.terms.items() if not torch.isfinite(v)]
             raise TrainingDiverged(
@@ -479,14 +520,14 @@ def _train_epoch(model: Model, batches: _Batches, optimizers: dict, epoch: int,
 
 def evaluate(model: Model, data: Iterable[Any], prefix: str = "val") -> dict[str, float]:
     """Mean loss and terms of `model` over batches of `data`, without gradients: tensors,
-    or `(x, c)` pairs for a conditional model."""
+    `(x, c)` pairs for a conditional model, or `(x, c, target)` triples (c may be None)."""
     model.eval()
     meter = _Meter()
     with torch.no_grad():
         for batch in data:
-            x, c = batch if isinstance(batch, tuple) else (batch, None)
+            x, c, y = (*batch, None)[:3] if isinstance(batch, tuple) else (batch, None, None)
             with model.given(c):
-                meter.add(model.loss(x), x.shape[0])
+                meter.add(model.loss(x) if y is None else model.loss(x, y), x.shape[0])
     return meter.means(prefix)
 
 

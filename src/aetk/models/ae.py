@@ -19,6 +19,6 @@ class AE(Model):
             return (out - x).square().mean()
         return -log_prob(out, x).mean()
 
-    def loss(self, x: torch.Tensor) -> LossOutput:
-        rec = self.reconstruction(self.encoder(x), x)
+    def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
+        rec = self.reconstruction(self.encoder(x), x if target is None else target)
         return LossOutput(rec, {"reconstruction": rec})

@@ -86,7 +86,10 @@ class Model(nn.Module):
             for m, b in zip(nets, before, strict=True):
                 m.conditions = b
 
-    def loss(self, x: torch.Tensor) -> LossOutput:
+    def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
+        """The objective for the inputs `x`, whose likelihood term scores `target`: `x`
+        itself when None (reconstruction), or another array for paired training (`x_in ->
+        x_out`: denoising, translation; the decoder's output shape)."""
         raise NotImplementedError
 
     def encode(self, x: torch.Tensor) -> Any:
@@ -123,12 +126,13 @@ class Model(nn.Module):
         return {"model": adam(self.parameters(), lr)}
 
     def training_step(
-        self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]
+        self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer],
+        target: torch.Tensor | None = None,
     ) -> LossOutput:
-        """One gradient step on a batch."""
+        """One gradient step on a batch (and its targets, for paired training)."""
         (opt,) = optimizers.values()
         opt.zero_grad(set_to_none=True)
-        out = self.loss(x)
+        out = self.loss(x) if target is None else self.loss(x, target)  # user-made losses
         out.loss.backward()
         opt.step()
         return out
@@ -140,12 +144,33 @@ class Model(nn.Module):
     def on_epoch_end(self, epoch: int) -> None:
         """Called after every training epoch."""
 
-    def check_data(self, x: torch.Tensor, name: str) -> None:
-        """Raise ValueError for data this model cannot take."""
+    def decodes_another_shape(self) -> bool:
+        """Whether the decoder's data shape differs from the encoder's input (a model for
+        paired data, `build_model(out_features=...)`)."""
+        out = getattr(self.decoder, "event_shape", None)
+        return (out is not None and self.input_shape is not None
+                and tuple(self.input_shape[:len(out)]) != tuple(out))
+
+    def check_data(self, x: torch.Tensor, name: str, target: torch.Tensor | None = None
+                   ) -> None:
+        """Raise ValueError for data this model cannot take: inputs `x`, and the decoder's
+        data, `target` for paired training or else `x`."""
         validate.check_finite(x, name, self.input_shape)
+        if target is not None:
+            validate.check_finite(target, f"{name} target")
+            out = getattr(self.decoder, "event_shape", None)
+            if out is not None and tuple(target.shape[1:len(out) + 1]) != tuple(out):
+                raise ValueError(f"{name} target data has feature shape "
+                                 f"{tuple(target.shape[1:])} but the decoder outputs {tuple(out)}")
+            if len(target) != len(x):
+                raise ValueError(f"{name} data has {len(x)} inputs but {len(target)} targets")
+        elif self.decodes_another_shape():
+            raise ValueError(f"this model decodes data of shape {self.decoder.event_shape}, "
+                             f"not its inputs' {self.input_shape}: give {name} data as "
+                             "aetk.Paired(x_in, x_out)")
         check = getattr(self.decoder, "check_data", None)
         if check is not None:
-            check(x, name)
+            check(x if target is None else target, name if target is None else f"{name} target")
 
     def save(self, path: str | Path) -> None:
         """Write `config.json` and `weights.pt` into the directory `path`."""

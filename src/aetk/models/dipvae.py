@@ -44,9 +44,9 @@ class DIPVAE(VAE):
         cov = centred.T @ centred / len(centred)
         return cov + torch.diag(q.variance.mean(0)) if self.type == "ii" else cov
 
-    def loss(self, x: torch.Tensor) -> LossOutput:
+    def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
         q = self.encoder(x)
-        rec, _ = self.reconstruction(q, x)
+        rec, _ = self.reconstruction(q, x if target is None else target)
         kl = kl_to_standard_normal(q).mean()
         cov = self.covariance(q)
         diagonal = (cov.diagonal() - 1).square().sum()

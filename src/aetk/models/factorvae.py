@@ -68,9 +68,9 @@ class FactorVAE(VAE):
         logits = self.discriminator(z)
         return (logits[:, JOINT] - logits[:, PRODUCT]).mean()
 
-    def loss(self, x: torch.Tensor) -> LossOutput:
+    def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
         q = self.encoder(x)
-        rec, z = self.reconstruction(q, x)
+        rec, z = self.reconstruction(q, x if target is None else target)
         kl = kl_to_standard_normal(q).mean()
         tc = self.total_correlation(z)
         return LossOutput(rec + kl + self.gamma * tc,
@@ -96,11 +96,11 @@ class FactorVAE(VAE):
         return {"vae": adam(self.vae_parameters(), lr),
                 "discriminator": adam(self.discriminator.parameters(), lr, betas=(0.5, 0.9))}
 
-    def training_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]
-                      ) -> LossOutput:
+    def training_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer],
+                      target: torch.Tensor | None = None) -> LossOutput:
         opt_vae, opt_disc = optimizers["vae"], optimizers["discriminator"]
         opt_vae.zero_grad(set_to_none=True)
-        out = self.loss(x)
+        out = self.loss(x, target)
         out.loss.backward()
         opt_vae.step()
         if len(x) < 2:  # no second half to permute

@@ -109,9 +109,10 @@ class HVAE(Model):
         monitor.check()
         return pos, rho
 
-    def loss(self, x: torch.Tensor) -> LossOutput:
+    def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
         # Exact outer gradients need a differentiable force whenever anyone may backpropagate.
-        position = self.position_fn(x, create_graph=torch.is_grad_enabled())
+        position = self.position_fn(x if target is None else target,
+                                    create_graph=torch.is_grad_enabled())
         q = self.encoder(x)
         z0 = q.rsample()
         gamma = torch.randn_like(z0)

@@ -49,9 +49,9 @@ class InfoMaxVAE(VAE):
         shuffled = z[torch.randperm(z.shape[0], device=z.device)]
         return self.critic(x, z).mean() - torch.exp(self.critic(x, shuffled) - 1).mean()
 
-    def loss(self, x: torch.Tensor) -> LossOutput:
+    def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
         q = self.encoder(x)
-        rec, z = self.reconstruction(q, x)
+        rec, z = self.reconstruction(q, x if target is None else target)
         kl = kl_to_standard_normal(q).mean()
         mi = self.mutual_info(x, z)
         loss = rec + self.beta * kl - self.alpha * mi
@@ -67,10 +67,10 @@ class InfoMaxVAE(VAE):
             "critic": adam(self.critic.parameters(), lr),
         }
 
-    def training_step(self, x, optimizers) -> LossOutput:
+    def training_step(self, x, optimizers, target=None) -> LossOutput:
         opt_vae, opt_critic = optimizers["vae"], optimizers["critic"]
         opt_vae.zero_grad(set_to_none=True)
-        out = self.loss(x)
+        out = self.loss(x, target)
         out.loss.backward()
         opt_vae.step()
         # The critic sees a fresh z and moves alone: no gradient reaches the encoder.

@@ -41,9 +41,9 @@ class InfoVAE(VAE):
         self.unbiased = unbiased
         check_mmd_options(kernel, scales, n_prior_samples)
 
-    def loss(self, x: torch.Tensor) -> LossOutput:
+    def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
         q = self.encoder(x)
-        rec, z = self.reconstruction(q, x)
+        rec, z = self.reconstruction(q, x if target is None else target)
         kl = kl_to_standard_normal(q).mean()
         d = mmd_to_standard_normal(z, self.kernel, self.scales, self.unbiased,
                                    self.n_prior_samples)

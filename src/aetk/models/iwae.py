@@ -27,9 +27,10 @@ class IWAE(Model):
             raise ValueError(f"n_samples must be an integer >= 1, got {n_samples}")
         self.n_samples = int(n_samples)
 
-    def loss(self, x: torch.Tensor) -> LossOutput:
+    def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
         q = self.encoder(x)
-        log_lik, log_w = log_importance_weights(q, self.decoder, x, q.rsample((self.n_samples,)))
+        log_lik, log_w = log_importance_weights(q, self.decoder, x if target is None else target,
+                                            q.rsample((self.n_samples,)))
         bound = torch.logsumexp(log_w, dim=0) - math.log(self.n_samples)
         return LossOutput(-bound.mean(), {"reconstruction": -log_lik.mean(),
                                           "kl": kl_to_standard_normal(q).mean()})

@@ -252,10 +252,11 @@ class RHVAE(Model):
         monitor.check()
         return pos, rho
 
-    def loss(self, x: torch.Tensor) -> LossOutput:
+    def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
         # Exact outer gradients need a differentiable force whenever anyone may backpropagate.
         metric = self.live_metric()
-        position = self.position_fn(x, metric, create_graph=torch.is_grad_enabled())
+        position = self.position_fn(x if target is None else target, metric,
+                                    create_graph=torch.is_grad_enabled())
         q = self.encoder(x)
         z0 = q.rsample()
         start = position(z0)

@@ -58,14 +58,14 @@ class BetaTCVAE(Model):
         if int(self.dataset_size) == 0:
             self.dataset_size.fill_(len(train) if n_train is None else n_train)
 
-    def loss(self, x: torch.Tensor) -> LossOutput:
+    def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
         n = int(self.dataset_size)
         if n == 0:
             raise RuntimeError("the BetaTCVAE needs the training set size: train it with "
                                "aetk.fit, or give dataset_size")
         q = self.encoder(x)
         z = q.rsample()
-        rec = -log_prob(self.decoder(z), x).mean()
+        rec = -log_prob(self.decoder(z), x if target is None else target).mean()
         base = q.base_dist if isinstance(q, D.Independent) else q
         # log q(z_i,j | x_m): every row's sample under every row's posterior, (M, M, d)
         log_qj = D.Normal(base.loc, base.scale).log_prob(z.unsqueeze(1))

@@ -37,9 +37,9 @@ class VAE(Model):
         z = q.rsample((self.n_samples,))
         return -log_lik_of_draws(self.decoder, x, z).mean(), z[0]
 
-    def loss(self, x: torch.Tensor) -> LossOutput:
+    def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
         q = self.encoder(x)
-        rec, _ = self.reconstruction(q, x)
+        rec, _ = self.reconstruction(q, x if target is None else target)
         kl_dims = kl_per_dimension(q).mean(0)
         kl = kl_dims.sum()
         if not self.free_bits:

@@ -68,10 +68,10 @@ class VampPrior(Model):
         z = q.sample()
         return q.log_prob(z) - self.prior_log_prob(z)
 
-    def loss(self, x: torch.Tensor) -> LossOutput:
+    def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
         q = self.encoder(x)
         z = q.rsample()
-        rec = -log_prob(self.decoder(z), x).mean()
+        rec = -log_prob(self.decoder(z), x if target is None else target).mean()
         kl = (q.log_prob(z) - self.prior_log_prob(z)).mean()
         return LossOutput(rec + self.beta * kl, {"reconstruction": rec, "kl": kl})
 

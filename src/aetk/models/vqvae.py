@@ -149,17 +149,17 @@ class VQVAE(AE):
         terms["perplexity"] = perplexity(codes, self.n_codes).to(rec.dtype)
         return LossOutput(loss, terms), codes
 
-    def loss(self, x: torch.Tensor) -> LossOutput:
-        return self.quantised_loss(x, self.encoder(x))[0]
+    def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
+        return self.quantised_loss(x if target is None else target, self.encoder(x))[0]
 
-    def training_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]
-                      ) -> LossOutput:
+    def training_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer],
+                      target: torch.Tensor | None = None) -> LossOutput:
         """A gradient step on the loss, then on the same encoder outputs the codebook's EMA
         step (with `"ema"`) and the restart of dead codes; the codes taken are counted."""
         (opt,) = optimizers.values()
         opt.zero_grad(set_to_none=True)
         z_e = self.encoder(x)
-        out, codes = self.quantised_loss(x, z_e)
+        out, codes = self.quantised_loss(x if target is None else target, z_e)
         out.loss.backward()
         opt.step()
         z_e = z_e.detach()

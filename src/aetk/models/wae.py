@@ -56,9 +56,9 @@ class WAE(AE):
         self.n_prior_samples = None if n_prior_samples is None else int(n_prior_samples)
         self.unbiased = unbiased
 
-    def loss(self, x: torch.Tensor) -> LossOutput:
+    def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
         z = self.encoder(x)
-        rec = self.reconstruction(z, x)
+        rec = self.reconstruction(z, x if target is None else target)
         d = mmd_to_standard_normal(z, self.kernel, self.scales, self.unbiased,
                                    self.n_prior_samples)
         return LossOutput(rec + self.lam * d, {"reconstruction": rec, "mmd": d})
