@@ -186,6 +186,24 @@ def test_bad_paired_data_is_refused(data, message) -> None:
         aetk.fit(model, data(x), epochs=1, batch_size=50, progress=False)
 
 
+class OwnModel(aetk.Model):
+    """A user-made model whose loss takes no target."""
+
+    def loss(self, x: torch.Tensor) -> aetk.LossOutput:
+        rec = -self.decoder(self.encoder(x).rsample()).log_prob(x).mean()
+        return aetk.LossOutput(rec, {"reconstruction": rec})
+
+
+def test_a_user_made_loss_without_target_still_trains_and_refuses_pairs() -> None:
+    x, _ = digits(n=64)
+    model = OwnModel(aetk.GaussianEncoder(in_features=64, latent_dim=2, hidden=(8,)),
+                     aetk.BernoulliDecoder(latent_dim=2, out_features=64, hidden=(8,)))
+    history = aetk.fit(model, x, x, epochs=2, batch_size=32, progress=False)
+    assert np.isfinite(history["val_loss"]).all()
+    with pytest.raises(ValueError, match=r"OwnModel\.loss takes no target"):
+        aetk.fit(model, aetk.Paired(x, x), epochs=1, batch_size=32, progress=False)
+
+
 def test_another_output_shape_needs_mlp_networks() -> None:
     with pytest.raises(ValueError, match="another output shape needs MLP networks"):
         aetk.build_model("vae", "bernoulli", input_shape=(8, 8), out_features=10,

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import time
@@ -300,6 +301,12 @@ def _check(model: Model, data: Data, name: str) -> None:
             raise ValueError(f"{name} data is empty")
         return
     x = as_tensor(data)
+    if targets is not None:
+        try:
+            inspect.signature(model.loss).bind(x, x)
+        except TypeError:
+            raise ValueError(f"{type(model).__name__}.loss takes no target: paired data need "
+                             "loss(x, target=None)") from None
     model.check_data(x, name, _as_target(targets) if targets is not None else None)
     if conditions is not None:
         validate.check_conditions(as_tensor(conditions), model.n_conditions,
