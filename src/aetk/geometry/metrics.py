@@ -110,8 +110,8 @@ class RHVAEMetric(Metric):
         return 0.5 * self.model.log_det_G(z)
 
     def _contract(self, z: Tensor, u: Tensor, w: Tensor | None) -> Tensor:
-        # an RHVAE's centroid metric has a closed-form derivative: 15-25x faster than the
-        # JVPs through its Cholesky factor
+        # an RHVAE's centroid metric has a closed-form derivative: 5-8x faster than the
+        # JVPs through its Cholesky factor (100 points, latent 10 and 2)
         frozen = getattr(self.model, "frozen_metric", None)
         if frozen is None:
             return super()._contract(z, u, w)
