@@ -103,3 +103,17 @@ def test_latent_grid_needs_two_dimensions() -> None:
     model, _, _ = linear_model(3)
     with pytest.raises(ValueError, match="2-D latent space"):
         aetk.latent_grid(model, torch.randn(10, 3))
+
+
+def test_traversal_figure_of_many_dimensions_without_images(tmp_path) -> None:
+    """Six traversed dimensions of 5-feature data: the first four as heat maps."""
+    import xarray as xr
+
+    from aetk import report
+
+    ds = xr.Dataset(
+        {"traversal": (("traversed", "step", "feature"), np.random.rand(6, 5, 5)),
+         "traversal_value": (("traversed", "step"), np.tile(np.linspace(-1, 1, 5), (6, 1)))},
+        coords={"traversed": np.arange(6)}, attrs={"model": "vae", "likelihood": "gaussian"})
+    report.plot_traversals(ds, tmp_path / "t.png")
+    assert (tmp_path / "t.png").stat().st_size > 10_000

@@ -220,7 +220,8 @@ def plot_traversals(latent: xr.Dataset, path: Path, max_heatmaps: int = 4) -> No
         _save(fig, path)
         return
     values = latent["traversal_value"].values
-    names = [f"z{j + 1}: {v[0]:.2f} to {v[-1]:.2f}"
+    # two short lines: a long label runs into its neighbours along an image row's height
+    names = [f"z{j + 1}\n{v[0]:.1f} to {v[-1]:.1f}"
              for j, v in zip(latent["traversed"].values, values, strict=True)]
     rows = list(latent["traversal"].values)
     title = (f"latent traversals: {model}\none dimension at a time across the validation "
@@ -228,7 +229,8 @@ def plot_traversals(latent: xr.Dataset, path: Path, max_heatmaps: int = 4) -> No
     if shape:
         fig = _image_grid(rows, tuple(shape), names, title)
     else:
-        fig = _heatmaps(rows[:max_heatmaps], names[:max_heatmaps], title, ylabel="step")
+        fig = _heatmaps(rows[:max_heatmaps], [n.replace("\n", ": ") for n in names[:max_heatmaps]],
+                        title, ylabel="step")
     _save(fig, path)
 
 
