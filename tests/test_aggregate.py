@@ -10,6 +10,7 @@ import pytest
 import torch
 import xarray as xr
 
+from aetk import report
 from aetk.aggregate import kl_decomposition
 from aetk.distributions import kl_to_standard_normal
 from aetk.report import comparison_table
@@ -155,6 +156,32 @@ def test_the_split_of_many_samples_uses_a_subset(monkeypatch) -> None:
     assert row["val_mutual_info"] == pytest.approx(expected.mutual_information)
     assert row["val_mutual_info"] <= math.log(25) + 1e-9
     assert row["val_mutual_info"] + row["val_marginal_kl"] == pytest.approx(kl[idx].mean())
+
+
+def test_runs_of_one_setting_share_a_row_of_the_comparison_figure() -> None:
+    """Two settings with three seeds each (pipeline names, `-s<seed>` before `-cond`): six
+    rows of the table with their seeds, two rows of the figure ordered by mean log p(x)."""
+    rng = np.random.default_rng(3)
+    split = np.full(30, SPLIT_VALIDATION)
+    histories, latents = {}, {}
+    for setting, shift in (("vae-bernoulli-{}-cond", 0.0), ("rhvae-bernoulli-{}", 5.0)):
+        for seed in range(3):
+            run = setting.format(f"s{seed}")
+            lat = _store(rng.standard_normal((30, 2)), np.full((30, 2), 0.5),
+                         rng.uniform(1, 2, 30), split)
+            lat["log_marginal"] = lat["log_marginal"] + shift + seed
+            lat.attrs["train_seed"] = seed
+            histories[run], latents[run] = _history(), lat
+    table = comparison_table(histories, latents, {})
+    assert table["seed"].tolist() == [0, 1, 2, 0, 1, 2]
+    fig = report.comparison_figure(table)
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == ["vae-bernoulli-cond", "rhvae-bernoulli"]  # worst first, at the bottom
+    assert len(fig.axes[0].lines[1].get_ydata()) == 6  # the log p(x) dots: one per run
+    single = comparison_table({"vae": _history()}, {"vae": latents["rhvae-bernoulli-s0"]}, {})
+    assert single["seed"].tolist() == [0]
+    assert [t.get_text() for t in report.comparison_figure(single).axes[0]
+            .get_yticklabels()] == ["vae"]
 
 
 def _history() -> pd.DataFrame:

@@ -111,8 +111,9 @@ def test_traversal_figure_of_many_dimensions_without_images(tmp_path) -> None:
 
     from aetk import report
 
+    decoded = np.random.default_rng(0).random((6, 5, 5))
     ds = xr.Dataset(
-        {"traversal": (("traversed", "step", "feature"), np.random.rand(6, 5, 5)),
+        {"traversal": (("traversed", "step", "feature"), decoded),
          "traversal_value": (("traversed", "step"), np.tile(np.linspace(-1, 1, 5), (6, 1)))},
         coords={"traversed": np.arange(6)}, attrs={"model": "vae", "likelihood": "gaussian"})
     report.plot_traversals(ds, tmp_path / "t.png")

@@ -470,6 +470,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
         "log_marginal": f"log p(x) by importance sampling, {args.n_importance} samples from "
                         "q(z|x) (aetk.log_marginal)",
         "conditions": "labels" if conditions is not None else "none",
+        "train_seed": info.get("settings", {}).get("seed"),
     }
     if conditions is not None:
         ds.attrs["log_marginal"] += "; of this conditional model: log p(x|c), c the label"

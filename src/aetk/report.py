@@ -8,6 +8,7 @@ can be redrawn without the models.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib as mpl
@@ -16,6 +17,7 @@ import pandas as pd
 import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from aetk.aggregate import kl_decomposition
 from aetk.storage import SPLIT_VALIDATION, StoredData
@@ -333,35 +335,61 @@ def plot_training_curves(histories: dict[str, pd.DataFrame], path: Path) -> None
 
 
 def plot_comparison(table: pd.DataFrame, path: Path) -> None:
+    """`comparison_figure(table)` as a PNG at `path`."""
+    _save(comparison_figure(table), path)
+
+
+def comparison_figure(table: pd.DataFrame) -> Figure:
     """The comparison table as dots, one row of panels per likelihood (log-likelihoods of
     different likelihoods are not comparable): validation log p(x) with the ELBO below it
     (their gap is roughly how far q(z|x) is from the posterior), the reconstruction
     error, the KL term split into I(x; z) and KL(q(z) || p(z)), and the classifier score of
-    the generated samples when the table has it."""
+    the generated samples when the table has it. Runs that differ only in their seed share
+    a row (a dot each), so that seed-to-seed spread shows beside the differences between
+    settings."""
+    table = table.assign(setting=_settings(table))
     groups = list(table.groupby("likelihood", sort=False))
+    n_rows = table.groupby("likelihood")["setting"].nunique().sum()
     scored = "sample_score" in table
     fig, axes = _subplots(len(groups), 3 + scored, figsize=(15.0 + 4.5 * scored, 0.6 + 0.32
-                                                           * len(table) + 0.9 * len(groups)))
+                                                           * n_rows + 0.9 * len(groups)))
     for (likelihood, rows), (ax_ll, ax_err, ax_kl, *ax_score) in zip(groups, axes,
                                                                      strict=True):
-        rows = rows.sort_values(["val_log_marginal", "val_elbo"], na_position="first")
-        y = np.arange(len(rows))
+        # one row per setting, its seeds side by side, settings ordered by their mean
+        means = rows.groupby("setting", sort=False)[["val_log_marginal", "val_elbo",
+                                                     "val_mutual_info", "val_marginal_kl"]]
+        means = means.mean().sort_values(["val_log_marginal", "val_elbo"],
+                                         na_position="first")
+        y = rows["setting"].map({s: i for i, s in enumerate(means.index)}).to_numpy()
+        ticks = np.arange(len(means))
         ax_ll.plot(rows["val_elbo"], y, "o", mfc="white", color="tab:blue")
         ax_ll.plot(rows["val_log_marginal"], y, "o", color="tab:blue")
         ax_ll.hlines(y, rows["val_elbo"], rows["val_log_marginal"], color="tab:blue", lw=1)
-        ax_ll.set(yticks=y, yticklabels=rows["run"], xlabel="nats per sample (higher is better)",
+        ax_ll.set(yticks=ticks, yticklabels=means.index,
+                  xlabel="nats per sample (higher is better)",
                   title=f"{likelihood}: validation log p(x) (filled) and ELBO (open)")
         ax_err.plot(rows["val_reconstruction_error"], y, "o", color="tab:orange")
-        ax_err.set(yticks=y, yticklabels=[], xlabel="mean squared error (lower is better)",
+        ax_err.xaxis.set_major_locator(MaxNLocator(5))  # long decimals collide
+        ax_err.set(yticks=ticks, yticklabels=[], xlabel="mean squared error (lower is better)",
                    title="validation reconstruction error")
-        _kl_bars(ax_kl, rows, y)
+        _kl_bars(ax_kl, means, ticks)
         if scored:
             _score_dots(ax_score[0], rows, y)
         for ax in (ax_ll, ax_err, ax_kl, *ax_score):
             ax.grid(axis="x", alpha=0.3)
-            ax.set_ylim(-0.6, len(rows) - 0.4)
+            ax.set_ylim(-0.6, len(means) - 0.4)
+    if table.groupby("setting")["run"].count().max() > 1:
+        fig.suptitle("one dot per seed; KL bars: means over the seeds", fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    return fig
+
+
+def _settings(table: pd.DataFrame) -> pd.Series:
+    """Each run's name without its seed part (`-s<seed>`, as the pipeline names runs):
+    the runs of one setting that differ only in the seed share it."""
+    seeds = table["seed"] if "seed" in table else pd.Series(None, index=table.index)
+    return pd.Series([run if pd.isna(seed) else re.sub(rf"-s{int(seed)}(?=-|$)", "", run)
+                      for run, seed in zip(table["run"], seeds, strict=True)], index=table.index)
 
 
 def _kl_bars(ax: Axes, rows: pd.DataFrame, y: np.ndarray) -> None:
@@ -384,7 +412,7 @@ def _score_dots(ax: Axes, rows: pd.DataFrame, y: np.ndarray) -> None:
             label="Riemannian uniform")
     ax.axvline(float(rows["data_sample_score"].iloc[0]), color="0.4", ls="--", lw=1,
                label="validation data")
-    ax.set(yticks=y, yticklabels=[], xlabel="classifier score (higher is better)",
+    ax.set(yticks=np.unique(y), yticklabels=[], xlabel="classifier score (higher is better)",
            title="samples: recognisable and varied")
     ax.legend(fontsize=7, loc="lower left")
 
@@ -472,6 +500,7 @@ def comparison_table(histories: dict[str, pd.DataFrame], latents: dict[str, xr.D
             "likelihood": lat.attrs.get("likelihood"),
             "latent_dim": lat.attrs.get("latent_dim"),
             "conditions": lat.attrs.get("conditions", "none"),
+            "seed": lat.attrs.get("train_seed"),
             "epochs": int(h["epoch"].max()),
             "final_train_loss": float(h["train_loss"].iloc[-1]),
             "final_val_loss": float(h["val_loss"].iloc[-1]) if "val_loss" in h else np.nan,
