@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from .aggregate import KLDecomposition, kl_decomposition
+from .batches import LocalityBatches
 from .build import LIKELIHOODS, MODELS, build_model
 from .decoders import (
     BernoulliDecoder,
@@ -64,6 +65,7 @@ __all__ = [
     "InfoVAE",
     "KLDecomposition",
     "LearnedGaussianDecoder",
+    "LocalityBatches",
     "LossOutput",
     "Model",
     "NegativeBinomialDecoder",

@@ -38,6 +38,8 @@ class Paired(NamedTuple):
 Data = torch.Tensor | np.ndarray | Dataset | tuple[Any, Any] | Paired
 Scheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
 LRSchedule = str | dict[str, Any] | Callable[[torch.optim.Optimizer], Scheduler] | None
+# called once per epoch with fit's seeded generator: that epoch's training index batches
+BatchSampler = Callable[[torch.Generator], Iterable[torch.Tensor]]
 
 
 class TrainingDiverged(RuntimeError):
@@ -232,7 +234,7 @@ class _Batches:
 
     def __init__(self, data: Data, batch_size: int, device: torch.device,
                  generator: torch.Generator, shuffle: bool, check: Any, name: str,
-                 n_conditions: int = 0) -> None:
+                 n_conditions: int = 0, batch_sampler: BatchSampler | None = None) -> None:
         data, conditions, targets = _split(data, n_conditions > 0)
         self.n_conditions = n_conditions
         self.conditions = (as_tensor(conditions).to(device) if conditions is not None
@@ -245,6 +247,15 @@ class _Batches:
         self.check, self.name = check, name
         self.n = len(self.tensor) if self.tensor is not None else len(self.dataset)
         self.n_batches = math.ceil(self.n / batch_size)
+        self.batch_sampler = batch_sampler
+        if batch_sampler is not None:
+            if self.tensor is None:
+                raise ValueError("batch_sampler needs the training data as tensors or arrays, "
+                                 "not a Dataset")
+            if getattr(batch_sampler, "n", self.n) != self.n:
+                raise ValueError(f"the batch_sampler was made for {batch_sampler.n} rows, but "
+                                 f"the {name} data has {self.n}")
+            self.n_batches = len(batch_sampler)
 
     def __len__(self) -> int:
         return self.n_batches
@@ -266,6 +277,12 @@ class _Batches:
                 yield x.to(self.device, non_blocking=True), c, None
             return
         n, c, y = len(self.tensor), self.conditions, self.targets
+        if self.batch_sampler is not None:
+            for idx in self.batch_sampler(self.generator):
+                idx = idx.to(self.device)
+                yield (self.tensor[idx], c[idx] if c is not None else None,
+                       y[idx] if y is not None else None)
+            return
         if not self.shuffle:
             xs = self.tensor.split(self.batch_size)
             none = [None] * len(xs)
@@ -372,6 +389,7 @@ def fit(
     progress: bool = True,
     callbacks: Sequence[Any] = (),
     lr_schedule: LRSchedule = None,
+    batch_sampler: BatchSampler | None = None,
 ) -> pd.DataFrame:
     """Train `model` and return its history: one row per epoch with the train and
     validation loss, every loss term, and the seconds the epoch took.
@@ -396,6 +414,10 @@ def fit(
     or spec of `scheduler_factory` ("cosine", {"name": "step", "milestones": [30]}, ...)
     or a callable that makes a torch scheduler from an optimiser; the history then has the
     rate each epoch used (`lr`; `lr_<name>` for a model's further optimisers).
+    `batch_sampler` replaces the shuffled training batches (tensor data): called once per
+    epoch with fit's seeded generator, it yields index tensors, e.g.
+    `aetk.LocalityBatches` (neighbourhoods, for variance networks); validation keeps
+    `batch_size`.
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
@@ -408,7 +430,7 @@ def fit(
     model.to(device)
     k = model.n_conditions
     batches = _Batches(train, batch_size, device, shuffle_rng, True, model.check_data, "train",
-                       k)
+                       k, batch_sampler)
     val_batches = (_Batches(val, batch_size, device, shuffle_rng, False, model.check_data,
                             "validation", k) if val is not None else None)
     x_start, c_start = batches.sample()
@@ -423,6 +445,9 @@ def fit(
     ckpt = Path(checkpoint) if checkpoint is not None else None
     n_train = len(batches.tensor) if batches.tensor is not None else len(batches.dataset)
     fingerprint = _fingerprint(model, n_train, batch_size, lr, seed)
+    if batch_sampler is not None:  # likewise
+        fingerprint["batch_sampler"] = (f"{type(batch_sampler).__name__}, {len(batches)} "
+                                        f"batches of {getattr(batch_sampler, 'batch_size', '?')}")
     if schedulers:  # only when set, so that checkpoints without one keep their fingerprint
         fingerprint["lr_schedule"] = (
             lr_schedule if not callable(lr_schedule)
