@@ -296,6 +296,26 @@ def test_bad_training_settings_exit_with_a_message(steps: Path, tmp_path: Path,
     assert not (tmp_path / "m").exists() and not (tmp_path / "h.tsv").exists()
 
 
+def test_training_on_locality_batches(steps: Path, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture) -> None:
+    """--locality trains on neighbourhood batches: its own run hash and settings; a K
+    beyond the training rows exits with the sampler's message, writing nothing."""
+    base = ["train", "--data", str(steps / "data.zarr"), "--model", "vae", "--likelihood",
+            "bernoulli", "--hidden", "16", "--epochs", "1", "--no-progress"]
+    assert cli.main([*base, "--locality", "4", "3", "8", "--out", str(tmp_path / "m"),
+                     "--history", str(tmp_path / "h.tsv")]) == 0
+    info = json.loads((tmp_path / "m" / "aetk_run.json").read_text())
+    assert info["settings"]["locality"] == [4, 3, 8]
+    assert cli.main([*base, "--out", str(tmp_path / "u"),
+                     "--history", str(tmp_path / "u.tsv")]) == 0
+    uniform = json.loads((tmp_path / "u" / "aetk_run.json").read_text())
+    assert "locality" not in uniform["settings"] and uniform["run_hash"] != info["run_hash"]
+    assert cli.main([*base, "--locality", "4", "3", "500", "--out", str(tmp_path / "x"),
+                     "--history", str(tmp_path / "x.tsv")]) == 1
+    assert "k_neighbors must be in [1, 180]" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_another_data_set_exits_with_a_message(steps: Path, tmp_path: Path,
                                                capsys: pytest.CaptureFixture) -> None:
     cli.main(["preprocess", "--source", "swissroll", "--n-samples", "50",

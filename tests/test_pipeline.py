@@ -170,6 +170,8 @@ def test_lint_and_snakefmt(tmp_path: Path) -> None:
     ({"model_options": {"rhvae": {"n_centroid": 8}}},
      "model_options.rhvae: Additional properties are not allowed ('n_centroid'"),
     ({"colour": "red"}, "(top level): Additional properties are not allowed ('colour'"),
+    ({"train": {"locality": {"n_primary": 4, "n_secondary": 2}}},
+     "train.locality: {'n_primary': 4, 'n_secondary': 2} is not valid under any"),
     ({"encode": {"traversal_steps": 1}},
      "encode.traversal_steps: 1 is not allowed: 0 (none) or at least 2 steps"),
 ])

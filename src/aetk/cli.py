@@ -120,6 +120,7 @@ def run_settings(args: argparse.Namespace, data_hash: str) -> dict[str, Any]:
         **({"input_noise": args.input_noise} if args.input_noise else {}),
         **({"lr_schedule": args.lr_schedule} if args.lr_schedule != "constant" else {}),
         **({"conditions": args.conditions} if args.conditions != "none" else {}),
+        **({"locality": list(args.locality)} if args.locality else {}),
         "options": parse_options(args.options), "epochs": args.epochs,
         "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "data_config_hash": data_hash,
@@ -215,10 +216,15 @@ def cmd_train(args: argparse.Namespace) -> None:
                          "split (preprocess with --validation-fraction > 0)")
     callbacks = (() if progress else (_EpochPrinter(args.epochs),)) + (
         (aetk.EarlyStopping(args.patience),) if args.patience else ())
+    sampler = None
+    if args.locality:
+        n_primary, n_secondary, k = args.locality
+        sampler = aetk.LocalityBatches(stored.train, n_primary=n_primary,
+                                       n_secondary=n_secondary, k_neighbors=k)
     history = aetk.fit(model, train, val, epochs=args.epochs, batch_size=args.batch_size,
                        lr=args.lr, device=device, seed=args.seed, checkpoint=checkpoint,
                        resume=args.resume, progress=progress, callbacks=callbacks,
-                       lr_schedule=args.lr_schedule)
+                       lr_schedule=args.lr_schedule, batch_sampler=sampler)
     model.cpu().save(args.out)
     info = {
         "run_hash": run_hash, "settings": settings, "device": device, "threads": args.threads,
@@ -859,6 +865,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=0,
                    help="stop once the validation loss has not improved for this many epochs "
                    "and keep the best epoch's weights (0: train all --epochs)")
+    p.add_argument("--locality", type=int, nargs=3, metavar=("N_PRIMARY", "N_SECONDARY", "K"),
+                   help="train on batches of local neighbourhoods (aetk.LocalityBatches, for "
+                   "variance networks): N_PRIMARY points and N_SECONDARY of each one's K "
+                   "nearest neighbours; --batch-size then applies to validation only")
     p.add_argument("--device", default="auto", help="auto (a free GPU, else CPU), cpu, cuda:N")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and shuffling")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")

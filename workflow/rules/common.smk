@@ -149,6 +149,13 @@ def lr_schedule_arg(spec):
     return spec if isinstance(spec, str) else json.dumps(spec, sort_keys=True)
 
 
+def locality_arg(spec):
+    """The three numbers of --locality, or None (no flag) for uniform batches."""
+    if spec is None:
+        return None
+    return [spec["n_primary"], spec["n_secondary"], spec["k_neighbors"]]
+
+
 def train_args(wildcards):
     spec = RUNS[wildcards.run]
     options = {
@@ -171,6 +178,7 @@ def train_args(wildcards):
             ("--lr", train["lr"]),
             ("--patience", train["patience"] or None),
             ("--lr-schedule", lr_schedule_arg(train["lr_schedule"])),
+            ("--locality", locality_arg(train["locality"])),
             ("--conditions", "labels" if spec["conditional"] else None),
             ("--device", train["device"]),
             ("--seed", spec["seed"]),
