@@ -274,3 +274,17 @@ def test_traversals_of_a_cuda_model_from_cpu_codes():
     grid, _, _ = aetk.latent_grid(gpu, codes, n_steps=4)
     torch.testing.assert_close(grid, aetk.latent_grid(cpu, codes, n_steps=4)[0], rtol=1e-10,
                                atol=1e-12)
+
+
+def test_locality_batches_on_cuda_give_the_cpu_run():
+    """The sampler's CPU indices pick rows of the data on the GPU: the same history (fit
+    trains in float32; other batches would move the epoch means by far more than 1e-4)."""
+    x = digits("gaussian_learned", n=200)[0]
+    runs = []
+    for device in ("cpu", GPU):
+        torch.manual_seed(0)
+        model = aetk.build_model("vae", "gaussian_learned", in_features=64, hidden=(16,))
+        sampler = aetk.LocalityBatches(x, n_primary=4, n_secondary=3, k_neighbors=8)
+        runs.append(aetk.fit(model, x, epochs=2, batch_size=32, progress=False, device=device,
+                             batch_sampler=sampler))
+    np.testing.assert_allclose(runs[1]["train_loss"], runs[0]["train_loss"], rtol=1e-4)
