@@ -210,3 +210,44 @@ class Conditioned(nn.Module):
 
     def extra_repr(self) -> str:
         return f"n_conditions={self.n_conditions}"
+
+
+class SequenceEncoderNet(nn.Module):
+    """Token sequences `(B, T)` of integers in `[0, vocab)` (as floats too, as `fit` hands
+    them over, or one-hot `(B, T, vocab)`) -> `(B, n_out)`: an embedding, a GRU, and its
+    last hidden state through a linear layer. The `network` of an encoder for sequence
+    data (`GaussianEncoder(SequenceEncoderNet(vocab, 2 * d), latent_dim=d)`)."""
+
+    def __init__(self, vocab: int, n_out: int, *, embedding: int = 32, hidden: int = 128,
+                 layers: int = 1) -> None:
+        super().__init__()
+        self.vocab = int(vocab)
+        self.embed = nn.Embedding(self.vocab, embedding)
+        self.gru = nn.GRU(embedding, hidden, num_layers=layers, batch_first=True)
+        self.out = nn.Linear(hidden, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.argmax(-1) if x.dim() == 3 else x.long()
+        _, h = self.gru(self.embed(tokens))
+        return self.out(h[-1])
+
+
+class SequenceDecoderNet(nn.Module):
+    """`z (..., latent_dim)` -> logits `(..., length * vocab)` for a `CategoricalDecoder`
+    with `out_features=length, n_classes=vocab`: z sets the GRU's initial state and is its
+    input at every step. Without teacher forcing the positions are independent given z,
+    so p(x|z) stays a product of categoricals and every model's loss applies as it is."""
+
+    def __init__(self, latent_dim: int, vocab: int, length: int, *, hidden: int = 128,
+                 layers: int = 1) -> None:
+        super().__init__()
+        self.length, self.vocab, self.layers = int(length), int(vocab), int(layers)
+        self.start = nn.Linear(latent_dim, hidden * self.layers)
+        self.gru = nn.GRU(latent_dim, hidden, num_layers=self.layers, batch_first=True)
+        self.out = nn.Linear(hidden, self.vocab)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        lead, rows = z.shape[:-1], z.reshape(-1, z.shape[-1])
+        h0 = torch.tanh(self.start(rows)).reshape(len(rows), self.layers, -1).transpose(0, 1)
+        steps, _ = self.gru(rows.unsqueeze(1).expand(-1, self.length, -1), h0.contiguous())
+        return self.out(steps).reshape(*lead, self.length * self.vocab)
