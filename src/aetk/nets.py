@@ -236,7 +236,9 @@ class SequenceDecoderNet(nn.Module):
     """`z (..., latent_dim)` -> logits `(..., length * vocab)` for a `CategoricalDecoder`
     with `out_features=length, n_classes=vocab`: z sets the GRU's initial state and is its
     input at every step. Without teacher forcing the positions are independent given z,
-    so p(x|z) stays a product of categoricals and every model's loss applies as it is."""
+    so p(x|z) stays a product of categoricals and every model's loss applies as it is.
+    On CUDA, cuDNN's GRU has no double backward, which the HVAE's and RHVAE's exact forces
+    need: train those inside `torch.backends.cudnn.flags(enabled=False)`."""
 
     def __init__(self, latent_dim: int, vocab: int, length: int, *, hidden: int = 128,
                  layers: int = 1) -> None:
