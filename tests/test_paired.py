@@ -157,6 +157,20 @@ def test_log_marginal_of_the_target_with_the_input_as_proposal() -> None:
     torch.testing.assert_close(estimate, exact, rtol=0, atol=0.1)
 
 
+def test_a_checkpoint_of_unpaired_training_is_refused_for_paired_data(tmp_path) -> None:
+    x, _ = digits(n=64)
+    ckpt = tmp_path / "ckpt.pt"
+
+    def run(data):
+        torch.manual_seed(0)
+        model = aetk.build_model("vae", "bernoulli", in_features=64, hidden=(8,))
+        return aetk.fit(model, data, epochs=1, batch_size=32, progress=False, checkpoint=ckpt)
+
+    run(x)
+    with pytest.raises(ValueError, match="paired: None there, True now"):
+        run(aetk.Paired(x, 1 - x))
+
+
 def test_paired_data_of_a_conditional_model() -> None:
     x, _ = digits(n=100)
     c = torch.eye(3)[torch.arange(100) % 3]

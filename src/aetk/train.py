@@ -445,9 +445,12 @@ def fit(
     ckpt = Path(checkpoint) if checkpoint is not None else None
     n_train = len(batches.tensor) if batches.tensor is not None else len(batches.dataset)
     fingerprint = _fingerprint(model, n_train, batch_size, lr, seed)
-    if batch_sampler is not None:  # likewise
+    # only when set (also lr_schedule below), so that earlier checkpoints keep theirs
+    if batch_sampler is not None:
         fingerprint["batch_sampler"] = (f"{type(batch_sampler).__name__}, {len(batches)} "
                                         f"batches of {getattr(batch_sampler, 'batch_size', '?')}")
+    if batches.targets is not None:
+        fingerprint["paired"] = True
     if schedulers:  # only when set, so that checkpoints without one keep their fingerprint
         fingerprint["lr_schedule"] = (
             lr_schedule if not callable(lr_schedule)
