@@ -36,8 +36,8 @@ def _save(fig: Figure, path: Path) -> None:
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
 
 
-def _title(ds: xr.Dataset) -> str:
-    given = ", given the class" if ds.attrs.get("conditions", "none") != "none" else ""
+def _title(ds: xr.Dataset, given: str = "the class") -> str:
+    given = f", given {given}" if ds.attrs.get("conditions", "none") != "none" else ""
     return f"{ds.attrs.get('model', '?')} x {ds.attrs.get('likelihood', '?')}{given}"
 
 
@@ -210,8 +210,7 @@ def plot_traversals(latent: xr.Dataset, path: Path, max_heatmaps: int = 4) -> No
         _placeholder("no latent traversals in this store\n(aetk encode --traversal-steps 0)",
                      path)
         return
-    given = ", given the first class" if latent.attrs.get("conditions", "none") != "none" else ""
-    model = f"{latent.attrs.get('model', '?')} x {latent.attrs.get('likelihood', '?')}{given}"
+    model = _title(latent, given="the first class")
     shape = latent.attrs.get("image_shape")
     if shape and "latent_grid" in latent:
         z1, z2 = latent["grid_z1"].values, latent["grid_z2"].values
