@@ -335,8 +335,7 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
                 moved = mean(model.decode(codes.repeat(k, 1))).float().cpu().numpy()
             out["example_transfer"] = moved.reshape(k, len(idx), -1).transpose(1, 0, 2)
         if traversal_steps:
-            val = stored.is_validation if stored.is_validation.sum() > 1 else slice(None)
-            codes = torch.from_numpy(out["z_mean"][val])
+            codes = torch.from_numpy(out["z_mean"][split_or_all(stored.is_validation)])
             with given_classes(model, 0 if c_all is not None else None):
                 out["traversal"] = latent_traversal(model, codes, n_steps=traversal_steps)
                 if model.latent_dim == 2:
@@ -348,7 +347,7 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
                                    if c_all is not None else None)
         draws = {}  # shown as generated[_geometric], scored as scored_{model,geometric}
         sample = getattr(model, "sample", None)
-        train = ~stored.is_validation if (~stored.is_validation).sum() > 1 else slice(None)
+        train = split_or_all(~stored.is_validation)
         with generating:
             if callable(sample) and n:
                 draws["model"] = sample(n).float().reshape(n, -1).cpu().numpy()
@@ -362,6 +361,11 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
             if n_scored:
                 out[f"scored_{name}"] = values[:n_scored]
     return out
+
+
+def split_or_all(rows: np.ndarray) -> np.ndarray | slice:
+    """The rows of a split (a boolean mask), or all rows when it has fewer than two."""
+    return rows if rows.sum() > 1 else slice(None)
 
 
 def traversal_variables(enc: dict[str, Any], conditional: bool) -> Any:
