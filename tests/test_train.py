@@ -317,6 +317,47 @@ def test_cyclical_beta_drives_the_model_beta_through_fit():
                                rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["vae", "infovae", "infomaxvae", "factorvae", "dipvae",
+                                  "vampprior"])
+def test_beta_weighs_the_kl_of_every_model_that_cyclical_beta_accepts(name):
+    """Two betas, the same draws: the losses differ by exactly the change of beta times the
+    KL term (InfoVAE's KL weight is beta (1 - alpha))."""
+    x = _digits(n_train=64)[0]
+    model = _build(name, **({"alpha": 0.25} if name == "infovae" else {}))
+    model.on_fit_start(x)
+    out = {}
+    for beta in (1.0, 0.25):
+        model.beta = beta
+        torch.manual_seed(1)
+        out[beta] = model.loss(x)
+    weight = 0.75 if name == "infovae" else 1.0
+    change = (out[1.0].loss - out[0.25].loss).item()
+    assert out[1.0].terms["kl"].item() > 0.01  # a fresh model's: small, but 100x the tolerance
+    assert change == pytest.approx(0.75 * weight * out[1.0].terms["kl"].item(), abs=1e-4)
+
+
+@pytest.mark.parametrize("name", ["ae", "wae", "vqvae", "beta_tcvae", "iwae", "hvae"])
+def test_cyclical_beta_refuses_models_without_a_kl_weight(name):
+    # the VQ-VAE's beta weighs its commitment and the beta-TCVAE's its total correlation
+    model = _build(name, **({"n_codes": 16} if name == "vqvae" else {}))
+    with pytest.raises(ValueError, match="KL term's weight beta"):
+        _fit(model, _digits(n_train=64)[0], epochs=2,
+             callbacks=[aetk.CyclicalBeta(epochs=2, n_cycles=1)])
+
+
+def test_fit_returns_the_model_in_evaluation_mode():
+    """Without validation data nothing else switches it: a denoising model left in
+    training mode would mask its inputs when encoding."""
+    train = _digits(n_train=128)[0]
+    model = _build(input_noise=0.5)
+    _fit(model, train, epochs=1)
+    assert not model.training
+    torch.manual_seed(0)
+    a = model.encode(train).mean
+    torch.manual_seed(1)
+    assert torch.equal(a, model.encode(train).mean)
+
+
 # learning-rate schedules -------------------------------------------------------------
 
 

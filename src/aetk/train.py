@@ -49,7 +49,9 @@ class TrainingDiverged(RuntimeError):
 class CyclicalBeta:
     """Cyclical KL annealing (Fu et al. 2019): in each of `n_cycles` cycles over `epochs`,
     beta rises linearly from `beta_min` to `beta_max` during the first `frac` of the cycle,
-    then stays at `beta_max`. Sets `model.beta` at the start of every epoch."""
+    then stays at `beta_max`. Sets `model.beta`, the KL term's weight, at the start of
+    every epoch; models without one (a `beta` of another meaning, or a bound with no
+    separate KL term) are refused."""
 
     def __init__(self, epochs: int, n_cycles: int = 4, frac: float = 0.5,
                  beta_min: float = 0.0, beta_max: float = 1.0) -> None:
@@ -69,6 +71,14 @@ class CyclicalBeta:
         return self.beta_max
 
     def on_epoch_start(self, model: Model, epoch: int) -> None:
+        from .models import VAE, VampPrior  # here: the models import this module
+
+        weighted = (VAE, VampPrior)
+        if not isinstance(model, weighted):
+            raise ValueError(
+                f"CyclicalBeta anneals the KL term's weight beta, which a "
+                f"{type(model).__name__} does not have (models with one: "
+                f"{', '.join(c.__name__ for c in weighted)} and their subclasses)")
         model.beta = self.beta(epoch)
 
     def on_epoch_end(self, model: Model, epoch: int, row: dict[str, float]) -> None:
@@ -417,7 +427,7 @@ def fit(
     `batch_sampler` replaces the shuffled training batches (tensor data): called once per
     epoch with fit's seeded generator, it yields index tensors, e.g.
     `aetk.LocalityBatches` (neighbourhoods, for variance networks); validation keeps
-    `batch_size`.
+    `batch_size`. The model comes back in evaluation mode (`model.eval()`).
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
@@ -513,6 +523,9 @@ def fit(
         raise
     finally:
         bar.close()
+        # ready to use: without validation no evaluate() switched it, and a training-mode
+        # model encodes at random (input noise, dropout) and moves batch-norm statistics
+        model.eval()
     return pd.DataFrame(history)
 
 

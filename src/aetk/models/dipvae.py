@@ -12,7 +12,7 @@ from .vae import VAE
 
 
 class DIPVAE(VAE):
-    """`L = -<log p(x|z)> + <KL(q(z|x) || N(0, I))> + lambda_od sum_{i != j} C_ij^2
+    """`L = -<log p(x|z)> + beta <KL(q(z|x) || N(0, I))> + lambda_od sum_{i != j} C_ij^2
     + lambda_d sum_i (C_ii - 1)^2`: the VAE loss and a pull of the covariance C of the
     aggregate posterior's codes towards the prior's, the identity. Over the batch,
 
@@ -23,7 +23,7 @@ class DIPVAE(VAE):
     `1/B sum_b q(z|x_b)` is then exactly the type-II C. `lambda_d` defaults to the paper's
     choices, `10 lambda_od` for type I and `lambda_od` for type II. Terms:
     `reconstruction`, `kl`, `off_diagonal` (`sum_{i != j} C_ij^2`), `diagonal`
-    (`sum_i (C_ii - 1)^2`).
+    (`sum_i (C_ii - 1)^2`). `beta` is 1, the VAE's attribute, for `CyclicalBeta` to anneal.
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, lambda_od: float = 10.0,
@@ -51,6 +51,6 @@ class DIPVAE(VAE):
         cov = self.covariance(q)
         diagonal = (cov.diagonal() - 1).square().sum()
         off_diagonal = (cov - torch.diag(cov.diagonal())).square().sum()
-        loss = rec + kl + self.lambda_od * off_diagonal + self.lambda_d * diagonal
+        loss = rec + self.beta * kl + self.lambda_od * off_diagonal + self.lambda_d * diagonal
         return LossOutput(loss, {"reconstruction": rec, "kl": kl, "off_diagonal": off_diagonal,
                                  "diagonal": diagonal})

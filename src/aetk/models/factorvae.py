@@ -39,7 +39,8 @@ def permute_dims(z: torch.Tensor) -> torch.Tensor:
 
 
 class FactorVAE(VAE):
-    """`L = -<log p(x|z)> + <KL(q(z|x) || N(0, I))> + gamma TC_hat`, with
+    """`L = -<log p(x|z)> + beta <KL(q(z|x) || N(0, I))> + gamma TC_hat` (`beta = 1`, the
+    VAE's attribute, for `CyclicalBeta` to anneal), with
     `TC_hat = <log D(z) / (1 - D(z))> = <logit_joint(z) - logit_product(z)>` on the batch's
     reparameterised z: the density-ratio estimate of `KL(q(z) || prod_j q(z_j))`.
 
@@ -73,7 +74,7 @@ class FactorVAE(VAE):
         rec, z = self.reconstruction(q, x if target is None else target)
         kl = kl_to_standard_normal(q).mean()
         tc = self.total_correlation(z)
-        return LossOutput(rec + kl + self.gamma * tc,
+        return LossOutput(rec + self.beta * kl + self.gamma * tc,
                           {"reconstruction": rec, "kl": kl, "total_correlation": tc})
 
     def discriminator_loss(self, joint: torch.Tensor, other: torch.Tensor

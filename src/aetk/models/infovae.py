@@ -13,7 +13,8 @@ from .vae import VAE
 
 
 class InfoVAE(VAE):
-    """`L = -<log p(x|z)> + (1 - alpha) <KL> + (alpha + lam - 1) MMD(q(z), p(z))`.
+    """`L = -<log p(x|z)> + beta (1 - alpha) <KL> + (alpha + lam - 1) MMD(q(z), p(z))`, with
+    `beta = 1` (the VAE's attribute, for `CyclicalBeta` to anneal).
 
     The defaults (`alpha=0`, `lam=100`) keep the KL at weight 1 and give the MMD weight 99.
     `kernel` is "gaussian" or "imq", summed over the bandwidths `scales`; the prior sample
@@ -47,5 +48,5 @@ class InfoVAE(VAE):
         kl = kl_to_standard_normal(q).mean()
         d = mmd_to_standard_normal(z, self.kernel, self.scales, self.unbiased,
                                    self.n_prior_samples)
-        loss = rec + (1 - self.alpha) * kl + (self.alpha + self.lam - 1) * d
+        loss = rec + self.beta * (1 - self.alpha) * kl + (self.alpha + self.lam - 1) * d
         return LossOutput(loss, {"reconstruction": rec, "kl": kl, "mmd": d})
