@@ -62,3 +62,22 @@ def test_input_noise_is_saved_and_checked(tmp_path) -> None:
         aetk.VampPrior(noisy, aetk.BernoulliDecoder(latent_dim=2, out_features=64))
     with pytest.raises(ValueError, match="input_noise must be"):
         aetk.build_model("vae", "bernoulli", in_features=64, input_noise=1.5)
+
+
+def test_a_denoising_rhvae_takes_its_metric_from_the_clean_centroids() -> None:
+    """The masking is for the batch's inputs: the centroids' c_i and M_i come from clean
+    points while training too, so the loss's metric is the one `update_metric` freezes."""
+    x, _ = digits("bernoulli", 200)
+    model = aetk.build_model("rhvae", "bernoulli", in_features=64, latent_dim=2, hidden=(16,),
+                             input_noise=0.5, centroids=20)
+    model.on_fit_start(x)
+    assert not any(isinstance(m, MaskingNoise) for m in model.metric_net.modules())
+    assert any(isinstance(m, MaskingNoise) for m in model.encoder.modules())
+    model.train()
+    a, b = model.live_metric(), model.live_metric()
+    assert model.encoder.training  # the batch's inputs are still masked
+    assert torch.equal(a.c, b.c) and torch.equal(a.M_flat, b.M_flat)
+    model.update_metric()
+    frozen = model.frozen_metric()
+    torch.testing.assert_close(frozen.c, a.c)
+    torch.testing.assert_close(frozen.M_flat, a.M_flat)

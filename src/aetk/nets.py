@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -172,6 +173,22 @@ class MaskingNoise(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+@contextmanager
+def clean_inputs(module: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, the `MaskingNoise` layers in `module` pass their inputs through,
+    also while training: for what the model computes from data points that are not the
+    batch's (the RHVAE's centroids), where the noise would only add randomness."""
+    masks = [m for m in module.modules() if isinstance(m, MaskingNoise)]
+    before = [m.training for m in masks]
+    for m in masks:
+        m.training = False
+    try:
+        yield module
+    finally:
+        for m, b in zip(masks, before, strict=True):
+            m.training = b
 
 
 class Conditioned(nn.Module):

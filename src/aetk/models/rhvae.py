@@ -27,6 +27,7 @@ from ..hamiltonian import (
     tempering,
     value_and_grad,
 )
+from ..nets import MaskingNoise, clean_inputs
 from .base import LossOutput, Model
 
 LOG_DIAG_BOUND = 2.0
@@ -52,6 +53,10 @@ def metric_net_like(encoder: nn.Module, latent_dim: int) -> nn.Module:
     for m in net.modules():
         if m is not net and hasattr(m, "reset_parameters"):
             m.reset_parameters()
+    for name, m in list(net.named_modules()):  # a denoising encoder's: M_i from clean x_i
+        if isinstance(m, MaskingNoise):
+            parent, _, attr = name.rpartition(".")
+            setattr(net.get_submodule(parent), attr, nn.Identity())
     name, last = linears[-1]
     parent, _, attr = name.rpartition(".")
     head = nn.Linear(last.in_features, latent_dim * (latent_dim + 1) // 2)
@@ -187,7 +192,7 @@ class RHVAE(Model):
     def live_metric(self) -> CentroidMetric:
         """The metric from the current networks, differentiable in their parameters."""
         self._require_centroids()
-        with self._at_centroids():
+        with self._at_centroids(), clean_inputs(self):  # the metric of the clean centroids
             L = self.lower_factor(self.centroid_data)
             c = self.latent_mean(self.centroid_data)
         return self._metric(c, L @ L.mT)
