@@ -3,6 +3,7 @@ an RHVAE far from its centroids, finite-difference Jacobians and hand-made Fishe
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -175,6 +176,17 @@ def test_log_volume_and_volume_grid_of_the_half_plane():
     torch.testing.assert_close(torch.from_numpy(ds.log_volume.values[1]), expected, rtol=1e-6,
                                atol=0)
 
+
+
+def test_log_volume_is_nan_where_the_metric_is_singular():
+    """G = diag(z1^2, 1): log sqrt(det G) = log |z1|, undefined (NaN, not an error) on the
+    line z1 = 0, where a grid through it used to stop at the Cholesky factorisation."""
+    metric = Metric(lambda z: torch.diag_embed(torch.stack([z[:, 0] ** 2, torch.ones_like(z[:, 0])],
+                                                           -1)))
+    v = metric.log_volume(torch.tensor([[0.0, 1.0], [2.0, 0.0]], dtype=f64))
+    assert torch.isnan(v[0]) and v[1].item() == pytest.approx(math.log(2.0))
+    grid = volume_grid(metric, ((-1.0, 1.0), (0.0, 1.0)), (3, 2)).log_volume.values
+    assert np.isnan(grid[1]).all() and (grid[[0, 2]] == 0).all()
 
 # --- geodesics ---------------------------------------------------------------------------
 

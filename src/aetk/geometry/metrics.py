@@ -40,8 +40,11 @@ class Metric:
         return torch.einsum("nki,nij,nkj->nk", v, self._metric(z), v)
 
     def _log_volume(self, z: Tensor) -> Tensor:
-        chol = torch.linalg.cholesky(self._metric(z))
-        return chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        # NaN where G is not positive definite to working precision (a pull-back through a
+        # saturated decoder): "not defined" there, as in solve_or_nan, instead of an error
+        chol, info = torch.linalg.cholesky_ex(self._metric(z))
+        value = chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        return torch.where(info == 0, value, torch.nan)
 
     def _contract(self, z: Tensor, u: Tensor, w: Tensor | None) -> Tensor:
         # Gamma[u, w] = 1/2 G^{-1} (dG[u] w + dG[w] u - grad_z u^T G(z) w): forward mode for
@@ -85,7 +88,7 @@ class Metric:
         return self._quad(z.reshape(-1, d), v.reshape(-1, k, d)).reshape(v.shape[:-1])
 
     def log_volume(self, z: Tensor) -> Tensor:
-        """`log sqrt(det G(z))`, shape `(...)`."""
+        """`log sqrt(det G(z))`, shape `(...)`; NaN where G is singular to working precision."""
         return self._log_volume(z.reshape(-1, z.shape[-1])).reshape(z.shape[:-1])
 
 
