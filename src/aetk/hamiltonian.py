@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch.distributions import Distribution
 
 from .train import TrainingDiverged
 
@@ -319,3 +320,14 @@ def hmc(pos: Position, position: PositionFn, n_steps: int, n_leapfrog: int,
             for a, b in zip(new[:3], pos[:3], strict=True)
         ))
     return pos.z
+
+
+def flow_log_weights(terms: Callable[..., tuple[Tensor, ...]], q: Distribution, target: Tensor,
+                     n: int) -> Tensor:
+    """`log p(x, z_K) + log N(rho_K) - log q(z_0|x) - log N(gamma_0)`, `(n, B)`, for `n`
+    draws per row: the rows of all draws pass the flow together (sample-major, as
+    conditional networks expect); `terms(z0, target, create_graph)` is a model's flow."""
+    z0 = q.sample((n,))
+    rows = target.expand(n, *target.shape).reshape(-1, *target.shape[1:])
+    log_lik, log_prior, log_rho, log_gamma = terms(z0.flatten(0, 1), rows, False)
+    return (log_lik + log_prior + log_rho - log_gamma).view(n, -1) - q.log_prob(z0)

@@ -13,7 +13,12 @@ import torch
 from torch import nn
 
 from .. import validate
-from ..distributions import kl_to_standard_normal, mean, standard_normal_log_prob
+from ..distributions import (
+    kl_to_standard_normal,
+    log_importance_weights,
+    mean,
+    standard_normal_log_prob,
+)
 from ..nets import Conditioned
 
 
@@ -113,6 +118,13 @@ class Model(nn.Module):
         """The point estimate of z for x."""
         q = self.encode(x)
         return q if isinstance(q, torch.Tensor) else q.mean
+
+    def importance_log_weights(self, q: Any, target: torch.Tensor, n: int) -> torch.Tensor:
+        """`n` importance weights of `log p(target)` per row, `(n, B)`, from the encoder's
+        `q(z|x)`: `log p(target|z) + log p(z) - log q(z|x)`, `z ~ q(z|x)`. Models with a
+        better proposal (a flow) override it; `aetk.log_marginal` averages them."""
+        return log_importance_weights(q, self.decode, target, q.sample((n,)),
+                                      self.prior_log_prob)[1]
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

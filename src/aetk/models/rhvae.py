@@ -19,6 +19,7 @@ from ..hamiltonian import (
     FlowMonitor,
     Position,
     PositionFn,
+    flow_log_weights,
     gaussian_log_prob,
     generalized_leapfrog,
     hamiltonian_elbo,
@@ -257,13 +258,11 @@ class RHVAE(Model):
         monitor.check()
         return pos, rho
 
-    def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
-        # Exact outer gradients need a differentiable force whenever anyone may backpropagate.
-        metric = self.live_metric()
-        position = self.position_fn(x if target is None else target, metric,
-                                    create_graph=torch.is_grad_enabled())
-        q = self.encoder(x)
-        z0 = q.rsample()
+    def _flow_terms(self, z0: torch.Tensor, target: torch.Tensor, metric: CentroidMetric,
+                    create_graph: bool) -> tuple[torch.Tensor, ...]:
+        """From z_0 (rows), a momentum draw and the flow: `log p(x|z_K)`, `log p(z_K)`,
+        `log N(rho_K; 0, G(z_K))` and `log N(gamma_0; 0, G(z_0))` per row."""
+        position = self.position_fn(target, metric, create_graph)
         start = position(z0)
         # gamma_0 = L^{-T} eps ~ N(0, G(z_0)) for G^{-1} = L L^T: a solve, no inverse.
         eps = torch.randn_like(z0)
@@ -271,11 +270,27 @@ class RHVAE(Model):
                                               upper=True).squeeze(-1)
         pos, rho = self.flow(start, gamma / math.sqrt(self.beta0), metric, position)
         d = z0.shape[-1]
-        log_rho = gaussian_log_prob(2 * metric.kinetic(pos, rho), pos.metric.log_det_G, d)
-        log_gamma = gaussian_log_prob((eps * eps).sum(-1), start.metric.log_det_G, d)
-        return LossOutput(*hamiltonian_elbo(
-            pos.log_lik, standard_normal_log_prob(pos.z), log_rho, q.log_prob(z0), log_gamma,
-            self.logp_prefactor, self.logq_prefactor))
+        return (pos.log_lik, standard_normal_log_prob(pos.z),
+                gaussian_log_prob(2 * metric.kinetic(pos, rho), pos.metric.log_det_G, d),
+                gaussian_log_prob((eps * eps).sum(-1), start.metric.log_det_G, d))
+
+    def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
+        metric = self.live_metric()
+        q = self.encoder(x)
+        z0 = q.rsample()
+        # Exact outer gradients need a differentiable force whenever anyone may backpropagate.
+        log_lik, log_prior, log_rho, log_gamma = self._flow_terms(
+            z0, x if target is None else target, metric, create_graph=torch.is_grad_enabled())
+        return LossOutput(*hamiltonian_elbo(log_lik, log_prior, log_rho, q.log_prob(z0),
+                                            log_gamma, self.logp_prefactor, self.logq_prefactor))
+
+    def importance_log_weights(self, q, target: torch.Tensor, n: int) -> torch.Tensor:
+        """The flow's importance weights under the frozen metric: `z_0 ~ q(z|x)`, the
+        momentum, then the generalised leapfrog flow (volume-preserving up to the residual
+        of its `n_fixed_point` iterations)."""
+        metric = self.frozen_metric()
+        return flow_log_weights(lambda z0, rows, create_graph: self._flow_terms(
+            z0, rows, metric, create_graph), q, target, n)
 
     # Training hooks ----------------------------------------------------------------------
 
