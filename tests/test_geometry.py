@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import distributions as D
 from torch import nn
 
 import aetk
@@ -164,7 +165,32 @@ def test_fisher_metrics_match_hand_formulas():
     expected = torch.einsum("nmki,nmkl,nmlj->nij", J, F, J)
     torch.testing.assert_close(PullbackMetric(dec, "fisher")(z), expected, rtol=1e-7, atol=1e-10)
     with pytest.raises(ValueError, match="no Fisher metric"):
-        PullbackMetric(tiny_decoder(aetk.NegativeBinomialDecoder), "fisher")(z)
+        PullbackMetric(lambda z: D.Independent(D.Gamma(z.exp(), 1.0), 1), "fisher")(z)
+
+
+def test_negative_binomial_fisher_metric_against_the_summed_score():
+    """F(mu) = E[(d/dmu log NB(x; mu, r))^2], summed over x = 0..3999 with the score by
+    forward mode through torch's density (not the closed form r / (mu (mu + r)) the
+    metric uses), pulled back through the decoder's mean; a z-dependent dispersion is
+    refused."""
+    dec = tiny_decoder(aetk.NegativeBinomialDecoder, seed=3)
+    with torch.no_grad():
+        dec.log_r.copy_(torch.linspace(-1.0, 2.0, 5, dtype=f64))
+    z = torch.randn(4, 2, dtype=f64)
+    mu, r = dec(z).mean.detach(), dec.log_r.exp().detach()
+    x = torch.arange(4000, dtype=f64)[:, None, None]
+
+    def log_p(m: torch.Tensor) -> torch.Tensor:
+        return D.NegativeBinomial(r, logits=m.log() - r.log()).log_prob(x)
+
+    # each log p(x; mu_nm) depends on its own mu_nm: a tangent of ones gives every score
+    value, score = torch.func.jvp(log_p, (mu,), (torch.ones_like(mu),))
+    fisher = (value.exp() * score.square()).sum(0)
+    J = fd_jacobian(lambda z: dec(z).mean, z)
+    expected = torch.einsum("nmi,nm,nmj->nij", J, fisher, J)
+    torch.testing.assert_close(PullbackMetric(dec, "fisher")(z), expected, rtol=1e-6, atol=1e-10)
+    with pytest.raises(ValueError, match="dispersion"):
+        PullbackMetric(tiny_decoder(aetk.NegativeBinomialDecoder, dispersion="sample"), "fisher")
 
 
 def test_log_volume_and_volume_grid_of_the_half_plane():

@@ -137,7 +137,9 @@ class PullbackMetric(Metric):
     - `kind="fisher"`: the Fisher-Rao pull-back `J_eta^T F(eta) J_eta` of the natural
       parameters (Arvanitidis et al. 2022): Bernoulli `F = p(1-p)`, categorical
       `F = diag(p) - p p^T` per element, Poisson `F = rate`, Gaussian
-      `diag(1/sigma^2, 2/sigma^2)` in (mu, sigma).
+      `diag(1/sigma^2, 2/sigma^2)` in (mu, sigma), negative binomial
+      `F = r / (mu (mu + r))` in its mean mu, its dispersion r taken as constant in z
+      (`dispersion="sample"` decoders are refused).
 
     Jacobian-vector products come from `torch.func.jvp` on the whole batch at once, one
     per tangent direction, so the decoder must treat samples independently (eval mode).
@@ -147,6 +149,10 @@ class PullbackMetric(Metric):
         super().__init__()
         if kind not in ("mean", "fisher"):
             raise ValueError(f"kind must be 'mean' or 'fisher', got {kind!r}")
+        if kind == "fisher" and getattr(decoder, "dispersion", None) == "sample":
+            # the Fisher information of r(z) is a trigamma series, with no closed form
+            raise ValueError("the negative-binomial Fisher metric needs a dispersion that does "
+                             "not depend on z (dispersion='feature'); use kind='mean'")
         self.decoder = decoder
         self.kind = kind
 
@@ -166,9 +172,11 @@ class PullbackMetric(Metric):
             return (base.logits,)
         if isinstance(base, D.Poisson):
             return (base.rate,)
+        if isinstance(base, D.NegativeBinomial):
+            return out.mean, base.total_count
         raise ValueError(
             f"no Fisher metric for {type(base).__name__}: use kind='mean' or a "
-            "Bernoulli, categorical, Poisson or Gaussian decoder"
+            "Bernoulli, categorical, Poisson, negative-binomial or Gaussian decoder"
         )
 
     def _family(self, z: Tensor) -> type[D.Distribution] | None:
@@ -201,6 +209,11 @@ class PullbackMetric(Metric):
                 weight = prob * (1 - prob)
             elif issubclass(family, D.Poisson):
                 weight = 1 / p  # d eta = d rate / rate, F = rate
+            elif issubclass(family, D.NegativeBinomial):
+                if i == 1:  # the dispersion r, constant in z: no term of its own
+                    continue
+                r = primals[1][0].reshape(n, -1)
+                weight = r / (p * (p + r))  # F of the mean at fixed r: 1 / Var x
             else:  # Normal: (loc, scale)
                 scale = primals[1][0].reshape(n, -1).expand_as(p)
                 weight = (1.0 if i == 0 else 2.0) / scale.square()
