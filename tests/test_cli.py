@@ -13,6 +13,7 @@ import torch
 
 import aetk
 from aetk import cli, storage
+from aetk import data as data_mod
 from aetk.geometry import metric_for, scalar_curvature
 
 STEPS = ("preprocess", "train", "encode", "geodesics", "report")
@@ -99,7 +100,7 @@ def steps(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rhvae = [a if a != "vae" else "rhvae" for a in common] + ["--options", '{"centroids": 16}']
     cli.main(["train", *rhvae, "--out", str(d / "rhvae"), "--history", str(d / "hr.tsv")])
     cli.main(["encode", "--data", str(d / "data.zarr"), "--model", str(d / "rhvae"),
-              "--n-importance", "0", "--n-scored", "20", "--out", str(d / "latent_rhvae.zarr")])
+              "--n-importance", "3", "--n-scored", "20", "--out", str(d / "latent_rhvae.zarr")])
     cli.main(["geodesics", "--model", str(d / "rhvae"), "--latent",
               str(d / "latent_rhvae.zarr"), "--n-pairs", "2", "--n-points", "10", "--grid-size",
               "9", "--spray", "6", "--spray-points", "20", "--out", str(d / "geo_rhvae.zarr")])
@@ -213,6 +214,102 @@ def test_lr_schedule_reaches_fit_and_keys_its_own_run(steps: Path, tmp_path: Pat
     at = args.index("--lr-schedule") + 1
     assert cli.main([*args[:at], "cosine:warmup=4", *args[at + 1:]]) == 1
     assert "integer 0 <= warmup < epochs (4)" in capsys.readouterr().err
+
+
+def test_beta_schedule_anneals_the_kl_weight_and_keys_its_own_run(
+        steps: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--beta-schedule cyclical: the history's beta column follows CyclicalBeta by hand,
+    the validation loss weighs the KL by it, and the schedule keys its own run, while a
+    constant beta (the default, or said) keeps the run hash of the settings before it."""
+    torch.set_num_threads(1)
+    base = ["train", "--data", str(steps / "data.zarr"), "--model", "vae", "--likelihood",
+            "bernoulli", "--hidden", "32", "--epochs", "4", "--batch-size", "32",
+            "--checkpoint-dir", str(tmp_path / "ckpt"), "--no-progress"]
+    cyclical = [*base, "--beta-schedule", "cyclical:n_cycles=2,frac=0.5"]
+    assert cli.main([*cyclical, "--out", str(tmp_path / "m"),
+                     "--history", str(tmp_path / "h.tsv")]) == 0
+    history = pd.read_csv(tmp_path / "h.tsv", sep="\t")
+    # period 4 / 2 = 2 epochs: tau = ((epoch - 1) % 2) / 2 = 0, 0.5, 0, 0 and 0.5 <= frac
+    # reaches beta_max = 1, so beta = 0 + (1 - 0) * tau / 0.5
+    assert history["beta"].tolist() == [0.0, 1.0, 0.0, 1.0]
+    np.testing.assert_allclose(history["val_loss"],
+                               history["val_reconstruction"] + history["beta"]
+                               * history["val_kl"], rtol=1e-5)
+    info = json.loads((tmp_path / "m" / "aetk_run.json").read_text())
+    assert info["settings"]["beta_schedule"] == {"name": "cyclical", "n_cycles": 2,
+                                                 "frac": 0.5}
+    assert Path(info["checkpoint"]).name == f"vae-bernoulli-{info['run_hash']}.pt"
+    # the same command again resumes its own finished checkpoint
+    assert cli.main([*cyclical, "--out", str(tmp_path / "m2"),
+                     "--history", str(tmp_path / "h2.tsv")]) == 0
+    assert "resuming from epoch 4" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "h2.tsv", sep="\t"), history)
+    # constant: no beta column, no settings key, the hash of the settings as they were
+    # before --beta-schedule (computed here by hand), and a checkpoint of its own
+    assert cli.main([*base, "--beta-schedule", "constant", "--out", str(tmp_path / "c"),
+                     "--history", str(tmp_path / "c.tsv")]) == 0
+    assert "resuming" not in capsys.readouterr().out
+    assert "beta" not in pd.read_csv(tmp_path / "c.tsv", sep="\t")
+    constant = json.loads((tmp_path / "c" / "aetk_run.json").read_text())
+    assert "beta_schedule" not in constant["settings"]
+    assert constant["run_hash"] != info["run_hash"]
+    data_hash = storage.read_zarr(steps / "data.zarr").attrs["config_hash"]
+    before = {"model": "vae", "likelihood": "bernoulli", "latent_dim": 2, "hidden": [32],
+              "activation": "relu", "options": {}, "epochs": 4, "batch_size": 32,
+              "lr": 1e-3, "seed": 0, "data_config_hash": data_hash}
+    assert constant["run_hash"] == data_mod.config_hash(before)
+    plain = json.loads((steps / "model" / "aetk_run.json").read_text())  # no option given
+    assert plain["run_hash"] == data_mod.config_hash({**before, "epochs": 3})
+    assert len(list((tmp_path / "ckpt").glob("*.pt"))) == 2
+
+
+@pytest.mark.parametrize(("schedule", "model", "message"), [
+    ("cyclical", "ae", "--beta-schedule cyclical anneals the KL term's weight beta, which the "
+     "model 'ae' does not have; models with one: vae, beta_vae, infovae, infomaxvae, "
+     "factorvae, dipvae, vampprior"),
+    ("cyclical", "rhvae", "which the model 'rhvae' does not have"),
+    ("linear", "vae", "unknown --beta-schedule 'linear'; choose constant or cyclical"),
+    ("cyclical:n_cycle=2", "vae", "bad options {'n_cycle': 2} for the cyclical beta schedule"),
+    ("cyclical:n_cycles=1.5", "vae", "needs an integer n_cycles, got 1.5"),
+    ("cyclical:n_cycles=5", "vae", "need 1 <= n_cycles <= epochs"),  # CyclicalBeta's own
+    ('{"name": "cyclical", "frac": 0}', "vae", "0 < frac <= 1"),
+    ("constant:beta_max=2", "vae", "--beta-schedule constant takes no options"),
+])
+def test_bad_beta_schedules_exit_before_writing_anything(
+        steps: Path, tmp_path: Path, capsys: pytest.CaptureFixture, schedule: str, model: str,
+        message: str) -> None:
+    assert cli.main(["train", "--data", str(steps / "data.zarr"), "--model", model,
+                     "--likelihood", "bernoulli", "--hidden", "16", "--epochs", "4",
+                     "--beta-schedule", schedule, "--checkpoint-dir", str(tmp_path / "ckpt"),
+                     "--no-progress", "--out", str(tmp_path / "m"),
+                     "--history", str(tmp_path / "h.tsv")]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith("aetk train: error: ") and message in captured.err
+    assert "training" not in captured.out  # refused before training started
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_kl_weighted_models_are_those_cyclical_beta_anneals(capsys: pytest.CaptureFixture
+                                                            ) -> None:
+    """The models --beta-schedule accepts (and its help lists) are exactly those whose
+    built model aetk.CyclicalBeta takes."""
+    assert cli.kl_weighted_models() == ["vae", "beta_vae", "infovae", "infomaxvae",
+                                        "factorvae", "dipvae", "vampprior"]
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    assert ", ".join(cli.kl_weighted_models()) in " ".join(capsys.readouterr().out.split())
+    from aetk import build
+
+    annealing = aetk.CyclicalBeta(4)
+    for name in build.MODELS:
+        model = aetk.build_model(name, "bernoulli", in_features=4, hidden=[8],
+                                 **({"centroids": 4} if name == "rhvae" else {}))
+        if name in cli.kl_weighted_models():
+            annealing.on_epoch_start(model, 2)
+            assert model.beta == annealing.beta(2), name
+        else:
+            with pytest.raises(ValueError, match="CyclicalBeta anneals the KL term's weight"):
+                annealing.on_epoch_start(model, 2)
 
 
 def test_conditional_model_from_train_to_encode_and_sample(steps: Path, tmp_path: Path,
@@ -349,6 +446,10 @@ def test_encode_output(steps: Path) -> None:
     log_px = lat["log_marginal"].values
     assert np.isfinite(log_px).all() and log_px.mean() > lat["elbo"].values.mean() + 0.1
     assert lat.attrs["log_marginal"].startswith("log p(x) by importance sampling, 100 samples")
+    assert "flow" not in lat.attrs["log_marginal"]
+    rhvae = storage.read_zarr(steps / "latent_rhvae.zarr")  # proposals through its flow
+    assert np.isfinite(rhvae["log_marginal"].values).all()
+    assert "moved by the model's flow" in rhvae.attrs["log_marginal"]
     # reconstruction error recomputed from the saved model
     model = aetk.load(steps / "model")
     x = torch.from_numpy(data.x)

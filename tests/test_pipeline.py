@@ -126,6 +126,26 @@ def test_network_channels_and_patience_reach_the_train_command(tmp_path: Path) -
                for line in trains)
 
 
+def test_beta_schedule_reaches_the_models_with_a_kl_weight(tmp_path: Path) -> None:
+    """`train.beta_schedule` reaches `aetk train --beta-schedule` of exactly the models
+    that have a KL weight (the others train as before); constant passes no flag."""
+    from aetk import build, cli
+
+    default = snakemake(make_workdir(tmp_path / "default"), "-n", "-p", "--cores", "1").stdout
+    assert "aetk train" in default and "--beta-schedule" not in default
+    wd = make_workdir(tmp_path / "cyclical", {
+        "grid": {"models": list(build.MODELS)},
+        "train": {"beta_schedule": {"name": "cyclical", "n_cycles": 2, "beta_max": 0.5}}})
+    out = snakemake(wd, "-n", "-p", "--cores", "1", "--configfile", "test.yaml").stdout
+    trains = {line.split("--out results/models/")[1].split("-")[0]: line
+              for line in out.splitlines() if "Shell command: aetk train" in line}
+    assert set(trains) == set(build.MODELS)
+    flag = """--beta-schedule '{"beta_max": 0.5, "n_cycles": 2, "name": "cyclical"}'"""
+    assert {m for m, line in trains.items() if flag in line} == set(cli.kl_weighted_models())
+    assert {m for m, line in trains.items() if "--beta-schedule" in line} == set(
+        cli.kl_weighted_models())
+
+
 def test_conditional_grid_names_its_runs_and_passes_the_labels(tmp_path: Path) -> None:
     """`grid.conditional: [false, true]` adds a -cond run of each model that can be
     conditional (not the VampPrior), trained with `--conditions labels`; with pull-back
@@ -164,6 +184,10 @@ def test_lint_and_snakefmt(tmp_path: Path) -> None:
     ({"train": {"epoch": 3}}, "train: Additional properties are not allowed ('epoch'"),
     ({"train": {"epochs": "ten"}}, "train.epochs: 'ten' is not of type 'integer'"),
     ({"train": {"lr_schedule": "step"}}, "train.lr_schedule: 'step' is not valid under any"),
+    ({"train": {"beta_schedule": "linear"}},
+     "train.beta_schedule: 'linear' is not valid under any"),
+    ({"train": {"beta_schedule": {"name": "cyclical", "n_cycle": 2}}},
+     "train.beta_schedule: {'n_cycle': 2, 'name': 'cyclical'} is not valid under any"),
     ({"grid": {"models": ["vae", "vea"]}}, "grid.models.1: 'vea' is not one of"),
     ({"grid": {"likelihoods": ["bernouli"]}}, "grid.likelihoods.0: 'bernouli' is not one of"),
     ({"data": {"transforms": ["scale"]}}, "data.transforms.0:"),

@@ -109,6 +109,51 @@ def parse_options(text: str) -> dict[str, Any]:
     return options
 
 
+def kl_weighted_models() -> list[str]:
+    """The model names whose loss weighs its KL term by `beta` (a VAE or VampPrior, or a
+    subclass): the models `--beta-schedule cyclical` (aetk.CyclicalBeta) can anneal."""
+    import typing
+
+    from aetk import build
+    from aetk.models import VAE, VampPrior
+
+    names = []
+    for name, (_, make) in build.MODELS.items():
+        made = make if isinstance(make, type) else typing.get_type_hints(make).get("return")
+        if isinstance(made, type) and issubclass(made, (VAE, VampPrior)):
+            names.append(name)
+    return names
+
+
+def beta_schedule(spec: str | dict[str, Any], model: str, epochs: int) -> Any:
+    """The fit callback of ``--beta-schedule`` (None for constant), checked before any
+    training: the name, the options and that `model` has a KL weight."""
+    import aetk
+    from aetk import build
+
+    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+    name = spec.pop("name", None)
+    if name == "constant":
+        if spec:
+            raise ValueError(f"--beta-schedule constant takes no options, got {spec}")
+        return None
+    if name != "cyclical":
+        raise ValueError(f"unknown --beta-schedule {name!r}; choose constant or cyclical")
+    weighted = kl_weighted_models()
+    if model in build.MODELS and model not in weighted:  # an unknown name: build_model says
+        raise ValueError(f"--beta-schedule cyclical anneals the KL term's weight beta, which "
+                         f"the model {model!r} does not have; models with one: "
+                         f"{', '.join(weighted)}")
+    n_cycles = spec.get("n_cycles", 4)
+    if isinstance(n_cycles, bool) or not isinstance(n_cycles, int):
+        raise ValueError(f"--beta-schedule cyclical needs an integer n_cycles, got {n_cycles!r}")
+    try:
+        return aetk.CyclicalBeta(epochs, **spec)
+    except TypeError as err:
+        raise ValueError(f"bad options {spec} for the cyclical beta schedule (options: "
+                         f"n_cycles, frac, beta_min, beta_max): {err}") from None
+
+
 def run_settings(args: argparse.Namespace, data_hash: str) -> dict[str, Any]:
     """Everything that determines a trained model; its hash keys the checkpoint."""
     return {
@@ -119,6 +164,8 @@ def run_settings(args: argparse.Namespace, data_hash: str) -> dict[str, Any]:
         **({"patience": args.patience} if args.patience else {}),
         **({"input_noise": args.input_noise} if args.input_noise else {}),
         **({"lr_schedule": args.lr_schedule} if args.lr_schedule != "constant" else {}),
+        **({"beta_schedule": args.beta_schedule}
+           if args.beta_schedule not in ("constant", {"name": "constant"}) else {}),
         **({"conditions": args.conditions} if args.conditions != "none" else {}),
         **({"locality": list(args.locality)} if args.locality else {}),
         "options": parse_options(args.options), "epochs": args.epochs,
@@ -175,6 +222,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     import aetk
 
     torch.set_num_threads(args.threads)
+    annealing = beta_schedule(args.beta_schedule, args.model, args.epochs)
     stored = storage.read_data(args.data)
     settings = run_settings(args, stored.attrs.get("config_hash", ""))
     run_hash = data_mod.config_hash(settings)
@@ -214,7 +262,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.patience and val is None:
         raise ValueError("--patience needs validation data: the data store has no validation "
                          "split (preprocess with --validation-fraction > 0)")
-    callbacks = (() if progress else (_EpochPrinter(args.epochs),)) + (
+    callbacks = ((annealing,) if annealing is not None else ()) + (
+        () if progress else (_EpochPrinter(args.epochs),)) + (
         (aetk.EarlyStopping(args.patience),) if args.patience else ())
     sampler = None
     if args.locality:
@@ -467,6 +516,9 @@ def cmd_encode(args: argparse.Namespace) -> None:
             ds[name] = (("scored", "feature"), enc[name])
     if "traversal" in enc:
         ds = ds.merge(traversal_variables(enc, conditions is not None))
+    flow = (" moved by the model's flow, weighed by its per-draw ELBO"
+            if type(model).importance_log_weights is not aetk.Model.importance_log_weights
+            else "")
     spec = model.build_spec or {}
     ds.attrs = {
         "store": "aetk-latent", "run": Path(args.out).name.removesuffix(".zarr"),
@@ -478,7 +530,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
         "elbo": "single-sample log p(x|z) - KL(q(z|x) || p(z)), z ~ q(z|x) (the KL in closed "
                 "form for N(0, I), from one draw for the VampPrior's mixture)",
         "log_marginal": f"log p(x) by importance sampling, {args.n_importance} samples from "
-                        "q(z|x) (aetk.log_marginal)",
+                        f"q(z|x){flow} (aetk.log_marginal)",
         "conditions": "labels" if conditions is not None else "none",
         "train_seed": info.get("settings", {}).get("seed"),
     }
@@ -866,6 +918,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "after each milestone epoch); plateau (factor=0.5, patience=5: lr times "
                    "factor once the validation loss has not improved for patience epochs); "
                    "options as in cosine:warmup=5,min_factor=0.1, or a JSON object")
+    p.add_argument("--beta-schedule", type=parse_spec, default="constant", metavar="S",
+                   help="KL weight beta per epoch: constant (the model's own) or cyclical "
+                   "(aetk.CyclicalBeta; n_cycles=4, frac=0.5, beta_min=0, beta_max=1: each "
+                   "cycle rises linearly from beta_min to beta_max over its first frac, then "
+                   "stays), e.g. cyclical:n_cycles=2 or a JSON object; for the models with a "
+                   "KL weight: vae, beta_vae, infovae, infomaxvae, factorvae, dipvae, vampprior")
     p.add_argument("--patience", type=int, default=0,
                    help="stop once the validation loss has not improved for this many epochs "
                    "and keep the best epoch's weights (0: train all --epochs)")

@@ -149,6 +149,26 @@ def lr_schedule_arg(spec):
     return spec if isinstance(spec, str) else json.dumps(spec, sort_keys=True)
 
 
+# models whose loss weighs its KL term by beta (aetk.cli.kl_weighted_models)
+KL_WEIGHTED = (
+    "vae",
+    "beta_vae",
+    "infovae",
+    "infomaxvae",
+    "factorvae",
+    "dipvae",
+    "vampprior",
+)
+
+
+def beta_schedule_arg(spec, model):
+    """None (no flag) for a constant beta, so that those run hashes stay, and for models
+    without a KL weight, which train as before."""
+    if spec == "constant" or model not in KL_WEIGHTED:
+        return None
+    return spec if isinstance(spec, str) else json.dumps(spec, sort_keys=True)
+
+
 def locality_arg(spec):
     """The three numbers of --locality, or None (no flag) for uniform batches."""
     if spec is None:
@@ -178,6 +198,10 @@ def train_args(wildcards):
             ("--lr", train["lr"]),
             ("--patience", train["patience"] or None),
             ("--lr-schedule", lr_schedule_arg(train["lr_schedule"])),
+            (
+                "--beta-schedule",
+                beta_schedule_arg(train["beta_schedule"], spec["model"]),
+            ),
             ("--locality", locality_arg(train["locality"])),
             ("--conditions", "labels" if spec["conditional"] else None),
             ("--device", train["device"]),
