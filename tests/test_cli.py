@@ -216,6 +216,32 @@ def test_lr_schedule_reaches_fit_and_keys_its_own_run(steps: Path, tmp_path: Pat
     assert "integer 0 <= warmup < epochs (4)" in capsys.readouterr().err
 
 
+def test_clip_grad_norm_reaches_fit_and_keys_its_own_run(steps: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """--clip-grad-norm: the history's grad_norm column, printed per epoch, the setting in
+    aetk_run.json and its own run hash; without it neither (the old hashes stay)."""
+    args = ["train", "--data", str(steps / "data.zarr"), "--model", "vae", "--likelihood",
+            "bernoulli", "--hidden", "32", "--epochs", "3", "--batch-size", "32", "--seed", "0",
+            "--checkpoint-dir", str(tmp_path / "ckpt"), "--no-progress",
+            "--out", str(tmp_path / "m"), "--history", str(tmp_path / "h.tsv")]
+    assert cli.main([*args, "--clip-grad-norm", "0.5"]) == 0
+    assert "grad_norm=" in capsys.readouterr().out
+    history = pd.read_csv(tmp_path / "h.tsv", sep="\t")
+    assert (history["grad_norm"] > 0.5).all()  # the bound bit in every epoch
+    info = json.loads((tmp_path / "m" / "aetk_run.json").read_text())
+    plain = json.loads((steps / "model" / "aetk_run.json").read_text())
+    assert info["settings"]["clip_grad_norm"] == 0.5
+    assert "clip_grad_norm" not in plain["settings"]
+    assert "grad_norm" not in pd.read_csv(steps / "h.tsv", sep="\t").columns
+    assert info["settings"] == {**plain["settings"], "clip_grad_norm": 0.5}
+    assert info["run_hash"] != plain["run_hash"]
+    for bad in ("0", "-1", "nan", "inf"):
+        assert cli.main([*args[:-4], "--out", str(tmp_path / "x"), "--history",
+                         str(tmp_path / "x.tsv"), "--clip-grad-norm", bad]) == 1
+        assert "--clip-grad-norm must be a positive finite number" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.tsv").exists()
+
+
 def test_beta_schedule_anneals_the_kl_weight_and_keys_its_own_run(
         steps: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """--beta-schedule cyclical: the history's beta column follows CyclicalBeta by hand,

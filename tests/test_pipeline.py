@@ -107,21 +107,23 @@ def test_dry_run_of_the_default_config(tmp_path: Path) -> None:
 
 def test_network_channels_and_patience_reach_the_train_command(tmp_path: Path) -> None:
     """Convolutional networks only when `network.channels` is set (image shape from the
-    store), input noise, early stopping and a learning-rate schedule only when
-    `network.input_noise`, `train.patience` and `train.lr_schedule` are."""
+    store), input noise, early stopping, a learning-rate schedule and gradient clipping
+    only when `network.input_noise`, `train.patience`, `train.lr_schedule` and
+    `train.clip_grad_norm` are."""
     default = snakemake(make_workdir(tmp_path / "mlp"), "-n", "-p", "--cores", "2").stdout
     assert "aetk train" in default and "--channels" not in default
     assert "--patience" not in default and "--input-noise" not in default
-    assert "--lr-schedule" not in default
+    assert "--lr-schedule" not in default and "--clip-grad-norm" not in default
     wd = make_workdir(tmp_path / "conv", {"network": {"channels": [4, 8], "input_noise": 0.2},
-                                          "train": {"patience": 5, "lr_schedule": {
-                                              "name": "step", "milestones": [2]}}})
+                                          "train": {"patience": 5, "clip_grad_norm": 2.5,
+                                                    "lr_schedule": {"name": "step",
+                                                                    "milestones": [2]}}})
     conv = snakemake(wd, "-n", "-p", "--cores", "2", "--configfile", "test.yaml").stdout
     trains = [line for line in conv.splitlines() if "Shell command: aetk train" in line]
     grid = yaml.safe_load((REPO / "config.yaml").read_text())["grid"]
     assert len(trains) == len(grid["models"]) * len(grid["likelihoods"])
     assert all("--channels 4 8" in line and "--patience 5" in line
-               and "--input-noise 0.2" in line
+               and "--input-noise 0.2" in line and "--clip-grad-norm 2.5" in line
                and """--lr-schedule '{"milestones": [2], "name": "step"}'""" in line
                for line in trains)
 
@@ -184,6 +186,8 @@ def test_lint_and_snakefmt(tmp_path: Path) -> None:
     ({"train": {"epoch": 3}}, "train: Additional properties are not allowed ('epoch'"),
     ({"train": {"epochs": "ten"}}, "train.epochs: 'ten' is not of type 'integer'"),
     ({"train": {"lr_schedule": "step"}}, "train.lr_schedule: 'step' is not valid under any"),
+    ({"train": {"clip_grad_norm": -1}}, "train.clip_grad_norm: -1 is not valid under any"),
+    ({"train": {"clip_grad_norm": 0}}, "train.clip_grad_norm: 0 is not valid under any"),
     ({"train": {"beta_schedule": "linear"}},
      "train.beta_schedule: 'linear' is not valid under any"),
     ({"train": {"beta_schedule": {"name": "cyclical", "n_cycle": 2}}},

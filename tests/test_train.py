@@ -509,3 +509,136 @@ def test_progress_false_prints_nothing(capsys):
     assert capsys.readouterr() == ("", "")
     _fit(_build(), train, val, epochs=2, progress=True)
     assert "epoch 2/2" in capsys.readouterr().err
+
+
+# gradient clipping -------------------------------------------------------------------
+
+
+def _total_norm(opt):
+    grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g)
+                                                       for g in grads])))
+
+
+class _WatchSteps:
+    """A callback that also wraps `model.configure_optimizers`: per epoch, every step's
+    (optimiser name, total gradient norm of its parameters) before fit's clipping (a
+    pre-hook registered before fit's runs first) and as it steps (a post-hook: the step
+    leaves the gradients as they are)."""
+
+    def __init__(self, model):
+        self.pre, self.post, self.optimizers = [], [], {}
+        configure = model.configure_optimizers
+
+        def configure_optimizers(lr):
+            self.optimizers = configure(lr)
+            for name, opt in self.optimizers.items():
+                opt.register_step_pre_hook(
+                    lambda o, a, k, name=name: self.pre[-1].append((name, _total_norm(o))))
+                opt.register_step_post_hook(
+                    lambda o, a, k, name=name: self.post[-1].append((name, _total_norm(o))))
+            return self.optimizers
+
+        model.configure_optimizers = configure_optimizers
+
+    def on_epoch_start(self, model, epoch):
+        self.pre.append([])
+        self.post.append([])
+
+
+@pytest.mark.parametrize("name", ["vae", "factorvae"])
+def test_clipping_bounds_every_optimisers_steps_and_records_the_norm_before_it(name):
+    """At a bound of 0.01 every step of every optimiser (FactorVAE: its VAE and its
+    discriminator, each clipped over its own parameters) goes with gradients of norm 0.01,
+    and the history's grad_norm is the epoch's largest norm before clipping."""
+    train, _ = _digits(n_train=256)
+    model = _build(name)
+    watch = _WatchSteps(model)
+    hist = _fit(model, train, epochs=2, clip_grad_norm=0.01, callbacks=[watch])
+    names = {"vae": {"model"}, "factorvae": {"vae", "discriminator"}}[name]
+    assert set(watch.optimizers) == names
+    for pre, post, recorded in zip(watch.pre, watch.post, hist["grad_norm"], strict=True):
+        assert len(post) == 4 * len(names) and {n for n, _ in post} == names
+        for n in names:  # each optimiser was clipped: all its norms were above the bound
+            assert min(v for m, v in pre if m == n) > 0.01
+        assert all(v <= 0.01 * (1 + 1e-5) for _, v in post)
+        assert [v for _, v in post] == pytest.approx([0.01] * len(post), rel=1e-4)
+        assert recorded == pytest.approx(max(v for _, v in pre), rel=1e-5)
+        assert recorded > 0.01
+    assert np.isfinite(hist["train_loss"]).all()
+
+
+def test_without_clipping_nothing_changes():
+    """No grad_norm column and the same run with clip_grad_norm=None; a bound never
+    reached gives the same weights and losses too (the gradients are scaled by exactly 1),
+    with the column; a checkpoint's fingerprint only has the bound when it is set."""
+    train, val = _digits(n_train=256, n_val=64)
+    default, explicit, loose = _build(), _build(), _build()
+    hist = _fit(default, train, val, epochs=2)
+    assert "grad_norm" not in hist.columns
+    _same_run(default, explicit, hist, _fit(explicit, train, val, epochs=2,
+                                            clip_grad_norm=None))
+    hist_loose = _fit(loose, train, val, epochs=2, clip_grad_norm=1e9)
+    assert (hist_loose["grad_norm"] < 1e9).all()
+    _same_run(default, loose, hist, hist_loose.drop(columns="grad_norm"))
+
+
+def test_clip_grad_norm_enters_the_fingerprint_only_when_set(tmp_path):
+    train, _ = _digits(n_train=256)
+    plain, clipped = tmp_path / "plain.pt", tmp_path / "clipped.pt"
+    _fit(_build(), train, epochs=1, checkpoint=plain)
+    _fit(_build(), train, epochs=1, checkpoint=clipped, clip_grad_norm=2)
+    assert "clip_grad_norm" not in torch.load(plain, weights_only=True)["fingerprint"]
+    assert torch.load(clipped, weights_only=True)["fingerprint"]["clip_grad_norm"] == 2.0
+    assert list(_fit(_build(), train, epochs=2, checkpoint=plain)["epoch"]) == [1, 2]
+    with pytest.raises(ValueError, match=r"clip_grad_norm: None there, 2.0 now"):
+        _fit(_build(), train, epochs=2, checkpoint=plain, clip_grad_norm=2)
+    with pytest.raises(ValueError, match=r"clip_grad_norm: 2.0 there, 1.0 now"):
+        _fit(_build(), train, epochs=2, checkpoint=clipped, clip_grad_norm=1)
+
+
+def test_resume_with_clipping_equals_an_uninterrupted_run(tmp_path):
+    train, val = _digits(n_train=256, n_val=64)
+    reference = _build("hvae")
+    hist_ref = _fit(reference, train, val, epochs=3, clip_grad_norm=0.5)
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(KeyboardInterrupt):
+        _fit(_build("hvae"), train, val, epochs=3, clip_grad_norm=0.5, checkpoint=ckpt,
+             callbacks=[_StopAtEpochEnd(2)])
+    resumed = _build("hvae")
+    hist = _fit(resumed, train, val, epochs=3, clip_grad_norm=0.5, checkpoint=ckpt)
+    _same_run(reference, resumed, hist_ref, hist)
+    assert "grad_norm" in hist.columns
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("inf"), float("nan"), "1", True])
+def test_bad_clip_grad_norms_are_refused_before_training(value):
+    model = _build()
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="clip_grad_norm must be a positive finite number "
+                                         "or None"):
+        _fit(model, _digits(n_train=64)[0], clip_grad_norm=value)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_clipping_hooks_are_gone_after_fit(interrupted):
+    """After fit returns (or raises), its optimisers have no step hook left: a later
+    manual step takes gradients of any norm unclipped."""
+    train, _ = _digits(n_train=128)
+    model, made = _build("factorvae"), {}
+    configure = model.configure_optimizers
+    model.configure_optimizers = lambda lr: made.setdefault("opts", configure(lr))
+    if interrupted:
+        with pytest.raises(KeyboardInterrupt):
+            _fit(model, train, clip_grad_norm=0.01, callbacks=[_StopAtEpochEnd(1)])
+    else:
+        _fit(model, train, clip_grad_norm=0.01)
+    for opt in made["opts"].values():
+        assert not opt._optimizer_step_pre_hooks
+        for g in opt.param_groups:
+            for p in g["params"]:
+                p.grad = torch.full_like(p, 10.0)
+        before = _total_norm(opt)
+        opt.step()
+        assert _total_norm(opt) == before > 100

@@ -168,6 +168,7 @@ def run_settings(args: argparse.Namespace, data_hash: str) -> dict[str, Any]:
            if args.beta_schedule not in ("constant", {"name": "constant"}) else {}),
         **({"conditions": args.conditions} if args.conditions != "none" else {}),
         **({"locality": list(args.locality)} if args.locality else {}),
+        **({"clip_grad_norm": args.clip_grad_norm} if args.clip_grad_norm is not None else {}),
         "options": parse_options(args.options), "epochs": args.epochs,
         "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "data_config_hash": data_hash,
@@ -181,7 +182,8 @@ class _EpochPrinter:
         self.epochs = epochs
 
     def on_epoch_end(self, model: Any, epoch: int, row: dict[str, float]) -> None:
-        losses = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k.endswith("loss"))
+        losses = " ".join(f"{k}={v:.4f}" for k, v in row.items()
+                          if k.endswith("loss") or k == "grad_norm")
         print(f"epoch {epoch}/{self.epochs} {losses} ({row['seconds']:.2f} s)", flush=True)
 
 
@@ -222,6 +224,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     import aetk
 
     torch.set_num_threads(args.threads)
+    if args.clip_grad_norm is not None and not 0 < args.clip_grad_norm < float("inf"):
+        raise ValueError(f"--clip-grad-norm must be a positive finite number, got "
+                         f"{args.clip_grad_norm}")
     annealing = beta_schedule(args.beta_schedule, args.model, args.epochs)
     stored = storage.read_data(args.data)
     settings = run_settings(args, stored.attrs.get("config_hash", ""))
@@ -273,7 +278,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     history = aetk.fit(model, train, val, epochs=args.epochs, batch_size=args.batch_size,
                        lr=args.lr, device=device, seed=args.seed, checkpoint=checkpoint,
                        resume=args.resume, progress=progress, callbacks=callbacks,
-                       lr_schedule=args.lr_schedule, batch_sampler=sampler)
+                       lr_schedule=args.lr_schedule, batch_sampler=sampler,
+                       clip_grad_norm=args.clip_grad_norm)
     model.cpu().save(args.out)
     info = {
         "run_hash": run_hash, "settings": settings, "device": device, "threads": args.threads,
@@ -927,6 +933,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=0,
                    help="stop once the validation loss has not improved for this many epochs "
                    "and keep the best epoch's weights (0: train all --epochs)")
+    p.add_argument("--clip-grad-norm", type=float, metavar="X",
+                   help="clip each optimiser's gradients to total L2 norm X before each step")
     p.add_argument("--locality", type=int, nargs=3, metavar=("N_PRIMARY", "N_SECONDARY", "K"),
                    help="train on batches of local neighbourhoods (aetk.LocalityBatches, for "
                    "variance networks): N_PRIMARY points and N_SECONDARY of each one's K "

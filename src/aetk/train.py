@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -358,6 +359,42 @@ class _Meter:
         return {f"{prefix}_{k}": float(v) / self.n for k, v in self.sums.items()}
 
 
+class _GradClipper:
+    """Clips the gradients of every optimiser's own parameters (its param_groups) to the
+    total L2 norm `max_norm` right before each of its steps: a step pre-hook on each
+    optimiser, since the models' `training_step` call `opt.step()` themselves. `pop`
+    gives the largest total norm before clipping since the last `pop`, over every
+    optimiser's steps (kept on the device: no synchronisation per step)."""
+
+    def __init__(self, optimizers: dict[str, torch.optim.Optimizer], max_norm: float) -> None:
+        self.max_norm = max_norm
+        self.largest: torch.Tensor | None = None
+        self.handles = [o.register_step_pre_hook(self._clip) for o in optimizers.values()]
+
+    def _clip(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.max_norm).detach()
+        self.largest = norm if self.largest is None else torch.maximum(self.largest, norm)
+
+    def pop(self) -> float:
+        largest, self.largest = self.largest, None
+        return float(largest) if largest is not None else math.nan
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _check_clip_grad_norm(value: Any) -> float | None:
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not 0 < value < math.inf):
+        raise ValueError(f"clip_grad_norm must be a positive finite number or None, got "
+                         f"{value!r}")
+    return float(value)
+
+
 def _fingerprint(model: Model, n_train: int, batch_size: int, lr: float, seed: int) -> dict:
     return {"class": type(model).__name__, "build_spec": model.build_spec,
             "n_parameters": sum(p.numel() for p in model.parameters()),
@@ -400,6 +437,7 @@ def fit(
     callbacks: Sequence[Any] = (),
     lr_schedule: LRSchedule = None,
     batch_sampler: BatchSampler | None = None,
+    clip_grad_norm: float | None = None,
 ) -> pd.DataFrame:
     """Train `model` and return its history: one row per epoch with the train and
     validation loss, every loss term, and the seconds the epoch took.
@@ -427,10 +465,16 @@ def fit(
     `batch_sampler` replaces the shuffled training batches (tensor data): called once per
     epoch with fit's seeded generator, it yields index tensors, e.g.
     `aetk.LocalityBatches` (neighbourhoods, for variance networks); validation keeps
-    `batch_size`. The model comes back in evaluation mode (`model.eval()`).
+    `batch_size`. `clip_grad_norm` clips the gradients of each optimiser's parameters to
+    that total L2 norm right before its every step (`torch.nn.utils.clip_grad_norm_`,
+    through step pre-hooks removed when fit returns or raises); the history then has
+    `grad_norm`, the largest norm before clipping of any optimiser's step in the epoch
+    (above the bound: clipping acted). The model comes back in evaluation mode
+    (`model.eval()`).
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
+    clip_grad_norm = _check_clip_grad_norm(clip_grad_norm)
     _check(model, train, "train")
     if val is not None:
         _check(model, val, "validation")
@@ -465,6 +509,8 @@ def fit(
         fingerprint["lr_schedule"] = (
             lr_schedule if not callable(lr_schedule)
             else type(next(iter(schedulers.values()))).__name__)
+    if clip_grad_norm is not None:  # only when set, as above
+        fingerprint["clip_grad_norm"] = clip_grad_norm
     stopped = False  # a checkpoint of a run that a callback stopped is final
     if ckpt is not None and resume and ckpt.exists():
         history, stopped = _restore(ckpt, model, optimizers, schedulers, shuffle_rng,
@@ -475,6 +521,9 @@ def fit(
     bar = tqdm(total=len(batches), disable=not progress or stopped, unit="batch",
                dynamic_ncols=True)
     checkpoint_state = {}
+    # removed in `finally`: the optimisers outlive fit (a model's own, or a later manual step)
+    clipper = (_GradClipper(optimizers, clip_grad_norm) if clip_grad_norm is not None
+               else None)
     try:
         for epoch in range(start, epochs + 1):
             t0 = time.perf_counter()
@@ -483,6 +532,8 @@ def fit(
             rates = {("lr" if i == 0 else f"lr_{k}"): optimizers[k].param_groups[0]["lr"]
                      for i, k in enumerate(schedulers)}
             row = {"epoch": epoch, **_train_epoch(model, batches, optimizers, epoch, bar, epochs)}
+            if clipper is not None:
+                row["grad_norm"] = clipper.pop()
             if val_batches is not None:
                 row.update(evaluate(model, val_batches, prefix="val"))
             model.on_epoch_end(epoch)
@@ -522,6 +573,8 @@ def fit(
         err.args = (f"{err.args[0]}; the model is restored to its state {done}",)
         raise
     finally:
+        if clipper is not None:
+            clipper.remove()
         bar.close()
         # ready to use: without validation no evaluate() switched it, and a training-mode
         # model encodes at random (input noise, dropout) and moves batch-norm statistics

@@ -203,6 +203,7 @@ def train_args(wildcards):
                 beta_schedule_arg(train["beta_schedule"], spec["model"]),
             ),
             ("--locality", locality_arg(train["locality"])),
+            ("--clip-grad-norm", train["clip_grad_norm"]),
             ("--conditions", "labels" if spec["conditional"] else None),
             ("--device", train["device"]),
             ("--seed", spec["seed"]),
