@@ -242,6 +242,25 @@ def test_clip_grad_norm_reaches_fit_and_keys_its_own_run(steps: Path, tmp_path: 
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.tsv").exists()
 
 
+
+def test_log_inputs_flag_reaches_the_encoder_and_keys_its_own_run(steps: Path,
+                                                                  tmp_path: Path) -> None:
+    """--log-inputs / --no-log-inputs override the default (log counts for count
+    likelihoods) and enter the run settings; without the flag nothing changes."""
+    from aetk.nets import LogInputs
+
+    args = ["train", "--data", str(steps / "data.zarr"), "--model", "vae", "--likelihood",
+            "bernoulli", "--hidden", "16", "--epochs", "1", "--batch-size", "64",
+            "--no-progress", "--log-inputs", "--out", str(tmp_path / "m"), "--history",
+            str(tmp_path / "h.tsv")]
+    assert cli.main(args) == 0
+    model = aetk.load(tmp_path / "m")
+    assert any(isinstance(m, LogInputs) for m in model.encoder.modules())
+    info = json.loads((tmp_path / "m" / "aetk_run.json").read_text())
+    assert info["settings"]["log_inputs"] is True
+    assert "log_inputs" not in json.loads((steps / "model" / "aetk_run.json").read_text())[
+        "settings"]
+
 def test_beta_schedule_anneals_the_kl_weight_and_keys_its_own_run(
         steps: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """--beta-schedule cyclical: the history's beta column follows CyclicalBeta by hand,

@@ -166,6 +166,102 @@ def test_negative_binomial_rejects_unknown_dispersion():
         dec.NegativeBinomialDecoder(latent_dim=2, out_features=3, dispersion="gene")
 
 
+
+def test_multinomial_scores_each_row_with_its_own_total_vs_scipy():
+    """log Mult(x; sum_i x_i, softmax(logits)) per row, rows of very different totals; the
+    point prediction for data x is the proportions at x's totals, the mean `total_count`
+    times the proportions, and a draw has `total_count` counts."""
+    d, z = _decoder(dec.MultinomialDecoder, total_count=50), _z()
+    (out,) = _raw(d, z)
+    prob = special.softmax(out, -1)
+    x = np.stack([np.random.default_rng(i).multinomial(n, prob[i])
+                  for i, n in enumerate([0, 1, 30, 1000, 100_000])]).astype(float)
+    ref = [stats.multinomial(int(row.sum()), prob[i]).logpmf(row) for i, row in enumerate(x)]
+    p = d(z)
+    np.testing.assert_allclose(log_prob(p, torch.from_numpy(x)).detach().numpy(), ref,
+                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(mean(p, like=torch.from_numpy(x)).detach().numpy(),
+                               prob * x.sum(-1, keepdims=True), rtol=1e-12)
+    np.testing.assert_allclose(mean(p).detach().numpy(), 50 * prob, rtol=1e-12)
+    assert (p.sample().sum(-1) == 50).all()
+    with pytest.raises(ValueError, match="needs counts"):
+        d.check_data(torch.tensor([[0.5, 1.0, 0.0, 2.0]]), "train")
+    with pytest.raises(ValueError, match="one vector of counts"):
+        dec.MultinomialDecoder(latent_dim=2, output_shape=(4, 4))
+    with pytest.raises(ValueError, match="total_count"):
+        dec.MultinomialDecoder(latent_dim=2, out_features=4, total_count=0)
+
+
+def test_a_multinomial_latent_space_ignores_the_depth_that_a_poisson_one_encodes():
+    """Two compositions of 30 features, each sample at a depth from 50 to 2,000 counts
+    (log-uniform): a 1-D Poisson VAE spends its code on the depth (rank correlation 1.0
+    with log depth, 0.07 with the type, when written), a multinomial one on the composition
+    (0.01 and 0.87)."""
+    g = torch.Generator().manual_seed(0)
+    kinds = torch.randint(0, 2, (600,), generator=g)
+    profiles = torch.softmax(torch.randn(2, 30, generator=g) * 1.5, -1)
+    depth = (10 ** (1.7 + 1.6 * torch.rand(600, generator=g))).round()
+    x = torch.stack([torch.multinomial(profiles[k], int(n), replacement=True,
+                                       generator=g).bincount(minlength=30)
+                     for k, n in zip(kinds, depth, strict=True)]).float()
+    corr = {}
+    for likelihood in ("poisson", "multinomial"):
+        torch.manual_seed(0)
+        model = aetk.build_model("vae", likelihood, in_features=30, latent_dim=1, hidden=(32,))
+        aetk.fit(model, x, epochs=30, batch_size=64, lr=1e-3, progress=False, device="cpu")
+        code = model.latent_mean(x).detach().squeeze(-1).numpy()
+        corr[likelihood] = (abs(stats.spearmanr(code, depth.log()).statistic),
+                            abs(stats.spearmanr(code, kinds).statistic))
+    assert corr["poisson"][0] > 0.9 and corr["poisson"][1] < 0.3, corr
+    assert corr["multinomial"][0] < 0.2 and corr["multinomial"][1] > 0.8, corr
+
+
+def test_count_likelihoods_encode_log_counts_by_default(tmp_path):
+    """The encoder of a count likelihood sees log(1 + x) unless told otherwise; the choice is
+    saved, and a model saved without the key (before this default) loads without it."""
+    from aetk.nets import LogInputs
+
+    def logs(model):
+        return any(isinstance(m, LogInputs) for m in model.encoder.modules())
+
+    for likelihood, expected in [("poisson", True), ("negative_binomial", True),
+                                 ("multinomial", True), ("bernoulli", False),
+                                 ("categorical", False)]:
+        extra = {"n_classes": 3} if likelihood == "categorical" else {}
+        model = aetk.build_model("vae", likelihood, in_features=4, hidden=(8,), **extra)
+        assert logs(model) is expected, likelihood
+        assert model.build_spec.get("log_inputs", False) is expected
+    on = aetk.build_model("vae", "bernoulli", in_features=4, hidden=(8,), log_inputs=True)
+    off = aetk.build_model("vae", "poisson", in_features=4, hidden=(8,), log_inputs=False)
+    assert logs(on) and not logs(off) and "log_inputs" not in off.build_spec
+    x = torch.tensor([[0.0, 3.0, 20.0, -1.0]])
+    torch.testing.assert_close(LogInputs()(x), torch.tensor([[1.0, 4.0, 21.0, 1.0]]).log())
+    on.save(tmp_path / "on")
+    off.save(tmp_path / "off")  # as an older aetk saved every model
+    assert logs(aetk.load(tmp_path / "on")) and not logs(aetk.load(tmp_path / "off"))
+
+
+def test_deep_count_samples_train_with_log_inputs():
+    """Totals from 500 to 50,000 counts: with the encoder on raw counts the loss is NaN in
+    the first batch (when written); on log counts the Poisson VAE trains."""
+    g = torch.Generator().manual_seed(0)
+    depth = 10 ** (2.7 + 2 * torch.rand(256, 1, generator=g))
+    x = torch.poisson(depth * torch.softmax(torch.randn(256, 50, generator=g), -1),
+                      generator=g)
+    history = {}
+    for log_inputs in (False, True):
+        torch.manual_seed(0)
+        model = aetk.build_model("vae", "poisson", in_features=50, hidden=(64,),
+                                 log_inputs=log_inputs)
+        try:
+            history[log_inputs] = aetk.fit(model, x, epochs=5, batch_size=32, progress=False,
+                                           device="cpu")["train_loss"]
+        except aetk.TrainingDiverged:
+            history[log_inputs] = None
+    assert history[True] is not None and np.isfinite(history[True]).all()
+    assert history[True].iloc[-1] < history[True].iloc[0]
+    assert history[False] is None or history[False].iloc[-1] > 10 * history[True].iloc[-1]
+
 def test_multidimensional_event_shape_sums_every_element():
     d = dec.PoissonDecoder(latent_dim=2, output_shape=(2, 3), hidden=(4,)).double()
     z = _z()

@@ -168,6 +168,20 @@ def test_fisher_metrics_match_hand_formulas():
         PullbackMetric(lambda z: D.Independent(D.Gamma(z.exp(), 1.0), 1), "fisher")(z)
 
 
+
+def test_multinomial_fisher_metric_is_total_count_categorical_draws():
+    """Fisher of Mult(n, softmax(eta)) in eta: n (diag p - p p^T), pulled back through the
+    logits; the mean metric pulls back n p."""
+    dec = tiny_decoder(aetk.MultinomialDecoder, seed=4, total_count=7)
+    z = torch.randn(5, 2, dtype=f64)
+    J = fd_jacobian(lambda z: dec(z).logits, z)
+    p = dec(z).probs
+    F = 7 * (torch.diag_embed(p) - p[..., :, None] * p[..., None, :])
+    expected = torch.einsum("nki,nkl,nlj->nij", J, F, J)
+    torch.testing.assert_close(PullbackMetric(dec, "fisher")(z), expected, rtol=1e-7, atol=1e-10)
+    Jm = fd_jacobian(lambda z: 7 * dec(z).probs, z)
+    torch.testing.assert_close(PullbackMetric(dec)(z), Jm.mT @ Jm, rtol=1e-7, atol=1e-10)
+
 def test_negative_binomial_fisher_metric_against_the_summed_score():
     """F(mu) = E[(d/dmu log NB(x; mu, r))^2], summed over x = 0..3999 with the score by
     forward mode through torch's density (not the closed form r / (mu (mu + r)) the

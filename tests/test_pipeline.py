@@ -107,14 +107,16 @@ def test_dry_run_of_the_default_config(tmp_path: Path) -> None:
 
 def test_network_channels_and_patience_reach_the_train_command(tmp_path: Path) -> None:
     """Convolutional networks only when `network.channels` is set (image shape from the
-    store), input noise, early stopping, a learning-rate schedule and gradient clipping
-    only when `network.input_noise`, `train.patience`, `train.lr_schedule` and
-    `train.clip_grad_norm` are."""
+    store), input noise, log inputs, early stopping, a learning-rate schedule and gradient
+    clipping only when `network.input_noise`, `network.log_inputs`, `train.patience`,
+    `train.lr_schedule` and `train.clip_grad_norm` are."""
     default = snakemake(make_workdir(tmp_path / "mlp"), "-n", "-p", "--cores", "2").stdout
     assert "aetk train" in default and "--channels" not in default
     assert "--patience" not in default and "--input-noise" not in default
     assert "--lr-schedule" not in default and "--clip-grad-norm" not in default
-    wd = make_workdir(tmp_path / "conv", {"network": {"channels": [4, 8], "input_noise": 0.2},
+    assert "log-inputs" not in default  # aetk's own default: for count likelihoods
+    wd = make_workdir(tmp_path / "conv", {"network": {"channels": [4, 8], "input_noise": 0.2,
+                                                      "log_inputs": False},
                                           "train": {"patience": 5, "clip_grad_norm": 2.5,
                                                     "lr_schedule": {"name": "step",
                                                                     "milestones": [2]}}})
@@ -124,6 +126,7 @@ def test_network_channels_and_patience_reach_the_train_command(tmp_path: Path) -
     assert len(trains) == len(grid["models"]) * len(grid["likelihoods"])
     assert all("--channels 4 8" in line and "--patience 5" in line
                and "--input-noise 0.2" in line and "--clip-grad-norm 2.5" in line
+               and "--no-log-inputs" in line
                and """--lr-schedule '{"milestones": [2], "name": "step"}'""" in line
                for line in trains)
 

@@ -38,7 +38,11 @@ LIKELIHOODS: dict[str, type[nn.Module]] = {
     "categorical": dec.CategoricalDecoder,
     "poisson": dec.PoissonDecoder,
     "negative_binomial": dec.NegativeBinomialDecoder,
+    "multinomial": dec.MultinomialDecoder,
 }
+
+# the encoder sees log(1 + x) by default for these
+COUNT_LIKELIHOODS = ("poisson", "negative_binomial", "multinomial")
 
 
 def _infomax(
@@ -122,6 +126,7 @@ def build_model(
     channels: Sequence[int] = (),
     image_shape: Sequence[int] | None = None,
     input_noise: float = 0.0,
+    log_inputs: bool | None = None,
     n_conditions: int = 0,
     **hyper: Any,
 ) -> Model:
@@ -130,7 +135,10 @@ def build_model(
     (`(H, W)` or `(C, H, W)`, default the data shape when it has 2 or 3 axes): 4x4 stride-2
     convolutions, then the `hidden` MLP, mirrored in the decoder. `input_noise = p` makes
     it a denoising autoencoder: the encoder sees each input value masked with probability
-    p while training. `n_conditions = k > 0` makes it conditional, q(z|x, c) and p(x|z, c)
+    p while training. `log_inputs` makes the encoder see `log(1 + x)`; by default it does
+    for the count likelihoods (`COUNT_LIKELIHOODS`), whose samples' totals may differ by
+    orders of magnitude (raw counts of single cells overflow its variance within an epoch).
+    `n_conditions = k > 0` makes it conditional, q(z|x, c) and p(x|z, c)
     for conditions `c (B, k)` (one-hot classes or covariates; `Model.given`).
     `out_features` or `output_shape` give the decoder another data shape than the encoder's,
     for paired training (`x_in -> x_out`, `aetk.Paired`; MLP networks only).
@@ -180,13 +188,16 @@ def build_model(
     if not 0 <= input_noise < 1:
         raise ValueError(f"input_noise must be in [0, 1), got {input_noise}")
     noise = {"input_noise": float(input_noise)} if input_noise else {}
+    if log_inputs is None:
+        log_inputs = likelihood in COUNT_LIKELIHOODS
+    logs = {"log_inputs": True} if log_inputs else {}  # absent: False (io.load's default)
     if int(n_conditions) != n_conditions or n_conditions < 0:
         raise ValueError(f"n_conditions must be an integer >= 0, got {n_conditions}")
     if n_conditions and model in _UNCONDITIONAL:
         raise ValueError(f"{model} cannot be conditional: {_UNCONDITIONAL[model]}")
     cond = {"n_conditions": int(n_conditions)} if n_conditions else {}
     encoder = encoder_cls(input_shape=shape, latent_dim=latent_dim, **sizes, **conv, **noise,
-                          **cond)
+                          **logs, **cond)
     decoder = decoder_cls(latent_dim=latent_dim, output_shape=out_shape, **sizes, **conv,
                           **dec_opts, **cond)
     extra = {k: v for k, v in {"shape": shape, **sizes}.items()
@@ -202,6 +213,7 @@ def build_model(
         "activation": activation,
         **conv,
         **noise,
+        **logs,
         **cond,
         **dec_opts,
         **hyper,

@@ -163,6 +163,7 @@ def run_settings(args: argparse.Namespace, data_hash: str) -> dict[str, Any]:
         **({"channels": list(args.channels)} if args.channels else {}),
         **({"patience": args.patience} if args.patience else {}),
         **({"input_noise": args.input_noise} if args.input_noise else {}),
+        **({"log_inputs": args.log_inputs} if args.log_inputs is not None else {}),
         **({"lr_schedule": args.lr_schedule} if args.lr_schedule != "constant" else {}),
         **({"beta_schedule": args.beta_schedule}
            if args.beta_schedule not in ("constant", {"name": "constant"}) else {}),
@@ -243,8 +244,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     cond = {"n_conditions": conditions.shape[1]} if conditions is not None else {}
     model = aetk.build_model(args.model, args.likelihood, in_features=stored.x.shape[1],
                              latent_dim=args.latent_dim, hidden=args.hidden,
-                             activation=args.activation, input_noise=args.input_noise, **conv,
-                             **cond, **settings["options"])
+                             activation=args.activation, input_noise=args.input_noise,
+                             log_inputs=args.log_inputs, **conv, **cond, **settings["options"])
     checkpoint = None
     if args.checkpoint_dir is not None:
         checkpoint = Path(args.checkpoint_dir) / f"{args.model}-{args.likelihood}-{run_hash}.pt"
@@ -367,7 +368,7 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
                     mu, std, z = q, torch.zeros_like(q), q
                     kl = torch.full((len(x),), float("nan"))
                 p_mu = model.decode(mu)
-                x_hat = mean(p_mu) if isinstance(p_mu, Distribution) else p_mu
+                x_hat = mean(p_mu, like=x) if isinstance(p_mu, Distribution) else p_mu
                 p_z = model.decode(z)
                 nan = torch.full((len(x),), float("nan"))
                 probabilistic = isinstance(q, Distribution) and isinstance(p_z, Distribution)
@@ -908,6 +909,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-noise", type=float, default=0.0,
                    help="denoising: the encoder sees each input value masked with this "
                    "probability while training (0: off)")
+    p.add_argument("--log-inputs", action=argparse.BooleanOptionalAction, default=None,
+                   help="the encoder sees log(1 + x) (default: for the count likelihoods "
+                   "poisson, negative_binomial and multinomial)")
     p.add_argument("--conditions", choices=("none", "labels"), default="none",
                    help="labels: a conditional model, q(z|x, c) and p(x|z, c), given the one-hot "
                    "class of each sample (the store's categorical labels); not for "

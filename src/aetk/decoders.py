@@ -237,6 +237,48 @@ class PoissonDecoder(_BuiltinDecoder):
         validate.check_counts(x, name, "a Poisson decoder needs counts")
 
 
+class MultinomialDecoder(_BuiltinDecoder):
+    """p(x|z) = Multinomial(x; n = sum_i x_i, softmax(logits(z))): counts whose total (a
+    cell's library size, a document's length) is taken as observed, so that the latent space
+    describes the composition and not the depth. It is the Poisson model conditioned on
+    each row's total.
+
+    The distribution's `mean` is `total_count` times the proportions (`total_count=1`: the
+    proportions themselves, the "normalised expression"); `sample()` draws `total_count`
+    counts; `aetk.distributions.mean(p, like=x)`, what reconstructions use, scales the
+    proportions to the totals of x. Data: a vector of counts per sample.
+    """
+
+    def __init__(self, network: nn.Module | None = None, *, total_count: int = 1,
+                 **sizes: Any) -> None:
+        super().__init__(network, **sizes)
+        if len(self.event_shape) != 1 or self.image is not None:
+            raise ValueError(f"a multinomial decoder models one vector of counts per sample "
+                             f"(out_features), not the shape {self.event_shape}")
+        if int(total_count) != total_count or total_count < 1:
+            raise ValueError(f"total_count must be an integer >= 1, got {total_count}")
+        self.total_count = int(total_count)
+
+    def forward(self, z: torch.Tensor) -> D.Distribution:
+        (logits,) = self.params(z)
+        return _ObservedTotalMultinomial(self.total_count, logits)
+
+    def check_data(self, x: torch.Tensor, name: str) -> None:
+        validate.check_counts(x, name, "a multinomial decoder needs counts")
+
+
+class _ObservedTotalMultinomial(D.Multinomial):
+    """A multinomial that scores each row with its own number of trials, `value.sum(-1)`
+    (torch's density does not use `total_count`, only its argument check does)."""
+
+    def __init__(self, total_count: int, logits: torch.Tensor) -> None:
+        super().__init__(total_count, logits=logits, validate_args=False)
+
+    def mean_for(self, x: torch.Tensor) -> torch.Tensor:
+        """The expected counts at the totals of `x`."""
+        return self.probs * x.sum(-1, keepdim=True)
+
+
 class NegativeBinomialDecoder(_BuiltinDecoder):
     """p(x|z) = prod NB(mean mu(z), inverse dispersion r): variance mu + mu^2 / r.
 

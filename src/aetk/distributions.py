@@ -20,14 +20,18 @@ def log_prob(dist: D.Distribution, x: torch.Tensor) -> torch.Tensor:
     return lp.reshape(lp.shape[0], -1).sum(-1) if lp.dim() > 1 else lp
 
 
-def mean(dist: D.Distribution | torch.Tensor) -> torch.Tensor:
+def mean(dist: D.Distribution | torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
     """The decoder's point prediction: the mean, or the mode for a categorical; a
-    deterministic decoder's output tensor is its own."""
+    deterministic decoder's output tensor is its own. `like`: the data it predicts, for a
+    distribution whose scale comes from them (`mean_for(x)`: a multinomial's expected
+    counts at the observed totals)."""
     if isinstance(dist, torch.Tensor):
         return dist
     base = dist.base_dist if isinstance(dist, D.Independent) else dist
     if isinstance(base, D.Categorical):
         return base.logits.argmax(-1)
+    if like is not None and hasattr(dist, "mean_for"):
+        return dist.mean_for(like)
     return dist.mean
 
 

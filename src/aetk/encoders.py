@@ -9,7 +9,16 @@ import torch
 from torch import distributions as D
 from torch import nn
 
-from .nets import Conditioned, MaskingNoise, conv_encoder, image_layout, mlp, numel, resolve_shape
+from .nets import (
+    Conditioned,
+    LogInputs,
+    MaskingNoise,
+    conv_encoder,
+    image_layout,
+    mlp,
+    numel,
+    resolve_shape,
+)
 
 
 class _Encoder(nn.Module):
@@ -19,6 +28,7 @@ class _Encoder(nn.Module):
     images of `image_shape` (`nets.conv_encoder`). With `input_noise = p > 0` the network
     first masks each input value with probability p while training (`nets.MaskingNoise`):
     a denoising autoencoder, which reconstructs the clean data from corrupted inputs.
+    `log_inputs` makes the network see `log(1 + x)` (`nets.LogInputs`): for counts.
 
     With `n_conditions = k > 0` the encoder is q(z|x, c): the network also sees the
     conditions (`nets.Conditioned`; a given `network` then takes the flattened x and the k
@@ -39,6 +49,7 @@ class _Encoder(nn.Module):
         channels: Sequence[int] = (),
         image_shape: Sequence[int] | None = None,
         input_noise: float = 0.0,
+        log_inputs: bool = False,
         n_conditions: int = 0,
     ) -> None:
         super().__init__()
@@ -66,7 +77,9 @@ class _Encoder(nn.Module):
                 )
         elif self.n_conditions:
             network = Conditioned(network, self.n_conditions, len(self.input_shape or (1,)))
-        if input_noise:
+        if log_inputs:
+            network = nn.Sequential(LogInputs(), network)
+        if input_noise:  # the masking first: it stands for missing data
             network = nn.Sequential(MaskingNoise(input_noise), network)
         self.network = network
 

@@ -39,6 +39,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> Model:
             f"model.load_state_dict(torch.load('{path / WEIGHTS}', weights_only=True))"
         )
     spec = dict(spec)
+    spec.setdefault("log_inputs", False)  # saved before it defaulted to True for counts
     model = build_model(spec.pop("model"), spec.pop("likelihood"), **spec)
     try:
         state = torch.load(path / WEIGHTS, map_location=map_location, weights_only=True)

@@ -175,6 +175,15 @@ class MaskingNoise(nn.Module):
         return f"p={self.p}"
 
 
+
+class LogInputs(nn.Module):
+    """`log(1 + x)` of non-negative inputs (negative values count as 0): what an encoder of
+    counts sees, so that a sample with 100 times the counts of another does not drive its
+    first layer 100 times as hard (scVI's `log_variational`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log1p(x.clamp_min(0))
+
 @contextmanager
 def clean_inputs(module: nn.Module) -> Iterator[nn.Module]:
     """Within the block, the `MaskingNoise` layers in `module` pass their inputs through,

@@ -169,6 +169,13 @@ def beta_schedule_arg(spec, model):
     return spec if isinstance(spec, str) else json.dumps(spec, sort_keys=True)
 
 
+def log_inputs_flag(value):
+    """--log-inputs or --no-log-inputs, or no flag for aetk's default (count likelihoods)."""
+    if value is None:
+        return ("--log-inputs", None)
+    return ("--log-inputs" if value else "--no-log-inputs", [])
+
+
 def locality_arg(spec):
     """The three numbers of --locality, or None (no flag) for uniform batches."""
     if spec is None:
@@ -192,6 +199,7 @@ def train_args(wildcards):
             ("--activation", config["network"]["activation"]),
             ("--channels", config["network"]["channels"] or None),
             ("--input-noise", config["network"]["input_noise"] or None),
+            log_inputs_flag(config["network"]["log_inputs"]),
             ("--options", json.dumps(options, sort_keys=True)),
             ("--epochs", train["epochs"]),
             ("--batch-size", train["batch_size"]),

@@ -136,7 +136,8 @@ class PullbackMetric(Metric):
       which is zero when sigma is fixed (Arvanitidis et al. 2018).
     - `kind="fisher"`: the Fisher-Rao pull-back `J_eta^T F(eta) J_eta` of the natural
       parameters (Arvanitidis et al. 2022): Bernoulli `F = p(1-p)`, categorical
-      `F = diag(p) - p p^T` per element, Poisson `F = rate`, Gaussian
+      `F = diag(p) - p p^T` per element (times `total_count` for a multinomial),
+      Poisson `F = rate`, Gaussian
       `diag(1/sigma^2, 2/sigma^2)` in (mu, sigma), negative binomial
       `F = r / (mu (mu + r))` in its mean mu, its dispersion r taken as constant in z
       (`dispersion="sample"` decoders are refused).
@@ -168,7 +169,7 @@ class PullbackMetric(Metric):
             return base.loc, base.scale
         if self.kind == "mean":
             return (base.probs if isinstance(base, D.Categorical) else out.mean,)
-        if isinstance(base, D.Bernoulli | D.Categorical):
+        if isinstance(base, D.Bernoulli | D.Categorical | D.Multinomial):
             return (base.logits,)
         if isinstance(base, D.Poisson):
             return (base.rate,)
@@ -176,7 +177,7 @@ class PullbackMetric(Metric):
             return out.mean, base.total_count
         raise ValueError(
             f"no Fisher metric for {type(base).__name__}: use kind='mean' or a "
-            "Bernoulli, categorical, Poisson, negative-binomial or Gaussian decoder"
+            "Bernoulli, categorical, multinomial, Poisson, negative-binomial or Gaussian decoder"
         )
 
     def _family(self, z: Tensor) -> type[D.Distribution] | None:
@@ -192,13 +193,16 @@ class PullbackMetric(Metric):
         gram = z.new_zeros(n, k, k)
         for i, (p, u) in enumerate(zip(primals, tangents, strict=True)):
             p = p[0]
-            if family is not None and issubclass(family, D.Categorical):
-                # logits (n, ..., K): per element diag(p) - p p^T over the class axis
+            if family is not None and issubclass(family, D.Categorical | D.Multinomial):
+                # logits (n, ..., K): per element diag(p) - p p^T over the class axis; a
+                # multinomial's total_count trials are as many categorical draws
+                trials = (self.decoder(z[:1]).total_count
+                          if issubclass(family, D.Multinomial) else 1)
                 prob = torch.softmax(p, -1).reshape(n, -1, p.shape[-1])
                 u = u.reshape(k, n, -1, p.shape[-1])
                 pu = (prob * u).sum(-1)
-                gram = gram + torch.einsum("anmc,bnmc,nmc->nab", u, u, prob)
-                gram = gram - torch.einsum("anm,bnm->nab", pu, pu)
+                gram = gram + trials * torch.einsum("anmc,bnmc,nmc->nab", u, u, prob)
+                gram = gram - trials * torch.einsum("anm,bnm->nab", pu, pu)
                 continue
             u = u.reshape(k, n, -1)
             p = p.reshape(n, -1)

@@ -129,7 +129,7 @@ class Model(nn.Module):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """The decoder's point prediction at the encoder's mean."""
-        return mean(self.decode(self.latent_mean(x)))
+        return mean(self.decode(self.latent_mean(x)), like=x)
 
     # Hooks for aetk.fit -------------------------------------------------------------
 
