@@ -251,6 +251,23 @@ def test_log_map_estimates_its_integration_error():
     assert ((shrink > 8) & (shrink < 32)).all(), shrink
 
 
+
+def test_log_map_doubles_its_steps_to_an_integration_tolerance():
+    """From 4 steps, integration_tol=1e-5 doubles them until the estimated error is within
+    it for every pair; the lengths then match the hyperbolic distance 100 times closer
+    than with 4 steps alone. With the doublings capped too early, converged says so."""
+    z0, z1 = half_plane_pairs()
+    exact = hyperbolic_distance(z0, z1)
+    coarse = log_map(poincare(), z0, z1, n_steps=4)
+    fine = log_map(poincare(), z0, z1, n_steps=4, integration_tol=1e-5)
+    assert coarse.n_steps == 4 and fine.n_steps > 4 and fine.converged.all()
+    assert (fine.integration_error <= 1e-5 * (z1 - z0).norm(dim=-1)).all()
+    assert (fine.length - exact).abs().max() < 0.01 * (coarse.length - exact).abs().max()
+    capped = log_map(poincare(), z0, z1, n_steps=4, integration_tol=1e-5, max_doublings=0)
+    assert capped.n_steps == 4 and not capped.converged.any()
+    with pytest.raises(ValueError, match="integration_tol"):
+        log_map(poincare(), z0, z1, integration_tol=0.0)
+
 def test_log_map_on_the_sphere_gives_great_circle_distances():
     gen = torch.Generator().manual_seed(0)
     z0 = torch.stack([torch.rand(5, generator=gen) * 1.6 + 0.8,

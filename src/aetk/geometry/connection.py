@@ -169,8 +169,9 @@ class LogMapResult:
     and `integration_error (B,)`: how far the integrator's end point lies from the exact
     geodesic's, by Richardson extrapolation from a second integration with twice the steps
     (`16/15 |exp_n(v) - exp_2n(v)|` for fourth-order Runge-Kutta). `converged` speaks of the
-    shooting with `n_steps`; where `integration_error` exceeds the residual, more steps
-    bring the geodesic closer to `z_end`."""
+    shooting with `n_steps` (and, when `log_map` was given `integration_tol`, of the
+    integration too); where `integration_error` exceeds the residual, more steps bring the
+    geodesic closer to `z_end`. `n_steps`: the integrator's steps it ended with."""
 
     velocity: Tensor
     length: Tensor
@@ -178,6 +179,7 @@ class LogMapResult:
     converged: Tensor
     iterations: Tensor
     integration_error: Tensor | None = None  # set by log_map
+    n_steps: int | None = None  # set by log_map
 
 
 def _exp_jacobians(metric: Metric, z: Tensor, v: Tensor, n_steps: int, *,
@@ -197,7 +199,8 @@ def _exp_jacobians(metric: Metric, z: Tensor, v: Tensor, n_steps: int, *,
 
 
 def log_map(metric: Metric, z_start: Tensor, z_end: Tensor, *, n_steps: int = 20,
-            tol: float = 1e-6, max_iter: int = 20, **fit_kwargs) -> LogMapResult:
+            tol: float = 1e-6, max_iter: int = 20, integration_tol: float | None = None,
+            max_doublings: int = 4, **fit_kwargs) -> LogMapResult:
     """`log_{z_start}(z_end)`: the initial velocity of the geodesic from `z_start` to
     `z_end` (`(B, d)` or `(d,)`) that reaches it at time 1.
 
@@ -207,15 +210,28 @@ def log_map(metric: Metric, z_start: Tensor, z_end: Tensor, *, n_steps: int = 20
     mode through the integrator), halving a step that does not reduce the residual.
     Starting from the minimiser keeps it on the shortest geodesic, not another one.
     `tol` is the shooting's, relative to `|z_end - z_start|`; `n_steps` the integrator's.
+    With `integration_tol`, the steps double (at most `max_doublings` times, shooting again
+    from the last velocities) until every pair's estimated `integration_error` is at most
+    `integration_tol |z_end - z_start|`, and `converged` requires that too.
     """
     _check_steps(n_steps)
+    if integration_tol is not None and not integration_tol > 0:
+        raise ValueError(f"integration_tol must be positive, got {integration_tol}")
     z0, z1 = _pairs(metric, z_start, z_end)
     v, _ = _fitted_logs(metric, z0, z1, **fit_kwargs)
-    res = _shoot(metric, z0, z1, v, n_steps, tol, max_iter)
-    with torch.no_grad():  # not in _shoot: the Frechet mean's inner loop needs none
-        coarse, fine = (exp_map(metric, z0, res.velocity, n_steps=n)
-                        for n in (n_steps, 2 * n_steps))
-    return replace(res, integration_error=(coarse - fine).norm(dim=-1) * (16 / 15))
+    for doubling in range(max_doublings + 1):
+        res = _shoot(metric, z0, z1, v, n_steps, tol, max_iter)
+        with torch.no_grad():  # not in _shoot: the Frechet mean's inner loop needs none
+            coarse, fine = (exp_map(metric, z0, res.velocity, n_steps=n)
+                            for n in (n_steps, 2 * n_steps))
+        error = (coarse - fine).norm(dim=-1) * (16 / 15)
+        if integration_tol is None:
+            return replace(res, integration_error=error, n_steps=n_steps)
+        accurate = error <= integration_tol * (z1 - z0).norm(dim=-1)
+        if bool(accurate.all()) or doubling == max_doublings:
+            return replace(res, integration_error=error, n_steps=n_steps,
+                           converged=res.converged & accurate)
+        n_steps, v = 2 * n_steps, res.velocity
 
 
 def _fitted_logs(metric: Metric, z0: Tensor, z1: Tensor, **fit_kwargs) -> tuple[Tensor, Tensor]:
