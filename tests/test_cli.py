@@ -645,6 +645,72 @@ def test_bad_spray_settings_exit_with_a_message(steps: Path, tmp_path: Path,
     assert not (tmp_path / "geo.zarr").exists()
 
 
+def test_geodesics_between_configured_pairs(steps: Path, tmp_path: Path) -> None:
+    """--pairs I:J: exactly those samples (any split) are the endpoints, in order."""
+    lat = storage.read_zarr(steps / "latent_rhvae.zarr")
+    z, split = lat["z_mean"].values, lat["split"].values
+    train = np.flatnonzero(split == storage.SPLIT_TRAIN)
+    val = np.flatnonzero(split == storage.SPLIT_VALIDATION)
+    pairs = [(int(train[0]), int(val[1])), (int(val[2]), int(train[3])), (len(z) - 1, 0)]
+    out = tmp_path / "geo.zarr"
+    assert cli.main(["geodesics", "--model", str(steps / "rhvae"), "--latent",
+                     str(steps / "latent_rhvae.zarr"), "--pairs",
+                     *(f"{i}:{j}" for i, j in pairs), "--n-points", "8", "--max-iter", "20",
+                     "--grid-size", "3", "--spray", "0", "--out", str(out)]) == 0
+    geo = storage.read_zarr(out)
+    start, end = (np.array(e) for e in zip(*pairs, strict=True))
+    assert geo["start_index"].dtype == np.int64 and geo.sizes["pair"] == 3
+    np.testing.assert_array_equal(geo["start_index"].values, start)
+    np.testing.assert_array_equal(geo["end_index"].values, end)
+    np.testing.assert_array_equal(geo["pair"].values, np.arange(3))
+    np.testing.assert_array_equal(geo["start_label"].values, lat["label"].values[start])
+    np.testing.assert_array_equal(geo["end_label"].values, lat["label"].values[end])
+    np.testing.assert_allclose(geo["points"][:, 0].values, z[start], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(geo["points"][:, -1].values, z[end], rtol=1e-5, atol=1e-6)
+    assert geo.attrs["pair_selection"] == "configured"
+    assert geo.attrs["settings"]["pairs"] == [list(p) for p in pairs]
+    assert geo.attrs["settings"]["n_pairs"] == 3
+    sampled = storage.read_zarr(steps / "geo_rhvae.zarr")
+    assert sampled.attrs["pair_selection"] == "sampled"
+    assert "pairs" not in sampled.attrs["settings"]
+
+
+@pytest.mark.parametrize(("pairs", "message"), [
+    (["0:1", "3:240"], "--pairs: 3:240 is out of range: the latent store has 240 samples"),
+    (["7:-1"], "--pairs: 7:-1 is out of range: the latent store has 240 samples"),
+    (["4:4"], "--pairs: '4:4' joins sample 4 to itself"),
+    (["0:1", "2"], "--pairs: '2' is not a pair of sample indices I:J"),
+    (["0:1:2"], "--pairs: '0:1:2' is not a pair of sample indices I:J"),
+    (["a:3"], "--pairs: 'a:3' is not a pair of sample indices I:J"),
+    (["1.5:3"], "--pairs: '1.5:3' is not a pair of sample indices I:J"),
+])
+def test_bad_pairs_exit_before_fitting_or_writing(
+        steps: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch, pairs: list[str], message: str) -> None:
+    def no_fit(*args: object, **kwargs: object) -> None:
+        raise AssertionError("fitted despite bad pairs")
+
+    monkeypatch.setattr(aetk.geometry, "fit_geodesics", no_fit)
+    monkeypatch.setattr(aetk, "load", no_fit)  # refused before even loading the model
+    out = tmp_path / "geo.zarr"
+    assert cli.main(["geodesics", "--model", str(steps / "rhvae"), "--latent",
+                     str(steps / "latent_rhvae.zarr"), "--pairs", *pairs,
+                     "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "aetk geodesics: error: " + message in err, err
+    assert not out.exists()
+
+
+def test_pairs_and_n_pairs_together_are_refused(steps: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "geo.zarr"
+    assert cli.main(["geodesics", "--model", str(steps / "rhvae"), "--latent",
+                     str(steps / "latent_rhvae.zarr"), "--pairs", "0:1", "--n-pairs", "2",
+                     "--out", str(out)]) == 1
+    assert "give either --pairs" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_report_outputs(steps: Path) -> None:
     for name in ("latent", "reconstructions", "samples", "traversals", "geodesics", "curves",
                  "comparison"):

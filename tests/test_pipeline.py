@@ -175,6 +175,22 @@ def test_conditional_grid_names_its_runs_and_passes_the_labels(tmp_path: Path) -
     assert "cannot be conditional (vampprior)" in proc.stdout + proc.stderr
 
 
+def test_configured_geodesic_pairs_reach_the_geodesics_command(tmp_path: Path) -> None:
+    """`geodesics.pairs` becomes `aetk geodesics --pairs I:J ...` in place of `--n-pairs`;
+    by default (null) the pairs are sampled, `--n-pairs` of them."""
+    def geodesic_commands(out: str) -> list[str]:
+        return [line for line in out.splitlines() if "Shell command: aetk geodesics" in line]
+
+    default = snakemake(make_workdir(tmp_path / "default"), "-n", "-p", "--cores", "1").stdout
+    lines = geodesic_commands(default)
+    assert lines and all("--pairs" not in line and "--n-pairs 8" in line for line in lines)
+    wd = make_workdir(tmp_path / "pairs", {"geodesics": {"pairs": [[0, 17], [5, 80]]}})
+    out = snakemake(wd, "-n", "-p", "--cores", "1", "--configfile", "test.yaml").stdout
+    lines = geodesic_commands(out)
+    assert lines and all("--pairs 0:17 5:80 " in line and "--n-pairs" not in line
+                         for line in lines)
+
+
 def test_lint_and_snakefmt(tmp_path: Path) -> None:
     wd = make_workdir(tmp_path)
     proc = snakemake(wd, "--lint", check=False)
@@ -205,6 +221,9 @@ def test_lint_and_snakefmt(tmp_path: Path) -> None:
      "train.locality: {'n_primary': 4, 'n_secondary': 2} is not valid under any"),
     ({"encode": {"traversal_steps": 1}},
      "encode.traversal_steps: 1 is not allowed: 0 (none) or at least 2 steps"),
+    ({"geodesics": {"pairs": [[1, 2, 3]]}}, "geodesics.pairs.0: [1, 2, 3] is too long"),
+    ({"geodesics": {"pairs": [[4, 4]]}}, "geodesics.pairs.0: [4, 4] has non-unique elements"),
+    ({"geodesics": {"pairs": [[0, -1]]}}, "geodesics.pairs.0.1: -1 is less than the minimum"),
 ])
 def test_config_errors_stop_before_any_job(tmp_path: Path, config: dict, expected: str
                                            ) -> None:

@@ -666,6 +666,36 @@ def choose_pairs(is_val: np.ndarray, labels: np.ndarray | None, kind: str, n_pai
     return np.asarray(start), np.asarray(end)
 
 
+def parse_pairs(specs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``I:J`` strings -> (start, end) sample indices; checks the syntax and distinct ends."""
+    start, end = [], []
+    for spec in specs:
+        parts = spec.split(":")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            i, j = (int(p) for p in parts)
+        except ValueError:
+            raise ValueError(f"--pairs: {spec!r} is not a pair of sample indices I:J "
+                             f"(two integers, e.g. 0:17)") from None
+        if i == j:
+            raise ValueError(f"--pairs: {spec!r} joins sample {i} to itself: the two ends "
+                             f"of a pair must differ")
+        start.append(i)
+        end.append(j)
+    if not start:
+        raise ValueError("--pairs: give at least one pair I:J")
+    return np.asarray(start, dtype=np.int64), np.asarray(end, dtype=np.int64)
+
+
+def check_pairs(start: np.ndarray, end: np.ndarray, n_samples: int) -> None:
+    """Every pair's sample indices within 0 .. n_samples - 1."""
+    for i, j in zip(start.tolist(), end.tolist(), strict=True):
+        if not (0 <= i < n_samples and 0 <= j < n_samples):
+            raise ValueError(f"--pairs: {i}:{j} is out of range: the latent store has "
+                             f"{n_samples} samples (indices 0 .. {n_samples - 1})")
+
+
 def latent_bounds(z: np.ndarray, pad: float = 0.1) -> list[list[float]]:
     """Per-dimension range of ``z`` widened by ``pad`` of its span on each side."""
     lo, hi = np.nanmin(z, 0), np.nanmax(z, 0)
@@ -692,14 +722,25 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
     if args.spray < 0 or args.spray_points < 1:
         raise ValueError(f"--spray must be >= 0 and --spray-points >= 1, got {args.spray} and "
                          f"{args.spray_points}")
+    if args.pairs is not None and args.n_pairs is not None:
+        raise ValueError("give either --pairs (these pairs) or --n-pairs (that many sampled "
+                         "pairs), not both")
+    n_pairs = 8 if args.n_pairs is None else args.n_pairs
+    if args.pairs is None and n_pairs < 1:
+        raise ValueError(f"--n-pairs must be >= 1, got {n_pairs}")
+    configured = parse_pairs(args.pairs) if args.pairs is not None else None
     torch.set_num_threads(args.threads)
-    model = aetk.load(args.model)
     latent = storage.read_zarr(args.latent)
     z = latent["z_mean"].values
     labels = latent["label"].values if "label" in latent else None
     kind = latent.attrs.get("label_kind", "none")
     is_val = latent["split"].values == storage.SPLIT_VALIDATION
-    start, end = choose_pairs(is_val, labels, kind, args.n_pairs, args.seed)
+    if configured is not None:
+        start, end = configured
+        check_pairs(start, end, len(z))
+    else:
+        start, end = choose_pairs(is_val, labels, kind, n_pairs, args.seed)
+    model = aetk.load(args.model)
     metric = metric_for(model)
     if model.n_conditions and isinstance(metric, PullbackMetric):
         raise ValueError("a conditional decoder's pull-back metric depends on the class: fit "
@@ -758,7 +799,11 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
         "data_config_hash": latent.attrs.get("data_config_hash"),
         "metric": type(metric).__name__, "label_kind": kind,
         "label_names": latent.attrs.get("label_names"),
-        "settings": {"n_pairs": args.n_pairs, "n_points": args.n_points,
+        "pair_selection": "sampled" if configured is None else "configured",
+        "settings": {"n_pairs": len(start),
+                     "pairs": (None if configured is None
+                               else [[int(i), int(j)] for i, j in zip(start, end, strict=True)]),
+                     "n_points": args.n_points,
                      "max_iter": args.max_iter, "grid_size": args.grid_size, "seed": args.seed,
                      "spray": args.spray, "spray_points": args.spray_points},
     }
@@ -1005,9 +1050,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
 
     p = add("geodesics", cmd_geodesics, "fit latent geodesics of a trained model",
-            "Fit geodesics between pairs of validation points (from different classes when "
-            "labelled) in the model's metric: its own for an RHVAE, the decoder's pull-back "
-            "otherwise (aetk.geometry.metric_for). For 2-D latents also the log volume "
+            "Fit geodesics between pairs of points in the model's metric: its own for an "
+            "RHVAE, the decoder's pull-back otherwise (aetk.geometry.metric_for). The pairs "
+            "are --n-pairs seeded pairs of validation points (from different classes when "
+            "labelled), or the pairs given with --pairs. For 2-D latents also the log volume "
             "log sqrt(det G) on a grid over the latent codes, and for an RHVAE the Gaussian "
             "curvature on that grid, the Frechet mean of the validation codes and a spray of "
             "geodesics from it.\n\n"
@@ -1016,7 +1062,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--latent", required=True, help="its latent store (.zarr)")
     p.add_argument("--out", required=True, help="geodesic store to write (.zarr)")
-    p.add_argument("--n-pairs", type=int, default=8, help="geodesics to fit")
+    p.add_argument("--n-pairs", type=int, default=None,
+                   help="geodesics to fit between sampled pairs (default 8; not together "
+                   "with --pairs)")
+    p.add_argument("--pairs", nargs="+", metavar="I:J",
+                   help="fit geodesics between these pairs of samples instead of sampled ones: "
+                   "indices along the latent store's `sample` dimension (0 .. n-1, any split), "
+                   "e.g. --pairs 0:17 5:80; the two ends of a pair must differ. Refused "
+                   "together with --n-pairs")
     p.add_argument("--n-points", type=int, default=32, help="points per curve")
     p.add_argument("--max-iter", type=int, default=500, help="optimiser iterations at most")
     p.add_argument("--grid-size", type=int, default=64,
@@ -1027,7 +1080,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(0: none)")
     p.add_argument("--spray-points", type=int, default=100,
                    help="validation codes (at most) whose Frechet mean centres the spray")
-    p.add_argument("--seed", type=int, default=0, help="seed of the pairs")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the sampled pairs, the fits' initial curves and the spray's "
+                   "codes")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
 
     p = add("report", None, "figures and tables",

@@ -235,11 +235,18 @@ def encode_args(wildcards):
     )
 
 
+def pairs_arg(pairs):
+    """`geodesics.pairs` as `aetk geodesics --pairs I:J ...`; None (sampled) when unset."""
+    return [f"{int(i)}:{int(j)}" for i, j in pairs] if pairs else None
+
+
 def geodesic_args(wildcards):
+    """Configured pairs replace the n_pairs sampled ones (the CLI takes one or the other)."""
     geo = config["geodesics"]
     return cli_args(
         [
-            ("--n-pairs", geo["n_pairs"]),
+            ("--pairs", pairs_arg(geo["pairs"])),
+            ("--n-pairs", None if geo["pairs"] else geo["n_pairs"]),
             ("--n-points", geo["n_points"]),
             ("--max-iter", geo["max_iter"]),
             ("--grid-size", geo["grid_size"]),
