@@ -512,3 +512,38 @@ def test_build_model_rejects_unknown_names(args, kwargs, pattern):
 def test_build_model_rejects_meaningless_values(model, kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         aetk.build_model(model, "bernoulli", in_features=3, **kwargs)
+
+
+def test_forward_decodes_a_posterior_sample_and_the_flow_moves_it():
+    """`model(x)` is p(x|z) at `posterior_sample(x)`: a draw of q(z|x) for a VAE, the code
+    of an AE, and z_K of the Hamiltonian models' flow, which is the encoder's draw when
+    the flow has no steps (K = 0, beta0 = 1) and moves it otherwise (with the decoder's
+    force: it depends on the decoder's weights)."""
+    x = torch.rand(6, 8)
+    vae = aetk.build_model("vae", "bernoulli", in_features=8, latent_dim=2, hidden=(8,))
+    torch.manual_seed(0)
+    p = vae(x)
+    torch.manual_seed(0)
+    torch.testing.assert_close(p.mean, vae.decode(vae.encode(x).rsample()).mean)
+    ae = aetk.build_model("ae", "bernoulli", in_features=8, latent_dim=2, hidden=(8,))
+    torch.testing.assert_close(ae(x).mean, ae.decode(ae.encode(x)).mean)
+    for name in ("hvae", "rhvae"):
+        extra = {"centroids": 4} if name == "rhvae" else {}
+        models = []
+        for flow in ({"n_leapfrog": 0, "beta0": 1.0}, {"n_leapfrog": 3, "step_size": 0.3}):
+            torch.manual_seed(0)  # the same networks (and centroids)
+            models.append(aetk.build_model(name, "bernoulli", in_features=8, latent_dim=2,
+                                           hidden=(8,), **flow, **extra))
+            if name == "rhvae":
+                models[-1].on_fit_start(x)
+        still, moving = models
+        torch.manual_seed(1)
+        encoder_draw = still.encoder(x).rsample()
+        torch.manual_seed(1)
+        torch.testing.assert_close(still.posterior_sample(x), encoder_draw)
+        torch.manual_seed(1)
+        z_k = moving.posterior_sample(x)
+        assert (z_k - encoder_draw).norm(dim=-1).min() > 1e-3
+        last = [m for m in moving.decoder.modules() if isinstance(m, nn.Linear)][-1]
+        (grad,) = torch.autograd.grad(z_k.sum(), last.weight)
+        assert grad.abs().max() > 0

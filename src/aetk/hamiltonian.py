@@ -55,6 +55,16 @@ class Position(NamedTuple):
 PositionFn = Callable[[Tensor], Position]
 
 
+class FlowEnd(NamedTuple):
+    """Where a model's flow from z_0 ends, and the ELBO's terms there, per row."""
+
+    z: Tensor  # z_K
+    log_lik: Tensor  # log p(x|z_K)
+    log_prior: Tensor  # log p(z_K)
+    log_rho: Tensor  # log density of the final momentum
+    log_gamma: Tensor  # log density of the initial momentum draw
+
+
 def mv(A: Tensor, v: Tensor) -> Tensor:
     """Batched matrix-vector product `(B, d, d) x (B, d) -> (B, d)`."""
     return (A @ v.unsqueeze(-1)).squeeze(-1)
@@ -322,12 +332,13 @@ def hmc(pos: Position, position: PositionFn, n_steps: int, n_leapfrog: int,
     return pos.z
 
 
-def flow_log_weights(terms: Callable[..., tuple[Tensor, ...]], q: Distribution, target: Tensor,
-                     n: int) -> Tensor:
+def flow_log_weights(flow: Callable[[Tensor, Tensor, bool], FlowEnd], q: Distribution,
+                     target: Tensor, n: int) -> Tensor:
     """`log p(x, z_K) + log N(rho_K) - log q(z_0|x) - log N(gamma_0)`, `(n, B)`, for `n`
     draws per row: the rows of all draws pass the flow together (sample-major, as
-    conditional networks expect); `terms(z0, target, create_graph)` is a model's flow."""
+    conditional networks expect); `flow(z0, target, create_graph)` is a model's flow."""
     z0 = q.sample((n,))
     rows = target.expand(n, *target.shape).reshape(-1, *target.shape[1:])
-    log_lik, log_prior, log_rho, log_gamma = terms(z0.flatten(0, 1), rows, False)
-    return (log_lik + log_prior + log_rho - log_gamma).view(n, -1) - q.log_prob(z0)
+    end = flow(z0.flatten(0, 1), rows, False)
+    return (end.log_lik + end.log_prior + end.log_rho - end.log_gamma).view(n, -1) - \
+        q.log_prob(z0)

@@ -114,6 +114,17 @@ class Model(nn.Module):
         """`KL(q(z|x) || p(z))` per row, `(B,)`: the closed form for `N(0, I)`."""
         return kl_to_standard_normal(q)
 
+    def posterior_sample(self, x: torch.Tensor) -> torch.Tensor:
+        """A draw of z from the model's approximate posterior for x: `q(z|x)`, reparameterised
+        (the code itself for a deterministic encoder); the HVAE and RHVAE move it by their
+        flow (z_K)."""
+        q = self.encode(x)
+        return q if isinstance(q, torch.Tensor) else q.rsample()
+
+    def forward(self, x: torch.Tensor) -> Any:
+        """`p(x|z)` at `z = posterior_sample(x)`: AutoEncoderToolkit.jl's `(model)(x)`."""
+        return self.decode(self.posterior_sample(x))
+
     def latent_mean(self, x: torch.Tensor) -> torch.Tensor:
         """The point estimate of z for x."""
         q = self.encode(x)

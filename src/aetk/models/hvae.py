@@ -9,6 +9,7 @@ from torch import nn
 
 from ..distributions import log_prob, standard_normal_log_prob
 from ..hamiltonian import (
+    FlowEnd,
     FlowMonitor,
     Position,
     PositionFn,
@@ -110,30 +111,36 @@ class HVAE(Model):
         monitor.check()
         return pos, rho
 
-    def _flow_terms(self, z0: torch.Tensor, target: torch.Tensor, create_graph: bool
-                    ) -> tuple[torch.Tensor, ...]:
-        """From z_0 (rows), a momentum draw and the flow: `log p(x|z_K)`, `log p(z_K)`,
-        `log N(rho_K; 0, I)` and `log N(gamma_0; 0, I)` per row."""
+    def _flow_from(self, z0: torch.Tensor, target: torch.Tensor, create_graph: bool
+                   ) -> FlowEnd:
+        """From z_0 (rows) and a momentum draw, the flow's end: z_K, `log p(x|z_K)`,
+        `log p(z_K)`, `log N(rho_K; 0, I)` and `log N(gamma_0; 0, I)` per row."""
         position = self.position_fn(target, create_graph)
         gamma = torch.randn_like(z0)
         pos, rho = self.flow(position(z0), gamma * self.beta0**-0.5, position)
         d = z0.shape[-1]
-        return (pos.log_lik, standard_normal_log_prob(pos.z),
-                gaussian_log_prob((rho * rho).sum(-1), 0.0, d),
-                gaussian_log_prob((gamma * gamma).sum(-1), 0.0, d))
+        return FlowEnd(pos.z, pos.log_lik, standard_normal_log_prob(pos.z),
+                       gaussian_log_prob((rho * rho).sum(-1), 0.0, d),
+                       gaussian_log_prob((gamma * gamma).sum(-1), 0.0, d))
 
     def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
         q = self.encoder(x)
         z0 = q.rsample()
         # Exact outer gradients need a differentiable force whenever anyone may backpropagate.
-        log_lik, log_prior, log_rho, log_gamma = self._flow_terms(
-            z0, x if target is None else target, create_graph=torch.is_grad_enabled())
-        return LossOutput(*hamiltonian_elbo(log_lik, log_prior, log_rho, q.log_prob(z0),
-                                            log_gamma, self.logp_prefactor, self.logq_prefactor))
+        end = self._flow_from(z0, x if target is None else target,
+                              create_graph=torch.is_grad_enabled())
+        return LossOutput(*hamiltonian_elbo(
+            end.log_lik, end.log_prior, end.log_rho, q.log_prob(z0), end.log_gamma,
+            self.logp_prefactor, self.logq_prefactor))
+
+    def posterior_sample(self, x: torch.Tensor) -> torch.Tensor:
+        """z_K: a draw of `q(z|x)` moved by the tempered flow for x (the model's posterior
+        approximation, not the encoder's)."""
+        return self._flow_from(self.encoder(x).rsample(), x, torch.is_grad_enabled()).z
 
     def importance_log_weights(self, q, target: torch.Tensor, n: int) -> torch.Tensor:
         """The flow's importance weights: `z_0 ~ q(z|x)` and the momentum, then the flow
         (volume-preserving, its tempering Jacobian cancelled by the initial rescaling)."""
-        return flow_log_weights(self._flow_terms, q, target, n)
+        return flow_log_weights(self._flow_from, q, target, n)
 
     sample = VAE.sample  # the generative model is the VAE's: z ~ N(0, I), x ~ p(x|z)

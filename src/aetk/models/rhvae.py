@@ -16,6 +16,7 @@ from ..centroids import METHODS, select_centroids
 from ..distributions import log_prob, mean, standard_normal_log_prob
 from ..hamiltonian import (
     CentroidMetric,
+    FlowEnd,
     FlowMonitor,
     Position,
     PositionFn,
@@ -258,10 +259,10 @@ class RHVAE(Model):
         monitor.check()
         return pos, rho
 
-    def _flow_terms(self, z0: torch.Tensor, target: torch.Tensor, metric: CentroidMetric,
-                    create_graph: bool) -> tuple[torch.Tensor, ...]:
-        """From z_0 (rows), a momentum draw and the flow: `log p(x|z_K)`, `log p(z_K)`,
-        `log N(rho_K; 0, G(z_K))` and `log N(gamma_0; 0, G(z_0))` per row."""
+    def _flow_from(self, z0: torch.Tensor, target: torch.Tensor, metric: CentroidMetric,
+                   create_graph: bool) -> FlowEnd:
+        """From z_0 (rows) and a momentum draw, the flow's end: z_K, `log p(x|z_K)`,
+        `log p(z_K)`, `log N(rho_K; 0, G(z_K))` and `log N(gamma_0; 0, G(z_0))` per row."""
         position = self.position_fn(target, metric, create_graph)
         start = position(z0)
         # gamma_0 = L^{-T} eps ~ N(0, G(z_0)) for G^{-1} = L L^T: a solve, no inverse.
@@ -270,26 +271,33 @@ class RHVAE(Model):
                                               upper=True).squeeze(-1)
         pos, rho = self.flow(start, gamma / math.sqrt(self.beta0), metric, position)
         d = z0.shape[-1]
-        return (pos.log_lik, standard_normal_log_prob(pos.z),
-                gaussian_log_prob(2 * metric.kinetic(pos, rho), pos.metric.log_det_G, d),
-                gaussian_log_prob((eps * eps).sum(-1), start.metric.log_det_G, d))
+        return FlowEnd(pos.z, pos.log_lik, standard_normal_log_prob(pos.z),
+                       gaussian_log_prob(2 * metric.kinetic(pos, rho), pos.metric.log_det_G, d),
+                       gaussian_log_prob((eps * eps).sum(-1), start.metric.log_det_G, d))
 
     def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
         metric = self.live_metric()
         q = self.encoder(x)
         z0 = q.rsample()
         # Exact outer gradients need a differentiable force whenever anyone may backpropagate.
-        log_lik, log_prior, log_rho, log_gamma = self._flow_terms(
-            z0, x if target is None else target, metric, create_graph=torch.is_grad_enabled())
-        return LossOutput(*hamiltonian_elbo(log_lik, log_prior, log_rho, q.log_prob(z0),
-                                            log_gamma, self.logp_prefactor, self.logq_prefactor))
+        end = self._flow_from(z0, x if target is None else target, metric,
+                              create_graph=torch.is_grad_enabled())
+        return LossOutput(*hamiltonian_elbo(
+            end.log_lik, end.log_prior, end.log_rho, q.log_prob(z0), end.log_gamma,
+            self.logp_prefactor, self.logq_prefactor))
+
+    def posterior_sample(self, x: torch.Tensor) -> torch.Tensor:
+        """z_K: a draw of `q(z|x)` moved by the flow for x under the frozen metric (the
+        model's posterior approximation, not the encoder's)."""
+        return self._flow_from(self.encoder(x).rsample(), x, self.frozen_metric(),
+                               torch.is_grad_enabled()).z
 
     def importance_log_weights(self, q, target: torch.Tensor, n: int) -> torch.Tensor:
         """The flow's importance weights under the frozen metric: `z_0 ~ q(z|x)`, the
         momentum, then the generalised leapfrog flow (volume-preserving up to the residual
         of its `n_fixed_point` iterations)."""
         metric = self.frozen_metric()
-        return flow_log_weights(lambda z0, rows, create_graph: self._flow_terms(
+        return flow_log_weights(lambda z0, rows, create_graph: self._flow_from(
             z0, rows, metric, create_graph), q, target, n)
 
     # Training hooks ----------------------------------------------------------------------
