@@ -6,6 +6,7 @@ import itertools
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -185,19 +186,27 @@ class LogInputs(nn.Module):
         return torch.log1p(x.clamp_min(0))
 
 @contextmanager
+def attribute_set(modules: Sequence[nn.Module], name: str, value: Any) -> Iterator[None]:
+    """Within the block, attribute `name` of each of `modules` is `value`; afterwards each
+    has its own again."""
+    before = [getattr(m, name) for m in modules]
+    for m in modules:
+        setattr(m, name, value)
+    try:
+        yield
+    finally:
+        for m, b in zip(modules, before, strict=True):
+            setattr(m, name, b)
+
+
+@contextmanager
 def clean_inputs(module: nn.Module) -> Iterator[nn.Module]:
     """Within the block, the `MaskingNoise` layers in `module` pass their inputs through,
     also while training: for what the model computes from data points that are not the
     batch's (the RHVAE's centroids), where the noise would only add randomness."""
-    masks = [m for m in module.modules() if isinstance(m, MaskingNoise)]
-    before = [m.training for m in masks]
-    for m in masks:
-        m.training = False
-    try:
+    with attribute_set([m for m in module.modules() if isinstance(m, MaskingNoise)],
+                       "training", False):
         yield module
-    finally:
-        for m, b in zip(masks, before, strict=True):
-            m.training = b
 
 
 class Conditioned(nn.Module):

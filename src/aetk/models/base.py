@@ -19,7 +19,7 @@ from ..distributions import (
     mean,
     standard_normal_log_prob,
 )
-from ..nets import Conditioned
+from ..nets import Conditioned, attribute_set
 
 
 def adam(params: Iterable[nn.Parameter], lr: float,
@@ -81,15 +81,9 @@ class Model(nn.Module):
         c = torch.as_tensor(c).to(param.device, param.dtype)
         c = c[None] if c.dim() == 1 else c
         validate.check_conditions(c, self.n_conditions, "conditions")
-        nets = [m for m in self.modules() if isinstance(m, Conditioned)]
-        before = [m.conditions for m in nets]
-        for m in nets:
-            m.conditions = c
-        try:
+        with attribute_set([m for m in self.modules() if isinstance(m, Conditioned)],
+                           "conditions", c):
             yield self
-        finally:
-            for m, b in zip(nets, before, strict=True):
-                m.conditions = b
 
     def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
         """The objective for the inputs `x`, whose likelihood term scores `target`: `x`
