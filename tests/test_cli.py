@@ -752,3 +752,25 @@ def test_active_units_count_dimensions_whose_mean_varies() -> None:
     rng = np.random.default_rng(0)
     z = rng.standard_normal((500, 4)) * np.array([1.0, 0.05, 0.3, 0.0]) + 2.0
     assert active_units(z) == 2  # variances 1, 0.0025, 0.09, 0
+
+
+def test_a_multinomial_model_through_the_command_line(tmp_path: Path) -> None:
+    """Counts of very different totals: the stored reconstructions are at each sample's own
+    total, and the log p(x) attribute says it is given the total."""
+    rng = np.random.default_rng(0)
+    profile = rng.dirichlet(np.ones(12))
+    counts = np.stack([rng.multinomial(n, profile) for n in rng.integers(20, 2000, 120)])
+    np.save(tmp_path / "counts.npy", counts)
+    data, model = str(tmp_path / "d.zarr"), str(tmp_path / "m")
+    assert cli.main(["preprocess", "--source", str(tmp_path / "counts.npy"), "--out", data]) == 0
+    assert cli.main(["train", "--data", data, "--model", "vae", "--likelihood", "multinomial",
+                     "--hidden", "16", "--epochs", "2", "--batch-size", "32", "--no-progress",
+                     "--out", model, "--history", str(tmp_path / "h.tsv")]) == 0
+    assert cli.main(["encode", "--data", data, "--model", model, "--n-importance", "4",
+                     "--traversal-steps", "0", "--out", str(tmp_path / "l.zarr")]) == 0
+    lat = storage.read_zarr(tmp_path / "l.zarr")
+    assert "given its total count" in lat.attrs["log_marginal"]
+    shown = lat["example_index"].values
+    np.testing.assert_allclose(lat["example_reconstruction"].values.sum(1),
+                               counts[shown].sum(1), rtol=1e-4)
+

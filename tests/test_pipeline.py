@@ -21,7 +21,7 @@ import yaml
 from aetk import storage
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "envs", "profiles")
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "envs", "profiles", "examples")
 # Snakemake's jobs call the `aetk` console script next to this interpreter.
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
@@ -104,6 +104,19 @@ def test_dry_run_of_the_default_config(tmp_path: Path) -> None:
         if rule == "train":
             assert f"gpu={min(n_gpus, 1)}" in res
 
+
+def test_the_single_cell_example_overlay_plans_its_grid(tmp_path: Path) -> None:
+    """examples/single_cell.yaml passes the schema and plans a VAE and an RHVAE per count
+    likelihood on the bundled cells, geodesics for all four (pull-back for the VAEs)."""
+    out = snakemake(make_workdir(tmp_path), "-n", "-p", "--cores", "2", "--configfile",
+                    "examples/single_cell.yaml").stdout
+    assert job_counts(out) == {"all": 1, "preprocess": 1, "train": 4, "encode": 4,
+                               "report_run": 4, "geodesics": 4, "report_geodesics": 4,
+                               "report_summary": 1}
+    assert "--source scrna_counts" in out
+    assert '"name": "select_top_variance", "n_features": 1000' in out
+    for run in ("vae-negative_binomial", "vae-multinomial", "rhvae-multinomial"):
+        assert f"results/models/{run}/model" in out
 
 def test_network_channels_and_patience_reach_the_train_command(tmp_path: Path) -> None:
     """Convolutional networks only when `network.channels` is set (image shape from the

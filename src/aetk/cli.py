@@ -550,6 +550,9 @@ def cmd_encode(args: argparse.Namespace) -> None:
     }
     if conditions is not None:
         ds.attrs["log_marginal"] += "; of this conditional model: log p(x|c), c the label"
+    if isinstance(model.decoder, aetk.MultinomialDecoder):
+        ds.attrs["log_marginal"] += ("; of x given its total count (a multinomial likelihood): "
+                                     "not comparable with other likelihoods' log p(x)")
     storage.write_zarr(ds, args.out)
     val = stored.is_validation if stored.is_validation.any() else slice(None)
 
