@@ -18,7 +18,10 @@ class InfoVAE(VAE):
 
     The defaults (`alpha=0`, `lam=100`) keep the KL at weight 1 and give the MMD weight 99.
     `kernel` is "gaussian" or "imq", summed over the bandwidths `scales`; the prior sample
-    has `n_prior_samples` points (the batch size by default).
+    has `n_prior_samples` points (the batch size by default). AutoEncoderToolkit.jl's
+    `logP_mmd_ratio`, its guide to choosing lam, is `|terms["reconstruction"] /
+    terms["mmd"]|` of `model.loss(x)` (under `torch.no_grad()`): the weight at which the
+    MMD term counts as much as the likelihood.
     """
 
     def __init__(
