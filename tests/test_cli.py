@@ -334,6 +334,19 @@ def test_bad_beta_schedules_exit_before_writing_anything(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("watcher", [["--patience", "3"], ["--lr-schedule", "plateau"]])
+def test_cyclical_beta_refuses_what_watches_the_validation_loss(
+        steps: Path, tmp_path: Path, capsys: pytest.CaptureFixture, watcher: list[str]) -> None:
+    """The validation loss weighs the KL by each epoch's beta: early stopping or a plateau
+    schedule would keep the epochs of smallest beta (a 40-epoch run stopped at epoch 14 on
+    one with beta 0)."""
+    assert cli.main(["train", "--data", str(steps / "data.zarr"), "--model", "vae",
+                     "--likelihood", "bernoulli", "--hidden", "16", "--epochs", "4",
+                     "--beta-schedule", "cyclical:n_cycles=2", *watcher, "--no-progress",
+                     "--out", str(tmp_path / "m"), "--history", str(tmp_path / "h.tsv")]) == 1
+    assert "cannot go with --patience or a plateau" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
 def test_kl_weighted_models_are_those_cyclical_beta_anneals(capsys: pytest.CaptureFixture
                                                             ) -> None:
     """The models --beta-schedule accepts (and its help lists) are exactly those whose
@@ -770,6 +783,9 @@ def test_a_multinomial_model_through_the_command_line(tmp_path: Path) -> None:
                      "--traversal-steps", "0", "--out", str(tmp_path / "l.zarr")]) == 0
     lat = storage.read_zarr(tmp_path / "l.zarr")
     assert "given its total count" in lat.attrs["log_marginal"]
+    # log inputs, the default for counts, key the run: older count models keep their hash
+    settings = json.loads((tmp_path / "m" / "aetk_run.json").read_text())["settings"]
+    assert settings["log_inputs"] is True
     shown = lat["example_index"].values
     np.testing.assert_allclose(lat["example_reconstruction"].values.sum(1),
                                counts[shown].sum(1), rtol=1e-4)

@@ -267,6 +267,8 @@ def test_log_map_doubles_its_steps_to_an_integration_tolerance():
     assert capped.n_steps == 4 and not capped.converged.any()
     with pytest.raises(ValueError, match="integration_tol"):
         log_map(poincare(), z0, z1, integration_tol=0.0)
+    with pytest.raises(ValueError, match="max_doublings"):
+        log_map(poincare(), z0, z1, max_doublings=-1)
 
 def test_log_map_on_the_sphere_gives_great_circle_distances():
     gen = torch.Generator().manual_seed(0)

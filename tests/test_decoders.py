@@ -235,7 +235,17 @@ def test_count_likelihoods_encode_log_counts_by_default(tmp_path):
     off = aetk.build_model("vae", "poisson", in_features=4, hidden=(8,), log_inputs=False)
     assert logs(on) and not logs(off) and "log_inputs" not in off.build_spec
     x = torch.tensor([[0.0, 3.0, 20.0, -1.0]])
-    torch.testing.assert_close(LogInputs()(x), torch.tensor([[1.0, 4.0, 21.0, 1.0]]).log())
+    torch.testing.assert_close(LogInputs()(x), torch.tensor([[1.0, 4.0, 21.0, 2.0]]).log())
+    with pytest.raises(ValueError, match="negative values, but the encoder takes log"):
+        aetk.fit(aetk.build_model("vae", "poisson", in_features=4, hidden=(8,)),
+                 torch.tensor([[1.0, 2.0, -1.0, 0.0]] * 4), epochs=1, batch_size=2,
+                 progress=False)
+    # a paired model's inputs need not be counts: no log by default
+    paired = aetk.build_model("vae", "multinomial", in_features=4, out_features=3,
+                              hidden=(8,))
+    assert not logs(paired)
+    counts = torch.tensor([[100.0, 100.0, 100.0, 100.0]])
+    assert paired.reconstruct(counts).sum().item() == pytest.approx(1.0)  # not x_in's total
     on.save(tmp_path / "on")
     off.save(tmp_path / "off")  # as an older aetk saved every model
     assert logs(aetk.load(tmp_path / "on")) and not logs(aetk.load(tmp_path / "off"))

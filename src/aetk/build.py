@@ -45,6 +45,12 @@ LIKELIHOODS: dict[str, type[nn.Module]] = {
 COUNT_LIKELIHOODS = ("poisson", "negative_binomial", "multinomial")
 
 
+def default_log_inputs(likelihood: str, paired: bool = False) -> bool:
+    """Whether the encoder sees log(1 + x) unless told: for a count likelihood of the
+    inputs themselves (a paired model's inputs need not be counts)."""
+    return likelihood in COUNT_LIKELIHOODS and not paired
+
+
 def _infomax(
     encoder, decoder, *, shape, hidden, activation, alpha: float = 1.0, beta: float = 1.0
 ) -> InfoMaxVAE:
@@ -136,8 +142,8 @@ def build_model(
     convolutions, then the `hidden` MLP, mirrored in the decoder. `input_noise = p` makes
     it a denoising autoencoder: the encoder sees each input value masked with probability
     p while training. `log_inputs` makes the encoder see `log(1 + x)`; by default it does
-    for the count likelihoods (`COUNT_LIKELIHOODS`), whose samples' totals may differ by
-    orders of magnitude (raw counts of single cells overflow its variance within an epoch).
+    for the count likelihoods (`COUNT_LIKELIHOODS`, unless paired), whose samples' totals
+    may differ by orders of magnitude (raw single-cell counts made the loss NaN at once).
     `n_conditions = k > 0` makes it conditional, q(z|x, c) and p(x|z, c)
     for conditions `c (B, k)` (one-hot classes or covariates; `Model.given`).
     `out_features` or `output_shape` give the decoder another data shape than the encoder's,
@@ -189,7 +195,7 @@ def build_model(
         raise ValueError(f"input_noise must be in [0, 1), got {input_noise}")
     noise = {"input_noise": float(input_noise)} if input_noise else {}
     if log_inputs is None:
-        log_inputs = likelihood in COUNT_LIKELIHOODS
+        log_inputs = default_log_inputs(likelihood, paired)
     logs = {"log_inputs": True} if log_inputs else {}  # absent: False (io.load's default)
     if int(n_conditions) != n_conditions or n_conditions < 0:
         raise ValueError(f"n_conditions must be an integer >= 0, got {n_conditions}")

@@ -154,6 +154,12 @@ def beta_schedule(spec: str | dict[str, Any], model: str, epochs: int) -> Any:
                          f"n_cycles, frac, beta_min, beta_max): {err}") from None
 
 
+def _log_inputs(args: argparse.Namespace) -> bool:
+    from aetk.build import default_log_inputs
+
+    return default_log_inputs(args.likelihood) if args.log_inputs is None else args.log_inputs
+
+
 def run_settings(args: argparse.Namespace, data_hash: str) -> dict[str, Any]:
     """Everything that determines a trained model; its hash keys the checkpoint."""
     return {
@@ -163,7 +169,9 @@ def run_settings(args: argparse.Namespace, data_hash: str) -> dict[str, Any]:
         **({"channels": list(args.channels)} if args.channels else {}),
         **({"patience": args.patience} if args.patience else {}),
         **({"input_noise": args.input_noise} if args.input_noise else {}),
-        **({"log_inputs": args.log_inputs} if args.log_inputs is not None else {}),
+        # present exactly when the encoder takes log inputs: the count models' hashes
+        # changed with that default, older ones (and --no-log-inputs) keep theirs
+        **({"log_inputs": True} if _log_inputs(args) else {}),
         **({"lr_schedule": args.lr_schedule} if args.lr_schedule != "constant" else {}),
         **({"beta_schedule": args.beta_schedule}
            if args.beta_schedule not in ("constant", {"name": "constant"}) else {}),
@@ -229,6 +237,14 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise ValueError(f"--clip-grad-norm must be a positive finite number, got "
                          f"{args.clip_grad_norm}")
     annealing = beta_schedule(args.beta_schedule, args.model, args.epochs)
+    lr_name = (args.lr_schedule if isinstance(args.lr_schedule, str)
+               else args.lr_schedule.get("name"))
+    if annealing is not None and (args.patience or lr_name == "plateau"):
+        # the validation loss weighs the KL by each epoch's beta: it is lowest where beta is
+        raise ValueError("--beta-schedule cyclical cannot go with --patience or a plateau "
+                         "--lr-schedule: they watch the validation loss, which the schedule "
+                         "lowers whenever beta falls, so they would keep the epochs of "
+                         "smallest beta")
     stored = storage.read_data(args.data)
     settings = run_settings(args, stored.attrs.get("config_hash", ""))
     run_hash = data_mod.config_hash(settings)
@@ -245,7 +261,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     model = aetk.build_model(args.model, args.likelihood, in_features=stored.x.shape[1],
                              latent_dim=args.latent_dim, hidden=args.hidden,
                              activation=args.activation, input_noise=args.input_noise,
-                             log_inputs=args.log_inputs, **conv, **cond, **settings["options"])
+                             log_inputs=_log_inputs(args), **conv, **cond,
+                             **settings["options"])
     checkpoint = None
     if args.checkpoint_dir is not None:
         checkpoint = Path(args.checkpoint_dir) / f"{args.model}-{args.likelihood}-{run_hash}.pt"
@@ -395,7 +412,8 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
         if c_all is not None:  # each example's code decoded as every class: counterfactuals
             k = model.n_conditions
             with given_classes(model, torch.arange(k).repeat_interleave(len(idx))):
-                moved = mean(model.decode(codes.repeat(k, 1))).float().cpu().numpy()
+                moved = mean(model.decode(codes.repeat(k, 1)), like=x_all[idx].repeat(k, 1))
+                moved = moved.float().cpu().numpy()
             out["example_transfer"] = moved.reshape(k, len(idx), -1).transpose(1, 0, 2)
         if traversal_steps:
             codes = torch.from_numpy(out["z_mean"][split_or_all(stored.is_validation)])

@@ -178,12 +178,14 @@ class MaskingNoise(nn.Module):
 
 
 class LogInputs(nn.Module):
-    """`log(1 + x)` of non-negative inputs (negative values count as 0): what an encoder of
-    counts sees, so that a sample with 100 times the counts of another does not drive its
-    first layer 100 times as hard (scVI's `log_variational`)."""
+    """`log(1 + |x|)`: for counts `log(1 + x)`, what an encoder of counts sees, so that a
+    sample with 100 times the counts of another does not drive its first layer 100 times
+    as hard (scVI's `log_variational`). Data must not be negative (`Model.check_data`);
+    the absolute value keeps a gradient for what learning moves below 0 (the VampPrior's
+    pseudo-inputs), which a clamp at 0 would freeze there."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.log1p(x.clamp_min(0))
+        return torch.log1p(x.abs())
 
 @contextmanager
 def attribute_set(modules: Sequence[nn.Module], name: str, value: Any) -> Iterator[None]:

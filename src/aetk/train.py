@@ -52,7 +52,9 @@ class CyclicalBeta:
     beta rises linearly from `beta_min` to `beta_max` during the first `frac` of the cycle,
     then stays at `beta_max`. Sets `model.beta`, the KL term's weight, at the start of
     every epoch; models without one (a `beta` of another meaning, or a bound with no
-    separate KL term) are refused."""
+    separate KL term) are refused. The validation loss then weighs the KL by each epoch's
+    beta, so `EarlyStopping` or a plateau schedule watching it would keep the epochs of
+    smallest beta: watch another column, or none."""
 
     def __init__(self, epochs: int, n_cycles: int = 4, frac: float = 0.5,
                  beta_min: float = 0.0, beta_max: float = 1.0) -> None:

@@ -217,6 +217,8 @@ def log_map(metric: Metric, z_start: Tensor, z_end: Tensor, *, n_steps: int = 20
     _check_steps(n_steps)
     if integration_tol is not None and not integration_tol > 0:
         raise ValueError(f"integration_tol must be positive, got {integration_tol}")
+    if int(max_doublings) != max_doublings or max_doublings < 0:
+        raise ValueError(f"max_doublings must be an integer >= 0, got {max_doublings}")
     z0, z1 = _pairs(metric, z_start, z_end)
     v, _ = _fitted_logs(metric, z0, z1, **fit_kwargs)
     for doubling in range(max_doublings + 1):

@@ -19,7 +19,7 @@ from ..distributions import (
     mean,
     standard_normal_log_prob,
 )
-from ..nets import Conditioned, attribute_set
+from ..nets import Conditioned, LogInputs, attribute_set
 
 
 def adam(params: Iterable[nn.Parameter], lr: float,
@@ -134,7 +134,9 @@ class Model(nn.Module):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """The decoder's point prediction at the encoder's mean."""
-        return mean(self.decode(self.latent_mean(x)), like=x)
+        # a multinomial's expected counts at x's totals, when it models x itself
+        return mean(self.decode(self.latent_mean(x)),
+                    like=None if self.decodes_another_shape() else x)
 
     # Hooks for aetk.fit -------------------------------------------------------------
 
@@ -173,6 +175,10 @@ class Model(nn.Module):
         """Raise ValueError for data this model cannot take: inputs `x`, and the decoder's
         data, `target` for paired training or else `x`."""
         validate.check_finite(x, name, self.input_shape)
+        if any(isinstance(m, LogInputs) for m in self.encoder.modules()) and bool((x < 0).any()):
+            raise ValueError(f"{name} data has negative values, but the encoder takes log(1 + x) "
+                             "(log_inputs, the default for count likelihoods): build the model "
+                             "with log_inputs=False (aetk train --no-log-inputs)")
         if target is not None:
             validate.check_finite(target, f"{name} target")
             out = getattr(self.decoder, "event_shape", None)
