@@ -143,7 +143,7 @@ def build_model(
     it a denoising autoencoder: the encoder sees each input value masked with probability
     p while training. `log_inputs` makes the encoder see `log(1 + x)`; by default it does
     for the count likelihoods (`COUNT_LIKELIHOODS`, unless paired), whose samples' totals
-    may differ by orders of magnitude (raw single-cell counts made the loss NaN at once).
+    may differ by orders of magnitude (on raw single-cell counts the KL overflowed at once).
     `n_conditions = k > 0` makes it conditional, q(z|x, c) and p(x|z, c)
     for conditions `c (B, k)` (one-hot classes or covariates; `Model.given`).
     `out_features` or `output_shape` give the decoder another data shape than the encoder's,
