@@ -237,7 +237,8 @@ def test_count_likelihoods_encode_log_counts_by_default(tmp_path):
     x = torch.tensor([[0.0, 3.0, 20.0, -1.0]])
     torch.testing.assert_close(LogInputs()(x), torch.tensor([[1.0, 4.0, 21.0, 2.0]]).log())
     with pytest.raises(ValueError, match="negative values, but the encoder takes log"):
-        aetk.fit(aetk.build_model("vae", "poisson", in_features=4, hidden=(8,)),
+        aetk.fit(aetk.build_model("vae", "gaussian", in_features=4, hidden=(8,),
+                                  log_inputs=True),
                  torch.tensor([[1.0, 2.0, -1.0, 0.0]] * 4), epochs=1, batch_size=2,
                  progress=False)
     # a paired model's inputs need not be counts: no log by default

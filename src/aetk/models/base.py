@@ -175,10 +175,6 @@ class Model(nn.Module):
         """Raise ValueError for data this model cannot take: inputs `x`, and the decoder's
         data, `target` for paired training or else `x`."""
         validate.check_finite(x, name, self.input_shape)
-        if any(isinstance(m, LogInputs) for m in self.encoder.modules()) and bool((x < 0).any()):
-            raise ValueError(f"{name} data has negative values, but the encoder takes log(1 + x) "
-                             "(log_inputs, the default for count likelihoods): build the model "
-                             "with log_inputs=False (aetk train --no-log-inputs)")
         if target is not None:
             validate.check_finite(target, f"{name} target")
             out = getattr(self.decoder, "event_shape", None)
@@ -194,6 +190,11 @@ class Model(nn.Module):
         check = getattr(self.decoder, "check_data", None)
         if check is not None:
             check(x if target is None else target, name if target is None else f"{name} target")
+        # after the likelihood's own check, whose message says more for count data
+        if any(isinstance(m, LogInputs) for m in self.encoder.modules()) and bool((x < 0).any()):
+            raise ValueError(f"{name} data has negative values, but the encoder takes log(1 + x) "
+                             "(log_inputs, the default for count likelihoods): build the model "
+                             "with log_inputs=False (aetk train --no-log-inputs)")
 
     def save(self, path: str | Path) -> None:
         """Write `config.json` and `weights.pt` into the directory `path`."""
