@@ -88,10 +88,6 @@ MODELS: dict[str, tuple[type[nn.Module], Callable[..., Model]]] = {
     "vqvae": (DeterministicEncoder, VQVAE),
 }
 
-# models whose networks also see points that have no conditions
-_UNCONDITIONAL = {
-    "vampprior": "its prior encodes pseudo-inputs, which have no conditions",
-}
 _SIZE_ARGS = ("shape", "hidden", "activation")
 # built from the sizes, or taken with the centroids when fit starts: never passed by name
 _NETWORK_ARGS = ("metric_net", "centroid_conditions")
@@ -199,8 +195,6 @@ def build_model(
     logs = {"log_inputs": True} if log_inputs else {}  # absent: False (io.load's default)
     if int(n_conditions) != n_conditions or n_conditions < 0:
         raise ValueError(f"n_conditions must be an integer >= 0, got {n_conditions}")
-    if n_conditions and model in _UNCONDITIONAL:
-        raise ValueError(f"{model} cannot be conditional: {_UNCONDITIONAL[model]}")
     cond = {"n_conditions": int(n_conditions)} if n_conditions else {}
     encoder = encoder_cls(input_shape=shape, latent_dim=latent_dim, **sizes, **conv, **noise,
                           **logs, **cond)

@@ -987,8 +987,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "poisson, negative_binomial and multinomial)")
     p.add_argument("--conditions", choices=("none", "labels"), default="none",
                    help="labels: a conditional model, q(z|x, c) and p(x|z, c), given the one-hot "
-                   "class of each sample (the store's categorical labels); not for "
-                   "vampprior")
+                   "class of each sample (the store's categorical labels)")
     p.add_argument("--options", default="{}", help="JSON object of model/likelihood options, "
                    "e.g. '{\"beta\": 4}'")
     p.add_argument("--epochs", type=int, default=20, help="training epochs")

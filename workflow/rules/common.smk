@@ -80,9 +80,6 @@ DATASET = dataset_name()
 DATA_STORE = f"results/data/{DATASET}.zarr"
 
 
-UNCONDITIONAL = ("vampprior",)  # see aetk.build_model
-
-
 def make_runs():
     """Run name -> settings; latent size and seed appear in the name only when varied,
     "cond" for conditional models."""
@@ -95,8 +92,6 @@ def make_runs():
         GRID["conditional"],
     )
     for model, lik, dim, seed, cond in grid:
-        if cond and model in UNCONDITIONAL:
-            continue
         parts = [model, lik]
         if len(GRID["latent_dims"]) > 1:
             parts.append(f"d{dim}")
@@ -106,11 +101,6 @@ def make_runs():
             parts.append("cond")
         runs["-".join(parts)] = dict(
             model=model, likelihood=lik, latent_dim=dim, seed=seed, conditional=cond
-        )
-    if not runs:
-        raise WorkflowError(
-            "grid.conditional is [true] only, but every model of grid.models is one "
-            f"that cannot be conditional ({', '.join(UNCONDITIONAL)})"
         )
     return runs
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import distributions as D
 from torch import nn
@@ -20,7 +22,9 @@ class VampPrior(Model):
     `reconstruction = -log p(x|z)`, `kl = log q(z|x) - log p(z)` (its Monte Carlo estimate).
 
     The pseudo-inputs start as `K` distinct training points, drawn by `aetk.fit` (seeded),
-    and are then trained with the model; they have the data's shape.
+    and are then trained with the model; they have the data's shape. A conditional
+    VampPrior (networks with `n_conditions`) has the prior `p(z|c) = 1/K sum_k q(z|u_k, c)`:
+    the same pseudo-inputs, encoded under each sample's conditions.
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, n_components: int = 50,
@@ -53,15 +57,29 @@ class VampPrior(Model):
             self.pseudo_inputs.copy_(train[idx].reshape(self.pseudo_inputs.shape))
         self.has_pseudo_inputs.fill_(True)
 
-    def prior(self) -> D.MixtureSameFamily:
-        """`p(z)`, the uniform mixture of the posteriors at the pseudo-inputs."""
-        q = self.encoder(self.pseudo_inputs)
-        weights = D.Categorical(logits=q.mean.new_zeros(len(self.pseudo_inputs)))
-        return D.MixtureSameFamily(weights, q)
+    def components(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prior's components `q(z|u_k)`: their means and standard deviations, each
+        `(R, K, d)`. Inside `given(c)` (a conditional VampPrior) row r holds those of
+        `q(z|u_k, c_r)`, the pseudo-inputs encoded under the r-th row of c (once per
+        distinct row); otherwise R = 1, shared by every row."""
+        c = self.conditions()
+        if c is None:
+            q = self.encoder(self.pseudo_inputs)
+            return q.mean[None], q.stddev[None]
+        k = len(self.pseudo_inputs)
+        distinct, row = torch.unique(c, dim=0, return_inverse=True)
+        with self.given(distinct.repeat_interleave(k, 0)):
+            q = self.encoder(self.pseudo_inputs.repeat(len(distinct),
+                                                       *[1] * len(self.input_shape)))
+        d = q.mean.shape[-1]
+        return q.mean.view(-1, k, d)[row], q.stddev.view(-1, k, d)[row]
 
     def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """`log p(z) = logsumexp_k log q(z|u_k) - log K`, over the last axis of `z (..., d)`."""
-        return self.prior().log_prob(z)
+        """`log p(z) = logsumexp_k log q(z|u_k) - log K` over the last axis of `z (..., B, d)`
+        (`log p(z|c)` per row inside `given(c)`)."""
+        loc, scale = self.components()
+        log_q = D.Normal(loc, scale).log_prob(z.unsqueeze(-2)).sum(-1)  # (..., B, K)
+        return torch.logsumexp(log_q, -1) - math.log(loc.shape[1])
 
     def kl(self, q: D.Distribution) -> torch.Tensor:
         """`log q(z|x) - log p(z)` at one draw `z ~ q(z|x)`, `(B,)`."""
@@ -78,6 +96,14 @@ class VampPrior(Model):
     @torch.no_grad()
     def sample(self, n: int, *, mean_only: bool = True) -> torch.Tensor:
         """`n` new data points decoded from `z ~ p(z)` (a random component, then its
-        posterior): the decoder's point prediction, or a draw with `mean_only=False`."""
-        p = self.decoder(self.prior().sample((n,)))
+        posterior; inside `given(c)`, row i of c conditions draw i, or one row all):
+        the decoder's point prediction, or a draw with `mean_only=False`."""
+        loc, scale = self.components()
+        if len(loc) not in (1, n):
+            raise ValueError(f"{n} samples under conditions of {len(loc)} rows: give one row, "
+                             f"or one per sample")
+        rows = torch.arange(n, device=loc.device) % len(loc)
+        pick = torch.randint(loc.shape[1], (n,), device=loc.device)
+        z = loc[rows, pick] + scale[rows, pick] * torch.randn_like(loc[rows, pick])
+        p = self.decoder(z)
         return mean(p) if mean_only else p.sample()
