@@ -329,3 +329,16 @@ def test_conditional_vampprior_prior_is_the_mixture_under_each_rows_class():
     assert draws.shape == (5, 64)
     with model.given(rows), pytest.raises(ValueError, match="one per sample"):
         model.sample(3)
+    with model.given(rows[0]):
+        assert model.prior_log_prob(z[0]).shape == ()  # one point, as the mixture gave
+
+
+def test_a_diverging_vampprior_stops_with_training_diverged():
+    """Its prior's components are unchecked normals, like the encoder's: a NaN scale is
+    fit's TrainingDiverged (model restored), not a distribution's argument error."""
+    torch.manual_seed(0)
+    x = (torch.rand(200, 16) > 0.5).float() * 1000
+    model = aetk.build_model("vampprior", "gaussian", in_features=16, hidden=(16,),
+                             n_components=8)
+    with pytest.raises(aetk.TrainingDiverged, match="restored"):
+        aetk.fit(model, x, epochs=3, batch_size=32, lr=10, progress=False, device="cpu")

@@ -236,6 +236,9 @@ def test_count_likelihoods_encode_log_counts_by_default(tmp_path):
     assert logs(on) and not logs(off) and "log_inputs" not in off.build_spec
     x = torch.tensor([[0.0, 3.0, 20.0, -1.0]])
     torch.testing.assert_close(LogInputs()(x), torch.tensor([[1.0, 4.0, 21.0, 2.0]]).log())
+    zeros = torch.zeros(3, requires_grad=True)  # sparse pseudo-inputs start at 0: not frozen
+    LogInputs()(zeros).sum().backward()
+    assert torch.equal(zeros.grad, torch.ones(3))
     with pytest.raises(ValueError, match="negative values, but the encoder takes log"):
         aetk.fit(aetk.build_model("vae", "gaussian", in_features=4, hidden=(8,),
                                   log_inputs=True),

@@ -184,6 +184,17 @@ def test_conditional_grid_names_its_runs_and_passes_the_labels(tmp_path: Path) -
     assert geodesics == set(trains) - {"vae-bernoulli-cond", "vampprior-bernoulli-cond"}
 
 
+def test_cyclical_beta_with_patience_is_fine_for_models_without_a_kl_weight(tmp_path: Path
+                                                                           ) -> None:
+    """The refusal concerns annealed models only: a grid of an AE and an RHVAE, which the
+    schedule leaves alone, plans its runs with early stopping."""
+    wd = make_workdir(tmp_path, {"grid": {"models": ["ae", "rhvae"]},
+                                 "train": {"beta_schedule": "cyclical", "patience": 3}})
+    out = snakemake(wd, "-n", "-p", "--cores", "1", "--configfile", "test.yaml").stdout
+    trains = [line for line in out.splitlines() if "Shell command: aetk train" in line]
+    assert len(trains) == 2 and all("--patience 3" in line for line in trains)
+    assert not any("--beta-schedule" in line for line in trains)
+
 def test_configured_geodesic_pairs_reach_the_geodesics_command(tmp_path: Path) -> None:
     """`geodesics.pairs` becomes `aetk geodesics --pairs I:J ...` in place of `--n-pairs`;
     by default (null) the pairs are sampled, `--n-pairs` of them."""

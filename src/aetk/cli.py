@@ -169,8 +169,8 @@ def run_settings(args: argparse.Namespace, data_hash: str) -> dict[str, Any]:
         **({"channels": list(args.channels)} if args.channels else {}),
         **({"patience": args.patience} if args.patience else {}),
         **({"input_noise": args.input_noise} if args.input_noise else {}),
-        # present exactly when the encoder takes log inputs: the count models' hashes
-        # changed with that default, older ones (and --no-log-inputs) keep theirs
+        # present exactly when the encoder takes log inputs: runs without them keep the
+        # hashes they had before log inputs existed; count models' changed with the default
         **({"log_inputs": True} if _log_inputs(args) else {}),
         **({"lr_schedule": args.lr_schedule} if args.lr_schedule != "constant" else {}),
         **({"beta_schedule": args.beta_schedule}

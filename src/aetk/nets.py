@@ -185,7 +185,8 @@ class LogInputs(nn.Module):
     pseudo-inputs), which a clamp at 0 would freeze there."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.log1p(x.abs())
+        # not x.abs(): its gradient at 0 is 0, and sparse pseudo-inputs start at 0
+        return torch.log1p(torch.where(x < 0, -x, x))
 
 @contextmanager
 def attribute_set(modules: Sequence[nn.Module], name: str, value: Any) -> Iterator[None]:

@@ -43,27 +43,6 @@ check_config(config)
 validate(config, schema="../schemas/config.schema.yaml")  # fills in the defaults
 
 
-def check_beta_schedule(train):
-    """A cyclical beta lowers the validation loss whenever beta falls: early stopping and a
-    plateau schedule, which watch it, would keep the epochs of smallest beta."""
-    name = {
-        key: spec if isinstance(spec, str) else spec.get("name")
-        for key, spec in train.items()
-        if key in ("beta_schedule", "lr_schedule")
-    }
-    if name["beta_schedule"] != "constant" and (
-        train["patience"] or name["lr_schedule"] == "plateau"
-    ):
-        raise WorkflowError(
-            "Invalid configuration: train.beta_schedule cyclical cannot go with "
-            "train.patience > 0 or a plateau "
-            "train.lr_schedule: both watch the validation loss, which the schedule lowers "
-            "whenever beta falls"
-        )
-
-
-check_beta_schedule(config["train"])
-
 DATA = config["data"]
 GRID = config["grid"]
 
@@ -171,6 +150,32 @@ KL_WEIGHTED = (
     "dipvae",
     "vampprior",
 )
+
+
+def check_beta_schedule(train, models):
+    """A cyclical beta lowers the validation loss whenever beta falls: early stopping and a
+    plateau schedule, which watch it, would keep the epochs of smallest beta (only models
+    with a KL weight are annealed)."""
+    name = {
+        key: spec if isinstance(spec, str) else spec.get("name")
+        for key, spec in train.items()
+        if key in ("beta_schedule", "lr_schedule")
+    }
+    annealed = any(m in KL_WEIGHTED for m in models)
+    if (
+        annealed
+        and name["beta_schedule"] != "constant"
+        and (train["patience"] or name["lr_schedule"] == "plateau")
+    ):
+        raise WorkflowError(
+            "Invalid configuration: train.beta_schedule cyclical cannot go with "
+            "train.patience > 0 or a plateau "
+            "train.lr_schedule: both watch the validation loss, which the schedule lowers "
+            "whenever beta falls"
+        )
+
+
+check_beta_schedule(config["train"], GRID["models"])
 
 
 def beta_schedule_arg(spec, model):

@@ -78,8 +78,11 @@ class VampPrior(Model):
         """`log p(z) = logsumexp_k log q(z|u_k) - log K` over the last axis of `z (..., B, d)`
         (`log p(z|c)` per row inside `given(c)`)."""
         loc, scale = self.components()
-        log_q = D.Normal(loc, scale).log_prob(z.unsqueeze(-2)).sum(-1)  # (..., B, K)
-        return torch.logsumexp(log_q, -1) - math.log(loc.shape[1])
+        # unchecked, as the encoder's: a diverged scale is fit's TrainingDiverged to report
+        normal = D.Normal(loc, scale, validate_args=False)
+        log_q = normal.log_prob(z.unsqueeze(-2)).sum(-1)  # (..., B, K)
+        out = torch.logsumexp(log_q, -1) - math.log(loc.shape[1])
+        return out[0] if z.dim() == 1 else out
 
     def kl(self, q: D.Distribution) -> torch.Tensor:
         """`log q(z|x) - log p(z)` at one draw `z ~ q(z|x)`, `(B,)`."""
