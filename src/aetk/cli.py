@@ -131,8 +131,7 @@ def beta_schedule(spec: str | dict[str, Any], model: str, epochs: int) -> Any:
     import aetk
     from aetk import build
 
-    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-    name = spec.pop("name", None)
+    name, spec = data_mod.named_spec(spec)
     if name == "constant":
         if spec:
             raise ValueError(f"--beta-schedule constant takes no options, got {spec}")
@@ -144,9 +143,6 @@ def beta_schedule(spec: str | dict[str, Any], model: str, epochs: int) -> Any:
         raise ValueError(f"--beta-schedule cyclical anneals the KL term's weight beta, which "
                          f"the model {model!r} does not have; models with one: "
                          f"{', '.join(weighted)}")
-    n_cycles = spec.get("n_cycles", 4)
-    if isinstance(n_cycles, bool) or not isinstance(n_cycles, int):
-        raise ValueError(f"--beta-schedule cyclical needs an integer n_cycles, got {n_cycles!r}")
     try:
         return aetk.CyclicalBeta(epochs, **spec)
     except TypeError as err:
@@ -231,15 +227,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     import torch
 
     import aetk
+    from aetk.train import check_clip_grad_norm
 
     torch.set_num_threads(args.threads)
-    if args.clip_grad_norm is not None and not 0 < args.clip_grad_norm < float("inf"):
-        raise ValueError(f"--clip-grad-norm must be a positive finite number, got "
-                         f"{args.clip_grad_norm}")
+    check_clip_grad_norm(args.clip_grad_norm, "--clip-grad-norm")  # before reading data
     annealing = beta_schedule(args.beta_schedule, args.model, args.epochs)
-    lr_name = (args.lr_schedule if isinstance(args.lr_schedule, str)
-               else args.lr_schedule.get("name"))
-    if annealing is not None and (args.patience or lr_name == "plateau"):
+    if annealing is not None and (args.patience
+                                  or data_mod.named_spec(args.lr_schedule)[0] == "plateau"):
         # the validation loss weighs the KL by each epoch's beta: it is lowest where beta is
         raise ValueError("--beta-schedule cyclical cannot go with --patience or a plateau "
                          "--lr-schedule: they watch the validation loss, which the schedule "
@@ -562,7 +556,8 @@ def cmd_encode(args: argparse.Namespace) -> None:
         "elbo": "single-sample log p(x|z) - KL(q(z|x) || p(z)), z ~ q(z|x) (the KL in closed "
                 "form for N(0, I), from one draw for the VampPrior's mixture)",
         "log_marginal": f"log p(x) by importance sampling, {args.n_importance} samples from "
-                        f"q(z|x){flow} (aetk.log_marginal); validation samples only",
+                        f"q(z|x){flow} (aetk.log_marginal); of the validation samples (of all "
+                        "when there are fewer than two), NaN for the others",
         "conditions": "labels" if conditions is not None else "none",
         "train_seed": info.get("settings", {}).get("seed"),
     }

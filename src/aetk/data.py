@@ -466,10 +466,16 @@ TRANSFORMS: dict[str, type[Transform]] = {
 }
 
 
+def named_spec(spec: str | dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The name and options of a setting given as `"name"` or `{"name": ..., **options}`
+    (transforms, learning-rate and beta schedules)."""
+    options = {"name": spec} if isinstance(spec, str) else dict(spec)
+    return options.pop("name", None), options
+
+
 def make_transform(spec: str | dict[str, Any]) -> Transform:
     """Build a transform from ``"name"`` or ``{"name": ..., **options}``."""
-    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-    name = spec.pop("name", None)
+    name, spec = named_spec(spec)
     if name not in TRANSFORMS:
         raise ValueError(f"unknown transform {name!r}; choose one of {', '.join(TRANSFORMS)}")
     try:

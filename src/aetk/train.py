@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from . import validate
+from .data import named_spec
 from .models.base import LossOutput, Model
 
 
@@ -58,6 +59,8 @@ class CyclicalBeta:
 
     def __init__(self, epochs: int, n_cycles: int = 4, frac: float = 0.5,
                  beta_min: float = 0.0, beta_max: float = 1.0) -> None:
+        if isinstance(n_cycles, bool) or int(n_cycles) != n_cycles:
+            raise ValueError(f"CyclicalBeta needs an integer n_cycles, got {n_cycles!r}")
         if not 1 <= n_cycles <= epochs or not 0 < frac <= 1 or not 0 <= beta_min <= beta_max:
             raise ValueError(f"need 1 <= n_cycles <= epochs, 0 < frac <= 1 and 0 <= beta_min <= "
                              f"beta_max; got epochs={epochs}, n_cycles={n_cycles}, frac={frac}, "
@@ -162,8 +165,7 @@ def scheduler_factory(spec: LRSchedule, epochs: int
     """
     if spec is None or callable(spec):
         return spec
-    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-    name = spec.pop("name", None)
+    name, spec = named_spec(spec)
     sched = torch.optim.lr_scheduler
     try:
         if name == "constant":
@@ -289,21 +291,19 @@ class _Batches:
                                               f"{self.name} batch {i} conditions", len(x))
                 yield x.to(self.device, non_blocking=True), c, None
             return
-        n, c, y = len(self.tensor), self.conditions, self.targets
-        if self.batch_sampler is not None:
-            for idx in self.batch_sampler(self.generator):
-                idx = idx.to(self.device)
-                yield (self.tensor[idx], c[idx] if c is not None else None,
-                       y[idx] if y is not None else None)
-            return
+        c, y = self.conditions, self.targets
         if not self.shuffle:
             xs = self.tensor.split(self.batch_size)
             none = [None] * len(xs)
             yield from zip(xs, c.split(self.batch_size) if c is not None else none,
                            y.split(self.batch_size) if y is not None else none, strict=True)
             return
-        order = torch.randperm(n, generator=self.generator).to(self.device)
-        for idx in order.split(self.batch_size):
+        if self.batch_sampler is not None:
+            batches = (idx.to(self.device) for idx in self.batch_sampler(self.generator))
+        else:
+            order = torch.randperm(len(self.tensor), generator=self.generator)
+            batches = order.to(self.device).split(self.batch_size)
+        for idx in batches:
             yield (self.tensor[idx], c[idx] if c is not None else None,
                    y[idx] if y is not None else None)
 
@@ -387,13 +387,13 @@ class _GradClipper:
             handle.remove()
 
 
-def _check_clip_grad_norm(value: Any) -> float | None:
+def check_clip_grad_norm(value: Any, name: str = "clip_grad_norm") -> float | None:
+    """`value` as a float, None kept; a ValueError naming `name` unless positive and finite."""
     if value is None:
         return None
     if (isinstance(value, bool) or not isinstance(value, numbers.Real)
             or not 0 < value < math.inf):
-        raise ValueError(f"clip_grad_norm must be a positive finite number or None, got "
-                         f"{value!r}")
+        raise ValueError(f"{name} must be a positive finite number or None, got {value!r}")
     return float(value)
 
 
@@ -476,7 +476,7 @@ def fit(
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
-    clip_grad_norm = _check_clip_grad_norm(clip_grad_norm)
+    clip_grad_norm = check_clip_grad_norm(clip_grad_norm)
     _check(model, train, "train")
     if val is not None:
         _check(model, val, "validation")

@@ -180,24 +180,29 @@ class PullbackMetric(Metric):
             "Bernoulli, categorical, multinomial, Poisson, negative-binomial or Gaussian decoder"
         )
 
-    def _family(self, z: Tensor) -> type[D.Distribution] | None:
+    def _one(self, z: Tensor) -> D.Distribution | None:
+        """The decoder's base distribution at the first point (None for a tensor)."""
         out = self.decoder(z[:1])
-        return None if isinstance(out, Tensor) else type(_base(out))
+        return None if isinstance(out, Tensor) else _base(out)
+
+    def _family(self, z: Tensor) -> type[D.Distribution] | None:
+        one = self._one(z)
+        return None if one is None else type(one)
 
     def _gram(self, z: Tensor, v: Tensor) -> Tensor:
         """`(N, k, k)` Gram matrix `v_a^T G(z) v_b` of `k` tangent vectors `v (N, k, d)`."""
         n, k, _ = v.shape
         # vmap over the k directions shares the decoder's primal pass
         primals, tangents = vmap(lambda u: jvp(self._params, (z,), (u,)))(v.transpose(0, 1))
-        family = self._family(z) if self.kind == "fisher" else None
+        one = self._one(z) if self.kind == "fisher" else None
+        family = None if one is None else type(one)
         gram = z.new_zeros(n, k, k)
         for i, (p, u) in enumerate(zip(primals, tangents, strict=True)):
             p = p[0]
             if family is not None and issubclass(family, D.Categorical | D.Multinomial):
                 # logits (n, ..., K): per element diag(p) - p p^T over the class axis; a
                 # multinomial's total_count trials are as many categorical draws
-                trials = (self.decoder(z[:1]).total_count
-                          if issubclass(family, D.Multinomial) else 1)
+                trials = one.total_count if issubclass(family, D.Multinomial) else 1
                 prob = torch.softmax(p, -1).reshape(n, -1, p.shape[-1])
                 u = u.reshape(k, n, -1, p.shape[-1])
                 pu = (prob * u).sum(-1)
