@@ -409,12 +409,18 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
                 moved = mean(model.decode(codes.repeat(k, 1)), like=x_all[idx].repeat(k, 1))
                 moved = moved.float().cpu().numpy()
             out["example_transfer"] = moved.reshape(k, len(idx), -1).transpose(1, 0, 2)
+        totals = training_totals(model, stored)  # None unless multinomial: no counts then
         if traversal_steps:
             codes = torch.from_numpy(out["z_mean"][split_or_all(stored.is_validation)])
+            depth = None if totals is None else float(np.median(totals))
             with given_classes(model, 0 if c_all is not None else None):
-                out["traversal"] = latent_traversal(model, codes, n_steps=traversal_steps)
+                out["traversal"] = latent_traversal(model, codes, n_steps=traversal_steps,
+                                                    total_count=depth)
                 if model.latent_dim == 2:
-                    out["latent_grid"] = latent_grid(model, codes, n_steps=traversal_steps)
+                    out["latent_grid"] = latent_grid(model, codes, n_steps=traversal_steps,
+                                                     total_count=depth)
+            if depth is not None:
+                out["traversal_total_count"] = depth
         # one draw per sampler: the first n_generated are shown, all n are scored
         n_scored = n_scored if stored.label_kind == "categorical" else 0
         n = max(n_generated, n_scored)
@@ -423,12 +429,17 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
         draws = {}  # shown as generated[_geometric], scored as scored_{model,geometric}
         sample = getattr(model, "sample", None)
         train = split_or_all(~stored.is_validation)
+        depths = None if totals is None or not n else draw_totals(totals, n, seed)
+        at = {} if depths is None else {"total_count": torch.from_numpy(depths)}
         with generating:
             if callable(sample) and n:
-                draws["model"] = sample(n).float().reshape(n, -1).cpu().numpy()
+                draws["model"] = sample(n, **at).float().reshape(n, -1).cpu().numpy()
             if n and (out["z_std"][train] > 0).all():
                 z = geometric_latents(out["z_mean"][train], out["z_std"][train], n, seed)
-                draws["geometric"] = mean(model.decode(z)).float().reshape(n, -1).cpu().numpy()
+                draws["geometric"] = mean(model.decode(z), **at).float().reshape(n, -1) \
+                    .cpu().numpy()
+        if depths is not None and draws and n_generated:
+            out["generated_total_count"] = depths[:n_generated]
         for name, values in draws.items():
             if n_generated:
                 out["generated" if name == "model" else "generated_geometric"] = \
@@ -443,12 +454,32 @@ def split_or_all(rows: np.ndarray) -> np.ndarray | slice:
     return rows if rows.sum() > 1 else slice(None)
 
 
+def training_totals(model: Any, stored: storage.StoredData | None) -> np.ndarray | None:
+    """A multinomial model's data totals to generate counts at: the per-sample totals of
+    the training split (of all samples when it has fewer than two); None for other
+    likelihoods or without data."""
+    from aetk.decoders import MultinomialDecoder
+
+    if stored is None or not isinstance(model.decoder, MultinomialDecoder):
+        return None
+    return stored.x[split_or_all(~stored.is_validation)].sum(1, dtype=np.float64)
+
+
+def draw_totals(totals: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """`n` of `totals` drawn with replacement by their own seeded generator (torch's draws
+    of the latent points stay as they were)."""
+    return np.random.default_rng(seed).choice(totals, n, replace=True)
+
+
 def traversal_variables(enc: dict[str, Any], conditional: bool) -> Any:
     """The latent store's traversal variables from ``encode_data``'s results."""
     import xarray as xr
 
     trav = enc["traversal"]
     given = ", given the first class" if conditional else ""
+    if "traversal_total_count" in enc:  # a multinomial's counts, not its proportions
+        given += (f", expected counts at the training samples' median total "
+                  f"{enc['traversal_total_count']:g}")
     ds = xr.Dataset(coords={"traversed": trav.dims.numpy()})
     ds["traversal"] = (("traversed", "step", "feature"),
                        trav.decoded.float().flatten(2).numpy(), {
@@ -537,6 +568,10 @@ def cmd_encode(args: argparse.Namespace) -> None:
         ds["generated_geometric"] = (("generated", "feature"), enc["generated_geometric"], {
             "description": "decoded draws of the Riemannian uniform distribution of the "
                            "encoder's metric (aetk.geometry.EncoderMetric)"})
+    if "generated_total_count" in enc:
+        ds["generated_total_count"] = (("generated",), enc["generated_total_count"], {
+            "description": "the total of each generated sample's expected counts (of either "
+                           "sampler): a training sample's total, drawn with replacement"})
     for name in ("scored_model", "scored_geometric"):
         if name in enc:
             ds[name] = (("scored", "feature"), enc[name])
@@ -566,6 +601,11 @@ def cmd_encode(args: argparse.Namespace) -> None:
     if isinstance(model.decoder, aetk.MultinomialDecoder):
         ds.attrs["log_marginal"] += ("; of x given its total count (a multinomial likelihood): "
                                      "not comparable with other likelihoods' log p(x)")
+        ds.attrs["generated_counts"] = (
+            "generated samples (generated, generated_geometric, scored_*) are expected counts "
+            "at totals drawn with replacement from the training samples' totals (seed "
+            f"{args.seed}; generated_total_count), traversals and the latent grid at their "
+            "median total (the decoder's proportions times the total)")
     storage.write_zarr(ds, args.out)
     val = stored.is_validation if stored.is_validation.any() else slice(None)
 
@@ -632,6 +672,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if stored is not None:
         model.check_data(torch.from_numpy(stored.x[:1]), "the stored")  # another data set?
     classes = sample_classes(model, args)
+    multinomial = isinstance(model.decoder, aetk.MultinomialDecoder)
+    totals = training_totals(model, stored)
+    depths = None if totals is None else draw_totals(totals, args.n, args.seed)
+    at = {} if depths is None else {"total_count": torch.from_numpy(depths)}
     t0 = time.perf_counter()
     with torch.no_grad():
         if args.sampler == "geometric":
@@ -641,13 +685,13 @@ def cmd_sample(args: argparse.Namespace) -> None:
                 seed=args.seed,
                 conditions=None if c is None else torch.from_numpy(c[~stored.is_validation]))
             with given_classes(model, classes):
-                x = mean(model.decode(metric.sample(args.n)))
+                x = mean(model.decode(metric.sample(args.n)), **at)
         else:
             if not callable(getattr(model, "sample", None)):
                 raise ValueError(f"{type(model).__name__} has no sampler; try --sampler "
                                  "geometric")
             with given_classes(model, classes):
-                x = model.sample(args.n)
+                x = model.sample(args.n, **at)
     x = x.float().reshape(args.n, -1).cpu().numpy()
     coords = {"sample": np.arange(args.n)}
     if stored is not None:
@@ -658,11 +702,27 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if classes is not None:
         ds["class"] = (("sample",), classes.numpy(), {
             "description": "the class each sample was conditioned on"})
+    if depths is not None:
+        ds["total_count"] = (("sample",), depths, {
+            "description": "the total of each sample's expected counts: a training sample's "
+                           "total, drawn with replacement"})
     spec = model.build_spec or {}
     ds.attrs = {"store": "aetk-samples", "sampler": args.sampler, "model": spec.get("model"),
                 "likelihood": spec.get("likelihood"), "seed": args.seed,
                 "image_shape": (None if stored is None or stored.image_shape is None
                                 else list(stored.image_shape))}
+    if depths is not None:
+        ds.attrs["counts"] = (
+            "expected counts (the decoder's proportions times total_count) at totals drawn "
+            f"with replacement (seed {args.seed}) from the {len(totals)} training samples' "
+            "totals, so that the generated totals follow the data's")
+    elif multinomial:
+        k = model.decoder.total_count
+        ds.attrs["counts"] = (
+            f"proportions times the decoder's total_count ({k}), not counts at the data's "
+            "totals: no --data, so no training totals to draw from")
+        print(f"a multinomial model without --data: the samples are its proportions (total "
+              f"{k}), not counts; give --data to generate counts at the training totals")
     storage.write_zarr(ds, args.out)
     print(f"drew {args.n} samples ({args.sampler}) in {time.perf_counter() - t0:.1f} s; "
           f"wrote {args.out}")
@@ -1054,10 +1114,13 @@ def build_parser() -> argparse.ArgumentParser:
             "for VAEs, Riemannian HMC for RHVAEs) or, with --sampler geometric, from the "
             "Riemannian uniform distribution of the encoder's metric on the training codes "
             "of --data (aetk.geometry.EncoderMetric), decoded to the decoder's point "
-            "prediction. Not a pipeline step: for synthetic data sets and augmentation.\n\n"
+            "prediction; a multinomial model's as expected counts at totals drawn from the "
+            "training samples' totals of --data (without it, proportions). Not a pipeline "
+            "step: for synthetic data sets and augmentation.\n\n"
             "input:  --model: a model directory; --data: its data store (needed for "
-            "--sampler geometric)\n"
-            "output: --out: a store with x (sample, feature)")
+            "--sampler geometric, and for a multinomial model's counts)\n"
+            "output: --out: a store with x (sample, feature) and, for a multinomial model "
+            "with --data, total_count (sample)")
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--out", required=True, help="sample store to write (.zarr)")
     p.add_argument("--n", type=int, default=1000, help="samples to draw")

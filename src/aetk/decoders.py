@@ -246,7 +246,10 @@ class MultinomialDecoder(_BuiltinDecoder):
     The distribution's `mean` is `total_count` times the proportions (`total_count=1`: the
     proportions themselves, the "normalised expression"); `sample()` draws `total_count`
     counts; `aetk.distributions.mean(p, like=x)`, what reconstructions use, scales the
-    proportions to the totals of x. Data: a vector of counts per sample.
+    proportions to the totals of x, and `mean(p, total_count=t)` (`p.mean_at(t)`;
+    `p.sample_at(t)` draws) to given totals, one per row or one for all: what generating
+    at realistic depths uses (`model.sample(n, total_count=t)`). Data: a vector of counts
+    per sample.
     """
 
     def __init__(self, network: nn.Module | None = None, *, total_count: int = 1,
@@ -277,6 +280,33 @@ class _ObservedTotalMultinomial(D.Multinomial):
     def mean_for(self, x: torch.Tensor) -> torch.Tensor:
         """The expected counts at the totals of `x`."""
         return self.probs * x.sum(-1, keepdim=True)
+
+    def mean_at(self, total: torch.Tensor | float) -> torch.Tensor:
+        """The expected counts at the totals `total`: one per row `(B,)`, or one for all."""
+        return self.probs * self._totals(total)[..., None]
+
+    def sample_at(self, total: torch.Tensor | float) -> torch.Tensor:
+        """Counts drawn at the integer totals `total` (one per row, or one for all)."""
+        n = self._totals(total)
+        if not torch.equal(n, n.round()):
+            raise ValueError("total_count of drawn counts must be integers")
+        out = torch.zeros_like(self.probs)
+        for k in n.unique().tolist():  # torch's multinomial takes one number of trials
+            rows = n == k
+            if k > 0:
+                out[rows] = D.Multinomial(int(k), probs=self.probs[rows],
+                                          validate_args=False).sample()
+        return out
+
+    def _totals(self, total: torch.Tensor | float) -> torch.Tensor:
+        """`total` as a tensor of the batch's shape, checked."""
+        t = torch.as_tensor(total, dtype=self.probs.dtype, device=self.probs.device)
+        if not bool(torch.isfinite(t).all() and (t >= 0).all()):
+            raise ValueError("total_count must be finite and non-negative")
+        if t.dim() and t.shape != self.batch_shape:
+            raise ValueError(f"total_count must be one number or one per row "
+                             f"{tuple(self.batch_shape)}, got shape {tuple(t.shape)}")
+        return t.expand(self.batch_shape)
 
 
 class NegativeBinomialDecoder(_BuiltinDecoder):

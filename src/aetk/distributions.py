@@ -20,11 +20,17 @@ def log_prob(dist: D.Distribution, x: torch.Tensor) -> torch.Tensor:
     return lp.reshape(lp.shape[0], -1).sum(-1) if lp.dim() > 1 else lp
 
 
-def mean(dist: D.Distribution | torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
+def mean(dist: D.Distribution | torch.Tensor, like: torch.Tensor | None = None,
+         total_count: torch.Tensor | float | None = None) -> torch.Tensor:
     """The decoder's point prediction: the mean, or the mode for a categorical; a
     deterministic decoder's output tensor is its own. `like`: the data it predicts, for a
     distribution whose scale comes from them (`mean_for(x)`: a multinomial's expected
-    counts at the observed totals)."""
+    counts at the observed totals). `total_count`: a multinomial decoder's expected counts
+    at these totals, one per row `(B,)` or one for all (`mean_at`), for new points with no
+    data to take the totals from; other distributions refuse it."""
+    if total_count is not None:
+        _check_total_count(dist)
+        return dist.mean_at(total_count)
     if isinstance(dist, torch.Tensor):
         return dist
     base = dist.base_dist if isinstance(dist, D.Independent) else dist
@@ -33,6 +39,25 @@ def mean(dist: D.Distribution | torch.Tensor, like: torch.Tensor | None = None) 
     if like is not None and hasattr(dist, "mean_for"):
         return dist.mean_for(like)
     return dist.mean
+
+
+def generate(dist: D.Distribution | torch.Tensor, mean_only: bool = True,
+             total_count: torch.Tensor | float | None = None) -> torch.Tensor:
+    """What a model's `sample` returns from p(x|z) at new points z: the point prediction
+    (`mean`), or a draw with `mean_only=False`; with `total_count`, a multinomial's expected
+    counts, or counts drawn, at these totals (integers for draws)."""
+    if mean_only:
+        return mean(dist, total_count=total_count)
+    if total_count is None:
+        return dist.sample()
+    _check_total_count(dist)
+    return dist.sample_at(total_count)
+
+
+def _check_total_count(dist: D.Distribution | torch.Tensor) -> None:
+    if not hasattr(dist, "mean_at"):
+        name = type(getattr(dist, "base_dist", dist)).__name__
+        raise ValueError(f"total_count is for a multinomial decoder's counts, not for {name}")
 
 
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:

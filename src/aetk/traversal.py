@@ -51,17 +51,20 @@ def _sweep(codes: Tensor, n_steps: int, quantiles: tuple[float, float]) -> Tenso
 
 
 @torch.no_grad()
-def _decode(model: Model, z: Tensor) -> Tensor:
+def _decode(model: Model, z: Tensor, total_count: float | None) -> Tensor:
     param = next(model.parameters())
-    return mean(model.decode(z.to(param.device, param.dtype))).to(z.device)
+    p = model.decode(z.to(param.device, param.dtype))
+    return mean(p, total_count=total_count).to(z.device)
 
 
 def latent_traversal(model: Model, codes: Tensor, *, n_steps: int = 9, max_dims: int = 10,
-                     quantiles: tuple[float, float] = (0.02, 0.98)) -> Traversal:
+                     quantiles: tuple[float, float] = (0.02, 0.98),
+                     total_count: float | None = None) -> Traversal:
     """Traverse the `max_dims` dimensions along which the codes `(N, d)` (e.g. the encoder's
     means on the validation data) vary most, most varied first, from the codes' low to high
     quantile in `n_steps` steps, around their coordinate-wise median. Call it inside
-    `model.given(c)` for a conditional model."""
+    `model.given(c)` for a conditional model. `total_count`: a multinomial decoder's
+    expected counts at this one total (e.g. the data's median), not its proportions."""
     codes = _check(codes, n_steps, quantiles)
     if max_dims < 1:
         raise ValueError(f"max_dims must be positive, got {max_dims}")
@@ -71,22 +74,23 @@ def latent_traversal(model: Model, codes: Tensor, *, n_steps: int = 9, max_dims:
     reference = torch.quantile(codes, 0.5, dim=0)
     z = reference.repeat(len(dims), n_steps, 1)  # (k, n_steps, d)
     z[torch.arange(len(dims)), :, dims] = values
-    decoded = _decode(model, z.reshape(-1, d))
+    decoded = _decode(model, z.reshape(-1, d), total_count)
     return Traversal(decoded.reshape(len(dims), n_steps, *decoded.shape[1:]), values, dims,
                      reference)
 
 
 def latent_grid(model: Model, codes: Tensor, *, n_steps: int = 12,
-                quantiles: tuple[float, float] = (0.02, 0.98)) -> tuple[Tensor, Tensor, Tensor]:
+                quantiles: tuple[float, float] = (0.02, 0.98),
+                total_count: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """For a 2-D latent space, the decoder's point predictions on an `n_steps x n_steps`
     grid over the codes' quantile range: `decoded (n_steps, n_steps, *features)` with row
     `i` at `z2[i]` (decreasing, as an image is read) and column `j` at `z1[j]`, and the
-    axes `z1`, `z2 (n_steps,)`."""
+    axes `z1`, `z2 (n_steps,)`. `total_count` as for `latent_traversal`."""
     codes = _check(codes, n_steps, quantiles)
     if codes.shape[1] != 2:
         raise ValueError(f"a latent grid needs a 2-D latent space, got {codes.shape[1]}")
     z1, z2 = _sweep(codes, n_steps, quantiles)
     z2 = z2.flip(0)
     grid = torch.stack(torch.meshgrid(z1, z2, indexing="xy"), -1)  # (row: z2, col: z1, 2)
-    decoded = _decode(model, grid.reshape(-1, 2))
+    decoded = _decode(model, grid.reshape(-1, 2), total_count)
     return decoded.reshape(n_steps, n_steps, *decoded.shape[1:]), z1, z2

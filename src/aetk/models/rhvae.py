@@ -13,7 +13,7 @@ from torch import nn
 
 from .. import validate
 from ..centroids import METHODS, select_centroids
-from ..distributions import log_prob, mean, standard_normal_log_prob
+from ..distributions import generate, log_prob, standard_normal_log_prob
 from ..hamiltonian import (
     CentroidMetric,
     FlowEnd,
@@ -342,8 +342,10 @@ class RHVAE(Model):
         return hmc(position(start), position, n_steps, n_leapfrog, step_size)
 
     @torch.no_grad()
-    def sample(self, n: int, *, mean_only: bool = True, **hmc_options) -> torch.Tensor:
+    def sample(self, n: int, *, mean_only: bool = True,
+               total_count: torch.Tensor | float | None = None, **hmc_options) -> torch.Tensor:
         """`n` new data points decoded from `sample_latent(n, **hmc_options)`: the decoder's
-        point prediction, or a draw from p(x|z) with `mean_only=False`."""
+        point prediction, or a draw from p(x|z) with `mean_only=False`; a multinomial
+        decoder's at the totals `total_count`, one per sample or one for all."""
         p = self.decoder(self.sample_latent(n, **hmc_options))
-        return mean(p) if mean_only else p.sample()
+        return generate(p, mean_only, total_count)

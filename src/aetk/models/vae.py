@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..distributions import kl_per_dimension, log_lik_of_draws, log_prob, mean
+from ..distributions import generate, kl_per_dimension, log_lik_of_draws, log_prob
 from .base import LossOutput, Model
 
 
@@ -49,9 +49,11 @@ class VAE(Model):
                           {"reconstruction": rec, "kl": kl, "kl_charged": charged})
 
     @torch.no_grad()
-    def sample(self, n: int, *, mean_only: bool = True) -> torch.Tensor:
+    def sample(self, n: int, *, mean_only: bool = True,
+               total_count: torch.Tensor | float | None = None) -> torch.Tensor:
         """`n` new data points decoded from `z ~ N(0, I)`: the decoder's point prediction,
-        or a draw from p(x|z) with `mean_only=False`."""
+        or a draw from p(x|z) with `mean_only=False`; a multinomial decoder's at the totals
+        `total_count`, one per sample or one for all (`distributions.generate`)."""
         param = next(self.parameters())
         p = self.decoder(torch.randn(n, self.latent_dim, dtype=param.dtype, device=param.device))
-        return mean(p) if mean_only else p.sample()
+        return generate(p, mean_only, total_count)

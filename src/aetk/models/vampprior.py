@@ -8,7 +8,7 @@ import torch
 from torch import distributions as D
 from torch import nn
 
-from ..distributions import log_prob, mean
+from ..distributions import generate, log_prob
 from ..nets import MaskingNoise
 from .base import LossOutput, Model
 
@@ -97,10 +97,12 @@ class VampPrior(Model):
         return LossOutput(rec + self.beta * kl, {"reconstruction": rec, "kl": kl})
 
     @torch.no_grad()
-    def sample(self, n: int, *, mean_only: bool = True) -> torch.Tensor:
+    def sample(self, n: int, *, mean_only: bool = True,
+               total_count: torch.Tensor | float | None = None) -> torch.Tensor:
         """`n` new data points decoded from `z ~ p(z)` (a random component, then its
         posterior; inside `given(c)`, row i of c conditions draw i, or one row all):
-        the decoder's point prediction, or a draw with `mean_only=False`."""
+        the decoder's point prediction, or a draw with `mean_only=False`; a multinomial
+        decoder's at the totals `total_count`, one per sample or one for all."""
         loc, scale = self.components()
         if len(loc) not in (1, n):
             raise ValueError(f"{n} samples under conditions of {len(loc)} rows: give one row, "
@@ -109,4 +111,4 @@ class VampPrior(Model):
         pick = torch.randint(loc.shape[1], (n,), device=loc.device)
         z = loc[rows, pick] + scale[rows, pick] * torch.randn_like(loc[rows, pick])
         p = self.decoder(z)
-        return mean(p) if mean_only else p.sample()
+        return generate(p, mean_only, total_count)

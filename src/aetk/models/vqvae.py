@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..centroids import select_centroids
-from ..distributions import mean
+from ..distributions import generate
 from .ae import AE
 from .base import LossOutput
 
@@ -222,11 +222,13 @@ class VQVAE(AE):
         return len(dead)
 
     @torch.no_grad()
-    def sample(self, n: int, *, mean_only: bool = True) -> torch.Tensor:
+    def sample(self, n: int, *, mean_only: bool = True,
+               total_count: torch.Tensor | float | None = None) -> torch.Tensor:
         """`n` new data points decoded from codes drawn by their frequencies in the last
-        training epoch: the decoder's point prediction, or a draw with `mean_only=False`."""
+        training epoch: the decoder's point prediction, or a draw with `mean_only=False`; a
+        multinomial decoder's at the totals `total_count`, one per sample or one for all."""
         if not bool(self.code_frequencies.sum() > 0):
             raise RuntimeError("no code frequencies yet: train the VQ-VAE with aetk.fit first")
         codes = torch.multinomial(self.code_frequencies, n, replacement=True)
         p = self.decoder(self.codebook[codes])
-        return mean(p) if mean_only else p.sample()
+        return generate(p, mean_only, total_count)
