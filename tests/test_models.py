@@ -467,8 +467,8 @@ def test_build_model_passes_options_to_decoder_and_model():
 @pytest.mark.parametrize(
     ("args", "kwargs", "pattern"),
     [
-        (("vea", "bernoulli"), {}, r"unknown model 'vea'; valid: ae, vae, beta_vae, "
-                                     r"beta_tcvae, infovae"),
+        (("vea", "bernoulli"), {}, r"unknown model 'vea'; valid: ae, irmae, vae, beta_vae, "
+                                     r"beta_tcvae"),
         (("vae", "gauss"), {}, r"unknown likelihood 'gauss'; valid: bernoulli, gaussian, "
                                r"gaussian_learned, categorical, poisson, negative_binomial"),
         (("vae", "gaussian"), {"sigmaa": 1.0},

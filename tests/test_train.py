@@ -13,7 +13,7 @@ from torch.utils.data import StackDataset, TensorDataset
 import aetk
 from aetk.train import evaluate
 
-MODELS = ["ae", "wae", "vqvae", "vae", "beta_vae", "beta_tcvae", "infovae", "infomaxvae",
+MODELS = ["ae", "irmae", "wae", "vqvae", "vae", "beta_vae", "beta_tcvae", "infovae", "infomaxvae",
           "factorvae", "dipvae", "iwae", "vampprior"]
 LIKELIHOODS = ["bernoulli", "gaussian", "gaussian_learned", "categorical", "poisson",
                "negative_binomial", "multinomial"]

@@ -15,6 +15,7 @@ from .models import (
     AE,
     DIPVAE,
     HVAE,
+    IRMAE,
     IWAE,
     RHVAE,
     VAE,
@@ -73,6 +74,7 @@ def _beta_vae(encoder, decoder, beta: float = 4.0, n_samples: int = 1,
 # sizes take them as keywords `shape`, `hidden`, `activation`.
 MODELS: dict[str, tuple[type[nn.Module], Callable[..., Model]]] = {
     "ae": (DeterministicEncoder, AE),
+    "irmae": (DeterministicEncoder, IRMAE),
     "vae": (GaussianEncoder, VAE),
     "beta_vae": (GaussianEncoder, _beta_vae),
     "beta_tcvae": (GaussianEncoder, BetaTCVAE),

@@ -7,6 +7,7 @@ from .factorvae import Discriminator, FactorVAE
 from .hvae import HVAE
 from .infomaxvae import Critic, InfoMaxVAE
 from .infovae import InfoVAE
+from .irmae import IRMAE
 from .iwae import IWAE
 from .rhvae import RHVAE
 from .tcvae import BetaTCVAE
@@ -19,6 +20,7 @@ __all__ = [
            "AE",
            "DIPVAE",
            "HVAE",
+           "IRMAE",
            "IWAE",
            "RHVAE",
            "VAE",

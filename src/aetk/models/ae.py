@@ -20,5 +20,5 @@ class AE(Model):
         return -log_prob(out, x).mean()
 
     def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
-        rec = self.reconstruction(self.encoder(x), x if target is None else target)
+        rec = self.reconstruction(self.encode(x), x if target is None else target)
         return LossOutput(rec, {"reconstruction": rec})
