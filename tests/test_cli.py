@@ -216,6 +216,43 @@ def test_lr_schedule_reaches_fit_and_keys_its_own_run(steps: Path, tmp_path: Pat
     assert "integer 0 <= warmup < epochs (4)" in capsys.readouterr().err
 
 
+def test_penalties_reach_fit_and_key_their_own_run(steps: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """--penalty: each penalty's history columns, the settings (every option, so equal
+    penalties hash alike) in aetk_run.json and their own run hash; bad names and options
+    stop before any training, a penalty of q(z|x) on an AE at its first step."""
+    args = ["train", "--data", str(steps / "data.zarr"), "--model", "vae", "--likelihood",
+            "bernoulli", "--hidden", "32", "--epochs", "3", "--batch-size", "32", "--seed", "0",
+            "--checkpoint-dir", str(tmp_path / "ckpt"), "--no-progress",
+            "--out", str(tmp_path / "m"), "--history", str(tmp_path / "h.tsv")]
+    assert cli.main([*args, "--penalty", "min_variance:sigma_min=2",
+                     '{"name": "latent_l2", "weight": 0.1}']) == 0
+    history = pd.read_csv(tmp_path / "h.tsv", sep="\t")
+    for column in ("train_penalty_min_variance", "val_penalty_min_variance",
+                   "train_penalty_latent_l2", "val_penalty_latent_l2"):
+        assert (history[column] > 0).all(), column
+    info = json.loads((tmp_path / "m" / "aetk_run.json").read_text())
+    plain = json.loads((steps / "model" / "aetk_run.json").read_text())
+    assert info["settings"] == {**plain["settings"], "penalties": [
+        "MinVariance(sigma_min=2.0, weight=1.0)", "LatentL2(weight=0.1)"]}
+    assert info["run_hash"] != plain["run_hash"]
+    for spec in ("entropy", '{"name": "entropy"}', "entropy:weight=1"):
+        assert cli.run_settings(cli.build_parser().parse_args([*args, "--penalty", spec]),
+                                "")["penalties"] == ["Entropy(weight=1.0)"]
+    capsys.readouterr()
+    bad = [*args[:-4], "--out", str(tmp_path / "x"), "--history", str(tmp_path / "x.tsv")]
+    for spec, message in (("l1", "unknown penalty 'l1'; choose one of latent_l2"),
+                          ("entropy:sigma=1", "penalty 'entropy' takes the options ['weight']"),
+                          ("min_variance:sigma_min=0", "sigma_min must be positive")):
+        assert cli.main([*bad, "--penalty", spec]) == 1
+        assert message in capsys.readouterr().err
+    ae = [*bad[:bad.index("vae")], "ae", *bad[bad.index("vae") + 1:]]
+    assert cli.main([*ae, "--penalty", "entropy"]) == 1
+    assert "the entropy penalty needs an encoder that returns a distribution" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.tsv").exists()
+
+
 def test_clip_grad_norm_reaches_fit_and_keys_its_own_run(steps: Path, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture) -> None:
     """--clip-grad-norm: the history's grad_norm column, printed per epoch, the setting in

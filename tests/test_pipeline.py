@@ -164,6 +164,28 @@ def test_beta_schedule_reaches_the_models_with_a_kl_weight(tmp_path: Path) -> No
         cli.kl_weighted_models())
 
 
+def test_penalties_reach_the_models_that_can_take_them(tmp_path: Path) -> None:
+    """`train.penalties` reach `aetk train --penalty` of every model, but the penalties of
+    q(z|x) not those whose encoder gives codes (exactly build.MODELS' deterministic
+    encoders); none passes no flag."""
+    from aetk import build
+    from aetk.encoders import DeterministicEncoder
+
+    default = snakemake(make_workdir(tmp_path / "default"), "-n", "-p", "--cores", "1").stdout
+    assert "aetk train" in default and "--penalty" not in default
+    wd = make_workdir(tmp_path / "penalties", {
+        "grid": {"models": list(build.MODELS)},
+        "train": {"penalties": ["latent_l2", {"name": "min_variance", "sigma_min": 0.2}]}})
+    out = snakemake(wd, "-n", "-p", "--cores", "1", "--configfile", "test.yaml").stdout
+    trains = {line.split("--out results/models/")[1].split("-")[0]: line
+              for line in out.splitlines() if "Shell command: aetk train" in line}
+    assert set(trains) == set(build.MODELS)
+    codes = {m for m, (encoder, _) in build.MODELS.items() if encoder is DeterministicEncoder}
+    both = """--penalty latent_l2 '{"name": "min_variance", "sigma_min": 0.2}' """
+    assert {m for m, line in trains.items() if both in line} == set(build.MODELS) - codes
+    assert {m for m, line in trains.items() if "--penalty latent_l2 --" in line} == codes
+
+
 def test_conditional_grid_names_its_runs_and_passes_the_labels(tmp_path: Path) -> None:
     """`grid.conditional: [false, true]` adds a -cond run of each model (the VampPrior's
     too), trained with `--conditions labels`; with pull-back geodesics on, the conditional
@@ -235,6 +257,11 @@ def test_lint_and_snakefmt(tmp_path: Path) -> None:
      "train.beta_schedule: 'linear' is not valid under any"),
     ({"train": {"beta_schedule": {"name": "cyclical", "n_cycle": 2}}},
      "train.beta_schedule: {'n_cycle': 2, 'name': 'cyclical'} is not valid under any"),
+    ({"train": {"penalties": ["l1"]}}, "train.penalties.0: 'l1' is not valid under any"),
+    ({"train": {"penalties": [{"name": "entropy", "sigma_min": 0.1}]}},
+     "train.penalties.0: {'name': 'entropy', 'sigma_min': 0.1} is not valid under any"),
+    ({"train": {"penalties": [{"name": "min_variance", "sigma_min": 0}]}},
+     "train.penalties.0: {'name': 'min_variance', 'sigma_min': 0} is not valid under any"),
     ({"grid": {"models": ["vae", "vea"]}}, "grid.models.1: 'vea' is not one of"),
     ({"grid": {"likelihoods": ["bernouli"]}}, "grid.likelihoods.0: 'bernouli' is not one of"),
     ({"data": {"transforms": ["scale"]}}, "data.transforms.0:"),

@@ -81,7 +81,8 @@ def test_straight_through_gradient_and_where_each_term_sends_it():
     model, enc, dec_net, book = _vq(beta=0.7, codebook_update="loss")
     x = torch.from_numpy(X01)
     z_e = model.encoder(x).detach().requires_grad_()
-    out, codes = model.quantised_loss(x, z_e)
+    out = model.quantised_loss(x, z_e)
+    codes = out.aux["codes"]
     assert torch.autograd.grad(out.terms["codebook"], z_e, retain_graph=True,
                                allow_unused=True) == (None,)
     assert torch.autograd.grad(out.terms["reconstruction"], model.codebook, retain_graph=True,

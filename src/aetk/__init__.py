@@ -38,6 +38,7 @@ from .models import (
     Model,
     VampPrior,
 )
+from .penalties import DecoderJacobian, Entropy, LatentL2, MinVariance, penalized
 from .train import CyclicalBeta, EarlyStopping, Paired, TrainingDiverged, fit
 from .traversal import Traversal, latent_grid, latent_traversal
 
@@ -58,18 +59,22 @@ __all__ = [
     "CategoricalDecoder",
     "CyclicalBeta",
     "Decoder",
+    "DecoderJacobian",
     "DeterministicDecoder",
     "DeterministicEncoder",
     "EarlyStopping",
+    "Entropy",
     "FactorVAE",
     "GaussianDecoder",
     "GaussianEncoder",
     "InfoMaxVAE",
     "InfoVAE",
     "KLDecomposition",
+    "LatentL2",
     "LearnedGaussianDecoder",
     "LocalityBatches",
     "LossOutput",
+    "MinVariance",
     "Model",
     "MultinomialDecoder",
     "NegativeBinomialDecoder",
@@ -87,4 +92,5 @@ __all__ = [
     "latent_traversal",
     "load",
     "log_marginal",
+    "penalized",
 ]

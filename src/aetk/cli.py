@@ -158,6 +158,8 @@ def _log_inputs(args: argparse.Namespace) -> bool:
 
 def run_settings(args: argparse.Namespace, data_hash: str) -> dict[str, Any]:
     """Everything that determines a trained model; its hash keys the checkpoint."""
+    from aetk.penalties import describe, make_penalty
+
     return {
         "model": args.model, "likelihood": args.likelihood, "latent_dim": args.latent_dim,
         "hidden": list(args.hidden), "activation": args.activation,
@@ -174,6 +176,9 @@ def run_settings(args: argparse.Namespace, data_hash: str) -> dict[str, Any]:
         **({"conditions": args.conditions} if args.conditions != "none" else {}),
         **({"locality": list(args.locality)} if args.locality else {}),
         **({"clip_grad_norm": args.clip_grad_norm} if args.clip_grad_norm is not None else {}),
+        # each penalty with all its options (defaults too), so that equal ones hash alike
+        **({"penalties": [describe(make_penalty(s)) for s in args.penalty]}
+           if args.penalty else {}),
         "options": parse_options(args.options), "epochs": args.epochs,
         "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "data_config_hash": data_hash,
@@ -227,10 +232,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     import torch
 
     import aetk
+    from aetk.penalties import make_penalty
     from aetk.train import check_clip_grad_norm
 
     torch.set_num_threads(args.threads)
     check_clip_grad_norm(args.clip_grad_norm, "--clip-grad-norm")  # before reading data
+    penalties = [make_penalty(spec) for spec in args.penalty]
     annealing = beta_schedule(args.beta_schedule, args.model, args.epochs)
     if annealing is not None and (args.patience
                                   or data_mod.named_spec(args.lr_schedule)[0] == "plateau"):
@@ -291,7 +298,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                        lr=args.lr, device=device, seed=args.seed, checkpoint=checkpoint,
                        resume=args.resume, progress=progress, callbacks=callbacks,
                        lr_schedule=args.lr_schedule, batch_sampler=sampler,
-                       clip_grad_norm=args.clip_grad_norm)
+                       clip_grad_norm=args.clip_grad_norm, penalties=penalties)
     model.cpu().save(args.out)
     info = {
         "run_hash": run_hash, "settings": settings, "device": device, "threads": args.threads,
@@ -1066,6 +1073,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "and keep the best epoch's weights (0: train all --epochs)")
     p.add_argument("--clip-grad-norm", type=float, metavar="X",
                    help="clip each optimiser's gradients to total L2 norm X before each step")
+    p.add_argument("--penalty", type=parse_spec, nargs="+", default=[], metavar="SPEC",
+                   help="regularisers added to the loss (aetk.penalties), each a name with "
+                   "options as name:key=value,... or a JSON object: latent_l2 (weight=1: the "
+                   "squared norm of the codes), min_variance (sigma_min=0.1, weight=1: a hinge "
+                   "on posterior variances below sigma_min^2), entropy (weight=1: of q(z|x); "
+                   "negative rewards spread), decoder_jacobian (weight=1, n_projections=1: the "
+                   "squared Frobenius norm of the decoder's Jacobian at the codes); e.g. "
+                   "--penalty min_variance:sigma_min=0.2 latent_l2:weight=0.1")
     p.add_argument("--locality", type=int, nargs=3, metavar=("N_PRIMARY", "N_SECONDARY", "K"),
                    help="train on batches of local neighbourhoods (aetk.LocalityBatches, for "
                    "variance networks): N_PRIMARY points and N_SECONDARY of each one's K "

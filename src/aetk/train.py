@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from . import validate
 from .data import named_spec
 from .models.base import LossOutput, Model
+from .penalties import Penalties, describe, penalized, penalty_names
 
 
 class Paired(NamedTuple):
@@ -46,6 +47,11 @@ BatchSampler = Callable[[torch.Generator], Iterable[torch.Tensor]]
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class _PenaltiesBypassed(ValueError):
+    """A model's training step did not take its loss from `model.loss`, where the
+    penalties are added."""
 
 
 class CyclicalBeta:
@@ -440,6 +446,7 @@ def fit(
     lr_schedule: LRSchedule = None,
     batch_sampler: BatchSampler | None = None,
     clip_grad_norm: float | None = None,
+    penalties: Penalties = (),
 ) -> pd.DataFrame:
     """Train `model` and return its history: one row per epoch with the train and
     validation loss, every loss term, and the seconds the epoch took.
@@ -471,12 +478,16 @@ def fit(
     that total L2 norm right before its every step (`torch.nn.utils.clip_grad_norm_`,
     through step pre-hooks removed when fit returns or raises); the history then has
     `grad_norm`, the largest norm before clipping of any optimiser's step in the epoch
-    (above the bound: clipping acted). The model comes back in evaluation mode
-    (`model.eval()`).
+    (above the bound: clipping acted). `penalties` are added to the model's loss in
+    training and validation (`aetk.penalties.penalized`: callables `(model, x) -> scalar`,
+    e.g. `aetk.MinVariance(0.1)`, a list or a mapping from names), each in the history as
+    `train_penalty_<name>` and `val_penalty_<name>`. The model comes back in evaluation
+    mode (`model.eval()`).
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
     clip_grad_norm = check_clip_grad_norm(clip_grad_norm)
+    penalties = penalty_names(penalties)
     _check(model, train, "train")
     if val is not None:
         _check(model, val, "validation")
@@ -513,6 +524,8 @@ def fit(
             else type(next(iter(schedulers.values()))).__name__)
     if clip_grad_norm is not None:  # only when set, as above
         fingerprint["clip_grad_norm"] = clip_grad_norm
+    if penalties:  # only when set, as above
+        fingerprint["penalties"] = {k: describe(p) for k, p in penalties.items()}
     stopped = False  # a checkpoint of a run that a callback stopped is final
     if ckpt is not None and resume and ckpt.exists():
         history, stopped = _restore(ckpt, model, optimizers, schedulers, shuffle_rng,
@@ -526,61 +539,67 @@ def fit(
     # removed in `finally`: the optimisers outlive fit (a model's own, or a later manual step)
     clipper = (_GradClipper(optimizers, clip_grad_norm) if clip_grad_norm is not None
                else None)
-    try:
-        for epoch in range(start, epochs + 1):
-            t0 = time.perf_counter()
+    with penalized(model, penalties):  # training and validation loss alike
+        try:
+            for epoch in range(start, epochs + 1):
+                t0 = time.perf_counter()
+                for cb in callbacks:
+                    getattr(cb, "on_epoch_start", lambda *a: None)(model, epoch)
+                rates = {("lr" if i == 0 else f"lr_{k}"): optimizers[k].param_groups[0]["lr"]
+                         for i, k in enumerate(schedulers)}
+                row = {"epoch": epoch,
+                       **_train_epoch(model, batches, optimizers, epoch, bar, epochs,
+                                      [f"penalty_{k}" for k in penalties])}
+                if clipper is not None:
+                    row["grad_norm"] = clipper.pop()
+                if val_batches is not None:
+                    row.update(evaluate(model, val_batches, prefix="val"))
+                model.on_epoch_end(epoch)
+                row.update(rates)
+                _step_schedulers(schedulers, row)
+                row["seconds"] = time.perf_counter() - t0
+                for cb in callbacks:
+                    getattr(cb, "on_epoch_end", lambda *a: None)(model, epoch, row)
+                history.append(row)
+                good = _snapshot(model)
+                if not bar.disable:
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("_loss")})
+                if ckpt is not None:
+                    checkpoint_state = {
+                        "fingerprint": fingerprint,
+                        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                        "schedulers": {k: o.state_dict() for k, o in schedulers.items()},
+                        "rng": _rng_state(),
+                        "shuffle_rng": shuffle_rng.get_state(),
+                        "history": history,
+                    }
+                    _save_checkpoint(ckpt, {**checkpoint_state, "model": model.state_dict()})
+                if any(getattr(cb, "stop", False) for cb in callbacks):
+                    stopped = True
+                    break
             for cb in callbacks:
-                getattr(cb, "on_epoch_start", lambda *a: None)(model, epoch)
-            rates = {("lr" if i == 0 else f"lr_{k}"): optimizers[k].param_groups[0]["lr"]
-                     for i, k in enumerate(schedulers)}
-            row = {"epoch": epoch, **_train_epoch(model, batches, optimizers, epoch, bar, epochs)}
+                getattr(cb, "on_fit_end", lambda *a: None)(model)
+            if stopped and checkpoint_state:
+                # final: the weights as returned (the best epoch's, after EarlyStopping)
+                _save_checkpoint(ckpt, {**checkpoint_state, "model": model.state_dict(),
+                                        "stopped": True})
+        except _PenaltiesBypassed:
+            model.load_state_dict(good)  # its first step went without them
+            raise
+        except TrainingDiverged as err:
+            # the failed step already wrote non-finite weights: nothing past the last epoch is kept
+            model.load_state_dict(good)
+            err.history = pd.DataFrame(history)
+            done = f"after epoch {len(history)}" if history else "before training"
+            err.args = (f"{err.args[0]}; the model is restored to its state {done}",)
+            raise
+        finally:
             if clipper is not None:
-                row["grad_norm"] = clipper.pop()
-            if val_batches is not None:
-                row.update(evaluate(model, val_batches, prefix="val"))
-            model.on_epoch_end(epoch)
-            row.update(rates)
-            _step_schedulers(schedulers, row)
-            row["seconds"] = time.perf_counter() - t0
-            for cb in callbacks:
-                getattr(cb, "on_epoch_end", lambda *a: None)(model, epoch, row)
-            history.append(row)
-            good = _snapshot(model)
-            if not bar.disable:
-                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("_loss")})
-            if ckpt is not None:
-                checkpoint_state = {
-                    "fingerprint": fingerprint,
-                    "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                    "schedulers": {k: o.state_dict() for k, o in schedulers.items()},
-                    "rng": _rng_state(),
-                    "shuffle_rng": shuffle_rng.get_state(),
-                    "history": history,
-                }
-                _save_checkpoint(ckpt, {**checkpoint_state, "model": model.state_dict()})
-            if any(getattr(cb, "stop", False) for cb in callbacks):
-                stopped = True
-                break
-        for cb in callbacks:
-            getattr(cb, "on_fit_end", lambda *a: None)(model)
-        if stopped and checkpoint_state:
-            # final: the weights as returned (the best epoch's, after EarlyStopping)
-            _save_checkpoint(ckpt, {**checkpoint_state, "model": model.state_dict(),
-                                    "stopped": True})
-    except TrainingDiverged as err:
-        # the failed step already wrote non-finite weights: nothing past the last epoch is kept
-        model.load_state_dict(good)
-        err.history = pd.DataFrame(history)
-        done = f"after epoch {len(history)}" if history else "before training"
-        err.args = (f"{err.args[0]}; the model is restored to its state {done}",)
-        raise
-    finally:
-        if clipper is not None:
-            clipper.remove()
-        bar.close()
-        # ready to use: without validation no evaluate() switched it, and a training-mode
-        # model encodes at random (input noise, dropout) and moves batch-norm statistics
-        model.eval()
+                clipper.remove()
+            bar.close()
+            # ready to use: without validation no evaluate() switched it, and a training-mode
+            # model encodes at random (input noise, dropout) and moves batch-norm statistics
+            model.eval()
     return pd.DataFrame(history)
 
 
@@ -597,7 +616,8 @@ def _snapshot(model: Model) -> dict[str, torch.Tensor]:
 
 
 def _train_epoch(model: Model, batches: _Batches, optimizers: dict, epoch: int,
-                 bar: tqdm, epochs: int) -> dict[str, float]:
+                 bar: tqdm, epochs: int, penalty_terms: Sequence[str] = ()
+                 ) -> dict[str, float]:
     model.train()
     meter = _Meter()
     bar.reset()
@@ -607,6 +627,11 @@ def _train_epoch(model: Model, batches: _Batches, optimizers: dict, epoch: int,
             # unpaired data keeps the two-argument call of user-made training steps
             out = (model.training_step(x, optimizers) if y is None
                    else model.training_step(x, optimizers, y))
+        if any(t not in out.terms for t in penalty_terms):
+            raise _PenaltiesBypassed(
+                f"{type(model).__name__}.training_step does not compute its loss with "
+                "model.loss, so the penalties cannot reach its training: take the loss "
+                "from self.loss (its aux field carries what the step reuses)")
         if not torch.isfinite(out.loss):
             bad = [k for k, v in out.terms.items() if not torch.isfinite(v)]
             raise TrainingDiverged(

@@ -178,6 +178,25 @@ def check_beta_schedule(train, models):
 check_beta_schedule(config["train"], GRID["models"])
 
 
+# models whose encoder returns codes, not a distribution q(z|x) (aetk.build.MODELS)
+CODE_ENCODERS = ("ae", "irmae", "wae", "vqvae")
+# penalties of q(z|x) (aetk.penalties), which models with code encoders cannot take
+POSTERIOR_PENALTIES = ("min_variance", "entropy")
+
+
+def penalty_arg(specs, model):
+    """`train.penalties` as `aetk train --penalty SPEC ...`, without the penalties of
+    q(z|x) for models whose encoder gives codes; None (no flag) when none is left, so that
+    those run hashes stay."""
+    names = [s if isinstance(s, str) else s["name"] for s in specs]
+    kept = [
+        s if isinstance(s, str) else json.dumps(s, sort_keys=True)
+        for s, name in zip(specs, names)
+        if not (model in CODE_ENCODERS and name in POSTERIOR_PENALTIES)
+    ]
+    return kept or None
+
+
 def beta_schedule_arg(spec, model):
     """None (no flag) for a constant beta, so that those run hashes stay, and for models
     without a KL weight, which train as before."""
@@ -229,6 +248,7 @@ def train_args(wildcards):
             ),
             ("--locality", locality_arg(train["locality"])),
             ("--clip-grad-norm", train["clip_grad_norm"]),
+            ("--penalty", penalty_arg(train["penalties"], spec["model"])),
             ("--conditions", "labels" if spec["conditional"] else None),
             ("--device", train["device"]),
             ("--seed", spec["seed"]),

@@ -32,10 +32,13 @@ def adam(params: Iterable[nn.Parameter], lr: float,
 
 @dataclass
 class LossOutput:
-    """`loss` is the scalar minimised; `terms` are named scalar parts of it for logging."""
+    """`loss` is the scalar minimised; `terms` are named scalar parts of it for logging;
+    `aux` holds what a model's own `training_step` reuses from its loss (not logged), so
+    that the step can take its loss from `self.loss`, where `aetk.penalized` adds to it."""
 
     loss: torch.Tensor
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Model(nn.Module):

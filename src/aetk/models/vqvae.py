@@ -133,9 +133,9 @@ class VQVAE(AE):
 
     # Loss and training -------------------------------------------------------------
 
-    def quantised_loss(self, x: torch.Tensor, z_e: torch.Tensor
-                       ) -> tuple[LossOutput, torch.Tensor]:
-        """The loss of `x` from its encoder outputs `z_e`, and the codes they took."""
+    def quantised_loss(self, x: torch.Tensor, z_e: torch.Tensor) -> LossOutput:
+        """The loss of `x` from its encoder outputs `z_e`; its `aux` holds `z_e` (detached)
+        and the `codes` they took."""
         codes = self.nearest(z_e.detach())
         e = self.codebook[codes]
         z_q = z_e + (e - z_e).detach()  # the value of e, the gradient of z_e
@@ -147,10 +147,10 @@ class VQVAE(AE):
             terms["codebook"] = (z_e.detach() - e).square().sum(-1).mean()
             loss = loss + terms["codebook"]
         terms["perplexity"] = perplexity(codes, self.n_codes).to(rec.dtype)
-        return LossOutput(loss, terms), codes
+        return LossOutput(loss, terms, {"z_e": z_e.detach(), "codes": codes})
 
     def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
-        return self.quantised_loss(x if target is None else target, self.encoder(x))[0]
+        return self.quantised_loss(x if target is None else target, self.encoder(x))
 
     def training_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer],
                       target: torch.Tensor | None = None) -> LossOutput:
@@ -158,11 +158,10 @@ class VQVAE(AE):
         step (with `"ema"`) and the restart of dead codes; the codes taken are counted."""
         (opt,) = optimizers.values()
         opt.zero_grad(set_to_none=True)
-        z_e = self.encoder(x)
-        out, codes = self.quantised_loss(x if target is None else target, z_e)
+        out = self.loss(x) if target is None else self.loss(x, target)
         out.loss.backward()
         opt.step()
-        z_e = z_e.detach()
+        z_e, codes = out.aux["z_e"], out.aux["codes"]
         if self.codebook_update == "ema":
             self.ema_update(z_e, codes)
         self.epoch_counts += torch.bincount(codes, minlength=self.n_codes)
