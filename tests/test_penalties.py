@@ -103,6 +103,28 @@ def test_penalized_adds_the_penalties_and_puts_the_loss_back():
         assert vq.loss(x).aux.keys() == {"z_e", "codes"}  # what its training step reuses
 
 
+def test_penalties_reuse_the_losss_encoder_pass():
+    """One encoder pass per penalised loss (a posterior penalty reuses the loss's q(z|x),
+    graph and all), the same values as a second pass gives; other inputs are encoded
+    anew, and the encoder's own forward is back after the call."""
+    model, x = _vae(), digits(n=16)[0]
+    calls = []
+    # on the encoder's network: the encoder's own hooks run even when its output is reused
+    model.encoder.network.register_forward_hook(lambda m, args, out: calls.append(args[0]))
+    pen = [aetk.MinVariance(sigma_min=2.0), aetk.Entropy(),
+           lambda m, x: m.encode(x[:4]).mean.sum()]
+    with penalized(model, pen):
+        out = model.loss(x)
+        assert "forward" not in model.encoder.__dict__
+    assert len(calls) == 2 and torch.equal(calls[0], x) and len(calls[1]) == 4
+    assert out.terms["penalty_min_variance"].item() == pytest.approx(
+        aetk.MinVariance(sigma_min=2.0)(model, x).item(), rel=1e-6)
+    assert out.terms["penalty_entropy"].item() == pytest.approx(
+        aetk.Entropy()(model, x).item(), rel=1e-6)
+    out.loss.backward()  # the shared graph is backpropagated once
+    assert all(p.grad is not None for p in model.encoder.parameters())
+
+
 def test_penalty_names():
     def smooth(m, x):
         return x.sum()

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.distributions as D
+from torch import nn
 
 from .distributions import mean
 from .models.base import LossOutput, Model
@@ -70,16 +71,17 @@ def penalized(model: Model, penalties: Penalties) -> Iterator[Model]:
     loss = model.loss
 
     def penalized_loss(x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
-        out = loss(x) if target is None else loss(x, target)
-        total, terms = out.loss, dict(out.terms)
-        for name, penalty in named.items():
-            value = penalty(model, x)
-            if not isinstance(value, torch.Tensor) or value.numel() != 1:
-                raise ValueError(f"penalty {name!r} must return a scalar tensor, got "
-                                 f"{getattr(value, 'shape', type(value).__name__)}")
-            value = value.reshape(())
-            terms[f"penalty_{name}"] = value
-            total = total + value
+        with _reusing_outputs(model.encoder):
+            out = loss(x) if target is None else loss(x, target)
+            total, terms = out.loss, dict(out.terms)
+            for name, penalty in named.items():
+                value = penalty(model, x)
+                if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                    raise ValueError(f"penalty {name!r} must return a scalar tensor, got "
+                                     f"{getattr(value, 'shape', type(value).__name__)}")
+                value = value.reshape(())
+                terms[f"penalty_{name}"] = value
+                total = total + value
         return LossOutput(total, terms, out.aux)
 
     model.loss = penalized_loss  # an instance attribute: the class's loss is untouched
@@ -90,6 +92,36 @@ def penalized(model: Model, penalties: Penalties) -> Iterator[Model]:
             del model.loss
         else:
             model.loss = saved
+
+
+@contextmanager
+def _reusing_outputs(module: nn.Module) -> Iterator[None]:
+    """Within the block, a call of `module` on the very tensor of an earlier call returns
+    that call's output, graph and all: a penalty of q(z|x) then reuses the loss's encoder
+    pass (and its input mask, for a denoising encoder) instead of paying for a second one
+    (measured on MNIST, 784-256-256 networks, batch 128: a second pass added 35% to a VAE's
+    training step; reused, the posterior penalties add 1-4%, bench/penalties.py)."""
+    forward, seen = module.forward, []
+    own = module.__dict__.get("forward")  # a block inside another one keeps the outer's
+
+    def reusing(*args: Any, **kwargs: Any) -> Any:
+        key = args[0] if len(args) == 1 and not kwargs else None
+        for x, out in seen:
+            if x is key:
+                return out
+        out = forward(*args, **kwargs)
+        if key is not None:
+            seen.append((key, out))
+        return out
+
+    module.forward = reusing
+    try:
+        yield
+    finally:
+        if own is None:
+            del module.forward
+        else:
+            module.forward = own
 
 
 def _posterior(model: Model, x: torch.Tensor, penalty: str) -> D.Distribution:
