@@ -111,10 +111,55 @@ def test_load_refuses_a_model_not_built_by_build_model(tmp_path):
     model = aetk.VAE(enc, aetk.BernoulliDecoder(latent_dim=2, out_features=4, hidden=(3,)))
     model.save(tmp_path)
     with pytest.raises(ValueError, match=r"the VAE in .* was not made by aetk.build_model.*"
-                                         r"load_state_dict"):
+                                         r"into=model"):
         aetk.load(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"config\.json is missing"):
         aetk.load(tmp_path / "nothing-here")
+
+
+class _HalfNormalDecoder(aetk.Decoder):
+    """A user-made likelihood, which build_model cannot rebuild."""
+
+    def __init__(self, latent_dim: int, n: int) -> None:
+        super().__init__()
+        self.net = torch.nn.Linear(latent_dim, n)
+
+    def forward(self, z):
+        return torch.distributions.Independent(
+            torch.distributions.HalfNormal(torch.nn.functional.softplus(self.net(z))), 1)
+
+
+def _custom(seed: int) -> aetk.Model:
+    torch.manual_seed(seed)
+    return aetk.VAE(aetk.GaussianEncoder(in_features=4, latent_dim=2, hidden=(3,)),
+                    _HalfNormalDecoder(2, 4))
+
+
+def test_load_into_a_model_rebuilt_by_hand(tmp_path):
+    """A model with a user-made likelihood comes back with load(into=...): the same weights
+    and outputs; another class or architecture is refused without changing it."""
+    x = torch.rand(5, 4)
+    model = _custom(0)
+    _fit(model, x, epochs=1)
+    model.save(tmp_path)
+    again = aetk.load(tmp_path, into=_custom(1))
+    assert not again.training
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[k], v, rtol=0, atol=0)
+    torch.testing.assert_close(again.decode(torch.ones(1, 2)).mean,
+                               model.decode(torch.ones(1, 2)).mean)
+    other = aetk.IWAE(_custom(2).encoder, _HalfNormalDecoder(2, 4))
+    with pytest.raises(ValueError, match=r"holds a saved VAE, but into is of class IWAE"):
+        aetk.load(tmp_path, into=other)
+    wider = aetk.VAE(aetk.GaussianEncoder(in_features=4, latent_dim=2, hidden=(5,)),
+                     _HalfNormalDecoder(2, 4))
+    before = {k: v.clone() for k, v in wider.state_dict().items()}
+    with pytest.raises(ValueError, match=r"do not fit this model: encoder\.network\.1\.0\.bias: "
+                                         r"\(3,\) saved, \(5,\) here; encoder\.network\.1\.0\."
+                                         r"weight: \(3, 4\) saved, \(5, 4\) here; "):
+        aetk.load(tmp_path, into=wider)
+    for k, v in wider.state_dict().items():  # nothing loaded, not even what fits
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
 
 
 def test_load_refuses_unreadable_weights_without_suggesting_pickle(tmp_path):

@@ -23,8 +23,12 @@ def save(model: Model, path: str | Path) -> None:
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path / WEIGHTS)
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> Model:
-    """Rebuild a model saved with `model.save(path)` and load its weights (in eval mode)."""
+def load(path: str | Path, map_location: str | torch.device = "cpu", *,
+         into: Model | None = None) -> Model:
+    """Rebuild a model saved with `model.save(path)` and load its weights (in eval mode).
+    A model not made by `build_model` (your own networks or likelihood) cannot be rebuilt
+    from its description: build it again as it was and pass it as `into`, which gets the
+    weights (the saved class must be its class)."""
     from .build import build_model
 
     path = Path(path)
@@ -32,15 +36,21 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> Model:
         raise FileNotFoundError(f"{path} holds no saved aetk model ({CONFIG} is missing)")
     config = json.loads((path / CONFIG).read_text())
     spec = config.get("build_spec")
-    if spec is None:
+    if into is not None:
+        if type(into).__name__ != config["class"]:
+            raise ValueError(f"{path} holds a saved {config['class']}, but into is of class "
+                             f"{type(into).__name__}: pass a model of the saved class")
+        model = into
+    elif spec is None:
         raise ValueError(
             f"the {config['class']} in {path} was not made by aetk.build_model, so it cannot be "
-            f"rebuilt from its description: build it again and call "
-            f"model.load_state_dict(torch.load('{path / WEIGHTS}', weights_only=True))"
+            f"rebuilt from its description: build it again as it was and pass it, "
+            f"aetk.load('{path}', into=model)"
         )
-    spec = dict(spec)
-    spec.setdefault("log_inputs", False)  # saved before it defaulted to True for counts
-    model = build_model(spec.pop("model"), spec.pop("likelihood"), **spec)
+    else:
+        spec = dict(spec)
+        spec.setdefault("log_inputs", False)  # saved before it defaulted to True for counts
+        model = build_model(spec.pop("model"), spec.pop("likelihood"), **spec)
     try:
         state = torch.load(path / WEIGHTS, map_location=map_location, weights_only=True)
     except FileNotFoundError:
@@ -48,5 +58,22 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> Model:
     except Exception as err:  # torch's own advice (weights_only=False) would run pickled code
         raise ValueError(f"{path / WEIGHTS} is not a state dict that aetk can read "
                          f"({type(err).__name__}); write it with model.save") from err
+    _check_fit(model.state_dict(), state, path)
     model.load_state_dict(state)
     return model.eval()
+
+
+def _check_fit(own: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], path: Path
+               ) -> None:
+    """ValueError naming the tensors that differ in name or shape, before anything is
+    loaded (torch's load_state_dict copies what fits before it raises)."""
+    def shape(t: torch.Tensor | None) -> str:
+        return "absent" if t is None else str(tuple(t.shape))
+
+    bad = [f"{k}: {shape(saved.get(k))} saved, {shape(own.get(k))} here"
+           for k in sorted(own.keys() | saved.keys())
+           if k not in own or k not in saved or own[k].shape != saved[k].shape]
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise ValueError(f"the weights in {path} do not fit this model: "
+                         f"{'; '.join(bad[:5])}{more}")
