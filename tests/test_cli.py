@@ -781,7 +781,7 @@ def test_report_outputs(steps: Path) -> None:
     assert row["val_kl"] == pytest.approx(lat["kl"].values[val].mean(), rel=1e-5)
     assert row["val_log_marginal"] == pytest.approx(lat["log_marginal"].values[val].mean(),
                                                     rel=1e-5)
-    assert 0 <= row["active_units"] <= 2
+    assert 0 <= row["active_units"] <= 2 and 1 <= row["code_rank"] <= 2
     assert row["val_reconstruction_error"] == pytest.approx(
         lat["reconstruction_error"].values[val].mean(), rel=1e-5)
     assert row["geodesic_length_ratio"] == pytest.approx(
@@ -802,6 +802,19 @@ def test_active_units_count_dimensions_whose_mean_varies() -> None:
     rng = np.random.default_rng(0)
     z = rng.standard_normal((500, 4)) * np.array([1.0, 0.05, 0.3, 0.0]) + 2.0
     assert active_units(z) == 2  # variances 1, 0.0025, 0.09, 0
+
+
+def test_code_rank_counts_the_directions_the_codes_spread_in() -> None:
+    """Codes of rank 2 in 4 dimensions, rotated off the axes (every axis varies): rank 2
+    where active units count 4; a third direction of 0.5% of the largest is below 1%."""
+    from aetk.report import active_units, code_rank
+
+    rng = np.random.default_rng(0)
+    rotation = np.linalg.qr(rng.standard_normal((4, 4)))[0]
+    z = (rng.standard_normal((500, 4)) * np.array([1.0, 0.5, 0.005, 0.0])) @ rotation + 3.0
+    assert code_rank(z) == 2 and active_units(z) == 4
+    assert code_rank(z, rel=0.001) == 3
+    assert code_rank(np.ones((10, 3))) == 0
 
 
 def test_a_multinomial_model_through_the_command_line(tmp_path: Path) -> None:

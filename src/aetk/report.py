@@ -422,6 +422,14 @@ def active_units(z_mean: np.ndarray, threshold: float = 0.01) -> int:
     return int((np.var(z_mean, axis=0) > threshold).sum())
 
 
+def code_rank(z_mean: np.ndarray, rel: float = 0.01) -> int:
+    """Directions in which the codes spread: singular values of the centred codes above
+    `rel` of the largest (a rotation-free count, unlike `active_units`: an IRMAE learns
+    codes of low rank in directions that need not be axes). 0 when they do not vary."""
+    s = np.linalg.svd(z_mean - z_mean.mean(0), compute_uv=False)
+    return int((s > rel * s[0]).sum()) if s.size and s[0] > 0 else 0
+
+
 class SampleScorer:
     """A classifier of the data's categorical labels (PCA to at most 50 dimensions, then
     multinomial logistic regression, fitted on the training samples) and the score it gives
@@ -510,6 +518,7 @@ def comparison_table(histories: dict[str, pd.DataFrame], latents: dict[str, xr.D
             row[f"val_{name}"] = float(np.mean(values)) if np.isfinite(values).any() else np.nan
         row.update(_kl_split(lat, val))
         row["active_units"] = active_units(lat["z_mean"].values[val])
+        row["code_rank"] = code_rank(lat["z_mean"].values[val])
         if scorer is not None:
             for name, var in (("sample_score", "scored_model"),
                               ("geometric_sample_score", "scored_geometric")):
