@@ -23,6 +23,7 @@ B, X_DIM, Z_DIM, HID = 4, 3, 2, 5
 RNG = np.random.default_rng(42)
 X01 = RNG.random((B, X_DIM))  # data in [0, 1]
 EPS = {1: RNG.standard_normal((B, Z_DIM)), 3: RNG.standard_normal((3, B, Z_DIM))}
+EPS[6] = np.random.default_rng(7).standard_normal((6, B, Z_DIM))  # MIWAE's 2 x 3
 
 
 def _linear(n_in, n_out, rng):
@@ -141,24 +142,77 @@ def test_free_bits_charge_each_dimension_at_least_lambda(fixed_eps):
         aetk.VAE(enc, model.decoder, free_bits=-1.0)
 
 
-@pytest.mark.parametrize("n_samples", [1, 3])
-def test_iwae(fixed_eps, n_samples):
-    """L = -<logsumexp_k log w_k - log K>, log w = log p(x|z) + log N(z; 0, I) - log q(z|x)."""
-    enc, enc_net = _gaussian_encoder()
-    dec_net = NumpyMLP(Z_DIM, X_DIM, 2)
-    model = aetk.IWAE(enc, dec.BernoulliDecoder(dec_net.module, latent_dim=Z_DIM,
-                                                out_features=X_DIM), n_samples=n_samples)
+def _iwae_by_hand(enc_net, dec_net, n_draws):
+    """log p(x|z) and log w of the `n_draws` fixed draws, `(S, B)`, and the closed KL."""
     mu, sigma, kl = _hand_posterior(enc_net, X01)
-    eps = EPS[n_samples].reshape(n_samples, B, Z_DIM)
+    eps = EPS[n_draws].reshape(n_draws, B, Z_DIM)
     z = mu + sigma * eps
-    log_lik = np.stack([_bce_log_lik(dec_net(zk), X01) for zk in z])  # (K, B)
+    log_lik = np.stack([_bce_log_lik(dec_net(zk), X01) for zk in z])  # (S, B)
     log_prior = (-0.5 * z**2 - 0.5 * np.log(2 * np.pi)).sum(-1)
     log_q = (-0.5 * eps**2 - np.log(sigma) - 0.5 * np.log(2 * np.pi)).sum(-1)
-    bound = special.logsumexp(log_lik + log_prior - log_q, axis=0) - np.log(n_samples)
+    return log_lik, log_lik + log_prior - log_q, kl
+
+
+def _iwae_nets(cls, **kw):
+    enc, enc_net = _gaussian_encoder()
+    dec_net = NumpyMLP(Z_DIM, X_DIM, 2)
+    model = cls(enc, dec.BernoulliDecoder(dec_net.module, latent_dim=Z_DIM, out_features=X_DIM),
+                **kw)
+    return model, enc_net, dec_net
+
+
+@pytest.mark.parametrize(("n_samples", "n_groups"), [(1, 1), (3, 1), (3, 2), (1, 3)])
+def test_iwae_and_miwae(fixed_eps, n_samples, n_groups):
+    """L = -<1/M sum_m [logsumexp_k log w_mk - log K]>, log w = log p(x|z) + log N(z; 0, I)
+    - log q(z|x): the IWAE for M = 1, MIWAE for M > 1 (K = 1: the ELBO of M draws)."""
+    model, enc_net, dec_net = _iwae_nets(aetk.IWAE, n_samples=n_samples, n_groups=n_groups)
+    log_lik, log_w, kl = _iwae_by_hand(enc_net, dec_net, n_samples * n_groups)
+    log_w = log_w.reshape(n_groups, n_samples, B)
+    bound = (special.logsumexp(log_w, axis=1) - np.log(n_samples)).mean(0)
     out = model.loss(_x())
     assert out.loss.item() == pytest.approx(-bound.mean(), rel=1e-12)
     assert out.terms["reconstruction"].item() == pytest.approx(-log_lik.mean(), rel=1e-12)
     assert out.terms["kl"].item() == pytest.approx(kl.mean(), rel=1e-12)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
+def test_ciwae(fixed_eps, beta):
+    """L = -<beta 1/K sum_k log w_k + (1 - beta) (logsumexp_k log w_k - log K)>."""
+    model, enc_net, dec_net = _iwae_nets(aetk.CIWAE, n_samples=3, beta=beta)
+    _, log_w, _ = _iwae_by_hand(enc_net, dec_net, 3)
+    bound = beta * log_w.mean(0) + (1 - beta) * (special.logsumexp(log_w, axis=0) - np.log(3))
+    assert model.loss(_x()).loss.item() == pytest.approx(-bound.mean(), rel=1e-12)
+
+
+def test_piwae_trains_its_decoder_on_the_iwae_bound_and_its_encoder_on_miwae(fixed_eps):
+    """On the same six draws: the decoder's gradient is the IWAE bound's of all six (its
+    loss), the encoder's the MIWAE bound's of 2 x 3 (checked by hand above), plus a
+    penalty's in both; the loss is the IWAE's, the term miwae the MIWAE's."""
+    model, enc_net, dec_net = _iwae_nets(aetk.PIWAE, n_samples=3, n_groups=2)
+    iwae = aetk.IWAE(model.encoder, model.decoder, n_samples=6)
+    miwae = aetk.IWAE(model.encoder, model.decoder, n_samples=3, n_groups=2)
+    penalty = aetk.LatentL2(weight=0.7)
+
+    def grads(loss, params):
+        return torch.autograd.grad(loss + penalty(model, _x()), list(params))
+
+    dec_ref = grads(iwae.loss(_x()).loss, model.decoder.parameters())
+    enc_ref = grads(miwae.loss(_x()).loss, model.encoder.parameters())
+    frozen = {k: torch.optim.SGD(p.parameters(), lr=0.0)
+              for k, p in (("decoder", model.decoder), ("encoder", model.encoder))}
+    with aetk.penalized(model, [penalty]):
+        out = model.training_step(_x(), frozen)
+    for p, g in zip(model.decoder.parameters(), dec_ref, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-12)
+    for p, g in zip(model.encoder.parameters(), enc_ref, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-12)
+    _, log_w, _ = _iwae_by_hand(enc_net, dec_net, 6)
+    assert out.terms["miwae"].item() == pytest.approx(-(special.logsumexp(
+        log_w.reshape(2, 3, B), axis=1) - np.log(3)).mean(), rel=1e-12)
+    assert out.loss.item() == pytest.approx(-(special.logsumexp(log_w, axis=0) - np.log(6)
+                                              ).mean() + out.terms["penalty_latent_l2"].item(),
+                                            rel=1e-12)
+    assert model.configure_optimizers(1e-3).keys() == {"decoder", "encoder"}
 
 
 @pytest.mark.parametrize("beta", [1.0, 0.5])
@@ -500,6 +554,8 @@ def test_build_model_rejects_unknown_names(args, kwargs, pattern):
         ("infovae", {"lam": 0.5}, r"MMD weight alpha \+ lam - 1 must be >= 0.*lam=0.5"),
         ("infomaxvae", {"alpha": -1.0}, r"mutual-information weight alpha must be >= 0"),
         ("iwae", {"n_samples": 0}, r"n_samples must be an integer >= 1, got 0"),
+        ("iwae", {"n_groups": 1.5}, r"n_groups must be an integer >= 1, got 1.5"),
+        ("ciwae", {"beta": 1.5}, r"beta must be in \[0, 1\], got 1.5"),
         ("beta_tcvae", {"gamma": -1}, r"alpha, beta and gamma must be >= 0"),
         ("beta_tcvae", {"dataset_size": 0}, r"dataset_size must be a positive integer, got 0"),
         ("vampprior", {"n_components": 0}, r"n_components must be an integer >= 1, got 0"),

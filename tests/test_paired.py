@@ -44,7 +44,10 @@ def bernoulli_nll_by_hand(logits: np.ndarray, y: np.ndarray) -> float:
     return float(-(y * logits - np.logaddexp(0, logits)).sum(-1).mean())
 
 
-@pytest.mark.parametrize("name", [m for m in aetk.MODELS if m != "iwae"])
+IMPORTANCE_WEIGHTED = ("iwae", "ciwae", "piwae")  # the decoder sees every draw at once
+
+
+@pytest.mark.parametrize("name", [m for m in aetk.MODELS if m not in IMPORTANCE_WEIGHTED])
 def test_every_model_scores_the_target(name: str) -> None:
     """The reconstruction term is -log p(x_out | z) at the z the decoder was last called
     with (for the HVAE and RHVAE the end of the flow, which the target's force moved),
@@ -66,11 +69,13 @@ def test_every_model_scores_the_target(name: str) -> None:
         model.check_data(x_in, "train")
 
 
-def test_iwae_scores_the_target_with_every_draw() -> None:
+@pytest.mark.parametrize("name", IMPORTANCE_WEIGHTED)
+def test_iwae_scores_the_target_with_every_draw(name: str) -> None:
     x, _ = digits(n=32)
     x_in, y = x[:, :TOP], x[:, TOP:]
-    model = aetk.build_model("iwae", "bernoulli", in_features=TOP, out_features=BOTTOM,
-                             latent_dim=2, hidden=(16,), n_samples=5)
+    groups = {"n_groups": 1} if name == "piwae" else {}  # 5 draws in all
+    model = aetk.build_model(name, "bernoulli", in_features=TOP, out_features=BOTTOM,
+                             latent_dim=2, hidden=(16,), n_samples=5, **groups)
     model.decoder = Spy(model.decoder)
     out = model.loss(x_in, y)
     logits = model.decoder.last.base_dist.logits.detach().double().numpy()

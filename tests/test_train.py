@@ -14,7 +14,7 @@ import aetk
 from aetk.train import evaluate
 
 MODELS = ["ae", "irmae", "wae", "vqvae", "vae", "beta_vae", "beta_tcvae", "infovae", "infomaxvae",
-          "factorvae", "dipvae", "iwae", "vampprior"]
+          "factorvae", "dipvae", "iwae", "ciwae", "piwae", "vampprior"]
 LIKELIHOODS = ["bernoulli", "gaussian", "gaussian_learned", "categorical", "poisson",
                "negative_binomial", "multinomial"]
 OPTIONS = {"categorical": {"n_classes": 17}}  # digit pixels are integers 0..16

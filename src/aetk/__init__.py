@@ -22,10 +22,12 @@ from .io import load
 from .marginal import log_marginal
 from .models import (
     AE,
+    CIWAE,
     DIPVAE,
     HVAE,
     IRMAE,
     IWAE,
+    PIWAE,
     RHVAE,
     VAE,
     VQVAE,
@@ -44,12 +46,14 @@ from .traversal import Traversal, latent_grid, latent_traversal
 
 __all__ = [
     "AE",
+    "CIWAE",
     "DIPVAE",
     "HVAE",
     "IRMAE",
     "IWAE",
     "LIKELIHOODS",
     "MODELS",
+    "PIWAE",
     "RHVAE",
     "VAE",
     "VQVAE",

@@ -13,10 +13,12 @@ from . import decoders as dec
 from .encoders import DeterministicEncoder, GaussianEncoder
 from .models import (
     AE,
+    CIWAE,
     DIPVAE,
     HVAE,
     IRMAE,
     IWAE,
+    PIWAE,
     RHVAE,
     VAE,
     VQVAE,
@@ -83,6 +85,8 @@ MODELS: dict[str, tuple[type[nn.Module], Callable[..., Model]]] = {
     "factorvae": (GaussianEncoder, _factor),
     "dipvae": (GaussianEncoder, DIPVAE),
     "iwae": (GaussianEncoder, IWAE),
+    "ciwae": (GaussianEncoder, CIWAE),
+    "piwae": (GaussianEncoder, PIWAE),
     "vampprior": (GaussianEncoder, VampPrior),
     "hvae": (GaussianEncoder, HVAE),
     "rhvae": (GaussianEncoder, RHVAE),

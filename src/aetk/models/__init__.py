@@ -8,7 +8,7 @@ from .hvae import HVAE
 from .infomaxvae import Critic, InfoMaxVAE
 from .infovae import InfoVAE
 from .irmae import IRMAE
-from .iwae import IWAE
+from .iwae import CIWAE, IWAE, PIWAE
 from .rhvae import RHVAE
 from .tcvae import BetaTCVAE
 from .vae import VAE
@@ -18,10 +18,12 @@ from .wae import WAE
 
 __all__ = [
            "AE",
+           "CIWAE",
            "DIPVAE",
            "HVAE",
            "IRMAE",
            "IWAE",
+           "PIWAE",
            "RHVAE",
            "VAE",
            "VQVAE",
