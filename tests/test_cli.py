@@ -815,6 +815,8 @@ def test_code_rank_counts_the_directions_the_codes_spread_in() -> None:
     assert code_rank(z) == 2 and active_units(z) == 4
     assert code_rank(z, rel=0.001) == 3
     assert code_rank(np.ones((10, 3))) == 0
+    z[7, 1] = np.nan  # a non-finite code is left out
+    assert code_rank(z) == 2
 
 
 def test_a_multinomial_model_through_the_command_line(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 formula by hand, `penalized` adding them to any model's loss, and `fit(penalties=...)`:
 history, effect on training, checkpoints and refusals."""
 
+import copy
+import io
 import math
 
 import numpy as np
@@ -123,6 +125,63 @@ def test_penalties_reuse_the_losss_encoder_pass():
         aetk.Entropy()(model, x).item(), rel=1e-6)
     out.loss.backward()  # the shared graph is backpropagated once
     assert all(p.grad is not None for p in model.encoder.parameters())
+
+
+def test_a_copy_or_pickle_made_while_penalised_is_the_plain_model():
+    """A callback's deep copy and a pickle of the whole model, made during fit with a
+    penalty: the copy has the class's loss, trains on its own without penalty terms, and
+    the pickle loads."""
+    x = digits(n=128)[0]
+    kept = {}
+
+    class Keep:
+        def on_epoch_end(self, model, epoch, row):
+            kept["copy"] = copy.deepcopy(model)
+            buffer = io.BytesIO()
+            torch.save(model, buffer)
+            kept["bytes"] = buffer.getvalue()
+
+    model = _vae()
+    _fit(model, x, epochs=1, penalties=[aetk.LatentL2()], callbacks=[Keep()])
+    twin = kept["copy"]
+    assert "loss" not in twin.__dict__
+    hist = _fit(twin, x, epochs=1)
+    assert not any(c.startswith("train_penalty") for c in hist.columns)
+    for p, q in zip(twin.parameters(), model.parameters(), strict=True):
+        assert not torch.equal(p, q)  # it trained, the original did not move
+    again = torch.load(io.BytesIO(kept["bytes"]), weights_only=False)
+    assert "loss" not in again.__dict__
+    assert not any(k.startswith("penalty") for k in again.loss(x).terms)
+
+
+def test_the_reuse_does_not_serve_an_input_that_now_takes_gradients():
+    """A contractive penalty (the encoder's Jacobian in x) makes x require gradients: the
+    loss's encoding of x, made without, is not reused, and the value is the one outside
+    a penalised loss."""
+    model, x = _vae(), digits(n=8)[0]
+
+    def contractive(m, x):
+        x = x.requires_grad_()
+        (g,) = torch.autograd.grad(m.latent_mean(x).sum(), x, create_graph=True)
+        x.requires_grad_(False)
+        return g.square().sum()
+
+    alone = contractive(model, x.clone()).item()
+    with penalized(model, [contractive]):
+        out = model.loss(x)
+    assert out.terms["penalty_contractive"].item() == pytest.approx(alone, rel=1e-6)
+
+
+def test_entropy_sums_the_dimensions_of_an_encoder_without_independent():
+    loc, scale = torch.zeros(3, 5), torch.rand(3, 5) + 0.1
+
+    class Plain(_Fixed):
+        def encode(self, x):
+            return D.Normal(self.loc, self.scale)
+
+    x = torch.zeros(3, 4)
+    torch.testing.assert_close(aetk.Entropy()(Plain(loc, scale), x),
+                               aetk.Entropy()(_Fixed(loc, scale), x))
 
 
 def test_penalty_names():

@@ -184,6 +184,14 @@ def test_penalties_reach_the_models_that_can_take_them(tmp_path: Path) -> None:
     both = """--penalty latent_l2 '{"name": "min_variance", "sigma_min": 0.2}' """
     assert {m for m, line in trains.items() if both in line} == set(build.MODELS) - codes
     assert {m for m, line in trains.items() if "--penalty latent_l2 --" in line} == codes
+    wd = make_workdir(tmp_path / "jacobian", {
+        "grid": {"models": ["vae"], "likelihoods": ["bernoulli", "categorical"]},
+        "likelihood_options": {"categorical": {"n_classes": 2}},
+        "train": {"penalties": ["decoder_jacobian"]}})
+    out = snakemake(wd, "-n", "-p", "--cores", "1", "--configfile", "test.yaml").stdout
+    trains = [line for line in out.splitlines() if "Shell command: aetk train" in line]
+    assert len(trains) == 2 and sum("--penalty decoder_jacobian" in t for t in trains) == 1
+    assert all(("--penalty" in t) == ("bernoulli" in t) for t in trains)
 
 
 def test_conditional_grid_names_its_runs_and_passes_the_labels(tmp_path: Path) -> None:

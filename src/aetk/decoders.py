@@ -258,9 +258,7 @@ class MultinomialDecoder(_BuiltinDecoder):
         if len(self.event_shape) != 1 or self.image is not None:
             raise ValueError(f"a multinomial decoder models one vector of counts per sample "
                              f"(out_features), not the shape {self.event_shape}")
-        if int(total_count) != total_count or total_count < 1:
-            raise ValueError(f"total_count must be an integer >= 1, got {total_count}")
-        self.total_count = int(total_count)
+        self.total_count = validate.positive_int(total_count, "total_count")
 
     def forward(self, z: torch.Tensor) -> D.Distribution:
         (logits,) = self.params(z)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -58,22 +59,26 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", *,
     except Exception as err:  # torch's own advice (weights_only=False) would run pickled code
         raise ValueError(f"{path / WEIGHTS} is not a state dict that aetk can read "
                          f"({type(err).__name__}); write it with model.save") from err
-    _check_fit(model.state_dict(), state, path)
+    if into is not None:
+        _check_fit(into, config, state, path)
     model.load_state_dict(state)
     return model.eval()
 
 
-def _check_fit(own: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], path: Path
-               ) -> None:
-    """ValueError naming the tensors that differ in name or shape, before anything is
-    loaded (torch's load_state_dict copies what fits before it raises)."""
-    def shape(t: torch.Tensor | None) -> str:
-        return "absent" if t is None else str(tuple(t.shape))
-
-    bad = [f"{k}: {shape(saved.get(k))} saved, {shape(own.get(k))} here"
-           for k in sorted(own.keys() | saved.keys())
-           if k not in own or k not in saved or own[k].shape != saved[k].shape]
-    if bad:
-        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise ValueError(f"the weights in {path} do not fit this model: "
-                         f"{'; '.join(bad[:5])}{more}")
+def _check_fit(model: Model, config: dict, state: dict[str, torch.Tensor], path: Path) -> None:
+    """ValueError, before anything is loaded into `model`, unless the saved weights load
+    into a copy of it (torch's load_state_dict copies what fits before it raises; a copy
+    lets models resize buffers to the saved ones, as the RHVAE's centroids) and the saved
+    model was built with the same settings when both were made by `build_model`."""
+    saved_spec = config.get("build_spec")
+    own = json.loads(json.dumps(model.build_spec))  # as saved: lists for tuples
+    if saved_spec is not None and own is not None and saved_spec != own:
+        diff = ", ".join(f"{k}: {saved_spec.get(k)!r} saved, {own.get(k)!r} here"
+                         for k in sorted(saved_spec.keys() | own.keys())
+                         if saved_spec.get(k) != own.get(k))
+        raise ValueError(f"{path} was built with other settings ({diff}): aetk.load('{path}') "
+                         "rebuilds it as it was")
+    try:
+        copy.deepcopy(model).load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"the weights in {path} do not fit this model: {err}") from None

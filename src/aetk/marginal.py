@@ -27,6 +27,7 @@ import torch
 from torch import distributions as D
 
 from .models.base import Model
+from .validate import positive_int
 
 
 @torch.no_grad()
@@ -41,8 +42,7 @@ def log_marginal(model: Model, x: torch.Tensor, n_samples: int = 100, chunk: int
     trained on paired data, `target` is the x_out scored: the estimate of `log p(x_out)`
     with `q(z|x_in)` as the proposal.
     """
-    if int(n_samples) != n_samples or n_samples < 1:
-        raise ValueError(f"n_samples must be an integer >= 1, got {n_samples}")
+    positive_int(n_samples, "n_samples")
     q = model.encode(x)
     if not (isinstance(q, D.Distribution)
             and isinstance(model.decode(q.sample()), D.Distribution)):

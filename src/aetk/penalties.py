@@ -13,9 +13,11 @@ variance, the posterior entropy), and a decoder-Jacobian penalty for smoother de
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, ClassVar
 
 import torch
@@ -24,6 +26,7 @@ from torch import nn
 
 from .distributions import mean
 from .models.base import LossOutput, Model
+from .validate import positive_int
 
 Penalty = Callable[[Model, torch.Tensor], torch.Tensor]
 Penalties = Mapping[str, Penalty] | Sequence[Penalty]
@@ -62,7 +65,9 @@ def penalty_names(penalties: Penalties) -> dict[str, Penalty]:
 @contextmanager
 def penalized(model: Model, penalties: Penalties) -> Iterator[Model]:
     """Within the block, `model.loss(x[, target])` is the model's loss plus every penalty
-    at `(model, x)`, each also in its terms as `penalty_<name>` (see `penalty_names`)."""
+    at `(model, x)`, each also in its terms as `penalty_<name>` (see `penalty_names`). The
+    built-in penalties of q(z|x) reuse the loss's own encoder pass (`encoded`). A copy or
+    pickle of the model made within the block has the class's loss."""
     named = penalty_names(penalties)
     if not named:
         yield model
@@ -71,7 +76,8 @@ def penalized(model: Model, penalties: Penalties) -> Iterator[Model]:
     loss = model.loss
 
     def penalized_loss(x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
-        with _reusing_outputs(model.encoder):
+        token = _ENCODED.set([])
+        try:
             out = loss(x) if target is None else loss(x, target)
             total, terms = out.loss, dict(out.terms)
             for name, penalty in named.items():
@@ -82,50 +88,64 @@ def penalized(model: Model, penalties: Penalties) -> Iterator[Model]:
                 value = value.reshape(())
                 terms[f"penalty_{name}"] = value
                 total = total + value
+        finally:
+            _ENCODED.reset(token)
         return LossOutput(total, terms, out.aux)
 
+    penalized_loss.transient = True  # Model.__getstate__ leaves it out of copies
     model.loss = penalized_loss  # an instance attribute: the class's loss is untouched
+    hook = model.encoder.register_forward_hook(_record)
     try:
         yield model
     finally:
+        hook.remove()
         if saved is None:
             del model.loss
         else:
             model.loss = saved
 
 
-@contextmanager
-def _reusing_outputs(module: nn.Module) -> Iterator[None]:
-    """Within the block, a call of `module` on the very tensor of an earlier call returns
-    that call's output, graph and all: a penalty of q(z|x) then reuses the loss's encoder
-    pass (and its input mask, for a denoising encoder) instead of paying for a second one
-    (measured on MNIST, 784-256-256 networks, batch 128: a second pass added 35% to a VAE's
-    training step; reused, the posterior penalties add 1-4%, bench/penalties.py)."""
-    forward, seen = module.forward, []
-    own = module.__dict__.get("forward")  # a block inside another one keeps the outer's
+# The encoder calls of the penalised loss being evaluated (None outside one): (encoder,
+# input, its version, requires_grad, grad mode, output). A module-level hook and state,
+# so that a model copied or pickled meanwhile carries nothing that cannot be.
+_ENCODED: ContextVar[list[tuple] | None] = ContextVar("_ENCODED", default=None)
 
-    def reusing(*args: Any, **kwargs: Any) -> Any:
-        key = args[0] if len(args) == 1 and not kwargs else None
-        for x, out in seen:
-            if x is key:
-                return out
-        out = forward(*args, **kwargs)
-        if key is not None:
-            seen.append((key, out))
-        return out
 
-    module.forward = reusing
-    try:
-        yield
-    finally:
-        if own is None:
-            del module.forward
-        else:
-            module.forward = own
+def _key(x: torch.Tensor) -> tuple:
+    return x._version, x.requires_grad, torch.is_grad_enabled()
+
+
+def _record(module: nn.Module, args: tuple, output: Any) -> None:
+    calls = _ENCODED.get()
+    if calls is not None and len(args) == 1 and isinstance(args[0], torch.Tensor):
+        calls.append((module, args[0], _key(args[0]), output))
+
+
+def encoded(model: Model, x: torch.Tensor) -> Any:
+    """`model.encode(x)`; within a penalised loss, the loss's own encoder output for this
+    very tensor when there is one (unchanged since, in the same grad mode), graph and all,
+    and the same input mask for a denoising encoder. Measured on MNIST (784-256-256, batch
+    128): a second encoder pass added 35% to a VAE's training step; reused, the posterior
+    penalties add 1-4% (bench/penalties.py)."""
+    calls = _ENCODED.get()
+    if calls is not None and type(model).encode is Model.encode:  # encode = encoder
+        key = _key(x)
+        for module, inputs, k, output in calls:
+            if module is model.encoder and inputs is x and k == key:
+                return output
+    return model.encode(x)
+
+
+def _codes(model: Model, x: torch.Tensor) -> torch.Tensor:
+    """`model.latent_mean(x)`, from `encoded` where the model does not override it."""
+    if type(model).latent_mean is not Model.latent_mean:
+        return model.latent_mean(x)
+    q = encoded(model, x)
+    return q if isinstance(q, torch.Tensor) else q.mean
 
 
 def _posterior(model: Model, x: torch.Tensor, penalty: str) -> D.Distribution:
-    q = model.encode(x)
+    q = encoded(model, x)
     if not isinstance(q, D.Distribution):
         raise ValueError(f"the {penalty} penalty needs an encoder that returns a distribution "
                          f"q(z|x); the {type(model).__name__}'s returns codes")
@@ -145,8 +165,10 @@ def _check_weight(penalty: Any) -> None:
 class LatentL2:
     """`weight` times the batch mean of `||E[z|x]||^2`, the squared norm of the codes
     (the latent means of a VAE): keeps a deterministic autoencoder's codes near the origin
-    (the RAE of Ghosh et al. 2020). Gradients reach the encoder only (none for a VQ-VAE,
-    whose codes are codebook vectors: penalise `model.encoder(x)` with your own callable)."""
+    (the RAE of Ghosh et al. 2020). Gradients reach the encoder only; a VQ-VAE's codes are
+    its codebook vectors, which it then moves with `codebook_update="loss"` and leaves to
+    the moving averages otherwise: to draw in its encoder outputs, penalise
+    `model.encoder(x)` with your own callable."""
 
     weight: float = 1.0
     name: ClassVar[str] = "latent_l2"
@@ -155,7 +177,7 @@ class LatentL2:
         _check_weight(self)
 
     def __call__(self, model: Model, x: torch.Tensor) -> torch.Tensor:
-        z = model.latent_mean(x)
+        z = _codes(model, x)
         return self.weight * z.square().flatten(1).sum(-1).mean()
 
 
@@ -196,7 +218,8 @@ class Entropy:
         _check_weight(self)
 
     def __call__(self, model: Model, x: torch.Tensor) -> torch.Tensor:
-        return self.weight * _posterior(model, x, self.name).entropy().mean()
+        h = _posterior(model, x, self.name).entropy()  # summed over dimensions, as the others
+        return self.weight * h.reshape(len(h), -1).sum(-1).mean()
 
 
 @_register
@@ -215,14 +238,13 @@ class DecoderJacobian:
 
     def __post_init__(self) -> None:
         _check_weight(self)
-        if int(self.n_projections) != self.n_projections or self.n_projections < 1:
-            raise ValueError(f"n_projections must be an integer >= 1, got {self.n_projections}")
-        object.__setattr__(self, "n_projections", int(self.n_projections))
+        object.__setattr__(self, "n_projections",
+                           positive_int(self.n_projections, "n_projections"))
 
     def __call__(self, model: Model, x: torch.Tensor) -> torch.Tensor:
         training = torch.is_grad_enabled()  # validation runs under no_grad: no graph to keep
         with torch.enable_grad():
-            z = model.latent_mean(x).detach().requires_grad_()
+            z = _codes(model, x).detach().requires_grad_()
             m = mean(model.decode(z))
             if not m.is_floating_point():
                 raise ValueError("the decoder_jacobian penalty needs a decoder whose point "
@@ -237,9 +259,13 @@ class DecoderJacobian:
 
 def describe(penalty: Penalty) -> str:
     """A stable description of a penalty for checkpoint fingerprints: a built-in's repr
-    (its options), else the function's or class's qualified name."""
+    (its options), a `functools.partial`'s function and arguments, else the function's or
+    class's qualified name (a lambda's is `<lambda>`: give it a name, or a partial, to keep
+    a checkpoint from resuming under other settings)."""
     if dataclasses.is_dataclass(penalty):
         return repr(penalty)
+    if isinstance(penalty, functools.partial):
+        return f"partial({describe(penalty.func)}, {penalty.args!r}, {penalty.keywords!r})"
     return getattr(penalty, "__qualname__", type(penalty).__qualname__)
 
 

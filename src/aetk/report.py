@@ -426,7 +426,10 @@ def code_rank(z_mean: np.ndarray, rel: float = 0.01) -> int:
     """Directions in which the codes spread: singular values of the centred codes above
     `rel` of the largest (a rotation-free count, unlike `active_units`: an IRMAE learns
     codes of low rank in directions that need not be axes). 0 when they do not vary."""
-    s = np.linalg.svd(z_mean - z_mean.mean(0), compute_uv=False)
+    z = z_mean[np.isfinite(z_mean).all(1)]  # a diverged code must not stop the table
+    if len(z) < 2:
+        return 0
+    s = np.linalg.svd(z - z.mean(0), compute_uv=False)
     return int((s > rel * s[0]).sum()) if s.size and s[0] > 0 else 0
 
 

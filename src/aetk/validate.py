@@ -13,6 +13,13 @@ import numpy as np
 import torch
 
 
+def positive_int(value: float, name: str) -> int:
+    """`value` as an int; a ValueError naming `name` unless it is an integer >= 1."""
+    if int(value) != value or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value}")
+    return int(value)
+
+
 def _where(mask: torch.Tensor) -> str:
     """Describe the first True entry of a `(N, ...)` mask as row and flattened column."""
     flat = mask.reshape(mask.shape[0], -1)

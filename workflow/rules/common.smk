@@ -184,15 +184,17 @@ CODE_ENCODERS = ("ae", "irmae", "wae", "vqvae")
 POSTERIOR_PENALTIES = ("min_variance", "entropy")
 
 
-def penalty_arg(specs, model):
+def penalty_arg(specs, model, likelihood):
     """`train.penalties` as `aetk train --penalty SPEC ...`, without the penalties of
-    q(z|x) for models whose encoder gives codes; None (no flag) when none is left, so that
-    those run hashes stay."""
+    q(z|x) for models whose encoder gives codes, nor the decoder's Jacobian for a
+    categorical likelihood (its point prediction is a class); None (no flag) when none is
+    left, so that those run hashes stay."""
     names = [s if isinstance(s, str) else s["name"] for s in specs]
     kept = [
         s if isinstance(s, str) else json.dumps(s, sort_keys=True)
         for s, name in zip(specs, names)
         if not (model in CODE_ENCODERS and name in POSTERIOR_PENALTIES)
+        and not (likelihood == "categorical" and name == "decoder_jacobian")
     ]
     return kept or None
 
@@ -248,7 +250,10 @@ def train_args(wildcards):
             ),
             ("--locality", locality_arg(train["locality"])),
             ("--clip-grad-norm", train["clip_grad_norm"]),
-            ("--penalty", penalty_arg(train["penalties"], spec["model"])),
+            (
+                "--penalty",
+                penalty_arg(train["penalties"], spec["model"], spec["likelihood"]),
+            ),
             ("--conditions", "labels" if spec["conditional"] else None),
             ("--device", train["device"]),
             ("--seed", spec["seed"]),

@@ -52,6 +52,14 @@ class Model(nn.Module):
 
     build_spec: dict[str, Any] | None = None  # set by build_model, lets save/load rebuild it
 
+    def __getstate__(self) -> dict[str, Any]:
+        """The module's state without a transient instance `loss` (`aetk.penalized`'s): a
+        copy or pickle made while training with penalties is the plain model."""
+        state = super().__getstate__()
+        if getattr(state.get("loss"), "transient", False):
+            del state["loss"]
+        return state
+
     def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..validate import positive_int
 from .ae import AE
 
 
@@ -25,9 +26,7 @@ class IRMAE(AE):
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, n_linear: int = 4) -> None:
         super().__init__(encoder, decoder)
-        if int(n_linear) != n_linear or n_linear < 1:
-            raise ValueError(f"n_linear must be an integer >= 1, got {n_linear}")
-        d = self.latent_dim
+        d, n_linear = self.latent_dim, positive_int(n_linear, "n_linear")
         self.linear = nn.Sequential(*(nn.Linear(d, d, bias=False) for _ in range(n_linear)))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

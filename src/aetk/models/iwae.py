@@ -9,14 +9,9 @@ import math
 import torch
 
 from ..distributions import kl_to_standard_normal, log_importance_weights
+from ..validate import positive_int
 from .base import LossOutput, Model, adam
 from .vae import VAE
-
-
-def _positive_int(value: int, name: str) -> int:
-    if int(value) != value or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value}")
-    return int(value)
 
 
 class IWAE(Model):
@@ -27,16 +22,18 @@ class IWAE(Model):
     With M = 1 (the default) the importance-weighted bound: in expectation at least the
     ELBO, tightening towards `log p(x)` as K grows; K = 1 is the ELBO with a Monte Carlo KL.
     With M > 1, MIWAE: the mean of M independent bounds of K draws each, looser than one
-    bound of M K draws but with a better signal-to-noise ratio of the encoder's gradient,
-    which falls as `1/sqrt(K)` for a tight bound (Rainforth et al. 2018). Reported terms
+    bound of M K draws but with less noise in the encoder's gradient (Rainforth et al.
+    2018: for the IWAE bound its signal-to-noise ratio falls as `1/sqrt(K)` for large K).
+    On MNIST at latent 10 (`bench/iwae_snr.py`, the same 64 draws per image) it was 1.50
+    for MIWAE's 8 x 8 against 0.58 for the IWAE bound of all 64. Reported terms
     (batch means, not optimised separately): `reconstruction = -log p(x|z)` over all draws,
     and the closed-form `kl` of q(z|x) to N(0, I).
     """
 
     def __init__(self, encoder, decoder, n_samples: int = 5, n_groups: int = 1) -> None:
         super().__init__(encoder, decoder)
-        self.n_samples = _positive_int(n_samples, "n_samples")
-        self.n_groups = _positive_int(n_groups, "n_groups")
+        self.n_samples = positive_int(n_samples, "n_samples")
+        self.n_groups = positive_int(n_groups, "n_groups")
 
     def log_weights(self, x: torch.Tensor, target: torch.Tensor | None
                     ) -> tuple[torch.Tensor, torch.Tensor, LossOutput]:

@@ -123,8 +123,7 @@ class RHVAE(Model):
         if not 0 < beta0 <= 1 or n_leapfrog < 0 or (n_leapfrog == 0 and beta0 != 1):
             raise ValueError("beta0 must be in (0, 1], n_leapfrog >= 0, and n_leapfrog=0 "
                              "needs beta0=1")
-        if n_fixed_point < 1 or int(n_fixed_point) != n_fixed_point:
-            raise ValueError(f"n_fixed_point must be an integer >= 1, got {n_fixed_point}")
+        validate.positive_int(n_fixed_point, "n_fixed_point")
         if int(n_leapfrog) != n_leapfrog:
             raise ValueError(f"n_leapfrog must be an integer, got {n_leapfrog}")
         d = self.latent_dim

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..distributions import generate, log_prob
 from ..nets import MaskingNoise
+from ..validate import positive_int
 from .base import LossOutput, Model
 
 
@@ -30,8 +31,7 @@ class VampPrior(Model):
     def __init__(self, encoder: nn.Module, decoder: nn.Module, n_components: int = 50,
                  beta: float = 1.0) -> None:
         super().__init__(encoder, decoder)
-        if int(n_components) != n_components or n_components < 1:
-            raise ValueError(f"n_components must be an integer >= 1, got {n_components}")
+        positive_int(n_components, "n_components")
         if beta < 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
         if any(isinstance(m, MaskingNoise) for m in encoder.modules()):
