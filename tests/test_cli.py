@@ -173,6 +173,37 @@ def test_sample_draws_from_either_sampler(steps: Path, tmp_path: Path,
     assert not (tmp_path / "x.zarr").exists()
 
 
+def test_an_autoencoder_generates_from_a_mixture_of_its_codes(steps: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture
+                                                               ) -> None:
+    """An AE has no prior: aetk encode generates (and scores) decoded draws of a mixture of
+    its training codes, saying so, and aetk sample --sampler mixture draws the same way;
+    its own sampler is refused with a pointer to the mixture."""
+    ae = tmp_path / "ae"
+    assert cli.main(["train", "--data", str(steps / "data.zarr"), "--model", "ae",
+                     "--likelihood", "bernoulli", "--hidden", "32", "--epochs", "3",
+                     "--no-progress", "--out", str(ae), "--history", str(tmp_path / "h.tsv")]) == 0
+    assert cli.main(["encode", "--data", str(steps / "data.zarr"), "--model", str(ae),
+                     "--n-generated", "4", "--n-scored", "30", "--out",
+                     str(tmp_path / "latent.zarr")]) == 0
+    lat = storage.read_zarr(tmp_path / "latent.zarr")
+    assert lat["generated"].shape == (4, 64) and lat["scored_model"].shape == (30, 64)
+    assert lat["generated"].attrs["sampler"] == "code_mixture"
+    assert "Gaussian mixture fitted to the training codes" in lat["generated"].attrs["description"]
+    vae = storage.read_zarr(steps / "latent.zarr")
+    assert vae["generated"].attrs["sampler"] == "model"
+    base = ["sample", "--model", str(ae), "--n", "12"]
+    assert cli.main([*base, "--sampler", "mixture", "--data", str(steps / "data.zarr"),
+                     "--out", str(tmp_path / "mix.zarr")]) == 0
+    mix = storage.read_zarr(tmp_path / "mix.zarr")
+    assert mix.attrs["sampler"] == "mixture" and mix["x"].shape == (12, 64)
+    assert ((mix["x"].values >= 0) & (mix["x"].values <= 1)).all()
+    assert cli.main([*base, "--out", str(tmp_path / "x.zarr")]) == 1
+    assert "AE has no sampler; try --sampler mixture" in capsys.readouterr().err
+    assert cli.main([*base, "--sampler", "mixture", "--out", str(tmp_path / "x.zarr")]) == 1
+    assert "--sampler mixture needs --data" in capsys.readouterr().err
+
+
 def test_patience_stops_training_and_keys_its_own_checkpoint(steps: Path, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture
                                                              ) -> None:

@@ -18,6 +18,7 @@ from .decoders import (
     RBFVarianceDecoder,
 )
 from .encoders import DeterministicEncoder, GaussianEncoder
+from .expost import CodeMixture
 from .io import load
 from .marginal import log_marginal
 from .models import (
@@ -61,6 +62,7 @@ __all__ = [
     "BernoulliDecoder",
     "BetaTCVAE",
     "CategoricalDecoder",
+    "CodeMixture",
     "CyclicalBeta",
     "Decoder",
     "DecoderJacobian",

@@ -339,7 +339,9 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
     the validation samples (of all when there are fewer than two; NaN for the others, when
     0, or for a deterministic model): what the comparison table averages, at a tenth of the
     cost (the Hamiltonian models' proposals pass their flow). With categorical labels, ``n_scored``
-    samples of each sampler are kept for the report's classifier score (``scored_*``).
+    samples of each sampler are kept for the report's classifier score (``scored_*``). A
+    model without a sampler (AE, IRMAE) generates from a Gaussian mixture fitted to its
+    training codes (``aetk.CodeMixture``; ``generated_sampler`` then says so).
     A conditional model sees each sample's ``conditions`` (the terms are then given c),
     generates under conditions that go through the classes in turn, and decodes each
     example's code given every class (``example_transfer``). With ``traversal_steps``, the
@@ -352,6 +354,7 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
     from tqdm.auto import tqdm
 
     from aetk.distributions import log_prob, mean
+    from aetk.expost import CodeMixture
     from aetk.marginal import log_marginal
     from aetk.traversal import latent_grid, latent_traversal
 
@@ -441,6 +444,11 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
         with generating:
             if callable(sample) and n:
                 draws["model"] = sample(n, **at).float().reshape(n, -1).cpu().numpy()
+            elif n:  # no prior to draw from (AE, IRMAE): a mixture of the training codes
+                z = CodeMixture(out["z_mean"][train], seed=seed).sample(n)
+                draws["model"] = mean(model.decode(z), **at).float().reshape(n, -1) \
+                    .cpu().numpy()
+                out["generated_sampler"] = CODE_MIXTURE
             if n and (out["z_std"][train] > 0).all():
                 z = geometric_latents(out["z_mean"][train], out["z_std"][train], n, seed)
                 draws["geometric"] = mean(model.decode(z), **at).float().reshape(n, -1) \
@@ -510,6 +518,11 @@ def traversal_variables(enc: dict[str, Any], conditional: bool) -> Any:
     return ds
 
 
+CODE_MIXTURE = ("decoded draws of a 10-component Gaussian mixture fitted to the training "
+                "codes (aetk.CodeMixture, ex-post density estimation): the model has no "
+                "prior to draw from")
+
+
 def geometric_latents(loc: np.ndarray, scale: np.ndarray, n: int, seed: int,
                       n_centroids: int = 1000) -> Any:
     """`n` latent points from the Riemannian uniform distribution of the encoder's metric
@@ -566,7 +579,10 @@ def cmd_encode(args: argparse.Namespace) -> None:
                            "class: counterfactuals of the conditional model"})
     if "generated" in enc:
         ds = ds.assign_coords(generated=np.arange(len(enc["generated"])))
-        ds["generated"] = (("generated", "feature"), enc["generated"])
+        ds["generated"] = (("generated", "feature"), enc["generated"], {
+            "sampler": "code_mixture" if "generated_sampler" in enc else "model",
+            "description": enc.get("generated_sampler", "decoded draws of the model's own "
+                                                        "sampler (model.sample)")})
         if conditions is not None:
             ds["generated_class"] = (("generated",), np.arange(len(enc["generated"]))
                                      % model.n_conditions, {
@@ -665,13 +681,14 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     import aetk
     from aetk.distributions import mean
+    from aetk.expost import CodeMixture
     from aetk.geometry import EncoderMetric
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
-    if args.sampler == "geometric" and args.data is None:
-        raise ValueError("--sampler geometric needs --data: the encoder metric is built from "
-                         "the codes of the training samples")
+    if args.sampler in ("geometric", "mixture") and args.data is None:
+        raise ValueError(f"--sampler {args.sampler} needs --data: it is built from the codes "
+                         "of the training samples")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model = aetk.load(args.model)
@@ -693,10 +710,17 @@ def cmd_sample(args: argparse.Namespace) -> None:
                 conditions=None if c is None else torch.from_numpy(c[~stored.is_validation]))
             with given_classes(model, classes):
                 x = mean(model.decode(metric.sample(args.n)), **at)
+        elif args.sampler == "mixture":
+            c = model_conditions(model, stored, args.data)
+            with model.given(None if c is None else torch.from_numpy(c[~stored.is_validation])):
+                codes = model.latent_mean(torch.from_numpy(stored.train))
+            with given_classes(model, classes):
+                z = CodeMixture(codes, seed=args.seed).sample(args.n)
+                x = mean(model.decode(z), **at)
         else:
             if not callable(getattr(model, "sample", None)):
                 raise ValueError(f"{type(model).__name__} has no sampler; try --sampler "
-                                 "geometric")
+                                 "mixture (or geometric for a model with q(z|x))")
             with given_classes(model, classes):
                 x = model.sample(args.n, **at)
     x = x.float().reshape(args.n, -1).cpu().numpy()
@@ -1139,8 +1163,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--out", required=True, help="sample store to write (.zarr)")
     p.add_argument("--n", type=int, default=1000, help="samples to draw")
-    p.add_argument("--sampler", choices=("model", "geometric"), default="model",
-                   help="the model's own sampler, or the encoder metric's Riemannian uniform")
+    p.add_argument("--sampler", choices=("model", "geometric", "mixture"), default="model",
+                   help="the model's own sampler; the encoder metric's Riemannian uniform; or "
+                   "a 10-component Gaussian mixture fitted to the training codes (aetk."
+                   "CodeMixture; for autoencoders without a prior). The last two need --data")
     p.add_argument("--data", help="the model's data store (.zarr)")
     p.add_argument("--condition", help="for a conditional model: the class (name or index) "
                    "of every sample; default: the classes in turn")

@@ -153,9 +153,10 @@ def plot_samples(latent: xr.Dataset, stored: StoredData, path: Path) -> None:
     if "generated" not in latent and "generated_geometric" not in latent:
         _placeholder("this model does not generate samples", path)
         return
+    mixture = "generated" in latent and latent["generated"].attrs.get("sampler") == "code_mixture"
+    own = "code\nmixture" if mixture else "model.sample"
     sets = {name: latent[var].values for var, name in (
-        ("generated", "model.sample"), ("generated_geometric", "Riemannian\nuniform"))
-        if var in latent}
+        ("generated", own), ("generated_geometric", "Riemannian\nuniform")) if var in latent}
     shape = latent.attrs.get("image_shape")
     width = 8
     if "generated_class" in latent:  # conditional: one column per class, in turn

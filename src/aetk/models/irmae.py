@@ -22,6 +22,15 @@ class IRMAE(AE):
     the IRMAE's with 4 maps 1, 0.75, 0.008, 0.004, ..., at the same loss
     (`tests/test_irmae.py`). The maps are part of `encode`, so every code the package
     computes (latent means, geometry, the pipeline's stores) is `z`.
+
+    The maps start as torch's `nn.Linear` (weights uniform within `1/sqrt(d)`), so the
+    chain first shrinks the codes, which strengthens the low-rank bias, and costs
+    reconstruction where the data need more dimensions: on the bundled digits at latent 6
+    (120 epochs, Bernoulli) the IRMAE's codes had rank 3 (singular values 1, 0.58, 0.19)
+    and a validation loss of 20.9 nats, an AE's rank 6 and 18.2. With
+    `torch.nn.init.orthogonal_` on each of `model.linear`'s weights the chain starts at the
+    codes' scale: rank 6 with a decaying spectrum (1, 0.76, 0.54, 0.49, 0.42, 0.20) and
+    17.95 nats.
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, n_linear: int = 4) -> None:

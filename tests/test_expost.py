@@ -1,0 +1,41 @@
+"""aetk.CodeMixture: a Gaussian mixture of a model's codes, drawn from in a seeded random
+order; the pipeline's generation for autoencoders without a prior."""
+
+import numpy as np
+import pytest
+import torch
+
+import aetk
+
+
+def _two_clusters(n: int = 600) -> torch.Tensor:
+    rng = np.random.default_rng(0)
+    a = rng.normal([-4.0, 0.0], [0.5, 0.2], size=(n // 3, 2))
+    b = rng.normal([3.0, 2.0], [0.3, 1.0], size=(n - n // 3, 2))
+    return torch.from_numpy(np.concatenate([a, b])).float()
+
+
+def test_draws_follow_the_codes_components():
+    """Two clusters of a third and two thirds of the codes: the draws fall into them in
+    those shares, with the clusters' means and spreads, mixed in order."""
+    codes = _two_clusters()
+    mixture = aetk.CodeMixture(codes, n_components=2, seed=0)
+    z = mixture.sample(3000)
+    assert z.dtype == torch.float32 and z.shape == (3000, 2)
+    left = z[:, 0] < 0
+    assert left.float().mean().item() == pytest.approx(1 / 3, abs=0.03)
+    torch.testing.assert_close(z[left].mean(0), codes[:200].mean(0), atol=0.05, rtol=0)
+    torch.testing.assert_close(z[~left].std(0), codes[200:].std(0), atol=0.05, rtol=0)
+    assert 0.2 < left[:100].float().mean().item() < 0.5  # not grouped by component
+    torch.testing.assert_close(mixture.sample(3000), z)  # seeded
+    assert not torch.equal(aetk.CodeMixture(_two_clusters(), 2, seed=1).sample(3000), z)
+
+
+def test_components_are_capped_and_bad_codes_refused():
+    assert aetk.CodeMixture(torch.randn(4, 2), n_components=10).mixture.n_components == 4
+    with pytest.raises(ValueError, match=r"need finite codes \(N >= 2, d\), got shape \(1, 2\)"):
+        aetk.CodeMixture(torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="with non-finite values"):
+        aetk.CodeMixture(torch.tensor([[0.0, 1.0], [float("nan"), 0.0]]))
+    with pytest.raises(ValueError, match="n_components must be an integer >= 1"):
+        aetk.CodeMixture(torch.randn(5, 2), n_components=0)
