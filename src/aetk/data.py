@@ -13,6 +13,7 @@ import hashlib
 import importlib.metadata as md
 import json
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -473,17 +474,24 @@ def named_spec(spec: str | dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     return options.pop("name", None), options
 
 
+def build_named(spec: str | dict[str, Any], registry: dict[str, Callable[..., Any]],
+                what: str, allowed: Callable[[str], list[str]]) -> Any:
+    """`registry[name](**options)` for a `named_spec`; a ValueError that lists the names,
+    or the options `allowed(name)`, when the name or the options are unknown."""
+    name, options = named_spec(spec)
+    if name not in registry:
+        raise ValueError(f"unknown {what} {name!r}; choose one of {', '.join(registry)}")
+    try:
+        return registry[name](**options)
+    except TypeError:
+        raise ValueError(f"{what} {name!r} takes the options {allowed(name)}, got "
+                         f"{list(options)}") from None
+
+
 def make_transform(spec: str | dict[str, Any]) -> Transform:
     """Build a transform from ``"name"`` or ``{"name": ..., **options}``."""
-    name, spec = named_spec(spec)
-    if name not in TRANSFORMS:
-        raise ValueError(f"unknown transform {name!r}; choose one of {', '.join(TRANSFORMS)}")
-    try:
-        return TRANSFORMS[name](**spec)
-    except TypeError:
-        allowed = [o for o in TRANSFORMS[name]().options()]
-        raise ValueError(f"transform {name!r} takes the options {allowed}, got {list(spec)}") \
-            from None
+    return build_named(spec, TRANSFORMS, "transform",
+                       lambda name: list(TRANSFORMS[name]().options()))
 
 
 class TransformPipeline:

@@ -272,14 +272,7 @@ def describe(penalty: Penalty) -> str:
 def make_penalty(spec: str | Mapping[str, Any]) -> Penalty:
     """A built-in penalty from `"name"` or `{"name": ..., **options}` (the CLI's
     `--penalty name:key=value,...` and the pipeline's `train.penalties`)."""
-    from .data import named_spec
+    from .data import build_named
 
-    name, options = named_spec(spec)
-    if name not in PENALTIES:
-        raise ValueError(f"unknown penalty {name!r}; choose one of {', '.join(PENALTIES)}")
-    try:
-        return PENALTIES[name](**options)
-    except TypeError:
-        fields = [f.name for f in dataclasses.fields(PENALTIES[name])]
-        raise ValueError(f"penalty {name!r} takes the options {fields}, got "
-                         f"{list(options)}") from None
+    return build_named(spec, PENALTIES, "penalty",
+                       lambda name: [f.name for f in dataclasses.fields(PENALTIES[name])])
