@@ -125,8 +125,8 @@ def encoded(model: Model, x: torch.Tensor) -> Any:
     """`model.encode(x)`; within a penalised loss, the loss's own encoder output for this
     very tensor when there is one (unchanged since, in the same grad mode), graph and all,
     and the same input mask for a denoising encoder. Measured on MNIST (784-256-256, batch
-    128): a second encoder pass added 35% to a VAE's training step; reused, the posterior
-    penalties add 1-4% (bench/penalties.py)."""
+    128): a second encoder pass added 35% to a VAE's training step; reused, a step with a
+    posterior penalty took 0.94-1.04x as long as without (two runs, bench/penalties.py)."""
     calls = _ENCODED.get()
     if calls is not None and type(model).encode is Model.encode:  # encode = encoder
         key = _key(x)
