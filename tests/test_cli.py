@@ -188,7 +188,8 @@ def test_an_autoencoder_generates_from_a_mixture_of_its_codes(steps: Path, tmp_p
                      str(tmp_path / "latent.zarr")]) == 0
     lat = storage.read_zarr(tmp_path / "latent.zarr")
     assert lat["generated"].shape == (4, 64) and lat["scored_model"].shape == (30, 64)
-    assert lat["generated"].attrs["sampler"] == "code_mixture"
+    assert lat["generated"].attrs["sampler"] == lat["scored_model"].attrs["sampler"] == \
+        "code_mixture"
     assert "Gaussian mixture fitted to the training codes" in lat["generated"].attrs["description"]
     vae = storage.read_zarr(steps / "latent.zarr")
     assert vae["generated"].attrs["sampler"] == "model"

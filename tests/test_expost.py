@@ -27,8 +27,9 @@ def test_draws_follow_the_codes_components():
     torch.testing.assert_close(z[left].mean(0), codes[:200].mean(0), atol=0.05, rtol=0)
     torch.testing.assert_close(z[~left].std(0), codes[200:].std(0), atol=0.05, rtol=0)
     assert 0.2 < left[:100].float().mean().item() < 0.5  # not grouped by component
-    torch.testing.assert_close(mixture.sample(3000), z)  # seeded
-    assert not torch.equal(aetk.CodeMixture(_two_clusters(), 2, seed=1).sample(3000), z)
+    assert not torch.equal(mixture.sample(3000), z)  # each call draws anew
+    torch.testing.assert_close(aetk.CodeMixture(codes, 2, seed=0).sample(3000), z)  # seeded
+    assert not torch.equal(aetk.CodeMixture(codes, 2, seed=1).sample(3000), z)
 
 
 def test_components_are_capped_and_bad_codes_refused():

@@ -215,6 +215,13 @@ def test_piwae_trains_its_decoder_on_the_iwae_bound_and_its_encoder_on_miwae(fix
     assert model.configure_optimizers(1e-3).keys() == {"decoder", "encoder"}
 
 
+def test_piwae_refuses_an_encoder_and_decoder_that_share_parameters():
+    model, _, _ = _iwae_nets(aetk.PIWAE, n_samples=2, n_groups=2)
+    model.decoder.tied = model.encoder.network  # the decoder's parameters now include them
+    with pytest.raises(ValueError, match="must not share parameters"):
+        model.configure_optimizers(1e-3)
+
+
 @pytest.mark.parametrize("beta", [1.0, 0.5])
 def test_vampprior(fixed_eps, beta):
     """L = -log p(x|z) + beta (log q(z|x) - log p(z)), p(z) = 1/K sum_k q(z|u_k)."""
@@ -555,6 +562,7 @@ def test_build_model_rejects_unknown_names(args, kwargs, pattern):
         ("infomaxvae", {"alpha": -1.0}, r"mutual-information weight alpha must be >= 0"),
         ("iwae", {"n_samples": 0}, r"n_samples must be an integer >= 1, got 0"),
         ("iwae", {"n_groups": 1.5}, r"n_groups must be an integer >= 1, got 1.5"),
+        ("iwae", {"n_samples": float("inf")}, r"n_samples must be an integer >= 1, got inf"),
         ("ciwae", {"beta": 1.5}, r"beta must be in \[0, 1\], got 1.5"),
         ("beta_tcvae", {"gamma": -1}, r"alpha, beta and gamma must be >= 0"),
         ("beta_tcvae", {"dataset_size": 0}, r"dataset_size must be a positive integer, got 0"),

@@ -13,7 +13,7 @@ from torch import distributions as D
 from torch import nn
 
 import aetk
-from aetk.penalties import make_penalty, penalized, penalty_names
+from aetk.penalties import encoded, make_penalty, penalized, penalty_names
 
 from helpers import digits
 
@@ -125,6 +125,10 @@ def test_penalties_reuse_the_losss_encoder_pass():
         aetk.Entropy()(model, x).item(), rel=1e-6)
     out.loss.backward()  # the shared graph is backpropagated once
     assert all(p.grad is not None for p in model.encoder.parameters())
+    calls.clear()
+    with penalized(model, [aetk.DecoderJacobian()]), torch.no_grad():  # as in validation
+        model.loss(x)
+    assert len(calls) == 1
 
 
 def test_a_copy_or_pickle_made_while_penalised_is_the_plain_model():
@@ -160,9 +164,9 @@ def test_the_reuse_does_not_serve_an_input_that_now_takes_gradients():
     a penalised loss."""
     model, x = _vae(), digits(n=8)[0]
 
-    def contractive(m, x):
+    def contractive(m, x):  # through encoded(), where the built-ins take q(z|x)
         x = x.requires_grad_()
-        (g,) = torch.autograd.grad(m.latent_mean(x).sum(), x, create_graph=True)
+        (g,) = torch.autograd.grad(encoded(m, x).mean.sum(), x, create_graph=True)
         x.requires_grad_(False)
         return g.square().sum()
 

@@ -181,13 +181,24 @@ def test_load_into_an_rhvae_whose_centroids_take_the_saved_size(tmp_path):
 
 
 def test_load_into_refuses_a_model_built_with_other_settings(tmp_path):
+    """A setting both give differently is refused; one left to its default in either is
+    not compared (its value is not saved)."""
     aetk.build_model("vae", "gaussian", in_features=4, hidden=(3,), sigma=0.5).save(tmp_path)
     other = aetk.build_model("vae", "gaussian", in_features=4, hidden=(3,), sigma=1.0)
     with pytest.raises(ValueError, match=r"was built with other settings \(sigma: 0.5 saved, "
                                          r"1.0 here\)"):
         aetk.load(tmp_path, into=other)
-    same = aetk.build_model("vae", "gaussian", in_features=4, hidden=(3,), sigma=0.5)
+    same = aetk.build_model("vae", "gaussian", in_features=4, hidden=(3,), sigma=0.5, beta=1.0)
     assert isinstance(aetk.load(tmp_path, into=same), aetk.VAE)
+
+
+def test_load_of_weights_that_do_not_fit_the_description_is_a_value_error(tmp_path):
+    aetk.build_model("ae", "bernoulli", in_features=4, hidden=(3,)).save(tmp_path / "ae")
+    aetk.build_model("vae", "bernoulli", in_features=4, hidden=(3,)).save(tmp_path / "vae")
+    (tmp_path / "vae" / "weights.pt").replace(tmp_path / "ae" / "weights.pt")
+    with pytest.raises(ValueError, match=r"(?s)the weights in .* do not fit this model: .*size "
+                                         r"mismatch"):
+        aetk.load(tmp_path / "ae")
 
 
 def test_load_refuses_unreadable_weights_without_suggesting_pickle(tmp_path):

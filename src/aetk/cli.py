@@ -445,10 +445,13 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
             if callable(sample) and n:
                 draws["model"] = sample(n, **at).float().reshape(n, -1).cpu().numpy()
             elif n:  # no prior to draw from (AE, IRMAE): a mixture of the training codes
-                z = CodeMixture(out["z_mean"][train], seed=seed).sample(n)
-                draws["model"] = mean(model.decode(z), **at).float().reshape(n, -1) \
-                    .cpu().numpy()
-                out["generated_sampler"] = CODE_MIXTURE
+                codes = out["z_mean"][train]
+                codes = codes[np.isfinite(codes).all(1)]  # a diverged code is left out
+                if len(codes) >= 2:
+                    z = CodeMixture(codes, seed=seed).sample(n)
+                    draws["model"] = mean(model.decode(z), **at).float().reshape(n, -1) \
+                        .cpu().numpy()
+                    out["generated_sampler"] = CODE_MIXTURE
             if n and (out["z_std"][train] > 0).all():
                 z = geometric_latents(out["z_mean"][train], out["z_std"][train], n, seed)
                 draws["geometric"] = mean(model.decode(z), **at).float().reshape(n, -1) \
@@ -597,7 +600,9 @@ def cmd_encode(args: argparse.Namespace) -> None:
                            "sampler): a training sample's total, drawn with replacement"})
     for name in ("scored_model", "scored_geometric"):
         if name in enc:
-            ds[name] = (("scored", "feature"), enc[name])
+            ds[name] = (("scored", "feature"), enc[name], {"sampler": (
+                "geometric" if name == "scored_geometric"
+                else "code_mixture" if "generated_sampler" in enc else "model")})
     if "traversal" in enc:
         ds = ds.merge(traversal_variables(enc, conditions is not None))
     flow = (" moved by the model's flow, weighed by its per-draw ELBO"
@@ -711,9 +716,16 @@ def cmd_sample(args: argparse.Namespace) -> None:
             with given_classes(model, classes):
                 x = mean(model.decode(metric.sample(args.n)), **at)
         elif args.sampler == "mixture":
+            rows = split_or_all(~stored.is_validation)
+            x_train = torch.from_numpy(stored.x[rows])
             c = model_conditions(model, stored, args.data)
-            with model.given(None if c is None else torch.from_numpy(c[~stored.is_validation])):
-                codes = model.latent_mean(torch.from_numpy(stored.train))
+            c = None if c is None else torch.from_numpy(c[rows])
+            parts = []
+            for i in range(0, len(x_train), 1024):  # in batches, as encode does
+                with model.given(None if c is None else c[i:i + 1024]):
+                    parts.append(model.latent_mean(x_train[i:i + 1024]))
+            codes = torch.cat(parts)
+            codes = codes[codes.isfinite().all(1)]  # a diverged code is left out
             with given_classes(model, classes):
                 z = CodeMixture(codes, seed=args.seed).sample(args.n)
                 x = mean(model.decode(z), **at)

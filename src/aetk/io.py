@@ -61,21 +61,24 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", *,
                          f"({type(err).__name__}); write it with model.save") from err
     if into is not None:
         _check_fit(into, config, state, path)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # weights of another architecture under this description
+        raise ValueError(f"the weights in {path} do not fit this model: {err}") from None
     return model.eval()
 
 
 def _check_fit(model: Model, config: dict, state: dict[str, torch.Tensor], path: Path) -> None:
     """ValueError, before anything is loaded into `model`, unless the saved weights load
     into a copy of it (torch's load_state_dict copies what fits before it raises; a copy
-    lets models resize buffers to the saved ones, as the RHVAE's centroids) and the saved
-    model was built with the same settings when both were made by `build_model`."""
-    saved_spec = config.get("build_spec")
-    own = json.loads(json.dumps(model.build_spec))  # as saved: lists for tuples
-    if saved_spec is not None and own is not None and saved_spec != own:
-        diff = ", ".join(f"{k}: {saved_spec.get(k)!r} saved, {own.get(k)!r} here"
-                         for k in sorted(saved_spec.keys() | own.keys())
-                         if saved_spec.get(k) != own.get(k))
+    lets models resize buffers to the saved ones, as the RHVAE's centroids), and unless
+    both were made by `build_model` with a setting that both give and that differs (one
+    left to its default is not compared: its value is not saved)."""
+    saved_spec = config.get("build_spec") or {}
+    own = json.loads(json.dumps(model.build_spec or {}))  # as saved: lists for tuples
+    diff = ", ".join(f"{k}: {saved_spec[k]!r} saved, {own[k]!r} here"
+                     for k in sorted(saved_spec.keys() & own.keys()) if saved_spec[k] != own[k])
+    if diff:
         raise ValueError(f"{path} was built with other settings ({diff}): aetk.load('{path}') "
                          "rebuilds it as it was")
     try:

@@ -42,7 +42,7 @@ def log_marginal(model: Model, x: torch.Tensor, n_samples: int = 100, chunk: int
     trained on paired data, `target` is the x_out scored: the estimate of `log p(x_out)`
     with `q(z|x_in)` as the proposal.
     """
-    positive_int(n_samples, "n_samples")
+    n_samples = positive_int(n_samples, "n_samples")
     q = model.encode(x)
     if not (isinstance(q, D.Distribution)
             and isinstance(model.decode(q.sample()), D.Distribution)):

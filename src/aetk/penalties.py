@@ -67,7 +67,8 @@ def penalized(model: Model, penalties: Penalties) -> Iterator[Model]:
     """Within the block, `model.loss(x[, target])` is the model's loss plus every penalty
     at `(model, x)`, each also in its terms as `penalty_<name>` (see `penalty_names`). The
     built-in penalties of q(z|x) reuse the loss's own encoder pass (`encoded`). A copy or
-    pickle of the model made within the block has the class's loss."""
+    pickle of the model made within the block has the class's loss (and, on its encoder,
+    the recording hook, which does nothing outside a penalised loss)."""
     named = penalty_names(penalties)
     if not named:
         yield model
@@ -243,8 +244,9 @@ class DecoderJacobian:
 
     def __call__(self, model: Model, x: torch.Tensor) -> torch.Tensor:
         training = torch.is_grad_enabled()  # validation runs under no_grad: no graph to keep
+        z = _codes(model, x).detach()  # in the loss's grad mode, so its pass is reused
         with torch.enable_grad():
-            z = _codes(model, x).detach().requires_grad_()
+            z.requires_grad_()
             m = mean(model.decode(z))
             if not m.is_floating_point():
                 raise ValueError("the decoder_jacobian penalty needs a decoder whose point "

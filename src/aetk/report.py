@@ -405,9 +405,10 @@ def _kl_bars(ax: Axes, rows: pd.DataFrame, y: np.ndarray) -> None:
 
 
 def _score_dots(ax: Axes, rows: pd.DataFrame, y: np.ndarray) -> None:
-    """The classifier score of each run's samples: the model's own sampler and the encoder
-    metric's, against the validation data's (dashed)."""
-    ax.plot(rows["sample_score"], y, "o", color="tab:purple", label="model.sample")
+    """The classifier score of each run's samples: the model's own sampler (a mixture of
+    the codes for autoencoders without a prior) and the encoder metric's, against the
+    validation data's (dashed)."""
+    ax.plot(rows["sample_score"], y, "o", color="tab:purple", label="model.sample / codes")
     ax.plot(rows["geometric_sample_score"], y, "o", mfc="white", color="tab:purple",
             label="Riemannian uniform")
     ax.axvline(float(rows["data_sample_score"].iloc[0]), color="0.4", ls="--", lw=1,

@@ -15,7 +15,7 @@ import torch
 
 def positive_int(value: float, name: str) -> int:
     """`value` as an int; a ValueError naming `name` unless it is an integer >= 1."""
-    if int(value) != value or value < 1:
+    if not np.isfinite(value) or int(value) != value or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value}")
     return int(value)
 

@@ -36,7 +36,7 @@ class IWAE(Model):
         self.n_groups = positive_int(n_groups, "n_groups")
 
     def log_weights(self, x: torch.Tensor, target: torch.Tensor | None
-                    ) -> tuple[torch.Tensor, torch.Tensor, LossOutput]:
+                    ) -> tuple[torch.Tensor, LossOutput]:
         """`q(z|x)`'s `n_groups x n_samples` draws: their log weights `(M, K, B)`, and a
         `LossOutput` with the terms (its loss still to be set)."""
         q = self.encoder(x)
@@ -97,6 +97,11 @@ class PIWAE(IWAE):
         return out
 
     def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
+        shared = {id(p) for p in self.encoder.parameters()} & {
+            id(p) for p in self.decoder.parameters()}
+        if shared:  # tied weights would get the decoder's gradient only
+            raise ValueError("a PIWAE's encoder and decoder must not share parameters: each "
+                             "follows its own bound")
         return {"decoder": adam(self.decoder.parameters(), lr),
                 "encoder": adam(self.encoder.parameters(), lr)}
 
