@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from aetk import build, storage
 from aetk import data as data_mod
-from aetk import storage
 
 EPILOG = "The layout of every Zarr store is described in docs/zarr-layout.md."
 
@@ -114,7 +114,6 @@ def kl_weighted_models() -> list[str]:
     subclass): the models `--beta-schedule cyclical` (aetk.CyclicalBeta) can anneal."""
     import typing
 
-    from aetk import build
     from aetk.models import VAE, VampPrior
 
     names = []
@@ -129,7 +128,6 @@ def beta_schedule(spec: str | dict[str, Any], model: str, epochs: int) -> Any:
     """The fit callback of ``--beta-schedule`` (None for constant), checked before any
     training: the name, the options and that `model` has a KL weight."""
     import aetk
-    from aetk import build
 
     name, spec = data_mod.named_spec(spec)
     if name == "constant":
@@ -1067,8 +1065,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="data store (.zarr)")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--history", required=True, help="history table to write (.tsv)")
-    p.add_argument("--model", required=True, help="model name, e.g. vae, beta_vae, rhvae")
-    p.add_argument("--likelihood", required=True, help="decoder likelihood, e.g. bernoulli")
+    p.add_argument("--model", required=True,
+                   help=f"model name: {', '.join(build.MODELS)} (the README describes each)")
+    p.add_argument("--likelihood", required=True,
+                   help=f"decoder likelihood: {', '.join(build.LIKELIHOODS)}")
     p.add_argument("--latent-dim", type=int, default=2, help="latent dimensions")
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 256],
                    help="hidden layer widths of the encoder and decoder MLPs")
@@ -1162,14 +1162,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("sample", cmd_sample, "generate new data from a trained model",
             "Draw new samples: latent points from the model's own sampler (the N(0, I) prior "
-            "for VAEs, Riemannian HMC for RHVAEs) or, with --sampler geometric, from the "
+            "for VAEs, Riemannian HMC for RHVAEs), with --sampler geometric from the "
             "Riemannian uniform distribution of the encoder's metric on the training codes "
-            "of --data (aetk.geometry.EncoderMetric), decoded to the decoder's point "
-            "prediction; a multinomial model's as expected counts at totals drawn from the "
+            "of --data (aetk.geometry.EncoderMetric), or with --sampler mixture from a "
+            "Gaussian mixture of those codes (aetk.CodeMixture: for an AE or IRMAE, which "
+            "have no prior), decoded to the decoder's point prediction; a multinomial "
+            "model's as expected counts at totals drawn from the "
             "training samples' totals of --data (without it, proportions). Not a pipeline "
             "step: for synthetic data sets and augmentation.\n\n"
             "input:  --model: a model directory; --data: its data store (needed for "
-            "--sampler geometric, and for a multinomial model's counts)\n"
+            "--sampler geometric and mixture, and for a multinomial model's counts)\n"
             "output: --out: a store with x (sample, feature) and, for a multinomial model "
             "with --data, total_count (sample)")
     p.add_argument("--model", required=True, help="model directory")
