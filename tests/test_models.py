@@ -115,6 +115,22 @@ def test_vae_and_beta_vae(fixed_eps, beta, n_samples):
     assert out.loss.item() == pytest.approx(rec + beta * kl.mean(), rel=1e-12)
 
 
+@pytest.mark.parametrize("capacity", [0.0, 0.5, 50.0])
+def test_capacity_charges_the_distance_of_the_kl_from_it(fixed_eps, capacity):
+    """L = rec + beta |<KL> - C| (Burgess et al. 2018): below and above the KL."""
+    enc, enc_net = _gaussian_encoder()
+    dec_net = NumpyMLP(Z_DIM, X_DIM, 2)
+    model = aetk.VAE(enc, dec.BernoulliDecoder(dec_net.module, latent_dim=Z_DIM,
+                                               out_features=X_DIM), beta=3.0)
+    model.capacity = capacity
+    mu, sigma, kl = _hand_posterior(enc_net, X01)
+    rec = -_bce_log_lik(dec_net(mu + sigma * EPS[1]), X01).mean()
+    out = model.loss(_x())
+    assert out.terms["kl"].item() == pytest.approx(kl.mean(), rel=1e-12)
+    assert out.terms["kl_charged"].item() == pytest.approx(abs(kl.mean() - capacity), rel=1e-12)
+    assert out.loss.item() == pytest.approx(rec + 3.0 * abs(kl.mean() - capacity), rel=1e-12)
+
+
 def test_free_bits_charge_each_dimension_at_least_lambda(fixed_eps):
     """L = rec + beta sum_j max(lambda, <KL_j>), <.> the batch mean of dimension j's KL;
     lambda is put between the two dimensions' KLs, so one is charged at lambda and the

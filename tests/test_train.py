@@ -403,6 +403,25 @@ def test_cyclical_beta_drives_the_model_beta_through_fit():
                                rtol=1e-5)
 
 
+def test_capacity_annealing_holds_the_kl_at_a_rising_capacity():
+    """C rises by c_max / epochs per epoch, then holds; with a large beta (the paper's
+    gamma, 50) the training KL follows it, where the same beta without a capacity crushes
+    the KL to near 0."""
+    train, _ = _digits(n_train=512)
+    schedule = aetk.CapacityAnnealing(c_max=6.0, epochs=4)
+    hist = _fit(_build(beta=50.0), train, epochs=6, lr=1e-2, callbacks=[schedule])
+    assert hist["capacity"].tolist() == pytest.approx([1.5, 3, 4.5, 6, 6, 6])
+    # measured: KL 1.28, 2.25, 4.64, 6.21, 5.84, 6.14; without the capacity 0.019 -> 0.0003
+    assert hist["train_kl"].iloc[-1] == pytest.approx(6.0, abs=0.5)
+    plain = _fit(_build(beta=50.0), train, epochs=6, lr=1e-2)
+    assert plain["train_kl"].iloc[-1] < 0.1
+    with pytest.raises(ValueError, match="CapacityAnnealing needs a VAE whose loss charges "
+                                         "the capacity"):
+        _fit(_build("infovae"), train, epochs=1, callbacks=[schedule])
+    with pytest.raises(ValueError, match="c_max must be a finite number >= 0"):
+        aetk.CapacityAnnealing(c_max=-1.0, epochs=3)
+
+
 @pytest.mark.parametrize("name", ["vae", "infovae", "infomaxvae", "factorvae", "dipvae",
                                   "vampprior"])
 def test_beta_weighs_the_kl_of_every_model_that_cyclical_beta_accepts(name):

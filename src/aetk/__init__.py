@@ -42,7 +42,7 @@ from .models import (
     VampPrior,
 )
 from .penalties import DecoderJacobian, Entropy, LatentL2, MinVariance, penalized
-from .train import CyclicalBeta, EarlyStopping, Paired, TrainingDiverged, fit
+from .train import CapacityAnnealing, CyclicalBeta, EarlyStopping, Paired, TrainingDiverged, fit
 from .traversal import Traversal, latent_grid, latent_traversal
 
 __all__ = [
@@ -61,6 +61,7 @@ __all__ = [
     "WAE",
     "BernoulliDecoder",
     "BetaTCVAE",
+    "CapacityAnnealing",
     "CategoricalDecoder",
     "CodeMixture",
     "CyclicalBeta",

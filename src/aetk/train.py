@@ -97,6 +97,35 @@ class CyclicalBeta:
         row["beta"] = model.beta
 
 
+class CapacityAnnealing:
+    """Controlled KL capacity (Burgess et al. 2018, "Understanding disentangling in
+    beta-VAE"): at the start of every epoch sets `model.capacity = C`, rising linearly
+    from `c_max / epochs` to `c_max` nats over the first `epochs` epochs and then held, so
+    the VAE charges `beta |KL - C|` (beta as the paper's gamma, large: it holds the KL at
+    C). For `VAE` and `beta_vae` models, whose loss honours the capacity; the history gets
+    a `capacity` column."""
+
+    def __init__(self, c_max: float, epochs: int) -> None:
+        if not c_max >= 0 or not math.isfinite(c_max):
+            raise ValueError(f"c_max must be a finite number >= 0, got {c_max}")
+        self.c_max, self.epochs = float(c_max), validate.positive_int(epochs, "epochs")
+
+    def capacity(self, epoch: int) -> float:
+        """C for 1-based `epoch`."""
+        return self.c_max * min(1.0, epoch / self.epochs)
+
+    def on_epoch_start(self, model: Model, epoch: int) -> None:
+        from .models import VAE  # here: the models import this module
+
+        if not isinstance(model, VAE) or type(model).loss is not VAE.loss:
+            raise ValueError(f"CapacityAnnealing needs a VAE whose loss charges the capacity "
+                             f"(vae, beta_vae), not a {type(model).__name__}")
+        model.capacity = self.capacity(epoch)
+
+    def on_epoch_end(self, model: Model, epoch: int, row: dict[str, float]) -> None:
+        row["capacity"] = model.capacity
+
+
 class EarlyStopping:
     """Stop training once `monitor` (a history column, default the validation loss) has
     not fallen by more than `min_delta` for `patience` epochs, and put back the weights of

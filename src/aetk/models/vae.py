@@ -16,8 +16,12 @@ class VAE(Model):
     batch-mean KL at least lambda nats, `beta sum_j max(lambda, <KL_j>)`: below that a
     dimension's KL costs nothing, so the optimiser has no reason to switch it off
     (posterior collapse). The `kl` term stays the true KL; `kl_charged` is what the loss
-    takes.
+    takes. `capacity = C` (set per epoch by `aetk.CapacityAnnealing`; None by default)
+    charges `beta |KL - C|` instead (Burgess et al. 2018): the KL is held near a capacity
+    that rises through training, with beta as the paper's gamma.
     """
+
+    capacity: float | None = None
 
     def __init__(self, encoder, decoder, beta: float = 1.0, n_samples: int = 1,
                  free_bits: float = 0.0) -> None:
@@ -42,11 +46,13 @@ class VAE(Model):
         rec, _ = self.reconstruction(q, x if target is None else target)
         kl_dims = kl_per_dimension(q).mean(0)
         kl = kl_dims.sum()
-        if not self.free_bits:
-            return LossOutput(rec + self.beta * kl, {"reconstruction": rec, "kl": kl})
-        charged = kl_dims.clamp(min=self.free_bits).sum()
-        return LossOutput(rec + self.beta * charged,
-                          {"reconstruction": rec, "kl": kl, "kl_charged": charged})
+        terms = {"reconstruction": rec, "kl": kl}
+        charged = kl
+        if self.free_bits:
+            charged = terms["kl_charged"] = kl_dims.clamp(min=self.free_bits).sum()
+        if self.capacity is not None:
+            charged = terms["kl_charged"] = (charged - self.capacity).abs()
+        return LossOutput(rec + self.beta * charged, terms)
 
     @torch.no_grad()
     def sample(self, n: int, *, mean_only: bool = True,
