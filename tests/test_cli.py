@@ -311,7 +311,6 @@ def test_clip_grad_norm_reaches_fit_and_keys_its_own_run(steps: Path, tmp_path: 
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.tsv").exists()
 
 
-
 def test_log_inputs_flag_reaches_the_encoder_and_keys_its_own_run(steps: Path,
                                                                   tmp_path: Path) -> None:
     """--log-inputs / --no-log-inputs override the default (log counts for count
@@ -329,6 +328,7 @@ def test_log_inputs_flag_reaches_the_encoder_and_keys_its_own_run(steps: Path,
     assert info["settings"]["log_inputs"] is True
     assert "log_inputs" not in json.loads((steps / "model" / "aetk_run.json").read_text())[
         "settings"]
+
 
 def test_beta_schedule_anneals_the_kl_weight_and_keys_its_own_run(
         steps: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -382,7 +382,12 @@ def test_beta_schedule_anneals_the_kl_weight_and_keys_its_own_run(
      "model 'ae' does not have; models with one: vae, beta_vae, infovae, infomaxvae, "
      "factorvae, dipvae, vampprior"),
     ("cyclical", "rhvae", "which the model 'rhvae' does not have"),
-    ("linear", "vae", "unknown --beta-schedule 'linear'; choose constant or cyclical"),
+    ("linear", "vae", "unknown --beta-schedule 'linear'; choose constant, cyclical or capacity"),
+    ("capacity:c_max=5", "infovae", "--beta-schedule capacity holds the KL of a VAE's own "
+     "loss near a rising capacity, which the model 'infovae' does not charge; models that "
+     "do: vae, beta_vae"),
+    ("capacity:epochs=2", "vae", "bad options {} for the capacity schedule"),
+    ("capacity:c_max=-1", "vae", "c_max must be a finite number >= 0"),
     ("cyclical:n_cycle=2", "vae", "bad options {'n_cycle': 2} for the cyclical beta schedule"),
     ("cyclical:n_cycles=1.5", "vae", "needs an integer n_cycles, got 1.5"),
     ("cyclical:n_cycles=5", "vae", "need 1 <= n_cycles <= epochs"),  # CyclicalBeta's own
@@ -415,6 +420,31 @@ def test_cyclical_beta_refuses_what_watches_the_validation_loss(
                      "--out", str(tmp_path / "m"), "--history", str(tmp_path / "h.tsv")]) == 1
     assert "cannot go with --patience or a plateau" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+    assert cli.main(["train", "--data", str(steps / "data.zarr"), "--model", "vae",
+                     "--likelihood", "bernoulli", "--hidden", "16", "--epochs", "4",
+                     "--beta-schedule", "capacity:c_max=5", *watcher, "--no-progress",
+                     "--out", str(tmp_path / "m"), "--history", str(tmp_path / "h.tsv")]) == 1
+    assert "capacity cannot go with --patience or a plateau" in capsys.readouterr().err
+
+
+def test_capacity_schedule_reaches_the_vae_and_keys_its_own_run(steps: Path, tmp_path: Path
+                                                                ) -> None:
+    """--beta-schedule capacity: the history's capacity column rises to c_max over its
+    epochs (default --epochs), the KL term charged is |KL - C|, and the setting keys the
+    run; the models it takes are exactly those whose loss charges a capacity."""
+    args = ["train", "--data", str(steps / "data.zarr"), "--model", "beta_vae",
+            "--likelihood", "bernoulli", "--hidden", "16", "--epochs", "4", "--no-progress",
+            "--beta-schedule", "capacity:c_max=2", "--out", str(tmp_path / "m"),
+            "--history", str(tmp_path / "h.tsv")]
+    assert cli.main(args) == 0
+    history = pd.read_csv(tmp_path / "h.tsv", sep="\t")
+    assert history["capacity"].tolist() == pytest.approx([0.5, 1.0, 1.5, 2.0])
+    np.testing.assert_allclose(history["val_kl_charged"],
+                               (history["val_kl"] - history["capacity"]).abs(), rtol=1e-5)
+    info = json.loads((tmp_path / "m" / "aetk_run.json").read_text())
+    assert info["settings"]["beta_schedule"] == {"name": "capacity", "c_max": 2}
+    assert cli.capacity_models() == ["vae", "beta_vae"]
+
 
 def test_kl_weighted_models_are_those_cyclical_beta_anneals(capsys: pytest.CaptureFixture
                                                             ) -> None:

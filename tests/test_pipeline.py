@@ -162,6 +162,16 @@ def test_beta_schedule_reaches_the_models_with_a_kl_weight(tmp_path: Path) -> No
     assert {m for m, line in trains.items() if flag in line} == set(cli.kl_weighted_models())
     assert {m for m, line in trains.items() if "--beta-schedule" in line} == set(
         cli.kl_weighted_models())
+    wd = make_workdir(tmp_path / "capacity", {
+        "grid": {"models": list(build.MODELS)},
+        "train": {"beta_schedule": {"name": "capacity", "c_max": 5}}})
+    out = snakemake(wd, "-n", "-p", "--cores", "1", "--configfile", "test.yaml").stdout
+    trains = {line.split("--out results/models/")[1].split("-")[0]: line
+              for line in out.splitlines() if "Shell command: aetk train" in line}
+    flag = """--beta-schedule '{"c_max": 5, "name": "capacity"}'"""
+    assert {m for m, line in trains.items() if flag in line} == set(cli.capacity_models())
+    assert {m for m, line in trains.items() if "--beta-schedule" in line} == set(
+        cli.capacity_models())
 
 
 def test_penalties_reach_the_models_that_can_take_them(tmp_path: Path) -> None:
@@ -261,6 +271,10 @@ def test_lint_and_snakefmt(tmp_path: Path) -> None:
      "train.beta_schedule cyclical cannot go with train.patience > 0 or a plateau"),
     ({"train": {"beta_schedule": {"name": "cyclical"}, "lr_schedule": "plateau"}},
      "train.beta_schedule cyclical cannot go with"),
+    ({"train": {"beta_schedule": {"name": "capacity"}}},
+     "train.beta_schedule: {'name': 'capacity'} is not valid under any"),
+    ({"train": {"beta_schedule": {"name": "capacity", "c_max": 5}, "patience": 2}},
+     "train.beta_schedule capacity cannot go with train.patience > 0 or a plateau"),
     ({"train": {"beta_schedule": "linear"}},
      "train.beta_schedule: 'linear' is not valid under any"),
     ({"train": {"beta_schedule": {"name": "cyclical", "n_cycle": 2}}},

@@ -109,24 +109,38 @@ def parse_options(text: str) -> dict[str, Any]:
     return options
 
 
-def kl_weighted_models() -> list[str]:
-    """The model names whose loss weighs its KL term by `beta` (a VAE or VampPrior, or a
-    subclass): the models `--beta-schedule cyclical` (aetk.CyclicalBeta) can anneal."""
+def _models_making(accept: Any) -> list[str]:
+    """The model names whose constructor makes a class that `accept(cls)` accepts."""
     import typing
-
-    from aetk.models import VAE, VampPrior
 
     names = []
     for name, (_, make) in build.MODELS.items():
         made = make if isinstance(make, type) else typing.get_type_hints(make).get("return")
-        if isinstance(made, type) and issubclass(made, (VAE, VampPrior)):
+        if isinstance(made, type) and accept(made):
             names.append(name)
     return names
 
 
+def kl_weighted_models() -> list[str]:
+    """The model names whose loss weighs its KL term by `beta` (a VAE or VampPrior, or a
+    subclass): the models `--beta-schedule cyclical` (aetk.CyclicalBeta) can anneal."""
+    from aetk.models import VAE, VampPrior
+
+    return _models_making(lambda cls: issubclass(cls, (VAE, VampPrior)))
+
+
+def capacity_models() -> list[str]:
+    """The model names whose loss charges a KL capacity (the VAE's own loss): the models
+    of `--beta-schedule capacity` (aetk.CapacityAnnealing)."""
+    from aetk.models import VAE
+
+    return _models_making(lambda cls: issubclass(cls, VAE) and cls.loss is VAE.loss)
+
+
 def beta_schedule(spec: str | dict[str, Any], model: str, epochs: int) -> Any:
     """The fit callback of ``--beta-schedule`` (None for constant), checked before any
-    training: the name, the options and that `model` has a KL weight."""
+    training: the name, the options and that `model` has a KL weight (a capacity: that
+    its loss charges it)."""
     import aetk
 
     name, spec = data_mod.named_spec(spec)
@@ -134,8 +148,20 @@ def beta_schedule(spec: str | dict[str, Any], model: str, epochs: int) -> Any:
         if spec:
             raise ValueError(f"--beta-schedule constant takes no options, got {spec}")
         return None
+    if name == "capacity":
+        able = capacity_models()
+        if model in build.MODELS and model not in able:
+            raise ValueError(f"--beta-schedule capacity holds the KL of a VAE's own loss near "
+                             f"a rising capacity, which the model {model!r} does not charge; "
+                             f"models that do: {', '.join(able)}")
+        try:
+            return aetk.CapacityAnnealing(epochs=spec.pop("epochs", epochs), **spec)
+        except TypeError as err:
+            raise ValueError(f"bad options {spec} for the capacity schedule (options: c_max, "
+                             f"required, and epochs, default --epochs): {err}") from None
     if name != "cyclical":
-        raise ValueError(f"unknown --beta-schedule {name!r}; choose constant or cyclical")
+        raise ValueError(f"unknown --beta-schedule {name!r}; choose constant, cyclical or "
+                         "capacity")
     weighted = kl_weighted_models()
     if model in build.MODELS and model not in weighted:  # an unknown name: build_model says
         raise ValueError(f"--beta-schedule cyclical anneals the KL term's weight beta, which "
@@ -239,11 +265,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     annealing = beta_schedule(args.beta_schedule, args.model, args.epochs)
     if annealing is not None and (args.patience
                                   or data_mod.named_spec(args.lr_schedule)[0] == "plateau"):
-        # the validation loss weighs the KL by each epoch's beta: it is lowest where beta is
-        raise ValueError("--beta-schedule cyclical cannot go with --patience or a plateau "
-                         "--lr-schedule: they watch the validation loss, which the schedule "
-                         "lowers whenever beta falls, so they would keep the epochs of "
-                         "smallest beta")
+        # the validation loss changes with each epoch's beta or capacity
+        raise ValueError("--beta-schedule cyclical or capacity cannot go with --patience or "
+                         "a plateau --lr-schedule: they watch the validation loss, which the "
+                         "schedule changes from epoch to epoch (lower whenever beta falls, "
+                         "or the capacity nears the KL), so they would keep those epochs")
     stored = storage.read_data(args.data)
     settings = run_settings(args, stored.attrs.get("config_hash", ""))
     run_hash = data_mod.config_hash(settings)
@@ -1099,11 +1125,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "factor once the validation loss has not improved for patience epochs); "
                    "options as in cosine:warmup=5,min_factor=0.1, or a JSON object")
     p.add_argument("--beta-schedule", type=parse_spec, default="constant", metavar="S",
-                   help="KL weight beta per epoch: constant (the model's own) or cyclical "
+                   help="the KL term per epoch: constant (the model's own beta); cyclical "
                    "(aetk.CyclicalBeta; n_cycles=4, frac=0.5, beta_min=0, beta_max=1: each "
                    "cycle rises linearly from beta_min to beta_max over its first frac, then "
-                   "stays), e.g. cyclical:n_cycles=2 or a JSON object; for the models with a "
-                   "KL weight: vae, beta_vae, infovae, infomaxvae, factorvae, dipvae, vampprior")
+                   "stays), for the models with a KL weight: vae, beta_vae, infovae, "
+                   "infomaxvae, factorvae, dipvae, vampprior; or capacity (aetk."
+                   "CapacityAnnealing, Burgess et al. 2018; c_max required, epochs=--epochs: "
+                   "the loss charges beta |KL - C|, C rising to c_max nats; give the model a "
+                   "large beta), for vae and beta_vae. E.g. cyclical:n_cycles=2, "
+                   "capacity:c_max=25 or a JSON object")
     p.add_argument("--patience", type=int, default=0,
                    help="stop once the validation loss has not improved for this many epochs "
                    "and keep the best epoch's weights (0: train all --epochs)")

@@ -152,26 +152,35 @@ KL_WEIGHTED = (
 )
 
 
+# models whose own VAE loss charges a KL capacity (aetk.cli.capacity_models)
+CAPACITY_MODELS = ("vae", "beta_vae")
+
+
+def scheduled_models(spec):
+    """The models a `train.beta_schedule` applies to."""
+    name = spec if isinstance(spec, str) else spec.get("name")
+    return CAPACITY_MODELS if name == "capacity" else KL_WEIGHTED
+
+
 def check_beta_schedule(train, models):
-    """A cyclical beta lowers the validation loss whenever beta falls: early stopping and a
-    plateau schedule, which watch it, would keep the epochs of smallest beta (only models
-    with a KL weight are annealed)."""
+    """A cyclical beta lowers the validation loss whenever beta falls, a capacity as it
+    nears the KL: early stopping and a plateau schedule, which watch it, would keep those
+    epochs (only the models a schedule applies to count)."""
     name = {
         key: spec if isinstance(spec, str) else spec.get("name")
         for key, spec in train.items()
         if key in ("beta_schedule", "lr_schedule")
     }
-    annealed = any(m in KL_WEIGHTED for m in models)
+    annealed = any(m in scheduled_models(train["beta_schedule"]) for m in models)
     if (
         annealed
         and name["beta_schedule"] != "constant"
         and (train["patience"] or name["lr_schedule"] == "plateau")
     ):
         raise WorkflowError(
-            "Invalid configuration: train.beta_schedule cyclical cannot go with "
-            "train.patience > 0 or a plateau "
-            "train.lr_schedule: both watch the validation loss, which the schedule lowers "
-            "whenever beta falls"
+            f"Invalid configuration: train.beta_schedule {name['beta_schedule']} cannot go "
+            "with train.patience > 0 or a plateau train.lr_schedule: both watch the "
+            "validation loss, which the schedule changes from epoch to epoch"
         )
 
 
@@ -201,8 +210,8 @@ def penalty_arg(specs, model, likelihood):
 
 def beta_schedule_arg(spec, model):
     """None (no flag) for a constant beta, so that those run hashes stay, and for models
-    without a KL weight, which train as before."""
-    if spec == "constant" or model not in KL_WEIGHTED:
+    the schedule does not apply to, which train as before."""
+    if spec == "constant" or model not in scheduled_models(spec):
         return None
     return spec if isinstance(spec, str) else json.dumps(spec, sort_keys=True)
 
