@@ -14,6 +14,7 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,7 @@ def parse_options(text: str) -> dict[str, Any]:
     return options
 
 
-def _models_making(accept: Any) -> list[str]:
+def _models_making(accept: Callable[[type], bool]) -> list[str]:
     """The model names whose constructor makes a class that `accept(cls)` accepts."""
     import typing
 
@@ -124,17 +125,17 @@ def _models_making(accept: Any) -> list[str]:
 def kl_weighted_models() -> list[str]:
     """The model names whose loss weighs its KL term by `beta` (a VAE or VampPrior, or a
     subclass): the models `--beta-schedule cyclical` (aetk.CyclicalBeta) can anneal."""
-    from aetk.models import VAE, VampPrior
+    from aetk.train import has_kl_weight
 
-    return _models_making(lambda cls: issubclass(cls, (VAE, VampPrior)))
+    return _models_making(has_kl_weight)
 
 
 def capacity_models() -> list[str]:
     """The model names whose loss charges a KL capacity (the VAE's own loss): the models
     of `--beta-schedule capacity` (aetk.CapacityAnnealing)."""
-    from aetk.models import VAE
+    from aetk.train import charges_capacity
 
-    return _models_making(lambda cls: issubclass(cls, VAE) and cls.loss is VAE.loss)
+    return _models_making(charges_capacity)
 
 
 def beta_schedule(spec: str | dict[str, Any], model: str, epochs: int) -> Any:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import numbers
@@ -54,6 +55,22 @@ class _PenaltiesBypassed(ValueError):
     penalties are added."""
 
 
+def has_kl_weight(cls: type) -> bool:
+    """Whether a model class weighs its KL term by `beta` (a VAE or VampPrior, or a
+    subclass): what `CyclicalBeta` anneals."""
+    from .models import VAE, VampPrior  # here: the models import this module
+
+    return issubclass(cls, (VAE, VampPrior))
+
+
+def charges_capacity(cls: type) -> bool:
+    """Whether a model class's loss charges a KL capacity (the VAE's own loss): what
+    `CapacityAnnealing` sets."""
+    from .models import VAE
+
+    return issubclass(cls, VAE) and cls.loss is VAE.loss
+
+
 class CyclicalBeta:
     """Cyclical KL annealing (Fu et al. 2019): in each of `n_cycles` cycles over `epochs`,
     beta rises linearly from `beta_min` to `beta_max` during the first `frac` of the cycle,
@@ -83,14 +100,11 @@ class CyclicalBeta:
         return self.beta_max
 
     def on_epoch_start(self, model: Model, epoch: int) -> None:
-        from .models import VAE, VampPrior  # here: the models import this module
-
-        weighted = (VAE, VampPrior)
-        if not isinstance(model, weighted):
+        if not has_kl_weight(type(model)):
             raise ValueError(
                 f"CyclicalBeta anneals the KL term's weight beta, which a "
-                f"{type(model).__name__} does not have (models with one: "
-                f"{', '.join(c.__name__ for c in weighted)} and their subclasses)")
+                f"{type(model).__name__} does not have (models with one: VAE, VampPrior and "
+                f"their subclasses)")
         model.beta = self.beta(epoch)
 
     def on_epoch_end(self, model: Model, epoch: int, row: dict[str, float]) -> None:
@@ -115,9 +129,7 @@ class CapacityAnnealing:
         return self.c_max * min(1.0, epoch / self.epochs)
 
     def on_epoch_start(self, model: Model, epoch: int) -> None:
-        from .models import VAE  # here: the models import this module
-
-        if not isinstance(model, VAE) or type(model).loss is not VAE.loss:
+        if not charges_capacity(type(model)):
             raise ValueError(f"CapacityAnnealing needs a VAE whose loss charges the capacity "
                              f"(vae, beta_vae), not a {type(model).__name__}")
         model.capacity = self.capacity(epoch)
@@ -565,70 +577,73 @@ def fit(
     bar = tqdm(total=len(batches), disable=not progress or stopped, unit="batch",
                dynamic_ncols=True)
     checkpoint_state = {}
-    # removed in `finally`: the optimisers outlive fit (a model's own, or a later manual step)
+    # undone in `finally`: the optimisers outlive fit (a model's own, or a later manual
+    # step), and the penalised loss (training and validation alike) is fit's alone
+    cleanup = contextlib.ExitStack()
     clipper = (_GradClipper(optimizers, clip_grad_norm) if clip_grad_norm is not None
                else None)
-    with penalized(model, penalties):  # training and validation loss alike
-        try:
-            for epoch in range(start, epochs + 1):
-                t0 = time.perf_counter()
-                for cb in callbacks:
-                    getattr(cb, "on_epoch_start", lambda *a: None)(model, epoch)
-                rates = {("lr" if i == 0 else f"lr_{k}"): optimizers[k].param_groups[0]["lr"]
-                         for i, k in enumerate(schedulers)}
-                row = {"epoch": epoch,
-                       **_train_epoch(model, batches, optimizers, epoch, bar, epochs,
-                                      [f"penalty_{k}" for k in penalties])}
-                if clipper is not None:
-                    row["grad_norm"] = clipper.pop()
-                if val_batches is not None:
-                    row.update(evaluate(model, val_batches, prefix="val"))
-                model.on_epoch_end(epoch)
-                row.update(rates)
-                _step_schedulers(schedulers, row)
-                row["seconds"] = time.perf_counter() - t0
-                for cb in callbacks:
-                    getattr(cb, "on_epoch_end", lambda *a: None)(model, epoch, row)
-                history.append(row)
-                good = _snapshot(model)
-                if not bar.disable:
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("_loss")})
-                if ckpt is not None:
-                    checkpoint_state = {
-                        "fingerprint": fingerprint,
-                        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                        "schedulers": {k: o.state_dict() for k, o in schedulers.items()},
-                        "rng": _rng_state(),
-                        "shuffle_rng": shuffle_rng.get_state(),
-                        "history": history,
-                    }
-                    _save_checkpoint(ckpt, {**checkpoint_state, "model": model.state_dict()})
-                if any(getattr(cb, "stop", False) for cb in callbacks):
-                    stopped = True
-                    break
+    if clipper is not None:
+        cleanup.callback(clipper.remove)
+    cleanup.enter_context(penalized(model, penalties))
+    try:
+        for epoch in range(start, epochs + 1):
+            t0 = time.perf_counter()
             for cb in callbacks:
-                getattr(cb, "on_fit_end", lambda *a: None)(model)
-            if stopped and checkpoint_state:
-                # final: the weights as returned (the best epoch's, after EarlyStopping)
-                _save_checkpoint(ckpt, {**checkpoint_state, "model": model.state_dict(),
-                                        "stopped": True})
-        except _PenaltiesBypassed:
-            model.load_state_dict(good)  # its first step went without them
-            raise
-        except TrainingDiverged as err:
-            # the failed step already wrote non-finite weights: nothing past the last epoch is kept
-            model.load_state_dict(good)
-            err.history = pd.DataFrame(history)
-            done = f"after epoch {len(history)}" if history else "before training"
-            err.args = (f"{err.args[0]}; the model is restored to its state {done}",)
-            raise
-        finally:
+                getattr(cb, "on_epoch_start", lambda *a: None)(model, epoch)
+            rates = {("lr" if i == 0 else f"lr_{k}"): optimizers[k].param_groups[0]["lr"]
+                     for i, k in enumerate(schedulers)}
+            row = {"epoch": epoch,
+                   **_train_epoch(model, batches, optimizers, epoch, bar, epochs,
+                                  [f"penalty_{k}" for k in penalties])}
             if clipper is not None:
-                clipper.remove()
-            bar.close()
-            # ready to use: without validation no evaluate() switched it, and a training-mode
-            # model encodes at random (input noise, dropout) and moves batch-norm statistics
-            model.eval()
+                row["grad_norm"] = clipper.pop()
+            if val_batches is not None:
+                row.update(evaluate(model, val_batches, prefix="val"))
+            model.on_epoch_end(epoch)
+            row.update(rates)
+            _step_schedulers(schedulers, row)
+            row["seconds"] = time.perf_counter() - t0
+            for cb in callbacks:
+                getattr(cb, "on_epoch_end", lambda *a: None)(model, epoch, row)
+            history.append(row)
+            good = _snapshot(model)
+            if not bar.disable:
+                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("_loss")})
+            if ckpt is not None:
+                checkpoint_state = {
+                    "fingerprint": fingerprint,
+                    "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                    "schedulers": {k: o.state_dict() for k, o in schedulers.items()},
+                    "rng": _rng_state(),
+                    "shuffle_rng": shuffle_rng.get_state(),
+                    "history": history,
+                }
+                _save_checkpoint(ckpt, {**checkpoint_state, "model": model.state_dict()})
+            if any(getattr(cb, "stop", False) for cb in callbacks):
+                stopped = True
+                break
+        for cb in callbacks:
+            getattr(cb, "on_fit_end", lambda *a: None)(model)
+        if stopped and checkpoint_state:
+            # final: the weights as returned (the best epoch's, after EarlyStopping)
+            _save_checkpoint(ckpt, {**checkpoint_state, "model": model.state_dict(),
+                                    "stopped": True})
+    except _PenaltiesBypassed:
+        model.load_state_dict(good)  # its first step went without them
+        raise
+    except TrainingDiverged as err:
+        # the failed step already wrote non-finite weights: nothing past the last epoch is kept
+        model.load_state_dict(good)
+        err.history = pd.DataFrame(history)
+        done = f"after epoch {len(history)}" if history else "before training"
+        err.args = (f"{err.args[0]}; the model is restored to its state {done}",)
+        raise
+    finally:
+        cleanup.close()
+        bar.close()
+        # ready to use: without validation no evaluate() switched it, and a training-mode
+        # model encodes at random (input noise, dropout) and moves batch-norm statistics
+        model.eval()
     return pd.DataFrame(history)
 
 
