@@ -1,9 +1,10 @@
 """Latent geometry: metrics (RHVAE, decoder pull-back, user-defined), curve energy and
-length, batched geodesics, distance matrices, interpolation and volume maps; the
-connection: Christoffel symbols, exponential and logarithm maps, parallel transport,
-Frechet means; curvature: the Riemann, Ricci, scalar and sectional curvatures and a
-Gaussian-curvature map; the encoder's metric of any VAE and its Riemannian uniform
-sampler; calibrated decoder variance (RBF precision)."""
+length, batched geodesics (started from the straight line or from shortest paths in a
+neighbourhood graph), distance matrices, interpolation and volume maps; the connection:
+Christoffel symbols, exponential and logarithm maps, parallel transport, Frechet means;
+curvature: the Riemann, Ricci, scalar and sectional curvatures and a Gaussian-curvature
+map; the encoder's metric of any VAE and its Riemannian uniform sampler; calibrated
+decoder variance (RBF precision)."""
 
 from .calibrate import calibrate_variance, rbf_centres
 from .connection import (
@@ -29,6 +30,7 @@ from .curvature import (
 from .curves import NeuralGeodesic, curve_energy, curve_length
 from .encoder_metric import EncoderMetric, riemannian_uniform
 from .fit import GeodesicResult, distance_matrix, fit_geodesics, interpolate
+from .graph import GraphCurves, graph_curves
 from .metrics import Metric, PullbackMetric, RHVAEMetric, metric_for, volume_grid
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "FrechetMean",
     "GeodesicPath",
     "GeodesicResult",
+    "GraphCurves",
     "LogMapResult",
     "Metric",
     "NeuralGeodesic",
@@ -52,6 +55,7 @@ __all__ = [
     "fit_geodesics",
     "frechet_mean",
     "geodesic_spray",
+    "graph_curves",
     "integrate_geodesic",
     "interpolate",
     "log_map",

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .curves import NeuralGeodesic, curve_energy, curve_length, segment_quads
+from .graph import graph_curves
 from .metrics import Metric, _base, latent_dim, metric_for
 
 # energy(x, idx) -> (energy (b,), preconditioner weights (b, T-1) or None) for the
@@ -26,8 +27,10 @@ class GeodesicResult:
     `line_length` that of the straight line between the same endpoints,
     `euclidean_length` the returned curve's length in the flat metric. `converged` is
     True only where the relative energy change over the last `window` iterations fell
-    below `tol`; `fell_back` marks pairs where the fit was longer than the straight line,
-    which is then returned instead.
+    below `tol`. The shortest of the fit, the straight line and the initial curve is
+    returned: `fell_back` marks pairs where that is the straight line, `kept_init` those
+    where it is the initial curve (never with the straight-line start); `init_length` is
+    the initial curve's length (`line_length` for the straight-line start).
     """
 
     points: Tensor  # (B, T, d)
@@ -39,6 +42,8 @@ class GeodesicResult:
     converged: Tensor  # (B,) bool
     iterations: Tensor  # (B,) int
     fell_back: Tensor  # (B,) bool
+    init_length: Tensor | None = None  # (B,); None only in results made elsewhere
+    kept_init: Tensor | None = None  # (B,) bool
 
 
 def fit_geodesics(
@@ -48,6 +53,9 @@ def fit_geodesics(
     *,
     n_points: int = 50,
     curve: str = "discrete",
+    init: Tensor | str | None = None,
+    nodes: Tensor | None = None,
+    graph_k: int = 10,
     optimizer: str = "lbfgs",
     max_iter: int = 500,
     tol: float = 1e-5,
@@ -65,6 +73,12 @@ def fit_geodesics(
     - `curve="discrete"`: the `n_points - 2` interior points are the parameters (energy
       of the piecewise-linear curve, see `curve_energy`); `"neural"`: a `NeuralGeodesic`
       with `hidden` layers per pair, exact velocities.
+    - `init`: where discrete curves start. None or `"line"`: the straight line; a tensor
+      `(B, n_points, d)` of curves from `z_start` to `z_end` (their end points must be
+      those, to rounding): their interior points; `"graph"`: the shortest paths through
+      the `graph_k`-nearest-neighbour graph of `nodes (M, d)` and the endpoints
+      (`graph_curves`), which go around high-metric ridges that the line's fit cannot
+      cross (a saddle or a local minimum on the line).
     - `optimizer="lbfgs"`: L-BFGS per pair (memory 10, Armijo backtracking), for discrete
       curves preconditioned by the metric-weighted second-difference matrix, which makes
       the iteration count nearly independent of `n_points`; `lr` scales its steps
@@ -72,8 +86,9 @@ def fit_geodesics(
       curves, 1e-3 for neural ones).
     - Stops a pair when `max - min` of its last `window + 1` energies is at most `tol`
       times its energy, or after `max_iter` iterations (then `converged` is False).
-    - A fit longer than the straight line is replaced by the line (`fell_back`);
-      `converged` still reports the optimiser's verdict.
+    - A fit longer than the straight line is replaced by the line (`fell_back`), and
+      one longer than a given initial curve by that curve (`kept_init`): the result is
+      never longer than either. `converged` still reports the optimiser's verdict.
     - Pairs go through in chunks of `chunk_size`; converged pairs leave the batch.
     - `device`: where to fit (default: `z_start`'s device); the metric must work there.
       `seed` draws the neural curves' initial weights.
@@ -105,15 +120,18 @@ def fit_geodesics(
     if d is not None and z_start.shape[-1] != d:
         raise ValueError(f"the endpoints have {z_start.shape[-1]} coordinates but the metric's "
                          f"latent space has {d} (encode data points first)")
+    start_curves = _initial_curves(metric, z_start, z_end, init, nodes, graph_k, n_points, curve)
     if lr is None:
         lr = 1.0 if optimizer == "lbfgs" else (1e-2 if curve == "discrete" else 1e-3)
     t = torch.linspace(0, 1, n_points, dtype=z_start.dtype, device=device)
+    starts = _line(z_start, z_end, t) if start_curves is None else start_curves
 
     parts = []
     with tqdm(total=z_start.shape[0], disable=not progress, desc="geodesics") as bar:
-        for z0, z1 in zip(z_start.split(chunk_size), z_end.split(chunk_size), strict=True):
+        for z0, z1, c0 in zip(z_start.split(chunk_size), z_end.split(chunk_size),
+                              starts.split(chunk_size), strict=True):
             if curve == "discrete":
-                x0, energy, finish = _discrete_problem(metric, z0, z1, t)
+                x0, energy, finish = _discrete_problem(metric, z0, z1, t, c0)
             else:
                 x0, energy, finish = _neural_problem(metric, z0, z1, t, hidden, seed)
             minimise = _lbfgs if optimizer == "lbfgs" else _adam
@@ -125,6 +143,16 @@ def fit_geodesics(
     points, length, energy_, line_points, line_length, line_energy, converged, iterations = (
         torch.cat(p) for p in zip(*parts, strict=True)
     )
+    init_length, kept_init = line_length, torch.zeros_like(converged)
+    if start_curves is not None:
+        with torch.no_grad():
+            init_length, init_energy = (torch.cat(p) for p in zip(*(
+                (curve_length(metric, c, t), curve_energy(metric, c, t))
+                for c in start_curves.split(chunk_size)), strict=True))
+        kept_init = init_length < length
+        points = torch.where(kept_init[:, None, None], start_curves, points)
+        length = torch.where(kept_init, init_length, length)
+        energy_ = torch.where(kept_init, init_energy, energy_)
     fell_back = length > line_length
     points = torch.where(fell_back[:, None, None], line_points, points)
     return GeodesicResult(
@@ -137,7 +165,43 @@ def fit_geodesics(
         converged=converged,
         iterations=iterations,
         fell_back=fell_back,
+        init_length=init_length,
+        kept_init=kept_init & ~fell_back,
     )
+
+
+def _initial_curves(
+    metric: Metric, z_start: Tensor, z_end: Tensor, init: Tensor | str | None,
+    nodes: Tensor | None, graph_k: int, n_points: int, curve: str,
+) -> Tensor | None:
+    """The checked starting curves `(B, n_points, d)` of `fit_geodesics`, None for the line."""
+    if nodes is not None and not (isinstance(init, str) and init == "graph"):
+        raise ValueError("nodes make the graph start's vertices: pass init='graph' with them")
+    if init is None or (isinstance(init, str) and init == "line"):
+        return None
+    if curve != "discrete":
+        raise ValueError(f"init applies to discrete curves; {curve!r} curves start as the line")
+    if isinstance(init, str):
+        if init != "graph":
+            raise ValueError(f"init must be None, 'line', 'graph' or a tensor of curves, "
+                             f"got {init!r}")
+        if nodes is None:
+            raise ValueError("init='graph' needs nodes (M, d), e.g. the training codes")
+        return graph_curves(metric, z_start, z_end, nodes, k=graph_k, n_points=n_points).points
+    curves = torch.as_tensor(init, dtype=z_start.dtype, device=z_start.device).detach()
+    expected = (len(z_start), n_points, z_start.shape[1])
+    if tuple(curves.shape) not in (expected, expected[1:] if len(z_start) == 1 else None):
+        raise ValueError(f"init must be curves of shape {expected} (pairs, n_points, d), got "
+                         f"{tuple(curves.shape)}")
+    curves = curves.reshape(expected)
+    if not torch.isfinite(curves).all():
+        raise ValueError("init must be finite")
+    # the fit's endpoints are z_start and z_end: init's must be them, to rounding
+    for which, ends, name in ((0, z_start, "z_start"), (-1, z_end, "z_end")):
+        if not torch.allclose(curves[:, which], ends, rtol=1e-5, atol=1e-6):
+            raise ValueError(f"init's {'first' if which == 0 else 'last'} points must be "
+                             f"{name}")
+    return torch.cat([z_start.unsqueeze(1), curves[:, 1:-1], z_end.unsqueeze(1)], 1)
 
 
 _EUCLIDEAN = Metric(
@@ -151,7 +215,7 @@ def _line(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
 
 
 def _discrete_problem(
-    metric: Metric, z0: Tensor, z1: Tensor, t: Tensor
+    metric: Metric, z0: Tensor, z1: Tensor, t: Tensor, start: Tensor
 ) -> tuple[Tensor, EnergyFn, Callable[[Tensor], tuple[Tensor, ...]]]:
     b, d = z0.shape
     dt = t.diff()
@@ -175,7 +239,7 @@ def _discrete_problem(
             return (pts, curve_length(metric, pts, t), curve_energy(metric, pts, t), line,
                     curve_length(metric, line, t), curve_energy(metric, line, t))
 
-    x0 = _line(z0, z1, t)[:, 1:-1].reshape(b, -1)
+    x0 = start[:, 1:-1].reshape(b, -1)
     return x0, energy, finish
 
 
@@ -388,7 +452,7 @@ def _lbfgs(
 def distance_matrix(metric: Metric, z: Tensor, **fit_kwargs) -> Tensor:
     """Geodesic distances between all pairs of the points `z (N, d)`: `(N, N)`, symmetric,
     zero diagonal. Fits the `N (N-1) / 2` pairs in one `fit_geodesics` call (keyword
-    arguments passed on)."""
+    arguments passed on, e.g. `init="graph", nodes=z_train`: one graph for all pairs)."""
     n = z.shape[0]
     if n < 2:
         return z.new_zeros(n, n)

@@ -1,0 +1,301 @@
+"""Graph-initialised geodesics: shortest paths through a metric-weighted neighbourhood graph
+(`aetk.geometry.graph_curves`) as the energy minimiser's start, against closed-form
+lengths, and `aetk geodesics --init graph`."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from sklearn.datasets import load_digits
+
+import aetk
+from aetk import cli, storage
+from aetk.geometry import Metric, distance_matrix, fit_geodesics, graph_curves, metric_for
+from aetk.geometry import fit as fit_module
+from aetk.geometry.metrics import grid_points
+
+from helpers import digits, half_plane_pairs, hyperbolic_distance, poincare
+
+torch.set_num_threads(1)
+
+# conformal metric G = f(z)^2 I with f = 1 + A exp(-(|z| / R)^P): a steep, smooth disc of
+# height about A and radius about R between the endpoints (-a, 0) and (a, 0)
+A, P, R, a = 20.0, 100, 1.0, 2.0
+OBSTACLE = Metric(lambda z: ((1 + A * torch.exp(-(z.norm(dim=-1) / R) ** P)) ** 2)[:, None, None]
+                  * torch.eye(2, dtype=z.dtype))
+
+
+def detour(r: float) -> float:
+    """The shortest Euclidean path from (-a, 0) to (a, 0) around the disc of radius r:
+    two tangents and the arc between them."""
+    return 2 * math.sqrt(a**2 - r**2) + r * (math.pi - 2 * math.acos(r / a))
+
+
+def radius_where(f_minus_1: float) -> float:
+    """The radius at which f = 1 + f_minus_1 (f falls with the radius)."""
+    return R * math.log(A / f_minus_1) ** (1 / P)
+
+
+def grid(bounds: tuple, n: tuple) -> torch.Tensor:
+    return grid_points(OBSTACLE, bounds, n, "test")[2].double()
+
+
+def test_graph_start_goes_around_a_ridge_the_line_cannot_cross() -> None:
+    """The straight line is a symmetric saddle: its fit stays on it (y = 0 exactly) and
+    pays the obstacle. The graph start goes around, and its fit lies in the bracket of the
+    true distance: at least detour(r_lo), where f >= pi / 2 inside r_lo (a path through
+    the disc then pays more than the arc it replaces, at most pi / 2 of its chord), and at
+    most f(r_hi) detour(r_hi), a path around the circle r_hi where f <= 1 + 1e-4. The
+    bracket is 0.3 % wide. Slack: 1e-3 below, as the discrete curve's chords (31 of
+    length ~0.15) cut the arc by h^2 / 8 and shorten it by theta^2 / 24 ~ 1e-3 of its
+    length; 1e-4 above for the optimiser's tolerance (a polygon with its vertices on the
+    circle r_hi is a discrete competitor, so the discrete optimum obeys the upper bound)."""
+    z0 = torch.tensor([[-a, 0.0]], dtype=torch.float64)
+    z1 = torch.tensor([[a, 0.0]], dtype=torch.float64)
+    nodes = grid(((-2.5, 2.5), (-2.0, 2.0)), (21, 17))
+    graph = graph_curves(OBSTACLE, z0, z1, nodes, k=8, n_points=32)
+    assert graph.found.all() and graph.points.shape == (1, 32, 2)
+    assert torch.equal(graph.points[:, 0], z0) and torch.equal(graph.points[:, -1], z1)
+
+    line = fit_geodesics(OBSTACLE, z0, z1, n_points=32)
+    assert line.points[..., 1].abs().max() == 0 and line.converged.all()
+    lower, upper = detour(radius_where(math.pi / 2 - 1)), (1 + 1e-4) * detour(radius_where(1e-4))
+    assert line.length.item() > 5 * upper  # stuck on the ridge
+
+    fit = fit_geodesics(OBSTACLE, z0, z1, n_points=32, init="graph", nodes=nodes, graph_k=8)
+    assert lower * (1 - 1e-3) <= fit.length.item() <= upper * (1 + 1e-4), (lower, upper)
+    assert fit.converged.all() and not fit.fell_back.any() and not fit.kept_init.any()
+    assert fit.length.item() < fit.init_length.item() <= graph.length.item() * 1.01
+    # around the disc: no point inside the radius where f reaches pi / 2
+    assert fit.points.norm(dim=-1).min() > radius_where(math.pi / 2 - 1) * (1 - 0.01)
+    assert fit.points[..., 1].abs().max() > 0.9 * R
+
+
+def test_hyperbolic_half_plane() -> None:
+    """The graph path's length bounds the hyperbolic distance from above (the trapezoid
+    rule overestimates each edge: the speed 1 / y along a segment is convex), and the
+    fit from it is within 1 % of arccosh(1 + |z1 - z0|^2 / (2 y0 y1))."""
+    metric = poincare()
+    z0, z1 = half_plane_pairs()
+    exact = hyperbolic_distance(z0, z1)
+    nodes = grid_points(metric, ((-2.5, 2.5), (0.1, 3.5)), (21, 18), "test")[2].double()
+    graph = graph_curves(metric, z0, z1, nodes, k=8, n_points=32)
+    assert graph.found.all() and (graph.length >= exact).all()
+    assert (graph.length < 1.1 * exact).all()
+    # (0, 1) to (0, 3) runs up the grid's column x = 0, resampled at equal hyperbolic arc
+    # length: y = 3^s (to 0.35 %: linear inside edges 0.2 long)
+    s = torch.linspace(0, 1, 32, dtype=torch.float64)
+    assert (graph.points[3, :, 0] == 0).all()
+    torch.testing.assert_close(graph.points[3, :, 1], 3**s, rtol=5e-3, atol=0)
+    fit = fit_geodesics(metric, z0, z1, n_points=32, init=graph.points)
+    torch.testing.assert_close(fit.length, exact, rtol=1e-2, atol=0)
+    assert (fit.length <= fit.init_length).all() and fit.converged.all()
+    # distance_matrix passes the graph start on (nodes include its points)
+    z = torch.cat([z0[:2], z1[:1]])
+    dist = distance_matrix(metric, z, n_points=32, init="graph", nodes=nodes, graph_k=8)
+    i, j = torch.triu_indices(3, 3, offset=1)
+    torch.testing.assert_close(dist[i, j], hyperbolic_distance(z[i], z[j]), rtol=1e-2, atol=0)
+    with pytest.raises(ValueError, match="init='graph' needs nodes"):
+        distance_matrix(metric, z, init="graph")
+
+
+def test_flat_metrics() -> None:
+    """Euclidean coordinates: a graph path is no shorter than the straight line, and the
+    fit from it returns the line's length. Polar coordinates G = diag(1, r^2), where the
+    straight coordinate line is 10-17 % too long: the fit from the graph start reaches
+    the same discrete geodesic as the fit from the line (1e-6) and the Cartesian distance
+    to the discretisation error (O(h^2), 2.3e-4 at 32 points: tolerance 1e-3)."""
+    eye = Metric(lambda z: torch.eye(2, dtype=z.dtype).expand(len(z), 2, 2))
+    gen = torch.Generator().manual_seed(0)
+    nodes = torch.rand(300, 2, generator=gen, dtype=torch.float64) * 4 - 2
+    z0, z1 = torch.tensor([[-1.5, -1.0], [0.3, 1.2]]), torch.tensor([[1.2, 1.4], [-0.4, -1.1]])
+    z0, z1 = z0.double(), z1.double()
+    euclid = (z1 - z0).norm(dim=-1)
+    graph = graph_curves(eye, z0, z1, nodes, k=6, n_points=32)
+    assert (graph.length >= euclid).all() and (graph.length > 1.01 * euclid).any()
+    fit = fit_geodesics(eye, z0, z1, n_points=32, init=graph.points)
+    torch.testing.assert_close(fit.length, euclid, rtol=1e-6, atol=0)
+
+    polar = Metric(lambda z: torch.diag_embed(torch.stack([torch.ones_like(z[:, 0]),
+                                                           z[:, 0] ** 2], -1)))
+    z0 = torch.tensor([[1.0, 0.0], [1.5, -0.5], [2.0, 1.0]], dtype=torch.float64)
+    z1 = torch.tensor([[2.0, 1.2], [1.0, 1.0], [0.8, -0.6]], dtype=torch.float64)
+
+    def cartesian(z: torch.Tensor) -> torch.Tensor:
+        return z[:, :1] * torch.stack([z[:, 1].cos(), z[:, 1].sin()], -1)
+
+    distance = (cartesian(z1) - cartesian(z0)).norm(dim=-1)
+    nodes = grid_points(polar, ((0.5, 2.5), (-1.0, 1.5)), (15, 15), "test")[2].double()
+    graph = graph_curves(polar, z0, z1, nodes, k=8, n_points=32)
+    assert (graph.length >= distance).all()
+    from_graph = fit_geodesics(polar, z0, z1, n_points=32, init=graph.points, tol=1e-8)
+    from_line = fit_geodesics(polar, z0, z1, n_points=32, tol=1e-8)
+    assert (from_line.line_length > 1.05 * distance).all()
+    assert not (from_graph.fell_back | from_graph.kept_init).any()
+    torch.testing.assert_close(from_graph.length, from_line.length, rtol=1e-6, atol=0)
+    torch.testing.assert_close(from_graph.length, distance, rtol=1e-3, atol=0)
+
+
+def test_pairs_the_graph_does_not_join_get_the_straight_line() -> None:
+    """Two clusters 10 apart, 2 neighbours each: no edge between them."""
+    gen = torch.Generator().manual_seed(1)
+    cluster = torch.rand(6, 2, generator=gen, dtype=torch.float64)
+    nodes = torch.cat([cluster, cluster + torch.tensor([10.0, 0.0], dtype=torch.float64)])
+    z0 = torch.tensor([[0.5, 0.5], [0.2, 0.2]], dtype=torch.float64)
+    z1 = torch.tensor([[10.5, 0.5], [0.9, 0.8]], dtype=torch.float64)
+    eye = Metric(lambda z: torch.eye(2, dtype=z.dtype).expand(len(z), 2, 2))
+    graph = graph_curves(eye, z0, z1, nodes, k=2, n_points=5)
+    assert graph.found.tolist() == [False, True]
+    assert graph.length[0] == math.inf and math.isfinite(graph.length[1])
+    s = torch.linspace(0, 1, 5, dtype=torch.float64)[:, None]
+    torch.testing.assert_close(graph.points[0], (1 - s) * z0[0] + s * z1[0])
+    fit = fit_geodesics(eye, z0, z1, n_points=5, init="graph", nodes=nodes, graph_k=2)
+    torch.testing.assert_close(fit.init_length[0], fit.line_length[0])
+    # the resampled path's points lie on the graph path: its chords are no longer
+    assert fit.init_length[1] <= graph.length[1] * (1 + 1e-12)
+
+
+def test_equal_endpoints_and_coinciding_nodes() -> None:
+    """A pair from a point to itself is a constant curve of length zero; nodes at the
+    endpoints (duplicate vertices) change nothing."""
+    eye = Metric(lambda z: torch.eye(2, dtype=z.dtype).expand(len(z), 2, 2))
+    z = torch.tensor([[0.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    graph = graph_curves(eye, z, z.flip(0), torch.cat([z, z]), k=1, n_points=4)
+    torch.testing.assert_close(graph.length, torch.ones(2, dtype=torch.float64))
+    same = graph_curves(eye, z[:1], z[:1], z, k=3, n_points=4)
+    assert same.length.item() == 0 and (same.points == z[0]).all()
+
+
+def test_bad_inputs() -> None:
+    eye = Metric(lambda z: torch.eye(2, dtype=z.dtype).expand(len(z), 2, 2))
+    z0, z1, nodes = torch.zeros(2, 2), torch.ones(2, 2), torch.rand(10, 2)
+    with pytest.raises(ValueError, match="k must be an integer >= 1"):
+        graph_curves(eye, z0, z1, nodes, k=0)
+    with pytest.raises(ValueError, match=r"nodes must be \(M, 2\)"):
+        graph_curves(eye, z0, z1, torch.rand(10, 3))
+    with pytest.raises(ValueError, match="nodes must be finite"):
+        graph_curves(eye, z0, z1, torch.cat([nodes, torch.tensor([[math.nan, 0.0]])]))
+    with pytest.raises(ValueError, match=r"z_start \(2, 2\) and z_end \(3, 2\) differ"):
+        graph_curves(eye, z0, torch.ones(3, 2), nodes)
+    three_d = Metric(eye._fn)
+    three_d.model = SimpleNamespace(latent_dim=3)  # what latent_dim reads off a model
+    with pytest.raises(ValueError, match="the metric's latent space has 3"):
+        graph_curves(three_d, z0, z1, nodes)
+
+    line = torch.linspace(0, 1, 6)[:, None].expand(6, 2).unsqueeze(0).expand(2, -1, -1)
+    fit_geodesics(eye, z0, z1, n_points=6, init=line, max_iter=2)  # accepted as it is
+    with pytest.raises(ValueError, match="init's first points must be z_start"):
+        fit_geodesics(eye, z0 + 0.1, z1, n_points=6, init=line)
+    with pytest.raises(ValueError, match="init's last points must be z_end"):
+        fit_geodesics(eye, z0, z1 * 2, n_points=6, init=line)
+    with pytest.raises(ValueError, match=r"init must be curves of shape \(2, 8, 2\)"):
+        fit_geodesics(eye, z0, z1, n_points=8, init=line)
+    with pytest.raises(ValueError, match="init applies to discrete curves"):
+        fit_geodesics(eye, z0, z1, n_points=6, init=line, curve="neural")
+    with pytest.raises(ValueError, match="init='graph' needs nodes"):
+        fit_geodesics(eye, z0, z1, init="graph")
+    with pytest.raises(ValueError, match="pass init='graph' with them"):
+        fit_geodesics(eye, z0, z1, nodes=nodes)
+    with pytest.raises(ValueError, match="init must be None, 'line', 'graph'"):
+        fit_geodesics(eye, z0, z1, init="grid")
+
+
+def test_never_longer_than_the_line_or_the_initial_curve(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """An optimiser that makes things worse (every curve pushed 5 up): the initial curve
+    comes back where it beats the line (`kept_init`), the line where it does not."""
+    def worse(fn, x, **kwargs):
+        x = x.clone()
+        x[:, 1::2] += 5
+        return x, torch.zeros(len(x), dtype=torch.bool), torch.ones(len(x), dtype=torch.long)
+
+    monkeypatch.setattr(fit_module, "_lbfgs", worse)
+    z0 = torch.tensor([[-a, 0.0], [-a, 0.0]], dtype=torch.float64)
+    z1 = torch.tensor([[a, 0.0], [a, 0.0]], dtype=torch.float64)
+    s = torch.linspace(0, 1, 32, dtype=torch.float64)
+    # over the disc (shorter than the line through it), and far around it (longer)
+    init = torch.stack([torch.stack([-a * torch.cos(math.pi * s), h * torch.sin(math.pi * s)],
+                                    -1) for h in (1.5, 40.0)])
+    fit = fit_geodesics(OBSTACLE, z0, z1, n_points=32, init=init)
+    assert fit.kept_init.tolist() == [True, False] and fit.fell_back.tolist() == [False, True]
+    torch.testing.assert_close(fit.points[0], init[0])
+    torch.testing.assert_close(fit.length, torch.stack([fit.init_length[0],
+                                                        fit.line_length[1]]))
+    assert fit.init_length[0] < fit.line_length[0] < fit.init_length[1]
+
+
+@pytest.fixture(scope="module")
+def rhvae_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    """A small RHVAE (one epoch on 240 digits) and a latent store of its codes, written by
+    hand: what `aetk geodesics` reads."""
+    d = tmp_path_factory.mktemp("graph_cli")
+    torch.manual_seed(0)
+    x, _ = digits(n=240)
+    labels = load_digits().target[:240]
+    model = aetk.build_model("rhvae", "bernoulli", in_features=64, latent_dim=2, hidden=(32,),
+                             centroids=16)
+    aetk.fit(model, x, epochs=1, batch_size=32, seed=0, progress=False, device="cpu")
+    model.save(d / "model")
+    with torch.no_grad():
+        z = model.encode(x).mean.numpy()
+    split = (np.arange(240) % 4 == 0).astype(np.int8)  # a quarter for validation
+    ds = xr.Dataset({"z_mean": (("sample", "latent"), z), "split": (("sample",), split),
+                     "label": (("sample",), labels)},
+                    coords={"sample": np.arange(240), "latent": np.arange(2)},
+                    attrs={"label_kind": "categorical"})
+    storage.write_zarr(ds, d / "latent.zarr")
+    return d, z
+
+
+def test_cli_graph_start(rhvae_run: tuple[Path, np.ndarray], tmp_path: Path,
+                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--init graph`: the store holds the graph paths' lengths, computed on all the codes,
+    and the fits started from them; with more codes than GRAPH_NODES a seeded subset."""
+    d, z = rhvae_run
+    common = ["geodesics", "--model", str(d / "model"), "--latent", str(d / "latent.zarr"),
+              "--n-pairs", "4", "--n-points", "10", "--grid-size", "3", "--spray", "0"]
+    assert cli.main([*common, "--init", "graph", "--graph-neighbours", "6",
+                     "--out", str(tmp_path / "geo.zarr")]) == 0
+    geo = storage.read_zarr(tmp_path / "geo.zarr")
+    settings = geo.attrs["settings"]
+    assert (settings["init"], settings["graph_neighbours"], settings["graph_nodes"]) == (
+        "graph", 6, 240)
+    start, end = geo["start_index"].values, geo["end_index"].values
+    metric = metric_for(aetk.load(d / "model"))
+    z0, z1 = torch.from_numpy(z[start]), torch.from_numpy(z[end])
+    graph = graph_curves(metric, z0, z1, torch.from_numpy(z), k=6, n_points=10)
+    np.testing.assert_allclose(geo["graph_length"].values, graph.length.numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(geo["graph_found"].values, graph.found.numpy())
+    fit = fit_geodesics(metric, z0, z1, n_points=10, init=graph.points)
+    np.testing.assert_allclose(geo["points"].values, fit.points.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(geo["kept_init"].values, fit.kept_init.numpy())
+    assert (geo["length"] <= geo["line_length"]).all()
+
+    monkeypatch.setattr(cli, "GRAPH_NODES", 50)
+    assert cli.main([*common, "--init", "graph", "--out", str(tmp_path / "few.zarr")]) == 0
+    few = storage.read_zarr(tmp_path / "few.zarr")
+    assert few.attrs["settings"]["graph_nodes"] == 50
+    assert (few["graph_length"] != geo["graph_length"]).any()
+
+    assert cli.main([*common, "--init", "line", "--out", str(tmp_path / "line.zarr")]) == 0
+    line = storage.read_zarr(tmp_path / "line.zarr")
+    assert line.attrs["settings"]["init"] == "line" and "graph_length" not in line
+    assert "graph_neighbours" not in line.attrs["settings"]
+
+
+def test_cli_refuses_a_graph_without_neighbours(rhvae_run: tuple[Path, np.ndarray],
+                                                tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    d, _ = rhvae_run
+    out = tmp_path / "geo.zarr"
+    assert cli.main(["geodesics", "--model", str(d / "model"), "--latent",
+                     str(d / "latent.zarr"), "--init", "graph", "--graph-neighbours", "0",
+                     "--out", str(out)]) == 1
+    assert "--graph-neighbours must be >= 1, got 0" in capsys.readouterr().err
+    assert not out.exists()
