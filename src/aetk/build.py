@@ -29,6 +29,7 @@ from .models import (
     FactorVAE,
     InfoMaxVAE,
     InfoVAE,
+    LadderVAE,
     Model,
     VampPrior,
 )
@@ -88,6 +89,7 @@ MODELS: dict[str, tuple[type[nn.Module], Callable[..., Model]]] = {
     "ciwae": (GaussianEncoder, CIWAE),
     "piwae": (GaussianEncoder, PIWAE),
     "vampprior": (GaussianEncoder, VampPrior),
+    "lvae": (GaussianEncoder, LadderVAE),
     "hvae": (GaussianEncoder, HVAE),
     "rhvae": (GaussianEncoder, RHVAE),
     "wae": (DeterministicEncoder, WAE),

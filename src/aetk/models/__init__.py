@@ -9,6 +9,7 @@ from .infomaxvae import Critic, InfoMaxVAE
 from .infovae import InfoVAE
 from .irmae import IRMAE
 from .iwae import CIWAE, IWAE, PIWAE
+from .lvae import LadderPosterior, LadderVAE
 from .rhvae import RHVAE
 from .tcvae import BetaTCVAE
 from .vae import VAE
@@ -34,6 +35,8 @@ __all__ = [
            "FactorVAE",
            "InfoMaxVAE",
            "InfoVAE",
+           "LadderPosterior",
+           "LadderVAE",
            "LossOutput",
            "Model",
            "VampPrior",
