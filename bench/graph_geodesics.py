@@ -1,20 +1,22 @@
 """Does starting geodesic fits from shortest graph paths find shorter curves than starting
-from the straight line, on a real RHVAE metric, and what does it cost?
+from the straight line, on a real RHVAE metric or a decoder's pull-back, and what does it
+cost? A bundled data set (`--data digits`: scikit-learn's 1,797 8 x 8 digits / 16;
+`mnist5k`: the pipeline's default, MNIST 5k binarised at 0.5), a seeded 90/10 split, an
+RHVAE with a Bernoulli decoder as the pipeline builds it (latent 2, 256-256 MLPs, 64
+centroids; its own metric), or with `--model vae` a VAE and its decoder's pull-back metric
+(`--activation`: ReLU's pull-back is rough, tanh's smooth), `--epochs` epochs of Adam.
+Geodesics (`--points` points, defaults otherwise) between `--pairs` random pairs of
+validation codes of different digits, from the straight line and from the graph start
+(`aetk.geometry.graph_curves`: the `--neighbours`-nearest-neighbour graph of the training
+codes, at most `--max-nodes` of them, as `aetk geodesics --init graph` builds it). Prints,
+per pair, the relative length reduction `1 - L_graph / L_line` of the graph start's result
+over the line start's (median, max, the fraction of pairs shorter by more than 1 %, and by
+how much where the line start was the shorter), both starts' mean length over the straight
+line's, their fits' convergence and iterations, how many graph paths were found and kept,
+and the seconds to build the graph and for each fit.
 
-A bundled data set (`--data digits`: scikit-learn's 1,797 8 x 8 digits / 16; `mnist5k`:
-the pipeline's default, MNIST 5k binarised at 0.5), a seeded 90/10 split, an RHVAE with a
-Bernoulli decoder as the pipeline builds it (latent 2, 256-256 MLPs, 64 centroids),
-`--epochs` epochs of Adam. Geodesics (`--points` points, defaults otherwise) between
-`--pairs` random pairs of validation codes of different digits, from the straight line and
-from the graph start (`aetk.geometry.graph_curves`: the `--neighbours`-nearest-neighbour
-graph of the training codes, at most `--max-nodes` of them, as `aetk geodesics --init
-graph` builds it). Prints, per pair, the relative length reduction `1 - L_graph / L_line`
-of the graph start's result over the line start's (median, max, the fraction of pairs
-shorter by more than 1 %, and by how much where the line start was the shorter), both
-starts' mean length over the straight line's, their fits' convergence and iterations, how
-many graph paths were found and kept, and the seconds to build the graph and for each fit.
-
-Usage: python bench/graph_geodesics.py [--data digits] [--epochs 20] [--pairs 100]
+Usage: python bench/graph_geodesics.py [--data digits] [--model rhvae] [--activation relu]
+       [--epochs 20] [--pairs 100]
        [--points 32] [--neighbours 10] [--max-nodes 4000] [--threads 1]
 """
 
@@ -29,9 +31,9 @@ from aetk.data import load_bundled
 from aetk.geometry import GeodesicResult, fit_geodesics, graph_curves, metric_for
 
 
-def codes(name: str, epochs: int, seed: int) -> tuple[aetk.Model, torch.Tensor, torch.Tensor,
-                                                       torch.Tensor, float]:
-    """A trained RHVAE, its training and validation codes, the validation labels and the
+def codes(name: str, kind: str, activation: str, epochs: int, seed: int
+          ) -> tuple[aetk.Model, torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """A trained model, its training and validation codes, the validation labels and the
     training seconds."""
     raw = load_bundled(name)
     x = torch.as_tensor(raw.x, dtype=torch.float32)
@@ -41,8 +43,8 @@ def codes(name: str, epochs: int, seed: int) -> tuple[aetk.Model, torch.Tensor, 
     n_val = len(x) // 10
     val, train = order[:n_val], order[n_val:]
     torch.manual_seed(seed)
-    model = aetk.build_model("rhvae", "bernoulli", in_features=x.shape[1], latent_dim=2,
-                             hidden=(256, 256))
+    model = aetk.build_model(kind, "bernoulli", in_features=x.shape[1], latent_dim=2,
+                             hidden=(256, 256), activation=activation)
     start = time.perf_counter()
     aetk.fit(model, x[train], epochs=epochs, batch_size=128, seed=seed, progress=False,
              device="cpu")
@@ -62,6 +64,8 @@ def fit_row(name: str, res: GeodesicResult, seconds: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", choices=("digits", "mnist5k"), default="digits")
+    ap.add_argument("--model", choices=("rhvae", "vae"), default="rhvae")
+    ap.add_argument("--activation", default="relu")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--pairs", type=int, default=100)
     ap.add_argument("--points", type=int, default=32)
@@ -71,10 +75,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    model, z_train, z_val, y_val, train_s = codes(args.data, args.epochs, args.seed)
+    model, z_train, z_val, y_val, train_s = codes(args.data, args.model, args.activation,
+                                                    args.epochs, args.seed)
     metric = metric_for(model)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.data}: RHVAE "
-          f"trained {args.epochs} epochs on {len(z_train)} images in {train_s:.0f} s; "
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.data}: "
+          f"{args.model} ({args.activation}) trained {args.epochs} epochs on {len(z_train)} "
+          f"images in {train_s:.0f} s; "
           f"{args.pairs} validation pairs, {args.points} points per curve")
 
     rng = np.random.default_rng(args.seed)

@@ -451,7 +451,7 @@ def test_kl_weighted_models_are_those_cyclical_beta_anneals(capsys: pytest.Captu
     """The models --beta-schedule accepts (and its help lists) are exactly those whose
     built model aetk.CyclicalBeta takes."""
     assert cli.kl_weighted_models() == ["vae", "beta_vae", "infovae", "infomaxvae",
-                                        "factorvae", "dipvae", "vampprior"]
+                                        "factorvae", "dipvae", "vampprior", "lvae"]
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     assert ", ".join(cli.kl_weighted_models()) in " ".join(capsys.readouterr().out.split())

@@ -251,6 +251,22 @@ def test_configured_geodesic_pairs_reach_the_geodesics_command(tmp_path: Path) -
                          for line in lines)
 
 
+def test_graph_start_reaches_the_geodesics_command(tmp_path: Path) -> None:
+    """`geodesics.init` becomes `--init`; `graph_neighbours` goes with `init: graph` only."""
+    def geodesic_commands(out: str) -> list[str]:
+        return [line for line in out.splitlines() if "Shell command: aetk geodesics" in line]
+
+    default = snakemake(make_workdir(tmp_path / "default"), "-n", "-p", "--cores", "1").stdout
+    lines = geodesic_commands(default)
+    assert lines and all("--init line " in line and "--graph-neighbours" not in line
+                         for line in lines)
+    wd = make_workdir(tmp_path / "graph", {"geodesics": {"init": "graph",
+                                                         "graph_neighbours": 7}})
+    out = snakemake(wd, "-n", "-p", "--cores", "1", "--configfile", "test.yaml").stdout
+    lines = geodesic_commands(out)
+    assert lines and all("--init graph --graph-neighbours 7 " in line for line in lines)
+
+
 def test_lint_and_snakefmt(tmp_path: Path) -> None:
     wd = make_workdir(tmp_path)
     proc = snakemake(wd, "--lint", check=False)
@@ -297,6 +313,9 @@ def test_lint_and_snakefmt(tmp_path: Path) -> None:
     ({"geodesics": {"pairs": [[1, 2, 3]]}}, "geodesics.pairs.0: [1, 2, 3] is too long"),
     ({"geodesics": {"pairs": [[4, 4]]}}, "geodesics.pairs.0: [4, 4] has non-unique elements"),
     ({"geodesics": {"pairs": [[0, -1]]}}, "geodesics.pairs.0.1: -1 is less than the minimum"),
+    ({"geodesics": {"init": "grid"}}, "geodesics.init: 'grid' is not one of ['line', 'graph']"),
+    ({"geodesics": {"graph_neighbours": 0}},
+     "geodesics.graph_neighbours: 0 is less than the minimum of 1"),
 ])
 def test_config_errors_stop_before_any_job(tmp_path: Path, config: dict, expected: str
                                            ) -> None:

@@ -381,6 +381,7 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
     from aetk.distributions import log_prob, mean
     from aetk.expost import CodeMixture
     from aetk.marginal import log_marginal
+    from aetk.models import LadderVAE
     from aetk.traversal import latent_grid, latent_traversal
 
     if n_importance < 0 or n_scored < 0:
@@ -413,7 +414,7 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
                 q = model.encode(x)
                 if isinstance(q, Distribution):
                     mu, std, z = q.mean, q.stddev, q.sample()
-                    kl = model.kl(q)  # Monte Carlo for a mixture prior
+                    kl = model.kl(q)  # Monte Carlo for a mixture prior, a ladder's z2
                 else:  # a deterministic encoder
                     mu, std, z = q, torch.zeros_like(q), q
                     kl = torch.full((len(x),), float("nan"))
@@ -423,6 +424,8 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
                 nan = torch.full((len(x),), float("nan"))
                 probabilistic = isinstance(q, Distribution) and isinstance(p_z, Distribution)
                 loglik = log_prob(p_z, x) if isinstance(p_z, Distribution) else nan
+                if isinstance(model, LadderVAE):  # its KL's z1 follows a drawn z2, not z2's mean
+                    loglik = log_prob(model.decode(model.posterior_sample(x)), x)
                 log_px = nan.clone()
                 scored = importance_rows[rows]
                 if probabilistic and n_importance and bool(scored.any()):
@@ -630,9 +633,11 @@ def cmd_encode(args: argparse.Namespace) -> None:
                 else "code_mixture" if "generated_sampler" in enc else "model")})
     if "traversal" in enc:
         ds = ds.merge(traversal_variables(enc, conditions is not None))
-    flow = (" moved by the model's flow, weighed by its per-draw ELBO"
-            if type(model).importance_log_weights is not aetk.Model.importance_log_weights
-            else "")
+    flow = ""  # how log p(x)'s proposals differ from draws of q(z|x)
+    if isinstance(model, aetk.LadderVAE):
+        flow = " (of the ladder VAE: z2 ~ q(z2|x), then z1 ~ q(z1|x, z2))"
+    elif type(model).importance_log_weights is not aetk.Model.importance_log_weights:
+        flow = " moved by the model's flow, weighed by its per-draw ELBO"
     spec = model.build_spec or {}
     ds.attrs = {
         "store": "aetk-latent", "run": Path(args.out).name.removesuffix(".zarr"),
@@ -642,7 +647,8 @@ def cmd_encode(args: argparse.Namespace) -> None:
         "label_names": stored.label_names,
         "image_shape": None if stored.image_shape is None else list(stored.image_shape),
         "elbo": "single-sample log p(x|z) - KL(q(z|x) || p(z)), z ~ q(z|x) (the KL in closed "
-                "form for N(0, I), from one draw for the VampPrior's mixture)",
+                "form for N(0, I), from one draw for the VampPrior's mixture; for the ladder "
+                "VAE its loss's, z2 ~ q(z2|x), z1 ~ q(z1|x, z2), the KLs of both levels)",
         "log_marginal": f"log p(x) by importance sampling, {args.n_importance} samples from "
                         f"q(z|x){flow} (aetk.log_marginal); of the validation samples (of all "
                         "when there are fewer than two), NaN for the others",
@@ -847,6 +853,10 @@ def check_pairs(start: np.ndarray, end: np.ndarray, n_samples: int) -> None:
                              f"{n_samples} samples (indices 0 .. {n_samples - 1})")
 
 
+# --init graph: codes (at most) that make the graph's nodes
+GRAPH_NODES = 4000
+
+
 def latent_bounds(z: np.ndarray, pad: float = 0.1) -> list[list[float]]:
     """Per-dimension range of ``z`` widened by ``pad`` of its span on each side."""
     lo, hi = np.nanmin(z, 0), np.nanmax(z, 0)
@@ -866,10 +876,13 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
         fit_geodesics,
         frechet_mean,
         geodesic_spray,
+        graph_curves,
         metric_for,
         volume_grid,
     )
 
+    if args.graph_neighbours < 1:
+        raise ValueError(f"--graph-neighbours must be >= 1, got {args.graph_neighbours}")
     if args.spray < 0 or args.spray_points < 1:
         raise ValueError(f"--spray must be >= 0 and --spray-points >= 1, got {args.spray} and "
                          f"{args.spray_points}")
@@ -898,9 +911,19 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
                          "its geodesics in Python inside `with model.given(c):` (one class), "
                          "or train a conditional RHVAE, whose metric all classes share")
     t0 = time.perf_counter()
-    res = fit_geodesics(metric, torch.from_numpy(z[start]), torch.from_numpy(z[end]),
-                        n_points=args.n_points, max_iter=args.max_iter, seed=args.seed,
-                        progress=sys.stderr.isatty())
+    z_start, z_end = torch.from_numpy(z[start]), torch.from_numpy(z[end])
+    graph, nodes = None, z[:0]
+    if args.init == "graph":
+        # the codes of every split, at most GRAPH_NODES of them (a seeded subset)
+        nodes = z[np.isfinite(z).all(1)]
+        if len(nodes) > GRAPH_NODES:
+            keep = np.random.default_rng(args.seed).choice(len(nodes), GRAPH_NODES, replace=False)
+            nodes = nodes[np.sort(keep)]
+        graph = graph_curves(metric, z_start, z_end, torch.from_numpy(nodes),
+                             k=args.graph_neighbours, n_points=args.n_points)
+    res = fit_geodesics(metric, z_start, z_end, n_points=args.n_points,
+                        init=None if graph is None else graph.points, max_iter=args.max_iter,
+                        seed=args.seed, progress=sys.stderr.isatty())
     ds = xr.Dataset(coords={"pair": np.arange(len(start)), "t": res.t.cpu().numpy(),
                             "latent": np.arange(z.shape[1])})
     ds["points"] = (("pair", "t", "latent"), res.points.detach().cpu().numpy())
@@ -909,6 +932,10 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
     for name in ("converged", "fell_back"):
         ds[name] = (("pair",), getattr(res, name).cpu().numpy().astype(bool))
     ds["iterations"] = (("pair",), res.iterations.cpu().numpy().astype(np.int64))
+    if graph is not None:
+        ds["graph_length"] = (("pair",), graph.length.cpu().numpy())
+        ds["graph_found"] = (("pair",), graph.found.cpu().numpy())
+        ds["kept_init"] = (("pair",), res.kept_init.cpu().numpy())
     ds["start_index"] = (("pair",), start)
     ds["end_index"] = (("pair",), end)
     if labels is not None:
@@ -954,15 +981,17 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
         "settings": {"n_pairs": len(start),
                      "pairs": (None if configured is None
                                else [[int(i), int(j)] for i, j in zip(start, end, strict=True)]),
-                     "n_points": args.n_points,
+                     "n_points": args.n_points, "init": args.init,
+                     **({} if graph is None else {"graph_neighbours": args.graph_neighbours,
+                                                  "graph_nodes": len(nodes)}),
                      "max_iter": args.max_iter, "grid_size": args.grid_size, "seed": args.seed,
                      "spray": args.spray, "spray_points": args.spray_points},
     }
     storage.write_zarr(ds, args.out)
     ratio = (res.length / res.line_length).mean().item()
-    print(f"{len(start)} geodesics ({type(metric).__name__}) in {time.perf_counter() - t0:.1f} s:"
-          f" {int(res.converged.sum())} converged, mean length / straight-line length "
-          f"{ratio:.3f}; wrote {args.out}")
+    print(f"{len(start)} geodesics ({type(metric).__name__}, {args.init} start) in "
+          f"{time.perf_counter() - t0:.1f} s: {int(res.converged.sum())} converged, mean "
+          f"length / straight-line length {ratio:.3f}; wrote {args.out}")
 
 
 # --------------------------------------------------------------------------------------
@@ -1130,7 +1159,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(aetk.CyclicalBeta; n_cycles=4, frac=0.5, beta_min=0, beta_max=1: each "
                    "cycle rises linearly from beta_min to beta_max over its first frac, then "
                    "stays), for the models with a KL weight: vae, beta_vae, infovae, "
-                   "infomaxvae, factorvae, dipvae, vampprior; or capacity (aetk."
+                   "infomaxvae, factorvae, dipvae, vampprior, lvae; or capacity (aetk."
                    "CapacityAnnealing, Burgess et al. 2018; c_max required, epochs=--epochs: "
                    "the loss charges beta |KL - C|, C rising to c_max nats; give the model a "
                    "large beta), for vae and beta_vae. E.g. cyclical:n_cycles=2, "
@@ -1242,6 +1271,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "e.g. --pairs 0:17 5:80; the two ends of a pair must differ. Refused "
                    "together with --n-pairs")
     p.add_argument("--n-points", type=int, default=32, help="points per curve")
+    p.add_argument("--init", choices=("line", "graph"), default="line",
+                   help="where the fits start: the straight line, or the shortest path "
+                   "through the nearest-neighbour graph of the latent codes (all splits, a "
+                   f"seeded subset of at most {GRAPH_NODES}) weighted by the metric, which "
+                   "goes around high-metric ridges the line's fit cannot cross")
+    p.add_argument("--graph-neighbours", type=int, default=10,
+                   help="--init graph: neighbours each code is joined to")
     p.add_argument("--max-iter", type=int, default=500, help="optimiser iterations at most")
     p.add_argument("--grid-size", type=int, default=64,
                    help="volume (and curvature) grid points per axis")

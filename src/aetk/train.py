@@ -56,11 +56,11 @@ class _PenaltiesBypassed(ValueError):
 
 
 def has_kl_weight(cls: type) -> bool:
-    """Whether a model class weighs its KL term by `beta` (a VAE or VampPrior, or a
-    subclass): what `CyclicalBeta` anneals."""
-    from .models import VAE, VampPrior  # here: the models import this module
+    """Whether a model class weighs its KL term by `beta` (a VAE, VampPrior or ladder VAE,
+    or a subclass): what `CyclicalBeta` anneals."""
+    from .models import VAE, LadderVAE, VampPrior  # here: the models import this module
 
-    return issubclass(cls, (VAE, VampPrior))
+    return issubclass(cls, (VAE, VampPrior, LadderVAE))
 
 
 def charges_capacity(cls: type) -> bool:
@@ -103,8 +103,8 @@ class CyclicalBeta:
         if not has_kl_weight(type(model)):
             raise ValueError(
                 f"CyclicalBeta anneals the KL term's weight beta, which a "
-                f"{type(model).__name__} does not have (models with one: VAE, VampPrior and "
-                f"their subclasses)")
+                f"{type(model).__name__} does not have (models with one: VAE, VampPrior, "
+                f"LadderVAE and their subclasses)")
         model.beta = self.beta(epoch)
 
     def on_epoch_end(self, model: Model, epoch: int, row: dict[str, float]) -> None:

@@ -149,6 +149,7 @@ KL_WEIGHTED = (
     "factorvae",
     "dipvae",
     "vampprior",
+    "lvae",
 )
 
 
@@ -299,6 +300,11 @@ def geodesic_args(wildcards):
             ("--pairs", pairs_arg(geo["pairs"])),
             ("--n-pairs", None if geo["pairs"] else geo["n_pairs"]),
             ("--n-points", geo["n_points"]),
+            ("--init", geo["init"]),
+            (
+                "--graph-neighbours",
+                geo["graph_neighbours"] if geo["init"] == "graph" else None,
+            ),
             ("--max-iter", geo["max_iter"]),
             ("--grid-size", geo["grid_size"]),
             ("--spray", geo["spray"]),
