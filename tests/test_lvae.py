@@ -6,6 +6,7 @@ line and the pipeline."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -287,11 +288,43 @@ def test_the_top_encoder_is_a_fresh_copy_of_any_encoder() -> None:
     own = aetk.LadderVAE(aetk.GaussianEncoder(net, latent_dim=2),
                          aetk.BernoulliDecoder(latent_dim=2, out_features=64, hidden=(8,)),
                          hidden=(8,))
-    for model in (conv, own):
+    class Attending(torch.nn.Module):  # MultiheadAttention resets by _reset_parameters
+        def __init__(self) -> None:
+            super().__init__()
+            self.attention = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+            self.out = torch.nn.Linear(64, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seq = x.reshape(len(x), 8, 8)
+            return self.out(self.attention(seq, seq, seq)[0].flatten(1))
+
+    attending = aetk.LadderVAE(aetk.GaussianEncoder(Attending(), latent_dim=2),
+                               aetk.BernoulliDecoder(latent_dim=2, out_features=64,
+                                                     hidden=(8,)), hidden=(8,))
+    for model in (conv, own, attending):
         assert np.isfinite(model.loss(x).loss.item())
         mine = dict(model.encoder.named_parameters())
         for name, p in model.top_encoder.named_parameters():
-            assert p.data_ptr() != mine[name].data_ptr() and not torch.equal(p, mine[name])
+            assert p.data_ptr() != mine[name].data_ptr()
+            if "weight" in name:  # drawn at random (attention's biases start at zero)
+                assert not torch.equal(p, mine[name]), name
+
+
+def test_extreme_scales_stay_finite() -> None:
+    """Two standard deviations of 1e-12 combine to 7.07e-13 in float32 (the product of
+    the variances underflows to 0 there), and top-encoder outputs of 200 that the top head
+    ignores (their exp overflows float32) leave the loss finite."""
+    tiny_a = D.Independent(D.Normal(torch.zeros(3), torch.full((3,), 1e-12)), 1)
+    tiny_b = D.Independent(D.Normal(torch.ones(3), torch.full((3,), 1e-12)), 1)
+    loc, scale = precision_weighted(tiny_a, tiny_b)
+    torch.testing.assert_close(scale, torch.full((3,), 1e-12 / math.sqrt(2)), rtol=1e-5, atol=0)
+    torch.testing.assert_close(loc, torch.full((3,), 0.5))
+    model = aetk.build_model("lvae", "bernoulli", in_features=64, latent_dim=2, hidden=(8,))
+    with torch.no_grad():
+        last = [m for m in model.top_encoder.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.bias[2:].fill_(200.0)  # the outputs in the place of log sigma
+        model.top_head[0].weight[:, 2:] = 0
+    assert np.isfinite(model.loss(digits(n=16)[0]).loss.item())
 
 
 def test_conditions_reach_both_new_networks() -> None:

@@ -252,19 +252,24 @@ def test_configured_geodesic_pairs_reach_the_geodesics_command(tmp_path: Path) -
 
 
 def test_graph_start_reaches_the_geodesics_command(tmp_path: Path) -> None:
-    """`geodesics.init` becomes `--init`; `graph_neighbours` goes with `init: graph` only."""
+    """`geodesics.init` becomes `--init` (left out for the default, line: results made
+    before the option stay current); `graph_neighbours` goes with the graph start only."""
     def geodesic_commands(out: str) -> list[str]:
         return [line for line in out.splitlines() if "Shell command: aetk geodesics" in line]
 
     default = snakemake(make_workdir(tmp_path / "default"), "-n", "-p", "--cores", "1").stdout
     lines = geodesic_commands(default)
-    assert lines and all("--init line " in line and "--graph-neighbours" not in line
+    assert lines and all("--init" not in line and "--graph-neighbours" not in line
                          for line in lines)
     wd = make_workdir(tmp_path / "graph", {"geodesics": {"init": "graph",
                                                          "graph_neighbours": 7}})
     out = snakemake(wd, "-n", "-p", "--cores", "1", "--configfile", "test.yaml").stdout
     lines = geodesic_commands(out)
     assert lines and all("--init graph --graph-neighbours 7 " in line for line in lines)
+    wd = make_workdir(tmp_path / "both", {"geodesics": {"init": "both"}})
+    out = snakemake(wd, "-n", "-p", "--cores", "1", "--configfile", "test.yaml").stdout
+    lines = geodesic_commands(out)
+    assert lines and all("--init both --graph-neighbours 10 " in line for line in lines)
 
 
 def test_lint_and_snakefmt(tmp_path: Path) -> None:
@@ -313,7 +318,8 @@ def test_lint_and_snakefmt(tmp_path: Path) -> None:
     ({"geodesics": {"pairs": [[1, 2, 3]]}}, "geodesics.pairs.0: [1, 2, 3] is too long"),
     ({"geodesics": {"pairs": [[4, 4]]}}, "geodesics.pairs.0: [4, 4] has non-unique elements"),
     ({"geodesics": {"pairs": [[0, -1]]}}, "geodesics.pairs.0.1: -1 is less than the minimum"),
-    ({"geodesics": {"init": "grid"}}, "geodesics.init: 'grid' is not one of ['line', 'graph']"),
+    ({"geodesics": {"init": "grid"}},
+     "geodesics.init: 'grid' is not one of ['line', 'graph', 'both']"),
     ({"geodesics": {"graph_neighbours": 0}},
      "geodesics.graph_neighbours: 0 is less than the minimum of 1"),
 ])

@@ -853,7 +853,7 @@ def check_pairs(start: np.ndarray, end: np.ndarray, n_samples: int) -> None:
                              f"{n_samples} samples (indices 0 .. {n_samples - 1})")
 
 
-# --init graph: codes (at most) that make the graph's nodes
+# --init graph or both: codes (at most) that make the graph's nodes
 GRAPH_NODES = 4000
 
 
@@ -913,7 +913,7 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     z_start, z_end = torch.from_numpy(z[start]), torch.from_numpy(z[end])
     graph, nodes = None, z[:0]
-    if args.init == "graph":
+    if args.init in ("graph", "both"):
         # the codes of every split, at most GRAPH_NODES of them (a seeded subset)
         nodes = z[np.isfinite(z).all(1)]
         if len(nodes) > GRAPH_NODES:
@@ -922,8 +922,9 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
         graph = graph_curves(metric, z_start, z_end, torch.from_numpy(nodes),
                              k=args.graph_neighbours, n_points=args.n_points)
     res = fit_geodesics(metric, z_start, z_end, n_points=args.n_points,
-                        init=None if graph is None else graph.points, max_iter=args.max_iter,
-                        seed=args.seed, progress=sys.stderr.isatty())
+                        init=None if graph is None else graph.points,
+                        also_line=args.init == "both", max_iter=args.max_iter, seed=args.seed,
+                        progress=sys.stderr.isatty())
     ds = xr.Dataset(coords={"pair": np.arange(len(start)), "t": res.t.cpu().numpy(),
                             "latent": np.arange(z.shape[1])})
     ds["points"] = (("pair", "t", "latent"), res.points.detach().cpu().numpy())
@@ -936,6 +937,8 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
         ds["graph_length"] = (("pair",), graph.length.cpu().numpy())
         ds["graph_found"] = (("pair",), graph.found.cpu().numpy())
         ds["kept_init"] = (("pair",), res.kept_init.cpu().numpy())
+    if res.from_init is not None:
+        ds["from_graph"] = (("pair",), res.from_init.cpu().numpy())
     ds["start_index"] = (("pair",), start)
     ds["end_index"] = (("pair",), end)
     if labels is not None:
@@ -1271,13 +1274,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "e.g. --pairs 0:17 5:80; the two ends of a pair must differ. Refused "
                    "together with --n-pairs")
     p.add_argument("--n-points", type=int, default=32, help="points per curve")
-    p.add_argument("--init", choices=("line", "graph"), default="line",
-                   help="where the fits start: the straight line, or the shortest path "
+    p.add_argument("--init", choices=("line", "graph", "both"), default="line",
+                   help="where the fits start: the straight line; graph, the shortest path "
                    "through the nearest-neighbour graph of the latent codes (all splits, a "
                    f"seeded subset of at most {GRAPH_NODES}) weighted by the metric, which "
-                   "goes around high-metric ridges the line's fit cannot cross")
+                   "goes around high-metric ridges the line's fit cannot cross; or both, "
+                   "keeping each pair's shorter fit (twice the fitting time: for rough "
+                   "metrics such as a ReLU decoder's pull-back, where either start can end "
+                   "in a local minimum)")
     p.add_argument("--graph-neighbours", type=int, default=10,
-                   help="--init graph: neighbours each code is joined to")
+                   help="--init graph or both: neighbours each code is joined to")
     p.add_argument("--max-iter", type=int, default=500, help="optimiser iterations at most")
     p.add_argument("--grid-size", type=int, default=64,
                    help="volume (and curvature) grid points per axis")

@@ -300,10 +300,11 @@ def geodesic_args(wildcards):
             ("--pairs", pairs_arg(geo["pairs"])),
             ("--n-pairs", None if geo["pairs"] else geo["n_pairs"]),
             ("--n-points", geo["n_points"]),
-            ("--init", geo["init"]),
+            # the default left out: results made before the option existed stay current
+            ("--init", None if geo["init"] == "line" else geo["init"]),
             (
                 "--graph-neighbours",
-                geo["graph_neighbours"] if geo["init"] == "graph" else None,
+                geo["graph_neighbours"] if geo["init"] != "line" else None,
             ),
             ("--max-iter", geo["max_iter"]),
             ("--grid-size", geo["grid_size"]),

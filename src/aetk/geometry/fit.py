@@ -44,6 +44,7 @@ class GeodesicResult:
     fell_back: Tensor  # (B,) bool
     init_length: Tensor | None = None  # (B,); None only in results made elsewhere
     kept_init: Tensor | None = None  # (B,) bool
+    from_init: Tensor | None = None  # (B,) bool, with also_line: the given start's result
 
 
 def fit_geodesics(
@@ -56,6 +57,7 @@ def fit_geodesics(
     init: Tensor | str | None = None,
     nodes: Tensor | None = None,
     graph_k: int = 10,
+    also_line: bool = False,
     optimizer: str = "lbfgs",
     max_iter: int = 500,
     tol: float = 1e-5,
@@ -79,6 +81,10 @@ def fit_geodesics(
       the `graph_k`-nearest-neighbour graph of `nodes (M, d)` and the endpoints
       (`graph_curves`), which go around high-metric ridges that the line's fit cannot
       cross (a saddle or a local minimum on the line).
+    - `also_line=True` (with `init` curves or `"graph"`): fit from the straight line too,
+      all 2B curves in one batch, and keep each pair's shorter result (`from_init` says
+      which). On a ReLU decoder's rough pull-back the two starts reach different local
+      minima, either one the shorter for some pairs.
     - `optimizer="lbfgs"`: L-BFGS per pair (memory 10, Armijo backtracking), for discrete
       curves preconditioned by the metric-weighted second-difference matrix, which makes
       the iteration count nearly independent of `n_points`; `lr` scales its steps
@@ -121,6 +127,17 @@ def fit_geodesics(
         raise ValueError(f"the endpoints have {z_start.shape[-1]} coordinates but the metric's "
                          f"latent space has {d} (encode data points first)")
     start_curves = _initial_curves(metric, z_start, z_end, init, nodes, graph_k, n_points, curve)
+    if also_line:
+        if start_curves is None:
+            raise ValueError("also_line fits from the line besides a given start: give init "
+                             "curves or init='graph'")
+        line = _line(z_start, z_end, torch.linspace(0, 1, n_points, dtype=z_start.dtype,
+                                                    device=device))
+        twice = fit_geodesics(
+            metric, z_start.repeat(2, 1), z_end.repeat(2, 1), n_points=n_points,
+            init=torch.cat([line, start_curves]), optimizer=optimizer, max_iter=max_iter,
+            tol=tol, window=window, lr=lr, chunk_size=chunk_size, progress=progress)
+        return _shorter_start(twice)
     if lr is None:
         lr = 1.0 if optimizer == "lbfgs" else (1e-2 if curve == "discrete" else 1e-3)
     t = torch.linspace(0, 1, n_points, dtype=z_start.dtype, device=device)
@@ -149,11 +166,13 @@ def fit_geodesics(
             init_length, init_energy = (torch.cat(p) for p in zip(*(
                 (curve_length(metric, c, t), curve_energy(metric, c, t))
                 for c in start_curves.split(chunk_size)), strict=True))
-        kept_init = init_length < length
+        kept_init = ~(length <= init_length)  # a NaN fit too
         points = torch.where(kept_init[:, None, None], start_curves, points)
         length = torch.where(kept_init, init_length, length)
         energy_ = torch.where(kept_init, init_energy, energy_)
-    fell_back = length > line_length
+    # the line replaces a longer (or NaN) fit, and a kept initial curve no shorter than it
+    # (a start that was the line itself, where the graph did not join the pair)
+    fell_back = torch.where(kept_init, ~(length < line_length), ~(length <= line_length))
     points = torch.where(fell_back[:, None, None], line_points, points)
     return GeodesicResult(
         points=points,
@@ -168,6 +187,27 @@ def fit_geodesics(
         init_length=init_length,
         kept_init=kept_init & ~fell_back,
     )
+
+
+def _shorter_start(twice: GeodesicResult) -> GeodesicResult:
+    """Per pair, the shorter of the fits of `twice`: its first half started from the line,
+    its second half from the given curves (for the line start, a kept initial curve is the
+    line)."""
+    b = len(twice.length) // 2
+    graph = twice.length[b:] < twice.length[:b]
+    line_back = twice.fell_back[:b] | twice.kept_init[:b]
+    init_length = torch.where(graph, twice.init_length[b:], twice.line_length[:b])
+
+    def pick(values: Tensor) -> Tensor:
+        return torch.where(graph.reshape(-1, *[1] * (values.dim() - 1)), values[b:], values[:b])
+
+    return GeodesicResult(
+        points=pick(twice.points), t=twice.t, length=pick(twice.length),
+        energy=pick(twice.energy), euclidean_length=pick(twice.euclidean_length),
+        line_length=twice.line_length[:b], converged=pick(twice.converged),
+        iterations=pick(twice.iterations),
+        fell_back=torch.where(graph, twice.fell_back[b:], line_back),
+        init_length=init_length, kept_init=graph & twice.kept_init[b:], from_init=graph)
 
 
 def _initial_curves(

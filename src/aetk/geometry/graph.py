@@ -23,9 +23,10 @@ _SOURCES_PER_CALL = 256
 class GraphCurves:
     """Shortest graph paths between pairs of endpoints, one row per pair.
 
-    `points` are the paths resampled at `n_points` points equally spaced in metric arc
-    length (the straight line where `found` is False); `length` is a path's metric length,
-    the sum of its edge weights (inf where no path joins the endpoints).
+    `points` are the paths resampled at `n_points` points equally spaced in the mean of
+    their metric and Euclidean arc lengths, each a fraction of its total (the straight line
+    where `found` is False); `length` is a path's metric length, the sum of its edge
+    weights (inf where no path joins the endpoints).
     """
 
     points: Tensor  # (B, n_points, d)
@@ -51,8 +52,11 @@ def graph_curves(
     edge weighs the metric length of the straight segment between its vertices, split into
     `subdivisions` pieces (`curve_length`), `chunk_size` edges at a time; edges of
     non-finite length are left out. Paths are Dijkstra's, resampled linearly inside edges
-    at `n_points` points of equal metric arc length, the constant speed that energy
-    minimisation converges to. Nodes are, e.g., training codes or the 2-D grid of
+    at `n_points` points equally spaced in the mean of the metric and the Euclidean arc
+    length fractions: metric arc length alone, the constant speed that energy minimisation
+    converges to, leaves low-metric stretches with few points, whose long chords can cut
+    across the ridge the path went around (and a zero metric collapses them to one
+    chord). Nodes are, e.g., training codes or the 2-D grid of
     `metrics.grid_points`; their kNN graph need not be connected (pairs it does not join
     get the straight line and `found=False`).
     """
@@ -116,7 +120,10 @@ def graph_curves(
                 while path[-1] != source[p]:
                     path.append(int(pred[r, path[-1]]))
                 path.reverse()
-                arc, polyline = dist[r, path], coords[path]
+                polyline = coords[path]
+                arc = _fraction(dist[r, path]) + _fraction(
+                    np.concatenate([[0.0], np.linalg.norm(np.diff(polyline, axis=0), axis=1)
+                                    .cumsum()]))
             else:  # no path: the straight line, as a two-vertex polyline
                 arc, polyline = np.array([0.0, 1.0]), coords[[source[p], target[p]]]
             at = np.linspace(0.0, arc[-1], n_points)
@@ -126,6 +133,11 @@ def graph_curves(
     points[:, 0], points[:, -1] = z_start, z_end  # exactly, whatever the rounding
     length = torch.as_tensor(length, dtype=z_start.dtype, device=z_start.device)
     return GraphCurves(points=points, length=length, found=torch.isfinite(length))
+
+
+def _fraction(arc: np.ndarray) -> np.ndarray:
+    """A cumulative arc length as a fraction of its total (zeros for a total of zero)."""
+    return arc / arc[-1] if arc[-1] > 0 else np.zeros_like(arc)
 
 
 def _edge_lengths(metric: Metric, vertices: Tensor, edges: Tensor, subdivisions: int,
