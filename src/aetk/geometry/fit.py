@@ -191,23 +191,21 @@ def fit_geodesics(
 
 def _shorter_start(twice: GeodesicResult) -> GeodesicResult:
     """Per pair, the shorter of the fits of `twice`: its first half started from the line,
-    its second half from the given curves (for the line start, a kept initial curve is the
-    line)."""
+    its second half from the given curves."""
     b = len(twice.length) // 2
-    graph = twice.length[b:] < twice.length[:b]
-    line_back = twice.fell_back[:b] | twice.kept_init[:b]
-    init_length = torch.where(graph, twice.init_length[b:], twice.line_length[:b])
+    given = twice.length[b:] < twice.length[:b]
+    init_length = torch.where(given, twice.init_length[b:], twice.line_length[:b])
 
     def pick(values: Tensor) -> Tensor:
-        return torch.where(graph.reshape(-1, *[1] * (values.dim() - 1)), values[b:], values[:b])
+        return torch.where(given.reshape(-1, *[1] * (values.dim() - 1)), values[b:], values[:b])
 
     return GeodesicResult(
         points=pick(twice.points), t=twice.t, length=pick(twice.length),
         energy=pick(twice.energy), euclidean_length=pick(twice.euclidean_length),
         line_length=twice.line_length[:b], converged=pick(twice.converged),
         iterations=pick(twice.iterations),
-        fell_back=torch.where(graph, twice.fell_back[b:], line_back),
-        init_length=init_length, kept_init=graph & twice.kept_init[b:], from_init=graph)
+        fell_back=pick(twice.fell_back),
+        init_length=init_length, kept_init=given & twice.kept_init[b:], from_init=given)
 
 
 def _initial_curves(
