@@ -6,6 +6,7 @@ distances say are optimal."""
 
 import copy
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -493,6 +494,31 @@ def test_frechet_mean_keeps_the_point_reached_when_its_budget_runs_out():
     torch.testing.assert_close(res.variance,
                                (hyperbolic_distance(res.mean.expand_as(z), z) ** 2).mean(),
                                rtol=1e-4, atol=0)
+
+
+def test_frechet_mean_keeps_its_start_when_a_log_map_is_not_minimising(monkeypatch):
+    """A shot log map twice as long as the fitted curve to the same point is not the
+    minimising geodesic (a stiff metric's shooting lands on such ones): no Newton step
+    follows it, the fitted start comes back (`stopped="log_maps"`), its variance that of
+    the fitted curves, an upper bound of the exact one there."""
+    shots = []
+
+    def too_long(*args):
+        res = shoot(*args)
+        shots.append(1)
+        return replace(res, length=res.length * torch.tensor([2.0, 1, 1], dtype=f64))
+
+    shoot = connection._shoot
+    monkeypatch.setattr(connection, "_shoot", too_long)
+    z = torch.tensor(FAR_APART["tall"], dtype=f64)
+    res = frechet_mean(poincare(), z, n_points=16)
+    assert (res.stopped, res.converged, len(shots)) == ("log_maps", False, 1)
+    exact = (hyperbolic_distance(res.mean.expand_as(z), z) ** 2).mean()
+    assert exact <= res.variance <= 1.03 * exact  # 16-point curves: 1.3 % over here
+    # a zero weight on that point: its log map does not matter, Newton goes on
+    shots.clear()
+    res = frechet_mean(poincare(), z, torch.tensor([0.0, 1, 1], dtype=f64), n_points=16)
+    assert res.stopped == "converged" and len(shots) > 1
 
 
 def test_frechet_mean_refuses_bad_weights():

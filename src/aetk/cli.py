@@ -964,7 +964,8 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
         if not mean.converged:  # the point reached is kept: the spray and figure still show it
             print(f"warning: the Frechet mean of {len(codes)} validation codes did not converge"
                   f" ({mean.stopped} after {mean.iterations} steps); the spray leaves the point"
-                  f" it reached", file=sys.stderr)
+                  f" returned" + (" (the start: some shot log maps were not minimising)"
+                                  if mean.stopped == "log_maps" else ""), file=sys.stderr)
         radius = float(mean.variance.sqrt())
         spray = geodesic_spray(metric, mean.mean, args.spray, radius)
         ds = ds.assign_coords(direction=np.arange(args.spray),
