@@ -106,6 +106,28 @@ def test_save_load_round_trip(tmp_path, name, likelihood, kw):
     assert loaded.loss(val).loss.item() == expected.item()
 
 
+@pytest.mark.parametrize("annealing", ["cyclical", "capacity"])
+def test_a_reloaded_model_charges_the_loss_its_annealing_left(tmp_path, annealing):
+    """beta and the KL capacity are attributes, not weights: saved in config.json, so the
+    reloaded loss is the trained one, not the build's (beta 4, no capacity)."""
+    train, val = _digits()
+    model = _build("beta_vae", "bernoulli", beta=4.0)
+    callback = (aetk.CyclicalBeta(epochs=3, n_cycles=1, frac=1.0, beta_max=2.0)
+                if annealing == "cyclical" else aetk.CapacityAnnealing(6.0, epochs=3))
+    _fit(model, train, epochs=2, callbacks=[callback])
+    assert (model.beta, model.capacity) == pytest.approx(
+        (2.0 / 3, None) if annealing == "cyclical" else (4.0, 4.0))
+    model.save(tmp_path / "m")
+    loaded = aetk.load(tmp_path / "m")
+    assert (loaded.beta, loaded.capacity) == (model.beta, model.capacity)
+    model.eval()
+    torch.manual_seed(1)
+    expected = model.loss(val)
+    torch.manual_seed(1)
+    got = loaded.loss(val)
+    assert got.loss.item() == expected.loss.item()
+
+
 def test_load_refuses_a_model_not_built_by_build_model(tmp_path):
     enc = aetk.GaussianEncoder(in_features=4, latent_dim=2, hidden=(3,))
     model = aetk.VAE(enc, aetk.BernoulliDecoder(latent_dim=2, out_features=4, hidden=(3,)))

@@ -10,16 +10,18 @@ import torch
 
 from . import __version__
 from .models.base import Model
+from .train import annealed_values
 
 CONFIG, WEIGHTS = "config.json", "weights.pt"
 
 
 def save(model: Model, path: str | Path) -> None:
-    """Write `config.json` (how to rebuild the model) and `weights.pt` (its state dict)."""
+    """Write `config.json` (how to rebuild the model, and the beta and KL capacity that an
+    annealing schedule last set) and `weights.pt` (its state dict)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config = {"aetk_version": __version__, "class": type(model).__name__,
-              "build_spec": model.build_spec}
+              "build_spec": model.build_spec, "annealed": annealed_values(model)}
     (path / CONFIG).write_text(json.dumps(config, indent=2))
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path / WEIGHTS)
 
@@ -65,6 +67,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", *,
         model.load_state_dict(state)
     except RuntimeError as err:  # weights of another architecture under this description
         raise ValueError(f"the weights in {path} do not fit this model: {err}") from None
+    for name, value in config.get("annealed", {}).items():  # absent before 2026-12-01
+        setattr(model, name, value)
     return model.eval()
 
 

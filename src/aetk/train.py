@@ -71,6 +71,16 @@ def charges_capacity(cls: type) -> bool:
     return issubclass(cls, VAE) and cls.loss is VAE.loss
 
 
+def annealed_values(model: Model) -> dict[str, float]:
+    """The loss weights that `CyclicalBeta` and `CapacityAnnealing` set on `model` (its
+    `beta`, its `capacity` once set), as they are now: saved with the model, so that a
+    reloaded one charges the loss it was last trained with."""
+    out = {"beta": float(model.beta)} if has_kl_weight(type(model)) else {}
+    if charges_capacity(type(model)) and model.capacity is not None:
+        out["capacity"] = float(model.capacity)
+    return out
+
+
 class CyclicalBeta:
     """Cyclical KL annealing (Fu et al. 2019): in each of `n_cycles` cycles over `epochs`,
     beta rises linearly from `beta_min` to `beta_max` during the first `frac` of the cycle,
