@@ -338,3 +338,33 @@ def test_read_data_rejects_other_stores(tmp_path: Path) -> None:
         storage.read_data(tmp_path / "o.zarr")
     with pytest.raises(FileNotFoundError):
         storage.read_zarr(tmp_path / "none.zarr")
+    (tmp_path / "model").mkdir()  # a directory, but no zarr store
+    with pytest.raises(ValueError, match="not a zarr store written by aetk"):
+        storage.read_zarr(tmp_path / "model")
+
+
+def test_an_interrupted_write_leaves_the_previous_store(tmp_path: Path, monkeypatch) -> None:
+    """Stores are written beside their path and renamed into place: a write stopped half way
+    (here after its first variable, as a Ctrl-C would) leaves the old store whole, and no
+    partial copy."""
+    import xarray as xr
+
+    path = tmp_path / "s.zarr"
+    old = xr.Dataset({"a": (("n",), np.arange(3.0)), "b": (("n",), np.ones(3))})
+    storage.write_zarr(old, path)
+    to_zarr = xr.Dataset.to_zarr
+
+    def interrupted(ds, store, **kw):
+        to_zarr(ds[["a"]], store, **{**kw, "encoding": {"a": kw["encoding"]["a"]}})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(xr.Dataset, "to_zarr", interrupted)
+    new = xr.Dataset({"a": (("n",), np.zeros(3)), "b": (("n",), np.zeros(3))})
+    with pytest.raises(KeyboardInterrupt):
+        storage.write_zarr(new, path)
+    monkeypatch.undo()
+    xr.testing.assert_identical(storage.read_zarr(path).drop_attrs(), old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+    storage.write_zarr(new, path)  # and a complete write replaces it
+    xr.testing.assert_identical(storage.read_zarr(path).drop_attrs(), new)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]

@@ -10,6 +10,8 @@ attributes, never in fixed-width string arrays. The layout of each store is docu
 from __future__ import annotations
 
 import importlib.metadata as md
+import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +51,8 @@ def _clean_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_zarr(ds: xr.Dataset, path: str | Path, *, chunk_rows: int = CHUNK_ROWS) -> None:
-    """Write ``ds`` as a zarr-3 store at ``path`` (replacing it), chunked on the first dimension."""
+    """Write ``ds`` as a zarr-3 store at ``path`` (replacing it, once complete), chunked on
+    the first dimension."""
     compressor = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
     encoding = {}
     for name, var in ds.variables.items():
@@ -59,7 +62,23 @@ def write_zarr(ds: xr.Dataset, path: str | Path, *, chunk_rows: int = CHUNK_ROWS
         encoding[name] = {"chunks": chunks, "compressors": (compressor,)}
     ds = ds.copy()
     ds.attrs = _clean_attrs({**ds.attrs, "aetk_version": package_version()})
-    ds.to_zarr(str(path), mode="w", zarr_format=3, consolidated=False, encoding=encoding)
+    # written beside and then renamed into place: an interrupted write leaves no half
+    # store at `path` that a later step would read (missing chunks read back as NaN)
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        ds.to_zarr(str(partial), mode="w", zarr_format=3, consolidated=False,
+                   encoding=encoding)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            path.rename(old)
+            partial.rename(path)
+            shutil.rmtree(old)
+        else:
+            partial.rename(path)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def read_zarr(path: str | Path) -> xr.Dataset:
@@ -72,7 +91,11 @@ def read_zarr(path: str | Path) -> xr.Dataset:
         # reports as an unknown object; it is harmless.
         warnings.filterwarnings("ignore", message=r".*\.snakemake_timestamp",
                                 category=UserWarning)
-        with xr.open_zarr(str(path), consolidated=False, zarr_format=3) as ds:
+        try:
+            ds = xr.open_zarr(str(path), consolidated=False, zarr_format=3)
+        except FileNotFoundError as err:  # zarr's "No group found in store" for any directory
+            raise ValueError(f"{path} is not a zarr store written by aetk") from err
+        with ds:
             return ds.load()
 
 
