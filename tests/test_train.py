@@ -769,3 +769,20 @@ def test_clipping_hooks_are_gone_after_fit(interrupted):
         before = _total_norm(opt)
         opt.step()
         assert _total_norm(opt) == before > 100
+
+
+def test_devices_this_machine_lacks_are_value_errors_that_say_so(tmp_path):
+    model = _build()
+    model.save(tmp_path / "m")
+    with pytest.raises(ValueError, match="unknown device 'gpu': use auto, cpu, cuda"):
+        _fit(model, _digits()[0], device="gpu")
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"cuda:99.*this machine has"):
+            aetk.load(tmp_path / "m", map_location="cuda:99")
+    else:
+        for call in (lambda: _fit(model, _digits()[0], device="cuda"),
+                     lambda: aetk.load(tmp_path / "m", map_location="cuda:1")):
+            with pytest.raises(ValueError, match="CUDA is not available on this machine"):
+                call()
+    assert next(aetk.load(tmp_path / "m", map_location="auto").parameters()).device.type == (
+        "cuda" if torch.cuda.is_available() else "cpu")

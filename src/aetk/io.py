@@ -10,7 +10,7 @@ import torch
 
 from . import __version__
 from .models.base import Model
-from .train import annealed_values
+from .train import annealed_values, resolve_device
 
 CONFIG, WEIGHTS = "config.json", "weights.pt"
 
@@ -31,7 +31,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", *,
     """Rebuild a model saved with `model.save(path)` and load its weights (in eval mode).
     A model not made by `build_model` (your own networks or likelihood) cannot be rebuilt
     from its description: build it again as it was and pass it as `into`, which gets the
-    weights (the saved class must be its class)."""
+    weights (the saved class must be its class) and stays on its device; a rebuilt model
+    comes back on `map_location` ("cpu", "cuda", "auto": a GPU when there is one)."""
     from .build import build_model
 
     path = Path(path)
@@ -54,6 +55,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", *,
         spec = dict(spec)
         spec.setdefault("log_inputs", False)  # saved before it defaulted to True for counts
         model = build_model(spec.pop("model"), spec.pop("likelihood"), **spec)
+    map_location = resolve_device(map_location)
     try:
         state = torch.load(path / WEIGHTS, map_location=map_location, weights_only=True)
     except FileNotFoundError:
@@ -69,7 +71,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", *,
         raise ValueError(f"the weights in {path} do not fit this model: {err}") from None
     for name, value in config.get("annealed", {}).items():  # absent before 2026-12-01
         setattr(model, name, value)
-    return model.eval()
+    return (model if into is not None else model.to(map_location)).eval()
 
 
 def _check_fit(model: Model, config: dict, state: dict[str, torch.Tensor], path: Path) -> None:
