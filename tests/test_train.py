@@ -330,6 +330,22 @@ def test_checkpoint_from_other_settings_is_refused(tmp_path, change, diff):
     assert list(hist["epoch"]) == [1]
 
 
+def test_a_checkpoint_of_other_data_of_the_same_shape_is_refused(tmp_path):
+    """The audit's stale model: new values in the same-sized file resumed the old run."""
+    train, val = _digits(n_train=256)
+    ckpt = tmp_path / "ckpt.pt"
+    _fit(_build(), train, val, epochs=1, checkpoint=ckpt)
+    for other in ((train.flip(0), val), (train, val.flip(1))):
+        with pytest.raises(ValueError, match=r"different settings \(data: '[0-9a-f]{32}' there"):
+            _fit(_build(), *other, epochs=2, checkpoint=ckpt)
+    # a checkpoint written before fit hashed its data resumes as before
+    state = torch.load(ckpt, weights_only=True)
+    del state["fingerprint"]["data"]
+    torch.save(state, ckpt)
+    assert list(_fit(_build(), train, val, epochs=2, checkpoint=ckpt)["epoch"]) == [1, 2]
+    assert list(_fit(_build(), train, val, epochs=3, checkpoint=ckpt)["epoch"]) == [1, 2, 3]
+
+
 def test_a_checkpoint_with_more_epochs_than_asked_is_refused_untouched(tmp_path):
     train, _ = _digits(n_train=256)
     ckpt = tmp_path / "ckpt.pt"

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import math
 import numbers
@@ -474,6 +475,22 @@ def _fingerprint(model: Model, n_train: int, batch_size: int, lr: float, seed: i
             "n_train": n_train, "batch_size": batch_size, "lr": lr, "seed": seed}
 
 
+def _digest(*batches: _Batches | None) -> str | None:
+    """A hash of the tensors fit trains and validates on (data, conditions, targets); None
+    when any are streamed from a Dataset, which is not read twice to hash it."""
+    h = hashlib.blake2b(digest_size=16)
+    for b in batches:
+        if b is None:
+            continue
+        if b.tensor is None:
+            return None
+        for t in (b.tensor, b.conditions, b.targets):
+            if t is not None:
+                h.update(str((t.dtype, tuple(t.shape))).encode())
+                h.update(np.ascontiguousarray(t.detach().cpu().numpy()).data)
+    return h.hexdigest()
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     """Write atomically: an interruption mid-write leaves the previous checkpoint intact."""
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -591,6 +608,8 @@ def fit(
         fingerprint["clip_grad_norm"] = clip_grad_norm
     if penalties:  # only when set, as above
         fingerprint["penalties"] = {k: describe(p) for k, p in penalties.items()}
+    if ckpt is not None:  # a checkpoint of other data must not resume (hashing costs ~1 s/GB)
+        fingerprint["data"] = _digest(batches, val_batches)
     stopped = False  # a checkpoint of a run that a callback stopped is final
     if ckpt is not None and resume and ckpt.exists():
         history, stopped = _restore(ckpt, model, optimizers, schedulers, shuffle_rng,
@@ -733,6 +752,8 @@ def _restore(path: Path, model: Model, optimizers: dict, schedulers: dict,
     """Load a checkpoint into the model and optimisers: its history, and whether a callback
     had stopped that run."""
     state = torch.load(path, map_location=device, weights_only=True)
+    if "data" not in state["fingerprint"]:  # written before fit hashed its data: trusted
+        fingerprint = {k: v for k, v in fingerprint.items() if k != "data"}
     if state["fingerprint"] != fingerprint:
         old = state["fingerprint"]
         diff = ", ".join(f"{k}: {old.get(k)!r} there, {fingerprint.get(k)!r} now"
