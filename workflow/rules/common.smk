@@ -13,13 +13,51 @@ BUNDLED = ("mnist5k", "mnist", "digits", "swissroll", "scurve", "scrna_counts")
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 
 
+def allowed_names(alternatives):
+    """The names that the alternatives of a `oneOf` take: a string's `enum`, an object's
+    `name` (`enum` or `const`)."""
+    names = []
+    for alternative in alternatives:
+        named = alternative.get("properties", {}).get("name", {})
+        found = alternative.get("enum") or named.get("enum") or [named.get("const")]
+        names += [n for n in found if n is not None and n not in names]
+    return names
+
+
 def message(error):
-    """jsonschema's message, or for an excluded value (`not`) the key's description."""
+    """jsonschema's message, or for an excluded value (`not`) the key's description, and
+    for a value no alternative fits (`oneOf`) the names they allow."""
     if error.validator == "not":
         return (
             f"{error.instance!r} is not allowed: {error.schema.get('description', '')}"
         )
+    if error.validator in ("oneOf", "anyOf"):
+        names = allowed_names(error.validator_value)
+        name = (
+            error.instance.get("name")
+            if isinstance(error.instance, dict)
+            else error.instance
+        )
+        # a known name with bad options gets jsonschema's message
+        if names and name not in names:
+            return (
+                f"{error.instance!r} is not valid: choose one of {', '.join(map(str, names))}"
+                " (a name, or an object with name and options)"
+            )
     return error.message
+
+
+def check_source(data):
+    """A data file that does not exist stops the run before any job: the results are not
+    named by the data set, so Snakemake would otherwise report the last run's as current.
+    """
+    if data["source"] not in BUNDLED and not Path(data["source"]).exists():
+        raise WorkflowError(
+            "Invalid configuration (1 error(s)):\n"
+            f"  data.source: {data['source']!r} is neither a bundled data set "
+            f"({', '.join(BUNDLED)}) nor an existing file (paths are relative to "
+            f"{Path.cwd()})"
+        )
 
 
 def check_config(cfg):
@@ -41,6 +79,7 @@ def check_config(cfg):
 
 check_config(config)
 validate(config, schema="../schemas/config.schema.yaml")  # fills in the defaults
+check_source(config["data"])
 
 
 DATA = config["data"]
