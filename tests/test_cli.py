@@ -92,10 +92,10 @@ def steps(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cli.main(["train", *common, "--out", str(d / "model"), "--history", str(d / "h.tsv")])
     cli.main(["encode", "--data", str(d / "data.zarr"), "--model", str(d / "model"),
               "--n-examples", "6", "--n-generated", "4", "--n-scored", "50",
-              "--out", str(d / "latent.zarr")])
-    cli.main(["geodesics", "--model", str(d / "model"), "--latent", str(d / "latent.zarr"),
-              "--n-pairs", "3", "--n-points", "10", "--max-iter", "100", "--grid-size", "9",
-              "--out", str(d / "geo.zarr")])
+              "--out", str(d / "vae-bernoulli.zarr")])
+    cli.main(["geodesics", "--model", str(d / "model"), "--latent",
+              str(d / "vae-bernoulli.zarr"), "--n-pairs", "3", "--n-points", "10", "--max-iter",
+              "100", "--grid-size", "9", "--out", str(d / "geo.zarr")])
     # an RHVAE for the Frechet mean and the geodesic spray (its own smooth metric)
     rhvae = [a if a != "vae" else "rhvae" for a in common] + ["--options", '{"centroids": 16}']
     cli.main(["train", *rhvae, "--out", str(d / "rhvae"), "--history", str(d / "hr.tsv")])
@@ -105,11 +105,11 @@ def steps(tmp_path_factory: pytest.TempPathFactory) -> Path:
               str(d / "latent_rhvae.zarr"), "--n-pairs", "2", "--n-points", "10", "--grid-size",
               "9", "--spray", "6", "--spray-points", "20", "--out", str(d / "geo_rhvae.zarr")])
     cli.main(["report", "run", "--data", str(d / "data.zarr"), "--latent",
-              str(d / "latent.zarr"), "--out-dir", str(d / "fig")])
-    cli.main(["report", "geodesics", "--latent", str(d / "latent.zarr"), "--geodesics",
+              str(d / "vae-bernoulli.zarr"), "--out-dir", str(d / "fig")])
+    cli.main(["report", "geodesics", "--latent", str(d / "vae-bernoulli.zarr"), "--geodesics",
               str(d / "geo.zarr"), "--out", str(d / "fig" / "geodesics.png")])
     cli.main(["report", "summary", "--runs", "vae-bernoulli", "--histories", str(d / "h.tsv"),
-              "--latents", str(d / "latent.zarr"), "--geodesics", str(d / "geo.zarr"),
+              "--latents", str(d / "vae-bernoulli.zarr"), "--geodesics", str(d / "geo.zarr"),
               "--data", str(d / "data.zarr"),
               "--curves", str(d / "fig" / "curves.png"), "--table", str(d / "table.tsv"),
               "--figure", str(d / "fig" / "comparison.png")])
@@ -191,7 +191,7 @@ def test_an_autoencoder_generates_from_a_mixture_of_its_codes(steps: Path, tmp_p
     assert lat["generated"].attrs["sampler"] == lat["scored_model"].attrs["sampler"] == \
         "code_mixture"
     assert "Gaussian mixture fitted to the training codes" in lat["generated"].attrs["description"]
-    vae = storage.read_zarr(steps / "latent.zarr")
+    vae = storage.read_zarr(steps / "vae-bernoulli.zarr")
     assert vae["generated"].attrs["sampler"] == "model"
     base = ["sample", "--model", str(ae), "--n", "12"]
     assert cli.main([*base, "--sampler", "mixture", "--data", str(steps / "data.zarr"),
@@ -582,7 +582,7 @@ def test_another_data_set_exits_with_a_message(steps: Path, tmp_path: Path,
     assert not (tmp_path / "latent.zarr").exists()
     # the report of one model needs the store its latent codes came from
     assert cli.main(["report", "run", "--data", str(tmp_path / "roll.zarr"), "--latent",
-                     str(steps / "latent.zarr"), "--out-dir", str(tmp_path / "fig")]) == 1
+                     str(steps / "vae-bernoulli.zarr"), "--out-dir", str(tmp_path / "fig")]) == 1
     assert "was encoded from another data store" in capsys.readouterr().err
     assert not (tmp_path / "fig").exists()
 
@@ -592,7 +592,7 @@ def test_encode_output(steps: Path) -> None:
 
     import aetk
 
-    lat = storage.read_zarr(steps / "latent.zarr")
+    lat = storage.read_zarr(steps / "vae-bernoulli.zarr")
     data = storage.read_data(steps / "data.zarr")
     assert lat["z_mean"].dims == ("sample", "latent") and lat["z_mean"].shape == (240, 2)
     for name in ("z_mean", "z_std", "z_sample", "reconstruction_error", "kl", "elbo"):
@@ -637,7 +637,7 @@ def test_encode_stores_traversals_of_the_validation_codes(steps: Path) -> None:
 
     import aetk
 
-    lat = storage.read_zarr(steps / "latent.zarr")
+    lat = storage.read_zarr(steps / "vae-bernoulli.zarr")
     model = aetk.load(steps / "model").eval()
     codes = torch.from_numpy(lat["z_mean"].values[lat["split"].values == 1])
     want = aetk.latent_traversal(model, codes, n_steps=10)
@@ -682,7 +682,7 @@ def test_traversals_without_images_or_a_plane(tmp_path: Path,
 
 def test_geodesics_output(steps: Path) -> None:
     geo = storage.read_zarr(steps / "geo.zarr")
-    lat = storage.read_zarr(steps / "latent.zarr")
+    lat = storage.read_zarr(steps / "vae-bernoulli.zarr")
     assert geo["points"].dims == ("pair", "t", "latent") and geo["points"].shape == (3, 10, 2)
     z = lat["z_mean"].values
     np.testing.assert_allclose(geo["points"][:, 0].values, z[geo["start_index"].values],
@@ -752,13 +752,57 @@ def test_an_unconverged_frechet_mean_warns_and_keeps_the_point_reached(
     np.testing.assert_allclose(spray[:, 0], np.broadcast_to(geo["frechet_mean"].values, (6, 2)))
 
 
-def test_bad_spray_settings_exit_with_a_message(steps: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture) -> None:
-    assert cli.main(["geodesics", "--model", str(steps / "model"), "--latent",
-                     str(steps / "latent.zarr"), "--spray", "-1",
-                     "--out", str(tmp_path / "geo.zarr")]) == 1
-    assert "--spray must be >= 0" in capsys.readouterr().err
-    assert not (tmp_path / "geo.zarr").exists()
+@pytest.mark.parametrize(("command", "option", "value", "message"), [
+    ("train", "--threads", "0", "must be an integer >= 1, got '0'"),  # was torch's traceback
+    ("train", "--hidden", "-32", "must be an integer >= 1, got '-32'"),
+    ("train", "--epochs", "2.5", "must be an integer >= 1, got '2.5'"),
+    ("train", "--patience", "-1", "must be an integer >= 0, got '-1'"),
+    ("encode", "--batch-size", "0", "must be an integer >= 1, got '0'"),  # was split's
+    ("encode", "--n-importance", "-3", "must be an integer >= 0, got '-3'"),
+    ("geodesics", "--max-iter", "-5", "must be an integer >= 1, got '-5'"),  # wrote a store
+    ("geodesics", "--grid-size", "0", "must be an integer >= 1, got '0'"),
+    ("geodesics", "--spray", "-1", "must be an integer >= 0, got '-1'"),
+    ("geodesics", "--spray-points", "0", "must be an integer >= 1, got '0'"),
+    ("sample", "--n", "0", "must be an integer >= 1, got '0'"),
+    ("preprocess", "--n-samples", "0", "must be an integer >= 1, got '0'"),  # wrote a store
+])
+def test_bad_integer_options_exit_at_parsing(steps: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture, command: str,
+                                             option: str, value: str, message: str) -> None:
+    """Counts that cannot be 0 or negative are refused by argparse (exit status 2) before
+    any file is read or written."""
+    inputs = {
+        "preprocess": ["--source", "digits"],
+        "train": ["--data", str(steps / "data.zarr"), "--model", "vae", "--likelihood",
+                  "bernoulli", "--hidden", "16", "--epochs", "1", "--no-progress",
+                  "--history", str(tmp_path / "h.tsv")],
+        "encode": ["--data", str(steps / "data.zarr"), "--model", str(steps / "model")],
+        "geodesics": ["--model", str(steps / "model"), "--latent",
+                      str(steps / "vae-bernoulli.zarr"), "--n-pairs", "1", "--n-points", "4",
+                      "--max-iter", "5", "--grid-size", "3"],
+        "sample": ["--model", str(steps / "model")],
+    }[command]
+    with pytest.raises(SystemExit) as exc:
+        cli.main([command, *inputs, option, value, "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    assert f"aetk {command}: error: argument {option}: {message}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_more_samples_than_the_data_set_has_warns(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """--n-samples is at most: beyond the data set's size all samples are used, as the help
+    says, and a warning says so."""
+    assert cli.main(["preprocess", "--source", "digits", "--n-samples", "100000",
+                     "--out", str(tmp_path / "d.zarr")]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ("warning: --n-samples 100000 is more than the 1797 samples of "
+                            "digits: using all 1797\n")
+    assert storage.read_zarr(tmp_path / "d.zarr").sizes["sample"] == 1797
+    with pytest.raises(SystemExit):
+        cli.main(["preprocess", "--help"])
+    assert "with a warning, when the data set has fewer" in " ".join(
+        capsys.readouterr().out.split())
 
 
 def test_geodesics_between_configured_pairs(steps: Path, tmp_path: Path) -> None:
@@ -834,7 +878,7 @@ def test_report_outputs(steps: Path) -> None:
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, name
     table = pd.read_csv(steps / "table.tsv", sep="\t")
     history = pd.read_csv(steps / "h.tsv", sep="\t")
-    lat = storage.read_zarr(steps / "latent.zarr")
+    lat = storage.read_zarr(steps / "vae-bernoulli.zarr")
     geo = storage.read_zarr(steps / "geo.zarr")
     val = lat["split"].values == 1
     row = table.iloc[0]
@@ -904,3 +948,150 @@ def test_a_multinomial_model_through_the_command_line(tmp_path: Path) -> None:
     np.testing.assert_allclose(lat["example_reconstruction"].values.sum(1),
                                counts[shown].sum(1), rtol=1e-4)
 
+
+
+def test_geodesics_refuse_a_latent_store_of_another_model(
+        steps: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The latent store records the run hash of the model it was encoded with; a model
+    saved by hand (no aetk_run.json) is compared by model, likelihood and latent size."""
+    vae_hash = json.loads((steps / "model" / "aetk_run.json").read_text())["run_hash"]
+    rhvae_hash = json.loads((steps / "rhvae" / "aetk_run.json").read_text())["run_hash"]
+    aetk.load(steps / "rhvae").save(tmp_path / "by_hand")
+    out = tmp_path / "geo.zarr"
+    base = ["--n-pairs", "1", "--n-points", "4", "--max-iter", "5", "--grid-size", "3",
+            "--spray", "0", "--out", str(out)]
+    with monkeypatch.context() as m:
+        m.setattr(aetk, "load", lambda *a, **k: pytest.fail("refused only after loading"))
+        assert cli.main(["geodesics", "--model", str(steps / "model"), "--latent",
+                         str(steps / "latent_rhvae.zarr"), *base]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"aetk geodesics: error: {steps / 'latent_rhvae.zarr'} was "
+                              f"encoded with another model (run 'latent_rhvae': run hash "
+                              f"{rhvae_hash} there, {vae_hash} here) than {steps / 'model'}")
+        assert not out.exists()
+        assert cli.main(["geodesics", "--model", str(tmp_path / "by_hand"), "--latent",
+                         str(steps / "vae-bernoulli.zarr"), *base]) == 1
+        assert "(run 'vae-bernoulli': model vae there, rhvae here)" in capsys.readouterr().err
+        assert not out.exists()
+    # the same model saved by hand: nothing to tell them apart by, so not refused
+    assert cli.main(["geodesics", "--model", str(tmp_path / "by_hand"), "--latent",
+                     str(steps / "latent_rhvae.zarr"), *base]) == 0
+    # and the figure of a geodesic store over another model's latent codes
+    fig = tmp_path / "g.png"
+    assert cli.main(["report", "geodesics", "--latent", str(steps / "latent_rhvae.zarr"),
+                     "--geodesics", str(steps / "geo.zarr"), "--out", str(fig)]) == 1
+    assert (f"aetk report geodesics: error: {steps / 'geo.zarr'} was fitted with another model"
+            in capsys.readouterr().err)
+    assert not fig.exists()
+
+
+def test_report_summary_refuses_stores_of_another_run(steps: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    outputs = ["--curves", str(tmp_path / "c.png"), "--table", str(tmp_path / "t.tsv")]
+    assert cli.main(["report", "summary", "--runs", "rhvae-bernoulli", "--histories",
+                     str(steps / "hr.tsv"), "--latents", str(steps / "vae-bernoulli.zarr"),
+                     *outputs]) == 1
+    assert capsys.readouterr().err == (
+        f"aetk report summary: error: {steps / 'vae-bernoulli.zarr'} holds run "
+        "'vae-bernoulli', but is given for run 'rhvae-bernoulli': give --runs, --histories "
+        "and --latents in the same order\n")
+    geo = storage.read_zarr(steps / "geo.zarr")
+    geo.attrs["run"] = "vae-bernoulli-copy"
+    storage.write_zarr(geo, tmp_path / "geo.zarr")
+    assert cli.main(["report", "summary", "--runs", "vae-bernoulli", "--histories",
+                     str(steps / "h.tsv"), "--latents", str(steps / "vae-bernoulli.zarr"),
+                     "--geodesics", str(tmp_path / "geo.zarr"), *outputs]) == 1
+    assert (f"{tmp_path / 'geo.zarr'} holds run 'vae-bernoulli-copy', but is given for run "
+            "'vae-bernoulli'" in capsys.readouterr().err)
+    # mismatched counts: the same prefix as every other error
+    assert cli.main(["report", "summary", "--runs", "a", "b", "--histories",
+                     str(steps / "h.tsv"), "--latents", str(steps / "vae-bernoulli.zarr"),
+                     *outputs]) == 1
+    assert capsys.readouterr().err == ("aetk report summary: error: --runs, --histories and "
+                                       "--latents need one entry per run, in order\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["geo.zarr"]
+
+
+def test_ctrl_c_in_train_exits_in_one_line_and_keeps_the_checkpoint(
+        steps: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupt(self: object, model: object, epoch: int, row: object) -> None:
+        if epoch == 2:  # before fit writes epoch 2's checkpoint
+            raise KeyboardInterrupt
+
+    args = ["train", "--data", str(steps / "data.zarr"), "--model", "vae", "--likelihood",
+            "bernoulli", "--hidden", "16", "--epochs", "3", "--batch-size", "64",
+            "--no-progress", "--out", str(tmp_path / "m"), "--history", str(tmp_path / "h.tsv")]
+    ckpt = ["--checkpoint-dir", str(tmp_path / "ckpt")]
+    with monkeypatch.context() as m:
+        m.setattr(cli._EpochPrinter, "on_epoch_end", interrupt)
+        try:
+            assert cli.main([*args, *ckpt]) == 130
+        except KeyboardInterrupt:  # would end the whole test session
+            pytest.fail("KeyboardInterrupt escaped aetk train")
+        [kept] = (tmp_path / "ckpt").glob("*.pt")
+        assert capsys.readouterr().err == (
+            f"aetk train: interrupted; the checkpoint {kept} keeps epoch 1: rerun the same "
+            "command to resume from it\n")
+        assert cli.main(args) == 130
+        assert capsys.readouterr().err == (
+            "aetk train: interrupted; nothing was kept (with --checkpoint-dir, a rerun "
+            "resumes from the last finished epoch)\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    assert cli.main([*args, *ckpt]) == 0  # as the message says
+    assert "resuming from epoch 1 of checkpoint" in capsys.readouterr().out
+
+
+def test_a_checkpoint_of_other_settings_gives_the_command_line_advice(
+        steps: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["train", "--data", str(steps / "data.zarr"), "--model", "vae", "--likelihood",
+            "bernoulli", "--hidden", "16", "--epochs", "1", "--batch-size", "64",
+            "--no-progress", "--checkpoint-dir", str(tmp_path / "ckpt"),
+            "--out", str(tmp_path / "m"), "--history", str(tmp_path / "h.tsv")]
+    assert cli.main(args) == 0
+    [ckpt] = (tmp_path / "ckpt").glob("*.pt")
+    state = torch.load(ckpt, weights_only=True)
+    state["fingerprint"]["lr"] = 0.5  # as if written by another version's settings
+    torch.save(state, ckpt)
+    (tmp_path / "h.tsv").unlink()
+    capsys.readouterr()
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"aetk train: error: checkpoint {ckpt} was written for different "
+                          "settings (lr: 0.5 there, 0.001 now)")
+    assert err.endswith("; pass --no-resume (in the pipeline: train.resume: false in "
+                        "config.yaml) to start over\n") and "resume=False" not in err
+    assert not (tmp_path / "h.tsv").exists()
+    assert cli.main([*args, "--no-resume"]) == 0
+
+
+def test_a_store_of_another_kind_names_the_command_that_makes_the_right_one(
+        steps: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data, latent, model = steps / "data.zarr", steps / "vae-bernoulli.zarr", steps / "model"
+    geo, out = steps / "geo.zarr", tmp_path / "out"
+    cases = [
+        (["geodesics", "--model", str(model), "--latent", str(data), "--out", str(out)],
+         f"aetk geodesics: error: {data} is not an aetk latent store (run `aetk encode`); "
+         "it is a data store (from `aetk preprocess`)"),
+        (["report", "run", "--data", str(data), "--latent", str(data), "--out-dir", str(out)],
+         f"aetk report run: error: {data} is not an aetk latent store (run `aetk encode`)"),
+        (["report", "geodesics", "--latent", str(latent), "--geodesics", str(latent),
+          "--out", str(out)],
+         f"aetk report geodesics: error: {latent} is not an aetk geodesic store (run `aetk "
+         "geodesics`); it is a latent store (from `aetk encode`)"),
+        (["report", "summary", "--runs", "vae-bernoulli", "--histories", str(steps / "h.tsv"),
+          "--latents", str(geo), "--curves", str(out), "--table", str(tmp_path / "t.tsv")],
+         f"aetk report summary: error: {geo} is not an aetk latent store (run `aetk encode`); "
+         "it is a geodesic store (from `aetk geodesics`)"),
+        (["train", "--data", str(model), "--model", "vae", "--likelihood", "bernoulli",
+          "--out", str(out), "--history", str(tmp_path / "h.tsv")],
+         f"aetk train: error: {model} is not an aetk data store (run `aetk preprocess`); it is "
+         "a model directory (from `aetk train`)"),
+        (["encode", "--data", str(latent), "--model", str(model), "--out", str(out)],
+         f"aetk encode: error: {latent} is not an aetk data store (run `aetk preprocess`)"),
+    ]
+    for argv, message in cases:
+        assert cli.main(argv) == 1, argv
+        assert capsys.readouterr().err.startswith(message), argv
+    assert list(tmp_path.iterdir()) == []

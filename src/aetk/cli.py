@@ -22,8 +22,46 @@ import numpy as np
 
 from aetk import build, storage
 from aetk import data as data_mod
+from aetk.validate import positive_int
 
 EPILOG = "The layout of every Zarr store is described in docs/zarr-layout.md."
+
+# each store's `store` attribute -> what it is and the command that writes it
+STORES = {"aetk-data": ("data", "aetk preprocess"), "aetk-latent": ("latent", "aetk encode"),
+          "aetk-geodesics": ("geodesic", "aetk geodesics"),
+          "aetk-samples": ("sample", "aetk sample")}
+
+
+def _not_a_store(path: str | Path, kind: str, found: str) -> ValueError:
+    what, command = STORES[kind]
+    return ValueError(f"{path} is not an aetk {what} store (run `{command}`); it is {found}")
+
+
+def _check_zarr(path: str | Path, kind: str) -> None:
+    """Before reading: a folder that exists but is no zarr store (e.g. a model directory)."""
+    path = Path(path)
+    if path.exists() and not (path / "zarr.json").is_file():
+        found = ("a model directory (from `aetk train`)" if (path / "config.json").is_file()
+                 else "no zarr store")
+        raise _not_a_store(path, kind, found)
+
+
+def read_store(path: str | Path, kind: str) -> Any:
+    """The dataset of a store of `kind` (see STORES); one without a `store` attribute (made
+    by hand) is taken as it is."""
+    _check_zarr(path, kind)
+    ds = storage.read_zarr(path)
+    found = ds.attrs.get("store")
+    if found is not None and found != kind:
+        raise _not_a_store(path, kind, f"a {STORES[found][0]} store (from `{STORES[found][1]}`)"
+                           if found in STORES else f"a store of kind {found!r}")
+    return ds
+
+
+def read_data(path: str | Path) -> storage.StoredData:
+    """storage.read_data, with the message of read_store for a folder that is no store."""
+    _check_zarr(path, "aetk-data")
+    return storage.read_data(path)
 
 
 # --------------------------------------------------------------------------------------
@@ -60,6 +98,10 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
                             else args.n_samples, seed=args.seed)
     storage.write_data(prep, args.out, {"config_hash": data_mod.config_hash(settings),
                                         "config": json.dumps(settings)})
+    if (args.n_samples is not None and args.source not in ("swissroll", "scurve")
+            and args.n_samples > len(raw.x)):
+        print(f"warning: --n-samples {args.n_samples} is more than the {len(raw.x)} samples "
+              f"of {args.source}: using all {len(raw.x)}", file=sys.stderr)
     n_val = int(prep.is_validation.sum())
     print(f"{args.source}: {len(prep.x)} samples ({len(prep.x) - n_val} train, {n_val} "
           f"validation) x {prep.x.shape[1]} features, labels: {raw.label_kind}; "
@@ -271,7 +313,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                          "a plateau --lr-schedule: they watch the validation loss, which the "
                          "schedule changes from epoch to epoch (lower whenever beta falls, "
                          "or the capacity nears the KL), so they would keep those epochs")
-    stored = storage.read_data(args.data)
+    stored = read_data(args.data)
     settings = run_settings(args, stored.attrs.get("config_hash", ""))
     run_hash = data_mod.config_hash(settings)
     torch.manual_seed(args.seed)
@@ -302,8 +344,6 @@ def cmd_train(args: argparse.Namespace) -> None:
           f"{len(stored.train)} samples for {args.epochs} epochs on {device} with "
           f"{args.threads} thread(s); run hash {run_hash}", flush=True)
     t0 = time.perf_counter()
-    if args.patience < 0:
-        raise ValueError(f"--patience must be >= 0, got {args.patience}")
     train, val = stored.train, stored.validation if len(stored.validation) else None
     if conditions is not None:
         train = (train, conditions[~stored.is_validation])
@@ -319,11 +359,29 @@ def cmd_train(args: argparse.Namespace) -> None:
         n_primary, n_secondary, k = args.locality
         sampler = aetk.LocalityBatches(stored.train, n_primary=n_primary,
                                        n_secondary=n_secondary, k_neighbors=k)
-    history = aetk.fit(model, train, val, epochs=args.epochs, batch_size=args.batch_size,
-                       lr=args.lr, device=device, seed=args.seed, checkpoint=checkpoint,
-                       resume=args.resume, progress=progress, callbacks=callbacks,
-                       lr_schedule=args.lr_schedule, batch_sampler=sampler,
-                       clip_grad_norm=args.clip_grad_norm, penalties=penalties)
+    try:
+        history = aetk.fit(model, train, val, epochs=args.epochs, batch_size=args.batch_size,
+                           lr=args.lr, device=device, seed=args.seed, checkpoint=checkpoint,
+                           resume=args.resume, progress=progress, callbacks=callbacks,
+                           lr_schedule=args.lr_schedule, batch_sampler=sampler,
+                           clip_grad_norm=args.clip_grad_norm, penalties=penalties)
+    except ValueError as err:  # fit's advice is for Python callers: give the CLI's
+        message = str(err).replace("pass epochs >=", "pass --epochs >=").replace(
+            "resume=False", "--no-resume (in the pipeline: train.resume: false in config.yaml)")
+        raise ValueError(message) from None
+    except KeyboardInterrupt:
+        # fit writes the checkpoint after every epoch (atomically): the last one is kept
+        done = finished_epochs(checkpoint) if checkpoint is not None else 0
+        if done:
+            rerun = "the same command" if args.resume else "the command without --no-resume"
+            kept = (f"the checkpoint {checkpoint} keeps epoch {done}: rerun {rerun} to resume "
+                    "from it")
+        elif checkpoint is not None:
+            kept = "no epoch finished, so no checkpoint was written"
+        else:
+            kept = ("nothing was kept (with --checkpoint-dir, a rerun resumes from the last "
+                    "finished epoch)")
+        raise KeyboardInterrupt(kept) from None
     model.cpu().save(args.out)
     info = {
         "run_hash": run_hash, "settings": settings, "device": device, "threads": args.threads,
@@ -575,7 +633,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
     import aetk
 
     torch.set_num_threads(args.threads)
-    stored = storage.read_data(args.data)
+    stored = read_data(args.data)
     model = aetk.load(args.model)
     info_path = Path(args.model) / "aetk_run.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
@@ -720,15 +778,13 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from aetk.expost import CodeMixture
     from aetk.geometry import EncoderMetric
 
-    if args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
     if args.sampler in ("geometric", "mixture") and args.data is None:
         raise ValueError(f"--sampler {args.sampler} needs --data: it is built from the codes "
                          "of the training samples")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model = aetk.load(args.model)
-    stored = storage.read_data(args.data) if args.data else None
+    stored = read_data(args.data) if args.data else None
     if stored is not None:
         model.check_data(torch.from_numpy(stored.x[:1]), "the stored")  # another data set?
     classes = sample_classes(model, args)
@@ -864,6 +920,32 @@ def latent_bounds(z: np.ndarray, pad: float = 0.1) -> list[list[float]]:
     return [[float(a), float(b)] for a, b in zip(lo - pad * span, hi + pad * span, strict=True)]
 
 
+def check_encoded_with(latent: Any, latent_path: str, model_dir: str) -> None:
+    """Refuse a latent store encoded with another model than the one in `model_dir`: by
+    run hash when both sides record one (aetk_run.json of `aetk train`), else by model,
+    likelihood and latent size; a side that records none (a model saved by hand) passes."""
+    model_dir = Path(model_dir)
+    info = (json.loads((model_dir / "aetk_run.json").read_text())
+            if (model_dir / "aetk_run.json").is_file() else {})
+    config = (json.loads((model_dir / "config.json").read_text())
+              if (model_dir / "config.json").is_file() else {})
+    spec = config.get("build_spec") or {}
+    ours = {"run hash": info.get("run_hash"), "model": spec.get("model"),
+            "likelihood": spec.get("likelihood"), "latent_dim": spec.get("latent_dim")}
+    theirs = {"run hash": latent.attrs.get("config_hash"), "model": latent.attrs.get("model"),
+              "likelihood": latent.attrs.get("likelihood"),
+              "latent_dim": latent.attrs.get("latent_dim")}
+    keys = ["run hash"] if ours["run hash"] and theirs["run hash"] else list(ours)[1:]
+    differ = [k for k in keys if ours[k] is not None and theirs[k] is not None
+              and ours[k] != theirs[k]]
+    if differ:
+        diff = ", ".join(f"{k} {theirs[k]} there, {ours[k]} here" for k in differ)
+        raise ValueError(f"{latent_path} was encoded with another model (run "
+                         f"{latent.attrs.get('run')!r}: {diff}) than {model_dir}: give the "
+                         f"model it was encoded with, or encode with this one (aetk encode "
+                         f"--model {model_dir})")
+
+
 def cmd_geodesics(args: argparse.Namespace) -> None:
     import torch
     import xarray as xr
@@ -881,20 +963,16 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
         volume_grid,
     )
 
-    if args.graph_neighbours < 1:
+    if args.graph_neighbours < 1:  # here, not by argparse: test_graph_geodesics expects 1
         raise ValueError(f"--graph-neighbours must be >= 1, got {args.graph_neighbours}")
-    if args.spray < 0 or args.spray_points < 1:
-        raise ValueError(f"--spray must be >= 0 and --spray-points >= 1, got {args.spray} and "
-                         f"{args.spray_points}")
     if args.pairs is not None and args.n_pairs is not None:
         raise ValueError("give either --pairs (these pairs) or --n-pairs (that many sampled "
                          "pairs), not both")
     n_pairs = 8 if args.n_pairs is None else args.n_pairs
-    if args.pairs is None and n_pairs < 1:
-        raise ValueError(f"--n-pairs must be >= 1, got {n_pairs}")
     configured = parse_pairs(args.pairs) if args.pairs is not None else None
     torch.set_num_threads(args.threads)
-    latent = storage.read_zarr(args.latent)
+    latent = read_store(args.latent, "aetk-latent")
+    check_encoded_with(latent, args.latent, args.model)
     z = latent["z_mean"].values
     labels = latent["label"].values if "label" in latent else None
     kind = latent.attrs.get("label_kind", "none")
@@ -1006,8 +1084,8 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
 def cmd_report_run(args: argparse.Namespace) -> None:
     from aetk import report
 
-    latent = storage.read_zarr(args.latent)
-    stored = storage.read_data(args.data)
+    latent = read_store(args.latent, "aetk-latent")
+    stored = read_data(args.data)
     encoded_from, given = latent.attrs.get("data_config_hash"), stored.attrs.get("config_hash")
     if encoded_from and given and encoded_from != given:
         raise ValueError(f"{args.latent} was encoded from another data store (config hash "
@@ -1024,9 +1102,23 @@ def cmd_report_run(args: argparse.Namespace) -> None:
 def cmd_report_geodesics(args: argparse.Namespace) -> None:
     from aetk import report
 
-    report.plot_geodesics(storage.read_zarr(args.latent), storage.read_zarr(args.geodesics),
-                          Path(args.out))
+    latent = read_store(args.latent, "aetk-latent")
+    geodesics = read_store(args.geodesics, "aetk-geodesics")
+    fitted_on, given = geodesics.attrs.get("config_hash"), latent.attrs.get("config_hash")
+    if fitted_on and given and fitted_on != given:
+        raise ValueError(f"{args.geodesics} was fitted with another model (run "
+                         f"{geodesics.attrs.get('run')!r}, run hash {fitted_on}) than "
+                         f"{args.latent} was encoded with (run {latent.attrs.get('run')!r}, "
+                         f"{given})")
+    report.plot_geodesics(latent, geodesics, Path(args.out))
     print(f"wrote {args.out}")
+
+
+def check_run(ds: Any, path: str, run: str, hint: str = "") -> None:
+    """Refuse a store whose `run` attribute (the name `aetk encode` gave it) is another run's."""
+    stored = ds.attrs.get("run")
+    if stored is not None and stored != run:
+        raise ValueError(f"{path} holds run {stored!r}, but is given for run {run!r}{hint}")
 
 
 def cmd_report_summary(args: argparse.Namespace) -> None:
@@ -1035,21 +1127,26 @@ def cmd_report_summary(args: argparse.Namespace) -> None:
     from aetk import report
 
     if not (len(args.runs) == len(args.histories) == len(args.latents)):
-        raise SystemExit("--runs, --histories and --latents need one entry per run, in order")
-    histories = {r: pd.read_csv(h, sep="\t") for r, h in zip(args.runs, args.histories,
+        raise ValueError("--runs, --histories and --latents need one entry per run, in order")
+    latents = {r: read_store(p, "aetk-latent") for r, p in zip(args.runs, args.latents,
                                                                strict=True)}
-    latents = {r: storage.read_zarr(p) for r, p in zip(args.runs, args.latents, strict=True)}
+    for (run, ds), path in zip(latents.items(), args.latents, strict=True):
+        check_run(ds, path, run, ": give --runs, --histories and --latents in the same order")
     # A geodesic store belongs to the run whose model it was fitted with (same run hash).
     run_of_hash = {ds.attrs.get("config_hash"): run for run, ds in latents.items()}
     geodesics = {}
     for path in args.geodesics:
-        ds = storage.read_zarr(path)
+        ds = read_store(path, "aetk-geodesics")
         if ds.attrs.get("config_hash") not in run_of_hash:
-            raise SystemExit(f"{path} was not fitted with the model of any of the runs")
-        geodesics[run_of_hash[ds.attrs["config_hash"]]] = ds
+            raise ValueError(f"{path} was not fitted with the model of any of the runs")
+        run = run_of_hash[ds.attrs["config_hash"]]
+        check_run(ds, path, run)
+        geodesics[run] = ds
+    histories = {r: pd.read_csv(h, sep="\t") for r, h in zip(args.runs, args.histories,
+                                                               strict=True)}
     scorer = None
     if args.data:
-        stored = storage.read_data(args.data)
+        stored = read_data(args.data)
         if stored.label_kind == "categorical":
             labels = stored.labels[~stored.is_validation]
             scorer = report.SampleScorer(stored.train, labels, stored.validation)
@@ -1064,6 +1161,26 @@ def cmd_report_summary(args: argparse.Namespace) -> None:
 
 # --------------------------------------------------------------------------------------
 # argument parsing
+
+
+def positive(text: str) -> int:
+    """argparse type of the integer options that count something: >= 1 (a bad value exits
+    with argparse's usage message, before any file is read)."""
+    try:
+        return positive_int(int(text), "the value")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+
+
+def count(text: str) -> int:
+    """argparse type of the integer options where 0 means none: >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -1105,8 +1222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help="array in the file: npz key, zarr array or h5ad layer")
     p.add_argument("--labels", help="label array/column in the file, or a .npy/.txt file of "
                    "labels")
-    p.add_argument("--n-samples", type=int, help="use a seeded random subset of this size "
-                   "(the number generated for swissroll/scurve)")
+    p.add_argument("--n-samples", type=positive, help="use a seeded random subset of at most "
+                   "this size (all samples, with a warning, when the data set has fewer; the "
+                   "number generated for swissroll/scurve)")
     p.add_argument("--noise", type=float, default=0.05, help="noise of swissroll/scurve")
     p.add_argument("--transforms", nargs="*", default=[], metavar="T",
                    help="in order; each NAME, NAME:key=value,... or JSON; names: "
@@ -1130,11 +1248,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"model name: {', '.join(build.MODELS)} (the README describes each)")
     p.add_argument("--likelihood", required=True,
                    help=f"decoder likelihood: {', '.join(build.LIKELIHOODS)}")
-    p.add_argument("--latent-dim", type=int, default=2, help="latent dimensions")
-    p.add_argument("--hidden", type=int, nargs="+", default=[256, 256],
+    p.add_argument("--latent-dim", type=positive, default=2, help="latent dimensions")
+    p.add_argument("--hidden", type=positive, nargs="+", default=[256, 256],
                    help="hidden layer widths of the encoder and decoder MLPs")
     p.add_argument("--activation", default="relu", help="between hidden layers, e.g. tanh")
-    p.add_argument("--channels", type=int, nargs="*", default=[],
+    p.add_argument("--channels", type=positive, nargs="*", default=[],
                    help="convolutional encoder and decoder for image data: channels of the 4x4 "
                    "stride-2 convolutions before the MLP, e.g. 32 64 (each halves the image "
                    "sides, which must divide by 2 per entry); default: MLPs only")
@@ -1149,8 +1267,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "class of each sample (the store's categorical labels)")
     p.add_argument("--options", default="{}", help="JSON object of model/likelihood options, "
                    "e.g. '{\"beta\": 4}'")
-    p.add_argument("--epochs", type=int, default=20, help="training epochs")
-    p.add_argument("--batch-size", type=int, default=128, help="samples per gradient step")
+    p.add_argument("--epochs", type=positive, default=20, help="training epochs")
+    p.add_argument("--batch-size", type=positive, default=128, help="samples per gradient step")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--lr-schedule", type=parse_spec, default="constant", metavar="S",
                    help="learning rate per epoch: constant; cosine (options warmup=0, "
@@ -1169,7 +1287,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "the loss charges beta |KL - C|, C rising to c_max nats; give the model a "
                    "large beta), for vae and beta_vae. E.g. cyclical:n_cycles=2, "
                    "capacity:c_max=25 or a JSON object")
-    p.add_argument("--patience", type=int, default=0,
+    p.add_argument("--patience", type=count, default=0,
                    help="stop once the validation loss has not improved for this many epochs "
                    "and keep the best epoch's weights (0: train all --epochs)")
     p.add_argument("--clip-grad-norm", type=float, metavar="X",
@@ -1188,7 +1306,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "nearest neighbours; --batch-size then applies to validation only")
     p.add_argument("--device", default="auto", help="auto (a free GPU, else CPU), cpu, cuda:N")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and shuffling")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--threads", type=positive, default=1, help="torch CPU threads")
     p.add_argument("--checkpoint-dir", help="where to keep resumable checkpoints")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="resume from a checkpoint of the same settings")
@@ -1210,20 +1328,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="data store (.zarr)")
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--out", required=True, help="latent store to write (.zarr)")
-    p.add_argument("--batch-size", type=int, default=1024, help="samples per forward pass")
-    p.add_argument("--n-examples", type=int, default=10, help="validation samples reconstructed")
-    p.add_argument("--n-generated", type=int, default=16,
+    p.add_argument("--batch-size", type=positive, default=1024, help="samples per forward pass")
+    p.add_argument("--n-examples", type=positive, default=10,
+                   help="validation samples reconstructed")
+    p.add_argument("--n-generated", type=count, default=16,
                    help="samples generated (by each sampler)")
-    p.add_argument("--n-scored", type=int, default=500,
+    p.add_argument("--n-scored", type=count, default=500,
                    help="with categorical labels, samples of each sampler kept for the "
                    "report's classifier score (0: none)")
-    p.add_argument("--n-importance", type=int, default=100,
+    p.add_argument("--n-importance", type=count, default=100,
                    help="importance samples per data point for the log p(x) estimate (0: skip)")
-    p.add_argument("--traversal-steps", type=int, default=10,
+    p.add_argument("--traversal-steps", type=count, default=10,
                    help="steps of each latent traversal and of the decoded grid of a 2-D "
                    "latent space (0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the latent samples")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--threads", type=positive, default=1, help="torch CPU threads")
 
     p = add("sample", cmd_sample, "generate new data from a trained model",
             "Draw new samples: latent points from the model's own sampler (the N(0, I) prior "
@@ -1241,7 +1360,7 @@ def build_parser() -> argparse.ArgumentParser:
             "with --data, total_count (sample)")
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--out", required=True, help="sample store to write (.zarr)")
-    p.add_argument("--n", type=int, default=1000, help="samples to draw")
+    p.add_argument("--n", type=positive, default=1000, help="samples to draw")
     p.add_argument("--sampler", choices=("model", "geometric", "mixture"), default="model",
                    help="the model's own sampler; the encoder metric's Riemannian uniform; or "
                    "a 10-component Gaussian mixture fitted to the training codes (aetk."
@@ -1249,10 +1368,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="the model's data store (.zarr)")
     p.add_argument("--condition", help="for a conditional model: the class (name or index) "
                    "of every sample; default: the classes in turn")
-    p.add_argument("--n-centroids", type=int, default=1000,
+    p.add_argument("--n-centroids", type=positive, default=1000,
                    help="training codes that make the encoder metric (k-means snapped)")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--threads", type=positive, default=1, help="torch CPU threads")
 
     p = add("geodesics", cmd_geodesics, "fit latent geodesics of a trained model",
             "Fit geodesics between pairs of points in the model's metric: its own for an "
@@ -1267,7 +1386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--latent", required=True, help="its latent store (.zarr)")
     p.add_argument("--out", required=True, help="geodesic store to write (.zarr)")
-    p.add_argument("--n-pairs", type=int, default=None,
+    p.add_argument("--n-pairs", type=positive, default=None,
                    help="geodesics to fit between sampled pairs (default 8; not together "
                    "with --pairs)")
     p.add_argument("--pairs", nargs="+", metavar="I:J",
@@ -1275,7 +1394,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "indices along the latent store's `sample` dimension (0 .. n-1, any split), "
                    "e.g. --pairs 0:17 5:80; the two ends of a pair must differ. Refused "
                    "together with --n-pairs")
-    p.add_argument("--n-points", type=int, default=32, help="points per curve")
+    p.add_argument("--n-points", type=positive, default=32, help="points per curve")
     p.add_argument("--init", choices=("line", "graph", "both"), default="line",
                    help="where the fits start: the straight line; graph, the shortest path "
                    "through the nearest-neighbour graph of the latent codes (all splits, a "
@@ -1286,19 +1405,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "in a local minimum)")
     p.add_argument("--graph-neighbours", type=int, default=10,
                    help="--init graph or both: neighbours each code is joined to")
-    p.add_argument("--max-iter", type=int, default=500, help="optimiser iterations at most")
-    p.add_argument("--grid-size", type=int, default=64,
-                   help="volume (and curvature) grid points per axis")
-    p.add_argument("--spray", type=int, default=16,
+    p.add_argument("--max-iter", type=positive, default=500, help="optimiser iterations at most")
+    p.add_argument("--grid-size", type=positive, default=64,
+                   help="2-D latents: volume (and curvature) grid points per axis")
+    p.add_argument("--spray", type=count, default=16,
                    help="2-D RHVAE latents: geodesics leaving the Frechet mean of the validation "
                    "codes in this many directions, each as long as their RMS distance to it "
                    "(0: none)")
-    p.add_argument("--spray-points", type=int, default=100,
+    p.add_argument("--spray-points", type=positive, default=100,
                    help="validation codes (at most) whose Frechet mean centres the spray")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the sampled pairs, the fits' initial curves and the spray's "
                    "codes")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--threads", type=positive, default=1, help="torch CPU threads")
 
     p = add("report", None, "figures and tables",
             "Figures (PNG) and tables (TSV) for the report; see the subcommands.")
@@ -1351,13 +1470,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from aetk.train import TrainingDiverged  # after parsing: --help does not import torch
 
+    # as argparse names it: "aetk report summary"
+    prog = " ".join(filter(None, ("aetk", args.command, getattr(args, "report_command", None))))
     try:
         args.func(args)
     except (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError,
             TrainingDiverged) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"aetk {args.command}: error: {message}", file=sys.stderr)
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as err:  # Ctrl-C: one line, not a traceback
+        print(f"{prog}: interrupted" + (f"; {err}" if err.args else ""), file=sys.stderr)
+        return 130
     return 0
 
 
