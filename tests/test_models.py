@@ -627,3 +627,34 @@ def test_forward_decodes_a_posterior_sample_and_the_flow_moves_it():
         last = [m for m in moving.decoder.modules() if isinstance(m, nn.Linear)][-1]
         (grad,) = torch.autograd.grad(z_k.sum(), last.weight)
         assert grad.abs().max() > 0
+
+
+def test_embed_gives_the_point_codes_as_numpy_from_any_array():
+    """model.embed: latent_mean in evaluation mode, in batches, from numpy of any number
+    type, each row of a conditional model under its own condition; the mode is kept."""
+    torch.manual_seed(0)
+    model = aetk.build_model("vae", "bernoulli", in_features=6, latent_dim=2, hidden=(8,),
+                             input_noise=0.5)
+    x = np.random.default_rng(0).random((10, 6))
+    with torch.no_grad():
+        expected = model.eval().latent_mean(torch.tensor(x, dtype=torch.float32)).numpy()
+    model.train()
+    got = model.embed(x, batch_size=3)  # float64 numpy, in four batches, without noise
+    assert got.dtype == np.float32 and got.shape == (10, 2) and model.training
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(model.embed(torch.tensor(x)), model.embed(x))
+    np.testing.assert_array_equal(model.embed((x > 0.5).astype(np.int64)),
+                                  model.embed((x > 0.5).astype(np.float32)))
+    assert model.embed(x[:0]).shape == (0, 2)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        model.embed(x, batch_size=0)
+
+    cvae = aetk.build_model("vae", "bernoulli", in_features=6, latent_dim=2, hidden=(8,),
+                            n_conditions=3).eval()
+    c = np.eye(3)[np.arange(10) % 3]
+    with torch.no_grad(), cvae.given(torch.tensor(c, dtype=torch.float32)):
+        expected = cvae.latent_mean(torch.tensor(x, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(cvae.embed(x, c, batch_size=4), expected, rtol=1e-6,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="one row of conditions per sample: 9 for 10"):
+        cvae.embed(x, c[:9])

@@ -564,7 +564,9 @@ def fit(
     training and validation (`aetk.penalties.penalized`: callables `(model, x) -> scalar`,
     e.g. `aetk.MinVariance(0.1)`, a list or a mapping from names), each in the history as
     `train_penalty_<name>` and `val_penalty_<name>`. The model comes back in evaluation
-    mode (`model.eval()`).
+    mode (`model.eval()`). `seed` seeds the shuffling and every random draw of training;
+    the initial weights are the model's, made when it was built: call
+    `torch.manual_seed` before `build_model` for a run that repeats exactly.
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")

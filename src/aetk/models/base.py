@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -134,6 +135,35 @@ class Model(nn.Module):
         """The point estimate of z for x."""
         q = self.encode(x)
         return q if isinstance(q, torch.Tensor) else q.mean
+
+    @torch.no_grad()
+    def embed(self, x: Any, conditions: Any = None, *, batch_size: int = 1024) -> np.ndarray:
+        """The point codes `latent_mean(x)` of `x` (an array or tensor of any number type,
+        on any device) as a numpy array `(N, latent_dim)`: cast to the model's dtype and
+        device, in batches, without gradients, in evaluation mode (no input noise or
+        dropout; the model's mode is put back). A conditional model takes each row's
+        `conditions (N, k)`."""
+        batch_size = validate.positive_int(batch_size, "batch_size")
+        param = next(self.parameters())
+        x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+        c = None if conditions is None else torch.as_tensor(conditions, dtype=param.dtype)
+        if c is not None and len(c) != len(x):
+            raise ValueError(f"give one row of conditions per sample: {len(c)} for {len(x)}")
+        training = self.training
+        self.eval()
+        try:
+            codes = [self._embed_batch(x[i:i + batch_size].to(param.device, param.dtype),
+                                       None if c is None else c[i:i + batch_size].to(param.device))
+                     for i in range(0, len(x), batch_size)]
+        finally:
+            self.train(training)
+        if not codes:
+            return np.zeros((0, self.latent_dim), dtype=np.float32)
+        return torch.cat(codes).cpu().numpy()
+
+    def _embed_batch(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        with self.given(c):
+            return self.latent_mean(x)
 
     def importance_log_weights(self, q: Any, target: torch.Tensor, n: int) -> torch.Tensor:
         """`n` importance weights of `log p(target)` per row, `(n, B)`, from the encoder's
