@@ -135,7 +135,8 @@ def test_train_output_loads_and_learned(steps: Path) -> None:
     model = aetk.load(steps / "model")
     assert model.latent_dim == 2 and model.build_spec["hidden"] == [32]
     info = json.loads((steps / "model" / "aetk_run.json").read_text())
-    assert Path(info["checkpoint"]).name.endswith(f"{info['run_hash']}.pt")
+    digest = storage.read_data(steps / "data.zarr").digest()
+    assert Path(info["checkpoint"]).name.endswith(f"{info['run_hash']}-{digest}.pt")
     assert info["settings"]["epochs"] == 3 and info["device"] == "cpu"
 
 
@@ -153,6 +154,14 @@ def test_train_again_resumes_from_the_checkpoint(steps: Path, capsys: pytest.Cap
     cli.main([a if a != "0" else "1" for a in args])
     assert "resuming" not in capsys.readouterr().out
     assert len(list((steps / "ckpt").glob("vae-bernoulli-*.pt"))) == 2
+    # and so are other values in a store of the same settings (an edited data file)
+    ds = storage.read_zarr(steps / "data.zarr")
+    ds["x"] = 1 - ds["x"]
+    storage.write_zarr(ds, steps / "flipped.zarr")
+    cli.main([a if a != str(steps / "data.zarr") else str(steps / "flipped.zarr")
+              for a in args])
+    assert "resuming" not in capsys.readouterr().out
+    assert len(list((steps / "ckpt").glob("vae-bernoulli-*.pt"))) == 3
 
 
 def test_sample_draws_from_either_sampler(steps: Path, tmp_path: Path,
@@ -352,7 +361,7 @@ def test_beta_schedule_anneals_the_kl_weight_and_keys_its_own_run(
     info = json.loads((tmp_path / "m" / "aetk_run.json").read_text())
     assert info["settings"]["beta_schedule"] == {"name": "cyclical", "n_cycles": 2,
                                                  "frac": 0.5}
-    assert Path(info["checkpoint"]).name == f"vae-bernoulli-{info['run_hash']}.pt"
+    assert Path(info["checkpoint"]).name.startswith(f"vae-bernoulli-{info['run_hash']}-")
     # the same command again resumes its own finished checkpoint
     assert cli.main([*cyclical, "--out", str(tmp_path / "m2"),
                      "--history", str(tmp_path / "h2.tsv")]) == 0

@@ -333,7 +333,9 @@ def cmd_train(args: argparse.Namespace) -> None:
                              **settings["options"])
     checkpoint = None
     if args.checkpoint_dir is not None:
-        checkpoint = Path(args.checkpoint_dir) / f"{args.model}-{args.likelihood}-{run_hash}.pt"
+        # named by the data's values too: new values in the same file train afresh
+        checkpoint = (Path(args.checkpoint_dir)
+                      / f"{args.model}-{args.likelihood}-{run_hash}-{stored.digest()}.pt")
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         done = finished_epochs(checkpoint) if args.resume else 0
         if done:

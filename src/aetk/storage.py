@@ -9,6 +9,7 @@ attributes, never in fixed-width string arrays. The layout of each store is docu
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata as md
 import os
 import shutil
@@ -123,6 +124,16 @@ class StoredData:
     @property
     def validation(self) -> np.ndarray:
         return self.x[self.is_validation]
+
+    def digest(self) -> str:
+        """A hash of the values, split and labels: what a checkpoint of a run on this data
+        is named by, so that a store rewritten with other values trains afresh."""
+        h = hashlib.blake2b(digest_size=8)
+        for a in (self.x, self.is_validation, self.labels):
+            if a is not None:
+                h.update(str((a.dtype, a.shape)).encode())
+                h.update(np.ascontiguousarray(a).data)
+        return h.hexdigest()
 
 
 def data_to_dataset(prep: Prepared, attrs: dict[str, Any]) -> xr.Dataset:
