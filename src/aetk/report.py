@@ -17,6 +17,7 @@ import pandas as pd
 import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from aetk.aggregate import kl_decomposition
@@ -154,7 +155,7 @@ def plot_samples(latent: xr.Dataset, stored: StoredData, path: Path) -> None:
         _placeholder("this model does not generate samples", path)
         return
     mixture = "generated" in latent and latent["generated"].attrs.get("sampler") == "code_mixture"
-    own = "code\nmixture" if mixture else "model.sample"
+    own = "mixture of\nthe codes" if mixture else "the model's\nsampler"
     sets = {name: latent[var].values for var, name in (
         ("generated", own), ("generated_geometric", "Riemannian\nuniform")) if var in latent}
     shape = latent.attrs.get("image_shape")
@@ -276,11 +277,21 @@ def plot_geodesics(latent: xr.Dataset, geo: xr.Dataset, path: Path) -> None:
         ax.plot(curve[:, 0], curve[:, 1], "-", color=colour, lw=2.0)
         ax.plot(curve[[0, -1], 0], curve[[0, -1], 1], "o", color=colour, ms=4,
                 markeredgecolor="white", markeredgewidth=0.5)
+    on_volume = "log_volume" in geo
+    key = [Line2D([], [], color="0.3", lw=2.0, label="geodesic (a colour per pair)"),
+           Line2D([], [], color="0.3", lw=1.0, ls="--", label="straight line"),
+           Line2D([], [], ls="", marker="o", ms=3, color="white" if on_volume else "0.6",
+                  markeredgecolor="0.3", markeredgewidth=0.3, label="codes")]
     if spray:  # over them
         centre = geo["frechet_mean"].values
         ax.plot(centre[0], centre[1], "*", color="white", ms=11, markeredgecolor="black",
-                markeredgewidth=0.6, label="Frechet mean, geodesic spray")
-        ax.legend(loc="upper right", fontsize=7, framealpha=0.6)
+                markeredgewidth=0.6)
+        key += [Line2D([], [], ls="", marker="*", ms=9, color="white", markeredgecolor="black",
+                       markeredgewidth=0.6, label="Frechet mean of validation codes"),
+                Line2D([], [], color="white", lw=1.2, label="geodesic spray from it")]
+    # grey: the white of the codes and the spray stays visible
+    ax.legend(handles=key, loc="lower left", fontsize=7, framealpha=0.85,
+              facecolor="0.7" if on_volume else "white")
     ratio = float(np.mean(geo["length"].values / geo["line_length"].values))
     conv = int(geo["converged"].values.sum())
     ax.set(xlabel=axes[0], ylabel=axes[1],
@@ -408,12 +419,14 @@ def _score_dots(ax: Axes, rows: pd.DataFrame, y: np.ndarray) -> None:
     """The classifier score of each run's samples: the model's own sampler (a mixture of
     the codes for autoencoders without a prior) and the encoder metric's, against the
     validation data's (dashed)."""
-    ax.plot(rows["sample_score"], y, "o", color="tab:purple", label="model.sample / codes")
+    ax.plot(rows["sample_score"], y, "o", color="tab:purple",
+            label="the model's sampler (a mixture of the codes without one)")
     ax.plot(rows["geometric_sample_score"], y, "o", mfc="white", color="tab:purple",
             label="Riemannian uniform")
     ax.axvline(float(rows["data_sample_score"].iloc[0]), color="0.4", ls="--", lw=1,
                label="validation data")
-    ax.set(yticks=np.unique(y), yticklabels=[], xlabel="classifier score (higher is better)",
+    ax.set(yticks=np.unique(y), yticklabels=[],
+           xlabel="classifier score (1 to the number of classes; higher is better)",
            title="samples: recognisable and varied")
     ax.legend(fontsize=7, loc="lower left")
 
