@@ -28,3 +28,10 @@ rule all:
         expand("results/latent/{run}.zarr", run=RUNS),
         expand("results/geodesics/{run}.zarr", run=GEODESIC_RUNS),
         report_outputs(),
+
+
+onsuccess:
+    print(
+        "Done. Figures and tables: results/report/; for a report with captions run "
+        "snakemake --report results/report.zip (unzip it, open report/report.html)."
+    )
