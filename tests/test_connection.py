@@ -256,7 +256,8 @@ def test_log_map_estimates_its_integration_error():
 def test_log_map_doubles_its_steps_to_an_integration_tolerance():
     """From 4 steps, integration_tol=1e-5 doubles them until the estimated error is within
     it for every pair; the lengths then match the hyperbolic distance 100 times closer
-    than with 4 steps alone. With the doublings capped too early, converged says so."""
+    than with 4 steps alone. With the doublings capped too early, converged says so;
+    collocation, which does not integrate, then gives the distances all the same."""
     z0, z1 = half_plane_pairs()
     exact = hyperbolic_distance(z0, z1)
     coarse = log_map(poincare(), z0, z1, n_steps=4)
@@ -264,8 +265,12 @@ def test_log_map_doubles_its_steps_to_an_integration_tolerance():
     assert coarse.n_steps == 4 and fine.n_steps > 4 and fine.converged.all()
     assert (fine.integration_error <= 1e-5 * (z1 - z0).norm(dim=-1)).all()
     assert (fine.length - exact).abs().max() < 0.01 * (coarse.length - exact).abs().max()
-    capped = log_map(poincare(), z0, z1, n_steps=4, integration_tol=1e-5, max_doublings=0)
-    assert capped.n_steps == 4 and not capped.converged.any()
+    capped = log_map(poincare(), z0, z1, n_steps=4, integration_tol=1e-5, max_doublings=0,
+                     collocate=False)
+    assert capped.n_steps == 4 and not capped.converged.any() and not capped.collocated.any()
+    mended = log_map(poincare(), z0, z1, n_steps=4, integration_tol=1e-5, max_doublings=0)
+    assert mended.converged.all() and mended.collocated.all()
+    torch.testing.assert_close(mended.length, exact, rtol=1e-5, atol=0)
     with pytest.raises(ValueError, match="integration_tol"):
         log_map(poincare(), z0, z1, integration_tol=0.0)
     with pytest.raises(ValueError, match="max_doublings"):
@@ -297,7 +302,8 @@ def test_log_map_inverts_the_exp_map_of_trained_models(name):
 
 def test_log_map_says_when_it_did_not_converge():
     z0, z1 = half_plane_pairs()
-    res = log_map(poincare(), z0, z1, max_iter=0)  # the fitted curve's velocity, no shooting
+    # the fitted curve's velocity, no shooting, no collocation
+    res = log_map(poincare(), z0, z1, max_iter=0, collocate=False)
     assert not res.converged.any()
     assert (res.iterations == 0).all()
     assert (res.residual > 0).all()
@@ -353,6 +359,68 @@ def test_log_map_in_float32_stops_at_the_dtype_resolution():
     res = log_map(poincare(), z0, z0 + 0.01 * (z1 - z0))
     assert res.converged.all() and (res.iterations <= 2).all()
     assert (res.residual < 1e-5).all()
+
+
+def test_log_map_collocates_where_shooting_fails(monkeypatch):
+    """Without shooting (`max_iter=0`) every pair is collocated from its fitted curve; a
+    shot made wrong (on a geodesic three times too long, though it says converged) is
+    replaced the same way. Lengths: the hyperbolic distances to 1e-5 (the 16-point fitted
+    curves: to 6e-3); velocities: the closed-form log maps."""
+    z0, z1 = half_plane_pairs()
+    exact = hyperbolic_distance(z0, z1)
+    res = log_map(poincare(), z0, z1, max_iter=0, n_points=16)
+    assert res.converged.all() and res.collocated.all() and (res.iterations == 0).all()
+    torch.testing.assert_close(res.length, exact, rtol=1e-5, atol=0)
+    torch.testing.assert_close(res.velocity, half_plane_log(z0, z1), rtol=1e-5, atol=1e-8)
+
+    def wrong(*args, **kwargs):
+        res = shoot(*args, **kwargs)
+        scale = torch.tensor([1.0, 3.0], dtype=f64)
+        return replace(res, velocity=res.velocity * scale[:, None], length=res.length * scale)
+
+    shoot = connection._shoot
+    monkeypatch.setattr(connection, "_shoot", wrong)
+    res = log_map(poincare(), z0[:2], z1[:2], n_points=16)
+    assert res.collocated.tolist() == [False, True] and res.converged.all()
+    torch.testing.assert_close(res.length[1], exact[1], rtol=1e-5, atol=0)
+    torch.testing.assert_close(res.length[0], exact[0], rtol=1e-4, atol=0)  # the shot's
+
+
+def test_log_map_collocates_on_a_stiff_metric_where_shooting_fails(monkeypatch):
+    """Points 10 and 8 apart at heights 0.01 and 0.02 in H^2: G spans 1e4 I to 0.04 I
+    along the geodesic, and shooting from the fitted curve's velocity ends 8 to 10 from
+    the point. Collocation from that curve gives the arccosh distance to 1e-6 and the
+    closed-form log map."""
+    z0 = torch.tensor([[-5.0, 0.01], [0.0, 0.02]], dtype=f64)
+    z1 = torch.tensor([[5.0, 0.01], [8.0, 0.02]], dtype=f64)
+    shots = []
+    mend = connection._mend
+    monkeypatch.setattr(connection, "_mend", lambda metric, z0, z1, res, *args: (
+        shots.append(res) or mend(metric, z0, z1, res, *args)))
+    res = log_map(poincare(), z0, z1, n_points=16)
+    assert not shots[0].converged.any() and (shots[0].residual > 5).all()
+    assert res.converged.all() and res.collocated.all()
+    torch.testing.assert_close(res.length, hyperbolic_distance(z0, z1), rtol=1e-6, atol=0)
+    torch.testing.assert_close(res.velocity, half_plane_log(z0, z1), rtol=1e-5, atol=0)
+
+
+def test_collocation_tries_again_from_a_finer_fit(monkeypatch):
+    """Where collocation from the fitted curve fails (a coarse curve far from the geodesic),
+    it tries again from a fit with 4x the segments started from that curve."""
+    guesses = []
+    collocate = connection._collocate
+
+    def coarse_fails(metric, z0, z1, curves, tol):
+        guesses.append(curves.shape[1])
+        v, paths, solved = collocate(metric, z0, z1, curves, tol)
+        return v, paths, solved & (curves.shape[1] > 16)
+
+    monkeypatch.setattr(connection, "_collocate", coarse_fails)
+    z0, z1 = half_plane_pairs()
+    res = log_map(poincare(), z0[:2], z1[:2], max_iter=0, n_points=16)
+    assert guesses == [16, 61] and res.collocated.all()
+    torch.testing.assert_close(res.length, hyperbolic_distance(z0[:2], z1[:2]), rtol=1e-5,
+                               atol=0)
 
 
 # --- parallel transport ----------------------------------------------------------------
@@ -496,24 +564,76 @@ def test_frechet_mean_keeps_the_point_reached_when_its_budget_runs_out():
                                rtol=1e-4, atol=0)
 
 
-def test_frechet_mean_keeps_its_start_when_a_log_map_is_not_minimising(monkeypatch):
-    """A shot log map twice as long as the fitted curve to the same point is not the
-    minimising geodesic (a stiff metric's shooting lands on such ones): no Newton step
-    follows it, the fitted start comes back (`stopped="log_maps"`), its variance that of
-    the fitted curves, an upper bound of the exact one there."""
-    shots = []
+def fail_collocation(monkeypatch):
+    """Collocation solves nothing: where shooting fails, nothing replaces it."""
+    monkeypatch.setattr(connection, "_collocate", lambda metric, z0, z1, curves, tol: (
+        torch.zeros_like(z0), curves, torch.zeros(len(z0), dtype=torch.bool)))
 
-    def too_long(*args):
-        res = shoot(*args)
-        shots.append(1)
+
+def exact_variance(mean: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    return (hyperbolic_distance(mean.expand_as(z), z) ** 2).mean()
+
+
+def too_long(shoot):
+    """`_shoot`, its first pair's length doubled: not the minimising geodesic."""
+
+    def shot(*args, **kwargs):
+        res = shoot(*args, **kwargs)
         return replace(res, length=res.length * torch.tensor([2.0, 1, 1], dtype=f64))
 
-    shoot = connection._shoot
-    monkeypatch.setattr(connection, "_shoot", too_long)
+    return shot
+
+
+def missed(shoot):
+    """`_shoot`, its first pair's velocity cut to 0.7x and not converged: it misses."""
+
+    def shot(metric, z0, z1, v, n_steps, *args, **kwargs):
+        res = shoot(metric, z0, z1, v, n_steps, *args, **kwargs)
+        velocity = res.velocity.clone()
+        velocity[0] *= 0.7
+        end = connection.exp_map(metric, z0[:1], velocity[:1], n_steps=n_steps)
+        residual, converged = res.residual.clone(), res.converged.clone()
+        residual[0], converged[0] = (end - z1[:1]).norm(), False
+        length = metric.quad(z0, velocity.unsqueeze(-2))[..., 0].sqrt()
+        return replace(res, velocity=velocity, length=length, residual=residual,
+                       converged=converged)
+
+    return shot
+
+
+@pytest.mark.parametrize("wrong", [too_long, missed])
+def test_frechet_mean_collocates_the_log_maps_shooting_gets_wrong(wrong, monkeypatch):
+    """A shot log map twice as long as the fitted curve (not the minimising geodesic) or one
+    that misses its point (a stiff metric's shooting does both): collocation from the
+    fitted curve replaces it, at the start and at every Newton step, and the mean is the
+    closed-form one, where the mean used to stop at its start (`stopped="log_maps"`)."""
+    collocations = []
+    collocate = connection._collocate
+    monkeypatch.setattr(connection, "_shoot", wrong(connection._shoot))
+    monkeypatch.setattr(connection, "_collocate", lambda *args: (
+        collocations.append(len(args[1])) or collocate(*args)))
+    z = torch.tensor(FAR_APART["tall"], dtype=f64)
+    res = frechet_mean(poincare(), z, n_points=16, n_steps=10)
+    assert res.stopped == "converged" and res.iterations > 1
+    assert len(collocations) > 1 and set(collocations) == {1}  # the wrong one alone
+    exact = exact_variance(res.mean, z)
+    assert hyperbolic_distance(res.mean[None], closed_form_mean(z)[None]) < 1e-4 * exact.sqrt()
+    torch.testing.assert_close(res.variance, exact, rtol=1e-4, atol=0)
+
+
+def test_frechet_mean_keeps_its_start_when_a_log_map_is_not_minimising(monkeypatch):
+    """Where collocation fails too, no Newton step follows a log map twice as long as the
+    fitted curve: the fitted start comes back (`stopped="log_maps"`), its variance that
+    of the fitted curves, an upper bound of the exact one there."""
+    shots = []
+    shoot = too_long(connection._shoot)
+    monkeypatch.setattr(connection, "_shoot", lambda *args, **kwargs: (
+        shots.append(1) or shoot(*args, **kwargs)))
+    fail_collocation(monkeypatch)
     z = torch.tensor(FAR_APART["tall"], dtype=f64)
     res = frechet_mean(poincare(), z, n_points=16)
     assert (res.stopped, res.converged, len(shots)) == ("log_maps", False, 1)
-    exact = (hyperbolic_distance(res.mean.expand_as(z), z) ** 2).mean()
+    exact = exact_variance(res.mean, z)
     assert exact <= res.variance <= 1.03 * exact  # 16-point curves: 1.3 % over here
     # a zero weight on that point: its log map does not matter, Newton goes on
     shots.clear()
@@ -525,25 +645,14 @@ def test_frechet_mean_keeps_its_start_when_a_shot_misses_its_point(monkeypatch):
     """A shot that did not reach its point (a stiff metric's shooting can end 0.3 to 3.7
     from it, shorter than the fitted curve) is no log map: Newton on it reported
     "converged" here at a point 13 % of the rms distance from the closed-form mean, with a
-    variance 31 % below the exact one there. The fitted start comes back instead."""
-
-    def missed(metric, z0, z1, v, n_steps, *args):
-        res = shoot(metric, z0, z1, v, n_steps, *args)
-        velocity = res.velocity.clone()
-        velocity[0] *= 0.7  # the first point's shot stops short and is not converged
-        end = connection.exp_map(metric, z0[:1], velocity[:1], n_steps=n_steps)
-        residual, converged = res.residual.clone(), res.converged.clone()
-        residual[0], converged[0] = (end - z1[:1]).norm(), False
-        length = metric.quad(z0, velocity.unsqueeze(-2))[..., 0].sqrt()
-        return replace(res, velocity=velocity, length=length, residual=residual,
-                       converged=converged)
-
-    shoot = connection._shoot
-    monkeypatch.setattr(connection, "_shoot", missed)
+    variance 31 % below the exact one there. Where collocation fails too, the fitted
+    start comes back instead."""
+    monkeypatch.setattr(connection, "_shoot", missed(connection._shoot))
+    fail_collocation(monkeypatch)
     z = torch.tensor(FAR_APART["tall"], dtype=f64)
     res = frechet_mean(poincare(), z, n_points=16, n_steps=10)
     assert (res.stopped, res.converged) == ("log_maps", False)
-    exact = (hyperbolic_distance(res.mean.expand_as(z), z) ** 2).mean()
+    exact = exact_variance(res.mean, z)
     assert exact <= res.variance <= 1.03 * exact
     # the start is within its sqrt(tol) of the mean
     assert hyperbolic_distance(res.mean[None], closed_form_mean(z)[None]) < 1e-2 * exact.sqrt()
