@@ -1044,8 +1044,8 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
         if not mean.converged:  # the point reached is kept: the spray and figure still show it
             print(f"warning: the Frechet mean of {len(codes)} validation codes did not converge"
                   f" ({mean.stopped} after {mean.iterations} steps); the spray leaves the point"
-                  f" returned" + (" (the fitted curves' mean: some shot log maps from it were "
-                                  "not minimising or missed their points)"
+                  f" returned" + (" (the fitted curves' mean: neither shooting nor collocation "
+                                  "found minimising geodesics from it to some codes)"
                                   if mean.stopped == "log_maps" else ""), file=sys.stderr)
         radius = float(mean.variance.sqrt())
         spray = geodesic_spray(metric, mean.mean, args.spray, radius)
