@@ -549,10 +549,15 @@ def test_build_model_passes_options_to_decoder_and_model():
         (("vae", "gauss"), {}, r"unknown likelihood 'gauss'; valid: bernoulli, gaussian, "
                                r"gaussian_learned, categorical, poisson, negative_binomial"),
         (("vae", "gaussian"), {"sigmaa": 1.0},
-         r"unknown option\(s\) \['sigmaa'\].*valid: \['beta', 'free_bits', 'n_samples', 'sigma'\]"),
+         r"unknown option\(s\) \['sigmaa'\] .*\(did you mean 'sigma' for 'sigmaa'\?\); "
+         r"its options: \['beta', 'free_bits', 'n_samples', 'sigma'\]"),
         (("infovae", "bernoulli"), {"kernal": "imq"},
          r"\['kernal'\].*'alpha', 'kernel', 'lam', 'n_prior_samples', 'scales', 'unbiased'"),
-        (("ae", "poisson"), {"beta": 2.0}, r"unknown option\(s\) \['beta'\].*valid: \[\]"),
+        (("ae", "poisson"), {"beta": 2.0},
+         r"unknown option\(s\) \['beta'\].*its options: \[\]; build_model's own: "
+         r"\['in_features'"),
+        (("vae", "bernoulli"), {"latent_dims": 2},
+         r"\['latent_dims'\] .*\(did you mean 'latent_dim' for 'latent_dims'\?\)"),
         (("vae", "categorical"), {}, r"likelihood 'categorical' needs the option\(s\) "
                                      r"\['n_classes'\]"),
         (("vae", "bernoulli"), {"activation": "swish"}, r"unknown activation 'swish'; valid:"),
@@ -658,3 +663,27 @@ def test_embed_gives_the_point_codes_as_numpy_from_any_array():
                                atol=1e-6)
     with pytest.raises(ValueError, match="one row of conditions per sample: 9 for 10"):
         cvae.embed(x, c[:9])
+
+
+def test_after_training_the_data_is_checked_as_fit_checks_it():
+    """log_marginal scores only data in the likelihood's support (pixel counts under a
+    Bernoulli decoder got a positive log p(x)); embed refuses other feature sizes and NaN;
+    class labels as conditions get a hint to one-hot them; hidden may be one int."""
+    torch.manual_seed(0)
+    model = aetk.build_model("vae", "bernoulli", in_features=6, latent_dim=2, hidden=8)
+    assert model.build_spec["hidden"] == [8] and model.decoder.network[0].out_features == 8
+    x = torch.rand(5, 6)
+    assert bool((aetk.log_marginal(model, x, 4) < 0).all())
+    with pytest.raises(ValueError, match="log_marginal data"):
+        aetk.log_marginal(model, x * 16, 4)
+    with pytest.raises(ValueError, match=r"embed data has feature shape \(3,\) but the model "
+                                         r"expects \(6,\)"):
+        model.embed(x[:, :3])
+    with pytest.raises(ValueError, match="embed data has 5 NaN or infinite values; first at "
+                                         "row 0, column 2"):
+        model.embed(torch.where(torch.arange(6) == 2, float("nan"), x))
+    cvae = aetk.build_model("vae", "bernoulli", in_features=6, latent_dim=2, hidden=(8,),
+                            n_conditions=3)
+    with pytest.raises(ValueError, match=r"conditions of shape \(5,\): give \(rows, 3\), or "
+                                         r"\(3,\) for every row; class labels one-hot"):
+        cvae.embed(x, torch.tensor([0, 1, 2, 0, 1]))

@@ -2,6 +2,7 @@
 uninterrupted run; divergence; the beta schedule; input types; progress output."""
 
 import functools
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -802,3 +803,25 @@ def test_devices_this_machine_lacks_are_value_errors_that_say_so(tmp_path):
                 call()
     assert next(aetk.load(tmp_path / "m", map_location="auto").parameters()).device.type == (
         "cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_fit_takes_data_frames_and_names_containers_it_cannot(tmp_path, monkeypatch):
+    train, _ = _digits(n_train=128)
+    model = _build()
+    frame = pd.DataFrame(train.numpy())
+    torch.manual_seed(0)
+    from_frame = _fit(model, frame, epochs=1)["train_loss"]
+    torch.manual_seed(0)
+    assert _fit(_build(), train, epochs=1)["train_loss"].equals(from_frame)
+    loader = torch.utils.data.DataLoader(train, batch_size=8)
+    for bad, name in ((loader, "DataLoader"), ([{"x": 1}], "list of object")):
+        with pytest.raises(TypeError, match=f"give data as a tensor, a numpy array, a pandas "
+                                            f"DataFrame or a torch Dataset, not a {name}"):
+            _fit(model, bad, epochs=1)
+    for lr in (-1e-3, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="lr must be a finite number >= 0"):
+            _fit(model, train, epochs=1, lr=lr)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    model.save("~/m")  # the home directory, not a directory named ~
+    assert (tmp_path / "m" / "config.json").exists() and not Path("~").exists()
+    assert aetk.load("~/m").latent_dim == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import json
 from collections.abc import Callable, Sequence
@@ -165,15 +166,21 @@ def build_model(
     if out_shape != shape and channels:
         raise ValueError("another output shape needs MLP networks: convolutional decoders "
                          "mirror the encoder's images (give no channels)")
-    hidden = tuple(int(h) for h in hidden)
+    hidden = (hidden,) if isinstance(hidden, int) else tuple(int(h) for h in hidden)
     dec_valid = _accepted(decoder_cls.__init__) - set(_DECODER_SIZE_ARGS)
     dec_opts = {k: hyper.pop(k) for k in list(hyper) if k in dec_valid}
     model_opts = _accepted(constructor) - {"encoder", "decoder", *_SIZE_ARGS, *_NETWORK_ARGS}
     unknown = set(hyper) - model_opts
     if unknown:
+        known = sorted(model_opts | dec_valid)
+        own = [p for p in inspect.signature(build_model).parameters
+               if p not in ("model", "likelihood", "hyper")]
+        close = {k: difflib.get_close_matches(k, [*own, *known], n=1) for k in unknown}
+        hints = ", ".join(f"{m[0]!r} for {k!r}" for k, m in sorted(close.items()) if m)
         raise ValueError(
             f"unknown option(s) {sorted(unknown)} for model {model!r} with likelihood "
-            f"{likelihood!r}; valid: {sorted(model_opts | dec_valid)}"
+            f"{likelihood!r}{f' (did you mean {hints}?)' if hints else ''}; its options: "
+            f"{known}; build_model's own: {own}"
         )
     try:
         json.dumps({**dec_opts, **hyper})

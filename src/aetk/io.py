@@ -18,7 +18,7 @@ CONFIG, WEIGHTS = "config.json", "weights.pt"
 def save(model: Model, path: str | Path) -> None:
     """Write `config.json` (how to rebuild the model, and the beta and KL capacity that an
     annealing schedule last set) and `weights.pt` (its state dict)."""
-    path = Path(path)
+    path = Path(path).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     config = {"aetk_version": __version__, "class": type(model).__name__,
               "build_spec": model.build_spec, "annealed": annealed_values(model)}
@@ -35,7 +35,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", *,
     comes back on `map_location` ("cpu", "cuda", "auto": a GPU when there is one)."""
     from .build import build_model
 
-    path = Path(path)
+    path = Path(path).expanduser()
     if not (path / CONFIG).exists():
         raise FileNotFoundError(f"{path} holds no saved aetk model ({CONFIG} is missing)")
     config = json.loads((path / CONFIG).read_text())

@@ -43,6 +43,8 @@ def log_marginal(model: Model, x: torch.Tensor, n_samples: int = 100, chunk: int
     with `q(z|x_in)` as the proposal.
     """
     n_samples = positive_int(n_samples, "n_samples")
+    # as fit checks it: data outside the likelihood's support gets a finite, wrong score
+    model.check_data(x, "log_marginal", target)
     q = model.encode(x)
     if not (isinstance(q, D.Distribution)
             and isinstance(model.decode(q.sample()), D.Distribution)):

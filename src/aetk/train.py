@@ -270,9 +270,16 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def as_tensor(data: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Float32 tensor from an array or tensor (integer counts and classes stay exact)."""
-    t = torch.as_tensor(data)
-    return t.float() if t.dtype != torch.float32 else t
+    """Float32 tensor from a tensor, an array or anything with `to_numpy` (a pandas
+    DataFrame, an xarray DataArray); integer counts and classes stay exact."""
+    if not isinstance(data, torch.Tensor):
+        array = np.asarray(data.to_numpy() if hasattr(data, "to_numpy") else data)
+        if array.dtype.kind not in "biuf":  # torch's own message: "Could not infer dtype"
+            raise TypeError(f"give data as a tensor, a numpy array, a pandas DataFrame or a "
+                            f"torch Dataset, not a {type(data).__name__}"
+                            + (f" of {array.dtype}" if array.ndim else ""))
+        data = torch.from_numpy(array if array.flags.writeable else array.copy())
+    return data.float() if data.dtype != torch.float32 else data
 
 
 def _split(data: Data, conditional: bool) -> tuple[Any, Any, Any]:
@@ -570,6 +577,8 @@ def fit(
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
+    if not (isinstance(lr, numbers.Real) and 0 <= lr < math.inf):  # 0 freezes: tests use it
+        raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
     clip_grad_norm = check_clip_grad_norm(clip_grad_norm)
     penalties = penalty_names(penalties)
     _check(model, train, "train")

@@ -91,6 +91,11 @@ class Model(nn.Module):
                              "n_conditions > 0 for a conditional model)")
         param = next(self.parameters())
         c = torch.as_tensor(c).to(param.device, param.dtype)
+        if c.dim() == 1 and len(c) != self.n_conditions:
+            raise ValueError(f"conditions of shape {tuple(c.shape)}: give (rows, "
+                             f"{self.n_conditions}), or ({self.n_conditions},) for every row; "
+                             "class labels one-hot, torch.nn.functional.one_hot(labels, "
+                             f"{self.n_conditions}).float()")
         c = c[None] if c.dim() == 1 else c
         validate.check_conditions(c, self.n_conditions, "conditions")
         with attribute_set([m for m in self.modules() if isinstance(m, Conditioned)],
@@ -149,6 +154,9 @@ class Model(nn.Module):
         c = None if conditions is None else torch.as_tensor(conditions, dtype=param.dtype)
         if c is not None and len(c) != len(x):
             raise ValueError(f"give one row of conditions per sample: {len(c)} for {len(x)}")
+        if len(x) == 0:
+            return np.zeros((0, self.latent_dim), dtype=np.float32)
+        validate.check_finite(x, "embed", self.input_shape)  # the shape, and no NaN codes
         training = self.training
         self.eval()
         try:
@@ -157,8 +165,6 @@ class Model(nn.Module):
                      for i in range(0, len(x), batch_size)]
         finally:
             self.train(training)
-        if not codes:
-            return np.zeros((0, self.latent_dim), dtype=np.float32)
         return torch.cat(codes).cpu().numpy()
 
     def _embed_batch(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
