@@ -825,3 +825,34 @@ def test_fit_takes_data_frames_and_names_containers_it_cannot(tmp_path, monkeypa
     model.save("~/m")  # the home directory, not a directory named ~
     assert (tmp_path / "m" / "config.json").exists() and not Path("~").exists()
     assert aetk.load("~/m").latent_dim == 2
+
+
+def test_bad_items_of_a_dataset_are_named_and_the_model_kept():
+    """A Dataset is checked batch by batch: the error names the bad item (its rows are
+    shuffled), and a bad validation item met after an epoch of training leaves the model
+    as it was before that epoch."""
+    class Items(torch.utils.data.Dataset):  # not a TensorDataset, which fit takes whole
+        def __init__(self, x):
+            self.x = x
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, i):
+            return self.x[i]
+
+    train, val = _digits(n_train=256, n_val=64)
+    bad = train.clone()
+    bad[250, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"first at row \d+, column 3 \(the Dataset's item "
+                                         r"250\)"):
+        _fit(_build(), Items(bad), epochs=1)
+    bad_val = val.clone()
+    bad_val[40, 0] = float("inf")
+    model = _build()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"validation batch 1 data has 1 NaN or infinite "
+                                         r"values; first at row 40, column 0 \(the Dataset's "
+                                         r"item 40\)"):
+        _fit(model, Items(train), Items(bad_val), epochs=2)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

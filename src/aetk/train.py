@@ -12,6 +12,7 @@ import inspect
 import math
 import numbers
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -20,7 +21,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils import data as torch_data
+from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
 from tqdm.auto import tqdm
 
 from . import validate
@@ -357,11 +359,20 @@ class _Batches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None,
                                          torch.Tensor | None]]:
         if self.tensor is None:
-            loader = DataLoader(self.dataset, self.batch_size, shuffle=self.shuffle,
-                                generator=self.generator)
-            for i, batch in enumerate(loader, start=1):
+            # the items of each batch, to name the one a check refuses (the order, and the
+            # generator's draws, are those of DataLoader(shuffle=...) itself)
+            items = (RandomSampler(self.dataset, generator=self.generator) if self.shuffle
+                     else range(self.n))
+            order = list(torch_data.BatchSampler(items, self.batch_size, drop_last=False))
+            loader = DataLoader(self.dataset, batch_sampler=order, generator=self.generator)
+            for i, (batch, idx) in enumerate(zip(loader, order, strict=True), start=1):
                 x, c = as_tensor(_first_item(batch)), None
-                self.check(x, f"{self.name} batch {i}")
+                try:
+                    self.check(x, f"{self.name} batch {i}")
+                except ValueError as err:
+                    row = re.search(r"\brow (\d+)\b", str(err))
+                    raise ValueError(f"{err}" + (f" (the Dataset's item {idx[int(row[1])]})"
+                                                 if row else "")) from None
                 if self.n_conditions:
                     if not isinstance(batch, list | tuple) or len(batch) < 2:
                         raise ValueError("a conditional model needs a Dataset of (x, c) items")
@@ -682,8 +693,10 @@ def fit(
             # final: the weights as returned (the best epoch's, after EarlyStopping)
             _save_checkpoint(ckpt, {**checkpoint_state, "model": model.state_dict(),
                                     "stopped": True})
-    except _PenaltiesBypassed:
-        model.load_state_dict(good)  # its first step went without them
+    except (_PenaltiesBypassed, ValueError):
+        # penalties: its first step went without them; bad data met in a Dataset's batch,
+        # or a callback's refusal: the model as it was after the last finished epoch
+        model.load_state_dict(good)
         raise
     except TrainingDiverged as err:
         # the failed step already wrote non-finite weights: nothing past the last epoch is kept
