@@ -100,6 +100,7 @@ def test_a_trained_models_posteriors() -> None:
     (torch.zeros(5, 2), torch.zeros(5, 2), "stochastic encoder"),
     (torch.zeros(5, 2), torch.ones(5, 3), "must both be"),
     (torch.zeros(1, 2), torch.ones(1, 2), "N >= 2"),
+    (torch.full((5, 2), float("nan")), torch.ones(5, 2), "must be finite: the decomposition"),
 ])
 def test_bad_posteriors_are_refused(loc, scale, message) -> None:
     with pytest.raises(ValueError, match=message):

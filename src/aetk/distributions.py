@@ -56,8 +56,9 @@ def generate(dist: D.Distribution | torch.Tensor, mean_only: bool = True,
 
 def _check_total_count(dist: D.Distribution | torch.Tensor) -> None:
     if not hasattr(dist, "mean_at"):
-        name = type(getattr(dist, "base_dist", dist)).__name__
-        raise ValueError(f"total_count is for a multinomial decoder's counts, not for {name}")
+        name = type(getattr(dist, "base_dist", dist)).__name__.lstrip("_")
+        raise ValueError(f"total_count is for a multinomial decoder's counts, not for this "
+                         f"decoder's {name} distribution")
 
 
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:

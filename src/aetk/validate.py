@@ -99,6 +99,8 @@ def check_posteriors(loc: torch.Tensor | np.ndarray, scale: torch.Tensor | np.nd
     if loc.dim() != 2 or loc.shape != scale.shape or len(loc) < 2:
         raise ValueError(f"loc and scale must both be (N, d) with N >= 2, got "
                          f"{tuple(loc.shape)} and {tuple(scale.shape)}")
+    if not bool(loc.isfinite().all() & scale.isfinite().all()):
+        raise ValueError(f"loc and scale must be finite: {what} got NaN or infinite values")
     if not bool((scale > 0).all()):
         raise ValueError(f"every scale must be positive: {what} needs a stochastic encoder "
                          "(an AE's codes have no posterior)")
