@@ -92,6 +92,7 @@ def test_traversal_of_a_conditional_model_depends_on_the_given_class() -> None:
     (torch.randn(5, 2), {"n_steps": 1}, "n_steps"),
     (torch.randn(5, 2), {"quantiles": (0.9, 0.1)}, "quantiles"),
     (torch.randn(5, 2), {"max_dims": 0}, "max_dims"),
+    (torch.randn(5, 3), {}, "codes have 3 dimensions, but the model's latent space has 2"),
 ])
 def test_traversal_refuses_bad_input(codes, kwargs, message) -> None:
     model, _, _ = linear_model(2)
@@ -116,5 +117,23 @@ def test_traversal_figure_of_many_dimensions_without_images(tmp_path) -> None:
         {"traversal": (("traversed", "step", "feature"), decoded),
          "traversal_value": (("traversed", "step"), np.tile(np.linspace(-1, 1, 5), (6, 1)))},
         coords={"traversed": np.arange(6)}, attrs={"model": "vae", "likelihood": "gaussian"})
-    report.plot_traversals(ds, tmp_path / "t.png")
+    fig = report.plot_traversals(ds, tmp_path / "t.png")
     assert (tmp_path / "t.png").stat().st_size > 10_000
+    assert len(fig.axes) >= 4  # and it returns the figure, for a notebook
+
+
+def test_figures_without_a_path_are_returned_not_written(tmp_path, monkeypatch) -> None:
+    """Every plot_* returns its figure; without a path it writes nothing (a notebook
+    shows the figure); a single fit history is one panel."""
+    import pandas as pd
+
+    from aetk import report
+
+    monkeypatch.chdir(tmp_path)
+    history = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [3.0, 2.0, 1.5],
+                            "val_loss": [3.1, 2.2, 1.9]})
+    fig = report.plot_training_curves(history)
+    assert [ax.get_title() for ax in fig.axes] == ["training"]
+    assert [line.get_ydata().tolist() for line in fig.axes[0].lines] == [
+        [3.0, 2.0, 1.5], [3.1, 2.2, 1.9]]
+    assert list(tmp_path.iterdir()) == []

@@ -28,10 +28,14 @@ class Traversal(NamedTuple):
     reference: Tensor
 
 
-def _check(codes: Tensor, n_steps: int, quantiles: tuple[float, float]) -> Tensor:
-    codes = torch.as_tensor(codes)
+def _check(codes: Tensor, n_steps: int, quantiles: tuple[float, float], latent_dim: int
+           ) -> Tensor:
+    codes = torch.as_tensor(codes).detach()  # a reference without the encoder's graph
     if codes.dim() != 2 or len(codes) < 2:
         raise ValueError(f"codes must be (N, d) with N >= 2, got {tuple(codes.shape)}")
+    if codes.shape[1] != latent_dim:
+        raise ValueError(f"codes have {codes.shape[1]} dimensions, but the model's latent "
+                         f"space has {latent_dim}")
     if not torch.isfinite(codes).all():
         raise ValueError("the codes contain NaN or infinite values")
     if n_steps < 2:
@@ -65,7 +69,7 @@ def latent_traversal(model: Model, codes: Tensor, *, n_steps: int = 9, max_dims:
     quantile in `n_steps` steps, around their coordinate-wise median. Call it inside
     `model.given(c)` for a conditional model. `total_count`: a multinomial decoder's
     expected counts at this one total (e.g. the data's median), not its proportions."""
-    codes = _check(codes, n_steps, quantiles)
+    codes = _check(codes, n_steps, quantiles, model.latent_dim)
     if max_dims < 1:
         raise ValueError(f"max_dims must be positive, got {max_dims}")
     d = codes.shape[1]
@@ -86,7 +90,7 @@ def latent_grid(model: Model, codes: Tensor, *, n_steps: int = 12,
     grid over the codes' quantile range: `decoded (n_steps, n_steps, *features)` with row
     `i` at `z2[i]` (decreasing, as an image is read) and column `j` at `z1[j]`, and the
     axes `z1`, `z2 (n_steps,)`. `total_count` as for `latent_traversal`."""
-    codes = _check(codes, n_steps, quantiles)
+    codes = _check(codes, n_steps, quantiles, model.latent_dim)
     if codes.shape[1] != 2:
         raise ValueError(f"a latent grid needs a 2-D latent space, got {codes.shape[1]}")
     z1, z2 = _sweep(codes, n_steps, quantiles)
