@@ -679,3 +679,47 @@ def test_a_spray_of_the_half_plane_ends_on_a_hyperbolic_circle():
                                torch.full((12,), 1.5, dtype=f64), rtol=1e-6, atol=0)
     with pytest.raises(ValueError, match="2-D latent space"):
         geodesic_spray(poincare(), torch.zeros(3, dtype=f64))
+
+
+def test_points_of_any_dtype_are_cast_to_the_metrics():
+    """A float32 RHVAE's metric takes float64 tensors and numpy arrays (numpy's default
+    float64) in exp_map, log_map, frechet_mean, christoffel and geodesic_spray and answers
+    in float32, as for float32 points (they failed in its matrix products: double !=
+    float)."""
+    torch.manual_seed(0)
+    model = aetk.build_model("rhvae", "bernoulli", in_features=6, latent_dim=2, hidden=(8,),
+                             centroids=4)
+    model.on_fit_start(torch.rand(32, 6))
+    model.update_metric()
+    metric = metric_for(model.eval())
+    z = torch.tensor([[0.1, 0.2], [0.5, -0.3], [-0.4, 0.1]])
+    z64, v64 = z.numpy().astype(np.float64), np.full((3, 2), 0.2)
+    for got, want in (
+            (exp_map(metric, z64, v64), exp_map(metric, z, torch.full((3, 2), 0.2))),
+            (christoffel(metric, torch.as_tensor(z64)), christoffel(metric, z)),
+            (geodesic_spray(metric, z64[0], 4, radius=0.1, n_steps=10).points,
+             geodesic_spray(metric, z[0], 4, radius=0.1, n_steps=10).points)):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want)
+    log = log_map(metric, z64[:2], z64[1:], n_steps=10, collocate=False, n_points=8)
+    assert log.velocity.dtype == torch.float32 and log.converged.all()
+    torch.testing.assert_close(exp_map(metric, z[:2], log.velocity, n_steps=10), z[1:])
+    mean = frechet_mean(metric, z64, np.ones(3), n_steps=10, n_points=8)
+    assert mean.mean.dtype == torch.float32 and mean.stopped == "converged"
+
+
+def test_non_finite_points_are_refused_by_name():
+    """log_map and frechet_mean name NaN or infinite points up front, as fit_geodesics does,
+    and frechet_mean refuses NaN weights."""
+    z = POINTS.clone()
+    z[1, 1] = math.nan
+    with pytest.raises(ValueError, match=r"^z_end has NaN or infinite coordinates: 1 of 3 "
+                                         r"point\(s\), at row\(s\) 1 \(counting from 0\)"):
+        log_map(poincare(), POINTS, z)
+    with pytest.raises(ValueError, match=r"^z_start has NaN or infinite coordinates: 1 of 1"):
+        log_map(poincare(), torch.tensor([math.inf, 1.0], dtype=f64), POINTS[0])
+    with pytest.raises(ValueError, match=r"^z has NaN or infinite coordinates: 1 of 3 "
+                                         r"point\(s\), at row\(s\) 1 "):
+        frechet_mean(poincare(), z)
+    with pytest.raises(ValueError, match="N finite non-negative weights"):
+        frechet_mean(poincare(), POINTS, torch.tensor([1.0, math.nan, 1.0], dtype=f64))

@@ -3,7 +3,9 @@ coordinates (0), a conformal metric (K = -exp(-2 phi) Laplacian phi), a general 
 (Brioschi's formula by autograd), and the Riemann tensor's symmetries on an RHVAE metric."""
 
 import math
+import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -213,3 +215,57 @@ def test_curvature_grid_matches_pointwise_values_on_the_volume_grid() -> None:
     with pytest.raises(ValueError, match="curvature_grid needs a 2-D latent space"):
         curvature_grid(metric_for(aetk.build_model("rhvae", "bernoulli", in_features=4,
                                                    latent_dim=3, hidden=(4,))), bounds)
+
+
+def test_curvature_of_float64_points_on_a_float32_model() -> None:
+    """float64 tensors and numpy arrays are cast to a float32 model's dtype: scalar and
+    sectional curvature answer in float32, as for float32 points (they failed in the
+    model's matrix products: double != float)."""
+    torch.manual_seed(0)
+    model = aetk.build_model("rhvae", "bernoulli", in_features=6, latent_dim=2, hidden=(8,),
+                             centroids=4)
+    model.on_fit_start(torch.rand(32, 6))
+    model.update_metric()
+    metric = metric_for(model.eval())
+    z = 0.3 * torch.randn(4, 2)
+    want = scalar_curvature(metric, z)
+    for points in (z.double(), z.numpy().astype(np.float64)):
+        got = scalar_curvature(metric, points)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want)
+    u, v = torch.tensor([1.0, 0.0], dtype=F64), np.array([0.0, 1.0])
+    sec = sectional_curvature(metric, z[0].double(), u, v)
+    assert sec.dtype == torch.float32
+    torch.testing.assert_close(sec, 0.5 * want[0])  # 2-D: K is half the scalar curvature
+
+
+@pytest.mark.parametrize(("bounds", "message"), [
+    ((-3, 3), r"^curvature_grid needs bounds \(\(z1_min, z1_max\), \(z2_min, z2_max\)\) "
+              r"for a 2-D latent space, got \(-3, 3\)"),
+    (((-1, 1), (-1, 1), (-1, 1)), r"for a 2-D latent space, got 3 pair\(s\)"),
+    (((3, -3), (-1, 1)), r"^curvature_grid: the bounds of z1 must be finite with low < high, "
+                         r"got \(3.0, -3.0\)"),
+])
+def test_curvature_grid_refuses_malformed_bounds(bounds, message) -> None:
+    """A number, three pairs or reversed bounds: a ValueError that says what bounds are
+    (they were a TypeError, an unpacking error, and a grid running backwards)."""
+    with pytest.raises(ValueError, match=message):
+        curvature_grid(poincare(), bounds, 3)
+
+
+def test_curvature_grid_emits_no_deprecation_warning(monkeypatch) -> None:
+    """torch's forward AD loads its jvp decompositions on a process's first forward-mode
+    call, and they warn that torch.jit.script is deprecated (18 times): curvature_grid
+    hides exactly that. The module is unloaded for the test, so that this call is the
+    first (monkeypatch puts it back)."""
+    import sys
+
+    name = "torch._decomp.decompositions_for_jvp"
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.delattr(torch._decomp, "decompositions_for_jvp", raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        grid = curvature_grid(poincare(), ((-1.0, 1.0), (0.5, 2.0)), 3)
+    assert name in sys.modules  # the decompositions were loaded in the call
+    assert [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)] == []
+    assert grid["gaussian_curvature"].values == pytest.approx(-1.0, abs=1e-5)

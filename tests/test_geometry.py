@@ -374,3 +374,111 @@ def test_volume_grid_needs_a_two_dimensional_latent_space():
     model = aetk.build_model("vae", "bernoulli", in_features=5, latent_dim=3, hidden=(8,))
     with pytest.raises(ValueError, match="needs a 2-D latent space; this metric's has 3"):
         volume_grid(metric_for(model), ((-1, 1), (-1, 1)), n=5)
+
+
+# --- what the public functions take: dtypes, non-finite points, devices, grid bounds ----
+
+
+def float32_metric(kind: str) -> Metric:
+    """A float32 model's metric: a tanh VAE's pull-back or an RHVAE's own."""
+    torch.manual_seed(0)
+    extra = {"centroids": 4} if kind == "rhvae" else {"activation": "tanh"}
+    model = aetk.build_model(kind, "bernoulli", in_features=6, latent_dim=2, hidden=(8,),
+                             **extra)
+    model.on_fit_start(torch.rand(32, 6))
+    if kind == "rhvae":
+        model.update_metric()
+    return metric_for(model.eval())
+
+
+@pytest.mark.parametrize("kind", ["vae", "rhvae"])
+def test_endpoints_of_any_dtype_are_cast_to_the_metrics(kind):
+    """float64 tensors, numpy's default float64 and integer arrays give a float32 model's
+    metric the same geodesics as float32 tensors, in float32 (they failed in the model's
+    matrix products: double != float)."""
+    metric = float32_metric(kind)
+    z0 = torch.tensor([[0.0, 0.0], [1.0, -1.0]])
+    z1 = torch.tensor([[0.1, 0.1], [-1.0, 2.0]])
+    want = fit_geodesics(metric, z0, z1, n_points=8, max_iter=10)
+    whole = fit_geodesics(metric, z0.round(), z1.round(), n_points=8, max_iter=10)
+    for a, b, ref in ((z0.double(), z1.double(), want),
+                      (z0.numpy().astype(np.float64), z1.numpy(), want),
+                      (z0.numpy().astype(np.int64), z1.round().numpy().astype(np.int32), whole)):
+        got = fit_geodesics(metric, a, b, n_points=8, max_iter=10)
+        assert got.length.dtype == got.points.dtype == torch.float32
+        torch.testing.assert_close(got.length, ref.length)
+    assert whole.length[1] > 0
+    dist = distance_matrix(metric, torch.cat([z0, z1]).numpy().astype(np.float64), n_points=8,
+                           max_iter=10)
+    assert dist.dtype == torch.float32
+    torch.testing.assert_close(dist[[0, 1], [2, 3]], want.length)
+
+
+def test_a_float64_metric_keeps_float64():
+    """The cast goes to the metric's dtype, not float32: a float64 decoder's pull-back gives
+    float32 endpoints float64 results, and a plain metric (no dtype of its own) keeps
+    float64 endpoints in float64."""
+    metric = PullbackMetric(tiny_decoder(aetk.BernoulliDecoder))
+    z0, z1 = torch.tensor([[-1.0, 0.0]]), torch.tensor([[1.0, 0.5]])
+    got = fit_geodesics(metric, z0, z1, n_points=8, max_iter=10)
+    want = fit_geodesics(metric, z0.double(), z1.double(), n_points=8, max_iter=10)
+    assert got.length.dtype == torch.float64
+    torch.testing.assert_close(got.length, want.length, rtol=0, atol=0)
+    plain = fit_geodesics(poincare(), np.array([[0.0, 1.0]]), np.array([[1.0, 2.0]]))
+    assert plain.length.dtype == torch.float64
+
+
+def test_non_finite_endpoints_are_refused_by_name():
+    """NaN or infinite endpoints are a ValueError naming them, before any fitting (a VAE's
+    pull-back spent 72 s on NaN endpoints and returned NaN lengths, an RHVAE failed in a
+    Cholesky factorisation)."""
+    z0, z1 = half_plane_pairs()
+    bad = z0.clone()
+    bad[1, 0], bad[3, 1] = float("nan"), float("inf")
+    with pytest.raises(ValueError, match=r"^z_start has NaN or infinite coordinates: 2 of "
+                                         rf"{len(z0)} point\(s\), at row\(s\) 1, 3 \(counting"):
+        fit_geodesics(poincare(), bad, z1)
+    with pytest.raises(ValueError, match=r"^z_end has NaN or infinite coordinates: 1 of 1 "
+                                         r"point\(s\), \(its only point\)"):
+        fit_geodesics(float32_metric("vae"), torch.zeros(2), torch.tensor([0.0, -math.inf]))
+    z = torch.tensor([[0.0, 1.0], [1.0, 2.0], [math.nan, 0.5]], dtype=f64)
+    with pytest.raises(ValueError, match=r"^z has NaN or infinite coordinates: 1 of 3 "
+                                         r"point\(s\), at row\(s\) 2 "):
+        distance_matrix(poincare(), z)
+
+
+def test_an_unavailable_device_is_a_clear_error(monkeypatch):
+    """`device` goes through aetk.train.resolve_device: a ValueError saying CUDA is not
+    available, not torch's AssertionError from deep in its CUDA setup."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    z0, z1 = half_plane_pairs()
+    with pytest.raises(ValueError, match="device 'cuda': CUDA is not available on this machine"):
+        fit_geodesics(poincare(), z0, z1, device="cuda")
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        distance_matrix(poincare(), z0, device="gpu")
+    res = fit_geodesics(poincare(), z0, z1, device="cpu", max_iter=2)
+    assert res.points.device.type == "cpu"
+
+
+@pytest.mark.parametrize(("bounds", "message"), [
+    ((-3, 3), r"needs bounds \(\(z1_min, z1_max\), \(z2_min, z2_max\)\) for a 2-D latent "
+              r"space, got \(-3, 3\)"),
+    (((-1, 1), (-1, 1), (-1, 1)), r"for a 2-D latent space, got 3 pair\(s\)"),
+    (((-1, 1, 2), (-1, 1)), r"got 2 pair\(s\) of lengths \[3, 2\]"),
+    (((1, -1), (-1, 1)), r"the bounds of z1 must be finite with low < high, got \(1.0, -1.0\)"),
+    (((-1, 1), (0, 0)), r"the bounds of z2 must be finite with low < high, got \(0.0, 0.0\)"),
+    (((-1, math.nan), (0, 1)), r"the bounds of z1 must be finite"),
+])
+def test_volume_grid_refuses_malformed_bounds(bounds, message):
+    with pytest.raises(ValueError, match="^volume_grid" + (":" if "the bounds" in message
+                                                           else " ") + ".*" + message):
+        volume_grid(poincare(), bounds, n=3)
+
+
+def test_volume_grid_refuses_malformed_sizes():
+    for n in (0, (3,), (3, 2.5), (3, 3, 3)):
+        with pytest.raises(ValueError, match=r"volume_grid: n must be an integer >= 1 or two "
+                                             r"of them \(n1, n2\)"):
+            volume_grid(poincare(), ((0, 1), (1, 2)), n=n)
+    grid = volume_grid(poincare(), np.array([[0.0, 1.0], [1.0, 2.0]]), n=np.int64(3))
+    assert grid.sizes == {"z1": 3, "z2": 3}

@@ -26,7 +26,7 @@ from torch.func import jvp, vmap
 
 from .curves import curve_length
 from .fit import fit_geodesics
-from .metrics import Metric, latent_dim, solve_or_nan
+from .metrics import Metric, as_points, latent_dim, solve_or_nan, torch_jit_deprecation_filtered
 
 # A differentiable curve: times (T,) -> points (B, T, d), like `NeuralGeodesic`.
 Curve = Callable[[Tensor], Tensor]
@@ -35,12 +35,14 @@ Curve = Callable[[Tensor], Tensor]
 def christoffel(metric: Metric, z: Tensor) -> Tensor:
     """Christoffel symbols of the second kind at `z (..., d)`: `(..., d, d, d)`, with
     `out[..., k, i, j] = Gamma^k_ij = 1/2 G^{kl} (d_i G_lj + d_j G_li - d_l G_ij)`."""
+    z = as_points(metric, z)
     d = z.shape[-1]
     flat = z.reshape(-1, d)
     basis = torch.eye(d, dtype=z.dtype, device=z.device)
     G = metric.metric(flat)
     # dG[c, n, a, b] = d_c G_ab at point n: one JVP per coordinate direction
-    dG = vmap(lambda e: jvp(metric.metric, (flat,), (e.expand_as(flat),))[1])(basis)
+    with torch_jit_deprecation_filtered():  # torch's own warnings on a first forward pass
+        dG = vmap(lambda e: jvp(metric.metric, (flat,), (e.expand_as(flat),))[1])(basis)
     first_kind = 0.5 * (dG.permute(1, 2, 0, 3) + dG.permute(1, 2, 3, 0) - dG.permute(1, 0, 2, 3))
     gamma = solve_or_nan(G, first_kind.reshape(-1, d, d * d))
     return gamma.reshape(*z.shape, d, d)
@@ -51,7 +53,10 @@ def christoffel_contract(metric: Metric, z: Tensor, u: Tensor, w: Tensor | None 
     """`Gamma(z)[u, w]^k = Gamma^k_ij u^i w^j` for points `z (N, d)` and vectors `u`, `w`
     `(N, d)` (`w` defaults to `u`), without forming the symbols: from `G`'s directional
     derivatives and one reverse pass, or for a decoder's mean pull-back from its second
-    directional derivatives."""
+    directional derivatives. Points and vectors are cast to the metric's dtype and device."""
+    z = as_points(metric, z)
+    u = torch.as_tensor(u).to(dtype=z.dtype, device=z.device)
+    w = None if w is None else torch.as_tensor(w).to(dtype=z.dtype, device=z.device)
     return metric._contract(z, u, w)
 
 
@@ -110,10 +115,16 @@ def _geodesic_rate(metric: Metric) -> Callable[[Tensor, tuple[Tensor, ...]], tup
     return rate
 
 
-def _pairs(metric: Metric, z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    """`z` and `v` as `(B, d)` batches of the metric's dimension, broadcast together."""
-    z = torch.as_tensor(z)
-    v = torch.as_tensor(v, dtype=z.dtype, device=z.device)
+def _pairs(metric: Metric, z: Tensor, v: Tensor, names: tuple[str, str] | None = None
+           ) -> tuple[Tensor, Tensor]:
+    """`z` and `v` as `(B, d)` batches of the metric's dimension in its dtype and device
+    (`as_points`), broadcast together; with `names`, both must be finite (a ValueError
+    naming the points that are not)."""
+    finite = names is not None
+    z = as_points(metric, z, names[0] if finite else "points", finite=finite)
+    if finite:
+        v = as_points(metric, v, names[1], finite=True, device=z.device)
+    v = torch.as_tensor(v).to(dtype=z.dtype, device=z.device)
     if z.shape[-1:] != v.shape[-1:] or z.dim() > 2 or v.dim() > 2:
         raise ValueError(f"points {tuple(z.shape)} and vectors {tuple(v.shape)} must be (B, d) "
                          "or (d,) with the same d")
@@ -155,7 +166,8 @@ def integrate_geodesic(metric: Metric, z: Tensor, v: Tensor, *, n_steps: int = 2
 def exp_map(metric: Metric, z: Tensor, v: Tensor, *, n_steps: int = 20) -> Tensor:
     """`exp_z(v)`: where the geodesic from `z (B, d)` with initial velocity `v (B, d)` is at
     time 1, `(B, d)`; differentiable in `z` and `v`. Its metric length is
-    `sqrt(v^T G(z) v)`."""
+    `sqrt(v^T G(z) v)`. `z` and `v` are cast to the metric's dtype and device, the result
+    is in that dtype."""
     _check_steps(n_steps)
     z, v = _pairs(metric, z, v)
     return _rk4(_geodesic_rate(metric), (z, v), n_steps)[-1][0]
@@ -229,13 +241,17 @@ def log_map(metric: Metric, z_start: Tensor, z_end: Tensor, *, n_steps: int = 20
     missed their points); collocation never integrates across the whole curve. The
     collocated geodesic is kept only where the collocation solved and is within those
     5 % of the fitted curve, so a result never gets worse.
+
+    The endpoints may be numpy arrays or tensors of another dtype: they are cast to the
+    metric's dtype and device (`metrics.as_points`), and the results come in that dtype.
+    NaN or infinite endpoints are a ValueError naming them.
     """
     _check_steps(n_steps)
     if integration_tol is not None and not integration_tol > 0:
         raise ValueError(f"integration_tol must be positive, got {integration_tol}")
     if int(max_doublings) != max_doublings or max_doublings < 0:
         raise ValueError(f"max_doublings must be an integer >= 0, got {max_doublings}")
-    z0, z1 = _pairs(metric, z_start, z_end)
+    z0, z1 = _pairs(metric, z_start, z_end, ("z_start", "z_end"))
     v, fitted, curves = _fitted_logs(metric, z0, z1, **fit_kwargs)
     for doubling in range(max_doublings + 1):
         res = _shoot(metric, z0, z1, v, n_steps, tol, max_iter)
@@ -460,7 +476,7 @@ def parallel_transport(metric: Metric, curve: Curve, w: Tensor, *, n_steps: int 
                                                                     device=t.device),))
         return (_transport_rate(metric, point[:, 0], velocity[:, 0], s[0]),)
 
-    w = torch.as_tensor(w)
+    w = as_points(metric, w, "w")  # the metric's dtype and device, as points are
     single = w.dim() == 2
     states = _rk4(rate, (w.unsqueeze(1) if single else w,), n_steps)
     out = torch.stack([s[0] for s in states], 1)
@@ -519,6 +535,9 @@ def _fitted_start(metric: Metric, z: Tensor, w: Tensor, tol: float, max_iter: in
     rate, iterations = 1.0, 0
     while iterations < max_iter and rate >= 1 / 256 and not size <= tol * var.sqrt():
         trial = m + rate * step
+        if not bool(trial.isfinite().all()):  # fit_geodesics refuses it: a failed step
+            rate /= 2
+            continue
         v_new, length_new, curves_new = _fitted_logs(metric, trial.expand_as(z).contiguous(),
                                                      z, **fit_kwargs)
         step_new, size_new, var_new = _mean_step(metric, trial, w, v_new, length_new)
@@ -567,13 +586,16 @@ def frechet_mean(metric: Metric, z: Tensor, weights: Tensor | None = None, *,
     never starts Newton's method when some log map at the start failed, collocated too
     (the start is returned; `stopped` says which). `log_kwargs` go to
     `log_map` (its `tol` and `max_iter`, the shooting's) and the rest to `fit_geodesics`.
-    Unique where the points lie in a small enough convex region."""
-    z = torch.as_tensor(z)
+    Unique where the points lie in a small enough convex region. `z` may be a numpy array or
+    a tensor of another dtype: it is cast to the metric's dtype and device, and the mean
+    comes in that dtype; NaN or infinite points are a ValueError naming them."""
+    z = as_points(metric, z, "z", finite=True)
     w = (torch.ones(len(z), dtype=z.dtype, device=z.device) if weights is None
-         else torch.as_tensor(weights, dtype=z.dtype, device=z.device))
-    if z.dim() != 2 or w.shape != (len(z),) or bool((w < 0).any()) or float(w.sum()) <= 0:
-        raise ValueError(f"need points (N, d) and N non-negative weights, not all zero; got "
-                         f"{tuple(z.shape)} and {tuple(w.shape)}")
+         else torch.as_tensor(weights).to(dtype=z.dtype, device=z.device))
+    if (z.dim() != 2 or w.shape != (len(z),) or not bool(torch.isfinite(w).all())
+            or bool((w < 0).any()) or float(w.sum()) <= 0):
+        raise ValueError(f"need points (N, d) and N finite non-negative weights, not all zero; "
+                         f"got {tuple(z.shape)} and {tuple(w.shape)}")
     _check_steps(n_steps)
     w = w / w.sum()
     fit_kwargs = {k: v for k, v in log_kwargs.items() if k not in ("tol", "max_iter")}
@@ -643,7 +665,7 @@ def geodesic_spray(metric: Metric, centre: Tensor, n_directions: int = 16, radiu
     equal coordinate angles, each with metric speed `radius`: where geodesics minimise, they
     end on the geodesic circle of that radius. Straight spokes of equal coordinate length
     mean a flat metric; the bending and stretching show its curvature and scale."""
-    centre = torch.as_tensor(centre)
+    centre = as_points(metric, centre, "centre", finite=True)
     if centre.shape != (2,):
         raise ValueError(f"a spray needs one point of a 2-D latent space, got shape "
                          f"{tuple(centre.shape)}")

@@ -17,26 +17,36 @@ from torch import Tensor
 from torch.func import jvp, vmap
 
 from .connection import christoffel
-from .metrics import Metric, grid_points, solve_or_nan
+from .metrics import (
+    Metric,
+    as_points,
+    grid_points,
+    solve_or_nan,
+    torch_jit_deprecation_filtered,
+)
 
 
-def _flat(z: Tensor) -> Tensor:
-    # contiguous: forward mode cannot take broadcast views as primals
-    return z.reshape(-1, z.shape[-1]).contiguous()
+def _flat(metric: Metric, z: Tensor) -> tuple[Tensor, Tensor]:
+    """`z` in the metric's dtype and device (`as_points`), and as a contiguous `(N, d)`
+    batch (forward mode cannot take broadcast views as primals)."""
+    z = as_points(metric, z)
+    return z, z.reshape(-1, z.shape[-1]).contiguous()
 
 
 def riemann(metric: Metric, z: Tensor) -> Tensor:
     """The Riemann tensor at `z (..., d)`: `(..., d, d, d, d)` with
     `out[..., a, b, c, e] = R^a_bce`, the a-th component of `R(d_c, d_e) d_b`:
     `d_c Gamma^a_eb - d_e Gamma^a_cb + Gamma^a_cf Gamma^f_eb - Gamma^a_ef Gamma^f_cb`.
-    Costs `d` forward-mode passes over the Christoffel symbols (`d^2` over the metric)."""
-    flat = _flat(z)
+    Costs `d` forward-mode passes over the Christoffel symbols (`d^2` over the metric).
+    Points are cast to the metric's dtype and device, and so is the result."""
+    z, flat = _flat(metric, z)
     d = flat.shape[-1]
     basis = torch.eye(d, dtype=flat.dtype, device=flat.device)
     # dgamma[c, n, a, i, j] = d_c Gamma^a_ij at point n; the primal is computed once
-    gamma, dgamma = vmap(
-        lambda e: jvp(lambda y: christoffel(metric, y), (flat,), (e.expand_as(flat),)),
-        out_dims=(None, 0))(basis)
+    with torch_jit_deprecation_filtered():  # torch's own warnings on a first forward pass
+        gamma, dgamma = vmap(
+            lambda e: jvp(lambda y: christoffel(metric, y), (flat,), (e.expand_as(flat),)),
+            out_dims=(None, 0))(basis)
     R = (torch.einsum("cnaeb->nabce", dgamma) - torch.einsum("enacb->nabce", dgamma)
          + torch.einsum("nacf,nfeb->nabce", gamma, gamma)
          - torch.einsum("naef,nfcb->nabce", gamma, gamma))
@@ -50,8 +60,9 @@ def ricci(metric: Metric, z: Tensor) -> Tensor:
 
 def scalar_curvature(metric: Metric, z: Tensor) -> Tensor:
     """The scalar curvature `G^{be} Ric_be` at `z (..., d)`: `(...)`. In two dimensions it
-    is twice the Gaussian curvature; NaN where `G` is singular."""
-    flat = _flat(z)
+    is twice the Gaussian curvature; NaN where `G` is singular. Points are cast to the
+    metric's dtype and device, and so is the result."""
+    z, flat = _flat(metric, z)
     ric = ricci(metric, flat)
     return solve_or_nan(metric.metric(flat), ric).diagonal(dim1=-2, dim2=-1).sum(-1).reshape(
         z.shape[:-1])
@@ -60,9 +71,10 @@ def scalar_curvature(metric: Metric, z: Tensor) -> Tensor:
 def sectional_curvature(metric: Metric, z: Tensor, u: Tensor, v: Tensor) -> Tensor:
     """The sectional curvature of the plane spanned by `u` and `v` at `z` (all `(..., d)`):
     `<R(u, v)v, u> / (|u|^2 |v|^2 - <u, v>^2)` in the metric `G(z)`; `(...)`. NaN where
-    `u` and `v` are parallel."""
-    flat = _flat(z)
-    u, v = u.reshape(flat.shape), v.reshape(flat.shape)
+    `u` and `v` are parallel. All are cast to the metric's dtype and device."""
+    z, flat = _flat(metric, z)
+    u, v = (torch.as_tensor(a).to(dtype=flat.dtype, device=flat.device).reshape(flat.shape)
+            for a in (u, v))
     G = metric.metric(flat)
     Ruvv = torch.einsum("nabce,nb,nc,ne->na", riemann(metric, flat), v, u, v)
     uu, vv, uv = (torch.einsum("ni,nij,nj->n", a, G, b) for a, b in ((u, u), (v, v), (u, v)))

@@ -10,13 +10,21 @@ import torch
 from torch import Tensor, nn
 from torch.func import jvp
 
-from .metrics import Metric
+from .metrics import Metric, as_points
 
 
 def _grid(points: Tensor, t: Tensor | None) -> Tensor:
     if t is None:
         return torch.linspace(0, 1, points.shape[-2], dtype=points.dtype, device=points.device)
     return torch.as_tensor(t, dtype=points.dtype, device=points.device)
+
+
+def _curve_points(metric: Metric, points: Tensor, velocities: Tensor | None
+                  ) -> tuple[Tensor, Tensor | None]:
+    points = as_points(metric, points)
+    if velocities is not None:
+        velocities = torch.as_tensor(velocities).to(dtype=points.dtype, device=points.device)
+    return points, velocities
 
 
 def segment_quads(metric: Metric, points: Tensor) -> tuple[Tensor, Tensor]:
@@ -41,8 +49,10 @@ def curve_energy(
     `points (B, T, d)` (or `(T, d)`); `t (T,)` or `(B, T)`, default uniform on [0, 1].
     With exact `velocities (B, T, d)` the integrand is taken at the points; without, the
     points are joined by straight segments (a discrete curve) whose constant velocity
-    `dz / dt` enters the integrand at both ends of each segment.
+    `dz / dt` enters the integrand at both ends of each segment. Points and velocities are
+    cast to the metric's dtype and device, and so is the result.
     """
+    points, velocities = _curve_points(metric, points, velocities)
     t = _grid(points, t)
     if velocities is not None:
         return 0.5 * torch.trapezoid(metric.quad(points, velocities.unsqueeze(-2))[..., 0], t)
@@ -56,6 +66,7 @@ def curve_length(
     """Length `int sqrt(gamma'^T G(gamma) gamma') dt` of curves, `(B,)`; arguments as in
     `curve_energy`. Without velocities, the length of the discrete curve does not depend
     on `t`."""
+    points, velocities = _curve_points(metric, points, velocities)
     if velocities is not None:
         speed = metric.quad(points, velocities.unsqueeze(-2))[..., 0].clamp_min(0).sqrt()
         return torch.trapezoid(speed, _grid(points, t))

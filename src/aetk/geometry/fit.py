@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from .curves import NeuralGeodesic, curve_energy, curve_length, segment_quads
 from .graph import graph_curves
-from .metrics import Metric, _base, latent_dim, metric_for
+from .metrics import Metric, _base, as_points, latent_dim, metric_for
 
 # energy(x, idx) -> (energy (b,), preconditioner weights (b, T-1) or None) for the
 # parameter rows x (b, n) of the pairs idx (b,)
@@ -96,8 +96,12 @@ def fit_geodesics(
       one longer than a given initial curve by that curve (`kept_init`): the result is
       never longer than either. `converged` still reports the optimiser's verdict.
     - Pairs go through in chunks of `chunk_size`; converged pairs leave the batch.
-    - `device`: where to fit (default: `z_start`'s device); the metric must work there.
+    - `device`: where to fit (default: the metric's device, for a plain `Metric(fn)` the
+      endpoints'; a device this machine lacks is a ValueError); the metric must work there.
       `seed` draws the neural curves' initial weights.
+    - The endpoints may be tensors of any float or integer dtype or numpy arrays: they are
+      cast to the metric's dtype (`metrics.as_points`), and the results come in it. NaN or
+      infinite endpoints are a ValueError naming them.
 
     The defaults were chosen by measurement (hyperbolic, RHVAE and decoder pull-back
     metrics): discrete curves with L-BFGS converge in 10-15 iterations to lengths within
@@ -115,10 +119,9 @@ def fit_geodesics(
         raise ValueError(f"optimizer must be 'lbfgs' or 'adam', got {optimizer!r}")
     if n_points < 3:
         raise ValueError(f"n_points must be at least 3, got {n_points}")
-    z_start = torch.as_tensor(z_start)
-    device = torch.device(device) if device is not None else z_start.device
-    z_start = z_start.to(device)
-    z_end = torch.as_tensor(z_end, device=device, dtype=z_start.dtype)
+    z_start = as_points(metric, z_start, "z_start", finite=True, device=device)
+    z_end = as_points(metric, z_end, "z_end", finite=True, device=z_start.device)
+    device = z_start.device
     z_start, z_end = z_start.reshape(-1, z_start.shape[-1]), z_end.reshape(-1, z_end.shape[-1])
     if z_start.shape != z_end.shape:
         raise ValueError(f"z_start {tuple(z_start.shape)} and z_end {tuple(z_end.shape)} differ")
@@ -490,7 +493,12 @@ def _lbfgs(
 def distance_matrix(metric: Metric, z: Tensor, **fit_kwargs) -> Tensor:
     """Geodesic distances between all pairs of the points `z (N, d)`: `(N, N)`, symmetric,
     zero diagonal. Fits the `N (N-1) / 2` pairs in one `fit_geodesics` call (keyword
-    arguments passed on, e.g. `init="graph", nodes=z_train`: one graph for all pairs)."""
+    arguments passed on, e.g. `init="graph", nodes=z_train`: one graph for all pairs).
+    `z` may be a numpy array or a tensor of another dtype: the distances come in the
+    metric's dtype; NaN or infinite points are a ValueError naming them."""
+    z = as_points(metric, z, "z", finite=True, device=fit_kwargs.get("device"))
+    if z.dim() != 2:
+        raise ValueError(f"distance_matrix needs points (N, d), got shape {tuple(z.shape)}")
     n = z.shape[0]
     if n < 2:
         return z.new_zeros(n, n)

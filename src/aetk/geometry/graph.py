@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .curves import curve_length
-from .metrics import Metric, latent_dim
+from .metrics import Metric, as_points, latent_dim
 
 # shortest-path sources per Dijkstra call: its distance and predecessor rows are
 # (sources, vertices), so this bounds their memory (30 MB for 10k vertices)
@@ -58,7 +58,8 @@ def graph_curves(
     across the ridge the path went around (and a zero metric collapses them to one
     chord). Nodes are, e.g., training codes or the 2-D grid of
     `metrics.grid_points`; their kNN graph need not be connected (pairs it does not join
-    get the straight line and `found=False`).
+    get the straight line and `found=False`). Points are cast to the metric's dtype and
+    device (`metrics.as_points`), and the results come in that dtype.
     """
     from scipy.sparse import coo_matrix  # here: scipy adds to `import aetk`'s time
     from scipy.sparse.csgraph import dijkstra
@@ -68,16 +69,16 @@ def graph_curves(
                                ("subdivisions", subdivisions, 1), ("chunk_size", chunk_size, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
-    z_start = torch.as_tensor(z_start)
+    z_start = as_points(metric, z_start, "z_start")
     z_start = z_start.reshape(-1, z_start.shape[-1])
-    z_end = torch.as_tensor(z_end, dtype=z_start.dtype, device=z_start.device)
+    z_end = as_points(metric, z_end, "z_end").to(dtype=z_start.dtype, device=z_start.device)
     z_end = z_end.reshape(-1, z_end.shape[-1])
     if z_start.shape != z_end.shape:
         raise ValueError(f"z_start {tuple(z_start.shape)} and z_end {tuple(z_end.shape)} differ")
     b, d = z_start.shape
     if b == 0:
         raise ValueError("give at least one pair of endpoints")
-    nodes = torch.as_tensor(nodes, dtype=z_start.dtype, device=z_start.device)
+    nodes = torch.as_tensor(nodes).to(dtype=z_start.dtype, device=z_start.device)
     if nodes.dim() != 2 or nodes.shape[1] != d:
         raise ValueError(f"nodes must be (M, {d}) like the endpoints, got {tuple(nodes.shape)}")
     expected = latent_dim(metric)

@@ -4,7 +4,12 @@ that curve energies are built from."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import itertools
+import math
+import numbers
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -13,12 +18,29 @@ from torch import Tensor, nn
 from torch import distributions as D
 from torch.func import jvp, vjp, vmap
 
+from ..train import resolve_device
+
 
 def solve_or_nan(G: Tensor, rhs: Tensor) -> Tensor:
     """`G^{-1} rhs` per point, NaN where `G` is singular (a pull-back through dead ReLUs):
     a degenerate metric has no connection there, and one such point must not stop a batch."""
     x, info = torch.linalg.solve_ex(G, rhs)
     return torch.where((info == 0).reshape(-1, *[1] * (x.dim() - 1)), x, torch.nan)
+
+
+@contextlib.contextmanager
+def torch_jit_deprecation_filtered() -> Iterator[None]:
+    """Around forward-mode (`torch.func.jvp`) calls: hides exactly torch's
+    "`torch.jit.script` is deprecated" DeprecationWarning, nothing else."""
+    # A process's first forward-mode call (forward_ad.make_dual) imports
+    # torch._decomp.decompositions_for_jvp, whose module body registers torch's own jvp
+    # decompositions with torch.jit.script, which torch deprecates: 18 warnings at once
+    # from torch's internals (torch 2.13), harmless (the decompositions work) and nothing
+    # the caller can act on. Later calls emit none.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                                category=DeprecationWarning)
+        yield
 
 
 class Metric:
@@ -289,16 +311,41 @@ def metric_for(model: nn.Module, kind: str = "mean") -> Metric:
     return PullbackMetric(model.decoder, kind=kind)
 
 
+def _grid_axes(bounds: Sequence[Sequence[float]], n: int | Sequence[int], what: str
+               ) -> tuple[tuple[float, float, int], tuple[float, float, int]]:
+    """`(low, high, points)` per axis of a 2-D grid, or a ValueError that says what is wrong
+    with `bounds` (two finite `(low, high)` pairs with low < high) or `n` (an integer >= 1
+    or two of them)."""
+    usage = (f"{what} needs bounds ((z1_min, z1_max), (z2_min, z2_max)) for a 2-D latent "
+             "space")
+    try:
+        pairs = [tuple(float(b) for b in pair) for pair in bounds]
+    except (TypeError, ValueError):  # a number, or pairs of non-numbers
+        raise ValueError(f"{usage}, got {bounds!r}") from None
+    if len(pairs) != 2 or any(len(p) != 2 for p in pairs):
+        raise ValueError(f"{usage}, got {len(pairs)} pair(s) of lengths "
+                         f"{[len(p) for p in pairs]}: {bounds!r}")
+    for axis, (lo, hi) in enumerate(pairs, 1):
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"{what}: the bounds of z{axis} must be finite with low < high, "
+                             f"got ({lo}, {hi})")
+    sizes = (n, n) if isinstance(n, numbers.Integral) else tuple(n)
+    if len(sizes) != 2 or not all(isinstance(k, numbers.Integral) and not isinstance(k, bool)
+                                  and k >= 1 for k in sizes):
+        raise ValueError(f"{what}: n must be an integer >= 1 or two of them (n1, n2), got "
+                         f"{n!r}")
+    return (*pairs[0], int(sizes[0])), (*pairs[1], int(sizes[1]))
+
+
 def grid_points(metric: Metric, bounds: Sequence[Sequence[float]], n: int | Sequence[int],
                 what: str) -> tuple[np.ndarray, np.ndarray, Tensor]:
     """The axes `z1`, `z2` of a regular 2-D grid and its points `(n1 * n2, 2)` (z1 major) in
-    the metric's dtype and device; `what` names the caller in the error for other
-    dimensions."""
+    the metric's dtype and device; `what` names the caller in the errors for other
+    dimensions and for malformed `bounds` or `n`."""
     d = latent_dim(metric)
     if d is not None and d != 2:
         raise ValueError(f"{what} needs a 2-D latent space; this metric's has {d}")
-    (lo1, hi1), (lo2, hi2) = bounds
-    n1, n2 = (n, n) if isinstance(n, int) else n
+    (lo1, hi1, n1), (lo2, hi2, n2) = _grid_axes(bounds, n, what)
     z1, z2 = np.linspace(lo1, hi1, n1), np.linspace(lo2, hi2, n2)
     grid = np.stack(np.meshgrid(z1, z2, indexing="ij"), -1).reshape(-1, 2)
     dtype, device = _tensor_spec(metric)
@@ -343,11 +390,46 @@ def latent_dim(metric: Metric) -> int | None:
     return d if isinstance(d, int) else None
 
 
-def _tensor_spec(metric: Metric) -> tuple[torch.dtype, torch.device]:
-    """dtype and device of the module behind a metric (default float32, CPU for plain ones)."""
+def _own_spec(metric: Metric) -> tuple[torch.dtype, torch.device] | None:
+    """dtype and device of the module behind a metric (its first floating parameter or
+    buffer); None where there is none (a plain `Metric(fn)`, a decoder function)."""
     module = _module(metric)
     if isinstance(module, nn.Module):
-        for t in (*module.parameters(), *module.buffers()):
+        for t in itertools.chain(module.parameters(), module.buffers()):
             if t.is_floating_point():
                 return t.dtype, t.device
-    return torch.get_default_dtype(), torch.device("cpu")
+    return None
+
+
+def _tensor_spec(metric: Metric) -> tuple[torch.dtype, torch.device]:
+    """dtype and device of the module behind a metric (default float32, CPU for plain ones)."""
+    return _own_spec(metric) or (torch.get_default_dtype(), torch.device("cpu"))
+
+
+def as_points(metric: Metric, z: Tensor | np.ndarray, name: str = "points", *,
+              finite: bool = False, device: str | torch.device | None = None) -> Tensor:
+    """Latent points `z` (a tensor of any float or integer dtype, a numpy array, nested
+    lists) as a tensor in the metric's dtype and on its device: what every public geometry
+    function does with the points it is given, so their results come in the metric's
+    dtype. A metric without a module of its own (a plain `Metric(fn)`, a pull-back through
+    a decoder function) has no dtype to tell: floating input keeps its dtype (numpy's
+    float64 too) and device, other input becomes torch's default dtype. `device` (checked by
+    `aetk.train.resolve_device`) overrides the device. The cast keeps autograd's graph.
+    With `finite`, NaN or infinite coordinates are a ValueError naming the points (rows
+    of `z` as `(N, d)`) by `name`."""
+    z = torch.as_tensor(z)
+    spec = _own_spec(metric)
+    if spec is None:
+        spec = (z.dtype if z.is_floating_point() else torch.get_default_dtype(), z.device)
+    dtype, dev = spec
+    if device is not None:
+        dev = resolve_device(device)
+    z = z.to(dtype=dtype, device=dev)
+    if finite and not bool(torch.isfinite(z).all()):
+        rows = z.reshape(-1, z.shape[-1] if z.dim() else 1)
+        bad = (~torch.isfinite(rows)).any(-1).nonzero().flatten().tolist()
+        listed = ", ".join(str(i) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")
+        where = f"at row(s) {listed} (counting from 0)" if z.dim() > 1 else "(its only point)"
+        raise ValueError(f"{name} has NaN or infinite coordinates: {len(bad)} of {len(rows)} "
+                         f"point(s), {where}")
+    return z
