@@ -997,21 +997,29 @@ def test_geodesics_refuse_a_latent_store_of_another_model(
 
 def test_report_summary_refuses_stores_of_another_run(steps: Path, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
+    """Run names are labels (the by-hand example's --runs rhvae with latent.zarr), but a
+    store that names another of the given runs is a mix-up of their order."""
     outputs = ["--curves", str(tmp_path / "c.png"), "--table", str(tmp_path / "t.tsv")]
-    assert cli.main(["report", "summary", "--runs", "rhvae-bernoulli", "--histories",
-                     str(steps / "hr.tsv"), "--latents", str(steps / "vae-bernoulli.zarr"),
-                     *outputs]) == 1
+    other = storage.read_zarr(steps / "vae-bernoulli.zarr")
+    other.attrs.update(run="other", config_hash="another model")
+    storage.write_zarr(other, tmp_path / "other.zarr")
+    swapped = ["--runs", "vae-bernoulli", "other", "--histories", str(steps / "h.tsv"),
+               str(steps / "h.tsv"), "--latents", str(tmp_path / "other.zarr"),
+               str(steps / "vae-bernoulli.zarr")]
+    assert cli.main(["report", "summary", *swapped, *outputs]) == 1
     assert capsys.readouterr().err == (
-        f"aetk report summary: error: {steps / 'vae-bernoulli.zarr'} holds run "
-        "'vae-bernoulli', but is given for run 'rhvae-bernoulli': give --runs, --histories "
-        "and --latents in the same order\n")
-    geo = storage.read_zarr(steps / "geo.zarr")
-    geo.attrs["run"] = "vae-bernoulli-copy"
+        f"aetk report summary: error: {tmp_path / 'other.zarr'} holds run 'other', but is "
+        "given for run 'vae-bernoulli': give --runs, --histories and --latents in the same "
+        "order\n")
+    geo = storage.read_zarr(steps / "geo.zarr")  # fitted with vae-bernoulli's model
+    geo.attrs["run"] = "other"
     storage.write_zarr(geo, tmp_path / "geo.zarr")
-    assert cli.main(["report", "summary", "--runs", "vae-bernoulli", "--histories",
-                     str(steps / "h.tsv"), "--latents", str(steps / "vae-bernoulli.zarr"),
-                     "--geodesics", str(tmp_path / "geo.zarr"), *outputs]) == 1
-    assert (f"{tmp_path / 'geo.zarr'} holds run 'vae-bernoulli-copy', but is given for run "
+    runs = ["--runs", "vae-bernoulli", "other", "--histories", str(steps / "h.tsv"),
+            str(steps / "h.tsv"), "--latents", str(steps / "vae-bernoulli.zarr"),
+            str(tmp_path / "other.zarr")]
+    assert cli.main(["report", "summary", *runs, "--geodesics", str(tmp_path / "geo.zarr"),
+                     *outputs]) == 1
+    assert (f"{tmp_path / 'geo.zarr'} holds run 'other', but is given for run "
             "'vae-bernoulli'" in capsys.readouterr().err)
     # mismatched counts: the same prefix as every other error
     assert cli.main(["report", "summary", "--runs", "a", "b", "--histories",
@@ -1019,7 +1027,12 @@ def test_report_summary_refuses_stores_of_another_run(steps: Path, tmp_path: Pat
                      *outputs]) == 1
     assert capsys.readouterr().err == ("aetk report summary: error: --runs, --histories and "
                                        "--latents need one entry per run, in order\n")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["geo.zarr"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["geo.zarr", "other.zarr"]
+    # a label of one's own
+    assert cli.main(["report", "summary", "--runs", "vae", "--histories",
+                     str(steps / "h.tsv"), "--latents", str(steps / "vae-bernoulli.zarr"),
+                     "--geodesics", str(steps / "geo.zarr"), *outputs]) == 0
+    assert pd.read_csv(tmp_path / "t.tsv", sep="\t")["run"].tolist() == ["vae"]
 
 
 def test_ctrl_c_in_train_exits_in_one_line_and_keeps_the_checkpoint(

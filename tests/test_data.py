@@ -368,3 +368,8 @@ def test_an_interrupted_write_leaves_the_previous_store(tmp_path: Path, monkeypa
     storage.write_zarr(new, path)  # and a complete write replaces it
     xr.testing.assert_identical(storage.read_zarr(path).drop_attrs(), new)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+    # what a killed write (SIGKILL: no finally) leaves is cleared by the next write
+    for left in (".s.zarr.partial-99999", ".s.zarr.old-99999"):
+        (tmp_path / left / "c").mkdir(parents=True)
+    storage.write_zarr(old, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]

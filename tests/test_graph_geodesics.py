@@ -409,8 +409,11 @@ def test_cli_refuses_a_graph_without_neighbours(rhvae_run: tuple[Path, np.ndarra
                                                 capsys: pytest.CaptureFixture) -> None:
     d, _ = rhvae_run
     out = tmp_path / "geo.zarr"
-    assert cli.main(["geodesics", "--model", str(d / "model"), "--latent",
-                     str(d / "latent.zarr"), "--init", "graph", "--graph-neighbours", "0",
-                     "--out", str(out)]) == 1
-    assert "--graph-neighbours must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # refused while parsing, as every count option
+        cli.main(["geodesics", "--model", str(d / "model"), "--latent",
+                  str(d / "latent.zarr"), "--init", "graph", "--graph-neighbours", "0",
+                  "--out", str(out)])
+    assert stop.value.code == 2
+    assert ("argument --graph-neighbours: must be an integer >= 1, got '0'"
+            in capsys.readouterr().err)
     assert not out.exists()

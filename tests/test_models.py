@@ -661,8 +661,11 @@ def test_embed_gives_the_point_codes_as_numpy_from_any_array():
         expected = cvae.latent_mean(torch.tensor(x, dtype=torch.float32)).numpy()
     np.testing.assert_allclose(cvae.embed(x, c, batch_size=4), expected, rtol=1e-6,
                                atol=1e-6)
-    with pytest.raises(ValueError, match="one row of conditions per sample: 9 for 10"):
-        cvae.embed(x, c[:9])
+    # too few rows; and 3 labels for 3 classes, which given() would take as one row for all
+    for rows, bad, shape in ((10, c[:9], r"\(10, 3\), got \(9, 3\)"),
+                             (3, np.arange(3), r"\(3, 3\), got \(3,\)")):
+        with pytest.raises(ValueError, match="give one row of conditions per sample, " + shape):
+            cvae.embed(x[:rows], bad)
 
 
 def test_after_training_the_data_is_checked_as_fit_checks_it():
@@ -686,4 +689,4 @@ def test_after_training_the_data_is_checked_as_fit_checks_it():
                             n_conditions=3)
     with pytest.raises(ValueError, match=r"conditions of shape \(5,\): give \(rows, 3\), or "
                                          r"\(3,\) for every row; class labels one-hot"):
-        cvae.embed(x, torch.tensor([0, 1, 2, 0, 1]))
+        cvae.given(torch.tensor([0, 1, 2, 0, 1])).__enter__()

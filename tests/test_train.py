@@ -854,5 +854,42 @@ def test_bad_items_of_a_dataset_are_named_and_the_model_kept():
     with pytest.raises(ValueError, match=r"validation batch 1 data has 1 NaN or infinite "
                                          r"values; first at row 40, column 0 \(the Dataset's "
                                          r"item 40\)"):
-        _fit(model, Items(train), Items(bad_val), epochs=2)
+        _fit(model, Items(train), Items(bad_val), epochs=2,
+             callbacks=[aetk.CyclicalBeta(2, n_cycles=1, frac=1.0, beta_min=0.25)])
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert model.beta == 1.0  # the build's, not the failed epoch's 0.25: save keeps it
+
+
+def test_dataset_batches_keep_dataloaders_order_and_iterable_datasets_work():
+    """The batches of a Dataset are DataLoader(shuffle=True)'s with the same generator, epoch
+    after epoch (so seeds and resumed runs keep their order), and an IterableDataset (no
+    indices to name) still validates."""
+    from aetk.train import _Batches
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            return torch.tensor([float(i)])
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(torch.arange(7.0)[:, None])
+
+        def __len__(self):
+            return 7
+
+    def order(batches):
+        return [b[:, 0].long().tolist() for b in batches]
+
+    reference = torch.Generator().manual_seed(3)
+    expected = [order(torch.utils.data.DataLoader(Items(), 3, shuffle=True,
+                                                  generator=reference)) for _ in range(2)]
+    ours = _Batches(Items(), 3, torch.device("cpu"), torch.Generator().manual_seed(3), True,
+                    lambda x, name: None, "train")
+    assert [order(b[0] for b in ours) for _ in range(2)] == expected
+    assert expected[0] != expected[1]
+    stream = _Batches(Stream(), 3, torch.device("cpu"), reference, False,
+                      lambda x, name: None, "validation")
+    assert order(b[0] for b in stream) == [[0, 1, 2], [3, 4, 5], [6]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -166,7 +167,7 @@ def build_model(
     if out_shape != shape and channels:
         raise ValueError("another output shape needs MLP networks: convolutional decoders "
                          "mirror the encoder's images (give no channels)")
-    hidden = (hidden,) if isinstance(hidden, int) else tuple(int(h) for h in hidden)
+    hidden = (hidden,) if isinstance(hidden, numbers.Integral) else tuple(int(h) for h in hidden)
     dec_valid = _accepted(decoder_cls.__init__) - set(_DECODER_SIZE_ARGS)
     dec_opts = {k: hyper.pop(k) for k in list(hyper) if k in dec_valid}
     model_opts = _accepted(constructor) - {"encoder", "decoder", *_SIZE_ARGS, *_NETWORK_ARGS}

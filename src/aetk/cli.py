@@ -965,8 +965,6 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
         volume_grid,
     )
 
-    if args.graph_neighbours < 1:  # here, not by argparse: test_graph_geodesics expects 1
-        raise ValueError(f"--graph-neighbours must be >= 1, got {args.graph_neighbours}")
     if args.pairs is not None and args.n_pairs is not None:
         raise ValueError("give either --pairs (these pairs) or --n-pairs (that many sampled "
                          "pairs), not both")
@@ -1116,10 +1114,11 @@ def cmd_report_geodesics(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
-def check_run(ds: Any, path: str, run: str, hint: str = "") -> None:
-    """Refuse a store whose `run` attribute (the name `aetk encode` gave it) is another run's."""
+def check_run(ds: Any, path: str, run: str, runs: list[str], hint: str = "") -> None:
+    """Refuse a store whose `run` attribute (the name `aetk encode` gave it) is another of
+    the given `runs`: a mix-up of their order. Run names are free labels otherwise."""
     stored = ds.attrs.get("run")
-    if stored is not None and stored != run:
+    if stored != run and stored in runs:
         raise ValueError(f"{path} holds run {stored!r}, but is given for run {run!r}{hint}")
 
 
@@ -1133,7 +1132,8 @@ def cmd_report_summary(args: argparse.Namespace) -> None:
     latents = {r: read_store(p, "aetk-latent") for r, p in zip(args.runs, args.latents,
                                                                strict=True)}
     for (run, ds), path in zip(latents.items(), args.latents, strict=True):
-        check_run(ds, path, run, ": give --runs, --histories and --latents in the same order")
+        check_run(ds, path, run, args.runs,
+                  ": give --runs, --histories and --latents in the same order")
     # A geodesic store belongs to the run whose model it was fitted with (same run hash).
     run_of_hash = {ds.attrs.get("config_hash"): run for run, ds in latents.items()}
     geodesics = {}
@@ -1142,7 +1142,7 @@ def cmd_report_summary(args: argparse.Namespace) -> None:
         if ds.attrs.get("config_hash") not in run_of_hash:
             raise ValueError(f"{path} was not fitted with the model of any of the runs")
         run = run_of_hash[ds.attrs["config_hash"]]
-        check_run(ds, path, run)
+        check_run(ds, path, run, args.runs)
         geodesics[run] = ds
     histories = {r: pd.read_csv(h, sep="\t") for r, h in zip(args.runs, args.histories,
                                                                strict=True)}
@@ -1405,7 +1405,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "keeping each pair's shorter fit (twice the fitting time: for rough "
                    "metrics such as a ReLU decoder's pull-back, where either start can end "
                    "in a local minimum)")
-    p.add_argument("--graph-neighbours", type=int, default=10,
+    p.add_argument("--graph-neighbours", type=positive, default=10,
                    help="--init graph or both: neighbours each code is joined to")
     p.add_argument("--max-iter", type=positive, default=500, help="optimiser iterations at most")
     p.add_argument("--grid-size", type=positive, default=64,

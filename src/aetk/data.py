@@ -632,6 +632,16 @@ def prepare(raw: RawData, *, transforms: list[str | dict[str, Any]],
                     pipeline=pipeline, raw=raw)
 
 
+def array_digest(*arrays: np.ndarray | None, size: int = 16) -> str:
+    """A hash of arrays' dtypes, shapes and values (None skipped), `2 size` hex digits."""
+    h = hashlib.blake2b(digest_size=size)
+    for a in arrays:
+        if a is not None:
+            h.update(str((a.dtype, a.shape)).encode())
+            h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()
+
+
 def config_hash(config: Any) -> str:
     """Short SHA-256 of a JSON-able configuration (key order does not matter)."""
     blob = json.dumps(config, sort_keys=True, default=str).encode()

@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .devices import resolve_device
 from .models.base import Model
-from .train import annealed_values, resolve_device
+from .train import annealed_values
 
 CONFIG, WEIGHTS = "config.json", "weights.pt"
 

@@ -9,7 +9,7 @@ attributes, never in fixed-width string arrays. The layout of each store is docu
 
 from __future__ import annotations
 
-import hashlib
+import glob
 import importlib.metadata as md
 import os
 import shutil
@@ -22,7 +22,7 @@ import numpy as np
 import xarray as xr
 from zarr.codecs import BloscCodec
 
-from aetk.data import Prepared, TransformPipeline
+from aetk.data import Prepared, TransformPipeline, array_digest
 
 CHUNK_ROWS = 2048
 SPLIT_TRAIN, SPLIT_VALIDATION = 0, 1
@@ -66,20 +66,24 @@ def write_zarr(ds: xr.Dataset, path: str | Path, *, chunk_rows: int = CHUNK_ROWS
     # written beside and then renamed into place: an interrupted write leaves no half
     # store at `path` that a later step would read (missing chunks read back as NaN)
     path = Path(path)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*-[0-9]*"):  # a killed write's
+        shutil.rmtree(stale, ignore_errors=True)
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
     try:
         ds.to_zarr(str(partial), mode="w", zarr_format=3, consolidated=False,
                    encoding=encoding)
         if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
             path.rename(old)
+        try:
             partial.rename(path)
-            shutil.rmtree(old)
-        else:
-            partial.rename(path)
+        except OSError:
+            if old.exists():
+                old.rename(path)  # the previous store, back in place
+            raise
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_zarr(path: str | Path) -> xr.Dataset:
@@ -128,12 +132,7 @@ class StoredData:
     def digest(self) -> str:
         """A hash of the values, split and labels: what a checkpoint of a run on this data
         is named by, so that a store rewritten with other values trains afresh."""
-        h = hashlib.blake2b(digest_size=8)
-        for a in (self.x, self.is_validation, self.labels):
-            if a is not None:
-                h.update(str((a.dtype, a.shape)).encode())
-                h.update(np.ascontiguousarray(a).data)
-        return h.hexdigest()
+        return array_digest(self.x, self.is_validation, self.labels, size=8)
 
 
 def data_to_dataset(prep: Prepared, attrs: dict[str, Any]) -> xr.Dataset:

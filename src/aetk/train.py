@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import inspect
 import math
 import numbers
@@ -21,12 +20,20 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils import data as torch_data
-from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
+from torch.utils.data import BatchSampler as IndexBatches
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    TensorDataset,
+)
 from tqdm.auto import tqdm
 
 from . import validate
-from .data import named_spec
+from .data import array_digest, named_spec
+from .devices import resolve_device
 from .models.base import LossOutput, Model
 from .penalties import Penalties, describe, penalized, penalty_names
 
@@ -250,27 +257,6 @@ def scheduler_factory(spec: LRSchedule, epochs: int
     return lambda opt: sched.LambdaLR(opt, factor)
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """`"auto"` is CUDA when available, else the CPU; a device this machine lacks is a
-    ValueError that says so (torch's own errors are an assertion deep in its CUDA setup)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps"
-                         ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: CUDA is not available on this machine (torch "
-                         f"{torch.__version__}); use cpu, or auto to take a GPU when there is one")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} "
-                         f"GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r}: MPS is not available on this machine; use cpu")
-    return dev
-
-
 def as_tensor(data: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Float32 tensor from a tensor, an array or anything with `to_numpy` (a pandas
     DataFrame, an xarray DataArray); integer counts and classes stay exact."""
@@ -321,6 +307,23 @@ def _first_item(batch: Any) -> torch.Tensor:
     return batch[0] if isinstance(batch, list | tuple) else batch
 
 
+class _LastBatch:
+    """A batch sampler that keeps the indices of the batch it gave last: the batch a
+    DataLoader without workers is loading."""
+
+    def __init__(self, batches: IndexBatches) -> None:
+        self.batches = batches
+        self.last: list[int] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            self.last = batch
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 class _Batches:
     """Shuffled mini-batches of `(x, c, y)`, c the conditions of a conditional model and y
     the targets of paired data, else None: index device tensors directly (no DataLoader
@@ -359,20 +362,24 @@ class _Batches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None,
                                          torch.Tensor | None]]:
         if self.tensor is None:
-            # the items of each batch, to name the one a check refuses (the order, and the
-            # generator's draws, are those of DataLoader(shuffle=...) itself)
-            items = (RandomSampler(self.dataset, generator=self.generator) if self.shuffle
-                     else range(self.n))
-            order = list(torch_data.BatchSampler(items, self.batch_size, drop_last=False))
-            loader = DataLoader(self.dataset, batch_sampler=order, generator=self.generator)
-            for i, (batch, idx) in enumerate(zip(loader, order, strict=True), start=1):
+            if isinstance(self.dataset, IterableDataset):  # no indices to shuffle or name
+                loader, batches = DataLoader(self.dataset, self.batch_size), None
+            else:  # DataLoader(shuffle=...)'s own sampler and draws, each batch's items kept
+                items = (RandomSampler(self.dataset, generator=self.generator) if self.shuffle
+                         else SequentialSampler(self.dataset))
+                batches = _LastBatch(IndexBatches(items, self.batch_size, drop_last=False))
+                loader = DataLoader(self.dataset, batch_sampler=batches,
+                                    generator=self.generator)
+            for i, batch in enumerate(loader, start=1):
                 x, c = as_tensor(_first_item(batch)), None
                 try:
                     self.check(x, f"{self.name} batch {i}")
-                except ValueError as err:
+                except ValueError as err:  # its rows are shuffled: name the Dataset's item
                     row = re.search(r"\brow (\d+)\b", str(err))
-                    raise ValueError(f"{err}" + (f" (the Dataset's item {idx[int(row[1])]})"
-                                                 if row else "")) from None
+                    if row is None or batches is None:
+                        raise
+                    raise ValueError(f"{err} (the Dataset's item "
+                                     f"{batches.last[int(row[1])]})") from None
                 if self.n_conditions:
                     if not isinstance(batch, list | tuple) or len(batch) < 2:
                         raise ValueError("a conditional model needs a Dataset of (x, c) items")
@@ -493,20 +500,12 @@ def _fingerprint(model: Model, n_train: int, batch_size: int, lr: float, seed: i
             "n_train": n_train, "batch_size": batch_size, "lr": lr, "seed": seed}
 
 
-def _digest(*batches: _Batches | None) -> str | None:
-    """A hash of the tensors fit trains and validates on (data, conditions, targets); None
-    when any are streamed from a Dataset, which is not read twice to hash it."""
-    h = hashlib.blake2b(digest_size=16)
-    for b in batches:
-        if b is None:
-            continue
-        if b.tensor is None:
-            return None
-        for t in (b.tensor, b.conditions, b.targets):
-            if t is not None:
-                h.update(str((t.dtype, tuple(t.shape))).encode())
-                h.update(np.ascontiguousarray(t.detach().cpu().numpy()).data)
-    return h.hexdigest()
+def _digest(*batches: _Batches | None) -> str:
+    """A hash of the tensors fit trains and validates on (data, conditions, targets); data
+    streamed from a Dataset, not read twice to hash it, is left out."""
+    tensors = [t for b in batches if b is not None
+               for t in (b.tensor, b.conditions, b.targets) if t is not None]
+    return array_digest(*(t.detach().cpu().numpy() for t in tensors))
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -638,7 +637,7 @@ def fit(
                                     fingerprint, device, epochs)
 
     start = epochs + 1 if stopped else len(history) + 1
-    good = _snapshot(model)
+    good = _Kept(model)
     bar = tqdm(total=len(batches), disable=not progress or stopped, unit="batch",
                dynamic_ncols=True)
     checkpoint_state = {}
@@ -671,7 +670,7 @@ def fit(
             for cb in callbacks:
                 getattr(cb, "on_epoch_end", lambda *a: None)(model, epoch, row)
             history.append(row)
-            good = _snapshot(model)
+            good = _Kept(model)
             if not bar.disable:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("_loss")})
             if ckpt is not None:
@@ -696,11 +695,11 @@ def fit(
     except (_PenaltiesBypassed, ValueError):
         # penalties: its first step went without them; bad data met in a Dataset's batch,
         # or a callback's refusal: the model as it was after the last finished epoch
-        model.load_state_dict(good)
+        good.put_back(model)
         raise
     except TrainingDiverged as err:
         # the failed step already wrote non-finite weights: nothing past the last epoch is kept
-        model.load_state_dict(good)
+        good.put_back(model)
         err.history = pd.DataFrame(history)
         done = f"after epoch {len(history)}" if history else "before training"
         err.args = (f"{err.args[0]}; the model is restored to its state {done}",)
@@ -724,6 +723,20 @@ def _step_schedulers(schedulers: dict[str, Scheduler], row: dict[str, float]) ->
 
 def _snapshot(model: Model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class _Kept:
+    """A model's weights and the loss weights annealing sets (`beta`, `capacity`, which
+    `save` keeps too), to put back after a failed epoch."""
+
+    def __init__(self, model: Model) -> None:
+        self.state = _snapshot(model)
+        self.annealed = {k: getattr(model, k) for k in ("beta", "capacity") if hasattr(model, k)}
+
+    def put_back(self, model: Model) -> None:
+        model.load_state_dict(self.state)
+        for k, v in self.annealed.items():
+            setattr(model, k, v)
 
 
 def _train_epoch(model: Model, batches: _Batches, optimizers: dict, epoch: int,

@@ -240,7 +240,9 @@ def log_map(metric: Metric, z_start: Tensor, z_end: Tensor, *, n_steps: int = 20
     0.2 I to 100 I within a few units: condition numbers up to 1e7, 10 of 56 shots
     missed their points); collocation never integrates across the whole curve. The
     collocated geodesic is kept only where the collocation solved and is within those
-    5 % of the fitted curve, so a result never gets worse.
+    5 % of the fitted curve, so a result never gets worse; its `converged` is the
+    collocation's (its residual tolerance, at least `1e5 eps` of the dtype), also under
+    `integration_tol`.
 
     The endpoints may be numpy arrays or tensors of another dtype: they are cast to the
     metric's dtype and device (`metrics.as_points`), and the results come in that dtype.

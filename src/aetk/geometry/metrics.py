@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch import distributions as D
 from torch.func import jvp, vjp, vmap
 
-from ..train import resolve_device
+from ..devices import resolve_device
 
 
 def solve_or_nan(G: Tensor, rhs: Tensor) -> Tensor:
@@ -414,7 +414,7 @@ def as_points(metric: Metric, z: Tensor | np.ndarray, name: str = "points", *,
     dtype. A metric without a module of its own (a plain `Metric(fn)`, a pull-back through
     a decoder function) has no dtype to tell: floating input keeps its dtype (numpy's
     float64 too) and device, other input becomes torch's default dtype. `device` (checked by
-    `aetk.train.resolve_device`) overrides the device. The cast keeps autograd's graph.
+    `aetk.devices.resolve_device`) overrides the device. The cast keeps autograd's graph.
     With `finite`, NaN or infinite coordinates are a ValueError naming the points (rows
     of `z` as `(N, d)`) by `name`."""
     z = torch.as_tensor(z)

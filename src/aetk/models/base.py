@@ -152,10 +152,13 @@ class Model(nn.Module):
         param = next(self.parameters())
         x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
         c = None if conditions is None else torch.as_tensor(conditions, dtype=param.dtype)
-        if c is not None and len(c) != len(x):
-            raise ValueError(f"give one row of conditions per sample: {len(c)} for {len(x)}")
+        if c is not None and (c.dim() != 2 or len(c) != len(x)):
+            raise ValueError(f"give one row of conditions per sample, ({len(x)}, "
+                             f"{self.n_conditions}), got {tuple(c.shape)} (class labels "
+                             "one-hot, torch.nn.functional.one_hot(labels, "
+                             f"{self.n_conditions}).float())")
         if len(x) == 0:
-            return np.zeros((0, self.latent_dim), dtype=np.float32)
+            return torch.zeros(0, self.latent_dim, dtype=param.dtype).numpy()
         validate.check_finite(x, "embed", self.input_shape)  # the shape, and no NaN codes
         training = self.training
         self.eval()
