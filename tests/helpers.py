@@ -6,8 +6,9 @@ from sklearn.datasets import load_digits
 from torch import distributions as D
 from torch import nn
 
+import aetk
 from aetk.decoders import Decoder
-from aetk.geometry import Metric
+from aetk.geometry import Metric, metric_for
 
 
 def digits(likelihood: str = "bernoulli", n: int = 600) -> tuple[torch.Tensor, dict]:
@@ -89,3 +90,14 @@ class SphereDecoder(Decoder):
 
 def sphere(z: torch.Tensor) -> torch.Tensor:
     return SphereDecoder()(z).mean
+
+
+def small_rhvae_metric() -> Metric:
+    """The metric of a small untrained float32 RHVAE (6 features, latent 2, 4 centroids),
+    seeded: for dtype and device handling, not for numbers."""
+    torch.manual_seed(0)
+    model = aetk.build_model("rhvae", "bernoulli", in_features=6, latent_dim=2, hidden=(8,),
+                             centroids=4)
+    model.on_fit_start(torch.rand(32, 6))
+    model.update_metric()
+    return metric_for(model.eval())

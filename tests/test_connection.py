@@ -29,7 +29,14 @@ from aetk.geometry import (
     parallel_transport,
 )
 
-from helpers import SphereDecoder, half_plane_pairs, hyperbolic_distance, poincare, sphere
+from helpers import (
+    SphereDecoder,
+    half_plane_pairs,
+    hyperbolic_distance,
+    poincare,
+    small_rhvae_metric,
+    sphere,
+)
 
 torch.set_num_threads(1)
 f64 = torch.float64
@@ -686,12 +693,7 @@ def test_points_of_any_dtype_are_cast_to_the_metrics():
     float64) in exp_map, log_map, frechet_mean, christoffel and geodesic_spray and answers
     in float32, as for float32 points (they failed in its matrix products: double !=
     float)."""
-    torch.manual_seed(0)
-    model = aetk.build_model("rhvae", "bernoulli", in_features=6, latent_dim=2, hidden=(8,),
-                             centroids=4)
-    model.on_fit_start(torch.rand(32, 6))
-    model.update_metric()
-    metric = metric_for(model.eval())
+    metric = small_rhvae_metric()
     z = torch.tensor([[0.1, 0.2], [0.5, -0.3], [-0.4, 0.1]])
     z64, v64 = z.numpy().astype(np.float64), np.full((3, 2), 0.2)
     for got, want in (

@@ -22,7 +22,7 @@ from aetk.geometry import (
     volume_grid,
 )
 
-from helpers import SphereDecoder, poincare
+from helpers import SphereDecoder, poincare, small_rhvae_metric
 
 F64 = torch.float64
 
@@ -221,12 +221,7 @@ def test_curvature_of_float64_points_on_a_float32_model() -> None:
     """float64 tensors and numpy arrays are cast to a float32 model's dtype: scalar and
     sectional curvature answer in float32, as for float32 points (they failed in the
     model's matrix products: double != float)."""
-    torch.manual_seed(0)
-    model = aetk.build_model("rhvae", "bernoulli", in_features=6, latent_dim=2, hidden=(8,),
-                             centroids=4)
-    model.on_fit_start(torch.rand(32, 6))
-    model.update_metric()
-    metric = metric_for(model.eval())
+    metric = small_rhvae_metric()
     z = 0.3 * torch.randn(4, 2)
     want = scalar_curvature(metric, z)
     for points in (z.double(), z.numpy().astype(np.float64)):
