@@ -690,3 +690,12 @@ def test_after_training_the_data_is_checked_as_fit_checks_it():
     with pytest.raises(ValueError, match=r"conditions of shape \(5,\): give \(rows, 3\), or "
                                          r"\(3,\) for every row; class labels one-hot"):
         cvae.given(torch.tensor([0, 1, 2, 0, 1])).__enter__()
+
+
+@pytest.mark.parametrize("name", ["vae", "lvae", "vampprior", "vqvae", "rhvae"])
+def test_sample_sizes_are_checked(name):
+    """sample(n) takes a whole number of samples (torch said 'negative dimension -1')."""
+    model = aetk.build_model(name, "bernoulli", in_features=6, latent_dim=2, hidden=(4,))
+    for n in (-1, 0, 2.5):
+        with pytest.raises(ValueError, match=f"n must be an integer >= 1, got {n}"):
+            model.sample(n)

@@ -201,6 +201,7 @@ class LadderVAE(Model):
         `given(c)`, row i of c conditions draw i, or one row all), decoded: the decoder's
         point prediction, or a draw from p(x|z1) with `mean_only=False`; a multinomial
         decoder's at the totals `total_count`, one per sample or one for all."""
+        n = positive_int(n, "n")
         param = next(self.parameters())
         z2 = torch.randn(n, self.top_dim, dtype=param.dtype, device=param.device)
         return generate(self.decoder(self.prior_z1(z2).sample()), mean_only, total_count)

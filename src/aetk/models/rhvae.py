@@ -346,5 +346,6 @@ class RHVAE(Model):
         """`n` new data points decoded from `sample_latent(n, **hmc_options)`: the decoder's
         point prediction, or a draw from p(x|z) with `mean_only=False`; a multinomial
         decoder's at the totals `total_count`, one per sample or one for all."""
+        n = validate.positive_int(n, "n")
         p = self.decoder(self.sample_latent(n, **hmc_options))
         return generate(p, mean_only, total_count)

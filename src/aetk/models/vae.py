@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..distributions import generate, kl_per_dimension, log_lik_of_draws, log_prob
+from ..validate import positive_int
 from .base import LossOutput, Model
 
 
@@ -60,6 +61,7 @@ class VAE(Model):
         """`n` new data points decoded from `z ~ N(0, I)`: the decoder's point prediction,
         or a draw from p(x|z) with `mean_only=False`; a multinomial decoder's at the totals
         `total_count`, one per sample or one for all (`distributions.generate`)."""
+        n = positive_int(n, "n")
         param = next(self.parameters())
         p = self.decoder(torch.randn(n, self.latent_dim, dtype=param.dtype, device=param.device))
         return generate(p, mean_only, total_count)

@@ -103,6 +103,7 @@ class VampPrior(Model):
         posterior; inside `given(c)`, row i of c conditions draw i, or one row all):
         the decoder's point prediction, or a draw with `mean_only=False`; a multinomial
         decoder's at the totals `total_count`, one per sample or one for all."""
+        n = positive_int(n, "n")
         loc, scale = self.components()
         if len(loc) not in (1, n):
             raise ValueError(f"{n} samples under conditions of {len(loc)} rows: give one row, "

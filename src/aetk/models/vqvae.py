@@ -9,6 +9,7 @@ from torch.nn import functional as F
 
 from ..centroids import select_centroids
 from ..distributions import generate
+from ..validate import positive_int
 from .ae import AE
 from .base import LossOutput
 
@@ -226,6 +227,7 @@ class VQVAE(AE):
         """`n` new data points decoded from codes drawn by their frequencies in the last
         training epoch: the decoder's point prediction, or a draw with `mean_only=False`; a
         multinomial decoder's at the totals `total_count`, one per sample or one for all."""
+        n = positive_int(n, "n")
         if not bool(self.code_frequencies.sum() > 0):
             raise RuntimeError("no code frequencies yet: train the VQ-VAE with aetk.fit first")
         codes = torch.multinomial(self.code_frequencies, n, replacement=True)
