@@ -26,44 +26,6 @@ from aetk.validate import positive_int
 
 EPILOG = "The layout of every Zarr store is described in docs/zarr-layout.md."
 
-# each store's `store` attribute -> what it is and the command that writes it
-STORES = {"aetk-data": ("data", "aetk preprocess"), "aetk-latent": ("latent", "aetk encode"),
-          "aetk-geodesics": ("geodesic", "aetk geodesics"),
-          "aetk-samples": ("sample", "aetk sample")}
-
-
-def _not_a_store(path: str | Path, kind: str, found: str) -> ValueError:
-    what, command = STORES[kind]
-    return ValueError(f"{path} is not an aetk {what} store (run `{command}`); it is {found}")
-
-
-def _check_zarr(path: str | Path, kind: str) -> None:
-    """Before reading: a folder that exists but is no zarr store (e.g. a model directory)."""
-    path = Path(path)
-    if path.exists() and not (path / "zarr.json").is_file():
-        found = ("a model directory (from `aetk train`)" if (path / "config.json").is_file()
-                 else "no zarr store")
-        raise _not_a_store(path, kind, found)
-
-
-def read_store(path: str | Path, kind: str) -> Any:
-    """The dataset of a store of `kind` (see STORES); one without a `store` attribute (made
-    by hand) is taken as it is."""
-    _check_zarr(path, kind)
-    ds = storage.read_zarr(path)
-    found = ds.attrs.get("store")
-    if found is not None and found != kind:
-        raise _not_a_store(path, kind, f"a {STORES[found][0]} store (from `{STORES[found][1]}`)"
-                           if found in STORES else f"a store of kind {found!r}")
-    return ds
-
-
-def read_data(path: str | Path) -> storage.StoredData:
-    """storage.read_data, with the message of read_store for a folder that is no store."""
-    _check_zarr(path, "aetk-data")
-    return storage.read_data(path)
-
-
 # --------------------------------------------------------------------------------------
 # preprocess
 
@@ -313,7 +275,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                          "a plateau --lr-schedule: they watch the validation loss, which the "
                          "schedule changes from epoch to epoch (lower whenever beta falls, "
                          "or the capacity nears the KL), so they would keep those epochs")
-    stored = read_data(args.data)
+    stored = storage.read_data(args.data)
     settings = run_settings(args, stored.attrs.get("config_hash", ""))
     run_hash = data_mod.config_hash(settings)
     torch.manual_seed(args.seed)
@@ -635,7 +597,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
     import aetk
 
     torch.set_num_threads(args.threads)
-    stored = read_data(args.data)
+    stored = storage.read_data(args.data)
     model = aetk.load(args.model)
     info_path = Path(args.model) / "aetk_run.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
@@ -786,7 +748,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model = aetk.load(args.model)
-    stored = read_data(args.data) if args.data else None
+    stored = storage.read_data(args.data) if args.data else None
     if stored is not None:
         model.check_data(torch.from_numpy(stored.x[:1]), "the stored")  # another data set?
     classes = sample_classes(model, args)
@@ -971,7 +933,7 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
     n_pairs = 8 if args.n_pairs is None else args.n_pairs
     configured = parse_pairs(args.pairs) if args.pairs is not None else None
     torch.set_num_threads(args.threads)
-    latent = read_store(args.latent, "aetk-latent")
+    latent = storage.read_store(args.latent, "aetk-latent")
     check_encoded_with(latent, args.latent, args.model)
     z = latent["z_mean"].values
     labels = latent["label"].values if "label" in latent else None
@@ -1084,8 +1046,8 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
 def cmd_report_run(args: argparse.Namespace) -> None:
     from aetk import report
 
-    latent = read_store(args.latent, "aetk-latent")
-    stored = read_data(args.data)
+    latent = storage.read_store(args.latent, "aetk-latent")
+    stored = storage.read_data(args.data)
     encoded_from, given = latent.attrs.get("data_config_hash"), stored.attrs.get("config_hash")
     if encoded_from and given and encoded_from != given:
         raise ValueError(f"{args.latent} was encoded from another data store (config hash "
@@ -1102,8 +1064,8 @@ def cmd_report_run(args: argparse.Namespace) -> None:
 def cmd_report_geodesics(args: argparse.Namespace) -> None:
     from aetk import report
 
-    latent = read_store(args.latent, "aetk-latent")
-    geodesics = read_store(args.geodesics, "aetk-geodesics")
+    latent = storage.read_store(args.latent, "aetk-latent")
+    geodesics = storage.read_store(args.geodesics, "aetk-geodesics")
     fitted_on, given = geodesics.attrs.get("config_hash"), latent.attrs.get("config_hash")
     if fitted_on and given and fitted_on != given:
         raise ValueError(f"{args.geodesics} was fitted with another model (run "
@@ -1129,7 +1091,7 @@ def cmd_report_summary(args: argparse.Namespace) -> None:
 
     if not (len(args.runs) == len(args.histories) == len(args.latents)):
         raise ValueError("--runs, --histories and --latents need one entry per run, in order")
-    latents = {r: read_store(p, "aetk-latent") for r, p in zip(args.runs, args.latents,
+    latents = {r: storage.read_store(p, "aetk-latent") for r, p in zip(args.runs, args.latents,
                                                                strict=True)}
     for (run, ds), path in zip(latents.items(), args.latents, strict=True):
         check_run(ds, path, run, args.runs,
@@ -1138,7 +1100,7 @@ def cmd_report_summary(args: argparse.Namespace) -> None:
     run_of_hash = {ds.attrs.get("config_hash"): run for run, ds in latents.items()}
     geodesics = {}
     for path in args.geodesics:
-        ds = read_store(path, "aetk-geodesics")
+        ds = storage.read_store(path, "aetk-geodesics")
         if ds.attrs.get("config_hash") not in run_of_hash:
             raise ValueError(f"{path} was not fitted with the model of any of the runs")
         run = run_of_hash[ds.attrs["config_hash"]]
@@ -1148,7 +1110,7 @@ def cmd_report_summary(args: argparse.Namespace) -> None:
                                                                strict=True)}
     scorer = None
     if args.data:
-        stored = read_data(args.data)
+        stored = storage.read_data(args.data)
         if stored.label_kind == "categorical":
             labels = stored.labels[~stored.is_validation]
             scorer = report.SampleScorer(stored.train, labels, stored.validation)

@@ -86,6 +86,35 @@ def write_zarr(ds: xr.Dataset, path: str | Path, *, chunk_rows: int = CHUNK_ROWS
         shutil.rmtree(old, ignore_errors=True)
 
 
+# each store's `store` attribute -> what it is and the command that writes it
+STORES = {"aetk-data": ("data", "aetk preprocess"), "aetk-latent": ("latent", "aetk encode"),
+          "aetk-geodesics": ("geodesic", "aetk geodesics"),
+          "aetk-samples": ("sample", "aetk sample")}
+
+
+def read_store(path: str | Path, kind: str, *, strict: bool = False) -> xr.Dataset:
+    """The dataset of a store of `kind` (a key of `STORES`), refusing another kind of store
+    or a folder that is none with a message naming what it is and the command that writes
+    the right one; a store without a `store` attribute (made by hand) is taken as it is,
+    unless `strict`."""
+    path = Path(path)
+    what, command = STORES[kind]
+    refused = f"{path} is not an aetk {what} store (run `{command}`)"
+    if path.exists() and not (path / "zarr.json").is_file():  # e.g. a model directory
+        raise ValueError(f"{refused}; it is " + ("a model directory (from `aetk train`)"
+                                                 if (path / "config.json").is_file()
+                                                 else "no zarr store"))
+    ds = read_zarr(path)
+    found = ds.attrs.get("store")
+    if found is None and strict:
+        raise ValueError(refused)
+    if found is not None and found != kind:
+        it = (f"a {STORES[found][0]} store (from `{STORES[found][1]}`)" if found in STORES
+              else f"a store of kind {found!r}")
+        raise ValueError(f"{refused}; it is {it}")
+    return ds
+
+
 def read_zarr(path: str | Path) -> xr.Dataset:
     """Read a store written by :func:`write_zarr` fully into memory."""
     path = Path(path)
@@ -182,9 +211,7 @@ def write_data(prep: Prepared, path: str | Path, attrs: dict[str, Any]) -> None:
 
 def read_data(path: str | Path) -> StoredData:
     """Read a data store written by :func:`write_data`."""
-    ds = read_zarr(path)
-    if ds.attrs.get("store") != "aetk-data":
-        raise ValueError(f"{path} is not an aetk data store (run `aetk preprocess`)")
+    ds = read_store(path, "aetk-data", strict=True)
     specs = ds.attrs.get("transforms", [])
     arrays = {name: ds[name].values for name in ds.data_vars if name.startswith("transform")}
     pipe = TransformPipeline.from_spec(specs, arrays, ds["feature"].values)
