@@ -699,3 +699,28 @@ def test_sample_sizes_are_checked(name):
     for n in (-1, 0, 2.5):
         with pytest.raises(ValueError, match=f"n must be an integer >= 1, got {n}"):
             model.sample(n)
+
+
+@pytest.mark.parametrize("name", ["ae", "irmae"])
+def test_sample_without_a_prior_says_what_to_use(name):
+    """An autoencoder has no prior: model.sample is a clear error pointing to the code
+    mixture, not torch's "'AE' object has no attribute 'sample'"; hasattr stays False (the
+    CLI's test for a sampler), and the recipe in the message works."""
+    x = torch.rand(40, X_DIM)
+    torch.manual_seed(0)
+    model = aetk.build_model(name, "bernoulli", in_features=X_DIM, latent_dim=Z_DIM,
+                             hidden=(HID,))
+    with pytest.raises(aetk.NoPriorSampler, match="has no prior to sample from") as exc:
+        model.sample(4)
+    assert isinstance(exc.value, AttributeError)
+    assert type(model).__name__ in str(exc.value) and "aetk.CodeMixture" in str(exc.value)
+    assert not hasattr(model, "sample") and getattr(model, "sample", None) is None
+    with pytest.raises(AttributeError, match="object has no attribute 'samples'"):
+        model.samples  # noqa: B018  (other missing attributes: torch's message, unchanged)
+    mixture = aetk.CodeMixture(model.embed(x))  # the message's recipe
+    new = aetk.distributions.mean(model.decode(mixture.sample(4)))
+    assert new.shape == (4, X_DIM)
+    for other in ("vae", "wae", "vqvae", "hvae", "iwae", "lvae", "vampprior", "beta_tcvae"):
+        built = aetk.build_model(other, "bernoulli", in_features=X_DIM, latent_dim=Z_DIM,
+                                 hidden=(HID,))
+        assert callable(built.sample), other

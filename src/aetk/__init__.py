@@ -40,6 +40,7 @@ from .models import (
     LadderVAE,
     LossOutput,
     Model,
+    NoPriorSampler,
     VampPrior,
 )
 from .penalties import DecoderJacobian, Entropy, LatentL2, MinVariance, penalized
@@ -87,6 +88,7 @@ __all__ = [
     "Model",
     "MultinomialDecoder",
     "NegativeBinomialDecoder",
+    "NoPriorSampler",
     "Paired",
     "PoissonDecoder",
     "RBFVarianceDecoder",

@@ -1,7 +1,7 @@
 """The models: each file reads like its loss."""
 
 from .ae import AE
-from .base import LossOutput, Model
+from .base import LossOutput, Model, NoPriorSampler
 from .dipvae import DIPVAE
 from .factorvae import Discriminator, FactorVAE
 from .hvae import HVAE
@@ -39,5 +39,6 @@ __all__ = [
            "LadderVAE",
            "LossOutput",
            "Model",
+           "NoPriorSampler",
            "VampPrior",
 ]

@@ -42,6 +42,12 @@ class LossOutput:
     aux: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+class NoPriorSampler(AttributeError):
+    """`model.sample` of a model without a prior to draw from (AE, IRMAE, a user-made model
+    without a `sample`). An AttributeError, so that `hasattr(model, "sample")` stays False
+    for them, the test the CLI makes before it falls back to the code mixture."""
+
+
 class Model(nn.Module):
     """An encoder and a decoder; subclasses define `loss`.
 
@@ -72,6 +78,24 @@ class Model(nn.Module):
             raise ValueError(f"the encoder takes {self.n_conditions} conditions and the decoder "
                              f"{getattr(decoder, 'n_conditions', 0)}: build both with the same "
                              "n_conditions")
+
+    def __getattr__(self, name: str) -> Any:
+        # nn.Module's lookup of parameters, buffers and submodules (called directly: this
+        # is every `self.encoder`), with a message of its own for `sample` where a model
+        # has none
+        if name != "sample":
+            return nn.Module.__getattr__(self, name)
+        try:
+            return nn.Module.__getattr__(self, name)
+        except AttributeError:
+            pass
+        cls = type(self).__name__
+        raise NoPriorSampler(
+            f"{cls} has no prior to sample from (model.sample is for models with one, such as "
+            "vae, wae or vqvae): fit a Gaussian mixture to its codes of the training data and "
+            "decode draws of it, mixture = aetk.CodeMixture(model.embed(x_train)); x_new = "
+            "aetk.distributions.mean(model.decode(mixture.sample(n))) (what `aetk encode` "
+            "and `aetk sample --sampler mixture` do)", name=name, obj=self)
 
     def conditions(self) -> torch.Tensor | None:
         """The conditions set by the innermost `given` block (None outside one)."""
