@@ -482,3 +482,70 @@ def test_volume_grid_refuses_malformed_sizes():
             volume_grid(poincare(), ((0, 1), (1, 2)), n=n)
     grid = volume_grid(poincare(), np.array([[0.0, 1.0], [1.0, 2.0]]), n=np.int64(3))
     assert grid.sizes == {"z1": 3, "z2": 3}
+
+
+# --- .to ---------------------------------------------------------------------------------
+
+
+def test_metrics_move_what_they_hold_with_to():
+    """`metric.to(...)` moves the model, decoder, module or tensors behind a metric and
+    returns the metric, as nn.Module.to: float32 -> float64 gives float64 results, equal
+    to the float32 ones to float32's precision (no GPU here: dtypes only)."""
+    from aetk.geometry import EncoderMetric
+    from aetk.geometry.metrics import as_points
+
+    from helpers import small_rhvae_metric
+
+    z = torch.tensor([[0.3, -0.2], [1.0, 0.5], [-0.7, 0.1]])
+    torch.manual_seed(0)
+    decoder = aetk.BernoulliDecoder(latent_dim=2, out_features=6, hidden=(8,)).eval()
+    torch.manual_seed(1)
+    model = aetk.build_model("vae", "bernoulli", in_features=6, latent_dim=2, hidden=(8,))
+
+    class Quadratic(nn.Module):  # G(z) = W^T W + I from a module's weight: Metric(module)
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 4)
+
+        def forward(self, z):
+            w = self.lin.weight
+            return (w.T @ w + torch.eye(2, dtype=w.dtype)).expand(len(z), -1, -1)
+
+    held = torch.tensor([[2.0, 0.0], [0.0, 3.0]])
+
+    class HoldsATensor(Metric):
+        def __init__(self):
+            super().__init__()
+            self.A = held
+
+        def _metric(self, z):
+            return self.A.expand(len(z), -1, -1)
+
+    metrics = {
+        "rhvae": small_rhvae_metric(),
+        "pullback of a decoder": PullbackMetric(decoder),
+        "pullback of model.decode": PullbackMetric(model.decode),
+        "module": Metric(Quadratic()),
+        "tensor": HoldsATensor(),
+        "encoder": EncoderMetric(torch.randn(10, 2), torch.rand(10, 2) + 0.5),
+    }
+    for name, metric in metrics.items():
+        before = metric.metric(z).detach()
+        assert before.dtype == torch.float32, name
+        assert metric.to(torch.float64) is metric, name
+        after = metric.metric(z.double())
+        assert after.dtype == f64, name
+        assert metric.log_volume(z.double()).dtype == f64, name
+        torch.testing.assert_close(after.float(), before, rtol=1e-4, atol=1e-5)
+        assert metric.to("cpu", torch.float32) is metric and metric.metric(z).dtype == torch.float32
+    assert metrics["rhvae"].model.centroid_M.dtype == torch.float32
+    metrics["rhvae"].to(dtype=torch.float64)
+    assert metrics["rhvae"].model.centroid_M.dtype == f64
+    assert as_points(metrics["rhvae"], z).dtype == f64  # what every geometry function takes
+    assert next(model.parameters()).dtype == torch.float32
+    metrics["pullback of model.decode"].to(torch.float64)
+    assert next(model.parameters()).dtype == f64  # the bound method's model
+    assert metrics["tensor"].A.dtype == torch.float32  # back from the second .to
+    assert metrics["encoder"].to(torch.float64).loc.dtype == f64  # still nn.Module.to
+    plain = constant(torch.eye(2))  # a plain function: nothing to move
+    assert plain.to(torch.float64) is plain

@@ -113,6 +113,33 @@ class Metric:
         """`log sqrt(det G(z))`, shape `(...)`; NaN where G is singular to working precision."""
         return self._log_volume(z.reshape(-1, z.shape[-1])).reshape(z.shape[:-1])
 
+    def to(self, *args: object, **kwargs: object) -> Metric:
+        """Move what the metric holds, as `nn.Module.to` (same arguments: a device, a
+        floating dtype, or both), and return the metric: the modules it holds (an RHVAE's
+        model, a pull-back's decoder, a module given as the function) in place, so the
+        model is moved for its other users too; the module of a bound method given as the
+        function (`PullbackMetric(model.decode)`); and its floating tensors (other tensors
+        change device only). A plain function holds nothing to move. Every geometry
+        function casts its points to the dtype and device of the module behind a metric,
+        so `metric.to(torch.float64)` gives float64 results."""
+        if isinstance(self, nn.Module):  # a metric that is a module (EncoderMetric)
+            return nn.Module.to(self, *args, **kwargs)
+        device, dtype, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
+        if dtype is not None and not (dtype.is_floating_point or dtype.is_complex):
+            raise TypeError(f"Metric.to only accepts floating point or complex dtypes, got "
+                            f"{dtype}")
+        for name, value in list(vars(self).items()):
+            owner = getattr(value, "__self__", None)  # a bound method's object
+            if isinstance(value, nn.Module):
+                value.to(*args, **kwargs)
+            elif isinstance(value, Tensor):
+                floating = value.is_floating_point() or value.is_complex()
+                setattr(self, name, value.to(device, dtype if floating else None,
+                                             non_blocking=non_blocking))
+            elif isinstance(owner, nn.Module):
+                owner.to(*args, **kwargs)
+        return self
+
 
 class RHVAEMetric(Metric):
     """The closed-form metric of a trained RHVAE: anything with `G(z)`, `G_inv(z)` and
