@@ -294,6 +294,20 @@ def test_prepare_subsamples_with_a_seed() -> None:
     assert a.is_validation.sum() == 30
 
 
+def test_prepare_warns_when_n_samples_is_more_than_the_data_has() -> None:
+    """n_samples is at most: beyond the data's size all samples are used, with a warning
+    (the CLI prints it as its own `warning: --n-samples ...` line, tests/test_cli.py)."""
+    raw = data.load_bundled("digits")
+    with pytest.warns(data.SampleCountWarning, match=r"^n_samples=5000 is more than the 1797 "
+                      r"samples of digits: using all 1797$"):
+        prep = data.prepare(raw, transforms=[], n_samples=5000)
+    assert len(prep.x) == 1797
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(data.prepare(raw, transforms=[], n_samples=1797).x) == 1797
+        assert len(data.prepare(raw, transforms=[]).x) == 1797
+
+
 def test_prepare_names_non_finite_values_in_the_file_and_after_transforms() -> None:
     x = np.arange(60, dtype=np.float64).reshape(10, 6)
     x[5, 3], x[7, 0] = np.nan, np.inf

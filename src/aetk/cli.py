@@ -14,6 +14,7 @@ import re
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -54,16 +55,21 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     raw = data_mod.load_source(args.source, key=args.key, labels=args.labels,
                                n_samples=args.n_samples, noise=args.noise, seed=args.seed)
-    prep = data_mod.prepare(raw, transforms=transforms,
-                            validation_fraction=args.validation_fraction,
-                            n_samples=None if args.source in ("swissroll", "scurve")
-                            else args.n_samples, seed=args.seed)
+    with warnings.catch_warnings(record=True) as caught:  # prepare's, in the CLI's words
+        warnings.simplefilter("always", data_mod.SampleCountWarning)
+        prep = data_mod.prepare(raw, transforms=transforms,
+                                validation_fraction=args.validation_fraction,
+                                n_samples=None if args.source in ("swissroll", "scurve")
+                                else args.n_samples, seed=args.seed)
     storage.write_data(prep, args.out, {"config_hash": data_mod.config_hash(settings),
                                         "config": json.dumps(settings)})
-    if (args.n_samples is not None and args.source not in ("swissroll", "scurve")
-            and args.n_samples > len(raw.x)):
-        print(f"warning: --n-samples {args.n_samples} is more than the {len(raw.x)} samples "
-              f"of {args.source}: using all {len(raw.x)}", file=sys.stderr)
+    for w in caught:
+        if issubclass(w.category, data_mod.SampleCountWarning):
+            print(f"warning: --n-samples {args.n_samples} is more than the {len(raw.x)} "
+                  f"samples of {args.source}: using all {len(raw.x)}", file=sys.stderr)
+        else:  # any other warning passed on as it came
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno,
+                                   source=w.source)
     n_val = int(prep.is_validation.sum())
     print(f"{args.source}: {len(prep.x)} samples ({len(prep.x) - n_val} train, {n_val} "
           f"validation) x {prep.x.shape[1]} features, labels: {raw.label_kind}; "

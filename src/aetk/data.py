@@ -13,6 +13,7 @@ import hashlib
 import importlib.metadata as md
 import json
 import pickle
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -613,12 +614,22 @@ def _non_finite(x: np.ndarray) -> str:
             f"column {cols[0]} (counting from 0)")
 
 
+class SampleCountWarning(UserWarning):
+    """``prepare(n_samples=...)`` asked for more samples than the data have: all are used."""
+
+
 def prepare(raw: RawData, *, transforms: list[str | dict[str, Any]],
             validation_fraction: float = 0.1, n_samples: int | None = None,
             seed: int = 0) -> Prepared:
-    """Subsample, split (seeded) and transform ``raw``, fitting transforms on training rows."""
+    """Subsample, split (seeded) and transform ``raw``, fitting transforms on training rows.
+    ``n_samples`` is at most: with more than the data have, all samples are used and a
+    :class:`SampleCountWarning` says so."""
     if not np.all(np.isfinite(raw.x)):
         raise ValueError(f"the data contain {_non_finite(raw.x)}: impute or drop them first")
+    if n_samples is not None and n_samples > len(raw.x):
+        warnings.warn(f"n_samples={n_samples} is more than the {len(raw.x)} samples of "
+                      f"{raw.source or 'the data'}: using all {len(raw.x)}",
+                      SampleCountWarning, stacklevel=2)
     keep = subsample(len(raw.x), n_samples, seed)
     labels = None if raw.labels is None else raw.labels[keep]
     is_val = split(len(keep), validation_fraction, seed,
