@@ -1093,6 +1093,37 @@ def test_a_checkpoint_of_other_settings_gives_the_command_line_advice(
     assert cli.main([*args, "--no-resume"]) == 0
 
 
+def test_checkpoint_advice_comes_from_the_typed_error_not_from_its_text(
+        steps: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint of more epochs: the CLI's advice (--epochs, --no-resume), formatted from
+    aetk.CheckpointMismatch's fields; fit's other errors pass unchanged, even when their
+    text reads like fit's advice."""
+    args = ["train", "--data", str(steps / "data.zarr"), "--model", "vae", "--likelihood",
+            "bernoulli", "--hidden", "16", "--epochs", "2", "--batch-size", "64",
+            "--no-progress", "--checkpoint-dir", str(tmp_path / "ckpt"),
+            "--out", str(tmp_path / "m"), "--history", str(tmp_path / "h.tsv")]
+    one = [a if a != "2" else "1" for a in args]
+    assert cli.main(one) == 0 and cli.main(args) == 0
+    # the epochs are in the run hash, so in the file name: a hand-copied checkpoint
+    [ckpt, two] = sorted((tmp_path / "ckpt").glob("*.pt"), key=lambda p: p.stat().st_mtime)
+    two.replace(ckpt)
+    capsys.readouterr()
+    assert cli.main(one) == 1
+    assert capsys.readouterr().err == (
+        f"aetk train: error: checkpoint {ckpt} already holds 2 epochs, more than the 1 asked "
+        "for; pass --epochs >= 2, or --no-resume (in the pipeline: train.resume: false in "
+        "config.yaml) to start over\n")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ValueError("a penalty refused: pass epochs >= 3 or resume=False")
+
+    monkeypatch.setattr(aetk, "fit", refuse)
+    assert cli.main(args) == 1
+    assert capsys.readouterr().err == ("aetk train: error: a penalty refused: pass epochs >= 3 "
+                                       "or resume=False\n")
+
+
 def test_a_store_of_another_kind_names_the_command_that_makes_the_right_one(
         steps: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     data, latent, model = steps / "data.zarr", steps / "vae-bernoulli.zarr", steps / "model"

@@ -325,8 +325,14 @@ def test_checkpoint_from_other_settings_is_refused(tmp_path, change, diff):
     ckpt = tmp_path / "ckpt.pt"
     _fit(_build(), train, epochs=1, checkpoint=ckpt)
     with pytest.raises(ValueError, match=rf"checkpoint .* different settings \({diff}\); "
-                                         r"pass resume=False"):
+                                         r"pass resume=False to start over$") as exc:
         _fit(_build(), train, epochs=2, checkpoint=ckpt, **change)
+    # typed, with what a caller needs to give advice of its own (the CLI's --no-resume)
+    assert isinstance(exc.value, aetk.CheckpointMismatch)
+    (name, (there, now)), = exc.value.differences.items()
+    assert f"{name}: {there!r} there, {now!r} now" == diff and exc.value.path == ckpt
+    assert exc.value.held is None and exc.value.asked is None
+    assert exc.value.problem == f"checkpoint {ckpt} was written for different settings ({diff})"
     hist = _fit(_build(), train, epochs=1, checkpoint=ckpt, resume=False, **change)
     assert list(hist["epoch"]) == [1]
 
@@ -353,8 +359,10 @@ def test_a_checkpoint_with_more_epochs_than_asked_is_refused_untouched(tmp_path)
     _fit(_build(), train, epochs=2, checkpoint=ckpt)
     model = _build()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=r"already holds 2 epochs, more than the 1 asked for"):
+    with pytest.raises(aetk.CheckpointMismatch, match=r"already holds 2 epochs, more than the "
+                       r"1 asked for; pass epochs >= 2, or resume=False to start over$") as exc:
         _fit(model, train, epochs=1, checkpoint=ckpt)
+    assert (exc.value.held, exc.value.asked, exc.value.differences) == (2, 1, {})
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 

@@ -44,7 +44,15 @@ from .models import (
     VampPrior,
 )
 from .penalties import DecoderJacobian, Entropy, LatentL2, MinVariance, penalized
-from .train import CapacityAnnealing, CyclicalBeta, EarlyStopping, Paired, TrainingDiverged, fit
+from .train import (
+    CapacityAnnealing,
+    CheckpointMismatch,
+    CyclicalBeta,
+    EarlyStopping,
+    Paired,
+    TrainingDiverged,
+    fit,
+)
 from .traversal import Traversal, latent_grid, latent_traversal
 
 __all__ = [
@@ -65,6 +73,7 @@ __all__ = [
     "BetaTCVAE",
     "CapacityAnnealing",
     "CategoricalDecoder",
+    "CheckpointMismatch",
     "CodeMixture",
     "CyclicalBeta",
     "Decoder",

@@ -268,7 +268,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     import aetk
     from aetk.penalties import make_penalty
-    from aetk.train import check_clip_grad_norm
+    from aetk.train import CheckpointMismatch, check_clip_grad_norm
 
     torch.set_num_threads(args.threads)
     check_clip_grad_norm(args.clip_grad_norm, "--clip-grad-norm")  # before reading data
@@ -335,10 +335,11 @@ def cmd_train(args: argparse.Namespace) -> None:
                            resume=args.resume, progress=progress, callbacks=callbacks,
                            lr_schedule=args.lr_schedule, batch_sampler=sampler,
                            clip_grad_norm=args.clip_grad_norm, penalties=penalties)
-    except ValueError as err:  # fit's advice is for Python callers: give the CLI's
-        message = str(err).replace("pass epochs >=", "pass --epochs >=").replace(
-            "resume=False", "--no-resume (in the pipeline: train.resume: false in config.yaml)")
-        raise ValueError(message) from None
+    except CheckpointMismatch as err:  # fit's advice is for Python callers: the CLI's
+        start_over = "--no-resume (in the pipeline: train.resume: false in config.yaml)"
+        advice = (f"pass --epochs >= {err.held}, or {start_over}" if err.held is not None
+                  else f"pass {start_over}")
+        raise ValueError(f"{err.problem}; {advice} to start over") from None
     except KeyboardInterrupt:
         # fit writes the checkpoint after every epoch (atomically): the last one is kept
         done = finished_epochs(checkpoint) if checkpoint is not None else 0

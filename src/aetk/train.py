@@ -60,6 +60,33 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+class CheckpointMismatch(ValueError):
+    """A checkpoint that `fit` will not resume, refused before anything is loaded: written
+    for other settings (`differences`, `{name: (there, now)}`: the data's hash included), or
+    holding `held` epochs, more than the `asked` ones. `problem` says which, without
+    advice; the message adds the advice for Python callers (`resume=False`, `epochs >=
+    held`), and other callers (the CLI) word their own from these fields."""
+
+    def __init__(self, path: str | Path, *,
+                 differences: dict[str, tuple[Any, Any]] | None = None,
+                 held: int | None = None, asked: int | None = None) -> None:
+        self.path = Path(path)
+        self.differences = dict(differences or {})
+        self.held, self.asked = held, asked
+        advice = (f"pass epochs >= {held}, or resume=False to start over" if held is not None
+                  else "pass resume=False to start over")
+        super().__init__(f"{self.problem}; {advice}")
+
+    @property
+    def problem(self) -> str:
+        if self.held is not None:
+            return (f"checkpoint {self.path} already holds {self.held} epochs, more than the "
+                    f"{self.asked} asked for")
+        diff = ", ".join(f"{k}: {there!r} there, {now!r} now"
+                         for k, (there, now) in self.differences.items())
+        return f"checkpoint {self.path} was written for different settings ({diff})"
+
+
 class _PenaltiesBypassed(ValueError):
     """A model's training step did not take its loss from `model.loss`, where the
     penalties are added."""
@@ -793,18 +820,11 @@ def _restore(path: Path, model: Model, optimizers: dict, schedulers: dict,
         fingerprint = {k: v for k, v in fingerprint.items() if k != "data"}
     if state["fingerprint"] != fingerprint:
         old = state["fingerprint"]
-        diff = ", ".join(f"{k}: {old.get(k)!r} there, {fingerprint.get(k)!r} now"
-                         for k in {**old, **fingerprint} if old.get(k) != fingerprint.get(k))
-        raise ValueError(
-            f"checkpoint {path} was written for different settings ({diff}); "
-            "pass resume=False to start over"
-        )
+        raise CheckpointMismatch(path, differences={
+            k: (old.get(k), fingerprint.get(k))
+            for k in {**old, **fingerprint} if old.get(k) != fingerprint.get(k)})
     if len(state["history"]) > epochs:
-        raise ValueError(
-            f"checkpoint {path} already holds {len(state['history'])} epochs, more than the "
-            f"{epochs} asked for; pass epochs >= {len(state['history'])}, or resume=False to "
-            "start over"
-        )
+        raise CheckpointMismatch(path, held=len(state["history"]), asked=epochs)
     model.load_state_dict(state["model"])
     for k, opt in optimizers.items():
         opt.load_state_dict(state["optimizers"][k])
