@@ -1153,3 +1153,24 @@ def test_a_store_of_another_kind_names_the_command_that_makes_the_right_one(
         assert cli.main(argv) == 1, argv
         assert capsys.readouterr().err.startswith(message), argv
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_hidden_defaults_are_each_stated(capsys: pytest.CaptureFixture) -> None:
+    """build_model's hidden=(400, 400) differs from aetk train's --hidden 256 256 and
+    config.yaml's [256, 256] (each kept: a change would change run hashes and users'
+    models); --help and core-api state both, so that neither surprises."""
+    import inspect
+
+    import yaml
+
+    root = Path(__file__).parents[1]
+    library = inspect.signature(aetk.build_model).parameters["hidden"].default
+    config = yaml.safe_load((root / "config.yaml").read_text())["network"]["hidden"]
+    assert tuple(library) == (400, 400) and config == [256, 256]
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: [256, 256])" in text and "config.yaml" in text
+    assert "aetk.build_model's default is (400, 400)" in text
+    api = " ".join((root / "docs" / "core-api.md").read_text().split())
+    assert "hidden=(400, 400)" in api and "`aetk train --hidden` and the pipeline's" in api

@@ -1221,7 +1221,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"decoder likelihood: {', '.join(build.LIKELIHOODS)}")
     p.add_argument("--latent-dim", type=positive, default=2, help="latent dimensions")
     p.add_argument("--hidden", type=positive, nargs="+", default=[256, 256],
-                   help="hidden layer widths of the encoder and decoder MLPs")
+                   help="hidden layer widths of the encoder and decoder MLPs, as the "
+                   "pipeline's config.yaml (network.hidden); aetk.build_model's default is "
+                   "(400, 400)")
     p.add_argument("--activation", default="relu", help="between hidden layers, e.g. tanh")
     p.add_argument("--channels", type=positive, nargs="*", default=[],
                    help="convolutional encoder and decoder for image data: channels of the 4x4 "
