@@ -139,6 +139,8 @@ def test_train_output_loads_and_learned(steps: Path) -> None:
     digest = storage.read_data(steps / "data.zarr").digest()
     assert Path(info["checkpoint"]).name.endswith(f"{info['run_hash']}-{digest}.pt")
     assert info["settings"]["epochs"] == 3 and info["device"] == "cpu"
+    # the history is in the model folder too: aetk.load_history on pipeline outputs
+    pd.testing.assert_frame_equal(aetk.load_history(steps / "model"), history)
 
 
 def test_train_again_resumes_from_the_checkpoint(steps: Path, capsys: pytest.CaptureFixture
@@ -1068,6 +1070,10 @@ def test_ctrl_c_in_train_exits_in_one_line_and_keeps_the_checkpoint(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
     assert cli.main([*args, *ckpt]) == 0  # as the message says
     assert "resuming from epoch 1 of checkpoint" in capsys.readouterr().out
+    # the saved history is the whole run's, the checkpoint's epoch included
+    saved = aetk.load_history(tmp_path / "m")
+    assert saved["epoch"].tolist() == [1, 2, 3]
+    pd.testing.assert_frame_equal(saved, pd.read_csv(tmp_path / "h.tsv", sep="\t"))
 
 
 def test_a_checkpoint_of_other_settings_gives_the_command_line_advice(

@@ -2,6 +2,7 @@
 uninterrupted run; divergence; the beta schedule; input types; progress output."""
 
 import functools
+import re
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,33 @@ def test_save_load_round_trip(tmp_path, name, likelihood, kw):
     expected = model.loss(val).loss
     torch.manual_seed(1)
     assert loaded.loss(val).loss.item() == expected.item()
+
+
+def test_the_history_is_saved_with_the_model_and_read_back(tmp_path):
+    """save(history=) writes fit's history as history.tsv in the model folder;
+    load_history reads it back (aetk.load still returns the model); a save without one
+    leaves no stale history of other weights; missing: an error naming the path."""
+    train, val = _digits()
+    model = _build()
+    history = _fit(model, train, val, epochs=2)
+    aetk.save(model, tmp_path / "m", history=history)
+    assert isinstance(aetk.load(tmp_path / "m"), aetk.VAE)
+    back = aetk.load_history(tmp_path / "m")
+    pd.testing.assert_frame_equal(back, history, check_exact=False, rtol=1e-12)
+    assert list(back.columns) == list(history.columns)
+    assert pd.read_csv(tmp_path / "m" / "history.tsv", sep="\t").shape == history.shape
+    model.save(tmp_path / "m2", history=history)  # the method takes it too
+    pd.testing.assert_frame_equal(aetk.load_history(tmp_path / "m2"), back)
+    model.save(tmp_path / "m")  # new weights, no history: the old one must not stay
+    missing = tmp_path / "m" / "history.tsv"
+    with pytest.raises(FileNotFoundError,
+                       match=rf"{re.escape(str(missing))} is missing\): .*history=") as exc:
+        aetk.load_history(tmp_path / "m")
+    assert str(tmp_path / "m") in str(exc.value)
+    with pytest.raises(FileNotFoundError, match="holds no saved aetk model"):
+        aetk.load_history(tmp_path / "nothing")
+    with pytest.raises(TypeError, match="history must be a pandas DataFrame"):
+        aetk.save(model, tmp_path / "m3", history=[1, 2])
 
 
 @pytest.mark.parametrize("annealing", ["cyclical", "capacity"])

@@ -19,7 +19,7 @@ from .decoders import (
 )
 from .encoders import DeterministicEncoder, GaussianEncoder
 from .expost import CodeMixture
-from .io import load
+from .io import load, load_history, save
 from .marginal import log_marginal
 from .models import (
     AE,
@@ -111,6 +111,8 @@ __all__ = [
     "latent_grid",
     "latent_traversal",
     "load",
+    "load_history",
     "log_marginal",
     "penalized",
+    "save",
 ]

@@ -353,7 +353,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             kept = ("nothing was kept (with --checkpoint-dir, a rerun resumes from the last "
                     "finished epoch)")
         raise KeyboardInterrupt(kept) from None
-    model.cpu().save(args.out)
+    model.cpu().save(args.out, history=history)  # the whole run's, resumed epochs too
     info = {
         "run_hash": run_hash, "settings": settings, "device": device, "threads": args.threads,
         "aetk_version": storage.package_version(), "checkpoint": str(checkpoint),

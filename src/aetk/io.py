@@ -6,6 +6,7 @@ import copy
 import json
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from . import __version__
@@ -13,18 +14,43 @@ from .devices import resolve_device
 from .models.base import Model
 from .train import annealed_values
 
-CONFIG, WEIGHTS = "config.json", "weights.pt"
+CONFIG, WEIGHTS, HISTORY = "config.json", "weights.pt", "history.tsv"
 
 
-def save(model: Model, path: str | Path) -> None:
+def save(model: Model, path: str | Path, history: pd.DataFrame | None = None) -> None:
     """Write `config.json` (how to rebuild the model, and the beta and KL capacity that an
-    annealing schedule last set) and `weights.pt` (its state dict)."""
+    annealing schedule last set) and `weights.pt` (its state dict); with `history`,
+    `aetk.fit`'s return value, also `history.tsv` (tab-separated, as `aetk train
+    --history`), which `load_history(path)` reads back. Without one, a `history.tsv` of an
+    earlier save into the folder is removed: it would describe other weights."""
+    if history is not None and not isinstance(history, pd.DataFrame):
+        raise TypeError(f"history must be a pandas DataFrame (aetk.fit's return value), got "
+                        f"{type(history).__name__}")
     path = Path(path).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     config = {"aetk_version": __version__, "class": type(model).__name__,
               "build_spec": model.build_spec, "annealed": annealed_values(model)}
     (path / CONFIG).write_text(json.dumps(config, indent=2))
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path / WEIGHTS)
+    if history is None:
+        (path / HISTORY).unlink(missing_ok=True)
+    else:
+        history.to_csv(path / HISTORY, sep="\t", index=False)
+
+
+def load_history(path: str | Path) -> pd.DataFrame:
+    """The training history saved with the model in the folder `path` (`save(model, path,
+    history=...)`, or `aetk train`): `aetk.fit`'s DataFrame, one row per epoch.
+    FileNotFoundError naming the path when there is none."""
+    path = Path(path).expanduser()
+    if not (path / CONFIG).exists():
+        raise FileNotFoundError(f"{path} holds no saved aetk model ({CONFIG} is missing)")
+    if not (path / HISTORY).exists():
+        raise FileNotFoundError(
+            f"the model in {path} was saved without its training history ({path / HISTORY} "
+            f"is missing): save it with aetk.save(model, '{path}', history=history), history "
+            "being aetk.fit's return value (aetk train does)")
+    return pd.read_csv(path / HISTORY, sep="\t")
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu", *,

@@ -270,8 +270,9 @@ class Model(nn.Module):
                              "(log_inputs, the default for count likelihoods): build the model "
                              "with log_inputs=False (aetk train --no-log-inputs)")
 
-    def save(self, path: str | Path) -> None:
-        """Write `config.json` and `weights.pt` into the directory `path`."""
+    def save(self, path: str | Path, history: Any = None) -> None:
+        """Write `config.json` and `weights.pt` into the directory `path`, and `history.tsv`
+        with `history`, `aetk.fit`'s return value (`aetk.io.save`)."""
         from ..io import save
 
-        save(self, path)
+        save(self, path, history)
