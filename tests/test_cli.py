@@ -1042,6 +1042,48 @@ def test_report_summary_refuses_stores_of_another_run(steps: Path, tmp_path: Pat
     assert pd.read_csv(tmp_path / "t.tsv", sep="\t")["run"].tolist() == ["vae"]
 
 
+def test_summary_refuses_the_history_of_another_run(steps: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """aetk encode records the train_loss of the history saved with the model; report
+    summary refuses a --histories table that is not it, naming the run the table belongs
+    to when it is one of the given runs (it would be plotted under the wrong name)."""
+    outputs = ["--curves", str(tmp_path / "c.png"), "--table", str(tmp_path / "t.tsv")]
+    lat = storage.read_zarr(steps / "vae-bernoulli.zarr")
+    saved = aetk.load_history(steps / "model")
+    assert lat.attrs["history_train_loss"] == pytest.approx(saved["train_loss"].tolist(),
+                                                            rel=1e-12)
+    h, hr = steps / "h.tsv", steps / "hr.tsv"  # vae-bernoulli's and the rhvae's
+    runs = ["--runs", "vae-bernoulli", "rhvae", "--latents", str(steps / "vae-bernoulli.zarr"),
+            str(steps / "latent_rhvae.zarr")]
+    assert cli.main(["report", "summary", *runs, "--histories", str(hr), str(h),
+                     *outputs]) == 1
+    assert capsys.readouterr().err == (
+        f"aetk report summary: error: {hr}, given for run 'vae-bernoulli', is the training "
+        "history of run 'rhvae' (the one saved with the model that encoded "
+        f"{steps / 'latent_rhvae.zarr'}): give --runs, --histories and --latents in the "
+        "same order\n")
+    other = pd.read_csv(h, sep="\t")
+    other["train_loss"] *= 1.5  # another run's, not among those given
+    other.to_csv(tmp_path / "other.tsv", sep="\t", index=False)
+    assert cli.main(["report", "summary", "--runs", "vae-bernoulli", "--histories",
+                     str(tmp_path / "other.tsv"), "--latents",
+                     str(steps / "vae-bernoulli.zarr"), *outputs]) == 1
+    assert capsys.readouterr().err == (
+        f"aetk report summary: error: {tmp_path / 'other.tsv'} is not the training history "
+        "of run 'vae-bernoulli': its train_loss per epoch is not the one saved with the model "
+        f"that encoded {steps / 'vae-bernoulli.zarr'}\n")
+    assert not (tmp_path / "t.tsv").exists()
+    assert cli.main(["report", "summary", *runs, "--histories", str(h), str(hr),
+                     *outputs]) == 0
+    # a latent store without the record (encoded before it, or from a model saved without
+    # its history) is not checked
+    del lat.attrs["history_train_loss"]
+    storage.write_zarr(lat, tmp_path / "old.zarr")
+    assert cli.main(["report", "summary", "--runs", "vae-bernoulli", "--histories",
+                     str(tmp_path / "other.tsv"), "--latents", str(tmp_path / "old.zarr"),
+                     *outputs]) == 0
+
+
 def test_ctrl_c_in_train_exits_in_one_line_and_keeps_the_checkpoint(
         steps: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
         monkeypatch: pytest.MonkeyPatch) -> None:

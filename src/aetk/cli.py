@@ -684,6 +684,9 @@ def cmd_encode(args: argparse.Namespace) -> None:
         "conditions": "labels" if conditions is not None else "none",
         "train_seed": info.get("settings", {}).get("seed"),
     }
+    losses = saved_train_loss(args.model)
+    if losses is not None:  # so that report summary knows this run's history table
+        ds.attrs["history_train_loss"] = losses
     if conditions is not None:
         ds.attrs["log_marginal"] += "; of this conditional model: log p(x|c), c the label"
     if isinstance(model.decoder, aetk.MultinomialDecoder):
@@ -1091,6 +1094,50 @@ def check_run(ds: Any, path: str, run: str, runs: list[str], hint: str = "") -> 
         raise ValueError(f"{path} holds run {stored!r}, but is given for run {run!r}{hint}")
 
 
+def saved_train_loss(model_dir: str | Path) -> list[float] | None:
+    """The train_loss per epoch of the history saved with the model in `model_dir`
+    (`aetk.load_history`), what `aetk encode` records as the latent store's
+    `history_train_loss`; None without a saved history."""
+    from aetk.io import load_history
+
+    try:
+        history = load_history(model_dir)
+    except FileNotFoundError:
+        return None
+    if "train_loss" not in history:
+        return None
+    values = history["train_loss"].to_numpy(dtype=float)
+    return [float(v) for v in values] if np.isfinite(values).all() else None
+
+
+def _same_losses(history: Any, recorded: list[float] | None) -> bool:
+    if recorded is None or "train_loss" not in history or len(history) != len(recorded):
+        return False
+    return bool(np.allclose(history["train_loss"].to_numpy(dtype=float), recorded,
+                            rtol=1e-9, atol=0.0))
+
+
+def check_history(history: Any, path: str, run: str, latents: dict[str, Any],
+                  latent_paths: dict[str, str]) -> None:
+    """Refuse a history table that is not the one saved with the model that encoded the
+    run's latent store (its `history_train_loss`, when `aetk encode` recorded one), naming
+    the run it belongs to when that is another of the given runs."""
+    recorded = latents[run].attrs.get("history_train_loss")
+    if recorded is None or _same_losses(history, recorded):
+        return
+    owner = next((r for r, ds in latents.items()
+                  if r != run and _same_losses(history, ds.attrs.get("history_train_loss"))),
+                 None)
+    if owner is not None:
+        raise ValueError(f"{path}, given for run {run!r}, is the training history of run "
+                         f"{owner!r} (the one saved with the model that encoded "
+                         f"{latent_paths[owner]}): give --runs, --histories and --latents in "
+                         "the same order")
+    raise ValueError(f"{path} is not the training history of run {run!r}: its train_loss per "
+                     "epoch is not the one saved with the model that encoded "
+                     f"{latent_paths[run]}")
+
+
 def cmd_report_summary(args: argparse.Namespace) -> None:
     import pandas as pd
 
@@ -1115,6 +1162,9 @@ def cmd_report_summary(args: argparse.Namespace) -> None:
         geodesics[run] = ds
     histories = {r: pd.read_csv(h, sep="\t") for r, h in zip(args.runs, args.histories,
                                                                strict=True)}
+    latent_paths = dict(zip(args.runs, args.latents, strict=True))
+    for (run, h), path in zip(histories.items(), args.histories, strict=False):
+        check_history(h, path, run, latents, latent_paths)
     scorer = None
     if args.data:
         stored = storage.read_data(args.data)
@@ -1426,7 +1476,10 @@ def build_parser() -> argparse.ArgumentParser:
              "any --geodesics stores, and optionally the --data store\n"
              "output: --curves (.png), --table (.tsv), --figure (.png)")
     q.add_argument("--runs", nargs="+", required=True, help="run names, e.g. vae-bernoulli")
-    q.add_argument("--histories", nargs="+", required=True, help="one history table per run")
+    q.add_argument("--histories", nargs="+", required=True,
+                   help="one history table per run (refused when it is not the history "
+                   "saved with the run's model, which aetk encode records in the latent "
+                   "store)")
     q.add_argument("--latents", nargs="+", required=True, help="one latent store per run")
     q.add_argument("--geodesics", nargs="*", default=[], help="geodesic stores, any runs")
     q.add_argument("--data", help="the data store: with categorical labels, a classifier "
