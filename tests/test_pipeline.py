@@ -144,6 +144,18 @@ def test_network_channels_and_patience_reach_the_train_command(tmp_path: Path) -
                for line in trains)
 
 
+def test_noise_reaches_only_the_generated_manifolds(tmp_path: Path) -> None:
+    """`data.noise` goes to aetk preprocess for swissroll and scurve only: for other data
+    it would change the store's hash, and retrain every model, without changing the data."""
+    mnist = snakemake(make_workdir(tmp_path / "mnist", {"data": {"noise": 0.3}}), "-n", "-p",
+                      "--configfile", "test.yaml").stdout
+    assert "aetk preprocess" in mnist and "--noise" not in mnist
+    roll = snakemake(make_workdir(tmp_path / "roll", {"data": {"source": "swissroll",
+                                                               "noise": 0.3}}),
+                     "-n", "-p", "--configfile", "test.yaml").stdout
+    assert "--noise 0.3" in roll
+
+
 def test_beta_schedule_reaches_the_models_with_a_kl_weight(tmp_path: Path) -> None:
     """`train.beta_schedule` reaches `aetk train --beta-schedule` of exactly the models
     that have a KL weight (the others train as before); constant passes no flag."""
@@ -380,6 +392,15 @@ def test_slurm_profile_resolves_every_job(tmp_path: Path) -> None:
         if rule == "train":
             assert "slurm_partition=gpu" in res and "gpu=1" in res and "cpus_per_gpu=4" in res
             assert "slurm_extra" not in res
+
+
+def test_slurm_profile_as_profile_is_refused(tmp_path: Path) -> None:
+    """--profile also loads profiles/default, whose GPU cap of this machine's 0 GPUs wins:
+    training would be submitted to the GPU partition without a GPU."""
+    wd = make_workdir(tmp_path)
+    out = snakemake(wd, "-n", "--profile", "profiles/slurm", check=False)
+    assert out.returncode != 0
+    assert "--workflow-profile profiles/slurm" in out.stdout + out.stderr
 
 
 def test_slurm_gpu_request_becomes_gpus_flag() -> None:

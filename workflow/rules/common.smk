@@ -77,9 +77,26 @@ def check_config(cfg):
         )
 
 
+def check_gpu_cap(resources):
+    """Training told to take a GPU under a cap of none stops the run: `--profile
+    profiles/slurm` also loads profiles/default as the workflow profile, whose settings win,
+    so the login node's GPU count (0) scaled every training job down to no GPU."""
+    cap = resources.resources.get("gpu")
+    asked = resources.overwrite_resources.get("train", {}).get("gpu")
+    if cap is not None and asked is not None and cap.value == 0 and asked.value:
+        raise WorkflowError(
+            "training jobs ask for a GPU (set-resources train:gpu) but GPU jobs are capped at "
+            "0, so Snakemake would run them without one: profiles/default counts this "
+            "machine's GPUs and, as the workflow profile, overrides a --profile. On a cluster "
+            "run `snakemake --workflow-profile profiles/slurm`; on this machine leave "
+            "train:gpu unset."
+        )
+
+
 check_config(config)
 validate(config, schema="../schemas/config.schema.yaml")  # fills in the defaults
 check_source(config["data"])
+check_gpu_cap(workflow.resource_settings)
 
 
 DATA = config["data"]
@@ -164,7 +181,12 @@ def preprocess_args(wildcards):
             ("--key", DATA["key"]),
             ("--labels", DATA["labels"]),
             ("--n-samples", DATA["n_samples"]),
-            ("--noise", DATA["noise"]),
+            # only the generated manifolds have noise: elsewhere it would change the data's
+            # hash, and retrain every model, for nothing
+            (
+                "--noise",
+                DATA["noise"] if DATA["source"] in ("swissroll", "scurve") else None,
+            ),
             ("--transforms", transforms or None),
             ("--validation-fraction", DATA["validation_fraction"]),
             ("--seed", DATA["seed"]),
