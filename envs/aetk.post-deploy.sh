@@ -1,4 +1,12 @@
 #!/usr/bin/env bash
-# Run by Snakemake inside the new conda environment, from the workflow's directory.
+# Run by Snakemake inside the new conda environment, as a copy in a temporary folder and
+# from Snakemake's working directory: the checkout, unless `--directory` moved it (then set
+# AETK_SOURCE to the checkout).
 set -euo pipefail
-python -m pip install --no-deps --editable .
+source_dir="${AETK_SOURCE:-.}"
+if [ ! -f "$source_dir/pyproject.toml" ]; then
+    echo "aetk.post-deploy.sh: no aetk checkout in '$source_dir' ($(pwd)): set AETK_SOURCE" \
+        "to the checkout when running snakemake with --directory" >&2
+    exit 1
+fi
+python -m pip install --no-deps --editable "$source_dir"
