@@ -65,6 +65,35 @@ def test_claim_device_without_gpu() -> None:
     assert cli.claim_device("cuda:1") == "cuda:1"
 
 
+@pytest.mark.parametrize("variable", ["SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES"])
+def test_claim_device_warns_of_a_gpu_that_torch_cannot_use(
+        variable: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """A node that gives the job a GPU, with a CPU-only torch: --device auto still trains on
+    the CPU, but says why in one line and how to get a torch that can use the GPU."""
+    for name in ("SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert cli.claim_device("auto") == "cpu"
+    assert capsys.readouterr().err == ""  # no GPU given: nothing to say
+    for none in ("", "-1", "NoDevFiles"):  # set, but to no device
+        monkeypatch.setenv(variable, none)
+        assert cli.claim_device("auto") == "cpu"
+        assert capsys.readouterr().err == "", none
+    monkeypatch.setenv(variable, "0,1")
+    assert cli.claim_device("auto") == "cpu"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: ")
+    assert f"{variable}=0,1" in err and "no CUDA" in err and "pip install" in err
+    assert cli.claim_device("cpu") == "cpu"  # asked for: no warning
+    assert capsys.readouterr().err == ""
+    # a CUDA build that sees no GPU (a driver problem): said as such
+    monkeypatch.setattr(torch.version, "cuda", "12.6")
+    assert cli.claim_device("auto") == "cpu"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "CUDA 12.6" in err and "driver" in err
+
+
 def test_pairs_and_examples() -> None:
     labels = np.repeat(np.arange(3), 10)
     is_val = np.zeros(30, dtype=bool)
@@ -199,12 +228,13 @@ def test_an_autoencoder_generates_from_a_mixture_of_its_codes(steps: Path, tmp_p
                      "--n-generated", "4", "--n-scored", "30", "--out",
                      str(tmp_path / "latent.zarr")]) == 0
     lat = storage.read_zarr(tmp_path / "latent.zarr")
-    assert lat["generated"].shape == (4, 64) and lat["scored_model"].shape == (30, 64)
-    assert lat["generated"].attrs["sampler"] == lat["scored_model"].attrs["sampler"] == \
+    assert lat["generated_model"].shape == (4, 64) and lat["scored_model"].shape == (30, 64)
+    assert lat["generated_model"].attrs["sampler"] == lat["scored_model"].attrs["sampler"] == \
         "code_mixture"
-    assert "Gaussian mixture fitted to the training codes" in lat["generated"].attrs["description"]
+    assert "Gaussian mixture fitted to the training codes" in \
+        lat["generated_model"].attrs["description"]
     vae = storage.read_zarr(steps / "vae-bernoulli.zarr")
-    assert vae["generated"].attrs["sampler"] == "model"
+    assert vae["generated_model"].attrs["sampler"] == "model"
     base = ["sample", "--model", str(ae), "--n", "12"]
     assert cli.main([*base, "--sampler", "mixture", "--data", str(steps / "data.zarr"),
                      "--out", str(tmp_path / "mix.zarr")]) == 0
@@ -630,10 +660,10 @@ def test_encode_output(steps: Path) -> None:
     np.testing.assert_allclose(lat["reconstruction_error"].values, err, rtol=1e-5, atol=1e-7)
     many = aetk.log_marginal(model, x[val][:20], n_samples=5000).numpy()
     np.testing.assert_allclose(log_px[:20].mean(), many.mean(), rtol=0, atol=0.05)
-    assert lat["example_data"].shape == (6, 64) and lat["generated"].shape == (4, 64)
+    assert lat["example_data"].shape == (6, 64) and lat["generated_model"].shape == (4, 64)
     geometric = lat["generated_geometric"].values  # from the encoder metric's HMC
     assert geometric.shape == (4, 64) and ((geometric >= 0) & (geometric <= 1)).all()
-    assert not np.allclose(geometric, lat["generated"].values)
+    assert not np.allclose(geometric, lat["generated_model"].values)
     # the first draws are shown, all are scored (digits have categorical labels)
     assert lat["scored_model"].shape == (50, 64) and lat["scored_geometric"].shape == (50, 64)
     np.testing.assert_array_equal(lat["scored_geometric"].values[:4], geometric)
@@ -642,6 +672,95 @@ def test_encode_output(steps: Path) -> None:
     assert lat.attrs["model"] == "vae" and lat.attrs["image_shape"] == [8, 8]
     assert lat.attrs["config_hash"] == json.loads(
         (steps / "model" / "aetk_run.json").read_text())["run_hash"]
+
+
+def test_latent_store_selects_along_each_dimension_with_xarray(steps: Path) -> None:
+    """The generated samples are `generated_model`, not a variable named after its own
+    dimension: `generated` is the int64 index, so xarray selects along it, as along every
+    other dimension of the store."""
+    import xarray as xr
+
+    with xr.open_zarr(steps / "vae-bernoulli.zarr", consolidated=False) as lat:
+        assert lat["generated_model"].dims == ("generated", "feature")
+        assert "generated_model" in lat.data_vars and "generated" in lat.indexes
+        assert lat["generated"].dtype == np.int64
+        assert lat["generated"].values.tolist() == [0, 1, 2, 3]
+        first = lat.sel(generated=0)
+        assert first["generated_model"].shape == (64,)
+        assert first["generated_geometric"].shape == (64,)
+        for dim in lat.dims:  # every dimension has an index coordinate
+            assert dim in lat.indexes, dim
+        for dim in ("scored", "step", "grid_row", "grid_col"):
+            n = lat.sizes[dim]
+            assert lat[dim].dtype == np.int64 and lat[dim].values.tolist() == list(range(n))
+            assert lat.sel({dim: n - 1})["z_mean"].shape == (240, 2)
+
+
+def test_report_shows_the_samples_of_a_store_from_before_generated_model(
+        steps: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A latent store written before `generated_model` holds its samples in a 2-D
+    `generated`: the report still shows them, as it shows a new store's."""
+    from aetk import report
+
+    stored = storage.read_data(steps / "data.zarr")
+    new = storage.read_zarr(steps / "vae-bernoulli.zarr")
+    values, attrs = new["generated_model"].values, dict(new["generated_model"].attrs)
+    old = new.drop_vars(["generated_model", "generated"])
+    old = old.assign_coords(generated=np.arange(len(values)))  # as aetk encode wrote it
+    old["generated"] = (("generated", "feature"), values, attrs)
+    storage.write_zarr(old, tmp_path / "old.zarr")
+    old = storage.read_zarr(tmp_path / "old.zarr")
+    assert old["generated"].ndim == 2 and "generated_model" not in old
+    shown: list[tuple[list[str], list[np.ndarray]]] = []
+    monkeypatch.setattr(report, "_image_grid",
+                        lambda rows, shape, names, title: shown.append((names, rows)))
+    for latent in (new, old):
+        report.plot_samples(latent, stored)
+    for names, rows in shown:
+        assert names == ["the model's\nsampler", "Riemannian\nuniform"]
+        np.testing.assert_array_equal(rows[0], values)
+
+
+def test_stores_describe_their_variables(steps: Path, tmp_path: Path) -> None:
+    """Every store's main variables carry a CF `long_name` (xarray's axis labels) and, where
+    there is one, `units`; the variables' own attributes stay."""
+    data = storage.read_zarr(steps / "data.zarr")
+    lat = storage.read_zarr(steps / "vae-bernoulli.zarr")
+    geo = storage.read_zarr(steps / "geo.zarr")
+    assert cli.main(["sample", "--model", str(steps / "model"), "--n", "3",
+                     "--out", str(tmp_path / "s.zarr")]) == 0
+    sample = storage.read_zarr(tmp_path / "s.zarr")
+    main = [(data, ("x", "split", "source_index", "label", "sample", "feature")),
+            (lat, ("z_mean", "z_std", "z_sample", "reconstruction_error", "log_likelihood",
+                  "kl", "elbo", "log_marginal", "split", "label", "example_index",
+                  "example_data", "example_reconstruction", "generated_model",
+                  "generated_geometric", "scored_model", "scored_geometric", "traversal",
+                  "traversal_value", "traversal_reference", "latent_grid", "grid_z1",
+                  "grid_z2", "generated")),
+            (geo, ("points", "length", "energy", "euclidean_length", "line_length",
+                  "converged", "fell_back", "iterations", "start_index", "end_index",
+                  "start_label", "end_label", "log_volume", "t", "z1", "z2")),
+            (sample, ("x",))]
+    for ds, names in main:
+        for name in names:
+            long_name = ds[name].attrs.get("long_name")
+            assert isinstance(long_name, str) and 0 < len(long_name) <= 40, (name, long_name)
+    for name in ("x", "split", "source_index"):
+        assert data[name].attrs["description"], name
+    for name in ("z_mean", "kl", "elbo", "log_marginal", "reconstruction_error"):
+        assert lat[name].attrs["description"], name
+    for name in ("points", "length", "line_length", "converged", "log_volume"):
+        assert geo[name].attrs["description"], name
+    for name in ("log_likelihood", "kl", "elbo", "log_marginal"):
+        assert lat[name].attrs["units"] == "nats", name
+    assert "units" not in lat["z_mean"].attrs and "units" not in geo["length"].attrs
+    # the attributes set where the variable is made stay
+    assert data["split"].attrs["flag_meanings"] == "train validation"
+    assert lat["split"].attrs["flag_values"] == [0, 1]
+    assert lat["generated_model"].attrs["sampler"] == "model"
+    assert "traversal_reference" in lat["traversal"].attrs["description"]
+    assert geo["log_volume"].attrs["long_name"] == "log sqrt(det G(z))"
+    assert sample["x"].attrs["long_name"] == "generated sample"
 
 
 def test_encode_stores_traversals_of_the_validation_codes(steps: Path) -> None:

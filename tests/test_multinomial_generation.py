@@ -171,7 +171,7 @@ def test_cli_encode_generates_counts_and_traverses_at_the_median_total(store, tm
     lat = storage.read_zarr(tmp_path / "l.zarr")
     totals = lat["generated_total_count"].values
     np.testing.assert_array_equal(totals, np.random.default_rng(6).choice(train_totals, 7))
-    for name in ("generated", "generated_geometric"):
+    for name in ("generated_model", "generated_geometric"):
         np.testing.assert_allclose(lat[name].values.sum(1), totals, rtol=1e-5)
     median = np.median(train_totals)
     np.testing.assert_allclose(lat["traversal"].values.sum(-1), median, rtol=1e-5)

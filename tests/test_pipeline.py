@@ -464,8 +464,8 @@ def test_tiny_run_outputs(tiny_run: Path) -> None:
         assert np.isfinite(history[["train_loss", "val_loss"]]).all(axis=None)
         lat = storage.read_zarr(wd / f"results/latent/{run}.zarr")
         assert lat["z_mean"].shape == (300, 2) and lat["example_data"].shape == (5, 784)
-        assert lat["generated"].shape == (4, 784)
-        for name in ("z_mean", "z_std", "reconstruction_error", "elbo", "generated"):
+        assert lat["generated_model"].shape == (4, 784)
+        for name in ("z_mean", "z_std", "reconstruction_error", "elbo", "generated_model"):
             assert np.isfinite(lat[name].values).all(), (run, name)
         val = lat["split"].values == storage.SPLIT_VALIDATION
         assert np.isfinite(lat["log_marginal"].values[val]).all(), run  # validation only

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import tempfile
@@ -95,6 +96,7 @@ def claim_device(device: str) -> str:
     if device != "auto":
         return device
     if not torch.cuda.is_available():
+        warn_unused_gpu(torch)
         return "cpu"
     for i in range(torch.cuda.device_count()):
         uuid = getattr(torch.cuda.get_device_properties(i), "uuid", i)
@@ -107,6 +109,28 @@ def claim_device(device: str) -> str:
         _GPU_LOCKS.append(handle)
         return f"cuda:{i}"
     return "cuda:0"  # every GPU is busy: share the first rather than fall back to the CPU
+
+
+def warn_unused_gpu(torch: Any) -> None:
+    """One line on stderr when the job was given a GPU (``SLURM_JOB_GPUS`` or
+    ``CUDA_VISIBLE_DEVICES`` names one) that torch cannot use, so that ``--device auto``
+    does not train on the CPU unsaid: a CPU-only torch build, or a CUDA build that sees no
+    device (driver)."""
+    for name in ("SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES"):
+        value = os.environ.get(name, "").strip()
+        if value and value not in ("-1", "NoDevFiles"):  # set to no device: nothing given
+            break
+    else:
+        return
+    if torch.version.cuda is None:
+        why = (f"this torch {torch.__version__} is a CPU-only build with no CUDA; install a "
+               "CUDA build (`pip install torch` from PyPI on Linux, or an --index-url "
+               "https://download.pytorch.org/whl/cu<version> wheel, not .../whl/cpu)")
+    else:
+        why = (f"this torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU: "
+               "check the NVIDIA driver (nvidia-smi) against the build's CUDA version")
+    print(f"warning: {name}={value} names a GPU, but --device auto trains on the CPU: {why}",
+          file=sys.stderr)
 
 
 def parse_options(text: str) -> dict[str, Any]:
@@ -555,7 +579,8 @@ def traversal_variables(enc: dict[str, Any], conditional: bool) -> Any:
     if "traversal_total_count" in enc:  # a multinomial's counts, not its proportions
         given += (f", expected counts at the training samples' median total "
                   f"{enc['traversal_total_count']:g}")
-    ds = xr.Dataset(coords={"traversed": trav.dims.numpy()})
+    ds = xr.Dataset(coords={"traversed": trav.dims.numpy(),
+                            "step": np.arange(trav.values.shape[1])})
     ds["traversal"] = (("traversed", "step", "feature"),
                        trav.decoded.float().flatten(2).numpy(), {
         "description": "decoder point predictions along each traversed latent dimension "
@@ -568,7 +593,8 @@ def traversal_variables(enc: dict[str, Any], conditional: bool) -> Any:
         "description": "the validation codes' coordinate-wise median"})
     if "latent_grid" in enc:
         decoded, z1, z2 = enc["latent_grid"]
-        ds = ds.assign_coords(grid_z2=("grid_row", z2.float().numpy()),
+        ds = ds.assign_coords(grid_row=np.arange(len(z2)), grid_col=np.arange(len(z1)),
+                              grid_z2=("grid_row", z2.float().numpy()),
                               grid_z1=("grid_col", z1.float().numpy()))
         ds["latent_grid"] = (("grid_row", "grid_col", "feature"),
                              decoded.float().flatten(2).numpy(), {
@@ -634,12 +660,16 @@ def cmd_encode(args: argparse.Namespace) -> None:
     ds["example_data"] = (("example", "feature"), stored.x[enc["example_index"]])
     ds["example_reconstruction"] = (("example", "feature"), enc["example_reconstruction"])
     if "example_transfer" in enc:
+        ds.coords["class"] = np.arange(enc["example_transfer"].shape[1])
         ds["example_transfer"] = (("example", "class", "feature"), enc["example_transfer"], {
             "description": "each example's code (given its own class) decoded given each "
                            "class: counterfactuals of the conditional model"})
+    n_generated = max((len(enc[k]) for k in ("generated", "generated_geometric") if k in enc),
+                      default=0)
+    if n_generated:  # the index of both samplers' draws
+        ds = ds.assign_coords(generated=np.arange(n_generated))
     if "generated" in enc:
-        ds = ds.assign_coords(generated=np.arange(len(enc["generated"])))
-        ds["generated"] = (("generated", "feature"), enc["generated"], {
+        ds["generated_model"] = (("generated", "feature"), enc["generated"], {
             "sampler": "code_mixture" if "generated_sampler" in enc else "model",
             "description": enc.get("generated_sampler", "decoded draws of the model's own "
                                                         "sampler (model.sample)")})
@@ -657,6 +687,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
                            "sampler): a training sample's total, drawn with replacement"})
     for name in ("scored_model", "scored_geometric"):
         if name in enc:
+            ds.coords["scored"] = np.arange(len(enc[name]))
             ds[name] = (("scored", "feature"), enc[name], {"sampler": (
                 "geometric" if name == "scored_geometric"
                 else "code_mixture" if "generated_sampler" in enc else "model")})
@@ -693,8 +724,8 @@ def cmd_encode(args: argparse.Namespace) -> None:
         ds.attrs["log_marginal"] += ("; of x given its total count (a multinomial likelihood): "
                                      "not comparable with other likelihoods' log p(x)")
         ds.attrs["generated_counts"] = (
-            "generated samples (generated, generated_geometric, scored_*) are expected counts "
-            "at totals drawn with replacement from the training samples' totals (seed "
+            "generated samples (generated_model, generated_geometric, scored_*) are expected "
+            "counts at totals drawn with replacement from the training samples' totals (seed "
             f"{args.seed}; generated_total_count), traversals and the latent grid at their "
             "median total (the decoder's proportions times the total)")
     storage.write_zarr(ds, args.out)
@@ -800,9 +831,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     coords = {"sample": np.arange(args.n)}
     if stored is not None:
         coords["feature"] = stored.pipeline.feature_index
-    ds = xr.Dataset({"x": (("sample", "feature"), x, {
-        "long_name": "decoder point predictions of new latent points, in the data store's "
-                     "transformed units"})}, coords=coords)
+    ds = xr.Dataset({"x": (("sample", "feature"), x)}, coords=coords)
     if classes is not None:
         ds["class"] = (("sample",), classes.numpy(), {
             "description": "the class each sample was conditioned on"})
@@ -998,12 +1027,10 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
         bounds = latent_bounds(z)
         vol = volume_grid(metric, bounds, args.grid_size)
         ds = ds.assign_coords(z1=vol["z1"].values, z2=vol["z2"].values)
-        ds["log_volume"] = (("z1", "z2"), vol["log_volume"].values,
-                            {"long_name": "log sqrt(det G(z))"})
+        ds["log_volume"] = (("z1", "z2"), vol["log_volume"].values)
         if isinstance(metric, RHVAEMetric):  # smooth, and cheap: 0.3 s for 100 x 100 points
             curv = curvature_grid(metric, bounds, args.grid_size)
-            ds["gaussian_curvature"] = (("z1", "z2"), curv["gaussian_curvature"].values,
-                                        {"long_name": "Gaussian curvature K(z)"})
+            ds["gaussian_curvature"] = (("z1", "z2"), curv["gaussian_curvature"].values)
     if z.shape[1] == 2 and args.spray and isinstance(metric, RHVAEMetric):
         # the validation codes' intrinsic centre, and geodesics leaving it: for the RHVAE's
         # smooth metric (a ReLU decoder's pull-back jumps between the network's linear

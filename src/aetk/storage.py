@@ -51,9 +51,168 @@ def _clean_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
     return {k: clean(v) for k, v in attrs.items() if v is not None}
 
 
+NATS = {"units": "nats"}  # natural-log likelihoods and divergences
+_SAMPLE = {"long_name": "sample"}
+_SPLIT = {"long_name": "split", "description": "0 = train, 1 = validation"}
+_LABEL = {"long_name": "label", "description": "class code (names in the store's "
+          "label_names) or a continuous value (label_kind)"}
+
+# What each variable of each kind of store (its `store` attribute) is, in the CF attributes
+# xarray understands: `long_name` (short: the axis label of xarray's plots), `units` where
+# there are any, and a `description` (docs/zarr-layout.md). write_zarr gives a variable the
+# ones it does not have already, so that a description made where the variable is (e.g.
+# with the run's settings in it) stays, as do other attributes (`sampler`, `flag_values`).
+VARIABLE_ATTRS: dict[str, dict[str, dict[str, str]]] = {
+    "aetk-data": {
+        "sample": _SAMPLE,
+        "feature": {"long_name": "feature",
+                    "description": "column of the feature in the source data"},
+        "x": {"long_name": "data", "description": "the transformed data the models are "
+              "trained on (attribute transforms; aetk.storage.read_data to undo them)"},
+        "split": _SPLIT,
+        "source_index": {"long_name": "source row",
+                         "description": "row of the sample in the source data"},
+        "label": _LABEL,
+    },
+    "aetk-latent": {
+        "sample": _SAMPLE,
+        "latent": {"long_name": "latent dimension"},
+        "feature": {"long_name": "feature"},
+        "example": {"long_name": "example"},
+        "generated": {"long_name": "generated sample"},
+        "scored": {"long_name": "scored sample"},
+        "traversed": {"long_name": "traversed latent dimension",
+                      "description": "index of the latent dimension swept"},
+        "step": {"long_name": "traversal step"},
+        "grid_row": {"long_name": "grid row"},
+        "grid_col": {"long_name": "grid column"},
+        "class": {"long_name": "class",
+                  "description": "class code (names in the store's label_names)"},
+        "z_mean": {"long_name": "posterior mean of z", "description": "mean of q(z|x) (the "
+                   "code itself for a deterministic encoder)"},
+        "z_std": {"long_name": "posterior std of z", "description": "standard deviation of "
+                  "q(z|x) (0 for a deterministic encoder)"},
+        "z_sample": {"long_name": "z ~ q(z|x)", "description": "one seeded draw of q(z|x)"},
+        "reconstruction_error": {
+            "long_name": "reconstruction error",
+            "description": "mean over features of the squared difference between the "
+                           "decoder's point prediction at z_mean and x"},
+        "log_likelihood": {"long_name": "log p(x|z)", **NATS,
+                           "description": "log-likelihood of x given z_sample"},
+        "kl": {"long_name": "KL(q(z|x) || p(z))", **NATS,
+               "description": "KL divergence of q(z|x) from the prior (NaN for a "
+                              "deterministic encoder)"},
+        "elbo": {"long_name": "ELBO", **NATS,
+                 "description": "single-sample ELBO: log_likelihood - kl (store attribute "
+                                "elbo)"},
+        "log_marginal": {"long_name": "log p(x)", **NATS,
+                         "description": "importance-sampled log marginal likelihood of the "
+                                        "validation samples, NaN for the others (store "
+                                        "attribute log_marginal)"},
+        "split": _SPLIT,
+        "label": _LABEL,
+        "example_index": {"long_name": "example's sample",
+                          "description": "sample index of each example shown in the report"},
+        "example_data": {"long_name": "example data", "description": "the examples' data"},
+        "example_reconstruction": {"long_name": "reconstruction",
+                                   "description": "the examples' reconstructions "
+                                                  "(model.reconstruct)"},
+        "example_transfer": {"long_name": "counterfactual reconstruction"},
+        "generated_model": {"long_name": "generated sample (model)"},
+        "generated_geometric": {"long_name": "generated sample (geometric)"},
+        "generated_total_count": {"long_name": "total count"},
+        "generated_class": {"long_name": "class conditioned on"},
+        "scored_model": {"long_name": "scored sample (model)",
+                         "description": "draws of the model's sampler (or of the code "
+                                        "mixture) scored by the report's classifier"},
+        "scored_geometric": {"long_name": "scored sample (geometric)",
+                             "description": "draws of the Riemannian uniform distribution "
+                                            "of the encoder's metric, scored by the "
+                                            "report's classifier"},
+        "traversal": {"long_name": "latent traversal"},
+        "traversal_value": {"long_name": "traversed coordinate"},
+        "traversal_reference": {"long_name": "traversal reference"},
+        "latent_grid": {"long_name": "decoded latent grid"},
+        "grid_z1": {"long_name": "z1", "description": "latent coordinate z1 of each grid "
+                    "column, increasing"},
+        "grid_z2": {"long_name": "z2", "description": "latent coordinate z2 of each grid "
+                    "row, decreasing (as an image is read)"},
+    },
+    "aetk-geodesics": {
+        "pair": {"long_name": "pair"},
+        "t": {"long_name": "t", "description": "curve parameter, 0 .. 1"},
+        "latent": {"long_name": "latent dimension"},
+        "z1": {"long_name": "z1", "description": "latent coordinate z1 of the grid"},
+        "z2": {"long_name": "z2", "description": "latent coordinate z2 of the grid"},
+        "direction": {"long_name": "direction"},
+        "s": {"long_name": "s", "description": "time along the spray's geodesics, 0 .. 1"},
+        "points": {"long_name": "geodesic point", "description": "the fitted geodesics; "
+                   "the first and last points are the endpoints' z_mean"},
+        "length": {"long_name": "metric length",
+                   "description": "length of each curve in the metric"},
+        "energy": {"long_name": "energy", "description": "energy of each curve in the metric"},
+        "euclidean_length": {"long_name": "Euclidean length",
+                             "description": "length of each curve in the flat metric"},
+        "line_length": {"long_name": "straight-line length",
+                        "description": "length of the straight line between the endpoints, "
+                                       "in the metric"},
+        "converged": {"long_name": "converged", "description": "the relative energy change "
+                      "fell below the tolerance (false when the iteration budget ran out)"},
+        "fell_back": {"long_name": "fell back to the line",
+                      "description": "the fit was longer than the straight line, which was "
+                                     "returned instead"},
+        "iterations": {"long_name": "iterations", "description": "optimiser iterations"},
+        "graph_length": {"long_name": "graph path length",
+                         "description": "metric length of the shortest path through the "
+                                        "codes' neighbourhood graph that the fit started "
+                                        "from; inf where the graph does not join the pair"},
+        "graph_found": {"long_name": "graph joins the pair"},
+        "kept_init": {"long_name": "kept the graph path",
+                      "description": "the resampled graph path was shorter than its fit and "
+                                     "was returned instead"},
+        "from_graph": {"long_name": "from the graph start",
+                       "description": "the returned curve is the graph start's result, "
+                                      "shorter than the straight line start's"},
+        "start_index": {"long_name": "start sample",
+                        "description": "sample index of the start point"},
+        "end_index": {"long_name": "end sample", "description": "sample index of the end point"},
+        "start_label": {"long_name": "start label"},
+        "end_label": {"long_name": "end label"},
+        "log_volume": {"long_name": "log sqrt(det G(z))",
+                       "description": "log volume element of the metric on the grid"},
+        "gaussian_curvature": {"long_name": "Gaussian curvature K(z)",
+                               "description": "Gaussian curvature of the metric on the grid"},
+        "frechet_mean": {"long_name": "Frechet mean",
+                         "description": "the Frechet mean of validation codes in the metric"},
+        "spray": {"long_name": "geodesic spray",
+                  "description": "geodesics leaving frechet_mean at equal coordinate angles"},
+    },
+    "aetk-samples": {
+        "sample": _SAMPLE,
+        "feature": {"long_name": "feature"},
+        "x": {"long_name": "generated sample",
+              "description": "decoder point predictions of new latent points, in the data "
+                             "store's transformed units"},
+        "total_count": {"long_name": "total count"},
+        "class": {"long_name": "class conditioned on"},
+    },
+}
+
+
+def describe(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with each variable given the `VARIABLE_ATTRS` of its kind of store (the
+    `store` attribute) that it does not have already."""
+    table = VARIABLE_ATTRS.get(ds.attrs.get("store", ""), {})
+    ds = ds.copy()
+    for name, var in ds.variables.items():
+        if name in table:
+            var.attrs = {**table[name], **var.attrs}
+    return ds
+
+
 def write_zarr(ds: xr.Dataset, path: str | Path, *, chunk_rows: int = CHUNK_ROWS) -> None:
     """Write ``ds`` as a zarr-3 store at ``path`` (replacing it, once complete), chunked on
-    the first dimension."""
+    the first dimension, its variables described (:func:`describe`)."""
     compressor = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
     encoding = {}
     for name, var in ds.variables.items():
@@ -61,7 +220,7 @@ def write_zarr(ds: xr.Dataset, path: str | Path, *, chunk_rows: int = CHUNK_ROWS
             continue
         chunks = (min(chunk_rows, max(var.shape[0], 1)), *(max(s, 1) for s in var.shape[1:]))
         encoding[name] = {"chunks": chunks, "compressors": (compressor,)}
-    ds = ds.copy()
+    ds = describe(ds)
     ds.attrs = _clean_attrs({**ds.attrs, "aetk_version": package_version()})
     # written beside and then renamed into place: an interrupted write leaves no half
     # store at `path` that a later step would read (missing chunks read back as NaN)
@@ -170,13 +329,11 @@ def data_to_dataset(prep: Prepared, attrs: dict[str, Any]) -> xr.Dataset:
     n, f = prep.x.shape
     specs, arrays = pipe.to_spec()
     variables: dict[str, Any] = {
-        "x": (("sample", "feature"), prep.x.astype(np.float32), {
-            "long_name": "transformed data"}),
+        "x": (("sample", "feature"), prep.x.astype(np.float32)),
         "split": (("sample",), prep.is_validation.astype(np.int8), {
             "flag_values": [SPLIT_TRAIN, SPLIT_VALIDATION],
             "flag_meanings": "train validation"}),
-        "source_index": (("sample",), prep.sample_index.astype(np.int64), {
-            "long_name": "row of the sample in the source data"}),
+        "source_index": (("sample",), prep.sample_index.astype(np.int64)),
     }
     if prep.labels is not None:
         dtype = np.int64 if raw.label_kind == "categorical" else np.float32
