@@ -238,7 +238,8 @@ def log_map(metric: Metric, z_start: Tensor, z_end: Tensor, *, n_steps: int = 20
     `tol` is the shooting's, relative to `|z_end - z_start|`; `n_steps` the integrator's.
     With `integration_tol`, the steps double (at most `max_doublings` times, shooting again
     from the last velocities) until every pair's estimated `integration_error` is at most
-    `integration_tol |z_end - z_start|`, and `converged` requires that too.
+    `integration_tol |z_end - z_start|` (or the two integrations' rounding, `_accurate`),
+    and `converged` requires that too.
 
     With `collocate`, pairs whose shot did not converge or ended more than 5 % longer
     than the fitted curve get the geodesic boundary value problem solved by collocation
