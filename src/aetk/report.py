@@ -19,6 +19,7 @@ import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patheffects import withStroke
 from matplotlib.ticker import MaxNLocator
 
 from aetk.aggregate import kl_decomposition
@@ -26,11 +27,31 @@ from aetk.storage import SPLIT_VALIDATION, StoredData
 
 DPI = 100
 
+OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7",
+             "#000000")
+"""Okabe & Ito's colour-blind-safe palette (Color Universal Design, 2008)."""
+PETROFF_10 = ("#3f90da", "#ffa90e", "#bd1f01", "#94a4a2", "#832db6", "#a96b59", "#e76300",
+              "#b9ac70", "#717581", "#92dadd")
+"""Petroff's ten colours (arXiv:2107.02270), chosen to stay distinct under the common
+colour-vision deficiencies: for 9 or 10 classes, beyond Okabe & Ito's eight."""
+HALO = [withStroke(linewidth=3, foreground="white")]
+"""A white outline: text stays legible over points, lines and coloured backgrounds."""
 
-def _subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float]) -> tuple[
-        Figure, np.ndarray]:
-    fig = Figure(figsize=figsize)
-    return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+def _class_colours(n: int) -> list:
+    """`n` colours for classes: Okabe-Ito up to 8, Petroff's 10 up to 10, else tab20
+    (cycled beyond 20: the class labels drawn on the plot tell them apart)."""
+    if n <= len(OKABE_ITO):
+        return list(OKABE_ITO[:n])
+    if n <= len(PETROFF_10):
+        return list(PETROFF_10[:n])
+    return [mpl.colormaps["tab20"](i % 20) for i in range(n)]
+
+
+def _subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float],
+              layout: str | None = None, **grid) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=figsize, layout=layout)
+    return fig, fig.subplots(nrows, ncols, squeeze=False, **grid)
 
 
 def _save(fig: Figure, path: Path | None) -> Figure:
@@ -59,7 +80,9 @@ def _project(z: np.ndarray) -> tuple[np.ndarray, list[str]]:
 
 def _scatter_labels(ax: Axes, xy: np.ndarray, ds: xr.Dataset, *, size: float = 4,
                     alpha: float = 0.7) -> None:
-    """Scatter coloured by the label: one colour per class, a colour bar when continuous."""
+    """Scatter coloured by the label: one colour per class, drawn in a seeded random order
+    (in class order the last classes would hide the first) with each class's name at its
+    median; a colour bar when the label is continuous."""
     kind = ds.attrs.get("label_kind", "none")
     if "label" not in ds or kind == "none":
         ax.scatter(xy[:, 0], xy[:, 1], s=size, alpha=alpha, color="tab:blue", linewidths=0)
@@ -70,26 +93,35 @@ def _scatter_labels(ax: Axes, xy: np.ndarray, ds: xr.Dataset, *, size: float = 4
                         linewidths=0)
         ax.figure.colorbar(sc, ax=ax, label="label")
         return
-    names = ds.attrs.get("label_names") or [str(c) for c in np.unique(labels)]
-    cmap = mpl.colormaps["tab10" if len(names) <= 10 else "tab20"]
-    for code in np.unique(labels):
-        m = labels == code
-        ax.scatter(xy[m, 0], xy[m, 1], s=size, alpha=alpha, color=cmap(int(code) % cmap.N),
-                   label=names[int(code)] if int(code) < len(names) else str(code),
-                   linewidths=0)
-    ax.legend(markerscale=3, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5),
-              frameon=False, title="label")
+    codes, index = np.unique(labels, return_inverse=True)
+    names = ds.attrs.get("label_names") or []
+    names = [str(names[int(c)]) if int(c) < len(names) else str(c) for c in codes]
+    colours = _class_colours(len(codes))
+    order = np.random.default_rng(0).permutation(len(xy))
+    ax.scatter(xy[order, 0], xy[order, 1], s=size, alpha=alpha, linewidths=0,
+               c=[colours[i] for i in index[order]])
+    for i, name in enumerate(names):
+        x, y = np.median(xy[index == i], axis=0)
+        ax.text(x, y, name, ha="center", va="center", fontsize=11, weight="bold",
+                path_effects=HALO)
+    ax.legend(handles=[Line2D([], [], ls="", marker="o", ms=6, color=c, label=n)
+                       for c, n in zip(colours, names, strict=True)],
+              fontsize=9, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
+              title="label", title_fontsize=9)
 
 
 def plot_latent(latent: xr.Dataset, path: Path | None = None) -> Figure:
-    """Latent means of every sample coloured by label (PCA for more than two dimensions)."""
+    """Latent means of every sample coloured by label (PCA for more than two dimensions),
+    at equal scales on both axes (the latent geometry is the point)."""
     xy, names = _project(latent["z_mean"].values)
-    fig, axes = _subplots(figsize=(5.5, 4.5))
+    fig, axes = _subplots(figsize=(6, 5))
     ax = axes[0, 0]
     if latent["z_mean"].shape[1] == 1:  # a strip plot: seeded vertical jitter, no meaning
         xy[:, 1] = np.random.default_rng(0).uniform(-1, 1, len(xy))
         names[1] = "(random jitter)"
         ax.set_yticks([])
+    else:
+        ax.set_aspect("equal", "datalim")
     _scatter_labels(ax, xy, latent)
     ax.set(xlabel=names[0], ylabel=names[1], title=f"latent means: {_title(latent)}")
     return _save(fig, path)
@@ -97,8 +129,14 @@ def plot_latent(latent: xr.Dataset, path: Path | None = None) -> Figure:
 
 def _image_grid(rows: list[np.ndarray], shape: tuple[int, ...], row_names: list[str],
                 title: str) -> Figure:
+    """Images in rows, each named on its left; a named row after unnamed ones starts a new
+    block (e.g. another sampler's), set apart by a rule."""
     n = max(len(r) for r in rows)
-    fig, axes = _subplots(len(rows), n, figsize=(0.9 * n + 0.6, 0.95 * len(rows) + 0.4))
+    head = 0.15 + 0.2 * (title.count("\n") + 1)  # inches for the title
+    height = 0.95 * len(rows) + head
+    fig, axes = _subplots(len(rows), n, figsize=(0.9 * n + 0.6, height))
+    fig.subplots_adjust(top=1 - head / height)
+    fig.suptitle(title, fontsize=10, y=1 - 0.05 / height, va="top")
     for i, row in enumerate(rows):
         for j in range(n):
             ax = axes[i, j]
@@ -109,8 +147,10 @@ def _image_grid(rows: list[np.ndarray], shape: tuple[int, ...], row_names: list[
             if j < len(row):
                 ax.imshow(row[j].reshape(shape[-2:] if len(shape) >= 2 else (1, -1)),
                           cmap="gray_r", vmin=0, vmax=max(1.0, float(np.max(row))))
-        axes[i, 0].set_ylabel(row_names[i], fontsize=8)
-    fig.suptitle(title, fontsize=10)
+        axes[i, 0].set_ylabel(row_names[i], fontsize=9, rotation=0, ha="right", va="center")
+        if i and row_names[i] and not row_names[i - 1]:
+            y = (axes[i - 1, 0].get_position().y0 + axes[i, 0].get_position().y1) / 2
+            fig.add_artist(Line2D([0.02, 0.98], [y, y], color="0.5", lw=1))
     return fig
 
 
@@ -221,8 +261,10 @@ def plot_traversals(latent: xr.Dataset, path: Path | None = None, max_heatmaps: 
         z1, z2 = latent["grid_z1"].values, latent["grid_z2"].values
         fig = _image_grid(list(latent["latent_grid"].values), tuple(shape),
                           [f"z2 = {v:.2f}" for v in z2],
-                          f"decoded latent plane: {model}\ncolumns: z1 from {z1[0]:.2f} to "
-                          f"{z1[-1]:.2f} (the validation codes' 2%-98% range)")
+                          f"decoded latent plane: {model}\nover the validation codes' "
+                          "2%-98% range")
+        for ax, v in zip(fig.axes[-len(z1):], z1, strict=True):
+            ax.set_xlabel(f"z1 = {v:.2f}", fontsize=9)
         return _save(fig, path)
     values = latent["traversal_value"].values
     # two short lines: a long label runs into its neighbours along an image row's height
@@ -240,19 +282,22 @@ def plot_traversals(latent: xr.Dataset, path: Path | None = None, max_heatmaps: 
 
 
 def plot_geodesics(latent: xr.Dataset, geo: xr.Dataset, path: Path | None = None) -> Figure:
-    """Geodesics (solid, one colour per pair) and straight lines (dashed) over the latent
-    codes, on the metric's log volume for 2-D latents, with the validation codes' Frechet
-    mean and the geodesic spray from it when the store has them; a second panel maps the
-    Gaussian curvature when the store has it."""
+    """Geodesics (solid, one colour per pair, white-edged) and straight lines (black and
+    white dashes, on top) over the latent codes, their endpoints named by label when the
+    store has them, on the metric's log volume (grey) for 2-D latents, with the validation
+    codes' Frechet mean and the geodesic spray from it when the store has them; a second
+    panel maps the Gaussian curvature when the store has it."""
     z = latent["z_mean"].values
     points = geo["points"].values
     curved = "gaussian_curvature" in geo and z.shape[1] == 2
-    fig, axs = _subplots(1, 2 if curved else 1, figsize=(12, 5) if curved else (6, 5))
+    fig, axs = _subplots(1, 2 if curved else 1, figsize=(12, 5.6) if curved else (6, 5.6),
+                         layout="constrained")
     ax = axs[0, 0]
-    if "log_volume" in geo and z.shape[1] == 2:
+    on_volume = "log_volume" in geo and z.shape[1] == 2
+    if on_volume:
         z1, z2 = geo["z1"].values, geo["z2"].values
         im = ax.imshow(geo["log_volume"].values.T, origin="lower", aspect="auto",
-                       extent=(z1[0], z1[-1], z2[0], z2[-1]), cmap="magma", alpha=0.9,
+                       extent=(z1[0], z1[-1], z2[0], z2[-1]), cmap="Greys", alpha=0.6,
                        interpolation="bilinear")
         fig.colorbar(im, ax=ax, label=r"log $\sqrt{\det G(z)}$")
         xy, axes = z, ["z1", "z2"]
@@ -265,35 +310,43 @@ def plot_geodesics(latent: xr.Dataset, geo: xr.Dataset, path: Path | None = None
         curves = (pca.transform(points.reshape(-1, z.shape[1])).reshape(*points.shape[:2], 2)
                   if pca is not None else np.stack([points[..., 0], np.zeros(points.shape[:2])],
                                                    -1) if z.shape[1] == 1 else points)
-    ax.scatter(xy[:, 0], xy[:, 1], s=2, color="white" if "log_volume" in geo else "0.6",
-               alpha=0.35, linewidths=0)
-    spray = "spray" in geo and "log_volume" in geo
+    ax.scatter(xy[:, 0], xy[:, 1], s=2, color="0.3", alpha=0.3, linewidths=0)
+    spray = "spray" in geo and on_volume
     if spray:  # under the geodesics
         for spoke in geo["spray"].values:
-            ax.plot(spoke[:, 0], spoke[:, 1], "-", color="white", lw=0.7, alpha=0.5)
-    colours = mpl.colormaps["tab10"]
+            ax.plot(spoke[:, 0], spoke[:, 1], "-", color="black", lw=0.7, alpha=0.6)
+    colours = [c for c in OKABE_ITO if c != "#F0E442"]  # yellow is lost on the light grey
+    names = geo.attrs.get("label_names") or None
+    scale = np.ptp(xy, axis=0) + 1e-12
     for i, curve in enumerate(curves):
-        colour = colours(i % colours.N)
-        ax.plot([curve[0, 0], curve[-1, 0]], [curve[0, 1], curve[-1, 1]], "--", color=colour,
-                lw=1.0, alpha=0.8)
-        ax.plot(curve[:, 0], curve[:, 1], "-", color=colour, lw=2.0)
-        ax.plot(curve[[0, -1], 0], curve[[0, -1], 1], "o", color=colour, ms=4,
-                markeredgecolor="white", markeredgewidth=0.5)
-    on_volume = "log_volume" in geo
-    key = [Line2D([], [], color="0.3", lw=2.0, label="geodesic (a colour per pair)"),
-           Line2D([], [], color="0.3", lw=1.0, ls="--", label="straight line"),
-           Line2D([], [], ls="", marker="o", ms=3, color="white" if on_volume else "0.6",
-                  markeredgecolor="0.3", markeredgewidth=0.3, label="codes")]
+        colour = colours[i % len(colours)]
+        ax.plot(curve[:, 0], curve[:, 1], "-", color=colour, lw=2.2,
+                path_effects=[withStroke(linewidth=4, foreground="white")])
+        ax.plot(curve[[0, -1], 0], curve[[0, -1], 1], ls=(0, (3, 2)), color="black",
+                gapcolor="white", lw=1.0)
+        ax.plot(curve[[0, -1], 0], curve[[0, -1], 1], "o", color=colour, ms=5,
+                markeredgecolor="black", markeredgewidth=0.6)
+        if "start_label" in geo:  # each endpoint's label, just beyond the curve's end
+            for end, inner, label in ((curve[0], curve[1], geo["start_label"].values[i]),
+                                      (curve[-1], curve[-2], geo["end_label"].values[i])):
+                away = (end - inner) / scale
+                away = 10 * away / (np.linalg.norm(away) + 1e-12)
+                ax.annotate(names[int(label)] if names else f"{label:.3g}", end,
+                            xytext=away, textcoords="offset points", ha="center",
+                            va="center", fontsize=10, weight="bold", color=colour,
+                            path_effects=HALO)
+    key = [Line2D([], [], color="0.3", lw=2.2, label="geodesic (a colour per pair)"),
+           Line2D([], [], color="black", gapcolor="white", lw=1.0, ls=(0, (3, 2)),
+                  label="straight line"),
+           Line2D([], [], ls="", marker="o", ms=3, color="0.3", label="codes")]
     if spray:  # over them
         centre = geo["frechet_mean"].values
-        ax.plot(centre[0], centre[1], "*", color="white", ms=11, markeredgecolor="black",
-                markeredgewidth=0.6)
-        key += [Line2D([], [], ls="", marker="*", ms=9, color="white", markeredgecolor="black",
-                       markeredgewidth=0.6, label="Frechet mean of validation codes"),
-                Line2D([], [], color="white", lw=1.2, label="geodesic spray from it")]
-    # grey: the white of the codes and the spray stays visible
-    ax.legend(handles=key, loc="lower left", fontsize=7, framealpha=0.85,
-              facecolor="0.7" if on_volume else "white")
+        ax.plot(centre[0], centre[1], "*", color="white", ms=12, markeredgecolor="black",
+                markeredgewidth=0.8)
+        key += [Line2D([], [], ls="", marker="*", ms=10, color="white", markeredgecolor="black",
+                       markeredgewidth=0.8, label="Frechet mean of validation codes"),
+                Line2D([], [], color="black", lw=0.7, alpha=0.6, label="geodesic spray from it")]
+    fig.legend(handles=key, loc="outside lower center", ncol=3, frameon=False)
     ratio = float(np.mean(geo["length"].values / geo["line_length"].values))
     conv = int(geo["converged"].values.sum())
     ax.set(xlabel=axes[0], ylabel=axes[1],
@@ -327,27 +380,36 @@ def plot_training_curves(histories: dict[str, pd.DataFrame] | pd.DataFrame,
                          path: Path | None = None) -> Figure:
     """Training and validation loss per epoch, one panel per run (a dict of `fit`'s
     histories, or one), with the learning rate on a second axis when a schedule changed
-    it."""
+    it. The loss axis spans the epochs after the first, whose far higher loss would flatten
+    the rest; its unit, nats per sample, holds for the likelihood decoders (a deterministic
+    decoder's loss is the mean squared error)."""
     if isinstance(histories, pd.DataFrame):
         histories = {"training": histories}
     n = len(histories)
     cols = min(3, n)
     rows = int(np.ceil(n / cols))
-    fig, axes = _subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows))
+    fig, axes = _subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows + 0.4),
+                          layout="constrained")
     for ax, (run, h) in zip(axes.flat, histories.items(), strict=False):
-        ax.plot(h["epoch"], h["train_loss"], label="train", color="tab:blue")
-        if "val_loss" in h:
-            ax.plot(h["epoch"], h["val_loss"], label="validation", color="tab:orange")
-        ax.set(title=run, xlabel="epoch", ylabel="loss")
-        ax.legend(fontsize=8)
+        losses = [c for c in ("train_loss", "val_loss") if c in h]
+        for column, label, colour in zip(losses, ("train", "validation"),
+                                         ("tab:blue", "tab:orange"), strict=False):
+            ax.plot(h["epoch"], h[column], label=label, color=colour)
+        later = h.loc[h["epoch"] > h["epoch"].min(), losses].to_numpy()
+        later = later[np.isfinite(later)]
+        if later.size and np.ptp(later) > 0:
+            ax.set_ylim(later.min() - 0.08 * np.ptp(later), later.max() + 0.08 * np.ptp(later))
+        ax.set(title=run, xlabel="epoch", ylabel="loss (nats per sample)")
         if "lr" in h and h["lr"].nunique() > 1:
             rate = ax.twinx()
-            rate.plot(h["epoch"], h["lr"], color="gray", lw=0.8, ls="--")
-            rate.set_ylabel("learning rate (dashed)", color="gray", fontsize=8)
-            rate.tick_params(axis="y", labelsize=7, colors="gray")
+            rate.plot(h["epoch"], h["lr"], color="gray", lw=0.8, ls="--", label="learning rate")
+            rate.set_ylabel("learning rate", color="gray", fontsize=9)
+            rate.tick_params(axis="y", labelsize=9, colors="gray")
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.tight_layout()
+    handles = {line.get_label(): line for ax in fig.axes for line in ax.lines}
+    fig.legend(handles=list(handles.values()), loc="outside upper center", ncol=3,
+               frameon=False)
     return _save(fig, path)
 
 
@@ -357,21 +419,21 @@ def plot_comparison(table: pd.DataFrame, path: Path | None = None) -> Figure:
 
 
 def comparison_figure(table: pd.DataFrame) -> Figure:
-    """The comparison table as dots, one row of panels per likelihood (log-likelihoods of
-    different likelihoods are not comparable): validation log p(x) with the ELBO below it
+    """The comparison table as dots, a 2 x 2 block of panels per likelihood (log-likelihoods
+    of different likelihoods are not comparable): validation log p(x) with the ELBO below it
     (their gap is roughly how far q(z|x) is from the posterior), the reconstruction
     error, the KL term split into I(x; z) and KL(q(z) || p(z)), and the classifier score of
     the generated samples when the table has it. Runs that differ only in their seed share
     a row (a dot each), so that seed-to-seed spread shows beside the differences between
-    settings."""
+    settings. Legends sit between the panels' titles and their axes, off the data."""
     table = table.assign(setting=_settings(table))
     groups = list(table.groupby("likelihood", sort=False))
-    n_rows = table.groupby("likelihood")["setting"].nunique().sum()
-    scored = "sample_score" in table
-    fig, axes = _subplots(len(groups), 3 + scored, figsize=(15.0 + 4.5 * scored, 0.6 + 0.32
-                                                           * n_rows + 0.9 * len(groups)))
-    for (likelihood, rows), (ax_ll, ax_err, ax_kl, *ax_score) in zip(groups, axes,
-                                                                     strict=True):
+    heights = [1.0 + 0.3 * rows["setting"].nunique() for _, rows in groups]
+    fig, axes = _subplots(2 * len(groups), 2, figsize=(13.0, 0.4 + 2 * (sum(heights) + 1.3
+                                                                       * len(groups))),
+                          layout="constrained", height_ratios=np.repeat(heights, 2))
+    for g, (likelihood, rows) in enumerate(groups):
+        (ax_ll, ax_err), (ax_kl, ax_score) = axes[2 * g:2 * g + 2]
         # one row per setting, its seeds side by side, settings ordered by their mean
         means = rows.groupby("setting", sort=False)[["val_log_marginal", "val_elbo",
                                                      "val_mutual_info", "val_marginal_kl"]]
@@ -379,26 +441,35 @@ def comparison_figure(table: pd.DataFrame) -> Figure:
                                          na_position="first")
         y = rows["setting"].map({s: i for i, s in enumerate(means.index)}).to_numpy()
         ticks = np.arange(len(means))
-        ax_ll.plot(rows["val_elbo"], y, "o", mfc="white", color="tab:blue")
-        ax_ll.plot(rows["val_log_marginal"], y, "o", color="tab:blue")
-        ax_ll.hlines(y, rows["val_elbo"], rows["val_log_marginal"], color="tab:blue", lw=1)
+        ax_ll.plot(rows["val_elbo"], y, "o", mfc="white", color=OKABE_ITO[4], label="ELBO")
+        ax_ll.plot(rows["val_log_marginal"], y, "o", color=OKABE_ITO[4], label="log p(x)")
+        ax_ll.hlines(y, rows["val_elbo"], rows["val_log_marginal"], color=OKABE_ITO[4], lw=1)
         ax_ll.set(yticks=ticks, yticklabels=means.index,
-                  xlabel="nats per sample (higher is better)",
-                  title=f"{likelihood}: validation log p(x) (filled) and ELBO (open)")
-        ax_err.plot(rows["val_reconstruction_error"], y, "o", color="tab:orange")
+                  xlabel="nats per sample (higher is better)")
+        _legend_above(ax_ll, f"{likelihood}: validation log p(x) and ELBO")
+        ax_err.plot(rows["val_reconstruction_error"], y, "o", color=OKABE_ITO[5])
         ax_err.xaxis.set_major_locator(MaxNLocator(5))  # long decimals collide
-        ax_err.set(yticks=ticks, yticklabels=[], xlabel="mean squared error (lower is better)",
-                   title="validation reconstruction error")
+        ax_err.set(yticks=ticks, yticklabels=[], xlabel="mean squared error (lower is better)")
+        _legend_above(ax_err, "validation reconstruction error")
         _kl_bars(ax_kl, means, ticks)
-        if scored:
-            _score_dots(ax_score[0], rows, y)
-        for ax in (ax_ll, ax_err, ax_kl, *ax_score):
+        if "sample_score" in table:
+            _score_dots(ax_score, rows, y)
+        else:
+            ax_score.axis("off")
+        for ax in (ax_ll, ax_err, ax_kl, ax_score):
             ax.grid(axis="x", alpha=0.3)
             ax.set_ylim(-0.6, len(means) - 0.4)
     if table.groupby("setting")["run"].count().max() > 1:
-        fig.suptitle("one dot per seed; KL bars: means over the seeds", fontsize=9)
-    fig.tight_layout()
+        fig.suptitle("one dot per seed; KL bars: means over the seeds")
     return fig
+
+
+def _legend_above(ax: Axes, title: str) -> None:
+    """The panel's title, and its legend (if it has labelled artists) under the title, above
+    the axes: never over the data. The same gap without a legend keeps a row's titles level."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
+    ax.set_title(title, pad=26)
 
 
 def _settings(table: pd.DataFrame) -> pd.Series:
@@ -410,31 +481,29 @@ def _settings(table: pd.DataFrame) -> pd.Series:
 
 
 def _kl_bars(ax: Axes, rows: pd.DataFrame, y: np.ndarray) -> None:
-    """The validation KL as two stacked bars: what the codes say about x, I(x; z), and the
-    aggregate posterior's mismatch with the prior, KL(q(z) || p(z))."""
+    """The validation KL as two stacked bars (Okabe-Ito blue and orange): what the codes
+    say about x, I(x; z), and the aggregate posterior's mismatch with the prior,
+    KL(q(z) || p(z))."""
     mi = rows["val_mutual_info"].fillna(0).to_numpy()
-    ax.barh(y, mi, color="tab:green", height=0.6, label="I(x; z)")
-    ax.barh(y, rows["val_marginal_kl"].fillna(0).to_numpy(), left=mi, color="tab:red",
-            alpha=0.6, height=0.6, label="KL(q(z) || p(z))")
-    ax.set(yticks=y, yticklabels=[], xlabel="nats per sample",
-           title="validation KL = I(x; z) + KL(q(z) || p(z))")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.barh(y, mi, color=OKABE_ITO[4], height=0.6, label="I(x; z)")
+    ax.barh(y, rows["val_marginal_kl"].fillna(0).to_numpy(), left=mi, color=OKABE_ITO[0],
+            height=0.6, label="KL(q(z) || p(z))")
+    ax.set(yticks=y, yticklabels=rows.index, xlabel="nats per sample")
+    _legend_above(ax, "validation KL = I(x; z) + KL(q(z) || p(z))")
 
 
 def _score_dots(ax: Axes, rows: pd.DataFrame, y: np.ndarray) -> None:
     """The classifier score of each run's samples: the model's own sampler (a mixture of
     the codes for autoencoders without a prior) and the encoder metric's, against the
     validation data's (dashed)."""
-    ax.plot(rows["sample_score"], y, "o", color="tab:purple",
-            label="the model's sampler (a mixture of the codes without one)")
-    ax.plot(rows["geometric_sample_score"], y, "o", mfc="white", color="tab:purple",
+    ax.plot(rows["sample_score"], y, "o", color=OKABE_ITO[6], label="model's sampler")
+    ax.plot(rows["geometric_sample_score"], y, "o", mfc="white", color=OKABE_ITO[6],
             label="Riemannian uniform")
     ax.axvline(float(rows["data_sample_score"].iloc[0]), color="0.4", ls="--", lw=1,
                label="validation data")
     ax.set(yticks=np.unique(y), yticklabels=[],
-           xlabel="classifier score (1 to the number of classes; higher is better)",
-           title="samples: recognisable and varied")
-    ax.legend(fontsize=7, loc="lower left")
+           xlabel="classifier score (1 to the number of classes; higher is better)")
+    _legend_above(ax, "samples: recognisable and varied")
 
 
 def active_units(z_mean: np.ndarray, threshold: float = 0.01) -> int:
