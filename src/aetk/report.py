@@ -195,12 +195,16 @@ def plot_samples(latent: xr.Dataset, stored: StoredData, path: Path | None = Non
     model, one column per class), points over the data for data with at most ten features
     (in its first two principal components beyond two), else heat maps."""
     title = f"generated samples: {_title(latent)}"
-    if "generated" not in latent and "generated_geometric" not in latent:
+    # the model sampler's draws: `generated_model`, a 2-D `generated` in older stores
+    model_var = next((v for v in ("generated_model", "generated")
+                      if v in latent and latent[v].ndim == 2), None)
+    if model_var is None and "generated_geometric" not in latent:
         return _placeholder("this model does not generate samples", path)
-    mixture = "generated" in latent and latent["generated"].attrs.get("sampler") == "code_mixture"
+    mixture = model_var is not None and \
+        latent[model_var].attrs.get("sampler") == "code_mixture"
     own = "mixture of\nthe codes" if mixture else "the model's\nsampler"
     sets = {name: latent[var].values for var, name in (
-        ("generated", own), ("generated_geometric", "Riemannian\nuniform")) if var in latent}
+        (model_var, own), ("generated_geometric", "Riemannian\nuniform")) if var in latent}
     shape = latent.attrs.get("image_shape")
     width = 8
     if "generated_class" in latent:  # conditional: one column per class, in turn
