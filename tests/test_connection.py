@@ -411,6 +411,21 @@ def test_log_map_collocates_on_a_stiff_metric_where_shooting_fails(monkeypatch):
     torch.testing.assert_close(res.velocity, half_plane_log(z0, z1), rtol=1e-5, atol=0)
 
 
+def test_a_shot_that_misses_is_not_converged_however_ill_conditioned(monkeypatch):
+    """The dtype's allowance for an ill-conditioned exponential map stops Newton but does
+    not make a miss a log map: with |d exp/dv| reported 1e9 times too large (a stiff
+    metric's 1e7 in float32), Newton stops at once at a wrong shot, whose miss of 0.4 is
+    within 8 eps |d exp/dv| |v| but far beyond sqrt(eps) of the distance."""
+    jacobians = connection._exp_jacobians
+    monkeypatch.setattr(connection, "_exp_jacobians", lambda *args, **kwargs: tuple(
+        j * 1e9 if i else j for i, j in enumerate(jacobians(*args, **kwargs))))
+    metric = poincare()
+    z0, z1 = torch.tensor([[-1.0, 1.0]]), torch.tensor([[1.0, 1.0]])
+    wrong = 0.8 * half_plane_log(z0.double(), z1.double()).float()
+    res = connection._shoot(metric, z0, z1, wrong, 20, 1e-6, 5)
+    assert res.residual.item() > 0.1 and not res.converged.item()
+
+
 def test_collocation_tries_again_from_a_finer_fit(monkeypatch):
     """Where collocation from the fitted curve fails (a coarse curve far from the geodesic),
     it tries again from a fit with 4x the segments started from that curve."""
