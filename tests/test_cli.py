@@ -846,6 +846,9 @@ def test_geodesics_spray_of_an_rhvae(steps: Path) -> None:
     angles = np.sort(np.arctan2(ends[:, 1], ends[:, 0]))
     assert np.diff(angles).min() > 0.1  # six distinct directions
     assert geo["frechet_mean"].attrs["converged"] == 1
+    # the integration checked by default: steps doubled until the end points are accurate
+    assert geo["frechet_mean"].attrs["integration_tol"] == 1e-4
+    assert geo["frechet_mean"].attrs["n_steps"] >= 20
     K = geo["gaussian_curvature"]
     assert K.dims == ("z1", "z2") and K.shape == (9, 9) and np.isfinite(K.values).all()
     metric = metric_for(aetk.load(steps / "rhvae"))
@@ -894,6 +897,8 @@ def test_an_unconverged_frechet_mean_warns_and_keeps_the_point_reached(
     ("geodesics", "--grid-size", "0", "must be an integer >= 1, got '0'"),
     ("geodesics", "--spray", "-1", "must be an integer >= 0, got '-1'"),
     ("geodesics", "--spray-points", "0", "must be an integer >= 1, got '0'"),
+    ("geodesics", "--integration-tol", "-0.1", "must be a number >= 0, got '-0.1'"),
+    ("geodesics", "--integration-tol", "nan", "must be a number >= 0, got 'nan'"),
     ("sample", "--n", "0", "must be an integer >= 1, got '0'"),
     ("preprocess", "--n-samples", "0", "must be an integer >= 1, got '0'"),  # wrote a store
 ])

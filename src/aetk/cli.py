@@ -1037,7 +1037,8 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
         # regions, and its hundred log maps take minutes, not seconds)
         val = np.flatnonzero(is_val) if is_val.any() else np.arange(len(z))
         codes = np.random.default_rng(args.seed).permutation(val)[:args.spray_points]
-        mean = frechet_mean(metric, torch.from_numpy(z[codes]), n_points=args.n_points)
+        mean = frechet_mean(metric, torch.from_numpy(z[codes]), n_points=args.n_points,
+                            integration_tol=args.integration_tol or None)
         if not mean.converged:  # the point reached is kept: the spray and figure still show it
             print(f"warning: the Frechet mean of {len(codes)} validation codes did not converge"
                   f" ({mean.stopped} after {mean.iterations} steps); the spray leaves the point"
@@ -1050,7 +1051,8 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
                               s=np.linspace(0, 1, spray.points.shape[1]))
         ds["frechet_mean"] = (("latent",), mean.mean.detach().cpu().numpy(), {
             "converged": int(mean.converged), "iterations": mean.iterations,
-            "stopped": mean.stopped, "n_codes": len(codes), "rms_distance": radius})
+            "stopped": mean.stopped, "n_codes": len(codes), "rms_distance": radius,
+            "n_steps": mean.n_steps, "integration_tol": args.integration_tol})
         ds["spray"] = (("direction", "s", "latent"), spray.points.detach().cpu().numpy())
     ds.attrs = {
         "store": "aetk-geodesics", "run": latent.attrs.get("run"),
@@ -1218,6 +1220,17 @@ def positive(text: str) -> int:
         return positive_int(int(text), "the value")
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+
+
+def tolerance(text: str) -> float:
+    """argparse type of a relative tolerance, where 0 means unchecked: finite and >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
 
 
 def count(text: str) -> int:
@@ -1464,6 +1477,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(0: none)")
     p.add_argument("--spray-points", type=positive, default=100,
                    help="validation codes (at most) whose Frechet mean centres the spray")
+    p.add_argument("--integration-tol", type=tolerance, default=1e-4,
+                   help="the Frechet mean's log maps double their integration steps until "
+                   "each end point's estimated error is within this fraction of its distance "
+                   "(aetk.geometry.frechet_mean's integration_tol; 0: 20 steps, unchecked)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the sampled pairs, the fits' initial curves and the spray's "
                    "codes")
