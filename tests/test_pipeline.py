@@ -146,10 +146,11 @@ def test_network_channels_and_patience_reach_the_train_command(tmp_path: Path) -
 
 def test_noise_reaches_only_the_generated_manifolds(tmp_path: Path) -> None:
     """`data.noise` goes to aetk preprocess for swissroll and scurve only: for other data
-    it would change the store's hash, and retrain every model, without changing the data."""
+    it would change the store's hash, and retrain every model, without changing the data
+    (they get aetk's default, as runs made before did with the default configuration)."""
     mnist = snakemake(make_workdir(tmp_path / "mnist", {"data": {"noise": 0.3}}), "-n", "-p",
                       "--configfile", "test.yaml").stdout
-    assert "aetk preprocess" in mnist and "--noise" not in mnist
+    assert "aetk preprocess" in mnist and "--noise 0.05" in mnist  # aetk's default
     roll = snakemake(make_workdir(tmp_path / "roll", {"data": {"source": "swissroll",
                                                                "noise": 0.3}}),
                      "-n", "-p", "--configfile", "test.yaml").stdout
@@ -395,12 +396,15 @@ def test_slurm_profile_resolves_every_job(tmp_path: Path) -> None:
 
 
 def test_slurm_profile_as_profile_is_refused(tmp_path: Path) -> None:
-    """--profile also loads profiles/default, whose GPU cap of this machine's 0 GPUs wins:
-    training would be submitted to the GPU partition without a GPU."""
+    """--profile also loads profiles/default, whose default resources (and GPU cap) win:
+    jobs would go to SLURM without partition or runtime, on a login node without GPUs
+    training without a GPU. Refused whatever this machine's GPUs (gpu=2 stands in for a
+    login node with two)."""
     wd = make_workdir(tmp_path)
-    out = snakemake(wd, "-n", "--profile", "profiles/slurm", check=False)
-    assert out.returncode != 0
-    assert "--workflow-profile profiles/slurm" in out.stdout + out.stderr
+    for cap in ([], ["--resources", "gpu=2"]):
+        out = snakemake(wd, "-n", "--profile", "profiles/slurm", *cap, check=False)
+        assert out.returncode != 0
+        assert "--workflow-profile profiles/slurm" in out.stdout + out.stderr
 
 
 def test_slurm_gpu_request_becomes_gpus_flag() -> None:

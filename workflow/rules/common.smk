@@ -77,26 +77,28 @@ def check_config(cfg):
         )
 
 
-def check_gpu_cap(resources):
-    """Training told to take a GPU under a cap of none stops the run: `--profile
-    profiles/slurm` also loads profiles/default as the workflow profile, whose settings win,
-    so the login node's GPU count (0) scaled every training job down to no GPU."""
-    cap = resources.resources.get("gpu")
-    asked = resources.overwrite_resources.get("train", {}).get("gpu")
-    if cap is not None and asked is not None and cap.value == 0 and asked.value:
+def check_profiles(resources):
+    """`--profile profiles/slurm` also loads profiles/default as the workflow profile, whose
+    settings win: SLURM's partition, runtime and memory for every job but training, and
+    on a login node without GPUs every training job's GPU, were lost. Its mark: the slurm
+    profile's per-rule partition without its default one."""
+    train = resources.overwrite_resources.get("train", {})
+    if (
+        "slurm_partition" in train
+        and "slurm_partition" not in resources.default_resources
+    ):
         raise WorkflowError(
-            "training jobs ask for a GPU (set-resources train:gpu) but GPU jobs are capped at "
-            "0, so Snakemake would run them without one: profiles/default counts this "
-            "machine's GPUs and, as the workflow profile, overrides a --profile. On a cluster "
-            "run `snakemake --workflow-profile profiles/slurm`; on this machine leave "
-            "train:gpu unset."
+            "profiles/slurm was given as --profile: Snakemake then also loads "
+            "profiles/default as the workflow profile, whose default resources (and GPU "
+            "cap: this machine's GPUs) override it. Run `snakemake --workflow-profile "
+            "profiles/slurm` instead."
         )
 
 
 check_config(config)
 validate(config, schema="../schemas/config.schema.yaml")  # fills in the defaults
 check_source(config["data"])
-check_gpu_cap(workflow.resource_settings)
+check_profiles(workflow.resource_settings)
 
 
 DATA = config["data"]
@@ -181,11 +183,12 @@ def preprocess_args(wildcards):
             ("--key", DATA["key"]),
             ("--labels", DATA["labels"]),
             ("--n-samples", DATA["n_samples"]),
-            # only the generated manifolds have noise: elsewhere it would change the data's
-            # hash, and retrain every model, for nothing
+            # only the generated manifolds have noise: elsewhere an edit would change the
+            # data's hash, and retrain every model, for nothing. They get aetk's default,
+            # which keeps the command, and the hash, of runs made before
             (
                 "--noise",
-                DATA["noise"] if DATA["source"] in ("swissroll", "scurve") else None,
+                DATA["noise"] if DATA["source"] in ("swissroll", "scurve") else 0.05,
             ),
             ("--transforms", transforms or None),
             ("--validation-fraction", DATA["validation_fraction"]),
