@@ -724,3 +724,13 @@ def test_sample_without_a_prior_says_what_to_use(name):
         built = aetk.build_model(other, "bernoulli", in_features=X_DIM, latent_dim=Z_DIM,
                                  hidden=(HID,))
         assert callable(built.sample), other
+
+    class Failing(aetk.AE):
+        @property
+        def sample(self):
+            return self.not_there  # a bug inside a model's own sampler
+
+    failing = Failing(model.encoder, model.decoder)
+    with pytest.raises(AttributeError, match="no attribute 'sample'") as exc:
+        failing.sample  # noqa: B018
+    assert not isinstance(exc.value, aetk.NoPriorSampler)  # it has one: no "no prior"

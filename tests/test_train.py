@@ -2,6 +2,7 @@
 uninterrupted run; divergence; the beta schedule; input types; progress output."""
 
 import functools
+import pickle
 import re
 from pathlib import Path
 
@@ -133,6 +134,10 @@ def test_the_history_is_saved_with_the_model_and_read_back(tmp_path):
         aetk.load_history(tmp_path / "nothing")
     with pytest.raises(TypeError, match="history must be a pandas DataFrame"):
         aetk.save(model, tmp_path / "m3", history=[1, 2])
+    (tmp_path / "mine").mkdir()  # a user's own table, in a folder of no saved model
+    history.to_csv(tmp_path / "mine" / "history.tsv", sep="\t")
+    aetk.save(model, tmp_path / "mine")
+    assert (tmp_path / "mine" / "history.tsv").exists()  # not ours to remove
 
 
 @pytest.mark.parametrize("annealing", ["cyclical", "capacity"])
@@ -361,6 +366,9 @@ def test_checkpoint_from_other_settings_is_refused(tmp_path, change, diff):
     assert f"{name}: {there!r} there, {now!r} now" == diff and exc.value.path == ckpt
     assert exc.value.held is None and exc.value.asked is None
     assert exc.value.problem == f"checkpoint {ckpt} was written for different settings ({diff})"
+    back = pickle.loads(pickle.dumps(exc.value))  # as multiprocessing and joblib pass it
+    assert (str(back), back.differences, back.path) == (str(exc.value), exc.value.differences,
+                                                        ckpt)
     hist = _fit(_build(), train, epochs=1, checkpoint=ckpt, resume=False, **change)
     assert list(hist["epoch"]) == [1]
 

@@ -22,18 +22,21 @@ def save(model: Model, path: str | Path, history: pd.DataFrame | None = None) ->
     annealing schedule last set) and `weights.pt` (its state dict); with `history`,
     `aetk.fit`'s return value, also `history.tsv` (tab-separated, as `aetk train
     --history`), which `load_history(path)` reads back. Without one, a `history.tsv` of an
-    earlier save into the folder is removed: it would describe other weights."""
+    earlier save into the folder is removed: it would describe other weights (a history.tsv
+    in a folder without a saved model is left alone)."""
     if history is not None and not isinstance(history, pd.DataFrame):
         raise TypeError(f"history must be a pandas DataFrame (aetk.fit's return value), got "
                         f"{type(history).__name__}")
     path = Path(path).expanduser()
     path.mkdir(parents=True, exist_ok=True)
+    saved_before = (path / CONFIG).exists()  # a history.tsv of ours, not a user's own file
     config = {"aetk_version": __version__, "class": type(model).__name__,
               "build_spec": model.build_spec, "annealed": annealed_values(model)}
     (path / CONFIG).write_text(json.dumps(config, indent=2))
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path / WEIGHTS)
     if history is None:
-        (path / HISTORY).unlink(missing_ok=True)
+        if saved_before:
+            (path / HISTORY).unlink(missing_ok=True)
     else:
         history.to_csv(path / HISTORY, sep="\t", index=False)
 

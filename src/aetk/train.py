@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 import numbers
@@ -77,8 +78,14 @@ class CheckpointMismatch(ValueError):
                   else "pass resume=False to start over")
         super().__init__(f"{self.problem}; {advice}")
 
+    def __reduce__(self) -> tuple:
+        # pickled (multiprocessing, joblib) with its fields, not rebuilt from the message
+        return (functools.partial(type(self), differences=self.differences, held=self.held,
+                                  asked=self.asked), (self.path,))
+
     @property
     def problem(self) -> str:
+        """What is wrong with the checkpoint, without advice."""
         if self.held is not None:
             return (f"checkpoint {self.path} already holds {self.held} epochs, more than the "
                     f"{self.asked} asked for")

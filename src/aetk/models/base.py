@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from ..distributions import (
     standard_normal_log_prob,
 )
 from ..nets import Conditioned, LogInputs, attribute_set
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def adam(params: Iterable[nn.Parameter], lr: float,
@@ -82,8 +85,8 @@ class Model(nn.Module):
     def __getattr__(self, name: str) -> Any:
         # nn.Module's lookup of parameters, buffers and submodules (called directly: this
         # is every `self.encoder`), with a message of its own for `sample` where a model
-        # has none
-        if name != "sample":
+        # has none (a class that defines one, even failing inside it, keeps torch's error)
+        if name != "sample" or hasattr(type(self), "sample"):
             return nn.Module.__getattr__(self, name)
         try:
             return nn.Module.__getattr__(self, name)
@@ -270,7 +273,7 @@ class Model(nn.Module):
                              "(log_inputs, the default for count likelihoods): build the model "
                              "with log_inputs=False (aetk train --no-log-inputs)")
 
-    def save(self, path: str | Path, history: Any = None) -> None:
+    def save(self, path: str | Path, history: pd.DataFrame | None = None) -> None:
         """Write `config.json` and `weights.pt` into the directory `path`, and `history.tsv`
         with `history`, `aetk.fit`'s return value (`aetk.io.save`)."""
         from ..io import save
