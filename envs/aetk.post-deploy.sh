@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Run by Snakemake inside the new conda environment, as a copy in a temporary folder and
-# from Snakemake's working directory: the checkout, unless `--directory` moved it (then set
-# AETK_SOURCE to the checkout).
+# Run by Snakemake inside the new conda environment, as a copy beside it (in
+# .snakemake/conda/, so not from here) and from Snakemake's working directory: the
+# checkout, unless `--directory` moved it (then set AETK_SOURCE to the checkout).
 set -euo pipefail
 source_dir="${AETK_SOURCE:-.}"
 if [ ! -f "$source_dir/pyproject.toml" ]; then

@@ -65,15 +65,18 @@ def test_claim_device_without_gpu() -> None:
     assert cli.claim_device("cuda:1") == "cuda:1"
 
 
-@pytest.mark.parametrize("variable", ["SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES"])
+@pytest.mark.parametrize("variable", ["SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES",
+                                      "ROCR_VISIBLE_DEVICES"])
 def test_claim_device_warns_of_a_gpu_that_torch_cannot_use(
         variable: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     """A node that gives the job a GPU, with a CPU-only torch: --device auto still trains on
     the CPU, but says why in one line and how to get a torch that can use the GPU."""
-    for name in ("SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES"):
+    for name in ("SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
+                 "ROCR_VISIBLE_DEVICES"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(torch.version, "hip", None)
     assert cli.claim_device("auto") == "cpu"
     assert capsys.readouterr().err == ""  # no GPU given: nothing to say
     for none in ("", "-1", "NoDevFiles"):  # set, but to no device
@@ -92,6 +95,12 @@ def test_claim_device_warns_of_a_gpu_that_torch_cannot_use(
     assert cli.claim_device("auto") == "cpu"
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "CUDA 12.6" in err and "driver" in err
+    # a ROCm build (no CUDA version either) is not called CPU-only
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(torch.version, "hip", "6.2")
+    assert cli.claim_device("auto") == "cpu"
+    err = capsys.readouterr().err
+    assert "ROCm 6.2" in err and "rocm-smi" in err and "CPU-only" not in err
 
 
 def test_pairs_and_examples() -> None:
@@ -742,7 +751,8 @@ def test_stores_describe_their_variables(steps: Path, tmp_path: Path) -> None:
                   "start_label", "end_label", "log_volume", "t", "z1", "z2")),
             (sample, ("x",))]
     for ds, names in main:
-        for name in names:
+        assert set(names) <= set(ds.variables)
+        for name in ds.variables:  # every one, the transforms' fitted parameters too
             long_name = ds[name].attrs.get("long_name")
             assert isinstance(long_name, str) and 0 < len(long_name) <= 40, (name, long_name)
     for name in ("x", "split", "source_index"):
@@ -1196,6 +1206,11 @@ def test_summary_refuses_the_history_of_another_run(steps: Path, tmp_path: Path,
         f"aetk report summary: error: {tmp_path / 'other.tsv'} is not the training history "
         "of run 'vae-bernoulli': its train_loss per epoch is not the one saved with the model "
         f"that encoded {steps / 'vae-bernoulli.zarr'}\n")
+    assert cli.main(["report", "summary", "--runs", "rhvae", "rhvae", "--histories", str(hr),
+                     str(hr), "--latents", str(steps / "latent_rhvae.zarr"),
+                     str(steps / "latent_rhvae.zarr"), *outputs]) == 1
+    assert capsys.readouterr().err == ("aetk report summary: error: --runs names rhvae more "
+                                       "than once: one entry per run\n")
     assert not (tmp_path / "t.tsv").exists()
     assert cli.main(["report", "summary", *runs, "--histories", str(h), str(hr),
                      *outputs]) == 0

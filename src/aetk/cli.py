@@ -60,7 +60,7 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
         warnings.simplefilter("always", data_mod.SampleCountWarning)
         prep = data_mod.prepare(raw, transforms=transforms,
                                 validation_fraction=args.validation_fraction,
-                                n_samples=None if args.source in ("swissroll", "scurve")
+                                n_samples=None if args.source in data_mod.GENERATED
                                 else args.n_samples, seed=args.seed)
     storage.write_data(prep, args.out, {"config_hash": data_mod.config_hash(settings),
                                         "config": json.dumps(settings)})
@@ -116,13 +116,17 @@ def warn_unused_gpu(torch: Any) -> None:
     ``CUDA_VISIBLE_DEVICES`` names one) that torch cannot use, so that ``--device auto``
     does not train on the CPU unsaid: a CPU-only torch build, or a CUDA build that sees no
     device (driver)."""
-    for name in ("SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES"):
+    for name in ("SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
+                 "ROCR_VISIBLE_DEVICES"):
         value = os.environ.get(name, "").strip()
         if value and value not in ("-1", "NoDevFiles"):  # set to no device: nothing given
             break
     else:
         return
-    if torch.version.cuda is None:
+    if getattr(torch.version, "hip", None):  # ROCm builds have no CUDA version either
+        why = (f"this torch {torch.__version__} (ROCm {torch.version.hip}) sees no GPU: "
+               "check the AMD driver (rocm-smi) against the build's ROCm version")
+    elif torch.version.cuda is None:
         why = (f"this torch {torch.__version__} is a CPU-only build with no CUDA; install a "
                "CUDA build (`pip install torch` from PyPI on Linux, or an --index-url "
                "https://download.pytorch.org/whl/cu<version> wheel, not .../whl/cpu)")
@@ -1174,6 +1178,9 @@ def cmd_report_summary(args: argparse.Namespace) -> None:
 
     if not (len(args.runs) == len(args.histories) == len(args.latents)):
         raise ValueError("--runs, --histories and --latents need one entry per run, in order")
+    repeated = sorted({r for r in args.runs if args.runs.count(r) > 1})
+    if repeated:
+        raise ValueError(f"--runs names {', '.join(repeated)} more than once: one entry per run")
     latents = {r: storage.read_store(p, "aetk-latent") for r, p in zip(args.runs, args.latents,
                                                                strict=True)}
     for (run, ds), path in zip(latents.items(), args.latents, strict=True):
@@ -1192,7 +1199,7 @@ def cmd_report_summary(args: argparse.Namespace) -> None:
     histories = {r: pd.read_csv(h, sep="\t") for r, h in zip(args.runs, args.histories,
                                                                strict=True)}
     latent_paths = dict(zip(args.runs, args.latents, strict=True))
-    for (run, h), path in zip(histories.items(), args.histories, strict=False):
+    for (run, h), path in zip(histories.items(), args.histories, strict=True):
         check_history(h, path, run, latents, latent_paths)
     scorer = None
     if args.data:

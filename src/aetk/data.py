@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 BUNDLED = ("mnist5k", "mnist", "digits", "swissroll", "scurve", "scrna_counts")
+GENERATED = ("swissroll", "scurve")  # drawn anew: n_samples is their size, noise theirs
 FILE_SUFFIXES = (".npy", ".npz", ".csv", ".tsv", ".zarr", ".h5ad")
 MNIST_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 # Classes with more distinct values than this are treated as a continuous label.
@@ -131,7 +132,7 @@ def load_bundled(name: str, *, n_samples: int | None = None, noise: float = 0.05
 
         x, y = load_digits(return_X_y=True)
         return _with_labels(RawData(x=x, image_shape=(8, 8), source=name), y)
-    if name in ("swissroll", "scurve"):
+    if name in GENERATED:
         from sklearn.datasets import make_s_curve, make_swiss_roll
 
         make = make_swiss_roll if name == "swissroll" else make_s_curve

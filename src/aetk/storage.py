@@ -338,8 +338,12 @@ def data_to_dataset(prep: Prepared, attrs: dict[str, Any]) -> xr.Dataset:
     if prep.labels is not None:
         dtype = np.int64 if raw.label_kind == "categorical" else np.float32
         variables["label"] = (("sample",), prep.labels.astype(dtype), {"kind": raw.label_kind})
-    for name, arr in arrays.items():
-        variables[name] = (("feature",), arr.astype(np.float64), {})
+    for i, spec in enumerate(specs):
+        for param, name in spec["arrays"].items():
+            variables[name] = (("feature",), arrays[name].astype(np.float64), {
+                "long_name": f"{spec['name']} {param}",
+                "description": f"the fitted {param} of transform {i} ({spec['name']}) per "
+                               "feature, fitted on the training samples"})
     image_shape = raw.image_shape
     if image_shape is not None and int(np.prod(image_shape)) != f:
         image_shape = None  # a feature selection broke the image layout
