@@ -96,7 +96,7 @@ def claim_device(device: str) -> str:
     if device != "auto":
         return device
     if not torch.cuda.is_available():
-        warn_unused_gpu(torch)
+        warn_unused_gpu()
         return "cpu"
     for i in range(torch.cuda.device_count()):
         uuid = getattr(torch.cuda.get_device_properties(i), "uuid", i)
@@ -111,11 +111,11 @@ def claim_device(device: str) -> str:
     return "cuda:0"  # every GPU is busy: share the first rather than fall back to the CPU
 
 
-def warn_unused_gpu(torch: Any) -> None:
-    """One line on stderr when the job was given a GPU (``SLURM_JOB_GPUS`` or
-    ``CUDA_VISIBLE_DEVICES`` names one) that torch cannot use, so that ``--device auto``
-    does not train on the CPU unsaid: a CPU-only torch build, or a CUDA build that sees no
-    device (driver)."""
+def warn_unused_gpu() -> None:
+    """One line on stderr when the job was given a GPU (``SLURM_JOB_GPUS`` or a
+    ``CUDA``/``HIP``/``ROCR_VISIBLE_DEVICES`` names one) that torch cannot use, so that
+    ``--device auto`` does not train on the CPU unsaid: a CPU-only torch build, or a CUDA
+    or ROCm build that sees no device (driver)."""
     for name in ("SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
                  "ROCR_VISIBLE_DEVICES"):
         value = os.environ.get(name, "").strip()
@@ -123,6 +123,8 @@ def warn_unused_gpu(torch: Any) -> None:
             break
     else:
         return
+    import torch
+
     if getattr(torch.version, "hip", None):  # ROCm builds have no CUDA version either
         why = (f"this torch {torch.__version__} (ROCm {torch.version.hip}) sees no GPU: "
                "check the AMD driver (rocm-smi) against the build's ROCm version")

@@ -41,13 +41,19 @@ def save(model: Model, path: str | Path, history: pd.DataFrame | None = None) ->
         history.to_csv(path / HISTORY, sep="\t", index=False)
 
 
+def _model_dir(path: str | Path) -> Path:
+    """`path` (`~` expanded), a folder holding a saved model, else FileNotFoundError."""
+    path = Path(path).expanduser()
+    if not (path / CONFIG).exists():
+        raise FileNotFoundError(f"{path} holds no saved aetk model ({CONFIG} is missing)")
+    return path
+
+
 def load_history(path: str | Path) -> pd.DataFrame:
     """The training history saved with the model in the folder `path` (`save(model, path,
     history=...)`, or `aetk train`): `aetk.fit`'s DataFrame, one row per epoch.
     FileNotFoundError naming the path when there is none."""
-    path = Path(path).expanduser()
-    if not (path / CONFIG).exists():
-        raise FileNotFoundError(f"{path} holds no saved aetk model ({CONFIG} is missing)")
+    path = _model_dir(path)
     if not (path / HISTORY).exists():
         raise FileNotFoundError(
             f"the model in {path} was saved without its training history ({path / HISTORY} "
@@ -65,9 +71,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", *,
     comes back on `map_location` ("cpu", "cuda", "auto": a GPU when there is one)."""
     from .build import build_model
 
-    path = Path(path).expanduser()
-    if not (path / CONFIG).exists():
-        raise FileNotFoundError(f"{path} holds no saved aetk model ({CONFIG} is missing)")
+    path = _model_dir(path)
     config = json.loads((path / CONFIG).read_text())
     spec = config.get("build_spec")
     if into is not None:
