@@ -25,6 +25,13 @@ the merged GEMM's gain is spent on the Functions' Python overhead and the concat
 A closed-form Bernoulli force (the score x - sigmoid(logits) in closed form, autograd only
 through the network) measured 1 % faster, and at most about 10 % even when the K
 intermediate positions skip log p(x|z) altogether (2026-12-02, alternating, 6 rounds).
+torch.compile does not close the gap either: the same exact step written with torch.func.grad
+(which Dynamo traces, unlike autograd.grad) and compiled whole took 43 ms against aetk's eager
+36 ms and 57 ms uncompiled (2026-12-02, alternating, a slower day). A profile of that day puts
+the gap in the decoder's weight gradients: the eight 784x64 @ 64x512 products are memory-bound
+(2.0 ms each in the step against 0.9 ms for a GEMM of the same FLOPs with a 512-wide inner
+dimension) and autograd sums them with 1.3 ms adds; one merged product would save 1.5-4 ms of
+a 39 ms step (measured alone), short of pythae's 34 ms, and needs the deferral above.
 
 With `--device cuda` both run on the GPU, the data already there.
 
