@@ -282,6 +282,22 @@ def test_rhvae_reductions_differ_by_the_number_of_centroids():
     close(g_sum, N_CENTROIDS * g_mean, rtol=1e-12)
 
 
+def test_float64_rhvae_keeps_given_float64_centroids_and_matches_the_formula():
+    # given centroids were cast to float32: a float64 model failed in update_metric
+    torch.manual_seed(0)
+    enc = GaussianEncoder(in_features=F, latent_dim=LATENT, hidden=(8,)).double()
+    dec = aetk.BernoulliDecoder(latent_dim=LATENT, out_features=F, hidden=(8,)).double()
+    points = torch.rand(5, F, dtype=f64) * (1 + 1e-9)  # not representable in float32
+    m = aetk.RHVAE(enc, dec, centroids=points)
+    assert m.centroid_data.dtype == m.centroid_M.dtype == f64
+    assert torch.equal(m.centroid_data, points)
+    c, L = m.latent_mean(points), m.lower_factor(points)
+    z = torch.randn(4, LATENT, dtype=f64)
+    w = torch.exp(-torch.cdist(z, c) ** 2 / 0.8**2)  # (B, N), temperature 0.8
+    ref = torch.einsum("bn,nij->bij", w, L @ L.mT) / 5 + 0.01 * torch.eye(LATENT, dtype=f64)
+    close(m.G_inv(z), ref, rtol=1e-12)
+
+
 def test_lower_factor_layout_and_bounds():
     out = torch.tensor([[0.5, -1.0, 100.0, 2.0, -3.0, 0.25]], dtype=f64)  # d = 3
     m = aetk.RHVAE(GaussianEncoder(in_features=F, latent_dim=3, hidden=(4,)),

@@ -61,7 +61,8 @@ def metric_net_like(encoder: nn.Module, latent_dim: int) -> nn.Module:
             setattr(net.get_submodule(parent), attr, nn.Identity())
     name, last = linears[-1]
     parent, _, attr = name.rpartition(".")
-    head = nn.Linear(last.in_features, latent_dim * (latent_dim + 1) // 2)
+    head = nn.Linear(last.in_features, latent_dim * (latent_dim + 1) // 2,
+                     dtype=last.weight.dtype, device=last.weight.device)
     setattr(net.get_submodule(parent), attr, head)
     return net
 
@@ -140,18 +141,22 @@ class RHVAE(Model):
         n = len(centroids) if given else int(centroids)
         if n < 1:
             raise ValueError(f"need at least one centroid, got {n}")
-        data = (centroids.detach().float().clone() if given
-                else torch.zeros(n, *(self.input_shape or (0,))))
+        # the networks' dtype: a float64 model keeps float64 centroids (float32 ones failed
+        # in update_metric with 'mat1 and mat2 must have the same dtype')
+        dtype = next((p.dtype for p in self.parameters() if p.is_floating_point()),
+                     torch.get_default_dtype())
+        data = (centroids.detach().to(dtype).clone() if given
+                else torch.zeros(n, *(self.input_shape or (0,)), dtype=dtype))
         self.register_buffer("centroid_data", data)
-        self.register_buffer("centroid_latent", torch.zeros(n, d))
-        self.register_buffer("centroid_M", torch.zeros(n, d, d))
+        self.register_buffer("centroid_latent", torch.zeros(n, d, dtype=dtype))
+        self.register_buffer("centroid_M", torch.zeros(n, d, d, dtype=dtype))
         self.register_buffer("has_centroids", torch.tensor(given))
         if self.n_conditions:
             if given and centroid_conditions is None:
                 raise ValueError("a conditional RHVAE with centroid points needs their "
                                  "centroid_conditions, (n, n_conditions)")
-            conditions = (torch.as_tensor(centroid_conditions).detach().float().clone()
-                          if given else torch.zeros(n, self.n_conditions))
+            conditions = (torch.as_tensor(centroid_conditions).detach().to(dtype).clone()
+                          if given else torch.zeros(n, self.n_conditions, dtype=dtype))
             validate.check_conditions(conditions, self.n_conditions, "centroid_conditions", n)
             self.register_buffer("centroid_conditions", conditions)
         elif centroid_conditions is not None:
