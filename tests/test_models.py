@@ -423,6 +423,40 @@ def test_infovae(fixed_eps, kernel, unbiased):
 def test_infovae_defaults_give_the_mmd_weight():
     model = aetk.build_model("infovae", "bernoulli", in_features=3, hidden=(4,))
     assert model.alpha + model.lam - 1 > 0
+    assert model.unbiased  # the spec's default estimator, the U-statistic
+
+
+def test_mmd_defaults_to_the_u_statistic():
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(6, 2)), rng.normal(size=(9, 2))
+
+    def gram(a, b):  # the Gaussian kernel exp(-|a - b|^2 / (rho^2 d)), rho = 1, d = 2
+        return np.exp(-((a[:, None] - b[None]) ** 2).sum(-1) / 2)
+
+    got = aetk.kernels.mmd(torch.tensor(x), torch.tensor(y)).item()
+    assert got == pytest.approx(mmd_by_hand(x, y, gram, unbiased=True), rel=1e-12)
+    assert got != pytest.approx(mmd_by_hand(x, y, gram, unbiased=False), rel=1e-3)
+
+
+def test_built_models_take_the_specs_defaults():
+    """models.md's defaults, through build_model as users and the pipeline build them."""
+    opts = {"in_features": 3, "hidden": (4,)}
+    vae = aetk.build_model("vae", "gaussian", **opts)
+    assert (vae.beta, vae.decoder.sigma) == (1.0, 1.0)
+    infomax = aetk.build_model("infomaxvae", "bernoulli", **opts)
+    assert (infomax.alpha, infomax.beta) == (1.0, 1.0)
+    hvae = aetk.build_model("hvae", "bernoulli", **opts)
+    assert hvae.n_leapfrog == 3
+    assert hvae.step_size.item() == pytest.approx(1e-3, rel=1e-6)
+    assert hvae.beta0.item() == pytest.approx(0.3, rel=1e-6)
+    assert not any(p.requires_grad for p in (hvae.log_step_size, hvae.beta0_logit))
+    rhvae = aetk.build_model("rhvae", "bernoulli", **opts)
+    assert (len(rhvae.centroid_data), rhvae.temperature, rhvae.regularization,
+            rhvae.n_leapfrog, rhvae.step_size, rhvae.beta0, rhvae.n_fixed_point,
+            rhvae.centroid_reduction) == (64, 0.8, 0.01, 3, 1e-3, 0.3, 3, "mean")
+    for m in (hvae, rhvae):
+        assert tuple(m.logp_prefactor) == (1.0, 1.0, 1.0)
+        assert tuple(m.logq_prefactor) == (1.0, 1.0)
 
 
 def _infomax(critic_seed=3, alpha=0.7, beta=2.0):
