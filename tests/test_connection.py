@@ -259,18 +259,52 @@ def test_log_map_estimates_its_integration_error():
     assert ((shrink > 8) & (shrink < 32)).all(), shrink
 
 
+def closed_form_log(z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
+    """`log_{z0}(z1)` in the half-plane: the geodesic is the circle centred on the real axis
+    through both points (a vertical line where they lie above each other), left with the
+    speed `d(z0, z1) y0` along its tangent."""
+    (x0, y0), (x1, y1) = z0.unbind(-1), z1.unbind(-1)
+    vertical = x0 == x1
+    centre = (x1**2 + y1**2 - x0**2 - y0**2) / torch.where(vertical, 1.0, 2 * (x1 - x0))
+    tangent = torch.stack([y0, centre - x0], -1) * torch.sign(x1 - x0)[:, None]
+    tangent = torch.where(vertical[:, None], torch.stack(
+        [torch.zeros_like(y0), torch.sign(y1 - y0)], -1), tangent)
+    speed = hyperbolic_distance(z0, z1) * y0
+    return speed[:, None] * tangent / tangent.norm(dim=-1, keepdim=True)
+
+
+def test_log_map_estimates_its_velocity_error():
+    """The estimate `|J^{-1} e|` of the shot velocity's error (Richardson's end-point error
+    `e`, `J = d exp/dv`) is within a factor 1.5 of its actual distance from the closed-form
+    log map, with 4 to 16 steps on the half-plane (shooting converged far below it)."""
+    z0, z1 = half_plane_pairs()
+    exact = closed_form_log(z0, z1)
+    torch.testing.assert_close(exp_map(poincare(), z0, exact, n_steps=400), z1, rtol=0,
+                               atol=1e-8)
+    for n in (4, 8, 16):
+        res = log_map(poincare(), z0, z1, n_steps=n, tol=1e-12, collocate=False)
+        actual = (res.velocity - exact).norm(dim=-1)
+        assert res.converged.all() and (actual > 1e-8).all()
+        ratio = res.velocity_error / actual
+        assert ((ratio > 1 / 1.5) & (ratio < 1.5)).all(), (n, ratio)
+
 
 def test_log_map_doubles_its_steps_to_an_integration_tolerance():
-    """From 4 steps, integration_tol=1e-5 doubles them until the estimated error is within
-    it for every pair; the lengths then match the hyperbolic distance 100 times closer
-    than with 4 steps alone. With the doublings capped too early, converged says so;
-    collocation, which does not integrate, then gives the distances all the same."""
+    """From 4 steps, integration_tol=1e-5 doubles them until the estimated velocity error
+    is within it for every pair: to 32 steps, where the velocities' actual errors (against
+    the closed form) are within 1e-5 of their length, and not further (with 16, up to
+    5e-5); the lengths then match the hyperbolic distance 100 times closer than with 4
+    steps alone. With the doublings capped too early, converged says so; collocation,
+    which does not integrate, then gives the distances all the same."""
     z0, z1 = half_plane_pairs()
-    exact = hyperbolic_distance(z0, z1)
+    exact, velocity = hyperbolic_distance(z0, z1), closed_form_log(z0, z1)
     coarse = log_map(poincare(), z0, z1, n_steps=4)
-    fine = log_map(poincare(), z0, z1, n_steps=4, integration_tol=1e-5)
-    assert coarse.n_steps == 4 and fine.n_steps > 4 and fine.converged.all()
-    assert (fine.integration_error <= 1e-5 * (z1 - z0).norm(dim=-1)).all()
+    fine = log_map(poincare(), z0, z1, n_steps=4, tol=1e-12, integration_tol=1e-5)
+    assert coarse.n_steps == 4 and fine.n_steps == 32 and fine.converged.all()
+    assert (fine.velocity_error <= 1e-5 * fine.velocity.norm(dim=-1)).all()
+    assert ((fine.velocity - velocity).norm(dim=-1) <= 1e-5 * velocity.norm(dim=-1)).all()
+    half = log_map(poincare(), z0, z1, n_steps=16, tol=1e-12, collocate=False)
+    assert ((half.velocity - velocity).norm(dim=-1) > 1e-5 * velocity.norm(dim=-1)).any()
     assert (fine.length - exact).abs().max() < 0.01 * (coarse.length - exact).abs().max()
     capped = log_map(poincare(), z0, z1, n_steps=4, integration_tol=1e-5, max_doublings=0,
                      collocate=False)
@@ -282,6 +316,62 @@ def test_log_map_doubles_its_steps_to_an_integration_tolerance():
         log_map(poincare(), z0, z1, integration_tol=0.0)
     with pytest.raises(ValueError, match="max_doublings"):
         log_map(poincare(), z0, z1, max_doublings=-1)
+
+
+# points near the half-plane's boundary, 9 and 11 apart: geodesics spread like e^d, and
+# |d exp/dv| reaches 500 and 1900
+NEAR_THE_BOUNDARY = (torch.tensor([[-0.5, 0.01], [0.0, 0.01]], dtype=f64),
+                     torch.tensor([[0.5, 0.01], [2.0, 0.01]], dtype=f64))
+
+
+def test_an_ill_conditioned_exponential_map_needs_no_more_steps_than_the_velocity():
+    """Near the boundary of the half-plane a velocity error shows 500-1900x larger at the
+    end point. With 40 steps the velocities are within 3.4e-5 of the closed-form log maps,
+    but the end points' errors are 1.5e-3 and 3e-3 of the distances (20 steps: 4e-4 and
+    5e-4 against 1.6e-2 and 3.1e-2): integration_tol=1e-4 on the end point, as before,
+    doubled to 160 steps (with one doubling allowed it was not converged); on the
+    velocity, once."""
+    z0, z1 = NEAR_THE_BOUNDARY
+    velocity = closed_form_log(z0, z1)
+    res = log_map(poincare(), z0, z1, n_steps=20, tol=1e-12, integration_tol=1e-4,
+                  max_doublings=1, collocate=False, n_points=32)
+    assert res.n_steps == 40 and res.converged.all()
+    assert ((res.velocity - velocity).norm(dim=-1) <= 0.4e-4 * velocity.norm(dim=-1)).all()
+    assert (res.integration_error > 10 * 1e-4 * (z1 - z0).norm(dim=-1)).all()
+    jac = connection._exp_jacobians(poincare(), z0, res.velocity, 40)[1]
+    assert (torch.linalg.matrix_norm(jac, 2) > 500).all()
+
+
+@pytest.mark.parametrize("singular", [0.0, math.nan])
+def test_a_singular_exponential_map_is_never_accurate(singular, monkeypatch):
+    """Where `d exp/dv` is singular (a conjugate point), or its solve fails, the velocity
+    error is infinite: the steps double to the cap and the pair is not converged (its
+    rounding allowance, divided by the Jacobian's smallest singular value, would be
+    infinite too). The shooting's own Jacobians stay exact."""
+    z0, z1 = half_plane_pairs()
+    kwargs = {"n_steps": 4, "tol": 1e-10, "integration_tol": 1e-2, "max_doublings": 1,
+              "collocate": False, "n_points": 8}
+    plain = log_map(poincare(), z0[:1], z1[:1], **kwargs)
+    assert plain.n_steps == 4 and plain.converged.all()
+
+    exp_jacobians, integration_errors = connection._exp_jacobians, connection._integration_errors
+
+    def singular_jacobians(*args, **kw):
+        out, *jacs = exp_jacobians(*args, **kw)
+        return (out, *(torch.full_like(j, singular) for j in jacs))
+
+    def errors_of_singular_maps(*args):
+        with monkeypatch.context() as patch:
+            patch.setattr(connection, "_exp_jacobians", singular_jacobians)
+            return integration_errors(*args)
+
+    monkeypatch.setattr(connection, "_integration_errors", errors_of_singular_maps)
+    errors = connection._integration_errors(poincare(), z0, closed_form_log(z0, z1), 8)
+    assert errors.velocity.isinf().all() and (errors.end > 0).all()
+    assert not connection._accurate(errors, z1 - z0, 1.0).any()
+    res = log_map(poincare(), z0[:1], z1[:1], **kwargs)
+    assert res.n_steps == 8 and not res.converged.any() and res.velocity_error.isinf().all()
+
 
 def test_log_map_on_the_sphere_gives_great_circle_distances():
     gen = torch.Generator().manual_seed(0)
@@ -693,12 +783,14 @@ TWO_POINTS = [[-1.0, 1.0], [1.5, 0.5]]
 def test_frechet_mean_doubles_its_steps_to_an_integration_tolerance(points):
     """From 4 steps the shots' integration error (3e-4 to 4e-3 of the distances) put the
     mean 2.4e-4 to 3.1e-4 of the rms distance from the closed-form one and its variance up
-    to 3.2e-3 off; with integration_tol the steps double until Richardson's estimate is
-    within it, and both agree to 6e-5."""
+    to 3.2e-3 off; with integration_tol the steps double until Richardson's estimate of
+    the log maps' velocity errors is within it (of the closed-form log maps' lengths), and
+    both agree to 6e-5."""
     z = torch.tensor(points, dtype=f64)
     res = frechet_mean(poincare(), z, tol=1e-6, n_points=16, n_steps=4, integration_tol=1e-4)
     assert res.stopped == "converged" and res.n_steps in (8, 16)
-    assert (res.integration_error <= 1e-4 * (z - res.mean).norm(dim=-1)).all()
+    velocity = closed_form_log(res.mean.expand_as(z), z)
+    assert (res.velocity_error <= 1e-4 * velocity.norm(dim=-1)).all()
     exact = exact_variance(closed_form_mean(z), z)
     assert hyperbolic_distance(res.mean[None], closed_form_mean(z)[None]) < 6e-5 * exact.sqrt()
     torch.testing.assert_close(res.variance, exact, rtol=6e-5, atol=0)
@@ -711,10 +803,12 @@ def test_frechet_mean_says_when_its_integration_is_not_accurate():
     res = frechet_mean(poincare(), z, n_points=16, n_steps=4, integration_tol=1e-4,
                        max_doublings=0)
     assert (res.stopped, res.converged, res.n_steps) == ("integration", False, 4)
-    assert (res.integration_error > 1e-4 * (z - res.mean).norm(dim=-1)).any()
+    velocity = closed_form_log(res.mean.expand_as(z), z)
+    assert (res.velocity_error > 1e-4 * velocity.norm(dim=-1)).any()
     plain = frechet_mean(poincare(), z, n_points=16, n_steps=4)
     assert (plain.stopped, plain.n_steps) == ("converged", 4)
     torch.testing.assert_close(plain.integration_error, res.integration_error)
+    torch.testing.assert_close(plain.velocity_error, res.velocity_error)
     for bad in ({"integration_tol": 0.0}, {"max_doublings": -1}):
         with pytest.raises(ValueError, match=r"integration_tol|max_doublings"):
             frechet_mean(poincare(), z, **bad)

@@ -187,17 +187,23 @@ class LogMapResult:
     `|exp(v) - z_end|`, `converged (B,)` (residual at most `tol |z_end - z_start|`, or what
     the dtype resolves: `8 eps (1 + |z_end| + |d exp/dv|_F |v|)`, the last term once a
     Newton step has computed the Jacobian and at most `sqrt(eps) |z_end - z_start|`),
-    the Newton `iterations (B,)` each pair took,
-    and `integration_error (B,)`: how far the integrator's end point lies from the exact
-    geodesic's, by Richardson extrapolation from a second integration with twice the steps
-    (`16/15 |exp_n(v) - exp_2n(v)|` for fourth-order Runge-Kutta). `converged` speaks of the
-    shooting with `n_steps` (and, when `log_map` was given `integration_tol`, of the
-    integration too); where `integration_error` exceeds the residual, more steps bring the
-    geodesic closer to `z_end`. `n_steps`: the integrator's steps it ended with.
+    the Newton `iterations (B,)` each pair took, and Richardson's estimates of the
+    integrator's error from a second integration with twice the steps, `e = 16/15
+    (exp_n(v) - exp_2n(v))` for fourth-order Runge-Kutta (the exact geodesic with velocity
+    `v` ends near `exp_n(v) - e`): `integration_error (B,)`, the end point's, `|e|`, and
+    `velocity_error (B,)`, the velocity's, `|J^{-1} e|` with `J = d exp_n/dv` at `v`: how
+    far `velocity` lies from the exact log map's (the velocity whose exact geodesic ends
+    where this one's integration does), infinite where `J` is numerically singular. Where
+    the exponential map is ill-conditioned (`|J|` large) a small velocity error shows as a
+    large end-point error: the velocity's is the log map's accuracy. `converged` speaks of
+    the shooting with `n_steps` (and, when `log_map` was given `integration_tol`, of the
+    velocity's error too); where `integration_error` exceeds the residual, more steps
+    bring the geodesic closer to `z_end`. `n_steps`: the integrator's steps it ended with.
     `collocated (B,)`: pairs whose velocity came from collocation, not shooting (see
-    `log_map`); there `converged` is the collocation's, and `residual` and
-    `integration_error` (of integrating from that velocity) measure how ill-conditioned
-    the exponential map is, not the log map's error."""
+    `log_map`); there `converged` is the collocation's, `velocity_error` is NaN (no
+    integration made that velocity), and `residual` and `integration_error` (of
+    integrating from it) measure how ill-conditioned the exponential map is, not the log
+    map's error."""
 
     velocity: Tensor
     length: Tensor
@@ -207,6 +213,7 @@ class LogMapResult:
     integration_error: Tensor | None = None  # set by log_map
     n_steps: int | None = None  # set by log_map
     collocated: Tensor | None = None  # set by log_map
+    velocity_error: Tensor | None = None  # set by log_map
 
 
 def _exp_jacobians(metric: Metric, z: Tensor, v: Tensor, n_steps: int, *,
@@ -238,9 +245,12 @@ def log_map(metric: Metric, z_start: Tensor, z_end: Tensor, *, n_steps: int = 20
     Starting from the minimiser keeps it on the shortest geodesic, not another one.
     `tol` is the shooting's, relative to `|z_end - z_start|`; `n_steps` the integrator's.
     With `integration_tol`, the steps double (at most `max_doublings` times, shooting again
-    from the last velocities) until every pair's estimated `integration_error` is at most
-    `integration_tol |z_end - z_start|` (or the two integrations' rounding, `_accurate`),
-    and `converged` requires that too.
+    from the last velocities) until every pair's estimated `velocity_error` is at most
+    `integration_tol |velocity|` (or what the two integrations' rounding puts there,
+    `_velocity_rounding`; a singular `d exp/dv` never passes), and `converged` requires
+    that too. The velocity's error, not the end point's: where the exponential map is
+    ill-conditioned (`|d exp/dv|` up to 1e7 on a single-cell RHVAE) the end point's error
+    overstates the log map's by up to that factor (see `frechet_mean` for what that cost).
 
     With `collocate`, pairs whose shot did not converge or ended more than 5 % longer
     than the fitted curve get the geodesic boundary value problem solved by collocation
@@ -264,11 +274,12 @@ def log_map(metric: Metric, z_start: Tensor, z_end: Tensor, *, n_steps: int = 20
     for doubling in range(max_doublings + 1):
         res = _shoot(metric, z0, z1, v, n_steps, tol, max_iter)
         # not in _shoot: the Frechet mean's inner loop needs none
-        res = replace(res, integration_error=_integration_error(metric, z0, res.velocity,
-                                                                n_steps), n_steps=n_steps)
+        errors = _integration_errors(metric, z0, res.velocity, n_steps)
+        res = replace(res, integration_error=errors.end, velocity_error=errors.velocity,
+                      n_steps=n_steps)
         if integration_tol is None:
             break
-        accurate = _accurate(res.integration_error, z0, z1, integration_tol, n_steps)
+        accurate = _accurate(errors, res.velocity, integration_tol)
         if bool(accurate.all()) or doubling == max_doublings:
             res = replace(res, converged=res.converged & accurate)
             break
@@ -278,29 +289,72 @@ def log_map(metric: Metric, z_start: Tensor, z_end: Tensor, *, n_steps: int = 20
     res, _ = _mend(metric, z0, z1, res, fitted, curves, tol, n_steps,
                    torch.ones_like(res.converged))
     if bool(res.collocated.any()):  # metrics may refuse empty batches
-        error = res.integration_error.clone()
-        error[res.collocated] = _integration_error(metric, z0[res.collocated],
-                                                   res.velocity[res.collocated], n_steps)
-        res = replace(res, integration_error=error)
+        error, velocity_error = res.integration_error.clone(), res.velocity_error.clone()
+        error[res.collocated] = _integration_errors(metric, z0[res.collocated],
+                                                    res.velocity[res.collocated], n_steps).end
+        velocity_error[res.collocated] = math.nan
+        res = replace(res, integration_error=error, velocity_error=velocity_error)
     return res
 
 
-def _integration_error(metric: Metric, z0: Tensor, v: Tensor, n_steps: int) -> Tensor:
-    """Richardson's estimate of the end point's error, `16/15 |exp_n(v) - exp_2n(v)|`."""
+@dataclass
+class _Richardson:
+    """Richardson's estimates for shots with `n_steps` (see `LogMapResult`): the end
+    point's error `end (B,)`, the velocity's `velocity (B,)` (infinite where `d exp/dv` is
+    numerically singular or the solve fails) and `rounding (B,)`, what the rounding of the
+    two integrations alone can put into the velocity's (`_velocity_rounding`)."""
+
+    end: Tensor
+    velocity: Tensor
+    rounding: Tensor
+
+
+def _integration_errors(metric: Metric, z0: Tensor, v: Tensor, n_steps: int) -> _Richardson:
+    """Richardson's estimates for the shots from `z0 (B, d)` with velocities `v (B, d)`:
+    `e = 16/15 (exp_n(v) - exp_2n(v))`, and the velocity's error `J^{-1} e` with `J = d
+    exp_n/dv` at `v` (the exact geodesic from `v` ends near `exp_n(v) - e`, so the exact
+    log map of `exp_n(v)` is `v + J^{-1} e` to first order). `J` comes with the coarse
+    integration (`_exp_jacobians`: the reverse pass is all it adds), at `v` itself: the
+    shooting's last Jacobian is at the velocity before its last Newton step, and a pair
+    that needed no step has none. `J` counts as singular where its smallest singular
+    value is at most `d eps` times its largest (numpy's `matrix_rank` threshold)."""
+    coarse, jac = _exp_jacobians(metric, z0, v, n_steps)
     with torch.no_grad():
-        coarse, fine = (exp_map(metric, z0, v, n_steps=n) for n in (n_steps, 2 * n_steps))
-    return (coarse - fine).norm(dim=-1) * (16 / 15)
+        fine = exp_map(metric, z0, v, n_steps=2 * n_steps)
+        e = (coarse - fine) * (16 / 15)
+        # a non-finite Jacobian counts as singular (svdvals raises on it)
+        jac = torch.where(jac.isfinite().flatten(1).all(1)[:, None, None], jac, 0.0)
+        sv = torch.linalg.svdvals(jac)  # descending
+        eps = torch.finfo(v.dtype).eps
+        delta, info = torch.linalg.solve_ex(jac, e)
+        velocity = delta.norm(dim=-1)
+        solved = (info == 0) & (sv[:, -1] > v.shape[-1] * eps * sv[:, 0]) & velocity.isfinite()
+        rounding = _velocity_rounding(v, coarse, sv[:, -1], n_steps)
+    return _Richardson(e.norm(dim=-1), torch.where(solved, velocity, math.inf),
+                       torch.where(solved, rounding, 0.0))
 
 
-def _accurate(error: Tensor, z0: Tensor, z1: Tensor, integration_tol: float, n_steps: int
-              ) -> Tensor:
-    """Whether each pair's integration `error (B,)` is at most `integration_tol |z1 - z0|`,
-    or the rounding of the two integrations behind it, `2 n_steps eps (1 + |z1|)`: in
-    float32 (small RHVAE, pairs 1e-3 apart) the estimate for 40 against 80 steps was up
-    to 2e-5, rounding alone, and the steps doubled to their cap, each doubling adding
-    more rounding."""
-    rounding = 2 * n_steps * torch.finfo(z1.dtype).eps * (1 + z1.norm(dim=-1))
-    return error <= integration_tol * (z1 - z0).norm(dim=-1) + rounding
+def _velocity_rounding(v: Tensor, end: Tensor, smallest: Tensor, n_steps: int) -> Tensor:
+    """What the rounding of the two integrations (`n` and `2n` steps) can put into the
+    velocity error's estimate: `2 n eps (|v| + (1 + |end|) / s)`, `s` the smallest singular
+    value of `d exp/dv`. Each step rounds the state `(z, v)` at `eps`: the velocity's
+    rounding early on moves the end point as changing `v` by `eps |v|` does (through `J`,
+    so by up to `|J| eps |v|` there, which the end point's allowance missed where `|J|`
+    reaches 1e7), and the position's, mostly at the end point, by `eps (1 + |z|)`, which
+    is a velocity change of up to `1/s` times that. The `2 n` per step is the end point's
+    allowance that measurements settled on: in float32 (a small RHVAE, pairs 1e-3
+    apart) the estimate for 40 against 80 steps was up to 2e-5, rounding alone, and
+    without an allowance the steps doubled to their cap, each doubling adding more
+    rounding."""
+    eps = torch.finfo(v.dtype).eps
+    return 2 * n_steps * eps * (v.norm(dim=-1) + (1 + end.norm(dim=-1)) / smallest)
+
+
+def _accurate(errors: _Richardson, v: Tensor, integration_tol: float) -> Tensor:
+    """Whether each shot's estimated velocity error is at most `integration_tol |v|`, or
+    the rounding of the two integrations behind it (`_velocity_rounding`); never where
+    `d exp/dv` is singular (the error is infinite there)."""
+    return errors.velocity <= integration_tol * v.norm(dim=-1) + errors.rounding
 
 
 def _fitted_logs(metric: Metric, z0: Tensor, z1: Tensor, **fit_kwargs
@@ -516,19 +570,21 @@ _MINIMISING_SLACK = 1.05
 class FrechetMean:
     """The weighted Frechet (Karcher) mean `mean (d,)` of points in a latent metric, their
     weighted mean squared geodesic distance to it, `variance`, `converged` (the mean
-    velocity to the points fell below `tol` of their spread, and the shots' integration
-    error is within `integration_tol`), the `iterations` taken (steps of the start
+    velocity to the points fell below `tol` of their spread, and the shots' velocity
+    errors are within `integration_tol`), the `iterations` taken (steps of the start
     and Newton steps), and why it stopped, `stopped`: `"converged"`, `"max_iter"` (the
     budget ran out), `"stalled"` (no step, down to 1/256 of Newton's, shortened the mean
     log map: the log maps' accuracy or a singular metric), `"integration"` (the mean log
-    map vanished, but after `max_doublings` the shots' integration error still exceeded
-    `integration_tol`, or shots with twice the steps failed) or `"log_maps"` (neither
+    map vanished, but after `max_doublings` some shot's estimated velocity error still
+    exceeded `integration_tol` of its velocity, or shots with twice the steps failed) or
+    `"log_maps"` (neither
     shooting nor collocation found a minimising geodesic from the start to some points:
     Newton's steps would follow wrong log maps, so the start is returned, its `variance`
     that of the fitted curves, an upper bound). `n_steps`: the integrator's steps it
-    ended with; `integration_error (N,)`: Richardson's estimate of each shot log map's end
-    point error at the mean (see `LogMapResult`), NaN where collocation gave the log map
-    (its velocity does not come from the integrator); None with `"log_maps"`."""
+    ended with; `integration_error (N,)` and `velocity_error (N,)`: Richardson's estimates
+    of each shot log map's end point and velocity errors at the mean (see
+    `LogMapResult`), NaN where collocation gave the log map (its velocity does not come
+    from the integrator); None with `"log_maps"`."""
 
     mean: Tensor
     variance: Tensor
@@ -537,6 +593,7 @@ class FrechetMean:
     stopped: str = "converged"
     n_steps: int = 20
     integration_error: Tensor | None = None
+    velocity_error: Tensor | None = None
 
 
 def _mean_step(metric: Metric, m: Tensor, w: Tensor, v: Tensor, length: Tensor
@@ -590,16 +647,19 @@ def _fitted_start(metric: Metric, z: Tensor, w: Tensor, tol: float, max_iter: in
 
 
 def _shot_errors(metric: Metric, m: Tensor, z: Tensor, logs: LogMapResult, n_steps: int
-                 ) -> Tensor:
-    """Richardson's estimate (`_integration_error`) for each shot log map from `m` to
+                 ) -> _Richardson:
+    """Richardson's estimates (`_integration_errors`) for each shot log map from `m` to
     `z (N, d)`, NaN where it was collocated: its velocity does not come from the
     integrator, and integrating it measures the exponential map's conditioning instead."""
-    error = torch.full_like(logs.length, math.nan)
+    nan = torch.full_like(logs.length, math.nan)
+    errors = _Richardson(nan, nan.clone(), nan.clone())
     shot = ~logs.collocated
     if bool(shot.any()):  # metrics may refuse empty batches
-        error[shot] = _integration_error(metric, m.expand_as(z[shot]).contiguous(),
-                                         logs.velocity[shot], n_steps)
-    return error
+        some = _integration_errors(metric, m.expand_as(z[shot]).contiguous(),
+                                   logs.velocity[shot], n_steps)
+        errors.end[shot], errors.velocity[shot], errors.rounding[shot] = (
+            some.end, some.velocity, some.rounding)
+    return errors
 
 
 def _finer_logs(metric: Metric, m: Tensor, z: Tensor, w: Tensor, logs: LogMapResult,
@@ -686,21 +746,26 @@ def frechet_mean(metric: Metric, z: Tensor, weights: Tensor | None = None, *,
        along; such a pair's `S_i` counts as flat unless integrating from its velocity
        reaches its point (on a stiff metric it does not: the very reason shooting failed).
     3. With `integration_tol`, where Newton has converged (or stalled) with `n_steps`, the
-       shots' integration error is estimated as in `log_map`: while some weighted shot's
-       exceeds `integration_tol |z_i - m|` (or the rounding there), the steps double (at
-       most `max_doublings` times), the log maps are shot again from their velocities and
-       Newton goes on. Where the exponential map is well conditioned the mean is then as
-       accurate as the tolerances say (the half-plane from 4 steps: 3e-4 of the rms
-       distance off with 4, 2e-5 after one doubling; a single-cell negative-binomial
-       RHVAE, 56 codes, at 1e-4: 160 steps, 43 s against 36 s, the same mean). Where 20
-       steps suffice (MNIST's RHVAE: up to 5e-5 of the distance) it changes nothing. Off
-       by default: with the pipeline's 32-point fits the single-cell RHVAEs doubled to
-       320 steps (geodesics jobs 4x as long), the multinomial one stopping
-       `"integration"`, for the 20-step means. The estimate is always made once at the
-       end (`integration_error`).
+       shots' velocity errors are estimated as in `log_map`: while some weighted shot's
+       exceeds `integration_tol |v_i|` (or what the rounding puts there), the steps
+       double (at most `max_doublings` times), the log maps are shot again from their
+       velocities and Newton goes on. Where the exponential map is well conditioned the
+       mean is then as accurate as the tolerances say (the half-plane from 4 steps: 3e-4
+       of the rms distance off with 4, 2e-5 after one doubling). Measured at 1e-4 with
+       the pipeline's 32-point fits (2026-12-02): MNIST's RHVAE keeps 20 steps (velocity
+       errors up to 5.7e-5 of the velocities; the mean moves 3e-6 of the codes' rms
+       coordinate distance with 80); a single-cell negative-binomial RHVAE (56 codes),
+       whose 20-step mean lay 4.4e-4 of that distance off the 80- and 160-step ones
+       (velocity errors up to 3.2e-3), doubles to 80 steps and lands within 7e-6 of them
+       (48 s against 33 s); the multinomial one, whose 20-step mean was already within
+       2e-5 (but one velocity 1.5 % off), doubles to 80 too (41 s against 26 s) and stays
+       there. The end point's error, the criterion before, took both to 320 steps (61 s
+       and 64 s), the multinomial one stopping `"integration"`, for the same means. The
+       estimates are always made once at the end (`integration_error`,
+       `velocity_error`).
 
     Converged when the mean log map's metric length is at most `tol` times the root mean
-    squared distance, and the shots' integration within `integration_tol`; Newton's
+    squared distance, and the shots' velocities within `integration_tol`; Newton's
     quadratic convergence takes the start's `sqrt(tol)` there in a step or two. Stops after
     `max_iter` steps in all, or when no halved step shortens the mean log map (a
     step where some log map failed counts as not shortening it), and never starts Newton's
@@ -747,10 +812,9 @@ def frechet_mean(metric: Metric, z: Tensor, weights: Tensor | None = None, *,
         if moved is not None:
             (m, logs, curves), iterations = moved, iterations + 1
             continue
-        error = _shot_errors(metric, m, z, logs, n_steps)
+        errors = _shot_errors(metric, m, z, logs, n_steps)
         accurate = integration_tol is None or bool((
-            _accurate(error, m.expand_as(z), z, integration_tol, n_steps) | logs.collocated
-            | (w == 0)
+            _accurate(errors, logs.velocity, integration_tol) | logs.collocated | (w == 0)
         ).all())
         # converged or stalled on shots the integrator gets wrong: more steps
         finer = None if accurate or doublings == max_doublings or iterations >= max_iter else (
@@ -760,7 +824,8 @@ def frechet_mean(metric: Metric, z: Tensor, weights: Tensor | None = None, *,
             continue
         stopped = ("max_iter" if not done and iterations >= max_iter else "stalled" if not done
                    else "converged" if accurate else "integration")
-        return FrechetMean(m, var, stopped == "converged", iterations, stopped, n_steps, error)
+        return FrechetMean(m, var, stopped == "converged", iterations, stopped, n_steps,
+                           errors.end, errors.velocity)
 
 
 def geodesic_spray(metric: Metric, centre: Tensor, n_directions: int = 16, radius: float = 1.0,
