@@ -22,18 +22,21 @@ its fixed-point residual), so these weights average to p(x) as well.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import distributions as D
 
+from . import validate
 from .models.base import Model
 from .validate import positive_int
 
 
 @torch.no_grad()
-def log_marginal(model: Model, x: torch.Tensor, n_samples: int = 100, chunk: int = 8192,
-                 target: torch.Tensor | None = None) -> torch.Tensor:
-    """The importance-sampled estimate of `log p(x)` per row of `x`, shape `(B,)`.
+def log_marginal(model: Model, x: Any, n_samples: int = 100, chunk: int = 8192,
+                 target: Any = None) -> torch.Tensor:
+    """The importance-sampled estimate of `log p(x)` per row of `x`, shape `(B,)`; `x` and
+    `target` as `fit` takes them (tensors, arrays, DataFrames), cast to the model's dtype.
 
     `n_samples` proposals per row (`z_s ~ q(z|x)`, moved by the flow for the HVAE and
     RHVAE; seed them with `torch.manual_seed`); the decoder sees at most `chunk` latent
@@ -43,8 +46,12 @@ def log_marginal(model: Model, x: torch.Tensor, n_samples: int = 100, chunk: int
     with `q(z|x_in)` as the proposal.
     """
     n_samples = positive_int(n_samples, "n_samples")
+    frames = x, target
+    x = model.as_input(x)
+    target = None if target is None else model.as_target(target)
     # as fit checks it: data outside the likelihood's support gets a finite, wrong score
-    model.check_data(x, "log_marginal", target)
+    with validate.labelled(*frames):
+        model.check_data(x, "log_marginal", target)
     q = model.encode(x)
     if not (isinstance(q, D.Distribution)
             and isinstance(model.decode(q.sample()), D.Distribution)):

@@ -3,14 +3,84 @@ wrong and where, so nothing is trained on data the model cannot take.
 
 Each check first runs a reduction over the whole tensor (a sum, a min/max), which reads the
 data once and allocates nothing, and builds the element-wise mask that locates a problem
-only when the reduction fails: on 60,000 MNIST images the masks cost 15-25x more."""
+only when the reduction fails: on 60,000 MNIST images the masks cost 15-25x more.
+
+`as_tensor` is the one conversion of user data (arrays, DataFrames, any number type) that
+`fit` and the models' methods share."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+
+
+def as_tensor(data: Any, dtype: torch.dtype | None = torch.float32,
+              device: torch.device | str | None = None) -> torch.Tensor:
+    """`data` as a tensor of `dtype` (None: its own number type) on `device` (None: where
+    it is): a tensor, a numpy array, or anything with `to_numpy` (a pandas DataFrame, an
+    xarray DataArray). A tensor that already matches is returned itself, not copied, its
+    autograd graph kept: the models' methods convert every input with it."""
+    if not isinstance(data, torch.Tensor):
+        data = torch.from_numpy(_as_array(data, dtype))
+    if (dtype is not None and data.dtype != dtype) or (
+            device is not None and data.device != torch.device(device)):
+        data = data.to(device, dtype)
+    return data
+
+
+def _as_array(data: Any, dtype: torch.dtype | None) -> np.ndarray:
+    """A numpy array that `torch.from_numpy` takes without complaint, cast to `dtype`."""
+    array = np.asarray(data.to_numpy() if hasattr(data, "to_numpy") else data)
+    if array.dtype == object and hasattr(data, "to_numpy"):
+        # pandas' nullable columns (Float64, Int64) hold pd.NA: as NaN, so that the
+        # finite check says where it is
+        with contextlib.suppress(TypeError, ValueError):  # text, or no such options
+            array = data.to_numpy(dtype=np.float64, na_value=np.nan)
+    if array.dtype.kind not in "biuf":  # torch's own message: "Could not infer dtype"
+        raise TypeError(f"give data as a tensor, a numpy array, a pandas DataFrame or a "
+                        f"torch Dataset, not a {type(data).__name__}"
+                        + (f" of {array.dtype}" if array.ndim else ""))
+    target = _numpy_dtype(dtype)
+    if target is not None and array.dtype != target:
+        return array.astype(target)  # a new array, contiguous and writeable
+    # torch refuses negative strides (np.flip, a[:, ::-1], reordered DataFrame columns)
+    # and warns on read-only arrays (pandas' copy-on-write views): a copy takes both
+    if not array.flags.writeable or any(s < 0 for s in array.strides):
+        array = array.copy()
+    return array
+
+
+def _numpy_dtype(dtype: torch.dtype | None) -> np.dtype | None:
+    """numpy's dtype for a torch dtype; None for None and for those numpy lacks (bfloat16)."""
+    if dtype is None:
+        return None
+    try:
+        return torch.empty(0, dtype=dtype).numpy().dtype
+    except TypeError:
+        return None
+
+
+@contextlib.contextmanager
+def labelled(data: Any, target: Any = None) -> Iterator[None]:
+    """Within the block, a check's ValueError that places a problem at "row i, column j" of
+    a pandas DataFrame (or Series) `data`, or of `target` for the target data, also names
+    that row's and column's labels: the positions alone mislead with a string index."""
+    try:
+        yield
+    except ValueError as err:
+        frame = target if " target data " in str(err) else data
+        found = re.search(r"\brow (\d+)(?:, column (\d+))?", str(err))
+        if found is None or not hasattr(frame, "iloc"):  # a pandas DataFrame or Series
+            raise
+        where = f"row {frame.index[int(found[1])]!r}"
+        if found[2] is not None and hasattr(frame, "columns"):
+            where += f", column {frame.columns[int(found[2])]!r}"
+        raise ValueError(f"{err} (the DataFrame's {where})") from None
 
 
 def positive_int(value: float, name: str) -> int:
@@ -29,7 +99,10 @@ def _where(mask: torch.Tensor) -> str:
 
 def check_finite(x: torch.Tensor, name: str, shape: Sequence[int] | None = None) -> None:
     """Non-empty, one data point per row of the expected `shape`, and no NaN or infinity."""
-    if x.dim() == 0 or x.shape[0] == 0:
+    if x.dim() == 0:
+        raise ValueError(f"{name} data is a single value ({x.item():g}), not rows of data: "
+                         "give an array, tensor or DataFrame with one row per sample")
+    if x.shape[0] == 0:
         raise ValueError(f"{name} data is empty")
     if shape is not None and tuple(x.shape[1:]) != tuple(shape):
         raise ValueError(

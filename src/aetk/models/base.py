@@ -3,7 +3,9 @@ calls (so that fit never needs to know the model's class)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,8 +53,31 @@ class NoPriorSampler(AttributeError):
     for them, the test the CLI makes before it falls back to the code mixture."""
 
 
+TAKES_DATA = ("encode", "decode", "latent_mean", "posterior_sample", "reconstruct", "forward",
+              "prior_log_prob", "codes")
+"""The methods whose first argument (data x, or latent points z) may be an array, a
+DataFrame, or a tensor of another dtype or device: `Model.as_input` converts it."""
+
+
+def takes_data(method: Callable[..., Any]) -> Callable[..., Any]:
+    """`method(self, x, ...)` with `x` first converted by `self.as_input`."""
+    if getattr(method, "takes_data", False):
+        return method
+
+    @functools.wraps(method)
+    def converted(self: Model, x: Any, *args: Any, **kwargs: Any) -> Any:
+        return method(self, self.as_input(x), *args, **kwargs)
+
+    converted.takes_data = True
+    return converted
+
+
 class Model(nn.Module):
     """An encoder and a decoder; subclasses define `loss`.
+
+    `encode`, `decode`, `latent_mean`, `posterior_sample`, `reconstruct` (and a subclass's
+    own versions of them, `TAKES_DATA`) take tensors, numpy arrays or pandas DataFrames of
+    any number type, cast to the model's dtype and device (`as_input`).
 
     A conditional model (encoder and decoder built with `n_conditions = k > 0`: q(z|x, c),
     p(x|z, c)) is called inside `with model.given(c):`, which gives every conditional
@@ -81,6 +106,47 @@ class Model(nn.Module):
             raise ValueError(f"the encoder takes {self.n_conditions} conditions and the decoder "
                              f"{getattr(decoder, 'n_conditions', 0)}: build both with the same "
                              "n_conditions")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # a subclass's own encode etc. (the ladder VAE's, a user's) convert their inputs as
+        # the base class's do, so that every model takes the same data
+        super().__init_subclass__(**kwargs)
+        for name in TAKES_DATA:
+            method = cls.__dict__.get(name)
+            if inspect.isfunction(method):
+                setattr(cls, name, takes_data(method))
+
+    def as_input(self, x: Any) -> torch.Tensor:
+        """`x` (a tensor, a numpy array, a DataFrame) as a tensor of the model's dtype on its
+        device; a tensor that already is one is returned itself (no copy: gradients kept,
+        at no cost inside training and geometry)."""
+        param = self._first_parameter()
+        if param is None:  # nothing to match (a user-made model without parameters)
+            return validate.as_tensor(x, None if isinstance(x, torch.Tensor) else torch.float32)
+        if isinstance(x, torch.Tensor) and x.dtype == param.dtype and x.device == param.device:
+            return x
+        return validate.as_tensor(x, param.dtype, param.device)
+
+    def _first_parameter(self) -> nn.Parameter | None:
+        """`next(self.parameters())`, in 3 us instead of 12 (no generators or memo sets):
+        `as_input` runs on every call of the inference methods, geometry's among them."""
+        stack: list[nn.Module] = [self]
+        while stack:
+            module = stack.pop()
+            for p in module._parameters.values():
+                if p is not None:
+                    return p
+            stack.extend(reversed(module._modules.values()))
+        return None
+
+    def as_target(self, y: Any) -> torch.Tensor:
+        """The decoder's data `y` as `as_input` converts inputs, except that integer class
+        indices stay integers (a categorical likelihood's targets), as `fit` keeps them."""
+        t = validate.as_tensor(y, dtype=None)
+        if t.is_floating_point() or t.dtype == torch.bool:
+            return self.as_input(t)
+        param = self._first_parameter()
+        return t if param is None else t.to(param.device)
 
     def __getattr__(self, name: str) -> Any:
         # nn.Module's lookup of parameters, buffers and submodules (called directly: this
@@ -135,14 +201,17 @@ class Model(nn.Module):
         x_out`: denoising, translation; the decoder's output shape)."""
         raise NotImplementedError
 
+    @takes_data
     def encode(self, x: torch.Tensor) -> Any:
         """q(z|x): a distribution (a tensor for deterministic encoders)."""
         return self.encoder(x)
 
+    @takes_data
     def decode(self, z: torch.Tensor) -> Any:
         """p(x|z): a distribution (a tensor for deterministic decoders)."""
         return self.decoder(z)
 
+    @takes_data
     def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """`log p(z)` over the last axis of `z (..., d)`: `N(0, I)` unless a model says
         otherwise."""
@@ -152,6 +221,7 @@ class Model(nn.Module):
         """`KL(q(z|x) || p(z))` per row, `(B,)`: the closed form for `N(0, I)`."""
         return kl_to_standard_normal(q)
 
+    @takes_data
     def posterior_sample(self, x: torch.Tensor) -> torch.Tensor:
         """A draw of z from the model's approximate posterior for x: `q(z|x)`, reparameterised
         (the code itself for a deterministic encoder); the HVAE and RHVAE move it by their
@@ -159,10 +229,12 @@ class Model(nn.Module):
         q = self.encode(x)
         return q if isinstance(q, torch.Tensor) else q.rsample()
 
+    @takes_data
     def forward(self, x: torch.Tensor) -> Any:
         """`p(x|z)` at `z = posterior_sample(x)`: AutoEncoderToolkit.jl's `(model)(x)`."""
         return self.decode(self.posterior_sample(x))
 
+    @takes_data
     def latent_mean(self, x: torch.Tensor) -> torch.Tensor:
         """The point estimate of z for x."""
         q = self.encode(x)
@@ -170,15 +242,20 @@ class Model(nn.Module):
 
     @torch.no_grad()
     def embed(self, x: Any, conditions: Any = None, *, batch_size: int = 1024) -> np.ndarray:
-        """The point codes `latent_mean(x)` of `x` (an array or tensor of any number type,
-        on any device) as a numpy array `(N, latent_dim)`: cast to the model's dtype and
-        device, in batches, without gradients, in evaluation mode (no input noise or
-        dropout; the model's mode is put back). A conditional model takes each row's
+        """The point codes `latent_mean(x)` of `x` (an array, DataFrame or tensor of any
+        number type, on any device) as a numpy array `(N, latent_dim)`: cast to the model's
+        dtype and device, in batches, without gradients, in evaluation mode (no input noise
+        or dropout; the model's mode is put back). A conditional model takes each row's
         `conditions (N, k)`."""
         batch_size = validate.positive_int(batch_size, "batch_size")
         param = next(self.parameters())
-        x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
-        c = None if conditions is None else torch.as_tensor(conditions, dtype=param.dtype)
+        frame = x
+        # its own number type, cast batch by batch: no float copy of all of it at once
+        x = validate.as_tensor(x, dtype=None)
+        if x.dim() == 0 or len(x):  # no rows give no codes; a single value is no data
+            with validate.labelled(frame):  # the shape, and no NaN codes
+                validate.check_finite(x, "embed", self.input_shape)
+        c = None if conditions is None else validate.as_tensor(conditions, param.dtype)
         if c is not None and (c.dim() != 2 or len(c) != len(x)):
             raise ValueError(f"give one row of conditions per sample, ({len(x)}, "
                              f"{self.n_conditions}), got {tuple(c.shape)} (class labels "
@@ -186,7 +263,6 @@ class Model(nn.Module):
                              f"{self.n_conditions}).float())")
         if len(x) == 0:
             return torch.zeros(0, self.latent_dim, dtype=param.dtype).numpy()
-        validate.check_finite(x, "embed", self.input_shape)  # the shape, and no NaN codes
         training = self.training
         self.eval()
         try:
@@ -208,6 +284,7 @@ class Model(nn.Module):
         return log_importance_weights(q, self.decode, target, q.sample((n,)),
                                       self.prior_log_prob)[1]
 
+    @takes_data
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """The decoder's point prediction at the encoder's mean."""

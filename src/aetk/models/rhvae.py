@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -220,17 +220,36 @@ class RHVAE(Model):
         self.centroid_M.copy_(L @ L.mT)
         self.train(was_training)
 
-    def G_inv(self, z: torch.Tensor) -> torch.Tensor:
-        """`G^{-1}(z)`, `(B, d, d)`, of the frozen metric."""
-        return self.frozen_metric().inverse(z)
+    def G_inv(self, z: Any) -> torch.Tensor:
+        """`G^{-1}(z)`, `(..., d, d)` for points `z (..., d)`, of the frozen metric."""
+        return self._on_points(z, self.frozen_metric().inverse)
 
-    def G(self, z: torch.Tensor) -> torch.Tensor:
-        """`G(z)`, `(B, d, d)`, of the frozen metric."""
-        return self.frozen_metric().metric(z)
+    def G(self, z: Any) -> torch.Tensor:
+        """`G(z)`, `(..., d, d)` for points `z (..., d)`, of the frozen metric."""
+        return self._on_points(z, self.frozen_metric().metric)
 
-    def log_det_G(self, z: torch.Tensor) -> torch.Tensor:
-        """`log det G(z)`, `(B,)`, of the frozen metric."""
-        return self.frozen_metric().at(z).log_det_G
+    def log_det_G(self, z: Any) -> torch.Tensor:
+        """`log det G(z)`, `(...)` for points `z (..., d)`, of the frozen metric."""
+        return self._on_points(z, lambda rows: self.frozen_metric().at(rows).log_det_G)
+
+    def _on_points(self, z: Any, evaluate: Callable[[torch.Tensor], torch.Tensor]
+                   ) -> torch.Tensor:
+        """`evaluate` (of rows `(N, d)`) at the points `z (..., d)`, a tensor or an array
+        cast to the metric's dtype and device as `geometry.metric_for` does, its result
+        with z's leading shape (a single point: none)."""
+        ref = self._buffers["centroid_latent"]  # the metric's dtype and device, directly:
+        # geometry calls these methods in its loops, where as_input's module walk shows
+        if not (isinstance(z, torch.Tensor) and z.dtype == ref.dtype
+                and z.device == ref.device):
+            z = validate.as_tensor(z, ref.dtype, ref.device)
+        d = self.latent_dim
+        if z.dim() == 0 or z.shape[-1] != d:
+            raise ValueError(f"latent points must have the latent dimension, {d}, as their "
+                             f"last axis: got shape {tuple(z.shape)}")
+        if z.dim() == 2:  # rows already (geometry's calls): no reshapes
+            return evaluate(z)
+        out = evaluate(z.reshape(-1, d))
+        return out.reshape(z.shape[:-1] + out.shape[1:])
 
     # The flow and the ELBO -------------------------------------------------------------
 

@@ -1,0 +1,237 @@
+"""The models' inference methods take what `fit` and `embed` take: tensors of any dtype,
+numpy arrays (any strides) and pandas DataFrames, cast to the model's dtype and device;
+tensors that already match pass through untouched, their gradients kept."""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import aetk
+from aetk import geometry
+from aetk.distributions import mean
+from aetk.models.base import Model
+
+N, F, D = 7, 5, 2
+
+
+def _x() -> torch.Tensor:
+    return torch.rand(N, F, generator=torch.Generator().manual_seed(0))
+
+
+def _vae(name: str = "vae", likelihood: str = "gaussian", **kw) -> Model:
+    torch.manual_seed(0)
+    return aetk.build_model(name, likelihood, in_features=F, latent_dim=D, hidden=(8,),
+                            **kw).eval()
+
+
+# the same data as fit takes it: every form gives the float32 tensor's results
+FORMS = {
+    "numpy float32": lambda x: x.numpy(),
+    "numpy float64": lambda x: x.double().numpy(),
+    "tensor float64": lambda x: x.double(),
+    "DataFrame": lambda x: pd.DataFrame(x.numpy(), columns=list("ABCDE")),
+    "reversed strides": lambda x: np.ascontiguousarray(x.numpy()[:, ::-1])[:, ::-1],
+    "list": lambda x: x.tolist(),
+}
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_inference_methods_take_every_form_of_data(form):
+    model, x = _vae(), _x()
+    given = FORMS[form](x)
+    assert torch.equal(model.encode(given).mean, model.encode(x).mean)
+    assert torch.equal(model.latent_mean(given), model.latent_mean(x))
+    assert torch.equal(model.reconstruct(given), model.reconstruct(x))
+    assert np.array_equal(model.embed(given), model.embed(x))
+    for method in (model.posterior_sample, lambda x: mean(model(x))):
+        torch.manual_seed(1)
+        expected = method(x)
+        torch.manual_seed(1)
+        assert torch.equal(method(given), expected)
+    z = model.latent_mean(x)
+    assert torch.equal(mean(model.decode(FORMS[form](z.detach()) if form != "DataFrame"
+                                         else z.detach().numpy())), mean(model.decode(z)))
+    torch.manual_seed(2)
+    expected = aetk.log_marginal(model, x, n_samples=4)
+    torch.manual_seed(2)
+    assert torch.equal(aetk.log_marginal(model, given, n_samples=4), expected)
+
+
+def test_decode_of_float64_and_numpy_points():
+    model = _vae()
+    z = torch.randn(3, D)
+    expected = mean(model.decode(z))
+    assert torch.equal(mean(model.decode(z.double())), expected)
+    assert torch.equal(mean(model.decode(z.numpy())), expected)
+    assert model.decode(np.zeros((2, D))).mean.dtype == torch.float32
+
+
+def test_integer_data_is_cast():
+    model = _vae("vae", "poisson")
+    counts = np.random.default_rng(0).poisson(3, (N, F))
+    assert torch.equal(model.latent_mean(counts),
+                       model.latent_mean(torch.as_tensor(counts, dtype=torch.float32)))
+    assert aetk.log_marginal(model, counts, n_samples=2).shape == (N,)
+
+
+def test_a_float64_model_takes_float32_data():
+    model = _vae().double()
+    assert model.latent_mean(_x()).dtype == torch.float64
+    assert model.latent_mean(_x().numpy()).dtype == torch.float64
+
+
+def test_matching_tensors_pass_through_with_their_gradients():
+    """No copy and no detach: the methods serve training and geometry under autograd."""
+    model, x = _vae(), _x().requires_grad_()
+    assert model.as_input(x) is x
+    model.latent_mean(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    z = torch.randn(3, D, requires_grad=True)
+    model.decode(z).mean.sum().backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_categorical_targets_of_log_marginal_stay_class_indices():
+    torch.manual_seed(0)
+    model = aetk.build_model("vae", "categorical", in_features=F, n_classes=3, latent_dim=D,
+                             hidden=(8,)).eval()
+    x = np.random.default_rng(0).integers(0, 3, (N, F))
+    torch.manual_seed(1)
+    expected = aetk.log_marginal(model, torch.as_tensor(x), n_samples=2)
+    torch.manual_seed(1)
+    assert torch.equal(aetk.log_marginal(model, x, n_samples=2), expected)
+
+
+@pytest.mark.parametrize("name", ["lvae", "vqvae", "irmae", "hvae", "rhvae"])
+def test_models_with_their_own_methods_take_arrays(name):
+    """A subclass's own encode / posterior_sample / codes convert as the base class's do."""
+    model = _vae(name, "gaussian", **{"rhvae": {"centroids": 4}, "vqvae": {"n_codes": 4}}
+                 .get(name, {}))
+    if name in ("vqvae", "rhvae"):
+        aetk.fit(model, _x(), epochs=1, batch_size=N, progress=False, lr=0.0)
+    x = _x()
+    frame = pd.DataFrame(x.numpy())
+    assert torch.equal(model.latent_mean(frame), model.latent_mean(x))
+    torch.manual_seed(0)
+    expected = model.posterior_sample(x)
+    torch.manual_seed(0)
+    assert torch.equal(model.posterior_sample(x.double().numpy()), expected)
+    if name == "vqvae":
+        assert torch.equal(model.codes(frame), model.codes(x))
+
+
+def test_a_user_made_model_gets_the_conversion():
+    class Mine(Model):
+        def encode(self, x):
+            return self.encoder(x) * 2
+
+    torch.manual_seed(0)
+    model = Mine(aetk.DeterministicEncoder(in_features=F, latent_dim=D, hidden=(4,)),
+                 aetk.DeterministicDecoder(latent_dim=D, out_features=F, hidden=(4,)))
+    x = _x()
+    assert torch.equal(model.encode(x.numpy()), model.encode(x))
+    assert torch.equal(model.encode(x.double()), model.encode(x))
+
+
+# embed: negative strides and read-only frames -----------------------------------------
+
+
+@pytest.mark.parametrize("make", [
+    lambda a: a[:, ::-1], np.flip,
+    lambda a: pd.DataFrame(a, columns=list("ABCDE"))[list("EDCBA")],
+])
+def test_embed_takes_arrays_with_negative_strides(make):
+    model = _vae()
+    a = np.random.default_rng(0).random((N, F))
+    given = make(a)
+    expected = model.embed(np.ascontiguousarray(given))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor torch's "The given NumPy array is not writable"
+        assert np.array_equal(model.embed(given), expected)
+
+
+def test_embed_of_a_dataframe_gives_no_warning():
+    model = _vae()
+    frame = pd.DataFrame(_x().numpy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        codes = model.embed(frame)
+    assert np.array_equal(codes, model.embed(_x()))
+
+
+def test_embed_names_a_dataframe_rows_and_columns():
+    frame = pd.DataFrame(_x().numpy(), columns=list("ABCDE"),
+                         index=[f"cell{i}" for i in range(N)])
+    frame.iloc[4, 1] = np.nan
+    with pytest.raises(ValueError, match=r"row 4, column 1 \(the DataFrame's row 'cell4', "
+                                         r"column 'B'\)"):
+        _vae().embed(frame)
+
+
+# the RHVAE's metric ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rhvae() -> Model:
+    model = _vae("rhvae", "gaussian", centroids=4)
+    aetk.fit(model, _x(), epochs=1, batch_size=N, progress=False)
+    return model
+
+
+def test_rhvae_metric_keeps_leading_dimensions(rhvae):
+    z = torch.randn(2, 3, D, generator=torch.Generator().manual_seed(0))
+    flat = z.reshape(6, D)
+    for method, tail in ((rhvae.G, (D, D)), (rhvae.G_inv, (D, D)), (rhvae.log_det_G, ())):
+        out = method(z)
+        assert out.shape == (2, 3, *tail)
+        torch.testing.assert_close(out.reshape(6, *tail), method(flat))
+        point = method(z[0, 0])  # one point: no batch axis, as geometry.metric_for gives
+        assert point.shape == tail
+        torch.testing.assert_close(point, method(flat[:1])[0])
+    assert geometry.metric_for(rhvae)(z[0, 0]).shape == rhvae.G(z[0, 0]).shape
+
+
+def test_rhvae_metric_takes_float64_and_arrays(rhvae):
+    z = torch.randn(4, D)
+    for method in (rhvae.G, rhvae.G_inv, rhvae.log_det_G):
+        expected = method(z)
+        torch.testing.assert_close(method(z.double()), expected)
+        torch.testing.assert_close(method(z.numpy()), expected)
+    torch.testing.assert_close(geometry.metric_for(rhvae)(z.double()), rhvae.G(z))
+
+
+def test_rhvae_metric_keeps_gradients(rhvae):
+    z = torch.randn(4, D, requires_grad=True)
+    rhvae.log_det_G(z).sum().backward()
+    assert z.grad is not None and torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("shape", [(4, D + 1), (D + 1,), ()])
+def test_rhvae_metric_names_the_latent_dimension(rhvae, shape):
+    for method in (rhvae.G, rhvae.G_inv, rhvae.log_det_G):
+        with pytest.raises(ValueError, match=rf"the latent dimension, {D}, as their last axis"):
+            method(torch.zeros(shape))
+
+
+def test_an_encoder_network_still_sees_the_input_it_was_given():
+    """A user's network that keeps integer tokens is unaffected by the conversion of fit's
+    data: the model's input is cast to its dtype, as fit and embed always did."""
+    seen = []
+
+    class Spy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(F, 2 * D)
+
+        def forward(self, x):
+            seen.append(x.dtype)
+            return self.linear(x)
+
+    model = aetk.VAE(aetk.GaussianEncoder(Spy(), latent_dim=D),
+                     aetk.GaussianDecoder(latent_dim=D, out_features=F, hidden=(4,)))
+    model.encode(np.ones((2, F), dtype=np.int64))
+    assert seen == [torch.float32]
