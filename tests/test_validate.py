@@ -1,6 +1,7 @@
 """Bad data raise ValueError saying what is wrong and where, before anything is trained."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch.utils.data import StackDataset
@@ -173,3 +174,58 @@ def test_fast_paths_agree_with_the_element_wise_checks():
     x[2, (1 << 20) - 1] = 0.5
     with pytest.raises(ValueError, match=r"first at row 2, column 1048575: 0.5"):
         validate.check_counts(x, "train", "counts")
+
+
+# pandas and numpy inputs -------------------------------------------------------------
+
+
+def _frame(index=None) -> pd.DataFrame:
+    return pd.DataFrame(_good().numpy(), columns=list("ABCDEF"), index=index)
+
+
+def test_a_nan_in_a_dataframe_is_named_by_its_labels():
+    frame = _frame(index=[f"s{i}" for i in range(N)])
+    frame.iloc[7, 2] = np.nan
+    msg = _fit_fails(_model(), frame)
+    assert ("train data has 1 NaN or infinite values; first at row 7, column 2 (the "
+            "DataFrame's row 's7', column 'C')") in msg
+
+
+def test_a_nullable_float_dataframe_with_pd_na_is_a_non_finite_value():
+    frame = _frame().astype("Float64")
+    frame.iloc[3, 1] = pd.NA
+    msg = _fit_fails(_model(), _good(), frame)
+    assert "validation data has 1 NaN or infinite values; first at row 3, column 1" in msg
+    assert "column 'B'" in msg
+
+
+def test_validation_dataframe_columns_must_match_the_training_ones():
+    frame = _frame()
+    msg = _fit_fails(_model(), frame, frame[list("FEDCBA")])
+    assert ("the validation DataFrame has the training columns in another order (position 0: "
+            "'F' where training has 'A')") in msg and "val[train.columns]" in msg
+    msg = _fit_fails(_model(), frame, frame.rename(columns={"C": "c"}))
+    assert "other columns than the training DataFrame (missing: 'C'; not in training: 'c')" in msg
+    # the same columns: trained; a numpy validation array has no names to compare
+    for val in (frame.copy(), frame.to_numpy()):
+        aetk.fit(_model(), frame, val, epochs=1, batch_size=4, progress=False)
+
+
+@pytest.mark.parametrize("number", [0.2, 3])
+def test_a_number_as_validation_data_says_how_to_split(number):
+    msg = _fit_fails(_model(), _good(), number)
+    assert "validation data must be data like the training data" in msg
+    assert f"not the number {number}" in msg and "aetk.data.split(len(x)" in msg
+
+
+def test_negative_stride_arrays_train():
+    """np.flip, a[:, ::-1] and reordered DataFrame columns are views with negative strides,
+    which torch.from_numpy refuses: fit copies them."""
+    a = _good().numpy().astype(np.float64)
+    for x in (a[:, ::-1], np.flip(a), _frame()[list("FEDCBA")]):
+        aetk.fit(_model(), x, x, epochs=1, batch_size=4, progress=False)
+
+
+def test_single_values_are_not_data():
+    with pytest.raises(ValueError, match=r"embed data is a single value \(2\), not rows"):
+        _model().embed(2.0)

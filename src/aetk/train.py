@@ -37,6 +37,7 @@ from .data import array_digest, named_spec
 from .devices import resolve_device
 from .models.base import LossOutput, Model
 from .penalties import Penalties, describe, penalized, penalty_names
+from .validate import as_tensor  # fit's conversion, shared with the models' methods
 
 
 class Paired(NamedTuple):
@@ -291,19 +292,6 @@ def scheduler_factory(spec: LRSchedule, epochs: int
     return lambda opt: sched.LambdaLR(opt, factor)
 
 
-def as_tensor(data: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Float32 tensor from a tensor, an array or anything with `to_numpy` (a pandas
-    DataFrame, an xarray DataArray); integer counts and classes stay exact."""
-    if not isinstance(data, torch.Tensor):
-        array = np.asarray(data.to_numpy() if hasattr(data, "to_numpy") else data)
-        if array.dtype.kind not in "biuf":  # torch's own message: "Could not infer dtype"
-            raise TypeError(f"give data as a tensor, a numpy array, a pandas DataFrame or a "
-                            f"torch Dataset, not a {type(data).__name__}"
-                            + (f" of {array.dtype}" if array.ndim else ""))
-        data = torch.from_numpy(array if array.flags.writeable else array.copy())
-    return data.float() if data.dtype != torch.float32 else data
-
-
 def _split(data: Data, conditional: bool) -> tuple[Any, Any, Any]:
     """Data, for a conditional model its conditions, and for `Paired` data the targets:
     `(x, c)` pairs, a TensorDataset of x and c, or a Dataset of (x, c) items (conditions
@@ -450,7 +438,7 @@ class _Batches:
 
 def _as_target(data: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Targets as `as_tensor`, but integer class indices stay integers (categorical)."""
-    t = torch.as_tensor(data)
+    t = as_tensor(data, dtype=None)
     return t if not t.is_floating_point() and t.dtype != torch.bool else as_tensor(t)
 
 
@@ -468,10 +456,49 @@ def _check(model: Model, data: Data, name: str) -> None:
         except TypeError:
             raise ValueError(f"{type(model).__name__}.loss takes no target: paired data need "
                              "loss(x, target=None)") from None
-    model.check_data(x, name, _as_target(targets) if targets is not None else None)
+    with validate.labelled(data, targets):
+        model.check_data(x, name, _as_target(targets) if targets is not None else None)
     if conditions is not None:
         validate.check_conditions(as_tensor(conditions), model.n_conditions,
                                   f"{name} conditions", len(x))
+
+
+_NUMBER_AS_VALIDATION = (
+    "validation data must be data like the training data (an array, tensor or DataFrame), "
+    "not the number {val!r}: fit does not split the training data. Hold rows out first, "
+    "e.g. is_val = aetk.data.split(len(x), {fraction}, seed=0), then "
+    "aetk.fit(model, x[~is_val], x[is_val], ...)")
+
+
+def _check_columns(train: Data, val: Data, conditional: bool) -> None:
+    """Training and validation DataFrames (data, conditions or targets) must have the same
+    columns in the same order: fit reads features by position, so permuted validation
+    columns would be scored silently as the wrong features."""
+    parts = ("DataFrame", "conditions", "target DataFrame")
+    for part, a, b in zip(parts, _split(train, conditional), _split(val, conditional),
+                          strict=True):
+        if not (hasattr(a, "columns") and hasattr(b, "columns")) or a.columns.equals(b.columns):
+            continue
+        if len(a.columns) == len(b.columns) and set(a.columns) == set(b.columns):
+            i = next(i for i, (p, q) in enumerate(zip(a.columns, b.columns, strict=True))
+                     if p != q)
+            problem = (f"has the training columns in another order (position {i}: "
+                       f"{b.columns[i]!r} where training has {a.columns[i]!r})")
+            advice = "reorder them, val[train.columns]"
+        else:
+            missing = [c for c in a.columns if c not in set(b.columns)]
+            extra = [c for c in b.columns if c not in set(a.columns)]
+            problem = (f"has other columns than the training {part} (missing: "
+                       f"{_names(missing)}; not in training: {_names(extra)})")
+            advice = "give it the training columns, in their order"
+        raise ValueError(f"the validation {part} {problem}: fit reads features by position, "
+                         f"so {advice}")
+
+
+def _names(labels: Sequence[Any], n: int = 5) -> str:
+    """The first `n` labels, and how many more."""
+    shown = ", ".join(repr(c) for c in labels[:n]) or "none"
+    return shown + (f" and {len(labels) - n} more" if len(labels) > n else "")
 
 
 class _Meter:
@@ -625,8 +652,12 @@ def fit(
         raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
     clip_grad_norm = check_clip_grad_norm(clip_grad_norm)
     penalties = penalty_names(penalties)
+    if isinstance(val, numbers.Number):
+        raise ValueError(_NUMBER_AS_VALIDATION.format(val=val, fraction=(
+            val if 0 < val < 1 else 0.1)))
     _check(model, train, "train")
     if val is not None:
+        _check_columns(train, val, model.n_conditions > 0)
         _check(model, val, "validation")
     device = resolve_device(device)
     torch.manual_seed(seed)
