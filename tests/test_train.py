@@ -1,9 +1,11 @@
 """aetk.fit: every model x likelihood learns digits; save/load; resume equals an
 uninterrupted run; divergence; the beta schedule; input types; progress output."""
 
+import contextlib
 import functools
 import pickle
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -449,6 +451,146 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
         assert torch.equal(v, state["model"][k]), k
     resumed = _build()
     _same_run(reference, resumed, hist_ref, _fit(resumed, train, val, epochs=2, checkpoint=ckpt))
+
+
+def _unscaled(n=200, scale=300.0, offset=1000.0):
+    """The audit's data: a 2-D linear-Gaussian model in 20 features, in raw units."""
+    rng = np.random.default_rng(0)
+    z, w = rng.normal(size=(n, 2)), rng.normal(size=(2, 20))
+    return torch.as_tensor((z @ w + 0.3 * rng.normal(size=(n, 20))) * scale + offset,
+                           dtype=torch.float32)
+
+
+def _first_batch_nan(model, x, **kw):
+    """fit's TrainingDiverged message for a loss that is NaN on its first batch."""
+    kw = {"epochs": 2, "batch_size": 50, "progress": False, "device": "cpu", **kw}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", aetk.train.DataScaleWarning)
+        with pytest.raises(aetk.TrainingDiverged) as err:
+            aetk.fit(model, x, **kw)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("lr", [0.0, 1e-3])
+def test_a_nan_loss_before_any_update_points_to_the_data_not_the_learning_rate(lr):
+    """The encoder's sigma = exp(log sigma) overflows on inputs in the thousands before any
+    step: no learning rate can help, even 0."""
+    torch.manual_seed(0)
+    model = aetk.build_model("vae", "gaussian_learned", in_features=20, latent_dim=2,
+                             hidden=(64,))
+    msg = _first_batch_nan(model, _unscaled(), lr=lr)
+    assert "at epoch 1, batch 1 of 4" in msg
+    assert "before any parameter update, so the learning rate is not the cause" in msg
+    assert "aetk.data.Standardise" in msg and "smaller learning rate" not in msg
+
+
+def test_a_user_likelihood_outside_its_support_is_not_blamed_on_the_learning_rate():
+    class BetaDecoder(aetk.Decoder):  # no support check of its own: an exact 0 scores -inf
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(2, 2 * 8)
+
+        def forward(self, z):
+            a, b = torch.nn.functional.softplus(self.net(z)).add(0.1).chunk(2, dim=-1)
+            return torch.distributions.Independent(
+                torch.distributions.Beta(a, b, validate_args=False), 1)
+
+    torch.manual_seed(0)
+    model = aetk.VAE(aetk.GaussianEncoder(in_features=8, latent_dim=2, hidden=(8,)),
+                     BetaDecoder())
+    x = torch.rand(100, 8) * 0.9 + 0.05
+    x[0, 3] = 0.0
+    msg = _first_batch_nan(model, x, batch_size=100)
+    assert "before any parameter update, so the learning rate is not the cause" in msg
+    assert "likelihood's support" in msg
+
+
+def test_a_flow_model_diverging_on_its_first_batch_is_not_blamed_on_the_learning_rate():
+    torch.manual_seed(0)
+    model = aetk.build_model("hvae", "gaussian", in_features=20, latent_dim=2, hidden=(64,))
+    msg = _first_batch_nan(model, _unscaled())
+    assert "before the Hamiltonian flow started" in msg
+    assert "(here before any parameter update, so the learning rate is not the cause" in msg
+
+
+def test_a_nan_loss_after_updates_still_suggests_a_smaller_learning_rate():
+    model = _build()
+    loss, calls = model.loss, [0]
+
+    def poisoned(x):
+        out = loss(x)
+        calls[0] += model.training
+        if calls[0] == 2 and model.training:
+            out.loss = out.loss * float("nan")
+        return out
+
+    model.loss = poisoned
+    with pytest.raises(aetk.TrainingDiverged, match=r"epoch 1, batch 2 of .*; try a smaller "
+                                                    r"learning rate; the model is restored"):
+        _fit(model, _digits()[0])
+
+
+# the scale of continuous data --------------------------------------------------------
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian", "gaussian_learned"])
+@pytest.mark.parametrize(("scale", "offset", "what"), [
+    (300.0, 1000.0, r"feature \d+ has mean 1\.\d+e\+03 and standard deviation \d+"),
+    (30.0, 0.0, r"feature \d+ has mean -?\d+\.?\d* and standard deviation [3-9]\d\.\d"),
+    (1e-3, 0.0, r"no feature's standard deviation reaches 0\.01 \(the largest is 0\.00"),
+])
+def test_gaussian_likelihoods_warn_about_data_far_from_unit_scale(likelihood, scale, offset,
+                                                                  what):
+    torch.manual_seed(0)
+    model = aetk.build_model("vae", likelihood, in_features=20, latent_dim=2, hidden=(8,))
+    far = "the train data are far from the unit scale of the Gaussian likelihood"
+    # data in the thousands diverge too, after the warning
+    with (pytest.warns(aetk.train.DataScaleWarning, match=far) as caught,
+          contextlib.suppress(aetk.TrainingDiverged)):
+        aetk.fit(model, _unscaled(scale=scale, offset=offset), epochs=1, batch_size=50,
+                 progress=False, device="cpu", lr=0.0)
+    assert re.search(what, str(caught[0].message)), caught[0].message
+    assert "aetk.data.Standardise" in str(caught[0].message)
+    assert caught[0].filename == __file__  # points at the call of fit
+
+
+def test_the_scale_warning_is_for_gaussian_likelihoods_and_paired_targets():
+    x = _unscaled()
+    standard = (x - x.mean(0)) / x.std(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", aetk.train.DataScaleWarning)
+        aetk.fit(_build("vae", "poisson"), torch.rand(50, 64).mul(1e3).round(), epochs=1,
+                 batch_size=50, progress=False, lr=0.0)
+        model = aetk.build_model("vae", "gaussian", in_features=20, latent_dim=2, hidden=(8,))
+        aetk.fit(model, standard, epochs=1, batch_size=50, progress=False, lr=0.0)
+    model = aetk.build_model("vae", "gaussian", in_features=20, latent_dim=2, hidden=(8,))
+    with pytest.warns(aetk.train.DataScaleWarning,
+                      match=r"the train target data .* mean 1\.\d+e\+03"):
+        aetk.fit(model, aetk.Paired(standard, x), epochs=1, batch_size=50, progress=False,
+                 lr=0.0)
+
+
+def _prepared(name, transforms=()):
+    from aetk import data
+
+    return torch.as_tensor(data.prepare(data.load_bundled(name), transforms=list(transforms),
+                                        validation_fraction=0.1).x)
+
+
+@pytest.mark.parametrize(("name", "transforms"), [
+    ("swissroll", ()), ("scurve", ()), ("digits", ()), ("digits", ("scale01",)),
+    ("mnist5k", ("scale01",)),
+])
+def test_the_scale_warning_is_quiet_for_the_bundled_data(name, transforms):
+    x = _prepared(name, transforms)
+    model = aetk.build_model("vae", "gaussian_learned", in_features=x.shape[1], latent_dim=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", aetk.train.DataScaleWarning)
+        aetk.train._warn_scale(model, x, "train")
+    std, mean = torch.std_mean(x, dim=0)
+    largest = torch.maximum(mean.abs(), std).max()
+    with pytest.warns(aetk.train.DataScaleWarning):  # and speaks at 2x the limit
+        aetk.train._warn_scale(model, x * 2 * aetk.train.UNIT_SCALE[1] / largest, "train")
 
 
 # beta schedule -----------------------------------------------------------------------
