@@ -340,5 +340,6 @@ def test_a_diverging_vampprior_stops_with_training_diverged():
     x = (torch.rand(200, 16) > 0.5).float() * 1000
     model = aetk.build_model("vampprior", "gaussian", in_features=16, hidden=(16,),
                              n_components=8)
-    with pytest.raises(aetk.TrainingDiverged, match="restored"):
+    with pytest.warns(aetk.DataScaleWarning), pytest.raises(aetk.TrainingDiverged,
+                                                             match="restored"):
         aetk.fit(model, x, epochs=3, batch_size=32, lr=10, progress=False, device="cpu")
