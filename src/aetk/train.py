@@ -729,7 +729,7 @@ def fit(
     start = epochs + 1 if stopped else len(history) + 1
     good = _Kept(model)
     bar = tqdm(total=len(batches), disable=not progress or stopped, unit="batch",
-               dynamic_ncols=True)
+               dynamic_ncols=True, desc=f"epoch {start}/{epochs}")
     checkpoint_state = {}
     # undone in `finally`: the optimisers outlive fit (a model's own, or a later manual
     # step), and the penalised loss (training and validation alike) is fit's alone
@@ -834,8 +834,10 @@ def _train_epoch(model: Model, batches: _Batches, optimizers: dict, epoch: int,
                  ) -> dict[str, float]:
     model.train()
     meter = _Meter()
-    bar.reset()
-    bar.set_description(f"epoch {epoch}/{epochs}")
+    # one redraw per epoch: outside a terminal (logs) every redraw is a line of its own
+    bar.set_description(f"epoch {epoch}/{epochs}", refresh=False)
+    if bar.n:
+        bar.reset()
     for i, (x, c, y) in enumerate(batches, start=1):
         with model.given(c), _first_step_advice(epoch == 1 and i == 1, optimizers):
             # unpaired data keeps the two-argument call of user-made training steps
