@@ -340,6 +340,18 @@ def test_distance_matrix_of_the_half_plane():
     assert torch.equal(distance_matrix(poincare(), z[:1]), torch.zeros(1, 1, dtype=f64))
 
 
+def test_distance_matrix_between_two_sets_of_the_half_plane():
+    z = torch.tensor([[0.0, 1.0], [1.0, 2.0], [-1.0, 0.5]], dtype=f64)
+    other = np.array([[2.0, 1.0], [0.5, 0.25]])  # numpy float64: cast like z
+    dist = distance_matrix(poincare(), z, other)
+    i, j = torch.meshgrid(torch.arange(3), torch.arange(2), indexing="ij")
+    exact = hyperbolic_distance(z[i.flatten()], torch.from_numpy(other)[j.flatten()])
+    torch.testing.assert_close(dist, exact.reshape(3, 2), rtol=1e-2, atol=0)
+    assert distance_matrix(poincare(), z, other[:0]).shape == (3, 0)
+    with pytest.raises(ValueError, match="same dimension, got 2 and 3"):
+        distance_matrix(poincare(), z, np.ones((2, 3)))
+
+
 def test_interpolate_decodes_the_geodesic():
     torch.manual_seed(0)
     model = aetk.build_model("vae", "bernoulli", in_features=5, latent_dim=2, hidden=(8,),

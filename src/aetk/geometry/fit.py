@@ -490,15 +490,28 @@ def _lbfgs(
     return track.result()
 
 
-def distance_matrix(metric: Metric, z: Tensor, **fit_kwargs) -> Tensor:
+def distance_matrix(metric: Metric, z: Tensor, other: Tensor | None = None, **fit_kwargs
+                    ) -> Tensor:
     """Geodesic distances between all pairs of the points `z (N, d)`: `(N, N)`, symmetric,
-    zero diagonal. Fits the `N (N-1) / 2` pairs in one `fit_geodesics` call (keyword
-    arguments passed on, e.g. `init="graph", nodes=z_train`: one graph for all pairs).
-    `z` may be a numpy array or a tensor of another dtype: the distances come in the
-    metric's dtype; NaN or infinite points are a ValueError naming them."""
-    z = as_points(metric, z, "z", finite=True, device=fit_kwargs.get("device"))
-    if z.dim() != 2:
-        raise ValueError(f"distance_matrix needs points (N, d), got shape {tuple(z.shape)}")
+    zero diagonal; with `other (M, d)`, from each point of `z` to each of `other`:
+    `(N, M)`. Fits the `N (N-1) / 2` (or `N M`) pairs in one `fit_geodesics` call
+    (keyword arguments passed on, e.g. `init="graph", nodes=z_train`: one graph for all
+    pairs). The points may be numpy arrays or tensors of another dtype: the distances
+    come in the metric's dtype; NaN or infinite points are a ValueError naming them."""
+    device = fit_kwargs.get("device")
+    z = _point_set(metric, z, "z", device)
+    if other is not None:
+        other = _point_set(metric, other, "other", device)
+        if other.shape[-1] != z.shape[-1]:
+            raise ValueError(f"z and other must have the same dimension, got {z.shape[-1]} "
+                             f"and {other.shape[-1]}")
+        n, m = len(z), len(other)
+        if not n * m:
+            return z.new_zeros(n, m)
+        i, j = (k.flatten() for k in torch.meshgrid(torch.arange(n, device=z.device),
+                                                    torch.arange(m, device=z.device),
+                                                    indexing="ij"))
+        return fit_geodesics(metric, z[i], other[j], **fit_kwargs).length.reshape(n, m)
     n = z.shape[0]
     if n < 2:
         return z.new_zeros(n, n)
@@ -508,6 +521,15 @@ def distance_matrix(metric: Metric, z: Tensor, **fit_kwargs) -> Tensor:
     dist[i, j] = length
     dist[j, i] = length
     return dist
+
+
+def _point_set(metric: Metric, z: Tensor, name: str, device: object) -> Tensor:
+    """Points `(N, d)` in the metric's dtype, finite, or a ValueError."""
+    z = as_points(metric, z, name, finite=True, device=device)
+    if z.dim() != 2:
+        raise ValueError(f"distance_matrix needs points (N, d), got {name} of shape "
+                         f"{tuple(z.shape)}")
+    return z
 
 
 def interpolate(
