@@ -856,10 +856,9 @@ def test_geodesics_spray_of_an_rhvae(steps: Path) -> None:
     angles = np.sort(np.arctan2(ends[:, 1], ends[:, 0]))
     assert np.diff(angles).min() > 0.1  # six distinct directions
     assert geo["frechet_mean"].attrs["converged"] == 1
-    # by default the log maps' velocities within 1e-4 (aetk geodesics --integration-tol),
-    # from 20 steps
+    # by default the log maps' velocities within 1e-4 (aetk geodesics --integration-tol)
     assert geo["frechet_mean"].attrs["integration_tol"] == 1e-4
-    assert geo["frechet_mean"].attrs["n_steps"] in (20, 40, 80, 160, 320)
+    assert geo["frechet_mean"].attrs["n_steps"] == 20  # this small model needs no doubling
     K = geo["gaussian_curvature"]
     assert K.dims == ("z1", "z2") and K.shape == (9, 9) and np.isfinite(K.values).all()
     metric = metric_for(aetk.load(steps / "rhvae"))

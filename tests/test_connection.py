@@ -289,6 +289,16 @@ def test_log_map_estimates_its_velocity_error():
         assert ((ratio > 1 / 1.5) & (ratio < 1.5)).all(), (n, ratio)
 
 
+def test_shots_that_missed_their_points_do_not_double_the_steps():
+    """Without Newton steps the shots miss their points: those velocities are no log maps
+    (collocation's business), so their accuracy must not double the steps (it did, to the
+    cap of 128, at a tolerance no velocity meets)."""
+    z0, z1 = half_plane_pairs()
+    res = log_map(poincare(), z0, z1, n_steps=8, max_iter=0, integration_tol=1e-10,
+                  collocate=False)
+    assert not res.converged.any() and res.n_steps == 8
+
+
 def test_log_map_doubles_its_steps_to_an_integration_tolerance():
     """From 4 steps, integration_tol=1e-5 doubles them until the estimated velocity error
     is within it for every pair: to 32 steps, where the velocities' actual errors (against

@@ -217,9 +217,8 @@ def test_rhvae_metric_names_the_latent_dimension(rhvae, shape):
             method(torch.zeros(shape))
 
 
-def test_an_encoder_network_still_sees_the_input_it_was_given():
-    """A user's network that keeps integer tokens is unaffected by the conversion of fit's
-    data: the model's input is cast to its dtype, as fit and embed always did."""
+def test_numpy_data_reach_the_network_in_the_models_dtype():
+    """numpy data are cast to the model's dtype, as fit and embed always did."""
     seen = []
 
     class Spy(nn.Module):
@@ -235,3 +234,32 @@ def test_an_encoder_network_still_sees_the_input_it_was_given():
                      aetk.GaussianDecoder(latent_dim=D, out_features=F, hidden=(4,)))
     model.encode(np.ones((2, F), dtype=np.int64))
     assert seen == [torch.float32]
+
+
+def test_integer_tensors_and_structured_inputs_pass_through():
+    """A user's encoder of integer tokens (nn.Embedding) keeps its indices, and a model of
+    several inputs gets its dict unchanged: only arrays and floating tensors are cast."""
+
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = nn.Embedding(5, 2 * D)
+
+        def forward(self, x):
+            if isinstance(x, dict):
+                x = x["tokens"]
+            return self.embedding(x).mean(-2)
+
+    model = aetk.VAE(aetk.GaussianEncoder(Tokens(), latent_dim=D),
+                     aetk.GaussianDecoder(latent_dim=D, out_features=F, hidden=(4,)))
+    tokens = torch.tensor([[0, 4, 2], [1, 1, 3]])
+    expected = model.encoder.network(tokens)[:, :D]  # the mean half of its output
+    torch.testing.assert_close(model.latent_mean(tokens), expected)
+    torch.testing.assert_close(model.latent_mean({"tokens": tokens}), expected)
+
+
+def test_the_first_argument_converts_by_name_too():
+    model = aetk.build_model("vae", "gaussian", in_features=F, latent_dim=D, hidden=(4,))
+    z = np.zeros((3, D))  # float64 numpy
+    assert model.decode(z=z).mean.dtype == torch.float32
+    torch.testing.assert_close(model.prior_log_prob(z=z), model.prior_log_prob(z))

@@ -39,7 +39,7 @@ from .decoders import LOG_SIGMA_RANGE, GaussianDecoder, LearnedGaussianDecoder
 from .devices import resolve_device
 from .models.base import LossOutput, Model
 from .penalties import Penalties, describe, penalized, penalty_names
-from .validate import as_tensor  # fit's conversion, shared with the models' methods
+from .validate import as_target, as_tensor  # fit's conversion, shared with the models' methods
 
 
 class Paired(NamedTuple):
@@ -383,7 +383,7 @@ class _Batches:
         self.n_conditions = n_conditions
         self.conditions = (as_tensor(conditions).to(device) if conditions is not None
                            else None)
-        self.targets = _as_target(targets).to(device) if targets is not None else None
+        self.targets = as_target(targets).to(device) if targets is not None else None
         self.tensor = as_tensor(data).to(device) if not isinstance(data, Dataset) else None
         self.dataset = data if self.tensor is None else None
         self.batch_size, self.device = batch_size, device
@@ -459,12 +459,6 @@ class _Batches:
                 torch.cat(c) if self.n_conditions else None)
 
 
-def _as_target(data: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Targets as `as_tensor`, but integer class indices stay integers (categorical)."""
-    t = as_tensor(data, dtype=None)
-    return t if not t.is_floating_point() and t.dtype != torch.bool else as_tensor(t)
-
-
 def _check(model: Model, data: Data, name: str) -> None:
     """Validate whole tensors before training; a Dataset is checked batch by batch."""
     data, conditions, targets = _split(data, model.n_conditions > 0)
@@ -480,7 +474,7 @@ def _check(model: Model, data: Data, name: str) -> None:
             raise ValueError(f"{type(model).__name__}.loss takes no target: paired data need "
                              "loss(x, target=None)") from None
     with validate.labelled(data, targets):
-        model.check_data(x, name, _as_target(targets) if targets is not None else None)
+        model.check_data(x, name, as_target(targets) if targets is not None else None)
     if conditions is not None:
         validate.check_conditions(as_tensor(conditions), model.n_conditions,
                                   f"{name} conditions", len(x))
@@ -912,9 +906,11 @@ def _warn_scale(model: Model, x: torch.Tensor, name: str) -> None:
     else:
         return
     lo, hi = LOG_SIGMA_RANGE
+    sigma = (f"sigma {model.decoder.sigma:g}" if isinstance(model.decoder, GaussianDecoder)
+             else f"a learned log sigma in [{lo:g}, {hi:g}]")
     warnings.warn(
-        f"the {name} data are far from the unit scale of the Gaussian likelihood (default "
-        f"sigma 1, a learned log sigma in [{lo:g}, {hi:g}]): {problem}. Standardise "
+        f"the {name} data are far from the unit scale of the Gaussian likelihood ({sigma}, "
+        f"and the encoder's first layers): {problem}. Standardise "
         "continuous data first, with the training rows' mean and standard deviation for "
         "training and validation data alike, e.g. aetk.data.Standardise, or "
         "(x - mu) / sd with mu, sd = x_train.mean(0), x_train.std(0)",

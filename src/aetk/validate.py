@@ -33,6 +33,13 @@ def as_tensor(data: Any, dtype: torch.dtype | None = torch.float32,
     return data
 
 
+def as_target(data: Any) -> torch.Tensor:
+    """Target data as `as_tensor`, but integer class indices stay integers (a categorical
+    likelihood's targets)."""
+    t = as_tensor(data, dtype=None)
+    return t if not t.is_floating_point() and t.dtype != torch.bool else as_tensor(t)
+
+
 def _as_array(data: Any, dtype: torch.dtype | None) -> np.ndarray:
     """A numpy array that `torch.from_numpy` takes without complaint, cast to `dtype`."""
     array = np.asarray(data.to_numpy() if hasattr(data, "to_numpy") else data)

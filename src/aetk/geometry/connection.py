@@ -280,7 +280,9 @@ def log_map(metric: Metric, z_start: Tensor, z_end: Tensor, *, n_steps: int = 20
         if integration_tol is None:
             break
         accurate = _accurate(errors, res.velocity, integration_tol)
-        if bool(accurate.all()) or doubling == max_doublings:
+        # a shot that missed its point is no log map (collocation takes it): its velocity's
+        # accuracy is no reason to double, as in frechet_mean
+        if bool((accurate | ~res.converged).all()) or doubling == max_doublings:
             res = replace(res, converged=res.converged & accurate)
             break
         n_steps, v = 2 * n_steps, res.velocity

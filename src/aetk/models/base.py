@@ -60,13 +60,19 @@ DataFrame, or a tensor of another dtype or device: `Model.as_input` converts it.
 
 
 def takes_data(method: Callable[..., Any]) -> Callable[..., Any]:
-    """`method(self, x, ...)` with `x` first converted by `self.as_input`."""
+    """`method(self, x, ...)` with `x` first converted by `self.as_input`, whether given by
+    position or by its name."""
     if getattr(method, "takes_data", False):
         return method
+    first = list(inspect.signature(method).parameters)[1]
 
     @functools.wraps(method)
-    def converted(self: Model, x: Any, *args: Any, **kwargs: Any) -> Any:
-        return method(self, self.as_input(x), *args, **kwargs)
+    def converted(self: Model, *args: Any, **kwargs: Any) -> Any:
+        if args:
+            args = (self.as_input(args[0]), *args[1:])
+        elif first in kwargs:
+            kwargs[first] = self.as_input(kwargs[first])
+        return method(self, *args, **kwargs)
 
     converted.takes_data = True
     return converted
@@ -116,16 +122,28 @@ class Model(nn.Module):
             if inspect.isfunction(method):
                 setattr(cls, name, takes_data(method))
 
-    def as_input(self, x: Any) -> torch.Tensor:
-        """`x` (a tensor, a numpy array, a DataFrame) as a tensor of the model's dtype on its
-        device; a tensor that already is one is returned itself (no copy: gradients kept,
-        at no cost inside training and geometry)."""
+    def as_data(self, x: Any) -> torch.Tensor:
+        """`x` as `fit` converts data: a tensor, numpy array, DataFrame or list of any number
+        type as a tensor of the model's dtype on its device (a tensor that already is one
+        is returned itself: no copy, gradients kept)."""
         param = self._first_parameter()
         if param is None:  # nothing to match (a user-made model without parameters)
             return validate.as_tensor(x, None if isinstance(x, torch.Tensor) else torch.float32)
         if isinstance(x, torch.Tensor) and x.dtype == param.dtype and x.device == param.device:
             return x
         return validate.as_tensor(x, param.dtype, param.device)
+
+    def as_input(self, x: Any) -> Any:
+        """`x` as the model's networks take it: data as `as_data` converts them, except that
+        an integer or boolean tensor (a user's token indices) is only moved to the model's
+        device, and anything holding tensors (a dict or list of them, for a model of
+        several inputs) is passed on unchanged. A subclass may override it."""
+        if isinstance(x, torch.Tensor) and not x.is_floating_point():
+            param = self._first_parameter()
+            return x if param is None else x.to(param.device)
+        structured = isinstance(x, dict) or (
+            isinstance(x, (list, tuple)) and any(isinstance(e, torch.Tensor) for e in x))
+        return x if structured else self.as_data(x)
 
     def _first_parameter(self) -> nn.Parameter | None:
         """`next(self.parameters())`, in 3 us instead of 12 (no generators or memo sets):
@@ -142,11 +160,7 @@ class Model(nn.Module):
     def as_target(self, y: Any) -> torch.Tensor:
         """The decoder's data `y` as `as_input` converts inputs, except that integer class
         indices stay integers (a categorical likelihood's targets), as `fit` keeps them."""
-        t = validate.as_tensor(y, dtype=None)
-        if t.is_floating_point() or t.dtype == torch.bool:
-            return self.as_input(t)
-        param = self._first_parameter()
-        return t if param is None else t.to(param.device)
+        return self.as_input(validate.as_target(y))
 
     def __getattr__(self, name: str) -> Any:
         # nn.Module's lookup of parameters, buffers and submodules (called directly: this
@@ -248,7 +262,7 @@ class Model(nn.Module):
         or dropout; the model's mode is put back). A conditional model takes each row's
         `conditions (N, k)`."""
         batch_size = validate.positive_int(batch_size, "batch_size")
-        param = next(self.parameters())
+        param = self._first_parameter()
         frame = x
         # its own number type, cast batch by batch: no float copy of all of it at once
         x = validate.as_tensor(x, dtype=None)
