@@ -78,6 +78,29 @@ def test_terms_add_up_to_the_average_kl() -> None:
     assert again.as_dict() == pytest.approx(res.as_dict(), abs=1e-12)
 
 
+def test_several_draws_per_point() -> None:
+    """Codes (S, N, d): the terms add up to the Monte Carlo KL of all S N codes, and
+    n_draws=S draws exactly those codes."""
+    loc = torch.randn(300, 2, dtype=F64)
+    scale = 0.3 + 0.5 * torch.rand(300, 2, dtype=F64)
+    q = torch.distributions.Normal(loc, scale)
+    torch.manual_seed(5)
+    z = q.sample((10,))
+    res = kl_decomposition(loc, scale, z, chunk_size=700)
+    mc = (q.log_prob(z) - torch.distributions.Normal(0.0, 1.0).log_prob(z)).sum(-1).mean()
+    assert res.mutual_information + res.marginal_kl == pytest.approx(mc.item(), abs=1e-9)
+    closed = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0))
+    assert res.mutual_information + res.marginal_kl == pytest.approx(
+        closed.sum(-1).mean().item(), abs=0.1)
+    torch.manual_seed(5)
+    assert kl_decomposition(loc, scale, n_draws=10).as_dict() == pytest.approx(
+        res.as_dict(), abs=1e-12)
+    with pytest.raises(ValueError, match=r"z must have the shape of loc, \(300, 2\), or"):
+        kl_decomposition(loc, scale, z[..., :1])
+    with pytest.raises(ValueError, match="n_draws must be an integer >= 1, got 0"):
+        kl_decomposition(loc, scale, n_draws=0)
+
+
 def test_a_trained_models_posteriors() -> None:
     """`aetk.kl_decomposition(q.mean, q.stddev)` on an encoder's output (with its graph)."""
     import aetk

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch import distributions as D
 
-from .validate import check_posteriors
+from .validate import check_posteriors, positive_int
 
 
 @dataclass(frozen=True)
@@ -46,31 +46,38 @@ class KLDecomposition:
 
 
 def kl_decomposition(loc: Tensor | np.ndarray, scale: Tensor | np.ndarray,
-                     z: Tensor | np.ndarray | None = None, *, chunk_size: int = 1024
-                     ) -> KLDecomposition:
+                     z: Tensor | np.ndarray | None = None, *, n_draws: int = 1,
+                     chunk_size: int = 1024) -> KLDecomposition:
     """Mutual information, total correlation and dimension-wise KL of the aggregate of the
     diagonal Gaussian posteriors `N(loc_n, diag(scale_n^2))` (`(N, d)` each), at the codes
-    `z (N, d)` (one draw per point; drawn here when None, so seed torch).
+    `z`: `(N, d)`, one per point, or `(S, N, d)`, S per point; drawn here when None,
+    `n_draws` per point (seed torch).
+
+    The terms are Monte Carlo estimates over the codes, and their sum is the Monte Carlo
+    KL of those codes: on 200 points of 2 dimensions (scales 0.3-0.8) the sum scattered by
+    0.19 nats from seed to seed with one draw per point, 0.03 with ten (40 seeds; the
+    closed-form mean KL 1.562, the means 1.571 and 1.565).
 
     For a trained model: `q = model.encode(x); kl_decomposition(q.mean, q.stddev)`.
     Computed in float64, `chunk_size` codes at a time against all N posteriors.
     """
     loc, scale = (t.double() for t in check_posteriors(loc, scale, "the decomposition"))
+    n_draws = positive_int(n_draws, "n_draws")
     posterior = D.Normal(loc, scale)
-    z = (posterior.sample() if z is None
+    z = (posterior.sample((n_draws,)) if z is None
          else torch.as_tensor(z).detach().to(loc.device, torch.float64))
-    if z.shape != loc.shape:
-        raise ValueError(f"z must have the shape of loc, {tuple(loc.shape)}, got "
-                         f"{tuple(z.shape)}")
+    if z.shape[-2:] != loc.shape or z.dim() not in (2, 3):
+        raise ValueError(f"z must have the shape of loc, {tuple(loc.shape)}, or (S, "
+                         f"*{tuple(loc.shape)}), got {tuple(z.shape)}")
     n = len(loc)
     log_qzj, log_qz = [], []
-    for part in z.split(chunk_size):
+    for part in z.reshape(-1, z.shape[-1]).split(chunk_size):
         lp = posterior.log_prob(part.unsqueeze(1))  # (c, N, d): each code under each posterior
         log_qzj.append(torch.logsumexp(lp, 1) - math.log(n))
         log_qz.append(torch.logsumexp(lp.sum(-1), 1) - math.log(n))
     qzj, qz = torch.cat(log_qzj), torch.cat(log_qz)
-    own = posterior.log_prob(z).sum(-1)
-    prior = D.Normal(0.0, 1.0).log_prob(z)
+    own = posterior.log_prob(z).sum(-1).reshape(-1)  # each code under its own posterior
+    prior = D.Normal(0.0, 1.0).log_prob(z).reshape(qzj.shape)
     return KLDecomposition(
         mutual_information=float((own - qz).mean()),
         total_correlation=float((qz - qzj.sum(-1)).mean()),
