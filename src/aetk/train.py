@@ -833,10 +833,19 @@ def _train_epoch(model: Model, batches: _Batches, optimizers: dict, epoch: int,
     if bar.n:
         bar.reset()
     for i, (x, c, y) in enumerate(batches, start=1):
-        with model.given(c), _first_step_advice(epoch == 1 and i == 1, optimizers):
-            # unpaired data keeps the two-argument call of user-made training steps
-            out = (model.training_step(x, optimizers) if y is None
-                   else model.training_step(x, optimizers, y))
+        try:
+            with model.given(c):
+                # unpaired data keeps the two-argument call of user-made training steps
+                out = (model.training_step(x, optimizers) if y is None
+                       else model.training_step(x, optimizers, y))
+        except TrainingDiverged as err:
+            # a model's own (the HVAE's encoder samples before its flow, which suggest a
+            # smaller learning rate) where that cannot be the cause says so; its subclasses
+            # (a flow's step size) keep their advice
+            if type(err) is TrainingDiverged and _untouched(epoch == 1 and i == 1, optimizers):
+                err.args = (f"{err.args[0]} (here "
+                            f"{_divergence_advice(epoch == 1 and i == 1, optimizers)})",)
+            raise
         if any(t not in out.terms for t in penalty_terms):
             raise _PenaltiesBypassed(
                 f"{type(model).__name__}.training_step does not compute its loss with "
@@ -856,34 +865,26 @@ def _train_epoch(model: Model, batches: _Batches, optimizers: dict, epoch: int,
     return meter.means("train")
 
 
+def _untouched(first_step: bool, optimizers: dict[str, torch.optim.Optimizer]) -> str | None:
+    """When the loss comes from weights no step has changed, so that the data or the
+    likelihood, not the learning rate, cause a non-finite one: a fresh fit's first batch
+    (a resumed fit starts past epoch 1), or any batch at learning rate 0; else None."""
+    if first_step:
+        return "before any parameter update"
+    frozen = all(g["lr"] == 0 for o in optimizers.values() for g in o.param_groups)
+    return "at learning rate 0" if frozen else None
+
+
 def _divergence_advice(first_step: bool, optimizers: dict[str, torch.optim.Optimizer]
                        ) -> str:
-    """What to try after a non-finite loss. The loss of a fresh fit's first batch (a
-    resumed fit starts past epoch 1), or of any batch at learning rate 0, comes from weights
-    no step has changed: the data or the likelihood, not the learning rate, are the cause."""
-    frozen = all(g["lr"] == 0 for o in optimizers.values() for g in o.param_groups)
-    if not (first_step or frozen):
+    """What to try after a non-finite loss (`_untouched`)."""
+    when = _untouched(first_step, optimizers)
+    if when is None:
         return "try a smaller learning rate"
-    when = "before any parameter update" if first_step else "at learning rate 0"
     return (f"{when}, so the learning rate is not the cause: check the data's scale "
             "(standardise continuous data for a Gaussian likelihood, e.g. with "
             "aetk.data.Standardise) and that every value is in the likelihood's support (an "
             "exact 0 or 1 has no finite Beta log-density, a negative value no Poisson one)")
-
-
-@contextlib.contextmanager
-def _first_step_advice(first_step: bool, optimizers: dict[str, torch.optim.Optimizer]
-                       ) -> Iterator[None]:
-    """A model's own `TrainingDiverged` (the HVAE's encoder samples before its flow, which
-    suggests a smaller learning rate) raised where the learning rate cannot be the cause
-    says so (`_divergence_advice`); its subclasses (a flow's step size) keep their advice."""
-    try:
-        yield
-    except TrainingDiverged as err:
-        advice = _divergence_advice(first_step, optimizers)
-        if type(err) is TrainingDiverged and "learning rate is not" in advice:
-            err.args = (f"{err.args[0]} (here {advice})",)
-        raise
 
 
 def _warn_scale(model: Model, x: torch.Tensor, name: str) -> None:

@@ -143,8 +143,8 @@ class RHVAE(Model):
             raise ValueError(f"need at least one centroid, got {n}")
         # the networks' dtype: a float64 model keeps float64 centroids (float32 ones failed
         # in update_metric with 'mat1 and mat2 must have the same dtype')
-        dtype = next((p.dtype for p in self.parameters() if p.is_floating_point()),
-                     torch.get_default_dtype())
+        param = self._first_parameter()
+        dtype = torch.get_default_dtype() if param is None else param.dtype
         data = (centroids.detach().to(dtype).clone() if given
                 else torch.zeros(n, *(self.input_shape or (0,)), dtype=dtype))
         self.register_buffer("centroid_data", data)
