@@ -638,6 +638,24 @@ def test_another_data_set_exits_with_a_message(steps: Path, tmp_path: Path,
     assert not (tmp_path / "fig").exists()
 
 
+def test_an_mse_autoencoder_trains_and_encodes(steps: Path, tmp_path: Path) -> None:
+    """`--likelihood mse`: the AE's validation loss is the mean squared error that encode
+    stores per sample; there is no likelihood, so no log-likelihood or KL."""
+    model, latent = tmp_path / "ae", tmp_path / "ae.zarr"
+    assert cli.main(["train", "--data", str(steps / "data.zarr"), "--model", "ae",
+                     "--likelihood", "mse", "--hidden", "16", "--epochs", "2", "--seed", "0",
+                     "--no-progress", "--out", str(model), "--history",
+                     str(tmp_path / "h.tsv")]) == 0
+    assert cli.main(["encode", "--data", str(steps / "data.zarr"), "--model", str(model),
+                     "--n-examples", "4", "--n-generated", "4", "--out", str(latent)]) == 0
+    lat = storage.read_zarr(latent)
+    val = lat["split"].values == storage.SPLIT_VALIDATION
+    history = pd.read_csv(tmp_path / "h.tsv", sep="\t")
+    assert lat["reconstruction_error"].values[val].mean() == pytest.approx(
+        history["val_loss"].iloc[-1], rel=1e-5)
+    assert np.isnan(lat["log_likelihood"].values).all() and np.isnan(lat["kl"].values).all()
+
+
 def test_encode_output(steps: Path) -> None:
     import torch
 

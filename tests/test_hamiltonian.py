@@ -680,7 +680,7 @@ def test_rhvae_samples_favour_high_inverse_volume():
 
 
 @pytest.mark.parametrize("kind", ["hvae", "rhvae"])
-@pytest.mark.parametrize("likelihood", sorted(aetk.LIKELIHOODS))
+@pytest.mark.parametrize("likelihood", sorted(set(aetk.LIKELIHOODS) - {"mse"}))
 def test_training_on_digits_lowers_the_validation_loss(kind, likelihood):
     x, opts = digits(likelihood)
     torch.manual_seed(0)

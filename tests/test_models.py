@@ -88,6 +88,27 @@ def test_ae_mse():
     assert model.loss(_x()).loss.item() == pytest.approx(hand, rel=1e-12)
 
 
+def test_build_model_mse_is_the_autoencoders_mean_squared_error(tmp_path):
+    """`build_model(..., "mse")` gives the deterministic decoder of the spec's AE: the loss
+    is the mean squared error of its output, also after a reload; models that need a
+    likelihood refuse it, naming those that take it."""
+    x = torch.rand(16, 6, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    for kind in aetk.build.MSE_MODELS:
+        model = aetk.build_model(kind, "mse", in_features=6, latent_dim=2, hidden=(5,))
+        assert isinstance(model.decoder, dec.DeterministicDecoder)
+    model = aetk.build_model("ae", "mse", in_features=6, latent_dim=2, hidden=(5,))
+    x_hat = model.decoder.network(model.encoder.network(x))
+    assert model.loss(x).loss.item() == pytest.approx(((x_hat - x) ** 2).mean().item(),
+                                                      rel=1e-6)
+    model.save(tmp_path / "ae")
+    assert aetk.load(tmp_path / "ae").loss(x).loss.item() == model.loss(x).loss.item()
+    assert aetk.build.MSE_MODELS == ("ae", "irmae", "wae", "vqvae")
+    with pytest.raises(ValueError, match=r"model 'hvae' needs a likelihood: 'mse' .* is for "
+                                         r"ae, irmae, wae, vqvae"):
+        aetk.build_model("hvae", "mse", in_features=6)
+
+
 def test_ae_with_a_bernoulli_decoder_is_minus_the_mean_log_likelihood():
     enc_net, dec_net = NumpyMLP(X_DIM, Z_DIM, 1), NumpyMLP(Z_DIM, X_DIM, 2)
     model = aetk.AE(DeterministicEncoder(enc_net.module, latent_dim=Z_DIM),

@@ -3,8 +3,10 @@ and resuming an interrupted training job. Each test works in a copy of the workf
 
 from __future__ import annotations
 
+import ast
 import inspect
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -237,6 +239,24 @@ def test_conditional_grid_names_its_runs_and_passes_the_labels(tmp_path: Path) -
     assert geodesics == set(trains) - {"vae-bernoulli-cond", "vampprior-bernoulli-cond"}
 
 
+def test_mse_runs_only_the_autoencoders(tmp_path: Path) -> None:
+    """In a grid of models and likelihoods, mse pairs with the models that take a
+    deterministic decoder (the workflow's list is build.MSE_MODELS); the others skip it,
+    with a note."""
+    from aetk import build
+
+    listed = re.search(r"^MSE_MODELS = \((.*)\)$", (REPO / "workflow/rules/common.smk"
+                                                     ).read_text(), re.M)
+    assert tuple(ast.literal_eval(f"({listed[1]})")) == build.MSE_MODELS
+    wd = make_workdir(tmp_path, {"grid": {"models": ["ae", "vae"],
+                                          "likelihoods": ["bernoulli", "mse"]}})
+    proc = snakemake(wd, "-n", "-p", "--cores", "1", "--configfile", "test.yaml")
+    trains = {line.split("--out results/models/")[1].split("/")[0]
+              for line in proc.stdout.splitlines() if "Shell command: aetk train" in line}
+    assert trains == {"ae-bernoulli", "ae-mse", "vae-bernoulli"}
+    assert "note: no mse runs for vae (mse is for ae, irmae, wae, vqvae)" in proc.stderr
+
+
 def test_cyclical_beta_with_patience_is_fine_for_models_without_a_kl_weight(tmp_path: Path
                                                                            ) -> None:
     """The refusal concerns annealed models only: a grid of an AE and an RHVAE, which the
@@ -325,6 +345,9 @@ def test_lint_and_snakefmt(tmp_path: Path) -> None:
      "train.penalties.0: {'name': 'min_variance', 'sigma_min': 0} is not valid under any"),
     ({"grid": {"models": ["vae", "vea"]}}, "grid.models.1: 'vea' is not one of"),
     ({"grid": {"likelihoods": ["bernouli"]}}, "grid.likelihoods.0: 'bernouli' is not one of"),
+    ({"grid": {"models": ["vae", "hvae"], "likelihoods": ["mse"]}},
+     "grid: the likelihood mse (a deterministic decoder) is only for the models ae, irmae, "
+     "wae, vqvae, not for vae, hvae"),
     ({"data": {"transforms": ["scale"]}}, "data.transforms.0:"),
     ({"model_options": {"rhvae": {"n_centroid": 8}}},
      "model_options.rhvae: Additional properties are not allowed ('n_centroid'"),

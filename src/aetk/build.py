@@ -45,6 +45,8 @@ LIKELIHOODS: dict[str, type[nn.Module]] = {
     "poisson": dec.PoissonDecoder,
     "negative_binomial": dec.NegativeBinomialDecoder,
     "multinomial": dec.MultinomialDecoder,
+    # no likelihood: a point prediction scored by its mean squared error (`AE`)
+    "mse": dec.DeterministicDecoder,
 }
 
 # the encoder sees log(1 + x) by default for these
@@ -97,6 +99,9 @@ MODELS: dict[str, tuple[type[nn.Module], Callable[..., Model]]] = {
     "wae": (DeterministicEncoder, WAE),
     "vqvae": (DeterministicEncoder, VQVAE),
 }
+
+# the models whose loss takes a deterministic decoder's mean squared error
+MSE_MODELS = tuple(name for name, (enc, _) in MODELS.items() if enc is DeterministicEncoder)
 
 _SIZE_ARGS = ("shape", "hidden", "activation")
 # built from the sizes, or taken with the centroids when fit starts: never passed by name
@@ -161,6 +166,9 @@ def build_model(
     """
     encoder_cls, constructor = _lookup(MODELS, model, "model")
     decoder_cls = _lookup(LIKELIHOODS, likelihood, "likelihood")
+    if decoder_cls is dec.DeterministicDecoder and encoder_cls is not DeterministicEncoder:
+        raise ValueError(f"model {model!r} needs a likelihood: 'mse' (a deterministic decoder "
+                         f"and its mean squared error) is for {', '.join(MSE_MODELS)}")
     shape = resolve_shape(in_features, input_shape)
     paired = out_features is not None or output_shape is not None
     out_shape = resolve_shape(out_features, output_shape) if paired else shape

@@ -1317,7 +1317,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True,
                    help=f"model name: {', '.join(build.MODELS)} (the README describes each)")
     p.add_argument("--likelihood", required=True,
-                   help=f"decoder likelihood: {', '.join(build.LIKELIHOODS)}")
+                   help=f"decoder likelihood: {', '.join(build.LIKELIHOODS)} (mse: a "
+                   f"deterministic decoder's mean squared error, for "
+                   f"{', '.join(build.MSE_MODELS)})")
     p.add_argument("--latent-dim", type=positive, default=2, help="latent dimensions")
     p.add_argument("--hidden", type=positive, nargs="+", default=[256, 256],
                    help="hidden layer widths of the encoder and decoder MLPs, as the "

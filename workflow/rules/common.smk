@@ -2,6 +2,7 @@ import itertools
 import json
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import yaml
@@ -10,6 +11,8 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 BUNDLED = ("mnist5k", "mnist", "digits", "swissroll", "scurve", "scrna_counts")
+# the models whose loss takes mse's deterministic decoder (aetk.build.MSE_MODELS)
+MSE_MODELS = ("ae", "irmae", "wae", "vqvae")
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 
 
@@ -119,16 +122,31 @@ DATA_STORE = f"results/data/{DATASET}.zarr"
 
 def make_runs():
     """Run name -> settings; latent size and seed appear in the name only when varied,
-    "cond" for conditional models."""
+    "cond" for conditional models. The grid's pairs of mse with a model that needs a
+    likelihood are left out, with a note; none left is an error."""
     runs = {}
+    pairs = [
+        (m, lik)
+        for m, lik in itertools.product(GRID["models"], GRID["likelihoods"])
+        if lik != "mse" or m in MSE_MODELS
+    ]
+    skipped = [m for m in GRID["models"] if m not in MSE_MODELS]
+    if "mse" in GRID["likelihoods"] and skipped:
+        if not pairs:
+            raise WorkflowError(
+                "Invalid configuration (1 error(s)):\n  grid: the likelihood mse (a "
+                f"deterministic decoder) is only for the models {', '.join(MSE_MODELS)}, "
+                f"not for {', '.join(skipped)}"
+            )
+        print(
+            f"note: no mse runs for {', '.join(skipped)} (mse is for "
+            f"{', '.join(MSE_MODELS)})",
+            file=sys.stderr,
+        )
     grid = itertools.product(
-        GRID["models"],
-        GRID["likelihoods"],
-        GRID["latent_dims"],
-        GRID["seeds"],
-        GRID["conditional"],
+        pairs, GRID["latent_dims"], GRID["seeds"], GRID["conditional"]
     )
-    for model, lik, dim, seed, cond in grid:
+    for (model, lik), dim, seed, cond in grid:
         parts = [model, lik]
         if len(GRID["latent_dims"]) > 1:
             parts.append(f"d{dim}")
