@@ -1360,6 +1360,50 @@ def test_a_store_of_another_kind_names_the_command_that_makes_the_right_one(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_output_path_given_by_mistake_is_refused_before_any_work(
+        steps: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """An output path that holds something else (an input store, a model, a data file) is
+    refused with a message before the command works, and nothing there is lost: `encode
+    --out` the data store, or `preprocess --out` the user's own file, deleted them."""
+    import shutil
+
+    for name in ("data.zarr", "vae-bernoulli.zarr", "model", "h.tsv"):
+        (shutil.copytree if (steps / name).is_dir() else shutil.copy)(steps / name,
+                                                                       tmp_path / name)
+    data, latent, model, table = (tmp_path / n for n in ("data.zarr", "vae-bernoulli.zarr",
+                                                         "model", "h.tsv"))
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    train = ["train", "--data", str(data), "--model", "vae", "--likelihood", "bernoulli",
+             "--epochs", "1", "--no-progress"]
+    cases = [
+        (["encode", "--data", str(data), "--model", str(model), "--out", str(data)],
+         f"aetk encode: error: {data} exists and is not an aetk latent store to replace: it is"
+         " a data store (from `aetk preprocess`); give another output path, or remove it"),
+        (["geodesics", "--model", str(model), "--latent", str(latent), "--out", str(model)],
+         f"aetk geodesics: error: {model} exists and is not an aetk geodesic store to replace:"
+         " it is a model directory (from `aetk train`)"),
+        (["preprocess", "--source", str(table), "--out", str(table)],
+         f"aetk preprocess: error: {table} exists and is not an aetk data store to replace: it"
+         " is a file"),
+        (["sample", "--model", str(model), "--n", "2", "--out", str(latent)],
+         f"aetk sample: error: {latent} exists and is not an aetk sample store to replace: it "
+         "is a latent store (from `aetk encode`)"),
+        ([*train, "--out", str(data), "--history", str(tmp_path / "new.tsv")],
+         f"aetk train: error: {data} is a zarr store, not a folder for a model"),
+        ([*train, "--out", str(tmp_path / "new"), "--history", str(model)],
+         f"aetk train: error: --history {model} is a folder: give the table's file name"),
+        (["report", "run", "--data", str(data), "--latent", str(latent), "--out-dir",
+          str(table)], f"aetk report run: error: --out-dir {table} is a file"),
+    ]
+    for argv, message in cases:
+        assert cli.main(argv) == 1, argv
+        assert capsys.readouterr().err.startswith(message), argv
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+    # a store of the same kind is replaced, as before
+    assert cli.main(["encode", "--data", str(data), "--model", str(model), "--n-examples",
+                     "2", "--n-generated", "2", "--out", str(latent)]) == 0
+
+
 def test_the_hidden_defaults_are_each_stated(capsys: pytest.CaptureFixture) -> None:
     """build_model's hidden=(400, 400) differs from aetk train's --hidden 256 256 and
     config.yaml's [256, 256] (each kept: a change would change run hashes and users'

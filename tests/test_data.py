@@ -357,6 +357,41 @@ def test_read_data_rejects_other_stores(tmp_path: Path) -> None:
         storage.read_zarr(tmp_path / "model")
 
 
+def test_a_store_replaces_only_a_store_of_its_kind(tmp_path: Path) -> None:
+    """write_zarr replaces a store of the same kind (or one without a kind, made by hand);
+    a file, a folder, a model or another kind of store is refused and left as it was."""
+    import xarray as xr
+
+    import aetk
+
+    latent = xr.Dataset({"a": (("n",), np.arange(3.0))}, attrs={"store": "aetk-latent"})
+    path = tmp_path / "l.zarr"
+    storage.write_zarr(latent, path)
+    storage.write_zarr(latent.assign(a=latent.a + 1), path)
+    assert storage.read_zarr(path)["a"].values.tolist() == [1.0, 2.0, 3.0]
+    storage.write_zarr(xr.Dataset({"b": (("n",), np.ones(2))}), tmp_path / "hand.zarr")
+    storage.write_zarr(latent, tmp_path / "hand.zarr")
+    (tmp_path / "x.npy").write_bytes(b"data")
+    (tmp_path / "folder").mkdir()
+    aetk.build_model("vae", "bernoulli", in_features=4, hidden=(3,)).save(tmp_path / "m")
+    geo = latent.assign_attrs(store="aetk-geodesics")
+    refusals = {"x.npy": "a file", "folder": "no zarr store",
+                "m": r"a model directory \(from `aetk train`\)",
+                "l.zarr": r"a latent store \(from `aetk encode`\)"}
+    for name, what in refusals.items():
+        with pytest.raises(FileExistsError, match=f"is not an aetk geodesic store to replace: "
+                                                  f"it is {what}"):
+            storage.write_zarr(geo, tmp_path / name)
+    assert (tmp_path / "x.npy").read_bytes() == b"data"
+    assert storage.read_zarr(path).attrs["store"] == "aetk-latent"
+    # nor does a model go into a file or a store
+    model = aetk.build_model("vae", "bernoulli", in_features=4, hidden=(3,))
+    for name in ("x.npy", "l.zarr"):
+        with pytest.raises(FileExistsError, match="not a folder for a model"):
+            model.save(tmp_path / name)
+    assert sorted(p.name for p in path.iterdir()) == ["a", "zarr.json"]
+
+
 def test_an_interrupted_write_leaves_the_previous_store(tmp_path: Path, monkeypatch) -> None:
     """Stores are written beside their path and renamed into place: a write stopped half way
     (here after its first variable, as a Ctrl-C would) leaves the old store whole, and no

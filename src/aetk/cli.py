@@ -47,6 +47,7 @@ def parse_spec(text: str) -> str | dict[str, Any]:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> None:
+    storage.check_replaceable(args.out, "aetk-data")
     transforms = [parse_spec(t) for t in args.transforms]
     settings = {
         "source": args.source, "key": args.key, "labels": args.labels,
@@ -297,9 +298,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     import torch
 
     import aetk
+    from aetk.io import check_model_target
     from aetk.penalties import make_penalty
     from aetk.train import CheckpointMismatch, check_clip_grad_norm
 
+    # outputs first: a path given by mistake is refused before the training, not after
+    check_model_target(args.out)
+    if Path(args.history).is_dir():
+        raise ValueError(f"--history {args.history} is a folder: give the table's file name "
+                         "(.tsv)")
     torch.set_num_threads(args.threads)
     check_clip_grad_norm(args.clip_grad_norm, "--clip-grad-norm")  # before reading data
     penalties = [make_penalty(spec) for spec in args.penalty]
@@ -635,6 +642,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
 
     import aetk
 
+    storage.check_replaceable(args.out, "aetk-latent")
     torch.set_num_threads(args.threads)
     stored = storage.read_data(args.data)
     model = aetk.load(args.model)
@@ -789,6 +797,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from aetk.expost import CodeMixture
     from aetk.geometry import EncoderMetric
 
+    storage.check_replaceable(args.out, "aetk-samples")
     if args.sampler in ("geometric", "mixture") and args.data is None:
         raise ValueError(f"--sampler {args.sampler} needs --data: it is built from the codes "
                          "of the training samples")
@@ -972,6 +981,7 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
         volume_grid,
     )
 
+    storage.check_replaceable(args.out, "aetk-geodesics")
     if args.pairs is not None and args.n_pairs is not None:
         raise ValueError("give either --pairs (these pairs) or --n-pairs (that many sampled "
                          "pairs), not both")
@@ -1098,6 +1108,8 @@ def cmd_report_run(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.latent} was encoded from another data store (config hash "
                          f"{encoded_from}) than {args.data} ({given})")
     out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out-dir {out} is a file: give a folder for the figures")
     out.mkdir(parents=True, exist_ok=True)
     report.plot_latent(latent, out / "latent.png")
     report.plot_reconstructions(latent, out / "reconstructions.png")
@@ -1556,9 +1568,10 @@ def main(argv: list[str] | None = None) -> int:
     prog = " ".join(filter(None, ("aetk", args.command, getattr(args, "report_command", None))))
     try:
         args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError,
-            TrainingDiverged) as err:
+    except (ValueError, KeyError, OSError, ModuleNotFoundError, TrainingDiverged) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        if isinstance(err, OSError) and err.strerror and err.filename:  # not "[Errno 17] ..."
+            message = f"{err.strerror}: {err.filename}"
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:  # Ctrl-C: one line, not a traceback

@@ -27,7 +27,7 @@ def save(model: Model, path: str | Path, history: pd.DataFrame | None = None) ->
     if history is not None and not isinstance(history, pd.DataFrame):
         raise TypeError(f"history must be a pandas DataFrame (aetk.fit's return value), got "
                         f"{type(history).__name__}")
-    path = Path(path).expanduser()
+    path = check_model_target(path)
     path.mkdir(parents=True, exist_ok=True)
     saved_before = (path / CONFIG).exists()  # a history.tsv of ours, not a user's own file
     config = {"aetk_version": __version__, "class": type(model).__name__,
@@ -39,6 +39,17 @@ def save(model: Model, path: str | Path, history: pd.DataFrame | None = None) ->
             (path / HISTORY).unlink(missing_ok=True)
     else:
         history.to_csv(path / HISTORY, sep="\t", index=False)
+
+
+def check_model_target(path: str | Path) -> Path:
+    """`path` (`~` expanded) as a folder to save a model in: `FileExistsError` for a file or
+    a zarr store (an output path given by mistake: saving would replace or litter it)."""
+    path = Path(path).expanduser()
+    if path.exists() and (not path.is_dir() or (path / "zarr.json").exists()):
+        kind = "a file" if not path.is_dir() else "a zarr store"
+        raise FileExistsError(f"{path} is {kind}, not a folder for a model: give another "
+                              "output path")
+    return path
 
 
 def _model_dir(path: str | Path) -> Path:

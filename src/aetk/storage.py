@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import importlib.metadata as md
+import json
 import os
 import shutil
 import warnings
@@ -211,8 +212,10 @@ def describe(ds: xr.Dataset) -> xr.Dataset:
 
 
 def write_zarr(ds: xr.Dataset, path: str | Path, *, chunk_rows: int = CHUNK_ROWS) -> None:
-    """Write ``ds`` as a zarr-3 store at ``path`` (replacing it, once complete), chunked on
-    the first dimension, its variables described (:func:`describe`)."""
+    """Write ``ds`` as a zarr-3 store at ``path`` (replacing it, once complete, when it is a
+    store of the same kind: :func:`check_replaceable`), chunked on the first dimension, its
+    variables described (:func:`describe`)."""
+    check_replaceable(path, ds.attrs.get("store"))
     compressor = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
     encoding = {}
     for name, var in ds.variables.items():
@@ -251,6 +254,46 @@ STORES = {"aetk-data": ("data", "aetk preprocess"), "aetk-latent": ("latent", "a
           "aetk-samples": ("sample", "aetk sample")}
 
 
+def _store_kind(path: Path) -> str | None:
+    """The `store` attribute of the zarr store at `path` ("" for a store without one), or
+    None where `path` holds no zarr store."""
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return str(meta.get("attributes", {}).get("store", ""))
+
+
+def _what(path: Path) -> str:
+    """What the existing `path` is, for messages: "a model directory (from `aetk train`)",
+    "a latent store (from `aetk encode`)", ..., "a file", "no zarr store"."""
+    if not path.is_dir():
+        return "a file"
+    if (path / "config.json").is_file():
+        return "a model directory (from `aetk train`)"
+    found = _store_kind(path)
+    if found is None:
+        return "no zarr store"
+    if found in STORES:
+        return f"a {STORES[found][0]} store (from `{STORES[found][1]}`)"
+    return f"a store of kind {found!r}" if found else "a zarr store made by hand"
+
+
+def check_replaceable(path: str | Path, kind: str | None) -> None:
+    """Refuse (`FileExistsError`) to write a store of `kind` (a `store` attribute; None: any
+    store) over `path` unless it is absent or a zarr store of the same kind: an output path
+    given by mistake (the input store, a model, a data file) must not be deleted."""
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return
+    found = _store_kind(path) if path.is_dir() else None
+    if found is not None and (kind is None or found in (kind, "")):
+        return
+    what = f"an aetk {STORES[kind][0]} store" if kind in STORES else "a zarr store"
+    raise FileExistsError(f"{path} exists and is not {what} to replace: it is {_what(path)}; "
+                          "give another output path, or remove it first")
+
+
 def read_store(path: str | Path, kind: str, *, strict: bool = False) -> xr.Dataset:
     """The dataset of a store of `kind` (a key of `STORES`), refusing another kind of store
     or a folder that is none with a message naming what it is and the command that writes
@@ -260,17 +303,13 @@ def read_store(path: str | Path, kind: str, *, strict: bool = False) -> xr.Datas
     what, command = STORES[kind]
     refused = f"{path} is not an aetk {what} store (run `{command}`)"
     if path.exists() and not (path / "zarr.json").is_file():  # e.g. a model directory
-        raise ValueError(f"{refused}; it is " + ("a model directory (from `aetk train`)"
-                                                 if (path / "config.json").is_file()
-                                                 else "no zarr store"))
+        raise ValueError(f"{refused}; it is {_what(path)}")
     ds = read_zarr(path)
     found = ds.attrs.get("store")
     if found is None and strict:
         raise ValueError(refused)
     if found is not None and found != kind:
-        it = (f"a {STORES[found][0]} store (from `{STORES[found][1]}`)" if found in STORES
-              else f"a store of kind {found!r}")
-        raise ValueError(f"{refused}; it is {it}")
+        raise ValueError(f"{refused}; it is {_what(path)}")
     return ds
 
 
