@@ -656,6 +656,28 @@ def test_an_mse_autoencoder_trains_and_encodes(steps: Path, tmp_path: Path) -> N
     assert np.isnan(lat["log_likelihood"].values).all() and np.isnan(lat["kl"].values).all()
 
 
+def test_scores_without_a_validation_split_say_so(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """With --validation-fraction 0 the "validation" numbers are the training samples':
+    encode's summary line and the comparison table's warning say so."""
+    d = tmp_path
+    assert cli.main(["preprocess", "--source", "digits", "--n-samples", "60", "--transforms",
+                     "scale01", "--validation-fraction", "0", "--out", str(d / "d.zarr")]) == 0
+    assert cli.main(["train", "--data", str(d / "d.zarr"), "--model", "vae", "--likelihood",
+                     "bernoulli", "--hidden", "8", "--epochs", "1", "--no-progress", "--out",
+                     str(d / "m"), "--history", str(d / "h.tsv")]) == 0
+    assert cli.main(["encode", "--data", str(d / "d.zarr"), "--model", str(d / "m"),
+                     "--n-examples", "2", "--n-generated", "2", "--n-importance", "2",
+                     "--out", str(d / "l.zarr")]) == 0
+    assert ("; all samples' (no validation split: training samples) reconstruction error"
+            in capsys.readouterr().out)
+    assert cli.main(["report", "summary", "--runs", "vae-bernoulli", "--histories",
+                     str(d / "h.tsv"), "--latents", str(d / "l.zarr"), "--curves",
+                     str(d / "c.png"), "--table", str(d / "t.tsv")]) == 0
+    assert ("warning: vae-bernoulli had no validation split: their val_* columns are scores "
+            "of the training samples" in capsys.readouterr().err)
+
+
 def test_encode_output(steps: Path) -> None:
     import torch
 

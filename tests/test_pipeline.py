@@ -268,6 +268,20 @@ def test_cyclical_beta_with_patience_is_fine_for_models_without_a_kl_weight(tmp_
     assert len(trains) == 2 and all("--patience 3" in line for line in trains)
     assert not any("--beta-schedule" in line for line in trains)
 
+def test_a_labels_file_is_an_input_of_preprocessing(tmp_path: Path) -> None:
+    """A labels file given by path is, like the data file, an input of the preprocess job:
+    editing it reruns the pipeline (before, results built on old labels looked current)."""
+    wd = make_workdir(tmp_path, {"data": {"source": "x.npy", "labels": "y.npy"}})
+    np.save(wd / "x.npy", np.random.default_rng(0).random((40, 3)))
+    np.save(wd / "y.npy", np.arange(40) % 2)
+    target = ("results/data/x.zarr", "--cores", "1", "--configfile", "test.yaml")
+    snakemake(wd, *target)
+    assert "Nothing to be done" in snakemake(wd, "-n", *target).stdout
+    np.save(wd / "y.npy", 1 - np.arange(40) % 2)
+    out = snakemake(wd, "-n", *target).stdout
+    assert "Updated input files: y.npy" in out
+
+
 def test_configured_geodesic_pairs_reach_the_geodesics_command(tmp_path: Path) -> None:
     """`geodesics.pairs` becomes `aetk geodesics --pairs I:J ...` in place of `--n-pairs`;
     by default (null) the pairs are sampled, `--n-pairs` of them."""
@@ -286,7 +300,8 @@ def test_configured_geodesic_pairs_reach_the_geodesics_command(tmp_path: Path) -
 
 def test_graph_start_reaches_the_geodesics_command(tmp_path: Path) -> None:
     """`geodesics.init` becomes `--init` (left out for the default, line: results made
-    before the option stay current); `graph_neighbours` goes with the graph start only."""
+    before the option stay current); `graph_neighbours` goes with the graph start only;
+    `spray_points` and `integration_tol` likewise."""
     def geodesic_commands(out: str) -> list[str]:
         return [line for line in out.splitlines() if "Shell command: aetk geodesics" in line]
 
@@ -294,6 +309,13 @@ def test_graph_start_reaches_the_geodesics_command(tmp_path: Path) -> None:
     lines = geodesic_commands(default)
     assert lines and all("--init" not in line and "--graph-neighbours" not in line
                          for line in lines)
+    # so are the spray's codes and the mean's integration tolerance at theirs
+    assert not any("--spray-points" in line or "--integration-tol" in line for line in lines)
+    wd = make_workdir(tmp_path / "mean", {"geodesics": {"spray_points": 50,
+                                                        "integration_tol": 0}})
+    out = snakemake(wd, "-n", "-p", "--cores", "1", "--configfile", "test.yaml").stdout
+    lines = geodesic_commands(out)
+    assert lines and all("--spray-points 50 --integration-tol 0 " in line for line in lines)
     wd = make_workdir(tmp_path / "graph", {"geodesics": {"init": "graph",
                                                          "graph_neighbours": 7}})
     out = snakemake(wd, "-n", "-p", "--cores", "1", "--configfile", "test.yaml").stdout
@@ -326,13 +348,14 @@ def test_lint_and_snakefmt(tmp_path: Path) -> None:
     ({"train": {"beta_schedule": {"name": "cyclical"}, "lr_schedule": "plateau"}},
      "train.beta_schedule cyclical cannot go with"),
     ({"train": {"beta_schedule": {"name": "capacity"}}},
-     "train.beta_schedule: {'name': 'capacity'} is not valid under any"),
+     "train.beta_schedule: {'name': 'capacity'}: 'c_max' is a required property"),
     ({"train": {"beta_schedule": {"name": "capacity", "c_max": 5}, "patience": 2}},
      "train.beta_schedule capacity cannot go with train.patience > 0 or a plateau"),
     ({"train": {"beta_schedule": "linear"}},
      "train.beta_schedule: 'linear' is not valid: choose one of constant, cyclical, capacity"),
     ({"train": {"beta_schedule": {"name": "cyclical", "n_cycle": 2}}},
-     "train.beta_schedule: {'n_cycle': 2, 'name': 'cyclical'} is not valid under any"),
+     "train.beta_schedule: {'n_cycle': 2, 'name': 'cyclical'}: Additional properties are not "
+     "allowed ('n_cycle' was unexpected)"),
     ({"train": {"penalties": ["l1"]}},
      "train.penalties.0: 'l1' is not valid: choose one of latent_l2, min_variance, entropy"),
     ({"train": {"lr_schedule": "cosnie"}},
@@ -340,20 +363,28 @@ def test_lint_and_snakefmt(tmp_path: Path) -> None:
     ({"data": {"source": "my_data.npy"}},
      "data.source: 'my_data.npy' is neither a bundled data set (mnist5k"),
     ({"train": {"penalties": [{"name": "entropy", "sigma_min": 0.1}]}},
-     "train.penalties.0: {'name': 'entropy', 'sigma_min': 0.1} is not valid under any"),
+     "train.penalties.0: {'name': 'entropy', 'sigma_min': 0.1}: Additional properties are not "
+     "allowed ('sigma_min' was unexpected)"),
     ({"train": {"penalties": [{"name": "min_variance", "sigma_min": 0}]}},
-     "train.penalties.0: {'name': 'min_variance', 'sigma_min': 0} is not valid under any"),
+     "train.penalties.0: {'name': 'min_variance', 'sigma_min': 0}: sigma_min: 0 is less than "
+     "or equal to the minimum of 0"),
     ({"grid": {"models": ["vae", "vea"]}}, "grid.models.1: 'vea' is not one of"),
     ({"grid": {"likelihoods": ["bernouli"]}}, "grid.likelihoods.0: 'bernouli' is not one of"),
     ({"grid": {"models": ["vae", "hvae"], "likelihoods": ["mse"]}},
      "grid: the likelihood mse (a deterministic decoder) is only for the models ae, irmae, "
      "wae, vqvae, not for vae, hvae"),
-    ({"data": {"transforms": ["scale"]}}, "data.transforms.0:"),
+    ({"data": {"transforms": ["scale01", "binarize"]}},
+     "data.transforms.1: 'binarize' is not valid: choose one of scale01, binarise, log1p, "
+     "standardise, select_top_variance"),
+    ({"data": {"transforms": [{"name": "scale01", "threshold": 0.5}]}},
+     "data.transforms.0: {'name': 'scale01', 'threshold': 0.5}: Additional properties are not "
+     "allowed ('threshold' was unexpected)"),
     ({"model_options": {"rhvae": {"n_centroid": 8}}},
      "model_options.rhvae: Additional properties are not allowed ('n_centroid'"),
     ({"colour": "red"}, "(top level): Additional properties are not allowed ('colour'"),
     ({"train": {"locality": {"n_primary": 4, "n_secondary": 2}}},
-     "train.locality: {'n_primary': 4, 'n_secondary': 2} is not valid under any"),
+     "train.locality: {'n_primary': 4, 'n_secondary': 2}: 'k_neighbors' is a required "
+     "property"),
     ({"encode": {"traversal_steps": 1}},
      "encode.traversal_steps: 1 is not allowed: 0 (none) or at least 2 steps"),
     ({"geodesics": {"pairs": [[1, 2, 3]]}}, "geodesics.pairs.0: [1, 2, 3] is too long"),

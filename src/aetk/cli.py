@@ -749,7 +749,9 @@ def cmd_encode(args: argparse.Namespace) -> None:
         values = enc[name][val]
         return "n/a" if np.isnan(values).all() else f"{np.nanmean(values):.{digits}f}"
 
-    print(f"encoded {len(stored.x)} samples in {time.perf_counter() - t0:.1f} s; validation "
+    scored = ("validation" if stored.is_validation.any()
+              else "all samples' (no validation split: training samples)")
+    print(f"encoded {len(stored.x)} samples in {time.perf_counter() - t0:.1f} s; {scored} "
           f"reconstruction error {mean('reconstruction_error', 4)}, ELBO {mean('elbo')}, "
           f"log p(x) {mean('log_marginal')}; wrote {args.out}")
 
@@ -1200,6 +1202,11 @@ def cmd_report_summary(args: argparse.Namespace) -> None:
     for (run, ds), path in zip(latents.items(), args.latents, strict=True):
         check_run(ds, path, run, args.runs,
                   ": give --runs, --histories and --latents in the same order")
+    unsplit = [r for r, ds in latents.items()
+               if not (ds["split"].values == storage.SPLIT_VALIDATION).any()]
+    if unsplit:
+        print(f"warning: {', '.join(unsplit)} had no validation split: their val_* columns "
+              "are scores of the training samples, not of held-out data", file=sys.stderr)
     # A geodesic store belongs to the run whose model it was fitted with (same run hash).
     run_of_hash = {ds.attrs.get("config_hash"): run for run, ds in latents.items()}
     geodesics = {}
@@ -1554,8 +1561,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "trained on it scores each run's generated samples")
     q.add_argument("--curves", required=True, help="training-curves figure to write (.png)")
     q.add_argument("--table", required=True, help="comparison table to write (.tsv)")
-    q.add_argument("--figure", help="comparison figure to write (.png): log p(x), ELBO and "
-                   "reconstruction error per run")
+    q.add_argument("--figure", help="comparison figure to write (.png): per run, log p(x) "
+                   "and the ELBO, the KL split into mutual information and prior mismatch, "
+                   "the reconstruction error and, with --data, the classifier's score")
     return parser
 
 

@@ -14,39 +14,60 @@ BUNDLED = ("mnist5k", "mnist", "digits", "swissroll", "scurve", "scrna_counts")
 # the models whose loss takes mse's deterministic decoder (aetk.build.MSE_MODELS)
 MSE_MODELS = ("ae", "irmae", "wae", "vqvae")
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA_DEFS = yaml.safe_load(SCHEMA.read_text())["$defs"]
+
+
+def resolved(schema):
+    """`schema`, or the definition its `$ref` names."""
+    ref = schema.get("$ref")
+    return SCHEMA_DEFS[ref.rsplit("/", 1)[1]] if ref else schema
+
+
+def names_of(alternative):
+    """The names an alternative of a `oneOf` takes: a string's `enum`, an object's `name`
+    (`enum` or `const`)."""
+    alternative = resolved(alternative)
+    named = resolved(alternative.get("properties", {}).get("name", {}))
+    found = alternative.get("enum") or named.get("enum") or [named.get("const")]
+    return [n for n in found if n is not None]
 
 
 def allowed_names(alternatives):
-    """The names that the alternatives of a `oneOf` take: a string's `enum`, an object's
-    `name` (`enum` or `const`)."""
+    """The names that the alternatives of a `oneOf` take, in order, once each."""
     names = []
     for alternative in alternatives:
-        named = alternative.get("properties", {}).get("name", {})
-        found = alternative.get("enum") or named.get("enum") or [named.get("const")]
-        names += [n for n in found if n is not None and n not in names]
+        names += [n for n in names_of(alternative) if n not in names]
     return names
 
 
 def message(error):
-    """jsonschema's message, or for an excluded value (`not`) the key's description, and
-    for a value no alternative fits (`oneOf`) the names they allow."""
+    """jsonschema's message, or for an excluded value (`not`) the key's description; for
+    a value no alternative fits (`oneOf`), the names they allow, or for an object with a
+    known name (or none to know) what its own alternative says of its options."""
     if error.validator == "not":
         return (
             f"{error.instance!r} is not allowed: {error.schema.get('description', '')}"
         )
     if error.validator in ("oneOf", "anyOf"):
         names = allowed_names(error.validator_value)
-        name = (
-            error.instance.get("name")
-            if isinstance(error.instance, dict)
-            else error.instance
-        )
-        # a known name with bad options gets jsonschema's message
+        named = isinstance(error.instance, dict)
+        name = error.instance.get("name") if named else error.instance
         if names and name not in names:
             return (
                 f"{error.instance!r} is not valid: choose one of {', '.join(map(str, names))}"
                 " (a name, or an object with name and options)"
             )
+        for i, alternative in enumerate(error.validator_value):
+            # the object alternative of this name, or the one with no names at all
+            if (
+                named
+                and "properties" in resolved(alternative)
+                and (name in names_of(alternative) or not names_of(alternative))
+            ):
+                own = [e for e in error.context if e.relative_schema_path[0] == i]
+                if own:
+                    where = "".join(f"{p}: " for p in own[0].path)  # the option's name
+                    return f"{error.instance!r}: {where}{own[0].message}"
     return error.message
 
 
@@ -176,8 +197,14 @@ wildcard_constraints:
 
 
 def data_input(wildcards):
-    """The user's data file (so that editing it reruns the pipeline); none when bundled."""
-    return [] if DATA["source"] in BUNDLED else [DATA["source"]]
+    """The user's data file, and labels file when given as one (as aetk.data.read_file
+    takes it: an existing .npy or .txt), so that editing either reruns the pipeline; none
+    when bundled."""
+    if DATA["source"] in BUNDLED:
+        return []
+    labels = DATA["labels"]
+    label_file = labels is not None and Path(labels).suffix in (".npy", ".txt")
+    return [DATA["source"]] + ([labels] if label_file and Path(labels).exists() else [])
 
 
 def cli_args(pairs):
@@ -391,6 +418,15 @@ def geodesic_args(wildcards):
             ("--max-iter", geo["max_iter"]),
             ("--grid-size", geo["grid_size"]),
             ("--spray", geo["spray"]),
+            # left out at the CLI's defaults, as --init: earlier results stay current
+            (
+                "--spray-points",
+                None if geo["spray_points"] == 100 else geo["spray_points"],
+            ),
+            (
+                "--integration-tol",
+                None if geo["integration_tol"] == 1e-4 else geo["integration_tol"],
+            ),
             ("--seed", geo["seed"]),
         ]
     )
