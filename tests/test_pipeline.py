@@ -245,7 +245,7 @@ def test_mse_runs_only_the_autoencoders(tmp_path: Path) -> None:
     with a note."""
     from aetk import build
 
-    listed = re.search(r"^MSE_MODELS = \((.*)\)$", (REPO / "workflow/rules/common.smk"
+    listed = re.search(r"^CODE_ENCODERS = \((.*)\)$", (REPO / "workflow/rules/common.smk"
                                                      ).read_text(), re.M)
     assert tuple(ast.literal_eval(f"({listed[1]})")) == build.MSE_MODELS
     wd = make_workdir(tmp_path, {"grid": {"models": ["ae", "vae"],
@@ -370,6 +370,11 @@ def test_lint_and_snakefmt(tmp_path: Path) -> None:
      "or equal to the minimum of 0"),
     ({"grid": {"models": ["vae", "vea"]}}, "grid.models.1: 'vea' is not one of"),
     ({"grid": {"likelihoods": ["bernouli"]}}, "grid.likelihoods.0: 'bernouli' is not one of"),
+    ({"grid": {"likelihoods": ["categorical"]}},
+     "likelihood_options.categorical.n_classes: the categorical likelihood needs the number"),
+    ({"data": {"source": "swissroll"}, "grid": {"conditional": [False, True]}},
+     "grid.conditional: a conditional run needs categorical labels, which swissroll does "
+     "not have (another data set)"),
     ({"grid": {"models": ["vae", "hvae"], "likelihoods": ["mse"]}},
      "grid: the likelihood mse (a deterministic decoder) is only for the models ae, irmae, "
      "wae, vqvae, not for vae, hvae"),

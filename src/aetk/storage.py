@@ -140,12 +140,14 @@ VARIABLE_ATTRS: dict[str, dict[str, dict[str, str]]] = {
                     "row, decreasing (as an image is read)"},
     },
     "aetk-geodesics": {
-        "pair": {"long_name": "pair"},
+        "pair": {"long_name": "pair", "description": "index of the pair of samples joined"},
         "t": {"long_name": "t", "description": "curve parameter, 0 .. 1"},
-        "latent": {"long_name": "latent dimension"},
+        "latent": {"long_name": "latent dimension",
+                   "description": "index of the latent coordinate"},
         "z1": {"long_name": "z1", "description": "latent coordinate z1 of the grid"},
         "z2": {"long_name": "z2", "description": "latent coordinate z2 of the grid"},
-        "direction": {"long_name": "direction"},
+        "direction": {"long_name": "direction", "description": "index of the spray's "
+                      "geodesic, leaving the Frechet mean at equal coordinate angles"},
         "s": {"long_name": "s", "description": "time along the spray's geodesics, 0 .. 1"},
         "points": {"long_name": "geodesic point", "description": "the fitted geodesics; "
                    "the first and last points are the endpoints' z_mean"},
@@ -167,7 +169,8 @@ VARIABLE_ATTRS: dict[str, dict[str, dict[str, str]]] = {
                          "description": "metric length of the shortest path through the "
                                         "codes' neighbourhood graph that the fit started "
                                         "from; inf where the graph does not join the pair"},
-        "graph_found": {"long_name": "graph joins the pair"},
+        "graph_found": {"long_name": "graph joins the pair", "description": "the codes' "
+                        "neighbourhood graph has a path between the pair's endpoints"},
         "kept_init": {"long_name": "kept the graph path",
                       "description": "the resampled graph path was shorter than its fit and "
                                      "was returned instead"},
@@ -177,8 +180,10 @@ VARIABLE_ATTRS: dict[str, dict[str, dict[str, str]]] = {
         "start_index": {"long_name": "start sample",
                         "description": "sample index of the start point"},
         "end_index": {"long_name": "end sample", "description": "sample index of the end point"},
-        "start_label": {"long_name": "start label"},
-        "end_label": {"long_name": "end label"},
+        "start_label": {"long_name": "start label",
+                        "description": "the data's label of the start sample"},
+        "end_label": {"long_name": "end label",
+                      "description": "the data's label of the end sample"},
         "log_volume": {"long_name": "log sqrt(det G(z))",
                        "description": "log volume element of the metric on the grid"},
         "gaussian_curvature": {"long_name": "Gaussian curvature K(z)",

@@ -11,8 +11,9 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 BUNDLED = ("mnist5k", "mnist", "digits", "swissroll", "scurve", "scrna_counts")
-# the models whose loss takes mse's deterministic decoder (aetk.build.MSE_MODELS)
-MSE_MODELS = ("ae", "irmae", "wae", "vqvae")
+# models whose encoder returns codes, not a distribution q(z|x): those that take mse's
+# deterministic decoder (aetk.build.MSE_MODELS), and not q(z|x)'s penalties
+CODE_ENCODERS = ("ae", "irmae", "wae", "vqvae")
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 SCHEMA_DEFS = yaml.safe_load(SCHEMA.read_text())["$defs"]
 
@@ -149,19 +150,19 @@ def make_runs():
     pairs = [
         (m, lik)
         for m, lik in itertools.product(GRID["models"], GRID["likelihoods"])
-        if lik != "mse" or m in MSE_MODELS
+        if lik != "mse" or m in CODE_ENCODERS
     ]
-    skipped = [m for m in GRID["models"] if m not in MSE_MODELS]
+    skipped = [m for m in GRID["models"] if m not in CODE_ENCODERS]
     if "mse" in GRID["likelihoods"] and skipped:
         if not pairs:
             raise WorkflowError(
                 "Invalid configuration (1 error(s)):\n  grid: the likelihood mse (a "
-                f"deterministic decoder) is only for the models {', '.join(MSE_MODELS)}, "
+                f"deterministic decoder) is only for the models {', '.join(CODE_ENCODERS)}, "
                 f"not for {', '.join(skipped)}"
             )
         print(
             f"note: no mse runs for {', '.join(skipped)} (mse is for "
-            f"{', '.join(MSE_MODELS)})",
+            f"{', '.join(CODE_ENCODERS)})",
             file=sys.stderr,
         )
     grid = itertools.product(
@@ -296,9 +297,46 @@ def check_beta_schedule(train, models):
 
 check_beta_schedule(config["train"], GRID["models"])
 
+# bundled data sets without categorical labels: swiss roll and S-curve positions are
+# continuous, the single cells have none
+UNLABELLED = ("swissroll", "scurve", "scrna_counts")
 
-# models whose encoder returns codes, not a distribution q(z|x) (aetk.build.MODELS)
-CODE_ENCODERS = ("ae", "irmae", "wae", "vqvae")
+
+def check_needs(cfg):
+    """What the schema cannot see and would stop a job later: a categorical likelihood's
+    n_classes, and a conditional run's categorical labels."""
+    errors = []
+    categorical = cfg["likelihood_options"].get("categorical", {})
+    if "categorical" in cfg["grid"]["likelihoods"] and "n_classes" not in categorical:
+        errors.append(
+            "likelihood_options.categorical.n_classes: the categorical likelihood needs "
+            "the number of values each feature takes, e.g. likelihood_options: "
+            "{categorical: {n_classes: 5}}"
+        )
+    data = cfg["data"]
+    unlabelled = data["source"] in UNLABELLED or (
+        data["source"] not in BUNDLED and data["labels"] is None
+    )
+    if True in cfg["grid"]["conditional"] and unlabelled:
+        hint = (
+            "give data.labels" if data["source"] not in BUNDLED else "another data set"
+        )
+        errors.append(
+            "grid.conditional: a conditional run needs categorical labels, which "
+            f"{data['source']} does not have ({hint})"
+        )
+    if errors:
+        raise WorkflowError(
+            "\n".join(
+                [f"Invalid configuration ({len(errors)} error(s)):"]
+                + [f"  {e}" for e in errors]
+            )
+        )
+
+
+check_needs(config)
+
+
 # penalties of q(z|x) (aetk.penalties), which models with code encoders cannot take
 POSTERIOR_PENALTIES = ("min_variance", "entropy")
 
