@@ -678,6 +678,17 @@ def test_scores_without_a_validation_split_say_so(tmp_path: Path,
             "of the training samples" in capsys.readouterr().err)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+def test_a_missing_device_is_refused_before_training_is_announced(
+        steps: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["train", "--data", str(steps / "data.zarr"), "--model", "vae",
+                     "--likelihood", "bernoulli", "--device", "cuda", "--out",
+                     str(tmp_path / "m"), "--history", str(tmp_path / "h.tsv")]) == 1
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.startswith("aetk train: error: device 'cuda': CUDA is "
+                                                "not available on this machine")
+
+
 def test_encode_output(steps: Path) -> None:
     import torch
 

@@ -156,6 +156,14 @@ def test_reader_errors(tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", X)
     with pytest.raises(ValueError, match="5 labels for 40 samples"):
         data.read_file(tmp_path / "x.npy", labels=str(tmp_path / "y.npy"))
+    # not numpy's "allow_pickle=True" advice, which would run code from the file
+    (tmp_path / "junk.npy").write_bytes(b"not an array")
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}, None]), allow_pickle=True)
+    for bad in ("junk.npy", "objects.npy"):
+        with pytest.raises(ValueError, match=f"{bad}: not a .npy file of numbers or strings"):
+            data.read_file(tmp_path / bad)
+        with pytest.raises(ValueError, match=f"{bad}: not a .npy file of numbers or strings"):
+            data.read_file(tmp_path / "x.npy", labels=str(tmp_path / bad))
 
 
 # ------------------------------------------------------------------------------ bundled

@@ -95,6 +95,9 @@ def claim_device(device: str) -> str:
     import torch
 
     if device != "auto":
+        from aetk.devices import resolve_device
+
+        resolve_device(device)  # a device this machine lacks: its error before any output
         return device
     if not torch.cuda.is_available():
         warn_unused_gpu()

@@ -166,9 +166,22 @@ def _pick_key(keys: list[str], key: str | None, what: str, source: str) -> str:
     raise KeyError(f"{source}: several arrays ({', '.join(keys)}); name one with `key`")
 
 
+def _load_npy(path: Path) -> np.ndarray:
+    """`np.load` without pickles; a file of Python objects (or no array at all) is a
+    ValueError saying what aetk reads, not numpy's advice to allow pickles."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as err:
+        if "allow_pickle" not in str(err):
+            raise
+        raise ValueError(f"{path}: not a .npy file of numbers or strings (a pickled object "
+                         "array, or another format): save a numeric array with np.save"
+                         ) from None
+
+
 def _read_label_file(path: Path) -> np.ndarray:
     if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False)
+        return _load_npy(path)
     lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
     return np.asarray(lines) if not all(_is_number(v) for v in lines) else np.asarray(
         [float(v) for v in lines])
@@ -295,7 +308,7 @@ def read_file(path: str | Path, *, key: str | None = None, labels: str | None = 
     if suffix == ".npy":
         if inner_labels is not None:
             raise ValueError(f"{path}: a .npy file holds one array; give labels as a file path")
-        data = _flatten(np.load(path, allow_pickle=False), str(path))
+        data = _flatten(_load_npy(path), str(path))
     elif suffix == ".npz":
         with np.load(path, allow_pickle=False) as z:
             keys = sorted(z.files)
