@@ -62,7 +62,20 @@ def test_claim_device_without_gpu() -> None:
     if torch.cuda.is_available():
         pytest.skip("machine has a GPU")
     assert cli.claim_device("auto") == "cpu"
-    assert cli.claim_device("cuda:1") == "cuda:1"
+    assert cli.claim_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="device 'cuda:1': CUDA is not available"):
+        cli.claim_device("cuda:1")
+
+
+def test_claim_device_without_file_locks_takes_the_first_gpu(monkeypatch) -> None:
+    """Windows has no fcntl: every job shares cuda:0 instead of failing to import it."""
+    import sys
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # its import fails
+    assert cli.claim_device("auto") == "cuda:0"
 
 
 @pytest.mark.parametrize("variable", ["SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES",

@@ -88,10 +88,9 @@ def claim_device(device: str) -> str:
     """Resolve ``auto``: the first GPU no other aetk process holds (one job per GPU), else CPU.
 
     Locks are per physical GPU (by UUID) in the temp directory and last as long as the
-    process, so concurrent jobs on a multi-GPU workstation spread over the GPUs.
+    process, so concurrent jobs on a multi-GPU workstation spread over the GPUs. Without
+    POSIX file locks (Windows) every job takes the first GPU.
     """
-    import fcntl
-
     import torch
 
     if device != "auto":
@@ -102,6 +101,10 @@ def claim_device(device: str) -> str:
     if not torch.cuda.is_available():
         warn_unused_gpu()
         return "cpu"
+    try:
+        import fcntl
+    except ModuleNotFoundError:
+        return "cuda:0"
     for i in range(torch.cuda.device_count()):
         uuid = getattr(torch.cuda.get_device_properties(i), "uuid", i)
         handle = open(Path(tempfile.gettempdir()) / f"aetk-gpu-{uuid}.lock", "w")  # noqa: SIM115
