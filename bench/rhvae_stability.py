@@ -37,7 +37,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--model", default="rhvae")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--likelihoods", default=",".join(sorted(aetk.LIKELIHOODS)))
+    # every likelihood but mse, which is for the autoencoders only
+    ap.add_argument("--likelihoods", default=",".join(sorted(set(aetk.LIKELIHOODS) - {"mse"})))
     add_device(ap, default="auto")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -14,8 +14,7 @@ from aetk.geometry import Metric, metric_for
 def digits(likelihood: str = "bernoulli", n: int = 600) -> tuple[torch.Tensor, dict]:
     """The first `n` scikit-learn digits (8 x 8, values 0..16) in the range a likelihood
     takes, with the options it needs: [0, 1] for Bernoulli, Gaussians and the mean squared
-    error, five classes
-    for the categorical, raw counts otherwise."""
+    error, five classes for the categorical, raw counts otherwise."""
     x = torch.as_tensor(load_digits().data, dtype=torch.float32)[:n]
     if likelihood in ("bernoulli", "gaussian", "gaussian_learned", "mse"):
         return x / 16.0, {}

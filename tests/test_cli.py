@@ -682,12 +682,13 @@ def test_scores_without_a_validation_split_say_so(tmp_path: Path,
     assert cli.main(["encode", "--data", str(d / "d.zarr"), "--model", str(d / "m"),
                      "--n-examples", "2", "--n-generated", "2", "--n-importance", "2",
                      "--out", str(d / "l.zarr")]) == 0
-    assert ("; all samples' (no validation split: training samples) reconstruction error"
-            in capsys.readouterr().out)
+    out = capsys.readouterr().out
+    assert "; training samples' reconstruction error" in out
+    assert " (no validation split); wrote" in out
     assert cli.main(["report", "summary", "--runs", "vae-bernoulli", "--histories",
                      str(d / "h.tsv"), "--latents", str(d / "l.zarr"), "--curves",
                      str(d / "c.png"), "--table", str(d / "t.tsv")]) == 0
-    assert ("warning: vae-bernoulli had no validation split: their val_* columns are scores "
+    assert ("warning: vae-bernoulli had no validation split: its val_* columns are scores "
             "of the training samples" in capsys.readouterr().err)
 
 
@@ -1435,7 +1436,8 @@ def test_an_output_path_given_by_mistake_is_refused_before_any_work(
          f"aetk sample: error: {latent} exists and is not an aetk sample store to replace: it "
          "is a latent store (from `aetk encode`)"),
         ([*train, "--out", str(data), "--history", str(tmp_path / "new.tsv")],
-         f"aetk train: error: {data} is a zarr store, not a folder for a model"),
+         f"aetk train: error: {data} is a data store (from `aetk preprocess`), not a folder "
+         "for a model"),
         ([*train, "--out", str(tmp_path / "new"), "--history", str(model)],
          f"aetk train: error: --history {model} is a folder: give the table's file name"),
         (["report", "run", "--data", str(data), "--latent", str(latent), "--out-dir",

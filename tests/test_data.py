@@ -158,12 +158,19 @@ def test_reader_errors(tmp_path: Path) -> None:
         data.read_file(tmp_path / "x.npy", labels=str(tmp_path / "y.npy"))
     # not numpy's "allow_pickle=True" advice, which would run code from the file
     (tmp_path / "junk.npy").write_bytes(b"not an array")
-    np.save(tmp_path / "objects.npy", np.array([{"a": 1}, None]), allow_pickle=True)
+    objects = np.array([{"a": 1}, None])
+    np.save(tmp_path / "objects.npy", objects, allow_pickle=True)
+    np.savez(tmp_path / "objects.npz", x=objects, y=objects)
+    message = "{}: not an array of numbers or strings"
+    for bad in ("junk.npy", "objects.npy", "objects.npz"):
+        with pytest.raises(ValueError, match=message.format(bad)):
+            data.read_file(tmp_path / bad, key="x")
     for bad in ("junk.npy", "objects.npy"):
-        with pytest.raises(ValueError, match=f"{bad}: not a .npy file of numbers or strings"):
-            data.read_file(tmp_path / bad)
-        with pytest.raises(ValueError, match=f"{bad}: not a .npy file of numbers or strings"):
+        with pytest.raises(ValueError, match=message.format(bad)):
             data.read_file(tmp_path / "x.npy", labels=str(tmp_path / bad))
+    np.savez(tmp_path / "labelled.npz", x=X, y=objects)
+    with pytest.raises(ValueError, match=message.format("labelled.npz")):
+        data.read_file(tmp_path / "labelled.npz", key="x", labels="y")
 
 
 # ------------------------------------------------------------------------------ bundled
@@ -366,8 +373,9 @@ def test_read_data_rejects_other_stores(tmp_path: Path) -> None:
 
 
 def test_a_store_replaces_only_a_store_of_its_kind(tmp_path: Path) -> None:
-    """write_zarr replaces a store of the same kind (or one without a kind, made by hand);
-    a file, a folder, a model or another kind of store is refused and left as it was."""
+    """write_zarr replaces a store of the same kind, or an empty folder; a file, a folder, a
+    model, another kind of store, or one made by hand (the input of `aetk preprocess`,
+    which `--out` deleted when it was the source) is refused and left as it was."""
     import xarray as xr
 
     import aetk
@@ -377,27 +385,51 @@ def test_a_store_replaces_only_a_store_of_its_kind(tmp_path: Path) -> None:
     storage.write_zarr(latent, path)
     storage.write_zarr(latent.assign(a=latent.a + 1), path)
     assert storage.read_zarr(path)["a"].values.tolist() == [1.0, 2.0, 3.0]
-    storage.write_zarr(xr.Dataset({"b": (("n",), np.ones(2))}), tmp_path / "hand.zarr")
-    storage.write_zarr(latent, tmp_path / "hand.zarr")
+    hand = xr.Dataset({"b": (("n",), np.ones(2))})
+    storage.write_zarr(hand, tmp_path / "hand.zarr")
+    storage.write_zarr(hand, tmp_path / "hand.zarr")  # by hand over by hand
+    (tmp_path / "empty").mkdir()
+    storage.write_zarr(latent, tmp_path / "empty")
     (tmp_path / "x.npy").write_bytes(b"data")
     (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "notes.txt").write_text("mine")
+    (tmp_path / "v2.zarr").mkdir()
+    (tmp_path / "v2.zarr" / ".zgroup").write_text('{"zarr_format": 2}')
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
     aetk.build_model("vae", "bernoulli", in_features=4, hidden=(3,)).save(tmp_path / "m")
     geo = latent.assign_attrs(store="aetk-geodesics")
     refusals = {"x.npy": "a file", "folder": "no zarr store",
                 "m": r"a model directory \(from `aetk train`\)",
-                "l.zarr": r"a latent store \(from `aetk encode`\)"}
+                "l.zarr": r"a latent store \(from `aetk encode`\)",
+                "hand.zarr": "a zarr store made by hand", "v2.zarr": "a zarr-2 store",
+                "gone": "a broken symbolic link"}
     for name, what in refusals.items():
         with pytest.raises(FileExistsError, match=f"is not an aetk geodesic store to replace: "
                                                   f"it is {what}"):
             storage.write_zarr(geo, tmp_path / name)
+    with pytest.raises(FileExistsError, match="is not a zarr store made by hand to replace: it "
+                                              r"is a latent store \(from `aetk encode`\)"):
+        storage.write_zarr(hand, path)
     assert (tmp_path / "x.npy").read_bytes() == b"data"
     assert storage.read_zarr(path).attrs["store"] == "aetk-latent"
+    assert storage.read_zarr(tmp_path / "hand.zarr")["b"].values.tolist() == [1.0, 1.0]
     # nor does a model go into a file or a store
     model = aetk.build_model("vae", "bernoulli", in_features=4, hidden=(3,))
-    for name in ("x.npy", "l.zarr"):
+    for name in ("x.npy", "l.zarr", "v2.zarr"):
         with pytest.raises(FileExistsError, match="not a folder for a model"):
             model.save(tmp_path / name)
     assert sorted(p.name for p in path.iterdir()) == ["a", "zarr.json"]
+
+
+def test_a_store_behind_a_link_is_replaced_without_debris(tmp_path: Path) -> None:
+    import xarray as xr
+
+    latent = xr.Dataset({"a": (("n",), np.arange(3.0))}, attrs={"store": "aetk-latent"})
+    storage.write_zarr(latent, tmp_path / "real.zarr")
+    (tmp_path / "link.zarr").symlink_to(tmp_path / "real.zarr")
+    storage.write_zarr(latent.assign(a=latent.a * 2), tmp_path / "link.zarr")
+    assert storage.read_zarr(tmp_path / "link.zarr")["a"].values.tolist() == [0.0, 2.0, 4.0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.zarr", "real.zarr"]
 
 
 def test_an_interrupted_write_leaves_the_previous_store(tmp_path: Path, monkeypatch) -> None:

@@ -268,6 +268,7 @@ def test_cyclical_beta_with_patience_is_fine_for_models_without_a_kl_weight(tmp_
     assert len(trains) == 2 and all("--patience 3" in line for line in trains)
     assert not any("--beta-schedule" in line for line in trains)
 
+
 def test_a_labels_file_is_an_input_of_preprocessing(tmp_path: Path) -> None:
     """A labels file given by path is, like the data file, an input of the preprocess job:
     editing it reruns the pipeline (before, results built on old labels looked current)."""
@@ -309,8 +310,17 @@ def test_graph_start_reaches_the_geodesics_command(tmp_path: Path) -> None:
     lines = geodesic_commands(default)
     assert lines and all("--init" not in line and "--graph-neighbours" not in line
                          for line in lines)
-    # so are the spray's codes and the mean's integration tolerance at theirs
+    # so are the spray's codes and the mean's integration tolerance at theirs, which are
+    # the CLI's
     assert not any("--spray-points" in line or "--integration-tol" in line for line in lines)
+    from aetk import cli
+
+    geodesics = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())[
+        "properties"]["geodesics"]["properties"]
+    parsed = cli.build_parser().parse_args(["geodesics", "--latent", "l", "--model", "m",
+                                            "--out", "o"])
+    assert parsed.spray_points == geodesics["spray_points"]["default"]
+    assert parsed.integration_tol == geodesics["integration_tol"]["default"]
     wd = make_workdir(tmp_path / "mean", {"geodesics": {"spray_points": 50,
                                                         "integration_tol": 0}})
     out = snakemake(wd, "-n", "-p", "--cores", "1", "--configfile", "test.yaml").stdout
@@ -344,13 +354,13 @@ def test_lint_and_snakefmt(tmp_path: Path) -> None:
     ({"train": {"clip_grad_norm": -1}}, "train.clip_grad_norm: -1 is not valid under any"),
     ({"train": {"clip_grad_norm": 0}}, "train.clip_grad_norm: 0 is not valid under any"),
     ({"train": {"beta_schedule": "cyclical", "patience": 3}},
-     "train.beta_schedule cyclical cannot go with train.patience > 0 or a plateau"),
+     "train.beta_schedule: cyclical cannot go with train.patience > 0 or a plateau"),
     ({"train": {"beta_schedule": {"name": "cyclical"}, "lr_schedule": "plateau"}},
-     "train.beta_schedule cyclical cannot go with"),
+     "train.beta_schedule: cyclical cannot go with"),
     ({"train": {"beta_schedule": {"name": "capacity"}}},
      "train.beta_schedule: {'name': 'capacity'}: 'c_max' is a required property"),
     ({"train": {"beta_schedule": {"name": "capacity", "c_max": 5}, "patience": 2}},
-     "train.beta_schedule capacity cannot go with train.patience > 0 or a plateau"),
+     "train.beta_schedule: capacity cannot go with train.patience > 0 or a plateau"),
     ({"train": {"beta_schedule": "linear"}},
      "train.beta_schedule: 'linear' is not valid: choose one of constant, cyclical, capacity"),
     ({"train": {"beta_schedule": {"name": "cyclical", "n_cycle": 2}}},

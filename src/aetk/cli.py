@@ -85,7 +85,8 @@ _GPU_LOCKS: list[Any] = []
 
 
 def claim_device(device: str) -> str:
-    """Resolve ``auto``: the first GPU no other aetk process holds (one job per GPU), else CPU.
+    """Resolve ``auto``: the first GPU no other aetk process holds (one job per GPU), else CPU;
+    another device is checked (`resolve_device`: one this machine lacks is a ValueError).
 
     Locks are per physical GPU (by UUID) in the temp directory and last as long as the
     process, so concurrent jobs on a multi-GPU workstation spread over the GPUs. Without
@@ -310,7 +311,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     # outputs first: a path given by mistake is refused before the training, not after
     check_model_target(args.out)
-    if Path(args.history).is_dir():
+    if Path(args.history).expanduser().is_dir():
         raise ValueError(f"--history {args.history} is a folder: give the table's file name "
                          "(.tsv)")
     torch.set_num_threads(args.threads)
@@ -755,11 +756,12 @@ def cmd_encode(args: argparse.Namespace) -> None:
         values = enc[name][val]
         return "n/a" if np.isnan(values).all() else f"{np.nanmean(values):.{digits}f}"
 
-    scored = ("validation" if stored.is_validation.any()
-              else "all samples' (no validation split: training samples)")
+    split = stored.is_validation.any()
+    scored = "validation" if split else "training samples'"
     print(f"encoded {len(stored.x)} samples in {time.perf_counter() - t0:.1f} s; {scored} "
           f"reconstruction error {mean('reconstruction_error', 4)}, ELBO {mean('elbo')}, "
-          f"log p(x) {mean('log_marginal')}; wrote {args.out}")
+          f"log p(x) {mean('log_marginal')}{'' if split else ' (no validation split)'}; "
+          f"wrote {args.out}")
 
 
 def sample_classes(model: Any, args: argparse.Namespace) -> Any:
@@ -1211,7 +1213,8 @@ def cmd_report_summary(args: argparse.Namespace) -> None:
     unsplit = [r for r, ds in latents.items()
                if not (ds["split"].values == storage.SPLIT_VALIDATION).any()]
     if unsplit:
-        print(f"warning: {', '.join(unsplit)} had no validation split: their val_* columns "
+        its = "its" if len(unsplit) == 1 else "their"
+        print(f"warning: {', '.join(unsplit)} had no validation split: {its} val_* columns "
               "are scores of the training samples, not of held-out data", file=sys.stderr)
     # A geodesic store belongs to the run whose model it was fitted with (same run hash).
     run_of_hash = {ds.attrs.get("config_hash"): run for run, ds in latents.items()}

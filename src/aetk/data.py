@@ -14,7 +14,8 @@ import importlib.metadata as md
 import json
 import pickle
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -166,22 +167,25 @@ def _pick_key(keys: list[str], key: str | None, what: str, source: str) -> str:
     raise KeyError(f"{source}: several arrays ({', '.join(keys)}); name one with `key`")
 
 
-def _load_npy(path: Path) -> np.ndarray:
-    """`np.load` without pickles; a file of Python objects (or no array at all) is a
-    ValueError saying what aetk reads, not numpy's advice to allow pickles."""
+@contextmanager
+def _no_pickles(path: Path) -> Iterator[None]:
+    """Reading `path` with numpy without pickles: an array of Python objects (or a file
+    that holds no array) is a ValueError saying what aetk reads, not numpy's advice to
+    allow pickles, which would run code from the file."""
     try:
-        return np.load(path, allow_pickle=False)
+        yield
     except ValueError as err:
         if "allow_pickle" not in str(err):
             raise
-        raise ValueError(f"{path}: not a .npy file of numbers or strings (a pickled object "
-                         "array, or another format): save a numeric array with np.save"
-                         ) from None
+        raise ValueError(f"{path}: not an array of numbers or strings (pickled Python "
+                         "objects, or another format): save numeric arrays with np.save or "
+                         "np.savez") from None
 
 
 def _read_label_file(path: Path) -> np.ndarray:
     if path.suffix == ".npy":
-        return _load_npy(path)
+        with _no_pickles(path):
+            return np.load(path, allow_pickle=False)
     lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
     return np.asarray(lines) if not all(_is_number(v) for v in lines) else np.asarray(
         [float(v) for v in lines])
@@ -308,9 +312,10 @@ def read_file(path: str | Path, *, key: str | None = None, labels: str | None = 
     if suffix == ".npy":
         if inner_labels is not None:
             raise ValueError(f"{path}: a .npy file holds one array; give labels as a file path")
-        data = _flatten(_load_npy(path), str(path))
+        with _no_pickles(path):
+            data = _flatten(np.load(path, allow_pickle=False), str(path))
     elif suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
+        with _no_pickles(path), np.load(path, allow_pickle=False) as z:
             keys = sorted(z.files)
             data = _flatten(z[_pick_key(keys, key, "array", str(path))], str(path))
             if inner_labels is not None:

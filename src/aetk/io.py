@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import __version__
+from . import __version__, storage
 from .devices import resolve_device
 from .models.base import Model
 from .train import annealed_values
@@ -23,7 +23,8 @@ def save(model: Model, path: str | Path, history: pd.DataFrame | None = None) ->
     `aetk.fit`'s return value, also `history.tsv` (tab-separated, as `aetk train
     --history`), which `load_history(path)` reads back. Without one, a `history.tsv` of an
     earlier save into the folder is removed: it would describe other weights (a history.tsv
-    in a folder without a saved model is left alone)."""
+    in a folder without a saved model is left alone). A file or a Zarr store at `path` is
+    a `FileExistsError` (`check_model_target`)."""
     if history is not None and not isinstance(history, pd.DataFrame):
         raise TypeError(f"history must be a pandas DataFrame (aetk.fit's return value), got "
                         f"{type(history).__name__}")
@@ -45,10 +46,10 @@ def check_model_target(path: str | Path) -> Path:
     """`path` (`~` expanded) as a folder to save a model in: `FileExistsError` for a file or
     a zarr store (an output path given by mistake: saving would replace or litter it)."""
     path = Path(path).expanduser()
-    if path.exists() and (not path.is_dir() or (path / "zarr.json").exists()):
-        kind = "a file" if not path.is_dir() else "a zarr store"
-        raise FileExistsError(f"{path} is {kind}, not a folder for a model: give another "
-                              "output path")
+    if (path.exists() or path.is_symlink()) and (not path.is_dir()
+                                                 or storage.is_zarr_store(path)):
+        raise FileExistsError(f"{path} is {storage.what_is(path)}, not a folder for a model: "
+                              "give another output path")
     return path
 
 

@@ -250,6 +250,8 @@ def write_zarr(ds: xr.Dataset, path: str | Path, *, chunk_rows: int = CHUNK_ROWS
             raise
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+        if old.is_symlink():  # a link to the store replaced: rmtree refuses links
+            old.unlink()
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -269,34 +271,46 @@ def _store_kind(path: Path) -> str | None:
     return str(meta.get("attributes", {}).get("store", ""))
 
 
-def _what(path: Path) -> str:
+def is_zarr_store(path: Path) -> bool:
+    """Whether the folder `path` holds a zarr store (zarr 3, or zarr 2's group or array)."""
+    return any((path / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray"))
+
+
+def what_is(path: Path) -> str:
     """What the existing `path` is, for messages: "a model directory (from `aetk train`)",
-    "a latent store (from `aetk encode`)", ..., "a file", "no zarr store"."""
+    "a latent store (from `aetk encode`)", ..., "a file", "an empty folder", "no zarr
+    store"."""
+    if path.is_symlink() and not path.exists():
+        return "a broken symbolic link"
     if not path.is_dir():
         return "a file"
     if (path / "config.json").is_file():
         return "a model directory (from `aetk train`)"
     found = _store_kind(path)
+    if found is None and is_zarr_store(path):
+        return "a zarr-2 store (aetk writes zarr 3)"
     if found is None:
-        return "no zarr store"
+        return "no zarr store" if any(path.iterdir()) else "an empty folder"
     if found in STORES:
         return f"a {STORES[found][0]} store (from `{STORES[found][1]}`)"
     return f"a store of kind {found!r}" if found else "a zarr store made by hand"
 
 
 def check_replaceable(path: str | Path, kind: str | None) -> None:
-    """Refuse (`FileExistsError`) to write a store of `kind` (a `store` attribute; None: any
-    store) over `path` unless it is absent or a zarr store of the same kind: an output path
-    given by mistake (the input store, a model, a data file) must not be deleted."""
+    """Refuse (`FileExistsError`) to write a store whose `store` attribute is `kind` (None:
+    a store without one) over `path`, unless it is absent, an empty folder or a zarr store
+    of the same kind: an output path given by mistake (an input store, a model, a data
+    file) must not be deleted. A store made by hand (no kind, as `aetk preprocess` reads)
+    is replaced only by another without one."""
     path = Path(path)
     if not (path.exists() or path.is_symlink()):
         return
-    found = _store_kind(path) if path.is_dir() else None
-    if found is not None and (kind is None or found in (kind, "")):
+    if path.is_dir() and (_store_kind(path) == (kind or "") or not any(path.iterdir())):
         return
-    what = f"an aetk {STORES[kind][0]} store" if kind in STORES else "a zarr store"
-    raise FileExistsError(f"{path} exists and is not {what} to replace: it is {_what(path)}; "
-                          "give another output path, or remove it first")
+    what = (f"an aetk {STORES[kind][0]} store" if kind in STORES
+            else f"a store of kind {kind!r}" if kind else "a zarr store made by hand")
+    raise FileExistsError(f"{path} exists and is not {what} to replace: it is "
+                          f"{what_is(path)}; give another output path, or remove it first")
 
 
 def read_store(path: str | Path, kind: str, *, strict: bool = False) -> xr.Dataset:
@@ -308,13 +322,13 @@ def read_store(path: str | Path, kind: str, *, strict: bool = False) -> xr.Datas
     what, command = STORES[kind]
     refused = f"{path} is not an aetk {what} store (run `{command}`)"
     if path.exists() and not (path / "zarr.json").is_file():  # e.g. a model directory
-        raise ValueError(f"{refused}; it is {_what(path)}")
+        raise ValueError(f"{refused}; it is {what_is(path)}")
     ds = read_zarr(path)
     found = ds.attrs.get("store")
     if found is None and strict:
         raise ValueError(refused)
     if found is not None and found != kind:
-        raise ValueError(f"{refused}; it is {_what(path)}")
+        raise ValueError(f"{refused}; it is {what_is(path)}")
     return ds
 
 

@@ -15,7 +15,8 @@ BUNDLED = ("mnist5k", "mnist", "digits", "swissroll", "scurve", "scrna_counts")
 # deterministic decoder (aetk.build.MSE_MODELS), and not q(z|x)'s penalties
 CODE_ENCODERS = ("ae", "irmae", "wae", "vqvae")
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
-SCHEMA_DEFS = yaml.safe_load(SCHEMA.read_text())["$defs"]
+SCHEMA_DOC = yaml.safe_load(SCHEMA.read_text())
+SCHEMA_DEFS = SCHEMA_DOC["$defs"]
 
 
 def resolved(schema):
@@ -72,16 +73,29 @@ def message(error):
     return error.message
 
 
+def config_error(lines):
+    """The WorkflowError that stops a run before any job, one line per error."""
+    return WorkflowError(
+        "\n".join(
+            [
+                f"Invalid configuration ({len(lines)} error(s)):",
+                *(f"  {line}" for line in lines),
+            ]
+        )
+    )
+
+
 def check_source(data):
     """A data file that does not exist stops the run before any job: the results are not
     named by the data set, so Snakemake would otherwise report the last run's as current.
     """
     if data["source"] not in BUNDLED and not Path(data["source"]).exists():
-        raise WorkflowError(
-            "Invalid configuration (1 error(s)):\n"
-            f"  data.source: {data['source']!r} is neither a bundled data set "
-            f"({', '.join(BUNDLED)}) nor an existing file (paths are relative to "
-            f"{Path.cwd()})"
+        raise config_error(
+            [
+                f"data.source: {data['source']!r} is neither a bundled data set "
+                f"({', '.join(BUNDLED)}) nor an existing file (paths are relative to "
+                f"{Path.cwd()})"
+            ]
         )
 
 
@@ -93,12 +107,11 @@ def check_config(cfg):
         key=lambda e: [str(p) for p in e.path],
     )
     if errors:
-        lines = [
-            f"  {'.'.join(str(p) for p in e.path) or '(top level)'}: {message(e)}"
-            for e in errors
-        ]
-        raise WorkflowError(
-            "\n".join([f"Invalid configuration ({len(errors)} error(s)):", *lines])
+        raise config_error(
+            [
+                f"{'.'.join(str(p) for p in e.path) or '(top level)'}: {message(e)}"
+                for e in errors
+            ]
         )
 
 
@@ -155,10 +168,11 @@ def make_runs():
     skipped = [m for m in GRID["models"] if m not in CODE_ENCODERS]
     if "mse" in GRID["likelihoods"] and skipped:
         if not pairs:
-            raise WorkflowError(
-                "Invalid configuration (1 error(s)):\n  grid: the likelihood mse (a "
-                f"deterministic decoder) is only for the models {', '.join(CODE_ENCODERS)}, "
-                f"not for {', '.join(skipped)}"
+            raise config_error(
+                [
+                    "grid: the likelihood mse (a deterministic decoder) is only for the "
+                    f"models {', '.join(CODE_ENCODERS)}, not for {', '.join(skipped)}"
+                ]
             )
         print(
             f"note: no mse runs for {', '.join(skipped)} (mse is for "
@@ -288,10 +302,12 @@ def check_beta_schedule(train, models):
         and name["beta_schedule"] != "constant"
         and (train["patience"] or name["lr_schedule"] == "plateau")
     ):
-        raise WorkflowError(
-            f"Invalid configuration: train.beta_schedule {name['beta_schedule']} cannot go "
-            "with train.patience > 0 or a plateau train.lr_schedule: both watch the "
-            "validation loss, which the schedule changes from epoch to epoch"
+        raise config_error(
+            [
+                f"train.beta_schedule: {name['beta_schedule']} cannot go with "
+                "train.patience > 0 or a plateau train.lr_schedule: both watch the "
+                "validation loss, which the schedule changes from epoch to epoch"
+            ]
         )
 
 
@@ -326,12 +342,7 @@ def check_needs(cfg):
             f"{data['source']} does not have ({hint})"
         )
     if errors:
-        raise WorkflowError(
-            "\n".join(
-                [f"Invalid configuration ({len(errors)} error(s)):"]
-                + [f"  {e}" for e in errors]
-            )
-        )
+        raise config_error(errors)
 
 
 check_needs(config)
@@ -456,18 +467,31 @@ def geodesic_args(wildcards):
             ("--max-iter", geo["max_iter"]),
             ("--grid-size", geo["grid_size"]),
             ("--spray", geo["spray"]),
-            # left out at the CLI's defaults, as --init: earlier results stay current
-            (
-                "--spray-points",
-                None if geo["spray_points"] == 100 else geo["spray_points"],
-            ),
-            (
-                "--integration-tol",
-                None if geo["integration_tol"] == 1e-4 else geo["integration_tol"],
-            ),
+            *mean_args(geo, RUNS[wildcards.run]["model"]),
             ("--seed", geo["seed"]),
         ]
     )
+
+
+def mean_args(geo, model):
+    """The Frechet mean's options, for the RHVAE's runs (the others have no spray), left
+    out at their defaults (the CLI's, tested) as --init: earlier results stay current.
+    """
+    defaults = SCHEMA_DOC["properties"]["geodesics"]["properties"]
+    return [
+        (
+            flag,
+            (
+                geo[key]
+                if model == "rhvae" and geo[key] != defaults[key]["default"]
+                else None
+            ),
+        )
+        for flag, key in (
+            ("--spray-points", "spray_points"),
+            ("--integration-tol", "integration_tol"),
+        )
+    ]
 
 
 def report_outputs():
