@@ -589,6 +589,15 @@ def test_report_zip_and_no_rerun(tiny_run: Path) -> None:
     (wd / "workflow/rules/train.smk").touch()
     out = snakemake(wd, "-n", "--cores", "2", "--configfile", "test.yaml").stdout
     assert "Nothing to be done" in out
+    # an encode-only setting re-encodes, and redraws the figures, but fits no geodesics:
+    # the codes are the model's, and the model is the same
+    config = yaml.safe_load((wd / "test.yaml").read_text())
+    config["encode"]["n_generated"] = 6
+    (wd / "other.yaml").write_text(yaml.safe_dump(config))
+    out = snakemake(wd, "-n", "--cores", "2", "--configfile", "other.yaml").stdout
+    counts = job_counts(out)
+    assert counts["encode"] == 4 and counts["report_geodesics"] == 2
+    assert "geodesics" not in counts and "train" not in counts
 
 
 @pytest.mark.slow

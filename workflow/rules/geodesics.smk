@@ -1,7 +1,10 @@
 rule geodesics:
     input:
         model="results/models/{run}/model",
-        latent="results/latent/{run}.zarr",
+        # ancient: the codes change only with the model, also an input, so re-encoding
+        # for encode's own settings (n_generated, ...) refits no geodesics (a minute on
+        # the single cells)
+        latent=ancient("results/latent/{run}.zarr"),
     output:
         directory("results/geodesics/{run}.zarr"),
     log:
