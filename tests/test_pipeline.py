@@ -4,6 +4,7 @@ and resuming an interrupted training job. Each test works in a copy of the workf
 from __future__ import annotations
 
 import ast
+import copy
 import inspect
 import os
 import re
@@ -347,20 +348,15 @@ def test_lint_and_snakefmt(tmp_path: Path) -> None:
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 
-@pytest.mark.parametrize(("config", "expected"), [
+# errors of the schema: check_config reports them all at once, so they run in groups
+SCHEMA_ERRORS = [
     ({"train": {"epoch": 3}}, "train: Additional properties are not allowed ('epoch'"),
     ({"train": {"epochs": "ten"}}, "train.epochs: 'ten' is not of type 'integer'"),
     ({"train": {"lr_schedule": "step"}}, "train.lr_schedule: 'step' is not valid under any"),
     ({"train": {"clip_grad_norm": -1}}, "train.clip_grad_norm: -1 is not valid under any"),
     ({"train": {"clip_grad_norm": 0}}, "train.clip_grad_norm: 0 is not valid under any"),
-    ({"train": {"beta_schedule": "cyclical", "patience": 3}},
-     "train.beta_schedule: cyclical cannot go with train.patience > 0 or a plateau"),
-    ({"train": {"beta_schedule": {"name": "cyclical"}, "lr_schedule": "plateau"}},
-     "train.beta_schedule: cyclical cannot go with"),
     ({"train": {"beta_schedule": {"name": "capacity"}}},
      "train.beta_schedule: {'name': 'capacity'}: 'c_max' is a required property"),
-    ({"train": {"beta_schedule": {"name": "capacity", "c_max": 5}, "patience": 2}},
-     "train.beta_schedule: capacity cannot go with train.patience > 0 or a plateau"),
     ({"train": {"beta_schedule": "linear"}},
      "train.beta_schedule: 'linear' is not valid: choose one of constant, cyclical, capacity"),
     ({"train": {"beta_schedule": {"name": "cyclical", "n_cycle": 2}}},
@@ -370,8 +366,6 @@ def test_lint_and_snakefmt(tmp_path: Path) -> None:
      "train.penalties.0: 'l1' is not valid: choose one of latent_l2, min_variance, entropy"),
     ({"train": {"lr_schedule": "cosnie"}},
      "train.lr_schedule: 'cosnie' is not valid: choose one of constant, cosine, plateau, step"),
-    ({"data": {"source": "my_data.npy"}},
-     "data.source: 'my_data.npy' is neither a bundled data set (mnist5k"),
     ({"train": {"penalties": [{"name": "entropy", "sigma_min": 0.1}]}},
      "train.penalties.0: {'name': 'entropy', 'sigma_min': 0.1}: Additional properties are not "
      "allowed ('sigma_min' was unexpected)"),
@@ -380,14 +374,6 @@ def test_lint_and_snakefmt(tmp_path: Path) -> None:
      "or equal to the minimum of 0"),
     ({"grid": {"models": ["vae", "vea"]}}, "grid.models.1: 'vea' is not one of"),
     ({"grid": {"likelihoods": ["bernouli"]}}, "grid.likelihoods.0: 'bernouli' is not one of"),
-    ({"grid": {"likelihoods": ["categorical"]}},
-     "likelihood_options.categorical.n_classes: the categorical likelihood needs the number"),
-    ({"data": {"source": "swissroll"}, "grid": {"conditional": [False, True]}},
-     "grid.conditional: a conditional run needs categorical labels, which swissroll does "
-     "not have (another data set)"),
-    ({"grid": {"models": ["vae", "hvae"], "likelihoods": ["mse"]}},
-     "grid: the likelihood mse (a deterministic decoder) is only for the models ae, irmae, "
-     "wae, vqvae, not for vae, hvae"),
     ({"data": {"transforms": ["scale01", "binarize"]}},
      "data.transforms.1: 'binarize' is not valid: choose one of scale01, binarise, log1p, "
      "standardise, select_top_variance"),
@@ -409,14 +395,70 @@ def test_lint_and_snakefmt(tmp_path: Path) -> None:
      "geodesics.init: 'grid' is not one of ['line', 'graph', 'both']"),
     ({"geodesics": {"graph_neighbours": 0}},
      "geodesics.graph_neighbours: 0 is less than the minimum of 1"),
-])
-def test_config_errors_stop_before_any_job(tmp_path: Path, config: dict, expected: str
-                                           ) -> None:
+]
+# the checks after the schema (the data file, the combinations of settings), one at a time
+CHECK_ERRORS = [
+    ({"train": {"beta_schedule": "cyclical", "patience": 3}},
+     "train.beta_schedule: cyclical cannot go with train.patience > 0 or a plateau"),
+    ({"train": {"beta_schedule": {"name": "cyclical"}, "lr_schedule": "plateau"}},
+     "train.beta_schedule: cyclical cannot go with"),
+    ({"train": {"beta_schedule": {"name": "capacity", "c_max": 5}, "patience": 2}},
+     "train.beta_schedule: capacity cannot go with train.patience > 0 or a plateau"),
+    ({"data": {"source": "my_data.npy"}},
+     "data.source: 'my_data.npy' is neither a bundled data set (mnist5k"),
+    ({"grid": {"likelihoods": ["categorical"]}},
+     "likelihood_options.categorical.n_classes: the categorical likelihood needs the number"),
+    ({"data": {"source": "swissroll"}, "grid": {"conditional": [False, True]}},
+     "grid.conditional: a conditional run needs categorical labels, which swissroll does "
+     "not have (another data set)"),
+    ({"grid": {"models": ["vae", "hvae"], "likelihoods": ["mse"]}},
+     "grid: the likelihood mse (a deterministic decoder) is only for the models ae, irmae, "
+     "wae, vqvae, not for vae, hvae"),
+]
+
+
+def schema_groups(cases: list[tuple[dict, str]]) -> list[tuple[dict, list[str]]]:
+    """The cases merged into as few configurations as their settings (`section.key`) allow,
+    each with the messages it must give."""
+    def settings(config: dict) -> set[tuple[str, object]]:
+        return {(s, k) for s, v in config.items() for k in (v if isinstance(v, dict) else [0])}
+
+    groups: list[tuple[dict, list[str]]] = []
+    for config, expected in cases:
+        for merged, messages in groups:
+            if not settings(config) & settings(merged):
+                for section, value in config.items():
+                    merged[section] = ({**merged.get(section, {}), **value}
+                                       if isinstance(value, dict) else value)
+                messages.append(expected)
+                break
+        else:
+            groups.append((copy.deepcopy(config), [expected]))
+    return groups
+
+
+def config_errors(tmp_path: Path, config: dict) -> str:
+    """What snakemake says of `config`, which must stop it before any job."""
     wd = make_workdir(tmp_path, config)
     proc = snakemake(wd, "--cores", "1", "--configfile", "test.yaml", check=False)
-    assert proc.returncode != 0
-    assert "Invalid configuration" in proc.stderr and expected in proc.stderr, proc.stderr
-    assert not (wd / "results").exists()
+    assert proc.returncode != 0 and not (wd / "results").exists()
+    return proc.stderr
+
+
+@pytest.mark.parametrize(("config", "expected"), schema_groups(SCHEMA_ERRORS))
+def test_schema_errors_stop_before_any_job_each_on_its_line(tmp_path: Path, config: dict,
+                                                            expected: list[str]) -> None:
+    err = config_errors(tmp_path, config)
+    assert f"Invalid configuration ({len(expected)} error(s))" in err, err
+    for message in expected:
+        assert message in err, (message, err)
+
+
+@pytest.mark.parametrize(("config", "expected"), CHECK_ERRORS)
+def test_config_errors_stop_before_any_job(tmp_path: Path, config: dict, expected: str
+                                           ) -> None:
+    err = config_errors(tmp_path, config)
+    assert "Invalid configuration (1 error(s))" in err and expected in err, err
 
 
 def test_schema_names_match_the_registries() -> None:
