@@ -80,10 +80,10 @@ deviation 1 and 10 gave a validation R^2 of 0.79 and 0.80 (fixed), 30 gave -0.02
 growing with the inputs' scale, overflows: before any step, from about 80-300 with 64 or
 400-400 hidden units); feature means of 30 gave R^2 -0.04 and -370, of 100 -1.3e4. At
 0.01 both likelihoods gave R^2 <= -1, below the learned sigma's floor e^-6 ~ 0.0025 nothing
-is resolved. A learned sigma has a tighter upper bound, `LEARNED_SIGMA_SCALE`. Quiet for the bundled
-data with a fixed sigma (largest feature |mean| or std: raw swissroll 10.5, raw digits
-12.1, scurve 1.7, MNIST in [0, 1] 0.55, log1p-standardised single-cell counts 1.3), loud
-for raw MNIST pixels (139) and raw counts (253)."""
+is resolved. A learned sigma has a tighter upper bound, `LEARNED_SIGMA_SCALE`. Quiet for
+the bundled data with a fixed sigma (largest feature |mean| or std: raw swissroll 10.5,
+raw digits 12.1, scurve 1.7, MNIST in [0, 1] 0.55, log1p-standardised single-cell counts
+1.3), loud for raw MNIST pixels (139) and raw counts (253)."""
 
 LEARNED_SIGMA_SCALE = 3.0
 """`UNIT_SCALE`'s upper bound for a learned sigma (`gaussian_learned`), which learns less the

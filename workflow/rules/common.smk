@@ -101,9 +101,8 @@ def check_source(data):
 
 def check_config(cfg):
     """Stop with every schema violation listed by its dotted key, before any job runs."""
-    schema = yaml.safe_load(SCHEMA.read_text())
     errors = sorted(
-        Draft202012Validator(schema).iter_errors(cfg),
+        Draft202012Validator(SCHEMA_DOC).iter_errors(cfg),
         key=lambda e: [str(p) for p in e.path],
     )
     if errors:
@@ -133,9 +132,50 @@ def check_profiles(resources):
         )
 
 
+# bundled data sets without categorical labels: swiss roll and S-curve positions are
+# continuous, the single cells have none
+UNLABELLED = ("swissroll", "scurve", "scrna_counts")
+
+
+def check_needs(cfg):
+    """What the schema cannot see and would stop a job later: a categorical likelihood's
+    n_classes, a conditional run's categorical labels, and a model for mse."""
+    errors = []
+    grid = cfg["grid"]
+    if set(grid["likelihoods"]) == {"mse"} and not set(grid["models"]) & set(
+        CODE_ENCODERS
+    ):
+        errors.append(
+            "grid: the likelihood mse (a deterministic decoder) is only for the models "
+            f"{', '.join(CODE_ENCODERS)}, not for {', '.join(grid['models'])}"
+        )
+    categorical = cfg["likelihood_options"].get("categorical", {})
+    if "categorical" in cfg["grid"]["likelihoods"] and "n_classes" not in categorical:
+        errors.append(
+            "likelihood_options.categorical.n_classes: the categorical likelihood needs "
+            "the number of values each feature takes, e.g. likelihood_options: "
+            "{categorical: {n_classes: 5}}"
+        )
+    data = cfg["data"]
+    unlabelled = data["source"] in UNLABELLED or (
+        data["source"] not in BUNDLED and data["labels"] is None
+    )
+    if True in cfg["grid"]["conditional"] and unlabelled:
+        hint = (
+            "give data.labels" if data["source"] not in BUNDLED else "another data set"
+        )
+        errors.append(
+            "grid.conditional: a conditional run needs categorical labels, which "
+            f"{data['source']} does not have ({hint})"
+        )
+    if errors:
+        raise config_error(errors)
+
+
 check_config(config)
 validate(config, schema="../schemas/config.schema.yaml")  # fills in the defaults
 check_source(config["data"])
+check_needs(config)
 check_profiles(workflow.resource_settings)
 
 
@@ -158,7 +198,7 @@ DATA_STORE = f"results/data/{DATASET}.zarr"
 def make_runs():
     """Run name -> settings; latent size and seed appear in the name only when varied,
     "cond" for conditional models. The grid's pairs of mse with a model that needs a
-    likelihood are left out, with a note; none left is an error."""
+    likelihood are left out, with a note."""
     runs = {}
     pairs = [
         (m, lik)
@@ -166,14 +206,7 @@ def make_runs():
         if lik != "mse" or m in CODE_ENCODERS
     ]
     skipped = [m for m in GRID["models"] if m not in CODE_ENCODERS]
-    if "mse" in GRID["likelihoods"] and skipped:
-        if not pairs:
-            raise config_error(
-                [
-                    "grid: the likelihood mse (a deterministic decoder) is only for the "
-                    f"models {', '.join(CODE_ENCODERS)}, not for {', '.join(skipped)}"
-                ]
-            )
+    if "mse" in GRID["likelihoods"] and skipped:  # none left: check_needs stopped it
         print(
             f"note: no mse runs for {', '.join(skipped)} (mse is for "
             f"{', '.join(CODE_ENCODERS)})",
@@ -312,40 +345,6 @@ def check_beta_schedule(train, models):
 
 
 check_beta_schedule(config["train"], GRID["models"])
-
-# bundled data sets without categorical labels: swiss roll and S-curve positions are
-# continuous, the single cells have none
-UNLABELLED = ("swissroll", "scurve", "scrna_counts")
-
-
-def check_needs(cfg):
-    """What the schema cannot see and would stop a job later: a categorical likelihood's
-    n_classes, and a conditional run's categorical labels."""
-    errors = []
-    categorical = cfg["likelihood_options"].get("categorical", {})
-    if "categorical" in cfg["grid"]["likelihoods"] and "n_classes" not in categorical:
-        errors.append(
-            "likelihood_options.categorical.n_classes: the categorical likelihood needs "
-            "the number of values each feature takes, e.g. likelihood_options: "
-            "{categorical: {n_classes: 5}}"
-        )
-    data = cfg["data"]
-    unlabelled = data["source"] in UNLABELLED or (
-        data["source"] not in BUNDLED and data["labels"] is None
-    )
-    if True in cfg["grid"]["conditional"] and unlabelled:
-        hint = (
-            "give data.labels" if data["source"] not in BUNDLED else "another data set"
-        )
-        errors.append(
-            "grid.conditional: a conditional run needs categorical labels, which "
-            f"{data['source']} does not have ({hint})"
-        )
-    if errors:
-        raise config_error(errors)
-
-
-check_needs(config)
 
 
 # penalties of q(z|x) (aetk.penalties), which models with code encoders cannot take
