@@ -240,15 +240,39 @@ def test_conditional_grid_names_its_runs_and_passes_the_labels(tmp_path: Path) -
     assert geodesics == set(trains) - {"vae-bernoulli-cond", "vampprior-bernoulli-cond"}
 
 
+def smk_tuple(name: str) -> tuple:
+    """A tuple constant of the workflow's common.smk, which restates aetk's (the workflow
+    does not import aetk: Snakemake may run in an environment without torch)."""
+    listed = re.search(rf"^{name} = \((.*)\)$", (REPO / "workflow/rules/common.smk"
+                                                 ).read_text(), re.M)
+    return tuple(ast.literal_eval(f"({listed[1]})"))
+
+
+def test_the_workflows_data_sets_are_aetks() -> None:
+    """The workflow's bundled names are aetk.data's, and those it calls unlabelled (no
+    conditional runs on them) are those whose labels are not categorical."""
+    from aetk import data
+
+    assert smk_tuple("BUNDLED") == data.BUNDLED
+    unlabelled = smk_tuple("UNLABELLED")
+    checked = 0
+    for name in data.BUNDLED:
+        try:
+            kind = data.load_bundled(name, n_samples=50).label_kind
+        except ModuleNotFoundError:  # full MNIST is an optional package
+            continue
+        assert (kind != "categorical") == (name in unlabelled), name
+        checked += 1
+    assert checked >= 5
+
+
 def test_mse_runs_only_the_autoencoders(tmp_path: Path) -> None:
     """In a grid of models and likelihoods, mse pairs with the models that take a
     deterministic decoder (the workflow's list is build.MSE_MODELS); the others skip it,
     with a note."""
     from aetk import build
 
-    listed = re.search(r"^CODE_ENCODERS = \((.*)\)$", (REPO / "workflow/rules/common.smk"
-                                                     ).read_text(), re.M)
-    assert tuple(ast.literal_eval(f"({listed[1]})")) == build.MSE_MODELS
+    assert smk_tuple("CODE_ENCODERS") == build.MSE_MODELS
     wd = make_workdir(tmp_path, {"grid": {"models": ["ae", "vae"],
                                           "likelihoods": ["bernoulli", "mse"]}})
     proc = snakemake(wd, "-n", "-p", "--cores", "1", "--configfile", "test.yaml")
