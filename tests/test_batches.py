@@ -41,6 +41,20 @@ def test_each_batch_is_primaries_and_their_neighbours() -> None:
     assert not torch.equal(other, batches[0])
 
 
+def test_primaries_are_drawn_without_replacement() -> None:
+    """With n_primary = N every batch's primaries are all N points, each once (a
+    permutation of 0..N-1), in an order that changes from batch to batch."""
+    x = np.random.default_rng(2).standard_normal((30, 2))
+    sampler = aetk.LocalityBatches(x, n_primary=30, n_secondary=1, k_neighbors=3,
+                                   batches_per_epoch=20)
+    orders = set()
+    for idx in sampler(torch.Generator().manual_seed(0)):
+        assert idx.shape == (60,)
+        assert sorted(idx[:30].tolist()) == list(range(30))
+        orders.add(tuple(idx[:30].tolist()))
+    assert len(orders) == 20
+
+
 def test_primaries_and_neighbours_are_drawn_uniformly() -> None:
     """Over 3,000 batches every point is a primary 1/N of the time, and each of a
     primary's k neighbours (by distance rank) is picked n_secondary/k of the time."""

@@ -227,10 +227,26 @@ def _pipeline(specs: list, x: np.ndarray = X) -> tuple[data.TransformPipeline, n
 
 
 def test_scale01_global_and_per_feature() -> None:
-    _, out = _pipeline(["scale01"])
-    np.testing.assert_allclose(out, (X - X.min()) / (X.max() - X.min()))
-    _, out = _pipeline([{"name": "scale01", "per_feature": True}])
-    np.testing.assert_allclose(out.min(0), 0) and np.testing.assert_allclose(out.max(0), 1)
+    # columns of other ranges (minima 0, 10, ..., 50 or so): global and per-feature differ
+    shifted = X + np.arange(6) * 10
+    assert len(set(shifted.min(0))) == 6
+    _, out = _pipeline(["scale01"], shifted)
+    np.testing.assert_allclose(out, (shifted - shifted.min()) / (shifted.max() - shifted.min()))
+    _, out = _pipeline([{"name": "scale01", "per_feature": True}], shifted)
+    np.testing.assert_allclose(out, (X - X.min(0)) / (X.max(0) - X.min(0)))
+    np.testing.assert_allclose(out.min(0), 0)
+    np.testing.assert_allclose(out.max(0), 1)
+
+
+@pytest.mark.parametrize("per_feature", [False, True])
+def test_scale01_clips_values_outside_the_training_range(per_feature: bool) -> None:
+    """Fitted on rows in [0, 10]: a later row's -5 and 20 become exactly 0 and 1, and a
+    value inside the range is scaled as a training row's."""
+    x = np.array([[0.0, 10.0], [10.0, 0.0], [4.0, 6.0], [-5.0, 20.0], [20.0, 5.0]])
+    pipe = data.TransformPipeline.from_specs([{"name": "scale01", "per_feature": per_feature}])
+    out = pipe.fit_transform(x, np.array([True, True, True, False, False]))
+    np.testing.assert_array_equal(out, [[0.0, 1.0], [1.0, 0.0], [0.4, 0.6], [0.0, 1.0],
+                                        [1.0, 0.5]])
 
 
 def test_binarise_log1p_standardise() -> None:
@@ -307,6 +323,11 @@ def test_prepare_subsamples_with_a_seed() -> None:
     np.testing.assert_array_equal(a.sample_index, b.sample_index)
     np.testing.assert_allclose(a.x, raw.x[a.sample_index] / 16.0, rtol=1e-6)
     assert a.is_validation.sum() == 30
+    # 300 distinct, sorted rows of the 1797; another seed draws another subset
+    assert len(np.unique(a.sample_index)) == 300 and np.all(np.diff(a.sample_index) > 0)
+    c = data.prepare(raw, transforms=["scale01"], n_samples=300, seed=5)
+    assert len(c.sample_index) == 300
+    assert not np.array_equal(a.sample_index, c.sample_index)
 
 
 def test_prepare_warns_when_n_samples_is_more_than_the_data_has() -> None:
@@ -352,11 +373,52 @@ def test_data_store_layout_without_warnings(tmp_path: Path) -> None:
     assert ds["x"].shape == (100, 64)
     assert set(np.unique(ds["x"].values)) <= {0.0, 1.0}
     assert ds["split"].values.sum() == 10
+    # the counts of training (split 0) and validation (split 1) samples: 90 and 10 of 100
+    assert (ds.attrs["n_train"], ds.attrs["n_validation"]) == (90, 10)
+    assert ds.attrs["n_train"] == int((ds["split"].values == 0).sum())
+    assert ds.attrs["n_validation"] == int((ds["split"].values == 1).sum())
     np.testing.assert_array_equal(ds["label"].values, raw.labels[prep.sample_index])
     assert ds.attrs["config_hash"] == "h1" and ds.attrs["image_shape"] == [8, 8]
     assert ds.attrs["aetk_version"] == storage.package_version()
     assert [t["name"] for t in ds.attrs["transforms"]] == ["scale01", "binarise"]
     assert "label_names" in ds.attrs and "feature_names" not in ds.attrs
+
+
+def test_feature_names_follow_a_feature_selection_into_the_store(tmp_path: Path) -> None:
+    """After select_top_variance the store keeps the names of the kept features, which
+    the feature coordinate indexes in the source: here features 2, 5, 7, 10 (the four of
+    largest spread), not the first four."""
+    scales = np.ones(12)
+    scales[[2, 5, 7, 10]] = [4.0, 8.0, 6.0, 5.0]
+    x = np.random.default_rng(0).standard_normal((50, 12)) * scales
+    raw = data.RawData(x=x, feature_names=[f"g{i}" for i in range(12)], source="test")
+    prep = data.prepare(raw, transforms=[{"name": "select_top_variance", "n_features": 4}],
+                        validation_fraction=0.2)
+    storage.write_data(prep, tmp_path / "d.zarr", {})
+    ds = storage.read_zarr(tmp_path / "d.zarr")
+    assert ds["feature"].values.tolist() == [2, 5, 7, 10]
+    assert ds.attrs["feature_names"] == ["g2", "g5", "g7", "g10"]
+    assert ds.attrs["feature_names"] == [f"g{i}" for i in ds["feature"].values]
+    np.testing.assert_allclose(ds["x"].values, x[:, [2, 5, 7, 10]], rtol=1e-6)
+
+
+def test_a_variables_own_attributes_beat_its_stores_descriptions(tmp_path: Path) -> None:
+    """write_zarr gives a variable its store kind's long_name and description only where
+    it has none of its own: an own description stays, the rest comes from the table."""
+    import xarray as xr
+
+    latent = xr.Dataset({"z_mean": (("sample", "latent"), np.zeros((3, 2)),
+                                    {"description": "custom"}),
+                         "kl": (("sample",), np.ones(3))}, attrs={"store": "aetk-latent"})
+    storage.write_zarr(latent, tmp_path / "l.zarr")
+    back = storage.read_zarr(tmp_path / "l.zarr")
+    table = storage.VARIABLE_ATTRS["aetk-latent"]
+    assert table["z_mean"]["description"] != "custom"
+    assert back["z_mean"].attrs["description"] == "custom"
+    assert back["z_mean"].attrs["long_name"] == table["z_mean"]["long_name"]
+    assert back["kl"].attrs["description"] == table["kl"]["description"]
+    assert back["kl"].attrs["units"] == "nats"
+    assert latent["z_mean"].attrs == {"description": "custom"}  # the caller's, untouched
 
 
 def test_read_data_rejects_other_stores(tmp_path: Path) -> None:

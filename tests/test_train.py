@@ -81,6 +81,52 @@ def test_history_columns():
     np.testing.assert_allclose(hist["val_loss"], total, rtol=1e-5)
 
 
+def test_the_training_loss_is_the_mean_over_samples_of_a_partial_last_batch_too():
+    """10 rows in batches of 4, 4 and 2 at learning rate 0 (the weights never move): the
+    epoch's train_loss is the mean of the 10 rows' losses, each row counted once, not the
+    mean of the three batch means (a short last batch weighs 2 rows, not 4)."""
+    x = _digits(n_train=10)[0]
+    model = _build("ae")  # deterministic: no draws, the same loss in and out of training
+    rows = [model.loss(x[i:i + 1]).loss.item() for i in range(10)]
+    batch_means = [np.mean(rows[i:i + 4]) for i in (0, 4, 8)]
+    assert np.mean(rows) != pytest.approx(np.mean(batch_means), rel=1e-4)  # they tell apart
+    hist = _fit(model, x, epochs=1, batch_size=4, lr=0.0)
+    assert hist["train_loss"].iloc[0] == pytest.approx(np.mean(rows), rel=1e-6)
+    assert hist["train_loss"].iloc[0] == pytest.approx(model.loss(x).loss.item(), rel=1e-6)
+
+
+def test_the_seed_sets_the_shuffling():
+    """An autoencoder draws nothing at random, so only the order of the batches can tell
+    two seeds apart: the same initial weights fitted with seed 0 and 1 see each epoch's
+    rows in other orders (every row once) and end with other weights; seed 0 again repeats
+    its run exactly."""
+    train = _digits(n_train=256)[0]
+
+    def run(seed):
+        model, seen = _build("ae"), []
+        step = model.training_step
+
+        def watched(x, optimizers):
+            seen.append(x.clone())
+            return step(x, optimizers)
+
+        model.training_step = watched
+        hist = _fit(model, train, epochs=2, seed=seed)
+        return model, hist, torch.cat(seen).split(256)
+
+    (a, hist_a, rows_a), (b, hist_b, rows_b), (again, hist_again, rows_again) = (
+        run(0), run(1), run(0))
+    for epoch_a, epoch_b in zip(rows_a, rows_b, strict=True):
+        assert not torch.equal(epoch_a, epoch_b)
+        for rows in (epoch_a, epoch_b):  # a permutation of the training rows
+            assert torch.equal(rows.unique(dim=0), train.unique(dim=0))
+    assert hist_a["train_loss"].tolist() != hist_b["train_loss"].tolist()
+    assert any(not torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(),
+                                                      strict=True))
+    assert all(torch.equal(p, q) for p, q in zip(rows_a, rows_again, strict=True))
+    _same_run(a, again, hist_a, hist_again)
+
+
 # save / load -------------------------------------------------------------------------
 
 
@@ -347,6 +393,23 @@ def test_finished_run_extends_to_more_epochs(tmp_path):
     _fit(_build(), train, val, epochs=2, checkpoint=ckpt)
     model = _build()
     _same_run(reference, model, hist_ref, _fit(model, train, val, epochs=4, checkpoint=ckpt))
+
+
+def test_a_finished_run_called_again_trains_nothing_and_returns_its_history(tmp_path):
+    """The same call again on the checkpoint of a finished run (2 of 2 epochs) is no error:
+    no training step, the finished run's weights and its 2-row history as written."""
+    train, val = _digits(n_train=256, n_val=64)
+    ckpt = tmp_path / "ckpt.pt"
+    first = _build()
+    hist_first = _fit(first, train, val, epochs=2, checkpoint=ckpt)
+    again, calls = _build(), []
+    step = again.training_step
+    again.training_step = lambda x, optimizers: calls.append(1) or step(x, optimizers)
+    hist = _fit(again, train, val, epochs=2, checkpoint=ckpt)
+    assert calls == []
+    assert list(hist["epoch"]) == [1, 2]
+    pd.testing.assert_frame_equal(hist, hist_first)  # the seconds too: nothing was re-run
+    _same_run(first, again, hist_first, hist)
 
 
 @pytest.mark.parametrize(("change", "diff"), [
