@@ -117,3 +117,36 @@ def test_calibration_refuses_other_likelihoods_and_says_how_to_save(gaussian_vae
     cal.save(tmp_path / "cal")
     with pytest.raises(ValueError, match=r"not made by aetk\.build_model"):
         aetk.load(tmp_path / "cal")
+
+
+def test_the_variance_is_fitted_at_codes_drawn_from_the_encoder(monkeypatch) -> None:
+    """Every z the RBF precision is trained on is a draw from q(z|x) of the x it is scored
+    against: recorded with that x during the fit, (z - mean) / stddev of q(z|x) (encoded
+    here again) is standard normal, not 0 (the codes' means)."""
+    model = aetk.build_model("vae", "gaussian_learned", in_features=6, latent_dim=2,
+                             hidden=(8,)).eval()
+    x = torch.rand(120, 6)
+    seen = []
+    forward = RBFVarianceDecoder.forward
+
+    def recording(self, z):
+        p = forward(self, z)
+        log_prob = p.log_prob
+
+        def scored(value):
+            seen.append((z.detach().clone(), value.detach().clone()))
+            return log_prob(value)
+
+        p.log_prob = scored
+        return p
+
+    monkeypatch.setattr(RBFVarianceDecoder, "forward", recording)
+    calibrate_variance(model, x, n_centres=4, epochs=3, batch_size=50)
+    assert len(seen) == 3 * 3  # batches of 50, 50 and 20 in each of 3 epochs
+    z, xs = (torch.cat(v) for v in zip(*seen, strict=True))
+    with torch.no_grad():
+        q = model.encode(xs)
+        u = (z - q.mean) / q.stddev
+    assert u.shape == (360, 2)
+    assert u.mean().abs().item() < 0.15
+    assert u.std().item() == pytest.approx(1.0, abs=0.1)

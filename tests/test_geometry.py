@@ -109,6 +109,42 @@ def test_neural_geodesic_keeps_endpoints_and_has_exact_velocities():
     assert (pts[:, 1:-1] - (z0[:, None] + t[1:-1, None] * (z1 - z0)[:, None])).abs().max() > 0.01
 
 
+def test_discrete_length_and_energy_are_trapezoid_rules_on_the_half_plane():
+    """On G = I / y^2 the straight segments have speeds that differ at their two ends: the
+    length is the trapezoid rule on the speed |dz/dt|_G and the energy 1/2 the trapezoid rule
+    on its square, both with dz/dt constant per segment. (0, 1) -> (0, 2) in t in [0, 1]:
+    speeds 1 and 1/2, length 1/2 (1 + 1/2) = 0.75 (not the exact log 2, nor
+    sqrt(1/2 (1 + 1/4)) = 0.79), energy 1/4 (1 + 1/4) = 0.3125."""
+    pts = torch.tensor([[[0.0, 1.0], [0.0, 2.0]]], dtype=f64)
+    assert curve_length(poincare(), pts).item() == pytest.approx(0.75, rel=1e-14)
+    assert curve_energy(poincare(), pts).item() == pytest.approx(0.3125, rel=1e-14)
+    # then (0, 2) -> (1, 2), speed 1/2 at both ends, at t = 0, 1/4, 1: dz/dt is 4 dz on the
+    # first segment and 4/3 dz on the second
+    pts = torch.tensor([[[0.0, 1.0], [0.0, 2.0], [1.0, 2.0]]], dtype=f64)
+    t = torch.tensor([0.0, 0.25, 1.0], dtype=f64)
+    assert curve_length(poincare(), pts, t).item() == pytest.approx(0.75 + 0.5, rel=1e-14)
+    energy = 0.5 * (0.25 * (16 + 4) / 2 + 0.75 * (4 / 9 + 4 / 9) / 2)  # dt (q0 + q1) / 2
+    assert curve_energy(poincare(), pts, t).item() == pytest.approx(energy, rel=1e-14)
+
+
+def test_the_default_grid_is_uniform_on_zero_one():
+    """Without `t` a curve is taken at T evenly spaced times from 0 to 1: the straight line
+    z0 + t dz at 7 such points has energy 1/2 |dz|_A^2 and length |dz|_A in a constant
+    metric A, from chords and from exact velocities dz alike."""
+    A = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=f64)
+    z0, z1 = torch.randn(3, 2, dtype=f64), torch.randn(3, 2, dtype=f64)
+    dz = z1 - z0
+    s = torch.arange(7, dtype=f64) / 6
+    pts = z0[:, None] + s[None, :, None] * dz[:, None]
+    vel = dz[:, None].expand(-1, 7, -1)
+    exact = torch.einsum("bi,ij,bj->b", dz, A, dz)
+    for velocities in (None, vel):
+        torch.testing.assert_close(curve_energy(constant(A), pts, velocities=velocities),
+                                   0.5 * exact, rtol=1e-12, atol=0)
+        torch.testing.assert_close(curve_length(constant(A), pts, velocities=velocities),
+                                   exact.sqrt(), rtol=1e-12, atol=0)
+
+
 # --- metrics -----------------------------------------------------------------------------
 
 
@@ -167,6 +203,32 @@ def test_fisher_metrics_match_hand_formulas():
     with pytest.raises(ValueError, match="no Fisher metric"):
         PullbackMetric(lambda z: D.Independent(D.Gamma(z.exp(), 1.0), 1), "fisher")(z)
 
+
+
+def test_learned_gaussian_fisher_metric_against_quadrature_of_the_score():
+    """F of N(mu, sigma) in (mu, sigma) is E[score score^T]: here with the score by autograd
+    through torch's density at 20 Gauss-Hermite nodes (exact for its degree-4 polynomials),
+    not the closed form diag(1/sigma^2, 2/sigma^2) the metric uses, pulled back through
+    finite-difference Jacobians of the mean and of sigma itself (the decoder outputs log
+    sigma)."""
+    dec = tiny_decoder(aetk.LearnedGaussianDecoder, seed=5)
+    z = torch.randn(4, 2, dtype=f64)
+    out = dec(z)
+    mu, sigma = out.mean.detach(), out.stddev.detach()
+    nodes, weights = np.polynomial.hermite.hermgauss(20)
+    x = mu + math.sqrt(2) * sigma * torch.from_numpy(nodes)[:, None, None]  # (20, n, m)
+    loc = mu.expand_as(x).clone().requires_grad_()
+    scale = sigma.expand_as(x).clone().requires_grad_()
+    score = torch.stack(torch.autograd.grad(D.Normal(loc, scale).log_prob(x).sum(),
+                                            (loc, scale)), -1)  # (20, n, m, 2)
+    fisher = torch.einsum("q,qnma,qnmb->nmab", torch.from_numpy(weights / math.sqrt(math.pi)),
+                          score, score)
+    Jm = fd_jacobian(lambda z: dec(z).mean, z)
+    Js = fd_jacobian(lambda z: dec(z).stddev, z)
+    J = torch.stack([Jm, Js], 2)  # (n, m, (mu, sigma), d)
+    expected = torch.einsum("nmai,nmab,nmbj->nij", J, fisher, J)
+    torch.testing.assert_close(PullbackMetric(dec, "fisher")(z), expected, rtol=1e-7, atol=1e-10)
+    assert (Js.mT @ Js).abs().max() > 1e-2 * expected.abs().max()  # sigma's term matters
 
 
 def test_multinomial_fisher_metric_is_total_count_categorical_draws():
@@ -299,6 +361,32 @@ def test_rhvae_metric_far_from_centroids_is_flat():
     v = torch.randn(len(z), 2, 2, dtype=f64)
     torch.testing.assert_close(metric.quad(z, v), torch.einsum("nki,nij,nkj->nk", v, metric(z), v))
     torch.testing.assert_close(metric.log_volume(z), 0.5 * torch.logdet(metric(z)))
+
+
+@pytest.mark.parametrize("window", [1, 3, 5])
+def test_convergence_takes_window_plus_one_energies(window):
+    """The straight line is the geodesic of a constant metric, so its energy never changes:
+    every pair stops as soon as it has `window + 1` energies, after exactly `window + 1`
+    iterations."""
+    A = torch.tensor([[3.0, 1.0], [1.0, 0.5]], dtype=f64)
+    z0, z1 = torch.randn(4, 2, dtype=f64), torch.randn(4, 2, dtype=f64)
+    res = fit_geodesics(constant(A), z0, z1, n_points=10, window=window)
+    assert res.converged.all()
+    assert res.iterations.tolist() == [window + 1] * 4
+
+
+def test_a_neural_fit_returns_its_curve_at_t():
+    """The neural curves' returned points are the curves at `res.t` (from the finer grid
+    their lengths are measured on): they run from z_start to z_end, and their chords have
+    the returned length to 1 %."""
+    z0, z1 = half_plane_pairs()
+    res = fit_geodesics(poincare(), z0[:3], z1[:3], curve="neural", n_points=20, max_iter=40,
+                        hidden=(8,))
+    assert res.points.shape == (3, 20, 2)
+    torch.testing.assert_close(res.points[:, 0], z0[:3], rtol=0, atol=1e-14)
+    torch.testing.assert_close(res.points[:, -1], z1[:3], rtol=0, atol=1e-14)
+    torch.testing.assert_close(curve_length(poincare(), res.points, res.t), res.length,
+                               rtol=1e-2, atol=0)
 
 
 def test_budget_exhausted_is_not_converged():
