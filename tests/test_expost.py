@@ -40,3 +40,23 @@ def test_components_are_capped_and_bad_codes_refused():
         aetk.CodeMixture(torch.tensor([[0.0, 1.0], [float("nan"), 0.0]]))
     with pytest.raises(ValueError, match="n_components must be an integer >= 1"):
         aetk.CodeMixture(torch.randn(5, 2), n_components=0)
+
+
+def test_components_have_full_covariances():
+    """One component of correlated codes (correlation 0.9): its covariance is the codes'
+    maximum-likelihood covariance plus reg_covar (1e-6) on the diagonal, off-diagonal
+    included, and the draws keep the correlation."""
+    rng = np.random.default_rng(0)
+    cov = np.array([[1.0, 0.9], [0.9, 1.0]])
+    codes = rng.multivariate_normal([0.0, 0.0], cov, size=2000)
+    mixture = aetk.CodeMixture(torch.from_numpy(codes), n_components=1)
+    np.testing.assert_allclose(mixture.mixture.covariances_[0],
+                               np.cov(codes, rowvar=False, bias=True) + 1e-6 * np.eye(2),
+                               rtol=1e-9)
+    z = mixture.sample(4000).numpy()
+    assert np.corrcoef(z, rowvar=False)[0, 1] == pytest.approx(0.9, abs=0.03)
+
+
+def test_the_default_is_ten_components():
+    """The paper's 10 components (Ghosh et al. 2020) unless told otherwise."""
+    assert aetk.CodeMixture(torch.randn(50, 2)).mixture.n_components == 10

@@ -14,7 +14,7 @@ from torch import nn
 
 import aetk
 from aetk import hamiltonian as ham
-from aetk.centroids import select_centroids
+from aetk.centroids import _snap, select_centroids
 from aetk.decoders import Decoder
 from aetk.encoders import GaussianEncoder
 from aetk.models.rhvae import LOG_DIAG_BOUND
@@ -310,6 +310,20 @@ def test_lower_factor_layout_and_bounds():
     ref = np.array([[diag[0], 0, 0], [lower[0], diag[1], 0], [lower[1], lower[2], diag[2]]])
     close(L, ref, rtol=1e-13)
     assert L[2, 2] <= math.exp(b)
+
+
+def test_lower_factor_entries_are_capped_at_e_squared():
+    """The documented cap (rhvae.LOG_DIAG_BOUND's docstring: entries of L within e^2 ~ 7.4;
+    e^6 diverged on MNIST), stated as a literal: saturated outputs give +-e^2 on and below
+    the diagonal, and e^-2 for a very negative log-diagonal."""
+    out = torch.tensor([[100.0, -100.0, 100.0, 1e3, -1e3, 0.25]], dtype=f64)  # d = 3
+    m = aetk.RHVAE(GaussianEncoder(in_features=F, latent_dim=3, hidden=(4,)),
+                   aetk.BernoulliDecoder(latent_dim=3, out_features=F, hidden=(4,)),
+                   metric_net=lambda x: out.expand(len(x), -1), centroids=1).double()
+    L = m.lower_factor(torch.zeros(1, F, dtype=f64))[0]
+    e2 = math.exp(2.0)
+    ref = np.array([[e2, 0, 0], [e2, 1 / e2, 0], [-e2, e2 * math.tanh(0.25 / e2), e2]])
+    close(L, ref, rtol=1e-13)
 
 
 # Integrators ------------------------------------------------------------------------------
@@ -613,6 +627,42 @@ def test_kmedoids_against_brute_force_medoids():
             assert medoid == members[cdist(data[members], data[members]).sum(1).argmin()]
 
 
+def test_kmedoids_minimises_summed_distances_not_squared_ones():
+    """One medoid of 0, 1, 2, 3, 20: summed distances are 22 at 2 and 23 at 1 and 3;
+    summed squared distances would pick 3 (303 against 330 at 2)."""
+    x = torch.tensor([[0.0], [1.0], [2.0], [3.0], [20.0]], dtype=f64)
+    for seed in range(3):
+        assert select_centroids(x, 1, "kmedoids", seed=seed).tolist() == [2]
+
+
+def test_kmeans_centres_that_share_a_nearest_point_get_distinct_points():
+    """Each k-means centre in turn snaps to its nearest data point not yet taken: centres
+    0 and 0.1 over the points 0 and 5 get 0 and 5. On data where k-means often ends with
+    both centres nearest one point (+-e_1..e_5 in R^6, centre 0 for most of them, and
+    0.6 e_6, e_6 +- 0.3 e_1 whose centre is nearest 0.6 e_6 too), the indices differ."""
+    assert _snap(np.array([[0.0], [0.1]]), np.array([[0.0], [5.0]])).tolist() == [0, 1]
+    eye = torch.eye(6, dtype=f64)
+    near = torch.tensor([[0.0] * 5 + [0.6], [0.3] + [0.0] * 4 + [1.0],
+                         [-0.3] + [0.0] * 4 + [1.0]], dtype=f64)
+    x = torch.cat([eye[:5], -eye[:5], near])
+    for seed in range(10):
+        idx = select_centroids(x, 2, "kmeans", seed=seed).tolist()
+        assert len(set(idx)) == 2, (seed, idx)
+
+
+@pytest.mark.parametrize("method", ["kmeans", "kmeans++", "kmedoids"])
+def test_centroids_of_a_subsampled_training_set_index_its_rows(method, monkeypatch):
+    """Beyond MAX_POINTS rows the choice runs on a subsample: the indices returned are
+    those of the training set's rows, so two clusters (rows 0-99 near 0, rows 100-199
+    near 100) give one centroid in each (indices into the subsample are all below 50)."""
+    monkeypatch.setattr(aetk.centroids, "MAX_POINTS", 50)
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.rand(100, 3, generator=g, dtype=f64),
+                   100 + torch.rand(100, 3, generator=g, dtype=f64)])
+    idx = select_centroids(x, 2, method, seed=1).tolist()
+    assert sorted(i // 100 for i in idx) == [0, 1], idx
+
+
 def test_metric_needs_centroids_then_freezes_and_round_trips(tmp_path):
     m = aetk.build_model("rhvae", "bernoulli", in_features=F, hidden=(8,), centroids=6)
     z = torch.randn(7, LATENT)
@@ -646,6 +696,22 @@ def test_hmc_samples_a_known_density():
     close(z.var(0), 1.0, atol=0.08)
 
 
+def test_hmc_leaves_its_target_invariant_when_it_rejects():
+    """Chains started at exact N(0, I) draws stay N(0, I) (exact HMC leaves its target
+    invariant), also with large steps (1.5) whose energy errors make the Metropolis test
+    reject about 40% of proposals: a test that accepted rises in H instead would inflate
+    the spread (variance ~8)."""
+    def position(z):
+        return ham.Position(z, 0.5 * (z * z).sum(-1), z)
+
+    torch.manual_seed(0)
+    start = torch.randn(20000, 2, dtype=f64)
+    z = ham.hmc(position(start), position, 30, 1, 1.5, jitter=0.0)
+    assert not torch.equal(z, start)
+    close(z.mean(0), 0.0, atol=0.03)
+    close(z.var(0), 1.0, atol=0.05)
+
+
 def test_hmc_step_jitter_breaks_a_resonant_trajectory_length():
     """Potential |z|^2 (N(0, I/2)): 10 steps of 0.2 are about half its period pi/sqrt(2),
     so fixed steps carry the chains across the mode and back; jittered ones mix."""
@@ -674,6 +740,31 @@ def test_rhvae_samples_favour_high_inverse_volume():
     # over the same box.
     box = torch.rand(500, LATENT, dtype=f64) * (z.max(0).values - z.min(0).values) + z.min(0).values
     assert m.log_det_G(z).mean() < m.log_det_G(box).mean() - 0.5
+
+
+def test_rhvae_sampler_targets_the_square_root_of_det_g_inverse(monkeypatch):
+    """sample_latent runs HMC on the density proportional to sqrt(det G^{-1}(z)): the
+    potential it hands hmc is 1/2 log det G(z) of the frozen metric (from the explicit
+    broadcast reference, float64) and its force is autograd of that."""
+    m = rhvae(centroid_reduction="sum")
+    seen = {}
+
+    def fake_hmc(pos, position, n_steps, n_leapfrog, step_size, jitter=0.5):
+        seen["position"] = position
+        return pos.z
+
+    monkeypatch.setattr(aetk.models.rhvae, "hmc", fake_hmc)
+    m.sample_latent(3, n_steps=1)
+    c, M = m.centroid_latent, m.centroid_M
+
+    def half_log_det_G(z):
+        return 0.5 * torch.logdet(torch.linalg.inv(ref_G_inv(z, c, M, m)))
+
+    z = torch.randn(B, LATENT, dtype=f64)
+    pos = seen["position"](z)
+    close(pos.potential, half_log_det_G(z), rtol=1e-11)
+    close(pos.grad, grad(half_log_det_G, z), rtol=1e-10, atol=1e-12)
+    assert half_log_det_G(z).std() > 0.1  # the metric varies over these points
 
 
 # Training on digits -------------------------------------------------------------------------

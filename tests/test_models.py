@@ -541,6 +541,31 @@ def test_infomaxvae_training_step_sends_each_gradient_to_its_own_networks(fixed_
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
 
 
+def test_infomaxvae_loss_gradient_reaches_the_encoder_through_the_mutual_information(
+        fixed_eps):
+    """The encoder's gradient of L includes -alpha grad I_hat through z = mu + sigma eps
+    (models.md: the VAE loss's gradient goes to encoder and decoder): autograd against
+    central differences of the loss (fixed eps, the same permutation), float64."""
+    model, *_ = _infomax(alpha=5.0)
+    x = _x()
+    weight = model.encoder.network[0].weight
+
+    def loss():
+        torch.manual_seed(11)
+        return model.loss(x).loss
+
+    (got,) = torch.autograd.grad(loss(), weight)
+    h = 1e-6
+    for i, j in [(0, 0), (1, 2), (3, 1), (4, 0)]:
+        with torch.no_grad():
+            weight[i, j] += h
+            up = loss().item()
+            weight[i, j] -= 2 * h
+            down = loss().item()
+            weight[i, j] += h
+        assert got[i, j].item() == pytest.approx((up - down) / (2 * h), rel=1e-6, abs=1e-9)
+
+
 def test_infomax_critic_training_improves_the_mutual_information_estimate():
     """x ~ N(0, I_2), z = x + 0.5 noise: I(x; z) = 2 * 1/2 log(1 + 1/0.25) = log 5 = 1.61.
     300 critic steps raise the NWJ estimate (a lower bound) from below 0.3 to above 1.2,

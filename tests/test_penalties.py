@@ -55,6 +55,19 @@ def test_latent_l2_min_variance_and_entropy_by_hand():
         -0.5 * np.mean(entropy), rel=1e-12)
 
 
+def test_min_variance_default_floor_is_sigma_0_1():
+    """MinVariance() (the default the CLI and the pipeline use) floors sigma at 0.1 with
+    weight 1: sigma 0.05 costs 2 log(0.1/0.05) = 2 log 2 per latent dimension, summed over
+    the 3 dimensions; sigma 0.1 and above costs nothing."""
+    model = _Fixed(torch.zeros(2, 3, dtype=torch.float64),
+                   torch.full((2, 3), 0.05, dtype=torch.float64))
+    x = torch.zeros(2, 4)
+    assert aetk.MinVariance()(model, x).item() == pytest.approx(3 * 2 * math.log(2), rel=1e-12)
+    at_floor = _Fixed(torch.zeros(2, 3, dtype=torch.float64),
+                      torch.tensor([[0.1, 0.2, 1.0], [0.11, 0.5, 3.0]], dtype=torch.float64))
+    assert aetk.MinVariance()(at_floor, x).item() == 0.0
+
+
 def test_min_variance_pushes_only_the_variances_below_the_floor():
     log_scale = torch.log(torch.tensor([[0.05, 0.5]])).requires_grad_()
     model = _Fixed(torch.zeros(1, 2), log_scale.exp())
