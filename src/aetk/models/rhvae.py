@@ -354,7 +354,9 @@ class RHVAE(Model):
     def sample_latent(self, n: int, *, n_steps: int = 100, n_leapfrog: int = 15,
                       step_size: float = 0.03) -> torch.Tensor:
         """`n` latent points by HMC on the density proportional to `sqrt(det G^{-1}(z))`
-        (Chadebec's RHVAE sampler), each chain started at a random centroid."""
+        (Chadebec's RHVAE sampler, the spec's "Riemannian HMC": Riemannian in its target,
+        the metric's inverse volume; its momenta have identity mass, as in pythae's), each
+        chain started at a random centroid."""
         metric = self.frozen_metric()
         start = metric.c[torch.randint(len(metric.c), (n,), device=metric.c.device)]
 
