@@ -138,3 +138,38 @@ def test_train_command_builds_conv_networks_from_the_stored_image_shape(
     assert "stores no image shape" in capsys.readouterr().err
     assert not (tmp_path / "m2").exists()
     assert np.isfinite(np.loadtxt(tmp_path / "h.tsv", skiprows=1, usecols=1)).all()
+
+
+def test_conv_networks_against_convolutions_by_hand():
+    """Both networks with tanh, from `torch.nn.functional` and their weights: the encoder
+    applies tanh after every 4x4 stride-2 convolution (padding 1) and inside its MLP, the
+    decoder between its transposed convolutions but not after the last (its output is the
+    parameters, of any sign), then `_ImageBlocks`' element order."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    image = (2, 8, 4)
+    enc = conv_encoder(image, (3, 5), (6,), 4, act="tanh").double()
+    x = torch.randn(3, 2 * 8 * 4, dtype=torch.float64)
+    convs = [m for m in enc.modules() if isinstance(m, torch.nn.Conv2d)]
+    linears = [m for m in enc.modules() if isinstance(m, torch.nn.Linear)]
+    h = x.reshape(3, *image)
+    for conv in convs:
+        h = torch.tanh(F.conv2d(h, conv.weight, conv.bias, stride=2, padding=1))
+    h = torch.tanh(F.linear(h.flatten(1), linears[0].weight, linears[0].bias))
+    torch.testing.assert_close(enc(x), F.linear(h, linears[1].weight, linears[1].bias))
+
+    dec = conv_decoder(2, image, (3, 5), (6,), blocks=2, width=1, act="tanh").double()
+    z = torch.randn(3, 2, dtype=torch.float64)
+    linears = [m for m in dec.modules() if isinstance(m, torch.nn.Linear)]
+    deconvs = [m for m in dec.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    h = z
+    for lin in linears:
+        h = torch.tanh(F.linear(h, lin.weight, lin.bias))
+    h = h.reshape(3, 5, 2, 1)
+    for k, deconv in enumerate(deconvs):
+        h = F.conv_transpose2d(h, deconv.weight, deconv.bias, stride=2, padding=1)
+        h = torch.tanh(h) if k < len(deconvs) - 1 else h
+    out = dec(z)
+    torch.testing.assert_close(out, h.reshape(3, -1))  # width 1: blocks, channels, pixels
+    assert out.min() < -0.1  # the parameters are not squashed

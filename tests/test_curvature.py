@@ -264,3 +264,15 @@ def test_curvature_grid_emits_no_deprecation_warning(monkeypatch) -> None:
     assert name in sys.modules  # the decompositions were loaded in the call
     assert [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)] == []
     assert grid["gaussian_curvature"].values == pytest.approx(-1.0, abs=1e-5)
+
+
+def test_curvature_grid_puts_each_value_at_its_own_point() -> None:
+    """A curvature that varies along both axes on a 3 x 4 grid: `G = exp(2 phi) I` with
+    `phi = 0.3 z1^2 + 0.2 z2` has `K = -exp(-2 phi) Laplacian phi = -0.6 exp(-2 phi)`, and
+    `gaussian_curvature[i, j]` is K at `(z1[i], z2[j])`."""
+    metric = Metric(lambda z: torch.exp(0.6 * z[:, 0] ** 2 + 0.4 * z[:, 1])[:, None, None]
+                    * torch.eye(2, dtype=z.dtype))
+    grid = curvature_grid(metric, ((-1.0, 0.5), (0.0, 2.0)), (3, 4))
+    z1, z2 = np.meshgrid(grid["z1"].values, grid["z2"].values, indexing="ij")
+    want = -0.6 * np.exp(-0.6 * z1**2 - 0.4 * z2)
+    np.testing.assert_allclose(grid["gaussian_curvature"].values, want, rtol=1e-4, atol=1e-6)

@@ -166,3 +166,50 @@ def test_bad_input_is_refused(vae) -> None:
         EncoderMetric.from_model(ae, x)
     with pytest.raises(ValueError, match="step_size"):
         riemannian_uniform(EncoderMetric(loc, scale), loc[:3], step_size=0.0)
+
+
+def test_rho_is_the_largest_nearest_neighbour_distance_beyond_one_chunk() -> None:
+    """1100 codes, more than the 1024 rows of a distance chunk: rho is the isolated last
+    code's distance to its nearest neighbour (scipy's KD-tree), which the second chunk
+    finds only if it leaves out each of its rows' own distance, not the first rows'."""
+    from scipy.spatial import cKDTree
+
+    loc = torch.rand(1100, 2, dtype=F64)
+    loc[-1] = torch.tensor([3.0, 3.0], dtype=F64)
+    scale = torch.full_like(loc, 0.1)
+    nearest = cKDTree(loc.numpy()).query(loc.numpy(), k=2)[0][:, 1]
+    assert nearest.argmax() == 1099 and nearest.max() > 2.5
+    assert EncoderMetric(loc, scale).rho == pytest.approx(nearest.max(), rel=1e-12)
+
+
+def test_conditional_codes_are_encoded_with_their_own_rows_conditions() -> None:
+    """`from_model` on a conditional VAE in batches of 7 rows: each code is q(z|x_i, c_i),
+    as encoding every row alone under its own condition gives."""
+    torch.manual_seed(0)
+    model = aetk.build_model("vae", "bernoulli", in_features=64, latent_dim=2, hidden=(16,),
+                             n_conditions=3).double().eval()
+    x = torch.rand(20, 64, dtype=F64)
+    c = torch.nn.functional.one_hot(torch.arange(20) % 3, 3).double()
+    metric = EncoderMetric.from_model(model, x, conditions=c, batch_size=7)
+    with torch.no_grad():
+        rows = []
+        for i in range(20):
+            with model.given(c[i]):
+                rows.append(model.encode(x[i:i + 1]))
+    torch.testing.assert_close(metric.loc, torch.cat([q.mean for q in rows]))
+    torch.testing.assert_close(metric.precision, torch.cat([q.stddev for q in rows]) ** -2)
+    with torch.no_grad(), model.given(c.flip(0)):  # another condition, another code
+        assert (model.encode(x).mean - metric.loc).abs().max() > 1e-3
+
+
+def test_chains_start_at_random_codes_and_cover_separated_clusters() -> None:
+    """Two clusters of narrow codes 20 apart, the second with 3 of 12 codes: chains start
+    at random codes, so about a quarter of them end in the second cluster (HMC with the
+    default step cannot cross the gap, where the volume is lambda's)."""
+    loc = torch.cat([0.3 * torch.randn(9, 2, dtype=F64),
+                     torch.tensor([20.0, 0.0], dtype=F64) + 0.3 * torch.randn(3, 2, dtype=F64)])
+    metric = EncoderMetric(loc, torch.full_like(loc, 0.05))
+    torch.manual_seed(2)
+    z = metric.sample(400, n_steps=5, n_leapfrog=5)
+    second = (z[:, 0] > 10).double().mean()
+    assert 0.15 < second < 0.35

@@ -186,3 +186,17 @@ def test_refuses_deterministic_models_and_bad_counts():
     for bad in (0, 2.5):
         with pytest.raises(ValueError, match="n_samples"):
             aetk.log_marginal(vae, torch.zeros(2, 3), n_samples=bad)
+
+
+def test_the_decoder_sees_at_most_chunk_points_and_every_proposal_once():
+    """6 rows, 10 proposals each, chunk 25: the decoder gets 4 draws of the 6 rows at a
+    time (24 points), twice, then the last 2 (12): each row's 10 proposals once."""
+    W, b = _linear_gaussian()
+    x = _data(W, b)
+    decoder = LinearGaussian(W, b)
+    sizes = []
+    decoder.register_forward_hook(lambda module, args, out: sizes.append(args[0].shape[:-1]))
+    model = aetk.VAE(ExactPosterior(W, b, scale=2.0), decoder)
+    aetk.log_marginal(model, x, n_samples=10, chunk=25)
+    scored = [math.prod(s) for s in sizes[1:]]  # the first: the check of the decoder's kind
+    assert scored == [24, 24, 12]

@@ -137,3 +137,22 @@ def test_figures_without_a_path_are_returned_not_written(tmp_path, monkeypatch) 
     assert [line.get_ydata().tolist() for line in fig.axes[0].lines] == [
         [3.0, 2.0, 1.5], [3.1, 2.2, 1.9]]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_multinomial_traversal_and_grid_give_counts_at_the_total() -> None:
+    """With `total_count`, a multinomial decoder's point predictions are its expected counts
+    at that total, `total * p(z)` (rows summing to it), not its proportions."""
+    model = aetk.build_model("vae", "multinomial", in_features=5, latent_dim=2, hidden=(8,))
+    codes = torch.randn(40, 2)
+    out = aetk.latent_traversal(model, codes, n_steps=3, total_count=250.0)
+    z = out.reference.repeat(len(out.dims), 3, 1)
+    for k, j in enumerate(out.dims):
+        z[k, :, j] = out.values[k]
+    with torch.no_grad():
+        probs = model.decode(z.reshape(-1, 2)).probs.reshape(len(out.dims), 3, 5)
+    torch.testing.assert_close(out.decoded, 250 * probs)
+    torch.testing.assert_close(out.decoded.sum(-1), torch.full((2, 3), 250.0))
+    decoded, z1, z2 = aetk.latent_grid(model, codes, n_steps=3, total_count=40.0)
+    with torch.no_grad():
+        corner = model.decode(torch.stack([z1[0], z2[0]])[None]).probs[0]
+    torch.testing.assert_close(decoded[0, 0], 40 * corner)
