@@ -131,6 +131,16 @@ def test_pairs_and_examples() -> None:
     assert labels[idx[:3]].tolist() == [0, 1, 2] and np.all(is_val[idx]) and len(idx) == 5
 
 
+def test_sampled_pairs_never_join_a_sample_to_itself() -> None:
+    """Without labels, each pair's end is another sample than its start: with two
+    validation samples every pair joins the two (a draw from the whole pool would repeat
+    the start in about half of the 40 pairs)."""
+    is_val = np.zeros(10, dtype=bool)
+    is_val[[3, 7]] = True
+    start, end = cli.choose_pairs(is_val, None, "none", 40, seed=0)
+    assert sorted(set(zip(start.tolist(), end.tolist(), strict=True))) == [(3, 7), (7, 3)]
+
+
 @pytest.fixture(scope="module")
 def steps(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Run preprocess -> train -> encode -> geodesics -> report once, in-process."""
@@ -1471,3 +1481,186 @@ def test_the_hidden_defaults_are_each_stated(capsys: pytest.CaptureFixture) -> N
     assert "aetk.build_model's default is (400, 400)" in text
     api = " ".join((root / "docs" / "core-api.md").read_text().split())
     assert "hidden=(400, 400)" in api and "`aetk train --hidden` and the pipeline's" in api
+
+
+# ------------------------------------------------------ what each flag hands the library
+
+
+DOCUMENTED_DEFAULTS = {  # as --help, the README and config.schema.yaml state them
+    "preprocess": ({"noise": 0.05, "validation_fraction": 0.1, "seed": 0},
+                   ["--source", "digits", "--out", "d.zarr"]),
+    "train": ({"latent_dim": 2, "hidden": [256, 256], "activation": "relu", "epochs": 20,
+               "batch_size": 128, "lr": 1e-3, "seed": 0, "threads": 1, "patience": 0,
+               "input_noise": 0.0, "resume": True, "device": "auto"},
+              ["--data", "d", "--model", "vae", "--likelihood", "bernoulli", "--out", "m",
+               "--history", "h.tsv"]),
+    "encode": ({"batch_size": 1024, "n_examples": 10, "n_generated": 16, "n_scored": 500,
+                "n_importance": 100, "traversal_steps": 10, "seed": 0},
+               ["--data", "d", "--model", "m", "--out", "l.zarr"]),
+    "sample": ({"n": 1000, "sampler": "model", "n_centroids": 1000, "seed": 0},
+               ["--model", "m", "--out", "s.zarr"]),
+    "geodesics": ({"n_points": 32, "init": "line", "graph_neighbours": 10, "max_iter": 500,
+                   "grid_size": 64, "spray": 16, "spray_points": 100,
+                   "integration_tol": 1e-4, "seed": 0},
+                  ["--model", "m", "--latent", "l", "--out", "g.zarr"]),
+}
+
+
+@pytest.mark.parametrize("command", list(DOCUMENTED_DEFAULTS))
+def test_each_command_has_its_documented_defaults(command: str) -> None:
+    """The defaults are what the documentation (and the workflow's schema, which restates
+    most of them) says, not whatever the parser happens to hold."""
+    expected, required = DOCUMENTED_DEFAULTS[command]
+    parsed = vars(cli.build_parser().parse_args([command, *required]))
+    assert {k: parsed[k] for k in expected} == expected
+
+
+def test_preprocess_splits_with_its_seed_and_fraction(tmp_path: Path) -> None:
+    """--seed and --validation-fraction reach aetk.data.prepare (the store's split is the one
+    prepare makes with them, called here directly) and the recorded settings; without them
+    the split holds out 10% with seed 0."""
+    out = tmp_path / "d.zarr"
+    assert cli.main(["preprocess", "--source", "digits", "--n-samples", "100", "--seed", "3",
+                     "--validation-fraction", "0.3", "--out", str(out)]) == 0
+    raw = data_mod.load_source("digits", n_samples=100, seed=3)
+    want = data_mod.prepare(raw, transforms=[], validation_fraction=0.3, n_samples=100, seed=3)
+    stored = storage.read_data(out)
+    np.testing.assert_array_equal(stored.is_validation, want.is_validation)
+    np.testing.assert_array_equal(stored.x, want.x)
+    config = json.loads(stored.attrs["config"])
+    assert (config["seed"], config["validation_fraction"]) == (3, 0.3)
+    other = data_mod.prepare(raw, transforms=[], validation_fraction=0.3, n_samples=100, seed=0)
+    assert not np.array_equal(other.is_validation, want.is_validation)  # the seed matters
+    assert cli.main(["preprocess", "--source", "digits", "--n-samples", "100",
+                     "--out", str(tmp_path / "default.zarr")]) == 0
+    default = storage.read_data(tmp_path / "default.zarr")
+    assert int(default.is_validation.sum()) == 10
+    np.testing.assert_array_equal(default.is_validation, data_mod.prepare(
+        raw, transforms=[], n_samples=100, seed=0).is_validation)
+
+
+def _fit_arguments(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> dict:
+    """What `aetk train argv` hands aetk.fit (which is stopped there: nothing trains)."""
+    seen: dict = {}
+
+    def stop(model: object, train: object, val: object, **kwargs: object) -> None:
+        seen.update(model=model, train=train, val=val, **kwargs)
+        raise ValueError("stopped before training")
+
+    monkeypatch.setattr(aetk, "fit", stop)
+    assert cli.main(argv) == 1
+    return seen
+
+
+def test_train_hands_fit_its_flags_and_the_training_split(
+        steps: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """aetk.fit gets the training rows (not all rows) and the validation rows, the model
+    built with --activation, --input-noise, --latent-dim and --hidden, and --epochs,
+    --batch-size, --lr, --seed and --no-resume; without them the documented defaults."""
+    stored = storage.read_data(steps / "data.zarr")
+    base = ["train", "--data", str(steps / "data.zarr"), "--model", "vae", "--likelihood",
+            "bernoulli", "--no-progress", "--out", str(tmp_path / "m"),
+            "--history", str(tmp_path / "h.tsv")]
+    seen = _fit_arguments(monkeypatch, [
+        *base, "--activation", "tanh", "--input-noise", "0.3", "--latent-dim", "3",
+        "--hidden", "16", "8", "--epochs", "7", "--batch-size", "17", "--lr", "0.005",
+        "--seed", "4", "--no-resume"])
+    np.testing.assert_array_equal(seen["train"], stored.x[~stored.is_validation])
+    np.testing.assert_array_equal(seen["val"], stored.x[stored.is_validation])
+    assert len(seen["train"]) == 180 and len(seen["val"]) == 60
+    model = seen["model"]
+    assert any(isinstance(m, torch.nn.Tanh) for m in model.encoder.modules())
+    assert not any(isinstance(m, torch.nn.ReLU) for m in model.modules())
+    assert model.build_spec["input_noise"] == 0.3 and model.latent_dim == 3
+    assert model.build_spec["hidden"] == [16, 8]
+    assert (seen["epochs"], seen["batch_size"], seen["lr"], seen["seed"], seen["resume"]) == \
+        (7, 17, 0.005, 4, False)
+    seen = _fit_arguments(monkeypatch, base)
+    assert (seen["epochs"], seen["batch_size"], seen["lr"], seen["seed"], seen["resume"]) == \
+        (20, 128, 1e-3, 0, True)
+    model = seen["model"]
+    assert model.latent_dim == 2 and model.build_spec["hidden"] == [256, 256]
+    assert "input_noise" not in model.build_spec
+    assert any(isinstance(m, torch.nn.ReLU) for m in model.encoder.modules())
+    assert not (tmp_path / "m").exists()
+
+
+def test_encode_stores_the_examples_it_reconstructs(steps: Path) -> None:
+    """example_data are the data rows of example_index (validation samples, one per class
+    first), example_reconstruction the model's reconstructions of those rows."""
+    lat = storage.read_zarr(steps / "vae-bernoulli.zarr")
+    data = storage.read_data(steps / "data.zarr")
+    idx = lat["example_index"].values
+    assert data.is_validation[idx].all()
+    assert len(set(data.labels[idx].tolist())) == len(idx)  # six examples, six classes
+    np.testing.assert_array_equal(lat["example_data"].values, data.x[idx])
+    model = aetk.load(steps / "model").eval()
+    with torch.no_grad():
+        want = model.reconstruct(torch.from_numpy(data.x[idx])).numpy()
+    np.testing.assert_allclose(lat["example_reconstruction"].values, want, rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_sample_draws_are_seeded(steps: Path, tmp_path: Path) -> None:
+    """--seed is the seed of the draws: the same seed draws the same samples, another seed
+    others."""
+    def draw(seed: str, name: str) -> np.ndarray:
+        assert cli.main(["sample", "--model", str(steps / "model"), "--n", "5", "--seed", seed,
+                         "--out", str(tmp_path / name)]) == 0
+        return storage.read_zarr(tmp_path / name)["x"].values
+
+    first = draw("3", "a.zarr")
+    torch.manual_seed(123)  # another global state: the command seeds its own
+    np.testing.assert_array_equal(draw("3", "b.zarr"), first)
+    assert not np.allclose(draw("4", "c.zarr"), first)
+
+
+def test_geodesics_hand_the_fits_their_options(steps: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """--graph-neighbours, --n-points, --max-iter and --seed reach the graph start and the
+    fit; without --n-pairs (and --pairs), 8 sampled pairs, as --help says."""
+    import aetk.geometry
+
+    seen: dict = {}
+
+    def graph(metric: object, z0: object, z1: object, nodes: object, **kwargs: object):
+        seen["graph"] = kwargs
+        return type("Graph", (), {"points": None})()
+
+    def fit(metric: object, z0: torch.Tensor, z1: torch.Tensor, **kwargs: object) -> None:
+        seen.update(n=len(z0), fit=kwargs)
+        raise ValueError("stopped before fitting")
+
+    monkeypatch.setattr(aetk.geometry, "graph_curves", graph)
+    monkeypatch.setattr(aetk.geometry, "fit_geodesics", fit)
+    base = ["geodesics", "--model", str(steps / "model"), "--latent",
+            str(steps / "vae-bernoulli.zarr"), "--out", str(tmp_path / "g.zarr")]
+    assert cli.main([*base, "--n-pairs", "3", "--init", "graph", "--graph-neighbours", "4",
+                     "--n-points", "6", "--max-iter", "7", "--seed", "5"]) == 1
+    assert seen["n"] == 3 and seen["graph"] == {"k": 4, "n_points": 6}
+    assert (seen["fit"]["n_points"], seen["fit"]["max_iter"], seen["fit"]["seed"]) == (6, 7, 5)
+    assert cli.main(base) == 1
+    assert seen["n"] == 8
+    assert (seen["fit"]["n_points"], seen["fit"]["max_iter"], seen["fit"]["seed"]) == \
+        (32, 500, 0)
+    assert not (tmp_path / "g.zarr").exists()
+
+
+def test_summary_scores_against_the_validation_data_and_records_the_seed(steps: Path) -> None:
+    """The table's sample scores are those of a classifier fitted on the training split of
+    --data (report.SampleScorer, built here directly), data_sample_score the validation
+    samples' own; the seed column is the training seed (0 in the fixture)."""
+    from aetk import report
+
+    table = pd.read_csv(steps / "table.tsv", sep="\t")
+    stored = storage.read_data(steps / "data.zarr")
+    lat = storage.read_zarr(steps / "vae-bernoulli.zarr")
+    scorer = report.SampleScorer(stored.x[~stored.is_validation],
+                                 stored.labels[~stored.is_validation],
+                                 stored.x[stored.is_validation])
+    row = table.iloc[0]
+    assert row["data_sample_score"] == pytest.approx(scorer(stored.validation), rel=1e-5)
+    assert row["sample_score"] == pytest.approx(scorer(lat["scored_model"].values), rel=1e-5)
+    assert row["geometric_sample_score"] == pytest.approx(
+        scorer(lat["scored_geometric"].values), rel=1e-5)
+    assert row["seed"] == 0 and lat.attrs["train_seed"] == 0

@@ -125,17 +125,27 @@ def test_network_channels_and_patience_reach_the_train_command(tmp_path: Path) -
     """Convolutional networks only when `network.channels` is set (image shape from the
     store), input noise, log inputs, early stopping, a learning-rate schedule and gradient
     clipping only when `network.input_noise`, `network.log_inputs`, `train.patience`,
-    `train.lr_schedule` and `train.clip_grad_norm` are."""
+    `train.lr_schedule` and `train.clip_grad_norm` are. Every other key of `data`,
+    `network`, `train`, `grid.seeds`, `encode` and `geodesics`, set off its default, reaches
+    its own flag of its step's command (a key dropped or given to another flag would pass
+    the CLI's default, or the wrong value, unseen)."""
     default = snakemake(make_workdir(tmp_path / "mlp"), "-n", "-p", "--cores", "2").stdout
     assert "aetk train" in default and "--channels" not in default
     assert "--patience" not in default and "--input-noise" not in default
     assert "--lr-schedule" not in default and "--clip-grad-norm" not in default
     assert "log-inputs" not in default  # aetk's own default: for count likelihoods
-    wd = make_workdir(tmp_path / "conv", {"network": {"channels": [4, 8], "input_noise": 0.2,
-                                                      "log_inputs": False},
-                                          "train": {"patience": 5, "clip_grad_norm": 2.5,
-                                                    "lr_schedule": {"name": "step",
-                                                                    "milestones": [2]}}})
+    wd = make_workdir(tmp_path / "conv", {
+        "data": {"n_samples": 500, "validation_fraction": 0.2, "seed": 3},
+        "grid": {"seeds": [4]},
+        "network": {"channels": [4, 8], "input_noise": 0.2, "log_inputs": False,
+                    "hidden": [64, 32], "activation": "tanh"},
+        "train": {"patience": 5, "clip_grad_norm": 2.5,
+                  "lr_schedule": {"name": "step", "milestones": [2]}, "epochs": 7,
+                  "batch_size": 32, "lr": 0.005, "device": "cpu"},
+        "encode": {"batch_size": 256, "n_examples": 6, "n_generated": 9, "n_importance": 20,
+                   "n_scored": 40, "traversal_steps": 5},
+        "geodesics": {"n_pairs": 5, "n_points": 12, "max_iter": 70, "grid_size": 20,
+                      "spray": 6, "seed": 2}})
     conv = snakemake(wd, "-n", "-p", "--cores", "2", "--configfile", "test.yaml").stdout
     trains = [line for line in conv.splitlines() if "Shell command: aetk train" in line]
     grid = yaml.safe_load((REPO / "config.yaml").read_text())["grid"]
@@ -145,6 +155,28 @@ def test_network_channels_and_patience_reach_the_train_command(tmp_path: Path) -
                and "--no-log-inputs" in line
                and """--lr-schedule '{"milestones": [2], "name": "step"}'""" in line
                for line in trains)
+
+    def commands(step: str) -> list[str]:
+        return [line.split("Shell command: ")[1] + " " for line in conv.splitlines()
+                if f"Shell command: aetk {step} " in line]
+
+    expected = {
+        "preprocess": ["--n-samples 500 ", "--validation-fraction 0.2 ", "--seed 3 "],
+        "train": ["--hidden 64 32 ", "--activation tanh ", "--epochs 7 ", "--batch-size 32 ",
+                  "--lr 0.005 ", "--device cpu ", "--seed 4 "],
+        "encode": ["--batch-size 256 ", "--n-examples 6 ", "--n-generated 9 ",
+                   "--n-importance 20 ", "--n-scored 40 ", "--traversal-steps 5 ", "--seed 4 "],
+        "geodesics": ["--n-pairs 5 ", "--n-points 12 ", "--max-iter 70 ", "--grid-size 20 ",
+                      "--spray 6 ", "--seed 2 "],
+        "report summary": ["--data results/data/mnist5k.zarr ",
+                           "--geodesics results/geodesics/rhvae-bernoulli.zarr "],
+    }
+    for step, flags in expected.items():
+        lines = commands(step)
+        assert lines, step
+        for line in lines:
+            missing = [flag for flag in flags if flag not in line]
+            assert not missing, (step, missing, line)
 
 
 def test_noise_reaches_only_the_generated_manifolds(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import xarray as xr
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgba
@@ -85,3 +86,116 @@ def test_geodesic_endpoints_are_named_by_their_labels() -> None:
     named = {(t.get_text(), tuple(np.round(t.xy, 6))) for t in ax.texts}
     assert named == {("a", (-1.0, 0.0)), ("c", (1.0, 0.5)), ("b", (0.0, -1.0)),
                      ("a", (0.5, 1.0))}
+
+
+def _summary_inputs() -> tuple[dict, dict, dict]:
+    """One run's history (validation loss not at its best in the last epoch), latent store
+    (validation means unlike medians) and geodesics, values chosen by hand."""
+    history = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [5.0, 3.0, 4.0],
+                            "val_loss": [6.0, 2.0, 3.0], "seconds": [1.0, 2.0, 4.0]})
+    rng = np.random.default_rng(0)
+    n = 12
+    split = np.array([0, 1] * 6, dtype=np.int8)
+    z_mean, z_std = rng.standard_normal((n, 2)), rng.uniform(0.3, 0.8, (n, 2))
+    recon = np.full(n, 50.0)  # the training rows': not in the table
+    recon[split == 1] = [0, 0, 1, 1, 2, 8]
+    latent = xr.Dataset({
+        "split": (("sample",), split),
+        "z_mean": (("sample", "latent"), z_mean), "z_std": (("sample", "latent"), z_std),
+        "z_sample": (("sample", "latent"), z_mean + z_std * rng.standard_normal((n, 2))),
+        "reconstruction_error": (("sample",), recon),
+        "kl": (("sample",), rng.uniform(1.0, 3.0, n)),
+        "elbo": (("sample",), -np.arange(n, dtype=float) ** 2),
+        "log_marginal": (("sample",), -np.arange(n, dtype=float) ** 2 + 1)},
+        attrs={"model": "vae", "likelihood": "bernoulli", "latent_dim": 2, "train_seed": 5})
+    geo = xr.Dataset({"length": (("pair",), [1.0, 4.0]),
+                      "line_length": (("pair",), [1.0, 2.0])})
+    return {"r": history}, {"r": latent}, {"r": geo}
+
+
+def test_comparison_table_takes_each_column_from_its_source() -> None:
+    """Each column against its definition, by hand: the last epoch's losses, the best
+    validation loss, the summed epoch times, validation means (not medians), the mean of
+    the per-pair length ratios, the seed, and the KL split of the validation posteriors
+    (aetk.aggregate.kl_decomposition at the stored codes z_sample)."""
+    from aetk.aggregate import kl_decomposition
+
+    histories, latents, geodesics = _summary_inputs()
+    row = report.comparison_table(histories, latents, geodesics).iloc[0]
+    assert (row["epochs"], row["final_train_loss"], row["final_val_loss"],
+            row["best_val_loss"], row["train_seconds"]) == (3, 4.0, 3.0, 2.0, 7.0)
+    lat = latents["r"]
+    val = lat["split"].values == 1
+    assert row["val_reconstruction_error"] == 2.0  # (0 + 0 + 1 + 1 + 2 + 8) / 6; median 1
+    assert row["val_elbo"] == pytest.approx(-np.mean(np.arange(1, 12, 2) ** 2))
+    assert row["val_log_marginal"] == pytest.approx(row["val_elbo"] + 1)
+    assert row["val_kl"] == pytest.approx(lat["kl"].values[val].mean())
+    assert row["geodesic_length_ratio"] == 1.5  # ratios 1 and 2; 5 / 3 as a ratio of means
+    assert row["seed"] == 5 and row["latent_dim"] == 2
+    split = kl_decomposition(lat["z_mean"].values[val], lat["z_std"].values[val],
+                             lat["z_sample"].values[val])
+    assert row["val_mutual_info"] == pytest.approx(split.mutual_information, rel=1e-9)
+    assert row["val_marginal_kl"] == pytest.approx(row["val_kl"] - split.mutual_information,
+                                                   rel=1e-9)
+    assert row["val_total_correlation"] == pytest.approx(split.total_correlation, rel=1e-9)
+
+
+def test_training_curves_draw_each_loss_under_its_name() -> None:
+    history = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [9.0, 5.0, 4.0],
+                            "val_loss": [8.0, 6.0, 5.5]})
+    ax = report.plot_training_curves({"run": history}).axes[0]
+    lines = {line.get_label(): line.get_ydata() for line in ax.lines}
+    np.testing.assert_array_equal(lines["train"], history["train_loss"])
+    np.testing.assert_array_equal(lines["validation"], history["val_loss"])
+
+
+def test_reconstructions_show_the_data_above_their_reconstructions(monkeypatch) -> None:
+    data, recon = np.zeros((3, 4)), np.full((3, 4), 0.5)
+    latent = xr.Dataset({"example_data": (("example", "feature"), data),
+                         "example_reconstruction": (("example", "feature"), recon)},
+                        attrs={"image_shape": [2, 2]})
+    shown = []
+    monkeypatch.setattr(report, "_image_grid",
+                        lambda rows, shape, names, title: shown.append((rows, names)))
+    report.plot_reconstructions(latent)
+    [(rows, names)] = shown
+    assert names == ["data", "reconstruction"]
+    np.testing.assert_array_equal(rows[0], data)
+    np.testing.assert_array_equal(rows[1], recon)
+
+
+def test_comparison_figure_draws_each_column_where_its_legend_says() -> None:
+    """The dots are the table's columns: log p(x) and ELBO, I(x; z) with KL(q(z) || p(z))
+    stacked on it, each sampler's score and the validation data's; settings sorted by
+    log p(x) (not the ELBO, whose order here differs), worst at the bottom."""
+    table = _table().assign(val_elbo=[-170.0, -161.0, -165.0])
+    fig = report.comparison_figure(table)
+    ax_ll, ax_err, ax_kl, ax_score = fig.axes[:4]
+    order = ["infovae-bernoulli", "beta_vae-bernoulli", "vae-bernoulli"]  # -160, -155, -154
+    assert [t.get_text() for t in ax_ll.get_yticklabels()] == order
+    y = table["run"].map(order.index).to_numpy()
+    dots = {line.get_label(): line for line in ax_ll.lines}
+    for label, column in (("log p(x)", "val_log_marginal"), ("ELBO", "val_elbo")):
+        np.testing.assert_array_equal(dots[label].get_xdata(), table[column])
+        np.testing.assert_array_equal(dots[label].get_ydata(), y)
+    np.testing.assert_array_equal(ax_err.lines[0].get_xdata(), table["val_reconstruction_error"])
+    mi, rest = ax_kl.containers
+    by_row = table.set_index("run").loc[order]
+    np.testing.assert_allclose([b.get_width() for b in mi], by_row["val_mutual_info"])
+    np.testing.assert_allclose([b.get_x() for b in rest], by_row["val_mutual_info"])
+    np.testing.assert_allclose([b.get_width() for b in rest], by_row["val_marginal_kl"])
+    lines = {line.get_label(): line.get_xdata() for line in ax_score.lines}
+    np.testing.assert_array_equal(lines["model's sampler"], table["sample_score"])
+    np.testing.assert_array_equal(lines["Riemannian uniform"], table["geometric_sample_score"])
+    assert list(lines["validation data"]) == [7.3, 7.3]
+
+
+def test_sample_score_is_the_inception_score_of_the_classifier() -> None:
+    """exp of the mean KL(p(y|x) || p(y)), by hand for two samples' class probabilities."""
+    p = np.array([[0.9, 0.1], [0.2, 0.8]])
+    scorer = object.__new__(report.SampleScorer)
+    scorer.classifier = type("Fixed", (), {"predict_proba": lambda self, x: p})()
+    # p(y) = (0.55, 0.45)
+    kl = [0.9 * np.log(0.9 / 0.55) + 0.1 * np.log(0.1 / 0.45),
+          0.2 * np.log(0.2 / 0.55) + 0.8 * np.log(0.8 / 0.45)]
+    assert scorer(np.zeros((2, 3))) == pytest.approx(np.exp(np.mean(kl)), rel=1e-12)
