@@ -141,6 +141,19 @@ def test_sampled_pairs_never_join_a_sample_to_itself() -> None:
     assert sorted(set(zip(start.tolist(), end.tolist(), strict=True))) == [(3, 7), (7, 3)]
 
 
+def test_label_conditions_have_a_column_for_every_named_class() -> None:
+    """One-hot conditions are as wide as the store's named classes, also when its samples
+    lack the last class (a subsample): a model trained on them fits data with all."""
+    from aetk.data import TransformPipeline
+
+    stored = storage.StoredData(
+        x=np.zeros((3, 2)), is_validation=np.zeros(3, dtype=bool), labels=np.array([1, 0, 1]),
+        label_kind="categorical", label_names=["a", "b", "c"], image_shape=None,
+        pipeline=TransformPipeline([]), attrs={})
+    np.testing.assert_array_equal(cli.label_conditions(stored, "d.zarr"),
+                                  [[0, 1, 0], [1, 0, 0], [0, 1, 0]])
+
+
 @pytest.fixture(scope="module")
 def steps(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Run preprocess -> train -> encode -> geodesics -> report once, in-process."""
