@@ -800,6 +800,88 @@ def test_frechet_mean_keeps_its_start_when_a_shot_misses_its_point(monkeypatch):
         1e-4 * res.variance.sqrt())
 
 
+def closed_form_shots(metric, z0, z1, v, n_steps, tol, max_iter, skip=None):
+    """`_shoot` in H^2 by the closed form: the exact log maps, converged."""
+    length = hyperbolic_distance(z0, z1)
+    return connection.LogMapResult(half_plane_log(z0, z1), length, torch.zeros_like(length),
+                                   torch.ones_like(length, dtype=torch.bool),
+                                   torch.zeros_like(length, dtype=torch.long))
+
+
+def mean_log_size(m: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """The metric length at `m` of the mean closed-form log map to `z` in H^2."""
+    return half_plane_log(m.expand_as(z), z).mean(0).norm() / m[1]
+
+
+def newton_from_far(monkeypatch) -> tuple[torch.Tensor, list[torch.Tensor], object]:
+    """One `_newton_step` in H^2 from (8, 1), far to the side of the "wide" points, with
+    closed-form log maps in place of the shooting: the points it tried and its result."""
+    tried = []
+    monkeypatch.setattr(connection, "_shoot", lambda metric, z0, *args, **kwargs: (
+        tried.append(z0[0].clone()) or closed_form_shots(metric, z0, *args, **kwargs)))
+    z, m = torch.tensor(FAR_APART["wide"], dtype=f64), torch.tensor([8.0, 1.0], dtype=f64)
+    at = m.expand_as(z).contiguous()
+    curves = connection._fitted_logs(poincare(), at, z, n_points=16)[2]
+    logs = replace(closed_form_shots(None, at, z, None, 10, 1e-6, 20),
+                   collocated=torch.zeros(3, dtype=torch.bool))
+    out = connection._newton_step(poincare(), m, z, torch.full((3,), 1 / 3, dtype=f64), logs,
+                                  curves, 10, 1e-6, 20)
+    return z, tried, out
+
+
+def test_a_newton_step_of_the_mean_that_overshoots_is_halved(monkeypatch):
+    """From (8, 1), far from the "wide" points' mean, Newton's full step lands at (3.6,
+    0.15), where the closed-form mean log map is longer (5.7 against 4.8 at the start):
+    half of it, (5.8, 0.58), shortens it to 4.0 and is taken. Without the halving every
+    try repeats the full step and the step fails."""
+    z, tried, out = newton_from_far(monkeypatch)
+    start = torch.tensor([8.0, 1.0], dtype=f64)
+    assert len(tried) == 2 and mean_log_size(tried[0], z) > mean_log_size(start, z)
+    torch.testing.assert_close(tried[1] - start, (tried[0] - start) / 2)
+    assert out is not None
+    torch.testing.assert_close(out[0], tried[1])
+    assert mean_log_size(out[0], z) < 0.9 * mean_log_size(start, z)
+
+
+def test_a_newton_step_of_the_mean_is_taken_only_where_it_shortens_the_log_map(monkeypatch):
+    """The step `_newton_step` returns shortens the closed-form mean log map, and its log
+    maps are the closed-form ones there; the full step from (8, 1), whose log maps all
+    converged but whose mean log map is longer than the start's, is not taken."""
+    z, tried, out = newton_from_far(monkeypatch)
+    start = torch.tensor([8.0, 1.0], dtype=f64)
+    assert out is not None
+    mean, logs, _ = out
+    assert mean_log_size(mean, z) < mean_log_size(start, z)
+    assert not torch.allclose(mean, tried[0])  # the full step, longer
+    torch.testing.assert_close(logs.velocity, half_plane_log(mean.expand_as(z), z))
+    assert logs.converged.all() and not logs.collocated.any()
+
+
+def test_a_shot_a_fifth_longer_than_the_fitted_curve_is_no_log_map(monkeypatch):
+    """A shot 1.2x as long as the fitted curve (beyond its 5 % slack, though it says
+    converged) is not the minimising geodesic: collocation (here the closed form) replaces
+    it; one 1.02x as long stays (within the quadrature's error of the 16-point curves).
+    The shots are the closed-form log maps, stretched."""
+    z0, z1 = (z[:2] for z in half_plane_pairs())
+    scale = torch.tensor([1.2, 1.02], dtype=f64)
+    monkeypatch.setattr(connection, "_shoot", lambda *args, **kwargs: (lambda res: replace(
+        res, velocity=res.velocity * scale[:, None], length=res.length * scale))(
+            closed_form_shots(*args, **kwargs)))
+    collocated = []
+
+    def collocate(metric, a, b, curves, tol):
+        collocated.append(len(a))
+        return half_plane_log(a, b), curves, torch.ones(len(a), dtype=torch.bool)
+
+    monkeypatch.setattr(connection, "_collocate", collocate)
+    res = log_map(poincare(), z0, z1, n_steps=8, n_points=16)
+    assert collocated == [1] and res.collocated.tolist() == [True, False]
+    assert res.converged.all()
+    exact = hyperbolic_distance(z0, z1)
+    torch.testing.assert_close(res.length, exact * torch.tensor([1.0, 1.02], dtype=f64))
+    torch.testing.assert_close(res.velocity[0], half_plane_log(z0, z1)[0])
+
+
 TWO_POINTS = [[-1.0, 1.0], [1.5, 0.5]]
 
 
