@@ -684,14 +684,16 @@ def test_metric_needs_centroids_then_freezes_and_round_trips(tmp_path):
     close(back.loss(x[60:]).loss.item(), a.item(), rtol=1e-6)
 
 
+def standard_normal(z):
+    """The position of N(0, I)'s potential |z|^2 / 2."""
+    return ham.Position(z, 0.5 * (z * z).sum(-1), z)
+
+
 def test_hmc_samples_a_known_density():
     """Standard normal potential: sample moments within Monte Carlo error."""
     torch.manual_seed(0)
-
-    def position(z):
-        return ham.Position(z, 0.5 * (z * z).sum(-1), z)
-
-    z = ham.hmc(position(torch.full((4000, 2), 3.0, dtype=f64)), position, 30, 10, 0.2)
+    z = ham.hmc(standard_normal(torch.full((4000, 2), 3.0, dtype=f64)), standard_normal, 30, 10,
+                0.2)
     close(z.mean(0), 0.0, atol=0.06)
     close(z.var(0), 1.0, atol=0.08)
 
@@ -701,12 +703,9 @@ def test_hmc_leaves_its_target_invariant_when_it_rejects():
     invariant), also with large steps (1.5) whose energy errors make the Metropolis test
     reject about 40% of proposals: a test that accepted rises in H instead would inflate
     the spread (variance ~8)."""
-    def position(z):
-        return ham.Position(z, 0.5 * (z * z).sum(-1), z)
-
     torch.manual_seed(0)
     start = torch.randn(20000, 2, dtype=f64)
-    z = ham.hmc(position(start), position, 30, 1, 1.5, jitter=0.0)
+    z = ham.hmc(standard_normal(start), standard_normal, 30, 1, 1.5, jitter=0.0)
     assert not torch.equal(z, start)
     close(z.mean(0), 0.0, atol=0.03)
     close(z.var(0), 1.0, atol=0.05)
