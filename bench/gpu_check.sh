@@ -43,7 +43,7 @@ fi
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || true
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 } | tee "$OUT/machine.txt"
-step test_gpu 240 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
+step test_gpu 240 python3 -m pytest -q -n 0 -p no:cacheprovider tests/test_gpu.py
 step vae_epoch 120 python3 bench/vae_epoch.py --device "$DEVICE" "${rounds[@]}"
 step hamiltonian_step 120 python3 bench/hamiltonian_step.py --device "$DEVICE" "${steps[@]}"
 step geodesics 200 python3 bench/geodesics.py --device "$DEVICE" "${pairs[@]}"

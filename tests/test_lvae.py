@@ -386,7 +386,7 @@ def test_command_line_trains_encodes_and_samples(tmp_path: Path,
 
 
 def test_pipeline_dry_run_passes_the_ladder_options(tmp_path: Path) -> None:
-    from test_pipeline import make_workdir, snakemake
+    from workdirs import make_workdir, snakemake
 
     wd = make_workdir(tmp_path, {"grid": {"models": ["lvae"], "likelihoods": ["bernoulli"]},
                                  "model_options": {"lvae": {"top_dim": 3, "beta": 0.5}},
