@@ -1,5 +1,7 @@
 """Bad data raise ValueError saying what is wrong and where, before anything is trained."""
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -229,3 +231,109 @@ def test_negative_stride_arrays_train():
 def test_single_values_are_not_data():
     with pytest.raises(ValueError, match=r"embed data is a single value \(2\), not rows"):
         _model().embed(2.0)
+
+
+# ---------------------------------------------------------------- conversion and checks
+
+
+def test_as_tensor_converts_number_types_and_moves_to_the_device() -> None:
+    """Booleans become 0/1 floats, a dtype numpy lacks (bfloat16) is still reached, a
+    tensor moves to the asked device, and complex numbers are refused."""
+    t = validate.as_tensor(np.array([[True, False]]))
+    assert t.dtype == torch.float32 and t.tolist() == [[1.0, 0.0]]
+    b = validate.as_tensor(np.array([[0.5, 2.0]]), dtype=torch.bfloat16)
+    assert b.dtype == torch.bfloat16 and b.tolist() == [[0.5, 2.0]]
+    assert validate.as_tensor(torch.ones(2, 3), device="meta").device.type == "meta"
+    with pytest.raises(TypeError, match="not a ndarray of complex128"):
+        validate.as_tensor(np.array([[1 + 2j]]))
+
+
+def test_a_text_dataframe_is_a_type_error_naming_it() -> None:
+    with pytest.raises(TypeError, match="not a DataFrame of object"):
+        validate.as_tensor(pd.DataFrame({"a": ["x", "y"]}))
+
+
+def test_a_read_only_array_converts_without_a_warning_or_sharing_memory() -> None:
+    a = np.arange(6, dtype=np.float32).reshape(3, 2)
+    a.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns on read-only arrays it would share
+        t = validate.as_tensor(a)
+    t[0, 0] = 10.0
+    assert a[0, 0] == 0.0 and t.tolist() == [[10.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+
+
+def test_targets_keep_class_indices_and_make_booleans_floats() -> None:
+    idx = validate.as_target(np.array([0, 2, 1]))
+    assert idx.dtype == torch.int64 and idx.tolist() == [0, 2, 1]
+    flags = validate.as_target(torch.tensor([[True, False]]))
+    assert flags.dtype == torch.float32 and flags.tolist() == [[1.0, 0.0]]
+
+
+def test_positive_int_returns_a_python_int() -> None:
+    for value in (3.0, np.float64(3.0), np.int64(3)):
+        n = validate.positive_int(value, "n")
+        assert type(n) is int and n == 3
+
+
+def test_a_target_dataframe_problem_is_named_by_the_targets_labels() -> None:
+    x = pd.DataFrame(np.zeros((3, 2)), index=["a", "b", "c"], columns=["x0", "x1"])
+    y = pd.DataFrame([[0.0], [np.nan], [0.0]], index=["p", "q", "r"], columns=["y0"])
+    with pytest.raises(ValueError, match=r"the DataFrame's row 'q'"), validate.labelled(x, y):
+        validate.check_finite(validate.as_tensor(y), "training target")
+
+
+def test_empty_data_of_any_shape_is_refused_and_empty_ranges_pass() -> None:
+    with pytest.raises(ValueError, match="training data is empty"):
+        validate.check_finite(torch.empty(0, 2, 2), "training")
+    validate.check_range(torch.empty(0, 3), "training", 0.0, 1.0, "Bernoulli")
+    validate.check_counts(torch.empty(0, 3), "training", "Poisson")
+
+
+def test_range_and_count_errors_report_the_first_bad_value() -> None:
+    x = torch.tensor([[0.5, 1.5], [-2.0, 0.0]])
+    with pytest.raises(ValueError, match=r"2 values outside \[0.0, 1.0\].*row 0, column 1: 1.5"):
+        validate.check_range(x, "training", 0.0, 1.0, "Bernoulli")
+    with pytest.raises(ValueError, match=r"3 values that are not.*row 0, column 0: 0.5"):
+        validate.check_counts(x, "training", "Poisson")
+
+
+@pytest.mark.parametrize(("c", "n_rows", "message"), [
+    (torch.zeros(3), None, r"shape \(3,\), but the model takes 3 conditions per row"),
+    (torch.zeros(5, 3), 4, "have 5 rows for 4 data points"),
+    (torch.zeros(3, 3), 4, "have 3 rows for 4 data points"),
+])
+def test_conditions_must_be_one_row_of_k_per_data_point(c: torch.Tensor, n_rows: int | None,
+                                                         message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        validate.check_conditions(c, 3, "training conditions", n_rows)
+
+
+@pytest.mark.parametrize(("loc", "scale", "message"), [
+    (torch.zeros(4, 2, 1), torch.ones(4, 2, 1), r"both be \(N, d\)"),
+    (torch.zeros(4, 2), torch.tensor([[1.0, 1.0]] * 3 + [[1.0, float("inf")]]), "finite"),
+])
+def test_posteriors_must_be_matrices_of_finite_values(loc: torch.Tensor, scale: torch.Tensor,
+                                                       message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        validate.check_posteriors(loc, scale, "the test")
+
+
+def test_posteriors_come_back_detached() -> None:
+    loc = torch.zeros(4, 2, requires_grad=True)
+    scale = torch.ones(4, 2, requires_grad=True)
+    out = validate.check_posteriors(loc * 1.0, scale * 1.0, "the test")
+    assert not any(t.requires_grad for t in out)
+
+
+def test_non_positive_scales_name_the_user() -> None:
+    with pytest.raises(ValueError, match="positive: the aggregate posterior needs a stochastic"):
+        validate.check_posteriors(torch.zeros(3, 2), torch.zeros(3, 2), "the aggregate posterior")
+
+
+def test_a_matching_tensor_is_returned_itself_with_its_graph() -> None:
+    w = torch.ones(2, 3, requires_grad=True)
+    x = w * 2.0
+    assert validate.as_tensor(x) is x
+    validate.as_tensor(x, dtype=torch.float64).sum().backward()
+    assert w.grad.tolist() == [[2.0] * 3] * 2
