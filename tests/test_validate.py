@@ -337,3 +337,11 @@ def test_a_matching_tensor_is_returned_itself_with_its_graph() -> None:
     assert validate.as_tensor(x) is x
     validate.as_tensor(x, dtype=torch.float64).sum().backward()
     assert w.grad.tolist() == [[2.0] * 3] * 2
+
+
+def test_anything_with_to_numpy_is_data() -> None:
+    class Table:  # neither a sequence nor an __array__: only to_numpy
+        def to_numpy(self) -> np.ndarray:
+            return np.array([[1.0, 2.0], [3.0, 4.0]])
+
+    assert validate.as_tensor(Table()).tolist() == [[1.0, 2.0], [3.0, 4.0]]
