@@ -61,6 +61,50 @@ def test_loss_is_the_vae_loss_plus_gamma_times_the_discriminators_log_odds(fixed
     assert got.loss.item() == pytest.approx(rec + kl + 2.5 * tc, rel=1e-12)
 
 
+def test_loss_gradient_reaches_the_encoder_through_the_total_correlation(fixed_eps):
+    """The TC estimate is a function of the reparameterised z, and its gradient goes to the
+    encoder: with the noise fixed, autograd's gradient of L in the encoder's first layer
+    equals central differences (gamma = 20, so the TC's share is large)."""
+    model, *_ = _model(gamma=20.0)
+    x = torch.from_numpy(X01)
+    weight = model.encoder.network[0].weight
+    (got,) = torch.autograd.grad(model.loss(x).loss, weight)
+    want = np.zeros(weight.shape)
+    with torch.no_grad():
+        for idx in np.ndindex(*weight.shape):
+            weight[idx] += 1e-6
+            up = model.loss(x).loss.item()
+            weight[idx] -= 2e-6
+            down = model.loss(x).loss.item()
+            weight[idx] += 1e-6
+            want[idx] = (up - down) / 2e-6
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-8)
+
+
+def test_discriminator_loss_and_accuracy_by_hand():
+    """The cross-entropy of "joint" on `joint` and of "product" on `permute_dims(other)`
+    (the same seeded permutation), each class's mean weighted 1/2 whatever the halves'
+    sizes, and the mean of the two classes' accuracies, from the logits by hand."""
+    model, _, _, disc = _model()
+    rng = np.random.default_rng(8)
+    joint, other = rng.standard_normal((4, Z_DIM)), 2 * rng.standard_normal((3, Z_DIM))
+    torch.manual_seed(3)
+    loss, accuracy = model.discriminator_loss(torch.from_numpy(joint), torch.from_numpy(other))
+    torch.manual_seed(3)
+    product = permute_dims(torch.from_numpy(other)).numpy()
+    assert not np.array_equal(product, other)
+
+    def log_softmax(logits):
+        return logits - np.logaddexp(logits[:, :1], logits[:, 1:])
+
+    d_joint, d_product = disc(joint), disc(product)
+    want = -(log_softmax(d_joint)[:, 0].mean() + log_softmax(d_product)[:, 1].mean()) / 2
+    hits = (d_joint.argmax(1) == 0).mean(), (d_product.argmax(1) == 1).mean()
+    assert hits[0] != hits[1]  # the test tells the classes' accuracies apart
+    assert loss.item() == pytest.approx(want, rel=1e-12)
+    assert accuracy.item() == pytest.approx(sum(hits) / 2, rel=1e-6)  # float32 hits
+
+
 def test_gamma_zero_is_the_vae_loss():
     torch.manual_seed(0)
     model = aetk.build_model("factorvae", "bernoulli", in_features=8, latent_dim=3,

@@ -98,6 +98,64 @@ def test_loss_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
     assert kl_z1 > 0.1 and kl_z2 > 0.1  # both levels matter in the check
 
 
+def test_draws_are_reparameterised_through_both_levels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`posterior_sample(x)` is z1 = mu_q + s_q eps1 at the drawn z2 = mu2 + s2 eps2, as the
+    loss draws it (by hand); with the noise fixed, the loss's gradient in q(z2|x)'s head and
+    in the encoder's last bias equals central differences: it flows through the draw
+    of z2 too."""
+    model = tiny()
+    rng = np.random.default_rng(6)
+    x = torch.from_numpy(rng.uniform(size=(4, 6)))
+    noise = {3: torch.from_numpy(rng.standard_normal((4, 3))),  # z2's, by its size
+             2: torch.from_numpy(rng.standard_normal((4, 2)))}  # z1's
+    monkeypatch.setattr(D.Normal, "rsample", lambda self, shape=(): self.loc + self.scale
+                        * noise[self.loc.shape[-1]])
+    h = ladder_by_hand(model, x, noise[3].numpy(), noise[2].numpy())
+    np.testing.assert_allclose(model.posterior_sample(x).detach(), h["z1"], rtol=1e-12)
+    for param in (model.top_head[0].weight, model.encoder.network[1][2].bias):
+        (got,) = torch.autograd.grad(model.loss(x).loss, param)
+        want = torch.zeros_like(param)
+        with torch.no_grad():
+            for idx in np.ndindex(*param.shape):
+                param[idx] += 1e-6
+                up = model.loss(x).loss.item()
+                param[idx] -= 2e-6
+                down = model.loss(x).loss.item()
+                param[idx] += 1e-6
+                want[idx] = (up - down) / 2e-6
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-8)
+
+
+def test_a_top_encoder_without_a_network_feeds_its_mean_and_log_scale() -> None:
+    """An encoder with no `network` (a user's module returning a distribution): q(z2|x)
+    comes from `top_head([mean, log stddev])` of the top encoder's q, checked by hand."""
+
+    class OwnEncoder(torch.nn.Module):
+        latent_dim = 2
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(6, 4)
+
+        def forward(self, x: torch.Tensor) -> D.Independent:
+            loc, raw = self.linear(x).chunk(2, -1)
+            return D.Independent(D.Normal(loc, torch.nn.functional.softplus(raw) + 0.1), 1)
+
+    model = aetk.LadderVAE(OwnEncoder(), aetk.BernoulliDecoder(latent_dim=2, out_features=6,
+                                                               hidden=(5,)),
+                           top_dim=3, hidden=(5,)).double()
+    x = torch.from_numpy(np.random.default_rng(7).uniform(size=(4, 6)))
+    with torch.no_grad():
+        q = model.top_encoder(x)
+        features = torch.cat([q.mean, q.stddev.log()], -1)
+        mu2, log_s2 = model.top_head(features).chunk(2, -1)
+        q2 = model.bottom_up(x)[1]
+    assert (q.stddev.log() < 0).any()  # the log matters: stddev below 1 somewhere
+    np.testing.assert_allclose(q2.mean, mu2, rtol=1e-12)
+    np.testing.assert_allclose(q2.stddev, log_s2.exp(), rtol=1e-12)
+    assert np.isfinite(model.loss(x).loss.item())
+
+
 def test_precision_weighting_is_the_normalised_product_of_the_densities() -> None:
     mu_a, s_a = np.array([0.3, -1.0, 2.0]), np.array([0.5, 3.0, 0.01])
     mu_b, s_b = np.array([-0.7, 1.5, 0.0]), np.array([2.0, 0.2, 5.0])

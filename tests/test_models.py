@@ -179,6 +179,26 @@ def test_free_bits_charge_each_dimension_at_least_lambda(fixed_eps):
         aetk.VAE(enc, model.decoder, free_bits=-1.0)
 
 
+def test_free_bits_and_capacity_together_charge_the_distance_of_the_clamped_kl(fixed_eps):
+    """Both set: `kl_charged = |sum_j max(lambda, <KL_j>) - C|`, the capacity measured from
+    the free-bits charge (with C at the true KL, the distance from the true KL would be 0)."""
+    enc, enc_net = _gaussian_encoder()
+    dec_net = NumpyMLP(Z_DIM, X_DIM, 2)
+    mu, sigma, kl = _hand_posterior(enc_net, X01)
+    per_dim = (0.5 * (sigma**2 + mu**2 - 1 - 2 * np.log(sigma))).mean(0)
+    lam = float(per_dim.mean())
+    model = aetk.VAE(enc, dec.BernoulliDecoder(dec_net.module, latent_dim=Z_DIM,
+                                               out_features=X_DIM), beta=2.0, free_bits=lam)
+    model.capacity = float(kl.mean())
+    charged = abs(np.maximum(lam, per_dim).sum() - kl.mean())
+    assert charged > 0.01
+    rec = -_bce_log_lik(dec_net(mu + sigma * EPS[1]), X01).mean()
+    out = model.loss(_x())
+    assert out.terms["kl"].item() == pytest.approx(kl.mean(), rel=1e-12)
+    assert out.terms["kl_charged"].item() == pytest.approx(charged, rel=1e-10)
+    assert out.loss.item() == pytest.approx(rec + 2.0 * charged, rel=1e-12)
+
+
 def _iwae_by_hand(enc_net, dec_net, n_draws):
     """log p(x|z) and log w of the `n_draws` fixed draws, `(S, B)`, and the closed KL."""
     mu, sigma, kl = _hand_posterior(enc_net, X01)
@@ -259,30 +279,53 @@ def test_piwae_refuses_an_encoder_and_decoder_that_share_parameters():
         model.configure_optimizers(1e-3)
 
 
-@pytest.mark.parametrize("beta", [1.0, 0.5])
-def test_vampprior(fixed_eps, beta):
-    """L = -log p(x|z) + beta (log q(z|x) - log p(z)), p(z) = 1/K sum_k q(z|u_k)."""
+def _vampprior(beta=1.0):
+    """A float64 VampPrior of fixed networks with K = 3 pseudo-inputs `u`."""
     enc_net = NumpyMLP(X_DIM, 2 * Z_DIM, 1)
     enc = GaussianEncoder(enc_net.module, in_features=X_DIM, latent_dim=Z_DIM)
     dec_net = NumpyMLP(Z_DIM, X_DIM, 2)
     model = aetk.VampPrior(enc, dec.BernoulliDecoder(dec_net.module, latent_dim=Z_DIM,
                                                      out_features=X_DIM), n_components=3,
                            beta=beta).double()
-    u = RNG.random((3, X_DIM))
+    u = np.random.default_rng(3).random((3, X_DIM))
     with torch.no_grad():
         model.pseudo_inputs.copy_(torch.from_numpy(u))
+    return model, enc_net, dec_net, u
+
+
+def _vampprior_kl_by_hand(enc_net, u, eps):
+    """z = mu + sigma eps and `log q(z|x) - log p(z)`, p(z) = 1/K sum_k q(z|u_k), per row."""
     mu, sigma, _ = _hand_posterior(enc_net, X01)
-    z = mu + sigma * EPS[1]
+    z = mu + sigma * eps
     mu_k, sigma_k, _ = _hand_posterior(enc_net, u)
-    log_q = (-0.5 * EPS[1] ** 2 - np.log(sigma) - 0.5 * np.log(2 * np.pi)).sum(-1)
+    log_q = (-0.5 * eps**2 - np.log(sigma) - 0.5 * np.log(2 * np.pi)).sum(-1)
     log_comp = (-0.5 * ((z[:, None] - mu_k) / sigma_k) ** 2 - np.log(sigma_k)
                 - 0.5 * np.log(2 * np.pi)).sum(-1)  # (B, K)
-    log_p = special.logsumexp(log_comp, axis=1) - np.log(3)
+    return z, log_q - (special.logsumexp(log_comp, axis=1) - np.log(len(u)))
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.5])
+def test_vampprior(fixed_eps, beta):
+    """L = -log p(x|z) + beta (log q(z|x) - log p(z)), p(z) = 1/K sum_k q(z|u_k)."""
+    model, enc_net, dec_net, u = _vampprior(beta)
+    z, kl = _vampprior_kl_by_hand(enc_net, u, EPS[1])
     rec = -_bce_log_lik(dec_net(z), X01).mean()
     out = model.loss(_x())
     assert out.terms["reconstruction"].item() == pytest.approx(rec, rel=1e-12)
-    assert out.terms["kl"].item() == pytest.approx((log_q - log_p).mean(), rel=1e-12)
-    assert out.loss.item() == pytest.approx(rec + beta * (log_q - log_p).mean(), rel=1e-12)
+    assert out.terms["kl"].item() == pytest.approx(kl.mean(), rel=1e-12)
+    assert out.loss.item() == pytest.approx(rec + beta * kl.mean(), rel=1e-12)
+
+
+def test_vampprior_kl_per_row_is_the_monte_carlo_kl_at_one_draw(monkeypatch):
+    """`model.kl(q)` (what `aetk encode` stores) is `log q(z|x) - log p(z)` per row at one
+    draw `z ~ q(z|x)`, by hand: positive on average, not its negative."""
+    model, enc_net, _, u = _vampprior()
+    monkeypatch.setattr(D.Normal, "sample",
+                        lambda self, shape=(): self.loc + self.scale * torch.from_numpy(EPS[1]))
+    _, kl = _vampprior_kl_by_hand(enc_net, u, EPS[1])
+    got = model.kl(model.encode(_x())).detach().numpy()
+    np.testing.assert_allclose(got, kl, rtol=1e-12)
+    assert kl.mean() > 0.1
 
 
 @pytest.mark.parametrize(("alpha", "beta", "gamma"), [(1.0, 6.0, 1.0), (0.5, 2.0, 3.0)])
@@ -370,6 +413,41 @@ def test_beta_tcvae_takes_the_training_set_size_from_fit(tmp_path):
     assert int(streamed.dataset_size) == 60
 
 
+def test_beta_tcvae_keeps_a_given_dataset_size():
+    """`on_fit_start` sets N only when it was not given (a model trained on a subset, or
+    fitted again, keeps the N it was built with)."""
+    enc, _ = _gaussian_encoder()
+    decoder = dec.BernoulliDecoder(NumpyMLP(Z_DIM, X_DIM, 2).module, latent_dim=Z_DIM,
+                                   out_features=X_DIM)
+    model = aetk.BetaTCVAE(enc, decoder, dataset_size=500)
+    model.on_fit_start(torch.rand(60, X_DIM))
+    model.on_fit_start(torch.rand(60, X_DIM), 80)
+    assert int(model.dataset_size) == 500
+
+
+def test_beta_tcvae_one_row_batch_weighs_its_own_posterior_by_one_over_n(monkeypatch):
+    """M = 1: `q(z) ~ q(z|x) / N` and `q(z_j) ~ q(z_j|x) / N`, so MI = log N,
+    TC = (d - 1) log N and DWKL = sum_j log q(z_j|x) - d log N - log N(z; 0, I), by hand."""
+    enc, enc_net = _gaussian_encoder()
+    dec_net = NumpyMLP(Z_DIM, X_DIM, 2)
+    n = 50
+    model = aetk.BetaTCVAE(enc, dec.BernoulliDecoder(dec_net.module, latent_dim=Z_DIM,
+                                                     out_features=X_DIM), dataset_size=n)
+    eps = EPS[1][:1]
+    monkeypatch.setattr(D.Normal, "rsample",
+                        lambda self, shape=(): self.loc + self.scale * torch.from_numpy(eps))
+    mu, sigma, _ = _hand_posterior(enc_net, X01[:1])
+    z = mu + sigma * eps
+    log_qj = -0.5 * eps**2 - np.log(sigma) - 0.5 * np.log(2 * np.pi)
+    log_p = -0.5 * z**2 - 0.5 * np.log(2 * np.pi)
+    out = model.loss(_x()[:1])
+    assert out.terms["mutual_information"].item() == pytest.approx(np.log(n), rel=1e-12)
+    assert out.terms["total_correlation"].item() == pytest.approx((Z_DIM - 1) * np.log(n),
+                                                                  rel=1e-12)
+    dwkl = (log_qj - np.log(n) - log_p).sum()
+    assert out.terms["dimensionwise_kl"].item() == pytest.approx(dwkl, rel=1e-12)
+
+
 def test_vampprior_pseudo_inputs_start_at_training_points_and_are_saved(tmp_path):
     x = torch.rand(40, 6)
     torch.manual_seed(0)
@@ -441,6 +519,58 @@ def test_infovae(fixed_eps, kernel, unbiased):
     assert out.loss.item() == pytest.approx(rec + 0.7 * kl.mean() + 4.3 * mmd, rel=1e-12)
 
 
+def _central_differences(loss, param, h=1e-6):
+    """Central differences of the scalar `loss()` in every entry of `param`."""
+    out = torch.zeros_like(param)
+    with torch.no_grad():
+        for idx in np.ndindex(*param.shape):
+            param[idx] += h
+            up = loss().item()
+            param[idx] -= 2 * h
+            down = loss().item()
+            param[idx] += h
+            out[idx] = (up - down) / (2 * h)
+    return out
+
+
+def _gradient_models():
+    """name -> (model, its parameters to check) for the gradient test."""
+    enc, _ = _gaussian_encoder()
+    decoder = dec.BernoulliDecoder(NumpyMLP(Z_DIM, X_DIM, 2).module, latent_dim=Z_DIM,
+                                   out_features=X_DIM)
+    vamp = _vampprior(beta=0.5)[0]
+    return {
+        "vae_3_draws": aetk.VAE(enc, decoder, beta=2.0, n_samples=3),
+        "miwae": aetk.IWAE(enc, decoder, n_samples=3, n_groups=2),
+        "ciwae": aetk.CIWAE(enc, decoder, n_samples=3, beta=0.3),
+        "vampprior": vamp,
+        "beta_tcvae": aetk.BetaTCVAE(enc, decoder, alpha=0.5, beta=2.0, gamma=3.0,
+                                     dataset_size=50),
+        "infovae": aetk.InfoVAE(enc, decoder, alpha=0.3, lam=5.0, n_prior_samples=6),
+    }
+
+
+@pytest.mark.parametrize("name", ["vae_3_draws", "miwae", "ciwae", "vampprior", "beta_tcvae",
+                                  "infovae"])
+def test_loss_gradients_follow_the_reparameterised_draws(fixed_eps, name):
+    """With the noise fixed the loss is a smooth function of the weights: autograd's
+    gradient in the encoder's first layer (and the VampPrior's pseudo-inputs) equals central
+    differences, so every term sees z = mu + sigma eps with its gradient (a z detached
+    anywhere, or sigma detached in log q(z|x), leaves the values but not the gradient)."""
+    model = _gradient_models()[name]
+    params = [model.encoder.network[0].weight]
+    if name == "vampprior":
+        params.append(model.pseudo_inputs)
+
+    def loss():
+        torch.manual_seed(7)  # the InfoVAE's prior draws
+        return model.loss(_x()).loss
+
+    grads = torch.autograd.grad(loss(), params)
+    for p, g in zip(params, grads, strict=True):
+        torch.testing.assert_close(g, _central_differences(loss, p), rtol=1e-6, atol=1e-8)
+
+
 def test_infovae_defaults_give_the_mmd_weight():
     model = aetk.build_model("infovae", "bernoulli", in_features=3, hidden=(4,))
     assert model.alpha + model.lam - 1 > 0
@@ -478,6 +608,63 @@ def test_built_models_take_the_specs_defaults():
     for m in (hvae, rhvae):
         assert tuple(m.logp_prefactor) == (1.0, 1.0, 1.0)
         assert tuple(m.logq_prefactor) == (1.0, 1.0)
+
+
+def test_constructors_take_the_documented_defaults():
+    """docs/core-api.md's signatures (and the InfoVAE docstring's lam = 100), through
+    build_model as users and the pipeline build the models."""
+    opts = {"in_features": 3, "hidden": (4,)}
+
+    def built(name, likelihood="bernoulli"):
+        return aetk.build_model(name, likelihood, **opts)
+
+    info = built("infovae")
+    assert (info.alpha, info.lam, info.kernel, info.scales, info.n_prior_samples,
+            info.unbiased, info.beta) == (0.0, 100.0, "gaussian", (1.0,), None, True, 1.0)
+    wae = built("wae")
+    assert (wae.lam, wae.kernel, wae.scales, wae.n_prior_samples, wae.unbiased) == (
+        10.0, "imq", aetk.models.wae.PAPER_SCALES, None, True)
+    assert len(built("irmae").linear) == 4
+    vq = built("vqvae")
+    assert (vq.n_codes, vq.beta, vq.codebook_update, vq.decay, vq.epsilon,
+            vq.restart_after) == (128, 0.25, "ema", 0.99, 1e-5, 4.0)
+    dip = built("dipvae")
+    assert (dip.lambda_od, dip.lambda_d, dip.type, dip.beta) == (10.0, 100.0, "i", 1.0)
+    assert built("factorvae").gamma == 6.0
+    tc = built("beta_tcvae")
+    assert (tc.alpha, tc.beta, tc.gamma, int(tc.dataset_size)) == (1.0, 6.0, 1.0, 0)
+    iwae, ciwae, piwae = built("iwae"), built("ciwae"), built("piwae")
+    assert (iwae.n_samples, iwae.n_groups) == (5, 1)
+    assert (ciwae.n_samples, ciwae.n_groups, ciwae.beta) == (5, 1, 0.5)
+    assert (piwae.n_samples, piwae.n_groups) == (5, 4)
+    vamp = built("vampprior")
+    assert (len(vamp.pseudo_inputs), vamp.beta) == (50, 1.0)
+    vae = built("vae")
+    assert (vae.beta, vae.n_samples, vae.free_bits, vae.capacity) == (1.0, 1, 0.0, None)
+
+
+def test_weights_of_zero_are_accepted_and_leave_the_reconstruction(fixed_eps):
+    """The weights' documented ranges include their ends: a VAE with beta = 0, an InfoVAE
+    with alpha = 1 and lam = 0 (KL and MMD weights both 0) and a WAE with lam = 0 are built
+    and their loss is the reconstruction; alpha = 0, lam = 1 (MMD weight 0) is the VAE's."""
+    enc, enc_net = _gaussian_encoder()
+    dec_net = NumpyMLP(Z_DIM, X_DIM, 2)
+    decoder = dec.BernoulliDecoder(dec_net.module, latent_dim=Z_DIM, out_features=X_DIM)
+    mu, sigma, kl = _hand_posterior(enc_net, X01)
+    rec = -_bce_log_lik(dec_net(mu + sigma * EPS[1]), X01).mean()
+    for model, kl_weight in ((aetk.VAE(enc, decoder, beta=0.0), 0.0),
+                             (aetk.InfoVAE(enc, decoder, alpha=1.0, lam=0.0), 0.0),
+                             (aetk.InfoVAE(enc, decoder, alpha=0.0, lam=1.0), 1.0)):
+        out = model.loss(_x())
+        want = rec + kl_weight * kl.mean()
+        assert out.loss.item() == pytest.approx(want, rel=1e-12), type(model).__name__
+    det, det_net = NumpyMLP(X_DIM, Z_DIM, 1), NumpyMLP(Z_DIM, X_DIM, 2)
+    wae = aetk.WAE(DeterministicEncoder(det.module, latent_dim=Z_DIM),
+                   dec.BernoulliDecoder(det_net.module, latent_dim=Z_DIM, out_features=X_DIM),
+                   lam=0.0)
+    out = wae.loss(_x())
+    hand = -_bce_log_lik(det_net(det(X01)), X01).mean()
+    assert out.loss.item() == pytest.approx(hand, rel=1e-12) and out.terms["mmd"].item() > 0.01
 
 
 def _infomax(critic_seed=3, alpha=0.7, beta=2.0):

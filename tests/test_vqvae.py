@@ -232,6 +232,21 @@ def test_a_restarted_code_counts_only_the_points_it_took_since():
     assert not model.epoch_counts.any()
 
 
+@pytest.mark.parametrize(("restart_after", "restarts"), [(1.0, True), (1.25, False)])
+def test_a_code_is_dead_once_exactly_restart_after_times_n_codes_points_passed(restart_after,
+                                                                               restarts):
+    """One step of 5 points with 5 codes: at restart_after 1 (5 points, reached) the codes
+    3 and 4, which no point can take, restart at rows of the batch's encoder outputs; at
+    1.25 (6.25 points, not reached) they stay far away."""
+    model, enc, _, _ = _vq(restart_after=restart_after)
+    x = torch.from_numpy(X01[:5])
+    model.training_step(x, {"model": torch.optim.SGD(model.parameters(), lr=0.0)})
+    z = enc(X01[:5])
+    moved = [bool((np.abs(z - row).max(1) < 1e-12).any()) for row in model.codebook[3:].numpy()]
+    assert moved == [restarts, restarts]
+    assert (model.codebook[3:] > 40).all() != restarts
+
+
 def test_without_restarts_every_point_falls_to_one_code():
     """On 700 digits the encoder outputs leave the starting codebook faster than the EMA
     follows: without restarts the validation codes collapse to one after the first epoch

@@ -19,7 +19,8 @@ class VAE(Model):
     (posterior collapse). The `kl` term stays the true KL; `kl_charged` is what the loss
     takes. `capacity = C` (set per epoch by `aetk.CapacityAnnealing`; None by default)
     charges `beta |KL - C|` instead (Burgess et al. 2018): the KL is held near a capacity
-    that rises through training, with beta as the paper's gamma.
+    that rises through training, with beta as the paper's gamma. With both, the capacity
+    is measured from the free-bits charge: `beta |sum_j max(lambda, <KL_j>) - C|`.
     """
 
     capacity: float | None = None
