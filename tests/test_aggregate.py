@@ -226,3 +226,17 @@ def test_sample_scorer_counts_confident_distinct_classes() -> None:
     assert scorer.reference == pytest.approx(scorer(held)) and scorer.reference > 2.8
     assert scorer(centres[0] + 0.5 * rng.standard_normal((100, 5))) < 1.1
     assert scorer(centres.mean(0) + 0.05 * rng.standard_normal((100, 5))) < 1.3
+
+
+def test_several_draws_per_point_keep_a_mixture_of_n_posteriors() -> None:
+    """Disjoint posteriors with S = 4 draws per point: q(z) still mixes the N = 50
+    posteriors, so I = TC = log N (not log S N); codes of any other rank are refused."""
+    loc = 100 * torch.arange(50, dtype=F64)[:, None].repeat(1, 2)
+    scale = torch.full_like(loc, 0.01)
+    res = kl_decomposition(loc, scale, n_draws=4)
+    assert res.n == 50
+    assert res.mutual_information == pytest.approx(math.log(50), abs=1e-9)
+    assert res.total_correlation == pytest.approx(math.log(50), abs=1e-9)
+    z = loc + scale * torch.randn(2, 4, 50, 2, dtype=F64)
+    with pytest.raises(ValueError, match=r"z must have the shape of loc, \(50, 2\), or"):
+        kl_decomposition(loc, scale, z)

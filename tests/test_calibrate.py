@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 from torch import nn
 
 import aetk
@@ -48,6 +49,16 @@ def test_precision_by_hand_and_far_from_the_centres() -> None:
     torch.testing.assert_close(p.mean, torch.cat([z, torch.zeros(4, 1, dtype=F64)], 1))
     far = dec(torch.full((1, 2), 1e3, dtype=F64))
     torch.testing.assert_close(far.stddev, torch.full((1, 3), 0.05**-0.5, dtype=F64))
+
+
+def test_the_weights_start_on_the_centres_device_and_dtype() -> None:
+    """W is created beside its centres (here on torch's "meta" device, which stands in for a
+    GPU on any machine), so a decoder built on the GPU computes its precision there."""
+    centres = torch.zeros(5, 2, dtype=F64, device="meta")
+    dec = RBFVarianceDecoder(_linear_decoder(), centres, torch.ones(5, dtype=F64,
+                                                                    device="meta"), 3)
+    assert (dec.log_weight.device.type, dec.log_weight.dtype) == ("meta", F64)
+    assert dec.precision(torch.zeros(4, 2, dtype=F64, device="meta")).shape == (4, 3)
 
 
 def test_centres_and_bandwidths_from_the_clusters() -> None:
@@ -150,3 +161,24 @@ def test_the_variance_is_fitted_at_codes_drawn_from_the_encoder(monkeypatch) -> 
     assert u.shape == (360, 2)
     assert u.mean().abs().item() < 0.15
     assert u.std().item() == pytest.approx(1.0, abs=0.1)
+
+
+def test_image_shaped_data_score_one_log_density_per_sample() -> None:
+    """A mean decoder of (2, 3) images: the density sums every element, N(mean, 1/beta)
+    against scipy, one value per sample; zeta must be positive (beta >= zeta > 0)."""
+    net = nn.Linear(2, 6).double()
+    mean_decoder = GaussianDecoder(net, latent_dim=2, output_shape=(2, 3))
+    centres, bandwidths = torch.randn(4, 2, dtype=F64), torch.rand(4, dtype=F64) + 0.5
+    dec = RBFVarianceDecoder(mean_decoder, centres, bandwidths, 6, zeta=0.05)
+    with torch.no_grad():
+        dec.log_weight.copy_(torch.randn(4, 6, dtype=F64))
+    z, x = torch.randn(5, 2, dtype=F64), torch.randn(5, 2, 3, dtype=F64)
+    loc = net(z).detach().numpy()
+    v = np.exp(-bandwidths.numpy() * ((z.numpy()[:, None] - centres.numpy()) ** 2).sum(-1))
+    beta = v @ np.exp(dec.log_weight.detach().numpy()) + 0.05
+    ref = stats.norm(loc, beta**-0.5).logpdf(x.reshape(5, 6).numpy()).sum(-1)
+    lp = dec(z).log_prob(x)
+    assert lp.shape == (5,)
+    np.testing.assert_allclose(lp.detach().numpy(), ref, rtol=1e-10)
+    with pytest.raises(ValueError, match="zeta must be positive"):
+        RBFVarianceDecoder(mean_decoder, centres, bandwidths, 6, zeta=0.0)

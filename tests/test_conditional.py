@@ -343,3 +343,23 @@ def test_a_diverging_vampprior_stops_with_training_diverged():
     with pytest.warns(aetk.DataScaleWarning), pytest.raises(aetk.TrainingDiverged,
                                                              match="restored"):
         aetk.fit(model, x, epochs=3, batch_size=32, lr=10, progress=False, device="cpu")
+
+
+@pytest.mark.parametrize("given", [True, False])
+def test_image_shaped_inputs_reach_the_network_flattened_beside_their_conditions(given):
+    """x of shape (2, 3) with K conditions: the encoder's network (a given one, or the built
+    MLP) sees the row [x_11 .. x_23, c], as by hand; nothing is paired row by row."""
+    x = np.random.default_rng(6).random((B, 2, 3))
+    if given:
+        net = FixedMLP(6 + K, 2 * Z_DIM, 3)
+        enc = GaussianEncoder(net.module, input_shape=(2, 3), latent_dim=Z_DIM, n_conditions=K)
+        ref = net(np.hstack([x.reshape(B, 6), C]))
+    else:
+        enc = GaussianEncoder(input_shape=(2, 3), latent_dim=Z_DIM, hidden=(5,),
+                              n_conditions=K).double()
+        inner = enc.network.network  # the MLP inside the conditioning
+        ref = inner(torch.from_numpy(np.hstack([x.reshape(B, 6), C]))).detach().numpy()
+    enc.network.conditions = torch.from_numpy(C)
+    q = enc(torch.from_numpy(x))
+    np.testing.assert_allclose(q.mean.detach().numpy(), ref[:, :Z_DIM], rtol=1e-12)
+    np.testing.assert_allclose(q.stddev.detach().numpy(), np.exp(ref[:, Z_DIM:]), rtol=1e-12)

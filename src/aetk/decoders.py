@@ -373,7 +373,7 @@ class RBFVarianceDecoder(Decoder):
         self.register_buffer("centres", centres.detach().clone())
         self.register_buffer("bandwidths", bandwidths.detach().clone())
         self.log_weight = nn.Parameter(torch.zeros(len(centres), n_features,
-                                                   dtype=centres.dtype))
+                                                   dtype=centres.dtype, device=centres.device))
 
     def precision(self, z: torch.Tensor) -> torch.Tensor:
         """`beta(z)`, `(B, D)`."""

@@ -45,8 +45,10 @@ def generate(dist: D.Distribution | torch.Tensor, mean_only: bool = True,
              total_count: torch.Tensor | float | None = None) -> torch.Tensor:
     """What a model's `sample` returns from p(x|z) at new points z: the point prediction
     (`mean`), or a draw with `mean_only=False`; with `total_count`, a multinomial's expected
-    counts, or counts drawn, at these totals (integers for draws)."""
-    if mean_only:
+    counts, or counts drawn, at these totals (integers for draws). A deterministic
+    decoder's output (a tensor: the `mse` likelihood's) is its own draw, its p(x|z) a point
+    mass."""
+    if mean_only or isinstance(dist, torch.Tensor):
         return mean(dist, total_count=total_count)
     if total_count is None:
         return dist.sample()
