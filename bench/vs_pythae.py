@@ -32,6 +32,7 @@ the gap in the decoder's weight gradients: the eight 784x64 @ 64x512 products ar
 (2.0 ms each in the step against 0.9 ms for a GEMM of the same FLOPs with a 512-wide inner
 dimension) and autograd sums them with 1.3 ms adds; one merged product would save 1.5-4 ms of
 a 39 ms step (measured alone), short of pythae's 34 ms, and needs the deferral above.
+Memory allocation is not it either: the step takes 45 minor page faults (2026-12-02).
 A larger batch does not change the picture (`--batch 256`, 2026-12-02): HVAE 1.18x and 1.08x
 pythae at latent 2 and 10 (0.64x and 0.61x pythae with exact forces), RHVAE 0.39x and 0.30x.
 
