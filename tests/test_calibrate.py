@@ -182,3 +182,43 @@ def test_image_shaped_data_score_one_log_density_per_sample() -> None:
     np.testing.assert_allclose(lp.detach().numpy(), ref, rtol=1e-10)
     with pytest.raises(ValueError, match="zeta must be positive"):
         RBFVarianceDecoder(mean_decoder, centres, bandwidths, 6, zeta=0.0)
+
+
+def test_a_centre_of_one_code_takes_the_median_spread() -> None:
+    """Clusters of mean radius 0.1, 0.2 and 0.4, and one lone code: the lone centre, which
+    has no spread of its own, gets the median one (0.2), so lambda = 1 / (2 (a 0.2)^2)."""
+    a = torch.tensor([[0.0, 1.0], [0.0, -1.0], [1.0, 0.0], [-1.0, 0.0]], dtype=F64)
+    codes = torch.cat([a * 0.1, a * 0.2 + 10, a * 0.4 - 10,
+                       torch.tensor([[10.0, -10.0]], dtype=F64)])
+    centres, lam = rbf_centres(codes, 4, bandwidth_scale=1.5)
+    order = (centres[:, 0] + 0.1 * centres[:, 1]).argsort()  # -10, 0, (10, -10), 10
+    torch.testing.assert_close(lam[order], 0.5 / (1.5 * torch.tensor([0.4, 0.1, 0.2, 0.2],
+                                                                     dtype=F64)) ** 2)
+
+
+def test_calibration_casts_the_data_and_checks_the_number_of_centres() -> None:
+    """float32 data for a float64 model is cast to the model's dtype; n_centres must lie in
+    [1, len(x)]."""
+    model = aetk.build_model("vae", "gaussian_learned", in_features=6, latent_dim=2,
+                             hidden=(8,)).double().eval()
+    x = torch.rand(20, 6)
+    cal = calibrate_variance(model, x, n_centres=3, epochs=1)
+    assert cal.decoder.log_weight.dtype == F64
+    for n in (0, 21):
+        with pytest.raises(ValueError, match=rf"n_centres must be in \[1, 20\], got {n}"):
+            calibrate_variance(model, x, n_centres=n, epochs=1)
+
+
+def test_the_seed_reaches_k_means() -> None:
+    """On 40 random 2-D codes, where k-means has several local optima, the centres for each
+    seed are scikit-learn's KMeans(n_init=3) with that random_state, and seeds differ."""
+    from sklearn.cluster import KMeans
+
+    codes = torch.as_tensor(np.random.default_rng(0).normal(size=(40, 2)))
+    found = []
+    for seed in (0, 1, 2, 3):
+        centres, _ = rbf_centres(codes, 6, seed=seed)
+        ref = KMeans(6, n_init=3, random_state=seed).fit(codes.numpy()).cluster_centers_
+        np.testing.assert_allclose(centres.numpy(), ref, rtol=0, atol=1e-12)
+        found.append(centres)
+    assert any(not torch.allclose(found[0], c) for c in found[1:])

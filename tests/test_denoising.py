@@ -81,3 +81,12 @@ def test_a_denoising_rhvae_takes_its_metric_from_the_clean_centroids() -> None:
     frozen = model.frozen_metric()
     torch.testing.assert_close(frozen.c, a.c)
     torch.testing.assert_close(frozen.M_flat, a.M_flat)
+
+
+def test_input_noise_must_be_below_one() -> None:
+    """`input_noise` is a masking probability in [0, 1): 1 (every value masked) is refused,
+    0 is no noise at all (nothing in the spec)."""
+    with pytest.raises(ValueError, match=r"input_noise must be in \[0, 1\), got 1"):
+        aetk.build_model("vae", "bernoulli", in_features=64, hidden=(8,), input_noise=1)
+    clean = aetk.build_model("vae", "bernoulli", in_features=64, hidden=(8,), input_noise=0.0)
+    assert "input_noise" not in clean.build_spec

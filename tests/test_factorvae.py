@@ -228,6 +228,13 @@ def test_fit_lowers_the_validation_loss_on_digits(likelihood):
     assert {"train_discriminator", "train_discriminator_accuracy"} <= set(hist.columns)
 
 
+def test_build_model_defaults_gamma_to_6():
+    """build_model's FactorVAE weighs the total correlation by gamma = 6 unless told, as
+    the class does."""
+    model = aetk.build_model("factorvae", "bernoulli", in_features=64, hidden=(8,))
+    assert model.gamma == 6.0 and "gamma" not in model.build_spec
+
+
 def test_save_and_load_give_the_same_loss(tmp_path):
     x, _ = digits("bernoulli", n=200)
     torch.manual_seed(0)

@@ -206,6 +206,35 @@ def test_resampled_paths_keep_to_the_graph_path() -> None:
                                torch.linspace(-0.45, 0.45, 5, dtype=torch.float64))
 
 
+def test_edge_lengths_and_resampling_by_hand() -> None:
+    """Conformal f(z) = 1 + z1^2 on the points 0, 0.5, 1 of the z1-axis: each edge's length
+    is the trapezoid rule of f over its `subdivisions` pieces, a path's the sum over its
+    edges; the middle of 3 points sits where the mean of the metric and Euclidean arc
+    fractions is 1/2. Two pairs of different sources, one of them backwards."""
+    metric = Metric(lambda z: ((1 + z[:, 0] ** 2) ** 2)[:, None, None]
+                    * torch.eye(2, dtype=z.dtype))
+
+    def edge(u: float, v: float, n: int = 3) -> float:
+        f = 1 + np.linspace(u, v, n + 1) ** 2
+        return abs(v - u) / n * (f[:-1] + f[1:]).sum() / 2
+
+    z0 = torch.tensor([[0.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    z1 = torch.tensor([[1.0, 0.0], [0.5, 0.0]], dtype=torch.float64)
+    graph = graph_curves(metric, z0, z1, torch.tensor([[0.5, 0.0]], dtype=torch.float64),
+                         k=1, n_points=3, subdivisions=3)
+    first, second = edge(0, 0.5), edge(0.5, 1)
+    torch.testing.assert_close(graph.length, torch.tensor([first + second, second],
+                                                          dtype=torch.float64))
+    # arc fractions (metric + Euclidean) at 0, 0.5, 1 are 0, a, 2: the middle, at 1, lies
+    # on the second edge
+    a = first / (first + second) + 0.5
+    middle = torch.tensor([[0.5 + 0.5 * (1 - a) / (2 - a), 0.0], [0.75, 0.0]],
+                          dtype=torch.float64)
+    torch.testing.assert_close(graph.points[:, 1], middle)
+    torch.testing.assert_close(graph.points[:, 0], z0, rtol=0, atol=0)
+    torch.testing.assert_close(graph.points[:, 2], z1, rtol=0, atol=0)
+
+
 def test_equal_endpoints_and_coinciding_nodes() -> None:
     """A pair from a point to itself is a constant curve of length zero; nodes at the
     endpoints (duplicate vertices) change nothing."""

@@ -1001,3 +1001,14 @@ def test_sample_without_a_prior_says_what_to_use(name):
     with pytest.raises(AttributeError, match="no attribute 'sample'") as exc:
         failing.sample  # noqa: B018
     assert not isinstance(exc.value, aetk.NoPriorSampler)  # it has one: no "no prior"
+
+
+def test_build_model_takes_one_hidden_width_and_a_whole_float_latent_dim(tmp_path):
+    """`hidden=8` is one layer of 8 and `latent_dim=2.0` is 2: the spec saves them as
+    `[8]` and the int 2 (JSON `2`, not `2.0`), and the model reloads from it."""
+    model = aetk.build_model("vae", "bernoulli", in_features=6, latent_dim=2.0, hidden=8)
+    assert model.build_spec["hidden"] == [8]
+    assert type(model.build_spec["latent_dim"]) is int and model.build_spec["latent_dim"] == 2
+    model.save(tmp_path / "m")
+    assert '"latent_dim": 2,' in (tmp_path / "m" / "config.json").read_text()
+    assert aetk.load(tmp_path / "m").encode(torch.rand(3, 6)).mean.shape == (3, 2)

@@ -227,3 +227,15 @@ def test_another_output_shape_needs_mlp_networks() -> None:
     with pytest.raises(ValueError, match="another output shape needs MLP networks"):
         aetk.build_model("vae", "bernoulli", input_shape=(8, 8), out_features=10,
                          channels=(4,))
+
+
+def test_count_inputs_are_logged_by_default_only_when_they_are_the_targets() -> None:
+    """A Poisson model of its own inputs sees log(1 + x) unless told; a paired one (inputs
+    need not be counts) does not, unless `log_inputs=True` is given."""
+    own = aetk.build_model("vae", "poisson", in_features=TOP, hidden=(8,))
+    paired = aetk.build_model("vae", "poisson", in_features=TOP, out_features=BOTTOM,
+                              hidden=(8,))
+    told = aetk.build_model("vae", "poisson", in_features=TOP, out_features=BOTTOM,
+                            hidden=(8,), log_inputs=True)
+    assert own.build_spec["log_inputs"] is True and told.build_spec["log_inputs"] is True
+    assert "log_inputs" not in paired.build_spec

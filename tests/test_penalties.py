@@ -189,6 +189,26 @@ def test_the_reuse_does_not_serve_an_input_that_now_takes_gradients():
     assert out.terms["penalty_contractive"].item() == pytest.approx(alone, rel=1e-6)
 
 
+def test_the_reuse_does_not_serve_a_pass_made_in_another_grad_mode():
+    """A loss evaluated under no_grad (validation) whose penalty encodes x with gradients
+    on gets a fresh pass with a graph, whose gradient in the encoder's weights is the one
+    outside a penalised loss."""
+    model, x = _vae(), digits(n=8)[0]
+    weight = next(model.encoder.parameters())
+
+    def graded(m, x):
+        with torch.enable_grad():
+            q = encoded(m, x)
+            assert q.mean.requires_grad
+            (g,) = torch.autograd.grad(q.mean.square().sum(), weight)
+        return g.square().sum()
+
+    alone = graded(model, x).item()
+    with penalized(model, [graded]), torch.no_grad():
+        out = model.loss(x)
+    assert out.terms["penalty_graded"].item() == pytest.approx(alone, rel=1e-6)
+
+
 def test_entropy_sums_the_dimensions_of_an_encoder_without_independent():
     loc, scale = torch.zeros(3, 5), torch.rand(3, 5) + 0.1
 
@@ -345,3 +365,69 @@ def test_make_penalty_from_specs():
     with pytest.raises(ValueError, match=r"penalty 'entropy' takes the options \['weight'\], "
                                          r"got \['sigma'\]"):
         make_penalty({"name": "entropy", "sigma": 1})
+
+
+def test_decoder_jacobian_averages_its_projections_draw_by_draw():
+    """With two projections, the estimate is the mean over the two standard-normal draws v
+    (replayed from the same seed) of the batch mean of `||J^T v||^2`, J the decoder mean's
+    Jacobian by torch.func."""
+    model = _vae().double()
+    x = digits(n=5)[0].double()
+    z = model.latent_mean(x).detach()
+    jac = torch.func.vmap(torch.func.jacrev(
+        lambda v: model.decode(v[None]).mean[0]))(z)  # (B, 64, 2)
+    torch.manual_seed(3)
+    estimate = aetk.DecoderJacobian(weight=1.5, n_projections=2)(model, x).item()
+    torch.manual_seed(3)
+    draws = [torch.randn(5, 64, dtype=torch.float64) for _ in range(2)]
+    by_hand = np.mean([torch.einsum("bo,bol->bl", v, jac).square().sum(-1).mean().item()
+                       for v in draws])
+    assert estimate == pytest.approx(1.5 * by_hand, rel=1e-10)
+
+
+def test_integer_options_are_stored_as_floats():
+    """`weight=2` and `sigma_min=1` are stored as 2.0 and 1.0, so that a penalty describes
+    itself (in checkpoint fingerprints) alike whether its options came as ints or floats."""
+    from aetk.penalties import describe
+
+    assert describe(aetk.MinVariance(sigma_min=1, weight=2)) == \
+        "MinVariance(sigma_min=1.0, weight=2.0)"
+    assert describe(make_penalty({"name": "latent_l2", "weight": 3})) == "LatentL2(weight=3.0)"
+    assert describe(aetk.DecoderJacobian(weight=-1)) == \
+        "DecoderJacobian(weight=-1.0, n_projections=1)"
+
+
+def test_a_penalty_that_returns_an_empty_tensor_is_refused():
+    """A penalty must return one number: an empty tensor is the same ValueError as a
+    batch of them, naming the penalty and the shape."""
+    model, x = _vae(), digits(n=8)[0]
+    with penalized(model, {"empty": lambda m, x: torch.zeros(0)}), \
+            pytest.raises(ValueError, match=r"penalty 'empty' must return a scalar tensor, "
+                                            r"got torch.Size\(\[0\]\)"):
+        model.loss(x)
+
+
+def test_latent_l2_penalises_the_codes_of_models_with_their_own_encode_or_latent_mean():
+    """Within a penalised loss, LatentL2 is the batch mean of `||latent_mean(x)||^2` by
+    hand: a VQ-VAE's codebook vectors (its `encode`), not the encoder outputs its loss
+    computes; a subclass's own `latent_mean` (here twice the posterior mean)."""
+    x = digits(n=32)[0]
+    vq = aetk.build_model("vqvae", "bernoulli", in_features=64, latent_dim=2, hidden=(8,))
+    vq.set_codebook(torch.randn(vq.n_codes, 2) * 3)
+    with torch.no_grad():
+        z_q = vq.codebook[vq.nearest(vq.encoder(x))]
+    assert not torch.allclose(z_q, vq.encoder(x))
+    with penalized(vq, [aetk.LatentL2()]):
+        got = vq.loss(x).terms["penalty_latent_l2"]
+    assert got.item() == pytest.approx(z_q.square().sum(-1).mean().item(), rel=1e-6)
+
+    class Doubled(aetk.VAE):
+        def latent_mean(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * self.encode(x).mean
+
+    base = _vae()
+    model = Doubled(base.encoder, base.decoder)
+    mu = base.encode(x).mean.detach()
+    with penalized(model, [aetk.LatentL2()]):
+        got = model.loss(x).terms["penalty_latent_l2"]
+    assert got.item() == pytest.approx(4 * mu.square().sum(-1).mean().item(), rel=1e-6)

@@ -2,6 +2,7 @@
 uninterrupted run; divergence; the beta schedule; input types; progress output."""
 
 import contextlib
+import copy
 import functools
 import pickle
 import re
@@ -294,6 +295,32 @@ def test_load_into_refuses_a_model_built_with_other_settings(tmp_path):
         aetk.load(tmp_path, into=other)
     same = aetk.build_model("vae", "gaussian", in_features=4, hidden=(3,), sigma=0.5, beta=1.0)
     assert isinstance(aetk.load(tmp_path, into=same), aetk.VAE)
+
+
+def test_load_into_names_other_sizes_and_leaves_a_misfit_model_untouched(tmp_path):
+    """Other hidden sizes are named in the refusal; weights that fit a hand-built model
+    only in part (its encoder) are a ValueError before anything is copied into it."""
+    aetk.build_model("vae", "bernoulli", in_features=4, hidden=(3,)).save(tmp_path)
+    wider = aetk.build_model("vae", "bernoulli", in_features=4, hidden=(5,))
+    with pytest.raises(ValueError, match=r"other settings \(hidden: \[3\] saved, \[5\] here\)"):
+        aetk.load(tmp_path, into=wider)
+    torch.manual_seed(1)
+    by_hand = aetk.VAE(aetk.GaussianEncoder(in_features=4, latent_dim=2, hidden=(3,)),
+                       aetk.BernoulliDecoder(latent_dim=2, out_features=4, hidden=(5,)))
+    before = copy.deepcopy(by_hand.state_dict())
+    with pytest.raises(ValueError, match="do not fit this model"):
+        aetk.load(tmp_path, into=by_hand)
+    for k, v in by_hand.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_save_refuses_a_file_as_its_folder(tmp_path):
+    """A file at the output path is a FileExistsError, and the file is left as it was."""
+    target = tmp_path / "model.pt"
+    target.write_text("mine")
+    with pytest.raises(FileExistsError, match="not a folder for a model"):
+        aetk.build_model("vae", "bernoulli", in_features=4, hidden=(3,)).save(target)
+    assert target.read_text() == "mine"
 
 
 def test_load_of_weights_that_do_not_fit_the_description_is_a_value_error(tmp_path):
@@ -1063,6 +1090,28 @@ def test_devices_this_machine_lacks_are_value_errors_that_say_so(tmp_path):
                 call()
     assert next(aetk.load(tmp_path / "m", map_location="auto").parameters()).device.type == (
         "cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_resolve_device_checks_what_torch_reports(monkeypatch):
+    """With torch reporting one CUDA GPU (monkeypatched, no GPU needed): auto is cuda,
+    cuda:0 is accepted and cuda:1 is a ValueError naming the count; mps is refused where
+    torch reports no MPS; with no CUDA, auto is the CPU."""
+    from aetk.devices import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match=r"'cuda:1': this machine has 1 GPU\(s\), cuda:0 to "
+                                         r"cuda:0$"):
+        resolve_device("cuda:1")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="'mps': MPS is not available on this machine"):
+        resolve_device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="'cuda:0': CUDA is not available"):
+        resolve_device("cuda:0")
 
 
 def test_fit_takes_data_frames_and_names_containers_it_cannot(tmp_path, monkeypatch):
