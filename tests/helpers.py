@@ -55,6 +55,20 @@ class FixedMLP:
         return np.tanh(x @ self.w1.T + self.b1) @ self.w2.T + self.b2
 
 
+def central_differences(loss, param: torch.Tensor, h: float = 1e-6) -> torch.Tensor:
+    """Central differences of the scalar `loss()` in every entry of `param` (float64)."""
+    out = torch.zeros_like(param)
+    with torch.no_grad():
+        for idx in np.ndindex(*param.shape):
+            param[idx] += h
+            up = loss().item()
+            param[idx] -= 2 * h
+            down = loss().item()
+            param[idx] += h
+            out[idx] = (up - down) / (2 * h)
+    return out
+
+
 def fix_normal_noise(monkeypatch, eps: np.ndarray) -> None:
     """`Normal.rsample` returns `loc + scale * eps`, so that a hand computation can use the
     same noise."""

@@ -17,7 +17,7 @@ from aetk import decoders as dec
 from aetk.encoders import DeterministicEncoder, GaussianEncoder
 from aetk.models import Critic
 
-from helpers import mmd_by_hand
+from helpers import central_differences, mmd_by_hand
 
 B, X_DIM, Z_DIM, HID = 4, 3, 2, 5
 RNG = np.random.default_rng(42)
@@ -519,20 +519,6 @@ def test_infovae(fixed_eps, kernel, unbiased):
     assert out.loss.item() == pytest.approx(rec + 0.7 * kl.mean() + 4.3 * mmd, rel=1e-12)
 
 
-def _central_differences(loss, param, h=1e-6):
-    """Central differences of the scalar `loss()` in every entry of `param`."""
-    out = torch.zeros_like(param)
-    with torch.no_grad():
-        for idx in np.ndindex(*param.shape):
-            param[idx] += h
-            up = loss().item()
-            param[idx] -= 2 * h
-            down = loss().item()
-            param[idx] += h
-            out[idx] = (up - down) / (2 * h)
-    return out
-
-
 def _gradient_models():
     """name -> (model, its parameters to check) for the gradient test."""
     enc, _ = _gaussian_encoder()
@@ -568,7 +554,7 @@ def test_loss_gradients_follow_the_reparameterised_draws(fixed_eps, name):
 
     grads = torch.autograd.grad(loss(), params)
     for p, g in zip(params, grads, strict=True):
-        torch.testing.assert_close(g, _central_differences(loss, p), rtol=1e-6, atol=1e-8)
+        torch.testing.assert_close(g, central_differences(loss, p), rtol=1e-6, atol=1e-8)
 
 
 def test_infovae_defaults_give_the_mmd_weight():
