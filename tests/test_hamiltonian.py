@@ -103,14 +103,16 @@ def ref_inv_sqrt_beta(beta0, k, K):
     return (1 - 1 / math.sqrt(beta0)) * (k / K) ** 2 + 1 / math.sqrt(beta0)
 
 
-def ref_hvae_loss(model, x, seed):
-    """The HVAE ELBO with hand leapfrog steps and autograd of the hand potential."""
+def ref_hvae_loss(model, x, seed, eps=None):
+    """The HVAE ELBO with hand leapfrog steps and autograd of the hand potential (step size
+    `eps`, by default the model's)."""
     torch.manual_seed(seed)
     q = model.encoder(x)
     z = q.rsample()
     z0 = z
     gamma = torch.randn_like(z)
-    beta0, K, eps = float(model.beta0), model.n_leapfrog, model.step_size
+    beta0, K = float(model.beta0), model.n_leapfrog
+    eps = model.step_size if eps is None else eps
     rho = gamma / math.sqrt(beta0)
 
     def dU(z):
@@ -275,11 +277,63 @@ def test_metric_is_spd_tends_to_identity_over_lambda_and_reductions_differ_by_n(
     close(metric.inverse(z) - lam, 7 * (mean.inverse(z) - lam), rtol=1e-12)
 
 
+def test_an_indefinite_inverse_metric_is_reported_not_used():
+    """With M = -I (not a Gram matrix) G^{-1} = -w I + 0.01 I is indefinite near the
+    centroid: `at` reports the failed Cholesky factorisation there (info != 0) and
+    `christoffel_contract` gives NaN; far away both are fine."""
+    c, M = torch.zeros(1, 2, dtype=f64), -torch.eye(2, dtype=f64).expand(1, 2, 2)
+    metric = ham.CentroidMetric(c, M, 0.8, 0.01, 1.0)
+    z = torch.tensor([[0.1, 0.0], [20.0, 0.0]], dtype=f64)
+    assert metric.at(z).info.tolist()[0] != 0 and metric.at(z).info.tolist()[1] == 0
+    gamma = metric.christoffel_contract(z, torch.ones_like(z))
+    assert torch.isnan(gamma[0]).all() and torch.isfinite(gamma[1]).all()
+
+
 def test_rhvae_reductions_differ_by_the_number_of_centroids():
     z = torch.randn(3, LATENT, dtype=f64)
     g_mean = rhvae(centroid_reduction="mean").G_inv(z) - 0.01 * torch.eye(LATENT, dtype=f64)
     g_sum = rhvae(centroid_reduction="sum").G_inv(z) - 0.01 * torch.eye(LATENT, dtype=f64)
     close(g_sum, N_CENTROIDS * g_mean, rtol=1e-12)
+
+
+def test_value_and_grad_detaches_unless_asked_for_a_graph():
+    """Without create_graph the value and gradient carry no graph (importance weights and
+    validation hold none), also for z that requires grad; with it, the gradient is itself
+    differentiable: d/dz sum(z^3) = 3 z^2, and its own gradient 6 z."""
+    z = torch.randn(B, LATENT, dtype=f64).requires_grad_()
+    value, g = ham.value_and_grad(lambda z: (z**3).sum(-1), z, create_graph=False)
+    assert not value.requires_grad and not g.requires_grad
+    close(value, (z**3).sum(-1), rtol=1e-14)
+    close(g, 3 * z**2, rtol=1e-14)
+    value, g = ham.value_and_grad(lambda z: (z**3).sum(-1), z, create_graph=True)
+    assert value.requires_grad
+    close(torch.autograd.grad(g.sum(), z)[0], 6 * z, rtol=1e-14)
+
+
+def test_float64_metric_algebra_for_float32_points():
+    """An ill-conditioned G^{-1} = 1e4 w v v^T + 1e-3 I (condition ~1e7) at float32 points:
+    with float64 algebra (the default) log det G, G and G^{-1} match a float64 reference from
+    the same float32 weights; float32 algebra (`float64=False`, as
+    `RHVAE(float64_metric=False)` asks) loses the small eigenvalue. The weights stay in
+    (0, 1] near centroids far from the origin, where |z|^2 - 2 z c + |c|^2 rounds below 0."""
+    torch.manual_seed(0)
+    c = torch.randn(50, 2) * 30
+    M = 1e4 * torch.tensor([[1.0, 1.0], [1.0, 1.0]]).expand(50, 2, 2) / 2
+    z = c + 1e-3 * torch.randn(50, 2)
+    exact = ham.CentroidMetric(c, M, 0.8, 1e-3, 1.0)
+    at = exact.at(z)
+    assert at.G.dtype == at.log_det_G.dtype == torch.float32
+    w = at.weights.double()
+    assert w.min() >= 0 and w.max() <= 1 and w.diagonal().min() > 0.99
+    G_inv = torch.einsum("bn,nij->bij", w, M.double()) + 1e-3 * torch.eye(2, dtype=f64)
+    close(at.log_det_G, -torch.logdet(G_inv), rtol=1e-6)
+    close(at.G, torch.linalg.inv(G_inv), rtol=1e-5)
+    close(exact.inverse(z), G_inv, rtol=1e-6)
+    rough = ham.CentroidMetric(c, M, 0.8, 1e-3, 1.0, float64=False).at(z)
+    assert (rough.log_det_G.double() + torch.logdet(G_inv)).abs().max() > 0.01
+    m = rhvae(float64_metric=False).float()
+    assert m.frozen_metric().exact == torch.float32
+    assert rhvae().float().frozen_metric().exact == f64
 
 
 def test_float64_rhvae_keeps_given_float64_centroids_and_matches_the_formula():
@@ -296,6 +350,19 @@ def test_float64_rhvae_keeps_given_float64_centroids_and_matches_the_formula():
     w = torch.exp(-torch.cdist(z, c) ** 2 / 0.8**2)  # (B, N), temperature 0.8
     ref = torch.einsum("bn,nij->bij", w, L @ L.mT) / 5 + 0.01 * torch.eye(LATENT, dtype=f64)
     close(m.G_inv(z), ref, rtol=1e-12)
+
+
+def test_rhvae_metric_methods_agree_at_points_of_any_shape():
+    """RHVAE.G is the inverse of RHVAE.G_inv (the explicit-broadcast reference) and log_det_G
+    its log-determinant, at one point, at rows and at a (2, 3, d) array of points."""
+    m = rhvae()
+    z = torch.randn(2, 3, LATENT, dtype=f64)
+    ref = ref_G_inv(z.reshape(-1, LATENT), m.centroid_latent, m.centroid_M, m).view(2, 3, 2, 2)
+    close(m.G_inv(z), ref, rtol=1e-12)
+    close(m.G(z), torch.linalg.inv(ref), rtol=1e-10)
+    close(m.log_det_G(z), -torch.logdet(ref), rtol=1e-10)
+    close(m.G(z[1]), m.G(z)[1], rtol=1e-14)
+    close(m.log_det_G(z[0, 2].numpy()), -torch.logdet(ref[0, 2]), rtol=1e-10)
 
 
 def test_lower_factor_layout_and_bounds():
@@ -459,6 +526,17 @@ def test_hvae_learned_step_size_and_beta0_get_exact_gradients():
     close(g_eps[0].item(), num_eps0, rtol=1e-5)
 
 
+def test_hvae_per_dimension_step_sizes_match_the_hand_flow():
+    """Step sizes (0.05, 0.02), one per latent dimension, given to the hand reference as
+    numbers: the same loss, and the model reports them."""
+    m, x = hvae(n_leapfrog=2, step_size=[0.05, 0.02], beta0=0.4), _data()
+    close(m.step_size, [0.05, 0.02], rtol=1e-6)
+    torch.manual_seed(6)
+    loss = m.loss(x).loss
+    eps = torch.tensor([0.05, 0.02], dtype=f64)  # the model keeps exp(float32 log eps)
+    close(loss, ref_hvae_loss(m, x, 6, eps=eps), rtol=1e-7)
+
+
 class LaplaceDecoder(Decoder):
     """A user-made likelihood: nothing but a subclass returning a distribution."""
 
@@ -590,6 +668,50 @@ def test_failures_that_are_not_the_step_size_name_their_cause(kind):
     assert not isinstance(err.value, ham.FlowDiverged)
 
 
+def _monitor(*points, step_size=0.1):
+    """Feed a FlowMonitor points (z, rho, grad, Cholesky info or None) of two samples in
+    2-d and check them."""
+    mon = ham.FlowMonitor(step_size)
+    for z, rho, g, info in points:
+        met = None if info is None else ham.MetricAt(*[None] * 5, torch.tensor(info))
+        as_t = [torch.tensor(v, dtype=f64) for v in (z, rho, g)]
+        mon.point(ham.Position(as_t[0], None, as_t[2], metric=met), as_t[1])
+    mon.check()
+
+
+def test_flow_monitor_names_the_first_bad_step_its_samples_and_its_cause():
+    """Each cause of divergence at finite |z| (beyond 1e3, a non-finite momentum, a failed
+    Cholesky factorisation) raises FlowDiverged naming the first bad step and its number of
+    samples; a non-finite force at a finite z, or a bad point 0, raises TrainingDiverged."""
+    inf, nan = math.inf, math.nan
+    fine = ([[0.0, 0.0], [1e3, 0.0]], [[1.0, 1.0], [1.0, 1.0]], [[1.0, 1.0], [1.0, 1.0]], [0, 0])
+    _monitor(fine, fine)  # |z| = 1e3 is not beyond it
+    z, rho, g, _ = fine
+    for bad in ((z, rho, g, [0, 3]), (z, [[1.0, inf], [1.0, 1.0]], g, [0, 0]),
+                ([[0.0, 0.0], [0.0, 1000.01]], rho, g, None),
+                ([[nan, 0.0], [0.0, 0.0]], rho, [[nan, 1.0], [1.0, 1.0]], [0, 0])):
+        worse = ([[2e3, 0.0], [0.0, 2e3]], rho, g, [0, 0])  # both samples, one step later
+        with pytest.raises(ham.FlowDiverged,
+                           match=r"leapfrog step 2 for 1 sample\(s\).*\(now 0\.1\)"):
+            _monitor(fine, fine, bad, worse)
+    no_force = (z, rho, [[1.0, 1.0], [nan, 1.0]], [0, 0])
+    with pytest.raises(aetk.TrainingDiverged, match=r"step 1, 1 sample.*not help") as err:
+        _monitor(fine, no_force, ([[inf, 0.0], [0.0, 0.0]], rho, g, None))
+    assert not isinstance(err.value, ham.FlowDiverged)
+    with pytest.raises(aetk.TrainingDiverged, match="encoder's samples") as err:
+        _monitor((z, rho, g, [1, 0]), fine)
+    assert not isinstance(err.value, ham.FlowDiverged)
+
+
+@pytest.mark.parametrize("kind", ["hvae", "rhvae"])
+def test_a_flow_that_leaves_at_once_names_leapfrog_step_one(kind):
+    """Steps of 1e4 send every sample beyond |z| = 1e3 in the first leapfrog step: the
+    monitor counts z_0 as point 0, so the error names step 1 and all 5 samples."""
+    m = hvae(step_size=1e4) if kind == "hvae" else rhvae(step_size=1e4)
+    with pytest.raises(ham.FlowDiverged, match=r"leapfrog step 1 for 5 sample\(s\)"):
+        m.loss(_data())
+
+
 # Metric buffers, centroids, save/load, sampling -------------------------------------------
 
 
@@ -682,6 +804,76 @@ def test_metric_needs_centroids_then_freezes_and_round_trips(tmp_path):
     a = m.eval().loss(x[60:]).loss
     torch.manual_seed(0)
     close(back.loss(x[60:]).loss.item(), a.item(), rtol=1e-6)
+
+
+def test_update_metric_freezes_clean_centroids_and_keeps_the_mode():
+    """update_metric freezes c_i = mu(x_i) without the encoder's masking noise (evaluation
+    mode) and leaves the model in the mode it found it in, training or evaluation."""
+    torch.manual_seed(1)
+    enc = GaussianEncoder(in_features=F, latent_dim=LATENT, hidden=(8,), input_noise=0.5)
+    dec = aetk.BernoulliDecoder(latent_dim=LATENT, out_features=F, hidden=(8,))
+    m = aetk.RHVAE(enc, dec, centroids=_data(N_CENTROIDS).float()).double()
+    m.update_metric()
+    assert m.training
+    with torch.no_grad():
+        clean = m.eval().latent_mean(m.centroid_data)
+        assert (m.train().latent_mean(m.centroid_data) - clean).abs().max() > 0.1  # noisy
+    close(m.centroid_latent, clean, rtol=1e-14)
+    m.eval().update_metric()
+    assert not m.training
+
+
+def test_posterior_samples_and_importance_weights_use_the_frozen_metric():
+    """Once frozen, the metric of posterior_sample and importance_log_weights is that of
+    the buffers: changing the metric network changes neither until update_metric."""
+    m, x = rhvae(step_size=0.2), _data()
+
+    @torch.no_grad()
+    def both():
+        torch.manual_seed(3)
+        z = m.posterior_sample(x)
+        return z, m.importance_log_weights(m.encoder(x), x, 3)
+
+    before = both()
+    _scaled(m.metric_net, 3.0)
+    after = both()
+    close(after[0], before[0], rtol=1e-14)
+    close(after[1], before[1], rtol=1e-14)
+    m.update_metric()
+    changed = both()
+    assert (changed[0] - before[0]).abs().max() > 1e-3
+    assert (changed[1] - before[1]).abs().max() > 1e-3
+
+
+def test_a_state_dict_gives_the_centroid_buffers_their_saved_shapes():
+    """Loading the state dict of an RHVAE with 4 centroids into one built for 2: the centroid
+    buffers take the saved shapes and give the same frozen metric."""
+    src = rhvae()
+    torch.manual_seed(1)
+    dst = aetk.build_model("rhvae", "bernoulli", in_features=F, latent_dim=LATENT, hidden=(8,),
+                           activation="tanh", centroids=2).double()
+    dst.load_state_dict(src.state_dict())
+    assert dst.centroid_M.shape == (N_CENTROIDS, LATENT, LATENT)
+    z = torch.randn(B, LATENT, dtype=f64)
+    assert torch.equal(dst.G_inv(z), src.G_inv(z))
+    assert torch.equal(dst.centroid_data, src.centroid_data)
+
+
+def test_a_conditional_rhvae_state_dict_resizes_the_centroid_conditions_too():
+    """As for an unconditional RHVAE, a conditional one built for 2 centroids takes the state
+    dict of one with 4: centroid_conditions takes its saved shape with the other centroid
+    buffers (it raised torch's 'size mismatch' before)."""
+    kw = {"in_features": F, "latent_dim": LATENT, "hidden": (8,), "n_conditions": 2}
+    torch.manual_seed(1)
+    src = aetk.build_model("rhvae", "bernoulli", centroids=N_CENTROIDS, **kw).double()
+    conditions = torch.eye(2, dtype=f64)[torch.arange(40) % 2]
+    with src.given(conditions):
+        src.on_fit_start(_data(40, seed=9))
+    dst = aetk.build_model("rhvae", "bernoulli", centroids=2, **kw).double()
+    dst.load_state_dict(src.state_dict())
+    assert torch.equal(dst.centroid_conditions, src.centroid_conditions)
+    z = torch.randn(B, LATENT, dtype=f64)
+    assert torch.equal(dst.G_inv(z), src.G_inv(z))
 
 
 def standard_normal(z):

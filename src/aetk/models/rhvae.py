@@ -41,7 +41,7 @@ Gaussian). On MNIST at the default step size, a cap of e^6 made the categorical 
 diverge in its first epoch and e^3 the learned-variance Gaussian one in its third.
 """
 
-_CENTROID_BUFFERS = ("centroid_data", "centroid_latent", "centroid_M")
+_CENTROID_BUFFERS = ("centroid_data", "centroid_latent", "centroid_M", "centroid_conditions")
 
 
 def metric_net_like(encoder: nn.Module, latent_dim: int) -> nn.Module:
@@ -343,9 +343,9 @@ class RHVAE(Model):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # Centroid buffers take the saved shapes (e.g. data shape unknown at construction).
         for name in _CENTROID_BUFFERS:
-            saved = state_dict.get(prefix + name)
-            if saved is not None and saved.shape != getattr(self, name).shape:
-                setattr(self, name, getattr(self, name).new_empty(saved.shape))
+            saved, current = state_dict.get(prefix + name), getattr(self, name, None)
+            if saved is not None and current is not None and saved.shape != current.shape:
+                setattr(self, name, current.new_empty(saved.shape))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # Generation ---------------------------------------------------------------------------
