@@ -363,3 +363,19 @@ def test_image_shaped_inputs_reach_the_network_flattened_beside_their_conditions
     q = enc(torch.from_numpy(x))
     np.testing.assert_allclose(q.mean.detach().numpy(), ref[:, :Z_DIM], rtol=1e-12)
     np.testing.assert_allclose(q.stddev.detach().numpy(), np.exp(ref[:, Z_DIM:]), rtol=1e-12)
+
+
+def test_given_casts_conditions_to_the_models_dtype():
+    """Integer one-hot or float64 conditions are held as the model's dtype (what
+    model.conditions() hands the VampPrior and RHVAE), with the same values."""
+    model = _build(k=K)
+    expected = np.eye(K)[[0, 2, 1]]
+    for c in (torch.nn.functional.one_hot(torch.tensor([0, 2, 1]), K), expected):
+        with model.given(c):
+            got = model.conditions()
+            assert got.dtype == torch.float32
+            np.testing.assert_array_equal(got.numpy(), expected)
+    double = _build(k=K).double()
+    with double.given(torch.eye(K)[1]):  # float32 (K,): one row for all, as float64
+        assert double.conditions().dtype == torch.float64
+        np.testing.assert_array_equal(double.conditions().numpy(), np.eye(K)[[1]])

@@ -60,3 +60,23 @@ def test_components_have_full_covariances():
 def test_the_default_is_ten_components():
     """The paper's 10 components (Ghosh et al. 2020) unless told otherwise."""
     assert aetk.CodeMixture(torch.randn(50, 2)).mixture.n_components == 10
+
+
+def test_successive_draws_are_new_codes_not_a_reshuffle():
+    """Each call draws new codes from the mixture's advancing generator, not the same set
+    in another order: the sorted draws of two calls differ."""
+    mixture = aetk.CodeMixture(_two_clusters(60), n_components=2, seed=0)
+    a, b = mixture.sample(50).numpy(), mixture.sample(50).numpy()
+    assert not np.allclose(np.sort(a, axis=0), np.sort(b, axis=0))
+
+
+def test_float32_codes_are_fitted_in_float64():
+    """float32 codes are fitted in double precision: the single component's covariance is
+    numpy's float64 maximum-likelihood covariance plus 1e-6 (to rtol 1e-9); draws come back
+    as float32."""
+    codes = torch.from_numpy(np.random.default_rng(3).normal(size=(500, 3))).float()
+    mixture = aetk.CodeMixture(codes, n_components=1)
+    ref = np.cov(codes.numpy().astype(np.float64), rowvar=False, bias=True) + 1e-6 * np.eye(3)
+    assert mixture.mixture.covariances_.dtype == np.float64
+    np.testing.assert_allclose(mixture.mixture.covariances_[0], ref, rtol=1e-9)
+    assert mixture.sample(4).dtype == torch.float32

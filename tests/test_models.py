@@ -1004,3 +1004,29 @@ def test_build_model_takes_one_hidden_width_and_a_whole_float_latent_dim(tmp_pat
     model.save(tmp_path / "m")
     assert '"latent_dim": 2,' in (tmp_path / "m" / "config.json").read_text()
     assert aetk.load(tmp_path / "m").encode(torch.rand(3, 6)).mean.shape == (3, 2)
+
+
+def test_embed_leaves_a_model_in_evaluation_mode_there():
+    """embed puts back the mode it found, evaluation mode included: after it, every module
+    of an eval-mode model with input noise is still in eval mode, so latent_mean stays
+    noise-free and equals embed's codes."""
+    torch.manual_seed(0)
+    model = aetk.build_model("vae", "bernoulli", in_features=6, latent_dim=2, hidden=(8,),
+                             input_noise=0.5).eval()
+    x = np.random.default_rng(1).random((5, 6)).astype(np.float32)
+    codes = model.embed(x, batch_size=2)
+    assert not any(m.training for m in model.modules())
+    with torch.no_grad():
+        np.testing.assert_allclose(model.latent_mean(torch.from_numpy(x)).numpy(), codes,
+                                   rtol=1e-6, atol=1e-6)
+
+
+def test_embed_of_a_float64_model_gives_float64_codes_even_for_no_rows():
+    """A float64 model's codes are float64, (N, d), and so is the empty result of no rows."""
+    torch.manual_seed(0)
+    model = aetk.build_model("vae", "bernoulli", in_features=6, latent_dim=2,
+                             hidden=(8,)).double()
+    x = np.random.default_rng(0).random((4, 6))
+    assert model.embed(x).dtype == np.float64
+    empty = model.embed(x[:0])
+    assert empty.dtype == np.float64 and empty.shape == (0, 2)
