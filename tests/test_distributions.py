@@ -9,6 +9,7 @@ import torch
 from scipy import stats
 from torch import distributions as D
 
+import aetk
 from aetk import distributions as dist
 from aetk.encoders import GaussianEncoder
 from aetk.kernels import gaussian_kernel, imq_kernel, mmd
@@ -214,8 +215,6 @@ def test_a_draw_from_a_deterministic_decoder_is_its_output():
     `mean_only=False` returns that output, so `model.sample(n, mean_only=False)` of an MSE
     WAE is `model.sample(n)` at the same prior draws (it raised AttributeError before);
     totals stay refused."""
-    import aetk
-
     model = aetk.build_model("wae", "mse", in_features=4, latent_dim=2, hidden=(8,))
     x_hat = torch.randn(3, 4)
     assert torch.equal(dist.generate(x_hat, mean_only=False), x_hat)

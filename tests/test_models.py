@@ -17,7 +17,7 @@ from aetk import decoders as dec
 from aetk.encoders import DeterministicEncoder, GaussianEncoder
 from aetk.models import Critic
 
-from helpers import central_differences, mmd_by_hand
+from helpers import central_differences, fix_normal_noise, mmd_by_hand
 
 B, X_DIM, Z_DIM, HID = 4, 3, 2, 5
 RNG = np.random.default_rng(42)
@@ -434,8 +434,7 @@ def test_beta_tcvae_one_row_batch_weighs_its_own_posterior_by_one_over_n(monkeyp
     model = aetk.BetaTCVAE(enc, dec.BernoulliDecoder(dec_net.module, latent_dim=Z_DIM,
                                                      out_features=X_DIM), dataset_size=n)
     eps = EPS[1][:1]
-    monkeypatch.setattr(D.Normal, "rsample",
-                        lambda self, shape=(): self.loc + self.scale * torch.from_numpy(eps))
+    fix_normal_noise(monkeypatch, eps)
     mu, sigma, _ = _hand_posterior(enc_net, X01[:1])
     z = mu + sigma * eps
     log_qj = -0.5 * eps**2 - np.log(sigma) - 0.5 * np.log(2 * np.pi)
@@ -519,21 +518,22 @@ def test_infovae(fixed_eps, kernel, unbiased):
     assert out.loss.item() == pytest.approx(rec + 0.7 * kl.mean() + 4.3 * mmd, rel=1e-12)
 
 
-def _gradient_models():
-    """name -> (model, its parameters to check) for the gradient test."""
+def _gradient_model(name):
+    """The model called `name` of the gradient test."""
+    if name == "vampprior":
+        return _vampprior(beta=0.5)[0]
     enc, _ = _gaussian_encoder()
     decoder = dec.BernoulliDecoder(NumpyMLP(Z_DIM, X_DIM, 2).module, latent_dim=Z_DIM,
                                    out_features=X_DIM)
-    vamp = _vampprior(beta=0.5)[0]
-    return {
-        "vae_3_draws": aetk.VAE(enc, decoder, beta=2.0, n_samples=3),
-        "miwae": aetk.IWAE(enc, decoder, n_samples=3, n_groups=2),
-        "ciwae": aetk.CIWAE(enc, decoder, n_samples=3, beta=0.3),
-        "vampprior": vamp,
-        "beta_tcvae": aetk.BetaTCVAE(enc, decoder, alpha=0.5, beta=2.0, gamma=3.0,
-                                     dataset_size=50),
-        "infovae": aetk.InfoVAE(enc, decoder, alpha=0.3, lam=5.0, n_prior_samples=6),
+    build = {
+        "vae_3_draws": lambda: aetk.VAE(enc, decoder, beta=2.0, n_samples=3),
+        "miwae": lambda: aetk.IWAE(enc, decoder, n_samples=3, n_groups=2),
+        "ciwae": lambda: aetk.CIWAE(enc, decoder, n_samples=3, beta=0.3),
+        "beta_tcvae": lambda: aetk.BetaTCVAE(enc, decoder, alpha=0.5, beta=2.0, gamma=3.0,
+                                             dataset_size=50),
+        "infovae": lambda: aetk.InfoVAE(enc, decoder, alpha=0.3, lam=5.0, n_prior_samples=6),
     }
+    return build[name]()
 
 
 @pytest.mark.parametrize("name", ["vae_3_draws", "miwae", "ciwae", "vampprior", "beta_tcvae",
@@ -543,7 +543,7 @@ def test_loss_gradients_follow_the_reparameterised_draws(fixed_eps, name):
     gradient in the encoder's first layer (and the VampPrior's pseudo-inputs) equals central
     differences, so every term sees z = mu + sigma eps with its gradient (a z detached
     anywhere, or sigma detached in log q(z|x), leaves the values but not the gradient)."""
-    model = _gradient_models()[name]
+    model = _gradient_model(name)
     params = [model.encoder.network[0].weight]
     if name == "vampprior":
         params.append(model.pseudo_inputs)

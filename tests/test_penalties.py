@@ -13,7 +13,7 @@ from torch import distributions as D
 from torch import nn
 
 import aetk
-from aetk.penalties import encoded, make_penalty, penalized, penalty_names
+from aetk.penalties import describe, encoded, make_penalty, penalized, penalty_names
 
 from helpers import digits
 
@@ -388,8 +388,6 @@ def test_decoder_jacobian_averages_its_projections_draw_by_draw():
 def test_integer_options_are_stored_as_floats():
     """`weight=2` and `sigma_min=1` are stored as 2.0 and 1.0, so that a penalty describes
     itself (in checkpoint fingerprints) alike whether its options came as ints or floats."""
-    from aetk.penalties import describe
-
     assert describe(aetk.MinVariance(sigma_min=1, weight=2)) == \
         "MinVariance(sigma_min=1.0, weight=2.0)"
     assert describe(make_penalty({"name": "latent_l2", "weight": 3})) == "LatentL2(weight=3.0)"

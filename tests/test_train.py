@@ -17,6 +17,7 @@ from sklearn.datasets import load_digits
 from torch.utils.data import StackDataset, TensorDataset
 
 import aetk
+from aetk.devices import resolve_device
 from aetk.train import evaluate
 
 MODELS = ["ae", "irmae", "wae", "vqvae", "vae", "beta_vae", "beta_tcvae", "infovae", "infomaxvae",
@@ -1096,8 +1097,6 @@ def test_resolve_device_checks_what_torch_reports(monkeypatch):
     """With torch reporting one CUDA GPU (monkeypatched, no GPU needed): auto is cuda,
     cuda:0 is accepted and cuda:1 is a ValueError naming the count; mps is refused where
     torch reports no MPS; with no CUDA, auto is the CPU."""
-    from aetk.devices import resolve_device
-
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert resolve_device("auto") == torch.device("cuda")
