@@ -84,6 +84,30 @@ def test_a_float64_model_takes_float32_data():
     assert model.latent_mean(_x().numpy()).dtype == torch.float64
 
 
+@pytest.mark.parametrize("paired", [False, True])
+def test_fit_trains_a_float64_model_on_float64_batches(paired):
+    """fit gave every model float32 batches: a float64 model's first layer refused them
+    ("mat1 and mat2 must have the same dtype"). Arrays, tensors, Datasets and conditions
+    now come as the model's dtype, and a model with an identical start trains alike."""
+    x = torch.rand(40, F, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    c = torch.nn.functional.one_hot(torch.arange(40) % 2, 2)
+    cond = _vae(n_conditions=2).double()
+    data = aetk.Paired(x, x.numpy(), c) if paired else (x.numpy(), c)
+    aetk.fit(cond, data, data, epochs=1, batch_size=16, progress=False)
+    dataset = torch.utils.data.TensorDataset(x, c)
+    aetk.fit(cond, dataset, dataset, epochs=1, batch_size=16, progress=False)
+    assert next(cond.parameters()).dtype == torch.float64
+    model, seen = _vae().double(), []
+    hook = model.encoder.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+    aetk.fit(model, x.float(), x.float(), epochs=2, batch_size=16, progress=False)
+    hook.remove()
+    assert set(seen) == {torch.float64}
+    same = _vae().double()
+    aetk.fit(same, x, x, epochs=2, batch_size=16, progress=False)
+    for a, b in zip(model.parameters(), same.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
 def test_matching_tensors_pass_through_with_their_gradients():
     """No copy and no detach: the methods serve training and geometry under autograd."""
     model, x = _vae(), _x().requires_grad_()

@@ -390,13 +390,15 @@ class _Batches:
 
     def __init__(self, data: Data, batch_size: int, device: torch.device,
                  generator: torch.Generator, shuffle: bool, check: Any, name: str,
-                 n_conditions: int = 0, batch_sampler: BatchSampler | None = None) -> None:
+                 n_conditions: int = 0, batch_sampler: BatchSampler | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
         data, conditions, targets = _split(data, n_conditions > 0)
-        self.n_conditions = n_conditions
-        self.conditions = (as_tensor(conditions).to(device) if conditions is not None
+        self.n_conditions, self.dtype = n_conditions, dtype
+        self.conditions = (as_tensor(conditions, dtype).to(device) if conditions is not None
                            else None)
-        self.targets = as_target(targets).to(device) if targets is not None else None
-        self.tensor = as_tensor(data).to(device) if not isinstance(data, Dataset) else None
+        self.targets = as_target(targets, dtype).to(device) if targets is not None else None
+        self.tensor = (as_tensor(data, dtype).to(device) if not isinstance(data, Dataset)
+                       else None)
         self.dataset = data if self.tensor is None else None
         self.batch_size, self.device = batch_size, device
         self.generator, self.shuffle = generator, shuffle
@@ -428,7 +430,7 @@ class _Batches:
                 loader = DataLoader(self.dataset, batch_sampler=batches,
                                     generator=self.generator)
             for i, batch in enumerate(loader, start=1):
-                x, c = as_tensor(_first_item(batch)), None
+                x, c = as_tensor(_first_item(batch), self.dtype), None
                 try:
                     self.check(x, f"{self.name} batch {i}")
                 except ValueError as err:  # its rows are shuffled: name the Dataset's item
@@ -440,7 +442,7 @@ class _Batches:
                 if self.n_conditions:
                     if not isinstance(batch, list | tuple) or len(batch) < 2:
                         raise ValueError("a conditional model needs a Dataset of (x, c) items")
-                    c = as_tensor(batch[1]).to(self.device, non_blocking=True)
+                    c = as_tensor(batch[1], self.dtype).to(self.device, non_blocking=True)
                     validate.check_conditions(c, self.n_conditions,
                                               f"{self.name} batch {i} conditions", len(x))
                 yield x.to(self.device, non_blocking=True), c, None
@@ -478,7 +480,8 @@ def _check(model: Model, data: Data, name: str) -> None:
         if len(data) == 0:
             raise ValueError(f"{name} data is empty")
         return
-    x = as_tensor(data)
+    dtype = data_dtype(model)
+    x = as_tensor(data, dtype)
     if targets is not None:
         try:
             inspect.signature(model.loss).bind(x, x)
@@ -486,10 +489,17 @@ def _check(model: Model, data: Data, name: str) -> None:
             raise ValueError(f"{type(model).__name__}.loss takes no target: paired data need "
                              "loss(x, target=None)") from None
     with validate.labelled(data, targets):
-        model.check_data(x, name, as_target(targets) if targets is not None else None)
+        model.check_data(x, name, as_target(targets, dtype) if targets is not None else None)
     if conditions is not None:
-        validate.check_conditions(as_tensor(conditions), model.n_conditions,
+        validate.check_conditions(as_tensor(conditions, dtype), model.n_conditions,
                                   f"{name} conditions", len(x))
+
+
+def data_dtype(model: Model) -> torch.dtype:
+    """The floating dtype `fit` gives the data: the model's (its first floating parameter
+    or buffer's: a float64 model trains on float64 data), float32 for a model without."""
+    tensors = (*model.parameters(), *model.buffers())
+    return next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
 
 
 _NUMBER_AS_VALIDATION = (
@@ -693,10 +703,11 @@ def fit(
     shuffle_rng = torch.Generator().manual_seed(seed)
     model.to(device)
     k = model.n_conditions
+    dtype = data_dtype(model)
     batches = _Batches(train, batch_size, device, shuffle_rng, True, model.check_data, "train",
-                       k, batch_sampler)
+                       k, batch_sampler, dtype)
     val_batches = (_Batches(val, batch_size, device, shuffle_rng, False, model.check_data,
-                            "validation", k) if val is not None else None)
+                            "validation", k, dtype=dtype) if val is not None else None)
     x_start, c_start = batches.sample()
     _warn_scale(model, *((x_start, "train") if batches.targets is None
                          else (batches.targets, "train target")))

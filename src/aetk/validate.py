@@ -33,11 +33,11 @@ def as_tensor(data: Any, dtype: torch.dtype | None = torch.float32,
     return data
 
 
-def as_target(data: Any) -> torch.Tensor:
-    """Target data as `as_tensor`, but integer class indices stay integers (a categorical
-    likelihood's targets)."""
+def as_target(data: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Target data as `as_tensor` (of `dtype`), but integer class indices stay integers (a
+    categorical likelihood's targets)."""
     t = as_tensor(data, dtype=None)
-    return t if not t.is_floating_point() and t.dtype != torch.bool else as_tensor(t)
+    return t if not t.is_floating_point() and t.dtype != torch.bool else as_tensor(t, dtype)
 
 
 def _as_array(data: Any, dtype: torch.dtype | None) -> np.ndarray:
