@@ -108,6 +108,28 @@ def test_fit_trains_a_float64_model_on_float64_batches(paired):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
+def test_a_saved_float64_model_reloads_in_float64(tmp_path):
+    """aetk.load rebuilt every model in float32 and cast the saved float64 weights into it:
+    a float64 model came back rounded, its losses and codes those of another model."""
+    model = _vae().double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1e-12)  # below float32's resolution
+    model.save(tmp_path / "m")
+    same = aetk.load(tmp_path / "m")
+    assert {v.dtype for v in same.state_dict().values()} == {torch.float64}
+    for k, v in model.state_dict().items():
+        assert torch.equal(same.state_dict()[k], v), k
+    x = _x().double()
+    assert torch.equal(same.latent_mean(x), model.latent_mean(x))
+    torch.manual_seed(3)
+    expected = model.loss(x).loss
+    torch.manual_seed(3)
+    assert torch.equal(same.loss(x).loss, expected)
+    into = aetk.load(tmp_path / "m", into=_vae())  # a model built by hand keeps its dtype
+    assert {p.dtype for p in into.parameters()} == {torch.float32}
+
+
 def test_matching_tensors_pass_through_with_their_gradients():
     """No copy and no detach: the methods serve training and geometry under autograd."""
     model, x = _vae(), _x().requires_grad_()

@@ -80,7 +80,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", *,
     A model not made by `build_model` (your own networks or likelihood) cannot be rebuilt
     from its description: build it again as it was and pass it as `into`, which gets the
     weights (the saved class must be its class) and stays on its device; a rebuilt model
-    comes back on `map_location` ("cpu", "cuda", "auto": a GPU when there is one)."""
+    comes back on `map_location` ("cpu", "cuda", "auto": a GPU when there is one), in the
+    dtype of the saved weights."""
     from .build import build_model
 
     path = _model_dir(path)
@@ -111,6 +112,10 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", *,
                          f"({type(err).__name__}); write it with model.save") from err
     if into is not None:
         _check_fit(into, config, state, path)
+    else:  # rebuilt in float32: a model saved in float64 comes back in float64
+        dtype = next((v.dtype for v in state.values() if v.is_floating_point()), None)
+        if dtype is not None:
+            model.to(dtype)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:  # weights of another architecture under this description
