@@ -152,10 +152,24 @@ def test_empty_dataset():
     assert "train data is empty" in _fit_fails(_model(), _pairs(torch.empty(0, F)))
 
 
-@pytest.mark.parametrize(("epochs", "batch_size"), [(0, 4), (1, 0)])
+@pytest.mark.parametrize(("epochs", "batch_size"), [
+    (0, 4), (1, 0), (2.5, 4), (1, 4.5), ("2", 4), (None, 4), (1, True), (float("inf"), 4)])
 def test_epochs_and_batch_size_must_be_positive(epochs, batch_size):
-    with pytest.raises(ValueError, match="epochs and batch_size must be positive"):
+    """Also integers: a float batch size failed in torch's split at the first batch
+    ("split_with_sizes(): argument 'split_sizes' ... must be tuple of ints"), epochs of 2.5
+    or "2" with a TypeError that named neither."""
+    with pytest.raises(ValueError, match="epochs and batch_size must be positive integers"):
         aetk.fit(_model(), _good(), epochs=epochs, batch_size=batch_size, progress=False)
+
+
+def test_epochs_and_batch_size_of_integer_value_are_taken():
+    """2.0 (a YAML or JSON number) and numpy integers are the integers they hold."""
+    torch.manual_seed(0)
+    a = aetk.fit(_model(), _good(), epochs=2.0, batch_size=np.float64(4), progress=False)
+    torch.manual_seed(0)
+    b = aetk.fit(_model(), _good(), epochs=np.int64(2), batch_size=4, progress=False)
+    assert a["epoch"].tolist() == [1, 2]
+    np.testing.assert_array_equal(a["train_loss"], b["train_loss"])
 
 
 def test_where_flattens_multidimensional_events():

@@ -685,8 +685,12 @@ def fit(
     the initial weights are the model's, made when it was built: call
     `torch.manual_seed` before `build_model` for a run that repeats exactly.
     """
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
+    if not all(isinstance(n, numbers.Real) and not isinstance(n, bool) and math.isfinite(n)
+               and int(n) == n >= 1 for n in (epochs, batch_size)):
+        # checked here: a float batch size failed at the first batch in torch's split
+        raise ValueError(f"epochs and batch_size must be positive integers, got {epochs!r} and "
+                         f"{batch_size!r}")
+    epochs, batch_size = int(epochs), int(batch_size)
     if not (isinstance(lr, numbers.Real) and 0 <= lr < math.inf):  # 0 freezes: tests use it
         raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
     clip_grad_norm = check_clip_grad_norm(clip_grad_norm)
