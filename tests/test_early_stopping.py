@@ -90,3 +90,21 @@ def test_a_stopped_checkpoint_is_final(tmp_path) -> None:
     assert len(first) < 200 and second.equals(first) and not recorder.states
     for k, v in again.state_dict().items():
         assert torch.equal(v, weights[k]), k
+
+
+def test_one_instance_serves_several_fits() -> None:
+    """A stopper given to a second fit (a loop over models) compared its epochs with the
+    first fit's best and, never beating it, put the first model's weights into the second."""
+    x, _ = digits("bernoulli", 300)
+    stopper = aetk.EarlyStopping(patience=3)
+    first = aetk.build_model("vae", "bernoulli", in_features=64, latent_dim=2, hidden=(16,))
+    aetk.fit(first, x[:200], x[200:], epochs=10, batch_size=32, lr=1e-2, progress=False,
+             callbacks=[stopper])
+    second = aetk.build_model("vae", "bernoulli", in_features=64, latent_dim=2, hidden=(16,))
+    recorder = _Recorder()
+    history = aetk.fit(second, x[:200], x[200:], epochs=3, batch_size=32, progress=False,
+                       callbacks=[recorder, stopper])
+    best = int(history["val_loss"].idxmin()) + 1
+    assert stopper.best_epoch == best and stopper.best == history["val_loss"].min()
+    for k, v in second.state_dict().items():
+        assert torch.equal(v, recorder.states[best][k]), k

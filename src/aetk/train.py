@@ -245,6 +245,11 @@ class EarlyStopping:
                              f"{patience} and {min_delta}")
         self.patience, self.monitor = int(patience), monitor
         self.min_delta, self.restore_best = float(min_delta), restore_best
+        self.on_fit_start(None)
+
+    def on_fit_start(self, model: Model | None) -> None:
+        """Start afresh at every `fit`: one instance given to several fits (a loop over
+        models) would otherwise compare with, and put back, an earlier fit's best weights."""
         self.best, self.best_epoch = math.inf, 0
         self.stop = False
         self._state: dict[str, torch.Tensor] | None = None
@@ -662,8 +667,9 @@ def fit(
     A NaN or infinite loss stops training with `TrainingDiverged`: the model is put back
     as it was after the last finished epoch (a copy of its state is kept each epoch), the
     error's `history` holds those epochs, and the checkpoint of that epoch stays on disk.
-    `callbacks` may define `on_epoch_start(model, epoch)`, `on_epoch_end(model, epoch,
-    row)` (`row`, the epoch's history, may be extended) and `on_fit_end(model)`; one whose
+    `callbacks` may define `on_fit_start(model)`, `on_epoch_start(model, epoch)`,
+    `on_epoch_end(model, epoch, row)` (`row`, the epoch's history, may be extended) and
+    `on_fit_end(model)`; one whose
     `stop` attribute is true after an epoch ends training there (`EarlyStopping`), and the
     checkpoint then holds the weights as returned and is final: resuming it trains no
     further. `lr_schedule` changes every optimiser's learning rate once per epoch: a name
@@ -761,6 +767,8 @@ def fit(
         cleanup.callback(clipper.remove)
     cleanup.enter_context(penalized(model, penalties))
     try:
+        for cb in callbacks:
+            getattr(cb, "on_fit_start", lambda *a: None)(model)
         for epoch in range(start, epochs + 1):
             t0 = time.perf_counter()
             for cb in callbacks:
