@@ -118,6 +118,9 @@ def test_bad_image_layouts_are_refused():
         aetk.build_model("vae", "bernoulli", in_features=64, channels=(4,))
     with pytest.raises(ValueError, match="give channels too"):
         aetk.build_model("vae", "bernoulli", in_features=64, image_shape=(8, 8))
+    # it said "not the shape (64,)", the one vector of counts it models
+    with pytest.raises(ValueError, match="multinomial decoder has no convolutional network"):
+        aetk.build_model("vae", "multinomial", in_features=64, image_shape=(8, 8), channels=(4,))
 
 
 def test_train_command_builds_conv_networks_from_the_stored_image_shape(

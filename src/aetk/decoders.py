@@ -255,7 +255,10 @@ class MultinomialDecoder(_BuiltinDecoder):
     def __init__(self, network: nn.Module | None = None, *, total_count: int = 1,
                  **sizes: Any) -> None:
         super().__init__(network, **sizes)
-        if len(self.event_shape) != 1 or self.image is not None:
+        if self.image is not None:
+            raise ValueError("a multinomial decoder has no convolutional network: give no "
+                             "channels (it models one vector of counts per sample)")
+        if len(self.event_shape) != 1:
             raise ValueError(f"a multinomial decoder models one vector of counts per sample "
                              f"(out_features), not the shape {self.event_shape}")
         self.total_count = validate.positive_int(total_count, "total_count")
