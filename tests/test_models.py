@@ -858,6 +858,42 @@ def test_build_model_rejects_meaningless_values(model, kwargs, pattern):
         aetk.build_model(model, "bernoulli", in_features=3, **kwargs)
 
 
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("model", "likelihood", "kwargs"),
+    [
+        ("vae", "bernoulli", {"beta": NAN}),
+        ("beta_vae", "bernoulli", {"beta": INF}),
+        ("vae", "bernoulli", {"free_bits": NAN}),
+        ("vae", "bernoulli", {"n_samples": 2.5}),
+        ("lvae", "bernoulli", {"beta": NAN}),
+        ("vampprior", "bernoulli", {"beta": NAN}),
+        ("beta_tcvae", "bernoulli", {"beta": NAN}),
+        ("dipvae", "bernoulli", {"lambda_od": NAN}),
+        ("dipvae", "bernoulli", {"lambda_d": INF}),
+        ("infovae", "bernoulli", {"lam": NAN}),
+        ("infovae", "bernoulli", {"alpha": NAN}),
+        ("infomaxvae", "bernoulli", {"alpha": NAN}),
+        ("factorvae", "bernoulli", {"gamma": NAN}),
+        ("wae", "bernoulli", {"lam": NAN}),
+        ("vqvae", "bernoulli", {"beta": NAN}),
+        ("vqvae", "bernoulli", {"restart_after": NAN}),
+        ("rhvae", "bernoulli", {"centroids": 2.5}),
+        ("vae", "gaussian", {"sigma": NAN}),
+        ("vae", "gaussian", {"sigma": INF}),
+        ("vae", "categorical", {"n_classes": 3.5}),
+    ],
+)
+def test_build_model_rejects_nan_weights_and_fractional_counts(model, likelihood, kwargs):
+    """These were taken: a NaN or infinite weight or sigma made fit's first loss NaN, with
+    advice about the data's scale; n_samples=2.5, centroids=2.5 and n_classes=3.5 were
+    truncated to 2, 2 and 3 without a word."""
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        aetk.build_model(model, likelihood, in_features=3, hidden=(4,), **kwargs)
+
+
 def test_forward_decodes_a_posterior_sample_and_the_flow_moves_it():
     """`model(x)` is p(x|z) at `posterior_sample(x)`: a draw of q(z|x) for a VAE, the code
     of an AE, and z_K of the Hamiltonian models' flow, which is the encoder's draw when

@@ -7,6 +7,7 @@ distribution; every model then trains with it, nothing else needed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -127,8 +128,8 @@ class GaussianDecoder(_BuiltinDecoder):
     def __init__(self, network: nn.Module | None = None, *, sigma: float = 1.0,
                  **sizes: Any) -> None:
         super().__init__(network, **sizes)
-        if sigma <= 0:
-            raise ValueError(f"sigma must be positive, got {sigma}")
+        if not 0 < sigma < math.inf:
+            raise ValueError(f"sigma must be positive and finite, got {sigma}")
         self.sigma = float(sigma)
 
     def forward(self, z: torch.Tensor) -> D.Independent:
@@ -180,8 +181,8 @@ class CategoricalDecoder(_BuiltinDecoder):
 
     def __init__(self, network: nn.Module | None = None, *, n_classes: int,
                  **sizes: Any) -> None:
-        if n_classes < 2:
-            raise ValueError(f"n_classes must be at least 2, got {n_classes}")
+        if int(n_classes) != n_classes or n_classes < 2:
+            raise ValueError(f"n_classes must be at least 2, and an integer, got {n_classes}")
         self.n_classes = self.width = int(n_classes)
         super().__init__(network, **sizes)
 

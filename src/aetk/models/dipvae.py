@@ -3,6 +3,8 @@ Latent Concepts from Unlabeled Observations")."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -33,7 +35,7 @@ class DIPVAE(VAE):
             raise ValueError(f"type must be 'i' or 'ii', got {type!r}")
         if lambda_d is None:
             lambda_d = 10 * lambda_od if type == "i" else lambda_od
-        if min(lambda_od, lambda_d) < 0:
+        if not 0 <= min(lambda_od, lambda_d) <= max(lambda_od, lambda_d) < math.inf:
             raise ValueError(f"lambda_od and lambda_d must be >= 0, got {lambda_od} and "
                              f"{lambda_d}")
         self.lambda_od, self.lambda_d, self.type = float(lambda_od), float(lambda_d), type

@@ -4,6 +4,7 @@ the product of its marginals."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -59,7 +60,7 @@ class FactorVAE(VAE):
     def __init__(self, encoder: nn.Module, decoder: nn.Module, discriminator: nn.Module,
                  gamma: float = 6.0) -> None:
         super().__init__(encoder, decoder)
-        if gamma < 0:
+        if not 0 <= gamma < math.inf:
             raise ValueError(f"the total-correlation weight gamma must be >= 0, got {gamma}")
         self.discriminator = discriminator
         self.gamma = float(gamma)

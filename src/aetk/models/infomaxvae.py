@@ -3,6 +3,7 @@ bound on the mutual information between x and z, estimated by a critic network."
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -39,7 +40,7 @@ class InfoMaxVAE(VAE):
         beta: float = 1.0,
     ) -> None:
         super().__init__(encoder, decoder, beta=beta)
-        if alpha < 0:
+        if not 0 <= alpha < math.inf:
             raise ValueError(f"the mutual-information weight alpha must be >= 0, got {alpha}")
         self.critic = critic
         self.alpha = float(alpha)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -36,7 +37,7 @@ class InfoVAE(VAE):
         unbiased: bool = True,
     ) -> None:
         super().__init__(encoder, decoder)
-        if alpha > 1 or alpha + lam < 1:
+        if not (alpha <= 1 and 1 <= alpha + lam < math.inf):
             raise ValueError(f"the KL weight 1 - alpha and the MMD weight alpha + lam - 1 must be "
                              f">= 0, got alpha={alpha}, lam={lam}")
         self.alpha, self.lam = float(alpha), float(lam)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 
 import torch
@@ -95,7 +96,7 @@ class LadderVAE(Model):
                  beta: float = 1.0, *, hidden: Sequence[int] = (400, 400),
                  activation: str = "relu") -> None:
         super().__init__(encoder, decoder)
-        if beta < 0:
+        if not 0 <= beta < math.inf:
             raise ValueError(f"beta must be >= 0, got {beta}")
         self.beta = float(beta)
         d, k = self.latent_dim, self.n_conditions

@@ -138,6 +138,9 @@ class RHVAE(Model):
         self.logq_prefactor = prefactors(logq_prefactor, 2, "logq_prefactor")
 
         given = isinstance(centroids, torch.Tensor)
+        if not given and (isinstance(centroids, bool) or int(centroids) != centroids):
+            raise ValueError(f"centroids must be a tensor of points or an integer, got "
+                             f"{centroids!r}")
         n = len(centroids) if given else int(centroids)
         if n < 1:
             raise ValueError(f"need at least one centroid, got {n}")

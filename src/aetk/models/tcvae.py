@@ -47,7 +47,7 @@ class BetaTCVAE(Model):
     def __init__(self, encoder: nn.Module, decoder: nn.Module, alpha: float = 1.0,
                  beta: float = 6.0, gamma: float = 1.0, dataset_size: int | None = None) -> None:
         super().__init__(encoder, decoder)
-        if min(alpha, beta, gamma) < 0:
+        if not all(0 <= w < math.inf for w in (alpha, beta, gamma)):
             raise ValueError(f"alpha, beta and gamma must be >= 0, got {alpha}, {beta}, {gamma}")
         if dataset_size is not None and (int(dataset_size) != dataset_size or dataset_size < 1):
             raise ValueError(f"dataset_size must be a positive integer, got {dataset_size}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..distributions import generate, kl_per_dimension, log_lik_of_draws, log_prob
@@ -28,10 +30,11 @@ class VAE(Model):
     def __init__(self, encoder, decoder, beta: float = 1.0, n_samples: int = 1,
                  free_bits: float = 0.0) -> None:
         super().__init__(encoder, decoder)
-        if beta < 0 or n_samples < 1:
-            raise ValueError(f"beta must be >= 0 and n_samples >= 1, got {beta} and {n_samples}")
-        if free_bits < 0:
-            raise ValueError(f"free_bits must be >= 0, got {free_bits}")
+        if not 0 <= beta < math.inf or int(n_samples) != n_samples or n_samples < 1:
+            raise ValueError(f"beta must be >= 0 (and finite) and the integer n_samples >= 1, "
+                             f"got {beta} and {n_samples}")
+        if not 0 <= free_bits < math.inf:
+            raise ValueError(f"free_bits must be >= 0, got {free_bits} (and finite)")
         self.beta, self.free_bits = float(beta), float(free_bits)
         self.n_samples = int(n_samples)
 

@@ -32,7 +32,7 @@ class VampPrior(Model):
                  beta: float = 1.0) -> None:
         super().__init__(encoder, decoder)
         positive_int(n_components, "n_components")
-        if beta < 0:
+        if not 0 <= beta < math.inf:
             raise ValueError(f"beta must be >= 0, got {beta}")
         if any(isinstance(m, MaskingNoise) for m in encoder.modules()):
             raise ValueError("an encoder with input noise would mask the VampPrior's "

@@ -3,6 +3,8 @@ Learning"): an autoencoder whose codes are snapped to the nearest of a learned c
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -79,13 +81,13 @@ class VQVAE(AE):
         super().__init__(encoder, decoder)
         if int(n_codes) != n_codes or n_codes < 2:
             raise ValueError(f"n_codes must be an integer >= 2, got {n_codes}")
-        if beta < 0:
+        if not 0 <= beta < math.inf:
             raise ValueError(f"the commitment weight beta must be >= 0, got {beta}")
         if codebook_update not in UPDATES:
             raise ValueError(f"codebook_update must be 'ema' or 'loss', got {codebook_update!r}")
         if not 0 <= decay < 1 or epsilon <= 0:
             raise ValueError(f"need 0 <= decay < 1 and epsilon > 0, got {decay} and {epsilon}")
-        if restart_after < 0:
+        if not 0 <= restart_after < math.inf:
             raise ValueError(f"restart_after must be >= 0 (0: no restarts), got {restart_after}")
         self.n_codes, self.beta, self.codebook_update = int(n_codes), float(beta), codebook_update
         self.decay, self.epsilon = float(decay), float(epsilon)

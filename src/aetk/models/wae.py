@@ -49,7 +49,7 @@ class WAE(AE):
     ) -> None:
         super().__init__(encoder, decoder)
         check_mmd_options(kernel, scales, n_prior_samples)
-        if lam < 0:
+        if not 0 <= lam < math.inf:
             raise ValueError(f"the MMD weight lam must be >= 0, got {lam}")
         self.lam, self.kernel = float(lam), kernel
         self.scales = tuple(float(s) for s in scales)
