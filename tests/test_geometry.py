@@ -649,3 +649,33 @@ def test_metrics_move_what_they_hold_with_to():
     assert metrics["encoder"].to(torch.float64).loc.dtype == f64  # still nn.Module.to
     plain = constant(torch.eye(2))  # a plain function: nothing to move
     assert plain.to(torch.float64) is plain
+
+
+def test_points_take_the_dtype_of_a_bound_method_or_module_metric():
+    """A metric through a bound method (`PullbackMetric(model.decode)`, `Metric(net.forward)`)
+    or a module given as the function (`Metric(net)`) casts its points to that module's
+    dtype, as a metric holding the module does: after `metric.to(torch.float64)` float32
+    endpoints give float64 geodesics (they failed, 'expected scalar type Float but found
+    Double'), and the latent dimension is checked."""
+    from aetk.geometry.metrics import as_points, latent_dim
+
+    torch.manual_seed(0)
+    model = aetk.build_model("vae", "gaussian", in_features=6, latent_dim=2, hidden=(8,),
+                             activation="tanh").eval()
+    net = nn.Linear(2, 3)
+
+    def gram(z):
+        return (net.weight.T @ net.weight + torch.eye(2, dtype=net.weight.dtype)).expand(
+            len(z), -1, -1)
+
+    net.forward = gram  # the module's own call gives the metric
+    z0, z1 = torch.tensor([[0.3, -0.2]]), torch.tensor([[1.0, 0.5]])
+    metrics = {"model.decode": PullbackMetric(model.decode), "module": Metric(net)}
+    for name, metric in metrics.items():
+        metric.to(f64)
+        assert as_points(metric, z0).dtype == f64, name
+        fit = fit_geodesics(metric, z0, z1, n_points=8)
+        assert fit.length.dtype == f64 and bool(fit.length.isfinite().all()), name
+    assert latent_dim(metrics["model.decode"]) == 2
+    with pytest.raises(ValueError, match="latent space has 2"):
+        fit_geodesics(metrics["model.decode"], torch.zeros(1, 3), torch.ones(1, 3))

@@ -404,11 +404,20 @@ def volume_grid(
 
 
 def _module(metric: Metric) -> object:
-    """The model or decoder behind a metric, or the metric itself when it is a module
-    (None for a plain `Metric`)."""
+    """The model or decoder behind a metric, or the metric itself when it is a module:
+    the module of a bound method given as the decoder or function too
+    (`PullbackMetric(model.decode)`, `Metric(net.forward)`), and a module given as the
+    function (`Metric(net)`), the ones `Metric.to` moves (None for a plain function)."""
     if isinstance(metric, nn.Module):
         return metric
-    return getattr(metric, "model", None) or getattr(metric, "decoder", None)
+    for name in ("model", "decoder", "_fn"):
+        held = getattr(metric, name, None)
+        owner = getattr(held, "__self__", None)  # a bound method's object
+        if isinstance(owner, nn.Module):
+            return owner
+        if held is not None and (name != "_fn" or isinstance(held, nn.Module)):
+            return held
+    return None
 
 
 def latent_dim(metric: Metric) -> int | None:
