@@ -290,6 +290,22 @@ def test_log_volume_is_nan_where_the_metric_is_singular():
     grid = volume_grid(metric, ((-1.0, 1.0), (0.0, 1.0)), (3, 2)).log_volume.values
     assert np.isnan(grid[1]).all() and (grid[[0, 2]] == 0).all()
 
+
+def test_rhvae_quadratic_form_is_nan_at_a_non_finite_point():
+    """A curve with a NaN point has a NaN length in the RHVAE metric, as in any other (one
+    through an infinite point an infinite length), and the other curves of the batch keep
+    theirs: its quadratic form used to raise torch's Cholesky error for the whole batch."""
+    from helpers import small_rhvae_metric
+
+    metric = small_rhvae_metric()
+    curves = torch.stack([torch.linspace(-1, 1, 5)[:, None].expand(5, 2)] * 3).clone()
+    curves[1, 2, 0] = math.nan
+    curves[2, 3, 1] = math.inf
+    length = curve_length(metric, curves)
+    assert torch.isnan(length[1]) and length[2] == math.inf and torch.isfinite(length[0])
+    torch.testing.assert_close(length[0], curve_length(metric, curves[:1])[0])
+    torch.testing.assert_close(length[0], curve_length(Metric(metric.metric), curves[:1])[0])
+
 # --- geodesics ---------------------------------------------------------------------------
 
 

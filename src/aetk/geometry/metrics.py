@@ -153,10 +153,12 @@ class RHVAEMetric(Metric):
         return self.model.G(z)
 
     def _quad(self, z: Tensor, v: Tensor) -> Tensor:
-        # v^T G v = |L^{-1} v|^2 with G^{-1} = L L^T: no explicit inverse of G^{-1}
-        chol = torch.linalg.cholesky(self.model.G_inv(z))
+        # v^T G v = |L^{-1} v|^2 with G^{-1} = L L^T: no explicit inverse of G^{-1}; NaN
+        # (not an error that stops the batch) where the factorisation fails, as at a
+        # non-finite point, as for every other metric
+        chol, info = torch.linalg.cholesky_ex(self.model.G_inv(z))
         u = torch.linalg.solve_triangular(chol, v.mT, upper=False)
-        return u.square().sum(-2)
+        return torch.where((info == 0).unsqueeze(-1), u.square().sum(-2), torch.nan)
 
     def _log_volume(self, z: Tensor) -> Tensor:
         return 0.5 * self.model.log_det_G(z)
