@@ -57,6 +57,22 @@ def test_sphere_has_curvature_one_over_r_squared(r: float) -> None:
                                torch.full((6,), 1 / r**2, dtype=F64))
 
 
+def test_sectional_curvature_broadcasts_one_plane_over_points() -> None:
+    """One plane `(d,)` for many points, or one point for many planes, as the shapes
+    broadcast (a plane `(d,)` for points `(N, d)` raised torch's "shape '[N, 2]' is
+    invalid for input of size 2"); shapes that do not broadcast are a ValueError."""
+    z = _points(2)
+    e1, e2 = torch.tensor([1.0, 0.0], dtype=F64), torch.tensor([1.0, 1.0], dtype=F64)
+    sphere = sphere_angles(2.0)
+    torch.testing.assert_close(sectional_curvature(sphere, z, e1, e2),
+                               torch.full((6,), 0.25, dtype=F64))
+    u, v = torch.randn(6, 2, dtype=F64), torch.randn(6, 2, dtype=F64)
+    torch.testing.assert_close(sectional_curvature(sphere, z[0], u, v),
+                               torch.full((6,), 0.25, dtype=F64))
+    with pytest.raises(ValueError, match="broadcast together"):
+        sectional_curvature(sphere, z, u[:4], v[:4])
+
+
 def test_sphere_through_a_decoder_has_curvature_one() -> None:
     """The pull-back through the embedding of the unit sphere: curvature from the decoder's
     third derivatives."""

@@ -69,12 +69,20 @@ def scalar_curvature(metric: Metric, z: Tensor) -> Tensor:
 
 
 def sectional_curvature(metric: Metric, z: Tensor, u: Tensor, v: Tensor) -> Tensor:
-    """The sectional curvature of the plane spanned by `u` and `v` at `z` (all `(..., d)`):
-    `<R(u, v)v, u> / (|u|^2 |v|^2 - <u, v>^2)` in the metric `G(z)`; `(...)`. NaN where
-    `u` and `v` are parallel. All are cast to the metric's dtype and device."""
-    z, flat = _flat(metric, z)
-    u, v = (torch.as_tensor(a).to(dtype=flat.dtype, device=flat.device).reshape(flat.shape)
-            for a in (u, v))
+    """The sectional curvature of the plane spanned by `u` and `v` at `z` (all `(..., d)`,
+    broadcast together: one plane `(d,)` at every point, or one point for many planes):
+    `<R(u, v)v, u> / (|u|^2 |v|^2 - <u, v>^2)` in the metric `G(z)`; `(...)`, the
+    broadcast shape. NaN where `u` and `v` are parallel. All are cast to the metric's dtype
+    and device."""
+    z = as_points(metric, z)
+    u, v = (torch.as_tensor(a).to(dtype=z.dtype, device=z.device) for a in (u, v))
+    try:
+        z, u, v = torch.broadcast_tensors(z, u, v)
+    except RuntimeError:
+        raise ValueError(f"z {tuple(z.shape)}, u {tuple(u.shape)} and v {tuple(v.shape)} "
+                         "must be (..., d) and broadcast together") from None
+    flat = z.reshape(-1, z.shape[-1]).contiguous()
+    u, v = (a.reshape(flat.shape) for a in (u, v))
     G = metric.metric(flat)
     Ruvv = torch.einsum("nabce,nb,nc,ne->na", riemann(metric, flat), v, u, v)
     uu, vv, uv = (torch.einsum("ni,nij,nj->n", a, G, b) for a, b in ((u, u), (v, v), (u, v)))
