@@ -291,6 +291,20 @@ def test_log_volume_is_nan_where_the_metric_is_singular():
     assert np.isnan(grid[1]).all() and (grid[[0, 2]] == 0).all()
 
 
+def test_no_pairs_of_endpoints_is_a_clear_error():
+    """fit_geodesics (and log_map, which starts from it) without a pair of endpoints says
+    so, as graph_curves does; it failed in a reshape ("cannot reshape tensor of 0
+    elements")."""
+    from aetk.geometry import log_map
+
+    metric = constant(torch.eye(2, dtype=f64))
+    none = torch.zeros(0, 2, dtype=f64)
+    for fn in (fit_geodesics, log_map):
+        with pytest.raises(ValueError, match="at least one pair of endpoints"):
+            fn(metric, none, none)
+    assert distance_matrix(metric, none).shape == (0, 0)  # no pairs to fit there
+
+
 def test_rhvae_quadratic_form_is_nan_at_a_non_finite_point():
     """A curve with a NaN point has a NaN length in the RHVAE metric, as in any other (one
     through an infinite point an infinite length), and the other curves of the batch keep

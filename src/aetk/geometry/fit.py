@@ -125,6 +125,8 @@ def fit_geodesics(
     z_start, z_end = z_start.reshape(-1, z_start.shape[-1]), z_end.reshape(-1, z_end.shape[-1])
     if z_start.shape != z_end.shape:
         raise ValueError(f"z_start {tuple(z_start.shape)} and z_end {tuple(z_end.shape)} differ")
+    if len(z_start) == 0:  # as graph_curves (it failed in a reshape)
+        raise ValueError("give at least one pair of endpoints")
     d = latent_dim(metric)
     if d is not None and z_start.shape[-1] != d:
         raise ValueError(f"the endpoints have {z_start.shape[-1]} coordinates but the metric's "
