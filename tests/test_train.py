@@ -873,6 +873,26 @@ def test_resume_with_a_schedule_equals_an_uninterrupted_run(tmp_path, schedule):
     _same_run(reference, resumed, hist_ref, hist)
 
 
+def test_a_cosine_run_is_not_extended_but_a_step_run_is(tmp_path):
+    """The cosine spans the run's epochs: resumed for more, its rate would jump back up from
+    near min_factor lr, so that is refused; a step schedule does not depend on the run's
+    length and resumes; a cosine checkpoint written before fit recorded its span resumes."""
+    train, _ = _digits(n_train=256)
+    ckpt = tmp_path / "cosine.pt"
+    _fit(_build(), train, epochs=2, checkpoint=ckpt, lr_schedule="cosine")
+    with pytest.raises(aetk.CheckpointMismatch, match="cosine_epochs: 2 there, 3 now"):
+        _fit(_build(), train, epochs=3, checkpoint=ckpt, lr_schedule="cosine")
+    state = torch.load(ckpt, weights_only=True)
+    del state["fingerprint"]["cosine_epochs"]
+    torch.save(state, ckpt)
+    assert list(_fit(_build(), train, epochs=3, checkpoint=ckpt, lr_schedule="cosine")
+                ["epoch"]) == [1, 2, 3]
+    step = {"name": "step", "milestones": [1]}
+    _fit(_build(), train, epochs=2, checkpoint=tmp_path / "step.pt", lr_schedule=step)
+    hist = _fit(_build(), train, epochs=3, checkpoint=tmp_path / "step.pt", lr_schedule=step)
+    assert hist["lr"].tolist() == pytest.approx([3e-3, 3e-4, 3e-4])
+
+
 def test_every_optimiser_is_scheduled():
     """FactorVAE's discriminator has its own optimiser: its rate is `lr_discriminator`."""
     train, _ = _digits(n_train=256)

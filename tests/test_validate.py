@@ -162,6 +162,12 @@ def test_epochs_and_batch_size_must_be_positive(epochs, batch_size):
         aetk.fit(_model(), _good(), epochs=epochs, batch_size=batch_size, progress=False)
 
 
+@pytest.mark.parametrize("seed", [1.5, None, "3", True])
+def test_seed_must_be_an_integer(seed):
+    with pytest.raises(ValueError, match=f"seed must be an integer, got {seed!r}"):
+        aetk.fit(_model(), _good(), epochs=1, batch_size=4, seed=seed, progress=False)
+
+
 def test_epochs_and_batch_size_of_integer_value_are_taken():
     """2.0 (a YAML or JSON number) and numpy integers are the integers they hold."""
     torch.manual_seed(0)

@@ -697,6 +697,9 @@ def fit(
         raise ValueError(f"epochs and batch_size must be positive integers, got {epochs!r} and "
                          f"{batch_size!r}")
     epochs, batch_size = int(epochs), int(batch_size)
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+        # torch truncated 1.5 for the draws, then refused it for the shuffling generator
+        raise ValueError(f"seed must be an integer, got {seed!r}")
     if not (isinstance(lr, numbers.Real) and 0 <= lr < math.inf):  # 0 freezes: tests use it
         raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
     clip_grad_norm = check_clip_grad_norm(clip_grad_norm)
@@ -742,6 +745,9 @@ def fit(
         fingerprint["lr_schedule"] = (
             lr_schedule if not callable(lr_schedule)
             else type(next(iter(schedulers.values()))).__name__)
+        if not callable(lr_schedule) and named_spec(lr_schedule)[0] == "cosine":
+            # the cosine spans the run: resumed for more epochs, its rate would jump back up
+            fingerprint["cosine_epochs"] = epochs
     if clip_grad_norm is not None:  # only when set, as above
         fingerprint["clip_grad_norm"] = clip_grad_norm
     if penalties:  # only when set, as above
@@ -977,8 +983,9 @@ def _restore(path: Path, model: Model, optimizers: dict, schedulers: dict,
     """Load a checkpoint into the model and optimisers: its history, and whether a callback
     had stopped that run."""
     state = torch.load(path, map_location=device, weights_only=True)
-    if "data" not in state["fingerprint"]:  # written before fit hashed its data: trusted
-        fingerprint = {k: v for k, v in fingerprint.items() if k != "data"}
+    # written before fit hashed its data, or recorded the cosine's span: trusted
+    fingerprint = {k: v for k, v in fingerprint.items()
+                   if k in state["fingerprint"] or k not in ("data", "cosine_epochs")}
     if state["fingerprint"] != fingerprint:
         old = state["fingerprint"]
         raise CheckpointMismatch(path, differences={
