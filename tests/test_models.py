@@ -411,6 +411,9 @@ def test_beta_tcvae_takes_the_training_set_size_from_fit(tmp_path):
     streamed = aetk.build_model("beta_tcvae", "bernoulli", in_features=6, hidden=(8,))
     aetk.fit(streamed, StackDataset(x), epochs=1, batch_size=5, progress=False)
     assert int(streamed.dataset_size) == 60
+    # each fit sets its own N: fitted again on more rows, the model does not keep 60
+    aetk.fit(model, torch.rand(90, 6), epochs=1, batch_size=30, progress=False)
+    assert int(model.dataset_size) == 90
 
 
 def test_beta_tcvae_keeps_a_given_dataset_size():

@@ -41,7 +41,7 @@ class BetaTCVAE(Model):
     the latent dimensions towards independence. Terms (batch means): `reconstruction`,
     `mutual_information`, `total_correlation`, `dimensionwise_kl`.
 
-    `dataset_size` is N; `aetk.fit` sets it from the training data when not given.
+    `dataset_size` is N; when not given, every `aetk.fit` sets it from its training data.
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, alpha: float = 1.0,
@@ -53,9 +53,10 @@ class BetaTCVAE(Model):
             raise ValueError(f"dataset_size must be a positive integer, got {dataset_size}")
         self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
         self.register_buffer("dataset_size", torch.tensor(int(dataset_size or 0)))
+        self._size_from_fit = dataset_size is None  # else fits on subsets keep the given N
 
     def on_fit_start(self, train: torch.Tensor, n_train: int | None = None) -> None:
-        if int(self.dataset_size) == 0:
+        if self._size_from_fit:  # each fit's own: a second fit on more rows has another N
             self.dataset_size.fill_(len(train) if n_train is None else n_train)
 
     def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
