@@ -544,6 +544,35 @@ def test_endpoints_of_any_dtype_are_cast_to_the_metrics(kind):
     torch.testing.assert_close(dist[[0, 1], [2, 3]], want.length)
 
 
+@pytest.mark.parametrize("kind", ["vae", "rhvae"])
+def test_the_metrics_own_methods_take_points_as_the_functions_do(kind):
+    """metric(z), quad and log_volume cast float64 or numpy points to a float32 model's
+    dtype (the pull-back failed in its matrix products: double != float), refuse points of
+    another dimension by name (a raw matmul error before), and take no points."""
+    metric = float32_metric(kind)
+    z = torch.tensor([[0.3, -0.2], [1.0, 0.5]])
+    v = torch.tensor([[[1.0, 0.0], [0.5, 2.0]]] * 2)
+    for points in (z.double(), z.numpy().astype(np.float64)):
+        G = metric.metric(points)
+        assert G.dtype == torch.float32
+        torch.testing.assert_close(G, metric.metric(z))
+        torch.testing.assert_close(metric.quad(points, v.double()), metric.quad(z, v))
+        torch.testing.assert_close(metric.log_volume(points), metric.log_volume(z))
+    # quad is v^T G v, by hand
+    want = torch.einsum("nki,nij,nkj->nk", v, metric.metric(z), v)
+    torch.testing.assert_close(metric.quad(z, v), want)
+    for call in (lambda: metric.metric(torch.rand(4, 3)), lambda: metric.log_volume(
+            torch.rand(4, 3)), lambda: metric.log_volume_and_grad(torch.rand(4, 3))):
+        with pytest.raises(ValueError, match="points have 3 coordinates but the metric's "
+                                             "latent space has 2"):
+            call()
+    with pytest.raises(ValueError, match=r"the vectors \(2, 2, 3\) must be \(..., k, 2\)"):
+        metric.quad(z, torch.rand(2, 2, 3))
+    assert metric.metric(torch.zeros(0, 2)).shape == (0, 2, 2)
+    assert metric.log_volume(torch.zeros(0, 2)).shape == (0,)
+    assert metric.quad(torch.zeros(0, 2), torch.zeros(0, 3, 2)).shape == (0, 3)
+
+
 def test_a_float64_metric_keeps_float64():
     """The cast goes to the metric's dtype, not float32: a float64 decoder's pull-back gives
     float32 endpoints float64 results, and a plain metric (no dtype of its own) keeps

@@ -26,7 +26,13 @@ from torch.func import jvp, vmap
 
 from .curves import curve_length
 from .fit import fit_geodesics
-from .metrics import Metric, as_points, latent_dim, solve_or_nan, torch_jit_deprecation_filtered
+from .metrics import (
+    Metric,
+    as_points,
+    latent_points,
+    solve_or_nan,
+    torch_jit_deprecation_filtered,
+)
 
 # A differentiable curve: times (T,) -> points (B, T, d), like `NeuralGeodesic`.
 Curve = Callable[[Tensor], Tensor]
@@ -35,7 +41,7 @@ Curve = Callable[[Tensor], Tensor]
 def christoffel(metric: Metric, z: Tensor) -> Tensor:
     """Christoffel symbols of the second kind at `z (..., d)`: `(..., d, d, d)`, with
     `out[..., k, i, j] = Gamma^k_ij = 1/2 G^{kl} (d_i G_lj + d_j G_li - d_l G_ij)`."""
-    z = as_points(metric, z)
+    z = latent_points(metric, z)
     d = z.shape[-1]
     flat = z.reshape(-1, d)
     basis = torch.eye(d, dtype=z.dtype, device=z.device)
@@ -54,7 +60,7 @@ def christoffel_contract(metric: Metric, z: Tensor, u: Tensor, w: Tensor | None 
     `(N, d)` (`w` defaults to `u`), without forming the symbols: from `G`'s directional
     derivatives and one reverse pass, or for a decoder's mean pull-back from its second
     directional derivatives. Points and vectors are cast to the metric's dtype and device."""
-    z = as_points(metric, z)
+    z = latent_points(metric, z)
     u = torch.as_tensor(u).to(dtype=z.dtype, device=z.device)
     w = None if w is None else torch.as_tensor(w).to(dtype=z.dtype, device=z.device)
     return metric._contract(z, u, w)
@@ -121,17 +127,13 @@ def _pairs(metric: Metric, z: Tensor, v: Tensor, names: tuple[str, str] | None =
     (`as_points`), broadcast together; with `names`, both must be finite (a ValueError
     naming the points that are not)."""
     finite = names is not None
-    z = as_points(metric, z, names[0] if finite else "points", finite=finite)
+    z = latent_points(metric, z, names[0] if finite else "points", finite=finite)
     if finite:
         v = as_points(metric, v, names[1], finite=True, device=z.device)
     v = torch.as_tensor(v).to(dtype=z.dtype, device=z.device)
     if z.shape[-1:] != v.shape[-1:] or z.dim() > 2 or v.dim() > 2:
         raise ValueError(f"points {tuple(z.shape)} and vectors {tuple(v.shape)} must be (B, d) "
                          "or (d,) with the same d")
-    d = latent_dim(metric)
-    if d is not None and z.shape[-1] != d:
-        raise ValueError(f"the points have {z.shape[-1]} coordinates but the metric's latent "
-                         f"space has {d}")
     # contiguous copies: forward mode cannot take broadcast (stride-0) views as primals
     z, v = torch.broadcast_tensors(z.reshape(-1, z.shape[-1]), v.reshape(-1, v.shape[-1]))
     return z.contiguous(), v.contiguous()
@@ -785,7 +787,7 @@ def frechet_mean(metric: Metric, z: Tensor, weights: Tensor | None = None, *,
     enough convex region. `z` may be a numpy array or a tensor of another dtype: it is cast
     to the metric's dtype and device, and the mean comes in that dtype; NaN or infinite
     points are a ValueError naming them."""
-    z = as_points(metric, z, "z", finite=True)
+    z = latent_points(metric, z, "z", finite=True)
     w = (torch.ones(len(z), dtype=z.dtype, device=z.device) if weights is None
          else torch.as_tensor(weights).to(dtype=z.dtype, device=z.device))
     if (z.dim() != 2 or w.shape != (len(z),) or not bool(torch.isfinite(w).all())
@@ -844,7 +846,7 @@ def geodesic_spray(metric: Metric, centre: Tensor, n_directions: int = 16, radiu
     equal coordinate angles, each with metric speed `radius`: where geodesics minimise, they
     end on the geodesic circle of that radius. Straight spokes of equal coordinate length
     mean a flat metric; the bending and stretching show its curvature and scale."""
-    centre = as_points(metric, centre, "centre", finite=True)
+    centre = latent_points(metric, centre, "centre", finite=True)
     if centre.shape != (2,):
         raise ValueError(f"a spray needs one point of a 2-D latent space, got shape "
                          f"{tuple(centre.shape)}")

@@ -19,17 +19,17 @@ from torch.func import jvp, vmap
 from .connection import christoffel
 from .metrics import (
     Metric,
-    as_points,
     grid_points,
+    latent_points,
     solve_or_nan,
     torch_jit_deprecation_filtered,
 )
 
 
 def _flat(metric: Metric, z: Tensor) -> tuple[Tensor, Tensor]:
-    """`z` in the metric's dtype and device (`as_points`), and as a contiguous `(N, d)`
+    """`z` in the metric's dtype and device (`latent_points`), and as a contiguous `(N, d)`
     batch (forward mode cannot take broadcast views as primals)."""
-    z = as_points(metric, z)
+    z = latent_points(metric, z)
     return z, z.reshape(-1, z.shape[-1]).contiguous()
 
 
@@ -74,7 +74,7 @@ def sectional_curvature(metric: Metric, z: Tensor, u: Tensor, v: Tensor) -> Tens
     `<R(u, v)v, u> / (|u|^2 |v|^2 - <u, v>^2)` in the metric `G(z)`; `(...)`, the
     broadcast shape. NaN where `u` and `v` are parallel. All are cast to the metric's dtype
     and device."""
-    z = as_points(metric, z)
+    z = latent_points(metric, z)
     u, v = (torch.as_tensor(a).to(dtype=z.dtype, device=z.device) for a in (u, v))
     try:
         z, u, v = torch.broadcast_tensors(z, u, v)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import jvp
 
-from .metrics import Metric, as_points
+from .metrics import Metric, latent_points
 
 
 def _grid(points: Tensor, t: Tensor | None) -> Tensor:
@@ -21,7 +21,7 @@ def _grid(points: Tensor, t: Tensor | None) -> Tensor:
 
 def _curve_points(metric: Metric, points: Tensor, velocities: Tensor | None
                   ) -> tuple[Tensor, Tensor | None]:
-    points = as_points(metric, points)
+    points = latent_points(metric, points)
     if velocities is not None:
         velocities = torch.as_tensor(velocities).to(dtype=points.dtype, device=points.device)
     return points, velocities

@@ -25,7 +25,7 @@ from torch import distributions as D
 from ..centroids import select_centroids
 from ..hamiltonian import Position, hmc
 from ..validate import check_posteriors
-from .metrics import Metric, as_points
+from .metrics import Metric, latent_points
 
 FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
 EXPONENT_CAP = 80.0  # exp(-80) = 1.8e-35: a normal float32, unlike what lies beyond
@@ -172,6 +172,6 @@ def riemannian_uniform(metric: Metric, start: Tensor, *, n_steps: int = 50,
         log_volume, grad = metric.log_volume_and_grad(z)
         return Position(z, -log_volume, -grad)
 
-    start = as_points(metric, start, "start", finite=True).detach()
+    start = latent_points(metric, start, "start", finite=True).detach()
     with torch.no_grad():
         return hmc(position(start), position, n_steps, n_leapfrog, step_size)

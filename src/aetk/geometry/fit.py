@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from .curves import NeuralGeodesic, curve_energy, curve_length, segment_quads
 from .graph import graph_curves
-from .metrics import Metric, _base, as_points, latent_dim, metric_for
+from .metrics import Metric, _base, latent_points, metric_for
 
 # energy(x, idx) -> (energy (b,), preconditioner weights (b, T-1) or None) for the
 # parameter rows x (b, n) of the pairs idx (b,)
@@ -119,18 +119,14 @@ def fit_geodesics(
         raise ValueError(f"optimizer must be 'lbfgs' or 'adam', got {optimizer!r}")
     if n_points < 3:
         raise ValueError(f"n_points must be at least 3, got {n_points}")
-    z_start = as_points(metric, z_start, "z_start", finite=True, device=device)
-    z_end = as_points(metric, z_end, "z_end", finite=True, device=z_start.device)
+    z_start = latent_points(metric, z_start, "z_start", finite=True, device=device)
+    z_end = latent_points(metric, z_end, "z_end", finite=True, device=z_start.device)
     device = z_start.device
     z_start, z_end = z_start.reshape(-1, z_start.shape[-1]), z_end.reshape(-1, z_end.shape[-1])
     if z_start.shape != z_end.shape:
         raise ValueError(f"z_start {tuple(z_start.shape)} and z_end {tuple(z_end.shape)} differ")
     if len(z_start) == 0:  # as graph_curves (it failed in a reshape)
         raise ValueError("give at least one pair of endpoints")
-    d = latent_dim(metric)
-    if d is not None and z_start.shape[-1] != d:
-        raise ValueError(f"the endpoints have {z_start.shape[-1]} coordinates but the metric's "
-                         f"latent space has {d} (encode data points first)")
     start_curves = _initial_curves(metric, z_start, z_end, init, nodes, graph_k, n_points, curve)
     if also_line:
         if start_curves is None:
@@ -527,7 +523,7 @@ def distance_matrix(metric: Metric, z: Tensor, other: Tensor | None = None, **fi
 
 def _point_set(metric: Metric, z: Tensor, name: str, device: object) -> Tensor:
     """Points `(N, d)` in the metric's dtype, finite, or a ValueError."""
-    z = as_points(metric, z, name, finite=True, device=device)
+    z = latent_points(metric, z, name, finite=True, device=device)
     if z.dim() != 2:
         raise ValueError(f"distance_matrix needs points (N, d), got {name} of shape "
                          f"{tuple(z.shape)}")

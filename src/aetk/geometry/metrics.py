@@ -91,13 +91,18 @@ class Metric:
     def log_volume_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """`log sqrt(det G(z))`, `(...)`, and its gradient in z, `(..., d)`, without a graph
         (what Hamiltonian Monte Carlo on the Riemannian uniform distribution needs)."""
+        z = latent_points(self, z)
         flat = z.reshape(-1, z.shape[-1])
         value, grad = self._log_volume_and_grad(flat)
         return value.reshape(z.shape[:-1]), grad.reshape(z.shape)
 
     def metric(self, z: Tensor) -> Tensor:
-        """`G(z)`, shape `(..., d, d)`."""
+        """`G(z)`, shape `(..., d, d)`. Like every public method here, it takes the points
+        as `latent_points` does: in the metric's dtype and device, of its dimension."""
+        z = latent_points(self, z)
         d = z.shape[-1]
+        if z.numel() == 0:  # no points: the networks' reshapes cannot infer a size from none
+            return z.new_zeros(*z.shape, d)
         return self._metric(z.reshape(-1, d)).reshape(*z.shape, d)
 
     __call__ = metric
@@ -105,12 +110,21 @@ class Metric:
     def quad(self, z: Tensor, v: Tensor) -> Tensor:
         """`v_k^T G(z) v_k` for `k` vectors at each point: `z (..., d)`, `v (..., k, d)`
         -> `(..., k)`."""
+        z = latent_points(self, z)
+        v = torch.as_tensor(v).to(dtype=z.dtype, device=z.device)
         d = z.shape[-1]
+        if v.shape[-1:] != (d,):
+            raise ValueError(f"the vectors {tuple(v.shape)} must be (..., k, {d}), as the points")
+        if v.numel() == 0:
+            return v.new_zeros(v.shape[:-1])
         k = v.shape[-2]
         return self._quad(z.reshape(-1, d), v.reshape(-1, k, d)).reshape(v.shape[:-1])
 
     def log_volume(self, z: Tensor) -> Tensor:
         """`log sqrt(det G(z))`, shape `(...)`; NaN where G is singular to working precision."""
+        z = latent_points(self, z)
+        if z.numel() == 0:
+            return z.new_zeros(z.shape[:-1])
         return self._log_volume(z.reshape(-1, z.shape[-1])).reshape(z.shape[:-1])
 
     def to(self, *args: object, **kwargs: object) -> Metric:
@@ -442,6 +456,19 @@ def _own_spec(metric: Metric) -> tuple[torch.dtype, torch.device] | None:
 def _tensor_spec(metric: Metric) -> tuple[torch.dtype, torch.device]:
     """dtype and device of the module behind a metric (default float32, CPU for plain ones)."""
     return _own_spec(metric) or (torch.get_default_dtype(), torch.device("cpu"))
+
+
+def latent_points(metric: Metric, z: Tensor | np.ndarray, name: str = "points", **options: bool
+                  | str | torch.device | None) -> Tensor:
+    """`as_points` (with its `options`), and a ValueError when the points' last axis is not
+    the latent dimension of the model behind the metric."""
+    z = as_points(metric, z, name, **options)
+    d = latent_dim(metric)
+    if d is not None and z.shape[-1:] != (d,):
+        k = z.shape[-1] if z.dim() else "no"
+        raise ValueError(f"{name} have {k} coordinates but the metric's latent space has {d} "
+                         "(points of the latent space: encode data first)")
+    return z
 
 
 def as_points(metric: Metric, z: Tensor | np.ndarray, name: str = "points", *,
