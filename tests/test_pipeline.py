@@ -368,6 +368,15 @@ SCHEMA_ERRORS = [
      "train.penalties.0: 'l1' is not valid: choose one of latent_l2, min_variance, entropy"),
     ({"train": {"lr_schedule": "cosnie"}},
      "train.lr_schedule: 'cosnie' is not valid: choose one of constant, cosine, plateau, step"),
+    # a schedule's options are checked too, not first by every training job
+    ({"train": {"lr_schedule": {"name": "step", "milestone": [3]}}},
+     "train.lr_schedule: {'milestone': [3], 'name': 'step'}: Additional properties are not "
+     "allowed ('milestone' was unexpected)"),
+    ({"train": {"lr_schedule": {"name": "step"}}},
+     "train.lr_schedule: {'name': 'step'}: 'milestones' is a required property"),
+    ({"train": {"lr_schedule": {"name": "plateau", "patience": "5"}}},
+     "train.lr_schedule: {'name': 'plateau', 'patience': '5'}: patience: '5' is not of type "
+     "'integer'"),
     ({"train": {"penalties": [{"name": "entropy", "sigma_min": 0.1}]}},
      "train.penalties.0: {'name': 'entropy', 'sigma_min': 0.1}: Additional properties are not "
      "allowed ('sigma_min' was unexpected)"),
