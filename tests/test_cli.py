@@ -999,6 +999,13 @@ def test_an_unconverged_frechet_mean_warns_and_keeps_the_point_reached(
     ("geodesics", "--integration-tol", "nan", "must be a number >= 0, got 'nan'"),
     ("sample", "--n", "0", "must be an integer >= 1, got '0'"),
     ("preprocess", "--n-samples", "0", "must be an integer >= 1, got '0'"),  # wrote a store
+    # numpy's and scikit-learn's generators refuse negative seeds: a step failed midway
+    ("preprocess", "--seed", "-1", "must be an integer from 0 to 4294967295, got '-1'"),
+    ("train", "--seed", "-1", "must be an integer from 0 to 4294967295, got '-1'"),
+    ("encode", "--seed", "-1", "must be an integer from 0 to 4294967295, got '-1'"),
+    ("geodesics", "--seed", "4294967296",
+     "must be an integer from 0 to 4294967295, got '4294967296'"),
+    ("sample", "--seed", "x", "must be an integer from 0 to 4294967295, got 'x'"),
 ])
 def test_bad_integer_options_exit_at_parsing(steps: Path, tmp_path: Path,
                                              capsys: pytest.CaptureFixture, command: str,

@@ -406,6 +406,11 @@ SCHEMA_ERRORS = [
      "geodesics.init: 'grid' is not one of ['line', 'graph', 'both']"),
     ({"geodesics": {"graph_neighbours": 0}},
      "geodesics.graph_neighbours: 0 is less than the minimum of 1"),
+    # numpy's and scikit-learn's generators refuse negative seeds: a job failed midway
+    ({"data": {"seed": -1}}, "data.seed: -1 is less than the minimum of 0"),
+    ({"grid": {"seeds": [0, -1]}}, "grid.seeds.1: -1 is less than the minimum of 0"),
+    ({"geodesics": {"seed": 2**32}},
+     "geodesics.seed: 4294967296 is greater than the maximum of 4294967295"),
 ]
 # the checks after the schema (the data file, the combinations of settings), one at a time
 CHECK_ERRORS = [

@@ -1281,6 +1281,22 @@ def count(text: str) -> int:
     return value
 
 
+SEED_MAX = 2**32 - 1
+
+
+def seed(text: str) -> int:
+    """argparse type of --seed: an integer 0 .. 2**32 - 1, the seeds that numpy's and
+    scikit-learn's generators take (torch's take more, but every command seeds both: a
+    negative seed failed in the middle of a step, with numpy's words)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {SEED_MAX}, got {text!r}")
+    return value
+
+
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the descriptions' line breaks and appends each option's default to its help."""
 
@@ -1329,7 +1345,7 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{', '.join(data_mod.TRANSFORMS)} (e.g. scale01 binarise:threshold=0.5)")
     p.add_argument("--validation-fraction", type=float, default=0.1,
                    help="share of the samples held out for validation")
-    p.add_argument("--seed", type=int, default=0, help="seed of the subset and the split")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the subset and the split")
 
     p = add("train", cmd_train, "train one model on a data store",
             "Build a model with aetk.build_model and train it with aetk.fit on the training "
@@ -1407,7 +1423,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "variance networks): N_PRIMARY points and N_SECONDARY of each one's K "
                    "nearest neighbours; --batch-size then applies to validation only")
     p.add_argument("--device", default="auto", help="auto (a free GPU, else CPU), cpu, cuda:N")
-    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and shuffling")
+    p.add_argument("--seed", type=seed, default=0, help="seed of initialisation and shuffling")
     p.add_argument("--threads", type=positive, default=1, help="torch CPU threads")
     p.add_argument("--checkpoint-dir", help="where to keep resumable checkpoints")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
@@ -1443,7 +1459,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--traversal-steps", type=count, default=10,
                    help="steps of each latent traversal and of the decoded grid of a 2-D "
                    "latent space (0: none)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the latent samples")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the latent samples")
     p.add_argument("--threads", type=positive, default=1, help="torch CPU threads")
 
     p = add("sample", cmd_sample, "generate new data from a trained model",
@@ -1472,7 +1488,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "of every sample; default: the classes in turn")
     p.add_argument("--n-centroids", type=positive, default=1000,
                    help="training codes that make the encoder metric (k-means snapped)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the draws")
     p.add_argument("--threads", type=positive, default=1, help="torch CPU threads")
 
     p = add("geodesics", cmd_geodesics, "fit latent geodesics of a trained model",
@@ -1521,7 +1537,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "at most to 320) until each velocity's estimated error is within this "
                    "fraction of its length (aetk.geometry.frechet_mean's integration_tol; "
                    "0: 20 steps, unchecked)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=seed, default=0,
                    help="seed of the sampled pairs, the fits' initial curves and the spray's "
                    "codes")
     p.add_argument("--threads", type=positive, default=1, help="torch CPU threads")
