@@ -199,3 +199,20 @@ def test_sample_score_is_the_inception_score_of_the_classifier() -> None:
     kl = [0.9 * np.log(0.9 / 0.55) + 0.1 * np.log(0.1 / 0.45),
           0.2 * np.log(0.2 / 0.55) + 0.8 * np.log(0.8 / 0.45)]
     assert scorer(np.zeros((2, 3))) == pytest.approx(np.exp(np.mean(kl)), rel=1e-12)
+
+
+def test_comparison_panels_of_undefined_columns_say_why_they_are_empty() -> None:
+    """A grid of deterministic autoencoders (ae with mse) has no log p(x), ELBO or KL: those
+    panels say so, rather than showing empty axes with made-up ticks in nats."""
+    table = pd.DataFrame({
+        "run": ["ae-mse-s0", "ae-mse-s1"], "likelihood": "mse", "seed": [0, 1],
+        "val_log_marginal": np.nan, "val_elbo": np.nan, "val_reconstruction_error": [0.3, 0.2],
+        "val_mutual_info": np.nan, "val_marginal_kl": np.nan})
+    ax_ll, ax_err, ax_kl, _ = report.comparison_figure(table).axes[:4]
+    for ax, what in ((ax_ll, "no log p(x) or ELBO"), (ax_kl, "no KL split")):
+        assert any(t.get_text().startswith(what) for t in ax.texts), ax.get_title()
+        assert list(ax.get_xticks()) == []
+    assert not ax_err.texts and len(ax_err.get_xticks())  # its values are there
+    # defined values keep their panels as they were
+    fig = report.comparison_figure(_table())
+    assert not fig.axes[0].texts and not fig.axes[2].texts

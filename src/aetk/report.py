@@ -451,11 +451,17 @@ def comparison_figure(table: pd.DataFrame) -> Figure:
         ax_ll.set(yticks=ticks, yticklabels=means.index,
                   xlabel="nats per sample (higher is better)")
         _legend_above(ax_ll, f"{likelihood}: validation log p(x) and ELBO")
+        if rows[["val_log_marginal", "val_elbo"]].isna().all(axis=None):
+            _undefined(ax_ll, "no log p(x) or ELBO for these runs: a deterministic encoder "
+                       "(no q(z|x))\nor decoder (mse, no likelihood) has neither")
         ax_err.plot(rows["val_reconstruction_error"], y, "o", color=OKABE_ITO[5])
         ax_err.xaxis.set_major_locator(MaxNLocator(5))  # long decimals collide
         ax_err.set(yticks=ticks, yticklabels=[], xlabel="mean squared error (lower is better)")
         _legend_above(ax_err, "validation reconstruction error")
         _kl_bars(ax_kl, means, ticks)
+        if rows[["val_mutual_info", "val_marginal_kl"]].isna().all(axis=None):
+            _undefined(ax_kl, "no KL split for these runs: a deterministic encoder has no "
+                       "q(z|x),\nthe ladder VAE's KL spans two levels")
         if "sample_score" in table:
             _score_dots(ax_score, rows, y)
         else:
@@ -466,6 +472,14 @@ def comparison_figure(table: pd.DataFrame) -> Figure:
     if table.groupby("setting")["run"].count().max() > 1:
         fig.suptitle("one dot per seed; KL bars: means over the seeds")
     return fig
+
+
+def _undefined(ax: Axes, text: str) -> None:
+    """Say in an empty panel why it is empty (its columns are NaN for every run), instead of
+    an axis of made-up values."""
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=9,
+            color="0.3")
+    ax.set_xticks([])
 
 
 def _legend_above(ax: Axes, title: str) -> None:
