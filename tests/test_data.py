@@ -75,6 +75,18 @@ def test_tables(tmp_path: Path, suffix: str) -> None:
     _check(data.read_file(tmp_path / f"h{suffix}"), labels=None)
 
 
+def test_a_tables_row_names_are_not_a_feature(tmp_path: Path) -> None:
+    # pandas' to_csv (and R's write.csv) write the row names under an empty header cell
+    for index, columns in (([f"cell{i}" for i in range(40)], [f"g{i}" for i in range(6)]),
+                           (None, None)):  # row numbers 0 .. n-1, column names 0 .. 5
+        table = pd.DataFrame(X, index=index, columns=columns)
+        table["kind"] = Y
+        table.to_csv(tmp_path / "d.csv")
+        raw = data.read_file(tmp_path / "d.csv", labels="kind")
+        _check(raw)
+        assert raw.feature_names == [str(c) for c in table.columns[:-1]]
+
+
 def test_numeric_labels_become_classes_or_stay_continuous(tmp_path: Path) -> None:
     table = pd.DataFrame(X, columns=list("abcdef"))
     table["digit"] = np.arange(40) % 3

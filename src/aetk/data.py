@@ -208,6 +208,10 @@ def _read_table(path: Path, labels: str | None) -> tuple[RawData, Any]:
         # No header row: the first line is data.
         table = pd.read_csv(path, sep=sep, header=None)
         table.columns = [str(c) for c in table.columns]
+    elif table.columns[0] == "Unnamed: 0":
+        # An empty first header cell: a column of row names, as pandas' to_csv and R's
+        # write.csv write them (row numbers there would otherwise become a feature).
+        table = table.drop(columns=table.columns[0])
     label_values = None
     if labels is not None:
         if labels not in table.columns:
