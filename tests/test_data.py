@@ -114,6 +114,14 @@ def test_zarr_group_and_array(tmp_path: Path) -> None:
     _check(data.read_file(tmp_path / "a.zarr"), labels=None)
 
 
+def test_zarr_string_labels_as_xarray_writes_them(tmp_path: Path) -> None:
+    # object strings (as the spec advises) come back from zarr 3 as numpy's StringDType
+    import xarray as xr
+
+    xr.Dataset({"counts": (("cell", "gene"), X), "cell_type": (("cell",), Y.astype(object))}
+               ).to_zarr(tmp_path / "d.zarr", zarr_format=3, consolidated=False)
+    _check(data.read_file(tmp_path / "d.zarr", key="counts", labels="cell_type"))
+
 def test_h5ad_dense_and_sparse(tmp_path: Path) -> None:
     h5py = pytest.importorskip("h5py")
     from scipy import sparse

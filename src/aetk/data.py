@@ -59,6 +59,8 @@ def encode_labels(values: Any) -> tuple[np.ndarray, str, list[str] | None]:
     """
     arr = np.asarray(values).reshape(-1)
     if arr.dtype.kind in "OUSTb":
+        if arr.dtype.kind == "T":  # numpy's StringDType (zarr 3's strings) casts to object
+            arr = arr.astype(object)
         names, codes = np.unique(arr.astype(str), return_inverse=True)
         return codes.astype(np.int64), "categorical", [str(n) for n in names]
     arr = arr.astype(np.float64)
