@@ -152,6 +152,33 @@ def test_h5ad_dense_and_sparse(tmp_path: Path) -> None:
         data.read_file(path, labels="nope")
 
 
+def test_missing_labels_are_refused_not_made_a_class(tmp_path: Path) -> None:
+    h5py = pytest.importorskip("h5py")
+    codes = np.arange(40) % 4
+    codes[[3, 7]] = -1  # AnnData's code of a missing (NaN) category
+    with h5py.File(tmp_path / "d.h5ad", "w") as f:
+        f["X"] = X
+        obs = f.create_group("obs")
+        obs.attrs["_index"] = "_index"
+        cat = obs.create_group("cell_type")
+        cat.attrs["encoding-type"] = "categorical"
+        cat["categories"] = np.array(["a", "b", "c", "d"], dtype=object)
+        cat["codes"] = codes.astype(np.int8)
+        batch = obs.create_group("batch")
+        batch.attrs["encoding-type"] = "nullable-integer"
+        batch["values"] = np.arange(40) % 2
+        batch["mask"] = np.arange(40) == 5
+        f.create_group("var").attrs["_index"] = "_index"
+    with pytest.raises(ValueError, match=r"d.h5ad: 2 labels are missing, the first at row 3"):
+        data.read_file(tmp_path / "d.h5ad", labels="cell_type")
+    with pytest.raises(ValueError, match=r"d.h5ad: 1 labels are missing, the first at row 5"):
+        data.read_file(tmp_path / "d.h5ad", labels="batch")
+    table = pd.DataFrame(X, columns=list("abcdef"))
+    table["kind"] = np.where(np.arange(40) == 9, None, Y)  # an empty cell in the file
+    table.to_csv(tmp_path / "d.csv", index=False)
+    with pytest.raises(ValueError, match=r"d.csv: 1 labels are missing, the first at row 9"):
+        data.read_file(tmp_path / "d.csv", labels="kind")
+
 def test_h5ad_written_by_anndata(tmp_path: Path) -> None:
     ad = pytest.importorskip("anndata")
     with warnings.catch_warnings():

@@ -61,6 +61,14 @@ def encode_labels(values: Any) -> tuple[np.ndarray, str, list[str] | None]:
     if arr.dtype.kind in "OUSTb":
         if arr.dtype.kind == "T":  # numpy's StringDType (zarr 3's strings) casts to object
             arr = arr.astype(object)
+        if arr.dtype.kind == "O":
+            import pandas as pd
+
+            missing = np.flatnonzero(pd.isna(arr))  # None, NaN, pd.NA: not a class "nan"
+            if len(missing):
+                raise ValueError(f"{len(missing)} labels are missing, the first at row "
+                                 f"{missing[0]} (counting from 0): drop those samples or "
+                                 "give them a class")
         names, codes = np.unique(arr.astype(str), return_inverse=True)
         return codes.astype(np.int64), "categorical", [str(n) for n in names]
     arr = arr.astype(np.float64)
@@ -79,7 +87,10 @@ def _with_labels(data: RawData, values: Any | None) -> RawData:
     values = np.asarray(values).reshape(-1)
     if len(values) != len(data.x):
         raise ValueError(f"{len(values)} labels for {len(data.x)} samples")
-    data.labels, data.label_kind, data.label_names = encode_labels(values)
+    try:
+        data.labels, data.label_kind, data.label_names = encode_labels(values)
+    except ValueError as err:
+        raise ValueError(f"{data.source}: {err}") from None
     return data
 
 
@@ -266,10 +277,18 @@ def _h5ad_array(node: Any) -> np.ndarray:
         return node.asstr()[...] if h5py.check_string_dtype(node.dtype) else node[...]
     kind = node.attrs.get("encoding-type", "")
     if kind == "categorical":
-        categories = _h5ad_array(node["categories"])
-        return np.asarray(categories)[node["codes"][...]]
+        categories = np.asarray(_h5ad_array(node["categories"]))
+        codes = node["codes"][...]
+        if np.all(codes >= 0):
+            return categories[codes]
+        # code -1 is a missing value (NaN in AnnData), not the last category
+        return np.where(codes >= 0, categories[np.maximum(codes, 0)], None)
     if kind.startswith("nullable-"):
-        return _h5ad_array(node["values"])
+        values = _h5ad_array(node["values"])
+        mask = node["mask"][...] if "mask" in node else None  # True: missing
+        if mask is None or not mask.any():
+            return values
+        return np.where(mask, None, values.astype(object))
     raise ValueError(f"unsupported h5ad element encoding {kind!r}")
 
 
