@@ -101,6 +101,18 @@ def test_numeric_labels_become_classes_or_stay_continuous(tmp_path: Path) -> Non
     assert raw.x.shape == (40, 7)  # the other label column stays a feature
 
 
+def test_integer_class_names_are_exact_and_distinct() -> None:
+    for values in (np.array([1_000_000, 1_000_001, 2_500_000] * 2),
+                   np.array([1_000_000.0, 1_000_001.0, 2_500_000.0] * 2)):
+        labels, kind, names = data.encode_labels(values)
+        assert kind == "categorical" and names == ["1000000", "1000001", "2500000"]
+        np.testing.assert_array_equal(labels, [0, 1, 2] * 2)
+    big = np.array([2**53, 2**53 + 1, -3], dtype=np.int64)  # not distinct as float64
+    labels, _, names = data.encode_labels(big)
+    assert names == ["-3", str(2**53), str(2**53 + 1)]
+    np.testing.assert_array_equal(labels, [1, 2, 0])
+    assert data.encode_labels(np.array([-0.0, 1.0, 0.0]))[2] == ["0", "1"]
+
 def test_zarr_group_and_array(tmp_path: Path) -> None:
     import zarr
 

@@ -71,13 +71,18 @@ def encode_labels(values: Any) -> tuple[np.ndarray, str, list[str] | None]:
                                  "give them a class")
         names, codes = np.unique(arr.astype(str), return_inverse=True)
         return codes.astype(np.int64), "categorical", [str(n) for n in names]
+    if arr.dtype.kind in "iu":  # exact, also beyond float64's 2**53
+        uniques, codes = np.unique(arr, return_inverse=True)
+        if len(uniques) <= MAX_CLASSES:
+            return codes.astype(np.int64), "categorical", [str(int(u)) for u in uniques]
     arr = arr.astype(np.float64)
     if not np.all(np.isfinite(arr)):
         raise ValueError("labels contain NaN or infinite values")
     uniques = np.unique(arr)
     if np.all(uniques == np.round(uniques)) and len(uniques) <= MAX_CLASSES:
         codes = np.searchsorted(uniques, arr)
-        return codes.astype(np.int64), "categorical", [f"{u:g}" for u in uniques]
+        # integers in full ("1000001", not f"{u:g}"'s "1e+06", which names two classes alike)
+        return codes.astype(np.int64), "categorical", [str(int(u)) for u in uniques]
     return arr, "continuous", None
 
 
