@@ -357,6 +357,18 @@ def test_transform_spec_errors() -> None:
         data.make_transform("normalise")
     with pytest.raises(ValueError, match="takes the options"):
         data.make_transform({"name": "binarise", "cutoff": 1})
+    # options the config's schema checks, checked for the CLI and the API too
+    for spec, message in (
+            ({"name": "select_top_variance", "n_features": -3}, "n_features must be a "
+             "positive integer, got -3"),
+            ({"name": "select_top_variance", "n_features": 0}, "got 0"),
+            ({"name": "select_top_variance", "n_features": 2.5}, "got 2.5"),
+            ({"name": "select_top_variance", "n_features": True}, "got True"),
+            ({"name": "binarise", "threshold": "1"}, "threshold must be a number, got '1'"),
+            ({"name": "scale01", "per_feature": "no"}, "per_feature must be true or false")):
+        with pytest.raises(ValueError, match=f"transform '{spec['name']}': .*{message}"):
+            data.make_transform(spec)
+    assert data.make_transform({"name": "select_top_variance", "n_features": 3}).n_features == 3
 
 
 # ------------------------------------------------------------------------------ split

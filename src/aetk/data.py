@@ -408,6 +408,13 @@ class Transform:
             setattr(self, a, getattr(self, a)[index])
 
 
+def _check_option(transform: str, option: str, value: Any, ok: bool, what: str) -> None:
+    """A ValueError naming the transform and its option unless `ok` (the CLI and the API
+    take options unchecked by the config's schema)."""
+    if not ok:
+        raise ValueError(f"transform {transform!r}: {option} must be {what}, got {value!r}")
+
+
 @dataclass
 class Scale01(Transform):
     """Min-max scaling to [0, 1], over all values (default) or per feature.
@@ -420,6 +427,10 @@ class Scale01(Transform):
     per_feature: bool = False
     low: np.ndarray = field(default=None, repr=False)
     high: np.ndarray = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_option(self.name, "per_feature", self.per_feature,
+                      isinstance(self.per_feature, bool | np.bool_), "true or false")
 
     def fit(self, x: np.ndarray) -> None:
         if self.per_feature:
@@ -448,6 +459,11 @@ class Binarise(Transform):
 
     name: ClassVar[str] = "binarise"
     threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check_option(self.name, "threshold", self.threshold,
+                      isinstance(self.threshold, int | float | np.integer | np.floating)
+                      and not isinstance(self.threshold, bool), "a number")
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         return (x > self.threshold).astype(x.dtype)
@@ -499,6 +515,13 @@ class SelectTopVariance(Transform):
     name: ClassVar[str] = "select_top_variance"
     n_features: int = 1000
     index: np.ndarray = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        # a negative count kept all but that many features, 0 none, 2.5 failed in numpy
+        _check_option(self.name, "n_features", self.n_features,
+                      isinstance(self.n_features, int | np.integer)
+                      and not isinstance(self.n_features, bool) and self.n_features >= 1,
+                      "a positive integer")
 
     def fit(self, x: np.ndarray) -> None:
         n = min(self.n_features, x.shape[1])
