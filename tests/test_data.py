@@ -384,6 +384,11 @@ def test_split_is_seeded_stratified_and_sized() -> None:
     assert data.split(100, 0.0, seed=0).sum() == 0
     with pytest.raises(ValueError, match="validation_fraction"):
         data.split(100, 1.0, seed=0)
+    assert data.split(10, 0.94, seed=0).sum() == 9
+    for n, fraction in ((10, 0.96), (3, 0.9), (1, 0.6)):  # rounds to every sample
+        with pytest.raises(ValueError, match=f"validation_fraction {fraction} of {n} samples "
+                           "leaves no training samples"):
+            data.split(n, fraction, seed=0)
 
 
 def test_prepare_subsamples_with_a_seed() -> None:

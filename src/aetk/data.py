@@ -649,6 +649,9 @@ def split(n: int, validation_fraction: float, seed: int,
     n_val = round(validation_fraction * n)
     if n_val == 0:
         return is_val
+    if n_val >= n:  # e.g. 0.96 of 10 samples: scikit-learn's error would not say so
+        raise ValueError(f"validation_fraction {validation_fraction} of {n} samples leaves "
+                         "no training samples: give a smaller fraction, or more samples")
     from sklearn.model_selection import train_test_split
 
     stratify = labels
