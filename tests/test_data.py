@@ -87,6 +87,16 @@ def test_a_tables_row_names_are_not_a_feature(tmp_path: Path) -> None:
         assert raw.feature_names == [str(c) for c in table.columns[:-1]]
 
 
+def test_a_tables_true_false_columns_are_0_and_1(tmp_path: Path) -> None:
+    table = pd.DataFrame(X, columns=[f"g{i}" for i in range(6)])
+    table["expressed"] = X[:, 0] > 10
+    table.to_csv(tmp_path / "d.csv", index=False)
+    raw = data.read_file(tmp_path / "d.csv")
+    assert raw.x.dtype.kind == "f"
+    np.testing.assert_array_equal(raw.x, np.column_stack([X, X[:, 0] > 10]))
+    prep = data.prepare(raw, transforms=["standardise"])  # was a TypeError: dtype object
+    assert prep.x.shape == (40, 7)
+
 def test_numeric_labels_become_classes_or_stay_continuous(tmp_path: Path) -> None:
     table = pd.DataFrame(X, columns=list("abcdef"))
     table["digit"] = np.arange(40) % 3

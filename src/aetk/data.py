@@ -240,6 +240,9 @@ def _read_table(path: Path, labels: str | None) -> tuple[RawData, Any]:
     if bad:
         raise ValueError(f"{path}: non-numeric columns {bad[:10]}; name the label column "
                          "with `labels` or remove them")
+    # True/False columns as 0/1: with other columns, to_numpy made an array of objects
+    table = table.astype({c: np.int8 for c in table.columns
+                          if pd.api.types.is_bool_dtype(table[c])})
     data = RawData(x=table.to_numpy(), feature_names=[str(c) for c in table.columns],
                    source=str(path))
     return data, label_values
