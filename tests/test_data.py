@@ -237,6 +237,20 @@ def test_reader_errors(tmp_path: Path) -> None:
     for bad in ("junk.npy", "objects.npy"):
         with pytest.raises(ValueError, match=message.format(bad)):
             data.read_file(tmp_path / "x.npy", labels=str(tmp_path / bad))
+    # empty inputs: an error naming the file, not numpy's or pandas' words, nor a store
+    # of no features
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "header.csv").write_text("a,b\n")
+    (tmp_path / "labels_only.csv").write_text("kind\na\nb\n")
+    np.save(tmp_path / "none.npy", np.zeros((0, 3)))
+    np.save(tmp_path / "flat.npy", np.zeros((4, 0)))
+    for bad, labels, problem in (("empty.csv", None, "the file is empty"),
+                                 ("header.csv", None, "a header row but no samples"),
+                                 ("labels_only.csv", "kind", "no features besides the label"),
+                                 ("none.npy", None, "no samples"),
+                                 ("flat.npy", None, "no features")):
+        with pytest.raises(ValueError, match=f"{bad}: {problem}"):
+            data.read_file(tmp_path / bad, labels=labels)
     np.savez(tmp_path / "labelled.npz", x=X, y=objects)
     with pytest.raises(ValueError, match=message.format("labelled.npz")):
         data.read_file(tmp_path / "labelled.npz", key="x", labels="y")

@@ -106,7 +106,8 @@ def _flatten(x: np.ndarray, source: str) -> RawData:
     if x.dtype.kind not in "biuf":
         raise ValueError(f"{source}: data must be numeric, got dtype {x.dtype}")
     image_shape = tuple(int(s) for s in x.shape[1:]) if x.ndim > 2 else None
-    return RawData(x=x.reshape(len(x), -1), image_shape=image_shape, source=source)
+    return RawData(x=x.reshape(len(x), int(np.prod(x.shape[1:]))), image_shape=image_shape,
+                   source=source)
 
 
 # --------------------------------------------------------------------------------------
@@ -221,7 +222,10 @@ def _read_table(path: Path, labels: str | None) -> tuple[RawData, Any]:
     import pandas as pd
 
     sep = "\t" if path.suffix == ".tsv" else ","
-    table = pd.read_csv(path, sep=sep)
+    try:
+        table = pd.read_csv(path, sep=sep)
+    except pd.errors.EmptyDataError:  # "No columns to parse from file", naming no file
+        raise ValueError(f"{path}: the file is empty") from None
     if all(_is_number(str(c)) for c in table.columns):
         # No header row: the first line is data.
         table = pd.read_csv(path, sep=sep, header=None)
@@ -231,6 +235,8 @@ def _read_table(path: Path, labels: str | None) -> tuple[RawData, Any]:
         # write.csv write them (row numbers there would otherwise become a feature).
         table = table.drop(columns=table.columns[0])
     label_values = None
+    if table.empty and len(table.columns):  # before the columns are called non-numeric
+        raise ValueError(f"{path}: a header row but no samples")
     if labels is not None:
         if labels not in table.columns:
             columns = ", ".join(str(c) for c in table.columns[:20])
@@ -364,6 +370,10 @@ def read_file(path: str | Path, *, key: str | None = None, labels: str | None = 
                          f"{', '.join(FILE_SUFFIXES)}")
     if label_file:
         label_values = _read_label_file(Path(labels))
+    if data.x.size == 0:  # would be written as a store that no model can train on
+        raise ValueError(f"{path}: no samples" if len(data.x) == 0 else
+                         f"{path}: no features" + (" besides the label column"
+                                                   if inner_labels is not None else ""))
     return _with_labels(data, label_values)
 
 
