@@ -237,6 +237,10 @@ def test_reader_errors(tmp_path: Path) -> None:
     for bad in ("junk.npy", "objects.npy"):
         with pytest.raises(ValueError, match=message.format(bad)):
             data.read_file(tmp_path / "x.npy", labels=str(tmp_path / bad))
+    for source in ("x.npy", "labelled.csv"):  # a label file's path mistyped
+        (tmp_path / "labelled.csv").write_text("a,b\n1,2\n")
+        with pytest.raises(FileNotFoundError, match=r"label file .*lables\.txt does not exist"):
+            data.read_file(tmp_path / source, labels=str(tmp_path / "lables.txt"))
     # empty inputs: an error naming the file, not numpy's or pandas' words, nor a store
     # of no features
     (tmp_path / "empty.csv").write_text("")

@@ -346,6 +346,9 @@ def read_file(path: str | Path, *, key: str | None = None, labels: str | None = 
     suffix = path.suffix.lower()
     label_file = labels is not None and Path(labels).suffix in (".npy", ".txt") \
         and Path(labels).exists()
+    if labels is not None and Path(labels).suffix in (".npy", ".txt") and not label_file:
+        # a mistyped path: not "no column 'labels.txt'", nor "give labels as a file path"
+        raise FileNotFoundError(f"label file {labels} does not exist")
     inner_labels = None if label_file else labels
     label_values: Any = None
     if suffix == ".npy":
