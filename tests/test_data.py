@@ -134,6 +134,17 @@ def test_zarr_group_and_array(tmp_path: Path) -> None:
     np.testing.assert_array_equal(raw.labels, np.arange(40) % 4)
     zarr.save_array(str(tmp_path / "a.zarr"), X, zarr_format=3)
     _check(data.read_file(tmp_path / "a.zarr"), labels=None)
+    nested = zarr.open_group(str(tmp_path / "n.zarr"), mode="w", zarr_format=3)
+    nested.create_group("layers").create_array("counts", data=X)
+    nested.create_group("obs").create_array("kind", data=np.arange(40) % 4)
+    with pytest.raises(KeyError, match=r"several arrays \(layers/counts, obs/kind\)"):
+        data.read_file(tmp_path / "n.zarr")
+    raw = data.read_file(tmp_path / "n.zarr", key="layers/counts", labels="obs/kind")
+    np.testing.assert_allclose(raw.x, X)
+    np.testing.assert_array_equal(raw.labels, np.arange(40) % 4)
+    (tmp_path / "no.zarr").mkdir()
+    with pytest.raises(ValueError, match=r"no\.zarr: not a zarr store"):
+        data.read_file(tmp_path / "no.zarr")
 
 
 def test_zarr_string_labels_as_xarray_writes_them(tmp_path: Path) -> None:

@@ -257,10 +257,14 @@ def _read_table(path: Path, labels: str | None) -> tuple[RawData, Any]:
 def _read_zarr(path: Path, key: str | None, labels: str | None) -> tuple[RawData, Any]:
     import zarr
 
-    node = zarr.open(str(path), mode="r")
+    try:
+        node = zarr.open(str(path), mode="r")
+    except FileNotFoundError:  # zarr's "No group found in store StorePath(...)"
+        raise ValueError(f"{path}: not a zarr store (no zarr.json, .zgroup or .zarray)") from None
     if isinstance(node, zarr.Array):
         return _flatten(node[...], str(path)), None
-    arrays = sorted(name for name, _ in node.arrays())
+    # arrays in subgroups too, by their path ("counts/raw"): a group of groups listed none
+    arrays = sorted(name for name, a in node.members(max_depth=None) if isinstance(a, zarr.Array))
     data = _flatten(node[_pick_key(arrays, key, "array", str(path))][...], str(path))
     label_values = None if labels is None else node[_pick_key(arrays, labels, "label array",
                                                               str(path))][...]
