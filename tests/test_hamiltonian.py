@@ -976,3 +976,27 @@ def test_training_on_digits_lowers_the_validation_loss(kind, likelihood):
     after = hist["val_loss"].iloc[-1]
     assert np.isfinite(hist["train_loss"]).all()
     assert after < before - 0.1 * abs(before), (before, after)
+
+
+@pytest.mark.parametrize("option", ["step_size", "temperature", "regularization"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, [0.1, 0.1]])
+def test_rhvae_refuses_non_finite_or_listed_flow_options(option, value):
+    # NaN passed `<= 0` and surfaced mid-training as a diverged flow ("use a smaller
+    # step_size (now nan)") or as non-finite encoder samples; a list as a TypeError
+    with pytest.raises(ValueError, match=option):
+        aetk.build_model("rhvae", "bernoulli", in_features=F, latent_dim=LATENT, hidden=(8,),
+                         **{option: value})
+
+
+def test_rhvae_takes_centroid_points_as_arrays_and_checks_them():
+    enc = GaussianEncoder(in_features=F, latent_dim=LATENT, hidden=(8,))
+    dec = aetk.decoders.BernoulliDecoder(latent_dim=LATENT, out_features=F, hidden=(8,))
+    points = _data(4).float()
+    from_array = aetk.RHVAE(enc, dec, centroids=points.numpy())
+    from_tensor = aetk.RHVAE(enc, dec, centroids=points)
+    assert torch.equal(from_array.centroid_data, from_tensor.centroid_data)
+    assert torch.equal(from_array.centroid_latent, from_tensor.centroid_latent)
+    with pytest.raises(ValueError, match=r"feature shape \(3,\) but the model expects \(6,\)"):
+        aetk.RHVAE(enc, dec, centroids=points[:, :3])
+    with pytest.raises(ValueError, match="NaN"):
+        aetk.RHVAE(enc, dec, centroids=points * math.nan)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -82,10 +83,11 @@ class RHVAE(Model):
     `rho_0 = gamma_0 / sqrt(beta_0)`. Terms as in `HVAE` (`momentum` with these densities);
     `loss = reconstruction - log_prior - momentum - entropy`.
 
-    `centroids`: a tensor of training points, or how many to choose from the training data
-    (`centroid_method`, see `aetk.centroids`) when `fit` starts. `centroid_reduction`:
-    `"mean"` (`a = 1/N`, AETK) or `"sum"` (`a = 1`, the paper). `float64_metric` runs the
-    `d x d` algebra in float64. `logp_prefactor`, `logq_prefactor`: as in `HVAE`.
+    `centroids`: training points (a tensor, array or DataFrame of rows), or how many to
+    choose from the training data (`centroid_method`, see `aetk.centroids`) when `fit`
+    starts. `centroid_reduction`: `"mean"` (`a = 1/N`, AETK) or `"sum"` (`a = 1`, the
+    paper). `float64_metric` runs the `d x d` algebra in float64. `logp_prefactor`,
+    `logq_prefactor`: as in `HVAE`.
 
     A conditional RHVAE (networks with `n_conditions`) keeps each centroid's conditions
     (`centroid_conditions`, given with tensor `centroids`, else taken with the points when
@@ -119,8 +121,13 @@ class RHVAE(Model):
         if centroid_method not in METHODS:
             raise ValueError(f"centroid_method must be one of {', '.join(METHODS)}, got "
                              f"{centroid_method!r}")
-        if temperature <= 0 or regularization <= 0 or step_size <= 0:
-            raise ValueError("temperature, regularization and step_size must be positive")
+        for name, value in (("temperature", temperature), ("regularization", regularization),
+                            ("step_size", step_size)):
+            # NaN passed a `<= 0` test and surfaced in training as a diverged flow or
+            # "non-finite encoder samples"; a list of step sizes as a TypeError
+            if not (isinstance(value, numbers.Real) and 0 < value < math.inf):
+                one = " (one for all latent dimensions)" if name == "step_size" else ""
+                raise ValueError(f"{name} must be a positive finite number{one}, got {value!r}")
         if not 0 < beta0 <= 1 or n_leapfrog < 0 or (n_leapfrog == 0 and beta0 != 1):
             raise ValueError("beta0 must be in (0, 1], n_leapfrog >= 0, and n_leapfrog=0 "
                              "needs beta0=1")
@@ -137,19 +144,29 @@ class RHVAE(Model):
         self.logp_prefactor = prefactors(logp_prefactor, 3, "logp_prefactor")
         self.logq_prefactor = prefactors(logq_prefactor, 2, "logq_prefactor")
 
-        given = isinstance(centroids, torch.Tensor)
-        if not given and (isinstance(centroids, bool) or int(centroids) != centroids):
-            raise ValueError(f"centroids must be a tensor of points or an integer, got "
-                             f"{centroids!r}")
-        n = len(centroids) if given else int(centroids)
-        if n < 1:
-            raise ValueError(f"need at least one centroid, got {n}")
         # the networks' dtype: a float64 model keeps float64 centroids (float32 ones failed
         # in update_metric with 'mat1 and mat2 must have the same dtype')
         param = self._first_parameter()
         dtype = torch.get_default_dtype() if param is None else param.dtype
-        data = (centroids.detach().to(dtype).clone() if given
-                else torch.zeros(n, *(self.input_shape or (0,)), dtype=dtype))
+        # points: a tensor, array, DataFrame or nested list of them (an array failed with
+        # numpy's "only 0-dimensional arrays can be converted", points of the wrong shape
+        # with a matrix product's error in update_metric, NaN points made a NaN metric)
+        given = not isinstance(centroids, numbers.Number)
+        if given:
+            try:
+                data = validate.as_tensor(centroids, dtype).detach().clone()
+            except (TypeError, ValueError):
+                raise ValueError(f"centroids must be training points (a tensor or array of "
+                                 f"rows) or an integer, got {centroids!r}") from None
+            validate.check_finite(data, "centroids", self.input_shape)
+        elif isinstance(centroids, bool) or int(centroids) != centroids:
+            raise ValueError(f"centroids must be a tensor of points or an integer, got "
+                             f"{centroids!r}")
+        n = len(data) if given else int(centroids)
+        if n < 1:
+            raise ValueError(f"need at least one centroid, got {n}")
+        if not given:
+            data = torch.zeros(n, *(self.input_shape or (0,)), dtype=dtype)
         self.register_buffer("centroid_data", data)
         self.register_buffer("centroid_latent", torch.zeros(n, d, dtype=dtype))
         self.register_buffer("centroid_M", torch.zeros(n, d, d, dtype=dtype))
