@@ -1000,3 +1000,14 @@ def test_rhvae_takes_centroid_points_as_arrays_and_checks_them():
         aetk.RHVAE(enc, dec, centroids=points[:, :3])
     with pytest.raises(ValueError, match="NaN"):
         aetk.RHVAE(enc, dec, centroids=points * math.nan)
+
+
+@pytest.mark.parametrize("d", [1, 2, 4])
+def test_metric_net_of_an_encoder_that_is_one_linear_layer(d):
+    # the last linear layer was found at the name "" and "replaced" by setattr(net, "", head),
+    # leaving the encoder's 2 d outputs: "metric_net must output d(d+1)/2 values"
+    enc = GaussianEncoder(nn.Linear(F, 2 * d), in_features=F, latent_dim=d)
+    dec = aetk.decoders.BernoulliDecoder(latent_dim=d, out_features=F, hidden=(8,))
+    model = aetk.RHVAE(enc, dec, centroids=_data(3).float())
+    assert model.lower_factor(_data(2).float()).shape == (2, d, d)
+    assert model.metric_net is not enc.network

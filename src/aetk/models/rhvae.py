@@ -64,6 +64,8 @@ def metric_net_like(encoder: nn.Module, latent_dim: int) -> nn.Module:
     parent, _, attr = name.rpartition(".")
     head = nn.Linear(last.in_features, latent_dim * (latent_dim + 1) // 2,
                      dtype=last.weight.dtype, device=last.weight.device)
+    if not name:  # the network is that one linear layer: the head replaces it (setattr of
+        return head  # the name "" left the encoder's 2 d outputs in place)
     setattr(net.get_submodule(parent), attr, head)
     return net
 
