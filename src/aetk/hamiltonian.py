@@ -82,16 +82,27 @@ def tempering(beta0: float | Tensor, k: int, n_steps: int) -> float | Tensor:
     return inv_sqrt_beta(beta0, k, n_steps) / inv_sqrt_beta(beta0, k - 1, n_steps)
 
 
+def autograd_ready(t: Tensor) -> Tensor:
+    """`t`, or a normal copy of it when it was made under `torch.inference_mode()`:
+    autograd refuses to save inference tensors for backward ("Inference tensors cannot be
+    saved for backward"), and the flow differentiates the decoder at z whatever the mode."""
+    if not t.is_inference():
+        return t
+    with torch.inference_mode(False):
+        return t.clone()
+
+
 def value_and_grad(fn: Callable[[Tensor], Tensor], z: Tensor, create_graph: bool
                    ) -> tuple[Tensor, Tensor]:
-    """`fn(z)` (shape `(B,)`) and its gradient in z, also under `torch.no_grad()`.
+    """`fn(z)` (shape `(B,)`) and its gradient in z, also under `torch.no_grad()` and
+    `torch.inference_mode()` (the tensors `fn` holds then pass `autograd_ready`).
 
     With `create_graph` the gradient is itself differentiable (training: the outer gradient
     flows through the flow); otherwise z is detached and both results carry no graph.
     """
-    with torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad():
         if not (create_graph and z.requires_grad):
-            z = z.detach().requires_grad_()
+            z = autograd_ready(z.detach()).requires_grad_()
         value = fn(z)
         (grad,) = torch.autograd.grad(value.sum(), z, create_graph=create_graph,
                                       allow_unused=True, materialize_grads=True)

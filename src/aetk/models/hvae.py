@@ -13,6 +13,7 @@ from ..hamiltonian import (
     FlowMonitor,
     Position,
     PositionFn,
+    autograd_ready,
     flow_log_weights,
     gaussian_log_prob,
     hamiltonian_elbo,
@@ -88,6 +89,7 @@ class HVAE(Model):
 
     def position_fn(self, x: torch.Tensor, create_graph: bool) -> PositionFn:
         """z -> U(z), grad U(z) and log p(x|z), with the decoder evaluated at z."""
+        x = autograd_ready(x)
 
         def position(z: torch.Tensor) -> Position:
             log_lik, grad = value_and_grad(lambda z: log_prob(self.decoder(z), x), z,

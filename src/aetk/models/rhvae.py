@@ -21,6 +21,7 @@ from ..hamiltonian import (
     FlowMonitor,
     Position,
     PositionFn,
+    autograd_ready,
     flow_log_weights,
     gaussian_log_prob,
     generalized_leapfrog,
@@ -279,6 +280,7 @@ class RHVAE(Model):
                     ) -> PositionFn:
         """z -> `U(z) = -log p(x|z) - log p(z) + 1/2 log det G(z)` and its gradient: the
         decoder by autograd, the metric in closed form."""
+        x = autograd_ready(x)
 
         def position(z: torch.Tensor) -> Position:
             log_lik, grad = value_and_grad(lambda z: log_prob(self.decoder(z), x), z,
