@@ -240,3 +240,11 @@ def test_several_draws_per_point_keep_a_mixture_of_n_posteriors() -> None:
     z = loc + scale * torch.randn(2, 4, 50, 2, dtype=F64)
     with pytest.raises(ValueError, match=r"z must have the shape of loc, \(50, 2\), or"):
         kl_decomposition(loc, scale, z)
+
+
+@pytest.mark.parametrize("chunk_size", [0, -3, 2.5])
+def test_a_chunk_size_that_is_not_a_positive_integer_is_named(chunk_size) -> None:
+    # 0 failed inside torch's split ("split_size can only be 0 if dimension size is 0")
+    loc, scale = torch.zeros(10, 2, dtype=F64), torch.ones(10, 2, dtype=F64)
+    with pytest.raises(ValueError, match="chunk_size must be an integer >= 1"):
+        kl_decomposition(loc, scale, chunk_size=chunk_size)

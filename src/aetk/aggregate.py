@@ -63,6 +63,7 @@ def kl_decomposition(loc: Tensor | np.ndarray, scale: Tensor | np.ndarray,
     """
     loc, scale = (t.double() for t in check_posteriors(loc, scale, "the decomposition"))
     n_draws = positive_int(n_draws, "n_draws")
+    chunk_size = positive_int(chunk_size, "chunk_size")  # 0 failed in torch's split
     posterior = D.Normal(loc, scale)
     z = (posterior.sample((n_draws,)) if z is None
          else torch.as_tensor(z).detach().to(loc.device, torch.float64))
