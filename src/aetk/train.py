@@ -501,10 +501,10 @@ def _check(model: Model, data: Data, name: str) -> None:
 
 
 def data_dtype(model: Model) -> torch.dtype:
-    """The floating dtype `fit` gives the data: the model's (its first floating parameter
-    or buffer's: a float64 model trains on float64 data), float32 for a model without."""
-    tensors = (*model.parameters(), *model.buffers())
-    return next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
+    """The dtype `fit` gives the data: the model's, as `Model.as_data` takes it (a float64
+    model trains on float64 data), float32 for a model without parameters."""
+    param = model._first_parameter()
+    return torch.float32 if param is None else param.dtype
 
 
 _NUMBER_AS_VALIDATION = (
