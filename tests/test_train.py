@@ -212,6 +212,26 @@ def test_a_reloaded_model_charges_the_loss_its_annealing_left(tmp_path, annealin
     assert got.loss.item() == expected.loss.item()
 
 
+@pytest.mark.parametrize("annealing", ["cyclical", "capacity"])
+def test_a_finished_checkpoint_resumes_with_the_annealed_beta_and_capacity(tmp_path, annealing):
+    """Rerunning a finished (or stopped) run from its checkpoint trains no epoch, so no
+    callback sets beta or the capacity: the checkpoint must carry them, as `save` does,
+    or the returned model charged the build's loss (beta 4, no capacity)."""
+    train, _ = _digits(n_train=200)
+
+    def run():
+        callback = (aetk.CyclicalBeta(epochs=2, n_cycles=1, frac=1.0, beta_max=2.0)
+                    if annealing == "cyclical" else aetk.CapacityAnnealing(6.0, epochs=3))
+        model = _build("beta_vae", "bernoulli", beta=4.0)
+        _fit(model, train, epochs=2, callbacks=[callback], checkpoint=tmp_path / "run.pt")
+        return model
+
+    first, again = run(), run()
+    assert (first.beta, first.capacity) == pytest.approx(
+        (1.0, None) if annealing == "cyclical" else (4.0, 4.0))
+    assert (again.beta, again.capacity) == (first.beta, first.capacity)
+
+
 def test_load_refuses_a_model_not_built_by_build_model(tmp_path):
     enc = aetk.GaussianEncoder(in_features=4, latent_dim=2, hidden=(3,))
     model = aetk.VAE(enc, aetk.BernoulliDecoder(latent_dim=2, out_features=4, hidden=(3,)))

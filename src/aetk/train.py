@@ -807,7 +807,8 @@ def fit(
                     "shuffle_rng": shuffle_rng.get_state(),
                     "history": history,
                 }
-                _save_checkpoint(ckpt, {**checkpoint_state, "model": model.state_dict()})
+                _save_checkpoint(ckpt, {**checkpoint_state, "model": model.state_dict(),
+                                        "annealed": annealed_values(model)})
             if any(getattr(cb, "stop", False) for cb in callbacks):
                 stopped = True
                 break
@@ -816,7 +817,7 @@ def fit(
         if stopped and checkpoint_state:
             # final: the weights as returned (the best epoch's, after EarlyStopping)
             _save_checkpoint(ckpt, {**checkpoint_state, "model": model.state_dict(),
-                                    "stopped": True})
+                                    "annealed": annealed_values(model), "stopped": True})
     except (_PenaltiesBypassed, ValueError):
         # penalties: its first step went without them; bad data met in a Dataset's batch,
         # or a callback's refusal: the model as it was after the last finished epoch
@@ -994,6 +995,10 @@ def _restore(path: Path, model: Model, optimizers: dict, schedulers: dict,
     if len(state["history"]) > epochs:
         raise CheckpointMismatch(path, held=len(state["history"]), asked=epochs)
     model.load_state_dict(state["model"])
+    # beta and capacity are attributes, not weights: a resumed run that trains no further
+    # (finished, or stopped) would otherwise keep the build's (absent in older checkpoints)
+    for name, value in state.get("annealed", {}).items():
+        setattr(model, name, value)
     for k, opt in optimizers.items():
         opt.load_state_dict(state["optimizers"][k])
     for k, sched in schedulers.items():
