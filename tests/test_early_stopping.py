@@ -47,6 +47,13 @@ class _Recorder:
         self.states[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
 
 
+class _Score:
+    """A history column whose best (smallest) epoch is the second."""
+
+    def on_epoch_end(self, model, epoch, row) -> None:
+        row["score"] = abs(epoch - 2)
+
+
 @pytest.mark.parametrize("restore_best", [True, False])
 def test_fit_stops_early_and_restores_the_best_epoch(restore_best: bool) -> None:
     x, _ = digits("bernoulli", 300)
@@ -90,6 +97,40 @@ def test_a_stopped_checkpoint_is_final(tmp_path) -> None:
     assert len(first) < 200 and second.equals(first) and not recorder.states
     for k, v in again.state_dict().items():
         assert torch.equal(v, weights[k]), k
+
+
+def test_a_finished_checkpoint_resumes_with_the_best_weights_it_returned(tmp_path) -> None:
+    """A run that EarlyStopping did not stop still returns its best epoch's weights; the
+    same call again, resumed from its finished checkpoint, returned the last epoch's.
+    Asked for more epochs, the run goes on from the last epoch, as it would have."""
+    x, _ = digits("bernoulli", 300)
+    kwargs = {"batch_size": 64, "lr": 0.05, "progress": False,
+              "checkpoint": tmp_path / "run.pt"}
+
+    def run(epochs: int, recorder: _Recorder | None = None):
+        torch.manual_seed(0)
+        model = aetk.build_model("vae", "bernoulli", in_features=64, latent_dim=2,
+                                 hidden=(32,))
+        stopper = aetk.EarlyStopping(patience=100, monitor="score")
+        aetk.fit(model, x[:250], x[250:], epochs=epochs, **kwargs,
+                 callbacks=(_Score(), stopper, *([recorder] if recorder else [])))
+        return model, stopper
+
+    recorder = _Recorder()
+    first, stopper = run(6, recorder)
+    assert stopper.best_epoch == 2
+    for k, v in first.state_dict().items():
+        assert torch.equal(v, recorder.states[stopper.best_epoch][k]), k
+    again, _ = run(6)
+    for k, v in again.state_dict().items():
+        assert torch.equal(v, recorder.states[stopper.best_epoch][k]), k
+    more = _Recorder()
+    run(7, more)
+    uninterrupted = _Recorder()
+    kwargs["checkpoint"] = tmp_path / "other.pt"
+    run(7, uninterrupted)
+    for k, v in more.states[7].items():
+        assert torch.equal(v, uninterrupted.states[7][k]), k
 
 
 def test_one_instance_serves_several_fits() -> None:

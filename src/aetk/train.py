@@ -233,8 +233,10 @@ class EarlyStopping:
     not fallen by more than `min_delta` for `patience` epochs, and put back the weights of
     its best epoch at the end (`restore_best`). `best_epoch` and `best` say which.
 
-    With a checkpoint, a run it stopped is final (resuming returns it as it ended); the
-    best weights are kept in memory, so after an interrupted run resumes, the count starts
+    With a checkpoint, a run it stopped is final (resuming returns it as it ended), and a
+    run that reached its last epoch, resumed, returns the best epoch's weights it returned
+    (asked for more epochs, it goes on from the last epoch's); the best weights are kept
+    in memory, so after an interrupted run resumes, the count starts
     again from the resumed epoch.
     """
 
@@ -818,6 +820,14 @@ def fit(
             # final: the weights as returned (the best epoch's, after EarlyStopping)
             _save_checkpoint(ckpt, {**checkpoint_state, "model": model.state_dict(),
                                     "annealed": annealed_values(model), "stopped": True})
+        elif checkpoint_state and len(history) == epochs and _changed(model, good):
+            # a finished run whose weights a callback replaced at its end (EarlyStopping's
+            # best epoch): resuming it trains nothing and returns these; more epochs go on
+            # from the last epoch's, kept as "model"
+            _save_checkpoint(ckpt, {**checkpoint_state, "model": good.state,
+                                    "annealed": good.annealed_values,
+                                    "returned": model.state_dict(),
+                                    "returned_annealed": annealed_values(model)})
     except (_PenaltiesBypassed, ValueError):
         # penalties: its first step went without them; bad data met in a Dataset's batch,
         # or a callback's refusal: the model as it was after the last finished epoch
@@ -847,6 +857,13 @@ def _step_schedulers(schedulers: dict[str, Scheduler], row: dict[str, float]) ->
             s.step()
 
 
+def _changed(model: Model, kept: _Kept) -> bool:
+    """Whether the model's weights differ from those kept after its last epoch."""
+    state = model.state_dict()
+    return state.keys() != kept.state.keys() or any(
+        not torch.equal(v, kept.state[k]) for k, v in state.items())
+
+
 def _snapshot(model: Model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -858,6 +875,7 @@ class _Kept:
     def __init__(self, model: Model) -> None:
         self.state = _snapshot(model)
         self.annealed = {k: getattr(model, k) for k in ("beta", "capacity") if hasattr(model, k)}
+        self.annealed_values = annealed_values(model)  # as checkpoints store them
 
     def put_back(self, model: Model) -> None:
         model.load_state_dict(self.state)
@@ -994,10 +1012,11 @@ def _restore(path: Path, model: Model, optimizers: dict, schedulers: dict,
             for k in {**old, **fingerprint} if old.get(k) != fingerprint.get(k)})
     if len(state["history"]) > epochs:
         raise CheckpointMismatch(path, held=len(state["history"]), asked=epochs)
-    model.load_state_dict(state["model"])
+    finished = len(state["history"]) == epochs and "returned" in state
+    model.load_state_dict(state["returned" if finished else "model"])
     # beta and capacity are attributes, not weights: a resumed run that trains no further
     # (finished, or stopped) would otherwise keep the build's (absent in older checkpoints)
-    for name, value in state.get("annealed", {}).items():
+    for name, value in state.get("returned_annealed" if finished else "annealed", {}).items():
         setattr(model, name, value)
     for k, opt in optimizers.items():
         opt.load_state_dict(state["optimizers"][k])
