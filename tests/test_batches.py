@@ -101,6 +101,25 @@ def test_fit_trains_on_locality_batches_and_resumes_exactly(tmp_path) -> None:
                                   again.drop(columns="seconds"))
 
 
+def test_a_checkpoint_of_other_locality_settings_is_refused(tmp_path) -> None:
+    """4 primaries with 4 neighbours each and 5 with 3 make batches of 20 alike, and the
+    neighbourhoods' size is in neither: the fingerprint must hold all the settings."""
+    x, _ = digits("gaussian_learned", n=200)
+    model = aetk.build_model("vae", "gaussian_learned", in_features=64, hidden=(8,))
+
+    def run(epochs, **kw):
+        sampler = aetk.LocalityBatches(x, **kw)
+        return aetk.fit(model, x, epochs=epochs, batch_size=32, progress=False,
+                        batch_sampler=sampler, checkpoint=tmp_path / "ckpt.pt")
+
+    run(1, n_primary=4, n_secondary=4, k_neighbors=10)
+    for other in ({"n_primary": 5, "n_secondary": 3, "k_neighbors": 10},
+                  {"n_primary": 4, "n_secondary": 4, "k_neighbors": 50}):
+        with pytest.raises(aetk.CheckpointMismatch, match="batch_sampler"):
+            run(2, **other)
+    assert len(run(2, n_primary=4, n_secondary=4, k_neighbors=10)) == 2
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"n_primary": 0, "n_secondary": 1, "k_neighbors": 3}, "n_primary must be in"),
     ({"n_primary": 2, "n_secondary": 4, "k_neighbors": 3}, "n_secondary must be in"),

@@ -45,12 +45,17 @@ class LocalityBatches:
                           else int(batches_per_epoch))
         if self.n_batches < 1:
             raise ValueError(f"batches_per_epoch must be positive, got {batches_per_epoch}")
-        self.n = n
+        self.n, self.k_neighbors = n, int(k_neighbors)
         _, neighbours = NearestNeighbors(n_neighbors=k_neighbors).fit(data).kneighbors(data)
         self.neighbours = torch.as_tensor(neighbours)  # (N, k), each row's own index among them
 
     def __len__(self) -> int:
         return self.n_batches
+
+    def __repr__(self) -> str:
+        """Its settings: what a checkpoint's fingerprint records of it."""
+        return (f"LocalityBatches(n_primary={self.n_primary}, n_secondary={self.n_secondary}, "
+                f"k_neighbors={self.k_neighbors}, batches_per_epoch={self.n_batches})")
 
     def __call__(self, generator: torch.Generator) -> Iterator[torch.Tensor]:
         k = self.neighbours.shape[1]

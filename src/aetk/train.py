@@ -34,6 +34,7 @@ from torch.utils.data import (
 from tqdm.auto import tqdm
 
 from . import validate
+from .batches import LocalityBatches
 from .data import array_digest, named_spec
 from .decoders import LOG_SIGMA_RANGE, GaussianDecoder, LearnedGaussianDecoder
 from .devices import resolve_device
@@ -739,8 +740,12 @@ def fit(
     fingerprint = _fingerprint(model, n_train, batch_size, lr, seed)
     # only when set (also lr_schedule below), so that earlier checkpoints keep theirs
     if batch_sampler is not None:
-        fingerprint["batch_sampler"] = (f"{type(batch_sampler).__name__}, {len(batches)} "
-                                        f"batches of {getattr(batch_sampler, 'batch_size', '?')}")
+        # LocalityBatches with all its settings: 4 primaries with 4 neighbours each and 5
+        # with 3 make batches of 20 alike, and the neighbourhoods' size k is in neither
+        fingerprint["batch_sampler"] = (
+            repr(batch_sampler) if isinstance(batch_sampler, LocalityBatches)
+            else f"{type(batch_sampler).__name__}, {len(batches)} batches of "
+                 f"{getattr(batch_sampler, 'batch_size', '?')}")
     if batches.targets is not None:
         fingerprint["paired"] = True
     if schedulers:  # only when set, so that checkpoints without one keep their fingerprint
