@@ -233,6 +233,7 @@ def test_resume_with_conditions_equals_an_uninterrupted_run(tmp_path):
     (10, "short_c", "train conditions have 100 rows for 200 data points"),
     (10, "wide_c", "train conditions have shape \\(200, 11\\), but the model takes 10"),
     (10, "nan_c", "train conditions data has 1 NaN"),
+    (10, "none_c", "the pair \\(x, c\\) has no conditions c \\(None\\)"),
     (10, "dataset_of_x", "a conditional model needs a Dataset of \\(x, c\\) items"),
 ])
 def test_bad_conditional_data_is_refused_before_training(model_k, data, match):
@@ -241,7 +242,7 @@ def test_bad_conditional_data_is_refused_before_training(model_k, data, match):
     bad_c = c.clone()
     bad_c[3, 4] = float("nan")
     train = {"x": x, "pairs": (x, c), "short_c": (x, c[:100]),
-             "wide_c": (x, torch.cat([c, c[:, :1]], 1)), "nan_c": (x, bad_c),
+             "wide_c": (x, torch.cat([c, c[:, :1]], 1)), "nan_c": (x, bad_c), "none_c": (x, None),
              "dataset_of_x": torch.utils.data.Subset(x, range(200))}[data]
     model = _build(k=model_k)
     before = [p.clone() for p in model.parameters()]

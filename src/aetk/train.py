@@ -357,6 +357,9 @@ def _split_conditions(data: Data, conditional: bool) -> tuple[Any, Any]:
                              "give this model the data alone")
         if len(data) != 2:
             raise ValueError(f"give conditional data as a pair (x, c), got {len(data)} items")
+        if data[1] is None:
+            raise ValueError("this model is conditional: the pair (x, c) has no conditions "
+                             "c (None); give c (rows, n_conditions)")
         return data
     if isinstance(data, TensorDataset):
         if conditional and len(data.tensors) < 2:
