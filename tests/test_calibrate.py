@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from sklearn.datasets import load_digits
 from torch import nn
 
 import aetk
@@ -222,3 +223,30 @@ def test_the_seed_reaches_k_means() -> None:
         np.testing.assert_allclose(centres.numpy(), ref, rtol=0, atol=1e-12)
         found.append(centres)
     assert any(not torch.allclose(found[0], c) for c in found[1:])
+
+
+def test_a_conditional_model_calibrates_with_its_conditions() -> None:
+    """Each code is decoded under its own point's conditions, given as `conditions` or by
+    a `model.given` around the call (which raised: all N rows' conditions met the mean
+    check's first two codes); the copy keeps none of them, as a model outside `given`."""
+    x, _ = digits("gaussian", n=120)
+    c = torch.nn.functional.one_hot(torch.as_tensor(load_digits().target[:120]), 10).float()
+    model = aetk.build_model("vae", "gaussian", in_features=64, latent_dim=2, hidden=(16,),
+                             n_conditions=10).eval()
+    with pytest.raises(ValueError, match="give conditions=c"):
+        calibrate_variance(model, x, n_centres=4, epochs=1)
+    with pytest.raises(ValueError, match="takes no conditions"):
+        calibrate_variance(aetk.build_model("vae", "gaussian", in_features=64, hidden=(8,)),
+                           x, n_centres=4, epochs=1, conditions=c)
+    cal = calibrate_variance(model, x, n_centres=8, epochs=3, conditions=c)
+    with model.given(c):
+        around = calibrate_variance(model, x, n_centres=8, epochs=3)
+    torch.testing.assert_close(cal.decoder.log_weight, around.decoder.log_weight)
+    # the fit saw each point's conditions: a shuffled pairing fits another precision
+    shuffled = calibrate_variance(model, x, n_centres=8, epochs=3, conditions=c.roll(1, 0))
+    assert not torch.allclose(cal.decoder.log_weight, shuffled.decoder.log_weight)
+    z = torch.zeros(3, 2)
+    with pytest.raises(RuntimeError, match="given"):
+        around.decode(z)
+    with model.given(c[:3]), around.given(c[:3]), torch.no_grad():
+        torch.testing.assert_close(around.decode(z).mean, model.decode(z).mean)

@@ -14,8 +14,11 @@ import torch
 from torch import distributions as D
 from tqdm.auto import tqdm
 
+from .. import validate
 from ..decoders import RBFVarianceDecoder
 from ..models.base import Model
+from ..nets import Conditioned
+from ..validate import as_tensor
 from .metrics import _base
 
 
@@ -41,18 +44,40 @@ def rbf_centres(codes: torch.Tensor, n_centres: int, bandwidth_scale: float = 1.
 def calibrate_variance(model: Model, x: torch.Tensor, *, n_centres: int = 64,
                        bandwidth_scale: float = 1.0, zeta: float = 1e-2, epochs: int = 100,
                        batch_size: int = 256, lr: float = 0.05, seed: int = 0,
-                       progress: bool = False) -> Model:
+                       progress: bool = False, conditions: torch.Tensor | None = None
+                       ) -> Model:
     """A copy of the trained `model` whose Gaussian decoder keeps its mean and takes an RBF
     precision fitted to `x`: maximum likelihood at codes drawn from q(z|x), `epochs` passes
     of Adam on `log W`, started where the RBF precision equals the decoder's own precision
     averaged over the codes. The original is untouched. The copy is not rebuilt by
-    `aetk.load` (it was not made by `build_model`): save its `state_dict` with torch."""
+    `aetk.load` (it was not made by `build_model`): save its `state_dict` with torch.
+    A conditional model takes the `conditions (N, k)` of `x` (one row for all), or those
+    of a `model.given` around the call; its copy, like the model, takes conditions from
+    `given` (the RBF precision is one for all conditions)."""
     param = next(model.parameters())
     device = param.device
     x = torch.as_tensor(x, dtype=param.dtype, device=device)
     calibrated = copy.deepcopy(model).eval()
-    with torch.no_grad():
+    # the conditions of a model.given around the call, taken out of the copy's networks,
+    # where they would stay for good
+    conditioned = [m for m in calibrated.modules() if isinstance(m, Conditioned)]
+    around = next((m.conditions for m in conditioned if m.conditions is not None), None)
+    for module in conditioned:
+        module.conditions = None
+    c = None
+    if calibrated.n_conditions:
+        if conditions is None and around is None:
+            raise ValueError("this model is conditional: give conditions=c, the conditions "
+                             f"(rows, {calibrated.n_conditions}) of x")
+        c = as_tensor(around if conditions is None else conditions, param.dtype).to(device)
+        c = c[None] if c.dim() == 1 else c
+        c = c.expand(len(x), -1) if len(c) == 1 else c  # one row for all
+        validate.check_conditions(c, calibrated.n_conditions, "conditions", len(x))
+    elif conditions is not None:
+        raise ValueError(f"this {type(model).__name__} takes no conditions")
+    with torch.no_grad(), calibrated.given(c):
         q = calibrated.encode(x)
+    with torch.no_grad(), calibrated.given(None if c is None else c[:2]):
         p = calibrated.decode(q.mean[:2] if isinstance(q, D.Distribution) else q[:2])
     if not isinstance(p, D.Distribution) or not isinstance(_base(p), D.Normal):
         raise ValueError("calibrate_variance refits a Gaussian decoder's variance; for "
@@ -64,7 +89,7 @@ def calibrate_variance(model: Model, x: torch.Tensor, *, n_centres: int = 64,
     scale = q.stddev if isinstance(q, D.Distribution) else torch.zeros_like(codes)
     centres, bandwidths = rbf_centres(codes, n_centres, bandwidth_scale, seed)
     rbf = RBFVarianceDecoder(calibrated.decoder, centres, bandwidths, x[0].numel(), zeta)
-    with torch.no_grad():
+    with torch.no_grad(), calibrated.given(c):
         own = calibrated.decoder(codes).stddev.flatten(1).pow(-2).mean(0)  # (D,)
         reach = rbf.basis(codes).sum(1).mean()  # how much of W a typical code sees
         rbf.log_weight.copy_((own / reach).log().expand_as(rbf.log_weight))
@@ -78,7 +103,8 @@ def calibrate_variance(model: Model, x: torch.Tensor, *, n_centres: int = 64,
         for idx in torch.randperm(len(x), generator=gen).to(device).split(batch_size):
             noise = torch.randn(len(idx), codes.shape[1], generator=gen, dtype=codes.dtype)
             z = codes[idx] + scale[idx] * noise.to(device)
-            loss = -calibrated.decoder(z).log_prob(x[idx]).mean()
+            with calibrated.given(None if c is None else c[idx]):
+                loss = -calibrated.decoder(z).log_prob(x[idx]).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
