@@ -833,9 +833,8 @@ def fit(
             # best epoch): resuming it trains nothing and returns these; more epochs go on
             # from the last epoch's, kept as "model"
             _save_checkpoint(ckpt, {**checkpoint_state, "model": good.state,
-                                    "annealed": good.annealed_values,
-                                    "returned": model.state_dict(),
-                                    "returned_annealed": annealed_values(model)})
+                                    "annealed": annealed_values(model),
+                                    "returned": model.state_dict()})
     except (_PenaltiesBypassed, ValueError):
         # penalties: its first step went without them; bad data met in a Dataset's batch,
         # or a callback's refusal: the model as it was after the last finished epoch
@@ -883,7 +882,6 @@ class _Kept:
     def __init__(self, model: Model) -> None:
         self.state = _snapshot(model)
         self.annealed = {k: getattr(model, k) for k in ("beta", "capacity") if hasattr(model, k)}
-        self.annealed_values = annealed_values(model)  # as checkpoints store them
 
     def put_back(self, model: Model) -> None:
         model.load_state_dict(self.state)
@@ -1024,7 +1022,7 @@ def _restore(path: Path, model: Model, optimizers: dict, schedulers: dict,
     model.load_state_dict(state["returned" if finished else "model"])
     # beta and capacity are attributes, not weights: a resumed run that trains no further
     # (finished, or stopped) would otherwise keep the build's (absent in older checkpoints)
-    for name, value in state.get("returned_annealed" if finished else "annealed", {}).items():
+    for name, value in state.get("annealed", {}).items():
         setattr(model, name, value)
     for k, opt in optimizers.items():
         opt.load_state_dict(state["optimizers"][k])
