@@ -126,6 +126,12 @@ def test_a_checkpoint_of_other_locality_settings_is_refused(tmp_path) -> None:
     ({"n_primary": 2, "n_secondary": 1, "k_neighbors": 11}, "k_neighbors must be in"),
     ({"n_primary": 2, "n_secondary": 1, "k_neighbors": 3, "batches_per_epoch": 0},
      "batches_per_epoch must be positive"),
+    # fractions were truncated without a word (2.5 primaries made 2)
+    ({"n_primary": 2.5, "n_secondary": 1, "k_neighbors": 3}, "n_primary must be an integer"),
+    ({"n_primary": 2, "n_secondary": 1.5, "k_neighbors": 3}, "n_secondary must be an integer"),
+    ({"n_primary": 2, "n_secondary": 1, "k_neighbors": 3.7}, "k_neighbors must be an integer"),
+    ({"n_primary": 2, "n_secondary": 1, "k_neighbors": 3, "batches_per_epoch": 2.5},
+     "batches_per_epoch must be an integer"),
 ])
 def test_bad_locality_settings_are_refused(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):

@@ -365,6 +365,10 @@ def test_make_penalty_from_specs():
     with pytest.raises(ValueError, match=r"penalty 'entropy' takes the options \['weight'\], "
                                          r"got \['sigma'\]"):
         make_penalty({"name": "entropy", "sigma": 1})
+    # a known option of the wrong type is that, not an unknown option
+    with pytest.raises(ValueError, match=r"penalty 'latent_l2': bad option values "
+                                         r"\{'weight': '1'\}"):
+        make_penalty({"name": "latent_l2", "weight": "1"})
 
 
 def test_decoder_jacobian_averages_its_projections_draw_by_draw():

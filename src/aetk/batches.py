@@ -32,6 +32,12 @@ class LocalityBatches:
 
         data = np.asarray(torch.as_tensor(x).detach().cpu().reshape(len(x), -1), np.float64)
         n = len(data)
+        for name, value in (("n_primary", n_primary), ("n_secondary", n_secondary),
+                            ("k_neighbors", k_neighbors), ("batches_per_epoch",
+                                                          batches_per_epoch)):
+            if value is not None and (isinstance(value, bool) or int(value) != value):
+                # 2.5 was truncated to 2 without a word
+                raise ValueError(f"{name} must be an integer, got {value!r}")
         if not 1 <= n_primary <= n:
             raise ValueError(f"n_primary must be in [1, {n}] (the data's rows), got {n_primary}")
         if not 1 <= k_neighbors <= n:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.metadata as md
+import inspect
 import json
 import pickle
 import warnings
@@ -574,11 +575,16 @@ def build_named(spec: str | dict[str, Any], registry: dict[str, Callable[..., An
     name, options = named_spec(spec)
     if name not in registry:
         raise ValueError(f"unknown {what} {name!r}; choose one of {', '.join(registry)}")
+    factory = registry[name]
     try:
-        return registry[name](**options)
+        inspect.signature(factory).bind(**options)
     except TypeError:
         raise ValueError(f"{what} {name!r} takes the options {allowed(name)}, got "
                          f"{list(options)}") from None
+    try:
+        return factory(**options)
+    except TypeError as err:  # a value of the wrong type, e.g. weight="1" compared with 0
+        raise ValueError(f"{what} {name!r}: bad option values {options} ({err})") from None
 
 
 def make_transform(spec: str | dict[str, Any]) -> Transform:
