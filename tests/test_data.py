@@ -236,6 +236,12 @@ def test_reader_errors(tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", X)
     with pytest.raises(ValueError, match="5 labels for 40 samples"):
         data.read_file(tmp_path / "x.npy", labels=str(tmp_path / "y.npy"))
+    np.save(tmp_path / "onehot.npy", np.eye(2)[np.arange(40) % 2])
+    with pytest.raises(ValueError, match=r"one value per sample \(1-D\), got shape \(40, 2\)"):
+        data.read_file(tmp_path / "x.npy", labels=str(tmp_path / "onehot.npy"))
+    np.save(tmp_path / "column.npy", Y[:, None])  # a column of labels is one per sample
+    assert len(data.read_file(tmp_path / "x.npy", labels=str(tmp_path / "column.npy")).labels) \
+        == 40
     # not numpy's "allow_pickle=True" advice, which would run code from the file
     (tmp_path / "junk.npy").write_bytes(b"not an array")
     objects = np.array([{"a": 1}, None])

@@ -90,7 +90,12 @@ def encode_labels(values: Any) -> tuple[np.ndarray, str, list[str] | None]:
 def _with_labels(data: RawData, values: Any | None) -> RawData:
     if values is None:
         return data
-    values = np.asarray(values).reshape(-1)
+    values = np.asarray(values)
+    if values.ndim > 1 and values.shape[1:] != (1,) * (values.ndim - 1):
+        # one-hot or score rows: "20 labels for 10 samples" would not say what is wrong
+        raise ValueError(f"{data.source}: labels must be one value per sample (1-D), got "
+                         f"shape {values.shape}; one-hot rows: give argmax(axis=1)")
+    values = values.reshape(-1)
     if len(values) != len(data.x):
         raise ValueError(f"{len(values)} labels for {len(data.x)} samples")
     try:
