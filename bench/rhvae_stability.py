@@ -4,7 +4,8 @@ Latent 2, 64 centroids, defaults otherwise (K=3, eps=1e-3, beta0=0.3, T=0.8, lam
 784-400-400 MLPs, 4500 training and 500 validation images (a seeded random split), batch
 128, Adam lr 1e-3.
 Data per likelihood: x/255 for bernoulli and the Gaussians, counts floor(x/16) in 0..15 for
-poisson and negative_binomial (raw 0..255 counts make even a plain VAE's encoder overflow),
+poisson, negative_binomial and multinomial (raw 0..255 counts make even a plain VAE's encoder
+overflow),
 4 intensity classes for categorical. Prints the final train
 and validation losses (and the first validation loss) of each run, whether every epoch's
 loss was finite, and (RHVAE) the largest eigenvalue of the frozen M_i, which the soft bound
@@ -25,7 +26,7 @@ from common import add_device, mnist_5k, split_5k
 
 
 def data_for(likelihood: str, pixels: np.ndarray) -> tuple[torch.Tensor, dict]:
-    if likelihood in ("poisson", "negative_binomial"):
+    if likelihood in ("poisson", "negative_binomial", "multinomial"):
         return torch.from_numpy(np.floor(pixels / 16.0)), {}
     if likelihood == "categorical":
         return torch.from_numpy(np.floor(pixels / 64.0)), {"n_classes": 4}
