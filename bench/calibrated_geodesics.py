@@ -35,7 +35,7 @@ def stray(points: torch.Tensor, codes: torch.Tensor, unit: float) -> tuple[float
 
 
 def main() -> None:
-    args, device = training_args(2)
+    args, device = training_args(2, pairs=50)
     pixels, labels = mnist_5k()
     train, val = split_5k(pixels / 255.0)
     val_y = split_5k(labels)[1]
@@ -51,8 +51,8 @@ def main() -> None:
     nn_dist.fill_diagonal_(float("inf"))
     unit = nn_dist.min(1).values.median().item()
     gen = torch.Generator().manual_seed(0)
-    i, j = torch.randint(len(val), (2, 400), generator=gen)
-    keep = (val_y[i] != val_y[j]).nonzero().squeeze(1)[:50]
+    i, j = torch.randint(len(val), (2, 8 * args.pairs), generator=gen)
+    keep = (val_y[i] != val_y[j]).nonzero().squeeze(1)[:args.pairs]
     z0, z1 = z_val[i[keep]], z_val[j[keep]]
     start = time.perf_counter()
     calibrated = calibrate_variance(model, train, n_centres=64)

@@ -23,18 +23,22 @@ def split_5k(x: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor
     return x[:4500], x[4500:]
 
 
-def training_args(threads: int = 2) -> tuple[argparse.Namespace, torch.device]:
+def training_args(threads: int = 2, **options: int) -> tuple[argparse.Namespace, torch.device]:
     """`--epochs` (default 30), `--threads` and `--device` of the model-quality benchmarks,
+    and a script's own integer `options` (name=default: `pairs=50` is `--pairs`, default 50),
     applied, with the header line printed."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--threads", type=int, default=threads)
+    for name, default in options.items():
+        ap.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
     add_device(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-          f"{args.epochs} epochs")
+          f"{args.epochs} epochs" + "".join(f", {name.replace('_', ' ')} {getattr(args, name)}"
+                                            for name in options))
     return args, device
 
 
