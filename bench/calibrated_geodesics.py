@@ -13,6 +13,7 @@ farthest point from its nearest training code (median over curves), and the frac
 curve points more than 3 units from every code (the straight lines' for reference).
 
 Usage: python bench/calibrated_geodesics.py [--epochs 30] [--pairs 50] [--threads 2]
+       [--device cpu]
 """
 
 import time
@@ -61,7 +62,8 @@ def main() -> None:
     print("| decoder variance | L / L_line | converged | farthest point from the data "
           "(median over curves) | points beyond 3 units |")
     print("|---|---|---|---|---|")
-    line = torch.lerp(z0[:, None], z1[:, None], torch.linspace(0, 1, 50)[None, :, None])
+    t = torch.linspace(0, 1, 50, device=z0.device)  # the codes are on --device
+    line = torch.lerp(z0[:, None], z1[:, None], t[None, :, None])
     far, beyond = stray(line, codes, unit)
     print(f"| (straight lines) | 1 | - | {far:.1f} | {beyond:.1%} |")
     for name, m in (("as trained", model), ("calibrated (RBF)", calibrated)):
