@@ -80,6 +80,15 @@ def main() -> None:
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
           f"data {tuple(data.shape)}, batch {BATCH}, loadavg {os.getloadavg()[0]:.2f}")
 
+    # untimed warm-up of both on a few batches: the first epoch of a process (thread pool,
+    # allocator, kernels) was slower, and it fell on the bare loop, which runs first
+    warm = data[:4 * BATCH]
+    bare = BareVAE().to(device)
+    bare_epoch(bare, warm, seed=0)
+    aetk.fit(aetk.build_model("vae", "bernoulli", in_features=784, latent_dim=LATENT,
+                              hidden=HIDDEN), warm, epochs=1, batch_size=BATCH, device=device,
+             progress=False)
+
     times: dict[str, list[float]] = {"bare": [], "aetk": []}
     for r in range(args.rounds):
         bare = BareVAE().to(device)
