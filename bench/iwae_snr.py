@@ -73,7 +73,8 @@ def main() -> None:
                            hidden=(256, 256))
     aetk.fit(vae, train, epochs=args.epochs, batch_size=128, progress=False, device=device)
     x = val[:64].to(device)
-    print(f"torch {torch.__version__}, device {device}, VAE trained {args.epochs} epochs, "
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+          f"VAE trained {args.epochs} epochs, "
           f"{args.repeats} gradient estimates on 64 validation images")
     print("| objective | encoder SNR | decoder SNR |")
     print("|---|---|---|")

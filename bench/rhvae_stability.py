@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 import aetk
+from aetk.devices import resolve_device
 
 from common import add_device, mnist_5k, split_5k
 
@@ -43,9 +44,10 @@ def main() -> None:
     add_device(ap, default="auto")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     pixels = mnist_5k()[0].numpy()
-    print(f"{args.model}, {args.epochs} epochs, latent 2, 64 centroids, threads "
-          f"{torch.get_num_threads()}")
+    print(f"torch {torch.__version__}, device {device}, threads "
+          f"{torch.get_num_threads()}; {args.model}, {args.epochs} epochs, latent 2, 64 centroids")
     print("| likelihood | first val loss | final train loss | final val loss | all finite "
           "| s/epoch | max eig M_i |")
     print("|---|---|---|---|---|---|---|")
@@ -57,7 +59,7 @@ def main() -> None:
                                  **opts, **extra)
         t0 = time.perf_counter()
         hist = aetk.fit(model, *split_5k(x), epochs=args.epochs, batch_size=128,
-                        progress=False, device=args.device)
+                        progress=False, device=device)
         seconds = (time.perf_counter() - t0) / args.epochs
         finite = bool(np.isfinite(hist[["train_loss", "val_loss"]].to_numpy()).all())
         m_eig = (torch.linalg.eigvalsh(model.centroid_M).max().item()
