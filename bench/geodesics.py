@@ -26,8 +26,8 @@ decoder for the pull-back).
 With `--device cuda` training, encoding and the geodesics run on the GPU (stochman's
 comparison only runs on the CPU).
 
-Usage: python bench/geodesics.py [--pairs 1000] [--log-pairs 100] [--epochs 5] [--threads 1]
-       [--curvature-grid 64] [--device cpu]
+Usage: python bench/geodesics.py [--pairs 1000] [--points 50] [--log-pairs 100] [--epochs 5]
+       [--threads 1] [--stochman-pairs 50] [--curvature-grid 64] [--seed 0] [--device cpu]
 """
 
 import argparse

@@ -18,7 +18,7 @@ which fits from both starts and keeps each pair's shorter result.
 
 Usage: python bench/graph_geodesics.py [--data digits] [--model rhvae] [--activation relu]
        [--epochs 20] [--pairs 100]
-       [--points 32] [--neighbours 10] [--max-nodes 4000] [--threads 1]
+       [--points 32] [--neighbours 10] [--max-nodes 4000] [--threads 1] [--seed 0]
 """
 
 import argparse

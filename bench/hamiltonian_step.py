@@ -5,7 +5,8 @@ iterations, 256 centroids, on the bundled MNIST 5k (x/255). Steps of the three m
 interleaved so that machine noise hits them alike; prints min and median per step and the
 ratio of the minimum to the VAE's. Target: RHVAE at most 12x VAE at latent 2.
 
-Usage: python bench/hamiltonian_step.py [--threads 2] [--reps 15] [--dims 2,10] [--device cpu]
+Usage: python bench/hamiltonian_step.py [--threads 2] [--reps 15] [--dims 2,10]
+       [--centroids 256] [--device cpu]
 """
 
 import argparse

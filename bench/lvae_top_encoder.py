@@ -12,7 +12,7 @@ The ELBO is minus the mean of 50 validation losses; log p(x) is `aetk.log_margin
 1,000 importance samples; kl_z1 is the validation mean of KL(q(z1|x, z2) || p(z1|z2)), 0
 where the z1 level went unused.
 
-Usage: python bench/lvae_top_encoder.py [--epochs 150] [--threads 2] [--device cpu]
+Usage: python bench/lvae_top_encoder.py [--epochs 30] [--threads 2] [--device cpu]
 """
 
 import numpy as np

@@ -12,6 +12,7 @@ loss was finite, and (RHVAE) the largest eigenvalue of the frozen M_i, which the
 on L caps.
 
 Usage: python bench/rhvae_stability.py [--epochs 20] [--model rhvae] [--threads 2] [--device auto]
+       [--likelihoods bernoulli,categorical,...] (default: every likelihood but mse)
 """
 
 import argparse
