@@ -523,6 +523,26 @@ def test_checkpoint_from_another_model_is_refused(tmp_path):
         _fit(_build("beta_vae"), train, epochs=2, checkpoint=ckpt)
 
 
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_checkpoint_that_cannot_be_written_is_an_oserror_keeping_the_last_one(tmp_path):
+    """A full disk (the temporary file leads to /dev/full): an OSError naming the
+    checkpoint (not torch's RuntimeError "unexpected pos ..."), no partial file left, and
+    the previous epoch's checkpoint intact."""
+    import errno
+
+    train, _ = _digits(n_train=256)
+    ckpt = tmp_path / "ckpt.pt"
+    _fit(_build(), train, epochs=1, checkpoint=ckpt)
+    tmp = ckpt.with_suffix(".pt.tmp")
+    tmp.symlink_to("/dev/full")
+    with pytest.raises(OSError, match=r"writing the training checkpoint; the previous one "
+                       r"is kept") as err:
+        _fit(_build(), train, epochs=2, checkpoint=ckpt)
+    assert (err.value.errno, err.value.filename) == (errno.ENOSPC, str(ckpt))
+    assert not tmp.is_symlink() and not tmp.exists()
+    assert [row["epoch"] for row in torch.load(ckpt, weights_only=True)["history"]] == [1]
+
 # divergence --------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import io
 import math
 import numbers
 import os
@@ -620,10 +621,25 @@ def _digest(*batches: _Batches | None) -> str:
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically: an interruption mid-write leaves the previous checkpoint intact."""
+    """Write atomically: an interruption mid-write leaves the previous checkpoint intact.
+
+    Serialised in memory and written by Python: torch's own file writer turns a full disk
+    or a read-only folder into a RuntimeError ("unexpected pos 33792 vs 33680") and leaves
+    the partial file behind. Here that is an `OSError` naming the checkpoint (the `aetk`
+    command's one-line error), and the partial file is removed."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        kept = "the previous one is kept" if path.exists() else "none was written"
+        raise OSError(err.errno, f"{err.strerror or err} (writing the training checkpoint; "
+                                 f"{kept})", str(path)) from err
 
 
 def _rng_state() -> dict[str, Any]:
