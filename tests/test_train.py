@@ -344,6 +344,24 @@ def test_save_refuses_a_file_as_its_folder(tmp_path):
     assert target.read_text() == "mine"
 
 
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_weights_that_cannot_be_written_are_an_oserror_leaving_no_model(tmp_path):
+    """A full disk (the temporary file leads to /dev/full): an OSError naming weights.pt,
+    not torch's RuntimeError "unexpected pos ...", and no config.json beside a truncated
+    weights.pt that `aetk.load` would take for a saved model."""
+    import errno
+
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "weights.pt.tmp").symlink_to("/dev/full")
+    with pytest.raises(OSError, match=r"saving the model's weights") as err:
+        _build().save(out)
+    assert (err.value.errno, err.value.filename) == (errno.ENOSPC, str(out / "weights.pt"))
+    assert sorted(p.name for p in out.iterdir()) == []
+    with pytest.raises(FileNotFoundError, match="holds no saved aetk model"):
+        aetk.load(out)
+
 def test_load_of_weights_that_do_not_fit_the_description_is_a_value_error(tmp_path):
     aetk.build_model("ae", "bernoulli", in_features=4, hidden=(3,)).save(tmp_path / "ae")
     aetk.build_model("vae", "bernoulli", in_features=4, hidden=(3,)).save(tmp_path / "vae")
