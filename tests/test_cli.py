@@ -78,6 +78,27 @@ def test_claim_device_without_file_locks_takes_the_first_gpu(monkeypatch) -> Non
     assert cli.claim_device("auto") == "cuda:0"
 
 
+def test_claim_device_locks_free_gpus_in_turn(monkeypatch, tmp_path) -> None:
+    """Two GPUs: the first claim locks cuda:0, the next takes cuda:1, then both are busy
+    and cuda:0 is shared; a lock file another user made read-only still opens (for
+    reading: flock needs no more)."""
+    import types
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: types.SimpleNamespace(uuid=f"gpu{i}"))
+    monkeypatch.setattr(cli.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(cli, "_GPU_LOCKS", [])
+    (tmp_path / "aetk-gpu-gpu0.lock").touch(mode=0o444)
+    assert [cli.claim_device("auto") for _ in range(3)] == ["cuda:0", "cuda:1", "cuda:0"]
+    assert len(cli._GPU_LOCKS) == 2
+    for handle in cli._GPU_LOCKS:
+        handle.close()
+
+
 @pytest.mark.parametrize("variable", ["SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES",
                                       "ROCR_VISIBLE_DEVICES"])
 def test_claim_device_warns_of_a_gpu_that_torch_cannot_use(

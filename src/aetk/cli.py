@@ -108,7 +108,13 @@ def claim_device(device: str) -> str:
         return "cuda:0"
     for i in range(torch.cuda.device_count()):
         uuid = getattr(torch.cuda.get_device_properties(i), "uuid", i)
-        handle = open(Path(tempfile.gettempdir()) / f"aetk-gpu-{uuid}.lock", "w")  # noqa: SIM115
+        path = Path(tempfile.gettempdir()) / f"aetk-gpu-{uuid}.lock"
+        try:
+            # read-only: flock needs no write access, so another user's lock file (0644 in
+            # a shared /tmp) is no "Permission denied"
+            handle = os.fdopen(os.open(path, os.O_RDONLY | os.O_CREAT, 0o666))
+        except OSError:
+            continue
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
