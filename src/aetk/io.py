@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +12,7 @@ import torch
 from . import __version__, storage
 from .devices import resolve_device
 from .models.base import Model
-from .train import annealed_values
+from .train import annealed_values, save_atomic
 
 CONFIG, WEIGHTS, HISTORY = "config.json", "weights.pt", "history.tsv"
 
@@ -36,33 +33,15 @@ def save(model: Model, path: str | Path, history: pd.DataFrame | None = None) ->
     saved_before = (path / CONFIG).exists()  # a history.tsv of ours, not a user's own file
     config = {"aetk_version": __version__, "class": type(model).__name__,
               "build_spec": model.build_spec, "annealed": annealed_values(model)}
-    _write_weights({k: v.detach().cpu() for k, v in model.state_dict().items()},
-                   path / WEIGHTS)
+    # the weights first: a folder with config.json and truncated weights would pass for a model
+    save_atomic({k: v.detach().cpu() for k, v in model.state_dict().items()}, path / WEIGHTS,
+                "saving the model's weights")
     (path / CONFIG).write_text(json.dumps(config, indent=2))
     if history is None:
         if saved_before:
             (path / HISTORY).unlink(missing_ok=True)
     else:
         history.to_csv(path / HISTORY, sep="\t", index=False)
-
-
-def _write_weights(state: dict, path: Path) -> None:
-    """`torch.save` through Python's file I/O, into place once complete: torch's own writer
-    turns a full disk into a RuntimeError ("unexpected pos ...") and leaves a truncated
-    file, which a folder with its config.json would pass for a saved model. Here that is an
-    OSError naming the file, and no partial file is left."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(buffer.getbuffer())
-        os.replace(tmp, path)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise OSError(err.errno, f"{err.strerror or err} (saving the model's weights)",
-                      str(path)) from err
 
 
 def check_model_target(path: str | Path) -> Path:

@@ -620,16 +620,15 @@ def _digest(*batches: _Batches | None) -> str:
     return array_digest(*(t.detach().cpu().numpy() for t in tensors))
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically: an interruption mid-write leaves the previous checkpoint intact.
-
-    Serialised in memory and written by Python: torch's own file writer turns a full disk
-    or a read-only folder into a RuntimeError ("unexpected pos 33792 vs 33680") and leaves
-    the partial file behind. Here that is an `OSError` naming the checkpoint (the `aetk`
-    command's one-line error), and the partial file is removed."""
+def save_atomic(obj: Any, path: Path, doing: str) -> None:
+    """`torch.save(obj, path)` serialised in memory, written by Python and moved into place
+    once complete: an interruption leaves the previous file intact, and where torch's own
+    writer turns a full disk or a read-only folder into a RuntimeError ("unexpected pos
+    33792 vs 33680") and leaves a truncated file, this is an `OSError` naming the file and
+    what was `doing` (the `aetk` command's one-line error), and no partial file is left."""
     buffer = io.BytesIO()
-    torch.save(state, buffer)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, buffer)
+    tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(buffer.getbuffer())
@@ -637,9 +636,12 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     except OSError as err:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        kept = "the previous one is kept" if path.exists() else "none was written"
-        raise OSError(err.errno, f"{err.strerror or err} (writing the training checkpoint; "
-                                 f"{kept})", str(path)) from err
+        raise OSError(err.errno, f"{err.strerror or err} ({doing})", str(path)) from err
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    kept = "the previous one is kept" if path.exists() else "none was written"
+    save_atomic(state, path, f"writing the training checkpoint; {kept}")
 
 
 def _rng_state() -> dict[str, Any]:
