@@ -851,7 +851,7 @@ def test_build_model_rejects_unknown_names(args, kwargs, pattern):
         ("hvae", {"step_size": [0.1, 0.2, 0.3], "latent_dim": 2},
          r"step_size must be a scalar or 2 values"),
         ("hvae", {"n_leapfrog": 0}, r"n_leapfrog=0 needs beta0=1"),
-        ("rhvae", {"step_size": 0.0}, r"temperature, regularization and step_size must be"),
+        ("rhvae", {"step_size": 0.0}, r"step_size must be a positive finite number"),
         ("rhvae", {"n_leapfrog": 2.5}, r"n_leapfrog must be an integer, got 2.5"),
         ("rhvae", {"n_fixed_point": 1.5}, r"n_fixed_point must be an integer >= 1, got 1.5"),
     ],
