@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import warnings
 from pathlib import Path
@@ -93,6 +94,22 @@ def test_claim_device_locks_free_gpus_in_turn(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(cli.tempfile, "gettempdir", lambda: str(tmp_path))
     monkeypatch.setattr(cli, "_GPU_LOCKS", [])
     (tmp_path / "aetk-gpu-gpu0.lock").touch(mode=0o444)
+    # root opens a 0444 file for writing anyway: refuse write access as the file's mode
+    # would refuse another user, through both ways of opening it
+    real_open, real_os_open = open, os.open
+
+    def no_write(path, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wa+") and str(path).endswith("gpu0.lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    def no_write_os(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR) and str(path).endswith("gpu0.lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_os_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(cli, "open", no_write, raising=False)
+    monkeypatch.setattr(os, "open", no_write_os)
     assert [cli.claim_device("auto") for _ in range(3)] == ["cuda:0", "cuda:1", "cuda:0"]
     assert len(cli._GPU_LOCKS) == 2
     for handle in cli._GPU_LOCKS:
