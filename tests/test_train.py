@@ -769,11 +769,29 @@ def test_cyclical_beta_values_by_hand():
     two = aetk.CyclicalBeta(epochs=10, n_cycles=2, frac=0.5)  # period 5: tau 0 .2 .4 .6 .8
     assert [two.beta(e) for e in range(1, 11)] == pytest.approx([0, .4, .8, 1, 1] * 2)
     # period 10/3, ceil 4: tau = 0, .3, .6, .9, 0, ...; frac .5; beta_min .1, beta_max 2
-    three = aetk.CyclicalBeta(epochs=10, n_cycles=3, frac=0.5, beta_min=0.1, beta_max=2.0)
+    with pytest.warns(UserWarning, match="last epoch trains at beta=1.24, below the 2"):
+        three = aetk.CyclicalBeta(epochs=10, n_cycles=3, frac=0.5, beta_min=0.1,
+                                  beta_max=2.0)
     expected = [0.1, 0.1 + 1.9 * 0.6, 2, 2] * 2 + [0.1, 0.1 + 1.9 * 0.6]
     assert [three.beta(e) for e in range(1, 11)] == pytest.approx(expected)
     one = aetk.CyclicalBeta(epochs=4, n_cycles=1, frac=1.0)
     assert [one.beta(e) for e in range(1, 5)] == pytest.approx([0, 0.25, 0.5, 0.75])
+
+
+def test_cyclical_beta_warns_when_training_would_end_below_its_beta():
+    """Cycles of ceil(E/C) epochs: E=10, C=4 makes cycles of 3, and epoch 10 starts a
+    fourth at beta_min; C=E keeps beta at beta_min. A ramp over the whole cycle (frac=1)
+    that ends at its top, and whole cycles, do not warn."""
+    with pytest.warns(UserWarning, match=r"last epoch trains at beta=0, below the 1 reached "
+                                         r"before \(cycles of 3 epochs"):
+        short = aetk.CyclicalBeta(epochs=10, n_cycles=4)
+    assert short.beta(9) == 1 and short.beta(10) == 0
+    with pytest.warns(UserWarning, match="cycles of one epoch keep beta at beta_min=0"):
+        aetk.CyclicalBeta(epochs=4, n_cycles=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for epochs, n_cycles, frac in [(40, 4, 0.5), (4, 2, 0.5), (4, 1, 1.0), (7, 2, 0.5)]:
+            aetk.CyclicalBeta(epochs=epochs, n_cycles=n_cycles, frac=frac)
 
 
 def test_cyclical_beta_drives_the_model_beta_through_fit():

@@ -170,7 +170,9 @@ class CyclicalBeta:
     every epoch; models without one (a `beta` of another meaning, or a bound with no
     separate KL term) are refused. The validation loss then weighs the KL by each epoch's
     beta, so `EarlyStopping` or a plateau schedule watching it would keep the epochs of
-    smallest beta: watch another column, or none."""
+    smallest beta: watch another column, or none. Cycles are `ceil(epochs / n_cycles)`
+    epochs long (Fu et al.'s formula), so epochs not a multiple of `n_cycles` can cut the
+    last cycle short, ending training at a smaller beta than before: that warns."""
 
     def __init__(self, epochs: int, n_cycles: int = 4, frac: float = 0.5,
                  beta_min: float = 0.0, beta_max: float = 1.0) -> None:
@@ -182,6 +184,21 @@ class CyclicalBeta:
                              f"beta_min={beta_min}, beta_max={beta_max}")
         self.epochs, self.n_cycles, self.frac = epochs, n_cycles, frac
         self.beta_min, self.beta_max = beta_min, beta_max
+        # cycles of ceil(E/C) epochs can leave a short last one that ends while beta still
+        # rises (E=10, C=4: epoch 10 starts a cycle at beta_min), and cycles of one epoch
+        # never leave beta_min: the returned model would be trained with a smaller KL
+        # weight than the schedule reaches, which nothing else would reveal
+        betas = [self.beta(epoch) for epoch in range(1, epochs + 1)]
+        if max(betas) == beta_min < beta_max:
+            warnings.warn(f"CyclicalBeta(epochs={epochs}, n_cycles={n_cycles}): cycles of one "
+                          f"epoch keep beta at beta_min={beta_min:g} throughout; use fewer "
+                          f"cycles", UserWarning, stacklevel=2)
+        elif betas[-1] < max(betas):
+            warnings.warn(
+                f"CyclicalBeta(epochs={epochs}, n_cycles={n_cycles}, frac={frac}): the last "
+                f"epoch trains at beta={betas[-1]:.3g}, below the {max(betas):.3g} reached "
+                f"before (cycles of {math.ceil(epochs / n_cycles)} epochs cut the last one "
+                f"short); choose epochs a multiple of n_cycles", UserWarning, stacklevel=2)
 
     def beta(self, epoch: int) -> float:
         """beta for 1-based `epoch`."""
