@@ -1510,10 +1510,22 @@ def test_an_output_path_given_by_mistake_is_refused_before_any_work(
          f"aetk train: error: --history {model} is a folder: give the table's file name"),
         (["report", "run", "--data", str(data), "--latent", str(latent), "--out-dir",
           str(table)], f"aetk report run: error: --out-dir {table} is a file"),
+        # a path under a file cannot be created: refused before the work, not after it
+        ([*train, "--out", str(table / "m"), "--history", str(tmp_path / "new.tsv")],
+         f"aetk train: error: cannot write {table / 'm'}: {table} is a file, not a folder"),
+        ([*train, "--out", str(tmp_path / "new"), "--history", str(table / "x" / "h.tsv")],
+         f"aetk train: error: cannot write {table / 'x' / 'h.tsv'}: {table} is a file"),
+        (["encode", "--data", str(data), "--model", str(model), "--out",
+          str(table / "l.zarr")], f"aetk encode: error: cannot write {table / 'l.zarr'}: "
+         f"{table} is a file, not a folder"),
+        (["geodesics", "--model", str(model), "--latent", str(latent), "--out",
+          str(table / "g.zarr")], f"aetk geodesics: error: cannot write {table / 'g.zarr'}"),
     ]
     for argv, message in cases:
         assert cli.main(argv) == 1, argv
-        assert capsys.readouterr().err.startswith(message), argv
+        out, err = capsys.readouterr()
+        assert err.startswith(message), argv
+        assert "epoch" not in out, argv  # no training before the refusal
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
     # a store of the same kind is replaced, as before
     assert cli.main(["encode", "--data", str(data), "--model", str(model), "--n-examples",

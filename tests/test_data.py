@@ -604,6 +604,20 @@ def test_a_store_replaces_only_a_store_of_its_kind(tmp_path: Path) -> None:
     assert sorted(p.name for p in path.iterdir()) == ["a", "zarr.json"]
 
 
+def test_an_output_that_cannot_be_created_is_refused_up_front(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a file, or in a folder this user may not write in (root may write anywhere,
+    so the permission is faked): the nearest existing parent is named."""
+    (tmp_path / "f.tsv").write_text("a\n")
+    with pytest.raises(NotADirectoryError, match=f"{tmp_path / 'f.tsv'} is a file"):
+        storage.check_creatable(tmp_path / "f.tsv" / "x" / "y.zarr")
+    storage.check_creatable(tmp_path / "new" / "y.zarr")  # folders yet to make are fine
+    assert not (tmp_path / "new").exists()
+    monkeypatch.setattr(storage.os, "access", lambda path, mode: Path(path) != tmp_path)
+    with pytest.raises(PermissionError, match=f"no permission to write in {tmp_path}$"):
+        storage.check_creatable(tmp_path / "new" / "y.zarr")
+
+
 def test_a_store_behind_a_link_is_replaced_without_debris(tmp_path: Path) -> None:
     import xarray as xr
 

@@ -320,6 +320,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if Path(args.history).expanduser().is_dir():
         raise ValueError(f"--history {args.history} is a folder: give the table's file name "
                          "(.tsv)")
+    storage.check_creatable(args.history)
     torch.set_num_threads(args.threads)
     check_clip_grad_norm(args.clip_grad_norm, "--clip-grad-norm")  # before reading data
     penalties = [make_penalty(spec) for spec in args.penalty]

@@ -46,8 +46,10 @@ def save(model: Model, path: str | Path, history: pd.DataFrame | None = None) ->
 
 def check_model_target(path: str | Path) -> Path:
     """`path` (`~` expanded) as a folder to save a model in: `FileExistsError` for a file or
-    a zarr store (an output path given by mistake: saving would replace or litter it)."""
+    a zarr store (an output path given by mistake: saving would replace or litter it), and
+    a path that cannot be created (`storage.check_creatable`)."""
     path = Path(path).expanduser()
+    storage.check_creatable(path)
     if (path.exists() or path.is_symlink()) and (not path.is_dir()
                                                  or storage.is_zarr_store(path)):
         raise FileExistsError(f"{path} is {storage.what_is(path)}, not a folder for a model: "

@@ -296,12 +296,26 @@ def what_is(path: Path) -> str:
     return f"a store of kind {found!r}" if found else "a zarr store made by hand"
 
 
+def check_creatable(path: str | Path) -> None:
+    """Refuse an output `path` that cannot be written, before the work that fills it: its
+    nearest existing parent is a file (`NotADirectoryError`) or a folder this user may not
+    write in (`PermissionError`)."""
+    path = Path(path).expanduser().absolute()
+    parent = next(p for p in path.parents if p.exists())  # the root always exists
+    if not parent.is_dir():
+        raise NotADirectoryError(f"cannot write {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {path}: no permission to write in {parent}")
+
+
 def check_replaceable(path: str | Path, kind: str | None) -> None:
     """Refuse (`FileExistsError`) to write a store whose `store` attribute is `kind` (None:
     a store without one) over `path`, unless it is absent, an empty folder or a zarr store
     of the same kind: an output path given by mistake (an input store, a model, a data
     file) must not be deleted. A store made by hand (no kind, as `aetk preprocess` reads)
-    is replaced only by another without one."""
+    is replaced only by another without one. A path that cannot be created at all is
+    refused too (`check_creatable`)."""
+    check_creatable(path)
     path = Path(path)
     if not (path.exists() or path.is_symlink()):
         return
