@@ -210,6 +210,20 @@ def test_calibration_casts_the_data_and_checks_the_number_of_centres() -> None:
             calibrate_variance(model, x, n_centres=n, epochs=1)
 
 
+def test_centres_on_every_code_are_refused_instead_of_nan_bandwidths() -> None:
+    """As many centres as codes (calibrate_variance's default 64 for 64 points), or as
+    distinct codes: no cluster has a spread, and the bandwidths, the weights and the metric
+    were NaN."""
+    model = aetk.build_model("vae", "gaussian_learned", in_features=5, latent_dim=2,
+                             hidden=(8,)).eval()
+    x = torch.rand(10, 5, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="each of the 10 RBF centres sits on its codes"):
+        calibrate_variance(model, x, n_centres=10, epochs=1)
+    codes = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0], [1.0, 1.0]])
+    with pytest.raises(ValueError, match="as many centres as distinct codes among 4"):
+        rbf_centres(codes, 2)
+
+
 def test_the_seed_reaches_k_means() -> None:
     """On 40 random 2-D codes, where k-means has several local optima, the centres for each
     seed are scikit-learn's KMeans(n_init=3) with that random_state, and seeds differ."""

@@ -26,7 +26,8 @@ def rbf_centres(codes: torch.Tensor, n_centres: int, bandwidth_scale: float = 1.
                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """k-means centres `c_k` of the codes `(N, d)` and the bandwidths
     `lambda_k = 1 / (2 (a s_k)^2)`, `s_k` the mean distance of cluster k's codes to its
-    centre and `a = bandwidth_scale`."""
+    centre and `a = bandwidth_scale`; a centre of one code takes the median spread, and
+    a ValueError says when no cluster has one."""
     from sklearn.cluster import KMeans  # here: sklearn takes 1.2 s to import
 
     data = codes.detach().double().cpu().numpy()
@@ -37,6 +38,10 @@ def rbf_centres(codes: torch.Tensor, n_centres: int, bandwidth_scale: float = 1.
     zeros = torch.zeros(n_centres, dtype=codes.dtype, device=codes.device)
     spread = zeros.index_add(0, labels, dist) / zeros.index_add(0, labels, torch.ones_like(dist))
     # a centre with one code has no spread: give it the median one
+    if not bool((spread > 0).any()):  # the median of none is NaN, and so were the bandwidths
+        raise ValueError(f"each of the {n_centres} RBF centres sits on its codes (as many "
+                         f"centres as distinct codes among {len(codes)}): no cluster has a "
+                         f"spread to set the bandwidths from; use fewer centres")
     spread = torch.where(spread > 0, spread, spread[spread > 0].median())
     return centres, 0.5 / (bandwidth_scale * spread) ** 2
 
