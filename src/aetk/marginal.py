@@ -40,10 +40,11 @@ def log_marginal(model: Model, x: Any, n_samples: int = 100, chunk: int = 8192,
 
     `n_samples` proposals per row (`z_s ~ q(z|x)`, moved by the flow for the HVAE and
     RHVAE; seed them with `torch.manual_seed`); the decoder sees at most `chunk` latent
-    points at a time, so memory does not grow with `n_samples`. For a conditional model,
-    call it inside `with model.given(c):`: the estimate is then `log p(x|c)`. For a model
-    trained on paired data, `target` is the x_out scored: the estimate of `log p(x_out)`
-    with `q(z|x_in)` as the proposal.
+    points at a time, so memory does not grow with `n_samples` (but at least one draw per
+    row: an `x` of more than `chunk` rows is decoded whole, pass it in parts). For a
+    conditional model, call it inside `with model.given(c):`: the estimate is then
+    `log p(x|c)`. For a model trained on paired data, `target` is the x_out scored: the
+    estimate of `log p(x_out)` with `q(z|x_in)` as the proposal.
     """
     n_samples = positive_int(n_samples, "n_samples")
     frames = x, target
