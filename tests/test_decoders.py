@@ -161,6 +161,47 @@ def test_negative_binomial_vs_scipy(dispersion):
     np.testing.assert_allclose(p.variance.detach().numpy(), mu + mu**2 / r, rtol=1e-9)
 
 
+@pytest.mark.parametrize("log_r", [10.0, 14.0, 16.0])
+def test_float32_negative_binomial_of_large_dispersion_matches_scipy(log_r):
+    """A nearly Poisson feature (a learned log_r grows on one): torch's float32 NB took
+    lgamma(x + r) - lgamma(r), which cancels, 0.01 nats off at r = e^10, 0.3 at e^14 and a
+    positive log-probability at e^16; Stirling's series keeps it to float32's rounding."""
+    d = dec.NegativeBinomialDecoder(latent_dim=1, out_features=4, hidden=())
+    out = torch.tensor([50.0, 2.0, 0.3, 900.0])
+    x = torch.tensor([[40.0, 3.0, 0.0, 1000.0], [55.0, 0.0, 1.0, 870.0]])
+    with torch.no_grad():
+        d.network[-1].weight.zero_()
+        d.network[-1].bias.copy_(out)
+        d.log_r.fill_(log_r)
+        lp = d(torch.zeros(2, 1)).base_dist.log_prob(x)
+    mu, r = np.logaddexp(0, out.double().numpy()) + 1e-8, np.exp(log_r)
+    ref = stats.nbinom(r, r / (r + mu)).logpmf(x.double().numpy())
+    assert lp.dtype == torch.float32
+    # lgamma(1001) ~ 5912 alone rounds by 5e-4 in float32; the old errors were 0.01 to 2
+    np.testing.assert_allclose(lp.numpy(), ref, rtol=0, atol=5e-4)
+
+
+def test_negative_binomial_of_huge_dispersion_is_the_poisson() -> None:
+    """A float64 NB with r = e^40 or e^100 scores counts as the Poisson of its mean, to the
+    x^2 / 2r they differ by: torch's lgamma difference was about 1e3 nats off at e^40 and
+    NaN past r = 3e38. Gradients stay exact across the series' threshold r = 100."""
+    d = dec.NegativeBinomialDecoder(latent_dim=1, out_features=4, hidden=()).double()
+    out = torch.tensor([1e5, 5.0, 50.0, 0.3], dtype=torch.float64)
+    x = torch.tensor([[1e5, 5.0, 40.0, 0.0], [99e3, 0.0, 3.0, 2.0]], dtype=torch.float64)
+    poisson = stats.poisson(np.logaddexp(0, out.numpy()) + 1e-8).logpmf(x.numpy())
+    for log_r in (40.0, 100.0):
+        with torch.no_grad():
+            d.network[-1].weight.zero_()
+            d.network[-1].bias.copy_(out)
+            d.log_r.fill_(log_r)
+            lp = d(torch.zeros(2, 1, dtype=torch.float64)).base_dist.log_prob(x)
+        np.testing.assert_allclose(lp.numpy(), poisson, rtol=1e-9, atol=1e-7)
+    counts = torch.tensor([0.0, 3.0, 40.0, 1000.0], dtype=torch.float64)
+    mu = torch.tensor([0.3, 2.0, 50.0, 900.0], dtype=torch.float64, requires_grad=True)
+    log_r = torch.tensor([1.0, 4.5, 4.7, 20.0], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda m, lr: dec.nb_log_prob(counts, m, lr), (mu, log_r))
+
+
 def test_negative_binomial_rejects_unknown_dispersion():
     with pytest.raises(ValueError, match="dispersion must be 'feature' or 'sample'"):
         dec.NegativeBinomialDecoder(latent_dim=2, out_features=3, dispersion="gene")
