@@ -45,6 +45,25 @@ def test_bad_inputs_exit_with_a_message(tmp_path: Path, capsys: pytest.CaptureFi
     assert not (tmp_path / "d.zarr").exists()
 
 
+def test_preprocess_header_flag(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A table whose first line is 0,1,2,... (pandas' names for unnamed columns) needs
+    --header or --no-header; the flag keys the store only when given."""
+    x = np.arange(24.0).reshape(8, 3) + 0.5
+    pd.DataFrame(x).to_csv(tmp_path / "t.csv", index=False)
+    np.save(tmp_path / "t.npy", x)
+    out = str(tmp_path / "d.zarr")
+    assert cli.main(["preprocess", "--source", str(tmp_path / "t.csv"), "--out", out]) == 1
+    assert "--header or --no-header for aetk preprocess" in capsys.readouterr().err
+    for flag, n in (("--header", 8), ("--no-header", 9)):
+        assert cli.main(["preprocess", "--source", str(tmp_path / "t.csv"), flag,
+                         "--out", out]) == 0
+        stored = storage.read_data(out)
+        assert len(stored.x) == n
+        assert json.loads(stored.attrs["config"])["header"] is (flag == "--header")
+    assert cli.main(["preprocess", "--source", str(tmp_path / "t.npy"), "--out", out]) == 0
+    assert "header" not in json.loads(storage.read_data(out).attrs["config"])
+
+
 def test_parse_spec() -> None:
     assert cli.parse_spec("scale01") == "scale01"
     assert cli.parse_spec("binarise:threshold=0.3") == {"name": "binarise", "threshold": 0.3}

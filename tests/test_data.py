@@ -75,6 +75,35 @@ def test_tables(tmp_path: Path, suffix: str) -> None:
     _check(data.read_file(tmp_path / f"h{suffix}"), labels=None)
 
 
+def test_a_tables_first_line_is_names_or_a_sample_as_said(tmp_path: Path) -> None:
+    # np.savetxt, a value repeated in the first row: pandas named the columns "0.5" and
+    # "0.5.1", not all numbers, so the first sample was taken for the header and lost
+    x = X.copy()
+    x[0, :2] = 0.5
+    np.savetxt(tmp_path / "h.csv", x, delimiter=",")
+    np.testing.assert_array_equal(data.read_file(tmp_path / "h.csv").x, x)
+    # pandas' to_csv(index=False) of a table without column names writes 0,1,2,...: it was
+    # read as the first sample (41 samples, the first all column numbers)
+    pd.DataFrame(X).to_csv(tmp_path / "n.csv", index=False)
+    with pytest.raises(ValueError, match=r"n.csv: is the first line \(0,1,2,3,...\) column "
+                       r"names or a sample\? Say which with header=True or False"):
+        data.read_file(tmp_path / "n.csv")
+    raw = data.read_file(tmp_path / "n.csv", header=True)
+    np.testing.assert_array_equal(raw.x, X)
+    assert raw.feature_names == [str(i) for i in range(6)]
+    raw = data.read_file(tmp_path / "n.csv", header=False)
+    np.testing.assert_array_equal(raw.x, np.vstack([np.arange(6), X]))
+    # header=False reads a first line of names as a sample: its strings are refused
+    pd.DataFrame(X, columns=list("abcdef")).to_csv(tmp_path / "named.csv", index=False)
+    with pytest.raises(ValueError, match="non-numeric columns"):
+        data.read_file(tmp_path / "named.csv", header=False)
+    with pytest.raises(ValueError, match=r"x.npy: `header` applies to .csv and .tsv files"):
+        np.save(tmp_path / "x.npy", X)
+        data.read_file(tmp_path / "x.npy", header=True)
+    with pytest.raises(ValueError, match="apply to user files, not to 'digits'"):
+        data.load_source("digits", header=True)
+
+
 def test_a_tables_row_names_are_not_a_feature(tmp_path: Path) -> None:
     # pandas' to_csv (and R's write.csv) write the row names under an empty header cell
     for index, columns in (([f"cell{i}" for i in range(40)], [f"g{i}" for i in range(6)]),

@@ -272,6 +272,22 @@ def test_cyclical_beta_with_patience_is_fine_for_models_without_a_kl_weight(tmp_
     assert not any("--beta-schedule" in line for line in trains)
 
 
+def test_data_header_reaches_the_preprocess_command(tmp_path: Path) -> None:
+    """`data.header` becomes --header / --no-header; null gives no flag (the data's hash,
+    and every model trained on it, stay)."""
+    def preprocess_command(header: bool | None) -> str:
+        wd = make_workdir(tmp_path / str(header), {"data": {"source": "t.csv",
+                                                            "header": header}})
+        (wd / "t.csv").write_text("0,1\n0.5,1.5\n")
+        out = snakemake(wd, "-n", "-p", "results/data/t.zarr", "--cores", "1",
+                        "--configfile", "test.yaml").stdout
+        return next(line for line in out.splitlines() if "aetk preprocess" in line)
+
+    assert " --header " in preprocess_command(True)
+    assert " --no-header " in preprocess_command(False)
+    assert "header" not in preprocess_command(None)
+
+
 def test_a_labels_file_is_an_input_of_preprocessing(tmp_path: Path) -> None:
     """A labels file given by path is, like the data file, an input of the preprocess job:
     editing it reruns the pipeline (before, results built on old labels looked current)."""

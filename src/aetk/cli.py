@@ -54,8 +54,11 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
         "n_samples": args.n_samples, "noise": args.noise, "transforms": transforms,
         "validation_fraction": args.validation_fraction, "seed": args.seed,
     }
+    if args.header is not None:  # only when given: the hashes of earlier stores stay
+        settings["header"] = args.header
     t0 = time.perf_counter()
     raw = data_mod.load_source(args.source, key=args.key, labels=args.labels,
+                               header=args.header,
                                n_samples=args.n_samples, noise=args.noise, seed=args.seed)
     with warnings.catch_warnings(record=True) as caught:  # prepare's, in the CLI's words
         warnings.simplefilter("always", data_mod.SampleCountWarning)
@@ -1343,6 +1346,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help="array in the file: npz key, zarr array or h5ad layer")
     p.add_argument("--labels", help="label array/column in the file, or a .npy/.txt file of "
                    "labels")
+    p.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether a .csv/.tsv file's first line holds column names (default: "
+                   "unless it is all numbers; a first line 0,1,2,... must be said)")
     p.add_argument("--n-samples", type=positive, help="use a seeded random subset of at most "
                    "this size (all samples, with a warning, when the data set has fewer; the "
                    "number generated for swissroll/scurve)")

@@ -224,17 +224,36 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _read_table(path: Path, labels: str | None) -> tuple[RawData, Any]:
+def _first_fields(path: Path, sep: str) -> list[str]:
+    """The fields of the first non-blank line as written (pandas renames repeated column
+    names: "0.5,0.5" became the header "0.5", "0.5.1", no longer all numbers)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return next((row for row in csv.reader(f, delimiter=sep) if row), [])
+
+
+def _read_table(path: Path, labels: str | None, header: bool | None) -> tuple[RawData, Any]:
     import pandas as pd
 
     sep = "\t" if path.suffix == ".tsv" else ","
+    first = _first_fields(path, sep)
+    if not first:
+        raise ValueError(f"{path}: the file is empty")
+    if header is None:
+        numbers = all(_is_number(v) for v in first)
+        if numbers and first == [str(i) for i in range(len(first))]:
+            # pandas' to_csv(index=False) of a table without column names, or a sample
+            shown = ",".join(first[:4]) + (",..." if len(first) > 4 else "")
+            raise ValueError(f"{path}: is the first line ({shown}) column names or a sample? "
+                             "Say which with header=True or False (data.header in the "
+                             "pipeline's config, --header or --no-header for aetk preprocess)")
+        header = not numbers  # a line of numbers only is a sample
     try:
-        table = pd.read_csv(path, sep=sep)
+        table = pd.read_csv(path, sep=sep, header=0 if header else None)
     except pd.errors.EmptyDataError:  # "No columns to parse from file", naming no file
         raise ValueError(f"{path}: the file is empty") from None
-    if all(_is_number(str(c)) for c in table.columns):
-        # No header row: the first line is data.
-        table = pd.read_csv(path, sep=sep, header=None)
+    if not header:
         table.columns = [str(c) for c in table.columns]
     elif table.columns[0] == "Unnamed: 0":
         # An empty first header cell: a column of row names, as pandas' to_csv and R's
@@ -343,17 +362,22 @@ def _read_h5ad(path: Path, key: str | None, labels: str | None) -> tuple[RawData
     return data, label_values
 
 
-def read_file(path: str | Path, *, key: str | None = None, labels: str | None = None) -> RawData:
+def read_file(path: str | Path, *, key: str | None = None, labels: str | None = None,
+              header: bool | None = None) -> RawData:
     """Read a user file: ``.npy``, ``.npz``, ``.csv``/``.tsv``, ``.zarr`` or ``.h5ad``.
 
     ``key`` names the array (npz key, zarr array, h5ad layer; default ``x``/``X``/``data``
     or the only array). ``labels`` names the label array (npz key, zarr array, csv column,
     h5ad obs column) or is the path of a ``.npy``/``.txt`` file with one label per sample.
+    ``header`` says whether a table's first line holds column names; by default it does
+    unless it is all numbers, and a first line ``0,1,2,...`` (names or a sample) is an error.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data file {path} does not exist")
     suffix = path.suffix.lower()
+    if header is not None and suffix not in (".csv", ".tsv"):
+        raise ValueError(f"{path}: `header` applies to .csv and .tsv files")
     label_file = labels is not None and Path(labels).suffix in (".npy", ".txt") \
         and Path(labels).exists()
     if labels is not None and Path(labels).suffix in (".npy", ".txt") and not label_file:
@@ -373,7 +397,7 @@ def read_file(path: str | Path, *, key: str | None = None, labels: str | None = 
             if inner_labels is not None:
                 label_values = z[_pick_key(keys, inner_labels, "label array", str(path))]
     elif suffix in (".csv", ".tsv"):
-        data, label_values = _read_table(path, inner_labels)
+        data, label_values = _read_table(path, inner_labels, header)
     elif suffix == ".zarr":
         data, label_values = _read_zarr(path, key, inner_labels)
     elif suffix == ".h5ad":
@@ -391,14 +415,16 @@ def read_file(path: str | Path, *, key: str | None = None, labels: str | None = 
 
 
 def load_source(source: str, *, key: str | None = None, labels: str | None = None,
-                n_samples: int | None = None, noise: float = 0.05, seed: int = 0) -> RawData:
+                header: bool | None = None, n_samples: int | None = None,
+                noise: float = 0.05, seed: int = 0) -> RawData:
     """Load a bundled data set by name or a user file by path."""
     if source in BUNDLED:
-        if key is not None or labels is not None:
-            raise ValueError(f"`key` and `labels` apply to user files, not to {source!r}")
+        if key is not None or labels is not None or header is not None:
+            raise ValueError(f"`key`, `labels` and `header` apply to user files, not to "
+                             f"{source!r}")
         return load_bundled(source, n_samples=n_samples, noise=noise, seed=seed)
     if Path(source).suffix.lower() in FILE_SUFFIXES:
-        return read_file(source, key=key, labels=labels)
+        return read_file(source, key=key, labels=labels, header=header)
     raise ValueError(f"unknown data source {source!r}: use a bundled name "
                      f"({', '.join(BUNDLED)}) or a file ending in {', '.join(FILE_SUFFIXES)}")
 

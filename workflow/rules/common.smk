@@ -266,6 +266,13 @@ def cli_args(pairs):
     return " ".join(out)
 
 
+def header_flag(value):
+    """--header or --no-header, or no flag for aetk's guess (the data's hash stays)."""
+    if value is None:
+        return ("--header", None)
+    return ("--header" if value else "--no-header", [])
+
+
 def preprocess_args(wildcards):
     transforms = [
         t if isinstance(t, str) else json.dumps(t) for t in DATA["transforms"]
@@ -275,6 +282,7 @@ def preprocess_args(wildcards):
             ("--source", DATA["source"]),
             ("--key", DATA["key"]),
             ("--labels", DATA["labels"]),
+            header_flag(DATA["header"]),
             ("--n-samples", DATA["n_samples"]),
             # only the generated manifolds have noise: elsewhere an edit would change the
             # data's hash, and retrain every model, for nothing. They get aetk's default,
