@@ -104,6 +104,27 @@ def test_a_tables_first_line_is_names_or_a_sample_as_said(tmp_path: Path) -> Non
         data.load_source("digits", header=True)
 
 
+def test_a_tables_separator_is_found_and_decimal_commas_refused(tmp_path: Path) -> None:
+    table = pd.DataFrame(X + 0.25, columns=[f"g{i}" for i in range(6)])
+    table["kind"] = Y
+    # Excel's semicolons; tabs in a .csv, commas in a .tsv, bars: one text column before
+    for name, sep in (("semi.csv", ";"), ("tabs.csv", "\t"), ("commas.tsv", ","),
+                      ("bars.csv", "|")):
+        table.to_csv(tmp_path / name, sep=sep, index=False)
+        _check(data.read_file(tmp_path / name, labels="kind"), x=X + 0.25)
+        np.savetxt(tmp_path / name, X + 0.25, delimiter=sep)  # and without a header
+        _check(data.read_file(tmp_path / name), x=X + 0.25, labels=None)
+    # decimal commas: split at their commas, the lines "17,25;6,25;..." became a row index
+    # and one feature, each line's last digits
+    table.drop(columns="kind").to_csv(tmp_path / "eu.csv", sep=";", decimal=",", index=False)
+    with pytest.raises(ValueError, match=r"eu.csv: numbers with decimal commas \('17,25' in "
+                       r"column 'g0'\); aetk reads decimal points: convert the file"):
+        data.read_file(tmp_path / "eu.csv")
+    np.savetxt(tmp_path / "spaces.csv", X)
+    with pytest.raises(ValueError, match=r"spaces.csv: one column, of text \('1.70+e\+01 1.20+"):
+        data.read_file(tmp_path / "spaces.csv")
+
+
 def test_a_tables_row_names_are_not_a_feature(tmp_path: Path) -> None:
     # pandas' to_csv (and R's write.csv) write the row names under an empty header cell
     for index, columns in (([f"cell{i}" for i in range(40)], [f"g{i}" for i in range(6)]),

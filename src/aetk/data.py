@@ -224,20 +224,45 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _first_fields(path: Path, sep: str) -> list[str]:
-    """The fields of the first non-blank line as written (pandas renames repeated column
-    names: "0.5,0.5" became the header "0.5", "0.5.1", no longer all numbers)."""
-    import csv
-
+def _first_line(path: Path) -> str:
     with open(path, newline="", encoding="utf-8-sig") as f:
-        return next((row for row in csv.reader(f, delimiter=sep) if row), [])
+        return next((line for line in f if line.strip()), "")
+
+
+def _separator(path: Path, line: str) -> str:
+    """The field separator: tabs in a .tsv, commas in a .csv, unless the first line has
+    none of them, or semicolons (Excel's in locales of decimal commas: "0,5;1,5")."""
+    sep = "\t" if path.suffix.lower() == ".tsv" else ","
+    if sep in line and ";" not in line:
+        return sep
+    return next((other for other in (";", sep, "\t", ",", "|") if other in line), sep)
+
+
+def _decimal_commas(table: Any, path: Path, sep: str) -> None:
+    """A ValueError for text columns of numbers with decimal commas (pandas reads points)."""
+    import re
+
+    pattern = re.compile(r"^\s*[+-]?(\d+,\d*|\d*,\d+)([eE][+-]?\d+)?\s*$")
+    for name in table.columns:
+        values = table[name].dropna()
+        if len(values) and all(isinstance(v, str) and pattern.match(v) for v in values):
+            raise ValueError(
+                f"{path}: numbers with decimal commas ({values.iloc[0]!r} in column "
+                f"{name!r}); aetk reads decimal points: convert the file, e.g. with "
+                f"pandas.read_csv(path, sep={sep!r}, decimal=',').to_csv('data.csv', "
+                "index=False)")
 
 
 def _read_table(path: Path, labels: str | None, header: bool | None) -> tuple[RawData, Any]:
+    import csv
+
     import pandas as pd
 
-    sep = "\t" if path.suffix == ".tsv" else ","
-    first = _first_fields(path, sep)
+    line = _first_line(path)
+    sep = _separator(path, line)
+    # the fields as written: pandas renames repeated column names ("0.5,0.5" became the
+    # header "0.5", "0.5.1", no longer all numbers)
+    first = next(csv.reader([line], delimiter=sep), [])
     if not first:
         raise ValueError(f"{path}: the file is empty")
     if header is None:
@@ -269,6 +294,10 @@ def _read_table(path: Path, labels: str | None, header: bool | None) -> tuple[Ra
         label_values = table.pop(labels).to_numpy()
     bad = [str(c) for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
     if bad:
+        _decimal_commas(table[bad], path, sep)
+        if len(table.columns) == 1:  # e.g. np.savetxt's spaces: one field per line
+            raise ValueError(f"{path}: one column, of text ({str(table.columns[0])[:40]!r}"
+                             "...): separate the fields by commas, tabs or semicolons")
         raise ValueError(f"{path}: non-numeric columns {bad[:10]}; name the label column "
                          "with `labels` or remove them")
     # True/False columns as 0/1: with other columns, to_numpy made an array of objects
