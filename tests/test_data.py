@@ -262,6 +262,25 @@ def test_missing_labels_are_refused_not_made_a_class(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"d.csv: 1 labels are missing, the first at row 9"):
         data.read_file(tmp_path / "d.csv", labels="kind")
 
+def test_h5ad_files_that_are_not_anndata_say_so(tmp_path: Path) -> None:
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "plain.h5ad", "w") as f:  # was h5py's bare KeyError
+        f["data"], f["meta"] = X, np.arange(40)
+    with pytest.raises(ValueError, match=r"plain.h5ad: no X \(entries: data, meta: not "
+                       r"AnnData's layout; save the array with np.save\)"):
+        data.read_file(tmp_path / "plain.h5ad")
+    with h5py.File(tmp_path / "layers.h5ad", "w") as f:  # AnnData allows X=None
+        f.create_group("layers")["counts"] = X
+    with pytest.raises(ValueError, match=r"layers.h5ad: no X \(layers: counts; name one "):
+        data.read_file(tmp_path / "layers.h5ad")
+    np.testing.assert_array_equal(data.read_file(tmp_path / "layers.h5ad", key="counts").x, X)
+    with pytest.raises(KeyError, match=r"layers\.h5ad: no obs, so no obs column 'kind'"):
+        data.read_file(tmp_path / "layers.h5ad", key="counts", labels="kind")
+    (tmp_path / "text.h5ad").write_text("cell,g1\n")  # was OSError naming no file
+    with pytest.raises(ValueError, match=r"text.h5ad: not an HDF5 file \(.*signature"):
+        data.read_file(tmp_path / "text.h5ad")
+
+
 def test_h5ad_written_by_anndata(tmp_path: Path) -> None:
     ad = pytest.importorskip("anndata")
     with warnings.catch_warnings():

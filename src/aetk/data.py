@@ -376,15 +376,26 @@ def _read_h5ad(path: Path, key: str | None, labels: str | None) -> tuple[RawData
         import h5py
     except ModuleNotFoundError:
         raise ModuleNotFoundError("reading .h5ad files needs h5py: pip install h5py") from None
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:  # h5py's "file signature not found", naming no file
+        raise ValueError(f"{path}: not an HDF5 file ({err}); .h5ad files are AnnData's, "
+                         "written by adata.write_h5ad") from None
+    with f:
+        layers = list(f.get("layers", {}))
         if key in (None, "X"):
+            if "X" not in f:  # h5py's bare KeyError "object 'X' doesn't exist"
+                what = f"layers: {', '.join(layers)}; name one with `key`" if layers else \
+                    f"entries: {', '.join(f)}: not AnnData's layout; save the array with np.save"
+                raise ValueError(f"{path}: no X ({what})")
             x = _h5ad_matrix(f["X"])
         else:
-            layers = list(f.get("layers", {}))
             x = _h5ad_matrix(f["layers"][_pick_key(layers, key, "layer", str(path))])
-        var = f["var"]
-        index = var.attrs.get("_index", "_index")
+        var = f.get("var", {})
+        index = var.attrs.get("_index", "_index") if var else "_index"
         names = _h5ad_array(var[index]) if index in var else None
+        if labels is not None and "obs" not in f:
+            raise KeyError(f"{path}: no obs, so no obs column {labels!r}")
         label_values = None if labels is None else _h5ad_column(f["obs"], labels, path)
     data = _flatten(x, str(path))
     data.feature_names = None if names is None else [str(n) for n in names]
