@@ -58,6 +58,20 @@ def test_npz_keys(tmp_path: Path) -> None:
     _check(data.read_file(tmp_path / "e.npz"), labels=None)
 
 
+def test_npz_of_a_scipy_sparse_matrix(tmp_path: Path) -> None:
+    from scipy import sparse
+
+    # was "expected samples x features, got shape (141,)": the nonzeros under "data"
+    counts = np.where(X > 8, X, 0)
+    for fmt in ("csr", "csc", "coo"):
+        sparse.save_npz(tmp_path / f"{fmt}.npz", sparse.csr_matrix(counts).asformat(fmt))
+        np.save(tmp_path / "y.npy", Y)
+        _check(data.read_file(tmp_path / f"{fmt}.npz", labels=str(tmp_path / "y.npy")), counts)
+    with pytest.raises(ValueError, match=r"csr.npz: a sparse matrix \(scipy.sparse.save_npz\) "
+                       "holds one array; give no `key`, and labels as a file path"):
+        data.read_file(tmp_path / "csr.npz", key="data")
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".tsv"])
 def test_tables(tmp_path: Path, suffix: str) -> None:
     sep = "\t" if suffix == ".tsv" else ","

@@ -433,9 +433,19 @@ def read_file(path: str | Path, *, key: str | None = None, labels: str | None = 
     elif suffix == ".npz":
         with _no_pickles(path), np.load(path, allow_pickle=False) as z:
             keys = sorted(z.files)
-            data = _flatten(z[_pick_key(keys, key, "array", str(path))], str(path))
-            if inner_labels is not None:
-                label_values = z[_pick_key(keys, inner_labels, "label array", str(path))]
+            sparse_matrix = {"format", "shape", "data"} <= set(keys)
+            if not sparse_matrix:
+                data = _flatten(z[_pick_key(keys, key, "array", str(path))], str(path))
+                if inner_labels is not None:
+                    label_values = z[_pick_key(keys, inner_labels, "label array", str(path))]
+        if sparse_matrix:
+            # scipy.sparse.save_npz: its "data" is the nonzero values, not the matrix
+            if key is not None or inner_labels is not None:
+                raise ValueError(f"{path}: a sparse matrix (scipy.sparse.save_npz) holds one "
+                                 "array; give no `key`, and labels as a file path")
+            from scipy import sparse
+
+            data = _flatten(sparse.load_npz(path).toarray(), str(path))
     elif suffix in (".csv", ".tsv"):
         data, label_values = _read_table(path, inner_labels, header)
     elif suffix == ".zarr":
