@@ -139,6 +139,27 @@ def test_a_tables_separator_is_found_and_decimal_commas_refused(tmp_path: Path) 
         data.read_file(tmp_path / "spaces.csv")
 
 
+def test_unreadable_text_names_its_file(tmp_path: Path) -> None:
+    # pandas' and Python's errors named no file: a run over several files left one guessing
+    (tmp_path / "latin.csv").write_bytes("g\xe8ne,b\n1,2\n".encode("latin-1"))
+    (tmp_path / "labels.txt").write_bytes("caf\xe9\nb\n".encode("latin-1"))
+    (tmp_path / "ragged.csv").write_text("a,b\n1,2\n3,4,5\n")
+    np.save(tmp_path / "x.npy", X[:2])
+    for path, labels, message in (
+            ("latin.csv", None, r"latin.csv: not UTF-8 text \('utf-8' codec can't decode"),
+            ("x.npy", str(tmp_path / "labels.txt"), r"labels.txt: not UTF-8 text"),
+            ("ragged.csv", None, r"ragged.csv: Error tokenizing data. C error: Expected 2 "
+                                 r"fields in line 3, saw 3: give every line as many fields")):
+        with pytest.raises(ValueError, match=message):
+            data.read_file(tmp_path / path, labels=labels)
+    # a BOM (Excel's 'CSV UTF-8') is no part of the first name or label
+    (tmp_path / "bom.csv").write_bytes("\ufeffa,b\n1,2\n3,4\n".encode())
+    assert data.read_file(tmp_path / "bom.csv").feature_names == ["a", "b"]
+    (tmp_path / "bom.txt").write_bytes("\ufeffa\nb\n".encode())
+    assert data.read_file(tmp_path / "x.npy", labels=str(tmp_path / "bom.txt")).label_names \
+        == ["a", "b"]
+
+
 def test_a_tables_row_names_are_not_a_feature(tmp_path: Path) -> None:
     # pandas' to_csv (and R's write.csv) write the row names under an empty header cell
     for index, columns in (([f"cell{i}" for i in range(40)], [f"g{i}" for i in range(6)]),

@@ -211,7 +211,11 @@ def _read_label_file(path: Path) -> np.ndarray:
     if path.suffix == ".npy":
         with _no_pickles(path):
             return np.load(path, allow_pickle=False)
-    lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:  # naming no file
+        raise ValueError(f"{path}: not UTF-8 text ({err}); save it as UTF-8") from None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return np.asarray(lines) if not all(_is_number(v) for v in lines) else np.asarray(
         [float(v) for v in lines])
 
@@ -254,6 +258,14 @@ def _decimal_commas(table: Any, path: Path, sep: str) -> None:
 
 
 def _read_table(path: Path, labels: str | None, header: bool | None) -> tuple[RawData, Any]:
+    try:
+        return _parse_table(path, labels, header)
+    except UnicodeDecodeError as err:  # naming no file
+        raise ValueError(f"{path}: not UTF-8 text ({err}); save it as UTF-8 (Excel: "
+                         "'CSV UTF-8')") from None
+
+
+def _parse_table(path: Path, labels: str | None, header: bool | None) -> tuple[RawData, Any]:
     import csv
 
     import pandas as pd
@@ -278,6 +290,9 @@ def _read_table(path: Path, labels: str | None, header: bool | None) -> tuple[Ra
         table = pd.read_csv(path, sep=sep, header=0 if header else None)
     except pd.errors.EmptyDataError:  # "No columns to parse from file", naming no file
         raise ValueError(f"{path}: the file is empty") from None
+    except pd.errors.ParserError as err:  # e.g. "Expected 2 fields in line 3, saw 3"
+        raise ValueError(f"{path}: {str(err).strip()}: give every line as many fields "
+                         "as the first") from None
     if not header:
         table.columns = [str(c) for c in table.columns]
     elif table.columns[0] == "Unnamed: 0":
