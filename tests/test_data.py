@@ -316,6 +316,25 @@ def test_h5ad_files_that_are_not_anndata_say_so(tmp_path: Path) -> None:
         data.read_file(tmp_path / "text.h5ad")
 
 
+def test_missing_labels_in_a_label_file_are_refused(tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", X[:4])
+    # pandas writes a missing label as an empty line (was "3 labels for 4 samples"), or
+    # as "nan" once cast to strings (was a class "nan")
+    for text, row in (("a\nb\n\nc\n\n", 2), ("a\nnan\nb\nc\n", 1), ("\na\nb\nc", 0),
+                      ("1\n2\nNA\n3\n", 2), ("0.5\n\n1.5\n2.5\n", 1)):
+        (tmp_path / "y.txt").write_text(text)
+        with pytest.raises(ValueError, match=rf"x.npy: 1 labels are missing( \(NaN\) or "
+                           rf"infinite)?, the first at row {row} \(counting from 0\)"):
+            data.read_file(tmp_path / "x.npy", labels=str(tmp_path / "y.txt"))
+    np.save(tmp_path / "y.npy", np.array([0.5, np.inf, 1.5, 2.5]))
+    with pytest.raises(ValueError, match=r"1 labels are missing \(NaN\) or infinite, the "
+                       r"first at row 1"):
+        data.read_file(tmp_path / "x.npy", labels=str(tmp_path / "y.npy"))
+    (tmp_path / "y.txt").write_text("a\nb\n c \nd\n\n\n")  # trailing empty lines end it
+    assert data.read_file(tmp_path / "x.npy", labels=str(tmp_path / "y.txt")).label_names \
+        == ["a", "b", "c", "d"]
+
+
 def test_h5ad_written_by_anndata(tmp_path: Path) -> None:
     ad = pytest.importorskip("anndata")
     with warnings.catch_warnings():

@@ -29,6 +29,9 @@ FILE_SUFFIXES = (".npy", ".npz", ".csv", ".tsv", ".zarr", ".h5ad")
 MNIST_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 # Classes with more distinct values than this are treated as a continuous label.
 MAX_CLASSES = 100
+# Missing values in a label .txt file: those pandas reads as NaN in a table's cells
+MISSING_LABELS = frozenset(("", "nan", "NaN", "-nan", "NA", "<NA>", "N/A", "n/a", "null",
+                            "NULL", "None", "#N/A"))
 
 
 @dataclass
@@ -78,7 +81,10 @@ def encode_labels(values: Any) -> tuple[np.ndarray, str, list[str] | None]:
             return codes.astype(np.int64), "categorical", [str(int(u)) for u in uniques]
     arr = arr.astype(np.float64)
     if not np.all(np.isfinite(arr)):
-        raise ValueError("labels contain NaN or infinite values")
+        bad = np.flatnonzero(~np.isfinite(arr))
+        raise ValueError(f"{len(bad)} labels are missing (NaN) or infinite, the first at row "
+                         f"{bad[0]} (counting from 0): drop those samples or give them a "
+                         "value")
     uniques = np.unique(arr)
     if np.all(uniques == np.round(uniques)) and len(uniques) <= MAX_CLASSES:
         codes = np.searchsorted(uniques, arr)
@@ -215,9 +221,15 @@ def _read_label_file(path: Path) -> np.ndarray:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:  # naming no file
         raise ValueError(f"{path}: not UTF-8 text ({err}); save it as UTF-8") from None
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return np.asarray(lines) if not all(_is_number(v) for v in lines) else np.asarray(
-        [float(v) for v in lines])
+    lines = [ln.strip() for ln in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    # an empty line (pandas writes NaN so) is a missing label, as an empty cell of a table:
+    # dropped, it moved every later label one sample up
+    values = [None if v in MISSING_LABELS else v for v in lines]
+    if all(v is None or _is_number(v) for v in values):
+        return np.asarray([np.nan if v is None else float(v) for v in values])
+    return np.asarray(values, dtype=object)
 
 
 def _is_number(text: str) -> bool:
