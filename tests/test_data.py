@@ -377,6 +377,12 @@ def test_reader_errors(tmp_path: Path) -> None:
     for bad in ("junk.npy", "objects.npy"):
         with pytest.raises(ValueError, match=message.format(bad)):
             data.read_file(tmp_path / "x.npy", labels=str(tmp_path / bad))
+    (tmp_path / "y.csv").write_text("kind\n" + "\n".join(Y) + "\n")
+    pd.DataFrame(X).to_csv(tmp_path / "d.csv")
+    for source in ("x.npy", "d.csv"):  # said "give labels as a file path", or "no column"
+        with pytest.raises(ValueError, match=r"label file .*y\.csv: give labels as a \.npy "
+                           r"file, or a \.txt file of one label per line"):
+            data.read_file(tmp_path / source, labels=str(tmp_path / "y.csv"))
     for source in ("x.npy", "labelled.csv"):  # a label file's path mistyped
         (tmp_path / "labelled.csv").write_text("a,b\n1,2\n")
         with pytest.raises(FileNotFoundError, match=r"label file .*lables\.txt does not exist"):

@@ -450,6 +450,10 @@ def read_file(path: str | Path, *, key: str | None = None, labels: str | None = 
     if labels is not None and Path(labels).suffix in (".npy", ".txt") and not label_file:
         # a mistyped path: not "no column 'labels.txt'", nor "give labels as a file path"
         raise FileNotFoundError(f"label file {labels} does not exist")
+    if labels is not None and not label_file and Path(labels).suffix and Path(labels).is_file():
+        # not "a .npy file holds one array; give labels as a file path", nor "no column"
+        raise ValueError(f"label file {labels}: give labels as a .npy file, or a .txt file "
+                         "of one label per line")
     inner_labels = None if label_file else labels
     label_values: Any = None
     if suffix == ".npy":
