@@ -597,12 +597,12 @@ def test_prepare_warns_when_n_samples_is_more_than_the_data_has() -> None:
 def test_prepare_names_non_finite_values_in_the_file_and_after_transforms() -> None:
     x = np.arange(60, dtype=np.float64).reshape(10, 6)
     x[5, 3], x[7, 0] = np.nan, np.inf
-    with pytest.raises(ValueError, match=r"the data contain 2 NaN or infinite values, the "
-                                         r"first at row 5, column 3 \(counting from 0\)"):
+    with pytest.raises(ValueError, match=r"^test: 2 NaN or infinite values, the first at "
+                       r"row 5, column 3 \(counting from 0\) in the data: impute or drop"):
         data.prepare(data.RawData(x=x, source="test"), transforms=[], n_samples=4)
     x = np.zeros((10, 6))
     x[:, 4] = 1e308  # the mean overflows
-    with (pytest.raises(ValueError, match=r"the transforms made 10 NaN .* row 0, column 4"),
+    with (pytest.raises(ValueError, match=r"^test: the transforms made 10 NaN .* row 0, column 4"),
           np.errstate(all="ignore")):
         data.prepare(data.RawData(x=x, source="test"), transforms=["standardise"])
 

@@ -838,7 +838,8 @@ def prepare(raw: RawData, *, transforms: list[str | dict[str, Any]],
     ``n_samples`` is at most: with more than the data have, all samples are used and a
     :class:`SampleCountWarning` says so."""
     if not np.all(np.isfinite(raw.x)):
-        raise ValueError(f"the data contain {_non_finite(raw.x)}: impute or drop them first")
+        raise ValueError(f"{raw.source or 'the data'}: {_non_finite(raw.x)} in the data: "
+                         "impute or drop them first")
     if n_samples is not None and n_samples > len(raw.x):
         warnings.warn(f"n_samples={n_samples} is more than the {len(raw.x)} samples of "
                       f"{raw.source or 'the data'}: using all {len(raw.x)}",
@@ -850,8 +851,8 @@ def prepare(raw: RawData, *, transforms: list[str | dict[str, Any]],
     pipeline = TransformPipeline.from_specs(transforms)
     x = pipeline.fit_transform(raw.x[keep], ~is_val)
     if not np.all(np.isfinite(x)):
-        raise ValueError(f"the transforms made {_non_finite(x)} (values too large for "
-                         "them? scale the data first)")
+        raise ValueError(f"{raw.source or 'the data'}: the transforms made {_non_finite(x)} "
+                         "(values too large for them? scale the data first)")
     return Prepared(x=x.astype(np.float32), is_validation=is_val, sample_index=keep,
                     pipeline=pipeline, raw=raw)
 
