@@ -64,6 +64,24 @@ def test_preprocess_header_flag(tmp_path: Path, capsys: pytest.CaptureFixture) -
     assert "header" not in json.loads(storage.read_data(out).attrs["config"])
 
 
+def test_train_refuses_data_by_the_stored_row(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    """Not counts for a Poisson decoder: the row is the store's and the file's (was the
+    row within the training split, 33 for the file's 37), and validation rows count."""
+    x = np.random.default_rng(0).poisson(3, size=(50, 5)).astype(float)
+    x[37, 2], x[41, 1] = 2.5, -1.0
+    np.save(tmp_path / "c.npy", x)
+    data = str(tmp_path / "d.zarr")
+    assert cli.main(["preprocess", "--source", str(tmp_path / "c.npy"), "--out", data]) == 0
+    assert storage.read_data(data).is_validation[41]  # the -1 is a validation value
+    assert cli.main(["train", "--data", data, "--model", "vae", "--likelihood", "poisson",
+                     "--hidden", "8", "--epochs", "1", "--no-progress", "--device", "cpu",
+                     "--out", str(tmp_path / "m"), "--history", str(tmp_path / "h.tsv")]) == 1
+    assert ("aetk train: error: the stored data has 2 values that are not non-negative "
+            "integers (a Poisson decoder needs counts); first at row 37, column 2: 2.5"
+            ) in capsys.readouterr().err
+
+
 def test_parse_spec() -> None:
     assert cli.parse_spec("scale01") == "scale01"
     assert cli.parse_spec("binarise:threshold=0.3") == {"name": "binarise", "threshold": 0.3}

@@ -353,6 +353,9 @@ def cmd_train(args: argparse.Namespace) -> None:
                              activation=args.activation, input_noise=args.input_noise,
                              log_inputs=_log_inputs(args), **conv, **cond,
                              **settings["options"])
+    # all rows at once: a refusal names the store's row (the file's, unless subsampled),
+    # not the row in the training split, and counts the validation rows too
+    model.check_data(torch.from_numpy(stored.x), "the stored")
     checkpoint = None
     if args.checkpoint_dir is not None:
         # named by the data's values too: new values in the same file train afresh
