@@ -160,6 +160,20 @@ def test_unreadable_text_names_its_file(tmp_path: Path) -> None:
         == ["a", "b"]
 
 
+@pytest.mark.parametrize("name", ["d.csv.gz", "d.tsv.bz2", "d.CSV.xz"])
+def test_compressed_tables(tmp_path: Path, name: str) -> None:
+    # were "unsupported file type '.gz'"
+    table = pd.DataFrame(X, columns=[f"g{i}" for i in range(6)])
+    table["kind"] = Y
+    table.to_csv(tmp_path / name, sep="\t" if ".tsv" in name else ",")
+    raw = data.load_source(str(tmp_path / name), labels="kind")
+    _check(raw)
+    assert raw.feature_names == [f"g{i}" for i in range(6)]
+    (tmp_path / f"bad{name[1:]}").write_bytes(b"not compressed")
+    with pytest.raises(ValueError, match=rf"bad{name[1:]}: cannot decompress it"):
+        data.read_file(tmp_path / f"bad{name[1:]}")
+
+
 def test_a_tables_row_names_are_not_a_feature(tmp_path: Path) -> None:
     # pandas' to_csv (and R's write.csv) write the row names under an empty header cell
     for index, columns in (([f"cell{i}" for i in range(40)], [f"g{i}" for i in range(6)]),

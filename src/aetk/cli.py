@@ -1342,7 +1342,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Load a bundled data set or a user file, apply transforms fitted on the "
             "training samples, split train/validation with a seed, and write a Zarr store.\n\n"
             f"input:  --source: a bundled name ({', '.join(data_mod.BUNDLED)}) or a file "
-            f"({', '.join(data_mod.FILE_SUFFIXES)})\n"
+            f"({', '.join(data_mod.FILE_SUFFIXES)}; .csv and .tsv also "
+            f"{', '.join(data_mod.COMPRESSIONS)} compressed)\n"
             "output: --out: the data store (variables x, split, label, transform parameters)")
     p.add_argument("--source", required=True, help="bundled data set name or file path")
     p.add_argument("--out", required=True, help="data store to write (a .zarr directory)")

@@ -8,11 +8,13 @@ Nothing here downloads: the bundled data sets ship inside installed packages.
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import hashlib
 import importlib.metadata as md
 import inspect
 import json
+import lzma
 import pickle
 import warnings
 from collections.abc import Callable, Iterator
@@ -26,6 +28,8 @@ import numpy as np
 BUNDLED = ("mnist5k", "mnist", "digits", "swissroll", "scurve", "scrna_counts")
 GENERATED = ("swissroll", "scurve")  # drawn anew: n_samples is their size, noise theirs
 FILE_SUFFIXES = (".npy", ".npz", ".csv", ".tsv", ".zarr", ".h5ad")
+# compressions of .csv/.tsv files ("counts.csv.gz", as GEO ships them), read by pandas
+COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 MNIST_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 # Classes with more distinct values than this are treated as a continuous label.
 MAX_CLASSES = 100
@@ -240,15 +244,24 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def file_suffix(path: str | Path) -> str:
+    """A file's type: its suffix, or that of a compressed table (".csv" for x.csv.gz)."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    if len(suffixes) > 1 and suffixes[-1] in COMPRESSIONS and suffixes[-2] in (".csv", ".tsv"):
+        return suffixes[-2]
+    return suffixes[-1] if suffixes else ""
+
+
 def _first_line(path: Path) -> str:
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    opener: Any = COMPRESSIONS.get(path.suffix.lower(), open)
+    with opener(path, "rt", newline="", encoding="utf-8-sig") as f:
         return next((line for line in f if line.strip()), "")
 
 
 def _separator(path: Path, line: str) -> str:
     """The field separator: tabs in a .tsv, commas in a .csv, unless the first line has
     none of them, or semicolons (Excel's in locales of decimal commas: "0,5;1,5")."""
-    sep = "\t" if path.suffix.lower() == ".tsv" else ","
+    sep = "\t" if file_suffix(path) == ".tsv" else ","
     if sep in line and ";" not in line:
         return sep
     return next((other for other in (";", sep, "\t", ",", "|") if other in line), sep)
@@ -275,6 +288,10 @@ def _read_table(path: Path, labels: str | None, header: bool | None) -> tuple[Ra
     except UnicodeDecodeError as err:  # naming no file
         raise ValueError(f"{path}: not UTF-8 text ({err}); save it as UTF-8 (Excel: "
                          "'CSV UTF-8')") from None
+    except (OSError, EOFError, lzma.LZMAError) as err:  # a damaged .gz, .bz2 or .xz file
+        if path.suffix.lower() not in COMPRESSIONS:
+            raise
+        raise ValueError(f"{path}: cannot decompress it ({err})") from None
 
 
 def _parse_table(path: Path, labels: str | None, header: bool | None) -> tuple[RawData, Any]:
@@ -431,7 +448,8 @@ def _read_h5ad(path: Path, key: str | None, labels: str | None) -> tuple[RawData
 
 def read_file(path: str | Path, *, key: str | None = None, labels: str | None = None,
               header: bool | None = None) -> RawData:
-    """Read a user file: ``.npy``, ``.npz``, ``.csv``/``.tsv``, ``.zarr`` or ``.h5ad``.
+    """Read a user file: ``.npy``, ``.npz``, ``.csv``/``.tsv`` (also ``.gz``, ``.bz2`` or
+    ``.xz`` compressed), ``.zarr`` or ``.h5ad``.
 
     ``key`` names the array (npz key, zarr array, h5ad layer; default ``x``/``X``/``data``
     or the only array). ``labels`` names the label array (npz key, zarr array, csv column,
@@ -442,7 +460,7 @@ def read_file(path: str | Path, *, key: str | None = None, labels: str | None = 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data file {path} does not exist")
-    suffix = path.suffix.lower()
+    suffix = file_suffix(path)
     if header is not None and suffix not in (".csv", ".tsv"):
         raise ValueError(f"{path}: `header` applies to .csv and .tsv files")
     label_file = labels is not None and Path(labels).suffix in (".npy", ".txt") \
@@ -485,7 +503,8 @@ def read_file(path: str | Path, *, key: str | None = None, labels: str | None = 
         data, label_values = _read_h5ad(path, key, inner_labels)
     else:
         raise ValueError(f"{path}: unsupported file type {suffix!r}; use one of "
-                         f"{', '.join(FILE_SUFFIXES)}")
+                         f"{', '.join(FILE_SUFFIXES)} (.csv and .tsv also compressed: "
+                         f"{', '.join(COMPRESSIONS)})")
     if label_file:
         label_values = _read_label_file(Path(labels))
     if data.x.size == 0:  # would be written as a store that no model can train on
@@ -504,10 +523,11 @@ def load_source(source: str, *, key: str | None = None, labels: str | None = Non
             raise ValueError(f"`key`, `labels` and `header` apply to user files, not to "
                              f"{source!r}")
         return load_bundled(source, n_samples=n_samples, noise=noise, seed=seed)
-    if Path(source).suffix.lower() in FILE_SUFFIXES:
+    if file_suffix(source) in FILE_SUFFIXES:
         return read_file(source, key=key, labels=labels, header=header)
     raise ValueError(f"unknown data source {source!r}: use a bundled name "
-                     f"({', '.join(BUNDLED)}) or a file ending in {', '.join(FILE_SUFFIXES)}")
+                     f"({', '.join(BUNDLED)}) or a file ending in {', '.join(FILE_SUFFIXES)} "
+                     f"(.csv and .tsv also compressed: {', '.join(COMPRESSIONS)})")
 
 
 # --------------------------------------------------------------------------------------
