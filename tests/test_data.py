@@ -325,6 +325,11 @@ def test_h5ad_files_that_are_not_anndata_say_so(tmp_path: Path) -> None:
     np.testing.assert_array_equal(data.read_file(tmp_path / "layers.h5ad", key="counts").x, X)
     with pytest.raises(KeyError, match=r"layers\.h5ad: no obs, so no obs column 'kind'"):
         data.read_file(tmp_path / "layers.h5ad", key="counts", labels="kind")
+    with h5py.File(tmp_path / "old.h5ad", "w") as f:  # anndata 0.6's sparse X: no file
+        f.create_group("X").attrs["h5sparse_format"] = "csr"
+    with pytest.raises(ValueError, match=r"old.h5ad: unsupported h5ad matrix encoding '' of "
+                       r"/X \(an old AnnData's\? write it again with adata.write_h5ad\)"):
+        data.read_file(tmp_path / "old.h5ad")
     (tmp_path / "text.h5ad").write_text("cell,g1\n")  # was OSError naming no file
     with pytest.raises(ValueError, match=r"text.h5ad: not an HDF5 file \(.*signature"):
         data.read_file(tmp_path / "text.h5ad")

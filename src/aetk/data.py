@@ -376,7 +376,8 @@ def _h5ad_matrix(node: Any) -> np.ndarray:
         return node[...]
     kind = node.attrs.get("encoding-type", "")
     if kind not in ("csr_matrix", "csc_matrix"):
-        raise ValueError(f"unsupported h5ad matrix encoding {kind!r}")
+        raise ValueError(f"unsupported h5ad matrix encoding {kind!r} of {node.name} (an "
+                         "old AnnData's? write it again with adata.write_h5ad)")
     from scipy import sparse
 
     make = sparse.csr_matrix if kind == "csr_matrix" else sparse.csc_matrix
@@ -405,7 +406,8 @@ def _h5ad_array(node: Any) -> np.ndarray:
         if mask is None or not mask.any():
             return values
         return np.where(mask, None, values.astype(object))
-    raise ValueError(f"unsupported h5ad element encoding {kind!r}")
+    raise ValueError(f"unsupported h5ad element encoding {kind!r} of {node.name} (an old "
+                     "AnnData's? write it again with adata.write_h5ad)")
 
 
 def _h5ad_column(frame: Any, name: str, path: Path) -> np.ndarray:
@@ -426,21 +428,25 @@ def _read_h5ad(path: Path, key: str | None, labels: str | None) -> tuple[RawData
         raise ValueError(f"{path}: not an HDF5 file ({err}); .h5ad files are AnnData's, "
                          "written by adata.write_h5ad") from None
     with f:
-        layers = list(f.get("layers", {}))
-        if key in (None, "X"):
-            if "X" not in f:  # h5py's bare KeyError "object 'X' doesn't exist"
-                what = f"layers: {', '.join(layers)}; name one with `key`" if layers else \
-                    f"entries: {', '.join(f)}: not AnnData's layout; save the array with np.save"
-                raise ValueError(f"{path}: no X ({what})")
-            x = _h5ad_matrix(f["X"])
-        else:
-            x = _h5ad_matrix(f["layers"][_pick_key(layers, key, "layer", str(path))])
-        var = f.get("var", {})
-        index = var.attrs.get("_index", "_index") if var else "_index"
-        names = _h5ad_array(var[index]) if index in var else None
-        if labels is not None and "obs" not in f:
-            raise KeyError(f"{path}: no obs, so no obs column {labels!r}")
-        label_values = None if labels is None else _h5ad_column(f["obs"], labels, path)
+        try:
+            layers = list(f.get("layers", {}))
+            if key in (None, "X"):
+                if "X" not in f:  # h5py's bare KeyError "object 'X' doesn't exist"
+                    what = (f"layers: {', '.join(layers)}; name one with `key`" if layers
+                            else f"entries: {', '.join(f)}: not AnnData's layout; save the "
+                            "array with np.save")
+                    raise ValueError(f"no X ({what})")  # the file named below
+                x = _h5ad_matrix(f["X"])
+            else:
+                x = _h5ad_matrix(f["layers"][_pick_key(layers, key, "layer", str(path))])
+            var = f.get("var", {})
+            index = var.attrs.get("_index", "_index") if var else "_index"
+            names = _h5ad_array(var[index]) if index in var else None
+            if labels is not None and "obs" not in f:
+                raise KeyError(f"{path}: no obs, so no obs column {labels!r}")
+            label_values = None if labels is None else _h5ad_column(f["obs"], labels, path)
+        except ValueError as err:  # the encodings' errors, which name no file
+            raise ValueError(f"{path}: {err}") from None
     data = _flatten(x, str(path))
     data.feature_names = None if names is None else [str(n) for n in names]
     return data, label_values
