@@ -184,6 +184,13 @@ def test_a_tables_row_names_are_not_a_feature(tmp_path: Path) -> None:
         raw = data.read_file(tmp_path / "d.csv", labels="kind")
         _check(raw)
         assert raw.feature_names == [str(c) for c in table.columns[:-1]]
+    # row names under a header of their own: the error says how aetk takes them
+    table.index = [f"cell{i}" for i in range(40)]
+    table.to_csv(tmp_path / "d.csv", index_label="cell")
+    with pytest.raises(ValueError, match=r"non-numeric columns \['cell'\]; name the label "
+                       r"column with `labels` or remove them \(row names in 'cell'\? aetk "
+                       "drops a first column whose header cell is empty"):
+        data.read_file(tmp_path / "d.csv", labels="kind")
 
 
 def test_a_tables_true_false_columns_are_0_and_1(tmp_path: Path) -> None:

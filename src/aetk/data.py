@@ -342,8 +342,12 @@ def _parse_table(path: Path, labels: str | None, header: bool | None) -> tuple[R
         if len(table.columns) == 1:  # e.g. np.savetxt's spaces: one field per line
             raise ValueError(f"{path}: one column, of text ({str(table.columns[0])[:40]!r}"
                              "...): separate the fields by commas, tabs or semicolons")
+        first = table.columns[0]
+        names = (f" (row names in {first!r}? aetk drops a first column whose header cell is "
+                 "empty, as pandas' to_csv and R's write.csv write it)"
+                 if bad[0] == str(first) and table[first].is_unique else "")
         raise ValueError(f"{path}: non-numeric columns {bad[:10]}; name the label column "
-                         "with `labels` or remove them")
+                         f"with `labels` or remove them{names}")
     # True/False columns as 0/1: with other columns, to_numpy made an array of objects
     table = table.astype({c: np.int8 for c in table.columns
                           if pd.api.types.is_bool_dtype(table[c])})
