@@ -399,7 +399,12 @@ def test_reader_errors(tmp_path: Path) -> None:
     message = "{}: not an array of numbers or strings"
     for bad in ("junk.npy", "objects.npy", "objects.npz"):
         with pytest.raises(ValueError, match=message.format(bad)):
-            data.read_file(tmp_path / bad, key="x")
+            data.read_file(tmp_path / bad, key="x" if bad.endswith(".npz") else None)
+    pd.DataFrame(X).to_csv(tmp_path / "t.csv")
+    for one in ("x.npy", "t.csv"):  # a key was ignored: the array read was not the one named
+        with pytest.raises(ValueError, match=rf"{one}: a \.\w+ file holds one array; `key` "
+                           r"names one in \.npz, \.zarr or \.h5ad files"):
+            data.read_file(tmp_path / one, key="counts")
     for bad in ("junk.npy", "objects.npy"):
         with pytest.raises(ValueError, match=message.format(bad)):
             data.read_file(tmp_path / "x.npy", labels=str(tmp_path / bad))

@@ -473,6 +473,9 @@ def read_file(path: str | Path, *, key: str | None = None, labels: str | None = 
     suffix = file_suffix(path)
     if header is not None and suffix not in (".csv", ".tsv"):
         raise ValueError(f"{path}: `header` applies to .csv and .tsv files")
+    if key is not None and suffix in (".npy", ".csv", ".tsv"):  # was ignored without a word
+        raise ValueError(f"{path}: a {suffix} file holds one array; `key` names one in .npz, "
+                         ".zarr or .h5ad files")
     label_file = labels is not None and Path(labels).suffix in (".npy", ".txt") \
         and Path(labels).exists()
     if labels is not None and Path(labels).suffix in (".npy", ".txt") and not label_file:
