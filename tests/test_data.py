@@ -191,6 +191,11 @@ def test_a_tables_row_names_are_not_a_feature(tmp_path: Path) -> None:
                        r"column with `labels` or remove them \(row names in 'cell'\? aetk "
                        "drops a first column whose header cell is empty"):
         data.read_file(tmp_path / "d.csv", labels="kind")
+    # not for numbers written as text: "1,000" names no row
+    (tmp_path / "e.csv").write_text('a,b\n"1,000",2\n3,4\n')
+    with pytest.raises(ValueError, match=r"non-numeric columns \['a'\]; name the label column "
+                       "with `labels` or remove them$"):
+        data.read_file(tmp_path / "e.csv")
 
 
 def test_a_tables_true_false_columns_are_0_and_1(tmp_path: Path) -> None:

@@ -341,11 +341,13 @@ def _parse_table(path: Path, labels: str | None, header: bool | None) -> tuple[R
         _decimal_commas(table[bad], path, sep)
         if len(table.columns) == 1:  # e.g. np.savetxt's spaces: one field per line
             raise ValueError(f"{path}: one column, of text ({str(table.columns[0])[:40]!r}"
-                             "...): separate the fields by commas, tabs or semicolons")
+                             "...): separate the fields by commas, tabs or semicolons, and begin "
+                             "with the header or the first sample, not a comment")
         first = table.columns[0]
         names = (f" (row names in {first!r}? aetk drops a first column whose header cell is "
                  "empty, as pandas' to_csv and R's write.csv write it)"
-                 if bad[0] == str(first) and table[first].is_unique else "")
+                 if bad[0] == str(first) and table[first].is_unique
+                 and table[first].astype(str).str.contains("[A-Za-z]").all() else "")
         raise ValueError(f"{path}: non-numeric columns {bad[:10]}; name the label column "
                          f"with `labels` or remove them{names}")
     # True/False columns as 0/1: with other columns, to_numpy made an array of objects
