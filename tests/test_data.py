@@ -198,6 +198,24 @@ def test_a_tables_row_names_are_not_a_feature(tmp_path: Path) -> None:
         data.read_file(tmp_path / "e.csv")
 
 
+def test_a_separator_ending_every_line_makes_no_column(tmp_path: Path) -> None:
+    # was a last feature of NaNs, which prepare refused ("NaN ... column 6")
+    lines = [",".join(f"{v:g}" for v in row) + "," for row in X]
+    (tmp_path / "h.csv").write_text("\n".join(["g0,g1,g2,g3,g4,g5,", *lines]) + "\n")
+    (tmp_path / "n.csv").write_text("\n".join(lines) + "\n")
+    for name in ("h.csv", "n.csv"):
+        raw = data.read_file(tmp_path / name)
+        np.testing.assert_array_equal(raw.x, X)
+    assert raw.feature_names == [str(i) for i in range(6)]
+    # a named last column of NaNs stays, for prepare to refuse
+    (tmp_path / "e.csv").write_text("a,b\n1,\n2,\n")
+    assert data.read_file(tmp_path / "e.csv").x.shape == (2, 2)
+    # a missing value in a first line of numbers: a sample (it was the header, lost)
+    (tmp_path / "m.csv").write_text("1,,3\n4,5,6\n")
+    np.testing.assert_array_equal(data.read_file(tmp_path / "m.csv").x,
+                                  [[1, np.nan, 3], [4, 5, 6]])
+
+
 def test_a_tables_true_false_columns_are_0_and_1(tmp_path: Path) -> None:
     table = pd.DataFrame(X, columns=[f"g{i}" for i in range(6)])
     table["expressed"] = X[:, 0] > 10

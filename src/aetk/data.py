@@ -307,10 +307,13 @@ def _parse_table(path: Path, labels: str | None, header: bool | None) -> tuple[R
     if not first:
         raise ValueError(f"{path}: the file is empty")
     if header is None:
-        numbers = all(_is_number(v) for v in first)
-        if numbers and first == [str(i) for i in range(len(first))]:
+        # missing values are empty fields; a first one is the corner of a header above
+        # row names, a last one (in a line of numbers) a separator that ends every line
+        fields = first[:-1] if len(first) > 1 and first[-1] == "" else first
+        numbers = fields[0] != "" and all(v == "" or _is_number(v) for v in fields)
+        if numbers and fields == [str(i) for i in range(len(fields))]:
             # pandas' to_csv(index=False) of a table without column names, or a sample
-            shown = ",".join(first[:4]) + (",..." if len(first) > 4 else "")
+            shown = ",".join(fields[:4]) + (",..." if len(fields) > 4 else "")
             raise ValueError(f"{path}: is the first line ({shown}) column names or a sample? "
                              "Say which with header=True or False (data.header in the "
                              "pipeline's config, --header or --no-header for aetk preprocess)")
@@ -328,6 +331,12 @@ def _parse_table(path: Path, labels: str | None, header: bool | None) -> tuple[R
         # An empty first header cell: a column of row names, as pandas' to_csv and R's
         # write.csv write them (row numbers there would otherwise become a feature).
         table = table.drop(columns=table.columns[0])
+    last = table.columns[-1] if len(table.columns) > 1 else None
+    if last is not None and (not header or str(last).startswith("Unnamed: ")) \
+            and table[last].isna().all():
+        # a separator at the end of every line (some exports write one): no column, not a
+        # feature of NaNs that prepare refuses
+        table = table.drop(columns=last)
     label_values = None
     if table.empty and len(table.columns):  # before the columns are called non-numeric
         raise ValueError(f"{path}: a header row but no samples")
