@@ -107,7 +107,7 @@ def _with_labels(data: RawData, values: Any | None) -> RawData:
                          f"shape {values.shape}; one-hot rows: give argmax(axis=1)")
     values = values.reshape(-1)
     if len(values) != len(data.x):
-        raise ValueError(f"{len(values)} labels for {len(data.x)} samples")
+        raise ValueError(f"{data.source}: {len(values)} labels for {len(data.x)} samples")
     try:
         data.labels, data.label_kind, data.label_names = encode_labels(values)
     except ValueError as err:
@@ -118,7 +118,8 @@ def _with_labels(data: RawData, values: Any | None) -> RawData:
 def _flatten(x: np.ndarray, source: str) -> RawData:
     x = np.asarray(x)
     if x.ndim < 2:
-        raise ValueError(f"{source}: expected samples x features, got shape {x.shape}")
+        one = ": one feature per sample? save x.reshape(-1, 1)" if x.ndim == 1 else ""
+        raise ValueError(f"{source}: expected samples x features, got shape {x.shape}{one}")
     if x.dtype.kind not in "biuf":
         raise ValueError(f"{source}: data must be numeric, got dtype {x.dtype}")
     image_shape = tuple(int(s) for s in x.shape[1:]) if x.ndim > 2 else None
