@@ -128,6 +128,12 @@ def test_a_tables_separator_is_found_and_decimal_commas_refused(tmp_path: Path) 
         _check(data.read_file(tmp_path / name, labels="kind"), x=X + 0.25)
         np.savetxt(tmp_path / name, X + 0.25, delimiter=sep)  # and without a header
         _check(data.read_file(tmp_path / name), x=X + 0.25, labels=None)
+    # a semicolon in a column name is no separator (in a .tsv, nor where the samples have none)
+    for name, sep in (("names.csv", ","), ("names.tsv", "\t")):
+        table.rename(columns={"g1": "g1;g2"}).to_csv(tmp_path / name, sep=sep, index=False)
+        raw = data.read_file(tmp_path / name, labels="kind")
+        _check(raw, x=X + 0.25)
+        assert raw.feature_names[1] == "g1;g2"
     # decimal commas: split at their commas, the lines "17,25;6,25;..." became a row index
     # and one feature, each line's last digits
     table.drop(columns="kind").to_csv(tmp_path / "eu.csv", sep=";", decimal=",", index=False)

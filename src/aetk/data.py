@@ -253,17 +253,26 @@ def file_suffix(path: str | Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
-def _first_line(path: Path) -> str:
+def _first_lines(path: Path) -> list[str]:
+    """The first two non-blank lines (fewer in a shorter file)."""
     opener: Any = COMPRESSIONS.get(path.suffix.lower(), open)
     with opener(path, "rt", newline="", encoding="utf-8-sig") as f:
-        return next((line for line in f if line.strip()), "")
+        lines = []
+        for line in f:
+            if line.strip():
+                lines.append(line)
+                if len(lines) == 2:
+                    break
+        return lines
 
 
-def _separator(path: Path, line: str) -> str:
+def _separator(path: Path, lines: list[str]) -> str:
     """The field separator: tabs in a .tsv, commas in a .csv, unless the first line has
-    none of them, or semicolons (Excel's in locales of decimal commas: "0,5;1,5")."""
+    none of them, or semicolons (Excel's in locales of decimal commas: "0,5;1,5") on both
+    first lines (not one in a column name)."""
     sep = "\t" if file_suffix(path) == ".tsv" else ","
-    if sep in line and ";" not in line:
+    line = lines[0] if lines else ""
+    if sep in line and (sep == "\t" or not all(";" in ln for ln in lines)):
         return sep
     return next((other for other in (";", sep, "\t", ",", "|") if other in line), sep)
 
@@ -300,8 +309,9 @@ def _parse_table(path: Path, labels: str | None, header: bool | None) -> tuple[R
 
     import pandas as pd
 
-    line = _first_line(path)
-    sep = _separator(path, line)
+    lines = _first_lines(path)
+    sep = _separator(path, lines)
+    line = lines[0] if lines else ""
     # the fields as written: pandas renames repeated column names ("0.5,0.5" became the
     # header "0.5", "0.5.1", no longer all numbers)
     first = next(csv.reader([line], delimiter=sep), [])
