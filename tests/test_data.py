@@ -664,6 +664,10 @@ def test_prepare_names_non_finite_values_in_the_file_and_after_transforms() -> N
     with pytest.raises(ValueError, match=r"^test: 2 NaN or infinite values, the first at "
                        r"row 5, column 3 \(counting from 0\) in the data: impute or drop"):
         data.prepare(data.RawData(x=x, source="test"), transforms=[], n_samples=4)
+    x = np.arange(60.0).reshape(10, 6) - 2  # was "log1p needs non-negative data" alone
+    with pytest.raises(ValueError, match=r"^test: log1p needs non-negative data: 2 values are "
+                       r"negative, the smallest -2 \(give log1p before transforms that centre"):
+        data.prepare(data.RawData(x=x, source="test"), transforms=["log1p"])
     x = np.zeros((10, 6))
     x[:, 4] = 1e308  # the mean overflows
     with (pytest.raises(ValueError, match=r"^test: the transforms made 10 NaN .* row 0, column 4"),

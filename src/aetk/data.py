@@ -668,7 +668,9 @@ class Log1p(Transform):
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         if np.any(x < 0):
-            raise ValueError("log1p needs non-negative data")
+            raise ValueError(f"log1p needs non-negative data: {int(np.sum(x < 0))} values are "
+                             f"negative, the smallest {x.min():g} (give log1p before transforms "
+                             "that centre the data, or none for data with negative values)")
         return np.log1p(x)
 
     def inverse(self, x: np.ndarray) -> np.ndarray:
@@ -904,7 +906,10 @@ def prepare(raw: RawData, *, transforms: list[str | dict[str, Any]],
     is_val = split(len(keep), validation_fraction, seed,
                    labels if raw.label_kind == "categorical" else None)
     pipeline = TransformPipeline.from_specs(transforms)
-    x = pipeline.fit_transform(raw.x[keep], ~is_val)
+    try:
+        x = pipeline.fit_transform(raw.x[keep], ~is_val)
+    except ValueError as err:  # a transform's refusal, which names no data
+        raise ValueError(f"{raw.source or 'the data'}: {err}") from None
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{raw.source or 'the data'}: the transforms made {_non_finite(x)} "
                          "(values too large for them? scale the data first)")
