@@ -37,6 +37,12 @@ def test_npy_with_label_files(tmp_path: Path) -> None:
     _check(data.read_file(tmp_path / "x.npy", labels=str(tmp_path / "y.npy")))
     (tmp_path / "y.txt").write_text("\n".join(Y) + "\n")
     _check(data.read_file(tmp_path / "x.npy", labels=str(tmp_path / "y.txt")))
+    # suffixes in capitals: Y.NPY was read as text, Y.TXT refused as no label file
+    with open(tmp_path / "Y.NPY", "wb") as f:  # np.save would add .npy
+        np.save(f, Y)
+    (tmp_path / "Y.TXT").write_text("\n".join(Y) + "\n")
+    for name in ("Y.NPY", "Y.TXT"):
+        _check(data.read_file(tmp_path / "x.npy", labels=str(tmp_path / name)))
 
 
 def test_npy_images_keep_their_shape(tmp_path: Path) -> None:

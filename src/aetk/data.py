@@ -219,7 +219,7 @@ def _no_pickles(path: Path) -> Iterator[None]:
 
 
 def _read_label_file(path: Path) -> np.ndarray:
-    if path.suffix == ".npy":
+    if path.suffix.lower() == ".npy":
         with _no_pickles(path):
             return np.load(path, allow_pickle=False)
     try:
@@ -498,9 +498,9 @@ def read_file(path: str | Path, *, key: str | None = None, labels: str | None = 
     if key is not None and suffix in (".npy", ".csv", ".tsv"):  # was ignored without a word
         raise ValueError(f"{path}: a {suffix} file holds one array; `key` names one in .npz, "
                          ".zarr or .h5ad files")
-    label_file = labels is not None and Path(labels).suffix in (".npy", ".txt") \
+    label_file = labels is not None and Path(labels).suffix.lower() in (".npy", ".txt") \
         and Path(labels).exists()
-    if labels is not None and Path(labels).suffix in (".npy", ".txt") and not label_file:
+    if labels is not None and Path(labels).suffix.lower() in (".npy", ".txt") and not label_file:
         # a mistyped path: not "no column 'labels.txt'", nor "give labels as a file path"
         raise FileNotFoundError(f"label file {labels} does not exist")
     if labels is not None and not label_file and Path(labels).suffix and Path(labels).is_file():

@@ -251,7 +251,7 @@ def data_input(wildcards):
     if DATA["source"] in BUNDLED:
         return []
     labels = DATA["labels"]
-    label_file = labels is not None and Path(labels).suffix in (".npy", ".txt")
+    label_file = labels is not None and Path(labels).suffix.lower() in (".npy", ".txt")
     return [DATA["source"]] + ([labels] if label_file and Path(labels).exists() else [])
 
 
