@@ -113,6 +113,17 @@ def test_a_tables_first_line_is_names_or_a_sample_as_said(tmp_path: Path) -> Non
     assert raw.feature_names == [str(i) for i in range(6)]
     raw = data.read_file(tmp_path / "n.csv", header=False)
     np.testing.assert_array_equal(raw.x, np.vstack([np.arange(6), X]))
+    # other names of numbers likewise: wavelengths, gene ids above fractions
+    pd.DataFrame(X, columns=range(400, 460, 10)).to_csv(tmp_path / "w.csv", index=False)
+    pd.DataFrame(X, columns=[7157, 672, 675, 1956, 4609, 5290]).to_csv(tmp_path / "g.csv",
+                                                                       index=False)
+    for name, shown in (("w.csv", "400,410,420,430,..."), ("g.csv", "7157,672,675,1956,...")):
+        with pytest.raises(ValueError, match=rf"{name}: is the first line \({shown}\)"):
+            data.read_file(tmp_path / name)
+        np.testing.assert_array_equal(data.read_file(tmp_path / name, header=True).x, X)
+    # a first sample of counts, its values distinct, above other counts: a sample
+    np.savetxt(tmp_path / "c.csv", X, delimiter=",", fmt="%d")
+    np.testing.assert_array_equal(data.read_file(tmp_path / "c.csv").x, X)
     # header=False reads a first line of names as a sample: its strings are refused
     pd.DataFrame(X, columns=list("abcdef")).to_csv(tmp_path / "named.csv", index=False)
     with pytest.raises(ValueError, match="non-numeric columns"):

@@ -292,6 +292,21 @@ def _decimal_commas(table: Any, path: Path, sep: str) -> None:
                 "index=False)")
 
 
+def _names_like(fields: list[str], below: list[str]) -> bool:
+    """A first line of numbers that may as well be column names: 0,1,2,... (pandas' names
+    of unnamed columns), at least three increasing integers (wavelengths, times, which a
+    sample seldom is), or distinct integers above a line with fractions (`below`)."""
+    import re
+
+    if not all(re.fullmatch(r"[+-]?\d+", v) for v in fields):
+        return False
+    values = [int(v) for v in fields]
+    return (values == list(range(len(values)))
+            or (len(values) >= 3 and bool(np.all(np.diff(values) > 0)))
+            or (len(set(values)) == len(values) > 1
+                and any(not re.fullmatch(r"[+-]?\d*", v.strip()) for v in below)))
+
+
 def _read_table(path: Path, labels: str | None, header: bool | None) -> tuple[RawData, Any]:
     try:
         return _parse_table(path, labels, header)
@@ -322,8 +337,8 @@ def _parse_table(path: Path, labels: str | None, header: bool | None) -> tuple[R
         # row names, a last one (in a line of numbers) a separator that ends every line
         fields = first[:-1] if len(first) > 1 and first[-1] == "" else first
         numbers = fields[0] != "" and all(v == "" or _is_number(v) for v in fields)
-        if numbers and fields == [str(i) for i in range(len(fields))]:
-            # pandas' to_csv(index=False) of a table without column names, or a sample
+        below = next(csv.reader(lines[1:2], delimiter=sep), [])
+        if numbers and _names_like(fields, below):
             shown = ",".join(fields[:4]) + (",..." if len(fields) > 4 else "")
             raise ValueError(f"{path}: is the first line ({shown}) column names or a sample? "
                              "Say which with header=True or False (data.header in the "
@@ -487,7 +502,8 @@ def read_file(path: str | Path, *, key: str | None = None, labels: str | None = 
     or the only array). ``labels`` names the label array (npz key, zarr array, csv column,
     h5ad obs column) or is the path of a ``.npy``/``.txt`` file with one label per sample.
     ``header`` says whether a table's first line holds column names; by default it does
-    unless it is all numbers, and a first line ``0,1,2,...`` (names or a sample) is an error.
+    unless it is all numbers, and a first line of numbers that may be names (``0,1,2,...``,
+    increasing integers) is an error.
     """
     path = Path(path)
     if not path.exists():
