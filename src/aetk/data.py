@@ -97,7 +97,8 @@ def encode_labels(values: Any) -> tuple[np.ndarray, str, list[str] | None]:
     return arr, "continuous", None
 
 
-def _with_labels(data: RawData, values: Any | None) -> RawData:
+def _with_labels(data: RawData, values: Any | None, origin: str | None = None) -> RawData:
+    """`data` with `values` encoded as its labels; `origin` is the label file, if any."""
     if values is None:
         return data
     values = np.asarray(values)
@@ -107,7 +108,9 @@ def _with_labels(data: RawData, values: Any | None) -> RawData:
                          f"shape {values.shape}; one-hot rows: give argmax(axis=1)")
     values = values.reshape(-1)
     if len(values) != len(data.x):
-        raise ValueError(f"{data.source}: {len(values)} labels for {len(data.x)} samples")
+        origin = f" in {origin}" if origin else ""
+        raise ValueError(f"{data.source}: {len(values)} labels{origin} for {len(data.x)} "
+                         "samples")
     try:
         data.labels, data.label_kind, data.label_names = encode_labels(values)
     except ValueError as err:
@@ -562,7 +565,7 @@ def read_file(path: str | Path, *, key: str | None = None, labels: str | None = 
         raise ValueError(f"{path}: no samples" if len(data.x) == 0 else
                          f"{path}: no features" + (" besides the label column"
                                                    if inner_labels is not None else ""))
-    return _with_labels(data, label_values)
+    return _with_labels(data, label_values, labels if label_file else None)
 
 
 def load_source(source: str, *, key: str | None = None, labels: str | None = None,
