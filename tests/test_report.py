@@ -164,6 +164,20 @@ def test_reconstructions_show_the_data_above_their_reconstructions(monkeypatch) 
     np.testing.assert_array_equal(rows[1], recon)
 
 
+def test_image_rows_share_one_grey_scale() -> None:
+    """Raw digits (0 to 16, e.g. for a categorical decoder) over reconstructions reaching
+    only 8: one scale for every image, so 8 is drawn half as dark as 16 in every row (each
+    row had its own maximum as black, and a negative value was white)."""
+    data = np.tile(np.linspace(0.0, 16.0, 4), (3, 1))
+    recon = np.tile(np.linspace(-2.0, 8.0, 4), (3, 1))
+    latent = xr.Dataset({"example_data": (("example", "feature"), data),
+                         "example_reconstruction": (("example", "feature"), recon)},
+                        attrs={"image_shape": [2, 2]})
+    fig = report.plot_reconstructions(latent)
+    limits = {ax.images[0].get_clim() for ax in fig.axes if ax.images}
+    assert limits == {(-2.0, 16.0)}
+
+
 def test_comparison_figure_draws_each_column_where_its_legend_says() -> None:
     """The dots are the table's columns: log p(x) and ELBO, I(x; z) with KL(q(z) || p(z))
     stacked on it, each sampler's score and the validation data's; settings sorted by

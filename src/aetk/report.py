@@ -137,6 +137,10 @@ def _image_grid(rows: list[np.ndarray], shape: tuple[int, ...], row_names: list[
     fig, axes = _subplots(len(rows), n, figsize=(0.9 * n + 0.6, height))
     fig.subplots_adjust(top=1 - head / height)
     fig.suptitle(title, fontsize=10, y=1 - 0.05 / height, va="top")
+    # one grey scale for every image: per row, a reconstruction (or a chunk of samples)
+    # whose values reach 8 of the data's 16 looked as dark as the data
+    lo = min(0.0, min(float(np.min(r)) for r in rows))
+    hi = max(1.0, max(float(np.max(r)) for r in rows))
     for i, row in enumerate(rows):
         for j in range(n):
             ax = axes[i, j]
@@ -146,7 +150,7 @@ def _image_grid(rows: list[np.ndarray], shape: tuple[int, ...], row_names: list[
                 spine.set_visible(False)
             if j < len(row):
                 ax.imshow(row[j].reshape(shape[-2:] if len(shape) >= 2 else (1, -1)),
-                          cmap="gray_r", vmin=0, vmax=max(1.0, float(np.max(row))))
+                          cmap="gray_r", vmin=lo, vmax=hi)
         axes[i, 0].set_ylabel(row_names[i], fontsize=9, rotation=0, ha="right", va="center")
         if i and row_names[i] and not row_names[i - 1]:
             y = (axes[i - 1, 0].get_position().y0 + axes[i, 0].get_position().y1) / 2
