@@ -178,6 +178,28 @@ def test_image_rows_share_one_grey_scale() -> None:
     assert limits == {(-2.0, 16.0)}
 
 
+def test_heat_maps_keep_a_two_line_title_off_the_panels_and_tick_whole_indices() -> None:
+    """The traversals of data that are not images (the swiss roll's 3 features): the
+    two-line title ran into the panels' titles, and wide panels ticked features at -0.5,
+    0.5, ..."""
+    rows = [np.random.default_rng(0).random((10, 3)) for _ in range(3)]
+    fig = report._heatmaps(rows, ["z2", "z3", "z1"], "latent traversals: rhvae x gaussian\n"
+                           "one dimension at a time across the validation codes' 2%-98% "
+                           "range, the others at their median", ylabel="step")
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    title = fig.get_suptitle()
+    top = next(t for t in fig.texts if t.get_text() == title).get_window_extent(renderer)
+    panels = fig.axes[:3]
+    assert not any(top.overlaps(ax.title.get_window_extent(renderer)) for ax in panels)
+    for ax in panels:
+        ticks = ax.get_xticks()
+        low, high = sorted(ax.get_xlim())
+        assert list(ticks[(ticks >= low) & (ticks <= high)]) == [0.0, 1.0, 2.0]
+        assert np.all(np.mod(ax.get_yticks(), 1) == 0)
+
+
 def test_comparison_figure_draws_each_column_where_its_legend_says() -> None:
     """The dots are the table's columns: log p(x) and ELBO, I(x; z) with KL(q(z) || p(z))
     stacked on it, each sampler's score and the validation data's; settings sorted by

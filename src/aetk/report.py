@@ -166,13 +166,16 @@ def _heatmaps(rows: list[np.ndarray], row_names: list[str], title: str,
     if lo >= 0 and hi > 20:  # counts: a log scale shows more than the few largest values
         rows, lo, hi, label = [np.log1p(r) for r in rows], np.log1p(lo), np.log1p(hi), \
             "log(1 + value)"
-    fig, axes = _subplots(1, len(rows), figsize=(4 * len(rows), 3.2))
+    # constrained: a two-line title (the traversals') ran into the panels' titles
+    fig, axes = _subplots(1, len(rows), figsize=(4 * len(rows), 3.2), layout="constrained")
     for ax, row, name in zip(axes[0], rows, row_names, strict=True):
         im = ax.imshow(row, aspect="auto", interpolation="nearest", vmin=lo, vmax=hi,
                        cmap="viridis")
         ax.set(title=name, xlabel="feature", ylabel=ylabel)
+        for axis in (ax.xaxis, ax.yaxis):  # indices: no ticks at -0.5 or 1.5
+            axis.set_major_locator(MaxNLocator(integer=True))
     fig.colorbar(im, ax=axes[0].tolist(), label=label)
-    fig.suptitle(title, fontsize=10, y=1.03)
+    fig.suptitle(title, fontsize=10)
     return fig
 
 
