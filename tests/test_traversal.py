@@ -122,6 +122,30 @@ def test_traversal_figure_of_many_dimensions_without_images(tmp_path) -> None:
     assert len(fig.axes) >= 4  # and it returns the figure, for a notebook
 
 
+@pytest.mark.parametrize(("latent_dim", "note"), [(10, " (the 4 most varied of 10)"),
+                                                  (3, "")])
+def test_traversal_title_says_when_dimensions_are_left_out(latent_dim, note) -> None:
+    """A 10-D VAE of the S-curve's 3 features: four heat maps, and the title says they are
+    the four most varied of ten (it read as if the model had four); a 3-D one shows all."""
+    import xarray as xr
+
+    from aetk import report
+
+    rng = np.random.default_rng(0)
+    ds = xr.Dataset(
+        {"z_mean": (("sample", "latent"), rng.standard_normal((20, latent_dim))),
+         "traversal": (("traversed", "step", "feature"), rng.random((latent_dim, 5, 3))),
+         "traversal_value": (("traversed", "step"),
+                             np.tile(np.linspace(-1, 1, 5), (latent_dim, 1)))},
+        coords={"traversed": np.arange(latent_dim)},
+        attrs={"model": "vae", "likelihood": "gaussian"})
+    fig = report.plot_traversals(ds)
+    assert fig.get_suptitle().splitlines()[1] == (
+        f"one dimension at a time{note} across the validation codes' 2%-98% range, the "
+        "others at their median")
+    assert sum(bool(ax.images) for ax in fig.axes) == min(latent_dim, 4)
+
+
 def test_figures_without_a_path_are_returned_not_written(tmp_path, monkeypatch) -> None:
     """Every plot_* returns its figure; without a path it writes nothing (a notebook
     shows the figure); a single fit history is one panel."""

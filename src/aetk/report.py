@@ -282,12 +282,16 @@ def plot_traversals(latent: xr.Dataset, path: Path | None = None, max_heatmaps: 
     names = [f"z{j + 1}\n{v[0]:.1f} to {v[-1]:.1f}"
              for j, v in zip(latent["traversed"].values, values, strict=True)]
     rows = list(latent["traversal"].values)
-    title = (f"latent traversals: {model}\none dimension at a time across the validation "
-             "codes' 2%-98% range, the others at their median")
+    shown = len(rows) if shape else min(len(rows), max_heatmaps)
+    dims = latent.sizes.get("latent", len(rows))
+    # the rest are left out: say so, or a 10-D model looks as if it had only these
+    which = f" (the {shown} most varied of {dims})" if shown < dims else ""
+    title = (f"latent traversals: {model}\none dimension at a time{which} across the "
+             "validation codes' 2%-98% range, the others at their median")
     if shape:
         fig = _image_grid(rows, tuple(shape), names, title)
     else:
-        fig = _heatmaps(rows[:max_heatmaps], [n.replace("\n", ": ") for n in names[:max_heatmaps]],
+        fig = _heatmaps(rows[:shown], [n.replace("\n", ": ") for n in names[:shown]],
                         title, ylabel="step")
     return _save(fig, path)
 
