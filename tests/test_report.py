@@ -178,6 +178,25 @@ def test_image_rows_share_one_grey_scale() -> None:
     assert limits == {(-2.0, 16.0)}
 
 
+@pytest.mark.parametrize("shape", [(3, 4, 5), (4, 5, 3), (2, 4, 5)])
+def test_images_with_channels_are_drawn(shape) -> None:
+    """Colour images, (C, H, W) as aetk's convolutions take them or numpy's (H, W, 3), in
+    colour, and other channel counts side by side (the report stopped with "cannot reshape
+    array of size 60 into shape (5,3)")."""
+    data = np.random.default_rng(0).random((2, int(np.prod(shape))))
+    latent = xr.Dataset({"example_data": (("example", "feature"), data),
+                         "example_reconstruction": (("example", "feature"), data / 2)},
+                        attrs={"image_shape": list(shape)})
+    first = report.plot_reconstructions(latent).axes[0].images[0].get_array()
+    image = data[0].reshape(shape)
+    if shape[0] == 3:
+        np.testing.assert_allclose(first, image.transpose(1, 2, 0))
+    elif shape[-1] == 3:
+        np.testing.assert_allclose(first, image)
+    else:
+        np.testing.assert_allclose(first, np.hstack(list(image)))
+
+
 def test_heat_maps_keep_a_two_line_title_off_the_panels_and_tick_whole_indices() -> None:
     """The traversals of data that are not images (the swiss roll's 3 features): the
     two-line title ran into the panels' titles, and wide panels ticked features at -0.5,

@@ -149,13 +149,30 @@ def _image_grid(rows: list[np.ndarray], shape: tuple[int, ...], row_names: list[
             for spine in ax.spines.values():
                 spine.set_visible(False)
             if j < len(row):
-                ax.imshow(row[j].reshape(shape[-2:] if len(shape) >= 2 else (1, -1)),
-                          cmap="gray_r", vmin=lo, vmax=hi)
+                _show_image(ax, row[j], shape, lo, hi)
         axes[i, 0].set_ylabel(row_names[i], fontsize=9, rotation=0, ha="right", va="center")
         if i and row_names[i] and not row_names[i - 1]:
             y = (axes[i - 1, 0].get_position().y0 + axes[i, 0].get_position().y1) / 2
             fig.add_artist(Line2D([0.02, 0.98], [y, y], color="0.5", lw=1))
     return fig
+
+
+def _show_image(ax: Axes, x: np.ndarray, shape: tuple[int, ...], lo: float, hi: float) -> None:
+    """One flat sample as an image: grey for `(H, W)`; for `(C, H, W)`, the layout of
+    aetk's convolutions, in colour when C is 3 (also `(H, W, 3)`, numpy's usual colour
+    layout), else its channels side by side (colour images stopped the report with
+    "cannot reshape array of size 192 into shape (8,8)")."""
+    if len(shape) < 2:
+        ax.imshow(x.reshape(1, -1), cmap="gray_r", vmin=lo, vmax=hi)
+        return
+    if len(shape) == 3 and 3 in (shape[0], shape[-1]):
+        rgb = x.reshape(shape) if shape[-1] == 3 and shape[0] != 3 else \
+            x.reshape(shape).transpose(1, 2, 0)
+        ax.imshow(np.clip((rgb - lo) / (hi - lo), 0.0, 1.0))
+        return
+    h, w = shape[-2:]
+    tiles = x.reshape(-1, h, w)  # channels (and any leading axes), left to right
+    ax.imshow(tiles.transpose(1, 0, 2).reshape(h, -1), cmap="gray_r", vmin=lo, vmax=hi)
 
 
 def _heatmaps(rows: list[np.ndarray], row_names: list[str], title: str,
