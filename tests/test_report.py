@@ -197,6 +197,26 @@ def test_images_with_channels_are_drawn(shape) -> None:
         np.testing.assert_allclose(first, np.hstack(list(image)))
 
 
+def test_samples_of_one_feature_are_histograms_over_the_data() -> None:
+    """Data of one feature (a 1-column file): the samples figure stopped 'aetk report run'
+    with "IndexError: index 1 is out of bounds" (it plotted feature 1 against feature 0);
+    now the data's and each sampler's histograms share bins."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    data, drawn = rng.normal(size=(200, 1)), rng.normal(2.0, 1.0, size=(16, 1))
+    latent = xr.Dataset({"generated_model": (("generated", "feature"), drawn)},
+                        attrs={"model": "vae", "likelihood": "gaussian"})
+    ax = report.plot_samples(latent, SimpleNamespace(x=data)).axes[0]
+    bars = [p for p in ax.patches if p.get_label() != "the model's sampler"]
+    heights, edges = np.histogram(data[:, 0], bins=np.histogram_bin_edges(
+        np.concatenate([data, drawn])[:, 0], 30), density=True)
+    np.testing.assert_allclose([b.get_height() for b in bars], heights)
+    np.testing.assert_allclose([b.get_x() for b in bars], edges[:-1])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["data",
+                                                                   "the model's sampler"]
+
+
 def test_heat_maps_keep_a_two_line_title_off_the_panels_and_tick_whole_indices() -> None:
     """The traversals of data that are not images (the swiss roll's 3 features): the
     two-line title ran into the panels' titles, and wide panels ticked features at -0.5,
