@@ -217,6 +217,29 @@ def test_samples_of_one_feature_are_histograms_over_the_data() -> None:
                                                                    "the model's sampler"]
 
 
+@pytest.mark.parametrize(("features", "image_shape", "line"), [
+    (40, None, "rows: conditioned on class B, NK, T in turn"),
+    (3, None, "points: conditioned on class B, NK, T in turn"),
+    (4, [2, 2], "columns: conditioned on class B, NK, T")])
+def test_conditional_samples_title_says_where_the_classes_are(features, image_shape,
+                                                              line) -> None:
+    """A conditional model's samples take the classes in turn: columns of images, but the
+    rows of a heat map (cell counts) and points over the data, which were also titled
+    "columns: conditioned on class ...", columns they do not have."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    latent = xr.Dataset(
+        {"generated_model": (("generated", "feature"), rng.random((6, features))),
+         "generated_class": (("generated",), np.arange(6) % 3)},
+        attrs={"model": "vae", "likelihood": "poisson", "conditions": "labels",
+               "label_names": ["B", "NK", "T"],
+               **({"image_shape": image_shape} if image_shape else {})})
+    fig = report.plot_samples(latent, SimpleNamespace(x=rng.random((20, features))))
+    title = fig.get_suptitle() or fig.axes[0].get_title()
+    assert title.splitlines()[-1] == line
+
+
 def test_heat_maps_keep_a_two_line_title_off_the_panels_and_tick_whole_indices() -> None:
     """The traversals of data that are not images (the swiss roll's 3 features): the
     two-line title ran into the panels' titles, and wide panels ticked features at -0.5,

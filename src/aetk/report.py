@@ -230,11 +230,18 @@ def plot_samples(latent: xr.Dataset, stored: StoredData, path: Path | None = Non
     sets = {name: latent[var].values for var, name in (
         (model_var, own), ("generated_geometric", "Riemannian\nuniform")) if var in latent}
     shape = latent.attrs.get("image_shape")
+    few = next(iter(sets.values())).shape[1] <= 10  # features: points over the data
     width = 8
     if "generated_class" in latent:  # conditional: one column per class, in turn
         width = int(latent["generated_class"].values.max()) + 1
         names = latent.attrs.get("label_names") or list(range(width))
-        title += "\ncolumns: conditioned on class " + ", ".join(map(str, names[:width]))
+        classes = ", ".join(map(str, names[:width]))
+        # a heat map's samples are its rows, and points have no columns: "columns" was
+        # true of images only
+        if shape:
+            title += f"\ncolumns: conditioned on class {classes}"
+        else:
+            title += f"\n{'points' if few else 'rows'}: conditioned on class {classes} in turn"
     if shape:
         rows, names = [], []
         for name, gen in sets.items():
@@ -243,7 +250,7 @@ def plot_samples(latent: xr.Dataset, stored: StoredData, path: Path | None = Non
             rows += chunks
             names += [name] + [""] * (len(chunks) - 1)
         fig = _image_grid(rows, tuple(shape), names, title)
-    elif next(iter(sets.values())).shape[1] <= 10:
+    elif few:
         # Low-dimensional data: samples over the data, in the data's first two principal
         # components when there are more than two features.
         data, names = stored.x, ["feature 0", "feature 1"]
