@@ -619,7 +619,7 @@ def test_kl_weighted_models_are_those_cyclical_beta_anneals(capsys: pytest.Captu
     assert ", ".join(cli.kl_weighted_models()) in " ".join(capsys.readouterr().out.split())
     from aetk import build
 
-    annealing = aetk.CyclicalBeta(4)
+    annealing = aetk.CyclicalBeta(8, n_cycles=2)  # epoch 2: beta = 0.5, no model's default
     for name in build.MODELS:
         model = aetk.build_model(name, "bernoulli", in_features=4, hidden=[8],
                                  **({"centroids": 4} if name == "rhvae" else {}))
