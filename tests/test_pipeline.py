@@ -318,6 +318,35 @@ def test_configured_geodesic_pairs_reach_the_geodesics_command(tmp_path: Path) -
                          for line in lines)
 
 
+def test_configured_pairs_beyond_a_data_file_stop_the_run_before_training(tmp_path: Path
+                                                                          ) -> None:
+    """A file's sample count is known once preprocessed: the pairs are checked then (the
+    job check_pairs, before any training job), not by the geodesics jobs after training;
+    data.n_samples bounds it at start-up."""
+    config = {"data": {"source": "x.npy"}, "grid": {"models": ["rhvae"]},
+              "geodesics": {"pairs": [[0, 29], [1, 30]]}}
+    wd = make_workdir(tmp_path / "file", config)
+    np.save(wd / "x.npy", np.random.default_rng(0).random((30, 4)).astype(np.float32))
+    proc = snakemake(wd, "--cores", "1", "--configfile", "test.yaml", check=False)
+    message = ("geodesics.pairs.1: [1, 30] is out of range: the preprocessed data "
+               "results/data/x.zarr have 30 samples (indices 0 .. 29")
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+    assert message in (wd / "results/logs/check_pairs/x.log").read_text()
+    assert not (wd / "results/models").exists()
+    (wd / "bound.yaml").write_text(yaml.safe_dump({"data": {"n_samples": 20}}))
+    proc = snakemake(wd, "-n", "--configfile", "test.yaml", "bound.yaml", check=False)
+    assert proc.returncode != 0 and ("geodesics.pairs.0: [0, 29] is out of range: data."
+                                     "n_samples keeps at most 20 samples") in proc.stdout
+    # in range: the check passes, and is in the plan only for a file with pairs
+    config["geodesics"]["pairs"] = [[0, 29]]
+    (wd / "test.yaml").write_text(yaml.safe_dump(config))
+    snakemake(wd, "results/data/x.pairs-checked", "--cores", "1", "--configfile", "test.yaml")
+    assert "check_pairs" in job_counts(snakemake(wd, "-n", "--configfile", "test.yaml",
+                                                 "--forcerun", "check_pairs").stdout)
+    assert "check_pairs" not in job_counts(snakemake(make_workdir(tmp_path / "bundled", {
+        "geodesics": {"pairs": [[0, 17]]}}), "-n", "--configfile", "test.yaml").stdout)
+
+
 def test_graph_start_reaches_the_geodesics_command(tmp_path: Path) -> None:
     """`geodesics.init` becomes `--init` (left out for the default, line: results made
     before the option stay current); `graph_neighbours` goes with the graph start only;
@@ -446,6 +475,16 @@ CHECK_ERRORS = [
     ({"grid": {"models": ["vae", "hvae"], "likelihoods": ["mse"]}},
      "grid: the likelihood mse (a deterministic decoder) is only for the models ae, irmae, "
      "wae, vqvae, not for vae, hvae"),
+    # bad geodesics.pairs: the geodesics jobs refused them, after training
+    ({"geodesics": {"pairs": [[0, 17], [5, 80], [17, 0]]}},
+     "geodesics.pairs.2: [17, 0] repeats pair 0 ([0, 17]): list each pair once"),
+    ({"geodesics": {"pairs": [[0, 17], [4999, 5000]]}},
+     "geodesics.pairs.1: [4999, 5000] is out of range: the data have 5000 samples "
+     "(indices 0 .. 4999"),
+    ({"data": {"source": "digits", "n_samples": 300}, "geodesics": {"pairs": [[300, 1]]}},
+     "geodesics.pairs.0: [300, 1] is out of range: the data have 300 samples"),
+    ({"data": {"source": "swissroll"}, "geodesics": {"pairs": [[0, 2000]]}},
+     "geodesics.pairs.0: [0, 2000] is out of range: the data have 2000 samples"),
 ]
 
 

@@ -172,10 +172,73 @@ def check_needs(cfg):
         raise config_error(errors)
 
 
+# samples of the bundled data sets that are not generated (swissroll and scurve have
+# data.n_samples, 2000 when null)
+BUNDLED_SIZES = {"mnist5k": 5000, "mnist": 70000, "digits": 1797, "scrna_counts": 559}
+
+
+def known_samples(data):
+    """The number of samples the data store will have, as far as it is known before
+    reading the data: exact for bundled data, at most data.n_samples for a file (it may
+    have fewer), None when the file alone can tell."""
+    if data["source"] in ("swissroll", "scurve"):
+        return data["n_samples"] or 2000
+    size = BUNDLED_SIZES.get(data["source"])
+    sizes = [n for n in (size, data["n_samples"]) if n is not None]
+    return min(sizes) if sizes else None
+
+
+def pair_errors(pairs, n_samples, data="the data have"):
+    """What is wrong with `geodesics.pairs` given the data's sample count (None: unknown):
+    a pair listed twice (either way round), an index beyond the data."""
+    errors, seen = [], {}
+    for k, (i, j) in enumerate(pairs or []):
+        first = seen.setdefault(frozenset((i, j)), k)
+        if first != k:
+            errors.append(
+                f"geodesics.pairs.{k}: [{i}, {j}] repeats pair {first} "
+                f"({pairs[first]}): list each pair once"
+            )
+        if n_samples is not None and max(i, j) >= n_samples:
+            errors.append(
+                f"geodesics.pairs.{k}: [{i}, {j}] is out of range: {data} "
+                f"{n_samples} samples (indices 0 .. {n_samples - 1}, training and "
+                "validation)"
+            )
+    return errors
+
+
+def check_pairs(cfg):
+    """Bad `geodesics.pairs` stop the run before any job, not the geodesics jobs after
+    training; a file's sample count is checked by the rule check_pairs once it is read.
+    """
+    data = cfg["data"]
+    # n_samples is only a bound for a file
+    have = (
+        "the data have" if data["source"] in BUNDLED else "data.n_samples keeps at most"
+    )
+    errors = pair_errors(cfg["geodesics"]["pairs"], known_samples(data), have)
+    if errors:
+        raise config_error(errors)
+
+
+def check_store_pairs(store, pairs, log):
+    """The configured pairs against the preprocessed store's sample count (its root
+    attributes, read without zarr), for the job of check_pairs; the errors go to its log
+    too."""
+    attrs = json.loads((Path(store) / "zarr.json").read_text())["attributes"]
+    n_samples = attrs["n_train"] + attrs["n_validation"]
+    errors = pair_errors(pairs, n_samples, f"the preprocessed data {store} have")
+    Path(log).write_text("".join(f"{e}\n" for e in errors))
+    if errors:
+        raise config_error(errors)
+
+
 check_config(config)
 validate(config, schema="../schemas/config.schema.yaml")  # fills in the defaults
 check_source(config["data"])
 check_needs(config)
+check_pairs(config)
 check_profiles(workflow.resource_settings)
 
 
@@ -513,4 +576,12 @@ def report_outputs():
         "results/report/comparison.tsv",
         "results/report/comparison.png",
     ]
-    return per_run + geo + summary
+    # a file's sample count is known once read (bundled data: checked at start-up)
+    pairs = (
+        [f"results/data/{DATASET}.pairs-checked"]
+        if config["geodesics"]["pairs"]
+        and GEODESIC_RUNS
+        and DATA["source"] not in BUNDLED
+        else []
+    )
+    return per_run + geo + summary + pairs
