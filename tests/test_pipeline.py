@@ -192,9 +192,12 @@ def test_penalties_reach_the_models_that_can_take_them(tmp_path: Path) -> None:
         "grid": {"models": ["vae"], "likelihoods": ["bernoulli", "categorical"]},
         "likelihood_options": {"categorical": {"n_classes": 2}},
         "train": {"penalties": ["decoder_jacobian"]}})
-    out = snakemake(wd, "-n", "-p", "--cores", "1", "--configfile", "test.yaml").stdout
-    trains = [line for line in out.splitlines() if "Shell command: aetk train" in line]
+    proc = snakemake(wd, "-n", "-p", "--cores", "1", "--configfile", "test.yaml")
+    trains = [line for line in proc.stdout.splitlines() if "Shell command: aetk train" in line]
     assert len(trains) == 2 and sum("--penalty decoder_jacobian" in t for t in trains) == 1
+    # said, not dropped silently
+    assert ("note: train.penalties.0 (decoder_jacobian) is left out of the runs "
+            "vae-categorical: it needs a continuous point prediction") in proc.stderr
     assert all(("--penalty" in t) == ("bernoulli" in t) for t in trains)
 
 
@@ -475,6 +478,15 @@ CHECK_ERRORS = [
     ({"grid": {"models": ["vae", "hvae"], "likelihoods": ["mse"]}},
      "grid: the likelihood mse (a deterministic decoder) is only for the models ae, irmae, "
      "wae, vqvae, not for vae, hvae"),
+    # a penalty no run takes was dropped from every run without a word
+    ({"grid": {"likelihoods": ["categorical"]},
+      "likelihood_options": {"categorical": {"n_classes": 2}},
+      "train": {"penalties": ["latent_l2", {"name": "decoder_jacobian", "weight": 2}]}},
+     "train.penalties.1: decoder_jacobian applies to none of the grid's runs: it needs a "
+     "continuous point prediction, and a categorical decoder's is a class; remove it"),
+    ({"grid": {"models": ["ae", "wae"]}, "train": {"penalties": ["entropy"]}},
+     "train.penalties.0: entropy applies to none of the grid's runs: it penalises q(z|x), "
+     "which ae, irmae, wae, vqvae do not have"),
     # bad geodesics.pairs: the geodesics jobs refused them, after training
     ({"geodesics": {"pairs": [[0, 17], [5, 80], [17, 0]]}},
      "geodesics.pairs.2: [17, 0] repeats pair 0 ([0, 17]): list each pair once"),

@@ -422,17 +422,62 @@ check_beta_schedule(config["train"], GRID["models"])
 POSTERIOR_PENALTIES = ("min_variance", "entropy")
 
 
+def penalty_name(spec):
+    return spec if isinstance(spec, str) else spec["name"]
+
+
+def takes_penalty(name, model, likelihood):
+    """Whether a run takes the penalty: not the penalties of q(z|x) for models whose
+    encoder gives codes, nor the decoder's Jacobian for a categorical likelihood (its
+    point prediction is a class)."""
+    return not (model in CODE_ENCODERS and name in POSTERIOR_PENALTIES) and not (
+        likelihood == "categorical" and name == "decoder_jacobian"
+    )
+
+
+def check_penalties(specs, runs):
+    """A penalty no run can take stops the run; one that some runs cannot take is left
+    out of those with a note (it was dropped silently)."""
+    errors = []
+    for k, spec in enumerate(specs):
+        name = penalty_name(spec)
+        left_out = [
+            r
+            for r, s in runs.items()
+            if not takes_penalty(name, s["model"], s["likelihood"])
+        ]
+        why = (
+            "it needs a continuous point prediction, and a categorical decoder's is a "
+            "class"
+            if name == "decoder_jacobian"
+            else f"it penalises q(z|x), which {', '.join(CODE_ENCODERS)} do not have"
+        )
+        if left_out and len(left_out) == len(runs):
+            errors.append(
+                f"train.penalties.{k}: {name} applies to none of the grid's runs: {why}; "
+                "remove it, or add a model or likelihood that takes it"
+            )
+        elif left_out:
+            print(
+                f"note: train.penalties.{k} ({name}) is left out of the runs "
+                f"{', '.join(left_out)}: {why}",
+                file=sys.stderr,
+            )
+    if errors:
+        raise config_error(errors)
+
+
+check_penalties(config["train"]["penalties"], RUNS)
+
+
 def penalty_arg(specs, model, likelihood):
-    """`train.penalties` as `aetk train --penalty SPEC ...`, without the penalties of
-    q(z|x) for models whose encoder gives codes, nor the decoder's Jacobian for a
-    categorical likelihood (its point prediction is a class); None (no flag) when none is
-    left, so that those run hashes stay."""
-    names = [s if isinstance(s, str) else s["name"] for s in specs]
+    """`train.penalties` as `aetk train --penalty SPEC ...`, without those the run cannot
+    take (takes_penalty); None (no flag) when none is left, so that those run hashes
+    stay."""
     kept = [
         s if isinstance(s, str) else json.dumps(s, sort_keys=True)
-        for s, name in zip(specs, names)
-        if not (model in CODE_ENCODERS and name in POSTERIOR_PENALTIES)
-        and not (likelihood == "categorical" and name == "decoder_jacobian")
+        for s in specs
+        if takes_penalty(penalty_name(s), model, likelihood)
     ]
     return kept or None
 
