@@ -278,14 +278,42 @@ def test_comparison_figure_draws_each_column_where_its_legend_says() -> None:
         np.testing.assert_array_equal(dots[label].get_ydata(), y)
     np.testing.assert_array_equal(ax_err.lines[0].get_xdata(), table["val_reconstruction_error"])
     mi, rest = ax_kl.containers
-    by_row = table.set_index("run").loc[order]
-    np.testing.assert_allclose([b.get_width() for b in mi], by_row["val_mutual_info"])
-    np.testing.assert_allclose([b.get_x() for b in rest], by_row["val_mutual_info"])
-    np.testing.assert_allclose([b.get_width() for b in rest], by_row["val_marginal_kl"])
+    np.testing.assert_allclose([b.get_width() for b in mi], table["val_mutual_info"])
+    np.testing.assert_allclose([b.get_x() for b in rest], table["val_mutual_info"])
+    np.testing.assert_allclose([b.get_width() for b in rest], table["val_marginal_kl"])
+    np.testing.assert_allclose([b.get_y() + b.get_height() / 2 for b in mi], y)
+    assert [t.get_text() for t in ax_kl.get_yticklabels()] == order
     lines = {line.get_label(): line.get_xdata() for line in ax_score.lines}
     np.testing.assert_array_equal(lines["model's sampler"], table["sample_score"])
     np.testing.assert_array_equal(lines["Riemannian uniform"], table["geometric_sample_score"])
     assert list(lines["validation data"]) == [7.3, 7.3]
+
+
+def test_seeds_of_a_setting_stand_side_by_side_in_its_row() -> None:
+    """Two seeds of each setting: their dots and KL bars sit apart within the setting's
+    row (seed order, the first on top), not on one line where equal values hid each other
+    and the KL bar was only their mean."""
+    one = _table()
+    table = pd.concat([one.assign(run=one["run"] + "-s0", seed=0),
+                       one.assign(run=one["run"] + "-s1", seed=1,
+                                  val_mutual_info=[4.1, 3.0, 3.0])], ignore_index=True)
+    fig = report.comparison_figure(table)
+    ax_ll, ax_err, ax_kl, ax_score = fig.axes[:4]
+    rows = {"infovae-bernoulli": 0, "beta_vae-bernoulli": 1, "vae-bernoulli": 2}
+    setting = table["run"].str.replace(r"-s\d$", "", regex=True).map(rows).to_numpy()
+    y = ax_ll.lines[1].get_ydata()  # log p(x), equal for the two seeds
+    np.testing.assert_allclose(y, setting + np.where(table["seed"] == 0, 0.175, -0.175))
+    for ax in (ax_err, ax_score):
+        np.testing.assert_allclose(ax.lines[0].get_ydata(), y)
+    mi, rest = ax_kl.containers
+    assert len(mi) == len(rest) == 6
+    np.testing.assert_allclose([b.get_width() for b in mi], table["val_mutual_info"])
+    np.testing.assert_allclose([b.get_y() + b.get_height() / 2 for b in mi], y)
+    boxes = [(b.get_y(), b.get_y() + b.get_height()) for b in mi]
+    assert all(high <= 0.5 + r and low >= r - 0.5 and high - low > 0.2
+               for (low, high), r in zip(boxes, setting, strict=True))
+    assert [t.get_text() for t in ax_kl.get_yticklabels()] == list(rows)
+    assert "side by side" in fig.get_suptitle()
 
 
 def test_sample_score_is_the_inception_score_of_the_classifier() -> None:

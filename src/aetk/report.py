@@ -473,8 +473,10 @@ def comparison_figure(table: pd.DataFrame) -> Figure:
     (their gap is roughly how far q(z|x) is from the posterior), the reconstruction
     error, the KL term split into I(x; z) and KL(q(z) || p(z)), and the classifier score of
     the generated samples when the table has it. Runs that differ only in their seed share
-    a row (a dot each), so that seed-to-seed spread shows beside the differences between
-    settings. Legends sit between the panels' titles and their axes, off the data."""
+    a row, their dots and KL bars side by side in it (the first seed on top), so that
+    seed-to-seed spread shows beside the differences between settings and equal values do
+    not hide one another. Legends sit between the panels' titles and their axes, off the
+    data."""
     table = table.assign(setting=_settings(table))
     groups = list(table.groupby("likelihood", sort=False))
     heights = [1.0 + 0.3 * rows["setting"].nunique() for _, rows in groups]
@@ -483,27 +485,26 @@ def comparison_figure(table: pd.DataFrame) -> Figure:
                           layout="constrained", height_ratios=np.repeat(heights, 2))
     for g, (likelihood, rows) in enumerate(groups):
         (ax_ll, ax_err), (ax_kl, ax_score) = axes[2 * g:2 * g + 2]
-        # one row per setting, its seeds side by side, settings ordered by their mean
-        means = rows.groupby("setting", sort=False)[["val_log_marginal", "val_elbo",
-                                                     "val_mutual_info", "val_marginal_kl"]]
+        # one row per setting, settings ordered by their mean over the seeds
+        means = rows.groupby("setting", sort=False)[["val_log_marginal", "val_elbo"]]
         means = means.mean().sort_values(["val_log_marginal", "val_elbo"],
                                          na_position="first")
-        y = rows["setting"].map({s: i for i, s in enumerate(means.index)}).to_numpy()
+        offset, height = _seed_offsets(rows)
+        y = rows["setting"].map({s: i for i, s in enumerate(means.index)}).to_numpy() + offset
         ticks = np.arange(len(means))
         ax_ll.plot(rows["val_elbo"], y, "o", mfc="white", color=OKABE_ITO[4], label="ELBO")
         ax_ll.plot(rows["val_log_marginal"], y, "o", color=OKABE_ITO[4], label="log p(x)")
         ax_ll.hlines(y, rows["val_elbo"], rows["val_log_marginal"], color=OKABE_ITO[4], lw=1)
-        ax_ll.set(yticks=ticks, yticklabels=means.index,
-                  xlabel="nats per sample (higher is better)")
+        ax_ll.set(yticklabels=[], xlabel="nats per sample (higher is better)")
         _legend_above(ax_ll, f"{likelihood}: validation log p(x) and ELBO")
         if rows[["val_log_marginal", "val_elbo"]].isna().all(axis=None):
             _undefined(ax_ll, "no log p(x) or ELBO for these runs: a deterministic encoder "
                        "(no q(z|x))\nor decoder (mse, no likelihood) has neither")
         ax_err.plot(rows["val_reconstruction_error"], y, "o", color=OKABE_ITO[5])
         ax_err.xaxis.set_major_locator(MaxNLocator(5))  # long decimals collide
-        ax_err.set(yticks=ticks, yticklabels=[], xlabel="mean squared error (lower is better)")
+        ax_err.set(xlabel="mean squared error (lower is better)")
         _legend_above(ax_err, "validation reconstruction error")
-        _kl_bars(ax_kl, means, ticks)
+        _kl_bars(ax_kl, rows, y, height)
         if rows[["val_mutual_info", "val_marginal_kl"]].isna().all(axis=None):
             _undefined(ax_kl, "no KL split for these runs: a deterministic encoder has no "
                        "q(z|x),\nthe ladder VAE's KL spans two levels")
@@ -513,10 +514,22 @@ def comparison_figure(table: pd.DataFrame) -> Figure:
             ax_score.axis("off")
         for ax in (ax_ll, ax_err, ax_kl, ax_score):
             ax.grid(axis="x", alpha=0.3)
+            ax.set(yticks=ticks, yticklabels=means.index if ax in (ax_ll, ax_kl) else [])
             ax.set_ylim(-0.6, len(means) - 0.4)
     if table.groupby("setting")["run"].count().max() > 1:
-        fig.suptitle("one dot per seed; KL bars: means over the seeds")
+        fig.suptitle("the seeds of a setting side by side in its row, the first on top: "
+                     "a dot and a KL bar each")
     return fig
+
+
+def _seed_offsets(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each run's vertical offset within its setting's row and its bar height: the seeds
+    of a setting side by side in seed order, the first on top (0 and 0.6 for a lone
+    seed)."""
+    order = rows["seed"] if "seed" in rows else pd.Series(np.arange(len(rows)), rows.index)
+    rank = order.groupby(rows["setting"]).rank(method="first").to_numpy() - 1
+    n = rows.groupby("setting")["run"].transform("size").to_numpy()
+    return ((n - 1) / 2 - rank) * 0.7 / n, 0.6 / n
 
 
 def _undefined(ax: Axes, text: str) -> None:
@@ -543,15 +556,15 @@ def _settings(table: pd.DataFrame) -> pd.Series:
                       for run, seed in zip(table["run"], seeds, strict=True)], index=table.index)
 
 
-def _kl_bars(ax: Axes, rows: pd.DataFrame, y: np.ndarray) -> None:
+def _kl_bars(ax: Axes, rows: pd.DataFrame, y: np.ndarray, height: np.ndarray) -> None:
     """The validation KL as two stacked bars (Okabe-Ito blue and orange): what the codes
     say about x, I(x; z), and the aggregate posterior's mismatch with the prior,
     KL(q(z) || p(z))."""
     mi = rows["val_mutual_info"].fillna(0).to_numpy()
-    ax.barh(y, mi, color=OKABE_ITO[4], height=0.6, label="I(x; z)")
+    ax.barh(y, mi, color=OKABE_ITO[4], height=height, label="I(x; z)")
     ax.barh(y, rows["val_marginal_kl"].fillna(0).to_numpy(), left=mi, color=OKABE_ITO[0],
-            height=0.6, label="KL(q(z) || p(z))")
-    ax.set(yticks=y, yticklabels=rows.index, xlabel="nats per sample")
+            height=height, label="KL(q(z) || p(z))")
+    ax.set(xlabel="nats per sample")
     _legend_above(ax, "validation KL = I(x; z) + KL(q(z) || p(z))")
 
 
@@ -564,8 +577,7 @@ def _score_dots(ax: Axes, rows: pd.DataFrame, y: np.ndarray) -> None:
             label="Riemannian uniform")
     ax.axvline(float(rows["data_sample_score"].iloc[0]), color="0.4", ls="--", lw=1,
                label="validation data")
-    ax.set(yticks=np.unique(y), yticklabels=[],
-           xlabel="classifier score (1 to the number of classes; higher is better)")
+    ax.set(xlabel="classifier score (1 to the number of classes; higher is better)")
     _legend_above(ax, "samples: recognisable and varied")
 
 
