@@ -316,6 +316,27 @@ def test_seeds_of_a_setting_stand_side_by_side_in_its_row() -> None:
     assert "side by side" in fig.get_suptitle()
 
 
+def test_kl_split_estimates_below_zero_are_drawn_as_zero_and_named() -> None:
+    """I(x; z) >= 0 and KL(q(z) || p(z)) >= 0, but their estimates can fall below 0: such a
+    part is drawn as 0 and the other as the whole (measured) KL, and the x label names the
+    run and its estimate. A negative bar ran left of 0 with the orange drawn over it."""
+    table = _table().assign(val_mutual_info=[-0.3, 3.4, 4.0],
+                            val_marginal_kl=[1.0, 0.3, -0.2])
+    ax_kl = report.comparison_figure(table).axes[2]
+    mi, rest = ax_kl.containers
+    kl = table["val_mutual_info"] + table["val_marginal_kl"]
+    np.testing.assert_allclose([b.get_width() for b in mi], [0.0, 3.4, 3.8])
+    np.testing.assert_allclose([b.get_x() for b in rest], [0.0, 3.4, 3.8])
+    np.testing.assert_allclose([b.get_x() + b.get_width() for b in rest], kl)
+    assert min(ax_kl.get_xlim()) >= 0
+    label = ax_kl.get_xlabel()
+    assert "estimated below 0" in label
+    assert "vae-bernoulli: I(x; z) -0.3" in label
+    assert "infovae-bernoulli: KL(q(z) || p(z)) -0.2" in label
+    assert "beta_vae" not in label
+    assert report.comparison_figure(_table()).axes[2].get_xlabel() == "nats per sample"
+
+
 def test_sample_score_is_the_inception_score_of_the_classifier() -> None:
     """exp of the mean KL(p(y|x) || p(y)), by hand for two samples' class probabilities."""
     p = np.array([[0.9, 0.1], [0.2, 0.8]])
