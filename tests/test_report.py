@@ -88,6 +88,44 @@ def test_geodesic_endpoints_are_named_by_their_labels() -> None:
                      ("a", (0.5, 1.0))}
 
 
+def _curvature_panel(K: np.ndarray):
+    """The curvature panel of a geodesics figure over the grid of K."""
+    g = np.linspace(-1, 1, K.shape[0])
+    t = np.linspace(0, 1, 5)[:, None]
+    geo = xr.Dataset({"points": (("pair", "t", "latent"), [[-1.0, 0.0] + t * [2.0, 0.5]]),
+                      "length": (("pair",), [2.2]), "line_length": (("pair",), [2.0]),
+                      "converged": (("pair",), [True]),
+                      "log_volume": (("z1", "z2"), np.zeros(K.shape)),
+                      "gaussian_curvature": (("z1", "z2"), K)}, coords={"z1": g, "z2": g},
+                     attrs={"metric": "rhvae"})
+    latent = _latent(np.random.default_rng(0).uniform(-1, 1, (50, 2)), np.zeros(50, int))
+    return report.plot_geodesics(latent, geo).axes[1]
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_curvature_of_one_sign_is_drawn_over_its_own_range(sign: float) -> None:
+    """K from 0.5 to 1.5 (or its negative): the colours span the map's range, in red (blue
+    for negative) alone. The scale centred on 0 put every value near its red end: a map of
+    one colour (normalised values within 0.1 of each other)."""
+    z1 = np.linspace(-1, 1, 21)[:, None] * np.ones(21)
+    K = sign * (1.0 + 0.5 * z1)
+    ax = _curvature_panel(K)
+    (im,) = ax.images
+    scaled = im.norm(K)
+    assert np.ptp(scaled) > 0.9
+    assert im.get_cmap().name == ("Reds" if sign > 0 else "Blues_r")
+    darker = np.argmax(np.abs(K)), np.argmin(np.abs(K))  # the more curved end is darker
+    rgb = im.to_rgba(K.ravel()[list(darker)])[:, :3].sum(axis=1)
+    assert rgb[0] < rgb[1]
+    assert ("positive everywhere" if sign > 0 else "negative everywhere") in ax.get_title()
+
+
+def test_curvature_of_both_signs_keeps_zero_at_the_centre() -> None:
+    z1 = np.linspace(-1, 1, 21)[:, None] * np.ones(21)
+    (im,) = _curvature_panel(z1 ** 3 * 100).images
+    assert im.norm(0.0) == pytest.approx(0.5) and im.get_cmap().name == "RdBu_r"
+
+
 def _summary_inputs() -> tuple[dict, dict, dict]:
     """One run's history (validation loss not at its best in the last epoch), latent store
     (validation means unlike medians) and geodesics, values chosen by hand."""

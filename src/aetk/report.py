@@ -408,21 +408,44 @@ def plot_geodesics(latent: xr.Dataset, geo: xr.Dataset, path: Path | None = None
 
 def _curvature_panel(fig: Figure, ax: Axes, geo: xr.Dataset, z: np.ndarray,
                      curves: np.ndarray) -> None:
-    """Gaussian curvature on a symmetric-log scale (it spans decades, with both signs) under
-    the codes and geodesics."""
+    """Gaussian curvature under the codes and geodesics, on a scale that shows its variation
+    (_curvature_scale)."""
     K = geo["gaussian_curvature"].values
     z1, z2 = geo["z1"].values, geo["z2"].values
-    finite = np.abs(K[np.isfinite(K)])
-    top = float(np.percentile(finite, 99)) if finite.size and finite.max() > 0 else 1.0
-    norm = mpl.colors.SymLogNorm(linthresh=top / 100, vmin=-top, vmax=top)
+    norm, cmap, scale, key = _curvature_scale(K)
     im = ax.imshow(K.T, origin="lower", aspect="auto", extent=(z1[0], z1[-1], z2[0], z2[-1]),
-                   cmap="RdBu_r", norm=norm, interpolation="bilinear")
-    fig.colorbar(im, ax=ax, label="Gaussian curvature K(z) (symmetric log scale)")
+                   cmap=cmap, norm=norm, interpolation="bilinear")
+    fig.colorbar(im, ax=ax, label=f"Gaussian curvature K(z) ({scale})")
     ax.scatter(z[:, 0], z[:, 1], s=2, color="black", alpha=0.25, linewidths=0)
     for curve in curves:
         ax.plot(curve[:, 0], curve[:, 1], "-", color="black", lw=0.8, alpha=0.7)
-    ax.set(xlabel="z1", ylabel="z2", title="curvature of the latent metric\n"
-           "red: positive (sphere-like), blue: negative (saddle-like)")
+    ax.set(xlabel="z1", ylabel="z2", title=f"curvature of the latent metric\n{key}")
+
+
+def _curvature_scale(K: np.ndarray) -> tuple[mpl.colors.Normalize, str, str, str]:
+    """Norm, colour map, scale and colour key of a curvature map. With both signs: a
+    symmetric-log scale centred on 0 (red positive, blue negative; it spans decades).
+    With one sign (the 1st to 99th percentiles): red or blue alone over that range, on a
+    log scale when it spans more than a decade; a scale centred on 0 put it all in one
+    end's colour and drew a uniform map."""
+    finite = K[np.isfinite(K)]
+    if not finite.size or finite.min() < 0 < finite.max() or not finite.any():
+        top = float(np.percentile(np.abs(finite), 99)) if finite.any() else 1.0
+        return (mpl.colors.SymLogNorm(linthresh=top / 100, vmin=-top, vmax=top), "RdBu_r",
+                "symmetric log scale",
+                "red: positive (sphere-like), blue: negative (saddle-like)")
+    lo, hi = np.percentile(finite, [1, 99])
+    positive = hi > 0
+    if lo == hi:  # constant: drawn in one colour, a third up the scale
+        lo, hi = sorted((lo / 2, hi * 2))
+    small, big = sorted((abs(lo), abs(hi)))
+    if small > 0 and big > 10 * small:
+        norm, scale = mpl.colors.SymLogNorm(linthresh=small, vmin=lo, vmax=hi), "log scale"
+    else:
+        norm, scale = mpl.colors.Normalize(vmin=lo, vmax=hi), "linear scale"
+    if positive:
+        return norm, "Reds", scale, "positive everywhere (sphere-like): darker, more curved"
+    return norm, "Blues_r", scale, "negative everywhere (saddle-like): darker, more curved"
 
 
 def plot_training_curves(histories: dict[str, pd.DataFrame] | pd.DataFrame,
