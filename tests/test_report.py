@@ -88,6 +88,37 @@ def test_geodesic_endpoints_are_named_by_their_labels() -> None:
                      ("a", (0.5, 1.0))}
 
 
+def test_geodesics_of_a_1d_latent_stand_on_their_own_lines() -> None:
+    """Four overlapping pairs of a 1-D latent space: each on its own line (pair k at
+    height k, the codes at 0), so that neither the curves nor their endpoint labels lie
+    over one another (all at height 0 before: 6 pairs of labels overlapped)."""
+    starts, ends = np.array([-1.0, -0.9, 0.2, -1.1]), np.array([1.0, 1.1, -0.5, 0.9])
+    t = np.linspace(0, 1, 6)
+    points = (starts[:, None] + (ends - starts)[:, None] * t)[..., None]
+    geo = xr.Dataset({"points": (("pair", "t", "latent"), points),
+                      "length": (("pair",), np.abs(ends - starts)),
+                      "line_length": (("pair",), np.abs(ends - starts)),
+                      "converged": (("pair",), [True] * 4),
+                      "start_label": (("pair",), [0, 1, 2, 0]),
+                      "end_label": (("pair",), [1, 2, 0, 2])},
+                     attrs={"metric": "pullback", "label_names": ["a", "b", "c"]})
+    latent = _latent(np.random.default_rng(0).standard_normal((80, 1)), np.zeros(80, int))
+    fig = report.plot_geodesics(latent, geo)
+    ax = fig.axes[0]
+    solid = [line for line in ax.lines
+             if line.get_linestyle() == "-" and len(line.get_xdata()) == 6]
+    for k, line in enumerate(solid):
+        np.testing.assert_array_equal(line.get_xdata(), points[k, :, 0])
+        np.testing.assert_array_equal(line.get_ydata(), np.full(6, k + 1.0))
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["codes", "pair 1", "pair 2",
+                                                             "pair 3", "pair 4"]
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    boxes = [t.get_window_extent(canvas.get_renderer()) for t in ax.texts]
+    assert len(boxes) == 8
+    assert not any(boxes[i].overlaps(boxes[j]) for i in range(8) for j in range(i))
+
+
 def _curvature_panel(K: np.ndarray):
     """The curvature panel of a geodesics figure over the grid of K."""
     g = np.linspace(-1, 1, K.shape[0])

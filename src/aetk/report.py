@@ -356,9 +356,17 @@ def plot_geodesics(latent: xr.Dataset, geo: xr.Dataset, path: Path | None = None
 
         pca = PCA(n_components=2).fit(z) if z.shape[1] > 2 else None
         xy, axes = _project(z)
-        curves = (pca.transform(points.reshape(-1, z.shape[1])).reshape(*points.shape[:2], 2)
-                  if pca is not None else np.stack([points[..., 0], np.zeros(points.shape[:2])],
-                                                   -1) if z.shape[1] == 1 else points)
+        if pca is not None:
+            curves = pca.transform(points.reshape(-1, z.shape[1])).reshape(*points.shape[:2], 2)
+        elif z.shape[1] == 1:  # each pair on its own line above the codes' (on the codes'
+            # line the curves and their endpoint labels lay over one another)
+            rows = np.broadcast_to(np.arange(1.0, len(points) + 1)[:, None], points.shape[:2])
+            curves = np.stack([points[..., 0], rows], -1)
+            ax.set(yticks=np.arange(len(points) + 1),
+                   yticklabels=["codes", *(f"pair {i + 1}" for i in range(len(points)))],
+                   ylim=(-0.6, len(points) + 0.6))
+        else:
+            curves = points
     ax.scatter(xy[:, 0], xy[:, 1], s=2, color="0.3", alpha=0.3, linewidths=0)
     spray = "spray" in geo and on_volume
     if spray:  # under the geodesics
