@@ -221,6 +221,29 @@ def test_a_tables_row_names_are_not_a_feature(tmp_path: Path) -> None:
         data.read_file(tmp_path / "e.csv")
 
 
+def test_a_headerless_tables_row_numbers_are_not_a_feature(tmp_path: Path) -> None:
+    """pandas' to_csv(header=False) writes the index first, without a header cell to mark
+    it: the row numbers were read as a first feature (7 features of 6). They are dropped
+    with a warning; a header row keeps such a column, and other integer columns stay."""
+    x = X + 0.5
+    for start in (0, 1):
+        pd.DataFrame(x, index=np.arange(start, start + 40)).to_csv(tmp_path / "i.csv",
+                                                                   header=False)
+        with pytest.warns(data.RowNumbersWarning, match=rf"i.csv: the first column holds the "
+                          rf"row numbers \({start}, {start + 1}, ... as pandas' "
+                          r"to_csv\(header=False\) writes its index\): dropped"):
+            raw = data.read_file(tmp_path / "i.csv")
+        np.testing.assert_array_equal(raw.x, x)
+    with pytest.warns(data.RowNumbersWarning):
+        np.testing.assert_array_equal(data.read_file(tmp_path / "i.csv", header=False).x, x)
+    named = pd.DataFrame(x, columns=[f"g{i}" for i in range(6)])
+    named.insert(0, "t", np.arange(40))
+    named.to_csv(tmp_path / "t.csv", index=False)
+    np.testing.assert_array_equal(data.read_file(tmp_path / "t.csv").x, named.to_numpy())
+    np.savetxt(tmp_path / "c.csv", X, delimiter=",", fmt="%d")  # counts: no row numbers
+    np.testing.assert_array_equal(data.read_file(tmp_path / "c.csv").x, X)
+
+
 def test_a_separator_ending_every_line_makes_no_column(tmp_path: Path) -> None:
     # was a last feature of NaNs, which prepare refused ("NaN ... column 6")
     lines = [",".join(f"{v:g}" for v in row) + "," for row in X]

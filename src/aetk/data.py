@@ -310,6 +310,18 @@ def _names_like(fields: list[str], below: list[str]) -> bool:
                 and any(not re.fullmatch(r"[+-]?\d*", v.strip()) for v in below)))
 
 
+class RowNumbersWarning(UserWarning):
+    """A table without a header row began with a column of row numbers, which is dropped."""
+
+
+def _row_numbers(column: Any) -> bool:
+    """Whether a column is the row numbers 0 .. n-1 or 1 .. n (at least three rows)."""
+    values = column.to_numpy()
+    if len(values) < 3 or not np.issubdtype(values.dtype, np.integer):
+        return False
+    return bool(np.all(np.diff(values) == 1) and values[0] in (0, 1))
+
+
 def _read_table(path: Path, labels: str | None, header: bool | None) -> tuple[RawData, Any]:
     try:
         return _parse_table(path, labels, header)
@@ -356,6 +368,13 @@ def _parse_table(path: Path, labels: str | None, header: bool | None) -> tuple[R
                          "as the first") from None
     if not header:
         table.columns = [str(c) for c in table.columns]
+        if len(table.columns) > 1 and _row_numbers(table.iloc[:, 0]):
+            warnings.warn(f"{path}: the first column holds the row numbers ("
+                          f"{table.iloc[0, 0]}, {table.iloc[1, 0]}, ... as pandas' "
+                          "to_csv(header=False) writes its index): dropped, not a feature; "
+                          "give the file a header row to keep it", RowNumbersWarning,
+                          stacklevel=4)
+            table = table.drop(columns=table.columns[0])
     elif table.columns[0] == "Unnamed: 0":
         # An empty first header cell: a column of row names, as pandas' to_csv and R's
         # write.csv write them (row numbers there would otherwise become a feature).
