@@ -121,6 +121,15 @@ def test_a_tables_first_line_is_names_or_a_sample_as_said(tmp_path: Path) -> Non
         with pytest.raises(ValueError, match=rf"{name}: is the first line \({shown}\)"):
             data.read_file(tmp_path / name)
         np.testing.assert_array_equal(data.read_file(tmp_path / name, header=True).x, X)
+    # names of numbers with fractions: a grid of wavelengths or times, up or down, was
+    # read as a first sample (41 samples)
+    for columns, shown in (([400.5, 401.0, 401.5, 402.0, 402.5, 403.0], "400.5,401.0,401.5,"
+                                                                        "402.0,..."),
+                           ([0.3, 0.2, 0.1, 0.0, -0.1, -0.2], "0.3,0.2,0.1,0.0,...")):
+        pd.DataFrame(X, columns=columns).to_csv(tmp_path / "f.csv", index=False)
+        with pytest.raises(ValueError, match=rf"f.csv: is the first line \({shown}\)"):
+            data.read_file(tmp_path / "f.csv")
+        np.testing.assert_array_equal(data.read_file(tmp_path / "f.csv", header=True).x, X)
     # a first sample of counts, its values distinct, above other counts: a sample
     np.savetxt(tmp_path / "c.csv", X, delimiter=",", fmt="%d")
     np.testing.assert_array_equal(data.read_file(tmp_path / "c.csv").x, X)

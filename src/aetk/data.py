@@ -298,9 +298,13 @@ def _decimal_commas(table: Any, path: Path, sep: str) -> None:
 def _names_like(fields: list[str], below: list[str]) -> bool:
     """A first line of numbers that may as well be column names: 0,1,2,... (pandas' names
     of unnamed columns), at least three increasing integers (wavelengths, times, which a
-    sample seldom is), or distinct integers above a line with fractions (`below`)."""
+    sample seldom is), distinct integers above a line with fractions (`below`), or at
+    least three evenly spaced numbers, up or down (a grid of wavelengths or times in any
+    format: 400.5,401.0,401.5 or 0.0,0.1,0.2)."""
     import re
 
+    if _evenly_spaced(fields):
+        return True
     if not all(re.fullmatch(r"[+-]?\d+", v) for v in fields):
         return False
     values = [int(v) for v in fields]
@@ -320,6 +324,14 @@ def _row_numbers(column: Any) -> bool:
     if len(values) < 3 or not np.issubdtype(values.dtype, np.integer):
         return False
     return bool(np.all(np.diff(values) == 1) and values[0] in (0, 1))
+
+
+def _evenly_spaced(fields: list[str]) -> bool:
+    """At least three numbers, strictly monotone with equal steps (to float rounding)."""
+    if len(fields) < 3 or "" in fields:
+        return False
+    steps = np.diff([float(v) for v in fields])
+    return bool(steps[0] != 0 and np.allclose(steps, steps[0], rtol=1e-6, atol=0))
 
 
 def _read_table(path: Path, labels: str | None, header: bool | None) -> tuple[RawData, Any]:
@@ -525,7 +537,7 @@ def read_file(path: str | Path, *, key: str | None = None, labels: str | None = 
     h5ad obs column) or is the path of a ``.npy``/``.txt`` file with one label per sample.
     ``header`` says whether a table's first line holds column names; by default it does
     unless it is all numbers, and a first line of numbers that may be names (``0,1,2,...``,
-    increasing integers) is an error.
+    increasing integers, evenly spaced numbers) is an error.
     """
     path = Path(path)
     if not path.exists():
