@@ -1105,6 +1105,24 @@ def test_bad_integer_options_exit_at_parsing(steps: Path, tmp_path: Path,
     assert list(tmp_path.iterdir()) == []
 
 
+def test_preprocess_warns_of_counts_float32_rounds(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """Counts above 2**24, stored as float32 without a transform, are rounded: preprocess
+    says so on stderr, once, in its own words."""
+    x = np.arange(60).reshape(20, 3)
+    x[0, 0] = 2**24 + 3
+    np.save(tmp_path / "c.npy", x)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli.main(["preprocess", "--source", str(tmp_path / "c.npy"),
+                         "--out", str(tmp_path / "d.zarr")]) == 0
+    assert not [w for w in caught if issubclass(w.category, data_mod.PrecisionWarning)]
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: {tmp_path / 'c.npy'}: 1 values are whole numbers above "
+                          "2**24") and "(16777219 is stored as 16777220)" in err
+    assert storage.read_data(tmp_path / "d.zarr").x[0, 0] == 2**24 + 4
+
+
 def test_more_samples_than_the_data_set_has_warns(tmp_path: Path,
                                                    capsys: pytest.CaptureFixture) -> None:
     """--n-samples is at most: beyond the data set's size all samples are used, as the help

@@ -905,3 +905,21 @@ def test_an_interrupted_write_leaves_the_previous_store(tmp_path: Path, monkeypa
         (tmp_path / left / "c").mkdir(parents=True)
     storage.write_zarr(old, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+
+
+def test_counts_beyond_float32s_whole_numbers_warn(tmp_path: Path) -> None:
+    """Counts above 2**24 lose their last digits in the float32 store (16,777,217 became
+    16,777,216 without a word): prepare warns with the largest and what it becomes; the
+    same counts after log1p, and fractions that large, do not."""
+    x = RNG.integers(0, 100, size=(20, 3))
+    x[3, 1] = 2**24 + 1
+    with pytest.warns(data.PrecisionWarning, match=r"c.npy: 1 values are whole numbers above "
+                      r"2\*\*24 = 16,777,216 \(the largest 16777217\), which float32.* rounds "
+                      r"\(16777217 is stored as 16777216\)"):
+        prep = data.prepare(data.RawData(x=x, source="c.npy"), transforms=[])
+    assert prep.x[3, 1] == 2**24
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", data.PrecisionWarning)
+        data.prepare(data.RawData(x=x, source="c.npy"), transforms=["log1p"])
+        data.prepare(data.RawData(x=x + 0.5, source="c.npy"), transforms=[])
+        data.prepare(data.RawData(x=np.full((20, 3), 2.0**24), source="c.npy"), transforms=[])

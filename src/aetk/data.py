@@ -938,6 +938,27 @@ class SampleCountWarning(UserWarning):
     """``prepare(n_samples=...)`` asked for more samples than the data have: all are used."""
 
 
+class PrecisionWarning(UserWarning):
+    """Whole numbers above 2**24 in the data the models train on, which float32 rounds."""
+
+
+FLOAT32_EXACT = 2 ** 24
+"""The largest whole number up to which float32, the stored data's type, holds each exactly."""
+
+
+def _float32_rounding(x: np.ndarray, source: str) -> None:
+    """A PrecisionWarning when `x` has whole numbers (counts) beyond FLOAT32_EXACT: the
+    store's float32 rounds them (16,777,217 to 16,777,216), with no error."""
+    big = x[np.abs(x) > FLOAT32_EXACT]
+    if big.size and np.all(big == np.round(big)):
+        top = big[np.argmax(np.abs(big))]
+        warnings.warn(f"{source}: {big.size} values are whole numbers above 2**24 = "
+                      f"16,777,216 (the largest {top:.0f}), which float32, the type the "
+                      "models train on, "
+                      f"rounds ({top:.0f} is stored as {np.float32(top):.0f}): transform "
+                      "such counts (log1p) or scale them", PrecisionWarning, stacklevel=3)
+
+
 def prepare(raw: RawData, *, transforms: list[str | dict[str, Any]],
             validation_fraction: float = 0.1, n_samples: int | None = None,
             seed: int = 0) -> Prepared:
@@ -963,6 +984,7 @@ def prepare(raw: RawData, *, transforms: list[str | dict[str, Any]],
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{raw.source or 'the data'}: the transforms made {_non_finite(x)} "
                          "(values too large for them? scale the data first)")
+    _float32_rounding(x, raw.source or "the data")
     return Prepared(x=x.astype(np.float32), is_validation=is_val, sample_index=keep,
                     pipeline=pipeline, raw=raw)
 
