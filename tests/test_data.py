@@ -369,6 +369,49 @@ def test_h5ad_dense_and_sparse(tmp_path: Path) -> None:
         data.read_file(path, labels="nope")
 
 
+def _zarr_strings(group, name: str, values: list[str]) -> None:
+    group.create_array(name, shape=(len(values),), dtype=str)[:] = np.array(values)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_anndata_zarr_stores_read_as_h5ad_files(tmp_path: Path, zarr_format: int) -> None:
+    """adata.write_zarr's layout (written by hand: sparse X, a layer, categorical obs
+    column, var names), in both zarr formats: read as a .h5ad is. A plain zarr group's
+    reading saw only its arrays: 'several arrays (X/data, X/indices, ...)', and
+    key='X/data' gave the nonzero values as one feature."""
+    import zarr
+    from scipy import sparse
+
+    csr = sparse.csr_matrix(X)
+    path = tmp_path / "a.zarr"
+    root = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
+    root.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+    g = root.create_group("X")
+    g.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0",
+                    "shape": list(X.shape)})
+    g["data"], g["indices"], g["indptr"] = csr.data, csr.indices, csr.indptr
+    root.create_group("layers")["raw"] = X * 2
+    obs = root.create_group("obs")
+    obs.attrs.update({"encoding-type": "dataframe", "_index": "_index",
+                      "column-order": ["cell_type"]})
+    _zarr_strings(obs, "_index", [f"c{i}" for i in range(40)])
+    cat = obs.create_group("cell_type")
+    cat.attrs["encoding-type"] = "categorical"
+    _zarr_strings(cat, "categories", ["a", "b", "c", "d"])
+    cat["codes"] = (np.arange(40) % 4).astype(np.int8)
+    var = root.create_group("var")
+    var.attrs.update({"encoding-type": "dataframe", "_index": "_index", "column-order": []})
+    _zarr_strings(var, "_index", [f"gene{i}" for i in range(6)])
+    raw = data.read_file(path, labels="cell_type")
+    _check(raw)
+    assert raw.feature_names == [f"gene{i}" for i in range(6)]
+    np.testing.assert_allclose(data.read_file(path, key="raw").x, X * 2)
+    with pytest.raises(KeyError, match=r"a.zarr: no obs column 'nope'; columns: cell_type"):
+        data.read_file(path, labels="nope")
+    with pytest.raises(KeyError, match=r"a.zarr: no layer 'counts'; available: raw"):
+        data.read_file(path, key="counts")
+
+
 def test_missing_labels_are_refused_not_made_a_class(tmp_path: Path) -> None:
     h5py = pytest.importorskip("h5py")
     codes = np.arange(40) % 4
@@ -412,7 +455,7 @@ def test_h5ad_files_that_are_not_anndata_say_so(tmp_path: Path) -> None:
         data.read_file(tmp_path / "layers.h5ad", key="counts", labels="kind")
     with h5py.File(tmp_path / "old.h5ad", "w") as f:  # anndata 0.6's sparse X: no file
         f.create_group("X").attrs["h5sparse_format"] = "csr"
-    with pytest.raises(ValueError, match=r"old.h5ad: unsupported h5ad matrix encoding '' of "
+    with pytest.raises(ValueError, match=r"old.h5ad: unsupported AnnData matrix encoding '' of "
                        r"/X \(an old AnnData's\? write it again with adata.write_h5ad\)"):
         data.read_file(tmp_path / "old.h5ad")
     (tmp_path / "text.h5ad").write_text("cell,g1\n")  # was OSError naming no file

@@ -1350,7 +1350,7 @@ def build_parser() -> argparse.ArgumentParser:
             "output: --out: the data store (variables x, split, label, transform parameters)")
     p.add_argument("--source", required=True, help="bundled data set name or file path")
     p.add_argument("--out", required=True, help="data store to write (a .zarr directory)")
-    p.add_argument("--key", help="array in the file: npz key, zarr array or h5ad layer")
+    p.add_argument("--key", help="array in the file: npz key, zarr array or AnnData layer")
     p.add_argument("--labels", help="label array/column in the file, or a .npy/.txt file of "
                    "labels")
     p.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,

@@ -436,6 +436,8 @@ def _read_zarr(path: Path, key: str | None, labels: str | None) -> tuple[RawData
         raise ValueError(f"{path}: not a zarr store (no zarr.json, .zgroup or .zarray)") from None
     if isinstance(node, zarr.Array):
         return _flatten(node[...], str(path)), None
+    if node.attrs.get("encoding-type") == "anndata":  # adata.write_zarr: read as a .h5ad
+        return _read_anndata(node, path, key, labels)
     # arrays in subgroups too, by their path ("counts/raw"): a group of groups listed none
     arrays = sorted(name for name, a in node.members(max_depth=None) if isinstance(a, zarr.Array))
     data = _flatten(node[_pick_key(arrays, key, "array", str(path))][...], str(path))
@@ -444,14 +446,29 @@ def _read_zarr(path: Path, key: str | None, labels: str | None) -> tuple[RawData
     return data, label_values
 
 
-def _h5ad_matrix(node: Any) -> np.ndarray:
-    import h5py
+# AnnData's on-disk layout (encoding-type attributes), the same in .h5ad (h5py) and .zarr
+# stores: its elements are arrays (h5py Datasets, zarr Arrays) or groups of them.
 
-    if isinstance(node, h5py.Dataset):
+
+def _is_array(node: Any) -> bool:
+    return not hasattr(node, "keys")  # groups of both libraries have keys()
+
+
+def _anndata_values(node: Any) -> np.ndarray:
+    """An array element's values, strings as str (h5py gives bytes unless asked)."""
+    if hasattr(node, "asstr"):  # h5py
+        import h5py
+
+        return node.asstr()[...] if h5py.check_string_dtype(node.dtype) else node[...]
+    return node[...]
+
+
+def _h5ad_matrix(node: Any) -> np.ndarray:
+    if _is_array(node):
         return node[...]
     kind = node.attrs.get("encoding-type", "")
     if kind not in ("csr_matrix", "csc_matrix"):
-        raise ValueError(f"unsupported h5ad matrix encoding {kind!r} of {node.name} (an "
+        raise ValueError(f"unsupported AnnData matrix encoding {kind!r} of {node.name} (an "
                          "old AnnData's? write it again with adata.write_h5ad)")
     from scipy import sparse
 
@@ -463,13 +480,11 @@ def _h5ad_matrix(node: Any) -> np.ndarray:
 
 def _h5ad_array(node: Any) -> np.ndarray:
     """A 1-D obs/var element: plain, string, categorical or nullable (AnnData encodings)."""
-    import h5py
-
-    if isinstance(node, h5py.Dataset):
-        return node.asstr()[...] if h5py.check_string_dtype(node.dtype) else node[...]
+    if _is_array(node):
+        return _anndata_values(node)
     kind = node.attrs.get("encoding-type", "")
     if kind == "categorical":
-        categories = np.asarray(_h5ad_array(node["categories"]))
+        categories = np.asarray(_h5ad_array(node["categories"]), dtype=object)
         codes = node["codes"][...]
         if np.all(codes >= 0):
             return categories[codes]
@@ -481,7 +496,7 @@ def _h5ad_array(node: Any) -> np.ndarray:
         if mask is None or not mask.any():
             return values
         return np.where(mask, None, values.astype(object))
-    raise ValueError(f"unsupported h5ad element encoding {kind!r} of {node.name} (an old "
+    raise ValueError(f"unsupported AnnData element encoding {kind!r} of {node.name} (an old "
                      "AnnData's? write it again with adata.write_h5ad)")
 
 
@@ -503,25 +518,31 @@ def _read_h5ad(path: Path, key: str | None, labels: str | None) -> tuple[RawData
         raise ValueError(f"{path}: not an HDF5 file ({err}); .h5ad files are AnnData's, "
                          "written by adata.write_h5ad") from None
     with f:
-        try:
-            layers = list(f.get("layers", {}))
-            if key in (None, "X"):
-                if "X" not in f:  # h5py's bare KeyError "object 'X' doesn't exist"
-                    what = (f"layers: {', '.join(layers)}; name one with `key`" if layers
-                            else f"entries: {', '.join(f)}: not AnnData's layout; save the "
-                            "array with np.save")
-                    raise ValueError(f"no X ({what})")  # the file named below
-                x = _h5ad_matrix(f["X"])
-            else:
-                x = _h5ad_matrix(f["layers"][_pick_key(layers, key, "layer", str(path))])
-            var = f.get("var", {})
-            index = var.attrs.get("_index", "_index") if var else "_index"
-            names = _h5ad_array(var[index]) if index in var else None
-            if labels is not None and "obs" not in f:
-                raise KeyError(f"{path}: no obs, so no obs column {labels!r}")
-            label_values = None if labels is None else _h5ad_column(f["obs"], labels, path)
-        except ValueError as err:  # the encodings' errors, which name no file
-            raise ValueError(f"{path}: {err}") from None
+        return _read_anndata(f, path, key, labels)
+
+
+def _read_anndata(root: Any, path: Path, key: str | None, labels: str | None
+                  ) -> tuple[RawData, Any]:
+    """X or a layer (`key`), obs column `labels` and the var names of an AnnData store."""
+    try:
+        layers = list(root.get("layers", {}))
+        if key in (None, "X"):
+            if "X" not in root:  # h5py's bare KeyError "object 'X' doesn't exist"
+                what = (f"layers: {', '.join(layers)}; name one with `key`" if layers
+                        else f"entries: {', '.join(root)}: not AnnData's layout; save the "
+                        "array with np.save")
+                raise ValueError(f"no X ({what})")  # the file named below
+            x = _h5ad_matrix(root["X"])
+        else:
+            x = _h5ad_matrix(root["layers"][_pick_key(layers, key, "layer", str(path))])
+        var = root.get("var", {})
+        index = var.attrs.get("_index", "_index") if var else "_index"
+        names = _h5ad_array(var[index]) if index in var else None
+        if labels is not None and "obs" not in root:
+            raise KeyError(f"{path}: no obs, so no obs column {labels!r}")
+        label_values = None if labels is None else _h5ad_column(root["obs"], labels, path)
+    except ValueError as err:  # the encodings' errors, which name no file
+        raise ValueError(f"{path}: {err}") from None
     data = _flatten(x, str(path))
     data.feature_names = None if names is None else [str(n) for n in names]
     return data, label_values
@@ -532,9 +553,10 @@ def read_file(path: str | Path, *, key: str | None = None, labels: str | None = 
     """Read a user file: ``.npy``, ``.npz``, ``.csv``/``.tsv`` (also ``.gz``, ``.bz2`` or
     ``.xz`` compressed), ``.zarr`` or ``.h5ad``.
 
-    ``key`` names the array (npz key, zarr array, h5ad layer; default ``x``/``X``/``data``
+    ``key`` names the array (npz key, zarr array, AnnData layer; default ``x``/``X``/``data``
     or the only array). ``labels`` names the label array (npz key, zarr array, csv column,
-    h5ad obs column) or is the path of a ``.npy``/``.txt`` file with one label per sample.
+    AnnData obs column; an AnnData ``.zarr`` store is read as a ``.h5ad`` file) or is the
+    path of a ``.npy``/``.txt`` file with one label per sample.
     ``header`` says whether a table's first line holds column names; by default it does
     unless it is all numbers, and a first line of numbers that may be names (``0,1,2,...``,
     increasing integers, evenly spaced numbers) is an error.
