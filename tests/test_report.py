@@ -383,6 +383,10 @@ def test_seeds_of_a_setting_stand_side_by_side_in_its_row() -> None:
                for (low, high), r in zip(boxes, setting, strict=True))
     assert [t.get_text() for t in ax_kl.get_yticklabels()] == list(rows)
     assert "side by side" in fig.get_suptitle()
+    # stores that record no seed: drawn at their rows (a NaN rank put them nowhere)
+    for unseeded in (_table().assign(seed=None), _table().drop(columns="seed")):
+        ax_ll = report.comparison_figure(unseeded).axes[0]
+        np.testing.assert_array_equal(ax_ll.lines[1].get_ydata(), [2, 1, 0])
 
 
 def test_kl_split_estimates_below_zero_are_drawn_as_zero_and_named() -> None:

@@ -556,8 +556,8 @@ def comparison_figure(table: pd.DataFrame) -> Figure:
 def _seed_offsets(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Each run's vertical offset within its setting's row and its bar height: the seeds
     of a setting side by side in seed order, the first on top (0 and 0.6 for a lone
-    seed)."""
-    order = rows["seed"] if "seed" in rows else pd.Series(np.arange(len(rows)), rows.index)
+    seed; runs without a seed, from stores that do not record it, in table order)."""
+    order = rows["seed"].fillna(-1) if "seed" in rows else pd.Series(0, rows.index)
     rank = order.groupby(rows["setting"]).rank(method="first").to_numpy() - 1
     n = rows.groupby("setting")["run"].transform("size").to_numpy()
     return ((n - 1) / 2 - rank) * 0.7 / n, 0.6 / n
