@@ -120,3 +120,46 @@ def test_save_and_load_give_the_same_loss(tmp_path):
 def test_build_model_rejects_bad_options(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         aetk.build_model("dipvae", "bernoulli", in_features=5, latent_dim=3, **kwargs)
+
+
+class _FullCovarianceEncoder(torch.nn.Module):
+    """`N(mu, L L^T)` from a network's outputs: mu, log diag L, then L's lower entries."""
+
+    latent_dim = Z_DIM
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.distributions.MultivariateNormal:
+        out = self.net(x)
+        rows, cols = torch.tril_indices(Z_DIM, Z_DIM, -1)
+        tril = torch.diag_embed(out[:, Z_DIM:2 * Z_DIM].exp())
+        tril[:, rows, cols] = out[:, 2 * Z_DIM:]
+        return torch.distributions.MultivariateNormal(out[:, :Z_DIM], scale_tril=tril)
+
+
+def test_type_ii_takes_the_full_covariances_of_the_posteriors():
+    """For full-covariance posteriors C is the covariance of the mixture 1/B sum_b
+    N(mu_b, Sigma_b), `<Sigma_b + mu_b mu_b^T> - <mu><mu>^T` by hand; before, only the
+    diagonals of the Sigma_b entered C."""
+    n_lower = Z_DIM * (Z_DIM - 1) // 2
+    enc, dec_net = FixedMLP(X_DIM, 2 * Z_DIM + n_lower, 3), FixedMLP(Z_DIM, X_DIM, 4)
+    model = aetk.DIPVAE(_FullCovarianceEncoder(enc.module),
+                        dec.BernoulliDecoder(dec_net.module, latent_dim=Z_DIM,
+                                             out_features=X_DIM), type="ii")
+    out = enc(X01)
+    mu = out[:, :Z_DIM]
+    tril = np.zeros((B, Z_DIM, Z_DIM))
+    tril[:, np.arange(Z_DIM), np.arange(Z_DIM)] = np.exp(out[:, Z_DIM:2 * Z_DIM])
+    rows, cols = np.tril_indices(Z_DIM, -1)
+    tril[:, rows, cols] = out[:, 2 * Z_DIM:]
+    sigma = tril @ tril.transpose(0, 2, 1)
+    want = (sigma + mu[:, :, None] * mu[:, None, :]).mean(0) - np.outer(mu.mean(0), mu.mean(0))
+    got = model.covariance(model.encode(torch.from_numpy(X01))).detach().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    own = sigma.mean(0)
+    assert np.abs(own - np.diag(np.diag(own))).max() > 0.1  # the test tells them apart
+    off = want - np.diag(np.diag(want))
+    assert model.loss(torch.from_numpy(X01)).terms["off_diagonal"].item() == pytest.approx(
+        (off**2).sum(), rel=1e-12)

@@ -1069,3 +1069,53 @@ def test_embed_of_a_float64_model_gives_float64_codes_even_for_no_rows():
     assert model.embed(x).dtype == np.float64
     empty = model.embed(x[:0])
     assert empty.dtype == np.float64 and empty.shape == (0, 2)
+
+
+class FullCovarianceEncoder(nn.Module):
+    """A user's encoder of full-covariance Gaussians, `N(mu(x), L(x) L(x)^T)`."""
+
+    latent_dim, input_shape = Z_DIM, (X_DIM,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _linear(X_DIM, 2 * Z_DIM + 1, np.random.default_rng(3))
+
+    def forward(self, x: torch.Tensor) -> D.MultivariateNormal:
+        out = self.net(x)
+        tril = torch.diag_embed(out[:, Z_DIM:2 * Z_DIM].exp())
+        tril = tril + 3 * out[:, -1, None, None] * torch.tensor([[0.0, 0.0], [1.0, 0.0]],
+                                                            dtype=x.dtype)
+        return D.MultivariateNormal(out[:, :Z_DIM], scale_tril=tril)
+
+
+def _gaussian_decoder() -> nn.Module:
+    return dec.GaussianDecoder(latent_dim=Z_DIM, output_shape=(X_DIM,), hidden=(HID,)).double()
+
+
+def test_a_full_covariance_posterior_has_its_exact_kl() -> None:
+    """The VAE's KL (and model.kl) of a full-covariance q(z|x) is torch's closed form for
+    two multivariate Gaussians, not that of q's diagonal (0.23 nats lower in one row before)."""
+    model = aetk.VAE(FullCovarianceEncoder(), _gaussian_decoder())
+    x = torch.from_numpy(X01)
+    q = model.encode(x)
+    prior = D.MultivariateNormal(torch.zeros(Z_DIM, dtype=x.dtype),
+                                 torch.eye(Z_DIM, dtype=x.dtype))
+    exact = D.kl_divergence(q, prior)
+    diagonal = D.kl_divergence(D.Normal(q.mean, q.stddev), D.Normal(0.0, 1.0)).sum(-1)
+    assert (exact - diagonal).abs().max() > 0.2  # the test tells them apart
+    torch.testing.assert_close(model.kl(q), exact)
+    torch.testing.assert_close(model.loss(x).terms["kl"], exact.mean())
+    with pytest.raises(ValueError, match="free_bits"):
+        aetk.VAE(FullCovarianceEncoder(), _gaussian_decoder(), free_bits=0.1).loss(x)
+
+
+@pytest.mark.parametrize("make", [
+    lambda e, d: aetk.BetaTCVAE(e, d, dataset_size=10),
+    lambda e, d: aetk.VampPrior(e, d, n_components=2).double(),
+    lambda e, d: aetk.LadderVAE(e, d, hidden=(HID,)).double(),
+])
+def test_models_of_diagonal_posteriors_refuse_a_full_covariance(make) -> None:
+    model = make(FullCovarianceEncoder(), _gaussian_decoder())
+    with pytest.raises(ValueError, match=r"diagonal Gaussian q\(z\|x\).*MultivariateNormal"):
+        model.loss(torch.from_numpy(X01))
+

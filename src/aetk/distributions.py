@@ -69,17 +69,43 @@ def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (z * z).sum(-1) - 0.5 * d * math.log(2 * math.pi)
 
 
+FULL_COVARIANCE = (D.MultivariateNormal, D.LowRankMultivariateNormal)
+"""Gaussians whose covariance is not diagonal: their KL does not split by dimension."""
+
+
+def check_diagonal(q: D.Distribution, model: str) -> None:
+    """ValueError for a full-covariance posterior `q(z|x)` given to a model whose loss
+    needs a diagonal one (its per-dimension densities or precisions)."""
+    if isinstance(q, FULL_COVARIANCE):
+        raise ValueError(
+            f"the {model} needs a diagonal Gaussian q(z|x) (it uses the densities of each "
+            f"latent dimension), but the encoder returned a {type(q).__name__} with a full "
+            "covariance: return D.Independent(D.Normal(mu, sigma), 1), or use a model that "
+            "takes full covariances (vae, beta_vae, dipvae, iwae, infovae, factorvae)")
+
+
 def kl_per_dimension(q: D.Distribution) -> torch.Tensor:
     """Closed-form `KL(q_j || N(0, 1))` of each latent dimension of a diagonal Gaussian,
-    `(B, d)`: `1/2 (sigma^2 + mu^2 - 1 - 2 log sigma)`."""
+    `(B, d)`: `1/2 (sigma^2 + mu^2 - 1 - 2 log sigma)`. A full-covariance q's KL does not
+    split so: ValueError."""
+    if isinstance(q, FULL_COVARIANCE):
+        raise ValueError(f"the KL of a {type(q).__name__} with a full covariance does not "
+                         "split into latent dimensions (free_bits charges each dimension): "
+                         "use a diagonal encoder, or free_bits=0")
     mu, sigma = q.mean, q.stddev
     return 0.5 * (sigma.square() + mu.square() - 1 - 2 * sigma.log())
 
 
 def kl_to_standard_normal(q: D.Distribution) -> torch.Tensor:
-    """Closed-form `KL(q || N(0, I))` of a diagonal Gaussian, `(B,)`: the sum of
-    `kl_per_dimension`."""
-    return kl_per_dimension(q).sum(-1)
+    """Closed-form `KL(q || N(0, I))` of a Gaussian, `(B,)`: the sum of `kl_per_dimension`
+    for a diagonal one; for a full covariance `Sigma = L L^T`,
+    `1/2 (tr Sigma + |mu|^2 - d - log det Sigma)`."""
+    if not isinstance(q, FULL_COVARIANCE):
+        return kl_per_dimension(q).sum(-1)
+    tril = q.scale_tril
+    log_det = 2 * tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    return 0.5 * (tril.square().sum((-2, -1)) + q.mean.square().sum(-1) - q.mean.shape[-1]
+                  - log_det)
 
 
 def log_lik_of_draws(decoder: Callable[[torch.Tensor], D.Distribution], x: torch.Tensor,

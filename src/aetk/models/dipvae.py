@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from ..distributions import kl_to_standard_normal
+from ..distributions import FULL_COVARIANCE, kl_to_standard_normal
 from .base import LossOutput
 from .vae import VAE
 
@@ -19,7 +19,8 @@ class DIPVAE(VAE):
     aggregate posterior's codes towards the prior's, the identity. Over the batch,
 
     - `type="i"`: `C = Cov[mu(x)]`, the covariance of the encoder means;
-    - `type="ii"`: `C = Cov[mu(x)] + <diag sigma^2(x)>`, the covariance of q(z) itself.
+    - `type="ii"`: `C = Cov[mu(x)] + <diag sigma^2(x)>`, the covariance of q(z) itself
+      (`+ <Sigma(x)>` for an encoder of full-covariance Gaussians).
 
     Cov is the batch's own (normalised by B, not B - 1): the covariance of the mixture
     `1/B sum_b q(z|x_b)` is then exactly the type-II C. `lambda_d` defaults to the paper's
@@ -44,7 +45,11 @@ class DIPVAE(VAE):
         """C, `(d, d)`, from the batch's posteriors `q(z|x)`."""
         centred = q.mean - q.mean.mean(0)
         cov = centred.T @ centred / len(centred)
-        return cov + torch.diag(q.variance.mean(0)) if self.type == "ii" else cov
+        if self.type == "i":
+            return cov
+        if isinstance(q, FULL_COVARIANCE):  # the posteriors' own covariances, not their diagonals
+            return cov + q.covariance_matrix.mean(0)
+        return cov + torch.diag(q.variance.mean(0))
 
     def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
         q = self.encoder(x)

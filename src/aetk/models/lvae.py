@@ -11,6 +11,7 @@ from torch import distributions as D
 from torch import nn
 
 from ..distributions import (
+    check_diagonal,
     generate,
     kl_to_standard_normal,
     log_lik_of_draws,
@@ -115,7 +116,9 @@ class LadderVAE(Model):
     def bottom_up(self, x: torch.Tensor) -> tuple[D.Independent, D.Independent]:
         """The bottom-up pass: the encoder's estimate `N(mu_hat_1, sigma_hat_1^2)` of z1,
         and `q(z2|x)`."""
-        return self.encoder(x), gaussian_head(self.top_head(self._top_features(x)))
+        estimate = self.encoder(x)
+        check_diagonal(estimate, "ladder VAE")  # combined with p(z1|z2) per dimension
+        return estimate, gaussian_head(self.top_head(self._top_features(x)))
 
     def _top_features(self, x: torch.Tensor) -> torch.Tensor:
         """The top encoder's raw outputs (`2 latent_dim`): its network's, when it has one

@@ -8,7 +8,7 @@ import torch
 from torch import distributions as D
 from torch import nn
 
-from ..distributions import log_prob, standard_normal_log_prob
+from ..distributions import check_diagonal, log_prob, standard_normal_log_prob
 from .base import LossOutput, Model
 from .vae import VAE
 
@@ -65,6 +65,7 @@ class BetaTCVAE(Model):
             raise RuntimeError("the BetaTCVAE needs the training set size: train it with "
                                "aetk.fit, or give dataset_size")
         q = self.encoder(x)
+        check_diagonal(q, "beta-TCVAE")
         z = q.rsample()
         rec = -log_prob(self.decoder(z), x if target is None else target).mean()
         base = q.base_dist if isinstance(q, D.Independent) else q

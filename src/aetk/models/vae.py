@@ -6,7 +6,13 @@ import math
 
 import torch
 
-from ..distributions import generate, kl_per_dimension, log_lik_of_draws, log_prob
+from ..distributions import (
+    generate,
+    kl_per_dimension,
+    kl_to_standard_normal,
+    log_lik_of_draws,
+    log_prob,
+)
 from ..validate import positive_int
 from .base import LossOutput, Model
 
@@ -49,11 +55,11 @@ class VAE(Model):
     def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
         q = self.encoder(x)
         rec, _ = self.reconstruction(q, x if target is None else target)
-        kl_dims = kl_per_dimension(q).mean(0)
-        kl = kl_dims.sum()
+        kl = kl_to_standard_normal(q).mean()  # exact for a full covariance too
         terms = {"reconstruction": rec, "kl": kl}
         charged = kl
         if self.free_bits:
+            kl_dims = kl_per_dimension(q).mean(0)
             charged = terms["kl_charged"] = kl_dims.clamp(min=self.free_bits).sum()
         if self.capacity is not None:
             charged = terms["kl_charged"] = (charged - self.capacity).abs()

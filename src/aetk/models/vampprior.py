@@ -8,7 +8,7 @@ import torch
 from torch import distributions as D
 from torch import nn
 
-from ..distributions import generate, log_prob
+from ..distributions import check_diagonal, generate, log_prob
 from ..nets import MaskingNoise
 from ..validate import positive_int
 from .base import LossOutput, Model
@@ -65,12 +65,14 @@ class VampPrior(Model):
         c = self.conditions()
         if c is None:
             q = self.encoder(self.pseudo_inputs)
+            check_diagonal(q, "VampPrior")
             return q.mean[None], q.stddev[None]
         k = len(self.pseudo_inputs)
         distinct, row = torch.unique(c, dim=0, return_inverse=True)
         with self.given(distinct.repeat_interleave(k, 0)):
             q = self.encoder(self.pseudo_inputs.repeat(len(distinct),
                                                        *[1] * len(self.input_shape)))
+        check_diagonal(q, "VampPrior")
         d = q.mean.shape[-1]
         return q.mean.view(-1, k, d)[row], q.stddev.view(-1, k, d)[row]
 
