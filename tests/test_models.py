@@ -1119,3 +1119,36 @@ def test_models_of_diagonal_posteriors_refuse_a_full_covariance(make) -> None:
     with pytest.raises(ValueError, match=r"diagonal Gaussian q\(z\|x\).*MultivariateNormal"):
         model.loss(torch.from_numpy(X01))
 
+
+class PlainNormalEncoder(nn.Module):
+    """A user's encoder returning `Normal(mu, sigma)` of batch shape (B, d), not an
+    Independent one (`independent=True`: the same, wrapped)."""
+
+    latent_dim, input_shape = Z_DIM, (X_DIM,)
+
+    def __init__(self, independent: bool = False) -> None:
+        super().__init__()
+        self.net = _linear(X_DIM, 2 * Z_DIM, np.random.default_rng(5))
+        self.independent = independent
+
+    def forward(self, x: torch.Tensor) -> D.Distribution:
+        mu, log_sigma = self.net(x).chunk(2, -1)
+        q = D.Normal(mu, log_sigma.exp())
+        return D.Independent(q, 1) if self.independent else q
+
+
+def test_a_plain_normal_encoder_is_one_event_per_sample() -> None:
+    """log q(z|x) of a user's plain Normal is per sample: importance weights and the
+    VampPrior's KL failed with a shape error (a (B, d) log-density) before."""
+    x = torch.from_numpy(X01)
+    plain, wrapped = (aetk.VAE(PlainNormalEncoder(i), _gaussian_decoder()) for i in (False, True))
+    wrapped.decoder.load_state_dict(plain.decoder.state_dict())
+    z = torch.zeros(B, Z_DIM, dtype=x.dtype)
+    assert plain.encode(x).log_prob(z).shape == (B,)
+    torch.testing.assert_close(plain.encode(x).log_prob(z), wrapped.encode(x).log_prob(z))
+    for model in (plain, wrapped):
+        torch.manual_seed(0)
+        model.result = aetk.log_marginal(model, x, n_samples=5)
+    torch.testing.assert_close(plain.result, wrapped.result)
+    vamp = aetk.VampPrior(PlainNormalEncoder(), _gaussian_decoder(), n_components=2).double()
+    assert torch.isfinite(vamp.loss(x).loss)

@@ -22,6 +22,7 @@ from ..distributions import (
     mean,
     standard_normal_log_prob,
 )
+from ..encoders import _Encoder, as_one_event
 from ..nets import Conditioned, LogInputs, attribute_set
 
 if TYPE_CHECKING:
@@ -105,6 +106,10 @@ class Model(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
+        if (isinstance(encoder, nn.Module) and not isinstance(encoder, _Encoder)
+                and as_one_event not in encoder._forward_hooks.values()):
+            # a user's plain Normal: log q(z|x) per sample, not per coordinate
+            encoder.register_forward_hook(as_one_event)
         self.latent_dim: int = encoder.latent_dim
         self.input_shape = getattr(encoder, "input_shape", None)
         self.n_conditions: int = getattr(encoder, "n_conditions", 0)
