@@ -1297,3 +1297,25 @@ def test_dataset_batches_keep_dataloaders_order_and_iterable_datasets_work():
     stream = _Batches(Stream(), 3, torch.device("cpu"), reference, False,
                       lambda x, name: None, "validation")
     assert order(b[0] for b in stream) == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+class _NoHooks:
+    patience = 3
+
+
+@pytest.mark.parametrize(("callbacks", "match"), [
+    ([_NoHooks()], r"_NoHooks\) defines none of the methods fit calls: .*on_epoch_end\(model, "
+                   r"epoch, row\)"),
+    ([lambda model, epoch, row: None], r"\(a function\) defines none of the methods"),
+    (aetk.EarlyStopping(), r"callbacks must be a list of callbacks, .*\[EarlyStopping\(...\)\]"),
+])
+def test_callbacks_without_the_methods_fit_calls_are_refused_before_training(callbacks, match):
+    """A callback fit would never call (an object without its hook methods, a function),
+    or a callback not in a list, is a TypeError before any step: the first were ignored
+    in silence, the last failed as 'object is not iterable'."""
+    train, _ = _digits(n_train=64)
+    model = _build()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(TypeError, match=match):
+        _fit(model, train, epochs=1, callbacks=callbacks)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

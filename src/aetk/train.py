@@ -623,6 +623,27 @@ def check_clip_grad_norm(value: Any, name: str = "clip_grad_norm") -> float | No
     return float(value)
 
 
+CALLBACK_HOOKS = ("on_fit_start(model)", "on_epoch_start(model, epoch)",
+                  "on_epoch_end(model, epoch, row)", "on_fit_end(model)")
+"""The methods `fit` calls on its callbacks, each where it defines it."""
+
+
+def check_callbacks(callbacks: Any) -> tuple[Any, ...]:
+    """`callbacks` as a tuple; TypeError for one that is not a list of callbacks, or for
+    a callback defining none of `CALLBACK_HOOKS` (fit would never call it)."""
+    names = [h.split("(")[0] for h in CALLBACK_HOOKS]
+    if any(hasattr(callbacks, n) for n in names) or not isinstance(callbacks, Iterable):
+        raise TypeError(f"callbacks must be a list of callbacks, got {callbacks!r}: give "
+                        f"[{type(callbacks).__name__}(...)]")
+    callbacks = tuple(callbacks)
+    for cb in callbacks:
+        if not any(callable(getattr(cb, n, None)) for n in names):
+            what = "a function" if callable(cb) else f"a {type(cb).__name__}"
+            raise TypeError(f"callback {cb!r} ({what}) defines none of the methods fit calls: "
+                            f"give an object with one or more of {', '.join(CALLBACK_HOOKS)}")
+    return callbacks
+
+
 def _fingerprint(model: Model, n_train: int, batch_size: int, lr: float, seed: int) -> dict:
     return {"class": type(model).__name__, "build_spec": model.build_spec,
             "n_parameters": sum(p.numel() for p in model.parameters()),
@@ -745,6 +766,7 @@ def fit(
         raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
     clip_grad_norm = check_clip_grad_norm(clip_grad_norm)
     penalties = penalty_names(penalties)
+    callbacks = check_callbacks(callbacks)
     if isinstance(val, numbers.Number):
         raise ValueError(_NUMBER_AS_VALIDATION.format(val=val, fraction=(
             val if 0 < val < 1 else 0.1)))
