@@ -1319,3 +1319,29 @@ def test_callbacks_without_the_methods_fit_calls_are_refused_before_training(cal
     with pytest.raises(TypeError, match=match):
         _fit(model, train, epochs=1, callbacks=callbacks)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+class _FailAtEpochEnd:
+    def on_epoch_end(self, model, epoch, row):
+        if epoch == 2:
+            raise RuntimeError("a callback's bug")
+
+
+@pytest.mark.parametrize("where", ["callback", "mid_epoch"])
+def test_any_error_in_training_puts_back_the_last_finished_epoch(where):
+    """A RuntimeError of a callback after epoch 2, or Ctrl-C in epoch 2's third step,
+    leaves the weights of a one-epoch run, not those of the failed epoch (only ValueErrors
+    and divergence put them back before)."""
+    train, _ = _digits(n_train=256)
+    reference = _build()
+    _fit(reference, train, epochs=1)
+    model = _build()
+    if where == "mid_epoch":
+        _stop_mid_epoch(model, at_call=4 + 3)
+        with pytest.raises(KeyboardInterrupt):
+            _fit(model, train, epochs=3)
+    else:
+        with pytest.raises(RuntimeError, match="a callback's bug"):
+            _fit(model, train, epochs=3, callbacks=[_FailAtEpochEnd()])
+    for k, v in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k

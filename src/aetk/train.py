@@ -892,17 +892,18 @@ def fit(
             _save_checkpoint(ckpt, {**checkpoint_state, "model": good.state,
                                     "annealed": annealed_values(model),
                                     "returned": model.state_dict()})
-    except (_PenaltiesBypassed, ValueError):
-        # penalties: its first step went without them; bad data met in a Dataset's batch,
-        # or a callback's refusal: the model as it was after the last finished epoch
-        good.put_back(model)
-        raise
     except TrainingDiverged as err:
         # the failed step already wrote non-finite weights: nothing past the last epoch is kept
         good.put_back(model)
         err.history = pd.DataFrame(history)
         done = f"after epoch {len(history)}" if history else "before training"
         err.args = (f"{err.args[0]}; the model is restored to its state {done}",)
+        raise
+    except BaseException:
+        # any other (penalties bypassed by the first step, bad data met in a Dataset's
+        # batch, a callback's refusal or bug, a user loss's error, Ctrl-C): the model as it
+        # was after the last finished epoch, as its checkpoint holds it, not half an epoch on
+        good.put_back(model)
         raise
     finally:
         cleanup.close()
