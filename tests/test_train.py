@@ -1345,3 +1345,23 @@ def test_any_error_in_training_puts_back_the_last_finished_epoch(where):
             _fit(model, train, epochs=3, callbacks=[_FailAtEpochEnd()])
     for k, v in reference.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_a_plain_function_is_a_batch_sampler():
+    """`batch_sampler` is any function of fit's generator yielding index batches (tensors
+    or lists): one repeating fit's own shuffling trains exactly as fit does without it
+    (before, a function failed with "object of type 'function' has no len()"); a torch
+    BatchSampler, which draws with its own unseeded generator, is a TypeError."""
+    train, _ = _digits(n_train=200)
+
+    def shuffled(generator):
+        return (b.tolist() for b in torch.randperm(200, generator=generator).split(64))
+
+    plain, own = _build(), _build()
+    hist = _fit(plain, train, epochs=2)
+    hist_own = _fit(own, train, epochs=2, batch_sampler=shuffled)
+    _same_run(plain, own, hist, hist_own)
+    torch_sampler = torch.utils.data.BatchSampler(torch.utils.data.RandomSampler(train), 64,
+                                                  drop_last=False)
+    with pytest.raises(TypeError, match="batch_sampler must be a function of fit's seeded"):
+        _fit(_build(), train, epochs=1, batch_sampler=torch_sampler)

@@ -436,16 +436,29 @@ class _Batches:
         self.n_batches = math.ceil(self.n / batch_size)
         self.batch_sampler = batch_sampler
         if batch_sampler is not None:
+            if not callable(batch_sampler):  # a torch BatchSampler: its own, unseeded draws
+                raise TypeError(
+                    f"batch_sampler must be a function of fit's seeded torch.Generator that "
+                    f"yields each epoch's index batches (or aetk.LocalityBatches), got "
+                    f"{batch_sampler!r}: e.g. def batches(generator): return torch.randperm("
+                    f"n, generator=generator).split(batch_size)")
             if self.tensor is None:
                 raise ValueError("batch_sampler needs the training data as tensors or arrays, "
                                  "not a Dataset")
             if getattr(batch_sampler, "n", self.n) != self.n:
                 raise ValueError(f"the batch_sampler was made for {batch_sampler.n} rows, but "
                                  f"the {name} data has {self.n}")
-            self.n_batches = len(batch_sampler)
+            # a plain function's count is known only once it has run
+            self.n_batches = len(batch_sampler) if hasattr(batch_sampler, "__len__") else None
 
     def __len__(self) -> int:
+        if self.n_batches is None:
+            raise TypeError("the batch_sampler gives no number of batches")
         return self.n_batches
+
+    def count(self) -> str:
+        """The number of batches for messages: "?" for a batch_sampler without a length."""
+        return "?" if self.n_batches is None else str(self.n_batches)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None,
                                          torch.Tensor | None]]:
@@ -484,7 +497,9 @@ class _Batches:
                            y.split(self.batch_size) if y is not None else none, strict=True)
             return
         if self.batch_sampler is not None:
-            batches = (idx.to(self.device) for idx in self.batch_sampler(self.generator))
+            # a list of indices too, as torch's BatchSampler yields them
+            batches = (torch.as_tensor(idx, device=self.device)
+                       for idx in self.batch_sampler(self.generator))
         else:
             order = torch.randperm(len(self.tensor), generator=self.generator)
             batches = order.to(self.device).split(self.batch_size)
@@ -804,8 +819,8 @@ def fit(
         # with 3 make batches of 20 alike, and the neighbourhoods' size k is in neither
         fingerprint["batch_sampler"] = (
             repr(batch_sampler) if isinstance(batch_sampler, LocalityBatches)
-            else f"{type(batch_sampler).__name__}, {len(batches)} batches of "
-                 f"{getattr(batch_sampler, 'batch_size', '?')}")
+            else f"{getattr(batch_sampler, '__qualname__', type(batch_sampler).__name__)}, "
+                 f"{batches.count()} batches of {getattr(batch_sampler, 'batch_size', '?')}")
     if batches.targets is not None:
         fingerprint["paired"] = True
     if schedulers:  # only when set, so that checkpoints without one keep their fingerprint
@@ -828,7 +843,7 @@ def fit(
 
     start = epochs + 1 if stopped else len(history) + 1
     good = _Kept(model)
-    bar = tqdm(total=len(batches), disable=not progress or stopped, unit="batch",
+    bar = tqdm(total=batches.n_batches, disable=not progress or stopped, unit="batch",
                dynamic_ncols=True, desc=f"epoch {start}/{epochs}")
     checkpoint_state = {}
     # undone in `finally`: the optimisers outlive fit (a model's own, or a later manual
@@ -979,7 +994,7 @@ def _train_epoch(model: Model, batches: _Batches, optimizers: dict, epoch: int,
             bad = [k for k, v in out.terms.items() if not torch.isfinite(v)]
             raise TrainingDiverged(
                 f"the loss became {out.loss.item()} at epoch {epoch}, batch {i} of "
-                f"{len(batches)} (non-finite terms: {', '.join(bad) or 'none'}); "
+                f"{batches.count()} (non-finite terms: {', '.join(bad) or 'none'}); "
                 + _divergence_advice(epoch == 1 and i == 1, optimizers)
             )
         meter.add(out, x.shape[0])
