@@ -1365,3 +1365,21 @@ def test_a_plain_function_is_a_batch_sampler():
                                                   drop_last=False)
     with pytest.raises(TypeError, match="batch_sampler must be a function of fit's seeded"):
         _fit(_build(), train, epochs=1, batch_sampler=torch_sampler)
+
+
+class _TensorLoss(aetk.VAE):
+    """A user's loss returning the bare scalar."""
+
+    def loss(self, x, target=None):
+        return super().loss(x).loss
+
+
+@pytest.mark.parametrize("penalties", [(), [aetk.MinVariance(0.1)]])
+def test_a_loss_that_is_not_a_loss_output_is_a_type_error_naming_it(penalties):
+    """Before, "'Tensor' object has no attribute 'loss'" from inside fit's step."""
+    train, _ = _digits(n_train=64)
+    built = _build()
+    model = _TensorLoss(built.encoder, built.decoder)
+    with pytest.raises(TypeError, match=r"_TensorLoss.loss returned a Tensor of shape \(\), not "
+                                        r"an aetk.LossOutput: return LossOutput\(loss, terms\)"):
+        _fit(model, train, epochs=1, penalties=penalties)

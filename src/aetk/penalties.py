@@ -25,7 +25,7 @@ import torch.distributions as D
 from torch import nn
 
 from .distributions import mean
-from .models.base import LossOutput, Model
+from .models.base import LossOutput, Model, check_loss_output
 from .validate import positive_int
 
 Penalty = Callable[[Model, torch.Tensor], torch.Tensor]
@@ -79,7 +79,7 @@ def penalized(model: Model, penalties: Penalties) -> Iterator[Model]:
     def penalized_loss(x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
         token = _ENCODED.set([])
         try:
-            out = loss(x) if target is None else loss(x, target)
+            out = check_loss_output(loss(x) if target is None else loss(x, target), model)
             total, terms = out.loss, dict(out.terms)
             for name, penalty in named.items():
                 value = penalty(model, x)

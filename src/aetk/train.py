@@ -39,7 +39,7 @@ from .batches import LocalityBatches
 from .data import array_digest, named_spec
 from .decoders import LOG_SIGMA_RANGE, GaussianDecoder, LearnedGaussianDecoder
 from .devices import resolve_device
-from .models.base import LossOutput, Model
+from .models.base import LossOutput, Model, check_loss_output
 from .penalties import Penalties, describe, penalized, penalty_names
 from .validate import as_target, as_tensor  # fit's conversion, shared with the models' methods
 
@@ -975,8 +975,9 @@ def _train_epoch(model: Model, batches: _Batches, optimizers: dict, epoch: int,
         try:
             with model.given(c):
                 # unpaired data keeps the two-argument call of user-made training steps
-                out = (model.training_step(x, optimizers) if y is None
-                       else model.training_step(x, optimizers, y))
+                out = check_loss_output(model.training_step(x, optimizers) if y is None
+                                        else model.training_step(x, optimizers, y),
+                                        model, "training_step")
         except TrainingDiverged as err:
             # a model's own (the HVAE's encoder samples before its flow, which suggest a
             # smaller learning rate) where that cannot be the cause says so; its subclasses
@@ -1071,7 +1072,8 @@ def evaluate(model: Model, data: Iterable[Any], prefix: str = "val") -> dict[str
         for batch in data:
             x, c, y = (*batch, None)[:3] if isinstance(batch, tuple) else (batch, None, None)
             with model.given(c):
-                meter.add(model.loss(x) if y is None else model.loss(x, y), x.shape[0])
+                out = model.loss(x) if y is None else model.loss(x, y)
+                meter.add(check_loss_output(out, model), x.shape[0])
     return meter.means(prefix)
 
 

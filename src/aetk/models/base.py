@@ -48,6 +48,18 @@ class LossOutput:
     aux: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def check_loss_output(out: Any, model: nn.Module, method: str = "loss") -> LossOutput:
+    """`out`, what `model.<method>` returned, if it is a `LossOutput`; else TypeError naming
+    what it returned (fit reads `.loss` and `.terms`)."""
+    if not isinstance(out, LossOutput):
+        got = f"a {type(out).__name__}" + (f" of shape {tuple(out.shape)}"
+                                           if isinstance(out, torch.Tensor) else "")
+        raise TypeError(f"{type(model).__name__}.{method} returned {got}, not an "
+                        "aetk.LossOutput: return LossOutput(loss, terms), the scalar loss to "
+                        "minimise and a dict of named scalar terms to log (may be empty)")
+    return out
+
+
 class NoPriorSampler(AttributeError):
     """`model.sample` of a model without a prior to draw from (AE, IRMAE, a user-made model
     without a `sample`). An AttributeError, so that `hasattr(model, "sample")` stays False
@@ -325,7 +337,7 @@ class Model(nn.Module):
         (opt,) = optimizers.values()
         opt.zero_grad(set_to_none=True)
         out = self.loss(x) if target is None else self.loss(x, target)  # user-made losses
-        out.loss.backward()
+        check_loss_output(out, self).loss.backward()
         opt.step()
         return out
 
