@@ -224,3 +224,31 @@ def test_a_draw_from_a_deterministic_decoder_is_its_output():
     torch.testing.assert_close(sampled, model.sample(3))
     with pytest.raises(ValueError, match="total_count"):
         dist.generate(x_hat, mean_only=False, total_count=5.0)
+
+
+class _LogNormalDecoder(aetk.Decoder):
+    """exp of a Gaussian: a TransformedDistribution, which torch gives no mean."""
+
+    latent_dim = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 3)
+
+    def forward(self, z: torch.Tensor) -> D.Distribution:
+        return D.Independent(D.TransformedDistribution(D.Normal(self.lin(z), 1.0),
+                                                       [D.transforms.ExpTransform()]), 1)
+
+
+def test_a_decoder_without_a_closed_form_mean_is_a_value_error_saying_so():
+    """reconstruct and sample need the decoder's mean: before, torch's bare
+    NotImplementedError (no message) from deep inside."""
+    model = aetk.VAE(GaussianEncoder(in_features=3, latent_dim=2, hidden=(4,)),
+                     _LogNormalDecoder())
+    match = (r"decoder's TransformedDistribution distribution has no closed-form mean, .*"
+             r"\.sample\(\(100,\)\)\.mean\(0\)")
+    with pytest.raises(ValueError, match=match):
+        model.reconstruct(torch.rand(5, 3))
+    with pytest.raises(ValueError, match=match):
+        model.sample(4)
+    assert model.sample(4, mean_only=False).shape == (4, 3)  # draws need no mean

@@ -38,7 +38,14 @@ def mean(dist: D.Distribution | torch.Tensor, like: torch.Tensor | None = None,
         return base.logits.argmax(-1)
     if like is not None and hasattr(dist, "mean_for"):
         return dist.mean_for(like)
-    return dist.mean
+    try:
+        return dist.mean
+    except NotImplementedError:  # torch's bare error for, e.g., a TransformedDistribution
+        raise ValueError(
+            f"the decoder's {type(base).__name__} distribution has no closed-form mean, which "
+            "a point prediction (reconstruct, sample, the reports) needs: return a "
+            "distribution with a `mean` (a subclass defining it), or average draws yourself, "
+            "model.decode(z).sample((100,)).mean(0)") from None
 
 
 def generate(dist: D.Distribution | torch.Tensor, mean_only: bool = True,
