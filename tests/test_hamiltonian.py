@@ -1044,3 +1044,28 @@ def test_metric_net_of_an_encoder_that_is_one_linear_layer(d):
     model = aetk.RHVAE(enc, dec, centroids=_data(3).float())
     assert model.lower_factor(_data(2).float()).shape == (2, d, d)
     assert model.metric_net is not enc.network
+
+
+class _OwnEncoder(nn.Module):
+    """A user's Gaussian encoder without a `network` attribute."""
+
+    latent_dim, input_shape = 2, (F,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(F, 4)
+
+    def forward(self, x: torch.Tensor) -> D.Independent:
+        mu, log_sigma = self.body(x).chunk(2, -1)
+        return D.Independent(D.Normal(mu, log_sigma.exp()), 1)
+
+
+def test_an_rhvae_of_an_encoder_without_a_network_asks_for_metric_net():
+    """Before, "'_OwnEncoder' object has no attribute 'network'"; with metric_net given it
+    builds."""
+    dec = aetk.decoders.BernoulliDecoder(latent_dim=2, out_features=F, hidden=(8,))
+    with pytest.raises(ValueError, match=r"this _OwnEncoder does not have: give metric_net, a "
+                                         r"network from x to d\(d\+1\)/2 = 3 outputs"):
+        aetk.RHVAE(_OwnEncoder(), dec, centroids=4)
+    model = aetk.RHVAE(_OwnEncoder(), dec, metric_net=nn.Linear(F, 3), centroids=4)
+    assert isinstance(model.metric_net, nn.Linear)

@@ -49,11 +49,18 @@ _CENTROID_BUFFERS = ("centroid_data", "centroid_latent", "centroid_M", "centroid
 def metric_net_like(encoder: nn.Module, latent_dim: int) -> nn.Module:
     """A freshly initialised copy of the encoder's network whose last linear layer outputs
     the `d(d+1)/2` entries of L (diagonal logs, then the strictly-lower entries row-major)."""
-    net = copy.deepcopy(encoder.network)
+    network = getattr(encoder, "network", None)
+    n_out = latent_dim * (latent_dim + 1) // 2
+    if not isinstance(network, nn.Module):  # a user's encoder: nothing known to copy
+        raise ValueError(f"the RHVAE copies its metric network from the encoder's `network`, "
+                         f"which this {type(encoder).__name__} does not have: give metric_net, "
+                         f"a network from x to d(d+1)/2 = {n_out} outputs (log diagonal of L, "
+                         "then its strictly-lower entries row-major)")
+    net = copy.deepcopy(network)
     linears = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]
     if not linears or linears[-1][1].out_features != 2 * latent_dim:
         raise ValueError("cannot derive a metric network from this encoder: give metric_net, "
-                         "a network from x to d(d+1)/2 outputs")
+                         f"a network from x to d(d+1)/2 = {n_out} outputs")
     for m in net.modules():
         if m is not net and hasattr(m, "reset_parameters"):
             m.reset_parameters()
@@ -63,7 +70,7 @@ def metric_net_like(encoder: nn.Module, latent_dim: int) -> nn.Module:
             setattr(net.get_submodule(parent), attr, nn.Identity())
     name, last = linears[-1]
     parent, _, attr = name.rpartition(".")
-    head = nn.Linear(last.in_features, latent_dim * (latent_dim + 1) // 2,
+    head = nn.Linear(last.in_features, n_out,
                      dtype=last.weight.dtype, device=last.weight.device)
     if not name:  # the network is that one linear layer: the head replaces it (setattr of
         return head  # the name "" left the encoder's 2 d outputs in place)
