@@ -4,6 +4,7 @@ uninterrupted run; divergence; the beta schedule; input types; progress output."
 import contextlib
 import copy
 import functools
+import json
 import pickle
 import re
 import warnings
@@ -1383,3 +1384,64 @@ def test_a_loss_that_is_not_a_loss_output_is_a_type_error_naming_it(penalties):
     with pytest.raises(TypeError, match=r"_TensorLoss.loss returned a Tensor of shape \(\), not "
                                         r"an aetk.LossOutput: return LossOutput\(loss, terms\)"):
         _fit(model, train, epochs=1, penalties=penalties)
+
+
+def _vae_of(decoder_cls, seed=0):
+    """A VAE made by hand whose decoder of `decoder_cls` has the same weights' shapes for
+    the Bernoulli and the Gaussian likelihood."""
+    torch.manual_seed(seed)
+    return aetk.VAE(aetk.GaussianEncoder(in_features=4, latent_dim=2, hidden=(3,)),
+                    decoder_cls(latent_dim=2, out_features=4, hidden=(3,)))
+
+
+def test_load_into_refuses_parts_of_other_classes_that_the_weights_fit(tmp_path):
+    """The classes of the parts are saved and checked: a Bernoulli decoder's weights went
+    silently into a Gaussian decoder of the same shapes before."""
+    _vae_of(aetk.BernoulliDecoder).save(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["parts"] == {"encoder": "aetk.encoders:GaussianEncoder",
+                               "decoder": "aetk.decoders:BernoulliDecoder"}
+    with pytest.raises(ValueError, match=r"parts of other classes \(decoder: "
+                                         r"aetk.decoders:BernoulliDecoder saved, "
+                                         r"aetk.decoders:GaussianDecoder here\)"):
+        aetk.load(tmp_path, into=_vae_of(aetk.GaussianDecoder))
+    aetk.load(tmp_path, into=_vae_of(aetk.BernoulliDecoder, seed=1))  # its own classes load
+
+
+class _OwnBernoulli(aetk.BernoulliDecoder):
+    """A likelihood registered by the user, under a name of its own."""
+
+
+def test_load_names_what_to_import_or_register_for_missing_parts(tmp_path, monkeypatch):
+    """A built model whose decoder was replaced by hand, and one of a likelihood that this
+    session has not registered: ValueErrors saying so (the first loaded the rebuilt model's
+    decoder and failed on torch's missing and unexpected keys)."""
+    model = _build()
+    model.decoder = _HalfNormalDecoder(2, 64)
+    model.save(tmp_path / "replaced")
+    with pytest.raises(aetk.io.NotRebuildable,
+                       match=r"parts of other classes \(decoder: test_train:_HalfNormalDecoder "
+                             r"saved, aetk.decoders:BernoulliDecoder here\): build the model "
+                             r"with these parts .*into=model"):
+        aetk.load(tmp_path / "replaced")
+    monkeypatch.setitem(aetk.build.LIKELIHOODS, "own", _OwnBernoulli)
+    _build(likelihood="own").save(tmp_path / "own")
+    assert isinstance(aetk.load(tmp_path / "own").decoder, _OwnBernoulli)
+    monkeypatch.delitem(aetk.build.LIKELIHOODS, "own")
+    with pytest.raises(ValueError, match=r"the likelihood 'own', which is not registered here "
+                                         r"\(its decoder: test_train:_OwnBernoulli\): register "
+                                         r"it .* aetk.build.LIKELIHOODS\['own'\] = "):
+        aetk.load(tmp_path / "own")
+    assert "import gone_module, which defines it" in aetk.io._class_note("gone_module:Decoder")
+    assert aetk.io._class_note("__main__:Nowhere").endswith("not here: define it again)")
+
+
+def test_a_checkpoint_of_parts_of_other_classes_is_refused(tmp_path):
+    """Equal shapes, equal settings (none: made by hand), another likelihood: the
+    fingerprint's part classes tell them apart."""
+    train, _ = _digits(n_train=64)
+    ckpt = tmp_path / "ckpt.pt"
+    x = train[:, :4]
+    _fit(_vae_of(aetk.BernoulliDecoder), x, epochs=1, checkpoint=ckpt)
+    with pytest.raises(aetk.CheckpointMismatch, match="parts"):
+        _fit(_vae_of(aetk.GaussianDecoder), x, epochs=2, checkpoint=ckpt)

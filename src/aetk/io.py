@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -12,9 +13,19 @@ import torch
 from . import __version__, storage
 from .devices import resolve_device
 from .models.base import Model
-from .train import annealed_values, save_atomic
+from .train import annealed_values, part_classes, save_atomic
 
 CONFIG, WEIGHTS, HISTORY = "config.json", "weights.pt", "history.tsv"
+
+
+class NotRebuildable(ValueError):
+    """`load` without `into` of a model that its description cannot rebuild: one made of
+    parts of the user's own (`build_spec` None), or of parts other than `build_model`
+    makes. `path`, and `parts`, the saved classes of its parts."""
+
+    def __init__(self, message: str, path: Path, parts: dict[str, str]) -> None:
+        super().__init__(message)
+        self.path, self.parts = path, parts
 
 
 def save(model: Model, path: str | Path, history: pd.DataFrame | None = None) -> None:
@@ -32,7 +43,8 @@ def save(model: Model, path: str | Path, history: pd.DataFrame | None = None) ->
     path.mkdir(parents=True, exist_ok=True)
     saved_before = (path / CONFIG).exists()  # a history.tsv of ours, not a user's own file
     config = {"aetk_version": __version__, "class": type(model).__name__,
-              "build_spec": model.build_spec, "annealed": annealed_values(model)}
+              "parts": part_classes(model), "build_spec": model.build_spec,
+              "annealed": annealed_values(model)}
     # the weights first: a folder with config.json and truncated weights would pass for a model
     save_atomic({k: v.detach().cpu() for k, v in model.state_dict().items()}, path / WEIGHTS,
                 "saving the model's weights")
@@ -91,21 +103,29 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", *,
     path = _model_dir(path)
     config = json.loads((path / CONFIG).read_text())
     spec = config.get("build_spec")
+    parts = config.get("parts", {})  # absent before 2026-12-03
     if into is not None:
         if type(into).__name__ != config["class"]:
             raise ValueError(f"{path} holds a saved {config['class']}, but into is of class "
                              f"{type(into).__name__}: pass a model of the saved class")
+        _check_parts(into, parts, path, "build into with parts of the saved classes")
         model = into
     elif spec is None:
-        raise ValueError(
-            f"the {config['class']} in {path} was not made by aetk.build_model, so it cannot be "
-            f"rebuilt from its description: build it again as it was and pass it, "
-            f"aetk.load('{path}', into=model)"
-        )
+        made = f" (its parts: {_listing(parts)})" if parts else ""
+        raise NotRebuildable(
+            f"the {config['class']} in {path} was not made by aetk.build_model{made}, so it "
+            f"cannot be rebuilt from its description: build it again as it was and pass it, "
+            f"aetk.load('{path}', into=model)", path, parts)
     else:
         spec = dict(spec)
         spec.setdefault("log_inputs", False)  # saved before it defaulted to True for counts
+        _check_registered(spec, parts, path)
         model = build_model(spec.pop("model"), spec.pop("likelihood"), **spec)
+        try:
+            _check_parts(model, parts, path, "build the model with these parts as it was and "
+                         f"pass it, aetk.load('{path}', into=model)")
+        except ValueError as err:
+            raise NotRebuildable(str(err), path, parts) from None
     map_location = resolve_device(map_location)
     try:
         state = torch.load(path / WEIGHTS, map_location=map_location, weights_only=True)
@@ -127,6 +147,60 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", *,
     for name, value in config.get("annealed", {}).items():  # absent before 2026-12-01
         setattr(model, name, value)
     return (model if into is not None else model.to(map_location)).eval()
+
+
+def _found(name: str) -> bool:
+    """Whether the class `module:QualifiedName` is defined in this session (its module
+    imported: nothing is imported to look)."""
+    module, _, qualname = name.partition(":")
+    found = sys.modules.get(module)
+    for attr in qualname.split("."):
+        found = getattr(found, attr, None)
+    return isinstance(found, type)
+
+
+def _class_note(name: str) -> str:
+    """What to do where the saved class `name` is not defined in this session."""
+    if _found(name):
+        return ""
+    module = name.partition(":")[0]
+    if module == "__main__" or "<locals>" in name:
+        return " (defined by the code that saved it, not here: define it again)"
+    return f" (not defined here: import {module}, which defines it)"
+
+
+def _listing(parts: dict[str, str]) -> str:
+    return ", ".join(f"{k} {v}{_class_note(v)}" for k, v in parts.items())
+
+
+def _check_parts(model: Model, parts: dict[str, str], path: Path, advice: str) -> None:
+    """ValueError unless `model`'s parts are of the saved classes (`parts`; none saved: no
+    check): weights of the same shapes would load into a decoder of another likelihood."""
+    here = part_classes(model)
+    diff = [f"{k}: {v}{_class_note(v)} saved, {here.get(k, 'none')} here"
+            for k, v in parts.items() if here.get(k) != v]
+    if diff:
+        raise ValueError(f"{path} was saved with parts of other classes ({'; '.join(diff)}): "
+                         f"{advice}")
+
+
+def _check_registered(spec: dict, parts: dict[str, str], path: Path) -> None:
+    """ValueError for a model or likelihood name of the saved description that this
+    session has not registered (`build.MODELS`, `build.LIKELIHOODS`), saying what to."""
+    from .build import LIKELIHOODS, MODELS
+
+    for table, key, part, entry in (
+            (MODELS, "model", "encoder", "MODELS[{!r}] = (encoder class, constructor)"),
+            (LIKELIHOODS, "likelihood", "decoder", "LIKELIHOODS[{!r}] = <its decoder class>")):
+        name = spec.get(key)
+        if name in table:
+            continue
+        saved = parts.get(part)
+        made = f" (its {part}: {saved}{_class_note(saved)})" if saved else ""
+        raise ValueError(
+            f"{path} was built with the {key} {name!r}, which is not registered here{made}: "
+            f"register it as when it was saved, aetk.build.{entry.format(name)}, then load it "
+            f"(known: {', '.join(table)})")
 
 
 def _check_fit(model: Model, config: dict, state: dict[str, torch.Tensor], path: Path) -> None:

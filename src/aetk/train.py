@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 from torch.utils.data import BatchSampler as IndexBatches
 from torch.utils.data import (
     DataLoader,
@@ -659,8 +660,18 @@ def check_callbacks(callbacks: Any) -> tuple[Any, ...]:
     return callbacks
 
 
+def part_classes(model: nn.Module) -> dict[str, str]:
+    """The class of each part of the model (its direct submodules: encoder, decoder, a
+    metric network, a critic), as `module:QualifiedName`: what `save` records and a
+    checkpoint's fingerprint holds, so that weights of the same shapes in parts of
+    another class (a user's decoder for aetk's) are not taken for them."""
+    return {name: f"{type(m).__module__}:{type(m).__qualname__}"
+            for name, m in model.named_children()}
+
+
 def _fingerprint(model: Model, n_train: int, batch_size: int, lr: float, seed: int) -> dict:
-    return {"class": type(model).__name__, "build_spec": model.build_spec,
+    return {"class": type(model).__name__, "parts": part_classes(model),
+            "build_spec": model.build_spec,
             "n_parameters": sum(p.numel() for p in model.parameters()),
             "n_train": n_train, "batch_size": batch_size, "lr": lr, "seed": seed}
 
@@ -1083,9 +1094,10 @@ def _restore(path: Path, model: Model, optimizers: dict, schedulers: dict,
     """Load a checkpoint into the model and optimisers: its history, and whether a callback
     had stopped that run."""
     state = torch.load(path, map_location=device, weights_only=True)
-    # written before fit hashed its data, or recorded the cosine's span: trusted
+    # written before fit hashed its data, or recorded the cosine's span or the parts' classes:
+    # trusted
     fingerprint = {k: v for k, v in fingerprint.items()
-                   if k in state["fingerprint"] or k not in ("data", "cosine_epochs")}
+                   if k in state["fingerprint"] or k not in ("data", "cosine_epochs", "parts")}
     if state["fingerprint"] != fingerprint:
         old = state["fingerprint"]
         raise CheckpointMismatch(path, differences={
