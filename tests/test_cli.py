@@ -1789,3 +1789,30 @@ def test_summary_scores_against_the_validation_data_and_records_the_seed(steps: 
     assert row["geometric_sample_score"] == pytest.approx(
         scorer(lat["scored_geometric"].values), rel=1e-5)
     assert row["seed"] == 0 and lat.attrs["train_seed"] == 0
+
+
+def test_a_model_of_hand_made_parts_is_refused_with_a_message_for_the_command_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A model saved from hand-made parts (a build_model VAE whose decoder was replaced):
+    one line saying the commands take models of aetk train and naming the parts, not
+    load's Python-only advice after torch's missing and unexpected keys."""
+    class Decoder(aetk.Decoder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 4)
+
+        def forward(self, z: torch.Tensor) -> torch.distributions.Distribution:
+            return torch.distributions.Independent(
+                torch.distributions.Bernoulli(logits=self.lin(z)), 1)
+
+    model = aetk.build_model("vae", "bernoulli", in_features=4, hidden=(3,))
+    model.decoder = Decoder()
+    model.save(tmp_path / "m")
+    assert cli.main(["sample", "--model", str(tmp_path / "m"), "--n", "3",
+                     "--out", str(tmp_path / "s.zarr")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "aetk sample: error: " in err
+    assert ("holds a model made of parts that aetk cannot rebuild from its saved description "
+            "(parts: encoder aetk.encoders:GaussianEncoder, decoder test_cli:") in err
+    assert "the aetk commands take models of `aetk train` or aetk.build_model" in err

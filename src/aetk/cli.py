@@ -659,6 +659,24 @@ def geometric_latents(loc: np.ndarray, scale: np.ndarray, n: int, seed: int,
     return metric.sample(n)
 
 
+def load_model(path: str) -> Any:
+    """`aetk.load(path)`, with the commands' own message for a model that its description
+    cannot rebuild (parts of the user's own): load's advice, `into=model`, is for Python."""
+    import aetk
+    from aetk.io import NotRebuildable
+
+    try:
+        return aetk.load(path)
+    except NotRebuildable as err:
+        parts = ", ".join(f"{k} {v}" for k, v in err.parts.items())
+        made = f" (parts: {parts})" if parts else ""
+        raise ValueError(
+            f"{path} holds a model made of parts that aetk cannot rebuild from its saved "
+            f"description{made}: the aetk commands take models of `aetk train` or "
+            "aetk.build_model; use it from Python, rebuilt as it was and loaded with "
+            f"aetk.load('{path}', into=model)") from None
+
+
 def cmd_encode(args: argparse.Namespace) -> None:
     import torch
     import xarray as xr
@@ -668,7 +686,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
     storage.check_replaceable(args.out, "aetk-latent")
     torch.set_num_threads(args.threads)
     stored = storage.read_data(args.data)
-    model = aetk.load(args.model)
+    model = load_model(args.model)
     info_path = Path(args.model) / "aetk_run.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     t0 = time.perf_counter()
@@ -829,7 +847,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
                          "of the training samples")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = aetk.load(args.model)
+    model = load_model(args.model)
     stored = storage.read_data(args.data) if args.data else None
     if stored is not None:
         model.check_data(torch.from_numpy(stored.x[:1]), "the stored")  # another data set?
@@ -994,7 +1012,6 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
     import torch
     import xarray as xr
 
-    import aetk
     from aetk.geometry import (
         PullbackMetric,
         RHVAEMetric,
@@ -1025,7 +1042,7 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
         check_pairs(start, end, len(z))
     else:
         start, end = choose_pairs(is_val, labels, kind, n_pairs, args.seed)
-    model = aetk.load(args.model)
+    model = load_model(args.model)
     metric = metric_for(model)
     if model.n_conditions and isinstance(metric, PullbackMetric):
         raise ValueError("a conditional decoder's pull-back metric depends on the class: fit "
