@@ -431,3 +431,33 @@ def test_user_decoder_trains_in_every_model(name, decoder_cls):
                     device="cpu")
     assert np.isfinite(hist.to_numpy(dtype=float)).all()
     assert hist["val_reconstruction"].iloc[-1] < 0.8 * before
+
+
+class _UserBernoulli(torch.nn.Module):
+    """A user's Bernoulli likelihood, no check_data of its own; `validate_args=False` as
+    for the cross-entropy of grey levels."""
+
+    latent_dim = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 4)
+
+    def forward(self, z):
+        return D.Independent(D.Bernoulli(logits=self.lin(z), validate_args=False), 1)
+
+
+def test_a_user_decoder_refuses_data_outside_its_support_before_training():
+    """Counts for a user's Bernoulli decoder: before, a finite, meaningless loss (or, with
+    torch's argument checks on, its error inside the first step); now a ValueError naming
+    the row before training. Grey levels in [0, 1] stay accepted, as the built-in
+    Bernoulli takes them."""
+    torch.manual_seed(0)
+    model = aetk.VAE(aetk.GaussianEncoder(in_features=4, latent_dim=2, hidden=(8,)),
+                     _UserBernoulli())
+    counts = torch.tensor([[0.0, 1.0, 1.0, 0.0], [3.0, 0.0, 7.0, 1.0]])
+    with pytest.raises(ValueError, match=r"train data row 1 has values outside the support of "
+                                         r"the decoder's Bernoulli distribution \(Interval"):
+        aetk.fit(model, counts, epochs=1, batch_size=2, progress=False)
+    grey = torch.rand(8, 4)
+    aetk.fit(model, grey, epochs=1, batch_size=4, progress=False)

@@ -198,5 +198,7 @@ def test_the_decoder_sees_at_most_chunk_points_and_every_proposal_once():
     decoder.register_forward_hook(lambda module, args, out: sizes.append(args[0].shape[:-1]))
     model = aetk.VAE(ExactPosterior(W, b, scale=2.0), decoder)
     aetk.log_marginal(model, x, n_samples=10, chunk=25)
-    scored = [math.prod(s) for s in sizes[1:]]  # the first: the check of the decoder's kind
+    # the first two: the data's support at z = 0 (a user's decoder), the decoder's kind
+    assert sizes[0] == (1,)
+    scored = [math.prod(s) for s in sizes[2:]]
     assert scored == [24, 24, 12]

@@ -39,6 +39,54 @@ class Decoder(nn.Module):
         """Raise ValueError for data outside the likelihood's support (no check by default)."""
 
 
+def check_support(decoder: nn.Module, y: torch.Tensor, name: str, latent_dim: int) -> None:
+    """ValueError for data `y` outside the support of a user decoder's distribution (one
+    without a `check_data` of its own: a Bernoulli likelihood given counts), read at the
+    latent origin in evaluation mode. Torch checks values only where a distribution
+    validates its arguments, and then inside the first training step; without that the
+    loss is silently wrong. A decoder that cannot be called so (latents of another shape)
+    or returns no distribution is left to its own errors."""
+    if not isinstance(decoder, nn.Module):
+        return
+    param = next(decoder.parameters(), None)
+    z = torch.zeros(1, latent_dim, dtype=y.dtype if param is None else param.dtype,
+                    device=None if param is None else param.device)
+    modes = [(m, m.training) for m in decoder.modules()]  # each put back as it was
+    decoder.eval()  # no batch-norm statistics moved, no dropout
+    try:
+        with torch.no_grad():
+            dist = decoder(z)
+    except Exception:
+        return
+    finally:
+        for m, training in modes:
+            m.training = training
+    if not isinstance(dist, D.Distribution):
+        return
+    support = dist.support
+    dims = support.reinterpreted_batch_ndims if isinstance(support, D.constraints.independent) \
+        else 0
+    base = support.base_constraint if dims else support
+    if base is D.constraints.real:  # every value is in it
+        return
+    if base is D.constraints.boolean:  # as the built-in Bernoulli's, values in [0, 1] too
+        base = D.constraints.unit_interval
+        support = D.constraints.independent(base, dims) if dims else base
+    y = y.to(z.device)
+    try:
+        inside = support.check(y).reshape(len(y), -1).all(-1)
+    except RuntimeError:  # data of another shape: check_data's shape errors say more
+        return
+    if bool(inside.all()):
+        return
+    i = int((~inside).nonzero()[0])
+    kind = type(getattr(dist, "base_dist", dist)).__name__
+    raise ValueError(f"{name} data row {i} has values outside the support of the decoder's "
+                     f"{kind} distribution ({base}; the row begins "
+                     f"{y[i].flatten()[:5].tolist()}): give data that this likelihood can "
+                     "score, or a decoder whose likelihood fits them")
+
+
 class _BuiltinDecoder(Decoder):
     """A network whose output is reshaped to `(B, n_params, *event_shape)` parameter blocks.
 

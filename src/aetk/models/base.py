@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .. import validate
+from ..decoders import Decoder, _BuiltinDecoder, check_support
 from ..distributions import (
     kl_to_standard_normal,
     log_importance_weights,
@@ -375,6 +376,11 @@ class Model(nn.Module):
         check = getattr(self.decoder, "check_data", None)
         if check is not None:
             check(x if target is None else target, name if target is None else f"{name} target")
+        own = getattr(type(self.decoder), "check_data", Decoder.check_data)
+        if (own is Decoder.check_data and not isinstance(self.decoder, _BuiltinDecoder)
+                and not self.n_conditions):  # a user's likelihood: its support, at z = 0
+            check_support(self.decoder, x if target is None else target,
+                          name if target is None else f"{name} target", self.latent_dim)
         # after the likelihood's own check, whose message says more for count data
         if any(isinstance(m, LogInputs) for m in self.encoder.modules()) and bool((x < 0).any()):
             raise ValueError(f"{name} data has negative values, but the encoder takes log(1 + x) "
