@@ -219,3 +219,27 @@ def test_chains_start_at_random_codes_and_cover_separated_clusters() -> None:
     z = metric.sample(400, n_steps=5, n_leapfrog=5)
     second = (z[:, 0] > 10).double().mean()
     assert 0.15 < second < 0.35
+
+
+class _FullCovarianceEncoder(torch.nn.Module):
+    """`N(mu(x), L L^T)` with a strong correlation, for a user's model."""
+
+    latent_dim, input_shape = 2, (3,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.distributions.MultivariateNormal:
+        tril = torch.tensor([[0.1, 0.0], [0.5, 0.1]]).expand(len(x), 2, 2)
+        return torch.distributions.MultivariateNormal(self.lin(x), scale_tril=tril)
+
+
+def test_a_full_covariance_encoder_is_refused_not_read_as_diagonal() -> None:
+    """Before, its stddev (the marginal scales) made the metric, the posteriors'
+    correlations dropped in silence."""
+    model = aetk.VAE(_FullCovarianceEncoder(),
+                     aetk.decoders.GaussianDecoder(latent_dim=2, out_features=3, hidden=(4,)))
+    with pytest.raises(ValueError, match=r"diagonal posteriors, but VAE's encoder returns a "
+                                         r"MultivariateNormal with a full covariance"):
+        EncoderMetric.from_model(model, torch.rand(10, 3))

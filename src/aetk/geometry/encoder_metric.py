@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch import distributions as D
 
 from ..centroids import select_centroids
+from ..distributions import FULL_COVARIANCE
 from ..hamiltonian import Position, hmc
 from ..validate import check_posteriors
 from .metrics import Metric, latent_points
@@ -88,6 +89,12 @@ class EncoderMetric(Metric, nn.Module):
         if not all(isinstance(q, D.Distribution) for q in parts):
             raise ValueError(f"the encoder metric needs a distribution-valued encoder; "
                              f"{type(model).__name__} has a deterministic one")
+        if isinstance(parts[0], FULL_COVARIANCE):  # its stddev would drop the correlations
+            raise ValueError(
+                f"the encoder metric is built from diagonal posteriors, but {type(model).__name__}"
+                f"'s encoder returns a {type(parts[0]).__name__} with a full covariance: use a "
+                "diagonal encoder, or build it knowingly from the marginal scales alone, "
+                "EncoderMetric.from_codes(q.mean, q.stddev) with q = model.encode(x)")
         return cls.from_codes(torch.cat([q.mean for q in parts]),
                               torch.cat([q.stddev for q in parts]), n_centroids=n_centroids,
                               method=method, seed=seed, **kwargs)
