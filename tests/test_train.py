@@ -1476,3 +1476,28 @@ def test_cyclical_beta_warns_of_a_user_loss_that_ignores_beta():
         _fit(_SuperVAE(built.encoder, built.decoder), train, epochs=2,
              callbacks=[aetk.CyclicalBeta(2, n_cycles=1)])
         _fit(built, train, epochs=2, callbacks=[aetk.CyclicalBeta(2, n_cycles=1)])
+
+
+class _RecordsTensors:
+    def __init__(self, shape=()):
+        self.shape = shape
+
+    def on_epoch_end(self, model, epoch, row):
+        row["weight_norm"] = torch.linalg.vector_norm(next(model.parameters())).expand(
+            self.shape)
+        row["count"] = np.int64(epoch)
+
+
+def test_tensors_a_callback_puts_in_the_history_are_saved_as_numbers(tmp_path):
+    """Before, history.tsv held the text "tensor(1.61, grad_fn=...)", read back as strings."""
+    train, _ = _digits(n_train=64)
+    model = _build()
+    history = _fit(model, train, epochs=2, callbacks=[_RecordsTensors()])
+    model.save(tmp_path, history=history)
+    back = aetk.load_history(tmp_path)
+    assert back["weight_norm"].dtype == np.float64 and back["count"].tolist() == [1, 2]
+    norm = float(torch.linalg.vector_norm(next(model.parameters()).detach()))
+    assert back["weight_norm"].iloc[-1] == pytest.approx(norm, rel=1e-6)
+    with pytest.raises(TypeError, match=r"the history's 'weight_norm' at epoch 1 holds \(3,\) "
+                                        r"values"):
+        _fit(_build(), train, epochs=1, callbacks=[_RecordsTensors((3,))])

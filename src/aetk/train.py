@@ -912,7 +912,7 @@ def fit(
             row["seconds"] = time.perf_counter() - t0
             for cb in callbacks:
                 getattr(cb, "on_epoch_end", lambda *a: None)(model, epoch, row)
-            history.append(row)
+            history.append(_plain_numbers(row, epoch))
             good = _Kept(model)
             if not bar.disable:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("_loss")})
@@ -963,6 +963,20 @@ def fit(
         # model encodes at random (input noise, dropout) and moves batch-norm statistics
         model.eval()
     return pd.DataFrame(history)
+
+
+def _plain_numbers(row: dict[str, Any], epoch: int) -> dict[str, Any]:
+    """The epoch's history `row` with a callback's tensors and numpy scalars as Python
+    numbers (a tensor was written to the history file as the text "tensor(1.61,
+    grad_fn=...)"); TypeError for one of more than one value."""
+    for key, value in row.items():
+        if isinstance(value, torch.Tensor | np.ndarray | np.generic):
+            if (value.numel() if isinstance(value, torch.Tensor) else np.size(value)) != 1:
+                raise TypeError(f"the history's {key!r} at epoch {epoch} holds "
+                                f"{tuple(value.shape)} values: a callback's entry in a history "
+                                "row is one number per epoch (a scalar, or value.item())")
+            row[key] = value.item()
+    return row
 
 
 def _step_schedulers(schedulers: dict[str, Scheduler], row: dict[str, float]) -> None:
