@@ -1447,37 +1447,6 @@ def test_a_checkpoint_of_parts_of_other_classes_is_refused(tmp_path):
         _fit(_vae_of(aetk.GaussianDecoder), x, epochs=2, checkpoint=ckpt)
 
 
-class _FixedWeightVAE(aetk.VAE):
-    """A user's loss with its own fixed KL weight: beta is never read."""
-
-    def loss(self, x, target=None):
-        q = self.encoder(x)
-        rec = -self.decoder(q.rsample()).log_prob(x).mean()
-        kl = aetk.distributions.kl_to_standard_normal(q).mean()
-        return aetk.LossOutput(rec + 0.5 * kl, {"reconstruction": rec, "kl": kl})
-
-
-class _SuperVAE(aetk.VAE):
-    def loss(self, x, target=None):
-        return super().loss(x)
-
-
-def test_cyclical_beta_warns_of_a_user_loss_that_ignores_beta():
-    """Before, the schedule ran on in silence while the loss kept its fixed weight; losses
-    that read self.beta or the inherited loss do not warn."""
-    train, _ = _digits(n_train=64)
-    built = _build()
-    with pytest.warns(UserWarning, match=r"_FixedWeightVAE.loss neither reads self.beta nor "
-                                         r"calls the inherited loss"):
-        _fit(_FixedWeightVAE(built.encoder, built.decoder), train, epochs=2,
-             callbacks=[aetk.CyclicalBeta(2, n_cycles=1)])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        _fit(_SuperVAE(built.encoder, built.decoder), train, epochs=2,
-             callbacks=[aetk.CyclicalBeta(2, n_cycles=1)])
-        _fit(built, train, epochs=2, callbacks=[aetk.CyclicalBeta(2, n_cycles=1)])
-
-
 class _RecordsTensors:
     def __init__(self, shape=()):
         self.shape = shape

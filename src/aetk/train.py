@@ -146,26 +146,6 @@ def has_kl_weight(cls: type) -> bool:
     return issubclass(cls, (VAE, VampPrior, LadderVAE))
 
 
-def _names_read(code: Any) -> set[str]:
-    """The global and attribute names a function's code (and its nested code) reads."""
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if inspect.iscode(const):
-            names |= _names_read(const)
-    return names
-
-
-def ignores_beta(cls: type) -> bool:
-    """Whether a user's model class has a loss of its own that neither reads a `beta` nor
-    calls an inherited loss (`super()`): annealing its beta would change nothing. A
-    guess from the names its code reads, for a warning."""
-    loss = getattr(cls, "loss", None)
-    code = getattr(loss, "__code__", None)
-    if code is None or loss.__module__.split(".")[0] == "aetk":
-        return False
-    return not {"beta", "super"} & _names_read(code)
-
-
 def charges_capacity(cls: type) -> bool:
     """Whether a model class's loss charges a KL capacity (the VAE's own loss): what
     `CapacityAnnealing` sets."""
@@ -235,11 +215,6 @@ class CyclicalBeta:
                 f"CyclicalBeta anneals the KL term's weight beta, which a "
                 f"{type(model).__name__} does not have (models with one: VAE, VampPrior, "
                 f"LadderVAE and their subclasses)")
-        if ignores_beta(type(model)):
-            warnings.warn(f"CyclicalBeta anneals model.beta, but {type(model).__name__}.loss "
-                          "neither reads self.beta nor calls the inherited loss: the schedule "
-                          "changes nothing unless your loss weighs its KL by self.beta",
-                          UserWarning, stacklevel=2)
         model.beta = self.beta(epoch)
 
     def on_epoch_end(self, model: Model, epoch: int, row: dict[str, float]) -> None:
