@@ -336,6 +336,23 @@ def test_float64_metric_algebra_for_float32_points():
     assert rhvae().float().frozen_metric().exact == f64
 
 
+def test_weights_near_centroids_far_from_the_origin_relative_to_the_temperature():
+    """Float32 points 1e-2 from centroids of norm 25 in d = 64 with T = 0.02: the GEMM
+    |z|^2 - 2 z c + |c|^2 cancelled to distances of 0 or 4e-4 instead of 1e-4 (weights 1 or
+    0.4 instead of 0.78); they now match float64 differences of the same float32 numbers.
+    The usual scale (T = 0.8, standard normal centroids, d = 10) keeps the fast GEMM."""
+    g = torch.Generator().manual_seed(0)
+    c = torch.randn(256, 64, generator=g)
+    c = 25 * c / c.norm(dim=-1, keepdim=True)
+    z = c[:8] + 1e-2 * torch.randn(8, 64, generator=g) / 8
+    metric = ham.CentroidMetric(c, torch.eye(64).expand(256, 64, 64), 0.02, 0.01, 1 / 256)
+    ref = torch.exp(-(z.double()[:, None] - c.double()).square().sum(-1) / 0.02**2)
+    assert ref.diagonal().min() > 0.7
+    close(metric.weights(z), ref, atol=1e-5, rtol=0)
+    assert not ham.CentroidMetric(torch.randn(256, 10, generator=g), torch.eye(10).expand(
+        256, 10, 10), 0.8, 0.01, 1.0).direct
+
+
 def test_float64_rhvae_keeps_given_float64_centroids_and_matches_the_formula():
     # given centroids were cast to float32: a float64 model failed in update_metric
     torch.manual_seed(0)
