@@ -202,6 +202,33 @@ def test_negative_binomial_of_huge_dispersion_is_the_poisson() -> None:
     assert torch.autograd.gradcheck(lambda m, lr: dec.nb_log_prob(counts, m, lr), (mu, log_r))
 
 
+@pytest.mark.parametrize("dtype, log_r", [(torch.float32, 89.0), (torch.float32, 1e4),
+                                          (torch.float64, 710.0)])
+def test_negative_binomial_past_exp_overflow_is_the_poisson(dtype, log_r) -> None:
+    """log_r past exp's overflow (88.7 in float32, 709.8 in float64), which a learned
+    dispersion reaches on a Poisson-like feature: the mean r exp(logits) was inf (NaN at
+    1e4), the log-probabilities and gradients NaN, and sampling raised. Now the mean is mu,
+    the variance mu, and log-probabilities the Poisson's, with finite gradients."""
+    d = dec.NegativeBinomialDecoder(latent_dim=1, out_features=4, hidden=()).to(dtype)
+    out = torch.tensor([40.0, 2.0, 0.3, 900.0], dtype=dtype)
+    x = torch.tensor([[40.0, 3.0, 0.0, 1000.0], [55.0, 0.0, 1.0, 870.0]], dtype=dtype)
+    with torch.no_grad():
+        d.network[-1].weight.zero_()
+        d.network[-1].bias.copy_(out)
+        d.log_r.fill_(log_r)
+    p = d(torch.zeros(2, 1, dtype=dtype)).base_dist
+    mu = np.logaddexp(0, out.double().numpy()) + 1e-8
+    rtol, atol = (1e-6, 5e-4) if dtype == torch.float32 else (1e-12, 1e-9)
+    np.testing.assert_allclose(p.mean.detach().numpy()[0], mu, rtol=rtol)
+    np.testing.assert_allclose(p.variance.detach().numpy()[0], mu, rtol=rtol)
+    lp = p.log_prob(x)
+    np.testing.assert_allclose(lp.detach().numpy(), stats.poisson(mu).logpmf(x.double().numpy()),
+                               rtol=0, atol=atol)
+    lp.sum().backward()
+    assert all(torch.isfinite(q.grad).all() for q in d.parameters())
+    assert torch.isfinite(p.sample()).all()
+
+
 def test_negative_binomial_rejects_unknown_dispersion():
     with pytest.raises(ValueError, match="dispersion must be 'feature' or 'sample'"):
         dec.NegativeBinomialDecoder(latent_dim=2, out_features=3, dispersion="gene")

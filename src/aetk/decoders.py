@@ -394,6 +394,16 @@ def _stirling_tail(y: torch.Tensor) -> torch.Tensor:
     return inv * (1 / 12 - inv2 * (1 / 360 - inv2 / 1260))
 
 
+def poisson_like_log_r(log_r: torch.Tensor) -> torch.Tensor:
+    """`log_r` capped at half the log of its dtype's largest number (44.4 in float32, 354.9
+    in float64), so that
+    `r = exp(log_r)` and `r + x` stay finite: float32's exp overflows past 88.7, which made
+    the mean `r exp(logits)` infinite and the log-probabilities NaN. Past the cap the NB is
+    the Poisson of its mean to `x^2 / 2r < 1e-9` nats for counts below 1e5, and its gradient
+    in `log_r` (of that size) is 0 in floating point anyway."""
+    return log_r.clamp(max=0.5 * math.log(torch.finfo(log_r.dtype).max))
+
+
 def nb_log_prob(x: torch.Tensor, mu: torch.Tensor, log_r: torch.Tensor) -> torch.Tensor:
     """`log NB(x; mean mu, inverse dispersion r = exp(log_r))` for any r:
     `A - lgamma(x + 1) + x log mu - (r + x) log1p(mu / r)`, `A = lgamma(x + r) - lgamma(r)
@@ -401,6 +411,7 @@ def nb_log_prob(x: torch.Tensor, mu: torch.Tensor, log_r: torch.Tensor) -> torch
     - x` plus the series' tails: as a difference of two lgammas of size `r log r` it
     cancels (float32 log-probabilities 0.3 nats off at r = e^14, positive at e^16; float64
     NaN past r = 3e38), and a learned `log_r` grows that large on Poisson-like features."""
+    log_r = poisson_like_log_r(log_r)
     r = log_r.exp()
     big = r >= 100
     if not bool(big.any()):  # most fits: the series would double the cost
@@ -415,11 +426,21 @@ def nb_log_prob(x: torch.Tensor, mu: torch.Tensor, log_r: torch.Tensor) -> torch
 
 class _NegativeBinomial(D.NegativeBinomial):
     """torch's negative binomial (failures with success odds exp(logits), so mean =
-    r exp(logits)) of mean `mu` and `log_r`, scored by `nb_log_prob`."""
+    r exp(logits)) of mean `mu` and `log_r`, scored by `nb_log_prob`; the mean is `mu`
+    itself and the variance `mu + mu^2 / r`, not rounded through r and the logits."""
 
     def __init__(self, mu: torch.Tensor, log_r: torch.Tensor) -> None:
-        super().__init__(log_r.exp(), logits=mu.log() - log_r, validate_args=False)
+        capped = poisson_like_log_r(log_r)
+        super().__init__(capped.exp(), logits=mu.log() - capped, validate_args=False)
         self._mu, self._log_r = mu, log_r
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self._mu
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self._mu + self._mu.square() * torch.exp(-self._log_r)
 
     def expand(self, batch_shape: torch.Size, _instance: object = None) -> D.NegativeBinomial:
         shape = torch.Size(batch_shape)
