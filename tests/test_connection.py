@@ -926,6 +926,20 @@ def test_an_integration_tolerance_stops_at_the_float32_rounding():
         assert res.n_steps == 20 and res.converged.all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, f64])
+def test_frechet_mean_of_one_point_is_that_point(dtype):
+    """One point, or the same point three times: the mean is that point exactly, converged,
+    of variance 0. The zero-length fits' velocities, -3 p0 + 4 p1 - p2 of a curve at one
+    point, rounded to 1e-15 (1e-6 in float32) instead of 0, so the float64 shots came out
+    longer than the fits and the mean stopped at "log_maps", not converged; that fixed,
+    the float32 start sum_i z_i / 3, 6e-8 off the point, stayed there."""
+    p = torch.tensor([[0.1, 0.9]], dtype=dtype)
+    for k in (1, 3):
+        res = frechet_mean(poincare(), p.repeat(k, 1))
+        assert res.converged and res.stopped == "converged"
+        assert torch.equal(res.mean, p[0]) and res.variance == 0
+
+
 def test_frechet_mean_refuses_bad_weights():
     with pytest.raises(ValueError, match="non-negative weights"):
         frechet_mean(poincare(), POINTS, torch.tensor([1.0, -1.0, 1.0], dtype=f64))
