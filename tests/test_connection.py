@@ -940,6 +940,21 @@ def test_frechet_mean_of_one_point_is_that_point(dtype):
         assert torch.equal(res.mean, p[0]) and res.variance == 0
 
 
+def test_collocation_on_a_constant_metric_gives_the_line():
+    """Collocation from bent guesses on a metric that does not depend on z: the
+    acceleration's Jacobian is zero, where autograd raised ("appears to not have been used
+    in the graph"); the geodesics are the straight lines."""
+    A = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=f64)
+    metric = Metric(lambda z: A.expand(len(z), 2, 2))
+    z0, v = POINTS[:2], torch.tensor([[1.0, -2.0], [0.0, 3.0]], dtype=f64)
+    t = torch.linspace(0, 1, 9, dtype=f64)[:, None]
+    bent = z0[:, None] + t * v[:, None] + 0.1 * torch.sin(math.pi * t)
+    velocity, paths, solved = connection._collocate(metric, z0, z0 + v, bent, 1e-8)
+    assert solved.all()
+    torch.testing.assert_close(velocity, v)
+    torch.testing.assert_close(paths, z0[:, None] + t * v[:, None])
+
+
 def test_frechet_mean_refuses_bad_weights():
     with pytest.raises(ValueError, match="non-negative weights"):
         frechet_mean(poincare(), POINTS, torch.tensor([1.0, -1.0, 1.0], dtype=f64))

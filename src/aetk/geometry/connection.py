@@ -492,7 +492,9 @@ def _collocate(metric: Metric, z0: Tensor, z1: Tensor, curves: Tensor, tol: floa
             accel = -christoffel_contract(metric, z, v)
             # each mesh point's acceleration depends on its own state only: d passes
             grads = torch.autograd.grad(accel, (z, v), eye[:, None].expand(d, *accel.shape),
-                                        is_grads_batched=True)
+                                        is_grads_batched=True, allow_unused=True)
+        # on a metric constant in z the acceleration depends on neither: zero derivatives
+        grads = [accel.new_zeros(d, *accel.shape) if g is None else g for g in grads]
         jac = np.zeros((2 * d, 2 * d, y.shape[1]))
         jac[:d, d:] = np.eye(d)[:, :, None]
         jac[d:] = torch.cat(grads, -1).permute(0, 2, 1).double().cpu().numpy()
