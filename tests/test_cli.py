@@ -1177,6 +1177,8 @@ def test_geodesics_between_configured_pairs(steps: Path, tmp_path: Path) -> None
     (["0:1", "3:240"], "--pairs: 3:240 is out of range: the latent store has 240 samples"),
     (["7:-1"], "--pairs: 7:-1 is out of range: the latent store has 240 samples"),
     (["4:4"], "--pairs: '4:4' joins sample 4 to itself"),
+    (["0:17", "17:0"], "--pairs: '17:0' repeats the pair 0:17"),
+    (["3:5", "0:1", "3:5"], "--pairs: '3:5' repeats the pair 3:5"),
     (["0:1", "2"], "--pairs: '2' is not a pair of sample indices I:J"),
     (["0:1:2"], "--pairs: '0:1:2' is not a pair of sample indices I:J"),
     (["a:3"], "--pairs: 'a:3' is not a pair of sample indices I:J"),

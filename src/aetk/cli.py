@@ -942,7 +942,8 @@ def choose_pairs(is_val: np.ndarray, labels: np.ndarray | None, kind: str, n_pai
 
 
 def parse_pairs(specs: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """``I:J`` strings -> (start, end) sample indices; checks the syntax and distinct ends."""
+    """``I:J`` strings -> (start, end) sample indices; checks the syntax, distinct ends and
+    that no pair repeats (either way round)."""
     start, end = [], []
     for spec in specs:
         parts = spec.split(":")
@@ -956,6 +957,13 @@ def parse_pairs(specs: list[str]) -> tuple[np.ndarray, np.ndarray]:
         if i == j:
             raise ValueError(f"--pairs: {spec!r} joins sample {i} to itself: the two ends "
                              f"of a pair must differ")
+        # a geodesic of either orientation is the same curve: fitted twice, one row twice
+        # in the figure and the table
+        seen = next((f"{a}:{b}" for a, b in zip(start, end, strict=True)
+                     if {a, b} == {i, j}), None)
+        if seen is not None:
+            raise ValueError(f"--pairs: {spec!r} repeats the pair {seen} (a geodesic joins "
+                             "its ends either way)")
         start.append(i)
         end.append(j)
     if not start:
@@ -1548,7 +1556,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", nargs="+", metavar="I:J",
                    help="fit geodesics between these pairs of samples instead of sampled ones: "
                    "indices along the latent store's `sample` dimension (0 .. n-1, any split), "
-                   "e.g. --pairs 0:17 5:80; the two ends of a pair must differ. Refused "
+                   "e.g. --pairs 0:17 5:80; the two ends of a pair must differ, and no pair "
+                   "repeats (either way round). Refused "
                    "together with --n-pairs")
     p.add_argument("--n-points", type=positive, default=32, help="points per curve")
     p.add_argument("--init", choices=("line", "graph", "both"), default="line",
