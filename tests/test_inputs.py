@@ -309,3 +309,66 @@ def test_the_first_argument_converts_by_name_too():
     z = np.zeros((3, D))  # float64 numpy
     assert model.decode(z=z).mean.dtype == torch.float32
     torch.testing.assert_close(model.prior_log_prob(z=z), model.prior_log_prob(z))
+
+
+# integer tensors, lists of tensors, and the loss --------------------------------------
+
+
+def _binary() -> torch.Tensor:
+    return (_x() > 0.5).to(torch.uint8)
+
+
+@pytest.mark.parametrize("name", ["ae", "vae", "iwae", "wae", "hvae", "lvae", "factorvae",
+                                  "infomaxvae", "dipvae", "vampprior", "irmae"])
+def test_loss_takes_every_form_of_data_and_target(name):
+    """model.loss(uint8 images) crashed in the first layer ("mat1 and mat2 must have the
+    same dtype, but got Byte and Float"), and loss(numpy) / loss(DataFrame) in the
+    likelihood (".flatten() takes from 0 to 1 positional arguments"): the loss now
+    converts its inputs and its target as the other methods do."""
+    model, x = _vae(name, "bernoulli"), _binary()
+    expected_x = x.float()
+    forms = (x, x.numpy(), pd.DataFrame(x.numpy()), list(expected_x), x.bool())
+    torch.manual_seed(4)
+    expected = model.loss(expected_x).loss
+    for given in forms:  # a DataFrame's column-major values round in another order
+        for args, kwargs in (((given,), {}), ((given, given), {}),
+                             ((), {"x": given, "target": x.numpy()})):
+            torch.manual_seed(4)
+            torch.testing.assert_close(model.loss(*args, **kwargs).loss, expected,
+                                       rtol=1e-6, atol=0)
+
+
+def test_integer_tensors_reach_the_networks_as_floats():
+    """uint8 images and int64 counts given as tensors are data, as their numpy arrays
+    are: cast to the model's dtype by every method."""
+    model, x = _vae("vae", "bernoulli"), _binary()
+    assert torch.equal(model.latent_mean(x), model.latent_mean(x.float()))
+    assert torch.equal(model.reconstruct(x), model.reconstruct(x.float()))
+    torch.manual_seed(5)
+    expected = model.posterior_sample(x.float())
+    torch.manual_seed(5)
+    assert torch.equal(model.posterior_sample(x), expected)
+    counts = _vae("vae", "poisson")
+    c = torch.as_tensor(np.random.default_rng(0).poisson(3, (N, F)))
+    assert torch.equal(counts.latent_mean(c), counts.latent_mean(c.float()))
+
+
+def test_a_list_of_tensors_is_stacked_as_rows():
+    model, x = _vae(), _x()
+    assert torch.equal(model.latent_mean(list(x)), model.latent_mean(x))
+    assert np.array_equal(model.embed(list(x)), model.embed(x))
+    with pytest.raises(ValueError, match=r"one tensor per row, but they have different "
+                                         r"shapes \(\(4,\) and \(5,\)\)"):
+        model.latent_mean([x[0], x[1, :4]])
+
+
+def test_categorical_targets_keep_their_class_indices_in_the_loss():
+    torch.manual_seed(0)
+    model = aetk.build_model("vae", "categorical", in_features=F, n_classes=3, latent_dim=D,
+                             hidden=(8,)).eval()
+    x = np.random.default_rng(0).integers(0, 3, (N, F))
+    assert model.as_target(x).dtype == torch.int64
+    torch.manual_seed(1)
+    expected = model.loss(torch.as_tensor(x, dtype=torch.float32)).loss
+    torch.manual_seed(1)
+    assert torch.equal(model.loss(torch.as_tensor(x)).loss, expected)

@@ -24,13 +24,29 @@ def as_tensor(data: Any, dtype: torch.dtype | None = torch.float32,
     """`data` as a tensor of `dtype` (None: its own number type) on `device` (None: where
     it is): a tensor, a numpy array, or anything with `to_numpy` (a pandas DataFrame, an
     xarray DataArray). A tensor that already matches is returned itself, not copied, its
-    autograd graph kept: the models' methods convert every input with it."""
+    autograd graph kept: the models' methods convert every input with it. A list of
+    tensors is stacked as rows."""
+    if isinstance(data, (list, tuple)) and data and all(
+            isinstance(e, torch.Tensor) for e in data):
+        data = _stacked(data)
     if not isinstance(data, torch.Tensor):
         data = torch.from_numpy(_as_array(data, dtype))
     if (dtype is not None and data.dtype != dtype) or (
             device is not None and data.device != torch.device(device)):
         data = data.to(device, dtype)
     return data
+
+
+def _stacked(rows: Sequence[torch.Tensor]) -> torch.Tensor:
+    """A list of tensors, one per row, as one tensor (on the first one's device): numpy
+    would copy them element by element, and refuses tensors on a GPU or with gradients."""
+    shapes = {tuple(r.shape) for r in rows}
+    if len(shapes) > 1:
+        a, b = sorted(shapes)[:2]
+        raise ValueError(f"a list of tensors is taken as rows of data, one tensor per row, "
+                         f"but they have different shapes ({a} and {b}): give rows of one "
+                         "shape")
+    return torch.stack([r.to(rows[0].device) for r in rows])
 
 
 def as_target(data: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -92,12 +92,35 @@ def takes_data(method: Callable[..., Any]) -> Callable[..., Any]:
     return converted
 
 
+def takes_loss_data(loss: Callable[..., Any]) -> Callable[..., Any]:
+    """`loss(self, x, target=None, ...)` with `x` converted by `self.as_input` and a given
+    `target` by `self.as_target`, whether given by position or by name: a model's loss
+    takes what its other methods take (arrays, DataFrames, uint8 images, int64 counts)."""
+    if getattr(loss, "takes_data", False):
+        return loss
+    names = list(inspect.signature(loss).parameters)[1:3]
+    converters = ("as_input", "as_target")
+
+    @functools.wraps(loss)
+    def converted(self: Model, *args: Any, **kwargs: Any) -> Any:
+        args = tuple(a if a is None or i > 1 else getattr(self, converters[i])(a)
+                     for i, a in enumerate(args))
+        for name, convert in zip(names[len(args):], converters[len(args):], strict=False):
+            if kwargs.get(name) is not None:
+                kwargs[name] = getattr(self, convert)(kwargs[name])
+        return loss(self, *args, **kwargs)
+
+    converted.takes_data = True
+    return converted
+
+
 class Model(nn.Module):
     """An encoder and a decoder; subclasses define `loss`.
 
     `encode`, `decode`, `latent_mean`, `posterior_sample`, `reconstruct` (and a subclass's
-    own versions of them, `TAKES_DATA`) take tensors, numpy arrays or pandas DataFrames of
-    any number type, cast to the model's dtype and device (`as_input`).
+    own versions of them, `TAKES_DATA`) and `loss` (its target too) take tensors, numpy
+    arrays, pandas DataFrames or lists of tensors of any number type, cast to the model's
+    dtype and device (`as_input`, `as_target`).
 
     A conditional model (encoder and decoder built with `n_conditions = k > 0`: q(z|x, c),
     p(x|z, c)) is called inside `with model.given(c):`, which gives every conditional
@@ -139,6 +162,9 @@ class Model(nn.Module):
             method = cls.__dict__.get(name)
             if inspect.isfunction(method):
                 setattr(cls, name, takes_data(method))
+        loss = cls.__dict__.get("loss")
+        if inspect.isfunction(loss):
+            cls.loss = takes_loss_data(loss)
 
     def as_data(self, x: Any) -> torch.Tensor:
         """`x` as `fit` converts data: a tensor, numpy array, DataFrame or list of any number
@@ -152,16 +178,25 @@ class Model(nn.Module):
         return validate.as_tensor(x, param.dtype, param.device)
 
     def as_input(self, x: Any) -> Any:
-        """`x` as the model's networks take it: data as `as_data` converts them, except that
-        an integer or boolean tensor (a user's token indices) is only moved to the model's
-        device, and anything holding tensors (a dict or list of them, for a model of
-        several inputs) is passed on unchanged. A subclass may override it."""
-        if isinstance(x, torch.Tensor) and not x.is_floating_point():
+        """`x` as the model's networks take it: data as `as_data` converts them (integer
+        and boolean tensors too: uint8 images, int64 counts; a list of tensors stacked as
+        rows), except that the integer indices of an encoder of tokens (one with an
+        `nn.Embedding`) are only moved to the model's device, and a dict, or a list of
+        tensors for a user's network without an `input_shape` (several inputs), is passed
+        on unchanged. A subclass may override it."""
+        if isinstance(x, torch.Tensor):
+            if x.is_floating_point() or not self._takes_indices():
+                return self.as_data(x)
             param = self._first_parameter()
             return x if param is None else x.to(param.device)
         structured = isinstance(x, dict) or (
-            isinstance(x, (list, tuple)) and any(isinstance(e, torch.Tensor) for e in x))
+            self.input_shape is None and isinstance(x, (list, tuple))
+            and any(isinstance(e, torch.Tensor) for e in x))
         return x if structured else self.as_data(x)
+
+    def _takes_indices(self) -> bool:
+        """Whether the encoder looks its inputs up in an `nn.Embedding` (token indices)."""
+        return any(isinstance(m, nn.Embedding) for m in self.encoder.modules())
 
     def _first_parameter(self) -> nn.Parameter | None:
         """`next(self.parameters())`, in 3 us instead of 12 (no generators or memo sets):
@@ -176,9 +211,14 @@ class Model(nn.Module):
         return None
 
     def as_target(self, y: Any) -> torch.Tensor:
-        """The decoder's data `y` as `as_input` converts inputs, except that integer class
-        indices stay integers (a categorical likelihood's targets), as `fit` keeps them."""
-        return self.as_input(validate.as_target(y))
+        """The decoder's data `y` as `as_data` converts data, except that integer class
+        indices stay integers for a decoder of classes (one with `n_classes`, a categorical
+        likelihood), as `fit` keeps them."""
+        y = validate.as_target(y)
+        if y.is_floating_point() or not hasattr(self.decoder, "n_classes"):
+            return self.as_data(y)
+        param = self._first_parameter()
+        return y if param is None else y.to(param.device)
 
     def __getattr__(self, name: str) -> Any:
         # nn.Module's lookup of parameters, buffers and submodules (called directly: this
