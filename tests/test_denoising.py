@@ -90,3 +90,53 @@ def test_input_noise_must_be_below_one() -> None:
         aetk.build_model("vae", "bernoulli", in_features=64, hidden=(8,), input_noise=1)
     clean = aetk.build_model("vae", "bernoulli", in_features=64, hidden=(8,), input_noise=0.0)
     assert "input_noise" not in clean.build_spec
+
+
+def _noisy_model(name: str = "vae") -> aetk.models.base.Model:
+    """A denoising model in training mode, its decoder set to evaluation by hand (a
+    submodule's own mode, which must survive the methods)."""
+    model = aetk.build_model(name, "gaussian", in_features=6, latent_dim=2, hidden=(8,),
+                             input_noise=0.5).train()
+    model.decoder.eval()
+    return model
+
+
+def _modes(model: torch.nn.Module) -> list[bool]:
+    return [m.training for m in model.modules()]
+
+
+def test_evaluation_time_methods_run_without_input_noise() -> None:
+    """reconstruct, log_marginal, EncoderMetric.from_model and the traversals ran a model
+    left in training mode with its input noise: each call masked other inputs (two calls
+    of reconstruct(x) differed), and from_model built the metric from corrupted codes.
+    They now run in evaluation mode and give the model's own modes back."""
+    from aetk.geometry import EncoderMetric
+    from aetk.traversal import latent_traversal
+
+    model, x = _noisy_model(), torch.rand(8, 6)
+    before = _modes(model)
+    reference = _noisy_model().eval()
+    reference.load_state_dict(model.state_dict())
+    checks = {
+        "reconstruct": lambda m: m.reconstruct(x),
+        "log_marginal": lambda m: aetk.log_marginal(m, x, n_samples=3),
+        "from_model": lambda m: EncoderMetric.from_model(m, x).loc,
+        "traversal": lambda m: latent_traversal(m, torch.randn(5, 2)).decoded,
+    }
+    for name, call in checks.items():
+        torch.manual_seed(1)
+        got = call(model)
+        assert _modes(model) == before, name
+        torch.manual_seed(1)
+        assert torch.equal(got, call(reference)), name
+
+
+def test_rhvae_update_metric_keeps_each_modules_mode() -> None:
+    model = aetk.build_model("rhvae", "gaussian", in_features=6, latent_dim=2, hidden=(8,),
+                             centroids=4)
+    aetk.fit(model, torch.rand(8, 6), epochs=1, batch_size=8, progress=False)
+    model.train()
+    model.decoder.eval()
+    before = _modes(model)
+    model.update_metric()
+    assert _modes(model) == before

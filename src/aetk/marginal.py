@@ -29,6 +29,7 @@ from torch import distributions as D
 
 from . import validate
 from .models.base import Model
+from .nets import evaluating
 from .validate import positive_int
 
 
@@ -44,7 +45,8 @@ def log_marginal(model: Model, x: Any, n_samples: int = 100, chunk: int = 8192,
     row: an `x` of more than `chunk` rows is decoded whole, pass it in parts). For a
     conditional model, call it inside `with model.given(c):`: the estimate is then
     `log p(x|c)`. For a model trained on paired data, `target` is the x_out scored: the
-    estimate of `log p(x_out)` with `q(z|x_in)` as the proposal.
+    estimate of `log p(x_out)` with `q(z|x_in)` as the proposal. The model runs in
+    evaluation mode (no input noise or dropout; its mode is put back).
     """
     n_samples = positive_int(n_samples, "n_samples")
     frames = x, target
@@ -53,13 +55,14 @@ def log_marginal(model: Model, x: Any, n_samples: int = 100, chunk: int = 8192,
     # as fit checks it: data outside the likelihood's support gets a finite, wrong score
     with validate.labelled(*frames):
         model.check_data(x, "log_marginal", target)
-    q = model.encode(x)
-    if not (isinstance(q, D.Distribution)
-            and isinstance(model.decode(q.sample()), D.Distribution)):
-        raise ValueError(f"log p(x) needs a probabilistic encoder and decoder; "
-                         f"{type(model).__name__} has a deterministic one")
-    per_chunk = max(1, chunk // len(x))
-    scored = x if target is None else target
-    log_w = [model.importance_log_weights(q, scored, min(per_chunk, n_samples - i))
-             for i in range(0, n_samples, per_chunk)]
+    with evaluating(model):
+        q = model.encode(x)
+        if not (isinstance(q, D.Distribution)
+                and isinstance(model.decode(q.sample()), D.Distribution)):
+            raise ValueError(f"log p(x) needs a probabilistic encoder and decoder; "
+                             f"{type(model).__name__} has a deterministic one")
+        per_chunk = max(1, chunk // len(x))
+        scored = x if target is None else target
+        log_w = [model.importance_log_weights(q, scored, min(per_chunk, n_samples - i))
+                 for i in range(0, n_samples, per_chunk)]
     return torch.logsumexp(torch.cat(log_w), dim=0) - math.log(n_samples)

@@ -203,6 +203,20 @@ def attribute_set(modules: Sequence[nn.Module], name: str, value: Any) -> Iterat
 
 
 @contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, `module` is in evaluation mode (no dropout or input noise, batch
+    norm's running statistics); afterwards each submodule has its own mode again: what
+    the methods that read a trained model (reconstructions, codes, metrics) run in."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+@contextmanager
 def clean_inputs(module: nn.Module) -> Iterator[nn.Module]:
     """Within the block, the `MaskingNoise` layers in `module` pass their inputs through,
     also while training: for what the model computes from data points that are not the

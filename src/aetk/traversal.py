@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .distributions import mean
 from .models.base import Model
+from .nets import evaluating
 
 
 class Traversal(NamedTuple):
@@ -57,7 +58,8 @@ def _sweep(codes: Tensor, n_steps: int, quantiles: tuple[float, float]) -> Tenso
 @torch.no_grad()
 def _decode(model: Model, z: Tensor, total_count: float | None) -> Tensor:
     param = next(model.parameters())
-    p = model.decode(z.to(param.device, param.dtype))
+    with evaluating(model):
+        p = model.decode(z.to(param.device, param.dtype))
     return mean(p, total_count=total_count).to(z.device)
 
 

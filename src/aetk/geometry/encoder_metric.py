@@ -25,6 +25,7 @@ from torch import distributions as D
 from ..centroids import select_centroids
 from ..distributions import FULL_COVARIANCE
 from ..hamiltonian import Position, hmc
+from ..nets import evaluating
 from ..validate import check_posteriors
 from .metrics import Metric, latent_points
 
@@ -73,11 +74,12 @@ class EncoderMetric(Metric, nn.Module):
         """The metric of `model`'s encoder on the training data `x` (with their
         `conditions` for a conditional model): all N codes, or `n_centroids` of them chosen
         by `method` (as the RHVAE's centroids: "kmeans" snapped to codes, "kmeans++" or
-        "kmedoids") to bound the cost of an evaluation."""
+        "kmedoids") to bound the cost of an evaluation. The encoder runs in evaluation
+        mode (no input noise or dropout; the model's mode is put back)."""
         param = next(model.parameters())
         x = torch.as_tensor(x, dtype=param.dtype)
         rows = torch.arange(len(x)).split(batch_size)
-        with torch.no_grad():
+        with torch.no_grad(), evaluating(model):
             if conditions is None:
                 parts = [model.encode(x[r].to(param.device)) for r in rows]
             else:

@@ -24,7 +24,7 @@ from ..distributions import (
     standard_normal_log_prob,
 )
 from ..encoders import _Encoder, as_one_event
-from ..nets import Conditioned, LogInputs, attribute_set
+from ..nets import Conditioned, LogInputs, attribute_set, evaluating
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -335,14 +335,10 @@ class Model(nn.Module):
                              f"{self.n_conditions}).float())")
         if len(x) == 0:
             return torch.zeros(0, self.latent_dim, dtype=param.dtype).numpy()
-        training = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             codes = [self._embed_batch(x[i:i + batch_size].to(param.device, param.dtype),
                                        None if c is None else c[i:i + batch_size].to(param.device))
                      for i in range(0, len(x), batch_size)]
-        finally:
-            self.train(training)
         return torch.cat(codes).cpu().numpy()
 
     def _embed_batch(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
@@ -359,10 +355,12 @@ class Model(nn.Module):
     @takes_data
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """The decoder's point prediction at the encoder's mean."""
+        """The decoder's point prediction at the encoder's mean, in evaluation mode (no
+        input noise or dropout; the model's mode is put back)."""
         # a multinomial's expected counts at x's totals, when it models x itself
-        return mean(self.decode(self.latent_mean(x)),
-                    like=None if self.decodes_another_shape() else x)
+        with evaluating(self):
+            return mean(self.decode(self.latent_mean(x)),
+                        like=None if self.decodes_another_shape() else x)
 
     # Hooks for aetk.fit -------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from ..hamiltonian import (
     tempering,
     value_and_grad,
 )
-from ..nets import MaskingNoise, clean_inputs
+from ..nets import MaskingNoise, clean_inputs, evaluating
 from .base import LossOutput, Model
 
 LOG_DIAG_BOUND = 2.0
@@ -242,13 +242,10 @@ class RHVAE(Model):
     def update_metric(self) -> None:
         """Freeze `c_i = mu(x_i)` and `M_i = L(x_i) L(x_i)^T` from the current networks."""
         self._require_centroids()
-        was_training = self.training
-        self.eval()
-        with self._at_centroids():
+        with evaluating(self), self._at_centroids():
             L = self.lower_factor(self.centroid_data)
             self.centroid_latent.copy_(self.latent_mean(self.centroid_data))
         self.centroid_M.copy_(L @ L.mT)
-        self.train(was_training)
 
     def G_inv(self, z: Any) -> torch.Tensor:
         """`G^{-1}(z)`, `(..., d, d)` for points `z (..., d)`, of the frozen metric."""
