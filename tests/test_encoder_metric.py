@@ -243,3 +243,17 @@ def test_a_full_covariance_encoder_is_refused_not_read_as_diagonal() -> None:
     with pytest.raises(ValueError, match=r"diagonal posteriors, but VAE's encoder returns a "
                                          r"MultivariateNormal with a full covariance"):
         EncoderMetric.from_model(model, torch.rand(10, 3))
+
+
+def test_dataframes_of_data_and_codes(vae) -> None:
+    """from_model(DataFrame) failed ("expected sequence of length ..."), from_codes of the
+    pipeline's code tables with torch's "could not determine the shape"."""
+    import pandas as pd
+
+    model, x = vae
+    expected = EncoderMetric.from_model(model, x[:40])
+    torch.testing.assert_close(EncoderMetric.from_model(model, pd.DataFrame(x[:40].numpy())).loc,
+                               expected.loc)
+    loc, scale = (pd.DataFrame(t.numpy()) for t in (expected.loc, expected.precision.rsqrt()))
+    torch.testing.assert_close(EncoderMetric.from_codes(loc, scale).precision,
+                               expected.precision)

@@ -758,3 +758,29 @@ def test_points_take_the_dtype_of_a_bound_method_or_module_metric():
     assert latent_dim(metrics["model.decode"]) == 2
     with pytest.raises(ValueError, match="latent space has 2"):
         fit_geodesics(metrics["model.decode"], torch.zeros(1, 3), torch.ones(1, 3))
+
+
+def test_geometry_takes_codes_as_the_pipeline_writes_them():
+    """A pandas DataFrame of codes (z.tsv read back) failed in every geometry function
+    with torch's "could not determine the shape of object type 'DataFrame'"; it is now
+    taken as its values, with the same results as the tensor."""
+    import pandas as pd
+
+    from aetk.geometry import christoffel, christoffel_contract, exp_map, scalar_curvature
+
+    metric = poincare()
+    z0, z1 = half_plane_pairs()
+    f0, f1 = (pd.DataFrame(z.numpy(), columns=["z1", "z2"]) for z in (z0, z1))
+    torch.testing.assert_close(metric.metric(f0), metric.metric(z0), rtol=0, atol=0)
+    torch.testing.assert_close(christoffel(metric, f0), christoffel(metric, z0))
+    torch.testing.assert_close(christoffel_contract(metric, f0, f1),
+                               christoffel_contract(metric, z0, z1))
+    torch.testing.assert_close(exp_map(metric, f0, 0.1 * f1), exp_map(metric, z0, 0.1 * z1))
+    torch.testing.assert_close(scalar_curvature(metric, f0), scalar_curvature(metric, z0))
+    fitted = fit_geodesics(metric, f0, f1, n_points=9)
+    torch.testing.assert_close(fitted.length, fit_geodesics(metric, z0, z1, n_points=9).length)
+    torch.testing.assert_close(distance_matrix(metric, f0, n_points=9),
+                               distance_matrix(metric, z0, n_points=9))
+    text = f0.assign(cell=list("abcde"))
+    with pytest.raises(TypeError, match="not a DataFrame of object"):
+        fit_geodesics(metric, text, f1)

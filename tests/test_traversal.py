@@ -180,3 +180,16 @@ def test_a_multinomial_traversal_and_grid_give_counts_at_the_total() -> None:
     with torch.no_grad():
         corner = model.decode(torch.stack([z1[0], z2[0]])[None]).probs[0]
     torch.testing.assert_close(decoded[0, 0], 40 * corner)
+
+
+def test_traversal_takes_codes_as_a_dataframe() -> None:
+    import pandas as pd
+
+    model, _, _ = linear_model(2)
+    codes = torch.randn(50, 2)
+    frame = pd.DataFrame(codes.numpy(), columns=["z1", "z2"])
+    expected = aetk.latent_traversal(model, codes, n_steps=5)
+    got = aetk.latent_traversal(model, frame, n_steps=5)
+    torch.testing.assert_close(got.decoded, expected.decoded)
+    torch.testing.assert_close(aetk.latent_grid(model, frame, n_steps=4)[0],
+                               aetk.latent_grid(model, codes, n_steps=4)[0])

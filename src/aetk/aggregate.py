@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch import distributions as D
 
-from .validate import check_posteriors, positive_int
+from .validate import as_tensor, check_posteriors, positive_int
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def kl_decomposition(loc: Tensor | np.ndarray, scale: Tensor | np.ndarray,
     chunk_size = positive_int(chunk_size, "chunk_size")  # 0 failed in torch's split
     posterior = D.Normal(loc, scale)
     z = (posterior.sample((n_draws,)) if z is None
-         else torch.as_tensor(z).detach().to(loc.device, torch.float64))
+         else as_tensor(z, torch.float64, loc.device).detach())
     if z.shape[-2:] != loc.shape or z.dim() not in (2, 3):
         raise ValueError(f"z must have the shape of loc, {tuple(loc.shape)}, or (S, "
                          f"*{tuple(loc.shape)}), got {tuple(z.shape)}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .validate import positive_int
+from .validate import as_tensor, positive_int
 
 
 class CodeMixture:
@@ -20,7 +20,7 @@ class CodeMixture:
 
     def __init__(self, codes: torch.Tensor | np.ndarray, n_components: int = 10,
                  seed: int = 0) -> None:
-        z = torch.as_tensor(codes)
+        z = as_tensor(codes, None)
         if z.dim() != 2 or len(z) < 2 or not bool(torch.isfinite(z).all()):
             raise ValueError(f"need finite codes (N >= 2, d), got shape {tuple(z.shape)}"
                              + ("" if z.dim() != 2 or len(z) < 2 else " with non-finite values"))

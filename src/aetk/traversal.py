@@ -16,6 +16,7 @@ from torch import Tensor
 from .distributions import mean
 from .models.base import Model
 from .nets import evaluating
+from .validate import as_tensor
 
 
 class Traversal(NamedTuple):
@@ -31,7 +32,7 @@ class Traversal(NamedTuple):
 
 def _check(codes: Tensor, n_steps: int, quantiles: tuple[float, float], latent_dim: int
            ) -> Tensor:
-    codes = torch.as_tensor(codes).detach()  # a reference without the encoder's graph
+    codes = as_tensor(codes, None).detach()  # a reference without the encoder's graph
     if codes.dim() != 2 or len(codes) < 2:
         raise ValueError(f"codes must be (N, d) with N >= 2, got {tuple(codes.shape)}")
     if codes.shape[1] != latent_dim:

@@ -190,8 +190,8 @@ def check_posteriors(loc: torch.Tensor | np.ndarray, scale: torch.Tensor | np.nd
                      what: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes and scales of N >= 2 diagonal Gaussian posteriors, `(N, d)` each with positive
     scales, as detached tensors on `loc`'s device; `what` names the user in the error."""
-    loc = torch.as_tensor(loc).detach()
-    scale = torch.as_tensor(scale).detach().to(loc.device)
+    loc = as_tensor(loc, None).detach()
+    scale = as_tensor(scale, None).detach().to(loc.device)
     if loc.dim() != 2 or loc.shape != scale.shape or len(loc) < 2:
         raise ValueError(f"loc and scale must both be (N, d) with N >= 2, got "
                          f"{tuple(loc.shape)} and {tuple(scale.shape)}")

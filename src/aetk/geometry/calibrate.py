@@ -61,7 +61,7 @@ def calibrate_variance(model: Model, x: torch.Tensor, *, n_centres: int = 64,
     `given` (the RBF precision is one for all conditions)."""
     param = next(model.parameters())
     device = param.device
-    x = torch.as_tensor(x, dtype=param.dtype, device=device)
+    x = as_tensor(x, param.dtype, device)
     calibrated = copy.deepcopy(model).eval()
     # the conditions of a model.given around the call, taken out of the copy's networks,
     # where they would stay for good

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from torch.func import jvp, vmap
 
+from ..validate import as_tensor
 from .curves import curve_length
 from .fit import fit_geodesics
 from .metrics import (
@@ -61,8 +62,8 @@ def christoffel_contract(metric: Metric, z: Tensor, u: Tensor, w: Tensor | None 
     derivatives and one reverse pass, or for a decoder's mean pull-back from its second
     directional derivatives. Points and vectors are cast to the metric's dtype and device."""
     z = latent_points(metric, z)
-    u = torch.as_tensor(u).to(dtype=z.dtype, device=z.device)
-    w = None if w is None else torch.as_tensor(w).to(dtype=z.dtype, device=z.device)
+    u = as_tensor(u, None).to(dtype=z.dtype, device=z.device)
+    w = None if w is None else as_tensor(w, None).to(dtype=z.dtype, device=z.device)
     return metric._contract(z, u, w)
 
 
@@ -130,7 +131,7 @@ def _pairs(metric: Metric, z: Tensor, v: Tensor, names: tuple[str, str] | None =
     z = latent_points(metric, z, names[0] if finite else "points", finite=finite)
     if finite:
         v = as_points(metric, v, names[1], finite=True, device=z.device)
-    v = torch.as_tensor(v).to(dtype=z.dtype, device=z.device)
+    v = as_tensor(v, None).to(dtype=z.dtype, device=z.device)
     if z.shape[-1:] != v.shape[-1:] or z.dim() > 2 or v.dim() > 2:
         raise ValueError(f"points {tuple(z.shape)} and vectors {tuple(v.shape)} must be (B, d) "
                          "or (d,) with the same d")
@@ -162,7 +163,7 @@ def integrate_geodesic(metric: Metric, z: Tensor, v: Tensor, *, n_steps: int = 2
     state: tuple[Tensor, ...] = (z, v)
     single = False
     if transport is not None:
-        w = torch.as_tensor(transport, dtype=z.dtype, device=z.device)
+        w = as_tensor(transport, z.dtype, z.device)
         single = w.dim() < 3
         state = (z, v, (w.reshape(-1, 1, w.shape[-1]) if single else w).expand(len(z), -1, -1))
     points, velocities, *rest = (torch.stack(x, 1) for x in zip(
@@ -794,7 +795,7 @@ def frechet_mean(metric: Metric, z: Tensor, weights: Tensor | None = None, *,
     points are a ValueError naming them."""
     z = latent_points(metric, z, "z", finite=True)
     w = (torch.ones(len(z), dtype=z.dtype, device=z.device) if weights is None
-         else torch.as_tensor(weights).to(dtype=z.dtype, device=z.device))
+         else as_tensor(weights, None).to(dtype=z.dtype, device=z.device))
     if (z.dim() != 2 or w.shape != (len(z),) or not bool(torch.isfinite(w).all())
             or bool((w < 0).any()) or float(w.sum()) <= 0):
         raise ValueError(f"need points (N, d) and N finite non-negative weights, not all zero; "

@@ -16,6 +16,7 @@ import xarray as xr
 from torch import Tensor
 from torch.func import jvp, vmap
 
+from ..validate import as_tensor
 from .connection import christoffel
 from .metrics import (
     Metric,
@@ -75,7 +76,7 @@ def sectional_curvature(metric: Metric, z: Tensor, u: Tensor, v: Tensor) -> Tens
     broadcast shape. NaN where `u` and `v` are parallel. All are cast to the metric's dtype
     and device."""
     z = latent_points(metric, z)
-    u, v = (torch.as_tensor(a).to(dtype=z.dtype, device=z.device) for a in (u, v))
+    u, v = (as_tensor(a, None).to(dtype=z.dtype, device=z.device) for a in (u, v))
     try:
         z, u, v = torch.broadcast_tensors(z, u, v)
     except RuntimeError:

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import jvp
 
+from ..validate import as_tensor
 from .metrics import Metric, latent_points
 
 
@@ -23,7 +24,7 @@ def _curve_points(metric: Metric, points: Tensor, velocities: Tensor | None
                   ) -> tuple[Tensor, Tensor | None]:
     points = latent_points(metric, points)
     if velocities is not None:
-        velocities = torch.as_tensor(velocities).to(dtype=points.dtype, device=points.device)
+        velocities = as_tensor(velocities, points.dtype, points.device)
     return points, velocities
 
 

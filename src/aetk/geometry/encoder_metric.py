@@ -26,7 +26,7 @@ from ..centroids import select_centroids
 from ..distributions import FULL_COVARIANCE
 from ..hamiltonian import Position, hmc
 from ..nets import evaluating
-from ..validate import check_posteriors
+from ..validate import as_tensor, check_posteriors
 from .metrics import Metric, latent_points
 
 FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
@@ -77,13 +77,13 @@ class EncoderMetric(Metric, nn.Module):
         "kmedoids") to bound the cost of an evaluation. The encoder runs in evaluation
         mode (no input noise or dropout; the model's mode is put back)."""
         param = next(model.parameters())
-        x = torch.as_tensor(x, dtype=param.dtype)
+        x = as_tensor(x, param.dtype)
         rows = torch.arange(len(x)).split(batch_size)
         with torch.no_grad(), evaluating(model):
             if conditions is None:
                 parts = [model.encode(x[r].to(param.device)) for r in rows]
             else:
-                c = torch.as_tensor(conditions)
+                c = as_tensor(conditions, param.dtype)
                 parts = []
                 for r in rows:
                     with model.given(c[r]):
@@ -106,7 +106,7 @@ class EncoderMetric(Metric, nn.Module):
                    method: str = "kmeans", seed: int = 0, **kwargs: float) -> EncoderMetric:
         """The metric of stored codes and scales `(N, d)`, keeping `n_centroids` of them
         as `from_model` does."""
-        loc, scale = torch.as_tensor(loc), torch.as_tensor(scale)
+        loc, scale = as_tensor(loc, None), as_tensor(scale, None)
         if n_centroids is not None and n_centroids < len(loc):
             keep = torch.as_tensor(select_centroids(loc, n_centroids, method, seed),
                                    device=loc.device)

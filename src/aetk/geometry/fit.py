@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..validate import as_tensor
 from .curves import NeuralGeodesic, curve_energy, curve_length, segment_quads
 from .graph import graph_curves
 from .metrics import Metric, _base, latent_points, metric_for
@@ -227,7 +228,7 @@ def _initial_curves(
         if nodes is None:
             raise ValueError("init='graph' needs nodes (M, d), e.g. the training codes")
         return graph_curves(metric, z_start, z_end, nodes, k=graph_k, n_points=n_points).points
-    curves = torch.as_tensor(init, dtype=z_start.dtype, device=z_start.device).detach()
+    curves = as_tensor(init, z_start.dtype, z_start.device).detach()
     expected = (len(z_start), n_points, z_start.shape[1])
     if tuple(curves.shape) not in (expected, expected[1:] if len(z_start) == 1 else None):
         raise ValueError(f"init must be curves of shape {expected} (pairs, n_points, d), got "

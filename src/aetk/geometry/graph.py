@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..validate import as_tensor
 from .curves import curve_length
 from .metrics import Metric, as_points, latent_dim
 
@@ -78,7 +79,7 @@ def graph_curves(
     b, d = z_start.shape
     if b == 0:
         raise ValueError("give at least one pair of endpoints")
-    nodes = torch.as_tensor(nodes).to(dtype=z_start.dtype, device=z_start.device)
+    nodes = as_tensor(nodes, z_start.dtype, z_start.device)
     if nodes.dim() != 2 or nodes.shape[1] != d:
         raise ValueError(f"nodes must be (M, {d}) like the endpoints, got {tuple(nodes.shape)}")
     expected = latent_dim(metric)

@@ -19,6 +19,7 @@ from torch import distributions as D
 from torch.func import jvp, vjp, vmap
 
 from ..devices import resolve_device
+from ..validate import as_tensor
 
 
 def solve_or_nan(G: Tensor, rhs: Tensor) -> Tensor:
@@ -111,7 +112,7 @@ class Metric:
         """`v_k^T G(z) v_k` for `k` vectors at each point: `z (..., d)`, `v (..., k, d)`
         -> `(..., k)`."""
         z = latent_points(self, z)
-        v = torch.as_tensor(v).to(dtype=z.dtype, device=z.device)
+        v = as_tensor(v, None).to(dtype=z.dtype, device=z.device)
         d = z.shape[-1]
         if v.shape[-1:] != (d,):
             raise ValueError(f"the vectors {tuple(v.shape)} must be (..., k, {d}), as the points")
@@ -473,16 +474,17 @@ def latent_points(metric: Metric, z: Tensor | np.ndarray, name: str = "points", 
 
 def as_points(metric: Metric, z: Tensor | np.ndarray, name: str = "points", *,
               finite: bool = False, device: str | torch.device | None = None) -> Tensor:
-    """Latent points `z` (a tensor of any float or integer dtype, a numpy array, nested
-    lists) as a tensor in the metric's dtype and on its device: what every public geometry
-    function does with the points it is given, so their results come in the metric's
-    dtype. A metric without a module of its own (a plain `Metric(fn)`, a pull-back through
-    a decoder function) has no dtype to tell: floating input keeps its dtype (numpy's
-    float64 too) and device, other input becomes torch's default dtype. `device` (checked by
+    """Latent points `z` (a tensor of any float or integer dtype, a numpy array, a pandas
+    DataFrame of codes as the pipeline writes them, nested lists) as a tensor in the
+    metric's dtype and on its device: what every public geometry function does with the
+    points it is given, so their results come in the metric's dtype. A metric without a
+    module of its own (a plain `Metric(fn)`, a pull-back through a decoder function) has
+    no dtype to tell: floating input keeps its dtype (numpy's float64 too) and device,
+    other input becomes torch's default dtype. `device` (checked by
     `aetk.devices.resolve_device`) overrides the device. The cast keeps autograd's graph.
     With `finite`, NaN or infinite coordinates are a ValueError naming the points (rows
     of `z` as `(N, d)`) by `name`."""
-    z = torch.as_tensor(z)
+    z = as_tensor(z, None)
     spec = _own_spec(metric)
     if spec is None:
         spec = (z.dtype if z.is_floating_point() else torch.get_default_dtype(), z.device)
