@@ -433,3 +433,35 @@ def test_latent_l2_penalises_the_codes_of_models_with_their_own_encode_or_latent
     with penalized(model, [aetk.LatentL2()]):
         got = model.loss(x).terms["penalty_latent_l2"]
     assert got.item() == pytest.approx(4 * mu.square().sum(-1).mean().item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("form", ["numpy float64", "DataFrame", "uint8 tensor"])
+def test_a_penalised_loss_and_its_penalties_take_arrays(form):
+    """Within a penalised loss, model.loss(numpy x) crashed in the penalties' reuse of the
+    encoder pass ("'numpy.ndarray' object has no attribute '_version'"): the penalised loss
+    now converts x once, as the model's loss does, and the penalties convert what they are
+    given. A denoising encoder's penalty sees the mask the loss drew, as for a tensor."""
+    import pandas as pd
+
+    torch.manual_seed(0)
+    model = aetk.build_model("vae", "bernoulli", in_features=64, latent_dim=2, hidden=(32,),
+                             input_noise=0.5).train()
+    x = (digits(n=16)[0] > 0.5).float()
+    given = {"numpy float64": x.double().numpy(), "DataFrame": pd.DataFrame(x.numpy()),
+             "uint8 tensor": x.to(torch.uint8)}[form]
+    pen = [aetk.MinVariance(sigma_min=2.0), aetk.LatentL2(), aetk.DecoderJacobian()]
+    calls = []
+    model.encoder.network.register_forward_hook(lambda m, args, out: calls.append(1))
+    with penalized(model, pen):
+        torch.manual_seed(1)
+        expected = model.loss(x)
+        torch.manual_seed(1)
+        got = model.loss(given)
+        for p in pen:  # and each penalty by itself
+            torch.manual_seed(2)
+            by_itself = p(model, given)
+            torch.manual_seed(2)
+            assert torch.equal(by_itself, p(model, x))
+    assert len(calls) == 2 + 2 * len(pen)  # one pass per loss, the penalties' reused
+    for name, value in expected.terms.items():
+        torch.testing.assert_close(got.terms[name], value, rtol=1e-6, atol=0)

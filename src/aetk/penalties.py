@@ -76,7 +76,11 @@ def penalized(model: Model, penalties: Penalties) -> Iterator[Model]:
     saved = model.__dict__.get("loss")  # a block inside another one keeps the outer's
     loss = model.loss
 
-    def penalized_loss(x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
+    def penalized_loss(x: Any, target: Any = None) -> LossOutput:
+        # converted once, so that the penalties see the very tensor the loss encoded
+        x = _input(model, x)
+        target = None if target is None or not hasattr(model, "as_target") else (
+            model.as_target(target))
         token = _ENCODED.set([])
         try:
             out = check_loss_output(loss(x) if target is None else loss(x, target), model)
@@ -122,12 +126,20 @@ def _record(module: nn.Module, args: tuple, output: Any) -> None:
         calls.append((module, args[0], _key(args[0]), output))
 
 
+def _input(model: Model, x: Any) -> Any:
+    """`x` as the model's methods convert it; as given for a stand-in without `as_input`."""
+    convert = getattr(model, "as_input", None)
+    return x if convert is None else convert(x)
+
+
 def encoded(model: Model, x: torch.Tensor) -> Any:
     """`model.encode(x)`; within a penalised loss, the loss's own encoder output for this
     very tensor when there is one (unchanged since, in the same grad mode), graph and all,
     and the same input mask for a denoising encoder. Measured on MNIST (784-256-256, batch
     128): a second encoder pass added 35% to a VAE's training step; reused, a step with a
-    posterior penalty took 0.94-1.04x as long as without (two runs, bench/penalties.py)."""
+    posterior penalty took 0.94-1.04x as long as without (two runs, bench/penalties.py).
+    `x` may be an array or DataFrame, as for the model's methods."""
+    x = _input(model, x)
     calls = _ENCODED.get()
     if calls is not None and type(model).encode is Model.encode:  # encode = encoder
         key = _key(x)
