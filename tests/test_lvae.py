@@ -446,3 +446,28 @@ def test_pipeline_dry_run_passes_the_ladder_options(tmp_path: Path) -> None:
     assert trains and all("--model lvae" in line for line in trains)
     assert all(f"--options '{json.dumps({'beta': 0.5, 'top_dim': 3})}'" in line
                and "--beta-schedule cyclical" in line for line in trains)
+
+
+def test_z2_of_the_wrong_shape_or_kind_is_named() -> None:
+    """prior_z1 and prior_log_prob given a z2 of latent_dim instead of top_dim coordinates
+    failed in the top-down network ("mat1 and mat2 shapes cannot be multiplied (4x2 and
+    3x5)"), unpaired z and z2 in torch's broadcasting, and a numpy z2 with "linear():
+    argument 'input' must be Tensor"; now arrays are converted and shapes refused by name."""
+    model = tiny()
+    rng = np.random.default_rng(5)
+    z1, z2 = rng.standard_normal((4, 2)), rng.standard_normal((4, 3))
+    expected = model.prior_log_prob(torch.from_numpy(z1), torch.from_numpy(z2))
+    torch.testing.assert_close(model.prior_log_prob(z1, z2.astype(np.float32)), expected)
+    torch.testing.assert_close(model.prior_z1(z2).mean, model.prior_z1(torch.from_numpy(z2)).mean)
+    with pytest.raises(ValueError, match=r"z2 has shape \(4, 2\), but the ladder VAE's top "
+                                         r"level has top_dim=3 coordinates"):
+        model.prior_z1(z1)
+    with pytest.raises(ValueError, match=r"z2 has shape \(4, 2\)"):
+        model.prior_log_prob(z1, z1)
+    with pytest.raises(ValueError, match=r"z has shape \(4, 3\), but the ladder VAE's codes "
+                                         r"have latent_dim=2"):
+        model.prior_log_prob(z2, z2)
+    with pytest.raises(ValueError, match=r"z \(4, 2\) and z2 \(3, 3\) are not pairs"):
+        model.prior_log_prob(z1, z2[:3])
+    with pytest.raises(ValueError, match=r"give z2, points \(\.\.\., 3\)"):
+        model.prior_z1(None)

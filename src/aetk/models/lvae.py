@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import distributions as D
@@ -130,9 +131,21 @@ class LadderVAE(Model):
         q = self.top_encoder(x)
         return torch.cat([q.mean, q.stddev.log()], dim=-1)
 
-    def prior_z1(self, z2: torch.Tensor) -> D.Independent:
-        """`p(z1|z2)` for `z2 (..., top_dim)`."""
-        return gaussian_head(self.top_down(z2))
+    def prior_z1(self, z2: Any) -> D.Independent:
+        """`p(z1|z2)` for `z2 (..., top_dim)` (a tensor, array or DataFrame)."""
+        return gaussian_head(self.top_down(self._top_points(z2)))
+
+    def _top_points(self, z2: Any) -> torch.Tensor:
+        """`z2` in the model's dtype and device, with `top_dim` coordinates per point."""
+        if z2 is None:
+            raise ValueError(f"give z2, points (..., {self.top_dim}) of the ladder VAE's top "
+                             "level (e.g. torch.randn(n, model.top_dim) from its prior)")
+        z2 = self.as_data(z2)
+        if z2.dim() == 0 or z2.shape[-1] != self.top_dim:
+            raise ValueError(f"z2 has shape {tuple(z2.shape)}, but the ladder VAE's top level "
+                             f"has top_dim={self.top_dim} coordinates: give (..., "
+                             f"{self.top_dim})")
+        return z2
 
     def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
         estimate, q2 = self.bottom_up(x)
@@ -167,6 +180,16 @@ class LadderVAE(Model):
             raise ValueError("the ladder VAE's prior of z1 alone, p(z1) = E p(z1|z2) over "
                              "z2 ~ N(0, I), has no closed form: give z2 for the joint "
                              "log p(z1, z2); aetk.log_marginal estimates log p(x)")
+        z2 = self._top_points(z2)
+        if z.dim() == 0 or z.shape[-1] != self.latent_dim:
+            raise ValueError(f"z has shape {tuple(z.shape)}, but the ladder VAE's codes have "
+                             f"latent_dim={self.latent_dim} coordinates: give (..., "
+                             f"{self.latent_dim})")
+        try:
+            torch.broadcast_shapes(z.shape[:-1], z2.shape[:-1])
+        except RuntimeError:
+            raise ValueError(f"z {tuple(z.shape)} and z2 {tuple(z2.shape)} are not pairs of "
+                             "points: give one z2 per z (the same leading shape)") from None
         return self.prior_z1(z2).log_prob(z) + standard_normal_log_prob(z2)
 
     def kl(self, q: D.Distribution) -> torch.Tensor:
