@@ -1020,3 +1020,29 @@ def test_non_finite_points_are_refused_by_name():
         frechet_mean(poincare(), z)
     with pytest.raises(ValueError, match="N finite non-negative weights"):
         frechet_mean(poincare(), POINTS, torch.tensor([1.0, math.nan, 1.0], dtype=f64))
+
+
+def test_christoffel_contract_refuses_vectors_of_another_shape():
+    """Vectors u or w of another shape than the points failed in torch's forward-mode AD
+    ("Trying to set a forward gradient that has a different size"); a single vector for
+    all points and points with leading axes were refused alike. Now one vector is
+    broadcast to every point, leading axes are kept, and other shapes are a ValueError."""
+    metric = poincare()
+    z = torch.tensor([[0.3, 0.5], [-1.0, 2.0], [0.0, 1.0], [2.0, 0.7]], dtype=f64)
+    u = torch.tensor([[1.0, 0.0], [0.5, -1.0], [0.0, 2.0], [1.0, 1.0]], dtype=f64)
+    w = torch.tensor([0.2, 1.0], dtype=f64)
+    gamma = christoffel(metric, z)
+    by_symbols = torch.einsum("nkij,ni,j->nk", gamma, u, w)
+    torch.testing.assert_close(christoffel_contract(metric, z, u, w), by_symbols)
+    torch.testing.assert_close(christoffel_contract(metric, z, u, w[None]), by_symbols)
+    torch.testing.assert_close(christoffel_contract(metric, z.reshape(2, 2, 2),
+                                                    u.reshape(2, 2, 2), w),
+                               by_symbols.reshape(2, 2, 2))
+    torch.testing.assert_close(christoffel_contract(metric, z[0], u[0]),
+                               torch.einsum("kij,i,j->k", gamma[0], u[0], u[0]))
+    for bad_u, bad_w, name, shape in ((u[:3], None, "u", (3, 2)),
+                                      (u, torch.ones(4, 3, dtype=f64), "w", (4, 3)),
+                                      (u.T, None, "u", (2, 4))):
+        with pytest.raises(ValueError, match=rf"{name} has shape \({shape[0]}, {shape[1]}\), "
+                                             r"but the points z have \(4, 2\)"):
+            christoffel_contract(metric, z, bad_u, bad_w)

@@ -57,14 +57,34 @@ def christoffel(metric: Metric, z: Tensor) -> Tensor:
 
 def christoffel_contract(metric: Metric, z: Tensor, u: Tensor, w: Tensor | None = None
                          ) -> Tensor:
-    """`Gamma(z)[u, w]^k = Gamma^k_ij u^i w^j` for points `z (N, d)` and vectors `u`, `w`
-    `(N, d)` (`w` defaults to `u`), without forming the symbols: from `G`'s directional
-    derivatives and one reverse pass, or for a decoder's mean pull-back from its second
-    directional derivatives. Points and vectors are cast to the metric's dtype and device."""
+    """`Gamma(z)[u, w]^k = Gamma^k_ij u^i w^j` for points `z (..., d)` and vectors `u`, `w`
+    of the same shape, or `(d,)` for every point (`w` defaults to `u`), without forming
+    the symbols: from `G`'s directional derivatives and one reverse pass, or for a
+    decoder's mean pull-back from its second directional derivatives. Points and vectors
+    are cast to the metric's dtype and device; vectors of another shape are a ValueError."""
     z = latent_points(metric, z)
-    u = as_tensor(u, None).to(dtype=z.dtype, device=z.device)
-    w = None if w is None else as_tensor(w, None).to(dtype=z.dtype, device=z.device)
-    return metric._contract(z, u, w)
+    u = _vectors_at(u, z, "u")
+    w = None if w is None else _vectors_at(w, z, "w")
+    if z.dim() == 2:  # the geodesic integrators' calls: no reshapes
+        return metric._contract(z, u, w)
+    flat = z.reshape(-1, z.shape[-1])
+    out = metric._contract(flat, u.reshape(flat.shape),
+                           None if w is None else w.reshape(flat.shape))
+    return out.reshape(z.shape)
+
+
+def _vectors_at(v: Tensor, z: Tensor, name: str) -> Tensor:
+    """Tangent vectors `v` at the points `z`: `z`'s shape (one vector for all points
+    broadcast to it), in its dtype and device."""
+    v = as_tensor(v, None).to(dtype=z.dtype, device=z.device)
+    if v.shape == z.shape:
+        return v
+    try:
+        return v.expand(z.shape)
+    except RuntimeError:
+        raise ValueError(f"{name} has shape {tuple(v.shape)}, but the points z have "
+                         f"{tuple(z.shape)}: give one vector per point, {tuple(z.shape)}, "
+                         f"or one for all of them, ({z.shape[-1]},)") from None
 
 
 @dataclass
