@@ -372,3 +372,62 @@ def test_categorical_targets_keep_their_class_indices_in_the_loss():
     expected = model.loss(torch.as_tensor(x, dtype=torch.float32)).loss
     torch.manual_seed(1)
     assert torch.equal(model.loss(torch.as_tensor(x)).loss, expected)
+
+
+# rows in another shape -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("built, given", [((12,), (1, 3, 4)), ((1, 3, 4), (12,)),
+                                          ((12,), (3, 4))])
+def test_rows_of_the_same_size_in_another_shape_are_taken_everywhere(built, given):
+    """encode took images (n, 1, 28, 28) for a model of in_features=784 (its first layer
+    flattens them), but embed, log_marginal and fit refused them ("embed data has feature
+    shape (1, 28, 28) but the model expects (784,)") and loss failed in the likelihood
+    ("Target size (5, 1, 28, 28) must be the same as input size (5, 784)"). Every method
+    now takes exactly what encode takes, reshaped to the model's input shape."""
+    torch.manual_seed(0)
+    model = aetk.build_model("vae", "bernoulli", input_shape=built, latent_dim=D,
+                             hidden=(8,)).eval()
+    flat = (torch.rand(N, 12, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    x, rows = flat.reshape(N, *built), flat.reshape(N, *given)
+    assert torch.equal(model.latent_mean(rows), model.latent_mean(x))
+    assert np.array_equal(model.embed(rows), model.embed(x))
+    assert model.reconstruct(rows).shape == model.reconstruct(x).shape
+    torch.manual_seed(1)
+    expected = model.loss(x).loss
+    torch.manual_seed(1)
+    assert torch.equal(model.loss(rows, rows).loss, expected)
+    torch.manual_seed(2)
+    expected = aetk.log_marginal(model, x, n_samples=3)
+    torch.manual_seed(2)
+    assert torch.equal(aetk.log_marginal(model, rows, n_samples=3, target=rows), expected)
+    trained = {}
+    for name, data in (("x", x), ("rows", rows)):
+        torch.manual_seed(0)
+        again = aetk.build_model("vae", "bernoulli", input_shape=built, latent_dim=D,
+                                 hidden=(8,))
+        history = aetk.fit(again, data, data, epochs=2, batch_size=4, progress=False)
+        trained[name] = history["val_loss"].to_numpy()
+    assert np.array_equal(trained["rows"], trained["x"])
+
+
+def test_rows_in_another_shape_reach_a_conditional_encoder():
+    """A conditional encoder flattens only its last axis: it took image rows for a flat
+    model as 28 rows each ("conditions for 5 rows, but the network got 140 inputs")."""
+    torch.manual_seed(0)
+    model = aetk.build_model("vae", "gaussian", in_features=12, latent_dim=D, hidden=(8,),
+                             n_conditions=2).eval()
+    x, c = _x().repeat(1, 3)[:, :12], torch.eye(2)[torch.arange(N) % 2]
+    with model.given(c):
+        assert torch.equal(model.latent_mean(x.reshape(N, 1, 3, 4)), model.latent_mean(x))
+    assert np.array_equal(model.embed(x.reshape(N, 3, 4), c), model.embed(x, c))
+
+
+def test_rows_of_another_size_are_refused_by_name():
+    model = _vae()  # F = 5 features
+    rows = torch.rand(N, 2, 3)
+    for call in (model.embed, lambda x: aetk.log_marginal(model, x),
+                 lambda x: aetk.fit(model, x, epochs=1, batch_size=4, progress=False)):
+        with pytest.raises(ValueError, match=r"feature shape \(2, 3\) but the model expects "
+                                             r"\(5,\)"):
+            call(rows)

@@ -50,7 +50,7 @@ def log_marginal(model: Model, x: Any, n_samples: int = 100, chunk: int = 8192,
     """
     n_samples = positive_int(n_samples, "n_samples")
     frames = x, target
-    x = model.as_data(x)  # as fit takes it: integer data too
+    x = model.checked_input(model.as_data(x))  # as fit and encode take it: integers too
     target = None if target is None else model.as_target(target)
     # as fit checks it: data outside the likelihood's support gets a finite, wrong score
     with validate.labelled(*frames):

@@ -421,14 +421,18 @@ class _Batches:
     def __init__(self, data: Data, batch_size: int, device: torch.device,
                  generator: torch.Generator, shuffle: bool, check: Any, name: str,
                  n_conditions: int = 0, batch_sampler: BatchSampler | None = None,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32,
+                 shapes: tuple[Any, Any] = (None, None)) -> None:
         data, conditions, targets = _split(data, n_conditions > 0)
+        # rows in another shape of the same size, as the model's methods take them
+        self.input_shape, target_shape = shapes
         self.n_conditions, self.dtype = n_conditions, dtype
         self.conditions = (as_tensor(conditions, dtype).to(device) if conditions is not None
                            else None)
-        self.targets = as_target(targets, dtype).to(device) if targets is not None else None
-        self.tensor = (as_tensor(data, dtype).to(device) if not isinstance(data, Dataset)
-                       else None)
+        self.targets = (validate.as_rows(as_target(targets, dtype), target_shape).to(device)
+                        if targets is not None else None)
+        self.tensor = (validate.as_rows(as_tensor(data, dtype), self.input_shape).to(device)
+                       if not isinstance(data, Dataset) else None)
         self.dataset = data if self.tensor is None else None
         self.batch_size, self.device = batch_size, device
         self.generator, self.shuffle = generator, shuffle
@@ -473,7 +477,9 @@ class _Batches:
                 loader = DataLoader(self.dataset, batch_sampler=batches,
                                     generator=self.generator)
             for i, batch in enumerate(loader, start=1):
-                x, c = as_tensor(_first_item(batch), self.dtype), None
+                x = validate.as_rows(as_tensor(_first_item(batch), self.dtype),
+                                     self.input_shape)
+                c = None
                 try:
                     self.check(x, f"{self.name} batch {i}")
                 except ValueError as err:  # its rows are shuffled: name the Dataset's item
@@ -806,10 +812,12 @@ def fit(
     model.to(device)
     k = model.n_conditions
     dtype = data_dtype(model)
+    shapes = model.input_shape, getattr(model.decoder, "event_shape", None)
     batches = _Batches(train, batch_size, device, shuffle_rng, True, model.check_data, "train",
-                       k, batch_sampler, dtype)
+                       k, batch_sampler, dtype, shapes)
     val_batches = (_Batches(val, batch_size, device, shuffle_rng, False, model.check_data,
-                            "validation", k, dtype=dtype) if val is not None else None)
+                            "validation", k, dtype=dtype, shapes=shapes)
+                   if val is not None else None)
     x_start, c_start = batches.sample()
     _warn_scale(model, *((x_start, "train") if batches.targets is None
                          else (batches.targets, "train target")))

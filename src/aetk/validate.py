@@ -11,6 +11,7 @@ only when the reduction fails: on 60,000 MNIST images the masks cost 15-25x more
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -47,6 +48,17 @@ def _stacked(rows: Sequence[torch.Tensor]) -> torch.Tensor:
                          f"but they have different shapes ({a} and {b}): give rows of one "
                          "shape")
     return torch.stack([r.to(rows[0].device) for r in rows])
+
+
+def as_rows(x: torch.Tensor, shape: Sequence[int] | None) -> torch.Tensor:
+    """Rows of `x` that hold a data point's number of values in another shape, reshaped to
+    `shape`: images `(n, 1, 28, 28)` for a model of 784 features and back, as the
+    encoder's networks take them. Anything else is returned as it is, for the checks to
+    refuse by name."""
+    if (shape is None or x.dim() < 2 or tuple(x.shape[1:]) == tuple(shape)
+            or math.prod(x.shape[1:]) != math.prod(shape)):
+        return x
+    return x.reshape(len(x), *shape)
 
 
 def as_target(data: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:

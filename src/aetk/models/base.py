@@ -70,22 +70,26 @@ class NoPriorSampler(AttributeError):
 TAKES_DATA = ("encode", "decode", "latent_mean", "posterior_sample", "reconstruct", "forward",
               "prior_log_prob", "codes")
 """The methods whose first argument (data x, or latent points z) may be an array, a
-DataFrame, or a tensor of another dtype or device: `Model.as_input` converts it."""
+DataFrame, or a tensor of another dtype or device: `Model.checked_input` converts data,
+`Model.as_input` latent points."""
+TAKES_POINTS = ("decode", "prior_log_prob")
 
 
 def takes_data(method: Callable[..., Any]) -> Callable[..., Any]:
-    """`method(self, x, ...)` with `x` first converted by `self.as_input`, whether given by
-    position or by its name."""
+    """`method(self, x, ...)` with `x` first converted by `self.checked_input` (by
+    `self.as_input` for the latent points of `TAKES_POINTS`), whether given by position or
+    by its name."""
     if getattr(method, "takes_data", False):
         return method
     first = list(inspect.signature(method).parameters)[1]
+    convert = "as_input" if method.__name__ in TAKES_POINTS else "checked_input"
 
     @functools.wraps(method)
     def converted(self: Model, *args: Any, **kwargs: Any) -> Any:
         if args:
-            args = (self.as_input(args[0]), *args[1:])
+            args = (getattr(self, convert)(args[0]), *args[1:])
         elif first in kwargs:
-            kwargs[first] = self.as_input(kwargs[first])
+            kwargs[first] = getattr(self, convert)(kwargs[first])
         return method(self, *args, **kwargs)
 
     converted.takes_data = True
@@ -93,13 +97,13 @@ def takes_data(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def takes_loss_data(loss: Callable[..., Any]) -> Callable[..., Any]:
-    """`loss(self, x, target=None, ...)` with `x` converted by `self.as_input` and a given
+    """`loss(self, x, target=None, ...)` with `x` converted by `self.checked_input` and a given
     `target` by `self.as_target`, whether given by position or by name: a model's loss
     takes what its other methods take (arrays, DataFrames, uint8 images, int64 counts)."""
     if getattr(loss, "takes_data", False):
         return loss
     names = list(inspect.signature(loss).parameters)[1:3]
-    converters = ("as_input", "as_target")
+    converters = ("checked_input", "as_target")
 
     @functools.wraps(loss)
     def converted(self: Model, *args: Any, **kwargs: Any) -> Any:
@@ -194,6 +198,13 @@ class Model(nn.Module):
             and any(isinstance(e, torch.Tensor) for e in x))
         return x if structured else self.as_data(x)
 
+    def checked_input(self, x: Any) -> Any:
+        """Data `x` as `as_input` converts them, with rows of the right number of values in
+        another shape (images `(n, 1, 28, 28)` for a model of 784 features, or the reverse)
+        reshaped to `input_shape`: what every method that takes data takes."""
+        x = self.as_input(x)
+        return validate.as_rows(x, self.input_shape) if isinstance(x, torch.Tensor) else x
+
     def _takes_indices(self) -> bool:
         """Whether the encoder looks its inputs up in an `nn.Embedding` (token indices)."""
         return any(isinstance(m, nn.Embedding) for m in self.encoder.modules())
@@ -214,7 +225,7 @@ class Model(nn.Module):
         """The decoder's data `y` as `as_data` converts data, except that integer class
         indices stay integers for a decoder of classes (one with `n_classes`, a categorical
         likelihood), as `fit` keeps them."""
-        y = validate.as_target(y)
+        y = validate.as_rows(validate.as_target(y), getattr(self.decoder, "event_shape", None))
         if y.is_floating_point() or not hasattr(self.decoder, "n_classes"):
             return self.as_data(y)
         param = self._first_parameter()
@@ -323,7 +334,7 @@ class Model(nn.Module):
         param = self._first_parameter()
         frame = x
         # its own number type, cast batch by batch: no float copy of all of it at once
-        x = validate.as_tensor(x, dtype=None)
+        x = validate.as_rows(validate.as_tensor(x, dtype=None), self.input_shape)
         if x.dim() == 0 or len(x):  # no rows give no codes; a single value is no data
             with validate.labelled(frame):  # the shape, and no NaN codes
                 validate.check_finite(x, "embed", self.input_shape)
@@ -397,9 +408,12 @@ class Model(nn.Module):
     def check_data(self, x: torch.Tensor, name: str, target: torch.Tensor | None = None
                    ) -> None:
         """Raise ValueError for data this model cannot take: inputs `x`, and the decoder's
-        data, `target` for paired training or else `x`."""
+        data, `target` for paired training or else `x`; rows of either in another shape
+        of the same number of values as the model's methods take them (`checked_input`)."""
+        x = validate.as_rows(x, self.input_shape)
         validate.check_finite(x, name, self.input_shape)
         if target is not None:
+            target = validate.as_rows(target, getattr(self.decoder, "event_shape", None))
             validate.check_finite(target, f"{name} target")
             out = getattr(self.decoder, "event_shape", None)
             if out is not None and tuple(target.shape[1:len(out) + 1]) != tuple(out):

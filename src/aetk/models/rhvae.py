@@ -164,7 +164,8 @@ class RHVAE(Model):
         given = not isinstance(centroids, numbers.Number)
         if given:
             try:
-                data = validate.as_tensor(centroids, dtype).detach().clone()
+                data = validate.as_rows(validate.as_tensor(centroids, dtype),
+                                        self.input_shape).detach().clone()
             except (TypeError, ValueError):
                 raise ValueError(f"centroids must be training points (a tensor or array of "
                                  f"rows) or an integer, got {centroids!r}") from None
