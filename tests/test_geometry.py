@@ -784,3 +784,41 @@ def test_geometry_takes_codes_as_the_pipeline_writes_them():
     text = f0.assign(cell=list("abcde"))
     with pytest.raises(TypeError, match="not a DataFrame of object"):
         fit_geodesics(metric, text, f1)
+
+
+def test_counts_given_as_whole_floats_are_taken():
+    """fit_geodesics(..., n_points=5.0) failed in torch.linspace ("received an invalid
+    combination of arguments"), and alike n_steps=20.0 of the integrators, traversals and
+    samplers, max_iter, window, chunk_size, graph_k and n_directions (a count read from a
+    YAML file or computed comes as a float); they now give the integer's results, and a
+    count with a fraction is a ValueError naming it."""
+    from aetk.geometry import EncoderMetric, exp_map, geodesic_spray
+
+    metric = poincare()
+    z0, z1 = half_plane_pairs()
+    options = {"max_iter": 40, "window": 3, "chunk_size": 2}
+    expected = fit_geodesics(metric, z0, z1, n_points=7, **options)
+    floats = {k: float(v) for k, v in options.items()}
+    torch.testing.assert_close(fit_geodesics(metric, z0, z1, n_points=7.0, **floats).points,
+                               expected.points, rtol=0, atol=0)
+    torch.testing.assert_close(exp_map(metric, z0, 0.1 * z1, n_steps=8.0),
+                               exp_map(metric, z0, 0.1 * z1, n_steps=8), rtol=0, atol=0)
+    assert geodesic_spray(metric, z0[0], n_directions=3.0).points.shape[0] == 3
+    model = aetk.build_model("vae", "gaussian", in_features=5, latent_dim=2, hidden=(8,))
+    codes = torch.randn(20, 2)
+    assert aetk.latent_traversal(model, codes, n_steps=4.0, max_dims=1.0).values.shape == (1, 4)
+    encoder_metric = EncoderMetric.from_codes(codes, torch.full((20, 2), 0.5), n_centroids=6.0)
+    assert encoder_metric.sample(3.0, n_steps=2.0, n_leapfrog=2.0).shape == (3, 2)
+    refusals = (
+        (lambda: fit_geodesics(metric, z0, z1, n_points=5.5),
+         r"n_points must be an integer >= 3, got 5.5"),
+        (lambda: fit_geodesics(metric, z0, z1, window=2.5), r"window must be an integer >= 1"),
+        (lambda: exp_map(metric, z0, z1, n_steps=2.5),
+         r"n_steps must be an integer >= 1, got 2.5"),
+        (lambda: aetk.latent_traversal(model, codes, n_steps=3.5),
+         r"n_steps must be an integer >= 2"),
+        (lambda: encoder_metric.sample(2.5), r"n must be an integer >= 1, got 2.5"),
+    )
+    for call, message in refusals:
+        with pytest.raises(ValueError, match=message):
+            call()

@@ -296,6 +296,17 @@ def test_positive_int_returns_a_python_int() -> None:
         assert type(n) is int and n == 3
 
 
+def test_positive_int_takes_a_minimum_and_refuses_what_is_no_count() -> None:
+    """Text failed in numpy's isfinite ("ufunc 'isfinite' not supported"), True counted
+    as 1; a 0-d tensor of a whole number is one."""
+    assert validate.positive_int(torch.tensor(4.0), "n") == 4
+    assert validate.positive_int(0.0, "max_doublings", 0) == 0
+    for value, minimum in ((2.0, 3), ("5", 1), (True, 1), (None, 1), (float("nan"), 1),
+                           (torch.ones(2), 1)):
+        with pytest.raises(ValueError, match=rf"^n must be an integer >= {minimum}, got"):
+            validate.positive_int(value, "n", minimum)
+
+
 def test_a_target_dataframe_problem_is_named_by_the_targets_labels() -> None:
     x = pd.DataFrame(np.zeros((3, 2)), index=["a", "b", "c"], columns=["x0", "x1"])
     y = pd.DataFrame([[0.0], [np.nan], [0.0]], index=["p", "q", "r"], columns=["y0"])

@@ -16,7 +16,7 @@ from torch import Tensor
 from .distributions import mean
 from .models.base import Model
 from .nets import evaluating
-from .validate import as_tensor
+from .validate import as_tensor, positive_int
 
 
 class Traversal(NamedTuple):
@@ -30,8 +30,7 @@ class Traversal(NamedTuple):
     reference: Tensor
 
 
-def _check(codes: Tensor, n_steps: int, quantiles: tuple[float, float], latent_dim: int
-           ) -> Tensor:
+def _check(codes: Tensor, quantiles: tuple[float, float], latent_dim: int) -> Tensor:
     codes = as_tensor(codes, None).detach()  # a reference without the encoder's graph
     if codes.dim() != 2 or len(codes) < 2:
         raise ValueError(f"codes must be (N, d) with N >= 2, got {tuple(codes.shape)}")
@@ -40,12 +39,14 @@ def _check(codes: Tensor, n_steps: int, quantiles: tuple[float, float], latent_d
                          f"space has {latent_dim}")
     if not torch.isfinite(codes).all():
         raise ValueError("the codes contain NaN or infinite values")
-    if n_steps < 2:
-        raise ValueError(f"n_steps must be at least 2, got {n_steps}")
     lo, hi = quantiles
     if not 0 <= lo < hi <= 1:
         raise ValueError(f"quantiles must satisfy 0 <= low < high <= 1, got {quantiles}")
     return codes
+
+
+def _steps(n_steps: float) -> int:
+    return positive_int(n_steps, "n_steps", 2)
 
 
 def _sweep(codes: Tensor, n_steps: int, quantiles: tuple[float, float]) -> Tensor:
@@ -72,9 +73,8 @@ def latent_traversal(model: Model, codes: Tensor, *, n_steps: int = 9, max_dims:
     quantile in `n_steps` steps, around their coordinate-wise median. Call it inside
     `model.given(c)` for a conditional model. `total_count`: a multinomial decoder's
     expected counts at this one total (e.g. the data's median), not its proportions."""
-    codes = _check(codes, n_steps, quantiles, model.latent_dim)
-    if max_dims < 1:
-        raise ValueError(f"max_dims must be positive, got {max_dims}")
+    n_steps, max_dims = _steps(n_steps), positive_int(max_dims, "max_dims")
+    codes = _check(codes, quantiles, model.latent_dim)
     d = codes.shape[1]
     dims = codes.var(0).argsort(descending=True)[:max_dims]
     values = _sweep(codes, n_steps, quantiles)[dims]
@@ -93,7 +93,8 @@ def latent_grid(model: Model, codes: Tensor, *, n_steps: int = 12,
     grid over the codes' quantile range: `decoded (n_steps, n_steps, *features)` with row
     `i` at `z2[i]` (decreasing, as an image is read) and column `j` at `z1[j]`, and the
     axes `z1`, `z2 (n_steps,)`. `total_count` as for `latent_traversal`."""
-    codes = _check(codes, n_steps, quantiles, model.latent_dim)
+    n_steps = _steps(n_steps)
+    codes = _check(codes, quantiles, model.latent_dim)
     if codes.shape[1] != 2:
         raise ValueError(f"a latent grid needs a 2-D latent space, got {codes.shape[1]}")
     z1, z2 = _sweep(codes, n_steps, quantiles)

@@ -118,11 +118,16 @@ def labelled(data: Any, target: Any = None) -> Iterator[None]:
         raise ValueError(f"{err} (the DataFrame's {where})") from None
 
 
-def positive_int(value: float, name: str) -> int:
-    """`value` as an int; a ValueError naming `name` unless it is an integer >= 1."""
-    if not np.isfinite(value) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value}")
-    return int(value)
+def positive_int(value: float, name: str, minimum: int = 1) -> int:
+    """`value` as an int (`5.0` as `5`, as a count computed or read from a file comes); a
+    ValueError naming `name` unless it is an integer >= `minimum` (1 by default)."""
+    try:  # numpy and 0-d torch numbers too; not text, nor True for 1
+        number = None if isinstance(value, bool | str | bytes) else float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not math.isfinite(number) or number != int(number) or number < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(number)
 
 
 def _where(mask: torch.Tensor) -> str:

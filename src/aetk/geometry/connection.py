@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.func import jvp, vmap
 
-from ..validate import as_tensor
+from ..validate import as_tensor, positive_int
 from .curves import curve_length
 from .fit import fit_geodesics
 from .metrics import (
@@ -160,16 +160,11 @@ def _pairs(metric: Metric, z: Tensor, v: Tensor, names: tuple[str, str] | None =
     return z.contiguous(), v.contiguous()
 
 
-def _check_steps(n_steps: int) -> None:
-    if int(n_steps) != n_steps or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive integer, got {n_steps}")
-
-
-def _check_integration(integration_tol: float | None, max_doublings: int) -> None:
+def _check_integration(integration_tol: float | None, max_doublings: int) -> int:
+    """`max_doublings` as an int, after checking both."""
     if integration_tol is not None and not integration_tol > 0:
         raise ValueError(f"integration_tol must be positive, got {integration_tol}")
-    if int(max_doublings) != max_doublings or max_doublings < 0:
-        raise ValueError(f"max_doublings must be an integer >= 0, got {max_doublings}")
+    return positive_int(max_doublings, "max_doublings", 0)
 
 
 def integrate_geodesic(metric: Metric, z: Tensor, v: Tensor, *, n_steps: int = 20,
@@ -178,7 +173,7 @@ def integrate_geodesic(metric: Metric, z: Tensor, v: Tensor, *, n_steps: int = 2
     `v (B, d)` over unit time (classical Runge-Kutta, `n_steps` steps, error O(h^4)),
     parallel-transporting `transport` vectors `(B, k, d)` (or one per curve, `(B, d)`)
     along it."""
-    _check_steps(n_steps)
+    n_steps = positive_int(n_steps, "n_steps")
     z, v = _pairs(metric, z, v)
     state: tuple[Tensor, ...] = (z, v)
     single = False
@@ -198,7 +193,7 @@ def exp_map(metric: Metric, z: Tensor, v: Tensor, *, n_steps: int = 20) -> Tenso
     time 1, `(B, d)`; differentiable in `z` and `v`. Its metric length is
     `sqrt(v^T G(z) v)`. `z` and `v` are cast to the metric's dtype and device, the result
     is in that dtype."""
-    _check_steps(n_steps)
+    n_steps = positive_int(n_steps, "n_steps")
     z, v = _pairs(metric, z, v)
     return _rk4(_geodesic_rate(metric), (z, v), n_steps)[-1][0]
 
@@ -290,8 +285,9 @@ def log_map(metric: Metric, z_start: Tensor, z_end: Tensor, *, n_steps: int = 20
     metric's dtype and device (`metrics.as_points`), and the results come in that dtype.
     NaN or infinite endpoints are a ValueError naming them.
     """
-    _check_steps(n_steps)
-    _check_integration(integration_tol, max_doublings)
+    n_steps = positive_int(n_steps, "n_steps")
+    max_iter = positive_int(max_iter, "max_iter", 0)
+    max_doublings = _check_integration(integration_tol, max_doublings)
     z0, z1 = _pairs(metric, z_start, z_end, ("z_start", "z_end"))
     v, fitted, curves = _fitted_logs(metric, z0, z1, **fit_kwargs)
     for doubling in range(max_doublings + 1):
@@ -586,7 +582,7 @@ def parallel_transport(metric: Metric, curve: Curve, w: Tensor, *, n_steps: int 
     solving `w' = -Gamma(gamma)[gamma', w]` (Runge-Kutta, velocities by forward mode).
     Returns the vectors at `n_steps + 1` equal times in [0, 1]: `(B, n_steps + 1, k, d)`,
     or `(B, n_steps + 1, d)` for `(B, d)` input. Lengths and angles in `G` are preserved."""
-    _check_steps(n_steps)
+    n_steps = positive_int(n_steps, "n_steps")
 
     def rate(t: Tensor, s: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         point, velocity = jvp(curve, (t.reshape(1),), (torch.ones(1, dtype=t.dtype,
@@ -820,8 +816,9 @@ def frechet_mean(metric: Metric, z: Tensor, weights: Tensor | None = None, *,
             or bool((w < 0).any()) or float(w.sum()) <= 0):
         raise ValueError(f"need points (N, d) and N finite non-negative weights, not all zero; "
                          f"got {tuple(z.shape)} and {tuple(w.shape)}")
-    _check_steps(n_steps)
-    _check_integration(integration_tol, max_doublings)
+    n_steps = positive_int(n_steps, "n_steps")
+    max_iter = positive_int(max_iter, "max_iter", 0)
+    max_doublings = _check_integration(integration_tol, max_doublings)
     w = w / w.sum()
     fit_kwargs = {k: v for k, v in log_kwargs.items() if k not in ("tol", "max_iter")}
     tol_shoot, max_shoot = log_kwargs.get("tol", 1e-6), log_kwargs.get("max_iter", 20)
@@ -876,8 +873,9 @@ def geodesic_spray(metric: Metric, centre: Tensor, n_directions: int = 16, radiu
     if centre.shape != (2,):
         raise ValueError(f"a spray needs one point of a 2-D latent space, got shape "
                          f"{tuple(centre.shape)}")
-    if int(n_directions) != n_directions or n_directions < 1 or not radius > 0:
-        raise ValueError(f"need n_directions >= 1 and radius > 0, got {n_directions}, {radius}")
+    n_directions = positive_int(n_directions, "n_directions")
+    if not radius > 0:
+        raise ValueError(f"radius must be positive, got {radius}")
     angles = torch.arange(n_directions, dtype=centre.dtype, device=centre.device) * (
         2 * math.pi / n_directions)
     u = torch.stack([angles.cos(), angles.sin()], -1)

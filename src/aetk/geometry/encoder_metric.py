@@ -26,7 +26,7 @@ from ..centroids import select_centroids
 from ..distributions import FULL_COVARIANCE
 from ..hamiltonian import Position, hmc
 from ..nets import evaluating
-from ..validate import as_tensor, check_posteriors
+from ..validate import as_tensor, check_posteriors, positive_int
 from .metrics import Metric, latent_points
 
 FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
@@ -107,6 +107,8 @@ class EncoderMetric(Metric, nn.Module):
         """The metric of stored codes and scales `(N, d)`, keeping `n_centroids` of them
         as `from_model` does."""
         loc, scale = as_tensor(loc, None), as_tensor(scale, None)
+        if n_centroids is not None:
+            n_centroids = positive_int(n_centroids, "n_centroids")
         if n_centroids is not None and n_centroids < len(loc):
             keep = torch.as_tensor(select_centroids(loc, n_centroids, method, seed),
                                    device=loc.device)
@@ -160,6 +162,7 @@ class EncoderMetric(Metric, nn.Module):
         width `rho sigma_i`: a fixed 0.05 left 2-7% of the chains of 2-D MNIST models
         without a single accepted move, a quarter width none (and 0.4 latent units
         travelled, median), with the same sample quality."""
+        n = positive_int(n, "n")
         if step_size is None:
             step_size = 0.25 * float((self.rho * self.precision.rsqrt()).median())
         start = self.loc[torch.randint(len(self.loc), (n,), device=self.loc.device)]
@@ -173,9 +176,9 @@ def riemannian_uniform(metric: Metric, start: Tensor, *, n_steps: int = 50,
     proportional to `sqrt(det G(z))`, one chain per row of `start (n, d)`: the points after
     `n_steps` transitions of `n_leapfrog` leapfrog steps. The volume element must be
     integrable (`EncoderMetric`'s is, through `tau`)."""
-    if n_steps < 1 or n_leapfrog < 1 or step_size <= 0:
-        raise ValueError(f"n_steps and n_leapfrog must be >= 1 and step_size > 0, got "
-                         f"{n_steps}, {n_leapfrog} and {step_size}")
+    n_steps, n_leapfrog = positive_int(n_steps, "n_steps"), positive_int(n_leapfrog, "n_leapfrog")
+    if not step_size > 0:
+        raise ValueError(f"step_size must be positive, got {step_size}")
 
     def position(z: Tensor) -> Position:
         log_volume, grad = metric.log_volume_and_grad(z)

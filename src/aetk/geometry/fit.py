@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..validate import as_tensor
+from ..validate import as_tensor, positive_int
 from .curves import NeuralGeodesic, curve_energy, curve_length, segment_quads
 from .graph import graph_curves
 from .metrics import Metric, _base, latent_points, metric_for
@@ -118,8 +118,9 @@ def fit_geodesics(
         raise ValueError(f"curve must be 'discrete' or 'neural', got {curve!r}")
     if optimizer not in ("lbfgs", "adam"):
         raise ValueError(f"optimizer must be 'lbfgs' or 'adam', got {optimizer!r}")
-    if n_points < 3:
-        raise ValueError(f"n_points must be at least 3, got {n_points}")
+    n_points = positive_int(n_points, "n_points", 3)
+    max_iter, window = positive_int(max_iter, "max_iter"), positive_int(window, "window")
+    chunk_size = positive_int(chunk_size, "chunk_size")
     z_start = latent_points(metric, z_start, "z_start", finite=True, device=device)
     z_end = latent_points(metric, z_end, "z_end", finite=True, device=z_start.device)
     device = z_start.device
@@ -558,7 +559,7 @@ def interpolate(
     """
     metric = metric_for(model) if metric is None else metric
     fit = fit_geodesics(metric, z_start, z_end, n_points=n_points, **fit_kwargs)
-    b, _, d = fit.points.shape
+    b, n, d = fit.points.shape
     with torch.no_grad():
         out = model.decode(fit.points.reshape(-1, d))
         if isinstance(out, Tensor):
@@ -566,4 +567,4 @@ def interpolate(
         else:
             base = _base(out)
             mean = base.probs if isinstance(base, torch.distributions.Categorical) else out.mean
-    return fit.points, mean.reshape(b, n_points, *mean.shape[1:])
+    return fit.points, mean.reshape(b, n, *mean.shape[1:])

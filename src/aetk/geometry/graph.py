@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..validate import as_tensor
+from ..validate import as_tensor, positive_int
 from .curves import curve_length
 from .metrics import Metric, as_points, latent_dim
 
@@ -66,10 +66,9 @@ def graph_curves(
     from scipy.sparse.csgraph import dijkstra
     from scipy.spatial import KDTree
 
-    for name, value, least in (("k", k, 1), ("n_points", n_points, 2),
-                               ("subdivisions", subdivisions, 1), ("chunk_size", chunk_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    k, n_points = positive_int(k, "k"), positive_int(n_points, "n_points", 2)
+    subdivisions = positive_int(subdivisions, "subdivisions")
+    chunk_size = positive_int(chunk_size, "chunk_size")
     z_start = as_points(metric, z_start, "z_start")
     z_start = z_start.reshape(-1, z_start.shape[-1])
     z_end = as_points(metric, z_end, "z_end").to(dtype=z_start.dtype, device=z_start.device)

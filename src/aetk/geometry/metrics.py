@@ -19,7 +19,7 @@ from torch import distributions as D
 from torch.func import jvp, vjp, vmap
 
 from ..devices import resolve_device
-from ..validate import as_tensor
+from ..validate import as_tensor, positive_int
 
 
 def solve_or_nan(G: Tensor, rhs: Tensor) -> Tensor:
@@ -373,12 +373,15 @@ def _grid_axes(bounds: Sequence[Sequence[float]], n: int | Sequence[int], what: 
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise ValueError(f"{what}: the bounds of z{axis} must be finite with low < high, "
                              f"got ({lo}, {hi})")
-    sizes = (n, n) if isinstance(n, numbers.Integral) else tuple(n)
-    if len(sizes) != 2 or not all(isinstance(k, numbers.Integral) and not isinstance(k, bool)
-                                  and k >= 1 for k in sizes):
+    try:
+        sizes = (n, n) if isinstance(n, numbers.Real) else tuple(n)
+        if len(sizes) != 2:
+            raise ValueError
+        n1, n2 = (positive_int(k, "n") for k in sizes)  # 12.0 too, as read from a file
+    except (TypeError, ValueError):
         raise ValueError(f"{what}: n must be an integer >= 1 or two of them (n1, n2), got "
-                         f"{n!r}")
-    return (*pairs[0], int(sizes[0])), (*pairs[1], int(sizes[1]))
+                         f"{n!r}") from None
+    return (*pairs[0], n1), (*pairs[1], n2)
 
 
 def grid_points(metric: Metric, bounds: Sequence[Sequence[float]], n: int | Sequence[int],
