@@ -966,3 +966,30 @@ def test_counts_beyond_float32s_whole_numbers_warn(tmp_path: Path) -> None:
         data.prepare(data.RawData(x=x, source="c.npy"), transforms=["log1p"])
         data.prepare(data.RawData(x=x + 0.5, source="c.npy"), transforms=[])
         data.prepare(data.RawData(x=np.full((20, 3), 2.0**24), source="c.npy"), transforms=[])
+
+
+def test_raw_data_takes_a_users_arrays_and_refuses_what_is_no_data() -> None:
+    """RawData(x=list / tensor / DataFrame) was stored as given, and prepare failed later
+    with numpy's "only integer scalar arrays can be converted to a scalar index", torch's
+    "all() received an invalid combination of arguments" or pandas' "KeyError: '[2, 3]
+    not in index'"; text failed in isfinite and a 1-D x with "tuple index out of range"."""
+    import scipy.sparse
+    import torch
+
+    x = np.arange(24, dtype=np.float64).reshape(8, 3)
+    expected = data.prepare(data.RawData(x=x, source="t"), transforms=["standardise"], seed=0)
+    frame = pd.DataFrame(x, columns=["a", "b", "c"])
+    for given in (x.tolist(), torch.from_numpy(x), frame, scipy.sparse.csr_matrix(x)):
+        raw = data.RawData(x=given, source="t")
+        assert isinstance(raw.x, np.ndarray) and raw.x.shape == (8, 3)
+        prepared = data.prepare(raw, transforms=["standardise"], seed=0)
+        np.testing.assert_array_equal(prepared.x, expected.x)
+    assert data.RawData(x=frame).feature_names == ["a", "b", "c"]
+    images = data.RawData(x=np.zeros((5, 2, 3)))
+    assert images.x.shape == (5, 6) and images.image_shape == (2, 3)
+    with pytest.raises(TypeError, match=r"^t: x must be numeric data \(samples x features\), "
+                                        r"got ndarray of dtype <U1"):
+        data.RawData(x=np.array([["a"], ["b"]]), source="t")
+    with pytest.raises(ValueError, match=r"^RawData: x must be samples x features, got shape "
+                                         r"\(4,\) \(one feature per sample\? give "):
+        data.RawData(x=np.zeros(4))

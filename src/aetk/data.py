@@ -54,6 +54,34 @@ class RawData:
     feature_names: list[str] | None = None
     source: str = ""
 
+    def __post_init__(self) -> None:
+        # a user's own data: a list, tensor or DataFrame failed later in prepare with
+        # numpy's or pandas' errors ("only integer scalar arrays ...", "KeyError [2, 3]")
+        x = self.x
+        if not isinstance(x, np.ndarray):
+            if hasattr(x, "detach"):  # a torch tensor, without importing torch here
+                x = x.detach().cpu().numpy()
+            elif hasattr(x, "to_numpy"):  # a DataFrame: its columns are the features
+                if self.feature_names is None and hasattr(x, "columns"):
+                    self.feature_names = [str(c) for c in x.columns]
+                x = x.to_numpy()
+            elif hasattr(x, "toarray"):  # a scipy sparse matrix
+                x = x.toarray()
+            x = np.asarray(x)
+        where = self.source or "RawData"
+        if x.dtype.kind not in "biuf":
+            raise TypeError(f"{where}: x must be numeric data (samples x features), got "
+                            f"{type(self.x).__name__} of dtype {x.dtype}")
+        if x.ndim < 2:
+            one = " (one feature per sample? give x.reshape(-1, 1))" if x.ndim == 1 else ""
+            raise ValueError(f"{where}: x must be samples x features, got shape "
+                             f"{x.shape}{one}")
+        if x.ndim > 2:  # images (n, h, w) or (n, c, h, w), as the readers flatten them
+            if self.image_shape is None:
+                self.image_shape = tuple(int(s) for s in x.shape[1:])
+            x = x.reshape(len(x), -1)
+        self.x = x
+
 
 # --------------------------------------------------------------------------------------
 # Labels
