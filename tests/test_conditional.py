@@ -380,3 +380,27 @@ def test_given_casts_conditions_to_the_models_dtype():
     with double.given(torch.eye(K)[1]):  # float32 (K,): one row for all, as float64
         assert double.conditions().dtype == torch.float64
         np.testing.assert_array_equal(double.conditions().numpy(), np.eye(K)[[1]])
+
+
+def test_forgotten_conditions_say_how_to_give_them():
+    """embed(x) of a conditional model failed inside its network with "call the model
+    inside `with model.given(c):`", which embed does not need: it takes conditions=c.
+    embed, log_marginal and EncoderMetric.from_model now say how each takes them, and
+    work as before when they are given."""
+    from aetk.geometry import EncoderMetric
+
+    model = _build(k=K).eval()
+    x = torch.rand(B, 64)
+    c = torch.as_tensor(C, dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"give each row's conditions, model\.embed\(x, "
+                                         r"conditions=c\) with c \(6, 3\)"):
+        model.embed(x)
+    with pytest.raises(ValueError, match=r"call log_marginal inside `with model\.given\(c\):`"):
+        aetk.log_marginal(model, x)
+    with pytest.raises(ValueError, match=r"give conditions=c, the conditions \(6, 3\)"):
+        EncoderMetric.from_model(model, x)
+    with model.given(c):
+        inside = model.embed(x)
+        assert aetk.log_marginal(model, x, n_samples=2).shape == (B,)
+        assert EncoderMetric.from_model(model, x).loc.shape == (B, 2)
+    np.testing.assert_array_equal(model.embed(x, conditions=c), inside)

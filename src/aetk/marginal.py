@@ -49,6 +49,10 @@ def log_marginal(model: Model, x: Any, n_samples: int = 100, chunk: int = 8192,
     evaluation mode (no input noise or dropout; its mode is put back).
     """
     n_samples = positive_int(n_samples, "n_samples")
+    if model.n_conditions and model.conditions() is None:
+        raise ValueError(f"this {type(model).__name__} is conditional: call log_marginal "
+                         "inside `with model.given(c):`, with c the conditions (rows, "
+                         f"{model.n_conditions}) of x's rows")
     frames = x, target
     x = model.checked_input(model.as_data(x))  # as fit and encode take it: integers too
     target = None if target is None else model.as_target(target)

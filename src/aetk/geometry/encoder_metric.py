@@ -77,6 +77,10 @@ class EncoderMetric(Metric, nn.Module):
         "kmedoids") to bound the cost of an evaluation. The encoder runs in evaluation
         mode (no input noise or dropout; the model's mode is put back)."""
         param = next(model.parameters())
+        k = getattr(model, "n_conditions", 0)
+        if conditions is None and k and model.conditions() is None:
+            raise ValueError(f"this {type(model).__name__} is conditional: give conditions=c, "
+                             f"the conditions ({len(x)}, {k}) of x's rows")
         x = as_tensor(x, param.dtype)
         rows = torch.arange(len(x)).split(batch_size)
         with torch.no_grad(), evaluating(model):

@@ -339,6 +339,12 @@ class Model(nn.Module):
             with validate.labelled(frame):  # the shape, and no NaN codes
                 validate.check_finite(x, "embed", self.input_shape)
         c = None if conditions is None else validate.as_tensor(conditions, param.dtype)
+        if c is None and self.n_conditions and self.conditions() is None:
+            raise ValueError(f"this {type(self).__name__} is conditional: give each row's "
+                             f"conditions, model.embed(x, conditions=c) with c ({len(x)}, "
+                             f"{self.n_conditions}) (class labels one-hot, "
+                             f"torch.nn.functional.one_hot(labels, {self.n_conditions})"
+                             ".float())")
         if c is not None and (c.dim() != 2 or len(c) != len(x)):
             raise ValueError(f"give one row of conditions per sample, ({len(x)}, "
                              f"{self.n_conditions}), got {tuple(c.shape)} (class labels "
