@@ -48,7 +48,7 @@ def log_marginal(model: Model, x: Any, n_samples: int = 100, chunk: int = 8192,
     estimate of `log p(x_out)` with `q(z|x_in)` as the proposal. The model runs in
     evaluation mode (no input noise or dropout; its mode is put back).
     """
-    n_samples = positive_int(n_samples, "n_samples")
+    n_samples, chunk = positive_int(n_samples, "n_samples"), positive_int(chunk, "chunk")
     if model.n_conditions and model.conditions() is None:
         raise ValueError(f"this {type(model).__name__} is conditional: call log_marginal "
                          "inside `with model.given(c):`, with c the conditions (rows, "
