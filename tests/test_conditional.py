@@ -404,3 +404,19 @@ def test_forgotten_conditions_say_how_to_give_them():
         assert aetk.log_marginal(model, x, n_samples=2).shape == (B,)
         assert EncoderMetric.from_model(model, x).loc.shape == (B, 2)
     np.testing.assert_array_equal(model.embed(x, conditions=c), inside)
+
+
+def test_given_takes_conditions_as_a_dataframe_or_a_list_of_rows():
+    """model.given(DataFrame of covariates) failed with torch's "could not determine the
+    shape of object type 'DataFrame'", and a list of one-hot row tensors with "only one
+    element tensors can be converted to Python scalars"."""
+    import pandas as pd
+
+    model = _build(k=K).eval()
+    x = torch.rand(B, 64)
+    c = torch.as_tensor(C, dtype=torch.float32)
+    with model.given(c):
+        expected = model.latent_mean(x)
+    for given in (pd.DataFrame(C, columns=["a", "b", "c"]), list(c), C.astype(np.int64)):
+        with model.given(given):
+            assert torch.equal(model.latent_mean(x), expected)

@@ -256,8 +256,9 @@ class Model(nn.Module):
 
     @contextmanager
     def given(self, c: torch.Tensor | None) -> Iterator[Model]:
-        """Within the block, the conditional networks see the conditions `c`: `(B, k)` for
-        a batch of B rows, or `(k,)` (one row) for every input; `None` changes nothing
+        """Within the block, the conditional networks see the conditions `c` (a tensor,
+        array, DataFrame or list of rows): `(B, k)` for a batch of B rows, or `(k,)` (one
+        row) for every input; `None` changes nothing
         (so callers need no branch for models without conditions)."""
         if c is None:
             yield self
@@ -266,7 +267,7 @@ class Model(nn.Module):
             raise ValueError(f"this {type(self).__name__} takes no conditions (build it with "
                              "n_conditions > 0 for a conditional model)")
         param = next(self.parameters())
-        c = torch.as_tensor(c).to(param.device, param.dtype)
+        c = validate.as_tensor(c, param.dtype, param.device)  # a DataFrame of covariates too
         if c.dim() == 1 and len(c) != self.n_conditions:
             raise ValueError(f"conditions of shape {tuple(c.shape)}: give (rows, "
                              f"{self.n_conditions}), or ({self.n_conditions},) for every row; "
