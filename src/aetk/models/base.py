@@ -124,7 +124,8 @@ class Model(nn.Module):
     `encode`, `decode`, `latent_mean`, `posterior_sample`, `reconstruct` (and a subclass's
     own versions of them, `TAKES_DATA`) and `loss` (its target too) take tensors, numpy
     arrays, pandas DataFrames or lists of tensors of any number type, cast to the model's
-    dtype and device (`as_input`, `as_target`).
+    dtype and device, rows in another shape of the same size reshaped to `input_shape`
+    (`checked_input`, `as_target`).
 
     A conditional model (encoder and decoder built with `n_conditions = k > 0`: q(z|x, c),
     p(x|z, c)) is called inside `with model.given(c):`, which gives every conditional
