@@ -302,6 +302,10 @@ def test_integer_tensors_and_structured_inputs_pass_through():
     expected = model.encoder.network(tokens)[:, :D]  # the mean half of its output
     torch.testing.assert_close(model.latent_mean(tokens), expected)
     torch.testing.assert_close(model.latent_mean({"tokens": tokens}), expected)
+    # latent points are points of any number type: the tokens' rule is the encoder's
+    z = torch.tensor([[1, 0], [0, 2]])
+    torch.testing.assert_close(model.decode(z).mean, model.decode(z.float()).mean)
+    torch.testing.assert_close(model.prior_log_prob(z), model.prior_log_prob(z.float()))
 
 
 def test_the_first_argument_converts_by_name_too():

@@ -71,18 +71,18 @@ TAKES_DATA = ("encode", "decode", "latent_mean", "posterior_sample", "reconstruc
               "prior_log_prob", "codes")
 """The methods whose first argument (data x, or latent points z) may be an array, a
 DataFrame, or a tensor of another dtype or device: `Model.checked_input` converts data,
-`Model.as_input` latent points."""
+`Model.as_data` latent points (of any number type, also for an encoder of tokens)."""
 TAKES_POINTS = ("decode", "prior_log_prob")
 
 
 def takes_data(method: Callable[..., Any]) -> Callable[..., Any]:
     """`method(self, x, ...)` with `x` first converted by `self.checked_input` (by
-    `self.as_input` for the latent points of `TAKES_POINTS`), whether given by position or
+    `self.as_data` for the latent points of `TAKES_POINTS`), whether given by position or
     by its name."""
     if getattr(method, "takes_data", False):
         return method
     first = list(inspect.signature(method).parameters)[1]
-    convert = "as_input" if method.__name__ in TAKES_POINTS else "checked_input"
+    convert = "as_data" if method.__name__ in TAKES_POINTS else "checked_input"
 
     @functools.wraps(method)
     def converted(self: Model, *args: Any, **kwargs: Any) -> Any:
