@@ -41,6 +41,19 @@ def test_each_batch_is_primaries_and_their_neighbours() -> None:
     assert not torch.equal(other, batches[0])
 
 
+def test_the_data_may_be_a_dataframe_and_the_sizes_whole_floats() -> None:
+    """LocalityBatches(DataFrame) failed in torch.as_tensor ("KeyError: 5"), and
+    k_neighbors=6.0 in scikit-learn's parameter check; both give the array's batches."""
+    x = np.random.default_rng(0).standard_normal((60, 3))
+    expected = aetk.LocalityBatches(x, n_primary=5, n_secondary=3, k_neighbors=6)
+    sampler = aetk.LocalityBatches(pd.DataFrame(x, columns=list("abc")), n_primary=5,
+                                   n_secondary=3, k_neighbors=6.0)
+    assert torch.equal(sampler.neighbours, expected.neighbours)
+    for a, b in zip(sampler(torch.Generator().manual_seed(1)),
+                    expected(torch.Generator().manual_seed(1)), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_primaries_are_drawn_without_replacement() -> None:
     """With n_primary = N every batch's primaries are all N points, each once (a
     permutation of 0..N-1), in an order that changes from batch to batch."""

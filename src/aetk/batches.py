@@ -18,6 +18,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from .validate import as_tensor
+
 
 class LocalityBatches:
     """Index batches of local neighbourhoods of the rows of `x (N, ...)`, Euclidean on
@@ -30,7 +32,8 @@ class LocalityBatches:
                  k_neighbors: int, batches_per_epoch: int | None = None) -> None:
         from sklearn.neighbors import NearestNeighbors  # here: sklearn takes 1.2 s to import
 
-        data = np.asarray(torch.as_tensor(x).detach().cpu().reshape(len(x), -1), np.float64)
+        x = as_tensor(x, None).detach()  # an array, DataFrame or list of rows too
+        data = np.asarray(x.cpu().reshape(len(x), -1), np.float64)
         n = len(data)
         for name, value in (("n_primary", n_primary), ("n_secondary", n_secondary),
                             ("k_neighbors", k_neighbors), ("batches_per_epoch",
@@ -52,7 +55,7 @@ class LocalityBatches:
         if self.n_batches < 1:
             raise ValueError(f"batches_per_epoch must be positive, got {batches_per_epoch}")
         self.n, self.k_neighbors = n, int(k_neighbors)
-        _, neighbours = NearestNeighbors(n_neighbors=k_neighbors).fit(data).kneighbors(data)
+        _, neighbours = NearestNeighbors(n_neighbors=self.k_neighbors).fit(data).kneighbors(data)
         self.neighbours = torch.as_tensor(neighbours)  # (N, k), each row's own index among them
 
     def __len__(self) -> int:
