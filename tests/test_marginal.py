@@ -209,7 +209,8 @@ def test_the_decoder_sees_at_most_chunk_points_and_every_proposal_once():
     expected = aetk.log_marginal(model, x, n_samples=10, chunk=25)
     torch.manual_seed(0)
     assert torch.equal(aetk.log_marginal(model, x, n_samples=10.0, chunk=25.0), expected)
-    assert [math.prod(s) for s in sizes[1:4]] == [24, 24, 12]
+    # each call: the support check, the decoder's kind, then the three chunks
+    assert [math.prod(s) for s in sizes[2:5]] == [24, 24, 12]
     for bad in (0, -5, 2.5):
         with pytest.raises(ValueError, match=rf"chunk must be an integer >= 1, got {bad}"):
             aetk.log_marginal(model, x, chunk=bad)
