@@ -58,6 +58,13 @@ class LadderPosterior(D.Independent):
         self.estimate, self.top = estimate, top
 
 
+
+def _check_coordinates(points: torch.Tensor, name: str, has: str, size: int) -> None:
+    """ValueError unless `points` are `(..., size)`; `has` says whose size it is."""
+    if points.dim() == 0 or points.shape[-1] != size:
+        raise ValueError(f"{name} has shape {tuple(points.shape)}, but the ladder VAE's "
+                         f"{has}={size} coordinates: give (..., {size})")
+
 class LadderVAE(Model):
     """A two-level ladder VAE (Sønderby et al. 2016). Generative model `p(z2) = N(0, I)`,
     `p(z1|z2) = N(mu_p(z2), sigma_p(z2)^2)` (`top_down`, an MLP of the build's `hidden`
@@ -141,10 +148,7 @@ class LadderVAE(Model):
             raise ValueError(f"give z2, points (..., {self.top_dim}) of the ladder VAE's top "
                              "level (e.g. torch.randn(n, model.top_dim) from its prior)")
         z2 = self.as_data(z2)
-        if z2.dim() == 0 or z2.shape[-1] != self.top_dim:
-            raise ValueError(f"z2 has shape {tuple(z2.shape)}, but the ladder VAE's top level "
-                             f"has top_dim={self.top_dim} coordinates: give (..., "
-                             f"{self.top_dim})")
+        _check_coordinates(z2, "z2", "top level has top_dim", self.top_dim)
         return z2
 
     def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
@@ -181,10 +185,7 @@ class LadderVAE(Model):
                              "z2 ~ N(0, I), has no closed form: give z2 for the joint "
                              "log p(z1, z2); aetk.log_marginal estimates log p(x)")
         z2 = self._top_points(z2)
-        if z.dim() == 0 or z.shape[-1] != self.latent_dim:
-            raise ValueError(f"z has shape {tuple(z.shape)}, but the ladder VAE's codes have "
-                             f"latent_dim={self.latent_dim} coordinates: give (..., "
-                             f"{self.latent_dim})")
+        _check_coordinates(z, "z", "codes have latent_dim", self.latent_dim)
         try:
             torch.broadcast_shapes(z.shape[:-1], z2.shape[:-1])
         except RuntimeError:
