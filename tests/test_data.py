@@ -966,6 +966,10 @@ def test_counts_beyond_float32s_whole_numbers_warn(tmp_path: Path) -> None:
         data.prepare(data.RawData(x=x, source="c.npy"), transforms=["log1p"])
         data.prepare(data.RawData(x=x + 0.5, source="c.npy"), transforms=[])
         data.prepare(data.RawData(x=np.full((20, 3), 2.0**24), source="c.npy"), transforms=[])
+        # values float32 keeps (data read as float32), and large non-counts, say nothing
+        data.prepare(data.RawData(x=(x * 8).astype(np.float32), source="c.npy"), transforms=[])
+        data.prepare(data.RawData(x=RNG.random((20, 3)) * 1e20, source="c.npy"),
+                     transforms=[])
 
 
 def test_raw_data_takes_a_users_arrays_and_refuses_what_is_no_data() -> None:

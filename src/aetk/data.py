@@ -1000,6 +1000,9 @@ def _float32_rounding(x: np.ndarray, source: str) -> None:
     """A PrecisionWarning when `x` has whole numbers (counts) beyond FLOAT32_EXACT: the
     store's float32 rounds them (16,777,217 to 16,777,216), with no error."""
     big = x[np.abs(x) > FLOAT32_EXACT]
+    # only values float32 changes (not data already float32), and below 2**53, above which
+    # every float64 is whole (1e20 says nothing of counts)
+    big = big[(big != big.astype(np.float32)) & (np.abs(big) < 2.0**53)]
     if big.size and np.all(big == np.round(big)):
         top = big[np.argmax(np.abs(big))]
         warnings.warn(f"{source}: {big.size} values are whole numbers above 2**24 = "
