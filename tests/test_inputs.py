@@ -342,6 +342,23 @@ def test_loss_takes_every_form_of_data_and_target(name):
                                        rtol=1e-6, atol=0)
 
 
+def test_a_users_loss_keeps_a_second_argument_that_is_no_target():
+    """A subclass's loss(x, n_samples) got n_samples as the tensor(3.) of a target: only a
+    second parameter named target is the decoder's data."""
+    base = _vae()
+    seen = []
+
+    class Draws(aetk.VAE):
+        def loss(self, x, n_samples=1):
+            seen.append(n_samples)
+            return super().loss(x)
+
+    model = Draws(base.encoder, base.decoder)
+    model.loss(_x().numpy(), 3)
+    model.loss(_x().numpy(), n_samples=3)
+    assert seen == [3, 3] and all(type(n) is int for n in seen)
+
+
 def test_integer_tensors_reach_the_networks_as_floats():
     """uint8 images and int64 counts given as tensors are data, as their numpy arrays
     are: cast to the model's dtype by every method."""

@@ -103,11 +103,12 @@ def takes_loss_data(loss: Callable[..., Any]) -> Callable[..., Any]:
     if getattr(loss, "takes_data", False):
         return loss
     names = list(inspect.signature(loss).parameters)[1:3]
-    converters = ("checked_input", "as_target")
+    # the second is the decoder's data only by that name (not a user's loss(x, n_samples))
+    converters = ("checked_input", "as_target")[:2 if names[1:] == ["target"] else 1]
 
     @functools.wraps(loss)
     def converted(self: Model, *args: Any, **kwargs: Any) -> Any:
-        args = tuple(a if a is None or i > 1 else getattr(self, converters[i])(a)
+        args = tuple(a if a is None or i >= len(converters) else getattr(self, converters[i])(a)
                      for i, a in enumerate(args))
         for name, convert in zip(names[len(args):], converters[len(args):], strict=False):
             if kwargs.get(name) is not None:
