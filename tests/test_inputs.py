@@ -432,6 +432,20 @@ def test_rows_of_the_same_size_in_another_shape_are_taken_everywhere(built, give
     assert np.array_equal(trained["rows"], trained["x"])
 
 
+def test_images_in_another_layout_are_refused_not_scrambled():
+    """Channels-last images (n, 4, 4, 3) for a model of (3, 4, 4) were reshaped, not
+    transposed, to its shape: codes and loss of scrambled pixels, in silence."""
+    model = aetk.build_model("vae", "gaussian", input_shape=(3, 4, 4), latent_dim=D,
+                             hidden=(8,))
+    last = torch.rand(N, 4, 4, 3)
+    for call in (model.embed, model.loss):  # (an MLP encoder itself flattens any rows)
+        with pytest.raises((ValueError, RuntimeError)):
+            call(last)
+    with pytest.raises(ValueError, match=r"feature shape \(4, 4, 3\) but the model expects "
+                                         r"\(3, 4, 4\)"):
+        model.embed(last)
+
+
 def test_rows_in_another_shape_reach_a_conditional_encoder():
     """A conditional encoder flattens only its last axis: it took image rows for a flat
     model as 28 rows each ("conditions for 5 rows, but the network got 140 inputs")."""

@@ -54,9 +54,13 @@ def as_rows(x: torch.Tensor, shape: Sequence[int] | None) -> torch.Tensor:
     """Rows of `x` that hold a data point's number of values in another shape, reshaped to
     `shape`: images `(n, 1, 28, 28)` for a model of 784 features and back, as the
     encoder's networks take them. Anything else is returned as it is, for the checks to
-    refuse by name."""
+    refuse by name: also two layouts of one image, `(H, W, 3)` for `(3, H, W)`, which a
+    reshape would scramble."""
     if (shape is None or x.dim() < 2 or tuple(x.shape[1:]) == tuple(shape)
             or math.prod(x.shape[1:]) != math.prod(shape)):
+        return x
+    given, wanted = ([s for s in dims if s != 1] for dims in (x.shape[1:], shape))
+    if len(given) > 1 and len(wanted) > 1 and given != wanted:
         return x
     return x.reshape(len(x), *shape)
 
