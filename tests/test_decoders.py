@@ -488,3 +488,22 @@ def test_a_user_decoder_refuses_data_outside_its_support_before_training():
         aetk.fit(model, counts, epochs=1, batch_size=2, progress=False)
     grey = torch.rand(8, 4)
     aetk.fit(model, grey, epochs=1, batch_size=4, progress=False)
+
+
+class _UserMultinomial(_UserBernoulli):
+    """A user's multinomial of any total: torch's log_prob ignores total_count."""
+
+    def forward(self, z):
+        return D.Multinomial(logits=self.lin(z), validate_args=False)
+
+
+def test_a_user_multinomial_takes_counts_of_any_total():
+    """Counts of totals 2 and 11 for a user's Multinomial(logits=...) (total_count 1, which
+    its log_prob does not read) were refused as outside its support; negative or
+    fractional counts still are."""
+    torch.manual_seed(0)
+    model = aetk.VAE(aetk.GaussianEncoder(in_features=4, latent_dim=2, hidden=(8,)),
+                     _UserMultinomial())
+    model.check_data(torch.tensor([[0.0, 1.0, 1.0, 0.0], [3.0, 0.0, 7.0, 1.0]]), "train")
+    with pytest.raises(ValueError, match=r"train data row 1 has values outside the support"):
+        model.check_data(torch.tensor([[0.0, 1.0, 1.0, 0.0], [3.0, 0.5, 7.0, 1.0]]), "train")

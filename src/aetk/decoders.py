@@ -72,6 +72,9 @@ def check_support(decoder: nn.Module, y: torch.Tensor, name: str, latent_dim: in
     if base is D.constraints.boolean:  # as the built-in Bernoulli's, values in [0, 1] too
         base = D.constraints.unit_interval
         support = D.constraints.independent(base, dims) if dims else base
+    if isinstance(base, D.constraints._Multinomial):  # its log_prob takes counts of any
+        base = D.constraints.nonnegative_integer  # total: not only its total_count's
+        support = D.constraints.independent(base, dims + 1)
     y = y.to(z.device)
     try:
         inside = support.check(y).reshape(len(y), -1).all(-1)
