@@ -144,6 +144,18 @@ def test_penalties_reuse_the_losss_encoder_pass():
     assert len(calls) == 1
 
 
+def test_penalties_reuse_the_encoder_pass_of_image_rows():
+    """Rows (n, 1, 8, 8) for a model of 64 features: the loss encoded them reshaped to
+    (n, 64), the penalty as given, a second encoder pass (another input mask for a
+    denoising encoder)."""
+    model, x = _vae(), digits(n=16)[0]
+    calls = []
+    model.encoder.network.register_forward_hook(lambda m, args, out: calls.append(args[0]))
+    with penalized(model, [aetk.MinVariance(sigma_min=2.0)]):
+        model.loss(x.reshape(16, 1, 8, 8))
+    assert len(calls) == 1 and torch.equal(calls[0], x)
+
+
 def test_a_copy_or_pickle_made_while_penalised_is_the_plain_model():
     """A callback's deep copy and a pickle of the whole model, made during fit with a
     penalty: the copy has the class's loss, trains on its own without penalty terms, and

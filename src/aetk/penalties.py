@@ -127,8 +127,9 @@ def _record(module: nn.Module, args: tuple, output: Any) -> None:
 
 
 def _input(model: Model, x: Any) -> Any:
-    """`x` as the model's methods convert it; as given for a stand-in without `as_input`."""
-    convert = getattr(model, "as_input", None)
+    """`x` as the model's methods and loss convert it (image rows reshaped too, or the
+    loss's encoder pass is not the penalties'); as given for a stand-in without them."""
+    convert = getattr(model, "checked_input", None) or getattr(model, "as_input", None)
     return x if convert is None else convert(x)
 
 
