@@ -1152,3 +1152,36 @@ def test_a_plain_normal_encoder_is_one_event_per_sample() -> None:
     torch.testing.assert_close(plain.result, wrapped.result)
     vamp = aetk.VampPrior(PlainNormalEncoder(), _gaussian_decoder(), n_components=2).double()
     assert torch.isfinite(vamp.loss(x).loss)
+
+
+class _PerCoordinateVAE(aetk.VAE):
+    """A user's loss written for its encoder's plain Normal: log q per coordinate, summed."""
+
+    def loss(self, x, target=None):
+        q = self.encoder(x)
+        z = q.rsample()
+        log_q = q.log_prob(z).sum(-1)
+        log_p = D.Normal(0.0, 1.0).log_prob(z).sum(-1)
+        rec = -aetk.distributions.log_prob(self.decoder(z), x)
+        kl = D.kl_divergence(q, D.Normal(torch.zeros_like(z), 1.0)).sum(-1)
+        return aetk.LossOutput((rec + log_q - log_p).mean(), {"kl": kl.mean()})
+
+
+def test_the_users_encoder_module_still_returns_its_own_distribution() -> None:
+    """The models read a plain Normal as one event, but the user's module is not changed:
+    a forward hook once made it return an Independent everywhere, so a user's loss that
+    summed q.log_prob(z) over coordinates summed over the batch (6.15 became -8.67) and
+    its KL to a plain Normal raised NotImplementedError."""
+    x = torch.from_numpy(X01)
+    encoder = PlainNormalEncoder()
+    model = _PerCoordinateVAE(encoder, _gaussian_decoder())
+    assert type(encoder(x)) is D.Normal and type(model.encoder(x)) is D.Normal
+    torch.manual_seed(0)
+    loss = model.loss(x)
+    torch.manual_seed(0)
+    q = encoder(x)
+    z = q.rsample()
+    expected = (-aetk.distributions.log_prob(model.decoder(z), x) + q.log_prob(z).sum(-1)
+                - D.Normal(0.0, 1.0).log_prob(z).sum(-1)).mean()
+    torch.testing.assert_close(loss.loss, expected)
+    assert isinstance(model.encode(x), D.Independent)

@@ -20,6 +20,15 @@ def log_prob(dist: D.Distribution, x: torch.Tensor) -> torch.Tensor:
     return lp.reshape(lp.shape[0], -1).sum(-1) if lp.dim() > 1 else lp
 
 
+def one_event(q: object) -> object:
+    """A posterior as the models read it: a user's plain univariate distribution of batch
+    shape `(B, d)` (a `Normal(mu, sigma)`) as one d-dimensional event, `Independent(q, 1)`,
+    so that `log_prob(z)` is per sample, `(B,)`; any other output as it is."""
+    if isinstance(q, D.Distribution) and q.event_shape == () and len(q.batch_shape) > 1:
+        return D.Independent(q, 1)
+    return q
+
+
 def mean(dist: D.Distribution | torch.Tensor, like: torch.Tensor | None = None,
          total_count: torch.Tensor | float | None = None) -> torch.Tensor:
     """The decoder's point prediction: the mean, or the mode for a categorical; a

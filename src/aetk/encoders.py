@@ -21,16 +21,6 @@ from .nets import (
 )
 
 
-def as_one_event(module: nn.Module, args: tuple, out: object) -> D.Independent | None:
-    """A forward hook for a user's encoder: a plain univariate distribution of batch shape
-    `(B, d)` (a `Normal(mu, sigma)`) as one d-dimensional event, `Independent(out, 1)`, so
-    that its `log_prob(z)` is per sample, `(B,)`, as every model reads it; any other
-    output is kept (None)."""
-    if isinstance(out, D.Distribution) and out.event_shape == () and len(out.batch_shape) > 1:
-        return D.Independent(out, 1)
-    return None
-
-
 class _Encoder(nn.Module):
     """Holds the network and the sizes. `network` maps x to `out_per_latent * latent_dim`
     outputs; without it an MLP `in -> hidden -> out` that flattens its input is built from

@@ -24,7 +24,7 @@ import torch
 import torch.distributions as D
 from torch import nn
 
-from .distributions import mean
+from .distributions import mean, one_event
 from .models.base import LossOutput, Model, check_loss_output
 from .validate import positive_int
 
@@ -146,7 +146,7 @@ def encoded(model: Model, x: torch.Tensor) -> Any:
         key = _key(x)
         for module, inputs, k, output in calls:
             if module is model.encoder and inputs is x and k == key:
-                return output
+                return one_event(output)
     return model.encode(x)
 
 

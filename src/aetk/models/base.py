@@ -21,9 +21,9 @@ from ..distributions import (
     kl_to_standard_normal,
     log_importance_weights,
     mean,
+    one_event,
     standard_normal_log_prob,
 )
-from ..encoders import _Encoder, as_one_event
 from ..nets import Conditioned, LogInputs, attribute_set, evaluating
 
 if TYPE_CHECKING:
@@ -148,10 +148,6 @@ class Model(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
-        if (isinstance(encoder, nn.Module) and not isinstance(encoder, _Encoder)
-                and as_one_event not in encoder._forward_hooks.values()):
-            # a user's plain Normal: log q(z|x) per sample, not per coordinate
-            encoder.register_forward_hook(as_one_event)
         self.latent_dim: int = encoder.latent_dim
         self.input_shape = getattr(encoder, "input_shape", None)
         self.n_conditions: int = getattr(encoder, "n_conditions", 0)
@@ -290,7 +286,13 @@ class Model(nn.Module):
     @takes_data
     def encode(self, x: torch.Tensor) -> Any:
         """q(z|x): a distribution (a tensor for deterministic encoders)."""
-        return self.encoder(x)
+        return self.posterior(x)
+
+    def posterior(self, x: torch.Tensor) -> Any:
+        """q(z|x) as the losses read it, for inputs already converted: the encoder's output,
+        a user's plain `Normal` of batch shape (B, d) as one event per sample (`one_event`;
+        the user's module itself still returns its own)."""
+        return one_event(self.encoder(x))
 
     @takes_data
     def decode(self, z: torch.Tensor) -> Any:

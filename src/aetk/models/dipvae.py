@@ -52,7 +52,7 @@ class DIPVAE(VAE):
         return cov + torch.diag(q.variance.mean(0))
 
     def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
-        q = self.encoder(x)
+        q = self.posterior(x)
         rec, _ = self.reconstruction(q, x if target is None else target)
         kl = kl_to_standard_normal(q).mean()
         cov = self.covariance(q)

@@ -71,7 +71,7 @@ class FactorVAE(VAE):
         return (logits[:, JOINT] - logits[:, PRODUCT]).mean()
 
     def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
-        q = self.encoder(x)
+        q = self.posterior(x)
         rec, z = self.reconstruction(q, x if target is None else target)
         kl = kl_to_standard_normal(q).mean()
         tc = self.total_correlation(z)
@@ -108,7 +108,7 @@ class FactorVAE(VAE):
         if len(x) < 2:  # no second half to permute
             return out
         with torch.no_grad():
-            z = self.encoder(x).sample()
+            z = self.posterior(x).sample()
         # zero_grad also drops what the VAE's backward left in the discriminator
         opt_disc.zero_grad(set_to_none=True)
         disc_loss, accuracy = self.discriminator_loss(*z.tensor_split(2))

@@ -126,7 +126,7 @@ class HVAE(Model):
                        gaussian_log_prob((gamma * gamma).sum(-1), 0.0, d))
 
     def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
-        q = self.encoder(x)
+        q = self.posterior(x)
         z0 = q.rsample()
         # Exact outer gradients need a differentiable force whenever anyone may backpropagate.
         end = self._flow_from(z0, x if target is None else target,
@@ -138,7 +138,7 @@ class HVAE(Model):
     def posterior_sample(self, x: torch.Tensor) -> torch.Tensor:
         """z_K: a draw of `q(z|x)` moved by the tempered flow for x (the model's posterior
         approximation, not the encoder's)."""
-        return self._flow_from(self.encoder(x).rsample(), x, torch.is_grad_enabled()).z
+        return self._flow_from(self.posterior(x).rsample(), x, torch.is_grad_enabled()).z
 
     def importance_log_weights(self, q, target: torch.Tensor, n: int) -> torch.Tensor:
         """The flow's importance weights: `z_0 ~ q(z|x)` and the momentum, then the flow

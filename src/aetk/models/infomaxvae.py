@@ -51,7 +51,7 @@ class InfoMaxVAE(VAE):
         return self.critic(x, z).mean() - torch.exp(self.critic(x, shuffled) - 1).mean()
 
     def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
-        q = self.encoder(x)
+        q = self.posterior(x)
         rec, z = self.reconstruction(q, x if target is None else target)
         kl = kl_to_standard_normal(q).mean()
         mi = self.mutual_info(x, z)
@@ -76,7 +76,7 @@ class InfoMaxVAE(VAE):
         opt_vae.step()
         # The critic sees a fresh z and moves alone: no gradient reaches the encoder.
         with torch.no_grad():
-            z = self.encoder(x).sample()
+            z = self.posterior(x).sample()
         opt_critic.zero_grad(set_to_none=True)
         critic_loss = -self.mutual_info(x, z)
         critic_loss.backward()

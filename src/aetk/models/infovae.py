@@ -47,7 +47,7 @@ class InfoVAE(VAE):
         check_mmd_options(kernel, scales, n_prior_samples)
 
     def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
-        q = self.encoder(x)
+        q = self.posterior(x)
         rec, z = self.reconstruction(q, x if target is None else target)
         kl = kl_to_standard_normal(q).mean()
         d = mmd_to_standard_normal(z, self.kernel, self.scales, self.unbiased,

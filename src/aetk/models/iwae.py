@@ -39,7 +39,7 @@ class IWAE(Model):
                     ) -> tuple[torch.Tensor, LossOutput]:
         """`q(z|x)`'s `n_groups x n_samples` draws: their log weights `(M, K, B)`, and a
         `LossOutput` with the terms (its loss still to be set)."""
-        q = self.encoder(x)
+        q = self.posterior(x)
         m, k = self.n_groups, self.n_samples
         log_lik, log_w = log_importance_weights(q, self.decoder, x if target is None else target,
                                                 q.rsample((m * k,)))

@@ -329,7 +329,7 @@ class RHVAE(Model):
 
     def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
         metric = self.live_metric()
-        q = self.encoder(x)
+        q = self.posterior(x)
         z0 = q.rsample()
         # Exact outer gradients need a differentiable force whenever anyone may backpropagate.
         end = self._flow_from(z0, x if target is None else target, metric,
@@ -341,7 +341,7 @@ class RHVAE(Model):
     def posterior_sample(self, x: torch.Tensor) -> torch.Tensor:
         """z_K: a draw of `q(z|x)` moved by the flow for x under the frozen metric (the
         model's posterior approximation, not the encoder's)."""
-        return self._flow_from(self.encoder(x).rsample(), x, self.frozen_metric(),
+        return self._flow_from(self.posterior(x).rsample(), x, self.frozen_metric(),
                                torch.is_grad_enabled()).z
 
     def importance_log_weights(self, q, target: torch.Tensor, n: int) -> torch.Tensor:

@@ -64,7 +64,7 @@ class BetaTCVAE(Model):
         if n == 0:
             raise RuntimeError("the BetaTCVAE needs the training set size: train it with "
                                "aetk.fit, or give dataset_size")
-        q = self.encoder(x)
+        q = self.posterior(x)
         check_diagonal(q, "beta-TCVAE")
         z = q.rsample()
         rec = -log_prob(self.decoder(z), x if target is None else target).mean()

@@ -53,7 +53,7 @@ class VAE(Model):
         return -log_lik_of_draws(self.decoder, x, z).mean(), z[0]
 
     def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
-        q = self.encoder(x)
+        q = self.posterior(x)
         rec, _ = self.reconstruction(q, x if target is None else target)
         kl = kl_to_standard_normal(q).mean()  # exact for a full covariance too
         terms = {"reconstruction": rec, "kl": kl}

@@ -64,13 +64,13 @@ class VampPrior(Model):
         distinct row); otherwise R = 1, shared by every row."""
         c = self.conditions()
         if c is None:
-            q = self.encoder(self.pseudo_inputs)
+            q = self.posterior(self.pseudo_inputs)
             check_diagonal(q, "VampPrior")
             return q.mean[None], q.stddev[None]
         k = len(self.pseudo_inputs)
         distinct, row = torch.unique(c, dim=0, return_inverse=True)
         with self.given(distinct.repeat_interleave(k, 0)):
-            q = self.encoder(self.pseudo_inputs.repeat(len(distinct),
+            q = self.posterior(self.pseudo_inputs.repeat(len(distinct),
                                                        *[1] * len(self.input_shape)))
         check_diagonal(q, "VampPrior")
         d = q.mean.shape[-1]
@@ -92,7 +92,7 @@ class VampPrior(Model):
         return q.log_prob(z) - self.prior_log_prob(z)
 
     def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
-        q = self.encoder(x)
+        q = self.posterior(x)
         z = q.rsample()
         rec = -log_prob(self.decoder(z), x if target is None else target).mean()
         kl = (q.log_prob(z) - self.prior_log_prob(z)).mean()
