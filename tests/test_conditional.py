@@ -406,6 +406,32 @@ def test_forgotten_conditions_say_how_to_give_them():
     np.testing.assert_array_equal(model.embed(x, conditions=c), inside)
 
 
+def test_data_of_other_rows_than_the_given_conditions_are_refused_naming_both():
+    """`with model.given(c[:2]): aetk.log_marginal(model, x)` with x of 6 rows ran: the
+    networks read 6 rows under 2 conditions as 3 sample-major stacks, rows 2..5 under the
+    conditions of rows 0 and 1 (and 5 rows failed inside the network). Each method that
+    takes data now says so up front; conditions of one row still apply to all rows, and
+    embed inside given(c) reads c's rows batch by batch."""
+    model = _build(k=K).eval()
+    x = torch.rand(B, 64)
+    c = torch.as_tensor(C, dtype=torch.float32)
+    calls = {"log_marginal": lambda: aetk.log_marginal(model, x, n_samples=2),
+             "embed": lambda: model.embed(x), "encode": lambda: model.encode(x),
+             "latent_mean": lambda: model.latent_mean(x=x),
+             "reconstruct": lambda: model.reconstruct(x), "loss": lambda: model.loss(x)}
+    for name, call in calls.items():
+        with model.given(c[:2]), pytest.raises(
+                ValueError, match=rf"{name} got x of 6 rows, but model\.given\(c\) holds "
+                                  r"conditions for 2 rows: give c one row per row of x \(6, 3\)"):
+            call()
+    with model.given(c[0]):  # one row for all
+        assert model.encode(x).mean.shape == (B, 2)
+    with model.given(c):
+        np.testing.assert_allclose(model.embed(x, batch_size=4),
+                                   model.embed(x, conditions=c), rtol=1e-6)
+        model.loss(x)
+
+
 def test_given_takes_conditions_as_a_dataframe_or_a_list_of_rows():
     """model.given(DataFrame of covariates) failed with torch's "could not determine the
     shape of object type 'DataFrame'", and a list of one-hot row tensors with "only one

@@ -55,6 +55,7 @@ def log_marginal(model: Model, x: Any, n_samples: int = 100, chunk: int = 8192,
                          f"{model.n_conditions}) of x's rows")
     frames = x, target
     x = model.checked_input(model.as_data(x))  # as fit and encode take it: integers too
+    model.check_condition_rows(x, "log_marginal")
     target = None if target is None else model.as_target(target)
     # as fit checks it: data outside the likelihood's support gets a finite, wrong score
     with validate.labelled(*frames):

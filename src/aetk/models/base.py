@@ -90,6 +90,8 @@ def takes_data(method: Callable[..., Any]) -> Callable[..., Any]:
             args = (getattr(self, convert)(args[0]), *args[1:])
         elif first in kwargs:
             kwargs[first] = getattr(self, convert)(kwargs[first])
+        if convert == "checked_input" and self._condition_rows > 1 and (args or first in kwargs):
+            self.check_condition_rows(args[0] if args else kwargs[first], method.__name__)
         return method(self, *args, **kwargs)
 
     converted.takes_data = True
@@ -113,6 +115,8 @@ def takes_loss_data(loss: Callable[..., Any]) -> Callable[..., Any]:
         for name, convert in zip(names[len(args):], converters[len(args):], strict=False):
             if kwargs.get(name) is not None:
                 kwargs[name] = getattr(self, convert)(kwargs[name])
+        if self._condition_rows > 1 and (args or names[0] in kwargs):
+            self.check_condition_rows(args[0] if args else kwargs[names[0]], "loss")
         return loss(self, *args, **kwargs)
 
     converted.takes_data = True
@@ -135,6 +139,7 @@ class Model(nn.Module):
     """
 
     build_spec: dict[str, Any] | None = None  # set by build_model, lets save/load rebuild it
+    _condition_rows = 0  # the rows of the conditions of the innermost `given` block
 
     def __getstate__(self) -> dict[str, Any]:
         """The module's state without a transient instance `loss` (`aetk.penalized`'s): a
@@ -274,8 +279,20 @@ class Model(nn.Module):
         c = c[None] if c.dim() == 1 else c
         validate.check_conditions(c, self.n_conditions, "conditions")
         with attribute_set([m for m in self.modules() if isinstance(m, Conditioned)],
-                           "conditions", c):
+                           "conditions", c), attribute_set([self], "_condition_rows", len(c)):
             yield self
+
+    def check_condition_rows(self, x: Any, name: str) -> None:
+        """ValueError unless the data `x` given to the method `name` has a row for each row
+        of the conditions set by `given` (or these are one row, for all): the networks
+        would read more rows as draws stacked sample-major, each row of x under the wrong
+        conditions."""
+        m = self._condition_rows
+        if m > 1 and isinstance(x, torch.Tensor) and x.dim() and len(x) != m:
+            k = self.n_conditions
+            raise ValueError(f"{name} got x of {len(x)} rows, but model.given(c) holds "
+                             f"conditions for {m} rows: give c one row per row of x "
+                             f"({len(x)}, {k}), or one row ({k},) for all of them")
 
     def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> LossOutput:
         """The objective for the inputs `x`, whose likelihood term scores `target`: `x`
@@ -334,7 +351,7 @@ class Model(nn.Module):
         number type, on any device) as a numpy array `(N, latent_dim)`: cast to the model's
         dtype and device, in batches, without gradients, in evaluation mode (no input noise
         or dropout; the model's mode is put back). A conditional model takes each row's
-        `conditions (N, k)`."""
+        `conditions (N, k)`, or those of the `given(c)` block it is called in."""
         batch_size = validate.positive_int(batch_size, "batch_size")
         param = self._first_parameter()
         frame = x
@@ -344,6 +361,9 @@ class Model(nn.Module):
             with validate.labelled(frame):  # the shape, and no NaN codes
                 validate.check_finite(x, "embed", self.input_shape)
         c = None if conditions is None else validate.as_tensor(conditions, param.dtype)
+        if c is None and self._condition_rows > 1:  # the block's rows, batch by batch
+            self.check_condition_rows(x, "embed")
+            c = self.conditions()
         if c is None and self.n_conditions and self.conditions() is None:
             raise ValueError(f"this {type(self).__name__} is conditional: give each row's "
                              f"conditions, model.embed(x, conditions=c) with c ({len(x)}, "
