@@ -1368,6 +1368,31 @@ def test_a_plain_function_is_a_batch_sampler():
         _fit(_build(), train, epochs=1, batch_sampler=torch_sampler)
 
 
+def test_a_checkpoint_resumes_only_with_the_batch_sampler_of_the_same_code(tmp_path):
+    """The fingerprint held only a function's name, so a checkpoint written with one lambda
+    resumed with any other (`<lambda>`); it now holds a hash of the code, constants and
+    closure: another lambda, or the same code closing over another batch size, is a
+    CheckpointMismatch, and the same code (another object) resumes."""
+    train, _ = _digits(n_train=200)
+    path = tmp_path / "ckpt.pt"
+
+    def by(size):
+        return lambda g: torch.randperm(200, generator=g).split(size)
+
+    first = _fit(_build(), train, epochs=1, checkpoint=path,
+                 batch_sampler=lambda g: torch.randperm(200, generator=g).split(64))
+    for other in (lambda g: torch.arange(200).split(64), by(50)):
+        with pytest.raises(aetk.CheckpointMismatch, match="batch_sampler_code"):
+            _fit(_build(), train, epochs=2, checkpoint=path, batch_sampler=other)
+    resumed = _fit(_build(), train, epochs=2, checkpoint=path,
+                   batch_sampler=lambda g: torch.randperm(200, generator=g).split(64))
+    assert len(resumed) == 2
+    pd.testing.assert_frame_equal(resumed.iloc[:1], first)
+    _fit(_build(), train, epochs=1, checkpoint=tmp_path / "by.pt", batch_sampler=by(64))
+    assert len(_fit(_build(), train, epochs=2, checkpoint=tmp_path / "by.pt",
+                    batch_sampler=by(64))) == 2
+
+
 class _TensorLoss(aetk.VAE):
     """A user's loss returning the bare scalar."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import inspect
 import io
 import math
@@ -15,6 +16,7 @@ import numbers
 import os
 import re
 import time
+import types
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -682,6 +684,54 @@ def _fingerprint(model: Model, n_train: int, batch_size: int, lr: float, seed: i
             "n_train": n_train, "batch_size": batch_size, "lr": lr, "seed": seed}
 
 
+def _code_digest(fn: Callable[..., Any]) -> str:
+    """A hash of what the function `fn` computes: its bytecode, names and constants (nested
+    functions' too), and its defaults' and closure's values (numbers, strings and tuples
+    of them; other objects by their type); for a callable object, its class's `__call__`;
+    for a `functools.partial`, its function and arguments. Two lambdas share a name, and a
+    checkpoint of one must not resume with the other."""
+    parts: list[str] = []
+    while isinstance(fn, functools.partial):
+        parts.append(_plain((fn.args, tuple(sorted(fn.keywords.items())))))
+        fn = fn.func
+    fn = getattr(fn, "__func__", fn)  # a bound method's function
+    if not hasattr(fn, "__code__"):
+        fn = getattr(type(fn).__call__, "__func__", type(fn).__call__)
+    code = getattr(fn, "__code__", None)
+    if code is None:  # a builtin: its name is all there is
+        return getattr(fn, "__qualname__", type(fn).__qualname__)
+    cells = []
+    for cell in fn.__closure__ or ():
+        try:
+            cells.append(cell.cell_contents)
+        except ValueError:  # a cell not yet filled
+            cells.append(None)
+    parts += [_code_text(code), _plain(fn.__defaults__), _plain(fn.__kwdefaults__),
+              _plain(tuple(cells))]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def _code_text(code: types.CodeType) -> str:
+    """The bytecode, names and constants of `code` (and of the code objects among them)."""
+    consts = [_code_text(c) if isinstance(c, types.CodeType) else _plain(c)
+              for c in code.co_consts]
+    return f"{code.co_code.hex()} {code.co_names} {consts}"
+
+
+def _plain(value: Any) -> str:
+    """`repr(value)` for numbers, strings, None and containers of them; otherwise the
+    type's name (an address or a tensor's values would make the hash vary)."""
+    if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
+        return repr(value)
+    if isinstance(value, (tuple, list)):
+        return "(" + ", ".join(_plain(v) for v in value) + ")"
+    if isinstance(value, frozenset):  # set literals: their order varies with the hash seed
+        return "{" + ", ".join(sorted(_plain(v) for v in value)) + "}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(sorted(f"{_plain(k)}: {_plain(v)}" for k, v in value.items())) + "}"
+    return type(value).__qualname__
+
+
 def _digest(*batches: _Batches | None) -> str:
     """A hash of the tensors fit trains and validates on (data, conditions, targets); data
     streamed from a Dataset, not read twice to hash it, is left out."""
@@ -840,6 +890,8 @@ def fit(
             repr(batch_sampler) if isinstance(batch_sampler, LocalityBatches)
             else f"{getattr(batch_sampler, '__qualname__', type(batch_sampler).__name__)}, "
                  f"{batches.count()} batches of {getattr(batch_sampler, 'batch_size', '?')}")
+        if not isinstance(batch_sampler, LocalityBatches):
+            fingerprint["batch_sampler_code"] = _code_digest(batch_sampler)
     if batches.targets is not None:
         fingerprint["paired"] = True
     if schedulers:  # only when set, so that checkpoints without one keep their fingerprint
@@ -1116,10 +1168,11 @@ def _restore(path: Path, model: Model, optimizers: dict, schedulers: dict,
     """Load a checkpoint into the model and optimisers: its history, and whether a callback
     had stopped that run."""
     state = torch.load(path, map_location=device, weights_only=True)
-    # written before fit hashed its data, or recorded the cosine's span or the parts' classes:
-    # trusted
+    # written before fit hashed its data, or recorded the cosine's span, the parts' classes or
+    # the batch sampler's code: trusted
     fingerprint = {k: v for k, v in fingerprint.items()
-                   if k in state["fingerprint"] or k not in ("data", "cosine_epochs", "parts")}
+                   if k in state["fingerprint"]
+                   or k not in ("data", "cosine_epochs", "parts", "batch_sampler_code")}
     if state["fingerprint"] != fingerprint:
         old = state["fingerprint"]
         raise CheckpointMismatch(path, differences={
