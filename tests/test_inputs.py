@@ -2,6 +2,7 @@
 numpy arrays (any strides) and pandas DataFrames, cast to the model's dtype and device;
 tensors that already match pass through untouched, their gradients kept."""
 
+import inspect
 import warnings
 
 import numpy as np
@@ -393,6 +394,34 @@ def test_categorical_targets_keep_their_class_indices_in_the_loss():
     expected = model.loss(torch.as_tensor(x, dtype=torch.float32)).loss
     torch.manual_seed(1)
     assert torch.equal(model.loss(torch.as_tensor(x)).loss, expected)
+
+
+def test_a_users_loss_gets_its_arguments_beyond_x_and_target_untouched():
+    """A subclass's loss with arguments of its own after (x, target): only x and the target
+    are converted (by position or by name); the others, a numpy array of integers, a
+    tensor, a string, reach it as given (the same objects), positional, keyword-only or in
+    **kwargs, and its signature is kept."""
+    seen = {}
+
+    class Weighted(aetk.VAE):
+        def loss(self, x, target=None, weight=None, *rest, tag="t", **more):
+            seen.clear()
+            seen.update(x=x, target=target, weight=weight, rest=rest, tag=tag, more=more)
+            return super().loss(x, target)
+
+    torch.manual_seed(0)
+    built = _vae("vae", "bernoulli")
+    model = Weighted(built.encoder, built.decoder)
+    x = _binary().numpy()
+    w, e = np.arange(N), torch.arange(N)
+    model.loss(x, None, w, e, tag="u", other=w)
+    assert seen["x"].dtype == torch.float32 and seen["target"] is None
+    assert seen["weight"] is w and seen["rest"] == (e,) and seen["rest"][0] is e
+    assert seen["tag"] == "u" and seen["more"]["other"] is w
+    model.loss(x=x, target=x, weight=w)
+    assert seen["target"].dtype == torch.float32 and seen["weight"] is w
+    assert str(inspect.signature(Weighted.loss)) == (
+        "(self, x, target=None, weight=None, *rest, tag='t', **more)")
 
 
 # rows in another shape -----------------------------------------------------------------
