@@ -133,6 +133,12 @@ def test_a_tables_first_line_is_names_or_a_sample_as_said(tmp_path: Path) -> Non
     # a first sample of counts, its values distinct, above other counts: a sample
     np.savetxt(tmp_path / "c.csv", X, delimiter=",", fmt="%d")
     np.testing.assert_array_equal(data.read_file(tmp_path / "c.csv").x, X)
+    # a first sample of a few increasing or evenly spaced counts was refused as ambiguous
+    # (any three increasing integers were taken for names): about one random row in six
+    for first in ([1, 4, 7], [-1, 0, 1], [2, 3, 9], [400, 410, 420]):
+        rows = np.array([first, [2, 3, 5]])
+        np.savetxt(tmp_path / "s.csv", rows, delimiter=",", fmt="%d")
+        np.testing.assert_array_equal(data.read_file(tmp_path / "s.csv").x, rows)
     # header=False reads a first line of names as a sample: its strings are refused
     pd.DataFrame(X, columns=list("abcdef")).to_csv(tmp_path / "named.csv", index=False)
     with pytest.raises(ValueError, match="non-numeric columns"):

@@ -1380,8 +1380,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "labels")
     p.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
                    help="whether a .csv/.tsv file's first line holds column names (default: "
-                   "unless it is all numbers; a first line of increasing integers, such as "
-                   "0,1,2,..., must be said)")
+                   "unless it is all numbers; a first line of numbers that may be names, such as "
+                   "0,1,2,... or a grid of wavelengths, must be said)")
     p.add_argument("--n-samples", type=positive, help="use a seeded random subset of at most "
                    "this size (all samples, with a warning, when the data set has fewer; the "
                    "number generated for swissroll/scurve)")

@@ -324,20 +324,23 @@ def _decimal_commas(table: Any, path: Path, sep: str) -> None:
 
 
 def _names_like(fields: list[str], below: list[str]) -> bool:
-    """A first line of numbers that may as well be column names: 0,1,2,... (pandas' names
-    of unnamed columns), at least three increasing integers (wavelengths, times, which a
-    sample seldom is), distinct integers above a line with fractions (`below`), or at
-    least three evenly spaced numbers, up or down (a grid of wavelengths or times in any
-    format: 400.5,401.0,401.5 or 0.0,0.1,0.2)."""
+    """A first line of numbers that may as well be column names: 0,1,2,... or 1,2,3,...
+    (pandas' names of unnamed columns), a grid of at least three evenly spaced fractions
+    (times, wavelengths: 400.5,401.0,401.5 or 0.3,0.2,0.1) or five evenly spaced integers
+    (400,410,...,440), or distinct integers above a line with fractions (`below`: gene
+    ids). A first sample seldom is any of them, but a few counts increasing (1,4,7) often
+    are, and are read as one; 0 or 0,1 (one or two unnamed columns) stay ambiguous."""
     import re
 
+    integers = all(re.fullmatch(r"[+-]?\d+", v) for v in fields)
     if _evenly_spaced(fields):
-        return True
-    if not all(re.fullmatch(r"[+-]?\d+", v) for v in fields):
+        values = [float(v) for v in fields]
+        return (not integers or len(fields) >= 5
+                or (values[0] in (0, 1) and values[1] - values[0] == 1))
+    if not integers:
         return False
     values = [int(v) for v in fields]
-    return (values == list(range(len(values)))
-            or (len(values) >= 3 and bool(np.all(np.diff(values) > 0)))
+    return (values == list(range(len(values)))  # 0 or 0,1: pandas' names, or a sample
             or (len(set(values)) == len(values) > 1
                 and any(not re.fullmatch(r"[+-]?\d*", v.strip()) for v in below)))
 
@@ -587,7 +590,7 @@ def read_file(path: str | Path, *, key: str | None = None, labels: str | None = 
     path of a ``.npy``/``.txt`` file with one label per sample.
     ``header`` says whether a table's first line holds column names; by default it does
     unless it is all numbers, and a first line of numbers that may be names (``0,1,2,...``,
-    increasing integers, evenly spaced numbers) is an error.
+    a grid of evenly spaced numbers) is an error.
     """
     path = Path(path)
     if not path.exists():
