@@ -17,7 +17,7 @@ from torch import distributions as D
 from torch import nn
 
 from . import validate
-from .nets import Conditioned, conv_decoder, image_layout, mlp, numel, resolve_shape
+from .nets import Conditioned, conv_decoder, evaluating, image_layout, mlp, numel, resolve_shape
 
 LOG_SIGMA_RANGE = (-6.0, 4.0)
 """Learned Gaussian log standard deviations are clamped here: below -6 the likelihood
@@ -51,16 +51,11 @@ def check_support(decoder: nn.Module, y: torch.Tensor, name: str, latent_dim: in
     param = next(decoder.parameters(), None)
     z = torch.zeros(1, latent_dim, dtype=y.dtype if param is None else param.dtype,
                     device=None if param is None else param.device)
-    modes = [(m, m.training) for m in decoder.modules()]  # each put back as it was
-    decoder.eval()  # no batch-norm statistics moved, no dropout
     try:
-        with torch.no_grad():
+        with evaluating(decoder), torch.no_grad():  # no batch-norm statistics moved
             dist = decoder(z)
-    except Exception:
+    except Exception:  # the first training step shows the decoder's own error
         return
-    finally:
-        for m, training in modes:
-            m.training = training
     if not isinstance(dist, D.Distribution):
         return
     support = dist.support
