@@ -7,6 +7,7 @@ import functools
 import json
 import pickle
 import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -1470,6 +1471,34 @@ def test_a_checkpoint_of_parts_of_other_classes_is_refused(tmp_path):
     _fit(_vae_of(aetk.BernoulliDecoder), x, epochs=1, checkpoint=ckpt)
     with pytest.raises(aetk.CheckpointMismatch, match="parts"):
         _fit(_vae_of(aetk.GaussianDecoder), x, epochs=2, checkpoint=ckpt)
+
+
+def _decoder_class_in(module):
+    """A decoder class `MyDecoder` as defined in `module`: `__main__` for a script's."""
+    cls = type("MyDecoder", (aetk.GaussianDecoder,), {"__module__": module})
+    cls.__qualname__ = "MyDecoder"
+    return cls
+
+
+def test_parts_of_a_class_that_moved_module_load_and_resume(tmp_path):
+    """A decoder class defined in a script (`__main__:MyDecoder`), later imported from its
+    module (`mymod:MyDecoder`), was refused by load(into=...) ("saved with parts of other
+    classes") and by a checkpoint's fingerprint: parts compare by their class's qualified
+    name (another name, Bernoulli for Gaussian, is still refused: the tests above)."""
+    script, module = _decoder_class_in("__main__"), _decoder_class_in("mymod")
+    saved = _vae_of(script)
+    saved.save(tmp_path / "model")
+    loaded = aetk.load(tmp_path / "model", into=_vae_of(module, seed=1))
+    assert type(loaded.decoder) is module
+    for a, b in zip(loaded.state_dict().values(), saved.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    x = _digits(n_train=64)[0][:, :4]
+    _fit(_vae_of(script), x, epochs=1, checkpoint=tmp_path / "ckpt.pt")
+    shutil.copy(tmp_path / "ckpt.pt", tmp_path / "same.pt")
+    history = _fit(_vae_of(module), x, epochs=2, checkpoint=tmp_path / "ckpt.pt")
+    same = _fit(_vae_of(script), x, epochs=2, checkpoint=tmp_path / "same.pt")
+    pd.testing.assert_frame_equal(history.drop(columns="seconds"), same.drop(columns="seconds"))
+    assert len(history) == 2
 
 
 class _RecordsTensors:

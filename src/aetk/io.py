@@ -13,7 +13,7 @@ import torch
 from . import __version__, storage
 from .devices import resolve_device
 from .models.base import Model
-from .train import annealed_values, part_classes, save_atomic
+from .train import annealed_values, part_classes, same_class, save_atomic
 
 CONFIG, WEIGHTS, HISTORY = "config.json", "weights.pt", "history.tsv"
 
@@ -178,7 +178,7 @@ def _check_parts(model: Model, parts: dict[str, str], path: Path, advice: str) -
     check): weights of the same shapes would load into a decoder of another likelihood."""
     here = part_classes(model)
     diff = [f"{k}: {v}{_class_note(v)} saved, {here.get(k, 'none')} here"
-            for k, v in parts.items() if here.get(k) != v]
+            for k, v in parts.items() if not same_class(v, here.get(k))]
     if diff:
         raise ValueError(f"{path} was saved with parts of other classes ({'; '.join(diff)}): "
                          f"{advice}")

@@ -677,6 +677,15 @@ def part_classes(model: nn.Module) -> dict[str, str]:
             for name, m in model.named_children()}
 
 
+def same_class(saved: str | None, here: str | None) -> bool:
+    """Whether two of `part_classes`'s names are one class: by the qualified name, so that
+    a class defined in a script (`__main__:MyDecoder`) and later imported from its module
+    (`mymod:MyDecoder`) is the same one; another name (a Bernoulli decoder for a Gaussian
+    one) is not."""
+    return saved == here or (saved is not None and here is not None
+                             and saved.partition(":")[2] == here.partition(":")[2])
+
+
 def _fingerprint(model: Model, n_train: int, batch_size: int, lr: float, seed: int) -> dict:
     return {"class": type(model).__name__, "parts": part_classes(model),
             "build_spec": model.build_spec,
@@ -1173,8 +1182,12 @@ def _restore(path: Path, model: Model, optimizers: dict, schedulers: dict,
     fingerprint = {k: v for k, v in fingerprint.items()
                    if k in state["fingerprint"]
                    or k not in ("data", "cosine_epochs", "parts", "batch_sampler_code")}
-    if state["fingerprint"] != fingerprint:
-        old = state["fingerprint"]
+    old = state["fingerprint"]
+    parts = fingerprint.get("parts")
+    if parts is not None and old["parts"].keys() == parts.keys() and all(
+            same_class(v, parts[k]) for k, v in old["parts"].items()):
+        fingerprint["parts"] = old["parts"]  # the same classes, maybe from another module
+    if old != fingerprint:
         raise CheckpointMismatch(path, differences={
             k: (old.get(k), fingerprint.get(k))
             for k in {**old, **fingerprint} if old.get(k) != fingerprint.get(k)})
