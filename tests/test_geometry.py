@@ -200,8 +200,67 @@ def test_fisher_metrics_match_hand_formulas():
     F = torch.diag_embed(p) - p[..., :, None] * p[..., None, :]
     expected = torch.einsum("nmki,nmkl,nmlj->nij", J, F, J)
     torch.testing.assert_close(PullbackMetric(dec, "fisher")(z), expected, rtol=1e-7, atol=1e-10)
-    with pytest.raises(ValueError, match="no Fisher metric"):
-        PullbackMetric(lambda z: D.Independent(D.Gamma(z.exp(), 1.0), 1), "fisher")(z)
+    # a distribution without a KL divergence registered with torch has no Fisher metric
+    with pytest.raises(ValueError, match=r"no Fisher metric for StudentT.*kind='mean'"):
+        PullbackMetric(lambda z: D.Independent(D.StudentT(3.0, z, 1.0), 1), "fisher")(z)
+
+
+def test_kl_hessian_fisher_metric_equals_the_closed_forms(monkeypatch):
+    """The Hessian of KL(p_z || p_z') at z' = z, the fallback for families without a
+    closed form, gives the closed-form Fisher metric of a Gaussian with fixed sigma and
+    of a Bernoulli; those families keep their closed form (never the KL path)."""
+    from aetk.geometry import metrics
+
+    z = torch.randn(5, 2, dtype=f64)
+    eye = torch.eye(2, dtype=f64).expand(5, 2, 2)
+    decoders = (tiny_decoder(aetk.GaussianDecoder, seed=6, sigma=0.7),
+                tiny_decoder(aetk.BernoulliDecoder, seed=7))
+    for dec in decoders:
+        closed = PullbackMetric(dec, "fisher")(z)
+        assert closed.diagonal(dim1=-2, dim2=-1).min() > 1e-3
+        torch.testing.assert_close(metrics._kl_gram(dec, z, eye), closed, rtol=0, atol=1e-10)
+    monkeypatch.setattr(metrics, "_kl_gram", None)  # calling it now fails
+    for dec in decoders:
+        PullbackMetric(dec, "fisher")(z)
+
+
+def test_gamma_decoder_fisher_metric_from_the_kl_hessian():
+    """Independent(Gamma(alpha(z), beta(z))) has no closed form in PullbackMetric: its
+    KL-Hessian metric equals J^T F J with Gamma's Fisher information in (alpha, beta),
+    F = [[trigamma(alpha), -1/beta], [-1/beta, alpha/beta^2]], and Jacobians by jacrev;
+    its quadratic form, log volume gradient and connection agree with those of the hand
+    metric."""
+    from aetk.geometry.connection import christoffel_contract
+
+    torch.manual_seed(8)
+    net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 10)).double()
+
+    def params(z):
+        h = nn.functional.softplus(net(z)) + 0.5
+        return h[..., :5], h[..., 5:]
+
+    def hand(z):
+        J = torch.func.vmap(torch.func.jacrev(lambda y: torch.stack(params(y), -1)))(z)
+        a, b = params(z)
+        F = torch.stack([torch.stack([torch.special.polygamma(1, a), -1 / b], -1),
+                         torch.stack([-1 / b, a / b.square()], -1)], -2)
+        return torch.einsum("nmpi,nmpq,nmqj->nij", J, F, J)
+
+    metric = PullbackMetric(lambda z: D.Independent(D.Gamma(*params(z)), 1), "fisher")
+    z = torch.randn(6, 3, dtype=f64)
+    G, expected = metric(z), hand(z)
+    assert torch.equal(G, G.mT) and torch.linalg.eigvalsh(G).min() > 0
+    torch.testing.assert_close(G, expected, rtol=0, atol=1e-8)
+    v = torch.randn(6, 2, 3, dtype=f64)
+    torch.testing.assert_close(metric.quad(z, v),
+                               torch.einsum("nki,nij,nkj->nk", v, expected, v))
+    value, grad = metric.log_volume_and_grad(z)
+    reference = Metric(hand).log_volume_and_grad(z)
+    torch.testing.assert_close(value, reference[0])
+    torch.testing.assert_close(grad, reference[1])
+    u = torch.randn(6, 3, dtype=f64)
+    torch.testing.assert_close(christoffel_contract(metric, z, u),
+                               christoffel_contract(Metric(hand), z, u))
 
 
 

@@ -16,7 +16,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 from torch import distributions as D
-from torch.func import jvp, vjp, vmap
+from torch.func import grad, jvp, vjp, vmap
 
 from ..devices import resolve_device
 from ..validate import as_tensor, positive_int
@@ -193,6 +193,36 @@ def _base(dist: D.Distribution) -> D.Distribution:
     return dist
 
 
+# the families whose Fisher metric PullbackMetric writes in closed form
+_CLOSED_FISHER = (D.Bernoulli, D.Categorical, D.Multinomial, D.Poisson, D.NegativeBinomial,
+                  D.Normal)
+
+
+def _kl_gram(decoder: Callable[[Tensor], D.Distribution], z: Tensor, v: Tensor) -> Tensor:
+    """`(N, k, k)` Gram matrix `v_a^T G(z) v_b` of the Fisher-Rao pull-back of any decoder
+    whose distribution has a KL divergence registered with torch: `G(z)` is the Hessian
+    in z' of `KL(p(x|z) || p(x|z'))` at `z' = z` (the KL is `1/2 dz^T G dz` to second
+    order), one forward-over-reverse product per tangent direction on the whole batch,
+    so the decoder must treat samples independently."""
+    p = decoder(z)
+    try:
+        D.kl_divergence(p, p)
+    except NotImplementedError:
+        raise ValueError(
+            f"no Fisher metric for {type(_base(p)).__name__}: torch has no KL divergence "
+            "registered for it (torch.distributions.kl.register_kl); use kind='mean'"
+        ) from None
+
+    def kl_grad(y: Tensor) -> Tensor:
+        # p stays at z: only the second argument moves. Summed over the points, row n of
+        # the gradient is point n's own, and so is its directional derivative
+        return grad(lambda y: D.kl_divergence(p, decoder(y)).sum())(y)
+
+    hv = vmap(lambda u: jvp(kl_grad, (z,), (u,))[1])(v.transpose(0, 1))  # (k, N, d)
+    gram = torch.einsum("nbi,ani->nab", v, hv)
+    return 0.5 * (gram + gram.mT)  # symmetric up to rounding: make it exactly so
+
+
 class PullbackMetric(Metric):
     """The metric a decoder pulls back onto its latent space, for any decoder returning a
     torch distribution (or a tensor, taken as its mean).
@@ -206,7 +236,10 @@ class PullbackMetric(Metric):
       Poisson `F = rate`, Gaussian
       `diag(1/sigma^2, 2/sigma^2)` in (mu, sigma), negative binomial
       `F = r / (mu (mu + r))` in its mean mu, its dispersion r taken as constant in z
-      (`dispersion="sample"` decoders are refused).
+      (`dispersion="sample"` decoders are refused). Any other distribution (Gamma, Beta,
+      Laplace, ...) gets the Hessian in z' of `KL(p(x|z) || p(x|z'))` at `z' = z`, the
+      same metric, from torch's registered KL divergence (`_kl_gram`); one without a
+      registered KL is refused.
 
     Jacobian-vector products come from `torch.func.jvp` on the whole batch at once, one
     per tangent direction, so the decoder must treat samples independently (eval mode).
@@ -239,12 +272,7 @@ class PullbackMetric(Metric):
             return (base.logits,)
         if isinstance(base, D.Poisson):
             return (base.rate,)
-        if isinstance(base, D.NegativeBinomial):
-            return out.mean, base.total_count
-        raise ValueError(
-            f"no Fisher metric for {type(base).__name__}: use kind='mean' or a "
-            "Bernoulli, categorical, multinomial, Poisson, negative-binomial or Gaussian decoder"
-        )
+        return out.mean, base.total_count  # negative binomial: the others go to _kl_gram
 
     def _one(self, z: Tensor) -> D.Distribution | None:
         """The decoder's base distribution at the first point (None for a tensor)."""
@@ -258,10 +286,12 @@ class PullbackMetric(Metric):
     def _gram(self, z: Tensor, v: Tensor) -> Tensor:
         """`(N, k, k)` Gram matrix `v_a^T G(z) v_b` of `k` tangent vectors `v (N, k, d)`."""
         n, k, _ = v.shape
-        # vmap over the k directions shares the decoder's primal pass
-        primals, tangents = vmap(lambda u: jvp(self._params, (z,), (u,)))(v.transpose(0, 1))
         one = self._one(z) if self.kind == "fisher" else None
         family = None if one is None else type(one)
+        if family is not None and not issubclass(family, _CLOSED_FISHER):
+            return _kl_gram(self.decoder, z, v)
+        # vmap over the k directions shares the decoder's primal pass
+        primals, tangents = vmap(lambda u: jvp(self._params, (z,), (u,)))(v.transpose(0, 1))
         gram = z.new_zeros(n, k, k)
         for i, (p, u) in enumerate(zip(primals, tangents, strict=True)):
             p = p[0]
