@@ -203,6 +203,14 @@ def test_fisher_metrics_match_hand_formulas():
     # a distribution without a KL divergence registered with torch has no Fisher metric
     with pytest.raises(ValueError, match=r"no Fisher metric for StudentT.*kind='mean'"):
         PullbackMetric(lambda z: D.Independent(D.StudentT(3.0, z, 1.0), 1), "fisher")(z)
+    # nor one whose KL's Hessian is not its Fisher metric: Laplace's loc term came out 0,
+    # Uniform's and Pareto's G indefinite, Wishart's failed inside torch.autograd
+    for dec in (lambda z: D.Independent(D.Laplace(z, 1.0), 1),
+                lambda z: D.Independent(D.Uniform(z, z + 1), 1),
+                lambda z: D.Independent(D.Pareto(z.exp(), 2.0), 1),
+                lambda z: D.Wishart(4.0, scale_tril=torch.diag_embed(z.exp()))):
+        with pytest.raises(ValueError, match=r"no Fisher metric for \w+: .*kind='mean'"):
+            PullbackMetric(dec, "fisher")(z)
 
 
 def test_kl_hessian_fisher_metric_equals_the_closed_forms(monkeypatch):

@@ -197,6 +197,16 @@ def _base(dist: D.Distribution) -> D.Distribution:
 _CLOSED_FISHER = (D.Bernoulli, D.Categorical, D.Multinomial, D.Poisson, D.NegativeBinomial,
                   D.Normal)
 
+# families with a registered KL whose Hessian at z' = z is not their Fisher metric
+_NO_KL_HESSIAN = {
+    D.Laplace: "its KL has |loc - loc'|, whose second derivative at loc' = loc autograd "
+               "takes as 0",
+    D.Uniform: "its support moves with its parameters, so it has no Fisher information",
+    D.Pareto: "its support moves with its parameters, so it has no Fisher information",
+    D.Wishart: "torch's KL for it (the generic exponential-family one) calls torch.autograd, "
+               "which torch.func cannot differentiate",
+}
+
 
 def _kl_gram(decoder: Callable[[Tensor], D.Distribution], z: Tensor, v: Tensor) -> Tensor:
     """`(N, k, k)` Gram matrix `v_a^T G(z) v_b` of the Fisher-Rao pull-back of any decoder
@@ -205,12 +215,16 @@ def _kl_gram(decoder: Callable[[Tensor], D.Distribution], z: Tensor, v: Tensor) 
     order), one forward-over-reverse product per tangent direction on the whole batch,
     so the decoder must treat samples independently."""
     p = decoder(z)
+    name = type(_base(p)).__name__
+    for family, why in _NO_KL_HESSIAN.items():
+        if isinstance(_base(p), family):
+            raise ValueError(f"no Fisher metric for {name}: {why}; use kind='mean'")
     try:
         D.kl_divergence(p, p)
     except NotImplementedError:
         raise ValueError(
-            f"no Fisher metric for {type(_base(p)).__name__}: torch has no KL divergence "
-            "registered for it (torch.distributions.kl.register_kl); use kind='mean'"
+            f"no Fisher metric for {name}: torch has no KL divergence registered for it "
+            "(torch.distributions.kl.register_kl); use kind='mean'"
         ) from None
 
     def kl_grad(y: Tensor) -> Tensor:
@@ -239,7 +253,8 @@ class PullbackMetric(Metric):
       (`dispersion="sample"` decoders are refused). Any other distribution (Gamma, Beta,
       Laplace, ...) gets the Hessian in z' of `KL(p(x|z) || p(x|z'))` at `z' = z`, the
       same metric, from torch's registered KL divergence (`_kl_gram`); one without a
-      registered KL is refused.
+      registered KL, or whose KL's Hessian is not its Fisher metric (Laplace, Uniform,
+      Pareto, Wishart), is refused.
 
     Jacobian-vector products come from `torch.func.jvp` on the whole batch at once, one
     per tangent direction, so the decoder must treat samples independently (eval mode).
