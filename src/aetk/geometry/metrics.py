@@ -251,7 +251,7 @@ class PullbackMetric(Metric):
       `diag(1/sigma^2, 2/sigma^2)` in (mu, sigma), negative binomial
       `F = r / (mu (mu + r))` in its mean mu, its dispersion r taken as constant in z
       (`dispersion="sample"` decoders are refused). Any other distribution (Gamma, Beta,
-      Laplace, ...) gets the Hessian in z' of `KL(p(x|z) || p(x|z'))` at `z' = z`, the
+      Exponential, ...) gets the Hessian in z' of `KL(p(x|z) || p(x|z'))` at `z' = z`, the
       same metric, from torch's registered KL divergence (`_kl_gram`); one without a
       registered KL, or whose KL's Hessian is not its Fisher metric (Laplace, Uniform,
       Pareto, Wishart), is refused.
