@@ -749,6 +749,29 @@ def test_another_data_set_exits_with_a_message(steps: Path, tmp_path: Path,
     assert not (tmp_path / "fig").exists()
 
 
+def test_encode_and_sample_warn_on_another_store_of_the_same_shape(
+        steps: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The same digits scaled per feature fit the model's shape and [0, 1]: encoding them
+    used to pass silently; now both commands warn, and not for the model's own store."""
+    other = str(tmp_path / "per_feature.zarr")
+    assert cli.main(["preprocess", "--source", "digits", "--n-samples", "240", "--transforms",
+                     "scale01:per_feature=true", "--validation-fraction", "0.25", "--seed", "1",
+                     "--out", other]) == 0
+    capsys.readouterr()
+    model = str(steps / "model")
+    assert cli.main(["encode", "--data", other, "--model", model, "--n-importance", "0",
+                     "--n-scored", "0", "--traversal-steps", "0",
+                     "--out", str(tmp_path / "l.zarr")]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {model} was trained on another data store" in err and other in err
+    assert cli.main(["sample", "--model", model, "--n", "5", "--sampler", "mixture",
+                     "--data", other, "--out", str(tmp_path / "s.zarr")]) == 0
+    assert "was trained on another data store" in capsys.readouterr().err
+    assert cli.main(["sample", "--model", model, "--n", "5", "--sampler", "mixture",
+                     "--data", str(steps / "data.zarr"), "--out", str(tmp_path / "s2.zarr")]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_an_mse_autoencoder_trains_and_encodes(steps: Path, tmp_path: Path) -> None:
     """`--likelihood mse`: the AE's validation loss is the mean squared error that encode
     stores per sample; there is no likelihood, so no log-likelihood or KL."""

@@ -677,6 +677,22 @@ def load_model(path: str) -> Any:
             f"aetk.load('{path}', into=model)") from None
 
 
+def warn_other_data(model_dir: str, stored: Any, data_path: str) -> None:
+    """Warn when `stored` is not the data store the model in `model_dir` was trained on (by
+    the config hash both record): another store's transforms and split were fitted anew, so
+    its values may be on another scale (encoding new data of the same form is allowed)."""
+    info_path = Path(model_dir) / "aetk_run.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    trained_on = info.get("settings", {}).get("data_config_hash")
+    given = stored.attrs.get("config_hash")
+    if trained_on and given and trained_on != given:
+        print(f"warning: {model_dir} was trained on another data store (config hash "
+              f"{trained_on}) than {data_path} ({given}): unless these data went through the "
+              "same transforms, fitted on the same training samples, the model reads them on "
+              "another scale; give the store the model was trained on",
+              file=sys.stderr)
+
+
 def cmd_encode(args: argparse.Namespace) -> None:
     import torch
     import xarray as xr
@@ -689,6 +705,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
     model = load_model(args.model)
     info_path = Path(args.model) / "aetk_run.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    warn_other_data(args.model, stored, args.data)
     t0 = time.perf_counter()
     conditions = model_conditions(model, stored, args.data)
     enc = encode_data(model, stored, batch_size=args.batch_size, n_examples=args.n_examples,
@@ -851,6 +868,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     stored = storage.read_data(args.data) if args.data else None
     if stored is not None:
         model.check_data(torch.from_numpy(stored.x[:1]), "the stored")  # another data set?
+        warn_other_data(args.model, stored, args.data)
     classes = sample_classes(model, args)
     multinomial = isinstance(model.decoder, aetk.MultinomialDecoder)
     totals = training_totals(model, stored)
