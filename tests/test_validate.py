@@ -362,6 +362,16 @@ def test_non_positive_scales_name_the_user() -> None:
         validate.check_posteriors(torch.zeros(3, 2), torch.zeros(3, 2), "the aggregate posterior")
 
 
+def test_some_zero_scales_are_not_blamed_on_a_deterministic_encoder() -> None:
+    """A VAE's scales that underflowed on a few inputs (another data store's units) were
+    refused as "an AE's codes have no posterior"; now the count and first row are named."""
+    scale = torch.ones(4, 2)
+    scale[2, 1] = 0.0
+    with pytest.raises(ValueError, match="got 1 of 8 scales <= 0, first in row 2") as err:
+        validate.check_posteriors(torch.zeros(4, 2), scale, "the encoder metric")
+    assert "AE" not in str(err.value)
+
+
 def test_a_matching_tensor_is_returned_itself_with_its_graph() -> None:
     w = torch.ones(2, 3, requires_grad=True)
     x = w * 2.0

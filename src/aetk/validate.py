@@ -218,7 +218,14 @@ def check_posteriors(loc: torch.Tensor | np.ndarray, scale: torch.Tensor | np.nd
                          f"{tuple(loc.shape)} and {tuple(scale.shape)}")
     if not bool(loc.isfinite().all() & scale.isfinite().all()):
         raise ValueError(f"loc and scale must be finite: {what} got NaN or infinite values")
-    if not bool((scale > 0).all()):
+    bad = scale <= 0
+    if bool(bad.all()):
         raise ValueError(f"every scale must be positive: {what} needs a stochastic encoder "
                          "(an AE's codes have no posterior)")
+    if bool(bad.any()):  # a stochastic encoder whose scale underflowed on some inputs
+        row = int(bad.any(1).nonzero()[0])
+        raise ValueError(f"every scale must be positive: {what} got {int(bad.sum())} of "
+                         f"{bad.numel()} scales <= 0, first in row {row}; an encoder's scale "
+                         "underflows to 0 on inputs far from its training data: check that "
+                         "the data have the model's transforms and units")
     return loc, scale
