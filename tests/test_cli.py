@@ -35,6 +35,16 @@ def test_help_of_every_command(capsys: pytest.CaptureFixture) -> None:
             assert "input:" in text and "output:" in text, arg
 
 
+def test_sample_help_says_its_units(capsys: pytest.CaptureFixture) -> None:
+    """Samples of a model trained on standardised data are standardised too: the help said
+    only "the decoder's point prediction", and a user expected the source's units."""
+    with pytest.raises(SystemExit):
+        cli.main(["sample", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "in the data store's transformed units" in text
+    assert "pipeline.inverse(x)" in text
+
+
 def test_bad_inputs_exit_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["preprocess", "--source", str(tmp_path / "x.npy"),
                      "--out", str(tmp_path / "d.zarr")]) == 1
