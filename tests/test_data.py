@@ -1003,3 +1003,17 @@ def test_raw_data_takes_a_users_arrays_and_refuses_what_is_no_data() -> None:
     with pytest.raises(ValueError, match=r"^RawData: x must be samples x features, got shape "
                                          r"\(4,\) \(one feature per sample\? give "):
         data.RawData(x=np.zeros(4))
+
+
+def test_a_mistyped_label_column_is_named_among_the_columns(tmp_path: Path) -> None:
+    """21 columns with the labels last: the error listed the first 20, all genes, and left
+    out the one the user meant; now the same name in other case and the text columns."""
+    table = pd.DataFrame(np.ones((4, 20), dtype=int), columns=[f"gene{i}" for i in range(20)])
+    table["celltype"] = ["A", "B", "A", "B"]
+    table.to_csv(tmp_path / "c.csv", index=False)
+    with pytest.raises(KeyError, match=r"no column 'CellType'; did you mean 'celltype'\? "
+                       r"columns of text: celltype; columns: gene0, .*gene19, \.\.\. "
+                       r"\(21 in all\)"):
+        data.read_file(tmp_path / "c.csv", labels="CellType")
+    with pytest.raises(KeyError, match=r"no column 'kind'; columns of text: celltype;"):
+        data.read_file(tmp_path / "c.csv", labels="kind")

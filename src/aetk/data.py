@@ -433,8 +433,7 @@ def _parse_table(path: Path, labels: str | None, header: bool | None) -> tuple[R
         raise ValueError(f"{path}: a header row but no samples")
     if labels is not None:
         if labels not in table.columns:
-            columns = ", ".join(str(c) for c in table.columns[:20])
-            raise KeyError(f"{path}: no column {labels!r}; columns: {columns}")
+            raise KeyError(f"{path}: no column {labels!r}; {_column_hint(table, labels)}")
         label_values = table.pop(labels).to_numpy()
     bad = [str(c) for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
     if bad:
@@ -577,6 +576,21 @@ def _read_anndata(root: Any, path: Path, key: str | None, labels: str | None
     data = _flatten(x, str(path))
     data.feature_names = None if names is None else [str(n) for n in names]
     return data, label_values
+
+
+def _column_hint(table: Any, name: str) -> str:
+    """The columns a mistyped label column may be: one of the same name in other case, the
+    non-numeric columns (labels are often text, and often last), then the first 20."""
+    import pandas as pd
+
+    names = [str(c) for c in table.columns]
+    same = [c for c in names if c.lower() == str(name).lower()]
+    text = [c for c in names if not pd.api.types.is_numeric_dtype(table[c])]
+    hint = f"did you mean {same[0]!r}? " if same else ""
+    if text:
+        hint += f"columns of text: {', '.join(text[:20])}; "
+    more = f", ... ({len(names)} in all)" if len(names) > 20 else ""
+    return f"{hint}columns: {', '.join(names[:20])}{more}"
 
 
 def read_file(path: str | Path, *, key: str | None = None, labels: str | None = None,
