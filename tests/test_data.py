@@ -226,13 +226,16 @@ def test_a_tables_row_names_are_not_a_feature(tmp_path: Path) -> None:
     table.index = [f"cell{i}" for i in range(40)]
     table.to_csv(tmp_path / "d.csv", index_label="cell")
     with pytest.raises(ValueError, match=r"non-numeric columns \['cell'\]; name the label "
-                       r"column with `labels` or remove them \(row names in 'cell'\? aetk "
+                       r"column with `labels` \(.*\) or remove them \(row names in 'cell'\? aetk "
                        "drops a first column whose header cell is empty"):
         data.read_file(tmp_path / "d.csv", labels="kind")
     # not for numbers written as text: "1,000" names no row
     (tmp_path / "e.csv").write_text('a,b\n"1,000",2\n3,4\n')
+    # `labels` in the words of the command line and the pipeline too (a CLI user has no
+    # `labels` argument: the message named only the library's)
     with pytest.raises(ValueError, match=r"non-numeric columns \['a'\]; name the label column "
-                       "with `labels` or remove them$"):
+                       r"with `labels` \(aetk preprocess --labels, data.labels in the "
+                       r"pipeline's config\) or remove them$"):
         data.read_file(tmp_path / "e.csv")
 
 

@@ -448,7 +448,8 @@ def _parse_table(path: Path, labels: str | None, header: bool | None) -> tuple[R
                  if bad[0] == str(first) and table[first].is_unique
                  and table[first].astype(str).str.contains("[A-Za-z]").all() else "")
         raise ValueError(f"{path}: non-numeric columns {bad[:10]}; name the label column "
-                         f"with `labels` or remove them{names}")
+                         "with `labels` (aetk preprocess --labels, data.labels in the "
+                         f"pipeline's config) or remove them{names}")
     # True/False columns as 0/1: with other columns, to_numpy made an array of objects
     table = table.astype({c: np.int8 for c in table.columns
                           if pd.api.types.is_bool_dtype(table[c])})
