@@ -73,6 +73,15 @@ def test_training_curves_axis_spans_the_epochs_after_the_first() -> None:
     assert ax.get_ylabel() == "loss (nats per sample)"
 
 
+def test_training_curves_of_two_epochs_show_both() -> None:
+    """Two epochs (a first try of the pipeline): the axis spanned epoch 2 alone and cut
+    off both lines' epoch 1 (validation 30.26 above a top of 30.18); now all is in view."""
+    history = pd.DataFrame({"epoch": [1, 2], "train_loss": [29.90, 29.47],
+                            "val_loss": [30.26, 30.12]})
+    low, high = report.plot_training_curves(history).axes[0].get_ylim()
+    assert low < 29.47 and high > 30.26
+
+
 def test_geodesic_endpoints_are_named_by_their_labels() -> None:
     t = np.linspace(0, 1, 5)[:, None]
     points = np.stack([[-1.0, 0.0] + t * [2.0, 0.5], [0.0, -1.0] + t * [0.5, 2.0]])

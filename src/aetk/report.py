@@ -460,9 +460,10 @@ def plot_training_curves(histories: dict[str, pd.DataFrame] | pd.DataFrame,
                          path: Path | None = None) -> Figure:
     """Training and validation loss per epoch, one panel per run (a dict of `fit`'s
     histories, or one), with the learning rate on a second axis when a schedule changed
-    it. The loss axis spans the epochs after the first, whose far higher loss would flatten
-    the rest; its unit, nats per sample, holds for the likelihood decoders (a deterministic
-    decoder's loss is the mean squared error)."""
+    it. With three epochs or more the loss axis spans the epochs after the first, whose far
+    higher loss would flatten the rest (with two, one epoch left is no curve); its unit,
+    nats per sample, holds for the likelihood decoders (a deterministic decoder's loss is
+    the mean squared error)."""
     if isinstance(histories, pd.DataFrame):
         histories = {"training": histories}
     n = len(histories)
@@ -477,7 +478,7 @@ def plot_training_curves(histories: dict[str, pd.DataFrame] | pd.DataFrame,
             ax.plot(h["epoch"], h[column], label=label, color=colour)
         later = h.loc[h["epoch"] > h["epoch"].min(), losses].to_numpy()
         later = later[np.isfinite(later)]
-        if later.size and np.ptp(later) > 0:
+        if later.size > len(losses) and np.ptp(later) > 0:  # two later epochs or more
             ax.set_ylim(later.min() - 0.08 * np.ptp(later), later.max() + 0.08 * np.ptp(later))
         ax.set(title=run, xlabel="epoch", ylabel="loss (nats per sample)")
         if "lr" in h and h["lr"].nunique() > 1:
