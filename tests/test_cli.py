@@ -782,6 +782,24 @@ def test_encode_and_sample_warn_on_another_store_of_the_same_shape(
     assert "warning" not in capsys.readouterr().err
 
 
+def test_samples_keep_the_csv_column_names(tmp_path: Path) -> None:
+    """Synthetic data from a CSV with named columns: the sample store had only feature
+    indices (0 .. 3), the names were in the data store alone; now with --data it has them."""
+    x = np.random.default_rng(0).poisson(3, size=(40, 4))
+    pd.DataFrame(x, columns=["CD3", "CD4", "CD8", "MS4A1"]).to_csv(tmp_path / "c.csv",
+                                                                  index=False)
+    data, model = str(tmp_path / "d.zarr"), str(tmp_path / "m")
+    assert cli.main(["preprocess", "--source", str(tmp_path / "c.csv"), "--out", data]) == 0
+    assert cli.main(["train", "--data", data, "--model", "vae", "--likelihood", "poisson",
+                     "--hidden", "8", "--epochs", "1", "--no-progress", "--device", "cpu",
+                     "--out", model, "--history", str(tmp_path / "h.tsv")]) == 0
+    for with_data, names in ((True, ["CD3", "CD4", "CD8", "MS4A1"]), (False, None)):
+        out = str(tmp_path / f"s{with_data}.zarr")
+        assert cli.main(["sample", "--model", model, "--n", "3", "--out", out,
+                         *(["--data", data] if with_data else [])]) == 0
+        assert storage.read_zarr(out).attrs.get("feature_names") == names
+
+
 def test_an_mse_autoencoder_trains_and_encodes(steps: Path, tmp_path: Path) -> None:
     """`--likelihood mse`: the AE's validation loss is the mean squared error that encode
     stores per sample; there is no likelihood, so no log-likelihood or KL."""

@@ -920,7 +920,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
     ds.attrs = {"store": "aetk-samples", "sampler": args.sampler, "model": spec.get("model"),
                 "likelihood": spec.get("likelihood"), "seed": args.seed,
                 "image_shape": (None if stored is None or stored.image_shape is None
-                                else list(stored.image_shape))}
+                                else list(stored.image_shape)),
+                "feature_names": None if stored is None else stored.attrs.get("feature_names")}
     if depths is not None:
         ds.attrs["counts"] = (
             "expected counts (the decoder's proportions times total_count) at totals drawn "
