@@ -664,6 +664,11 @@ def test_top_variance_keeps_the_most_variable_features_in_order() -> None:
     pipe, out = _pipeline([{"name": "select_top_variance", "n_features": 3}], x)
     np.testing.assert_array_equal(pipe.feature_index, [1, 3, 4])
     np.testing.assert_array_equal(out, x[:, [1, 3, 4]])
+    # more than the data have: all kept, which went unsaid
+    with pytest.warns(UserWarning, match=r"n_features=8 is more than the data's 5 features: "
+                                         r"all 5 are kept"):
+        pipe, out = _pipeline([{"name": "select_top_variance", "n_features": 8}], x)
+    np.testing.assert_array_equal(out, x)
 
 
 def test_transforms_fit_on_training_rows_only() -> None:

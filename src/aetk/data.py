@@ -833,6 +833,10 @@ class SelectTopVariance(Transform):
 
     def fit(self, x: np.ndarray) -> None:
         n = min(self.n_features, x.shape[1])
+        if self.n_features > x.shape[1]:  # kept every feature, which nothing else shows
+            warnings.warn(f"select_top_variance: n_features={self.n_features} is more than "
+                          f"the data's {x.shape[1]} features: all {x.shape[1]} are kept",
+                          UserWarning, stacklevel=2)
         # Stable sort on -variance so ties keep the lower feature index.
         self.index = np.sort(np.argsort(-x.var(0), kind="stable")[:n])
 
