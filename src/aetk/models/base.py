@@ -194,8 +194,7 @@ class Model(nn.Module):
         if isinstance(x, torch.Tensor):
             if x.is_floating_point() or not self._takes_indices():
                 return self.as_data(x)
-            param = self._first_parameter()
-            return x if param is None else x.to(param.device)
+            return self._on_device(x)
         structured = isinstance(x, dict) or (
             self.input_shape is None and isinstance(x, (list, tuple))
             and any(isinstance(e, torch.Tensor) for e in x))
@@ -207,6 +206,11 @@ class Model(nn.Module):
         reshaped to `input_shape`: what every method that takes data takes."""
         x = self.as_input(x)
         return validate.as_rows(x, self.input_shape) if isinstance(x, torch.Tensor) else x
+
+    def _on_device(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` moved to the model's device, its integers kept (token or class indices)."""
+        param = self._first_parameter()
+        return t if param is None else t.to(param.device)
 
     def _takes_indices(self) -> bool:
         """Whether the encoder looks its inputs up in an `nn.Embedding` (token indices)."""
@@ -231,8 +235,7 @@ class Model(nn.Module):
         y = validate.as_rows(validate.as_target(y), getattr(self.decoder, "event_shape", None))
         if y.is_floating_point() or not hasattr(self.decoder, "n_classes"):
             return self.as_data(y)
-        param = self._first_parameter()
-        return y if param is None else y.to(param.device)
+        return self._on_device(y)
 
     def __getattr__(self, name: str) -> Any:
         # nn.Module's lookup of parameters, buffers and submodules (called directly: this
