@@ -491,16 +491,31 @@ def test_missing_labels_in_a_label_file_are_refused(tmp_path: Path) -> None:
         == ["a", "b", "c", "d"]
 
 
-def test_h5ad_written_by_anndata(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["h5ad", "zarr2", "zarr3"])
+def test_anndata_files_written_by_anndata(tmp_path: Path, store: str) -> None:
+    """AnnData's own writer, not the hand-made layouts above: sparse X, a dense layer,
+    a categorical obs column and var names, as .h5ad and as .zarr in both zarr formats."""
     ad = pytest.importorskip("anndata")
+    from scipy import sparse
+
+    path = tmp_path / ("a.h5ad" if store == "h5ad" else "a.zarr")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ad.settings.allow_write_nullable_strings = True  # pandas 3 strings
-        adata = ad.AnnData(X=X.astype(np.float32),
+        adata = ad.AnnData(X=sparse.csr_matrix(X.astype(np.float32)),
                            obs=pd.DataFrame({"cell_type": pd.Categorical(Y)},
-                                            index=[f"c{i}" for i in range(40)]))
-        adata.write_h5ad(tmp_path / "a.h5ad")
-    _check(data.read_file(tmp_path / "a.h5ad", labels="cell_type"))
+                                            index=[f"c{i}" for i in range(40)]),
+                           var=pd.DataFrame(index=[f"gene{i}" for i in range(6)]))
+        adata.layers["raw"] = X * 2
+        if store == "h5ad":
+            adata.write_h5ad(path)
+        else:
+            with ad.settings.override(zarr_write_format=int(store[-1])):
+                adata.write_zarr(path)
+    raw = data.read_file(path, labels="cell_type")
+    _check(raw)
+    assert raw.feature_names == [f"gene{i}" for i in range(6)]
+    np.testing.assert_allclose(data.read_file(path, key="raw").x, X * 2)
 
 
 def test_reader_errors(tmp_path: Path) -> None:
