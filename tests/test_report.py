@@ -285,7 +285,7 @@ def test_samples_of_one_feature_are_histograms_over_the_data() -> None:
     data, drawn = rng.normal(size=(200, 1)), rng.normal(2.0, 1.0, size=(16, 1))
     latent = xr.Dataset({"generated_model": (("generated", "feature"), drawn)},
                         attrs={"model": "vae", "likelihood": "gaussian"})
-    ax = report.plot_samples(latent, SimpleNamespace(x=data)).axes[0]
+    ax = report.plot_samples(latent, SimpleNamespace(x=data, attrs={})).axes[0]
     bars = [p for p in ax.patches if p.get_label() != "the model's sampler"]
     heights, edges = np.histogram(data[:, 0], bins=np.histogram_bin_edges(
         np.concatenate([data, drawn])[:, 0], 30), density=True)
@@ -313,7 +313,7 @@ def test_conditional_samples_title_says_where_the_classes_are(features, image_sh
         attrs={"model": "vae", "likelihood": "poisson", "conditions": "labels",
                "label_names": ["B", "NK", "T"],
                **({"image_shape": image_shape} if image_shape else {})})
-    fig = report.plot_samples(latent, SimpleNamespace(x=rng.random((20, features))))
+    fig = report.plot_samples(latent, SimpleNamespace(x=rng.random((20, features)), attrs={}))
     title = fig.get_suptitle() or fig.axes[0].get_title()
     assert title.splitlines()[-1] == line
 
@@ -445,3 +445,77 @@ def test_comparison_panels_of_undefined_columns_say_why_they_are_empty() -> None
     # defined values keep their panels as they were
     fig = report.comparison_figure(_table())
     assert not fig.axes[0].texts and not fig.axes[2].texts
+
+
+def _count_latent(features: int = 80, seed: int = 0) -> xr.Dataset:
+    """A latent store of count data: genes whose means span three decades, the data's
+    maximum above 20 and the samples' below it."""
+    rng = np.random.default_rng(seed)
+    mean = np.geomspace(0.5, 500.0, features)
+    data = rng.poisson(mean, (6, features)).astype(float)
+    return xr.Dataset({
+        "example_data": (("example", "feature"), data),
+        "example_reconstruction": (("example", "feature"), np.tile(mean, (6, 1))),
+        "generated_model": (("generated", "feature"),
+                            rng.poisson(np.minimum(mean, 5.0), (8, features)).astype(float))},
+        attrs={"model": "vae", "likelihood": "poisson"})
+
+
+def _names(n: int) -> list[str]:
+    return [f"GENE{i}" for i in range(n)]
+
+
+def _ticked(ax) -> dict[float, str]:
+    low, high = sorted(ax.get_xlim())
+    return {t: label.get_text() for t, label in zip(ax.get_xticks(), ax.get_xticklabels(),
+                                                   strict=True) if low <= t <= high}
+
+
+def test_heat_maps_name_their_features_in_a_readable_subset() -> None:
+    """Gene names (a CSV's column headers) on the feature axis of the reconstructions,
+    samples and traversals of data that are not images (they showed indices 0, 8, 16, ...):
+    every name of 12 features, an evenly spaced subset of at most 30 of 80, each tick the
+    name of the feature under it."""
+    from types import SimpleNamespace
+
+    for n, every in ((12, 1), (80, 3)):
+        latent = _count_latent(n)
+        latent["traversal"] = (("traversed", "step", "feature"),
+                               np.ones((2, 5, n)) * np.arange(n))
+        latent["traversal_value"] = (("traversed", "step"), np.tile(np.linspace(-1, 1, 5),
+                                                                    (2, 1)))
+        latent = latent.assign_coords(traversed=[1, 0])
+        stored = SimpleNamespace(x=latent["example_data"].values,
+                                 attrs={"feature_names": _names(n)})
+        figures = [report.plot_reconstructions(latent, feature_names=_names(n)),
+                   report.plot_samples(latent, stored),
+                   report.plot_traversals(latent, feature_names=_names(n))]
+        panels = [ax for fig in figures for ax in fig.axes if ax.images]
+        assert len(panels) == 5  # data, reconstruction; one sampler; two dimensions
+        for ax in panels:
+            ticked = _ticked(ax)
+            assert len(ticked) <= report.MAX_FEATURE_TICKS
+            assert list(ticked) == list(range(0, n, every))
+            assert all(label == f"GENE{int(t)}" for t, label in ticked.items())
+
+
+def test_features_without_names_keep_their_indices_and_wrong_names_are_refused() -> None:
+    latent = _count_latent(12)
+    ax = report.plot_reconstructions(latent).axes[0]
+    assert all(t == int(t) and label.replace("\N{MINUS SIGN}", "-") == str(int(t))
+               for t, label in _ticked(ax).items())
+    with pytest.raises(ValueError, match="feature_names: 10 names for 12 features"):
+        report.plot_reconstructions(latent, feature_names=_names(10))
+
+
+def test_samples_of_two_named_features_are_plotted_against_their_names() -> None:
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    latent = xr.Dataset({"generated_model": (("generated", "feature"),
+                                             rng.normal(size=(8, 2)))},
+                        attrs={"model": "vae", "likelihood": "gaussian"})
+    stored = SimpleNamespace(x=rng.normal(size=(50, 2)),
+                             attrs={"feature_names": ["height", "weight"]})
+    ax = report.plot_samples(latent, stored).axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("height", "weight")
