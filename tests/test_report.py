@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import matplotlib as mpl
 import numpy as np
 import pandas as pd
 import pytest
@@ -325,7 +326,8 @@ def test_heat_maps_keep_a_two_line_title_off_the_panels_and_tick_whole_indices()
     rows = [np.random.default_rng(0).random((10, 3)) for _ in range(3)]
     fig = report._heatmaps(rows, ["z2", "z3", "z1"], "latent traversals: rhvae x gaussian\n"
                            "one dimension at a time across the validation codes' 2%-98% "
-                           "range, the others at their median", ylabel="step")
+                           "range, the others at their median",
+                           (mpl.colors.Normalize(0.0, 1.0), "value"), ylabel="step")
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     renderer = canvas.get_renderer()
@@ -519,3 +521,56 @@ def test_samples_of_two_named_features_are_plotted_against_their_names() -> None
                              attrs={"feature_names": ["height", "weight"]})
     ax = report.plot_samples(latent, stored).axes[0]
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("height", "weight")
+
+
+def _scales(fig) -> tuple[set, set, list[str]]:
+    images = [im for ax in fig.axes for im in ax.images]
+    return ({type(im.norm) for im in images}, {im.get_clim() for im in images},
+            [ax.get_ylabel() for ax in fig.axes if not ax.images])
+
+
+def test_count_heat_maps_of_one_data_set_share_a_log_scale_and_its_limits() -> None:
+    """Counts over three decades: the reconstructions (data up to 518) were drawn on
+    log(1 + value), the samples (at most 13) on a linear scale with their own limits,
+    so one colour was two values. Now both, and the traversals, on one symmetric-log
+    scale (0 keeps the bottom colour) over all their values, labelled as such."""
+    from types import SimpleNamespace
+
+    latent = _count_latent()
+    latent["traversal"] = (("traversed", "step", "feature"), np.full((1, 3, 80), 2.0))
+    latent["traversal_value"] = (("traversed", "step"), [[-1.0, 0.0, 1.0]])
+    latent = latent.assign_coords(traversed=[0])
+    stored = SimpleNamespace(x=latent["example_data"].values, attrs={})
+    values = np.concatenate([latent[v].values.ravel() for v in
+                             ("example_data", "example_reconstruction", "generated_model")])
+    limits = (float(values.min()), float(values.max()))
+    assert latent["generated_model"].max() <= 20 < latent["example_data"].max()
+    for fig in (report.plot_reconstructions(latent), report.plot_samples(latent, stored),
+                report.plot_traversals(latent)):
+        norms, clims, bars = _scales(fig)
+        assert norms == {mpl.colors.SymLogNorm} and clims == {limits}
+        assert bars == ["value (log scale, linear below 1)"]
+        assert fig.axes[0].images[0].norm.linthresh == 1.0
+
+
+@pytest.mark.parametrize(("top", "log"), [(10.0, False), (11.0, True)])
+def test_log_scale_is_for_data_whose_maximum_exceeds_ten_times_their_median(top, log) -> None:
+    """The rule: nonnegative data whose maximum is more than ten times their median
+    nonzero value (on a linear scale most of them would share the bottom tenth of the
+    colours); here the median nonzero value is 1."""
+    data = np.array([[0.0, 1.0, 1.0, 1.0, top], [0.0, 1.0, 1.0, 2.0, 1.0]])
+    latent = xr.Dataset({"example_data": (("example", "feature"), data),
+                         "example_reconstruction": (("example", "feature"), data + 0.5)})
+    norm, label = report._heat_scale(latent)
+    assert isinstance(norm, mpl.colors.SymLogNorm) is log
+    assert (norm.vmin, norm.vmax) == (0.0, top + 0.5)
+    assert label == ("value (log scale, linear below 1)" if log else "value (linear scale)")
+
+
+def test_standardised_data_are_drawn_on_a_linear_scale() -> None:
+    data = np.random.default_rng(0).standard_normal((5, 30)) * 50
+    latent = xr.Dataset({"example_data": (("example", "feature"), data),
+                         "example_reconstruction": (("example", "feature"), data / 2)})
+    norms, clims, bars = _scales(report.plot_reconstructions(latent))
+    assert norms == {mpl.colors.Normalize} and clims == {(data.min(), data.max())}
+    assert bars == ["value (linear scale)"]

@@ -175,9 +175,41 @@ def _show_image(ax: Axes, x: np.ndarray, shape: tuple[int, ...], lo: float, hi: 
     ax.imshow(tiles.transpose(1, 0, 2).reshape(h, -1), cmap="gray_r", vmin=lo, vmax=hi)
 
 
+HEAT_VARIABLES = ("example_data", "example_reconstruction", "example_transfer",
+                  "generated_model", "generated", "generated_geometric", "traversal")
+"""The latent store's values drawn as heat maps (samples, steps or classes x features)."""
 MAX_FEATURE_TICKS = 30
 """Named features ticked on a heat map at most: beyond, an evenly spaced subset (all of
 2,000 gene names would print over one another)."""
+
+
+def _heat_scale(latent: xr.Dataset) -> tuple[mpl.colors.Normalize, str]:
+    """The colour scale (norm and colour bar label) of every heat map of `latent`: its
+    reconstructions, samples and traversals share the limits of all their values and one
+    rule, taken from the data (its example rows), so that one colour is one value across
+    the figures drawn together."""
+    values = [latent[v].values for v in HEAT_VARIABLES
+              if v in latent and latent[v].dims[-1:] == ("feature",)]
+    lo = min(float(np.nanmin(v)) for v in values)
+    hi = max(float(np.nanmax(v)) for v in values)
+    data = latent["example_data"].values if "example_data" in latent else \
+        np.concatenate([v.ravel() for v in values])
+    data = data[np.isfinite(data)]
+    positive = data[data > 0]
+    # A linear colour map spreads its colours evenly from the minimum to the maximum: when
+    # the data's maximum is more than ten times their median nonzero value, more than half
+    # of the nonzero values fall in its bottom tenth and look like 0. Count data are so (a
+    # few genes with thousands of reads, most with a handful) and need a log scale; data
+    # within a decade (binary, scaled, log-transformed or standardised data, counts up to
+    # ~10) stay linear, where equal steps of colour are equal differences.
+    if data.size and data.min() >= 0 and positive.size and \
+            data.max() > 10 * np.median(positive):
+        # linear below the data's smallest values (1 for counts), so 0 keeps the bottom
+        # colour (a plain log scale has no 0: LogNorm leaves zeros blank)
+        floor = float(np.percentile(positive, 1))
+        return (mpl.colors.SymLogNorm(linthresh=floor, vmin=lo, vmax=hi, base=10),
+                f"value (log scale, linear below {floor:.3g})")
+    return mpl.colors.Normalize(vmin=lo, vmax=hi), "value (linear scale)"
 
 
 def _feature_ticks(ax: Axes, names: list[str] | None, n: int) -> None:
@@ -198,24 +230,21 @@ def _feature_ticks(ax: Axes, names: list[str] | None, n: int) -> None:
 
 
 def _heatmaps(rows: list[np.ndarray], row_names: list[str], title: str,
-              ylabel: str = "sample", feature_names: list[str] | None = None) -> Figure:
-    """One heat map per entry of `rows` (its rows x features), the features named by
-    `feature_names` when given."""
-    lo = min(float(np.min(r)) for r in rows)
-    hi = max(float(np.max(r)) for r in rows)
-    label = "value"
-    if lo >= 0 and hi > 20:  # counts: a log scale shows more than the few largest values
-        rows, lo, hi, label = [np.log1p(r) for r in rows], np.log1p(lo), np.log1p(hi), \
-            "log(1 + value)"
+              scale: tuple[mpl.colors.Normalize, str], ylabel: str = "sample",
+              feature_names: list[str] | None = None) -> Figure:
+    """One heat map per entry of `rows` (its rows x features) on the colour `scale` of
+    `_heat_scale`, the features named by `feature_names` when given."""
+    norm, label = scale
     # constrained: a two-line title (the traversals') ran into the panels' titles
     fig, axes = _subplots(1, len(rows), figsize=(4 * len(rows), 3.2), layout="constrained")
     for ax, row, name in zip(axes[0], rows, row_names, strict=True):
-        im = ax.imshow(row, aspect="auto", interpolation="nearest", vmin=lo, vmax=hi,
-                       cmap="viridis")
+        im = ax.imshow(row, aspect="auto", interpolation="nearest", norm=norm, cmap="viridis")
         ax.set(title=name, xlabel="feature", ylabel=ylabel)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         _feature_ticks(ax, feature_names, row.shape[1])
-    fig.colorbar(im, ax=axes[0].tolist(), label=label)
+    # 0, 1, 10, 100 on a log scale: plain numbers read better than powers of ten
+    fig.colorbar(im, ax=axes[0].tolist(), label=label,
+                 format="%g" if isinstance(norm, mpl.colors.SymLogNorm) else None)
     fig.suptitle(title, fontsize=10)
     return fig
 
@@ -235,7 +264,8 @@ def plot_reconstructions(latent: xr.Dataset, path: Path | None = None,
     shape = latent.attrs.get("image_shape")
     title = f"reconstructions: {_title(latent)}"
     fig = (_image_grid(rows, tuple(shape), names, title) if shape
-           else _heatmaps(rows, names, title, feature_names=feature_names))
+           else _heatmaps(rows, names, title, _heat_scale(latent),
+                          feature_names=feature_names))
     return _save(fig, path)
 
 
@@ -308,7 +338,7 @@ def plot_samples(latent: xr.Dataset, stored: StoredData, path: Path | None = Non
         ax.legend(fontsize=8)
     else:
         fig = _heatmaps(list(sets.values()), [n.replace("\n", " ") for n in sets], title,
-                        feature_names=feature_names)
+                        _heat_scale(latent), feature_names=feature_names)
     return _save(fig, path)
 
 
@@ -355,7 +385,7 @@ def plot_traversals(latent: xr.Dataset, path: Path | None = None, max_heatmaps: 
         fig = _image_grid(rows, tuple(shape), names, title)
     else:
         fig = _heatmaps(rows[:shown], [n.replace("\n", ": ") for n in names[:shown]],
-                        title, ylabel="step", feature_names=feature_names)
+                        title, _heat_scale(latent), ylabel="step", feature_names=feature_names)
     return _save(fig, path)
 
 
