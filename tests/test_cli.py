@@ -800,6 +800,41 @@ def test_samples_keep_the_csv_column_names(tmp_path: Path) -> None:
         assert storage.read_zarr(out).attrs.get("feature_names") == names
 
 
+def test_report_names_the_csv_columns_in_every_heat_map(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`report run` drew reconstructions and traversals with feature indices although the
+    data store had the CSV's column names (the latent store keeps none); now every heat map
+    of the run is ticked with the names."""
+    from aetk import report
+
+    x = np.random.default_rng(0).poisson(3, size=(40, 12))  # > 10 features: heat maps
+    names = [f"gene{i}" for i in range(12)]
+    pd.DataFrame(x, columns=names).to_csv(tmp_path / "c.csv", index=False)
+    data, model, latent = (str(tmp_path / n) for n in ("d.zarr", "m", "l.zarr"))
+    assert cli.main(["preprocess", "--source", str(tmp_path / "c.csv"), "--out", data]) == 0
+    assert cli.main(["train", "--data", data, "--model", "vae", "--likelihood", "poisson",
+                     "--hidden", "8", "--epochs", "1", "--no-progress", "--device", "cpu",
+                     "--out", model, "--history", str(tmp_path / "h.tsv")]) == 0
+    assert cli.main(["encode", "--data", data, "--model", model, "--n-examples", "3",
+                     "--n-generated", "3", "--n-scored", "10", "--out", latent]) == 0
+    ticks = {}
+
+    def recorded(plot):
+        def plot_and_read_ticks(*args, **kwargs):
+            fig = plot(*args, **kwargs)
+            ticks[plot.__name__] = [[t.get_text() for t in ax.get_xticklabels()]
+                                    for ax in fig.axes if ax.get_xticklabels()][-1]
+            return fig
+        return plot_and_read_ticks
+
+    for name in ("plot_reconstructions", "plot_samples", "plot_traversals"):
+        monkeypatch.setattr(report, name, recorded(getattr(report, name)))
+    assert cli.main(["report", "run", "--data", data, "--latent", latent,
+                     "--out-dir", str(tmp_path / "fig")]) == 0
+    assert ticks == dict.fromkeys(("plot_reconstructions", "plot_samples", "plot_traversals"),
+                                  names)
+
+
 def test_an_mse_autoencoder_trains_and_encodes(steps: Path, tmp_path: Path) -> None:
     """`--likelihood mse`: the AE's validation loss is the mean squared error that encode
     stores per sample; there is no likelihood, so no log-likelihood or KL."""

@@ -1181,10 +1181,11 @@ def cmd_report_run(args: argparse.Namespace) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out-dir {out} is a file: give a folder for the figures")
     out.mkdir(parents=True, exist_ok=True)
+    names = stored.attrs.get("feature_names")  # the latent store keeps no feature names
     report.plot_latent(latent, out / "latent.png")
-    report.plot_reconstructions(latent, out / "reconstructions.png")
+    report.plot_reconstructions(latent, out / "reconstructions.png", feature_names=names)
     report.plot_samples(latent, stored, out / "samples.png")
-    report.plot_traversals(latent, out / "traversals.png")
+    report.plot_traversals(latent, out / "traversals.png", feature_names=names)
     print(f"wrote latent.png, reconstructions.png, samples.png and traversals.png to {out}")
 
 
