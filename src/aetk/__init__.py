@@ -5,6 +5,8 @@ __version__ = "0.1.0"
 from .aggregate import KLDecomposition, kl_decomposition
 from .batches import LocalityBatches
 from .build import LIKELIHOODS, MODELS, build_model
+from .callbacks import CapacityAnnealing, CyclicalBeta, EarlyStopping
+from .checkpoint import CheckpointMismatch
 from .decoders import (
     BernoulliDecoder,
     CategoricalDecoder,
@@ -44,16 +46,7 @@ from .models import (
     VampPrior,
 )
 from .penalties import DecoderJacobian, Entropy, LatentL2, MinVariance, penalized
-from .train import (
-    CapacityAnnealing,
-    CheckpointMismatch,
-    CyclicalBeta,
-    DataScaleWarning,
-    EarlyStopping,
-    Paired,
-    TrainingDiverged,
-    fit,
-)
+from .train import DataScaleWarning, Paired, TrainingDiverged, fit
 from .traversal import Traversal, latent_grid, latent_traversal
 
 __all__ = [

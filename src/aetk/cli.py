@@ -185,7 +185,7 @@ def _models_making(accept: Callable[[type], bool]) -> list[str]:
 def kl_weighted_models() -> list[str]:
     """The model names whose loss weighs its KL term by `beta` (a VAE or VampPrior, or a
     subclass): the models `--beta-schedule cyclical` (aetk.CyclicalBeta) can anneal."""
-    from aetk.train import has_kl_weight
+    from aetk.callbacks import has_kl_weight
 
     return _models_making(has_kl_weight)
 
@@ -193,7 +193,7 @@ def kl_weighted_models() -> list[str]:
 def capacity_models() -> list[str]:
     """The model names whose loss charges a KL capacity (the VAE's own loss): the models
     of `--beta-schedule capacity` (aetk.CapacityAnnealing)."""
-    from aetk.train import charges_capacity
+    from aetk.callbacks import charges_capacity
 
     return _models_making(charges_capacity)
 
@@ -317,9 +317,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     import torch
 
     import aetk
+    from aetk.checkpoint import CheckpointMismatch
     from aetk.io import check_model_target
     from aetk.penalties import make_penalty
-    from aetk.train import CheckpointMismatch, check_clip_grad_norm
+    from aetk.train import check_clip_grad_norm
 
     # outputs first: a path given by mistake is refused before the training, not after
     check_model_target(args.out)

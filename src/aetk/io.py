@@ -11,9 +11,10 @@ import pandas as pd
 import torch
 
 from . import __version__, storage
+from .callbacks import annealed_values
+from .checkpoint import part_classes, same_class, save_atomic
 from .devices import resolve_device
 from .models.base import Model
-from .train import annealed_values, part_classes, same_class, save_atomic
 
 CONFIG, WEIGHTS, HISTORY = "config.json", "weights.pt", "history.tsv"
 

@@ -2,21 +2,17 @@
 
 `fit` knows nothing about model classes: it calls the hooks of `aetk.models.Model`
 (`configure_optimizers`, `training_step`, `on_fit_start`, `on_epoch_end`, `check_data`).
+Its callbacks are in `aetk.callbacks`, its checkpoints in `aetk.checkpoint`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
 import inspect
-import io
 import math
 import numbers
-import os
 import re
 import time
-import types
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -25,7 +21,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 from torch.utils.data import BatchSampler as IndexBatches
 from torch.utils.data import (
     DataLoader,
@@ -38,12 +33,13 @@ from torch.utils.data import (
 from tqdm.auto import tqdm
 
 from . import validate
-from .batches import LocalityBatches
-from .data import array_digest, named_spec
+from .callbacks import _snapshot, annealed_values, check_callbacks
+from .checkpoint import epoch_state, restore_checkpoint, run_fingerprint, save_checkpoint
+from .data import named_spec
 from .decoders import LOG_SIGMA_RANGE, GaussianDecoder, LearnedGaussianDecoder
 from .devices import resolve_device
 from .models.base import LossOutput, Model, check_loss_output
-from .penalties import Penalties, describe, penalized, penalty_names
+from .penalties import Penalties, penalized, penalty_names
 from .validate import as_target, as_tensor  # fit's conversion, shared with the models' methods
 
 
@@ -102,195 +98,9 @@ to 6.5, means up to 12) gave 0.04 against 0.18-0.24 standardised, raw swissroll 
 deviation 1 to 10, and at 20 one seed's loss was NaN in the second epoch (2026-12-02)."""
 
 
-class CheckpointMismatch(ValueError):
-    """A checkpoint that `fit` will not resume, refused before anything is loaded: written
-    for other settings (`differences`, `{name: (there, now)}`: the data's hash included), or
-    holding `held` epochs, more than the `asked` ones. `problem` says which, without
-    advice; the message adds the advice for Python callers (`resume=False`, `epochs >=
-    held`), and other callers (the CLI) word their own from these fields."""
-
-    def __init__(self, path: str | Path, *,
-                 differences: dict[str, tuple[Any, Any]] | None = None,
-                 held: int | None = None, asked: int | None = None) -> None:
-        self.path = Path(path)
-        self.differences = dict(differences or {})
-        self.held, self.asked = held, asked
-        advice = (f"pass epochs >= {held}, or resume=False to start over" if held is not None
-                  else "pass resume=False to start over")
-        super().__init__(f"{self.problem}; {advice}")
-
-    def __reduce__(self) -> tuple:
-        # pickled (multiprocessing, joblib) with its fields, not rebuilt from the message
-        return (functools.partial(type(self), differences=self.differences, held=self.held,
-                                  asked=self.asked), (self.path,))
-
-    @property
-    def problem(self) -> str:
-        """What is wrong with the checkpoint, without advice."""
-        if self.held is not None:
-            return (f"checkpoint {self.path} already holds {self.held} epochs, more than the "
-                    f"{self.asked} asked for")
-        diff = ", ".join(f"{k}: {there!r} there, {now!r} now"
-                         for k, (there, now) in self.differences.items())
-        return f"checkpoint {self.path} was written for different settings ({diff})"
-
-
 class _PenaltiesBypassed(ValueError):
     """A model's training step did not take its loss from `model.loss`, where the
     penalties are added."""
-
-
-def has_kl_weight(cls: type) -> bool:
-    """Whether a model class weighs its KL term by `beta` (a VAE, VampPrior or ladder VAE,
-    or a subclass): what `CyclicalBeta` anneals."""
-    from .models import VAE, LadderVAE, VampPrior  # here: the models import this module
-
-    return issubclass(cls, (VAE, VampPrior, LadderVAE))
-
-
-def charges_capacity(cls: type) -> bool:
-    """Whether a model class's loss charges a KL capacity (the VAE's own loss): what
-    `CapacityAnnealing` sets."""
-    from .models import VAE
-
-    return issubclass(cls, VAE) and cls.loss is VAE.loss
-
-
-def annealed_values(model: Model) -> dict[str, float]:
-    """The loss weights that `CyclicalBeta` and `CapacityAnnealing` set on `model` (its
-    `beta`, its `capacity` once set), as they are now: saved with the model, so that a
-    reloaded one charges the loss it was last trained with."""
-    out = {"beta": float(model.beta)} if has_kl_weight(type(model)) else {}
-    if charges_capacity(type(model)) and model.capacity is not None:
-        out["capacity"] = float(model.capacity)
-    return out
-
-
-class CyclicalBeta:
-    """Cyclical KL annealing (Fu et al. 2019): in each of `n_cycles` cycles over `epochs`,
-    beta rises linearly from `beta_min` to `beta_max` during the first `frac` of the cycle,
-    then stays at `beta_max`. Sets `model.beta`, the KL term's weight, at the start of
-    every epoch; models without one (a `beta` of another meaning, or a bound with no
-    separate KL term) are refused. The validation loss then weighs the KL by each epoch's
-    beta, so `EarlyStopping` or a plateau schedule watching it would keep the epochs of
-    smallest beta: watch another column, or none. Cycles are `ceil(epochs / n_cycles)`
-    epochs long (Fu et al.'s formula), so epochs not a multiple of `n_cycles` can cut the
-    last cycle short, ending training at a smaller beta than before: that warns."""
-
-    def __init__(self, epochs: int, n_cycles: int = 4, frac: float = 0.5,
-                 beta_min: float = 0.0, beta_max: float = 1.0) -> None:
-        if isinstance(n_cycles, bool) or int(n_cycles) != n_cycles:
-            raise ValueError(f"CyclicalBeta needs an integer n_cycles, got {n_cycles!r}")
-        if not 1 <= n_cycles <= epochs or not 0 < frac <= 1 or not 0 <= beta_min <= beta_max:
-            raise ValueError(f"need 1 <= n_cycles <= epochs, 0 < frac <= 1 and 0 <= beta_min <= "
-                             f"beta_max; got epochs={epochs}, n_cycles={n_cycles}, frac={frac}, "
-                             f"beta_min={beta_min}, beta_max={beta_max}")
-        self.epochs, self.n_cycles, self.frac = epochs, n_cycles, frac
-        self.beta_min, self.beta_max = beta_min, beta_max
-        # cycles of ceil(E/C) epochs can leave a short last one that ends while beta still
-        # rises (E=10, C=4: epoch 10 starts a cycle at beta_min), and cycles of one epoch
-        # never leave beta_min: the returned model would be trained with a smaller KL
-        # weight than the schedule reaches, which nothing else would reveal
-        betas = [self.beta(epoch) for epoch in range(1, epochs + 1)]
-        if max(betas) == beta_min < beta_max:
-            warnings.warn(f"CyclicalBeta(epochs={epochs}, n_cycles={n_cycles}): cycles of one "
-                          f"epoch keep beta at beta_min={beta_min:g} throughout; use fewer "
-                          f"cycles", UserWarning, stacklevel=2)
-        elif betas[-1] < max(betas):
-            warnings.warn(
-                f"CyclicalBeta(epochs={epochs}, n_cycles={n_cycles}, frac={frac}): the last "
-                f"epoch trains at beta={betas[-1]:.3g}, below the {max(betas):.3g} reached "
-                f"before (cycles of {math.ceil(epochs / n_cycles)} epochs cut the last one "
-                f"short); choose epochs a multiple of n_cycles", UserWarning, stacklevel=2)
-
-    def beta(self, epoch: int) -> float:
-        """beta for 1-based `epoch`."""
-        period = self.epochs / self.n_cycles
-        tau = ((epoch - 1) % math.ceil(period)) / period
-        if tau <= self.frac:
-            return self.beta_min + (self.beta_max - self.beta_min) * tau / self.frac
-        return self.beta_max
-
-    def on_epoch_start(self, model: Model, epoch: int) -> None:
-        if not has_kl_weight(type(model)):
-            raise ValueError(
-                f"CyclicalBeta anneals the KL term's weight beta, which a "
-                f"{type(model).__name__} does not have (models with one: VAE, VampPrior, "
-                f"LadderVAE and their subclasses)")
-        model.beta = self.beta(epoch)
-
-    def on_epoch_end(self, model: Model, epoch: int, row: dict[str, float]) -> None:
-        row["beta"] = model.beta
-
-
-class CapacityAnnealing:
-    """Controlled KL capacity (Burgess et al. 2018, "Understanding disentangling in
-    beta-VAE"): at the start of every epoch sets `model.capacity = C`, rising linearly
-    from `c_max / epochs` to `c_max` nats over the first `epochs` epochs and then held, so
-    the VAE charges `beta |KL - C|` (beta as the paper's gamma, large: it holds the KL at
-    C). For `VAE` and `beta_vae` models, whose loss honours the capacity; the history gets
-    a `capacity` column."""
-
-    def __init__(self, c_max: float, epochs: int) -> None:
-        if not c_max >= 0 or not math.isfinite(c_max):
-            raise ValueError(f"c_max must be a finite number >= 0, got {c_max}")
-        self.c_max, self.epochs = float(c_max), validate.positive_int(epochs, "epochs")
-
-    def capacity(self, epoch: int) -> float:
-        """C for 1-based `epoch`."""
-        return self.c_max * min(1.0, epoch / self.epochs)
-
-    def on_epoch_start(self, model: Model, epoch: int) -> None:
-        if not charges_capacity(type(model)):
-            raise ValueError(f"CapacityAnnealing needs a VAE whose loss charges the capacity "
-                             f"(vae, beta_vae), not a {type(model).__name__}")
-        model.capacity = self.capacity(epoch)
-
-    def on_epoch_end(self, model: Model, epoch: int, row: dict[str, float]) -> None:
-        row["capacity"] = model.capacity
-
-
-class EarlyStopping:
-    """Stop training once `monitor` (a history column, default the validation loss) has
-    not fallen by more than `min_delta` for `patience` epochs, and put back the weights of
-    its best epoch at the end (`restore_best`). `best_epoch` and `best` say which.
-
-    With a checkpoint, a run it stopped is final (resuming returns it as it ended), and a
-    run that reached its last epoch, resumed, returns the best epoch's weights it returned
-    (asked for more epochs, it goes on from the last epoch's); the best weights are kept
-    in memory, so after an interrupted run resumes, the count starts
-    again from the resumed epoch.
-    """
-
-    def __init__(self, patience: int = 10, monitor: str = "val_loss", min_delta: float = 0.0,
-                 restore_best: bool = True) -> None:
-        if int(patience) != patience or patience < 1 or min_delta < 0:
-            raise ValueError(f"patience must be an integer >= 1 and min_delta >= 0, got "
-                             f"{patience} and {min_delta}")
-        self.patience, self.monitor = int(patience), monitor
-        self.min_delta, self.restore_best = float(min_delta), restore_best
-        self.on_fit_start(None)
-
-    def on_fit_start(self, model: Model | None) -> None:
-        """Start afresh at every `fit`: one instance given to several fits (a loop over
-        models) would otherwise compare with, and put back, an earlier fit's best weights."""
-        self.best, self.best_epoch = math.inf, 0
-        self.stop = False
-        self._state: dict[str, torch.Tensor] | None = None
-
-    def on_epoch_end(self, model: Model, epoch: int, row: dict[str, float]) -> None:
-        if self.monitor not in row:
-            raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which the history does "
-                             f"not have (columns: {', '.join(row)}); give fit validation data")
-        if row[self.monitor] < self.best - self.min_delta:
-            self.best, self.best_epoch = row[self.monitor], epoch
-            if self.restore_best:
-                self._state = _snapshot(model)
-        self.stop = epoch - self.best_epoch >= self.patience
-
-    def on_fit_end(self, model: Model) -> None:
-        if self.restore_best and self._state is not None:
-            model.load_state_dict(self._state)
 
 
 def _cosine_factor(epochs: int, warmup: int = 0, min_factor: float = 0.01
@@ -647,145 +457,6 @@ def check_clip_grad_norm(value: Any, name: str = "clip_grad_norm") -> float | No
     return float(value)
 
 
-CALLBACK_HOOKS = ("on_fit_start(model)", "on_epoch_start(model, epoch)",
-                  "on_epoch_end(model, epoch, row)", "on_fit_end(model)")
-"""The methods `fit` calls on its callbacks, each where it defines it."""
-
-
-def check_callbacks(callbacks: Any) -> tuple[Any, ...]:
-    """`callbacks` as a tuple; TypeError for one that is not a list of callbacks, or for
-    a callback defining none of `CALLBACK_HOOKS` (fit would never call it)."""
-    names = [h.split("(")[0] for h in CALLBACK_HOOKS]
-    if any(hasattr(callbacks, n) for n in names) or not isinstance(callbacks, Iterable):
-        raise TypeError(f"callbacks must be a list of callbacks, got {callbacks!r}: give "
-                        f"[{type(callbacks).__name__}(...)]")
-    callbacks = tuple(callbacks)
-    for cb in callbacks:
-        if not any(callable(getattr(cb, n, None)) for n in names):
-            what = "a function" if callable(cb) else f"a {type(cb).__name__}"
-            raise TypeError(f"callback {cb!r} ({what}) defines none of the methods fit calls: "
-                            f"give an object with one or more of {', '.join(CALLBACK_HOOKS)}")
-    return callbacks
-
-
-def part_classes(model: nn.Module) -> dict[str, str]:
-    """The class of each part of the model (its direct submodules: encoder, decoder, a
-    metric network, a critic), as `module:QualifiedName`: what `save` records and a
-    checkpoint's fingerprint holds, so that weights of the same shapes in parts of
-    another class (a user's decoder for aetk's) are not taken for them."""
-    return {name: f"{type(m).__module__}:{type(m).__qualname__}"
-            for name, m in model.named_children()}
-
-
-def same_class(saved: str | None, here: str | None) -> bool:
-    """Whether two of `part_classes`'s names are one class: by the qualified name, so that
-    a class defined in a script (`__main__:MyDecoder`) and later imported from its module
-    (`mymod:MyDecoder`) is the same one; another name (a Bernoulli decoder for a Gaussian
-    one) is not."""
-    return saved == here or (saved is not None and here is not None
-                             and saved.partition(":")[2] == here.partition(":")[2])
-
-
-def _fingerprint(model: Model, n_train: int, batch_size: int, lr: float, seed: int) -> dict:
-    return {"class": type(model).__name__, "parts": part_classes(model),
-            "build_spec": model.build_spec,
-            "n_parameters": sum(p.numel() for p in model.parameters()),
-            "n_train": n_train, "batch_size": batch_size, "lr": lr, "seed": seed}
-
-
-def _code_digest(fn: Callable[..., Any]) -> str:
-    """A hash of what the function `fn` computes: its bytecode, names and constants (nested
-    functions' too), and its defaults' and closure's values (numbers, strings and tuples
-    of them; other objects by their type); for a callable object, its class's `__call__`;
-    for a `functools.partial`, its function and arguments. Two lambdas share a name, and a
-    checkpoint of one must not resume with the other."""
-    parts: list[str] = []
-    while isinstance(fn, functools.partial):
-        parts.append(_plain((fn.args, tuple(sorted(fn.keywords.items())))))
-        fn = fn.func
-    fn = getattr(fn, "__func__", fn)  # a bound method's function
-    if not hasattr(fn, "__code__"):
-        fn = getattr(type(fn).__call__, "__func__", type(fn).__call__)
-    code = getattr(fn, "__code__", None)
-    if code is None:  # a builtin: its name is all there is
-        return getattr(fn, "__qualname__", type(fn).__qualname__)
-    cells = []
-    for cell in fn.__closure__ or ():
-        try:
-            cells.append(cell.cell_contents)
-        except ValueError:  # a cell not yet filled
-            cells.append(None)
-    parts += [_code_text(code), _plain(fn.__defaults__), _plain(fn.__kwdefaults__),
-              _plain(tuple(cells))]
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
-
-
-def _code_text(code: types.CodeType) -> str:
-    """The bytecode, names and constants of `code` (and of the code objects among them)."""
-    consts = [_code_text(c) if isinstance(c, types.CodeType) else _plain(c)
-              for c in code.co_consts]
-    return f"{code.co_code.hex()} {code.co_names} {consts}"
-
-
-def _plain(value: Any) -> str:
-    """`repr(value)` for numbers, strings, None and containers of them; otherwise the
-    type's name (an address or a tensor's values would make the hash vary)."""
-    if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
-        return repr(value)
-    if isinstance(value, (tuple, list)):
-        return "(" + ", ".join(_plain(v) for v in value) + ")"
-    if isinstance(value, frozenset):  # set literals: their order varies with the hash seed
-        return "{" + ", ".join(sorted(_plain(v) for v in value)) + "}"
-    if isinstance(value, dict):
-        return "{" + ", ".join(sorted(f"{_plain(k)}: {_plain(v)}" for k, v in value.items())) + "}"
-    return type(value).__qualname__
-
-
-def _digest(*batches: _Batches | None) -> str:
-    """A hash of the tensors fit trains and validates on (data, conditions, targets); data
-    streamed from a Dataset, not read twice to hash it, is left out."""
-    tensors = [t for b in batches if b is not None
-               for t in (b.tensor, b.conditions, b.targets) if t is not None]
-    return array_digest(*(t.detach().cpu().numpy() for t in tensors))
-
-
-def save_atomic(obj: Any, path: Path, doing: str) -> None:
-    """`torch.save(obj, path)` serialised in memory, written by Python and moved into place
-    once complete: an interruption leaves the previous file intact, and where torch's own
-    writer turns a full disk or a read-only folder into a RuntimeError ("unexpected pos
-    33792 vs 33680") and leaves a truncated file, this is an `OSError` naming the file and
-    what was `doing` (the `aetk` command's one-line error), and no partial file is left."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(buffer.getbuffer())
-        os.replace(tmp, path)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise OSError(err.errno, f"{err.strerror or err} ({doing})", str(path)) from err
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    kept = "the previous one is kept" if path.exists() else "none was written"
-    save_atomic(state, path, f"writing the training checkpoint; {kept}")
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def fit(
     model: Model,
     train: Data,
@@ -889,37 +560,14 @@ def fit(
 
     history: list[dict[str, float]] = []
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    n_train = len(batches.tensor) if batches.tensor is not None else len(batches.dataset)
-    fingerprint = _fingerprint(model, n_train, batch_size, lr, seed)
-    # only when set (also lr_schedule below), so that earlier checkpoints keep theirs
-    if batch_sampler is not None:
-        # LocalityBatches with all its settings: 4 primaries with 4 neighbours each and 5
-        # with 3 make batches of 20 alike, and the neighbourhoods' size k is in neither
-        fingerprint["batch_sampler"] = (
-            repr(batch_sampler) if isinstance(batch_sampler, LocalityBatches)
-            else f"{getattr(batch_sampler, '__qualname__', type(batch_sampler).__name__)}, "
-                 f"{batches.count()} batches of {getattr(batch_sampler, 'batch_size', '?')}")
-        if not isinstance(batch_sampler, LocalityBatches):
-            fingerprint["batch_sampler_code"] = _code_digest(batch_sampler)
-    if batches.targets is not None:
-        fingerprint["paired"] = True
-    if schedulers:  # only when set, so that checkpoints without one keep their fingerprint
-        fingerprint["lr_schedule"] = (
-            lr_schedule if not callable(lr_schedule)
-            else type(next(iter(schedulers.values()))).__name__)
-        if not callable(lr_schedule) and named_spec(lr_schedule)[0] == "cosine":
-            # the cosine spans the run: resumed for more epochs, its rate would jump back up
-            fingerprint["cosine_epochs"] = epochs
-    if clip_grad_norm is not None:  # only when set, as above
-        fingerprint["clip_grad_norm"] = clip_grad_norm
-    if penalties:  # only when set, as above
-        fingerprint["penalties"] = {k: describe(p) for k, p in penalties.items()}
-    if ckpt is not None:  # a checkpoint of other data must not resume (hashing costs ~1 s/GB)
-        fingerprint["data"] = _digest(batches, val_batches)
+    fingerprint = run_fingerprint(
+        model, batches, val_batches, batch_size=batch_size, lr=lr, seed=seed, epochs=epochs,
+        batch_sampler=batch_sampler, lr_schedule=lr_schedule, schedulers=schedulers,
+        clip_grad_norm=clip_grad_norm, penalties=penalties, hash_data=ckpt is not None)
     stopped = False  # a checkpoint of a run that a callback stopped is final
     if ckpt is not None and resume and ckpt.exists():
-        history, stopped = _restore(ckpt, model, optimizers, schedulers, shuffle_rng,
-                                    fingerprint, device, epochs)
+        history, stopped = restore_checkpoint(ckpt, model, optimizers, schedulers, shuffle_rng,
+                                              fingerprint, device, epochs)
 
     start = epochs + 1 if stopped else len(history) + 1
     good = _Kept(model)
@@ -961,16 +609,10 @@ def fit(
             if not bar.disable:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("_loss")})
             if ckpt is not None:
-                checkpoint_state = {
-                    "fingerprint": fingerprint,
-                    "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                    "schedulers": {k: o.state_dict() for k, o in schedulers.items()},
-                    "rng": _rng_state(),
-                    "shuffle_rng": shuffle_rng.get_state(),
-                    "history": history,
-                }
-                _save_checkpoint(ckpt, {**checkpoint_state, "model": model.state_dict(),
-                                        "annealed": annealed_values(model)})
+                checkpoint_state = epoch_state(fingerprint, optimizers, schedulers, shuffle_rng,
+                                               history)
+                save_checkpoint(ckpt, {**checkpoint_state, "model": model.state_dict(),
+                                       "annealed": annealed_values(model)})
             if any(getattr(cb, "stop", False) for cb in callbacks):
                 stopped = True
                 break
@@ -978,15 +620,15 @@ def fit(
             getattr(cb, "on_fit_end", lambda *a: None)(model)
         if stopped and checkpoint_state:
             # final: the weights as returned (the best epoch's, after EarlyStopping)
-            _save_checkpoint(ckpt, {**checkpoint_state, "model": model.state_dict(),
-                                    "annealed": annealed_values(model), "stopped": True})
+            save_checkpoint(ckpt, {**checkpoint_state, "model": model.state_dict(),
+                                   "annealed": annealed_values(model), "stopped": True})
         elif checkpoint_state and len(history) == epochs and _changed(model, good):
             # a finished run whose weights a callback replaced at its end (EarlyStopping's
             # best epoch): resuming it trains nothing and returns these; more epochs go on
             # from the last epoch's, kept as "model"
-            _save_checkpoint(ckpt, {**checkpoint_state, "model": good.state,
-                                    "annealed": annealed_values(model),
-                                    "returned": model.state_dict()})
+            save_checkpoint(ckpt, {**checkpoint_state, "model": good.state,
+                                   "annealed": annealed_values(model),
+                                   "returned": model.state_dict()})
     except TrainingDiverged as err:
         # the failed step already wrote non-finite weights: nothing past the last epoch is kept
         good.put_back(model)
@@ -1036,10 +678,6 @@ def _changed(model: Model, kept: _Kept) -> bool:
     state = model.state_dict()
     return state.keys() != kept.state.keys() or any(
         not torch.equal(v, kept.state[k]) for k, v in state.items())
-
-
-def _snapshot(model: Model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 class _Kept:
@@ -1171,39 +809,3 @@ def evaluate(model: Model, data: Iterable[Any], prefix: str = "val") -> dict[str
     return meter.means(prefix)
 
 
-def _restore(path: Path, model: Model, optimizers: dict, schedulers: dict,
-             shuffle_rng: torch.Generator, fingerprint: dict, device: torch.device, epochs: int
-             ) -> tuple[list[dict[str, float]], bool]:
-    """Load a checkpoint into the model and optimisers: its history, and whether a callback
-    had stopped that run."""
-    state = torch.load(path, map_location=device, weights_only=True)
-    # written before fit hashed its data, or recorded the cosine's span, the parts' classes or
-    # the batch sampler's code: trusted
-    fingerprint = {k: v for k, v in fingerprint.items()
-                   if k in state["fingerprint"]
-                   or k not in ("data", "cosine_epochs", "parts", "batch_sampler_code")}
-    old = state["fingerprint"]
-    parts = fingerprint.get("parts")
-    if parts is not None and old["parts"].keys() == parts.keys() and all(
-            same_class(v, parts[k]) for k, v in old["parts"].items()):
-        fingerprint["parts"] = old["parts"]  # the same classes, maybe from another module
-    if old != fingerprint:
-        raise CheckpointMismatch(path, differences={
-            k: (old.get(k), fingerprint.get(k))
-            for k in {**old, **fingerprint} if old.get(k) != fingerprint.get(k)})
-    if len(state["history"]) > epochs:
-        raise CheckpointMismatch(path, held=len(state["history"]), asked=epochs)
-    finished = len(state["history"]) == epochs and "returned" in state
-    model.load_state_dict(state["returned" if finished else "model"])
-    # beta and capacity are attributes, not weights: a resumed run that trains no further
-    # (finished, or stopped) would otherwise keep the build's (absent in older checkpoints)
-    for name, value in state.get("annealed", {}).items():
-        setattr(model, name, value)
-    for k, opt in optimizers.items():
-        opt.load_state_dict(state["optimizers"][k])
-    for k, sched in schedulers.items():
-        sched.load_state_dict(state["schedulers"][k])
-    _set_rng_state({k: (v.cpu() if isinstance(v, torch.Tensor) else [t.cpu() for t in v])
-                    for k, v in state["rng"].items()})
-    shuffle_rng.set_state(state["shuffle_rng"].cpu())
-    return state["history"], bool(state.get("stopped", False))
