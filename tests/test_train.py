@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.distributions as D
 from sklearn.datasets import load_digits
 from torch.utils.data import StackDataset, TensorDataset
 
@@ -1524,3 +1525,52 @@ def test_tensors_a_callback_puts_in_the_history_are_saved_as_numbers(tmp_path):
     with pytest.raises(TypeError, match=r"the history's 'weight_norm' at epoch 1 holds \(3,\) "
                                         r"values"):
         _fit(_build(), train, epochs=1, callbacks=[_RecordsTensors((3,))])
+
+
+class _ZeroCheckDecoder(torch.nn.Module):
+    """A user's Bernoulli decoder (no check_data) that trains, but whose call that checks
+    the data's support before training (one row z = 0, evaluation mode, no gradients,
+    before `on_fit_start`) fails, with an exception of the class `kind` names."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind, self.lin = kind, torch.nn.Linear(2, 4)
+        self.offset = torch.zeros(4) if kind != "set at fit start" else None
+
+    def forward(self, z):
+        if self.kind == "on the sphere":  # z / |z|: NaN logits at the origin, a ValueError
+            z = z / z.norm(dim=-1, keepdim=True)
+        elif self.kind == "own gradient":  # autograd inside forward: none under no_grad
+            z = z if z.requires_grad else z.requires_grad_()
+            z = z + torch.autograd.grad(self.lin(z).sum(), z, create_graph=True)[0]
+        elif self.kind == "batch statistics":  # a standardised batch: one row has none
+            assert len(z) > 1, "a batch of one row has no spread"
+            z = (z - z.mean(0)) / z.std(0)
+        return D.Independent(D.Bernoulli(logits=self.lin(z) + self.offset), 1)
+
+
+class _OffsetAtFitStart(aetk.VAE):
+    def on_fit_start(self, x, n_train=None):
+        super().on_fit_start(x, n_train)
+        self.decoder.offset = torch.zeros(4)
+
+
+@pytest.mark.parametrize(("kind", "error"), [
+    ("on the sphere", ValueError), ("own gradient", RuntimeError),
+    ("set at fit start", TypeError), ("batch statistics", AssertionError)])
+def test_a_decoder_that_fails_the_support_checks_call_at_the_origin_still_trains(kind, error):
+    """`decoders.check_support` skips a decoder that its call at z = 0 fails, whatever the
+    exception's class: each class here comes from a decoder that trains (its loss falls),
+    so a narrower catch would refuse working decoders."""
+    from aetk.decoders import check_support
+
+    torch.manual_seed(0)
+    cls = _OffsetAtFitStart if kind == "set at fit start" else aetk.VAE
+    model = cls(aetk.GaussianEncoder(in_features=4, latent_dim=2, hidden=(8,)),
+                _ZeroCheckDecoder(kind))
+    x = (torch.rand(64, 4) > 0.3).float()
+    with pytest.raises(error), torch.no_grad():  # what check_support's call meets
+        model.decoder.eval()(torch.zeros(1, 2))
+    check_support(model.decoder.train(), 3 * x, "train", 2)  # skipped: no error
+    hist = aetk.fit(model, x, epochs=20, batch_size=16, lr=1e-2, progress=False, device="cpu")
+    assert hist["train_loss"].iloc[-1] < hist["train_loss"].iloc[0]

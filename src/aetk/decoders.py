@@ -54,7 +54,10 @@ def check_support(decoder: nn.Module, y: torch.Tensor, name: str, latent_dim: in
     try:
         with evaluating(decoder), torch.no_grad():  # no batch-norm statistics moved
             dist = decoder(z)
-    except Exception:  # the first training step shows the decoder's own error
+    except Exception:
+        # any class: a working decoder can fail this call (one row at z = 0, evaluation
+        # mode, no gradients, before on_fit_start) with a ValueError, RuntimeError,
+        # TypeError or AssertionError alike, and a broken one fails its first training step
         return
     if not isinstance(dist, D.Distribution):
         return
