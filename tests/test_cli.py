@@ -835,6 +835,46 @@ def test_report_names_the_csv_columns_in_every_heat_map(
                                   names)
 
 
+def test_samples_in_source_units_invert_the_stores_transforms(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Samples of a model trained on log1p + standardise counts were in standardised log
+    units only; `--units source` maps them back (expm1(x * sd + mean), sd and mean of the
+    training rows' log1p) and records the units."""
+    counts = np.random.default_rng(0).poisson(5, size=(60, 4))
+    pd.DataFrame(counts, columns=["a", "b", "c", "d"]).to_csv(tmp_path / "c.csv", index=False)
+    data, model = str(tmp_path / "d.zarr"), str(tmp_path / "m")
+    assert cli.main(["preprocess", "--source", str(tmp_path / "c.csv"), "--transforms", "log1p",
+                     "standardise", "--out", data]) == 0
+    assert cli.main(["train", "--data", data, "--model", "vae", "--likelihood", "gaussian",
+                     "--hidden", "8", "--epochs", "1", "--no-progress", "--device", "cpu",
+                     "--out", model, "--history", str(tmp_path / "h.tsv")]) == 0
+    drawn = {}
+    for units in ("transformed", "source"):
+        out = tmp_path / f"{units}.zarr"
+        assert cli.main(["sample", "--model", model, "--n", "7", "--data", data, "--units",
+                         units, "--out", str(out)]) == 0
+        drawn[units] = storage.read_zarr(out)
+        assert drawn[units].attrs["units"] == units
+    train = storage.read_zarr(data)["split"].values == 0
+    logs = np.log1p(counts[train])
+    expected = np.expm1(drawn["transformed"]["x"].values * logs.std(0) + logs.mean(0))
+    np.testing.assert_allclose(drawn["source"]["x"].values, expected, rtol=1e-5, atol=1e-5)
+    assert "source's units" in drawn["source"]["x"].attrs["description"]
+    # without --data there is no pipeline to invert; binarise has no inverse
+    capsys.readouterr()
+    assert cli.main(["sample", "--model", model, "--n", "2", "--units", "source",
+                     "--out", str(tmp_path / "x.zarr")]) == 1
+    assert "--units source needs --data" in capsys.readouterr().err
+    binary = str(tmp_path / "b.zarr")
+    assert cli.main(["preprocess", "--source", str(tmp_path / "c.csv"), "--transforms",
+                     "binarise:threshold=4", "--out", binary]) == 0
+    capsys.readouterr()
+    assert cli.main(["sample", "--model", model, "--n", "2", "--units", "source", "--data",
+                     binary, "--out", str(tmp_path / "x.zarr")]) == 1
+    assert "transform binarise cannot be inverted" in capsys.readouterr().err
+    assert not (tmp_path / "x.zarr").exists()
+
+
 def test_an_mse_autoencoder_trains_and_encodes(steps: Path, tmp_path: Path) -> None:
     """`--likelihood mse`: the AE's validation loss is the mean squared error that encode
     stores per sample; there is no likelihood, so no log-likelihood or KL."""
@@ -1710,7 +1750,8 @@ DOCUMENTED_DEFAULTS = {  # as --help, the README and config.schema.yaml state th
     "encode": ({"batch_size": 1024, "n_examples": 10, "n_generated": 16, "n_scored": 500,
                 "n_importance": 100, "traversal_steps": 10, "seed": 0},
                ["--data", "d", "--model", "m", "--out", "l.zarr"]),
-    "sample": ({"n": 1000, "sampler": "model", "n_centroids": 1000, "seed": 0},
+    "sample": ({"n": 1000, "sampler": "model", "n_centroids": 1000, "seed": 0,
+                "units": "transformed"},
                ["--model", "m", "--out", "s.zarr"]),
     "geodesics": ({"n_points": 32, "init": "line", "graph_neighbours": 10, "max_iter": 500,
                    "grid_size": 64, "spray": 16, "spray_points": 100,

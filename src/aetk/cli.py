@@ -850,6 +850,20 @@ def given_classes(model: Any, classes: Any) -> Any:
     return model.given(None if classes is None else torch.eye(model.n_conditions)[classes])
 
 
+def check_units(units: str, stored: storage.StoredData | None) -> None:
+    """`--units source` needs a data store whose transforms can all be inverted."""
+    if units != "source":
+        return
+    if stored is None:
+        raise ValueError("--units source needs --data: the data store's transforms map the "
+                         "samples back to the source's units")
+    lossy = [s.name for s in stored.pipeline.steps if not s.invertible]
+    if lossy:
+        raise ValueError(f"--units source: the data store's transform {', '.join(lossy)} "
+                         "cannot be inverted, so the samples have no source units; use "
+                         "--units transformed")
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     import torch
     import xarray as xr
@@ -867,6 +881,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     model = load_model(args.model)
     stored = storage.read_data(args.data) if args.data else None
+    check_units(args.units, stored)
     if stored is not None:
         model.check_data(torch.from_numpy(stored.x[:1]), "the stored")  # another data set?
         warn_other_data(args.model, stored, args.data)
@@ -906,10 +921,16 @@ def cmd_sample(args: argparse.Namespace) -> None:
             with given_classes(model, classes):
                 x = model.sample(args.n, **at)
     x = x.float().reshape(args.n, -1).cpu().numpy()
+    x_attrs = {}
+    if args.units == "source":
+        x = stored.pipeline.inverse(x).astype(np.float32)
+        x_attrs["description"] = ("decoder point predictions of new latent points, mapped "
+                                  "back to the source's units by the data store's "
+                                  "TransformPipeline.inverse")
     coords = {"sample": np.arange(args.n)}
     if stored is not None:
         coords["feature"] = stored.pipeline.feature_index
-    ds = xr.Dataset({"x": (("sample", "feature"), x)}, coords=coords)
+    ds = xr.Dataset({"x": (("sample", "feature"), x, x_attrs)}, coords=coords)
     if classes is not None:
         ds["class"] = (("sample",), classes.numpy(), {
             "description": "the class each sample was conditioned on"})
@@ -919,7 +940,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
                            "total, drawn with replacement"})
     spec = model.build_spec or {}
     ds.attrs = {"store": "aetk-samples", "sampler": args.sampler, "model": spec.get("model"),
-                "likelihood": spec.get("likelihood"), "seed": args.seed,
+                "likelihood": spec.get("likelihood"), "seed": args.seed, "units": args.units,
                 "image_shape": (None if stored is None or stored.image_shape is None
                                 else list(stored.image_shape)),
                 "feature_names": None if stored is None else stored.attrs.get("feature_names")}
@@ -1537,12 +1558,13 @@ def build_parser() -> argparse.ArgumentParser:
             "Gaussian mixture of those codes (aetk.CodeMixture: for an AE or IRMAE, which "
             "have no prior), decoded to the decoder's point prediction, in the data store's "
             "transformed units (aetk.storage.read_data(DATA).pipeline.inverse(x) maps them "
-            "back to the source's); a multinomial "
+            "back to the source's; --units source does so here); a multinomial "
             "model's as expected counts at totals drawn from the "
             "training samples' totals of --data (without it, proportions). Not a pipeline "
             "step: for synthetic data sets and augmentation.\n\n"
             "input:  --model: a model directory; --data: its data store (needed for "
-            "--sampler geometric and mixture, and for a multinomial model's counts)\n"
+            "--sampler geometric and mixture, --units source and a multinomial model's "
+            "counts)\n"
             "output: --out: a store with x (sample, feature) and, for a multinomial model "
             "with --data, total_count (sample)")
     p.add_argument("--model", required=True, help="model directory")
@@ -1553,6 +1575,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "a 10-component Gaussian mixture fitted to the training codes (aetk."
                    "CodeMixture; for autoencoders without a prior). The last two need --data")
     p.add_argument("--data", help="the model's data store (.zarr)")
+    p.add_argument("--units", choices=("transformed", "source"), default="transformed",
+                   help="units of the samples: the data store's transformed units, as the "
+                   "model sees its data; or source, mapped back through the inverse of the "
+                   "transforms of --data (needs --data; refused after binarise, which cannot "
+                   "be inverted). Recorded as the store's units attribute")
     p.add_argument("--condition", help="for a conditional model: the class (name or index) "
                    "of every sample; default: the classes in turn")
     p.add_argument("--n-centroids", type=positive, default=1000,

@@ -693,6 +693,7 @@ class Transform:
 
     name: ClassVar[str]
     arrays: ClassVar[tuple[str, ...]] = ()
+    invertible: ClassVar[bool] = True  # False: `inverse` cannot restore the values
 
     def fit(self, x: np.ndarray) -> None:
         """Estimate the parameters from (training) data."""
@@ -764,6 +765,7 @@ class Binarise(Transform):
     """``x > threshold`` as 0/1 (not invertible: the inverse is the identity)."""
 
     name: ClassVar[str] = "binarise"
+    invertible: ClassVar[bool] = False
     threshold: float = 0.5
 
     def __post_init__(self) -> None:
