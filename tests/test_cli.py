@@ -211,19 +211,58 @@ def test_pairs_and_examples() -> None:
     again = cli.choose_pairs(is_val, labels, "categorical", 20, seed=0)
     np.testing.assert_array_equal(start, again[0])
     start, end = cli.choose_pairs(is_val, None, "none", 20, seed=0)
-    assert np.all(start != end)
+    assert np.all(start != end) and np.all(is_val[start]) and np.all(is_val[end])
     idx = cli.example_indices(is_val, labels, "categorical", 5)
     assert labels[idx[:3]].tolist() == [0, 1, 2] and np.all(is_val[idx]) and len(idx) == 5
 
 
-def test_sampled_pairs_never_join_a_sample_to_itself() -> None:
-    """Without labels, each pair's end is another sample than its start: with two
-    validation samples every pair joins the two (a draw from the whole pool would repeat
-    the start in about half of the 40 pairs)."""
+def test_sampled_pairs_never_join_a_sample_to_itself(capsys: pytest.CaptureFixture) -> None:
+    """Without labels, each pair's end is another sample than its start: two validation
+    samples make one pair, fitted once (not 40 times, either way round), with a warning."""
     is_val = np.zeros(10, dtype=bool)
     is_val[[3, 7]] = True
     start, end = cli.choose_pairs(is_val, None, "none", 40, seed=0)
-    assert sorted(set(zip(start.tolist(), end.tolist(), strict=True))) == [(3, 7), (7, 3)]
+    assert {start.tolist()[0], end.tolist()[0]} == {3, 7} and len(start) == 1
+    assert ("--n-pairs 40 is more than the 1 distinct pairs of the 2 validation samples: "
+            "fitting all 1") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("labelled", [False, True])
+def test_sampled_pairs_are_distinct_either_way_round(labelled: bool,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """8 pairs of 6 samples repeated pairs ((5, 3) twice, (1, 0) and (0, 1) at seed 0): the
+    same geodesic fitted twice. Now distinct unordered pairs, each equally likely, and all
+    of them (with a warning naming both counts) when fewer exist than asked for."""
+    labels = np.array([0, 0, 0, 1, 1, 2]) if labelled else None
+    kind = "categorical" if labelled else "none"
+    n_distinct = 11 if labelled else 15  # 3*2 + 3*1 + 2*1 pairs across classes; 6*5/2
+    start, end = cli.choose_pairs(np.ones(6, dtype=bool), labels, kind, 8, seed=0)
+    pairs = {frozenset(p) for p in zip(start.tolist(), end.tolist(), strict=True)}
+    assert len(pairs) == 8 and np.all(start != end)
+    if labelled:
+        assert np.all(labels[start] != labels[end])
+    assert capsys.readouterr().err == ""
+    start, end = cli.choose_pairs(np.ones(6, dtype=bool), labels, kind, 40, seed=0)
+    assert len({frozenset(p) for p in zip(start.tolist(), end.tolist(), strict=True)}) \
+        == len(start) == n_distinct
+    assert f"--n-pairs 40 is more than the {n_distinct} distinct pairs" in capsys.readouterr().err
+    # uniform over the distinct pairs: one pair per seed, 2,200 seeds, 200 expected each
+    counts: dict[frozenset, int] = {}
+    for s in range(200 * n_distinct):
+        i, j = (int(a[0]) for a in cli.choose_pairs(np.ones(6, dtype=bool), labels, kind, 1, s))
+        counts[frozenset((i, j))] = counts.get(frozenset((i, j)), 0) + 1
+    assert len(counts) == n_distinct and all(150 < c < 250 for c in counts.values())
+
+
+def test_sampled_pairs_of_a_large_pool_need_no_list_of_all_pairs() -> None:
+    """100,000 validation samples, nearly all of one class: 1,000 distinct pairs across
+    classes without enumerating the 5e9 pairs."""
+    labels = np.zeros(100_000, dtype=np.int64)
+    labels[-3:] = [1, 2, 2]
+    start, end = cli.choose_pairs(np.ones(100_000, dtype=bool), labels, "categorical", 1000,
+                                  seed=1)
+    assert len({frozenset(p) for p in zip(start.tolist(), end.tolist(), strict=True)}) == 1000
+    assert np.all(labels[start] != labels[end])
 
 
 def test_label_conditions_have_a_column_for_every_named_class() -> None:

@@ -967,19 +967,48 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def choose_pairs(is_val: np.ndarray, labels: np.ndarray | None, kind: str, n_pairs: int,
                  seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded pairs of distinct validation samples, from different classes when labelled."""
+    """Seeded distinct pairs (either way round) of validation samples (of all samples when
+    fewer than two are), from different classes when labelled, uniform over those pairs.
+
+    When fewer than `n_pairs` such pairs exist, all of them, with a warning: the pipeline's
+    default of 8 on a small data set fits what there is instead of failing after training.
+    """
     rng = np.random.default_rng(seed)
     pool = np.flatnonzero(is_val) if is_val.sum() >= 2 else np.arange(len(is_val))
     if len(pool) < 2:
         raise ValueError("geodesics need at least two samples")
-    start, end = [], []
     classes = labels is not None and kind == "categorical" and len(np.unique(labels[pool])) > 1
-    for _ in range(n_pairs):
-        i = int(rng.choice(pool))
-        others = pool[labels[pool] != labels[i]] if classes else pool[pool != i]
-        start.append(i)
-        end.append(int(rng.choice(others)))
-    return np.asarray(start), np.asarray(end)
+    # each sample's group (its class, or itself), the pool sorted by group: the samples a
+    # start may join are those outside its group's block of the sorted pool
+    _, group = np.unique(labels[pool] if classes else pool, return_inverse=True)
+    order = np.argsort(group, kind="stable")
+    pool, group = pool[order], group[order]
+    sizes = np.bincount(group)
+    first = np.cumsum(sizes) - sizes
+    partners = len(pool) - sizes[group]
+    n_distinct = int(partners.sum()) // 2
+    if n_pairs > n_distinct:
+        among = f"the {len(pool)} {'validation ' if is_val.sum() >= 2 else ''}samples"
+        print(f"warning: --n-pairs {n_pairs} is more than the {n_distinct} distinct pairs of "
+              f"{among}{' from different classes' if classes else ''}: fitting all "
+              f"{n_distinct}", file=sys.stderr)
+    target = min(n_pairs, n_distinct)
+    # a start drawn in proportion to its partners, then a partner uniformly: every ordered
+    # pair equally likely; repeats (either way round) are drawn again
+    p = partners / partners.sum()
+    seen: set[tuple[int, int]] = set()
+    start: list[int] = []
+    end: list[int] = []
+    while len(start) < target:
+        a = rng.choice(len(pool), size=2 * (target - len(start)) + 8, p=p)
+        u = rng.integers(0, partners[a])
+        b = np.where(u < first[group[a]], u, u + sizes[group[a]])
+        for i, j in zip(a.tolist(), b.tolist(), strict=True):
+            if (min(i, j), max(i, j)) not in seen and len(start) < target:
+                seen.add((min(i, j), max(i, j)))
+                start.append(int(pool[i]))
+                end.append(int(pool[j]))
+    return np.asarray(start, dtype=np.int64), np.asarray(end, dtype=np.int64)
 
 
 def parse_pairs(specs: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -1601,8 +1630,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latent", required=True, help="its latent store (.zarr)")
     p.add_argument("--out", required=True, help="geodesic store to write (.zarr)")
     p.add_argument("--n-pairs", type=positive, default=None,
-                   help="geodesics to fit between sampled pairs (default 8; not together "
-                   "with --pairs)")
+                   help="geodesics to fit between sampled pairs, each pair once either way "
+                   "round (default 8; all of them, with a warning, when the validation "
+                   "samples make fewer; not together with --pairs)")
     p.add_argument("--pairs", nargs="+", metavar="I:J",
                    help="fit geodesics between these pairs of samples instead of sampled ones: "
                    "indices along the latent store's `sample` dimension (0 .. n-1, any split), "
