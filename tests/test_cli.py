@@ -74,6 +74,32 @@ def test_preprocess_header_flag(tmp_path: Path, capsys: pytest.CaptureFixture) -
     assert "header" not in json.loads(storage.read_data(out).attrs["config"])
 
 
+def test_preprocess_drops_columns_by_name(tmp_path: Path, capsys: pytest.CaptureFixture
+                                          ) -> None:
+    """A sample ID column of text was refused as non-numeric and could not be left out but by
+    editing the file; --drop-columns names it. An unknown name exits with the likely one; the
+    flag keys the store only when given (the hashes of earlier stores stay)."""
+    x = np.arange(24.0).reshape(8, 3) + 0.5
+    table = pd.DataFrame(x, columns=["a", "b", "c"])
+    table.insert(0, "sample id", [f"s{i}" for i in range(8)])
+    table.to_csv(tmp_path / "t.csv", index=False)
+    out = str(tmp_path / "d.zarr")
+    source = ["preprocess", "--source", str(tmp_path / "t.csv"), "--out", out]
+    assert cli.main(source) == 1
+    assert "aetk preprocess --drop-columns" in capsys.readouterr().err
+    assert cli.main([*source, "--drop-columns", "Sample ID", "c"]) == 1
+    assert ("no column 'Sample ID' to drop; did you mean 'sample id'?"
+            in capsys.readouterr().err)
+    assert cli.main([*source, "--drop-columns", "sample id", "c"]) == 0
+    stored = storage.read_data(out)
+    np.testing.assert_array_equal(stored.x, x[:, :2])
+    assert stored.attrs["feature_names"] == ["a", "b"]
+    assert json.loads(stored.attrs["config"])["drop_columns"] == ["sample id", "c"]
+    table.drop(columns="sample id").to_csv(tmp_path / "t.csv", index=False)
+    assert cli.main(source) == 0
+    assert "drop_columns" not in json.loads(storage.read_data(out).attrs["config"])
+
+
 def test_train_refuses_data_by_the_stored_row(tmp_path: Path,
                                               capsys: pytest.CaptureFixture) -> None:
     """Not counts for a Poisson decoder: the row is the store's and the file's (was the

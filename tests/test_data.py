@@ -226,17 +226,57 @@ def test_a_tables_row_names_are_not_a_feature(tmp_path: Path) -> None:
     table.index = [f"cell{i}" for i in range(40)]
     table.to_csv(tmp_path / "d.csv", index_label="cell")
     with pytest.raises(ValueError, match=r"non-numeric columns \['cell'\]; name the label "
-                       r"column with `labels` \(.*\) or remove them \(row names in 'cell'\? aetk "
-                       "drops a first column whose header cell is empty"):
+                       r"column with `labels` \(.*\) and leave out the others, .* with "
+                       r"`drop_columns` \(.*\) \(row names in 'cell'\? drop_columns=\['cell'\] "
+                       "leaves them out, as aetk does a first column whose header cell is empty"):
         data.read_file(tmp_path / "d.csv", labels="kind")
+    raw = data.read_file(tmp_path / "d.csv", labels="kind", drop_columns=["cell"])
+    _check(raw)
     # not for numbers written as text: "1,000" names no row
     (tmp_path / "e.csv").write_text('a,b\n"1,000",2\n3,4\n')
     # `labels` in the words of the command line and the pipeline too (a CLI user has no
     # `labels` argument: the message named only the library's)
     with pytest.raises(ValueError, match=r"non-numeric columns \['a'\]; name the label column "
                        r"with `labels` \(aetk preprocess --labels, data.labels in the "
-                       r"pipeline's config\) or remove them$"):
+                       r"pipeline's config\) and leave out the others, such as sample IDs, "
+                       r"with `drop_columns` \(aetk preprocess --drop-columns, "
+                       r"data.drop_columns in the pipeline's config\)$"):
         data.read_file(tmp_path / "e.csv")
+
+
+def test_a_tables_columns_are_dropped_by_name(tmp_path: Path) -> None:
+    """An ID column of text was refused as non-numeric, with no way to leave it out but
+    editing the file; `drop_columns` names it (and others), as read: a headerless table's
+    columns "0", "1", ... An unknown name suggests the likely ones, as for `labels`."""
+    table = pd.DataFrame(X, columns=[f"g{i}" for i in range(6)])
+    table.insert(0, "cell", [f"c{i}" for i in range(40)])
+    table.insert(3, "batch", np.arange(40) % 2)  # numeric, but not a feature
+    table["kind"] = Y
+    table.to_csv(tmp_path / "d.tsv", sep="\t", index=False)
+    raw = data.read_file(tmp_path / "d.tsv", labels="kind", drop_columns=["cell", "batch"])
+    _check(raw)
+    assert raw.feature_names == [f"g{i}" for i in range(6)]
+    with pytest.raises(KeyError, match=r"d.tsv: no column 'Cell' to drop; did you mean 'cell'\? "
+                       r"columns of text: cell, kind; columns: cell, g0, g1, batch"):
+        data.read_file(tmp_path / "d.tsv", labels="kind", drop_columns=["Cell"])
+    with pytest.raises(ValueError, match="'kind' is both the label column and dropped"):
+        data.read_file(tmp_path / "d.tsv", labels="kind", drop_columns=["cell", "kind"])
+    with pytest.raises(TypeError, match=r"a list of column names, got the string 'cell': "
+                       r"give \['cell'\]"):
+        data.read_file(tmp_path / "d.tsv", labels="kind", drop_columns="cell")
+    # headerless: by position's name; a first ID column of text, then a numeric one
+    ids = pd.DataFrame(X).astype(float)
+    ids.insert(0, "id", [f"s{i}" for i in range(40)])
+    ids.insert(1, "batch", np.arange(40) % 3)
+    ids.to_csv(tmp_path / "n.csv", header=False, index=False)
+    raw = data.read_file(tmp_path / "n.csv", header=False, drop_columns=["0", "1"])
+    np.testing.assert_array_equal(raw.x, X)
+    assert raw.feature_names == [str(i) for i in range(2, 8)]
+    np.save(tmp_path / "n.npy", X)
+    with pytest.raises(ValueError, match=r"n.npy: `drop_columns` applies to .csv and .tsv"):
+        data.read_file(tmp_path / "n.npy", drop_columns=["0"])
+    with pytest.raises(ValueError, match="`drop_columns` apply to user files, not to 'digits'"):
+        data.load_source("digits", drop_columns=["0"])
 
 
 def test_a_headerless_tables_row_numbers_are_not_a_feature(tmp_path: Path) -> None:

@@ -291,6 +291,21 @@ def test_data_header_reaches_the_preprocess_command(tmp_path: Path) -> None:
     assert "header" not in preprocess_command(None)
 
 
+def test_data_drop_columns_reach_the_preprocess_command(tmp_path: Path) -> None:
+    """`data.drop_columns` becomes --drop-columns NAME ...; the default, [], gives no flag
+    (the data's hash, and every model trained on it, stay)."""
+    def preprocess_command(drop: list[str] | None) -> str:
+        data = {"source": "t.csv", **({} if drop is None else {"drop_columns": drop})}
+        wd = make_workdir(tmp_path / str(len(drop or [])), {"data": data})
+        (wd / "t.csv").write_text("cell id,a\nc1,0.5\nc2,1.5\n")
+        out = snakemake(wd, "-n", "-p", "results/data/t.zarr", "--cores", "1",
+                        "--configfile", "test.yaml").stdout
+        return next(line for line in out.splitlines() if "aetk preprocess" in line)
+
+    assert " --drop-columns 'cell id' a " in preprocess_command(["cell id", "a"])
+    assert "drop" not in preprocess_command(None)
+
+
 def test_a_labels_file_is_an_input_of_preprocessing(tmp_path: Path) -> None:
     """A labels file given by path is, like the data file, an input of the preprocess job:
     editing it reruns the pipeline (before, results built on old labels looked current)."""
@@ -456,6 +471,7 @@ SCHEMA_ERRORS = [
      "geodesics.graph_neighbours: 0 is less than the minimum of 1"),
     # numpy's and scikit-learn's generators refuse negative seeds: a job failed midway
     ({"data": {"seed": -1}}, "data.seed: -1 is less than the minimum of 0"),
+    ({"data": {"drop_columns": "cell"}}, "data.drop_columns: 'cell' is not of type 'array'"),
     ({"grid": {"seeds": [0, -1]}}, "grid.seeds.1: -1 is less than the minimum of 0"),
     ({"geodesics": {"seed": 2**32}},
      "geodesics.seed: 4294967296 is greater than the maximum of 4294967295"),

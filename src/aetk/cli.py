@@ -56,9 +56,11 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
     }
     if args.header is not None:  # only when given: the hashes of earlier stores stay
         settings["header"] = args.header
+    if args.drop_columns:  # likewise
+        settings["drop_columns"] = args.drop_columns
     t0 = time.perf_counter()
     raw = data_mod.load_source(args.source, key=args.key, labels=args.labels,
-                               header=args.header,
+                               header=args.header, drop_columns=args.drop_columns,
                                n_samples=args.n_samples, noise=args.noise, seed=args.seed)
     with warnings.catch_warnings(record=True) as caught:  # prepare's, in the CLI's words
         warnings.simplefilter("always", data_mod.SampleCountWarning)
@@ -1453,6 +1455,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="whether a .csv/.tsv file's first line holds column names (default: "
                    "unless it is all numbers; a first line of numbers that may be names, such as "
                    "0,1,2,... or a grid of wavelengths, must be said)")
+    p.add_argument("--drop-columns", nargs="+", default=[], metavar="NAME",
+                   help="columns of a .csv/.tsv file that are not features, such as sample "
+                   "IDs, left out by name (with --no-header: 0, 1, ... from the left)")
     p.add_argument("--n-samples", type=positive, help="use a seeded random subset of at most "
                    "this size (all samples, with a warning, when the data set has fewer; the "
                    "number generated for swissroll/scurve)")

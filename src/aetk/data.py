@@ -17,7 +17,7 @@ import json
 import lzma
 import pickle
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -365,9 +365,10 @@ def _evenly_spaced(fields: list[str]) -> bool:
     return bool(steps[0] != 0 and np.allclose(steps, steps[0], rtol=1e-6, atol=0))
 
 
-def _read_table(path: Path, labels: str | None, header: bool | None) -> tuple[RawData, Any]:
+def _read_table(path: Path, labels: str | None, header: bool | None,
+                drop_columns: list[str]) -> tuple[RawData, Any]:
     try:
-        return _parse_table(path, labels, header)
+        return _parse_table(path, labels, header, drop_columns)
     except UnicodeDecodeError as err:  # naming no file
         raise ValueError(f"{path}: not UTF-8 text ({err}); save it as UTF-8 (Excel: "
                          "'CSV UTF-8')") from None
@@ -377,7 +378,20 @@ def _read_table(path: Path, labels: str | None, header: bool | None) -> tuple[Ra
         raise ValueError(f"{path}: cannot decompress it ({err})") from None
 
 
-def _parse_table(path: Path, labels: str | None, header: bool | None) -> tuple[RawData, Any]:
+def _drop_columns(table: Any, names: list[str], labels: str | None, path: Path) -> Any:
+    """`table` without the columns `names` (as read: a headerless table's are "0", "1", ...);
+    a KeyError with the likely names for one it lacks."""
+    for name in names:
+        if name not in table.columns:
+            raise KeyError(f"{path}: no column {name!r} to drop; {_column_hint(table, name)}")
+        if name == labels:
+            raise ValueError(f"{path}: column {name!r} is both the label column and dropped: "
+                             "name it in one of `labels` and `drop_columns`")
+    return table.drop(columns=list(dict.fromkeys(names)))
+
+
+def _parse_table(path: Path, labels: str | None, header: bool | None,
+                 drop_columns: list[str]) -> tuple[RawData, Any]:
     import csv
 
     import pandas as pd
@@ -411,7 +425,10 @@ def _parse_table(path: Path, labels: str | None, header: bool | None) -> tuple[R
                          "as the first") from None
     if not header:
         table.columns = [str(c) for c in table.columns]
-        if len(table.columns) > 1 and _row_numbers(table.iloc[:, 0]):
+    table = _drop_columns(table, drop_columns, labels, path)
+    if not header:
+        # the guess at row numbers only where the first column is still there
+        if len(table.columns) > 1 and table.columns[0] == "0" and _row_numbers(table.iloc[:, 0]):
             warnings.warn(f"{path}: the first column holds the row numbers ("
                           f"{table.iloc[0, 0]}, {table.iloc[1, 0]}, ... as pandas' "
                           "to_csv(header=False) writes its index): dropped, not a feature; "
@@ -443,13 +460,16 @@ def _parse_table(path: Path, labels: str | None, header: bool | None) -> tuple[R
                              "...): separate the fields by commas, tabs or semicolons, and begin "
                              "with the header or the first sample, not a comment")
         first = table.columns[0]
-        names = (f" (row names in {first!r}? aetk drops a first column whose header cell is "
-                 "empty, as pandas' to_csv and R's write.csv write it)"
+        names = (f" (row names in {first!r}? drop_columns=[{str(first)!r}] leaves them out, as "
+                 "aetk does a first column whose header cell is empty, as pandas' to_csv and "
+                 "R's write.csv write it)"
                  if bad[0] == str(first) and table[first].is_unique
                  and table[first].astype(str).str.contains("[A-Za-z]").all() else "")
         raise ValueError(f"{path}: non-numeric columns {bad[:10]}; name the label column "
                          "with `labels` (aetk preprocess --labels, data.labels in the "
-                         f"pipeline's config) or remove them{names}")
+                         "pipeline's config) and leave out the others, such as sample IDs, "
+                         "with `drop_columns` (aetk preprocess --drop-columns, "
+                         f"data.drop_columns in the pipeline's config){names}")
     # True/False columns as 0/1: with other columns, to_numpy made an array of objects
     table = table.astype({c: np.int8 for c in table.columns
                           if pd.api.types.is_bool_dtype(table[c])})
@@ -595,7 +615,7 @@ def _column_hint(table: Any, name: str) -> str:
 
 
 def read_file(path: str | Path, *, key: str | None = None, labels: str | None = None,
-              header: bool | None = None) -> RawData:
+              header: bool | None = None, drop_columns: Sequence[str] = ()) -> RawData:
     """Read a user file: ``.npy``, ``.npz``, ``.csv``/``.tsv`` (also ``.gz``, ``.bz2`` or
     ``.xz`` compressed), ``.zarr`` or ``.h5ad``.
 
@@ -605,7 +625,8 @@ def read_file(path: str | Path, *, key: str | None = None, labels: str | None = 
     path of a ``.npy``/``.txt`` file with one label per sample.
     ``header`` says whether a table's first line holds column names; by default it does
     unless it is all numbers, and a first line of numbers that may be names (``0,1,2,...``,
-    a grid of evenly spaced numbers) is an error.
+    a grid of evenly spaced numbers) is an error. ``drop_columns`` names table columns that
+    are not features, such as sample IDs (a headerless table's are ``"0"``, ``"1"``, ...).
     """
     path = Path(path)
     if not path.exists():
@@ -613,6 +634,12 @@ def read_file(path: str | Path, *, key: str | None = None, labels: str | None = 
     suffix = file_suffix(path)
     if header is not None and suffix not in (".csv", ".tsv"):
         raise ValueError(f"{path}: `header` applies to .csv and .tsv files")
+    if isinstance(drop_columns, str):  # not its letters
+        raise TypeError(f"drop_columns takes a list of column names, got the string "
+                        f"{drop_columns!r}: give [{drop_columns!r}]")
+    drop_columns = [str(c) for c in drop_columns]
+    if drop_columns and suffix not in (".csv", ".tsv"):
+        raise ValueError(f"{path}: `drop_columns` applies to .csv and .tsv files")
     if key is not None and suffix in (".npy", ".csv", ".tsv"):  # was ignored without a word
         raise ValueError(f"{path}: a {suffix} file holds one array; `key` names one in .npz, "
                          ".zarr or .h5ad files")
@@ -649,7 +676,7 @@ def read_file(path: str | Path, *, key: str | None = None, labels: str | None = 
 
             data = _flatten(sparse.load_npz(path).toarray(), str(path))
     elif suffix in (".csv", ".tsv"):
-        data, label_values = _read_table(path, inner_labels, header)
+        data, label_values = _read_table(path, inner_labels, header, drop_columns)
     elif suffix == ".zarr":
         data, label_values = _read_zarr(path, key, inner_labels)
     elif suffix == ".h5ad":
@@ -668,16 +695,17 @@ def read_file(path: str | Path, *, key: str | None = None, labels: str | None = 
 
 
 def load_source(source: str, *, key: str | None = None, labels: str | None = None,
-                header: bool | None = None, n_samples: int | None = None,
-                noise: float = 0.05, seed: int = 0) -> RawData:
+                header: bool | None = None, drop_columns: Sequence[str] = (),
+                n_samples: int | None = None, noise: float = 0.05, seed: int = 0) -> RawData:
     """Load a bundled data set by name or a user file by path."""
     if source in BUNDLED:
-        if key is not None or labels is not None or header is not None:
-            raise ValueError(f"`key`, `labels` and `header` apply to user files, not to "
-                             f"{source!r}")
+        if key is not None or labels is not None or header is not None or drop_columns:
+            raise ValueError(f"`key`, `labels`, `header` and `drop_columns` apply to user "
+                             f"files, not to {source!r}")
         return load_bundled(source, n_samples=n_samples, noise=noise, seed=seed)
     if file_suffix(source) in FILE_SUFFIXES:
-        return read_file(source, key=key, labels=labels, header=header)
+        return read_file(source, key=key, labels=labels, header=header,
+                         drop_columns=drop_columns)
     raise ValueError(f"unknown data source {source!r}: use a bundled name "
                      f"({', '.join(BUNDLED)}) or a file ending in {', '.join(FILE_SUFFIXES)} "
                      f"(.csv and .tsv also compressed: {', '.join(COMPRESSIONS)})")

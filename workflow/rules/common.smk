@@ -346,6 +346,7 @@ def preprocess_args(wildcards):
             ("--key", DATA["key"]),
             ("--labels", DATA["labels"]),
             header_flag(DATA["header"]),
+            ("--drop-columns", DATA["drop_columns"] or None),
             ("--n-samples", DATA["n_samples"]),
             # only the generated manifolds have noise: elsewhere an edit would change the
             # data's hash, and retrain every model, for nothing. They get aetk's default,
