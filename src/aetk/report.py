@@ -617,7 +617,9 @@ def _seed_offsets(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Each run's vertical offset within its setting's row and its bar height: the seeds
     of a setting side by side in seed order, the first on top (0 and 0.6 for a lone
     seed; runs without a seed, from stores that do not record it, in table order)."""
-    order = rows["seed"].fillna(-1) if "seed" in rows else pd.Series(0, rows.index)
+    # to_numeric: a column of None is of object dtype, which fillna would downcast
+    order = (pd.to_numeric(rows["seed"]).fillna(-1) if "seed" in rows
+             else pd.Series(0, rows.index))
     rank = order.groupby(rows["setting"]).rank(method="first").to_numpy() - 1
     n = rows.groupby("setting")["run"].transform("size").to_numpy()
     return ((n - 1) / 2 - rank) * 0.7 / n, 0.6 / n
