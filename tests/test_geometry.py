@@ -145,6 +145,30 @@ def test_the_default_grid_is_uniform_on_zero_one():
                                    exact.sqrt(), rtol=1e-12, atol=0)
 
 
+def test_times_that_do_not_fit_the_points_are_refused():
+    """t of another length than the points broadcast against the segments: 2 times for 3
+    points on a line of unit steps gave the energy 1 (every step taking the time 1)
+    instead of refusing; decreasing times gave a negative energy, repeated ones an infinite
+    one, and velocities of another shape an error from inside torch's forward mode."""
+    euclid = constant(torch.eye(2, dtype=f64))
+    pts = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]]], dtype=f64)
+    assert curve_energy(euclid, pts, torch.tensor([0.0, 0.5, 1.0])).item() == pytest.approx(2.0)
+    for fn in (curve_energy, curve_length):
+        for t in (torch.tensor([0.0, 1.0]), torch.linspace(0, 1, 7), torch.zeros(2, 2, 3)):
+            with pytest.raises(ValueError, match="times of the curves' 3 points"):
+                fn(euclid, pts, t)
+        for t in (torch.tensor([1.0, 0.5, 0.0]), torch.tensor([0.0, 0.0, 1.0]),
+                  torch.tensor([0.0, float("nan"), 1.0])):
+            with pytest.raises(ValueError, match="strictly increasing"):
+                fn(euclid, pts, t)
+        with pytest.raises(ValueError, match="times of the curves' 3 points"):  # 2 curves' t
+            fn(euclid, pts.expand(3, -1, -1), torch.tensor([[0.0, 0.5, 1.0], [0.0, 0.2, 1.0]]))
+        with pytest.raises(ValueError, match="velocities must have the points' shape"):
+            fn(euclid, pts, velocities=torch.ones(1, 2, 2))
+        with pytest.raises(ValueError, match="at least 2 points"):
+            fn(euclid, pts[:, :1])
+
+
 # --- metrics -----------------------------------------------------------------------------
 
 

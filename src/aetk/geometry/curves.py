@@ -15,16 +15,34 @@ from .metrics import Metric, latent_points
 
 
 def _grid(points: Tensor, t: Tensor | None) -> Tensor:
+    """The times of the curves' points: `t` checked against them, or uniform on [0, 1]."""
     if t is None:
         return torch.linspace(0, 1, points.shape[-2], dtype=points.dtype, device=points.device)
-    return torch.as_tensor(t, dtype=points.dtype, device=points.device)
+    t = as_tensor(t, points.dtype, points.device)
+    n = points.shape[-2]
+    # t of another length broadcast against the segments (2 times for 3 points gave every
+    # segment the one step 1) or failed inside torch; times that go back or repeat gave a
+    # negative or infinite energy
+    if t.dim() not in (1, 2) or t.shape[-1] != n or (t.dim() == 2 and points.dim() == 3
+                                                      and len(t) not in (1, points.shape[0])):
+        raise ValueError(f"t must hold the times of the curves' {n} points, (T,) or (B, T) "
+                         f"for points {tuple(points.shape)}, got shape {tuple(t.shape)}")
+    if not bool((t.diff(dim=-1) > 0).all()):
+        raise ValueError("t must be strictly increasing (finite times, one per point)")
+    return t
 
 
 def _curve_points(metric: Metric, points: Tensor, velocities: Tensor | None
                   ) -> tuple[Tensor, Tensor | None]:
     points = latent_points(metric, points)
+    if points.dim() not in (2, 3) or points.shape[-2] < 2:
+        raise ValueError(f"points must be curves (B, T, d) or one curve (T, d) of at least 2 "
+                         f"points, got shape {tuple(points.shape)}")
     if velocities is not None:
         velocities = as_tensor(velocities, points.dtype, points.device)
+        if velocities.shape != points.shape:
+            raise ValueError(f"velocities must have the points' shape {tuple(points.shape)}, "
+                             f"got {tuple(velocities.shape)}")
     return points, velocities
 
 
@@ -68,9 +86,10 @@ def curve_length(
     `curve_energy`. Without velocities, the length of the discrete curve does not depend
     on `t`."""
     points, velocities = _curve_points(metric, points, velocities)
+    t = _grid(points, t)
     if velocities is not None:
         speed = metric.quad(points, velocities.unsqueeze(-2))[..., 0].clamp_min(0).sqrt()
-        return torch.trapezoid(speed, _grid(points, t))
+        return torch.trapezoid(speed, t)
     start, end = segment_quads(metric, points)
     return 0.5 * (start.clamp_min(0).sqrt() + end.clamp_min(0).sqrt()).sum(-1)
 
