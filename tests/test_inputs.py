@@ -3,6 +3,7 @@ numpy arrays (any strides) and pandas DataFrames, cast to the model's dtype and 
 tensors that already match pass through untouched, their gradients kept."""
 
 import inspect
+import re
 import warnings
 
 import numpy as np
@@ -495,3 +496,31 @@ def test_rows_of_another_size_are_refused_by_name():
         with pytest.raises(ValueError, match=r"feature shape \(2, 3\) but the model expects "
                                              r"\(5,\)"):
             call(rows)
+
+
+def test_inference_methods_refuse_rows_of_another_shape_by_name():
+    """encode, reconstruct, loss, ... took rows of another size into the network, to fail
+    in its first layer ("mat1 and mat2 shapes cannot be multiplied"), and a flattening MLP
+    encoded channels-last images (n, 4, 4, 3) of a (3, 4, 4) model as scrambled pixels, in
+    silence; decode took latent points of another dimension to the same matmul error."""
+    model = aetk.build_model("vae", "gaussian", input_shape=(3, 4, 4), latent_dim=D,
+                             hidden=(8,)).eval()
+    x = torch.rand(N, 3, 4, 4)
+    for name in ("encode", "latent_mean", "reconstruct", "posterior_sample", "loss"):
+        call = getattr(model, name)
+        call(x)  # and the flat rows of the same values, as before
+        call(x.reshape(N, -1))
+        for wrong in (torch.rand(N, 4, 4, 3), torch.rand(N, 40), x[0]):
+            shape = re.escape(str(tuple(wrong.shape[1:])))
+            with pytest.raises(ValueError, match=rf"{name} data has feature shape {shape} "
+                                                 r"but the model expects \(3, 4, 4\)"):
+                call(wrong)
+    with pytest.raises(ValueError, match=r"a single data point: x\[None\]"):
+        model.encode(x[0])
+    with pytest.raises(ValueError, match=r"forward data has feature shape \(40,\)"):
+        model(torch.rand(N, 40))
+    assert model.decode(torch.zeros(N, D)).mean.shape == (N, 3, 4, 4)
+    for name in ("decode", "prior_log_prob"):
+        with pytest.raises(ValueError, match=rf"{name}: z has shape \(4, 3\), but the model's "
+                                             rf"codes have latent_dim={D}"):
+            getattr(model, name)(torch.zeros(4, 3))

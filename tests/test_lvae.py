@@ -464,7 +464,7 @@ def test_z2_of_the_wrong_shape_or_kind_is_named() -> None:
         model.prior_z1(z1)
     with pytest.raises(ValueError, match=r"z2 has shape \(4, 2\)"):
         model.prior_log_prob(z1, z1)
-    with pytest.raises(ValueError, match=r"z has shape \(4, 3\), but the ladder VAE's codes "
+    with pytest.raises(ValueError, match=r"z has shape \(4, 3\), but the model's codes "
                                          r"have latent_dim=2"):
         model.prior_log_prob(z2, z2)
     with pytest.raises(ValueError, match=r"z \(4, 2\) and z2 \(3, 3\) are not pairs"):

@@ -54,7 +54,8 @@ def log_marginal(model: Model, x: Any, n_samples: int = 100, chunk: int = 8192,
                          "inside `with model.given(c):`, with c the conditions (rows, "
                          f"{model.n_conditions}) of x's rows")
     frames = x, target
-    x = model.checked_input(model.as_data(x))  # as fit and encode take it: integers too
+    # as fit and encode take it: integers too
+    x = model.checked_input(model.as_data(x), "log_marginal")
     model.check_condition_rows(x, "log_marginal")
     target = None if target is None else model.as_target(target)
     # as fit checks it: data outside the likelihood's support gets a finite, wrong score

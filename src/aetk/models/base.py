@@ -71,25 +71,25 @@ TAKES_DATA = ("encode", "decode", "latent_mean", "posterior_sample", "reconstruc
               "prior_log_prob", "codes")
 """The methods whose first argument (data x, or latent points z) may be an array, a
 DataFrame, or a tensor of another dtype or device: `Model.checked_input` converts data,
-`Model.as_data` latent points (of any number type, also for an encoder of tokens)."""
+`Model.as_points` latent points (of any number type, also for an encoder of tokens)."""
 TAKES_POINTS = ("decode", "prior_log_prob")
 
 
 def takes_data(method: Callable[..., Any]) -> Callable[..., Any]:
     """`method(self, x, ...)` with `x` first converted by `self.checked_input` (by
-    `self.as_data` for the latent points of `TAKES_POINTS`), whether given by position or
+    `self.as_points` for the latent points of `TAKES_POINTS`), whether given by position or
     by its name."""
     if getattr(method, "takes_data", False):
         return method
     first = list(inspect.signature(method).parameters)[1]
-    convert = "as_data" if method.__name__ in TAKES_POINTS else "checked_input"
+    convert = "as_points" if method.__name__ in TAKES_POINTS else "checked_input"
 
     @functools.wraps(method)
     def converted(self: Model, *args: Any, **kwargs: Any) -> Any:
         if args:
-            args = (getattr(self, convert)(args[0]), *args[1:])
+            args = (getattr(self, convert)(args[0], method.__name__), *args[1:])
         elif first in kwargs:
-            kwargs[first] = getattr(self, convert)(kwargs[first])
+            kwargs[first] = getattr(self, convert)(kwargs[first], method.__name__)
         if convert == "checked_input" and self._condition_rows > 1 and (args or first in kwargs):
             self.check_condition_rows(args[0] if args else kwargs[first], method.__name__)
         return method(self, *args, **kwargs)
@@ -110,17 +110,24 @@ def takes_loss_data(loss: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(loss)
     def converted(self: Model, *args: Any, **kwargs: Any) -> Any:
-        args = tuple(a if a is None or i >= len(converters) else getattr(self, converters[i])(a)
+        args = tuple(a if a is None or i >= len(converters) else _convert(self, converters[i], a)
                      for i, a in enumerate(args))
         for name, convert in zip(names[len(args):], converters[len(args):], strict=False):
             if kwargs.get(name) is not None:
-                kwargs[name] = getattr(self, convert)(kwargs[name])
+                kwargs[name] = _convert(self, convert, kwargs[name])
         if self._condition_rows > 1 and (args or names[0] in kwargs):
             self.check_condition_rows(args[0] if args else kwargs[names[0]], "loss")
         return loss(self, *args, **kwargs)
 
     converted.takes_data = True
     return converted
+
+
+def _convert(model: Model, converter: str, value: Any) -> Any:
+    """`value` converted by the model's method `converter`, the loss's inputs named so."""
+    if converter == "checked_input":
+        return model.checked_input(value, "loss")
+    return getattr(model, converter)(value)
 
 
 class Model(nn.Module):
@@ -184,6 +191,18 @@ class Model(nn.Module):
             return x
         return validate.as_tensor(x, param.dtype, param.device)
 
+    def as_points(self, z: Any, name: str = "points") -> torch.Tensor:
+        """Latent points `z (..., latent_dim)` as `as_data` converts data; another last size
+        is a ValueError naming the method `name` (it failed inside the decoder's first
+        layer)."""
+        z = self.as_data(z)
+        d = self.latent_dim
+        if z.dim() == 0 or z.shape[-1] != d:
+            raise ValueError(f"{name}: z has shape {tuple(z.shape)}, but the model's codes have "
+                             f"latent_dim={d} coordinates: give (..., {d}) (data: encode them "
+                             "first)")
+        return z
+
     def as_input(self, x: Any) -> Any:
         """`x` as the model's networks take it: data as `as_data` converts them (integer
         and boolean tensors too: uint8 images, int64 counts; a list of tensors stacked as
@@ -200,12 +219,24 @@ class Model(nn.Module):
             and any(isinstance(e, torch.Tensor) for e in x))
         return x if structured else self.as_data(x)
 
-    def checked_input(self, x: Any) -> Any:
+    def checked_input(self, x: Any, name: str = "input") -> Any:
         """Data `x` as `as_input` converts them, with rows of the right number of values in
         another shape (images `(n, 1, 28, 28)` for a model of 784 features, or the reverse)
-        reshaped to `input_shape`: what every method that takes data takes."""
+        reshaped to `input_shape`: what every method that takes data takes. Rows of another
+        size are a ValueError naming the method `name` (they failed inside the network's
+        first layer: "mat1 and mat2 shapes cannot be multiplied")."""
         x = self.as_input(x)
-        return validate.as_rows(x, self.input_shape) if isinstance(x, torch.Tensor) else x
+        if not isinstance(x, torch.Tensor):
+            return x
+        x = validate.as_rows(x, self.input_shape)
+        shape = self.input_shape
+        if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+            one = (f" (a single data point: x[None], of shape (1, {', '.join(map(str, shape))}))"
+                   if tuple(x.shape) == tuple(shape) else "")
+            raise ValueError(f"{name} data has feature shape {tuple(x.shape[1:])} but the "
+                             f"model expects {tuple(shape)}: give rows (n, "
+                             f"{', '.join(map(str, shape))}){one}")
+        return x
 
     def _on_device(self, t: torch.Tensor) -> torch.Tensor:
         """`t` moved to the model's device, its integers kept (token or class indices)."""

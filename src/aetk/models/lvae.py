@@ -184,8 +184,7 @@ class LadderVAE(Model):
             raise ValueError("the ladder VAE's prior of z1 alone, p(z1) = E p(z1|z2) over "
                              "z2 ~ N(0, I), has no closed form: give z2 for the joint "
                              "log p(z1, z2); aetk.log_marginal estimates log p(x)")
-        z2 = self._top_points(z2)
-        _check_coordinates(z, "z", "codes have latent_dim", self.latent_dim)
+        z2 = self._top_points(z2)  # z: checked by as_points
         try:
             torch.broadcast_shapes(z.shape[:-1], z2.shape[:-1])
         except RuntimeError:
