@@ -1185,3 +1185,29 @@ def test_the_users_encoder_module_still_returns_its_own_distribution() -> None:
                 - D.Normal(0.0, 1.0).log_prob(z).sum(-1)).mean()
     torch.testing.assert_close(loss.loss, expected)
     assert isinstance(model.encode(x), D.Independent)
+
+
+def test_parts_of_another_model_kind_or_latent_size_are_refused_when_composed():
+    """Composed by hand, a decoder of another latent size failed at the first batch in the
+    decoder's matmul ("mat1 and mat2 shapes cannot be multiplied (10x2 and 3x8)"), a VAE
+    with a DeterministicEncoder in "'Tensor' object has no attribute 'rsample'", an AE with
+    a GaussianEncoder in linear() ("must be Tensor, not Independent") and a VAE with a
+    DeterministicDecoder in "'Tensor' object has no attribute 'log_prob'"."""
+    sizes = {"in_features": 5, "hidden": (4,)}
+    gauss, det = GaussianEncoder(latent_dim=2, **sizes), DeterministicEncoder(latent_dim=2, **sizes)
+    bern = dec.BernoulliDecoder(latent_dim=2, out_features=5, hidden=(4,))
+    mse = dec.DeterministicDecoder(latent_dim=2, out_features=5, hidden=(4,))
+    with pytest.raises(ValueError, match="the encoder's latent_dim is 2 but the decoder's 3"):
+        aetk.VAE(gauss, dec.BernoulliDecoder(latent_dim=3, out_features=5, hidden=(4,)))
+    for cls in (aetk.VAE, aetk.InfoVAE, aetk.IWAE, aetk.HVAE, aetk.RHVAE, aetk.BetaTCVAE,
+                aetk.VampPrior, aetk.LadderVAE):
+        with pytest.raises(ValueError, match=f"{cls.__name__} takes an encoder of a "
+                                             "distribution q\\(z\\|x\\): give it a Gaussian"):
+            cls(det, bern)
+        with pytest.raises(ValueError, match=f"{cls.__name__} scores data by a likelihood"):
+            cls(gauss, mse)
+    for cls in (aetk.AE, aetk.IRMAE, aetk.WAE, aetk.VQVAE):
+        with pytest.raises(ValueError, match=f"{cls.__name__} takes an encoder of codes"):
+            cls(gauss, mse)
+        cls(det, mse), cls(det, bern)  # a point prediction or any likelihood
+    aetk.VAE(gauss, bern)

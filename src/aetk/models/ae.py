@@ -11,6 +11,8 @@ from .base import LossOutput, Model
 class AE(Model):
     """Loss: mean squared error for a deterministic decoder, else `-<log p(x|z)>`."""
 
+    point_codes = True
+
     def reconstruction(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The reconstruction cost of `x` decoded from `z`: the mean squared error of a
         deterministic decoder's output, else `-<log p(x|z)>`."""

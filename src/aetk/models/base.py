@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .. import validate
-from ..decoders import Decoder, _BuiltinDecoder, check_support
+from ..decoders import Decoder, DeterministicDecoder, _BuiltinDecoder, check_support
 from ..distributions import (
     kl_to_standard_normal,
     log_importance_weights,
@@ -24,6 +24,7 @@ from ..distributions import (
     one_event,
     standard_normal_log_prob,
 )
+from ..encoders import DeterministicEncoder, GaussianEncoder
 from ..nets import Conditioned, LogInputs, attribute_set, evaluating
 
 if TYPE_CHECKING:
@@ -146,6 +147,10 @@ class Model(nn.Module):
     """
 
     build_spec: dict[str, Any] | None = None  # set by build_model, lets save/load rebuild it
+    point_codes: bool | None = None
+    """True for the autoencoders (codes z = f(x)), False for the models of a posterior
+    q(z|x); `__init__` refuses the built-in encoder and decoder of the other kind (None, a
+    user's model: no check)."""
     _condition_rows = 0  # the rows of the conditions of the innermost `given` block
 
     def __getstate__(self) -> dict[str, Any]:
@@ -158,6 +163,7 @@ class Model(nn.Module):
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
         super().__init__()
+        self._check_parts(encoder, decoder)
         self.encoder = encoder
         self.decoder = decoder
         self.latent_dim: int = encoder.latent_dim
@@ -167,6 +173,30 @@ class Model(nn.Module):
             raise ValueError(f"the encoder takes {self.n_conditions} conditions and the decoder "
                              f"{getattr(decoder, 'n_conditions', 0)}: build both with the same "
                              "n_conditions")
+
+    def _check_parts(self, encoder: nn.Module, decoder: nn.Module) -> None:
+        """ValueError for parts that cannot work together (they failed at the first batch,
+        inside torch: "mat1 and mat2 shapes cannot be multiplied", "'Tensor' object has no
+        attribute 'rsample'"): a decoder of another latent dimension than the encoder's, and
+        built-in parts of the other kind of model (`point_codes`)."""
+        cls, d = type(self).__name__, getattr(encoder, "latent_dim", None)
+        d_dec = getattr(decoder, "latent_dim", None)
+        if isinstance(d, int) and isinstance(d_dec, int) and d_dec != d:
+            raise ValueError(f"the encoder's latent_dim is {d} but the decoder's {d_dec}: build "
+                             "both with the same latent_dim")
+        if self.point_codes is None:
+            return
+        wrong, right, what = ((GaussianEncoder, "DeterministicEncoder", "codes z = f(x)")
+                              if self.point_codes else
+                              (DeterministicEncoder, "GaussianEncoder", "a distribution q(z|x)"))
+        if isinstance(encoder, wrong):
+            raise ValueError(f"{cls} takes an encoder of {what}: give it a {right}, not a "
+                             f"{type(encoder).__name__}")
+        if not self.point_codes and isinstance(decoder, DeterministicDecoder):
+            raise ValueError(f"{cls} scores data by a likelihood: give it a probabilistic "
+                             "decoder (BernoulliDecoder, GaussianDecoder, ...); a "
+                             "DeterministicDecoder (the mean squared error) is for the "
+                             "autoencoders AE, IRMAE, WAE and VQVAE")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # a subclass's own encode etc. (the ladder VAE's, a user's) convert their inputs as

@@ -50,6 +50,8 @@ class HVAE(Model):
     AETK does (`aetk.hamiltonian.hamiltonian_elbo`); the defaults, all ones, give the ELBO.
     """
 
+    point_codes = False
+
     def __init__(
         self,
         encoder: nn.Module,

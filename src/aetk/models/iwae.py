@@ -30,6 +30,8 @@ class IWAE(Model):
     and the closed-form `kl` of q(z|x) to N(0, I).
     """
 
+    point_codes = False
+
     def __init__(self, encoder, decoder, n_samples: int = 5, n_groups: int = 1) -> None:
         super().__init__(encoder, decoder)
         self.n_samples = positive_int(n_samples, "n_samples")

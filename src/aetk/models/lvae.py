@@ -101,6 +101,8 @@ class LadderVAE(Model):
     `N(0, I)`.
     """
 
+    point_codes = False
+
     def __init__(self, encoder: nn.Module, decoder: nn.Module, top_dim: int | None = None,
                  beta: float = 1.0, *, hidden: Sequence[int] = (400, 400),
                  activation: str = "relu") -> None:

@@ -105,6 +105,8 @@ class RHVAE(Model):
     latent space, is shared by all conditions.
     """
 
+    point_codes = False
+
     def __init__(
         self,
         encoder: nn.Module,

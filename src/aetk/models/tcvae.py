@@ -44,6 +44,8 @@ class BetaTCVAE(Model):
     `dataset_size` is N; when not given, every `aetk.fit` sets it from its training data.
     """
 
+    point_codes = False
+
     def __init__(self, encoder: nn.Module, decoder: nn.Module, alpha: float = 1.0,
                  beta: float = 6.0, gamma: float = 1.0, dataset_size: int | None = None) -> None:
         super().__init__(encoder, decoder)

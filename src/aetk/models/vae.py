@@ -31,6 +31,8 @@ class VAE(Model):
     is measured from the free-bits charge: `beta |sum_j max(lambda, <KL_j>) - C|`.
     """
 
+    point_codes = False
+
     capacity: float | None = None
 
     def __init__(self, encoder, decoder, beta: float = 1.0, n_samples: int = 1,

@@ -28,6 +28,8 @@ class VampPrior(Model):
     the same pseudo-inputs, encoded under each sample's conditions.
     """
 
+    point_codes = False
+
     def __init__(self, encoder: nn.Module, decoder: nn.Module, n_components: int = 50,
                  beta: float = 1.0) -> None:
         super().__init__(encoder, decoder)
