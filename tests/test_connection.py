@@ -231,6 +231,20 @@ def test_exp_map_refuses_bad_input():
         exp_map(MODELS["mean"], torch.zeros(1, 3, dtype=f64), torch.zeros(1, 3, dtype=f64))
 
 
+def test_unpaired_rows_are_refused_by_name():
+    """Points and velocities (or log_map's ends) of 2 and 3 rows failed in torch's
+    broadcasting ("The size of tensor a (2) must match the size of tensor b (3)"); one row
+    for all still pairs with every row."""
+    z, v = POINTS[:2], 0.1 * torch.ones(3, POINTS.shape[1], dtype=f64)
+    with pytest.raises(ValueError, match=r"points \(2, 2\) and vectors \(3, 2\) must have as "
+                                         "many rows"):
+        exp_map(polar(), z, v)
+    with pytest.raises(ValueError, match=r"z_start \(2, 2\) and z_end \(3, 2\) must have as "
+                                         "many rows"):
+        log_map(polar(), z, z[:1] + v)
+    torch.testing.assert_close(exp_map(polar(), z, v[:1]), exp_map(polar(), z, v[:2]))
+
+
 # --- logarithm map ---------------------------------------------------------------------
 
 def test_log_map_of_the_half_plane_gives_the_hyperbolic_distance():

@@ -152,11 +152,16 @@ def _pairs(metric: Metric, z: Tensor, v: Tensor, names: tuple[str, str] | None =
     if finite:
         v = as_points(metric, v, names[1], finite=True, device=z.device)
     v = as_tensor(v, None).to(dtype=z.dtype, device=z.device)
+    first, second = names or ("points", "vectors")
     if z.shape[-1:] != v.shape[-1:] or z.dim() > 2 or v.dim() > 2:
-        raise ValueError(f"points {tuple(z.shape)} and vectors {tuple(v.shape)} must be (B, d) "
-                         "or (d,) with the same d")
+        raise ValueError(f"{first} {tuple(z.shape)} and {second} {tuple(v.shape)} must be "
+                         "(B, d) or (d,) with the same d")
+    z, v = z.reshape(-1, z.shape[-1]), v.reshape(-1, v.shape[-1])
+    if len(z) != len(v) and 1 not in (len(z), len(v)):  # torch's broadcasting error else
+        raise ValueError(f"{first} {tuple(z.shape)} and {second} {tuple(v.shape)} must have "
+                         "as many rows, or one of them one row (d,) for all")
     # contiguous copies: forward mode cannot take broadcast (stride-0) views as primals
-    z, v = torch.broadcast_tensors(z.reshape(-1, z.shape[-1]), v.reshape(-1, v.shape[-1]))
+    z, v = torch.broadcast_tensors(z, v)
     return z.contiguous(), v.contiguous()
 
 
