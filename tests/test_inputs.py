@@ -524,3 +524,28 @@ def test_inference_methods_refuse_rows_of_another_shape_by_name():
         with pytest.raises(ValueError, match=rf"{name}: z has shape \(4, 3\), but the model's "
                                              rf"codes have latent_dim={D}"):
             getattr(model, name)(torch.zeros(4, 3))
+
+
+def test_loss_refuses_targets_that_would_broadcast():
+    """A target of one row for five inputs, or of one feature for four, broadcast against
+    the likelihood's parameters: a Gaussian model's loss(x, x[:, :1]) was a number (every
+    feature scored against the first), in silence; a Bernoulli one failed inside torch."""
+    torch.manual_seed(0)
+    x = torch.rand(5, 4)
+    for name in ("vae", "hvae", "iwae"):
+        model = aetk.build_model(name, "gaussian", in_features=4, hidden=(8,))
+        model.loss(x, x.flip(0))  # a paired target of the decoder's shape
+        with pytest.raises(ValueError, match="loss got x of 5 rows but a target of 1"):
+            model.loss(x, x[:1])
+        with pytest.raises(ValueError, match="loss got x of 5 rows but a target of 1"):
+            model.loss(x=x, target=x[:1])
+        with pytest.raises(ValueError, match=r"target data has feature shape \(1,\) but the "
+                                             r"decoder outputs \(4,\)"):
+            model.loss(x, x[:, :1])
+    onehot = torch.nn.functional.one_hot(torch.randint(3, (5, 4)), 3).float()
+    cat = aetk.build_model("vae", "categorical", in_features=4, hidden=(8,), n_classes=3)
+    classes = onehot.argmax(-1)
+    torch.manual_seed(1)
+    by_index = cat.loss(classes, classes).loss
+    torch.manual_seed(1)
+    assert cat.loss(classes, onehot).loss.item() == by_index.item()  # one-hot targets pass

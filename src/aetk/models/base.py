@@ -116,6 +116,12 @@ def takes_loss_data(loss: Callable[..., Any]) -> Callable[..., Any]:
         for name, convert in zip(names[len(args):], converters[len(args):], strict=False):
             if kwargs.get(name) is not None:
                 kwargs[name] = _convert(self, convert, kwargs[name])
+        given = dict(zip(names, args, strict=False)) | kwargs
+        x, target = given.get(names[0]), given.get("target") if len(converters) == 2 else None
+        if (isinstance(x, torch.Tensor) and isinstance(target, torch.Tensor) and x.dim()
+                and target.dim() and len(x) != len(target)):  # broadcast in the likelihood
+            raise ValueError(f"loss got x of {len(x)} rows but a target of {len(target)}: give "
+                             "one target row per row of x")
         if self._condition_rows > 1 and (args or names[0] in kwargs):
             self.check_condition_rows(args[0] if args else kwargs[names[0]], "loss")
         return loss(self, *args, **kwargs)
@@ -293,7 +299,12 @@ class Model(nn.Module):
         """The decoder's data `y` as `as_data` converts data, except that integer class
         indices stay integers for a decoder of classes (one with `n_classes`, a categorical
         likelihood), as `fit` keeps them."""
-        y = validate.as_rows(validate.as_target(y), getattr(self.decoder, "event_shape", None))
+        out = getattr(self.decoder, "event_shape", None)
+        y = validate.as_rows(validate.as_target(y), out)
+        # (a categorical's one-hot targets have a class axis after these)
+        if out is not None and y.dim() and tuple(y.shape[1:len(out) + 1]) != tuple(out):
+            raise ValueError(f"target data has feature shape {tuple(y.shape[1:])} but the "
+                             f"decoder outputs {tuple(out)}")  # broadcast in the likelihood
         if y.is_floating_point() or not hasattr(self.decoder, "n_classes"):
             return self.as_data(y)
         return self._on_device(y)
