@@ -983,6 +983,23 @@ def test_rhvae_samples_favour_high_inverse_volume():
     assert m.log_det_G(z).mean() < m.log_det_G(box).mean() - 0.5
 
 
+def test_rhvae_sampler_refuses_settings_that_never_move():
+    """RHVAE.sample with n_steps=0, n_leapfrog=0 or a NaN step size returned its start
+    points, the centroids' codes decoded, as samples (a NaN step's moves are all rejected);
+    riemannian_uniform refused the same settings."""
+    m = rhvae()
+    for options, match in (({"n_steps": 0}, "n_steps must be an integer >= 1"),
+                           ({"n_leapfrog": 0}, "n_leapfrog must be an integer >= 1"),
+                           ({"step_size": float("nan")}, "step_size must be a positive finite"),
+                           ({"step_size": -0.1}, "step_size must be a positive finite")):
+        for draw in (m.sample, m.sample_latent):
+            with pytest.raises(ValueError, match=match):
+                draw(3, **options)
+    torch.manual_seed(0)
+    z = m.sample_latent(3, n_steps=2)
+    assert bool(torch.cdist(z, m.centroid_latent).min(1).values.gt(0).all())  # they move
+
+
 def test_rhvae_sampler_targets_the_square_root_of_det_g_inverse(monkeypatch):
     """sample_latent runs HMC on the density proportional to sqrt(det G^{-1}(z)): the
     potential it hands hmc is 1/2 log det G(z) of the frozen metric (from the explicit

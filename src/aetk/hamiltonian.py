@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from .train import TrainingDiverged
+from .validate import positive_int
 
 MAX_LATENT_NORM = 1e3
 """A flow that takes a position beyond this norm has diverged: the prior N(0, I) has no mass
@@ -343,6 +344,11 @@ def hmc(pos: Position, position: PositionFn, n_steps: int, n_leapfrog: int,
     transitions of that length left a Gaussian's chains, on average, at 0.55 of their
     start's offset from the mode; with 0.5, at 0.01).
     """
+    # RHVAE.sample took 0 steps, 0 leapfrog steps or a NaN step size and returned its
+    # start points, the centroids, as samples
+    n_steps, n_leapfrog = positive_int(n_steps, "n_steps"), positive_int(n_leapfrog, "n_leapfrog")
+    if not 0 < step_size < math.inf:
+        raise ValueError(f"step_size must be a positive finite number, got {step_size!r}")
     if not 0 <= jitter < 1:
         raise ValueError(f"jitter must be in [0, 1), got {jitter}")
     for _ in range(n_steps):

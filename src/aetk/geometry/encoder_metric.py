@@ -180,10 +180,6 @@ def riemannian_uniform(metric: Metric, start: Tensor, *, n_steps: int = 50,
     proportional to `sqrt(det G(z))`, one chain per row of `start (n, d)`: the points after
     `n_steps` transitions of `n_leapfrog` leapfrog steps. The volume element must be
     integrable (`EncoderMetric`'s is, through `tau`)."""
-    n_steps, n_leapfrog = positive_int(n_steps, "n_steps"), positive_int(n_leapfrog, "n_leapfrog")
-    if not step_size > 0:
-        raise ValueError(f"step_size must be positive, got {step_size}")
-
     def position(z: Tensor) -> Position:
         log_volume, grad = metric.log_volume_and_grad(z)
         return Position(z, -log_volume, -grad)
