@@ -312,6 +312,14 @@ def test_count_likelihoods_encode_log_counts_by_default(tmp_path):
                                   log_inputs=True),
                  torch.tensor([[1.0, 2.0, -1.0, 0.0]] * 4), epochs=1, batch_size=2,
                  progress=False)
+    # embed too: standardised counts (a plausible slip) gave the codes of |x| in silence
+    counts = torch.poisson(torch.full((6, 4), 3.0, dtype=torch.float64).exp()).float()
+    standardised = (counts - counts.mean(0)) / counts.std(0)
+    model = aetk.build_model("vae", "poisson", in_features=4, hidden=(8,))
+    assert model.embed(counts).shape == (6, 2) and model.embed(counts.long()).shape == (6, 2)
+    with pytest.raises(ValueError, match="embed data has negative values, but the encoder"):
+        model.embed(standardised)
+    assert off.embed(standardised).shape == (6, 2)  # without log_inputs: any values
     # a paired model's inputs need not be counts: no log by default
     paired = aetk.build_model("vae", "multinomial", in_features=4, out_features=3,
                               hidden=(8,))

@@ -435,6 +435,7 @@ class Model(nn.Module):
         if x.dim() == 0 or len(x):  # no rows give no codes; a single value is no data
             with validate.labelled(frame):  # the shape, and no NaN codes
                 validate.check_finite(x, "embed", self.input_shape)
+            self._check_log_inputs(x, "embed")  # standardised counts gave codes of |x|
         c = None if conditions is None else validate.as_tensor(conditions, param.dtype)
         if c is None and self._condition_rows > 1:  # the block's rows, batch by batch
             self.check_condition_rows(x, "embed")
@@ -539,7 +540,11 @@ class Model(nn.Module):
                 and not self.n_conditions):  # a user's likelihood: its support, at z = 0
             check_support(self.decoder, x if target is None else target,
                           name if target is None else f"{name} target", self.latent_dim)
-        # after the likelihood's own check, whose message says more for count data
+        self._check_log_inputs(x, name)  # after the likelihood's, which says more for counts
+
+    def _check_log_inputs(self, x: torch.Tensor, name: str) -> None:
+        """ValueError for negative data when the encoder takes `log(1 + |x|)` (`LogInputs`):
+        it would encode -x as x."""
         if any(isinstance(m, LogInputs) for m in self.encoder.modules()) and bool((x < 0).any()):
             raise ValueError(f"{name} data has negative values, but the encoder takes log(1 + x) "
                              "(log_inputs, the default for count likelihoods): build the model "
