@@ -1211,3 +1211,20 @@ def test_parts_of_another_model_kind_or_latent_size_are_refused_when_composed():
             cls(gauss, mse)
         cls(det, mse), cls(det, bern)  # a point prediction or any likelihood
     aetk.VAE(gauss, bern)
+
+
+def test_an_encoder_network_of_the_wrong_width_is_refused():
+    """A GaussianEncoder whose network gave 3 outputs for latent_dim 2 split them into mu
+    (2) and one log sigma broadcast over both dimensions, and trained in silence; with 2
+    outputs the latent space was 1-D and the decoder failed in its matmul."""
+    x = torch.rand(6, 5)
+    for width in (3, 2, 5):
+        with pytest.raises(ValueError, match=rf"GaussianEncoder's network returned {width} "
+                                             r"values per row, but latent_dim=2 needs 4"):
+            GaussianEncoder(nn.Linear(5, width), latent_dim=2)(x)
+    with pytest.raises(ValueError, match=r"DeterministicEncoder's network returned 4 values "
+                                         r"per row, but latent_dim=2 needs 2$"):
+        DeterministicEncoder(nn.Linear(5, 4), latent_dim=2)(x)
+    q = GaussianEncoder(nn.Linear(5, 4), latent_dim=2)(x)
+    assert q.mean.shape == q.stddev.shape == (6, 2)
+    assert DeterministicEncoder(nn.Linear(5, 2), latent_dim=2)(x).shape == (6, 2)

@@ -83,6 +83,18 @@ class _Encoder(nn.Module):
             network = nn.Sequential(MaskingNoise(input_noise), network)
         self.network = network
 
+    def outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's output for x, `(B, out_per_latent * latent_dim)`; another width is a
+        ValueError (a GaussianEncoder's 3 outputs for latent_dim 2 gave mu of 2 and one
+        log sigma broadcast over both, in silence)."""
+        out = self.network(x)
+        n = self.out_per_latent * self.latent_dim
+        if out.shape[-1] != n:
+            raise ValueError(f"the {type(self).__name__}'s network returned {out.shape[-1]} "
+                             f"values per row, but latent_dim={self.latent_dim} needs {n}"
+                             + (" (mu, then log sigma)" if self.out_per_latent == 2 else ""))
+        return out
+
 
 class GaussianEncoder(_Encoder):
     """q(z|x) = N(mu(x), diag sigma(x)^2).
@@ -94,7 +106,7 @@ class GaussianEncoder(_Encoder):
     out_per_latent = 2
 
     def forward(self, x: torch.Tensor) -> D.Independent:
-        mu, log_sigma = self.network(x).chunk(2, dim=-1)
+        mu, log_sigma = self.outputs(x).chunk(2, dim=-1)
         return D.Independent(D.Normal(mu, log_sigma.exp(), validate_args=False), 1)
 
 
@@ -102,4 +114,4 @@ class DeterministicEncoder(_Encoder):
     """z = f(x). `network` maps x to `(B, latent_dim)`; without it an MLP is built."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x)
+        return self.outputs(x)
