@@ -533,3 +533,19 @@ def test_the_support_checks_fast_path_agrees_with_torchs_check(constraint) -> No
               -torch.rand(4, 2), torch.full((3, 3), 2.0), torch.full((3, 3), 3.5)]
     for y in values:
         assert _within_bounds(constraint, y) == bool(constraint.check(y).all()), (constraint, y)
+
+
+def test_a_decoder_network_of_the_wrong_width_is_named():
+    """A built-in decoder given a network of another output width failed in torch's reshape
+    ("shape '[4, 2, 5]' is invalid for input of size 20"): a learned-variance Gaussian's
+    network must give mean and log sigma, a categorical's every class's logit."""
+    z = torch.randn(4, 2)
+    for cls, kw, width, needs in [
+            (dec.BernoulliDecoder, {}, 6, r"needs 5: the data shape \(5,\)$"),
+            (dec.LearnedGaussianDecoder, {}, 5, r"needs 10: 2 parameter blocks of the data"),
+            (dec.CategoricalDecoder, {"n_classes": 3}, 5, r"needs 15: .*, times 3 classes")]:
+        with pytest.raises(ValueError, match=rf"{cls.__name__}'s network returned {width} "
+                                             rf"values per row, but it {needs}"):
+            cls(nn.Linear(2, width), latent_dim=2, out_features=5, **kw)(z)
+    assert dec.LearnedGaussianDecoder(nn.Linear(2, 10), latent_dim=2, out_features=5)(
+        z).batch_shape == (4,)

@@ -174,7 +174,16 @@ class _BuiltinDecoder(Decoder):
     def params(self, z: torch.Tensor) -> list[torch.Tensor]:
         """The network output split into `n_params` tensors of shape `(B, *event_shape)`."""
         trailing = (self.width,) if self.width > 1 else ()
-        out = self.network(z).reshape(z.shape[0], self.n_params, *self.event_shape, *trailing)
+        out = self.network(z)
+        per_row = self.n_params * numel(self.event_shape) * self.width
+        if out.numel() != z.shape[0] * per_row:  # else reshape's "shape '[4, 2, 5]' is invalid"
+            blocks = f"{self.n_params} parameter blocks of " if self.n_params > 1 else ""
+            classes = f", times {self.width} classes" if self.width > 1 else ""
+            raise ValueError(f"the {type(self).__name__}'s network returned "
+                             f"{out.numel() // max(z.shape[0], 1)} values per row, but it needs "
+                             f"{per_row}: {blocks}the data shape {tuple(self.event_shape)}"
+                             f"{classes}")
+        out = out.reshape(z.shape[0], self.n_params, *self.event_shape, *trailing)
         return list(out.unbind(1))
 
     def _independent(self, base: D.Distribution) -> D.Independent:
