@@ -252,3 +252,33 @@ def test_a_decoder_without_a_closed_form_mean_is_a_value_error_saying_so():
     with pytest.raises(ValueError, match=match):
         model.sample(4)
     assert model.sample(4, mean_only=False).shape == (4, 3)  # draws need no mean
+
+
+def test_a_user_distribution_whose_event_takes_the_batch_axis_is_refused():
+    """A user decoder returning Independent(Normal(mu, 1), 2) for rows (B, D) made one
+    event of the whole batch: its log-probability was the sum over the rows, so a VAE's
+    reconstruction term was B times the per-row mean (54.0 against 6.75 for 8 rows) and
+    trained B times heavier than the KL, in silence; log_marginal failed in a reshape."""
+
+    class Decoder(aetk.Decoder):
+        def __init__(self, event_dims: int) -> None:
+            super().__init__()
+            self.net, self.event_dims = torch.nn.Linear(2, 5), event_dims
+
+        def forward(self, z):
+            return D.Independent(D.Normal(self.net(z), 1.0), self.event_dims)
+
+    torch.manual_seed(0)
+    x, z = torch.randn(8, 5), torch.randn(8, 2)
+    right, wrong = Decoder(1), Decoder(2)
+    wrong.load_state_dict(right.state_dict())
+    per_row = dist.log_prob(right(z), x)
+    torch.testing.assert_close(per_row, D.Normal(right.net(z), 1.0).log_prob(x).sum(-1))
+    with pytest.raises(ValueError, match=r"gave log-probabilities of shape \(\) for 8 rows: "
+                                         r"keep the batch axis out of its event, e\.g\. "
+                                         r"Independent\(base, 1\)"):
+        dist.log_prob(wrong(z), x)
+    model = aetk.VAE(aetk.GaussianEncoder(in_features=5, latent_dim=2, hidden=(4,)), wrong)
+    for call in (model.loss, lambda x: aetk.log_marginal(model, x, n_samples=2)):
+        with pytest.raises(ValueError, match="keep the batch axis out of its event"):
+            call(x)

@@ -17,6 +17,14 @@ def log_prob(dist: D.Distribution, x: torch.Tensor) -> torch.Tensor:
     a plain `Normal` with batch shape `(B, D)` works too.
     """
     lp = dist.log_prob(x)
+    if x.dim() and (lp.dim() == 0 or lp.shape[0] != x.shape[0]):
+        # an event over the batch axis too (Independent(Normal(mu, s), 2) for rows (B, D))
+        # summed the rows: a loss B times the likelihood's weight against the KL
+        raise ValueError(
+            f"the decoder's {type(dist).__name__} of batch shape {tuple(dist.batch_shape)} "
+            f"and event shape {tuple(dist.event_shape)} gave log-probabilities of shape "
+            f"{tuple(lp.shape)} for {x.shape[0]} rows: keep the batch axis out of its event, "
+            f"e.g. Independent(base, {x.dim() - 1}) for rows of shape {tuple(x.shape[1:])}")
     return lp.reshape(lp.shape[0], -1).sum(-1) if lp.dim() > 1 else lp
 
 
