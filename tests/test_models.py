@@ -1228,3 +1228,29 @@ def test_an_encoder_network_of_the_wrong_width_is_refused():
     q = GaussianEncoder(nn.Linear(5, 4), latent_dim=2)(x)
     assert q.mean.shape == q.stddev.shape == (6, 2)
     assert DeterministicEncoder(nn.Linear(5, 2), latent_dim=2)(x).shape == (6, 2)
+
+
+def test_an_encoder_distribution_whose_event_takes_the_batch_axis_is_refused():
+    """A user encoder returning Independent(Normal(mu, sigma), 2) for a batch made one
+    event of all rows: log q(z|x) summed them, so an HVAE's loss was -16.0 where the
+    per-row encoder's is 3.76 (in silence), and the IWAE failed in torch's broadcasting."""
+
+    class Encoder(nn.Module):
+        latent_dim = 2
+
+        def __init__(self, event_dims: int) -> None:
+            super().__init__()
+            self.net, self.event_dims = nn.Linear(5, 4), event_dims
+
+        def forward(self, x):
+            mu, log_sigma = self.net(x).chunk(2, -1)
+            return D.Independent(D.Normal(mu, log_sigma.exp()), self.event_dims)
+
+    torch.manual_seed(0)
+    x = torch.rand(8, 5)
+    for cls in (aetk.VAE, aetk.IWAE, aetk.HVAE):
+        decoder = dec.BernoulliDecoder(latent_dim=2, out_features=5, hidden=(4,))
+        assert torch.isfinite(cls(Encoder(1), decoder).loss(x).loss)
+        with pytest.raises(ValueError, match=r"encoder's Independent has batch shape \(\) and "
+                                             r"event shape \(8, 2\) for 8 rows"):
+            cls(Encoder(2), decoder).loss(x)

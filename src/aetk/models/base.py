@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import distributions as D
 from torch import nn
 
 from .. import validate
@@ -384,7 +385,16 @@ class Model(nn.Module):
         """q(z|x) as the losses read it, for inputs already converted: the encoder's output,
         a user's plain `Normal` of batch shape (B, d) as one event per sample (`one_event`;
         the user's module itself still returns its own)."""
-        return one_event(self.encoder(x))
+        q = one_event(self.encoder(x))
+        if (isinstance(q, D.Distribution) and isinstance(x, torch.Tensor) and x.dim()
+                and tuple(q.batch_shape[:1]) != (len(x),)):
+            # Independent(Normal(mu, s), 2): one event of the whole batch, whose log q(z|x)
+            # summed the rows (an HVAE's loss -16.0 for 3.76)
+            raise ValueError(f"the encoder's {type(q).__name__} has batch shape "
+                             f"{tuple(q.batch_shape)} and event shape {tuple(q.event_shape)} "
+                             f"for {len(x)} rows: give one distribution per row, e.g. "
+                             "Independent(Normal(mu, sigma), 1) of batch shape (rows,)")
+        return q
 
     @takes_data
     def decode(self, z: torch.Tensor) -> Any:
