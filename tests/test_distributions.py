@@ -282,3 +282,24 @@ def test_a_user_distribution_whose_event_takes_the_batch_axis_is_refused():
     for call in (model.loss, lambda x: aetk.log_marginal(model, x, n_samples=2)):
         with pytest.raises(ValueError, match="keep the batch axis out of its event"):
             call(x)
+
+
+def test_a_user_distribution_of_another_shape_than_the_data_is_refused():
+    """A user decoder of one output for rows of 5 values scored every value against that
+    one mean (torch broadcasts where its argument checks are off) and trained in silence;
+    one-hot targets of a categorical keep their class axis."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 5)
+    with pytest.raises(ValueError, match=r"Independent is of shape \(8, 1\) \(batch \(8,\), "
+                                         r"event \(1,\)\) but the data of shape \(8, 5\)"):
+        dist.log_prob(D.Independent(D.Normal(torch.zeros(8, 1), 1.0), 1), x)
+    with pytest.raises(ValueError, match=r"Normal is of shape \(1, 5\)"):
+        dist.log_prob(D.Normal(torch.zeros(1, 5), 1.0), x)
+    logits = torch.randn(8, 5, 3)
+    classes = torch.randint(3, (8, 5))
+    onehot = torch.nn.functional.one_hot(classes, 3).float()
+    p = aetk.decoders._IndexOrOneHotCategorical(logits)
+    torch.testing.assert_close(dist.log_prob(p, onehot), dist.log_prob(p, classes))
+    torch.testing.assert_close(dist.log_prob(p, classes),
+                               torch.log_softmax(logits, -1).gather(-1, classes[..., None])
+                               .sum((1, 2)))

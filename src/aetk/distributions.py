@@ -16,6 +16,13 @@ def log_prob(dist: D.Distribution, x: torch.Tensor) -> torch.Tensor:
     Decoders should return `Independent` distributions, but a user's decoder returning, say,
     a plain `Normal` with batch shape `(B, D)` works too.
     """
+    shape = (*dist.batch_shape, *dist.event_shape)
+    if x.dim() == len(shape) and tuple(x.shape) != shape:  # (a one-hot x has a class axis more)
+        # parameters of another shape broadcast against the data: a decoder of one output
+        # scored every feature of the rows against it
+        raise ValueError(f"the decoder's {type(dist).__name__} is of shape {shape} (batch "
+                         f"{tuple(dist.batch_shape)}, event {tuple(dist.event_shape)}) but the "
+                         f"data of shape {tuple(x.shape)}: give one parameter per value")
     lp = dist.log_prob(x)
     if x.dim() and (lp.dim() == 0 or lp.shape[0] != x.shape[0]):
         # an event over the batch axis too (Independent(Normal(mu, s), 2) for rows (B, D))
