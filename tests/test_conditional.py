@@ -446,3 +446,30 @@ def test_given_takes_conditions_as_a_dataframe_or_a_list_of_rows():
     for given in (pd.DataFrame(C, columns=["a", "b", "c"]), list(c), C.astype(np.int64)):
         with model.given(given):
             assert torch.equal(model.latent_mean(x), expected)
+
+
+def test_integer_labels_as_long_as_the_conditions_are_refused():
+    """Three class labels tensor([0, 2, 1]) for a model of 3 conditions were read as one
+    row of conditions (0, 2, 1) for every input, in silence, where labels of another
+    length were refused; one-hot rows, integer or float, and float covariates still pass."""
+    torch.manual_seed(0)
+    model = aetk.build_model("vae", "bernoulli", in_features=5, hidden=(8,), n_conditions=3)
+    x, labels = torch.rand(3, 5), torch.tensor([0, 2, 1])
+    for c in (labels, labels.numpy(), [0, 2, 1], torch.tensor([1, 1, 0])):
+        with pytest.raises(ValueError, match=r"integer conditions of shape \(3,\) that are not "
+                                             r"one-hot.*one_hot\(labels, 3\)"):
+            model.given(c).__enter__()
+    onehot = torch.nn.functional.one_hot(labels, 3)
+    with model.given(onehot):  # (3, 3), integer
+        rows = model.encode(x).mean
+    with model.given(onehot.float()):
+        torch.testing.assert_close(model.encode(x).mean, rows)
+    with model.given(onehot[1]):  # one integer one-hot row for all
+        one = model.encode(x).mean
+    with model.given(torch.tensor([0.0, 0.0, 1.0])):
+        torch.testing.assert_close(model.encode(x).mean, one)
+    with model.given(torch.tensor([0.5, 2.0, 1.0])):  # float covariates, one row for all
+        model.encode(x)
+    single = aetk.build_model("vae", "bernoulli", in_features=5, hidden=(8,), n_conditions=1)
+    with single.given(torch.tensor([1])):  # the one-hot row of one condition
+        single.encode(x)

@@ -346,7 +346,17 @@ class Model(nn.Module):
             raise ValueError(f"this {type(self).__name__} takes no conditions (build it with "
                              "n_conditions > 0 for a conditional model)")
         param = next(self.parameters())
-        c = validate.as_tensor(c, param.dtype, param.device)  # a DataFrame of covariates too
+        raw = validate.as_tensor(c, None)  # a DataFrame of covariates too
+        k = self.n_conditions
+        if (raw.dim() == 1 and len(raw) == k and not raw.is_floating_point()
+                and raw.dtype != torch.bool
+                and not (bool(((raw == 0) | (raw == 1)).all()) and raw.sum() == 1)):
+            # k integer class labels of k rows were read as one row of k conditions
+            raise ValueError(f"integer conditions of shape ({k},) that are not one-hot, "
+                             f"{raw.tolist()}: class labels of {k} rows are one-hot rows, "
+                             f"torch.nn.functional.one_hot(labels, {k}).float(), (rows, {k}); "
+                             f"one row of {k} numeric covariates for every input: give floats")
+        c = validate.as_tensor(raw, param.dtype, param.device)
         if c.dim() == 1 and len(c) != self.n_conditions:
             raise ValueError(f"conditions of shape {tuple(c.shape)}: give (rows, "
                              f"{self.n_conditions}), or ({self.n_conditions},) for every row; "
