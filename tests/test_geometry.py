@@ -109,6 +109,17 @@ def test_neural_geodesic_keeps_endpoints_and_has_exact_velocities():
     assert (pts[:, 1:-1] - (z0[:, None] + t[1:-1, None] * (z1 - z0)[:, None])).abs().max() > 0.01
 
 
+def test_neural_geodesic_refuses_endpoints_that_do_not_pair():
+    """z_start (2, d) and z_end (3, d), or of another d, failed at the first evaluation in
+    torch's broadcasting ("The size of tensor a (2) must match the size of tensor b (3)")."""
+    for end in (torch.ones(3, 2), torch.ones(2, 3)):
+        with pytest.raises(ValueError, match=r"z_start \(2, 2\) and z_end .* must be the same "
+                                             "shape"):
+            NeuralGeodesic(torch.zeros(2, 2), end)
+    assert NeuralGeodesic(torch.zeros(2), torch.ones(2))(torch.linspace(0, 1, 4)).shape == (
+        1, 4, 2)
+
+
 def test_discrete_length_and_energy_are_trapezoid_rules_on_the_half_plane():
     """On G = I / y^2 the straight segments have speeds that differ at their two ends: the
     length is the trapezoid rule on the speed |dz/dt|_G and the energy 1/2 the trapezoid rule

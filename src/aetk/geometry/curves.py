@@ -113,6 +113,9 @@ class NeuralGeodesic(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if z_start.shape != z_end.shape or z_start.dim() not in (1, 2):
+            raise ValueError(f"z_start {tuple(z_start.shape)} and z_end {tuple(z_end.shape)} "
+                             "must be the same shape, (B, d) pairs or one pair (d,)")
         self.register_buffer("z_start", z_start.detach().reshape(-1, z_start.shape[-1]))
         self.register_buffer("z_end", z_end.detach().reshape(-1, z_end.shape[-1]))
         n_pairs, d = self.z_start.shape
