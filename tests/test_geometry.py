@@ -924,3 +924,17 @@ def test_counts_given_as_whole_floats_are_taken():
     for call, message in refusals:
         with pytest.raises(ValueError, match=message):
             call()
+
+
+def test_a_metric_function_of_the_wrong_shape_is_named():
+    """Metric(lambda z: 1 + z**2), a diagonal as (N, d), failed inside torch: a reshape in
+    metric(), an einsum in curve_length and fit_geodesics, cholesky in log_volume."""
+    diagonal = Metric(lambda z: 1 + z**2)
+    z = torch.randn(4, 2, dtype=f64)
+    for call in (diagonal.metric, diagonal.log_volume, lambda z: curve_length(diagonal, z[None]),
+                 lambda z: fit_geodesics(diagonal, z[:2], z[2:])):
+        with pytest.raises(ValueError, match=r"the metric's function returned \(\d+, 2\) for "
+                                             r"points \(\d+, 2\): it must return the matrices G"):
+            call(z)
+    right = Metric(lambda z: torch.diag_embed(1 + z**2))
+    torch.testing.assert_close(right.log_volume(z), 0.5 * torch.log1p(z**2).sum(-1))

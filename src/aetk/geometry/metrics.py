@@ -57,7 +57,14 @@ class Metric:
     def _metric(self, z: Tensor) -> Tensor:
         if self._fn is None:
             raise NotImplementedError("give Metric a function or override _metric")
-        return self._fn(z)
+        G = self._fn(z)
+        n, d = z.shape
+        if not isinstance(G, Tensor) or G.shape != (n, d, d):  # else an einsum's or reshape's
+            got = tuple(G.shape) if isinstance(G, Tensor) else type(G).__name__
+            raise ValueError(f"the metric's function returned {got} for points {(n, d)}: it "
+                             f"must return the matrices G (N, d, d), here {(n, d, d)} (a "
+                             "diagonal metric: torch.diag_embed of its diagonal)")
+        return G
 
     def _quad(self, z: Tensor, v: Tensor) -> Tensor:
         return torch.einsum("nki,nij,nkj->nk", v, self._metric(z), v)
