@@ -108,7 +108,7 @@ class CyclicalBeta:
     def on_epoch_start(self, model: Model, epoch: int) -> None:
         if not has_kl_weight(type(model)):
             raise ValueError(
-                f"CyclicalBeta anneals the KL term's weight beta, which a "
+                f"CyclicalBeta anneals the KL term's weight beta, which the model "
                 f"{type(model).__name__} does not have (models with one: VAE, VampPrior, "
                 f"LadderVAE and their subclasses)")
         model.beta = self.beta(epoch)
