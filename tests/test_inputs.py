@@ -526,6 +526,20 @@ def test_inference_methods_refuse_rows_of_another_shape_by_name():
             getattr(model, name)(torch.zeros(4, 3))
 
 
+def test_decode_refuses_a_single_latent_point_with_a_hint_as_encode_does():
+    """`decode(torch.zeros(d))` failed inside the built-in decoder's reshape ("returned 12
+    values per row, but it needs 24"); a single point is now refused as `encode` refuses a
+    single data point, with the hint z[None]. `prior_log_prob` of one point is a density."""
+    for likelihood, extra in (("gaussian", {}), ("categorical", {"n_classes": 3})):
+        model = _vae(likelihood=likelihood, **extra)
+        with pytest.raises(ValueError, match=rf"decode got a single latent point of shape "
+                                             rf"\({D},\): give rows \(n, {D}\), z\[None\]"):
+            model.decode(torch.zeros(D))
+        assert model.decode(torch.zeros(D)[None]).batch_shape == (1,)
+    torch.testing.assert_close(model.prior_log_prob(np.zeros(D)),
+                               torch.tensor(-D / 2 * np.log(2 * np.pi), dtype=torch.float32))
+
+
 def test_loss_refuses_targets_that_would_broadcast():
     """A target of one row for five inputs, or of one feature for four, broadcast against
     the likelihood's parameters: a Gaussian model's loss(x, x[:, :1]) was a number (every

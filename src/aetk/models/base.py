@@ -408,7 +408,13 @@ class Model(nn.Module):
 
     @takes_data
     def decode(self, z: torch.Tensor) -> Any:
-        """p(x|z): a distribution (a tensor for deterministic decoders)."""
+        """p(x|z) for rows of latent points `z (n, d)`: a distribution (a tensor for
+        deterministic decoders). A single point `(d,)` is a ValueError, as a single data
+        point is for `encode`: give `z[None]`."""
+        if z.dim() == 1:  # the built-in decoders failed in their reshape
+            raise ValueError(f"decode got a single latent point of shape {tuple(z.shape)}: "
+                             f"give rows (n, {self.latent_dim}), z[None] of shape "
+                             f"(1, {self.latent_dim}) for one point")
         return self.decoder(z)
 
     @takes_data
