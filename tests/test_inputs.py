@@ -2,6 +2,7 @@
 numpy arrays (any strides) and pandas DataFrames, cast to the model's dtype and device;
 tensors that already match pass through untouched, their gradients kept."""
 
+import copy
 import inspect
 import re
 import warnings
@@ -538,6 +539,87 @@ def test_decode_refuses_a_single_latent_point_with_a_hint_as_encode_does():
         assert model.decode(torch.zeros(D)[None]).batch_shape == (1,)
     torch.testing.assert_close(model.prior_log_prob(np.zeros(D)),
                                torch.tensor(-D / 2 * np.log(2 * np.pi), dtype=torch.float32))
+
+
+def _classes(n: int = N, k: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class indices (n, F) and their one-hot rows (n, F, k)."""
+    idx = torch.randint(0, k, (n, F), generator=torch.Generator().manual_seed(2))
+    return idx, torch.nn.functional.one_hot(idx, k).float()
+
+
+def test_a_categorical_model_takes_one_hot_rows_as_its_class_indices():
+    """`build_model("vae", "categorical", in_features=F, n_classes=3)` refused one-hot rows
+    (N, F, 3) ("feature shape (5, 3) but the model expects (5,)"); they are now the class
+    indices the encoder reads: the loss at the same draw is the indices' and the formula's
+    (-log softmax at the classes + the closed-form KL), the codes and log p(x) the same."""
+    model = _vae(likelihood="categorical", n_classes=3)
+    idx, one_hot = _classes()
+    torch.manual_seed(1)
+    loss = model.loss(one_hot)
+    torch.manual_seed(1)
+    assert torch.equal(model.loss(idx).loss, loss.loss)
+    q = model.encode(idx)
+    torch.manual_seed(1)
+    z = q.rsample().double()
+    net = copy.deepcopy(model.decoder.network).double()
+    logits = net(z).reshape(N, F, 3)
+    rec = -logits.log_softmax(-1).gather(-1, idx[..., None].long()).sum((1, 2)).mean()
+    mu, sigma = q.mean.double(), q.stddev.double()
+    kl = 0.5 * (sigma**2 + mu**2 - 1 - 2 * sigma.log()).sum(-1).mean()
+    torch.testing.assert_close(loss.loss.double(), rec + kl, rtol=1e-5, atol=1e-5)
+    for method in ("latent_mean", "reconstruct"):
+        assert torch.equal(getattr(model, method)(one_hot), getattr(model, method)(idx))
+    assert np.array_equal(model.embed(one_hot.numpy()), model.embed(idx))
+    torch.manual_seed(3)
+    expected = aetk.log_marginal(model, idx, n_samples=4)
+    torch.manual_seed(3)
+    assert torch.equal(aetk.log_marginal(model, one_hot, n_samples=4), expected)
+    bad = one_hot.clone()
+    bad[1, 2] = torch.tensor([0.2, 0.5, 0.3])  # probabilities, not a one-hot row
+    with pytest.raises(ValueError, match=r"encode data: one-hot entries must be 0 or 1; "
+                                         r"first bad at row 1, column 6: 0.2"):
+        model.encode(bad)
+    bad[1, 2] = torch.tensor([1.0, 1.0, 0.0])
+    with pytest.raises(ValueError, match=r"loss data: one-hot rows must sum to 1; first bad "
+                                         r"at row 1, column 2"):
+        model.loss(bad)
+    with pytest.raises(ValueError, match=r"feature shape \(5, 2\) but the model expects"):
+        model.encode(one_hot[..., :2])
+
+
+@pytest.mark.parametrize(("name", "options"), [
+    ("vae", {}), ("factorvae", {}), ("rhvae", {"centroids": 4}), ("vqvae", {"n_codes": 4})])
+def test_fit_on_one_hot_rows_is_fit_on_their_class_indices(name, options):
+    """fit of a categorical model on one-hot rows trains the same weights as on the class
+    indices, for models that read the batch in their own training step (the FactorVAE's
+    discriminator) or the training data when fit starts (RHVAE centroids, VQ-VAE codes)."""
+    idx, one_hot = _classes(12)
+    states = []
+    for data in (idx, one_hot):
+        model = _vae(name, "categorical", n_classes=3, **options).train()
+        aetk.fit(model, data, epochs=2, batch_size=4, progress=False)
+        states.append(model.state_dict())
+    for key, value in states[0].items():
+        assert torch.equal(states[1][key], value), key
+
+
+def test_the_composed_one_hot_model_takes_class_indices_too():
+    """The recipe for an encoder of one-hot vectors, a GaussianEncoder of input_shape
+    (F, 3) and a CategoricalDecoder of out_features F, refused class indices (N, F); they
+    are now recoded as one-hot rows, for the same loss."""
+    torch.manual_seed(0)
+    model = aetk.VAE(aetk.GaussianEncoder(input_shape=(F, 3), latent_dim=D, hidden=(8,)),
+                     aetk.CategoricalDecoder(latent_dim=D, out_features=F, n_classes=3,
+                                             hidden=(8,)))
+    idx, one_hot = _classes()
+    torch.manual_seed(1)
+    expected = model.loss(one_hot).loss
+    torch.manual_seed(1)
+    assert torch.equal(model.loss(idx).loss, expected)
+    assert np.array_equal(model.embed(idx), model.embed(one_hot))
+    aetk.fit(model, idx, epochs=1, batch_size=4, progress=False)
+    with pytest.raises(ValueError, match=r"class indices must be below n_classes=3"):
+        model.encode(idx + 1)
 
 
 def test_loss_refuses_targets_that_would_broadcast():

@@ -159,6 +159,11 @@ def build_model(
     for conditions `c (B, k)` (one-hot classes or covariates; `Model.given`).
     `out_features` or `output_shape` give the decoder another data shape than the encoder's,
     for paired training (`x_in -> x_out`, `aetk.Paired`; MLP networks only).
+    The categorical likelihood (`n_classes=k`) models `in_features` (or `input_shape`)
+    variables of k classes: fit and the model's methods take their class indices
+    `(n, *shape)` or one-hot rows `(n, *shape, k)`, recoded as the indices that the
+    encoder reads (`Model.checked_input`); not `input_shape=(*shape, k)`, which would model
+    every one-hot entry as a variable of k classes.
 
     `hyper` holds the likelihood's options (`sigma`, `split`, `n_classes`, `dispersion`) and
     the model's hyperparameters (`beta`, `alpha`, `lam`, `kernel`, ...). Unknown names raise

@@ -287,11 +287,15 @@ class CategoricalDecoder(_BuiltinDecoder):
                     f"{name} data: one-hot class axis has size {x.shape[-1]}, "
                     f"expected {self.n_classes}"
                 )
-            bad = (x != 0) & (x != 1)
-            if bad.any():
-                raise ValueError(f"{name} data: one-hot entries must be 0 or 1; first bad at "
-                                 f"{validate._where(bad)}: {x[bad][0].item()}")
-            bad = x.sum(-1) != 1
+            # per batch where fit's one-hot data are recoded for the encoder: for floats,
+            # x (x - 1) = 0 (0 and 1 only; not NaN) and a product for the sums, 2x faster
+            if not x.is_floating_point() or bool((x * (x - 1)).any()):
+                bad = (x != 0) & (x != 1)
+                if bad.any():
+                    raise ValueError(f"{name} data: one-hot entries must be 0 or 1; first bad "
+                                     f"at {validate._where(bad)}: {x[bad][0].item()}")
+            sums = (x @ x.new_ones(self.n_classes)) if x.is_floating_point() else x.sum(-1)
+            bad = sums != 1
             if bad.any():
                 raise ValueError(f"{name} data: one-hot rows must sum to 1; first bad at "
                                  f"{validate._where(bad)}")

@@ -100,6 +100,29 @@ def takes_data(method: Callable[..., Any]) -> Callable[..., Any]:
     return converted
 
 
+RECODES_CLASSES = ("training_step", "on_fit_start")
+"""The hooks whose first argument, fit's data, reaches a model's own code beside its loss
+(a critic, centroids, a codebook): a categorical model's classes come recoded as its
+encoder takes them (`Model._recode_classes`)."""
+
+
+def recodes_classes(method: Callable[..., Any]) -> Callable[..., Any]:
+    """`method(self, x, ...)` with `x`, given by position (as `fit` gives it), recoded by
+    `self._recode_classes` where that applies."""
+    if getattr(method, "recodes_classes", False):
+        return method
+
+    @functools.wraps(method)
+    def recoded(self: Model, *args: Any, **kwargs: Any) -> Any:
+        if args:
+            coded = self._recode_classes(args[0], method.__name__)
+            args = args if coded is None else (coded, *args[1:])
+        return method(self, *args, **kwargs)
+
+    recoded.recodes_classes = True
+    return recoded
+
+
 def takes_loss_data(loss: Callable[..., Any]) -> Callable[..., Any]:
     """`loss(self, x, target=None, ...)` with `x` converted by `self.checked_input` and a given
     `target` by `self.as_target`, whether given by position or by name: a model's loss
@@ -216,6 +239,10 @@ class Model(nn.Module):
         loss = cls.__dict__.get("loss")
         if inspect.isfunction(loss):
             cls.loss = takes_loss_data(loss)
+        for name in RECODES_CLASSES:
+            method = cls.__dict__.get(name)
+            if inspect.isfunction(method):
+                setattr(cls, name, recodes_classes(method))
 
     def as_data(self, x: Any) -> torch.Tensor:
         """`x` as `fit` converts data: a tensor, numpy array, DataFrame or list of any number
@@ -259,21 +286,66 @@ class Model(nn.Module):
     def checked_input(self, x: Any, name: str = "input") -> Any:
         """Data `x` as `as_input` converts them, with rows of the right number of values in
         another shape (images `(n, 1, 28, 28)` for a model of 784 features, or the reverse)
-        reshaped to `input_shape`: what every method that takes data takes. Rows of another
-        size are a ValueError naming the method `name` (they failed inside the network's
-        first layer: "mat1 and mat2 shapes cannot be multiplied")."""
+        reshaped to `input_shape`, and a categorical model's classes in the other coding
+        (one-hot rows, class indices) recoded as its encoder takes them (`_recode_classes`):
+        what every method that takes data takes. Rows of another size are a ValueError
+        naming the method `name` (they failed inside the network's first layer: "mat1 and
+        mat2 shapes cannot be multiplied")."""
         x = self.as_input(x)
         if not isinstance(x, torch.Tensor):
             return x
         x = validate.as_rows(x, self.input_shape)
         shape = self.input_shape
         if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+            coded = self._recode_classes(x, name)
+            if coded is not None:
+                return self.as_input(coded)
             one = (f" (a single data point: x[None], of shape (1, {', '.join(map(str, shape))}))"
                    if tuple(x.shape) == tuple(shape) else "")
             raise ValueError(f"{name} data has feature shape {tuple(x.shape[1:])} but the "
                              f"model expects {tuple(shape)}: give rows (n, "
                              f"{', '.join(map(str, shape))}){one}")
         return x
+
+    def _recode_classes(self, x: Any, name: str = "input") -> torch.Tensor | None:
+        """For a model of classes (a decoder with `n_classes = k`, scoring the inputs' own
+        shape), data `x` in the other coding than its encoder takes, checked by the decoder
+        and recoded: one-hot rows `(n, *shape, k)` as class indices `(n, *shape)` for an
+        encoder of indices (`build_model`'s, `input_shape=shape`), indices as one-hot rows
+        for an encoder of them (`input_shape=(*shape, k)`); the loss is the same for both
+        codings. None for any other `x` (data in the encoder's coding first, at the cost
+        of a shape comparison)."""
+        shape = self.input_shape
+        if (shape is None or not isinstance(x, torch.Tensor) or x.dim() < 2
+                or tuple(x.shape[1:]) == tuple(shape)):
+            return None
+        k = getattr(self.decoder, "n_classes", None)
+        out = getattr(self.decoder, "event_shape", None)
+        if not isinstance(k, int) or out is None:
+            return None
+        shape, out, given = tuple(shape), tuple(out), tuple(x.shape[1:])
+        if shape == out and given == (*out, k):
+            recode = self._one_hot_indices
+        elif shape == (*out, k) and given == out:
+            recode = self._indices_one_hot
+        else:
+            return None
+        check = getattr(self.decoder, "check_data", None)
+        if check is not None:  # a wrong coding (probabilities, classes past k) recoded is wrong
+            check(x, name)
+        return recode(x, k)
+
+    @staticmethod
+    def _one_hot_indices(x: torch.Tensor, k: int) -> torch.Tensor:
+        """The class indices of one-hot rows `x (..., k)`, in x's dtype."""
+        if x.is_floating_point():  # a product: 5x faster than argmax over a short axis
+            return x @ torch.arange(k, dtype=x.dtype, device=x.device)
+        return x.argmax(-1).to(x.dtype)
+
+    @staticmethod
+    def _indices_one_hot(x: torch.Tensor, k: int) -> torch.Tensor:
+        """Class indices `x` as one-hot rows `(..., k)`, in x's dtype."""
+        return nn.functional.one_hot(x.long(), k).to(x.dtype)
 
     def _on_device(self, t: torch.Tensor) -> torch.Tensor:
         """`t` moved to the model's device, its integers kept (token or class indices)."""
@@ -460,6 +532,8 @@ class Model(nn.Module):
         x = validate.as_rows(validate.as_tensor(x, dtype=None), self.input_shape)
         if x.dim() == 0 or len(x):  # no rows give no codes; a single value is no data
             with validate.labelled(frame):  # the shape, and no NaN codes
+                coded = self._recode_classes(x, "embed")
+                x = x if coded is None else coded
                 validate.check_finite(x, "embed", self.input_shape)
             self._check_log_inputs(x, "embed")  # standardised counts gave codes of |x|
         c = None if conditions is None else validate.as_tensor(conditions, param.dtype)
@@ -544,6 +618,8 @@ class Model(nn.Module):
         data, `target` for paired training or else `x`; rows of either in another shape
         of the same number of values as the model's methods take them (`checked_input`)."""
         x = validate.as_rows(x, self.input_shape)
+        coded = self._recode_classes(x, name)
+        x = x if coded is None else coded
         validate.check_finite(x, name, self.input_shape)
         if target is not None:
             target = validate.as_rows(target, getattr(self.decoder, "event_shape", None))
