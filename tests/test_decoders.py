@@ -1,6 +1,8 @@
 """Every decoder's log_prob against scipy.stats (or the textbook formula) in float64, and
 user-made decoders working in every model with no other code."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -113,6 +115,34 @@ def test_categorical_integer_and_one_hot_targets_vs_scipy():
     np.testing.assert_allclose(p.log_prob(x.double()).detach().numpy(), ref, rtol=1e-10)
     np.testing.assert_allclose(p.log_prob(one_hot).detach().numpy(), ref, rtol=1e-10)
     np.testing.assert_array_equal(mean(p).numpy(), logits.argmax(-1))
+
+
+def test_categorical_one_hot_lookalike_indices_warn_and_genuine_ones_do_not():
+    """A model built with `input_shape=(5, 3), n_classes=3` took one-hot data of 5 variables
+    as 15 variables of 3 classes, each 0 or 1, and trained in silence; its check now warns
+    (naming the model that takes them), and index data that are not all one-hot stay quiet:
+    a class 2 anywhere, or one vector without its single 1."""
+    d = dec.CategoricalDecoder(latent_dim=2, output_shape=(5, 3), n_classes=3, hidden=(4,))
+    g = torch.Generator().manual_seed(0)
+    one_hot = nn.functional.one_hot(torch.randint(0, 3, (6, 5), generator=g), 3).float()
+    with pytest.warns(dec.OneHotLookalikeWarning,
+                      match=r"train data look one-hot: .* one 1 in each of their 30 vectors, "
+                            r".*aetk\.build_model\(\.\.\., input_shape=\(5,\), n_classes=3\)"):
+        d.check_data(one_hot, "train")
+    model = aetk.build_model("vae", "categorical", input_shape=(5, 3), n_classes=3,
+                             hidden=(4,))
+    with pytest.warns(dec.OneHotLookalikeWarning):
+        aetk.fit(model, one_hot, epochs=1, batch_size=6, progress=False)
+    genuine = torch.randint(0, 3, (6, 5, 3), generator=g).float()
+    no_single_one = one_hot.clone()
+    no_single_one[2, 1] = 0
+    other_axis = dec.CategoricalDecoder(latent_dim=2, output_shape=(5, 2), n_classes=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d.check_data(genuine, "train")
+        d.check_data(no_single_one, "train")
+        other_axis.check_data(one_hot[..., :2], "train")  # a last axis of 2 for 3 classes
+        d.check_data(nn.functional.one_hot(genuine.long(), 3), "train")  # one-hot already
 
 
 def test_categorical_needs_two_classes():

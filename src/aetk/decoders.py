@@ -8,6 +8,7 @@ distribution; every model then trains with it, nothing else needed.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -262,11 +263,19 @@ class _Split(nn.Module):
         return torch.cat([self.mean(z), self.log_sigma(z)], dim=-1)
 
 
+class OneHotLookalikeWarning(UserWarning):
+    """Class indices of a categorical likelihood that look like one-hot rows: their last
+    axis has `n_classes` entries, each 0 or 1, one 1 per row. The model then scores every
+    0/1 entry as a class of its own (a wrong model) if they are one-hot codes, which a
+    model of the data shape without that axis takes as they are."""
+
+
 class CategoricalDecoder(_BuiltinDecoder):
     """p(x|z) = prod Categorical(softmax(logits)) over `n_classes` per element.
 
     Data are integer classes of shape `(B, *event_shape)`, or one-hot of shape
-    `(B, *event_shape, n_classes)`.
+    `(B, *event_shape, n_classes)`. Class indices whose last axis looks one-hot (size
+    `n_classes`, 0/1 entries, one 1 per row) give a `OneHotLookalikeWarning`.
     """
 
     def __init__(self, network: nn.Module | None = None, *, n_classes: int,
@@ -303,6 +312,27 @@ class CategoricalDecoder(_BuiltinDecoder):
         validate.check_counts(x, name, "categorical classes are integer indices")
         what = f"class indices must be below n_classes={self.n_classes}"
         validate.check_range(x, name, 0, self.n_classes - 1, what)
+        self._warn_one_hot_lookalike(x, name)
+
+    def _warn_one_hot_lookalike(self, x: torch.Tensor, name: str) -> None:
+        """`OneHotLookalikeWarning` for class indices (checked) whose last axis looks one-hot:
+        built with `input_shape=(64, 3), n_classes=3`, one-hot data of 64 variables trained
+        in silence as 192 variables of 3 classes, each of them 0 or 1."""
+        k, shape = self.n_classes, tuple(self.event_shape)
+        if (not shape or shape[-1] != k or x.dim() != len(shape) + 1 or not x.numel()
+                or x.amax() > 1 or not bool((x.sum(-1) == 1).all())):
+            return
+        variables = shape[:-1] or (1,)  # one variable: rows (n, 1, k)
+        dims = ", ".join(map(str, variables))
+        warnings.warn(
+            f"{name} data look one-hot: their last axis has n_classes={k} entries, 0 or 1, one "
+            f"1 in each of their {math.prod(x.shape[:-1])} vectors, but this {type(self).__name__} "
+            f"of output_shape {shape} scores each entry as a class of {k}. For one-hot codes "
+            f"build the model of the data shape without the class axis, aetk.build_model(..., "
+            f"input_shape={variables}, n_classes={k}), which takes one-hot rows (n, {dims}, {k}) "
+            f"and class indices (n, {dims}) alike; if these are class indices, ignore this "
+            "warning (warnings.simplefilter('ignore', aetk.decoders.OneHotLookalikeWarning))",
+            OneHotLookalikeWarning, stacklevel=2)
 
 
 class _IndexOrOneHotCategorical(D.Categorical):
