@@ -563,8 +563,28 @@ def test_log_scale_is_for_data_whose_maximum_exceeds_ten_times_their_median(top,
                          "example_reconstruction": (("example", "feature"), data + 0.5)})
     norm, label = report._heat_scale(latent)
     assert isinstance(norm, mpl.colors.SymLogNorm) is log
-    assert (norm.vmin, norm.vmax) == (0.0, top + 0.5)
+    assert (norm.vmin, norm.vmax) == (0.0, top)  # the data's limits
     assert label == ("value (log scale, linear below 1)" if log else "value (linear scale)")
+
+
+def test_runs_on_one_data_set_share_the_data_limits_and_mark_values_beyond() -> None:
+    """Two models of the same data: each latent store's limits spanned its own values (the
+    reconstructions of one reached 30, of the other 60), so one colour was two values
+    across runs. Now the data's limits for both, and a model's values beyond them are
+    marked by the colour bar's arrow."""
+    data = np.array([[0.0, 1.0, 2.0, 40.0], [1.0, 0.0, 3.0, 5.0]])
+    figures = []
+    for top in (30.0, 60.0):
+        recon = data.clip(max=top) + 0.25
+        recon[0, 3] = top
+        latent = xr.Dataset({"example_data": (("example", "feature"), data),
+                             "example_reconstruction": (("example", "feature"), recon)})
+        figures.append(report.plot_reconstructions(latent))
+    for fig, extend in zip(figures, ("neither", "max"), strict=True):
+        _, clims, _ = _scales(fig)
+        assert clims == {(0.0, 40.0)}
+        bar = [ax for ax in fig.axes if ax.images][-1].images[0].colorbar
+        assert bar.extend == extend
 
 
 def test_standardised_data_are_drawn_on_a_linear_scale() -> None:

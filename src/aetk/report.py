@@ -185,16 +185,18 @@ MAX_FEATURE_TICKS = 30
 
 def _heat_scale(latent: xr.Dataset) -> tuple[mpl.colors.Normalize, str]:
     """The colour scale (norm and colour bar label) of every heat map of `latent`: its
-    reconstructions, samples and traversals share the limits of all their values and one
-    rule, taken from the data (its example rows), so that one colour is one value across
-    the figures drawn together."""
-    values = [latent[v].values for v in HEAT_VARIABLES
-              if v in latent and latent[v].dims[-1:] == ("feature",)]
-    lo = min(float(np.nanmin(v)) for v in values)
-    hi = max(float(np.nanmax(v)) for v in values)
-    data = latent["example_data"].values if "example_data" in latent else \
-        np.concatenate([v.ravel() for v in values])
+    reconstructions, samples and traversals share one rule and the limits of the data (its
+    example rows), so that one colour is one value across the figures drawn together and
+    across the runs on one data store (their example rows are the same); the models' values
+    beyond take the end colours (`_heatmaps` marks them on the colour bar). Without example
+    rows, the limits of all the heat-mapped values."""
+    if "example_data" in latent:
+        data = latent["example_data"].values
+    else:
+        data = np.concatenate([latent[v].values.ravel() for v in HEAT_VARIABLES
+                               if v in latent and latent[v].dims[-1:] == ("feature",)])
     data = data[np.isfinite(data)]
+    lo, hi = float(data.min()), float(data.max())
     positive = data[data > 0]
     # A linear colour map spreads its colours evenly from the minimum to the maximum: when
     # the data's maximum is more than ten times their median nonzero value, more than half
@@ -242,8 +244,13 @@ def _heatmaps(rows: list[np.ndarray], row_names: list[str], title: str,
         ax.set(title=name, xlabel="feature", ylabel=ylabel)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         _feature_ticks(ax, feature_names, row.shape[1])
+    # values beyond the data's limits: an arrow at that end of the colour bar
+    below = any(float(np.nanmin(row)) < norm.vmin for row in rows)
+    above = any(float(np.nanmax(row)) > norm.vmax for row in rows)
+    extend = {(False, False): "neither", (True, False): "min", (False, True): "max",
+              (True, True): "both"}[below, above]
     # 0, 1, 10, 100 on a log scale: plain numbers read better than powers of ten
-    fig.colorbar(im, ax=axes[0].tolist(), label=label,
+    fig.colorbar(im, ax=axes[0].tolist(), label=label, extend=extend,
                  format="%g" if isinstance(norm, mpl.colors.SymLogNorm) else None)
     fig.suptitle(title, fontsize=10)
     return fig
