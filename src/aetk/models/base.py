@@ -372,15 +372,21 @@ class Model(nn.Module):
         """The decoder's data `y` as `as_data` converts data, except that integer class
         indices stay integers for a decoder of classes (one with `n_classes`, a categorical
         likelihood), as `fit` keeps them."""
-        out = getattr(self.decoder, "event_shape", None)
-        y = validate.as_rows(validate.as_target(y), out)
-        # (a categorical's one-hot targets have a class axis after these)
-        if out is not None and y.dim() and tuple(y.shape[1:len(out) + 1]) != tuple(out):
-            raise ValueError(f"target data has feature shape {tuple(y.shape[1:])} but the "
-                             f"decoder outputs {tuple(out)}")  # broadcast in the likelihood
+        y = self._target_rows(validate.as_target(y), "target")
         if y.is_floating_point() or not hasattr(self.decoder, "n_classes"):
             return self.as_data(y)
         return self._on_device(y)
+
+    def _target_rows(self, y: torch.Tensor, name: str) -> torch.Tensor:
+        """The decoder's data `y` as rows of its `event_shape` (`validate.as_rows`); another
+        feature shape is a ValueError naming `name` (the likelihood would broadcast it)."""
+        out = getattr(self.decoder, "event_shape", None)
+        y = validate.as_rows(y, out)
+        # (a categorical's one-hot targets have a class axis after these)
+        if out is not None and y.dim() and tuple(y.shape[1:len(out) + 1]) != tuple(out):
+            raise ValueError(f"{name} data has feature shape {tuple(y.shape[1:])} but the "
+                             f"decoder outputs {tuple(out)}")
+        return y
 
     def __getattr__(self, name: str) -> Any:
         # nn.Module's lookup of parameters, buffers and submodules (called directly: this
@@ -622,12 +628,8 @@ class Model(nn.Module):
         x = x if coded is None else coded
         validate.check_finite(x, name, self.input_shape)
         if target is not None:
-            target = validate.as_rows(target, getattr(self.decoder, "event_shape", None))
+            target = self._target_rows(target, f"{name} target")
             validate.check_finite(target, f"{name} target")
-            out = getattr(self.decoder, "event_shape", None)
-            if out is not None and tuple(target.shape[1:len(out) + 1]) != tuple(out):
-                raise ValueError(f"{name} target data has feature shape "
-                                 f"{tuple(target.shape[1:])} but the decoder outputs {tuple(out)}")
             if len(target) != len(x):
                 raise ValueError(f"{name} data has {len(x)} inputs but {len(target)} targets")
         elif self.decodes_another_shape():
