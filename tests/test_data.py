@@ -273,7 +273,8 @@ def test_a_tables_columns_are_dropped_by_name(tmp_path: Path) -> None:
     np.testing.assert_array_equal(raw.x, X)
     assert raw.feature_names == [str(i) for i in range(2, 8)]
     np.save(tmp_path / "n.npy", X)
-    with pytest.raises(ValueError, match=r"n.npy: `drop_columns` applies to .csv and .tsv"):
+    with pytest.raises(ValueError, match=r"n.npy: `drop_columns` applies to .csv and .tsv "
+                       r"files and to AnnData's variables \(.h5ad, .zarr\)"):
         data.read_file(tmp_path / "n.npy", drop_columns=["0"])
     with pytest.raises(ValueError, match="`drop_columns` apply to user files, not to 'digits'"):
         data.load_source("digits", drop_columns=["0"])
@@ -367,6 +368,9 @@ def test_zarr_group_and_array(tmp_path: Path) -> None:
     np.testing.assert_array_equal(raw.labels, np.arange(40) % 4)
     zarr.save_array(str(tmp_path / "a.zarr"), X, zarr_format=3)
     _check(data.read_file(tmp_path / "a.zarr"), labels=None)
+    with pytest.raises(ValueError, match=r"a.zarr: `drop_columns` names variables, and this "
+                       r"store has no names \(AnnData var names\)"):
+        data.read_file(tmp_path / "a.zarr", drop_columns=["0"])
     nested = zarr.open_group(str(tmp_path / "n.zarr"), mode="w", zarr_format=3)
     nested.create_group("layers").create_array("counts", data=X)
     nested.create_group("obs").create_array("kind", data=np.arange(40) % 4)
@@ -455,6 +459,7 @@ def test_anndata_zarr_stores_read_as_h5ad_files(tmp_path: Path, zarr_format: int
     _check(raw)
     assert raw.feature_names == [f"gene{i}" for i in range(6)]
     np.testing.assert_allclose(data.read_file(path, key="raw").x, X * 2)
+    np.testing.assert_allclose(data.read_file(path, drop_columns=["gene0"]).x, X[:, 1:])
     with pytest.raises(KeyError, match=r"a.zarr: no obs column 'nope'; columns: cell_type"):
         data.read_file(path, labels="nope")
     with pytest.raises(KeyError, match=r"a.zarr: no layer 'counts'; available: raw"):
@@ -556,6 +561,13 @@ def test_anndata_files_written_by_anndata(tmp_path: Path, store: str) -> None:
     _check(raw)
     assert raw.feature_names == [f"gene{i}" for i in range(6)]
     np.testing.assert_allclose(data.read_file(path, key="raw").x, X * 2)
+    # drop_columns leaves out variables by var name (spike-ins, a gene list), X or a layer
+    kept = data.read_file(path, key="raw", labels="cell_type", drop_columns=["gene4", "gene1"])
+    np.testing.assert_allclose(kept.x, X[:, [0, 2, 3, 5]] * 2)
+    assert kept.feature_names == ["gene0", "gene2", "gene3", "gene5"]
+    np.testing.assert_array_equal(kept.labels, raw.labels)
+    with pytest.raises(KeyError, match=r"no variable 'gene 4' to drop; did you mean 'gene4'"):
+        data.read_file(path, drop_columns=["gene 4"])
 
 
 def test_reader_errors(tmp_path: Path) -> None:

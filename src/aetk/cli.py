@@ -1457,7 +1457,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "0,1,2,... or a grid of wavelengths, must be said)")
     p.add_argument("--drop-columns", nargs="+", default=[], metavar="NAME",
                    help="columns of a .csv/.tsv file that are not features, such as sample "
-                   "IDs, left out by name (with --no-header: 0, 1, ... from the left)")
+                   "IDs, left out by name (with --no-header: 0, 1, ... from the left); or "
+                   "AnnData variables (.h5ad, .zarr), such as spike-ins, by var name")
     p.add_argument("--n-samples", type=positive, help="use a seeded random subset of at most "
                    "this size (all samples, with a warning, when the data set has fewer; the "
                    "number generated for swissroll/scurve)")

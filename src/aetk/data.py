@@ -9,6 +9,7 @@ Nothing here downloads: the bundled data sets ship inside installed packages.
 from __future__ import annotations
 
 import bz2
+import difflib
 import gzip
 import hashlib
 import importlib.metadata as md
@@ -19,7 +20,7 @@ import pickle
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -599,6 +600,26 @@ def _read_anndata(root: Any, path: Path, key: str | None, labels: str | None
     return data, label_values
 
 
+def _drop_features(data: RawData, names: list[str], path: Path) -> RawData:
+    """`data` without the features named `names` (AnnData's var names: spike-ins, a gene
+    list); a KeyError with the likely names for one it lacks."""
+    if data.feature_names is None:
+        raise ValueError(f"{path}: `drop_columns` names variables, and this store has no "
+                         "names (AnnData var names) to find them by")
+    have = set(data.feature_names)
+    for name in names:
+        if name not in have:
+            close = difflib.get_close_matches(name, data.feature_names, n=3)
+            hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+            raise KeyError(f"{path}: no variable {name!r} to drop; {hint}"
+                           f"{len(data.feature_names)} var names, the first: "
+                           f"{', '.join(data.feature_names[:10])}")
+    drop = set(names)
+    keep = np.array([n not in drop for n in data.feature_names])
+    return replace(data, x=data.x[:, keep],
+                   feature_names=[n for n in data.feature_names if n not in drop])
+
+
 def _column_hint(table: Any, name: str) -> str:
     """The columns a mistyped label column may be: one of the same name in other case, the
     non-numeric columns (labels are often text, and often last), then the first 20."""
@@ -626,7 +647,8 @@ def read_file(path: str | Path, *, key: str | None = None, labels: str | None = 
     ``header`` says whether a table's first line holds column names; by default it does
     unless it is all numbers, and a first line of numbers that may be names (``0,1,2,...``,
     a grid of evenly spaced numbers) is an error. ``drop_columns`` names table columns that
-    are not features, such as sample IDs (a headerless table's are ``"0"``, ``"1"``, ...).
+    are not features, such as sample IDs (a headerless table's are ``"0"``, ``"1"``, ...),
+    or AnnData variables (var names) to leave out, such as spike-ins.
     """
     path = Path(path)
     if not path.exists():
@@ -638,8 +660,9 @@ def read_file(path: str | Path, *, key: str | None = None, labels: str | None = 
         raise TypeError(f"drop_columns takes a list of column names, got the string "
                         f"{drop_columns!r}: give [{drop_columns!r}]")
     drop_columns = [str(c) for c in drop_columns]
-    if drop_columns and suffix not in (".csv", ".tsv"):
-        raise ValueError(f"{path}: `drop_columns` applies to .csv and .tsv files")
+    if drop_columns and suffix not in (".csv", ".tsv", ".zarr", ".h5ad"):
+        raise ValueError(f"{path}: `drop_columns` applies to .csv and .tsv files and to "
+                         "AnnData's variables (.h5ad, .zarr)")
     if key is not None and suffix in (".npy", ".csv", ".tsv"):  # was ignored without a word
         raise ValueError(f"{path}: a {suffix} file holds one array; `key` names one in .npz, "
                          ".zarr or .h5ad files")
@@ -685,6 +708,8 @@ def read_file(path: str | Path, *, key: str | None = None, labels: str | None = 
         raise ValueError(f"{path}: unsupported file type {suffix!r}; use one of "
                          f"{', '.join(FILE_SUFFIXES)} (.csv and .tsv also compressed: "
                          f"{', '.join(COMPRESSIONS)})")
+    if drop_columns and suffix in (".zarr", ".h5ad"):
+        data = _drop_features(data, drop_columns, path)
     if label_file:
         label_values = _read_label_file(Path(labels))
     if data.x.size == 0:  # would be written as a store that no model can train on
