@@ -181,6 +181,30 @@ def test_encoder_scale_is_exp_of_the_log_sigma_head_unclamped():
     np.testing.assert_allclose(q.log_prob(torch.from_numpy(z)).numpy(), ref, rtol=1e-10)
 
 
+def test_a_collapsed_posterior_keeps_a_finite_kl_and_log_marginal():
+    """log sigma = -60 in float32, where sigma^2 underflows to 0: the KL was inf (torch's
+    Independent takes stddev as the root of the variance) and log_marginal NaN (log q of
+    (z - mu)^2 / sigma^2 = 0/0). Both against float64 hand values; z is mu to float32."""
+    torch.manual_seed(0)
+    model = aetk.build_model("vae", "gaussian", in_features=5, latent_dim=2, hidden=(8,))
+    head = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        head.bias[2:] = -60.0
+        head.weight[2:] = 0.0
+    x = torch.randn(4, 5)
+    with torch.no_grad():
+        mu = model.encoder(x).mean
+        mean_x = model.decoder(mu).mean.double()
+    mu = mu.double()
+    log_lik = -0.5 * (x.double() - mean_x).square().sum(-1) - 2.5 * math.log(2 * math.pi)
+    kl = 0.5 * (mu.square() - 1).sum(-1) + 2 * 60.0
+    log_prior = -0.5 * mu.square().sum(-1) - math.log(2 * math.pi)
+    log_q = 2 * 60.0 - math.log(2 * math.pi)
+    np.testing.assert_allclose(model.loss(x).terms["kl"].item(), kl.mean().item(), rtol=1e-6)
+    np.testing.assert_allclose(aetk.log_marginal(model, x, n_samples=8).numpy(),
+                               (log_lik + log_prior - log_q).numpy(), rtol=1e-5)
+
+
 def test_importance_weights_vs_scipy_and_their_gradient_vs_finite_differences():
     """log w = log p(x|z) + log N(z; 0, I) - log q(z|x) for S draws against scipy, and its
     gradient in q's parameters (through z = mu + sigma eps and through q's own density)

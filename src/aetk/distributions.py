@@ -10,6 +10,18 @@ import torch
 from torch import distributions as D
 
 
+class Normal(D.Normal):
+    """`torch.distributions.Normal` whose log density standardises first,
+    `-((x - mu) / sigma)^2 / 2`: torch's `(x - mu)^2 / (2 sigma^2)` is 0/0 = NaN once sigma^2
+    underflows (sigma < 4e-23 in float32: a posterior collapsed to log sigma < -52)."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        return (-0.5 * ((value - self.loc) / self.scale).square() - self.scale.log()
+                - 0.5 * math.log(2 * math.pi))
+
+
 def log_prob(dist: D.Distribution, x: torch.Tensor) -> torch.Tensor:
     """`dist.log_prob(x)` summed over all but the batch dimension: shape `(B,)`.
 
@@ -123,7 +135,8 @@ def kl_per_dimension(q: D.Distribution) -> torch.Tensor:
         raise ValueError(f"the KL of a {type(q).__name__} with a full covariance does not "
                          "split into latent dimensions (free_bits charges each dimension): "
                          "use a diagonal encoder, or free_bits=0")
-    mu, sigma = q.mean, q.stddev
+    # an Independent's stddev is its variance's root, 0 once sigma^2 underflows (log 0)
+    mu, sigma = q.mean, (q.base_dist if isinstance(q, D.Independent) else q).stddev
     return 0.5 * (sigma.square() + mu.square() - 1 - 2 * sigma.log())
 
 

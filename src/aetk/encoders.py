@@ -9,6 +9,7 @@ import torch
 from torch import distributions as D
 from torch import nn
 
+from .distributions import Normal
 from .nets import (
     Conditioned,
     LogInputs,
@@ -107,7 +108,7 @@ class GaussianEncoder(_Encoder):
 
     def forward(self, x: torch.Tensor) -> D.Independent:
         mu, log_sigma = self.outputs(x).chunk(2, dim=-1)
-        return D.Independent(D.Normal(mu, log_sigma.exp(), validate_args=False), 1)
+        return D.Independent(Normal(mu, log_sigma.exp(), validate_args=False), 1)
 
 
 class DeterministicEncoder(_Encoder):
