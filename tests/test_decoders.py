@@ -114,6 +114,9 @@ def test_categorical_integer_and_one_hot_targets_vs_scipy():
     p = d(z)
     np.testing.assert_allclose(p.log_prob(x.double()).detach().numpy(), ref, rtol=1e-10)
     np.testing.assert_allclose(p.log_prob(one_hot).detach().numpy(), ref, rtol=1e-10)
+    weights = torch.softmax(torch.randn(B, FEATURES, k, dtype=torch.float64), -1)
+    soft = (weights.numpy() * np.log(probs)).sum((-2, -1))  # rows of class weights
+    np.testing.assert_allclose(p.log_prob(weights).detach().numpy(), soft, rtol=1e-10)
     np.testing.assert_array_equal(mean(p).numpy(), logits.argmax(-1))
 
 
