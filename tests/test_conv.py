@@ -43,6 +43,44 @@ def test_conv_networks_halve_and_restore_the_image():
     assert dec(torch.randn(5, 2)).shape == (5, 2 * 5 * 3 * 16 * 8)
 
 
+def test_classes_become_channels_of_the_convolutional_encoder():
+    """A categorical model's convolutional encoder read the class indices as one channel of
+    numbers (class 4 as four times class 1); it now reads the one-hot rows, the k classes
+    of each image channel as k channels (class-major, as the decoder's blocks): its output
+    is the convolutions' on the one-hot images built by a loop, for flat data and images
+    of two channels, and class indices and one-hot rows give the same codes and loss, in
+    either layout of the images."""
+    k = 5
+    for shape, image in (((64,), (8, 8)), ((2, 8, 8), None)):
+        torch.manual_seed(0)
+        model = aetk.build_model("vae", "categorical", input_shape=shape, image_shape=image,
+                                 channels=(4, 8), hidden=(16,), n_classes=k).eval()
+        c = 1 if len(shape) == 1 else shape[0]
+        conv = model.encoder.network[1]
+        assert model.input_shape == (*shape, k) and conv[1].in_channels == k * c
+        idx = torch.randint(0, k, (6, *shape), generator=torch.Generator().manual_seed(1))
+        one_hot = torch.nn.functional.one_hot(idx, k).float()
+        by_loop = torch.zeros(6, k * c, 8, 8)
+        pixels = idx.reshape(6, c, 8, 8)
+        for b, ch, i, j in itertools.product(range(6), range(c), range(8), range(8)):
+            by_loop[b, pixels[b, ch, i, j] * c + ch, i, j] = 1
+        mu = conv(by_loop).chunk(2, -1)[0]
+        torch.testing.assert_close(model.latent_mean(idx), mu, rtol=0, atol=0)
+        assert torch.equal(model.latent_mean(one_hot), mu)
+        torch.manual_seed(2)
+        expected = model.loss(idx).loss
+        torch.manual_seed(2)
+        assert model.loss(one_hot).loss.item() == expected.item()
+        # rows of the classes in the other layout (images for flat data, flat for images),
+        # as the models take other data (the images' flat indices were refused)
+        other = (6, 128) if len(shape) == 3 else (6, 1, 8, 8)
+        for x in (idx.reshape(other), one_hot.reshape(*other, k)):
+            assert torch.equal(model.latent_mean(x), mu)
+    torch.manual_seed(0)  # the encoder of indices, as saved before: one channel of numbers
+    old = aetk.build_model("vae", "categorical", n_classes=k, one_hot_inputs=False, **SMALL)
+    assert old.input_shape == (64,) and old.encoder.network[1].in_channels == 1
+
+
 def test_flat_and_image_shaped_data_give_the_same_model():
     torch.manual_seed(0)
     flat = aetk.build_model("vae", "bernoulli", **SMALL)

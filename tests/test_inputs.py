@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 import aetk
 from aetk import geometry
@@ -547,24 +548,32 @@ def _classes(n: int = N, k: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     return idx, torch.nn.functional.one_hot(idx, k).float()
 
 
-def test_a_categorical_model_takes_one_hot_rows_as_its_class_indices():
+@pytest.mark.parametrize("one_hot_inputs", [True, False])
+def test_a_categorical_model_takes_one_hot_rows_and_class_indices(one_hot_inputs):
     """`build_model("vae", "categorical", in_features=F, n_classes=3)` refused one-hot rows
-    (N, F, 3) ("feature shape (5, 3) but the model expects (5,)"); they are now the class
-    indices the encoder reads: the loss at the same draw is the indices' and the formula's
-    (-log softmax at the classes + the closed-form KL), the codes and log p(x) the same."""
-    model = _vae(likelihood="categorical", n_classes=3)
+    (N, F, 3) ("feature shape (5, 3) but the model expects (5,)"), and its encoder read the
+    class indices as numbers (class 2 as twice class 1). Its encoder now reads the one-hot
+    rows (F * 3 inputs), and recodes class indices as them; the encoder of indices of
+    models saved before (`one_hot_inputs=False`) recodes one-hot rows as indices. Either
+    way the loss at the same draw is the same for both codings and the formula's (-log
+    softmax at the classes + the closed-form KL, of the encoder's network in float64 on
+    its coding), the codes and log p(x) the same."""
+    model = _vae(likelihood="categorical", n_classes=3, one_hot_inputs=one_hot_inputs)
+    assert model.input_shape == ((F, 3) if one_hot_inputs else (F,))
+    assert ("one_hot_inputs" in model.build_spec) is one_hot_inputs
     idx, one_hot = _classes()
     torch.manual_seed(1)
     loss = model.loss(one_hot)
     torch.manual_seed(1)
     assert torch.equal(model.loss(idx).loss, loss.loss)
-    q = model.encode(idx)
+    read = (one_hot if one_hot_inputs else idx.float()).double()
+    mu, log_sigma = copy.deepcopy(model.encoder.network).double()(read).chunk(2, -1)
+    sigma = log_sigma.exp()
     torch.manual_seed(1)
-    z = q.rsample().double()
+    z = mu + sigma * torch.randn(N, D).double()  # the reparameterised draw of the loss
     net = copy.deepcopy(model.decoder.network).double()
     logits = net(z).reshape(N, F, 3)
     rec = -logits.log_softmax(-1).gather(-1, idx[..., None].long()).sum((1, 2)).mean()
-    mu, sigma = q.mean.double(), q.stddev.double()
     kl = 0.5 * (sigma**2 + mu**2 - 1 - 2 * sigma.log()).sum(-1).mean()
     torch.testing.assert_close(loss.loss.double(), rec + kl, rtol=1e-5, atol=1e-5)
     for method in ("latent_mean", "reconstruct"):
@@ -574,6 +583,12 @@ def test_a_categorical_model_takes_one_hot_rows_as_its_class_indices():
     expected = aetk.log_marginal(model, idx, n_samples=4)
     torch.manual_seed(3)
     assert torch.equal(aetk.log_marginal(model, one_hot, n_samples=4), expected)
+    with pytest.raises(ValueError, match=r"feature shape \(5, 2\) but the model expects"):
+        model.encode(one_hot[..., :2])
+    if one_hot_inputs:  # class indices are checked as they are recoded
+        with pytest.raises(ValueError, match=r"class indices must be below n_classes=3"):
+            model.encode(idx + 1)
+        return
     bad = one_hot.clone()
     bad[1, 2] = torch.tensor([0.2, 0.5, 0.3])  # probabilities, not a one-hot row
     with pytest.raises(ValueError, match=r"encode data: one-hot entries must be 0 or 1; "
@@ -583,24 +598,26 @@ def test_a_categorical_model_takes_one_hot_rows_as_its_class_indices():
     with pytest.raises(ValueError, match=r"loss data: one-hot rows must sum to 1; first bad "
                                          r"at row 1, column 2"):
         model.loss(bad)
-    with pytest.raises(ValueError, match=r"feature shape \(5, 2\) but the model expects"):
-        model.encode(one_hot[..., :2])
 
 
 @pytest.mark.parametrize(("name", "options"), [
-    ("vae", {}), ("factorvae", {}), ("rhvae", {"centroids": 4}), ("vqvae", {"n_codes": 4})])
+    ("vae", {}), ("factorvae", {}), ("rhvae", {"centroids": 4}), ("vqvae", {"n_codes": 4}),
+    ("vae", {"one_hot_inputs": False})])
 def test_fit_on_one_hot_rows_is_fit_on_their_class_indices(name, options):
     """fit of a categorical model on one-hot rows trains the same weights as on the class
     indices, for models that read the batch in their own training step (the FactorVAE's
-    discriminator) or the training data when fit starts (RHVAE centroids, VQ-VAE codes)."""
+    discriminator) or the training data when fit starts (RHVAE centroids, VQ-VAE codes),
+    and on a Dataset of either, recoded batch by batch."""
     idx, one_hot = _classes(12)
     states = []
-    for data in (idx, one_hot):
+    datasets = ((TensorDataset(idx), TensorDataset(one_hot)) if name == "vae" else ())
+    for data in (idx, one_hot, *datasets):
         model = _vae(name, "categorical", n_classes=3, **options).train()
         aetk.fit(model, data, epochs=2, batch_size=4, progress=False)
         states.append(model.state_dict())
-    for key, value in states[0].items():
-        assert torch.equal(states[1][key], value), key
+    for state in states[1:]:
+        for key, value in states[0].items():
+            assert torch.equal(state[key], value), key
 
 
 def test_the_composed_one_hot_model_takes_class_indices_too():

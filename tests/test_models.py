@@ -820,6 +820,13 @@ def test_build_model_passes_options_to_decoder_and_model():
         (("infovae", "bernoulli"), {"kernel": "rbf"}, r"unknown kernel 'rbf'; valid:"),
         (("rhvae", "bernoulli"), {"centroids": torch.zeros(4, 3)},
          r"saved as JSON.*aetk.RHVAE\(encoder, decoder, centroids=<tensor"),
+        (("vae", "bernoulli"), {"one_hot_inputs": True},
+         r"one_hot_inputs=True is for the categorical likelihood of the inputs themselves, "
+         r"not the 'bernoulli' likelihood"),
+        (("vae", "categorical"), {"one_hot_inputs": True, "n_classes": 3, "out_features": 2},
+         r"one_hot_inputs=True .* not a paired model, whose inputs are other data"),
+        (("vae", "categorical"), {"one_hot_inputs": 1, "n_classes": 3},
+         r"one_hot_inputs must be True, False or None, got 1"),
     ],
 )
 def test_build_model_rejects_unknown_names(args, kwargs, pattern):

@@ -5,6 +5,7 @@ import contextlib
 import copy
 import functools
 import json
+import math
 import pickle
 import re
 import shutil
@@ -160,6 +161,41 @@ def test_save_load_round_trip(tmp_path, name, likelihood, kw):
     expected = model.loss(val).loss
     torch.manual_seed(1)
     assert loaded.loss(val).loss.item() == expected.item()
+
+
+def test_a_categorical_model_saved_before_one_hot_encoders_loads_as_it_was(tmp_path):
+    """A categorical model's encoder reads one-hot rows since 2026-12-03; one saved before
+    (its build_spec without `one_hot_inputs`, an encoder of the class indices) still loads
+    with the encoder of indices and its outputs, and a new one round-trips with its own."""
+    train, val = _digits("categorical")
+    torch.manual_seed(0)
+    old = aetk.build_model("vae", "categorical", in_features=64, latent_dim=2, hidden=(32,),
+                           n_classes=17, one_hot_inputs=False)
+    new = _build("vae", "categorical")
+    for model in (old, new):
+        _fit(model, train, epochs=1)
+    old.save(tmp_path / "old")
+    new.save(tmp_path / "new")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    # the description the code before wrote, word for word
+    assert config["build_spec"] == {"model": "vae", "likelihood": "categorical",
+                                     "input_shape": [64], "latent_dim": 2, "hidden": [32],
+                                     "activation": "relu", "n_classes": 17}
+    one_hot = torch.nn.functional.one_hot(val.long(), 17).float()
+    for name, model, reads in (("old", old, (64,)), ("new", new, (64, 17))):
+        loaded = aetk.load(tmp_path / name)
+        assert loaded.input_shape == reads
+        assert loaded.encoder.network[1][0].in_features == math.prod(reads)
+        assert loaded.build_spec.get("one_hot_inputs", False) == (name == "new")
+        model.eval()
+        for x in (val, one_hot):
+            assert torch.equal(loaded.latent_mean(x), model.latent_mean(val))
+            assert torch.equal(loaded.reconstruct(x), model.reconstruct(val))
+            torch.manual_seed(1)
+            expected = model.loss(val).loss
+            torch.manual_seed(1)
+            assert loaded.loss(x).loss.item() == expected.item()
+    assert not torch.equal(new.latent_mean(val), old.latent_mean(val))
 
 
 def test_the_history_is_saved_with_the_model_and_read_back(tmp_path):

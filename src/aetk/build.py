@@ -59,6 +59,13 @@ def default_log_inputs(likelihood: str, paired: bool = False) -> bool:
     return likelihood in COUNT_LIKELIHOODS and not paired
 
 
+def default_one_hot_inputs(likelihood: str, paired: bool = False) -> bool:
+    """Whether the encoder reads one-hot rows of the classes unless told: for the
+    categorical likelihood of the inputs themselves (a paired model's inputs are other
+    data, not known to be classes)."""
+    return likelihood == "categorical" and not paired
+
+
 def _infomax(
     encoder, decoder, *, shape, hidden, activation, alpha: float = 1.0, beta: float = 1.0
 ) -> InfoMaxVAE:
@@ -145,6 +152,7 @@ def build_model(
     input_noise: float = 0.0,
     log_inputs: bool | None = None,
     n_conditions: int = 0,
+    one_hot_inputs: bool | None = None,
     **hyper: Any,
 ) -> Model:
     """A model of the named kind with an MLP encoder and a decoder of the named likelihood;
@@ -161,9 +169,14 @@ def build_model(
     for paired training (`x_in -> x_out`, `aetk.Paired`; MLP networks only).
     The categorical likelihood (`n_classes=k`) models `in_features` (or `input_shape`)
     variables of k classes: fit and the model's methods take their class indices
-    `(n, *shape)` or one-hot rows `(n, *shape, k)`, recoded as the indices that the
-    encoder reads (`Model.checked_input`); not `input_shape=(*shape, k)`, which would model
-    every one-hot entry as a variable of k classes.
+    `(n, *shape)` or one-hot rows `(n, *shape, k)`, recoded as the encoder reads them
+    (`Model.checked_input`); not `input_shape=(*shape, k)`, which would model every
+    one-hot entry as a variable of k classes. Its encoder reads the one-hot rows
+    (`input_shape=(*shape, k)`; `one_hot_inputs`, the default for the categorical
+    likelihood of the inputs themselves): nominal classes have no order, which an encoder
+    of the indices as numbers would give them (class 2 as twice class 1); a convolutional
+    one takes the classes as channels. `one_hot_inputs=False` builds that encoder of the
+    indices, as models saved before 2026-12-03 have it (their `build_spec` lacks the key).
 
     `hyper` holds the likelihood's options (`sigma`, `split`, `n_classes`, `dispersion`) and
     the model's hyperparameters (`beta`, `alpha`, `lam`, `kernel`, ...). Unknown names raise
@@ -225,11 +238,15 @@ def build_model(
     if int(n_conditions) != n_conditions or n_conditions < 0:
         raise ValueError(f"n_conditions must be an integer >= 0, got {n_conditions}")
     cond = {"n_conditions": int(n_conditions)} if n_conditions else {}
-    encoder = encoder_cls(input_shape=shape, latent_dim=latent_dim, **sizes, **conv, **noise,
-                          **logs, **cond)
+    one_hot = _one_hot_inputs(one_hot_inputs, likelihood, paired)
+    classes = {"n_classes": dec.checked_n_classes(dec_opts["n_classes"])} if one_hot else {}
+    enc_shape = (*shape, classes["n_classes"]) if one_hot else shape
+    encoder = encoder_cls(input_shape=enc_shape, latent_dim=latent_dim, **sizes, **conv,
+                          **noise, **logs, **cond, **classes)
     decoder = decoder_cls(latent_dim=latent_dim, output_shape=out_shape, **sizes, **conv,
                           **dec_opts, **cond)
-    extra = {k: v for k, v in {"shape": shape, **sizes}.items()
+    # a critic of (x, z) reads x as the encoder does
+    extra = {k: v for k, v in {"shape": enc_shape, **sizes}.items()
              if k in inspect.signature(constructor).parameters}
     built = constructor(encoder, decoder, **extra, **hyper)
     built.build_spec = {
@@ -244,7 +261,23 @@ def build_model(
         **noise,
         **logs,
         **cond,
+        # absent: the encoder of class indices (io.load's default), as saved before it was
+        **({"one_hot_inputs": True} if one_hot else {}),
         **dec_opts,
         **hyper,
     }
     return built
+
+
+def _one_hot_inputs(given: bool | None, likelihood: str, paired: bool) -> bool:
+    """`one_hot_inputs` checked, its default (`default_one_hot_inputs`) for None."""
+    if given is None:
+        return default_one_hot_inputs(likelihood, paired)
+    if not isinstance(given, bool):
+        raise ValueError(f"one_hot_inputs must be True, False or None, got {given!r}")
+    if given and (likelihood != "categorical" or paired):
+        what = (f"the {likelihood!r} likelihood" if likelihood != "categorical"
+                else "a paired model, whose inputs are other data than the decoder's classes")
+        raise ValueError(f"one_hot_inputs=True is for the categorical likelihood of the "
+                         f"inputs themselves, not {what}: leave it out")
+    return given

@@ -270,6 +270,14 @@ class OneHotLookalikeWarning(UserWarning):
     model of the data shape without that axis takes as they are."""
 
 
+def checked_n_classes(n_classes: Any) -> int:
+    """`n_classes` as an int, else ValueError: a categorical variable has two classes or
+    more."""
+    if int(n_classes) != n_classes or n_classes < 2:
+        raise ValueError(f"n_classes must be at least 2, and an integer, got {n_classes}")
+    return int(n_classes)
+
+
 class CategoricalDecoder(_BuiltinDecoder):
     """p(x|z) = prod Categorical(softmax(logits)) over `n_classes` per element.
 
@@ -280,9 +288,7 @@ class CategoricalDecoder(_BuiltinDecoder):
 
     def __init__(self, network: nn.Module | None = None, *, n_classes: int,
                  **sizes: Any) -> None:
-        if int(n_classes) != n_classes or n_classes < 2:
-            raise ValueError(f"n_classes must be at least 2, and an integer, got {n_classes}")
-        self.n_classes = self.width = int(n_classes)
+        self.n_classes = self.width = checked_n_classes(n_classes)
         super().__init__(network, **sizes)
 
     def forward(self, z: torch.Tensor) -> D.Independent:

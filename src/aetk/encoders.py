@@ -11,6 +11,7 @@ from torch import nn
 
 from .distributions import Normal
 from .nets import (
+    ClassesAsChannels,
     Conditioned,
     LogInputs,
     MaskingNoise,
@@ -30,6 +31,10 @@ class _Encoder(nn.Module):
     first masks each input value with probability p while training (`nets.MaskingNoise`):
     a denoising autoencoder, which reconstructs the clean data from corrupted inputs.
     `log_inputs` makes the network see `log(1 + x)` (`nets.LogInputs`): for counts.
+    `n_classes = k > 0` says that the last axis of `input_shape` holds one-hot codes of k
+    classes (categorical data of shape `input_shape[:-1]`): the MLP reads them flattened,
+    a convolutional network as k channels per image channel (`nets.ClassesAsChannels`;
+    `image_shape` is then the data's, without the class axis).
 
     With `n_conditions = k > 0` the encoder is q(z|x, c): the network also sees the
     conditions (`nets.Conditioned`; a given `network` then takes the flattened x and the k
@@ -52,6 +57,7 @@ class _Encoder(nn.Module):
         input_noise: float = 0.0,
         log_inputs: bool = False,
         n_conditions: int = 0,
+        n_classes: int = 0,
     ) -> None:
         super().__init__()
         self.latent_dim = int(latent_dim)
@@ -66,7 +72,13 @@ class _Encoder(nn.Module):
                 raise ValueError("give a network, or in_features / input_shape to build an MLP")
             n_out = self.out_per_latent * self.latent_dim
             k = self.n_conditions
-            if channels:
+            classes = _class_axis(self.input_shape, n_classes)
+            if channels and classes:
+                c, h, w = image_layout(self.input_shape[:-1], image_shape, channels)
+                network = nn.Sequential(
+                    ClassesAsChannels((c, h, w), classes),
+                    conv_encoder((classes * c, h, w), channels, hidden, n_out, activation, k))
+            elif channels:
                 image = image_layout(self.input_shape, image_shape, channels)
                 network = conv_encoder(image, channels, hidden, n_out, activation, k)
             elif k:
@@ -95,6 +107,18 @@ class _Encoder(nn.Module):
                              f"values per row, but latent_dim={self.latent_dim} needs {n}"
                              + (" (mu, then log sigma)" if self.out_per_latent == 2 else ""))
         return out
+
+
+def _class_axis(shape: tuple[int, ...], n_classes: int) -> int:
+    """`n_classes` (0: none) checked against the last axis of the input shape, which holds
+    the one-hot codes."""
+    if int(n_classes) != n_classes or n_classes < 0 or n_classes == 1:
+        raise ValueError(f"n_classes must be 0 (no class axis) or an integer >= 2, got "
+                         f"{n_classes}")
+    if n_classes and (len(shape) < 2 or shape[-1] != n_classes):
+        raise ValueError(f"n_classes={n_classes} needs input_shape (*variables, {n_classes}), "
+                         f"one-hot rows of each variable's class, got {shape}")
+    return int(n_classes)
 
 
 class GaussianEncoder(_Encoder):

@@ -120,6 +120,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", *,
     else:
         spec = dict(spec)
         spec.setdefault("log_inputs", False)  # saved before it defaulted to True for counts
+        # saved before a categorical model's encoder read one-hot rows: one of the indices
+        spec.setdefault("one_hot_inputs", False)
         _check_registered(spec, parts, path)
         model = build_model(spec.pop("model"), spec.pop("likelihood"), **spec)
         try:

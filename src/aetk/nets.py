@@ -104,6 +104,24 @@ class _Reshape(nn.Module):
         return x.reshape(len(x), *self.shape)
 
 
+class ClassesAsChannels(nn.Module):
+    """One-hot rows `(B, *shape, k)` of images `(C, H, W)` of k classes -> images
+    `(B, k * C, H, W)`, channel `k_i * C + c` the class k_i of channel c: the classes as
+    channels, for convolutions (the mirror of the decoders' class-major blocks)."""
+
+    def __init__(self, image: tuple[int, int, int], n_classes: int) -> None:
+        super().__init__()
+        self.image, self.n_classes = tuple(image), int(n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, h, w = self.image
+        x = x.reshape(len(x), c, h, w, self.n_classes).movedim(-1, 1)
+        return x.reshape(len(x), self.n_classes * c, h, w)
+
+    def extra_repr(self) -> str:
+        return f"image={self.image}, n_classes={self.n_classes}"
+
+
 class _ImageBlocks(nn.Module):
     """`(B, blocks * width * C, H, W)` -> `(B, blocks * C * H * W * width)`: each block an
     image in the data's element order, with a trailing `width` axis (categorical classes)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -307,14 +308,18 @@ class Model(nn.Module):
                              f"{', '.join(map(str, shape))}){one}")
         return x
 
-    def _recode_classes(self, x: Any, name: str = "input") -> torch.Tensor | None:
+    def _recode_classes(self, x: Any, name: str = "input", checked: bool = False
+                        ) -> torch.Tensor | None:
         """For a model of classes (a decoder with `n_classes = k`, scoring the inputs' own
         shape), data `x` in the other coding than its encoder takes, checked by the decoder
         and recoded: one-hot rows `(n, *shape, k)` as class indices `(n, *shape)` for an
         encoder of indices (`build_model`'s, `input_shape=shape`), indices as one-hot rows
         for an encoder of them (`input_shape=(*shape, k)`); the loss is the same for both
-        codings. None for any other `x` (data in the encoder's coding first, at the cost
-        of a shape comparison)."""
+        codings; rows of the classes in another shape of as many (flat data for a model of
+        images, as `validate.as_rows`) reshaped first (and one-hot rows of an encoder of
+        them only reshaped). None for any other `x` (data in the
+        encoder's coding first, at the cost of a shape comparison). `checked`: data that
+        `check_data` has passed, not checked again."""
         shape = self.input_shape
         if (shape is None or not isinstance(x, torch.Tensor) or x.dim() < 2
                 or tuple(x.shape[1:]) == tuple(shape)):
@@ -323,17 +328,32 @@ class Model(nn.Module):
         out = getattr(self.decoder, "event_shape", None)
         if not isinstance(k, int) or out is None:
             return None
-        shape, out, given = tuple(shape), tuple(out), tuple(x.shape[1:])
+        shape, out = tuple(shape), tuple(out)
+        x = self._class_rows(x, out, k)
+        given = tuple(x.shape[1:])
         if shape == out and given == (*out, k):
             recode = self._one_hot_indices
         elif shape == (*out, k) and given == out:
             recode = self._indices_one_hot
+        elif given == shape:  # the encoder's coding in another layout: reshaped only
+            recode = None
         else:
             return None
-        check = getattr(self.decoder, "check_data", None)
+        check = None if checked else getattr(self.decoder, "check_data", None)
         if check is not None:  # a wrong coding (probabilities, classes past k) recoded is wrong
             check(x, name)
-        return recode(x, k)
+        return x if recode is None else recode(x, k)
+
+    @staticmethod
+    def _class_rows(x: torch.Tensor, out: tuple[int, ...], k: int) -> torch.Tensor:
+        """Class indices `x` as rows `(n, *out)`, one-hot rows as `(n, *out, k)`, where
+        they hold as many classes in another shape that `validate.as_rows` reshapes."""
+        given = tuple(x.shape[1:])
+        if given[-1:] == (k,) and math.prod(given[:-1]) == math.prod(out):  # one-hot rows
+            if tuple(validate.as_rows(x[..., 0], out).shape[1:]) == out:
+                return x.reshape(len(x), *out, k)
+            return x
+        return validate.as_rows(x, out)
 
     @staticmethod
     def _one_hot_indices(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -637,7 +657,7 @@ class Model(nn.Module):
                              f"not its inputs' {self.input_shape}: give {name} data as "
                              "aetk.Paired(x_in, x_out)")
         check = getattr(self.decoder, "check_data", None)
-        if check is not None:
+        if check is not None and (coded is None or target is not None):  # recoded: checked
             check(x if target is None else target, name if target is None else f"{name} target")
         own = getattr(type(self.decoder), "check_data", Decoder.check_data)
         if (own is Decoder.check_data and not isinstance(self.decoder, _BuiltinDecoder)
