@@ -17,6 +17,9 @@ from .devices import resolve_device
 from .models.base import Model
 
 CONFIG, WEIGHTS, HISTORY = "config.json", "weights.pt", "history.tsv"
+SPEC_DEFAULTS = {"log_inputs": False, "one_hot_inputs": False}
+"""What a saved build_spec without these keys was built with: `build_model`'s defaults
+then (log inputs for counts, and one-hot inputs for classes, came later), not now."""
 
 
 class NotRebuildable(ValueError):
@@ -118,10 +121,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", *,
             f"cannot be rebuilt from its description: build it again as it was and pass it, "
             f"aetk.load('{path}', into=model)", path, parts)
     else:
-        spec = dict(spec)
-        spec.setdefault("log_inputs", False)  # saved before it defaulted to True for counts
-        # saved before a categorical model's encoder read one-hot rows: one of the indices
-        spec.setdefault("one_hot_inputs", False)
+        spec = {**SPEC_DEFAULTS, **spec}
         _check_registered(spec, parts, path)
         model = build_model(spec.pop("model"), spec.pop("likelihood"), **spec)
         try:
@@ -211,9 +211,12 @@ def _check_fit(model: Model, config: dict, state: dict[str, torch.Tensor], path:
     into a copy of it (torch's load_state_dict copies what fits before it raises; a copy
     lets models resize buffers to the saved ones, as the RHVAE's centroids), and unless
     both were made by `build_model` with a setting that both give and that differs (one
-    left to its default is not compared: its value is not saved)."""
+    left to its default is not compared: its value is not saved; those of `SPEC_DEFAULTS`
+    are, their defaults having changed)."""
     saved_spec = config.get("build_spec") or {}
     own = json.loads(json.dumps(model.build_spec or {}))  # as saved: lists for tuples
+    if saved_spec and own:  # an old categorical model into a new build: one-hot inputs
+        saved_spec, own = {**SPEC_DEFAULTS, **saved_spec}, {**SPEC_DEFAULTS, **own}
     diff = ", ".join(f"{k}: {saved_spec[k]!r} saved, {own[k]!r} here"
                      for k in sorted(saved_spec.keys() & own.keys()) if saved_spec[k] != own[k])
     if diff:
