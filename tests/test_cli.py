@@ -567,6 +567,28 @@ def test_log_inputs_flag_reaches_the_encoder_and_keys_its_own_run(steps: Path,
         "settings"]
 
 
+def test_a_categorical_run_reads_one_hot_rows_and_keys_its_own_run(tmp_path: Path) -> None:
+    """The categorical likelihood from the command line: its encoder reads one-hot rows
+    of the classes (it read the class indices as numbers), which the run settings record,
+    so that a run of the encoder of indices is not resumed into it; encode takes it."""
+    data, model = str(tmp_path / "d.zarr"), tmp_path / "m"
+    assert cli.main(["preprocess", "--source", "digits", "--n-samples", "96",
+                     "--validation-fraction", "0.25", "--seed", "1", "--out", data]) == 0
+    assert cli.main(["train", "--data", data, "--model", "vae", "--likelihood", "categorical",
+                     "--options", '{"n_classes": 17}', "--hidden", "16", "--epochs", "1",
+                     "--no-progress", "--out", str(model), "--history",
+                     str(tmp_path / "h.tsv")]) == 0
+    loaded = aetk.load(model)
+    assert loaded.input_shape == (64, 17) and loaded.build_spec["one_hot_inputs"] is True
+    info = json.loads((model / "aetk_run.json").read_text())
+    assert info["settings"]["one_hot_inputs"] is True
+    assert cli.main(["encode", "--data", data, "--model", str(model), "--n-examples", "2",
+                     "--n-generated", "2", "--out", str(tmp_path / "l.zarr")]) == 0
+    lat = storage.read_zarr(tmp_path / "l.zarr")
+    val = lat["split"].values == storage.SPLIT_VALIDATION
+    assert np.isfinite(lat["log_marginal"].values[val]).all()
+
+
 def test_beta_schedule_anneals_the_kl_weight_and_keys_its_own_run(
         steps: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """--beta-schedule cyclical: the history's beta column follows CyclicalBeta by hand,

@@ -245,6 +245,7 @@ def _log_inputs(args: argparse.Namespace) -> bool:
 
 def run_settings(args: argparse.Namespace, data_hash: str) -> dict[str, Any]:
     """Everything that determines a trained model; its hash keys the checkpoint."""
+    from aetk.build import default_one_hot_inputs
     from aetk.penalties import describe, make_penalty
 
     return {
@@ -257,6 +258,8 @@ def run_settings(args: argparse.Namespace, data_hash: str) -> dict[str, Any]:
         # present exactly when the encoder takes log inputs: runs without them keep the
         # hashes they had before log inputs existed; count models' changed with the default
         **({"log_inputs": True} if _log_inputs(args) else {}),
+        # categorical runs: their encoder reads one-hot rows since 2026-12-03, a new model
+        **({"one_hot_inputs": True} if default_one_hot_inputs(args.likelihood) else {}),
         **({"lr_schedule": args.lr_schedule} if args.lr_schedule != "constant" else {}),
         **({"beta_schedule": args.beta_schedule}
            if args.beta_schedule not in ("constant", {"name": "constant"}) else {}),
