@@ -339,26 +339,33 @@ def test_configured_geodesic_pairs_reach_the_geodesics_command(tmp_path: Path) -
 def test_configured_pairs_beyond_a_data_file_stop_the_run_before_training(tmp_path: Path
                                                                           ) -> None:
     """A file's sample count is known once preprocessed: the pairs are checked then (the
-    job check_pairs, before any training job), not by the geodesics jobs after training;
+    job check_pairs, which every training job waits for: with two cores and keep-going,
+    as on SLURM, the models trained beside it), not by the geodesics jobs after training;
     data.n_samples bounds it at start-up."""
     config = {"data": {"source": "x.npy"}, "grid": {"models": ["rhvae"]},
               "geodesics": {"pairs": [[0, 29], [1, 30]]}}
     wd = make_workdir(tmp_path / "file", config)
     np.save(wd / "x.npy", np.random.default_rng(0).random((30, 4)).astype(np.float32))
-    proc = snakemake(wd, "--cores", "1", "--configfile", "test.yaml", check=False)
+    proc = snakemake(wd, "--cores", "2", "--keep-going", "--configfile", "test.yaml",
+                     check=False)
     message = ("geodesics.pairs.1: [1, 30] is out of range: the preprocessed data "
                "results/data/x.zarr have 30 samples (indices 0 .. 29")
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr
     assert message in (wd / "results/logs/check_pairs/x.log").read_text()
-    assert not (wd / "results/models").exists()
+    assert not (wd / "results/logs/train").exists()  # no training job started
     (wd / "bound.yaml").write_text(yaml.safe_dump({"data": {"n_samples": 20}}))
     proc = snakemake(wd, "-n", "--configfile", "test.yaml", "bound.yaml", check=False)
     assert proc.returncode != 0 and ("geodesics.pairs.0: [0, 29] is out of range: data."
                                      "n_samples keeps at most 20 samples") in proc.stdout
-    # in range: the check passes, and is in the plan only for a file with pairs
+    # in range: the check passes; it is in the plan for every file, pairs or none, so
+    # that adding pairs changes no training job's inputs
     config["geodesics"]["pairs"] = [[0, 29]]
     (wd / "test.yaml").write_text(yaml.safe_dump(config))
     snakemake(wd, "results/data/x.pairs-checked", "--cores", "1", "--configfile", "test.yaml")
+    assert "check_pairs" in job_counts(snakemake(wd, "-n", "--configfile", "test.yaml",
+                                                 "--forcerun", "check_pairs").stdout)
+    config["geodesics"]["pairs"] = None
+    (wd / "test.yaml").write_text(yaml.safe_dump(config))
     assert "check_pairs" in job_counts(snakemake(wd, "-n", "--configfile", "test.yaml",
                                                  "--forcerun", "check_pairs").stdout)
     assert "check_pairs" not in job_counts(snakemake(make_workdir(tmp_path / "bundled", {

@@ -256,6 +256,15 @@ def dataset_name():
 
 DATASET = dataset_name()
 DATA_STORE = f"results/data/{DATASET}.zarr"
+# A data file's sample count is known once preprocessed: every training job waits for
+# check_pairs, so that configured pairs beyond it stop the run before any training, also
+# with several cores or keep-going (SLURM); for every file, pairs or none, so that adding
+# pairs later changes no training job's inputs. (Not ancient: a job that must run hides
+# the jobs after it from Snakemake's other rerun reasons, params included, unless it
+# reruns them.) Bundled data are checked at start-up (check_pairs).
+PAIRS_CHECKED = (
+    [] if DATA["source"] in BUNDLED else [f"results/data/{DATASET}.pairs-checked"]
+)
 
 
 def make_runs():
@@ -622,12 +631,4 @@ def report_outputs():
         "results/report/comparison.tsv",
         "results/report/comparison.png",
     ]
-    # a file's sample count is known once read (bundled data: checked at start-up)
-    pairs = (
-        [f"results/data/{DATASET}.pairs-checked"]
-        if config["geodesics"]["pairs"]
-        and GEODESIC_RUNS
-        and DATA["source"] not in BUNDLED
-        else []
-    )
-    return per_run + geo + summary + pairs
+    return per_run + geo + summary

@@ -16,8 +16,10 @@ rule preprocess:
 
 
 # A data file's sample count is known once it is read: configured geodesics.pairs are
-# checked then, first of the jobs that wait for the data, not in the geodesics jobs after
-# training (bundled data are checked at start-up, check_pairs in common.smk).
+# checked then, before the training jobs, which wait for it (PAIRS_CHECKED in common.smk),
+# not in the geodesics jobs after training (bundled data are checked at start-up). The
+# pairs are read from config, not params: pairs changed once the models are trained (which
+# aetk geodesics checks itself) must not rerun this job, which every training job needs.
 rule check_pairs:
     input:
         data=DATA_STORE,
@@ -27,7 +29,5 @@ rule check_pairs:
         f"results/logs/check_pairs/{DATASET}.log",
     priority: 100
     localrule: True
-    params:
-        pairs=config["geodesics"]["pairs"],
     run:
-        check_store_pairs(input.data, params.pairs, log[0])
+        check_store_pairs(input.data, config["geodesics"]["pairs"], log[0])

@@ -1,6 +1,7 @@
 rule train:
     input:
-        DATA_STORE,
+        data=DATA_STORE,
+        pairs_checked=PAIRS_CHECKED,
     output:
         model=directory("results/models/{run}/model"),
         history="results/models/{run}/history.tsv",
@@ -18,6 +19,6 @@ rule train:
         # Outside the declared outputs, so that Snakemake keeps it when a job is interrupted.
         checkpoints="results/checkpoints",
     shell:
-        "aetk train --data {input} {params.args} --threads {threads} "
+        "aetk train --data {input.data} {params.args} --threads {threads} "
         "--checkpoint-dir {params.checkpoints} "
         "--out {output.model} --history {output.history} > {log} 2>&1"
