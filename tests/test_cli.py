@@ -118,6 +118,32 @@ def test_train_refuses_data_by_the_stored_row(tmp_path: Path,
             ) in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("transforms", "likelihood", "advice"), [
+    ("standardise", "bernoulli", "; give scale01 as the last transform (aetk preprocess "
+     "--transforms; data.transforms in the pipeline's config), or choose a likelihood"),
+    ("log1p", "poisson", "; the data store was made with the transforms log1p, but a count "
+     "likelihood takes the raw counts: leave out the transforms"),
+    (None, "negative_binomial", "; these are not counts: choose a likelihood"),
+])
+def test_train_says_what_fits_data_outside_the_likelihoods_support(
+        tmp_path: Path, capsys: pytest.CaptureFixture, transforms: str | None,
+        likelihood: str, advice: str) -> None:
+    """Data a likelihood cannot take were refused with the values alone ("707 values
+    outside [0, 1]"): the message now says which transform, or which likelihood, fits."""
+    x = np.random.default_rng(0).normal(size=(40, 3)) + (3 if transforms == "log1p" else 0)
+    np.save(tmp_path / "x.npy", np.round(x) if transforms == "log1p" else x)
+    data = str(tmp_path / "d.zarr")
+    assert cli.main(["preprocess", "--source", str(tmp_path / "x.npy"), "--out", data,
+                     *(["--transforms", transforms] if transforms else [])]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--data", data, "--model", "vae", "--likelihood", likelihood,
+                     "--hidden", "8", "--epochs", "1", "--no-progress", "--device", "cpu",
+                     "--out", str(tmp_path / "m"), "--history", str(tmp_path / "h.tsv")]) == 1
+    err = capsys.readouterr().err
+    assert advice in err and "--likelihood (grid.likelihoods" in err, err
+    assert not (tmp_path / "m").exists()
+
+
 def test_parse_spec() -> None:
     assert cli.parse_spec("scale01") == "scale01"
     assert cli.parse_spec("binarise:threshold=0.3") == {"name": "binarise", "threshold": 0.3}

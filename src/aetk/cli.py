@@ -243,6 +243,27 @@ def _log_inputs(args: argparse.Namespace) -> bool:
     return default_log_inputs(args.likelihood) if args.log_inputs is None else args.log_inputs
 
 
+def support_hint(likelihood: str, transforms: list[str]) -> str:
+    """What to change when the stored data lie outside `likelihood`'s support: the
+    transforms the store was made with (`transforms`, by name), or the likelihood."""
+    from aetk.build import COUNT_LIKELIHOODS
+
+    where = "(aetk preprocess --transforms; data.transforms in the pipeline's config)"
+    made = f"the data store was made with the transforms {', '.join(transforms)}"
+    if likelihood == "bernoulli":
+        fix = f"give scale01 as the last transform {where}, or "
+    elif likelihood in COUNT_LIKELIHOODS and transforms:
+        fix = (f"{made}, but a count likelihood takes the raw counts: leave out the "
+               f"transforms that make fractions or negative values {where}, or ")
+    elif likelihood in COUNT_LIKELIHOODS:
+        fix = "these are not counts: "
+    else:
+        return ""
+    return (f"; {fix}choose a likelihood for these values with --likelihood "
+            "(grid.likelihoods in the pipeline's config): gaussian for real values, "
+            "poisson or negative_binomial for counts")
+
+
 def run_settings(args: argparse.Namespace, data_hash: str) -> dict[str, Any]:
     """Everything that determines a trained model; its hash keys the checkpoint."""
     from aetk.build import default_one_hot_inputs
@@ -364,7 +385,11 @@ def cmd_train(args: argparse.Namespace) -> None:
                              **settings["options"])
     # all rows at once: a refusal names the store's row (the file's, unless subsampled),
     # not the row in the training split, and counts the validation rows too
-    model.check_data(torch.from_numpy(stored.x), "the stored")
+    try:
+        model.check_data(torch.from_numpy(stored.x), "the stored")
+    except ValueError as err:  # outside the likelihood's support: say what to change
+        steps = [step.name for step in stored.pipeline.steps]
+        raise ValueError(f"{err}{support_hint(args.likelihood, steps)}") from None
     checkpoint = None
     if args.checkpoint_dir is not None:
         # named by the data's values too: new values in the same file train afresh
