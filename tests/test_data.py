@@ -831,6 +831,18 @@ def test_prepare_warns_when_n_samples_is_more_than_the_data_has() -> None:
         assert len(data.prepare(raw, transforms=[]).x) == 1797
 
 
+def test_missing_values_of_a_table_name_their_column(tmp_path: Path) -> None:
+    """A CSV's empty cells were placed at "column 1" alone, counted after the dropped ID
+    column: the column's name from the header says which one."""
+    table = "id,gene_a,gene_b,gene_c,cluster\n" + "".join(
+        f"s{i},{i},{'' if i in (5, 7) else i + 1},{i + 2},{'ab'[i % 2]}\n" for i in range(12))
+    (tmp_path / "t.csv").write_text(table)
+    raw = data.read_file(tmp_path / "t.csv", labels="cluster", drop_columns=["id"])
+    with pytest.raises(ValueError, match=r"t.csv: 2 NaN or infinite values, the first at row 5, "
+                       r"column 1 \('gene_b'\) \(counting from 0\) in the data: impute or"):
+        data.prepare(raw, transforms=[])
+
+
 def test_prepare_names_non_finite_values_in_the_file_and_after_transforms() -> None:
     x = np.arange(60, dtype=np.float64).reshape(10, 6)
     x[5, 3], x[7, 0] = np.nan, np.inf

@@ -1054,11 +1054,13 @@ class Prepared:
         return None if self.raw.labels is None else self.raw.labels[self.sample_index]
 
 
-def _non_finite(x: np.ndarray) -> str:
-    """How many values of `x` are NaN or infinite, and where the first is (0-based)."""
+def _non_finite(x: np.ndarray, names: list[str] | None = None) -> str:
+    """How many values of `x` are NaN or infinite, and where the first is (0-based; the
+    column also by its name in `names`, a table's header)."""
     rows, cols = np.nonzero(~np.isfinite(x.reshape(len(x), -1)))
+    name = f" ({names[cols[0]]!r})" if names is not None and len(names) > cols[0] else ""
     return (f"{len(rows)} NaN or infinite values, the first at row {rows[0]}, "
-            f"column {cols[0]} (counting from 0)")
+            f"column {cols[0]}{name} (counting from 0)")
 
 
 class SampleCountWarning(UserWarning):
@@ -1096,8 +1098,8 @@ def prepare(raw: RawData, *, transforms: list[str | dict[str, Any]],
     ``n_samples`` is at most: with more than the data have, all samples are used and a
     :class:`SampleCountWarning` says so."""
     if not np.all(np.isfinite(raw.x)):
-        raise ValueError(f"{raw.source or 'the data'}: {_non_finite(raw.x)} in the data: "
-                         "impute or drop them first")
+        raise ValueError(f"{raw.source or 'the data'}: {_non_finite(raw.x, raw.feature_names)} "
+                         "in the data: impute or drop them first")
     if n_samples is not None and n_samples > len(raw.x):
         warnings.warn(f"n_samples={n_samples} is more than the {len(raw.x)} samples of "
                       f"{raw.source or 'the data'}: using all {len(raw.x)}",
