@@ -79,8 +79,12 @@ def test_training_curves_of_two_epochs_show_both() -> None:
     off both lines' epoch 1 (validation 30.26 above a top of 30.18); now all is in view."""
     history = pd.DataFrame({"epoch": [1, 2], "train_loss": [29.90, 29.47],
                             "val_loss": [30.26, 30.12]})
-    low, high = report.plot_training_curves(history).axes[0].get_ylim()
+    ax = report.plot_training_curves(history).axes[0]
+    low, high = ax.get_ylim()
     assert low < 29.47 and high > 30.26
+    # whole epochs only on the axis (it ticked 1.0, 1.2, ..., 2.0)
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks == [1, 2], ticks
 
 
 def test_geodesic_endpoints_are_named_by_their_labels() -> None:

@@ -547,6 +547,7 @@ def plot_training_curves(histories: dict[str, pd.DataFrame] | pd.DataFrame,
         if later.size > len(losses) and np.ptp(later) > 0:  # two later epochs or more
             ax.set_ylim(later.min() - 0.08 * np.ptp(later), later.max() + 0.08 * np.ptp(later))
         ax.set(title=run, xlabel="epoch", ylabel="loss (nats per sample)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.2 of two
         if "lr" in h and h["lr"].nunique() > 1:
             rate = ax.twinx()
             rate.plot(h["epoch"], h["lr"], color="gray", lw=0.8, ls="--", label="learning rate")
