@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -1650,6 +1653,31 @@ def test_summary_refuses_the_history_of_another_run(steps: Path, tmp_path: Path,
     assert cli.main(["report", "summary", "--runs", "vae-bernoulli", "--histories",
                      str(tmp_path / "other.tsv"), "--latents", str(tmp_path / "old.zarr"),
                      *outputs]) == 0
+
+
+def test_sigterm_in_train_says_which_epoch_the_checkpoint_keeps(steps: Path,
+                                                              tmp_path: Path) -> None:
+    """SIGTERM (SLURM's time limit, scancel, Snakemake stopping its jobs) ended aetk train
+    without a word in its log, status 143; it now ends as Ctrl-C does, naming the
+    checkpoint's epoch, and the same command resumes from it."""
+    args = [sys.executable, "-m", "aetk.cli", "train", "--data", str(steps / "data.zarr"),
+            "--model", "vae", "--likelihood", "bernoulli", "--hidden", "8", "--epochs",
+            "100000", "--no-progress", "--device", "cpu", "--checkpoint-dir",
+            str(tmp_path / "ckpt"), "--out", str(tmp_path / "m"), "--history",
+            str(tmp_path / "h.tsv")]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while not proc.stdout.readline().startswith("epoch 2/"):
+            assert proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    [kept] = (tmp_path / "ckpt").glob("*.pt")
+    assert proc.returncode == 130, err
+    assert re.fullmatch(rf"aetk train: interrupted; the checkpoint {re.escape(str(kept))} "
+                        r"keeps epoch \d+: rerun the same command to resume from it\n", err), err
+    assert not (tmp_path / "m").exists()
 
 
 def test_ctrl_c_in_train_exits_in_one_line_and_keeps_the_checkpoint(

@@ -9,14 +9,17 @@ outputs and defaults. `aetk sample` draws new data from a trained model.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -330,6 +333,25 @@ def model_conditions(model: Any, stored: storage.StoredData, path: str) -> np.nd
     return c
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (SLURM's time limit, scancel, Snakemake stopping its jobs)
+    interrupts as Ctrl-C does, so that aetk train says which epoch its checkpoint keeps
+    instead of ending its log without a word (the main thread only: Python's signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def finished_epochs(checkpoint: Path) -> int:
     """Epochs recorded in a checkpoint written by ``aetk.fit`` (0 if there is none)."""
     import torch
@@ -421,11 +443,13 @@ def cmd_train(args: argparse.Namespace) -> None:
         sampler = aetk.LocalityBatches(stored.train, n_primary=n_primary,
                                        n_secondary=n_secondary, k_neighbors=k)
     try:
-        history = aetk.fit(model, train, val, epochs=args.epochs, batch_size=args.batch_size,
-                           lr=args.lr, device=device, seed=args.seed, checkpoint=checkpoint,
-                           resume=args.resume, progress=progress, callbacks=callbacks,
-                           lr_schedule=args.lr_schedule, batch_sampler=sampler,
-                           clip_grad_norm=args.clip_grad_norm, penalties=penalties)
+        with sigterm_as_interrupt():
+            history = aetk.fit(model, train, val, epochs=args.epochs,
+                               batch_size=args.batch_size, lr=args.lr, device=device,
+                               seed=args.seed, checkpoint=checkpoint, resume=args.resume,
+                               progress=progress, callbacks=callbacks,
+                               lr_schedule=args.lr_schedule, batch_sampler=sampler,
+                               clip_grad_norm=args.clip_grad_norm, penalties=penalties)
     except CheckpointMismatch as err:  # fit's advice is for Python callers: the CLI's
         start_over = "--no-resume (in the pipeline: train.resume: false in config.yaml)"
         advice = (f"pass --epochs >= {err.held}, or {start_over}" if err.held is not None
