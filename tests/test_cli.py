@@ -58,6 +58,19 @@ def test_bad_inputs_exit_with_a_message(tmp_path: Path, capsys: pytest.CaptureFi
     assert not (tmp_path / "d.zarr").exists()
 
 
+@pytest.mark.parametrize("value", ["1.5", "1", "-0.1", "ten"])
+def test_an_impossible_validation_fraction_names_the_flag(
+        tmp_path: Path, capsys: pytest.CaptureFixture, value: str) -> None:
+    """--validation-fraction 1.5 said "validation_fraction must be in [0, 1)", naming
+    neither the flag nor the value given ("ten": argparse's "invalid float value")."""
+    with pytest.raises(SystemExit):
+        cli.main(["preprocess", "--source", "digits", "--validation-fraction", value,
+                  "--out", str(tmp_path / "d.zarr")])
+    assert (f"aetk preprocess: error: argument --validation-fraction: must be a number in "
+            f"[0, 1), got '{value}'") in capsys.readouterr().err
+    assert not (tmp_path / "d.zarr").exists()
+
+
 def test_preprocess_header_flag(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A table whose first line is 0,1,2,... (pandas' names for unnamed columns) needs
     --header or --no-header; the flag keys the store only when given."""

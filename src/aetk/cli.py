@@ -1436,6 +1436,17 @@ def tolerance(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    """argparse type of a share of the samples: in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
+    return value
+
+
 def count(text: str) -> int:
     """argparse type of the integer options where 0 means none: >= 0."""
     try:
@@ -1518,8 +1529,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transforms", nargs="*", default=[], metavar="T",
                    help="in order; each NAME, NAME:key=value,... or JSON; names: "
                    f"{', '.join(data_mod.TRANSFORMS)} (e.g. scale01 binarise:threshold=0.5)")
-    p.add_argument("--validation-fraction", type=float, default=0.1,
-                   help="share of the samples held out for validation")
+    p.add_argument("--validation-fraction", type=fraction, default=0.1,
+                   help="share of the samples held out for validation (0: none)")
     p.add_argument("--seed", type=seed, default=0, help="seed of the subset and the split")
 
     p = add("train", cmd_train, "train one model on a data store",

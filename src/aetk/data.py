@@ -1016,7 +1016,7 @@ def split(n: int, validation_fraction: float, seed: int,
           labels: np.ndarray | None = None) -> np.ndarray:
     """Boolean mask of validation rows: seeded, stratified by categorical ``labels`` when given."""
     if not 0.0 <= validation_fraction < 1.0:
-        raise ValueError("validation_fraction must be in [0, 1)")
+        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}")
     is_val = np.zeros(n, dtype=bool)
     n_val = round(validation_fraction * n)
     if n_val == 0:
