@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -36,6 +37,19 @@ def test_help_of_every_command(capsys: pytest.CaptureFixture) -> None:
             assert exc.value.code == 0
             text = capsys.readouterr().out
             assert "input:" in text and "output:" in text, arg
+
+
+@pytest.mark.parametrize(("command", "option"), [
+    ("preprocess", "--key"), ("preprocess", "--labels"), ("preprocess", "--n-samples"),
+    ("preprocess", "--transforms"), ("train", "--clip-grad-norm"), ("train", "--penalty"),
+    ("train", "--locality"), ("train", "--checkpoint-dir")])
+def test_help_says_the_default_of_each_setting(command: str, option: str) -> None:
+    """Settings whose default is None or [] had no default in their help (what does
+    `aetk preprocess` do without --transforms? nothing, where the pipeline scales to [0, 1])."""
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    action = next(a for a in sub.choices[command]._actions if option in a.option_strings)
+    assert "(default: " in cli._Formatter("aetk")._get_help_string(action), option
 
 
 def test_sample_help_says_its_units(capsys: pytest.CaptureFixture) -> None:

@@ -1511,9 +1511,10 @@ def build_parser() -> argparse.ArgumentParser:
             "output: --out: the data store (variables x, split, label, transform parameters)")
     p.add_argument("--source", required=True, help="bundled data set name or file path")
     p.add_argument("--out", required=True, help="data store to write (a .zarr directory)")
-    p.add_argument("--key", help="array in the file: npz key, zarr array or AnnData layer")
+    p.add_argument("--key", help="array in the file: npz key, zarr array or AnnData layer "
+                   "(default: x, X or data, or the only array)")
     p.add_argument("--labels", help="label array/column in the file, or a .npy/.txt file of "
-                   "labels")
+                   "labels (default: none, unlabelled)")
     p.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
                    help="whether a .csv/.tsv file's first line holds column names (default: "
                    "unless it is all numbers; a first line of numbers that may be names, such as "
@@ -1524,11 +1525,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "AnnData variables (.h5ad, .zarr), such as spike-ins, by var name")
     p.add_argument("--n-samples", type=positive, help="use a seeded random subset of at most "
                    "this size (all samples, with a warning, when the data set has fewer; the "
-                   "number generated for swissroll/scurve)")
+                   "number generated for swissroll/scurve) (default: all samples)")
     p.add_argument("--noise", type=float, default=0.05, help="noise of swissroll/scurve")
     p.add_argument("--transforms", nargs="*", default=[], metavar="T",
                    help="in order; each NAME, NAME:key=value,... or JSON; names: "
-                   f"{', '.join(data_mod.TRANSFORMS)} (e.g. scale01 binarise:threshold=0.5)")
+                   f"{', '.join(data_mod.TRANSFORMS)} (e.g. scale01 binarise:threshold=0.5) "
+                   "(default: none, the values as read; the pipeline's config.yaml gives "
+                   "scale01)")
     p.add_argument("--validation-fraction", type=fraction, default=0.1,
                    help="share of the samples held out for validation (0: none)")
     p.add_argument("--seed", type=seed, default=0, help="seed of the subset and the split")
@@ -1595,7 +1598,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop once the validation loss has not improved for this many epochs "
                    "and keep the best epoch's weights (0: train all --epochs)")
     p.add_argument("--clip-grad-norm", type=float, metavar="X",
-                   help="clip each optimiser's gradients to total L2 norm X before each step")
+                   help="clip each optimiser's gradients to total L2 norm X before each step "
+                   "(default: no clipping)")
     p.add_argument("--penalty", type=parse_spec, nargs="+", default=[], metavar="SPEC",
                    help="regularisers added to the loss (aetk.penalties), each a name with "
                    "options as name:key=value,... or a JSON object: latent_l2 (weight=1: the "
@@ -1603,15 +1607,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "on posterior variances below sigma_min^2), entropy (weight=1: of q(z|x); "
                    "negative rewards spread), decoder_jacobian (weight=1, n_projections=1: the "
                    "squared Frobenius norm of the decoder's Jacobian at the codes); e.g. "
-                   "--penalty min_variance:sigma_min=0.2 latent_l2:weight=0.1")
+                   "--penalty min_variance:sigma_min=0.2 latent_l2:weight=0.1 (default: none)")
     p.add_argument("--locality", type=int, nargs=3, metavar=("N_PRIMARY", "N_SECONDARY", "K"),
                    help="train on batches of local neighbourhoods (aetk.LocalityBatches, for "
                    "variance networks): N_PRIMARY points and N_SECONDARY of each one's K "
-                   "nearest neighbours; --batch-size then applies to validation only")
+                   "nearest neighbours; --batch-size then applies to validation only "
+                   "(default: uniform batches)")
     p.add_argument("--device", default="auto", help="auto (a free GPU, else CPU), cpu, cuda:N")
     p.add_argument("--seed", type=seed, default=0, help="seed of initialisation and shuffling")
     p.add_argument("--threads", type=positive, default=1, help="torch CPU threads")
-    p.add_argument("--checkpoint-dir", help="where to keep resumable checkpoints")
+    p.add_argument("--checkpoint-dir", help="where to keep resumable checkpoints (default: "
+                   "none, so an interrupted run starts over)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="resume from a checkpoint of the same settings")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
