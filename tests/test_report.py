@@ -102,6 +102,26 @@ def test_geodesic_endpoints_are_named_by_their_labels() -> None:
                      ("a", (0.5, 1.0))}
 
 
+def test_a_sample_that_ends_several_geodesics_is_named_once() -> None:
+    """Three validation samples, three pairs (the pipeline's sampled pairs on a small
+    split): each sample ended two pairs, and its name was drawn twice, in two colours and
+    directions, over itself (an unreadable "alpha"); now once."""
+    ends = np.array([[-1.0, 0.0], [1.0, 0.2], [0.1, -1.0]])
+    t = np.linspace(0, 1, 5)[:, None, None]
+    pairs = [(0, 1), (1, 2), (2, 0)]
+    points = np.stack([ends[i] + t[:, 0] * (ends[j] - ends[i]) for i, j in pairs])
+    geo = xr.Dataset({"points": (("pair", "t", "latent"), points),
+                      "length": (("pair",), [2.0] * 3), "line_length": (("pair",), [2.0] * 3),
+                      "converged": (("pair",), [True] * 3),
+                      "start_label": (("pair",), [i for i, _ in pairs]),
+                      "end_label": (("pair",), [j for _, j in pairs])},
+                     attrs={"metric": "pullback", "label_names": ["alpha", "beta", "gamma"]})
+    latent = _latent(np.random.default_rng(0).standard_normal((50, 2)), np.zeros(50, int))
+    ax = report.plot_geodesics(latent, geo).axes[0]
+    assert sorted(t.get_text() for t in ax.texts) == ["alpha", "beta", "gamma"]
+    assert {tuple(np.round(t.xy, 6)) for t in ax.texts} == {tuple(e) for e in ends}
+
+
 def test_geodesics_of_a_1d_latent_stand_on_their_own_lines() -> None:
     """Four overlapping pairs of a 1-D latent space: each on its own line (pair k at
     height k, the codes at 0), so that neither the curves nor their endpoint labels lie

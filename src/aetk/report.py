@@ -441,6 +441,7 @@ def plot_geodesics(latent: xr.Dataset, geo: xr.Dataset, path: Path | None = None
     colours = [c for c in OKABE_ITO if c != "#F0E442"]  # yellow is lost on the light grey
     names = geo.attrs.get("label_names") or None
     scale = np.ptp(xy, axis=0) + 1e-12
+    named: set[tuple[float, ...]] = set()  # a sample that ends several pairs: named once
     for i, curve in enumerate(curves):
         colour = colours[i % len(colours)]
         ax.plot(curve[:, 0], curve[:, 1], "-", color=colour, lw=2.2,
@@ -452,6 +453,10 @@ def plot_geodesics(latent: xr.Dataset, geo: xr.Dataset, path: Path | None = None
         if "start_label" in geo:  # each endpoint's label, just beyond the curve's end
             for end, inner, label in ((curve[0], curve[1], geo["start_label"].values[i]),
                                       (curve[-1], curve[-2], geo["end_label"].values[i])):
+                where = tuple(np.round(end / scale, 6).tolist())
+                if where in named:  # its names lay over one another, unreadable
+                    continue
+                named.add(where)
                 away = (end - inner) / scale
                 away = 10 * away / (np.linalg.norm(away) + 1e-12)
                 ax.annotate(names[int(label)] if names else f"{label:.3g}", end,
