@@ -478,7 +478,8 @@ SCHEMA_ERRORS = [
      "geodesics.graph_neighbours: 0 is less than the minimum of 1"),
     # numpy's and scikit-learn's generators refuse negative seeds: a job failed midway
     ({"data": {"seed": -1}}, "data.seed: -1 is less than the minimum of 0"),
-    ({"data": {"drop_columns": "cell"}}, "data.drop_columns: 'cell' is not of type 'array'"),
+    ({"data": {"drop_columns": "cell"}}, "data.drop_columns: 'cell' is not a list: write [cell]"),
+    ({"grid": {"models": "vae"}}, "grid.models: 'vae' is not a list: write [vae]"),
     ({"grid": {"seeds": [0, -1]}}, "grid.seeds.1: -1 is less than the minimum of 0"),
     ({"geodesics": {"seed": 2**32}},
      "geodesics.seed: 4294967296 is greater than the maximum of 4294967295"),

@@ -43,9 +43,16 @@ def allowed_names(alternatives):
 
 
 def message(error):
-    """jsonschema's message, or for an excluded value (`not`) the key's description; for
-    a value no alternative fits (`oneOf`), the names they allow, or for an object with a
-    known name (or none to know) what its own alternative says of its options."""
+    """jsonschema's message, or for one name or number where a list is due how to write
+    the list; for an excluded value (`not`) the key's description; for a value no
+    alternative fits (`oneOf`), the names they allow, or for an object with a known name
+    (or none to know) what its own alternative says of its options."""
+    one = isinstance(error.instance, (str, int, float)) and not isinstance(
+        error.instance, bool
+    )
+    if error.validator == "type" and error.validator_value == "array" and one:
+        # "'vae' is not of type 'array'" did not say how to write one in YAML
+        return f"{error.instance!r} is not a list: write [{error.instance}]"
     if error.validator == "not":
         return (
             f"{error.instance!r} is not allowed: {error.schema.get('description', '')}"
