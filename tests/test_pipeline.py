@@ -486,6 +486,9 @@ SCHEMA_ERRORS = [
 ]
 # the checks after the schema (the data file, the combinations of settings), one at a time
 CHECK_ERRORS = [
+    ({"data": {"validation_fraction": 0}, "train": {"patience": 3}},
+     "train.patience: 3 stops on the validation loss, and data.validation_fraction: 0 leaves "
+     "no validation samples: give validation_fraction > 0 (e.g. 0.1), or patience: 0"),
     ({"train": {"beta_schedule": "cyclical", "patience": 3}},
      "train.beta_schedule: cyclical cannot go with train.patience > 0 or a plateau"),
     ({"train": {"beta_schedule": {"name": "cyclical"}, "lr_schedule": "plateau"}},

@@ -146,7 +146,8 @@ UNLABELLED = ("swissroll", "scurve", "scrna_counts")
 
 def check_needs(cfg):
     """What the schema cannot see and would stop a job later: a categorical likelihood's
-    n_classes, a conditional run's categorical labels, and a model for mse."""
+    n_classes, a conditional run's categorical labels, a model for mse, and validation
+    samples for patience."""
     errors = []
     grid = cfg["grid"]
     if set(grid["likelihoods"]) == {"mse"} and not set(grid["models"]) & set(
@@ -174,6 +175,13 @@ def check_needs(cfg):
         errors.append(
             "grid.conditional: a conditional run needs categorical labels, which "
             f"{data['source']} does not have ({hint})"
+        )
+    if cfg["train"]["patience"] and not data["validation_fraction"]:
+        # else every training job stopped at its start, after the preprocessing
+        errors.append(
+            f"train.patience: {cfg['train']['patience']} stops on the validation loss, and "
+            "data.validation_fraction: 0 leaves no validation samples: give "
+            "validation_fraction > 0 (e.g. 0.1), or patience: 0"
         )
     if errors:
         raise config_error(errors)
