@@ -262,6 +262,40 @@ def test_negative_binomial_past_exp_overflow_is_the_poisson(dtype, log_r) -> Non
     assert torch.isfinite(p.sample()).all()
 
 
+def test_stirling_tail_is_lgammas_remainder_to_float64() -> None:
+    """`_stirling_tail(y)`, the remainder of lgamma after Stirling's leading terms, against
+    mpmath's log-gamma at 40 digits for y >= 100 (where nb_log_prob uses it): its docstring
+    promises 1e-17; a series cut one term short (y^-3) is 8e-14 off at y = 100."""
+    import mpmath  # installed with torch (through sympy)
+
+    ys = [100.0, 101.5, 150.0, 1e3, 1e6]
+    with mpmath.workdps(40):
+        ref = [float(mpmath.loggamma(y) - ((y - mpmath.mpf(0.5)) * mpmath.log(y) - y
+                                            + mpmath.log(2 * mpmath.pi) / 2)) for y in ys]
+    got = dec._stirling_tail(torch.tensor(ys, dtype=torch.float64))
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-12, atol=1e-17)
+
+
+def test_negative_binomial_draws_have_the_mean_and_variance_it_states() -> None:
+    """Draws of the decoder's NB (torch's sampler, fed r and the logits log(mu / r)) against
+    the mean mu and variance mu + mu^2 / r that it states, and scipy's P(x = 0): logits of
+    another sign would draw counts of mean mu r^2 while log_prob and mean still said mu."""
+    torch.manual_seed(0)
+    mu = torch.tensor([0.4, 3.0, 20.0, 7.0], dtype=torch.float64)
+    r = torch.tensor([0.7, 0.5, 2.0, 5.0], dtype=torch.float64)
+    log_r = r.log()
+    p = dec._NegativeBinomial(mu, log_r)
+    n = 200_000
+    x = p.sample((n,))
+    var = mu + mu**2 / r
+    np.testing.assert_allclose(p.variance.numpy(), var.numpy(), rtol=1e-12)
+    # the sample mean within 5 standard errors, the variance within 5% (n = 2e5)
+    assert ((x.mean(0) - mu).abs() < 5 * (var / n).sqrt()).all()
+    np.testing.assert_allclose(x.var(0).numpy(), var.numpy(), rtol=0.05)
+    zero = stats.nbinom(r.numpy(), (r / (r + mu)).numpy()).pmf(0)
+    np.testing.assert_allclose((x == 0).double().mean(0).numpy(), zero, atol=5e-3)
+
+
 def test_negative_binomial_rejects_unknown_dispersion():
     with pytest.raises(ValueError, match="dispersion must be 'feature' or 'sample'"):
         dec.NegativeBinomialDecoder(latent_dim=2, out_features=3, dispersion="gene")
