@@ -316,6 +316,22 @@ def test_vampprior(fixed_eps, beta):
     assert out.loss.item() == pytest.approx(rec + beta * kl.mean(), rel=1e-12)
 
 
+def test_vampprior_samples_are_draws_of_its_mixture_prior():
+    """`sample` decodes z ~ p(z) = 1/K sum_k N(mu_k, diag sigma_k^2), the components
+    `q(z|u_k)` by hand: through an identity decoder, 20,000 draws have the mixture's mean
+    (within 5 standard errors) and variance `<sigma_k^2 + mu_k^2> - <mu_k>^2` (within 5%);
+    a scale used as the variance gave 225 for 13."""
+    model, enc_net, _, u = _vampprior()
+    model.decoder = dec.GaussianDecoder(nn.Identity(), latent_dim=Z_DIM, out_features=Z_DIM)
+    mu_k, sigma_k, _ = _hand_posterior(enc_net, u)
+    mean = mu_k.mean(0)
+    var = (sigma_k**2 + mu_k**2).mean(0) - mean**2
+    torch.manual_seed(5)
+    n = 20_000
+    z = model.sample(n).numpy()
+    assert (np.abs(z.mean(0) - mean) < 5 * np.sqrt(var / n)).all()
+    np.testing.assert_allclose(z.var(0), var, rtol=0.05)
+
 def test_vampprior_kl_per_row_is_the_monte_carlo_kl_at_one_draw(monkeypatch):
     """`model.kl(q)` (what `aetk encode` stores) is `log q(z|x) - log p(z)` per row at one
     draw `z ~ q(z|x)`, by hand: positive on average, not its negative."""
