@@ -455,6 +455,31 @@ def test_discrete_geodesic_is_accurate_and_fast_to_converge():
     assert res.iterations.max() < 50
 
 
+def test_discrete_fit_minimises_the_trapezoid_energy_by_hand():
+    """With 6 points the discrete curve is far from the smooth geodesic, so the fit must
+    find the minimiser of the discrete energy itself: `1/4 sum_k |dz_k|^2 (1/y_k^2 +
+    1/y_{k+1}^2) / dt_k` on the half-plane, written here in numpy and minimised by scipy's
+    BFGS from the straight line. An optimiser fed the metric at segment starts only
+    reached these points 0.01 to 2 off, at energies up to 5.7 times the minimum, while
+    its lengths on 50 points stayed within 0.2% of the arccosh distances."""
+    from scipy.optimize import minimize
+
+    z0, z1 = half_plane_pairs()
+    t = np.linspace(0, 1, 6)
+
+    def energy(inner, a, b):
+        pts = np.vstack([a, inner.reshape(-1, 2), b])
+        dz2 = np.square(np.diff(pts, axis=0)).sum(1)
+        y2 = pts[:, 1] ** 2
+        return 0.25 * ((dz2 / y2[:-1] + dz2 / y2[1:]) / np.diff(t)).sum()
+
+    res = fit_geodesics(poincare(), z0, z1, n_points=6)
+    for i, (a, b) in enumerate(zip(z0.numpy(), z1.numpy(), strict=True)):
+        ref = minimize(energy, (a + np.outer(t[1:-1], b - a)).ravel(), args=(a, b),
+                       method="BFGS", options={"gtol": 1e-12})
+        assert res.energy[i].item() == pytest.approx(ref.fun, rel=1e-8)
+        np.testing.assert_allclose(res.points[i, 1:-1].numpy().ravel(), ref.x, atol=1e-4)
+
 def test_great_circles_on_a_sphere_decoder():
     torch.manual_seed(0)
     n = 6
