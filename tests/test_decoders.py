@@ -266,7 +266,7 @@ def test_stirling_tail_is_lgammas_remainder_to_float64() -> None:
     """`_stirling_tail(y)`, the remainder of lgamma after Stirling's leading terms, against
     mpmath's log-gamma at 40 digits for y >= 100 (where nb_log_prob uses it): its docstring
     promises 1e-17; a series cut one term short (y^-3) is 8e-14 off at y = 100."""
-    import mpmath  # installed with torch (through sympy)
+    import mpmath
 
     ys = [100.0, 101.5, 150.0, 1e3, 1e6]
     with mpmath.workdps(40):
