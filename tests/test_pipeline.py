@@ -43,8 +43,8 @@ def test_dry_run_of_the_default_config(tmp_path: Path) -> None:
     n_geo = sum(m == "rhvae" for m in config["grid"]["models"]) * len(
         config["grid"]["likelihoods"])
     assert counts == {"all": 1, "preprocess": 1, "train": n_runs, "encode": n_runs,
-                      "report_run": n_runs, "geodesics": n_geo, "report_geodesics": n_geo,
-                      "report_summary": 1}
+                      "report_run": n_runs, "geodesic_settings": n_geo, "geodesics": n_geo,
+                      "report_geodesics": n_geo, "report_summary": 1}
     # the workstation profile was loaded and capped GPU jobs at the machine's GPU count
     assert "Using workflow specific profile profiles/default" in out + snakemake(
         wd, "-n", "--cores", "2").stderr
@@ -60,8 +60,8 @@ def test_the_single_cell_example_overlay_plans_its_grid(tmp_path: Path) -> None:
     out = snakemake(make_workdir(tmp_path), "-n", "-p", "--cores", "2", "--configfile",
                     "examples/single_cell.yaml").stdout
     assert job_counts(out) == {"all": 1, "preprocess": 1, "train": 4, "encode": 4,
-                               "report_run": 4, "geodesics": 4, "report_geodesics": 4,
-                               "report_summary": 1}
+                               "report_run": 4, "geodesic_settings": 4, "geodesics": 4,
+                               "report_geodesics": 4, "report_summary": 1}
     assert "--source scrna_counts" in out
     assert '"name": "select_top_variance", "n_features": 1000' in out
     for run in ("vae-negative_binomial", "vae-multinomial", "rhvae-multinomial"):
@@ -408,6 +408,51 @@ def test_graph_start_reaches_the_geodesics_command(tmp_path: Path) -> None:
     out = snakemake(wd, "-n", "-p", "--cores", "1", "--configfile", "test.yaml").stdout
     lines = geodesic_commands(out)
     assert lines and all("--init both --graph-neighbours 10 " in line for line in lines)
+
+
+def up_to_date_workdir(tmp_path: Path, config: dict) -> Path:
+    """A copy of the workflow whose every output exists, recorded by `snakemake --touch` as
+    made with ``config`` (params included): its dry runs plan what a changed config reruns."""
+    wd = make_workdir(tmp_path, config)
+    summary = snakemake(wd, "--summary", "--configfile", "test.yaml").stdout
+    for line in summary.splitlines():
+        if not line.startswith("results/"):
+            continue
+        path = wd / line.split("\t")[0]
+        if path.suffix == ".zarr" or path.name == "model":  # directory outputs
+            path.mkdir(parents=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+    snakemake(wd, "--touch", "--forceall", "--cores", "1", "--configfile", "test.yaml")
+    return wd
+
+
+def test_geodesics_refit_for_their_settings_also_when_encode_reruns(tmp_path: Path) -> None:
+    """An encode setting alone re-encodes and refits no geodesics (the latent store is an
+    ancient input); a geodesics setting refits them, also changed with an encode setting
+    (Snakemake then checked no params of the geodesics job, which it kept), and retraining
+    refits them."""
+    config = {"data": {"source": "swissroll", "n_samples": 300, "transforms": ["standardise"]},
+              "grid": {"models": ["rhvae"], "likelihoods": ["gaussian"]},
+              "train": {"epochs": 2}}
+    wd = up_to_date_workdir(tmp_path, config)
+    proc = snakemake(wd, "-n", "--configfile", "test.yaml")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+    def planned(**changes: dict) -> set[str]:
+        changed = copy.deepcopy(config)
+        for section, settings in changes.items():
+            changed.setdefault(section, {}).update(settings)
+        (wd / "other.yaml").write_text(yaml.safe_dump(changed))
+        counts = job_counts(snakemake(wd, "-n", "--configfile", "other.yaml").stdout)
+        return {rule for rule in ("train", "encode", "geodesics") if rule in counts}
+
+    assert planned(encode={"n_generated": 8}) == {"encode"}
+    assert planned(geodesics={"n_pairs": 4}) == {"geodesics"}
+    assert planned(encode={"n_generated": 8}, geodesics={"n_pairs": 4}) == {"encode",
+                                                                           "geodesics"}
+    assert planned(train={"epochs": 3}) == {"train", "encode", "geodesics"}
 
 
 def test_lint_and_snakefmt(tmp_path: Path) -> None:

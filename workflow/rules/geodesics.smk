@@ -1,3 +1,20 @@
+# The geodesics' settings as a file, for their job to depend on. Snakemake (9.27, dag.py
+# update_needrun) checks no params of the jobs after a job that must run; it reruns those
+# whose inputs from it are not all ancient and keeps the others, unchecked: the geodesics
+# job's own params would miss a settings change made with an encode change. This job has
+# no inputs, so its params are always checked, and its new file reruns the geodesics.
+rule geodesic_settings:
+    output:
+        "results/geodesics/{run}.settings",
+    log:
+        "results/logs/geodesic_settings/{run}.log",
+    localrule: True
+    params:
+        args=geodesic_args,
+    run:
+        Path(output[0]).write_text(f"{params.args}\n")
+
+
 rule geodesics:
     input:
         model="results/models/{run}/model",
@@ -5,6 +22,7 @@ rule geodesics:
         # for encode's own settings (n_generated, ...) refits no geodesics (a minute on
         # the single cells)
         latent=ancient("results/latent/{run}.zarr"),
+        settings="results/geodesics/{run}.settings",
     output:
         directory("results/geodesics/{run}.zarr"),
     log:
