@@ -618,3 +618,105 @@ def test_standardised_data_are_drawn_on_a_linear_scale() -> None:
     norms, clims, bars = _scales(report.plot_reconstructions(latent))
     assert norms == {mpl.colors.Normalize} and clims == {(data.min(), data.max())}
     assert bars == ["value (linear scale)"]
+
+
+def test_active_units_count_variances_strictly_above_the_threshold() -> None:
+    """Var_x E[z_j] > threshold (Burda et al.): a variance equal to it is not an active
+    unit. The columns' variances are 0.25, 1 and 0, exact in binary."""
+    z = np.array([[0.5, 1.0, 3.0], [-0.5, -1.0, 3.0]])
+    assert report.active_units(z, threshold=0.25) == 1
+    assert report.active_units(z, threshold=0.2499) == 2
+    assert report.active_units(z, threshold=0.0) == 2
+
+
+def test_active_units_and_code_rank_of_the_table_are_the_validation_codes() -> None:
+    """The training codes spread in two dimensions, the validation codes along z1 only:
+    the table's active units and code rank are the validation codes' (1 and 1), as its
+    other val_ columns are, not all codes' (2 and 2)."""
+    rng = np.random.default_rng(4)
+    split = np.array([0, 1] * 20, dtype=np.int8)
+    z = rng.standard_normal((40, 2))
+    z[split == 1, 1] = 0.7
+    latent = xr.Dataset({"split": (("sample",), split), "z_mean": (("sample", "latent"), z)},
+                        attrs={"model": "ae", "likelihood": "mse"})
+    history = pd.DataFrame({"epoch": [1], "train_loss": [1.0]})
+    row = report.comparison_table({"r": history}, {"r": latent}, {}).iloc[0]
+    assert (row["active_units"], row["code_rank"]) == (1, 1)
+    assert (report.active_units(z), report.code_rank(z)) == (2, 2)
+
+
+def test_kl_split_of_a_ladder_vae_keeps_only_the_total_correlation() -> None:
+    """The ladder VAE's stored KL spans z2 and z1 given z2, so I(x; z1) and the marginal KL
+    are not its parts (NaN); the total correlation of its z1 codes' aggregate is
+    kl_decomposition's at the stored codes."""
+    from aetk.aggregate import kl_decomposition
+
+    histories, latents, geodesics = _summary_inputs()
+    lat = latents["r"]
+    lat.attrs["model"] = "lvae"
+    row = report.comparison_table(histories, latents, geodesics).iloc[0]
+    val = lat["split"].values == 1
+    split = kl_decomposition(lat["z_mean"].values[val], lat["z_std"].values[val],
+                             lat["z_sample"].values[val])
+    assert np.isnan(row["val_mutual_info"]) and np.isnan(row["val_marginal_kl"])
+    assert row["val_total_correlation"] == pytest.approx(split.total_correlation, rel=1e-9)
+    assert split.total_correlation != pytest.approx(split.dimensionwise_kl, rel=1e-3)
+
+
+def test_the_log_scales_median_is_of_the_nonzero_values() -> None:
+    """Mostly zeros (sparse counts) whose nonzero values lie within a decade (1 to 5,
+    median 2.5): linear. The median of all values, 0, would call for a log scale."""
+    data = np.array([[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 2.0],
+                     [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 3.0, 5.0]])
+    latent = xr.Dataset({"example_data": (("example", "feature"), data)})
+    norm, label = report._heat_scale(latent)
+    assert type(norm) is mpl.colors.Normalize and label == "value (linear scale)"
+
+
+def test_the_scorers_classifier_keeps_the_directions_that_tell_the_classes_apart() -> None:
+    """Two classes apart along a feature of small spread (+-1, sd 0.1) beside two noise
+    features of sd 10: PCA to at most 50 dimensions keeps all three and the validation
+    data score near 2 (each confidently one of two equal classes; 1.87); PCA to the two largest
+    directions would keep only the noise and score about 1."""
+    rng = np.random.default_rng(0)
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.arange(n) % 2
+        x = np.column_stack([10 * rng.standard_normal((n, 2)),
+                             2.0 * y - 1 + 0.1 * rng.standard_normal(n)])
+        return x, y
+
+    (train, labels), (validation, _) = draw(400), draw(200)
+    scorer = report.SampleScorer(train, labels, validation)
+    assert scorer.reference > 1.8
+
+
+def test_a_store_without_a_validation_split_is_summarised_over_all_its_samples() -> None:
+    """No validation rows (a run on data without a split): the val_ columns are the means
+    over all samples, by hand (reconstruction errors 50 x 6 and 0, 0, 1, 1, 2, 8: 26), and
+    the KL split and active units are all codes', not NaN."""
+    from aetk.aggregate import kl_decomposition
+
+    histories, latents, geodesics = _summary_inputs()
+    lat = latents["r"]
+    lat["split"] = lat["split"] * 0
+    row = report.comparison_table(histories, latents, geodesics).iloc[0]
+    assert row["val_reconstruction_error"] == 26.0
+    assert row["val_kl"] == pytest.approx(lat["kl"].values.mean(), rel=1e-12)
+    split = kl_decomposition(lat["z_mean"].values, lat["z_std"].values,
+                             lat["z_sample"].values)
+    assert row["val_mutual_info"] == pytest.approx(split.mutual_information, rel=1e-9)
+    assert row["active_units"] == report.active_units(lat["z_mean"].values) == 2
+
+
+def test_geodesics_title_gives_the_mean_length_ratio_and_the_converged_count() -> None:
+    """Lengths 1 and 4 against straight lines of 1 and 2: the mean of the ratios, 1.5 (the
+    ratio of the means would be 5/3); one of the two fits converged."""
+    t = np.linspace(0, 1, 5)[:, None]
+    points = np.stack([[-1.0, 0.0] + t * [2.0, 0.5], [0.0, -1.0] + t * [0.5, 2.0]])
+    geo = xr.Dataset({"points": (("pair", "t", "latent"), points),
+                      "length": (("pair",), [1.0, 4.0]), "line_length": (("pair",), [1.0, 2.0]),
+                      "converged": (("pair",), [True, False])}, attrs={"metric": "pullback"})
+    latent = _latent(np.random.default_rng(0).standard_normal((50, 2)), np.zeros(50, int))
+    title = report.plot_geodesics(latent, geo).axes[0].get_title()
+    assert title.endswith("\nlength / straight-line length 1.500, 1/2 converged")
