@@ -1104,3 +1104,99 @@ def test_a_mistyped_label_column_is_named_among_the_columns(tmp_path: Path) -> N
         data.read_file(tmp_path / "c.csv", labels="CellType")
     with pytest.raises(KeyError, match=r"no column 'kind'; columns of text: celltype;"):
         data.read_file(tmp_path / "c.csv", labels="kind")
+
+
+def test_binarise_is_strictly_above_the_threshold() -> None:
+    """``x > threshold``: counts 0..6 at threshold 4 give 1 only for 5 and 6."""
+    x = np.arange(7.0)[:, None] * np.ones((1, 2))
+    _, out = _pipeline([{"name": "binarise", "threshold": 4}], x)
+    np.testing.assert_array_equal(out[:, 0], [0, 0, 0, 0, 0, 1, 1])
+
+
+def test_constant_features_stay_finite_and_invert() -> None:
+    """A constant feature (all 3) becomes 0 under scale01 (span taken as 1) and under
+    standardise (scale 1), not NaN, and the inverse gives the 3 back."""
+    x = np.column_stack([np.arange(6.0), np.full(6, 3.0)])
+    for spec in ({"name": "scale01", "per_feature": True}, "standardise"):
+        pipe, out = _pipeline([spec], x)
+        np.testing.assert_array_equal(out[:, 1], 0.0)
+        np.testing.assert_allclose(pipe.inverse(out), x)
+
+
+def test_two_feature_selections_index_the_source_features() -> None:
+    """Keep the 4 of 6 features of largest variance (1, 2, 4, 5 by their scales), then the
+    2 of those (source features 2 and 5): feature_index names source features, not
+    positions among the first selection's (3 and 4), and the inverse gives them back."""
+    x = RNG.normal(size=(400, 6)) * np.array([0.1, 2.0, 6.0, 0.2, 3.0, 9.0])
+    pipe, out = _pipeline(["scale01", {"name": "select_top_variance", "n_features": 4},
+                           {"name": "select_top_variance", "n_features": 2}], x)
+    np.testing.assert_array_equal(pipe.feature_index, [2, 5])
+    np.testing.assert_allclose(pipe.inverse(out), x[:, [2, 5]])
+
+
+def test_prepare_fits_the_transforms_on_the_training_rows_only() -> None:
+    """prepare's standardise has the training rows' mean and (population) standard
+    deviation, by hand: not all rows', whose statistics would carry the validation
+    rows into the training data."""
+    x = RNG.normal(size=(50, 3)) * [1.0, 2.0, 3.0] + [0.0, 5.0, -5.0]
+    x[:10] += 100.0  # far from the rest: wherever they fall, the split's statistics differ
+    prep = data.prepare(data.RawData(x=x, source="test"), transforms=["standardise"],
+                        validation_fraction=0.3, seed=2)
+    train = x[~prep.is_validation]
+    assert 0 < prep.is_validation[:10].sum() < 10
+    mean = train.sum(0) / len(train)
+    std = np.sqrt(((train - mean) ** 2).sum(0) / len(train))
+    np.testing.assert_allclose(prep.pipeline.steps[0].mean, mean, rtol=1e-12)
+    np.testing.assert_allclose(prep.pipeline.steps[0].std, std, rtol=1e-12)
+    np.testing.assert_allclose(prep.x, (x - mean) / std, rtol=1e-5, atol=1e-6)
+
+
+def test_a_subsets_labels_and_stratified_split_follow_its_rows() -> None:
+    """A seeded subset of labelled rows: its labels are those of the rows it keeps, and the
+    split is stratified by them (4 classes of 15 in 60 rows, 20 % held out: 3 each)."""
+    labels = np.repeat(np.arange(4), 50)
+    raw = data.RawData(x=np.arange(200.0)[:, None] * [1.0, -1.0], labels=labels,
+                       label_kind="categorical", source="test")
+    keep = data.subsample(200, 60, seed=7)
+    raw.labels[keep] = np.repeat(np.arange(4), 15)  # 15 of each class among the kept rows
+    prep = data.prepare(raw, transforms=[], validation_fraction=0.2, n_samples=60, seed=7)
+    np.testing.assert_array_equal(prep.sample_index, keep)
+    np.testing.assert_array_equal(prep.labels, raw.labels[keep])
+    np.testing.assert_array_equal(prep.x[:, 0], keep)
+    np.testing.assert_array_equal(np.bincount(prep.labels[prep.is_validation]), [3, 3, 3, 3])
+
+
+def test_a_split_too_small_to_stratify_on_either_side_is_drawn_plainly() -> None:
+    """4 classes of 5, 90 % held out: 2 training rows cannot hold every class, so the
+    split is drawn without stratifying (scikit-learn refuses), still 18 + 2; so are 2
+    validation rows of 10 %."""
+    labels = np.repeat(np.arange(4), 5)
+    for fraction, n_val in ((0.9, 18), (0.1, 2)):
+        is_val = data.split(20, fraction, seed=0, labels=labels)
+        assert is_val.sum() == n_val
+
+
+def test_array_digest_tells_dtypes_and_shapes_apart() -> None:
+    """The same bytes as another dtype or shape are another array: another digest."""
+    a = np.arange(6, dtype=np.int32)
+    digests = {data.array_digest(a), data.array_digest(a.reshape(2, 3)),
+               data.array_digest(a.view(np.float32)), data.array_digest(a.reshape(3, 2))}
+    assert len(digests) == 4
+    assert data.array_digest(a) == data.array_digest(np.arange(6, dtype=np.int32))
+    assert data.array_digest(a, None) == data.array_digest(a)
+
+
+def test_the_store_keeps_each_rows_source_index_and_the_digest_its_split(
+        tmp_path: Path) -> None:
+    """source_index is each stored row's row in the source (the seeded subset's), and the
+    store's digest, which names a run's checkpoint, changes with the split alone."""
+    raw = data.load_bundled("digits")
+    prep = data.prepare(raw, transforms=["scale01"], n_samples=80, seed=3)
+    storage.write_data(prep, tmp_path / "d.zarr", {})
+    ds = storage.read_zarr(tmp_path / "d.zarr")
+    np.testing.assert_array_equal(ds["source_index"].values, prep.sample_index)
+    np.testing.assert_allclose(ds["x"].values, raw.x[ds["source_index"].values] / 16.0,
+                               rtol=1e-6)
+    stored = storage.read_data(tmp_path / "d.zarr")
+    other = storage.StoredData(**{**vars(stored), "is_validation": stored.is_validation[::-1]})
+    assert other.digest() != stored.digest()
