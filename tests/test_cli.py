@@ -2143,3 +2143,121 @@ def test_a_model_of_hand_made_parts_is_refused_with_a_message_for_the_command_li
     assert ("holds a model made of parts that aetk cannot rebuild from its saved description "
             "(parts: encoder aetk.encoders:GaussianEncoder, decoder test_cli:") in err
     assert "the aetk commands take models of `aetk train` or aetk.build_model" in err
+
+
+def test_label_conditions_of_unnamed_classes_reach_the_largest_code() -> None:
+    """Without class names, one column per class code up to the largest: codes 0, 2, 1
+    make three columns."""
+    from aetk.data import TransformPipeline
+
+    stored = storage.StoredData(
+        x=np.zeros((3, 2)), is_validation=np.zeros(3, dtype=bool), labels=np.array([0, 2, 1]),
+        label_kind="categorical", label_names=None, image_shape=None,
+        pipeline=TransformPipeline([]), attrs={})
+    np.testing.assert_array_equal(cli.label_conditions(stored, "d.zarr"),
+                                  [[1, 0, 0], [0, 0, 1], [0, 1, 0]])
+
+
+def test_encode_stores_the_posteriors_and_a_draw_from_each() -> None:
+    """z_mean and z_std are q(z|x)'s mean and standard deviation (the encoder's, computed
+    here directly), z_sample one draw from it: standardised by them the draws of 300
+    samples x 2 dimensions have mean square 1 (sd 0.06), not 0 (the mean stored as the
+    draw) and not 1 / sigma^2 > 2.7 (a variance stored as the scale, sigma < 0.6)."""
+    torch.manual_seed(0)
+    model = aetk.build_model("vae", "gaussian", in_features=4, latent_dim=2, hidden=(8,))
+    last = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():  # posteriors far from N(0, 1): scales well below 1
+        last.bias[2:] = -2.0
+    x = torch.randn(300, 4)
+    stored = storage.StoredData(
+        x=x.numpy(), is_validation=np.arange(300) % 3 == 0, labels=None, label_kind="none",
+        label_names=None, image_shape=None, pipeline=data_mod.TransformPipeline([]), attrs={})
+    out = cli.encode_data(model, stored, batch_size=128, n_examples=1, n_generated=0, seed=1)
+    with torch.no_grad():
+        q = model.encode(x)
+    np.testing.assert_allclose(out["z_mean"], q.mean.numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(out["z_std"], q.stddev.numpy(), rtol=1e-6)
+    assert out["z_std"].max() < 0.6
+    u = (out["z_sample"].astype(np.float64) - out["z_mean"]) / out["z_std"]
+    assert 0.8 < float(np.mean(u ** 2)) < 1.2, float(np.mean(u ** 2))
+
+
+def test_encode_fits_the_generating_samplers_to_the_training_codes(monkeypatch) -> None:
+    """An autoencoder's code mixture and the encoder metric's Riemannian uniform sampler
+    are built from the training rows' codes (and scales), not the validation rows'."""
+    from aetk import expost
+
+    seen: dict = {}
+
+    class Spy(expost.CodeMixture):
+        def __init__(self, codes, *args, **kwargs) -> None:
+            seen["mixture"] = np.asarray(codes)
+            super().__init__(codes, *args, **kwargs)
+
+    def geometric(loc, scale, n, seed, n_centroids=1000):
+        seen["metric"] = (loc, scale)
+        return torch.zeros(n, loc.shape[1])
+
+    monkeypatch.setattr(expost, "CodeMixture", Spy)
+    monkeypatch.setattr(cli, "geometric_latents", geometric)
+    torch.manual_seed(0)
+    x = torch.randn(60, 4)
+    train = np.arange(60) % 4 != 0
+    stored = storage.StoredData(
+        x=x.numpy(), is_validation=~train, labels=None, label_kind="none", label_names=None,
+        image_shape=None, pipeline=data_mod.TransformPipeline([]), attrs={})
+    for name in ("ae", "vae"):
+        model = aetk.build_model(name, "gaussian", in_features=4, latent_dim=2, hidden=(8,))
+        out = cli.encode_data(model, stored, batch_size=32, n_examples=1, n_generated=5, seed=0)
+        if name == "ae":
+            np.testing.assert_array_equal(seen.pop("mixture"), out["z_mean"][train])
+        else:
+            loc, scale = seen.pop("metric")
+            np.testing.assert_array_equal(loc, out["z_mean"][train])
+            np.testing.assert_array_equal(scale, out["z_std"][train])
+
+
+def test_split_or_all_takes_a_split_of_two_rows_or_more() -> None:
+    """A split of at least two rows is itself; of one row or none, all rows (a statistic
+    of one sample has no spread)."""
+    two = np.array([False, True, True, False])
+    assert cli.split_or_all(two) is two
+    for rows in (np.array([False, True, False, False]), np.zeros(4, dtype=bool)):
+        assert cli.split_or_all(rows) == slice(None)
+
+
+def test_sample_from_the_mixture_fits_it_to_the_training_codes(
+        steps: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`aetk sample --sampler mixture` fits its code mixture to the encoder means of the
+    data store's training rows (computed here from the saved model), not the validation
+    rows'."""
+    from aetk import expost
+
+    seen: dict = {}
+
+    class Spy(expost.CodeMixture):
+        def __init__(self, codes, *args, **kwargs) -> None:
+            seen["codes"] = codes.numpy()
+            super().__init__(codes, *args, **kwargs)
+
+    monkeypatch.setattr(expost, "CodeMixture", Spy)
+    assert cli.main(["sample", "--model", str(steps / "model"), "--sampler", "mixture", "--n",
+                     "3", "--data", str(steps / "data.zarr"), "--out",
+                     str(tmp_path / "s.zarr")]) == 0
+    stored = storage.read_data(steps / "data.zarr")
+    model = aetk.load(steps / "model").eval()
+    with torch.no_grad():
+        want = model.latent_mean(torch.from_numpy(stored.train)).numpy()
+    np.testing.assert_allclose(seen["codes"], want, rtol=1e-5, atol=1e-6)
+
+
+def test_sampled_pairs_are_uniform_over_pairs_of_unequal_partners() -> None:
+    """Ten samples of one class and two singletons: 21 pairs across classes, the two
+    singletons' pair one of them (1/21, 100 of 2,100 seeds expected, sd 10). Starts drawn
+    uniformly instead of in proportion to their partners would give it 1/12 x 2/11, a
+    third as often."""
+    labels = np.array([0] * 10 + [1, 2])
+    hits = sum({int(a[0]) for a in cli.choose_pairs(np.ones(12, dtype=bool), labels,
+                                                    "categorical", 1, seed)} == {10, 11}
+               for seed in range(2100))
+    assert 65 < hits < 135, hits
