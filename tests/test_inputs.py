@@ -640,6 +640,22 @@ def test_fit_holds_classes_in_the_smaller_coding(one_hot_inputs):
         assert torch.equal(first, (one_hot if one_hot_inputs else idx.float())[:4])
 
 
+def test_fit_recodes_no_more_class_indices_than_a_batch(monkeypatch):
+    """fit's check of its whole data recoded every class index as a one-hot row (k times
+    the data, if only for the check); indices are checked as they are, and only batches
+    become one-hot rows."""
+    from aetk.models.base import Model
+
+    recoded = []
+    one_hot = Model._indices_one_hot
+    monkeypatch.setattr(Model, "_indices_one_hot",
+                        staticmethod(lambda x, k: recoded.append(len(x)) or one_hot(x, k)))
+    idx, _ = _classes(12)
+    aetk.fit(_vae("vae", "categorical", n_classes=3), idx, epochs=1, batch_size=4,
+             progress=False)
+    assert recoded and max(recoded) <= 4
+
+
 def test_the_composed_one_hot_model_takes_class_indices_too():
     """The recipe for an encoder of one-hot vectors, a GaussianEncoder of input_shape
     (F, 3) and a CategoricalDecoder of out_features F, refused class indices (N, F); they

@@ -256,9 +256,9 @@ class _Batches:
             # one-hot rows become indices once, here; indices become one-hot rows batch by
             # batch, as whole they would take k times the memory (4 GB for 1e5 x 500 x 20)
             probe = recode(self.tensor[:1], checked=True)
-            if probe is not None and probe.numel() <= self.tensor[:1].numel():
-                self.tensor = recode(self.tensor, checked=True)
             self.recode_batches = probe is not None and probe.numel() > self.tensor[:1].numel()
+            if probe is not None and not self.recode_batches:
+                self.tensor = recode(self.tensor, checked=True)
         self.n = len(self.tensor) if self.tensor is not None else len(self.dataset)
         self.n_batches = math.ceil(self.n / batch_size)
         self.batch_sampler = batch_sampler

@@ -320,6 +320,18 @@ class Model(nn.Module):
         them only reshaped). None for any other `x` (data in the
         encoder's coding first, at the cost of a shape comparison). `checked`: data that
         `check_data` has passed, not checked again."""
+        found = self._class_coding(x)
+        if found is None:
+            return None
+        x, recode = found
+        check = None if checked else getattr(self.decoder, "check_data", None)
+        if check is not None:  # a wrong coding (probabilities, classes past k) recoded is wrong
+            check(x, name)
+        return x if recode is None else recode(x, self.decoder.n_classes)
+
+    def _class_coding(self, x: Any) -> tuple[torch.Tensor, Callable | None] | None:
+        """For `_recode_classes`: `x` as rows of its classes and the function that recodes
+        them (None: reshaped only), or None for data that need no recoding."""
         shape = self.input_shape
         if (shape is None or not isinstance(x, torch.Tensor) or x.dim() < 2
                 or tuple(x.shape[1:]) == tuple(shape)):
@@ -332,17 +344,12 @@ class Model(nn.Module):
         x = self._class_rows(x, out, k)
         given = tuple(x.shape[1:])
         if shape == out and given == (*out, k):
-            recode = self._one_hot_indices
-        elif shape == (*out, k) and given == out:
-            recode = self._indices_one_hot
-        elif given == shape:  # the encoder's coding in another layout: reshaped only
-            recode = None
-        else:
-            return None
-        check = None if checked else getattr(self.decoder, "check_data", None)
-        if check is not None:  # a wrong coding (probabilities, classes past k) recoded is wrong
-            check(x, name)
-        return x if recode is None else recode(x, k)
+            return x, self._one_hot_indices
+        if shape == (*out, k) and given == out:
+            return x, self._indices_one_hot
+        if given == shape:  # the encoder's coding in another layout: reshaped only
+            return x, None
+        return None
 
     @staticmethod
     def _class_rows(x: torch.Tensor, out: tuple[int, ...], k: int) -> torch.Tensor:
@@ -645,9 +652,19 @@ class Model(nn.Module):
         data, `target` for paired training or else `x`; rows of either in another shape
         of the same number of values as the model's methods take them (`checked_input`)."""
         x = validate.as_rows(x, self.input_shape)
-        coded = self._recode_classes(x, name)
-        x = x if coded is None else coded
-        validate.check_finite(x, name, self.input_shape)
+        coded, shape = self._class_coding(x), self.input_shape
+        if coded is not None:  # classes in the other coding: checked by the decoder as given
+            x, recode = coded
+            check = getattr(self.decoder, "check_data", None)
+            if check is not None:
+                check(x, name)
+            if recode is self._indices_one_hot:
+                # kept as indices: fit checks its whole data here, and one-hot rows of them
+                # would take k times the memory
+                shape = None
+            elif recode is not None:
+                x = recode(x, self.decoder.n_classes)
+        validate.check_finite(x, name, shape)
         if target is not None:
             target = self._target_rows(target, f"{name} target")
             validate.check_finite(target, f"{name} target")
