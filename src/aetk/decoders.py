@@ -302,7 +302,7 @@ class CategoricalDecoder(_BuiltinDecoder):
                     f"{name} data: one-hot class axis has size {x.shape[-1]}, "
                     f"expected {self.n_classes}"
                 )
-            # per batch where fit's one-hot data are recoded for the encoder: for floats,
+            # per batch on a Dataset stream of one-hot rows: for floats,
             # x (x - 1) = 0 (0 and 1 only; not NaN) and a product for the sums, 2x faster
             if not x.is_floating_point() or bool((x * (x - 1)).any()):
                 bad = (x != 0) & (x != 1)
