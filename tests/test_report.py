@@ -122,6 +122,53 @@ def test_a_sample_that_ends_several_geodesics_is_named_once() -> None:
     assert {tuple(np.round(t.xy, 6)) for t in ax.texts} == {tuple(e) for e in ends}
 
 
+def test_names_of_nearby_endpoints_do_not_cover_one_another() -> None:
+    """Four pairs from four nearby (not equal) validation samples, to spread ends: their
+    names were drawn at the same offset from nearly the same point, over one another; now
+    each is turned or moved out until it covers no other."""
+    rng = np.random.default_rng(1)
+    starts = 0.01 * rng.standard_normal((4, 2))
+    ends = np.array([[2.0, 0.1], [2.0, 0.3], [1.9, 0.2], [2.1, 0.0]])
+    t = np.linspace(0, 1, 5)[:, None]
+    points = np.stack([s + t * (e - s) for s, e in zip(starts, ends, strict=True)])
+    geo = xr.Dataset({"points": (("pair", "t", "latent"), points),
+                      "length": (("pair",), [2.0] * 4), "line_length": (("pair",), [2.0] * 4),
+                      "converged": (("pair",), [True] * 4),
+                      "start_label": (("pair",), [0, 1, 2, 0]),
+                      "end_label": (("pair",), [1, 2, 0, 2])},
+                     attrs={"metric": "pullback", "label_names": ["alpha", "beta", "gamma"]})
+    latent = _latent(np.random.default_rng(0).standard_normal((50, 2)), np.zeros(50, int))
+    fig = report.plot_geodesics(latent, geo)
+    ax = fig.axes[0]
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    boxes = [t.get_window_extent(canvas.get_renderer()) for t in ax.texts]
+    assert len(boxes) == 8
+    assert not any(boxes[i].overlaps(boxes[j]) for i in range(8) for j in range(i))
+    for text in ax.texts:  # each still next to its point: within 40 points of it
+        gap = np.hypot(*text.get_position()) if text.get_anncoords() == "offset points" else 0
+        assert 0 < gap <= 40
+
+
+def test_the_geodesics_view_is_the_volume_grid_when_the_spray_leaves_it() -> None:
+    """After short training the RHVAE's spray from the Frechet mean can run far past the
+    volume grid: the axes grew to show it, the grid a small grey patch on white."""
+    g = np.linspace(-1, 1, 5)
+    t = np.linspace(0, 1, 5)[:, None]
+    spokes = np.stack([np.zeros((5, 2)) + t * [8.0, 0.0], np.zeros((5, 2)) + t * [0.0, -6.0]])
+    geo = xr.Dataset({"points": (("pair", "t", "latent"), [[-0.5, 0.0] + t * [1.0, 0.8]]),
+                      "length": (("pair",), [1.6]), "line_length": (("pair",), [1.5]),
+                      "converged": (("pair",), [True]),
+                      "log_volume": (("z1", "z2"), np.zeros((5, 5))),
+                      "spray": (("direction", "s", "latent"), spokes),
+                      "frechet_mean": (("latent",), [0.0, 0.0])},
+                     coords={"z1": g, "z2": g}, attrs={"metric": "rhvae"})
+    latent = _latent(np.random.default_rng(0).uniform(-0.9, 0.9, (50, 2)), np.zeros(50, int))
+    ax = report.plot_geodesics(latent, geo).axes[0]
+    np.testing.assert_allclose(ax.get_xlim(), (-1.0, 1.0))
+    np.testing.assert_allclose(ax.get_ylim(), (-1.0, 1.0))
+
+
 def test_geodesics_of_a_1d_latent_stand_on_their_own_lines() -> None:
     """Four overlapping pairs of a 1-D latent space: each on its own line (pair k at
     height k, the codes at 0), so that neither the curves nor their endpoint labels lie

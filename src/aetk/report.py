@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patheffects import withStroke
@@ -442,6 +443,7 @@ def plot_geodesics(latent: xr.Dataset, geo: xr.Dataset, path: Path | None = None
     names = geo.attrs.get("label_names") or None
     scale = np.ptp(xy, axis=0) + 1e-12
     named: set[tuple[float, ...]] = set()  # a sample that ends several pairs: named once
+    ends: list[tuple[np.ndarray, np.ndarray, str, str]] = []
     for i, curve in enumerate(curves):
         colour = colours[i % len(colours)]
         ax.plot(curve[:, 0], curve[:, 1], "-", color=colour, lw=2.2,
@@ -450,19 +452,21 @@ def plot_geodesics(latent: xr.Dataset, geo: xr.Dataset, path: Path | None = None
                 gapcolor="white", lw=1.0)
         ax.plot(curve[[0, -1], 0], curve[[0, -1], 1], "o", color=colour, ms=5,
                 markeredgecolor="black", markeredgewidth=0.6)
-        if "start_label" in geo:  # each endpoint's label, just beyond the curve's end
+        if "start_label" in geo:
             for end, inner, label in ((curve[0], curve[1], geo["start_label"].values[i]),
                                       (curve[-1], curve[-2], geo["end_label"].values[i])):
                 where = tuple(np.round(end / scale, 6).tolist())
                 if where in named:  # its names lay over one another, unreadable
                     continue
                 named.add(where)
-                away = (end - inner) / scale
-                away = 10 * away / (np.linalg.norm(away) + 1e-12)
-                ax.annotate(names[int(label)] if names else f"{label:.3g}", end,
-                            xytext=away, textcoords="offset points", ha="center",
-                            va="center", fontsize=10, weight="bold", color=colour,
-                            path_effects=HALO)
+                ends.append((end, inner, names[int(label)] if names else f"{label:.3g}",
+                             colour))
+    if on_volume:  # the view of the grid (and the geodesics): the spray may leave the grid
+        # after short training, and the axes grew to show it on white
+        reach = curves.reshape(-1, 2)
+        lo = np.minimum([z1[0], z2[0]], reach.min(0))
+        hi = np.maximum([z1[-1], z2[-1]], reach.max(0))
+        ax.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]))
     key = [Line2D([], [], color="0.3", lw=2.2, label="geodesic (a colour per pair)"),
            Line2D([], [], color="black", gapcolor="white", lw=1.0, ls=(0, (3, 2)),
                   label="straight line"),
@@ -482,7 +486,36 @@ def plot_geodesics(latent: xr.Dataset, geo: xr.Dataset, path: Path | None = None
                  f"length / straight-line length {ratio:.3f}, {conv}/{len(curves)} converged")
     if curved:
         _curvature_panel(fig, axs[0, 1], geo, z, curves)
+    _name_ends(fig, ax, ends)
     return _save(fig, path)
+
+
+def _name_ends(fig: Figure, ax: Axes, ends: list[tuple[np.ndarray, np.ndarray, str, str]]
+               ) -> None:
+    """Name each curve end `(end, the point before it, name, colour)` just beyond it, in
+    the curve's direction; turned about the end, then further out, where the name would
+    cover one placed before it (nearby samples' names lay over one another)."""
+    if not ends:
+        return
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw_without_rendering()  # the final layout: the names' boxes in pixels
+    placed: list = []
+    for end, inner, name, colour in ends:
+        dx, dy = ax.transData.transform(end) - ax.transData.transform(inner)
+        heading = np.arctan2(dy, dx)
+        tries = [(radius, heading + turn * np.pi / 6) for radius in (10, 18, 26, 34)
+                 for turn in (0, 1, -1, 2, -2, 3, -3, 4, -4, 5, -5, 6)]
+        for k, (radius, angle) in enumerate(tries):
+            text = ax.annotate(name, end, xytext=(radius * np.cos(angle),
+                                                  radius * np.sin(angle)),
+                               textcoords="offset points", ha="center", va="center",
+                               fontsize=10, weight="bold", color=colour, path_effects=HALO)
+            # padded: names beyond the axes shrink them a little in the final layout
+            box = text.get_window_extent(renderer).padded(2)
+            if k == len(tries) - 1 or not any(box.overlaps(b) for b in placed):
+                placed.append(box)
+                break
+            text.remove()
 
 
 def _curvature_panel(fig: Figure, ax: Axes, geo: xr.Dataset, z: np.ndarray,
