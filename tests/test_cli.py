@@ -20,6 +20,12 @@ import torch
 import aetk
 from aetk import cli, storage
 from aetk import data as data_mod
+from aetk.cli import device
+from aetk.cli.args import _Formatter, parse_spec
+from aetk.cli.encode import encode_data, example_indices
+from aetk.cli.geodesics import choose_pairs
+from aetk.cli.train import _EpochPrinter, capacity_models, kl_weighted_models, run_settings
+from aetk.cli.trained import label_conditions, split_or_all
 from aetk.geometry import metric_for, scalar_curvature
 
 STEPS = ("preprocess", "train", "encode", "geodesics", "report")
@@ -49,7 +55,7 @@ def test_help_says_the_default_of_each_setting(command: str, option: str) -> Non
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     action = next(a for a in sub.choices[command]._actions if option in a.option_strings)
-    assert "(default: " in cli._Formatter("aetk")._get_help_string(action), option
+    assert "(default: " in _Formatter("aetk")._get_help_string(action), option
 
 
 def test_sample_help_says_its_units(capsys: pytest.CaptureFixture) -> None:
@@ -175,14 +181,14 @@ def test_train_says_what_fits_data_outside_the_likelihoods_support(
 
 
 def test_parse_spec() -> None:
-    assert cli.parse_spec("scale01") == "scale01"
-    assert cli.parse_spec("binarise:threshold=0.3") == {"name": "binarise", "threshold": 0.3}
-    assert cli.parse_spec("scale01:per_feature=true") == {"name": "scale01",
+    assert parse_spec("scale01") == "scale01"
+    assert parse_spec("binarise:threshold=0.3") == {"name": "binarise", "threshold": 0.3}
+    assert parse_spec("scale01:per_feature=true") == {"name": "scale01",
                                                           "per_feature": True}
-    assert cli.parse_spec('{"name": "select_top_variance", "n_features": 5}') == {
+    assert parse_spec('{"name": "select_top_variance", "n_features": 5}') == {
         "name": "select_top_variance", "n_features": 5}
-    assert cli.parse_spec('"log1p"') == "log1p"
-    assert cli.parse_spec("step:milestones=[20,30],gamma=0.5") == {
+    assert parse_spec('"log1p"') == "log1p"
+    assert parse_spec("step:milestones=[20,30],gamma=0.5") == {
         "name": "step", "milestones": [20, 30], "gamma": 0.5}
 
 
@@ -191,10 +197,10 @@ def test_claim_device_without_gpu() -> None:
 
     if torch.cuda.is_available():
         pytest.skip("machine has a GPU")
-    assert cli.claim_device("auto") == "cpu"
-    assert cli.claim_device("cpu") == "cpu"
+    assert device.claim_device("auto") == "cpu"
+    assert device.claim_device("cpu") == "cpu"
     with pytest.raises(ValueError, match="device 'cuda:1': CUDA is not available"):
-        cli.claim_device("cuda:1")
+        device.claim_device("cuda:1")
 
 
 def test_claim_device_without_file_locks_takes_the_first_gpu(monkeypatch) -> None:
@@ -205,7 +211,7 @@ def test_claim_device_without_file_locks_takes_the_first_gpu(monkeypatch) -> Non
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setitem(sys.modules, "fcntl", None)  # its import fails
-    assert cli.claim_device("auto") == "cuda:0"
+    assert device.claim_device("auto") == "cuda:0"
 
 
 def test_claim_device_locks_free_gpus_in_turn(monkeypatch, tmp_path) -> None:
@@ -220,8 +226,8 @@ def test_claim_device_locks_free_gpus_in_turn(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda i: types.SimpleNamespace(uuid=f"gpu{i}"))
-    monkeypatch.setattr(cli.tempfile, "gettempdir", lambda: str(tmp_path))
-    monkeypatch.setattr(cli, "_GPU_LOCKS", [])
+    monkeypatch.setattr(device.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(device, "_GPU_LOCKS", [])
     (tmp_path / "aetk-gpu-gpu0.lock").touch(mode=0o444)
     # root opens a 0444 file for writing anyway: refuse write access as the file's mode
     # would refuse another user, through both ways of opening it
@@ -237,11 +243,11 @@ def test_claim_device_locks_free_gpus_in_turn(monkeypatch, tmp_path) -> None:
             raise PermissionError(13, "Permission denied", str(path))
         return real_os_open(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(cli, "open", no_write, raising=False)
+    monkeypatch.setattr(device, "open", no_write, raising=False)
     monkeypatch.setattr(os, "open", no_write_os)
-    assert [cli.claim_device("auto") for _ in range(3)] == ["cuda:0", "cuda:1", "cuda:0"]
-    assert len(cli._GPU_LOCKS) == 2
-    for handle in cli._GPU_LOCKS:
+    assert [device.claim_device("auto") for _ in range(3)] == ["cuda:0", "cuda:1", "cuda:0"]
+    assert len(device._GPU_LOCKS) == 2
+    for handle in device._GPU_LOCKS:
         handle.close()
 
 
@@ -257,28 +263,28 @@ def test_claim_device_warns_of_a_gpu_that_torch_cannot_use(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.version, "cuda", None)
     monkeypatch.setattr(torch.version, "hip", None)
-    assert cli.claim_device("auto") == "cpu"
+    assert device.claim_device("auto") == "cpu"
     assert capsys.readouterr().err == ""  # no GPU given: nothing to say
     for none in ("", "-1", "NoDevFiles"):  # set, but to no device
         monkeypatch.setenv(variable, none)
-        assert cli.claim_device("auto") == "cpu"
+        assert device.claim_device("auto") == "cpu"
         assert capsys.readouterr().err == "", none
     monkeypatch.setenv(variable, "0,1")
-    assert cli.claim_device("auto") == "cpu"
+    assert device.claim_device("auto") == "cpu"
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("warning: ")
     assert f"{variable}=0,1" in err and "no CUDA" in err and "pip install" in err
-    assert cli.claim_device("cpu") == "cpu"  # asked for: no warning
+    assert device.claim_device("cpu") == "cpu"  # asked for: no warning
     assert capsys.readouterr().err == ""
     # a CUDA build that sees no GPU (a driver problem): said as such
     monkeypatch.setattr(torch.version, "cuda", "12.6")
-    assert cli.claim_device("auto") == "cpu"
+    assert device.claim_device("auto") == "cpu"
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "CUDA 12.6" in err and "driver" in err
     # a ROCm build (no CUDA version either) is not called CPU-only
     monkeypatch.setattr(torch.version, "cuda", None)
     monkeypatch.setattr(torch.version, "hip", "6.2")
-    assert cli.claim_device("auto") == "cpu"
+    assert device.claim_device("auto") == "cpu"
     err = capsys.readouterr().err
     assert "ROCm 6.2" in err and "rocm-smi" in err and "CPU-only" not in err
 
@@ -287,14 +293,14 @@ def test_pairs_and_examples() -> None:
     labels = np.repeat(np.arange(3), 10)
     is_val = np.zeros(30, dtype=bool)
     is_val[::2] = True
-    start, end = cli.choose_pairs(is_val, labels, "categorical", 20, seed=0)
+    start, end = choose_pairs(is_val, labels, "categorical", 20, seed=0)
     assert np.all(is_val[start]) and np.all(is_val[end])
     assert np.all(labels[start] != labels[end])
-    again = cli.choose_pairs(is_val, labels, "categorical", 20, seed=0)
+    again = choose_pairs(is_val, labels, "categorical", 20, seed=0)
     np.testing.assert_array_equal(start, again[0])
-    start, end = cli.choose_pairs(is_val, None, "none", 20, seed=0)
+    start, end = choose_pairs(is_val, None, "none", 20, seed=0)
     assert np.all(start != end) and np.all(is_val[start]) and np.all(is_val[end])
-    idx = cli.example_indices(is_val, labels, "categorical", 5)
+    idx = example_indices(is_val, labels, "categorical", 5)
     assert labels[idx[:3]].tolist() == [0, 1, 2] and np.all(is_val[idx]) and len(idx) == 5
 
 
@@ -303,7 +309,7 @@ def test_sampled_pairs_never_join_a_sample_to_itself(capsys: pytest.CaptureFixtu
     samples make one pair, fitted once (not 40 times, either way round), with a warning."""
     is_val = np.zeros(10, dtype=bool)
     is_val[[3, 7]] = True
-    start, end = cli.choose_pairs(is_val, None, "none", 40, seed=0)
+    start, end = choose_pairs(is_val, None, "none", 40, seed=0)
     assert {start.tolist()[0], end.tolist()[0]} == {3, 7} and len(start) == 1
     assert ("--n-pairs 40 is more than the 1 distinct pairs of the 2 validation samples: "
             "fitting all 1") in capsys.readouterr().err
@@ -318,20 +324,20 @@ def test_sampled_pairs_are_distinct_either_way_round(labelled: bool,
     labels = np.array([0, 0, 0, 1, 1, 2]) if labelled else None
     kind = "categorical" if labelled else "none"
     n_distinct = 11 if labelled else 15  # 3*2 + 3*1 + 2*1 pairs across classes; 6*5/2
-    start, end = cli.choose_pairs(np.ones(6, dtype=bool), labels, kind, 8, seed=0)
+    start, end = choose_pairs(np.ones(6, dtype=bool), labels, kind, 8, seed=0)
     pairs = {frozenset(p) for p in zip(start.tolist(), end.tolist(), strict=True)}
     assert len(pairs) == 8 and np.all(start != end)
     if labelled:
         assert np.all(labels[start] != labels[end])
     assert capsys.readouterr().err == ""
-    start, end = cli.choose_pairs(np.ones(6, dtype=bool), labels, kind, 40, seed=0)
+    start, end = choose_pairs(np.ones(6, dtype=bool), labels, kind, 40, seed=0)
     assert len({frozenset(p) for p in zip(start.tolist(), end.tolist(), strict=True)}) \
         == len(start) == n_distinct
     assert f"--n-pairs 40 is more than the {n_distinct} distinct pairs" in capsys.readouterr().err
     # uniform over the distinct pairs: one pair per seed, 2,200 seeds, 200 expected each
     counts: dict[frozenset, int] = {}
     for s in range(200 * n_distinct):
-        i, j = (int(a[0]) for a in cli.choose_pairs(np.ones(6, dtype=bool), labels, kind, 1, s))
+        i, j = (int(a[0]) for a in choose_pairs(np.ones(6, dtype=bool), labels, kind, 1, s))
         counts[frozenset((i, j))] = counts.get(frozenset((i, j)), 0) + 1
     assert len(counts) == n_distinct and all(150 < c < 250 for c in counts.values())
 
@@ -341,7 +347,7 @@ def test_sampled_pairs_of_a_large_pool_need_no_list_of_all_pairs() -> None:
     classes without enumerating the 5e9 pairs."""
     labels = np.zeros(100_000, dtype=np.int64)
     labels[-3:] = [1, 2, 2]
-    start, end = cli.choose_pairs(np.ones(100_000, dtype=bool), labels, "categorical", 1000,
+    start, end = choose_pairs(np.ones(100_000, dtype=bool), labels, "categorical", 1000,
                                   seed=1)
     assert len({frozenset(p) for p in zip(start.tolist(), end.tolist(), strict=True)}) == 1000
     assert np.all(labels[start] != labels[end])
@@ -356,7 +362,7 @@ def test_label_conditions_have_a_column_for_every_named_class() -> None:
         x=np.zeros((3, 2)), is_validation=np.zeros(3, dtype=bool), labels=np.array([1, 0, 1]),
         label_kind="categorical", label_names=["a", "b", "c"], image_shape=None,
         pipeline=TransformPipeline([]), attrs={})
-    np.testing.assert_array_equal(cli.label_conditions(stored, "d.zarr"),
+    np.testing.assert_array_equal(label_conditions(stored, "d.zarr"),
                                   [[0, 1, 0], [1, 0, 0], [0, 1, 0]])
 
 
@@ -374,7 +380,7 @@ def test_the_stored_elbo_averages_its_log_likelihood_over_draws() -> None:
     stored = storage.StoredData(
         x=x.numpy(), is_validation=np.ones(200, dtype=bool), labels=None, label_kind="none",
         label_names=None, image_shape=None, pipeline=TransformPipeline([]), attrs={})
-    got = cli.encode_data(model, stored, batch_size=64, n_examples=1, n_generated=0,
+    got = encode_data(model, stored, batch_size=64, n_examples=1, n_generated=0,
                           seed=1)["log_likelihood"]
     with torch.no_grad():
         q = model.encode(x)
@@ -592,7 +598,7 @@ def test_penalties_reach_fit_and_key_their_own_run(steps: Path, tmp_path: Path,
         "MinVariance(sigma_min=2.0, weight=1.0)", "LatentL2(weight=0.1)"]}
     assert info["run_hash"] != plain["run_hash"]
     for spec in ("entropy", '{"name": "entropy"}', "entropy:weight=1"):
-        assert cli.run_settings(cli.build_parser().parse_args([*args, "--penalty", spec]),
+        assert run_settings(cli.build_parser().parse_args([*args, "--penalty", spec]),
                                 "")["penalties"] == ["Entropy(weight=1.0)"]
     capsys.readouterr()
     bad = [*args[:-4], "--out", str(tmp_path / "x"), "--history", str(tmp_path / "x.tsv")]
@@ -788,25 +794,25 @@ def test_capacity_schedule_reaches_the_vae_and_keys_its_own_run(steps: Path, tmp
                                (history["val_kl"] - history["capacity"]).abs(), rtol=1e-5)
     info = json.loads((tmp_path / "m" / "aetk_run.json").read_text())
     assert info["settings"]["beta_schedule"] == {"name": "capacity", "c_max": 2}
-    assert cli.capacity_models() == ["vae", "beta_vae"]
+    assert capacity_models() == ["vae", "beta_vae"]
 
 
 def test_kl_weighted_models_are_those_cyclical_beta_anneals(capsys: pytest.CaptureFixture
                                                             ) -> None:
     """The models --beta-schedule accepts (and its help lists) are exactly those whose
     built model aetk.CyclicalBeta takes."""
-    assert cli.kl_weighted_models() == ["vae", "beta_vae", "infovae", "infomaxvae",
+    assert kl_weighted_models() == ["vae", "beta_vae", "infovae", "infomaxvae",
                                         "factorvae", "dipvae", "vampprior", "lvae"]
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
-    assert ", ".join(cli.kl_weighted_models()) in " ".join(capsys.readouterr().out.split())
+    assert ", ".join(kl_weighted_models()) in " ".join(capsys.readouterr().out.split())
     from aetk import build
 
     annealing = aetk.CyclicalBeta(8, n_cycles=2)  # epoch 2: beta = 0.5, no model's default
     for name in build.MODELS:
         model = aetk.build_model(name, "bernoulli", in_features=4, hidden=[8],
                                  **({"centroids": 4} if name == "rhvae" else {}))
-        if name in cli.kl_weighted_models():
+        if name in kl_weighted_models():
             annealing.on_epoch_start(model, 2)
             assert model.beta == annealing.beta(2), name
         else:
@@ -1749,7 +1755,7 @@ def test_ctrl_c_in_train_exits_in_one_line_and_keeps_the_checkpoint(
             "--no-progress", "--out", str(tmp_path / "m"), "--history", str(tmp_path / "h.tsv")]
     ckpt = ["--checkpoint-dir", str(tmp_path / "ckpt")]
     with monkeypatch.context() as m:
-        m.setattr(cli._EpochPrinter, "on_epoch_end", interrupt)
+        m.setattr(_EpochPrinter, "on_epoch_end", interrupt)
         try:
             assert cli.main([*args, *ckpt]) == 130
         except KeyboardInterrupt:  # would end the whole test session
@@ -2154,7 +2160,7 @@ def test_label_conditions_of_unnamed_classes_reach_the_largest_code() -> None:
         x=np.zeros((3, 2)), is_validation=np.zeros(3, dtype=bool), labels=np.array([0, 2, 1]),
         label_kind="categorical", label_names=None, image_shape=None,
         pipeline=TransformPipeline([]), attrs={})
-    np.testing.assert_array_equal(cli.label_conditions(stored, "d.zarr"),
+    np.testing.assert_array_equal(label_conditions(stored, "d.zarr"),
                                   [[1, 0, 0], [0, 0, 1], [0, 1, 0]])
 
 
@@ -2172,7 +2178,7 @@ def test_encode_stores_the_posteriors_and_a_draw_from_each() -> None:
     stored = storage.StoredData(
         x=x.numpy(), is_validation=np.arange(300) % 3 == 0, labels=None, label_kind="none",
         label_names=None, image_shape=None, pipeline=data_mod.TransformPipeline([]), attrs={})
-    out = cli.encode_data(model, stored, batch_size=128, n_examples=1, n_generated=0, seed=1)
+    out = encode_data(model, stored, batch_size=128, n_examples=1, n_generated=0, seed=1)
     with torch.no_grad():
         q = model.encode(x)
     np.testing.assert_allclose(out["z_mean"], q.mean.numpy(), rtol=1e-6, atol=1e-7)
@@ -2199,7 +2205,7 @@ def test_encode_fits_the_generating_samplers_to_the_training_codes(monkeypatch) 
         return torch.zeros(n, loc.shape[1])
 
     monkeypatch.setattr(expost, "CodeMixture", Spy)
-    monkeypatch.setattr(cli, "geometric_latents", geometric)
+    monkeypatch.setattr("aetk.cli.encode.geometric_latents", geometric)
     torch.manual_seed(0)
     x = torch.randn(60, 4)
     train = np.arange(60) % 4 != 0
@@ -2208,7 +2214,7 @@ def test_encode_fits_the_generating_samplers_to_the_training_codes(monkeypatch) 
         image_shape=None, pipeline=data_mod.TransformPipeline([]), attrs={})
     for name in ("ae", "vae"):
         model = aetk.build_model(name, "gaussian", in_features=4, latent_dim=2, hidden=(8,))
-        out = cli.encode_data(model, stored, batch_size=32, n_examples=1, n_generated=5, seed=0)
+        out = encode_data(model, stored, batch_size=32, n_examples=1, n_generated=5, seed=0)
         if name == "ae":
             np.testing.assert_array_equal(seen.pop("mixture"), out["z_mean"][train])
         else:
@@ -2221,9 +2227,9 @@ def test_split_or_all_takes_a_split_of_two_rows_or_more() -> None:
     """A split of at least two rows is itself; of one row or none, all rows (a statistic
     of one sample has no spread)."""
     two = np.array([False, True, True, False])
-    assert cli.split_or_all(two) is two
+    assert split_or_all(two) is two
     for rows in (np.array([False, True, False, False]), np.zeros(4, dtype=bool)):
-        assert cli.split_or_all(rows) == slice(None)
+        assert split_or_all(rows) == slice(None)
 
 
 def test_sample_from_the_mixture_fits_it_to_the_training_codes(
@@ -2257,7 +2263,7 @@ def test_sampled_pairs_are_uniform_over_pairs_of_unequal_partners() -> None:
     uniformly instead of in proportion to their partners would give it 1/12 x 2/11, a
     third as often."""
     labels = np.array([0] * 10 + [1, 2])
-    hits = sum({int(a[0]) for a in cli.choose_pairs(np.ones(12, dtype=bool), labels,
+    hits = sum({int(a[0]) for a in choose_pairs(np.ones(12, dtype=bool), labels,
                                                     "categorical", 1, seed)} == {10, 11}
                for seed in range(2100))
     assert 65 < hits < 135, hits

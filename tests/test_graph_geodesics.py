@@ -407,7 +407,7 @@ def test_cli_graph_start(rhvae_run: tuple[Path, np.ndarray], tmp_path: Path,
     np.testing.assert_array_equal(geo["kept_init"].values, fit.kept_init.numpy())
     assert (geo["length"] <= geo["line_length"]).all()
 
-    monkeypatch.setattr(cli, "GRAPH_NODES", 50)
+    monkeypatch.setattr("aetk.cli.geodesics.GRAPH_NODES", 50)
     assert cli.main([*common, "--init", "graph", "--out", str(tmp_path / "few.zarr")]) == 0
     few = storage.read_zarr(tmp_path / "few.zarr")
     assert few.attrs["settings"]["graph_nodes"] == 50

@@ -17,6 +17,7 @@ from torch import distributions as D
 
 import aetk
 from aetk import cli, report, storage
+from aetk.cli.encode import encode_data
 from aetk.distributions import log_prob
 from aetk.models.lvae import precision_weighted
 from aetk.train import evaluate
@@ -422,7 +423,7 @@ def test_command_line_trains_encodes_and_samples(tmp_path: Path,
     assert -elbo.mean() == pytest.approx(loss, abs=5 * elbo.std() / np.sqrt(len(elbo)))
     # ...whose z1 follow a drawn z2 (posterior_sample), not z2's mean (encode)
     monkeypatch.setattr(ladder, "posterior_sample", lambda x: torch.zeros(len(x), 2))
-    enc = cli.encode_data(ladder, stored, batch_size=64, n_examples=2, n_generated=0, seed=0)
+    enc = encode_data(ladder, stored, batch_size=64, n_examples=2, n_generated=0, seed=0)
     with torch.no_grad():
         at_zero = log_prob(ladder.decode(torch.zeros(len(x), 2)), x)
     np.testing.assert_allclose(enc["log_likelihood"], at_zero, rtol=1e-6)

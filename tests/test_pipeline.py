@@ -141,7 +141,8 @@ def test_noise_reaches_only_the_generated_manifolds(tmp_path: Path) -> None:
 def test_beta_schedule_reaches_the_models_with_a_kl_weight(tmp_path: Path) -> None:
     """`train.beta_schedule` reaches `aetk train --beta-schedule` of exactly the models
     that have a KL weight (the others train as before); constant passes no flag."""
-    from aetk import build, cli
+    from aetk import build
+    from aetk.cli.train import capacity_models, kl_weighted_models
 
     default = snakemake(make_workdir(tmp_path / "default"), "-n", "-p", "--cores", "1").stdout
     assert "aetk train" in default and "--beta-schedule" not in default
@@ -153,9 +154,9 @@ def test_beta_schedule_reaches_the_models_with_a_kl_weight(tmp_path: Path) -> No
               for line in out.splitlines() if "Shell command: aetk train" in line}
     assert set(trains) == set(build.MODELS)
     flag = """--beta-schedule '{"beta_max": 0.5, "n_cycles": 2, "name": "cyclical"}'"""
-    assert {m for m, line in trains.items() if flag in line} == set(cli.kl_weighted_models())
+    assert {m for m, line in trains.items() if flag in line} == set(kl_weighted_models())
     assert {m for m, line in trains.items() if "--beta-schedule" in line} == set(
-        cli.kl_weighted_models())
+        kl_weighted_models())
     wd = make_workdir(tmp_path / "capacity", {
         "grid": {"models": list(build.MODELS)},
         "train": {"beta_schedule": {"name": "capacity", "c_max": 5}}})
@@ -163,9 +164,9 @@ def test_beta_schedule_reaches_the_models_with_a_kl_weight(tmp_path: Path) -> No
     trains = {line.split("--out results/models/")[1].split("-")[0]: line
               for line in out.splitlines() if "Shell command: aetk train" in line}
     flag = """--beta-schedule '{"c_max": 5, "name": "capacity"}'"""
-    assert {m for m, line in trains.items() if flag in line} == set(cli.capacity_models())
+    assert {m for m, line in trains.items() if flag in line} == set(capacity_models())
     assert {m for m, line in trains.items() if "--beta-schedule" in line} == set(
-        cli.capacity_models())
+        capacity_models())
 
 
 def test_penalties_reach_the_models_that_can_take_them(tmp_path: Path) -> None:
