@@ -393,7 +393,7 @@ def lr_schedule_arg(spec):
     return spec if isinstance(spec, str) else json.dumps(spec, sort_keys=True)
 
 
-# models whose loss weighs its KL term by beta (aetk.cli.kl_weighted_models)
+# models whose loss weighs its KL term by beta (aetk.cli.train.kl_weighted_models)
 KL_WEIGHTED = (
     "vae",
     "beta_vae",
@@ -406,7 +406,7 @@ KL_WEIGHTED = (
 )
 
 
-# models whose own VAE loss charges a KL capacity (aetk.cli.capacity_models)
+# models whose own VAE loss charges a KL capacity (aetk.cli.train.capacity_models)
 CAPACITY_MODELS = ("vae", "beta_vae")
 
 
