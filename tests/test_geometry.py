@@ -963,3 +963,32 @@ def test_a_metric_function_of_the_wrong_shape_is_named():
             call(z)
     right = Metric(lambda z: torch.diag_embed(1 + z**2))
     torch.testing.assert_close(right.log_volume(z), 0.5 * torch.log1p(z**2).sum(-1))
+
+
+def test_fit_options_out_of_range_are_refused_by_name():
+    """lr=0 or lr=-1 left the curves on the line (lengths equal to line_length on the
+    half-plane, where the geodesics are shorter) and reported them converged; tol=-1 or NaN
+    ran every pair to max_iter; tol="a" failed in torch's indexing; hidden=(0,), (-3,) or 8
+    of a neural fit failed inside torch. Each is now a ValueError naming the option."""
+    metric = poincare()
+    z0, z1 = half_plane_pairs()
+    refusals = [({"lr": 0.0}, r"lr must be a finite number > 0, got 0.0"),
+                ({"lr": -1.0}, r"lr must be a finite number > 0"),
+                ({"lr": math.nan}, r"lr must be a finite number > 0"),
+                ({"tol": -1}, r"tol must be a finite number >= 0, got -1"),
+                ({"tol": math.nan}, r"tol must be a finite number >= 0"),
+                ({"tol": "a"}, r"tol must be a finite number >= 0, got 'a'"),
+                ({"curve": "neural", "hidden": (0,)}, r"every width in hidden must be an "
+                                                      r"integer >= 1, got 0"),
+                ({"curve": "neural", "hidden": (-3,)}, r"every width in hidden"),
+                ({"curve": "neural", "hidden": 8}, r"hidden must be a sequence of layer "
+                                                   r"widths, e.g. \(16, 16\), got 8")]
+    for options, message in refusals:
+        with pytest.raises(ValueError, match=message):
+            fit_geodesics(metric, z0, z1, n_points=9, max_iter=20, **options)
+    # the edges of the ranges still fit: tol 0 stops on an unchanged energy
+    fit = fit_geodesics(metric, z0, z1, n_points=9, tol=0, lr=0.5, max_iter=200)
+    assert bool((fit.length < 0.99 * fit.line_length).any())
+    neural = fit_geodesics(metric, z0[:1], z1[:1], n_points=9, curve="neural", hidden=[4],
+                           max_iter=5)
+    assert neural.points.shape == (1, 9, 2)

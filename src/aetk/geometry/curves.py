@@ -4,13 +4,14 @@ the neural curve of Chen et al. (2018)."""
 from __future__ import annotations
 
 import itertools
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.func import jvp
 
-from ..validate import as_tensor
+from ..validate import as_tensor, positive_int
 from .metrics import Metric, latent_points
 
 
@@ -116,6 +117,10 @@ class NeuralGeodesic(nn.Module):
         if z_start.shape != z_end.shape or z_start.dim() not in (1, 2):
             raise ValueError(f"z_start {tuple(z_start.shape)} and z_end {tuple(z_end.shape)} "
                              "must be the same shape, (B, d) pairs or one pair (d,)")
+        if isinstance(hidden, numbers.Number | str | bytes):  # (16) for (16,) failed in torch
+            raise ValueError(f"hidden must be a sequence of layer widths, e.g. (16, 16), got "
+                             f"{hidden!r}")
+        hidden = [positive_int(width, "every width in hidden") for width in hidden]
         self.register_buffer("z_start", z_start.detach().reshape(-1, z_start.shape[-1]))
         self.register_buffer("z_end", z_end.detach().reshape(-1, z_end.shape[-1]))
         n_pairs, d = self.z_start.shape

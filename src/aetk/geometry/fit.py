@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from ..validate import as_tensor, positive_int
 from .curves import NeuralGeodesic, curve_energy, curve_length, segment_quads
 from .graph import graph_curves
-from .metrics import Metric, _base, latent_points, metric_for
+from .metrics import Metric, _base, latent_points, metric_for, positive_number
 
 # energy(x, idx) -> (energy (b,), preconditioner weights (b, T-1) or None) for the
 # parameter rows x (b, n) of the pairs idx (b,)
@@ -121,6 +121,8 @@ def fit_geodesics(
     n_points = positive_int(n_points, "n_points", 3)
     max_iter, window = positive_int(max_iter, "max_iter"), positive_int(window, "window")
     chunk_size = positive_int(chunk_size, "chunk_size")
+    tol = positive_number(tol, "tol", zero=True)
+    lr = None if lr is None else positive_number(lr, "lr")
     z_start = latent_points(metric, z_start, "z_start", finite=True, device=device)
     z_end = latent_points(metric, z_end, "z_end", finite=True, device=z_start.device)
     device = z_start.device

@@ -514,6 +514,20 @@ def _tensor_spec(metric: Metric) -> tuple[torch.dtype, torch.device]:
     return _own_spec(metric) or (torch.get_default_dtype(), torch.device("cpu"))
 
 
+def positive_number(value: object, name: str, *, zero: bool = False) -> float:
+    """`value` as a float; a ValueError naming `name` unless it is a finite number > 0
+    (>= 0 with `zero`). Tolerances and step sizes: a negative or NaN one made fits run
+    to their budget or stand still and report themselves converged."""
+    try:  # numpy and 0-d torch numbers too; not text, nor True for 1
+        number = None if isinstance(value, bool | str | bytes) else float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not math.isfinite(number) or number < 0 or (number == 0 and not zero):
+        bound = ">= 0" if zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return number
+
+
 def latent_points(metric: Metric, z: Tensor | np.ndarray, name: str = "points", **options: bool
                   | str | torch.device | None) -> Tensor:
     """`as_points` (with its `options`), and a ValueError when the points' last axis is not
