@@ -974,6 +974,19 @@ def test_frechet_mean_refuses_bad_weights():
         frechet_mean(poincare(), POINTS, torch.tensor([1.0, -1.0, 1.0], dtype=f64))
 
 
+def test_tolerances_out_of_range_are_refused_by_name():
+    """log_map(tol=-1) reported a small RHVAE's pairs converged (collocation took every shot that
+    could never meet a negative tolerance), tol=NaN returned them unconverged without a
+    word, and frechet_mean(tol=-1) failed in math.sqrt ("math domain error"); each is
+    now a ValueError naming tol."""
+    z0, z1 = half_plane_pairs()
+    for call in (lambda tol: log_map(poincare(), z0[:2], z1[:2], tol=tol),
+                 lambda tol: frechet_mean(poincare(), POINTS, tol=tol)):
+        for tol in (-1.0, math.nan, "a"):
+            with pytest.raises(ValueError, match=r"tol must be a finite number >= 0"):
+                call(tol)
+
+
 def test_a_spray_of_the_half_plane_ends_on_a_hyperbolic_circle():
     """Geodesics of H^2 minimise: every spoke of metric speed r ends at distance r."""
     centre = torch.tensor([0.3, 0.8], dtype=f64)

@@ -31,6 +31,7 @@ from .metrics import (
     Metric,
     as_points,
     latent_points,
+    positive_number,
     solve_or_nan,
     torch_jit_deprecation_filtered,
 )
@@ -292,6 +293,7 @@ def log_map(metric: Metric, z_start: Tensor, z_end: Tensor, *, n_steps: int = 20
     """
     n_steps = positive_int(n_steps, "n_steps")
     max_iter = positive_int(max_iter, "max_iter", 0)
+    tol = positive_number(tol, "tol", zero=True)
     max_doublings = _check_integration(integration_tol, max_doublings)
     z0, z1 = _pairs(metric, z_start, z_end, ("z_start", "z_end"))
     v, fitted, curves = _fitted_logs(metric, z0, z1, **fit_kwargs)
@@ -823,6 +825,7 @@ def frechet_mean(metric: Metric, z: Tensor, weights: Tensor | None = None, *,
                          f"got {tuple(z.shape)} and {tuple(w.shape)}")
     n_steps = positive_int(n_steps, "n_steps")
     max_iter = positive_int(max_iter, "max_iter", 0)
+    tol = positive_number(tol, "tol", zero=True)
     max_doublings = _check_integration(integration_tol, max_doublings)
     w = w / w.sum()
     fit_kwargs = {k: v for k, v in log_kwargs.items() if k not in ("tol", "max_iter")}
