@@ -637,6 +637,16 @@ def test_metric_for_picks_the_pullback_for_other_models():
     assert isinstance(metric, PullbackMetric) and metric.decoder is model.decoder
 
 
+def test_metric_for_refuses_a_module_without_a_decoder():
+    """metric_for(nn.Linear(2, 3)), a decoder network given for the model, failed in
+    nn.Module's __getattr__ ("'Linear' object has no attribute 'decoder'"); it is now a
+    TypeError that names what metric_for takes and what to use instead."""
+    for module in (nn.Linear(2, 3), nn.Sequential()):
+        with pytest.raises(TypeError, match=rf"{type(module).__name__} has neither\. For a "
+                                            r"decoder of your own use PullbackMetric"):
+            metric_for(module)
+
+
 @pytest.mark.parametrize("kind", ["vae", "rhvae"])
 def test_endpoints_outside_the_latent_space_are_refused(kind):
     extra = {"centroids": 4} if kind == "rhvae" else {}

@@ -404,7 +404,13 @@ def metric_for(model: nn.Module, kind: str = "mean") -> Metric:
     `PullbackMetric`)."""
     if all(callable(getattr(model, name, None)) for name in ("G", "G_inv", "log_det_G")):
         return RHVAEMetric(model)
-    return PullbackMetric(model.decoder, kind=kind)
+    decoder = getattr(model, "decoder", None)
+    if not callable(decoder):  # else an AttributeError from nn.Module, or one at first use
+        raise TypeError(f"metric_for needs an aetk model: an RHVAE (G, G_inv, log_det_G) or "
+                        f"one with a decoder; {type(model).__name__} has neither. For a "
+                        "decoder of your own use PullbackMetric(decoder), for a metric "
+                        "function Metric(fn)")
+    return PullbackMetric(decoder, kind=kind)
 
 
 def _grid_axes(bounds: Sequence[Sequence[float]], n: int | Sequence[int], what: str
