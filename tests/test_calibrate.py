@@ -205,9 +205,36 @@ def test_calibration_casts_the_data_and_checks_the_number_of_centres() -> None:
     x = torch.rand(20, 6)
     cal = calibrate_variance(model, x, n_centres=3, epochs=1)
     assert cal.decoder.log_weight.dtype == F64
-    for n in (0, 21):
-        with pytest.raises(ValueError, match=rf"n_centres must be in \[1, 20\], got {n}"):
+    for n in (0, 21, 2.5):
+        with pytest.raises(ValueError, match=rf"n_centres must be an integer in \[1, 20\], "
+                                             rf"got {n}"):
             calibrate_variance(model, x, n_centres=n, epochs=1)
+
+
+def test_calibration_options_out_of_range_are_refused_by_name() -> None:
+    """bandwidth_scale=0 gave a NaN metric without a word, epochs=-1 returned the
+    unfitted start weights, batch_size=0 failed in torch's split, lr=0 fitted nothing,
+    n_centres=8.0 failed in scikit-learn's KMeans and NaN data in its check of the codes;
+    each is now a ValueError naming the option (or the data), and n_centres=3.0 is 3."""
+    model = aetk.build_model("vae", "gaussian_learned", in_features=6, latent_dim=2,
+                             hidden=(8,)).double().eval()
+    x = torch.rand(20, 6)
+    refusals = [({"bandwidth_scale": 0.0}, r"bandwidth_scale must be a finite number > 0"),
+                ({"bandwidth_scale": -1.0}, r"bandwidth_scale must be a finite number > 0"),
+                ({"epochs": -1}, r"epochs must be an integer >= 0, got -1"),
+                ({"batch_size": 0}, r"batch_size must be an integer >= 1, got 0"),
+                ({"lr": 0.0}, r"lr must be a finite number > 0, got 0.0")]
+    for options, message in refusals:
+        with pytest.raises(ValueError, match=message):
+            calibrate_variance(model, x, **{"n_centres": 3, "epochs": 1, **options})
+    bad = x.clone()
+    bad[4, 2] = math.nan
+    with pytest.raises(ValueError, match=r"calibration data has 1 NaN or infinite values"):
+        calibrate_variance(model, bad, n_centres=3, epochs=1)
+    whole = calibrate_variance(model, x, n_centres=3.0, epochs=1)
+    torch.testing.assert_close(whole.decoder.log_weight,
+                               calibrate_variance(model, x, n_centres=3, epochs=1
+                                                  ).decoder.log_weight, rtol=0, atol=0)
 
 
 def test_centres_on_every_code_are_refused_instead_of_nan_bandwidths() -> None:

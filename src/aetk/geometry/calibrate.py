@@ -19,7 +19,7 @@ from ..decoders import RBFVarianceDecoder
 from ..models.base import Model
 from ..nets import Conditioned
 from ..validate import as_tensor
-from .metrics import _base
+from .metrics import _base, positive_number
 
 
 def rbf_centres(codes: torch.Tensor, n_centres: int, bandwidth_scale: float = 1.0,
@@ -62,6 +62,11 @@ def calibrate_variance(model: Model, x: torch.Tensor, *, n_centres: int = 64,
     param = next(model.parameters())
     device = param.device
     x = as_tensor(x, param.dtype, device)
+    validate.check_finite(x, "calibration")  # else k-means' error on the codes, not the data
+    bandwidth_scale = positive_number(bandwidth_scale, "bandwidth_scale")  # 0: NaN metric
+    lr = positive_number(lr, "lr")
+    epochs = validate.positive_int(epochs, "epochs", 0)
+    batch_size = validate.positive_int(batch_size, "batch_size")
     calibrated = copy.deepcopy(model).eval()
     # the conditions of a model.given around the call, taken out of the copy's networks,
     # where they would stay for good
@@ -88,8 +93,13 @@ def calibrate_variance(model: Model, x: torch.Tensor, *, n_centres: int = 64,
         raise ValueError("calibrate_variance refits a Gaussian decoder's variance; for "
                          "Bernoulli, categorical or Poisson decoders the Fisher pull-back "
                          "(PullbackMetric(kind='fisher')) already accounts for the noise")
-    if not 0 < n_centres <= len(x):
-        raise ValueError(f"n_centres must be in [1, {len(x)}], got {n_centres}")
+    try:  # 8.0 as 8, as a count read from a file comes
+        count = validate.positive_int(n_centres, "n_centres")
+    except ValueError:
+        count = 0
+    if not 0 < count <= len(x):
+        raise ValueError(f"n_centres must be an integer in [1, {len(x)}], got {n_centres!r}")
+    n_centres = count
     codes = q.mean if isinstance(q, D.Distribution) else q
     scale = q.stddev if isinstance(q, D.Distribution) else torch.zeros_like(codes)
     centres, bandwidths = rbf_centres(codes, n_centres, bandwidth_scale, seed)
