@@ -1073,3 +1073,38 @@ def test_christoffel_contract_refuses_vectors_of_another_shape():
         with pytest.raises(ValueError, match=rf"{name} has shape \({shape[0]}, {shape[1]}\), "
                                              r"but the points z have \(4, 2\)"):
             christoffel_contract(metric, z, bad_u, bad_w)
+
+
+def test_transport_of_vectors_that_do_not_fit_the_curves_is_refused():
+    """integrate_geodesic(transport=(3, 2)) for two geodesics failed in torch's expand,
+    and parallel_transport of one vector (d,), of a curve giving one point per time (T, d)
+    or of a tensor for the curve failed inside the Runge-Kutta steps ("not enough values
+    to unpack", "'Tensor' object is not callable"); each is now an error that says what
+    fits, and the shapes that do fit are transported as before."""
+    metric = poincare()
+    z0, z1 = half_plane_pairs()
+    z0, z1 = z0[:2], z1[:2]
+    for transport in (torch.ones(3, 2, dtype=f64), torch.ones(2, 3, dtype=f64),
+                      torch.ones(2, 4, 3, dtype=f64)):
+        shape = ", ".join(map(str, transport.shape))
+        with pytest.raises(ValueError, match=rf"transport has shape \({shape}\), but the "
+                                             r"geodesics start at z \(2, 2\)"):
+            integrate_geodesic(metric, z0, z1 - z0, transport=transport)
+    one = integrate_geodesic(metric, z0, z1 - z0, transport=torch.ones(2, dtype=f64))
+    each = integrate_geodesic(metric, z0, z1 - z0, transport=torch.ones(2, 2, dtype=f64))
+    torch.testing.assert_close(one.transported, each.transported, rtol=0, atol=0)
+
+    def line(t):
+        return z0[:, None] + t[:, None] * (z1 - z0)[:, None]
+
+    for curve, w in ((line, torch.ones(2, dtype=f64)),
+                     (lambda t: z0[0] + t[:, None] * (z1 - z0)[0], torch.ones(2, dtype=f64))):
+        with pytest.raises(ValueError, match=r"parallel_transport needs a curve t \(T,\) -> "
+                                             r"\(B, T, d\) and vectors w \(B, k, d\) or \(B, d\)"):
+            parallel_transport(metric, curve, w)
+    with pytest.raises(TypeError, match=r"curve must be a differentiable function of the "
+                                        r"times.*got Tensor"):
+        parallel_transport(metric, line(torch.linspace(0, 1, 5, dtype=f64)),
+                           torch.ones(2, 2, dtype=f64))
+    assert parallel_transport(metric, line, torch.ones(2, 2, dtype=f64), n_steps=4
+                              ).shape == (2, 5, 2)

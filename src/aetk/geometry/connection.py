@@ -185,6 +185,12 @@ def integrate_geodesic(metric: Metric, z: Tensor, v: Tensor, *, n_steps: int = 2
     single = False
     if transport is not None:
         w = as_tensor(transport, z.dtype, z.device)
+        rows = len(w) if w.dim() > 1 else 1
+        if w.dim() > 3 or w.shape[-1:] != z.shape[-1:] or rows not in (1, len(z)):
+            raise ValueError(f"transport has shape {tuple(w.shape)}, but the geodesics start "
+                             f"at z {tuple(z.shape)}: give vectors (B, k, d) or one per "
+                             "curve (B, d), with B the curves' count or 1 for all of them, "
+                             f"or one vector ({z.shape[-1]},) for all")
         single = w.dim() < 3
         state = (z, v, (w.reshape(-1, 1, w.shape[-1]) if single else w).expand(len(z), -1, -1))
     points, velocities, *rest = (torch.stack(x, 1) for x in zip(
@@ -590,6 +596,10 @@ def parallel_transport(metric: Metric, curve: Curve, w: Tensor, *, n_steps: int 
     Returns the vectors at `n_steps + 1` equal times in [0, 1]: `(B, n_steps + 1, k, d)`,
     or `(B, n_steps + 1, d)` for `(B, d)` input. Lengths and angles in `G` are preserved."""
     n_steps = positive_int(n_steps, "n_steps")
+    if not callable(curve):
+        raise TypeError(f"curve must be a differentiable function of the times, t (T,) -> "
+                        f"points (B, T, d), such as a NeuralGeodesic; got "
+                        f"{type(curve).__name__}")
 
     def rate(t: Tensor, s: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         point, velocity = jvp(curve, (t.reshape(1),), (torch.ones(1, dtype=t.dtype,
@@ -597,6 +607,14 @@ def parallel_transport(metric: Metric, curve: Curve, w: Tensor, *, n_steps: int 
         return (_transport_rate(metric, point[:, 0], velocity[:, 0], s[0]),)
 
     w = as_points(metric, w, "w")  # the metric's dtype and device, as points are
+    with torch.no_grad():  # one point per curve: else an unpacking error inside the steps
+        start = curve(torch.zeros(1, dtype=w.dtype, device=w.device))
+    if (not isinstance(start, Tensor) or start.dim() != 3 or start.shape[1] != 1
+            or w.dim() not in (2, 3) or (len(w), w.shape[-1]) != (len(start), start.shape[-1])):
+        got = tuple(start.shape) if isinstance(start, Tensor) else type(start).__name__
+        raise ValueError(f"parallel_transport needs a curve t (T,) -> (B, T, d) and vectors "
+                         f"w (B, k, d) or (B, d) on its B curves; the curve gave {got} for "
+                         f"one time and w has shape {tuple(w.shape)}")
     single = w.dim() == 2
     states = _rk4(rate, (w.unsqueeze(1) if single else w,), n_steps)
     out = torch.stack([s[0] for s in states], 1)
