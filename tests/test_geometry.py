@@ -440,6 +440,28 @@ def test_constant_metric_geodesic_is_the_straight_line():
 
 
 @pytest.mark.parametrize("curve", ["discrete", "neural"])
+def test_equal_and_nearly_equal_endpoints_have_the_lengths_of_their_segment(curve):
+    """The straight line was (1 - t) z0 + t z1, whose float32 rounding strays by 2e-6 at
+    z = -30: in a constant metric two equal endpoints there had a line of length 2.3e-5
+    (a neural fit's points 1.9e-6 off the point), endpoints 4e-6 apart a line 17x and a
+    discrete fit 3x the length of their segment, and endpoints 1e-7 apart a line 5x as
+    long. The line is now exact at its ends and constant between equal ones."""
+    A = torch.tensor([[2.0, 0.5], [0.5, 1.0]])
+    metric = constant(A)
+    z0 = torch.tensor([[-30.0, -30.0], [-30.0, -30.0], [0.3, 0.3]])
+    z1 = torch.tensor([[-30.0, -30.0], [-30.0, -30.0 + 4e-6], [0.3, 0.3 + 1e-7]])
+    fit = fit_geodesics(metric, z0, z1, curve=curve, max_iter=50)
+    dz = (z1 - z0).double()  # the float32 differences, exactly
+    segment = torch.einsum("ni,ij,nj->n", dz, A.double(), dz).sqrt()
+    assert fit.length[0] == 0 and fit.line_length[0] == 0
+    assert torch.equal(fit.points[0], z0[0].expand_as(fit.points[0]))  # the constant curve
+    torch.testing.assert_close(fit.line_length.double(), segment, rtol=1e-5, atol=0)
+    torch.testing.assert_close(fit.length.double(), segment, rtol=1e-5, atol=0)
+    assert torch.equal(distance_matrix(metric, z0[[0, 0]], curve=curve, max_iter=50),
+                       torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize("curve", ["discrete", "neural"])
 def test_poincare_half_plane_distances(curve):
     z0, z1 = half_plane_pairs()
     res = fit_geodesics(poincare(), z0, z1, curve=curve)

@@ -148,7 +148,9 @@ class NeuralGeodesic(nn.Module):
             if k < len(self.shapes) - 1:
                 x = self.activation(x)
         s = t.reshape(1, -1, 1)
-        return (1 - s) * z_start.unsqueeze(1) + s * z_end.unsqueeze(1) + s * (1 - s) * x
+        # lerp: exact at the ends and constant between equal ends, as the rounding of
+        # (1 - s) z0 + s z1 is not
+        return torch.lerp(z_start.unsqueeze(1), z_end.unsqueeze(1), s) + s * (1 - s) * x
 
     def evaluate_with_velocities(
         self, params: Tensor, z_start: Tensor, z_end: Tensor, t: Tensor
