@@ -659,6 +659,35 @@ def test_metric_for_picks_the_pullback_for_other_models():
     assert isinstance(metric, PullbackMetric) and metric.decoder is model.decoder
 
 
+def test_decoders_that_return_no_distribution_or_pool_their_batch_are_named():
+    """A decoder returning a tuple (mean, sigma) failed with "'tuple' object has no attribute
+    'mean'", one whose output pools the batch (a sum over the points: (1, 5) for 4 points)
+    in a reshape ("shape '[2, 4, -1]' is invalid"), and a distribution without a mean in
+    torch (RelaxedBernoulli) with torch's NotImplementedError, which has no message; each
+    is now a TypeError or ValueError saying what PullbackMetric needs."""
+    net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 5)).double()
+    z = torch.randn(4, 2, dtype=f64)
+    for kind in ("mean", "fisher"):
+        with pytest.raises(TypeError, match=r"the decoder returned tuple: PullbackMetric needs "
+                                            r"a torch distribution or a tensor of means"):
+            PullbackMetric(lambda y: (net(y), net(y).exp()), kind=kind).metric(z)
+    with pytest.raises(ValueError, match=r"the decoder gave its output of shape \(1, 5\) for 4 "
+                                         r"points: PullbackMetric needs one row per point"):
+        PullbackMetric(lambda y: net(y).sum(0, keepdim=True)).metric(z)
+    with pytest.raises(ValueError, match=r"the decoder gave its mean of shape \(5,\) for 4"):
+        PullbackMetric(lambda y: D.Normal(net(y).sum(0), 1.0)).metric(z)
+    relaxed = PullbackMetric(lambda y: D.Independent(
+        D.RelaxedBernoulli(torch.tensor(0.5, dtype=f64), logits=net(y)), 1))
+    with pytest.raises(ValueError, match=r"the decoder's RelaxedBernoulli has no mean in torch"):
+        relaxed.metric(z)
+    # the same decoder's mean as a tensor, and as a distribution, give J^T J
+    J = fd_jacobian(lambda y: net(y).detach(), z)
+    expected = J.mT @ J
+    for decoder in (net, lambda y: D.Independent(D.Normal(net(y), 1.0), 1)):
+        torch.testing.assert_close(PullbackMetric(decoder).metric(z).detach(), expected,
+                                   rtol=1e-6, atol=1e-8)
+
+
 def test_metric_for_refuses_a_module_without_a_decoder():
     """metric_for(nn.Linear(2, 3)), a decoder network given for the model, failed in
     nn.Module's __getattr__ ("'Linear' object has no attribute 'decoder'"); it is now a

@@ -244,6 +244,25 @@ def _kl_gram(decoder: Callable[[Tensor], D.Distribution], z: Tensor, v: Tensor) 
     return 0.5 * (gram + gram.mT)  # symmetric up to rounding: make it exactly so
 
 
+def _distribution(out: object) -> D.Distribution:
+    """A decoder's output that is not a tensor: a distribution, or a TypeError (a tuple
+    failed with an AttributeError deep down)."""
+    if not isinstance(out, D.Distribution):
+        raise TypeError(f"the decoder returned {type(out).__name__}: PullbackMetric needs a "
+                        "torch distribution or a tensor of means, one row per point")
+    return out
+
+
+def _per_point(values: Tensor, n: int, what: str) -> Tensor:
+    """`values (n, ...)`, one row per point, or a ValueError: a decoder that pools its
+    batch (a sum, one event over all points) failed in a reshape."""
+    if values.dim() == 0 or len(values) != n:
+        raise ValueError(f"the decoder gave {what} of shape {tuple(values.shape)} for {n} "
+                         f"points: PullbackMetric needs one row per point, ({n}, ...), each "
+                         "from its own point alone")
+    return values
+
+
 class PullbackMetric(Metric):
     """The metric a decoder pulls back onto its latent space, for any decoder returning a
     torch distribution (or a tensor, taken as its mean).
@@ -284,12 +303,18 @@ class PullbackMetric(Metric):
         if isinstance(out, Tensor):
             if self.kind == "fisher":
                 raise ValueError("the Fisher metric needs a decoder that returns a distribution")
-            return (out,)
-        base = _base(out)
+            return (_per_point(out, len(z), "its output"),)
+        base = _base(_distribution(out))
         if isinstance(base, D.Normal):
-            return base.loc, base.scale
+            return _per_point(base.loc, len(z), "its mean"), base.scale
         if self.kind == "mean":
-            return (base.probs if isinstance(base, D.Categorical) else out.mean,)
+            try:
+                mean = base.probs if isinstance(base, D.Categorical) else out.mean
+            except NotImplementedError:  # torch's carries no message
+                raise ValueError(f"the decoder's {type(base).__name__} has no mean in torch: "
+                                 "give PullbackMetric a decoder that returns the mean "
+                                 "tensor") from None
+            return (_per_point(mean, len(z), "its mean"),)
         if isinstance(base, D.Bernoulli | D.Categorical | D.Multinomial):
             return (base.logits,)
         if isinstance(base, D.Poisson):
@@ -299,7 +324,7 @@ class PullbackMetric(Metric):
     def _one(self, z: Tensor) -> D.Distribution | None:
         """The decoder's base distribution at the first point (None for a tensor)."""
         out = self.decoder(z[:1])
-        return None if isinstance(out, Tensor) else _base(out)
+        return None if isinstance(out, Tensor) else _base(_distribution(out))
 
     def _family(self, z: Tensor) -> type[D.Distribution] | None:
         one = self._one(z)
