@@ -688,6 +688,23 @@ def test_decoders_that_return_no_distribution_or_pool_their_batch_are_named():
                                    rtol=1e-6, atol=1e-8)
 
 
+def test_a_mean_that_torch_leaves_undefined_gives_a_nan_metric():
+    """A Cauchy decoder (StudentT with df = 1) has no mean: torch writes NaN for it, whose
+    Jacobian came out 0, so the pull-back was the zero matrix (a flat space without a
+    word, geodesics of length 0). It is NaN now, as at other points where the metric is not
+    defined; with df = 3 the mean is the location and G = W^T W of a linear decoder."""
+    net = nn.Linear(2, 5).double()
+    z = torch.randn(3, 2, dtype=f64)
+
+    def decoder(df: float):
+        return lambda y: D.Independent(D.StudentT(df, net(y), 1.0), 1)
+
+    assert PullbackMetric(decoder(1.0)).metric(z).isnan().all()
+    W = net.weight.detach()
+    torch.testing.assert_close(PullbackMetric(decoder(3.0)).metric(z).detach(),
+                               (W.T @ W).expand(3, 2, 2))
+
+
 def test_metric_for_refuses_a_module_without_a_decoder():
     """metric_for(nn.Linear(2, 3)), a decoder network given for the model, failed in
     nn.Module's __getattr__ ("'Linear' object has no attribute 'decoder'"); it is now a

@@ -373,7 +373,10 @@ class PullbackMetric(Metric):
                 gram = gram + torch.einsum("anm,bnm->nab", u, u)
             else:
                 gram = gram + torch.einsum("anm,bnm,nm->nab", u, u, weight)
-        return gram
+        # NaN where the mean is not finite: torch writes a NaN constant for an undefined one
+        # (StudentT with df <= 1), whose Jacobian came out 0, a flat metric without a word
+        defined = torch.isfinite(primals[0][0].reshape(n, -1)).all(-1)
+        return torch.where(defined[:, None, None], gram, torch.nan)
 
     def _metric(self, z: Tensor) -> Tensor:
         d = z.shape[-1]
