@@ -1,6 +1,8 @@
 """The encoder metric against a loop by hand and its limits, and the Riemannian uniform
 sampler against a metric whose volume element is a known Gaussian density."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -172,6 +174,30 @@ def test_bad_input_is_refused(vae) -> None:
         EncoderMetric.from_model(ae, x)
     with pytest.raises(ValueError, match="step_size"):
         riemannian_uniform(EncoderMetric(loc, scale), loc[:3], step_size=0.0)
+
+
+def test_options_out_of_range_are_refused_by_name(vae) -> None:
+    """regularization=NaN or tau=NaN gave a NaN metric and rho=inf a constant one without a
+    word, regularization="a" failed comparing a str with an int, from_model(batch_size=0)
+    in torch's split and riemannian_uniform from one point (d,) with an IndexError inside
+    the sampler; each is now a ValueError naming the option."""
+    _, x = vae
+    loc, scale = _codes()
+    refusals = [({"regularization": math.nan}, r"regularization must be a finite number > 0"),
+                ({"regularization": "a"}, r"regularization must be a finite number > 0, "
+                                          r"got 'a'"),
+                ({"tau": math.nan}, r"tau must be a finite number >= 0, got nan"),
+                ({"rho": math.inf}, r"rho must be a finite number > 0, got inf"),
+                ({"rho": -1.0}, r"rho must be a finite number > 0")]
+    for options, message in refusals:
+        with pytest.raises(ValueError, match=message):
+            EncoderMetric(loc, scale, **options)
+    model, _ = vae
+    with pytest.raises(ValueError, match=r"batch_size must be an integer >= 1, got 0"):
+        EncoderMetric.from_model(model, x, batch_size=0)
+    with pytest.raises(ValueError, match=r"start must hold the chains' first points, \(n, d\), "
+                                         r"got shape \(3,\)"):
+        riemannian_uniform(EncoderMetric(loc, scale), loc[0])
 
 
 def test_rho_is_the_largest_nearest_neighbour_distance_beyond_one_chunk() -> None:

@@ -27,7 +27,7 @@ from ..distributions import FULL_COVARIANCE
 from ..hamiltonian import Position, hmc
 from ..nets import evaluating
 from ..validate import as_tensor, check_posteriors, positive_int
-from .metrics import Metric, latent_points
+from .metrics import Metric, latent_points, positive_number
 
 FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
 EXPONENT_CAP = 80.0  # exp(-80) = 1.8e-35: a normal float32, unlike what lies beyond
@@ -55,12 +55,14 @@ class EncoderMetric(Metric, nn.Module):
         nn.Module.__init__(self)
         Metric.__init__(self)
         loc, scale = check_posteriors(loc, scale, "the encoder metric")
-        if regularization <= 0 or tau < 0:
-            raise ValueError(f"regularization must be > 0 and tau >= 0, got {regularization} "
-                             f"and {tau}")
-        rho = float(_nearest_neighbour_distances(loc).max()) if rho is None else float(rho)
-        if not rho > 0:
-            raise ValueError(f"rho must be positive (distinct codes), got {rho}")
+        # NaN ones gave a NaN metric, rho = inf one constant metric, without a word
+        regularization = positive_number(regularization, "regularization")
+        tau = positive_number(tau, "tau", zero=True)
+        if rho is None:
+            rho = float(_nearest_neighbour_distances(loc).max())
+            if not rho > 0:
+                raise ValueError(f"rho must be positive (distinct codes), got {rho}")
+        rho = positive_number(rho, "rho")
         precision = scale.pow(-2)
         self.latent_dim = loc.shape[1]
         self.rho, self.regularization, self.tau = rho, float(regularization), float(tau)
@@ -82,7 +84,7 @@ class EncoderMetric(Metric, nn.Module):
             raise ValueError(f"this {type(model).__name__} is conditional: give conditions=c, "
                              f"the conditions ({len(x)}, {k}) of x's rows")
         x = as_tensor(x, param.dtype)
-        rows = torch.arange(len(x)).split(batch_size)
+        rows = torch.arange(len(x)).split(positive_int(batch_size, "batch_size"))
         with torch.no_grad(), evaluating(model):
             if conditions is None:
                 parts = [model.encode(x[r].to(param.device)) for r in rows]
@@ -185,5 +187,8 @@ def riemannian_uniform(metric: Metric, start: Tensor, *, n_steps: int = 50,
         return Position(z, -log_volume, -grad)
 
     start = latent_points(metric, start, "start", finite=True).detach()
+    if start.dim() != 2:  # else an IndexError inside the sampler
+        raise ValueError(f"start must hold the chains' first points, (n, d), got shape "
+                         f"{tuple(start.shape)}")
     with torch.no_grad():
         return hmc(position(start), position, n_steps, n_leapfrog, step_size)
