@@ -705,6 +705,15 @@ def test_a_mean_that_torch_leaves_undefined_gives_a_nan_metric():
                                (W.T @ W).expand(3, 2, 2))
 
 
+def test_interpolate_refuses_what_cannot_decode_before_fitting():
+    """interpolate(decoder_function, ...) fitted the geodesics and then failed with
+    "'function' object has no attribute 'decode'"; it is now a TypeError, before the fit."""
+    z0, z1 = half_plane_pairs()
+    with pytest.raises(TypeError, match=r"interpolate decodes with model\.decode; function "
+                                        r"has none"):
+        interpolate(sphere, z0, z1, metric=poincare())
+
+
 def test_metric_for_refuses_a_module_without_a_decoder():
     """metric_for(nn.Linear(2, 3)), a decoder network given for the model, failed in
     nn.Module's __getattr__ ("'Linear' object has no attribute 'decoder'"); it is now a

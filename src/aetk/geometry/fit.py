@@ -561,6 +561,9 @@ def interpolate(
     Returns the latent points `(B, n_points, d)` and the decoded means
     `(B, n_points, *event_shape)` (probabilities for Bernoulli and categorical decoders).
     """
+    if not callable(getattr(model, "decode", None)):  # else an AttributeError after the fit
+        raise TypeError(f"interpolate decodes with model.decode; {type(model).__name__} has "
+                        "none: give the model, or fit_geodesics and decode fit.points yourself")
     metric = metric_for(model) if metric is None else metric
     fit = fit_geodesics(metric, z_start, z_end, n_points=n_points, **fit_kwargs)
     b, n, d = fit.points.shape
