@@ -173,6 +173,37 @@ def test_pairs_the_graph_does_not_join_get_the_straight_line() -> None:
     assert fit.init_length[1] <= graph.length[1] * (1 + 1e-12)
 
 
+def test_a_pairs_path_does_not_depend_on_the_other_pairs() -> None:
+    """The endpoints were vertices like the nodes: the other pairs' endpoints took the
+    nodes' neighbour slots and bridged gaps. Two clusters 10 apart, 2 neighbours each: the
+    pair from one to the other was joined in a batch with a pair between them (through
+    its endpoints), not alone. On a ReLU VAE's pull-back (digits), 24 of 30 pairs' graph
+    paths differed alone and in the batch, by up to 16 %, and the fits from them by up to
+    0.3 %; now each path, and the fit from it, is the same alone as in any batch."""
+    gen = torch.Generator().manual_seed(1)
+    cluster = torch.rand(6, 2, generator=gen, dtype=torch.float64)
+    nodes = torch.cat([cluster, cluster + torch.tensor([10.0, 0.0], dtype=torch.float64)])
+    z0 = torch.tensor([[0.5, 0.5], [4.0, 0.5]], dtype=torch.float64)
+    z1 = torch.tensor([[10.5, 0.5], [7.0, 0.5]], dtype=torch.float64)
+    eye = Metric(lambda z: torch.eye(2, dtype=z.dtype).expand(len(z), 2, 2))
+    both = graph_curves(eye, z0, z1, nodes, k=2, n_points=5)
+    alone = graph_curves(eye, z0[:1], z1[:1], nodes, k=2, n_points=5)
+    assert alone.found.tolist() == [False] and both.found.tolist() == [False, True]
+
+    metric = relu_pullback(0)
+    g = torch.Generator().manual_seed(0)
+    nodes, z0, z1 = (1.5 * torch.randn(n, 2, generator=g, dtype=torch.float64)
+                     for n in (300, 12, 12))
+    batch = graph_curves(metric, z0, z1, nodes, k=10, n_points=16)
+    fit = fit_geodesics(metric, z0, z1, n_points=16, init="graph", nodes=nodes)
+    for i in range(len(z0)):
+        one = graph_curves(metric, z0[i:i + 1], z1[i:i + 1], nodes, k=10, n_points=16)
+        assert torch.equal(one.points[0], batch.points[i]) and one.length == batch.length[i]
+        single = fit_geodesics(metric, z0[i:i + 1], z1[i:i + 1], n_points=16, init="graph",
+                               nodes=nodes)
+        assert torch.equal(single.points[0], fit.points[i])
+
+
 def test_resampled_paths_keep_to_the_graph_path() -> None:
     """The start is the graph path resampled, not a shortcut: next to the disc, a costly
     ring (f up to 200) around the start point crowds metric arc length there. Resampled at
@@ -294,10 +325,10 @@ def relu_pullback(seed: int) -> Metric:
 
 def test_also_line_keeps_the_shorter_fit_of_each_pair() -> None:
     """On a rough pull-back the line's and the graph's starts reach different local minima,
-    each the shorter for some pairs (here 3 and 7 of 20, by 2-3 %); `also_line` returns,
+    each the shorter for some pairs (here 3 and 3 of 20, by 1-3 %); `also_line` returns,
     pair by pair, the shorter of the two separate fits, and says which (`from_init`)."""
     metric = relu_pullback(0)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(3)
     nodes, z0, z1 = (1.5 * torch.randn(n, 2, generator=g, dtype=torch.float64)
                      for n in (400, 20, 20))
     line = fit_geodesics(metric, z0, z1, n_points=24)
