@@ -2,6 +2,7 @@
 an RHVAE far from its centroids, finite-difference Jacobians and hand-made Fisher metrics."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -160,7 +161,8 @@ def test_times_that_do_not_fit_the_points_are_refused():
     """t of another length than the points broadcast against the segments: 2 times for 3
     points on a line of unit steps gave the energy 1 (every step taking the time 1)
     instead of refusing; decreasing times gave a negative energy, repeated ones an infinite
-    one, and velocities of another shape an error from inside torch's forward mode."""
+    one, and velocities of another shape an error from inside torch's forward mode. Two
+    rows of times for one curve (T, d) gave it two energies, without a word."""
     euclid = constant(torch.eye(2, dtype=f64))
     pts = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]]], dtype=f64)
     assert curve_energy(euclid, pts, torch.tensor([0.0, 0.5, 1.0])).item() == pytest.approx(2.0)
@@ -174,6 +176,8 @@ def test_times_that_do_not_fit_the_points_are_refused():
                 fn(euclid, pts, t)
         with pytest.raises(ValueError, match="times of the curves' 3 points"):  # 2 curves' t
             fn(euclid, pts.expand(3, -1, -1), torch.tensor([[0.0, 0.5, 1.0], [0.0, 0.2, 1.0]]))
+        with pytest.raises(ValueError, match="times of the curves' 3 points"):  # one curve's
+            fn(euclid, pts[0], torch.tensor([[0.0, 0.5, 1.0], [0.0, 0.2, 1.0]]))
         with pytest.raises(ValueError, match="velocities must have the points' shape"):
             fn(euclid, pts, velocities=torch.ones(1, 2, 2))
         with pytest.raises(ValueError, match="at least 2 points"):
@@ -802,6 +806,14 @@ def test_the_metrics_own_methods_take_points_as_the_functions_do(kind):
             call()
     with pytest.raises(ValueError, match=r"the vectors \(2, 2, 3\) must be \(..., k, 2\)"):
         metric.quad(z, torch.rand(2, 2, 3))
+    # one vector per point without its k axis, or vectors at other points, failed in a
+    # reshape or an einsum inside torch
+    for vectors in (torch.rand(2, 2), torch.rand(3, 1, 2)):
+        shape = re.escape(str(tuple(vectors.shape)))
+        with pytest.raises(ValueError, match=rf"the vectors {shape} must be \(..., k, 2\), as "
+                                             r"the points, with the points' leading shape "
+                                             r"\(2,\)"):
+            metric.quad(z, vectors)
     assert metric.metric(torch.zeros(0, 2)).shape == (0, 2, 2)
     assert metric.log_volume(torch.zeros(0, 2)).shape == (0,)
     assert metric.quad(torch.zeros(0, 2), torch.zeros(0, 3, 2)).shape == (0, 3)

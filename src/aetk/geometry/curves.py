@@ -21,11 +21,12 @@ def _grid(points: Tensor, t: Tensor | None) -> Tensor:
         return torch.linspace(0, 1, points.shape[-2], dtype=points.dtype, device=points.device)
     t = as_tensor(t, points.dtype, points.device)
     n = points.shape[-2]
+    curves = points.shape[0] if points.dim() == 3 else 1
     # t of another length broadcast against the segments (2 times for 3 points gave every
-    # segment the one step 1) or failed inside torch; times that go back or repeat gave a
-    # negative or infinite energy
-    if t.dim() not in (1, 2) or t.shape[-1] != n or (t.dim() == 2 and points.dim() == 3
-                                                      and len(t) not in (1, points.shape[0])):
+    # segment the one step 1) or failed inside torch, and rows of times for one curve (T, d)
+    # gave it as many energies; times that go back or repeat gave a negative or infinite
+    # energy
+    if t.dim() not in (1, 2) or t.shape[-1] != n or (t.dim() == 2 and len(t) not in (1, curves)):
         raise ValueError(f"t must hold the times of the curves' {n} points, (T,) or (B, T) "
                          f"for points {tuple(points.shape)}, got shape {tuple(t.shape)}")
     if not bool((t.diff(dim=-1) > 0).all()):

@@ -121,8 +121,10 @@ class Metric:
         z = latent_points(self, z)
         v = as_tensor(v, None).to(dtype=z.dtype, device=z.device)
         d = z.shape[-1]
-        if v.shape[-1:] != (d,):
-            raise ValueError(f"the vectors {tuple(v.shape)} must be (..., k, {d}), as the points")
+        if v.shape[-1:] != (d,) or v.shape[:-2] != z.shape[:-1]:  # else torch's reshape error
+            raise ValueError(f"the vectors {tuple(v.shape)} must be (..., k, {d}), as the points, "
+                             f"with the points' leading shape {tuple(z.shape[:-1])}: k vectors "
+                             "at each point")
         if v.numel() == 0:
             return v.new_zeros(v.shape[:-1])
         k = v.shape[-2]
