@@ -131,7 +131,9 @@ class NeuralGeodesic(nn.Module):
         blocks = []
         for k, (fan_in, fan_out) in enumerate(self.shapes):
             bound = 0.0 if k == len(self.shapes) - 1 else fan_in**-0.5  # nn.Linear's range
-            uniform = torch.rand(n_pairs, (fan_in + 1) * fan_out, generator=gen)
+            # one draw for every pair: drawn per pair, a pair's start depended on its place
+            # in the batch, and so did its fit (up to 3e-4 of the half-plane's lengths)
+            uniform = torch.rand((fan_in + 1) * fan_out, generator=gen).expand(n_pairs, -1)
             blocks.append((2 * uniform - 1) * bound)
         self.params = nn.Parameter(torch.cat(blocks, 1).to(self.z_start))
         self.activation = activation
