@@ -3,6 +3,7 @@ an RHVAE far from its centroids, finite-difference Jacobians and hand-made Fishe
 
 import math
 import re
+from functools import partial
 
 import numpy as np
 import pytest
@@ -706,6 +707,25 @@ def test_decoders_that_return_no_distribution_or_pool_their_batch_are_named():
     for decoder in (net, lambda y: D.Independent(D.Normal(net(y), 1.0), 1)):
         torch.testing.assert_close(PullbackMetric(decoder).metric(z).detach(), expected,
                                    rtol=1e-6, atol=1e-8)
+
+
+def test_a_decoder_with_dropout_or_batch_norm_in_training_mode_is_named():
+    """A decoder with dropout or batch norm left in training mode failed inside torch.func
+    ("called random operation while in randomness error mode", "attempted to call in-place
+    operation"); it is now a ValueError naming the layer and saying to call .eval(), and in
+    evaluation mode the metric is J^T J of the network as it then is."""
+    torch.manual_seed(0)
+    z = torch.randn(4, 2, dtype=f64)
+    for layer, name in ((nn.Dropout(0.5), "Dropout"), (nn.BatchNorm1d(8), "BatchNorm1d")):
+        net = nn.Sequential(nn.Linear(2, 8), layer, nn.Tanh(), nn.Linear(8, 5)).double()
+        metric = PullbackMetric(net)
+        for call, points in ((metric.metric, z), (partial(curve_length, metric), z[None])):
+            with pytest.raises(ValueError, match=rf"the decoder's {name} \(1\) is in training "
+                                                 r"mode: call \.eval\(\)"):
+                call(points)
+        net.eval()
+        J = fd_jacobian(lambda y, net=net: net(y).detach(), z)
+        torch.testing.assert_close(metric.metric(z).detach(), J.mT @ J, rtol=1e-6, atol=1e-8)
 
 
 def test_a_mean_that_torch_leaves_undefined_gives_a_nan_metric():

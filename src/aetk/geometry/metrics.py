@@ -202,6 +202,9 @@ def _base(dist: D.Distribution) -> D.Distribution:
     return dist
 
 
+# modules that behave differently in training: random (dropout) or batch-coupled (batch norm)
+_TRAINING_ONLY = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+
 # the families whose Fisher metric PullbackMetric writes in closed form
 _CLOSED_FISHER = (D.Bernoulli, D.Categorical, D.Multinomial, D.Poisson, D.NegativeBinomial,
                   D.Normal)
@@ -332,8 +335,23 @@ class PullbackMetric(Metric):
         one = self._one(z)
         return None if one is None else type(one)
 
+    def _check_mode(self) -> None:
+        """A ValueError where the decoder holds dropout or batch norm in training mode: inside
+        torch.func they failed with torch's "called random operation while in randomness
+        error mode" or "attempted to call in-place operation", and outside they would make
+        G random or couple the points."""
+        module = _module(self)
+        if not isinstance(module, nn.Module):
+            return
+        for name, part in module.named_modules():
+            if part.training and isinstance(part, _TRAINING_ONLY):
+                raise ValueError(f"the decoder's {type(part).__name__} ({name or 'itself'}) is "
+                                 "in training mode: call .eval() on the model or decoder "
+                                 "before taking its metric")
+
     def _gram(self, z: Tensor, v: Tensor) -> Tensor:
         """`(N, k, k)` Gram matrix `v_a^T G(z) v_b` of `k` tangent vectors `v (N, k, d)`."""
+        self._check_mode()
         n, k, _ = v.shape
         one = self._one(z) if self.kind == "fisher" else None
         family = None if one is None else type(one)
@@ -386,6 +404,7 @@ class PullbackMetric(Metric):
         return self._gram(z, eye.expand(z.shape[0], d, d))
 
     def _contract(self, z: Tensor, u: Tensor, w: Tensor | None) -> Tensor:
+        self._check_mode()
         family = self._family(z) if self.kind == "fisher" else None
         if self.kind == "fisher" and not issubclass(family, D.Bernoulli | D.Poisson):
             return super()._contract(z, u, w)
