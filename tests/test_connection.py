@@ -974,6 +974,26 @@ def test_frechet_mean_refuses_bad_weights():
         frechet_mean(poincare(), POINTS, torch.tensor([1.0, -1.0, 1.0], dtype=f64))
 
 
+def test_frechet_mean_passes_the_shooting_its_tolerance_and_budget(monkeypatch):
+    """frechet_mean's docstring sent log_map's tol and max_iter through **log_kwargs, but
+    its own tol and max_iter took those names, so the shooting always ran with 1e-6 and 20
+    (and log_tol=1e-9 went on to fit_geodesics, a TypeError). log_tol and log_max_iter
+    now reach every shot, and the mean's tol and max_iter stay its own."""
+    seen = []
+    shoot = connection._shoot
+
+    def recording(metric, z0, z1, v, n_steps, tol, max_iter, **kwargs):
+        seen.append((tol, max_iter))
+        return shoot(metric, z0, z1, v, n_steps, tol, max_iter, **kwargs)
+
+    monkeypatch.setattr(connection, "_shoot", recording)
+    res = frechet_mean(poincare(), POINTS + torch.tensor([0.0, 1.0], dtype=f64), tol=1e-5,
+                       max_iter=5, log_tol=1e-9, log_max_iter=7, n_points=16)
+    assert seen and set(seen) == {(1e-9, 7)} and res.converged
+    with pytest.raises(ValueError, match=r"log_max_iter must be an integer >= 0, got -1"):
+        frechet_mean(poincare(), POINTS, log_max_iter=-1)
+
+
 def test_tolerances_out_of_range_are_refused_by_name():
     """log_map(tol=-1) reported a small RHVAE's pairs converged (collocation took every shot that
     could never meet a negative tolerance), tol=NaN returned them unconverged without a

@@ -784,7 +784,7 @@ def _newton_step(metric: Metric, m: Tensor, z: Tensor, w: Tensor, logs: LogMapRe
 def frechet_mean(metric: Metric, z: Tensor, weights: Tensor | None = None, *,
                  max_iter: int = 30, tol: float = 1e-4, n_steps: int = 20,
                  integration_tol: float | None = None, max_doublings: int = 4,
-                 **log_kwargs) -> FrechetMean:
+                 log_tol: float = 1e-6, log_max_iter: int = 20, **fit_kwargs) -> FrechetMean:
     """The point `m` minimising the weighted variance `sum_i w_i d(m, z_i)^2` of `z (N, d)`
     (weights normalised to sum 1), where the mean log map `sum_i w_i log_m(z_i)` vanishes.
 
@@ -829,11 +829,11 @@ def frechet_mean(metric: Metric, z: Tensor, weights: Tensor | None = None, *,
     `max_iter` steps in all, or when no halved step shortens the mean log map (a
     step where some log map failed counts as not shortening it), and never starts Newton's
     method when some log map at the start failed, collocated too (the start is returned;
-    `stopped` says which). `log_kwargs` go to `log_map` (its `tol` and `max_iter`, the
-    shooting's) and the rest to `fit_geodesics`. Unique where the points lie in a small
-    enough convex region. `z` may be a numpy array or a tensor of another dtype: it is cast
-    to the metric's dtype and device, and the mean comes in that dtype; NaN or infinite
-    points are a ValueError naming them."""
+    `stopped` says which). `log_tol` and `log_max_iter` are the shooting's (`log_map`'s
+    `tol` and `max_iter`), `fit_kwargs` go to `fit_geodesics`. Unique where the points lie
+    in a small enough convex region. `z` may be a numpy array or a tensor of another
+    dtype: it is cast to the metric's dtype and device, and the mean comes in that dtype;
+    NaN or infinite points are a ValueError naming them."""
     z = latent_points(metric, z, "z", finite=True)
     w = (torch.ones(len(z), dtype=z.dtype, device=z.device) if weights is None
          else as_tensor(weights, None).to(dtype=z.dtype, device=z.device))
@@ -846,8 +846,10 @@ def frechet_mean(metric: Metric, z: Tensor, weights: Tensor | None = None, *,
     tol = positive_number(tol, "tol", zero=True)
     max_doublings = _check_integration(integration_tol, max_doublings)
     w = w / w.sum()
-    fit_kwargs = {k: v for k, v in log_kwargs.items() if k not in ("tol", "max_iter")}
-    tol_shoot, max_shoot = log_kwargs.get("tol", 1e-6), log_kwargs.get("max_iter", 20)
+    # named here: as **log_kwargs, log_map's tol and max_iter could never be given, the
+    # mean's own being named the same
+    tol_shoot = positive_number(log_tol, "log_tol", zero=True)
+    max_shoot = positive_int(log_max_iter, "log_max_iter", 0)
     m, v, fitted, curves, iterations = _fitted_start(metric, z, w, math.sqrt(tol), max_iter,
                                                      fit_kwargs)
     start = m.expand_as(z).contiguous()
