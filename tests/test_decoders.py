@@ -2,6 +2,7 @@
 user-made decoders working in every model with no other code."""
 
 import warnings
+from types import MappingProxyType
 
 import numpy as np
 import pytest
@@ -582,6 +583,51 @@ def test_a_user_multinomial_takes_counts_of_any_total():
     model.check_data(torch.tensor([[0.0, 1.0, 1.0, 0.0], [3.0, 0.0, 7.0, 1.0]]), "train")
     with pytest.raises(ValueError, match=r"train data row 1 has values outside the support"):
         model.check_data(torch.tensor([[0.0, 1.0, 1.0, 0.0], [3.0, 0.5, 7.0, 1.0]]), "train")
+
+
+class _SquaredError(D.Distribution):
+    """A user's distribution of its own: a log_prob and a mean, no declared support (torch's
+    base class raises NotImplementedError for it)."""
+
+    arg_constraints = MappingProxyType({})
+
+    def __init__(self, loc):
+        self.loc = loc
+        super().__init__(loc.shape[:1], validate_args=False)
+
+    def log_prob(self, value):
+        return -0.5 * (value - self.loc).square().sum(-1)
+
+    @property
+    def mean(self):
+        return self.loc
+
+
+class _DependentSquaredError(_SquaredError):
+    support = D.constraints.dependent
+
+
+class _UserSquaredError(_UserBernoulli):
+    def __init__(self, family) -> None:
+        super().__init__()
+        self.family = family
+
+    def forward(self, z):
+        return self.family(self.lin(z))
+
+
+@pytest.mark.parametrize("family", [_SquaredError, _DependentSquaredError])
+def test_a_user_distribution_without_a_checkable_support_trains(family):
+    """A user's distribution that declares no support failed fit with torch's bare
+    NotImplementedError, one whose support is `constraints.dependent` with "Cannot
+    determine validity of dependent constraint": the support check had nothing to read.
+    Now the data are left unchecked and the model trains."""
+    torch.manual_seed(0)
+    model = aetk.VAE(aetk.GaussianEncoder(in_features=4, latent_dim=2, hidden=(8,)),
+                     _UserSquaredError(family))
+    hist = aetk.fit(model, torch.randn(16, 4), epochs=2, batch_size=8, progress=False)
+    assert np.isfinite(hist["train_loss"]).all()
+    assert aetk.log_marginal(model, torch.randn(3, 4), n_samples=4).isfinite().all()
 
 
 @pytest.mark.parametrize("constraint", [

@@ -46,7 +46,8 @@ def check_support(decoder: nn.Module, y: torch.Tensor, name: str, latent_dim: in
     latent origin in evaluation mode. Torch checks values only where a distribution
     validates its arguments, and then inside the first training step; without that the
     loss is silently wrong. A decoder that cannot be called so (latents of another shape)
-    or returns no distribution is left to its own errors."""
+    or returns no distribution is left to its own errors, and so is a distribution that
+    declares no support, or a `dependent` one (torch's own "cannot determine validity")."""
     if not isinstance(decoder, nn.Module):
         return
     param = next(decoder.parameters(), None)
@@ -62,11 +63,17 @@ def check_support(decoder: nn.Module, y: torch.Tensor, name: str, latent_dim: in
         return
     if not isinstance(dist, D.Distribution):
         return
-    support = dist.support
+    try:
+        support = dist.support
+    except NotImplementedError:  # torch's Distribution declares none unless a class does
+        return
+    if not isinstance(support, D.constraints.Constraint):
+        return
     dims = support.reinterpreted_batch_ndims if isinstance(support, D.constraints.independent) \
         else 0
     base = support.base_constraint if dims else support
-    if base is D.constraints.real:  # every value is in it
+    # every value is in `real`; a `dependent` one cannot be checked
+    if base is D.constraints.real or D.constraints.is_dependent(base):
         return
     if base is D.constraints.boolean:  # as the built-in Bernoulli's, values in [0, 1] too
         base = D.constraints.unit_interval
