@@ -327,3 +327,37 @@ def test_a_user_distribution_of_another_shape_than_the_data_is_refused():
     torch.testing.assert_close(dist.log_prob(p, classes),
                                torch.log_softmax(logits, -1).gather(-1, classes[..., None])
                                .sum((1, 2)))
+
+
+class _ImageDecoder(aetk.Decoder):
+    """A user decoder of images (2, 3, 3): it declares no `event_shape`, so the model does
+    not know the layout of its data before it decodes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 18)
+
+    def forward(self, z: torch.Tensor) -> D.Distribution:
+        return D.Independent(D.Normal(self.lin(z).view(-1, 2, 3, 3), 1.0), 3)
+
+
+def test_a_user_decoder_of_images_scores_flat_rows_of_as_many_values():
+    """Targets (n, 18) for a user decoder of images (2, 3, 3), as the model's methods take
+    rows of another layout of as many values: fit on aetk.Paired(x, flat images) and
+    log_marginal(target=flat) failed inside torch ("Value is not broadcastable with
+    batch_shape+event_shape: torch.Size([8, 18]) vs torch.Size([8, 2, 3, 3])"); now the
+    rows are scored as the images they are."""
+    torch.manual_seed(0)
+    p = _ImageDecoder()(torch.randn(8, 2))
+    y = torch.randn(8, 2, 3, 3)
+    expected = torch.distributions.Normal(p.mean, 1.0).log_prob(y).sum((1, 2, 3))
+    torch.testing.assert_close(dist.log_prob(p, y.flatten(1)), expected)
+    torch.testing.assert_close(dist.log_prob(p, y), expected)
+    model = aetk.VAE(GaussianEncoder(in_features=4, latent_dim=2, hidden=(8,)), _ImageDecoder())
+    x = torch.randn(8, 4)
+    hist = aetk.fit(model, aetk.Paired(x, y.flatten(1)), epochs=2, batch_size=4, progress=False)
+    assert np.isfinite(hist["train_loss"]).all()
+    torch.manual_seed(1)
+    flat = aetk.log_marginal(model, x, n_samples=5, target=y.flatten(1))
+    torch.manual_seed(1)
+    torch.testing.assert_close(flat, aetk.log_marginal(model, x, n_samples=5, target=y))

@@ -29,6 +29,12 @@ def log_prob(dist: D.Distribution, x: torch.Tensor) -> torch.Tensor:
     a plain `Normal` with batch shape `(B, D)` works too.
     """
     shape = (*dist.batch_shape, *dist.event_shape)
+    if (x.dim() != len(shape) and len(shape) > 1 and x.dim() > 1 and len(x) == shape[0]
+            and x[0].numel() == math.prod(shape[1:])):
+        # rows in another layout of as many values (flat targets for a user decoder of
+        # images, whose shape the model cannot know before it decodes): as the model's
+        # methods reshape inputs (`Model.checked_input`)
+        x = x.reshape(shape)
     if x.dim() == len(shape) and tuple(x.shape) != shape:  # (a one-hot x has a class axis more)
         # parameters of another shape broadcast against the data: a decoder of one output
         # scored every feature of the rows against it
