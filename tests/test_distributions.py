@@ -278,6 +278,40 @@ def test_a_decoder_without_a_closed_form_mean_is_a_value_error_saying_so():
     assert model.sample(4, mean_only=False).shape == (4, 3)  # draws need no mean
 
 
+class _StudentTDecoder(torch.nn.Module):
+    """A user's Student-t likelihood of a given number of degrees of freedom."""
+
+    latent_dim = 2
+
+    def __init__(self, df: float) -> None:
+        super().__init__()
+        self.lin, self.df = torch.nn.Linear(2, 3), df
+
+    def forward(self, z: torch.Tensor) -> D.Distribution:
+        return D.Independent(D.StudentT(self.df, self.lin(z), 1.0), 1)
+
+
+def test_a_decoder_whose_mean_does_not_exist_is_a_value_error_saying_so():
+    """A Student-t of df = 1 (a Cauchy) has no mean, which torch gives as NaN: reconstruct
+    and sample returned rows of NaN in silence. Now a ValueError says why; df = 3 keeps
+    its mean, the location, and draws need none."""
+    torch.manual_seed(0)
+    model = aetk.VAE(GaussianEncoder(in_features=3, latent_dim=2, hidden=(4,)),
+                     _StudentTDecoder(1.0))
+    match = (r"decoder's StudentT distribution has no finite mean at some points \(its mean "
+             r"holds NaN")
+    with pytest.raises(ValueError, match=match):
+        model.reconstruct(torch.rand(5, 3))
+    with pytest.raises(ValueError, match=match):
+        model.sample(4)
+    assert model.sample(4, mean_only=False).isfinite().all()
+    z = torch.randn(5, 2)
+    assert dist.mean(model.decode(z), checked=False).isnan().all()  # left to the caller
+    model.decoder.df = 3.0
+    torch.testing.assert_close(dist.mean(model.decode(z)), model.decoder.lin(z))
+    assert model.reconstruct(torch.rand(5, 3)).isfinite().all()
+
+
 def test_a_user_distribution_whose_event_takes_the_batch_axis_is_refused():
     """A user decoder returning Independent(Normal(mu, 1), 2) for rows (B, D) made one
     event of the whole batch: its log-probability was the sum over the rows, so a VAE's

@@ -63,13 +63,16 @@ def one_event(q: object) -> object:
 
 
 def mean(dist: D.Distribution | torch.Tensor, like: torch.Tensor | None = None,
-         total_count: torch.Tensor | float | None = None) -> torch.Tensor:
+         total_count: torch.Tensor | float | None = None, *, checked: bool = True
+         ) -> torch.Tensor:
     """The decoder's point prediction: the mean, or the mode for a categorical; a
     deterministic decoder's output tensor is its own. `like`: the data it predicts, for a
     distribution whose scale comes from them (`mean_for(x)`: a multinomial's expected
     counts at the observed totals). `total_count`: a multinomial decoder's expected counts
     at these totals, one per row `(B,)` or one for all (`mean_at`), for new points with no
-    data to take the totals from; other distributions refuse it."""
+    data to take the totals from; other distributions refuse it. A distribution's mean
+    that is not finite (undefined: a Cauchy's, a Student-t's of df <= 1) is a ValueError;
+    `checked=False` leaves that test (one device sync) to a caller inside a training step."""
     if total_count is not None:
         _check_total_count(dist)
         return dist.mean_at(total_count)
@@ -81,13 +84,25 @@ def mean(dist: D.Distribution | torch.Tensor, like: torch.Tensor | None = None,
     if like is not None and hasattr(dist, "mean_for"):
         return dist.mean_for(like)
     try:
-        return dist.mean
+        m = dist.mean
     except NotImplementedError:  # torch's bare error for, e.g., a TransformedDistribution
         raise ValueError(
             f"the decoder's {type(base).__name__} distribution has no closed-form mean, which "
             "a point prediction (reconstruct, sample, the reports) needs: return a "
             "distribution with a `mean` (a subclass defining it), or average draws yourself, "
             "model.decode(z).sample((100,)).mean(0)") from None
+    if checked and m.is_floating_point() and not bool(torch.isfinite(m).all()):
+        # torch's NaN (Cauchy, Student-t of df <= 1) or inf (half-Cauchy, Pareto of
+        # alpha <= 1) for a mean that does not exist: reconstructions of NaN, in silence
+        raise ValueError(
+            f"the decoder's {type(base).__name__} distribution has no finite mean at some "
+            f"points (its mean holds {'NaN' if bool(m.isnan().any()) else 'inf'}: the mean of "
+            "a Cauchy, a Student-t of df <= 1 or a Pareto of alpha <= 1 does not exist, or "
+            "the decoder's parameters are not finite), which a point prediction "
+            "(reconstruct, sample, the reports) needs: give it a family whose mean exists "
+            "(a Student-t of df = 1 + softplus(...) > 1), or take another point yourself, "
+            "model.decode(z).base_dist.loc")
+    return m
 
 
 def generate(dist: D.Distribution | torch.Tensor, mean_only: bool = True,
