@@ -2,6 +2,7 @@
 references (scipy, Monte Carlo, closed forms) in float64."""
 
 import math
+from types import MappingProxyType
 
 import numpy as np
 import pytest
@@ -310,6 +311,51 @@ def test_a_decoder_whose_mean_does_not_exist_is_a_value_error_saying_so():
     model.decoder.df = 3.0
     torch.testing.assert_close(dist.mean(model.decode(z)), model.decoder.lin(z))
     assert model.reconstruct(torch.rand(5, 3)).isfinite().all()
+
+
+class _NoSamplerDecoder(torch.nn.Module):
+    """A user's likelihood of its own class: a log_prob and a mean, no sampler."""
+
+    latent_dim = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 3)
+
+    def forward(self, z: torch.Tensor) -> D.Distribution:
+        return _Scored(self.lin(z))
+
+
+class _Scored(D.Distribution):
+    arg_constraints = MappingProxyType({})
+    support = D.constraints.real_vector
+
+    def __init__(self, loc: torch.Tensor) -> None:
+        self.loc = loc
+        super().__init__(loc.shape[:1], loc.shape[1:], validate_args=False)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return -0.5 * (value - self.loc).square().sum(-1)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.loc
+
+
+def test_a_decoder_that_cannot_draw_says_so_for_draws_only():
+    """sample(mean_only=False) of a user distribution without `sample` or `rsample` failed
+    with torch's bare NotImplementedError (no message); now a ValueError says what to
+    define. The point prediction and the likelihood need no sampler."""
+    torch.manual_seed(0)
+    model = aetk.VAE(GaussianEncoder(in_features=3, latent_dim=2, hidden=(4,)),
+                     _NoSamplerDecoder())
+    with pytest.raises(ValueError, match=r"decoder's _Scored distribution cannot draw samples "
+                                         r"\(it defines neither `sample` nor `rsample`\)"):
+        model.sample(4, mean_only=False)
+    z = torch.randn(4, 2)
+    torch.testing.assert_close(dist.generate(model.decode(z)), model.decoder.lin(z))
+    assert model.sample(4).shape == (4, 3)
+    assert aetk.log_marginal(model, torch.randn(5, 3), n_samples=3).isfinite().all()
 
 
 def test_a_user_distribution_whose_event_takes_the_batch_axis_is_refused():

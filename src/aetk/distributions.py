@@ -115,7 +115,15 @@ def generate(dist: D.Distribution | torch.Tensor, mean_only: bool = True,
     if mean_only or isinstance(dist, torch.Tensor):
         return mean(dist, total_count=total_count)
     if total_count is None:
-        return dist.sample()
+        try:
+            return dist.sample()
+        except NotImplementedError:  # torch's bare error: a user's class without a sampler
+            name = type(getattr(dist, "base_dist", dist)).__name__
+            raise ValueError(
+                f"the decoder's {name} distribution cannot draw samples (it defines neither "
+                "`sample` nor `rsample`), which mean_only=False needs: give its class a "
+                "`sample(sample_shape=torch.Size())`, or take the point prediction, "
+                "mean_only=True") from None
     _check_total_count(dist)
     return dist.sample_at(total_count)
 
