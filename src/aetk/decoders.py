@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -18,7 +19,16 @@ from torch import distributions as D
 from torch import nn
 
 from . import validate
-from .nets import Conditioned, conv_decoder, evaluating, image_layout, mlp, numel, resolve_shape
+from .nets import (
+    Conditioned,
+    attribute_set,
+    conv_decoder,
+    evaluating,
+    image_layout,
+    mlp,
+    numel,
+    resolve_shape,
+)
 
 LOG_SIGMA_RANGE = (-6.0, 4.0)
 """Learned Gaussian log standard deviations are clamped here: below -6 the likelihood
@@ -47,15 +57,16 @@ def check_support(decoder: nn.Module, y: torch.Tensor, name: str, latent_dim: in
     validates its arguments, and then inside the first training step; without that the
     loss is silently wrong. A decoder that cannot be called so (latents of another shape)
     or returns no distribution is left to its own errors, and so is a distribution that
-    declares no support, or a `dependent` one (torch's own "cannot determine validity")."""
+    declares no support, or a `dependent` one (torch's own "cannot determine validity").
+    A conditional decoder (its `nets.Conditioned` networks) is read at conditions 0."""
     if not isinstance(decoder, nn.Module):
         return
     param = next(decoder.parameters(), None)
     z = torch.zeros(1, latent_dim, dtype=y.dtype if param is None else param.dtype,
                     device=None if param is None else param.device)
     try:
-        with evaluating(decoder), torch.no_grad():  # no batch-norm statistics moved
-            dist = decoder(z)
+        with evaluating(decoder), torch.no_grad(), _at_zero_conditions(decoder, z):
+            dist = decoder(z)  # (evaluation mode: no batch-norm statistics moved)
     except Exception:
         # any class: a working decoder can fail this call (one row at z = 0, evaluation
         # mode, no gradients, before on_fit_start) with a ValueError, RuntimeError,
@@ -96,6 +107,18 @@ def check_support(decoder: nn.Module, y: torch.Tensor, name: str, latent_dim: in
                      f"{kind} distribution ({base}; the row begins "
                      f"{y[i].flatten()[:5].tolist()}): give data that this likelihood can "
                      "score, or a decoder whose likelihood fits them")
+
+
+@contextmanager
+def _at_zero_conditions(decoder: nn.Module, z: torch.Tensor) -> Iterator[None]:
+    """Within the block, each conditional network of `decoder` sees one row of conditions
+    0 (whatever a `Model.given` block set), so that it can be called with `z` of one row."""
+    with ExitStack() as stack:
+        for m in decoder.modules():
+            if isinstance(m, Conditioned):
+                stack.enter_context(attribute_set([m], "conditions",
+                                                  z.new_zeros(1, m.n_conditions)))
+        yield
 
 
 # (closed at the lower end, closed at the upper end, integers only) of torch's interval

@@ -678,8 +678,8 @@ class Model(nn.Module):
         if check is not None and (coded is None or target is not None):  # recoded: checked
             check(x if target is None else target, name if target is None else f"{name} target")
         own = getattr(type(self.decoder), "check_data", Decoder.check_data)
-        if (own is Decoder.check_data and not isinstance(self.decoder, _BuiltinDecoder)
-                and not self.n_conditions):  # a user's likelihood: its support, at z = 0
+        if own is Decoder.check_data and not isinstance(self.decoder, _BuiltinDecoder):
+            # a user's likelihood: its support, at z = 0
             check_support(self.decoder, x if target is None else target,
                           name if target is None else f"{name} target", self.latent_dim)
         self._check_log_inputs(x, name)  # after the likelihood's, which says more for counts
