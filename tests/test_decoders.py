@@ -605,6 +605,40 @@ def test_a_user_conditional_decoder_refuses_data_outside_its_support_too():
         assert model.conditions() is not None and len(model.conditions()) == 8  # kept
 
 
+class _LogNormalFromGaussianBlocks(dec.LearnedGaussianDecoder):
+    """A user's log-normal likelihood that reuses the learned Gaussian's network and
+    parameter blocks (`params`), with a `forward` of its own."""
+
+    def forward(self, z):
+        mu, log_sigma = self.params(z)
+        return D.Independent(D.LogNormal(mu, log_sigma.clamp(-6, 4).exp()), 1)
+
+
+def test_a_subclass_of_a_builtin_with_its_own_distribution_is_checked_as_a_users():
+    """A subclass of LearnedGaussianDecoder returning a LogNormal was taken for the
+    built-in Gaussian: negative data skipped the support check and failed inside torch's
+    validation in the first step ("Expected value argument ... to be within the support"),
+    and positive data far from unit scale got the warning about "the Gaussian
+    likelihood". Now its support is checked before training and no Gaussian advice is
+    given; the built-ins keep their own checks and warning."""
+    torch.manual_seed(0)
+    model = aetk.VAE(aetk.GaussianEncoder(in_features=5, latent_dim=2, hidden=(8,)),
+                     _LogNormalFromGaussianBlocks(latent_dim=2, out_features=5, hidden=(8,)))
+    with pytest.raises(ValueError, match=r"train data row 0 has values outside the support of "
+                                         r"the decoder's LogNormal distribution"):
+        aetk.fit(model, torch.randn(16, 5), epochs=1, batch_size=8, progress=False)
+    positive = 50 * torch.rand(16, 5) + 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", aetk.DataScaleWarning)
+        aetk.fit(model, positive, epochs=1, batch_size=8, progress=False)
+    assert dec.builtin_likelihood(dec.LearnedGaussianDecoder(latent_dim=2, out_features=5))
+    assert not dec.builtin_likelihood(model.decoder)
+    gaussian = aetk.VAE(aetk.GaussianEncoder(in_features=5, latent_dim=2, hidden=(8,)),
+                        dec.LearnedGaussianDecoder(latent_dim=2, out_features=5, hidden=(8,)))
+    with pytest.warns(aetk.DataScaleWarning, match="the Gaussian likelihood"):
+        aetk.fit(gaussian, positive, epochs=1, batch_size=8, progress=False)
+
+
 class _UserMultinomial(_UserBernoulli):
     """A user's multinomial of any total: torch's log_prob ignores total_count."""
 

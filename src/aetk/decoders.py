@@ -221,6 +221,15 @@ class _BuiltinDecoder(Decoder):
         return D.Independent(base, len(self.event_shape))
 
 
+def builtin_likelihood(decoder: object) -> bool:
+    """Whether `decoder` scores data by a built-in decoder's own `forward` (also in a
+    subclass that keeps it): not a user's class, nor a subclass of a built-in that takes its
+    network and returns a distribution of its own (a log-normal from a Gaussian's blocks),
+    whose support and scale the built-in's checks do not describe."""
+    forward = getattr(type(decoder), "forward", None)
+    return isinstance(decoder, _BuiltinDecoder) and getattr(forward, "__module__", None) == __name__
+
+
 class BernoulliDecoder(_BuiltinDecoder):
     """p(x|z) = prod Bernoulli(sigmoid(logits)). Targets in [0, 1] (fractional values give
     the binary cross-entropy)."""

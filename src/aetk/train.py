@@ -36,7 +36,12 @@ from . import validate
 from .callbacks import _snapshot, annealed_values, check_callbacks
 from .checkpoint import epoch_state, restore_checkpoint, run_fingerprint, save_checkpoint
 from .data import named_spec
-from .decoders import LOG_SIGMA_RANGE, GaussianDecoder, LearnedGaussianDecoder
+from .decoders import (
+    LOG_SIGMA_RANGE,
+    GaussianDecoder,
+    LearnedGaussianDecoder,
+    builtin_likelihood,
+)
 from .devices import resolve_device
 from .models.base import LossOutput, Model, check_loss_output
 from .penalties import Penalties, penalized, penalty_names
@@ -783,8 +788,9 @@ def _divergence_advice(first_step: bool, optimizers: dict[str, torch.optim.Optim
 def _warn_scale(model: Model, x: torch.Tensor, name: str) -> None:
     """`DataScaleWarning` when a Gaussian likelihood is given data far from unit scale
     (`UNIT_SCALE`, `LEARNED_SIGMA_SCALE`); two reductions over the data, for those
-    likelihoods only."""
-    if not isinstance(model.decoder, GaussianDecoder | LearnedGaussianDecoder):
+    likelihoods only (not a subclass's own distribution)."""
+    if not (isinstance(model.decoder, GaussianDecoder | LearnedGaussianDecoder)
+            and builtin_likelihood(model.decoder)):
         return
     std, mean = torch.std_mean(x.reshape(len(x), -1), dim=0, correction=0)
     low, high = UNIT_SCALE

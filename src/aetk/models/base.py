@@ -18,7 +18,7 @@ from torch import distributions as D
 from torch import nn
 
 from .. import validate
-from ..decoders import Decoder, DeterministicDecoder, _BuiltinDecoder, check_support
+from ..decoders import Decoder, DeterministicDecoder, builtin_likelihood, check_support
 from ..distributions import (
     kl_to_standard_normal,
     log_importance_weights,
@@ -678,7 +678,7 @@ class Model(nn.Module):
         if check is not None and (coded is None or target is not None):  # recoded: checked
             check(x if target is None else target, name if target is None else f"{name} target")
         own = getattr(type(self.decoder), "check_data", Decoder.check_data)
-        if own is Decoder.check_data and not isinstance(self.decoder, _BuiltinDecoder):
+        if own is Decoder.check_data and not builtin_likelihood(self.decoder):
             # a user's likelihood: its support, at z = 0
             check_support(self.decoder, x if target is None else target,
                           name if target is None else f"{name} target", self.latent_dim)
