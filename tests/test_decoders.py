@@ -566,6 +566,30 @@ def test_a_user_decoder_refuses_data_outside_its_support_before_training():
     aetk.fit(model, grey, epochs=1, batch_size=4, progress=False)
 
 
+class _ValidatingUserBernoulli(_UserBernoulli):
+    """A user's Bernoulli with torch's argument checks on, its default."""
+
+    def forward(self, z):
+        return D.Independent(D.Bernoulli(logits=self.lin(z)), 1)
+
+
+def test_grey_levels_for_a_validating_user_bernoulli_are_refused_before_training():
+    """The support check took grey levels for a user's Bernoulli, as the built-in takes
+    them, but torch's Bernoulli validates its arguments by default and refused them inside
+    the first step ("Expected value argument ... within the support (Boolean())"). Now they
+    are refused before training, saying that validate_args=False scores them; 0/1 data
+    train."""
+    torch.manual_seed(0)
+    model = aetk.VAE(aetk.GaussianEncoder(in_features=4, latent_dim=2, hidden=(8,)),
+                     _ValidatingUserBernoulli())
+    with pytest.raises(ValueError, match=r"train data row 0 has values outside the support of "
+                                         r"the decoder's Bernoulli distribution \(Boolean\(\); "
+                                         r".*build it with validate_args=False"):
+        aetk.fit(model, torch.rand(8, 4), epochs=1, batch_size=4, progress=False)
+    hist = aetk.fit(model, torch.rand(8, 4).round(), epochs=1, batch_size=4, progress=False)
+    assert np.isfinite(hist["train_loss"]).all()
+
+
 class _UserConditionalPoisson(torch.nn.Module):
     """A user's conditional Poisson likelihood, its network wrapped in `nets.Conditioned` as
     core-api.md says, no check_data of its own."""

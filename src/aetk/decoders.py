@@ -86,7 +86,12 @@ def check_support(decoder: nn.Module, y: torch.Tensor, name: str, latent_dim: in
     # every value is in `real`; a `dependent` one cannot be checked
     if base is D.constraints.real or D.constraints.is_dependent(base):
         return
-    if base is D.constraints.boolean:  # as the built-in Bernoulli's, values in [0, 1] too
+    inner = dist
+    while isinstance(inner, D.Independent):
+        inner = inner.base_dist
+    if base is D.constraints.boolean and not getattr(inner, "_validate_args", False):
+        # as the built-in Bernoulli's, values in [0, 1] too; not where torch's own check
+        # (on by default) would refuse them inside the first step
         base = D.constraints.unit_interval
         support = D.constraints.independent(base, dims) if dims else base
     if isinstance(base, D.constraints._Multinomial):  # its log_prob takes counts of any
@@ -102,11 +107,13 @@ def check_support(decoder: nn.Module, y: torch.Tensor, name: str, latent_dim: in
     if bool(inside.all()):
         return
     i = int((~inside).nonzero()[0])
-    kind = type(getattr(dist, "base_dist", dist)).__name__
+    grey = (" (it validates its arguments, torch's default, and takes only 0 and 1: build it "
+            "with validate_args=False to score values in [0, 1] by the cross-entropy)"
+            if base is D.constraints.boolean else "")
     raise ValueError(f"{name} data row {i} has values outside the support of the decoder's "
-                     f"{kind} distribution ({base}; the row begins "
-                     f"{y[i].flatten()[:5].tolist()}): give data that this likelihood can "
-                     "score, or a decoder whose likelihood fits them")
+                     f"{type(inner).__name__} distribution ({base}; the row begins "
+                     f"{y[i].flatten()[:5].tolist()}){grey}: give data that this likelihood "
+                     "can score, or a decoder whose likelihood fits them")
 
 
 @contextmanager
