@@ -727,6 +727,33 @@ def test_a_user_distribution_without_a_checkable_support_trains(family):
     assert aetk.log_marginal(model, torch.randn(3, 4), n_samples=4).isfinite().all()
 
 
+class _ValidatingUserMultinomial(_UserBernoulli):
+    """A user's multinomial of 5 trials with torch's argument checks on, its default."""
+
+    def forward(self, z):
+        return D.Multinomial(5, logits=self.lin(z))
+
+
+def test_counts_past_a_validating_user_multinomials_total_are_refused_before_training():
+    """The support check took counts of any total for a user's Multinomial, whose
+    log_prob scores them, but torch validates its arguments by default and refused totals
+    above total_count inside the first step ("Expected value argument ... within the
+    support (Multinomial())"). Now they are refused before training, saying why; totals
+    up to 5 train."""
+    torch.manual_seed(0)
+    model = aetk.VAE(aetk.GaussianEncoder(in_features=4, latent_dim=2, hidden=(8,)),
+                     _ValidatingUserMultinomial())
+    counts = torch.tensor([[0.0, 1.0, 1.0, 0.0], [3.0, 0.0, 2.0, 1.0]])
+    with pytest.raises(ValueError, match=r"train data row 1 has values outside the support of "
+                                         r"the decoder's Multinomial distribution .* takes "
+                                         r"totals up to its total_count 5: build it with "
+                                         r"validate_args=False"):
+        aetk.fit(model, counts, epochs=1, batch_size=2, progress=False)
+    counts[1, 0] = 2.0
+    hist = aetk.fit(model, counts, epochs=1, batch_size=2, progress=False)
+    assert np.isfinite(hist["train_loss"]).all()
+
+
 @pytest.mark.parametrize("constraint", [
     D.constraints.unit_interval, D.constraints.positive, D.constraints.nonnegative,
     D.constraints.nonnegative_integer, D.constraints.positive_integer,

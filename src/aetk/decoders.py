@@ -89,13 +89,16 @@ def check_support(decoder: nn.Module, y: torch.Tensor, name: str, latent_dim: in
     inner = dist
     while isinstance(inner, D.Independent):
         inner = inner.base_dist
-    if base is D.constraints.boolean and not getattr(inner, "_validate_args", False):
-        # as the built-in Bernoulli's, values in [0, 1] too; not where torch's own check
-        # (on by default) would refuse them inside the first step
+    # torch's own check (on by default) refuses what these widenings take, inside the first
+    # step: they are for distributions that do not validate their arguments
+    validates = getattr(inner, "_validate_args", False)
+    if base is D.constraints.boolean and not validates:
+        # as the built-in Bernoulli's, values in [0, 1] too
         base = D.constraints.unit_interval
         support = D.constraints.independent(base, dims) if dims else base
-    if isinstance(base, D.constraints._Multinomial):  # its log_prob takes counts of any
-        base = D.constraints.nonnegative_integer  # total: not only its total_count's
+    if isinstance(base, D.constraints._Multinomial) and not validates:
+        # its log_prob takes counts of any total: not only up to its total_count
+        base = D.constraints.nonnegative_integer
         support = D.constraints.independent(base, dims + 1)
     y = y.to(z.device)
     if _within_bounds(base, y):
@@ -107,13 +110,23 @@ def check_support(decoder: nn.Module, y: torch.Tensor, name: str, latent_dim: in
     if bool(inside.all()):
         return
     i = int((~inside).nonzero()[0])
-    grey = (" (it validates its arguments, torch's default, and takes only 0 and 1: build it "
-            "with validate_args=False to score values in [0, 1] by the cross-entropy)"
-            if base is D.constraints.boolean else "")
     raise ValueError(f"{name} data row {i} has values outside the support of the decoder's "
                      f"{type(inner).__name__} distribution ({base}; the row begins "
-                     f"{y[i].flatten()[:5].tolist()}){grey}: give data that this likelihood "
-                     "can score, or a decoder whose likelihood fits them")
+                     f"{y[i].flatten()[:5].tolist()}){_validated(base)}: give data that this "
+                     "likelihood can score, or a decoder whose likelihood fits them")
+
+
+def _validated(base: D.constraints.Constraint) -> str:
+    """What a distribution that validates its arguments takes less of than its log_prob
+    scores (`check_support`'s widenings): said in its error message."""
+    if base is D.constraints.boolean:
+        what = "only 0 and 1: build it with validate_args=False to score values in [0, 1]"
+    elif isinstance(base, D.constraints._Multinomial):
+        what = (f"totals up to its total_count {base.upper_bound}: build it with "
+                "validate_args=False to score counts of any total")
+    else:
+        return ""
+    return f" (it validates its arguments, torch's default, and takes {what})"
 
 
 @contextmanager
