@@ -441,3 +441,32 @@ def test_a_user_decoder_of_images_scores_flat_rows_of_as_many_values():
     flat = aetk.log_marginal(model, x, n_samples=5, target=y.flatten(1))
     torch.manual_seed(1)
     torch.testing.assert_close(flat, aetk.log_marginal(model, x, n_samples=5, target=y))
+
+
+def test_a_user_decoder_of_tensors_in_a_likelihood_model_is_a_type_error_saying_so():
+    """A user's decoder returning its mean as a plain tensor, given to a VAE (or any model
+    that scores by log p(x|z)), failed in training with "'Tensor' object has no attribute
+    'batch_shape'"; now a TypeError says to return a distribution, or use an autoencoder,
+    which scores the tensor by its mean squared error."""
+
+    class Mean(torch.nn.Module):
+        latent_dim = 2
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 4)
+
+        def forward(self, z):
+            return self.lin(z)
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 4)
+    with pytest.raises(TypeError, match=r"the decoder returned a Tensor, not a torch "
+                                        r"distribution, .* autoencoders AE, IRMAE, WAE and VQVAE"):
+        dist.log_prob(Mean()(torch.randn(8, 2)), x)
+    for model in (aetk.VAE(GaussianEncoder(in_features=4, latent_dim=2, hidden=(4,)), Mean()),
+                  aetk.HVAE(GaussianEncoder(in_features=4, latent_dim=2, hidden=(4,)), Mean())):
+        with pytest.raises(TypeError, match="not a torch distribution"):
+            aetk.fit(model, x, epochs=1, batch_size=4, progress=False)
+    ae = aetk.AE(aetk.DeterministicEncoder(in_features=4, latent_dim=2, hidden=(4,)), Mean())
+    assert np.isfinite(aetk.fit(ae, x, epochs=1, batch_size=4, progress=False)["train_loss"]).all()

@@ -28,6 +28,12 @@ def log_prob(dist: D.Distribution, x: torch.Tensor) -> torch.Tensor:
     Decoders should return `Independent` distributions, but a user's decoder returning, say,
     a plain `Normal` with batch shape `(B, D)` works too.
     """
+    if not isinstance(dist, D.Distribution):  # else "'Tensor' object has no attribute ..."
+        raise TypeError(
+            f"the decoder returned a {type(dist).__name__}, not a torch distribution, but this "
+            "model scores the data by their likelihood log p(x|z): return one from its "
+            "forward (e.g. Independent(Normal(mu, sigma), 1)); a point prediction scored by "
+            "its mean squared error is for the autoencoders AE, IRMAE, WAE and VQVAE")
     shape = (*dist.batch_shape, *dist.event_shape)
     if (x.dim() != len(shape) and len(shape) > 1 and x.dim() > 1 and len(x) == shape[0]
             and x[0].numel() == math.prod(shape[1:])):
