@@ -279,6 +279,46 @@ def test_piwae_refuses_an_encoder_and_decoder_that_share_parameters():
         model.configure_optimizers(1e-3)
 
 
+class _KnownLinearGaussian(torch.nn.Module):
+    """A user's fixed likelihood, `p(x|z) = N(A z, 1/4 I)` with a known `A` (a buffer): no
+    parameters, only the encoder learns (amortised inference in a known model)."""
+
+    latent_dim = Z_DIM
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("A", torch.randn(X_DIM, Z_DIM, dtype=torch.float64))
+
+    def forward(self, z):
+        return D.Independent(D.Normal(z @ self.A.T, 0.5), 1)
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_piwae_trains_its_encoder_under_a_fixed_or_frozen_decoder(frozen):
+    """A PIWAE whose decoder has nothing to learn failed in fit: a fixed likelihood of no
+    parameters with torch's "optimizer got an empty parameter list", a frozen decoder
+    (requires_grad False) with "One of the differentiated Tensors does not require grad".
+    Now only the parts that learn get an optimiser and a gradient: the encoder's moves,
+    the decoder stays, and the MIWAE bound improves."""
+    torch.manual_seed(0)
+    enc = GaussianEncoder(in_features=X_DIM, latent_dim=Z_DIM, hidden=(16,)).double()
+    if frozen:
+        decoder = dec.GaussianDecoder(latent_dim=Z_DIM, out_features=X_DIM, hidden=(8,),
+                                      sigma=0.5).double().requires_grad_(False)
+    else:
+        decoder = _KnownLinearGaussian()
+    model = aetk.PIWAE(enc, decoder, n_samples=3, n_groups=2)
+    assert model.configure_optimizers(1e-3).keys() == {"encoder"}
+    x = decoder(torch.randn(256, Z_DIM, dtype=torch.float64)).sample()
+    fixed = copy.deepcopy(model.decoder.state_dict())
+    before = copy.deepcopy(model.encoder.state_dict())
+    hist = aetk.fit(model, x, epochs=8, batch_size=64, lr=3e-3, progress=False)
+    assert hist["train_miwae"].iloc[-1] < hist["train_miwae"].iloc[0]
+    for name, value in model.decoder.state_dict().items():
+        assert torch.equal(value, fixed[name])
+    assert any(not torch.equal(v, before[k]) for k, v in model.encoder.state_dict().items())
+
+
 def _vampprior(beta=1.0):
     """A float64 VampPrior of fixed networks with K = 3 pseudo-inputs `u`."""
     enc_net = NumpyMLP(X_DIM, 2 * Z_DIM, 1)

@@ -104,8 +104,10 @@ class PIWAE(IWAE):
         if shared:  # tied weights would get the decoder's gradient only
             raise ValueError("a PIWAE's encoder and decoder must not share parameters: each "
                              "follows its own bound")
-        return {"decoder": adam(self.decoder.parameters(), lr),
-                "encoder": adam(self.encoder.parameters(), lr)}
+        # a part with nothing to learn (a fixed or frozen likelihood) has no optimiser:
+        # torch's Adam refuses an empty parameter list
+        parts = {"decoder": _trained(self.decoder), "encoder": _trained(self.encoder)}
+        return {name: adam(params, lr) for name, params in parts.items() if params}
 
     def training_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer],
                       target: torch.Tensor | None = None) -> LossOutput:
@@ -116,13 +118,21 @@ class PIWAE(IWAE):
         out = self.loss(x) if target is None else self.loss(x, target)
         # the IWAE bound swapped for the MIWAE's: whatever fit added to the loss stays
         encoder_loss = out.loss - out.aux["iwae"] + out.aux["miwae"]
-        enc, dec = list(self.encoder.parameters()), list(self.decoder.parameters())
-        grads = torch.autograd.grad(encoder_loss, enc, retain_graph=True, allow_unused=True)
-        for p, g in zip(enc, grads, strict=True):
-            p.grad = g
-        dec_grads = torch.autograd.grad(out.loss, dec, allow_unused=True)
-        for p, g in zip(dec, dec_grads, strict=True):
-            p.grad = g
-        optimizers["encoder"].step()
-        optimizers["decoder"].step()
+        enc, dec = _trained(self.encoder), _trained(self.decoder)
+        if enc:
+            grads = torch.autograd.grad(encoder_loss, enc, retain_graph=bool(dec),
+                                        allow_unused=True)
+            for p, g in zip(enc, grads, strict=True):
+                p.grad = g
+        if dec:
+            dec_grads = torch.autograd.grad(out.loss, dec, allow_unused=True)
+            for p, g in zip(dec, dec_grads, strict=True):
+                p.grad = g
+        for opt in optimizers.values():
+            opt.step()
         return out
+
+
+def _trained(part: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters of `part` that learn (autograd refuses a gradient for the others)."""
+    return [p for p in part.parameters() if p.requires_grad]
