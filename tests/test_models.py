@@ -1334,3 +1334,29 @@ def test_an_encoder_distribution_whose_event_takes_the_batch_axis_is_refused():
         with pytest.raises(ValueError, match=r"encoder's Independent has batch shape \(\) and "
                                              r"event shape \(8, 2\) for 8 rows"):
             cls(Encoder(2), decoder).loss(x)
+
+
+def test_a_user_decoder_whose_event_shape_is_no_shape_is_named_when_the_model_is_built():
+    """A user decoder that set `event_shape = 6` (an int, for rows of 6 values) was taken,
+    and fit failed with "object of type 'int' has no len()"; now building the model is a
+    TypeError naming it. Tuples, lists and torch.Size stay shapes."""
+
+    class Laplace(aetk.Decoder):
+        def __init__(self, event_shape) -> None:
+            super().__init__()
+            self.lin, self.event_shape = nn.Linear(2, 6), event_shape
+
+        def forward(self, z):
+            return D.Independent(D.Laplace(self.lin(z), 1.0), 1)
+
+    def encoder():
+        return GaussianEncoder(in_features=6, latent_dim=2, hidden=(4,))
+
+    with pytest.raises(TypeError, match=r"decoder's event_shape must be the shape of one data "
+                                        r"point, a tuple of ints .* got 6$"):
+        aetk.VAE(encoder(), Laplace(6))
+    torch.manual_seed(0)
+    for shape in ((6,), [6], torch.Size([6]), None):
+        model = aetk.VAE(encoder(), Laplace(shape))
+        hist = aetk.fit(model, torch.randn(8, 6), epochs=1, batch_size=4, progress=False)
+        assert np.isfinite(hist["train_loss"]).all()

@@ -209,12 +209,20 @@ class Model(nn.Module):
         """ValueError for parts that cannot work together (they failed at the first batch,
         inside torch: "mat1 and mat2 shapes cannot be multiplied", "'Tensor' object has no
         attribute 'rsample'"): a decoder of another latent dimension than the encoder's, and
-        built-in parts of the other kind of model (`point_codes`)."""
+        built-in parts of the other kind of model (`point_codes`); TypeError for a user
+        decoder's `event_shape` that is no shape (an int 6 failed in fit with "object of type
+        'int' has no len()")."""
         cls, d = type(self).__name__, getattr(encoder, "latent_dim", None)
         d_dec = getattr(decoder, "latent_dim", None)
         if isinstance(d, int) and isinstance(d_dec, int) and d_dec != d:
             raise ValueError(f"the encoder's latent_dim is {d} but the decoder's {d_dec}: build "
                              "both with the same latent_dim")
+        out = getattr(decoder, "event_shape", None)
+        if out is not None and not (isinstance(out, (tuple, list))
+                                    and all(isinstance(n, int) for n in out)):
+            raise TypeError(f"the decoder's event_shape must be the shape of one data point, a "
+                            f"tuple of ints (e.g. (6,) for rows of 6 values) or None, got "
+                            f"{out!r}")
         if self.point_codes is None:
             return
         wrong, right, what = ((GaussianEncoder, "DeterministicEncoder", "codes z = f(x)")
