@@ -470,3 +470,28 @@ def test_a_user_decoder_of_tensors_in_a_likelihood_model_is_a_type_error_saying_
             aetk.fit(model, x, epochs=1, batch_size=4, progress=False)
     ae = aetk.AE(aetk.DeterministicEncoder(in_features=4, latent_dim=2, hidden=(4,)), Mean())
     assert np.isfinite(aetk.fit(ae, x, epochs=1, batch_size=4, progress=False)["train_loss"]).all()
+
+
+def test_a_user_multinomial_reconstructs_counts_at_the_rows_totals():
+    """A user's torch Multinomial (total_count 1, validate_args=False: its log_prob scores
+    each row at the row's own total, as aetk's multinomial does) reconstructed count rows
+    of totals 24 and 46 as proportions summing to 1, its torch mean `total_count * probs`;
+    now as the expected counts at each row's total, as the built-in MultinomialDecoder
+    does. A point prediction with no data (sample) stays torch's mean."""
+
+    class UserMultinomial(aetk.Decoder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 4)
+
+        def forward(self, z):
+            return D.Multinomial(logits=self.lin(z), validate_args=False)
+
+    torch.manual_seed(0)
+    model = aetk.VAE(GaussianEncoder(in_features=4, latent_dim=2, hidden=(8,)),
+                     UserMultinomial())
+    x = torch.tensor([[10.0, 12.0, 0.0, 2.0], [6.0, 13.0, 7.0, 20.0]])
+    probs = model.decode(model.latent_mean(x)).probs
+    torch.testing.assert_close(model.reconstruct(x), probs * torch.tensor([[24.0], [46.0]]))
+    torch.testing.assert_close(model.reconstruct(x).sum(-1), torch.tensor([24.0, 46.0]))
+    torch.testing.assert_close(model.sample(3).sum(-1), torch.ones(3))

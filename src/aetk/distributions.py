@@ -74,7 +74,8 @@ def mean(dist: D.Distribution | torch.Tensor, like: torch.Tensor | None = None,
     """The decoder's point prediction: the mean, or the mode for a categorical; a
     deterministic decoder's output tensor is its own. `like`: the data it predicts, for a
     distribution whose scale comes from them (`mean_for(x)`: a multinomial's expected
-    counts at the observed totals). `total_count`: a multinomial decoder's expected counts
+    counts at the observed totals; a user's torch `Multinomial` of x's shape too).
+    `total_count`: a multinomial decoder's expected counts
     at these totals, one per row `(B,)` or one for all (`mean_at`), for new points with no
     data to take the totals from; other distributions refuse it. A distribution's mean
     that is not finite (undefined: a Cauchy's, a Student-t's of df <= 1) is a ValueError;
@@ -89,6 +90,10 @@ def mean(dist: D.Distribution | torch.Tensor, like: torch.Tensor | None = None,
         return base.logits.argmax(-1)
     if like is not None and hasattr(dist, "mean_for"):
         return dist.mean_for(like)
+    if like is not None and isinstance(base, D.Multinomial) and like.shape == base.probs.shape:
+        # a user's multinomial: its log_prob scores each row at the row's own total, not
+        # at total_count (whose mean, total_count * probs, was proportions for counts)
+        return base.probs * like.sum(-1, keepdim=True)
     try:
         m = dist.mean
     except NotImplementedError:  # torch's bare error for, e.g., a TransformedDistribution
