@@ -131,6 +131,32 @@ def test_calibration_refuses_other_likelihoods_and_says_how_to_save(gaussian_vae
         aetk.load(tmp_path / "cal")
 
 
+def test_a_likelihood_without_a_fisher_metric_is_pointed_to_the_mean_metric() -> None:
+    """A user's Student-t decoder: the refusal said the Fisher pull-back accounts for the
+    noise, but PullbackMetric(kind='fisher') refuses a Student-t (no KL in torch)."""
+
+    class StudentT(aetk.decoders.Decoder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Linear(2, 4)
+
+        def forward(self, z: torch.Tensor) -> torch.distributions.Distribution:
+            return torch.distributions.Independent(
+                torch.distributions.StudentT(4.0, self.net(z), 1.0), 1)
+
+    model = aetk.VAE(aetk.build_model("vae", "gaussian", in_features=4, latent_dim=2,
+                                      hidden=(8,)).encoder, StudentT())
+    x = torch.randn(20, 4)
+    with pytest.raises(ValueError, match=r"not a StudentT's; a StudentT has no Fisher "
+                                         r"pull-back either \(torch has no KL.*kind='mean'"):
+        calibrate_variance(model, x)
+    with pytest.raises(ValueError, match="no Fisher metric for StudentT"):  # as it said
+        PullbackMetric(model.decoder, kind="fisher").metric(torch.zeros(1, 2))
+    bern = aetk.build_model("vae", "bernoulli", in_features=4, latent_dim=2, hidden=(8,))
+    with pytest.raises(ValueError, match=r"for a Bernoulli decoder the Fisher pull-back"):
+        calibrate_variance(bern, (x > 0).float())
+
+
 def test_the_variance_is_fitted_at_codes_drawn_from_the_encoder(monkeypatch) -> None:
     """Every z the RBF precision is trained on is a draw from q(z|x) of the x it is scored
     against: recorded with that x during the fit, (z - mean) / stddev of q(z|x) (encoded

@@ -19,7 +19,7 @@ from ..decoders import RBFVarianceDecoder
 from ..models.base import Model
 from ..nets import Conditioned
 from ..validate import as_tensor
-from .metrics import _base, positive_number
+from .metrics import _base, no_fisher_metric, positive_number
 
 
 def rbf_centres(codes: torch.Tensor, n_centres: int, bandwidth_scale: float = 1.0,
@@ -44,6 +44,25 @@ def rbf_centres(codes: torch.Tensor, n_centres: int, bandwidth_scale: float = 1.
                          f"spread to set the bandwidths from; use fewer centres")
     spread = torch.where(spread > 0, spread, spread[spread > 0].median())
     return centres, 0.5 / (bandwidth_scale * spread) ** 2
+
+
+def _not_gaussian(p: object) -> str:
+    """Why `calibrate_variance` refuses the decoder's output `p`, and which metric to use."""
+    if not isinstance(p, D.Distribution):
+        return (f"calibrate_variance refits a Gaussian decoder's variance; this decoder "
+                f"returns a {type(p).__name__}, not a distribution: its pull-back is the "
+                "mean's (PullbackMetric(kind='mean'))")
+    # aetk's private subclasses (the Bernoulli of targets in [0, 1]) by their family
+    name = next(c.__name__ for c in type(_base(p)).__mro__ if not c.__name__.startswith("_"))
+    why = no_fisher_metric(p)
+    if why is not None:  # a Student-t, a Laplace, a mixture: the advice below led nowhere
+        return (f"calibrate_variance refits a Gaussian decoder's variance, not a {name}'s; "
+                f"a {name} has no Fisher pull-back either ({why}): its metric is the "
+                "mean's (PullbackMetric(kind='mean')), which does not grow where the "
+                "decoder is uncertain")
+    return (f"calibrate_variance refits a Gaussian decoder's variance, not a {name}'s; for "
+            f"a {name} decoder the Fisher pull-back (PullbackMetric(kind='fisher')) already "
+            "accounts for the noise")
 
 
 def calibrate_variance(model: Model, x: torch.Tensor, *, n_centres: int = 64,
@@ -90,9 +109,7 @@ def calibrate_variance(model: Model, x: torch.Tensor, *, n_centres: int = 64,
     with torch.no_grad(), calibrated.given(None if c is None else c[:2]):
         p = calibrated.decode(q.mean[:2] if isinstance(q, D.Distribution) else q[:2])
     if not isinstance(p, D.Distribution) or not isinstance(_base(p), D.Normal):
-        raise ValueError("calibrate_variance refits a Gaussian decoder's variance; for "
-                         "Bernoulli, categorical or Poisson decoders the Fisher pull-back "
-                         "(PullbackMetric(kind='fisher')) already accounts for the noise")
+        raise ValueError(_not_gaussian(p))
     try:  # 8.0 as 8, as a count read from a file comes
         count = validate.positive_int(n_centres, "n_centres")
     except ValueError:

@@ -220,6 +220,19 @@ _NO_KL_HESSIAN = {
 }
 
 
+def no_fisher_metric(p: D.Distribution) -> str | None:
+    """Why a decoder's distribution `p` has no Fisher-Rao pull-back (`_kl_gram`), or None."""
+    for family, why in _NO_KL_HESSIAN.items():
+        if isinstance(_base(p), family):
+            return why
+    try:
+        D.kl_divergence(p, p)
+    except NotImplementedError:
+        return ("torch has no KL divergence registered for it "
+                "(torch.distributions.kl.register_kl)")
+    return None
+
+
 def _kl_gram(decoder: Callable[[Tensor], D.Distribution], z: Tensor, v: Tensor) -> Tensor:
     """`(N, k, k)` Gram matrix `v_a^T G(z) v_b` of the Fisher-Rao pull-back of any decoder
     whose distribution has a KL divergence registered with torch: `G(z)` is the Hessian
@@ -227,17 +240,10 @@ def _kl_gram(decoder: Callable[[Tensor], D.Distribution], z: Tensor, v: Tensor) 
     order), one forward-over-reverse product per tangent direction on the whole batch,
     so the decoder must treat samples independently."""
     p = decoder(z)
-    name = type(_base(p)).__name__
-    for family, why in _NO_KL_HESSIAN.items():
-        if isinstance(_base(p), family):
-            raise ValueError(f"no Fisher metric for {name}: {why}; use kind='mean'")
-    try:
-        D.kl_divergence(p, p)
-    except NotImplementedError:
-        raise ValueError(
-            f"no Fisher metric for {name}: torch has no KL divergence registered for it "
-            "(torch.distributions.kl.register_kl); use kind='mean'"
-        ) from None
+    why = no_fisher_metric(p)
+    if why is not None:
+        raise ValueError(f"no Fisher metric for {type(_base(p)).__name__}: {why}; use "
+                         "kind='mean'")
 
     def kl_grad(y: Tensor) -> Tensor:
         # p stays at z: only the second argument moves. Summed over the points, row n of
