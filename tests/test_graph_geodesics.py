@@ -288,6 +288,13 @@ def test_bad_inputs() -> None:
         graph_curves(eye, z0, z1, torch.cat([nodes, torch.tensor([[math.nan, 0.0]])]))
     with pytest.raises(ValueError, match=r"z_start \(2, 2\) and z_end \(3, 2\) differ"):
         graph_curves(eye, z0, torch.ones(3, 2), nodes)
+    # pairs (2, 4, d) were flattened to 8 rows: 8 lengths for a (2, 4) question
+    for fit in (lambda a, b: graph_curves(eye, a, b, nodes), lambda a, b: fit_geodesics(eye, a, b)):
+        with pytest.raises(ValueError, match=r"z_start must be one point \(d,\) or rows of "
+                                             r"points \(B, d\), got \(2, 4, 2\)"):
+            fit(torch.zeros(2, 4, 2), torch.ones(2, 4, 2))
+        with pytest.raises(ValueError, match=r"z_end must be .* got \(1, 1, 2\)"):
+            fit(torch.zeros(2), torch.ones(1, 1, 2))
     three_d = Metric(eye._fn)
     three_d.model = SimpleNamespace(latent_dim=3)  # what latent_dim reads off a model
     with pytest.raises(ValueError, match="the metric's latent space has 3"):

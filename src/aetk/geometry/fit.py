@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from ..validate import as_tensor, positive_int
 from .curves import NeuralGeodesic, curve_energy, curve_length, segment_quads
 from .graph import graph_curves
-from .metrics import Metric, _base, latent_points, metric_for, positive_number
+from .metrics import Metric, _base, latent_points, metric_for, pair_rows, positive_number
 
 # energy(x, idx) -> (energy (b,), preconditioner weights (b, T-1) or None) for the
 # parameter rows x (b, n) of the pairs idx (b,)
@@ -126,11 +126,7 @@ def fit_geodesics(
     z_start = latent_points(metric, z_start, "z_start", finite=True, device=device)
     z_end = latent_points(metric, z_end, "z_end", finite=True, device=z_start.device)
     device = z_start.device
-    z_start, z_end = z_start.reshape(-1, z_start.shape[-1]), z_end.reshape(-1, z_end.shape[-1])
-    if z_start.shape != z_end.shape:
-        raise ValueError(f"z_start {tuple(z_start.shape)} and z_end {tuple(z_end.shape)} differ")
-    if len(z_start) == 0:  # as graph_curves (it failed in a reshape)
-        raise ValueError("give at least one pair of endpoints")
+    z_start, z_end = pair_rows(z_start, z_end)
     start_curves = _initial_curves(metric, z_start, z_end, init, nodes, graph_k, n_points, curve)
     if also_line:
         if start_curves is None:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..validate import as_tensor, positive_int
 from .curves import curve_length
-from .metrics import Metric, as_points, latent_dim
+from .metrics import Metric, as_points, latent_dim, pair_rows
 
 # shortest-path sources per Dijkstra call: its distance and predecessor rows are
 # (sources, vertices), so this bounds their memory (30 MB for 10k vertices)
@@ -72,14 +72,9 @@ def graph_curves(
     subdivisions = positive_int(subdivisions, "subdivisions")
     chunk_size = positive_int(chunk_size, "chunk_size")
     z_start = as_points(metric, z_start, "z_start")
-    z_start = z_start.reshape(-1, z_start.shape[-1])
     z_end = as_points(metric, z_end, "z_end").to(dtype=z_start.dtype, device=z_start.device)
-    z_end = z_end.reshape(-1, z_end.shape[-1])
-    if z_start.shape != z_end.shape:
-        raise ValueError(f"z_start {tuple(z_start.shape)} and z_end {tuple(z_end.shape)} differ")
+    z_start, z_end = pair_rows(z_start, z_end)
     b, d = z_start.shape
-    if b == 0:
-        raise ValueError("give at least one pair of endpoints")
     nodes = as_tensor(nodes, z_start.dtype, z_start.device)
     if nodes.dim() != 2 or nodes.shape[1] != d:
         raise ValueError(f"nodes must be (M, {d}) like the endpoints, got {tuple(nodes.shape)}")

@@ -602,6 +602,23 @@ def latent_points(metric: Metric, z: Tensor | np.ndarray, name: str = "points", 
     return z
 
 
+def pair_rows(z_start: Tensor, z_end: Tensor) -> tuple[Tensor, Tensor]:
+    """Endpoints of one pair `(d,)` or of pairs `(B, d)` as rows `(B, d)`: a ValueError for
+    other shapes (pairs `(2, 4, d)` were flattened to 8 and the results lost their shape),
+    for endpoints of different shapes and for no pairs."""
+    for name, z in (("z_start", z_start), ("z_end", z_end)):
+        if z.dim() not in (1, 2):
+            raise ValueError(f"{name} must be one point (d,) or rows of points (B, d), got "
+                             f"{tuple(z.shape)}: give the pairs as rows, "
+                             f"{name}.reshape(-1, d), and reshape the results")
+    z_start, z_end = z_start.reshape(-1, z_start.shape[-1]), z_end.reshape(-1, z_end.shape[-1])
+    if z_start.shape != z_end.shape:
+        raise ValueError(f"z_start {tuple(z_start.shape)} and z_end {tuple(z_end.shape)} differ")
+    if len(z_start) == 0:
+        raise ValueError("give at least one pair of endpoints")
+    return z_start, z_end
+
+
 def as_points(metric: Metric, z: Tensor | np.ndarray, name: str = "points", *,
               finite: bool = False, device: str | torch.device | None = None) -> Tensor:
     """Latent points `z` (a tensor of any float or integer dtype, a numpy array, a pandas
