@@ -1100,6 +1100,30 @@ def test_a_metric_function_of_the_wrong_shape_is_named():
     torch.testing.assert_close(right.log_volume(z), 0.5 * torch.log1p(z**2).sum(-1))
 
 
+def test_a_metric_function_that_is_no_metric_is_refused_by_the_fit():
+    """Metric(fn) of an indefinite G = diag(1, -1): fit_geodesics returned lengths of about
+    1 (curve_length takes negative squared speeds as 0) and called them converged; a G that
+    is not symmetric was fitted by its symmetric part. Both are refused, at the endpoints."""
+    z0, z1 = torch.zeros(2, 2, dtype=f64), torch.ones(2, 2, dtype=f64)
+    indefinite = Metric(lambda z: torch.diag(torch.tensor([1.0, -1.0], dtype=z.dtype))
+                        .expand(len(z), 2, 2))
+    with pytest.raises(ValueError, match=r"not positive semi-definite at the point \[0\.0, "
+                                         r"0\.0\] \(G there: \[\[1\.0, 0\.0\], \[0\.0, -1\.0\]\]"):
+        fit_geodesics(indefinite, z0, z1)
+    skew = Metric(lambda z: torch.tensor([[1.0, 0.5], [0.0, 1.0]], dtype=z.dtype)
+                  .expand(len(z), 2, 2))
+    with pytest.raises(ValueError, match="not symmetric"):
+        fit_geodesics(skew, z0, z1)
+    # rounding and a singular (semi-definite) G pass: a pull-back where the decoder is flat
+    near = Metric(lambda z: (torch.eye(2, dtype=z.dtype) + 1e-12 * torch.tensor(
+        [[0.0, 1.0], [0.0, 0.0]], dtype=z.dtype)).expand(len(z), 2, 2))
+    torch.testing.assert_close(fit_geodesics(near, z0, z1).length,
+                               torch.full((2,), math.sqrt(2), dtype=f64))
+    flat = Metric(lambda z: torch.diag_embed(torch.stack([z[:, 0] ** 2, torch.ones_like(z[:, 0])],
+                                                         -1)))
+    assert fit_geodesics(flat, z0, z1).length.isfinite().all()
+
+
 def test_fit_options_out_of_range_are_refused_by_name():
     """lr=0 or lr=-1 left the curves on the line (lengths equal to line_length on the
     half-plane, where the geodesics are shorter) and reported them converged; tol=-1 or NaN

@@ -13,7 +13,15 @@ from tqdm.auto import tqdm
 from ..validate import as_tensor, positive_int
 from .curves import NeuralGeodesic, curve_energy, curve_length, segment_quads
 from .graph import graph_curves
-from .metrics import Metric, _base, latent_points, metric_for, pair_rows, positive_number
+from .metrics import (
+    Metric,
+    _base,
+    check_user_metric,
+    latent_points,
+    metric_for,
+    pair_rows,
+    positive_number,
+)
 
 # energy(x, idx) -> (energy (b,), preconditioner weights (b, T-1) or None) for the
 # parameter rows x (b, n) of the pairs idx (b,)
@@ -127,6 +135,7 @@ def fit_geodesics(
     z_end = latent_points(metric, z_end, "z_end", finite=True, device=z_start.device)
     device = z_start.device
     z_start, z_end = pair_rows(z_start, z_end)
+    check_user_metric(metric, torch.cat([z_start, z_end]))
     start_curves = _initial_curves(metric, z_start, z_end, init, nodes, graph_k, n_points, curve)
     if also_line:
         if start_curves is None:

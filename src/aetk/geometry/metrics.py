@@ -602,6 +602,28 @@ def latent_points(metric: Metric, z: Tensor | np.ndarray, name: str = "points", 
     return z
 
 
+def check_user_metric(metric: Metric, z: Tensor) -> None:
+    """For a metric of the user's function (`Metric(fn)`; aetk's own are symmetric and
+    positive semi-definite by construction): a ValueError when `G` at the points `z (N, d)`
+    is not symmetric, or has a negative eigenvalue, beyond rounding. Fits took such a
+    metric's negative squared speeds as 0 (`curve_length`) and called the curves converged."""
+    if type(metric) is not Metric or z.numel() == 0:
+        return
+    with torch.no_grad():
+        G = metric.metric(z)
+    tol = math.sqrt(torch.finfo(G.dtype).eps) * G.abs().amax(dim=(-2, -1))
+    bad = (G - G.mT).abs().amax(dim=(-2, -1)) > tol
+    what = "symmetric"
+    if not bool(bad.any()):
+        low = torch.linalg.eigvalsh(G).amin(-1)
+        bad, what = low < -tol, "positive semi-definite"
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise ValueError(f"the metric's function gives a G(z) that is not {what} at the point "
+                         f"{z[i].tolist()} (G there: {G[i].tolist()}): a Riemannian metric is "
+                         "symmetric positive definite")
+
+
 def pair_rows(z_start: Tensor, z_end: Tensor) -> tuple[Tensor, Tensor]:
     """Endpoints of one pair `(d,)` or of pairs `(B, d)` as rows `(B, d)`: a ValueError for
     other shapes (pairs `(2, 4, d)` were flattened to 8 and the results lost their shape),
