@@ -2073,6 +2073,28 @@ def test_sample_draws_are_seeded(steps: Path, tmp_path: Path) -> None:
     assert not np.allclose(draw("4", "c.zarr"), first)
 
 
+def test_geodesics_say_each_stage_as_it_ends(steps: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    """The graph, the fits, the grids and the Frechet mean with its spray each print a
+    line with their seconds as they end: the job's log said nothing until the end (a
+    minute and more for thousands of codes or a stiff metric)."""
+    assert cli.main(["geodesics", "--model", str(steps / "rhvae"), "--latent",
+                     str(steps / "latent_rhvae.zarr"), "--n-pairs", "2", "--n-points", "10",
+                     "--grid-size", "9", "--spray", "4", "--spray-points", "20", "--init",
+                     "graph", "--out", str(tmp_path / "g.zarr")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    n_codes = len(storage.read_zarr(steps / "latent_rhvae.zarr")["z_mean"])
+    stages = [rf"graph of {n_codes} codes, 10 neighbours each: 2 of 2 pairs joined in ",
+              r"fitted 2 geodesics, 2 converged in ",
+              r"log volume and curvature on a 9 x 9 grid in ",
+              r"Frechet mean of 20 validation codes \(\d+ steps, converged\) and 4 geodesics "
+              r"leaving it in ",
+              r"2 geodesics \(RHVAEMetric, graph start\) in "]
+    assert len(lines) == len(stages), lines
+    for line, stage in zip(lines, stages, strict=True):
+        assert re.fullmatch(stage + r"\d+\.\d s.*", line), line
+
+
 def test_geodesics_hand_the_fits_their_options(steps: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """--graph-neighbours, --n-points, --max-iter and --seed reach the graph start and the

@@ -138,6 +138,14 @@ def check_encoded_with(latent: Any, latent_path: str, model_dir: str) -> None:
                          f"--model {model_dir})")
 
 
+def _done(what: str, since: float) -> float:
+    """Print that a stage is done, with its seconds since `since` (one line as each ends:
+    the log of a long job says where it is); the time now."""
+    now = time.perf_counter()
+    print(f"{what} in {now - since:.1f} s", flush=True)
+    return now
+
+
 def cmd_geodesics(args: argparse.Namespace) -> None:
     import torch
     import xarray as xr
@@ -178,7 +186,7 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
         raise ValueError("a conditional decoder's pull-back metric depends on the class: fit "
                          "its geodesics in Python inside `with model.given(c):` (one class), "
                          "or train a conditional RHVAE, whose metric all classes share")
-    t0 = time.perf_counter()
+    t0 = t = time.perf_counter()
     z_start, z_end = torch.from_numpy(z[start]), torch.from_numpy(z[end])
     graph, nodes = None, z[:0]
     if args.init in ("graph", "both"):
@@ -189,10 +197,13 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
             nodes = nodes[np.sort(keep)]
         graph = graph_curves(metric, z_start, z_end, torch.from_numpy(nodes),
                              k=args.graph_neighbours, n_points=args.n_points)
+        t = _done(f"graph of {len(nodes)} codes, {args.graph_neighbours} neighbours each: "
+                  f"{int(graph.found.sum())} of {len(start)} pairs joined", t)
     res = fit_geodesics(metric, z_start, z_end, n_points=args.n_points,
                         init=None if graph is None else graph.points,
                         also_line=args.init == "both", max_iter=args.max_iter, seed=args.seed,
                         progress=sys.stderr.isatty())
+    t = _done(f"fitted {len(start)} geodesics, {int(res.converged.sum())} converged", t)
     ds = xr.Dataset(coords={"pair": np.arange(len(start)), "t": res.t.cpu().numpy(),
                             "latent": np.arange(z.shape[1])})
     ds["points"] = (("pair", "t", "latent"), res.points.detach().cpu().numpy())
@@ -220,6 +231,8 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
         if isinstance(metric, RHVAEMetric):  # smooth, and cheap: 0.3 s for 100 x 100 points
             curv = curvature_grid(metric, bounds, args.grid_size)
             ds["gaussian_curvature"] = (("z1", "z2"), curv["gaussian_curvature"].values)
+        t = _done(f"log volume{' and curvature' if 'gaussian_curvature' in ds else ''} on a "
+                  f"{args.grid_size} x {args.grid_size} grid", t)
     if z.shape[1] == 2 and args.spray and isinstance(metric, RHVAEMetric):
         # the validation codes' intrinsic centre, and geodesics leaving it: for the RHVAE's
         # smooth metric (a ReLU decoder's pull-back jumps between the network's linear
@@ -243,6 +256,9 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
             "stopped": mean.stopped, "n_codes": len(codes), "rms_distance": radius,
             "n_steps": mean.n_steps, "integration_tol": args.integration_tol})
         ds["spray"] = (("direction", "s", "latent"), spray.points.detach().cpu().numpy())
+        _done(f"Frechet mean of {len(codes)} validation codes ({mean.iterations} steps, "
+              f"{'converged' if mean.converged else 'not converged'}) and {args.spray} "
+              "geodesics leaving it", t)
     ds.attrs = {
         "store": "aetk-geodesics", "run": latent.attrs.get("run"),
         "model": latent.attrs.get("model"), "likelihood": latent.attrs.get("likelihood"),
