@@ -279,8 +279,11 @@ class PullbackMetric(Metric):
     torch distribution (or a tensor, taken as its mean).
 
     - `kind="mean"`: `G = J_mu^T J_mu` of the distribution's mean (Bernoulli probabilities,
-      categorical probabilities, Poisson rate, ...), plus `J_sigma^T J_sigma` for Gaussians,
-      which is zero when sigma is fixed (Arvanitidis et al. 2018).
+      categorical probabilities, Poisson rate, ...), plus `J_sigma^T J_sigma` for `Normal`
+      (diagonal Gaussian) decoders, which is zero when sigma is fixed (Arvanitidis et al.
+      2018). A `MultivariateNormal` or `LowRankMultivariateNormal` gets its mean's term
+      alone: the sigma term is the expected squared change of `mu + sigma * eps`, and a
+      full covariance has no one square root to take it of (use `kind="fisher"`).
     - `kind="fisher"`: the Fisher-Rao pull-back `J_eta^T F(eta) J_eta` of the natural
       parameters (Arvanitidis et al. 2022): Bernoulli `F = p(1-p)`, categorical
       `F = diag(p) - p p^T` per element (times `total_count` for a multinomial),
