@@ -44,6 +44,9 @@ class HVAE(Model):
     `momentum = log N(rho_K; 0, I) - log N(gamma_0; 0, I)`, `entropy = -log q(z_0|x)`;
     `loss = reconstruction - log_prior - momentum - entropy = -ELBO`.
 
+    The training gradient differentiates the force `grad_z log p(x|z)` again: the decoder
+    must be twice differentiable (no `@once_differentiable` autograd Function in it).
+
     `step_size` is a scalar or one value per latent dimension; `learn_step_size` and
     `learn_beta0` make them trainable (kept positive, and beta_0 in (0, 1)).
     `logp_prefactor` `(a1, a2, a3)` and `logq_prefactor` `(b1, b2)` weigh the ELBO's terms as
