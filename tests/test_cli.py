@@ -2103,9 +2103,9 @@ def test_geodesics_hand_the_fits_their_options(steps: Path, tmp_path: Path,
 
     seen: dict = {}
 
-    def graph(metric: object, z0: object, z1: object, nodes: object, **kwargs: object):
+    def graph(metric: object, z0: torch.Tensor, z1: object, nodes: object, **kwargs: object):
         seen["graph"] = kwargs
-        return type("Graph", (), {"points": None})()
+        return type("Graph", (), {"points": None, "found": torch.ones(len(z0), dtype=bool)})()
 
     def fit(metric: object, z0: torch.Tensor, z1: torch.Tensor, **kwargs: object) -> None:
         seen.update(n=len(z0), fit=kwargs)
