@@ -2117,7 +2117,7 @@ def test_geodesics_hand_the_fits_their_options(steps: Path, tmp_path: Path,
             str(steps / "vae-bernoulli.zarr"), "--out", str(tmp_path / "g.zarr")]
     assert cli.main([*base, "--n-pairs", "3", "--init", "graph", "--graph-neighbours", "4",
                      "--n-points", "6", "--max-iter", "7", "--seed", "5"]) == 1
-    assert seen["n"] == 3 and seen["graph"] == {"k": 4, "n_points": 6}
+    assert seen["n"] == 3 and seen["graph"] == {"k": 4, "n_points": 6, "progress": False}
     assert (seen["fit"]["n_points"], seen["fit"]["max_iter"], seen["fit"]["seed"]) == (6, 7, 5)
     assert cli.main(base) == 1
     assert seen["n"] == 8

@@ -215,6 +215,18 @@ def test_shapes_and_degenerate_planes() -> None:
     assert sectional_curvature(poincare(), z, u, 2 * u).isnan().all()
 
 
+def test_curvature_grid_shows_progress_over_its_points(capsys: pytest.CaptureFixture) -> None:
+    """progress=True: a bar over the grid's 49 points in chunks of 10 (none by default),
+    the same values either way."""
+    bounds = ((-1.0, 1.0), (0.5, 2.0))
+    quiet = curvature_grid(poincare(), bounds, 7, chunk_size=10)
+    assert capsys.readouterr().err == ""
+    shown = curvature_grid(poincare(), bounds, 7, chunk_size=10, progress=True)
+    err = capsys.readouterr().err
+    assert "curvature: 100%" in err and "49/49" in err, err
+    assert (shown["gaussian_curvature"] == quiet["gaussian_curvature"]).all()
+
+
 def test_curvature_grid_matches_pointwise_values_on_the_volume_grid() -> None:
     bounds = ((-1.0, 1.0), (0.5, 2.0))
     grid = curvature_grid(sphere_angles(1.0), ((0.5, 1.0), (0.0, math.pi)), (4, 5))

@@ -5,6 +5,7 @@ lengths, and `aetk geodesics --init graph`."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -275,6 +276,21 @@ def test_equal_endpoints_and_coinciding_nodes() -> None:
     torch.testing.assert_close(graph.length, torch.ones(2, dtype=torch.float64))
     same = graph_curves(eye, z[:1], z[:1], z, k=3, n_points=4)
     assert same.length.item() == 0 and (same.points == z[0]).all()
+
+
+def test_graph_shows_progress_over_its_edges(capsys: pytest.CaptureFixture) -> None:
+    """progress=True: a bar over the edges whose metric lengths are computed (none by
+    default), the same paths either way."""
+    eye = Metric(lambda z: torch.eye(2, dtype=z.dtype).expand(len(z), 2, 2))
+    nodes = torch.rand(30, 2, generator=torch.Generator().manual_seed(0))
+    z0, z1 = torch.zeros(2, 2), torch.ones(2, 2)
+    quiet = graph_curves(eye, z0, z1, nodes, k=3, n_points=5, chunk_size=16)
+    assert capsys.readouterr().err == ""
+    shown = graph_curves(eye, z0, z1, nodes, k=3, n_points=5, chunk_size=16, progress=True)
+    err = capsys.readouterr().err
+    n = int(re.search(r"graph edges: 100%\S* (\d+)/(\d+)", err).group(1))
+    assert n > 30 and f"{n}/{n}" in err, err
+    torch.testing.assert_close(shown.points, quiet.points)
 
 
 def test_bad_inputs() -> None:

@@ -196,7 +196,8 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
             keep = np.random.default_rng(args.seed).choice(len(nodes), GRAPH_NODES, replace=False)
             nodes = nodes[np.sort(keep)]
         graph = graph_curves(metric, z_start, z_end, torch.from_numpy(nodes),
-                             k=args.graph_neighbours, n_points=args.n_points)
+                             k=args.graph_neighbours, n_points=args.n_points,
+                             progress=sys.stderr.isatty())
         t = _done(f"graph of {len(nodes)} codes, {args.graph_neighbours} neighbours each: "
                   f"{int(graph.found.sum())} of {len(start)} pairs joined", t)
     res = fit_geodesics(metric, z_start, z_end, n_points=args.n_points,
@@ -229,7 +230,7 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
         ds = ds.assign_coords(z1=vol["z1"].values, z2=vol["z2"].values)
         ds["log_volume"] = (("z1", "z2"), vol["log_volume"].values)
         if isinstance(metric, RHVAEMetric):  # smooth, and cheap: 0.3 s for 100 x 100 points
-            curv = curvature_grid(metric, bounds, args.grid_size)
+            curv = curvature_grid(metric, bounds, args.grid_size, progress=sys.stderr.isatty())
             ds["gaussian_curvature"] = (("z1", "z2"), curv["gaussian_curvature"].values)
         t = _done(f"log volume{' and curvature' if 'gaussian_curvature' in ds else ''} on a "
                   f"{args.grid_size} x {args.grid_size} grid", t)
@@ -240,7 +241,8 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
         val = np.flatnonzero(is_val) if is_val.any() else np.arange(len(z))
         codes = np.random.default_rng(args.seed).permutation(val)[:args.spray_points]
         mean = frechet_mean(metric, torch.from_numpy(z[codes]), n_points=args.n_points,
-                            integration_tol=args.integration_tol or None)
+                            integration_tol=args.integration_tol or None,
+                            progress=sys.stderr.isatty())  # its fits' bar
         if not mean.converged:  # the point reached is kept: the spray and figure still show it
             print(f"warning: the Frechet mean of {len(codes)} validation codes did not converge"
                   f" ({mean.stopped} after {mean.iterations} steps); the spray leaves the point"

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ..validate import as_tensor, positive_int
 from .curves import curve_length
@@ -45,6 +46,7 @@ def graph_curves(
     n_points: int = 50,
     subdivisions: int = 4,
     chunk_size: int = 4096,
+    progress: bool = False,
 ) -> GraphCurves:
     """Shortest paths from `z_start (B, d)` to `z_end (B, d)` (or `(d,)`) through a graph on
     `nodes (M, d)` and the endpoints.
@@ -63,7 +65,8 @@ def graph_curves(
     e.g., training codes or the 2-D grid of `metrics.grid_points`; their kNN graph need
     not be connected (pairs it does not join get the straight line and `found=False`).
     Points are cast to the metric's dtype and device (`metrics.as_points`), and the
-    results come in that dtype.
+    results come in that dtype. `progress` shows a bar over the edges' lengths, the
+    metric's share of the work (13 s for 4,000 codes of a VAE's pull-back).
     """
     from scipy.sparse import coo_matrix  # here: scipy adds to `import aetk`'s time
     from scipy.sparse.csgraph import dijkstra
@@ -96,7 +99,7 @@ def graph_curves(
     coords = vertices.detach().cpu().double().numpy()
     edges, both = _graph_edges(coords, m, n_starts, source, target, k)
     weight = _edge_lengths(metric, vertices, torch.as_tensor(edges, device=vertices.device),
-                           subdivisions, chunk_size)
+                           subdivisions, chunk_size, progress)
     edges, weight = np.concatenate([edges, edges[:both, ::-1]]), np.concatenate(
         [weight, weight[:both]])
     keep = np.isfinite(weight)
@@ -169,14 +172,16 @@ def _fraction(arc: np.ndarray) -> np.ndarray:
 
 
 def _edge_lengths(metric: Metric, vertices: Tensor, edges: Tensor, subdivisions: int,
-                  chunk_size: int) -> np.ndarray:
+                  chunk_size: int, progress: bool = False) -> np.ndarray:
     """Metric lengths (float64) of the straight segments between the vertex pairs
     `edges (E, 2)`, each split into `subdivisions` pieces."""
     s = torch.linspace(0, 1, subdivisions + 1, dtype=vertices.dtype, device=vertices.device)
     s = s.reshape(1, -1, 1)
     parts = []
-    with torch.no_grad():
+    with torch.no_grad(), tqdm(total=len(edges), disable=not progress, desc="graph edges",
+                               unit="edge") as bar:
         for chunk in edges.split(chunk_size):
             u, v = vertices[chunk[:, 0]].unsqueeze(1), vertices[chunk[:, 1]].unsqueeze(1)
             parts.append(curve_length(metric, u + s * (v - u)).double().cpu())
+            bar.update(len(chunk))
     return torch.cat(parts).numpy() if parts else np.zeros(0)
