@@ -169,6 +169,37 @@ def test_the_geodesics_view_is_the_volume_grid_when_the_spray_leaves_it() -> Non
     np.testing.assert_allclose(ax.get_ylim(), (-1.0, 1.0))
 
 
+def test_endpoint_names_leave_the_frechet_mean_visible() -> None:
+    """Pairs that end beside the Frechet mean of the codes (the pipeline's RHVAE: codes
+    packed around it): their names were drawn over its star; now the star is drawn over
+    the curves and the names go around it."""
+    g = np.linspace(-1, 1, 5)
+    t = np.linspace(0, 1, 5)[:, None]
+    starts = np.array([[-0.8, -0.5], [0.7, -0.6], [0.1, 0.8]])
+    ends = np.array([[0.03, 0.0], [0.0, 0.03], [-0.03, -0.02]])  # about the mean (0, 0)
+    points = np.stack([s + t * (e - s) for s, e in zip(starts, ends, strict=True)])
+    spokes = np.stack([t * [0.5, 0.0], t * [0.0, 0.5]])
+    geo = xr.Dataset({"points": (("pair", "t", "latent"), points),
+                      "length": (("pair",), [1.0] * 3), "line_length": (("pair",), [1.0] * 3),
+                      "converged": (("pair",), [True] * 3),
+                      "start_label": (("pair",), [0, 1, 2]), "end_label": (("pair",), [1, 2, 0]),
+                      "log_volume": (("z1", "z2"), np.zeros((5, 5))),
+                      "spray": (("direction", "s", "latent"), spokes),
+                      "frechet_mean": (("latent",), [0.0, 0.0])},
+                     coords={"z1": g, "z2": g},
+                     attrs={"metric": "rhvae", "label_names": ["alpha", "beta", "gamma"]})
+    latent = _latent(np.random.default_rng(0).uniform(-0.9, 0.9, (50, 2)), np.zeros(50, int))
+    fig = report.plot_geodesics(latent, geo)
+    ax = fig.axes[0]
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    (star,) = [line for line in ax.lines if line.get_marker() == "*"]
+    box = star.get_window_extent(canvas.get_renderer())
+    assert star.get_zorder() > max(line.get_zorder() for line in ax.lines if line is not star)
+    texts = [t.get_window_extent(canvas.get_renderer()) for t in ax.texts]
+    assert len(texts) == 6 and not any(box.overlaps(t) for t in texts)
+
+
 def test_geodesics_of_a_1d_latent_stand_on_their_own_lines() -> None:
     """Four overlapping pairs of a 1-D latent space: each on its own line (pair k at
     height k, the codes at 0), so that neither the curves nor their endpoint labels lie

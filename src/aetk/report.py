@@ -473,8 +473,8 @@ def plot_geodesics(latent: xr.Dataset, geo: xr.Dataset, path: Path | None = None
            Line2D([], [], ls="", marker="o", ms=3, color="0.3", label="codes")]
     if spray:  # over them
         centre = geo["frechet_mean"].values
-        ax.plot(centre[0], centre[1], "*", color="white", ms=12, markeredgecolor="black",
-                markeredgewidth=0.8)
+        avoid = ax.plot(centre[0], centre[1], "*", color="white", ms=12, zorder=3,
+                        markeredgecolor="black", markeredgewidth=0.8)  # over the curves
         key += [Line2D([], [], ls="", marker="*", ms=10, color="white", markeredgecolor="black",
                        markeredgewidth=0.8, label="Frechet mean of validation codes"),
                 Line2D([], [], color="black", lw=0.7, alpha=0.6, label="geodesic spray from it")]
@@ -486,20 +486,21 @@ def plot_geodesics(latent: xr.Dataset, geo: xr.Dataset, path: Path | None = None
                  f"length / straight-line length {ratio:.3f}, {conv}/{len(curves)} converged")
     if curved:
         _curvature_panel(fig, axs[0, 1], geo, z, curves)
-    _name_ends(fig, ax, ends)
+    _name_ends(fig, ax, ends, avoid if spray else [])
     return _save(fig, path)
 
 
-def _name_ends(fig: Figure, ax: Axes, ends: list[tuple[np.ndarray, np.ndarray, str, str]]
-               ) -> None:
+def _name_ends(fig: Figure, ax: Axes, ends: list[tuple[np.ndarray, np.ndarray, str, str]],
+               avoid: list) -> None:
     """Name each curve end `(end, the point before it, name, colour)` just beyond it, in
     the curve's direction; turned about the end, then further out, where the name would
-    cover one placed before it (nearby samples' names lay over one another)."""
+    cover one placed before it (nearby samples' names lay over one another) or an artist
+    of `avoid` (the Frechet mean's star)."""
     if not ends:
         return
     renderer = FigureCanvasAgg(fig).get_renderer()
     fig.draw_without_rendering()  # the final layout: the names' boxes in pixels
-    placed: list = []
+    placed = [artist.get_window_extent(renderer) for artist in avoid]  # (the mean's star)
     for end, inner, name, colour in ends:
         dx, dy = ax.transData.transform(end) - ax.transData.transform(inner)
         heading = np.arctan2(dy, dx)
