@@ -155,11 +155,16 @@ def test_flat_metrics() -> None:
     torch.testing.assert_close(from_graph.length, distance, rtol=1e-3, atol=0)
 
 
-def test_pairs_the_graph_does_not_join_get_the_straight_line() -> None:
-    """Two clusters 10 apart, 2 neighbours each: no edge between them."""
+def _two_clusters() -> torch.Tensor:
+    """Twelve nodes: six random points in the unit square, and the same six 10 to the right."""
     gen = torch.Generator().manual_seed(1)
     cluster = torch.rand(6, 2, generator=gen, dtype=torch.float64)
-    nodes = torch.cat([cluster, cluster + torch.tensor([10.0, 0.0], dtype=torch.float64)])
+    return torch.cat([cluster, cluster + torch.tensor([10.0, 0.0], dtype=torch.float64)])
+
+
+def test_pairs_the_graph_does_not_join_get_the_straight_line() -> None:
+    """Two clusters 10 apart, 2 neighbours each: no edge between them."""
+    nodes = _two_clusters()
     z0 = torch.tensor([[0.5, 0.5], [0.2, 0.2]], dtype=torch.float64)
     z1 = torch.tensor([[10.5, 0.5], [0.9, 0.8]], dtype=torch.float64)
     eye = Metric(lambda z: torch.eye(2, dtype=z.dtype).expand(len(z), 2, 2))
@@ -181,9 +186,7 @@ def test_a_pairs_path_does_not_depend_on_the_other_pairs() -> None:
     its endpoints), not alone. On a ReLU VAE's pull-back (digits), 24 of 30 pairs' graph
     paths differed alone and in the batch, by up to 16 %, and the fits from them by up to
     0.3 %; now each path, and the fit from it, is the same alone as in any batch."""
-    gen = torch.Generator().manual_seed(1)
-    cluster = torch.rand(6, 2, generator=gen, dtype=torch.float64)
-    nodes = torch.cat([cluster, cluster + torch.tensor([10.0, 0.0], dtype=torch.float64)])
+    nodes = _two_clusters()
     z0 = torch.tensor([[0.5, 0.5], [4.0, 0.5]], dtype=torch.float64)
     z1 = torch.tensor([[10.5, 0.5], [7.0, 0.5]], dtype=torch.float64)
     eye = Metric(lambda z: torch.eye(2, dtype=z.dtype).expand(len(z), 2, 2))

@@ -471,6 +471,7 @@ def plot_geodesics(latent: xr.Dataset, geo: xr.Dataset, path: Path | None = None
            Line2D([], [], color="black", gapcolor="white", lw=1.0, ls=(0, (3, 2)),
                   label="straight line"),
            Line2D([], [], ls="", marker="o", ms=3, color="0.3", label="codes")]
+    avoid: list = []  # what the endpoints' names must not cover
     if spray:  # over them
         centre = geo["frechet_mean"].values
         avoid = ax.plot(centre[0], centre[1], "*", color="white", ms=12, zorder=3,
@@ -486,7 +487,7 @@ def plot_geodesics(latent: xr.Dataset, geo: xr.Dataset, path: Path | None = None
                  f"length / straight-line length {ratio:.3f}, {conv}/{len(curves)} converged")
     if curved:
         _curvature_panel(fig, axs[0, 1], geo, z, curves)
-    _name_ends(fig, ax, ends, avoid if spray else [])
+    _name_ends(fig, ax, ends, avoid)
     return _save(fig, path)
 
 
