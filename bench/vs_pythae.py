@@ -22,6 +22,13 @@ At about 0.55 ms per GEMM on one thread here, that is the ~1.2x gap; the rest of
 step is leaner than pythae's. Deferring the eight weight-gradient GEMMs of the decoder's
 output layer into one (custom autograd Functions, no accumulation adds) measured no faster:
 the merged GEMM's gain is spent on the Functions' Python overhead and the concatenations.
+Tried again on 2026-12-03 (the fifth session) with the layer's calls redirected by a
+TorchFunctionMode to Functions that record their factors, summed by one merged product or a
+chain of in-place addmm_ when backward reaches the weight: the output layer's weight gradient
+fell from 8.0 to 6.0 ms of a 15.5 ms backward (7.5 ms without that gradient at all), but the
+forward rose by 1.1 ms (the mode's dispatch, 0.1-0.2 ms per decoder call, and the Python
+Functions), a net 2-4 % of the step (0.96-0.98x, four alternating runs). Not kept: too little
+for the machinery and a private autograd call (torch._C._will_engine_execute_node).
 A closed-form Bernoulli force (the score x - sigmoid(logits) in closed form, autograd only
 through the network) measured 1 % faster, and at most about 10 % even when the K
 intermediate positions skip log p(x|z) altogether (2026-12-02, alternating, 6 rounds).
