@@ -6,6 +6,7 @@ distances say are optimal."""
 
 import copy
 import math
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -687,6 +688,29 @@ def test_frechet_mean_of_far_apart_points_takes_a_few_steps(name, monkeypatch):
     assert hyperbolic_distance(res.mean[None], closed_form_mean(z)[None]) < 1e-4 * rms
 
 
+def test_frechet_mean_and_log_map_show_progress(capsys: pytest.CaptureFixture) -> None:
+    """progress=True (none by default): the Frechet mean's bar counts its steps of
+    max_iter, with the stage and the mean log map's length in units of its tolerance,
+    ending at most 1 once converged, and shows its fits' bars; log_map's counts the pairs
+    whose shots have settled. The results are the same either way."""
+    z = torch.tensor(FAR_APART["tall"], dtype=f64)
+    quiet = frechet_mean(poincare(), z, n_points=16)
+    quiet_logs = log_map(poincare(), z[:2], z[1:], n_points=16)
+    assert capsys.readouterr().err == ""
+    shown = frechet_mean(poincare(), z, n_points=16, progress=True)
+    err = capsys.readouterr().err
+    assert shown.converged and shown.iterations > 1
+    assert "Frechet mean: " in err and f" {shown.iterations}/30 " in err, err
+    assert "stage=start" in err and "stage=Newton" in err and "geodesics: " in err
+    residuals = [float(r) for r in re.findall(r"residual=([-+.e0-9]+)", err)]
+    assert residuals[0] > 1 >= residuals[-1], residuals
+    torch.testing.assert_close(shown.mean, quiet.mean, rtol=0, atol=0)
+    logs = log_map(poincare(), z[:2], z[1:], n_points=16, progress=True)
+    err = capsys.readouterr().err
+    assert "log maps: 100%" in err and " 2/2 " in err and "steps=20" in err, err
+    torch.testing.assert_close(logs.velocity, quiet_logs.velocity, rtol=0, atol=0)
+
+
 def test_frechet_mean_keeps_the_point_reached_when_its_budget_runs_out():
     z = torch.tensor(FAR_APART["tall"], dtype=f64)
     res = frechet_mean(poincare(), z, max_iter=1, n_points=16)
@@ -800,7 +824,7 @@ def test_frechet_mean_keeps_its_start_when_a_shot_misses_its_point(monkeypatch):
         1e-4 * res.variance.sqrt())
 
 
-def closed_form_shots(metric, z0, z1, v, n_steps, tol, max_iter, skip=None):
+def closed_form_shots(metric, z0, z1, v, n_steps, tol, max_iter, skip=None, bar=None):
     """`_shoot` in H^2 by the closed form: the exact log maps, converged."""
     length = hyperbolic_distance(z0, z1)
     return connection.LogMapResult(half_plane_log(z0, z1), length, torch.zeros_like(length),

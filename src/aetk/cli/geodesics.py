@@ -242,7 +242,7 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
         codes = np.random.default_rng(args.seed).permutation(val)[:args.spray_points]
         mean = frechet_mean(metric, torch.from_numpy(z[codes]), n_points=args.n_points,
                             integration_tol=args.integration_tol or None,
-                            progress=sys.stderr.isatty())  # its fits' bar
+                            progress=sys.stderr.isatty())
         if not mean.converged:  # the point reached is kept: the spray and figure still show it
             print(f"warning: the Frechet mean of {len(codes)} validation codes did not converge"
                   f" ({mean.stopped} after {mean.iterations} steps); the spray leaves the point"

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.func import jvp, vmap
+from tqdm.auto import tqdm
 
 from ..validate import as_tensor, positive_int
 from .curves import curve_length
@@ -264,7 +265,8 @@ def _exp_jacobians(metric: Metric, z: Tensor, v: Tensor, n_steps: int, *,
 
 def log_map(metric: Metric, z_start: Tensor, z_end: Tensor, *, n_steps: int = 20,
             tol: float = 1e-6, max_iter: int = 20, integration_tol: float | None = None,
-            max_doublings: int = 4, collocate: bool = True, **fit_kwargs) -> LogMapResult:
+            max_doublings: int = 4, collocate: bool = True, progress: bool = False,
+            **fit_kwargs) -> LogMapResult:
     """`log_{z_start}(z_end)`: the initial velocity of the geodesic from `z_start` to
     `z_end` (`(B, d)` or `(d,)`) that reaches it at time 1.
 
@@ -295,29 +297,32 @@ def log_map(metric: Metric, z_start: Tensor, z_end: Tensor, *, n_steps: int = 20
 
     The endpoints may be numpy arrays or tensors of another dtype: they are cast to the
     metric's dtype and device (`metrics.as_points`), and the results come in that dtype.
-    NaN or infinite endpoints are a ValueError naming them.
+    NaN or infinite endpoints are a ValueError naming them. `progress` shows the fit's bar,
+    then one over the pairs whose shots have settled, with the integrator's steps.
     """
     n_steps = positive_int(n_steps, "n_steps")
     max_iter = positive_int(max_iter, "max_iter", 0)
     tol = positive_number(tol, "tol", zero=True)
     max_doublings = _check_integration(integration_tol, max_doublings)
     z0, z1 = _pairs(metric, z_start, z_end, ("z_start", "z_end"))
-    v, fitted, curves = _fitted_logs(metric, z0, z1, **fit_kwargs)
-    for doubling in range(max_doublings + 1):
-        res = _shoot(metric, z0, z1, v, n_steps, tol, max_iter)
-        # not in _shoot: the Frechet mean's inner loop needs none
-        errors = _integration_errors(metric, z0, res.velocity, n_steps)
-        res = replace(res, integration_error=errors.end, velocity_error=errors.velocity,
-                      n_steps=n_steps)
-        if integration_tol is None:
-            break
-        accurate = _accurate(errors, res.velocity, integration_tol)
-        # a shot that missed its point is no log map (collocation takes it): its velocity's
-        # accuracy is no reason to double, as in frechet_mean
-        if bool((accurate | ~res.converged).all()) or doubling == max_doublings:
-            res = replace(res, converged=res.converged & accurate)
-            break
-        n_steps, v = 2 * n_steps, res.velocity
+    v, fitted, curves = _fitted_logs(metric, z0, z1, progress=progress, **fit_kwargs)
+    with tqdm(total=len(z0), disable=not progress, desc="log maps", unit="pair") as bar:
+        for doubling in range(max_doublings + 1):
+            bar.set_postfix(steps=n_steps)
+            res = _shoot(metric, z0, z1, v, n_steps, tol, max_iter, bar=bar)
+            # not in _shoot: the Frechet mean's inner loop needs none
+            errors = _integration_errors(metric, z0, res.velocity, n_steps)
+            res = replace(res, integration_error=errors.end, velocity_error=errors.velocity,
+                          n_steps=n_steps)
+            if integration_tol is None:
+                break
+            accurate = _accurate(errors, res.velocity, integration_tol)
+            # a shot that missed its point is no log map (collocation takes it): its
+            # velocity's accuracy is no reason to double, as in frechet_mean
+            if bool((accurate | ~res.converged).all()) or doubling == max_doublings:
+                res = replace(res, converged=res.converged & accurate)
+                break
+            n_steps, v = 2 * n_steps, res.velocity
     if not collocate:
         return replace(res, collocated=torch.zeros_like(res.converged))
     res, _ = _mend(metric, z0, z1, res, fitted, curves, tol, n_steps,
@@ -414,14 +419,15 @@ def _fitted_logs(metric: Metric, z0: Tensor, z1: Tensor, **fit_kwargs
 
 
 def _shoot(metric: Metric, z0: Tensor, z1: Tensor, v: Tensor, n_steps: int, tol: float,
-           max_iter: int, skip: Tensor | None = None) -> LogMapResult:
+           max_iter: int, skip: Tensor | None = None, bar: tqdm | None = None
+           ) -> LogMapResult:
     """Newton on `exp_map(z0, v) = z1` from the velocities `v (B, d)`.
 
     Only the pairs not yet converged, and not in `skip (B,)`, take part. A pair whose full
     step does not reduce its residual tries the halved steps 1/2 .. 1/128 all at once, and
     takes the longest that does; a pair that none reduces stops where it is (it is beyond
     the shooting's reach from here, and trying again from the same velocity would only
-    repeat the same steps)."""
+    repeat the same steps). `bar` counts the pairs that no longer take part."""
     # the tolerance, but never below what the dtype can resolve at z1; once the Jacobian
     # is known, also the endpoint's move when v changes by its own rounding (a
     # near-conjugate pair of a 10-epoch RHVAE stalls there in float32, at 2e-5: several
@@ -443,6 +449,7 @@ def _shoot(metric: Metric, z0: Tensor, z1: Tensor, v: Tensor, n_steps: int, tol:
     halves = 0.5 ** torch.arange(1, 8, dtype=v.dtype, device=v.device)
     for _ in range(max_iter):
         idx = ((residual > scale) & ~stuck).nonzero()[:, 0]
+        _show(bar, len(z0) - len(idx))
         if not len(idx):
             break
         end, jac = _exp_jacobians(metric, z0[idx], v[idx], n_steps)
@@ -478,7 +485,15 @@ def _shoot(metric: Metric, z0: Tensor, z1: Tensor, v: Tensor, n_steps: int, tol:
     with torch.no_grad():
         length = metric.quad(z0, v.unsqueeze(-2))[..., 0].clamp_min(0).sqrt()
     accepted = torch.minimum(scale, torch.maximum(base, eps**0.5 * distance))
+    _show(bar, len(z0))
     return LogMapResult(v, length, residual, residual <= accepted, iterations)
+
+
+def _show(bar: tqdm | None, n: int) -> None:
+    """Set a bar that counts what is done to `n`."""
+    if bar is not None:
+        bar.n = n
+        bar.refresh()
 
 
 def _collocate(metric: Metric, z0: Tensor, z1: Tensor, curves: Tensor, tol: float
@@ -666,7 +681,7 @@ def _mean_step(metric: Metric, m: Tensor, w: Tensor, v: Tensor, length: Tensor
 
 
 def _fitted_start(metric: Metric, z: Tensor, w: Tensor, tol: float, max_iter: int,
-                  fit_kwargs: dict) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+                  fit_kwargs: dict, bar: tqdm) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
     """Karcher steps `m <- m + r sum_i w_i v_i` from the Euclidean mean, with the initial
     velocities `v_i` of energy-minimising curves (no shooting: on an RHVAE a fit of 100
     curves costs about one geodesic integration, a shooting ten or more). The rate `r` is
@@ -702,6 +717,7 @@ def _fitted_start(metric: Metric, z: Tensor, w: Tensor, tol: float, max_iter: in
         m, v, length, curves = trial, v_new, length_new, curves_new
         step, size, var = step_new, size_new, var_new
         iterations += 1
+        bar.update()
     return m, v, length, curves, iterations
 
 
@@ -784,7 +800,8 @@ def _newton_step(metric: Metric, m: Tensor, z: Tensor, w: Tensor, logs: LogMapRe
 def frechet_mean(metric: Metric, z: Tensor, weights: Tensor | None = None, *,
                  max_iter: int = 30, tol: float = 1e-4, n_steps: int = 20,
                  integration_tol: float | None = None, max_doublings: int = 4,
-                 log_tol: float = 1e-6, log_max_iter: int = 20, **fit_kwargs) -> FrechetMean:
+                 log_tol: float = 1e-6, log_max_iter: int = 20, progress: bool = False,
+                 **fit_kwargs) -> FrechetMean:
     """The point `m` minimising the weighted variance `sum_i w_i d(m, z_i)^2` of `z (N, d)`
     (weights normalised to sum 1), where the mean log map `sum_i w_i log_m(z_i)` vanishes.
 
@@ -833,7 +850,9 @@ def frechet_mean(metric: Metric, z: Tensor, weights: Tensor | None = None, *,
     `tol` and `max_iter`), `fit_kwargs` go to `fit_geodesics`. Unique where the points lie
     in a small enough convex region. `z` may be a numpy array or a tensor of another
     dtype: it is cast to the metric's dtype and device, and the mean comes in that dtype;
-    NaN or infinite points are a ValueError naming them."""
+    NaN or infinite points are a ValueError naming them. `progress` shows a bar over the
+    steps (of `max_iter`) with the stage, the mean log map's length in units of its
+    tolerance (converged at 1 or less) and the integrator's steps, and the fits' bars."""
     z = latent_points(metric, z, "z", finite=True)
     w = (torch.ones(len(z), dtype=z.dtype, device=z.device) if weights is None
          else as_tensor(weights, None).to(dtype=z.dtype, device=z.device))
@@ -850,45 +869,53 @@ def frechet_mean(metric: Metric, z: Tensor, weights: Tensor | None = None, *,
     # mean's own being named the same
     tol_shoot = positive_number(log_tol, "log_tol", zero=True)
     max_shoot = positive_int(log_max_iter, "log_max_iter", 0)
-    m, v, fitted, curves, iterations = _fitted_start(metric, z, w, math.sqrt(tol), max_iter,
-                                                     fit_kwargs)
-    start = m.expand_as(z).contiguous()
-    logs = _shoot(metric, start, z, v, n_steps, tol_shoot, max_shoot)
-    # a geodesic longer than a curve joining the same points does not minimise (beyond the
-    # quadrature's error): on a stiff metric (a single-cell RHVAE, G's eigenvalues 0.09 to
-    # 97 along a curve) a few shots end on such geodesics, 3-8x too long, and Newton on
-    # them stalls 800x from converged after minutes, at a point no better than the start;
-    # nor is a shot that missed its point a log map (a single-cell negative-binomial
-    # RHVAE: 10 of 56 missed by 0.3 to 3.7, and Newton on them stalled at a worse point).
-    # Collocation replaces those; only where it fails too is the start returned
-    logs, curves = _mend(metric, start, z, logs, fitted, curves, tol_shoot, n_steps, w > 0)
-    wrong = ~(logs.length <= _MINIMISING_SLACK * fitted) | ~logs.converged
-    if bool((wrong & (w > 0)).any()):
-        return FrechetMean(m, (w * fitted.square()).sum(), False, iterations, "log_maps",
-                           n_steps)
-    doublings = 0
-    while True:
-        size, var = _mean_step(metric, m, w, logs.velocity, logs.length)[1:]
-        done = bool(size <= tol * var.sqrt())
-        moved = None if done or iterations >= max_iter else _newton_step(
-            metric, m, z, w, logs, curves, n_steps, tol_shoot, max_shoot)
-        if moved is not None:
-            (m, logs, curves), iterations = moved, iterations + 1
-            continue
-        errors = _shot_errors(metric, m, z, logs, n_steps)
-        accurate = integration_tol is None or bool((
-            _accurate(errors, logs.velocity, integration_tol) | logs.collocated | (w == 0)
-        ).all())
-        # converged or stalled on shots the integrator gets wrong: more steps
-        finer = None if accurate or doublings == max_doublings or iterations >= max_iter else (
-            _finer_logs(metric, m, z, w, logs, curves, 2 * n_steps, tol_shoot, max_shoot))
-        if finer is not None:
-            (logs, curves), n_steps, doublings = finer, 2 * n_steps, doublings + 1
-            continue
-        stopped = ("max_iter" if not done and iterations >= max_iter else "stalled" if not done
-                   else "converged" if accurate else "integration")
-        return FrechetMean(m, var, stopped == "converged", iterations, stopped, n_steps,
-                           errors.end, errors.velocity)
+    with tqdm(total=max_iter, disable=not progress, desc="Frechet mean", unit="step") as bar:
+        bar.set_postfix(stage="start")
+        m, v, fitted, curves, iterations = _fitted_start(
+            metric, z, w, math.sqrt(tol), max_iter, {**fit_kwargs, "progress": progress}, bar)
+        start = m.expand_as(z).contiguous()
+        logs = _shoot(metric, start, z, v, n_steps, tol_shoot, max_shoot)
+        # a geodesic longer than a curve joining the same points does not minimise (beyond
+        # the quadrature's error): on a stiff metric (a single-cell RHVAE, G's eigenvalues
+        # 0.09 to 97 along a curve) a few shots end on such geodesics, 3-8x too long, and
+        # Newton on them stalls 800x from converged after minutes, at a point no better than
+        # the start; nor is a shot that missed its point a log map (a single-cell
+        # negative-binomial RHVAE: 10 of 56 missed by 0.3 to 3.7, and Newton on them stalled
+        # at a worse point). Collocation replaces those; only where it fails too is the
+        # start returned
+        logs, curves = _mend(metric, start, z, logs, fitted, curves, tol_shoot, n_steps, w > 0)
+        wrong = ~(logs.length <= _MINIMISING_SLACK * fitted) | ~logs.converged
+        if bool((wrong & (w > 0)).any()):
+            return FrechetMean(m, (w * fitted.square()).sum(), False, iterations, "log_maps",
+                               n_steps)
+        doublings = 0
+        while True:
+            size, var = _mean_step(metric, m, w, logs.velocity, logs.length)[1:]
+            done = bool(size <= tol * var.sqrt())
+            bar.set_postfix(stage="Newton", residual=f"{float(size / var.sqrt()) / tol:.2g}",
+                            steps=n_steps)
+            moved = None if done or iterations >= max_iter else _newton_step(
+                metric, m, z, w, logs, curves, n_steps, tol_shoot, max_shoot)
+            if moved is not None:
+                (m, logs, curves), iterations = moved, iterations + 1
+                bar.update()
+                continue
+            errors = _shot_errors(metric, m, z, logs, n_steps)
+            accurate = integration_tol is None or bool((
+                _accurate(errors, logs.velocity, integration_tol) | logs.collocated | (w == 0)
+            ).all())
+            # converged or stalled on shots the integrator gets wrong: more steps
+            finer = (None if accurate or doublings == max_doublings or iterations >= max_iter
+                     else _finer_logs(metric, m, z, w, logs, curves, 2 * n_steps, tol_shoot,
+                                      max_shoot))
+            if finer is not None:
+                (logs, curves), n_steps, doublings = finer, 2 * n_steps, doublings + 1
+                continue
+            stopped = ("max_iter" if not done and iterations >= max_iter
+                       else "stalled" if not done
+                       else "converged" if accurate else "integration")
+            return FrechetMean(m, var, stopped == "converged", iterations, stopped, n_steps,
+                               errors.end, errors.velocity)
 
 
 def geodesic_spray(metric: Metric, centre: Tensor, n_directions: int = 16, radius: float = 1.0,

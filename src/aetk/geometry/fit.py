@@ -154,7 +154,9 @@ def fit_geodesics(
     starts = _line(z_start, z_end, t) if start_curves is None else start_curves
 
     parts = []
-    with tqdm(total=z_start.shape[0], disable=not progress, desc="geodesics") as bar:
+    # leave=None: a fit inside a log map or a Frechet mean leaves no bar behind
+    with tqdm(total=z_start.shape[0], disable=not progress, desc="geodesics",
+              leave=None) as bar:
         for z0, z1, c0 in zip(z_start.split(chunk_size), z_end.split(chunk_size),
                               starts.split(chunk_size), strict=True):
             if curve == "discrete":
