@@ -21,6 +21,7 @@ from aetk.geometry import (
     curve_length,
     distance_matrix,
     fit_geodesics,
+    graph_curves,
     interpolate,
     metric_for,
     volume_grid,
@@ -1122,6 +1123,51 @@ def test_a_metric_function_that_is_no_metric_is_refused_by_the_fit():
     flat = Metric(lambda z: torch.diag_embed(torch.stack([z[:, 0] ** 2, torch.ones_like(z[:, 0])],
                                                          -1)))
     assert fit_geodesics(flat, z0, z1).length.isfinite().all()
+
+
+def _bump(sign: float, axis: int) -> Metric:
+    """G = I + sign 4 exp(-|z|^2) on the diagonal entry `axis`: for sign -1 indefinite
+    near the origin (-3 there), positive at (+-2, 0) (1 - 4 e^-4 = 0.93)."""
+    def fn(z):
+        diagonal = torch.ones_like(z)
+        diagonal[:, axis] += sign * 4 * torch.exp(-z.square().sum(-1))
+        return torch.diag_embed(diagonal)
+    return Metric(fn)
+
+
+def test_a_metric_function_indefinite_between_the_endpoints_is_refused_by_the_fit():
+    """Metric(fn) of G = diag(1, 1 - 4 exp(-|z|^2)) between (-2, 0) and (2, 0): positive at
+    both ends, indefinite on the straight line between them; fit_geodesics fitted it and
+    reported it converged, as the endpoints were all it checked. Now the fitted curves' points
+    are checked too, and the line or initial curve returned instead of a fit."""
+    z0, z1 = torch.tensor([-2.0, 0.0], dtype=f64), torch.tensor([2.0, 0.0], dtype=f64)
+    across = _bump(-1.0, axis=1)
+    ends = across.metric(torch.stack([z0, z1]))
+    assert (torch.linalg.eigvalsh(ends) > 0.9).all()
+    assert across.metric(torch.zeros(1, 2, dtype=f64))[0, 1, 1] == -3.0  # the line's middle
+    for curve in ("discrete", "neural"):
+        with pytest.raises(ValueError, match=r"not positive semi-definite at the point \[-?\d.* "
+                                             r"of a fitted curve \(G there"):
+            fit_geodesics(across, z0, z1, curve=curve, n_points=20)
+    # negative along the line's own direction: the line's length takes those squared speeds
+    # as 0 (1.19 for a Euclidean 4), so it replaced the fit, which one tiny step from the
+    # half-circle start stayed where G is positive
+    along = _bump(-1.0, axis=0)
+    angle = torch.linspace(math.pi, 0, 20, dtype=f64)
+    half_circle = 2 * torch.stack([angle.cos(), angle.sin()], -1)
+    half_circle[0], half_circle[-1] = z0, z1
+    with pytest.raises(ValueError, match="of the line or initial curve returned for a longer fit"):
+        fit_geodesics(along, z0, z1, init=half_circle, n_points=20, optimizer="adam", lr=1e-4,
+                      max_iter=1)
+    line_nodes = torch.stack([torch.linspace(-1.5, 1.5, 7, dtype=f64), torch.zeros(7, dtype=f64)],
+                             -1)
+    with pytest.raises(ValueError, match="of a shortest graph path"):
+        graph_curves(along, z0, z1, line_nodes, k=2, n_points=20)
+    # positive definite everywhere: fitted, and no curve beats the line, G11 = 1 along it
+    ridge = _bump(1.0, axis=1)
+    fit = fit_geodesics(ridge, z0, z1, init="graph", nodes=line_nodes, graph_k=2, n_points=20)
+    assert bool(fit.converged.all())
+    torch.testing.assert_close(fit.length, torch.full((1,), 4.0, dtype=f64))
 
 
 def test_fit_options_out_of_range_are_refused_by_name():

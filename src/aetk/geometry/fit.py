@@ -111,6 +111,9 @@ def fit_geodesics(
     - The endpoints may be tensors of any float or integer dtype or numpy arrays: they are
       cast to the metric's dtype (`metrics.as_points`), and the results come in it. NaN or
       infinite endpoints are a ValueError naming them.
+    - A metric of the user's function (`Metric(fn)`) whose G is not symmetric positive
+      semi-definite at the endpoints or at a point of the fitted or returned curves is a
+      ValueError naming the point (`metrics.check_user_metric`).
 
     The defaults were chosen by measurement (hyperbolic, RHVAE and decoder pull-back
     metrics): discrete curves with L-BFGS converge in 10-15 iterations to lengths within
@@ -172,6 +175,9 @@ def fit_geodesics(
     points, length, energy_, line_points, line_length, line_energy, converged, iterations = (
         torch.cat(p) for p in zip(*parts, strict=True)
     )
+    # G where the fit went, as at the endpoints: an indefinite one makes the energy it
+    # minimised meaningless, and the length takes negative squared speeds as 0
+    check_user_metric(metric, points, " of a fitted curve")
     init_length, kept_init = line_length, torch.zeros_like(converged)
     if start_curves is not None:
         with torch.no_grad():
@@ -186,6 +192,8 @@ def fit_geodesics(
     # (a start that was the line itself, where the graph did not join the pair)
     fell_back = torch.where(kept_init, ~(length < line_length), ~(length <= line_length))
     points = torch.where(fell_back[:, None, None], line_points, points)
+    # the line or initial curve that replaced a longer fit, whose length took them as 0 too
+    check_user_metric(metric, points, " of the line or initial curve returned for a longer fit")
     return GeodesicResult(
         points=points,
         t=t,

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ..validate import as_tensor, positive_int
 from .curves import curve_length
-from .metrics import Metric, as_points, latent_dim, pair_rows
+from .metrics import Metric, as_points, check_user_metric, latent_dim, pair_rows
 
 # shortest-path sources per Dijkstra call: its distance and predecessor rows are
 # (sources, vertices), so this bounds their memory (30 MB for 10k vertices)
@@ -131,6 +131,8 @@ def graph_curves(
 
     points = torch.as_tensor(points, dtype=z_start.dtype, device=z_start.device)
     points[:, 0], points[:, -1] = z_start, z_end  # exactly, whatever the rounding
+    # the edges' lengths took negative squared speeds as 0
+    check_user_metric(metric, points, " of a shortest graph path")
     length = torch.as_tensor(length, dtype=z_start.dtype, device=z_start.device)
     return GraphCurves(points=points, length=length, found=torch.isfinite(length))
 

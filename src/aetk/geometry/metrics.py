@@ -605,13 +605,15 @@ def latent_points(metric: Metric, z: Tensor | np.ndarray, name: str = "points", 
     return z
 
 
-def check_user_metric(metric: Metric, z: Tensor) -> None:
+def check_user_metric(metric: Metric, z: Tensor, where: str = "") -> None:
     """For a metric of the user's function (`Metric(fn)`; aetk's own are symmetric and
-    positive semi-definite by construction): a ValueError when `G` at the points `z (N, d)`
-    is not symmetric, or has a negative eigenvalue, beyond rounding. Fits took such a
-    metric's negative squared speeds as 0 (`curve_length`) and called the curves converged."""
+    positive semi-definite by construction): a ValueError when `G` at the points `z (..., d)`
+    is not symmetric, or has a negative eigenvalue, beyond rounding; `where` says what the
+    points are, after the offending one. Fits took such a metric's negative squared speeds as
+    0 (`curve_length`) and called the curves converged."""
     if type(metric) is not Metric or z.numel() == 0:
         return
+    z = z.reshape(-1, z.shape[-1])
     with torch.no_grad():
         G = metric.metric(z)
     tol = math.sqrt(torch.finfo(G.dtype).eps) * G.abs().amax(dim=(-2, -1))
@@ -623,8 +625,8 @@ def check_user_metric(metric: Metric, z: Tensor) -> None:
     if bool(bad.any()):
         i = int(bad.nonzero()[0])
         raise ValueError(f"the metric's function gives a G(z) that is not {what} at the point "
-                         f"{z[i].tolist()} (G there: {G[i].tolist()}): a Riemannian metric is "
-                         "symmetric positive definite")
+                         f"{z[i].tolist()}{where} (G there: {G[i].tolist()}): a Riemannian "
+                         "metric is symmetric positive definite")
 
 
 def pair_rows(z_start: Tensor, z_end: Tensor) -> tuple[Tensor, Tensor]:
