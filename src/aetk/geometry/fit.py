@@ -193,7 +193,8 @@ def fit_geodesics(
     fell_back = torch.where(kept_init, ~(length < line_length), ~(length <= line_length))
     points = torch.where(fell_back[:, None, None], line_points, points)
     # the line or initial curve that replaced a longer fit, whose length took them as 0 too
-    check_user_metric(metric, points, " of the line or initial curve returned for a longer fit")
+    check_user_metric(metric, points[fell_back],
+                      " of the line or initial curve returned for a longer fit")
     return GeodesicResult(
         points=points,
         t=t,
