@@ -115,3 +115,24 @@ def small_rhvae_metric() -> Metric:
     model.on_fit_start(torch.rand(32, 6))
     model.update_metric()
     return metric_for(model.eval())
+
+
+class OnceDifferentiableTanh(nn.Module):
+    """tanh through an autograd Function whose backward autograd cannot differentiate
+    again (`@once_differentiable`, as in some third-party layers)."""
+
+    class _Function(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            y = torch.tanh(x)
+            ctx.save_for_backward(y)
+            return y
+
+        @staticmethod
+        @torch.autograd.function.once_differentiable
+        def backward(ctx, grad):
+            (y,) = ctx.saved_tensors
+            return grad * (1 - y * y)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._Function.apply(x)

@@ -20,7 +20,7 @@ from aetk.encoders import GaussianEncoder
 from aetk.models.rhvae import LOG_DIAG_BOUND
 from aetk.train import evaluate
 
-from helpers import digits
+from helpers import OnceDifferentiableTanh, digits
 
 F, LATENT, B, N_CENTROIDS = 6, 2, 5, 4
 f64 = torch.float64
@@ -716,6 +716,38 @@ def test_failures_that_are_not_the_step_size_name_their_cause(kind):
     with pytest.raises(aetk.TrainingDiverged, match="encoder's samples") as err:
         m.loss(x)
     assert not isinstance(err.value, ham.FlowDiverged)
+
+
+class _Broken(nn.Module):
+    def forward(self, x):
+        raise RuntimeError("an unrelated failure")
+
+
+@pytest.mark.parametrize("kind", ["hvae", "rhvae"])
+def test_fit_names_a_once_differentiable_decoder(kind):
+    """The training gradient differentiates the decoder's force again: a decoder with a
+    once-differentiable Function gets aetk's TypeError from fit (torch's bare RuntimeError
+    from inside backward before), chained to torch's; other errors pass unchanged, and the
+    same model with nn.Tanh trains."""
+    m = hvae() if kind == "hvae" else rhvae()
+    x = _data(40)
+    fit = dict(epochs=1, batch_size=20, progress=False, device="cpu")
+    m.decoder.network[1] = OnceDifferentiableTanh()
+    with pytest.raises(TypeError, match=(
+            rf"^training {kind.upper()} differentiates a gradient again \(the leapfrog force "
+            r".*only once differentiable.*@once_differentiable.*differentiable torch "
+            r"operations, or train without second derivatives")) as err:
+        aetk.fit(m, x, **fit)
+    assert "once_differentiable" in str(err.value.__cause__)
+    m.decoder.network[1] = _Broken()
+    with pytest.raises(RuntimeError, match=r"^an unrelated failure$") as err:
+        aetk.fit(m, x, **fit)
+    assert type(err.value) is RuntimeError
+    m.decoder.network[1] = nn.Tanh()
+    before = [p.detach().clone() for p in m.decoder.parameters()]
+    history = aetk.fit(m, x, **fit)
+    assert np.isfinite(history["train_loss"]).all()
+    assert any(not torch.equal(a, b) for a, b in zip(before, m.decoder.parameters(), strict=True))
 
 
 def _monitor(*points, step_size=0.1):

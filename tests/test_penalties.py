@@ -15,7 +15,7 @@ from torch import nn
 import aetk
 from aetk.penalties import describe, encoded, make_penalty, penalized, penalty_names
 
-from helpers import digits
+from helpers import OnceDifferentiableTanh, digits
 
 
 def _vae(name: str = "vae", latent: int = 2) -> aetk.Model:
@@ -93,6 +93,20 @@ def test_decoder_jacobian_is_the_squared_frobenius_norm_of_the_decoders_jacobian
     with torch.no_grad():  # validation
         value = aetk.DecoderJacobian(n_projections=1000)(model, x)
     assert not value.requires_grad and value.item() == pytest.approx(exact, rel=0.08)
+
+
+def test_decoder_jacobian_with_a_once_differentiable_decoder_is_named_by_fit():
+    """The penalty differentiates the decoder's Jacobian-vector products in training: a
+    decoder with a once-differentiable Function gets aetk's TypeError from fit (torch's bare
+    RuntimeError from inside backward before); without the penalty the VAE trains."""
+    model, x = _vae(), digits(n=40)[0]
+    model.decoder.network[1] = OnceDifferentiableTanh()
+    fit = dict(epochs=1, batch_size=20, progress=False, device="cpu")
+    with pytest.raises(TypeError, match=r"^training VAE differentiates a gradient again "
+                                        r"\(.*the decoder_jacobian penalty\)") as err:
+        aetk.fit(model, x, penalties=[aetk.DecoderJacobian()], **fit)
+    assert "once_differentiable" in str(err.value.__cause__)
+    assert np.isfinite(aetk.fit(model, x, **fit)["train_loss"]).all()
 
 
 def test_penalized_adds_the_penalties_and_puts_the_loss_back():

@@ -70,6 +70,10 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+ONCE_DIFFERENTIABLE = "differentiate twice a function that was marked with @once_differentiable"
+"""torch's error where a backward pass differentiates such a Function's backward."""
+
+
 class DataScaleWarning(UserWarning):
     """`fit` of a model with a Gaussian likelihood on data far from the unit scale that its
     default sigma (1) and the learned sigma's clamp (`decoders.LOG_SIGMA_RANGE`) assume:
@@ -744,6 +748,16 @@ def _train_epoch(model: Model, batches: _Batches, optimizers: dict, epoch: int,
                 err.args = (f"{err.args[0]} (here "
                             f"{_divergence_advice(epoch == 1 and i == 1, optimizers)})",)
             raise
+        except RuntimeError as err:
+            if ONCE_DIFFERENTIABLE not in str(err):
+                raise
+            raise TypeError(
+                f"training {type(model).__name__} differentiates a gradient again (the leapfrog "
+                "force grad_z log p(x|z) of HVAE and RHVAE, the decoder_jacobian penalty), but "
+                "the networks contain an operation that is only once differentiable (an "
+                "autograd Function whose backward is marked @once_differentiable): write that "
+                "backward with differentiable torch operations, or train without second "
+                "derivatives (a VAE, no decoder_jacobian penalty)") from err
         if any(t not in out.terms for t in penalty_terms):
             raise _PenaltiesBypassed(
                 f"{type(model).__name__}.training_step does not compute its loss with "

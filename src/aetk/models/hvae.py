@@ -45,7 +45,8 @@ class HVAE(Model):
     `loss = reconstruction - log_prior - momentum - entropy = -ELBO`.
 
     The training gradient differentiates the force `grad_z log p(x|z)` again: the decoder
-    must be twice differentiable (no `@once_differentiable` autograd Function in it).
+    must be twice differentiable (no `@once_differentiable` autograd Function in it: `fit`
+    raises a TypeError for one).
 
     `step_size` is a scalar or one value per latent dimension; `learn_step_size` and
     `learn_beta0` make them trainable (kept positive, and beta_0 in (0, 1)).
