@@ -27,8 +27,9 @@ TorchFunctionMode to Functions that record their factors, summed by one merged p
 chain of in-place addmm_ when backward reaches the weight: the output layer's weight gradient
 fell from 8.0 to 6.0 ms of a 15.5 ms backward (7.5 ms without that gradient at all), but the
 forward rose by 1.1 ms (the mode's dispatch, 0.1-0.2 ms per decoder call, and the Python
-Functions), a net 2-4 % of the step (0.96-0.98x, four alternating runs). Not kept: too little
-for the machinery and a private autograd call (torch._C._will_engine_execute_node).
+Functions): the step took 0.96-0.98x in five alternating runs at latent 2 and 1.015x in one
+at latent 10. Not kept: too little for the machinery and a private autograd call
+(torch._C._will_engine_execute_node).
 A closed-form Bernoulli force (the score x - sigmoid(logits) in closed form, autograd only
 through the network) measured 1 % faster, and at most about 10 % even when the K
 intermediate positions skip log p(x|z) altogether (2026-12-02, alternating, 6 rounds).
