@@ -23,8 +23,9 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-FAKE = torch.device("cuda", 0)
+FAKE = torch.device("cuda", 0)  # what the simulated tensors report
 CPU = torch.device("cpu")
+moved: list[torch.device] = []  # the devices modules were moved to, since `install`
 _INDEXING = ("__getitem__", "__setitem__", "copy_")
 
 
@@ -39,7 +40,7 @@ class OnDevice(torch.Tensor):
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         owner = getattr(func, "__self__", None)
         if owner is torch._C.TensorBase.device:
-            return FAKE
+            return _fake()
         if owner is torch._C.TensorBase.is_cuda:
             return True
         if owner is torch._C.TensorBase.is_cpu:
@@ -53,6 +54,10 @@ class OnDevice(torch.Tensor):
         copy = nn.Parameter(copy, self.requires_grad) if _is_param(self) else copy
         memo[id(self)] = copy
         return copy
+
+
+def _fake() -> torch.device:
+    return FAKE  # looked up at each call: a test may patch it
 
 
 def _is_param(t: torch.Tensor) -> bool:
@@ -183,6 +188,7 @@ def _module_to(module: nn.Module, *args: Any, **kwargs: Any) -> nn.Module:
         _MODULE_TO(module, dtype)
     if device is None:
         return module
+    moved.append(device)
     return to_device(module) if _is_fake(device) else to_cpu(module)
 
 
@@ -209,6 +215,7 @@ def install(monkeypatch) -> FakeCuda:
     import aetk.geometry.curves
     import aetk.geometry.metrics
 
+    moved.clear()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [])

@@ -24,6 +24,8 @@ import aetk
 from aetk.devices import resolve_device
 from aetk.train import evaluate
 
+import fake_cuda
+
 MODELS = ["ae", "irmae", "wae", "vqvae", "vae", "beta_vae", "beta_tcvae", "infovae", "infomaxvae",
           "factorvae", "dipvae", "iwae", "ciwae", "piwae", "vampprior"]
 LIKELIHOODS = ["bernoulli", "gaussian", "gaussian_learned", "categorical", "poisson",
@@ -1252,6 +1254,22 @@ def test_resolve_device_checks_what_torch_reports(monkeypatch):
     assert resolve_device("auto") == torch.device("cpu")
     with pytest.raises(ValueError, match="'cuda:0': CUDA is not available"):
         resolve_device("cuda:0")
+
+
+def test_fit_auto_trains_a_model_on_its_gpu_there(monkeypatch):
+    """device="auto" (the default) trains a model on cuda:1 on cuda:1 (simulated,
+    tests/fake_cuda.py): it was moved to the first GPU, its data copied after it. A model
+    on the CPU goes to the GPU."""
+    monkeypatch.setattr(fake_cuda, "FAKE", torch.device("cuda", 1))
+    x = _digits(n_train=100)[0]
+    with fake_cuda.install(monkeypatch):
+        model = aetk.build_model("vae", "bernoulli", in_features=64, hidden=(16,)).to("cuda:1")
+        aetk.fit(model, x, epochs=1, batch_size=50, progress=False)
+        assert fake_cuda.moved == [torch.device("cuda", 1)] * 2
+        fake_cuda.moved.clear()
+        model = aetk.build_model("vae", "bernoulli", in_features=64, hidden=(16,))
+        aetk.fit(model, x, epochs=1, batch_size=50, progress=False)
+        assert fake_cuda.moved == [torch.device("cuda")]
 
 
 def test_fit_takes_data_frames_and_names_containers_it_cannot(tmp_path, monkeypatch):

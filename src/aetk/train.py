@@ -486,6 +486,16 @@ def check_clip_grad_norm(value: Any, name: str = "clip_grad_norm") -> float | No
     return float(value)
 
 
+def _fit_device(model: Model, device: str | torch.device) -> torch.device:
+    """`resolve_device(device)`, except that "auto" keeps a model that is on an accelerator
+    where it is: one on cuda:1 (or MPS) was moved to the first GPU (or the CPU), its data
+    copied after it."""
+    param = model._first_parameter() if device == "auto" else None
+    if param is not None and param.device.type != "cpu":
+        return param.device
+    return resolve_device(device)
+
+
 def fit(
     model: Model,
     train: Data,
@@ -508,6 +518,8 @@ def fit(
     """Train `model` and return its history: one row per epoch with the train and
     validation loss, every loss term, and the seconds the epoch took.
 
+    `device="auto"` trains on the model's device when that is an accelerator (a GPU,
+    MPS), else on CUDA when available, else on the CPU.
     `train` and `val` are tensors, numpy arrays or torch datasets (a dataset's items may be
     `(x, label)` tuples; labels are ignored); for a conditional model (`n_conditions > 0`),
     `(x, c)` pairs, a `TensorDataset(x, c)` or a dataset of `(x, c)` items, and every step
@@ -565,7 +577,7 @@ def fit(
     if val is not None:
         _check_columns(train, val, model.n_conditions > 0)
         _check(model, val, "validation")
-    device = resolve_device(device)
+    device = _fit_device(model, device)
     torch.manual_seed(seed)
     shuffle_rng = torch.Generator().manual_seed(seed)
     model.to(device)
