@@ -9,8 +9,8 @@ CUDA takes as scalars; a CUDA tensor may be indexed by CPU indices), `.numpy()` 
 first kind too, but stops at the first value a method reads (`.item()`, `bool`), which
 most of aetk's methods do; here the values are real.
 
-Inside `torch.func` transforms the points are functorch's wrapped tensors, which this
-cannot tag: there it checks only that CPU tensors do not meet them.
+Inside `torch.func` transforms of tagged tensors the points are functorch's wrapped
+tensors, which this cannot tag: there it checks only that CPU tensors do not meet them.
 """
 
 from __future__ import annotations
@@ -154,7 +154,8 @@ class FakeCuda(TorchFunctionMode):
             if not isinstance(first, OnDevice) and not _wrapped(first) and any(
                     isinstance(t, OnDevice) and t.dim() for t in tensors[1:]):
                 self.fail(f"{name} of a CPU tensor with CUDA indices or values")
-        elif target is None and (tagged or any(_wrapped(t) for t in tensors)):
+        elif target is None and (tagged or (_transforms_on_device[0]
+                                             and any(_wrapped(t) for t in tensors))):
             cpu = [tuple(t.shape) for t in tensors
                    if not isinstance(t, OnDevice) and t.dim() and not _wrapped(t)]
             if cpu:
@@ -195,12 +196,21 @@ def _module_to(module: nn.Module, *args: Any, **kwargs: Any) -> nn.Module:
 _MODULE_TO = nn.Module.to
 
 
+_transforms_on_device = [0]  # how many torch.func transforms of tagged inputs are running
+
+
 def _tagging(fn, inputs):
-    """`fn` whose outputs are tagged where `inputs(args, kwargs)` hold a tagged tensor."""
+    """`fn`, a torch.func transform, whose outputs are tagged where `inputs(args, kwargs)`
+    hold a tagged tensor (and which checks the wrapped tensors inside meanwhile)."""
     def tagged(*args, **kwargs):
-        out = fn(*args, **kwargs)
         leaves = tree_flatten(inputs(args, kwargs))[0]
-        return tree_map(on, out) if any(isinstance(t, OnDevice) for t in leaves) else out
+        if not any(isinstance(t, OnDevice) for t in leaves):
+            return fn(*args, **kwargs)
+        _transforms_on_device[0] += 1
+        try:
+            return tree_map(on, fn(*args, **kwargs))
+        finally:
+            _transforms_on_device[0] -= 1
     return tagged
 
 
@@ -227,13 +237,12 @@ def install(monkeypatch) -> FakeCuda:
     monkeypatch.setattr(torch, "save", lambda obj, *a, **k: save(tree_map(off, obj), *a, **k))
 
     def vjp(f, *primals, **kw):
-        out, pull = tf.vjp(f, *primals, **kw)
-        return _tagging(lambda: out, lambda a, k: primals)(), _tagging(pull, lambda a, k: primals)
+        out, pull = _tagging(tf.vjp, lambda a, k: a[1:])(f, *primals, **kw)
+        return out, _tagging(pull, lambda a, k: primals)
 
     transforms = {
         "vmap": lambda f, *a, **k: _tagging(tf.vmap(f, *a, **k), lambda a, k: (a, k)),
-        "jvp": lambda f, primals, tangents, *a, **k: _tagging(
-            tf.jvp, lambda a, k: (primals, tangents))(f, primals, tangents, *a, **k),
+        "jvp": _tagging(tf.jvp, lambda a, k: a[1:3]),
         "vjp": vjp,
         "grad": lambda f, *a, **k: _tagging(tf.grad(f, *a, **k), lambda a, k: (a, k)),
     }

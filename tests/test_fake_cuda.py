@@ -105,7 +105,8 @@ def test_geometry_on_the_device(kind, device):
               else metric_for(model, "mean" if kind == "rhvae" else kind))
     z0 = torch.tensor([[-1.0, 0.0], [0.0, -1.0]])
     z1 = torch.tensor([[1.0, 0.5], [0.5, 1.0]])
-    assert metric.metric(z0).is_cuda and riemann(metric, z0).is_cuda
+    assert metric.metric(z0).is_cuda and christoffel(metric, z0).is_cuda
+    assert riemann(metric, z0).is_cuda
     fit = fit_geodesics(metric, z0, z1, n_points=6, max_iter=3)
     assert fit.points.is_cuda
     neural = fit_geodesics(metric, z0, z1, n_points=6, max_iter=2, curve="neural", hidden=(4,))
