@@ -10,6 +10,7 @@ import torch
 import aetk
 from aetk.geometry import EncoderMetric, Metric, riemannian_uniform, volume_grid
 
+import fake_cuda
 from helpers import digits
 
 F64 = torch.float64
@@ -283,3 +284,19 @@ def test_dataframes_of_data_and_codes(vae) -> None:
     loc, scale = (pd.DataFrame(t.numpy()) for t in (expected.loc, expected.precision.rsqrt()))
     torch.testing.assert_close(EncoderMetric.from_codes(loc, scale).precision,
                                expected.precision)
+
+
+@pytest.mark.parametrize("given", ["tensor", "numpy"])
+def test_from_codes_of_device_codes_and_cpu_scales_keeps_centroids(given, monkeypatch):
+    """Codes on a GPU (simulated, tests/fake_cuda.py) and scales on the CPU or in numpy:
+    with n_centroids the scales were indexed by the kept rows' indices on the GPU (torch:
+    "indices should be either on cpu or on the same device"), while all N codes took them.
+    The metric is the CPU's, on the device."""
+    loc, scale = _codes()
+    want = EncoderMetric.from_codes(loc, scale, n_centroids=10)
+    with fake_cuda.install(monkeypatch):
+        got = EncoderMetric.from_codes(loc.to("cuda"), scale if given == "tensor"
+                                       else scale.numpy(), n_centroids=10)
+        assert got.loc.is_cuda and got.precision.is_cuda
+        torch.testing.assert_close(got.loc.cpu(), want.loc, rtol=0, atol=0)
+        torch.testing.assert_close(got.precision.cpu(), want.precision, rtol=0, atol=0)

@@ -111,8 +111,10 @@ class EncoderMetric(Metric, nn.Module):
     def from_codes(cls, loc: Tensor, scale: Tensor, *, n_centroids: int | None = None,
                    method: str = "kmeans", seed: int = 0, **kwargs: float) -> EncoderMetric:
         """The metric of stored codes and scales `(N, d)`, keeping `n_centroids` of them
-        as `from_model` does."""
-        loc, scale = as_tensor(loc, None), as_tensor(scale, None)
+        as `from_model` does; the scales are taken to the codes' device."""
+        # before the kept rows are taken: CUDA indices of CPU scales are refused
+        loc = as_tensor(loc, None)
+        scale = as_tensor(scale, None, loc.device)
         if n_centroids is not None:
             n_centroids = positive_int(n_centroids, "n_centroids")
         if n_centroids is not None and n_centroids < len(loc):
