@@ -517,8 +517,8 @@ def test_log_map_collocates_on_a_stiff_metric_where_shooting_fails(monkeypatch):
     z1 = torch.tensor([[5.0, 0.01], [8.0, 0.02]], dtype=f64)
     shots = []
     mend = connection._mend
-    monkeypatch.setattr(connection, "_mend", lambda metric, z0, z1, res, *args: (
-        shots.append(res) or mend(metric, z0, z1, res, *args)))
+    monkeypatch.setattr(connection, "_mend", lambda metric, z0, z1, res, *args, **kwargs: (
+        shots.append(res) or mend(metric, z0, z1, res, *args, **kwargs)))
     res = log_map(poincare(), z0, z1, n_points=16)
     assert not shots[0].converged.any() and (shots[0].residual > 5).all()
     assert res.converged.all() and res.collocated.all()
@@ -547,9 +547,9 @@ def test_collocation_tries_again_from_a_finer_fit(monkeypatch):
     guesses = []
     collocate = connection._collocate
 
-    def coarse_fails(metric, z0, z1, curves, tol):
+    def coarse_fails(metric, z0, z1, curves, tol, progress=False):
         guesses.append(curves.shape[1])
-        v, paths, solved = collocate(metric, z0, z1, curves, tol)
+        v, paths, solved = collocate(metric, z0, z1, curves, tol, progress)
         return v, paths, solved & (curves.shape[1] > 16)
 
     monkeypatch.setattr(connection, "_collocate", coarse_fails)
@@ -692,7 +692,8 @@ def test_frechet_mean_and_log_map_show_progress(capsys: pytest.CaptureFixture) -
     """progress=True (none by default): the Frechet mean's bar counts its steps of
     max_iter, with the stage and the mean log map's length in units of its tolerance,
     ending at most 1 once converged, and shows its fits' bars; log_map's counts the pairs
-    whose shots have settled. The results are the same either way."""
+    whose shots have settled, and the collocation's (when any) the pairs it has solved. The
+    results are the same either way."""
     z = torch.tensor(FAR_APART["tall"], dtype=f64)
     quiet = frechet_mean(poincare(), z, n_points=16)
     quiet_logs = log_map(poincare(), z[:2], z[1:], n_points=16)
@@ -708,7 +709,12 @@ def test_frechet_mean_and_log_map_show_progress(capsys: pytest.CaptureFixture) -
     logs = log_map(poincare(), z[:2], z[1:], n_points=16, progress=True)
     err = capsys.readouterr().err
     assert "log maps: 100%" in err and " 2/2 " in err and "steps=20" in err, err
+    assert "collocation" not in err  # both shots were log maps
     torch.testing.assert_close(logs.velocity, quiet_logs.velocity, rtol=0, atol=0)
+    # without shooting, both pairs are collocated: a bar over them
+    collocated = log_map(poincare(), z[:2], z[1:], n_points=16, max_iter=0, progress=True)
+    err = capsys.readouterr().err
+    assert collocated.collocated.all() and "collocation: 100%" in err and " 2/2 " in err, err
 
 
 def test_frechet_mean_keeps_the_point_reached_when_its_budget_runs_out():
@@ -726,7 +732,7 @@ def test_frechet_mean_keeps_the_point_reached_when_its_budget_runs_out():
 
 def fail_collocation(monkeypatch):
     """Collocation solves nothing: where shooting fails, nothing replaces it."""
-    monkeypatch.setattr(connection, "_collocate", lambda metric, z0, z1, curves, tol: (
+    monkeypatch.setattr(connection, "_collocate", lambda metric, z0, z1, curves, tol, progress: (
         torch.zeros_like(z0), curves, torch.zeros(len(z0), dtype=torch.bool)))
 
 
@@ -770,8 +776,8 @@ def test_frechet_mean_collocates_the_log_maps_shooting_gets_wrong(wrong, monkeyp
     collocations = []
     collocate = connection._collocate
     monkeypatch.setattr(connection, "_shoot", wrong(connection._shoot))
-    monkeypatch.setattr(connection, "_collocate", lambda *args: (
-        collocations.append(len(args[1])) or collocate(*args)))
+    monkeypatch.setattr(connection, "_collocate", lambda *args, **kwargs: (
+        collocations.append(len(args[1])) or collocate(*args, **kwargs)))
     z = torch.tensor(FAR_APART["tall"], dtype=f64)
     res = frechet_mean(poincare(), z, n_points=16, n_steps=10)
     assert res.stopped == "converged" and res.iterations > 1
@@ -893,7 +899,7 @@ def test_a_shot_a_fifth_longer_than_the_fitted_curve_is_no_log_map(monkeypatch):
             closed_form_shots(*args, **kwargs)))
     collocated = []
 
-    def collocate(metric, a, b, curves, tol):
+    def collocate(metric, a, b, curves, tol, progress):
         collocated.append(len(a))
         return half_plane_log(a, b), curves, torch.ones(len(a), dtype=torch.bool)
 

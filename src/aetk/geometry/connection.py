@@ -298,7 +298,8 @@ def log_map(metric: Metric, z_start: Tensor, z_end: Tensor, *, n_steps: int = 20
     The endpoints may be numpy arrays or tensors of another dtype: they are cast to the
     metric's dtype and device (`metrics.as_points`), and the results come in that dtype.
     NaN or infinite endpoints are a ValueError naming them. `progress` shows the fit's bar,
-    then one over the pairs whose shots have settled, with the integrator's steps.
+    then one over the pairs whose shots have settled, with the integrator's steps, and one
+    over the pairs collocated.
     """
     n_steps = positive_int(n_steps, "n_steps")
     max_iter = positive_int(max_iter, "max_iter", 0)
@@ -326,7 +327,7 @@ def log_map(metric: Metric, z_start: Tensor, z_end: Tensor, *, n_steps: int = 20
     if not collocate:
         return replace(res, collocated=torch.zeros_like(res.converged))
     res, _ = _mend(metric, z0, z1, res, fitted, curves, tol, n_steps,
-                   torch.ones_like(res.converged))
+                   torch.ones_like(res.converged), progress=progress)
     if bool(res.collocated.any()):  # metrics may refuse empty batches
         error, velocity_error = res.integration_error.clone(), res.velocity_error.clone()
         error[res.collocated] = _end_error(metric, z0[res.collocated],
@@ -496,8 +497,8 @@ def _show(bar: tqdm | None, n: int) -> None:
         bar.refresh()
 
 
-def _collocate(metric: Metric, z0: Tensor, z1: Tensor, curves: Tensor, tol: float
-               ) -> tuple[Tensor, Tensor, Tensor]:
+def _collocate(metric: Metric, z0: Tensor, z1: Tensor, curves: Tensor, tol: float,
+               progress: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """Geodesics from `z0 (B, d)` to `z1 (B, d)` as boundary value problems, by collocation
     (`scipy.integrate.solve_bvp`, one pair at a time) from the curves `(B, T, d)` at equal
     times and their finite-difference velocities: the state `(z, v)`, `z' = v`,
@@ -510,7 +511,7 @@ def _collocate(metric: Metric, z0: Tensor, z1: Tensor, curves: Tensor, tol: floa
     to thousands of nodes without converging, while at 1e-2 the lengths agree with
     float64 solutions at 1e-6 to 5e-5. Returns the initial velocities, the curves on the
     collocation's solution at the same times, and whether each solved; float64 inside
-    scipy, the inputs' dtype and device outside."""
+    scipy, the inputs' dtype and device outside. `progress` shows a bar over the pairs."""
     from scipy.integrate import solve_bvp
 
     dtype, device = z0.dtype, z0.device
@@ -547,8 +548,10 @@ def _collocate(metric: Metric, z0: Tensor, z1: Tensor, curves: Tensor, tol: floa
 
     velocity, paths = torch.zeros_like(z0), curves.clone()
     solved = torch.zeros(len(z0), dtype=torch.bool, device=device)
-    for i, (ab, curve) in enumerate(zip(torch.cat([z0, z1], -1).double().cpu().numpy(),
-                                        curves.double().cpu().numpy(), strict=True)):
+    pairs = zip(torch.cat([z0, z1], -1).double().cpu().numpy(), curves.double().cpu().numpy(),
+                strict=True)
+    for i, (ab, curve) in enumerate(tqdm(pairs, total=len(z0), disable=not progress,
+                                         desc="collocation", unit="pair", leave=None)):
         guess = np.concatenate([curve, np.gradient(curve, t, axis=0, edge_order=2)], 1).T
         # max_nodes: that RHVAE's longest geodesics needed 1235 at 1e-6 in float64
         sol = solve_bvp(rate, lambda ya, yb, ab=ab: np.concatenate([ya[:d], yb[:d]]) - ab,
@@ -562,19 +565,20 @@ def _collocate(metric: Metric, z0: Tensor, z1: Tensor, curves: Tensor, tol: floa
 
 
 def _mend(metric: Metric, z0: Tensor, z1: Tensor, res: LogMapResult, reference: Tensor,
-          curves: Tensor, tol: float, n_steps: int, wanted: Tensor
+          curves: Tensor, tol: float, n_steps: int, wanted: Tensor, progress: bool = False
           ) -> tuple[LogMapResult, Tensor]:
     """Collocation (`_collocate`, from `curves (B, T, d)`) for the `wanted (B,)` pairs whose
     shot missed its point or is more than `_MINIMISING_SLACK` longer than `reference
     (B,)`, the length of a curve joining the same points. A collocated geodesic replaces
     the shot only where the collocation solved and is within that slack of the
     reference, so no pair gets worse. Returns the result, `collocated` set, and the
-    curves with the collocated geodesics in place."""
+    curves with the collocated geodesics in place. `progress`: the collocation's bar."""
     wrong = wanted & (~res.converged | ~(res.length <= _MINIMISING_SLACK * reference))
     collocated = torch.zeros_like(wrong)
     idx = wrong.nonzero()[:, 0]
     if len(idx):
-        v, paths, solved = _collocate(metric, z0[idx], z1[idx], curves[idx], tol)
+        v, paths, solved = _collocate(metric, z0[idx], z1[idx], curves[idx], tol,
+                                      progress=progress)
         # a coarse curve can be too far from the geodesic for the collocation's Newton (on
         # the single-cell RHVAE one 32-point fit, 0.8 % longer than a 64-point one): again
         # from a fit with 4x the segments, started from that curve
@@ -586,7 +590,7 @@ def _mend(metric: Metric, z0: Tensor, z1: Tensor, res: LogMapResult, reference: 
             finer = fit_geodesics(metric, z0[idx[again]], z1[idx[again]], n_points=n,
                                   init=finer.transpose(1, 2).contiguous()).points.detach()
             v[again], finer, solved[again] = _collocate(metric, z0[idx[again]], z1[idx[again]],
-                                                        finer, tol)
+                                                        finer, tol, progress=progress)
             paths[again] = finer[:, ::4]
         with torch.no_grad():
             length = metric.quad(z0[idx], v.unsqueeze(-2))[..., 0].clamp_min(0).sqrt()
@@ -738,7 +742,7 @@ def _shot_errors(metric: Metric, m: Tensor, z: Tensor, logs: LogMapResult, n_ste
 
 
 def _finer_logs(metric: Metric, m: Tensor, z: Tensor, w: Tensor, logs: LogMapResult,
-                curves: Tensor, n_steps: int, tol: float, max_iter: int
+                curves: Tensor, n_steps: int, tol: float, max_iter: int, progress: bool = False
                 ) -> tuple[LogMapResult, Tensor] | None:
     """The log maps at `m` shot again with `n_steps`, from their last velocities (a Newton
     step or two each), and collocated where those shots fail (`_mend`); collocated log maps
@@ -747,7 +751,8 @@ def _finer_logs(metric: Metric, m: Tensor, z: Tensor, w: Tensor, logs: LogMapRes
     new = _shoot(metric, at, z, logs.velocity, n_steps, tol, max_iter, skip=kept)
     with torch.no_grad():
         reference = curve_length(metric, curves)
-    new, curves = _mend(metric, at, z, new, reference, curves, tol, n_steps, (w > 0) & ~kept)
+    new, curves = _mend(metric, at, z, new, reference, curves, tol, n_steps, (w > 0) & ~kept,
+                        progress)
     if bool((~new.converged & (w > 0) & ~kept).any()):
         return None
     # the collocated as they were (their velocities unchanged), residuals at the new steps
@@ -756,8 +761,8 @@ def _finer_logs(metric: Metric, m: Tensor, z: Tensor, w: Tensor, logs: LogMapRes
 
 
 def _newton_step(metric: Metric, m: Tensor, z: Tensor, w: Tensor, logs: LogMapResult,
-                 curves: Tensor, n_steps: int, tol_shoot: float, max_shoot: int
-                 ) -> tuple[Tensor, LogMapResult, Tensor] | None:
+                 curves: Tensor, n_steps: int, tol_shoot: float, max_shoot: int,
+                 progress: bool = False) -> tuple[Tensor, LogMapResult, Tensor] | None:
     """Newton's step on the mean log map from `m`, halved up to 8 times until it shortens
     the mean log map (see `frechet_mean`): the new point, its log maps and their curves,
     or None where no step did."""
@@ -789,7 +794,7 @@ def _newton_step(metric: Metric, m: Tensor, z: Tensor, w: Tensor, logs: LogMapRe
         with torch.no_grad():
             reference = curve_length(metric, guides)
         new, new_curves = _mend(metric, at, z, new, reference, guides, tol_shoot, n_steps,
-                                w > 0)
+                                w > 0, progress)
         if bool((~new.converged & (w > 0)).any()):
             continue  # some log map failed: a shorter step
         if _mean_step(metric, trial, w, new.velocity, new.length)[1] < size:
@@ -852,7 +857,8 @@ def frechet_mean(metric: Metric, z: Tensor, weights: Tensor | None = None, *,
     dtype: it is cast to the metric's dtype and device, and the mean comes in that dtype;
     NaN or infinite points are a ValueError naming them. `progress` shows a bar over the
     steps (of `max_iter`) with the stage, the mean log map's length in units of its
-    tolerance (converged at 1 or less) and the integrator's steps, and the fits' bars."""
+    tolerance (converged at 1 or less) and the integrator's steps, and the fits' and
+    collocations' bars."""
     z = latent_points(metric, z, "z", finite=True)
     w = (torch.ones(len(z), dtype=z.dtype, device=z.device) if weights is None
          else as_tensor(weights, None).to(dtype=z.dtype, device=z.device))
@@ -883,7 +889,8 @@ def frechet_mean(metric: Metric, z: Tensor, weights: Tensor | None = None, *,
         # negative-binomial RHVAE: 10 of 56 missed by 0.3 to 3.7, and Newton on them stalled
         # at a worse point). Collocation replaces those; only where it fails too is the
         # start returned
-        logs, curves = _mend(metric, start, z, logs, fitted, curves, tol_shoot, n_steps, w > 0)
+        logs, curves = _mend(metric, start, z, logs, fitted, curves, tol_shoot, n_steps, w > 0,
+                             progress=progress)
         wrong = ~(logs.length <= _MINIMISING_SLACK * fitted) | ~logs.converged
         if bool((wrong & (w > 0)).any()):
             return FrechetMean(m, (w * fitted.square()).sum(), False, iterations, "log_maps",
@@ -895,7 +902,7 @@ def frechet_mean(metric: Metric, z: Tensor, weights: Tensor | None = None, *,
             bar.set_postfix(stage="Newton", residual=f"{float(size / var.sqrt()) / tol:.2g}",
                             steps=n_steps)
             moved = None if done or iterations >= max_iter else _newton_step(
-                metric, m, z, w, logs, curves, n_steps, tol_shoot, max_shoot)
+                metric, m, z, w, logs, curves, n_steps, tol_shoot, max_shoot, progress)
             if moved is not None:
                 (m, logs, curves), iterations = moved, iterations + 1
                 bar.update()
@@ -907,7 +914,7 @@ def frechet_mean(metric: Metric, z: Tensor, weights: Tensor | None = None, *,
             # converged or stalled on shots the integrator gets wrong: more steps
             finer = (None if accurate or doublings == max_doublings or iterations >= max_iter
                      else _finer_logs(metric, m, z, w, logs, curves, 2 * n_steps, tol_shoot,
-                                      max_shoot))
+                                      max_shoot, progress))
             if finer is not None:
                 (logs, curves), n_steps, doublings = finer, 2 * n_steps, doublings + 1
                 continue
