@@ -752,7 +752,7 @@ def _finer_logs(metric: Metric, m: Tensor, z: Tensor, w: Tensor, logs: LogMapRes
     with torch.no_grad():
         reference = curve_length(metric, curves)
     new, curves = _mend(metric, at, z, new, reference, curves, tol, n_steps, (w > 0) & ~kept,
-                        progress)
+                        progress=progress)
     if bool((~new.converged & (w > 0) & ~kept).any()):
         return None
     # the collocated as they were (their velocities unchanged), residuals at the new steps
@@ -794,7 +794,7 @@ def _newton_step(metric: Metric, m: Tensor, z: Tensor, w: Tensor, logs: LogMapRe
         with torch.no_grad():
             reference = curve_length(metric, guides)
         new, new_curves = _mend(metric, at, z, new, reference, guides, tol_shoot, n_steps,
-                                w > 0, progress)
+                                w > 0, progress=progress)
         if bool((~new.converged & (w > 0)).any()):
             continue  # some log map failed: a shorter step
         if _mean_step(metric, trial, w, new.velocity, new.length)[1] < size:
@@ -902,7 +902,7 @@ def frechet_mean(metric: Metric, z: Tensor, weights: Tensor | None = None, *,
             bar.set_postfix(stage="Newton", residual=f"{float(size / var.sqrt()) / tol:.2g}",
                             steps=n_steps)
             moved = None if done or iterations >= max_iter else _newton_step(
-                metric, m, z, w, logs, curves, n_steps, tol_shoot, max_shoot, progress)
+                metric, m, z, w, logs, curves, n_steps, tol_shoot, max_shoot, progress=progress)
             if moved is not None:
                 (m, logs, curves), iterations = moved, iterations + 1
                 bar.update()
@@ -914,7 +914,7 @@ def frechet_mean(metric: Metric, z: Tensor, weights: Tensor | None = None, *,
             # converged or stalled on shots the integrator gets wrong: more steps
             finer = (None if accurate or doublings == max_doublings or iterations >= max_iter
                      else _finer_logs(metric, m, z, w, logs, curves, 2 * n_steps, tol_shoot,
-                                      max_shoot, progress))
+                                      max_shoot, progress=progress))
             if finer is not None:
                 (logs, curves), n_steps, doublings = finer, 2 * n_steps, doublings + 1
                 continue
