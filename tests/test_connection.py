@@ -17,6 +17,7 @@ from scipy.optimize import minimize
 import aetk
 from aetk.geometry import (
     Metric,
+    NeuralGeodesic,
     PullbackMetric,
     christoffel,
     christoffel_contract,
@@ -577,6 +578,22 @@ def test_parallel_transport_around_a_circle_of_latitude():
     got = torch.stack([w[0, -1, 0], w[0, -1, 1] * math.sin(theta0)])
     want = torch.tensor([math.cos(angle), -math.sin(angle)], dtype=f64)
     torch.testing.assert_close(got, want, rtol=0, atol=5e-7)
+
+
+def test_a_curve_is_called_in_its_own_dtype():
+    """parallel_transport made the times in the metric's dtype (and device): a float32
+    NeuralGeodesic under a float64 metric failed in its first layer. Its points now come
+    back in the metric's dtype, transported as along the same curve in float64."""
+    metric = PullbackMetric(SphereDecoder())
+    z0, z1 = torch.tensor([[0.5, 0.0], [1.0, 1.0]]), torch.tensor([[1.2, 2.0], [2.0, -1.0]])
+    curve = NeuralGeodesic(z0, z1, hidden=(4,))
+    with torch.no_grad():  # a bent curve, not the initial straight line
+        curve.params.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(0))
+    w0 = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=f64)
+    w = parallel_transport(metric, curve, w0, n_steps=20)
+    want = parallel_transport(metric, copy.deepcopy(curve).double(), w0, n_steps=20)
+    assert w.dtype == f64 and (want[:, -1] - w0).abs().max() > 0.1
+    torch.testing.assert_close(w, want, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -11,11 +11,13 @@ import aetk
 from aetk.geometry import (
     EncoderMetric,
     Metric,
+    NeuralGeodesic,
     christoffel,
     exp_map,
     fit_geodesics,
     log_map,
     metric_for,
+    parallel_transport,
     riemann,
 )
 
@@ -113,3 +115,17 @@ def test_geometry_on_the_device(kind, device):
     assert neural.points.is_cuda
     assert exp_map(metric, z0, z1 - z0, n_steps=4).is_cuda
     assert log_map(metric, z0, z1, n_steps=4).velocity.is_cuda
+
+
+def test_transport_along_a_curve_left_on_the_cpu(device):
+    """parallel_transport made the times on the metric's device: a NeuralGeodesic left on
+    the CPU under a CUDA metric failed with torch's mixed-device error."""
+    torch.manual_seed(0)
+    model = aetk.build_model("vae", "bernoulli", in_features=8, hidden=(16,),
+                             activation="tanh").double()
+    aetk.fit(model, data().double(), epochs=1, batch_size=20, device="cuda", progress=False)
+    z0 = torch.tensor([[-1.0, 0.0]], dtype=torch.float64)
+    curve = NeuralGeodesic(z0, -z0, hidden=(4,))
+    w = parallel_transport(metric_for(model, "mean"), curve, torch.tensor([[0.0, 1.0]]),
+                           n_steps=3)
+    assert w.is_cuda and w.shape == (1, 4, 2) and bool(torch.isfinite(w).all())

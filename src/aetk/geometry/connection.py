@@ -15,6 +15,7 @@ derivatives that jump between regions.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -613,21 +614,29 @@ def parallel_transport(metric: Metric, curve: Curve, w: Tensor, *, n_steps: int 
     along a differentiable curve `t (T,) -> (B, T, d)`, such as a `NeuralGeodesic`, by
     solving `w' = -Gamma(gamma)[gamma', w]` (Runge-Kutta, velocities by forward mode).
     Returns the vectors at `n_steps + 1` equal times in [0, 1]: `(B, n_steps + 1, k, d)`,
-    or `(B, n_steps + 1, d)` for `(B, d)` input. Lengths and angles in `G` are preserved."""
+    or `(B, n_steps + 1, d)` for `(B, d)` input. Lengths and angles in `G` are preserved.
+    A module curve gets its times in its own dtype and device (its first parameter's)."""
     n_steps = positive_int(n_steps, "n_steps")
     if not callable(curve):
         raise TypeError(f"curve must be a differentiable function of the times, t (T,) -> "
                         f"points (B, T, d), such as a NeuralGeodesic; got "
                         f"{type(curve).__name__}")
 
-    def rate(t: Tensor, s: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        point, velocity = jvp(curve, (t.reshape(1),), (torch.ones(1, dtype=t.dtype,
-                                                                    device=t.device),))
-        return (_transport_rate(metric, point[:, 0], velocity[:, 0], s[0]),)
-
     w = as_points(metric, w, "w")  # the metric's dtype and device, as points are
+    # times in the curve's own dtype and device (a NeuralGeodesic left on the CPU with a
+    # CUDA metric), its points and velocities then in the metric's
+    held = next(itertools.chain(curve.parameters(), curve.buffers()), None) \
+        if isinstance(curve, torch.nn.Module) else None
+    spec = {"dtype": w.dtype, "device": w.device} if held is None else \
+        {"dtype": held.dtype, "device": held.device}
+
+    def rate(t: Tensor, s: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        point, velocity = jvp(curve, (t.reshape(1).to(**spec),), (torch.ones(1, **spec),))
+        point, velocity = (a[:, 0].to(w) for a in (point, velocity))
+        return (_transport_rate(metric, point, velocity, s[0]),)
+
     with torch.no_grad():  # one point per curve: else an unpacking error inside the steps
-        start = curve(torch.zeros(1, dtype=w.dtype, device=w.device))
+        start = curve(torch.zeros(1, **spec))
     if (not isinstance(start, Tensor) or start.dim() != 3 or start.shape[1] != 1
             or w.dim() not in (2, 3) or (len(w), w.shape[-1]) != (len(start), start.shape[-1])):
         got = tuple(start.shape) if isinstance(start, Tensor) else type(start).__name__
