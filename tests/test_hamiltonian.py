@@ -496,6 +496,35 @@ def _param_grads(model, loss):
     return {k: p.grad.clone() for k, p in model.named_parameters()}
 
 
+def test_linear_shares_its_transpose_inside_the_scope_only():
+    """`nets.Linear` computes what `nn.Linear` does; inside `shared_transposes()` its calls
+    hang off one `weight.t()` node per grad mode (the flows' exact forces sum their weight
+    gradients there in place), outside each call makes its own, and the weight gradient is
+    the same either way (the reference test above checks whole flows)."""
+    torch.manual_seed(0)
+    lin, x1, x2 = aetk.nets.Linear(3, 4).double(), torch.randn(5, 3, dtype=f64), \
+        torch.randn(2, 3, dtype=f64)
+    plain = nn.Linear(3, 4).double()
+    plain.load_state_dict(lin.state_dict())
+
+    def node(y: torch.Tensor):  # addmm's mat2 input: the transposed weight
+        return y.grad_fn.next_functions[2][0]
+
+    with aetk.nets.shared_transposes():
+        y1, y2 = lin(x1), lin(x2)
+        with torch.no_grad():
+            y3 = lin(x1)
+        y4 = lin(x1)
+    assert node(y1) is node(y2) is node(y4) and y3.grad_fn is None
+    assert node(lin(x1)) is not node(lin(x1))  # outside the scope: a node per call
+    close(y1, plain(x1), rtol=1e-15)
+    close(y3, y1, rtol=1e-15)
+    (y1.square().sum() + y2.sum() + y4.sum()).backward()
+    (plain(x1).square().sum() + plain(x2).sum() + plain(x1).sum()).backward()
+    close(lin.weight.grad, plain.weight.grad, rtol=1e-14)
+    close(lin.bias.grad, plain.bias.grad, rtol=1e-14)
+
+
 @pytest.mark.parametrize("kind", ["hvae", "rhvae"])
 def test_loss_and_gradients_match_the_naive_reference_flow(kind):
     """The split evaluation (each position once, closed-form metric forces) against autograd

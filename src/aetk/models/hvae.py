@@ -22,6 +22,7 @@ from ..hamiltonian import (
     tempering,
     value_and_grad,
 )
+from ..nets import shared_transposes
 from .base import LossOutput, Model
 from .vae import VAE
 
@@ -125,7 +126,8 @@ class HVAE(Model):
         `log p(z_K)`, `log N(rho_K; 0, I)` and `log N(gamma_0; 0, I)` per row."""
         position = self.position_fn(target, create_graph)
         gamma = torch.randn_like(z0)
-        pos, rho = self.flow(position(z0), gamma * self.beta0**-0.5, position)
+        with shared_transposes():
+            pos, rho = self.flow(position(z0), gamma * self.beta0**-0.5, position)
         d = z0.shape[-1]
         return FlowEnd(pos.z, pos.log_lik, standard_normal_log_prob(pos.z),
                        gaussian_log_prob((rho * rho).sum(-1), 0.0, d),

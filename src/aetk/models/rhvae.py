@@ -31,7 +31,7 @@ from ..hamiltonian import (
     tempering,
     value_and_grad,
 )
-from ..nets import MaskingNoise, clean_inputs, evaluating
+from ..nets import MaskingNoise, clean_inputs, evaluating, shared_transposes
 from .base import LossOutput, Model
 
 LOG_DIAG_BOUND = 2.0
@@ -318,12 +318,13 @@ class RHVAE(Model):
         """From z_0 (rows) and a momentum draw, the flow's end: z_K, `log p(x|z_K)`,
         `log p(z_K)`, `log N(rho_K; 0, G(z_K))` and `log N(gamma_0; 0, G(z_0))` per row."""
         position = self.position_fn(target, metric, create_graph)
-        start = position(z0)
-        # gamma_0 = L^{-T} eps ~ N(0, G(z_0)) for G^{-1} = L L^T: a solve, no inverse.
-        eps = torch.randn_like(z0)
-        gamma = torch.linalg.solve_triangular(start.metric.chol.mT, eps.unsqueeze(-1),
-                                              upper=True).squeeze(-1)
-        pos, rho = self.flow(start, gamma / math.sqrt(self.beta0), metric, position)
+        with shared_transposes():
+            start = position(z0)
+            # gamma_0 = L^{-T} eps ~ N(0, G(z_0)) for G^{-1} = L L^T: a solve, no inverse.
+            eps = torch.randn_like(z0)
+            gamma = torch.linalg.solve_triangular(start.metric.chol.mT, eps.unsqueeze(-1),
+                                                  upper=True).squeeze(-1)
+            pos, rho = self.flow(start, gamma / math.sqrt(self.beta0), metric, position)
         d = z0.shape[-1]
         return FlowEnd(pos.z, pos.log_lik, standard_normal_log_prob(pos.z),
                        gaussian_log_prob(2 * metric.kinetic(pos, rho), pos.metric.log_det_G, d),
