@@ -30,6 +30,13 @@ forward rose by 1.1 ms (the mode's dispatch, 0.1-0.2 ms per decoder call, and th
 Functions): the step took 0.96-0.98x in five alternating runs at latent 2 and 1.015x in one
 at latent 10. Not kept: too little for the machinery and a private autograd call
 (torch._C._will_engine_execute_node).
+What did help (2026-12-03, the sixth session): each call of `F.linear` made its own
+`weight.t()` node, where the backward summed that call's two weight gradients out of place,
+then the calls' sums again at the weight (7 out-of-place adds of 1.6 MB per step, and page
+faults where glibc handed back fresh memory). aetk's own `nets.Linear` shares one transpose
+per layer across the flow's positions (`nets.shared_transposes`), so the sums go in place:
+the step took 27.6 -> 23.6 ms alone in a fresh process, and the HVAE went from 1.01-1.09x
+pythae to 0.91-1.03x (three runs of 5 epochs at latent 2 and 10).
 A closed-form Bernoulli force (the score x - sigmoid(logits) in closed form, autograd only
 through the network) measured 1 % faster, and at most about 10 % even when the K
 intermediate positions skip log p(x|z) altogether (2026-12-02, alternating, 6 rounds).
