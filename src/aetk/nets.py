@@ -57,9 +57,10 @@ class Linear(nn.Linear):
     `F.linear` makes a new `weight.t()` node per call, where the outer backward sums that
     call's two weight gradients (the forward's and, under an exact force, the force's) out of
     place, then all calls' at the weight. Through one shared node the first sum allocates
-    and the others add in place: an HVAE step (K=3, batch 64, decoder 2-512-784) went from
-    27.6 to 23.6 ms with 968 page faults per step fewer (bench/vs_pythae.py's setting, one
-    thread, 2026-12-03). Same operations otherwise, so the same numbers."""
+    and the others add in place: an HVAE step (K=3, batch 64, decoder 2-512-784, one
+    thread) went from 27.6 to 23.6 ms alone in a fresh process, 968 page faults per step
+    fewer (bench/vs_pythae.py's setting, 2026-12-03). Same operations otherwise, so the same
+    numbers."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cache = _TRANSPOSES.get()
