@@ -58,8 +58,9 @@ class Linear(nn.Linear):
     call's two weight gradients (the forward's and, under an exact force, the force's) out of
     place, then all calls' at the weight. Through one shared node the first sum allocates
     and the others add in place: an HVAE step (K=3, batch 64, decoder 2-512-784, one
-    thread) went from 27.6 to 23.6 ms alone in a fresh process, 968 page faults per step
-    fewer (bench/vs_pythae.py's setting, 2026-12-03). Same operations otherwise, so the same
+    thread) went from 26.3 to 23.6 ms (36.2 to 31.7 on a slower run) alone in a fresh
+    process, alternating with and without, and from 2,000 to 1,130 page faults
+    (bench/vs_pythae.py's setting, 2026-12-03). Same operations otherwise, so the same
     numbers."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
