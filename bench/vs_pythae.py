@@ -35,8 +35,8 @@ What did help (2026-12-03, the sixth session): each call of `F.linear` made its 
 then the calls' sums again at the weight (7 out-of-place adds of 1.6 MB per step, and page
 faults where glibc handed back fresh memory). aetk's own `nets.Linear` shares one transpose
 per layer across the flow's positions (`nets.shared_transposes`), so the sums go in place:
-the step took 27.6 -> 23.6 ms alone in a fresh process, and the HVAE went from 1.01-1.09x
-pythae to 0.91-1.03x (three runs of 5 epochs at latent 2 and 10).
+the step took 26.3 -> 23.6 ms alone in a fresh process (alternating), and the HVAE went from
+1.01-1.09x pythae to 0.91-1.03x (three runs of 5 epochs at latent 2 and 10).
 A closed-form Bernoulli force (the score x - sigmoid(logits) in closed form, autograd only
 through the network) measured 1 % faster, and at most about 10 % even when the K
 intermediate positions skip log p(x|z) altogether (2026-12-02, alternating, 6 rounds).
