@@ -36,7 +36,12 @@ then the calls' sums again at the weight (7 out-of-place adds of 1.6 MB per step
 faults where glibc handed back fresh memory). aetk's own `nets.Linear` shares one transpose
 per layer across the flow's positions (`nets.shared_transposes`), so the sums go in place:
 the step took 26.3 -> 23.6 ms alone in a fresh process (alternating), and the HVAE went from
-1.01-1.09x pythae to 0.91-1.03x (three runs of 5 epochs at latent 2 and 10).
+1.01-1.09x pythae to 0.91-1.03x (three runs of 5 epochs at latent 2 and 10). The pooling
+above, called from `nets.Linear` on top of the shared transposes (no TorchFunctionMode),
+took a further 3-11 % off the step (30.0 -> 28.0, 26.0 -> 23.3, 27.6 -> 26.8 ms, three
+alternating A/Bs alone); not kept either: it still needs the private engine call (or
+pooling confined to aetk's own training step, where the whole backward is known to reach
+the weight) and Python autograd Functions per call, unmeasured on a GPU.
 A closed-form Bernoulli force (the score x - sigmoid(logits) in closed form, autograd only
 through the network) measured 1 % faster, and at most about 10 % even when the K
 intermediate positions skip log p(x|z) altogether (2026-12-02, alternating, 6 rounds).
