@@ -523,6 +523,9 @@ def test_linear_shares_its_transpose_inside_the_scope_only():
     (plain(x1).square().sum() + plain(x2).sum() + plain(x1).sum()).backward()
     close(lin.weight.grad, plain.weight.grad, rtol=1e-14)
     close(lin.bias.grad, plain.bias.grad, rtol=1e-14)
+    no_bias = aetk.nets.Linear(3, 4, bias=False).double()
+    with aetk.nets.shared_transposes():
+        close(no_bias(x1), x1 @ no_bias.weight.T, rtol=1e-15)
 
 
 @pytest.mark.parametrize("kind", ["hvae", "rhvae"])
