@@ -32,9 +32,10 @@ at latent 10. Not kept: too little for the machinery and a private autograd call
 (torch._C._will_engine_execute_node).
 What did help (2026-12-03, the sixth session): each call of `F.linear` made its own
 `weight.t()` node, where the backward summed that call's two weight gradients out of place,
-then the calls' sums again at the weight (7 out-of-place adds of 1.6 MB per step, and page
-faults where glibc handed back fresh memory). aetk's own `nets.Linear` shares one transpose
-per layer across the flow's positions (`nets.shared_transposes`), so the sums go in place:
+then the calls' sums again at the weight (5 out-of-place adds of 1.6 MB per step and 2 in
+place, by the profiler; about 2,000 page faults per step in a fresh process). aetk's own
+`nets.Linear` shares one transpose per layer across the flow's positions
+(`nets.shared_transposes`), so the sums go in place:
 the step took 26.3 -> 23.6 ms alone in a fresh process (alternating), and the HVAE went from
 1.01-1.09x pythae to 0.91-1.03x (three runs of 5 epochs at latent 2 and 10). The pooling
 above, called from `nets.Linear` on top of the shared transposes (no TorchFunctionMode),
