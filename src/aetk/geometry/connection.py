@@ -15,7 +15,6 @@ derivatives that jump between regions.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -33,6 +32,7 @@ from .metrics import (
     Metric,
     as_points,
     latent_points,
+    module_spec,
     positive_number,
     solve_or_nan,
     torch_jit_deprecation_filtered,
@@ -615,7 +615,7 @@ def parallel_transport(metric: Metric, curve: Curve, w: Tensor, *, n_steps: int 
     solving `w' = -Gamma(gamma)[gamma', w]` (Runge-Kutta, velocities by forward mode).
     Returns the vectors at `n_steps + 1` equal times in [0, 1]: `(B, n_steps + 1, k, d)`,
     or `(B, n_steps + 1, d)` for `(B, d)` input. Lengths and angles in `G` are preserved.
-    A module curve gets its times in its own dtype and device (its first parameter's)."""
+    A module curve gets its times in its own dtype and device (`module_spec`)."""
     n_steps = positive_int(n_steps, "n_steps")
     if not callable(curve):
         raise TypeError(f"curve must be a differentiable function of the times, t (T,) -> "
@@ -625,10 +625,8 @@ def parallel_transport(metric: Metric, curve: Curve, w: Tensor, *, n_steps: int 
     w = as_points(metric, w, "w")  # the metric's dtype and device, as points are
     # times in the curve's own dtype and device (a NeuralGeodesic left on the CPU with a
     # CUDA metric), its points and velocities then in the metric's
-    held = next(itertools.chain(curve.parameters(), curve.buffers()), None) \
-        if isinstance(curve, torch.nn.Module) else None
-    spec = {"dtype": w.dtype, "device": w.device} if held is None else \
-        {"dtype": held.dtype, "device": held.device}
+    dtype, device = module_spec(curve) or (w.dtype, w.device)
+    spec = {"dtype": dtype, "device": device}
 
     def rate(t: Tensor, s: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         point, velocity = jvp(curve, (t.reshape(1).to(**spec),), (torch.ones(1, **spec),))

@@ -562,15 +562,20 @@ def latent_dim(metric: Metric) -> int | None:
     return d if isinstance(d, int) else None
 
 
-def _own_spec(metric: Metric) -> tuple[torch.dtype, torch.device] | None:
-    """dtype and device of the module behind a metric (its first floating parameter or
-    buffer); None where there is none (a plain `Metric(fn)`, a decoder function)."""
-    module = _module(metric)
+def module_spec(module: object) -> tuple[torch.dtype, torch.device] | None:
+    """dtype and device of a module (its first floating parameter or buffer); None for
+    anything else, or a module without one."""
     if isinstance(module, nn.Module):
         for t in itertools.chain(module.parameters(), module.buffers()):
             if t.is_floating_point():
                 return t.dtype, t.device
     return None
+
+
+def _own_spec(metric: Metric) -> tuple[torch.dtype, torch.device] | None:
+    """dtype and device of the module behind a metric; None where there is none (a plain
+    `Metric(fn)`, a decoder function)."""
+    return module_spec(_module(metric))
 
 
 def _tensor_spec(metric: Metric) -> tuple[torch.dtype, torch.device]:
