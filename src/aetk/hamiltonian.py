@@ -255,10 +255,10 @@ def generalized_leapfrog(pos: Position, rho: Tensor, step_size: float, n_fixed_p
 
 class FlowMonitor:
     """Collects the flow's points without synchronising or computing anything per point;
-    `check` tests them all at once (one pass over the stacked points, not about 15
-    operations per point: a median 8 % off an HVAE step of a 16-8-16 network at batch 64 in
-    six alternating A/Bs, from 13 % faster to 1 % slower; 1 % at 784-512) and raises once
-    at the end, naming the cause."""
+    `check` tests them all at once (24 tensor operations for the 4 points of K=3, against
+    89 when each point was checked as it came: a median 8 % off an HVAE step of a 16-8-16
+    network at batch 64 in six alternating A/Bs, from 13 % faster to 1 % slower; 1 % at
+    784-512) and raises once at the end, naming the cause."""
 
     def __init__(self, step_size: float | Tensor) -> None:
         self.step_size = step_size
