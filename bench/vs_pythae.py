@@ -46,10 +46,11 @@ the weight) and Python autograd Functions per call, unmeasured on a GPU.
 Pooling confined to aetk's training step, which needs no private call (the step's backward
 reaches every weight, and the flow's gradients in z skip the weights), was built and
 checked on 2026-12-03 (the seventh session: the same gradients to 2e-15 in float64) and
-gave nothing: steps alternating in one process took 31.00 and 31.12 ms at latent 2 and
-28.10 and 28.23 ms at latent 10 with one merged product per layer, 27.79 and 27.80 ms with
-a chain of in-place addmm_. Not kept. `hvae_floor.py` prints what remains: the 8 GEMMs
-that exactness adds against what each library spends beyond its GEMMs.
+gave nothing: steps alternating in one process took 31.00 ms without and 31.12 ms with one
+merged product per layer at latent 2 (28.10 and 28.23 ms at latent 10), and 27.79 and
+27.80 ms with a chain of in-place addmm_ instead (latent 2). Not kept. `hvae_floor.py`
+prints what remains: the 8 GEMMs that exactness adds against what each library spends
+beyond its GEMMs.
 A closed-form Bernoulli force (the score x - sigmoid(logits) in closed form, autograd only
 through the network) measured 1 % faster, and at most about 10 % even when the K
 intermediate positions skip log p(x|z) altogether (2026-12-02, alternating, 6 rounds).
