@@ -135,6 +135,41 @@ def test_the_seed_sets_the_shuffling():
     _same_run(a, again, hist_a, hist_again)
 
 
+def test_fit_gives_the_global_generator_back():
+    """fit seeds torch's global generator for its draws, then puts the caller's state back,
+    also when it raises: models built with fits in between start from the weights they
+    would have without them (fit left the generator seeded, so every model built after a
+    fit started from the same weights)."""
+    train = _digits(n_train=64)[0]
+
+    def first_weights(fits: bool) -> list[torch.Tensor]:
+        torch.manual_seed(5)
+        weights = []
+        for _ in range(3):
+            model = aetk.build_model("vae", "bernoulli", in_features=64, latent_dim=2,
+                                     hidden=(8,))
+            weights.append(next(model.parameters()).detach().clone())
+            if fits:
+                _fit(model, train, epochs=1)
+        return weights
+
+    with_fits, without = first_weights(True), first_weights(False)
+    assert all(torch.equal(a, b) for a, b in zip(with_fits, without, strict=True))
+    assert not torch.equal(with_fits[1], with_fits[2])
+
+    class Fails:
+        def on_epoch_end(self, model, epoch, row):
+            raise RuntimeError("callback failed")
+
+    model = _build()
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    with pytest.raises(RuntimeError, match="callback failed"):
+        _fit(model, train, epochs=1, seed=7, callbacks=[Fails()])
+    assert torch.equal(torch.rand(3), expected)
+
+
 # save / load -------------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ import hashlib
 import io
 import os
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -224,6 +224,18 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def global_rng_kept() -> Iterator[None]:
+    """Puts torch's global generators (the CPU's and every CUDA device's) back as they were
+    on exit: `fit` seeds them for its draws, and models built after it must not repeat the
+    weights of those built after an earlier `fit`."""
+    state = _rng_state()
+    try:
+        yield
+    finally:
+        _set_rng_state(state)
 
 
 def restore_checkpoint(path: Path, model: Model, optimizers: dict, schedulers: dict,

@@ -34,7 +34,13 @@ from tqdm.auto import tqdm
 
 from . import validate
 from .callbacks import _snapshot, annealed_values, check_callbacks
-from .checkpoint import epoch_state, restore_checkpoint, run_fingerprint, save_checkpoint
+from .checkpoint import (
+    epoch_state,
+    global_rng_kept,
+    restore_checkpoint,
+    run_fingerprint,
+    save_checkpoint,
+)
 from .data import named_spec
 from .decoders import (
     LOG_SIGMA_RANGE,
@@ -496,6 +502,7 @@ def _fit_device(model: Model, device: str | torch.device) -> torch.device:
     return resolve_device(device)
 
 
+@global_rng_kept()
 def fit(
     model: Model,
     train: Data,
@@ -553,8 +560,9 @@ def fit(
     e.g. `aetk.MinVariance(0.1)`, a list or a mapping from names), each in the history as
     `train_penalty_<name>` and `val_penalty_<name>`. The model comes back in evaluation
     mode (`model.eval()`). `seed` seeds the shuffling and every random draw of training;
-    the initial weights are the model's, made when it was built: call
-    `torch.manual_seed` before `build_model` for a run that repeats exactly.
+    torch's global generators are put back as they were when fit returns or raises. The
+    initial weights are the model's, made when it was built: call `torch.manual_seed`
+    before `build_model` for a run that repeats exactly.
     """
     if not all(isinstance(n, numbers.Real) and not isinstance(n, bool) and math.isfinite(n)
                and int(n) == n >= 1 for n in (epochs, batch_size)):
@@ -845,7 +853,7 @@ def _warn_scale(model: Model, x: torch.Tensor, name: str) -> None:
         "continuous data first, with the training rows' mean and standard deviation for "
         "training and validation data alike, e.g. aetk.data.Standardise, or "
         "(x - mu) / sd with mu, sd = x_train.mean(0), x_train.std(0)",
-        DataScaleWarning, stacklevel=3)
+        DataScaleWarning, stacklevel=4)  # fit's caller: past fit and global_rng_kept's wrapper
 
 
 def evaluate(model: Model, data: Iterable[Any], prefix: str = "val") -> dict[str, float]:
