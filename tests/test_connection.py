@@ -1175,3 +1175,26 @@ def test_transport_of_vectors_that_do_not_fit_the_curves_is_refused():
                            torch.ones(2, 2, dtype=f64))
     assert parallel_transport(metric, line, torch.ones(2, 2, dtype=f64), n_steps=4
                               ).shape == (2, 5, 2)
+
+
+def test_transport_along_a_curve_that_is_not_differentiable_is_refused():
+    """A curve that detaches its points (or goes through numpy) has zero forward-mode
+    velocity, and parallel_transport returned the vectors unchanged, however curved the
+    metric (the helper's finding, 2026-12-03); it is now an error that says why. A constant
+    curve, whose velocity is zero because it does not move, still transports (to w)."""
+    metric = poincare()
+    z0, z1 = half_plane_pairs()
+    z0, z1 = z0[:2], z1[:2]
+    w = torch.tensor([[1.0, 0.5], [-0.3, 2.0]], dtype=f64)
+
+    def line(t):
+        return z0[:, None] + t[:, None] * (z1 - z0)[:, None]
+
+    moved = parallel_transport(metric, line, w, n_steps=8)[:, -1]
+    assert (moved - w).abs().max() > 0.1  # the hyperbolic plane turns vectors on the way
+    with pytest.raises(ValueError, match=r"velocity \(forward mode\) is zero: it must be "
+                                         r"differentiable in t"):
+        parallel_transport(metric, lambda t: line(t).detach(), w)
+    still = parallel_transport(metric, lambda t: z0[:, None] + 0 * t[None, :, None], w,
+                               n_steps=4)
+    torch.testing.assert_close(still[:, -1], w, rtol=0, atol=0)

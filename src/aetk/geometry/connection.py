@@ -641,10 +641,24 @@ def parallel_transport(metric: Metric, curve: Curve, w: Tensor, *, n_steps: int 
         raise ValueError(f"parallel_transport needs a curve t (T,) -> (B, T, d) and vectors "
                          f"w (B, k, d) or (B, d) on its B curves; the curve gave {got} for "
                          f"one time and w has shape {tuple(w.shape)}")
+    _check_differentiable(curve, spec)
     single = w.dim() == 2
     states = _rk4(rate, (w.unsqueeze(1) if single else w,), n_steps)
     out = torch.stack([s[0] for s in states], 1)
     return out[:, :, 0] if single else out
+
+
+def _check_differentiable(curve: Curve, spec: dict) -> None:
+    """Raise ValueError for a curve whose points move but whose forward-mode velocity is zero
+    at three inner times: it is not differentiable in t (a `.detach()` or numpy inside), and
+    transporting along it would return the vectors unchanged."""
+    t = torch.tensor([0.25, 0.5, 0.75], **spec)
+    with torch.no_grad():  # forward mode only: no graph for the curve's parameters
+        points, velocities = jvp(curve, (t,), (torch.ones_like(t),))
+    if not bool(velocities.any()) and bool((points != points[:, :1]).any()):
+        raise ValueError("the curve's points move but its velocity (forward mode) is zero: it "
+                         "must be differentiable in t (no .detach() or numpy inside), or "
+                         "parallel_transport returns the vectors unchanged")
 
 
 # shot lengths up to this factor over the fitted curve's count as the same geodesic
