@@ -281,6 +281,31 @@ def test_pullback_metric_given_one_class_is_that_class_decoders():
     assert not torch.allclose(metrics[0], metrics[1], rtol=0.05)
 
 
+def test_pullback_metric_refuses_conditions_of_several_rows():
+    """Conditions of one row per curve paired the curves' points (curve-major) with the rows
+    sample-major, so each point took another curve's class and the lengths were silently
+    wrong (the helper's finding, 2026-12-03); the pull-back now refuses more than one row
+    for either kind and for G alike, and one row (or a (1, k) row) still gives its class's."""
+    from aetk.geometry import curve_length, metric_for
+
+    model, _ = _trained_cvae()
+    z = torch.randn(3, 2, generator=torch.Generator().manual_seed(3))
+    curves = z[:, None] + torch.linspace(0, 1, 6)[None, :, None] * (-z)[:, None]
+    classes = torch.eye(10)[[3, 7, 1]]
+    with model.given(classes):
+        for kind in ("mean", "fisher"):
+            with pytest.raises(ValueError, match="conditions of 3 rows: a pull-back metric "
+                                                 "takes one condition row"):
+                curve_length(metric_for(model, kind), curves)
+        with pytest.raises(ValueError, match="conditions of 3 rows"):
+            metric_for(model).metric(z)
+    for i in range(3):
+        with model.given(classes[i]):
+            one = curve_length(metric_for(model), curves[i:i + 1])
+        with model.given(classes[i:i + 1]):
+            torch.testing.assert_close(curve_length(metric_for(model), curves[i:i + 1]), one)
+
+
 def test_a_user_made_decoder_becomes_conditional_with_nets_conditioned():
     """The recipe of docs/core-api.md: wrap the network in `Conditioned(net, k)` and set
     `n_conditions`; fit and `given` then treat it as the built-in decoders."""

@@ -19,6 +19,7 @@ from torch import distributions as D
 from torch.func import grad, jvp, vjp, vmap
 
 from ..devices import resolve_device
+from ..nets import Conditioned
 from ..validate import as_tensor, positive_int
 
 
@@ -348,7 +349,8 @@ class PullbackMetric(Metric):
         """A ValueError where the decoder holds dropout or batch norm in training mode: inside
         torch.func they failed with torch's "called random operation while in randomness
         error mode" or "attempted to call in-place operation", and outside they would make
-        G random or couple the points."""
+        G random or couple the points; and where a conditional network holds conditions of
+        more than one row."""
         module = _module(self)
         if not isinstance(module, nn.Module):
             return
@@ -357,6 +359,16 @@ class PullbackMetric(Metric):
                 raise ValueError(f"the decoder's {type(part).__name__} ({name or 'itself'}) is "
                                  "in training mode: call .eval() on the model or decoder "
                                  "before taking its metric")
+            # the metric's points come curve-major (B curves x T points) while a conditional
+            # network pairs B condition rows with its inputs sample-major: each point got
+            # another curve's class, silently (lengths 0.39 for 0.36 in the helper's case)
+            rows = getattr(part, "conditions", None) if isinstance(part, Conditioned) else None
+            if rows is not None and len(rows) != 1:
+                raise ValueError(
+                    f"the decoder is conditional and holds conditions of {len(rows)} rows: a "
+                    "pull-back metric takes one condition row for the whole latent space, "
+                    "inside `with model.given(c[i]):` (e.g. torch.eye(10)[3]); for curves "
+                    "of several classes, take each class's metric in turn")
 
     def _gram(self, z: Tensor, v: Tensor) -> Tensor:
         """`(N, k, k)` Gram matrix `v_a^T G(z) v_b` of `k` tangent vectors `v (N, k, d)`."""
