@@ -900,6 +900,13 @@ def test_build_model_passes_options_to_decoder_and_model():
          r"one_hot_inputs=True .* not a paired model, whose inputs are other data"),
         (("vae", "categorical"), {"one_hot_inputs": 1, "n_classes": 3},
          r"one_hot_inputs must be True, False or None, got 1"),
+        # switches given as strings counted as true ("false" turned the float64 metric on)
+        (("rhvae", "bernoulli"), {"float64_metric": "false"},
+         r"float64_metric must be True or False, got 'false'"),
+        (("hvae", "bernoulli"), {"learn_step_size": "no"},
+         r"learn_step_size must be True or False, got 'no'"),
+        (("vae", "gaussian_learned"), {"split": 0},
+         r"split must be True or False, got 0"),
     ],
 )
 def test_build_model_rejects_unknown_names(args, kwargs, pattern):

@@ -131,6 +131,17 @@ def _accepted(fn: Callable) -> set[str]:
     return {p.name for p in params if p.kind is p.KEYWORD_ONLY or p.default is not p.empty}
 
 
+def _check_switches(fn: Callable, options: dict[str, Any]) -> None:
+    """ValueError for an option that `fn` types `bool` given as anything but True or False:
+    a string counted as true ("false" turned the float64 metric on) and was saved so."""
+    params = inspect.signature(fn).parameters
+    for name, value in options.items():
+        param = params.get(name)
+        if param is not None and param.annotation in (bool, "bool") and not isinstance(
+                value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
 def _required(fn: Callable) -> set[str]:
     params = inspect.signature(fn).parameters.values()
     return {p.name for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty}
@@ -217,6 +228,8 @@ def build_model(
             "of them; pass tensors or networks to the model class itself, e.g. "
             "aetk.RHVAE(encoder, decoder, centroids=<tensor of training points>)"
         ) from None
+    _check_switches(decoder_cls.__init__, dec_opts)
+    _check_switches(constructor, hyper)
     missing = _required(decoder_cls.__init__) - set(_DECODER_SIZE_ARGS) - set(dec_opts)
     if missing:
         raise ValueError(f"likelihood {likelihood!r} needs the option(s) {sorted(missing)}")
