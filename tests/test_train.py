@@ -1465,6 +1465,28 @@ def test_a_plain_function_is_a_batch_sampler():
         _fit(_build(), train, epochs=1, batch_sampler=torch_sampler)
 
 
+@pytest.mark.parametrize(("batches", "pattern"), [
+    ([], r"yielded no batches for this epoch"),
+    ([[0, 1], [-2, -1]], r"batch 2 holds rows -2 to -1, but the train data has rows 0 to 63"),
+    ([[0, 64]], r"batch 1 holds rows 0 to 64, but the train data has rows 0 to 63"),
+    ([torch.tensor([], dtype=torch.long)], r"batch 1 must be a non-empty 1-D tensor of "
+                                           r"integer row indices, got torch.int64 of shape \(0,\)"),
+    ([torch.tensor([0.0, 1.0])], r"got torch.float32 of shape \(2,\)"),
+    ([torch.tensor([[0, 1]])], r"got torch.int64 of shape \(1, 2\)"),
+])
+def test_a_batch_sampler_of_bad_batches_is_refused_and_nothing_is_lost(batches, pattern):
+    """Index batches out of range were torch's IndexError, an empty one a reshape error deep
+    in the model, negative rows silently counted from the end, and a sampler that yielded
+    nothing "trained" without a word (the helper's findings, 2026-12-03); each is now a
+    ValueError naming the batch, and the model keeps its weights."""
+    train = _digits(n_train=64)[0]
+    model = _build()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=pattern):
+        _fit(model, train, epochs=1, batch_sampler=lambda generator: iter(batches))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
 def test_a_checkpoint_resumes_only_with_the_batch_sampler_of_the_same_code(tmp_path):
     """The fingerprint held only a function's name, so a checkpoint written with one lambda
     resumed with any other (`<lambda>`); it now holds a hash of the code, constants and

@@ -351,15 +351,38 @@ class _Batches:
                            y.split(self.batch_size) if y is not None else none, strict=True)
             return
         if self.batch_sampler is not None:
-            # a list of indices too, as torch's BatchSampler yields them
-            batches = (torch.as_tensor(idx, device=self.device)
-                       for idx in self.batch_sampler(self.generator))
+            batches = self._sampled()
         else:
             order = torch.randperm(len(self.tensor), generator=self.generator)
             batches = order.to(self.device).split(self.batch_size)
         for idx in batches:
             yield (self.tensor[idx], c[idx] if c is not None else None,
                    y[idx] if y is not None else None)
+
+    def _sampled(self) -> Iterator[torch.Tensor]:
+        """The batch_sampler's index batches of this epoch (lists too, as torch's BatchSampler
+        yields them), each a non-empty 1-D integer tensor of rows in [0, n), and at least one:
+        out-of-range rows were torch's IndexError, an empty batch a reshape error deep in
+        the model, negative rows silently counted from the end, and an epoch without
+        batches trained nothing without a word."""
+        count = 0
+        for count, idx in enumerate(self.batch_sampler(self.generator), start=1):
+            idx = torch.as_tensor(idx)
+            if (idx.dim() != 1 or not idx.numel() or idx.is_floating_point()
+                    or idx.dtype == torch.bool):
+                raise ValueError(
+                    f"the batch_sampler's batch {count} must be a non-empty 1-D tensor of "
+                    f"integer row indices, got {idx.dtype} of shape {tuple(idx.shape)}")
+            low, high = int(idx.min()), int(idx.max())
+            if low < 0 or high >= self.n:
+                raise ValueError(
+                    f"the batch_sampler's batch {count} holds rows {low} to {high}, but the "
+                    f"{self.name} data has rows 0 to {self.n - 1}")
+            yield idx.to(self.device)
+        if not count:
+            raise ValueError("the batch_sampler yielded no batches for this epoch: it must "
+                             "yield each epoch's index batches, e.g. def batches(generator): "
+                             "return torch.randperm(n, generator=generator).split(64)")
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """All the data, or for a Dataset its first 8 batches (enough to pick centroids)."""
