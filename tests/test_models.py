@@ -3,6 +3,7 @@ models.md, computed by hand in numpy float64 with the same noise; build_model's 
 
 import copy
 import math
+import re
 
 import numpy as np
 import pytest
@@ -1352,6 +1353,38 @@ def test_an_encoder_network_of_the_wrong_width_is_refused():
     q = GaussianEncoder(nn.Linear(5, 4), latent_dim=2)(x)
     assert q.mean.shape == q.stddev.shape == (6, 2)
     assert DeterministicEncoder(nn.Linear(5, 2), latent_dim=2)(x).shape == (6, 2)
+
+
+def test_a_user_encoder_must_state_the_latent_dim_of_its_codes():
+    """A user encoder whose codes had 2 coordinates under latent_dim 3 trained, then decode
+    blamed the user's z and sample failed in a matmul; one without latent_dim failed with
+    nn.Module's bare AttributeError (the helper's findings, 2026-12-03)."""
+    x = torch.from_numpy(X01)
+
+    class Wrong(PlainNormalEncoder):
+        latent_dim = Z_DIM + 1
+
+    class Codes(nn.Module):  # a deterministic encoder of the wrong width
+        latent_dim, input_shape = Z_DIM + 1, (X_DIM,)
+
+        def forward(self, x):
+            return x[:, :Z_DIM]
+
+    class Decoder(nn.Module):  # states no latent_dim, so only the codes can disagree
+        def forward(self, z):
+            return D.Independent(D.Normal(z.sum(-1, keepdim=True).expand(-1, X_DIM), 1.0), 1)
+
+    for model in (aetk.VAE(Wrong(), Decoder()), aetk.AE(Codes(), Decoder())):
+        with pytest.raises(ValueError, match=rf"the encoder's codes have {Z_DIM} coordinates, "
+                                             rf"but its latent_dim is {Z_DIM + 1}"):
+            model.encode(x)
+    for latent_dim in (None, "2", 0, True):
+        encoder = PlainNormalEncoder()
+        encoder.latent_dim = latent_dim
+        with pytest.raises(TypeError, match=rf"the encoder needs an attribute latent_dim, .* "
+                                            rf"got {re.escape(repr(latent_dim))}"):
+            aetk.VAE(encoder, _gaussian_decoder())
+    assert aetk.VAE(PlainNormalEncoder(), _gaussian_decoder()).encode(x).event_shape == (Z_DIM,)
 
 
 def test_an_encoder_distribution_whose_event_takes_the_batch_axis_is_refused():

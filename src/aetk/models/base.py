@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import numbers
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -213,6 +214,10 @@ class Model(nn.Module):
         decoder's `event_shape` that is no shape (an int 6 failed in fit with "object of type
         'int' has no len()")."""
         cls, d = type(self).__name__, getattr(encoder, "latent_dim", None)
+        if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1:
+            # a user's encoder without one failed with nn.Module's bare AttributeError
+            raise TypeError(f"the encoder needs an attribute latent_dim, the number of "
+                            f"coordinates of its codes (a positive int), got {d!r}")
         d_dec = getattr(decoder, "latent_dim", None)
         if isinstance(d, int) and isinstance(d_dec, int) and d_dec != d:
             raise ValueError(f"the encoder's latent_dim is {d} but the decoder's {d_dec}: build "
@@ -518,6 +523,12 @@ class Model(nn.Module):
                              f"{tuple(q.batch_shape)} and event shape {tuple(q.event_shape)} "
                              f"for {len(x)} rows: give one distribution per row, e.g. "
                              "Independent(Normal(mu, sigma), 1) of batch shape (rows,)")
+        width = (q.event_shape if isinstance(q, D.Distribution)
+                 else q.shape[1:] if isinstance(q, torch.Tensor) else None)
+        if width is not None and len(width) == 1 and width[0] != self.latent_dim:
+            # it trained, then decode and sample blamed the user's z or failed in a matmul
+            raise ValueError(f"the encoder's codes have {width[0]} coordinates, but its "
+                             f"latent_dim is {self.latent_dim}: make them agree")
         return q
 
     @takes_data
