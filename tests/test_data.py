@@ -831,6 +831,41 @@ def test_prepare_warns_when_n_samples_is_more_than_the_data_has() -> None:
         assert len(data.prepare(raw, transforms=[]).x) == 1797
 
 
+@pytest.mark.parametrize(("options", "pattern"), [
+    ({"transforms": "standardise"}, r"transforms must be a list of transform names or specs, "
+                                    r"e.g. \['standardise'\], got 'standardise'"),
+    ({"transforms": {"name": "scale01"}}, r"transforms must be a list"),
+    ({"transforms": [], "n_samples": 0}, r"n_samples must be a positive integer or None, got 0"),
+    ({"transforms": [], "n_samples": -1}, r"got -1"),
+    ({"transforms": [], "n_samples": 2.5}, r"got 2.5"),
+])
+def test_prepare_refuses_a_transform_string_and_sample_counts_below_one(options, pattern):
+    """A string of transforms was read letter by letter ("unknown transform 's'"),
+    n_samples=0 made an empty data set in silence, and -1 or 2.5 failed in numpy (the
+    helper's findings, 2026-12-03)."""
+    raw = data.load_bundled("digits")
+    with pytest.raises(ValueError, match=pattern):
+        data.prepare(raw, **options)
+    assert len(data.prepare(raw, transforms=["standardise"], n_samples=100).x) == 100
+
+
+@pytest.mark.parametrize("transform", [data.Standardise(), data.Scale01(),
+                                       data.SelectTopVariance(n_features=2)])
+def test_a_transform_used_before_fit_says_so(transform):
+    """An unfitted transform failed in numpy ("unsupported operand type(s) for -: 'float'
+    and 'NoneType'"); fitted, the same call works."""
+    x = np.random.default_rng(0).normal(size=(20, 4))
+    # a selection's inverse is the identity (it is not invertible)
+    names = ["transform"] if isinstance(transform, data.SelectTopVariance) else ["transform",
+                                                                                 "inverse"]
+    for name in names:
+        with pytest.raises(ValueError, match=rf"transform '{transform.name}' is not fitted: "
+                                             r"call fit\(x\)"):
+            getattr(transform, name)(x)
+    transform.fit(x)
+    assert np.isfinite(transform.transform(x)).all()
+
+
 def test_missing_values_of_a_table_name_their_column(tmp_path: Path) -> None:
     """A CSV's empty cells were placed at "column 1" alone, counted after the dropped ID
     column: the column's name from the header says which one."""

@@ -16,6 +16,7 @@ import importlib.metadata as md
 import inspect
 import json
 import lzma
+import numbers
 import pickle
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -762,6 +763,15 @@ class Transform:
         """The scalar settings (what the config gives), JSON-able."""
         return {}
 
+    def fitted(self, *names: str) -> None:
+        """ValueError where a fitted parameter (``names``, by default ``arrays``) is unset:
+        ``transform`` or ``inverse`` before ``fit`` failed in numpy ("unsupported operand
+        type(s) ... 'NoneType'"), or selected no features at all."""
+        if any(getattr(self, a) is None for a in names or self.arrays):
+            raise ValueError(f"transform {self.name!r} is not fitted: call fit(x) on the "
+                             "training rows first (prepare and TransformPipeline.fit_transform "
+                             "do)")
+
     def select(self, index: np.ndarray) -> None:
         """Keep the parameters of the features ``index`` (after a feature selection)."""
         for a in self.arrays:
@@ -804,9 +814,11 @@ class Scale01(Transform):
         return np.where(span > 0, span, 1.0)
 
     def transform(self, x: np.ndarray) -> np.ndarray:
+        self.fitted()
         return np.clip((x - self.low) / self._span(), 0.0, 1.0)
 
     def inverse(self, x: np.ndarray) -> np.ndarray:
+        self.fitted()
         return x * self._span() + self.low
 
     def options(self) -> dict[str, Any]:
@@ -865,9 +877,11 @@ class Standardise(Transform):
         self.std = np.where(std > 1e-12, std, 1.0)
 
     def transform(self, x: np.ndarray) -> np.ndarray:
+        self.fitted()
         return (x - self.mean) / self.std
 
     def inverse(self, x: np.ndarray) -> np.ndarray:
+        self.fitted()
         return x * self.std + self.mean
 
 
@@ -896,6 +910,7 @@ class SelectTopVariance(Transform):
         self.index = np.sort(np.argsort(-x.var(0), kind="stable")[:n])
 
     def transform(self, x: np.ndarray) -> np.ndarray:
+        self.fitted("index")  # x[:, None] added an axis, silently
         return x[:, self.index]
 
     def options(self) -> dict[str, Any]:
@@ -953,6 +968,9 @@ class TransformPipeline:
 
     @classmethod
     def from_specs(cls, specs: list[str | dict[str, Any]]) -> TransformPipeline:
+        if isinstance(specs, str | dict):  # a string's letters were taken as transforms
+            raise ValueError(f"transforms must be a list of transform names or specs, e.g. "
+                             f"[{specs!r}], got {specs!r}")
         return cls([make_transform(s) for s in specs])
 
     def fit_transform(self, x: np.ndarray, fit_rows: np.ndarray) -> np.ndarray:
@@ -1100,6 +1118,11 @@ def prepare(raw: RawData, *, transforms: list[str | dict[str, Any]],
     if not np.all(np.isfinite(raw.x)):
         raise ValueError(f"{raw.source or 'the data'}: {_non_finite(raw.x, raw.feature_names)} "
                          "in the data: impute or drop them first")
+    if n_samples is not None and (isinstance(n_samples, bool)
+                                  or not isinstance(n_samples, numbers.Integral)
+                                  or n_samples < 1):
+        # 0 made an empty data set, -1 and 2.5 failed in numpy
+        raise ValueError(f"n_samples must be a positive integer or None, got {n_samples!r}")
     if n_samples is not None and n_samples > len(raw.x):
         warnings.warn(f"n_samples={n_samples} is more than the {len(raw.x)} samples of "
                       f"{raw.source or 'the data'}: using all {len(raw.x)}",
