@@ -528,7 +528,7 @@ def test_inference_methods_refuse_rows_of_another_shape_by_name():
             getattr(model, name)(torch.zeros(4, 3))
 
 
-def test_decode_refuses_a_single_latent_point_with_a_hint_as_encode_does():
+def test_decode_refuses_a_single_latent_point_or_stacked_points_with_a_hint():
     """`decode(torch.zeros(d))` failed inside the built-in decoder's reshape ("returned 12
     values per row, but it needs 24"); a single point is now refused as `encode` refuses a
     single data point, with the hint z[None]. `prior_log_prob` of one point is a density."""
@@ -538,6 +538,11 @@ def test_decode_refuses_a_single_latent_point_with_a_hint_as_encode_does():
                                              rf"\({D},\): give rows \(n, {D}\), z\[None\]"):
             model.decode(torch.zeros(D))
         assert model.decode(torch.zeros(D)[None]).batch_shape == (1,)
+        # stacked draws (S, n, d) blamed the decoder's network width (the helper's finding)
+        with pytest.raises(ValueError, match=rf"decode takes rows of latent points \(n, {D}\), "
+                                             rf"got shape \(3, 4, {D}\): give "
+                                             rf"z.reshape\(-1, {D}\)"):
+            model.decode(torch.zeros(3, 4, D))
     torch.testing.assert_close(model.prior_log_prob(np.zeros(D)),
                                torch.tensor(-D / 2 * np.log(2 * np.pi), dtype=torch.float32))
 

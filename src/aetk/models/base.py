@@ -535,11 +535,16 @@ class Model(nn.Module):
     def decode(self, z: torch.Tensor) -> Any:
         """p(x|z) for rows of latent points `z (n, d)`: a distribution (a tensor for
         deterministic decoders). A single point `(d,)` is a ValueError, as a single data
-        point is for `encode`: give `z[None]`."""
+        point is for `encode`: give `z[None]`; so are stacked points `(S, n, d)`: give
+        `z.reshape(-1, d)`."""
+        d = self.latent_dim
         if z.dim() == 1:  # the built-in decoders failed in their reshape
             raise ValueError(f"decode got a single latent point of shape {tuple(z.shape)}: "
-                             f"give rows (n, {self.latent_dim}), z[None] of shape "
-                             f"(1, {self.latent_dim}) for one point")
+                             f"give rows (n, {d}), z[None] of shape (1, {d}) for one point")
+        if z.dim() > 2:  # the built-in decoders blamed their network's output width
+            raise ValueError(f"decode takes rows of latent points (n, {d}), got shape "
+                             f"{tuple(z.shape)}: give z.reshape(-1, {d}) and reshape the "
+                             "means you take from it")
         return self.decoder(z)
 
     @takes_data
