@@ -244,6 +244,28 @@ def test_a_tables_row_names_are_not_a_feature(tmp_path: Path) -> None:
         data.read_file(tmp_path / "e.csv")
 
 
+def test_a_tables_lines_of_other_field_counts_are_refused(tmp_path: Path) -> None:
+    """Rows with one number more than the header has names lost their first column to
+    pandas' row index, every later column under its left neighbour's name; a short line
+    was read as missing values to impute (the helper's findings, 2026-12-03). Both are now
+    errors naming the cause; R's write.table (row names, no header cell for them) and a
+    separator ending every line still read as before."""
+    (tmp_path / "extra.csv").write_text("a,b,c\n1,2,3,4\n4,5,6,7\n7,8,9,1\n2,2,2,2\n")
+    with pytest.raises(ValueError, match=r"extra.csv: the samples have one field more than "
+                                         r"the header has names \(3\): name every column"):
+        data.read_file(tmp_path / "extra.csv")
+    (tmp_path / "ragged.csv").write_text("a,b,c\n1,2,3\n4,5\n7,8,9\n")
+    with pytest.raises(ValueError, match=r"ragged.csv: line 3 has 2 fields, the first line 3"):
+        data.read_file(tmp_path / "ragged.csv")
+    (tmp_path / "r.csv").write_text("a,b\nr1,1,2\nr2,3,4\nr3,5,6\n")  # R's write.table
+    raw = data.read_file(tmp_path / "r.csv")
+    assert raw.feature_names == ["a", "b"] and raw.x.tolist() == [[1, 2], [3, 4], [5, 6]]
+    (tmp_path / "t.csv").write_text("a,b,c,\n1,2,3,\n4,5,6,\n")
+    assert data.read_file(tmp_path / "t.csv").x.tolist() == [[1, 2, 3], [4, 5, 6]]
+    (tmp_path / "m.csv").write_text("a,b,c\n1,,3\n4,5,6\n")  # a missing value: prepare's
+    assert np.isnan(data.read_file(tmp_path / "m.csv").x[0, 1])
+
+
 def test_a_tables_columns_are_dropped_by_name(tmp_path: Path) -> None:
     """An ID column of text was refused as non-numeric, with no way to leave it out but
     editing the file; `drop_columns` names it (and others), as read: a headerless table's

@@ -351,6 +351,21 @@ class RowNumbersWarning(UserWarning):
     """A table without a header row began with a column of row numbers, which is dropped."""
 
 
+def _check_field_counts(path: Path, sep: str, n: int) -> None:
+    """ValueError naming the first non-blank line with fewer or more than `n` fields: pandas
+    fills a short line with NaN, which then read as missing values to impute (a pass over
+    the file, made only where values are missing)."""
+    import csv
+
+    opener: Any = COMPRESSIONS.get(path.suffix.lower(), open)
+    with opener(path, "rt", newline="", encoding="utf-8-sig") as f:
+        for number, fields in enumerate(csv.reader(f, delimiter=sep), start=1):
+            if fields and any(v.strip() for v in fields) and len(fields) != n:
+                raise ValueError(f"{path}: line {number} has {len(fields)} fields, the first "
+                                 f"line {n}: give every line as many fields as the first "
+                                 "(an empty field for a missing value)")
+
+
 def _row_numbers(column: Any) -> bool:
     """Whether a column is the row numbers 0 .. n-1 or 1 .. n (at least three rows)."""
     values = column.to_numpy()
@@ -425,6 +440,17 @@ def _parse_table(path: Path, labels: str | None, header: bool | None,
     except pd.errors.ParserError as err:  # e.g. "Expected 2 fields in line 3, saw 3"
         raise ValueError(f"{path}: {str(err).strip()}: give every line as many fields "
                          "as the first") from None
+    if header and not isinstance(table.index, pd.RangeIndex):
+        # every row has one field more than the header has names, and pandas took the first
+        # as row names: right for R's write.table, but numbers there were a feature that
+        # vanished, every later column under its left neighbour's name
+        rows = pd.Series(table.index)
+        if not (rows.map(lambda v: isinstance(v, str)).all() or _row_numbers(rows)):
+            raise ValueError(f"{path}: the samples have one field more than the header has "
+                             f"names ({len(table.columns)}): name every column (an empty first "
+                             "header cell for a column of row names)")
+    if table.isna().to_numpy().any():
+        _check_field_counts(path, sep, len(first))
     if not header:
         table.columns = [str(c) for c in table.columns]
     table = _drop_columns(table, drop_columns, labels, path)
