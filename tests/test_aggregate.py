@@ -102,14 +102,18 @@ def test_several_draws_per_point() -> None:
 
 
 def test_a_trained_models_posteriors() -> None:
-    """`aetk.kl_decomposition(q.mean, q.stddev)` on an encoder's output (with its graph)."""
+    """`aetk.kl_decomposition(q.mean, q.stddev)` on an encoder's output (with its graph).
+    Seeded, and trained until the codes carry information (1.3 nats): after 5 epochs the
+    model was near collapse, its one-draw estimate of I(x; z) 0.004-0.017 or -0.002 by
+    seed, and the test passed only because fit left the global generator seeded."""
     import aetk
 
     from helpers import digits
 
     x, _ = digits("bernoulli", 300)
+    torch.manual_seed(0)
     model = aetk.build_model("vae", "bernoulli", in_features=64, latent_dim=2, hidden=(32,))
-    aetk.fit(model, x, epochs=5, batch_size=50, progress=False)
+    aetk.fit(model, x, epochs=20, batch_size=50, lr=1e-2, progress=False)
     q = model.encode(x)
     z = q.rsample()
     res = aetk.kl_decomposition(q.mean, q.stddev, z)
