@@ -908,6 +908,13 @@ def test_build_model_passes_options_to_decoder_and_model():
          r"learn_step_size must be True or False, got 'no'"),
         (("vae", "gaussian_learned"), {"split": 0},
          r"split must be True or False, got 0"),
+        # numbers given as strings or None failed deep inside ("'<' not supported between
+        # instances of 'int' and 'str'"), from `aetk train --options` too
+        (("vae", "gaussian"), {"sigma": "0.1"}, r"sigma must be a number, got '0.1'"),
+        (("vae", "gaussian"), {"beta": None}, r"beta must be a number, got None"),
+        (("vae", "gaussian"), {"free_bits": "x"}, r"free_bits must be a number, got 'x'"),
+        (("vae", "categorical"), {"n_classes": "3"}, r"n_classes must be an integer, got '3'"),
+        (("vae", "gaussian"), {"n_samples": 2.5}, r"n_samples must be an integer, got 2.5"),
     ],
 )
 def test_build_model_rejects_unknown_names(args, kwargs, pattern):

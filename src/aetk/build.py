@@ -131,15 +131,26 @@ def _accepted(fn: Callable) -> set[str]:
     return {p.name for p in params if p.kind is p.KEYWORD_ONLY or p.default is not p.empty}
 
 
-def _check_switches(fn: Callable, options: dict[str, Any]) -> None:
-    """ValueError for an option that `fn` types `bool` given as anything but True or False:
-    a string counted as true ("false" turned the float64 metric on) and was saved so."""
+_OPTION_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "bool": (lambda v: isinstance(v, bool), "True or False"),
+    "int": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)
+            and float(v).is_integer(), "an integer"),
+    "float": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool), "a number"),
+}
+
+
+def _check_option_types(fn: Callable, options: dict[str, Any]) -> None:
+    """ValueError for an option that `fn` types plainly `bool`, `int` or `float` given as
+    another type: a string switch counted as true ("false" turned the float64 metric on)
+    and was saved so, and a string or None number failed deep inside with Python's bare
+    comparison error ("'<' not supported between instances of 'int' and 'str'")."""
     params = inspect.signature(fn).parameters
     for name, value in options.items():
         param = params.get(name)
-        if param is not None and param.annotation in (bool, "bool") and not isinstance(
-                value, bool):
-            raise ValueError(f"{name} must be True or False, got {value!r}")
+        kind = getattr(param.annotation, "__name__", param.annotation) if param else None
+        check = _OPTION_TYPES.get(kind) if isinstance(kind, str) else None
+        if check is not None and not check[0](value):
+            raise ValueError(f"{name} must be {check[1]}, got {value!r}")
 
 
 def _required(fn: Callable) -> set[str]:
@@ -228,8 +239,8 @@ def build_model(
             "of them; pass tensors or networks to the model class itself, e.g. "
             "aetk.RHVAE(encoder, decoder, centroids=<tensor of training points>)"
         ) from None
-    _check_switches(decoder_cls.__init__, dec_opts)
-    _check_switches(constructor, hyper)
+    _check_option_types(decoder_cls.__init__, dec_opts)
+    _check_option_types(constructor, hyper)
     missing = _required(decoder_cls.__init__) - set(_DECODER_SIZE_ARGS) - set(dec_opts)
     if missing:
         raise ValueError(f"likelihood {likelihood!r} needs the option(s) {sorted(missing)}")
