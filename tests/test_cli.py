@@ -1895,6 +1895,14 @@ def test_an_output_path_given_by_mistake_is_refused_before_any_work(
          "for a model"),
         ([*train, "--out", str(tmp_path / "new"), "--history", str(model)],
          f"aetk train: error: --history {model} is a folder: give the table's file name"),
+        # the same path failed after the training; one inside the model folder replaced its
+        # weights with the table (the helper's findings, 2026-12-03)
+        ([*train, "--out", str(tmp_path / "new"), "--history", str(tmp_path / "new")],
+         f"aetk train: error: --history {tmp_path / 'new'} is the model folder --out "
+         f"{tmp_path / 'new'} or inside it: give the table a path of its own"),
+        ([*train, "--out", str(model), "--history", str(model / "weights.pt")],
+         f"aetk train: error: --history {model / 'weights.pt'} is the model folder --out "
+         f"{model} or inside it"),
         (["report", "run", "--data", str(data), "--latent", str(latent), "--out-dir",
           str(table)], f"aetk report run: error: --out-dir {table} is a file"),
         # a path under a file cannot be created: refused before the work, not after it

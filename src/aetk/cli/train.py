@@ -199,6 +199,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     if Path(args.history).expanduser().is_dir():
         raise ValueError(f"--history {args.history} is a folder: give the table's file name "
                          "(.tsv)")
+    out, history = (Path(p).expanduser().resolve() for p in (args.out, args.history))
+    if history == out or out in history.parents:
+        # one failed after the training, the other replaced the saved weights with the table
+        raise ValueError(f"--history {args.history} is the model folder --out {args.out} or "
+                         "inside it: give the table a path of its own")
     storage.check_creatable(args.history)
     torch.set_num_threads(args.threads)
     check_clip_grad_norm(args.clip_grad_norm, "--clip-grad-norm")  # before reading data
