@@ -1364,6 +1364,41 @@ def test_an_unconverged_frechet_mean_warns_and_keeps_the_point_reached(
     np.testing.assert_allclose(spray[:, 0], np.broadcast_to(geo["frechet_mean"].values, (6, 2)))
 
 
+def test_a_spray_of_one_code_is_refused_or_skipped(steps: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """The spray's length is the codes' RMS distance to their Frechet mean: 0 for one code,
+    which failed at the end with "radius must be positive, got 0.0", also in the pipeline's
+    geodesics job of a data set with one validation sample (the helper's finding,
+    2026-12-03). --spray-points 1 is now refused before any work; one validation code
+    takes the spray's codes from all samples; codes that coincide skip it with a warning."""
+    base = ["geodesics", "--model", str(steps / "rhvae"), "--n-pairs", "2", "--n-points", "10",
+            "--grid-size", "9", "--spray", "6"]
+    out = tmp_path / "geo.zarr"
+    assert cli.main([*base, "--latent", str(steps / "latent_rhvae.zarr"), "--spray-points",
+                     "1", "--out", str(out)]) == 1
+    assert ("aetk geodesics: error: --spray-points must be at least 2: the spray's length is "
+            "the codes' RMS distance") in capsys.readouterr().err
+    assert not out.exists()
+    latent = storage.read_zarr(steps / "latent_rhvae.zarr").load()
+    split = latent["split"].values.copy()
+    split[split == storage.SPLIT_VALIDATION] = storage.SPLIT_TRAIN
+    split[0] = storage.SPLIT_VALIDATION  # one validation code
+    one = tmp_path / "one.zarr"
+    storage.write_zarr(latent.assign(split=(latent["split"].dims, split)), one)
+    cli.main([*base, "--latent", str(one), "--spray-points", "20", "--out", str(out)])
+    assert storage.read_zarr(out)["frechet_mean"].attrs["n_codes"] == 20  # from all samples
+    same = tmp_path / "same.zarr"
+    z = latent["z_mean"].values.copy()
+    z[:] = z[0]
+    storage.write_zarr(latent.assign(z_mean=(latent["z_mean"].dims, z)), same)
+    capsys.readouterr()
+    cli.main([*base, "--latent", str(same), "--spray-points", "20", "--out",
+              str(tmp_path / "g2.zarr")])
+    assert "warning: no geodesic spray: its length, the codes' RMS distance to their Frechet " \
+           "mean, is 0 for the 20 code(s)" in capsys.readouterr().err
+    assert "spray" not in storage.read_zarr(tmp_path / "g2.zarr")
+
+
 @pytest.mark.parametrize(("command", "option", "value", "message"), [
     ("train", "--threads", "0", "must be an integer >= 1, got '0'"),  # was torch's traceback
     ("train", "--hidden", "-32", "must be an integer >= 1, got '-32'"),

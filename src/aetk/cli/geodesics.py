@@ -166,6 +166,9 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
     if args.pairs is not None and args.n_pairs is not None:
         raise ValueError("give either --pairs (these pairs) or --n-pairs (that many sampled "
                          "pairs), not both")
+    if args.spray and args.spray_points < 2:  # radius 0: "radius must be positive"
+        raise ValueError("--spray-points must be at least 2: the spray's length is the codes' "
+                         "RMS distance to their Frechet mean, 0 for one code")
     n_pairs = 8 if args.n_pairs is None else args.n_pairs
     configured = parse_pairs(args.pairs) if args.pairs is not None else None
     torch.set_num_threads(args.threads)
@@ -234,12 +237,19 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
             ds["gaussian_curvature"] = (("z1", "z2"), curv["gaussian_curvature"].values)
         t = _done(f"log volume{' and curvature' if 'gaussian_curvature' in ds else ''} on a "
                   f"{args.grid_size} x {args.grid_size} grid", t)
-    if z.shape[1] == 2 and args.spray and isinstance(metric, RHVAEMetric):
+    sprays = z.shape[1] == 2 and args.spray and isinstance(metric, RHVAEMetric)
+    if sprays:
         # the validation codes' intrinsic centre, and geodesics leaving it: for the RHVAE's
         # smooth metric (a ReLU decoder's pull-back jumps between the network's linear
         # regions, and its hundred log maps take minutes, not seconds)
-        val = np.flatnonzero(is_val) if is_val.any() else np.arange(len(z))
+        val = np.flatnonzero(is_val) if is_val.sum() >= 2 else np.arange(len(z))
         codes = np.random.default_rng(args.seed).permutation(val)[:args.spray_points]
+        if len(codes) < 2 or np.ptp(z[codes], axis=0).max() == 0:  # a spray of radius 0
+            print(f"warning: no geodesic spray: its length, the codes' RMS distance to their "
+                  f"Frechet mean, is 0 for the {len(codes)} code(s) there are (one, or all "
+                  "equal)", file=sys.stderr)
+            sprays = False
+    if sprays:
         mean = frechet_mean(metric, torch.from_numpy(z[codes]), n_points=args.n_points,
                             integration_tol=args.integration_tol or None,
                             progress=sys.stderr.isatty())
@@ -330,7 +340,8 @@ def add_parser(sub: Any) -> None:
                    "codes in this many directions, each as long as their RMS distance to it "
                    "(0: none)")
     p.add_argument("--spray-points", type=positive, default=100,
-                   help="validation codes (at most) whose Frechet mean centres the spray")
+                   help="validation codes (at most; at least 2) whose Frechet mean centres "
+                   "the spray")
     p.add_argument("--integration-tol", type=tolerance, default=1e-4,
                    help="the Frechet mean's log maps double their integration steps (from 20, "
                    "at most to 320) until each velocity's estimated error is within this "
