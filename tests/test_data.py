@@ -172,6 +172,12 @@ def test_a_tables_separator_is_found_and_decimal_commas_refused(tmp_path: Path) 
     with pytest.raises(ValueError, match=r"eu.csv: numbers with decimal commas \('17,25' in "
                        r"column 'g0'\); aetk reads decimal points: convert the file"):
         data.read_file(tmp_path / "eu.csv")
+    # with whole numbers beside them, as spreadsheets write 3 rather than 3,0: the message
+    # named "non-numeric columns" and sample IDs (the helper's finding, 2026-12-03)
+    (tmp_path / "mixed.csv").write_text("a;b;c\n1,5;2,25;3\n4,1;5;6,2\n7;1,0;2,5\n")
+    with pytest.raises(ValueError, match=r"mixed.csv: numbers with decimal commas \('1,5' in "
+                       r"column 'a'\)"):
+        data.read_file(tmp_path / "mixed.csv")
     np.savetxt(tmp_path / "spaces.csv", X)
     with pytest.raises(ValueError, match=r"spaces.csv: one column, of text \('1.70+e\+01 1.20+"):
         data.read_file(tmp_path / "spaces.csv")

@@ -315,9 +315,14 @@ def _decimal_commas(table: Any, path: Path, sep: str) -> None:
     import re
 
     pattern = re.compile(r"^\s*[+-]?(\d+,\d*|\d*,\d+)([eE][+-]?\d+)?\s*$")
+    # 3 beside 1,5, as spreadsheets write whole numbers; not in a file of commas, where
+    # "1,000" beside 3 is more likely a thousands separator
+    whole = re.compile(r"^\s*[+-]?\d+\s*$" if sep != "," else r"(?!)")
     for name in table.columns:
         values = table[name].dropna()
-        if len(values) and all(isinstance(v, str) and pattern.match(v) for v in values):
+        texts = [v for v in values if isinstance(v, str)]
+        if (len(values) and len(texts) == len(values) and any(pattern.match(v) for v in texts)
+                and all(pattern.match(v) or whole.match(v) for v in texts)):
             raise ValueError(
                 f"{path}: numbers with decimal commas ({values.iloc[0]!r} in column "
                 f"{name!r}); aetk reads decimal points: convert the file, e.g. with "
