@@ -192,6 +192,29 @@ def test_parse_spec() -> None:
         "name": "step", "milestones": [20, 30], "gamma": 0.5}
 
 
+def test_a_spec_value_that_does_not_parse_names_its_option(
+        steps: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """json's "Expecting value: line 1 column 1 (char 0)" (preprocess) and argparse's
+    "invalid parse_spec value" (train) named neither the option nor the value (the helper's
+    finding, 2026-12-03)."""
+    message = "option {} of {}: {!r} is not a value (a number, true or false, a list"
+    with pytest.raises(ValueError, match=re.escape(message.format("threshold", "binarise",
+                                                                  "abc"))):
+        parse_spec("binarise:threshold=abc")
+    with pytest.raises(ValueError, match=r"'\{\"name\": 1' is not valid JSON"):
+        parse_spec('{"name": 1')
+    assert cli.main(["preprocess", "--source", "digits", "--transforms", "scale01:per_feature=yes",
+                     "--out", str(tmp_path / "d.zarr")]) == 1
+    assert message.format("per_feature", "scale01", "yes") in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--data", str(steps / "data.zarr"), "--model", "vae", "--likelihood",
+                  "bernoulli", "--out", str(tmp_path / "m"), "--history", str(tmp_path / "h.tsv"),
+                  "--penalty", "min_variance:sigma_min=abc"])
+    assert ("argument --penalty: " + message.format("sigma_min", "min_variance", "abc")
+            in capsys.readouterr().err)
+    assert not (tmp_path / "d.zarr").exists() and not (tmp_path / "m").exists()
+
+
 def test_claim_device_without_gpu() -> None:
     import torch
 

@@ -14,18 +14,32 @@ from aetk.validate import positive_int
 EPILOG = "The layout of every Zarr store is described in docs/zarr-layout.md."
 
 
+class SpecError(argparse.ArgumentTypeError, ValueError):
+    """A spec that does not parse: argparse's usage message for an option's type, the
+    command's error line where a command parses it."""
+
+
 def parse_spec(text: str) -> str | dict[str, Any]:
     """``name``, ``name:key=value,...`` (values in JSON: ``milestones=[20,30]``) or a JSON
     string/object -> a transform or schedule spec."""
     text = text.strip()
     if text.startswith(("{", '"')):
-        return json.loads(text)
+        return _json(text, f"{text!r} is not valid JSON")
     name, _, opts = text.partition(":")
     spec: dict[str, Any] = {"name": name}
     for item in filter(None, re.split(r",(?![^\[]*\])", opts)):  # not the commas of a list
         key, _, value = item.partition("=")
-        spec[key] = json.loads(value) if value not in ("", None) else True
+        spec[key] = _json(value, f"option {key} of {name}: {value!r} is not a value (a "
+                                 "number, true or false, a list [...] or a quoted \"string\")"
+                          ) if value not in ("", None) else True
     return spec if len(spec) > 1 else name
+
+
+def _json(text: str, message: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:  # its "Expecting value: line 1 column 1" named no option
+        raise SpecError(message) from None
 
 
 def parse_options(text: str) -> dict[str, Any]:
