@@ -228,14 +228,19 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def global_rng_kept() -> Iterator[None]:
-    """Puts torch's global generators (the CPU's and every CUDA device's) back as they were
-    on exit: `fit` seeds them for its draws, and models built after it must not repeat the
-    weights of those built after an earlier `fit`."""
-    state = _rng_state()
+    """Puts torch's global generators (the CPU's, and every CUDA device's once CUDA is in
+    use) back as they were on exit: `fit` seeds them for its draws, and models built after
+    it must not repeat the weights of those built after an earlier `fit`. CUDA's are left
+    alone before CUDA starts: reading them would start it, a context on the GPU, for a fit
+    on the CPU."""
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     try:
         yield
     finally:
-        _set_rng_state(state)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 def restore_checkpoint(path: Path, model: Model, optimizers: dict, schedulers: dict,
