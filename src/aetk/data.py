@@ -454,8 +454,6 @@ def _parse_table(path: Path, labels: str | None, header: bool | None,
             raise ValueError(f"{path}: the samples have one field more than the header has "
                              f"names ({len(table.columns)}): name every column (an empty first "
                              "header cell for a column of row names)")
-    if table.isna().to_numpy().any():
-        _check_field_counts(path, sep, len(first))
     if not header:
         table.columns = [str(c) for c in table.columns]
     table = _drop_columns(table, drop_columns, labels, path)
@@ -478,6 +476,8 @@ def _parse_table(path: Path, labels: str | None, header: bool | None,
         # a separator at the end of every line (some exports write one): no column, not a
         # feature of NaNs that prepare refuses
         table = table.drop(columns=last)
+    if table.isna().to_numpy().any():  # after that column: no pass over such files
+        _check_field_counts(path, sep, len(first))
     label_values = None
     if table.empty and len(table.columns):  # before the columns are called non-numeric
         raise ValueError(f"{path}: a header row but no samples")
