@@ -1689,6 +1689,23 @@ def test_geodesics_refuse_a_latent_store_of_another_model(
     assert not fig.exists()
 
 
+def test_report_geodesics_names_the_file_it_writes(steps: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """Without a suffix matplotlib adds .png, while the command said it wrote the path as
+    given (the helper's finding, 2026-12-03); and --grid-size 1, which the schema refuses,
+    drew a degenerate figure."""
+    out = tmp_path / "figure"
+    assert cli.main(["report", "geodesics", "--latent", str(steps / "vae-bernoulli.zarr"),
+                     "--geodesics", str(steps / "geo.zarr"), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out}.png"
+    assert (tmp_path / "figure.png").is_file() and not out.exists()
+    assert cli.main(["geodesics", "--model", str(steps / "model"), "--latent",
+                     str(steps / "vae-bernoulli.zarr"), "--grid-size", "1", "--out",
+                     str(tmp_path / "g.zarr")]) == 1
+    assert "aetk geodesics: error: --grid-size must be at least 2, got 1" in \
+        capsys.readouterr().err
+
+
 def test_report_summary_refuses_stores_of_another_run(steps: Path, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
     """Run names are labels (the by-hand example's --runs rhvae with latent.zarr), but a

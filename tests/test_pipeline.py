@@ -618,13 +618,16 @@ def test_config_errors_stop_before_any_job(tmp_path: Path, config: dict, expecte
 
 
 def test_schema_names_match_the_registries() -> None:
-    """Model, likelihood and option names in the schema are exactly what build_model takes."""
-    from aetk import build
+    """Model, likelihood, activation and option names in the schema are exactly what
+    build_model takes (sigmoid, which aetk train --activation took, was not in the schema)."""
+    from aetk import build, nets
 
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
     defs = schema["$defs"]
     assert set(defs["model_name"]["enum"]) == set(build.MODELS)
     assert set(defs["likelihood_name"]["enum"]) == set(build.LIKELIHOODS)
+    network = schema["properties"]["network"]["properties"]
+    assert set(network["activation"]["enum"]) == set(nets.ACTIVATIONS)
 
     def options(entry: dict) -> set[str]:
         if "$ref" in entry:

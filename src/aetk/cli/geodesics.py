@@ -166,6 +166,8 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
     if args.pairs is not None and args.n_pairs is not None:
         raise ValueError("give either --pairs (these pairs) or --n-pairs (that many sampled "
                          "pairs), not both")
+    if args.grid_size < 2:  # one point per axis: a degenerate figure (the schema asks 2)
+        raise ValueError(f"--grid-size must be at least 2, got {args.grid_size}")
     if args.spray and args.spray_points < 2:  # radius 0: "radius must be positive"
         raise ValueError("--spray-points must be at least 2: the spray's length is the codes' "
                          "RMS distance to their Frechet mean, 0 for one code")

@@ -46,8 +46,10 @@ def cmd_report_geodesics(args: argparse.Namespace) -> None:
                          f"{geodesics.attrs.get('run')!r}, run hash {fitted_on}) than "
                          f"{args.latent} was encoded with (run {latent.attrs.get('run')!r}, "
                          f"{given})")
-    report.plot_geodesics(latent, geodesics, Path(args.out))
-    print(f"wrote {args.out}")
+    out = Path(args.out)
+    out = out if out.suffix else out.with_suffix(".png")  # matplotlib adds it: say so
+    report.plot_geodesics(latent, geodesics, out)
+    print(f"wrote {out}")
 
 
 def check_run(ds: Any, path: str, run: str, runs: list[str], hint: str = "") -> None:
