@@ -866,8 +866,10 @@ def test_prepare_warns_when_n_samples_is_more_than_the_data_has() -> None:
     ({"transforms": [], "n_samples": 0}, r"n_samples must be a positive integer or None, got 0"),
     ({"transforms": [], "n_samples": -1}, r"got -1"),
     ({"transforms": [], "n_samples": 2.5}, r"got 2.5"),
+    # one sample trained, then aetk encode failed ("codes must be (N, d) with N >= 2")
+    ({"transforms": [], "n_samples": 1}, r"digits: 1 sample\(s\); a model needs at least 2"),
 ])
-def test_prepare_refuses_a_transform_string_and_sample_counts_below_one(options, pattern):
+def test_prepare_refuses_a_transform_string_and_sample_counts_below_two(options, pattern):
     """A string of transforms was read letter by letter ("unknown transform 's'"),
     n_samples=0 made an empty data set in silence, and -1 or 2.5 failed in numpy (the
     helper's findings, 2026-12-03)."""

@@ -1159,6 +1159,9 @@ def prepare(raw: RawData, *, transforms: list[str | dict[str, Any]],
                       f"{raw.source or 'the data'}: using all {len(raw.x)}",
                       SampleCountWarning, stacklevel=2)
     keep = subsample(len(raw.x), n_samples, seed)
+    if len(keep) < 2:  # trained, then encode failed: "codes must be (N, d) with N >= 2"
+        raise ValueError(f"{raw.source or 'the data'}: {len(keep)} sample(s); a model needs at "
+                         "least 2")
     labels = None if raw.labels is None else raw.labels[keep]
     is_val = split(len(keep), validation_fraction, seed,
                    labels if raw.label_kind == "categorical" else None)
