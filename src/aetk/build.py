@@ -131,19 +131,25 @@ def _accepted(fn: Callable) -> set[str]:
     return {p.name for p in params if p.kind is p.KEYWORD_ONLY or p.default is not p.empty}
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+# numbers of the wrong kind (2.5 for a count, inf) go on to the models' own checks, which
+# say the bounds too
 _OPTION_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "bool": (lambda v: isinstance(v, bool), "True or False"),
-    "int": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)
-            and float(v).is_integer(), "an integer"),
-    "float": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool), "a number"),
+    "int": (_number, "a number"),
+    "float": (_number, "a number"),
 }
 
 
 def _check_option_types(fn: Callable, options: dict[str, Any]) -> None:
-    """ValueError for an option that `fn` types plainly `bool`, `int` or `float` given as
-    another type: a string switch counted as true ("false" turned the float64 metric on)
-    and was saved so, and a string or None number failed deep inside with Python's bare
-    comparison error ("'<' not supported between instances of 'int' and 'str'")."""
+    """ValueError for an option that `fn` types plainly `bool` given as anything but True
+    or False, or `int` or `float` given as no number (a string, None, a list): a string
+    switch counted as true ("false" turned the float64 metric on) and was saved so, and a
+    string or None number failed deep inside with Python's bare comparison error ("'<' not
+    supported between instances of 'int' and 'str')."""
     params = inspect.signature(fn).parameters
     for name, value in options.items():
         param = params.get(name)
