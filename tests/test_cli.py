@@ -579,6 +579,15 @@ def test_patience_stops_training_and_keys_its_own_checkpoint(steps: Path, tmp_pa
               "scale01", "--validation-fraction", "0", "--out", str(tmp_path / "all.zarr")])
     assert cli.main([*args[:2], str(tmp_path / "all.zarr"), *args[3:]]) == 1
     assert "--patience needs validation data" in capsys.readouterr().err
+    # a fraction that rounds to no sample: said at preprocess, and --patience says why
+    # (it asked for "--validation-fraction > 0", which it was; the helper's finding)
+    cli.main(["preprocess", "--source", "digits", "--n-samples", "100", "--transforms",
+              "scale01", "--validation-fraction", "0.001", "--out", str(tmp_path / "few.zarr")])
+    assert ("warning: validation_fraction=0.001 of 100 samples rounds to no validation sample"
+            in capsys.readouterr().err)
+    assert cli.main([*args[:2], str(tmp_path / "few.zarr"), *args[3:]]) == 1
+    assert ("a --validation-fraction that leaves some: its share of the samples rounds to 0 "
+            "below half a sample" in capsys.readouterr().err)
 
 
 def test_lr_schedule_reaches_fit_and_keys_its_own_run(steps: Path, tmp_path: Path,

@@ -845,6 +845,19 @@ def test_prepare_subsamples_with_a_seed() -> None:
     assert not np.array_equal(a.sample_index, c.sample_index)
 
 
+def test_prepare_warns_when_the_validation_fraction_rounds_to_no_sample() -> None:
+    raw = data.load_bundled("digits")
+    with pytest.warns(data.EmptyValidationWarning, match=r"^validation_fraction=0.002 of 200 "
+                      r"samples rounds to no validation sample"):
+        prep = data.prepare(raw, transforms=[], n_samples=200, validation_fraction=0.002)
+    assert not prep.is_validation.any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert data.prepare(raw, transforms=[], n_samples=200,
+                            validation_fraction=0.003).is_validation.sum() == 1
+        data.prepare(raw, transforms=[], n_samples=200, validation_fraction=0.0)
+
+
 def test_prepare_warns_when_n_samples_is_more_than_the_data_has() -> None:
     """n_samples is at most: beyond the data's size all samples are used, with a warning
     (the CLI prints it as its own `warning: --n-samples ...` line, tests/test_cli.py)."""

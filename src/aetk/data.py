@@ -1116,6 +1116,11 @@ class SampleCountWarning(UserWarning):
     """``prepare(n_samples=...)`` asked for more samples than the data have: all are used."""
 
 
+class EmptyValidationWarning(UserWarning):
+    """``prepare(validation_fraction=...)`` above 0 gave no validation sample: its share of
+    the samples rounds to 0."""
+
+
 class PrecisionWarning(UserWarning):
     """Whole numbers above 2**24 in the data the models train on, which float32 rounds."""
 
@@ -1165,6 +1170,10 @@ def prepare(raw: RawData, *, transforms: list[str | dict[str, Any]],
     labels = None if raw.labels is None else raw.labels[keep]
     is_val = split(len(keep), validation_fraction, seed,
                    labels if raw.label_kind == "categorical" else None)
+    if validation_fraction > 0 and not is_val.any():  # later read as "no validation split"
+        warnings.warn(f"validation_fraction={validation_fraction} of {len(keep)} samples "
+                      "rounds to no validation sample: give a larger fraction for validation "
+                      "losses and early stopping", EmptyValidationWarning, stacklevel=2)
     pipeline = TransformPipeline.from_specs(transforms)
     try:
         x = pipeline.fit_transform(raw.x[keep], ~is_val)

@@ -33,6 +33,7 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
     with warnings.catch_warnings(record=True) as caught:  # prepare's, in the CLI's words
         warnings.simplefilter("always", data_mod.SampleCountWarning)
         warnings.simplefilter("always", data_mod.PrecisionWarning)
+        warnings.simplefilter("always", data_mod.EmptyValidationWarning)
         prep = data_mod.prepare(raw, transforms=transforms,
                                 validation_fraction=args.validation_fraction,
                                 n_samples=None if args.source in data_mod.GENERATED
@@ -43,7 +44,7 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
         if issubclass(w.category, data_mod.SampleCountWarning):
             print(f"warning: --n-samples {args.n_samples} is more than the {len(raw.x)} "
                   f"samples of {args.source}: using all {len(raw.x)}", file=sys.stderr)
-        elif issubclass(w.category, data_mod.PrecisionWarning):
+        elif issubclass(w.category, data_mod.PrecisionWarning | data_mod.EmptyValidationWarning):
             print(f"warning: {w.message}", file=sys.stderr)
         else:  # any other warning passed on as it came
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno,

@@ -262,7 +262,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         val = (val, conditions[stored.is_validation]) if val is not None else None
     if args.patience and val is None:
         raise ValueError("--patience needs validation data: the data store has no validation "
-                         "split (preprocess with --validation-fraction > 0)")
+                         "sample (preprocess with a --validation-fraction that leaves some: "
+                         "its share of the samples rounds to 0 below half a sample)")
     callbacks = ((annealing,) if annealing is not None else ()) + (
         () if progress else (_EpochPrinter(args.epochs),)) + (
         (aetk.EarlyStopping(args.patience),) if args.patience else ())
