@@ -131,32 +131,22 @@ def _accepted(fn: Callable) -> set[str]:
     return {p.name for p in params if p.kind is p.KEYWORD_ONLY or p.default is not p.empty}
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-# numbers of the wrong kind (2.5 for a count, inf) go on to the models' own checks, which
-# say the bounds too
-_OPTION_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "bool": (lambda v: isinstance(v, bool), "True or False"),
-    "int": (_number, "a number"),
-    "float": (_number, "a number"),
-}
-
-
 def _check_option_types(fn: Callable, options: dict[str, Any]) -> None:
     """ValueError for an option that `fn` types plainly `bool` given as anything but True
     or False, or `int` or `float` given as no number (a string, None, a list): a string
     switch counted as true ("false" turned the float64 metric on) and was saved so, and a
     string or None number failed deep inside with Python's bare comparison error ("'<' not
-    supported between instances of 'int' and 'str')."""
+    supported between instances of 'int' and 'str'). Numbers of the wrong kind (2.5 for a
+    count, inf) go on to the models' own checks, which say the bounds too."""
     params = inspect.signature(fn).parameters
     for name, value in options.items():
         param = params.get(name)
         kind = getattr(param.annotation, "__name__", param.annotation) if param else None
-        check = _OPTION_TYPES.get(kind) if isinstance(kind, str) else None
-        if check is not None and not check[0](value):
-            raise ValueError(f"{name} must be {check[1]}, got {value!r}")
+        if kind == "bool" and not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+        if kind in ("int", "float") and (isinstance(value, bool)
+                                         or not isinstance(value, numbers.Real)):
+            raise ValueError(f"{name} must be a number, got {value!r}")
 
 
 def _required(fn: Callable) -> set[str]:

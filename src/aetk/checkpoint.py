@@ -213,9 +213,11 @@ def save_checkpoint(path: Path, state: dict) -> None:
     save_atomic(state, path, f"writing the training checkpoint; {kept}")
 
 
-def _rng_state() -> dict[str, Any]:
+def _rng_state(started_only: bool = False) -> dict[str, Any]:
+    """The global generators' states: the CPU's, and every CUDA device's where CUDA is
+    available (`started_only`: already in use; reading them starts it)."""
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if torch.cuda.is_initialized() if started_only else torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
@@ -233,14 +235,11 @@ def global_rng_kept() -> Iterator[None]:
     it must not repeat the weights of those built after an earlier `fit`. CUDA's are left
     alone before CUDA starts: reading them would start it, a context on the GPU, for a fit
     on the CPU."""
-    cpu = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    state = _rng_state(started_only=True)
     try:
         yield
     finally:
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
+        _set_rng_state(state)
 
 
 def restore_checkpoint(path: Path, model: Model, optimizers: dict, schedulers: dict,

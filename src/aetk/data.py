@@ -286,10 +286,15 @@ def file_suffix(path: str | Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
+def _open_text(path: Path) -> Any:
+    """A table's text, decompressed by its suffix, without a BOM (Excel's 'CSV UTF-8')."""
+    opener: Any = COMPRESSIONS.get(path.suffix.lower(), open)
+    return opener(path, "rt", newline="", encoding="utf-8-sig")
+
+
 def _first_lines(path: Path) -> list[str]:
     """The first two non-blank lines (fewer in a shorter file)."""
-    opener: Any = COMPRESSIONS.get(path.suffix.lower(), open)
-    with opener(path, "rt", newline="", encoding="utf-8-sig") as f:
+    with _open_text(path) as f:
         lines = []
         for line in f:
             if line.strip():
@@ -362,8 +367,7 @@ def _check_field_counts(path: Path, sep: str, n: int) -> None:
     the file, made only where values are missing)."""
     import csv
 
-    opener: Any = COMPRESSIONS.get(path.suffix.lower(), open)
-    with opener(path, "rt", newline="", encoding="utf-8-sig") as f:
+    with _open_text(path) as f:
         for number, fields in enumerate(csv.reader(f, delimiter=sep), start=1):
             if fields and any(v.strip() for v in fields) and len(fields) != n:
                 raise ValueError(f"{path}: line {number} has {len(fields)} fields, the first "
@@ -1157,7 +1161,8 @@ def prepare(raw: RawData, *, transforms: list[str | dict[str, Any]],
     if n_samples is not None and (isinstance(n_samples, bool)
                                   or not isinstance(n_samples, numbers.Integral)
                                   or n_samples < 1):
-        # 0 made an empty data set, -1 and 2.5 failed in numpy
+        # 0 made an empty data set, -1 and 2.5 failed in numpy (validate.positive_int would
+        # import torch into this torch-free module)
         raise ValueError(f"n_samples must be a positive integer or None, got {n_samples!r}")
     if n_samples is not None and n_samples > len(raw.x):
         warnings.warn(f"n_samples={n_samples} is more than the {len(raw.x)} samples of "
