@@ -51,8 +51,13 @@ def shared_transposes() -> Iterator[None]:
         _TRANSPOSES.reset(token)
 
 
+NARROW = 16  # in_features up to which a Linear on the CPU multiplies a contiguous transpose
+
+
 class Linear(nn.Linear):
-    """`nn.Linear` that shares its weight's transpose inside `shared_transposes()`.
+    """`nn.Linear` that shares its weight's transpose inside `shared_transposes()`, and on
+    the CPU multiplies a layer of at most `NARROW` inputs (a decoder's first layer) by a
+    contiguous copy of the transposed weight.
 
     `F.linear` makes a new `weight.t()` node per call, where the outer backward sums that
     call's two weight gradients (the forward's and, under an exact force, the force's) out of
@@ -61,16 +66,25 @@ class Linear(nn.Linear):
     thread) went from 26.3 to 23.6 ms (36.2 to 31.7 on a slower run) alone in a fresh
     process, alternating with and without, and from 2,000 to 1,130 page faults
     (bench/vs_pythae.py's setting, 2026-12-03). Same operations otherwise, so the same
-    numbers."""
+    numbers.
+
+    The copy is for the backward: with a transposed view of a (512, 2) weight, MKL takes
+    70-100 us for its weight gradient and 45-50 us for its input gradient at batch 64, with
+    a contiguous (2, 512) one 10-20 and 15-30 us (2-10 inputs; 35 against 19 and 16 against
+    17 us at 16; one thread, 2026-12-03). cuBLAS takes transposes as flags, so CUDA keeps
+    the view."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cache = _TRANSPOSES.get()
-        if cache is None or x.dim() != 2:
+        narrow = self.in_features <= NARROW and x.device.type == "cpu"
+        if (cache is None and not narrow) or x.dim() != 2:
             return F.linear(x, self.weight, self.bias)
         key = (self, torch.is_grad_enabled(), torch.is_inference_mode_enabled())
-        wt = cache.get(key)
+        wt = None if cache is None else cache.get(key)
         if wt is None:
-            wt = cache[key] = self.weight.t()
+            wt = self.weight.t().contiguous() if narrow else self.weight.t()
+            if cache is not None:
+                cache[key] = wt
         return x @ wt if self.bias is None else torch.addmm(self.bias, x, wt)
 
 
