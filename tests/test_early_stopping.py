@@ -149,3 +149,42 @@ def test_one_instance_serves_several_fits() -> None:
     assert stopper.best_epoch == best and stopper.best == history["val_loss"].min()
     for k, v in second.state_dict().items():
         assert torch.equal(v, recorder.states[best][k]), k
+
+
+class _Interrupt:
+    """Ctrl-C at the start of epoch `at`: the checkpoint keeps the epochs before it."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_epoch_start(self, model, epoch) -> None:
+        if epoch == self.at:
+            raise KeyboardInterrupt
+
+
+def test_a_resumed_run_stops_where_it_would_have(tmp_path) -> None:
+    """The checkpoint keeps the stopper's best epoch, count and best weights: resumed after
+    an interruption past its best epoch, or after it stopped, the run stops at the same
+    epoch with the same `best_epoch` and weights (it counted afresh from the resumed epoch,
+    and said best_epoch 0 for a stopped run)."""
+    x, _ = digits("bernoulli", 300)
+
+    def run(checkpoint, *extra):
+        torch.manual_seed(0)
+        model = aetk.build_model("vae", "bernoulli", in_features=64, latent_dim=2,
+                                 hidden=(16,))
+        stopper = aetk.EarlyStopping(patience=3, monitor="score")
+        history = aetk.fit(model, x[:250], x[250:], epochs=10, batch_size=64, lr=0.05,
+                           progress=False, checkpoint=checkpoint,
+                           callbacks=(_Score(), stopper, *extra))
+        return model, stopper, history
+
+    whole, stopper, history = run(tmp_path / "whole.pt")
+    assert (len(history), stopper.best_epoch) == (5, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut.pt", _Interrupt(4))
+    for checkpoint in ("cut.pt", "whole.pt"):  # interrupted past the best epoch; stopped
+        resumed, again, history = run(tmp_path / checkpoint)
+        assert (len(history), again.best_epoch, again.best, again.stop) == (5, 2, 0, True)
+        for k, v in resumed.state_dict().items():
+            assert torch.equal(v, whole.state_dict()[k]), k

@@ -151,9 +151,9 @@ class EarlyStopping:
 
     With a checkpoint, a run it stopped is final (resuming returns it as it ended), and a
     run that reached its last epoch, resumed, returns the best epoch's weights it returned
-    (asked for more epochs, it goes on from the last epoch's); the best weights are kept
-    in memory, so after an interrupted run resumes, the count starts
-    again from the resumed epoch.
+    (asked for more epochs, it goes on from the last epoch's). The checkpoint keeps its
+    `state_dict()` (best value and epoch, and the best epoch's weights: a second copy of
+    the model), so an interrupted run, resumed, stops where it would have.
     """
 
     def __init__(self, patience: int = 10, monitor: str = "val_loss", min_delta: float = 0.0,
@@ -186,6 +186,15 @@ class EarlyStopping:
         if self.restore_best and self._state is not None:
             model.load_state_dict(self._state)
 
+    def state_dict(self) -> dict[str, Any]:
+        """What `fit`'s checkpoint keeps, for a resumed run to go on counting."""
+        return {"best": self.best, "best_epoch": self.best_epoch, "stop": self.stop,
+                "weights": self._state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back a `state_dict()`."""
+        self.best, self.best_epoch, self.stop = state["best"], state["best_epoch"], state["stop"]
+        self._state = state["weights"]
 
 
 def _snapshot(model: Model) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ import hashlib
 import io
 import os
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -194,7 +194,7 @@ def save_atomic(obj: Any, path: Path, doing: str) -> None:
 
 def epoch_state(fingerprint: dict, optimizers: dict[str, torch.optim.Optimizer],
                 schedulers: dict[str, Scheduler], shuffle_rng: torch.Generator,
-                history: list[dict[str, Any]]) -> dict[str, Any]:
+                history: list[dict[str, Any]], callbacks: Sequence[Any]) -> dict[str, Any]:
     """What a checkpoint holds after an epoch besides the model's weights (`fit` adds
     them, and the loss weights annealing set): what `restore_checkpoint` puts back."""
     return {
@@ -204,7 +204,24 @@ def epoch_state(fingerprint: dict, optimizers: dict[str, torch.optim.Optimizer],
         "rng": _rng_state(),
         "shuffle_rng": shuffle_rng.get_state(),
         "history": history,
+        "callbacks": {_callback_key(i, cb): cb.state_dict() for i, cb in enumerate(callbacks)
+                      if callable(getattr(cb, "state_dict", None))},
     }
+
+
+def _callback_key(i: int, callback: Any) -> str:
+    # by position and class: a callback of another class in that place gets no state
+    return f"{i}:{type(callback).__qualname__}"
+
+
+def load_callback_states(callbacks: Sequence[Any], states: dict[str, Any]) -> None:
+    """Put back the states `epoch_state` kept of the callbacks that define
+    `load_state_dict` (`EarlyStopping`'s best epoch): after their `on_fit_start`, which
+    starts them afresh."""
+    for i, cb in enumerate(callbacks):
+        state = states.get(_callback_key(i, cb))
+        if state is not None and callable(getattr(cb, "load_state_dict", None)):
+            cb.load_state_dict(state)
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -244,9 +261,9 @@ def global_rng_kept() -> Iterator[None]:
 
 def restore_checkpoint(path: Path, model: Model, optimizers: dict, schedulers: dict,
                        shuffle_rng: torch.Generator, fingerprint: dict, device: torch.device,
-                       epochs: int) -> tuple[list[dict[str, float]], bool]:
-    """Load a checkpoint into the model and optimisers: its history, and whether a callback
-    had stopped that run."""
+                       epochs: int) -> tuple[list[dict[str, float]], bool, dict[str, Any]]:
+    """Load a checkpoint into the model and optimisers: its history, whether a callback
+    had stopped that run, and the callbacks' states (for `load_callback_states`)."""
     state = torch.load(path, map_location=device, weights_only=True)
     # written before fit hashed its data, or recorded the cosine's span, the parts' classes or
     # the batch sampler's code: trusted
@@ -277,4 +294,5 @@ def restore_checkpoint(path: Path, model: Model, optimizers: dict, schedulers: d
     _set_rng_state({k: (v.cpu() if isinstance(v, torch.Tensor) else [t.cpu() for t in v])
                     for k, v in state["rng"].items()})
     shuffle_rng.set_state(state["shuffle_rng"].cpu())
-    return state["history"], bool(state.get("stopped", False))
+    # older checkpoints kept no callback states
+    return state["history"], bool(state.get("stopped", False)), state.get("callbacks", {})

@@ -37,6 +37,7 @@ from .callbacks import _snapshot, annealed_values, check_callbacks
 from .checkpoint import (
     epoch_state,
     global_rng_kept,
+    load_callback_states,
     restore_checkpoint,
     run_fingerprint,
     save_checkpoint,
@@ -567,8 +568,10 @@ def fit(
     `on_fit_end(model)`; one whose
     `stop` attribute is true after an epoch ends training there (`EarlyStopping`), and the
     checkpoint then holds the weights as returned and is final: resuming it trains no
-    further. `lr_schedule` changes every optimiser's learning rate once per epoch: a name
-    or spec of `scheduler_factory` ("cosine", {"name": "step", "milestones": [30]}, ...)
+    further. The checkpoint keeps the `state_dict()` of each callback that has one, and a
+    resumed fit gives it to the callback's `load_state_dict` after `on_fit_start`.
+    `lr_schedule` changes every optimiser's learning rate once per epoch: a name or spec of
+    `scheduler_factory` ("cosine", {"name": "step", "milestones": [30]}, ...)
     or a callable that makes a torch scheduler from an optimiser; the history then has the
     rate each epoch used (`lr`; `lr_<name>` for a model's further optimisers).
     `batch_sampler` replaces the shuffled training batches (tensor data): called once per
@@ -638,9 +641,10 @@ def fit(
         batch_sampler=batch_sampler, lr_schedule=lr_schedule, schedulers=schedulers,
         clip_grad_norm=clip_grad_norm, penalties=penalties, hash_data=ckpt is not None)
     stopped = False  # a checkpoint of a run that a callback stopped is final
+    callback_states: dict[str, Any] = {}
     if ckpt is not None and resume and ckpt.exists():
-        history, stopped = restore_checkpoint(ckpt, model, optimizers, schedulers, shuffle_rng,
-                                              fingerprint, device, epochs)
+        history, stopped, callback_states = restore_checkpoint(
+            ckpt, model, optimizers, schedulers, shuffle_rng, fingerprint, device, epochs)
 
     start = epochs + 1 if stopped else len(history) + 1
     good = _Kept(model)
@@ -658,6 +662,7 @@ def fit(
     try:
         for cb in callbacks:
             getattr(cb, "on_fit_start", lambda *a: None)(model)
+        load_callback_states(callbacks, callback_states)
         for epoch in range(start, epochs + 1):
             t0 = time.perf_counter()
             for cb in callbacks:
@@ -683,7 +688,7 @@ def fit(
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("_loss")})
             if ckpt is not None:
                 checkpoint_state = epoch_state(fingerprint, optimizers, schedulers, shuffle_rng,
-                                               history)
+                                               history, callbacks)
                 save_checkpoint(ckpt, {**checkpoint_state, "model": model.state_dict(),
                                        "annealed": annealed_values(model)})
             if any(getattr(cb, "stop", False) for cb in callbacks):
