@@ -1438,6 +1438,8 @@ def test_a_spray_of_one_code_is_refused_or_skipped(steps: Path, tmp_path: Path,
     ("train", "--patience", "-1", "must be an integer >= 0, got '-1'"),
     ("encode", "--batch-size", "0", "must be an integer >= 1, got '0'"),  # was split's
     ("encode", "--n-importance", "-3", "must be an integer >= 0, got '-3'"),
+    # none generated, report run drew "this model does not generate samples"
+    ("encode", "--n-generated", "0", "must be an integer >= 1, got '0'"),
     ("geodesics", "--max-iter", "-5", "must be an integer >= 1, got '-5'"),  # wrote a store
     ("geodesics", "--grid-size", "0", "must be an integer >= 1, got '0'"),
     ("geodesics", "--spray", "-1", "must be an integer >= 0, got '-1'"),

@@ -400,8 +400,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--batch-size", type=positive, default=1024, help="samples per forward pass")
     p.add_argument("--n-examples", type=positive, default=10,
                    help="validation samples reconstructed")
-    p.add_argument("--n-generated", type=count, default=16,
-                   help="samples generated (by each sampler)")
+    # not 0: a store without them made `aetk report run` say the model does not generate
+    p.add_argument("--n-generated", type=positive, default=16,
+                   help="samples generated (by each sampler) for the report")
     p.add_argument("--n-scored", type=count, default=500,
                    help="with categorical labels, samples of each sampler kept for the "
                    "report's classifier score (0: none)")
