@@ -1960,6 +1960,9 @@ def test_an_output_path_given_by_mistake_is_refused_before_any_work(
                                                                        tmp_path / name)
     data, latent, model, table = (tmp_path / n for n in ("data.zarr", "vae-bernoulli.zarr",
                                                          "model", "h.tsv"))
+    old = tmp_path / "old.zarr"  # a zarr 2 store's attributes
+    old.mkdir()
+    (old / ".zattrs").write_text("{}")
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
     train = ["train", "--data", str(data), "--model", "vae", "--likelihood", "bernoulli",
              "--epochs", "1", "--no-progress"]
@@ -1991,6 +1994,15 @@ def test_an_output_path_given_by_mistake_is_refused_before_any_work(
          f"{model} or inside it"),
         (["report", "run", "--data", str(data), "--latent", str(latent), "--out-dir",
           str(table)], f"aetk report run: error: --out-dir {table} is a file"),
+        # the figures were written into the store, among its variables
+        *((["report", "run", "--data", str(data), "--latent", str(latent), "--out-dir",
+            str(out)], f"aetk report run: error: --out-dir {out} is in the zarr store "
+           f"{store}, {what}: give a folder for the figures outside it")
+          for out, store, what in (
+              (latent, latent, "a latent store (from `aetk encode`)"),
+              (latent / "z_mean", latent, "a latent store (from `aetk encode`)"),
+              (data / "fig", data, "a data store (from `aetk preprocess`)"),
+              (old / "fig", old, "a zarr-2 store (aetk writes zarr 3)"))),
         # a path under a file cannot be created: refused before the work, not after it
         ([*train, "--out", str(table / "m"), "--history", str(tmp_path / "new.tsv")],
          f"aetk train: error: cannot write {table / 'm'}: {table} is a file, not a folder"),

@@ -272,8 +272,18 @@ def _store_kind(path: Path) -> str | None:
 
 
 def is_zarr_store(path: Path) -> bool:
-    """Whether the folder `path` holds a zarr store (zarr 3, or zarr 2's group or array)."""
-    return any((path / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray"))
+    """Whether the folder `path` holds a zarr store (zarr 3, or zarr 2's group, array or
+    attributes)."""
+    return any((path / name).is_file()
+               for name in ("zarr.json", ".zgroup", ".zarray", ".zattrs"))
+
+
+def enclosing_store(path: str | Path) -> Path | None:
+    """The outermost zarr store that `path` (existing or not) is or lies in, or None: an
+    output folder there would write into the store."""
+    path = Path(path).expanduser().resolve()
+    stores = [p for p in (path, *path.parents) if is_zarr_store(p)]
+    return stores[-1] if stores else None
 
 
 def what_is(path: Path) -> str:

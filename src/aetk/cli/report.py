@@ -26,6 +26,10 @@ def cmd_report_run(args: argparse.Namespace) -> None:
     out = Path(args.out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out-dir {out} is a file: give a folder for the figures")
+    store = storage.enclosing_store(out)
+    if store is not None:
+        raise ValueError(f"--out-dir {out} is in the zarr store {store}, "
+                         f"{storage.what_is(store)}: give a folder for the figures outside it")
     out.mkdir(parents=True, exist_ok=True)
     names = stored.attrs.get("feature_names")  # the latent store keeps no feature names
     report.plot_latent(latent, out / "latent.png")
@@ -158,7 +162,8 @@ def add_parser(sub: Any) -> None:
              "output: --out-dir: latent.png, reconstructions.png, samples.png, traversals.png")
     q.add_argument("--data", required=True, help="data store (.zarr)")
     q.add_argument("--latent", required=True, help="the model's latent store (.zarr)")
-    q.add_argument("--out-dir", required=True, help="folder for the figures")
+    q.add_argument("--out-dir", required=True,
+                   help="folder for the figures (not in a zarr store)")
     q = radd("geodesics", cmd_report_geodesics,
              "Geodesics over the latent codes, on the metric volume for 2-D latents.\n\n"
              "input:  --latent: the latent store; --geodesics: the geodesic store\n"
