@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -1138,6 +1139,47 @@ def test_a_missing_device_is_refused_before_training_is_announced(
                                                 "not available on this machine")
 
 
+@pytest.mark.parametrize("command", ["encode", "geodesics", "sample"])
+def test_the_commands_that_run_a_model_take_trains_device_option(
+        steps: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture, command: str) -> None:
+    """--device as aetk train's: a bad one refused with train's message before any output;
+    on a (simulated) GPU the model runs there and the store holds the CPU's numbers."""
+    import xarray as xr
+
+    import fake_cuda
+
+    rhvae, data = str(steps / "rhvae"), str(steps / "data.zarr")
+    args = {
+        "encode": ["--data", data, "--model", rhvae, "--n-importance", "3", "--n-scored", "0"],
+        "geodesics": ["--model", rhvae, "--latent", str(steps / "latent_rhvae.zarr"),
+                      "--n-pairs", "2", "--n-points", "8", "--max-iter", "20", "--grid-size",
+                      "4", "--spray", "3", "--spray-points", "10"],
+        "sample": ["--model", rhvae, "--data", data, "--sampler", "geometric", "--n", "4"],
+    }[command]
+    assert cli.main(["train", "--data", data, "--model", "vae", "--likelihood", "bernoulli",
+                     "--device", "gpu", "--out", str(tmp_path / "m"), "--history",
+                     str(tmp_path / "h.tsv")]) == 1
+    trains = capsys.readouterr().err.removeprefix("aetk train: ")
+    assert trains.startswith("error: unknown device 'gpu'")
+    assert cli.main([command, *args, "--device", "gpu", "--out", str(tmp_path / "s.zarr")]) == 1
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == f"aetk {command}: {trains}"
+    assert list(tmp_path.iterdir()) == []
+    stores = {}
+    for where in ("cpu", "cuda"):
+        with contextlib.ExitStack() as stack:
+            if where == "cuda":
+                stack.enter_context(fake_cuda.install(monkeypatch))
+            (tmp_path / where).mkdir()
+            assert cli.main([command, *args, "--device", where, "--out",
+                             str(tmp_path / where / "s.zarr")]) == 0
+        assert f" on {where} " in capsys.readouterr().out
+        stores[where] = storage.read_zarr(tmp_path / where / "s.zarr")
+    assert fake_cuda.moved[-1] == torch.device("cuda")  # the loaded model, moved there
+    xr.testing.assert_allclose(stores["cuda"], stores["cpu"])
+
+
 def test_encode_output(steps: Path) -> None:
     import torch
 
@@ -2195,7 +2237,7 @@ def test_geodesics_say_each_stage_as_it_ends(steps: Path, tmp_path: Path,
               r"log volume and curvature on a 9 x 9 grid in ",
               r"Frechet mean of 20 validation codes \(\d+ steps, converged\) and 4 geodesics "
               r"leaving it in ",
-              r"2 geodesics \(RHVAEMetric, graph start\) in "]
+              r"2 geodesics \(RHVAEMetric, graph start\) on \S+ in "]
     assert len(lines) == len(stages), lines
     for line, stage in zip(lines, stages, strict=True):
         assert re.fullmatch(stage + r"\d+\.\d s.*", line), line

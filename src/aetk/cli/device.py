@@ -3,6 +3,7 @@ job was given a GPU that torch cannot use."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -10,6 +11,11 @@ from pathlib import Path
 from typing import Any
 
 _GPU_LOCKS: list[Any] = []
+
+
+def add_device_option(p: argparse.ArgumentParser) -> None:
+    """``--device``, the same in every command that runs a model (`claim_device` reads it)."""
+    p.add_argument("--device", default="auto", help="auto (a free GPU, else CPU), cpu, cuda:N")
 
 
 def claim_device(device: str) -> str:
@@ -56,7 +62,7 @@ def claim_device(device: str) -> str:
 def warn_unused_gpu() -> None:
     """One line on stderr when the job was given a GPU (``SLURM_JOB_GPUS`` or a
     ``CUDA``/``HIP``/``ROCR_VISIBLE_DEVICES`` names one) that torch cannot use, so that
-    ``--device auto`` does not train on the CPU unsaid: a CPU-only torch build, or a CUDA
+    ``--device auto`` does not run on the CPU unsaid: a CPU-only torch build, or a CUDA
     or ROCm build that sees no device (driver)."""
     for name in ("SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
                  "ROCR_VISIBLE_DEVICES"):
@@ -77,5 +83,5 @@ def warn_unused_gpu() -> None:
     else:
         why = (f"this torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU: "
                "check the NVIDIA driver (nvidia-smi) against the build's CUDA version")
-    print(f"warning: {name}={value} names a GPU, but --device auto trains on the CPU: {why}",
+    print(f"warning: {name}={value} names a GPU, but --device auto runs on the CPU: {why}",
           file=sys.stderr)

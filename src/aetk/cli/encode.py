@@ -15,6 +15,7 @@ import numpy as np
 
 from aetk import storage
 from aetk.cli.args import add_command, count, positive, seed
+from aetk.cli.device import add_device_option, claim_device
 from aetk.cli.trained import (
     draw_totals,
     given_classes,
@@ -44,8 +45,9 @@ def example_indices(is_val: np.ndarray, labels: np.ndarray | None, kind: str, n:
 def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_examples: int,
                 n_generated: int, seed: int, n_importance: int = 0,
                 n_scored: int = 0, conditions: np.ndarray | None = None,
-                traversal_steps: int = 0) -> dict[str, Any]:
-    """Per-sample latent statistics, reconstruction errors and ELBO terms of ``model``.
+                traversal_steps: int = 0, device: str = "cpu") -> dict[str, Any]:
+    """Per-sample latent statistics, reconstruction errors and ELBO terms of ``model``,
+    moved to ``device`` and fed the data there batch by batch (the results are numpy arrays).
 
     The ELBO is ``E_q log p(x|z) - KL(q(z|x) || p(z))`` of the encoder/decoder pair (for
     every model, so the table compares like with like), its first term averaged over
@@ -81,7 +83,8 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
         raise ValueError(f"--traversal-steps must be 0 (none) or at least 2, got "
                          f"{traversal_steps}")
     torch.manual_seed(seed)
-    x_all = torch.from_numpy(stored.x)
+    model.to(device)
+    x_all = torch.from_numpy(stored.x)  # on the CPU: moved a batch at a time
     model.check_data(x_all, "the stored")  # e.g. a store of another data set
     c_all = torch.from_numpy(conditions) if conditions is not None else None
 
@@ -99,7 +102,7 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
                    disable=not sys.stderr.isatty())  # log p(x) makes long data sets slow
     with torch.no_grad():
         for rows in batches:
-            x = x_all[rows]
+            x = x_all[rows].to(device)
             with given(rows):
                 q = model.encode(x)
                 if isinstance(q, Distribution):
@@ -107,11 +110,11 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
                     kl = model.kl(q)  # Monte Carlo for a mixture prior, a ladder's z2
                 else:  # a deterministic encoder
                     mu, std, z = q, torch.zeros_like(q), q
-                    kl = torch.full((len(x),), float("nan"))
+                    kl = torch.full((len(x),), float("nan"), device=device)
                 p_mu = model.decode(mu)
                 x_hat = mean(p_mu, like=x) if isinstance(p_mu, Distribution) else p_mu
                 p_z = model.decode(z)
-                nan = torch.full((len(x),), float("nan"))
+                nan = torch.full((len(x),), float("nan"), device=device)
                 probabilistic = isinstance(q, Distribution) and isinstance(p_z, Distribution)
                 loglik = log_prob(p_z, x) if isinstance(p_z, Distribution) else nan
                 if probabilistic:  # the ELBO's E_q log p(x|z), over ELBO_DRAWS draws
@@ -137,7 +140,8 @@ def encode_data(model: Any, stored: storage.StoredData, *, batch_size: int, n_ex
         if c_all is not None:  # each example's code decoded as every class: counterfactuals
             k = model.n_conditions
             with given_classes(model, torch.arange(k).repeat_interleave(len(idx))):
-                moved = mean(model.decode(codes.repeat(k, 1)), like=x_all[idx].repeat(k, 1))
+                moved = mean(model.decode(codes.repeat(k, 1)),
+                             like=x_all[idx].repeat(k, 1).to(device))
                 moved = moved.float().cpu().numpy()
             out["example_transfer"] = moved.reshape(k, len(idx), -1).transpose(1, 0, 2)
         totals = training_totals(model, stored)  # None unless multinomial: no counts then
@@ -264,6 +268,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
     import aetk
 
     storage.check_replaceable(args.out, "aetk-latent")
+    device = claim_device(args.device)
     torch.set_num_threads(args.threads)
     stored = storage.read_data(args.data)
     model = load_model(args.model)
@@ -275,7 +280,8 @@ def cmd_encode(args: argparse.Namespace) -> None:
     enc = encode_data(model, stored, batch_size=args.batch_size, n_examples=args.n_examples,
                       n_generated=args.n_generated, seed=args.seed,
                       n_importance=args.n_importance, n_scored=args.n_scored,
-                      conditions=conditions, traversal_steps=args.traversal_steps)
+                      conditions=conditions, traversal_steps=args.traversal_steps,
+                      device=device)
     ds = xr.Dataset(coords={
         "sample": np.arange(len(stored.x)),
         "latent": np.arange(model.latent_dim),
@@ -374,8 +380,8 @@ def cmd_encode(args: argparse.Namespace) -> None:
 
     split = stored.is_validation.any()
     scored = "validation" if split else "training samples'"
-    print(f"encoded {len(stored.x)} samples in {time.perf_counter() - t0:.1f} s; {scored} "
-          f"reconstruction error {mean('reconstruction_error', 4)}, ELBO {mean('elbo')}, "
+    print(f"encoded {len(stored.x)} samples on {device} in {time.perf_counter() - t0:.1f} s; "
+          f"{scored} reconstruction error {mean('reconstruction_error', 4)}, ELBO {mean('elbo')}, "
           f"log p(x) {mean('log_marginal')}{'' if split else ' (no validation split)'}; "
           f"wrote {args.out}")
 
@@ -412,4 +418,5 @@ def add_parser(sub: Any) -> None:
                    help="steps of each latent traversal and of the decoded grid of a 2-D "
                    "latent space (0: none)")
     p.add_argument("--seed", type=seed, default=0, help="seed of the latent samples")
+    add_device_option(p)
     p.add_argument("--threads", type=positive, default=1, help="torch CPU threads")

@@ -14,6 +14,7 @@ import numpy as np
 
 from aetk import storage
 from aetk.cli.args import add_command, count, positive, seed, tolerance
+from aetk.cli.device import add_device_option, claim_device
 from aetk.cli.trained import load_model
 
 
@@ -173,6 +174,7 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
                          "RMS distance to their Frechet mean, 0 for one code")
     n_pairs = 8 if args.n_pairs is None else args.n_pairs
     configured = parse_pairs(args.pairs) if args.pairs is not None else None
+    device = claim_device(args.device)
     torch.set_num_threads(args.threads)
     latent = storage.read_store(args.latent, "aetk-latent")
     check_encoded_with(latent, args.latent, args.model)
@@ -185,7 +187,7 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
         check_pairs(start, end, len(z))
     else:
         start, end = choose_pairs(is_val, labels, kind, n_pairs, args.seed)
-    model = load_model(args.model)
+    model = load_model(args.model).to(device)  # the metric and the fits follow it
     metric = metric_for(model)
     if model.n_conditions and isinstance(metric, PullbackMetric):
         raise ValueError("a conditional decoder's pull-back metric depends on the class: fit "
@@ -292,7 +294,7 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
     }
     storage.write_zarr(ds, args.out)
     ratio = (res.length / res.line_length).mean().item()
-    print(f"{len(start)} geodesics ({type(metric).__name__}, {args.init} start) in "
+    print(f"{len(start)} geodesics ({type(metric).__name__}, {args.init} start) on {device} in "
           f"{time.perf_counter() - t0:.1f} s: {int(res.converged.sum())} converged, mean "
           f"length / straight-line length {ratio:.3f}; wrote {args.out}")
 
@@ -352,4 +354,5 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--seed", type=seed, default=0,
                    help="seed of the sampled pairs, the fits' initial curves and the spray's "
                    "codes")
+    add_device_option(p)
     p.add_argument("--threads", type=positive, default=1, help="torch CPU threads")

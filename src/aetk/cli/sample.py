@@ -13,6 +13,7 @@ import numpy as np
 
 from aetk import storage
 from aetk.cli.args import add_command, positive, seed
+from aetk.cli.device import add_device_option, claim_device
 from aetk.cli.trained import (
     draw_totals,
     given_classes,
@@ -78,9 +79,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if args.sampler in ("geometric", "mixture") and args.data is None:
         raise ValueError(f"--sampler {args.sampler} needs --data: it is built from the codes "
                          "of the training samples")
+    device = claim_device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = load_model(args.model)
+    model = load_model(args.model).to(device)
     stored = storage.read_data(args.data) if args.data else None
     check_units(args.units, stored)
     if stored is not None:
@@ -158,7 +160,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
         print(f"a multinomial model without --data: the samples are its proportions (total "
               f"{k}), not counts; give --data to generate counts at the training totals")
     storage.write_zarr(ds, args.out)
-    print(f"drew {args.n} samples ({args.sampler}) in {time.perf_counter() - t0:.1f} s; "
+    print(f"drew {args.n} samples ({args.sampler}) on {device} in "
+          f"{time.perf_counter() - t0:.1f} s; "
           f"wrote {args.out}")
 
 
@@ -200,4 +203,5 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--n-centroids", type=positive, default=1000,
                    help="training codes that make the encoder metric (k-means snapped)")
     p.add_argument("--seed", type=seed, default=0, help="seed of the draws")
+    add_device_option(p)
     p.add_argument("--threads", type=positive, default=1, help="torch CPU threads")

@@ -17,7 +17,7 @@ from typing import Any
 from aetk import build, storage
 from aetk import data as data_mod
 from aetk.cli.args import add_command, count, parse_options, parse_spec, positive, seed
-from aetk.cli.device import claim_device
+from aetk.cli.device import add_device_option, claim_device
 from aetk.cli.trained import label_conditions
 
 
@@ -391,7 +391,7 @@ def add_parser(sub: Any) -> None:
                    "variance networks): N_PRIMARY points and N_SECONDARY of each one's K "
                    "nearest neighbours; --batch-size then applies to validation only "
                    "(default: uniform batches)")
-    p.add_argument("--device", default="auto", help="auto (a free GPU, else CPU), cpu, cuda:N")
+    add_device_option(p)
     p.add_argument("--seed", type=seed, default=0, help="seed of initialisation and shuffling")
     p.add_argument("--threads", type=positive, default=1, help="torch CPU threads")
     p.add_argument("--checkpoint-dir", help="where to keep resumable checkpoints (default: "
