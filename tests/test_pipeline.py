@@ -80,6 +80,11 @@ def test_network_channels_and_patience_reach_the_train_command(tmp_path: Path) -
     assert "--patience" not in default and "--input-noise" not in default
     assert "--lr-schedule" not in default and "--clip-grad-norm" not in default
     assert "log-inputs" not in default  # aetk's own default: for count likelihoods
+    # encode's and geodesics' device at its default, auto, is the CLI's: results made
+    # before the option stay current
+    steps = [line for line in default.splitlines()
+             if "aetk encode" in line or "aetk geodesics" in line]
+    assert steps and not any("--device" in line for line in steps)
     wd = make_workdir(tmp_path / "conv", {
         "data": {"n_samples": 500, "validation_fraction": 0.2, "seed": 3},
         "grid": {"seeds": [4]},
@@ -89,9 +94,9 @@ def test_network_channels_and_patience_reach_the_train_command(tmp_path: Path) -
                   "lr_schedule": {"name": "step", "milestones": [2]}, "epochs": 7,
                   "batch_size": 32, "lr": 0.005, "device": "cpu"},
         "encode": {"batch_size": 256, "n_examples": 6, "n_generated": 9, "n_importance": 20,
-                   "n_scored": 40, "traversal_steps": 5},
+                   "n_scored": 40, "traversal_steps": 5, "device": "cpu"},
         "geodesics": {"n_pairs": 5, "n_points": 12, "max_iter": 70, "grid_size": 20,
-                      "spray": 6, "seed": 2}})
+                      "spray": 6, "seed": 2, "device": "cpu"}})
     conv = snakemake(wd, "-n", "-p", "--cores", "2", "--configfile", "test.yaml").stdout
     trains = [line for line in conv.splitlines() if "Shell command: aetk train" in line]
     grid = yaml.safe_load((REPO / "config.yaml").read_text())["grid"]
@@ -111,9 +116,10 @@ def test_network_channels_and_patience_reach_the_train_command(tmp_path: Path) -
         "train": ["--hidden 64 32 ", "--activation tanh ", "--epochs 7 ", "--batch-size 32 ",
                   "--lr 0.005 ", "--device cpu ", "--seed 4 "],
         "encode": ["--batch-size 256 ", "--n-examples 6 ", "--n-generated 9 ",
-                   "--n-importance 20 ", "--n-scored 40 ", "--traversal-steps 5 ", "--seed 4 "],
+                   "--n-importance 20 ", "--n-scored 40 ", "--traversal-steps 5 ",
+                   "--device cpu ", "--seed 4 "],
         "geodesics": ["--n-pairs 5 ", "--n-points 12 ", "--max-iter 70 ", "--grid-size 20 ",
-                      "--spray 6 ", "--seed 2 "],
+                      "--spray 6 ", "--device cpu ", "--seed 2 "],
         "report summary": ["--data results/data/mnist5k.zarr ",
                            "--geodesics results/geodesics/rhvae-bernoulli.zarr "],
     }

@@ -580,6 +580,8 @@ def encode_args(wildcards):
             ("--n-importance", enc["n_importance"]),
             ("--n-scored", enc["n_scored"]),
             ("--traversal-steps", enc["traversal_steps"]),
+            # the default (the CLI's) left out: results made before the option stay current
+            ("--device", None if enc["device"] == "auto" else enc["device"]),
             ("--seed", RUNS[wildcards.run]["seed"]),
         ]
     )
@@ -608,6 +610,8 @@ def geodesic_args(wildcards):
             ("--grid-size", geo["grid_size"]),
             ("--spray", geo["spray"]),
             *mean_args(geo, RUNS[wildcards.run]["model"]),
+            # the default left out, as encode's
+            ("--device", None if geo["device"] == "auto" else geo["device"]),
             ("--seed", geo["seed"]),
         ]
     )
