@@ -2045,6 +2045,14 @@ def test_an_output_path_given_by_mistake_is_refused_before_any_work(
               (latent / "z_mean", latent, "a latent store (from `aetk encode`)"),
               (data / "fig", data, "a data store (from `aetk preprocess`)"),
               (old / "fig", old, "a zarr-2 store (aetk writes zarr 3)"))),
+        (["report", "geodesics", "--latent", str(latent), "--geodesics", str(latent),
+          "--out", str(latent / "g")], f"aetk report geodesics: error: --out "
+         f"{latent / 'g.png'} is in the zarr store {latent}, a latent store (from `aetk "
+         "encode`): give a file for the figure outside it"),
+        (["report", "summary", "--runs", "r", "--histories", str(table), "--latents",
+          str(latent), "--curves", str(tmp_path / "c.png"), "--table", str(data / "t.tsv")],
+         f"aetk report summary: error: --table {data / 't.tsv'} is in the zarr store {data}, "
+         "a data store (from `aetk preprocess`): give a file of its own outside it"),
         # a path under a file cannot be created: refused before the work, not after it
         ([*train, "--out", str(table / "m"), "--history", str(tmp_path / "new.tsv")],
          f"aetk train: error: cannot write {table / 'm'}: {table} is a file, not a folder"),

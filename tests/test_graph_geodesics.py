@@ -446,7 +446,8 @@ def test_cli_graph_start(rhvae_run: tuple[Path, np.ndarray], tmp_path: Path,
     and the fits started from them; with more codes than GRAPH_NODES a seeded subset."""
     d, z = rhvae_run
     common = ["geodesics", "--model", str(d / "model"), "--latent", str(d / "latent.zarr"),
-              "--n-pairs", "4", "--n-points", "10", "--grid-size", "3", "--spray", "0"]
+              "--n-pairs", "4", "--n-points", "10", "--grid-size", "3", "--spray", "0",
+              "--device", "cpu"]  # where the in-process references fit
     assert cli.main([*common, "--init", "graph", "--graph-neighbours", "6",
                      "--out", str(tmp_path / "geo.zarr")]) == 0
     geo = storage.read_zarr(tmp_path / "geo.zarr")

@@ -116,8 +116,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
 
 
 def _sample(d: Path, out: Path, *extra: str, model: str = "multinomial") -> object:
-    assert cli.main(["sample", "--model", str(d / model), "--n", "40", "--out", str(out),
-                     *extra]) == 0
+    # on the CPU, where the in-process references draw
+    assert cli.main(["sample", "--model", str(d / model), "--n", "40", "--device", "cpu",
+                     "--out", str(out), *extra]) == 0
     return storage.read_zarr(out)
 
 

@@ -14,6 +14,15 @@ from aetk import storage
 from aetk.cli.args import add_command
 
 
+def check_outside_stores(path: Path, option: str, what: str) -> None:
+    """Refuse an output `path` that is or lies in a zarr store: the figures or tables would
+    be written among its variables."""
+    store = storage.enclosing_store(path)
+    if store is not None:
+        raise ValueError(f"{option} {path} is in the zarr store {store}, "
+                         f"{storage.what_is(store)}: give {what} outside it")
+
+
 def cmd_report_run(args: argparse.Namespace) -> None:
     from aetk import report
 
@@ -26,10 +35,7 @@ def cmd_report_run(args: argparse.Namespace) -> None:
     out = Path(args.out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out-dir {out} is a file: give a folder for the figures")
-    store = storage.enclosing_store(out)
-    if store is not None:
-        raise ValueError(f"--out-dir {out} is in the zarr store {store}, "
-                         f"{storage.what_is(store)}: give a folder for the figures outside it")
+    check_outside_stores(out, "--out-dir", "a folder for the figures")
     out.mkdir(parents=True, exist_ok=True)
     names = stored.attrs.get("feature_names")  # the latent store keeps no feature names
     report.plot_latent(latent, out / "latent.png")
@@ -42,6 +48,9 @@ def cmd_report_run(args: argparse.Namespace) -> None:
 def cmd_report_geodesics(args: argparse.Namespace) -> None:
     from aetk import report
 
+    out = Path(args.out)
+    out = out if out.suffix else out.with_suffix(".png")  # matplotlib adds it: say so
+    check_outside_stores(out, "--out", "a file for the figure")
     latent = storage.read_store(args.latent, "aetk-latent")
     geodesics = storage.read_store(args.geodesics, "aetk-geodesics")
     fitted_on, given = geodesics.attrs.get("config_hash"), latent.attrs.get("config_hash")
@@ -50,8 +59,6 @@ def cmd_report_geodesics(args: argparse.Namespace) -> None:
                          f"{geodesics.attrs.get('run')!r}, run hash {fitted_on}) than "
                          f"{args.latent} was encoded with (run {latent.attrs.get('run')!r}, "
                          f"{given})")
-    out = Path(args.out)
-    out = out if out.suffix else out.with_suffix(".png")  # matplotlib adds it: say so
     report.plot_geodesics(latent, geodesics, out)
     print(f"wrote {out}")
 
@@ -102,6 +109,10 @@ def cmd_report_summary(args: argparse.Namespace) -> None:
     repeated = sorted({r for r in args.runs if args.runs.count(r) > 1})
     if repeated:
         raise ValueError(f"--runs names {', '.join(repeated)} more than once: one entry per run")
+    for option, path in (("--curves", args.curves), ("--table", args.table),
+                         ("--figure", args.figure)):
+        if path:
+            check_outside_stores(Path(path), option, "a file of its own")
     latents = {r: storage.read_store(p, "aetk-latent") for r, p in zip(args.runs, args.latents,
                                                                strict=True)}
     for (run, ds), path in zip(latents.items(), args.latents, strict=True):
