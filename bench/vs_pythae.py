@@ -62,6 +62,14 @@ the gap in the decoder's weight gradients: the eight 784x64 @ 64x512 products ar
 dimension) and autograd sums them with 1.3 ms adds; one merged product would save 1.5-4 ms of
 a 39 ms step (measured alone), short of pythae's 34 ms, and needs the deferral above.
 Memory allocation is not it either: the step takes 45 minor page faults (2026-12-02).
+What helped a little (2026-12-03, the eighth session): the decoder's first layer (latent
+width in) multiplies a contiguous copy of its transposed weight (`nets.NARROW`): MKL's
+weight and input gradients for the transposed (512, 2) view took 70-100 and 45-50 us each,
+16 of them per step; the step went 30.6 -> 29.7 ms at latent 2 and 33.7 -> 32.9 ms at
+latent 10 (medians of 10 alternating epochs of 40 steps in one process). The remaining
+weight-gradient accumulation of the 784x512 layer (one out-of-place add, because the first
+gradient to arrive is a transposed view, and six in place) takes about 1.5 ms of the step
+by the profiler; merging its eight products into one saves 0.7 ms of 5.6 when timed alone.
 A larger batch does not change the picture (`--batch 256`, 2026-12-02): HVAE 1.18x and 1.08x
 pythae at latent 2 and 10 (0.64x and 0.61x pythae with exact forces), RHVAE 0.39x and 0.30x.
 
