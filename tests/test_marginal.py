@@ -140,6 +140,7 @@ def _hamiltonian(name: str, W: torch.Tensor, b: torch.Tensor, **kw) -> aetk.Mode
     return model.eval()
 
 
+@pytest.mark.filterwarnings("ignore::aetk.hamiltonian.FixedPointWarning")  # large steps
 @pytest.mark.parametrize("name", ["hvae", "rhvae"])
 def test_hamiltonian_models_propose_with_their_flow(name):
     """The per-draw ELBO of the flow as importance weight: on average tighter than the

@@ -992,6 +992,7 @@ def test_build_model_rejects_nan_weights_and_fractional_counts(model, likelihood
         aetk.build_model(model, likelihood, in_features=3, hidden=(4,), **kwargs)
 
 
+@pytest.mark.filterwarnings("ignore::aetk.hamiltonian.FixedPointWarning")  # large steps
 def test_forward_decodes_a_posterior_sample_and_the_flow_moves_it():
     """`model(x)` is p(x|z) at `posterior_sample(x)`: a draw of q(z|x) for a VAE, the code
     of an AE, and z_K of the Hamiltonian models' flow, which is the encoder's draw when

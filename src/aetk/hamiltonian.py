@@ -11,6 +11,7 @@ leapfrog only add the closed-form kinetic gradient (models.md, "Speed").
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -25,6 +26,20 @@ MAX_LATENT_NORM = 1e3
 """A flow that takes a position beyond this norm has diverged: the prior N(0, I) has no mass
 there (log p(z) < -5e5). Large energy errors alone are not divergence: the ELBO stays a
 bound for any volume-preserving flow, however inaccurately it conserves H."""
+
+
+FIXED_POINT_TOLERANCE = 0.05
+"""A generalised leapfrog step has not converged where its last fixed-point iteration still
+moves `rho~` or `z'` by more than this fraction of their change over the step; `FlowMonitor`
+warns when that holds for more than 1 % of the samples. Measured (latent 1, 5 centroids,
+20,000 draws): at the default 3 iterations, steps whose 99th percentile of that move was
+0.09-0.14 made `log_marginal` 0.005-0.06 nats too high (above log p(x)); at 0.04 and below it
+stayed within its Monte Carlo error."""
+
+
+class FixedPointWarning(RuntimeWarning):
+    """The generalised leapfrog's fixed-point iterations did not converge: the flow is not
+    volume-preserving, and the ELBO and `log_marginal` are no longer bounds of log p(x)."""
 
 
 class FlowDiverged(TrainingDiverged):
@@ -233,24 +248,38 @@ class CentroidMetric:
 
 def generalized_leapfrog(pos: Position, rho: Tensor, step_size: float, n_fixed_point: int,
                          metric: CentroidMetric, position: PositionFn
-                         ) -> tuple[Position, Tensor, Tensor]:
+                         ) -> tuple[Position, Tensor, Tensor, Tensor | None]:
     """One implicit generalised leapfrog step for `H = U(z) + 1/2 rho^T G^{-1}(z) rho`.
 
     Both implicit half-steps are solved by `n_fixed_point` true fixed-point iterations
     started from `rho` (resp. `z`), so the first iterate is the explicit step:
     `rho~ = rho - eps/2 grad_z H(z, rho~)`, `z' = z + eps/2 [G^{-1}(z) + G^{-1}(z')] rho~`,
-    then `rho' = rho~ - eps/2 grad_z H(z', rho~)`. Returns the new position, `rho'`, `rho~`.
+    then `rho' = rho~ - eps/2 grad_z H(z', rho~)`. Returns the new position, `rho'`, `rho~`
+    and, per row, how far the last iteration still moved `rho~` and `z'`, relative to
+    their whole change over the step (the larger of the two; None for one iteration):
+    what `FlowMonitor` checks for convergence.
     """
     half = 0.5 * step_size
-    rho_half = rho
+    rho_half = before = rho
     for _ in range(n_fixed_point):
-        rho_half = rho - half * (pos.grad + metric.kinetic_grad(pos, rho_half))
+        before, rho_half = rho_half, rho - half * (pos.grad + metric.kinetic_grad(pos, rho_half))
+    moved = None if n_fixed_point == 1 else _moved(rho, before, rho_half)
     v = mv(pos.metric.G_inv, rho_half)
     z = pos.z + step_size * v
     for _ in range(n_fixed_point - 1):
-        z = pos.z + half * (v + mv(metric.inverse(z), rho_half))
+        before, z = z, pos.z + half * (v + mv(metric.inverse(z), rho_half))
+    if moved is not None:
+        moved = torch.maximum(moved, _moved(pos.z, before, z))
     new = position(z)
-    return new, rho_half - half * (new.grad + metric.kinetic_grad(new, rho_half)), rho_half
+    return (new, rho_half - half * (new.grad + metric.kinetic_grad(new, rho_half)), rho_half,
+            moved)
+
+
+def _moved(start: Tensor, before: Tensor, last: Tensor) -> Tensor:
+    """`|last - before| / |last - start|` per row: a fixed-point iteration's last move
+    relative to the whole change from `start`."""
+    with torch.no_grad():
+        return (last - before).norm(dim=-1) / (last - start).norm(dim=-1).clamp_min(1e-30)
 
 
 class FlowMonitor:
@@ -263,11 +292,15 @@ class FlowMonitor:
     def __init__(self, step_size: float | Tensor) -> None:
         self.step_size = step_size
         self.points: list[tuple[Tensor, Tensor, Tensor, Tensor | None]] = []
+        self.moved: list[Tensor] = []
 
-    def point(self, pos: Position, rho: Tensor) -> None:
-        """Record a point of the flow (its z, momentum, force and Cholesky status)."""
+    def point(self, pos: Position, rho: Tensor, moved: Tensor | None = None) -> None:
+        """Record a point of the flow (its z, momentum, force and Cholesky status) and the
+        fixed-point iterations' last move that reached it (`generalized_leapfrog`)."""
         self.points.append((pos.z, rho, pos.grad,
                             None if pos.metric is None else pos.metric.info))
+        if moved is not None:
+            self.moved.append(moved)
 
     def _bad(self) -> tuple[Tensor, Tensor]:
         """`(points, B)` masks: blown up (z beyond `MAX_LATENT_NORM` or non-finite, a
@@ -284,10 +317,12 @@ class FlowMonitor:
 
     def check(self) -> None:
         """Raise `FlowDiverged` (or `TrainingDiverged` when the step size is not the cause)
-        if any sample went wrong anywhere."""
+        if any sample went wrong anywhere; warn (`FixedPointWarning`) when the fixed-point
+        iterations left more than 1 % of the samples unconverged."""
         blown, no_force = self._bad()  # (points, B)
         bad = blown | no_force
         if not bool(bad.any()):
+            self._check_converged()
             return
         k = int(bad.any(-1).nonzero()[0, 0])
         n = int(bad[k].sum())
@@ -313,6 +348,21 @@ class FlowMonitor:
             f"Cholesky factorisation of the metric); use a smaller step_size (now "
             f"{', '.join(f'{e:.3g}' for e in eps)})"
         )
+
+
+    def _check_converged(self) -> None:
+        if not self.moved:
+            return
+        unconverged = (torch.stack(self.moved).amax(0) > FIXED_POINT_TOLERANCE).float().mean()
+        if float(unconverged) > 0.01:
+            warnings.warn(
+                # one text, so that a training loop shows it once
+                "the generalised leapfrog's fixed-point iterations did not converge for more "
+                "than 1% of the samples (the last iteration still moved them by more than "
+                f"{FIXED_POINT_TOLERANCE:.0%} of the step): the flow does not "
+                "preserve volume, so the ELBO and log p(x) estimates are biased and can exceed "
+                "log p(x); raise n_fixed_point or lower step_size", FixedPointWarning,
+                stacklevel=2)
 
 
 def gaussian_log_prob(quad: Tensor, log_det_cov: Tensor | float, d: int) -> Tensor:

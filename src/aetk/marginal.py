@@ -16,7 +16,9 @@ by the tempered leapfrog flow,
     log w = log p(x|z_K) + log p(z_K) + log N(rho_K) - log q(z_0|x) - log N(gamma_0),
 
 the per-draw ELBO they train on; the flow preserves volume (the generalised leapfrog up to
-its fixed-point residual), so these weights average to p(x) as well.
+its fixed-point residual), so these weights average to p(x) as well. Where the RHVAE's
+fixed-point iterations leave that residual large (a large step size for `n_fixed_point`),
+the estimate is biased and can exceed log p(x): `aetk.hamiltonian.FixedPointWarning` says so.
 """
 
 from __future__ import annotations

@@ -306,9 +306,9 @@ class RHVAE(Model):
         monitor = FlowMonitor(self.step_size)
         monitor.point(pos, rho)
         for k in range(1, n + 1):
-            pos, rho, _ = generalized_leapfrog(pos, rho, self.step_size, self.n_fixed_point,
-                                               metric, position)
-            monitor.point(pos, rho)
+            pos, rho, _, moved = generalized_leapfrog(pos, rho, self.step_size,
+                                                      self.n_fixed_point, metric, position)
+            monitor.point(pos, rho, moved)
             rho = rho * tempering(self.beta0, k, n)
         monitor.check()
         return pos, rho
