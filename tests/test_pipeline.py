@@ -327,6 +327,22 @@ def test_a_labels_file_is_an_input_of_preprocessing(tmp_path: Path) -> None:
     assert "Updated input files: y.npy" in out
 
 
+def test_a_zarr_source_edited_in_place_reruns_the_preprocessing(tmp_path: Path) -> None:
+    """A zarr store's files are the preprocess job's inputs: writing chunks in place leaves
+    the store folder's modification time alone, and the stale results looked current."""
+    import zarr
+
+    wd = make_workdir(tmp_path, {"data": {"source": "src.zarr", "key": "X", "labels": "y"}})
+    group = zarr.open_group(wd / "src.zarr", mode="w")
+    group["X"] = np.random.default_rng(0).random((40, 3))
+    group["y"] = np.arange(40) % 2
+    target = ("results/data/src.zarr", "--cores", "1", "--configfile", "test.yaml")
+    snakemake(wd, *target)
+    assert "Nothing to be done" in snakemake(wd, "-n", *target).stdout
+    zarr.open_group(wd / "src.zarr", mode="r+")["X"][:, 0] = 0.5
+    assert "Updated input files: src.zarr/X/" in snakemake(wd, "-n", *target).stdout
+
+
 def test_configured_geodesic_pairs_reach_the_geodesics_command(tmp_path: Path) -> None:
     """`geodesics.pairs` becomes `aetk geodesics --pairs I:J ...` in place of `--n-pairs`;
     by default (null) the pairs are sampled, `--n-pairs` of them."""

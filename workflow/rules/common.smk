@@ -334,12 +334,19 @@ wildcard_constraints:
 def data_input(wildcards):
     """The user's data file, and labels file when given as one (as aetk.data.read_file
     takes it: an existing .npy or .txt), so that editing either reruns the pipeline; none
-    when bundled."""
+    when bundled. A folder (a zarr store) gives its files: writing chunks in place changes
+    theirs, not the folder's modification time."""
     if DATA["source"] in BUNDLED:
         return []
     labels = DATA["labels"]
     label_file = labels is not None and Path(labels).suffix.lower() in (".npy", ".txt")
-    return [DATA["source"]] + ([labels] if label_file and Path(labels).exists() else [])
+    source = Path(DATA["source"])
+    files = (
+        sorted(str(p) for p in source.rglob("*") if p.is_file())
+        if source.is_dir()
+        else [DATA["source"]]
+    )
+    return files + ([labels] if label_file and Path(labels).exists() else [])
 
 
 def cli_args(pairs):
