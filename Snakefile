@@ -3,12 +3,27 @@
 Run with `snakemake --cores 2`; build the report with `snakemake --report results/report.zip`.
 """
 
+import sys
+from pathlib import Path
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
+# Under --directory DIR without a config.yaml of its own, the repository's is the base that
+# --configfile overlays: Snakemake would otherwise leave the schema's defaults in its place.
+BASE_CONFIG = (
+    "config.yaml"
+    if Path("config.yaml").exists()
+    else str(Path(workflow.basedir) / "config.yaml")
+)
+if BASE_CONFIG != "config.yaml":
+    print(
+        f"note: no config.yaml here; using {BASE_CONFIG} as the base", file=sys.stderr
+    )
 
-configfile: "config.yaml"
+
+configfile: BASE_CONFIG
 
 
 report: "workflow/report/workflow.rst"

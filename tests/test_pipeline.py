@@ -327,6 +327,21 @@ def test_a_labels_file_is_an_input_of_preprocessing(tmp_path: Path) -> None:
     assert "Updated input files: y.npy" in out
 
 
+def test_another_directory_without_a_config_overlays_the_repositorys(tmp_path: Path) -> None:
+    """`--directory DIR --configfile overlay.yaml` with no DIR/config.yaml plans the
+    repository's analysis with the overlay on top, and says so; Snakemake alone silently
+    put the schema's defaults (one VAE, no binarising) under the overlay."""
+    wd, run = make_workdir(tmp_path / "workflow"), tmp_path / "run"
+    run.mkdir()
+    (run / "ep.yaml").write_text("train:\n  epochs: 3\n")
+    out = snakemake(wd, "-n", "--directory", str(run), "--configfile", str(run / "ep.yaml"))
+    assert f"using {wd / 'config.yaml'} as the base" in out.stderr
+    trains = [line for line in out.stdout.splitlines() if "aetk train " in line]
+    assert len(trains) == len(yaml.safe_load((wd / "config.yaml").read_text())["grid"]["models"])
+    assert all(" --epochs 3 " in line for line in trains)
+    assert "binarise" in out.stdout
+
+
 def test_a_zarr_source_edited_in_place_reruns_the_preprocessing(tmp_path: Path) -> None:
     """A zarr store's files are the preprocess job's inputs: writing chunks in place leaves
     the store folder's modification time alone, and the stale results looked current."""
