@@ -342,6 +342,25 @@ def test_another_directory_without_a_config_overlays_the_repositorys(tmp_path: P
     assert "binarise" in out.stdout
 
 
+@pytest.mark.parametrize(("devices", "expected"), [
+    ({}, {"train": 1, "encode": 0, "geodesics": 0}),
+    ({"train": "cpu", "encode": "cuda", "geodesics": "cuda:1"},
+     {"train": 0, "encode": 1, "geodesics": 1})])
+def test_gpu_requests_follow_the_configured_devices(tmp_path: Path, devices, expected) -> None:
+    """A training configured on the CPU asks for no GPU (it took one of the machine's GPU
+    slots, so CPU trainings ran one per GPU), encode and geodesics configured on a GPU ask
+    for one (they took none: nothing kept them to one job per GPU)."""
+    config = {section: {"device": device} for section, device in devices.items()}
+    wd = make_workdir(tmp_path, config)
+    # a cap of 4: on a machine without GPUs the profile's cap of 0 scales requests down
+    out = snakemake(wd, "-n", "--configfile", "test.yaml", "--resources", "gpu=4").stdout
+    asked = {}
+    for job in out.split("\nrule ")[1:]:
+        gpu = re.search(r"gpu=(\d+)", job)
+        asked.setdefault(job.split(":")[0], set()).add(int(gpu.group(1)) if gpu else 0)
+    assert {rule: asked[rule] for rule in expected} == {r: {n} for r, n in expected.items()}
+
+
 def test_a_zarr_source_edited_in_place_reruns_the_preprocessing(tmp_path: Path) -> None:
     """A zarr store's files are the preprocess job's inputs: writing chunks in place leaves
     the store folder's modification time alone, and the stale results looked current."""

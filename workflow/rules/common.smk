@@ -331,6 +331,17 @@ wildcard_constraints:
     dataset=re.escape(DATASET),
 
 
+def gpus(section):
+    """The GPUs a job of ``section`` (train, encode, geodesics) asks for, counted against
+    the profiles' cap: one for a training unless it is configured on the CPU (CPU trainings
+    then run side by side on a GPU machine), one for encode and geodesics configured on a
+    GPU by name (with ``auto`` they take a free one outside the cap)."""
+    device = str(config[section]["device"])
+    if section == "train":
+        return 0 if device == "cpu" else 1
+    return 1 if device.startswith("cuda") else 0
+
+
 def data_input(wildcards):
     """The user's data file, and labels file when given as one (as aetk.data.read_file
     takes it: an existing .npy or .txt), so that editing either reruns the pipeline; none

@@ -10,6 +10,8 @@ rule encode:
         "results/benchmarks/encode/{run}.tsv"
     conda:
         "../../envs/aetk.yaml"
+    resources:
+        gpu=gpus("encode"),
     params:
         args=encode_args,
     shell:

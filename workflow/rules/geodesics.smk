@@ -31,6 +31,8 @@ rule geodesics:
         "results/benchmarks/geodesics/{run}.tsv"
     conda:
         "../../envs/aetk.yaml"
+    resources:
+        gpu=gpus("geodesics"),
     params:
         args=geodesic_args,
     shell:

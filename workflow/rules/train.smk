@@ -13,7 +13,7 @@ rule train:
         "../../envs/aetk.yaml"
     threads: 1
     resources:
-        gpu=1,
+        gpu=gpus("train"),
     params:
         args=train_args,
         # Outside the declared outputs, so that Snakemake keeps it when a job is interrupted.
