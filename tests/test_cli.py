@@ -507,6 +507,34 @@ def test_train_again_resumes_from_the_checkpoint(steps: Path, capsys: pytest.Cap
     assert len(list((steps / "ckpt").glob("vae-bernoulli-*.pt"))) == 3
 
 
+def test_train_for_more_epochs_goes_on_from_the_shorter_runs_checkpoint(
+        steps: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """With constant learning rate and beta, the epochs are left out of the checkpoint's
+    name: a run asked for more epochs goes on from the shorter run's last epoch, as an
+    uninterrupted run would have (the pipeline's `train.epochs` raised retrained from epoch
+    1); a cosine schedule, which spans the run, starts over."""
+    def train(epochs: int, name: str, *extra: str) -> pd.DataFrame:
+        assert cli.main(["train", "--data", str(steps / "data.zarr"), "--model", "vae",
+                         "--likelihood", "bernoulli", "--hidden", "16", "--batch-size", "64",
+                         "--epochs", str(epochs), "--no-progress", *extra,
+                         "--out", str(tmp_path / name),
+                         "--history", str(tmp_path / f"{name}.tsv")]) == 0
+        return pd.read_csv(tmp_path / f"{name}.tsv", sep="\t")
+
+    ckpt = ("--checkpoint-dir", str(tmp_path / "ckpt"))
+    train(2, "short", *ckpt)
+    assert "resuming" not in capsys.readouterr().out
+    longer = train(4, "longer", *ckpt)
+    assert "resuming from epoch 2" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(longer.drop(columns="seconds"),
+                                  train(4, "whole").drop(columns="seconds"))
+    cosine = ("--lr-schedule", "cosine", *ckpt)
+    train(2, "cos_short", *cosine)
+    capsys.readouterr()
+    train(4, "cos_longer", *cosine)
+    assert "resuming" not in capsys.readouterr().out
+
+
 def test_sample_draws_from_either_sampler(steps: Path, tmp_path: Path,
                                           capsys: pytest.CaptureFixture) -> None:
     base = ["sample", "--model", str(steps / "model"), "--n", "30"]

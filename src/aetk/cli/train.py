@@ -145,6 +145,15 @@ def run_settings(args: argparse.Namespace, data_hash: str) -> dict[str, Any]:
     }
 
 
+def checkpoint_hash(settings: dict[str, Any], run_hash: str) -> str:
+    """The checkpoint's key: the run hash, less the epochs where no schedule spans them
+    (constant learning rate and beta), so that a run asked for more epochs goes on from
+    the shorter run's checkpoint instead of training again from its first epoch."""
+    if "lr_schedule" in settings or "beta_schedule" in settings:  # set: not constant
+        return run_hash
+    return data_mod.config_hash({k: v for k, v in settings.items() if k != "epochs"})
+
+
 class _EpochPrinter:
     """One line per epoch for log files (where a progress bar would be unreadable)."""
 
@@ -244,8 +253,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     checkpoint = None
     if args.checkpoint_dir is not None:
         # named by the data's values too: new values in the same file train afresh
-        checkpoint = (Path(args.checkpoint_dir)
-                      / f"{args.model}-{args.likelihood}-{run_hash}-{stored.digest()}.pt")
+        checkpoint = (Path(args.checkpoint_dir) / f"{args.model}-{args.likelihood}-"
+                      f"{checkpoint_hash(settings, run_hash)}-{stored.digest()}.pt")
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         done = finished_epochs(checkpoint) if args.resume else 0
         if done:
@@ -318,7 +327,8 @@ def add_parser(sub: Any) -> None:
         "Build a model with aetk.build_model and train it with aetk.fit on the training "
         "split (validation loss per epoch). With --checkpoint-dir, a checkpoint named by "
         "the hash of every setting is saved after each epoch, and rerunning the same "
-        "command resumes from the last finished epoch.\n\n"
+        "command resumes from the last finished epoch (with constant learning rate and "
+        "beta, also a command asking for more epochs).\n\n"
         "input:  --data: a data store from `aetk preprocess`\n"
         "output: --out: the model directory (aetk.load(dir)), with aetk_run.json;\n"
         "        --history: per-epoch losses (TSV)")
