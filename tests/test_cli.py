@@ -509,10 +509,10 @@ def test_train_again_resumes_from_the_checkpoint(steps: Path, capsys: pytest.Cap
 
 def test_train_for_more_epochs_goes_on_from_the_shorter_runs_checkpoint(
         steps: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """With constant learning rate and beta, the epochs are left out of the checkpoint's
-    name: a run asked for more epochs goes on from the shorter run's last epoch, as an
-    uninterrupted run would have (the pipeline's `train.epochs` raised retrained from epoch
-    1); a cosine schedule, which spans the run, starts over."""
+    """With constant learning rate and beta, a run asked for more epochs goes on from a
+    copy of the shorter run's checkpoint, as an uninterrupted run would have (the
+    pipeline's `train.epochs` raised retrained from epoch 1), and the shorter one's is
+    kept; a cosine schedule, which spans the run, starts over."""
     def train(epochs: int, name: str, *extra: str) -> pd.DataFrame:
         assert cli.main(["train", "--data", str(steps / "data.zarr"), "--model", "vae",
                          "--likelihood", "bernoulli", "--hidden", "16", "--batch-size", "64",
@@ -525,7 +525,9 @@ def test_train_for_more_epochs_goes_on_from_the_shorter_runs_checkpoint(
     train(2, "short", *ckpt)
     assert "resuming" not in capsys.readouterr().out
     longer = train(4, "longer", *ckpt)
-    assert "resuming from epoch 2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "going on from the 2-epoch run's checkpoint" in out and "resuming from epoch 2" in out
+    assert len(list((tmp_path / "ckpt").glob("*.pt"))) == 2
     pd.testing.assert_frame_equal(longer.drop(columns="seconds"),
                                   train(4, "whole").drop(columns="seconds"))
     cosine = ("--lr-schedule", "cosine", *ckpt)

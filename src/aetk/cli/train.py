@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
 import signal
 import sys
 import threading
@@ -145,13 +146,20 @@ def run_settings(args: argparse.Namespace, data_hash: str) -> dict[str, Any]:
     }
 
 
-def checkpoint_hash(settings: dict[str, Any], run_hash: str) -> str:
-    """The checkpoint's key: the run hash, less the epochs where no schedule spans them
-    (constant learning rate and beta), so that a run asked for more epochs goes on from
-    the shorter run's checkpoint instead of training again from its first epoch."""
+def go_on_from_a_shorter_run(settings: dict[str, Any],
+                             named: Callable[[dict[str, Any]], Path], checkpoint: Path) -> None:
+    """Where the learning rate and beta are constant, copy the checkpoint of the longest
+    run of the same settings but fewer epochs to `checkpoint`, for this run to go on from
+    (a raised `train.epochs` trained again from epoch 1); a cosine or cyclical schedule
+    spans the epochs, so its runs start over. The shorter run's checkpoint is kept."""
     if "lr_schedule" in settings or "beta_schedule" in settings:  # set: not constant
-        return run_hash
-    return data_mod.config_hash({k: v for k, v in settings.items() if k != "epochs"})
+        return
+    for epochs in range(settings["epochs"] - 1, 0, -1):
+        shorter = named({**settings, "epochs": epochs})
+        if shorter.exists():
+            shutil.copyfile(shorter, checkpoint)
+            print(f"going on from the {epochs}-epoch run's checkpoint {shorter}", flush=True)
+            return
 
 
 class _EpochPrinter:
@@ -253,9 +261,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     checkpoint = None
     if args.checkpoint_dir is not None:
         # named by the data's values too: new values in the same file train afresh
-        checkpoint = (Path(args.checkpoint_dir) / f"{args.model}-{args.likelihood}-"
-                      f"{checkpoint_hash(settings, run_hash)}-{stored.digest()}.pt")
+        def named(settings: dict[str, Any]) -> Path:
+            return (Path(args.checkpoint_dir) / f"{args.model}-{args.likelihood}-"
+                    f"{data_mod.config_hash(settings)}-{stored.digest()}.pt")
+
+        checkpoint = named(settings)
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        if args.resume and not checkpoint.exists():
+            go_on_from_a_shorter_run(settings, named, checkpoint)
         done = finished_epochs(checkpoint) if args.resume else 0
         if done:
             print(f"resuming from epoch {done} of checkpoint {checkpoint}", flush=True)
@@ -327,8 +340,8 @@ def add_parser(sub: Any) -> None:
         "Build a model with aetk.build_model and train it with aetk.fit on the training "
         "split (validation loss per epoch). With --checkpoint-dir, a checkpoint named by "
         "the hash of every setting is saved after each epoch, and rerunning the same "
-        "command resumes from the last finished epoch (with constant learning rate and "
-        "beta, also a command asking for more epochs).\n\n"
+        "command resumes from the last finished epoch; with constant learning rate and "
+        "beta, a command asking for more epochs goes on from the shorter run's.\n\n"
         "input:  --data: a data store from `aetk preprocess`\n"
         "output: --out: the model directory (aetk.load(dir)), with aetk_run.json;\n"
         "        --history: per-epoch losses (TSV)")
