@@ -1647,6 +1647,38 @@ def test_bad_pairs_exit_before_fitting_or_writing(
     assert not out.exists()
 
 
+def test_pairs_with_coinciding_ends_are_left_out_of_the_length_ratio(
+        steps: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Two samples with one code (a VQ-VAE's, snapped to one codebook vector) make a pair of
+    length = line_length = 0: the log said "mean length / straight-line length nan" while
+    comparison.tsv skipped the pair; now both average the other pairs, and the log says
+    how many were left out, or that none is left."""
+    latent = storage.read_zarr(steps / "vae-bernoulli.zarr").load()
+    z = latent["z_mean"].values.copy()
+    z[1] = z[0]
+    same = tmp_path / "same.zarr"
+    storage.write_zarr(latent.assign(z_mean=(latent["z_mean"].dims, z)), same)
+    fit = ["geodesics", "--model", str(steps / "model"), "--latent", str(same), "--n-points",
+           "8", "--max-iter", "20", "--grid-size", "3"]
+    assert cli.main([*fit, "--pairs", "0:1", "2:3", "4:5", "--out",
+                     str(tmp_path / "g.zarr")]) == 0
+    geo = storage.read_zarr(tmp_path / "g.zarr")
+    assert geo["line_length"].values[0] == 0 and (geo["line_length"].values[1:] > 0).all()
+    ratio = float((geo["length"] / geo["line_length"]).values[1:].mean())
+    assert (f"mean length / straight-line length {ratio:.3f} (1 of 3 pairs left out: their "
+            "ends coincide)") in capsys.readouterr().out
+    assert cli.main(["report", "summary", "--runs", "vae-bernoulli", "--histories",
+                     str(steps / "h.tsv"), "--latents", str(same), "--geodesics",
+                     str(tmp_path / "g.zarr"), "--curves", str(tmp_path / "c.png"),
+                     "--table", str(tmp_path / "t.tsv")]) == 0
+    table = pd.read_csv(tmp_path / "t.tsv", sep="\t")
+    assert table["geodesic_length_ratio"].iloc[0] == pytest.approx(ratio, rel=1e-5)
+    capsys.readouterr()
+    assert cli.main([*fit, "--pairs", "0:1", "--out", str(tmp_path / "g1.zarr")]) == 0
+    assert ("mean length / straight-line length undefined: every pair's ends coincide"
+            in capsys.readouterr().out)
+
+
 def test_pairs_and_n_pairs_together_are_refused(steps: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "geo.zarr"

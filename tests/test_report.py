@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import matplotlib as mpl
 import numpy as np
 import pandas as pd
@@ -319,6 +321,31 @@ def test_comparison_table_takes_each_column_from_its_source() -> None:
     assert row["val_marginal_kl"] == pytest.approx(row["val_kl"] - split.mutual_information,
                                                    rel=1e-9)
     assert row["val_total_correlation"] == pytest.approx(split.total_correlation, rel=1e-9)
+
+
+def test_pairs_with_coinciding_ends_are_left_out_of_the_length_ratio_alike() -> None:
+    """A VQ-VAE snaps two samples to one code: their pair has length = line_length = 0.
+    The geodesics figure's title read "nan" (with a RuntimeWarning) while the table
+    skipped the pair; now both average the other pairs, the title says how many were left
+    out, and only a store of such pairs alone gives none (NaN in the table)."""
+    histories, latents, _ = _summary_inputs()
+    t = np.linspace(0, 1, 5)[:, None]
+    points = np.stack([[-1.0, 0.0] + t * [2.0, 0.0], np.full((5, 2), 0.5),
+                       [0.0, -1.0] + t * [0.0, 1.0]])
+    latent = _latent(np.random.default_rng(0).standard_normal((50, 2)), np.zeros(50, int))
+    for length, line, ratio, said in (
+            ([3.0, 0.0, 1.0], [2.0, 0.0, 1.0], 1.25,
+             "length / straight-line length 1.250 (1 pair with coinciding ends left out)"),
+            ([0.0] * 3, [0.0] * 3, np.nan, "undefined: every pair's ends coincide")):
+        geo = xr.Dataset({"points": (("pair", "t", "latent"), points),
+                          "length": (("pair",), length), "line_length": (("pair",), line),
+                          "converged": (("pair",), [True] * 3)}, attrs={"metric": "pullback"})
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            title = report.plot_geodesics(latent, geo).axes[0].get_title()
+            row = report.comparison_table(histories, latents, {"r": geo}).iloc[0]
+        assert said in title and "nan" not in title, title
+        np.testing.assert_equal(row["geodesic_length_ratio"], ratio)
 
 
 def test_training_curves_draw_each_loss_under_its_name() -> None:

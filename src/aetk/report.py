@@ -24,6 +24,7 @@ from matplotlib.patheffects import withStroke
 from matplotlib.ticker import MaxNLocator
 
 from aetk.aggregate import kl_decomposition
+from aetk.geometry.fit import length_ratio
 from aetk.storage import SPLIT_VALIDATION, StoredData
 
 DPI = 100
@@ -480,11 +481,17 @@ def plot_geodesics(latent: xr.Dataset, geo: xr.Dataset, path: Path | None = None
                        markeredgewidth=0.8, label="Frechet mean of validation codes"),
                 Line2D([], [], color="black", lw=0.7, alpha=0.6, label="geodesic spray from it")]
     fig.legend(handles=key, loc="outside lower center", ncol=3, frameon=False)
-    ratio = float(np.mean(geo["length"].values / geo["line_length"].values))
+    ratio, left_out = length_ratio(geo["length"].values, geo["line_length"].values)
+    if left_out == len(curves):
+        ratio_text = "length / straight-line length undefined: every pair's ends coincide"
+    else:
+        ratio_text = f"length / straight-line length {ratio:.3f}" + (
+            f" ({left_out} pair{'s' if left_out > 1 else ''} with coinciding ends left out)"
+            if left_out else "")
     conv = int(geo["converged"].values.sum())
     ax.set(xlabel=axes[0], ylabel=axes[1],
            title=f"geodesics ({geo.attrs.get('metric', '')}): {_title(latent)}\n"
-                 f"length / straight-line length {ratio:.3f}, {conv}/{len(curves)} converged")
+                 f"{ratio_text}, {conv}/{len(curves)} converged")
     if curved:
         _curvature_panel(fig, axs[0, 1], geo, z, curves)
     _name_ends(fig, ax, ends, avoid)
@@ -819,8 +826,9 @@ def comparison_table(histories: dict[str, pd.DataFrame], latents: dict[str, xr.D
     information I(x; z) and the aggregate posterior's KL to the prior (with its total
     correlation), active units (for conditional runs, `conditions` "labels", the terms
     are given each sample's class: log p(x|c)), training time, the mean ratio of geodesic to
-    straight-line length where geodesics were fitted and, with a `scorer`, the classifier
-    score of each sampler's samples and of the validation data."""
+    straight-line length where geodesics were fitted (over the pairs whose ends differ)
+    and, with a `scorer`, the classifier score of each sampler's samples and of the
+    validation data."""
     rows = []
     for run, h in histories.items():
         lat = latents[run]
@@ -853,7 +861,8 @@ def comparison_table(histories: dict[str, pd.DataFrame], latents: dict[str, xr.D
         row["train_seconds"] = float(h["seconds"].sum()) if "seconds" in h else np.nan
         if run in geodesics:
             g = geodesics[run]
-            row["geodesic_length_ratio"] = float(np.mean(g["length"] / g["line_length"]))
+            row["geodesic_length_ratio"] = length_ratio(g["length"].values,
+                                                        g["line_length"].values)[0]
         else:
             row["geodesic_length_ratio"] = np.nan
         rows.append(row)

@@ -293,10 +293,23 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
                      "spray": args.spray, "spray_points": args.spray_points},
     }
     storage.write_zarr(ds, args.out)
-    ratio = (res.length / res.line_length).mean().item()
     print(f"{len(start)} geodesics ({type(metric).__name__}, {args.init} start) on {device} in "
           f"{time.perf_counter() - t0:.1f} s: {int(res.converged.sum())} converged, mean "
-          f"length / straight-line length {ratio:.3f}; wrote {args.out}")
+          f"length / straight-line length {_ratio_text(ds)}; wrote {args.out}")
+
+
+def _ratio_text(geo: Any) -> str:
+    """The geodesic store's mean length ratio (`aetk.geometry.fit.length_ratio`), saying how
+    many pairs with coinciding ends it leaves out, or that none is left."""
+    from aetk.geometry.fit import length_ratio
+
+    ratio, left_out = length_ratio(geo["length"].values, geo["line_length"].values)
+    if left_out == len(geo["length"]):
+        return "undefined: every pair's ends coincide (straight lines of length 0)"
+    if not left_out:
+        return f"{ratio:.3f}"
+    return (f"{ratio:.3f} ({left_out} of {len(geo['length'])} pairs left out: their ends "
+            "coincide)")
 
 
 def add_parser(sub: Any) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -516,6 +518,17 @@ def _lbfgs(
         weight = None if weight is None else weight[keep]
         s_hist, y_hist, rho, last_step = s_hist[keep], y_hist[keep], rho[keep], last_step[keep]
     return track.result()
+
+
+def length_ratio(length: ArrayLike, line_length: ArrayLike) -> tuple[float, int]:
+    """The mean ratio of geodesic to straight-line length over the pairs whose straight
+    line has positive length, and how many pairs were left out: those whose ends coincide
+    (a VQ-VAE snaps two samples to one code), where the ratio is 0 / 0. NaN when no pair
+    is left."""
+    length, line_length = np.asarray(length, dtype=float), np.asarray(line_length, dtype=float)
+    kept = line_length > 0
+    ratio = float(np.mean(length[kept] / line_length[kept])) if kept.any() else np.nan
+    return ratio, int((~kept).sum())
 
 
 def distance_matrix(metric: Metric, z: Tensor, other: Tensor | None = None, **fit_kwargs
