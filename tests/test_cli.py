@@ -1647,6 +1647,30 @@ def test_bad_pairs_exit_before_fitting_or_writing(
     assert not out.exists()
 
 
+def test_without_a_validation_split_the_outputs_say_training_samples(
+        steps: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """data.validation_fraction 0: the summary's val_* columns and the Frechet mean are of
+    the training samples; comparison.tsv's `scored_on` and the geodesics log said
+    "validation" (the table only by its column names)."""
+    latent = storage.read_zarr(steps / "latent_rhvae.zarr").load()
+    unsplit = tmp_path / "unsplit.zarr"
+    storage.write_zarr(latent.assign(split=latent["split"] * 0 + storage.SPLIT_TRAIN), unsplit)
+    assert cli.main(["geodesics", "--model", str(steps / "rhvae"), "--latent", str(unsplit),
+                     "--n-pairs", "1", "--n-points", "8", "--grid-size", "3", "--spray", "2",
+                     "--spray-points", "20", "--out", str(tmp_path / "g.zarr")]) == 0
+    out = capsys.readouterr().out
+    assert "Frechet mean of 20 training codes (" in out and "validation codes" not in out, out
+    assert cli.main(["report", "summary", "--runs", "a", "b", "--histories",
+                     str(steps / "hr.tsv"), str(steps / "hr.tsv"), "--latents",
+                     str(steps / "latent_rhvae.zarr"), str(unsplit),
+                     "--curves", str(tmp_path / "c.png"), "--table", str(tmp_path / "t.tsv")]
+                    ) == 0
+    assert "warning: b had no validation split" in capsys.readouterr().err
+    table = pd.read_csv(tmp_path / "t.tsv", sep="\t")
+    assert table["scored_on"].tolist() == ["validation", "training"]
+    assert "val_log_marginal" in table
+
+
 def test_pairs_with_coinciding_ends_are_left_out_of_the_length_ratio(
         steps: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Two samples with one code (a VQ-VAE's, snapped to one codebook vector) make a pair of

@@ -323,6 +323,51 @@ def test_comparison_table_takes_each_column_from_its_source() -> None:
     assert row["val_total_correlation"] == pytest.approx(split.total_correlation, rel=1e-9)
 
 
+def test_runs_without_a_validation_split_are_said_to_be_scored_on_training_samples() -> None:
+    """With `validation_fraction: 0` the val_* columns are means over the training samples:
+    the table's `scored_on` says so per run (the column names stay), and the figure's
+    panels, titled "validation log p(x)" and so on, now name the training samples."""
+    histories, latents, geodesics = _summary_inputs()
+    lat = latents["r"]
+    unsplit = lat.assign(split=lat["split"] * 0)
+    table = report.comparison_table({"r": histories["r"], "u": histories["r"]},
+                                    {"r": lat, "u": unsplit}, geodesics)
+    assert table["scored_on"].tolist() == ["validation", "training"]
+    assert table["val_reconstruction_error"].tolist() == [2.0, 26.0]  # (6 x 50 + 12) / 12
+    for rows, said in ((table.iloc[:1], ["validation log p(x) and ELBO",
+                                         "validation reconstruction error", "validation KL"]),
+                       (table.iloc[1:], ["log p(x) and ELBO\nof the training samples (no "
+                                         "validation split)", "reconstruction error\nof the "
+                                         "training samples", "KL = I(x; z) + KL(q(z) || p(z))"
+                                         "\nof the training samples"]),
+                       (table, ["validation log p(x) and ELBO\n(training samples for u: no "
+                                "validation split)", "validation reconstruction error\n"
+                                "(training samples for u", "validation KL = I(x; z) + "
+                                "KL(q(z) || p(z))\n(training samples for u"])):
+        titles = [ax.get_title() for ax in report.comparison_figure(rows).axes[:3]]
+        for title, text in zip(titles, said, strict=True):
+            assert text in title, (title, text)
+        if not (rows["scored_on"] == "validation").any():
+            assert not any(t.startswith("validation") or ": validation" in t for t in titles)
+
+
+def test_the_frechet_mean_is_said_to_be_of_training_codes_without_a_validation_split() -> None:
+    g = np.linspace(-1, 1, 5)
+    t = np.linspace(0, 1, 5)[:, None]
+    geo = xr.Dataset({"points": (("pair", "t", "latent"), [[-0.5, 0.0] + t * [1.0, 0.8]]),
+                      "length": (("pair",), [1.6]), "line_length": (("pair",), [1.5]),
+                      "converged": (("pair",), [True]),
+                      "log_volume": (("z1", "z2"), np.zeros((5, 5))),
+                      "spray": (("direction", "s", "latent"), [t * [0.5, 0.0]]),
+                      "frechet_mean": (("latent",), [0.0, 0.0])},
+                     coords={"z1": g, "z2": g}, attrs={"metric": "rhvae"})
+    latent = _latent(np.random.default_rng(0).uniform(-0.9, 0.9, (50, 2)), np.zeros(50, int))
+    for split, which in ((np.zeros(50, np.int8), "training"), (np.arange(50) % 2, "validation")):
+        fig = report.plot_geodesics(latent.assign(split=(("sample",), split)), geo)
+        labels = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert f"Frechet mean of {which} codes" in labels, labels
+
+
 def test_pairs_with_coinciding_ends_are_left_out_of_the_length_ratio_alike() -> None:
     """A VQ-VAE snaps two samples to one code: their pair has length = line_length = 0.
     The geodesics figure's title read "nan" (with a RuntimeWarning) while the table

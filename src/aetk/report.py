@@ -69,6 +69,14 @@ def _title(ds: xr.Dataset, given: str = "the class") -> str:
     return f"{ds.attrs.get('model', '?')} x {ds.attrs.get('likelihood', '?')}{given}"
 
 
+def _codes(latent: xr.Dataset) -> str:
+    """Which codes `aetk encode`'s traversals and `aetk geodesics`' Frechet mean are of:
+    the validation codes, or all codes when the store has fewer than two (the training
+    codes when it has none)."""
+    n = int((latent["split"].values == SPLIT_VALIDATION).sum()) if "split" in latent else 2
+    return "validation" if n > 1 else "training" if n == 0 else "all"
+
+
 def _project(z: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """2-D view of latent codes: as is for d <= 2 (1-D padded with zeros), else PCA."""
     if z.shape[1] == 1:
@@ -478,7 +486,7 @@ def plot_geodesics(latent: xr.Dataset, geo: xr.Dataset, path: Path | None = None
         avoid = ax.plot(centre[0], centre[1], "*", color="white", ms=12, zorder=3,
                         markeredgecolor="black", markeredgewidth=0.8)  # over the curves
         key += [Line2D([], [], ls="", marker="*", ms=10, color="white", markeredgecolor="black",
-                       markeredgewidth=0.8, label="Frechet mean of validation codes"),
+                       markeredgewidth=0.8, label=f"Frechet mean of {_codes(latent)} codes"),
                 Line2D([], [], color="black", lw=0.7, alpha=0.6, label="geodesic spray from it")]
     fig.legend(handles=key, loc="outside lower center", ncol=3, frameon=False)
     ratio, left_out = length_ratio(geo["length"].values, geo["line_length"].values)
@@ -615,7 +623,8 @@ def plot_comparison(table: pd.DataFrame, path: Path | None = None) -> Figure:
 
 def comparison_figure(table: pd.DataFrame) -> Figure:
     """The comparison table as dots, a 2 x 2 block of panels per likelihood (log-likelihoods
-    of different likelihoods are not comparable): validation log p(x) with the ELBO below it
+    of different likelihoods are not comparable; the titles name the training samples for
+    runs without a validation split): validation log p(x) with the ELBO below it
     (their gap is roughly how far q(z|x) is from the posterior), the reconstruction
     error, the KL term split into I(x; z) and KL(q(z) || p(z)), and the classifier score of
     the generated samples when the table has it. Runs that differ only in their seed share
@@ -642,14 +651,14 @@ def comparison_figure(table: pd.DataFrame) -> Figure:
         ax_ll.plot(rows["val_log_marginal"], y, "o", color=OKABE_ITO[4], label="log p(x)")
         ax_ll.hlines(y, rows["val_elbo"], rows["val_log_marginal"], color=OKABE_ITO[4], lw=1)
         ax_ll.set(yticklabels=[], xlabel="nats per sample (higher is better)")
-        _legend_above(ax_ll, f"{likelihood}: validation log p(x) and ELBO")
+        _legend_above(ax_ll, f"{likelihood}: {_scored(rows, 'log p(x) and ELBO')}")
         if rows[["val_log_marginal", "val_elbo"]].isna().all(axis=None):
             _undefined(ax_ll, "no log p(x) or ELBO for these runs: a deterministic encoder "
                        "(no q(z|x))\nor decoder (mse, no likelihood) has neither")
         ax_err.plot(rows["val_reconstruction_error"], y, "o", color=OKABE_ITO[5])
         ax_err.xaxis.set_major_locator(MaxNLocator(5))  # long decimals collide
         ax_err.set(xlabel="mean squared error (lower is better)")
-        _legend_above(ax_err, "validation reconstruction error")
+        _legend_above(ax_err, _scored(rows, "reconstruction error"))
         _kl_bars(ax_kl, rows, y, height)
         if rows[["val_mutual_info", "val_marginal_kl"]].isna().all(axis=None):
             _undefined(ax_kl, "no KL split for these runs: a deterministic encoder has no "
@@ -696,6 +705,19 @@ def _legend_above(ax: Axes, title: str) -> None:
     ax.set_title(title, pad=26)
 
 
+def _scored(rows: pd.DataFrame, what: str) -> str:
+    """A panel's title for `what`, naming the samples the rows' val_* columns were computed
+    on (their `scored_on`): the validation samples, or the training samples of runs without
+    a validation split, which are not held-out data."""
+    on = rows["scored_on"] if "scored_on" in rows else pd.Series("validation", rows.index)
+    if (on == "validation").all():
+        return f"validation {what}"
+    if (on == "training").all():
+        return f"{what}\nof the training samples (no validation split)"
+    runs = ", ".join(rows.loc[on != "validation", "run"])
+    return f"validation {what}\n(training samples for {runs}: no validation split)"
+
+
 def _settings(table: pd.DataFrame) -> pd.Series:
     """Each run's name without its seed part (`-s<seed>`, as the pipeline names runs):
     the runs of one setting that differ only in the seed share it."""
@@ -726,7 +748,7 @@ def _kl_bars(ax: Axes, rows: pd.DataFrame, y: np.ndarray, height: np.ndarray) ->
         xlabel += ("\nestimated below 0 (sampling noise), drawn as 0:\n"
                    + "\n".join(notes))
     ax.set(xlabel=xlabel)
-    _legend_above(ax, "validation KL = I(x; z) + KL(q(z) || p(z))")
+    _legend_above(ax, _scored(rows, "KL = I(x; z) + KL(q(z) || p(z))"))
 
 
 def _score_dots(ax: Axes, rows: pd.DataFrame, y: np.ndarray) -> None:
@@ -822,7 +844,8 @@ def comparison_table(histories: dict[str, pd.DataFrame], latents: dict[str, xr.D
                      geodesics: dict[str, xr.Dataset],
                      scorer: SampleScorer | None = None) -> pd.DataFrame:
     """One row per run: final and best validation loss, validation reconstruction error,
-    KL, ELBO and log p(x) (means over validation samples), the KL split into the mutual
+    KL, ELBO and log p(x) (means over validation samples, or over the training samples
+    when the run has no validation split: `scored_on` says which), the KL split into the mutual
     information I(x; z) and the aggregate posterior's KL to the prior (with its total
     correlation), active units (for conditional runs, `conditions` "labels", the terms
     are given each sample's class: log p(x|c)), training time, the mean ratio of geodesic to
@@ -833,7 +856,8 @@ def comparison_table(histories: dict[str, pd.DataFrame], latents: dict[str, xr.D
     for run, h in histories.items():
         lat = latents[run]
         val = lat["split"].values == SPLIT_VALIDATION
-        if not val.any():
+        scored = val.any()
+        if not scored:
             val = np.ones_like(val, dtype=bool)
         row = {
             "run": run,
@@ -846,6 +870,8 @@ def comparison_table(histories: dict[str, pd.DataFrame], latents: dict[str, xr.D
             "final_train_loss": float(h["train_loss"].iloc[-1]),
             "final_val_loss": float(h["val_loss"].iloc[-1]) if "val_loss" in h else np.nan,
             "best_val_loss": float(h["val_loss"].min()) if "val_loss" in h else np.nan,
+            # the val_* columns keep their names (tables are parsed by them) whichever it is
+            "scored_on": "validation" if scored else "training",
         }
         for name in ("reconstruction_error", "kl", "elbo", "log_marginal"):
             values = lat[name].values[val] if name in lat else np.array([np.nan])

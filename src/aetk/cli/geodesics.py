@@ -247,6 +247,8 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
         # smooth metric (a ReLU decoder's pull-back jumps between the network's linear
         # regions, and its hundred log maps take minutes, not seconds)
         val = np.flatnonzero(is_val) if is_val.sum() >= 2 else np.arange(len(z))
+        # what the log says they are: all samples stand in for fewer than two validation
+        which = "validation" if is_val.sum() >= 2 else "training" if not is_val.any() else "all"
         codes = np.random.default_rng(args.seed).permutation(val)[:args.spray_points]
         if len(codes) < 2 or np.ptp(z[codes], axis=0).max() == 0:  # a spray of radius 0
             print(f"warning: no geodesic spray: its length, the codes' RMS distance to their "
@@ -258,7 +260,7 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
                             integration_tol=args.integration_tol or None,
                             progress=sys.stderr.isatty())
         if not mean.converged:  # the point reached is kept: the spray and figure still show it
-            print(f"warning: the Frechet mean of {len(codes)} validation codes did not converge"
+            print(f"warning: the Frechet mean of {len(codes)} {which} codes did not converge"
                   f" ({mean.stopped} after {mean.iterations} steps); the spray leaves the point"
                   f" returned" + (" (the fitted curves' mean: neither shooting nor collocation "
                                   "found minimising geodesics from it to some codes)"
@@ -272,7 +274,7 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
             "stopped": mean.stopped, "n_codes": len(codes), "rms_distance": radius,
             "n_steps": mean.n_steps, "integration_tol": args.integration_tol})
         ds["spray"] = (("direction", "s", "latent"), spray.points.detach().cpu().numpy())
-        _done(f"Frechet mean of {len(codes)} validation codes ({mean.iterations} steps, "
+        _done(f"Frechet mean of {len(codes)} {which} codes ({mean.iterations} steps, "
               f"{'converged' if mean.converged else 'not converged'}) and {args.spray} "
               "geodesics leaving it", t)
     ds.attrs = {

@@ -123,7 +123,8 @@ def cmd_report_summary(args: argparse.Namespace) -> None:
     if unsplit:
         its = "its" if len(unsplit) == 1 else "their"
         print(f"warning: {', '.join(unsplit)} had no validation split: {its} val_* columns "
-              "are scores of the training samples, not of held-out data", file=sys.stderr)
+              "are scores of the training samples, not of held-out data (scored_on: "
+              "training in the table)", file=sys.stderr)
     # A geodesic store belongs to the run whose model it was fitted with (same run hash).
     run_of_hash = {ds.attrs.get("config_hash"): run for run, ds in latents.items()}
     geodesics = {}
