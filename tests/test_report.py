@@ -368,6 +368,18 @@ def test_the_frechet_mean_is_said_to_be_of_training_codes_without_a_validation_s
         assert f"Frechet mean of {which} codes" in labels, labels
 
 
+def test_traversals_say_whose_codes_set_their_range() -> None:
+    """aetk encode traverses the validation codes' range, or all codes' when the store has
+    fewer than two validation samples: the title said "validation" either way."""
+    latent = xr.Dataset({"traversal": (("traversed", "step", "feature"), np.zeros((1, 3, 4))),
+                         "traversal_value": (("traversed", "step"), [[-1.0, 0.0, 1.0]])},
+                        coords={"traversed": [0]}, attrs={"model": "vae"})
+    for split, which in ((np.zeros(6, np.int8), "training"), ([1, 0, 0, 0, 0, 0], "all"),
+                         ([1, 1, 0, 0, 0, 0], "validation")):
+        fig = report.plot_traversals(latent.assign(split=(("sample",), split)))
+        assert f"across the {which} codes' 2%-98% range" in fig.get_suptitle()
+
+
 def test_pairs_with_coinciding_ends_are_left_out_of_the_length_ratio_alike() -> None:
     """A VQ-VAE snaps two samples to one code: their pair has length = line_length = 0.
     The geodesics figure's title read "nan" (with a RuntimeWarning) while the table

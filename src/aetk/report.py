@@ -382,7 +382,7 @@ def plot_traversals(latent: xr.Dataset, path: Path | None = None, max_heatmaps: 
         z1, z2 = latent["grid_z1"].values, latent["grid_z2"].values
         fig = _image_grid(list(latent["latent_grid"].values), tuple(shape),
                           [f"z2 = {v:.2f}" for v in z2],
-                          f"decoded latent plane: {model}\nover the validation codes' "
+                          f"decoded latent plane: {model}\nover the {_codes(latent)} codes' "
                           "2%-98% range")
         for ax, v in zip(fig.axes[-len(z1):], z1, strict=True):
             ax.set_xlabel(f"z1 = {v:.2f}", fontsize=9)
@@ -397,7 +397,7 @@ def plot_traversals(latent: xr.Dataset, path: Path | None = None, max_heatmaps: 
     # the rest are left out: say so, or a 10-D model looks as if it had only these
     which = f" (the {shown} most varied of {dims})" if shown < dims else ""
     title = (f"latent traversals: {model}\none dimension at a time{which} across the "
-             "validation codes' 2%-98% range, the others at their median")
+             f"{_codes(latent)} codes' 2%-98% range, the others at their median")
     if shape:
         fig = _image_grid(rows, tuple(shape), names, title)
     else:
