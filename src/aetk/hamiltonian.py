@@ -349,8 +349,9 @@ class FlowMonitor:
             f"{', '.join(f'{e:.3g}' for e in eps)})"
         )
 
-
     def _check_converged(self) -> None:
+        """Warn when more than 1 % of the samples moved by over `FIXED_POINT_TOLERANCE`
+        of the step in a last fixed-point iteration (`generalized_leapfrog`)."""
         if not self.moved:
             return
         unconverged = (torch.stack(self.moved).amax(0) > FIXED_POINT_TOLERANCE).float().mean()

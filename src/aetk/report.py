@@ -25,7 +25,7 @@ from matplotlib.ticker import MaxNLocator
 
 from aetk.aggregate import kl_decomposition
 from aetk.geometry.fit import length_ratio
-from aetk.storage import SPLIT_VALIDATION, StoredData
+from aetk.storage import SPLIT_VALIDATION, StoredData, spanning_codes
 
 DPI = 100
 
@@ -67,14 +67,6 @@ def _save(fig: Figure, path: Path | None) -> Figure:
 def _title(ds: xr.Dataset, given: str = "the class") -> str:
     given = f", given {given}" if ds.attrs.get("conditions", "none") != "none" else ""
     return f"{ds.attrs.get('model', '?')} x {ds.attrs.get('likelihood', '?')}{given}"
-
-
-def _codes(latent: xr.Dataset) -> str:
-    """Which codes `aetk encode`'s traversals and `aetk geodesics`' Frechet mean are of:
-    the validation codes, or all codes when the store has fewer than two (the training
-    codes when it has none)."""
-    n = int((latent["split"].values == SPLIT_VALIDATION).sum()) if "split" in latent else 2
-    return "validation" if n > 1 else "training" if n == 0 else "all"
 
 
 def _project(z: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -382,8 +374,8 @@ def plot_traversals(latent: xr.Dataset, path: Path | None = None, max_heatmaps: 
         z1, z2 = latent["grid_z1"].values, latent["grid_z2"].values
         fig = _image_grid(list(latent["latent_grid"].values), tuple(shape),
                           [f"z2 = {v:.2f}" for v in z2],
-                          f"decoded latent plane: {model}\nover the {_codes(latent)} codes' "
-                          "2%-98% range")
+                          f"decoded latent plane: {model}\nover the "
+                          f"{spanning_codes(latent)} codes' 2%-98% range")
         for ax, v in zip(fig.axes[-len(z1):], z1, strict=True):
             ax.set_xlabel(f"z1 = {v:.2f}", fontsize=9)
         return _save(fig, path)
@@ -397,7 +389,7 @@ def plot_traversals(latent: xr.Dataset, path: Path | None = None, max_heatmaps: 
     # the rest are left out: say so, or a 10-D model looks as if it had only these
     which = f" (the {shown} most varied of {dims})" if shown < dims else ""
     title = (f"latent traversals: {model}\none dimension at a time{which} across the "
-             f"{_codes(latent)} codes' 2%-98% range, the others at their median")
+             f"{spanning_codes(latent)} codes' 2%-98% range, the others at their median")
     if shape:
         fig = _image_grid(rows, tuple(shape), names, title)
     else:
@@ -486,7 +478,8 @@ def plot_geodesics(latent: xr.Dataset, geo: xr.Dataset, path: Path | None = None
         avoid = ax.plot(centre[0], centre[1], "*", color="white", ms=12, zorder=3,
                         markeredgecolor="black", markeredgewidth=0.8)  # over the curves
         key += [Line2D([], [], ls="", marker="*", ms=10, color="white", markeredgecolor="black",
-                       markeredgewidth=0.8, label=f"Frechet mean of {_codes(latent)} codes"),
+                       markeredgewidth=0.8,
+                       label=f"Frechet mean of {spanning_codes(latent)} codes"),
                 Line2D([], [], color="black", lw=0.7, alpha=0.6, label="geodesic spray from it")]
     fig.legend(handles=key, loc="outside lower center", ncol=3, frameon=False)
     ratio, left_out = length_ratio(geo["length"].values, geo["line_length"].values)

@@ -286,6 +286,14 @@ def enclosing_store(path: str | Path) -> Path | None:
     return stores[-1] if stores else None
 
 
+def spanning_codes(latent: Any) -> str:
+    """Which codes of a latent store `aetk encode`'s traversals and `aetk geodesics`'
+    Frechet mean are of: "validation", or "all" where the store has fewer than two
+    validation codes ("training" where it has none)."""
+    n = int((latent["split"].values == SPLIT_VALIDATION).sum()) if "split" in latent else 2
+    return "validation" if n > 1 else "training" if n == 0 else "all"
+
+
 def what_is(path: Path) -> str:
     """What the existing `path` is, for messages: "a model directory (from `aetk train`)",
     "a latent store (from `aetk encode`)", ..., "a file", "an empty folder", "no zarr

@@ -247,8 +247,7 @@ def cmd_geodesics(args: argparse.Namespace) -> None:
         # smooth metric (a ReLU decoder's pull-back jumps between the network's linear
         # regions, and its hundred log maps take minutes, not seconds)
         val = np.flatnonzero(is_val) if is_val.sum() >= 2 else np.arange(len(z))
-        # what the log says they are: all samples stand in for fewer than two validation
-        which = "validation" if is_val.sum() >= 2 else "training" if not is_val.any() else "all"
+        which = storage.spanning_codes(latent)  # as the figure's legend names them
         codes = np.random.default_rng(args.seed).permutation(val)[:args.spray_points]
         if len(codes) < 2 or np.ptp(z[codes], axis=0).max() == 0:  # a spray of radius 0
             print(f"warning: no geodesic spray: its length, the codes' RMS distance to their "
