@@ -15,63 +15,36 @@ the table adds pythae with exact forces: its `_dU_dz` with create_graph=True, ev
 else (its momentum and tempering) unchanged, so that both compute the second-order terms.
 
 What exactness costs the HVAE (K=3, decoder d-512-784): each of the K+1 positions takes
-one forward, one input-gradient and four outer-backward GEMMs through the 512x784 layer:
-26 GEMMs of that size per step with the encoder's two. pythae runs 18: two for each of its
-2K first-order gradients, its final forward twice, one backward of two, the encoder's two.
-At about 0.55 ms per GEMM on one thread here, that is the ~1.2x gap; the rest of aetk's
-step is leaner than pythae's. Deferring the eight weight-gradient GEMMs of the decoder's
-output layer into one (custom autograd Functions, no accumulation adds) measured no faster:
-the merged GEMM's gain is spent on the Functions' Python overhead and the concatenations.
-Tried again on 2026-12-03 (the fifth session) with the layer's calls redirected by a
-TorchFunctionMode to Functions that record their factors, summed by one merged product or a
-chain of in-place addmm_ when backward reaches the weight: the output layer's weight gradient
-fell from 8.0 to 6.0 ms of a 15.5 ms backward (7.5 ms without that gradient at all), but the
-forward rose by 1.1 ms (the mode's dispatch, 0.1-0.2 ms per decoder call, and the Python
-Functions): the step took 0.96-0.98x in five alternating runs at latent 2 and 1.015x in one
-at latent 10. Not kept: too little for the machinery and a private autograd call
-(torch._C._will_engine_execute_node).
-What did help (2026-12-03, the sixth session): each call of `F.linear` made its own
-`weight.t()` node, where the backward summed that call's two weight gradients out of place,
-then the calls' sums again at the weight (5 out-of-place adds of 1.6 MB per step and 2 in
-place, by the profiler; about 2,000 page faults per step in a fresh process). aetk's own
-`nets.Linear` shares one transpose per layer across the flow's positions
-(`nets.shared_transposes`), so the sums go in place:
-the step took 26.3 -> 23.6 ms alone in a fresh process (alternating), and the HVAE went from
-1.01-1.09x pythae to 0.91-1.03x (three runs of 5 epochs at latent 2 and 10). The pooling
-above, called from `nets.Linear` on top of the shared transposes (no TorchFunctionMode),
-took a further 3-11 % off the step (30.0 -> 28.0, 26.0 -> 23.3, 27.6 -> 26.8 ms, three
-alternating A/Bs alone); not kept either: it still needs the private engine call (or
-pooling confined to aetk's own training step, where the whole backward is known to reach
-the weight) and Python autograd Functions per call, unmeasured on a GPU.
-Pooling confined to aetk's training step, which needs no private call (the step's backward
-reaches every weight, and the flow's gradients in z skip the weights), was built and
-checked on 2026-12-03 (the seventh session: the same gradients to 2e-15 in float64) and
-gave nothing: steps alternating in one process took 31.00 ms without and 31.12 ms with one
-merged product per layer at latent 2 (28.10 and 28.23 ms at latent 10), and 27.79 and
-27.80 ms with a chain of in-place addmm_ instead (latent 2). Not kept. `hvae_floor.py`
-prints what remains: the 8 GEMMs that exactness adds against what each library spends
-beyond its GEMMs.
-A closed-form Bernoulli force (the score x - sigmoid(logits) in closed form, autograd only
-through the network) measured 1 % faster, and at most about 10 % even when the K
-intermediate positions skip log p(x|z) altogether (2026-12-02, alternating, 6 rounds).
-torch.compile does not close the gap either: the same exact step written with torch.func.grad
-(which Dynamo traces, unlike autograd.grad) and compiled whole took 43 ms against aetk's eager
-36 ms and 57 ms uncompiled (2026-12-02, alternating, a slower day). A profile of that day puts
-the gap in the decoder's weight gradients: the eight 784x64 @ 64x512 products are memory-bound
-(2.0 ms each in the step against 0.9 ms for a GEMM of the same FLOPs with a 512-wide inner
-dimension) and autograd sums them with 1.3 ms adds; one merged product would save 1.5-4 ms of
-a 39 ms step (measured alone), short of pythae's 34 ms, and needs the deferral above.
-Memory allocation is not it either: the step takes 45 minor page faults (2026-12-02).
-What helped a little (2026-12-03, the eighth session): the decoder's first layer (latent
-width in) multiplies a contiguous copy of its transposed weight (`nets.NARROW`): MKL's
-weight and input gradients for the transposed (512, 2) view took 70-100 and 45-50 us each,
-16 of them per step; the step went 30.6 -> 29.7 ms at latent 2 and 33.7 -> 32.9 ms at
-latent 10 (medians of 10 alternating epochs of 40 steps in one process). The remaining
-weight-gradient accumulation of the 784x512 layer (one out-of-place add, because the first
-gradient to arrive is a transposed view, and six in place) takes about 1.5 ms of the step
-by the profiler; merging its eight products into one saves 0.7 ms of 5.6 when timed alone.
-A larger batch does not change the picture (`--batch 256`, 2026-12-02): HVAE 1.18x and 1.08x
-pythae at latent 2 and 10 (0.64x and 0.61x pythae with exact forces), RHVAE 0.39x and 0.30x.
+one forward, one input-gradient and four outer-backward GEMMs through the 512x784 layer
+(the adjoint of the force: a weight gradient and the residual's gradient; the adjoint of
+the forward: a weight and an input gradient), 26 GEMMs of that size per step with the
+encoder's two. Reverse over reverse is the least arithmetic for it (forward-mode Jacobians
+take d GEMMs each). pythae runs 18: two for each of its 2K first-order gradients, its final
+forward twice, one backward of two, the encoder's two. At 0.55-0.65 ms per GEMM on one
+thread here (all layouts alike, 80-90 GFLOP/s on this Zen 4), the 8 extra cost 4.5-5 ms;
+aetk's other work is leaner than pythae's by about as much, so the HVAE sits near parity
+and the ratio follows the machine's GEMM speed. `hvae_floor.py` prints that accounting.
+
+Tried, measured and kept (each an alternating A/B of the step, one thread):
+- one shared transpose per layer across the flow's positions (`nets.shared_transposes`),
+  so that backward sums the weight gradients in place instead of allocating: 26.3 -> 23.6
+  ms per step (sixth session, 2026-12-03);
+- a contiguous transposed copy for layers of at most `nets.NARROW` inputs (MKL took 70-100
+  us per gradient of the transposed (512, 2) view, 10-30 us contiguous): 30.6 -> 29.7 ms at
+  latent 2, 33.7 -> 32.9 ms at latent 10 (eighth session).
+Tried and not kept (same gradients, too little gain for the machinery):
+- deferring the output layer's eight weight gradients into one merged GEMM, by custom
+  autograd Functions, a TorchFunctionMode or pooling from `nets.Linear`: 2-4 % and 3-11 %
+  off the step, both needing a private autograd call (torch._C._will_engine_execute_node);
+  pooled inside aetk's training step without it, nothing (fifth to seventh sessions);
+- a closed-form Bernoulli force with autograd through the network only: 1 %;
+- torch.compile of the step written with torch.func.grad: 43 ms against 36 eager;
+- the whole decoder (MLP, ReLU, Bernoulli) and its force as one autograd Function whose
+  backward is the hand-written adjoint, no double backward at all: the same gradients to
+  6e-16 in float64, 27.6 -> 26.4 ms per step, 27.2 with its weight gradients merged (ninth
+  session, 2026-12-04): PyTorch's double backward costs little beyond its GEMMs;
+- a larger batch (`--batch 256`): HVAE 1.18x and 1.08x pythae at latent 2 and 10 (0.64x and
+  0.61x pythae with exact forces), RHVAE 0.39x and 0.30x (2026-12-02).
 
 With `--device cuda` both run on the GPU, the data already there.
 
