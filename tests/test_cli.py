@@ -422,29 +422,33 @@ def test_the_stored_elbo_averages_its_log_likelihood_over_draws() -> None:
 
 @pytest.fixture(scope="module")
 def steps(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Run preprocess -> train -> encode -> geodesics -> report once, in-process."""
+    """Run preprocess -> train -> encode -> geodesics -> report once, in-process, on the CPU
+    (--device cpu: the tests recompute its stores' numbers from the saved models on the
+    CPU, and check that it trained there)."""
     d = tmp_path_factory.mktemp("cli")
     cli.main(["preprocess", "--source", "digits", "--n-samples", "240", "--transforms",
               "scale01", "--validation-fraction", "0.25", "--seed", "1",
               "--out", str(d / "data.zarr")])
     common = ["--data", str(d / "data.zarr"), "--model", "vae", "--likelihood", "bernoulli",
               "--hidden", "32", "--epochs", "3", "--batch-size", "32", "--seed", "0",
-              "--checkpoint-dir", str(d / "ckpt"), "--no-progress"]
+              "--checkpoint-dir", str(d / "ckpt"), "--no-progress", "--device", "cpu"]
     cli.main(["train", *common, "--out", str(d / "model"), "--history", str(d / "h.tsv")])
     cli.main(["encode", "--data", str(d / "data.zarr"), "--model", str(d / "model"),
-              "--n-examples", "6", "--n-generated", "4", "--n-scored", "50",
-              "--out", str(d / "vae-bernoulli.zarr")])
+              "--n-examples", "6", "--n-generated", "4", "--n-scored", "50", "--device",
+              "cpu", "--out", str(d / "vae-bernoulli.zarr")])
     cli.main(["geodesics", "--model", str(d / "model"), "--latent",
               str(d / "vae-bernoulli.zarr"), "--n-pairs", "3", "--n-points", "10", "--max-iter",
-              "100", "--grid-size", "9", "--out", str(d / "geo.zarr")])
+              "100", "--grid-size", "9", "--device", "cpu", "--out", str(d / "geo.zarr")])
     # an RHVAE for the Frechet mean and the geodesic spray (its own smooth metric)
     rhvae = [a if a != "vae" else "rhvae" for a in common] + ["--options", '{"centroids": 16}']
     cli.main(["train", *rhvae, "--out", str(d / "rhvae"), "--history", str(d / "hr.tsv")])
     cli.main(["encode", "--data", str(d / "data.zarr"), "--model", str(d / "rhvae"),
-              "--n-importance", "3", "--n-scored", "20", "--out", str(d / "latent_rhvae.zarr")])
+              "--n-importance", "3", "--n-scored", "20", "--device", "cpu",
+              "--out", str(d / "latent_rhvae.zarr")])
     cli.main(["geodesics", "--model", str(d / "rhvae"), "--latent",
               str(d / "latent_rhvae.zarr"), "--n-pairs", "2", "--n-points", "10", "--grid-size",
-              "9", "--spray", "6", "--spray-points", "20", "--out", str(d / "geo_rhvae.zarr")])
+              "9", "--spray", "6", "--spray-points", "20", "--device", "cpu",
+              "--out", str(d / "geo_rhvae.zarr")])
     cli.main(["report", "run", "--data", str(d / "data.zarr"), "--latent",
               str(d / "vae-bernoulli.zarr"), "--out-dir", str(d / "fig")])
     cli.main(["report", "geodesics", "--latent", str(d / "vae-bernoulli.zarr"), "--geodesics",
@@ -902,7 +906,8 @@ def test_conditional_model_from_train_to_encode_and_sample(steps: Path, tmp_path
     assert info["settings"]["conditions"] == "labels"
     assert info["condition_names"] == [str(i) for i in range(10)]
     assert cli.main(["encode", "--data", data, "--model", str(tmp_path / "m"), "--n-generated",
-                     "12", "--n-importance", "5", "--out", str(tmp_path / "l.zarr")]) == 0
+                     "12", "--n-importance", "5", "--device", "cpu",  # as the codes' check below
+                     "--out", str(tmp_path / "l.zarr")]) == 0
     latent = storage.read_zarr(tmp_path / "l.zarr")
     assert latent.attrs["conditions"] == "labels"
     assert latent["generated_class"].values.tolist() == [*range(10), 0, 1]
@@ -1454,7 +1459,8 @@ def test_an_unconverged_frechet_mean_warns_and_keeps_the_point_reached(
     out = tmp_path / "geo.zarr"
     cli.main(["geodesics", "--model", str(steps / "rhvae"), "--latent",
               str(steps / "latent_rhvae.zarr"), "--n-pairs", "2", "--n-points", "10",
-              "--grid-size", "9", "--spray", "6", "--spray-points", "20", "--out", str(out)])
+              "--grid-size", "9", "--spray", "6", "--spray-points", "20",
+              "--device", "cpu", "--out", str(out)])  # the CPU's mean, as numpy's below
     assert "did not converge (max_iter after 0 steps)" in capsys.readouterr().err
     geo, lat = storage.read_zarr(out), storage.read_zarr(steps / "latent_rhvae.zarr")
     attrs = geo["frechet_mean"].attrs
@@ -2512,8 +2518,8 @@ def test_sample_from_the_mixture_fits_it_to_the_training_codes(
 
     monkeypatch.setattr(expost, "CodeMixture", Spy)
     assert cli.main(["sample", "--model", str(steps / "model"), "--sampler", "mixture", "--n",
-                     "3", "--data", str(steps / "data.zarr"), "--out",
-                     str(tmp_path / "s.zarr")]) == 0
+                     "3", "--data", str(steps / "data.zarr"), "--device", "cpu", "--out",
+                     str(tmp_path / "s.zarr")]) == 0  # CPU codes, for the spy's numpy()
     stored = storage.read_data(steps / "data.zarr")
     model = aetk.load(steps / "model").eval()
     with torch.no_grad():
