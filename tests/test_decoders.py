@@ -65,6 +65,18 @@ def test_bernoulli_is_stable_for_extreme_logits():
     assert lp.item() == pytest.approx(-400.0)
 
 
+def test_bernoulli_broadcasts_one_data_row_against_many_codes_as_torch_does():
+    """One image scored under the decodings of many codes, as torch's distributions
+    broadcast (the decoder's used to demand equal shapes), named as torch names it."""
+    d, z = _decoder(dec.BernoulliDecoder), _z()
+    (logits,) = _raw(d, z)
+    x = torch.rand(1, FEATURES, dtype=torch.float64)
+    p, xn = special.expit(logits), x.numpy()
+    bce = (xn * np.log(p) + (1 - xn) * np.log1p(-p)).sum(-1)
+    np.testing.assert_allclose(d(z).log_prob(x).detach().numpy(), bce, rtol=1e-10)
+    assert type(d(z).base_dist).__name__ == "Bernoulli"
+
+
 @pytest.mark.parametrize("sigma", [1.0, 0.3])
 def test_gaussian_fixed_sigma_vs_scipy(sigma):
     d, z = _decoder(dec.GaussianDecoder, sigma=sigma), _z()

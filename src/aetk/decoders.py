@@ -256,20 +256,11 @@ class BernoulliDecoder(_BuiltinDecoder):
 
     def forward(self, z: torch.Tensor) -> D.Independent:
         (logits,) = self.params(z)
-        return self._independent(_ContinuousBernoulliTargets(logits=logits))
+        # unvalidated, torch's log_prob is the stable BCE with logits, fractional targets too
+        return self._independent(D.Bernoulli(logits=logits, validate_args=False))
 
     def check_data(self, x: torch.Tensor, name: str) -> None:
         validate.check_range(x, name, 0.0, 1.0, "a Bernoulli decoder needs values in [0, 1]")
-
-
-class _ContinuousBernoulliTargets(D.Bernoulli):
-    """Bernoulli whose log_prob is the stable BCE with logits, also for targets in (0, 1)."""
-
-    def __init__(self, logits: torch.Tensor) -> None:
-        super().__init__(logits=logits, validate_args=False)
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        return -F.binary_cross_entropy_with_logits(self.logits, value, reduction="none")
 
 
 class GaussianDecoder(_BuiltinDecoder):
