@@ -512,6 +512,43 @@ def test_geodesics_refit_for_their_settings_also_when_encode_reruns(tmp_path: Pa
     assert planned(train={"epochs": 3}) == {"train", "encode", "geodesics"}
 
 
+def test_a_device_change_reruns_nothing_and_reaches_the_commands(tmp_path: Path) -> None:
+    """Where a job runs is not what it computes: results made on the CPU stay current when
+    the configuration, or --set-resources, points train, encode and geodesics elsewhere (the
+    device was in their params, whose change reran them all), and each command takes the
+    new device, at its place; encode and geodesics leave --device out at auto, as before."""
+    config = {"data": {"source": "swissroll", "n_samples": 300, "transforms": ["standardise"]},
+              "grid": {"models": ["rhvae"], "likelihoods": ["gaussian"]},
+              "train": {"epochs": 2, "device": "cpu"}, "encode": {"device": "cpu"},
+              "geodesics": {"device": "cpu"}}
+    wd = up_to_date_workdir(tmp_path, config)
+    gpu = {"train": "cuda", "encode": "cuda:1", "geodesics": "auto"}
+    changed = copy.deepcopy(config)
+    for section, device in gpu.items():
+        changed[section]["device"] = device
+    (wd / "gpu.yaml").write_text(yaml.safe_dump(changed))
+    for args in (["--configfile", "gpu.yaml"],
+                 ["--configfile", "test.yaml", "--set-resources", "train:device=cuda:0",
+                  "encode:device=auto"]):
+        proc = snakemake(wd, "-n", *args)
+        assert "Nothing to be done" in proc.stdout + proc.stderr, args
+
+    def commands(*args: str) -> dict[str, str]:
+        out = snakemake(wd, "-n", "-p", "--forceall", *args).stdout
+        return {line.split()[3]: line.split("Shell command: ")[1] + " "
+                for line in out.splitlines() if "Shell command: aetk " in line}
+
+    lines = commands("--configfile", "gpu.yaml")
+    assert " --device cuda --seed 0 --resume " in lines["train"]
+    assert " --device cuda:1 --seed 0 " in lines["encode"]
+    assert "--device" not in lines["geodesics"]
+    lines = commands("--configfile", "test.yaml", "--set-resources", "train:device=auto",
+                     "geodesics:device=mps")
+    assert " --device auto --seed 0 --resume " in lines["train"]
+    assert " --device cpu --seed 0 " in lines["encode"]
+    assert " --device mps --seed " in lines["geodesics"]
+
+
 def test_lint_and_snakefmt(tmp_path: Path) -> None:
     wd = make_workdir(tmp_path)
     proc = snakemake(wd, "--lint", check=False)

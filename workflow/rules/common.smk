@@ -342,6 +342,20 @@ def gpus(section):
     return 1 if device.startswith("cuda") else 0
 
 
+def with_device(args):
+    """The params function of a command's options, ``args(wildcards, device)`` at the job's
+    string resource ``device`` (``<section>.device``, or ``--set-resources
+    <rule>:device=...``): where a job runs is not what it computes. Snakemake (9.27) takes
+    a params function of ``resources`` for derived (rules.py _is_deriving_function), and
+    its params rerun trigger compares only the others (persistence _params): the rule's
+    ``settings``, the options at ``auto``."""
+
+    def args_on_device(wildcards, resources):
+        return args(wildcards, resources.device)
+
+    return args_on_device
+
+
 def data_input(wildcards):
     """The user's data file, and labels file when given as one (as aetk.data.read_file
     takes it: an existing .npy or .txt), so that editing either reruns the pipeline; none
@@ -547,7 +561,9 @@ def locality_arg(spec):
     return [spec["n_primary"], spec["n_secondary"], spec["k_neighbors"]]
 
 
-def train_args(wildcards):
+def train_args(wildcards, device="auto"):
+    """The options of ``aetk train``; at ``auto`` (with_device) those that every training
+    recorded before the device was a resource, so that their results stay current."""
     spec = RUNS[wildcards.run]
     options = {
         **config["likelihood_options"].get(spec["likelihood"], {}),
@@ -581,14 +597,14 @@ def train_args(wildcards):
                 penalty_arg(train["penalties"], spec["model"], spec["likelihood"]),
             ),
             ("--conditions", "labels" if spec["conditional"] else None),
-            ("--device", train["device"]),
+            ("--device", device),
             ("--seed", spec["seed"]),
             ("--resume" if train["resume"] else "--no-resume", []),
         ]
     )
 
 
-def encode_args(wildcards):
+def encode_args(wildcards, device="auto"):
     enc = config["encode"]
     return cli_args(
         [
@@ -598,8 +614,8 @@ def encode_args(wildcards):
             ("--n-importance", enc["n_importance"]),
             ("--n-scored", enc["n_scored"]),
             ("--traversal-steps", enc["traversal_steps"]),
-            # the default (the CLI's) left out: results made before the option stay current
-            ("--device", None if enc["device"] == "auto" else enc["device"]),
+            # the default (the CLI's) left out, as before the device was a resource
+            ("--device", None if device == "auto" else device),
             ("--seed", RUNS[wildcards.run]["seed"]),
         ]
     )
@@ -610,7 +626,7 @@ def pairs_arg(pairs):
     return [f"{int(i)}:{int(j)}" for i, j in pairs] if pairs else None
 
 
-def geodesic_args(wildcards):
+def geodesic_args(wildcards, device="auto"):
     """Configured pairs replace the n_pairs sampled ones (the CLI takes one or the other)."""
     geo = config["geodesics"]
     return cli_args(
@@ -629,7 +645,7 @@ def geodesic_args(wildcards):
             ("--spray", geo["spray"]),
             *mean_args(geo, RUNS[wildcards.run]["model"]),
             # the default left out, as encode's
-            ("--device", None if geo["device"] == "auto" else geo["device"]),
+            ("--device", None if device == "auto" else device),
             ("--seed", geo["seed"]),
         ]
     )

@@ -12,8 +12,10 @@ rule encode:
         "../../envs/aetk.yaml"
     resources:
         gpu=gpus("encode"),
+        device=config["encode"]["device"],
     params:
-        args=encode_args,
+        settings=encode_args,  # as train's
+        args=with_device(encode_args),
     shell:
         "aetk encode --data {input.data} --model {input.model} {params.args} "
         "--threads {threads} "

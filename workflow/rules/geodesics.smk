@@ -33,8 +33,10 @@ rule geodesics:
         "../../envs/aetk.yaml"
     resources:
         gpu=gpus("geodesics"),
+        device=config["geodesics"]["device"],
     params:
-        args=geodesic_args,
+        settings=geodesic_args,  # as train's
+        args=with_device(geodesic_args),
     shell:
         "aetk geodesics --model {input.model} --latent {input.latent} {params.args} "
         "--threads {threads} "

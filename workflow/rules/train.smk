@@ -14,8 +14,11 @@ rule train:
     threads: 1
     resources:
         gpu=gpus("train"),
+        device=config["train"]["device"],
     params:
-        args=train_args,
+        # what the params rerun trigger compares; args differ from it by the device only
+        settings=train_args,
+        args=with_device(train_args),
         # Outside the declared outputs, so that Snakemake keeps it when a job is interrupted.
         checkpoints="results/checkpoints",
     shell:
