@@ -139,9 +139,12 @@ def test_a_tables_first_line_is_names_or_a_sample_as_said(tmp_path: Path) -> Non
         rows = np.array([first, [2, 3, 5]])
         np.savetxt(tmp_path / "s.csv", rows, delimiter=",", fmt="%d")
         np.testing.assert_array_equal(data.read_file(tmp_path / "s.csv").x, rows)
-    # header=False reads a first line of names as a sample: its strings are refused
+    # header=False reads a first line of names as a sample: its strings are refused, as
+    # the names they may be (not as text columns to leave out)
     pd.DataFrame(X, columns=list("abcdef")).to_csv(tmp_path / "named.csv", index=False)
-    with pytest.raises(ValueError, match="non-numeric columns"):
+    with pytest.raises(ValueError, match=r"named.csv: line 1 is not numbers in columns "
+                       r"\['0', '1', '2', '3', '4', '5'\]: column names\? Read it with "
+                       "header=True"):
         data.read_file(tmp_path / "named.csv", header=False)
     with pytest.raises(ValueError, match=r"x.npy: `header` applies to .csv and .tsv files"):
         np.save(tmp_path / "x.npy", X)
@@ -181,6 +184,41 @@ def test_a_tables_separator_is_found_and_decimal_commas_refused(tmp_path: Path) 
     np.savetxt(tmp_path / "spaces.csv", X)
     with pytest.raises(ValueError, match=r"spaces.csv: one column, of text \('1.70+e\+01 1.20+"):
         data.read_file(tmp_path / "spaces.csv")
+
+
+def test_a_typo_in_a_column_of_numbers_is_named_not_the_column_called_text(
+        tmp_path: Path) -> None:
+    """One `x` in a column of numbers was reported as a non-numeric column, to leave out
+    with drop_columns (a data column thrown away): the message names the cells, their
+    values and lines (up to 5 a column), to fix; text columns keep their message."""
+    table = pd.DataFrame(X[:12], columns=[f"g{i}" for i in range(6)]).astype(object)
+    table.loc[3, "g2"] = "x"
+    table.insert(0, "cell_id", [f"s{i}" for i in range(12)])
+    table["group"] = Y[:12]
+    table.to_csv(tmp_path / "t.csv", index=False)
+    typo = (r"t.csv: column 'g2' holds numbers but for 1 value: 'x' \(line 5\); fix or "
+            r"remove it \(an empty field is a missing value\)")
+    with pytest.raises(ValueError, match=rf"{typo}$"):
+        data.read_file(tmp_path / "t.csv", labels="group", drop_columns=["cell_id"])
+    # beside text columns, both are said
+    with pytest.raises(ValueError, match=rf"{typo}; and non-numeric columns \['cell_id', "
+                       r"'group'\]; name the label column"):
+        data.read_file(tmp_path / "t.csv")
+    # lines as in the file (a blank line, a field over two lines), the first 5 of a column
+    text = "a,b,c\n1,2,3\n\n4,\"5\n\",oops\n" + "".join(
+        f"{i},{i},{'?' if i % 3 == 1 else i}\n" for i in range(30))
+    (tmp_path / "m.csv").write_text(text)
+    with pytest.raises(ValueError, match=r"m.csv: column 'c' holds numbers but for 11 values: "
+                       r"'oops' \(line 4\), '\?' \(line 7\), '\?' \(line 10\), '\?' "
+                       r"\(line 13\), '\?' \(line 16\) and 6 more; fix or remove them"):
+        data.read_file(tmp_path / "m.csv")
+    # a column of text with a few numbers in it is still text
+    table["cell_id"] = ["1", "2"] + [f"s{i}" for i in range(10)]
+    table.loc[3, "g2"] = 5.0
+    table.to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(ValueError, match=r"t.csv: non-numeric columns \['cell_id'\]; name "
+                       "the label column with `labels`"):
+        data.read_file(tmp_path / "t.csv", labels="group")
 
 
 def test_unreadable_text_names_its_file(tmp_path: Path) -> None:

@@ -391,6 +391,62 @@ def _evenly_spaced(fields: list[str]) -> bool:
     return bool(steps[0] != 0 and np.allclose(steps, steps[0], rtol=1e-6, atol=0))
 
 
+def _line_numbers(path: Path, sep: str, header: bool, rows: list[int]) -> dict[int, int]:
+    """The lines of the file (from 1) where the table's rows `rows` (positions from 0)
+    begin, counted as pandas reads them: blank lines are no rows, a quoted field may span
+    lines."""
+    import csv
+
+    found, row, start = {}, -1 if header else 0, 1
+    with _open_text(path) as f:
+        reader = csv.reader(f, delimiter=sep)
+        for fields in reader:
+            if fields and (len(fields) > 1 or fields[0].strip()):
+                if row in rows:
+                    found[row] = start
+                row += 1
+            start = reader.line_num + 1
+    return found
+
+
+def _stray_cells(table: Any) -> dict[str, np.ndarray]:
+    """The rows (positions) of the cells that are not numbers of each text column of
+    `table` that is numbers but for them (more numbers than other values): typos to fix,
+    not a column to leave out."""
+    import pandas as pd
+
+    strays = {}
+    for name in table.columns:
+        column = table[name]
+        stray = np.flatnonzero(column.notna() & pd.to_numeric(column, errors="coerce").isna())
+        if 0 < len(stray) < column.notna().sum() - len(stray):
+            strays[name] = stray
+    return strays
+
+
+def _typos(table: Any, strays: dict[str, np.ndarray], path: Path, sep: str,
+           header: bool) -> str:
+    """What to fix of the `strays` (`_stray_cells`): their values and lines, up to 5 a
+    column; a ValueError where they are all the first line of a file read without header."""
+    rows = sorted({int(r) for stray in strays.values() for r in stray})
+    lines = _line_numbers(path, sep, header, rows)
+    # the data row where the csv module and pandas count otherwise
+    where = {r: f"line {lines[r]}" if r in lines else f"data row {r + 1}" for r in rows}
+    if not header and rows == [0]:
+        raise ValueError(f"{path}: {where[0]} is not numbers in columns "
+                         f"{[str(c) for c in strays][:10]}: column names? Read it with "
+                         "header=True (--header for aetk preprocess, data.header in the "
+                         "pipeline's config)")
+    found = []
+    for name, stray in strays.items():
+        cells = [f"{table[name].iloc[r]!r} ({where[r]})" for r in stray[:5]]
+        more = f" and {len(stray) - 5} more" if len(stray) > 5 else ""
+        found.append(f"column {str(name)!r} holds numbers but for {len(stray)} "
+                     f"value{'s' * (len(stray) > 1)}: {', '.join(cells)}{more}")
+    them = "them" if sum(map(len, strays.values())) > 1 else "it"
+    return f"{'; '.join(found)}; fix or remove {them} (an empty field is a missing value)"
+
+
 def _read_table(path: Path, labels: str | None, header: bool | None,
                 drop_columns: list[str]) -> tuple[RawData, Any]:
     try:
@@ -492,6 +548,11 @@ def _parse_table(path: Path, labels: str | None, header: bool | None,
     bad = [str(c) for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
     if bad:
         _decimal_commas(table[bad], path, sep)
+        strays = _stray_cells(table[bad])
+        typos = _typos(table, strays, path, sep, header) if strays else ""
+        bad = [c for c in bad if c not in strays]
+        if not bad:
+            raise ValueError(f"{path}: {typos}")
         if len(table.columns) == 1:  # e.g. np.savetxt's spaces: one field per line
             raise ValueError(f"{path}: one column, of text ({str(table.columns[0])[:40]!r}"
                              "...): separate the fields by commas, tabs or semicolons, and begin "
@@ -502,7 +563,8 @@ def _parse_table(path: Path, labels: str | None, header: bool | None,
                  "R's write.csv write it)"
                  if bad[0] == str(first) and table[first].is_unique
                  and table[first].astype(str).str.contains("[A-Za-z]").all() else "")
-        raise ValueError(f"{path}: non-numeric columns {bad[:10]}; name the label column "
+        raise ValueError(f"{path}: {typos + '; and ' if typos else ''}non-numeric columns "
+                         f"{bad[:10]}; name the label column "
                          "with `labels` (aetk preprocess --labels, data.labels in the "
                          "pipeline's config) and leave out the others, such as sample IDs, "
                          "with `drop_columns` (aetk preprocess --drop-columns, "
