@@ -137,6 +137,31 @@ def test_preprocess_drops_columns_by_name(tmp_path: Path, capsys: pytest.Capture
     assert "drop_columns" not in json.loads(storage.read_data(out).attrs["config"])
 
 
+def test_preprocess_refuses_its_own_source_store_as_its_output(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`preprocess --source d.zarr --out d.zarr` rewrote the store without its labels and
+    transforms (its values still transformed) and drew a new split: refused before anything
+    is written, however the path is spelled; another output reads it as before."""
+    table = pd.DataFrame(np.arange(24.0).reshape(8, 3), columns=["a", "b", "c"])
+    table["group"] = list("xyxyxyxy")
+    table.to_csv(tmp_path / "t.csv", index=False)
+    store = tmp_path / "d.zarr"
+    assert cli.main(["preprocess", "--source", str(tmp_path / "t.csv"), "--labels", "group",
+                     "--transforms", "log1p", "--out", str(store)]) == 0
+    (tmp_path / "link.zarr").symlink_to(store)
+    monkeypatch.chdir(tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    for source, out in ((store, store), ("d.zarr", store), (f"{store}/", "d.zarr"),
+                        ("link.zarr", "./d.zarr/"), (store, "link.zarr")):
+        assert cli.main(["preprocess", "--source", str(source), "--out", str(out)]) == 1
+        assert capsys.readouterr().err.startswith(
+            f"aetk preprocess: error: {Path(out)} is the input --source {source}: the output "
+            "is the source, which writing it would replace; give another output path"), out
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+    assert cli.main(["preprocess", "--source", "d.zarr", "--out", "copy.zarr"]) == 0
+    assert storage.read_data("copy.zarr").x.shape == (8, 3)
+
+
 def test_train_refuses_data_by_the_stored_row(tmp_path: Path,
                                               capsys: pytest.CaptureFixture) -> None:
     """Not counts for a Poisson decoder: the row is the store's and the file's (was the

@@ -326,18 +326,35 @@ def check_creatable(path: str | Path) -> None:
         raise PermissionError(f"cannot write {path}: no permission to write in {parent}")
 
 
-def check_replaceable(path: str | Path, kind: str | None) -> None:
+def _holds(path: Path, other: Path) -> bool:
+    """Whether the existing `path` is a folder above the existing `other`, however either is
+    spelled (relative or absolute, a trailing slash, `~`, symbolic links)."""
+    return any(os.path.samefile(p, path) for p in other.expanduser().resolve().parents)
+
+
+def check_replaceable(path: str | Path, kind: str | None,
+                      inputs: dict[str, str | Path] | None = None) -> None:
     """Refuse (`FileExistsError`) to write a store whose `store` attribute is `kind` (None:
     a store without one) over `path`, unless it is absent, an empty folder or a zarr store
     of the same kind: an output path given by mistake (an input store, a model, a data
     file) must not be deleted. A store made by hand (no kind, as `aetk preprocess` reads)
-    is replaced only by another without one. A path that cannot be created at all is
-    refused too (`check_creatable`)."""
+    is replaced only by another without one. `inputs` (option: path) are what the command
+    reads: `path` must not be one of them, nor hold one, even of the same kind (`aetk
+    preprocess` reading its own output). A path that cannot be created at all is refused
+    too (`check_creatable`)."""
     check_creatable(path)
     path = Path(path)
     if not (path.exists() or path.is_symlink()):
         return
     if path.is_dir() and (_store_kind(path) == (kind or "") or not any(path.iterdir())):
+        for option, given in (inputs or {}).items():
+            # a store of the kind written, which would be replaced and lose what only it held
+            source = Path(given).expanduser()
+            if source.exists() and (os.path.samefile(path, source) or _holds(path, source)):
+                how = "is" if os.path.samefile(path, source) else "holds"
+                raise FileExistsError(f"{path} {how} the input {option} {given}: the output "
+                                      "is the source, which writing it would replace; give "
+                                      "another output path")
         return
     what = (f"an aetk {STORES[kind][0]} store" if kind in STORES
             else f"a store of kind {kind!r}" if kind else "a zarr store made by hand")

@@ -15,7 +15,8 @@ from aetk.cli.args import add_command, fraction, parse_spec, positive, seed
 
 
 def cmd_preprocess(args: argparse.Namespace) -> None:
-    storage.check_replaceable(args.out, "aetk-data")
+    storage.check_replaceable(args.out, "aetk-data", {} if args.source in data_mod.BUNDLED
+                              else {"--source": args.source})
     transforms = [parse_spec(t) for t in args.transforms]
     settings = {
         "source": args.source, "key": args.key, "labels": args.labels,
