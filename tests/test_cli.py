@@ -2134,7 +2134,7 @@ def test_an_output_path_given_by_mistake_is_refused_before_any_work(
          " it is a model directory (from `aetk train`)"),
         (["preprocess", "--source", str(table), "--out", str(table)],
          f"aetk preprocess: error: {table} exists and is not an aetk data store to replace: it"
-         " is a file"),
+         " is a training history (from `aetk train`)"),
         (["sample", "--model", str(model), "--n", "2", "--out", str(latent)],
          f"aetk sample: error: {latent} exists and is not an aetk sample store to replace: it "
          "is a latent store (from `aetk encode`)"),
@@ -2190,6 +2190,63 @@ def test_an_output_path_given_by_mistake_is_refused_before_any_work(
     # a store of the same kind is replaced, as before
     assert cli.main(["encode", "--data", str(data), "--model", str(model), "--n-examples",
                      "2", "--n-generated", "2", "--out", str(latent)]) == 0
+
+
+def test_plain_file_outputs_replace_only_their_own_kind(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """`train --history counts.csv` replaced the user's data file with the loss table, as
+    `report summary --table` did any file: each table replaces only a table of its kind (by
+    its header line, as written) or an empty file, and refuses anything else before the
+    work; --history or --out in the data store, --history the --checkpoint-dir likewise."""
+    counts, data, model = tmp_path / "counts.csv", tmp_path / "d.zarr", tmp_path / "m"
+    history, latent, table = tmp_path / "h.tsv", tmp_path / "l.zarr", tmp_path / "t.tsv"
+    pd.DataFrame(np.random.default_rng(0).random((16, 4)), columns=list("abcd")).to_csv(
+        counts, index=False)
+    train = ["train", "--data", str(data), "--model", "vae", "--likelihood", "bernoulli",
+             "--hidden", "8", "--epochs", "1", "--no-progress", "--device", "cpu"]
+    summary = ["report", "summary", "--runs", "r", "--histories", str(history), "--latents",
+               str(latent), "--curves", str(tmp_path / "c.png")]
+    assert cli.main(["preprocess", "--source", str(counts), "--out", str(data)]) == 0
+    assert cli.main([*train, "--out", str(model), "--history", str(history)]) == 0
+    assert cli.main(["encode", "--data", str(data), "--model", str(model), "--n-examples",
+                     "2", "--n-generated", "2", "--device", "cpu", "--out", str(latent)]) == 0
+    assert cli.main([*summary, "--table", str(table)]) == 0
+    capsys.readouterr()
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    new = ["--out", str(tmp_path / "new")]
+    cases = [
+        ([*train, *new, "--history", str(counts)], f"aetk train: error: {counts} exists and "
+         "is not a training history to replace: it is a file; give another output path, or "
+         "remove it first"),
+        ([*train, *new, "--history", str(table)], f"aetk train: error: {table} exists and is "
+         "not a training history to replace: it is a comparison table (from `aetk report "
+         "summary`)"),
+        ([*train, *new, "--history", str(data / "h.tsv")], f"aetk train: error: --history "
+         f"{data / 'h.tsv'} is in the zarr store {data}, a data store (from `aetk "
+         "preprocess`): give a file for the table outside it"),
+        ([*train, "--out", str(data / "m"), "--history", str(tmp_path / "new.tsv")],
+         f"aetk train: error: --out {data / 'm'} is in the zarr store {data}"),
+        ([*train, *new, "--history", str(tmp_path / "ck"), "--checkpoint-dir",
+          str(tmp_path / "ck")], f"aetk train: error: --history {tmp_path / 'ck'} is the "
+         "--checkpoint-dir: give the table a path of its own"),
+        ([*summary, "--table", str(counts)], f"aetk report summary: error: {counts} exists "
+         "and is not a comparison table to replace: it is a file"),
+        ([*summary, "--table", str(history)], f"aetk report summary: error: {history} exists "
+         "and is not a comparison table to replace: it is a training history (from `aetk "
+         "train`)"),
+    ]
+    for argv, message in cases:
+        assert cli.main(argv) == 1, argv
+        out, err = capsys.readouterr()
+        assert err.startswith(message), argv
+        assert "epoch" not in out, argv  # no training before the refusal
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+    # a table of its own kind is replaced, as before, and so is an empty file
+    (tmp_path / "empty.tsv").touch()
+    for name in ("h.tsv", "empty.tsv"):
+        assert cli.main([*train, "--out", str(model), "--history", str(tmp_path / name)]) == 0
+        assert pd.read_csv(tmp_path / name, sep="\t")["epoch"].tolist() == [1]
+    assert cli.main([*summary, "--table", str(table)]) == 0
 
 
 def test_the_hidden_defaults_are_each_stated(capsys: pytest.CaptureFixture) -> None:

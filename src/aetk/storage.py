@@ -294,6 +294,24 @@ def spanning_codes(latent: Any) -> str:
     return "validation" if n > 1 else "training" if n == 0 else "all"
 
 
+# the tables the CLI writes (TSV) -> the first fields of their header line, as written (fit's
+# history, report.comparison_table), what they are and the command that writes them
+TABLES = {"history": (("epoch", "train_loss"), "training history", "aetk train"),
+          "comparison": (("run", "model", "likelihood"), "comparison table",
+                         "aetk report summary")}
+
+
+def _table_kind(path: Path) -> str | None:
+    """The kind (a key of `TABLES`) of the file `path` by its header line, or None."""
+    try:
+        with open(path, "rb") as f:
+            fields = f.readline(1 << 16).rstrip(b"\r\n").split(b"\t")
+    except OSError:
+        return None
+    return next((kind for kind, (head, *_) in TABLES.items()
+                 if fields[:len(head)] == [h.encode() for h in head]), None)
+
+
 def what_is(path: Path) -> str:
     """What the existing `path` is, for messages: "a model directory (from `aetk train`)",
     "a latent store (from `aetk encode`)", ..., "a file", "an empty folder", "no zarr
@@ -301,7 +319,8 @@ def what_is(path: Path) -> str:
     if path.is_symlink() and not path.exists():
         return "a broken symbolic link"
     if not path.is_dir():
-        return "a file"
+        kind = _table_kind(path)
+        return f"a {TABLES[kind][1]} (from `{TABLES[kind][2]}`)" if kind else "a file"
     if (path / "config.json").is_file():
         return "a model directory (from `aetk train`)"
     found = _store_kind(path)
@@ -330,6 +349,31 @@ def _holds(path: Path, other: Path) -> bool:
     """Whether the existing `path` is a folder above the existing `other`, however either is
     spelled (relative or absolute, a trailing slash, `~`, symbolic links)."""
     return any(os.path.samefile(p, path) for p in other.expanduser().resolve().parents)
+
+
+def check_outside_stores(path: str | Path, option: str, what: str) -> None:
+    """Refuse an output `path` that is or lies in a zarr store: the figures or tables would
+    be written among its variables."""
+    store = enclosing_store(path)
+    if store is not None:
+        raise ValueError(f"{option} {path} is in the zarr store {store}, {what_is(store)}: "
+                         f"give {what} outside it")
+
+
+def check_table_replaceable(path: str | Path, kind: str) -> None:
+    """Refuse (`FileExistsError`) to write a table of `kind` (a key of `TABLES`) over `path`,
+    unless it is absent, an empty file or a table of that kind (by its header line, as aetk
+    writes it): an output path given by mistake (the data file, an input table, a model's
+    weights) must not be replaced. A path that cannot be created is refused too
+    (`check_creatable`)."""
+    check_creatable(path)
+    path = Path(path).expanduser()
+    if not (path.exists() or path.is_symlink()):
+        return
+    if path.is_file() and (path.stat().st_size == 0 or _table_kind(path) == kind):
+        return
+    raise FileExistsError(f"{path} exists and is not a {TABLES[kind][1]} to replace: it is "
+                          f"{what_is(path)}; give another output path, or remove it first")
 
 
 def check_replaceable(path: str | Path, kind: str | None,

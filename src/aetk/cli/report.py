@@ -14,15 +14,6 @@ from aetk import storage
 from aetk.cli.args import add_command
 
 
-def check_outside_stores(path: Path, option: str, what: str) -> None:
-    """Refuse an output `path` that is or lies in a zarr store: the figures or tables would
-    be written among its variables."""
-    store = storage.enclosing_store(path)
-    if store is not None:
-        raise ValueError(f"{option} {path} is in the zarr store {store}, "
-                         f"{storage.what_is(store)}: give {what} outside it")
-
-
 def cmd_report_run(args: argparse.Namespace) -> None:
     from aetk import report
 
@@ -35,7 +26,7 @@ def cmd_report_run(args: argparse.Namespace) -> None:
     out = Path(args.out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out-dir {out} is a file: give a folder for the figures")
-    check_outside_stores(out, "--out-dir", "a folder for the figures")
+    storage.check_outside_stores(out, "--out-dir", "a folder for the figures")
     out.mkdir(parents=True, exist_ok=True)
     names = stored.attrs.get("feature_names")  # the latent store keeps no feature names
     report.plot_latent(latent, out / "latent.png")
@@ -50,7 +41,7 @@ def cmd_report_geodesics(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     out = out if out.suffix else out.with_suffix(".png")  # matplotlib adds it: say so
-    check_outside_stores(out, "--out", "a file for the figure")
+    storage.check_outside_stores(out, "--out", "a file for the figure")
     latent = storage.read_store(args.latent, "aetk-latent")
     geodesics = storage.read_store(args.geodesics, "aetk-geodesics")
     fitted_on, given = geodesics.attrs.get("config_hash"), latent.attrs.get("config_hash")
@@ -112,7 +103,10 @@ def cmd_report_summary(args: argparse.Namespace) -> None:
     for option, path in (("--curves", args.curves), ("--table", args.table),
                          ("--figure", args.figure)):
         if path:
-            check_outside_stores(Path(path), option, "a file of its own")
+            storage.check_outside_stores(Path(path), option, "a file of its own")
+    # the figures replace figures only (matplotlib refuses other suffixes and adds .png
+    # where there is none); the table likewise, by its header
+    storage.check_table_replaceable(args.table, "comparison")
     latents = {r: storage.read_store(p, "aetk-latent") for r, p in zip(args.runs, args.latents,
                                                                strict=True)}
     for (run, ds), path in zip(latents.items(), args.latents, strict=True):
@@ -201,7 +195,8 @@ def add_parser(sub: Any) -> None:
     q.add_argument("--data", help="the data store: with categorical labels, a classifier "
                    "trained on it scores each run's generated samples")
     q.add_argument("--curves", required=True, help="training-curves figure to write (.png)")
-    q.add_argument("--table", required=True, help="comparison table to write (.tsv)")
+    q.add_argument("--table", required=True, help="comparison table to write (.tsv; an existing "
+                   "file is replaced only when it is a comparison table)")
     q.add_argument("--figure", help="comparison figure to write (.png): per run, log p(x) "
                    "and the ELBO, the KL split into mutual information and prior mismatch, "
                    "the reconstruction error and, with --data, the classifier's score")

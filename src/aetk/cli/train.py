@@ -213,6 +213,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     # outputs first: a path given by mistake is refused before the training, not after
     check_model_target(args.out)
+    storage.check_outside_stores(args.out, "--out", "a folder for the model")  # e.g. --data
     if Path(args.history).expanduser().is_dir():
         raise ValueError(f"--history {args.history} is a folder: give the table's file name "
                          "(.tsv)")
@@ -221,7 +222,13 @@ def cmd_train(args: argparse.Namespace) -> None:
         # one failed after the training, the other replaced the saved weights with the table
         raise ValueError(f"--history {args.history} is the model folder --out {args.out} or "
                          "inside it: give the table a path of its own")
-    storage.check_creatable(args.history)
+    if args.checkpoint_dir is not None \
+            and history == Path(args.checkpoint_dir).expanduser().resolve():
+        raise ValueError(f"--history {args.history} is the --checkpoint-dir: give the table a "
+                         "path of its own")
+    storage.check_outside_stores(args.history, "--history", "a file for the table")
+    # the user's data file, another table, a checkpoint: not replaced by this one
+    storage.check_table_replaceable(args.history, "history")
     torch.set_num_threads(args.threads)
     check_clip_grad_norm(args.clip_grad_norm, "--clip-grad-norm")  # before reading data
     penalties = [make_penalty(spec) for spec in args.penalty]
@@ -347,7 +354,8 @@ def add_parser(sub: Any) -> None:
         "        --history: per-epoch losses (TSV)")
     p.add_argument("--data", required=True, help="data store (.zarr)")
     p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--history", required=True, help="history table to write (.tsv)")
+    p.add_argument("--history", required=True, help="history table to write (.tsv; an "
+                   "existing file is replaced only when it is a history table)")
     p.add_argument("--model", required=True,
                    help=f"model name: {', '.join(build.MODELS)} (the README describes each)")
     p.add_argument("--likelihood", required=True,
