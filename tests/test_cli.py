@@ -158,8 +158,13 @@ def test_preprocess_refuses_its_own_source_store_as_its_output(
             f"aetk preprocess: error: {Path(out)} is the input --source {source}: the output "
             "is the source, which writing it would replace; give another output path"), out
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
-    assert cli.main(["preprocess", "--source", "d.zarr", "--out", "copy.zarr"]) == 0
-    assert storage.read_data("copy.zarr").x.shape == (8, 3)
+    # nor as the source of another store: it would lose its labels and transforms there
+    assert cli.main(["preprocess", "--source", "d.zarr", "--out", "copy.zarr"]) == 1
+    assert capsys.readouterr().err == (
+        f"aetk preprocess: error: d.zarr is an aetk data store (from `aetk preprocess` of "
+        f"{tmp_path / 't.csv'}), its values already transformed (log1p) and split: train on "
+        "it as it is, or preprocess its source again\n")
+    assert not (tmp_path / "copy.zarr").exists()
 
 
 def test_train_refuses_data_by_the_stored_row(tmp_path: Path,

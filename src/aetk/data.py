@@ -588,6 +588,14 @@ def _read_zarr(path: Path, key: str | None, labels: str | None) -> tuple[RawData
         return _flatten(node[...], str(path)), None
     if node.attrs.get("encoding-type") == "anndata":  # adata.write_zarr: read as a .h5ad
         return _read_anndata(node, path, key, labels)
+    if node.attrs.get("store") == "aetk-data":
+        # read as a source, its transformed values would be transformed again, without
+        # its labels, transforms and split
+        steps = ", ".join(t.get("name", "?") for t in node.attrs.get("transforms") or [])
+        raise ValueError(f"{path} is an aetk data store (from `aetk preprocess` of "
+                         f"{node.attrs.get('source')}), its values already transformed "
+                         f"({steps or 'none'}) and split: train on it as it is, or "
+                         "preprocess its source again")
     # arrays in subgroups too, by their path ("counts/raw"): a group of groups listed none
     arrays = sorted(name for name, a in node.members(max_depth=None) if isinstance(a, zarr.Array))
     data = _flatten(node[_pick_key(arrays, key, "array", str(path))][...], str(path))
