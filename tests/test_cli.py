@@ -2175,6 +2175,18 @@ def test_an_output_path_given_by_mistake_is_refused_before_any_work(
           str(latent), "--curves", str(tmp_path / "c.png"), "--table", str(data / "t.tsv")],
          f"aetk report summary: error: --table {data / 't.tsv'} is in the zarr store {data}, "
          "a data store (from `aetk preprocess`): give a file of its own outside it"),
+        # the table wrote over the figure; a suffix matplotlib lacks failed after the work
+        (["report", "summary", "--runs", "r", "--histories", str(table), "--latents",
+          str(latent), "--curves", str(tmp_path / "c.png"), "--table", f"{tmp_path}//c.png"],
+         f"aetk report summary: error: --curves and --table are the same file, "
+         f"{tmp_path / 'c.png'}: give each its own"),
+        (["report", "summary", "--runs", "r", "--histories", str(table), "--latents",
+          str(latent), "--curves", str(tmp_path / "c.tsv"), "--table", str(tmp_path / "t")],
+         f"aetk report summary: error: --curves {tmp_path / 'c.tsv'}: matplotlib writes no "
+         ".tsv figures; give one of ."),
+        (["report", "geodesics", "--latent", str(latent), "--geodesics", str(latent),
+          "--out", str(tmp_path / "g.v2")], f"aetk report geodesics: error: --out "
+         f"{tmp_path / 'g.v2'}: matplotlib writes no .v2 figures"),
         # a path under a file cannot be created: refused before the work, not after it
         ([*train, "--out", str(table / "m"), "--history", str(tmp_path / "new.tsv")],
          f"aetk train: error: cannot write {table / 'm'}: {table} is a file, not a folder"),

@@ -4,6 +4,7 @@ checks that the stores and histories given belong together."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,18 @@ import numpy as np
 
 from aetk import storage
 from aetk.cli.args import add_command
+
+
+def check_figure_path(path: str | Path, option: str) -> None:
+    """Refuse, before any work, a figure path whose suffix matplotlib cannot write (it
+    would fail only at the end); none is PNG, as matplotlib takes it."""
+    from matplotlib.figure import Figure
+
+    suffix = Path(path).suffix.lower().lstrip(".")
+    formats = Figure().canvas.get_supported_filetypes()
+    if suffix and suffix not in formats:
+        raise ValueError(f"{option} {path}: matplotlib writes no .{suffix} figures; give one of "
+                         f".{', .'.join(sorted(formats))}")
 
 
 def cmd_report_run(args: argparse.Namespace) -> None:
@@ -41,6 +54,7 @@ def cmd_report_geodesics(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     out = out if out.suffix else out.with_suffix(".png")  # matplotlib adds it: say so
+    check_figure_path(out, "--out")
     storage.check_outside_stores(out, "--out", "a file for the figure")
     latent = storage.read_store(args.latent, "aetk-latent")
     geodesics = storage.read_store(args.geodesics, "aetk-geodesics")
@@ -100,10 +114,15 @@ def cmd_report_summary(args: argparse.Namespace) -> None:
     repeated = sorted({r for r in args.runs if args.runs.count(r) > 1})
     if repeated:
         raise ValueError(f"--runs names {', '.join(repeated)} more than once: one entry per run")
-    for option, path in (("--curves", args.curves), ("--table", args.table),
-                         ("--figure", args.figure)):
-        if path:
-            storage.check_outside_stores(Path(path), option, "a file of its own")
+    outputs = {option: path for option, path in (("--curves", args.curves),
+               ("--table", args.table), ("--figure", args.figure)) if path}
+    for option, path in outputs.items():
+        storage.check_outside_stores(Path(path), option, "a file of its own")
+        if option != "--table":
+            check_figure_path(path, option)
+    for (one, a), (other, b) in itertools.combinations(outputs.items(), 2):
+        if Path(a).expanduser().resolve() == Path(b).expanduser().resolve():
+            raise ValueError(f"{one} and {other} are the same file, {a}: give each its own")
     # the figures replace figures only (matplotlib refuses other suffixes and adds .png
     # where there is none); the table likewise, by its header
     storage.check_table_replaceable(args.table, "comparison")
