@@ -51,15 +51,20 @@ class Decoder(nn.Module):
 
 
 def check_support(decoder: nn.Module, y: torch.Tensor, name: str, latent_dim: int) -> None:
-    """ValueError for data `y` outside the support of a user decoder's distribution (one
-    without a `check_data` of its own: a Bernoulli likelihood given counts), read at the
-    latent origin in evaluation mode. Torch checks values only where a distribution
-    validates its arguments, and then inside the first training step; without that the
-    loss is silently wrong. A decoder that cannot be called so (latents of another shape)
-    or returns no distribution is left to its own errors, and so is a distribution that
-    declares no support, or a `dependent` one (torch's own "cannot determine validity").
-    A conditional decoder (its `nets.Conditioned` networks) is read at conditions 0."""
-    if not isinstance(decoder, nn.Module):
+    """ValueError for data `y` that a user decoder's distribution (one without a
+    `check_data` of its own) cannot score, read at the latent origin in evaluation mode:
+    values outside its support (counts for a Bernoulli), and values at a closed end of an
+    interval support where its density is infinite or zero (a Beta's at exactly 0 or 1),
+    which make the loss infinite (`_check_ends`). Each names the row, the column and the
+    value. Torch checks the support only where a distribution validates its arguments, and
+    then inside the first training step; without that the loss is silently wrong, and an
+    infinite density fails later, in a step that blames the learning rate.
+
+    A decoder that cannot be called so (latents of another shape) or returns no
+    distribution is left to its own errors, and so is a distribution that declares no
+    support, a `dependent` one (torch's own "cannot determine validity"), or `real`. A
+    conditional decoder (its `nets.Conditioned` networks) is read at conditions 0."""
+    if not isinstance(decoder, nn.Module) or not y.numel():
         return
     param = next(decoder.parameters(), None)
     z = torch.zeros(1, latent_dim, dtype=y.dtype if param is None else param.dtype,
@@ -86,34 +91,121 @@ def check_support(decoder: nn.Module, y: torch.Tensor, name: str, latent_dim: in
     # every value is in `real`; a `dependent` one cannot be checked
     if base is D.constraints.real or D.constraints.is_dependent(base):
         return
-    inner = dist
-    while isinstance(inner, D.Independent):
-        inner = inner.base_dist
+    inner = _base_distribution(dist)
     # torch's own check (on by default) refuses what these widenings take, inside the first
     # step: they are for distributions that do not validate their arguments
     validates = getattr(inner, "_validate_args", False)
     if base is D.constraints.boolean and not validates:
         # as the built-in Bernoulli's, values in [0, 1] too
         base = D.constraints.unit_interval
-        support = D.constraints.independent(base, dims) if dims else base
     if isinstance(base, D.constraints._Multinomial) and not validates:
         # its log_prob takes counts of any total: not only up to its total_count
         base = D.constraints.nonnegative_integer
-        support = D.constraints.independent(base, dims + 1)
     y = y.to(z.device)
-    if _within_bounds(base, y):
-        return
+    kind = f"the decoder's {type(inner).__name__} distribution"
+    if not _within_bounds(base, y) and not _check_inside(base, y, name, kind):
+        return  # data of another shape: check_data's shape errors say more
+    _check_ends(inner, base, y, name, kind)
+
+
+def _base_distribution(dist: D.Distribution) -> D.Distribution:
+    """`dist` without its `Independent` wrappers: one density per value (or vector)."""
+    while isinstance(dist, D.Independent):
+        dist = dist.base_dist
+    return dist
+
+
+def _first(bad: torch.Tensor, y: torch.Tensor, event: int, start: int = 0) -> tuple[str, str]:
+    """The first True entry of `bad`, a mask of the rows `start` on of `y` (of its values,
+    or of its vectors of `event` axes), named as `validate._where` names it (row, flattened
+    column; for rows of several axes the index in the row too), and the value there."""
+    flat = bad.reshape(len(bad), -1)
+    row, col = (int(i) for i in flat.nonzero()[0])
+    value = y.reshape(len(y), flat.shape[1], *y.shape[y.dim() - event:])[start + row, col]
+    shown = (str(value.item()) if not event else f"the vector {value.flatten()[:8].tolist()}"
+             + ("..." if value.numel() > 8 else ""))
+    if flat.shape[1] == 1:
+        return f"row {start + row}", shown
+    where = f"row {start + row}, {'vector' if event else 'column'} {col}"
+    if bad.dim() > 2:
+        index = tuple(int(i) for i in torch.unravel_index(torch.tensor(col), bad.shape[1:]))
+        where += f" (index {index} in a row of shape {tuple(bad.shape[1:])})"
+    return where, shown
+
+
+def _check_inside(base: D.constraints.Constraint, y: torch.Tensor, name: str, kind: str
+                  ) -> bool:
+    """ValueError naming the first value of `y` outside `base` (the first vector, for a
+    constraint on vectors); True for data inside it, False for data that `base` cannot
+    check (of another shape)."""
+    event = base.event_dim
     try:
-        inside = support.check(y).reshape(len(y), -1).all(-1)
-    except RuntimeError:  # data of another shape: check_data's shape errors say more
-        return
+        inside = base.check(y)
+    except RuntimeError:
+        return False
+    if inside.shape != y.shape[:y.dim() - event]:  # broadcast against bounds of another shape
+        return False
     if bool(inside.all()):
+        return True
+    bad = ~inside.reshape(len(y), -1) if inside.dim() < 2 else ~inside
+    where, shown = _first(bad, y, event)
+    raise ValueError(f"{name} data has {int(bad.sum())} {'vectors' if event else 'values'} "
+                     f"outside the support of {kind} ({base}){_validated(base)}; first at "
+                     f"{where}: {shown}; give data that this likelihood can score, or a "
+                     "decoder whose likelihood fits them")
+
+
+_SQUEEZE = " (e.g. x * (1 - 2e-3) + 1e-3 squeezes [0, 1] into [0.001, 0.999])"
+
+
+def _closed_ends(base: D.constraints.Constraint) -> list[tuple[str, float]]:
+    """The closed ends of the interval `base` that have number bounds: ("lower", 0.0)."""
+    kind = _INTERVALS.get(type(base))
+    if kind is None:
+        return []
+    ends = [("lower", getattr(base, "lower_bound", None), kind[0]),
+            ("upper", getattr(base, "upper_bound", None), kind[1])]
+    return [(side, float(bound)) for side, bound, closed in ends
+            if closed and bound is not None and not isinstance(bound, torch.Tensor)]
+
+
+def _unit(base: D.constraints.Constraint) -> bool:
+    """Whether `base` is the interval [0, 1] (the squeeze's example fits)."""
+    return [end for _, end in _closed_ends(base)] == [0.0, 1.0]
+
+
+def _check_ends(inner: D.Distribution, base: D.constraints.Constraint, y: torch.Tensor,
+                name: str, kind: str) -> None:
+    """ValueError naming the first value of `y` at a closed end of the interval `base` where
+    the density of `inner` (the decoder's at z = 0) is infinite or zero, as a Beta's at
+    exactly 0 or 1 or a Gamma's at 0: inside the support, but the loss would be infinite
+    (and the step that meets it blames the learning rate). One `log_prob` of a row at each
+    end the data reach, whatever their size; a density finite at an end (an exponential's
+    0, a Beta's for a first concentration of 1) passes."""
+    ends = _closed_ends(base)
+    if not ends:
         return
-    i = int((~inside).nonzero()[0])
-    raise ValueError(f"{name} data row {i} has values outside the support of the decoder's "
-                     f"{type(inner).__name__} distribution ({base}; the row begins "
-                     f"{y[i].flatten()[:5].tolist()}){_validated(base)}: give data that this "
-                     "likelihood can score, or a decoder whose likelihood fits them")
+    low, high = (float(v) for v in y.aminmax())
+    for side, end in ends:
+        if end not in (low, high):
+            continue
+        try:
+            with torch.no_grad():
+                lp = inner.log_prob(torch.full_like(y[:1], end))
+        except Exception:  # any class, as for the decoder's call in check_support
+            return
+        if lp.shape != y[:1].shape:  # a distribution of vectors: left to training
+            return
+        # NaN: parameters undefined at z = 0 (a decoder of z / |z|), which says nothing
+        at = (y == end) & lp.isinf()
+        if bool(at.any()):
+            where, shown = _first(at, y, 0)
+            raise ValueError(
+                f"{name} data has {int(at.sum())} values at {end:g}, the {side} end of the "
+                f"support {base} of {kind}, where its density is infinite or zero (as a "
+                f"Beta's at exactly 0 or 1, a Gamma's at 0), so the loss would be infinite; "
+                f"first at {where}: {shown}; move the data off the ends"
+                f"{_SQUEEZE if _unit(base) else ''}, or choose a likelihood that scores them")
 
 
 def _validated(base: D.constraints.Constraint) -> str:
@@ -256,11 +348,20 @@ class BernoulliDecoder(_BuiltinDecoder):
 
     def forward(self, z: torch.Tensor) -> D.Independent:
         (logits,) = self.params(z)
-        # unvalidated, torch's log_prob is the stable BCE with logits, fractional targets too
-        return self._independent(D.Bernoulli(logits=logits, validate_args=False))
+        return self._independent(_ContinuousBernoulliTargets(logits=logits))
 
     def check_data(self, x: torch.Tensor, name: str) -> None:
         validate.check_range(x, name, 0.0, 1.0, "a Bernoulli decoder needs values in [0, 1]")
+
+
+class _ContinuousBernoulliTargets(D.Bernoulli):
+    """Bernoulli whose log_prob is the stable BCE with logits, also for targets in (0, 1)."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__(logits=logits, validate_args=False)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return -F.binary_cross_entropy_with_logits(self.logits, value, reduction="none")
 
 
 class GaussianDecoder(_BuiltinDecoder):
