@@ -2112,6 +2112,18 @@ def test_a_store_of_another_kind_names_the_command_that_makes_the_right_one(
     assert list(tmp_path.iterdir()) == []
 
 
+def _refused_before_any_work(cases: list[tuple[list[str], str]], capsys: pytest.CaptureFixture,
+                             root: Path, before: dict[Path, int]) -> None:
+    """Each command of `cases` fails with the start of its message, before any training,
+    and nothing under `root` changed from `before` (modification times)."""
+    for argv, message in cases:
+        assert cli.main(argv) == 1, argv
+        out, err = capsys.readouterr()
+        assert err.startswith(message), argv
+        assert "epoch" not in out, argv  # no training before the refusal
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before
+
+
 def test_an_output_path_given_by_mistake_is_refused_before_any_work(
         steps: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """An output path that holds something else (an input store, a model, a data file) is
@@ -2198,12 +2210,7 @@ def test_an_output_path_given_by_mistake_is_refused_before_any_work(
         (["geodesics", "--model", str(model), "--latent", str(latent), "--out",
           str(table / "g.zarr")], f"aetk geodesics: error: cannot write {table / 'g.zarr'}"),
     ]
-    for argv, message in cases:
-        assert cli.main(argv) == 1, argv
-        out, err = capsys.readouterr()
-        assert err.startswith(message), argv
-        assert "epoch" not in out, argv  # no training before the refusal
-    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+    _refused_before_any_work(cases, capsys, tmp_path, before)
     # a store of the same kind is replaced, as before
     assert cli.main(["encode", "--data", str(data), "--model", str(model), "--n-examples",
                      "2", "--n-generated", "2", "--out", str(latent)]) == 0
@@ -2252,12 +2259,7 @@ def test_plain_file_outputs_replace_only_their_own_kind(tmp_path: Path,
          "and is not a comparison table to replace: it is a training history (from `aetk "
          "train`)"),
     ]
-    for argv, message in cases:
-        assert cli.main(argv) == 1, argv
-        out, err = capsys.readouterr()
-        assert err.startswith(message), argv
-        assert "epoch" not in out, argv  # no training before the refusal
-    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+    _refused_before_any_work(cases, capsys, tmp_path, before)
     # a table of its own kind is replaced, as before, and so is an empty file
     (tmp_path / "empty.tsv").touch()
     for name in ("h.tsv", "empty.tsv"):
