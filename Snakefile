@@ -6,6 +6,8 @@ Run with `snakemake --cores 2`; build the report with `snakemake --report result
 import sys
 from pathlib import Path
 
+import yaml
+
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -24,6 +26,24 @@ if BASE_CONFIG != "config.yaml":
 
 
 configfile: BASE_CONFIG
+
+
+BASE_SOURCE = yaml.safe_load(Path(BASE_CONFIG).read_text())["data"]["source"]
+
+
+# That base's data section (MNIST's, scaled and binarised) is of its own data: under an
+# overlay that names another source, only the overlay's data settings apply.
+OVERLAY_DATA = workflow.config_settings.overwrite_config.get("data") or {}
+if (
+    BASE_CONFIG != "config.yaml"
+    and OVERLAY_DATA.get("source", BASE_SOURCE) != BASE_SOURCE
+):
+    config["data"] = dict(OVERLAY_DATA)
+    print(
+        "note: the overlay names another data.source, so the base's data settings (for its own "
+        "data) are left out; those the overlay does not set take their defaults",
+        file=sys.stderr,
+    )
 
 
 report: "workflow/report/workflow.rst"

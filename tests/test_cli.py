@@ -167,6 +167,28 @@ def test_preprocess_refuses_its_own_source_store_as_its_output(
     assert not (tmp_path / "copy.zarr").exists()
 
 
+def test_a_count_likelihood_on_binarised_data_is_warned_of(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """0 and 1 are counts, so a Poisson trained on binarised counts (a base config's
+    transforms inherited) ran silently: preprocess names its transforms, train warns."""
+    x = np.random.default_rng(0).poisson(3, size=(40, 4)).astype(float)
+    pd.DataFrame(x, columns=list("abcd")).to_csv(tmp_path / "c.csv", index=False)
+    data = str(tmp_path / "d.zarr")
+    assert cli.main(["preprocess", "--source", str(tmp_path / "c.csv"), "--transforms",
+                     "scale01", "binarise", "--out", data]) == 0
+    assert "labels: none, transforms: scale01, binarise; wrote" in capsys.readouterr().out
+    train = ["train", "--data", data, "--hidden", "8", "--epochs", "1", "--no-progress",
+             "--device", "cpu", "--out", str(tmp_path / "m"), "--history",
+             str(tmp_path / "h.tsv"), "--model", "vae"]
+    assert cli.main([*train, "--likelihood", "poisson"]) == 0
+    assert capsys.readouterr().err == (
+        f"warning: {data} was binarised (transforms scale01, binarise), but poisson is a "
+        "likelihood of counts: it models 0/1 values here; leave out binarise for counts, or "
+        "train a bernoulli likelihood\n")
+    assert cli.main([*train, "--likelihood", "bernoulli"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_train_refuses_data_by_the_stored_row(tmp_path: Path,
                                               capsys: pytest.CaptureFixture) -> None:
     """Not counts for a Poisson decoder: the row is the store's and the file's (was the

@@ -530,6 +530,8 @@ def test_anndata_zarr_stores_read_as_h5ad_files(tmp_path: Path, zarr_format: int
         data.read_file(path, labels="nope")
     with pytest.raises(KeyError, match=r"a.zarr: no layer 'counts'; available: raw"):
         data.read_file(path, key="counts")
+    with pytest.raises(KeyError, match=r"b.h5ad: no layer 'counts'; it has no layers"):
+        data._pick_key([], "counts", "layer", "b.h5ad")  # was "available: " and nothing
 
 
 def test_missing_labels_are_refused_not_made_a_class(tmp_path: Path) -> None:

@@ -342,6 +342,28 @@ def test_another_directory_without_a_config_overlays_the_repositorys(tmp_path: P
     assert "binarise" in out.stdout
 
 
+def test_an_overlay_naming_its_own_data_leaves_out_the_bases_data_settings(
+        tmp_path: Path) -> None:
+    """Without a config.yaml in the directory, an overlay naming its own counts took the
+    repository's MNIST data settings with the base: `scale01 binarise:0.5` made the counts
+    0 or 1 (only those above half the largest 1), and Poisson trained on them, silently.
+    The overlay's data settings apply alone (unset ones at their defaults), and it says so;
+    one that names the base's source keeps the base's."""
+    wd, run = make_workdir(tmp_path / "workflow"), tmp_path / "run"
+    run.mkdir()
+    (run / "counts.csv").write_text("a,b\n1,20\n3,40\n")
+    base_source = yaml.safe_load((wd / "config.yaml").read_text())["data"]["source"]
+    for source, transforms in (("counts.csv", "--transforms scale01 --"), (base_source,
+                                                                         "binarise")):
+        (run / "my.yaml").write_text(f"data:\n  source: {source}\n"
+                                     "grid:\n  likelihoods: [poisson]\n")
+        out = snakemake(wd, "-n", "-p", "--directory", str(run), "--configfile",
+                        str(run / "my.yaml"))
+        preprocess = next(line for line in out.stdout.splitlines() if "aetk preprocess" in line)
+        assert transforms in preprocess
+        assert ("the overlay names another data.source" in out.stderr) == (source != base_source)
+
+
 @pytest.mark.parametrize(("devices", "expected"), [
     ({}, {"train": 1, "encode": 0, "geodesics": 0}),
     ({"train": "cpu", "encode": "cuda", "geodesics": "cuda:1"},
@@ -619,6 +641,10 @@ SCHEMA_ERRORS = [
     ({"data": {"seed": -1}}, "data.seed: -1 is less than the minimum of 0"),
     ({"data": {"drop_columns": "cell"}}, "data.drop_columns: 'cell' is not a list: write [cell]"),
     ({"grid": {"models": "vae"}}, "grid.models: 'vae' is not a list: write [vae]"),
+    ({"grid": {"conditional": True}}, "grid.conditional: True is not a list: write [true]"),
+    # PyYAML reads the README's 1e-3 as text: "'1e-3' is not of type 'number'" baffled
+    ({"train": {"lr": "1e-3"}}, "train.lr: '1e-3' is text to YAML (an exponent needs a dot): "
+     "write 0.001 or 1.0e-03"),
     ({"grid": {"seeds": [0, -1]}}, "grid.seeds.1: -1 is less than the minimum of 0"),
     ({"geodesics": {"seed": 2**32}},
      "geodesics.seed: 4294967296 is greater than the maximum of 4294967295"),

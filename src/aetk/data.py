@@ -226,7 +226,8 @@ def load_bundled(name: str, *, n_samples: int | None = None, noise: float = 0.05
 def _pick_key(keys: list[str], key: str | None, what: str, source: str) -> str:
     if key is not None:
         if key not in keys:
-            raise KeyError(f"{source}: no {what} {key!r}; available: {', '.join(keys)}")
+            there = f"available: {', '.join(keys)}" if keys else f"it has no {what}s"
+            raise KeyError(f"{source}: no {what} {key!r}; {there}")
         return key
     for default in ("x", "X", "data"):
         if default in keys:

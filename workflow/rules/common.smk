@@ -47,12 +47,23 @@ def message(error):
     the list; for an excluded value (`not`) the key's description; for a value no
     alternative fits (`oneOf`), the names they allow, or for an object with a known name
     (or none to know) what its own alternative says of its options."""
-    one = isinstance(error.instance, (str, int, float)) and not isinstance(
-        error.instance, bool
-    )
+    one = isinstance(error.instance, (str, int, float))
     if error.validator == "type" and error.validator_value == "array" and one:
         # "'vae' is not of type 'array'" did not say how to write one in YAML
-        return f"{error.instance!r} is not a list: write [{error.instance}]"
+        written = str(error.instance).lower() if isinstance(error.instance, bool) else None
+        return f"{error.instance!r} is not a list: write [{written or error.instance}]"
+    if (
+        error.validator == "type"
+        and error.validator_value in ("number", "integer")
+        and isinstance(error.instance, str)
+        and re.fullmatch(r"[+-]?\d+(\.\d*)?[eE][+-]?\d+", error.instance.strip())
+    ):
+        # YAML 1.1 (PyYAML) reads 1e-3 as text: an exponent needs a dot in the mantissa
+        number = float(error.instance)
+        return (
+            f"{error.instance!r} is text to YAML (an exponent needs a dot): write "
+            f"{number!r} or {number:.1e}"
+        )
     if error.validator == "not":
         return (
             f"{error.instance!r} is not allowed: {error.schema.get('description', '')}"

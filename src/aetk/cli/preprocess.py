@@ -52,7 +52,8 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
                                    source=w.source)
     n_val = int(prep.is_validation.sum())
     print(f"{args.source}: {len(prep.x)} samples ({len(prep.x) - n_val} train, {n_val} "
-          f"validation) x {prep.x.shape[1]} features, labels: {raw.label_kind}; "
+          f"validation) x {prep.x.shape[1]} features, labels: {raw.label_kind}, transforms: "
+          f"{', '.join(step.name for step in prep.pipeline.steps) or 'none'}; "
           f"wrote {args.out} in {time.perf_counter() - t0:.1f} s")
 
 

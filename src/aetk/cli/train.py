@@ -265,6 +265,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     except ValueError as err:  # outside the likelihood's support: say what to change
         steps = [step.name for step in stored.pipeline.steps]
         raise ValueError(f"{err}{support_hint(args.likelihood, steps)}") from None
+    binarised = [step.name for step in stored.pipeline.steps if step.name == "binarise"]
+    if binarised and args.likelihood in build.COUNT_LIKELIHOODS:
+        # 0 and 1 are counts too, so nothing else stops it: a base config's transforms
+        # inherited by one's own data, say
+        print(f"warning: {args.data} was binarised (transforms "
+              f"{', '.join(step.name for step in stored.pipeline.steps)}), but "
+              f"{args.likelihood} is a likelihood of counts: it models 0/1 values here; "
+              "leave out binarise for counts, or train a bernoulli likelihood",
+              file=sys.stderr)
     checkpoint = None
     if args.checkpoint_dir is not None:
         # named by the data's values too: new values in the same file train afresh
