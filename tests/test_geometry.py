@@ -679,6 +679,22 @@ def test_metric_for_picks_the_pullback_for_other_models():
     model = aetk.build_model("vae", "gaussian", in_features=5, latent_dim=2, hidden=(8,))
     metric = metric_for(model)
     assert isinstance(metric, PullbackMetric) and metric.decoder is model.decoder
+    assert metric_for(model, kind="fisher").kind == "fisher"
+
+
+def test_metric_for_an_rhvae_refuses_a_kind_it_would_ignore():
+    """`metric_for(rhvae, kind="fisher")` (or any kind, "nonsense" too) returned the RHVAE's
+    own metric, silently."""
+    rhvae = aetk.build_model("rhvae", "bernoulli", in_features=5, latent_dim=2, hidden=(8,),
+                             centroids=3)
+    rhvae.on_fit_start(torch.rand(6, 5))
+    assert isinstance(metric_for(rhvae), RHVAEMetric)
+    for kind in ("fisher", "nonsense"):
+        with pytest.raises(ValueError, match=rf"kind={kind!r}: an RHVAE's natural metric is "
+                                             rf"its own, G\(z\), of no kind; for a pull-back "
+                                             rf"through its decoder use PullbackMetric\("
+                                             rf"model.decoder, kind={kind!r}\)"):
+            metric_for(rhvae, kind=kind)
 
 
 def test_decoders_that_return_no_distribution_or_pool_their_batch_are_named():

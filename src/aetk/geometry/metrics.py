@@ -468,11 +468,15 @@ class PullbackMetric(Metric):
         return self._gram(z, v).diagonal(dim1=-2, dim2=-1)
 
 
-def metric_for(model: nn.Module, kind: str = "mean") -> Metric:
+def metric_for(model: nn.Module, kind: str | None = None) -> Metric:
     """The natural metric of a model: its own for an RHVAE (anything with `G`, `G_inv` and
-    `log_det_G`), otherwise the pull-back through `model.decoder` (`kind` as in
-    `PullbackMetric`)."""
+    `log_det_G`), which takes no `kind`, otherwise the pull-back through `model.decoder`
+    (`kind` as in `PullbackMetric`, default "mean")."""
     if all(callable(getattr(model, name, None)) for name in ("G", "G_inv", "log_det_G")):
+        if kind is not None:  # it was ignored: the RHVAE's metric came back for "fisher"
+            raise ValueError(f"kind={kind!r}: an RHVAE's natural metric is its own, G(z), of "
+                             "no kind; for a pull-back through its decoder use "
+                             f"PullbackMetric(model.decoder, kind={kind!r})")
         return RHVAEMetric(model)
     decoder = getattr(model, "decoder", None)
     if not callable(decoder):  # else an AttributeError from nn.Module, or one at first use
@@ -480,7 +484,7 @@ def metric_for(model: nn.Module, kind: str = "mean") -> Metric:
                         f"one with a decoder; {type(model).__name__} has neither. For a "
                         "decoder of your own use PullbackMetric(decoder), for a metric "
                         "function Metric(fn)")
-    return PullbackMetric(decoder, kind=kind)
+    return PullbackMetric(decoder, kind="mean" if kind is None else kind)
 
 
 def _grid_axes(bounds: Sequence[Sequence[float]], n: int | Sequence[int], what: str
