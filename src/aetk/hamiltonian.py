@@ -248,7 +248,7 @@ class CentroidMetric:
 
 def generalized_leapfrog(pos: Position, rho: Tensor, step_size: float, n_fixed_point: int,
                          metric: CentroidMetric, position: PositionFn
-                         ) -> tuple[Position, Tensor, Tensor, Tensor | None]:
+                         ) -> tuple[Position, Tensor, Tensor, Tensor]:
     """One implicit generalised leapfrog step for `H = U(z) + 1/2 rho^T G^{-1}(z) rho`.
 
     Both implicit half-steps are solved by `n_fixed_point` true fixed-point iterations
@@ -256,19 +256,30 @@ def generalized_leapfrog(pos: Position, rho: Tensor, step_size: float, n_fixed_p
     `rho~ = rho - eps/2 grad_z H(z, rho~)`, `z' = z + eps/2 [G^{-1}(z) + G^{-1}(z')] rho~`,
     then `rho' = rho~ - eps/2 grad_z H(z', rho~)`. Returns the new position, `rho'`, `rho~`
     and, per row, how far the last iteration still moved `rho~` and `z'`, relative to
-    their whole change over the step (the larger of the two; None for one iteration):
-    what `FlowMonitor` checks for convergence.
+    their whole change over the step (the larger of the two; for one iteration, how far
+    a second would move them): what `FlowMonitor` checks for convergence.
     """
     half = 0.5 * step_size
     rho_half = before = rho
     for _ in range(n_fixed_point):
         before, rho_half = rho_half, rho - half * (pos.grad + metric.kinetic_grad(pos, rho_half))
-    moved = None if n_fixed_point == 1 else _moved(rho, before, rho_half)
+    if n_fixed_point == 1:
+        # the explicit step: measured by the iteration it leaves out, which it does not use
+        with torch.no_grad():
+            before = rho_half
+            rho_next = rho - half * (pos.grad + metric.kinetic_grad(pos, rho_half))
+        moved = _moved(rho, before, rho_next)
+    else:
+        moved = _moved(rho, before, rho_half)
     v = mv(pos.metric.G_inv, rho_half)
     z = pos.z + step_size * v
     for _ in range(n_fixed_point - 1):
         before, z = z, pos.z + half * (v + mv(metric.inverse(z), rho_half))
-    if moved is not None:
+    if n_fixed_point == 1:
+        with torch.no_grad():
+            moved = torch.maximum(moved, _moved(pos.z, z, pos.z + half * (
+                v + mv(metric.inverse(z), rho_half))))
+    else:
         moved = torch.maximum(moved, _moved(pos.z, before, z))
     new = position(z)
     return (new, rho_half - half * (new.grad + metric.kinetic_grad(new, rho_half)), rho_half,
