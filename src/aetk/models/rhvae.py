@@ -388,7 +388,9 @@ class RHVAE(Model):
         """`n` latent points by HMC on the density proportional to `sqrt(det G^{-1}(z))`
         (Chadebec's RHVAE sampler, the spec's "Riemannian HMC": Riemannian in its target,
         the metric's inverse volume; its momenta have identity mass, as in pythae's), each
-        chain started at a random centroid."""
+        chain started at a random centroid. That density is not normalisable (the constant
+        `lambda^{d/2}` far from the centroids): longer chains drift outwards
+        (docs/geometry.md, section 5)."""
         metric = self.frozen_metric()
         start = metric.c[torch.randint(len(metric.c), (n,), device=metric.c.device)]
 
