@@ -146,6 +146,9 @@ class HVAE(Model):
     def posterior_sample(self, x: torch.Tensor) -> torch.Tensor:
         """z_K: a draw of `q(z|x)` moved by the tempered flow for x (the model's posterior
         approximation, not the encoder's)."""
+        # the flow scores x: data outside the likelihood's support diverged it, blaming
+        # the learning rate
+        self.check_data(x, "posterior_sample")
         return self._flow_from(self.posterior(x).rsample(), x, torch.is_grad_enabled()).z
 
     def importance_log_weights(self, q, target: torch.Tensor, n: int) -> torch.Tensor:

@@ -344,6 +344,7 @@ class RHVAE(Model):
     def posterior_sample(self, x: torch.Tensor) -> torch.Tensor:
         """z_K: a draw of `q(z|x)` moved by the flow for x under the frozen metric (the
         model's posterior approximation, not the encoder's)."""
+        self.check_data(x, "posterior_sample")  # as the HVAE's
         return self._flow_from(self.posterior(x).rsample(), x, self.frozen_metric(),
                                torch.is_grad_enabled()).z
 
