@@ -429,6 +429,25 @@ def test_reconstructions_show_the_data_above_their_reconstructions(monkeypatch) 
     np.testing.assert_array_equal(rows[1], recon)
 
 
+def test_reconstruction_heat_maps_name_each_examples_class() -> None:
+    """The caption says one example per class comes first, but the heat maps' rows read
+    "sample 0-3": with categorical labels each row names its class."""
+    data = np.random.default_rng(0).random((3, 5))
+    latent = xr.Dataset({"example_data": (("example", "feature"), data),
+                         "example_reconstruction": (("example", "feature"), data / 2),
+                         "example_index": (("example",), [4, 0, 2]),
+                         "label": (("sample",), [1, 0, 2, 2, 0], {"kind": "categorical"})},
+                        attrs={"label_names": ["B", "T", "NK"]})
+    axes = report.plot_reconstructions(latent).axes[:2]
+    for ax in axes:
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["B", "T", "NK"]
+        assert ax.get_ylabel() == "sample (its class)"
+    latent["label"].attrs["kind"] = "continuous"  # no classes to name
+    ax = report.plot_reconstructions(latent).axes[0]
+    assert ax.get_ylabel() == "sample" and "B" not in [t.get_text() for t in
+                                                       ax.get_yticklabels()]
+
+
 def test_image_rows_share_one_grey_scale() -> None:
     """Raw digits (0 to 16, e.g. for a categorical decoder) over reconstructions reaching
     only 8: one scale for every image, so 8 is drawn half as dark as 16 in every row (each

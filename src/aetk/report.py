@@ -235,16 +235,21 @@ def _feature_ticks(ax: Axes, names: list[str] | None, n: int) -> None:
 
 def _heatmaps(rows: list[np.ndarray], row_names: list[str], title: str,
               scale: tuple[mpl.colors.Normalize, str], ylabel: str = "sample",
-              feature_names: list[str] | None = None) -> Figure:
+              feature_names: list[str] | None = None,
+              sample_names: list[str] | None = None) -> Figure:
     """One heat map per entry of `rows` (its rows x features) on the colour `scale` of
-    `_heat_scale`, the features named by `feature_names` when given."""
+    `_heat_scale`, the features named by `feature_names` and the rows by `sample_names`
+    when given."""
     norm, label = scale
     # constrained: a two-line title (the traversals') ran into the panels' titles
     fig, axes = _subplots(1, len(rows), figsize=(4 * len(rows), 3.2), layout="constrained")
     for ax, row, name in zip(axes[0], rows, row_names, strict=True):
         im = ax.imshow(row, aspect="auto", interpolation="nearest", norm=norm, cmap="viridis")
         ax.set(title=name, xlabel="feature", ylabel=ylabel)
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        if sample_names is not None:
+            ax.set_yticks(range(len(sample_names)), sample_names, fontsize=8)
+        else:
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         _feature_ticks(ax, feature_names, row.shape[1])
     # values beyond the data's limits: an arrow at that end of the colour bar
     below = any(float(np.nanmin(row)) < norm.vmin for row in rows)
@@ -272,10 +277,23 @@ def plot_reconstructions(latent: xr.Dataset, path: Path | None = None,
         names += [f"as {c}" for c in classes[:moved.shape[1]]]
     shape = latent.attrs.get("image_shape")
     title = f"reconstructions: {_title(latent)}"
+    classes = _example_classes(latent)
     fig = (_image_grid(rows, tuple(shape), names, title) if shape
            else _heatmaps(rows, names, title, _heat_scale(latent),
-                          feature_names=feature_names))
+                          ylabel="sample" if classes is None else "sample (its class)",
+                          feature_names=feature_names, sample_names=classes))
     return _save(fig, path)
+
+
+def _example_classes(latent: xr.Dataset) -> list[str] | None:
+    """Each example's class name, where the labels are categorical (the examples are one
+    per class first: the heat maps' rows say which)."""
+    if "label" not in latent or "example_index" not in latent \
+            or latent["label"].attrs.get("kind") != "categorical":
+        return None
+    names = latent.attrs.get("label_names")
+    labels = latent["label"].values[latent["example_index"].values].astype(int)
+    return [str(names[c]) if names else str(c) for c in labels]
 
 
 def plot_samples(latent: xr.Dataset, stored: StoredData, path: Path | None = None) -> Figure:
