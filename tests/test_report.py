@@ -637,6 +637,88 @@ def test_sample_score_is_the_inception_score_of_the_classifier() -> None:
     assert scorer(np.zeros((2, 3))) == pytest.approx(np.exp(np.mean(kl)), rel=1e-12)
 
 
+def _grid_table() -> pd.DataFrame:
+    """`grid.conditional: [false, true]` over three count likelihoods: a vae and an rhvae of
+    each, conditional runs 20 nats higher (log p(x|c)), the errors of one data set."""
+    rows = []
+    for i, lik in enumerate(("poisson", "negative_binomial", "multinomial")):
+        for j, model in enumerate(("vae", "rhvae")):
+            for cond in (False, True):
+                ll = -160.0 + 15 * i - j + 20 * cond
+                rows.append({"run": f"{model}-{lik}" + "-cond" * cond, "likelihood": lik,
+                             "conditions": "labels" if cond else "none", "seed": 0,
+                             "val_log_marginal": ll, "val_elbo": ll - 5,
+                             "val_reconstruction_error": 2.0 + 0.3 * i + 0.01 * j + 0.1 * cond,
+                             "val_mutual_info": 3.0 + j, "val_marginal_kl": 0.5 + i})
+    return pd.DataFrame(rows)
+
+
+def _log_px_axes(fig) -> list:
+    """The panels of log p(x) (or log p(x|c)) and the ELBO, top to bottom."""
+    return [ax for ax in fig.axes if any(line.get_label().startswith("log p(x")
+                                         for line in ax.lines)]
+
+
+def test_conditional_runs_log_p_x_given_c_apart_from_the_unconditional() -> None:
+    """A conditional run's log p(x|c) is not comparable with an unconditional log p(x): each
+    likelihood's conditional runs have a panel of their own, whose legend and title say
+    log p(x|c) and ELBO given c (they shared the likelihood's panel as "log p(x)")."""
+    table = _grid_table()
+    fig = report.comparison_figure(table)
+    panels = _log_px_axes(fig)
+    assert len(panels) == 6  # 3 likelihoods x unconditional, conditional
+    for ax, (lik, cond) in zip(panels, [(lik, cond) for lik in table["likelihood"].unique()
+                                        for cond in (False, True)], strict=True):
+        runs = table[(table["likelihood"] == lik) & ((table["conditions"] != "none") == cond)]
+        dots = {line.get_label(): line for line in ax.lines}
+        log_px, elbo = ("log p(x|c)", "ELBO given c") if cond else ("log p(x)", "ELBO")
+        assert set(dots) == {log_px, elbo}
+        np.testing.assert_array_equal(sorted(dots[log_px].get_xdata()),
+                                      sorted(runs["val_log_marginal"]))
+        assert {t.get_text() for t in ax.get_yticklabels()} == set(runs["run"])
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == [elbo, log_px]
+        title = ax.get_title()
+        assert f"{lik}, given the class c" in title if cond else lik + ":" in title
+        assert f"validation {log_px} and {elbo}" in title
+        assert ("given" in title) == cond
+
+
+def test_reconstruction_error_of_every_likelihood_shares_one_axis() -> None:
+    """The reconstruction error, of one data set whatever the likelihood, and the KL split
+    are on one axis for every likelihood and conditioning; each group's log p(x) on its
+    own. Each likelihood's error had its own axis, zoomed on its dots."""
+    table = _grid_table()
+    fig = report.comparison_figure(table)
+    panels = _log_px_axes(fig)
+    errors = [fig.axes[fig.axes.index(ax) + 1] for ax in panels]  # beside each
+    lows, highs = zip(*(sorted(ax.get_xlim()) for ax in errors), strict=True)
+    assert len(set(lows)) == len(set(highs)) == 1
+    assert lows[0] < table["val_reconstruction_error"].min()
+    assert highs[0] > table["val_reconstruction_error"].max()
+    shared = errors[0].get_shared_x_axes()
+    assert all(shared.joined(errors[0], ax) for ax in errors)
+    assert not any(panels[0].get_shared_x_axes().joined(panels[0], ax) for ax in panels[1:])
+    assert "one axis" in errors[0].get_title()
+    assert errors[-1].get_xlabel() == "mean squared error (lower is better)"
+    # one KL panel with a bar per run, under its group's name (bold) in the groups' order
+    (ax_kl,) = [ax for ax in fig.axes if ax.containers]
+    mi, _ = ax_kl.containers
+    assert len(mi) == len(table)
+    labels = [t.get_text() for t in ax_kl.get_yticklabels()]
+    at = dict(zip(labels, ax_kl.get_yticks(), strict=True))
+    assert sorted(labels, key=at.get, reverse=True) == ["poisson", "vae-poisson", "rhvae-poisson",
+                      "poisson, given the class c", "vae-poisson-cond", "rhvae-poisson-cond",
+                      "negative_binomial", "vae-negative_binomial", "rhvae-negative_binomial",
+                      "negative_binomial, given the class c", "vae-negative_binomial-cond",
+                      "rhvae-negative_binomial-cond", "multinomial", "vae-multinomial",
+                      "rhvae-multinomial", "multinomial, given the class c",
+                      "vae-multinomial-cond", "rhvae-multinomial-cond"]
+    bold = [t.get_text() for t in ax_kl.get_yticklabels() if t.get_fontweight() == "bold"]
+    assert len(bold) == 6 and all("-" not in name for name in bold)
+    np.testing.assert_allclose([b.get_y() + b.get_height() / 2 for b in mi],
+                               table["run"].map(at))
+
+
 def test_comparison_panels_of_undefined_columns_say_why_they_are_empty() -> None:
     """A grid of deterministic autoencoders (ae with mse) has no log p(x), ELBO or KL: those
     panels say so, rather than showing empty axes with made-up ticks in nats."""

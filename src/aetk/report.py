@@ -633,59 +633,108 @@ def plot_comparison(table: pd.DataFrame, path: Path | None = None) -> Figure:
 
 
 def comparison_figure(table: pd.DataFrame) -> Figure:
-    """The comparison table as dots, a 2 x 2 block of panels per likelihood (log-likelihoods
-    of different likelihoods are not comparable; the titles name the training samples for
-    runs without a validation split): validation log p(x) with the ELBO below it
-    (their gap is roughly how far q(z|x) is from the posterior), the reconstruction
-    error, the KL term split into I(x; z) and KL(q(z) || p(z)), and the classifier score of
-    the generated samples when the table has it. Runs that differ only in their seed share
-    a row, their dots and KL bars side by side in it (the first seed on top), so that
-    seed-to-seed spread shows beside the differences between settings and equal values do
-    not hide one another. Legends sit between the panels' titles and their axes, off the
-    data."""
+    """The comparison table as dots. On top, a pair of panels per group of runs of one
+    likelihood and conditioning: validation log p(x) with the ELBO below it (their gap is
+    roughly how far q(z|x) is from the posterior), on the group's own axis
+    (log-likelihoods of different likelihoods are not comparable, nor a conditional run's
+    log p(x|c) with an unconditional log p(x)), and the reconstruction error, on one axis
+    for all groups (the same data, whatever the likelihood). Below, every run in one
+    panel of each: the KL term split into I(x; z) and KL(q(z) || p(z)), and the classifier
+    score of the generated samples when the table has it, the groups in the same order
+    under their names. The titles name the training samples for runs without a validation
+    split. Runs that differ only in their seed share a row, their dots and KL bars side
+    by side in it (the first seed on top), so that seed-to-seed spread shows beside the
+    differences between settings and equal values do not hide one another. Legends sit
+    between the panels' titles and their axes, off the data."""
     table = table.assign(setting=_settings(table))
-    groups = list(table.groupby("likelihood", sort=False))
-    heights = [1.0 + 0.3 * rows["setting"].nunique() for _, rows in groups]
-    fig, axes = _subplots(2 * len(groups), 2, figsize=(13.0, 0.4 + 2 * (sum(heights) + 1.3
-                                                                       * len(groups))),
-                          layout="constrained", height_ratios=np.repeat(heights, 2))
-    for g, (likelihood, rows) in enumerate(groups):
-        (ax_ll, ax_err), (ax_kl, ax_score) = axes[2 * g:2 * g + 2]
+    groups = _comparison_groups(table)
+    k = len(groups)
+    named = k > 1  # the lower panels name each group in a row of its own
+    heights = [1.0 + 0.3 * rows["setting"].nunique() for _, _, rows in groups]
+    below = 1.0 + 0.3 * (table["setting"].nunique() + named * k)
+    fig, axes = _subplots(k + 1, 2, figsize=(13.0, 0.4 + sum(heights) + below + 1.3 * (k + 1)),
+                          layout="constrained", height_ratios=[*heights, below])
+    ax_kl, ax_score = axes[k]
+    all_y, all_ticks, labels, headers = pd.Series(0.0, index=table.index), [], [], []
+    top = table["setting"].nunique() + named * k  # above the lower panels' first row
+    for g, (likelihood, conditional, rows) in enumerate(groups):
+        ax_ll, ax_err = axes[g]
+        if g:
+            ax_err.sharex(axes[0, 1])
         # one row per setting, settings ordered by their mean over the seeds
         means = rows.groupby("setting", sort=False)[["val_log_marginal", "val_elbo"]]
         means = means.mean().sort_values(["val_log_marginal", "val_elbo"],
                                          na_position="first")
-        offset, height = _seed_offsets(rows)
+        offset, _ = _seed_offsets(rows)
         y = rows["setting"].map({s: i for i, s in enumerate(means.index)}).to_numpy() + offset
         ticks = np.arange(len(means))
-        ax_ll.plot(rows["val_elbo"], y, "o", mfc="white", color=OKABE_ITO[4], label="ELBO")
-        ax_ll.plot(rows["val_log_marginal"], y, "o", color=OKABE_ITO[4], label="log p(x)")
+        # a conditional run's terms are given the class: log p(x|c), not log p(x)
+        log_px, elbo = ("log p(x|c)", "ELBO given c") if conditional else ("log p(x)", "ELBO")
+        group = f"{likelihood}, given the class c" if conditional else likelihood
+        then = "\n" if conditional else " "  # a conditional group's title takes two lines
+        ax_ll.plot(rows["val_elbo"], y, "o", mfc="white", color=OKABE_ITO[4], label=elbo)
+        ax_ll.plot(rows["val_log_marginal"], y, "o", color=OKABE_ITO[4], label=log_px)
         ax_ll.hlines(y, rows["val_elbo"], rows["val_log_marginal"], color=OKABE_ITO[4], lw=1)
-        ax_ll.set(yticklabels=[], xlabel="nats per sample (higher is better)")
-        _legend_above(ax_ll, f"{likelihood}: {_scored(rows, 'log p(x) and ELBO')}")
+        ax_ll.set(xlabel="nats per sample (higher is better)")
+        ax_ll.xaxis.set_major_locator(MaxNLocator(6))  # a lone run's decimals collided
+        _legend_above(ax_ll, f"{group}:{then}{_scored(rows, f'{log_px} and {elbo}')}")
         if rows[["val_log_marginal", "val_elbo"]].isna().all(axis=None):
             _undefined(ax_ll, "no log p(x) or ELBO for these runs: a deterministic encoder "
                        "(no q(z|x))\nor decoder (mse, no likelihood) has neither")
         ax_err.plot(rows["val_reconstruction_error"], y, "o", color=OKABE_ITO[5])
-        ax_err.xaxis.set_major_locator(MaxNLocator(5))  # long decimals collide
-        ax_err.set(xlabel="mean squared error (lower is better)")
-        _legend_above(ax_err, _scored(rows, "reconstruction error"))
-        _kl_bars(ax_kl, rows, y, height)
-        if rows[["val_mutual_info", "val_marginal_kl"]].isna().all(axis=None):
-            _undefined(ax_kl, "no KL split for these runs: a deterministic encoder has no "
-                       "q(z|x),\nthe ladder VAE's KL spans two levels")
-        if "sample_score" in table:
-            _score_dots(ax_score, rows, y)
-        else:
-            ax_score.axis("off")
-        for ax in (ax_ll, ax_err, ax_kl, ax_score):
+        for ax in (ax_ll, ax_err):
             ax.grid(axis="x", alpha=0.3)
-            ax.set(yticks=ticks, yticklabels=means.index if ax in (ax_ll, ax_kl) else [])
+            ax.set(yticks=ticks, yticklabels=means.index if ax is ax_ll else [])
             ax.set_ylim(-0.6, len(means) - 0.4)
+        # the lower panels' rows: this group's block under its name, in the same order
+        top -= len(means) + named
+        all_y[rows.index] = y + top
+        if named:
+            headers.append(top + len(means))
+            all_ticks.append(top + len(means))
+            labels.append(group)
+        all_ticks += list(top + ticks)
+        labels += list(means.index)
+    # one axis for every group: titled at the top, labelled at the bottom
+    axes[0, 1].xaxis.set_major_locator(MaxNLocator(5))  # long decimals collide
+    _legend_above(axes[0, 1], _scored(table, "reconstruction error")
+                  + ("\nall groups on one axis, whatever the likelihood" if named else ""))
+    axes[k - 1, 1].set(xlabel="mean squared error (lower is better)")
+    _, height = _seed_offsets(table)
+    _kl_bars(ax_kl, table, all_y.to_numpy(), height)
+    if table[["val_mutual_info", "val_marginal_kl"]].isna().all(axis=None):
+        _undefined(ax_kl, "no KL split for these runs: a deterministic encoder has no "
+                   "q(z|x),\nthe ladder VAE's KL spans two levels")
+    if "sample_score" in table:
+        _score_dots(ax_score, table, all_y.to_numpy())
+    else:
+        ax_score.axis("off")
+    for ax in (ax_kl, ax_score):
+        ax.grid(axis="x", alpha=0.3)
+        ax.set(yticks=all_ticks, yticklabels=labels if ax is ax_kl else [])
+        ax.set_ylim(min(all_ticks) - 0.6, max(all_ticks) + 0.6)
+        for header in headers[1:]:  # a rule above each group's name but the first
+            ax.axhline(header + 0.5, color="0.5", lw=0.8)
+    for tick, label in zip(all_ticks, ax_kl.get_yticklabels(), strict=True):
+        if tick in headers:
+            label.set_fontweight("bold")
     if table.groupby("setting")["run"].count().max() > 1:
         fig.suptitle("the seeds of a setting side by side in its row, the first on top: "
                      "a dot and a KL bar each")
     return fig
+
+
+def _comparison_groups(table: pd.DataFrame) -> list[tuple[str, bool, pd.DataFrame]]:
+    """The runs of each likelihood and conditioning (likelihood, conditional, rows): the
+    likelihoods in table order, each one's unconditional runs first. A conditional run's
+    log p(x|c) and ELBO are given the class, so they are compared only with each other."""
+    likelihood = table["likelihood"].fillna("?").astype(str)
+    conditions = (table["conditions"] if "conditions" in table
+                  else pd.Series("none", index=table.index))
+    conditional = conditions.fillna("none").astype(str) != "none"
+    return [(lik, cond, table[(likelihood == lik) & (conditional == cond)])
+            for lik in likelihood.unique() for cond in (False, True)
+            if ((likelihood == lik) & (conditional == cond)).any()]
 
 
 def _seed_offsets(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
