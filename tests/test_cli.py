@@ -1280,7 +1280,7 @@ def test_encode_output(steps: Path) -> None:
     assert (lat["z_std"].values > 0).all() and (lat["kl"].values >= 0).all()
     np.testing.assert_allclose(lat["elbo"], lat["log_likelihood"] - lat["kl"], rtol=1e-6)
     # log p(x) with 100 importance samples, of the validation samples only: finite, above
-    # the single-sample ELBO on average, and the saved model's own estimate with many more
+    # the stored ELBO on average, and the saved model's own estimate with many more
     # samples is close
     val = lat["split"].values == storage.SPLIT_VALIDATION
     log_px = lat["log_marginal"].values[val]

@@ -719,6 +719,23 @@ def test_reconstruction_error_of_every_likelihood_shares_one_axis() -> None:
                                table["run"].map(at))
 
 
+def test_comparison_captions_say_how_the_elbo_is_estimated_and_what_compares() -> None:
+    """The report's captions: the ELBO averages ELBO_DRAWS draws (they said
+    "single-sample"), a conditional run's log p(x|c) stands apart, and the table's KL
+    split estimates can come out below 0."""
+    from pathlib import Path
+
+    from aetk.cli.encode import ELBO_DRAWS
+
+    root = Path(__file__).parents[1] / "workflow" / "report"
+    for name in ("comparison.rst", "comparison_figure.rst"):
+        text = " ".join((root / name).read_text().split())
+        assert "single-sample" not in text and f"{ELBO_DRAWS} draws" in text, name
+        assert "log p(x|c)" in text, name
+    table = " ".join((root / "comparison.rst").read_text().split())
+    assert "Monte Carlo estimates" in table and "slightly below" in table
+
+
 def test_comparison_panels_of_undefined_columns_say_why_they_are_empty() -> None:
     """A grid of deterministic autoencoders (ae with mse) has no log p(x), ELBO or KL: those
     panels say so, rather than showing empty axes with made-up ticks in nats."""

@@ -99,13 +99,14 @@ VARIABLE_ATTRS: dict[str, dict[str, dict[str, str]]] = {
             "description": "mean over features of the squared difference between the "
                            "decoder's point prediction at z_mean and x"},
         "log_likelihood": {"long_name": "log p(x|z)", **NATS,
-                           "description": "log-likelihood of x given z_sample"},
+                           "description": "E_q log p(x|z): log p(x|z) averaged over "
+                                          "draws z ~ q(z|x) (aetk.cli.encode.ELBO_DRAWS)"},
         "kl": {"long_name": "KL(q(z|x) || p(z))", **NATS,
                "description": "KL divergence of q(z|x) from the prior (NaN for a "
                               "deterministic encoder)"},
         "elbo": {"long_name": "ELBO", **NATS,
-                 "description": "single-sample ELBO: log_likelihood - kl (store attribute "
-                                "elbo)"},
+                 "description": "ELBO: log_likelihood - kl, its log p(x|z) averaged over "
+                                "draws of q(z|x) (store attribute elbo)"},
         "log_marginal": {"long_name": "log p(x)", **NATS,
                          "description": "importance-sampled log marginal likelihood of the "
                                         "validation samples, NaN for the others (store "
