@@ -356,7 +356,7 @@ def test_an_overlay_naming_its_own_data_leaves_out_the_bases_data_settings(
     for source, transforms in (("counts.csv", "--transforms scale01 --"), (base_source,
                                                                          "binarise")):
         (run / "my.yaml").write_text(f"data:\n  source: {source}\n"
-                                     "grid:\n  likelihoods: [poisson]\n")
+                                     "grid:\n  likelihoods: [gaussian]\n")
         out = snakemake(wd, "-n", "-p", "--directory", str(run), "--configfile",
                         str(run / "my.yaml"))
         preprocess = next(line for line in out.stdout.splitlines() if "aetk preprocess" in line)
@@ -664,6 +664,11 @@ CHECK_ERRORS = [
      "data.source: 'my_data.npy' is neither a bundled data set (mnist5k"),
     ({"grid": {"likelihoods": ["categorical"]}},
      "likelihood_options.categorical.n_classes: the categorical likelihood needs the number"),
+    ({"grid": {"likelihoods": ["bernoulli", "poisson"]}},
+     "data.transforms: scale01 makes fractions or negative values, but grid.likelihoods has "
+     "poisson, a likelihood of counts: leave those transforms out"),
+    ({"data": {"source": "scrna_counts", "transforms": ["log1p"]},
+      "grid": {"likelihoods": ["negative_binomial"]}}, "data.transforms: log1p makes"),
     ({"data": {"source": "swissroll"}, "grid": {"conditional": [False, True]}},
      "grid.conditional: a conditional run needs categorical labels, which swissroll does "
      "not have (another data set)"),

@@ -14,6 +14,7 @@ BUNDLED = ("mnist5k", "mnist", "digits", "swissroll", "scurve", "scrna_counts")
 # models whose encoder returns codes, not a distribution q(z|x): those that take mse's
 # deterministic decoder (aetk.build.MSE_MODELS), and not q(z|x)'s penalties
 CODE_ENCODERS = ("ae", "irmae", "wae", "vqvae")
+COUNT_LIKELIHOODS = ("poisson", "negative_binomial", "multinomial")  # aetk.build's
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 SCHEMA_DOC = yaml.safe_load(SCHEMA.read_text())
 SCHEMA_DEFS = SCHEMA_DOC["$defs"]
@@ -50,7 +51,9 @@ def message(error):
     one = isinstance(error.instance, (str, int, float))
     if error.validator == "type" and error.validator_value == "array" and one:
         # "'vae' is not of type 'array'" did not say how to write one in YAML
-        written = str(error.instance).lower() if isinstance(error.instance, bool) else None
+        written = (
+            str(error.instance).lower() if isinstance(error.instance, bool) else None
+        )
         return f"{error.instance!r} is not a list: write [{written or error.instance}]"
     if (
         error.validator == "type"
@@ -186,6 +189,17 @@ def check_needs(cfg):
         errors.append(
             "grid.conditional: a conditional run needs categorical labels, which "
             f"{data['source']} does not have ({hint})"
+        )
+    counts = [lik for lik in grid["likelihoods"] if lik in COUNT_LIKELIHOODS]
+    names = [t if isinstance(t, str) else t["name"] for t in data["transforms"]]
+    fractions = [n for n in names if n in ("scale01", "log1p", "standardise")]
+    if counts and fractions:
+        # else refused by each count likelihood's training job, after the preprocessing
+        errors.append(
+            f"data.transforms: {', '.join(fractions)} makes fractions or negative values, "
+            f"but grid.likelihoods has {', '.join(counts)}, a likelihood of counts: leave "
+            "those transforms out (transforms: [] or only select_top_variance; the "
+            "default is [scale01]), or give these data another likelihood"
         )
     if cfg["train"]["patience"] and not data["validation_fraction"]:
         # else every training job stopped at its start, after the preprocessing
