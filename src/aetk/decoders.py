@@ -115,18 +115,18 @@ def _base_distribution(dist: D.Distribution) -> D.Distribution:
     return dist
 
 
-def _first(bad: torch.Tensor, y: torch.Tensor, event: int, start: int = 0) -> tuple[str, str]:
-    """The first True entry of `bad`, a mask of the rows `start` on of `y` (of its values,
-    or of its vectors of `event` axes), named as `validate._where` names it (row, flattened
-    column; for rows of several axes the index in the row too), and the value there."""
+def _first(bad: torch.Tensor, y: torch.Tensor, event: int) -> tuple[str, str]:
+    """The first True entry of `bad`, a mask of the values of `y` (or of its vectors of
+    `event` axes), named as `validate._where` names it (row, flattened column; for rows of
+    several axes the index in the row too), and the value there."""
     flat = bad.reshape(len(bad), -1)
     row, col = (int(i) for i in flat.nonzero()[0])
-    value = y.reshape(len(y), flat.shape[1], *y.shape[y.dim() - event:])[start + row, col]
+    value = y.reshape(len(y), flat.shape[1], *y.shape[y.dim() - event:])[row, col]
     shown = (str(value.item()) if not event else f"the vector {value.flatten()[:8].tolist()}"
              + ("..." if value.numel() > 8 else ""))
     if flat.shape[1] == 1:
-        return f"row {start + row}", shown
-    where = f"row {start + row}, {'vector' if event else 'column'} {col}"
+        return f"row {row}", shown
+    where = f"row {row}, {'vector' if event else 'column'} {col}"
     if bad.dim() > 2:
         index = tuple(int(i) for i in torch.unravel_index(torch.tensor(col), bad.shape[1:]))
         where += f" (index {index} in a row of shape {tuple(bad.shape[1:])})"

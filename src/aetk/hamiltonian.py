@@ -263,24 +263,18 @@ def generalized_leapfrog(pos: Position, rho: Tensor, step_size: float, n_fixed_p
     rho_half = before = rho
     for _ in range(n_fixed_point):
         before, rho_half = rho_half, rho - half * (pos.grad + metric.kinetic_grad(pos, rho_half))
-    if n_fixed_point == 1:
-        # the explicit step: measured by the iteration it leaves out, which it does not use
-        with torch.no_grad():
-            before = rho_half
-            rho_next = rho - half * (pos.grad + metric.kinetic_grad(pos, rho_half))
-        moved = _moved(rho, before, rho_next)
-    else:
-        moved = _moved(rho, before, rho_half)
+    moved = _moved(rho, before, rho_half) if n_fixed_point > 1 else None
     v = mv(pos.metric.G_inv, rho_half)
     z = pos.z + step_size * v
     for _ in range(n_fixed_point - 1):
         before, z = z, pos.z + half * (v + mv(metric.inverse(z), rho_half))
-    if n_fixed_point == 1:
-        with torch.no_grad():
-            moved = torch.maximum(moved, _moved(pos.z, z, pos.z + half * (
-                v + mv(metric.inverse(z), rho_half))))
-    else:
+    if moved is not None:
         moved = torch.maximum(moved, _moved(pos.z, before, z))
+    else:  # the explicit step: measured by the second iteration, which it leaves out
+        with torch.no_grad():
+            rho_next = rho - half * (pos.grad + metric.kinetic_grad(pos, rho_half))
+            z_next = pos.z + half * (v + mv(metric.inverse(z), rho_half))
+        moved = torch.maximum(_moved(rho, rho_half, rho_next), _moved(pos.z, z, z_next))
     new = position(z)
     return (new, rho_half - half * (new.grad + metric.kinetic_grad(new, rho_half)), rho_half,
             moved)
