@@ -104,7 +104,7 @@ def test_geometry_on_the_device(kind, device):
                              **({"centroids": 4} if kind == "rhvae" else {})).double()
     aetk.fit(model, x.double(), epochs=1, batch_size=20, device="cuda", progress=False)
     metric = (EncoderMetric.from_model(model, x, n_centroids=8) if kind == "encoder"
-              else metric_for(model, "mean" if kind == "rhvae" else kind))
+              else metric_for(model, None if kind == "rhvae" else kind))
     z0 = torch.tensor([[-1.0, 0.0], [0.0, -1.0]])
     z1 = torch.tensor([[1.0, 0.5], [0.5, 1.0]])
     assert metric.metric(z0).is_cuda and christoffel(metric, z0).is_cuda
