@@ -197,7 +197,8 @@ def check_needs(cfg):
         # else refused by each count likelihood's training job, after the preprocessing
         errors.append(
             f"data.transforms: {', '.join(fractions)} makes fractions or negative values, "
-            f"but grid.likelihoods has {', '.join(counts)}, a likelihood of counts: leave "
+            f"but grid.likelihoods has {', '.join(counts)}, "
+            f"{'likelihoods' if len(counts) > 1 else 'a likelihood'} of counts: leave "
             "those transforms out (transforms: [] or only select_top_variance; the "
             "default is [scale01]), or give these data another likelihood"
         )
