@@ -22,8 +22,10 @@ encoder's two. Reverse over reverse is the least arithmetic for it (forward-mode
 take d GEMMs each). pythae runs 18: two for each of its 2K first-order gradients, its final
 forward twice, one backward of two, the encoder's two. At 0.55-0.65 ms per GEMM on one
 thread here (all layouts alike, 80-90 GFLOP/s on this Zen 4), the 8 extra cost 4.5-5 ms;
-aetk's other work is leaner than pythae's by about as much, so the HVAE sits near parity
-and the ratio follows the machine's GEMM speed. `hvae_floor.py` prints that accounting.
+aetk's other work is leaner than pythae's by less (1.2 ms by `hvae_floor.py` on
+2026-12-04: 11.6 against 12.8 ms per step beyond the GEMMs; 0.4-3.5 ms in the seventh
+session), so the HVAE sits at 1.03-1.28x pythae and the ratio follows the machine's GEMM
+speed. `hvae_floor.py` prints that accounting.
 
 Tried, measured and kept (each an alternating A/B of the step, one thread):
 - one shared transpose per layer across the flow's positions (`nets.shared_transposes`),

@@ -260,17 +260,15 @@ def cmd_train(args: argparse.Namespace) -> None:
                              **settings["options"])
     # all rows at once: a refusal names the store's row (the file's, unless subsampled),
     # not the row in the training split, and counts the validation rows too
+    steps = [step.name for step in stored.pipeline.steps]
     try:
         model.check_data(torch.from_numpy(stored.x), "the stored")
     except ValueError as err:  # outside the likelihood's support: say what to change
-        steps = [step.name for step in stored.pipeline.steps]
         raise ValueError(f"{err}{support_hint(args.likelihood, steps)}") from None
-    binarised = [step.name for step in stored.pipeline.steps if step.name == "binarise"]
-    if binarised and args.likelihood in build.COUNT_LIKELIHOODS:
+    if "binarise" in steps and args.likelihood in build.COUNT_LIKELIHOODS:
         # 0 and 1 are counts too, so nothing else stops it: a base config's transforms
         # inherited by one's own data, say
-        print(f"warning: {args.data} was binarised (transforms "
-              f"{', '.join(step.name for step in stored.pipeline.steps)}), but "
+        print(f"warning: {args.data} was binarised (transforms {', '.join(steps)}), but "
               f"{args.likelihood} is a likelihood of counts: it models 0/1 values here; "
               "leave out binarise for counts, or train a bernoulli likelihood",
               file=sys.stderr)
