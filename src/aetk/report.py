@@ -654,70 +654,28 @@ def comparison_figure(table: pd.DataFrame) -> Figure:
     below = 1.0 + 0.3 * (table["setting"].nunique() + named * k)
     fig, axes = _subplots(k + 1, 2, figsize=(13.0, 0.4 + sum(heights) + below + 1.3 * (k + 1)),
                           layout="constrained", height_ratios=[*heights, below])
-    ax_kl, ax_score = axes[k]
     all_y, all_ticks, labels, headers = pd.Series(0.0, index=table.index), [], [], []
     top = table["setting"].nunique() + named * k  # above the lower panels' first row
     for g, (likelihood, conditional, rows) in enumerate(groups):
-        ax_ll, ax_err = axes[g]
         if g:
-            ax_err.sharex(axes[0, 1])
-        # one row per setting, settings ordered by their mean over the seeds
-        means = rows.groupby("setting", sort=False)[["val_log_marginal", "val_elbo"]]
-        means = means.mean().sort_values(["val_log_marginal", "val_elbo"],
-                                         na_position="first")
-        offset, _ = _seed_offsets(rows)
-        y = rows["setting"].map({s: i for i, s in enumerate(means.index)}).to_numpy() + offset
-        ticks = np.arange(len(means))
-        # a conditional run's terms are given the class: log p(x|c), not log p(x)
-        log_px, elbo = ("log p(x|c)", "ELBO given c") if conditional else ("log p(x)", "ELBO")
+            axes[g, 1].sharex(axes[0, 1])
         group = f"{likelihood}, given the class c" if conditional else likelihood
-        then = "\n" if conditional else " "  # a conditional group's title takes two lines
-        ax_ll.plot(rows["val_elbo"], y, "o", mfc="white", color=OKABE_ITO[4], label=elbo)
-        ax_ll.plot(rows["val_log_marginal"], y, "o", color=OKABE_ITO[4], label=log_px)
-        ax_ll.hlines(y, rows["val_elbo"], rows["val_log_marginal"], color=OKABE_ITO[4], lw=1)
-        ax_ll.set(xlabel="nats per sample (higher is better)")
-        ax_ll.xaxis.set_major_locator(MaxNLocator(6))  # a lone run's decimals collided
-        _legend_above(ax_ll, f"{group}:{then}{_scored(rows, f'{log_px} and {elbo}')}")
-        if rows[["val_log_marginal", "val_elbo"]].isna().all(axis=None):
-            _undefined(ax_ll, "no log p(x) or ELBO for these runs: a deterministic encoder "
-                       "(no q(z|x))\nor decoder (mse, no likelihood) has neither")
-        ax_err.plot(rows["val_reconstruction_error"], y, "o", color=OKABE_ITO[5])
-        for ax in (ax_ll, ax_err):
-            ax.grid(axis="x", alpha=0.3)
-            ax.set(yticks=ticks, yticklabels=means.index if ax is ax_ll else [])
-            ax.set_ylim(-0.6, len(means) - 0.4)
+        y, settings = _group_panels(*axes[g], group, conditional, rows)
         # the lower panels' rows: this group's block under its name, in the same order
-        top -= len(means) + named
+        top -= len(settings) + named
         all_y[rows.index] = y + top
         if named:
-            headers.append(top + len(means))
-            all_ticks.append(top + len(means))
+            headers.append(top + len(settings))
+            all_ticks.append(top + len(settings))
             labels.append(group)
-        all_ticks += list(top + ticks)
-        labels += list(means.index)
+        all_ticks += list(top + np.arange(len(settings)))
+        labels += list(settings)
     # one axis for every group: titled at the top, labelled at the bottom
     axes[0, 1].xaxis.set_major_locator(MaxNLocator(5))  # long decimals collide
     _legend_above(axes[0, 1], _scored(table, "reconstruction error")
                   + ("\nall groups on one axis, whatever the likelihood" if named else ""))
     axes[k - 1, 1].set(xlabel="mean squared error (lower is better)")
-    _, height = _seed_offsets(table)
-    _kl_bars(ax_kl, table, all_y.to_numpy(), height)
-    if table[["val_mutual_info", "val_marginal_kl"]].isna().all(axis=None):
-        _undefined(ax_kl, "no KL split for these runs: a deterministic encoder has no "
-                   "q(z|x),\nthe ladder VAE's KL spans two levels")
-    if "sample_score" in table:
-        _score_dots(ax_score, table, all_y.to_numpy())
-    else:
-        ax_score.axis("off")
-    for ax in (ax_kl, ax_score):
-        ax.grid(axis="x", alpha=0.3)
-        ax.set(yticks=all_ticks, yticklabels=labels if ax is ax_kl else [])
-        ax.set_ylim(min(all_ticks) - 0.6, max(all_ticks) + 0.6)
-        for header in headers[1:]:  # a rule above each group's name but the first
-            ax.axhline(header + 0.5, color="0.5", lw=0.8)
-    for tick, label in zip(all_ticks, ax_kl.get_yticklabels(), strict=True):
-        if tick in headers:
-            label.set_fontweight("bold")
+    _all_runs_panels(*axes[k], table, all_y.to_numpy(), all_ticks, labels, headers)
     if table.groupby("setting")["run"].count().max() > 1:
         fig.suptitle("the seeds of a setting side by side in its row, the first on top: "
                      "a dot and a KL bar each")
@@ -735,6 +693,60 @@ def _comparison_groups(table: pd.DataFrame) -> list[tuple[str, bool, pd.DataFram
     return [(lik, cond, table[(likelihood == lik) & (conditional == cond)])
             for lik in likelihood.unique() for cond in (False, True)
             if ((likelihood == lik) & (conditional == cond)).any()]
+
+
+def _group_panels(ax_ll: Axes, ax_err: Axes, group: str, conditional: bool,
+                  rows: pd.DataFrame) -> tuple[np.ndarray, pd.Index]:
+    """A group's upper pair of panels: validation log p(x) and ELBO, and the reconstruction
+    error, a row per setting, settings ordered by their mean over the seeds. Returns each
+    run's row position and the settings in row order."""
+    means = rows.groupby("setting", sort=False)[["val_log_marginal", "val_elbo"]]
+    means = means.mean().sort_values(["val_log_marginal", "val_elbo"], na_position="first")
+    offset, _ = _seed_offsets(rows)
+    y = rows["setting"].map({s: i for i, s in enumerate(means.index)}).to_numpy() + offset
+    # a conditional run's terms are given the class: log p(x|c), not log p(x)
+    log_px, elbo = ("log p(x|c)", "ELBO given c") if conditional else ("log p(x)", "ELBO")
+    then = "\n" if conditional else " "  # a conditional group's title takes two lines
+    ax_ll.plot(rows["val_elbo"], y, "o", mfc="white", color=OKABE_ITO[4], label=elbo)
+    ax_ll.plot(rows["val_log_marginal"], y, "o", color=OKABE_ITO[4], label=log_px)
+    ax_ll.hlines(y, rows["val_elbo"], rows["val_log_marginal"], color=OKABE_ITO[4], lw=1)
+    ax_ll.set(xlabel="nats per sample (higher is better)")
+    ax_ll.xaxis.set_major_locator(MaxNLocator(6))  # a lone run's decimals collided
+    _legend_above(ax_ll, f"{group}:{then}{_scored(rows, f'{log_px} and {elbo}')}")
+    if rows[["val_log_marginal", "val_elbo"]].isna().all(axis=None):
+        _undefined(ax_ll, "no log p(x) or ELBO for these runs: a deterministic encoder "
+                   "(no q(z|x))\nor decoder (mse, no likelihood) has neither")
+    ax_err.plot(rows["val_reconstruction_error"], y, "o", color=OKABE_ITO[5])
+    for ax in (ax_ll, ax_err):
+        ax.grid(axis="x", alpha=0.3)
+        ax.set(yticks=np.arange(len(means)), yticklabels=means.index if ax is ax_ll else [])
+        ax.set_ylim(-0.6, len(means) - 0.4)
+    return y, means.index
+
+
+def _all_runs_panels(ax_kl: Axes, ax_score: Axes, table: pd.DataFrame, y: np.ndarray,
+                     ticks: list, labels: list[str], headers: list) -> None:
+    """The lower pair of panels, every run at its row `y`: the KL split and the samples'
+    classifier score (the panel off when the table has none). Group names (`headers`, ticks
+    among `ticks`) are bold, with a rule above each but the first."""
+    _, height = _seed_offsets(table)
+    _kl_bars(ax_kl, table, y, height)
+    if table[["val_mutual_info", "val_marginal_kl"]].isna().all(axis=None):
+        _undefined(ax_kl, "no KL split for these runs: a deterministic encoder has no "
+                   "q(z|x),\nthe ladder VAE's KL spans two levels")
+    if "sample_score" in table:
+        _score_dots(ax_score, table, y)
+    else:
+        ax_score.axis("off")
+    for ax in (ax_kl, ax_score):
+        ax.grid(axis="x", alpha=0.3)
+        ax.set(yticks=ticks, yticklabels=labels if ax is ax_kl else [])
+        ax.set_ylim(min(ticks) - 0.6, max(ticks) + 0.6)
+        for header in headers[1:]:  # a rule above each group's name but the first
+            ax.axhline(header + 0.5, color="0.5", lw=0.8)
+    for tick, label in zip(ticks, ax_kl.get_yticklabels(), strict=True):
+        if tick in headers:
+            label.set_fontweight("bold")
 
 
 def _seed_offsets(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
