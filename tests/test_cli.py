@@ -79,6 +79,19 @@ def test_bad_inputs_exit_with_a_message(tmp_path: Path, capsys: pytest.CaptureFi
     assert not (tmp_path / "d.zarr").exists()
 
 
+def test_traceback_shows_where_an_error_was_raised(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug report needs the traceback that the one-line message hides: --traceback, or
+    AETK_TRACEBACK=1 for the pipeline's jobs, lets the error through."""
+    argv = ["preprocess", "--source", "digits", "--transforms", "normalise",
+            "--out", str(tmp_path / "d.zarr")]
+    with pytest.raises(ValueError, match="unknown transform 'normalise'"):
+        cli.main(["--traceback", *argv])
+    monkeypatch.setenv("AETK_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="unknown transform 'normalise'"):
+        cli.main(argv)
+
+
 @pytest.mark.parametrize("value", ["1.5", "1", "-0.1", "ten"])
 def test_an_impossible_validation_fraction_names_the_flag(
         tmp_path: Path, capsys: pytest.CaptureFixture, value: str) -> None:

@@ -16,6 +16,7 @@ store (`aetk.cli.trained`).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from aetk import storage
@@ -38,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=_Formatter)
     parser.add_argument("--version", action="version",
                         version=f"aetk {storage.package_version()}")
+    # a bad input's one-line message is for users; a bug report needs where it was raised
+    parser.add_argument("--traceback", action="store_true",
+                        default=bool(os.environ.get("AETK_TRACEBACK")),
+                        help="show the full traceback of an error instead of its one-line "
+                             "message (also set by the environment variable AETK_TRACEBACK=1, "
+                             "e.g. for the pipeline's jobs)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in (preprocess, train, encode, sample, geodesics, report):
         command.add_parser(sub)
@@ -54,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except (ValueError, KeyError, OSError, ModuleNotFoundError, TrainingDiverged) as err:
+        if args.traceback:
+            raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         if isinstance(err, OSError) and err.strerror and err.filename:  # not "[Errno 17] ..."
             message = f"{err.strerror}: {err.filename}"
