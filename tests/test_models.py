@@ -530,6 +530,20 @@ def test_vampprior_pseudo_inputs_start_at_training_points_and_are_saved(tmp_path
             x[:3])
 
 
+def test_vampprior_pseudo_inputs_are_drawn_without_replacement():
+    """K = N pseudo-inputs from N training rows (fit at lr 0, so still the start): each is
+    one row, and together they are the rows permuted, none twice. Drawn with replacement,
+    12 draws from 12 rows all differ with probability 12! / 12^12 ~ 5e-5."""
+    n = 12
+    x = torch.rand(n, 6)
+    model = aetk.build_model("vampprior", "gaussian", in_features=6, hidden=(8,),
+                             n_components=n)
+    aetk.fit(model, x, epochs=1, batch_size=n, progress=False, lr=0.0)
+    match = (model.pseudo_inputs[:, None, :] == x[None]).all(-1)  # (K, N)
+    assert match.sum(1).tolist() == [1] * n  # every pseudo-input is one data row
+    assert sorted(match.float().argmax(1).tolist()) == list(range(n))
+
+
 def test_vae_with_a_learned_gaussian_decoder(fixed_eps):
     enc, enc_net = _gaussian_encoder()
     dec_net = NumpyMLP(Z_DIM, 2 * X_DIM, 2)
