@@ -606,17 +606,23 @@ def _gradient_model(name):
         "beta_tcvae": lambda: aetk.BetaTCVAE(enc, decoder, alpha=0.5, beta=2.0, gamma=3.0,
                                              dataset_size=50),
         "infovae": lambda: aetk.InfoVAE(enc, decoder, alpha=0.3, lam=5.0, n_prior_samples=6),
+        "dipvae_i": lambda: aetk.DIPVAE(enc, decoder, lambda_od=3.0, lambda_d=7.0, type="i"),
+        "dipvae_ii": lambda: aetk.DIPVAE(enc, decoder, lambda_od=3.0, lambda_d=7.0,
+                                         type="ii"),
     }
     return build[name]()
 
 
 @pytest.mark.parametrize("name", ["vae_3_draws", "miwae", "ciwae", "vampprior", "beta_tcvae",
-                                  "infovae"])
+                                  "infovae", "dipvae_i", "dipvae_ii"])
 def test_loss_gradients_follow_the_reparameterised_draws(fixed_eps, name):
     """With the noise fixed the loss is a smooth function of the weights: autograd's
     gradient in the encoder's first layer (and the VampPrior's pseudo-inputs) equals central
     differences, so every term sees z = mu + sigma eps with its gradient (a z detached
-    anywhere, or sigma detached in log q(z|x), leaves the values but not the gradient)."""
+    anywhere, or sigma detached in log q(z|x), leaves the values but not the gradient).
+    The DIP-VAE's covariance penalty (both types, lambda_od 3, lambda_d 7) is
+    differentiated too: C detached, wholly or in its <diag sigma^2>, leaves the penalty's
+    value but not its gradient."""
     model = _gradient_model(name)
     params = [model.encoder.network[0].weight]
     if name == "vampprior":
