@@ -133,6 +133,34 @@ def test_a_finished_checkpoint_resumes_with_the_best_weights_it_returned(tmp_pat
         assert torch.equal(v, uninterrupted.states[7][k]), k
 
 
+def test_a_finished_checkpoint_resumed_without_callbacks_returns_the_best_weights(
+        tmp_path) -> None:
+    """The finished checkpoint itself holds the weights the run returned (EarlyStopping's
+    best epoch, 2 of 6): resumed with no callbacks (no stopper to put them back at its
+    end) the call trains nothing and returns them, not the last epoch's kept to go on
+    from."""
+    x, _ = digits("bernoulli", 300)
+    kwargs = {"epochs": 6, "batch_size": 64, "lr": 0.05, "progress": False,
+              "checkpoint": tmp_path / "run.pt"}
+
+    def model():
+        torch.manual_seed(0)
+        return aetk.build_model("vae", "bernoulli", in_features=64, latent_dim=2,
+                                hidden=(16,))
+
+    first, recorder = model(), _Recorder()
+    stopper = aetk.EarlyStopping(patience=100, monitor="score")
+    aetk.fit(first, x[:250], x[250:], callbacks=(_Score(), stopper, recorder), **kwargs)
+    assert stopper.best_epoch == 2 and not stopper.stop
+    last = recorder.states[6]
+    assert any(not torch.equal(v, last[k]) for k, v in first.state_dict().items())
+    again = model()
+    history = aetk.fit(again, x[:250], x[250:], callbacks=(), **kwargs)
+    assert len(history) == 6
+    for k, v in again.state_dict().items():
+        assert torch.equal(v, first.state_dict()[k]), k
+
+
 def test_one_instance_serves_several_fits() -> None:
     """A stopper given to a second fit (a loop over models) compared its epochs with the
     first fit's best and, never beating it, put the first model's weights into the second."""
