@@ -241,6 +241,23 @@ def test_resampled_paths_keep_to_the_graph_path() -> None:
                                torch.linspace(-0.45, 0.45, 5, dtype=torch.float64))
 
 
+def test_endpoints_within_the_larger_reach_are_joined_directly() -> None:
+    """A pair's direct edge needs the gap within the larger of its endpoints' reaches
+    (distances to their k-th nearest node): from (0, 0), whose 3 nodes lie within 0.15
+    below it, to (0, 1), which reaches them at 1.15, the gap 1 is within 1.15 though not
+    0.15. The path is that edge, of length 1 in the flat metric; within the smaller reach
+    only, it went through a node, sqrt(0.02) + sqrt(1.22) = 1.246."""
+    eye = Metric(lambda z: torch.eye(2, dtype=z.dtype).expand(len(z), 2, 2))
+    nodes = torch.tensor([[0.1, -0.1], [-0.1, -0.1], [0.0, -0.15]], dtype=torch.float64)
+    z0 = torch.tensor([[0.0, 0.0]], dtype=torch.float64)
+    z1 = torch.tensor([[0.0, 1.0]], dtype=torch.float64)
+    graph = graph_curves(eye, z0, z1, nodes, k=3, n_points=5)
+    assert graph.found.tolist() == [True]
+    torch.testing.assert_close(graph.length, torch.ones(1, dtype=torch.float64))
+    s = torch.linspace(0, 1, 5, dtype=torch.float64)[:, None]
+    torch.testing.assert_close(graph.points[0], (1 - s) * z0[0] + s * z1[0])
+
+
 def test_edge_lengths_and_resampling_by_hand() -> None:
     """Conformal f(z) = 1 + z1^2 on the points 0, 0.5, 1 of the z1-axis: each edge's length
     is the trapezoid rule of f over its `subdivisions` pieces, a path's the sum over its

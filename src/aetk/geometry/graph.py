@@ -51,21 +51,21 @@ def graph_curves(
     """Shortest paths from `z_start (B, d)` to `z_end (B, d)` (or `(d,)`) through a graph on
     `nodes (M, d)` and the endpoints.
 
-    Every node is joined to its `k` Euclidean nearest nodes (and they to it), every
-    endpoint to its `k` nearest nodes, and a pair's endpoints to each other where no
-    farther apart than those (`_graph_edges`): paths pass through no other pair's
-    endpoint, so a pair's path is the same alone as in any batch. An edge weighs the
-    metric length of the straight segment between its vertices, split into `subdivisions`
-    pieces (`curve_length`), `chunk_size` edges at a time; edges of non-finite length are
-    left out. Paths are Dijkstra's, resampled linearly inside edges at `n_points` points
-    equally spaced in the mean of the metric and the Euclidean arc length fractions:
-    metric arc length alone, the constant speed that energy minimisation converges to,
-    leaves low-metric stretches with few points, whose long chords can cut across the
-    ridge the path went around (and a zero metric collapses them to one chord). Nodes are,
-    e.g., training codes or the 2-D grid of `metrics.grid_points`; their kNN graph need
-    not be connected (pairs it does not join get the straight line and `found=False`).
-    Points are cast to the metric's dtype and device (`metrics.as_points`), and the
-    results come in that dtype. `progress` shows a bar over the edges' lengths, the
+    Every node is joined to its `k` Euclidean nearest nodes (and they to it), every endpoint
+    to its `k` nearest nodes, and a pair's endpoints to each other where no farther apart
+    than the max of their distances to their `k`-th nearest node (`_graph_edges`): paths
+    pass through no other pair's endpoint, so a pair's path is the same alone as in any
+    batch. An edge weighs the metric length of the straight segment between its vertices,
+    split into `subdivisions` pieces (`curve_length`), `chunk_size` edges at a time; edges
+    of non-finite length are left out. Paths are Dijkstra's, resampled linearly inside edges
+    at `n_points` points equally spaced in the mean of the metric and the Euclidean arc
+    length fractions: metric arc length alone, the constant speed that energy minimisation
+    converges to, leaves low-metric stretches with few points, whose long chords can cut
+    across the ridge the path went around (and a zero metric collapses them to one chord).
+    Nodes are, e.g., training codes or the 2-D grid of `metrics.grid_points`; their kNN
+    graph need not be connected (pairs it does not join get the straight line and
+    `found=False`). Points are cast to the metric's dtype and device (`metrics.as_points`),
+    and the results come in that dtype. `progress` shows a bar over the edges' lengths, the
     metric's share of the work (the graph of 4,000 codes of a VAE's pull-back took 7 s in
     bench/graph_geodesics.py).
     """
@@ -143,10 +143,11 @@ def _graph_edges(coords: np.ndarray, m: int, n_starts: int, source: np.ndarray,
     the starts and the ends, and how many of them (the first) go both ways. Each node is
     joined both ways to its `k` nearest nodes, each start to its `k` nearest nodes by edges
     out of it and each end by edges into it, and a pair's start to its end where they are
-    no farther apart than either one's `k`-th nearest node. No path passes through
-    another pair's endpoint, so a pair's path does not depend on the other pairs (joined to
-    the endpoints as vertices, the other pairs' endpoints took neighbour slots and bridged
-    gaps: alone, a pair's graph path was up to 16 % longer on a ReLU pull-back)."""
+    no farther apart than the max of the two endpoints' reaches (each one's distance to its
+    `k`-th nearest node). No path passes through another pair's endpoint, so a pair's
+    path does not depend on the other pairs (joined to the endpoints as vertices, the
+    other pairs' endpoints took neighbour slots and bridged gaps: alone, a pair's graph
+    path was up to 16 % longer on a ReLU pull-back)."""
     from scipy.spatial import KDTree
 
     reach = np.full(len(coords), np.inf)  # an endpoint's distance to its k-th nearest node
