@@ -534,6 +534,25 @@ def test_geodesics_refit_for_their_settings_also_when_encode_reruns(tmp_path: Pa
     assert planned(train={"epochs": 3}) == {"train", "encode", "geodesics"}
 
 
+def test_the_documented_forcerun_reruns_encode_and_geodesics(tmp_path: Path) -> None:
+    """docs/pipeline.md's `--forcerun encode geodesics` (after updating aetk) reruns both
+    and the jobs after them, not the training: the geodesics job, whose latent input is
+    ancient, was kept (Snakemake never saw it forced after encode), and so were its
+    results made by the old code."""
+    docs = " ".join((REPO / "docs/pipeline.md").read_text().split())
+    assert "snakemake --cores 2 --forcerun encode geodesics`" in docs
+    config = {"data": {"source": "swissroll", "n_samples": 300, "transforms": ["standardise"]},
+              "grid": {"models": ["rhvae"], "likelihoods": ["gaussian"]}}
+    wd = up_to_date_workdir(tmp_path, config)
+    out = snakemake(wd, "-n", "--configfile", "test.yaml", "--forcerun", "encode",
+                    "geodesics").stdout
+    assert job_counts(out) == {"encode": 1, "geodesics": 1, "report_run": 1,
+                               "report_geodesics": 1, "report_summary": 1, "all": 1}
+    # encode alone still refits no geodesics
+    out = snakemake(wd, "-n", "--configfile", "test.yaml", "--forcerun", "encode").stdout
+    assert "geodesics" not in job_counts(out) and "encode" in job_counts(out)
+
+
 def test_a_device_change_reruns_nothing_and_reaches_the_commands(tmp_path: Path) -> None:
     """Where a job runs is not what it computes: results made on the CPU stay current when
     the configuration, or --set-resources, points train, encode and geodesics elsewhere (the

@@ -368,6 +368,18 @@ def gpus(section):
     return 1 if device.startswith("cuda") else 0
 
 
+def latent_input(wildcards):
+    """The latent store, ancient: the codes change only with the model, also an input, so
+    re-encoding for encode's own settings (n_generated, ...) refits no geodesics (a minute
+    on the single cells). Not when geodesics is forced (--forcerun, --forceall): Snakemake
+    (9.27, dag.py update_needrun) never sees a forced job after one that must run, and
+    keeps it when its inputs from that job are all ancient, so `--forcerun encode
+    geodesics` refitted none."""
+    latent = f"results/latent/{wildcards.run}.zarr"
+    dag = workflow.dag_settings
+    return latent if dag.forceall or "geodesics" in dag.forcerun else ancient(latent)
+
+
 def with_device(args):
     """The params function of a command's options, ``args(wildcards, device)`` at the job's
     string resource ``device`` (``<section>.device``, or ``--set-resources

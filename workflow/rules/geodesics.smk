@@ -18,10 +18,7 @@ rule geodesic_settings:
 rule geodesics:
     input:
         model="results/models/{run}/model",
-        # ancient: the codes change only with the model, also an input, so re-encoding
-        # for encode's own settings (n_generated, ...) refits no geodesics (a minute on
-        # the single cells)
-        latent=ancient("results/latent/{run}.zarr"),
+        latent=latent_input,  # ancient, unless geodesics is forced
         settings="results/geodesics/{run}.settings",
     output:
         directory("results/geodesics/{run}.zarr"),
