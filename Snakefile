@@ -28,16 +28,16 @@ if BASE_CONFIG != "config.yaml":
 configfile: BASE_CONFIG
 
 
-BASE_SOURCE = yaml.safe_load(Path(BASE_CONFIG).read_text())["data"]["source"]
+# (a config.yaml without data.source, or without data, is of the schema's default)
+BASE_DATA = (yaml.safe_load(Path(BASE_CONFIG).read_text()) or {}).get("data") or {}
+BASE_SOURCE = BASE_DATA.get("source", "mnist5k")
 
 
-# That base's data section (MNIST's, scaled and binarised) is of its own data: under an
-# overlay that names another source, only the overlay's data settings apply.
+# The base's data section (the repository's: MNIST, scaled and binarised) is of its own
+# data: under an overlay (--configfile, --config) that names another source, whichever the
+# base, only the overlay's data settings apply.
 OVERLAY_DATA = workflow.config_settings.overwrite_config.get("data") or {}
-if (
-    BASE_CONFIG != "config.yaml"
-    and OVERLAY_DATA.get("source", BASE_SOURCE) != BASE_SOURCE
-):
+if OVERLAY_DATA.get("source", BASE_SOURCE) != BASE_SOURCE:
     config["data"] = dict(OVERLAY_DATA)
     print(
         "note: the overlay names another data.source, so the base's data settings (for its own "

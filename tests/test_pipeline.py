@@ -364,6 +364,27 @@ def test_an_overlay_naming_its_own_data_leaves_out_the_bases_data_settings(
         assert ("the overlay names another data.source" in out.stderr) == (source != base_source)
 
 
+def test_an_overlay_naming_its_own_data_in_the_repository_leaves_out_mnists(tmp_path: Path
+                                                                          ) -> None:
+    """In a directory with its own config.yaml (the repository's, which binarises MNIST) an
+    overlay naming real-valued data for a Gaussian decoder got MNIST's `scale01 binarise`
+    silently: the base's data settings were left out only without a local config.yaml.
+    A config.yaml without a data section is of the default data set (it stopped the run
+    with a KeyError)."""
+    wd = make_workdir(tmp_path / "repo", {"data": {"source": "x.npy"},
+                                          "grid": {"likelihoods": ["gaussian"]}})
+    np.save(wd / "x.npy", np.random.default_rng(0).normal(size=(40, 3)))
+    out = snakemake(wd, "-n", "-p", "--configfile", "test.yaml")
+    preprocess = next(line for line in out.stdout.splitlines() if "aetk preprocess" in line)
+    assert "--source x.npy" in preprocess and "binarise" not in preprocess
+    assert "the overlay names another data.source" in out.stderr
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "config.yaml").write_text("grid:\n  models: [vae]\n")
+    out = snakemake(wd, "-n", "-p", "--directory", str(own))
+    assert "--source mnist5k" in out.stdout and "the overlay names" not in out.stderr
+
+
 @pytest.mark.parametrize(("devices", "expected"), [
     ({}, {"train": 1, "encode": 0, "geodesics": 0}),
     ({"train": "cpu", "encode": "cuda", "geodesics": "cuda:1"},
