@@ -31,6 +31,17 @@ def job_resources(output: str) -> list[tuple[str, str]]:
     return jobs
 
 
+def planned_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, resources with `threads`) of every job in a dry run's output."""
+    jobs = []
+    for block in re.split(r"\n(?:local)?rule ", output)[1:]:
+        res = dict(re.findall(r"(\w+)=([^,\s]+)", (re.findall(r"resources: (.*)", block)
+                                                 or [""])[0]))
+        res["threads"] = (re.findall(r"threads: (\d+)", block) or ["1"])[0]
+        jobs.append((block.split(":")[0], res))
+    return jobs
+
+
 # ---------------------------------------------------------------------------- fast checks
 
 
@@ -839,6 +850,27 @@ def test_slurm_profile_as_profile_is_refused(tmp_path: Path) -> None:
         out = snakemake(wd, "-n", "--profile", "profiles/slurm", *cap, check=False)
         assert out.returncode != 0
         assert "--workflow-profile profiles/slurm" in out.stdout + out.stderr
+
+
+def test_a_cluster_executor_with_the_default_workflow_profile_is_refused(tmp_path: Path
+                                                                        ) -> None:
+    """A user's own cluster profile (`--profile`), or `--executor slurm`, with
+    profiles/default loaded as the workflow profile, whose settings win: its GPU cap (the
+    login node's) and default resources replaced the user's (their account was lost). Only
+    the repository's SLURM profile was recognised."""
+    wd = make_workdir(tmp_path)
+    (wd / "mine").mkdir()
+    (wd / "mine/config.yaml").write_text(yaml.safe_dump({
+        "executor": "slurm", "jobs": 20,
+        "default-resources": {"slurm_account": "lab", "slurm_partition": "batch"}}))
+    for args in (["--profile", "mine"], ["--executor", "slurm", "--jobs", "4"]):
+        proc = snakemake(wd, "-n", *args, check=False)
+        assert proc.returncode != 0, args
+        assert "--workflow-profile none" in proc.stdout + proc.stderr, args
+    for args in (["--profile", "mine", "--workflow-profile", "none"],
+                 ["--workflow-profile", "mine"]):
+        out = snakemake(wd, "-n", *args).stdout
+        assert {res.get("slurm_account") for _, res in planned_jobs(out)} == {"lab"}, args
 
 
 def test_slurm_gpu_request_becomes_gpus_flag() -> None:

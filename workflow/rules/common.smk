@@ -7,8 +7,11 @@ from pathlib import Path
 
 import yaml
 from jsonschema import Draft202012Validator
+from snakemake.cli import args_to_api
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
+from snakemake_interface_executor_plugins.registry import ExecutorPluginRegistry
+from snakemake_interface_executor_plugins.settings import ExecMode
 
 BUNDLED = ("mnist5k", "mnist", "digits", "swissroll", "scurve", "scrna_counts")
 # models whose encoder returns codes, not a distribution q(z|x): those that take mse's
@@ -135,22 +138,39 @@ def check_config(cfg):
         )
 
 
-def check_profiles(resources):
-    """`--profile profiles/slurm` also loads profiles/default as the workflow profile, whose
-    settings win: SLURM's partition, runtime and memory for every job but training, and
-    on a login node without GPUs every training job's GPU, were lost. Its mark: the slurm
-    profile's per-rule partition without its default one."""
-    train = resources.overwrite_resources.get("train", {})
+def command_line():
+    """The parsed arguments of the `snakemake` command running this workflow, its profiles'
+    settings merged in; None under Snakemake's API. Only they name the executor while the
+    workflow is parsed: Snakemake (9.27, api.py) gives it one later, "dryrun" in a dry run.
+    """
+    frame = sys._getframe()
+    while frame is not None and frame.f_code is not args_to_api.__code__:
+        frame = frame.f_back
+    return frame.f_locals.get("args") if frame is not None else None
+
+
+def check_profiles(args):
+    """Jobs sent to a cluster (`executor: slurm` of a --profile, or --executor) with
+    profiles/default, which Snakemake loads as the workflow profile unless told another or
+    `none` (cli.py parse_args), and whose settings win over --profile's: its GPU cap (the
+    login node's GPUs, often none: every training's GPU was taken away) and its default
+    resources (the user's account and partitions were lost)."""
     if (
-        "slurm_partition" in train
-        and "slurm_partition" not in resources.default_resources
+        args is None
+        or args.mode != ExecMode.DEFAULT
+        or args.workflow_profile is not None
+        or not (Path(workflow.basedir) / "profiles" / "default").exists()
+        or ExecutorPluginRegistry().get_plugin(args.executor).common_settings.local_exec
     ):
-        raise WorkflowError(
-            "profiles/slurm was given as --profile: Snakemake then also loads "
-            "profiles/default as the workflow profile, whose default resources (and GPU "
-            "cap: this machine's GPUs) override it. Run `snakemake --workflow-profile "
-            "profiles/slurm` instead."
-        )
+        return
+    raise WorkflowError(
+        f"The jobs go to the {args.executor} executor, but Snakemake also loaded this "
+        "workflow's profiles/default (for a workstation) as the workflow profile, whose "
+        "settings win over --profile's: its GPU cap (this machine's GPUs) and default "
+        "resources would replace yours. Give your profile as --workflow-profile (this "
+        "workflow's SLURM profile: `snakemake --workflow-profile profiles/slurm`), or add "
+        "`--workflow-profile none`."
+    )
 
 
 # bundled data sets without categorical labels: swiss roll and S-curve positions are
@@ -280,7 +300,7 @@ validate(config, schema="../schemas/config.schema.yaml")  # fills in the default
 check_source(config["data"])
 check_needs(config)
 check_pairs(config)
-check_profiles(workflow.resource_settings)
+check_profiles(command_line())
 
 
 DATA = config["data"]
