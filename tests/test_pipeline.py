@@ -852,6 +852,23 @@ def test_slurm_profile_as_profile_is_refused(tmp_path: Path) -> None:
         assert "--workflow-profile profiles/slurm" in out.stdout + out.stderr
 
 
+def test_rules_request_their_memory_and_time_whatever_set_resources(tmp_path: Path) -> None:
+    """Training's 16 GB and 4 h, the geodesics' 8 GB and 1 h are the rules' own: one
+    --set-resources on the command line replaced the profile's whole list, and those jobs
+    went to SLURM with the 4 GB and 30 minutes of every job. Locally (profiles/default) the
+    rules ask the same (a request: the local executor caps only --resources')."""
+    wd = make_workdir(tmp_path)
+    expected = {"train": ("16000", "240"), "geodesics": ("8000", "60"),
+                "encode": ("4000", "30"), "preprocess": ("4000", "30")}
+    for args in (["--set-resources", "train:slurm_account=lab"], []):
+        out = snakemake(wd, "-n", "--workflow-profile", "profiles/slurm", *args).stdout
+        planned = {(rule, res["mem_mb"], res["runtime"])
+                   for rule, res in planned_jobs(out) if rule in expected}
+        assert planned == {(rule, *values) for rule, values in expected.items()}, args
+    out = snakemake(wd, "-n", "--cores", "2").stdout
+    assert {res["mem_mb"] for rule, res in planned_jobs(out) if rule == "train"} == {"16000"}
+
+
 def test_a_cluster_executor_with_the_default_workflow_profile_is_refused(tmp_path: Path
                                                                         ) -> None:
     """A user's own cluster profile (`--profile`), or `--executor slurm`, with

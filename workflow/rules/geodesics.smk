@@ -31,6 +31,8 @@ rule geodesics:
     resources:
         gpu=gpus("geodesics"),
         device=config["geodesics"]["device"],
+        mem_mb=8000,  # as train's
+        runtime=60,
     params:
         settings=geodesic_args,  # as train's
         args=with_device(geodesic_args),

@@ -15,6 +15,10 @@ rule train:
     resources:
         gpu=gpus("train"),
         device=config["train"]["device"],
+        # a cluster job's request, here and not in profiles/slurm, which a --set-resources
+        # replaces whole; local runs enforce neither (mem_mb only under --resources)
+        mem_mb=16000,
+        runtime=240,
     params:
         # what the params rerun trigger compares; args differ from it by the device only
         settings=train_args,
