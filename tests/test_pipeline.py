@@ -852,6 +852,25 @@ def test_slurm_profile_as_profile_is_refused(tmp_path: Path) -> None:
         assert "--workflow-profile profiles/slurm" in out.stdout + out.stderr
 
 
+@pytest.mark.parametrize(("config", "args", "gpu"), [
+    ({}, [], {"train": "1", "encode": "0", "geodesics": "0"}),
+    ({"train": {"device": "cpu"}, "encode": {"device": "cuda"},
+      "geodesics": {"device": "cuda:1"}}, [], {"train": "0", "encode": "1", "geodesics": "1"}),
+    ({}, ["--set-resources", "train:gpu=0", "train:device=cpu"],
+     {"train": "0", "encode": "0", "geodesics": "0"})])
+def test_slurm_partition_follows_the_gpu_request(tmp_path: Path, config: dict, args: list,
+                                                 gpu: dict) -> None:
+    """Under profiles/slurm a job that asks for a GPU goes to the GPU partition, the others
+    to the default one: the profile gave training a GPU and its partition whatever
+    train.device, and encode or geodesics on cuda a GPU in the CPU partition."""
+    wd = make_workdir(tmp_path, config)
+    out = snakemake(wd, "-n", "--workflow-profile", "profiles/slurm", "--configfile",
+                    "test.yaml", *args).stdout
+    asked = {(rule, res.get("gpu"), res["slurm_partition"])
+             for rule, res in planned_jobs(out) if rule in gpu}
+    assert asked == {(rule, n, "gpu" if n == "1" else "cpu") for rule, n in gpu.items()}
+
+
 def test_rules_request_their_memory_and_time_whatever_set_resources(tmp_path: Path) -> None:
     """Training's 16 GB and 4 h, the geodesics' 8 GB and 1 h are the rules' own: one
     --set-resources on the command line replaced the profile's whole list, and those jobs
@@ -894,15 +913,15 @@ def test_slurm_gpu_request_becomes_gpus_flag() -> None:
     """The plugin turns the profile's gpu/gpu_model into sbatch's --gpus (not --gres)."""
     plugin = pytest.importorskip("snakemake_executor_plugin_slurm.utils")
     profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
-    train = profile["set-resources"]["train"]
+    train = {**profile["set-resources"]["train"], "gpu": 1}  # the rule's gpu
 
     class Resources(dict):
         __getattr__ = dict.__getitem__
 
     job = type("Job", (), {"resources": Resources(train)})()
-    assert plugin.set_gres_string(job).strip() == f"--gpus={train['gpu']}"
+    assert plugin.set_gres_string(job).strip() == "--gpus=1"
     job.resources["gpu_model"] = "a100"
-    assert plugin.set_gres_string(job).strip() == f"--gpus=a100:{train['gpu']}"
+    assert plugin.set_gres_string(job).strip() == "--gpus=a100:1"
 
 
 def test_conda_env_covers_the_package_dependencies() -> None:

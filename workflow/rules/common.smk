@@ -388,6 +388,27 @@ def gpus(section):
     return 1 if device.startswith("cuda") else 0
 
 
+def gpu_partition(rule):
+    """The SLURM partition of a job of ``rule`` (train, encode, geodesics) that asks for a
+    GPU (gpus(), or a --set-resources gpu): the default resource ``slurm_gpu_partition``
+    (profiles/slurm), as ``**`` keywords of its resources; none for the others, or without
+    it, which keep default-resources' ``slurm_partition``. The rules set it, as they know
+    the request: Snakemake (9.27, resources.py cli_evaluator) evaluates a profile's resource
+    expressions without the job's other resources or its rule."""
+    settings = workflow.resource_settings
+    partition = given(settings.default_resources, "slurm_gpu_partition")
+    overridden = given(settings.overwrite_resources.get(rule), "gpu")
+    asked = gpus(rule) if overridden is None else overridden
+    return {"slurm_partition": partition} if partition and asked else {}
+
+
+def given(resources, name):
+    """A resource as given on the command line or in a profile (an expression as its text),
+    or None; of Snakemake's parsed resources or the API's plain mapping."""
+    value = (resources or {}).get(name)
+    return getattr(value, "raw", value)
+
+
 def latent_input(wildcards):
     """The latent store, ancient: the codes change only with the model, also an input, so
     re-encoding for encode's own settings (n_generated, ...) refits no geodesics (a minute

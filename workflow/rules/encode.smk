@@ -11,6 +11,7 @@ rule encode:
     conda:
         "../../envs/aetk.yaml"
     resources:
+        **gpu_partition("encode"),  # on SLURM (profiles/slurm)
         gpu=gpus("encode"),
         device=config["encode"]["device"],
     params:

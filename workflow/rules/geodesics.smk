@@ -29,6 +29,7 @@ rule geodesics:
     conda:
         "../../envs/aetk.yaml"
     resources:
+        **gpu_partition("geodesics"),  # on SLURM (profiles/slurm)
         gpu=gpus("geodesics"),
         device=config["geodesics"]["device"],
         mem_mb=8000,  # as train's

@@ -13,6 +13,7 @@ rule train:
         "../../envs/aetk.yaml"
     threads: 1
     resources:
+        **gpu_partition("train"),  # on SLURM (profiles/slurm)
         gpu=gpus("train"),
         device=config["train"]["device"],
         # a cluster job's request, here and not in profiles/slurm, which a --set-resources
