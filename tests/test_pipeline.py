@@ -888,6 +888,17 @@ def test_rules_request_their_memory_and_time_whatever_set_resources(tmp_path: Pa
     assert {res["mem_mb"] for rule, res in planned_jobs(out) if rule == "train"} == {"16000"}
 
 
+def test_encode_and_geodesics_take_the_slurm_profiles_threads(tmp_path: Path) -> None:
+    """`aetk encode` and `aetk geodesics` use torch's CPU threads (--threads), as training:
+    profiles/slurm gives them 4 each (they ran on 1); locally one each, as training."""
+    wd = make_workdir(tmp_path)
+    rules = ("train", "encode", "geodesics")
+    for args, threads in ((["--workflow-profile", "profiles/slurm"], "4"), ([], "1")):
+        out = snakemake(wd, "-n", "--cores", "64", *args).stdout
+        assert {(rule, res["threads"]) for rule, res in planned_jobs(out) if rule in rules
+                } == {(rule, threads) for rule in rules}, args
+
+
 def test_a_cluster_executor_with_the_default_workflow_profile_is_refused(tmp_path: Path
                                                                         ) -> None:
     """A user's own cluster profile (`--profile`), or `--executor slurm`, with

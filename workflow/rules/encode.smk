@@ -10,6 +10,7 @@ rule encode:
         "results/benchmarks/encode/{run}.tsv"
     conda:
         "../../envs/aetk.yaml"
+    threads: 1  # as train's: torch's CPU threads (profiles/slurm sets more)
     resources:
         **gpu_partition("encode"),  # on SLURM (profiles/slurm)
         gpu=gpus("encode"),

@@ -28,6 +28,7 @@ rule geodesics:
         "results/benchmarks/geodesics/{run}.tsv"
     conda:
         "../../envs/aetk.yaml"
+    threads: 1  # as train's: torch's CPU threads (profiles/slurm sets more)
     resources:
         **gpu_partition("geodesics"),  # on SLURM (profiles/slurm)
         gpu=gpus("geodesics"),
