@@ -792,6 +792,20 @@ def test_config_errors_stop_before_any_job(tmp_path: Path, config: dict, expecte
     assert "Invalid configuration (1 error(s))" in err and expected in err, err
 
 
+def test_nested_config_on_the_command_line_says_to_use_an_overlay(tmp_path: Path) -> None:
+    """Snakemake reads --config's nested values as text: `train='{"epochs": 3}'` stopped
+    with "train.epochs: '3' is not of type 'integer'" and no way out; now it names one."""
+    wd = make_workdir(tmp_path)
+    proc = snakemake(wd, "-n", "--config", 'train={"epochs": 3}', check=False)
+    assert proc.returncode != 0
+    assert ("train.epochs: '3' is not of type 'integer' (--config gives nested values as "
+            "text: set train.epochs in an overlay file, given with --configfile)"
+            ) in proc.stdout + proc.stderr
+    # an overlay's error says nothing of --config
+    assert "--config gives" not in config_errors(tmp_path / "file",
+                                                 {"train": {"epochs": "3"}})
+
+
 def test_schema_names_match_the_registries() -> None:
     """Model, likelihood, activation and option names in the schema are exactly what
     build_model takes (sigmoid, which aetk train --activation took, was not in the schema)."""

@@ -130,12 +130,20 @@ def check_config(cfg):
         key=lambda e: [str(p) for p in e.path],
     )
     if errors:
-        raise config_error(
-            [
-                f"{'.'.join(str(p) for p in e.path) or '(top level)'}: {message(e)}"
-                for e in errors
-            ]
-        )
+        raise config_error([error_line(e) for e in errors])
+
+
+def error_line(error):
+    """A schema error's line; for a nested key of a section given with --config, whose
+    values Snakemake reads as text (9.27, cli.py parse_config: `train='{"epochs": 3}'`
+    gives '3'), the advice to set it in an overlay file."""
+    key = ".".join(str(p) for p in error.path)
+    cli = len(error.path) > 1 and error.path[0] in workflow.config_settings.config
+    hint = (
+        f" (--config gives nested values as text: set {key} in an overlay file, given "
+        "with --configfile)"
+    )
+    return f"{key or '(top level)'}: {message(error)}{hint if cli else ''}"
 
 
 def command_line():
