@@ -566,6 +566,16 @@ def test_geodesics_refit_for_their_settings_also_when_encode_reruns(tmp_path: Pa
     assert planned(train={"epochs": 3}) == {"train", "encode", "geodesics"}
 
 
+def test_the_geodesic_settings_log_says_the_settings(tmp_path: Path) -> None:
+    """The log of geodesic_settings, which reruns the geodesics, names the options it
+    wrote (it stayed empty)."""
+    wd = make_workdir(tmp_path)
+    snakemake(wd, "--cores", "1", "results/geodesics/rhvae-bernoulli.settings")
+    settings = (wd / "results/geodesics/rhvae-bernoulli.settings").read_text().strip()
+    log = (wd / "results/logs/geodesic_settings/rhvae-bernoulli.log").read_text()
+    assert "--n-pairs 8 " in settings and settings in log and "rhvae-bernoulli" in log
+
+
 def test_the_documented_forcerun_reruns_encode_and_geodesics(tmp_path: Path) -> None:
     """docs/pipeline.md's `--forcerun encode geodesics` (after updating aetk) reruns both
     and the jobs after them, not the training: the geodesics job, whose latent input is

@@ -708,6 +708,13 @@ def encode_args(wildcards, device="auto"):
     )
 
 
+def write_settings(path, args, log):
+    """The geodesics' options as the file of geodesic_settings; its log says them too: what
+    changed, when the geodesics rerun for it."""
+    Path(path).write_text(f"{args}\n")
+    Path(log).write_text(f"{path}: aetk geodesics options (a change refits):\n{args}\n")
+
+
 def pairs_arg(pairs):
     """`geodesics.pairs` as `aetk geodesics --pairs I:J ...`; None (sampled) when unset."""
     return [f"{int(i)}:{int(j)}" for i, j in pairs] if pairs else None

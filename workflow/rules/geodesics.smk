@@ -12,7 +12,7 @@ rule geodesic_settings:
     params:
         args=geodesic_args,
     run:
-        Path(output[0]).write_text(f"{params.args}\n")
+        write_settings(output[0], params.args, log[0])
 
 
 rule geodesics:
