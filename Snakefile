@@ -65,8 +65,13 @@ rule all:
         report_outputs(),
 
 
+# --report plans the jobs again: without the run's overlays, of another configuration
 onsuccess:
+    overlays = "".join(
+        f" --configfile {f}" for f in workflow.config_settings.configfiles
+    )
     print(
         "Done. Figures and tables: results/report/; for a report with captions run "
-        "snakemake --report results/report.zip (unzip it, open report/report.html)."
+        f"snakemake --report results/report.zip{overlays} (unzip it, open "
+        "report/report.html)."
     )

@@ -576,6 +576,18 @@ def test_the_geodesic_settings_log_says_the_settings(tmp_path: Path) -> None:
     assert "--n-pairs 8 " in settings and settings in log and "rhvae-bernoulli" in log
 
 
+def test_the_report_is_told_with_the_runs_overlays(tmp_path: Path) -> None:
+    """`snakemake --report` plans the jobs again, so it needs the run's --configfile: the
+    hint printed after a run, and the docs, said the bare command, which reports the
+    default configuration's runs."""
+    wd = make_workdir(tmp_path, {"geodesics": {"n_pairs": 3}})
+    out = snakemake(wd, "results/geodesics/rhvae-bernoulli.settings", "--cores", "1",
+                    "--configfile", "test.yaml").stdout
+    assert f"snakemake --report results/report.zip --configfile {wd / 'test.yaml'} " in out
+    docs = " ".join((REPO / "docs/pipeline.md").read_text().split())
+    assert "`snakemake --report results/report.zip --configfile my-analysis.yaml`" in docs
+
+
 def test_the_documented_forcerun_reruns_encode_and_geodesics(tmp_path: Path) -> None:
     """docs/pipeline.md's `--forcerun encode geodesics` (after updating aetk) reruns both
     and the jobs after them, not the training: the geodesics job, whose latent input is
@@ -957,6 +969,21 @@ def test_slurm_gpu_request_becomes_gpus_flag() -> None:
     assert plugin.set_gres_string(job).strip() == "--gpus=1"
     job.resources["gpu_model"] = "a100"
     assert plugin.set_gres_string(job).strip() == "--gpus=a100:1"
+
+
+def test_the_docs_say_how_to_get_the_slurm_plugin_and_where_the_logs_are() -> None:
+    """The SLURM plugin is no dependency of aetk (only of its tests): the docs, the README
+    and the profile name its install. Every rule logs under results/logs/, which the docs
+    called `logs/`."""
+    docs = (REPO / "docs/pipeline.md").read_text()
+    for text in (docs, (REPO / "README.md").read_text(),
+                 (REPO / "profiles/slurm/config.yaml").read_text()):
+        assert "pip install snakemake-executor-plugin-slurm" in " ".join(text.split())
+    rules = "".join(p.read_text() for p in (REPO / "workflow/rules").glob("*.smk"))
+    logs = re.findall(r"\n    log:\n        f?\"([^\"]+)\"", rules)
+    assert len(logs) == rules.count("\n    log:") and logs
+    assert all(log.startswith("results/logs/") for log in logs), logs
+    assert "`results/logs/`" in docs and not re.search(r"(?<![\w/])`logs/", docs)
 
 
 def test_conda_env_covers_the_package_dependencies() -> None:
