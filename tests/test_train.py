@@ -325,6 +325,50 @@ def test_load_refuses_a_model_not_built_by_build_model(tmp_path):
         aetk.load(tmp_path / "nothing-here")
 
 
+def test_settings_changed_after_the_build_are_saved_and_set_again(tmp_path):
+    """An RHVAE's temperature, regularisation and step size and a Gaussian decoder's sigma,
+    set by hand after build_model, came back at their defaults from its description alone:
+    another metric G(z) and another loss, without a word."""
+    train, _ = _digits("gaussian", n_train=200)
+    model = _build("rhvae", "gaussian", centroids=16)
+    model.temperature, model.regularization, model.step_size = 0.3, 0.1, 0.01
+    model.decoder.sigma = 0.2
+    _fit(model, train, epochs=1)
+    model.save(tmp_path)
+    again = aetk.load(tmp_path)
+    assert (again.temperature, again.regularization, again.step_size, again.decoder.sigma) \
+        == (0.3, 0.1, 0.01, 0.2)
+    z = torch.randn(7, 2, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again.G(z), model.eval().G(z), rtol=0, atol=0)
+    x = train[:32]
+    torch.manual_seed(1)
+    want = model.loss(x).loss
+    torch.manual_seed(1)
+    torch.testing.assert_close(again.loss(x).loss, want, rtol=0, atol=0)
+    # only what differs from the build is saved
+    settings = json.loads((tmp_path / "config.json").read_text())["settings"]
+    assert settings == {"temperature": 0.3, "regularization": 0.1, "step_size": 0.01,
+                        "decoder.sigma": 0.2}
+
+
+def test_a_model_whose_network_was_replaced_is_saved_as_ones_own_parts(tmp_path):
+    """A decoder network replaced after build_model (tanh for smoother geometry) came back
+    as the build's ReLU network with the new weights loaded into it: another decoder,
+    silently. Saving now warns, and load asks for the model as it is (into=)."""
+    model = _build("vae", "gaussian")
+    torch.manual_seed(0)
+    model.decoder.network = torch.nn.Sequential(
+        torch.nn.Linear(2, 32), torch.nn.Tanh(), torch.nn.Linear(32, 64))
+    with pytest.warns(UserWarning, match=r"the VAE's networks differ from those that "
+                                         r"build_model made .* into=model"):
+        model.save(tmp_path)
+    with pytest.raises(aetk.io.NotRebuildable, match=r"into=model"):
+        aetk.load(tmp_path)
+    again = aetk.load(tmp_path, into=copy.deepcopy(model))
+    z = torch.randn(5, 2)
+    torch.testing.assert_close(again.decode(z).mean, model.decode(z).mean, rtol=0, atol=0)
+
+
 class _HalfNormalDecoder(aetk.Decoder):
     """A user-made likelihood, which build_model cannot rebuild."""
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import json
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -33,21 +35,23 @@ class NotRebuildable(ValueError):
 
 
 def save(model: Model, path: str | Path, history: pd.DataFrame | None = None) -> None:
-    """Write `config.json` (how to rebuild the model, and the beta and KL capacity that an
-    annealing schedule last set) and `weights.pt` (its state dict); with `history`,
-    `aetk.fit`'s return value, also `history.tsv` (tab-separated, as `aetk train
-    --history`), which `load_history(path)` reads back. Without one, a `history.tsv` of an
-    earlier save into the folder is removed: it would describe other weights (a history.tsv
-    in a folder without a saved model is left alone). A file or a Zarr store at `path` is
-    a `FileExistsError` (`check_model_target`)."""
+    """Write `config.json` (how to rebuild the model, the settings changed by hand after
+    `build_model` made it, and the beta and KL capacity that an annealing schedule last
+    set) and `weights.pt` (its state dict); with `history`, `aetk.fit`'s return value, also
+    `history.tsv` (tab-separated, as `aetk train --history`), which `load_history(path)`
+    reads back. Without one, a `history.tsv` of an earlier save into the folder is removed:
+    it would describe other weights (a history.tsv in a folder without a saved model is
+    left alone). A file or a Zarr store at `path` is a `FileExistsError`
+    (`check_model_target`)."""
     if history is not None and not isinstance(history, pd.DataFrame):
         raise TypeError(f"history must be a pandas DataFrame (aetk.fit's return value), got "
                         f"{type(history).__name__}")
     path = check_model_target(path)
+    spec, settings = _as_built(model)
     path.mkdir(parents=True, exist_ok=True)
     saved_before = (path / CONFIG).exists()  # a history.tsv of ours, not a user's own file
     config = {"aetk_version": __version__, "class": type(model).__name__,
-              "parts": part_classes(model), "build_spec": model.build_spec,
+              "parts": part_classes(model), "build_spec": spec, "settings": settings,
               "annealed": annealed_values(model)}
     # the weights first: a folder with config.json and truncated weights would pass for a model
     save_atomic({k: v.detach().cpu() for k, v in model.state_dict().items()}, path / WEIGHTS,
@@ -58,6 +62,46 @@ def save(model: Model, path: str | Path, history: pd.DataFrame | None = None) ->
             (path / HISTORY).unlink(missing_ok=True)
     else:
         history.to_csv(path / HISTORY, sep="\t", index=False)
+
+
+def _rebuild(spec: dict[str, Any]) -> Model:
+    """The model that `build_model` makes from a saved description."""
+    from .build import build_model
+
+    spec = {**SPEC_DEFAULTS, **spec}
+    return build_model(spec.pop("model"), spec.pop("likelihood"), **spec)
+
+
+def scalar_settings(model: Model) -> dict[str, Any]:
+    """The public scalar attributes (numbers, flags, names) of `model` and its parts by
+    dotted path, as `{"temperature": 0.8, "decoder.sigma": 1.0}`: the settings that a state
+    dict does not hold."""
+    return {f"{name}.{attr}".lstrip("."): value
+            for name, module in model.named_modules() for attr, value in vars(module).items()
+            if not attr.startswith("_") and attr != "training"
+            and type(value) in (bool, int, float, str, type(None))}
+
+
+def _as_built(model: Model) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The build description to save and the settings changed by hand after the build
+    (`model.temperature = 0.3`), which `load` sets again: rebuilt from the description
+    alone, such a model came back with the defaults, silently. A model whose networks were
+    replaced (`model.decoder.network = ...`) is saved as one of the user's own parts, with
+    a warning: rebuilt, weights of the same shapes loaded into the other network."""
+    if model.build_spec is None:
+        return None, {}
+    built = _rebuild(json.loads(json.dumps(model.build_spec)))
+    if part_classes(built) != part_classes(model):  # load names the parts that differ
+        return model.build_spec, {}
+    if repr(built) != repr(model):
+        warnings.warn(f"the {type(model).__name__}'s networks differ from those that "
+                      "build_model made from its description, so it is saved as a model of "
+                      "your own parts: load it with aetk.load(path, into=model), model built "
+                      "again as now", UserWarning, stacklevel=4)
+        return None, {}
+    default = scalar_settings(built)
+    return model.build_spec, {k: v for k, v in scalar_settings(model).items()
+                              if k not in default or default[k] != v}
 
 
 def check_model_target(path: str | Path) -> Path:
@@ -101,9 +145,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", *,
     from its description: build it again as it was and pass it as `into`, which gets the
     weights (the saved class must be its class) and stays on its device; a rebuilt model
     comes back on `map_location` ("cpu", "cuda", "auto": a GPU when there is one), in the
-    dtype of the saved weights."""
-    from .build import build_model
-
+    dtype of the saved weights, with the settings changed by hand after its build."""
     path = _model_dir(path)
     config = json.loads((path / CONFIG).read_text())
     spec = config.get("build_spec")
@@ -121,9 +163,11 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", *,
             f"cannot be rebuilt from its description: build it again as it was and pass it, "
             f"aetk.load('{path}', into=model)", path, parts)
     else:
-        spec = {**SPEC_DEFAULTS, **spec}
-        _check_registered(spec, parts, path)
-        model = build_model(spec.pop("model"), spec.pop("likelihood"), **spec)
+        _check_registered({**SPEC_DEFAULTS, **spec}, parts, path)
+        model = _rebuild(spec)
+        for name, value in config.get("settings", {}).items():  # absent before 2026-12-04
+            module, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(module), attr, value)
         try:
             _check_parts(model, parts, path, "build the model with these parts as it was and "
                          f"pass it, aetk.load('{path}', into=model)")
