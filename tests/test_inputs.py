@@ -680,6 +680,15 @@ def test_the_composed_one_hot_model_takes_class_indices_too():
         model.encode(idx + 1)
 
 
+@pytest.mark.parametrize("name", ["ae", "vae", "iwae", "hvae", "rhvae", "vqvae"])
+def test_the_loss_of_no_rows_says_so(name):
+    """encode and decode of 0 rows return 0 rows, fit refuses empty data, but loss(x[:0])
+    failed inside torch ("cannot reshape tensor of 0 elements")."""
+    model = aetk.build_model(name, "bernoulli", in_features=4, hidden=(8,))
+    with pytest.raises(ValueError, match="loss got x of 0 rows: a loss is a mean over rows"):
+        model.loss(torch.rand(0, 4))
+
+
 def test_loss_refuses_targets_that_would_broadcast():
     """A target of one row for five inputs, or of one feature for four, broadcast against
     the likelihood's parameters: a Gaussian model's loss(x, x[:, :1]) was a number (every

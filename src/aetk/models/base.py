@@ -144,6 +144,9 @@ def takes_loss_data(loss: Callable[..., Any]) -> Callable[..., Any]:
                 kwargs[name] = _convert(self, convert, kwargs[name])
         given = dict(zip(names, args, strict=False)) | kwargs
         x, target = given.get(names[0]), given.get("target") if len(converters) == 2 else None
+        if isinstance(x, torch.Tensor) and x.dim() and not len(x):  # torch's reshape error
+            raise ValueError("loss got x of 0 rows: a loss is a mean over rows, give at least "
+                             "one")
         if (isinstance(x, torch.Tensor) and isinstance(target, torch.Tensor) and x.dim()
                 and target.dim() and len(x) != len(target)):  # broadcast in the likelihood
             raise ValueError(f"loss got x of {len(x)} rows but a target of {len(target)}: give "
