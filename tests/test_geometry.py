@@ -682,6 +682,24 @@ def test_metric_for_picks_the_pullback_for_other_models():
     assert metric_for(model, kind="fisher").kind == "fisher"
 
 
+def test_metric_for_moves_the_whole_model_to_float64():
+    """`metric_for(vae).to(torch.float64)`, the documented way to float64 results, moved
+    the decoder alone: the model's decode, loss and fit then failed on a float32 encoder
+    beside a float64 decoder ("mat1 and mat2 must have the same dtype")."""
+    def build():
+        torch.manual_seed(0)
+        return aetk.build_model("vae", "gaussian", in_features=5, latent_dim=2, hidden=(8,))
+
+    model, want = build(), PullbackMetric(build().decoder)  # the same weights, float32
+    z = torch.randn(4, 2, dtype=torch.float64)
+    metric = metric_for(model).to(torch.float64)
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    x = torch.rand(3, 5, dtype=torch.float64)
+    assert model.loss(x).loss.dtype == torch.float64
+    assert metric(z).dtype == torch.float64
+    torch.testing.assert_close(metric(z), want(z.float()).double(), rtol=1e-5, atol=1e-6)
+
+
 def test_metric_for_an_rhvae_refuses_a_kind_it_would_ignore():
     """`metric_for(rhvae, kind="fisher")` (or any kind, "nonsense" too) returned the RHVAE's
     own metric, silently."""

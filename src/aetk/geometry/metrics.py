@@ -471,7 +471,7 @@ class PullbackMetric(Metric):
 def metric_for(model: nn.Module, kind: str | None = None) -> Metric:
     """The natural metric of a model: its own for an RHVAE (anything with `G`, `G_inv` and
     `log_det_G`), which takes no `kind`, otherwise the pull-back through `model.decoder`
-    (`kind` as in `PullbackMetric`, default "mean")."""
+    (`kind` as in `PullbackMetric`, default "mean"); its `to` moves the whole model."""
     if all(callable(getattr(model, name, None)) for name in ("G", "G_inv", "log_det_G")):
         if kind is not None:  # it was ignored: the RHVAE's metric came back for "fisher"
             raise ValueError(f"kind={kind!r}: an RHVAE's natural metric is its own, G(z), of "
@@ -484,7 +484,11 @@ def metric_for(model: nn.Module, kind: str | None = None) -> Metric:
                         f"one with a decoder; {type(model).__name__} has neither. For a "
                         "decoder of your own use PullbackMetric(decoder), for a metric "
                         "function Metric(fn)")
-    return PullbackMetric(decoder, kind="mean" if kind is None else kind)
+    metric = PullbackMetric(decoder, kind="mean" if kind is None else kind)
+    # what `to` moves: the decoder alone left a float32 encoder beside a float64 decoder,
+    # and the model's decode, loss and fit failed on the mixed dtypes
+    metric.model = model
+    return metric
 
 
 def _grid_axes(bounds: Sequence[Sequence[float]], n: int | Sequence[int], what: str
