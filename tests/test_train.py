@@ -314,6 +314,21 @@ def test_a_finished_checkpoint_resumes_with_the_annealed_beta_and_capacity(tmp_p
     assert (again.beta, again.capacity) == (first.beta, first.capacity)
 
 
+def test_a_float16_model_that_diverges_is_told_of_float16s_range():
+    """A `.half()` VAE's KL overflowed float16 in its third batch, and the advice was only
+    a smaller learning rate; bfloat16 (float32's range) trains."""
+    torch.manual_seed(0)
+    x = (torch.rand(300, 64) > 0.5).half()
+    model = _build().half()
+    with pytest.raises(aetk.TrainingDiverged, match=r"try a smaller learning rate; or the "
+                                                    r"model's float16 weights, whose range "
+                                                    r"\(largest 65504\) .* train in float32 "
+                                                    r"or bfloat16"):
+        _fit(model, x, epochs=2, lr=1e-3)
+    half = _build().bfloat16()
+    assert np.isfinite(_fit(half, x.bfloat16(), epochs=2, lr=1e-3)["train_loss"]).all()
+
+
 def test_load_refuses_a_model_not_built_by_build_model(tmp_path):
     enc = aetk.GaussianEncoder(in_features=4, latent_dim=2, hidden=(3,))
     model = aetk.VAE(enc, aetk.BernoulliDecoder(latent_dim=2, out_features=4, hidden=(3,)))

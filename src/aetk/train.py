@@ -817,6 +817,7 @@ def _train_epoch(model: Model, batches: _Batches, optimizers: dict, epoch: int,
                 f"the loss became {out.loss.item()} at epoch {epoch}, batch {i} of "
                 f"{batches.count()} (non-finite terms: {', '.join(bad) or 'none'}); "
                 + _divergence_advice(epoch == 1 and i == 1, optimizers)
+                + _half_note(model)
             )
         meter.add(out, x.shape[0])
         bar.update()
@@ -845,6 +846,15 @@ def _divergence_advice(first_step: bool, optimizers: dict[str, torch.optim.Optim
             "(standardise continuous data for a Gaussian likelihood, e.g. with "
             "aetk.data.Standardise) and that every value is in the likelihood's support (an "
             "exact 0 or 1 has no finite Beta log-density, a negative value no Poisson one)")
+
+
+def _half_note(model: Model) -> str:
+    """float16 weights as a cause of a non-finite loss: its range ends at 65504 and fit
+    scales no losses (bfloat16 has float32's range)."""
+    if any(p.dtype == torch.float16 for p in model.parameters()):
+        return ("; or the model's float16 weights, whose range (largest 65504) a loss or its "
+                "gradient outgrows: train in float32 or bfloat16")
+    return ""
 
 
 def _warn_scale(model: Model, x: torch.Tensor, name: str) -> None:
