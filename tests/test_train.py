@@ -374,10 +374,12 @@ def test_a_model_whose_network_was_replaced_is_saved_as_ones_own_parts(tmp_path)
     torch.manual_seed(0)
     model.decoder.network = torch.nn.Sequential(
         torch.nn.Linear(2, 32), torch.nn.Tanh(), torch.nn.Linear(32, 64))
-    with pytest.warns(UserWarning, match=r"the VAE's networks differ from those that "
-                                         r"build_model made .* into=model"):
+    with pytest.warns(UserWarning, match=r"the networks of the VAE's decoder differ from "
+                                         r"those that build_model made .* into=model"):
         model.save(tmp_path)
-    with pytest.raises(aetk.io.NotRebuildable, match=r"into=model"):
+    with pytest.raises(aetk.io.NotRebuildable,
+                       match=r"the VAE in .* was not made by aetk.build_model as it was saved: "
+                             r"its decoder changed by hand after, .*into=model"):
         aetk.load(tmp_path)
     again = aetk.load(tmp_path, into=copy.deepcopy(model))
     z = torch.randn(5, 2)

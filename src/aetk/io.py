@@ -47,12 +47,12 @@ def save(model: Model, path: str | Path, history: pd.DataFrame | None = None) ->
         raise TypeError(f"history must be a pandas DataFrame (aetk.fit's return value), got "
                         f"{type(history).__name__}")
     path = check_model_target(path)
-    spec, settings = _as_built(model)
+    spec, settings, changed = _as_built(model)
     path.mkdir(parents=True, exist_ok=True)
     saved_before = (path / CONFIG).exists()  # a history.tsv of ours, not a user's own file
     config = {"aetk_version": __version__, "class": type(model).__name__,
               "parts": part_classes(model), "build_spec": spec, "settings": settings,
-              "annealed": annealed_values(model)}
+              "changed_parts": changed, "annealed": annealed_values(model)}
     # the weights first: a folder with config.json and truncated weights would pass for a model
     save_atomic({k: v.detach().cpu() for k, v in model.state_dict().items()}, path / WEIGHTS,
                 "saving the model's weights")
@@ -82,26 +82,29 @@ def scalar_settings(model: Model) -> dict[str, Any]:
             and type(value) in (bool, int, float, str, type(None))}
 
 
-def _as_built(model: Model) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """The build description to save and the settings changed by hand after the build
-    (`model.temperature = 0.3`), which `load` sets again: rebuilt from the description
-    alone, such a model came back with the defaults, silently. A model whose networks were
-    replaced (`model.decoder.network = ...`) is saved as one of the user's own parts, with
-    a warning: rebuilt, weights of the same shapes loaded into the other network."""
+def _as_built(model: Model) -> tuple[dict[str, Any] | None, dict[str, Any], list[str]]:
+    """The build description to save, the settings changed by hand after the build
+    (`model.temperature = 0.3`), which `load` sets again (rebuilt from the description
+    alone, such a model came back with the defaults, silently), and the parts whose
+    networks were replaced by hand (`model.decoder.network = ...`): such a model is saved
+    as one of the user's own parts, with a warning (rebuilt, it got the weights of the
+    same shapes in the build's networks)."""
     if model.build_spec is None:
-        return None, {}
+        return None, {}, []
     built = _rebuild(json.loads(json.dumps(model.build_spec)))
     if part_classes(built) != part_classes(model):  # load names the parts that differ
-        return model.build_spec, {}
-    if repr(built) != repr(model):
-        warnings.warn(f"the {type(model).__name__}'s networks differ from those that "
-                      "build_model made from its description, so it is saved as a model of "
-                      "your own parts: load it with aetk.load(path, into=model), model built "
-                      "again as now", UserWarning, stacklevel=4)
-        return None, {}
+        return model.build_spec, {}, []
+    changed = [name for name, part in model.named_children()
+               if repr(part) != repr(getattr(built, name, None))]
+    if changed:
+        warnings.warn(f"the networks of the {type(model).__name__}'s {', '.join(changed)} "
+                      "differ from those that build_model made from its description, so it "
+                      "is saved as a model of your own parts: load it with aetk.load(path, "
+                      "into=model), model built again as now", UserWarning, stacklevel=4)
+        return None, {}, changed
     default = scalar_settings(built)
     return model.build_spec, {k: v for k, v in scalar_settings(model).items()
-                              if k not in default or default[k] != v}
+                              if k not in default or default[k] != v}, []
 
 
 def check_model_target(path: str | Path) -> Path:
@@ -158,6 +161,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", *,
         model = into
     elif spec is None:
         made = f" (its parts: {_listing(parts)})" if parts else ""
+        if config.get("changed_parts"):  # absent before 2026-12-04
+            made = (f" as it was saved: its {', '.join(config['changed_parts'])} changed by "
+                    "hand after")
         raise NotRebuildable(
             f"the {config['class']} in {path} was not made by aetk.build_model{made}, so it "
             f"cannot be rebuilt from its description: build it again as it was and pass it, "
