@@ -680,6 +680,22 @@ def test_the_composed_one_hot_model_takes_class_indices_too():
         model.encode(idx + 1)
 
 
+@pytest.mark.parametrize("method", ["encode", "latent_mean", "posterior_sample",
+                                    "reconstruct"])
+def test_data_with_nan_is_refused_by_name_and_place(method):
+    """fit refused NaN data naming the row and column, but encode and the methods after it
+    returned NaN codes in silence, which spoiled geodesics and Frechet means downstream."""
+    model = aetk.build_model("vae", "gaussian", in_features=4, hidden=(8,))
+    x = torch.rand(3, 4)
+    x[2, 1] = float("inf")
+    with pytest.raises(ValueError, match=rf"{method} data has 1 NaN or infinite values; "
+                                         r"first at row 2, column 1"):
+        getattr(model, method)(x)
+    x[2, 1] = 0.5
+    getattr(model, method)(x)
+    assert model.latent_mean(x[:0]).shape == (0, 2)  # no rows: no rows back
+
+
 @pytest.mark.parametrize("name", ["ae", "vae", "iwae", "hvae", "rhvae", "vqvae"])
 def test_the_loss_of_no_rows_says_so(name):
     """encode and decode of 0 rows return 0 rows, fit refuses empty data, but loss(x[:0])

@@ -77,6 +77,10 @@ TAKES_DATA = ("encode", "decode", "latent_mean", "posterior_sample", "reconstruc
 DataFrame, or a tensor of another dtype or device: `Model.checked_input` converts data,
 `Model.as_points` latent points (of any number type, also for an encoder of tokens)."""
 TAKES_POINTS = ("decode", "prior_log_prob")
+CHECKS_FINITE = ("encode", "latent_mean", "posterior_sample", "reconstruct", "codes")
+"""The methods that refuse NaN or infinite data, naming the first (their codes came back
+NaN in silence, to spoil geodesics and means later); not `forward`, which training's
+steps may call (a check is a device synchronisation)."""
 
 
 def takes_data(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -94,8 +98,12 @@ def takes_data(method: Callable[..., Any]) -> Callable[..., Any]:
             args = (getattr(self, convert)(args[0], method.__name__), *args[1:])
         elif first in kwargs:
             kwargs[first] = getattr(self, convert)(kwargs[first], method.__name__)
-        if convert == "checked_input" and self._condition_rows > 1 and (args or first in kwargs):
-            self.check_condition_rows(args[0] if args else kwargs[first], method.__name__)
+        x = args[0] if args else kwargs.get(first)
+        if convert == "checked_input" and self._condition_rows > 1 and x is not None:
+            self.check_condition_rows(x, method.__name__)
+        if (method.__name__ in CHECKS_FINITE and isinstance(x, torch.Tensor) and x.dim()
+                and len(x)):  # no rows: no rows back, as before
+            validate.check_finite(x, method.__name__)
         return method(self, *args, **kwargs)
 
     converted.takes_data = True
