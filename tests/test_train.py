@@ -364,6 +364,10 @@ def test_settings_changed_after_the_build_are_saved_and_set_again(tmp_path):
     settings = json.loads((tmp_path / "config.json").read_text())["settings"]
     assert settings == {"temperature": 0.3, "regularization": 0.1, "step_size": 0.01,
                         "decoder.sigma": 0.2}
+    # the build it compares with draws none of the user's random numbers
+    state = torch.random.get_rng_state()
+    model.save(tmp_path)
+    assert torch.equal(torch.random.get_rng_state(), state)
 
 
 def test_a_model_whose_network_was_replaced_is_saved_as_ones_own_parts(tmp_path):

@@ -91,7 +91,8 @@ def _as_built(model: Model) -> tuple[dict[str, Any] | None, dict[str, Any], list
     same shapes in the build's networks)."""
     if model.build_spec is None:
         return None, {}, []
-    built = _rebuild(json.loads(json.dumps(model.build_spec)))
+    with torch.random.fork_rng(devices=[]):  # a save draws no numbers of the user's
+        built = _rebuild(json.loads(json.dumps(model.build_spec)))
     if part_classes(built) != part_classes(model):  # load names the parts that differ
         return model.build_spec, {}, []
     changed = [name for name, part in model.named_children()
