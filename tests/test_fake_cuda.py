@@ -129,3 +129,34 @@ def test_transport_along_a_curve_left_on_the_cpu(device):
     w = parallel_transport(metric_for(model, "mean"), curve, torch.tensor([[0.0, 1.0]]),
                            n_steps=3)
     assert w.is_cuda and w.shape == (1, 4, 2) and bool(torch.isfinite(w).all())
+
+
+@pytest.mark.parametrize("where", ["cpu", "cuda"])
+def test_a_gpu_fit_checks_its_losses_every_20_batches_and_names_the_first_bad(
+        where, device, monkeypatch):
+    """Checking each batch's loss for NaN waited for the GPU at every batch (a VAE epoch
+    1.31x a bare loop's on an H200, 1.11x so): on a GPU fit checks every 20 batches, and
+    still names the first non-finite loss, also when the NaN weights it left make a later
+    step fail; the CPU checks every batch."""
+    model = aetk.build_model("vae", "bernoulli", in_features=8, hidden=(16,))
+    step, calls, fail_at = model.training_step, [], [None]
+
+    def training_step(x, optimizers):
+        out = step(x, optimizers)
+        calls.append(len(calls) + 1)
+        if len(calls) == 3:
+            inf = torch.full_like(out.loss, float("inf"))
+            return aetk.LossOutput(inf, {**out.terms, "kl": inf})
+        if len(calls) == fail_at[0]:
+            raise ValueError("a later step's own error")
+        return out
+
+    monkeypatch.setattr(model, "training_step", training_step)
+    gpu = where == "cuda"
+    for fail_at[0], ran in ((None, 20 if gpu else 3), (7, 7 if gpu else 3)):
+        calls.clear()
+        with pytest.raises(aetk.TrainingDiverged, match=r"the loss became inf at epoch 1, "
+                                                        r"batch 3 of 25 \(non-finite terms: "
+                                                        r"kl\)"):
+            aetk.fit(model, data(100), epochs=1, batch_size=4, progress=False, device=where)
+        assert len(calls) == ran

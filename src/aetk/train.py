@@ -464,7 +464,7 @@ def _names(labels: Sequence[Any], n: int = 5) -> str:
 
 class _Meter:
     """Sample-weighted running means of the loss and its terms, accumulated on the device
-    (the per-batch finite check is the loop's only synchronisation)."""
+    (the loss's finite check, `_FiniteCheck`, is the loop's only synchronisation)."""
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
@@ -781,49 +781,89 @@ def _train_epoch(model: Model, batches: _Batches, optimizers: dict, epoch: int,
     bar.set_description(f"epoch {epoch}/{epochs}", refresh=False)
     if bar.n:
         bar.reset()
+    finite = _FiniteCheck(model, optimizers, epoch, batches.count())
     for i, (x, c, y) in enumerate(batches, start=1):
         try:
-            with model.given(c):
-                # unpaired data keeps the two-argument call of user-made training steps
-                out = check_loss_output(model.training_step(x, optimizers) if y is None
-                                        else model.training_step(x, optimizers, y),
-                                        model, "training_step")
-        except TrainingDiverged as err:
-            # a model's own (the HVAE's encoder samples before its flow, which suggest a
-            # smaller learning rate) where that cannot be the cause says so; its subclasses
-            # (a flow's step size) keep their advice
-            if type(err) is TrainingDiverged and _untouched(epoch == 1 and i == 1, optimizers):
-                err.args = (f"{err.args[0]} (here "
-                            f"{_divergence_advice(epoch == 1 and i == 1, optimizers)})",)
+            out = _step(model, x, c, y, optimizers, first=epoch == 1 and i == 1)
+        except Exception:
+            finite.check()  # a loss that became non-finite before is the cause (NaN weights)
             raise
-        except RuntimeError as err:
-            if ONCE_DIFFERENTIABLE not in str(err):
-                raise
-            raise TypeError(
-                f"training {type(model).__name__} differentiates a gradient again (the leapfrog "
-                "force grad_z log p(x|z) of HVAE and RHVAE, the decoder_jacobian penalty), but "
-                "the networks contain an operation that is only once differentiable (an "
-                "autograd Function whose backward is marked @once_differentiable): write that "
-                "backward with differentiable torch operations, or train without second "
-                "derivatives (a VAE, no decoder_jacobian penalty)") from err
         if any(t not in out.terms for t in penalty_terms):
             raise _PenaltiesBypassed(
                 f"{type(model).__name__}.training_step does not compute its loss with "
                 "model.loss, so the penalties cannot reach its training: take the loss "
                 "from self.loss (its aux field carries what the step reuses)")
-        if not torch.isfinite(out.loss):
-            bad = [k for k, v in out.terms.items() if not torch.isfinite(v)]
-            raise TrainingDiverged(
-                f"the loss became {out.loss.item()} at epoch {epoch}, batch {i} of "
-                f"{batches.count()} (non-finite terms: {', '.join(bad) or 'none'}); "
-                + _divergence_advice(epoch == 1 and i == 1, optimizers)
-                + _half_note(model)
-            )
+        finite.add(i, out)
         meter.add(out, x.shape[0])
         bar.update()
         if i % 20 == 0 and not bar.disable:
             bar.set_postfix(loss=f"{out.loss.item():.4g}", refresh=False)
+    finite.check()
     return meter.means("train")
+
+
+def _step(model: Model, x: Any, c: Any, y: Any, optimizers: dict, first: bool) -> LossOutput:
+    """One training step of `model` on a batch, its errors said for fit."""
+    try:
+        with model.given(c):
+            # unpaired data keeps the two-argument call of user-made training steps
+            return check_loss_output(model.training_step(x, optimizers) if y is None
+                                     else model.training_step(x, optimizers, y),
+                                     model, "training_step")
+    except TrainingDiverged as err:
+        # a model's own (the HVAE's encoder samples before its flow, which suggest a
+        # smaller learning rate) where that cannot be the cause says so; its subclasses
+        # (a flow's step size) keep their advice
+        if type(err) is TrainingDiverged and _untouched(first, optimizers):
+            err.args = (f"{err.args[0]} (here {_divergence_advice(first, optimizers)})",)
+        raise
+    except RuntimeError as err:
+        if ONCE_DIFFERENTIABLE not in str(err):
+            raise
+        raise TypeError(
+            f"training {type(model).__name__} differentiates a gradient again (the leapfrog "
+            "force grad_z log p(x|z) of HVAE and RHVAE, the decoder_jacobian penalty), but "
+            "the networks contain an operation that is only once differentiable (an "
+            "autograd Function whose backward is marked @once_differentiable): write that "
+            "backward with differentiable torch operations, or train without second "
+            "derivatives (a VAE, no decoder_jacobian penalty)") from err
+
+
+SYNC_EVERY = 20
+"""How many batches' losses a GPU fit checks for non-finite values at once: each check
+waits for the device (checked per batch, a VAE epoch on an H200 took 1.31x a bare loop's,
+every 20 batches 1.11x: bench/vae_epoch.py). The CPU, which does not wait, checks every
+batch."""
+
+
+class _FiniteCheck:
+    """The first non-finite loss of an epoch as a `TrainingDiverged` naming its batch,
+    checked at every batch on the CPU and every `SYNC_EVERY` batches on a GPU (the steps
+    in between train on, into NaN weights: `fit` puts the model back as before)."""
+
+    def __init__(self, model: Model, optimizers: dict, epoch: int, count: int | str) -> None:
+        self.model, self.optimizers, self.epoch, self.count = model, optimizers, epoch, count
+        self.pending: list[tuple[int, torch.Tensor, dict[str, torch.Tensor]]] = []
+
+    def add(self, i: int, out: LossOutput) -> None:
+        self.pending.append((i, out.loss.detach(), {k: v.detach() for k, v in out.terms.items()}))
+        if out.loss.device.type == "cpu" or len(self.pending) >= SYNC_EVERY:
+            self.check()
+
+    def check(self) -> None:
+        pending, self.pending = self.pending, []
+        if not pending:
+            return
+        finite = torch.stack([loss for _, loss, _ in pending]).isfinite()
+        if bool(finite.all()):
+            return
+        i, loss, terms = pending[int((~finite).nonzero()[0])]
+        bad = [k for k, v in terms.items() if not bool(torch.isfinite(v).all())]
+        first = self.epoch == 1 and i == 1
+        raise TrainingDiverged(
+            f"the loss became {loss.item()} at epoch {self.epoch}, batch {i} of {self.count} "
+            f"(non-finite terms: {', '.join(bad) or 'none'}); "
+            + _divergence_advice(first, self.optimizers) + _half_note(self.model))
 
 
 def _untouched(first_step: bool, optimizers: dict[str, torch.optim.Optimizer]) -> str | None:
