@@ -302,10 +302,14 @@ class FlowMonitor:
     def point(self, pos: Position, rho: Tensor, moved: Tensor | None = None) -> None:
         """Record a point of the flow (its z, momentum, force and Cholesky status) and the
         fixed-point iterations' last move that reached it (`generalized_leapfrog`)."""
-        self.points.append((pos.z, rho, pos.grad,
-                            None if pos.metric is None else pos.metric.info))
+        self.add(pos.z, rho, pos.grad, None if pos.metric is None else pos.metric.info)
         if moved is not None:
             self.moved.append(moved)
+
+    def add(self, z: Tensor, rho: Tensor, grad: Tensor, info: Tensor | None = None) -> None:
+        """Record a point from its parts: z, the momentum, `grad_z U` and the Cholesky
+        status (None without a metric)."""
+        self.points.append((z, rho, grad, info))
 
     def _bad(self) -> tuple[Tensor, Tensor]:
         """`(points, B)` masks: blown up (z beyond `MAX_LATENT_NORM` or non-finite, a

@@ -1,0 +1,187 @@
+"""The HVAE flow's written-out adjoint (`aetk.flow_adjoint`) against independent float64
+references: the whole loss and every parameter gradient against autograd of a hand flow
+whose force is differentiated again (create_graph), finite differences (gradcheck) of the
+flow itself, and the cases that must take the autograd flow instead."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import distributions as D
+from torch import nn
+
+import aetk
+from aetk import flow_adjoint
+from aetk.hamiltonian import FlowDiverged, FlowMonitor
+
+F, LATENT, B = 6, 2, 5
+f64 = torch.float64
+
+
+def close(actual, desired, **kw) -> None:
+    np.testing.assert_allclose(*(v.detach().numpy() if isinstance(v, torch.Tensor) else v
+                                 for v in (actual, desired)), **kw)
+
+
+def model(likelihood="bernoulli", activation="relu", hidden=(8,), **kw) -> aetk.HVAE:
+    torch.manual_seed(1)
+    extra = {"sigma": 0.7} if likelihood == "gaussian" else {}
+    m = aetk.build_model("hvae", likelihood, in_features=F, latent_dim=LATENT, hidden=hidden,
+                         activation=activation, **extra, **kw).double()
+    with torch.no_grad():  # forces that vary visibly over the latent space
+        for p in m.parameters():
+            p.mul_(2.0)
+    return m
+
+
+def data(n: int = B) -> torch.Tensor:
+    return torch.rand(n, F, generator=torch.Generator().manual_seed(0), dtype=f64)
+
+
+def takes_adjoint(loss: torch.Tensor) -> bool:
+    """Whether the loss's graph passes the written-out adjoint."""
+    seen, todo = set(), [loss.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == "_FlowBackward":
+            return True
+        todo.extend(n for n, _ in node.next_functions)
+    return False
+
+
+def ref_loss(m: aetk.HVAE, x: torch.Tensor, seed: int) -> torch.Tensor:
+    """The HVAE loss by hand: leapfrog steps on U(z) = -log p(x|z) - log p(z) with the
+    decoder's own torch distribution and autograd forces kept differentiable."""
+    torch.manual_seed(seed)
+    q = m.encoder(x)
+    z0 = z = q.rsample()
+    gamma = torch.randn_like(z)
+    beta0, K, eps = float(m.beta0), m.n_leapfrog, m.step_size.detach()
+    rho = gamma / math.sqrt(beta0)
+    normal = D.Independent(D.Normal(torch.zeros(LATENT, dtype=f64), 1.0), 1)
+
+    def dU(z):
+        U = -(m.decoder(z).log_prob(x) + normal.log_prob(z))
+        return torch.autograd.grad(U.sum(), z, create_graph=True)[0]
+
+    def s(k):  # 1/sqrt(beta_k)
+        return (1 - 1 / math.sqrt(beta0)) * (k / K) ** 2 + 1 / math.sqrt(beta0)
+
+    for k in range(1, K + 1):
+        rho = rho - eps / 2 * dU(z)
+        z = z + eps * rho
+        rho = (rho - eps / 2 * dU(z)) * s(k) / s(k - 1)
+    elbo = (m.decoder(z).log_prob(x) + normal.log_prob(z) + normal.log_prob(rho)
+            - q.log_prob(z0) - normal.log_prob(gamma))
+    return -elbo.mean()
+
+
+def grads(m: nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    m.zero_grad()
+    loss.backward()
+    return {k: p.grad.clone() for k, p in m.named_parameters()}
+
+
+@pytest.mark.parametrize("likelihood,activation,hidden", [
+    ("bernoulli", "relu", (8,)), ("bernoulli", "tanh", (8, 5)),
+    ("bernoulli", "leaky_relu", (8, 5)), ("gaussian", "relu", (8, 5)),
+    ("gaussian", "tanh", (8,)),
+])
+def test_loss_and_gradients_equal_autograd_of_the_hand_flow(likelihood, activation, hidden):
+    m, x = model(likelihood, activation, hidden, n_leapfrog=3, step_size=[0.2, 0.1],
+                 beta0=0.5), data()
+    assert flow_adjoint.plan(m.decoder) is not None
+    torch.manual_seed(4)
+    loss = m.loss(x).loss
+    assert takes_adjoint(loss)
+    want_loss = ref_loss(m, x, 4)
+    close(loss.item(), want_loss.item(), rtol=1e-12)
+    got, want = grads(m, loss), grads(m, want_loss)
+    assert set(got) == set(want) and all(v.abs().max() > 0 for v in want.values())
+    for k in want:
+        close(got[k], want[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("likelihood,activation", [("bernoulli", "relu"), ("gaussian", "tanh")])
+def test_the_flow_passes_gradcheck(likelihood, activation):
+    """Finite differences of z_K, rho_K and log p(x|z_K) in z_0 and every weight."""
+    m = model(likelihood, activation, hidden=(4, 3))
+    plan = flow_adjoint.plan(m.decoder)
+    x = data(3)
+    z0 = torch.randn(3, LATENT, dtype=f64, requires_grad=True)
+    rho0 = torch.randn(3, LATENT, dtype=f64)
+    params = [t for lin in plan.layers for t in (lin.weight, lin.bias)]
+    eps, beta0 = torch.tensor(0.3, dtype=f64), torch.tensor(0.4, dtype=f64)
+
+    inputs = (z0, *(p.detach().clone().requires_grad_() for p in params))
+    assert torch.autograd.gradcheck(
+        lambda z0, *ps: flow_adjoint._Flow.apply(
+            (plan, x, rho0, eps, beta0, 2, FlowMonitor(eps)), z0, *ps), inputs)
+
+
+class LaplaceDecoder(aetk.decoders.Decoder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(LATENT, 8), nn.ReLU(), nn.Linear(8, F))
+
+    def forward(self, z):
+        return D.Independent(D.Laplace(self.net(z), 0.7), 1)
+
+
+@pytest.mark.parametrize("case", ["gelu", "poisson", "user decoder", "hook",
+                                  "learned step size", "conditional"])
+def test_other_decoders_and_settings_take_the_autograd_flow(case):
+    """No written adjoint where it would not compute the same function: another
+    activation, likelihood or decoder, a hook (it must run at every position), a learned
+    step size (its gradient), a conditional network. The autograd flow trains them."""
+    x, calls, c = data(), [], None
+    if case == "gelu":
+        m = model(activation="gelu")
+    elif case == "poisson":
+        m, x = model("poisson"), torch.poisson(3 * data())
+    elif case == "user decoder":
+        m = aetk.HVAE(model().encoder, LaplaceDecoder().double())
+    elif case == "hook":
+        m = model()
+        m.decoder.network[0].register_forward_hook(lambda *a: calls.append(1))
+    elif case == "learned step size":
+        m = model(learn_step_size=True)
+    else:
+        m, c = model(n_conditions=2), torch.rand(B, 2, dtype=f64)
+    assert flow_adjoint.plan(m.decoder) is None or case == "learned step size"
+    if c is None:
+        loss = m.loss(x).loss
+    else:
+        with m.given(c):
+            loss = m.loss(x).loss
+    assert not takes_adjoint(loss)
+    g = grads(m, loss)
+    assert g and all(torch.isfinite(v).all() for v in g.values())
+    if case == "hook":
+        assert len(calls) == m.n_leapfrog + 1  # the decoder ran at each position
+
+
+def test_a_diverging_flow_is_said_and_differentiating_twice_is_refused():
+    m = model(step_size=50.0)
+    with pytest.raises(FlowDiverged, match="smaller step_size"):
+        m.loss(data())
+    m = model()
+    loss = m.loss(data()).loss
+    assert takes_adjoint(loss)
+    (g,) = torch.autograd.grad(loss, m.decoder.network[0].weight, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        g.sum().backward()
+
+
+def test_training_without_a_gradient_for_the_encoder_or_decoder():
+    """Frozen parts: the adjoint's gradients go only where they are wanted."""
+    m, x = model(), data()
+    m.encoder.requires_grad_(False)
+    loss = m.loss(x).loss
+    loss.backward()
+    assert all(p.grad is None for p in m.encoder.parameters())
+    assert all(p.grad is not None for p in m.decoder.parameters())
