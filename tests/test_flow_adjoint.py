@@ -185,3 +185,14 @@ def test_training_without_a_gradient_for_the_encoder_or_decoder():
     loss.backward()
     assert all(p.grad is None for p in m.encoder.parameters())
     assert all(p.grad is not None for p in m.decoder.parameters())
+
+
+def test_a_retained_graph_gives_the_same_gradients_twice():
+    """The adjoint overwrites only its own rows: a second backward adds the same again."""
+    m, x = model(activation="tanh", hidden=(8, 5)), data()
+    loss = m.loss(x).loss
+    loss.backward(retain_graph=True)
+    once = {k: p.grad.clone() for k, p in m.named_parameters()}
+    loss.backward()
+    for k, p in m.named_parameters():
+        close(p.grad, 2 * once[k], rtol=1e-14, err_msg=k)

@@ -3,11 +3,13 @@
 Exact training gradients differentiate the force `grad_z log p(x|z)` again. Autograd does
 it by a double backward at each of the K+1 positions: per layer and position, two weight
 gradients of B rows each (the forward's and the force's), summed one by one. The adjoint
-here runs the same products through the layers, but gathers the weight gradients of all
-positions and both paths into one product per layer of 2B(K+1) rows, and keeps no autograd
-graph of the flow. Same gradients (to rounding, tests/test_flow_adjoint.py); an HVAE
-training step of bench/vs_pythae.py's setting (decoder d-512-784, batch 64, K=3, one
-thread) took 25.7 -> 22.3 ms at latent 2 and 27.1 -> 21.6 ms at latent 10 (2026-12-04).
+here runs the same products through the layers, but writes the factors of all positions'
+and both paths' weight gradients into one block of 2B(K+1) rows per layer (`_Rows`), summed
+by one product, and keeps no autograd graph of the flow. Same gradients (to rounding:
+tests/test_flow_adjoint.py). An HVAE training step in bench/vs_pythae.py's setting (decoder
+d-512-784, batch 64, K=3, one thread) took 20.1 ms against 22.9 ms through autograd at
+latent 2, 22.2 against 25.9 ms at latent 10 (6 alternating epochs, 2026-12-04); its adjoint
+took 9.6 ms, the time of its GEMMs.
 
 It applies where the decoder is a built-in Bernoulli or fixed-sigma Gaussian decoder whose
 network is a plain MLP (`nets.mlp`: Linear layers with ReLU, leaky ReLU or tanh between
@@ -33,58 +35,84 @@ from .nets import NARROW, Linear
 
 
 class Activation(NamedTuple):
-    """`h = f(p)`; `keep(p, h)`, what its derivatives need besides h (None: h alone);
-    `times_d1(g, h, kept) = g f'(p)`; `d2(h, kept) = f''(p)`, None where that is 0 almost
+    """`apply_(p)` turns the pre-activation p into `h = f(p)` in place and returns what
+    the derivatives need besides h (None: h alone); `times_d1(g, h, kept, out)` writes
+    `g f'(p)` into `out`; `d2(h, kept)` is `f''(p)`, None where that is 0 almost
     everywhere."""
 
-    f: Callable[[Tensor], Tensor]
-    keep: Callable[[Tensor, Tensor], Tensor | None]
-    times_d1: Callable[[Tensor, Tensor, Tensor | None], Tensor]
+    apply_: Callable[[Tensor], Tensor | None]
+    times_d1: Callable[[Tensor, Tensor, Tensor | None, Tensor], Tensor]
     d2: Callable[[Tensor, Tensor | None], Tensor] | None
 
 
-def _times(g: Tensor, h: Tensor, d1: Tensor | None) -> Tensor:
-    return g * d1
+def _times(g: Tensor, h: Tensor, d1: Tensor | None, out: Tensor) -> Tensor:
+    return torch.mul(g, d1, out=out)
+
+
+def _relu_d1(g: Tensor, h: Tensor, _: None, out: Tensor) -> Tensor:
+    """`g [h > 0]` in one pass, no mask kept."""
+    return torch.ops.aten.threshold_backward.grad_input(g, h, 0.0, grad_input=out)
+
+
+def _leaky_(p: Tensor, slope: float) -> Tensor:
+    d1 = torch.full_like(p, slope).masked_fill_(p > 0, 1.0)
+    p.mul_(d1)
+    return d1
+
+
+def _relu_(p: Tensor) -> None:
+    p.relu_()
+
+
+def _tanh_(p: Tensor) -> Tensor:
+    h = p.tanh_()
+    return 1 - h * h
 
 
 def _activation(module: nn.Module) -> Activation | None:
-    if type(module) is nn.ReLU:  # f'(p) = [h > 0]: one pass, no mask kept
-        return Activation(torch.relu, lambda p, h: None,
-                          lambda g, h, _: torch.ops.aten.threshold_backward(g, h, 0.0), None)
+    if type(module) is nn.ReLU:
+        return Activation(_relu_, _relu_d1, None)
     if type(module) is nn.LeakyReLU:
-        s = float(module.negative_slope)
-        return Activation(lambda p: F.leaky_relu(p, s),
-                          lambda p, h: torch.full_like(p, s).masked_fill_(p > 0, 1.0), _times,
-                          None)
+        slope = float(module.negative_slope)
+        return Activation(lambda p: _leaky_(p, slope), _times, None)
     if type(module) is nn.Tanh:
-        return Activation(torch.tanh, lambda p, h: 1 - h * h, _times,
-                          lambda h, d1: -2 * h * d1)
+        return Activation(_tanh_, _times, lambda h, d1: -2 * h * d1)
     return None
 
 
 class Likelihood(NamedTuple):
-    """`log p(x|eta)` of the network output eta per row; its gradient in eta (the residual)
-    with what its curvature needs; `a` times its elementwise second derivative."""
+    """`value(eta, x)`, `log p(x|eta)` of the network output eta per row;
+    `residual(eta, x, out)` writes its gradient in eta into `out` and returns what its
+    curvature needs; `times_curvature(a, kept, out)` writes `a` times its elementwise
+    second derivative into `out`."""
 
     value: Callable[[Tensor, Tensor], Tensor]
-    residual: Callable[[Tensor, Tensor], tuple[Tensor, Tensor | None]]
-    times_curvature: Callable[[Tensor, Tensor | None], Tensor]
+    residual: Callable[[Tensor, Tensor, Tensor], Tensor | None]
+    times_curvature: Callable[[Tensor, Tensor | None, Tensor], Tensor]
 
 
 def _bernoulli() -> Likelihood:
-    def residual(eta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    def residual(eta: Tensor, x: Tensor, out: Tensor) -> Tensor:
         s = torch.sigmoid(eta)
-        return x - s, s
+        torch.sub(x, s, out=out)
+        return s
+
+    def times_curvature(a: Tensor, s: Tensor, out: Tensor) -> Tensor:  # -s(1-s) a
+        return torch.ops.aten.sigmoid_backward.grad_input(a, s, grad_input=out).neg_()
 
     return Likelihood(lambda eta, x: (x * eta - F.softplus(eta)).sum(-1), residual,
-                      lambda a, s: torch.ops.aten.sigmoid_backward(a, s).neg_())  # -s(1-s) a
+                      times_curvature)
 
 
 def _gaussian(sigma: float) -> Likelihood:
     inv_var, const = sigma**-2, math.log(sigma) + 0.5 * math.log(2 * math.pi)
+
+    def residual(eta: Tensor, x: Tensor, out: Tensor) -> None:
+        torch.sub(x, eta, out=out).mul_(inv_var)
+
     return Likelihood(
         lambda eta, x: -0.5 * inv_var * (x - eta).square().sum(-1) - const * eta.shape[-1],
-        lambda eta, x: ((x - eta) * inv_var, None), lambda a, _: a * -inv_var)
+        residual, lambda a, _, out: torch.mul(a, -inv_var, out=out))
 
 
 class Plan(NamedTuple):
@@ -131,18 +159,6 @@ def flow(plan: Plan, x: Tensor, z0: Tensor, rho0: Tensor, step_size: Tensor, bet
     return _Flow.apply(spec, z0, *params)
 
 
-class _At(NamedTuple):
-    """The decoder and its force at one position z."""
-
-    inputs: list[Tensor]  # each Linear's input, the first z, (B, in_j)
-    d1: list[Tensor | None]  # what each activation's derivatives need (`Activation.keep`)
-    grads: list[Tensor]  # log p(x|z)'s gradient at each Linear's output, the last the residual
-    outer: list[Tensor | None]  # grads[j] / d1[j] where the activation's f'' is not 0
-    aux: Tensor | None  # what the likelihood's curvature needs
-    eta: Tensor | None  # the network output (not kept for the adjoint)
-    force: Tensor | None  # grad_z log p(x|z), (B, d) (not kept for the adjoint)
-
-
 class _Weights(NamedTuple):
     """The Linear layers' weights `(out, in)`, biases, and the two layouts of the products:
     `wt[j]` for `x @ W^T` and `back[j]` for `g @ W`. For a narrow layer on the CPU both come
@@ -165,76 +181,99 @@ def _weights(params: tuple[Tensor, ...]) -> _Weights:
     return _Weights(w, b, wt, [t.t() if _narrow(v) else v for v, t in zip(w, wt, strict=True)])
 
 
-def _weight_grad(left: list[Tensor], right: list[Tensor], narrow: bool) -> Tensor:
-    """`sum_k left_k^T right_k` as one product; for a narrow layer as the transpose of
-    `right^T left` (MKL: 0.36 against 0.05 ms for 512 rows of a (512, 2) weight)."""
-    left_rows, right_rows = torch.cat(left), torch.cat(right)
-    if narrow:
-        return (right_rows.t() @ left_rows).t().contiguous()
-    return left_rows.t() @ right_rows
+class _Rows:
+    """Each layer's weight-gradient factors, `left (R, out)` and `right (R, in)` with
+    `R = 2 B (K+1)`, so that `left^T right` sums all positions' and both paths' products
+    at once. Rows `[kB, (k+1)B)` are the force's at position k (its output gradient, left,
+    and the adjoint of its input gradient, right); rows `[(K+1+k)B, (K+2+k)B)` the
+    network's (the adjoint of its output, left, and its input, right). The forward writes
+    its rows in place as it computes them, the adjoint the others."""
+
+    def __init__(self, widths: list[int], B: int, K: int, like: Tensor) -> None:
+        n = 2 * B * (K + 1)
+        self.B, self.K = B, K
+        self.left = [like.new_empty(n, w) for w in widths[1:]]
+        self.right = [like.new_empty(n, w) for w in widths[:-1]]
+
+    def force(self, k: int) -> slice:
+        return slice(k * self.B, (k + 1) * self.B)
+
+    def network(self, k: int) -> slice:
+        return slice((self.K + 1 + k) * self.B, (self.K + 2 + k) * self.B)
 
 
-def _at(plan: Plan, net: _Weights, x: Tensor, z: Tensor) -> _At:
-    inputs, d1, h = [z], [], z
+class _At(NamedTuple):
+    """What the adjoint needs of the decoder and its force at one position: what each
+    activation's derivatives need (`Activation.apply_`), the force chain's gradients at
+    each activation's output before `f'` where `f''` is not 0, and the likelihood's."""
+
+    kept: list[Tensor | None]
+    outer: list[Tensor | None]
+    aux: Tensor | None
+
+
+def _position(plan: Plan, net: _Weights, x: Tensor, z: Tensor, rows: _Rows, k: int
+              ) -> tuple[_At, Tensor, Tensor]:
+    """The decoder at z and the force `grad_z log p(x|z)` back through it, writing their
+    factors into `rows`: what the adjoint keeps, the network output, the force."""
+    at, L = _At([], [], None), len(plan.layers)
+    net_k, force_k = rows.network(k), rows.force(k)
+    h = rows.right[0][net_k].copy_(z)
     for j, act in enumerate(plan.activations):
-        p = torch.addmm(net.b[j], h, net.wt[j])
-        h = act.f(p)
-        inputs.append(h)
-        d1.append(act.keep(p, h))
+        h = torch.addmm(net.b[j], h, net.wt[j], out=rows.right[j + 1][net_k])
+        at.kept.append(act.apply_(h))
     eta = torch.addmm(net.b[-1], h, net.wt[-1])
-    r, aux = plan.likelihood.residual(eta, x)
-    grads, outer = [r], []
-    for j in range(len(plan.layers) - 1, 0, -1):
-        back = grads[-1] @ net.back[j]
-        grads.append(plan.activations[j - 1].times_d1(back, inputs[j], d1[j - 1]))
-        outer.append(None if plan.activations[j - 1].d2 is None else back)
-    return _At(inputs, d1, grads[::-1], outer[::-1], aux, eta, grads[-1] @ net.back[0])
+    at = at._replace(aux=plan.likelihood.residual(eta, x, rows.left[-1][force_k]))
+    g = rows.left[-1][force_k]
+    for j in range(L - 1, 0, -1):
+        back = g @ net.back[j]
+        act = plan.activations[j - 1]
+        at.outer.append(None if act.d2 is None else back)
+        g = act.times_d1(back, rows.right[j][net_k], at.kept[j - 1], rows.left[j - 1][force_k])
+    at.outer.reverse()
+    return at, eta, g @ net.back[0]
 
 
-def _adjoint_at(plan: Plan, net: _Weights, at: _At, a_force: Tensor,
-                a_eta: Tensor | None, weight_rows: list[tuple[list[Tensor], list[Tensor]]],
-                bias_grads: list[Tensor]) -> Tensor:
-    """Back through one position, given the adjoints of its force and (at z_K) of its
-    output: the adjoint of z. Appends each layer's weight-gradient factors to
-    `weight_rows` (summed in one product per layer afterwards), adds to `bias_grads`."""
-    L = len(plan.layers)
-    a_out = [None] * L  # second-order parts of the pre-activations' adjoints
-    a_delta = a_force
-    for j in range(L):  # the force chain grads[j] @ W_j, from z outwards
-        weight_rows[j][0].append(at.grads[j])
-        weight_rows[j][1].append(a_delta)
+def _adjoint_at(plan: Plan, net: _Weights, at: _At, rows: _Rows, k: int, a_force: Tensor,
+                a_eta: Tensor | None, bias_grads: list[Tensor]) -> Tensor:
+    """Back through position k, given the adjoints of its force and (at z_K) of its
+    output: the adjoint of z. Writes its weight-gradient factors into `rows` and adds to
+    `bias_grads`."""
+    L, net_k, force_k = len(plan.layers), rows.network(k), rows.force(k)
+    a_out: list[Tensor | None] = [None] * L  # second-order parts of the pre-activations'
+    a_delta = rows.right[0][force_k].copy_(a_force)
+    for j in range(L - 1):  # the force chain, from z outwards
         a_grad = a_delta @ net.wt[j]
-        if j == L - 1:
-            break
-        act = plan.activations[j]
-        a_delta = act.times_d1(a_grad, at.inputs[j + 1], at.d1[j])
-        d2 = act.d2
-        if d2 is not None:
-            a_out[j] = a_grad * at.outer[j] * d2(at.inputs[j + 1], at.d1[j])
-    a = plan.likelihood.times_curvature(a_grad, at.aux)
+        act, h = plan.activations[j], rows.right[j + 1][net_k]
+        a_delta = act.times_d1(a_grad, h, at.kept[j], rows.right[j + 1][force_k])
+        if act.d2 is not None:
+            a_out[j] = a_grad * at.outer[j] * act.d2(h, at.kept[j])
+    a = plan.likelihood.times_curvature(a_delta @ net.wt[-1], at.aux, rows.left[-1][net_k])
     if a_eta is not None:
-        a = a + a_eta
-    for j in range(L - 1, -1, -1):  # the network, from its output back to z
-        weight_rows[j][0].append(a)
-        weight_rows[j][1].append(at.inputs[j])
-        bias_grads[j] = bias_grads[j] + a.sum(0)
-        a = a @ net.back[j]
-        if j:
-            a = plan.activations[j - 1].times_d1(a, at.inputs[j], at.d1[j - 1])
-            if a_out[j - 1] is not None:
-                a = a + a_out[j - 1]
-    return a
+        a.add_(a_eta)
+    for j in range(L - 1, 0, -1):  # the network, from its output back to z
+        bias_grads[j] += a.sum(0)
+        act = plan.activations[j - 1]
+        a = act.times_d1(a @ net.back[j], rows.right[j][net_k], at.kept[j - 1],
+                         rows.left[j - 1][net_k])
+        if a_out[j - 1] is not None:
+            a.add_(a_out[j - 1])
+    bias_grads[0] += a.sum(0)
+    return a @ net.back[0]
 
 
-def _saved(at: _At) -> list[Tensor | None]:
-    """What the adjoint needs of a position, for `save_for_backward`."""
-    return [*at.inputs, *at.d1, *at.grads, *at.outer, at.aux]
+def _weight_grad(left: Tensor, right: Tensor, narrow: bool) -> Tensor:
+    """`left^T right`; for a narrow layer as the transpose of `right^T left` (MKL: 0.36
+    against 0.05 ms for 512 rows of a (512, 2) weight)."""
+    if narrow:
+        return (right.t() @ left).t().contiguous()
+    return left.t() @ right
 
 
-def _restored(saved: tuple, L: int) -> _At:
-    inputs, d1 = list(saved[:L]), list(saved[L:2 * L - 1])
-    grads, outer = list(saved[2 * L - 1:3 * L - 1]), list(saved[3 * L - 1:4 * L - 2])
-    return _At(inputs, d1, grads, outer, saved[4 * L - 2], None, None)
+def _tempering(beta0: Tensor, K: int, like: Tensor) -> tuple[Tensor, ...]:
+    """The momentum's factors after each leapfrog step, from one vectorised evaluation."""
+    return tempering(beta0, torch.arange(1, K + 1, dtype=like.dtype, device=like.device),
+                     K).unbind()
 
 
 class _Flow(torch.autograd.Function):
@@ -242,45 +281,48 @@ class _Flow(torch.autograd.Function):
     def forward(ctx, spec, z0, *params):  # type: ignore[override]
         plan, x, rho0, eps, beta0, K, monitor = spec
         net = _weights(params)
+        rows = _Rows([w.shape[1] for w in net.w] + [net.w[-1].shape[0]], len(z0), K, z0)
+        half, temper = 0.5 * eps, _tempering(beta0, K, z0)
         z, rho = z0, rho0
-        ats = [_at(plan, net, x, z)]
-        grad = z - ats[0].force
+        at, eta, force = _position(plan, net, x, z, rows, 0)
+        ats, grad = [at], z - force
         monitor.add(z, rho, grad)
         for k in range(1, K + 1):
-            rho_half = rho - 0.5 * eps * grad
-            z = z + eps * rho_half
-            ats.append(_at(plan, net, x, z))
-            grad = z - ats[-1].force
-            rho = rho_half - 0.5 * eps * grad
+            rho_half = torch.addcmul(rho, half, grad, value=-1)
+            z = torch.addcmul(z, eps, rho_half)
+            at, eta, force = _position(plan, net, x, z, rows, k)
+            ats.append(at)
+            grad = z - force
+            rho = torch.addcmul(rho_half, half, grad, value=-1)
             monitor.add(z, rho, grad)
-            rho = rho * tempering(beta0, k, K)
-        ctx.spec = (plan, eps, beta0, K)
-        ctx.save_for_backward(*params, *(t for at in ats for t in _saved(at)))
-        return z, rho, plan.likelihood.value(ats[-1].eta, x)
+            rho = rho * temper[k - 1]
+        ctx.spec = (plan, eps, half, temper, K, ats)
+        # the positions' own tensors hang off the rows and `ats` (none is an output)
+        ctx.save_for_backward(*params)
+        ctx.rows = rows
+        return z, rho, plan.likelihood.value(eta, x)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, a_z, a_rho, a_log_lik):  # type: ignore[override]
-        plan, eps, beta0, K = ctx.spec
-        L = len(plan.layers)
-        saved = ctx.saved_tensors
-        net = _weights(saved[:2 * L])
-        n = 4 * L - 1
-        ats = [_restored(saved[2 * L + k * n:2 * L + (k + 1) * n], L) for k in range(K + 1)]
-        rows: list[tuple[list[Tensor], list[Tensor]]] = [([], []) for _ in range(L)]
+        plan, eps, half, temper, K, ats = ctx.spec
+        rows = ctx.rows
+        net = _weights(ctx.saved_tensors)
         bias_grads = [torch.zeros_like(b) for b in net.b]
         a_grad = torch.zeros_like(a_z)  # the adjoint of grad_z U at the current position
         for k in range(K, 0, -1):
-            a_half = a_rho * tempering(beta0, k, K)
-            a_grad = a_grad - 0.5 * eps * a_half
-            a_eta = a_log_lik.unsqueeze(-1) * ats[k].grads[-1] if k == K else None
+            a_half = a_rho * temper[k - 1]
+            a_grad = torch.addcmul(a_grad, half, a_half, value=-1)
+            a_eta = (a_log_lik.unsqueeze(-1) * rows.left[-1][rows.force(K)] if k == K
+                     else None)
             # grad_z U = z - force
-            a_z = a_z + a_grad + _adjoint_at(plan, net, ats[k], -a_grad, a_eta, rows,
+            a_z = a_z + a_grad + _adjoint_at(plan, net, ats[k], rows, k, -a_grad, a_eta,
                                              bias_grads)
-            a_half = a_half + eps * a_z
-            a_rho, a_grad = a_half, -0.5 * eps * a_half
-        a_z = a_z + a_grad + _adjoint_at(plan, net, ats[0], -a_grad, None, rows, bias_grads)
+            a_half = torch.addcmul(a_half, eps, a_z)
+            a_rho, a_grad = a_half, a_half * -half
+        a_z = a_z + a_grad + _adjoint_at(plan, net, ats[0], rows, 0, -a_grad, None,
+                                         bias_grads)
         grads = []
-        for j in range(L):
-            grads += [_weight_grad(*rows[j], _narrow(net.w[j])), bias_grads[j]]
+        for j, w in enumerate(net.w):
+            grads += [_weight_grad(rows.left[j], rows.right[j], _narrow(w)), bias_grads[j]]
         return None, a_z, *grads
