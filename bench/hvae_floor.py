@@ -2,21 +2,22 @@
 
 Setting of `vs_pythae.py` (decoder d-512-784, encoder 784-512-2d, batch 64, K=3, one thread).
 Exact gradients through the K+1 positions of the flow need, for each position, the
-decoder's forward, its input gradient and four outer-backward products through the
-512x784 layer (the gradient of the input gradient: one for the residual, two weight
-gradients, one input gradient), and the encoder two: 26 GEMMs of that size per step. This
-prints, per step:
+decoder's forward and its input gradient (the force), and in the adjoint two more products
+through the 512x784 layer (the force's adjoint `a W^T` and the network's input gradient
+`a W`) and two weight gradients; aetk's adjoint (`aetk.flow_adjoint`) sums the 8 weight
+gradients by one product of 2B(K+1) rows. With the encoder's two, the arithmetic of 26
+GEMMs of 64x512x784 per step. This prints, per step:
 
-- the time of those 26 GEMMs alone, in the layouts autograd uses;
-- aetk's HVAE step with every layer about 50 times narrower: the same graph of operations,
-  so what PyTorch's dispatch, autograd and the optimiser cost beyond the arithmetic;
+- the time of those products alone, in the layouts aetk uses;
+- aetk's HVAE step with every layer about 50 times narrower: the same operations, so what
+  PyTorch's dispatch, autograd and the optimiser cost beyond the arithmetic;
 - their sum, a lower bound of any step that issues these operations one by one;
 - aetk's full step, what it spends beyond the bound (elementwise work on 64x784 tensors,
-  gradient accumulation, the GEMMs of latent width, Adam);
+  the GEMMs of latent width, Adam);
 - pythae's step when it is installed (`pip install 'aetk[bench]'`), the time of its 18
   GEMMs alone, and what each library's step spends beyond its GEMMs. Exactness costs the
-  8 extra GEMMs; aetk is faster than pythae only where its other work is leaner by more
-  than those cost, so the ratio moves with the machine's GEMM speed.
+  arithmetic of 8 more GEMMs; aetk is faster than pythae only where its other work is
+  leaner by more than those cost, so the ratio moves with the machine's GEMM speed.
 
 Usage: python bench/hvae_floor.py [--threads 1] [--latent 2] [--epochs 3]
 """
@@ -36,24 +37,22 @@ B, H, D = BATCH, 512, 784
 
 
 def gemm_floor(exact: bool = True, repeats: int = 200) -> float:
-    """Seconds for the 26 GEMMs of one exact HVAE step, or (`exact=False`) for the 18 of
-    pythae's step: two for each of its 2K first-order gradients, its final forward twice,
-    that forward's backward (an input and a weight gradient), the encoder's two."""
+    """Seconds for the products of one exact HVAE step through the 512x784 layer (26 GEMMs'
+    arithmetic), or (`exact=False`) for the 18 of pythae's step: two for each of its 2K
+    first-order gradients, its final forward twice, that forward's backward (an input and
+    a weight gradient), the encoder's two."""
     W, We = torch.randn(D, H), torch.randn(H, D)
     rows_d, rows_h = torch.randn(B, D), torch.randn(B, H)
     forward, input_grad = (lambda: rows_h @ W.t()), (lambda: rows_d @ W)
     weight_grad = lambda: rows_d.t() @ rows_h  # noqa: E731
     encoder = [lambda: rows_d @ We.t(), lambda: rows_h.t() @ rows_d]
-    if exact:
-        products = (
-            [forward, input_grad] * (K + 1)  # each position: forward, input gradient
-            + [forward, weight_grad, weight_grad, input_grad] * (K + 1)  # its outer backward
-            + encoder
-        )
+    if exact:  # per position: forward, force, and the adjoint's two; the weight gradients
+        all_d, all_h = torch.randn(2 * B * (K + 1), D), torch.randn(2 * B * (K + 1), H)
+        products = [forward, input_grad] * 2 * (K + 1) + [lambda: all_d.t() @ all_h] + encoder
     else:
         products = [forward, input_grad] * 2 * K + [forward] * 2 + [input_grad, weight_grad] \
             + encoder
-    assert len(products) == (26 if exact else 18)
+        assert len(products) == 18
     for f in products:
         f()
     t0 = time.perf_counter()
@@ -90,7 +89,7 @@ def main() -> None:
           f"{args.latent}, batch {BATCH}, K={K}; milliseconds per training step")
     print("| what | ms |")
     print("|---|---|")
-    print(f"| 26 GEMMs of the exact step (64x512x784) | {1e3 * gemms:.1f} |")
+    print(f"| the exact step's products (26 GEMMs of 64x512x784) | {1e3 * gemms:.1f} |")
     print(f"| aetk's HVAE step, layers 50x narrower (operation overhead) | {1e3 * overhead:.1f} |")
     print(f"| lower bound of the exact step (sum) | {1e3 * (gemms + overhead):.1f} |")
     print(f"| aetk's exact HVAE step | {1e3 * full:.1f} |")

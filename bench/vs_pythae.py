@@ -15,17 +15,20 @@ the table adds pythae with exact forces: its `_dU_dz` with create_graph=True, ev
 else (its momentum and tempering) unchanged, so that both compute the second-order terms.
 
 What exactness costs the HVAE (K=3, decoder d-512-784): each of the K+1 positions takes
-one forward, one input-gradient and four outer-backward GEMMs through the 512x784 layer
-(the adjoint of the force: a weight gradient and the residual's gradient; the adjoint of
-the forward: a weight and an input gradient), 26 GEMMs of that size per step with the
-encoder's two. Reverse over reverse is the least arithmetic for it (forward-mode Jacobians
-take d GEMMs each). pythae runs 18: two for each of its 2K first-order gradients, its final
-forward twice, one backward of two, the encoder's two. At 0.55-0.65 ms per GEMM on one
-thread here (all layouts alike, 80-90 GFLOP/s on this Zen 4), the 8 extra cost 4.5-5 ms;
-aetk's other work is leaner than pythae's by less (1.2 ms by `hvae_floor.py` on
-2026-12-04: 11.6 against 12.8 ms per step beyond the GEMMs; 0.4-3.5 ms in the seventh
-session), so the HVAE sits at 1.03-1.28x pythae and the ratio follows the machine's GEMM
-speed. `hvae_floor.py` prints that accounting.
+one forward and one input-gradient GEMM through the 512x784 layer (the force), and its
+adjoint two more (the force's adjoint `a W^T`, the network's input gradient `a W`) and two
+weight gradients: the arithmetic of 26 GEMMs of that size per step with the encoder's two.
+Reverse over reverse is the least arithmetic for it (forward-mode Jacobians take d GEMMs
+each, and the weight gradients still need the input gradient). pythae runs 18: two for
+each of its 2K first-order gradients, its final forward twice, one backward of two, the
+encoder's two. At 0.55-0.65 ms per GEMM on one thread here (all layouts alike, 80-98
+GFLOP/s), the 8 extra cost 4.5-5 ms; aetk's HVAE trains its built-in MLP decoders through
+the flow's written-out adjoint (`aetk.flow_adjoint`), whose backward takes no more than its
+GEMMs (9.6 ms at latent 2), and its other work is leaner than pythae's by about as much
+(`hvae_floor.py` on 2026-12-04: 4.4 against 9.3 ms per step beyond the GEMMs; 19.5 ms
+each). So at batch 64 the HVAE is at parity: 0.96-1.01x pythae at latent 2 and 10 in four
+runs (0.94-0.96x on 2 threads). At batch 256, where the GEMMs are a larger share of either
+step, 1.11x and 1.02x (one run). `hvae_floor.py` prints that accounting.
 
 Tried, measured and kept (each an alternating A/B of the step, one thread):
 - one shared transpose per layer across the flow's positions (`nets.shared_transposes`),
@@ -33,20 +36,23 @@ Tried, measured and kept (each an alternating A/B of the step, one thread):
   ms per step (sixth session, 2026-12-03);
 - a contiguous transposed copy for layers of at most `nets.NARROW` inputs (MKL took 70-100
   us per gradient of the transposed (512, 2) view, 10-30 us contiguous): 30.6 -> 29.7 ms at
-  latent 2, 33.7 -> 32.9 ms at latent 10 (eighth session).
+  latent 2, 33.7 -> 32.9 ms at latent 10 (eighth session);
+- the flow's written-out adjoint for MLP decoders (`aetk.flow_adjoint`): the forward and
+  the adjoint write the weight-gradient factors of all positions and both paths into one
+  block of 2B(K+1) rows per layer, summed by one product, with no autograd graph of the
+  flow: 22.9 -> 20.1 ms at latent 2, 25.9 -> 22.2 ms at latent 10 (2026-12-04). HVAE
+  against pythae: 1.08-1.21x before, 0.96-1.01x after.
 Tried and not kept (same gradients, too little gain for the machinery):
-- deferring the output layer's eight weight gradients into one merged GEMM, by custom
-  autograd Functions, a TorchFunctionMode or pooling from `nets.Linear`: 2-4 % and 3-11 %
-  off the step, both needing a private autograd call (torch._C._will_engine_execute_node);
-  pooled inside aetk's training step without it, nothing (fifth to seventh sessions);
+- deferring the output layer's eight weight gradients into one merged GEMM inside
+  autograd, by custom autograd Functions, a TorchFunctionMode or pooling from
+  `nets.Linear`: 2-4 % and 3-11 % off the step, both needing a private autograd call
+  (torch._C._will_engine_execute_node); pooled inside aetk's training step without it,
+  nothing (fifth to seventh sessions);
 - a closed-form Bernoulli force with autograd through the network only: 1 %;
 - torch.compile of the step written with torch.func.grad: 43 ms against 36 eager;
-- the whole decoder (MLP, ReLU, Bernoulli) and its force as one autograd Function whose
-  backward is the hand-written adjoint, no double backward at all: the same gradients to
-  6e-16 in float64, 27.6 -> 26.4 ms per step, 27.2 with its weight gradients merged (ninth
-  session, 2026-12-04): PyTorch's double backward costs little beyond its GEMMs;
-- a larger batch (`--batch 256`): HVAE 1.18x and 1.08x pythae at latent 2 and 10 (0.64x and
-  0.61x pythae with exact forces), RHVAE 0.39x and 0.30x (2026-12-02).
+- the decoder and its force at one position as one autograd Function with a hand-written
+  backward, autograd for the flow between positions: 27.6 -> 26.4 ms per step (ninth
+  session): what pays is the whole flow in one adjoint, its weight gradients summed once.
 
 With `--device cuda` both run on the GPU, the data already there.
 
