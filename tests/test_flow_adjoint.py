@@ -133,11 +133,12 @@ class LaplaceDecoder(aetk.decoders.Decoder):
 
 
 @pytest.mark.parametrize("case", ["gelu", "poisson", "user decoder", "hook",
-                                  "learned step size", "conditional"])
+                                  "learned step size", "conditional", "autocast"])
 def test_other_decoders_and_settings_take_the_autograd_flow(case):
     """No written adjoint where it would not compute the same function: another
     activation, likelihood or decoder, a hook (it must run at every position), a learned
-    step size (its gradient), a conditional network. The autograd flow trains them."""
+    step size (its gradient), a conditional network, autocast (its casts). The autograd
+    flow trains them."""
     x, calls, c = data(), [], None
     if case == "gelu":
         m = model(activation="gelu")
@@ -150,10 +151,16 @@ def test_other_decoders_and_settings_take_the_autograd_flow(case):
         m.decoder.network[0].register_forward_hook(lambda *a: calls.append(1))
     elif case == "learned step size":
         m = model(learn_step_size=True)
-    else:
+    elif case == "conditional":
         m, c = model(n_conditions=2), torch.rand(B, 2, dtype=f64)
-    assert flow_adjoint.plan(m.decoder) is None or case == "learned step size"
-    if c is None:
+    elif case == "autocast":
+        m = model().float()
+        x = x.float()
+    assert flow_adjoint.plan(m.decoder) is None or case in ("learned step size", "autocast")
+    if case == "autocast":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = m.loss(x).loss
+    elif c is None:
         loss = m.loss(x).loss
     else:
         with m.given(c):

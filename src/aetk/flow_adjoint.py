@@ -297,7 +297,7 @@ class _Flow(torch.autograd.Function):
             monitor.add(z, rho, grad)
             rho = rho * temper[k - 1]
         ctx.spec = (plan, eps, half, temper, K, ats)
-        # the positions' own tensors hang off the rows and `ats` (none is an output)
+        # the positions' tensors are kept on ctx: none is an output (no reference cycle)
         ctx.save_for_backward(*params)
         ctx.rows = rows
         return z, rho, plan.likelihood.value(eta, x)

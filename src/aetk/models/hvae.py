@@ -148,9 +148,10 @@ class HVAE(Model):
 
     def _adjoint_plan(self, target: torch.Tensor) -> flow_adjoint.Plan | None:
         """The decoder as an MLP whose flow's adjoint is written out (`aetk.flow_adjoint`),
-        where that applies: nothing learned but the networks, and no gradient wanted in x."""
+        where that applies: nothing learned but the networks, no gradient wanted in x, and
+        no autocast (whose casts the adjoint's products written in place would not follow)."""
         if (self.log_step_size.requires_grad or self.beta0_logit.requires_grad
-                or target.requires_grad):
+                or target.requires_grad or torch.is_autocast_enabled(target.device.type)):
             return None
         return flow_adjoint.plan(self.decoder)
 
