@@ -28,7 +28,8 @@ GEMMs (9.6 ms at latent 2), and its other work is leaner than pythae's by about 
 (`hvae_floor.py` on 2026-12-04: 4.4 against 9.3 ms per step beyond the GEMMs; 19.5 ms
 each). So at batch 64 the HVAE is at parity: 0.96-1.01x pythae at latent 2 and 10 in four
 runs (0.94-0.96x on 2 threads). At batch 256, where the GEMMs are a larger share of either
-step, 1.11x and 1.02x (one run). `hvae_floor.py` prints that accounting.
+step, 1.02-1.11x (two runs): there its GEMMs alone took 58 ms of a 66 ms step, pythae's
+whole step 60 ms. `hvae_floor.py` prints that accounting.
 
 Tried, measured and kept (each an alternating A/B of the step, one thread):
 - one shared transpose per layer across the flow's positions (`nets.shared_transposes`),
