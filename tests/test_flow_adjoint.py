@@ -89,11 +89,11 @@ def grads(m: nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("likelihood,activation,hidden", [
     ("bernoulli", "relu", (8,)), ("bernoulli", "tanh", (8, 5)),
     ("bernoulli", "leaky_relu", (8, 5)), ("gaussian", "relu", (8, 5)),
-    ("gaussian", "tanh", (8,)),
+    ("gaussian", "tanh", (8,)), ("poisson", "relu", (8, 5)), ("poisson", "tanh", (8,)),
 ])
 def test_loss_and_gradients_equal_autograd_of_the_hand_flow(likelihood, activation, hidden):
-    m, x = model(likelihood, activation, hidden, n_leapfrog=3, step_size=[0.2, 0.1],
-                 beta0=0.5), data()
+    m = model(likelihood, activation, hidden, n_leapfrog=3, step_size=[0.2, 0.1], beta0=0.5)
+    x = torch.poisson(3 * data()) if likelihood == "poisson" else data()
     assert flow_adjoint.plan(m.decoder) is not None
     torch.manual_seed(4)
     loss = m.loss(x).loss
@@ -106,12 +106,13 @@ def test_loss_and_gradients_equal_autograd_of_the_hand_flow(likelihood, activati
         close(got[k], want[k], rtol=1e-9, atol=1e-12, err_msg=k)
 
 
-@pytest.mark.parametrize("likelihood,activation", [("bernoulli", "relu"), ("gaussian", "tanh")])
+@pytest.mark.parametrize("likelihood,activation", [("bernoulli", "relu"), ("gaussian", "tanh"),
+                                                   ("poisson", "tanh")])
 def test_the_flow_passes_gradcheck(likelihood, activation):
     """Finite differences of z_K, rho_K and log p(x|z_K) in z_0 and every weight."""
     m = model(likelihood, activation, hidden=(4, 3))
     plan = flow_adjoint.plan(m.decoder)
-    x = data(3)
+    x = torch.poisson(3 * data(3)) if likelihood == "poisson" else data(3)
     z0 = torch.randn(3, LATENT, dtype=f64, requires_grad=True)
     rho0 = torch.randn(3, LATENT, dtype=f64)
     params = [t for lin in plan.layers for t in (lin.weight, lin.bias)]
@@ -132,7 +133,7 @@ class LaplaceDecoder(aetk.decoders.Decoder):
         return D.Independent(D.Laplace(self.net(z), 0.7), 1)
 
 
-@pytest.mark.parametrize("case", ["gelu", "poisson", "user decoder", "hook",
+@pytest.mark.parametrize("case", ["gelu", "negative binomial", "user decoder", "hook",
                                   "learned step size", "conditional", "autocast"])
 def test_other_decoders_and_settings_take_the_autograd_flow(case):
     """No written adjoint where it would not compute the same function: another
@@ -142,8 +143,8 @@ def test_other_decoders_and_settings_take_the_autograd_flow(case):
     x, calls, c = data(), [], None
     if case == "gelu":
         m = model(activation="gelu")
-    elif case == "poisson":
-        m, x = model("poisson"), torch.poisson(3 * data())
+    elif case == "negative binomial":
+        m, x = model("negative_binomial"), torch.poisson(3 * data())
     elif case == "user decoder":
         m = aetk.HVAE(model().encoder, LaplaceDecoder().double())
     elif case == "hook":

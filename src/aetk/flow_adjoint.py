@@ -11,11 +11,11 @@ d-512-784, batch 64, K=3, one thread) took 20.1 ms against 22.9 ms through autog
 latent 2, 22.2 against 25.9 ms at latent 10 (6 alternating epochs, 2026-12-04); its adjoint
 took 9.6 ms, the time of its GEMMs.
 
-It applies where the decoder is a built-in Bernoulli or fixed-sigma Gaussian decoder whose
-network is a plain MLP (`nets.mlp`: Linear layers with ReLU, leaky ReLU or tanh between
-them), and the step size and beta_0 are not learned: `plan` says so, and HVAE then calls
-`flow`; anything else (user-made decoders and networks, hooks, other likelihoods) takes
-the autograd flow, which gives the same numbers more slowly.
+It applies where the decoder is a built-in Bernoulli, fixed-sigma Gaussian or Poisson
+decoder whose network is a plain MLP (`nets.mlp`: Linear layers with ReLU, leaky ReLU or
+tanh between them), and the step size and beta_0 are not learned: `plan` says so, and
+HVAE then calls `flow`; anything else (user-made decoders and networks, hooks, other
+likelihoods) takes the autograd flow, which gives the same numbers more slowly.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .decoders import BernoulliDecoder, GaussianDecoder
+from .decoders import RATE_FLOOR, BernoulliDecoder, GaussianDecoder, PoissonDecoder
 from .hamiltonian import FlowMonitor, tempering
 from .nets import NARROW, Linear
 
@@ -115,6 +115,23 @@ def _gaussian(sigma: float) -> Likelihood:
         residual, lambda a, _, out: torch.mul(a, -inv_var, out=out))
 
 
+def _poisson() -> Likelihood:
+    """Rate `softplus(eta) + RATE_FLOOR` (`PoissonDecoder`): the residual
+    `(x / rate - 1) sigmoid(eta)`, its derivative kept from the forward."""
+
+    def residual(eta: Tensor, x: Tensor, out: Tensor) -> Tensor:
+        s, rate = torch.sigmoid(eta), F.softplus(eta) + RATE_FLOOR
+        excess = x / rate - 1
+        torch.mul(excess, s, out=out)
+        return s * (excess * (1 - s) - (excess + 1) * s / rate)
+
+    def value(eta: Tensor, x: Tensor) -> Tensor:
+        rate = F.softplus(eta) + RATE_FLOOR
+        return (torch.xlogy(x, rate) - rate - torch.lgamma(x + 1)).sum(-1)
+
+    return Likelihood(value, residual, lambda a, c, out: torch.mul(a, c, out=out))
+
+
 class Plan(NamedTuple):
     """A decoder read as an MLP: its Linear layers, the activations between them, and the
     likelihood of its output."""
@@ -135,6 +152,8 @@ def plan(decoder: nn.Module) -> Plan | None:
         likelihood = _bernoulli()
     elif type(decoder) is GaussianDecoder:
         likelihood = _gaussian(decoder.sigma)
+    elif type(decoder) is PoissonDecoder:
+        likelihood = _poisson()
     else:
         return None
     net = decoder.network
