@@ -90,6 +90,7 @@ def grads(m: nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]:
     ("bernoulli", "relu", (8,)), ("bernoulli", "tanh", (8, 5)),
     ("bernoulli", "leaky_relu", (8, 5)), ("gaussian", "relu", (8, 5)),
     ("gaussian", "tanh", (8,)), ("poisson", "relu", (8, 5)), ("poisson", "tanh", (8,)),
+    ("gaussian_learned", "relu", (8, 5)), ("gaussian_learned", "tanh", (8,)),
 ])
 def test_loss_and_gradients_equal_autograd_of_the_hand_flow(likelihood, activation, hidden):
     m = model(likelihood, activation, hidden, n_leapfrog=3, step_size=[0.2, 0.1], beta0=0.5)
@@ -106,8 +107,8 @@ def test_loss_and_gradients_equal_autograd_of_the_hand_flow(likelihood, activati
         close(got[k], want[k], rtol=1e-9, atol=1e-12, err_msg=k)
 
 
-@pytest.mark.parametrize("likelihood,activation", [("bernoulli", "relu"), ("gaussian", "tanh"),
-                                                   ("poisson", "tanh")])
+@pytest.mark.parametrize("likelihood,activation", [
+    ("bernoulli", "relu"), ("gaussian", "tanh"), ("poisson", "tanh"), ("gaussian_learned", "tanh")])
 def test_the_flow_passes_gradcheck(likelihood, activation):
     """Finite differences of z_K, rho_K and log p(x|z_K) in z_0 and every weight."""
     m = model(likelihood, activation, hidden=(4, 3))
@@ -204,3 +205,20 @@ def test_a_retained_graph_gives_the_same_gradients_twice():
     loss.backward()
     for k, p in m.named_parameters():
         close(p.grad, 2 * once[k], rtol=1e-14, err_msg=k)
+
+
+def test_learned_sigma_clamped_at_its_bounds_has_the_clamps_gradients():
+    """log sigma beyond `LOG_SIGMA_RANGE` for some values: the clamp passes no gradient
+    there, in the force and in its adjoint, as autograd's."""
+    m = model("gaussian_learned", "tanh", n_leapfrog=2, step_size=0.2, beta0=0.5)
+    with torch.no_grad():
+        m.decoder.network[-1].bias[F:F + 3] = 9.0  # three features' log sigma > 4
+    x = data()
+    torch.manual_seed(4)
+    loss = m.loss(x).loss
+    assert takes_adjoint(loss)
+    want_loss = ref_loss(m, x, 4)
+    close(loss.item(), want_loss.item(), rtol=1e-12)
+    got, want = grads(m, loss), grads(m, want_loss)
+    for k in want:
+        close(got[k], want[k], rtol=1e-9, atol=1e-12, err_msg=k)

@@ -11,11 +11,12 @@ d-512-784, batch 64, K=3, one thread) took 20.1 ms against 22.9 ms through autog
 latent 2, 22.2 against 25.9 ms at latent 10 (6 alternating epochs, 2026-12-04); its adjoint
 took 9.6 ms, the time of its GEMMs.
 
-It applies where the decoder is a built-in Bernoulli, fixed-sigma Gaussian or Poisson
-decoder whose network is a plain MLP (`nets.mlp`: Linear layers with ReLU, leaky ReLU or
-tanh between them), and the step size and beta_0 are not learned: `plan` says so, and
-HVAE then calls `flow`; anything else (user-made decoders and networks, hooks, other
-likelihoods) takes the autograd flow, which gives the same numbers more slowly.
+It applies where the decoder is a built-in Bernoulli, Gaussian (fixed or learned sigma)
+or Poisson decoder whose network is a plain MLP (`nets.mlp`: Linear layers with ReLU,
+leaky ReLU or tanh between them), and the step size and beta_0 are not learned: `plan`
+says so, and HVAE then calls `flow`; anything else (user-made decoders and networks,
+hooks, other likelihoods) takes the autograd flow, which gives the same numbers more
+slowly.
 """
 
 from __future__ import annotations
@@ -29,7 +30,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .decoders import RATE_FLOOR, BernoulliDecoder, GaussianDecoder, PoissonDecoder
+from .decoders import (
+    LOG_SIGMA_RANGE,
+    RATE_FLOOR,
+    BernoulliDecoder,
+    GaussianDecoder,
+    LearnedGaussianDecoder,
+    PoissonDecoder,
+)
 from .hamiltonian import FlowMonitor, tempering
 from .nets import NARROW, Linear
 
@@ -132,6 +140,41 @@ def _poisson() -> Likelihood:
     return Likelihood(value, residual, lambda a, c, out: torch.mul(a, c, out=out))
 
 
+def _learned_gaussian() -> Likelihood:
+    """eta = (mu, log sigma) (`LearnedGaussianDecoder`, log sigma clamped to
+    `LOG_SIGMA_RANGE`): the residual in both blocks and its 2x2 curvature per value."""
+    lo, hi = LOG_SIGMA_RANGE
+
+    def parts(eta: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        mu, log_sigma = eta.chunk(2, dim=-1)
+        inside = (log_sigma >= lo) & (log_sigma <= hi)  # where the clamp passes gradients
+        s = log_sigma.clamp(lo, hi)
+        return x - mu, torch.exp(-2 * s), s, inside
+
+    def residual(eta: Tensor, x: Tensor, out: Tensor) -> Tensor:
+        diff, inv_var, _, inside = parts(eta, x)
+        u = diff * inv_var  # d/dmu
+        d_mu, d_log_sigma = out.chunk(2, dim=-1)
+        d_mu.copy_(u)
+        torch.mul(diff * u - 1, inside, out=d_log_sigma)
+        # d2/dmu2 = -1/sigma^2, d2/dmu dlog sigma = -2u, d2/dlog sigma2 = -2 diff u
+        return torch.stack([-inv_var, -2 * u * inside, -2 * diff * u * inside])
+
+    def times_curvature(a: Tensor, c: Tensor, out: Tensor) -> Tensor:
+        a_mu, a_log_sigma = a.chunk(2, dim=-1)
+        o_mu, o_log_sigma = out.chunk(2, dim=-1)
+        torch.addcmul(c[0] * a_mu, c[1], a_log_sigma, out=o_mu)
+        torch.addcmul(c[1] * a_mu, c[2], a_log_sigma, out=o_log_sigma)
+        return out
+
+    def value(eta: Tensor, x: Tensor) -> Tensor:
+        diff, inv_var, s, _ = parts(eta, x)
+        return (-0.5 * diff.square() * inv_var - s).sum(-1) - 0.5 * math.log(
+            2 * math.pi) * x.shape[-1]
+
+    return Likelihood(value, residual, times_curvature)
+
+
 class Plan(NamedTuple):
     """A decoder read as an MLP: its Linear layers, the activations between them, and the
     likelihood of its output."""
@@ -154,6 +197,8 @@ def plan(decoder: nn.Module) -> Plan | None:
         likelihood = _gaussian(decoder.sigma)
     elif type(decoder) is PoissonDecoder:
         likelihood = _poisson()
+    elif type(decoder) is LearnedGaussianDecoder:
+        likelihood = _learned_gaussian()
     else:
         return None
     net = decoder.network

@@ -48,10 +48,10 @@ class HVAE(Model):
 
     The training gradient differentiates the force `grad_z log p(x|z)` again: the decoder
     must be twice differentiable (no `@once_differentiable` autograd Function in it: `fit`
-    raises a TypeError for one). For a built-in Bernoulli, fixed-sigma Gaussian or Poisson
-    decoder of Linear layers with ReLU, leaky ReLU or tanh, training takes the flow's
-    written-out adjoint (`aetk.flow_adjoint`: the same gradients, faster); its loss is then
-    differentiable once, not twice.
+    raises a TypeError for one). For a built-in Bernoulli, Gaussian (fixed or learned sigma)
+    or Poisson decoder of Linear layers with ReLU, leaky ReLU or tanh, training takes the
+    flow's written-out adjoint (`aetk.flow_adjoint`: the same gradients, faster); its loss
+    is then differentiable once, not twice.
 
     `step_size` is a scalar or one value per latent dimension; `learn_step_size` and
     `learn_beta0` make them trainable (kept positive, and beta_0 in (0, 1)).
