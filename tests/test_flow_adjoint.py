@@ -86,6 +86,20 @@ def grads(m: nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]:
     return {k: p.grad.clone() for k, p in m.named_parameters()}
 
 
+def matches_the_hand_flow(m: aetk.HVAE, x: torch.Tensor) -> None:
+    """The model's loss (through the adjoint) and every parameter gradient against
+    `ref_loss`: the loss to 1e-12, the gradients (all non-zero) to 1e-9."""
+    torch.manual_seed(4)
+    loss = m.loss(x).loss
+    assert takes_adjoint(loss)
+    want_loss = ref_loss(m, x, 4)
+    close(loss.item(), want_loss.item(), rtol=1e-12)
+    got, want = grads(m, loss), grads(m, want_loss)
+    assert set(got) == set(want) and all(v.abs().max() > 0 for v in want.values())
+    for k in want:
+        close(got[k], want[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
 @pytest.mark.parametrize("likelihood,activation,hidden", [
     ("bernoulli", "relu", (8,)), ("bernoulli", "tanh", (8, 5)),
     ("bernoulli", "leaky_relu", (8, 5)), ("gaussian", "relu", (8, 5)),
@@ -96,15 +110,7 @@ def test_loss_and_gradients_equal_autograd_of_the_hand_flow(likelihood, activati
     m = model(likelihood, activation, hidden, n_leapfrog=3, step_size=[0.2, 0.1], beta0=0.5)
     x = torch.poisson(3 * data()) if likelihood == "poisson" else data()
     assert flow_adjoint.plan(m.decoder) is not None
-    torch.manual_seed(4)
-    loss = m.loss(x).loss
-    assert takes_adjoint(loss)
-    want_loss = ref_loss(m, x, 4)
-    close(loss.item(), want_loss.item(), rtol=1e-12)
-    got, want = grads(m, loss), grads(m, want_loss)
-    assert set(got) == set(want) and all(v.abs().max() > 0 for v in want.values())
-    for k in want:
-        close(got[k], want[k], rtol=1e-9, atol=1e-12, err_msg=k)
+    matches_the_hand_flow(m, x)
 
 
 @pytest.mark.parametrize("likelihood,activation", [
@@ -213,12 +219,4 @@ def test_learned_sigma_clamped_at_its_bounds_has_the_clamps_gradients():
     m = model("gaussian_learned", "tanh", n_leapfrog=2, step_size=0.2, beta0=0.5)
     with torch.no_grad():
         m.decoder.network[-1].bias[F:F + 3] = 9.0  # three features' log sigma > 4
-    x = data()
-    torch.manual_seed(4)
-    loss = m.loss(x).loss
-    assert takes_adjoint(loss)
-    want_loss = ref_loss(m, x, 4)
-    close(loss.item(), want_loss.item(), rtol=1e-12)
-    got, want = grads(m, loss), grads(m, want_loss)
-    for k in want:
-        close(got[k], want[k], rtol=1e-9, atol=1e-12, err_msg=k)
+    matches_the_hand_flow(m, data())
