@@ -13,10 +13,11 @@ took 9.6 ms, the time of its GEMMs.
 
 It applies where the decoder is a built-in Bernoulli, Gaussian (fixed or learned sigma)
 or Poisson decoder whose network is a plain MLP (`nets.mlp`: Linear layers with ReLU,
-leaky ReLU or tanh between them), and the step size and beta_0 are not learned: `plan`
-says so, and HVAE then calls `flow`; anything else (user-made decoders and networks,
-hooks, other likelihoods) takes the autograd flow, which gives the same numbers more
-slowly.
+leaky ReLU or tanh between them): `plan` says so, and HVAE then calls `flow` unless the
+step size or beta_0 is learned or autocast is on. Anything else (user-made decoders and
+networks, conditional networks, hooks, other likelihoods) takes the autograd flow, which
+gives the same numbers more slowly. The loss is then differentiable once: the adjoint is
+`once_differentiable`.
 """
 
 from __future__ import annotations
