@@ -54,6 +54,13 @@ def shared_transposes() -> Iterator[None]:
 NARROW = 16  # in_features up to which a Linear on the CPU multiplies a contiguous transpose
 
 
+def narrow(weight: torch.Tensor) -> bool:
+    """Whether products with this `(out, in)` weight are faster through a contiguous copy
+    of its transpose: at most `NARROW` inputs, on the CPU (MKL; cuBLAS takes transposes as
+    flags)."""
+    return weight.shape[1] <= NARROW and weight.device.type == "cpu"
+
+
 class Linear(nn.Linear):
     """`nn.Linear` that shares its weight's transpose inside `shared_transposes()`, and on
     the CPU multiplies a layer of at most `NARROW` inputs (a decoder's first layer) by a
@@ -76,13 +83,13 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cache = _TRANSPOSES.get()
-        narrow = self.in_features <= NARROW and x.device.type == "cpu"
-        if (cache is None and not narrow) or x.dim() != 2:
+        thin = narrow(self.weight)
+        if (cache is None and not thin) or x.dim() != 2:
             return F.linear(x, self.weight, self.bias)
         key = (self, torch.is_grad_enabled(), torch.is_inference_mode_enabled())
         wt = None if cache is None else cache.get(key)
         if wt is None:
-            wt = self.weight.t().contiguous() if narrow else self.weight.t()
+            wt = self.weight.t().contiguous() if thin else self.weight.t()
             if cache is not None:
                 cache[key] = wt
         return x @ wt if self.bias is None else torch.addmm(self.bias, x, wt)
