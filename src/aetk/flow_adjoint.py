@@ -17,7 +17,9 @@ leaky ReLU or tanh between them): `plan` says so, and HVAE then calls `flow` unl
 step size or beta_0 is learned or autocast is on. Anything else (user-made decoders and
 networks, conditional networks, hooks, other likelihoods) takes the autograd flow, which
 gives the same numbers more slowly. The loss is then differentiable once: the adjoint is
-`once_differentiable`.
+`once_differentiable`. For ReLU networks and latent spaces of at most 2 dimensions, HVAE
+takes `aetk.flow_affine` first, which hands here only the rows whose flow leaves z_0's
+activation region.
 """
 
 from __future__ import annotations
@@ -47,11 +49,13 @@ class Activation(NamedTuple):
     """`apply_(p)` turns the pre-activation p into `h = f(p)` in place and returns what
     the derivatives need besides h (None: h alone); `times_d1(g, h, kept, out)` writes
     `g f'(p)` into `out`; `d2(h, kept)` is `f''(p)`, None where that is 0 almost
-    everywhere."""
+    everywhere; `slope` is `f'` below 0 where f is linear on either side of 0 (`f(p) = p`
+    above), else None."""
 
     apply_: Callable[[Tensor], Tensor | None]
     times_d1: Callable[[Tensor, Tensor, Tensor | None, Tensor], Tensor]
     d2: Callable[[Tensor, Tensor | None], Tensor] | None
+    slope: float | None
 
 
 def _times(g: Tensor, h: Tensor, d1: Tensor | None, out: Tensor) -> Tensor:
@@ -80,12 +84,12 @@ def _tanh_(p: Tensor) -> Tensor:
 
 def _activation(module: nn.Module) -> Activation | None:
     if type(module) is nn.ReLU:
-        return Activation(_relu_, _relu_d1, None)
+        return Activation(_relu_, _relu_d1, None, 0.0)
     if type(module) is nn.LeakyReLU:
         slope = float(module.negative_slope)
-        return Activation(lambda p: _leaky_(p, slope), _times, None)
+        return Activation(lambda p: _leaky_(p, slope), _times, None, slope)
     if type(module) is nn.Tanh:
-        return Activation(_tanh_, _times, lambda h, d1: -2 * h * d1)
+        return Activation(_tanh_, _times, lambda h, d1: -2 * h * d1, None)
     return None
 
 
@@ -330,7 +334,7 @@ def _weight_grad(left: Tensor, right: Tensor, w: Tensor) -> Tensor:
     return left.t() @ right
 
 
-def _tempering(beta0: Tensor, K: int, like: Tensor) -> tuple[Tensor, ...]:
+def tempering_factors(beta0: Tensor, K: int, like: Tensor) -> tuple[Tensor, ...]:
     """The momentum's factors after each leapfrog step, from one vectorised evaluation."""
     return tempering(beta0, torch.arange(1, K + 1, dtype=like.dtype, device=like.device),
                      K).unbind()
@@ -342,7 +346,7 @@ class _Flow(torch.autograd.Function):
         plan, x, rho0, eps, beta0, K, monitor = spec
         net = _weights(params)
         rows = _Rows([w.shape[1] for w in net.w] + [net.w[-1].shape[0]], len(z0), K, z0)
-        half, temper = 0.5 * eps, _tempering(beta0, K, z0)
+        half, temper = 0.5 * eps, tempering_factors(beta0, K, z0)
         z, rho = z0, rho0
         at, eta, force = _position(plan, net, x, z, rows, 0)
         ats, grad = [at], z - force

@@ -1,0 +1,134 @@
+"""The HVAE flow through a piecewise linear decoder from its Jacobian at z_0
+(`aetk.flow_affine`), against the same float64 references as the adjoint: autograd of a
+hand flow whose force is differentiated again, finite differences of the flow, and the rows
+that leave z_0's activation region (taken by `flow_adjoint.flow`) merged row by row."""
+
+import types
+
+import pytest
+import torch
+from test_flow_adjoint import (
+    LATENT,
+    close,
+    data,
+    f64,
+    grads,
+    matches_the_hand_flow,
+    model,
+    passes,
+    ref_loss,
+)
+
+import aetk
+from aetk import flow_adjoint, flow_affine
+from aetk.hamiltonian import FlowDiverged, FlowMonitor
+
+
+@pytest.fixture
+def left(monkeypatch) -> list[int]:
+    """The number of rows each call hands to `flow_adjoint.flow`."""
+    calls, exact = [], flow_adjoint.flow
+
+    def counted(plan, x, *args):
+        calls.append(len(x))
+        return exact(plan, x, *args)
+
+    monkeypatch.setattr(flow_adjoint, "flow", counted)
+    return calls
+
+
+CASES = [("bernoulli", "relu", ()), ("bernoulli", "relu", (8,)),
+         ("bernoulli", "leaky_relu", (8, 5)), ("gaussian", "relu", (8, 5)),
+         ("poisson", "relu", (8, 5)), ("gaussian_learned", "relu", (8, 5))]
+
+
+@pytest.mark.parametrize("likelihood,activation,hidden", CASES)
+@pytest.mark.parametrize("rows", ["inside", "some leave"])
+def test_loss_and_gradients_equal_autograd_of_the_hand_flow(likelihood, activation, hidden,
+                                                            rows, left):
+    """Every row inside z_0's region (step size 1e-3), and some rows leaving it (0.05, or
+    0.01 where learned sigmas diverge the flow at 0.02; 12 rows): the loss to 1e-12 and
+    every gradient to 1e-9 of the hand flow's."""
+    step_size = 1e-3 if rows == "inside" else 0.01 if likelihood == "gaussian_learned" else 0.05
+    m = model(likelihood, activation, hidden, n_leapfrog=3, step_size=step_size, beta0=0.5)
+    x = data(12)
+    x = torch.poisson(3 * x) if likelihood == "poisson" else x
+    assert flow_affine.applies(flow_adjoint.plan(m.decoder), LATENT)
+    matches_the_hand_flow(m, x, "_PathBackward")
+    if rows == "inside" or not hidden:  # a linear decoder has one region
+        assert left == []
+    else:
+        assert len(left) == 1 and 0 < left[0] < len(x)
+
+
+def test_per_dimension_step_sizes_and_a_deeper_network(left):
+    m = model("bernoulli", "relu", (8, 6, 5), n_leapfrog=4, step_size=[0.08, 0.03], beta0=0.4)
+    matches_the_hand_flow(m, data(12), "_PathBackward")
+    assert len(left) == 1 and 0 < left[0] < 12
+
+
+def test_the_flow_passes_gradcheck(left):
+    """Finite differences of z_K, rho_K and log p(x|z_K) in z_0 and every weight, with rows
+    inside z_0's region and rows leaving it."""
+    m = model("bernoulli", "leaky_relu", hidden=(4, 3))
+    plan = flow_adjoint.plan(m.decoder)
+    x, z0 = data(6), torch.randn(6, LATENT, dtype=f64, requires_grad=True)
+    rho0 = torch.randn(6, LATENT, dtype=f64)
+    eps, beta0 = torch.tensor(0.1, dtype=f64), torch.tensor(0.4, dtype=f64)
+    params = [p.detach().clone().requires_grad_() for lin in plan.layers
+              for p in (lin.weight, lin.bias)]
+
+    def run(z0, *ps):
+        layers = [types.SimpleNamespace(weight=w, bias=b)
+                  for w, b in zip(ps[::2], ps[1::2], strict=True)]
+        return flow_affine.flow(plan._replace(layers=layers), x, z0, rho0, eps, beta0, 2,
+                                FlowMonitor(eps))
+
+    run(z0, *params)
+    assert 0 < left[0] < 6
+    assert torch.autograd.gradcheck(run, (z0, *params))
+
+
+def test_rows_that_leave_take_the_adjoints_values_exactly(left):
+    """The merged values of every row equal `flow_adjoint.flow`'s for the whole batch."""
+    m = model("gaussian", "relu", (8, 5))
+    plan = flow_adjoint.plan(m.decoder)
+    x, z0, rho0 = data(12), torch.randn(12, LATENT, dtype=f64), torch.randn(12, LATENT, dtype=f64)
+    eps, beta0 = torch.tensor([0.05, 0.1], dtype=f64), torch.tensor(0.5, dtype=f64)
+    ours = flow_affine.flow(plan, x, z0, rho0, eps, beta0, 3, FlowMonitor(eps))
+    assert 0 < left[0] < 12
+    theirs = flow_adjoint.flow(plan, x, z0, rho0, eps, beta0, 3, FlowMonitor(eps))
+    for a, b in zip(ours, theirs, strict=True):
+        close(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("frozen", ["encoder", "decoder"])
+def test_a_frozen_part_leaves_the_others_gradients_exact(frozen, left):
+    m, x = model("bernoulli", "relu", hidden=(8, 5), step_size=0.05), data(12)
+    getattr(m, frozen).requires_grad_(False)
+    torch.manual_seed(4)
+    loss = m.loss(x).loss
+    assert passes(loss, "_PathBackward") and 0 < left[0] < 12
+    got, want = grads(m, loss), grads(m, ref_loss(m, x, 4))
+    assert got and set(got) == set(want)
+    assert all(p.grad is None for p in getattr(m, frozen).parameters())
+    for k in want:
+        close(got[k], want[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+def test_a_diverging_flow_is_said():
+    with pytest.raises(FlowDiverged, match="smaller step_size"):
+        model(step_size=50.0).loss(data())
+
+
+@pytest.mark.parametrize("case", ["latent 3", "tanh"])
+def test_other_networks_take_the_adjoint(case):
+    """A latent space of 3 dimensions (where the adjoint is faster) or a smooth activation
+    (no linear regions)."""
+    if case == "tanh":
+        m = model(activation="tanh")
+    else:
+        torch.manual_seed(1)
+        m = aetk.build_model("hvae", "bernoulli", in_features=6, latent_dim=3, hidden=(8,)).double()
+    loss = m.loss(data()).loss
+    assert passes(loss, "_FlowBackward") and not passes(loss, "_PathBackward")
