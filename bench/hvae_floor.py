@@ -16,10 +16,16 @@ GEMMs of 64x512x784 per step. This prints, per step:
   the GEMMs of latent width, Adam);
 - pythae's step when it is installed (`pip install 'aetk[bench]'`), the time of its 18
   GEMMs alone, and what each library's step spends beyond its GEMMs. Exactness costs the
-  arithmetic of 8 more GEMMs; aetk is faster than pythae only where its other work is
-  leaner by more than those cost, so the ratio moves with the machine's GEMM speed.
+  arithmetic of 8 more GEMMs; through the adjoint aetk is faster than pythae only where its
+  other work is leaner by more than those cost, so the ratio moves with the machine's GEMM
+  speed.
 
-Usage: python bench/hvae_floor.py [--threads 1] [--latent 2] [--epochs 3]
+The bound and the rows above it are the adjoint's (`aetk.flow_affine` off). At latent 2
+aetk trains through `aetk.flow_affine`, whose rows that stay in z_0's activation region need
+the arithmetic of about 11 such GEMMs (the network at z_0 and its two tangents, forward and
+backward, and the encoder's two) and the rest the adjoint's: a last row gives that step.
+
+Usage: python bench/hvae_floor.py [--threads 1] [--latent 2] [--batch 64] [--epochs 3]
 """
 
 import argparse
@@ -29,14 +35,15 @@ import time
 import torch
 
 import aetk
+from aetk import flow_affine
 
 from common import mnist_5k
 from vs_pythae import BATCH, BETA0, EPS, K, aetk_epoch, aetk_model, pythae_epoch, pythae_model
 
-B, H, D = BATCH, 512, 784
+H, D = 512, 784
 
 
-def gemm_floor(exact: bool = True, repeats: int = 200) -> float:
+def gemm_floor(B: int, exact: bool = True, repeats: int = 50) -> float:
     """Seconds for the products of one exact HVAE step through the 512x784 layer (26 GEMMs'
     arithmetic), or (`exact=False`) for the 18 of pythae's step: two for each of its 2K
     first-order gradients, its final forward twice, that forward's backward (an input and
@@ -62,10 +69,10 @@ def gemm_floor(exact: bool = True, repeats: int = 200) -> float:
     return (time.perf_counter() - t0) / repeats
 
 
-def step_time(model: aetk.Model, data: torch.Tensor, epochs: int) -> float:
-    """Median seconds per training step over `epochs` epochs of batches of 64."""
+def step_time(model: aetk.Model, data: torch.Tensor, epochs: int, batch: int) -> float:
+    """Median seconds per training step over `epochs` epochs."""
     opt = model.configure_optimizers(1e-3)
-    batches = list(data.split(BATCH))
+    batches = list(data.split(batch))
     aetk_epoch(model, opt, batches[:5])
     return statistics.median(aetk_epoch(model, opt, batches) for _ in range(epochs)) / len(
         batches)
@@ -76,39 +83,46 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--latent", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=BATCH)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    data = (mnist_5k()[0] > 127.5).float()
+    B, data = args.batch, (mnist_5k()[0] > 127.5).float()
     torch.manual_seed(0)
-    gemms = gemm_floor()
+    gemms = gemm_floor(B)
     narrow = aetk.build_model("hvae", "bernoulli", in_features=16, latent_dim=args.latent,
                               hidden=(8,), n_leapfrog=K, step_size=EPS, beta0=BETA0)
-    overhead = step_time(narrow, data[:, -16:].contiguous(), args.epochs)
-    full = step_time(aetk_model("HVAE", args.latent, data), data, args.epochs)
+    affine, flow_affine.MAX_LATENT = flow_affine.MAX_LATENT, 0
+    overhead = step_time(narrow, data[:, -16:].contiguous(), args.epochs, B)
+    full = step_time(aetk_model("HVAE", args.latent, data, B), data, args.epochs, B)
+    flow_affine.MAX_LATENT = affine
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), latent "
-          f"{args.latent}, batch {BATCH}, K={K}; milliseconds per training step")
+          f"{args.latent}, batch {B}, K={K}; milliseconds per training step")
     print("| what | ms |")
     print("|---|---|")
-    print(f"| the exact step's products (26 GEMMs of 64x512x784) | {1e3 * gemms:.1f} |")
+    print(f"| the exact step's products (26 GEMMs of {B}x512x784) | {1e3 * gemms:.1f} |")
     print(f"| aetk's HVAE step, layers 50x narrower (operation overhead) | {1e3 * overhead:.1f} |")
     print(f"| lower bound of the exact step (sum) | {1e3 * (gemms + overhead):.1f} |")
-    print(f"| aetk's exact HVAE step | {1e3 * full:.1f} |")
+    print(f"| aetk's exact HVAE step through the adjoint | {1e3 * full:.1f} |")
     print(f"| of which beyond the bound | {1e3 * (full - gemms - overhead):.1f} |")
     try:
         theirs = pythae_model("HVAE", args.latent)
     except ImportError:
         print("| pythae's HVAE step | not installed |")
-        return
-    opt = torch.optim.Adam(theirs.parameters(), lr=1e-3)
-    batches = list(data.split(BATCH))
-    pythae_epoch(theirs, opt, batches[:5])
-    pythae = statistics.median(pythae_epoch(theirs, opt, batches)
-                               for _ in range(args.epochs)) / len(batches)
-    theirs_gemms = gemm_floor(exact=False)
-    print(f"| pythae's HVAE step (forces without second-order terms) | {1e3 * pythae:.1f} |")
-    print(f"| its 18 GEMMs (64x512x784) | {1e3 * theirs_gemms:.1f} |")
-    print(f"| of which beyond its GEMMs | {1e3 * (pythae - theirs_gemms):.1f} |")
-    print(f"| aetk's step beyond its 26 GEMMs | {1e3 * (full - gemms):.1f} |")
+        theirs = None
+    if theirs is not None:
+        opt = torch.optim.Adam(theirs.parameters(), lr=1e-3)
+        batches = list(data.split(B))
+        pythae_epoch(theirs, opt, batches[:5])
+        pythae = statistics.median(pythae_epoch(theirs, opt, batches)
+                                   for _ in range(args.epochs)) / len(batches)
+        theirs_gemms = gemm_floor(B, exact=False)
+        print(f"| pythae's HVAE step (forces without second-order terms) | {1e3 * pythae:.1f} |")
+        print(f"| its 18 GEMMs ({B}x512x784) | {1e3 * theirs_gemms:.1f} |")
+        print(f"| of which beyond its GEMMs | {1e3 * (pythae - theirs_gemms):.1f} |")
+        print(f"| aetk's step beyond its 26 GEMMs | {1e3 * (full - gemms):.1f} |")
+    if args.latent <= flow_affine.MAX_LATENT:
+        fast = step_time(aetk_model("HVAE", args.latent, data, B), data, args.epochs, B)
+        print(f"| aetk's exact HVAE step as it trains (`flow_affine`) | {1e3 * fast:.1f} |")
 
 
 if __name__ == "__main__":

@@ -18,18 +18,25 @@ What exactness costs the HVAE (K=3, decoder d-512-784): each of the K+1 position
 one forward and one input-gradient GEMM through the 512x784 layer (the force), and its
 adjoint two more (the force's adjoint `a W^T`, the network's input gradient `a W`) and two
 weight gradients: the arithmetic of 26 GEMMs of that size per step with the encoder's two.
-Reverse over reverse is the least arithmetic for it (forward-mode Jacobians take d GEMMs
-each, and the weight gradients still need the input gradient). pythae runs 18: two for
-each of its 2K first-order gradients, its final forward twice, one backward of two, the
-encoder's two. At 0.55-0.65 ms per GEMM on one thread here (all layouts alike, 80-98
-GFLOP/s), the 8 extra cost 4.5-5 ms; aetk's HVAE trains its built-in MLP decoders through
-the flow's written-out adjoint (`aetk.flow_adjoint`), whose backward takes no more than its
-GEMMs (9.6 ms at latent 2), and its other work is leaner than pythae's by about as much
-(`hvae_floor.py` on 2026-12-04: 4.4 against 9.3 ms per step beyond the GEMMs; 19.5 ms
-each). So at batch 64 the HVAE is at parity: 0.96-1.01x pythae at latent 2 and 10 in four
-runs (0.94-0.96x on 2 threads). At batch 256, where the GEMMs are a larger share of either
-step, 1.02-1.11x (two runs): there its GEMMs alone took 58 ms of a 66 ms step, pythae's
-whole step 60 ms. `hvae_floor.py` prints that accounting.
+Reverse over reverse is the least arithmetic for it at latent 10 (forward-mode Jacobians
+take d GEMMs each, and the weight gradients still need the input gradient). pythae runs
+18: two for each of its 2K first-order gradients, its final forward twice, one backward of
+two, the encoder's two. At 0.55-0.65 ms per GEMM on one thread here (all layouts alike,
+80-98 GFLOP/s), the 8 extra cost 4.5-5 ms; aetk's HVAE trains its built-in MLP decoders
+through the flow's written-out adjoint (`aetk.flow_adjoint`), whose backward takes no more
+than its GEMMs (9.6 ms at latent 2), and its other work is leaner than pythae's by about as
+much (`hvae_floor.py` on 2026-12-04: 4.2 against 8.9 ms per step beyond the GEMMs; 19.1 ms
+each). At latent 2 the ReLU decoder is affine along most rows' flow (`aetk.flow_affine`):
+those rows need the network at z_0 and its two tangents, forward and backward, about 11
+GEMMs' arithmetic with the encoder's, the rows that leave z_0's activation region (25-32 %
+here) the adjoint's.
+
+HVAE against pythae (2026-12-04, one thread): at batch 64 **0.91x** at latent 2 and 0.98x
+at latent 10 (before `flow_affine`, four runs: 0.96-1.01x and 0.97-0.99x; 0.94-0.96x on 2
+threads). At batch 256 0.85x at latent 2 and 1.11x at latent 10 (before: 1.02-1.11x, four
+cells of two runs): there the exact gradient's 26 GEMMs alone take 56-59 ms and pythae's
+whole step 55-62 ms (`hvae_floor.py --batch 256`), so at latent 10 exactness costs what
+pythae's leaner arithmetic saves.
 
 Tried, measured and kept (each an alternating A/B of the step, one thread):
 - one shared transpose per layer across the flow's positions (`nets.shared_transposes`),
@@ -42,7 +49,13 @@ Tried, measured and kept (each an alternating A/B of the step, one thread):
   the adjoint write the weight-gradient factors of all positions and both paths into one
   block of 2B(K+1) rows per layer, summed by one product, with no autograd graph of the
   flow: 22.9 -> 20.1 ms at latent 2, 25.9 -> 22.2 ms at latent 10 (2026-12-04). HVAE
-  against pythae: 1.08-1.21x before, 0.96-1.01x after.
+  against pythae: 1.08-1.21x before, 0.96-1.01x after;
+- the flow from the decoder's Jacobian at z_0 for latent 2 (`aetk.flow_affine`): 19.3 ->
+  18.3 ms at batch 64, 62.3 -> 49.9 ms at batch 256 (2026-12-04). Its first version, the
+  positions' algebra through autograd, took 53.4 ms at batch 256: torch's batched products
+  of one row each (`bmm` of (256, 2, 1) by (256, 1, 784)) took 0.5-1.1 ms apiece; written
+  out with products summed in place, 50.3. The network and its tangents go through each
+  layer as one block of B(1 + d) rows.
 Tried and not kept (same gradients, too little gain for the machinery):
 - deferring the output layer's eight weight gradients into one merged GEMM inside
   autograd, by custom autograd Functions, a TorchFunctionMode or pooling from
@@ -53,7 +66,10 @@ Tried and not kept (same gradients, too little gain for the machinery):
 - torch.compile of the step written with torch.func.grad: 43 ms against 36 eager;
 - the decoder and its force at one position as one autograd Function with a hand-written
   backward, autograd for the flow between positions: 27.6 -> 26.4 ms per step (ninth
-  session): what pays is the whole flow in one adjoint, its weight gradients summed once.
+  session): what pays is the whole flow in one adjoint, its weight gradients summed once;
+- the first tangent layer's backward as d products `a_i^T slopes` and elementwise sums for
+  both weights (d fewer GEMMs): 50.3 -> 47.9 ms at batch 256, but its (d, 784, 512)
+  elementwise passes cost 3.7 ms at batch 64, more than the GEMMs they replace.
 
 With `--device cuda` both run on the GPU, the data already there.
 
