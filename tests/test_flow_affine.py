@@ -18,6 +18,7 @@ from test_flow_adjoint import (
     passes,
     ref_loss,
 )
+from torch import nn
 
 import aetk
 from aetk import flow_adjoint, flow_affine
@@ -132,3 +133,48 @@ def test_other_networks_take_the_adjoint(case):
         m = aetk.build_model("hvae", "bernoulli", in_features=6, latent_dim=3, hidden=(8,)).double()
     loss = m.loss(data()).loss
     assert passes(loss, "_FlowBackward") and not passes(loss, "_PathBackward")
+
+
+def _leave(network: nn.Sequential, zs: list[torch.Tensor]) -> torch.Tensor:
+    """The rows (B,) whose activation pattern at some position differs from that at the
+    first, from the network evaluated at each position."""
+    def pattern(z):
+        signs, h = [], z
+        for lin, act in zip(network[0::2], network[1::2], strict=False):
+            p = lin(h)
+            signs.append(p > 0)
+            h = act(p)
+        return torch.cat(signs, -1)
+
+    start = pattern(zs[0])
+    return torch.stack([(pattern(z) != start).any(-1) for z in zs[1:]]).any(0)
+
+
+def test_the_rows_that_leave_z0s_region_are_those_the_network_says(left):
+    """The rows handed to `flow_adjoint.flow` are those whose exact positions (its own)
+    have another activation pattern than z_0's, at any hidden layer."""
+    m = model("bernoulli", "relu", (8, 6, 5))
+    plan = flow_adjoint.plan(m.decoder)
+    g = torch.Generator().manual_seed(3)
+    x, z0, rho0 = data(16), *torch.randn(2, 16, LATENT, generator=g, dtype=f64)
+    eps, beta0 = torch.tensor([0.05, 0.02], dtype=f64), torch.tensor(0.4, dtype=f64)
+    with torch.no_grad():
+        flow_affine.flow(plan, x, z0, rho0, eps, beta0, 4, FlowMonitor(eps))
+        exact = FlowMonitor(eps)
+        flow_adjoint.flow(plan, x, z0, rho0, eps, beta0, 4, exact)
+        want = int(_leave(m.decoder.network, [z for z, *_ in exact.points]).sum())
+    assert 0 < want < 16 and left[0] == want
+
+
+def test_a_flow_that_diverges_after_leaving_z0s_region_is_said():
+    """The rows that leave z_0's region are held there (their points stay finite in the
+    first monitor), so their divergence shows in their own flow's."""
+    m = model("gaussian", "relu", (8, 5), step_size=2.0)
+    plan = flow_adjoint.plan(m.decoder)
+    g = torch.Generator().manual_seed(3)
+    x, z0, rho0 = data(8), *torch.randn(2, 8, LATENT, generator=g, dtype=f64)
+    eps, beta0 = torch.tensor(2.0, dtype=f64), torch.tensor(0.5, dtype=f64)
+    first = FlowMonitor(eps)
+    with pytest.raises(FlowDiverged, match="smaller step_size"):
+        flow_affine.flow(plan, x, z0, rho0, eps, beta0, 3, first)
+    first.check()
