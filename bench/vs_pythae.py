@@ -69,7 +69,12 @@ Tried and not kept (same gradients, too little gain for the machinery):
   session): what pays is the whole flow in one adjoint, its weight gradients summed once;
 - the first tangent layer's backward as d products `a_i^T slopes` and elementwise sums for
   both weights (d fewer GEMMs): 50.3 -> 47.9 ms at batch 256, but its (d, 784, 512)
-  elementwise passes cost 3.7 ms at batch 64, more than the GEMMs they replace.
+  elementwise passes cost 3.7 ms at batch 64, more than the GEMMs they replace;
+- the rows that leave z_0's region linearised again where they left, pass after pass (at
+  most K), instead of the adjoint: 19.9 against 19.4 ms at batch 64, 55.3 against 54.5 at
+  256 (alternating): each pass's own weight gradients, a product of few rows with the full
+  784x512 output (0.8 ms at batch 64) and their accumulation (0.7 ms), cost more than the
+  adjoint's on those rows.
 
 With `--device cuda` both run on the GPU, the data already there.
 
