@@ -12,8 +12,8 @@ written out), gives the exact training gradients. Rows that leave z_0's region t
 `flow_adjoint.flow`, and its values replace theirs.
 
 Counting products through the widest layer: the network at z_0 and its d tangents, forward
-and backward, take about 3 (1 + d), the adjoint 6 (K + 1), and the rows that leave the region
-that again. In bench/vs_pythae.py's setting (decoder d-512-784, K=3, step size 1e-3, one
+and backward, take about 3 (1 + d), the adjoint 6 (K + 1); the rows that leave the region
+take both. In bench/vs_pythae.py's setting (decoder d-512-784, K=3, step size 1e-3, one
 thread) 25-32 % of the rows left (mostly at the first step, one unit flipping), and an
 HVAE training step took, against the adjoint alone (alternating epochs, 2026-12-04):
 - latent 2: 18.3 against 19.3 ms at batch 64, 49.9 against 62.3 ms at batch 256; with the
@@ -165,8 +165,8 @@ def flow(plan: Plan, x: Tensor, z0: Tensor, rho0: Tensor, step_size: Tensor, bet
         slopes = _slopes(p.detach(), act.slope)
         pre.append(p.detach())
         tangents.append(tangent.detach())
-        rows = torch.cat([p * slopes, (tangent * slopes).flatten(0, 1)]) @ w[j + 1].t()
-        p, tangent = rows[:B] + b[j + 1], rows[B:].unflatten(0, (d, B))
+        block = torch.cat([p * slopes, (tangent * slopes).flatten(0, 1)]) @ w[j + 1].t()
+        p, tangent = block[:B] + b[j + 1], block[B:].unflatten(0, (d, B))
     eta0, tangent = p, tangent.expand(d, B, -1)  # expand: a network without hidden layers
     test = _region_test(pre, tangents)
     spec = (plan.likelihood, x, rho0, step_size, beta0, n_leapfrog, test, monitor)
