@@ -33,10 +33,11 @@ here) the adjoint's.
 
 HVAE against pythae (2026-12-04, one thread): at batch 64 **0.91-0.94x** at latent 2 and
 0.96-0.98x at latent 10 in two runs (before `flow_affine`, four runs: 0.96-1.01x and
-0.97-0.99x; 0.94-0.96x on 2 threads); RHVAE 0.44-0.48x. At batch 256 0.85x at latent 2 and 1.11x at latent 10 (before: 1.02-1.11x, four
-cells of two runs): there the exact gradient's 26 GEMMs alone take 56-59 ms and pythae's
-whole step 55-62 ms (`hvae_floor.py --batch 256`), so at latent 10 exactness costs what
-pythae's leaner arithmetic saves.
+0.97-0.99x; 0.94-0.96x on 2 threads); RHVAE 0.44-0.48x. At batch 256 0.85x at latent 2
+and 1.11x at latent 10 (before: 1.02-1.11x, four cells of two runs): there the exact
+gradient's 26 GEMMs alone take 56-59 ms and pythae's whole step 55-62 ms
+(`hvae_floor.py --batch 256`), so at latent 10 exactness costs what pythae's leaner
+arithmetic saves.
 
 Tried, measured and kept (each an alternating A/B of the step, one thread):
 - one shared transpose per layer across the flow's positions (`nets.shared_transposes`),
