@@ -14,7 +14,7 @@ written out), gives the exact training gradients. Rows that leave z_0's region t
 Counting products through the widest layer: the network at z_0 and its d tangents, forward
 and backward, take about 3 (1 + d), the adjoint 6 (K + 1); the rows that leave the region
 take both. In bench/vs_pythae.py's setting (decoder d-512-784, K=3, step size 1e-3, one
-thread) 25-32 % of the rows left (mostly at the first step, one unit flipping), and an
+thread) 25-32 % of the rows left (most often at the first step, mostly by one unit), and an
 HVAE training step took, against the adjoint alone (alternating epochs, 2026-12-04):
 - latent 2: 18.3 against 19.3 ms at batch 64, 49.9 against 62.3 ms at batch 256; with the
   pipeline's decoder (2-256-256-784, batch 128) 24.1 against 26.4 ms;
