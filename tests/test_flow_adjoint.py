@@ -247,3 +247,9 @@ def test_learned_sigma_clamped_at_its_bounds_has_the_clamps_gradients():
     with torch.no_grad():
         m.decoder.network[-1].bias[F:F + 3] = 9.0  # three features' log sigma > 4
     matches_the_hand_flow(m, data())
+
+
+def test_no_leapfrog_step_keeps_the_likelihoods_gradient():
+    """K=0 (beta0=1): the flow is z_0 itself, and log p(x|z_0)'s gradient passes the
+    adjoint at that one position."""
+    matches_the_hand_flow(model("bernoulli", "tanh", (8, 5), n_leapfrog=0, beta0=1.0), data())

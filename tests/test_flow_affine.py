@@ -170,3 +170,8 @@ def test_a_flow_that_diverges_after_leaving_z0s_region_is_said():
     with pytest.raises(FlowDiverged, match="smaller step_size"):
         flow_affine.flow(plan, x, z0, rho0, eps, beta0, 3, first)
     first.check()
+
+
+def test_no_leapfrog_step_keeps_the_likelihoods_gradient():
+    m = model("bernoulli", "relu", (8, 5), n_leapfrog=0, beta0=1.0)
+    matches_the_hand_flow(m, data(), "_PathBackward")

@@ -340,52 +340,77 @@ def tempering_factors(beta0: Tensor, K: int, like: Tensor) -> tuple[Tensor, ...]
                      K).unbind()
 
 
+def leapfrog(z0: Tensor, rho0: Tensor, eps: Tensor, temper: tuple[Tensor, ...], K: int,
+             force: Callable[[int, Tensor], Tensor], monitor: FlowMonitor
+             ) -> tuple[Tensor, Tensor]:
+    """The tempered leapfrog flow from `(z0, rho0)` on U with `grad_z U = z - force(k, z)` at
+    position k: z_K and rho_K (after the last tempering factor `temper[K - 1]`). Records
+    each point in `monitor`."""
+    half = 0.5 * eps
+    z, rho = z0, rho0
+    grad = z - force(0, z)
+    monitor.add(z, rho, grad)
+    for k in range(1, K + 1):
+        rho_half = torch.addcmul(rho, half, grad, value=-1)
+        z = torch.addcmul(z, eps, rho_half)
+        grad = z - force(k, z)
+        rho = torch.addcmul(rho_half, half, grad, value=-1)
+        monitor.add(z, rho, grad)
+        rho = rho * temper[k - 1]
+    return z, rho
+
+
+def leapfrog_adjoint(a_z: Tensor, a_rho: Tensor, eps: Tensor, temper: tuple[Tensor, ...],
+                     K: int, back: Callable[[int, Tensor], Tensor | float]) -> Tensor:
+    """`leapfrog`'s adjoint: from those of z_K and rho_K, the adjoint of z_0.
+    `back(k, a_force)` goes back through the force at position k given its adjoint and
+    returns the adjoint of z_k through it (positions K down to 0)."""
+    half = 0.5 * eps
+    a_grad = torch.zeros_like(a_z)  # the adjoint of grad_z U at the current position
+    for k in range(K, 0, -1):
+        a_half = a_rho * temper[k - 1]
+        a_grad = torch.addcmul(a_grad, half, a_half, value=-1)
+        a_z = a_z + a_grad + back(k, -a_grad)  # grad_z U = z - force
+        a_half = torch.addcmul(a_half, eps, a_z)
+        a_rho, a_grad = a_half, a_half * -half
+    return a_z + a_grad + back(0, -a_grad)
+
+
 class _Flow(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec, z0, *params):  # type: ignore[override]
         plan, x, rho0, eps, beta0, K, monitor = spec
         net = _weights(params)
         rows = _Rows([w.shape[1] for w in net.w] + [net.w[-1].shape[0]], len(z0), K, z0)
-        half, temper = 0.5 * eps, tempering_factors(beta0, K, z0)
-        z, rho = z0, rho0
-        at, eta, force = _position(plan, net, x, z, rows, 0)
-        ats, grad = [at], z - force
-        monitor.add(z, rho, grad)
-        for k in range(1, K + 1):
-            rho_half = torch.addcmul(rho, half, grad, value=-1)
-            z = torch.addcmul(z, eps, rho_half)
-            at, eta, force = _position(plan, net, x, z, rows, k)
+        temper, ats, etas = tempering_factors(beta0, K, z0), [], []
+
+        def force(k: int, z: Tensor) -> Tensor:
+            at, eta, f = _position(plan, net, x, z, rows, k)
             ats.append(at)
-            grad = z - force
-            rho = torch.addcmul(rho_half, half, grad, value=-1)
-            monitor.add(z, rho, grad)
-            rho = rho * temper[k - 1]
-        ctx.spec = (plan, eps, half, temper, K, ats)
+            etas.append(eta)
+            return f
+
+        z, rho = leapfrog(z0, rho0, eps, temper, K, force, monitor)
+        ctx.spec = (plan, eps, temper, K, ats)
         # the positions' tensors are kept on ctx: none is an output (no reference cycle)
         ctx.save_for_backward(*params)
         ctx.rows = rows
-        return z, rho, plan.likelihood.value(eta, x)
+        return z, rho, plan.likelihood.value(etas[-1], x)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, a_z, a_rho, a_log_lik):  # type: ignore[override]
-        plan, eps, half, temper, K, ats = ctx.spec
+        plan, eps, temper, K, ats = ctx.spec
         rows = ctx.rows
         net = _weights(ctx.saved_tensors)
         bias_grads = [torch.zeros_like(b) for b in net.b]
-        a_grad = torch.zeros_like(a_z)  # the adjoint of grad_z U at the current position
-        for k in range(K, 0, -1):
-            a_half = a_rho * temper[k - 1]
-            a_grad = torch.addcmul(a_grad, half, a_half, value=-1)
+
+        def back(k: int, a_force: Tensor) -> Tensor:
             a_eta = (a_log_lik.unsqueeze(-1) * rows.left[-1][rows.force(K)] if k == K
                      else None)
-            # grad_z U = z - force
-            a_z = a_z + a_grad + _adjoint_at(plan, net, ats[k], rows, k, -a_grad, a_eta,
-                                             bias_grads)
-            a_half = torch.addcmul(a_half, eps, a_z)
-            a_rho, a_grad = a_half, a_half * -half
-        a_z = a_z + a_grad + _adjoint_at(plan, net, ats[0], rows, 0, -a_grad, None,
-                                         bias_grads)
+            return _adjoint_at(plan, net, ats[k], rows, k, a_force, a_eta, bias_grads)
+
+        a_z = leapfrog_adjoint(a_z, a_rho, eps, temper, K, back)
         grads = []
         for j, w in enumerate(net.w):
             grads += [_weight_grad(rows.left[j], rows.right[j], w), bias_grads[j]]

@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from . import flow_adjoint
-from .flow_adjoint import Plan, tempering_factors
+from .flow_adjoint import Plan, leapfrog, leapfrog_adjoint, tempering_factors
 from .hamiltonian import FlowMonitor
 
 MAX_LATENT = 2
@@ -86,65 +86,59 @@ class _Path(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec, eta0, jt, z0):  # type: ignore[override]
         likelihood, x, rho0, eps, beta0, K, test, monitor = spec
-        half, temper = 0.5 * eps, tempering_factors(beta0, K, z0)
+        temper = tempering_factors(beta0, K, z0)
         scratch = torch.empty_like(jt)
         residuals = eta0.new_empty(K + 1, *eta0.shape)
-        auxs, dzs = [likelihood.residual(eta0, x, residuals[0])], []
-        z, rho, eta = z0, rho0, eta0
-        grad = z - _dot(jt, residuals[0], scratch)
-        monitor.add(z, rho, grad)
+        auxs, dzs, etas = [], [], [eta0]
         inside = torch.ones(len(z0), dtype=torch.bool, device=z0.device)
-        for k in range(1, K + 1):
-            rho_half = torch.addcmul(rho, half, grad, value=-1)
-            z = torch.addcmul(z, eps, rho_half)
-            dz = z - z0
-            inside &= test(dz)
-            # a row that left is held at eta(z_0): its values, replaced by the exact flow's
-            # (so its adjoints are 0), stay finite
-            dz = torch.where(inside.unsqueeze(-1), dz, 0)
-            eta = _along(eta0, jt, dz)
-            auxs.append(likelihood.residual(eta, x, residuals[k]))
-            dzs.append(dz)
-            grad = z - _dot(jt, residuals[k], scratch)
-            rho = torch.addcmul(rho_half, half, grad, value=-1)
-            monitor.add(z, rho, grad)
-            rho = rho * temper[k - 1]
-        ctx.spec = (likelihood, eps, half, temper, K, auxs, dzs, scratch)
+
+        def force(k: int, z: Tensor) -> Tensor:  # J^T grad_eta log p(x|eta_k)
+            nonlocal inside
+            if k > 0:
+                dz = z - z0
+                inside = inside & test(dz)
+                # a row that left is held at eta(z_0): its values, replaced by the exact
+                # flow's (so its adjoints are 0), stay finite
+                dz = torch.where(inside.unsqueeze(-1), dz, 0)
+                dzs.append(dz)
+                etas.append(_along(eta0, jt, dz))
+            auxs.append(likelihood.residual(etas[-1], x, residuals[k]))
+            return _dot(jt, residuals[k], scratch)
+
+        z, rho = leapfrog(z0, rho0, eps, temper, K, force, monitor)
+        ctx.spec = (likelihood, eps, temper, K, auxs, dzs, scratch)
         ctx.save_for_backward(jt, residuals)
         ctx.mark_non_differentiable(inside)
-        return z, rho, likelihood.value(eta, x), inside
+        return z, rho, likelihood.value(etas[-1], x), inside
 
     @staticmethod
     @once_differentiable
     def backward(ctx, a_z, a_rho, a_log_lik, _):  # type: ignore[override]
-        likelihood, eps, half, temper, K, auxs, dzs, scratch = ctx.spec
+        likelihood, eps, temper, K, auxs, dzs, scratch = ctx.spec
         jt, residuals = ctx.saved_tensors
         a_jt, a_eta0 = torch.zeros_like(jt), torch.zeros_like(residuals[0])
         a_r, a_eta = torch.empty_like(a_eta0), torch.empty_like(a_eta0)
         a_z0 = torch.zeros_like(a_z)
 
-        def through_force(k: int, a_force: Tensor) -> Tensor:
-            """Back through `J^T r(eta_k)`: adds to a_jt, returns the adjoint of eta_k."""
+        def back(k: int, a_force: Tensor) -> Tensor | float:
+            """Back through `J^T r(eta_k)` and `eta_k = eta_0 + J dz_k` (dz_k = z_k - z_0
+            where inside): adds to the adjoints of J^T, eta_0 and z_0, returns that of
+            z_k."""
             a_jt.addcmul_(a_force.t().unsqueeze(-1), residuals[k])
             torch.sum(torch.mul(jt, a_force.t().unsqueeze(-1), out=scratch), 0, out=a_r)
-            return likelihood.times_curvature(a_r, auxs[k], a_eta)
-
-        a_grad = torch.zeros_like(a_z)  # the adjoint of grad_z U at the current position
-        for k in range(K, 0, -1):
-            a_half = a_rho * temper[k - 1]
-            a_grad = torch.addcmul(a_grad, half, a_half, value=-1)
-            a = through_force(k, -a_grad)  # grad_z U = z - J^T r
+            a = likelihood.times_curvature(a_r, auxs[k], a_eta)
             if k == K:
                 a.addcmul_(a_log_lik.unsqueeze(-1), residuals[K])
-            a_eta0 += a  # eta_k = eta_0 + J dz_k, dz_k = z_k - z_0 where inside
+            a_eta0.add_(a)
+            if k == 0:
+                return 0.0
             a_jt.addcmul_(dzs[k - 1].t().unsqueeze(-1), a)
             a_dz = _dot(jt, a, scratch)
-            a_z = a_z + a_grad + a_dz
-            a_z0 -= a_dz
-            a_half = torch.addcmul(a_half, eps, a_z)
-            a_rho, a_grad = a_half, a_half * -half
-        a_eta0 += through_force(0, -a_grad)
-        return None, a_eta0, a_jt, a_z + a_grad + a_z0
+            a_z0.sub_(a_dz)
+            return a_dz
+
+        a_z = leapfrog_adjoint(a_z, a_rho, eps, temper, K, back)
+        return None, a_eta0, a_jt, a_z + a_z0
 
 
 def flow(plan: Plan, x: Tensor, z0: Tensor, rho0: Tensor, step_size: Tensor, beta0: Tensor,
