@@ -340,9 +340,9 @@ def tempering_factors(beta0: Tensor, K: int, like: Tensor) -> tuple[Tensor, ...]
                      K).unbind()
 
 
-def leapfrog(z0: Tensor, rho0: Tensor, eps: Tensor, temper: tuple[Tensor, ...], K: int,
-             force: Callable[[int, Tensor], Tensor], monitor: FlowMonitor
-             ) -> tuple[Tensor, Tensor]:
+def tempered_flow(z0: Tensor, rho0: Tensor, eps: Tensor, temper: tuple[Tensor, ...],
+                  K: int, force: Callable[[int, Tensor], Tensor], monitor: FlowMonitor
+                  ) -> tuple[Tensor, Tensor]:
     """The tempered leapfrog flow from `(z0, rho0)` on U with `grad_z U = z - force(k, z)` at
     position k: z_K and rho_K (after the last tempering factor `temper[K - 1]`). Records
     each point in `monitor`."""
@@ -360,9 +360,10 @@ def leapfrog(z0: Tensor, rho0: Tensor, eps: Tensor, temper: tuple[Tensor, ...], 
     return z, rho
 
 
-def leapfrog_adjoint(a_z: Tensor, a_rho: Tensor, eps: Tensor, temper: tuple[Tensor, ...],
-                     K: int, back: Callable[[int, Tensor], Tensor | float]) -> Tensor:
-    """`leapfrog`'s adjoint: from those of z_K and rho_K, the adjoint of z_0.
+def tempered_flow_adjoint(a_z: Tensor, a_rho: Tensor, eps: Tensor,
+                          temper: tuple[Tensor, ...], K: int,
+                          back: Callable[[int, Tensor], Tensor | float]) -> Tensor:
+    """`tempered_flow`'s adjoint: from those of z_K and rho_K, the adjoint of z_0.
     `back(k, a_force)` goes back through the force at position k given its adjoint and
     returns the adjoint of z_k through it (positions K down to 0)."""
     half = 0.5 * eps
@@ -390,7 +391,7 @@ class _Flow(torch.autograd.Function):
             etas.append(eta)
             return f
 
-        z, rho = leapfrog(z0, rho0, eps, temper, K, force, monitor)
+        z, rho = tempered_flow(z0, rho0, eps, temper, K, force, monitor)
         ctx.spec = (plan, eps, temper, K, ats)
         # the positions' tensors are kept on ctx: none is an output (no reference cycle)
         ctx.save_for_backward(*params)
@@ -410,7 +411,7 @@ class _Flow(torch.autograd.Function):
                      else None)
             return _adjoint_at(plan, net, ats[k], rows, k, a_force, a_eta, bias_grads)
 
-        a_z = leapfrog_adjoint(a_z, a_rho, eps, temper, K, back)
+        a_z = tempered_flow_adjoint(a_z, a_rho, eps, temper, K, back)
         grads = []
         for j, w in enumerate(net.w):
             grads += [_weight_grad(rows.left[j], rows.right[j], w), bias_grads[j]]

@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from . import flow_adjoint
-from .flow_adjoint import Plan, leapfrog, leapfrog_adjoint, tempering_factors
+from .flow_adjoint import Plan, tempered_flow, tempered_flow_adjoint, tempering_factors
 from .hamiltonian import FlowMonitor
 
 MAX_LATENT = 2
@@ -105,7 +105,7 @@ class _Path(torch.autograd.Function):
             auxs.append(likelihood.residual(etas[-1], x, residuals[k]))
             return _dot(jt, residuals[k], scratch)
 
-        z, rho = leapfrog(z0, rho0, eps, temper, K, force, monitor)
+        z, rho = tempered_flow(z0, rho0, eps, temper, K, force, monitor)
         ctx.spec = (likelihood, eps, temper, K, auxs, dzs, scratch)
         ctx.save_for_backward(jt, residuals)
         ctx.mark_non_differentiable(inside)
@@ -137,7 +137,7 @@ class _Path(torch.autograd.Function):
             a_z0.sub_(a_dz)
             return a_dz
 
-        a_z = leapfrog_adjoint(a_z, a_rho, eps, temper, K, back)
+        a_z = tempered_flow_adjoint(a_z, a_rho, eps, temper, K, back)
         return None, a_eta0, a_jt, a_z + a_z0
 
 
