@@ -16,7 +16,8 @@ and backward, take about 3 (1 + d), the adjoint 6 (K + 1); the rows that leave t
 take both. In bench/vs_pythae.py's setting (decoder d-512-784, K=3, step size 1e-3, one
 thread) 25-32 % of the rows left (most often at the first step, mostly by one unit), and an
 HVAE training step took, against the adjoint alone (alternating epochs, 2026-12-04):
-- latent 2: 18.3 against 19.3 ms at batch 64, 49.9 against 62.3 ms at batch 256; with the
+- latent 2: 18.3 against 19.3 ms at batch 64 over 3 epochs (20.8 against 21.2 over 8, the
+  rows that leave rising from 25 to 32 %), 49.9 against 62.3 ms at batch 256; with the
   pipeline's decoder (2-256-256-784, batch 128) 24.1 against 26.4 ms;
 - latent 3: 20.7 against 19.1 ms at batch 64 (59.5 against 66.1 at batch 256); latent 4:
   26.7 against 23.5 (81.8 against 81.3).
